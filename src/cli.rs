@@ -1,0 +1,122 @@
+//! Command-line definitions (clap). Kept apart from the commands so completions and a man page
+//! can be generated from them later.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dirigent",
+    version,
+    about = "Supervise AI coding-agent CLIs: a task inbox, fallback chains, judging, a durable ledger",
+    long_about = "dirigent runs agent CLIs (claude, gemini, codex, aider, opencode, ollama, local scripts) \
+as supervised child processes. Drop task files into .context/inbox/ or use `dirigent submit`; the daemon \
+runs each task through its fallback chain, judges every attempt, and records everything in \
+.context/ledger.jsonl and .context/progress.md."
+)]
+pub struct Cli {
+    /// The workspace (project directory). Default: $DIRIGENT_ROOT, else the nearest ancestor of
+    /// the current directory that has a `.context/`, else the current directory.
+    #[arg(long, global = true, env = "DIRIGENT_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create `.context/` with the default config (commented) and every directory it needs.
+    Init {
+        /// Overwrite an existing `.context/dirigent.yaml` with the default.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the supervisor in the foreground (what the systemd/launchd service runs).
+    ///
+    /// Stops gracefully on SIGINT/SIGTERM: running attempts are terminated and their tasks go
+    /// back into the inbox to run again on the next start.
+    Daemon {
+        /// Log level: error, warn, info, debug, trace. `RUST_LOG` takes precedence.
+        #[arg(long, default_value = "info", value_name = "LEVEL")]
+        log_level: String,
+    },
+    /// Write a task into the inbox. Works while the daemon is down; it runs when it starts.
+    Submit(SubmitArgs),
+    /// Show tasks and their state, or one task in detail. Reads the ledger, so it also works
+    /// while the daemon is down.
+    Status {
+        /// A task id: show its attempts in detail.
+        id: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an attempt's captured output (the latest attempt unless `--attempt`).
+    Logs {
+        id: String,
+        /// Keep printing new output until the attempt ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Which attempt (1, 2, …).
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
+        /// Print stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Print a finished task's result text.
+    Result { id: String },
+    /// List configured agents: installed or not, limits, the chains and roles they are in.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The prompt; `-` or nothing reads it from stdin.
+    pub prompt: Option<String>,
+    /// Route through a configured role's chain.
+    #[arg(long, conflicts_with_all = ["agent", "chain"])]
+    pub role: Option<String>,
+    /// Pin one agent.
+    #[arg(long, conflicts_with = "chain")]
+    pub agent: Option<String>,
+    /// An explicit fallback chain, comma-separated: `gemini,claude`.
+    #[arg(long, value_delimiter = ',')]
+    pub chain: Option<Vec<String>>,
+    /// Write the result to this workspace-relative path instead of `.context/outbox/<id>.md`.
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<String>,
+    /// Run only after this task is done (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub after: Vec<String>,
+    /// The task id (default: generated from the prompt).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// A short title for status and progress.md (default: the prompt's first line).
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Higher runs first (default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i64>,
+    /// Wall-clock limit per attempt, e.g. `10m` (default: the agent's).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// A file under `.context/` to include in the prompt (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub context: Vec<String>,
+    /// A workspace file to include in the prompt (repeatable).
+    #[arg(long = "file", value_name = "FILE")]
+    pub files: Vec<String>,
+    /// Follow the task: print progress on stderr and the result on stdout; exit 0 when done,
+    /// 1 when escalated or rejected.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print `{"id": …, "file": …}` instead of the bare id.
+    #[arg(long)]
+    pub json: bool,
+}

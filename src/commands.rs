@@ -1,0 +1,599 @@
+//! The CLI commands other than `daemon`: the binary's edge, where typed errors become
+//! `error: …` lines and exit codes. Everything here reads the same files the daemon writes
+//! (the ledger, runs/, outbox/), so it works whether or not the daemon is running.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use dirigent::config::{Config, DEFAULT_CONFIG, validate_name};
+use dirigent::duration::{self, Dur, short};
+use dirigent::engine::running_daemon;
+use dirigent::fsutil;
+use dirigent::judge::signal_name;
+use dirigent::ledger::{self, Event, Record};
+use dirigent::state::{Phase, TaskBook, TaskRecord};
+use dirigent::task::{self, TaskFields};
+use dirigent::workspace::Workspace;
+
+use crate::cli::SubmitArgs;
+
+pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {
+    ws.ensure()?;
+    let cfg = ws.config();
+    let existed = cfg.exists();
+    if existed && !force {
+        println!("kept the existing {}", cfg.display());
+    } else {
+        fsutil::write_atomic(&cfg, DEFAULT_CONFIG.as_bytes())
+            .with_context(|| format!("cannot write `{}`", cfg.display()))?;
+        println!("wrote {}", cfg.display());
+    }
+    println!(
+        "created {} (inbox/, running/, done/, failed/, rejected/, escalations/, outbox/, runs/, workflows/)",
+        ws.context().display()
+    );
+    println!("next: `dirigent daemon` to start, then `dirigent submit \"your prompt\" --wait`");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_book(ws: &Workspace) -> Result<TaskBook> {
+    let replay = ledger::read(&ws.ledger())
+        .with_context(|| format!("cannot read `{}`", ws.ledger().display()))?;
+    Ok(TaskBook::from_records(&replay.records))
+}
+
+fn find_task<'a>(book: &'a TaskBook, id: &str) -> Result<&'a TaskRecord> {
+    book.get(id).ok_or_else(|| {
+        anyhow::anyhow!("no task `{id}` in this workspace; `dirigent status` lists the tasks")
+    })
+}
+
+/// Reads the prompt from the argument or stdin.
+fn read_prompt(arg: Option<&str>) -> Result<String> {
+    match arg {
+        Some(p) if p != "-" => Ok(p.to_string()),
+        _ => {
+            if arg.is_none() && std::io::stdin().is_terminal() {
+                bail!("no prompt: give it as an argument, or pipe it in with `-`");
+            }
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the prompt from stdin")?;
+            Ok(s)
+        }
+    }
+}
+
+/// A readable, unique-enough id: a slug of the first words plus a time-based suffix.
+fn generate_id(prompt: &str) -> String {
+    let words: Vec<String> = prompt
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(4)
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let slug = if words.is_empty() {
+        "task".to_string()
+    } else {
+        words.join("-")
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mix = (nanos as u64) ^ ((std::process::id() as u64) << 40);
+    let mut slug: String = slug.chars().take(40).collect();
+    slug.push_str(&format!("-{:06x}", mix & 0xff_ffff));
+    slug
+}
+
+pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
+    let prompt = read_prompt(args.prompt.as_deref())?;
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
+    let timeout = match &args.timeout {
+        Some(t) => Some(Dur(
+            duration::parse(t).map_err(|e| anyhow::anyhow!("`--timeout`: {e}"))?
+        )),
+        None => None,
+    };
+    let id = match args.id {
+        Some(id) => {
+            validate_name(&id).map_err(|m| anyhow::anyhow!("invalid `--id` `{id}`: {m}"))?;
+            id
+        }
+        None => generate_id(&prompt),
+    };
+    let fields = TaskFields {
+        id: Some(id.clone()),
+        title: args.title,
+        prompt: Some(prompt),
+        role: args.role,
+        agent: args.agent,
+        chain: args.chain,
+        output: args.output,
+        after: args.after,
+        priority: args.priority.unwrap_or(0),
+        timeout,
+        context: args.context,
+        files: args.files,
+        ..Default::default()
+    };
+    // Validate here, before anything is written, with the same rules the daemon applies.
+    let config = Config::load(&ws.config())?;
+    task::accept(id.clone(), fields.clone(), &config, ws.root())
+        .map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    let book = load_book(ws)?;
+    if book.contains(&id) {
+        bail!("a task `{id}` already exists; choose another `--id`");
+    }
+    ws.ensure()?;
+    let ledger_offset = std::fs::metadata(ws.ledger()).map(|m| m.len()).unwrap_or(0);
+
+    // Maildir: write into inbox/.tmp/, fsync, then rename into inbox/ — the daemon never sees
+    // half a file.
+    let name = format!("{id}.json");
+    let tmp = ws.inbox_tmp().join(&name);
+    let body = serde_json::to_vec_pretty(&fields)?;
+    {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create `{}`", tmp.display()))?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    let dest = ws.inbox().join(&name);
+    if let Err(e) = fsutil::rename_noreplace(&tmp, &dest) {
+        let _ = std::fs::remove_file(&tmp);
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            bail!(
+                "`{}` is already waiting in the inbox; choose another `--id`",
+                dest.display()
+            );
+        }
+        return Err(e).with_context(|| format!("cannot move the task into `{}`", dest.display()));
+    }
+    if args.json {
+        println!("{}", json!({"id": id, "file": dest}));
+    } else if !args.wait {
+        println!("{id}");
+    }
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if running_daemon(ws).is_none() {
+        eprintln!(
+            "dirigent: submitted `{id}`; no daemon is running on this workspace yet — waiting for one to start"
+        );
+    } else {
+        eprintln!("dirigent: submitted `{id}`, waiting");
+    }
+    wait_for(ws, &id, &name, ledger_offset)
+}
+
+/// Follows the ledger until the task is done, escalated or rejected.
+fn wait_for(ws: &Workspace, id: &str, file: &str, mut offset: u64) -> Result<ExitCode> {
+    let waker = ChangeWaker::new(&[ws.context()]);
+    let started = Instant::now();
+    loop {
+        let (records, next) = ledger::read_from(&ws.ledger(), offset)?;
+        offset = next;
+        for r in records {
+            match &r.event {
+                Event::Rejected {
+                    file: f,
+                    reason,
+                    moved_to,
+                } if f == file => {
+                    eprintln!("error: the task was rejected: {reason}");
+                    eprintln!("(the file is in .context/rejected/{moved_to})");
+                    return Ok(ExitCode::from(1));
+                }
+                ev if ev.task() == Some(id) => {
+                    if let Some(code) = report_progress(ws, id, &r, started)? {
+                        return Ok(code);
+                    }
+                }
+                _ => {}
+            }
+        }
+        waker.wait(Duration::from_secs(1));
+    }
+}
+
+fn report_progress(
+    ws: &Workspace,
+    id: &str,
+    r: &Record,
+    started: Instant,
+) -> Result<Option<ExitCode>> {
+    let t = short(started.elapsed());
+    match &r.event {
+        Event::AttemptStarted {
+            attempt,
+            agent,
+            pid,
+            ..
+        } => {
+            eprintln!("[{t}] attempt {attempt}: {agent} started (pid {pid})");
+        }
+        Event::AttemptFinished {
+            attempt,
+            agent,
+            class,
+            reason,
+            duration_ms,
+            ..
+        } => {
+            eprintln!(
+                "[{t}] attempt {attempt}: {agent} → {class} after {}: {reason}",
+                short(Duration::from_millis(*duration_ms))
+            );
+        }
+        Event::Done { output, agent, .. } => {
+            eprintln!("[{t}] done by {agent}; result in {output}");
+            let text = std::fs::read(ws.root().join(output))
+                .with_context(|| format!("cannot read `{output}`"))?;
+            std::io::stdout().write_all(&text)?;
+            return Ok(Some(ExitCode::SUCCESS));
+        }
+        Event::Escalated {
+            reason, attempts, ..
+        } => {
+            eprintln!("[{t}] escalated after {attempts} attempt(s): {reason}");
+            eprintln!("see .context/escalations/{id}.md");
+            return Ok(Some(ExitCode::from(1)));
+        }
+        Event::Requeued { .. } => eprintln!(
+            "[{t}] the daemon stopped; the task is back in the inbox and waits for the next start"
+        ),
+        _ => {}
+    }
+    Ok(None)
+}
+
+/// Wakes a waiting CLI command when something in the watched directories changes, or after a
+/// timeout (a safety net for file systems without change events).
+struct ChangeWaker {
+    rx: std::sync::mpsc::Receiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl ChangeWaker {
+    fn new(dirs: &[&Path]) -> Self {
+        use notify::Watcher;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        })
+        .ok()
+        .map(|mut w| {
+            for d in dirs {
+                let _ = w.watch(d, notify::RecursiveMode::NonRecursive);
+            }
+            w
+        });
+        ChangeWaker {
+            rx,
+            _watcher: watcher,
+        }
+    }
+
+    fn wait(&self, limit: Duration) {
+        let _ = self.rx.recv_timeout(limit);
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+fn daemon_line(ws: &Workspace) -> String {
+    match running_daemon(ws) {
+        Some(pid) => format!("daemon: running (pid {pid})"),
+        None => "daemon: not running (showing the state recorded in the ledger)".to_string(),
+    }
+}
+
+fn fmt_time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let book = load_book(ws)?;
+    if let Some(id) = id {
+        let t = find_task(&book, id)?;
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(t)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("{} — {}", t.id, t.title);
+        println!("state:    {}", describe(t));
+        println!(
+            "chain:    {}",
+            if t.chain.is_empty() {
+                "(empty)".into()
+            } else {
+                t.chain.join(" → ")
+            }
+        );
+        println!("received: {}", fmt_time(t.received_ms));
+        if !t.after.is_empty() {
+            println!("after:    {}", t.after.join(", "));
+        }
+        for a in &t.attempts {
+            let status = match (a.exit_code, a.signal) {
+                (_, Some(s)) => format!("signal {s} ({})", signal_name(s)),
+                (Some(c), None) => format!("exit {c}"),
+                _ => "-".into(),
+            };
+            println!(
+                "attempt {}: {:<10} {:<12} {:<10} {:>8}  {}",
+                a.n,
+                a.agent,
+                a.class.map(|c| c.as_str()).unwrap_or("running"),
+                status,
+                short(Duration::from_millis(a.duration_ms)),
+                a.reason
+            );
+        }
+        println!("{}", daemon_line(ws));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if as_json {
+        let tasks: Vec<&TaskRecord> = book.iter().collect();
+        let out = json!({
+            "daemon_pid": running_daemon(ws),
+            "tasks": tasks,
+            "rejected": book.rejected,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", daemon_line(ws));
+    if book.is_empty() && book.rejected.is_empty() {
+        println!("no tasks yet: drop a file into .context/inbox/ or run `dirigent submit \"…\"`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<28} {:<9} {:<10} {:>3} {:>8}  TITLE",
+        "ID", "STATE", "AGENT", "#", "TIME"
+    );
+    for t in book.iter() {
+        let agent = match &t.phase {
+            Phase::Done { agent, .. } | Phase::Running { agent, .. } => agent.clone(),
+            _ => t
+                .attempts
+                .last()
+                .map(|a| a.agent.clone())
+                .unwrap_or_else(|| "-".into()),
+        };
+        println!(
+            "{:<28} {:<9} {:<10} {:>3} {:>8}  {}",
+            t.id,
+            t.phase.label(),
+            agent,
+            t.attempts.len(),
+            short(Duration::from_millis(t.busy_ms())),
+            t.title
+        );
+    }
+    for r in &book.rejected {
+        println!(
+            "rejected: {} — {}",
+            r.file,
+            r.reason.lines().next().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(t: &TaskRecord) -> String {
+    match &t.phase {
+        Phase::Pending => "pending".into(),
+        Phase::Requeued => "requeued (back in the inbox until the daemon starts)".into(),
+        Phase::Running {
+            attempt,
+            agent,
+            since_ms,
+        } => {
+            format!(
+                "running: attempt {attempt} with {agent} since {}",
+                fmt_time(*since_ms)
+            )
+        }
+        Phase::Done {
+            agent,
+            output,
+            finished_ms,
+        } => {
+            format!(
+                "done by {agent} at {}; result in {output}",
+                fmt_time(*finished_ms)
+            )
+        }
+        Phase::Failed {
+            reason,
+            finished_ms,
+        } => format!(
+            "failed (escalated at {}): {}; report in .context/escalations/{}.md",
+            fmt_time(*finished_ms),
+            reason.lines().next().unwrap_or(""),
+            t.id
+        ),
+    }
+}
+
+pub fn logs(
+    ws: &Workspace,
+    id: &str,
+    follow: bool,
+    attempt: Option<u32>,
+    stderr: bool,
+) -> Result<ExitCode> {
+    let book = load_book(ws)?;
+    let t = find_task(&book, id)?;
+    let a = match attempt {
+        Some(n) => t.attempts.iter().find(|a| a.n == n).ok_or_else(|| {
+            anyhow::anyhow!(
+                "task `{id}` has no attempt {n} (it has {})",
+                t.attempts.len()
+            )
+        })?,
+        None => t
+            .attempts
+            .last()
+            .ok_or_else(|| anyhow::anyhow!("task `{id}` has not started an attempt yet"))?,
+    };
+    let path = ws.run_dir(id).join(format!(
+        "{}-{}.{}",
+        a.n,
+        a.agent,
+        if stderr { "stderr" } else { "stdout" }
+    ));
+    let mut out = std::io::stdout().lock();
+    let mut pos = copy_from(&path, 0, &mut out)?;
+    if !follow || a.class.is_some() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let n = a.n;
+    let waker = ChangeWaker::new(&[&ws.run_dir(id), ws.context()]);
+    let mut offset = 0;
+    loop {
+        let (records, next) = ledger::read_from(&ws.ledger(), offset)?;
+        offset = next;
+        let finished = records.iter().any(|r| {
+            matches!(&r.event, Event::AttemptFinished { task, attempt, .. } if task == id && *attempt == n)
+        });
+        pos = copy_from(&path, pos, &mut out)?;
+        if finished {
+            return Ok(ExitCode::SUCCESS);
+        }
+        waker.wait(Duration::from_secs(1));
+    }
+}
+
+fn copy_from(path: &Path, pos: u64, out: &mut impl Write) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pos),
+        Err(e) => return Err(e).with_context(|| format!("cannot open `{}`", path.display())),
+    };
+    f.seek(SeekFrom::Start(pos))?;
+    let n = std::io::copy(&mut f, out)?;
+    out.flush()?;
+    Ok(pos + n)
+}
+
+pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
+    let book = load_book(ws)?;
+    let t = find_task(&book, id)?;
+    match &t.phase {
+        Phase::Done { output, .. } => {
+            let text = std::fs::read(ws.root().join(output))
+                .with_context(|| format!("cannot read the result `{output}`"))?;
+            std::io::stdout().write_all(&text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Phase::Failed { .. } => {
+            bail!("task `{id}` failed and has no result; see .context/escalations/{id}.md")
+        }
+        other => bail!(
+            "task `{id}` is not done yet (it is {}); `dirigent submit --wait` or `dirigent logs {id} -f` follow it",
+            other.label()
+        ),
+    }
+}
+
+pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
+    let config = Arc::new(Config::load(&ws.config())?);
+    let book = load_book(ws)?;
+    let default_chain = config.effective_default_chain(ws.root());
+    let mut rows = Vec::new();
+    for (name, agent) in &config.agents {
+        let path = agent.resolve(ws.root());
+        let mut chains = config.memberships(name);
+        if config.default_chain.is_none() && default_chain.contains(name) {
+            chains.insert(0, "default_chain".into());
+        }
+        let (mut attempts, mut ok) = (0u64, 0u64);
+        for t in book.iter() {
+            for a in t.attempts.iter().filter(|a| &a.agent == name) {
+                attempts += 1;
+                ok += u64::from(a.class == Some(dirigent::judge::Class::Ok));
+            }
+        }
+        rows.push(json!({
+            "name": name,
+            "preset": agent.preset.map(|p| p.name),
+            "program": agent.program(),
+            "path": path.as_ref().map(|p| p.display().to_string()),
+            "installed": path.is_some(),
+            "model": agent.model,
+            "max_parallel": agent.max_parallel,
+            "stagger_ms": agent.stagger.as_millis() as u64,
+            "timeout_ms": agent.timeout.as_millis() as u64,
+            "idle_timeout_ms": agent.idle_timeout.map(|d| d.as_millis() as u64),
+            "in": chains,
+            "attempts": attempts,
+            "ok": ok,
+        }));
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"config": config.source, "default_chain": default_chain, "agents": rows})
+            )?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("config: {}", config.source);
+    println!(
+        "default chain: {}",
+        if default_chain.is_empty() {
+            "(empty: no agent is installed)".to_string()
+        } else {
+            default_chain.join(" → ")
+        }
+    );
+    println!();
+    for r in &rows {
+        let name = r["name"].as_str().unwrap_or("");
+        let where_ = r["path"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| "not installed".into());
+        let limits = format!(
+            "timeout {}, idle {}, max_parallel {}, stagger {}",
+            short(Duration::from_millis(r["timeout_ms"].as_u64().unwrap_or(0))),
+            r["idle_timeout_ms"]
+                .as_u64()
+                .map(|m| short(Duration::from_millis(m)))
+                .unwrap_or_else(|| "none".into()),
+            r["max_parallel"]
+                .as_u64()
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into()),
+            short(Duration::from_millis(r["stagger_ms"].as_u64().unwrap_or(0))),
+        );
+        let ins: Vec<&str> = r["in"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        println!("{name:<10} {where_}");
+        println!("{:<10} {limits}", "");
+        if !ins.is_empty() {
+            println!("{:<10} in: {}", "", ins.join(", "));
+        }
+        if r["attempts"].as_u64().unwrap_or(0) > 0 {
+            println!("{:<10} attempts: {}, ok: {}", "", r["attempts"], r["ok"]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

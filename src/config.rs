@@ -1,0 +1,573 @@
+//! Configuration: `.context/dirigent.yaml`, or the embedded default (`context/dirigent.yaml`)
+//! when that file is absent. Raw YAML is parsed into a validated [`Config`] before anything runs:
+//! presets are merged in, regexes compiled, every chain and role checked against the agents.
+//! The daemon, `agents` and task parsing all read the same [`Config`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::duration::Dur;
+use crate::judge::Class;
+use crate::preset::{self, OutputFormat, Preset, PromptMode};
+
+/// The embedded default config, written out by `dirigent init`.
+pub const DEFAULT_CONFIG: &str = include_str!("../context/dirigent.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`{path}`: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    concurrency: Option<usize>,
+    #[serde(default)]
+    default_chain: Option<Vec<String>>,
+    #[serde(default)]
+    roles: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    agents: BTreeMap<String, RawAgent>,
+    #[serde(default)]
+    on_escalate: Option<Vec<String>>,
+    #[serde(default)]
+    kill_grace: Option<Dur>,
+    #[serde(default)]
+    leak_timeout: Option<Dur>,
+    #[serde(default)]
+    inbox_rescan: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    #[serde(default)]
+    preset: Option<String>,
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    prompt: Option<PromptMode>,
+    #[serde(default)]
+    output: Option<OutputFormat>,
+    #[serde(default)]
+    stagger: Option<Dur>,
+    #[serde(default)]
+    max_parallel: Option<usize>,
+    #[serde(default)]
+    timeout: Option<Dur>,
+    #[serde(default)]
+    idle_timeout: Option<Dur>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    success: RawSuccess,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSuccess {
+    #[serde(default)]
+    exit_codes: Option<Vec<i32>>,
+    #[serde(default)]
+    require_output: Option<bool>,
+    #[serde(default)]
+    fail_patterns: Vec<String>,
+}
+
+/// A validated agent: everything needed to spawn and judge one attempt.
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    pub preset: Option<&'static Preset>,
+    /// argv template (program first); placeholders are expanded by [`Agent::argv`].
+    pub command: Vec<String>,
+    pub model: Option<String>,
+    pub prompt: PromptMode,
+    pub format: OutputFormat,
+    pub stagger: Duration,
+    pub max_parallel: Option<usize>,
+    pub timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub env: Vec<(String, String)>,
+    pub exit_codes: Vec<i32>,
+    pub require_output: bool,
+    pub fail_patterns: Vec<Regex>,
+    pub classified: Vec<(Class, Regex)>,
+    pub exit_classes: Vec<(i32, Class)>,
+}
+
+/// Values substituted into an agent's argv template.
+pub struct ArgvValues<'a> {
+    pub prompt: &'a str,
+    pub prompt_file: &'a str,
+    pub task_id: &'a str,
+    pub workspace: &'a str,
+}
+
+impl Agent {
+    pub fn program(&self) -> &str {
+        &self.command[0]
+    }
+
+    /// Resolves the program on PATH (or as a path), `None` when it is not installed.
+    pub fn resolve(&self, cwd: &Path) -> Option<std::path::PathBuf> {
+        let program = self.program();
+        if program.contains('/') {
+            let path = cwd.join(program);
+            return is_executable(&path).then_some(path);
+        }
+        which::which(program).ok()
+    }
+
+    /// Expands the argv template. Each placeholder stays inside its own argv element: nothing
+    /// here ever passes through a shell.
+    pub fn argv(&self, v: &ArgvValues<'_>) -> Vec<String> {
+        let model_args: &[&str] = self.preset.map(|p| p.model_args).unwrap_or(&[]);
+        let mut out = Vec::with_capacity(self.command.len() + 2);
+        for part in &self.command {
+            if part == "{model_args}" {
+                if let Some(model) = &self.model {
+                    out.extend(model_args.iter().map(|a| a.replace("{model}", model)));
+                }
+                continue;
+            }
+            out.push(expand(part, self.model.as_deref(), v));
+        }
+        out
+    }
+}
+
+fn expand(part: &str, model: Option<&str>, v: &ArgvValues<'_>) -> String {
+    if !part.contains('{') {
+        return part.to_string();
+    }
+    // One pass so that text substituted in (the prompt) is never expanded again.
+    let mut out = String::with_capacity(part.len());
+    let mut rest = part;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let Some(end) = after.find('}') else {
+            out.push_str(after);
+            return out;
+        };
+        let key = &after[1..end];
+        match key {
+            "prompt" => out.push_str(v.prompt),
+            "prompt_file" => out.push_str(v.prompt_file),
+            "task_id" => out.push_str(v.task_id),
+            "workspace" => out.push_str(v.workspace),
+            "model" => out.push_str(model.unwrap_or("")),
+            _ => out.push_str(&after[..=end]),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub concurrency: usize,
+    /// `None` = every installed agent, presets first in preference order.
+    pub default_chain: Option<Vec<String>>,
+    pub roles: BTreeMap<String, Vec<String>>,
+    pub agents: BTreeMap<String, Arc<Agent>>,
+    pub on_escalate: Option<Vec<String>>,
+    /// Time between SIGTERM and SIGKILL to a process group.
+    pub kill_grace: Duration,
+    /// How long to wait for stdout/stderr EOF after the agent exited before killing its group.
+    pub leak_timeout: Duration,
+    /// Safety-net inbox rescan interval (the watcher does the real work).
+    pub inbox_rescan: Duration,
+    /// Where the config came from, for messages.
+    pub source: String,
+}
+
+impl Config {
+    /// Loads `.context/dirigent.yaml`, or the embedded default when it does not exist.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Self::parse(DEFAULT_CONFIG, "embedded default config")
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses and validates config text; `source` names it in error messages.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: source.to_string(),
+            message,
+        };
+        let raw: RawConfig = if text.trim().is_empty() {
+            serde_saphyr::from_str("{}").map_err(|e| invalid(e.to_string()))?
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| invalid(yaml_error(&e)))?
+        };
+        let concurrency = raw.concurrency.unwrap_or(4);
+        if concurrency == 0 {
+            return Err(invalid("`concurrency` must be at least 1".into()));
+        }
+        let mut agents = BTreeMap::new();
+        for (name, raw_agent) in raw.agents {
+            validate_name(&name).map_err(|m| invalid(format!("agent `{name}`: {m}")))?;
+            let agent = build_agent(&name, raw_agent)
+                .map_err(|m| invalid(format!("agent `{name}`: {m}")))?;
+            agents.insert(name, Arc::new(agent));
+        }
+        let check_chain = |what: &str, chain: &[String]| -> Result<(), ConfigError> {
+            for agent in chain {
+                if !agents.contains_key(agent) {
+                    return Err(invalid(format!(
+                        "{what} names agent `{agent}`, which is not configured (agents: {})",
+                        list(agents.keys())
+                    )));
+                }
+            }
+            Ok(())
+        };
+        if let Some(chain) = &raw.default_chain {
+            check_chain("`default_chain`", chain)?;
+        }
+        for (role, chain) in &raw.roles {
+            if chain.is_empty() {
+                return Err(invalid(format!("role `{role}` has an empty chain")));
+            }
+            check_chain(&format!("role `{role}`"), chain)?;
+        }
+        if let Some(cmd) = &raw.on_escalate
+            && cmd.is_empty()
+        {
+            return Err(invalid("`on_escalate` must name a command".into()));
+        }
+        Ok(Config {
+            concurrency,
+            default_chain: raw.default_chain,
+            roles: raw.roles,
+            agents,
+            on_escalate: raw.on_escalate,
+            kill_grace: raw.kill_grace.map_or(Duration::from_secs(5), |d| d.0),
+            leak_timeout: raw.leak_timeout.map_or(Duration::from_secs(2), |d| d.0),
+            inbox_rescan: raw.inbox_rescan.map_or(Duration::from_secs(30), |d| d.0),
+            source: source.to_string(),
+        })
+    }
+
+    /// The default chain as it stands now: the configured one, or every installed agent
+    /// (presets first, in preference order, then the others by name).
+    pub fn effective_default_chain(&self, cwd: &Path) -> Vec<String> {
+        if let Some(chain) = &self.default_chain {
+            return chain.clone();
+        }
+        let mut names: Vec<&String> = self.agents.keys().collect();
+        let rank = |n: &str| {
+            preset::names()
+                .iter()
+                .position(|p| *p == n)
+                .unwrap_or(usize::MAX)
+        };
+        names.sort_by_key(|n| (rank(n), (*n).clone()));
+        names
+            .into_iter()
+            .filter(|n| self.agents[*n].resolve(cwd).is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Roles and the default chain that mention `agent`, for `dirigent agents`.
+    pub fn memberships(&self, agent: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self
+            .default_chain
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|a| a == agent))
+        {
+            out.push("default_chain".to_string());
+        }
+        for (role, chain) in &self.roles {
+            if chain.iter().any(|a| a == agent) {
+                out.push(format!("role:{role}"));
+            }
+        }
+        out
+    }
+}
+
+fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
+    let preset = match &raw.preset {
+        Some(p) => Some(preset::find(p).ok_or_else(|| {
+            format!(
+                "unknown preset `{p}` (presets: {})",
+                preset::names().join(", ")
+            )
+        })?),
+        None => None,
+    };
+    if preset.is_some() && raw.command.is_some() {
+        return Err(
+            "give either `preset` or `command`, not both (use `args` to add flags to a preset)"
+                .into(),
+        );
+    }
+    let mut command: Vec<String> = match (&raw.command, preset) {
+        (Some(cmd), _) => cmd.clone(),
+        (None, Some(p)) => p.command.iter().map(|s| s.to_string()).collect(),
+        (None, None) => {
+            // An agent named like a preset gets that preset implicitly.
+            return match preset::find(name) {
+                Some(_) => build_agent(
+                    name,
+                    RawAgent {
+                        preset: Some(name.to_string()),
+                        ..raw
+                    },
+                ),
+                None => Err("needs a `command` (an argv array) or a `preset`".into()),
+            };
+        }
+    };
+    if command.is_empty() || command[0].is_empty() {
+        return Err("`command` must start with the program to run".into());
+    }
+    command.extend(raw.args.iter().cloned());
+    let prompt = raw
+        .prompt
+        .or(preset.map(|p| p.prompt))
+        .unwrap_or(PromptMode::Stdin);
+    let has = |ph: &str| command.iter().any(|c| c.contains(ph));
+    match prompt {
+        PromptMode::Arg if !has("{prompt}") => {
+            return Err("`prompt: arg` needs `{prompt}` in the command".into());
+        }
+        PromptMode::File if !has("{prompt_file}") => {
+            return Err("`prompt: file` needs `{prompt_file}` in the command".into());
+        }
+        _ => {}
+    }
+    let model = raw
+        .model
+        .or_else(|| preset.and_then(|p| p.default_model).map(str::to_string));
+    if has("{model}") && model.is_none() {
+        return Err("the command uses `{model}` but no `model` is set".into());
+    }
+    let mut env: Vec<(String, String)> = preset
+        .map(|p| {
+            p.env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (k, v) in raw.env {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    }
+    let mut fail_patterns = Vec::new();
+    for pat in &raw.success.fail_patterns {
+        fail_patterns.push(Regex::new(pat).map_err(|e| format!("fail pattern `{pat}`: {e}"))?);
+    }
+    let classified = preset
+        .map(|p| {
+            p.classified
+                .iter()
+                .map(|(c, re)| (*c, Regex::new(re).expect("preset regexes are tested")))
+                .collect()
+        })
+        .unwrap_or_default();
+    if raw.max_parallel == Some(0) {
+        return Err("`max_parallel` must be at least 1".into());
+    }
+    let timeout = raw
+        .timeout
+        .map(|d| d.0)
+        .or(preset.map(|p| p.timeout))
+        .unwrap_or(Duration::from_secs(30 * 60));
+    if timeout.is_zero() {
+        return Err("`timeout` must be more than 0".into());
+    }
+    Ok(Agent {
+        name: name.to_string(),
+        preset,
+        command,
+        model,
+        prompt,
+        format: raw
+            .output
+            .or(preset.map(|p| p.format))
+            .unwrap_or(OutputFormat::Plain),
+        stagger: raw
+            .stagger
+            .map(|d| d.0)
+            .or(preset.map(|p| p.stagger))
+            .unwrap_or_default(),
+        max_parallel: raw.max_parallel,
+        timeout,
+        idle_timeout: raw
+            .idle_timeout
+            .map(|d| d.0)
+            .or(preset.and_then(|p| p.idle_timeout))
+            .filter(|d| !d.is_zero()),
+        env,
+        exit_codes: raw.success.exit_codes.unwrap_or_else(|| vec![0]),
+        require_output: raw.success.require_output.unwrap_or(true),
+        fail_patterns,
+        classified,
+        exit_classes: preset.map(|p| p.exit_classes.to_vec()).unwrap_or_default(),
+    })
+}
+
+/// Agent, role and task ids share one alphabet, safe as file names.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err("names use letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters".into())
+    }
+}
+
+/// Formats a serde-saphyr error with its line and column.
+pub fn yaml_error(e: &serde_saphyr::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if loc.line() > 0 && !msg.contains("line") => {
+            format!("line {} column {}: {msg}", loc.line(), loc.column())
+        }
+        _ => msg,
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_knows_every_preset() {
+        let cfg = Config::parse(DEFAULT_CONFIG, "embedded").unwrap();
+        for p in preset::names() {
+            assert!(
+                cfg.agents.contains_key(p),
+                "{p} missing from the default config"
+            );
+        }
+        assert!(
+            cfg.default_chain.is_none(),
+            "default chain is the installed subset"
+        );
+    }
+
+    #[test]
+    fn argv_expands_placeholders_without_reexpanding_the_prompt() {
+        let cfg = Config::parse(
+            "agents:\n  a:\n    command: [\"tool\", \"--p={prompt}\", \"{model}\"]\n    model: m1\n    prompt: arg\n",
+            "t",
+        )
+        .unwrap();
+        let argv = cfg.agents["a"].argv(&ArgvValues {
+            prompt: "say {model} $(rm -rf /)",
+            prompt_file: "/x",
+            task_id: "t1",
+            workspace: "/w",
+        });
+        assert_eq!(argv, ["tool", "--p=say {model} $(rm -rf /)", "m1"]);
+    }
+
+    #[test]
+    fn preset_model_args_appear_only_with_a_model() {
+        let cfg = Config::parse(
+            "agents:\n  g: {preset: gemini}\n  h: {preset: gemini, model: x}\n",
+            "t",
+        )
+        .unwrap();
+        let v = ArgvValues {
+            prompt: "p",
+            prompt_file: "",
+            task_id: "",
+            workspace: "",
+        };
+        assert_eq!(
+            cfg.agents["g"].argv(&v),
+            ["gemini", "-p", "p", "-o", "json", "--yolo"]
+        );
+        assert_eq!(
+            cfg.agents["h"].argv(&v),
+            ["gemini", "-p", "p", "-o", "json", "--yolo", "-m", "x"]
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_problem() {
+        let cases = [
+            ("concurrency: 0\n", "`concurrency` must be at least 1"),
+            ("bogus: 1\n", "bogus"),
+            ("agents:\n  x: {}\n", "needs a `command`"),
+            ("agents:\n  x: {preset: nope}\n", "unknown preset `nope`"),
+            (
+                "default_chain: [ghost]\n",
+                "agent `ghost`, which is not configured",
+            ),
+            (
+                "agents:\n  x: {command: [a], prompt: arg}\n",
+                "needs `{prompt}`",
+            ),
+            (
+                "agents:\n  x: {command: [a], success: {fail_patterns: [\"(\"]}}\n",
+                "fail pattern",
+            ),
+            (
+                "agents:\n  x: {command: [a], timeout: soon}\n",
+                "invalid duration",
+            ),
+            ("roles:\n  r: []\n", "empty chain"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(text, "cfg.yaml").unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.starts_with("`cfg.yaml`"), "{err}");
+        }
+    }
+}

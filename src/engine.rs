@@ -1,0 +1,1107 @@
+//! The engine: the daemon's one owner task. It takes what the inbox stage finds, claims it,
+//! schedules attempts under the concurrency, `max_parallel` and `stagger` limits, walks each
+//! task's fallback chain on failure, and hands finished tasks to the result / escalate stages.
+//!
+//! Flow: inbox (watch + scan) → claim → spawn (one task per attempt) → judge → next agent or
+//! settle (result / escalate) → ledger → progress. Every state change goes through the ledger
+//! first; the engine's [`TaskBook`] is updated only from records that are already on disk.
+//!
+//! Starts are driven by events — a task arrives, an attempt ends, a stagger window closes —
+//! never by a polling tick. The only timers are: the next stagger window (if one is pending),
+//! the coalesced `progress.md` render, and the slow inbox safety-net rescan.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+
+use crate::claim::{self, Intake};
+use crate::config::{Agent, Config, ConfigError};
+use crate::escalate;
+use crate::fsutil;
+use crate::inbox;
+use crate::judge::{Class, ResultText};
+use crate::ledger::{self, Event, Ledger, LedgerError, Record};
+use crate::progress;
+use crate::result;
+use crate::spawn::{self, AttemptPlan, AttemptReport, PreviousAttempt};
+use crate::state::{Phase, TaskBook, TaskRecord};
+use crate::task::TaskSpec;
+use crate::workspace::Workspace;
+
+/// How long after a change `progress.md` is rewritten (changes in between are coalesced).
+const PROGRESS_DELAY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot prepare the workspace `{path}`: {source}")]
+    Workspace {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("another dirigent daemon (pid {pid}) is already running on `{root}`; stop it first")]
+    Locked { pid: String, root: String },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("cannot watch the inbox `{path}`: {source}")]
+    Watch { path: String, source: notify::Error },
+}
+
+/// Runs the daemon on `ws` until `shutdown` resolves, then stops gracefully: no new claims,
+/// running attempts are terminated (group, grace, kill) and recorded as interrupted, and their
+/// task files go back into the inbox so they run again on the next start.
+pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let ws_err = |source: std::io::Error| DaemonError::Workspace {
+        path: ws.root().display().to_string(),
+        source,
+    };
+    ws.ensure().map_err(ws_err)?;
+    let _lock = lock_workspace(&ws)?;
+    let config = Arc::new(Config::load(&ws.config())?);
+
+    let replay = ledger::read(&ws.ledger()).map_err(ws_err)?;
+    if let Some(aside) = ledger::repair(&ws.ledger(), &replay).map_err(ws_err)? {
+        tracing::warn!(
+            "the ledger ended in a torn or damaged line (a crash while writing); it was cut off and kept in `{}`",
+            aside.display()
+        );
+    }
+    if replay.skipped > 0 {
+        tracing::warn!(
+            "{} line(s) in the middle of `{}` could not be read and were skipped (they stay in the file)",
+            replay.skipped,
+            ws.ledger().display()
+        );
+    }
+    let book = TaskBook::from_records(&replay.records);
+    drop(replay);
+    let (ledger, writer) = Ledger::open(&ws.ledger(), book.last_seq)?;
+
+    let dirty = Arc::new(Notify::new());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut engine = Engine {
+        ws: ws.clone(),
+        config,
+        ledger,
+        book,
+        queue: BTreeSet::new(),
+        keys: HashMap::new(),
+        arrivals: 0,
+        running: HashMap::new(),
+        finishing: HashSet::new(),
+        slots: HashMap::new(),
+        tx,
+        rx,
+        accepting: true,
+        ledger_failed: None,
+        progress_due: None,
+        stagger_due: None,
+        rescan_due: Instant::now(),
+    };
+    let started = engine
+        .ledger
+        .append(Event::DaemonStarted {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await?;
+    engine.book.apply(&started);
+    engine.recover().await?;
+
+    let watcher =
+        inbox::watch(&ws.inbox(), dirty.clone()).map_err(|source| DaemonError::Watch {
+            path: ws.inbox().display().to_string(),
+            source,
+        })?;
+    // The first scan after the watcher is up: nothing dropped in between is missed.
+    engine.ingest().await;
+    engine.rescan_due = Instant::now() + engine.config.inbox_rescan;
+    engine.dispatch();
+    engine.write_progress();
+    tracing::info!(
+        root = %ws.root().display(),
+        config = %engine.config.source,
+        concurrency = engine.config.concurrency,
+        "dirigent is running"
+    );
+
+    tokio::pin!(shutdown);
+    loop {
+        let wake = engine.next_wake();
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            msg = engine.rx.recv() => {
+                // The engine holds a sender itself, so the channel never closes here.
+                if let Some(msg) = msg {
+                    engine.handle(msg);
+                }
+            }
+            () = dirty.notified() => engine.ingest().await,
+            () = sleep_until(wake) => engine.on_timer().await,
+        }
+        engine.dispatch();
+    }
+    drop(watcher);
+    tracing::info!("shutting down: stopping running attempts");
+    engine.shutdown().await;
+    let Engine { ledger, .. } = engine;
+    drop(ledger);
+    writer.join();
+    Ok(())
+}
+
+/// Holds `.context/daemon.lock` (an exclusive `flock`) for the daemon's lifetime.
+struct WorkspaceLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
+    use std::io::Write;
+    let path = ws.lock();
+    let io = |source| DaemonError::Workspace {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0).map_err(io)?;
+            writeln!(lock, "{}", std::process::id()).map_err(io)?;
+            Ok(WorkspaceLock(lock))
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(DaemonError::Locked {
+            pid: std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+            root: ws.root().display().to_string(),
+        }),
+        Err((_, e)) => Err(io(std::io::Error::from(e))),
+    }
+}
+
+/// Order of the run queue: higher priority first, then arrival.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    priority: Reverse<i64>,
+    arrival: u64,
+    id: String,
+}
+
+struct RunningAttempt {
+    agent: String,
+    /// The attempt task holds the receiver. Sending `true` (or dropping this sender) stops
+    /// the attempt: its whole process group is terminated.
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct AgentSlot {
+    running: usize,
+    last_start: Option<Instant>,
+}
+
+/// Messages to the engine from the tasks it spawned.
+enum Msg {
+    /// An attempt's child is running; the record is on disk.
+    Started(Record),
+    /// An attempt ended and was judged; `records` is its `attempt_finished` (empty if the
+    /// ledger refused it).
+    AttemptDone {
+        task: String,
+        records: Vec<Record>,
+        report: Box<AttemptReport>,
+    },
+    /// A task reached `done` or `escalated`.
+    Settled {
+        task: String,
+        records: Vec<Record>,
+    },
+    LedgerFailed(String),
+}
+
+struct Engine {
+    ws: Workspace,
+    config: Arc<Config>,
+    ledger: Ledger,
+    book: TaskBook,
+    /// Tasks waiting to start their next attempt.
+    queue: BTreeSet<QueueKey>,
+    /// Each unfinished task keeps its queue position across attempts.
+    keys: HashMap<String, QueueKey>,
+    arrivals: u64,
+    running: HashMap<String, RunningAttempt>,
+    /// Tasks whose result or escalation is being written.
+    finishing: HashSet<String>,
+    slots: HashMap<String, AgentSlot>,
+    /// Cloned into every attempt and settle task; the receiver is `rx`. The engine keeps this
+    /// sender, so the channel stays open for as long as the engine exists.
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    /// False once shutdown began: nothing new is claimed or started.
+    accepting: bool,
+    /// Set when the ledger refused a write: nothing new is claimed or started.
+    ledger_failed: Option<String>,
+    progress_due: Option<Instant>,
+    stagger_due: Option<Instant>,
+    rescan_due: Instant,
+}
+
+impl Engine {
+    fn next_wake(&self) -> Instant {
+        [self.progress_due, self.stagger_due, Some(self.rescan_due)]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("rescan_due is always set")
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.progress_due.is_some_and(|t| t <= now) {
+            self.progress_due = None;
+            self.write_progress();
+        }
+        if self.stagger_due.is_some_and(|t| t <= now) {
+            self.stagger_due = None; // dispatch() runs next and sets it again if needed
+        }
+        if self.rescan_due <= now {
+            self.rescan_due = now + self.config.inbox_rescan;
+            self.ingest().await;
+        }
+    }
+
+    fn changed(&mut self) {
+        if self.progress_due.is_none() {
+            self.progress_due = Some(Instant::now() + PROGRESS_DELAY);
+        }
+    }
+
+    fn write_progress(&self) {
+        if let Err(e) = progress::write(&self.ws.progress(), &self.book) {
+            tracing::warn!("cannot write `{}`: {e}", self.ws.progress().display());
+        }
+    }
+
+    fn apply(&mut self, records: &[Record]) {
+        for r in records {
+            self.book.apply(r);
+        }
+        if !records.is_empty() {
+            self.changed();
+        }
+    }
+
+    fn ledger_failed(&mut self, why: String) {
+        if self.ledger_failed.is_none() {
+            tracing::error!(
+                "error: the ledger cannot be written ({why}); dirigent has stopped claiming and starting work. \
+Free disk space or fix `{}`, then restart the daemon",
+                self.ws.ledger().display()
+            );
+            self.ledger_failed = Some(why);
+        }
+    }
+
+    fn enqueue(&mut self, id: &str) {
+        let key = match self.keys.get(id) {
+            Some(k) => k.clone(),
+            None => {
+                self.arrivals += 1;
+                let priority = self.book.get(id).map_or(0, |t| t.priority);
+                let k = QueueKey {
+                    priority: Reverse(priority),
+                    arrival: self.arrivals,
+                    id: id.to_string(),
+                };
+                self.keys.insert(id.to_string(), k.clone());
+                k
+            }
+        };
+        self.queue.insert(key);
+    }
+
+    /// A task id may be used for a new file if nobody has it, or if it belongs to a task that
+    /// is coming back through the inbox (requeued by a graceful stop, or received but not yet
+    /// claimed when the daemon crashed).
+    fn id_free(&self, id: &str) -> bool {
+        match self.book.get(id) {
+            None => true,
+            Some(t) => {
+                !t.phase.is_terminal()
+                    && !self.keys.contains_key(id)
+                    && !self.running.contains_key(id)
+                    && !self.finishing.contains(id)
+            }
+        }
+    }
+
+    /// After a restart: close attempts that have no finish record (killing their process group
+    /// if it provably still runs), re-queue unfinished tasks whose files are in `running/`,
+    /// finish moves a crash interrupted, and take in unknown files found in `running/`.
+    async fn recover(&mut self) -> Result<(), DaemonError> {
+        let grace = self.config.kill_grace;
+        let mut closing = Vec::new();
+        for t in self.book.iter() {
+            if let Phase::Running { attempt, agent, .. } = &t.phase {
+                let a = t.attempts.iter().rev().find(|a| a.n == *attempt);
+                let alive = match a {
+                    Some(a) => {
+                        spawn::reap_orphan_group(a.pid, a.start_ticks, a.boot_id.as_deref(), grace)
+                            .await
+                    }
+                    None => false,
+                };
+                closing.push(Event::AttemptFinished {
+                    task: t.id.clone(),
+                    attempt: *attempt,
+                    agent: agent.clone(),
+                    class: Class::Interrupted,
+                    reason: if alive {
+                        "the daemon stopped while this attempt ran; its process group was still alive and was killed".into()
+                    } else {
+                        "the daemon stopped while this attempt ran".into()
+                    },
+                    exit_code: None,
+                    signal: None,
+                    stopped: None,
+                    kill_signal: None,
+                    leaked: false,
+                    stdout_bytes: 0,
+                    stderr_bytes: 0,
+                    duration_ms: 0,
+                });
+            }
+        }
+        let recs = self.ledger.append_all(closing).await?;
+        self.apply(&recs);
+
+        // Which files are in running/ right now.
+        let running_dir = self.ws.running();
+        let mut present: HashSet<String> = std::fs::read_dir(&running_dir)
+            .map_err(|source| DaemonError::Workspace {
+                path: running_dir.display().to_string(),
+                source,
+            })?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| inbox::is_candidate(n))
+            .collect();
+
+        let mut claims = Vec::new();
+        let mut vanished = Vec::new();
+        let mut requeue = Vec::new();
+        for t in self.book.iter() {
+            let names = [
+                t.file.clone(),
+                format!("{}.json", t.id),
+                format!("{}.md", t.id),
+            ];
+            let found = names.iter().find(|n| present.contains(*n)).cloned();
+            if let Some(name) = &found {
+                present.remove(name);
+            }
+            match (&t.phase, found) {
+                (Phase::Done { .. }, Some(name)) => self.finish_move(&name, true),
+                (Phase::Failed { .. }, Some(name)) => self.finish_move(&name, false),
+                (Phase::Pending | Phase::Requeued, Some(name)) => {
+                    if name != t.file {
+                        claims.push(Event::Claimed {
+                            task: t.id.clone(),
+                            file: name,
+                        });
+                    }
+                    requeue.push(t.id.clone());
+                }
+                (Phase::Pending, None) if !self.ws.inbox().join(&t.file).exists() => {
+                    vanished.push(t.id.clone());
+                }
+                _ => {}
+            }
+        }
+        let recs = self.ledger.append_all(claims).await?;
+        self.apply(&recs);
+        for id in requeue {
+            self.enqueue(&id);
+        }
+        for id in vanished {
+            self.escalate(
+                &id,
+                "the task file disappeared from `.context/` while the daemon was down".into(),
+            );
+        }
+        // Files in running/ that the ledger does not know: claimed, not yet recorded.
+        let mut unknown: Vec<String> = present.into_iter().collect();
+        unknown.sort();
+        for name in unknown {
+            tracing::info!(file = %name, "found an unrecorded task file in running/; taking it in");
+            self.take_in(&running_dir, std::ffi::OsStr::new(&name))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Moves a settled task's file out of `running/` (completing a move a crash interrupted).
+    fn finish_move(&self, name: &str, done: bool) {
+        let to = if done {
+            self.ws.done()
+        } else {
+            self.ws.failed()
+        };
+        if let Err(e) = fsutil::move_into(&self.ws.running().join(name), &to, name) {
+            tracing::warn!(
+                file = name,
+                "cannot move a finished task file out of running/: {e}"
+            );
+        }
+    }
+
+    /// Scans the inbox and takes in every candidate.
+    async fn ingest(&mut self) {
+        if !self.accepting || self.ledger_failed.is_some() {
+            return;
+        }
+        let dir = self.ws.inbox();
+        let candidates = match inbox::scan(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cannot read the inbox `{}`: {e}", dir.display());
+                return;
+            }
+        };
+        // Examine everything first, then record all acceptances with one fsync, then claim.
+        let mut accepted: Vec<(std::ffi::OsString, Box<TaskSpec>)> = Vec::new();
+        let mut batch_ids: HashSet<String> = HashSet::new();
+        for cand in candidates {
+            let intake = claim::examine(&dir, &cand.raw, &self.config, self.ws.root(), |id| {
+                !batch_ids.contains(id) && self.id_free(id)
+            });
+            match intake {
+                Intake::Accepted(spec) => {
+                    batch_ids.insert(spec.id.clone());
+                    accepted.push((cand.raw, spec));
+                }
+                Intake::Rejected(reason) => self.reject(&dir, &cand.raw, reason).await,
+                Intake::Gone => {}
+            }
+        }
+        self.accept_batch(&dir, accepted).await;
+    }
+
+    /// Takes in one file from `dir` (used for unrecorded files in `running/`).
+    async fn take_in(&mut self, dir: &std::path::Path, raw: &std::ffi::OsStr) {
+        match claim::examine(dir, raw, &self.config, self.ws.root(), |id| {
+            self.id_free(id)
+        }) {
+            Intake::Accepted(spec) => {
+                self.accept_batch(dir, vec![(raw.to_os_string(), spec)])
+                    .await
+            }
+            Intake::Rejected(reason) => self.reject(dir, raw, reason).await,
+            Intake::Gone => {}
+        }
+    }
+
+    async fn accept_batch(
+        &mut self,
+        dir: &std::path::Path,
+        accepted: Vec<(std::ffi::OsString, Box<TaskSpec>)>,
+    ) {
+        if accepted.is_empty() {
+            return;
+        }
+        let received: Vec<Event> = accepted
+            .iter()
+            .map(|(raw, spec)| Event::Received {
+                task: spec.id.clone(),
+                file: raw.to_string_lossy().into_owned(),
+                spec: spec.clone(),
+            })
+            .collect();
+        match self.ledger.append_all(received).await {
+            Ok(recs) => self.apply(&recs),
+            Err(e) => return self.ledger_failed(e.to_string()),
+        }
+        let mut claimed = Vec::new();
+        let mut gone = Vec::new();
+        for (raw, spec) in &accepted {
+            let already = dir == self.ws.running()
+                && raw.to_str() == Some(format!("{}{}", spec.id, ext_of(raw)).as_str());
+            let name = if already {
+                Ok(Some(raw.to_string_lossy().into_owned()))
+            } else {
+                claim::claim(&self.ws, dir, raw, &spec.id)
+            };
+            match name {
+                Ok(Some(name)) => claimed.push(Event::Claimed {
+                    task: spec.id.clone(),
+                    file: name,
+                }),
+                Ok(None) => gone.push(spec.id.clone()),
+                Err(e) => {
+                    tracing::error!(task = %spec.id, "cannot move the task file into running/: {e}");
+                    gone.push(spec.id.clone());
+                }
+            }
+        }
+        match self.ledger.append_all(claimed).await {
+            Ok(recs) => {
+                for r in &recs {
+                    if let Some(task) = r.event.task() {
+                        tracing::info!(task, "received");
+                    }
+                }
+                self.apply(&recs);
+                for r in &recs {
+                    if let Some(task) = r.event.task() {
+                        let task = task.to_string();
+                        self.enqueue(&task);
+                    }
+                }
+            }
+            Err(e) => return self.ledger_failed(e.to_string()),
+        }
+        for id in gone {
+            self.escalate(
+                &id,
+                "the task file vanished before it could be claimed".into(),
+            );
+        }
+    }
+
+    async fn reject(&mut self, dir: &std::path::Path, raw: &std::ffi::OsStr, reason: String) {
+        let file = raw.to_string_lossy().into_owned();
+        tracing::warn!(file = %file, "rejected: {reason}");
+        match claim::reject(&self.ws, dir, raw, &reason) {
+            Ok(moved_to) => match self
+                .ledger
+                .append(Event::Rejected {
+                    file,
+                    reason,
+                    moved_to,
+                })
+                .await
+            {
+                Ok(r) => self.apply(&[r]),
+                Err(e) => self.ledger_failed(e.to_string()),
+            },
+            // Leave it in the inbox: the next scan tries again, and the log says why.
+            Err(e) => {
+                tracing::error!(file = %file, "cannot move a rejected file to rejected/: {e}")
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Started(rec) => self.apply(&[rec]),
+            Msg::AttemptDone {
+                task,
+                records,
+                report,
+            } => {
+                if let Some(run) = self.running.remove(&task)
+                    && let Some(slot) = self.slots.get_mut(&run.agent)
+                {
+                    slot.running -= 1;
+                }
+                if records.is_empty() {
+                    return; // the ledger refused it: ledger_failed already stopped new work
+                }
+                self.apply(&records);
+                let Some(t) = self.book.get(&task) else {
+                    return;
+                };
+                let (attempt, agent) = (
+                    t.attempts.last().map_or(0, |a| a.n),
+                    t.attempts.last().map(|a| a.agent.clone()),
+                );
+                tracing::info!(
+                    task,
+                    agent = agent.as_deref().unwrap_or("?"),
+                    attempt,
+                    class = report.verdict.class.as_str(),
+                    "attempt finished: {}",
+                    report.verdict.reason
+                );
+                match report.verdict.class {
+                    Class::Ok => self.settle_done(&task, *report),
+                    Class::Interrupted => {
+                        if self.accepting {
+                            self.enqueue(&task);
+                        }
+                    }
+                    _ => {
+                        let t = self.book.get(&task).expect("checked above");
+                        if t.chain_pos >= t.chain.len() {
+                            let reason = format!(
+                                "every agent in the chain failed ({})",
+                                t.chain.join(" → ")
+                            );
+                            self.escalate(&task, reason);
+                        } else {
+                            self.enqueue(&task);
+                        }
+                    }
+                }
+            }
+            Msg::Settled { task, records } => {
+                self.finishing.remove(&task);
+                self.keys.remove(&task);
+                self.apply(&records);
+            }
+            Msg::LedgerFailed(why) => self.ledger_failed(why),
+        }
+    }
+
+    /// Starts every queued task that may start now, in queue order.
+    fn dispatch(&mut self) {
+        if !self.accepting || self.ledger_failed.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        self.stagger_due = None;
+        let mut starts: Vec<(String, Arc<Agent>)> = Vec::new();
+        let mut escalations: Vec<(String, String)> = Vec::new();
+        let mut total = self.running.len();
+        for key in &self.queue {
+            if total >= self.config.concurrency {
+                break;
+            }
+            let Some(t) = self.book.get(&key.id) else {
+                continue;
+            };
+            match deps(&self.book, t) {
+                Deps::Wait => continue,
+                Deps::Failed(reason) => {
+                    escalations.push((key.id.clone(), reason));
+                    continue;
+                }
+                Deps::Ready => {}
+            }
+            let Some(agent_name) = t.chain.get(t.chain_pos) else {
+                let reason = if t.chain.is_empty() {
+                    escalate::no_agents_message(&self.config)
+                } else {
+                    format!("every agent in the chain failed ({})", t.chain.join(" → "))
+                };
+                escalations.push((key.id.clone(), reason));
+                continue;
+            };
+            let Some(agent) = self.config.agents.get(agent_name) else {
+                escalations.push((
+                    key.id.clone(),
+                    format!("agent `{agent_name}` is in the task's chain but no longer configured"),
+                ));
+                continue;
+            };
+            let slot = self.slots.entry(agent_name.clone()).or_default();
+            if agent.max_parallel.is_some_and(|max| slot.running >= max) {
+                continue;
+            }
+            if let Some(last) = slot.last_start
+                && !agent.stagger.is_zero()
+                && now < last + agent.stagger
+            {
+                // Only this agent waits; others keep starting.
+                let ready = last + agent.stagger;
+                self.stagger_due = Some(self.stagger_due.map_or(ready, |d| d.min(ready)));
+                continue;
+            }
+            slot.running += 1;
+            slot.last_start = Some(now);
+            total += 1;
+            starts.push((key.id.clone(), agent.clone()));
+        }
+        for (id, reason) in escalations {
+            self.escalate(&id, reason);
+        }
+        for (id, agent) in starts {
+            self.start_attempt(&id, agent);
+        }
+    }
+
+    fn dequeue(&mut self, id: &str) {
+        if let Some(k) = self.keys.get(id) {
+            self.queue.remove(k);
+        }
+    }
+
+    fn start_attempt(&mut self, id: &str, agent: Arc<Agent>) {
+        self.dequeue(id);
+        let t = self.book.get(id).expect("queued tasks are in the book");
+        let spec = t.spec.clone().expect("unfinished tasks keep their spec");
+        let prompt = match compose_prompt(&self.ws, &spec) {
+            Ok(p) => p,
+            Err(reason) => {
+                if let Some(slot) = self.slots.get_mut(&agent.name) {
+                    slot.running -= 1;
+                }
+                return self.escalate(id, reason);
+            }
+        };
+        let previous = t.attempts.last().and_then(|a| {
+            let class = a.class?;
+            (class != Class::Ok && class != Class::Interrupted).then(|| PreviousAttempt {
+                agent: a.agent.clone(),
+                class,
+                stdout: self
+                    .ws
+                    .run_dir(id)
+                    .join(format!("{}-{}.stdout", a.n, a.agent)),
+                stderr: self
+                    .ws
+                    .run_dir(id)
+                    .join(format!("{}-{}.stderr", a.n, a.agent)),
+            })
+        });
+        let attempt = t.attempts.iter().map(|a| a.n).max().unwrap_or(0) + 1;
+        let plan = AttemptPlan {
+            task_id: id.to_string(),
+            attempt,
+            timeout: spec.fields.timeout.map_or(agent.timeout, |d| d.0),
+            idle_timeout: spec.fields.idle_timeout.map(|d| d.0).or(agent.idle_timeout),
+            agent: agent.clone(),
+            prompt,
+            workspace: self.ws.clone(),
+            kill_grace: self.config.kill_grace,
+            leak_timeout: self.config.leak_timeout,
+            previous,
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        self.running.insert(
+            id.to_string(),
+            RunningAttempt {
+                agent: agent.name.clone(),
+                stop: stop_tx,
+            },
+        );
+        tracing::info!(task = id, agent = %agent.name, attempt, "starting attempt");
+        let ledger = self.ledger.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let (task, agent_name) = (plan.task_id.clone(), plan.agent.name.clone());
+            let (l2, tx2, task2, agent2) =
+                (ledger.clone(), tx.clone(), task.clone(), agent_name.clone());
+            let report = spawn::run_attempt(&plan, stop_rx, move |info| async move {
+                let ev = Event::AttemptStarted {
+                    task: task2,
+                    attempt,
+                    agent: agent2,
+                    pid: info.pid,
+                    pgid: info.pgid,
+                    start_ticks: info.start_ticks,
+                    boot_id: info.boot_id,
+                    argv0: info.argv0,
+                };
+                match l2.append(ev).await {
+                    Ok(rec) => drop(tx2.send(Msg::Started(rec))),
+                    Err(e) => drop(tx2.send(Msg::LedgerFailed(e.to_string()))),
+                }
+            })
+            .await;
+            let finished = Event::AttemptFinished {
+                task: task.clone(),
+                attempt,
+                agent: agent_name,
+                class: report.verdict.class,
+                reason: report.verdict.reason.clone(),
+                exit_code: report.exit_code,
+                signal: report.signal,
+                stopped: report.stopped,
+                kill_signal: report.kill_signal,
+                leaked: report.leaked,
+                stdout_bytes: report.stdout_bytes,
+                stderr_bytes: report.stderr_bytes,
+                duration_ms: report.duration.as_millis() as u64,
+            };
+            let records = match ledger.append(finished).await {
+                Ok(r) => vec![r],
+                Err(e) => {
+                    let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+                    vec![]
+                }
+            };
+            let _ = tx.send(Msg::AttemptDone {
+                task,
+                records,
+                report: Box::new(report),
+            });
+        });
+    }
+
+    /// Writes the result, records `done`, moves the file to `done/`.
+    fn settle_done(&mut self, id: &str, report: AttemptReport) {
+        let Some(t) = self.book.get(id) else { return };
+        let Some(spec) = t.spec.clone() else { return };
+        let last = t.attempts.last().expect("an attempt just finished");
+        let (attempt, agent) = (last.n, last.agent.clone());
+        self.finishing.insert(id.to_string());
+        let rel = result::destination(&self.ws, id, spec.fields.output.as_deref());
+        let result = report.verdict.result.unwrap_or(ResultText::Stdout);
+        match result::write(&self.ws, &rel, &result, &report.stdout_path) {
+            Ok(_) => {
+                let (ws, ledger, tx, file, id) = (
+                    self.ws.clone(),
+                    self.ledger.clone(),
+                    self.tx.clone(),
+                    t.file.clone(),
+                    id.to_string(),
+                );
+                tokio::spawn(async move {
+                    let records = match ledger
+                        .append(Event::Done {
+                            task: id.clone(),
+                            agent,
+                            attempt,
+                            output: rel,
+                        })
+                        .await
+                    {
+                        Ok(r) => vec![r],
+                        Err(e) => {
+                            let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+                            vec![]
+                        }
+                    };
+                    if !records.is_empty()
+                        && let Err(e) =
+                            fsutil::move_into(&ws.running().join(&file), &ws.done(), &file)
+                    {
+                        tracing::warn!(task = %id, "cannot move the task file to done/: {e}");
+                    }
+                    tracing::info!(task = %id, "done");
+                    let _ = tx.send(Msg::Settled { task: id, records });
+                });
+            }
+            Err(reason) => {
+                self.finishing.remove(id);
+                self.escalate(id, reason);
+            }
+        }
+    }
+
+    /// Writes the escalation report, records `escalated`, moves the file to `failed/`, runs
+    /// the `on_escalate` hook.
+    fn escalate(&mut self, id: &str, reason: String) {
+        self.dequeue(id);
+        let Some(t) = self.book.get(id) else { return };
+        if t.phase.is_terminal() || self.finishing.contains(id) {
+            return;
+        }
+        self.finishing.insert(id.to_string());
+        let snapshot: TaskRecord = t.clone();
+        let (ws, ledger, tx, hook) = (
+            self.ws.clone(),
+            self.ledger.clone(),
+            self.tx.clone(),
+            self.config.on_escalate.clone(),
+        );
+        tracing::warn!(
+            task = id,
+            "escalated: {}",
+            reason.lines().next().unwrap_or("")
+        );
+        tokio::spawn(async move {
+            let prompt = snapshot
+                .spec
+                .as_ref()
+                .map(|s| s.prompt.clone())
+                .unwrap_or_default();
+            if let Err(e) = escalate::write_report(&ws, &snapshot, &prompt, &reason) {
+                tracing::error!(task = %snapshot.id, "cannot write the escalation report: {e}");
+            }
+            let ev = Event::Escalated {
+                task: snapshot.id.clone(),
+                reason,
+                attempts: snapshot.attempts.len() as u32,
+            };
+            let records = match ledger.append(ev).await {
+                Ok(r) => vec![r],
+                Err(e) => {
+                    let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+                    vec![]
+                }
+            };
+            let src = ws.running().join(&snapshot.file);
+            if !records.is_empty()
+                && src.exists()
+                && let Err(e) = fsutil::move_into(&src, &ws.failed(), &snapshot.file)
+            {
+                tracing::warn!(task = %snapshot.id, "cannot move the task file to failed/: {e}");
+            }
+            let _ = tx.send(Msg::Settled {
+                task: snapshot.id.clone(),
+                records,
+            });
+            if let Some(hook) = hook {
+                escalate::run_hook(&ws, &hook, &snapshot.id, Duration::from_secs(60)).await;
+            }
+        });
+    }
+
+    /// Graceful stop: terminate running attempts, wait for them and for settling tasks, put
+    /// unfinished task files back into the inbox, record it all.
+    async fn shutdown(&mut self) {
+        self.accepting = false;
+        for run in self.running.values() {
+            let _ = run.stop.send(true);
+        }
+        while !self.running.is_empty() || !self.finishing.is_empty() {
+            match self.rx.recv().await {
+                Some(msg) => self.handle(msg),
+                None => break,
+            }
+        }
+        let mut events = Vec::new();
+        for t in self.book.iter() {
+            if t.phase.is_terminal() || t.phase == Phase::Requeued {
+                continue;
+            }
+            let src = self.ws.running().join(&t.file);
+            if !src.exists() {
+                continue;
+            }
+            let ext = if t.file.ends_with(".md") {
+                ".md"
+            } else {
+                ".json"
+            };
+            match fsutil::move_into(&src, &self.ws.inbox(), &format!("{}{ext}", t.id)) {
+                Ok(path) => events.push(Event::Requeued {
+                    task: t.id.clone(),
+                    file: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                }),
+                Err(e) => {
+                    tracing::error!(task = %t.id, "cannot move the task file back to the inbox: {e}")
+                }
+            }
+        }
+        let count = events.len();
+        events.push(Event::DaemonStopped {
+            pid: std::process::id(),
+        });
+        match self.ledger.append_all(events).await {
+            Ok(recs) => self.apply(&recs),
+            Err(e) => tracing::error!("cannot record the shutdown in the ledger: {e}"),
+        }
+        if count > 0 {
+            tracing::info!("{count} unfinished task(s) were put back into the inbox");
+        }
+        self.write_progress();
+    }
+}
+
+fn ext_of(raw: &std::ffi::OsStr) -> &'static str {
+    if raw.to_string_lossy().ends_with(".md") {
+        ".md"
+    } else {
+        ".json"
+    }
+}
+
+enum Deps {
+    Ready,
+    Wait,
+    Failed(String),
+}
+
+fn deps(book: &TaskBook, t: &TaskRecord) -> Deps {
+    for dep in &t.after {
+        match book.get(dep).map(|d| &d.phase) {
+            Some(Phase::Done { .. }) => {}
+            Some(Phase::Failed { .. }) => {
+                return Deps::Failed(format!("it runs after `{dep}`, which failed"));
+            }
+            _ => return Deps::Wait,
+        }
+    }
+    Deps::Ready
+}
+
+/// Most bytes of one context file put into a prompt.
+const MAX_CONTEXT_FILE: u64 = 4 * 1024 * 1024;
+
+/// The prompt an agent receives: the task's prompt, then each `context` file (under
+/// `.context/`) and each `files` entry (workspace files), each in its own fenced section.
+fn compose_prompt(ws: &Workspace, spec: &TaskSpec) -> Result<String, String> {
+    if spec.fields.context.is_empty() && spec.fields.files.is_empty() {
+        return Ok(spec.prompt.clone());
+    }
+    let mut out = spec.prompt.clone();
+    out.push_str("\n\n---\n");
+    let sources = spec
+        .fields
+        .context
+        .iter()
+        .map(|c| (ws.context().to_path_buf(), c, format!(".context/{c}")))
+        .chain(
+            spec.fields
+                .files
+                .iter()
+                .map(|f| (ws.root().to_path_buf(), f, f.clone())),
+        );
+    for (base, rel, label) in sources {
+        let text = read_confined(&base, rel).map_err(|e| format!("context file `{label}`: {e}"))?;
+        let mut fence = "```".to_string();
+        while text.contains(&fence) {
+            fence.push('`');
+        }
+        out.push_str(&format!(
+            "\n## {label}\n\n{fence}\n{}\n{fence}\n",
+            text.trim_end()
+        ));
+    }
+    Ok(out)
+}
+
+fn read_confined(base: &std::path::Path, rel: &str) -> Result<String, String> {
+    let real_base = base.canonicalize().map_err(|e| e.to_string())?;
+    let path: PathBuf = base.join(rel);
+    let real = path
+        .canonicalize()
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if !real.starts_with(&real_base) {
+        return Err(format!("leads outside `{}`", base.display()));
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > MAX_CONTEXT_FILE {
+        return Err(format!(
+            "is {} bytes; the limit is {MAX_CONTEXT_FILE}",
+            meta.len()
+        ));
+    }
+    let bytes = std::fs::read(&real).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The pid of the daemon running on `ws`, if one holds the workspace lock.
+pub fn running_daemon(ws: &Workspace) -> Option<String> {
+    let file = std::fs::File::open(ws.lock()).ok()?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => None,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some(
+            std::fs::read_to_string(ws.lock())
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+        ),
+        Err(_) => None,
+    }
+}

@@ -1,0 +1,173 @@
+//! The escalate stage: when a task's whole chain has failed, write `escalations/<id>.md` (the
+//! prompt, then every attempt with agent, class, exit code or signal, duration and the last lines
+//! of its output), and run the optional `on_escalate` hook with the task id.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::duration::short;
+use crate::fsutil;
+use crate::judge::signal_name;
+use crate::preset;
+use crate::state::TaskRecord;
+use crate::workspace::Workspace;
+
+/// Lines of each output stream quoted in the report.
+const TAIL_LINES: usize = 20;
+
+/// Writes `escalations/<id>.md` atomically and returns its path.
+pub fn write_report(
+    ws: &Workspace,
+    task: &TaskRecord,
+    prompt: &str,
+    reason: &str,
+) -> std::io::Result<PathBuf> {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Escalated: {} — {}\n", task.id, task.title);
+    let _ = writeln!(md, "**Why:** {reason}\n");
+    let _ = writeln!(
+        md,
+        "**Chain:** {}\n",
+        if task.chain.is_empty() {
+            "(empty)".to_string()
+        } else {
+            task.chain.join(" → ")
+        }
+    );
+    let _ = writeln!(md, "## Prompt\n\n{}\n", fenced(prompt));
+    let _ = writeln!(md, "## Attempts\n");
+    if task.attempts.is_empty() {
+        let _ = writeln!(md, "_No attempt could be made._\n");
+    }
+    for a in &task.attempts {
+        let status = match (a.exit_code, a.signal) {
+            (_, Some(sig)) => format!("signal {sig} ({})", signal_name(sig)),
+            (Some(code), None) => format!("exit code {code}"),
+            (None, None) => "no exit status".to_string(),
+        };
+        let _ = writeln!(
+            md,
+            "### Attempt {} — {}: `{}`\n\n- reason: {}\n- {status}, {} (stdout {} bytes, stderr {} bytes)\n",
+            a.n,
+            a.agent,
+            a.class.map(|c| c.as_str()).unwrap_or("unfinished"),
+            a.reason,
+            short(Duration::from_millis(a.duration_ms)),
+            a.stdout_bytes,
+            a.stderr_bytes,
+        );
+        for stream in ["stdout", "stderr"] {
+            let path = ws
+                .run_dir(&task.id)
+                .join(format!("{}-{}.{stream}", a.n, a.agent));
+            let tail = last_lines(&fsutil::read_tail(&path, 16 * 1024), TAIL_LINES);
+            if !tail.trim().is_empty() {
+                let _ = writeln!(
+                    md,
+                    "Last lines of {stream} (`{}`):\n\n{}\n",
+                    path.display(),
+                    fenced(&tail)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "## What now\n\nFix the cause (see the reasons above), then run the task again:\n`dirigent retry {id}` (or drop a new task file into `.context/inbox/`).\n",
+        id = task.id
+    );
+    let path = ws.escalations().join(format!("{}.md", task.id));
+    fsutil::write_atomic(&path, md.as_bytes())?;
+    Ok(path)
+}
+
+/// The message for a task whose chain is empty because no agent CLI is installed.
+pub fn no_agents_message(config: &Config) -> String {
+    let mut installs = String::new();
+    for p in preset::PRESETS {
+        if config.agents.contains_key(p.name) {
+            let _ = write!(installs, "\n  - {}: {}", p.name, p.install_hint);
+        }
+    }
+    format!(
+        "no agent is available: none of the configured agent CLIs is installed (on PATH). \
+Install one of them:{installs}\n\
+or configure a local script agent in .context/dirigent.yaml:\n\n\
+  agents:\n    local:\n      command: [\"python3\", \"scripts/agents/local-agent.py\"]\n      prompt: stdin\n  default_chain: [local]\n"
+    )
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A Markdown code fence long enough not to be closed by the text inside it.
+fn fenced(text: &str) -> String {
+    let mut fence = "```".to_string();
+    while text.contains(&fence) {
+        fence.push('`');
+    }
+    format!("{fence}\n{}\n{fence}", text.trim_end())
+}
+
+/// Runs the `on_escalate` hook (argv + the task id) in its own process group, stdin from
+/// /dev/null, output to `runs/<id>/on_escalate.log`, killed after `limit`. Never blocks the
+/// caller for longer than `limit` plus the kill.
+pub async fn run_hook(ws: &Workspace, argv: &[String], task_id: &str, limit: Duration) {
+    let log_path = ws.run_dir(task_id).join("on_escalate.log");
+    let _ = std::fs::create_dir_all(ws.run_dir(task_id));
+    let log = std::fs::File::create(&log_path).ok();
+    let (out, err) = match log
+        .as_ref()
+        .and_then(|f| Some((f.try_clone().ok()?, f.try_clone().ok()?)))
+    {
+        Some((o, e)) => (Stdio::from(o), Stdio::from(e)),
+        None => (Stdio::null(), Stdio::null()),
+    };
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .arg(task_id)
+        .current_dir(ws.root())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(
+                task = task_id,
+                "on_escalate hook `{}` could not start: {e}",
+                argv[0]
+            );
+            return;
+        }
+    };
+    let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(Ok(status)) if !status.success() => {
+            tracing::warn!(
+                task = task_id,
+                "on_escalate hook exited with {status}; see {}",
+                log_path.display()
+            );
+        }
+        Ok(_) => {}
+        Err(_) => {
+            tracing::warn!(
+                task = task_id,
+                "on_escalate hook ran longer than {}; killed",
+                short(limit)
+            );
+        }
+    }
+    if let Some(pgid) = pid {
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = child.wait().await;
+}

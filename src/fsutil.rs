@@ -1,0 +1,217 @@
+//! Small file-system primitives every stage relies on: atomic replace, rename that never
+//! overwrites, reading a task file without following symlinks or blocking on a FIFO.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies `from` to `to` atomically (temp file + fsync + rename), streaming.
+pub fn copy_atomic(from: &Path, to: &Path) -> io::Result<u64> {
+    let dir = to.parent().unwrap_or(Path::new("."));
+    let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut src = File::open(from)?;
+        let mut f = File::create(&tmp)?;
+        let n = io::copy(&mut src, &mut f)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, to)?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Renames `from` to `to` but fails with `AlreadyExists` instead of replacing `to`.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // Some file systems do not support the flag: fall through to the portable way.
+            Err(nix::errno::Errno::EINVAL) => {}
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+    if std::fs::symlink_metadata(to).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "target exists",
+        ));
+    }
+    std::fs::rename(from, to)
+}
+
+/// Moves `from` into `dir`, keeping its name when free, else `stem-2.ext`, `stem-3.ext`, ….
+/// Returns the new path.
+pub fn move_into(from: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    let (stem, ext) = split_name(name);
+    for n in 1u32.. {
+        let candidate = if n == 1 {
+            dir.join(name)
+        } else {
+            dir.join(format!("{stem}-{n}{ext}"))
+        };
+        match rename_noreplace(from, &candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("u32 names run out")
+}
+
+/// `("name", ".json")` for `name.json`; the extension includes the dot.
+pub fn split_name(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    }
+}
+
+/// What reading a task file found.
+pub enum ReadOutcome {
+    Bytes(Vec<u8>),
+    /// The file vanished (another claimer won, or the writer took it back).
+    Gone,
+    /// Not something we accept; the reason says why.
+    Refused(String),
+}
+
+/// Reads a task file without following symlinks, without blocking on a FIFO, and without reading
+/// more than `limit` bytes.
+pub fn read_task_file(path: &Path, limit: u64) -> ReadOutcome {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return ReadOutcome::Gone,
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return ReadOutcome::Refused(
+                "the task file is a symbolic link; dirigent only reads regular files".into(),
+            );
+        }
+        Err(e) => return ReadOutcome::Refused(format!("cannot open the task file: {e}")),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return ReadOutcome::Refused(format!("cannot stat the task file: {e}")),
+    };
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else {
+            use std::os::unix::fs::FileTypeExt;
+            let ft = meta.file_type();
+            if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            }
+        };
+        return ReadOutcome::Refused(format!(
+            "the task file is {kind}; dirigent only reads regular files"
+        ));
+    }
+    if meta.len() > limit {
+        return ReadOutcome::Refused(format!(
+            "the task file is {} bytes; the limit is {limit} bytes (1 MiB)",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    match file.take(limit + 1).read_to_end(&mut bytes) {
+        Ok(_) if bytes.len() as u64 > limit => ReadOutcome::Refused(format!(
+            "the task file grew past the limit of {limit} bytes while being read"
+        )),
+        Ok(_) => ReadOutcome::Bytes(bytes),
+        Err(e) => ReadOutcome::Refused(format!("cannot read the task file: {e}")),
+    }
+}
+
+fn libc_flags() -> i32 {
+    nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC
+}
+
+/// Reads at most the last `max` bytes of a file, lossily as text.
+pub fn read_tail(path: &Path, max: u64) -> String {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noreplace_and_move_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.json");
+        let b = dir.path().join("b.json");
+        std::fs::write(&a, "1").unwrap();
+        std::fs::write(&b, "2").unwrap();
+        let err = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("b.json"), "old").unwrap();
+        let moved = move_into(&b, &sub, "b.json").unwrap();
+        assert_eq!(moved, sub.join("b-2.json"));
+        assert_eq!(std::fs::read_to_string(sub.join("b.json")).unwrap(), "old");
+    }
+
+    #[test]
+    fn task_reads_refuse_links_fifos_and_big_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret");
+        std::fs::write(&target, "s").unwrap();
+        let link = dir.path().join("l.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(
+            matches!(read_task_file(&link, 10), ReadOutcome::Refused(r) if r.contains("symbolic link"))
+        );
+        let fifo = dir.path().join("f.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(matches!(read_task_file(&fifo, 10), ReadOutcome::Refused(r) if r.contains("FIFO")));
+        let big = dir.path().join("b.json");
+        std::fs::write(&big, vec![b'x'; 11]).unwrap();
+        assert!(matches!(read_task_file(&big, 10), ReadOutcome::Refused(r) if r.contains("limit")));
+        assert!(matches!(
+            read_task_file(&dir.path().join("nope"), 10),
+            ReadOutcome::Gone
+        ));
+        assert!(matches!(read_task_file(&target, 10), ReadOutcome::Bytes(b) if b == b"s"));
+    }
+}

@@ -1,0 +1,528 @@
+//! The ledger: `.context/ledger.jsonl`, an append-only log of every state change, one JSON object
+//! per line. It is the source of truth: `progress.md`, `dirigent status` and the daemon's state
+//! after a restart are all derived from it.
+//!
+//! One owner writes it: a dedicated thread ([`Ledger::open`]) that takes batches of events from a
+//! channel, writes them, `fsync`s once per batch (group commit) and only then acknowledges each
+//! one. Every caller awaits that acknowledgement before acting on the event, so what the daemon
+//! did is always on disk first. A torn or unparsable tail left by a crash is cut off when the
+//! ledger is opened and kept aside in `ledger.torn-<unix-ms>` instead of being dropped.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::judge::{Class, StopCause};
+use crate::task::TaskSpec;
+
+/// One line of the ledger.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Position in the ledger, from 1, never reused.
+    pub seq: u64,
+    /// Wall-clock time in milliseconds since the Unix epoch.
+    pub ts: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A state change. `task` is the task id.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    DaemonStarted {
+        pid: u32,
+        version: String,
+    },
+    DaemonStopped {
+        pid: u32,
+    },
+    /// A task file was parsed and accepted; `file` is its name in the inbox.
+    Received {
+        task: String,
+        file: String,
+        spec: Box<TaskSpec>,
+    },
+    /// A file could not be accepted; it is in `rejected/` next to `<name>.error.txt`.
+    Rejected {
+        file: String,
+        reason: String,
+        moved_to: String,
+    },
+    /// The task file was moved into `running/` under this name.
+    Claimed {
+        task: String,
+        file: String,
+    },
+    AttemptStarted {
+        task: String,
+        attempt: u32,
+        agent: String,
+        pid: u32,
+        pgid: u32,
+        /// Process start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so a
+        /// reused pid is never mistaken for ours.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_ticks: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot_id: Option<String>,
+        argv0: String,
+    },
+    AttemptFinished {
+        task: String,
+        attempt: u32,
+        agent: String,
+        class: Class,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        /// Set when the supervisor stopped it: why, and the last signal it had to send.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stopped: Option<StopCause>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kill_signal: Option<i32>,
+        /// Processes of its group were still alive after it exited and were killed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        leaked: bool,
+        stdout_bytes: u64,
+        stderr_bytes: u64,
+        duration_ms: u64,
+    },
+    /// The task succeeded; its result is at `output` (workspace-relative).
+    Done {
+        task: String,
+        agent: String,
+        attempt: u32,
+        output: String,
+    },
+    /// The whole chain failed; the report is `escalations/<task>.md`.
+    Escalated {
+        task: String,
+        reason: String,
+        attempts: u32,
+    },
+    /// Put back into the inbox by a graceful stop; it runs again on the next start.
+    Requeued {
+        task: String,
+        file: String,
+    },
+}
+
+impl Event {
+    /// The task this event is about, if any.
+    pub fn task(&self) -> Option<&str> {
+        match self {
+            Event::Received { task, .. }
+            | Event::Claimed { task, .. }
+            | Event::AttemptStarted { task, .. }
+            | Event::AttemptFinished { task, .. }
+            | Event::Done { task, .. }
+            | Event::Escalated { task, .. }
+            | Event::Requeued { task, .. } => Some(task),
+            Event::DaemonStarted { .. } | Event::DaemonStopped { .. } | Event::Rejected { .. } => {
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger `{path}`: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the ledger writer has stopped")]
+    Closed,
+    #[error("ledger write failed earlier ({0}); no further events are accepted")]
+    Failed(String),
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+/// Every complete record. A torn or unparsable tail is reported as the byte offset where the
+/// valid part ends; `repair` cuts it off. An unparsable line *followed by* good lines is not a
+/// tail: it is skipped and counted, never cut.
+pub struct Replay {
+    pub records: Vec<Record>,
+    /// Byte length up to the end of the last good line.
+    pub valid_len: u64,
+    /// Total file length; more than `valid_len` means a damaged tail.
+    pub file_len: u64,
+    /// Unparsable lines in the middle of the ledger (reported, kept in the file).
+    pub skipped: usize,
+}
+
+/// Reads the ledger (read-only). A missing file is an empty ledger.
+pub fn read(path: &Path) -> std::io::Result<Replay> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Replay {
+                records: vec![],
+                valid_len: 0,
+                file_len: 0,
+                skipped: 0,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let file_len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut records = Vec::new();
+    let mut valid_len = 0u64;
+    let mut pos = 0u64;
+    let mut bad_since_valid = 0usize;
+    let mut skipped = 0usize;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        pos += n as u64;
+        match serde_json::from_slice::<Record>(&line) {
+            Ok(r) => {
+                records.push(r);
+                valid_len = pos;
+                skipped += bad_since_valid;
+                bad_since_valid = 0;
+            }
+            Err(_) => bad_since_valid += 1,
+        }
+    }
+    Ok(Replay {
+        records,
+        valid_len,
+        file_len,
+        skipped,
+    })
+}
+
+/// Reads records appended after byte `offset` (for followers such as `submit --wait`).
+/// Returns the records and the new offset; an incomplete last line is left for next time.
+pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<Record>, u64)> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], offset)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if len < offset {
+        // Replaced or truncated: start over.
+        return read_from(path, 0);
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.take(len - offset).read_to_end(&mut buf)?;
+    let mut out = Vec::new();
+    let mut consumed = 0usize;
+    for line in buf.split_inclusive(|b| *b == b'\n') {
+        if line.last() != Some(&b'\n') {
+            break;
+        }
+        consumed += line.len();
+        if let Ok(r) = serde_json::from_slice::<Record>(line) {
+            out.push(r);
+        }
+    }
+    Ok((out, offset + consumed as u64))
+}
+
+/// Cuts a damaged tail off, saving it to `ledger.torn-<unix-ms>` first. Returns the saved path.
+pub fn repair(path: &Path, replay: &Replay) -> std::io::Result<Option<PathBuf>> {
+    if replay.file_len <= replay.valid_len {
+        return Ok(None);
+    }
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    file.seek(SeekFrom::Start(replay.valid_len))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let aside = path.with_file_name(format!("ledger.torn-{}", now_ms()));
+    let mut out = File::create(&aside)?;
+    out.write_all(&tail)?;
+    out.sync_all()?;
+    file.set_len(replay.valid_len)?;
+    file.sync_all()?;
+    Ok(Some(aside))
+}
+
+struct Append {
+    events: Vec<Event>,
+    /// Answered by the writer thread after the batch containing these events is fsynced.
+    ack: oneshot::Sender<Result<Vec<Record>, LedgerError>>,
+}
+
+/// A handle to the ledger writer. Cheap to clone; the writer thread stops when every handle is
+/// dropped, after writing what it was sent.
+#[derive(Clone)]
+pub struct Ledger {
+    /// Receiver: the writer thread. Closed when all handles are dropped.
+    tx: mpsc::UnboundedSender<Append>,
+}
+
+/// Joined by the daemon at the very end, so nothing is left unwritten.
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Ledger {
+    /// Opens the ledger for appending, continuing after sequence number `last_seq`.
+    pub fn open(path: &Path, last_seq: u64) -> Result<(Ledger, WriterThread), LedgerError> {
+        let io_err = |source| LedgerError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let path_s = path.display().to_string();
+        let handle = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer_loop(file, path_s, last_seq, rx))
+            .map_err(io_err)?;
+        Ok((Ledger { tx }, WriterThread(handle)))
+    }
+
+    /// Appends one event; resolves once it is on disk.
+    pub async fn append(&self, event: Event) -> Result<Record, LedgerError> {
+        let mut v = self.append_all(vec![event]).await?;
+        Ok(v.remove(0))
+    }
+
+    /// Appends several events in one batch; resolves once all of them are on disk.
+    pub async fn append_all(&self, events: Vec<Event>) -> Result<Vec<Record>, LedgerError> {
+        if events.is_empty() {
+            return Ok(vec![]);
+        }
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Append { events, ack })
+            .map_err(|_| LedgerError::Closed)?;
+        done.await.map_err(|_| LedgerError::Closed)?
+    }
+}
+
+fn writer_loop(
+    mut file: File,
+    path: String,
+    mut seq: u64,
+    mut rx: mpsc::UnboundedReceiver<Append>,
+) {
+    let mut failed: Option<String> = None;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.blocking_recv() {
+        // Group commit: take everything already queued, one write, one fsync.
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 1024 {
+                break;
+            }
+        }
+        if let Some(why) = &failed {
+            for a in batch {
+                let _ = a.ack.send(Err(LedgerError::Failed(why.clone())));
+            }
+            continue;
+        }
+        buf.clear();
+        let ts = now_ms();
+        let start_seq = seq;
+        let mut out: Vec<Vec<Record>> = Vec::with_capacity(batch.len());
+        for a in &batch {
+            let mut recs = Vec::with_capacity(a.events.len());
+            for ev in &a.events {
+                seq += 1;
+                let rec = Record {
+                    seq,
+                    ts,
+                    event: ev.clone(),
+                };
+                serde_json::to_writer(&mut buf, &rec).expect("events serialise");
+                buf.push(b'\n');
+                recs.push(rec);
+            }
+            out.push(recs);
+        }
+        let result = file.write_all(&buf).and_then(|()| file.sync_data());
+        match result {
+            Ok(()) => {
+                for (a, recs) in batch.into_iter().zip(out) {
+                    let _ = a.ack.send(Ok(recs));
+                }
+            }
+            Err(e) => {
+                // A partial write may have left a torn line; it is cut off on the next start.
+                // Refuse everything from now on rather than write after a hole.
+                seq = start_seq;
+                let why = format!("{path}: {e}");
+                tracing::error!("ledger write failed: {why}; dirigent stops accepting work");
+                for a in batch {
+                    let _ = a.ack.send(Err(LedgerError::Failed(why.clone())));
+                }
+                failed = Some(why);
+            }
+        }
+    }
+    let _ = file.sync_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_are_numbered_durable_and_replayable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let (ledger, writer) = Ledger::open(&path, 0).unwrap();
+        let r1 = ledger
+            .append(Event::DaemonStarted {
+                pid: 1,
+                version: "x".into(),
+            })
+            .await
+            .unwrap();
+        let rs = ledger
+            .append_all(vec![
+                Event::DaemonStopped { pid: 1 },
+                Event::DaemonStopped { pid: 2 },
+            ])
+            .await
+            .unwrap();
+        assert_eq!((r1.seq, rs[0].seq, rs[1].seq), (1, 2, 3));
+        // Durable before the ack: readable now, without the writer closing.
+        assert_eq!(read(&path).unwrap().records.len(), 3);
+        drop(ledger);
+        writer.join();
+        let replay = read(&path).unwrap();
+        assert_eq!(replay.records[2], rs[1]);
+        assert_eq!(replay.valid_len, replay.file_len);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let good = serde_json::to_string(&Record {
+            seq: 1,
+            ts: 5,
+            event: Event::DaemonStopped { pid: 1 },
+        })
+        .unwrap();
+        std::fs::write(&path, format!("{good}\n{{\"seq\":2,\"ts\":")).unwrap();
+        let replay = read(&path).unwrap();
+        assert_eq!(replay.records.len(), 1);
+        assert!(replay.file_len > replay.valid_len);
+        let aside = repair(&path, &replay).unwrap().expect("tail saved");
+        assert_eq!(
+            std::fs::read_to_string(&aside).unwrap(),
+            "{\"seq\":2,\"ts\":"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{good}\n"));
+        // Garbage in the middle is skipped and counted, never treated as a tail.
+        std::fs::write(&path, format!("{good}\nnot json\n{good}\n")).unwrap();
+        let replay = read(&path).unwrap();
+        assert_eq!((replay.records.len(), replay.skipped), (2, 1));
+        assert_eq!(replay.valid_len, replay.file_len);
+        // Garbage lines at the end are a tail.
+        std::fs::write(&path, format!("{good}\nnot json\n")).unwrap();
+        let replay = read(&path).unwrap();
+        assert_eq!(
+            (replay.records.len(), replay.valid_len as usize),
+            (1, good.len() + 1)
+        );
+    }
+
+    #[test]
+    fn every_event_round_trips() {
+        let fields = crate::task::parse_fields(
+            "t.json",
+            br#"{"id":"t","prompt":"p","agent":"a","timeout":"5m","after":["x"],"priority":2,"vars":{"k":"v"}}"#,
+        )
+        .unwrap();
+        let spec = TaskSpec {
+            id: "t".into(),
+            title: "p".into(),
+            prompt: "p".into(),
+            chain: vec!["a".into()],
+            chain_source: "agent".into(),
+            fields,
+        };
+        let events = [
+            Event::Received {
+                task: "t".into(),
+                file: "t.json".into(),
+                spec: Box::new(spec),
+            },
+            Event::AttemptFinished {
+                task: "t".into(),
+                attempt: 1,
+                agent: "a".into(),
+                class: Class::RateLimit,
+                reason: "r".into(),
+                exit_code: None,
+                signal: Some(9),
+                stopped: Some(StopCause::Timeout),
+                kill_signal: Some(9),
+                leaked: true,
+                stdout_bytes: 1,
+                stderr_bytes: 2,
+                duration_ms: 3,
+            },
+            Event::Rejected {
+                file: "x\ny.json".into(),
+                reason: "r".into(),
+                moved_to: "x_y.json".into(),
+            },
+        ];
+        for event in events {
+            let rec = Record {
+                seq: 1,
+                ts: 2,
+                event,
+            };
+            let line = serde_json::to_string(&rec).unwrap();
+            let back: Record =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!(back, rec);
+        }
+    }
+
+    #[test]
+    fn read_from_skips_incomplete_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let good = serde_json::to_string(&Record {
+            seq: 1,
+            ts: 5,
+            event: Event::DaemonStopped { pid: 1 },
+        })
+        .unwrap();
+        std::fs::write(&path, format!("{good}\n{{\"seq\"")).unwrap();
+        let (recs, off) = read_from(&path, 0).unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(off as usize, good.len() + 1);
+    }
+}

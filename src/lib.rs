@@ -1,0 +1,27 @@
+//! dirigent: a supervisor daemon for AI coding-agent CLIs.
+//!
+//! The modules follow the flow of a task:
+//! [`inbox`] (watch + scan) → [`claim`] (read, parse, accept or reject) → [`engine`] (schedule
+//! under limits) → [`spawn`] (run one attempt in its own process group) → [`judge`] (verdict) →
+//! next agent, or [`result`] / [`escalate`] → [`ledger`] (durable events) → [`state`] (the fold
+//! over events) → [`progress`] (`progress.md`).
+//!
+//! [`engine::run`] is the entry point; it takes a `shutdown` future so tests can run the whole
+//! daemon in-process.
+
+pub mod claim;
+pub mod config;
+pub mod duration;
+pub mod engine;
+pub mod escalate;
+pub mod fsutil;
+pub mod inbox;
+pub mod judge;
+pub mod ledger;
+pub mod preset;
+pub mod progress;
+pub mod result;
+pub mod spawn;
+pub mod state;
+pub mod task;
+pub mod workspace;

@@ -1,0 +1,68 @@
+//! The `dirigent` binary: parses the command line into a validated command, runs it, and turns
+//! errors into `error: …` lines and a non-zero exit status.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use dirigent::workspace::Workspace;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ws = Workspace::discover(cli.root.as_deref())?;
+    match cli.command {
+        Command::Init { force } => commands::init(&ws, force),
+        Command::Daemon { log_level } => daemon(ws, &log_level),
+        Command::Submit(args) => commands::submit(&ws, args),
+        Command::Status { id, json } => commands::status(&ws, id.as_deref(), json),
+        Command::Logs {
+            id,
+            follow,
+            attempt,
+            stderr,
+        } => commands::logs(&ws, &id, follow, attempt, stderr),
+        Command::Result { id } => commands::result(&ws, &id),
+        Command::Agents { json } => commands::agents(&ws, json),
+    }
+}
+
+fn daemon(ws: Workspace, log_level: &str) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_level))
+        .map_err(|e| anyhow::anyhow!("invalid `--log-level` `{log_level}`: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(dirigent::engine::run(ws, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,301 @@
+//! Built-in presets: how each real agent CLI is invoked non-interactively and how its output is
+//! judged. An agent in the config says `preset: gemini` and gets all of this; every field can
+//! still be overridden in the config.
+//!
+//! The facts behind each preset (checked against the current CLIs without network):
+//! - claude: `-p PROMPT --output-format json`; failures may be `"is_error": true` even with
+//!   `"subtype": "success"`; "Not logged in" comes on stdout with exit 1; as root
+//!   `--dangerously-skip-permissions` is refused, so we use `--permission-mode acceptEdits`;
+//!   it retries ~3 minutes on network failure unless `CLAUDE_CODE_MAX_RETRIES` is set.
+//! - gemini: `-p PROMPT -o json --yolo`; exit 55 = untrusted folder (unless
+//!   `GEMINI_CLI_TRUST_WORKSPACE=true`), 41 = no auth, 42 = no prompt; errors as JSON on stderr.
+//!   Parallel starts race (seed 003), hence the default 1 s stagger.
+//! - codex: `exec --json PROMPT` (JSONL events); `--full-auto` is rejected; it never exits on
+//!   network failure, so the idle timeout is what ends it; success needs `turn.completed` and no
+//!   `turn.failed`; outside a git repository it needs `--skip-git-repo-check`.
+//! - aider: `--message PROMPT --yes-always --no-check-update --analytics-disable --no-pretty`;
+//!   exits 0 with litellm error text on stdout when the API fails, so patterns must catch it;
+//!   with no key it waits 5 minutes for an OAuth login, which the idle timeout cuts short.
+//! - opencode: `run --format json PROMPT`; error events arrive on stdout; it can die mid-turn with
+//!   exit 0, so success needs a text event and no error event.
+//! - ollama: `run MODEL PROMPT`; reads all of stdin when it is not a TTY (we give it /dev/null);
+//!   prints `Error: …` on stderr with exit 1.
+
+use std::time::Duration;
+
+use crate::judge::Class;
+
+/// How the prompt reaches the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptMode {
+    /// Written to the child's stdin, which is then closed.
+    Stdin,
+    /// Replaces `{prompt}` in the command (one argv element, never a shell string).
+    Arg,
+    /// Written to a file whose path replaces `{prompt_file}` in the command.
+    File,
+}
+
+/// What the agent prints on stdout, which decides structured judging and result extraction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// Plain text: stdout is the result.
+    Plain,
+    /// One JSON object with `result`, `is_error`, `subtype` (claude `--output-format json`).
+    ClaudeJson,
+    /// One JSON object with `response` or `error` (gemini `-o json`).
+    GeminiJson,
+    /// JSON lines: `turn.completed` / `turn.failed` / `item.completed` (codex `exec --json`).
+    CodexJsonl,
+    /// JSON lines: `text` / `error` / `step_finish` events (opencode `run --format json`).
+    OpencodeJsonl,
+}
+
+/// A built-in preset. Patterns are regexes; `classified` ones turn a failure into a specific
+/// class (`auth`, `rate_limit`, `pattern`).
+#[derive(Debug)]
+pub struct Preset {
+    pub name: &'static str,
+    /// argv template; `{model_args}` expands to `model_args` when a model is set, else nothing.
+    pub command: &'static [&'static str],
+    pub model_args: &'static [&'static str],
+    pub default_model: Option<&'static str>,
+    pub prompt: PromptMode,
+    pub format: OutputFormat,
+    pub env: &'static [(&'static str, &'static str)],
+    pub stagger: Duration,
+    pub timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    /// Exit codes with a known meaning (checked before the generic `exit` class).
+    pub exit_classes: &'static [(i32, Class)],
+    pub classified: &'static [(Class, &'static str)],
+    pub install_hint: &'static str,
+}
+
+const MIN: u64 = 60;
+
+/// Every built-in preset, in the order the default chain prefers them.
+pub static PRESETS: &[Preset] = &[
+    Preset {
+        name: "claude",
+        command: &[
+            "claude",
+            "-p",
+            "{prompt}",
+            "--output-format",
+            "json",
+            "--permission-mode",
+            "acceptEdits",
+            "{model_args}",
+        ],
+        model_args: &["--model", "{model}"],
+        default_model: None,
+        prompt: PromptMode::Arg,
+        format: OutputFormat::ClaudeJson,
+        // One retry loop, and it is ours: claude's own lasts ~3 minutes.
+        env: &[("CLAUDE_CODE_MAX_RETRIES", "1")],
+        stagger: Duration::ZERO,
+        timeout: Duration::from_secs(30 * MIN),
+        // claude prints its JSON only at the end: silence is normal, so no idle limit.
+        idle_timeout: None,
+        exit_classes: &[],
+        classified: &[
+            (
+                Class::Auth,
+                r"(?i)not logged in|invalid api key|please run /login|authentication_error|oauth token has expired|credit balance is too low",
+            ),
+            (
+                Class::RateLimit,
+                r"(?i)rate[_ ]limit|usage limit|\b429\b|overloaded_error",
+            ),
+        ],
+        install_hint: "npm install -g @anthropic-ai/claude-code",
+    },
+    Preset {
+        name: "gemini",
+        command: &[
+            "gemini",
+            "-p",
+            "{prompt}",
+            "-o",
+            "json",
+            "--yolo",
+            "{model_args}",
+        ],
+        model_args: &["-m", "{model}"],
+        default_model: None,
+        prompt: PromptMode::Arg,
+        format: OutputFormat::GeminiJson,
+        env: &[("GEMINI_CLI_TRUST_WORKSPACE", "true")],
+        stagger: Duration::from_secs(1),
+        timeout: Duration::from_secs(30 * MIN),
+        idle_timeout: None,
+        exit_classes: &[(41, Class::Auth), (55, Class::Auth)],
+        classified: &[
+            (
+                Class::Auth,
+                r"(?i)api key not valid|unauthenticated|permission_denied|GEMINI_API_KEY|auth method|not trusted|untrusted",
+            ),
+            (
+                Class::RateLimit,
+                r"(?i)resource_exhausted|quota|\b429\b|rate[_ ]limit",
+            ),
+        ],
+        install_hint: "npm install -g @google/gemini-cli",
+    },
+    Preset {
+        name: "codex",
+        command: &[
+            "codex",
+            "exec",
+            "{model_args}",
+            "--json",
+            "--skip-git-repo-check",
+            "{prompt}",
+        ],
+        model_args: &["-m", "{model}"],
+        default_model: None,
+        prompt: PromptMode::Arg,
+        format: OutputFormat::CodexJsonl,
+        env: &[],
+        stagger: Duration::ZERO,
+        timeout: Duration::from_secs(30 * MIN),
+        // codex never exits on a network failure; its event stream goes quiet instead.
+        idle_timeout: Some(Duration::from_secs(5 * MIN)),
+        exit_classes: &[],
+        classified: &[
+            (
+                Class::Auth,
+                r"(?i)not logged in|401 unauthorized|invalid_api_key|OPENAI_API_KEY|please log ?in",
+            ),
+            (
+                Class::RateLimit,
+                r"(?i)rate[_ ]limit|\b429\b|usage limit|quota",
+            ),
+        ],
+        install_hint: "npm install -g @openai/codex",
+    },
+    Preset {
+        name: "opencode",
+        command: &[
+            "opencode",
+            "run",
+            "{model_args}",
+            "--format",
+            "json",
+            "{prompt}",
+        ],
+        model_args: &["-m", "{model}"],
+        default_model: None,
+        prompt: PromptMode::Arg,
+        format: OutputFormat::OpencodeJsonl,
+        env: &[],
+        stagger: Duration::ZERO,
+        timeout: Duration::from_secs(30 * MIN),
+        idle_timeout: Some(Duration::from_secs(5 * MIN)),
+        exit_classes: &[],
+        classified: &[
+            (
+                Class::Auth,
+                r"(?i)ProviderAuthError|api key|unauthorized|\b401\b",
+            ),
+            (Class::RateLimit, r"(?i)rate[_ ]limit|\b429\b|quota"),
+        ],
+        install_hint: "npm install -g opencode-ai",
+    },
+    Preset {
+        name: "aider",
+        command: &[
+            "aider",
+            "{model_args}",
+            "--message",
+            "{prompt}",
+            "--yes-always",
+            "--no-check-update",
+            "--analytics-disable",
+            "--no-pretty",
+        ],
+        model_args: &["--model", "{model}"],
+        default_model: None,
+        prompt: PromptMode::Arg,
+        format: OutputFormat::Plain,
+        env: &[],
+        stagger: Duration::ZERO,
+        timeout: Duration::from_secs(30 * MIN),
+        // Without a key aider waits 5 minutes for an OAuth login in silence.
+        idle_timeout: Some(Duration::from_secs(3 * MIN)),
+        exit_classes: &[],
+        classified: &[
+            (
+                Class::Auth,
+                r"(?i)AuthenticationError|invalid api key|no api key|login to openrouter",
+            ),
+            (Class::RateLimit, r"RateLimitError|(?i)rate limit exceeded"),
+            (
+                Class::Pattern,
+                r"litellm\.\w+Error|APIConnectionError|ServiceUnavailableError",
+            ),
+        ],
+        install_hint: "pip install aider-chat",
+    },
+    Preset {
+        name: "ollama",
+        command: &["ollama", "run", "{model}", "{prompt}"],
+        model_args: &[],
+        default_model: Some("llama3.2"),
+        prompt: PromptMode::Arg,
+        format: OutputFormat::Plain,
+        env: &[],
+        stagger: Duration::ZERO,
+        timeout: Duration::from_secs(30 * MIN),
+        idle_timeout: Some(Duration::from_secs(5 * MIN)),
+        exit_classes: &[],
+        classified: &[(Class::Pattern, r"(?m)^Error: ")],
+        install_hint: "see https://ollama.com/download, then `ollama pull llama3.2`",
+    },
+];
+
+/// The preset called `name`, if there is one.
+pub fn find(name: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|p| p.name == name)
+}
+
+/// Names of all presets, in preference order.
+pub fn names() -> Vec<&'static str> {
+    PRESETS.iter().map(|p| p.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_pattern_compiles_and_has_a_prompt_slot() {
+        for p in PRESETS {
+            for (_, re) in p.classified {
+                regex::Regex::new(re).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            }
+            assert!(p.command.contains(&"{prompt}"), "{}", p.name);
+        }
+    }
+
+    #[test]
+    fn presets_carry_the_cli_facts() {
+        let codex = find("codex").unwrap();
+        assert!(!codex.command.contains(&"--full-auto"));
+        assert!(codex.idle_timeout.is_some());
+        let gemini = find("gemini").unwrap();
+        assert!(gemini.env.contains(&("GEMINI_CLI_TRUST_WORKSPACE", "true")));
+        assert_eq!(gemini.exit_classes, &[(41, Class::Auth), (55, Class::Auth)]);
+        let claude = find("claude").unwrap();
+        assert!(!claude.command.contains(&"--dangerously-skip-permissions"));
+        assert!(
+            claude
+                .env
+                .iter()
+                .any(|(k, _)| *k == "CLAUDE_CODE_MAX_RETRIES")
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! `.context/progress.md`: the human-readable view of the ledger, like the progress ledger in the
+//! seeds. Rendered from a [`TaskBook`] and replaced atomically (temp file + rename), so a reader
+//! never sees half a file. The daemon renders it shortly after changes (coalesced), never on a
+//! timer while idle.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::duration::short;
+use crate::state::{Phase, TaskBook};
+
+/// At most this many finished tasks are listed per section; older ones are counted.
+pub const FINISHED_SHOWN: usize = 500;
+
+/// Renders the Markdown text.
+pub fn render(book: &TaskBook) -> String {
+    let mut done = Vec::new();
+    let mut running = Vec::new();
+    let mut pending = Vec::new();
+    let mut failed = Vec::new();
+    for t in book.iter() {
+        match &t.phase {
+            Phase::Done { agent, .. } => done.push(format!(
+                "- [x] {} — {} ({agent}, {})",
+                t.id,
+                t.title,
+                short(Duration::from_millis(t.busy_ms()))
+            )),
+            Phase::Running {
+                attempt,
+                agent,
+                since_ms,
+            } => running.push(format!(
+                "- [ ] {} — {} ({agent}, attempt {attempt}, started {})",
+                t.id,
+                t.title,
+                clock(*since_ms)
+            )),
+            Phase::Pending | Phase::Requeued => {
+                let why = if t.attempts.is_empty() {
+                    "queued".to_string()
+                } else {
+                    let last = t.attempts.last().expect("non-empty");
+                    format!(
+                        "after {} {}",
+                        last.agent,
+                        last.class.map(|c| c.as_str()).unwrap_or("?")
+                    )
+                };
+                let waiting = if t.after.is_empty() {
+                    String::new()
+                } else {
+                    format!(", after {}", t.after.join(", "))
+                };
+                pending.push(format!("- [ ] {} — {} ({why}{waiting})", t.id, t.title));
+            }
+            Phase::Failed { reason, .. } => failed.push(format!(
+                "- [ ] {} — {} (escalated: {}; see escalations/{}.md)",
+                t.id, t.title, reason, t.id
+            )),
+        }
+    }
+    let mut out = String::from("# Progress\n\n");
+    let _ = writeln!(
+        out,
+        "_{} done · {} running · {} pending · {} failed — written by dirigent from `ledger.jsonl`_\n",
+        done.len(),
+        running.len(),
+        pending.len(),
+        failed.len()
+    );
+    section(&mut out, "Completed", &done, true);
+    section(&mut out, "In Progress", &running, false);
+    section(&mut out, "Pending", &pending, false);
+    section(&mut out, "Failed", &failed, true);
+    out
+}
+
+fn section(out: &mut String, name: &str, lines: &[String], cap: bool) {
+    let _ = writeln!(out, "## {name}");
+    if lines.is_empty() {
+        out.push_str("_none_\n");
+    }
+    let skip = if cap {
+        lines.len().saturating_sub(FINISHED_SHOWN)
+    } else {
+        0
+    };
+    if skip > 0 {
+        let _ = writeln!(out, "- … {skip} earlier tasks (see `dirigent status`)");
+    }
+    for l in &lines[skip..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push('\n');
+}
+
+fn clock(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Writes `progress.md` atomically.
+pub fn write(path: &Path, book: &TaskBook) -> std::io::Result<()> {
+    crate::fsutil::write_atomic(path, render(book).as_bytes())
+}

@@ -1,0 +1,474 @@
+//! Spawning and supervising one attempt: the child runs in its own process group with argv from
+//! the agent's template (never a shell), stdin = the prompt or `/dev/null`, stdout and stderr
+//! streamed to `runs/<id>/<n>-<agent>.stdout|.stderr` while only a bounded head/tail sample stays
+//! in memory. The supervisor enforces the wall-clock `timeout` and the `idle_timeout`, and stops
+//! the whole group (SIGTERM, grace, SIGKILL) on timeout, shutdown and drop.
+//!
+//! The engine spawns [`run_attempt`] as a task and holds the other half of its `stop` channel;
+//! the attempt records `attempt_started`/`attempt_finished` in the ledger itself and reports back
+//! through the engine's message channel.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::sleep_until;
+
+use crate::config::{Agent, ArgvValues};
+use crate::judge::{self, Evidence, OutputSample, StopCause, Verdict};
+use crate::preset::{OutputFormat, PromptMode};
+use crate::workspace::Workspace;
+
+/// Structured output larger than this is not parsed (the capture file still has all of it).
+const MAX_STRUCTURED_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The attempt before this one, made available to the next agent in the chain.
+#[derive(Clone, Debug)]
+pub struct PreviousAttempt {
+    pub agent: String,
+    pub class: judge::Class,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Everything needed to run one attempt.
+pub struct AttemptPlan {
+    pub task_id: String,
+    pub attempt: u32,
+    pub agent: Arc<Agent>,
+    pub prompt: String,
+    pub workspace: Workspace,
+    pub timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub kill_grace: Duration,
+    pub leak_timeout: Duration,
+    pub previous: Option<PreviousAttempt>,
+}
+
+impl AttemptPlan {
+    fn file(&self, ext: &str) -> PathBuf {
+        self.workspace
+            .run_dir(&self.task_id)
+            .join(format!("{}-{}.{ext}", self.attempt, self.agent.name))
+    }
+    pub fn stdout_path(&self) -> PathBuf {
+        self.file("stdout")
+    }
+    pub fn stderr_path(&self) -> PathBuf {
+        self.file("stderr")
+    }
+}
+
+/// Facts about the started child, recorded in `attempt_started`.
+#[derive(Clone, Debug)]
+pub struct StartInfo {
+    pub pid: u32,
+    pub pgid: u32,
+    pub start_ticks: Option<u64>,
+    pub boot_id: Option<String>,
+    pub argv0: String,
+}
+
+/// What a finished attempt produced.
+#[derive(Debug)]
+pub struct AttemptReport {
+    pub verdict: Verdict,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stopped: Option<StopCause>,
+    /// The strongest signal the supervisor had to send (SIGTERM, or SIGKILL after the grace).
+    pub kill_signal: Option<i32>,
+    pub leaked: bool,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub duration: Duration,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+/// Kills a process group when dropped, unless disarmed: no path out of an attempt — panic,
+/// cancellation, early return — leaves the group running.
+struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Runs one attempt to its end. `on_start` is called once the child exists (to record
+/// `attempt_started` before anything else happens); `stop` becoming `true` — or its sender
+/// being dropped — stops the attempt as a shutdown.
+pub async fn run_attempt<F, Fut>(
+    plan: &AttemptPlan,
+    mut stop: watch::Receiver<bool>,
+    on_start: F,
+) -> AttemptReport
+where
+    F: FnOnce(StartInfo) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let stdout_path = plan.stdout_path();
+    let stderr_path = plan.stderr_path();
+    let began = Instant::now();
+    let spawn_failed = |reason: String| AttemptReport {
+        verdict: judge::judge(
+            &plan.agent,
+            &Evidence {
+                spawn_error: Some(&reason),
+                ..Default::default()
+            },
+        ),
+        exit_code: None,
+        signal: None,
+        stopped: None,
+        kill_signal: None,
+        leaked: false,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        duration: began.elapsed(),
+        stdout_path: stdout_path.clone(),
+        stderr_path: stderr_path.clone(),
+    };
+
+    let agent = &plan.agent;
+    let Some(program) = agent.resolve(plan.workspace.root()) else {
+        let hint = agent
+            .preset
+            .map(|p| format!("; install it with `{}`", p.install_hint))
+            .unwrap_or_default();
+        return spawn_failed(format!(
+            "`{}` is not installed (not found on PATH){hint}",
+            agent.program()
+        ));
+    };
+    let run_dir = plan.workspace.run_dir(&plan.task_id);
+    if let Err(e) = std::fs::create_dir_all(&run_dir) {
+        return spawn_failed(format!("cannot create `{}`: {e}", run_dir.display()));
+    }
+    // The prompt is always kept next to the output, so a user can see exactly what was sent.
+    let prompt_file = plan.file("prompt");
+    if let Err(e) = std::fs::write(&prompt_file, &plan.prompt) {
+        return spawn_failed(format!("cannot write `{}`: {e}", prompt_file.display()));
+    }
+    let (out_file, err_file) = match (
+        std::fs::File::create(&stdout_path),
+        std::fs::File::create(&stderr_path),
+    ) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return spawn_failed(format!("cannot create output files: {e}"));
+        }
+    };
+
+    let mut argv = agent.argv(&ArgvValues {
+        prompt: &plan.prompt,
+        prompt_file: &prompt_file.to_string_lossy(),
+        task_id: &plan.task_id,
+        workspace: &plan.workspace.root().to_string_lossy(),
+    });
+    argv[0] = program.to_string_lossy().into_owned();
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(plan.workspace.root())
+        .stdin(if agent.prompt == PromptMode::Stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    // The service manager's sockets are the daemon's, never an agent's.
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("WATCHDOG_USEC");
+    for (k, v) in &agent.env {
+        cmd.env(k, v);
+    }
+    cmd.env("DIRIGENT_TASK_ID", &plan.task_id)
+        .env("DIRIGENT_ATTEMPT", plan.attempt.to_string())
+        .env("DIRIGENT_AGENT", &agent.name)
+        .env("DIRIGENT_CONTEXT_DIR", plan.workspace.context())
+        .env("DIRIGENT_WORKSPACE", plan.workspace.root())
+        .env("DIRIGENT_PROMPT_FILE", &prompt_file);
+    if let Some(prev) = &plan.previous {
+        cmd.env("DIRIGENT_PREVIOUS_AGENT", &prev.agent)
+            .env("DIRIGENT_PREVIOUS_CLASS", prev.class.as_str())
+            .env("DIRIGENT_PREVIOUS_STDOUT", &prev.stdout)
+            .env("DIRIGENT_PREVIOUS_STDERR", &prev.stderr);
+    }
+
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return spawn_failed(format!("cannot start `{}`: {e}", argv[0])),
+    };
+    let pid = child.id().unwrap_or(0);
+    // process_group(0): the child leads a new group whose id is its pid.
+    let pgid = Pid::from_raw(pid as i32);
+    let mut guard = GroupGuard(Some(pgid));
+    let started = Instant::now();
+
+    on_start(StartInfo {
+        pid,
+        pgid: pid,
+        start_ticks: proc_start_ticks(pid),
+        boot_id: boot_id(),
+        argv0: argv[0].clone(),
+    })
+    .await;
+
+    if let Some(mut stdin) = child.stdin.take() {
+        let prompt = plan.prompt.clone().into_bytes();
+        // An agent that never reads stdin must not block us: write in the background and
+        // ignore EPIPE.
+        tokio::spawn(async move {
+            let _ = stdin.write_all(&prompt).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
+
+    // Output activity, in milliseconds since `started`, for the idle timeout.
+    let activity = Arc::new(AtomicU64::new(0));
+    let out_sample = Arc::new(Mutex::new(OutputSample::default()));
+    let err_sample = Arc::new(Mutex::new(OutputSample::default()));
+    let mut out_task = tokio::spawn(capture(
+        child.stdout.take().expect("piped"),
+        out_file,
+        out_sample.clone(),
+        activity.clone(),
+        started,
+    ));
+    let mut err_task = tokio::spawn(capture(
+        child.stderr.take().expect("piped"),
+        err_file,
+        err_sample.clone(),
+        activity.clone(),
+        started,
+    ));
+
+    let deadline = tokio::time::Instant::from_std(started + plan.timeout);
+    let mut stopped = None;
+    let exit = loop {
+        let idle_at = plan.idle_timeout.map(|idle| {
+            tokio::time::Instant::from_std(
+                started + Duration::from_millis(activity.load(Ordering::Relaxed)) + idle,
+            )
+        });
+        tokio::select! {
+            status = child.wait() => break status.ok(),
+            _ = sleep_until(deadline) => {
+                stopped = Some(StopCause::Timeout);
+                break None;
+            }
+            _ = sleep_until(idle_at.unwrap_or(deadline)), if idle_at.is_some() => {
+                // Output may have arrived while we slept: re-arm unless truly idle.
+                let last = started + Duration::from_millis(activity.load(Ordering::Relaxed));
+                if last.elapsed() >= plan.idle_timeout.unwrap_or_default() {
+                    stopped = Some(StopCause::Idle);
+                    break None;
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    stopped = Some(StopCause::Shutdown);
+                    break None;
+                }
+            }
+        }
+    };
+    let mut kill_signal = None;
+    let exit = match exit {
+        Some(status) => Some(status),
+        None => {
+            let (status, sig) = terminate_group(pgid, &mut child, plan.kill_grace).await;
+            kill_signal = Some(sig as i32);
+            status
+        }
+    };
+    let duration = started.elapsed();
+
+    // The agent has exited, but a grandchild may still hold its stdout open. Give the pipes a
+    // short time to reach EOF, then kill whatever is left of the group.
+    let mut leaked = false;
+    let eof = tokio::time::timeout(plan.leak_timeout, async {
+        let _ = (&mut out_task).await;
+        let _ = (&mut err_task).await;
+    })
+    .await;
+    if eof.is_err() {
+        leaked = true;
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let after_kill = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = (&mut out_task).await;
+            let _ = (&mut err_task).await;
+        })
+        .await;
+        if after_kill.is_err() {
+            // Something outside the group (it called setsid) holds the pipe: stop reading.
+            out_task.abort();
+            err_task.abort();
+        }
+    }
+    // Members of the group that closed their output but live on are leaks too.
+    if killpg(pgid, Signal::SIGKILL).is_ok() {
+        leaked = true;
+    }
+    guard.disarm();
+
+    let stdout = std::mem::take(&mut *out_sample.lock().expect("sample lock"));
+    let stderr = std::mem::take(&mut *err_sample.lock().expect("sample lock"));
+    let full = if agent.format != OutputFormat::Plain && stdout.total <= MAX_STRUCTURED_BYTES {
+        std::fs::read(&stdout_path)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    } else {
+        None
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let exit_code = exit.and_then(|s| s.code());
+    let signal = exit.and_then(|s| s.signal());
+    let (stdout_bytes, stderr_bytes) = (stdout.total, stderr.total);
+    let verdict = judge::judge(
+        agent,
+        &Evidence {
+            spawn_error: None,
+            stopped,
+            exit_code,
+            signal,
+            stdout,
+            stderr,
+            stdout_full: full.as_deref(),
+        },
+    );
+    AttemptReport {
+        verdict,
+        exit_code,
+        signal,
+        stopped,
+        kill_signal,
+        leaked,
+        stdout_bytes,
+        stderr_bytes,
+        duration,
+        stdout_path,
+        stderr_path,
+    }
+}
+
+/// Copies a pipe into its capture file, keeping a bounded sample and noting activity.
+async fn capture(
+    mut pipe: impl AsyncRead + Unpin,
+    mut file: std::fs::File,
+    sample: Arc<Mutex<OutputSample>>,
+    activity: Arc<AtomicU64>,
+    started: Instant,
+) {
+    use std::io::Write;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut write_ok = true;
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // A write to the page cache; if the disk fails we keep draining the pipe so the agent
+        // is never blocked on a full pipe, and the sample still holds the head and tail.
+        if write_ok && file.write_all(&buf[..n]).is_err() {
+            write_ok = false;
+        }
+        sample.lock().expect("sample lock").push(&buf[..n]);
+    }
+}
+
+/// SIGTERM to the group, up to `grace` for the leader to exit, then SIGKILL. Returns the exit
+/// status (if it could be collected) and the last signal sent.
+async fn terminate_group(
+    pgid: Pid,
+    child: &mut tokio::process::Child,
+    grace: Duration,
+) -> (Option<std::process::ExitStatus>, Signal) {
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
+        // The leader is gone; anything left in its group gets no more grace.
+        let _ = killpg(pgid, Signal::SIGKILL);
+        return (status.ok(), Signal::SIGTERM);
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    (child.wait().await.ok(), Signal::SIGKILL)
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn proc_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This boot's id, so pids from an earlier boot are never signalled.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// After a crash: stops a process group recorded in the ledger if — and only if — its leader is
+/// provably the same process (same boot, same start time). Returns whether it was alive.
+pub async fn reap_orphan_group(
+    pid: u32,
+    start_ticks: Option<u64>,
+    recorded_boot: Option<&str>,
+    grace: Duration,
+) -> bool {
+    let (Some(ticks), Some(boot)) = (start_ticks, recorded_boot) else {
+        return false;
+    };
+    if boot_id().as_deref() != Some(boot) || proc_start_ticks(pid) != Some(ticks) {
+        return false;
+    }
+    let pgid = Pid::from_raw(pid as i32);
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        // Not our child: there is no exit event to await, so look again shortly.
+        if proc_start_ticks(pid) != Some(ticks) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_ticks_of_self() {
+        let me = std::process::id();
+        let a = proc_start_ticks(me).expect("linux /proc");
+        assert_eq!(proc_start_ticks(me), Some(a));
+        assert!(boot_id().is_some_and(|b| b.len() >= 32));
+    }
+}

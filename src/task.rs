@@ -1,0 +1,488 @@
+//! Task files: JSON (`*.json`) or Markdown with optional YAML front matter (`*.md`, body = the
+//! prompt). Parsing is strict — unknown keys, wrong types, a missing prompt, unsafe paths are all
+//! errors with a line and column where the parser has them — and happens before a task is
+//! accepted. A parse error sends the file to `rejected/`; it never reaches the engine.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, validate_name};
+use crate::duration::Dur;
+
+/// The largest task file we read. Bigger files are rejected without being read.
+pub const MAX_TASK_BYTES: u64 = 1024 * 1024;
+
+/// The fields a task file may have. Only `prompt` (or `workflow`) is required.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Dur>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// An accepted task: its fields plus the id and chain decided at acceptance.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct TaskSpec {
+    pub id: String,
+    pub title: String,
+    pub prompt: String,
+    /// The fallback chain, fixed when the task was accepted.
+    pub chain: Vec<String>,
+    /// Where the chain came from: `chain`, `agent`, `role:NAME` or `default`.
+    pub chain_source: String,
+    /// The fields as the task file gave them.
+    pub fields: TaskFields,
+}
+
+/// Why a task file was refused. The text goes into `rejected/<name>.error.txt`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct Reject(pub String);
+
+fn reject<T>(msg: impl Into<String>) -> Result<T, Reject> {
+    Err(Reject(msg.into()))
+}
+
+/// Parses task file bytes. `name` is the file name (its extension picks the format).
+pub fn parse_fields(name: &str, bytes: &[u8]) -> Result<TaskFields, Reject> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            return reject(format!(
+                "the file is not valid UTF-8 (first bad byte at offset {})",
+                e.valid_up_to()
+            ));
+        }
+    };
+    // A UTF-8 byte order mark is harmless: editors on Windows write one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        return reject("the file is empty");
+    }
+    if name.ends_with(".json") {
+        serde_json::from_str::<TaskFields>(text).or_else(|e| {
+            reject(format!(
+                "invalid task JSON at line {} column {}: {}",
+                e.line(),
+                e.column(),
+                strip_serde_position(&e.to_string())
+            ))
+        })
+    } else if name.ends_with(".md") {
+        parse_markdown(text)
+    } else {
+        reject("task files must end in `.json` or `.md`")
+    }
+}
+
+fn strip_serde_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn parse_markdown(text: &str) -> Result<TaskFields, Reject> {
+    let mut lines = text.split_inclusive('\n');
+    let first = lines.next().unwrap_or("");
+    if first.trim_end_matches(['\r', '\n']) != "---" {
+        return Ok(TaskFields {
+            prompt: Some(text.trim().to_string()),
+            ..Default::default()
+        });
+    }
+    let mut front = String::new();
+    let mut body_start = None;
+    let mut offset = first.len();
+    for line in lines {
+        if line.trim_end_matches(['\r', '\n']) == "---" {
+            body_start = Some(offset + line.len());
+            break;
+        }
+        front.push_str(line);
+        offset += line.len();
+    }
+    let Some(body_start) = body_start else {
+        return reject("front matter starts with `---` on line 1 but has no closing `---` line");
+    };
+    let mut fields: TaskFields = if front.trim().is_empty() {
+        TaskFields::default()
+    } else {
+        serde_saphyr::from_str(&front).map_err(|e| {
+            let msg = e.to_string();
+            match e.location() {
+                // Line 1 of the front matter is line 2 of the file.
+                Some(loc) if loc.line() > 0 => Reject(format!(
+                    "invalid front matter at line {} column {}: {}",
+                    loc.line() + 1,
+                    loc.column(),
+                    first_line(&msg)
+                )),
+                _ => Reject(format!("invalid front matter: {}", first_line(&msg))),
+            }
+        })?
+    };
+    let body = text[body_start..].trim();
+    if !body.is_empty() {
+        if fields.prompt.is_some() {
+            return reject(
+                "the prompt is given twice: as `prompt` in the front matter and as the body",
+            );
+        }
+        fields.prompt = Some(body.to_string());
+    }
+    Ok(fields)
+}
+
+fn first_line(msg: &str) -> &str {
+    msg.lines().next().unwrap_or(msg)
+}
+
+/// Checks a workspace-relative path: relative, no `..`, not empty.
+pub fn check_relative(what: &str, path: &str) -> Result<(), Reject> {
+    if path.is_empty() {
+        return reject(format!("`{what}` is empty"));
+    }
+    if path.contains('\0') {
+        return reject(format!("`{what}` contains a NUL byte"));
+    }
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return reject(format!(
+            "`{what}` path `{path}` is absolute; give a path relative to the workspace"
+        ));
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return reject(format!(
+            "`{what}` path `{path}` contains `..`; it must stay inside the workspace"
+        ));
+    }
+    Ok(())
+}
+
+/// Turns a file stem into an id: disallowed characters become `-`.
+pub fn id_from_stem(stem: &str) -> String {
+    let mut id: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while id.starts_with(['.', '-']) {
+        id.remove(0);
+    }
+    id.truncate(100);
+    if id.is_empty() {
+        "task".to_string()
+    } else {
+        id
+    }
+}
+
+/// Validates fields against the config and decides the chain. `id` is already chosen.
+pub fn accept(
+    id: String,
+    fields: TaskFields,
+    config: &Config,
+    root: &Path,
+) -> Result<TaskSpec, Reject> {
+    if fields.workflow.is_some() {
+        return reject("`workflow` tasks are not supported by this version of dirigent yet");
+    }
+    let prompt = match &fields.prompt {
+        Some(p) if !p.trim().is_empty() => p.clone(),
+        _ => return reject("the task has no prompt: give `prompt` (or a Markdown body)"),
+    };
+    let given = [
+        fields.agent.is_some(),
+        fields.chain.is_some(),
+        fields.role.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if given > 1 {
+        return reject("give only one of `agent`, `chain` and `role`");
+    }
+    let known = |name: &str| -> Result<(), Reject> {
+        if config.agents.contains_key(name) {
+            Ok(())
+        } else {
+            reject(format!(
+                "unknown agent `{name}` (configured: {})",
+                config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        }
+    };
+    let (chain, chain_source) = if let Some(agent) = &fields.agent {
+        known(agent)?;
+        (vec![agent.clone()], "agent".to_string())
+    } else if let Some(chain) = &fields.chain {
+        if chain.is_empty() {
+            return reject("`chain` is empty");
+        }
+        for a in chain {
+            known(a)?;
+        }
+        (chain.clone(), "chain".to_string())
+    } else if let Some(role) = &fields.role {
+        match config.roles.get(role) {
+            Some(chain) => (chain.clone(), format!("role:{role}")),
+            None => {
+                return reject(format!(
+                    "unknown role `{role}` (configured roles: {})",
+                    if config.roles.is_empty() {
+                        "none".to_string()
+                    } else {
+                        config.roles.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                ));
+            }
+        }
+    } else {
+        (config.effective_default_chain(root), "default".to_string())
+    };
+    for c in &fields.context {
+        check_relative("context", c)?;
+    }
+    for f in &fields.files {
+        check_relative("files", f)?;
+    }
+    if let Some(out) = &fields.output {
+        check_relative("output", out)?;
+        if Path::new(out).starts_with(crate::workspace::CONTEXT_DIR) {
+            return reject(format!(
+                "`output` path `{out}` is inside `.context/`; results there are kept in `outbox/` already"
+            ));
+        }
+    }
+    for dep in &fields.after {
+        validate_name(dep).map_err(|m| Reject(format!("`after` id `{dep}`: {m}")))?;
+    }
+    if matches!(fields.timeout, Some(d) if d.0.is_zero()) {
+        return reject("`timeout` must be more than 0");
+    }
+    let title = fields
+        .title
+        .clone()
+        .unwrap_or_else(|| title_from_prompt(&prompt));
+    Ok(TaskSpec {
+        id,
+        title,
+        prompt,
+        chain,
+        chain_source,
+        fields,
+    })
+}
+
+/// The first non-empty line of the prompt, shortened to 72 characters.
+pub fn title_from_prompt(prompt: &str) -> String {
+    let line = prompt
+        .lines()
+        .map(|l| l.trim().trim_start_matches('#').trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    if line.chars().count() > 72 {
+        let mut s: String = line.chars().take(71).collect();
+        s.push('…');
+        s
+    } else {
+        line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::parse(
+            "agents:\n  a: {command: [x]}\n  b: {command: [y]}\nroles:\n  backend: [b, a]\ndefault_chain: [a, b]\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn parse_ok(name: &str, text: &str) -> TaskSpec {
+        let fields = parse_fields(name, text.as_bytes()).unwrap();
+        accept("t".into(), fields, &cfg(), Path::new("/")).unwrap()
+    }
+
+    fn parse_err(name: &str, text: &str) -> String {
+        match parse_fields(name, text.as_bytes()) {
+            Err(e) => e.0,
+            Ok(f) => accept("t".into(), f, &cfg(), Path::new("/")).unwrap_err().0,
+        }
+    }
+
+    #[test]
+    fn chain_selection_table() {
+        let cases = [
+            (r#"{"prompt":"p"}"#, vec!["a", "b"], "default"),
+            (r#"{"prompt":"p","agent":"b"}"#, vec!["b"], "agent"),
+            (
+                r#"{"prompt":"p","chain":["b","a"]}"#,
+                vec!["b", "a"],
+                "chain",
+            ),
+            (
+                r#"{"prompt":"p","role":"backend"}"#,
+                vec!["b", "a"],
+                "role:backend",
+            ),
+        ];
+        for (json, chain, source) in cases {
+            let spec = parse_ok("x.json", json);
+            assert_eq!(spec.chain, chain, "{json}");
+            assert_eq!(spec.chain_source, source, "{json}");
+        }
+    }
+
+    #[test]
+    fn markdown_front_matter_and_body() {
+        let spec = parse_ok(
+            "x.md",
+            "---\nagent: b\npriority: 3\ntimeout: 2m\n---\n# Review auth\n\nLook for bugs.\n",
+        );
+        assert_eq!(spec.prompt, "# Review auth\n\nLook for bugs.");
+        assert_eq!(spec.title, "Review auth");
+        assert_eq!(spec.fields.priority, 3);
+        assert_eq!(spec.chain, ["b"]);
+        let plain = parse_ok("y.md", "just a prompt\n");
+        assert_eq!(plain.prompt, "just a prompt");
+        let crlf = parse_ok("z.md", "---\r\nagent: a\r\n---\r\nhello\r\n");
+        assert_eq!(crlf.prompt, "hello");
+        let bom = parse_ok("b.json", "\u{feff}{\"prompt\":\"p\"}");
+        assert_eq!(bom.prompt, "p");
+    }
+
+    #[test]
+    fn rejection_table() {
+        let cases = [
+            (
+                "x.json",
+                r#"{"prompt":"p","colour":"red"}"#,
+                "unknown field `colour`",
+            ),
+            ("x.json", r#"{"prompt":"p""#, "line 1 column"),
+            ("x.json", r#"{"prompt":5}"#, "invalid type"),
+            ("x.json", r#"{"agent":"a"}"#, "no prompt"),
+            ("x.json", "", "empty"),
+            (
+                "x.json",
+                r#"{"prompt":"p","agent":"zz"}"#,
+                "unknown agent `zz`",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","role":"qa"}"#,
+                "unknown role `qa`",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","agent":"a","role":"backend"}"#,
+                "only one of",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","output":"../../x"}"#,
+                "contains `..`",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","output":"/etc/x"}"#,
+                "is absolute",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","context":["../secret"]}"#,
+                "contains `..`",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","timeout":"soon"}"#,
+                "invalid duration",
+            ),
+            ("x.json", r#"{"prompt":"p","chain":[]}"#, "`chain` is empty"),
+            ("x.md", "---\nagent: a\n", "no closing `---`"),
+            (
+                "x.md",
+                "---\nagent: [a\n---\nbody\n",
+                "invalid front matter at line",
+            ),
+            ("x.md", "---\nwat: 1\n---\nbody\n", "unknown field `wat`"),
+            ("x.md", "---\nprompt: a\n---\nbody\n", "given twice"),
+            ("x.txt", "hello", "must end in"),
+        ];
+        for (name, text, want) in cases {
+            let err = parse_err(name, text);
+            assert!(
+                err.contains(want),
+                "{name} {text:?}: got {err:?}, want {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected_with_offset() {
+        let err = parse_fields("x.json", b"{\"prompt\":\"\xff\"}").unwrap_err();
+        assert!(err.0.contains("offset 11"), "{}", err.0);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let text = "[".repeat(10_000);
+        let err = parse_fields("x.json", text.as_bytes()).unwrap_err();
+        assert!(err.0.contains("invalid task JSON"), "{}", err.0);
+    }
+
+    #[test]
+    fn ids_from_stems_are_safe() {
+        assert_eq!(id_from_stem("auth review"), "auth-review");
+        assert_eq!(id_from_stem(".hidden"), "hidden");
+        assert_eq!(
+            id_from_stem("überprüfung"),
+            "-berpr-fung".trim_start_matches('-')
+        );
+        assert_eq!(id_from_stem("---"), "task");
+    }
+}

@@ -1,0 +1,157 @@
+//! The workspace and its `.context/` directory: where every stage of the flow keeps its files.
+//!
+//! `inbox/` → (claim) → `running/` → `done/` | `failed/`; bad files go to `rejected/`.
+//! Everything else (ledger, progress, runs, outbox, escalations) is written next to them.
+//! This module only knows paths and how to create them; it decides nothing.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Name of the directory dirigent owns inside a workspace.
+pub const CONTEXT_DIR: &str = ".context";
+
+/// Subdirectories of `.context/` created by `init` and by the daemon.
+pub const SUBDIRS: &[&str] = &[
+    "inbox",
+    "inbox/.tmp",
+    "running",
+    "done",
+    "failed",
+    "rejected",
+    "escalations",
+    "outbox",
+    "runs",
+    "workflows",
+];
+
+/// A workspace root and the paths derived from it.
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    root: PathBuf,
+    ctx: PathBuf,
+}
+
+impl Workspace {
+    /// A workspace rooted at `root` (made absolute, not required to exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()?.join(root)
+        };
+        let ctx = root.join(CONTEXT_DIR);
+        Ok(Self { root, ctx })
+    }
+
+    /// Chooses the workspace: an explicit `--root`/`DIRIGENT_ROOT`, else the nearest ancestor of
+    /// the current directory that has a `.context/`, else the current directory.
+    pub fn discover(explicit: Option<&Path>) -> io::Result<Self> {
+        if let Some(root) = explicit {
+            return Self::new(root);
+        }
+        let cwd = std::env::current_dir()?;
+        let found = cwd
+            .ancestors()
+            .find(|dir| dir.join(CONTEXT_DIR).is_dir())
+            .map(Path::to_path_buf);
+        Self::new(found.unwrap_or(cwd))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn context(&self) -> &Path {
+        &self.ctx
+    }
+    pub fn inbox(&self) -> PathBuf {
+        self.ctx.join("inbox")
+    }
+    /// Staging area for writers (Maildir `tmp/`): files here are never picked up.
+    pub fn inbox_tmp(&self) -> PathBuf {
+        self.ctx.join("inbox/.tmp")
+    }
+    pub fn running(&self) -> PathBuf {
+        self.ctx.join("running")
+    }
+    pub fn done(&self) -> PathBuf {
+        self.ctx.join("done")
+    }
+    pub fn failed(&self) -> PathBuf {
+        self.ctx.join("failed")
+    }
+    pub fn rejected(&self) -> PathBuf {
+        self.ctx.join("rejected")
+    }
+    pub fn escalations(&self) -> PathBuf {
+        self.ctx.join("escalations")
+    }
+    pub fn outbox(&self) -> PathBuf {
+        self.ctx.join("outbox")
+    }
+    pub fn runs(&self) -> PathBuf {
+        self.ctx.join("runs")
+    }
+    pub fn run_dir(&self, task: &str) -> PathBuf {
+        self.runs().join(task)
+    }
+    pub fn workflows(&self) -> PathBuf {
+        self.ctx.join("workflows")
+    }
+    pub fn ledger(&self) -> PathBuf {
+        self.ctx.join("ledger.jsonl")
+    }
+    pub fn progress(&self) -> PathBuf {
+        self.ctx.join("progress.md")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.ctx.join("dirigent.yaml")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.ctx.join("daemon.lock")
+    }
+
+    /// Creates `.context/` and every subdirectory that is missing, mode 0700.
+    /// Existing directories are left as they are.
+    pub fn ensure(&self) -> io::Result<()> {
+        create_private_dir(&self.ctx)?;
+        for sub in SUBDIRS {
+            create_private_dir(&self.ctx.join(sub))?;
+        }
+        Ok(())
+    }
+}
+
+fn create_private_dir(path: &Path) -> io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {
+            // The umask may have masked bits away; 0700 is what we promise.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot create `{}`: {e}", path.display()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensure_creates_private_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(tmp.path()).unwrap();
+        ws.ensure().unwrap();
+        for sub in SUBDIRS {
+            let meta = std::fs::metadata(ws.context().join(sub)).unwrap();
+            assert!(meta.is_dir());
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700, "{sub}");
+        }
+        // Idempotent.
+        ws.ensure().unwrap();
+    }
+}
