@@ -1,0 +1,735 @@
+//! End-to-end tests of the core supervisor: the real daemon binary on a temp workspace with
+//! small script agents (tests/agents/).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Workspace, list, process_gone};
+use dirigent::ledger::Event;
+
+const CHAIN_CONFIG: &str = r#"
+concurrency: 4
+kill_grace: 300ms
+leak_timeout: 300ms
+default_chain: [good]
+agents:
+  good:    { command: ["{agents}/ok.sh"], prompt: stdin }
+  fail:    { command: ["{agents}/fail.sh", "3"] }
+  empty:   { command: ["{agents}/empty.sh"] }
+  pattern: { command: ["{agents}/pattern.sh"], success: { fail_patterns: ["(?i)rate ?limit"] } }
+  hang:    { command: ["{agents}/hang.sh"], timeout: 1s }
+  idle:    { command: ["{agents}/hang.sh"], timeout: 60s, idle_timeout: 700ms }
+  big:     { command: ["{agents}/big.sh", "50"] }
+  envy:    { command: ["{agents}/env.sh"], prompt: stdin }
+  flaky:   { command: ["{agents}/flaky.sh"] }
+  missing: { command: ["/nonexistent/agent-binary"] }
+"#;
+
+#[test]
+fn a_successful_task_is_recorded_and_its_result_written() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let _d = ws.start();
+    ws.drop_task("hello.json", r#"{"prompt": "say hi"}"#);
+    let done = ws.wait_settled("hello");
+    assert!(
+        matches!(done, Event::Done { ref agent, .. } if agent == "good"),
+        "{done:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/hello.md")).unwrap(),
+        "ok from good: say hi\n"
+    );
+    // `done` is recorded first, then the file moves (a crash in between is completed on restart).
+    ws.wait_for("the task file to reach done/", |_| {
+        (list(&ws, "done") == ["hello.json"]).then_some(())
+    });
+    assert!(list(&ws, "running").is_empty() && list(&ws, "inbox").is_empty());
+    // The lifecycle is in the ledger, in order.
+    let kinds: Vec<String> = ws
+        .records()
+        .iter()
+        .filter(|r| r.event.task() == Some("hello"))
+        .map(|r| {
+            serde_json::to_value(&r.event).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "received",
+            "claimed",
+            "attempt_started",
+            "attempt_finished",
+            "done"
+        ]
+    );
+    // The output was captured, and progress.md lists the task as completed.
+    assert_eq!(
+        std::fs::read_to_string(ws.path("runs/hello/1-good.stdout")).unwrap(),
+        "ok from good: say hi\n"
+    );
+    let progress = ws.wait_for("progress.md to list the task", |_| {
+        std::fs::read_to_string(ws.path("progress.md"))
+            .ok()
+            .filter(|p| p.contains("- [x] hello — say hi (good, "))
+    });
+    assert!(
+        progress.contains("## Completed") && progress.contains("## Failed"),
+        "{progress}"
+    );
+}
+
+#[test]
+fn failures_fall_through_the_chain_by_class() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let _d = ws.start();
+    ws.drop_task("a.json", r#"{"prompt": "p", "chain": ["fail", "good"]}"#);
+    ws.drop_task("b.json", r#"{"prompt": "p", "chain": ["empty", "good"]}"#);
+    ws.drop_task("c.json", r#"{"prompt": "p", "chain": ["pattern", "good"]}"#);
+    ws.drop_task("d.json", r#"{"prompt": "p", "chain": ["missing", "good"]}"#);
+    for (id, agent, class) in [
+        ("a", "fail", "exit"),
+        ("b", "empty", "empty"),
+        ("c", "pattern", "pattern"),
+        ("d", "missing", "spawn"),
+    ] {
+        let ev = ws.wait_settled(id);
+        assert!(matches!(ev, Event::Done { .. }), "{id}: {ev:?}");
+        assert_eq!(
+            ws.attempts(id),
+            [
+                (agent.to_string(), class.to_string()),
+                ("good".to_string(), "ok".to_string())
+            ],
+            "{id}"
+        );
+    }
+    // The next agent is told what happened before it.
+    ws.drop_task(
+        "e.json",
+        r#"{"prompt": "show env", "chain": ["fail", "envy"]}"#,
+    );
+    ws.wait_settled("e");
+    let out = std::fs::read_to_string(ws.path("outbox/e.md")).unwrap();
+    let ctx = ws.ctx().canonicalize().unwrap();
+    assert!(out.contains("task=e attempt=2"), "{out}");
+    assert!(
+        out.contains(&format!("ctx={}", ws.ctx().display()))
+            || out.contains(&format!("ctx={}", ctx.display())),
+        "{out}"
+    );
+    assert!(out.contains("prev=exit"), "{out}");
+    assert!(out.contains("stdin=[show env]"), "{out}");
+}
+
+#[test]
+fn a_hang_is_killed_with_its_whole_process_group() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let _d = ws.start();
+    ws.drop_task("h.json", r#"{"prompt": "p", "chain": ["hang", "good"]}"#);
+    let ev = ws.wait_settled("h");
+    assert!(matches!(ev, Event::Done { .. }), "{ev:?}");
+    assert_eq!(
+        ws.attempts("h")[0],
+        ("hang".to_string(), "timeout".to_string())
+    );
+    // hang.sh ignores SIGTERM, so the grace ran out and SIGKILL was needed.
+    let finished = ws
+        .records()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::AttemptFinished {
+                task,
+                kill_signal,
+                stopped,
+                signal,
+                ..
+            } if task == "h" => Some((kill_signal, stopped, signal)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(finished.0, Some(9), "{finished:?}");
+    assert_eq!(finished.2, Some(9), "{finished:?}");
+    let grandchild: u32 = std::fs::read_to_string(ws.root().join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(process_gone(grandchild), "grandchild {grandchild} survived");
+}
+
+#[test]
+fn silence_longer_than_idle_timeout_counts_as_hung() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let _d = ws.start();
+    ws.drop_task("i.json", r#"{"prompt": "p", "chain": ["idle", "good"]}"#);
+    ws.wait_settled("i");
+    assert_eq!(
+        ws.attempts("i")[0],
+        ("idle".to_string(), "idle".to_string())
+    );
+    let grandchild: u32 = std::fs::read_to_string(ws.root().join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(process_gone(grandchild));
+}
+
+#[test]
+fn fifty_megabytes_of_output_are_captured_with_flat_memory() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let d = ws.start();
+    ws.drop_task("big.json", r#"{"prompt": "p", "agent": "big"}"#);
+    let ev = ws.wait_settled("big");
+    assert!(matches!(ev, Event::Done { .. }), "{ev:?}");
+    let size = std::fs::metadata(ws.path("runs/big/1-big.stdout"))
+        .unwrap()
+        .len();
+    assert_eq!(size, 50 * 1024 * 1024);
+    assert_eq!(
+        std::fs::metadata(ws.path("outbox/big.md")).unwrap().len(),
+        size
+    );
+    let peak = d.peak_rss_kib();
+    assert!(
+        peak < 40 * 1024,
+        "daemon peak RSS {peak} KiB: output is being buffered in memory"
+    );
+}
+
+#[test]
+fn an_exhausted_chain_escalates_with_every_attempt() {
+    let ws = Workspace::new(&format!(
+        "{CHAIN_CONFIG}\non_escalate: [\"{{agents}}/env.sh\"]\n"
+    ));
+    let _d = ws.start();
+    ws.drop_task(
+        "doomed.md",
+        "---\nchain: [fail, empty, missing]\n---\nReview the auth module\n",
+    );
+    let ev = ws.wait_settled("doomed");
+    assert!(matches!(ev, Event::Escalated { attempts: 3, .. }), "{ev:?}");
+    let report = std::fs::read_to_string(ws.path("escalations/doomed.md")).unwrap();
+    for needle in [
+        "Review the auth module",
+        "Attempt 1 — fail: `exit`",
+        "exit code 3",
+        "fail.sh: something went wrong",
+        "Attempt 2 — empty: `empty`",
+        "Attempt 3 — missing: `spawn`",
+        "not installed",
+    ] {
+        assert!(report.contains(needle), "missing {needle:?} in:\n{report}");
+    }
+    ws.wait_for("the task file to reach failed/", |_| {
+        (list(&ws, "failed") == ["doomed.md"]).then_some(())
+    });
+    // The hook ran with the task id as its argument.
+    ws.wait_for("the on_escalate hook", |_| {
+        std::fs::read_to_string(ws.path("runs/doomed/on_escalate.log"))
+            .ok()
+            .filter(|s| s.contains("stdin=[]"))
+    });
+}
+
+#[test]
+fn stagger_spaces_one_agent_without_holding_up_others() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 10
+agents:
+  staggered: { command: ["{agents}/slow.sh", "0.05"], stagger: 400ms }
+  free:      { command: ["{agents}/slow.sh", "0.05"] }
+"#,
+    );
+    let _d = ws.start();
+    for i in 0..3 {
+        ws.drop_task(
+            &format!("s{i}.json"),
+            r#"{"prompt": "p", "agent": "staggered"}"#,
+        );
+        ws.drop_task(&format!("f{i}.json"), r#"{"prompt": "p", "agent": "free"}"#);
+    }
+    for i in 0..3 {
+        ws.wait_settled(&format!("s{i}"));
+        ws.wait_settled(&format!("f{i}"));
+    }
+    let starts = |agent: &str| -> Vec<u64> {
+        ws.records()
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::AttemptStarted { agent: a, .. } if a == agent => Some(r.ts),
+                _ => None,
+            })
+            .collect()
+    };
+    let s = starts("staggered");
+    let f = starts("free");
+    assert_eq!((s.len(), f.len()), (3, 3));
+    for w in s.windows(2) {
+        // The ledger time is taken when the start is recorded, a little after the spawn.
+        assert!(w[1] - w[0] >= 380, "staggered starts too close: {s:?}");
+    }
+    assert!(
+        f.iter().all(|t| *t < s[1]),
+        "free agent was held up by the stagger: free {f:?}, staggered {s:?}"
+    );
+}
+
+#[test]
+fn the_concurrency_cap_is_never_exceeded() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 2
+agents:
+  a: { command: ["{agents}/slow.sh", "0.1"] }
+  b: { command: ["{agents}/slow.sh", "0.1"] }
+"#,
+    );
+    let _d = ws.start();
+    for i in 0..8 {
+        let agent = if i % 2 == 0 { "a" } else { "b" };
+        ws.drop_task(
+            &format!("t{i}.json"),
+            &format!(r#"{{"prompt": "p", "agent": "{agent}"}}"#),
+        );
+    }
+    for i in 0..8 {
+        ws.wait_settled(&format!("t{i}"));
+    }
+    let (mut now, mut max) = (0i32, 0i32);
+    for r in ws.records() {
+        match r.event {
+            Event::AttemptStarted { .. } => now += 1,
+            Event::AttemptFinished { .. } => now -= 1,
+            _ => {}
+        }
+        max = max.max(now);
+    }
+    assert_eq!(max, 2, "at most 2 at once, and the cap was reached");
+}
+
+#[test]
+fn max_parallel_limits_one_agent() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 8
+agents:
+  solo: { command: ["{agents}/slow.sh", "0.1"], max_parallel: 1 }
+"#,
+    );
+    let _d = ws.start();
+    for i in 0..4 {
+        ws.drop_task(&format!("m{i}.json"), r#"{"prompt": "p"}"#);
+    }
+    for i in 0..4 {
+        ws.wait_settled(&format!("m{i}"));
+    }
+    let (mut now, mut max) = (0i32, 0i32);
+    for r in ws.records() {
+        match r.event {
+            Event::AttemptStarted { .. } => now += 1,
+            Event::AttemptFinished { .. } => now -= 1,
+            _ => {}
+        }
+        max = max.max(now);
+    }
+    assert_eq!(max, 1);
+}
+
+#[test]
+fn malformed_files_are_rejected_with_reasons_and_the_daemon_carries_on() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let d = ws.start();
+    let nested = "[".repeat(10_000);
+    let huge = vec![b' '; 1024 * 1024 + 10];
+    let bad: &[(&str, &[u8], &str)] = &[
+        ("truncated.json", b"{\"prompt\": \"p\"", "line 1 column"),
+        (
+            "unknown-key.json",
+            b"{\"prompt\": \"p\", \"colour\": 1}",
+            "unknown field `colour`",
+        ),
+        ("wrong-type.json", b"{\"prompt\": [1]}", "invalid type"),
+        ("no-prompt.json", b"{\"agent\": \"good\"}", "no prompt"),
+        ("empty.json", b"", "empty"),
+        ("binary.json", b"\x00\xff\xfe junk", "not valid UTF-8"),
+        ("nested.json", nested.as_bytes(), "invalid task JSON"),
+        (
+            "escape.json",
+            b"{\"prompt\": \"p\", \"output\": \"../../x\"}",
+            "contains `..`",
+        ),
+        (
+            "absolute.json",
+            b"{\"prompt\": \"p\", \"output\": \"/etc/x\"}",
+            "is absolute",
+        ),
+        (
+            "unknown-agent.json",
+            b"{\"prompt\": \"p\", \"agent\": \"nobody\"}",
+            "unknown agent `nobody`",
+        ),
+        (
+            "bad-front.md",
+            b"---\nagent: [good\n---\nbody\n",
+            "invalid front matter at line",
+        ),
+        ("unclosed.md", b"---\nagent: good\n", "no closing `---`"),
+        ("big.json", &huge, "limit"),
+    ];
+    for (name, bytes, _) in bad {
+        let tmp = ws.path("inbox/.tmp").join(name);
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, ws.path("inbox").join(name)).unwrap();
+    }
+    // A symlink and a FIFO are not regular files.
+    std::fs::write(ws.root().join("secret.txt"), "{\"prompt\": \"leak\"}").unwrap();
+    std::os::unix::fs::symlink(ws.root().join("secret.txt"), ws.path("inbox/link.json")).unwrap();
+    nix::unistd::mkfifo(&ws.path("inbox/pipe.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let total = bad.len() + 2;
+    ws.wait_for("every bad file to be rejected", |recs| {
+        (recs
+            .iter()
+            .filter(|r| matches!(r.event, Event::Rejected { .. }))
+            .count()
+            == total)
+            .then_some(())
+    });
+    for (name, _, reason) in bad {
+        let text =
+            std::fs::read_to_string(ws.path("rejected").join(format!("{name}.error.txt"))).unwrap();
+        assert!(
+            text.starts_with(&format!("error: the task file `{name}` was rejected")),
+            "{text}"
+        );
+        assert!(text.contains(reason), "{name}: want {reason:?} in {text}");
+        assert!(ws.path("rejected").join(name).exists(), "{name} not moved");
+    }
+    let link = std::fs::read_to_string(ws.path("rejected/link.json.error.txt")).unwrap();
+    assert!(link.contains("symbolic link"), "{link}");
+    let fifo = std::fs::read_to_string(ws.path("rejected/pipe.json.error.txt")).unwrap();
+    assert!(fifo.contains("FIFO"), "{fifo}");
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join("secret.txt")).unwrap(),
+        "{\"prompt\": \"leak\"}"
+    );
+    assert!(list(&ws, "inbox").is_empty());
+    // Still alive and working.
+    assert!(common::process_gone(d.pid()) == false);
+    ws.drop_task("fine.json", r#"{"prompt": "still here"}"#);
+    assert!(matches!(ws.wait_settled("fine"), Event::Done { .. }));
+}
+
+#[test]
+fn a_task_dropped_while_the_daemon_is_down_runs_when_it_starts() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    ws.drop_task("early.json", r#"{"prompt": "before the daemon"}"#);
+    let out = ws.cli(&["submit", "also early", "--id", "early2"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "early2\n");
+    let _d = ws.start();
+    assert!(matches!(ws.wait_settled("early"), Event::Done { .. }));
+    assert!(matches!(ws.wait_settled("early2"), Event::Done { .. }));
+}
+
+#[test]
+fn submit_wait_exit_codes_and_output() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let _d = ws.start();
+    let ok = ws.cli(&["submit", "the question", "--wait", "--id", "w1"]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        "ok from good: the question\n"
+    );
+    let err = String::from_utf8_lossy(&ok.stderr);
+    assert!(err.contains("attempt 1: good started"), "{err}");
+    let bad = ws.cli(&[
+        "submit", "doomed", "--agent", "fail", "--wait", "--id", "w2",
+    ]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("escalated after 1 attempt(s)"), "{err}");
+    assert!(err.contains("see .context/escalations/w2.md"), "{err}");
+    // The result command prints the same text; a failed task has none.
+    let r = ws.cli(&["result", "w1"]);
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "ok from good: the question\n"
+    );
+    let r = ws.cli(&["result", "w2"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stderr),
+        "error: task `w2` failed and has no result; see .context/escalations/w2.md\n"
+    );
+}
+
+#[test]
+fn priority_then_arrival_decides_the_order() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 1
+agents:
+  gate: { command: ["{agents}/gate.sh", "release"] }
+  good: { command: ["{agents}/ok.sh"], prompt: stdin }
+default_chain: [good]
+"#,
+    );
+    let _d = ws.start();
+    // Hold the only slot, then queue work behind it.
+    ws.drop_task("blocker.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_for("blocker to start", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "blocker"))
+            .then_some(())
+    });
+    ws.drop_task("low.json", r#"{"prompt": "low", "priority": -5}"#);
+    ws.drop_task("mid1.md", "first plain markdown prompt\n");
+    ws.drop_task("high.json", r#"{"prompt": "high", "priority": 10}"#);
+    ws.drop_task("mid2.md", "second plain markdown prompt\n");
+    ws.wait_for("all four to be claimed", |recs| {
+        (recs
+            .iter()
+            .filter(|r| matches!(r.event, Event::Claimed { .. }))
+            .count()
+            == 5)
+            .then_some(())
+    });
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    for id in ["low", "mid1", "high", "mid2"] {
+        ws.wait_settled(id);
+    }
+    let order: Vec<String> = ws
+        .records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::AttemptStarted { task, .. } => Some(task.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["blocker", "high", "mid1", "mid2", "low"]);
+}
+
+#[test]
+fn after_waits_for_done_and_fails_with_a_failed_dependency() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let _d = ws.start();
+    // Dropped first, but must wait for `first`.
+    ws.drop_task(
+        "second.json",
+        r#"{"prompt": "p", "after": ["first"], "priority": 100}"#,
+    );
+    ws.drop_task("first.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.drop_task("orphan.json", r#"{"prompt": "p", "after": ["broken"]}"#);
+    ws.drop_task("broken.json", r#"{"prompt": "p", "agent": "fail"}"#);
+    assert!(matches!(ws.wait_settled("second"), Event::Done { .. }));
+    let recs = ws.records();
+    let first_done = recs
+        .iter()
+        .position(|r| matches!(&r.event, Event::Done { task, .. } if task == "first"))
+        .unwrap();
+    let second_start = recs
+        .iter()
+        .position(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "second"))
+        .unwrap();
+    assert!(
+        first_done < second_start,
+        "`second` started before `first` was done"
+    );
+    let Event::Escalated {
+        reason, attempts, ..
+    } = ws.wait_settled("orphan")
+    else {
+        panic!()
+    };
+    assert_eq!(attempts, 0);
+    assert_eq!(reason, "it runs after `broken`, which failed");
+}
+
+#[test]
+fn duplicate_stems_get_a_suffix_and_duplicate_ids_are_rejected() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let _d = ws.start();
+    ws.drop_task("same.json", r#"{"prompt": "one"}"#);
+    ws.wait_settled("same");
+    ws.drop_task("same.json", r#"{"prompt": "two"}"#);
+    assert!(matches!(ws.wait_settled("same-2"), Event::Done { .. }));
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/same-2.md")).unwrap(),
+        "ok from good: two\n"
+    );
+    ws.drop_task("other.json", r#"{"id": "same", "prompt": "three"}"#);
+    ws.wait_for("the duplicate to be rejected", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Rejected { file, .. } if file == "other.json"))
+            .then_some(())
+    });
+    let why = std::fs::read_to_string(ws.path("rejected/other.json.error.txt")).unwrap();
+    assert!(
+        why.contains("duplicate id: a task `same` already exists"),
+        "{why}"
+    );
+}
+
+#[test]
+fn output_paths_receive_the_result_and_context_files_reach_the_prompt() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    std::fs::write(ws.path("requirements.md"), "must be fast").unwrap();
+    std::fs::create_dir_all(ws.root().join("src")).unwrap();
+    std::fs::write(ws.root().join("src/auth.rs"), "fn login() {}").unwrap();
+    let _d = ws.start();
+    ws.drop_task(
+        "review.json",
+        r#"{"prompt": "Review it", "agent": "good", "output": "docs/ai/review.md", "context": ["requirements.md"], "files": ["src/auth.rs"]}"#,
+    );
+    assert!(
+        matches!(ws.wait_settled("review"), Event::Done { ref output, .. } if output == "docs/ai/review.md")
+    );
+    let text = std::fs::read_to_string(ws.root().join("docs/ai/review.md")).unwrap();
+    assert!(text.starts_with("ok from good: Review it"), "{text}");
+    assert!(
+        text.contains("## .context/requirements.md") && text.contains("must be fast"),
+        "{text}"
+    );
+    assert!(
+        text.contains("## src/auth.rs") && text.contains("fn login() {}"),
+        "{text}"
+    );
+    assert!(!ws.path("outbox/review.md").exists());
+    // The prompt actually sent is kept next to the output.
+    let sent = std::fs::read_to_string(ws.path("runs/review/1-good.prompt")).unwrap();
+    assert!(sent.contains("must be fast"));
+}
+
+#[test]
+fn graceful_stop_requeues_running_work_which_runs_again_on_restart() {
+    let ws = Workspace::new(
+        r#"
+kill_grace: 300ms
+agents:
+  gate: { command: ["{agents}/gate.sh", "release"] }
+"#,
+    );
+    let mut d = ws.start();
+    ws.drop_task("long.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    let pid = ws.wait_for("the attempt to start", |recs| {
+        recs.iter().find_map(|r| match r.event {
+            Event::AttemptStarted { pid, .. } => Some(pid),
+            _ => None,
+        })
+    });
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(process_gone(pid), "the agent survived the shutdown");
+    assert_eq!(
+        ws.attempts("long"),
+        [("gate".to_string(), "interrupted".to_string())]
+    );
+    assert_eq!(list(&ws, "inbox"), ["long.json"]);
+    assert!(list(&ws, "running").is_empty());
+    assert!(
+        ws.records()
+            .iter()
+            .any(|r| matches!(&r.event, Event::Requeued { task, .. } if task == "long"))
+    );
+
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    let _d = ws.start();
+    assert!(matches!(ws.wait_settled("long"), Event::Done { .. }));
+    let attempts = ws.attempts("long");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[1], ("gate".to_string(), "ok".to_string()));
+    // One task, not a new one.
+    assert_eq!(
+        ws.records()
+            .iter()
+            .filter(|r| matches!(r.event, Event::Done { .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_workspace_is_refused() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let d = ws.start();
+    ws.wait_for("the first daemon to start", |recs| {
+        recs.iter()
+            .any(|r| matches!(r.event, Event::DaemonStarted { .. }))
+            .then_some(())
+    });
+    let second = ws.cli(&["daemon"]);
+    assert_eq!(second.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&second.stderr),
+        format!(
+            "error: another dirigent daemon (pid {}) is already running on `{}`; stop it first\n",
+            d.pid(),
+            ws.root().display()
+        )
+    );
+}
+
+#[test]
+fn with_no_agent_installed_tasks_escalate_with_install_advice() {
+    let ws = Workspace::new("");
+    // The embedded default config, and a PATH where none of the CLIs exist.
+    std::fs::remove_file(ws.path("dirigent.yaml")).unwrap();
+    let empty_path = ws.root().join("empty-bin");
+    std::fs::create_dir(&empty_path).unwrap();
+    let _d = ws.start_with(&[("PATH", empty_path.to_str().unwrap())]);
+    ws.drop_task("q.json", r#"{"prompt": "anyone there?"}"#);
+    let ev = ws.wait_settled("q");
+    let Event::Escalated {
+        reason, attempts, ..
+    } = ev
+    else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(attempts, 0);
+    for needle in [
+        "no agent is available",
+        "npm install -g @google/gemini-cli",
+        "pip install aider-chat",
+        "command:",
+        "default_chain: [local]",
+    ] {
+        assert!(reason.contains(needle), "missing {needle:?} in {reason}");
+    }
+    let report = std::fs::read_to_string(ws.path("escalations/q.md")).unwrap();
+    assert!(report.contains("No attempt could be made"), "{report}");
+}
+
+#[test]
+fn flaky_agent_succeeds_on_a_later_task() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let _d = ws.start();
+    ws.drop_task("f1.json", r#"{"prompt": "p", "agent": "flaky"}"#);
+    assert!(matches!(ws.wait_settled("f1"), Event::Escalated { .. }));
+    ws.drop_task("f2.json", r#"{"prompt": "p", "agent": "flaky"}"#);
+    assert!(matches!(ws.wait_settled("f2"), Event::Done { .. }));
+    let status = ws.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let states: Vec<&str> = v["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["failed", "done"]);
+    assert!(v["daemon_pid"].is_string());
+    let one = ws.cli(&["status", "f1"]);
+    let text = String::from_utf8_lossy(&one.stdout);
+    assert!(text.contains("state:    failed"), "{text}");
+    assert!(text.contains("attempt 1: flaky"), "{text}");
+    let logs = ws.cli(&["logs", "f1", "--stderr"]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "first run fails\n");
+    let _ = Duration::ZERO;
+}
