@@ -43,7 +43,7 @@ pub enum Command {
         log_level: String,
     },
     /// Write a task into the inbox. Works while the daemon is down; it runs when it starts.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show tasks and their state, or one task in detail. Reads the ledger, so it also works
     /// while the daemon is down.
     Status {

@@ -30,9 +30,16 @@ use crate::ledger::{self, Event, Ledger, LedgerError, Record};
 use crate::progress;
 use crate::result;
 use crate::spawn::{self, AttemptPlan, AttemptReport, PreviousAttempt};
-use crate::state::{Phase, TaskBook, TaskRecord};
+use crate::state::{Outcome, Phase, TaskBook, TaskRecord};
 use crate::task::TaskSpec;
 use crate::workspace::Workspace;
+
+/// Most inbox files taken in per scan; the rest wait for the next round, so a flood of files
+/// neither blocks dispatching nor makes one huge batch.
+const INGEST_BATCH: usize = 256;
+
+/// Finished tasks the daemon keeps in full (for progress.md); older ones shrink to id → outcome.
+const KEEP_FINISHED: usize = 1000;
 
 /// How long after a change `progress.md` is rewritten (changes in between are coalesced).
 const PROGRESS_DELAY: Duration = Duration::from_millis(100);
@@ -80,13 +87,14 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
             ws.ledger().display()
         );
     }
-    let book = TaskBook::from_records(&replay.records);
+    let book = TaskBook::with_limit(Some(KEEP_FINISHED), &replay.records);
     drop(replay);
     let (ledger, writer) = Ledger::open(&ws.ledger(), book.last_seq)?;
 
     let dirty = Arc::new(Notify::new());
     let (tx, rx) = mpsc::unbounded_channel();
     let mut engine = Engine {
+        dirty: dirty.clone(),
         ws: ws.clone(),
         config,
         ledger,
@@ -232,6 +240,9 @@ enum Msg {
 }
 
 struct Engine {
+    /// Permit stored by the inbox watcher (and by `ingest` when it left files for later);
+    /// consumed by the loop, which scans.
+    dirty: Arc<Notify>,
     ws: Workspace,
     config: Arc<Config>,
     ledger: Ledger,
@@ -337,7 +348,7 @@ Free disk space or fix `{}`, then restart the daemon",
     /// claimed when the daemon crashed).
     fn id_free(&self, id: &str) -> bool {
         match self.book.get(id) {
-            None => true,
+            None => !self.book.contains(id),
             Some(t) => {
                 !t.phase.is_terminal()
                     && !self.keys.contains_key(id)
@@ -445,6 +456,12 @@ Free disk space or fix `{}`, then restart the daemon",
         let mut unknown: Vec<String> = present.into_iter().collect();
         unknown.sort();
         for name in unknown {
+            let (stem, _) = fsutil::split_name(&name);
+            if let Some(outcome) = self.book.outcome(stem) {
+                // A finished task whose file move a crash interrupted (archived in memory).
+                self.finish_move(&name, outcome == Outcome::Done);
+                continue;
+            }
             tracing::info!(file = %name, "found an unrecorded task file in running/; taking it in");
             self.take_in(&running_dir, std::ffi::OsStr::new(&name))
                 .await;
@@ -483,7 +500,11 @@ Free disk space or fix `{}`, then restart the daemon",
         // Examine everything first, then record all acceptances with one fsync, then claim.
         let mut accepted: Vec<(std::ffi::OsString, Box<TaskSpec>)> = Vec::new();
         let mut batch_ids: HashSet<String> = HashSet::new();
-        for cand in candidates {
+        if candidates.len() > INGEST_BATCH {
+            // Come back for the rest after this batch has been dispatched.
+            self.dirty.notify_one();
+        }
+        for cand in candidates.into_iter().take(INGEST_BATCH) {
             let intake = claim::examine(&dir, &cand.raw, &self.config, self.ws.root(), |id| {
                 !batch_ids.contains(id) && self.id_free(id)
             });
@@ -1022,12 +1043,12 @@ enum Deps {
 
 fn deps(book: &TaskBook, t: &TaskRecord) -> Deps {
     for dep in &t.after {
-        match book.get(dep).map(|d| &d.phase) {
-            Some(Phase::Done { .. }) => {}
-            Some(Phase::Failed { .. }) => {
+        match book.outcome(dep) {
+            Some(Outcome::Done) => {}
+            Some(Outcome::Failed) => {
                 return Deps::Failed(format!("it runs after `{dep}`, which failed"));
             }
-            _ => return Deps::Wait,
+            None => return Deps::Wait,
         }
     }
     Deps::Ready

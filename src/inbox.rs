@@ -68,16 +68,31 @@ pub struct InboxWatcher {
 /// stores a permit in `dirty`; the engine's scan consumes it.
 pub fn watch(dir: &Path, dirty: Arc<Notify>) -> notify::Result<InboxWatcher> {
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = &res
-            && ev.need_rescan()
-        {
-            tracing::debug!("inbox watcher asked for a rescan (event queue overflow)");
+        if let Ok(ev) = &res {
+            if ev.need_rescan() {
+                tracing::debug!("inbox watcher asked for a rescan (event queue overflow)");
+            } else if !changes_the_listing(&ev.kind) {
+                return;
+            }
         }
-        // Events, errors and rescan requests all mean the same thing: look again.
+        // Changes, errors and rescan requests all mean the same thing: look again.
         dirty.notify_one();
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
     Ok(InboxWatcher { _watcher: watcher })
+}
+
+/// Whether an event can change what a scan finds. Access events are not: our own scan opens
+/// the directory, and waking on that would make every scan cause the next one.
+fn changes_the_listing(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        // A file written in place and closed: it may have become complete.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 #[cfg(test)]
@@ -97,5 +112,53 @@ mod tests {
         ] {
             assert_eq!(is_candidate(name), want, "{name}");
         }
+    }
+
+    #[test]
+    fn reading_the_inbox_does_not_wake_the_scanner() {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        assert!(!changes_the_listing(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_the_listing(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes_the_listing(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_the_listing(&EventKind::Create(CreateKind::File)));
+        assert!(changes_the_listing(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+    }
+
+    /// The daemon-level check: an idle watcher plus scans must go quiet.
+    #[test]
+    fn a_scan_does_not_trigger_another_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirty = Arc::new(Notify::new());
+        let _w = watch(dir.path(), dirty.clone()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            std::fs::write(dir.path().join("a.json"), "{}").unwrap();
+            dirty.notified().await;
+            // Scan repeatedly, as the engine would after each wake-up.
+            for _ in 0..3 {
+                scan(dir.path()).unwrap();
+            }
+            // Drain what the write itself caused, then expect silence after one more scan.
+            while tokio::time::timeout(std::time::Duration::from_millis(200), dirty.notified())
+                .await
+                .is_ok()
+            {}
+            scan(dir.path()).unwrap();
+            let woke =
+                tokio::time::timeout(std::time::Duration::from_millis(300), dirty.notified()).await;
+            assert!(woke.is_err(), "scanning the inbox woke the watcher");
+        });
     }
 }

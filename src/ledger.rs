@@ -366,6 +366,10 @@ fn writer_loop(
             out.push(recs);
         }
         let result = file.write_all(&buf).and_then(|()| file.sync_data());
+        if buf.capacity() > 1 << 20 {
+            // A burst should not pin its buffer for the daemon's lifetime.
+            buf = Vec::with_capacity(64 * 1024);
+        }
         match result {
             Ok(()) => {
                 for (a, recs) in batch.into_iter().zip(out) {

@@ -27,7 +27,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init { force } => commands::init(&ws, force),
         Command::Daemon { log_level } => daemon(ws, &log_level),
-        Command::Submit(args) => commands::submit(&ws, args),
+        Command::Submit(args) => commands::submit(&ws, *args),
         Command::Status { id, json } => commands::status(&ws, id.as_deref(), json),
         Command::Logs {
             id,

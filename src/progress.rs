@@ -65,30 +65,29 @@ pub fn render(book: &TaskBook) -> String {
     let _ = writeln!(
         out,
         "_{} done · {} running · {} pending · {} failed — written by dirigent from `ledger.jsonl`_\n",
-        done.len(),
+        done.len() + book.archived_done,
         running.len(),
         pending.len(),
-        failed.len()
+        failed.len() + book.archived_failed
     );
-    section(&mut out, "Completed", &done, true);
-    section(&mut out, "In Progress", &running, false);
-    section(&mut out, "Pending", &pending, false);
-    section(&mut out, "Failed", &failed, true);
+    section(&mut out, "Completed", &done, Some(book.archived_done));
+    section(&mut out, "In Progress", &running, None);
+    section(&mut out, "Pending", &pending, None);
+    section(&mut out, "Failed", &failed, Some(book.archived_failed));
     out
 }
 
-fn section(out: &mut String, name: &str, lines: &[String], cap: bool) {
+/// Finished sections (`archived` is `Some`) list the most recent [`FINISHED_SHOWN`] tasks and
+/// count the rest, including those the daemon no longer holds in full.
+fn section(out: &mut String, name: &str, lines: &[String], archived: Option<usize>) {
     let _ = writeln!(out, "## {name}");
-    if lines.is_empty() {
+    let skip = archived.map_or(0, |_| lines.len().saturating_sub(FINISHED_SHOWN));
+    let hidden = skip + archived.unwrap_or(0);
+    if lines.is_empty() && hidden == 0 {
         out.push_str("_none_\n");
     }
-    let skip = if cap {
-        lines.len().saturating_sub(FINISHED_SHOWN)
-    } else {
-        0
-    };
-    if skip > 0 {
-        let _ = writeln!(out, "- … {skip} earlier tasks (see `dirigent status`)");
+    if hidden > 0 {
+        let _ = writeln!(out, "- … {hidden} earlier tasks (see `dirigent status`)");
     }
     for l in &lines[skip..] {
         out.push_str(l);

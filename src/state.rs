@@ -111,43 +111,112 @@ pub struct RejectedFile {
 /// How many rejections `status` remembers (the ledger keeps all of them).
 const REJECTED_KEPT: usize = 100;
 
+/// How a finished task ended, all that is kept of it once its full record is archived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed,
+}
+
 /// All tasks, in arrival order.
+///
+/// A long-running daemon keeps full records only for unfinished tasks and the most recent
+/// `keep_finished` finished ones; older finished tasks shrink to id → [`Outcome`], which is all
+/// that duplicate-id checks and `after` need. (The CLI replays with no limit.)
 #[derive(Default, Debug)]
 pub struct TaskBook {
     tasks: HashMap<String, TaskRecord>,
+    /// Arrival order; may hold ids of archived tasks, which iteration skips.
     order: Vec<String>,
+    /// Finished tasks still held in full, oldest first.
+    finished: VecDeque<String>,
+    archived: HashMap<Box<str>, Outcome>,
+    /// Archived counts, for summaries.
+    pub archived_done: usize,
+    pub archived_failed: usize,
+    keep_finished: Option<usize>,
     pub rejected: VecDeque<RejectedFile>,
     pub last_seq: u64,
 }
 
 impl TaskBook {
+    /// A book that keeps every record in full (for the CLI).
     pub fn from_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Self {
-        let mut book = TaskBook::default();
+        Self::with_limit(None, records)
+    }
+
+    /// A book that archives finished tasks beyond the most recent `keep_finished`.
+    pub fn with_limit<'a>(
+        keep_finished: Option<usize>,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Self {
+        let mut book = TaskBook {
+            keep_finished,
+            ..Default::default()
+        };
         for r in records {
             book.apply(r);
         }
         book
     }
 
+    /// The full record of a task, unless it is unknown or archived.
     pub fn get(&self, id: &str) -> Option<&TaskRecord> {
         self.tasks.get(id)
     }
 
+    /// Whether the id is taken by any task, archived ones included.
     pub fn contains(&self, id: &str) -> bool {
-        self.tasks.contains_key(id)
+        self.tasks.contains_key(id) || self.archived.contains_key(id)
     }
 
-    /// Tasks in arrival order.
+    /// How a task ended, if it has; works for archived tasks too.
+    pub fn outcome(&self, id: &str) -> Option<Outcome> {
+        match self.tasks.get(id).map(|t| &t.phase) {
+            Some(Phase::Done { .. }) => Some(Outcome::Done),
+            Some(Phase::Failed { .. }) => Some(Outcome::Failed),
+            Some(_) => None,
+            None => self.archived.get(id).copied(),
+        }
+    }
+
+    /// Tasks held in full, in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = &TaskRecord> {
         self.order.iter().filter_map(|id| self.tasks.get(id))
     }
 
     pub fn len(&self) -> usize {
-        self.tasks.len()
+        self.tasks.len() + self.archived.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.len() == 0
+    }
+
+    /// Notes that a task finished and archives the oldest finished ones beyond the limit.
+    fn finished(&mut self, id: &str) {
+        let Some(limit) = self.keep_finished else {
+            return;
+        };
+        self.finished.push_back(id.to_string());
+        while self.finished.len() > limit {
+            let old = self.finished.pop_front().expect("longer than the limit");
+            if let Some(t) = self.tasks.remove(&old) {
+                let outcome = if matches!(t.phase, Phase::Done { .. }) {
+                    self.archived_done += 1;
+                    Outcome::Done
+                } else {
+                    self.archived_failed += 1;
+                    Outcome::Failed
+                };
+                self.archived.insert(old.into_boxed_str(), outcome);
+            }
+        }
+        // Drop archived ids from the order once they are the majority.
+        if self.order.len() > 2 * self.tasks.len() + 1024 {
+            let tasks = &self.tasks;
+            self.order.retain(|id| tasks.contains_key(id));
+        }
     }
 
     /// Applies one record. Records about unknown tasks are ignored (they can only come from a
@@ -266,6 +335,9 @@ impl TaskBook {
                         });
                     }
                     if let Some(a) = t.attempts.iter_mut().rev().find(|a| a.n == *attempt) {
+                        // Only needed while it might still run.
+                        a.boot_id = None;
+                        a.start_ticks = None;
                         a.class = Some(*class);
                         a.reason = reason.clone();
                         a.exit_code = *exit_code;
@@ -296,6 +368,7 @@ impl TaskBook {
                         finished_ms: r.ts,
                     };
                     t.spec = None;
+                    self.finished(task);
                 }
             }
             Event::Escalated { task, reason, .. } => {
@@ -305,6 +378,7 @@ impl TaskBook {
                         finished_ms: r.ts,
                     };
                     t.spec = None;
+                    self.finished(task);
                 }
             }
             Event::Requeued { task, file } => {
@@ -422,6 +496,55 @@ mod tests {
         assert!(matches!(t.phase, Phase::Done { .. }));
         assert!(t.spec.is_none(), "finished tasks drop their spec");
         assert_eq!(book.last_seq, 7);
+    }
+
+    #[test]
+    fn old_finished_tasks_are_archived_but_still_known() {
+        let mut records = Vec::new();
+        let mut seq = 0;
+        for i in 0..5 {
+            let id = format!("t{i}");
+            seq += 1;
+            records.push(rec(
+                seq,
+                Event::Received {
+                    task: id.clone(),
+                    file: format!("{id}.json"),
+                    spec: spec(&id),
+                },
+            ));
+            seq += 1;
+            let ev = if i == 1 {
+                Event::Escalated {
+                    task: id.clone(),
+                    reason: "r".into(),
+                    attempts: 0,
+                }
+            } else {
+                Event::Done {
+                    task: id.clone(),
+                    agent: "a".into(),
+                    attempt: 1,
+                    output: "o".into(),
+                }
+            };
+            records.push(rec(seq, ev));
+        }
+        let book = TaskBook::with_limit(Some(2), &records);
+        assert_eq!(
+            book.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["t3", "t4"]
+        );
+        assert!(book.get("t0").is_none());
+        assert!(book.contains("t0") && book.contains("t4") && !book.contains("t9"));
+        assert_eq!(book.outcome("t1"), Some(Outcome::Failed));
+        assert_eq!(book.outcome("t2"), Some(Outcome::Done));
+        assert_eq!(
+            (book.archived_done, book.archived_failed, book.len()),
+            (2, 1, 5)
+        );
+        let full = TaskBook::from_records(&records);
+        assert_eq!(full.iter().count(), 5);
     }
 
     #[test]

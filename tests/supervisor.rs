@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Workspace, list, process_gone};
 use dirigent::ledger::Event;
 
@@ -421,7 +419,7 @@ fn malformed_files_are_rejected_with_reasons_and_the_daemon_carries_on() {
     );
     assert!(list(&ws, "inbox").is_empty());
     // Still alive and working.
-    assert!(common::process_gone(d.pid()) == false);
+    assert!(!process_gone(d.pid()));
     ws.drop_task("fine.json", r#"{"prompt": "still here"}"#);
     assert!(matches!(ws.wait_settled("fine"), Event::Done { .. }));
 }
@@ -731,5 +729,4 @@ fn flaky_agent_succeeds_on_a_later_task() {
     assert!(text.contains("attempt 1: flaky"), "{text}");
     let logs = ws.cli(&["logs", "f1", "--stderr"]);
     assert_eq!(String::from_utf8_lossy(&logs.stdout), "first run fails\n");
-    let _ = Duration::ZERO;
 }
