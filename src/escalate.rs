@@ -76,8 +76,10 @@ pub fn write_report(
     }
     let _ = writeln!(
         md,
-        "## What now\n\nFix the cause (see the reasons above), then run the task again:\n`dirigent retry {id}` (or drop a new task file into `.context/inbox/`).\n",
-        id = task.id
+        "## What now\n\nFix the cause (see the reasons above), then submit the task again: `dirigent submit` \
+with the same prompt, or copy `.context/failed/{file}` into `.context/inbox/` (without its `id` \
+key, if it has one: ids are never reused).\n",
+        file = task.file
     );
     let path = ws.escalations().join(format!("{}.md", task.id));
     fsutil::write_atomic(&path, md.as_bytes())?;

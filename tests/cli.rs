@@ -1,0 +1,281 @@
+//! The command line as a user meets it: exact error texts, `--help`, `--json`, `logs -f`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{BIN, Workspace};
+use dirigent::ledger::Event;
+
+const CONFIG: &str = r#"
+default_chain: [good]
+roles: { backend: [good] }
+agents:
+  good: { command: ["{agents}/ok.sh"], prompt: stdin }
+  gate: { command: ["{agents}/gate.sh", "release"], max_parallel: 1, stagger: 250ms }
+  ghost: { command: ["definitely-not-installed-xyz"] }
+"#;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn submit_validates_before_writing_anything() {
+    let ws = Workspace::new(CONFIG);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["submit", "x", "--agent", "nope"],
+            "error: unknown agent `nope` (configured: gate, ghost, good)\n",
+        ),
+        (
+            &["submit", "x", "--role", "qa"],
+            "error: unknown role `qa` (configured roles: backend)\n",
+        ),
+        (
+            &["submit", "x", "--output", "../out.md"],
+            "error: `output` path `../out.md` contains `..`; it must stay inside the workspace\n",
+        ),
+        (
+            &["submit", "x", "--timeout", "soon"],
+            "error: `--timeout`: invalid duration `soon` (expected number at 0); write it like `500ms`, `10s` or `5m`\n",
+        ),
+        (
+            &["submit", "x", "--id", ".hidden"],
+            "error: invalid `--id` `.hidden`: names use letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters\n",
+        ),
+        (&["submit", "  "], "error: the prompt is empty\n"),
+    ];
+    for (args, want) in cases {
+        let out = ws.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(stderr(&out), *want, "{args:?}");
+    }
+    assert!(
+        common::list(&ws, "inbox").is_empty(),
+        "nothing may be written on a validation error"
+    );
+    // A duplicate id is refused up front too.
+    assert!(ws.cli(&["submit", "x", "--id", "one"]).status.success());
+    let out = ws.cli(&["submit", "y", "--id", "one"]);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: `{}` is already waiting in the inbox; choose another `--id`\n",
+            ws.path("inbox/one.json").display()
+        )
+    );
+}
+
+#[test]
+fn submit_reads_the_prompt_from_stdin_and_writes_a_valid_task_file() {
+    let ws = Workspace::new(CONFIG);
+    let mut child = Command::new(BIN)
+        .args([
+            "submit",
+            "-",
+            "--id",
+            "piped",
+            "--role",
+            "backend",
+            "--after",
+            "a",
+            "--after",
+            "b",
+            "--priority",
+            "-3",
+            "--json",
+        ])
+        .env("DIRIGENT_ROOT", ws.root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"line one\nline two\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["id"], "piped");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.path("inbox/piped.json")).unwrap())
+            .unwrap();
+    assert_eq!(file["prompt"], "line one\nline two\n");
+    assert_eq!(file["role"], "backend");
+    assert_eq!(file["after"], serde_json::json!(["a", "b"]));
+    assert_eq!(file["priority"], -3);
+    // Nothing is left in the staging directory.
+    assert_eq!(std::fs::read_dir(ws.path("inbox/.tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn reading_commands_work_without_a_daemon_and_say_so() {
+    let ws = Workspace::new(CONFIG);
+    let out = ws.cli(&["status"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "daemon: not running (showing the state recorded in the ledger)\nno tasks yet: drop a file into .context/inbox/ or run `dirigent submit \"…\"`\n"
+    );
+    let out = ws.cli(&["status", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: no task `nope` in this workspace; `dirigent status` lists the tasks\n"
+    );
+    let out = ws.cli(&["result", "nope"]);
+    assert_eq!(
+        stderr(&out),
+        "error: no task `nope` in this workspace; `dirigent status` lists the tasks\n"
+    );
+}
+
+#[test]
+fn agents_lists_install_state_limits_and_memberships() {
+    let ws = Workspace::new(CONFIG);
+    let out = ws.cli(&["agents", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agents = v["agents"].as_array().unwrap();
+    let by = |n: &str| agents.iter().find(|a| a["name"] == n).unwrap().clone();
+    assert_eq!(by("good")["installed"], true);
+    assert_eq!(by("ghost")["installed"], false);
+    assert_eq!(by("ghost")["path"], serde_json::Value::Null);
+    assert_eq!(by("gate")["max_parallel"], 1);
+    assert_eq!(by("gate")["stagger_ms"], 250);
+    assert_eq!(
+        by("good")["in"],
+        serde_json::json!(["default_chain", "role:backend"])
+    );
+    let text = String::from_utf8_lossy(&ws.cli(&["agents"]).stdout).into_owned();
+    assert!(text.contains("ghost      not installed"), "{text}");
+    assert!(text.contains("default chain: good"), "{text}");
+}
+
+#[test]
+fn the_embedded_default_lists_every_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["--root", dir.path().to_str().unwrap(), "agents", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["config"], "embedded default config");
+    let names: Vec<&str> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["aider", "claude", "codex", "gemini", "ollama", "opencode"]
+    );
+}
+
+#[test]
+fn init_writes_a_commented_config_and_keeps_an_existing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["--root", root, "init"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cfg = std::fs::read_to_string(dir.path().join(".context/dirigent.yaml")).unwrap();
+    assert_eq!(cfg, dirigent::config::DEFAULT_CONFIG);
+    // Every top-level key has a comment right above it.
+    let lines: Vec<&str> = cfg.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        if !l.starts_with([' ', '#']) && !l.is_empty() {
+            assert!(lines[i - 1].starts_with('#'), "`{l}` has no comment");
+        }
+    }
+    std::fs::write(
+        dir.path().join(".context/dirigent.yaml"),
+        "concurrency: 1\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--root", root, "init"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("kept the existing"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".context/dirigent.yaml")).unwrap(),
+        "concurrency: 1\n"
+    );
+}
+
+#[test]
+fn an_invalid_config_stops_the_daemon_with_a_clear_error() {
+    let ws = Workspace::new("agents:\n  x: { command: [a], prompt: arg }\n");
+    let out = ws.cli(&["daemon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: `{}`: agent `x`: `prompt: arg` needs `{{prompt}}` in the command\n",
+            ws.path("dirigent.yaml").display()
+        )
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        "init", "daemon", "submit", "status", "logs", "result", "agents",
+    ] {
+        let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage: dirigent"), "{cmd}: {text}");
+        assert!(
+            text.contains("--root"),
+            "{cmd}: the global --root is missing"
+        );
+    }
+}
+
+#[test]
+fn logs_follow_prints_live_output_until_the_attempt_ends() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("g.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_for("the attempt to start", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "g"))
+            .then_some(())
+    });
+    let mut follower = Command::new(BIN)
+        .args(["logs", "g", "-f"])
+        .env("DIRIGENT_ROOT", ws.root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first line arrives while the agent still runs: this is live output.
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(follower.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert_eq!(first, "waiting for release\n");
+    assert!(
+        !ws.records()
+            .iter()
+            .any(|r| matches!(r.event, Event::AttemptFinished { .. }))
+    );
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    // It returns by itself once the attempt has finished, with the rest of the output.
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert!(follower.wait().unwrap().success());
+    assert_eq!(rest, "released\n");
+    let status = String::from_utf8_lossy(&ws.cli(&["status", "g"]).stdout).into_owned();
+    assert!(status.contains("attempt 1: gate"), "{status}");
+    assert!(status.contains("daemon: running"), "{status}");
+}
