@@ -236,6 +236,12 @@ enum Msg {
         task: String,
         records: Vec<Record>,
     },
+    /// A successful attempt's result could not be written (e.g. `output` leads outside the
+    /// workspace through a symlink): the task escalates with this reason.
+    ResultFailed {
+        task: String,
+        reason: String,
+    },
     LedgerFailed(String),
 }
 
@@ -682,6 +688,10 @@ Free disk space or fix `{}`, then restart the daemon",
                 self.keys.remove(&task);
                 self.apply(&records);
             }
+            Msg::ResultFailed { task, reason } => {
+                self.finishing.remove(&task);
+                self.escalate(&task, reason);
+            }
             Msg::LedgerFailed(why) => self.ledger_failed(why),
         }
     }
@@ -862,7 +872,8 @@ Free disk space or fix `{}`, then restart the daemon",
         });
     }
 
-    /// Writes the result, records `done`, moves the file to `done/`.
+    /// Writes the result, records `done`, moves the file to `done/` — in a task of its own, so a
+    /// large result never holds up scheduling. A result that cannot be written escalates.
     fn settle_done(&mut self, id: &str, report: AttemptReport) {
         let Some(t) = self.book.get(id) else { return };
         let Some(spec) = t.spec.clone() else { return };
@@ -871,46 +882,46 @@ Free disk space or fix `{}`, then restart the daemon",
         self.finishing.insert(id.to_string());
         let rel = result::destination(&self.ws, id, spec.fields.output.as_deref());
         let result = report.verdict.result.unwrap_or(ResultText::Stdout);
-        match result::write(&self.ws, &rel, &result, &report.stdout_path) {
-            Ok(_) => {
-                let (ws, ledger, tx, file, id) = (
-                    self.ws.clone(),
-                    self.ledger.clone(),
-                    self.tx.clone(),
-                    t.file.clone(),
-                    id.to_string(),
-                );
-                tokio::spawn(async move {
-                    let records = match ledger
-                        .append(Event::Done {
-                            task: id.clone(),
-                            agent,
-                            attempt,
-                            output: rel,
-                        })
-                        .await
-                    {
-                        Ok(r) => vec![r],
-                        Err(e) => {
-                            let _ = tx.send(Msg::LedgerFailed(e.to_string()));
-                            vec![]
-                        }
-                    };
-                    if !records.is_empty()
-                        && let Err(e) =
-                            fsutil::move_into(&ws.running().join(&file), &ws.done(), &file)
-                    {
-                        tracing::warn!(task = %id, "cannot move the task file to done/: {e}");
-                    }
-                    tracing::info!(task = %id, "done");
-                    let _ = tx.send(Msg::Settled { task: id, records });
-                });
+        let (ws, ledger, tx, file, id) = (
+            self.ws.clone(),
+            self.ledger.clone(),
+            self.tx.clone(),
+            t.file.clone(),
+            id.to_string(),
+        );
+        tokio::spawn(async move {
+            let (ws2, rel2, stdout) = (ws.clone(), rel.clone(), report.stdout_path);
+            let written =
+                tokio::task::spawn_blocking(move || result::write(&ws2, &rel2, &result, &stdout))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("writing the result failed: {e}")));
+            if let Err(reason) = written {
+                let _ = tx.send(Msg::ResultFailed { task: id, reason });
+                return;
             }
-            Err(reason) => {
-                self.finishing.remove(id);
-                self.escalate(id, reason);
+            let records = match ledger
+                .append(Event::Done {
+                    task: id.clone(),
+                    agent,
+                    attempt,
+                    output: rel,
+                })
+                .await
+            {
+                Ok(r) => vec![r],
+                Err(e) => {
+                    let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+                    vec![]
+                }
+            };
+            if !records.is_empty()
+                && let Err(e) = fsutil::move_into(&ws.running().join(&file), &ws.done(), &file)
+            {
+                tracing::warn!(task = %id, "cannot move the task file to done/: {e}");
             }
-        }
+            tracing::info!(task = %id, "done");
+            let _ = tx.send(Msg::Settled { task: id, records });
+        });
     }
 
     /// Writes the escalation report, records `escalated`, moves the file to `failed/`, runs

@@ -730,3 +730,71 @@ fn flaky_agent_succeeds_on_a_later_task() {
     let logs = ws.cli(&["logs", "f1", "--stderr"]);
     assert_eq!(String::from_utf8_lossy(&logs.stdout), "first run fails\n");
 }
+
+#[test]
+fn an_output_path_through_a_symlink_out_of_the_workspace_escalates() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.root().join("docs")).unwrap();
+    let _d = ws.start();
+    ws.drop_task(
+        "sneaky.json",
+        r#"{"prompt": "p", "agent": "good", "output": "docs/x.md"}"#,
+    );
+    let Event::Escalated { reason, .. } = ws.wait_settled("sneaky") else {
+        panic!("not escalated")
+    };
+    assert!(
+        reason.contains("`output` path `docs/x.md` leads outside the workspace"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "something was written outside"
+    );
+    // The attempt itself succeeded; only the result could not be delivered.
+    assert_eq!(
+        ws.attempts("sneaky"),
+        [("good".to_string(), "ok".to_string())]
+    );
+}
+
+#[test]
+fn a_restart_cuts_a_torn_ledger_tail_and_remembers_finished_tasks() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let mut d = ws.start();
+    ws.drop_task("before.json", r#"{"id": "kept", "prompt": "p"}"#);
+    ws.wait_settled("kept");
+    d.stop();
+    // A crash in the middle of a write leaves half a line.
+    let ledger = ws.path("ledger.jsonl");
+    let intact = std::fs::read(&ledger).unwrap();
+    let mut torn = intact.clone();
+    torn.extend_from_slice(br#"{"seq":99,"ts":1,"event":"done","ta"#);
+    std::fs::write(&ledger, &torn).unwrap();
+
+    let _d = ws.start();
+    ws.drop_task("again.json", r#"{"id": "kept", "prompt": "p"}"#);
+    ws.wait_for("the duplicate to be rejected", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Rejected { file, .. } if file == "again.json"))
+            .then_some(())
+    });
+    let aside: Vec<_> = std::fs::read_dir(ws.ctx())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ledger.torn-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the torn tail must be kept aside");
+    assert_eq!(
+        std::fs::read(aside[0].path()).unwrap(),
+        br#"{"seq":99,"ts":1,"event":"done","ta"#
+    );
+    // The ledger continues cleanly after the cut: every line parses, sequence numbers go on.
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(text.starts_with(std::str::from_utf8(&intact).unwrap()));
+    let seqs: Vec<u64> = ws.records().iter().map(|r| r.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(text.lines().count(), seqs.len());
+}
