@@ -310,6 +310,9 @@ fn exit_meaning(agent: &Agent, code: i32) -> &'static str {
 }
 
 fn first_error_line(ev: &Evidence<'_>) -> String {
+    if let Some(msg) = json_error_message(&ev.stderr.text()) {
+        return format!(": {}", one_line(&msg));
+    }
     let pick = |s: &OutputSample| {
         s.last_lines(3)
             .lines()
@@ -423,6 +426,8 @@ fn parse_structured(format: OutputFormat, stdout: &str, stderr: &str) -> Structu
         OutputFormat::CodexJsonl | OutputFormat::OpencodeJsonl => {
             let mut s = Structured::default();
             let mut completed = false;
+            let mut failed: Option<String> = None;
+            let mut last_error: Option<String> = None;
             let mut texts: Vec<String> = Vec::new();
             for line in stdout.lines() {
                 let Ok(v) = serde_json::from_str::<Value>(line) else {
@@ -432,14 +437,14 @@ fn parse_structured(format: OutputFormat, stdout: &str, stderr: &str) -> Structu
                 match (format, kind) {
                     (OutputFormat::CodexJsonl, "turn.completed") => completed = true,
                     (OutputFormat::CodexJsonl, "turn.failed") => {
-                        s.error = Some(
+                        failed = Some(
                             v.get("error")
                                 .map(message_of)
                                 .unwrap_or_else(|| "turn failed".into()),
                         );
                     }
                     (_, "error") => {
-                        s.error = Some(
+                        last_error = Some(
                             v.get("error")
                                 .map(message_of)
                                 .or_else(|| {
@@ -472,12 +477,34 @@ fn parse_structured(format: OutputFormat, stdout: &str, stderr: &str) -> Structu
                 }
             }
             s.parsed = completed;
+            s.error = match format {
+                // codex reports transient trouble ("Reconnecting... 2/5") as `error` events and
+                // may still complete: only `turn.failed` or a missing `turn.completed` fail it.
+                OutputFormat::CodexJsonl => failed.or(if completed { None } else { last_error }),
+                // opencode's error events are final.
+                _ => last_error,
+            };
             if !texts.is_empty() {
                 s.result = Some(texts.join("\n"));
             }
             s
         }
     }
+}
+
+/// The `error.message` of a JSON object printed on stderr (gemini prints one after a line of
+/// chatter), for a readable reason instead of its closing brace.
+fn json_error_message(text: &str) -> Option<String> {
+    let start = text
+        .find("\n{")
+        .map(|i| i + 1)
+        .or_else(|| text.starts_with('{').then_some(0))?;
+    let v: serde_json::Value = serde_json::from_str(text[start..].trim()).ok()?;
+    let err = v.get("error")?;
+    err.get("message")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+        .or_else(|| err.as_str().map(str::to_string))
 }
 
 #[cfg(test)]
@@ -762,6 +789,23 @@ agents:
         assert_eq!(
             judge(&cfg.agents["plain"], &ev).result,
             Some(ResultText::Stdout)
+        );
+    }
+
+    #[test]
+    fn gemini_reasons_quote_the_error_message_not_the_json() {
+        let cfg = agents();
+        let stderr = "YOLO mode is enabled.\n{\n  \"session_id\": \"x\",\n  \"error\": {\n    \"type\": \"Error\",\n    \"message\": \"Please set an Auth method\",\n    \"code\": 41\n  }\n}\n";
+        let ev = Evidence {
+            exit_code: Some(41),
+            stderr: sample(stderr),
+            ..Default::default()
+        };
+        let v = judge(&cfg.agents["gemini"], &ev);
+        assert_eq!(v.class, Class::Auth);
+        assert_eq!(
+            v.reason,
+            "exit code 41 (gemini: no authentication configured): Please set an Auth method"
         );
     }
 

@@ -250,19 +250,26 @@ where
     let activity = Arc::new(AtomicU64::new(0));
     let out_sample = Arc::new(Mutex::new(OutputSample::default()));
     let err_sample = Arc::new(Mutex::new(OutputSample::default()));
+    let (out_progress, err_progress) = progress_rules(agent.format);
     let mut out_task = tokio::spawn(capture(
         child.stdout.take().expect("piped"),
         out_file,
         out_sample.clone(),
-        activity.clone(),
-        started,
+        Progress {
+            rule: out_progress,
+            activity: activity.clone(),
+            started,
+        },
     ));
     let mut err_task = tokio::spawn(capture(
         child.stderr.take().expect("piped"),
         err_file,
         err_sample.clone(),
-        activity.clone(),
-        started,
+        Progress {
+            rule: err_progress,
+            activity: activity.clone(),
+            started,
+        },
     ));
 
     let deadline = tokio::time::Instant::from_std(started + plan.timeout);
@@ -374,23 +381,92 @@ where
     }
 }
 
-/// Copies a pipe into its capture file, keeping a bounded sample and noting activity.
+/// What counts as progress for the idle timeout, per stream.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ProgressRule {
+    /// Any output.
+    AnyOutput,
+    /// Nothing on this stream (its logs say nothing about progress).
+    Never,
+    /// JSON-lines events, except `{"type":"error"…}` ones: codex reports "Reconnecting…" as
+    /// error events every few seconds forever when the network is down, which is not progress.
+    EventsExceptErrors,
+}
+
+fn progress_rules(format: OutputFormat) -> (ProgressRule, ProgressRule) {
+    match format {
+        OutputFormat::CodexJsonl => (ProgressRule::EventsExceptErrors, ProgressRule::Never),
+        _ => (ProgressRule::AnyOutput, ProgressRule::AnyOutput),
+    }
+}
+
+/// Where a capture task reports progress: milliseconds since `started` in `activity`.
+struct Progress {
+    rule: ProgressRule,
+    activity: Arc<AtomicU64>,
+    started: Instant,
+}
+
+/// Classifies JSON lines as they stream by, a chunk at a time.
+#[derive(Default)]
+struct EventLines {
+    /// The start of the current line, until it is long enough to decide.
+    prefix: Vec<u8>,
+    decided: bool,
+}
+
+const ERROR_EVENT: &[u8] = br#"{"type":"error""#;
+
+impl EventLines {
+    /// Whether `chunk` holds any line that is not an error event.
+    fn feed(&mut self, chunk: &[u8]) -> bool {
+        let mut progress = false;
+        for &b in chunk {
+            if b == b'\n' {
+                if !self.decided && !self.prefix.is_empty() {
+                    progress |= !ERROR_EVENT.starts_with(&self.prefix);
+                }
+                self.prefix.clear();
+                self.decided = false;
+            } else if !self.decided {
+                self.prefix.push(b);
+                if self.prefix.len() == ERROR_EVENT.len() {
+                    self.decided = true;
+                    progress |= self.prefix != ERROR_EVENT;
+                }
+            }
+        }
+        progress
+    }
+}
+
+/// Copies a pipe into its capture file, keeping a bounded sample and noting progress.
 async fn capture(
     mut pipe: impl AsyncRead + Unpin,
     mut file: std::fs::File,
     sample: Arc<Mutex<OutputSample>>,
-    activity: Arc<AtomicU64>,
-    started: Instant,
+    progress: Progress,
 ) {
     use std::io::Write;
     let mut buf = vec![0u8; 64 * 1024];
     let mut write_ok = true;
+    let mut lines = EventLines::default();
     loop {
         let n = match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let moved = match progress.rule {
+            ProgressRule::AnyOutput => true,
+            ProgressRule::Never => false,
+            ProgressRule::EventsExceptErrors => lines.feed(&buf[..n]),
+        };
+        if moved {
+            progress.activity.store(
+                progress.started.elapsed().as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        }
         // A write to the page cache; if the disk fails we keep draining the pipe so the agent
         // is never blocked on a full pipe, and the sample still holds the head and tail.
         if write_ok && file.write_all(&buf[..n]).is_err() {
@@ -463,6 +539,23 @@ pub async fn reap_orphan_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codex_error_events_are_not_progress() {
+        let mut l = EventLines::default();
+        assert!(!l.feed(b"{\"type\":\"error\",\"message\":\"Reconnecting... 1/5\"}\n"));
+        // Split across chunks, in the middle of the prefix.
+        assert!(!l.feed(b"{\"type\":\"er"));
+        assert!(!l.feed(b"ror\",\"message\":\"Reconnecting... waiting for network\"}\n"));
+        assert!(l.feed(b"{\"type\":\"item.completed\",\"item\":{}}\n"));
+        assert!(l.feed(b"{\"type\":\"turn.completed\"}"));
+        // A short non-event line is progress too.
+        assert!(l.feed(b"\nok\n"));
+        assert_eq!(
+            progress_rules(OutputFormat::Plain),
+            (ProgressRule::AnyOutput, ProgressRule::AnyOutput)
+        );
+    }
 
     #[test]
     fn start_ticks_of_self() {

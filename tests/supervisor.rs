@@ -798,3 +798,23 @@ fn a_restart_cuts_a_torn_ledger_tail_and_remembers_finished_tasks() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     assert_eq!(text.lines().count(), seqs.len());
 }
+
+#[test]
+fn codex_reconnecting_forever_counts_as_idle() {
+    let ws = Workspace::new(
+        r#"
+kill_grace: 300ms
+agents:
+  codexish: { command: ["{agents}/codex-offline.sh"], output: codex_jsonl, timeout: 60s, idle_timeout: 800ms }
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task("c.json", r#"{"prompt": "p"}"#);
+    let ev = ws.wait_settled("c");
+    assert!(matches!(ev, Event::Escalated { .. }), "{ev:?}");
+    // Output never stopped, but none of it was progress: idle, long before the 60 s timeout.
+    assert_eq!(
+        ws.attempts("c"),
+        [("codexish".to_string(), "idle".to_string())]
+    );
+}
