@@ -857,13 +857,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 stderr_bytes: report.stderr_bytes,
                 duration_ms: report.duration.as_millis() as u64,
             };
-            let records = match ledger.append(finished).await {
-                Ok(r) => vec![r],
-                Err(e) => {
-                    let _ = tx.send(Msg::LedgerFailed(e.to_string()));
-                    vec![]
-                }
-            };
+            let records = record(&ledger, &tx, finished).await;
             let _ = tx.send(Msg::AttemptDone {
                 task,
                 records,
@@ -899,21 +893,13 @@ Free disk space or fix `{}`, then restart the daemon",
                 let _ = tx.send(Msg::ResultFailed { task: id, reason });
                 return;
             }
-            let records = match ledger
-                .append(Event::Done {
-                    task: id.clone(),
-                    agent,
-                    attempt,
-                    output: rel,
-                })
-                .await
-            {
-                Ok(r) => vec![r],
-                Err(e) => {
-                    let _ = tx.send(Msg::LedgerFailed(e.to_string()));
-                    vec![]
-                }
+            let done = Event::Done {
+                task: id.clone(),
+                agent,
+                attempt,
+                output: rel,
             };
+            let records = record(&ledger, &tx, done).await;
             if !records.is_empty()
                 && let Err(e) = fsutil::move_into(&ws.running().join(&file), &ws.done(), &file)
             {
@@ -959,13 +945,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 reason,
                 attempts: snapshot.attempts.len() as u32,
             };
-            let records = match ledger.append(ev).await {
-                Ok(r) => vec![r],
-                Err(e) => {
-                    let _ = tx.send(Msg::LedgerFailed(e.to_string()));
-                    vec![]
-                }
-            };
+            let records = record(&ledger, &tx, ev).await;
             let src = ws.running().join(&snapshot.file);
             if !records.is_empty()
                 && src.exists()
@@ -1043,6 +1023,18 @@ fn ext_of(raw: &std::ffi::OsStr) -> &'static str {
         ".md"
     } else {
         ".json"
+    }
+}
+
+/// Appends one event for a task spawned by the engine. A ledger failure is reported to the
+/// engine (which stops taking work) and yields no records.
+async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) -> Vec<Record> {
+    match ledger.append(event).await {
+        Ok(r) => vec![r],
+        Err(e) => {
+            let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+            vec![]
+        }
     }
 }
 

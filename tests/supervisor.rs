@@ -300,16 +300,11 @@ agents:
     for i in 0..8 {
         ws.wait_settled(&format!("t{i}"));
     }
-    let (mut now, mut max) = (0i32, 0i32);
-    for r in ws.records() {
-        match r.event {
-            Event::AttemptStarted { .. } => now += 1,
-            Event::AttemptFinished { .. } => now -= 1,
-            _ => {}
-        }
-        max = max.max(now);
-    }
-    assert_eq!(max, 2, "at most 2 at once, and the cap was reached");
+    assert_eq!(
+        common::max_running(&ws.records()),
+        2,
+        "at most 2 at once, and the cap was reached"
+    );
 }
 
 #[test]
@@ -328,16 +323,7 @@ agents:
     for i in 0..4 {
         ws.wait_settled(&format!("m{i}"));
     }
-    let (mut now, mut max) = (0i32, 0i32);
-    for r in ws.records() {
-        match r.event {
-            Event::AttemptStarted { .. } => now += 1,
-            Event::AttemptFinished { .. } => now -= 1,
-            _ => {}
-        }
-        max = max.max(now);
-    }
-    assert_eq!(max, 1);
+    assert_eq!(common::max_running(&ws.records()), 1);
 }
 
 #[test]

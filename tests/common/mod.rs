@@ -203,6 +203,20 @@ pub fn process_gone(pid: u32) -> bool {
     }
 }
 
+/// The most attempts the ledger shows running at once.
+pub fn max_running(records: &[Record]) -> i32 {
+    let (mut now, mut max) = (0i32, 0i32);
+    for r in records {
+        match r.event {
+            Event::AttemptStarted { .. } => now += 1,
+            Event::AttemptFinished { .. } => now -= 1,
+            _ => {}
+        }
+        max = max.max(now);
+    }
+    max
+}
+
 /// Names of the files in a `.context/` subdirectory, sorted.
 pub fn list(ws: &Workspace, sub: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(ws.path(sub))
