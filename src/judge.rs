@@ -187,7 +187,10 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
                 .idle_timeout
                 .map(crate::duration::short)
                 .unwrap_or_default();
-            return Verdict::fail(Class::Idle, format!("no progress for {idle} (no output, or only error events): killed as hung"));
+            return Verdict::fail(
+                Class::Idle,
+                format!("no progress for {idle} (no output, or only error events): killed as hung"),
+            );
         }
         Some(StopCause::Shutdown) => {
             return Verdict::fail(Class::Interrupted, "stopped by daemon shutdown");
