@@ -20,11 +20,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("../context/dirigent.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read `{path}`: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read `{path}`: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("`{path}`: {message}")]
     Invalid { path: String, message: String },
 }
@@ -216,9 +213,9 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Self::parse(DEFAULT_CONFIG, "embedded default config")
             }
-            Err(source) => Err(ConfigError::Read {
+            Err(cause) => Err(ConfigError::Read {
                 path: path.display().to_string(),
-                source,
+                cause,
             }),
         }
     }

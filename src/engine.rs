@@ -48,26 +48,23 @@ const PROGRESS_DELAY: Duration = Duration::from_millis(100);
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot prepare the workspace `{path}`: {source}")]
-    Workspace {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot prepare the workspace `{path}`: {cause}")]
+    Workspace { path: String, cause: std::io::Error },
     #[error("another dirigent daemon (pid {pid}) is already running on `{root}`; stop it first")]
     Locked { pid: String, root: String },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("cannot watch the inbox `{path}`: {source}")]
-    Watch { path: String, source: notify::Error },
+    #[error("cannot watch the inbox `{path}`: {cause}")]
+    Watch { path: String, cause: notify::Error },
 }
 
 /// Runs the daemon on `ws` until `shutdown` resolves, then stops gracefully: no new claims,
 /// running attempts are terminated (group, grace, kill) and recorded as interrupted, and their
 /// task files go back into the inbox so they run again on the next start.
 pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    let ws_err = |source: std::io::Error| DaemonError::Workspace {
+    let ws_err = |cause: std::io::Error| DaemonError::Workspace {
         path: ws.root().display().to_string(),
-        source,
+        cause,
     };
     ws.ensure().map_err(ws_err)?;
     let _lock = lock_workspace(&ws)?;
@@ -123,11 +120,10 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
     engine.book.apply(&started);
     engine.recover().await?;
 
-    let watcher =
-        inbox::watch(&ws.inbox(), dirty.clone()).map_err(|source| DaemonError::Watch {
-            path: ws.inbox().display().to_string(),
-            source,
-        })?;
+    let watcher = inbox::watch(&ws.inbox(), dirty.clone()).map_err(|cause| DaemonError::Watch {
+        path: ws.inbox().display().to_string(),
+        cause,
+    })?;
     // The first scan after the watcher is up: nothing dropped in between is missed.
     engine.ingest().await;
     engine.rescan_due = Instant::now() + engine.config.inbox_rescan;
@@ -172,9 +168,9 @@ struct WorkspaceLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
     use std::io::Write;
     let path = ws.lock();
-    let io = |source| DaemonError::Workspace {
+    let io = |cause| DaemonError::Workspace {
         path: path.display().to_string(),
-        source,
+        cause,
     };
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -407,9 +403,9 @@ Free disk space or fix `{}`, then restart the daemon",
         // Which files are in running/ right now.
         let running_dir = self.ws.running();
         let mut present: HashSet<String> = std::fs::read_dir(&running_dir)
-            .map_err(|source| DaemonError::Workspace {
+            .map_err(|cause| DaemonError::Workspace {
                 path: running_dir.display().to_string(),
-                source,
+                cause,
             })?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str().map(str::to_string))

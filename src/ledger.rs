@@ -134,11 +134,8 @@ impl Event {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("ledger `{path}`: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("ledger `{path}`: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("the ledger writer has stopped")]
     Closed,
     #[error("ledger write failed earlier ({0}); no further events are accepted")]
@@ -286,9 +283,9 @@ impl WriterThread {
 impl Ledger {
     /// Opens the ledger for appending, continuing after sequence number `last_seq`.
     pub fn open(path: &Path, last_seq: u64) -> Result<(Ledger, WriterThread), LedgerError> {
-        let io_err = |source| LedgerError::Io {
+        let io_err = |cause| LedgerError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         };
         let file = OpenOptions::new()
             .create(true)

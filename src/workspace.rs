@@ -112,9 +112,15 @@ impl Workspace {
         self.ctx.join("daemon.lock")
     }
 
-    /// Creates `.context/` and every subdirectory that is missing, mode 0700.
-    /// Existing directories are left as they are.
+    /// Creates the workspace directory if needed, then `.context/` and every subdirectory that
+    /// is missing, mode 0700. Existing directories are left as they are.
     pub fn ensure(&self) -> io::Result<()> {
+        std::fs::create_dir_all(&self.root).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create `{}`: {e}", self.root.display()),
+            )
+        })?;
         create_private_dir(&self.ctx)?;
         for sub in SUBDIRS {
             create_private_dir(&self.ctx.join(sub))?;
@@ -144,7 +150,8 @@ mod tests {
     #[test]
     fn ensure_creates_private_dirs() {
         let tmp = tempfile::tempdir().unwrap();
-        let ws = Workspace::new(tmp.path()).unwrap();
+        // The workspace itself may not exist yet.
+        let ws = Workspace::new(tmp.path().join("new/project")).unwrap();
         ws.ensure().unwrap();
         for sub in SUBDIRS {
             let meta = std::fs::metadata(ws.context().join(sub)).unwrap();

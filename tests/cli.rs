@@ -279,3 +279,32 @@ fn logs_follow_prints_live_output_until_the_attempt_ends() {
     assert!(status.contains("attempt 1: gate"), "{status}");
     assert!(status.contains("daemon: running"), "{status}");
 }
+
+#[test]
+fn a_workspace_that_does_not_exist_yet_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("not/yet/here");
+    let out = Command::new(BIN)
+        .args(["--root", root.to_str().unwrap(), "init"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(root.join(".context/inbox").is_dir());
+    // And an error says its cause once.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = Command::new(BIN)
+        .args(["--root", file.to_str().unwrap(), "daemon"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(err.matches("File exists").count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot prepare the workspace `{}`",
+            file.display()
+        )),
+        "{err}"
+    );
+}

@@ -121,6 +121,11 @@ fn failures_fall_through_the_chain_by_class() {
         "{out}"
     );
     assert!(out.contains("prev=exit"), "{out}");
+    let root = ws.root().canonicalize().unwrap();
+    assert!(
+        out.contains(&format!("cwd={}\n", root.display())),
+        "the agent must run in the workspace: {out}"
+    );
     assert!(out.contains("stdin=[show env]"), "{out}");
 }
 
@@ -803,4 +808,32 @@ agents:
         ws.attempts("c"),
         [("codexish".to_string(), "idle".to_string())]
     );
+}
+
+#[test]
+fn a_task_can_shorten_its_agents_timeouts() {
+    let ws = Workspace::new(
+        r#"
+kill_grace: 300ms
+agents:
+  slow: { command: ["{agents}/slow.sh", "30"], timeout: 60s }
+  hang: { command: ["{agents}/hang.sh"], timeout: 60s }
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task(
+        "t.json",
+        r#"{"prompt": "p", "agent": "slow", "timeout": "500ms"}"#,
+    );
+    ws.drop_task(
+        "i.json",
+        r#"{"prompt": "p", "agent": "hang", "idle_timeout": "500ms"}"#,
+    );
+    ws.wait_settled("t");
+    ws.wait_settled("i");
+    assert_eq!(
+        ws.attempts("t"),
+        [("slow".to_string(), "timeout".to_string())]
+    );
+    assert_eq!(ws.attempts("i"), [("hang".to_string(), "idle".to_string())]);
 }
