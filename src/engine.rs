@@ -68,6 +68,9 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
     };
     ws.ensure().map_err(ws_err)?;
     let _lock = lock_workspace(&ws)?;
+    if !crate::reaper::become_subreaper() {
+        tracing::debug!("not a child subreaper: processes that escape with setsid are not caught");
+    }
     let config = Arc::new(Config::load(&ws.config())?);
 
     let replay = ledger::read(&ws.ledger()).map_err(ws_err)?;
@@ -156,6 +159,8 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
     drop(watcher);
     tracing::info!("shutting down: stopping running attempts");
     engine.shutdown().await;
+    // Reap adopted zombies; nothing of ours is running any more.
+    let _ = tokio::task::spawn_blocking(|| crate::reaper::sweep(None)).await;
     let Engine { ledger, .. } = engine;
     drop(ledger);
     writer.join();

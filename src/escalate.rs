@@ -139,7 +139,7 @@ pub async fn run_hook(ws: &Workspace, argv: &[String], task_id: &str, limit: Dur
         .stderr(err)
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let (mut child, _registered) = match crate::reaper::spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(

@@ -20,6 +20,7 @@ pub mod judge;
 pub mod ledger;
 pub mod preset;
 pub mod progress;
+pub mod reaper;
 pub mod result;
 pub mod spawn;
 pub mod state;

@@ -217,7 +217,7 @@ where
             .env("DIRIGENT_PREVIOUS_STDERR", &prev.stderr);
     }
 
-    let mut child = match cmd.spawn() {
+    let (mut child, registered) = match crate::reaper::spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) => return spawn_failed(format!("cannot start `{}`: {e}", argv[0])),
     };
@@ -340,6 +340,33 @@ where
         leaked = true;
     }
     guard.disarm();
+    // tokio has reaped the child: from here on the sweep may reap anything else.
+    drop(registered);
+    // Processes that left the group (setsid) but were adopted by the daemon, and zombies.
+    let (task, attempt, workspace) = (
+        plan.task_id.clone(),
+        plan.attempt,
+        plan.workspace.root().to_path_buf(),
+    );
+    let escaped = tokio::task::spawn_blocking(move || {
+        crate::reaper::sweep(Some(&crate::reaper::Leftovers {
+            task: &task,
+            attempt,
+            workspace: &workspace,
+            pgid: pid,
+        }))
+    })
+    .await
+    .unwrap_or(0);
+    if escaped > 0 {
+        tracing::warn!(
+            task = %plan.task_id,
+            agent = %agent.name,
+            attempt = plan.attempt,
+            "killed {escaped} process(es) the attempt left behind outside its process group"
+        );
+        leaked = true;
+    }
 
     let stdout = std::mem::take(&mut *out_sample.lock().expect("sample lock"));
     let stderr = std::mem::take(&mut *err_sample.lock().expect("sample lock"));

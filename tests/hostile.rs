@@ -1,0 +1,178 @@
+//! Hostile agents (tests/agents/hostile/): each ends in a correct verdict within its limits,
+//! with no process left alive and nothing lost.
+
+mod common;
+
+use common::{Workspace, process_gone};
+use dirigent::ledger::Event;
+
+const CONFIG: &str = r#"
+kill_grace: 300ms
+leak_timeout: 300ms
+agents:
+  leak:    { command: ["{agents}/hostile/leak-stdout.sh"], timeout: 30s }
+  setsid:  { command: ["{agents}/hostile/setsid.sh"], timeout: 30s }
+  giga:    { command: ["{agents}/hostile/gigabyte.sh"], timeout: 120s }
+  binary:  { command: ["{agents}/hostile/binary.sh"] }
+  stdin:   { command: ["{agents}/hostile/reads-stdin.sh", "{prompt}"], prompt: arg, timeout: 10s }
+  segv:    { command: ["{agents}/hostile/segfault.sh"] }
+  good:    { command: ["{agents}/ok.sh"], prompt: stdin }
+"#;
+
+fn finished(ws: &Workspace, task: &str) -> Event {
+    ws.records()
+        .into_iter()
+        .find_map(|r| match &r.event {
+            e @ Event::AttemptFinished { task: t, .. } if t == task => Some(e.clone()),
+            _ => None,
+        })
+        .expect("an attempt_finished event")
+}
+
+#[test]
+fn a_grandchild_holding_stdout_open_is_killed_after_the_leak_timeout() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("l.json", r#"{"prompt": "p", "agent": "leak"}"#);
+    let ev = ws.wait_settled("l");
+    // The agent did its work and exited 0: that is a success, with the leak recorded.
+    assert!(matches!(ev, Event::Done { .. }), "{ev:?}");
+    let Event::AttemptFinished {
+        leaked,
+        exit_code,
+        duration_ms,
+        ..
+    } = finished(&ws, "l")
+    else {
+        unreachable!()
+    };
+    assert!(leaked);
+    assert_eq!(exit_code, Some(0));
+    assert!(duration_ms < 10_000, "{duration_ms}");
+    let grandchild: u32 = std::fs::read_to_string(ws.root().join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        process_gone(grandchild),
+        "the grandchild {grandchild} survived"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/l.md")).unwrap(),
+        "done, but my child still holds stdout\n"
+    );
+}
+
+#[test]
+fn a_gigabyte_of_output_is_captured_with_flat_memory() {
+    let ws = Workspace::new(CONFIG);
+    let d = ws.start();
+    ws.drop_task("g.json", r#"{"prompt": "p", "agent": "giga"}"#);
+    let ev = ws.wait_settled("g");
+    assert!(matches!(ev, Event::Done { .. }), "{ev:?}");
+    let Event::AttemptFinished { stdout_bytes, .. } = finished(&ws, "g") else {
+        unreachable!()
+    };
+    assert_eq!(stdout_bytes, 1 << 30);
+    assert_eq!(
+        std::fs::metadata(ws.path("runs/g/1-giga.stdout"))
+            .unwrap()
+            .len(),
+        1 << 30
+    );
+    let peak = d.peak_rss_kib();
+    assert!(
+        peak < 40 * 1024,
+        "daemon peak RSS {peak} KiB while capturing 1 GiB"
+    );
+    // Don't keep 2 GiB of test output around.
+    std::fs::remove_file(ws.path("runs/g/1-giga.stdout")).unwrap();
+    std::fs::remove_file(ws.path("outbox/g.md")).unwrap();
+}
+
+#[test]
+fn invalid_utf8_and_nul_bytes_are_kept_byte_for_byte() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("b.json", r#"{"prompt": "p", "agent": "binary"}"#);
+    assert!(matches!(ws.wait_settled("b"), Event::Done { .. }));
+    assert_eq!(
+        std::fs::read(ws.path("runs/b/1-binary.stdout")).unwrap(),
+        b"before\x00\xff\xfeafter\n"
+    );
+    assert_eq!(
+        std::fs::read(ws.path("runs/b/1-binary.stderr")).unwrap(),
+        b"\xfferr\x00\n"
+    );
+    assert_eq!(
+        std::fs::read(ws.path("outbox/b.md")).unwrap(),
+        b"before\x00\xff\xfeafter\n"
+    );
+    // The ledger stays valid JSON lines.
+    assert!(ws.records().len() >= 5);
+}
+
+#[test]
+fn an_agent_reading_stdin_gets_eof_not_the_daemons_stdin() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("s.json", r#"{"prompt": "p", "agent": "stdin"}"#);
+    assert!(matches!(ws.wait_settled("s"), Event::Done { .. }));
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/s.md")).unwrap(),
+        "stdin had 0 bytes\n"
+    );
+}
+
+#[test]
+fn death_by_a_signal_is_recorded_with_its_number() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("x.json", r#"{"prompt": "p", "chain": ["segv", "good"]}"#);
+    assert!(matches!(ws.wait_settled("x"), Event::Done { .. }));
+    let Event::AttemptFinished {
+        class,
+        signal,
+        exit_code,
+        reason,
+        stopped,
+        ..
+    } = finished(&ws, "x")
+    else {
+        unreachable!()
+    };
+    assert_eq!(class.as_str(), "exit");
+    assert_eq!(signal, Some(11));
+    assert_eq!(exit_code, None);
+    assert_eq!(stopped, None, "it died on its own");
+    assert!(reason.contains("killed by signal 11 (SIGSEGV)"), "{reason}");
+}
+
+#[test]
+fn a_process_that_escaped_with_setsid_is_caught_after_the_attempt() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("e.json", r#"{"prompt": "p", "agent": "setsid"}"#);
+    assert!(matches!(ws.wait_settled("e"), Event::Done { .. }));
+    let escaped: u32 = std::fs::read_to_string(ws.root().join("escaped.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // It left the process group, so group signals missed it; the daemon adopted it (child
+    // subreaper) and recognised it by the attempt's environment.
+    assert!(
+        process_gone(escaped),
+        "the escaped process {escaped} is still running"
+    );
+    let Event::AttemptFinished { leaked, .. } = finished(&ws, "e") else {
+        unreachable!()
+    };
+    assert!(leaked);
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("killed 1 process(es) the attempt left behind outside its process group"),
+        "{log}"
+    );
+}
