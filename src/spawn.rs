@@ -566,6 +566,7 @@ pub async fn reap_orphan_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     #[test]
     fn codex_error_events_are_not_progress() {
@@ -582,6 +583,28 @@ mod tests {
             progress_rules(OutputFormat::Plain),
             (ProgressRule::AnyOutput, ProgressRule::AnyOutput)
         );
+    }
+
+    #[tokio::test]
+    async fn an_orphan_is_only_killed_when_it_is_provably_the_same_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let ticks = proc_start_ticks(pid).unwrap();
+        let boot = boot_id().unwrap();
+        let grace = Duration::from_millis(200);
+        // A different start time (a reused pid) or another boot: never touched.
+        assert!(!reap_orphan_group(pid, Some(ticks + 1), Some(&boot), grace).await);
+        assert!(!reap_orphan_group(pid, Some(ticks), Some("another-boot"), grace).await);
+        assert!(!reap_orphan_group(pid, None, None, grace).await);
+        assert_eq!(child.try_wait().unwrap(), None, "it must still run");
+        // The same process: terminated.
+        assert!(reap_orphan_group(pid, Some(ticks), Some(&boot), grace).await);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(15));
     }
 
     #[test]

@@ -173,6 +173,13 @@ impl Daemon {
         child.wait().unwrap()
     }
 
+    /// SIGKILL: a crash, with no chance to clean up.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// Peak resident memory of the daemon so far, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
