@@ -54,6 +54,8 @@ pub enum DaemonError {
     Locked { pid: String, root: String },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error("{0}")]
+    Unsafe(String),
     #[error("cannot watch the inbox `{path}`: {cause}")]
     Watch { path: String, cause: notify::Error },
 }
@@ -67,6 +69,7 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
         cause,
     };
     ws.ensure().map_err(ws_err)?;
+    ws.check_private().map_err(DaemonError::Unsafe)?;
     let _lock = lock_workspace(&ws)?;
     if !crate::reaper::become_subreaper() {
         tracing::debug!("not a child subreaper: processes that escape with setsid are not caught");

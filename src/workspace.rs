@@ -129,6 +129,48 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// Refuses a `.context/` that another user could tamper with: it and each subdirectory must
+    /// be a real directory (not a symlink), owned by the effective user, not writable by group or
+    /// others. Returns the first problem as a message that says how to fix it.
+    pub fn check_private(&self) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let me = nix::unistd::geteuid().as_raw();
+        let dirs =
+            std::iter::once(self.ctx.clone()).chain(SUBDIRS.iter().map(|s| self.ctx.join(s)));
+        for dir in dirs {
+            let meta = match std::fs::symlink_metadata(&dir) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("cannot inspect `{}`: {e}", dir.display())),
+            };
+            if meta.file_type().is_symlink() {
+                return Err(format!(
+                    "`{}` is a symbolic link; dirigent only uses real directories inside `.context/`",
+                    dir.display()
+                ));
+            }
+            if meta.uid() != me {
+                return Err(format!(
+                    "`{}` is owned by uid {}, not by you (uid {me}); fix it with `chown -R {me} {}`",
+                    dir.display(),
+                    meta.uid(),
+                    self.ctx.display()
+                ));
+            }
+            let mode = meta.mode() & 0o777;
+            if mode & 0o022 != 0 {
+                return Err(format!(
+                    "`{}` is writable by other users (mode {mode:04o}); fix it with `chmod -R go-w {}`",
+                    dir.display(),
+                    self.ctx.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn create_private_dir(path: &Path) -> io::Result<()> {
     match std::fs::DirBuilder::new().mode(0o700).create(path) {
         Ok(()) => {
@@ -160,5 +202,25 @@ mod tests {
         }
         // Idempotent.
         ws.ensure().unwrap();
+        assert_eq!(ws.check_private(), Ok(()));
+    }
+
+    #[test]
+    fn tampering_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(tmp.path()).unwrap();
+        ws.ensure().unwrap();
+        std::fs::set_permissions(ws.inbox(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ws.check_private().unwrap_err();
+        assert!(
+            err.contains("inbox` is writable by other users (mode 0777)"),
+            "{err}"
+        );
+        std::fs::set_permissions(ws.inbox(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::remove_dir(ws.done()).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), ws.done()).unwrap();
+        let err = ws.check_private().unwrap_err();
+        assert!(err.contains("done` is a symbolic link"), "{err}");
     }
 }

@@ -308,3 +308,54 @@ fn a_workspace_that_does_not_exist_yet_is_created() {
         "{err}"
     );
 }
+
+#[test]
+fn a_context_dir_writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new(CONFIG);
+    std::fs::set_permissions(ws.path("inbox"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = ws.cli(&["daemon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: `{}` is writable by other users (mode 0777); fix it with `chmod -R go-w {}`\n",
+            ws.path("inbox").display(),
+            ws.ctx().display()
+        )
+    );
+}
+
+#[test]
+fn the_service_managers_variables_never_reach_an_agent() {
+    let ws = Workspace::new(r#"agents: { envdump: { command: ["{agents}/printenv.sh"] } }"#);
+    let _d = ws.start_with(&[
+        ("NOTIFY_SOCKET", "/nonexistent/notify"),
+        ("LISTEN_PID", "1"),
+        ("LISTEN_FDS", "3"),
+        ("LISTEN_FDNAMES", "x"),
+        ("WATCHDOG_PID", "1"),
+        ("WATCHDOG_USEC", "1000000"),
+        ("KEEP_ME", "yes"),
+    ]);
+    ws.drop_task("e.json", r#"{"prompt": "p"}"#);
+    assert!(matches!(ws.wait_settled("e"), Event::Done { .. }));
+    let env = std::fs::read_to_string(ws.path("outbox/e.md")).unwrap();
+    for var in [
+        "NOTIFY_SOCKET",
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "WATCHDOG_PID",
+        "WATCHDOG_USEC",
+    ] {
+        assert!(
+            !env.lines().any(|l| l.starts_with(&format!("{var}="))),
+            "{var} leaked into the agent"
+        );
+    }
+    assert!(
+        env.contains("KEEP_ME=yes\n") && env.contains("DIRIGENT_TASK_ID=e\n"),
+        "{env}"
+    );
+}

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Prints its whole environment, one variable per line.
+env
