@@ -64,6 +64,18 @@ pub enum DaemonError {
 /// running attempts are terminated (group, grace, kill) and recorded as interrupted, and their
 /// task files go back into the inbox so they run again on the next start.
 pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let (_keep, reload) = mpsc::unbounded_channel();
+    run_with_reload(ws, shutdown, reload).await
+}
+
+/// [`run`], plus a channel of reload requests (the binary forwards SIGHUP into it). A change of
+/// `.context/dirigent.yaml` reloads too. A reload never touches running attempts; an invalid
+/// config is refused with one log line and the previous one stays in force.
+pub async fn run_with_reload(
+    ws: Workspace,
+    shutdown: impl Future<Output = ()>,
+    mut reload: mpsc::UnboundedReceiver<()>,
+) -> Result<(), DaemonError> {
     let ws_err = |cause: std::io::Error| DaemonError::Workspace {
         path: ws.root().display().to_string(),
         cause,
@@ -96,9 +108,16 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
 
     let dirty = Arc::new(Notify::new());
     let (tx, rx) = mpsc::unbounded_channel();
+    let notifier = crate::service::Notifier::from_env();
     let mut engine = Engine {
+        watchdog_due: notifier
+            .as_ref()
+            .and_then(|n| n.watchdog_every)
+            .map(|every| Instant::now() + every),
+        notifier,
         dirty: dirty.clone(),
         ws: ws.clone(),
+        config_text: std::fs::read_to_string(ws.config()).ok(),
         config,
         ledger,
         book,
@@ -126,7 +145,14 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
     engine.book.apply(&started);
     engine.recover().await?;
 
-    let watcher = inbox::watch(&ws.inbox(), dirty.clone()).map_err(|cause| DaemonError::Watch {
+    let config_changed = Arc::new(Notify::new());
+    let config_path = ws.config();
+    let watcher = inbox::watch_with_config(
+        &ws.inbox(),
+        dirty.clone(),
+        Some((&config_path, config_changed.clone())),
+    )
+    .map_err(|cause| DaemonError::Watch {
         path: ws.inbox().display().to_string(),
         cause,
     })?;
@@ -141,6 +167,7 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
         concurrency = engine.config.concurrency,
         "dirigent is running"
     );
+    engine.notify(&format!("READY=1\nSTATUS={}", engine.status_line()));
 
     tokio::pin!(shutdown);
     loop {
@@ -155,11 +182,14 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
                 }
             }
             () = dirty.notified() => engine.ingest().await,
+            () = config_changed.notified() => engine.reload("file", false).await,
+            Some(()) = reload.recv() => engine.reload("SIGHUP", true).await,
             () = sleep_until(wake) => engine.on_timer().await,
         }
         engine.dispatch();
     }
     drop(watcher);
+    engine.notify("STOPPING=1\nSTATUS=stopping: terminating running attempts");
     tracing::info!("shutting down: stopping running attempts");
     engine.shutdown().await;
     // Reap adopted zombies; nothing of ours is running any more.
@@ -250,6 +280,13 @@ enum Msg {
 }
 
 struct Engine {
+    /// The text the config was last loaded from (`None`: the embedded default), so that a file
+    /// event that changed nothing does not reload.
+    config_text: Option<String>,
+    /// The service manager's notify socket, when there is one.
+    notifier: Option<crate::service::Notifier>,
+    /// Next `WATCHDOG=1`, sent from this loop so that a stuck loop is noticed.
+    watchdog_due: Option<Instant>,
     /// Permit stored by the inbox watcher (and by `ingest` when it left files for later);
     /// consumed by the loop, which scans.
     dirty: Arc<Notify>,
@@ -280,12 +317,77 @@ struct Engine {
 }
 
 impl Engine {
+    /// Reloads `.context/dirigent.yaml`. Running attempts keep the agents they started with;
+    /// queued tasks keep their chains (an agent that disappeared fails their next attempt).
+    async fn reload(&mut self, trigger: &str, always: bool) {
+        let path = self.ws.config();
+        let text = std::fs::read_to_string(&path).ok();
+        if !always && text == self.config_text {
+            return;
+        }
+        let event = match Config::load(&path) {
+            Ok(config) => {
+                tracing::info!(trigger, source = %config.source, "configuration reloaded");
+                let source = config.source.clone();
+                self.config = Arc::new(config);
+                self.config_text = text;
+                Event::ConfigReloaded {
+                    trigger: trigger.to_string(),
+                    source,
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    trigger,
+                    "error: the new configuration is invalid, keeping the previous one: {e}"
+                );
+                self.config_text = text;
+                Event::ConfigRejected {
+                    trigger: trigger.to_string(),
+                    error: e.to_string(),
+                }
+            }
+        };
+        match self.ledger.append(event).await {
+            Ok(r) => self.apply(&[r]),
+            Err(e) => self.ledger_failed(e.to_string()),
+        }
+    }
+
+    fn notify(&self, msg: &str) {
+        if let Some(n) = &self.notifier {
+            n.send(msg);
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let (mut pending, mut done, mut failed) =
+            (0, self.book.archived_done, self.book.archived_failed);
+        for t in self.book.iter() {
+            match t.phase {
+                Phase::Done { .. } => done += 1,
+                Phase::Failed { .. } => failed += 1,
+                Phase::Pending | Phase::Requeued => pending += 1,
+                Phase::Running { .. } => {}
+            }
+        }
+        format!(
+            "{} running, {pending} pending, {done} done, {failed} failed",
+            self.running.len()
+        )
+    }
+
     fn next_wake(&self) -> Instant {
-        [self.progress_due, self.stagger_due, Some(self.rescan_due)]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("rescan_due is always set")
+        [
+            self.progress_due,
+            self.stagger_due,
+            self.watchdog_due,
+            Some(self.rescan_due),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("rescan_due is always set")
     }
 
     async fn on_timer(&mut self) {
@@ -293,6 +395,13 @@ impl Engine {
         if self.progress_due.is_some_and(|t| t <= now) {
             self.progress_due = None;
             self.write_progress();
+            self.notify(&format!("STATUS={}", self.status_line()));
+        }
+        if let (Some(due), Some(n)) = (self.watchdog_due, &self.notifier)
+            && due <= now
+        {
+            n.send("WATCHDOG=1");
+            self.watchdog_due = n.watchdog_every.map(|every| now + every);
         }
         if self.stagger_due.is_some_and(|t| t <= now) {
             self.stagger_due = None; // dispatch() runs next and sets it again if needed

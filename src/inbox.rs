@@ -67,18 +67,49 @@ pub struct InboxWatcher {
 /// Starts watching `dir`. Every event (and every watcher error, including "rescan needed")
 /// stores a permit in `dirty`; the engine's scan consumes it.
 pub fn watch(dir: &Path, dirty: Arc<Notify>) -> notify::Result<InboxWatcher> {
+    watch_with_config(dir, dirty, None)
+}
+
+/// Like [`watch`], and also stores a permit in the second `Notify` whenever the file `config`
+/// (a path in another directory, watched non-recursively) is created, changed or replaced.
+pub fn watch_with_config(
+    dir: &Path,
+    dirty: Arc<Notify>,
+    config: Option<(&Path, Arc<Notify>)>,
+) -> notify::Result<InboxWatcher> {
+    let inbox = dir.to_path_buf();
+    let config_file = config.map(|(p, n)| (p.to_path_buf(), n));
+    let cfg = config_file.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = &res {
-            if ev.need_rescan() {
-                tracing::debug!("inbox watcher asked for a rescan (event queue overflow)");
-            } else if !changes_the_listing(&ev.kind) {
+        let ev = match res {
+            Ok(ev) => ev,
+            Err(_) => {
+                dirty.notify_one();
                 return;
             }
+        };
+        if let Some((file, changed)) = &cfg
+            && ev.paths.iter().any(|p| p == file)
+            && !matches!(ev.kind, notify::EventKind::Access(_))
+        {
+            changed.notify_one();
+        }
+        let in_inbox =
+            ev.paths.is_empty() || ev.paths.iter().any(|p| p.parent() == Some(inbox.as_path()));
+        if ev.need_rescan() {
+            tracing::debug!("inbox watcher asked for a rescan (event queue overflow)");
+        } else if !in_inbox || !changes_the_listing(&ev.kind) {
+            return;
         }
         // Changes, errors and rescan requests all mean the same thing: look again.
         dirty.notify_one();
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    if let Some((file, _)) = &config_file
+        && let Some(parent) = file.parent()
+    {
+        watcher.watch(parent, RecursiveMode::NonRecursive)?;
+    }
     Ok(InboxWatcher { _watcher: watcher })
 }
 

@@ -41,6 +41,16 @@ pub enum Event {
     DaemonStopped {
         pid: u32,
     },
+    /// The config was reloaded (`trigger`: `SIGHUP` or `file`); running attempts keep theirs.
+    ConfigReloaded {
+        trigger: String,
+        source: String,
+    },
+    /// A reload was refused; the previous config stays in force.
+    ConfigRejected {
+        trigger: String,
+        error: String,
+    },
     /// A task file was parsed and accepted; `file` is its name in the inbox.
     Received {
         task: String,
@@ -125,9 +135,11 @@ impl Event {
             | Event::Done { task, .. }
             | Event::Escalated { task, .. }
             | Event::Requeued { task, .. } => Some(task),
-            Event::DaemonStarted { .. } | Event::DaemonStopped { .. } | Event::Rejected { .. } => {
-                None
-            }
+            Event::DaemonStarted { .. }
+            | Event::DaemonStopped { .. }
+            | Event::ConfigReloaded { .. }
+            | Event::ConfigRejected { .. }
+            | Event::Rejected { .. } => None,
         }
     }
 }

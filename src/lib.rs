@@ -22,6 +22,7 @@ pub mod preset;
 pub mod progress;
 pub mod reaper;
 pub mod result;
+pub mod service;
 pub mod spawn;
 pub mod state;
 pub mod task;

@@ -55,10 +55,27 @@ fn daemon(ws: Workspace, log_level: &str) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         // Registered before the daemon does anything, so a signal during start-up is not lost.
         let shutdown = shutdown_signal()?;
-        dirigent::engine::run(ws, shutdown).await?;
+        let reload = reload_signal()?;
+        dirigent::engine::run_with_reload(ws, shutdown, reload).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Installs the SIGHUP handler now (its default action would end the process) and forwards each
+/// SIGHUP as a reload request.
+fn reload_signal() -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Installs the SIGINT/SIGTERM handlers now; the returned future resolves on the first one.

@@ -387,7 +387,10 @@ impl TaskBook {
                     t.file = file.clone();
                 }
             }
-            Event::DaemonStarted { .. } | Event::DaemonStopped { .. } => {}
+            Event::DaemonStarted { .. }
+            | Event::DaemonStopped { .. }
+            | Event::ConfigReloaded { .. }
+            | Event::ConfigRejected { .. } => {}
         }
     }
 }

@@ -79,6 +79,14 @@ impl Workspace {
         }
     }
 
+    /// Replaces `.context/dirigent.yaml` atomically, as an editor would.
+    pub fn write_config(&self, config: &str) {
+        let config = config.replace("{agents}", &agents_dir().display().to_string());
+        let tmp = self.ctx().join(".dirigent.yaml.tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, self.ctx().join("dirigent.yaml")).unwrap();
+    }
+
     /// Drops a task file into the inbox the Maildir way (write elsewhere, rename in).
     pub fn drop_task(&self, name: &str, content: &str) {
         let tmp = self.path("inbox/.tmp").join(name);
@@ -171,6 +179,10 @@ impl Daemon {
         )
         .unwrap();
         child.wait().unwrap()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
     }
 
     /// SIGKILL: a crash, with no chance to clean up.
