@@ -41,6 +41,9 @@ pub enum Command {
         /// Log level: error, warn, info, debug, trace. `RUST_LOG` takes precedence.
         #[arg(long, default_value = "info", value_name = "LEVEL")]
         log_level: String,
+        /// `text` for people, `json` (one object per line) for log collectors.
+        #[arg(long, default_value = "text", value_enum)]
+        log_format: LogFormat,
     },
     /// Write a task into the inbox. Works while the daemon is down; it runs when it starts.
     Submit(Box<SubmitArgs>),
@@ -73,6 +76,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]

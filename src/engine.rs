@@ -1006,6 +1006,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 let _ = tx.send(Msg::ResultFailed { task: id, reason });
                 return;
             }
+            let agent_name = agent.clone();
             let done = Event::Done {
                 task: id.clone(),
                 agent,
@@ -1018,7 +1019,7 @@ Free disk space or fix `{}`, then restart the daemon",
             {
                 tracing::warn!(task = %id, "cannot move the task file to done/: {e}");
             }
-            tracing::info!(task = %id, "done");
+            tracing::info!(task = %id, agent = %agent_name, attempt, "done");
             let _ = tx.send(Msg::Settled { task: id, records });
         });
     }

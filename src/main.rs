@@ -26,7 +26,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ws = Workspace::discover(cli.root.as_deref())?;
     match cli.command {
         Command::Init { force } => commands::init(&ws, force),
-        Command::Daemon { log_level } => daemon(ws, &log_level),
+        Command::Daemon {
+            log_level,
+            log_format,
+        } => daemon(ws, &log_level, log_format),
         Command::Submit(args) => commands::submit(&ws, *args),
         Command::Status { id, json } => commands::status(&ws, id.as_deref(), json),
         Command::Logs {
@@ -40,15 +43,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn daemon(ws: Workspace, log_level: &str) -> anyhow::Result<ExitCode> {
+fn daemon(ws: Workspace, log_level: &str, format: cli::LogFormat) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_level))
         .map_err(|e| anyhow::anyhow!("invalid `--log-level` `{log_level}`: {e}"))?;
-    tracing_subscriber::fmt()
+    // Logs go to stderr; under systemd, journald takes them from there.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Json => logs.json().with_current_span(false).init(),
+        cli::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -143,3 +143,45 @@ default_chain: [say]
         1
     );
 }
+
+#[test]
+fn json_logs_have_one_line_per_lifecycle_event_with_task_agent_and_attempt() {
+    let ws = Workspace::new(
+        r#"agents: { fail: { command: ["{agents}/fail.sh"] }, good: { command: ["{agents}/ok.sh"], prompt: stdin } }"#,
+    );
+    let mut d = ws.start_full(&[], &["--log-format", "json"]);
+    ws.drop_task("j.json", r#"{"prompt": "p", "chain": ["fail", "good"]}"#);
+    ws.wait_settled("j");
+    d.stop();
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let of = |msg: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| {
+                l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(msg))
+            })
+            .collect()
+    };
+    let starts = of("starting attempt");
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[1]["fields"]["task"], "j");
+    assert_eq!(starts[1]["fields"]["agent"], "good");
+    assert_eq!(starts[1]["fields"]["attempt"], 2);
+    let finished = of("attempt finished");
+    assert_eq!(finished[0]["fields"]["class"], "exit");
+    let done = of("done");
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (
+            done[0]["fields"]["agent"].as_str(),
+            done[0]["fields"]["attempt"].as_u64()
+        ),
+        (Some("good"), Some(2))
+    );
+}

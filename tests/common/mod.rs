@@ -63,9 +63,15 @@ impl Workspace {
     }
 
     pub fn start_with(&self, env: &[(&str, &str)]) -> Daemon {
+        self.start_full(env, &[])
+    }
+
+    /// Starts the daemon with extra environment and extra `daemon` arguments.
+    pub fn start_full(&self, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let log = std::fs::File::create(self.root().join("daemon.log")).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["daemon", "--log-level", "debug"])
+            .args(args)
             .env("DIRIGENT_ROOT", self.root())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
