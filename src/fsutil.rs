@@ -138,6 +138,13 @@ pub fn read_task_file(path: &Path, limit: u64) -> ReadOutcome {
             "the task file is {kind}; dirigent only reads regular files"
         ));
     }
+    if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        return ReadOutcome::Refused(
+            "the task file has other hard links, so it is also reachable from outside the inbox; \
+copy it into the inbox instead"
+                .into(),
+        );
+    }
     if meta.len() > limit {
         return ReadOutcome::Refused(format!(
             "the task file is {} bytes; the limit is {limit} bytes (1 MiB)",
@@ -213,5 +220,10 @@ mod tests {
             ReadOutcome::Gone
         ));
         assert!(matches!(read_task_file(&target, 10), ReadOutcome::Bytes(b) if b == b"s"));
+        let hard = dir.path().join("h.json");
+        std::fs::hard_link(&target, &hard).unwrap();
+        assert!(
+            matches!(read_task_file(&hard, 10), ReadOutcome::Refused(r) if r.contains("hard links"))
+        );
     }
 }

@@ -94,6 +94,9 @@ pub fn parse_fields(name: &str, bytes: &[u8]) -> Result<TaskFields, Reject> {
         return reject("the file is empty");
     }
     if name.ends_with(".json") {
+        if !text.trim_start().starts_with('{') {
+            return reject("a JSON task file must be one object, like {\"prompt\": \"…\"}");
+        }
         serde_json::from_str::<TaskFields>(text).or_else(|e| {
             reject(format!(
                 "invalid task JSON at line {} column {}: {}",
@@ -470,9 +473,12 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let text = "[".repeat(10_000);
+        let text = format!("{{\"prompt\": {}", "[".repeat(10_000));
         let err = parse_fields("x.json", text.as_bytes()).unwrap_err();
+        // No task field accepts arbitrary nesting: the parser stops at the first wrong type.
         assert!(err.0.contains("invalid task JSON"), "{}", err.0);
+        let err = parse_fields("x.json", b"[1, 2]").unwrap_err();
+        assert!(err.0.contains("must be one object"), "{}", err.0);
     }
 
     #[test]

@@ -335,7 +335,7 @@ agents:
 fn malformed_files_are_rejected_with_reasons_and_the_daemon_carries_on() {
     let ws = Workspace::new(CHAIN_CONFIG);
     let d = ws.start();
-    let nested = "[".repeat(10_000);
+    let nested = format!("{{\"prompt\": {}", "[".repeat(10_000));
     let huge = vec![b' '; 1024 * 1024 + 10];
     let bad: &[(&str, &[u8], &str)] = &[
         ("truncated.json", b"{\"prompt\": \"p\"", "line 1 column"),
