@@ -482,6 +482,7 @@ Free disk space or fix `{}`, then restart the daemon",
     /// finish moves a crash interrupted, and take in unknown files found in `running/`.
     async fn recover(&mut self) -> Result<(), DaemonError> {
         let grace = self.config.kill_grace;
+        // First the processes the ledger knows, verified by start time and boot id ...
         let mut closing = Vec::new();
         for t in self.book.iter() {
             if let Phase::Running { attempt, agent, .. } = &t.phase {
@@ -513,6 +514,17 @@ Free disk space or fix `{}`, then restart the daemon",
                     duration_ms: 0,
                 });
             }
+        }
+        // ... then anything else an earlier daemon of this workspace left running (an agent
+        // spawned just before a crash, before its start was recorded).
+        let root = self.ws.root().to_path_buf();
+        let leftovers = tokio::task::spawn_blocking(move || crate::reaper::kill_leftovers(&root))
+            .await
+            .unwrap_or(0);
+        if leftovers > 0 {
+            tracing::warn!(
+                "killed {leftovers} leftover process(es) of an earlier daemon of this workspace"
+            );
         }
         let recs = self.ledger.append_all(closing).await?;
         self.apply(&recs);

@@ -157,3 +157,58 @@ fn belongs_to(pid: u32, w: &Leftovers<'_>) -> bool {
     }
     task && attempt && ws
 }
+
+/// At start-up, before anything is spawned: kills every process that carries this workspace's
+/// `DIRIGENT_WORKSPACE` — all of them are leftovers of an earlier daemon (the workspace lock
+/// guarantees there is no other one). This catches what the ledger cannot: an agent spawned in
+/// the instant before a crash, before its `attempt_started` was written. Returns how many were
+/// killed.
+pub fn kill_leftovers(workspace: &Path) -> usize {
+    let me = std::process::id();
+    let mut killed = 0;
+    // Killed processes' children carry the variable too; a few rounds get them all.
+    for _round in 0..8 {
+        let mut found = 0;
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return killed;
+        };
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            if carries_workspace(pid, workspace)
+                && kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok()
+            {
+                found += 1;
+            }
+        }
+        killed += found;
+        if found == 0 {
+            break;
+        }
+        // Give the kernel a moment to tear them down before looking for their children.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Any of them that were our children (adopted) are zombies now.
+    sweep(None);
+    killed
+}
+
+fn carries_workspace(pid: u32, workspace: &Path) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = [
+        b"DIRIGENT_WORKSPACE=".as_slice(),
+        workspace.as_os_str().as_encoded_bytes(),
+    ]
+    .concat();
+    env.split(|b| *b == 0).any(|var| var == want.as_slice())
+}

@@ -118,3 +118,44 @@ fn a_finished_task_whose_file_was_not_moved_is_not_run_again() {
         1
     );
 }
+
+#[test]
+fn an_unrecorded_agent_of_an_earlier_daemon_is_killed_at_start() {
+    use std::os::unix::process::ExitStatusExt;
+    let ws = Workspace::new(CONFIG);
+    // An agent spawned in the instant before a crash: running, but in no ledger record.
+    let mut stray = std::process::Command::new("sleep")
+        .arg("100")
+        .env("DIRIGENT_WORKSPACE", ws.root())
+        .spawn()
+        .unwrap();
+    // A process of another workspace is none of our business.
+    let other = tempfile::tempdir().unwrap();
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("100")
+        .env("DIRIGENT_WORKSPACE", other.path())
+        .spawn()
+        .unwrap();
+    let _d = ws.start();
+    // Recovery runs before the first scan: once this task is done, it has happened.
+    ws.drop_task("after.json", r#"{"prompt": "p"}"#);
+    ws.wait_settled("after");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(stray.wait().unwrap()).unwrap());
+    let status = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the stray process was not killed");
+    assert_eq!(status.signal(), Some(9));
+    assert_eq!(
+        bystander.try_wait().unwrap(),
+        None,
+        "a process of another workspace was killed"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("killed 1 leftover process(es) of an earlier daemon of this workspace"),
+        "{log}"
+    );
+}
