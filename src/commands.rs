@@ -43,9 +43,12 @@ pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {
 }
 
 fn load_book(ws: &Workspace) -> Result<TaskBook> {
-    let replay = ledger::read(&ws.ledger())
-        .with_context(|| format!("cannot read `{}`", ws.ledger().display()))?;
-    Ok(TaskBook::from_records(&replay.records))
+    let load = || dirigent::compact::load(ws, None, false);
+    // A compaction may delete a segment between listing and reading it: look once more.
+    let loaded = load()
+        .or_else(|_| load())
+        .with_context(|| format!("cannot read the ledger in `{}`", ws.context().display()))?;
+    Ok(loaded.book)
 }
 
 fn find_task<'a>(book: &'a TaskBook, id: &str) -> Result<&'a TaskRecord> {

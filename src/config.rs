@@ -45,6 +45,10 @@ struct RawConfig {
     leak_timeout: Option<Dur>,
     #[serde(default)]
     inbox_rescan: Option<Dur>,
+    #[serde(default)]
+    ledger_segment_events: Option<u64>,
+    #[serde(default)]
+    ledger_keep_segments: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +205,10 @@ pub struct Config {
     pub leak_timeout: Duration,
     /// Safety-net inbox rescan interval (the watcher does the real work).
     pub inbox_rescan: Duration,
+    /// The ledger file is rotated into a segment after this many events (read at start).
+    pub ledger_segment_events: u64,
+    /// Rotated segments kept as readable history once a snapshot covers them.
+    pub ledger_keep_segments: usize,
     /// Where the config came from, for messages.
     pub source: String,
 }
@@ -276,6 +284,14 @@ impl Config {
             kill_grace: raw.kill_grace.map_or(Duration::from_secs(5), |d| d.0),
             leak_timeout: raw.leak_timeout.map_or(Duration::from_secs(2), |d| d.0),
             inbox_rescan: raw.inbox_rescan.map_or(Duration::from_secs(30), |d| d.0),
+            ledger_segment_events: match raw.ledger_segment_events {
+                Some(0) => {
+                    return Err(invalid("`ledger_segment_events` must be at least 1".into()));
+                }
+                Some(n) => n,
+                None => 100_000,
+            },
+            ledger_keep_segments: raw.ledger_keep_segments.unwrap_or(2),
             source: source.to_string(),
         })
     }

@@ -88,23 +88,33 @@ pub async fn run_with_reload(
     }
     let config = Arc::new(Config::load(&ws.config())?);
 
-    let replay = ledger::read(&ws.ledger()).map_err(ws_err)?;
-    if let Some(aside) = ledger::repair(&ws.ledger(), &replay).map_err(ws_err)? {
+    let loaded = crate::compact::load(&ws, Some(KEEP_FINISHED), true).map_err(ws_err)?;
+    if let Some(aside) = &loaded.torn {
         tracing::warn!(
             "the ledger ended in a torn or damaged line (a crash while writing); it was cut off and kept in `{}`",
             aside.display()
         );
     }
-    if replay.skipped > 0 {
+    if loaded.skipped > 0 {
         tracing::warn!(
             "{} line(s) in the middle of `{}` could not be read and were skipped (they stay in the file)",
-            replay.skipped,
+            loaded.skipped,
             ws.ledger().display()
         );
     }
-    let book = TaskBook::with_limit(Some(KEEP_FINISHED), &replay.records);
-    drop(replay);
-    let (ledger, writer) = Ledger::open(&ws.ledger(), book.last_seq)?;
+    let book = loaded.book;
+    let compactor =
+        crate::compact::Compactor::new(ws.clone(), KEEP_FINISHED, config.ledger_keep_segments);
+    if !ledger::segments(ws.context()).map_err(ws_err)?.is_empty() {
+        // Finish what a crash may have interrupted.
+        compactor.trigger();
+    }
+    let rotation = ledger::Rotation {
+        segment_events: config.ledger_segment_events,
+        current_events: loaded.current_events,
+        on_rotate: Box::new(move || compactor.trigger()),
+    };
+    let (ledger, writer) = Ledger::open_rotating(&ws.ledger(), book.last_seq, Some(rotation))?;
 
     let dirty = Arc::new(Notify::new());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -617,10 +627,19 @@ Free disk space or fix `{}`, then restart the daemon",
 
     /// Scans the inbox and takes in every candidate.
     async fn ingest(&mut self) {
-        if !self.accepting || self.ledger_failed.is_some() {
+        if !self.accepting {
             return;
         }
         let dir = self.ws.inbox();
+        if self.ledger_failed.is_some() {
+            let waiting = inbox::scan(&dir).map(|c| c.len()).unwrap_or(0);
+            if waiting > 0 {
+                tracing::warn!(
+                    "{waiting} task file(s) wait in the inbox: not claiming while the ledger cannot be written"
+                );
+            }
+            return;
+        }
         let candidates = match inbox::scan(&dir) {
             Ok(c) => c,
             Err(e) => {

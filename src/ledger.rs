@@ -174,27 +174,47 @@ pub struct Replay {
     pub skipped: usize,
 }
 
-/// Reads the ledger (read-only). A missing file is an empty ledger.
+/// Reads the ledger (read-only) into memory. A missing file is an empty ledger.
 pub fn read(path: &Path) -> std::io::Result<Replay> {
+    let mut records = Vec::new();
+    let info = read_each(path, |r| records.push(r))?;
+    Ok(Replay {
+        records,
+        valid_len: info.valid_len,
+        file_len: info.file_len,
+        skipped: info.skipped,
+    })
+}
+
+/// What streaming through a ledger file found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReadInfo {
+    /// Byte length up to the end of the last good line.
+    pub valid_len: u64,
+    pub file_len: u64,
+    /// Unparsable lines followed by good ones (reported, kept in the file).
+    pub skipped: usize,
+    /// Good records.
+    pub count: u64,
+    /// The highest sequence number seen.
+    pub last_seq: u64,
+}
+
+/// Streams every complete record of a ledger file to `each`, without holding them in memory.
+/// A missing file is an empty ledger.
+pub fn read_each(path: &Path, mut each: impl FnMut(Record)) -> std::io::Result<ReadInfo> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Replay {
-                records: vec![],
-                valid_len: 0,
-                file_len: 0,
-                skipped: 0,
-            });
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadInfo::default()),
         Err(e) => return Err(e),
     };
-    let file_len = file.metadata()?.len();
+    let mut info = ReadInfo {
+        file_len: file.metadata()?.len(),
+        ..Default::default()
+    };
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut records = Vec::new();
-    let mut valid_len = 0u64;
     let mut pos = 0u64;
     let mut bad_since_valid = 0usize;
-    let mut skipped = 0usize;
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -205,20 +225,45 @@ pub fn read(path: &Path) -> std::io::Result<Replay> {
         pos += n as u64;
         match serde_json::from_slice::<Record>(&line) {
             Ok(r) => {
-                records.push(r);
-                valid_len = pos;
-                skipped += bad_since_valid;
+                info.last_seq = info.last_seq.max(r.seq);
+                info.count += 1;
+                info.valid_len = pos;
+                info.skipped += bad_since_valid;
                 bad_since_valid = 0;
+                each(r);
             }
             Err(_) => bad_since_valid += 1,
         }
     }
-    Ok(Replay {
-        records,
-        valid_len,
-        file_len,
-        skipped,
-    })
+    Ok(info)
+}
+
+/// The file a segment closed at `last_seq` is renamed to. Zero-padded, so names sort by age.
+pub fn segment_path(dir: &Path, last_seq: u64) -> PathBuf {
+    dir.join(format!("ledger.{last_seq:020}.jsonl"))
+}
+
+/// Rotated segments in `dir`, oldest first, with the last sequence number each holds.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = name
+            .strip_prefix("ledger.")
+            .and_then(|r| r.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push((seq, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Reads records appended after byte `offset` (for followers such as `submit --wait`).
@@ -253,18 +298,23 @@ pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<Record>, u64)
 
 /// Cuts a damaged tail off, saving it to `ledger.torn-<unix-ms>` first. Returns the saved path.
 pub fn repair(path: &Path, replay: &Replay) -> std::io::Result<Option<PathBuf>> {
-    if replay.file_len <= replay.valid_len {
+    repair_at(path, replay.valid_len, replay.file_len)
+}
+
+/// [`repair`] given the lengths from [`read_each`].
+pub fn repair_at(path: &Path, valid_len: u64, file_len: u64) -> std::io::Result<Option<PathBuf>> {
+    if file_len <= valid_len {
         return Ok(None);
     }
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
-    file.seek(SeekFrom::Start(replay.valid_len))?;
+    file.seek(SeekFrom::Start(valid_len))?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail)?;
     let aside = path.with_file_name(format!("ledger.torn-{}", now_ms()));
     let mut out = File::create(&aside)?;
     out.write_all(&tail)?;
     out.sync_all()?;
-    file.set_len(replay.valid_len)?;
+    file.set_len(valid_len)?;
     file.sync_all()?;
     Ok(Some(aside))
 }
@@ -292,9 +342,28 @@ impl WriterThread {
     }
 }
 
+/// When the writer closes the current file and starts a new one.
+pub struct Rotation {
+    /// Events per segment; the current file is rotated once it holds this many.
+    pub segment_events: u64,
+    /// Events already in the current file.
+    pub current_events: u64,
+    /// Called (on the writer thread) after each rotation; it should start compaction.
+    pub on_rotate: Box<dyn Fn() + Send>,
+}
+
 impl Ledger {
     /// Opens the ledger for appending, continuing after sequence number `last_seq`.
     pub fn open(path: &Path, last_seq: u64) -> Result<(Ledger, WriterThread), LedgerError> {
+        Self::open_rotating(path, last_seq, None)
+    }
+
+    /// [`Ledger::open`], rotating the file into segments as `rotation` says.
+    pub fn open_rotating(
+        path: &Path,
+        last_seq: u64,
+        rotation: Option<Rotation>,
+    ) -> Result<(Ledger, WriterThread), LedgerError> {
         let io_err = |cause| LedgerError::Io {
             path: path.display().to_string(),
             cause,
@@ -305,10 +374,10 @@ impl Ledger {
             .open(path)
             .map_err(io_err)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let path_s = path.display().to_string();
+        let path = path.to_path_buf();
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer_loop(file, path_s, last_seq, rx))
+            .spawn(move || writer_loop(file, path, last_seq, rotation, rx))
             .map_err(io_err)?;
         Ok((Ledger { tx }, WriterThread(handle)))
     }
@@ -334,10 +403,14 @@ impl Ledger {
 
 fn writer_loop(
     mut file: File,
-    path: String,
+    path_buf: PathBuf,
     mut seq: u64,
+    mut rotation: Option<Rotation>,
     mut rx: mpsc::UnboundedReceiver<Append>,
 ) {
+    let path = path_buf.display().to_string();
+    // Where the last complete batch ends: a failed write is cut back to here.
+    let mut good_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut failed: Option<String> = None;
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.blocking_recv() {
@@ -375,6 +448,13 @@ fn writer_loop(
             out.push(recs);
         }
         let result = file.write_all(&buf).and_then(|()| file.sync_data());
+        match &result {
+            Ok(()) => good_len += buf.len() as u64,
+            // A partial write must not leave half a line behind.
+            Err(_) => {
+                let _ = file.set_len(good_len).and_then(|()| file.sync_data());
+            }
+        }
         if buf.capacity() > 1 << 20 {
             // A burst should not pin its buffer for the daemon's lifetime.
             buf = Vec::with_capacity(64 * 1024);
@@ -384,10 +464,27 @@ fn writer_loop(
                 for (a, recs) in batch.into_iter().zip(out) {
                     let _ = a.ack.send(Ok(recs));
                 }
+                if let Some(r) = rotation.as_mut() {
+                    r.current_events += seq - start_seq;
+                    if r.current_events >= r.segment_events {
+                        match rotate(&path_buf, seq) {
+                            Ok(new) => {
+                                file = new;
+                                good_len = 0;
+                                r.current_events = 0;
+                                (r.on_rotate)();
+                            }
+                            Err(e) => {
+                                // Keep writing to the same file; try again after the next batch.
+                                tracing::error!("cannot rotate the ledger `{path}`: {e}");
+                            }
+                        }
+                    }
+                }
             }
             Err(e) => {
-                // A partial write may have left a torn line; it is cut off on the next start.
-                // Refuse everything from now on rather than write after a hole.
+                // The partial batch was cut off above. Refuse everything from now on rather
+                // than risk a hole in the sequence.
                 seq = start_seq;
                 let why = format!("{path}: {e}");
                 tracing::error!("ledger write failed: {why}; dirigent stops accepting work");
@@ -399,6 +496,17 @@ fn writer_loop(
         }
     }
     let _ = file.sync_all();
+}
+
+/// Closes the current file as the segment ending at `last_seq` and opens a fresh one. Only
+/// called after a batch is fully on disk, so a segment never ends in a torn line.
+fn rotate(path: &Path, last_seq: u64) -> std::io::Result<File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::rename(path, segment_path(dir, last_seq))?;
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    // Make both names durable before anything is written to the new file.
+    File::open(dir)?.sync_all()?;
+    Ok(file)
 }
 
 #[cfg(test)]

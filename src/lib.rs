@@ -10,6 +10,7 @@
 //! daemon in-process.
 
 pub mod claim;
+pub mod compact;
 pub mod config;
 pub mod duration;
 pub mod engine;

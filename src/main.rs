@@ -64,6 +64,12 @@ fn daemon(ws: Workspace, log_level: &str, format: cli::LogFormat) -> anyhow::Res
         // Registered before the daemon does anything, so a signal during start-up is not lost.
         let shutdown = shutdown_signal()?;
         let reload = reload_signal()?;
+        // A file-size limit (RLIMIT_FSIZE) must surface as a write error the daemon reports, not
+        // kill it. A handler rather than SIG_IGN: agents get the default action back on exec.
+        let mut xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+            nix::libc::SIGXFSZ,
+        ))?;
+        tokio::spawn(async move { while xfsz.recv().await.is_some() {} });
         dirigent::engine::run_with_reload(ws, shutdown, reload).await?;
         anyhow::Ok(())
     })?;

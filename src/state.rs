@@ -5,14 +5,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::judge::Class;
 use crate::ledger::{Event, Record};
 use crate::task::TaskSpec;
 
 /// Where a task is in its life.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Phase {
     /// Accepted, waiting for a slot (or for the tasks in `after`).
@@ -50,16 +50,16 @@ impl Phase {
 }
 
 /// One attempt as the ledger recorded it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct AttemptSummary {
     pub n: u32,
     pub agent: String,
     pub started_ms: u64,
     pub pid: u32,
     /// Identity of the process, so recovery after a crash never signals a reused pid.
-    #[serde(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ticks: Option<u64>,
-    #[serde(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
     /// `None` while it runs.
     pub class: Option<Class>,
@@ -71,7 +71,7 @@ pub struct AttemptSummary {
     pub stderr_bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub id: String,
     pub title: String,
@@ -88,7 +88,7 @@ pub struct TaskRecord {
     pub phase: Phase,
     /// The full spec while the task can still run; dropped once it is finished to keep a
     /// long-lived daemon's memory flat (the file in `done/`/`failed/` still has it).
-    #[serde(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Arc<TaskSpec>>,
 }
 
@@ -100,7 +100,7 @@ impl TaskRecord {
 }
 
 /// A rejected file, as remembered for `status`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RejectedFile {
     pub file: String,
     pub reason: String,
@@ -112,7 +112,8 @@ pub struct RejectedFile {
 const REJECTED_KEPT: usize = 100;
 
 /// How a finished task ended, all that is kept of it once its full record is archived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Done,
     Failed,
@@ -123,7 +124,8 @@ pub enum Outcome {
 /// A long-running daemon keeps full records only for unfinished tasks and the most recent
 /// `keep_finished` finished ones; older finished tasks shrink to id → [`Outcome`], which is all
 /// that duplicate-id checks and `after` need. (The CLI replays with no limit.)
-#[derive(Default, Debug)]
+/// Serialisable as a whole: a snapshot of the ledger (see `compact`) is a `TaskBook`.
+#[derive(Default, Debug, Serialize, Deserialize)]
 pub struct TaskBook {
     tasks: HashMap<String, TaskRecord>,
     /// Arrival order; may hold ids of archived tasks, which iteration skips.
@@ -134,6 +136,8 @@ pub struct TaskBook {
     /// Archived counts, for summaries.
     pub archived_done: usize,
     pub archived_failed: usize,
+    /// Not part of a snapshot: whoever loads one sets its own limit.
+    #[serde(skip)]
     keep_finished: Option<usize>,
     pub rejected: VecDeque<RejectedFile>,
     pub last_seq: u64,
@@ -158,6 +162,12 @@ impl TaskBook {
             book.apply(r);
         }
         book
+    }
+
+    /// Sets the archiving limit (after loading a snapshot) and applies it.
+    pub fn set_limit(&mut self, keep_finished: Option<usize>) {
+        self.keep_finished = keep_finished;
+        self.trim();
     }
 
     /// The full record of a task, unless it is unknown or archived.
@@ -195,10 +205,17 @@ impl TaskBook {
 
     /// Notes that a task finished and archives the oldest finished ones beyond the limit.
     fn finished(&mut self, id: &str) {
+        if self.keep_finished.is_some() {
+            self.finished.push_back(id.to_string());
+            self.trim();
+        }
+    }
+
+    /// Archives the oldest finished tasks beyond the limit.
+    fn trim(&mut self) {
         let Some(limit) = self.keep_finished else {
             return;
         };
-        self.finished.push_back(id.to_string());
         while self.finished.len() > limit {
             let old = self.finished.pop_front().expect("longer than the limit");
             if let Some(t) = self.tasks.remove(&old) {

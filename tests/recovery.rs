@@ -24,6 +24,13 @@ fn after_a_crash_the_orphaned_agent_is_killed_and_the_task_runs_again_once() {
             _ => None,
         })
     });
+    // Crash once the agent has printed its line: an agent that writes after its reader died gets
+    // SIGPIPE, which is not what this test is about.
+    ws.wait_for("the agent's first line", |_| {
+        std::fs::read_to_string(ws.path("runs/job/1-gate.stdout"))
+            .ok()
+            .filter(|s| s.contains("waiting"))
+    });
     d.crash();
     // The agent survived the crash: it is in its own process group.
     assert!(!process_gone(first), "expected the orphan to be running");
@@ -158,4 +165,172 @@ fn an_unrecorded_agent_of_an_earlier_daemon_is_killed_at_start() {
         log.contains("killed 1 leftover process(es) of an earlier daemon of this workspace"),
         "{log}"
     );
+}
+
+#[test]
+fn the_ledger_is_compacted_into_a_snapshot_and_a_restart_keeps_the_state() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 2
+kill_grace: 300ms
+ledger_segment_events: 40
+ledger_keep_segments: 2
+agents:
+  gate: { command: ["{agents}/gate.sh", "release"] }
+  good: { command: ["{agents}/ok.sh"], prompt: stdin }
+default_chain: [good]
+"#,
+    );
+    let mut d = ws.start();
+    ws.drop_task("waiting.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.drop_task(
+        "first.json",
+        r#"{"id": "first", "prompt": "the first task"}"#,
+    );
+    ws.wait_settled("first");
+    for i in 0..60 {
+        ws.drop_task(&format!("t{i}.json"), r#"{"prompt": "p"}"#);
+    }
+    let segments = |ws: &Workspace| dirigent::ledger::segments(&ws.ctx()).unwrap();
+    // Settled tasks may already be in a rotated segment: look in the snapshot too.
+    ws.wait_for(
+        "every task to finish and the compaction to catch up",
+        |_| {
+            let book = dirigent::compact::load(
+                &dirigent::workspace::Workspace::new(ws.root()).unwrap(),
+                None,
+                false,
+            )
+            .ok()?
+            .book;
+            let all_done = (0..60).all(|i| book.outcome(&format!("t{i}")).is_some());
+            (all_done && ws.path(dirigent::compact::SNAPSHOT).exists() && segments(&ws).len() <= 2)
+                .then_some(())
+        },
+    );
+    d.stop();
+    // The current file is small; history older than the kept segments is only in the snapshot.
+    let current = std::fs::read_to_string(ws.path("ledger.jsonl")).unwrap();
+    assert!(
+        current.lines().count() < 40 + 20,
+        "the ledger was not rotated"
+    );
+    assert!(segments(&ws).len() <= 2);
+    let first_seq_on_disk = segments(&ws)
+        .first()
+        .map(|(_, p)| dirigent::ledger::read(p).unwrap().records[0].seq)
+        .unwrap_or(u64::MAX);
+    assert!(first_seq_on_disk > 40, "old segments were not deleted");
+
+    // After a restart: the first task's id is still taken, the waiting task resumes and
+    // sequence numbers continue.
+    let last_seq_before = dirigent::compact::load(
+        &dirigent::workspace::Workspace::new(ws.root()).unwrap(),
+        None,
+        false,
+    )
+    .unwrap()
+    .book
+    .last_seq;
+    let _d = ws.start();
+    ws.drop_task("again.json", r#"{"id": "first", "prompt": "p"}"#);
+    ws.wait_for("the duplicate to be rejected", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Rejected { file, .. } if file == "again.json"))
+            .then_some(())
+    });
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    assert!(matches!(ws.wait_settled("waiting"), Event::Done { .. }));
+    let seqs: Vec<u64> = ws.records().iter().map(|r| r.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(
+        *seqs.last().unwrap() > last_seq_before,
+        "{seqs:?} after {last_seq_before}"
+    );
+    let status = ws.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let waiting = v["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "waiting")
+        .unwrap();
+    assert_eq!(waiting["state"], "done");
+    assert_eq!(
+        waiting["attempts"].as_array().unwrap().len(),
+        2,
+        "interrupted once by the stop, then done"
+    );
+}
+
+#[test]
+fn a_full_disk_stops_claiming_without_corrupting_the_ledger() {
+    use std::os::unix::process::CommandExt;
+    let ws = Workspace::new(CONFIG);
+    // Files may not grow past 4 KiB: the ledger write fails after a task or two, as on a full
+    // disk (EFBIG instead of ENOSPC; the same write error path).
+    let log = std::fs::File::create(ws.root().join("daemon.log")).unwrap();
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["daemon", "--log-level", "debug"])
+        .env("DIRIGENT_ROOT", ws.root())
+        .stdin(std::process::Stdio::null())
+        .stderr(log);
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = nix::libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            if nix::libc::setrlimit(nix::libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut daemon = cmd.spawn().unwrap();
+    for i in 0..10 {
+        ws.drop_task(&format!("t{i}.json"), r#"{"prompt": "p"}"#);
+    }
+    ws.wait_for("the ledger failure to be reported", |_| {
+        std::fs::read_to_string(ws.root().join("daemon.log"))
+            .ok()
+            .filter(|l| l.contains("error: the ledger cannot be written"))
+    });
+    assert_eq!(daemon.try_wait().unwrap(), None, "the daemon must stay up");
+    // The ledger is intact: no torn line, nothing after the failure.
+    let replay = dirigent::ledger::read(&ws.path("ledger.jsonl")).unwrap();
+    assert_eq!((replay.valid_len, replay.skipped), (replay.file_len, 0));
+    assert!(replay.file_len <= 4096);
+    // No more claims: new files stay in the inbox, and the daemon says why.
+    ws.drop_task("late.json", r#"{"prompt": "p"}"#);
+    ws.wait_for("the daemon to notice the new file", |_| {
+        std::fs::read_to_string(ws.root().join("daemon.log"))
+            .ok()
+            .filter(|l| l.contains("1 task file(s) wait in the inbox: not claiming while the ledger cannot be written"))
+    });
+    assert_eq!(list(&ws, "inbox"), ["late.json"]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    daemon.wait().unwrap();
+
+    // Space again: everything runs, each task exactly once.
+    let _d = ws.start();
+    let ids: Vec<String> = (0..10)
+        .map(|i| format!("t{i}"))
+        .chain(["late".to_string()])
+        .collect();
+    for id in &ids {
+        assert!(matches!(ws.wait_settled(id), Event::Done { .. }), "{id}");
+    }
+    let recs = ws.records();
+    for id in &ids {
+        let dones = recs
+            .iter()
+            .filter(|r| matches!(&r.event, Event::Done { task, .. } if task == id))
+            .count();
+        assert_eq!(dones, 1, "{id}");
+    }
 }
