@@ -134,8 +134,12 @@ impl Workspace {
     /// be a real directory (not a symlink), owned by the effective user, not writable by group or
     /// others. Returns the first problem as a message that says how to fix it.
     pub fn check_private(&self) -> Result<(), String> {
+        self.check_private_for(nix::unistd::geteuid().as_raw())
+    }
+
+    /// [`Workspace::check_private`] for the user `me`.
+    fn check_private_for(&self, me: u32) -> Result<(), String> {
         use std::os::unix::fs::MetadataExt;
-        let me = nix::unistd::geteuid().as_raw();
         let dirs =
             std::iter::once(self.ctx.clone()).chain(SUBDIRS.iter().map(|s| self.ctx.join(s)));
         for dir in dirs {
@@ -222,5 +226,21 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path(), ws.done()).unwrap();
         let err = ws.check_private().unwrap_err();
         assert!(err.contains("done` is a symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_context_owned_by_someone_else_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(tmp.path()).unwrap();
+        ws.ensure().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        // The same files, seen by another user: none of them is theirs.
+        let other = me.wrapping_add(1);
+        let err = ws.check_private_for(other).unwrap_err();
+        assert!(
+            err.contains(&format!("is owned by uid {me}, not by you (uid {other})")),
+            "{err}"
+        );
+        assert!(err.contains("chown -R"), "{err}");
     }
 }
