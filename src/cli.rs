@@ -76,6 +76,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Declarative multi-agent workflows: the built-in ones and `.context/workflows/*.yaml`.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// List the workflows: name, where it is defined, phases, description.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a workflow's definition.
+    Show { name: String },
+    /// Check workflows (all, or the names or files given) and report every problem with file,
+    /// line and column. Exits 1 when there are problems.
+    Validate { targets: Vec<String> },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

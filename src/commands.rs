@@ -600,3 +600,117 @@ pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+fn find_workflow(ws: &Workspace, name: &str) -> Result<dirigent::workflow::Definition> {
+    let all = dirigent::workflow::discover(&ws.workflows())?;
+    let names: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+    all.iter().find(|d| d.name == name).cloned().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no workflow `{name}` (workflows: {}); `dirigent workflow list` shows them",
+            names.join(", ")
+        )
+    })
+}
+
+pub fn workflow_list(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
+    let config = Config::load(&ws.config())?;
+    let mut rows = Vec::new();
+    for def in dirigent::workflow::discover(&ws.workflows())? {
+        let (phases, description, valid) = match dirigent::workflow::validate(&def, &config) {
+            Ok(wf) => (
+                wf.phases
+                    .iter()
+                    .map(|p| format!("{}:{}", p.name.value, p.kind.value.name()))
+                    .collect::<Vec<_>>(),
+                wf.description.clone(),
+                true,
+            ),
+            Err(_) => (vec![], String::new(), false),
+        };
+        rows.push(json!({"name": def.name, "source": def.source.to_string(), "valid": valid, "phases": phases, "description": description}));
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &rows {
+        let phases: Vec<&str> = r["phases"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<30} {}",
+            r["name"].as_str().unwrap_or(""),
+            r["description"].as_str().unwrap_or("")
+        );
+        if r["valid"] == true {
+            println!(
+                "{:<30} {} ({})",
+                "",
+                phases.join(" → "),
+                r["source"].as_str().unwrap_or("")
+            );
+        } else {
+            println!(
+                "{:<30} INVALID: run `dirigent workflow validate {}` ({})",
+                "",
+                r["name"].as_str().unwrap_or(""),
+                r["source"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn workflow_show(ws: &Workspace, name: &str) -> Result<ExitCode> {
+    let def = find_workflow(ws, name)?;
+    println!("# {} ({})", def.name, def.source);
+    print!("{}", def.text);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn workflow_validate(ws: &Workspace, targets: &[String]) -> Result<ExitCode> {
+    let config = Config::load(&ws.config())?;
+    let defs = if targets.is_empty() {
+        dirigent::workflow::discover(&ws.workflows())?
+    } else {
+        let mut defs = Vec::new();
+        for t in targets {
+            let path = Path::new(t);
+            if t.ends_with(".yaml") || t.ends_with(".yml") {
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("cannot read `{t}`"))?;
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or(t)
+                    .to_string();
+                defs.push(dirigent::workflow::Definition {
+                    name,
+                    source: dirigent::workflow::Source::File(path.to_path_buf()),
+                    text,
+                });
+            } else {
+                defs.push(find_workflow(ws, t)?);
+            }
+        }
+        defs
+    };
+    let mut bad = 0;
+    for def in &defs {
+        match dirigent::workflow::validate(def, &config) {
+            Ok(wf) => println!("ok: {} ({} phases)", def.label(), wf.phases.len()),
+            Err(problems) => {
+                bad += problems.len();
+                for p in problems {
+                    eprintln!("error: {p}");
+                }
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!("{bad} problem(s) found");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -27,4 +27,5 @@ pub mod service;
 pub mod spawn;
 pub mod state;
 pub mod task;
+pub mod workflow;
 pub mod workspace;

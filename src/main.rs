@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, WorkflowCommand};
 use dirigent::workspace::Workspace;
 
 fn main() -> ExitCode {
@@ -40,6 +40,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => commands::logs(&ws, &id, follow, attempt, stderr),
         Command::Result { id } => commands::result(&ws, &id),
         Command::Agents { json } => commands::agents(&ws, json),
+        Command::Workflow(WorkflowCommand::List { json }) => commands::workflow_list(&ws, json),
+        Command::Workflow(WorkflowCommand::Show { name }) => commands::workflow_show(&ws, &name),
+        Command::Workflow(WorkflowCommand::Validate { targets }) => {
+            commands::workflow_validate(&ws, &targets)
+        }
     }
 }
 

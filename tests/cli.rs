@@ -359,3 +359,63 @@ fn the_service_managers_variables_never_reach_an_agent() {
         "{env}"
     );
 }
+
+#[test]
+fn workflow_validate_reports_every_problem_with_file_line_and_column() {
+    let ws = Workspace::new(CONFIG);
+    std::fs::write(
+        ws.path("workflows/review.yaml"),
+        "name: review\nvars: { area: src }\nphases:\n  - name: look\n    type: single\n    agent: nobody\n    prompt: Review {area} for {focus}\n    input: later\n  - name: later\n    type: ensemble\n    agents: [good]\n    judge: good\n    prompt: Again\n",
+    )
+    .unwrap();
+    let out = ws.cli(&["workflow", "validate", "review"]);
+    assert_eq!(out.status.code(), Some(1));
+    let file = ws.path("workflows/review.yaml");
+    let f = file.display();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: {f}:6:12: unknown agent `nobody` (configured: gate, ghost, good)\n\
+error: {f}:7:13: `{{focus}}` is not a variable of this workflow; declare it under `vars:`\n\
+error: {f}:8:12: phase `look` reads `later`, which runs later (a cycle); phases run in order\n\
+error: {f}:9:11: ensemble phase `later` needs at least two `agents` to propose\n\
+4 problem(s) found\n"
+        )
+    );
+    // A user file with a built-in's name replaces it; every other built-in is still listed.
+    let out = ws.cli(&["workflow", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "bulk-refine",
+            "feature-build",
+            "plan",
+            "research-implement-validate",
+            "review",
+            "tdd",
+            "workshop"
+        ]
+    );
+    let review = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "review")
+        .unwrap();
+    assert_eq!(review["valid"], false);
+    let out = ws.cli(&["workflow", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .starts_with("error: no workflow `nope` (workflows: bulk-refine, feature-build,"),
+        "{}",
+        stderr(&out)
+    );
+}
