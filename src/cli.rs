@@ -90,6 +90,21 @@ pub enum WorkflowCommand {
     },
     /// Print a workflow's definition.
     Show { name: String },
+    /// Start a workflow run: writes a task with `workflow` into the inbox (works while the
+    /// daemon is down). `--wait` follows it and exits 0 when done, 1 when escalated.
+    Run {
+        name: String,
+        /// A workflow variable, `name=value` (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+        /// The run's id (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check workflows (all, or the names or files given) and report every problem with file,
     /// line and column. Exits 1 when there are problems.
     Validate { targets: Vec<String> },
@@ -138,6 +153,12 @@ pub struct SubmitArgs {
     /// A workspace file to include in the prompt (repeatable).
     #[arg(long = "file", value_name = "FILE")]
     pub files: Vec<String>,
+    /// Run this workflow instead of a prompt (see `dirigent workflow list`).
+    #[arg(long, conflicts_with_all = ["role", "agent", "chain"])]
+    pub workflow: Option<String>,
+    /// A workflow variable, `name=value` (repeatable; with `--workflow`).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var, requires = "workflow")]
+    pub vars: Vec<(String, String)>,
     /// Follow the task: print progress on stderr and the result on stdout; exit 0 when done,
     /// 1 when escalated or rejected.
     #[arg(long)]
@@ -145,4 +166,12 @@ pub struct SubmitArgs {
     /// Print `{"id": …, "file": …}` instead of the bare id.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses `name=value`.
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not `name=value`")),
+    }
 }

@@ -98,10 +98,17 @@ fn generate_id(prompt: &str) -> String {
 }
 
 pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
-    let prompt = read_prompt(args.prompt.as_deref())?;
-    if prompt.trim().is_empty() {
-        bail!("the prompt is empty");
-    }
+    let prompt = match (&args.workflow, &args.prompt) {
+        // A workflow needs no prompt; one given is kept for the record.
+        (Some(_), None) => String::new(),
+        _ => {
+            let p = read_prompt(args.prompt.as_deref())?;
+            if p.trim().is_empty() {
+                bail!("the prompt is empty");
+            }
+            p
+        }
+    };
     let timeout = match &args.timeout {
         Some(t) => Some(Dur(
             duration::parse(t).map_err(|e| anyhow::anyhow!("`--timeout`: {e}"))?
@@ -113,12 +120,14 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
             validate_name(&id).map_err(|m| anyhow::anyhow!("invalid `--id` `{id}`: {m}"))?;
             id
         }
-        None => generate_id(&prompt),
+        None => generate_id(args.workflow.as_deref().unwrap_or(&prompt)),
     };
     let fields = TaskFields {
         id: Some(id.clone()),
         title: args.title,
-        prompt: Some(prompt),
+        prompt: (!prompt.is_empty()).then_some(prompt),
+        workflow: args.workflow,
+        vars: args.vars.into_iter().collect(),
         role: args.role,
         agent: args.agent,
         chain: args.chain,
@@ -257,6 +266,9 @@ fn report_progress(
         Event::Requeued { .. } => eprintln!(
             "[{t}] the daemon stopped; the task is back in the inbox and waits for the next start"
         ),
+        Event::PhaseCompleted { phase, output, .. } => {
+            eprintln!("[{t}] phase {phase} completed: {output}")
+        }
         _ => {}
     }
     Ok(None)

@@ -120,6 +120,8 @@ pub async fn run_with_reload(
     let (tx, rx) = mpsc::unbounded_channel();
     let notifier = crate::service::Notifier::from_env();
     let mut engine = Engine {
+        workflows: HashMap::new(),
+        advance_due: BTreeSet::new(),
         watchdog_due: notifier
             .as_ref()
             .and_then(|n| n.watchdog_every)
@@ -169,6 +171,7 @@ pub async fn run_with_reload(
     // The first scan after the watcher is up: nothing dropped in between is missed.
     engine.ingest().await;
     engine.rescan_due = Instant::now() + engine.config.inbox_rescan;
+    engine.advance_runs().await;
     engine.dispatch();
     engine.write_progress();
     tracing::info!(
@@ -196,6 +199,7 @@ pub async fn run_with_reload(
             Some(()) = reload.recv() => engine.reload("SIGHUP", true).await,
             () = sleep_until(wake) => engine.on_timer().await,
         }
+        engine.advance_runs().await;
         engine.dispatch();
     }
     drop(watcher);
@@ -290,6 +294,10 @@ enum Msg {
 }
 
 struct Engine {
+    /// Workflow runs seen by this daemon, with their parsed workflow.
+    workflows: HashMap<String, Arc<crate::workflow::Workflow>>,
+    /// Runs to advance after the current message (received, or a child settled).
+    advance_due: BTreeSet<String>,
     /// The text the config was last loaded from (`None`: the embedded default), so that a file
     /// event that changed nothing does not reload.
     config_text: Option<String>,
@@ -472,6 +480,166 @@ Free disk space or fix `{}`, then restart the daemon",
         self.queue.insert(key);
     }
 
+    /// Queues a task for attempts, or — a workflow run — has the runner advance it.
+    fn enqueue_or_advance(&mut self, id: &str) {
+        let is_run = self
+            .book
+            .get(id)
+            .and_then(|t| t.spec.as_ref())
+            .is_some_and(|s| s.fields.workflow.is_some());
+        if is_run {
+            self.advance_due.insert(id.to_string());
+        } else {
+            self.enqueue(id);
+        }
+    }
+
+    /// Carries out what the workflow runner decides for each run that is due.
+    async fn advance_runs(&mut self) {
+        if !self.accepting || self.ledger_failed.is_some() {
+            return;
+        }
+        let due = std::mem::take(&mut self.advance_due);
+        for run in due {
+            // A completed phase may let the next one start at once: ask again until nothing moves.
+            for _ in 0..64 {
+                let live = self.book.get(&run).is_some_and(|t| !t.phase.is_terminal());
+                if !live || self.finishing.contains(&run) {
+                    break;
+                }
+                let Some(wf) = self.workflow_of(&run) else {
+                    break;
+                };
+                let Some(t) = self.book.get(&run) else { break };
+                let actions = crate::runner::next(t, &wf, &self.book, &self.config, &self.ws);
+                let mut moved = false;
+                for action in actions {
+                    match action {
+                        crate::runner::Action::Submit(child) => self.submit_child(&child),
+                        crate::runner::Action::PhaseCompleted { phase, output } => {
+                            tracing::info!(task = %run, phase = %phase, "workflow phase completed");
+                            let ev = Event::PhaseCompleted {
+                                task: run.clone(),
+                                phase,
+                                output,
+                            };
+                            match self.ledger.append(ev).await {
+                                Ok(r) => self.apply(&[r]),
+                                Err(e) => return self.ledger_failed(e.to_string()),
+                            }
+                            moved = true;
+                        }
+                        crate::runner::Action::Finished { output } => {
+                            self.finish_run(&run, output).await
+                        }
+                        crate::runner::Action::Failed(reason) => self.escalate(&run, reason),
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The parsed workflow of a run (cached); a workflow that vanished or broke fails the run.
+    fn workflow_of(&mut self, run: &str) -> Option<Arc<crate::workflow::Workflow>> {
+        if let Some(wf) = self.workflows.get(run) {
+            return Some(wf.clone());
+        }
+        let name = self.book.get(run)?.spec.as_ref()?.fields.workflow.clone()?;
+        let found = crate::workflow::discover(&self.ws.workflows())
+            .map_err(|e| e.to_string())
+            .and_then(|defs| {
+                let def = defs
+                    .into_iter()
+                    .find(|d| d.name == name)
+                    .ok_or_else(|| format!("workflow `{name}` no longer exists"))?;
+                crate::workflow::validate(&def, &self.config).map_err(|p| {
+                    format!(
+                        "workflow `{name}` is invalid now: {}",
+                        p.first().map(|p| p.to_string()).unwrap_or_default()
+                    )
+                })
+            });
+        match found {
+            Ok(wf) => {
+                let wf = Arc::new(wf);
+                self.workflows.insert(run.to_string(), wf.clone());
+                Some(wf)
+            }
+            Err(reason) => {
+                self.escalate(run, reason);
+                None
+            }
+        }
+    }
+
+    /// Submits a child task through the inbox, like any other door. Submitting the same child
+    /// twice is harmless: the second file finds the first in the inbox, or the id taken.
+    fn submit_child(&mut self, child: &crate::runner::Child) {
+        let fields = crate::task::TaskFields {
+            id: Some(child.id.clone()),
+            title: Some(child.title.clone()),
+            prompt: Some(child.prompt.clone()),
+            agent: child.agent.clone(),
+            role: child.role.clone(),
+            output: child.output.clone(),
+            ..Default::default()
+        };
+        let name = format!("{}.json", child.id);
+        let tmp = self.ws.inbox_tmp().join(&name);
+        let written = serde_json::to_vec_pretty(&fields)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| fsutil::write_atomic(&tmp, &bytes))
+            .and_then(|()| fsutil::rename_noreplace(&tmp, &self.ws.inbox().join(&name)));
+        match written {
+            Ok(()) => tracing::info!(task = %child.id, "workflow submitted a task"),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            Err(e) => tracing::error!(task = %child.id, "cannot submit a workflow task: {e}"),
+        }
+        // The prompt a phase's task received is kept next to its output.
+        if let Some(out) = &child.output {
+            let (stem, _) = fsutil::split_name(out);
+            let _ = result::write(
+                &self.ws,
+                &format!("{stem}.prompt.md"),
+                &ResultText::Text(child.prompt.clone()),
+                std::path::Path::new("/dev/null"),
+            );
+        }
+    }
+
+    /// Every phase of a run is complete: record `done` and move its file.
+    async fn finish_run(&mut self, run: &str, output: String) {
+        let Some(t) = self.book.get(run) else { return };
+        let file = t.file.clone();
+        let ev = Event::Done {
+            task: run.to_string(),
+            agent: "workflow".into(),
+            attempt: 0,
+            output,
+        };
+        match self.ledger.append(ev).await {
+            Ok(r) => {
+                self.apply(&[r]);
+                tracing::info!(task = run, "workflow done");
+                if let Err(e) =
+                    fsutil::move_into(&self.ws.running().join(&file), &self.ws.done(), &file)
+                {
+                    tracing::warn!(
+                        task = run,
+                        "cannot move the workflow's task file to done/: {e}"
+                    );
+                }
+                self.keys.remove(run);
+            }
+            Err(e) => self.ledger_failed(e.to_string()),
+        }
+    }
+
     /// A task id may be used for a new file if nobody has it, or if it belongs to a task that
     /// is coming back through the inbox (requeued by a graceful stop, or received but not yet
     /// claimed when the daemon crashed).
@@ -585,7 +753,7 @@ Free disk space or fix `{}`, then restart the daemon",
         let recs = self.ledger.append_all(claims).await?;
         self.apply(&recs);
         for id in requeue {
-            self.enqueue(&id);
+            self.enqueue_or_advance(&id);
         }
         for id in vanished {
             self.escalate(
@@ -737,7 +905,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 for r in &recs {
                     if let Some(task) = r.event.task() {
                         let task = task.to_string();
-                        self.enqueue(&task);
+                        self.enqueue_or_advance(&task);
                     }
                 }
             }
@@ -831,6 +999,18 @@ Free disk space or fix `{}`, then restart the daemon",
                 self.finishing.remove(&task);
                 self.keys.remove(&task);
                 self.apply(&records);
+                // A child of a workflow run settled: the run may move on.
+                let runs: Vec<String> = self
+                    .workflows
+                    .keys()
+                    .filter(|run| {
+                        task.len() > run.len()
+                            && task.starts_with(run.as_str())
+                            && task[run.len()..].starts_with('.')
+                    })
+                    .cloned()
+                    .collect();
+                self.advance_due.extend(runs);
             }
             Msg::ResultFailed { task, reason } => {
                 self.finishing.remove(&task);

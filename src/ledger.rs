@@ -117,6 +117,13 @@ pub enum Event {
         reason: String,
         attempts: u32,
     },
+    /// A workflow run finished a phase; its result is at `output`. Recorded before the next
+    /// phase starts, so a restart never runs a finished phase again.
+    PhaseCompleted {
+        task: String,
+        phase: String,
+        output: String,
+    },
     /// Put back into the inbox by a graceful stop; it runs again on the next start.
     Requeued {
         task: String,
@@ -134,6 +141,7 @@ impl Event {
             | Event::AttemptFinished { task, .. }
             | Event::Done { task, .. }
             | Event::Escalated { task, .. }
+            | Event::PhaseCompleted { task, .. }
             | Event::Requeued { task, .. } => Some(task),
             Event::DaemonStarted { .. }
             | Event::DaemonStopped { .. }

@@ -23,6 +23,7 @@ pub mod preset;
 pub mod progress;
 pub mod reaper;
 pub mod result;
+pub mod runner;
 pub mod service;
 pub mod spawn;
 pub mod state;

@@ -45,6 +45,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Workflow(WorkflowCommand::Validate { targets }) => {
             commands::workflow_validate(&ws, &targets)
         }
+        Command::Workflow(WorkflowCommand::Run {
+            name,
+            vars,
+            id,
+            wait,
+            json,
+        }) => commands::submit(
+            &ws,
+            cli::SubmitArgs {
+                prompt: None,
+                role: None,
+                agent: None,
+                chain: None,
+                output: None,
+                after: vec![],
+                id,
+                title: None,
+                priority: None,
+                timeout: None,
+                context: vec![],
+                files: vec![],
+                workflow: Some(name),
+                vars,
+                wait,
+                json,
+            },
+        ),
     }
 }
 

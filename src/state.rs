@@ -84,6 +84,9 @@ pub struct TaskRecord {
     pub priority: i64,
     pub after: Vec<String>,
     pub attempts: Vec<AttemptSummary>,
+    /// A workflow run's completed phases and their outputs, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<(String, String)>,
     #[serde(flatten)]
     pub phase: Phase,
     /// The full spec while the task can still run; dropped once it is finished to keep a
@@ -262,6 +265,7 @@ impl TaskBook {
                         priority: spec.fields.priority,
                         after: spec.fields.after.clone(),
                         attempts: vec![],
+                        phases: vec![],
                         phase: Phase::Pending,
                         spec: Some(Arc::new((**spec).clone())),
                     },
@@ -396,6 +400,17 @@ impl TaskBook {
                     };
                     t.spec = None;
                     self.finished(task);
+                }
+            }
+            Event::PhaseCompleted {
+                task,
+                phase,
+                output,
+            } => {
+                if let Some(t) = self.tasks.get_mut(task)
+                    && !t.phases.iter().any(|(p, _)| p == phase)
+                {
+                    t.phases.push((phase.clone(), output.clone()));
                 }
             }
             Event::Requeued { task, file } => {

@@ -227,8 +227,8 @@ pub fn accept(
     config: &Config,
     root: &Path,
 ) -> Result<TaskSpec, Reject> {
-    if fields.workflow.is_some() {
-        return reject("`workflow` tasks are not supported by this version of dirigent yet");
+    if let Some(name) = &fields.workflow {
+        return accept_workflow(id, name.clone(), fields, config, root);
     }
     let prompt = match &fields.prompt {
         Some(p) if !p.trim().is_empty() => p.clone(),
@@ -313,6 +313,70 @@ pub fn accept(
         prompt,
         chain,
         chain_source,
+        fields,
+    })
+}
+
+/// A task that runs a workflow: the workflow must exist and validate, and every variable without
+/// a default must be given. It gets no chain: the workflow runner drives it.
+fn accept_workflow(
+    id: String,
+    name: String,
+    fields: TaskFields,
+    config: &Config,
+    root: &Path,
+) -> Result<TaskSpec, Reject> {
+    if fields.agent.is_some() || fields.chain.is_some() || fields.role.is_some() {
+        return reject(
+            "a `workflow` task names its agents in the workflow; remove `agent`, `chain` and `role`",
+        );
+    }
+    let dir = root.join(crate::workspace::CONTEXT_DIR).join("workflows");
+    let defs = crate::workflow::discover(&dir)
+        .map_err(|e| Reject(format!("cannot read `{}`: {e}", dir.display())))?;
+    let Some(def) = defs.iter().find(|d| d.name == name) else {
+        let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+        return reject(format!(
+            "unknown workflow `{name}` (workflows: {})",
+            names.join(", ")
+        ));
+    };
+    let wf = crate::workflow::validate(def, config).map_err(|problems| {
+        Reject(format!(
+            "workflow `{name}` is invalid:\n{}",
+            problems
+                .iter()
+                .map(|p| format!("  {p}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
+    })?;
+    for given in fields.vars.keys() {
+        if !wf.vars.contains_key(given) {
+            let known: Vec<&str> = wf.vars.keys().map(String::as_str).collect();
+            return reject(format!(
+                "workflow `{name}` has no variable `{given}` (variables: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    for (var, default) in &wf.vars {
+        if default.is_none() && !fields.vars.contains_key(var) {
+            return reject(format!(
+                "workflow `{name}` needs the variable `{var}`: give it as `--var {var}=…`"
+            ));
+        }
+    }
+    let title = fields
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("workflow {name}"));
+    Ok(TaskSpec {
+        id,
+        title,
+        prompt: fields.prompt.clone().unwrap_or_default(),
+        chain: vec![],
+        chain_source: format!("workflow:{name}"),
         fields,
     })
 }

@@ -351,11 +351,18 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
             .location()
             .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
         let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or(&msg);
+        // serde-saphyr says `error: line L column C: …`; the position is in the Problem already.
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        let first = match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+            Some((pos, rest)) if pos.contains(" column ") => rest,
+            _ => first,
+        };
         vec![Problem {
             file: file.clone(),
             line,
             column,
-            message: msg.lines().next().unwrap_or(&msg).to_string(),
+            message: first.to_string(),
         }]
     })?;
     let mut problems = Vec::new();
@@ -757,6 +764,11 @@ phases:
         );
         let problems = validate(&def("x", "name: x\nphases: [\n"), &config()).unwrap_err();
         assert!(problems[0].line >= 2, "{}", problems[0]);
+        assert!(
+            !problems[0].message.starts_with("error:") && !problems[0].message.starts_with("line "),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

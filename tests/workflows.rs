@@ -1,0 +1,237 @@
+//! Workflow runs end to end: phases become ordinary tasks through the same engine, with script
+//! agents standing in for models.
+
+mod common;
+
+use common::Workspace;
+use dirigent::ledger::Event;
+
+const CONFIG: &str = r#"
+kill_grace: 300ms
+agents:
+  alpha:  { command: ["{agents}/ok.sh"], prompt: stdin }
+  beta:   { command: ["{agents}/ok.sh"], prompt: stdin }
+  broken: { command: ["{agents}/fail.sh"] }
+  gate:   { command: ["{agents}/gate.sh", "release"] }
+roles:
+  judge: [beta]
+"#;
+
+fn write_workflow(ws: &Workspace, name: &str, text: &str) {
+    std::fs::write(ws.path("workflows").join(format!("{name}.yaml")), text).unwrap();
+}
+
+fn phases_completed(ws: &Workspace, run: &str) -> Vec<String> {
+    ws.records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::PhaseCompleted { task, phase, .. } if task == run => Some(phase.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn prompt_of(ws: &Workspace, task: &str, agent: &str) -> String {
+    std::fs::read_to_string(ws.path(&format!("runs/{task}/1-{agent}.prompt"))).unwrap()
+}
+
+#[test]
+fn an_ensemble_where_one_proposer_fails_still_decides_and_later_phases_see_its_output() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "demo",
+        r#"
+name: demo
+vars: { feature: ~ }
+phases:
+  - name: propose
+    type: ensemble
+    agents: [alpha, broken, beta]
+    judge: judge
+    judge_mode: synthesize
+    prompt: Propose {feature}
+    output: docs/{feature}/direction.md
+  - name: build
+    type: single
+    agent: alpha
+    input: propose
+    context: fresh
+    prompt: Build {feature}
+"#,
+    );
+    let _d = ws.start();
+    let out = ws.cli(&[
+        "workflow",
+        "run",
+        "demo",
+        "--var",
+        "feature=auth",
+        "--id",
+        "r1",
+        "--wait",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("phase propose completed: docs/auth/direction.md"),
+        "{err}"
+    );
+    assert_eq!(phases_completed(&ws, "r1"), ["propose", "build"]);
+
+    // The judge saw both good proposals and was told about the failed one.
+    let judge = prompt_of(&ws, "r1.propose.judge", "beta");
+    assert!(judge.starts_with("Propose auth"), "{judge}");
+    assert!(judge.contains("Synthesize the best elements"), "{judge}");
+    assert!(
+        judge.contains("## Proposal 1 (from alpha)") && judge.contains("## Proposal 2 (from beta)"),
+        "{judge}"
+    );
+    assert!(
+        judge.contains("The proposal from broken is missing: it failed"),
+        "{judge}"
+    );
+    // Its result is the phase output, and the prompt is kept next to it.
+    assert!(
+        std::fs::read_to_string(ws.root().join("docs/auth/direction.md"))
+            .unwrap()
+            .starts_with("ok from beta: Propose auth")
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join("docs/auth/direction.prompt.md"))
+            .unwrap()
+            .trim_end(),
+        judge.trim_end()
+    );
+    // The next phase received the judged direction as its input.
+    let build = prompt_of(&ws, "r1.build", "alpha");
+    assert!(
+        build.contains("## Output of phase `propose` (docs/auth/direction.md)"),
+        "{build}"
+    );
+    // The run is a task like any other: done, with the last phase's output.
+    assert!(
+        matches!(ws.wait_settled("r1"), Event::Done { ref output, .. } if output == ".context/outbox/r1.build.md")
+    );
+}
+
+#[test]
+fn pick_and_sequential_proposers_see_the_earlier_proposals() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "seq",
+        "name: seq\nphases:\n  - name: plan\n    type: ensemble\n    mode: sequential\n    agents: [alpha, beta]\n    judge: alpha\n    judge_mode: pick\n    prompt: Plan it\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("s.json", r#"{"workflow": "seq"}"#);
+    assert!(matches!(ws.wait_settled("s"), Event::Done { .. }));
+    let first = prompt_of(&ws, "s.plan.1", "alpha");
+    assert!(!first.contains("Earlier proposals"), "{first}");
+    let second = prompt_of(&ws, "s.plan.2", "beta");
+    assert!(
+        second
+            .contains("Earlier proposals:\n\n## Proposal 1 (from alpha)\n\nok from alpha: Plan it"),
+        "{second}"
+    );
+    let judge = prompt_of(&ws, "s.plan.judge", "alpha");
+    assert!(judge.contains("Pick the best proposal"), "{judge}");
+    // Sequential: the second proposer started only after the first had finished.
+    let recs = ws.records();
+    let pos = |pred: &dyn Fn(&Event) -> bool| recs.iter().position(|r| pred(&r.event)).unwrap();
+    assert!(
+        pos(&|e| matches!(e, Event::Done { task, .. } if task == "s.plan.1"))
+            < pos(&|e| matches!(e, Event::AttemptStarted { task, .. } if task == "s.plan.2"))
+    );
+}
+
+#[test]
+fn a_killed_daemon_resumes_a_workflow_without_rerunning_finished_phases() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "two",
+        "name: two\nphases:\n  - name: first\n    type: single\n    agent: alpha\n    prompt: One\n  - name: second\n    type: single\n    agent: gate\n    input: first\n    prompt: Two\n",
+    );
+    let mut d = ws.start();
+    ws.drop_task("w.json", r#"{"workflow": "two"}"#);
+    ws.wait_for("the second phase to run", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "w.second"))
+            .then_some(())
+    });
+    ws.wait_for("its first line", |_| {
+        std::fs::read_to_string(ws.path("runs/w.second/1-gate.stdout"))
+            .ok()
+            .filter(|s| s.contains("waiting"))
+    });
+    d.crash();
+    let _d = ws.start();
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    assert!(matches!(ws.wait_settled("w"), Event::Done { .. }));
+    let recs = ws.records();
+    let attempts = |task: &str| {
+        recs.iter()
+            .filter(|r| matches!(&r.event, Event::AttemptStarted { task: t, .. } if t == task))
+            .count()
+    };
+    assert_eq!(attempts("w.first"), 1, "a finished phase ran again");
+    assert_eq!(attempts("w.second"), 2, "interrupted once, then run again");
+    assert_eq!(phases_completed(&ws, "w"), ["first", "second"]);
+}
+
+#[test]
+fn a_failed_phase_escalates_the_run_naming_the_phase() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "bad",
+        "name: bad\nphases:\n  - name: only\n    type: ensemble\n    agents: [broken, broken]\n    judge: alpha\n    min_proposals: 1\n    prompt: Try\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("b.json", r#"{"workflow": "bad"}"#);
+    let Event::Escalated { reason, .. } = ws.wait_settled("b") else {
+        panic!("not escalated")
+    };
+    assert_eq!(
+        reason,
+        "phase `only` failed: only 0 of 2 proposals succeeded (`min_proposals` is 1)"
+    );
+}
+
+#[test]
+fn workflow_tasks_are_checked_before_they_are_accepted() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "needs",
+        "name: needs\nvars: { topic: ~ }\nphases:\n  - { name: a, type: single, agent: alpha, prompt: x }\n",
+    );
+    let stderr = |args: &[&str]| String::from_utf8_lossy(&ws.cli(args).stderr).into_owned();
+    assert_eq!(
+        stderr(&["workflow", "run", "needs"]),
+        "error: workflow `needs` needs the variable `topic`: give it as `--var topic=…`\n"
+    );
+    assert_eq!(
+        stderr(&[
+            "workflow",
+            "run",
+            "needs",
+            "--var",
+            "topic=x",
+            "--var",
+            "colour=red"
+        ]),
+        "error: workflow `needs` has no variable `colour` (variables: topic)\n"
+    );
+    assert!(
+        stderr(&["workflow", "run", "nope"])
+            .starts_with("error: unknown workflow `nope` (workflows: bulk-refine,")
+    );
+    assert!(common::list(&ws, "inbox").is_empty());
+}
