@@ -122,6 +122,7 @@ pub async fn run_with_reload(
     let mut engine = Engine {
         workflows: HashMap::new(),
         advance_due: BTreeSet::new(),
+        evaluating: HashSet::new(),
         watchdog_due: notifier
             .as_ref()
             .and_then(|n| n.watchdog_every)
@@ -284,6 +285,12 @@ enum Msg {
         task: String,
         records: Vec<Record>,
     },
+    /// A loop round's evaluator command finished; `records` is its `loop_round`.
+    Evaluated {
+        run: String,
+        key: String,
+        records: Vec<Record>,
+    },
     /// A successful attempt's result could not be written (e.g. `output` leads outside the
     /// workspace through a symlink): the task escalates with this reason.
     ResultFailed {
@@ -298,6 +305,8 @@ struct Engine {
     workflows: HashMap<String, Arc<crate::workflow::Workflow>>,
     /// Runs to advance after the current message (received, or a child settled).
     advance_due: BTreeSet<String>,
+    /// Loop evaluations running now (`run/phase/round`), so none starts twice.
+    evaluating: HashSet<String>,
     /// The text the config was last loaded from (`None`: the embedded default), so that a file
     /// event that changed nothing does not reload.
     config_text: Option<String>,
@@ -533,6 +542,32 @@ Free disk space or fix `{}`, then restart the daemon",
                             self.finish_run(&run, output).await
                         }
                         crate::runner::Action::Failed(reason) => self.escalate(&run, reason),
+                        crate::runner::Action::Evaluate {
+                            phase,
+                            round,
+                            command,
+                        } => {
+                            self.start_evaluation(&run, phase, round, command);
+                        }
+                        crate::runner::Action::RecordRound {
+                            phase,
+                            round,
+                            passed,
+                            feedback,
+                        } => {
+                            let ev = Event::LoopRound {
+                                task: run.clone(),
+                                phase,
+                                round,
+                                passed,
+                                feedback,
+                            };
+                            match self.ledger.append(ev).await {
+                                Ok(r) => self.apply(&[r]),
+                                Err(e) => return self.ledger_failed(e.to_string()),
+                            }
+                            moved = true;
+                        }
                     }
                 }
                 if !moved {
@@ -610,6 +645,38 @@ Free disk space or fix `{}`, then restart the daemon",
                 std::path::Path::new("/dev/null"),
             );
         }
+    }
+
+    /// Runs a loop's evaluator command in the background; the round is recorded when it ends.
+    fn start_evaluation(&mut self, run: &str, phase: String, round: u32, command: Vec<String>) {
+        let key = format!("{run}/{phase}/{round}");
+        if !self.evaluating.insert(key.clone()) {
+            return; // already running
+        }
+        tracing::info!(task = run, phase = %phase, round, "evaluating the round with `{}`", command.join(" "));
+        let (ws, ledger, tx, run) = (
+            self.ws.clone(),
+            self.ledger.clone(),
+            self.tx.clone(),
+            run.to_string(),
+        );
+        tokio::spawn(async move {
+            let log = ws
+                .run_dir(&run)
+                .join(format!("{phase}-round{round}-evaluator.log"));
+            let (passed, feedback) =
+                crate::runner::run_evaluator(&ws, &command, &log, Duration::from_secs(30 * 60))
+                    .await;
+            let ev = Event::LoopRound {
+                task: run.clone(),
+                phase,
+                round,
+                passed,
+                feedback,
+            };
+            let records = record(&ledger, &tx, ev).await;
+            let _ = tx.send(Msg::Evaluated { run, key, records });
+        });
     }
 
     /// Every phase of a run is complete: record `done` and move its file.
@@ -1011,6 +1078,11 @@ Free disk space or fix `{}`, then restart the daemon",
                     .cloned()
                     .collect();
                 self.advance_due.extend(runs);
+            }
+            Msg::Evaluated { run, key, records } => {
+                self.evaluating.remove(&key);
+                self.apply(&records);
+                self.advance_due.insert(run);
             }
             Msg::ResultFailed { task, reason } => {
                 self.finishing.remove(&task);

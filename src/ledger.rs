@@ -124,6 +124,14 @@ pub enum Event {
         phase: String,
         output: String,
     },
+    /// A loop phase's evaluator judged a round: `passed`, or the feedback for the next round.
+    LoopRound {
+        task: String,
+        phase: String,
+        round: u32,
+        passed: bool,
+        feedback: String,
+    },
     /// Put back into the inbox by a graceful stop; it runs again on the next start.
     Requeued {
         task: String,
@@ -142,6 +150,7 @@ impl Event {
             | Event::Done { task, .. }
             | Event::Escalated { task, .. }
             | Event::PhaseCompleted { task, .. }
+            | Event::LoopRound { task, .. }
             | Event::Requeued { task, .. } => Some(task),
             Event::DaemonStarted { .. }
             | Event::DaemonStopped { .. }

@@ -7,9 +7,9 @@
 //! the next phase starts, and child ids are deterministic, so resuming after a crash never runs
 //! a finished phase again and never submits a child twice.
 //!
-//! Implemented phase types: `single` and `ensemble` (parallel and sequential, pick and
-//! synthesize). Context strategies: `full` and `fresh` (`distilled` and `scoped` behave like
-//! `fresh` for now).
+//! Implemented phase types: `single`, `ensemble` (parallel and sequential, pick and
+//! synthesize) and `loop` (a command or an agent as evaluator). Context strategies: `full` and
+//! `fresh` (`distilled` and `scoped` behave like `fresh` for now).
 
 use std::collections::BTreeMap;
 
@@ -45,6 +45,19 @@ pub enum Action {
     },
     /// The run fails with this reason (the phase is named).
     Failed(String),
+    /// Run a loop's evaluator command on a round's result, then record the round.
+    Evaluate {
+        phase: String,
+        round: u32,
+        command: Vec<String>,
+    },
+    /// Record a loop round's verdict (then ask again).
+    RecordRound {
+        phase: String,
+        round: u32,
+        passed: bool,
+        feedback: String,
+    },
 }
 
 /// The state of one child task.
@@ -252,11 +265,127 @@ pub fn next(
                 ))],
             }
         }
+        PhaseType::Loop => {
+            let max = phase.max_rounds.unwrap_or(1);
+            let (Some(generator), Some(evaluator)) = (&phase.generator, &phase.evaluator) else {
+                return vec![Action::Failed(format!(
+                    "phase `{pname}` has no generator or evaluator"
+                ))];
+            };
+            let mut feedback = "(none yet: this is the first round)".to_string();
+            for round in 1..=max {
+                let mut round_vars = vars.clone();
+                round_vars.insert("round".into(), round.to_string());
+                round_vars.insert("feedback".into(), feedback.clone());
+                let id = format!("{}.{}.{round}", run.id, pname);
+                let out = match child_state(book, ws, &id) {
+                    ChildState::Missing => {
+                        let mut p = render(&generator.prompt.value, &round_vars);
+                        if !context.is_empty() {
+                            p.push_str("\n\n---\n");
+                            p.push_str(&context);
+                        }
+                        return vec![Action::Submit(Child {
+                            id,
+                            title: format!("{title} (round {round})"),
+                            prompt: p,
+                            agent: generator.agent.as_ref().map(|a| a.value.clone()),
+                            role: generator.role.as_ref().map(|r| r.value.clone()),
+                            output: output.clone(),
+                        })];
+                    }
+                    ChildState::Waiting => return vec![],
+                    ChildState::Failed(reason) => {
+                        return vec![Action::Failed(format!(
+                            "phase `{pname}` failed in round {round}: {reason}"
+                        ))];
+                    }
+                    ChildState::Done(out) => out,
+                };
+                match run
+                    .rounds
+                    .iter()
+                    .find(|(p, r, _, _)| *p == pname && *r == round)
+                {
+                    Some((_, _, true, _)) => {
+                        return vec![Action::PhaseCompleted {
+                            phase: pname,
+                            output: out,
+                        }];
+                    }
+                    Some((_, _, false, fb)) => {
+                        feedback = fb.clone();
+                        continue;
+                    }
+                    None => {}
+                }
+                // The round is not judged yet.
+                if let Some(command) = &evaluator.command {
+                    return vec![Action::Evaluate {
+                        phase: pname,
+                        round,
+                        command: command.clone(),
+                    }];
+                }
+                let eval_id = format!("{id}.eval");
+                return match child_state(book, ws, &eval_id) {
+                    ChildState::Missing => {
+                        let ask = evaluator
+                            .prompt
+                            .as_ref()
+                            .map(|p| render(&p.value, &round_vars))
+                            .unwrap_or_default();
+                        let prompt = format!(
+                            "{ask}\n\nAnswer PASS or FAIL on the first line; after FAIL, say what must change.\n\n---\n## The result to judge (round {round})\n\n{}",
+                            read_output(ws, &out).trim_end()
+                        );
+                        vec![Action::Submit(Child {
+                            id: eval_id,
+                            title: format!("{title} (evaluate round {round})"),
+                            prompt,
+                            agent: evaluator.agent.as_ref().map(|a| a.value.clone()),
+                            role: None,
+                            output: None,
+                        })]
+                    }
+                    ChildState::Waiting => vec![],
+                    ChildState::Failed(reason) => {
+                        vec![Action::Failed(format!(
+                            "phase `{pname}`: the evaluator failed in round {round}: {reason}"
+                        ))]
+                    }
+                    ChildState::Done(verdict) => {
+                        let text = read_output(ws, &verdict);
+                        vec![Action::RecordRound {
+                            phase: pname,
+                            round,
+                            passed: says_pass(&text),
+                            feedback: text,
+                        }]
+                    }
+                };
+            }
+            vec![Action::Failed(format!(
+                "phase `{pname}` gave up after {max} round(s): the evaluator never passed; last feedback: {}",
+                feedback
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("(none)")
+            ))]
+        }
         other => vec![Action::Failed(format!(
             "phase `{pname}`: `{}` phases cannot run yet in this version of dirigent",
             other.name()
         ))],
     }
+}
+
+/// Whether an evaluator's answer starts with PASS (its first non-empty line, any case).
+pub fn says_pass(text: &str) -> bool {
+    text.lines()
+        .map(|l| l.trim().trim_start_matches(['*', '#', '`', ' ']))
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| l.to_ascii_uppercase().starts_with("PASS"))
 }
 
 fn proposals_text(proposals: &[(String, String)], heading: &str) -> String {
@@ -333,6 +462,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pass_and_fail_verdicts() {
+        for (text, want) in [
+            ("PASS", true),
+            ("pass: all good", true),
+            ("\n**PASS**\n", true),
+            ("FAIL\nfix x", false),
+            ("It passes", false),
+            ("", false),
+        ] {
+            assert_eq!(says_pass(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
     fn render_substitutes_known_placeholders_only() {
         let vars: BTreeMap<String, String> = [("feature".to_string(), "auth".to_string())].into();
         assert_eq!(
@@ -340,5 +483,68 @@ mod tests {
             "docs/auth/{other}/x {"
         );
         assert_eq!(render("{feature}{feature}", &vars), "authauth");
+    }
+}
+
+/// Runs a loop's evaluator command in the workspace: its own process group, stdin from
+/// /dev/null, stdout and stderr to `log`, killed (the whole group) after `limit`. Returns
+/// whether it passed (exit 0) and the last lines of its output as feedback.
+pub async fn run_evaluator(
+    ws: &Workspace,
+    argv: &[String],
+    log: &std::path::Path,
+    limit: std::time::Duration,
+) -> (bool, String) {
+    use std::process::Stdio;
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let file = match std::fs::File::create(log) {
+        Ok(f) => f,
+        Err(e) => return (false, format!("cannot create `{}`: {e}", log.display())),
+    };
+    let (out, err) = match (file.try_clone(), file.try_clone()) {
+        (Ok(o), Ok(e)) => (Stdio::from(o), Stdio::from(e)),
+        _ => (Stdio::null(), Stdio::null()),
+    };
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(ws.root())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(true);
+    let (mut child, _registered) = match crate::reaper::spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                false,
+                format!("the evaluator `{}` could not start: {e}", argv[0]),
+            );
+        }
+    };
+    let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let status = tokio::time::timeout(limit, child.wait()).await;
+    if let Some(pgid) = pgid {
+        // Whatever it started is done with, too.
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let tail = crate::fsutil::read_tail(log, 4096);
+    match status {
+        Ok(Ok(s)) if s.success() => (true, tail),
+        Ok(Ok(s)) => (false, format!("`{}` failed ({s}):\n{tail}", argv.join(" "))),
+        Ok(Err(e)) => (false, format!("cannot wait for the evaluator: {e}")),
+        Err(_) => {
+            let _ = child.wait().await;
+            (
+                false,
+                format!(
+                    "`{}` ran longer than {}; killed",
+                    argv.join(" "),
+                    crate::duration::short(limit)
+                ),
+            )
+        }
     }
 }

@@ -87,6 +87,9 @@ pub struct TaskRecord {
     /// A workflow run's completed phases and their outputs, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<(String, String)>,
+    /// A workflow run's judged loop rounds: (phase, round, passed, feedback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<(String, u32, bool, String)>,
     #[serde(flatten)]
     pub phase: Phase,
     /// The full spec while the task can still run; dropped once it is finished to keep a
@@ -266,6 +269,7 @@ impl TaskBook {
                         after: spec.fields.after.clone(),
                         attempts: vec![],
                         phases: vec![],
+                        rounds: vec![],
                         phase: Phase::Pending,
                         spec: Some(Arc::new((**spec).clone())),
                     },
@@ -411,6 +415,20 @@ impl TaskBook {
                     && !t.phases.iter().any(|(p, _)| p == phase)
                 {
                     t.phases.push((phase.clone(), output.clone()));
+                }
+            }
+            Event::LoopRound {
+                task,
+                phase,
+                round,
+                passed,
+                feedback,
+            } => {
+                if let Some(t) = self.tasks.get_mut(task)
+                    && !t.rounds.iter().any(|(p, r, _, _)| p == phase && r == round)
+                {
+                    t.rounds
+                        .push((phase.clone(), *round, *passed, feedback.clone()));
                 }
             }
             Event::Requeued { task, file } => {

@@ -235,3 +235,107 @@ fn workflow_tasks_are_checked_before_they_are_accepted() {
     );
     assert!(common::list(&ws, "inbox").is_empty());
 }
+
+const LOOP_CONFIG: &str = r#"
+kill_grace: 300ms
+agents:
+  gen:   { command: ["{agents}/counter.sh"] }
+  judge: { command: ["{agents}/pass-round2.sh"], prompt: stdin }
+"#;
+
+#[test]
+fn a_loop_passes_in_round_three_against_a_real_command_and_feeds_back() {
+    let ws = Workspace::new(LOOP_CONFIG);
+    write_workflow(
+        &ws,
+        "tdd3",
+        r#"
+name: tdd3
+phases:
+  - name: implement
+    type: loop
+    generator:
+      agent: gen
+      prompt: "Round {round}. Feedback: {feedback}"
+    evaluator:
+      command: ["sh", "-c", "n=$(cat counter); echo \"counter is $n, need 3\"; test \"$n\" -ge 3"]
+    max_rounds: 5
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task("t.json", r#"{"workflow": "tdd3"}"#);
+    assert!(
+        matches!(ws.wait_settled("t"), Event::Done { ref output, .. } if output == ".context/outbox/t.implement.3.md")
+    );
+    let rounds: Vec<(u32, bool)> = ws
+        .records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::LoopRound { round, passed, .. } => Some((*round, *passed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rounds,
+        [(1, false), (2, false), (3, true)],
+        "passed in round 3"
+    );
+    // The evaluator's words went into the next round's prompt.
+    let second = prompt_of(&ws, "t.implement.2", "gen");
+    assert!(second.starts_with("Round 2. Feedback: `sh -c"), "{second}");
+    assert!(second.contains("counter is 1, need 3"), "{second}");
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join("counter"))
+            .unwrap()
+            .trim(),
+        "3"
+    );
+}
+
+#[test]
+fn a_loop_gives_up_at_max_rounds() {
+    let ws = Workspace::new(LOOP_CONFIG);
+    write_workflow(
+        &ws,
+        "never",
+        "name: never\nphases:\n  - name: try\n    type: loop\n    generator: { agent: gen, prompt: again }\n    evaluator: { command: [\"false\"] }\n    max_rounds: 2\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("n.json", r#"{"workflow": "never"}"#);
+    let Event::Escalated { reason, .. } = ws.wait_settled("n") else {
+        panic!("not escalated")
+    };
+    assert!(
+        reason.starts_with("phase `try` gave up after 2 round(s): the evaluator never passed"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join("counter"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
+}
+
+#[test]
+fn a_loop_with_an_agent_evaluator_parses_pass_and_fail() {
+    let ws = Workspace::new(LOOP_CONFIG);
+    write_workflow(
+        &ws,
+        "review",
+        "name: review\nphases:\n  - name: improve\n    type: loop\n    generator: { agent: gen, prompt: \"improve: {feedback}\" }\n    evaluator: { agent: judge, prompt: Is it good? }\n    max_rounds: 4\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("r.json", r#"{"workflow": "review"}"#);
+    assert!(matches!(ws.wait_settled("r"), Event::Done { .. }));
+    let second = prompt_of(&ws, "r.improve.2", "gen");
+    assert!(
+        second.contains("improve: FAIL\nnot there yet: do more"),
+        "{second}"
+    );
+    let judged = prompt_of(&ws, "r.improve.2.eval", "judge");
+    assert!(
+        judged.starts_with("Is it good?") && judged.contains("generated round 2"),
+        "{judged}"
+    );
+}
