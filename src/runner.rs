@@ -457,35 +457,6 @@ fn read_output(ws: &Workspace, rel: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| format!("(`{rel}` cannot be read: {e})"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pass_and_fail_verdicts() {
-        for (text, want) in [
-            ("PASS", true),
-            ("pass: all good", true),
-            ("\n**PASS**\n", true),
-            ("FAIL\nfix x", false),
-            ("It passes", false),
-            ("", false),
-        ] {
-            assert_eq!(says_pass(text), want, "{text:?}");
-        }
-    }
-
-    #[test]
-    fn render_substitutes_known_placeholders_only() {
-        let vars: BTreeMap<String, String> = [("feature".to_string(), "auth".to_string())].into();
-        assert_eq!(
-            render("docs/{feature}/{other}/x {", &vars),
-            "docs/auth/{other}/x {"
-        );
-        assert_eq!(render("{feature}{feature}", &vars), "authauth");
-    }
-}
-
 /// Runs a loop's evaluator command in the workspace: its own process group, stdin from
 /// /dev/null, stdout and stderr to `log`, killed (the whole group) after `limit`. Returns
 /// whether it passed (exit 0) and the last lines of its output as feedback.
@@ -546,5 +517,34 @@ pub async fn run_evaluator(
                 ),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_and_fail_verdicts() {
+        for (text, want) in [
+            ("PASS", true),
+            ("pass: all good", true),
+            ("\n**PASS**\n", true),
+            ("FAIL\nfix x", false),
+            ("It passes", false),
+            ("", false),
+        ] {
+            assert_eq!(says_pass(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn render_substitutes_known_placeholders_only() {
+        let vars: BTreeMap<String, String> = [("feature".to_string(), "auth".to_string())].into();
+        assert_eq!(
+            render("docs/{feature}/{other}/x {", &vars),
+            "docs/auth/{other}/x {"
+        );
+        assert_eq!(render("{feature}{feature}", &vars), "authauth");
     }
 }
