@@ -525,8 +525,36 @@ Free disk space or fix `{}`, then restart the daemon",
                 for action in actions {
                     match action {
                         crate::runner::Action::Submit(child) => self.submit_child(&child),
-                        crate::runner::Action::PhaseCompleted { phase, output } => {
+                        crate::runner::Action::PhaseCompleted {
+                            phase,
+                            output,
+                            parts,
+                        } => {
                             tracing::info!(task = %run, phase = %phase, "workflow phase completed");
+                            if !parts.is_empty() {
+                                // A phase of many tasks: its output is all of their results.
+                                let mut text = String::new();
+                                for (label, path) in &parts {
+                                    let body = std::fs::read_to_string(self.ws.root().join(path))
+                                        .unwrap_or_default();
+                                    text.push_str(&format!(
+                                        "## {label} ({path})\n\n{}\n\n",
+                                        body.trim_end()
+                                    ));
+                                }
+                                if let Err(e) = result::write(
+                                    &self.ws,
+                                    &output,
+                                    &ResultText::Text(text),
+                                    std::path::Path::new("/dev/null"),
+                                ) {
+                                    self.escalate(
+                                        &run,
+                                        format!("phase `{phase}`: cannot write its output: {e}"),
+                                    );
+                                    break;
+                                }
+                            }
                             let ev = Event::PhaseCompleted {
                                 task: run.clone(),
                                 phase,
@@ -620,6 +648,7 @@ Free disk space or fix `{}`, then restart the daemon",
             agent: child.agent.clone(),
             role: child.role.clone(),
             output: child.output.clone(),
+            files: child.files.clone(),
             ..Default::default()
         };
         let name = format!("{}.json", child.id);

@@ -28,6 +28,8 @@ pub struct Child {
     pub role: Option<String>,
     /// Workspace-relative result path; `None` = `.context/outbox/<id>.md`.
     pub output: Option<String>,
+    /// Workspace files put into the prompt (map phases, the `scoped` strategy).
+    pub files: Vec<String>,
 }
 
 /// What the engine should do for a run.
@@ -38,6 +40,8 @@ pub enum Action {
     PhaseCompleted {
         phase: String,
         output: String,
+        /// When not empty, the engine first writes these results, labelled, into `output`.
+        parts: Vec<(String, String)>,
     },
     /// Every phase is complete; the run is done with this result.
     Finished {
@@ -175,11 +179,13 @@ pub fn next(
                     agent: phase.agent.as_ref().map(|a| a.value.clone()),
                     role: phase.role.as_ref().map(|r| r.value.clone()),
                     output,
+                    files: scoped_files(phase, ws, &vars),
                 })],
                 ChildState::Waiting => vec![],
                 ChildState::Done(out) => vec![Action::PhaseCompleted {
                     phase: pname,
                     output: out,
+                    parts: vec![],
                 }],
                 ChildState::Failed(reason) => {
                     vec![Action::Failed(format!("phase `{pname}` failed: {reason}"))]
@@ -218,6 +224,7 @@ pub fn next(
                             agent: Some(agent.value.clone()),
                             role: None,
                             output: None,
+                            files: scoped_files(phase, ws, &vars),
                         }));
                     }
                 }
@@ -253,12 +260,14 @@ pub fn next(
                         agent,
                         role,
                         output,
+                        files: vec![],
                     })]
                 }
                 ChildState::Waiting => vec![],
                 ChildState::Done(out) => vec![Action::PhaseCompleted {
                     phase: pname,
                     output: out,
+                    parts: vec![],
                 }],
                 ChildState::Failed(reason) => vec![Action::Failed(format!(
                     "phase `{pname}` failed: the judge failed: {reason}"
@@ -292,6 +301,7 @@ pub fn next(
                             agent: generator.agent.as_ref().map(|a| a.value.clone()),
                             role: generator.role.as_ref().map(|r| r.value.clone()),
                             output: output.clone(),
+                            files: scoped_files(phase, ws, &vars),
                         })];
                     }
                     ChildState::Waiting => return vec![],
@@ -311,6 +321,7 @@ pub fn next(
                         return vec![Action::PhaseCompleted {
                             phase: pname,
                             output: out,
+                            parts: vec![],
                         }];
                     }
                     Some((_, _, false, fb)) => {
@@ -346,6 +357,7 @@ pub fn next(
                             agent: evaluator.agent.as_ref().map(|a| a.value.clone()),
                             role: None,
                             output: None,
+                            files: vec![],
                         })]
                     }
                     ChildState::Waiting => vec![],
@@ -373,10 +385,360 @@ pub fn next(
                     .unwrap_or("(none)")
             ))]
         }
-        other => vec![Action::Failed(format!(
-            "phase `{pname}`: `{}` phases cannot run yet in this version of dirigent",
-            other.name()
-        ))],
+        PhaseType::Parallel | PhaseType::Routed | PhaseType::Map => {
+            // The sub-tasks: (label, prompt, agent, role, output, files).
+            let mut subs: Vec<SubTask> = Vec::new();
+            let route = |name: &str| -> (Option<String>, Option<String>) {
+                if config.agents.contains_key(name) {
+                    (Some(name.to_string()), None)
+                } else {
+                    (None, Some(name.to_string()))
+                }
+            };
+            let default_route = (
+                phase.agent.as_ref().map(|a| a.value.clone()),
+                phase.role.as_ref().map(|r| r.value.clone()),
+            );
+            match phase.kind.value {
+                PhaseType::Parallel => {
+                    for t in &phase.tasks {
+                        let (agent, role) = match &t.agent {
+                            Some(a) => route(&a.value),
+                            None => default_route.clone(),
+                        };
+                        let label = t
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| format!("task {}", subs.len() + 1));
+                        let mut v = vars.clone();
+                        v.insert("task".into(), label.clone());
+                        subs.push((
+                            label,
+                            render(&t.prompt.value, &v),
+                            agent,
+                            role,
+                            None,
+                            scoped_files(phase, ws, &vars),
+                        ));
+                    }
+                }
+                PhaseType::Routed => {
+                    let listed = match &phase.tasks_from {
+                        Some(from) => {
+                            let Some((_, out)) = run.phases.iter().find(|(p, _)| *p == from.value)
+                            else {
+                                return vec![Action::Failed(format!(
+                                    "phase `{pname}`: `{}` has no output",
+                                    from.value
+                                ))];
+                            };
+                            match parse_task_list(&read_output(ws, out)) {
+                                Ok(list) => list,
+                                Err(e) => {
+                                    return vec![Action::Failed(format!(
+                                        "phase `{pname}`: the task list from `{}` cannot be read: {e}",
+                                        from.value
+                                    ))];
+                                }
+                            }
+                        }
+                        None => phase
+                            .tasks
+                            .iter()
+                            .map(|t| {
+                                (
+                                    t.category
+                                        .as_ref()
+                                        .map(|c| c.value.clone())
+                                        .unwrap_or_default(),
+                                    t.prompt.value.clone(),
+                                )
+                            })
+                            .collect(),
+                    };
+                    for (category, task_prompt) in listed {
+                        let Some(target) = phase.routing.get(&category) else {
+                            return vec![Action::Failed(format!(
+                                "phase `{pname}`: the task category `{category}` has no entry in `routing`"
+                            ))];
+                        };
+                        let (agent, role) = route(&target.value);
+                        let mut v = vars.clone();
+                        v.insert("category".into(), category.clone());
+                        v.insert("task".into(), task_prompt.clone());
+                        let mut p = render(&task_prompt, &v);
+                        if !context.is_empty() {
+                            p.push_str("\n\n---\n");
+                            p.push_str(&context);
+                        }
+                        subs.push((
+                            format!("{category} task {}", subs.len() + 1),
+                            p,
+                            agent,
+                            role,
+                            None,
+                            scoped_files(phase, ws, &vars),
+                        ));
+                    }
+                }
+                _ => {
+                    let pattern = render(phase.glob.as_deref().unwrap_or(""), &vars);
+                    for file in glob_workspace(ws, &pattern) {
+                        let path = std::path::Path::new(&file);
+                        let mut v = vars.clone();
+                        v.insert("file".into(), file.clone());
+                        v.insert(
+                            "stem".into(),
+                            path.file_stem()
+                                .map(|s| s.to_string_lossy().into_owned())
+                                .unwrap_or_default(),
+                        );
+                        v.insert(
+                            "dir".into(),
+                            path.parent()
+                                .map(|d| d.to_string_lossy().into_owned())
+                                .unwrap_or_default(),
+                        );
+                        let p = render(
+                            phase
+                                .prompt
+                                .as_ref()
+                                .map(|p| p.value.as_str())
+                                .unwrap_or(""),
+                            &v,
+                        );
+                        let out = phase.output.as_ref().map(|o| render(&o.value, &v));
+                        subs.push((
+                            file.clone(),
+                            p,
+                            default_route.0.clone(),
+                            default_route.1.clone(),
+                            out,
+                            vec![file],
+                        ));
+                    }
+                    if subs.is_empty() {
+                        return vec![Action::Failed(format!(
+                            "phase `{pname}`: no workspace file matches `{pattern}`"
+                        ))];
+                    }
+                }
+            }
+            let mut actions = Vec::new();
+            let mut results: Vec<(String, String)> = Vec::new();
+            let mut waiting = false;
+            for (k, (label, p, agent, role, out, files)) in subs.into_iter().enumerate() {
+                let id = format!("{}.{}.{}", run.id, pname, k + 1);
+                match child_state(book, ws, &id) {
+                    ChildState::Missing => actions.push(Action::Submit(Child {
+                        id,
+                        title: format!("{title} ({label})"),
+                        prompt: p,
+                        agent,
+                        role,
+                        output: out,
+                        files,
+                    })),
+                    ChildState::Waiting => waiting = true,
+                    ChildState::Done(o) => results.push((label, o)),
+                    ChildState::Failed(reason) => {
+                        return vec![Action::Failed(format!(
+                            "phase `{pname}` failed: its task `{label}` failed: {reason}"
+                        ))];
+                    }
+                }
+            }
+            if waiting || !actions.is_empty() {
+                return actions;
+            }
+            let combined = format!(".context/outbox/{}.{}.md", run.id, pname);
+            let Some(step) = &phase.synthesize else {
+                return vec![Action::PhaseCompleted {
+                    phase: pname,
+                    output: output.unwrap_or(combined),
+                    parts: results,
+                }];
+            };
+            // One more step over every result: a parallel phase's synthesis, a map's refine.
+            let id = format!(
+                "{}.{}.{}",
+                run.id,
+                pname,
+                if phase.kind.value == PhaseType::Map {
+                    "refine"
+                } else {
+                    "synthesize"
+                }
+            );
+            match child_state(book, ws, &id) {
+                ChildState::Missing => {
+                    let mut p = render(&step.prompt.value, &vars);
+                    p.push_str("\n\n---\n");
+                    for (label, o) in &results {
+                        p.push_str(&format!(
+                            "\n## {label} ({o})\n\n{}\n",
+                            read_output(ws, o).trim_end()
+                        ));
+                    }
+                    vec![Action::Submit(Child {
+                        id,
+                        title: format!("{title} (synthesis)"),
+                        prompt: p,
+                        agent: step.agent.as_ref().map(|a| a.value.clone()),
+                        role: step.role.as_ref().map(|r| r.value.clone()),
+                        output: if phase.kind.value == PhaseType::Map {
+                            None
+                        } else {
+                            output
+                        },
+                        files: vec![],
+                    })]
+                }
+                ChildState::Waiting => vec![],
+                ChildState::Done(o) => vec![Action::PhaseCompleted {
+                    phase: pname,
+                    output: o,
+                    parts: vec![],
+                }],
+                ChildState::Failed(reason) => vec![Action::Failed(format!(
+                    "phase `{pname}` failed: its synthesis failed: {reason}"
+                ))],
+            }
+        }
+    }
+}
+
+/// One task of a many-task phase: (label, prompt, agent, role, output, files).
+type SubTask = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Vec<String>,
+);
+
+/// A task list produced by an earlier phase: a JSON list of `{"category", "prompt"}` (found
+/// anywhere in the text), or Markdown lines `- [category] prompt` / `- category: prompt`.
+pub fn parse_task_list(text: &str) -> Result<Vec<(String, String)>, String> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        category: String,
+        prompt: String,
+    }
+    if let (Some(a), Some(b)) = (text.find('['), text.rfind(']'))
+        && a < b
+        && let Ok(items) = serde_json::from_str::<Vec<Item>>(&text[a..=b])
+    {
+        return Ok(items.into_iter().map(|i| (i.category, i.prompt)).collect());
+    }
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(item) = line
+            .trim()
+            .strip_prefix("- ")
+            .or_else(|| line.trim().strip_prefix("* "))
+        else {
+            continue;
+        };
+        if let Some(rest) = item.strip_prefix('[')
+            && let Some((cat, prompt)) = rest.split_once(']')
+        {
+            out.push((cat.trim().to_string(), prompt.trim().to_string()));
+        } else if let Some((cat, prompt)) = item.split_once(": ")
+            && !cat.contains(' ')
+        {
+            out.push((cat.trim().to_string(), prompt.trim().to_string()));
+        }
+    }
+    if out.is_empty() {
+        Err("no JSON list of {\"category\", \"prompt\"} and no `- [category] prompt` lines".into())
+    } else {
+        Ok(out)
+    }
+}
+
+/// The workspace files a `scoped` phase's tasks see: its `files`, globs expanded.
+fn scoped_files(phase: &Phase, ws: &Workspace, vars: &BTreeMap<String, String>) -> Vec<String> {
+    if phase.context != Some(ContextStrategy::Scoped) {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for f in &phase.files {
+        let f = render(f, vars);
+        if f.contains(['*', '?']) {
+            out.extend(glob_workspace(ws, &f));
+        } else {
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// Workspace files (relative paths, sorted) matching `pattern`: `*` and `?` within a path
+/// segment, `**` for any number of directories. Dot-directories, `target` and `node_modules`
+/// are skipped; at most 10,000 files.
+pub fn glob_workspace(ws: &Workspace, pattern: &str) -> Vec<String> {
+    let pat: Vec<&str> = pattern
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    let mut out = Vec::new();
+    let mut stack = vec![(ws.root().to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                if name != "target" && name != "node_modules" {
+                    stack.push((e.path(), path));
+                }
+            } else if ft.is_file() && glob_match(&pat, &path.split('/').collect::<Vec<_>>()) {
+                out.push(path);
+                if out.len() >= 10_000 {
+                    out.sort();
+                    return out;
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn glob_match(pat: &[&str], path: &[&str]) -> bool {
+    match (pat.first(), path.first()) {
+        (None, None) => true,
+        (Some(&"**"), _) => {
+            glob_match(&pat[1..], path) || (!path.is_empty() && glob_match(pat, &path[1..]))
+        }
+        (Some(p), Some(s)) => {
+            segment_match(p.as_bytes(), s.as_bytes()) && glob_match(&pat[1..], &path[1..])
+        }
+        _ => false,
+    }
+}
+
+fn segment_match(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            segment_match(&p[1..], s) || (!s.is_empty() && segment_match(p, &s[1..]))
+        }
+        (Some(b'?'), Some(_)) => segment_match(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => segment_match(&p[1..], &s[1..]),
+        _ => false,
     }
 }
 
@@ -523,6 +885,40 @@ pub async fn run_evaluator(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_lists_from_json_or_markdown() {
+        let json = "Here you go:\n```json\n[{\"category\": \"backend\", \"prompt\": \"API\"}, {\"category\": \"test\", \"prompt\": \"tests\"}]\n```";
+        assert_eq!(
+            parse_task_list(json).unwrap(),
+            [
+                ("backend".into(), "API".into()),
+                ("test".into(), "tests".into())
+            ]
+        );
+        let md = "Tasks:\n- [frontend] the form\n- backend: the endpoint\n- not a task line here\n";
+        assert_eq!(
+            parse_task_list(md).unwrap(),
+            [
+                ("frontend".into(), "the form".into()),
+                ("backend".into(), "the endpoint".into())
+            ]
+        );
+        assert!(parse_task_list("nothing").is_err());
+    }
+
+    #[test]
+    fn globs() {
+        let m = |p: &str, s: &str| {
+            glob_match(
+                &p.split('/').collect::<Vec<_>>(),
+                &s.split('/').collect::<Vec<_>>(),
+            )
+        };
+        assert!(m("src/**/*.py", "src/a.py") && m("src/**/*.py", "src/x/y/b.py"));
+        assert!(!m("src/**/*.py", "src/a.rs") && !m("src/*.py", "src/x/b.py"));
+        assert!(m("**", "a/b/c") && m("a?c.md", "abc.md"));
+    }
 
     #[test]
     fn pass_and_fail_verdicts() {

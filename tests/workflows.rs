@@ -339,3 +339,187 @@ fn a_loop_with_an_agent_evaluator_parses_pass_and_fail() {
         "{judged}"
     );
 }
+
+const FANOUT_CONFIG: &str = r#"
+agents:
+  alpha:  { command: ["{agents}/ok.sh"], prompt: stdin }
+  beta:   { command: ["{agents}/ok.sh"], prompt: stdin }
+  lister: { command: ["{agents}/lister.sh"], prompt: stdin }
+roles:
+  backend: [beta]
+"#;
+
+#[test]
+fn routing_sends_each_category_to_its_agent_from_a_task_list_an_earlier_phase_made() {
+    let ws = Workspace::new(FANOUT_CONFIG);
+    write_workflow(
+        &ws,
+        "build",
+        r#"
+name: build
+phases:
+  - name: decompose
+    type: single
+    agent: lister
+    prompt: Split it
+  - name: execute
+    type: routed
+    tasks_from: decompose
+    routing: { frontend: alpha, backend: backend }
+  - name: integrate
+    type: single
+    agent: alpha
+    input: execute.outputs
+    prompt: Integrate
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task("b.json", r#"{"workflow": "build"}"#);
+    assert!(matches!(ws.wait_settled("b"), Event::Done { .. }));
+    // Each category went to its agent (the backend role's chain is [beta]).
+    let agent_of = |task: &str| {
+        ws.records().iter().find_map(|r| match &r.event {
+            Event::AttemptStarted { task: t, agent, .. } if t == task => Some(agent.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(agent_of("b.execute.1").as_deref(), Some("alpha"));
+    assert_eq!(agent_of("b.execute.2").as_deref(), Some("beta"));
+    assert!(prompt_of(&ws, "b.execute.1", "alpha").starts_with("build the form"));
+    // The phase's output gathers every result, and the next phase reads it.
+    let combined = std::fs::read_to_string(ws.path("outbox/b.execute.md")).unwrap();
+    assert!(
+        combined.contains("ok from alpha: build the form")
+            && combined.contains("ok from beta: build the API"),
+        "{combined}"
+    );
+    let integrate = prompt_of(&ws, "b.integrate", "alpha");
+    assert!(
+        integrate.contains("## Output of phase `execute`")
+            && integrate.contains("ok from beta: build the API"),
+        "{integrate}"
+    );
+}
+
+#[test]
+fn parallel_fans_out_then_synthesizes_and_map_runs_one_task_per_file_then_refines() {
+    let ws = Workspace::new(FANOUT_CONFIG);
+    std::fs::create_dir_all(ws.root().join("src")).unwrap();
+    std::fs::write(ws.root().join("src/a.py"), "def a(): pass").unwrap();
+    std::fs::write(ws.root().join("src/b.py"), "def b(): pass").unwrap();
+    std::fs::write(ws.root().join("src/c.rs"), "fn c() {}").unwrap();
+    write_workflow(
+        &ws,
+        "fan",
+        r#"
+name: fan
+vars: { pattern: "src/*.py" }
+phases:
+  - name: research
+    type: parallel
+    tasks:
+      - { name: docs, prompt: "Read the docs", agent: alpha }
+      - { name: code, prompt: "Read the code", agent: beta }
+    synthesize: { agent: alpha, prompt: "Combine the findings" }
+  - name: tests
+    type: map
+    glob: "{pattern}"
+    agent: beta
+    prompt: "Write tests for {file}"
+    output: docs/tests/{stem}.md
+    refine: { agent: alpha, prompt: "Refine all tests" }
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task("f.json", r#"{"workflow": "fan"}"#);
+    assert!(matches!(ws.wait_settled("f"), Event::Done { .. }));
+    let synth = prompt_of(&ws, "f.research.synthesize", "alpha");
+    assert!(
+        synth.starts_with("Combine the findings")
+            && synth.contains("ok from alpha: Read the docs")
+            && synth.contains("ok from beta: Read the code"),
+        "{synth}"
+    );
+    // One task per .py file, each seeing its file; none for the .rs file.
+    let a = prompt_of(&ws, "f.tests.1", "beta");
+    assert!(
+        a.starts_with("Write tests for src/a.py")
+            && a.contains("## src/a.py")
+            && a.contains("def a(): pass"),
+        "{a}"
+    );
+    assert!(ws.path("runs/f.tests.2").exists() && !ws.path("runs/f.tests.3").exists());
+    assert!(
+        std::fs::read_to_string(ws.root().join("docs/tests/b.md"))
+            .unwrap()
+            .starts_with("ok from beta: Write tests for src/b.py")
+    );
+    let refine = prompt_of(&ws, "f.tests.refine", "alpha");
+    assert!(
+        refine.contains("## src/a.py (docs/tests/a.md)")
+            && refine.contains("## src/b.py (docs/tests/b.md)"),
+        "{refine}"
+    );
+}
+
+#[test]
+fn scoped_and_fresh_contexts_contain_what_they_should_and_nothing_else() {
+    let ws = Workspace::new(FANOUT_CONFIG);
+    std::fs::create_dir_all(ws.root().join("notes")).unwrap();
+    std::fs::write(ws.root().join("notes/one.md"), "NOTE ONE").unwrap();
+    std::fs::write(ws.root().join("notes/two.md"), "NOTE TWO").unwrap();
+    std::fs::write(ws.root().join("notes/secret.txt"), "NOT FOR THE MODEL").unwrap();
+    write_workflow(
+        &ws,
+        "ctx",
+        r#"
+name: ctx
+phases:
+  - { name: a, type: single, agent: alpha, prompt: "Alpha says A" }
+  - { name: b, type: single, agent: alpha, prompt: "Alpha says B" }
+  - name: fresh
+    type: single
+    agent: beta
+    input: a
+    context: fresh
+    prompt: "Fresh"
+  - name: scoped
+    type: single
+    agent: beta
+    context: scoped
+    files: ["notes/*.md"]
+    prompt: "Scoped"
+  - name: full
+    type: single
+    agent: beta
+    context: full
+    prompt: "Full"
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task("c.json", r#"{"workflow": "ctx"}"#);
+    assert!(matches!(ws.wait_settled("c"), Event::Done { .. }));
+    let fresh = prompt_of(&ws, "c.fresh", "beta");
+    assert!(
+        fresh.contains("Alpha says A") && !fresh.contains("Alpha says B"),
+        "{fresh}"
+    );
+    let scoped = prompt_of(&ws, "c.scoped", "beta");
+    assert!(
+        scoped.contains("NOTE ONE") && scoped.contains("NOTE TWO"),
+        "{scoped}"
+    );
+    assert!(
+        !scoped.contains("NOT FOR THE MODEL") && !scoped.contains("Alpha says"),
+        "{scoped}"
+    );
+    let full = prompt_of(&ws, "c.full", "beta");
+    for earlier in [
+        "Alpha says A",
+        "Alpha says B",
+        "## Output of phase `fresh`",
+        "## Output of phase `scoped`",
+    ] {
+        assert!(full.contains(earlier), "{earlier:?} missing from:\n{full}");
+    }
+}
