@@ -1018,17 +1018,35 @@ Free disk space or fix `{}`, then restart the daemon",
     async fn reject(&mut self, dir: &std::path::Path, raw: &std::ffi::OsStr, reason: String) {
         let file = raw.to_string_lossy().into_owned();
         tracing::warn!(file = %file, "rejected: {reason}");
+        // A task a workflow run submitted that cannot be accepted fails the run, which would
+        // otherwise wait for it forever.
+        let run = self
+            .workflows
+            .keys()
+            .find(|run| {
+                file.strip_prefix(run.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+            })
+            .cloned();
         match claim::reject(&self.ws, dir, raw, &reason) {
             Ok(moved_to) => match self
                 .ledger
                 .append(Event::Rejected {
-                    file,
-                    reason,
+                    file: file.clone(),
+                    reason: reason.clone(),
                     moved_to,
                 })
                 .await
             {
-                Ok(r) => self.apply(&[r]),
+                Ok(r) => {
+                    self.apply(&[r]);
+                    if let Some(run) = run {
+                        self.escalate(
+                            &run,
+                            format!("a task it submitted (`{file}`) was rejected: {reason}"),
+                        );
+                    }
+                }
                 Err(e) => self.ledger_failed(e.to_string()),
             },
             // Leave it in the inbox: the next scan tries again, and the log says why.

@@ -7,9 +7,9 @@
 //! the next phase starts, and child ids are deterministic, so resuming after a crash never runs
 //! a finished phase again and never submits a child twice.
 //!
-//! Implemented phase types: `single`, `ensemble` (parallel and sequential, pick and
-//! synthesize) and `loop` (a command or an agent as evaluator). Context strategies: `full` and
-//! `fresh` (`distilled` and `scoped` behave like `fresh` for now).
+//! Every phase type runs: `single`, `ensemble` (parallel or sequential, pick or synthesize),
+//! `routed`, `parallel`, `loop` (a command or an agent as evaluator) and `map`; and every
+//! context strategy: `full`, `fresh`, `scoped` and `distilled`.
 
 use std::collections::BTreeMap;
 
@@ -149,7 +149,14 @@ pub fn next(
     };
     vars.insert("phase".into(), phase.name.value.clone());
     let output = phase.output.as_ref().map(|o| render(&o.value, &vars));
-    let context = inputs(run, phase, ws);
+    let context = if phase.context == Some(ContextStrategy::Distilled) {
+        match distilled(run, phase, book, ws) {
+            Ok(summaries) => summaries,
+            Err(actions) => return actions,
+        }
+    } else {
+        inputs(run, phase, ws)
+    };
     let prompt = |extra: &str| {
         let mut p = phase
             .prompt
@@ -785,6 +792,82 @@ fn judge_brief(
         ));
     }
     s
+}
+
+/// The built-in prompt of a distill step.
+const DISTILL_PROMPT: &str = "Distill the following into a short summary for the next step: the key decisions, \
+constraints, risks and open questions, in at most ten bullet points. Leave out everything else.";
+
+/// The `distilled` context: a summary of each earlier phase (or of the phase's `input`s),
+/// made by a distill task `<run>.distill.<phase>` whose result is cached in
+/// `.context/outbox/<run>.distill.<phase>.md` and reused by every later distilled phase. Returns the
+/// summaries, or the actions that make the missing ones (and nothing else happens meanwhile).
+fn distilled(
+    run: &TaskRecord,
+    phase: &Phase,
+    book: &TaskBook,
+    ws: &Workspace,
+) -> Result<String, Vec<Action>> {
+    let names: Vec<String> = if phase.input.is_some() {
+        phase.inputs().into_iter().map(str::to_string).collect()
+    } else {
+        run.phases.iter().map(|(p, _)| p.clone()).collect()
+    };
+    let step = phase.distill.as_ref();
+    let agent = step
+        .and_then(|d| d.agent.as_ref())
+        .or(phase.agent.as_ref())
+        .map(|a| a.value.clone());
+    let role = step
+        .and_then(|d| d.role.as_ref())
+        .or(phase.role.as_ref())
+        .or(phase.judge.as_ref())
+        .map(|r| r.value.clone());
+    let ask = step
+        .and_then(|d| d.prompt.clone())
+        .unwrap_or_else(|| DISTILL_PROMPT.to_string());
+    let mut text = String::new();
+    let mut actions = Vec::new();
+    let mut waiting = false;
+    for name in names {
+        let Some((_, out)) = run.phases.iter().find(|(p, _)| *p == name) else {
+            continue;
+        };
+        let id = format!("{}.distill.{name}", run.id);
+        match child_state(book, ws, &id) {
+            ChildState::Missing => actions.push(Action::Submit(Child {
+                id,
+                title: format!("distill {name}"),
+                prompt: format!(
+                    "{ask}\n\n---\n## Output of phase `{name}`\n\n{}",
+                    read_output(ws, out).trim_end()
+                ),
+                agent: agent.clone(),
+                role: if agent.is_some() { None } else { role.clone() },
+                // The default, `.context/outbox/<run>.distill.<phase>.md`, is the cache.
+                output: None,
+                files: vec![],
+            })),
+            ChildState::Waiting => waiting = true,
+            ChildState::Failed(reason) => {
+                return Err(vec![Action::Failed(format!(
+                    "phase `{}` failed: distilling `{name}` failed: {reason}",
+                    phase.name.value
+                ))]);
+            }
+            ChildState::Done(summary) => {
+                text.push_str(&format!(
+                    "\n## Summary of phase `{name}`\n\n{}\n",
+                    read_output(ws, &summary).trim_end()
+                ));
+            }
+        }
+    }
+    if waiting || !actions.is_empty() {
+        Err(actions)
+    } else {
+        Ok(text)
+    }
 }
 
 /// The earlier outputs this phase sees: all of them (`full`) or its `input`s (the others).

@@ -92,6 +92,10 @@ pub struct Phase {
     /// What the phase's tasks see: `full`, `distilled`, `scoped` or `fresh`.
     #[serde(default, alias = "context_strategy")]
     pub context: Option<ContextStrategy>,
+    /// The `distilled` strategy's summarising step (default: the phase's own agent or role
+    /// with a built-in prompt).
+    #[serde(default)]
+    pub distill: Option<DistillStep>,
     /// Workspace files or globs for the `scoped` strategy.
     #[serde(default)]
     pub files: Vec<String>,
@@ -188,6 +192,18 @@ pub struct Step {
     #[serde(default)]
     pub role: Option<Spanned<String>>,
     pub prompt: Spanned<String>,
+}
+
+/// How a `distilled` phase summarises earlier phases.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillStep {
+    #[serde(default)]
+    pub agent: Option<Spanned<String>>,
+    #[serde(default)]
+    pub role: Option<Spanned<String>>,
+    #[serde(default)]
+    pub prompt: Option<String>,
 }
 
 /// A loop's evaluator: a command (exit 0 ends the loop) or an agent whose answer starts with
@@ -461,6 +477,9 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         if let Some(ev) = &phase.evaluator {
             agents.extend(ev.agent.iter());
         }
+        if let Some(d) = &phase.distill {
+            agents.extend(d.agent.iter());
+        }
         for a in agents {
             if !known_agent(&a.value) {
                 at(
@@ -472,6 +491,9 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         let mut roles: Vec<&Spanned<String>> = phase.role.iter().collect();
         for step in [&phase.synthesize, &phase.generator].into_iter().flatten() {
             roles.extend(step.role.iter());
+        }
+        if let Some(d) = &phase.distill {
+            roles.extend(d.role.iter());
         }
         for r in roles {
             if !config.roles.contains_key(&r.value) {
@@ -619,6 +641,23 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                         format!("loop phase `{pname}` needs `max_rounds` of at least 1"),
                     );
                 }
+            }
+        }
+        if phase.context == Some(ContextStrategy::Distilled) {
+            let has_route = phase
+                .distill
+                .as_ref()
+                .is_some_and(|d| d.agent.is_some() || d.role.is_some())
+                || phase.agent.is_some()
+                || phase.role.is_some()
+                || phase.judge.is_some();
+            if !has_route {
+                at(
+                    here,
+                    format!(
+                        "distilled phase `{pname}` needs a `distill` step with an `agent` or `role`"
+                    ),
+                );
             }
         }
         if kind == PhaseType::Map && phase.glob.is_none() {

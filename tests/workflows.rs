@@ -523,3 +523,168 @@ phases:
         assert!(full.contains(earlier), "{earlier:?} missing from:\n{full}");
     }
 }
+
+#[test]
+fn distilled_contexts_hold_cached_summaries_not_the_raw_outputs() {
+    let ws = Workspace::new(
+        r#"
+agents:
+  alpha:  { command: ["{agents}/ok.sh"], prompt: stdin }
+  beta:   { command: ["{agents}/ok.sh"], prompt: stdin }
+  distiller: { command: ["{agents}/summarize.sh"], prompt: stdin }
+"#,
+    );
+    write_workflow(
+        &ws,
+        "dist",
+        r#"
+name: dist
+phases:
+  - { name: a, type: single, agent: alpha, prompt: "Alpha says A" }
+  - { name: b, type: single, agent: alpha, prompt: "Alpha says B" }
+  - name: c
+    type: single
+    agent: beta
+    context: distilled
+    distill: { agent: distiller, prompt: "Summarize briefly" }
+    prompt: "Plan from the summaries"
+  - name: d
+    type: single
+    agent: beta
+    context: distilled
+    input: a
+    distill: { agent: distiller }
+    prompt: "Again"
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task("d.json", r#"{"workflow": "dist"}"#);
+    assert!(matches!(ws.wait_settled("d"), Event::Done { .. }));
+    let c = prompt_of(&ws, "d.c", "beta");
+    assert!(
+        c.contains("## Summary of phase `a`")
+            && c.contains("## Summary of phase `b`")
+            && c.contains("SUMMARY of"),
+        "{c}"
+    );
+    assert!(
+        !c.contains("Alpha says"),
+        "the raw outputs leaked into a distilled context:\n{c}"
+    );
+    // The distill step's prompt is configurable, and summaries are cached and reused.
+    assert!(prompt_of(&ws, "d.distill.a", "distiller").starts_with("Summarize briefly"));
+    assert!(ws.path("outbox/d.distill.a.md").exists());
+    let distills = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "d.distill.a"))
+        .count();
+    assert_eq!(distills, 1, "the summary of `a` was made twice");
+    let d = prompt_of(&ws, "d.d", "beta");
+    assert!(
+        d.contains("## Summary of phase `a`") && !d.contains("## Summary of phase `b`"),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_run_whose_submitted_task_is_rejected_escalates_instead_of_waiting() {
+    let ws = Workspace::new(CONFIG);
+    // The phase output leads into `.context/`, which task files may not name.
+    write_workflow(
+        &ws,
+        "inward",
+        "name: inward\nphases:\n  - { name: a, type: single, agent: alpha, prompt: x, output: .context/x.md }\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("i.json", r#"{"workflow": "inward"}"#);
+    let Event::Escalated { reason, .. } = ws.wait_settled("i") else {
+        panic!("not escalated")
+    };
+    assert!(reason.starts_with("a task it submitted (`i.a.json`) was rejected: `output` path `.context/x.md` is inside `.context/`"), "{reason}");
+}
+
+#[test]
+fn every_built_in_workflow_runs_end_to_end() {
+    let mut config = String::from("kill_grace: 300ms\nagents:\n");
+    for agent in ["claude", "gemini", "codex", "opencode", "aider", "ollama"] {
+        config.push_str(&format!(
+            "  {agent}: {{ command: [\"{{agents}}/model.sh\"], prompt: stdin }}\n"
+        ));
+    }
+    // The default config's roles, which the built-ins use.
+    let default =
+        dirigent::config::Config::parse(dirigent::config::DEFAULT_CONFIG, "embedded").unwrap();
+    config.push_str("roles:\n");
+    for (role, chain) in &default.roles {
+        config.push_str(&format!("  {role}: [{}]\n", chain.join(", ")));
+    }
+    let ws = Workspace::new(&config);
+    // For `tdd`, whose evaluator is `cargo test`: a tiny crate whose tests pass.
+    std::fs::create_dir_all(ws.root().join("src")).unwrap();
+    std::fs::write(
+        ws.root().join("Cargo.toml"),
+        "[package]\nname = \"tdd-demo\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        ws.root().join("src/lib.rs"),
+        "#[test]\nfn works() { assert_eq!(1 + 1, 2); }\n",
+    )
+    .unwrap();
+    // For `bulk-refine`: files for its default glob.
+    std::fs::write(ws.root().join("src/util.py"), "def util(): pass\n").unwrap();
+    let _d = ws.start();
+    let runs: &[(&str, &[&str])] = &[
+        ("workshop", &["topic=caching"]),
+        ("plan", &["goal=split the monolith"]),
+        ("feature-build", &["feature=auth"]),
+        ("tdd", &["goal=add a helper"]),
+        ("research-implement-validate", &["topic=oauth"]),
+        ("bulk-refine", &[]),
+    ];
+    for (name, vars) in runs {
+        let mut args = vec!["workflow", "run", name, "--id", name, "--wait"];
+        for v in *vars {
+            args.extend(["--var", v]);
+        }
+        let out = ws.cli(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The seed's full workflow went through every phase, routing each category.
+    let phases: Vec<String> = ws
+        .records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::PhaseCompleted { task, phase, .. } if task == "feature-build" => {
+                Some(phase.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "workshop",
+            "plan",
+            "decompose",
+            "execute",
+            "integrate",
+            "audit"
+        ]
+    );
+    assert!(
+        std::fs::read_to_string(ws.root().join("docs/ai/auth/audits/verdict.md"))
+            .unwrap()
+            .starts_with("PASS")
+    );
+    assert!(ws.root().join("docs/ai/bulk/util.md").exists());
+    // tdd's evaluator really ran `cargo test` on the crate, and it passed in round 1.
+    let log = std::fs::read_to_string(ws.path("runs/tdd/implement-round1-evaluator.log")).unwrap();
+    assert!(log.contains("test works ... ok"), "{log}");
+}
