@@ -555,10 +555,13 @@ Free disk space or fix `{}`, then restart the daemon",
                                     break;
                                 }
                             }
+                            let digest = fsutil::digest_file(&self.ws.root().join(&output))
+                                .unwrap_or_default();
                             let ev = Event::PhaseCompleted {
                                 task: run.clone(),
                                 phase,
                                 output,
+                                digest,
                             };
                             match self.ledger.append(ev).await {
                                 Ok(r) => self.apply(&[r]),

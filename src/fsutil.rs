@@ -165,6 +165,25 @@ fn libc_flags() -> i32 {
     nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC
 }
 
+/// A stable content digest, `fnv1a64:<16 hex digits>` (FNV-1a, 64-bit): enough to notice that a
+/// recorded output changed, with no dependency. `None` when the file cannot be read.
+pub fn digest_file(path: &Path) -> Option<String> {
+    let mut f = File::open(path).ok()?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        for b in &buf[..n] {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    Some(format!("fnv1a64:{hash:016x}"))
+}
+
 /// Reads at most the last `max` bytes of a file, lossily as text.
 pub fn read_tail(path: &Path, max: u64) -> String {
     use std::io::{Seek, SeekFrom};
@@ -181,6 +200,17 @@ pub fn read_tail(path: &Path, max: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_are_the_fnv1a_reference_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        std::fs::write(&f, "").unwrap();
+        assert_eq!(digest_file(&f).unwrap(), "fnv1a64:cbf29ce484222325");
+        std::fs::write(&f, "a").unwrap();
+        assert_eq!(digest_file(&f).unwrap(), "fnv1a64:af63dc4c8601ec8c");
+        assert!(digest_file(&dir.path().join("missing")).is_none());
+    }
 
     #[test]
     fn noreplace_and_move_into() {

@@ -123,6 +123,9 @@ pub enum Event {
         task: String,
         phase: String,
         output: String,
+        /// `fnv1a64:<hex>` of the output's bytes when it was recorded.
+        #[serde(default)]
+        digest: String,
     },
     /// A loop phase's evaluator judged a round: `passed`, or the feedback for the next round.
     LoopRound {

@@ -410,6 +410,7 @@ impl TaskBook {
                 task,
                 phase,
                 output,
+                ..
             } => {
                 if let Some(t) = self.tasks.get_mut(task)
                     && !t.phases.iter().any(|(p, _)| p == phase)

@@ -83,6 +83,21 @@ phases:
         "{err}"
     );
     assert_eq!(phases_completed(&ws, "r1"), ["propose", "build"]);
+    // Each completion names its output with a digest of what it held.
+    let digest = ws
+        .records()
+        .iter()
+        .find_map(|r| match &r.event {
+            Event::PhaseCompleted { phase, digest, .. } if phase == "propose" => {
+                Some(digest.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        Some(digest),
+        dirigent::fsutil::digest_file(&ws.root().join("docs/auth/direction.md"))
+    );
 
     // The judge saw both good proposals and was told about the failed one.
     let judge = prompt_of(&ws, "r1.propose.judge", "beta");
