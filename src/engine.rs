@@ -725,6 +725,7 @@ Free disk space or fix `{}`, then restart the daemon",
             Ok(r) => {
                 self.apply(&[r]);
                 tracing::info!(task = run, "workflow done");
+                self.workflows.remove(run);
                 if let Err(e) =
                     fsutil::move_into(&self.ws.running().join(&file), &self.ws.done(), &file)
                 {
@@ -1115,6 +1116,8 @@ Free disk space or fix `{}`, then restart the daemon",
             Msg::Settled { task, records } => {
                 self.finishing.remove(&task);
                 self.keys.remove(&task);
+                // A finished run's workflow is no longer needed.
+                self.workflows.remove(&task);
                 self.apply(&records);
                 // A child of a workflow run settled: the run may move on.
                 let runs: Vec<String> = self
