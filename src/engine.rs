@@ -563,9 +563,8 @@ Free disk space or fix `{}`, then restart the daemon",
                                 output,
                                 digest,
                             };
-                            match self.ledger.append(ev).await {
-                                Ok(r) => self.apply(&[r]),
-                                Err(e) => return self.ledger_failed(e.to_string()),
+                            if !self.record_now(ev).await {
+                                return;
                             }
                             moved = true;
                         }
@@ -593,9 +592,8 @@ Free disk space or fix `{}`, then restart the daemon",
                                 passed,
                                 feedback,
                             };
-                            match self.ledger.append(ev).await {
-                                Ok(r) => self.apply(&[r]),
-                                Err(e) => return self.ledger_failed(e.to_string()),
+                            if !self.record_now(ev).await {
+                                return;
                             }
                             moved = true;
                         }
@@ -676,6 +674,20 @@ Free disk space or fix `{}`, then restart the daemon",
                 &ResultText::Text(child.prompt.clone()),
                 std::path::Path::new("/dev/null"),
             );
+        }
+    }
+
+    /// Appends one event and applies it; on a ledger failure, stops taking work and returns false.
+    async fn record_now(&mut self, event: Event) -> bool {
+        match self.ledger.append(event).await {
+            Ok(r) => {
+                self.apply(&[r]);
+                true
+            }
+            Err(e) => {
+                self.ledger_failed(e.to_string());
+                false
+            }
         }
     }
 

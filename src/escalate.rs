@@ -4,7 +4,6 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -116,60 +115,30 @@ fn fenced(text: &str) -> String {
     format!("{fence}\n{}\n{fence}", text.trim_end())
 }
 
-/// Runs the `on_escalate` hook (argv + the task id) in its own process group, stdin from
-/// /dev/null, output to `runs/<id>/on_escalate.log`, killed after `limit`. Never blocks the
-/// caller for longer than `limit` plus the kill.
+/// Runs the `on_escalate` hook (argv + the task id) like any side command (see
+/// [`crate::spawn::run_logged`]), output in `runs/<id>/on_escalate.log`, killed after `limit`.
 pub async fn run_hook(ws: &Workspace, argv: &[String], task_id: &str, limit: Duration) {
-    let log_path = ws.run_dir(task_id).join("on_escalate.log");
-    let _ = std::fs::create_dir_all(ws.run_dir(task_id));
-    let log = std::fs::File::create(&log_path).ok();
-    let (out, err) = match log
-        .as_ref()
-        .and_then(|f| Some((f.try_clone().ok()?, f.try_clone().ok()?)))
-    {
-        Some((o, e)) => (Stdio::from(o), Stdio::from(e)),
-        None => (Stdio::null(), Stdio::null()),
-    };
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .arg(task_id)
-        .current_dir(ws.root())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .kill_on_drop(true);
-    let (mut child, _registered) = match crate::reaper::spawn(&mut cmd) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(
-                task = task_id,
-                "on_escalate hook `{}` could not start: {e}",
-                argv[0]
-            );
-            return;
-        }
-    };
-    let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-    match tokio::time::timeout(limit, child.wait()).await {
-        Ok(Ok(status)) if !status.success() => {
+    let log = ws.run_dir(task_id).join("on_escalate.log");
+    let mut full = argv.to_vec();
+    full.push(task_id.to_string());
+    match crate::spawn::run_logged(ws, &full, &log, limit).await {
+        crate::spawn::CommandEnd::Exited(status) if !status.success() => {
             tracing::warn!(
                 task = task_id,
                 "on_escalate hook exited with {status}; see {}",
-                log_path.display()
+                log.display()
             );
         }
-        Ok(_) => {}
-        Err(_) => {
+        crate::spawn::CommandEnd::Exited(_) => {}
+        crate::spawn::CommandEnd::TimedOut => {
             tracing::warn!(
                 task = task_id,
                 "on_escalate hook ran longer than {}; killed",
                 short(limit)
             );
         }
+        crate::spawn::CommandEnd::CouldNotStart(why) => {
+            tracing::warn!(task = task_id, "on_escalate hook: {why}");
+        }
     }
-    if let Some(pgid) = pid {
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-    }
-    let _ = child.wait().await;
 }

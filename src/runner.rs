@@ -902,66 +902,29 @@ fn read_output(ws: &Workspace, rel: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| format!("(`{rel}` cannot be read: {e})"))
 }
 
-/// Runs a loop's evaluator command in the workspace: its own process group, stdin from
-/// /dev/null, stdout and stderr to `log`, killed (the whole group) after `limit`. Returns
-/// whether it passed (exit 0) and the last lines of its output as feedback.
+/// Runs a loop's evaluator command (see [`crate::spawn::run_logged`]). Returns whether it
+/// passed (exit 0) and the last lines of its output as feedback.
 pub async fn run_evaluator(
     ws: &Workspace,
     argv: &[String],
     log: &std::path::Path,
     limit: std::time::Duration,
 ) -> (bool, String) {
-    use std::process::Stdio;
-    if let Some(dir) = log.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let file = match std::fs::File::create(log) {
-        Ok(f) => f,
-        Err(e) => return (false, format!("cannot create `{}`: {e}", log.display())),
-    };
-    let (out, err) = match (file.try_clone(), file.try_clone()) {
-        (Ok(o), Ok(e)) => (Stdio::from(o), Stdio::from(e)),
-        _ => (Stdio::null(), Stdio::null()),
-    };
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .current_dir(ws.root())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .kill_on_drop(true);
-    let (mut child, _registered) = match crate::reaper::spawn(&mut cmd) {
-        Ok(c) => c,
-        Err(e) => {
-            return (
-                false,
-                format!("the evaluator `{}` could not start: {e}", argv[0]),
-            );
-        }
-    };
-    let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-    let status = tokio::time::timeout(limit, child.wait()).await;
-    if let Some(pgid) = pgid {
-        // Whatever it started is done with, too.
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-    }
+    use crate::spawn::CommandEnd;
+    let end = crate::spawn::run_logged(ws, argv, log, limit).await;
     let tail = crate::fsutil::read_tail(log, 4096);
-    match status {
-        Ok(Ok(s)) if s.success() => (true, tail),
-        Ok(Ok(s)) => (false, format!("`{}` failed ({s}):\n{tail}", argv.join(" "))),
-        Ok(Err(e)) => (false, format!("cannot wait for the evaluator: {e}")),
-        Err(_) => {
-            let _ = child.wait().await;
-            (
-                false,
-                format!(
-                    "`{}` ran longer than {}; killed",
-                    argv.join(" "),
-                    crate::duration::short(limit)
-                ),
-            )
-        }
+    match end {
+        CommandEnd::Exited(s) if s.success() => (true, tail),
+        CommandEnd::Exited(s) => (false, format!("`{}` failed ({s}):\n{tail}", argv.join(" "))),
+        CommandEnd::TimedOut => (
+            false,
+            format!(
+                "`{}` ran longer than {}; killed",
+                argv.join(" "),
+                crate::duration::short(limit)
+            ),
+        ),
+        CommandEnd::CouldNotStart(why) => (false, format!("the evaluator {why}")),
     }
 }
 

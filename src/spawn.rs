@@ -520,6 +520,58 @@ async fn terminate_group(
     (child.wait().await.ok(), Signal::SIGKILL)
 }
 
+/// How a supervised side command (an `on_escalate` hook, a loop's evaluator) ended.
+pub enum CommandEnd {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    CouldNotStart(String),
+}
+
+/// Runs a side command in the workspace the way attempts run: its own process group, stdin from
+/// /dev/null, stdout and stderr into `log`, the whole group killed after `limit` and once it
+/// is done (nothing it started outlives it).
+pub async fn run_logged(
+    ws: &Workspace,
+    argv: &[String],
+    log: &std::path::Path,
+    limit: Duration,
+) -> CommandEnd {
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let (out, err) = match std::fs::File::create(log).and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok((o, e)) => (Stdio::from(o), Stdio::from(e)),
+        Err(e) => {
+            return CommandEnd::CouldNotStart(format!("cannot create `{}`: {e}", log.display()));
+        }
+    };
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .current_dir(ws.root())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(true);
+    let (mut child, _registered) = match crate::reaper::spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => return CommandEnd::CouldNotStart(format!("`{}` could not start: {e}", argv[0])),
+    };
+    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+    let status = tokio::time::timeout(limit, child.wait()).await;
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    match status {
+        Ok(Ok(s)) => CommandEnd::Exited(s),
+        Ok(Err(e)) => CommandEnd::CouldNotStart(format!("cannot wait for `{}`: {e}", argv[0])),
+        Err(_) => {
+            let _ = child.wait().await;
+            CommandEnd::TimedOut
+        }
+    }
+}
+
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
 pub fn proc_start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
