@@ -71,6 +71,12 @@ pub enum Command {
     },
     /// Print a finished task's result text.
     Result { id: String },
+    /// Stop a task: its running attempt's whole process group, or its place in the queue. The
+    /// task is recorded as cancelled and its file goes to `failed/`. Needs the daemon.
+    Cancel { id: String },
+    /// Run a failed or cancelled task again from the top of its chain (its file is re-read, so
+    /// you may fix it in `failed/` first). Needs the daemon.
+    Retry { id: String },
     /// List configured agents: installed or not, limits, the chains and roles they are in.
     Agents {
         #[arg(long)]

@@ -726,3 +726,14 @@ pub fn workflow_validate(ws: &Workspace, targets: &[String]) -> Result<ExitCode>
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Sends a request over the control socket and prints the daemon's answer.
+pub fn control(ws: &Workspace, request: dirigent::control::Request) -> Result<ExitCode> {
+    let answer = dirigent::control::request(ws, &request).map_err(|e| anyhow::anyhow!(e))?;
+    if answer.ok {
+        println!("{}", answer.message);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("{}", answer.message)
+    }
+}

@@ -158,6 +158,12 @@ pub async fn run_with_reload(
     engine.book.apply(&started);
     engine.recover().await?;
 
+    // The control socket's requests; the server task holds the sender and is aborted at the end.
+    let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel();
+    let control = crate::control::serve(&ws, ctrl_tx).map_err(|cause| DaemonError::Workspace {
+        path: crate::control::socket_path(&ws).display().to_string(),
+        cause,
+    })?;
     let config_changed = Arc::new(Notify::new());
     let config_path = ws.config();
     let watcher = inbox::watch_with_config(
@@ -198,12 +204,18 @@ pub async fn run_with_reload(
             () = dirty.notified() => engine.ingest().await,
             () = config_changed.notified() => engine.reload("file", false).await,
             Some(()) = reload.recv() => engine.reload("SIGHUP", true).await,
+            Some(req) = ctrl_rx.recv() => {
+                let answer = engine.control(req.request).await;
+                let _ = req.reply.send(answer);
+            }
             () = sleep_until(wake) => engine.on_timer().await,
         }
         engine.advance_runs().await;
         engine.dispatch();
     }
     drop(watcher);
+    control.abort();
+    let _ = std::fs::remove_file(crate::control::socket_path(&ws));
     engine.notify("STOPPING=1\nSTATUS=stopping: terminating running attempts");
     tracing::info!("shutting down: stopping running attempts");
     engine.shutdown().await;
@@ -258,9 +270,9 @@ struct QueueKey {
 
 struct RunningAttempt {
     agent: String,
-    /// The attempt task holds the receiver. Sending `true` (or dropping this sender) stops
+    /// The attempt task holds the receiver. Sending a cause (or dropping this sender) stops
     /// the attempt: its whole process group is terminated.
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<crate::judge::StopCause>>,
 }
 
 #[derive(Default)]
@@ -675,6 +687,144 @@ Free disk space or fix `{}`, then restart the daemon",
                 std::path::Path::new("/dev/null"),
             );
         }
+    }
+
+    /// Answers a control request (`dirigent cancel`, `dirigent retry`).
+    async fn control(&mut self, request: crate::control::Request) -> crate::control::Response {
+        use crate::control::{Request, Response};
+        match request {
+            Request::Cancel { id } => {
+                let Some(t) = self.book.get(&id) else {
+                    return Response::error(if self.book.contains(&id) {
+                        format!("task `{id}` has already finished")
+                    } else {
+                        format!("no task `{id}`; `dirigent status` lists the tasks")
+                    });
+                };
+                if t.phase.is_terminal() {
+                    return Response::error(format!(
+                        "task `{id}` has already finished ({})",
+                        t.phase.label()
+                    ));
+                }
+                // A workflow run takes its unfinished tasks with it.
+                let mut ids: Vec<String> = self
+                    .book
+                    .iter()
+                    .filter(|c| {
+                        !c.phase.is_terminal()
+                            && c.id
+                                .strip_prefix(id.as_str())
+                                .is_some_and(|r| r.starts_with('.'))
+                    })
+                    .map(|c| c.id.clone())
+                    .collect();
+                ids.push(id.clone());
+                let mut stopping = false;
+                for one in ids {
+                    if self.finishing.contains(&one) {
+                        continue;
+                    }
+                    if let Some(run) = self.running.get(&one) {
+                        let _ = run.stop.send(Some(crate::judge::StopCause::Cancel));
+                        stopping = true;
+                    } else {
+                        self.dequeue(&one);
+                        self.keys.remove(&one);
+                        self.settle_cancelled(&one);
+                    }
+                }
+                Response::ok(if stopping {
+                    format!("cancelling `{id}`: its process group is being stopped")
+                } else {
+                    format!("cancelled `{id}`")
+                })
+            }
+            Request::Retry { id } => {
+                let Some(t) = self.book.get(&id) else {
+                    return Response::error(if self.book.contains(&id) {
+                        format!(
+                            "task `{id}` is too old to retry (only the 1,000 most recent finished tasks are kept in full); submit it again"
+                        )
+                    } else {
+                        format!("no task `{id}`; `dirigent status` lists the tasks")
+                    });
+                };
+                if !matches!(t.phase, Phase::Failed { .. }) {
+                    return Response::error(format!(
+                        "task `{id}` is {}; only a failed or cancelled task can be retried",
+                        t.phase.label()
+                    ));
+                }
+                let file = t.file.clone();
+                let path = self.ws.failed().join(&file);
+                let fields = match fsutil::read_task_file(&path, crate::task::MAX_TASK_BYTES) {
+                    fsutil::ReadOutcome::Bytes(b) => {
+                        crate::task::parse_fields(&file, &b).map_err(|e| e.0)
+                    }
+                    fsutil::ReadOutcome::Gone => {
+                        Err(format!("its file `{}` is gone", path.display()))
+                    }
+                    fsutil::ReadOutcome::Refused(r) => Err(r),
+                };
+                let spec = match fields.and_then(|f| {
+                    crate::task::accept(id.clone(), f, &self.config, self.ws.root())
+                        .map_err(|e| e.0)
+                }) {
+                    Ok(spec) => spec,
+                    Err(e) => return Response::error(format!("task `{id}` cannot run again: {e}")),
+                };
+                if spec.fields.workflow.is_some() {
+                    return Response::error(format!(
+                        "retrying a workflow run is not supported yet; start `{}` again",
+                        spec.fields.workflow.as_deref().unwrap_or("")
+                    ));
+                }
+                if !self
+                    .record_now(Event::Retried {
+                        task: id.clone(),
+                        spec: Box::new(spec),
+                    })
+                    .await
+                {
+                    return Response::error("the ledger cannot be written");
+                }
+                if let Err(e) = fsutil::move_into(&path, &self.ws.running(), &file) {
+                    tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
+                }
+                self.keys.remove(&id);
+                self.enqueue_or_advance(&id);
+                tracing::info!(task = %id, "retried");
+                Response::ok(format!("retrying `{id}` from the top of its chain"))
+            }
+        }
+    }
+
+    /// Records `cancelled` and moves the task file to `failed/`.
+    fn settle_cancelled(&mut self, id: &str) {
+        let Some(t) = self.book.get(id) else { return };
+        let file = t.file.clone();
+        self.finishing.insert(id.to_string());
+        let (ws, ledger, tx, id) = (
+            self.ws.clone(),
+            self.ledger.clone(),
+            self.tx.clone(),
+            id.to_string(),
+        );
+        tracing::info!(task = %id, "cancelled");
+        tokio::spawn(async move {
+            let records = record(&ledger, &tx, Event::Cancelled { task: id.clone() }).await;
+            let src = [ws.running().join(&file), ws.inbox().join(&file)]
+                .into_iter()
+                .find(|p| p.exists());
+            if !records.is_empty()
+                && let Some(src) = src
+                && let Err(e) = fsutil::move_into(&src, &ws.failed(), &file)
+            {
+                tracing::warn!(task = %id, "cannot move the task file to failed/: {e}");
+            }
+            let _ = tx.send(Msg::Settled { task: id, records });
+        });
     }
 
     /// Appends one event and applies it; on a ledger failure, stops taking work and returns false.
@@ -1106,6 +1256,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 );
                 match report.verdict.class {
                     Class::Ok => self.settle_done(&task, *report),
+                    Class::Cancelled => self.settle_cancelled(&task),
                     Class::Interrupted => {
                         if self.accepting {
                             self.enqueue(&task);
@@ -1271,7 +1422,7 @@ Free disk space or fix `{}`, then restart the daemon",
             leak_timeout: self.config.leak_timeout,
             previous,
         };
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(None);
         self.running.insert(
             id.to_string(),
             RunningAttempt {
@@ -1430,7 +1581,7 @@ Free disk space or fix `{}`, then restart the daemon",
     async fn shutdown(&mut self) {
         self.accepting = false;
         for run in self.running.values() {
-            let _ = run.stop.send(true);
+            let _ = run.stop.send(Some(crate::judge::StopCause::Shutdown));
         }
         while !self.running.is_empty() || !self.finishing.is_empty() {
             match self.rx.recv().await {

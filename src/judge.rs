@@ -33,6 +33,8 @@ pub enum Class {
     RateLimit,
     /// Stopped by a daemon shutdown; not the agent's fault, the task runs again.
     Interrupted,
+    /// Stopped by `dirigent cancel`.
+    Cancelled,
 }
 
 impl Class {
@@ -48,6 +50,7 @@ impl Class {
             Class::Auth => "auth",
             Class::RateLimit => "rate_limit",
             Class::Interrupted => "interrupted",
+            Class::Cancelled => "cancelled",
         }
     }
 }
@@ -65,6 +68,8 @@ pub enum StopCause {
     Timeout,
     Idle,
     Shutdown,
+    /// `dirigent cancel`.
+    Cancel,
 }
 
 /// The first and last bytes of one output stream; memory stays bounded however much is printed.
@@ -194,6 +199,9 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
         }
         Some(StopCause::Shutdown) => {
             return Verdict::fail(Class::Interrupted, "stopped by daemon shutdown");
+        }
+        Some(StopCause::Cancel) => {
+            return Verdict::fail(Class::Cancelled, "cancelled by the user");
         }
         None => {}
     }

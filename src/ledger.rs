@@ -135,6 +135,16 @@ pub enum Event {
         passed: bool,
         feedback: String,
     },
+    /// Stopped by `dirigent cancel`; the file is in `failed/`.
+    Cancelled {
+        task: String,
+    },
+    /// `dirigent retry`: the task runs again from the top of its chain, with the spec re-read
+    /// from its file.
+    Retried {
+        task: String,
+        spec: Box<TaskSpec>,
+    },
     /// Put back into the inbox by a graceful stop; it runs again on the next start.
     Requeued {
         task: String,
@@ -154,6 +164,8 @@ impl Event {
             | Event::Escalated { task, .. }
             | Event::PhaseCompleted { task, .. }
             | Event::LoopRound { task, .. }
+            | Event::Cancelled { task, .. }
+            | Event::Retried { task, .. }
             | Event::Requeued { task, .. } => Some(task),
             Event::DaemonStarted { .. }
             | Event::DaemonStopped { .. }

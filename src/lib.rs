@@ -12,6 +12,7 @@
 pub mod claim;
 pub mod compact;
 pub mod config;
+pub mod control;
 pub mod duration;
 pub mod engine;
 pub mod escalate;

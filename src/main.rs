@@ -39,6 +39,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             stderr,
         } => commands::logs(&ws, &id, follow, attempt, stderr),
         Command::Result { id } => commands::result(&ws, &id),
+        Command::Cancel { id } => commands::control(&ws, dirigent::control::Request::Cancel { id }),
+        Command::Retry { id } => commands::control(&ws, dirigent::control::Request::Retry { id }),
         Command::Agents { json } => commands::agents(&ws, json),
         Command::Workflow(WorkflowCommand::List { json }) => commands::workflow_list(&ws, json),
         Command::Workflow(WorkflowCommand::Show { name }) => commands::workflow_show(&ws, &name),

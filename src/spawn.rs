@@ -111,11 +111,11 @@ impl Drop for GroupGuard {
 }
 
 /// Runs one attempt to its end. `on_start` is called once the child exists (to record
-/// `attempt_started` before anything else happens); `stop` becoming `true` — or its sender
-/// being dropped — stops the attempt as a shutdown.
+/// `attempt_started` before anything else happens); `stop` receiving a cause stops the attempt
+/// for that cause, and its sender being dropped stops it as a shutdown.
 pub async fn run_attempt<F, Fut>(
     plan: &AttemptPlan,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<StopCause>>,
     on_start: F,
 ) -> AttemptReport
 where
@@ -295,8 +295,9 @@ where
                 }
             }
             changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    stopped = Some(StopCause::Shutdown);
+                let cause = if changed.is_err() { Some(StopCause::Shutdown) } else { *stop.borrow() };
+                if cause.is_some() {
+                    stopped = cause;
                     break None;
                 }
             }

@@ -372,7 +372,7 @@ impl TaskBook {
                         a.stderr_bytes = *stderr_bytes;
                     }
                     // A failure moves the chain on; an interruption retries the same agent.
-                    if !matches!(class, Class::Ok | Class::Interrupted) {
+                    if !matches!(class, Class::Ok | Class::Interrupted | Class::Cancelled) {
                         t.chain_pos += 1;
                     }
                     if matches!(t.phase, Phase::Running { .. }) {
@@ -430,6 +430,26 @@ impl TaskBook {
                 {
                     t.rounds
                         .push((phase.clone(), *round, *passed, feedback.clone()));
+                }
+            }
+            Event::Cancelled { task } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.phase = Phase::Failed {
+                        reason: "cancelled by the user".into(),
+                        finished_ms: r.ts,
+                    };
+                    t.spec = None;
+                    self.finished(task);
+                }
+            }
+            Event::Retried { task, spec } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.phase = Phase::Pending;
+                    t.chain = spec.chain.clone();
+                    t.chain_pos = 0;
+                    t.spec = Some(Arc::new((**spec).clone()));
+                    // No longer finished: it must not be archived while it runs again.
+                    self.finished.retain(|id| id != task);
                 }
             }
             Event::Requeued { task, file } => {

@@ -1,0 +1,158 @@
+//! The control socket: how the CLI (and later the other doors) asks the running daemon to act —
+//! `cancel`, `retry`. A Unix socket at `.context/daemon.sock` (or in `$XDG_RUNTIME_DIR` when that
+//! path is too long for a socket), mode 0600; every connection's peer uid is checked and other
+//! users are refused. The protocol is one JSON object per line each way.
+//!
+//! The server only translates: each request goes to the engine as a [`ControlRequest`] on a
+//! channel whose receiver the engine owns, and the engine's answer comes back on a oneshot.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::workspace::Workspace;
+
+/// What a client asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Stop a task: its running attempt's whole process group, or its place in the queue.
+    Cancel { id: String },
+    /// Run a failed (escalated or cancelled) task again from the top of its chain.
+    Retry { id: String },
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    pub message: String,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response {
+            ok: true,
+            message: message.into(),
+        }
+    }
+    pub fn error(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            message: message.into(),
+        }
+    }
+}
+
+/// A request on its way to the engine; the engine answers on `reply`.
+pub struct ControlRequest {
+    pub request: Request,
+    /// Held by the connection task, which writes the answer to the client.
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// Where the socket of `ws` lives: `.context/daemon.sock`, unless that path is too long for a
+/// Unix socket (108 bytes with the terminating NUL); then a name derived from the workspace path
+/// in `$XDG_RUNTIME_DIR` (or the temp directory).
+pub fn socket_path(ws: &Workspace) -> PathBuf {
+    let local = ws.context().join("daemon.sock");
+    if local.as_os_str().len() < 100 {
+        return local;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ws.root().as_os_str().as_encoded_bytes() {
+        hash = (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("dirigent-{hash:016x}.sock"))
+}
+
+/// Binds the socket (replacing a stale one: the workspace lock proves no other daemon uses it),
+/// mode 0600, and serves connections until the returned task is aborted.
+pub fn serve(
+    ws: &Workspace,
+    engine: mpsc::UnboundedSender<ControlRequest>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let path = socket_path(ws);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let me = nix::unistd::geteuid().as_raw();
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me);
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                if !allowed {
+                    let refusal =
+                        Response::error("refused: the daemon serves only the user it runs as");
+                    let _ = write
+                        .write_all(
+                            format!("{}\n", serde_json::to_string(&refusal).unwrap_or_default())
+                                .as_bytes(),
+                        )
+                        .await;
+                    return;
+                }
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let answer = match serde_json::from_str::<Request>(&line) {
+                        Ok(request) => {
+                            let (reply, answer) = oneshot::channel();
+                            if engine.send(ControlRequest { request, reply }).is_err() {
+                                Response::error("the daemon is shutting down")
+                            } else {
+                                answer.await.unwrap_or_else(|_| {
+                                    Response::error("the daemon is shutting down")
+                                })
+                            }
+                        }
+                        Err(e) => Response::error(format!("not a request: {e}")),
+                    };
+                    let mut text = serde_json::to_string(&answer).unwrap_or_default();
+                    text.push('\n');
+                    if write.write_all(text.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }))
+}
+
+/// Sends one request to the daemon of `ws` and waits for the answer (for the CLI).
+pub fn request(ws: &Workspace, req: &Request) -> Result<Response, String> {
+    let path = socket_path(ws);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "no daemon is running on `{}` ({e}); start it with `dirigent daemon`",
+            ws.root().display()
+        )
+    })?;
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    // A refused client is told why and hung up on, possibly before it has written: read the
+    // answer even when the write failed.
+    let written = stream.write_all(line.as_bytes());
+    let mut answer = String::new();
+    let read = BufReader::new(stream).read_line(&mut answer);
+    if answer.is_empty() {
+        return Err(match (written, read) {
+            (Err(e), _) => format!("cannot talk to the daemon: {e}"),
+            (_, Err(e)) => format!("cannot read the daemon's answer: {e}"),
+            _ => "the daemon closed the connection without an answer".to_string(),
+        });
+    }
+    serde_json::from_str(&answer)
+        .map_err(|e| format!("the daemon's answer is not understood ({e}): {answer}"))
+}

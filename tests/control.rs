@@ -1,0 +1,194 @@
+//! The control socket: cancel and retry through the running daemon.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{Workspace, list, process_gone};
+use dirigent::ledger::Event;
+
+const CONFIG: &str = r#"
+concurrency: 1
+kill_grace: 300ms
+agents:
+  hang:  { command: ["{agents}/hang.sh"] }
+  gate:  { command: ["{agents}/gate.sh", "release"] }
+  flaky: { command: ["{agents}/flaky.sh"] }
+"#;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn cancel_stops_a_running_agent_with_its_grandchild_and_a_queued_task() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("h.json", r#"{"prompt": "p", "agent": "hang"}"#);
+    ws.wait_for("the grandchild", |_| {
+        std::fs::read_to_string(ws.root().join("grandchild.pid"))
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    });
+    // concurrency 1: this one waits in the queue.
+    ws.drop_task("q.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_for("the second task to be claimed", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Claimed { task, .. } if task == "q"))
+            .then_some(())
+    });
+    let socket = ws.path("daemon.sock");
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let out = ws.cli(&["cancel", "h"]);
+    assert_eq!(
+        stdout(&out),
+        "cancelling `h`: its process group is being stopped\n",
+        "{}",
+        stderr(&out)
+    );
+    let out = ws.cli(&["cancel", "q"]);
+    assert_eq!(stdout(&out), "cancelled `q`\n");
+    for id in ["h", "q"] {
+        ws.wait_for("the cancellation", |recs| {
+            recs.iter()
+                .any(|r| matches!(&r.event, Event::Cancelled { task } if task == id))
+                .then_some(())
+        });
+    }
+    let grandchild: u32 = std::fs::read_to_string(ws.root().join("grandchild.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        process_gone(grandchild),
+        "the grandchild survived the cancel"
+    );
+    assert_eq!(
+        ws.attempts("h"),
+        [("hang".to_string(), "cancelled".to_string())]
+    );
+    assert!(ws.attempts("q").is_empty(), "a queued task must not start");
+    ws.wait_for("both files in failed/", |_| {
+        (list(&ws, "failed") == ["h.json", "q.json"]).then_some(())
+    });
+    let status = stdout(&ws.cli(&["status", "h"]));
+    assert!(status.contains("cancelled by the user"), "{status}");
+    // Cancelling again, or something unknown, is a clear error.
+    assert_eq!(
+        stderr(&ws.cli(&["cancel", "h"])),
+        "error: task `h` has already finished (failed)\n"
+    );
+    assert_eq!(
+        stderr(&ws.cli(&["cancel", "nope"])),
+        "error: no task `nope`; `dirigent status` lists the tasks\n"
+    );
+}
+
+#[test]
+fn retry_after_escalation_succeeds_when_the_agent_is_fixed() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("f.json", r#"{"prompt": "p", "agent": "flaky"}"#);
+    assert!(matches!(ws.wait_settled("f"), Event::Escalated { .. }));
+    ws.wait_for("the file in failed/", |_| {
+        (list(&ws, "failed") == ["f.json"]).then_some(())
+    });
+    // flaky.sh fails only the first time: the "fix" is in place now.
+    let out = ws.cli(&["retry", "f"]);
+    assert_eq!(
+        stdout(&out),
+        "retrying `f` from the top of its chain\n",
+        "{}",
+        stderr(&out)
+    );
+    ws.wait_for("the retried task to be done", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Done { task, .. } if task == "f"))
+            .then_some(())
+    });
+    assert_eq!(
+        ws.attempts("f"),
+        [
+            ("flaky".to_string(), "exit".to_string()),
+            ("flaky".to_string(), "ok".to_string())
+        ]
+    );
+    ws.wait_for("the file in done/", |_| {
+        (list(&ws, "done") == ["f.json"]).then_some(())
+    });
+    assert!(list(&ws, "failed").is_empty());
+    assert_eq!(
+        stdout(&ws.cli(&["result", "f"])),
+        "worked the second time\n"
+    );
+    assert_eq!(
+        stderr(&ws.cli(&["retry", "f"])),
+        "error: task `f` is done; only a failed or cancelled task can be retried\n"
+    );
+}
+
+#[test]
+fn without_a_daemon_cancel_says_what_to_do() {
+    let ws = Workspace::new(CONFIG);
+    let out = ws.cli(&["cancel", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!(
+            "error: no daemon is running on `{}`",
+            ws.root().display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("; start it with `dirigent daemon`\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn other_users_are_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        // Changing to another uid needs root; CI runs as root.
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    // Start-up (including the socket's chmod 0600 after bind) is over once a task has settled.
+    ws.drop_task("first.json", r#"{"prompt": "p", "agent": "flaky"}"#);
+    ws.wait_settled("first");
+    // The socket is 0600: as another user even connect() is refused. Open it up to check that
+    // the peer check refuses too.
+    std::fs::set_permissions(
+        ws.path("daemon.sock"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    std::fs::set_permissions(ws.ctx(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(ws.root(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::BIN,
+            "cancel",
+            "x",
+        ])
+        .env("DIRIGENT_ROOT", ws.root())
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert_eq!(
+        stderr(&out),
+        "error: refused: the daemon serves only the user it runs as\n"
+    );
+}
