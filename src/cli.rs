@@ -82,6 +82,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print shell completions: `dirigent completions bash > ~/.local/share/bash-completion/completions/dirigent`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `dirigent man > ~/.local/share/man/man1/dirigent.1`.
+    Man,
     /// Declarative multi-agent workflows: the built-in ones and `.context/workflows/*.yaml`.
     #[command(subcommand)]
     Workflow(WorkflowCommand),

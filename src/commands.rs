@@ -307,11 +307,27 @@ impl ChangeWaker {
     }
 }
 
-fn daemon_line(ws: &Workspace) -> String {
-    match running_daemon(ws) {
-        Some(pid) => format!("daemon: running (pid {pid})"),
-        None => "daemon: not running (showing the state recorded in the ledger)".to_string(),
+fn daemon_line(ws: &Workspace, live: bool) -> String {
+    match (running_daemon(ws), live) {
+        (Some(pid), true) => format!("daemon: running (pid {pid}); this is its live state"),
+        (Some(pid), false) => format!(
+            "daemon: running (pid {pid}), not answering; showing the state recorded in the ledger"
+        ),
+        (None, _) => "daemon: not running (showing the state recorded in the ledger)".to_string(),
     }
+}
+
+/// The running daemon's own state when it answers, else the files. `true` = live.
+fn load_live_book(ws: &Workspace) -> Result<(TaskBook, bool)> {
+    if running_daemon(ws).is_some()
+        && let Ok(answer) = dirigent::control::request(ws, &dirigent::control::Request::Status)
+        && let Some(book) = answer
+            .data
+            .and_then(|d| serde_json::from_value::<TaskBook>(d).ok())
+    {
+        return Ok((book, true));
+    }
+    Ok((load_book(ws)?, false))
 }
 
 fn fmt_time(ms: u64) -> String {
@@ -319,7 +335,7 @@ fn fmt_time(ms: u64) -> String {
 }
 
 pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCode> {
-    let book = load_book(ws)?;
+    let (book, live) = load_live_book(ws)?;
     if let Some(id) = id {
         let t = find_task(&book, id)?;
         if as_json {
@@ -356,7 +372,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 a.reason
             );
         }
-        println!("{}", daemon_line(ws));
+        println!("{}", daemon_line(ws, live));
         return Ok(ExitCode::SUCCESS);
     }
     if as_json {
@@ -369,7 +385,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", daemon_line(ws));
+    println!("{}", daemon_line(ws, live));
     if book.is_empty() && book.rejected.is_empty() {
         println!("no tasks yet: drop a file into .context/inbox/ or run `dirigent submit \"…\"`");
         return Ok(ExitCode::SUCCESS);

@@ -24,6 +24,8 @@ pub enum Request {
     Cancel { id: String },
     /// Run a failed (escalated or cancelled) task again from the top of its chain.
     Retry { id: String },
+    /// The daemon's task state (its `TaskBook`, in `data`).
+    Status,
 }
 
 /// The daemon's answer.
@@ -31,6 +33,9 @@ pub enum Request {
 pub struct Response {
     pub ok: bool,
     pub message: String,
+    /// The payload of requests that return data (`status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 impl Response {
@@ -38,12 +43,14 @@ impl Response {
         Response {
             ok: true,
             message: message.into(),
+            data: None,
         }
     }
     pub fn error(message: impl Into<String>) -> Self {
         Response {
             ok: false,
             message: message.into(),
+            data: None,
         }
     }
 }

@@ -693,6 +693,14 @@ Free disk space or fix `{}`, then restart the daemon",
     async fn control(&mut self, request: crate::control::Request) -> crate::control::Response {
         use crate::control::{Request, Response};
         match request {
+            Request::Status => match serde_json::to_value(&self.book) {
+                Ok(data) => Response {
+                    ok: true,
+                    message: String::new(),
+                    data: Some(data),
+                },
+                Err(e) => Response::error(format!("cannot serialise the state: {e}")),
+            },
             Request::Cancel { id } => {
                 let Some(t) = self.book.get(&id) else {
                     return Response::error(if self.book.contains(&id) {

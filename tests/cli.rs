@@ -277,7 +277,10 @@ fn logs_follow_prints_live_output_until_the_attempt_ends() {
     assert_eq!(rest, "released\n");
     let status = String::from_utf8_lossy(&ws.cli(&["status", "g"]).stdout).into_owned();
     assert!(status.contains("attempt 1: gate"), "{status}");
-    assert!(status.contains("daemon: running"), "{status}");
+    assert!(
+        status.contains("daemon: running (pid") && status.contains("this is its live state"),
+        "{status}"
+    );
 }
 
 #[test]
@@ -417,5 +420,44 @@ error: {f}:9:11: ensemble phase `later` needs at least two `agents` to propose\n
             .starts_with("error: no workflow `nope` (workflows: bulk-refine, feature-build,"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_same_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for sub in ["submit", "workflow", "cancel", "retry"] {
+            assert!(script.contains(sub), "{shell} completion lacks `{sub}`");
+        }
+        // The scripts must at least parse.
+        let check = match shell {
+            "bash" => Some(("bash", "-n")),
+            "zsh" if which::which("zsh").is_ok() => Some(("zsh", "-n")),
+            _ => None,
+        };
+        if let Some((program, flag)) = check {
+            let path = dir.path().join(format!("dirigent.{shell}"));
+            std::fs::write(&path, script.as_bytes()).unwrap();
+            let parsed = Command::new(program).arg(flag).arg(&path).output().unwrap();
+            assert!(
+                parsed.status.success(),
+                "{shell}: {}",
+                String::from_utf8_lossy(&parsed.stderr)
+            );
+        }
+    }
+    let man = Command::new(BIN).arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH dirigent 1"), "{page}");
+    assert!(
+        page.contains("dirigent\\-submit") || page.contains("submit"),
+        "{page}"
     );
 }
