@@ -194,10 +194,28 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
 fn wait_for(ws: &Workspace, id: &str, file: &str, mut offset: u64) -> Result<ExitCode> {
     let waker = ChangeWaker::new(&[ws.context()]);
     let started = Instant::now();
+    // On a terminal, a live line shows what runs now; in a pipe, only the event lines.
+    let tty = std::io::stderr().is_terminal();
+    let mut current: Option<(u32, String, Instant)> = None;
     loop {
         let (records, next) = ledger::read_from(&ws.ledger(), offset)?;
         offset = next;
         for r in records {
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            match &r.event {
+                Event::AttemptStarted {
+                    task,
+                    attempt,
+                    agent,
+                    ..
+                } if task == id => {
+                    current = Some((*attempt, agent.clone(), Instant::now()));
+                }
+                Event::AttemptFinished { task, .. } if task == id => current = None,
+                _ => {}
+            }
             match &r.event {
                 Event::Rejected {
                     file: f,
@@ -215,6 +233,18 @@ fn wait_for(ws: &Workspace, id: &str, file: &str, mut offset: u64) -> Result<Exi
                 }
                 _ => {}
             }
+        }
+        if tty {
+            let line = match &current {
+                Some((n, agent, since)) => format!(
+                    "[{}] attempt {n}: {agent} running for {}",
+                    short(started.elapsed()),
+                    short(since.elapsed())
+                ),
+                None => format!("[{}] waiting for `{id}`", short(started.elapsed())),
+            };
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
         }
         waker.wait(Duration::from_secs(1));
     }

@@ -461,3 +461,41 @@ fn completions_and_the_man_page_come_from_the_same_definitions() {
         "{page}"
     );
 }
+
+#[test]
+fn submit_wait_shows_a_live_line_on_a_terminal_and_plain_lines_in_a_pipe() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    // In a pipe: event lines only, no terminal control codes.
+    let out = ws.cli(&["submit", "piped", "--agent", "good", "--wait", "--id", "p1"]);
+    assert!(out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("attempt 1: good started") && !err.contains('\x1b'),
+        "{err:?}"
+    );
+    // On a terminal (a pseudo-terminal from `script`): a live line with agent, attempt and time.
+    let cmd = format!("{} submit held --agent gate --wait --id t1", common::BIN);
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("DIRIGENT_ROOT", ws.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the terminal until the live line shows, then let the agent finish.
+    let mut out = child.stdout.take().unwrap();
+    let mut screen = String::new();
+    let mut buf = [0u8; 4096];
+    while !screen.contains("attempt 1: gate running for") {
+        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+        assert!(n > 0, "the terminal closed without a live line: {screen:?}");
+        screen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(screen.contains("\x1b[2K"), "{screen:?}");
+    assert!(rest.contains("released"), "{rest:?}");
+}
