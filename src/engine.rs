@@ -715,6 +715,11 @@ Free disk space or fix `{}`, then restart the daemon",
                         t.phase.label()
                     ));
                 }
+                if self.finishing.contains(&id) {
+                    return Response::error(format!(
+                        "task `{id}` is finishing (its result or report is being written); it cannot be cancelled any more"
+                    ));
+                }
                 // A workflow run takes its unfinished tasks with it.
                 let mut ids: Vec<String> = self
                     .book
