@@ -192,3 +192,53 @@ fn other_users_are_refused() {
         "error: refused: the daemon serves only the user it runs as\n"
     );
 }
+
+#[test]
+fn every_door_produces_the_same_ledger_events() {
+    let ws = Workspace::new(
+        r#"
+agents:
+  good: { command: ["{agents}/ok.sh"], prompt: stdin }
+default_chain: [good]
+"#,
+    );
+    std::fs::write(
+        ws.path("workflows/one.yaml"),
+        "name: one\nphases:\n  - { name: only, type: single, agent: good, prompt: p }\n",
+    )
+    .unwrap();
+    let _d = ws.start();
+    // The inbox, the CLI, and a workflow's child task (submitted by the daemon itself).
+    ws.drop_task("by-file.json", r#"{"prompt": "p"}"#);
+    assert!(ws.cli(&["submit", "p", "--id", "by-cli"]).status.success());
+    ws.drop_task("run.json", r#"{"workflow": "one"}"#);
+    let ids = ["by-file", "by-cli", "run.only"];
+    for id in ids {
+        ws.wait_settled(id);
+    }
+    let kinds = |id: &str| -> Vec<String> {
+        ws.records()
+            .iter()
+            .filter(|r| r.event.task() == Some(id))
+            .map(|r| {
+                serde_json::to_value(&r.event).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    for id in ids {
+        assert_eq!(
+            kinds(id),
+            [
+                "received",
+                "claimed",
+                "attempt_started",
+                "attempt_finished",
+                "done"
+            ],
+            "{id}"
+        );
+    }
+}
