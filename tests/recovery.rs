@@ -215,7 +215,8 @@ default_chain: [good]
         current.lines().count() < 40 + 20,
         "the ledger was not rotated"
     );
-    assert!(segments(&ws).len() <= 2);
+    // The stop's own events may rotate once more; that segment is folded in at the next start.
+    assert!(segments(&ws).len() <= 3, "{:?}", segments(&ws));
     let first_seq_on_disk = segments(&ws)
         .first()
         .map(|(_, p)| dirigent::ledger::read(p).unwrap().records[0].seq)
