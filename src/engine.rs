@@ -13,7 +13,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -554,12 +553,7 @@ Free disk space or fix `{}`, then restart the daemon",
                                         body.trim_end()
                                     ));
                                 }
-                                if let Err(e) = result::write(
-                                    &self.ws,
-                                    &output,
-                                    &ResultText::Text(text),
-                                    std::path::Path::new("/dev/null"),
-                                ) {
+                                if let Err(e) = result::write_text(&self.ws, &output, text) {
                                     self.escalate(
                                         &run,
                                         format!("phase `{phase}`: cannot write its output: {e}"),
@@ -680,12 +674,8 @@ Free disk space or fix `{}`, then restart the daemon",
         // The prompt a phase's task received is kept next to its output.
         if let Some(out) = &child.output {
             let (stem, _) = fsutil::split_name(out);
-            let _ = result::write(
-                &self.ws,
-                &format!("{stem}.prompt.md"),
-                &ResultText::Text(child.prompt.clone()),
-                std::path::Path::new("/dev/null"),
-            );
+            let _ =
+                result::write_text(&self.ws, &format!("{stem}.prompt.md"), child.prompt.clone());
         }
     }
 
@@ -724,12 +714,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 let mut ids: Vec<String> = self
                     .book
                     .iter()
-                    .filter(|c| {
-                        !c.phase.is_terminal()
-                            && c.id
-                                .strip_prefix(id.as_str())
-                                .is_some_and(|r| r.starts_with('.'))
-                    })
+                    .filter(|c| !c.phase.is_terminal() && is_child_of(&c.id, &id))
                     .map(|c| c.id.clone())
                     .collect();
                 ids.push(id.clone());
@@ -1202,10 +1187,7 @@ Free disk space or fix `{}`, then restart the daemon",
         let run = self
             .workflows
             .keys()
-            .find(|run| {
-                file.strip_prefix(run.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
-            })
+            .find(|run| is_child_of(&file, run))
             .cloned();
         match claim::reject(&self.ws, dir, raw, &reason) {
             Ok(moved_to) => match self
@@ -1299,11 +1281,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 let runs: Vec<String> = self
                     .workflows
                     .keys()
-                    .filter(|run| {
-                        task.len() > run.len()
-                            && task.starts_with(run.as_str())
-                            && task[run.len()..].starts_with('.')
-                    })
+                    .filter(|run| is_child_of(&task, run))
                     .cloned()
                     .collect();
                 self.advance_due.extend(runs);
@@ -1664,6 +1642,12 @@ async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) 
     }
 }
 
+/// Whether `id` names a task (or task file) a workflow run submitted: `<run>.<…>`.
+fn is_child_of(id: &str, run: &str) -> bool {
+    id.strip_prefix(run)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
 enum Deps {
     Ready,
     Wait,
@@ -1706,40 +1690,11 @@ fn compose_prompt(ws: &Workspace, spec: &TaskSpec) -> Result<String, String> {
                 .map(|f| (ws.root().to_path_buf(), f, f.clone())),
         );
     for (base, rel, label) in sources {
-        let text = read_confined(&base, rel).map_err(|e| format!("context file `{label}`: {e}"))?;
-        let mut fence = "```".to_string();
-        while text.contains(&fence) {
-            fence.push('`');
-        }
-        out.push_str(&format!(
-            "\n## {label}\n\n{fence}\n{}\n{fence}\n",
-            text.trim_end()
-        ));
+        let text = fsutil::read_confined(&base, rel, MAX_CONTEXT_FILE)
+            .map_err(|e| format!("context file `{label}`: {e}"))?;
+        out.push_str(&format!("\n## {label}\n\n{}\n", escalate::fenced(&text)));
     }
     Ok(out)
-}
-
-fn read_confined(base: &std::path::Path, rel: &str) -> Result<String, String> {
-    let real_base = base.canonicalize().map_err(|e| e.to_string())?;
-    let path: PathBuf = base.join(rel);
-    let real = path
-        .canonicalize()
-        .map_err(|e| format!("cannot be read: {e}"))?;
-    if !real.starts_with(&real_base) {
-        return Err(format!("leads outside `{}`", base.display()));
-    }
-    let meta = std::fs::metadata(&real).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    if meta.len() > MAX_CONTEXT_FILE {
-        return Err(format!(
-            "is {} bytes; the limit is {MAX_CONTEXT_FILE}",
-            meta.len()
-        ));
-    }
-    let bytes = std::fs::read(&real).map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The pid of the daemon running on `ws`, if one holds the workspace lock.

@@ -107,7 +107,7 @@ fn last_lines(text: &str, n: usize) -> String {
 }
 
 /// A Markdown code fence long enough not to be closed by the text inside it.
-fn fenced(text: &str) -> String {
+pub(crate) fn fenced(text: &str) -> String {
     let mut fence = "```".to_string();
     while text.contains(&fence) {
         fence.push('`');

@@ -165,6 +165,26 @@ fn libc_flags() -> i32 {
     nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC
 }
 
+/// Reads `base/rel` as text, refusing what leads outside `base` (also through symlinks), what is
+/// not a regular file, and what is larger than `limit` bytes. Errors complete "`rel` …".
+pub fn read_confined(base: &Path, rel: &str, limit: u64) -> Result<String, String> {
+    let unreadable = |e: std::io::Error| format!("cannot be read: {e}");
+    let real_base = base.canonicalize().map_err(unreadable)?;
+    let real = base.join(rel).canonicalize().map_err(unreadable)?;
+    if !real.starts_with(&real_base) {
+        return Err(format!("leads outside `{}`", base.display()));
+    }
+    let meta = std::fs::metadata(&real).map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > limit {
+        return Err(format!("is {} bytes; the limit is {limit}", meta.len()));
+    }
+    let bytes = std::fs::read(&real).map_err(unreadable)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// A stable content digest, `fnv1a64:<16 hex digits>` (FNV-1a, 64-bit): enough to notice that a
 /// recorded output changed, with no dependency. `None` when the file cannot be read.
 pub fn digest_file(path: &Path) -> Option<String> {

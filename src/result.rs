@@ -71,6 +71,11 @@ pub fn write(
     Ok(dest)
 }
 
+/// Writes `text` to `rel` with the same confinement (prompt files, a phase's gathered results).
+pub fn write_text(ws: &Workspace, rel: &str, text: String) -> Result<PathBuf, String> {
+    write(ws, rel, &ResultText::Text(text), Path::new("/dev/null"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -888,18 +888,10 @@ fn inputs(run: &TaskRecord, phase: &Phase, ws: &Workspace) -> String {
     s
 }
 
-/// Reads a result, confined to the workspace; a missing file reads as a note.
+/// Reads a result, confined to the workspace; what cannot be read reads as a note.
 fn read_output(ws: &Workspace, rel: &str) -> String {
-    let path = ws.root().join(rel);
-    let inside = path
-        .canonicalize()
-        .ok()
-        .zip(ws.root().canonicalize().ok())
-        .is_some_and(|(p, root)| p.starts_with(root));
-    if !inside {
-        return format!("(`{rel}` cannot be read)");
-    }
-    std::fs::read_to_string(path).unwrap_or_else(|e| format!("(`{rel}` cannot be read: {e})"))
+    crate::fsutil::read_confined(ws.root(), rel, u64::MAX)
+        .unwrap_or_else(|e| format!("(`{rel}` {e})"))
 }
 
 /// Runs a loop's evaluator command (see [`crate::spawn::run_logged`]). Returns whether it
