@@ -75,9 +75,9 @@ pub fn write_report(
     }
     let _ = writeln!(
         md,
-        "## What now\n\nFix the cause (see the reasons above), then submit the task again: `dirigent submit` \
-with the same prompt, or copy `.context/failed/{file}` into `.context/inbox/` (without its `id` \
-key, if it has one: ids are never reused).\n",
+        "## What now\n\nFix the cause (see the reasons above), then run it again: `dirigent retry {id}` \
+(it re-reads `.context/failed/{file}`, so you can correct the task there first), or submit it anew.\n",
+        id = task.id,
         file = task.file
     );
     let path = ws.escalations().join(format!("{}.md", task.id));

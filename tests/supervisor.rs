@@ -226,6 +226,7 @@ fn an_exhausted_chain_escalates_with_every_attempt() {
         "Attempt 2 — empty: `empty`",
         "Attempt 3 — missing: `spawn`",
         "not installed",
+        "`dirigent retry doomed`",
     ] {
         assert!(report.contains(needle), "missing {needle:?} in:\n{report}");
     }
