@@ -44,7 +44,16 @@ pub enum Command {
         /// `text` for people, `json` (one object per line) for log collectors.
         #[arg(long, default_value = "text", value_enum)]
         log_format: LogFormat,
+        /// Serve the HTTP API, SSE events and the OpenAI-compatible endpoint on this address
+        /// (`127.0.0.1:8787`, or just a port for loopback); overrides `http:` in the config.
+        /// Requests need the bearer token in `.context/http.token`. See docs/api.md.
+        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+        http: Option<std::net::SocketAddr>,
     },
+    /// Serve the Model Context Protocol on stdin/stdout for an assistant (Claude Code:
+    /// `claude mcp add dirigent -- dirigent --root DIR mcp`). Talks to the running daemon;
+    /// starts nothing else.
+    Mcp,
     /// Write a task into the inbox. Works while the daemon is down; it runs when it starts.
     Submit(Box<SubmitArgs>),
     /// Show tasks and their state, or one task in detail. Reads the ledger, so it also works
@@ -179,6 +188,10 @@ pub struct SubmitArgs {
     /// Print `{"id": …, "file": …}` instead of the bare id.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    dirigent::config::parse_listen(s)
 }
 
 /// Parses `name=value`.

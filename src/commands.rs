@@ -18,7 +18,8 @@ use dirigent::fsutil;
 use dirigent::judge::signal_name;
 use dirigent::ledger::{self, Event, Record};
 use dirigent::state::{Phase, TaskBook, TaskRecord};
-use dirigent::task::{self, TaskFields};
+use dirigent::submit;
+use dirigent::task::TaskFields;
 use dirigent::workspace::Workspace;
 
 use crate::cli::SubmitArgs;
@@ -74,29 +75,6 @@ fn read_prompt(arg: Option<&str>) -> Result<String> {
     }
 }
 
-/// A readable, unique-enough id: a slug of the first words plus a time-based suffix.
-fn generate_id(prompt: &str) -> String {
-    let words: Vec<String> = prompt
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .take(4)
-        .map(|w| w.to_ascii_lowercase())
-        .collect();
-    let slug = if words.is_empty() {
-        "task".to_string()
-    } else {
-        words.join("-")
-    };
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mix = (nanos as u64) ^ ((std::process::id() as u64) << 40);
-    let mut slug: String = slug.chars().take(40).collect();
-    slug.push_str(&format!("-{:06x}", mix & 0xff_ffff));
-    slug
-}
-
 pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     let prompt = match (&args.workflow, &args.prompt) {
         // A workflow needs no prompt; one given is kept for the record.
@@ -115,15 +93,11 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         )),
         None => None,
     };
-    let id = match args.id {
-        Some(id) => {
-            validate_name(&id).map_err(|m| anyhow::anyhow!("invalid `--id` `{id}`: {m}"))?;
-            id
-        }
-        None => generate_id(args.workflow.as_deref().unwrap_or(&prompt)),
-    };
+    if let Some(id) = &args.id {
+        validate_name(id).map_err(|m| anyhow::anyhow!("invalid `--id` `{id}`: {m}"))?;
+    }
     let fields = TaskFields {
-        id: Some(id.clone()),
+        id: args.id,
         title: args.title,
         prompt: (!prompt.is_empty()).then_some(prompt),
         workflow: args.workflow,
@@ -141,37 +115,27 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     };
     // Validate here, before anything is written, with the same rules the daemon applies.
     let config = Config::load(&ws.config())?;
-    task::accept(id.clone(), fields.clone(), &config, ws.root())
-        .map_err(|e| anyhow::anyhow!("{}", e.0))?;
     let book = load_book(ws)?;
-    if book.contains(&id) {
-        bail!("a task `{id}` already exists; choose another `--id`");
-    }
+    let (id, fields) =
+        submit::prepare(fields, &config, ws, |id| book.contains(id)).map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.to_string()
+                    .replace("choose another id", "choose another `--id`")
+            )
+        })?;
     ws.ensure()?;
     let ledger_offset = std::fs::metadata(ws.ledger()).map(|m| m.len()).unwrap_or(0);
-
-    // Maildir: write into inbox/.tmp/, fsync, then rename into inbox/ — the daemon never sees
-    // half a file.
     let name = format!("{id}.json");
-    let tmp = ws.inbox_tmp().join(&name);
-    let body = serde_json::to_vec_pretty(&fields)?;
-    {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create `{}`", tmp.display()))?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-    }
-    let dest = ws.inbox().join(&name);
-    if let Err(e) = fsutil::rename_noreplace(&tmp, &dest) {
-        let _ = std::fs::remove_file(&tmp);
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            bail!(
-                "`{}` is already waiting in the inbox; choose another `--id`",
-                dest.display()
-            );
-        }
-        return Err(e).with_context(|| format!("cannot move the task into `{}`", dest.display()));
-    }
+    let dest = submit::write_into_inbox(ws, &id, &fields)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.to_string()
+                    .replace("choose another id", "choose another `--id`")
+            )
+        })?
+        .file;
     if args.json {
         println!("{}", json!({"id": id, "file": dest}));
     } else if !args.wait {
@@ -575,42 +539,11 @@ pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
     let config = Arc::new(Config::load(&ws.config())?);
     let book = load_book(ws)?;
     let default_chain = config.effective_default_chain(ws.root());
-    let mut rows = Vec::new();
-    for (name, agent) in &config.agents {
-        let path = agent.resolve(ws.root());
-        let mut chains = config.memberships(name);
-        if config.default_chain.is_none() && default_chain.contains(name) {
-            chains.insert(0, "default_chain".into());
-        }
-        let (mut attempts, mut ok) = (0u64, 0u64);
-        for t in book.iter() {
-            for a in t.attempts.iter().filter(|a| &a.agent == name) {
-                attempts += 1;
-                ok += u64::from(a.class == Some(dirigent::judge::Class::Ok));
-            }
-        }
-        rows.push(json!({
-            "name": name,
-            "preset": agent.preset.map(|p| p.name),
-            "program": agent.program(),
-            "path": path.as_ref().map(|p| p.display().to_string()),
-            "installed": path.is_some(),
-            "model": agent.model,
-            "max_parallel": agent.max_parallel,
-            "stagger_ms": agent.stagger.as_millis() as u64,
-            "timeout_ms": agent.timeout.as_millis() as u64,
-            "idle_timeout_ms": agent.idle_timeout.map(|d| d.as_millis() as u64),
-            "in": chains,
-            "attempts": attempts,
-            "ok": ok,
-        }));
-    }
+    let rows = dirigent::catalog::agents(ws, &config, &book);
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &json!({"config": config.source, "default_chain": default_chain, "agents": rows})
-            )?
+            serde_json::to_string_pretty(&dirigent::catalog::agents_report(ws, &config, &book))?
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -672,21 +605,7 @@ fn find_workflow(ws: &Workspace, name: &str) -> Result<dirigent::workflow::Defin
 
 pub fn workflow_list(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
     let config = Config::load(&ws.config())?;
-    let mut rows = Vec::new();
-    for def in dirigent::workflow::discover(&ws.workflows())? {
-        let (phases, description, valid) = match dirigent::workflow::validate(&def, &config) {
-            Ok(wf) => (
-                wf.phases
-                    .iter()
-                    .map(|p| format!("{}:{}", p.name.value, p.kind.value.name()))
-                    .collect::<Vec<_>>(),
-                wf.description.clone(),
-                true,
-            ),
-            Err(_) => (vec![], String::new(), false),
-        };
-        rows.push(json!({"name": def.name, "source": def.source.to_string(), "valid": valid, "phases": phases, "description": description}));
-    }
+    let rows = dirigent::catalog::workflows(ws, &config)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);

@@ -49,6 +49,8 @@ struct RawConfig {
     ledger_segment_events: Option<u64>,
     #[serde(default)]
     ledger_keep_segments: Option<usize>,
+    #[serde(default)]
+    http: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +211,9 @@ pub struct Config {
     pub ledger_segment_events: u64,
     /// Rotated segments kept as readable history once a snapshot covers them.
     pub ledger_keep_segments: usize,
+    /// Where the HTTP API listens (`http:`); `None` = no HTTP server unless `--http` is given.
+    /// Read at start; a reload does not move the server.
+    pub http: Option<std::net::SocketAddr>,
     /// Where the config came from, for messages.
     pub source: String,
 }
@@ -292,6 +297,12 @@ impl Config {
                 None => 100_000,
             },
             ledger_keep_segments: raw.ledger_keep_segments.unwrap_or(2),
+            http: match raw.http.as_deref() {
+                None => None,
+                Some(addr) => {
+                    Some(parse_listen(addr).map_err(|m| invalid(format!("`http`: {m}")))?)
+                }
+            },
             source: source.to_string(),
         })
     }
@@ -456,6 +467,18 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
         fail_patterns,
         classified,
         exit_classes: preset.map(|p| p.exit_classes.to_vec()).unwrap_or_default(),
+    })
+}
+
+/// Parses a listen address for the HTTP API: `127.0.0.1:8787`, `[::1]:8787`, or a bare port
+/// (`8787`, meaning loopback).
+pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        format!("`{text}` is not a listen address; write `127.0.0.1:8787` (or just a port)")
     })
 }
 

@@ -3,8 +3,10 @@
 //! path is too long for a socket), mode 0600; every connection's peer uid is checked and other
 //! users are refused. The protocol is one JSON object per line each way.
 //!
-//! The server only translates: each request goes to the engine as a [`ControlRequest`] on a
-//! channel whose receiver the engine owns, and the engine's answer comes back on a oneshot.
+//! The server only translates: each line becomes a call on [`crate::api::Api`], the core every
+//! door shares; requests that touch state reach the engine as a [`ControlRequest`] on a channel
+//! whose receiver the engine owns, and its answer comes back on a oneshot. The MCP server
+//! (`dirigent mcp`) is a client of this socket.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -12,8 +14,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use crate::task::TaskFields;
 use crate::workspace::Workspace;
 
 /// What a client asks for.
@@ -26,6 +29,30 @@ pub enum Request {
     Retry { id: String },
     /// The daemon's task state (its `TaskBook`, in `data`).
     Status,
+    /// One line per task held in full, oldest first (`data`: an array of `{id, title, state,
+    /// …}`), only those in `state` when given.
+    List {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+    },
+    /// One task (`data`: its record; or `{id, state, archived: true}` for an old finished task,
+    /// `{id, state: "inbox"}` for a file not taken in yet, `{id, state: "rejected", reason}`).
+    Get { id: String },
+    /// Check a task with the daemon's rules and write it into the inbox (`data`: `{id, file}`).
+    Submit { task: Box<TaskFields> },
+    /// Wait until a task has finished, at most `timeout_ms` (`data`: as for `get`; `ok` is false
+    /// on timeout).
+    Wait {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// A done task's result (`data`: `{id, output, text}`).
+    Result { id: String },
+    /// The agents, roles and default chain (`data`: as `dirigent agents --json`).
+    Agents,
+    /// The workflows (`data`: as `dirigent workflow list --json`).
+    Workflows,
 }
 
 /// The daemon's answer.
@@ -36,6 +63,21 @@ pub struct Response {
     /// The payload of requests that return data (`status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<serde_json::Value>,
+    /// What kind of refusal an error is, for doors that have status codes (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+/// Kinds of refusal. An error without one is a bad request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// No such task (or workflow).
+    NotFound,
+    /// The task is in the wrong state for this (already finished, not failed, id taken).
+    Conflict,
+    /// The daemon is stopping, or cannot write its ledger.
+    Unavailable,
 }
 
 impl Response {
@@ -44,13 +86,31 @@ impl Response {
             ok: true,
             message: message.into(),
             data: None,
+            failure: None,
         }
     }
+    pub fn data(data: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            message: String::new(),
+            data: Some(data),
+            failure: None,
+        }
+    }
+    /// A refusal of a bad request.
     pub fn error(message: impl Into<String>) -> Self {
         Response {
             ok: false,
             message: message.into(),
             data: None,
+            failure: None,
+        }
+    }
+    /// A refusal of a given kind.
+    pub fn fail(failure: Failure, message: impl Into<String>) -> Self {
+        Response {
+            failure: Some(failure),
+            ..Response::error(message)
         }
     }
 }
@@ -81,11 +141,9 @@ pub fn socket_path(ws: &Workspace) -> PathBuf {
 }
 
 /// Binds the socket (replacing a stale one: the workspace lock proves no other daemon uses it),
-/// mode 0600, and serves connections until the returned task is aborted.
-pub fn serve(
-    ws: &Workspace,
-    engine: mpsc::UnboundedSender<ControlRequest>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+/// mode 0600, and serves connections until the returned task is aborted. Each line read is a
+/// request for `api`; connections are served concurrently, requests on one connection in order.
+pub fn serve(ws: &Workspace, api: crate::api::Api) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(ws);
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
@@ -97,7 +155,7 @@ pub fn serve(
                 continue;
             };
             let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me);
-            let engine = engine.clone();
+            let api = api.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 if !allowed {
@@ -114,16 +172,7 @@ pub fn serve(
                 let mut lines = tokio::io::BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let answer = match serde_json::from_str::<Request>(&line) {
-                        Ok(request) => {
-                            let (reply, answer) = oneshot::channel();
-                            if engine.send(ControlRequest { request, reply }).is_err() {
-                                Response::error("the daemon is shutting down")
-                            } else {
-                                answer.await.unwrap_or_else(|_| {
-                                    Response::error("the daemon is shutting down")
-                                })
-                            }
-                        }
+                        Ok(request) => api.call(request).await,
                         Err(e) => Response::error(format!("not a request: {e}")),
                     };
                     let mut text = serde_json::to_string(&answer).unwrap_or_default();
@@ -153,6 +202,33 @@ pub fn request(ws: &Workspace, req: &Request) -> Result<Response, String> {
     let written = stream.write_all(line.as_bytes());
     let mut answer = String::new();
     let read = BufReader::new(stream).read_line(&mut answer);
+    if answer.is_empty() {
+        return Err(match (written, read) {
+            (Err(e), _) => format!("cannot talk to the daemon: {e}"),
+            (_, Err(e)) => format!("cannot read the daemon's answer: {e}"),
+            _ => "the daemon closed the connection without an answer".to_string(),
+        });
+    }
+    serde_json::from_str(&answer)
+        .map_err(|e| format!("the daemon's answer is not understood ({e}): {answer}"))
+}
+
+/// [`request`] for async callers (the MCP server): one connection per request, so a long
+/// `wait` never holds up another call.
+pub async fn request_async(ws: &Workspace, req: &Request) -> Result<Response, String> {
+    let path = socket_path(ws);
+    let stream = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+        format!(
+            "no daemon is running on `{}` ({e}); start it with `dirigent daemon`",
+            ws.root().display()
+        )
+    })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    let written = write.write_all(line.as_bytes()).await;
+    let mut answer = String::new();
+    let read = tokio::io::BufReader::new(read).read_line(&mut answer).await;
     if answer.is_empty() {
         return Err(match (written, read) {
             (Err(e), _) => format!("cannot talk to the daemon: {e}"),

@@ -55,6 +55,8 @@ pub enum DaemonError {
     Ledger(#[from] LedgerError),
     #[error("{0}")]
     Unsafe(String),
+    #[error("cannot serve the HTTP API on `{addr}`: {cause}")]
+    Http { addr: String, cause: std::io::Error },
     #[error("cannot watch the inbox `{path}`: {cause}")]
     Watch { path: String, cause: notify::Error },
 }
@@ -73,7 +75,24 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
 pub async fn run_with_reload(
     ws: Workspace,
     shutdown: impl Future<Output = ()>,
+    reload: mpsc::UnboundedReceiver<()>,
+) -> Result<(), DaemonError> {
+    run_with_options(ws, shutdown, reload, Options::default()).await
+}
+
+/// What the command line adds to the config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve the HTTP API here (`--http`); overrides the config's `http:`.
+    pub http: Option<std::net::SocketAddr>,
+}
+
+/// [`run_with_reload`] with command-line [`Options`].
+pub async fn run_with_options(
+    ws: Workspace,
+    shutdown: impl Future<Output = ()>,
     mut reload: mpsc::UnboundedReceiver<()>,
+    options: Options,
 ) -> Result<(), DaemonError> {
     let ws_err = |cause: std::io::Error| DaemonError::Workspace {
         path: ws.root().display().to_string(),
@@ -157,12 +176,32 @@ pub async fn run_with_reload(
     engine.book.apply(&started);
     engine.recover().await?;
 
-    // The control socket's requests; the server task holds the sender and is aborted at the end.
+    // The doors' requests: every door holds an `Api` with a sender; the receiver is dropped
+    // when the loop ends, which answers what is still queued with "shutting down".
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel();
-    let control = crate::control::serve(&ws, ctrl_tx).map_err(|cause| DaemonError::Workspace {
-        path: crate::control::socket_path(&ws).display().to_string(),
-        cause,
-    })?;
+    // Flipped when the daemon begins to stop, so long waits and event streams end.
+    let (stopping_tx, stopping) = watch::channel(false);
+    // How many records the engine's book has applied: doors waiting for a task's end re-read
+    // it when this moves (the ledger's live records arrive before the engine has applied them).
+    let (applied_tx, applied) = watch::channel(engine.book.applied);
+    let api = crate::api::Api::new(ws.clone(), ctrl_tx, engine.ledger.live(), applied, stopping);
+    let control =
+        crate::control::serve(&ws, api.clone()).map_err(|cause| DaemonError::Workspace {
+            path: crate::control::socket_path(&ws).display().to_string(),
+            cause,
+        })?;
+    let http = match options.http.or(engine.config.http) {
+        Some(addr) => Some(
+            crate::http::serve(addr, api.clone())
+                .await
+                .map_err(|cause| DaemonError::Http {
+                    addr: addr.to_string(),
+                    cause,
+                })?,
+        ),
+        None => None,
+    };
+    drop(api);
     let config_changed = Arc::new(Notify::new());
     let config_path = ws.config();
     let watcher = inbox::watch_with_config(
@@ -211,10 +250,18 @@ pub async fn run_with_reload(
         }
         engine.advance_runs().await;
         engine.dispatch();
+        if *applied_tx.borrow() != engine.book.applied {
+            applied_tx.send_replace(engine.book.applied);
+        }
     }
     drop(watcher);
+    let _ = stopping_tx.send(true);
+    drop(ctrl_rx);
     control.abort();
     let _ = std::fs::remove_file(crate::control::socket_path(&ws));
+    if let Some(http) = http {
+        http.stop().await;
+    }
     engine.notify("STOPPING=1\nSTATUS=stopping: terminating running attempts");
     tracing::info!("shutting down: stopping running attempts");
     engine.shutdown().await;
@@ -658,17 +705,9 @@ Free disk space or fix `{}`, then restart the daemon",
             files: child.files.clone(),
             ..Default::default()
         };
-        let name = format!("{}.json", child.id);
-        let tmp = self.ws.inbox_tmp().join(&name);
-        let written = serde_json::to_vec_pretty(&fields)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| fsutil::write_atomic(&tmp, &bytes))
-            .and_then(|()| fsutil::rename_noreplace(&tmp, &self.ws.inbox().join(&name)));
-        match written {
-            Ok(()) => tracing::info!(task = %child.id, "workflow submitted a task"),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let _ = std::fs::remove_file(&tmp);
-            }
+        match crate::submit::write_into_inbox(&self.ws, &child.id, &fields) {
+            Ok(_) => tracing::info!(task = %child.id, "workflow submitted a task"),
+            Err(crate::submit::SubmitError::Exists(_)) => {}
             Err(e) => tracing::error!(task = %child.id, "cannot submit a workflow task: {e}"),
         }
         // The prompt a phase's task received is kept next to its output.
@@ -681,34 +720,78 @@ Free disk space or fix `{}`, then restart the daemon",
 
     /// Answers a control request (`dirigent cancel`, `dirigent retry`).
     async fn control(&mut self, request: crate::control::Request) -> crate::control::Response {
-        use crate::control::{Request, Response};
+        use crate::control::{Failure, Request, Response};
         match request {
             Request::Status => match serde_json::to_value(&self.book) {
-                Ok(data) => Response {
-                    ok: true,
-                    message: String::new(),
-                    data: Some(data),
-                },
+                Ok(data) => Response::data(data),
                 Err(e) => Response::error(format!("cannot serialise the state: {e}")),
             },
+            Request::Get { id } => self.describe(&id),
+            Request::List { state } => {
+                let rows: Vec<serde_json::Value> = self
+                    .book
+                    .iter()
+                    .filter(|t| state.as_deref().is_none_or(|s| t.phase.label() == s))
+                    .map(summary)
+                    .collect();
+                Response::data(serde_json::Value::Array(rows))
+            }
+            Request::Submit { task } => {
+                let book = &self.book;
+                match crate::submit::submit(&self.ws, &self.config, *task, |id| book.contains(id)) {
+                    Ok(done) => Response {
+                        message: format!("submitted `{}`", done.id),
+                        ..Response::data(serde_json::json!({"id": done.id, "file": done.file}))
+                    },
+                    Err(e @ crate::submit::SubmitError::Exists(_)) => {
+                        Response::fail(Failure::Conflict, e.to_string())
+                    }
+                    Err(e @ crate::submit::SubmitError::Io { .. }) => {
+                        Response::fail(Failure::Unavailable, e.to_string())
+                    }
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+            Request::Agents => Response::data(crate::catalog::agents_report(
+                &self.ws,
+                &self.config,
+                &self.book,
+            )),
+            Request::Workflows => match crate::catalog::workflows(&self.ws, &self.config) {
+                Ok(rows) => Response::data(serde_json::json!(rows)),
+                Err(e) => Response::error(format!("cannot read the workflows: {e}")),
+            },
+            // Answered by the doors themselves (`api`), from `get` and the live events.
+            Request::Wait { .. } | Request::Result { .. } => {
+                Response::error("`wait` and `result` are answered by the door, not the engine")
+            }
             Request::Cancel { id } => {
                 let Some(t) = self.book.get(&id) else {
-                    return Response::error(if self.book.contains(&id) {
-                        format!("task `{id}` has already finished")
+                    return if self.book.contains(&id) {
+                        Response::fail(
+                            Failure::Conflict,
+                            format!("task `{id}` has already finished"),
+                        )
                     } else {
-                        format!("no task `{id}`; `dirigent status` lists the tasks")
-                    });
+                        Response::fail(
+                            Failure::NotFound,
+                            format!("no task `{id}`; `dirigent status` lists the tasks"),
+                        )
+                    };
                 };
                 if t.phase.is_terminal() {
-                    return Response::error(format!(
-                        "task `{id}` has already finished ({})",
-                        t.phase.label()
-                    ));
+                    return Response::fail(
+                        Failure::Conflict,
+                        format!("task `{id}` has already finished ({})", t.phase.label()),
+                    );
                 }
                 if self.finishing.contains(&id) {
-                    return Response::error(format!(
-                        "task `{id}` is finishing (its result or report is being written); it cannot be cancelled any more"
-                    ));
+                    return Response::fail(
+                        Failure::Conflict,
+                        format!(
+                            "task `{id}` is finishing (its result or report is being written); it cannot be cancelled any more"
+                        ),
+                    );
                 }
                 // A workflow run takes its unfinished tasks with it.
                 let mut ids: Vec<String> = self
@@ -740,19 +823,28 @@ Free disk space or fix `{}`, then restart the daemon",
             }
             Request::Retry { id } => {
                 let Some(t) = self.book.get(&id) else {
-                    return Response::error(if self.book.contains(&id) {
-                        format!(
-                            "task `{id}` is too old to retry (only the 1,000 most recent finished tasks are kept in full); submit it again"
+                    return if self.book.contains(&id) {
+                        Response::fail(
+                            Failure::Conflict,
+                            format!(
+                                "task `{id}` is too old to retry (only the 1,000 most recent finished tasks are kept in full); submit it again"
+                            ),
                         )
                     } else {
-                        format!("no task `{id}`; `dirigent status` lists the tasks")
-                    });
+                        Response::fail(
+                            Failure::NotFound,
+                            format!("no task `{id}`; `dirigent status` lists the tasks"),
+                        )
+                    };
                 };
                 if !matches!(t.phase, Phase::Failed { .. }) {
-                    return Response::error(format!(
-                        "task `{id}` is {}; only a failed or cancelled task can be retried",
-                        t.phase.label()
-                    ));
+                    return Response::fail(
+                        Failure::Conflict,
+                        format!(
+                            "task `{id}` is {}; only a failed or cancelled task can be retried",
+                            t.phase.label()
+                        ),
+                    );
                 }
                 let file = t.file.clone();
                 let path = self.ws.failed().join(&file);
@@ -785,7 +877,7 @@ Free disk space or fix `{}`, then restart the daemon",
                     })
                     .await
                 {
-                    return Response::error("the ledger cannot be written");
+                    return Response::fail(Failure::Unavailable, "the ledger cannot be written");
                 }
                 if let Err(e) = fsutil::move_into(&path, &self.ws.running(), &file) {
                     tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
@@ -796,6 +888,50 @@ Free disk space or fix `{}`, then restart the daemon",
                 Response::ok(format!("retrying `{id}` from the top of its chain"))
             }
         }
+    }
+
+    /// What is known of task `id`, for `get` and `wait`: its full record; only its outcome once
+    /// archived; or, before it is taken in, a file waiting in the inbox or a rejection.
+    fn describe(&self, id: &str) -> crate::control::Response {
+        use crate::control::Response;
+        use serde_json::json;
+        if let Some(t) = self.book.get(id) {
+            return match serde_json::to_value(t) {
+                Ok(v) => Response::data(v),
+                Err(e) => Response::error(format!("cannot serialise task `{id}`: {e}")),
+            };
+        }
+        if let Some(outcome) = self.book.outcome(id) {
+            let state = match outcome {
+                Outcome::Done => "done",
+                Outcome::Failed => "failed",
+            };
+            return Response::data(json!({"id": id, "state": state, "archived": true}));
+        }
+        let waiting = ["json", "yaml", "yml", "md", "txt"]
+            .iter()
+            .any(|ext| self.ws.inbox().join(format!("{id}.{ext}")).exists());
+        if waiting {
+            return Response::data(json!({"id": id, "state": "inbox"}));
+        }
+        if let Some(r) = self
+            .book
+            .rejected
+            .iter()
+            .rev()
+            .find(|r| crate::task::id_from_stem(fsutil::split_name(&r.file).0) == id)
+        {
+            return Response::data(json!({
+                "id": id,
+                "state": "rejected",
+                "reason": r.reason,
+                "moved_to": r.moved_to,
+            }));
+        }
+        Response::fail(
+            crate::control::Failure::NotFound,
+            format!("no task `{id}`; `dirigent status` lists the tasks"),
+        )
     }
 
     /// Records `cancelled` and moves the task file to `failed/`.
@@ -1642,8 +1778,29 @@ async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) 
     }
 }
 
+/// One line of `list`: what a client needs to pick a task, without its prompt or attempts.
+fn summary(t: &TaskRecord) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": t.id,
+        "title": t.title,
+        "state": t.phase.label(),
+        "chain": t.chain,
+        "attempts": t.attempts.len(),
+        "received_ms": t.received_ms,
+    });
+    if let Some(a) = t.attempts.last() {
+        v["agent"] = serde_json::json!(a.agent);
+    }
+    match &t.phase {
+        Phase::Done { output, .. } => v["output"] = serde_json::json!(output),
+        Phase::Failed { reason, .. } => v["reason"] = serde_json::json!(reason),
+        _ => {}
+    }
+    v
+}
+
 /// Whether `id` names a task (or task file) a workflow run submitted: `<run>.<…>`.
-fn is_child_of(id: &str, run: &str) -> bool {
+pub fn is_child_of(id: &str, run: &str) -> bool {
     id.strip_prefix(run)
         .is_some_and(|rest| rest.starts_with('.'))
 }

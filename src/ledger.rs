@@ -11,10 +11,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::judge::{Class, StopCause};
 use crate::task::TaskSpec;
@@ -328,6 +329,45 @@ pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<Record>, u64)
     Ok((out, offset + consumed as u64))
 }
 
+/// Up to `max` records with a sequence number above `after`, oldest first, from the rotated
+/// segments next to `path` and `path` itself. Records compacted away are simply not there: the
+/// first one returned may be well above `after + 1`. A rotation racing the read is detected
+/// (a hole between two records) and the read is repeated.
+pub fn read_after(path: &Path, after: u64, max: usize) -> std::io::Result<Vec<Record>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut attempt = 0;
+    loop {
+        let mut out: Vec<Record> = Vec::new();
+        let mut files: Vec<PathBuf> = segments(dir)?
+            .into_iter()
+            .filter(|(last, _)| *last > after)
+            .map(|(_, p)| p)
+            .collect();
+        files.push(path.to_path_buf());
+        for file in files {
+            if out.len() >= max {
+                break;
+            }
+            let read = read_each(&file, |r| {
+                if r.seq > after && out.len() < max {
+                    out.push(r);
+                }
+            });
+            match read {
+                Ok(_) => {}
+                // Compaction removed a segment after we listed it: its records are gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let contiguous = out.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        attempt += 1;
+        if contiguous || attempt >= 3 {
+            return Ok(out);
+        }
+    }
+}
+
 /// Cuts a damaged tail off, saving it to `ledger.torn-<unix-ms>` first. Returns the saved path.
 pub fn repair(path: &Path, replay: &Replay) -> std::io::Result<Option<PathBuf>> {
     repair_at(path, replay.valid_len, replay.file_len)
@@ -363,7 +403,14 @@ struct Append {
 pub struct Ledger {
     /// Receiver: the writer thread. Closed when all handles are dropped.
     tx: mpsc::UnboundedSender<Append>,
+    /// The writer thread sends every record here once it is on disk (only while someone
+    /// listens); receivers come from [`Ledger::subscribe`] (the SSE stream, `wait`).
+    events: broadcast::Sender<Arc<Record>>,
 }
+
+/// Records a live subscriber may fall behind by before it is told it lagged (it then reads the
+/// missed ones back from the files).
+const LIVE_BACKLOG: usize = 4096;
 
 /// Joined by the daemon at the very end, so nothing is left unwritten.
 pub struct WriterThread(std::thread::JoinHandle<()>);
@@ -406,12 +453,27 @@ impl Ledger {
             .open(path)
             .map_err(io_err)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(LIVE_BACKLOG);
         let path = path.to_path_buf();
+        let live = events.clone();
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer_loop(file, path, last_seq, rotation, rx))
+            .spawn(move || writer_loop(file, path, last_seq, rotation, rx, live))
             .map_err(io_err)?;
-        Ok((Ledger { tx }, WriterThread(handle)))
+        Ok((Ledger { tx, events }, WriterThread(handle)))
+    }
+
+    /// Every record appended from now on, in order, once it is on disk. A receiver that falls
+    /// more than a few thousand records behind gets `Lagged` and should read the gap back with
+    /// [`read_after`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
+        self.events.subscribe()
+    }
+
+    /// The sending side of [`Ledger::subscribe`], for holders that must not keep the writer
+    /// alive (a `Ledger` handle does).
+    pub fn live(&self) -> broadcast::Sender<Arc<Record>> {
+        self.events.clone()
     }
 
     /// Appends one event; resolves once it is on disk.
@@ -439,6 +501,7 @@ fn writer_loop(
     mut seq: u64,
     mut rotation: Option<Rotation>,
     mut rx: mpsc::UnboundedReceiver<Append>,
+    live: broadcast::Sender<Arc<Record>>,
 ) {
     let path = path_buf.display().to_string();
     // Where the last complete batch ends: a failed write is cut back to here.
@@ -493,6 +556,11 @@ fn writer_loop(
         }
         match result {
             Ok(()) => {
+                if live.receiver_count() > 0 {
+                    for rec in out.iter().flatten() {
+                        let _ = live.send(Arc::new(rec.clone()));
+                    }
+                }
                 for (a, recs) in batch.into_iter().zip(out) {
                     let _ = a.ack.send(Ok(recs));
                 }

@@ -9,6 +9,8 @@
 //! [`engine::run`] is the entry point; it takes a `shutdown` future so tests can run the whole
 //! daemon in-process.
 
+pub mod api;
+pub mod catalog;
 pub mod claim;
 pub mod compact;
 pub mod config;
@@ -17,9 +19,12 @@ pub mod duration;
 pub mod engine;
 pub mod escalate;
 pub mod fsutil;
+pub mod http;
 pub mod inbox;
 pub mod judge;
 pub mod ledger;
+pub mod mcp;
+pub mod openai;
 pub mod preset;
 pub mod progress;
 pub mod reaper;
@@ -28,6 +33,7 @@ pub mod runner;
 pub mod service;
 pub mod spawn;
 pub mod state;
+pub mod submit;
 pub mod task;
 pub mod workflow;
 pub mod workspace;

@@ -39,7 +39,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon {
             log_level,
             log_format,
-        } => daemon(ws, &log_level, log_format),
+            http,
+        } => daemon(
+            ws,
+            &log_level,
+            log_format,
+            dirigent::engine::Options { http },
+        ),
+        Command::Mcp => mcp(ws),
         Command::Submit(args) => commands::submit(&ws, *args),
         Command::Status { id, json } => commands::status(&ws, id.as_deref(), json),
         Command::Logs {
@@ -87,7 +94,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn daemon(ws: Workspace, log_level: &str, format: cli::LogFormat) -> anyhow::Result<ExitCode> {
+/// `dirigent mcp`: stdout is the protocol, so nothing else may be printed there.
+fn mcp(ws: Workspace) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(dirigent::mcp::serve_stdio(ws))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn daemon(
+    ws: Workspace,
+    log_level: &str,
+    format: cli::LogFormat,
+    options: dirigent::engine::Options,
+) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_level))
         .map_err(|e| anyhow::anyhow!("invalid `--log-level` `{log_level}`: {e}"))?;
@@ -114,7 +136,7 @@ fn daemon(ws: Workspace, log_level: &str, format: cli::LogFormat) -> anyhow::Res
             nix::libc::SIGXFSZ,
         ))?;
         tokio::spawn(async move { while xfsz.recv().await.is_some() {} });
-        dirigent::engine::run_with_reload(ws, shutdown, reload).await?;
+        dirigent::engine::run_with_options(ws, shutdown, reload, options).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

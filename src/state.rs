@@ -147,6 +147,10 @@ pub struct TaskBook {
     keep_finished: Option<usize>,
     pub rejected: VecDeque<RejectedFile>,
     pub last_seq: u64,
+    /// Records applied since this book was made (not part of a snapshot): the daemon tells
+    /// waiting doors when it changes.
+    #[serde(skip)]
+    pub applied: u64,
 }
 
 impl TaskBook {
@@ -246,6 +250,7 @@ impl TaskBook {
     /// hand-edited ledger), so replay never fails.
     pub fn apply(&mut self, r: &Record) {
         self.last_seq = self.last_seq.max(r.seq);
+        self.applied += 1;
         match &r.event {
             Event::Received { task, file, spec } => {
                 if let Some(t) = self.tasks.get_mut(task) {

@@ -1,0 +1,345 @@
+//! The doors' common core inside the daemon. The control socket, the HTTP API, the
+//! OpenAI-compatible endpoint (and, through the socket, the MCP server) are thin adapters over
+//! [`Api`]: each turns its protocol into a [`Request`] and the [`Response`] back into its own.
+//! None of them touches the task lifecycle: requests that change or read state go to the engine
+//! (its one owner), and the two that take time — waiting for a task, streaming events — are
+//! built here from the engine's answers and the ledger's live records.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::control::{ControlRequest, Failure, Request, Response};
+use crate::ledger::{self, Event, Record};
+use crate::workspace::Workspace;
+
+/// The largest result `result` returns inline.
+const MAX_RESULT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Records read back from the files per page while an event stream catches up.
+const CATCH_UP_PAGE: usize = 1000;
+
+/// A handle on the running daemon for the doors. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    ws: Workspace,
+    /// Receiver: the engine's loop, which answers each request on its oneshot. Closed when the
+    /// engine stops taking requests (shutdown); requests then fail with "shutting down".
+    engine: mpsc::UnboundedSender<ControlRequest>,
+    /// The ledger writer sends every record on disk here; `wait` and `events` subscribe.
+    live: broadcast::Sender<Arc<Record>>,
+    /// Sender: the engine, after each round in which its book applied records.
+    applied: watch::Receiver<u64>,
+    /// Set to `true` by the daemon when it begins to stop: waits and event streams end, so
+    /// the servers can close their connections.
+    stopping: watch::Receiver<bool>,
+}
+
+/// One item of an event stream.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    Record(Arc<Record>),
+    /// Records after `after` and before `next` are no longer kept (compacted away); the stream
+    /// continues at `next`.
+    Gap {
+        after: u64,
+        next: u64,
+    },
+}
+
+impl Api {
+    pub fn new(
+        ws: Workspace,
+        engine: mpsc::UnboundedSender<ControlRequest>,
+        live: broadcast::Sender<Arc<Record>>,
+        applied: watch::Receiver<u64>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Api {
+            ws,
+            engine,
+            live,
+            applied,
+            stopping,
+        }
+    }
+
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
+    }
+
+    /// Resolves when the daemon begins to stop.
+    pub async fn stopped(&self) {
+        let mut s = self.stopping.clone();
+        let _ = s.wait_for(|stop| *stop).await;
+    }
+
+    /// Answers any request: `wait` and `result` here, everything else by the engine.
+    pub async fn call(&self, request: Request) -> Response {
+        match request {
+            Request::Wait { id, timeout_ms } => {
+                self.wait(&id, timeout_ms.map(Duration::from_millis)).await
+            }
+            Request::Result { id } => self.result(&id).await,
+            other => self.engine(other).await,
+        }
+    }
+
+    /// Sends a request to the engine and awaits its answer.
+    async fn engine(&self, request: Request) -> Response {
+        let (reply, answer) = oneshot::channel();
+        if self.engine.send(ControlRequest { request, reply }).is_err() {
+            return shutting_down();
+        }
+        answer.await.unwrap_or_else(|_| shutting_down())
+    }
+
+    /// Waits until task `id` has finished (done, failed, cancelled or rejected), at most
+    /// `timeout` (`None`: until it finishes or the daemon stops). The answer's `data` is what
+    /// `get` says of the task; on timeout `ok` is false and `data` holds its state so far.
+    pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Response {
+        // Subscribe before asking, so nothing that happens in between is missed.
+        let mut live = self.live.subscribe();
+        let mut applied = self.applied.clone();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut stopping = self.stopping.clone();
+        // Set once a record that may end the task was written: from then on the engine's book
+        // is asked again each time it applies records, until it shows the end.
+        let mut ending = false;
+        loop {
+            applied.borrow_and_update();
+            let now = self.engine(Request::Get { id: id.to_string() }).await;
+            if !now.ok || is_finished(now.data.as_ref()) {
+                return now;
+            }
+            let until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(until_deadline);
+            loop {
+                tokio::select! {
+                    () = &mut until_deadline => {
+                        return Response {
+                            ok: false,
+                            message: format!("task `{id}` has not finished yet"),
+                            data: now.data,
+                            failure: Some(Failure::Conflict),
+                        };
+                    }
+                    () = until_stopping(&mut stopping) => return shutting_down(),
+                    changed = applied.changed(), if ending => {
+                        if changed.is_err() {
+                            return shutting_down();
+                        }
+                        break;
+                    }
+                    got = live.recv(), if !ending => match got {
+                        Ok(r) if ends(&r.event, id) => ending = true,
+                        Ok(_) => {}
+                        // Fell behind: the end may have been among the missed records.
+                        Err(broadcast::error::RecvError::Lagged(_)) => ending = true,
+                        Err(broadcast::error::RecvError::Closed) => return shutting_down(),
+                    },
+                }
+            }
+        }
+    }
+
+    /// A done task's result: `data` is `{id, output, text}`.
+    pub async fn result(&self, id: &str) -> Response {
+        let got = self.engine(Request::Get { id: id.to_string() }).await;
+        let Some(data) = got.data.as_ref().filter(|_| got.ok) else {
+            return got;
+        };
+        let output = match data["state"].as_str() {
+            Some("done") => data["output"]
+                .as_str()
+                .map(str::to_string)
+                // Archived: only the outcome is kept; the default place is the best guess.
+                .unwrap_or_else(|| crate::result::destination(&self.ws, id, None)),
+            Some("failed") => {
+                return Response::fail(
+                    Failure::Conflict,
+                    format!(
+                        "task `{id}` failed and has no result; see .context/escalations/{id}.md"
+                    ),
+                );
+            }
+            Some("rejected") => {
+                return Response::fail(
+                    Failure::Conflict,
+                    format!(
+                        "task `{id}` was rejected: {}",
+                        data["reason"].as_str().unwrap_or("")
+                    ),
+                );
+            }
+            other => {
+                return Response::fail(
+                    Failure::Conflict,
+                    format!(
+                        "task `{id}` is not done yet (it is {})",
+                        other.unwrap_or("unknown")
+                    ),
+                );
+            }
+        };
+        let root = self.ws.root().to_path_buf();
+        let rel = output.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            crate::fsutil::read_confined(&root, &rel, MAX_RESULT_BYTES)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match read {
+            Ok(text) => Response::data(json!({"id": id, "output": output, "text": text})),
+            Err(e) => Response::error(format!("cannot read the result `{output}`: {e}")),
+        }
+    }
+
+    /// The ledger's records after sequence number `after` (`None`: from the next one written),
+    /// then live ones as they are written, until the daemon stops or the receiver is dropped.
+    /// Only records about `task` (and its workflow children) when given. Read back from the
+    /// files first, so a client that reconnects with the last id it saw misses nothing that is
+    /// still kept.
+    pub fn events(&self, after: Option<u64>, task: Option<String>) -> mpsc::Receiver<StreamItem> {
+        let (tx, rx) = mpsc::channel(256);
+        let mut live = self.live.subscribe();
+        let ledger_path = self.ws.ledger();
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            let keep = |r: &Record| match &task {
+                None => true,
+                Some(t) => r
+                    .event
+                    .task()
+                    .is_some_and(|id| id == t || crate::engine::is_child_of(id, t)),
+            };
+            // `None` until the first live record when the stream starts "from now".
+            let mut last = after;
+            'catch_up: loop {
+                let Some(mut from) = last else {
+                    // From now: nothing to read back; the first live record sets the position.
+                    tokio::select! {
+                        got = live.recv() => match got {
+                            Ok(r) => {
+                                last = Some(r.seq);
+                                if keep(&r) && tx.send(StreamItem::Record(r)).await.is_err() {
+                                    return;
+                                }
+                                continue 'catch_up;
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                        () = until_stopping(&mut stopping) => return,
+                        () = tx.closed() => return,
+                    }
+                };
+                // From the files, page by page, until they have nothing newer.
+                loop {
+                    let page = match read_page(&ledger_path, from).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!("cannot read the ledger for an event stream: {e}");
+                            return;
+                        }
+                    };
+                    if page.is_empty() {
+                        break;
+                    }
+                    for r in page {
+                        if r.seq > from + 1 {
+                            let gap = StreamItem::Gap {
+                                after: from,
+                                next: r.seq,
+                            };
+                            if tx.send(gap).await.is_err() {
+                                return;
+                            }
+                        }
+                        from = r.seq;
+                        if keep(&r) && tx.send(StreamItem::Record(Arc::new(r))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // Then live.
+                loop {
+                    tokio::select! {
+                        got = live.recv() => match got {
+                            Ok(r) if r.seq <= from => {}
+                            // Something was missed between the files and the subscription.
+                            Ok(r) if r.seq > from + 1 => {
+                                last = Some(from);
+                                continue 'catch_up;
+                            }
+                            Ok(r) => {
+                                from = r.seq;
+                                if keep(&r) && tx.send(StreamItem::Record(r)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                last = Some(from);
+                                continue 'catch_up;
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                        () = until_stopping(&mut stopping) => return,
+                        () = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    /// The path of the ledger (for messages).
+    pub fn ledger_path(&self) -> PathBuf {
+        self.ws.ledger()
+    }
+}
+
+async fn read_page(path: &std::path::Path, after: u64) -> std::io::Result<Vec<Record>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || ledger::read_after(&path, after, CATCH_UP_PAGE))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Resolves once the daemon begins to stop (without holding the watch's lock across awaits).
+async fn until_stopping(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
+}
+
+fn shutting_down() -> Response {
+    Response::fail(Failure::Unavailable, "the daemon is shutting down")
+}
+
+/// Whether `get`'s answer describes a finished task.
+pub fn is_finished(data: Option<&Value>) -> bool {
+    matches!(
+        data.and_then(|d| d["state"].as_str()),
+        Some("done" | "failed" | "rejected")
+    )
+}
+
+/// Whether `event` may have ended task `id` (or rejected its file).
+fn ends(event: &Event, id: &str) -> bool {
+    match event {
+        Event::Done { task, .. } | Event::Escalated { task, .. } | Event::Cancelled { task } => {
+            task == id
+        }
+        Event::Rejected { file, .. } => {
+            crate::task::id_from_stem(crate::fsutil::split_name(file).0) == id
+        }
+        _ => false,
+    }
+}

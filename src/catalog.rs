@@ -1,0 +1,92 @@
+//! What a daemon offers, as data: its agents (with their chains, roles and recent record) and its
+//! workflows. `dirigent agents`, `dirigent workflow list`, the HTTP API, `/v1/models` and the
+//! MCP server all describe the same things, so they all read them from here.
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::judge::Class;
+use crate::state::TaskBook;
+use crate::workspace::Workspace;
+
+/// Every configured agent, one JSON object each, in config order.
+pub fn agents(ws: &Workspace, config: &Config, book: &TaskBook) -> Vec<Value> {
+    let default_chain = config.effective_default_chain(ws.root());
+    let mut rows = Vec::new();
+    for (name, agent) in &config.agents {
+        let path = agent.resolve(ws.root());
+        let mut chains = config.memberships(name);
+        if config.default_chain.is_none() && default_chain.contains(name) {
+            chains.insert(0, "default_chain".into());
+        }
+        let (mut attempts, mut ok) = (0u64, 0u64);
+        for t in book.iter() {
+            for a in t.attempts.iter().filter(|a| &a.agent == name) {
+                attempts += 1;
+                ok += u64::from(a.class == Some(Class::Ok));
+            }
+        }
+        rows.push(json!({
+            "name": name,
+            "preset": agent.preset.map(|p| p.name),
+            "program": agent.program(),
+            "path": path.as_ref().map(|p| p.display().to_string()),
+            "installed": path.is_some(),
+            "model": agent.model,
+            "max_parallel": agent.max_parallel,
+            "stagger_ms": agent.stagger.as_millis() as u64,
+            "timeout_ms": agent.timeout.as_millis() as u64,
+            "idle_timeout_ms": agent.idle_timeout.map(|d| d.as_millis() as u64),
+            "in": chains,
+            "attempts": attempts,
+            "ok": ok,
+        }));
+    }
+    rows
+}
+
+/// `{config, default_chain, roles, agents}`: the answer of `dirigent agents --json` and
+/// `GET /agents`.
+pub fn agents_report(ws: &Workspace, config: &Config, book: &TaskBook) -> Value {
+    let roles: serde_json::Map<String, Value> = config
+        .roles
+        .iter()
+        .map(|(name, chain)| (name.clone(), json!(chain)))
+        .collect();
+    json!({
+        "config": config.source,
+        "default_chain": config.effective_default_chain(ws.root()),
+        "roles": roles,
+        "agents": agents(ws, config, book),
+    })
+}
+
+/// Every workflow (built-in and `.context/workflows/`), one JSON object each:
+/// `{name, source, valid, phases, description, vars}`.
+pub fn workflows(ws: &Workspace, config: &Config) -> std::io::Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    for def in crate::workflow::discover(&ws.workflows())? {
+        let (phases, description, vars, valid) = match crate::workflow::validate(&def, config) {
+            Ok(wf) => (
+                wf.phases
+                    .iter()
+                    .map(|p| format!("{}:{}", p.name.value, p.kind.value.name()))
+                    .collect::<Vec<_>>(),
+                wf.description.clone(),
+                wf.vars.clone(),
+                true,
+            ),
+            Err(_) => (vec![], String::new(), Default::default(), false),
+        };
+        rows.push(json!({
+            "name": def.name,
+            "source": def.source.to_string(),
+            "valid": valid,
+            "phases": phases,
+            "description": description,
+            // Each variable's default; `null` means the run must give it.
+            "vars": vars,
+        }));
+    }
+    Ok(rows)
+}

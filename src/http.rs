@@ -1,0 +1,468 @@
+//! The HTTP door: a JSON API over the same [`Api`] as the control socket, Server-Sent Events of
+//! the ledger, and (in [`crate::openai`]) an OpenAI-compatible endpoint. Started by the engine
+//! when `--http ADDR` or `http:` is set; stopped when the daemon stops.
+//!
+//! Every route but `/health` needs `Authorization: Bearer <token>`, the token the daemon writes
+//! on first start to `.context/http.token` (mode 0600). The bound address is written to
+//! `.context/http.url` so scripts (and tests) can find a server started on port 0.
+//! Routes and shapes are documented in `docs/api.md` and `docs/openapi.yaml`.
+
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request as HttpRequest, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::api::{Api, StreamItem};
+use crate::control::{Failure, Request, Response};
+use crate::workspace::Workspace;
+
+/// How long a stopping server waits for open requests before it drops them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Comment lines on idle event streams, so proxies and clients do not time them out.
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The running server.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    /// Receiver: axum's graceful-shutdown future. Sent by [`HttpServer::stop`].
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    url_file: PathBuf,
+}
+
+impl HttpServer {
+    /// Stops accepting, lets open requests finish (event streams and waits have already been
+    /// ended by the daemon's stop signal) for a few seconds, then drops the rest.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.url_file);
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub api: Api,
+    token: Arc<str>,
+}
+
+/// Where the bearer token lives.
+pub fn token_path(ws: &Workspace) -> PathBuf {
+    ws.context().join("http.token")
+}
+
+/// Where the running server's base URL is written.
+pub fn url_path(ws: &Workspace) -> PathBuf {
+    ws.context().join("http.url")
+}
+
+/// Reads the token, or creates it (32 random bytes as hex, mode 0600) on first start. A token
+/// file others can read is refused: anyone who has it controls the agents.
+pub fn load_or_create_token(ws: &Workspace) -> std::io::Result<String> {
+    let path = token_path(ws);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            let mut raw = [0u8; 32];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
+            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            f.write_all(format!("{token}\n").as_bytes())?;
+            f.sync_all()?;
+            tracing::info!("created the HTTP API token in `{}`", path.display());
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(&path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(std::io::Error::other(format!(
+                    "`{}` can be read by other users (mode {:o}); run `chmod 600` on it",
+                    path.display(),
+                    mode & 0o777
+                )));
+            }
+            let token = std::fs::read_to_string(&path)?.trim().to_string();
+            if token.len() < 16 {
+                return Err(std::io::Error::other(format!(
+                    "`{}` holds no usable token (at least 16 characters); delete it to get a new one",
+                    path.display()
+                )));
+            }
+            Ok(token)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Binds `addr` and serves the API until [`HttpServer::stop`].
+pub async fn serve(addr: SocketAddr, api: Api) -> std::io::Result<HttpServer> {
+    let ws = api.workspace().clone();
+    let token: Arc<str> = load_or_create_token(&ws)?.into();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(
+            "the HTTP API listens on {bound}, which is not loopback: anyone who can reach it and has the token controls your agents"
+        );
+    }
+    let url_file = url_path(&ws);
+    crate::fsutil::write_atomic(&url_file, format!("http://{bound}\n").as_bytes())?;
+    let state = AppState { api, token };
+    let app = router(state);
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("the HTTP API stopped: {e}");
+        }
+    });
+    tracing::info!(
+        "HTTP API on http://{bound} (token in `{}`)",
+        token_path(&ws).display()
+    );
+    Ok(HttpServer {
+        addr: bound,
+        shutdown,
+        task,
+        url_file,
+    })
+}
+
+fn router(state: AppState) -> Router {
+    let guarded = Router::new()
+        .route("/tasks", get(list_tasks).post(create_task))
+        .route("/tasks/{id}", get(get_task))
+        .route("/tasks/{id}/cancel", post(cancel_task))
+        .route("/tasks/{id}/retry", post(retry_task))
+        .route("/tasks/{id}/result", get(task_result))
+        .route("/agents", get(agents))
+        .route("/workflows", get(workflows))
+        .route("/workflows/{name}/runs", post(run_workflow))
+        .route("/events", get(events))
+        .route("/v1/models", get(crate::openai::models))
+        .route(
+            "/v1/chat/completions",
+            post(crate::openai::chat_completions),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(health))
+        .merge(guarded)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An error as every route returns it: OpenAI's shape, so one client-side handler fits all.
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "code": self.kind}})
+    }
+
+    /// The refusal in a daemon answer.
+    pub fn from_response(r: Response) -> Self {
+        let (status, kind) = match r.failure {
+            Some(Failure::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
+            Some(Failure::Conflict) => (StatusCode::CONFLICT, "conflict"),
+            Some(Failure::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            None => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        };
+        ApiError::new(status, kind, r.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> HttpResponse {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+type ApiResult = Result<HttpResponse, ApiError>;
+
+/// The data of a successful answer, or its refusal.
+fn data(r: Response) -> Result<Value, ApiError> {
+    if r.ok {
+        Ok(r.data.unwrap_or(Value::Null))
+    } else {
+        Err(ApiError::from_response(r))
+    }
+}
+
+fn json_ok(status: StatusCode, v: Value) -> HttpResponse {
+    (status, axum::Json(v)).into_response()
+}
+
+async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> HttpResponse {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if same(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "wrong bearer token; the daemon's token is in `.context/http.token`",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "missing `Authorization: Bearer <token>`; the token is in `.context/http.token`",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health() -> HttpResponse {
+    json_ok(
+        StatusCode::OK,
+        json!({"ok": true, "version": env!("CARGO_PKG_VERSION")}),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; docs/api.md lists them",
+    )
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+async fn list_tasks(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
+    let rows = data(st.api.call(Request::List { state: q.state }).await)?;
+    Ok(json_ok(StatusCode::OK, json!({"tasks": rows})))
+}
+
+/// `POST /tasks`: the body is a task, exactly as a `.json` task file would hold it.
+async fn create_task(State(st): State<AppState>, body: Bytes) -> ApiResult {
+    let fields = crate::task::parse_fields("request.json", &body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.0))?;
+    submit(&st.api, fields).await
+}
+
+pub(crate) async fn submit(api: &Api, fields: crate::task::TaskFields) -> ApiResult {
+    let d = data(
+        api.call(Request::Submit {
+            task: Box::new(fields),
+        })
+        .await,
+    )?;
+    let id = d["id"].as_str().unwrap_or_default().to_string();
+    let mut response = json_ok(
+        StatusCode::CREATED,
+        json!({"id": id, "file": d["file"], "url": format!("/tasks/{id}")}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/tasks/{id}")) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct GetQuery {
+    /// Long-poll: wait up to this long (`30s`, `5m`) for the task to finish.
+    wait: Option<String>,
+}
+
+async fn get_task(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> ApiResult {
+    let answer = match q.wait.as_deref() {
+        None => st.api.call(Request::Get { id }).await,
+        Some(w) => {
+            let limit = crate::duration::parse(w).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("`wait`: {e}"),
+                )
+            })?;
+            let r = st.api.wait(&id, Some(limit)).await;
+            // Not finished in time is not an error here: the state so far is the answer.
+            if !r.ok && r.data.is_some() && r.failure == Some(Failure::Conflict) {
+                Response::data(r.data.unwrap_or_default())
+            } else {
+                r
+            }
+        }
+    };
+    Ok(json_ok(StatusCode::OK, data(answer)?))
+}
+
+async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    message(st.api.call(Request::Cancel { id }).await)
+}
+
+async fn retry_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    message(st.api.call(Request::Retry { id }).await)
+}
+
+fn message(r: Response) -> ApiResult {
+    if r.ok {
+        Ok(json_ok(
+            StatusCode::OK,
+            json!({"ok": true, "message": r.message}),
+        ))
+    } else {
+        Err(ApiError::from_response(r))
+    }
+}
+
+/// `GET /tasks/{id}/result`: the result text itself, as `text/markdown`.
+async fn task_result(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let d = data(st.api.call(Request::Result { id }).await)?;
+    let text = d["text"].as_str().unwrap_or_default().to_string();
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+        text,
+    )
+        .into_response())
+}
+
+async fn agents(State(st): State<AppState>) -> ApiResult {
+    Ok(json_ok(
+        StatusCode::OK,
+        data(st.api.call(Request::Agents).await)?,
+    ))
+}
+
+async fn workflows(State(st): State<AppState>) -> ApiResult {
+    let rows = data(st.api.call(Request::Workflows).await)?;
+    Ok(json_ok(StatusCode::OK, json!({"workflows": rows})))
+}
+
+/// `POST /workflows/{name}/runs`: the body may give `vars`, `id`, `title`, `priority`, `after`
+/// (the keys of a task file; `workflow` is the path's).
+async fn run_workflow(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let mut object = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(m)) => m,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "the body must be a JSON object like {\"vars\": {\"goal\": \"…\"}}",
+                ));
+            }
+        }
+    };
+    object.insert("workflow".into(), Value::String(name));
+    let bytes = serde_json::to_vec(&object).unwrap_or_default();
+    let fields = crate::task::parse_fields("request.json", &bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.0))?;
+    submit(&st.api, fields).await
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Start after this sequence number (like `Last-Event-ID`); `0` replays what is kept.
+    after: Option<u64>,
+    /// Only events about this task (and a workflow run's own tasks).
+    task: Option<String>,
+}
+
+/// `GET /events`: Server-Sent Events, one per ledger record, `id:` = its sequence number.
+/// Resumes after `Last-Event-ID` (or `?after=`); without either, starts with the next event.
+async fn events(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult {
+    let after = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "`Last-Event-ID` must be a ledger sequence number",
+                    )
+                })?,
+        ),
+        None => q.after,
+    };
+    let rx = st.api.events(after, q.task);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await? {
+            StreamItem::Record(r) => SseEvent::default()
+                .id(r.seq.to_string())
+                .data(serde_json::to_string(&*r).unwrap_or_default()),
+            StreamItem::Gap { after, next } => SseEvent::default()
+                .event("gap")
+                .data(json!({"after": after, "next": next}).to_string()),
+        };
+        Some((Ok::<_, Infallible>(event), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}

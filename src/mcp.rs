@@ -1,0 +1,381 @@
+//! The MCP door: `dirigent mcp` speaks the Model Context Protocol over stdio (with `rmcp`, the
+//! official Rust SDK), so an assistant such as Claude Code can hand work to dirigent as tool
+//! calls. It starts nothing: every tool is one request on the running daemon's control socket
+//! (one connection per call, so a long `wait` never blocks another tool), and the daemon's
+//! [`crate::api::Api`] answers it like any other door.
+//!
+//! Register it with `claude mcp add dirigent -- dirigent --root /path/to/project mcp`.
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::control::{Request, Response};
+use crate::task::TaskFields;
+use crate::workspace::Workspace;
+
+/// How long `wait_task` (and `wait: true`) waits when the call does not say.
+const DEFAULT_WAIT_SECONDS: u64 = 600;
+
+/// The server: a workspace whose daemon the tools talk to.
+#[derive(Clone)]
+pub struct Server {
+    ws: Workspace,
+}
+
+/// Serves MCP on stdin/stdout until the client closes it.
+pub async fn serve_stdio(ws: Workspace) -> std::io::Result<()> {
+    let running = Server { ws }
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot start the MCP session: {e}")))?;
+    running
+        .waiting()
+        .await
+        .map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
+    Ok(())
+}
+
+fn schema(v: Value) -> Arc<JsonObject> {
+    match v {
+        Value::Object(m) => Arc::new(m),
+        _ => Arc::new(JsonObject::new()),
+    }
+}
+
+/// The tools, with their input schemas.
+fn tools() -> Vec<Tool> {
+    let string = json!({"type": "string"});
+    vec![
+        Tool::new(
+            "submit_task",
+            "Hand a task to dirigent: it runs through a fallback chain of agent CLIs (claude, \
+             gemini, codex, …), each attempt judged, and records everything. Returns the task id; \
+             with wait=true, waits and returns the result. Pick the agents with `role`, `agent` \
+             or `chain` (default: the configured default chain).",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "prompt": {"type": "string", "description": "What the agent should do."},
+                    "role": {"type": "string", "description": "A configured role; its chain runs the task."},
+                    "agent": {"type": "string", "description": "Pin one agent."},
+                    "chain": {"type": "array", "items": {"type": "string"}, "description": "An explicit fallback chain of agent names."},
+                    "output": {"type": "string", "description": "Workspace-relative file for the result (default .context/outbox/<id>.md)."},
+                    "title": string,
+                    "id": {"type": "string", "description": "The task id (default: generated)."},
+                    "files": {"type": "array", "items": {"type": "string"}, "description": "Workspace files to include in the prompt."},
+                    "wait": {"type": "boolean", "description": "Wait for the task and return its result."},
+                    "timeout_seconds": {"type": "integer", "minimum": 1, "description": "With wait: how long (default 600)."}
+                },
+                "required": ["prompt"]
+            })),
+        ),
+        Tool::new(
+            "wait_task",
+            "Wait until a task has finished (done, failed, cancelled or rejected) and return its \
+             state, with the result text when it is done.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "id": string,
+                    "timeout_seconds": {"type": "integer", "minimum": 1, "description": "Default 600."}
+                },
+                "required": ["id"]
+            })),
+        ),
+        Tool::new(
+            "task_status",
+            "One task's state and attempts (with `id`), or every task the daemon holds.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "id": string,
+                    "state": {"type": "string", "enum": ["pending", "running", "done", "failed", "requeued"], "description": "Without id: only tasks in this state."}
+                }
+            })),
+        ),
+        Tool::new(
+            "task_result",
+            "The result text of a task that is done.",
+            schema(json!({"type": "object", "properties": {"id": string}, "required": ["id"]})),
+        ),
+        Tool::new(
+            "cancel_task",
+            "Stop a task: its running agent's whole process group, or its place in the queue.",
+            schema(json!({"type": "object", "properties": {"id": string}, "required": ["id"]})),
+        ),
+        Tool::new(
+            "list_agents",
+            "The configured agents (installed or not, limits, recent record), roles and the \
+             default chain.",
+            schema(json!({"type": "object", "properties": {}})),
+        ),
+        Tool::new(
+            "list_workflows",
+            "The multi-agent workflows (ensemble planning, evaluator loops, …) with their phases \
+             and variables.",
+            schema(json!({"type": "object", "properties": {}})),
+        ),
+        Tool::new(
+            "run_workflow",
+            "Start a workflow run. Returns its id; with wait=true, waits and returns the result.",
+            schema(json!({
+                "type": "object",
+                "properties": {
+                    "name": string,
+                    "vars": {"type": "object", "additionalProperties": {"type": "string"}, "description": "The workflow's variables (see list_workflows)."},
+                    "id": string,
+                    "wait": {"type": "boolean"},
+                    "timeout_seconds": {"type": "integer", "minimum": 1}
+                },
+                "required": ["name"]
+            })),
+        ),
+    ]
+}
+
+/// A tool's failure, shown to the caller (not a protocol error).
+fn tool_error(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+fn tool_json(v: &Value) -> CallToolResult {
+    let mut r = CallToolResult::success(vec![ContentBlock::text(
+        serde_json::to_string_pretty(v).unwrap_or_default(),
+    )]);
+    r.structured_content = Some(v.clone());
+    r
+}
+
+fn arg_str(args: &JsonObject, key: &str) -> Option<String> {
+    args.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn arg_strings(args: &JsonObject, key: &str) -> Result<Option<Vec<String>>, String> {
+    match args.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("`{key}` must be a list of strings"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(format!("`{key}` must be a list of strings")),
+    }
+}
+
+impl Server {
+    async fn ask(&self, req: Request) -> Result<Response, String> {
+        crate::control::request_async(&self.ws, &req).await
+    }
+
+    /// Waits for `id`; the result text is added when it is done.
+    async fn wait(&self, id: &str, args: &JsonObject) -> CallToolResult {
+        let secs = args
+            .get("timeout_seconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(DEFAULT_WAIT_SECONDS);
+        let r = match self
+            .ask(Request::Wait {
+                id: id.to_string(),
+                timeout_ms: Some(secs.saturating_mul(1000)),
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return tool_error(e),
+        };
+        let Some(mut data) = r.data else {
+            return tool_error(r.message);
+        };
+        if !r.ok {
+            return tool_error(format!(
+                "task `{id}` has not finished after {secs}s (it is {}); call wait_task again",
+                data["state"].as_str().unwrap_or("unknown")
+            ));
+        }
+        match data["state"].as_str() {
+            Some("done") => match self.ask(Request::Result { id: id.to_string() }).await {
+                Ok(res) if res.ok => {
+                    let text = res.data.unwrap_or_default()["text"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    // The prompt is the caller's own; the result is what it asked for.
+                    if let Some(o) = data.as_object_mut() {
+                        o.remove("spec");
+                    }
+                    let mut out = CallToolResult::success(vec![ContentBlock::text(text.clone())]);
+                    out.structured_content =
+                        Some(json!({"id": id, "state": "done", "result": text, "task": data}));
+                    out
+                }
+                Ok(res) => tool_error(res.message),
+                Err(e) => tool_error(e),
+            },
+            Some("rejected") => tool_error(format!(
+                "task `{id}` was rejected: {}",
+                data["reason"].as_str().unwrap_or("")
+            )),
+            _ => tool_error(format!(
+                "task `{id}` failed: {}. The escalation report is .context/escalations/{id}.md; \
+                 fix the cause and `dirigent retry {id}`, or submit it to another agent.",
+                data["reason"]
+                    .as_str()
+                    .unwrap_or("every agent in its chain failed")
+            )),
+        }
+    }
+
+    /// Submits, then returns the id or (with `wait`) the outcome.
+    async fn submit(&self, fields: TaskFields, args: &JsonObject) -> CallToolResult {
+        let r = match self
+            .ask(Request::Submit {
+                task: Box::new(fields),
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return tool_error(e),
+        };
+        if !r.ok {
+            return tool_error(r.message);
+        }
+        let id = r.data.unwrap_or_default()["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if args.get("wait").and_then(Value::as_bool) == Some(true) {
+            return self.wait(&id, args).await;
+        }
+        tool_json(&json!({
+            "id": id,
+            "next": format!("call wait_task with id `{id}` for its result"),
+        }))
+    }
+
+    /// Answers with `data` (or the refusal).
+    async fn data(&self, req: Request) -> CallToolResult {
+        match self.ask(req).await {
+            Ok(r) if r.ok => tool_json(&r.data.unwrap_or_else(|| json!({"message": r.message}))),
+            Ok(r) => tool_error(r.message),
+            Err(e) => tool_error(e),
+        }
+    }
+
+    async fn call(&self, name: &str, args: JsonObject) -> Result<CallToolResult, String> {
+        Ok(match name {
+            "submit_task" => {
+                let prompt = arg_str(&args, "prompt").ok_or("`prompt` is required")?;
+                let fields = TaskFields {
+                    id: arg_str(&args, "id"),
+                    title: arg_str(&args, "title"),
+                    prompt: Some(prompt),
+                    role: arg_str(&args, "role"),
+                    agent: arg_str(&args, "agent"),
+                    chain: arg_strings(&args, "chain")?,
+                    output: arg_str(&args, "output"),
+                    files: arg_strings(&args, "files")?.unwrap_or_default(),
+                    ..Default::default()
+                };
+                self.submit(fields, &args).await
+            }
+            "run_workflow" => {
+                let name = arg_str(&args, "name").ok_or("`name` is required")?;
+                let mut vars = std::collections::BTreeMap::new();
+                if let Some(v) = args.get("vars") {
+                    let obj = v.as_object().ok_or("`vars` must be an object of strings")?;
+                    for (k, v) in obj {
+                        let v = match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        vars.insert(k.clone(), v);
+                    }
+                }
+                let fields = TaskFields {
+                    id: arg_str(&args, "id"),
+                    workflow: Some(name),
+                    vars,
+                    ..Default::default()
+                };
+                self.submit(fields, &args).await
+            }
+            "wait_task" => {
+                let id = arg_str(&args, "id").ok_or("`id` is required")?;
+                self.wait(&id, &args).await
+            }
+            "task_status" => match arg_str(&args, "id") {
+                Some(id) => self.data(Request::Get { id }).await,
+                None => {
+                    self.data(Request::List {
+                        state: arg_str(&args, "state"),
+                    })
+                    .await
+                }
+            },
+            "task_result" => {
+                let id = arg_str(&args, "id").ok_or("`id` is required")?;
+                match self.ask(Request::Result { id }).await {
+                    Ok(r) if r.ok => CallToolResult::success(vec![ContentBlock::text(
+                        r.data.unwrap_or_default()["text"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )]),
+                    Ok(r) => tool_error(r.message),
+                    Err(e) => tool_error(e),
+                }
+            }
+            "cancel_task" => {
+                let id = arg_str(&args, "id").ok_or("`id` is required")?;
+                self.data(Request::Cancel { id }).await
+            }
+            "list_agents" => self.data(Request::Agents).await,
+            "list_workflows" => self.data(Request::Workflows).await,
+            other => return Err(format!("no tool `{other}`")),
+        })
+    }
+}
+
+impl ServerHandler for Server {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("dirigent", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "dirigent supervises AI coding-agent CLIs. Use submit_task to delegate work \
+                 (large reviews, second opinions, bulk generation) and wait_task for the result; \
+                 a failed task comes with the reason and an escalation report path.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = request.arguments.unwrap_or_default();
+        match self.call(&request.name, args).await {
+            Ok(result) => Ok(result.into()),
+            Err(message) => Err(ErrorData::invalid_params(message, None)),
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The OpenAI-compatible door: `GET /v1/models` and `POST /v1/chat/completions` on the HTTP
+//! server, so Open WebUI or any OpenAI client library can hand work to dirigent.
+//!
+//! A model id names where the task goes: `dirigent` (the default chain), a role, an agent, or
+//! `workflow:NAME`; `role:NAME` and `agent:NAME` are accepted too, for names that collide.
+//! The messages become the task's prompt, the task runs like any other (the inbox, the chain,
+//! the judging, the ledger), and its result is the answer. A chain that fails ends in an
+//! OpenAI-style error object with the reason, never a hang. With `stream: true` the answer
+//! comes as `chat.completion.chunk` events; while the task runs, comment lines keep the
+//! connection alive.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use serde_json::{Value, json};
+
+use crate::api::Api;
+use crate::control::Request;
+use crate::http::{ApiError, AppState};
+use crate::task::TaskFields;
+
+/// Where a model id sends the task.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    DefaultChain,
+    Role(String),
+    Agent(String),
+    /// The prompt fills `var`, the workflow's one variable without a default.
+    Workflow {
+        name: String,
+        var: Option<String>,
+    },
+}
+
+/// Every model id the daemon answers to, in listing order.
+async fn catalog(api: &Api) -> Result<Vec<(String, Target)>, ApiError> {
+    let agents = api.call(Request::Agents).await;
+    let workflows = api.call(Request::Workflows).await;
+    let (agents, workflows) = match (agents.ok, workflows.ok) {
+        (true, true) => (
+            agents.data.unwrap_or_default(),
+            workflows.data.unwrap_or_default(),
+        ),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the daemon is shutting down",
+            ));
+        }
+    };
+    let mut out = vec![("dirigent".to_string(), Target::DefaultChain)];
+    let mut taken = std::collections::HashSet::from(["dirigent".to_string()]);
+    let roles: Vec<String> = agents["roles"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let agent_names: Vec<String> = agents["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Bare names first come, first served: roles, then agents; the prefixed form always works.
+    for role in roles {
+        let id = if taken.insert(role.clone()) {
+            role.clone()
+        } else {
+            format!("role:{role}")
+        };
+        out.push((id, Target::Role(role)));
+    }
+    for agent in agent_names {
+        let id = if taken.insert(agent.clone()) {
+            agent.clone()
+        } else {
+            format!("agent:{agent}")
+        };
+        out.push((id, Target::Agent(agent)));
+    }
+    for wf in workflows.as_array().into_iter().flatten() {
+        if wf["valid"] != true {
+            continue;
+        }
+        let Some(name) = wf["name"].as_str() else {
+            continue;
+        };
+        let required: Vec<&String> = wf["vars"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, v)| v.is_null())
+                    .map(|(k, _)| k)
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A workflow needing more than one variable cannot be fed from a chat.
+        if required.len() > 1 {
+            continue;
+        }
+        out.push((
+            format!("workflow:{name}"),
+            Target::Workflow {
+                name: name.to_string(),
+                var: required.first().map(|s| s.to_string()),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Finds the target of a model id.
+fn resolve(models: &[(String, Target)], model: &str) -> Option<Target> {
+    if let Some(t) = models.iter().find(|(id, _)| id == model) {
+        return Some(t.1.clone());
+    }
+    let (kind, name) = model.split_once(':')?;
+    models
+        .iter()
+        .map(|(_, t)| t)
+        .find(|t| match (kind, t) {
+            ("role", Target::Role(n)) | ("agent", Target::Agent(n)) => n == name,
+            _ => false,
+        })
+        .cloned()
+}
+
+/// `GET /v1/models`.
+pub(crate) async fn models(State(st): State<AppState>) -> Result<HttpResponse, ApiError> {
+    let data: Vec<Value> = catalog(&st.api)
+        .await?
+        .into_iter()
+        .map(|(id, target)| {
+            json!({
+                "id": id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "dirigent",
+                "dirigent": describe(&target),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}
+
+fn describe(t: &Target) -> Value {
+    match t {
+        Target::DefaultChain => json!({"kind": "default_chain"}),
+        Target::Role(n) => json!({"kind": "role", "name": n}),
+        Target::Agent(n) => json!({"kind": "agent", "name": n}),
+        Target::Workflow { name, var } => {
+            json!({"kind": "workflow", "name": name, "prompt_var": var})
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+}
+
+/// The text of a message's `content`: a string, or an array of parts of which the `text` ones
+/// count.
+fn content_text(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(
+            parts
+                .iter()
+                .filter(|p| p["type"] == "text")
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        Value::Null => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// Turns the messages into one prompt. One user message (with any system messages before it)
+/// reads as itself; a conversation is written out turn by turn, so the agent sees its history.
+fn prompt_of(messages: &[Value]) -> Result<(String, String), ApiError> {
+    let mut turns: Vec<(String, String)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m["role"]
+            .as_str()
+            .ok_or_else(|| invalid(format!("`messages[{i}].role` is missing")))?;
+        let text = content_text(&m["content"])
+            .ok_or_else(|| invalid(format!("`messages[{i}].content` must be text")))?;
+        turns.push((role.to_string(), text));
+    }
+    let last_user = turns
+        .iter()
+        .rev()
+        .find(|(r, _)| r == "user")
+        .map(|(_, t)| t.clone())
+        .ok_or_else(|| invalid("`messages` has no `user` message"))?;
+    let users = turns.iter().filter(|(r, _)| r == "user").count();
+    let others = turns
+        .iter()
+        .filter(|(r, _)| r != "user" && r != "system" && r != "developer")
+        .count();
+    let prompt = if users == 1 && others == 0 {
+        let mut parts: Vec<&str> = turns
+            .iter()
+            .filter(|(r, _)| r == "system" || r == "developer")
+            .map(|(_, t)| t.as_str())
+            .collect();
+        parts.push(&last_user);
+        parts.join("\n\n")
+    } else {
+        let mut s = String::from("The conversation so far; answer its last user message.\n");
+        for (role, text) in &turns {
+            s.push_str(&format!("\n## {role}\n\n{text}\n"));
+        }
+        s
+    };
+    if prompt.trim().is_empty() {
+        return Err(invalid("the messages are empty"));
+    }
+    Ok((prompt, last_user))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A chain that failed, as an error object. `x-should-retry: false` tells OpenAI's clients not
+/// to submit the same work again on their own: the chain already tried every agent.
+fn failed(message: String) -> HttpResponse {
+    let mut r =
+        ApiError::new(StatusCode::BAD_GATEWAY, "agent_chain_failed", message).into_response();
+    r.headers_mut()
+        .insert("x-should-retry", HeaderValue::from_static("false"));
+    r
+}
+
+/// Waits for task `id` and returns its result text, or why there is none.
+async fn outcome(api: &Api, id: &str) -> Result<String, (StatusCode, String)> {
+    let finished = api.wait(id, None).await;
+    if !finished.ok {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, finished.message));
+    }
+    let d = finished.data.unwrap_or_default();
+    match d["state"].as_str() {
+        Some("done") => {
+            let r = api.result(id).await;
+            if r.ok {
+                Ok(r.data.unwrap_or_default()["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string())
+            } else {
+                Err((StatusCode::INTERNAL_SERVER_ERROR, r.message))
+            }
+        }
+        Some("rejected") => Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "dirigent rejected task `{id}`: {}",
+                d["reason"].as_str().unwrap_or("")
+            ),
+        )),
+        _ => Err((
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "task `{id}` failed: {}; the report is .context/escalations/{id}.md",
+                d["reason"]
+                    .as_str()
+                    .unwrap_or("every agent in its chain failed")
+            ),
+        )),
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let req: Value =
+        serde_json::from_slice(&body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let model = req["model"]
+        .as_str()
+        .ok_or_else(|| invalid("`model` is missing; `GET /v1/models` lists them"))?
+        .to_string();
+    let messages = req["messages"]
+        .as_array()
+        .ok_or_else(|| invalid("`messages` must be an array"))?;
+    let stream = req["stream"].as_bool().unwrap_or(false);
+    let models = catalog(&st.api).await?;
+    let target = resolve(&models, &model).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!(
+                "no model `{model}` (models: {}); `GET /v1/models` lists them",
+                models
+                    .iter()
+                    .map(|(id, _)| id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
+    let (prompt, last_user) = prompt_of(messages)?;
+    let mut fields = TaskFields {
+        id: Some(format!("chat-{}", crate::submit::generate_id(&last_user))),
+        title: Some(crate::task::title_from_prompt(&last_user)),
+        ..Default::default()
+    };
+    match target {
+        Target::DefaultChain => fields.prompt = Some(prompt),
+        Target::Role(r) => {
+            fields.prompt = Some(prompt);
+            fields.role = Some(r);
+        }
+        Target::Agent(a) => {
+            fields.prompt = Some(prompt);
+            fields.agent = Some(a);
+        }
+        Target::Workflow { name, var } => {
+            fields.workflow = Some(name);
+            if let Some(var) = var {
+                fields.vars.insert(var, prompt);
+            }
+        }
+    }
+    let submitted = st
+        .api
+        .call(Request::Submit {
+            task: Box::new(fields),
+        })
+        .await;
+    if !submitted.ok {
+        return Err(ApiError::from_response(submitted));
+    }
+    let id = submitted.data.unwrap_or_default()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let completion_id = format!("chatcmpl-{id}");
+    let created = now_secs();
+    let task_header = HeaderValue::from_str(&id).ok();
+
+    if !stream {
+        let mut response = match outcome(&st.api, &id).await {
+            Ok(text) => axum::Json(json!({
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }],
+                "dirigent": {"task": id},
+            }))
+            .into_response(),
+            Err((StatusCode::BAD_GATEWAY, message)) => failed(message),
+            Err((status, message)) => {
+                ApiError::new(status, "dirigent_error", message).into_response()
+            }
+        };
+        if let Some(v) = task_header {
+            response.headers_mut().insert("x-dirigent-task", v);
+        }
+        return Ok(response);
+    }
+
+    // Streaming: the role chunk at once, then the whole result as one content chunk when the
+    // task is done (agents answer in one piece), then the finish chunk and `[DONE]`.
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+        .to_string()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(4);
+    let api = st.api.clone();
+    let task_id = id.clone();
+    tokio::spawn(async move {
+        let _ = tx
+            .send(
+                SseEvent::default().data(chunk(json!({"role": "assistant", "content": ""}), None)),
+            )
+            .await;
+        let events = match outcome(&api, &task_id).await {
+            Ok(text) => vec![
+                SseEvent::default().data(chunk(json!({"content": text}), None)),
+                SseEvent::default().data(chunk(json!({}), Some("stop"))),
+            ],
+            Err((status, message)) => {
+                let kind = if status == StatusCode::BAD_GATEWAY {
+                    "agent_chain_failed"
+                } else {
+                    "dirigent_error"
+                };
+                vec![
+                    SseEvent::default()
+                        .data(ApiError::new(status, kind, message).body().to_string()),
+                ]
+            }
+        };
+        for e in events {
+            if tx.send(e).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(SseEvent::default().data("[DONE]")).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let e = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(crate::http::KEEP_ALIVE))
+        .into_response();
+    if let Some(v) = task_header {
+        response.headers_mut().insert("x-dirigent-task", v);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_user_message_is_the_prompt_and_a_conversation_is_written_out() {
+        let (p, last) = prompt_of(&[
+            json!({"role": "system", "content": "Be brief."}),
+            json!({"role": "user", "content": [{"type": "text", "text": "Fix the bug"}]}),
+        ])
+        .unwrap();
+        assert_eq!(p, "Be brief.\n\nFix the bug");
+        assert_eq!(last, "Fix the bug");
+        let (p, last) = prompt_of(&[
+            json!({"role": "user", "content": "a"}),
+            json!({"role": "assistant", "content": "b"}),
+            json!({"role": "user", "content": "c"}),
+        ])
+        .unwrap();
+        assert!(
+            p.contains("## user\n\na\n\n## assistant\n\nb\n\n## user\n\nc\n"),
+            "{p}"
+        );
+        assert_eq!(last, "c");
+        assert!(prompt_of(&[json!({"role": "assistant", "content": "x"})]).is_err());
+        assert!(prompt_of(&[json!({"role": "user", "content": 3})]).is_err());
+    }
+
+    #[test]
+    fn bare_names_and_prefixed_names_resolve() {
+        let models = vec![
+            ("dirigent".to_string(), Target::DefaultChain),
+            ("review".to_string(), Target::Role("review".into())),
+            ("agent:review".to_string(), Target::Agent("review".into())),
+            ("ok".to_string(), Target::Agent("ok".into())),
+        ];
+        assert_eq!(resolve(&models, "ok"), Some(Target::Agent("ok".into())));
+        assert_eq!(
+            resolve(&models, "review"),
+            Some(Target::Role("review".into()))
+        );
+        assert_eq!(
+            resolve(&models, "agent:review"),
+            Some(Target::Agent("review".into()))
+        );
+        assert_eq!(
+            resolve(&models, "role:review"),
+            Some(Target::Role("review".into()))
+        );
+        assert_eq!(
+            resolve(&models, "agent:ok"),
+            Some(Target::Agent("ok".into()))
+        );
+        assert_eq!(resolve(&models, "nope"), None);
+    }
+}

@@ -1,0 +1,145 @@
+//! Submitting a task: how every door puts work in. `dirigent submit`, a workflow's phases, the
+//! HTTP API, the OpenAI-compatible endpoint and the MCP server all end here: the fields are
+//! checked with the daemon's own rules ([`task::accept`]) and the task is written into the inbox
+//! exactly as a user would drop it (Maildir: `inbox/.tmp/`, fsync, rename). The inbox stage
+//! takes it from there, so a task produces the same ledger events whichever door it came by.
+
+use std::path::PathBuf;
+
+use crate::config::{Config, validate_name};
+use crate::fsutil;
+use crate::task::{self, TaskFields};
+use crate::workspace::Workspace;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The fields would be rejected by the daemon; the text says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// The id is taken (by a known task, or a file waiting in the inbox).
+    #[error("{0}")]
+    Exists(String),
+    #[error("cannot write the task into `{path}`: {cause}")]
+    Io { path: String, cause: std::io::Error },
+}
+
+/// A task written into the inbox.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub id: String,
+    /// Its file in `inbox/`.
+    pub file: PathBuf,
+}
+
+/// A readable, unique-enough id: a slug of the first words plus a time-based suffix.
+pub fn generate_id(seed: &str) -> String {
+    let words: Vec<String> = seed
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(4)
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let slug = if words.is_empty() {
+        "task".to_string()
+    } else {
+        words.join("-")
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mix = (nanos as u64) ^ ((std::process::id() as u64) << 40) ^ (nanos >> 64) as u64;
+    let mut slug: String = slug.chars().take(40).collect();
+    slug.push_str(&format!("-{:06x}", mix & 0xff_ffff));
+    slug
+}
+
+/// Decides the id (the given one, or one generated from the workflow name or prompt) and checks
+/// the fields with the daemon's rules. `exists` answers whether an id is already taken.
+pub fn prepare(
+    mut fields: TaskFields,
+    config: &Config,
+    ws: &Workspace,
+    exists: impl Fn(&str) -> bool,
+) -> Result<(String, TaskFields), SubmitError> {
+    let id = match &fields.id {
+        Some(id) => {
+            validate_name(id)
+                .map_err(|m| SubmitError::Invalid(format!("invalid id `{id}`: {m}")))?;
+            id.clone()
+        }
+        None => generate_id(
+            fields
+                .workflow
+                .as_deref()
+                .or(fields.prompt.as_deref())
+                .unwrap_or("task"),
+        ),
+    };
+    fields.id = Some(id.clone());
+    task::accept(id.clone(), fields.clone(), config, ws.root())
+        .map_err(|e| SubmitError::Invalid(e.0))?;
+    if exists(&id) {
+        return Err(SubmitError::Exists(format!(
+            "a task `{id}` already exists; choose another id"
+        )));
+    }
+    Ok((id, fields))
+}
+
+/// Writes the task into the inbox: `inbox/.tmp/<id>.json`, fsync, then a rename that never
+/// replaces a file already waiting under that name. The daemon never sees half a file.
+pub fn write_into_inbox(
+    ws: &Workspace,
+    id: &str,
+    fields: &TaskFields,
+) -> Result<Submitted, SubmitError> {
+    let name = format!("{id}.json");
+    let tmp = ws.inbox_tmp().join(&name);
+    let dest = ws.inbox().join(&name);
+    let io = |path: &PathBuf, cause| SubmitError::Io {
+        path: path.display().to_string(),
+        cause,
+    };
+    let bytes = serde_json::to_vec_pretty(fields).map_err(|e| io(&tmp, e.into()))?;
+    fsutil::write_atomic(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
+    if let Err(e) = fsutil::rename_noreplace(&tmp, &dest) {
+        let _ = std::fs::remove_file(&tmp);
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            return Err(SubmitError::Exists(format!(
+                "`{}` is already waiting in the inbox; choose another id",
+                dest.display()
+            )));
+        }
+        return Err(io(&dest, e));
+    }
+    Ok(Submitted {
+        id: id.to_string(),
+        file: dest,
+    })
+}
+
+/// [`prepare`] then [`write_into_inbox`].
+pub fn submit(
+    ws: &Workspace,
+    config: &Config,
+    fields: TaskFields,
+    exists: impl Fn(&str) -> bool,
+) -> Result<Submitted, SubmitError> {
+    let (id, fields) = prepare(fields, config, ws, exists)?;
+    write_into_inbox(ws, &id, &fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_valid_names_and_differ() {
+        let a = generate_id("Review the parser, please!");
+        assert!(a.starts_with("review-the-parser-please-"), "{a}");
+        assert!(validate_name(&a).is_ok());
+        assert!(validate_name(&generate_id("")).is_ok());
+        assert!(validate_name(&generate_id("ü ß ☃")).is_ok());
+    }
+}
