@@ -179,6 +179,7 @@ fn router(state: AppState) -> Router {
 }
 
 /// An error as every route returns it: OpenAI's shape, so one client-side handler fits all.
+#[derive(Debug)]
 pub(crate) struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
