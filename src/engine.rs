@@ -105,6 +105,21 @@ pub async fn run_with_options(
         tracing::debug!("not a child subreaper: processes that escape with setsid are not caught");
     }
     let config = Arc::new(Config::load(&ws.config())?);
+    // Bound before the ledger is touched: a taken port or a bad token stops the start cleanly.
+    let http_addr = options.http.or(config.http);
+    let http_bound = match http_addr {
+        Some(addr) => {
+            Some(
+                crate::http::bind(&ws, addr)
+                    .await
+                    .map_err(|cause| DaemonError::Http {
+                        addr: addr.to_string(),
+                        cause,
+                    })?,
+            )
+        }
+        None => None,
+    };
 
     let loaded = crate::compact::load(&ws, Some(KEEP_FINISHED), true).map_err(ws_err)?;
     if let Some(aside) = &loaded.torn {
@@ -190,16 +205,14 @@ pub async fn run_with_options(
             path: crate::control::socket_path(&ws).display().to_string(),
             cause,
         })?;
-    let http = match options.http.or(engine.config.http) {
-        Some(addr) => Some(
-            crate::http::serve(addr, api.clone())
-                .await
-                .map_err(|cause| DaemonError::Http {
-                    addr: addr.to_string(),
-                    cause,
-                })?,
-        ),
-        None => None,
+    let http = match (http_bound, http_addr) {
+        (Some(bound), Some(addr)) => Some(crate::http::serve(bound, api.clone()).map_err(
+            |cause| DaemonError::Http {
+                addr: addr.to_string(),
+                cause,
+            },
+        )?),
+        _ => None,
     };
     drop(api);
     let config_changed = Arc::new(Notify::new());

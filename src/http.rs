@@ -116,19 +116,32 @@ pub fn load_or_create_token(ws: &Workspace) -> std::io::Result<String> {
     }
 }
 
-/// Binds `addr` and serves the API until [`HttpServer::stop`].
-pub async fn serve(addr: SocketAddr, api: Api) -> std::io::Result<HttpServer> {
-    let ws = api.workspace().clone();
-    let token: Arc<str> = load_or_create_token(&ws)?.into();
+/// A bound listener with its token, not serving yet: the daemon binds before it touches the
+/// ledger, so a taken port or a bad token file stops it before anything has happened.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    token: Arc<str>,
+}
+
+/// Loads (or creates) the token and binds `addr`.
+pub async fn bind(ws: &Workspace, addr: SocketAddr) -> std::io::Result<Bound> {
+    let token: Arc<str> = load_or_create_token(ws)?.into();
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    if !bound.ip().is_loopback() {
+    Ok(Bound { listener, token })
+}
+
+/// Serves the API on `bound` until [`HttpServer::stop`].
+pub fn serve(bound: Bound, api: Api) -> std::io::Result<HttpServer> {
+    let ws = api.workspace().clone();
+    let Bound { listener, token } = bound;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
         tracing::warn!(
-            "the HTTP API listens on {bound}, which is not loopback: anyone who can reach it and has the token controls your agents"
+            "the HTTP API listens on {addr}, which is not loopback: anyone who can reach it and has the token controls your agents"
         );
     }
     let url_file = url_path(&ws);
-    crate::fsutil::write_atomic(&url_file, format!("http://{bound}\n").as_bytes())?;
+    crate::fsutil::write_atomic(&url_file, format!("http://{addr}\n").as_bytes())?;
     let state = AppState { api, token };
     let app = router(state);
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -143,11 +156,11 @@ pub async fn serve(addr: SocketAddr, api: Api) -> std::io::Result<HttpServer> {
         }
     });
     tracing::info!(
-        "HTTP API on http://{bound} (token in `{}`)",
+        "HTTP API on http://{addr} (token in `{}`)",
         token_path(&ws).display()
     );
     Ok(HttpServer {
-        addr: bound,
+        addr,
         shutdown,
         task,
         url_file,

@@ -107,6 +107,11 @@ impl Workspace {
     /// Waits until `found` returns `Some` for the ledger's records. Woken by changes in
     /// `.context/`; fails the test with the ledger and the daemon log after [`PATIENCE`].
     pub fn wait_for<T>(&self, what: &str, mut found: impl FnMut(&[Record]) -> Option<T>) -> T {
+        self.wait_until(what, || found(&self.records()))
+    }
+
+    /// Waits until `found` returns `Some`, looking again on every change in `.context/`.
+    pub fn wait_until<T>(&self, what: &str, mut found: impl FnMut() -> Option<T>) -> T {
         use notify::Watcher;
         let (tx, rx) = mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |_| {
@@ -118,7 +123,7 @@ impl Workspace {
             .unwrap();
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Some(v) = found(&self.records()) {
+            if let Some(v) = found() {
                 return v;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -132,6 +137,23 @@ impl Workspace {
             // A wake-up means "look again"; the timeout only bounds a missed event.
             let _ = rx.recv_timeout(left.min(Duration::from_millis(500)));
         }
+    }
+
+    /// Starts the daemon with the HTTP API on a free loopback port; returns it with the
+    /// server's base URL and token once `.context/http.url` says it listens.
+    pub fn start_http(&self) -> (Daemon, String, String) {
+        let d = self.start_full(&[], &["--http", "127.0.0.1:0"]);
+        let url = self.wait_until("the HTTP API to listen", || {
+            std::fs::read_to_string(self.path("http.url"))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        });
+        let token = std::fs::read_to_string(self.path("http.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        (d, url, token)
     }
 
     /// Waits for the task's `done` or `escalated` event and returns it.
@@ -185,6 +207,11 @@ impl Daemon {
         )
         .unwrap();
         child.wait().unwrap()
+    }
+
+    /// Waits for a daemon that exits on its own (a start-up failure).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("running").wait().unwrap()
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
@@ -252,4 +279,304 @@ pub fn list(ws: &Workspace, sub: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// One HTTP response, as the tests' small client read it.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Opens a connection to `base` (`http://host:port`) and sends one HTTP/1.1 request.
+fn http_send(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let host = base.strip_prefix("http://").expect("an http:// URL");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes()).unwrap();
+    stream
+}
+
+/// Reads the status line and headers.
+fn http_head(reader: &mut impl std::io::BufRead) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP status line: {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    (status, headers)
+}
+
+/// Undoes `Transfer-Encoding: chunked` as it is read.
+struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> std::io::Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut size = String::new();
+            self.inner.read_line(&mut size)?;
+            if size.trim().is_empty() {
+                // The CRLF after the previous chunk.
+                size.clear();
+                self.inner.read_line(&mut size)?;
+            }
+            if size.is_empty() {
+                self.done = true;
+                return Ok(0);
+            }
+            self.left = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16)
+                .map_err(|e| std::io::Error::other(format!("bad chunk size {size:?}: {e}")))?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        if n == 0 {
+            self.done = true;
+        }
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+fn body_reader(
+    reader: std::io::BufReader<std::net::TcpStream>,
+    headers: &[(String, String)],
+) -> Box<dyn std::io::BufRead> {
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        Box::new(std::io::BufReader::new(Chunked {
+            inner: reader,
+            left: 0,
+            done: false,
+        }))
+    } else {
+        Box::new(reader)
+    }
+}
+
+/// One request, read to the end (`Connection: close`).
+pub fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> HttpReply {
+    use std::io::Read;
+    let stream = http_send(base, method, path, token, &[], body);
+    let mut reader = std::io::BufReader::new(stream);
+    let (status, headers) = http_head(&mut reader);
+    let mut body = String::new();
+    body_reader(reader, &headers)
+        .read_to_string(&mut body)
+        .unwrap();
+    HttpReply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// An open event stream.
+pub struct SseStream {
+    pub status: u16,
+    reader: Box<dyn std::io::BufRead>,
+}
+
+impl SseStream {
+    pub fn open(base: &str, path: &str, token: &str, headers: &[(&str, &str)]) -> SseStream {
+        let stream = http_send(base, "GET", path, Some(token), headers, None);
+        let mut reader = std::io::BufReader::new(stream);
+        let (status, headers) = http_head(&mut reader);
+        SseStream {
+            status,
+            reader: body_reader(reader, &headers),
+        }
+    }
+
+    /// The next event (comments skipped), or `None` when the server ended the stream.
+    pub fn next(&mut self) -> Option<SseEvent> {
+        let mut ev = SseEvent {
+            id: None,
+            event: None,
+            data: String::new(),
+        };
+        let mut any = false;
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap() == 0 {
+                return None;
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if any {
+                    return Some(ev);
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            any = true;
+            match field {
+                "id" => ev.id = Some(value.to_string()),
+                "event" => ev.event = Some(value.to_string()),
+                "data" => {
+                    if !ev.data.is_empty() {
+                        ev.data.push('\n');
+                    }
+                    ev.data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A Python interpreter that can import the packages of `tests/clients/requirements.txt`:
+/// they are installed into `target/pydeps` once (by `.ci/run`, or here on first use, under a
+/// lock so parallel tests install once). Returns the `PYTHONPATH` to use.
+pub fn python_deps() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let reqs = root.join("tests/clients/requirements.txt");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let deps = target.join("pydeps");
+    let wanted = std::fs::read_to_string(&reqs).unwrap();
+    let stamp = deps.join(".requirements.txt");
+    let installed = || std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str());
+    if installed() {
+        return deps;
+    }
+    std::fs::create_dir_all(&target).unwrap();
+    let lock = std::fs::File::create(target.join("pydeps.lock")).unwrap();
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    if !installed() {
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--upgrade",
+                "--target",
+            ])
+            .arg(&deps)
+            .arg("-r")
+            .arg(&reqs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot install the Python client libraries the door tests use:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&stamp, &wanted).unwrap();
+    }
+    deps
+}
+
+/// Runs a script from `tests/clients/` with the client libraries importable; returns its
+/// stdout parsed as JSON, failing the test with its stderr when it fails.
+pub fn python_client(script: &str, args: &[&str]) -> serde_json::Value {
+    let deps = python_deps();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .env("PYTHONPATH", &deps)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }

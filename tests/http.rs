@@ -1,0 +1,430 @@
+//! The HTTP API against the real daemon on a loopback port: the bearer token, the task routes,
+//! workflows and agents, Server-Sent Events with `Last-Event-ID` resume, and a clean stop.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{SseStream, Workspace, http};
+use dirigent::ledger::Event;
+
+const CONFIG: &str = r#"
+concurrency: 2
+kill_grace: 300ms
+default_chain: [good]
+roles: { review: [broken, good] }
+agents:
+  good:   { command: ["{agents}/ok.sh"] }
+  broken: { command: ["{agents}/fail.sh"] }
+  hang:   { command: ["{agents}/hang.sh"] }
+"#;
+
+#[test]
+fn every_route_but_health_needs_the_token_which_is_private() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    let mode = std::fs::metadata(ws.path("http.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(token.len(), 64, "32 random bytes as hex");
+
+    let health = http(&url, "GET", "/health", None, None);
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["ok"], true);
+
+    for (method, path) in [
+        ("GET", "/tasks"),
+        ("POST", "/tasks"),
+        ("GET", "/events"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+    ] {
+        let none = http(&url, method, path, None, Some("{}"));
+        assert_eq!(none.status, 401, "{method} {path}: {none:?}");
+        assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(
+            none.json()["error"]["message"],
+            "missing `Authorization: Bearer <token>`; the token is in `.context/http.token`"
+        );
+        let wrong = http(&url, method, path, Some(&"0".repeat(64)), Some("{}"));
+        assert_eq!(wrong.status, 401, "{method} {path}");
+        assert_eq!(
+            wrong.json()["error"]["message"],
+            "wrong bearer token; the daemon's token is in `.context/http.token`"
+        );
+    }
+    assert_eq!(http(&url, "GET", "/tasks", Some(&token), None).status, 200);
+}
+
+#[test]
+fn the_token_survives_restarts_and_a_readable_one_is_refused() {
+    let ws = Workspace::new(CONFIG);
+    let (mut d, _, first) = ws.start_http();
+    assert!(d.stop().success());
+    assert!(
+        !ws.path("http.url").exists(),
+        "a stopped daemon leaves no URL behind"
+    );
+    let (mut d, _, second) = ws.start_http();
+    assert_eq!(first, second);
+    assert!(d.stop().success());
+
+    std::fs::set_permissions(
+        ws.path("http.token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let mut d = ws.start_full(&[], &["--http", "127.0.0.1:0"]);
+    let status = d.wait();
+    assert_eq!(status.code(), Some(2));
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    let path = ws.path("http.token");
+    assert!(
+        log.contains(&format!(
+            "error: cannot serve the HTTP API on `127.0.0.1:0`: `{}` can be read by other users (mode 644); run `chmod 600` on it",
+            path.display()
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn tasks_are_created_listed_waited_for_and_their_results_read() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    let t = Some(token.as_str());
+
+    let created = http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "over http", "id": "h1"}"#),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json()["id"], "h1");
+    assert_eq!(created.header("location"), Some("/tasks/h1"));
+
+    let done = http(&url, "GET", "/tasks/h1?wait=60s", t, None);
+    assert_eq!(done.status, 200);
+    let record = done.json();
+    assert_eq!(record["state"], "done", "{record}");
+    assert_eq!(record["attempts"][0]["agent"], "good");
+
+    let result = http(&url, "GET", "/tasks/h1/result", t, None);
+    assert_eq!(result.status, 200);
+    assert_eq!(
+        result.header("content-type"),
+        Some("text/markdown; charset=utf-8")
+    );
+    assert_eq!(result.body, "ok from good: over http\n");
+    assert_eq!(
+        result.body,
+        std::fs::read_to_string(ws.path("outbox/h1.md")).unwrap()
+    );
+
+    let list = http(&url, "GET", "/tasks?state=done", t, None).json();
+    let ids: Vec<&str> = list["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["h1"]);
+    assert_eq!(list["tasks"][0]["output"], ".context/outbox/h1.md");
+
+    // Refusals carry the daemon's own words and fitting status codes.
+    let again = http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "x", "id": "h1"}"#),
+    );
+    assert_eq!(again.status, 409);
+    assert_eq!(
+        again.json()["error"]["message"],
+        "a task `h1` already exists; choose another id"
+    );
+    let bad = http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "x", "agnet": "good"}"#),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid task JSON at line 1 column 23: unknown field `agnet`"),
+        "{bad:?}"
+    );
+    let unknown_agent = http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "x", "agent": "nope"}"#),
+    );
+    assert_eq!(unknown_agent.status, 400);
+    let missing = http(&url, "GET", "/tasks/nope", t, None);
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.json()["error"]["message"],
+        "no task `nope`; `dirigent status` lists the tasks"
+    );
+    assert_eq!(http(&url, "GET", "/tasks/nope/result", t, None).status, 404);
+    assert_eq!(http(&url, "GET", "/no/such/route", t, None).status, 404);
+
+    // A failed chain: the record says why, and there is no result.
+    let failed = http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "x", "id": "h2", "agent": "broken"}"#),
+    );
+    assert_eq!(failed.status, 201);
+    let record = http(&url, "GET", "/tasks/h2?wait=60s", t, None).json();
+    assert_eq!(record["state"], "failed", "{record}");
+    let no_result = http(&url, "GET", "/tasks/h2/result", t, None);
+    assert_eq!(no_result.status, 409);
+    assert_eq!(
+        no_result.json()["error"]["message"],
+        "task `h2` failed and has no result; see .context/escalations/h2.md"
+    );
+}
+
+#[test]
+fn a_long_poll_that_runs_out_returns_the_state_so_far() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    let t = Some(token.as_str());
+    http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "x", "id": "slow", "agent": "hang"}"#),
+    );
+    ws.wait_for("the attempt to start", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "slow"))
+            .then_some(())
+    });
+    let polled = http(&url, "GET", "/tasks/slow?wait=200ms", t, None);
+    assert_eq!(polled.status, 200);
+    assert_eq!(polled.json()["state"], "running");
+    let bad = http(&url, "GET", "/tasks/slow?wait=soon", t, None);
+    assert_eq!(bad.status, 400);
+
+    // Cancel over HTTP, then retry: the same engine paths as the CLI.
+    let cancel = http(&url, "POST", "/tasks/slow/cancel", t, None);
+    assert_eq!(cancel.status, 200, "{cancel:?}");
+    assert_eq!(
+        cancel.json()["message"],
+        "cancelling `slow`: its process group is being stopped"
+    );
+    let record = http(&url, "GET", "/tasks/slow?wait=60s", t, None).json();
+    assert_eq!(record["state"], "failed");
+    let again = http(&url, "POST", "/tasks/slow/cancel", t, None);
+    assert_eq!(again.status, 409);
+    let retry = http(&url, "POST", "/tasks/slow/retry", t, None);
+    assert_eq!(retry.status, 200, "{retry:?}");
+    ws.wait_for("the retried attempt", |recs| {
+        recs.iter()
+            .filter(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "slow"))
+            .nth(1)
+            .map(|_| ())
+    });
+    assert_eq!(
+        http(&url, "POST", "/tasks/slow/cancel", t, None).status,
+        200
+    );
+}
+
+#[test]
+fn agents_and_workflows_are_listed_and_a_workflow_runs() {
+    let ws = Workspace::new(CONFIG);
+    std::fs::write(
+        ws.path("workflows/echo.yaml"),
+        "name: echo\nvars: { goal: ~ }\nphases:\n  - { name: only, type: single, agent: good, prompt: \"do {goal}\" }\n",
+    )
+    .unwrap();
+    let (_d, url, token) = ws.start_http();
+    let t = Some(token.as_str());
+
+    let agents = http(&url, "GET", "/agents", t, None).json();
+    let names: Vec<&str> = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["broken", "good", "hang"]);
+    assert_eq!(
+        agents["roles"]["review"],
+        serde_json::json!(["broken", "good"])
+    );
+
+    let workflows = http(&url, "GET", "/workflows", t, None).json();
+    let echo = workflows["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "echo")
+        .expect("echo listed")
+        .clone();
+    assert_eq!(echo["valid"], true);
+    assert_eq!(echo["vars"], serde_json::json!({"goal": null}));
+
+    let missing_var = http(&url, "POST", "/workflows/echo/runs", t, Some("{}"));
+    assert_eq!(missing_var.status, 400, "{missing_var:?}");
+    let run = http(
+        &url,
+        "POST",
+        "/workflows/echo/runs",
+        t,
+        Some(r#"{"vars": {"goal": "the thing"}, "id": "wf1"}"#),
+    );
+    assert_eq!(run.status, 201, "{run:?}");
+    let record = http(&url, "GET", "/tasks/wf1?wait=60s", t, None).json();
+    assert_eq!(record["state"], "done", "{record}");
+    let result = http(&url, "GET", "/tasks/wf1/result", t, None);
+    assert_eq!(result.body, "ok from good: do the thing\n");
+}
+
+#[test]
+fn events_arrive_in_order_and_resume_after_last_event_id() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    let t = Some(token.as_str());
+    let mut all = SseStream::open(&url, "/events?after=0", &token, &[]);
+    assert_eq!(all.status, 200);
+    for id in ["e1", "e2", "e3"] {
+        let body = format!(r#"{{"prompt": "p", "id": "{id}"}}"#);
+        assert_eq!(http(&url, "POST", "/tasks", t, Some(&body)).status, 201);
+    }
+    // Read until all three are done; every record in sequence, `id:` = its seq.
+    let mut seen = Vec::new();
+    let mut done = 0;
+    while done < 3 {
+        let ev = all.next().expect("the stream stays open");
+        let record: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(ev.id.as_deref(), Some(record["seq"].to_string().as_str()));
+        if record["event"] == "done" {
+            done += 1;
+        }
+        seen.push(record);
+    }
+    let seqs: Vec<u64> = seen.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs[0], 1, "after=0 replays from the start");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    // The stream holds the same records as the ledger, in the same order.
+    let on_disk: Vec<serde_json::Value> = ws
+        .records()
+        .iter()
+        .take(seen.len())
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+    assert_eq!(seen, on_disk);
+
+    // Reconnect after the fourth record: the next is the fifth, and the rest match.
+    let resume_at = seqs[3];
+    let mut resumed = SseStream::open(
+        &url,
+        "/events",
+        &token,
+        &[("Last-Event-ID", &resume_at.to_string())],
+    );
+    for expected in &seen[4..] {
+        let ev = resumed.next().unwrap();
+        let record: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(&record, expected);
+    }
+
+    // Without a position, a stream starts with the next record written; `task=` filters.
+    let mut live = SseStream::open(&url, "/events?task=e4", &token, &[]);
+    let last_before = *seqs.last().unwrap();
+    http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "p", "id": "x5"}"#),
+    );
+    http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "p", "id": "e4"}"#),
+    );
+    let mut kinds = Vec::new();
+    loop {
+        let ev = live.next().unwrap();
+        let record: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(record["task"], "e4", "{record}");
+        assert!(record["seq"].as_u64().unwrap() > last_before);
+        kinds.push(record["event"].as_str().unwrap().to_string());
+        if record["event"] == "done" {
+            break;
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            "received",
+            "claimed",
+            "attempt_started",
+            "attempt_finished",
+            "done"
+        ]
+    );
+    let bad = SseStream::open(&url, "/events", &token, &[("Last-Event-ID", "yesterday")]);
+    assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn a_stopping_daemon_ends_event_streams_and_long_polls() {
+    let ws = Workspace::new(CONFIG);
+    let (mut d, url, token) = ws.start_http();
+    let mut stream = SseStream::open(&url, "/events", &token, &[]);
+    let poll = {
+        let (url, token) = (url.clone(), token.clone());
+        std::thread::spawn(move || {
+            http(
+                &url,
+                "POST",
+                "/tasks",
+                Some(&token),
+                Some(r#"{"prompt": "p", "id": "hold", "agent": "hang"}"#),
+            );
+            http(&url, "GET", "/tasks/hold?wait=10m", Some(&token), None)
+        })
+    };
+    ws.wait_for("the attempt to start", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "hold"))
+            .then_some(())
+    });
+    let status = d.stop();
+    assert!(status.success(), "{status}");
+    // The stream saw the task's events and then ended instead of hanging.
+    let mut events = 0;
+    while stream.next().is_some() {
+        events += 1;
+    }
+    assert!(events >= 3, "{events}");
+    let answer = poll.join().unwrap();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(
+        answer.json()["error"]["message"],
+        "the daemon is shutting down"
+    );
+    assert!(!ws.path("http.url").exists());
+}
