@@ -428,3 +428,44 @@ fn a_stopping_daemon_ends_event_streams_and_long_polls() {
     );
     assert!(!ws.path("http.url").exists());
 }
+
+#[test]
+fn every_path_in_the_openapi_file_is_served() {
+    let spec_text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml"),
+    )
+    .unwrap();
+    let spec: serde_json::Value = serde_saphyr::from_str(&spec_text).unwrap();
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    let mut checked = 0;
+    for (path, methods) in spec["paths"].as_object().unwrap() {
+        let concrete = path.replace("{id}", "nope").replace("{name}", "nope");
+        for method in methods.as_object().unwrap().keys() {
+            let method = method.to_ascii_uppercase();
+            let status = if path == "/events" {
+                SseStream::open(&url, &concrete, &token, &[]).status
+            } else {
+                let reply = http(&url, &method, &concrete, Some(&token), Some("{}"));
+                assert_ne!(
+                    reply.body,
+                    r#"{"error":{"code":"not_found","message":"no such route; docs/api.md lists them","type":"not_found"}}"#,
+                    "{method} {path} is in docs/openapi.yaml but not served"
+                );
+                reply.status
+            };
+            assert_ne!(status, 405, "{method} {path}");
+            // Each documented status is one the spec lists for that operation.
+            let listed = methods[method.to_ascii_lowercase()]["responses"]
+                .as_object()
+                .unwrap()
+                .contains_key(&status.to_string());
+            assert!(
+                listed,
+                "{method} {path} answered {status}, not in docs/openapi.yaml"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 13);
+}
