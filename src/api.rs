@@ -101,6 +101,7 @@ impl Api {
     /// `timeout` (`None`: until it finishes or the daemon stops). The answer's `data` is what
     /// `get` says of the task; on timeout `ok` is false and `data` holds its state so far.
     pub async fn wait(&self, id: &str, timeout: Option<Duration>) -> Response {
+        tracing::debug!(task = %id, ?timeout, "a door waits for the task to finish");
         // Subscribe before asking, so nothing that happens in between is missed.
         let mut live = self.live.subscribe();
         let mut applied = self.applied.clone();
