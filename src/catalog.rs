@@ -26,8 +26,24 @@ pub fn agents(ws: &Workspace, config: &Config, book: &TaskBook) -> Vec<Value> {
                 ok += u64::from(a.class == Some(Class::Ok));
             }
         }
+        let state = match book.availability(&agent.provider, crate::ledger::now_ms()) {
+            crate::state::Availability::Ready => json!({"state": "ready"}),
+            crate::state::Availability::CoolingDown { until_ms, reason } => json!({
+                "state": "cooling_down",
+                "until_ms": until_ms,
+                "until": crate::duration::clock(until_ms),
+                "reason": reason,
+            }),
+            crate::state::Availability::Disabled { reason, since_ms } => json!({
+                "state": "disabled",
+                "since": crate::duration::clock(since_ms),
+                "reason": reason,
+            }),
+        };
         rows.push(json!({
             "name": name,
+            "provider": agent.provider,
+            "availability": state,
             "preset": agent.preset.map(|p| p.name),
             "program": agent.program(),
             "path": path.as_ref().map(|p| p.display().to_string()),

@@ -86,10 +86,14 @@ pub enum Command {
     /// Run a failed or cancelled task again from the top of its chain (its file is re-read, so
     /// you may fix it in `failed/` first). Needs the daemon.
     Retry { id: String },
-    /// List configured agents: installed or not, limits, the chains and roles they are in.
+    /// List configured agents: installed or not, ready / cooling down / disabled, limits, the
+    /// chains and roles they are in. `dirigent agents enable NAME` uses a disabled (auth
+    /// failure) or cooling-down agent's provider again.
     Agents {
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<AgentsAction>,
     },
     /// Print shell completions: `dirigent completions bash > ~/.local/share/bash-completion/completions/dirigent`.
     Completions {
@@ -101,6 +105,13 @@ pub enum Command {
     /// Declarative multi-agent workflows: the built-in ones and `.context/workflows/*.yaml`.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsAction {
+    /// Use the agent's provider again after an auth failure (once the login is fixed) or
+    /// before its rate-limit cooldown ends. Needs the daemon.
+    Enable { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -325,7 +325,7 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, bool)> {
 }
 
 fn fmt_time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    duration::clock(ms)
 }
 
 pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCode> {
@@ -581,6 +581,21 @@ pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
         println!("{name:<10} {where_}");
+        match r["availability"]["state"].as_str() {
+            Some("cooling_down") => println!(
+                "{:<10} COOLING DOWN until {}: {}",
+                "",
+                r["availability"]["until"].as_str().unwrap_or(""),
+                r["availability"]["reason"].as_str().unwrap_or("")
+            ),
+            Some("disabled") => println!(
+                "{:<10} DISABLED since {} (auth failed: {}); fix it, then `dirigent agents enable {name}`",
+                "",
+                r["availability"]["since"].as_str().unwrap_or(""),
+                r["availability"]["reason"].as_str().unwrap_or("")
+            ),
+            _ => {}
+        }
         println!("{:<10} {limits}", "");
         if !ins.is_empty() {
             println!("{:<10} in: {}", "", ins.join(", "));

@@ -51,6 +51,31 @@ struct RawConfig {
     ledger_keep_segments: Option<usize>,
     #[serde(default)]
     http: Option<String>,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+}
+
+/// Limits shared by every agent on one provider account.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    #[serde(default)]
+    starts_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default)]
+    attempts: Option<u32>,
+    #[serde(default)]
+    delay: Option<Dur>,
+    #[serde(default)]
+    factor: Option<f64>,
+    #[serde(default)]
+    max_delay: Option<Dur>,
+    #[serde(default)]
+    jitter: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +105,18 @@ struct RawAgent {
     env: BTreeMap<String, String>,
     #[serde(default)]
     success: RawSuccess,
+    /// Extra failure patterns by class (`auth`, `rate_limit`, `network`, `tool_error`), checked
+    /// before the preset's.
+    #[serde(default)]
+    patterns: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    cooldown: Option<Dur>,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    starts_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +150,53 @@ pub struct Agent {
     pub fail_patterns: Vec<Regex>,
     pub classified: Vec<(Class, Regex)>,
     pub exit_classes: Vec<(i32, Class)>,
+    /// The account it runs on: agents that share one share rate-limit cooldowns, an auth
+    /// failure and `providers:` start limits. Default: the preset's name, else the agent's.
+    pub provider: String,
+    /// How long a rate-limited provider rests when the CLI did not say when it resets.
+    pub cooldown: Duration,
+    /// Retries of the same agent after a `network` failure, before the chain moves on.
+    pub retry: Retry,
+    /// At most this many starts of this agent in any 60 s.
+    pub starts_per_minute: Option<u32>,
+}
+
+/// Backoff for retrying one agent: `delay × factor^n`, at most `max_delay`, ± `jitter`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub delay: Duration,
+    pub factor: f64,
+    pub max_delay: Duration,
+    pub jitter: f64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 2,
+            delay: Duration::from_secs(5),
+            factor: 2.0,
+            max_delay: Duration::from_secs(60),
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before retry number `n` (0-based); `spread` in [0, 1) picks the jitter.
+    pub fn delay_for(&self, n: u32, spread: f64) -> Duration {
+        let base = self.delay.as_secs_f64() * self.factor.powi(n as i32);
+        let base = base.min(self.max_delay.as_secs_f64());
+        let jittered = base * (1.0 + self.jitter * (2.0 * spread - 1.0));
+        Duration::from_secs_f64(jittered.max(0.0))
+    }
+}
+
+/// Limits of one provider (`providers:`).
+#[derive(Debug, Clone, Default)]
+pub struct Provider {
+    pub starts_per_minute: Option<u32>,
 }
 
 /// Values substituted into an agent's argv template.
@@ -211,6 +295,8 @@ pub struct Config {
     pub ledger_segment_events: u64,
     /// Rotated segments kept as readable history once a snapshot covers them.
     pub ledger_keep_segments: usize,
+    /// Start limits shared by all agents of a provider.
+    pub providers: BTreeMap<String, Provider>,
     /// Where the HTTP API listens (`http:`); `None` = no HTTP server unless `--http` is given.
     /// Read at start; a reload does not move the server.
     pub http: Option<std::net::SocketAddr>,
@@ -297,6 +383,18 @@ impl Config {
                 None => 100_000,
             },
             ledger_keep_segments: raw.ledger_keep_segments.unwrap_or(2),
+            providers: raw
+                .providers
+                .into_iter()
+                .map(|(name, p)| {
+                    (
+                        name,
+                        Provider {
+                            starts_per_minute: p.starts_per_minute,
+                        },
+                    )
+                })
+                .collect(),
             http: match raw.http.as_deref() {
                 None => None,
                 Some(addr) => {
@@ -420,14 +518,51 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
     for pat in &raw.success.fail_patterns {
         fail_patterns.push(Regex::new(pat).map_err(|e| format!("fail pattern `{pat}`: {e}"))?);
     }
-    let classified = preset
-        .map(|p| {
+    let mut classified = Vec::new();
+    for (class_name, pats) in &raw.patterns {
+        let class = match class_name.as_str() {
+            "auth" => Class::Auth,
+            "rate_limit" => Class::RateLimit,
+            "network" => Class::Network,
+            "tool_error" => Class::ToolError,
+            other => {
+                return Err(format!(
+                    "`patterns` has an unknown class `{other}` (classes: auth, rate_limit, network, tool_error)"
+                ));
+            }
+        };
+        for pat in pats {
+            classified.push((
+                class,
+                Regex::new(pat).map_err(|e| format!("pattern `{pat}`: {e}"))?,
+            ));
+        }
+    }
+    if let Some(p) = preset {
+        classified.extend(
             p.classified
                 .iter()
-                .map(|(c, re)| (*c, Regex::new(re).expect("preset regexes are tested")))
-                .collect()
-        })
-        .unwrap_or_default();
+                .map(|(c, re)| (*c, Regex::new(re).expect("preset regexes are tested"))),
+        );
+    }
+    let retry = {
+        let d = Retry::default();
+        let r = raw.retry.unwrap_or_default();
+        let retry = Retry {
+            attempts: r.attempts.unwrap_or(d.attempts),
+            delay: r.delay.map_or(d.delay, |x| x.0),
+            factor: r.factor.unwrap_or(d.factor),
+            max_delay: r.max_delay.map_or(d.max_delay, |x| x.0),
+            jitter: r.jitter.unwrap_or(d.jitter),
+        };
+        if !(1.0..=10.0).contains(&retry.factor) {
+            return Err("`retry.factor` must be between 1 and 10".into());
+        }
+        if !(0.0..=1.0).contains(&retry.jitter) {
+            return Err("`retry.jitter` must be between 0 and 1 (a fraction of the delay)".into());
+        }
+        retry
+    };
     if raw.max_parallel == Some(0) {
         return Err("`max_parallel` must be at least 1".into());
     }
@@ -467,6 +602,16 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
         fail_patterns,
         classified,
         exit_classes: preset.map(|p| p.exit_classes.to_vec()).unwrap_or_default(),
+        provider: raw
+            .provider
+            .or(preset.map(|p| p.name.to_string()))
+            .unwrap_or_else(|| name.to_string()),
+        cooldown: raw.cooldown.map_or(Duration::from_secs(10 * 60), |d| d.0),
+        retry,
+        starts_per_minute: match raw.starts_per_minute {
+            Some(0) => return Err("`starts_per_minute` must be at least 1".into()),
+            n => n,
+        },
     })
 }
 

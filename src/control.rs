@@ -51,6 +51,8 @@ pub enum Request {
     Result { id: String },
     /// The agents, roles and default chain (`data`: as `dirigent agents --json`).
     Agents,
+    /// Use a disabled or cooling-down agent's provider again.
+    Enable { agent: String },
     /// The workflows (`data`: as `dirigent workflow list --json`).
     Workflows,
 }

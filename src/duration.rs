@@ -83,6 +83,12 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// A Unix time in milliseconds as an RFC 3339 UTC time to the second: `2026-11-21T17:30:00Z`.
+pub fn clock(unix_ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use crate::ledger::{self, Event, Ledger, LedgerError, Record};
 use crate::progress;
 use crate::result;
 use crate::spawn::{self, AttemptPlan, AttemptReport, PreviousAttempt};
-use crate::state::{Outcome, Phase, TaskBook, TaskRecord};
+use crate::state::{Availability, Outcome, Phase, TaskBook, TaskRecord};
 use crate::task::TaskSpec;
 use crate::workspace::Workspace;
 
@@ -173,6 +173,7 @@ pub async fn run_with_options(
         running: HashMap::new(),
         finishing: HashSet::new(),
         slots: HashMap::new(),
+        start_log: HashMap::new(),
         tx,
         rx,
         accepting: true,
@@ -401,6 +402,9 @@ struct Engine {
     /// Tasks whose result or escalation is being written.
     finishing: HashSet<String>,
     slots: HashMap<String, AgentSlot>,
+    /// Recent starts (at most the last minute's) per `agent:NAME` and `provider:NAME` that has a
+    /// `starts_per_minute` limit.
+    start_log: HashMap<String, std::collections::VecDeque<Instant>>,
     /// Cloned into every attempt and settle task; the receiver is `rx`. The engine keeps this
     /// sender, so the channel stays open for as long as the engine exists.
     tx: mpsc::UnboundedSender<Msg>,
@@ -524,6 +528,47 @@ impl Engine {
 
     fn apply(&mut self, records: &[Record]) {
         for r in records {
+            // One clear message when a provider changes state, not one per task.
+            match &r.event {
+                Event::ProviderDisabled {
+                    provider,
+                    agent,
+                    reason,
+                    ..
+                } if self
+                    .book
+                    .providers
+                    .get(provider)
+                    .is_none_or(|p| p.disabled.is_none()) =>
+                {
+                    tracing::error!(
+                        provider,
+                        agent,
+                        "`{agent}` failed to authenticate ({reason}); its provider `{provider}` is disabled and its tasks go to the next agent. Fix the login, then run `dirigent agents enable {agent}`"
+                    );
+                }
+                Event::ProviderCooldown {
+                    provider,
+                    agent,
+                    until_ms,
+                    reason,
+                    ..
+                } if self
+                    .book
+                    .providers
+                    .get(provider)
+                    .and_then(|p| p.cooling_until_ms)
+                    .is_none_or(|u| u < *until_ms) =>
+                {
+                    tracing::warn!(
+                        provider,
+                        agent,
+                        "`{agent}` is rate limited ({reason}); provider `{provider}` rests until {}",
+                        crate::duration::clock(*until_ms)
+                    );
+                }
+                _ => {}
+            }
             self.book.apply(r);
         }
         if !records.is_empty() {
@@ -764,6 +809,32 @@ Free disk space or fix `{}`, then restart the daemon",
                     }
                     Err(e) => Response::error(e.to_string()),
                 }
+            }
+            Request::Enable { agent } => {
+                let Some(a) = self.config.agents.get(&agent) else {
+                    return Response::fail(
+                        Failure::NotFound,
+                        format!("no agent `{agent}`; `dirigent agents` lists them"),
+                    );
+                };
+                let provider = a.provider.clone();
+                if !self.book.providers.contains_key(&provider) {
+                    return Response::ok(format!(
+                        "`{agent}` (provider `{provider}`) is not disabled or cooling down"
+                    ));
+                }
+                if !self
+                    .record_now(Event::ProviderEnabled {
+                        provider: provider.clone(),
+                    })
+                    .await
+                {
+                    return Response::fail(Failure::Unavailable, "the ledger cannot be written");
+                }
+                tracing::info!(provider, "enabled by the user");
+                Response::ok(format!(
+                    "`{agent}` and every agent on provider `{provider}` can run again"
+                ))
             }
             Request::Agents => Response::data(crate::catalog::agents_report(
                 &self.ws,
@@ -1096,6 +1167,7 @@ Free disk space or fix `{}`, then restart the daemon",
                     stopped: None,
                     kill_signal: None,
                     leaked: false,
+                    retry_in_ms: None,
                     stdout_bytes: 0,
                     stderr_bytes: 0,
                     duration_ms: 0,
@@ -1454,6 +1526,7 @@ Free disk space or fix `{}`, then restart the daemon",
             return;
         }
         let now = Instant::now();
+        let now_ms = ledger::now_ms();
         self.stagger_due = None;
         let mut starts: Vec<(String, Arc<Agent>)> = Vec::new();
         let mut escalations: Vec<(String, String)> = Vec::new();
@@ -1473,22 +1546,62 @@ Free disk space or fix `{}`, then restart the daemon",
                 }
                 Deps::Ready => {}
             }
-            let Some(agent_name) = t.chain.get(t.chain_pos) else {
-                let reason = if t.chain.is_empty() {
-                    escalate::no_agents_message(&self.config)
-                } else {
-                    format!("every agent in the chain failed ({})", t.chain.join(" → "))
+            // A network retry waits out its backoff.
+            if let Some(at) = t.not_before_ms
+                && at > now_ms
+            {
+                wake_at(&mut self.stagger_due, now, now_ms, at);
+                continue;
+            }
+            // The first agent from the chain's position whose provider may be used now.
+            let mut chosen = None;
+            let mut cooling_until: Option<u64> = None;
+            let mut unusable = Vec::new();
+            for name in t.chain.iter().skip(t.chain_pos) {
+                let Some(agent) = self.config.agents.get(name) else {
+                    unusable.push(format!("`{name}` is no longer configured"));
+                    continue;
                 };
-                escalations.push((key.id.clone(), reason));
+                match self.book.availability(&agent.provider, now_ms) {
+                    Availability::Ready => {
+                        chosen = Some(agent.clone());
+                        break;
+                    }
+                    Availability::CoolingDown { until_ms, reason } => {
+                        cooling_until = Some(cooling_until.map_or(until_ms, |u| u.min(until_ms)));
+                        unusable.push(format!(
+                            "`{name}` is cooling down until {} ({reason})",
+                            crate::duration::clock(until_ms)
+                        ));
+                    }
+                    Availability::Disabled { reason, .. } => unusable.push(format!(
+                        "`{name}` is disabled after an auth failure ({reason}); fix it, then `dirigent agents enable {name}`"
+                    )),
+                }
+            }
+            let Some(agent) = chosen else {
+                if t.chain_pos >= t.chain.len() {
+                    let reason = if t.chain.is_empty() {
+                        escalate::no_agents_message(&self.config)
+                    } else {
+                        format!("every agent in the chain failed ({})", t.chain.join(" → "))
+                    };
+                    escalations.push((key.id.clone(), reason));
+                } else if let Some(until) = cooling_until {
+                    // Nothing else can take it: wait for the first provider to come back.
+                    wake_at(&mut self.stagger_due, now, now_ms, until);
+                } else {
+                    escalations.push((
+                        key.id.clone(),
+                        format!(
+                            "no agent left in the chain can run: {}",
+                            unusable.join("; ")
+                        ),
+                    ));
+                }
                 continue;
             };
-            let Some(agent) = self.config.agents.get(agent_name) else {
-                escalations.push((
-                    key.id.clone(),
-                    format!("agent `{agent_name}` is in the task's chain but no longer configured"),
-                ));
-                continue;
-            };
+            let agent_name = &agent.name;
             let slot = self.slots.entry(agent_name.clone()).or_default();
             if agent.max_parallel.is_some_and(|max| slot.running >= max) {
                 continue;
@@ -1502,10 +1615,48 @@ Free disk space or fix `{}`, then restart the daemon",
                 self.stagger_due = Some(self.stagger_due.map_or(ready, |d| d.min(ready)));
                 continue;
             }
+            // Start-rate limits: the agent's own, and its provider's (shared by its agents).
+            let provider_limit = self
+                .config
+                .providers
+                .get(&agent.provider)
+                .and_then(|p| p.starts_per_minute);
+            let windows = [
+                (format!("agent:{agent_name}"), agent.starts_per_minute),
+                (format!("provider:{}", agent.provider), provider_limit),
+            ];
+            let mut limited = false;
+            for (key, limit) in &windows {
+                let Some(limit) = limit else { continue };
+                let log = self.start_log.entry(key.clone()).or_default();
+                while log
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+                {
+                    log.pop_front();
+                }
+                if log.len() >= *limit as usize {
+                    let ready = *log.front().expect("non-empty at the limit") + MINUTE;
+                    self.stagger_due = Some(self.stagger_due.map_or(ready, |d| d.min(ready)));
+                    limited = true;
+                }
+            }
+            if limited {
+                continue;
+            }
+            for (key, limit) in &windows {
+                if limit.is_some() {
+                    self.start_log
+                        .entry(key.clone())
+                        .or_default()
+                        .push_back(now);
+                }
+            }
+            let slot = self.slots.entry(agent_name.clone()).or_default();
             slot.running += 1;
             slot.last_start = Some(now);
             total += 1;
-            starts.push((key.id.clone(), agent.clone()));
+            starts.push((key.id.clone(), agent));
         }
         for (id, reason) in escalations {
             self.escalate(&id, reason);
@@ -1550,6 +1701,13 @@ Free disk space or fix `{}`, then restart the daemon",
             })
         });
         let attempt = t.attempts.iter().map(|a| a.n).max().unwrap_or(0) + 1;
+        // Network retries this agent has had in a row on this task.
+        let retries_used = t
+            .attempts
+            .iter()
+            .rev()
+            .take_while(|a| a.agent == agent.name && a.class == Some(Class::Network))
+            .count() as u32;
         let plan = AttemptPlan {
             task_id: id.to_string(),
             attempt,
@@ -1594,22 +1752,14 @@ Free disk space or fix `{}`, then restart the daemon",
                 }
             })
             .await;
-            let finished = Event::AttemptFinished {
-                task: task.clone(),
-                attempt,
-                agent: agent_name,
-                class: report.verdict.class,
-                reason: report.verdict.reason.clone(),
-                exit_code: report.exit_code,
-                signal: report.signal,
-                stopped: report.stopped,
-                kill_signal: report.kill_signal,
-                leaked: report.leaked,
-                stdout_bytes: report.stdout_bytes,
-                stderr_bytes: report.stderr_bytes,
-                duration_ms: report.duration.as_millis() as u64,
+            let events = finished_events(&plan, attempt, retries_used, &report);
+            let records = match ledger.append_all(events).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+                    vec![]
+                }
             };
-            let records = record(&ledger, &tx, finished).await;
             let _ = tx.send(Msg::AttemptDone {
                 task,
                 records,
@@ -1781,6 +1931,62 @@ fn ext_of(raw: &std::ffi::OsStr) -> &'static str {
 
 /// Appends one event for a task spawned by the engine. A ledger failure is reported to the
 /// engine (which stops taking work) and yields no records.
+/// The events that close an attempt: `attempt_finished` (with the backoff when a network
+/// failure is retried) and, for a rate limit or an auth failure, what it means for the provider.
+/// One batch, so a crash never records the failure without its consequence.
+fn finished_events(
+    plan: &AttemptPlan,
+    attempt: u32,
+    retries_used: u32,
+    report: &AttemptReport,
+) -> Vec<Event> {
+    let agent = &plan.agent;
+    let class = report.verdict.class;
+    let retry_in_ms = (class == Class::Network && retries_used < agent.retry.attempts).then(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let spread = f64::from(nanos % 1000) / 1000.0;
+        agent.retry.delay_for(retries_used, spread).as_millis() as u64
+    });
+    let mut events = vec![Event::AttemptFinished {
+        task: plan.task_id.clone(),
+        attempt,
+        agent: agent.name.clone(),
+        class,
+        reason: report.verdict.reason.clone(),
+        exit_code: report.exit_code,
+        signal: report.signal,
+        stopped: report.stopped,
+        kill_signal: report.kill_signal,
+        leaked: report.leaked,
+        stdout_bytes: report.stdout_bytes,
+        stderr_bytes: report.stderr_bytes,
+        duration_ms: report.duration.as_millis() as u64,
+        retry_in_ms,
+    }];
+    match class {
+        Class::RateLimit => events.push(Event::ProviderCooldown {
+            provider: agent.provider.clone(),
+            agent: agent.name.clone(),
+            task: plan.task_id.clone(),
+            until_ms: report
+                .verdict
+                .resets_at_ms
+                .unwrap_or_else(|| ledger::now_ms() + agent.cooldown.as_millis() as u64),
+            reason: report.verdict.reason.clone(),
+        }),
+        Class::Auth => events.push(Event::ProviderDisabled {
+            provider: agent.provider.clone(),
+            agent: agent.name.clone(),
+            task: plan.task_id.clone(),
+            reason: report.verdict.reason.clone(),
+        }),
+        _ => {}
+    }
+    events
+}
+
 async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) -> Vec<Record> {
     match ledger.append(event).await {
         Ok(r) => vec![r],
@@ -1790,6 +1996,15 @@ async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) 
         }
     }
 }
+
+/// Asks for a dispatch round at Unix time `at_ms` (no later than one already due).
+fn wake_at(due: &mut Option<Instant>, now: Instant, now_ms: u64, at_ms: u64) {
+    let at = now + Duration::from_millis(at_ms.saturating_sub(now_ms));
+    *due = Some(due.map_or(at, |d| d.min(at)));
+}
+
+/// The window of `starts_per_minute`.
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// One line of `list`: what a client needs to pick a task, without its prompt or attempts.
 fn summary(t: &TaskRecord) -> serde_json::Value {

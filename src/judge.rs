@@ -19,8 +19,16 @@ pub enum Class {
     Exit,
     /// Success exit but no output (or no result in the structured output).
     Empty,
-    /// An error pattern or a structured error field matched.
+    /// A `success.fail_patterns` pattern (or a preset's generic error pattern) matched.
     Pattern,
+    /// The provider could not be reached: DNS, refused or reset connections, stream drops.
+    /// The same agent is tried again with backoff before the chain moves on.
+    Network,
+    /// Exited successfully but printed no valid structured output (cut off, not JSON).
+    BadOutput,
+    /// The CLI itself reported that its run failed (a structured error that is not auth, rate
+    /// limit or network: `is_error`, `turn.failed`, an error event).
+    ToolError,
     /// The wall-clock `timeout` ran out.
     Timeout,
     /// No output for `idle_timeout`.
@@ -44,6 +52,9 @@ impl Class {
             Class::Exit => "exit",
             Class::Empty => "empty",
             Class::Pattern => "pattern",
+            Class::Network => "network",
+            Class::BadOutput => "bad_output",
+            Class::ToolError => "tool_error",
             Class::Timeout => "timeout",
             Class::Idle => "idle",
             Class::Spawn => "spawn",
@@ -152,6 +163,9 @@ pub struct Verdict {
     pub class: Class,
     pub reason: String,
     pub result: Option<ResultText>,
+    /// For `rate_limit`: when the provider said it may be used again (a reset time or a
+    /// `Retry-After`), in Unix milliseconds.
+    pub resets_at_ms: Option<u64>,
 }
 
 impl Verdict {
@@ -160,8 +174,24 @@ impl Verdict {
             class,
             reason: reason.into(),
             result: None,
+            resets_at_ms: None,
         }
     }
+}
+
+/// Judges one attempt and, for a rate limit, reads when the limit resets from the output.
+pub fn judge_at(agent: &Agent, ev: &Evidence<'_>, now_ms: u64) -> Verdict {
+    let mut v = judge(agent, ev);
+    if v.class == Class::RateLimit {
+        let text = format!(
+            "{}\n{}\n{}",
+            ev.stdout_full.unwrap_or(""),
+            ev.stdout.text(),
+            ev.stderr.text()
+        );
+        v.resets_at_ms = reset_time(&text, now_ms);
+    }
+    v
 }
 
 /// What a known CLI's structured stdout said.
@@ -242,7 +272,7 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
     }) = &structured
     {
         let text = format!("{err}\n{}", ev.stderr.text());
-        let class = classify(&text).map_or(Class::Pattern, |(c, _)| c);
+        let class = classify(&text).map_or(Class::ToolError, |(c, _)| c);
         return Verdict::fail(
             class,
             format!("the agent reported an error: {}", one_line(err)),
@@ -268,7 +298,7 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
             return Verdict::fail(class, format!("output says `{}`", one_line(&m)));
         }
         return Verdict::fail(
-            Class::Pattern,
+            Class::BadOutput,
             format!(
                 "exited 0 but printed no valid {} output",
                 format_name(agent.format)
@@ -309,7 +339,109 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
         class: Class::Ok,
         reason: "ok".into(),
         result: Some(result),
+        resets_at_ms: None,
     }
+}
+
+/// The longest a parsed reset time may lie ahead; anything later is taken as a misreading.
+const MAX_RESET: u64 = 7 * 24 * 3600 * 1000;
+
+/// When a rate limit resets, read from what the CLI printed: `Retry-After: 30`, `retry in 20s`,
+/// `try again in 5 minutes`, claude's `usage limit reached|<unix seconds>`, an ISO-8601 UTC
+/// time (`2026-11-21T18:00:00Z`), or a local clock time (`resets 5pm`, `resets at 17:30`).
+/// `None` when none is found (the agent's `cooldown` applies).
+pub fn reset_time(text: &str, now_ms: u64) -> Option<u64> {
+    use std::sync::LazyLock;
+    static AFTER: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"(?i)retry[-_ ]after\W{0,3}(\d{1,6})\b").unwrap());
+    static IN: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i)(?:retry|try again|reset|resets|available again)\w*\s+(?:in|after)\s+(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?)\b",
+        )
+        .unwrap()
+    });
+    static EPOCH: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"(?i)limit reached\|(\d{10})\b").unwrap());
+    static ISO: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?Z")
+            .unwrap()
+    });
+    static CLOCK: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(?i)resets?\s+(?:at\s+)?(\d{1,2})(?::(\d{2}))?\s*(am|pm)?\b").unwrap()
+    });
+    let ahead = |at: u64| (at > now_ms && at - now_ms <= MAX_RESET).then_some(at);
+    if let Some(c) = AFTER.captures(text) {
+        let secs: u64 = c[1].parse().ok()?;
+        return ahead(now_ms + secs * 1000);
+    }
+    if let Some(c) = IN.captures(text) {
+        let n: f64 = c[1].parse().ok()?;
+        let unit = c[2].to_ascii_lowercase();
+        let ms = match unit.as_bytes()[0] {
+            b'm' if unit.starts_with("ms") || unit.starts_with("milli") => n,
+            b'm' => n * 60_000.0,
+            b'h' => n * 3_600_000.0,
+            _ => n * 1000.0,
+        };
+        return ahead(now_ms + ms.ceil() as u64);
+    }
+    if let Some(c) = EPOCH.captures(text) {
+        let secs: u64 = c[1].parse().ok()?;
+        return ahead(secs * 1000);
+    }
+    if let Some(c) = ISO.captures(text) {
+        let n = |i: usize| {
+            c.get(i)
+                .map_or(0, |m| m.as_str().parse::<i64>().unwrap_or(0))
+        };
+        let days = days_from_civil(n(1), n(2), n(3));
+        let secs = days * 86_400 + n(4) * 3600 + n(5) * 60 + n(6);
+        return u64::try_from(secs).ok().and_then(|s| ahead(s * 1000));
+    }
+    if let Some(c) = CLOCK.captures(text) {
+        let mut hour: u64 = c[1].parse().ok()?;
+        let minute: u64 = c.get(2).map_or(Some(0), |m| m.as_str().parse().ok())?;
+        match c.get(3).map(|m| m.as_str().to_ascii_lowercase()).as_deref() {
+            Some("pm") if hour < 12 => hour += 12,
+            Some("am") if hour == 12 => hour = 0,
+            _ => {}
+        }
+        if hour > 23 || minute > 59 {
+            return None;
+        }
+        // The next time the local clock shows hour:minute.
+        let offset_ms = local_offset_secs(now_ms / 1000) * 1000;
+        let local_now = now_ms as i64 + offset_ms;
+        let day_ms = 86_400_000i64;
+        let today = local_now.div_euclid(day_ms) * day_ms;
+        let mut at = today + ((hour * 3600 + minute * 60) * 1000) as i64;
+        if at <= local_now {
+            at += day_ms;
+        }
+        return u64::try_from(at - offset_ms).ok().and_then(ahead);
+    }
+    None
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The local time zone's offset from UTC at `unix_secs`, in seconds (from the C library, which
+/// reads `TZ` and `/etc/localtime`).
+fn local_offset_secs(unix_secs: u64) -> i64 {
+    let t = unix_secs as nix::libc::time_t;
+    let mut tm: nix::libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: `localtime_r` writes only into `tm`, which lives for the call.
+    let ok = unsafe { !nix::libc::localtime_r(&t, &mut tm).is_null() };
+    if ok { tm.tm_gmtoff as i64 } else { 0 }
 }
 
 fn exit_meaning(agent: &Agent, code: i32) -> &'static str {
@@ -575,6 +707,42 @@ agents:
     }
 
     #[test]
+    fn reset_times_are_read_from_what_the_clis_print() {
+        let now = 1_800_000_000_000; // 2027-01-15T08:00:00Z
+        assert_eq!(
+            reset_time("HTTP 429\nRetry-After: 30", now),
+            Some(now + 30_000)
+        );
+        assert_eq!(
+            reset_time("Quota exceeded. Please retry in 47.2s.", now),
+            Some(now + 47_200)
+        );
+        assert_eq!(
+            reset_time("rate limited, try again in 5 minutes", now),
+            Some(now + 300_000)
+        );
+        assert_eq!(
+            reset_time("Claude AI usage limit reached|1800003600", now),
+            Some(1_800_003_600_000)
+        );
+        assert_eq!(
+            reset_time("limit resets at 2027-01-15T09:30:00Z", now),
+            Some(now + 90 * 60_000)
+        );
+        // A time in the past, absurdly far ahead, or nothing at all: no reset time.
+        assert_eq!(reset_time("usage limit reached|1700000000", now), None);
+        assert_eq!(reset_time("retry after 99999999", now), None);
+        assert_eq!(reset_time("429 Too Many Requests", now), None);
+        // A local clock time is the next time the clock shows it, within a day.
+        let at = reset_time("Your limit resets 5pm", now).unwrap();
+        assert!(at > now && at <= now + 86_400_000, "{at}");
+        let at2 = reset_time("limit will reset at 17:00", now).unwrap();
+        assert_eq!(at, at2);
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    }
+
+    #[test]
     fn verdict_table() {
         let cases = [
             case("plain", 0, "hello\n", "", Class::Ok),
@@ -639,7 +807,7 @@ agents:
                 0,
                 r#"{"type":"result","subtype":"success","is_error":true,"result":"API Error: Connection error."}"#,
                 "",
-                Class::Pattern,
+                Class::Network,
             ),
             case(
                 "claude",
@@ -669,7 +837,7 @@ agents:
                 "",
                 Class::Empty,
             ),
-            case("claude", 0, "not json at all", "", Class::Pattern),
+            case("claude", 0, "not json at all", "", Class::BadOutput),
             // gemini: exit codes 41/55, error JSON on stderr, success JSON.
             case(
                 "gemini",
@@ -698,7 +866,7 @@ agents:
                 1,
                 "",
                 r#"{"error":{"message":"fetch failed","code":1}}"#,
-                Class::Pattern,
+                Class::Network,
             ),
             // codex: turn.completed required, turn.failed is an error.
             case(
@@ -713,14 +881,14 @@ agents:
                 0,
                 "{\"type\":\"thread.started\"}\n{\"type\":\"turn.failed\",\"error\":{\"message\":\"stream disconnected\"}}\n",
                 "",
-                Class::Pattern,
+                Class::Network,
             ),
             case(
                 "codex",
                 0,
                 "{\"type\":\"thread.started\"}\n",
                 "",
-                Class::Pattern,
+                Class::BadOutput,
             ),
             case(
                 "codex",
@@ -744,14 +912,36 @@ agents:
                 "",
                 Class::Auth,
             ),
-            case("opencode", 0, "", "", Class::Pattern),
+            case("opencode", 0, "", "", Class::BadOutput),
+            // The CLI reported a failure that is neither auth, rate limit nor network.
+            case(
+                "claude",
+                0,
+                r#"{"type":"result","subtype":"error_during_execution","is_error":true,"result":"Tool use failed: permission denied"}"#,
+                "",
+                Class::ToolError,
+            ),
+            case(
+                "aider",
+                0,
+                "litellm.BadRequestError: model does not exist\n",
+                "",
+                Class::ToolError,
+            ),
+            case(
+                "opencode",
+                0,
+                "{\"type\":\"error\",\"error\":{\"name\":\"UnknownError\",\"data\":{\"message\":\"Error: Unable to connect. Is the computer able to access the url?\"}}}\n",
+                "",
+                Class::Network,
+            ),
             // aider: exit 0 with litellm error text on stdout.
             case(
                 "aider",
                 0,
                 "litellm.APIConnectionError: Connection refused\n",
                 "",
-                Class::Pattern,
+                Class::Network,
             ),
             case(
                 "aider",

@@ -104,6 +104,29 @@ pub enum Event {
         stdout_bytes: u64,
         stderr_bytes: u64,
         duration_ms: u64,
+        /// A `network` failure with retries left: the same agent runs again after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
+    },
+    /// A provider said "rate limited": every agent on it is skipped until `until_ms` (the reset
+    /// time the CLI printed, or the agent's `cooldown`). Survives restarts like any event.
+    ProviderCooldown {
+        provider: String,
+        agent: String,
+        task: String,
+        until_ms: u64,
+        reason: String,
+    },
+    /// An auth failure: every agent on the provider is skipped until `dirigent agents enable`.
+    ProviderDisabled {
+        provider: String,
+        agent: String,
+        task: String,
+        reason: String,
+    },
+    /// `dirigent agents enable`: the provider's agents are used again.
+    ProviderEnabled {
+        provider: String,
     },
     /// The task succeeded; its result is at `output` (workspace-relative).
     Done {
@@ -172,6 +195,9 @@ impl Event {
             | Event::DaemonStopped { .. }
             | Event::ConfigReloaded { .. }
             | Event::ConfigRejected { .. }
+            | Event::ProviderCooldown { .. }
+            | Event::ProviderDisabled { .. }
+            | Event::ProviderEnabled { .. }
             | Event::Rejected { .. } => None,
         }
     }
@@ -711,6 +737,7 @@ mod tests {
                 stdout_bytes: 1,
                 stderr_bytes: 2,
                 duration_ms: 3,
+                retry_in_ms: None,
             },
             Event::Rejected {
                 file: "x\ny.json".into(),

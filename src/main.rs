@@ -58,7 +58,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Result { id } => commands::result(&ws, &id),
         Command::Cancel { id } => commands::control(&ws, dirigent::control::Request::Cancel { id }),
         Command::Retry { id } => commands::control(&ws, dirigent::control::Request::Retry { id }),
-        Command::Agents { json } => commands::agents(&ws, json),
+        Command::Agents {
+            action: Some(cli::AgentsAction::Enable { name }),
+            ..
+        } => commands::control(&ws, dirigent::control::Request::Enable { agent: name }),
+        Command::Agents { json, action: None } => commands::agents(&ws, json),
         Command::Workflow(WorkflowCommand::List { json }) => commands::workflow_list(&ws, json),
         Command::Workflow(WorkflowCommand::Show { name }) => commands::workflow_show(&ws, &name),
         Command::Workflow(WorkflowCommand::Validate { targets }) => {

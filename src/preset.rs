@@ -76,6 +76,10 @@ pub struct Preset {
 
 const MIN: u64 = 60;
 
+/// What every CLI prints when it cannot reach its provider (Node's error codes, Rust's reqwest,
+/// Python's httpx/litellm, and the CLIs' own words).
+pub const NETWORK: &str = r"(?i)ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|ENETUNREACH|getaddrinfo|fetch failed|connection (?:refused|reset|error|closed)|network (?:error|is unreachable)|could not resolve|failed to connect|cannot connect to api|unable to connect|error sending request|stream disconnected|dns error|APIConnectionError|ServiceUnavailableError|socket hang up";
+
 /// Every built-in preset, in the order the default chain prefers them.
 pub static PRESETS: &[Preset] = &[
     Preset {
@@ -110,6 +114,7 @@ pub static PRESETS: &[Preset] = &[
                 Class::RateLimit,
                 r"(?i)rate[_ ]limit|usage limit|\b429\b|overloaded_error",
             ),
+            (Class::Network, NETWORK),
         ],
         install_hint: "npm install -g @anthropic-ai/claude-code",
     },
@@ -142,6 +147,7 @@ pub static PRESETS: &[Preset] = &[
                 Class::RateLimit,
                 r"(?i)resource_exhausted|quota|\b429\b|rate[_ ]limit",
             ),
+            (Class::Network, NETWORK),
         ],
         install_hint: "npm install -g @google/gemini-cli",
     },
@@ -174,6 +180,7 @@ pub static PRESETS: &[Preset] = &[
                 Class::RateLimit,
                 r"(?i)rate[_ ]limit|\b429\b|usage limit|quota",
             ),
+            (Class::Network, NETWORK),
         ],
         install_hint: "npm install -g @openai/codex",
     },
@@ -202,6 +209,7 @@ pub static PRESETS: &[Preset] = &[
                 r"(?i)ProviderAuthError|api key|unauthorized|\b401\b",
             ),
             (Class::RateLimit, r"(?i)rate[_ ]limit|\b429\b|quota"),
+            (Class::Network, NETWORK),
         ],
         install_hint: "npm install -g opencode-ai",
     },
@@ -233,10 +241,9 @@ pub static PRESETS: &[Preset] = &[
                 r"(?i)AuthenticationError|invalid api key|no api key|login to openrouter",
             ),
             (Class::RateLimit, r"RateLimitError|(?i)rate limit exceeded"),
-            (
-                Class::Pattern,
-                r"litellm\.\w+Error|APIConnectionError|ServiceUnavailableError",
-            ),
+            (Class::Network, NETWORK),
+            // aider exits 0 after printing litellm's error: the text is all there is.
+            (Class::ToolError, r"litellm\.\w+Error"),
         ],
         install_hint: "pip install aider-chat",
     },
@@ -252,7 +259,14 @@ pub static PRESETS: &[Preset] = &[
         timeout: Duration::from_secs(30 * MIN),
         idle_timeout: Some(Duration::from_secs(5 * MIN)),
         exit_classes: &[],
-        classified: &[(Class::Pattern, r"(?m)^Error: ")],
+        classified: &[
+            (Class::Network, NETWORK),
+            (
+                Class::Network,
+                r"(?i)could not connect to (?:a running )?ollama|ollama server not responding",
+            ),
+            (Class::ToolError, r"(?m)^Error: "),
+        ],
         install_hint: "see https://ollama.com/download, then `ollama pull llama3.2`",
     },
 ];

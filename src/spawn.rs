@@ -382,7 +382,7 @@ where
     let exit_code = exit.and_then(|s| s.code());
     let signal = exit.and_then(|s| s.signal());
     let (stdout_bytes, stderr_bytes) = (stdout.total, stderr.total);
-    let verdict = judge::judge(
+    let verdict = judge::judge_at(
         agent,
         &Evidence {
             spawn_error: None,
@@ -393,6 +393,7 @@ where
             stderr,
             stdout_full: full.as_deref(),
         },
+        crate::ledger::now_ms(),
     );
     AttemptReport {
         verdict,

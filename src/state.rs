@@ -92,6 +92,9 @@ pub struct TaskRecord {
     pub rounds: Vec<(String, u32, bool, String)>,
     #[serde(flatten)]
     pub phase: Phase,
+    /// A `network` retry waits until then (Unix ms) before the same agent runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
     /// The full spec while the task can still run; dropped once it is finished to keep a
     /// long-lived daemon's memory flat (the file in `done/`/`failed/` still has it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +115,56 @@ pub struct RejectedFile {
     pub reason: String,
     pub moved_to: String,
     pub ts: u64,
+}
+
+/// What the ledger says of a provider.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProviderState {
+    /// Rate-limited until then (Unix ms); over once the time has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooling_until_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cooling_reason: String,
+    /// Auth failed: skipped until `dirigent agents enable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Disabled>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Disabled {
+    pub agent: String,
+    pub reason: String,
+    pub since_ms: u64,
+}
+
+/// Whether a provider can be used at `now_ms`, and if not, why.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Availability {
+    Ready,
+    CoolingDown { until_ms: u64, reason: String },
+    Disabled { reason: String, since_ms: u64 },
+}
+
+impl TaskBook {
+    /// Whether the agents of `provider` may run at `now_ms`.
+    pub fn availability(&self, provider: &str, now_ms: u64) -> Availability {
+        let Some(p) = self.providers.get(provider) else {
+            return Availability::Ready;
+        };
+        if let Some(d) = &p.disabled {
+            return Availability::Disabled {
+                reason: d.reason.clone(),
+                since_ms: d.since_ms,
+            };
+        }
+        match p.cooling_until_ms {
+            Some(until) if until > now_ms => Availability::CoolingDown {
+                until_ms: until,
+                reason: p.cooling_reason.clone(),
+            },
+            _ => Availability::Ready,
+        }
+    }
 }
 
 /// How many rejections `status` remembers (the ledger keeps all of them).
@@ -146,6 +199,9 @@ pub struct TaskBook {
     #[serde(skip)]
     keep_finished: Option<usize>,
     pub rejected: VecDeque<RejectedFile>,
+    /// Rate-limit cooldowns and auth failures, by provider.
+    #[serde(default)]
+    pub providers: std::collections::BTreeMap<String, ProviderState>,
     pub last_seq: u64,
     /// Records applied since this book was made (not part of a snapshot): the daemon tells
     /// waiting doors when it changes.
@@ -276,6 +332,7 @@ impl TaskBook {
                         phases: vec![],
                         rounds: vec![],
                         phase: Phase::Pending,
+                        not_before_ms: None,
                         spec: Some(Arc::new((**spec).clone())),
                     },
                 );
@@ -343,6 +400,7 @@ impl TaskBook {
                 stdout_bytes,
                 stderr_bytes,
                 duration_ms,
+                retry_in_ms,
                 ..
             } => {
                 if let Some(t) = self.tasks.get_mut(task) {
@@ -376,9 +434,17 @@ impl TaskBook {
                         a.stdout_bytes = *stdout_bytes;
                         a.stderr_bytes = *stderr_bytes;
                     }
-                    // A failure moves the chain on; an interruption retries the same agent.
-                    if !matches!(class, Class::Ok | Class::Interrupted | Class::Cancelled) {
-                        t.chain_pos += 1;
+                    // A failure moves the chain past the agent that failed (agents skipped while
+                    // cooling down stay behind); a network retry or an interruption keeps it.
+                    if let Some(delay) = retry_in_ms {
+                        t.not_before_ms = Some(r.ts + delay);
+                    } else if !matches!(class, Class::Ok | Class::Interrupted | Class::Cancelled) {
+                        t.not_before_ms = None;
+                        let from = t.chain_pos.min(t.chain.len());
+                        t.chain_pos = t.chain[from..]
+                            .iter()
+                            .position(|a| a == agent)
+                            .map_or(t.chain_pos + 1, |i| from + i + 1);
                     }
                     if matches!(t.phase, Phase::Running { .. }) {
                         t.phase = Phase::Pending;
@@ -452,6 +518,7 @@ impl TaskBook {
                     t.phase = Phase::Pending;
                     t.chain = spec.chain.clone();
                     t.chain_pos = 0;
+                    t.not_before_ms = None;
                     t.spec = Some(Arc::new((**spec).clone()));
                     // No longer finished: it must not be archived while it runs again.
                     self.finished.retain(|id| id != task);
@@ -462,6 +529,36 @@ impl TaskBook {
                     t.phase = Phase::Requeued;
                     t.file = file.clone();
                 }
+            }
+            Event::ProviderCooldown {
+                provider,
+                until_ms,
+                reason,
+                ..
+            } => {
+                let p = self.providers.entry(provider.clone()).or_default();
+                if p.cooling_until_ms.is_none_or(|u| u < *until_ms) {
+                    p.cooling_until_ms = Some(*until_ms);
+                    p.cooling_reason = reason.clone();
+                }
+            }
+            Event::ProviderDisabled {
+                provider,
+                agent,
+                reason,
+                ..
+            } => {
+                let p = self.providers.entry(provider.clone()).or_default();
+                if p.disabled.is_none() {
+                    p.disabled = Some(Disabled {
+                        agent: agent.clone(),
+                        reason: reason.clone(),
+                        since_ms: r.ts,
+                    });
+                }
+            }
+            Event::ProviderEnabled { provider } => {
+                self.providers.remove(provider);
             }
             Event::DaemonStarted { .. }
             | Event::DaemonStopped { .. }
@@ -512,6 +609,7 @@ mod tests {
                 stdout_bytes: 3,
                 stderr_bytes: 0,
                 duration_ms: 7,
+                retry_in_ms: None,
             },
         )
     }

@@ -1,0 +1,364 @@
+//! Provider stewardship against script agents that imitate the real CLIs' failures
+//! (`tests/agents/fake-cli.sh`, on `PATH` as `claude`, `gemini`, `codex`, `opencode`, `aider`,
+//! so the real presets judge them): failure classes, network retries with backoff, rate-limit
+//! cooldowns that survive restarts, auth failures that disable a provider once, start limits.
+
+mod common;
+
+use common::{Daemon, Workspace, agents_dir};
+use dirigent::ledger::{Event, Record};
+
+/// A `bin/` in the workspace with the fake CLIs, and the daemon started with it first on PATH.
+fn start_with_fakes(ws: &Workspace) -> Daemon {
+    let bin = ws.root().join("bin");
+    if !bin.exists() {
+        std::fs::create_dir(&bin).unwrap();
+        for cli in ["claude", "gemini", "codex", "opencode", "aider"] {
+            std::os::unix::fs::symlink(agents_dir().join("fake-cli.sh"), bin.join(cli)).unwrap();
+        }
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    ws.start_with(&[("PATH", &path)])
+}
+
+fn set_mode(ws: &Workspace, mode: &str) {
+    let tmp = ws.root().join("mode.tmp");
+    std::fs::write(&tmp, mode).unwrap();
+    std::fs::rename(&tmp, ws.root().join("mode")).unwrap();
+}
+
+/// (agent, class) of every attempt of `task`.
+fn attempts(ws: &Workspace, task: &str) -> Vec<(String, String)> {
+    ws.attempts(task)
+}
+
+fn find<T>(records: &[Record], f: impl Fn(&Event) -> Option<T>) -> Vec<T> {
+    records.iter().filter_map(|r| f(&r.event)).collect()
+}
+
+#[test]
+fn each_cli_failure_is_classified_as_the_real_one_would_be() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 4
+agents:
+  claude-auth:     { preset: claude, env: { FAKE_MODE: auth } }
+  claude-limit:    { preset: claude, env: { FAKE_MODE: rate_limit }, provider: claude-2 }
+  claude-tool:     { preset: claude, env: { FAKE_MODE: tool_error }, provider: claude-3 }
+  claude-garbled:  { preset: claude, env: { FAKE_MODE: bad_output }, provider: claude-4 }
+  gemini-auth:     { preset: gemini, env: { FAKE_MODE: auth } }
+  gemini-limit:    { preset: gemini, env: { FAKE_MODE: rate_limit }, provider: gemini-2 }
+  codex-net:       { preset: codex, env: { FAKE_MODE: network }, retry: { attempts: 0 } }
+  opencode-net:    { preset: opencode, env: { FAKE_MODE: network }, retry: { attempts: 0 } }
+  opencode-cut:    { preset: opencode, env: { FAKE_MODE: bad_output }, provider: opencode-2 }
+  aider-exit0:     { preset: aider, env: { FAKE_MODE: exit0_error }, retry: { attempts: 0 } }
+  aider-tool:      { preset: aider, env: { FAKE_MODE: tool_error }, provider: aider-2 }
+"#,
+    );
+    let _d = start_with_fakes(&ws);
+    let want = [
+        ("claude-auth", "auth"),
+        ("claude-limit", "rate_limit"),
+        ("claude-tool", "tool_error"),
+        ("claude-garbled", "bad_output"),
+        ("gemini-auth", "auth"),
+        ("gemini-limit", "rate_limit"),
+        ("codex-net", "network"),
+        ("opencode-net", "network"),
+        ("opencode-cut", "bad_output"),
+        ("aider-exit0", "network"),
+        ("aider-tool", "tool_error"),
+    ];
+    for (agent, _) in want {
+        ws.drop_task(
+            &format!("{agent}.json"),
+            &format!(r#"{{"prompt": "p", "agent": "{agent}"}}"#),
+        );
+    }
+    for (agent, class) in want {
+        ws.wait_settled(agent);
+        assert_eq!(
+            attempts(&ws, agent),
+            [(agent.to_string(), class.to_string())],
+            "{agent}"
+        );
+    }
+}
+
+#[test]
+fn a_network_failure_retries_the_same_agent_with_backoff_then_falls_through() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 1
+agents:
+  codex: { preset: codex, env: { FAKE_MODE: network },
+           retry: { attempts: 2, delay: 200ms, factor: 2, jitter: 0 } }
+  backup: { command: ["{agents}/ok.sh"] }
+"#,
+    );
+    let _d = start_with_fakes(&ws);
+    ws.drop_task("n.json", r#"{"prompt": "p", "chain": ["codex", "backup"]}"#);
+    ws.wait_settled("n");
+    assert_eq!(
+        attempts(&ws, "n"),
+        [
+            ("codex".to_string(), "network".to_string()),
+            ("codex".to_string(), "network".to_string()),
+            ("codex".to_string(), "network".to_string()),
+            ("backup".to_string(), "ok".to_string()),
+        ]
+    );
+    let records = ws.records();
+    let retries = find(&records, |e| match e {
+        Event::AttemptFinished { retry_in_ms, .. } => Some(*retry_in_ms),
+        _ => None,
+    });
+    assert_eq!(retries, [Some(200), Some(400), None, None]);
+    // Each retry started no sooner than its backoff after the failure.
+    let finished: Vec<u64> = records
+        .iter()
+        .filter(|r| matches!(r.event, Event::AttemptFinished { .. }))
+        .map(|r| r.ts)
+        .collect();
+    let started: Vec<u64> = records
+        .iter()
+        .filter(|r| matches!(r.event, Event::AttemptStarted { .. }))
+        .map(|r| r.ts)
+        .collect();
+    assert!(started[1] >= finished[0] + 200, "{started:?} {finished:?}");
+    assert!(started[2] >= finished[1] + 400, "{started:?} {finished:?}");
+}
+
+/// The `provider_cooldown` records, as (provider, until_ms).
+fn cooldowns(ws: &Workspace) -> Vec<(String, u64)> {
+    find(&ws.records(), |e| match e {
+        Event::ProviderCooldown {
+            provider, until_ms, ..
+        } => Some((provider.clone(), *until_ms)),
+        _ => None,
+    })
+}
+
+/// When `task`'s attempts started, in order, with their agent.
+fn starts(ws: &Workspace, task: &str) -> Vec<(String, u64)> {
+    ws.records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::AttemptStarted { task: t, agent, .. } if t == task => {
+                Some((agent.clone(), r.ts))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_rate_limited_provider_is_skipped_until_its_reset_also_across_a_restart() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 1
+agents:
+  claude: { preset: claude, env: { FAKE_MODE_FILE: mode, FAKE_RESET_SECS: "5" } }
+  claude-sonnet: { preset: claude, model: sonnet, env: { FAKE_MODE_FILE: mode } }
+  backup: { command: ["{agents}/ok.sh"] }
+"#,
+    );
+    set_mode(&ws, "rate_limit");
+    let mut d = start_with_fakes(&ws);
+    // The first task meets the limit and goes on to the next agent.
+    ws.drop_task(
+        "a.json",
+        r#"{"prompt": "p", "chain": ["claude", "backup"]}"#,
+    );
+    ws.wait_settled("a");
+    assert_eq!(
+        attempts(&ws, "a"),
+        [
+            ("claude".to_string(), "rate_limit".to_string()),
+            ("backup".to_string(), "ok".to_string())
+        ]
+    );
+    // The reset time came from what the CLI printed (`usage limit reached|<epoch>`).
+    let all = cooldowns(&ws);
+    let [(provider, until)] = &all[..] else {
+        panic!("one cooldown: {all:?}")
+    };
+    let (provider, until) = (provider.clone(), *until);
+    assert_eq!(provider, "claude");
+    let failed_at = ws
+        .records()
+        .iter()
+        .find(|r| matches!(r.event, Event::ProviderCooldown { .. }))
+        .unwrap()
+        .ts;
+    assert!(
+        until >= failed_at + 3_000 && until <= failed_at + 6_000,
+        "{until} vs {failed_at}"
+    );
+    // The provider is fine again by the time it is used again.
+    set_mode(&ws, "ok");
+
+    // A restart does not forget it: a task that may use either agent skips the provider while
+    // it cools down (both agents are on it), and one pinned to it waits for the reset.
+    assert!(d.stop().success());
+    let _d = start_with_fakes(&ws);
+    ws.drop_task(
+        "b.json",
+        r#"{"prompt": "p", "chain": ["claude-sonnet", "backup"]}"#,
+    );
+    ws.drop_task("c.json", r#"{"prompt": "p", "agent": "claude"}"#);
+    ws.wait_settled("b");
+    let b = starts(&ws, "b");
+    if b[0].1 < until {
+        assert_eq!(b[0].0, "backup", "dispatched while cooling down: {b:?}");
+    }
+    let agents = ws.cli(&["agents", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&agents.stdout).unwrap();
+    let claude = report["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "claude")
+        .unwrap()
+        .clone();
+    if dirigent::ledger::now_ms() < until {
+        assert_eq!(claude["availability"]["state"], "cooling_down", "{claude}");
+        assert_eq!(claude["availability"]["until_ms"], until);
+    }
+    ws.wait_settled("c");
+    let c = starts(&ws, "c");
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0].0, "claude");
+    assert!(
+        c[0].1 >= until,
+        "used again only after the reset: {c:?} < {until}"
+    );
+    assert_eq!(
+        attempts(&ws, "c"),
+        [("claude".to_string(), "ok".to_string())]
+    );
+}
+
+#[test]
+fn an_auth_failure_disables_the_provider_once_until_it_is_enabled() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 1
+agents:
+  claude: { preset: claude, env: { FAKE_MODE_FILE: mode } }
+  backup: { command: ["{agents}/ok.sh"] }
+default_chain: [claude, backup]
+"#,
+    );
+    set_mode(&ws, "auth");
+    let _d = start_with_fakes(&ws);
+    for id in ["t1", "t2", "t3"] {
+        ws.drop_task(&format!("{id}.json"), r#"{"prompt": "p"}"#);
+        ws.wait_settled(id);
+    }
+    assert_eq!(
+        attempts(&ws, "t1"),
+        [
+            ("claude".to_string(), "auth".to_string()),
+            ("backup".to_string(), "ok".to_string())
+        ]
+    );
+    for id in ["t2", "t3"] {
+        assert_eq!(
+            attempts(&ws, id),
+            [("backup".to_string(), "ok".to_string())],
+            "{id}"
+        );
+    }
+    let disabled = find(&ws.records(), |e| match e {
+        Event::ProviderDisabled { provider, .. } => Some(provider.clone()),
+        _ => None,
+    });
+    assert_eq!(disabled, ["claude"]);
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert_eq!(
+        log.matches("failed to authenticate").count(),
+        1,
+        "one message, not one per task:\n{log}"
+    );
+    let text = String::from_utf8(ws.cli(&["agents"]).stdout).unwrap();
+    assert!(
+        text.contains("DISABLED since") && text.contains("`dirigent agents enable claude`"),
+        "{text}"
+    );
+
+    // Fixed and enabled: used again.
+    set_mode(&ws, "ok");
+    let out = ws.cli(&["agents", "enable", "claude"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "`claude` and every agent on provider `claude` can run again\n"
+    );
+    ws.drop_task("t4.json", r#"{"prompt": "p"}"#);
+    ws.wait_settled("t4");
+    assert_eq!(
+        attempts(&ws, "t4"),
+        [("claude".to_string(), "ok".to_string())]
+    );
+
+    // With the only agent disabled, a task escalates at once and says why.
+    set_mode(&ws, "auth");
+    ws.drop_task("t5.json", r#"{"prompt": "p", "agent": "claude"}"#);
+    ws.wait_settled("t5");
+    ws.drop_task("t6.json", r#"{"prompt": "p", "agent": "claude"}"#);
+    let escalated = ws.wait_settled("t6");
+    let Event::Escalated { reason, .. } = escalated else {
+        panic!("{escalated:?}")
+    };
+    assert!(attempts(&ws, "t6").is_empty());
+    assert!(
+        reason.starts_with(
+            "no agent left in the chain can run: `claude` is disabled after an auth failure"
+        ),
+        "{reason}"
+    );
+}
+
+#[test]
+fn start_limits_hold_per_agent_and_per_provider() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 4
+providers:
+  shared: { starts_per_minute: 2 }
+agents:
+  solo: { command: ["{agents}/ok.sh"], starts_per_minute: 1 }
+  one:  { command: ["{agents}/ok.sh"], provider: shared }
+  two:  { command: ["{agents}/ok.sh"], provider: shared }
+  free: { command: ["{agents}/ok.sh"] }
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task("s1.json", r#"{"prompt": "p", "agent": "solo"}"#);
+    ws.drop_task("s2.json", r#"{"prompt": "p", "agent": "solo"}"#);
+    ws.drop_task("p1.json", r#"{"prompt": "p", "agent": "one"}"#);
+    ws.drop_task("p2.json", r#"{"prompt": "p", "agent": "two"}"#);
+    ws.drop_task("p3.json", r#"{"prompt": "p", "agent": "one"}"#);
+    // Within the minute, exactly one solo start and two starts on the shared provider.
+    let done = |recs: &[Record]| {
+        recs.iter()
+            .filter(|r| matches!(r.event, Event::Done { .. }))
+            .count()
+    };
+    ws.wait_for("three tasks done", |recs| (done(recs) >= 3).then_some(()));
+    // A task on an unlimited agent, after those: by the time it is done the scheduler has had
+    // several rounds in which a start over the limit would have happened.
+    ws.drop_task("free.json", r#"{"prompt": "p", "agent": "free"}"#);
+    ws.wait_settled("free");
+    let records = ws.records();
+    let started = |agents: &[&str]| {
+        records
+            .iter()
+            .filter(|r| matches!(&r.event, Event::AttemptStarted { agent, .. } if agents.contains(&agent.as_str())))
+            .count()
+    };
+    assert_eq!(started(&["solo"]), 1);
+    assert_eq!(started(&["one", "two"]), 2);
+    assert_eq!(done(&records), 4);
+}
