@@ -20,6 +20,7 @@ use dirigent::ledger::{self, Event, Record};
 use dirigent::state::{Phase, TaskBook, TaskRecord};
 use dirigent::submit;
 use dirigent::task::TaskFields;
+use dirigent::usage;
 use dirigent::workspace::Workspace;
 
 use crate::cli::SubmitArgs;
@@ -350,6 +351,13 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         if !t.after.is_empty() {
             println!("after:    {}", t.after.join(", "));
         }
+        if t.cost_usd > 0.0 || t.budget_usd.is_some() {
+            let budget = t
+                .budget_usd
+                .map(|b| format!(" of its {} budget", usage::dollars(b)))
+                .unwrap_or_default();
+            println!("cost:     {}{budget}", usage::dollars(t.cost_usd));
+        }
         for a in &t.attempts {
             let status = match (a.exit_code, a.signal) {
                 (_, Some(s)) => format!("signal {s} ({})", signal_name(s)),
@@ -375,11 +383,16 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             "daemon_pid": running_daemon(ws),
             "tasks": tasks,
             "rejected": book.rejected,
+            "spend": spend_report(ws, &book)?,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", daemon_line(ws, live));
+    let spend = spend_report(ws, &book)?;
+    if let Some(line) = spend_line(&spend) {
+        println!("{line}");
+    }
     if book.is_empty() && book.rejected.is_empty() {
         println!("no tasks yet: drop a file into .context/inbox/ or run `dirigent submit \"…\"`");
         return Ok(ExitCode::SUCCESS);
@@ -415,6 +428,70 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Today's spending (UTC) against the budgets: `{day, total_usd, daily_budget_usd, agents:
+/// {name: {spent_usd, budget_usd}}}`.
+fn spend_report(ws: &Workspace, book: &TaskBook) -> Result<serde_json::Value> {
+    let config = Config::load(&ws.config())?;
+    let today = dirigent::state::day_of(ledger::now_ms());
+    let day = book.spend.get(&today).cloned().unwrap_or_default();
+    let mut agents = serde_json::Map::new();
+    let names: std::collections::BTreeSet<&String> = day
+        .by_agent
+        .keys()
+        .chain(config.budgets.agents.keys())
+        .collect();
+    for name in names {
+        agents.insert(
+            name.clone(),
+            json!({
+                "spent_usd": day.by_agent.get(name).copied().unwrap_or(0.0),
+                "budget_usd": config.budgets.agents.get(name),
+            }),
+        );
+    }
+    Ok(json!({
+        "day": duration::clock(today * 86_400_000)[..10].to_string(),
+        "total_usd": day.total_usd,
+        "daily_budget_usd": config.budgets.daily,
+        "agents": agents,
+    }))
+}
+
+/// `spend today: $1.20 of $20.00 (claude $0.80 of $5.00, gemini $0.40)`, or nothing when
+/// nothing was spent and no budget is set.
+fn spend_line(spend: &serde_json::Value) -> Option<String> {
+    let of = |budget: &serde_json::Value| {
+        budget
+            .as_f64()
+            .map(|b| format!(" of {}", usage::dollars(b)))
+            .unwrap_or_default()
+    };
+    let total = spend["total_usd"].as_f64().unwrap_or(0.0);
+    let agents = spend["agents"].as_object()?;
+    if total == 0.0 && spend["daily_budget_usd"].is_null() && agents.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = agents
+        .iter()
+        .map(|(name, a)| {
+            format!(
+                "{name} {}{}",
+                usage::dollars(a["spent_usd"].as_f64().unwrap_or(0.0)),
+                of(&a["budget_usd"])
+            )
+        })
+        .collect();
+    let mut line = format!(
+        "spend today (UTC): {}{}",
+        usage::dollars(total),
+        of(&spend["daily_budget_usd"])
+    );
+    if !parts.is_empty() {
+        line.push_str(&format!(" ({})", parts.join(", ")));
+    }
+    Some(line)
 }
 
 fn describe(t: &TaskRecord) -> String {

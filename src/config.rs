@@ -53,6 +53,32 @@ struct RawConfig {
     http: Option<String>,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    prices: BTreeMap<String, crate::usage::Price>,
+    #[serde(default)]
+    budgets: RawBudgets,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudgets {
+    #[serde(default)]
+    daily: Option<f64>,
+    #[serde(default)]
+    agents: BTreeMap<String, f64>,
+    #[serde(default)]
+    task: Option<f64>,
+}
+
+/// Spending limits in US dollars; days are UTC days.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budgets {
+    /// All agents together, per day.
+    pub daily: Option<f64>,
+    /// Per agent, per day.
+    pub agents: BTreeMap<String, f64>,
+    /// Per task (a task's `budget_usd` overrides it; a workflow run's covers its tasks).
+    pub task: Option<f64>,
 }
 
 /// Limits shared by every agent on one provider account.
@@ -297,6 +323,9 @@ pub struct Config {
     pub ledger_keep_segments: usize,
     /// Start limits shared by all agents of a provider.
     pub providers: BTreeMap<String, Provider>,
+    /// USD per million tokens, by model, for CLIs that report tokens but no cost.
+    pub prices: Arc<BTreeMap<String, crate::usage::Price>>,
+    pub budgets: Budgets,
     /// Where the HTTP API listens (`http:`); `None` = no HTTP server unless `--http` is given.
     /// Read at start; a reload does not move the server.
     pub http: Option<std::net::SocketAddr>,
@@ -366,6 +395,27 @@ impl Config {
         {
             return Err(invalid("`on_escalate` must name a command".into()));
         }
+        let budgets = {
+            let b = raw.budgets;
+            for (agent, _) in b.agents.iter() {
+                if !agents.contains_key(agent) {
+                    return Err(invalid(format!(
+                        "`budgets.agents` names agent `{agent}`, which is not configured"
+                    )));
+                }
+            }
+            let negative = b.daily.is_some_and(|d| d < 0.0)
+                || b.task.is_some_and(|d| d < 0.0)
+                || b.agents.values().any(|d| *d < 0.0);
+            if negative {
+                return Err(invalid("budgets cannot be negative".into()));
+            }
+            Budgets {
+                daily: b.daily,
+                agents: b.agents,
+                task: b.task,
+            }
+        };
         Ok(Config {
             concurrency,
             default_chain: raw.default_chain,
@@ -395,6 +445,8 @@ impl Config {
                     )
                 })
                 .collect(),
+            prices: Arc::new(raw.prices),
+            budgets,
             http: match raw.http.as_deref() {
                 None => None,
                 Some(addr) => {

@@ -1168,6 +1168,7 @@ Free disk space or fix `{}`, then restart the daemon",
                     kill_signal: None,
                     leaked: false,
                     retry_in_ms: None,
+                    usage: None,
                     stdout_bytes: 0,
                     stderr_bytes: 0,
                     duration_ms: 0,
@@ -1553,15 +1554,34 @@ Free disk space or fix `{}`, then restart the daemon",
                 wake_at(&mut self.stagger_due, now, now_ms, at);
                 continue;
             }
+            if let Some(reason) = self.over_budget(t, now_ms) {
+                escalations.push((key.id.clone(), reason));
+                continue;
+            }
             // The first agent from the chain's position whose provider may be used now.
             let mut chosen = None;
             let mut cooling_until: Option<u64> = None;
             let mut unusable = Vec::new();
+            let today = self.book.spend.get(&crate::state::day_of(now_ms));
             for name in t.chain.iter().skip(t.chain_pos) {
                 let Some(agent) = self.config.agents.get(name) else {
                     unusable.push(format!("`{name}` is no longer configured"));
                     continue;
                 };
+                if let Some(limit) = self.config.budgets.agents.get(name) {
+                    let spent = today
+                        .and_then(|d| d.by_agent.get(name))
+                        .copied()
+                        .unwrap_or(0.0);
+                    if spent >= *limit {
+                        unusable.push(format!(
+                            "`{name}` has spent its daily budget ({} of {} today, UTC)",
+                            crate::usage::dollars(spent),
+                            crate::usage::dollars(*limit)
+                        ));
+                        continue;
+                    }
+                }
                 match self.book.availability(&agent.provider, now_ms) {
                     Availability::Ready => {
                         chosen = Some(agent.clone());
@@ -1666,6 +1686,63 @@ Free disk space or fix `{}`, then restart the daemon",
         }
     }
 
+    /// Why `t` may not start another attempt because of a budget: its own (a workflow run's
+    /// covers its tasks), or the day's for all agents. The text has the figures.
+    fn over_budget(&self, t: &TaskRecord, now_ms: u64) -> Option<String> {
+        use crate::usage::dollars;
+        if let Some(daily) = self.config.budgets.daily {
+            let spent = self
+                .book
+                .spend
+                .get(&crate::state::day_of(now_ms))
+                .map_or(0.0, |d| d.total_usd);
+            if spent >= daily {
+                return Some(format!(
+                    "the daily budget is spent: {} of {} today (UTC); raise `budgets.daily` or retry tomorrow",
+                    dollars(spent),
+                    dollars(daily)
+                ));
+            }
+        }
+        // The workflow run this task belongs to, if any: its budget covers all its tasks.
+        let run =
+            t.id.match_indices('.')
+                .map(|(i, _)| &t.id[..i])
+                .find_map(|prefix| {
+                    self.book
+                        .get(prefix)
+                        .filter(|r| r.spec.as_ref().is_some_and(|s| s.fields.workflow.is_some()))
+                });
+        let owner = run.unwrap_or(t);
+        let budget = owner.budget_usd;
+        let budget = budget.or(self.config.budgets.task)?;
+        let spent = if owner
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.fields.workflow.is_some())
+        {
+            owner.cost_usd
+                + self
+                    .book
+                    .iter()
+                    .filter(|c| is_child_of(&c.id, &owner.id))
+                    .map(|c| c.cost_usd)
+                    .sum::<f64>()
+        } else {
+            owner.cost_usd
+        };
+        (spent >= budget).then(|| {
+            format!(
+                "the budget is spent: `{}` has cost {} of its {} over {} attempt(s); raise `budget_usd` and `dirigent retry {}`",
+                owner.id,
+                dollars(spent),
+                dollars(budget),
+                owner.attempts.len(),
+                t.id
+            )
+        })
+    }
+
     fn dequeue(&mut self, id: &str) {
         if let Some(k) = self.keys.get(id) {
             self.queue.remove(k);
@@ -1731,6 +1808,7 @@ Free disk space or fix `{}`, then restart the daemon",
         tracing::info!(task = id, agent = %agent.name, attempt, "starting attempt");
         let ledger = self.ledger.clone();
         let tx = self.tx.clone();
+        let prices = self.config.prices.clone();
         tokio::spawn(async move {
             let (task, agent_name) = (plan.task_id.clone(), plan.agent.name.clone());
             let (l2, tx2, task2, agent2) =
@@ -1752,7 +1830,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 }
             })
             .await;
-            let events = finished_events(&plan, attempt, retries_used, &report);
+            let events = finished_events(&plan, attempt, retries_used, &report, &prices);
             let records = match ledger.append_all(events).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -1939,6 +2017,7 @@ fn finished_events(
     attempt: u32,
     retries_used: u32,
     report: &AttemptReport,
+    prices: &std::collections::BTreeMap<String, crate::usage::Price>,
 ) -> Vec<Event> {
     let agent = &plan.agent;
     let class = report.verdict.class;
@@ -1964,6 +2043,10 @@ fn finished_events(
         stderr_bytes: report.stderr_bytes,
         duration_ms: report.duration.as_millis() as u64,
         retry_in_ms,
+        usage: report.verdict.usage.clone().map(|mut u| {
+            crate::usage::price(&mut u, agent.model.as_deref(), prices);
+            u
+        }),
     }];
     match class {
         Class::RateLimit => events.push(Event::ProviderCooldown {

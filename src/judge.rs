@@ -166,6 +166,8 @@ pub struct Verdict {
     /// For `rate_limit`: when the provider said it may be used again (a reset time or a
     /// `Retry-After`), in Unix milliseconds.
     pub resets_at_ms: Option<u64>,
+    /// Tokens and cost, when the CLI reported them (whatever the verdict).
+    pub usage: Option<crate::usage::Usage>,
 }
 
 impl Verdict {
@@ -175,6 +177,7 @@ impl Verdict {
             reason: reason.into(),
             result: None,
             resets_at_ms: None,
+            usage: None,
         }
     }
 }
@@ -191,6 +194,9 @@ pub fn judge_at(agent: &Agent, ev: &Evidence<'_>, now_ms: u64) -> Verdict {
         );
         v.resets_at_ms = reset_time(&text, now_ms);
     }
+    v.usage = ev
+        .stdout_full
+        .and_then(|out| crate::usage::parse(agent.format, out));
     v
 }
 
@@ -340,6 +346,7 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
         reason: "ok".into(),
         result: Some(result),
         resets_at_ms: None,
+        usage: None,
     }
 }
 

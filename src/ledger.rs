@@ -107,6 +107,9 @@ pub enum Event {
         /// A `network` failure with retries left: the same agent runs again after this long.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_in_ms: Option<u64>,
+        /// Tokens and cost, when the CLI reported them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::usage::Usage>,
     },
     /// A provider said "rate limited": every agent on it is skipped until `until_ms` (the reset
     /// time the CLI printed, or the agent's `cooldown`). Survives restarts like any event.
@@ -738,6 +741,7 @@ mod tests {
                 stderr_bytes: 2,
                 duration_ms: 3,
                 retry_in_ms: None,
+                usage: None,
             },
             Event::Rejected {
                 file: "x\ny.json".into(),

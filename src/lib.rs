@@ -35,5 +35,6 @@ pub mod spawn;
 pub mod state;
 pub mod submit;
 pub mod task;
+pub mod usage;
 pub mod workflow;
 pub mod workspace;

@@ -69,6 +69,8 @@ pub struct AttemptSummary {
     pub duration_ms: u64,
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::usage::Usage>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,6 +94,12 @@ pub struct TaskRecord {
     pub rounds: Vec<(String, u32, bool, String)>,
     #[serde(flatten)]
     pub phase: Phase,
+    /// What its attempts cost so far, in US dollars.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub cost_usd: f64,
+    /// Its `budget_usd` (kept after the spec is dropped, for `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
     /// A `network` retry waits until then (Unix ms) before the same agent runs again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
@@ -115,6 +123,25 @@ pub struct RejectedFile {
     pub reason: String,
     pub moved_to: String,
     pub ts: u64,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// Spending of one UTC day, in US dollars.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DaySpend {
+    pub total_usd: f64,
+    pub by_agent: std::collections::BTreeMap<String, f64>,
+}
+
+/// Days of spending kept (for `status` and budgets; `dirigent stats` reads the ledger).
+const SPEND_DAYS: u64 = 40;
+
+/// The UTC day (days since 1970-01-01) of a Unix time in milliseconds.
+pub fn day_of(ms: u64) -> u64 {
+    ms / 86_400_000
 }
 
 /// What the ledger says of a provider.
@@ -202,6 +229,9 @@ pub struct TaskBook {
     /// Rate-limit cooldowns and auth failures, by provider.
     #[serde(default)]
     pub providers: std::collections::BTreeMap<String, ProviderState>,
+    /// Spending by UTC day (the most recent days only).
+    #[serde(default)]
+    pub spend: std::collections::BTreeMap<u64, DaySpend>,
     pub last_seq: u64,
     /// Records applied since this book was made (not part of a snapshot): the daemon tells
     /// waiting doors when it changes.
@@ -333,6 +363,8 @@ impl TaskBook {
                         rounds: vec![],
                         phase: Phase::Pending,
                         not_before_ms: None,
+                        cost_usd: 0.0,
+                        budget_usd: spec.fields.budget_usd,
                         spec: Some(Arc::new((**spec).clone())),
                     },
                 );
@@ -381,6 +413,7 @@ impl TaskBook {
                         duration_ms: 0,
                         stdout_bytes: 0,
                         stderr_bytes: 0,
+                        usage: None,
                     });
                     t.phase = Phase::Running {
                         attempt: *attempt,
@@ -401,9 +434,19 @@ impl TaskBook {
                 stderr_bytes,
                 duration_ms,
                 retry_in_ms,
+                usage,
                 ..
             } => {
+                if let Some(cost) = usage.as_ref().and_then(|u| u.cost_usd) {
+                    let day = self.spend.entry(day_of(r.ts)).or_default();
+                    day.total_usd += cost;
+                    *day.by_agent.entry(agent.clone()).or_default() += cost;
+                    while self.spend.len() as u64 > SPEND_DAYS {
+                        self.spend.pop_first();
+                    }
+                }
                 if let Some(t) = self.tasks.get_mut(task) {
+                    t.cost_usd += usage.as_ref().and_then(|u| u.cost_usd).unwrap_or(0.0);
                     if !t.attempts.iter().any(|a| a.n == *attempt) {
                         // An attempt that never started (spawn failure) has no start event.
                         t.attempts.push(AttemptSummary {
@@ -420,6 +463,7 @@ impl TaskBook {
                             duration_ms: 0,
                             stdout_bytes: 0,
                             stderr_bytes: 0,
+                            usage: None,
                         });
                     }
                     if let Some(a) = t.attempts.iter_mut().rev().find(|a| a.n == *attempt) {
@@ -433,6 +477,7 @@ impl TaskBook {
                         a.duration_ms = *duration_ms;
                         a.stdout_bytes = *stdout_bytes;
                         a.stderr_bytes = *stderr_bytes;
+                        a.usage = usage.clone();
                     }
                     // A failure moves the chain past the agent that failed (agents skipped while
                     // cooling down stay behind); a network retry or an interruption keeps it.
@@ -519,6 +564,7 @@ impl TaskBook {
                     t.chain = spec.chain.clone();
                     t.chain_pos = 0;
                     t.not_before_ms = None;
+                    t.budget_usd = spec.fields.budget_usd;
                     t.spec = Some(Arc::new((**spec).clone()));
                     // No longer finished: it must not be archived while it runs again.
                     self.finished.retain(|id| id != task);
@@ -610,6 +656,7 @@ mod tests {
                 stderr_bytes: 0,
                 duration_ms: 7,
                 retry_in_ms: None,
+                usage: None,
             },
         )
     }

@@ -48,6 +48,9 @@ pub struct TaskFields {
     pub after: Vec<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i64,
+    /// Most this task (a workflow run: with all its tasks) may cost, in US dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -227,6 +230,9 @@ pub fn accept(
     config: &Config,
     root: &Path,
 ) -> Result<TaskSpec, Reject> {
+    if fields.budget_usd.is_some_and(|b| !b.is_finite() || b < 0.0) {
+        return reject("`budget_usd` must be a number of US dollars, 0 or more");
+    }
     if let Some(name) = &fields.workflow {
         return accept_workflow(id, name.clone(), fields, config, root);
     }

@@ -362,3 +362,179 @@ agents:
     assert_eq!(started(&["one", "two"]), 2);
     assert_eq!(done(&records), 4);
 }
+
+/// The cost recorded for each attempt of `task`.
+fn costs(ws: &Workspace, task: &str) -> Vec<Option<f64>> {
+    find(&ws.records(), |e| match e {
+        Event::AttemptFinished { task: t, usage, .. } if t == task => {
+            Some(usage.as_ref().and_then(|u| u.cost_usd))
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn tokens_and_cost_are_recorded_and_priced_when_the_cli_gives_tokens_only() {
+    let ws = Workspace::new(
+        r#"
+prices:
+  gpt-5: { input: 1.25, output: 10 }
+agents:
+  claude: { preset: claude }
+  codex:  { preset: codex, model: gpt-5 }
+  opencode: { preset: opencode }
+  gemini: { preset: gemini }
+"#,
+    );
+    let _d = start_with_fakes(&ws);
+    for agent in ["claude", "codex", "opencode", "gemini"] {
+        ws.drop_task(
+            &format!("{agent}.json"),
+            &format!(r#"{{"prompt": "p", "agent": "{agent}"}}"#),
+        );
+    }
+    for agent in ["claude", "codex", "opencode", "gemini"] {
+        ws.wait_settled(agent);
+    }
+    let usage = |task: &str| {
+        find(&ws.records(), |e| match e {
+            Event::AttemptFinished { task: t, usage, .. } if t == task => usage.clone(),
+            _ => None,
+        })
+        .remove(0)
+    };
+    let claude = usage("claude");
+    assert_eq!((claude.input_tokens, claude.output_tokens), (1200, 300));
+    assert_eq!(claude.cost_usd, Some(0.0123));
+    let codex = usage("codex");
+    assert_eq!((codex.input_tokens, codex.output_tokens), (500, 50));
+    // 500 × $1.25/M + 50 × $10/M
+    assert!(
+        (codex.cost_usd.unwrap() - 0.001125).abs() < 1e-12,
+        "{codex:?}"
+    );
+    let opencode = usage("opencode");
+    assert_eq!(opencode.cost_usd, Some(0.002));
+    let gemini = usage("gemini");
+    assert_eq!(
+        (
+            gemini.input_tokens,
+            gemini.model.as_deref(),
+            gemini.cost_usd
+        ),
+        (900, Some("gemini-2.5-pro"), None),
+        "no price for it: tokens only"
+    );
+    let status = String::from_utf8(ws.cli(&["status"]).stdout).unwrap();
+    assert!(
+        status.contains(
+            "spend today (UTC): $0.0154 (claude $0.0123, codex $0.0011, opencode $0.0020)"
+        ),
+        "{status}"
+    );
+}
+
+#[test]
+fn budgets_stop_work_at_the_limit_and_say_so_with_the_figures() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 1
+budgets:
+  agents: { capped: 0.5 }
+agents:
+  dear1:  { command: ["{agents}/costly.sh", "0.6", "fail"], output: claude_json, prompt: stdin }
+  dear2:  { command: ["{agents}/costly.sh", "0.6", "fail"], output: claude_json, prompt: stdin }
+  dear3:  { command: ["{agents}/costly.sh", "0.6", "fail"], output: claude_json, prompt: stdin }
+  capped: { command: ["{agents}/costly.sh", "0.6", "ok"], output: claude_json, prompt: stdin }
+  cheap:  { command: ["{agents}/costly.sh", "0.01", "ok"], output: claude_json, prompt: stdin }
+"#,
+    );
+    let _d = ws.start();
+    // A task's own budget: two failures at $0.60 use up $1.00; the third agent never starts.
+    ws.drop_task(
+        "t.json",
+        r#"{"prompt": "p", "chain": ["dear1", "dear2", "dear3"], "budget_usd": 1.0}"#,
+    );
+    let Event::Escalated { reason, .. } = ws.wait_settled("t") else {
+        panic!()
+    };
+    assert_eq!(costs(&ws, "t"), [Some(0.6), Some(0.6)]);
+    assert_eq!(
+        reason,
+        "the budget is spent: `t` has cost $1.20 of its $1.00 over 2 attempt(s); raise `budget_usd` and `dirigent retry t`"
+    );
+    let status = String::from_utf8(ws.cli(&["status", "t"]).stdout).unwrap();
+    assert!(
+        status.contains("cost:     $1.20 of its $1.00 budget"),
+        "{status}"
+    );
+
+    // An agent's daily budget: once spent, its tasks go to the next agent; alone, it escalates.
+    ws.drop_task("a1.json", r#"{"prompt": "p", "agent": "capped"}"#);
+    ws.wait_settled("a1");
+    ws.drop_task(
+        "a2.json",
+        r#"{"prompt": "p", "chain": ["capped", "cheap"]}"#,
+    );
+    ws.wait_settled("a2");
+    assert_eq!(
+        attempts(&ws, "a2"),
+        [("cheap".to_string(), "ok".to_string())]
+    );
+    ws.drop_task("a3.json", r#"{"prompt": "p", "agent": "capped"}"#);
+    let Event::Escalated { reason, .. } = ws.wait_settled("a3") else {
+        panic!()
+    };
+    assert_eq!(
+        reason,
+        "no agent left in the chain can run: `capped` has spent its daily budget ($0.60 of $0.50 today, UTC)"
+    );
+    let status = String::from_utf8(ws.cli(&["status"]).stdout).unwrap();
+    assert!(
+        status.contains("spend today (UTC): $1.81 (capped $0.60 of $0.50, cheap $0.0100, dear1 $0.60, dear2 $0.60)"),
+        "{status}"
+    );
+}
+
+#[test]
+fn the_daily_budget_and_a_workflow_runs_budget_stop_work_too() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 1
+budgets: { daily: 3.0 }
+agents:
+  dear: { command: ["{agents}/costly.sh", "0.6", "ok"], output: claude_json, prompt: stdin }
+"#,
+    );
+    std::fs::write(
+        ws.path("workflows/three.yaml"),
+        "name: three\nphases:\n  - { name: a, type: single, agent: dear, prompt: a }\n  - { name: b, type: single, agent: dear, prompt: b }\n  - { name: c, type: single, agent: dear, prompt: c }\n",
+    )
+    .unwrap();
+    let _d = ws.start();
+    // A run's budget covers its tasks: after two phases ($1.20 ≥ $1.00) the third never starts.
+    ws.drop_task("run.json", r#"{"workflow": "three", "budget_usd": 1.0}"#);
+    let Event::Escalated { reason, .. } = ws.wait_settled("run") else {
+        panic!()
+    };
+    assert!(
+        reason.contains("the budget is spent: `run` has cost $1.20 of its $1.00"),
+        "{reason}"
+    );
+    assert_eq!(costs(&ws, "run.c"), Vec::<Option<f64>>::new());
+    // The day's budget: $1.20 so far; three more tasks reach $3.00, the fourth is refused.
+    for id in ["d1", "d2", "d3", "d4"] {
+        ws.drop_task(&format!("{id}.json"), r#"{"prompt": "p", "agent": "dear"}"#);
+        ws.wait_settled(id);
+    }
+    for id in ["d1", "d2", "d3"] {
+        assert_eq!(costs(&ws, id), [Some(0.6)], "{id}");
+    }
+    let Event::Escalated { reason, .. } = ws.wait_settled("d4") else {
+        panic!()
+    };
+    assert_eq!(
+        reason,
+        "the daily budget is spent: $3.00 of $3.00 today (UTC); raise `budgets.daily` or retry tomorrow"
+    );
+}
