@@ -95,6 +95,18 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AgentsAction>,
     },
+    /// Scorecards from the ledger: attempts, success rate, fallback rate, failure classes,
+    /// median and p95 duration, cost and cost per success — per agent, role or model.
+    Stats {
+        /// Only attempts that finished in this period: `24h`, `7d`, `30d`.
+        #[arg(long, default_value = "7d", value_name = "DURATION")]
+        since: String,
+        /// Group by `agent`, `role` (the task's chain source) or `model`.
+        #[arg(long, value_enum, default_value = "agent")]
+        by: StatsBy,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions: `dirigent completions bash > ~/.local/share/bash-completion/completions/dirigent`.
     Completions {
         #[arg(value_enum)]
@@ -141,6 +153,13 @@ pub enum WorkflowCommand {
     /// Check workflows (all, or the names or files given) and report every problem with file,
     /// line and column. Exits 1 when there are problems.
     Validate { targets: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StatsBy {
+    Agent,
+    Role,
+    Model,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

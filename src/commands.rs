@@ -794,3 +794,95 @@ pub fn control(ws: &Workspace, request: dirigent::control::Request) -> Result<Ex
         bail!("{}", answer.message)
     }
 }
+
+pub fn stats(
+    ws: &Workspace,
+    since: &str,
+    by: crate::cli::StatsBy,
+    as_json: bool,
+) -> Result<ExitCode> {
+    use dirigent::stats::{By, Scorecard};
+    let period = duration::parse(since).map_err(|e| anyhow::anyhow!("`--since`: {e}"))?;
+    let since_ms = ledger::now_ms().saturating_sub(period.as_millis() as u64);
+    let by = match by {
+        crate::cli::StatsBy::Agent => By::Agent,
+        crate::cli::StatsBy::Role => By::Role,
+        crate::cli::StatsBy::Model => By::Model,
+    };
+    let models: std::collections::HashMap<String, String> = Config::load(&ws.config())
+        .map(|c| {
+            c.agents
+                .iter()
+                .filter_map(|(n, a)| a.model.clone().map(|m| (n.clone(), m)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut card = Scorecard::new(since_ms, by, &models);
+    // Every file still kept, oldest first: the rotated segments, then the live ledger.
+    let mut files: Vec<std::path::PathBuf> = ledger::segments(ws.context())?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    files.push(ws.ledger());
+    let mut first_seq = None;
+    for f in &files {
+        ledger::read_each(f, |r| {
+            first_seq.get_or_insert(r.seq);
+            card.add(&r);
+        })
+        .with_context(|| format!("cannot read `{}`", f.display()))?;
+    }
+    let rows = card.rows();
+    let compacted = first_seq.is_some_and(|s| s > 1);
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "since_ms": since_ms,
+                "by": format!("{by:?}").to_lowercase(),
+                "history_from_seq": first_seq,
+                "rows": rows,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no attempts finished in the last {since}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>10}  FAILURES",
+        format!("{by:?}").to_uppercase(),
+        "ATTEMPTS",
+        "OK",
+        "FALLBK",
+        "MEDIAN",
+        "P95",
+        "COST",
+        "$/SUCCESS"
+    );
+    for r in &rows {
+        let failures: Vec<String> = r.classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        println!(
+            "{:<16} {:>8} {:>5.0}% {:>5.0}% {:>9} {:>9} {:>9} {:>10}  {}",
+            r.key,
+            r.attempts,
+            r.success_rate * 100.0,
+            r.fallback_rate * 100.0,
+            short(Duration::from_millis(r.median_ms)),
+            short(Duration::from_millis(r.p95_ms)),
+            usage::dollars(r.cost_usd),
+            r.cost_per_success_usd
+                .map(usage::dollars)
+                .unwrap_or_else(|| "-".into()),
+            failures.join(", ")
+        );
+    }
+    if compacted {
+        println!(
+            "(older history was compacted away; these figures start at ledger record {})",
+            first_seq.unwrap_or(0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -33,6 +33,7 @@ pub mod runner;
 pub mod service;
 pub mod spawn;
 pub mod state;
+pub mod stats;
 pub mod submit;
 pub mod task;
 pub mod usage;

@@ -47,6 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dirigent::engine::Options { http },
         ),
         Command::Mcp => mcp(ws),
+        Command::Stats { since, by, json } => commands::stats(&ws, &since, by, json),
         Command::Submit(args) => commands::submit(&ws, *args),
         Command::Status { id, json } => commands::status(&ws, id.as_deref(), json),
         Command::Logs {

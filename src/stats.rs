@@ -1,0 +1,202 @@
+//! Scorecards: what the ledger says about each agent (or role, or model) over a period — the
+//! "tool comparison data" of seed 000. A pure fold over records, so `dirigent stats` and the
+//! tests compute the same figures from the same ledger.
+//!
+//! Definitions (also in docs/stats.md):
+//! - an **attempt** counts unless it was `interrupted` (a daemon stop) or `cancelled`;
+//! - **success rate** = `ok` attempts / attempts;
+//! - **tasks** = distinct tasks the group attempted; a **fallback** is a task the group failed
+//!   on that then went on to a different agent; **fallback rate** = fallbacks / tasks;
+//! - **median** and **p95** are nearest-rank percentiles of the attempts' durations;
+//! - **cost per success** = the group's total cost / its `ok` attempts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::judge::Class;
+use crate::ledger::{Event, Record};
+
+/// What to group by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    Agent,
+    /// The task's chain source: `role:NAME`, `default`, `agent` or `chain`.
+    Role,
+    /// The model the CLI reported, else the agent's configured one, else `-`.
+    Model,
+}
+
+/// One row of the scorecard.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Row {
+    pub key: String,
+    pub attempts: u64,
+    pub ok: u64,
+    pub success_rate: f64,
+    pub tasks: u64,
+    pub fallbacks: u64,
+    pub fallback_rate: f64,
+    /// Failure classes and how often each happened.
+    pub classes: BTreeMap<String, u64>,
+    pub median_ms: u64,
+    pub p95_ms: u64,
+    pub cost_usd: f64,
+    /// `None` when nothing succeeded.
+    pub cost_per_success_usd: Option<f64>,
+}
+
+#[derive(Default)]
+struct Acc {
+    attempts: u64,
+    ok: u64,
+    classes: BTreeMap<String, u64>,
+    durations: Vec<u64>,
+    cost: f64,
+    tasks: std::collections::HashSet<String>,
+    fallbacks: std::collections::HashSet<String>,
+}
+
+/// Nearest-rank percentile `q` (0–1) of sorted values.
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A scorecard being built, record by record (so a long ledger is streamed, not loaded).
+pub struct Scorecard<'m> {
+    since_ms: u64,
+    by: By,
+    agent_models: &'m HashMap<String, String>,
+    sources: HashMap<String, String>,
+    /// Per task: the group key and agent of its last counted failure, waiting to see whether
+    /// the task moves on to another agent.
+    failed_last: HashMap<String, (String, String)>,
+    acc: BTreeMap<String, Acc>,
+}
+
+impl<'m> Scorecard<'m> {
+    /// Counts the attempts that finish at or after `since_ms`, grouped `by`. `agent_models`
+    /// gives each agent's configured model, for `By::Model`.
+    pub fn new(since_ms: u64, by: By, agent_models: &'m HashMap<String, String>) -> Self {
+        Scorecard {
+            since_ms,
+            by,
+            agent_models,
+            sources: HashMap::new(),
+            failed_last: HashMap::new(),
+            acc: BTreeMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, r: &Record) {
+        match &r.event {
+            Event::Received { task, spec, .. } => {
+                self.sources.insert(task.clone(), spec.chain_source.clone());
+            }
+            Event::AttemptStarted { task, agent, .. } if r.ts >= self.since_ms => {
+                // A different agent after a failure: that failure was a fallback.
+                if let Some((key, failed_agent)) = self.failed_last.remove(task)
+                    && failed_agent != *agent
+                    && let Some(a) = self.acc.get_mut(&key)
+                {
+                    a.fallbacks.insert(task.clone());
+                }
+            }
+            Event::AttemptFinished {
+                task,
+                agent,
+                class,
+                duration_ms,
+                usage,
+                ..
+            } if r.ts >= self.since_ms => {
+                if matches!(class, Class::Interrupted | Class::Cancelled) {
+                    return;
+                }
+                let key = match self.by {
+                    By::Agent => agent.clone(),
+                    By::Role => self
+                        .sources
+                        .get(task)
+                        .cloned()
+                        .unwrap_or_else(|| "-".to_string()),
+                    By::Model => usage
+                        .as_ref()
+                        .and_then(|u| u.model.clone())
+                        .or_else(|| self.agent_models.get(agent).cloned())
+                        .unwrap_or_else(|| "-".to_string()),
+                };
+                let a = self.acc.entry(key.clone()).or_default();
+                a.attempts += 1;
+                a.durations.push(*duration_ms);
+                a.tasks.insert(task.clone());
+                a.cost += usage.as_ref().and_then(|u| u.cost_usd).unwrap_or(0.0);
+                if *class == Class::Ok {
+                    a.ok += 1;
+                    self.failed_last.remove(task);
+                } else {
+                    *a.classes.entry(class.as_str().to_string()).or_default() += 1;
+                    self.failed_last.insert(task.clone(), (key, agent.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The rows, ordered by key.
+    pub fn rows(self) -> Vec<Row> {
+        self.acc
+            .into_iter()
+            .map(|(key, mut a)| {
+                a.durations.sort_unstable();
+                let ratio = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+                Row {
+                    key,
+                    attempts: a.attempts,
+                    ok: a.ok,
+                    success_rate: ratio(a.ok, a.attempts),
+                    tasks: a.tasks.len() as u64,
+                    fallbacks: a.fallbacks.len() as u64,
+                    fallback_rate: ratio(a.fallbacks.len() as u64, a.tasks.len() as u64),
+                    classes: a.classes,
+                    median_ms: percentile(&a.durations, 0.5),
+                    p95_ms: percentile(&a.durations, 0.95),
+                    cost_usd: a.cost,
+                    cost_per_success_usd: (a.ok > 0).then(|| a.cost / a.ok as f64),
+                }
+            })
+            .collect()
+    }
+}
+
+/// [`Scorecard`] over records in memory.
+pub fn compute<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+    since_ms: u64,
+    by: By,
+    agent_models: &HashMap<String, String>,
+) -> Vec<Row> {
+    let mut card = Scorecard::new(since_ms, by, agent_models);
+    for r in records {
+        card.add(r);
+    }
+    card.rows()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u64> = (1..=20).collect();
+        assert_eq!(percentile(&v, 0.5), 10);
+        assert_eq!(percentile(&v, 0.95), 19);
+        assert_eq!(percentile(&[7], 0.95), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+}
