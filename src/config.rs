@@ -34,7 +34,7 @@ struct RawConfig {
     #[serde(default)]
     default_chain: Option<Vec<String>>,
     #[serde(default)]
-    roles: BTreeMap<String, Vec<String>>,
+    roles: BTreeMap<String, RawRole>,
     #[serde(default)]
     agents: BTreeMap<String, RawAgent>,
     #[serde(default)]
@@ -79,6 +79,18 @@ pub struct Budgets {
     pub agents: BTreeMap<String, f64>,
     /// Per task (a task's `budget_usd` overrides it; a workflow run's covers its tasks).
     pub task: Option<f64>,
+}
+
+/// A role: its chain, or `{agents: [...], strategy: best}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRole {
+    Chain(Vec<String>),
+    Full {
+        agents: Vec<String>,
+        #[serde(default)]
+        strategy: Option<String>,
+    },
 }
 
 /// Limits shared by every agent on one provider account.
@@ -309,6 +321,8 @@ pub struct Config {
     /// `None` = every installed agent, presets first in preference order.
     pub default_chain: Option<Vec<String>>,
     pub roles: BTreeMap<String, Vec<String>>,
+    /// Roles whose chain is ordered by recent success rate and cost (`strategy: best`).
+    pub best_roles: std::collections::BTreeSet<String>,
     pub agents: BTreeMap<String, Arc<Agent>>,
     pub on_escalate: Option<Vec<String>>,
     /// Time between SIGTERM and SIGKILL to a process group.
@@ -384,7 +398,29 @@ impl Config {
         if let Some(chain) = &raw.default_chain {
             check_chain("`default_chain`", chain)?;
         }
-        for (role, chain) in &raw.roles {
+        let mut roles = BTreeMap::new();
+        let mut best_roles = std::collections::BTreeSet::new();
+        for (role, raw_role) in raw.roles {
+            let chain = match raw_role {
+                RawRole::Chain(chain) => chain,
+                RawRole::Full { agents, strategy } => {
+                    match strategy.as_deref() {
+                        None | Some("order") => {}
+                        Some("best") => {
+                            best_roles.insert(role.clone());
+                        }
+                        Some(other) => {
+                            return Err(invalid(format!(
+                                "role `{role}`: unknown strategy `{other}` (strategies: order, best)"
+                            )));
+                        }
+                    }
+                    agents
+                }
+            };
+            roles.insert(role, chain);
+        }
+        for (role, chain) in &roles {
             if chain.is_empty() {
                 return Err(invalid(format!("role `{role}` has an empty chain")));
             }
@@ -419,7 +455,8 @@ impl Config {
         Ok(Config {
             concurrency,
             default_chain: raw.default_chain,
-            roles: raw.roles,
+            roles,
+            best_roles,
             agents,
             on_escalate: raw.on_escalate,
             kill_grace: raw.kill_grace.map_or(Duration::from_secs(5), |d| d.0),

@@ -174,6 +174,7 @@ pub async fn run_with_options(
         finishing: HashSet::new(),
         slots: HashMap::new(),
         start_log: HashMap::new(),
+        best_routed: 0,
         tx,
         rx,
         accepting: true,
@@ -405,6 +406,8 @@ struct Engine {
     /// Recent starts (at most the last minute's) per `agent:NAME` and `provider:NAME` that has a
     /// `starts_per_minute` limit.
     start_log: HashMap<String, std::collections::VecDeque<Instant>>,
+    /// Tasks routed by a `strategy: best` role so far (every tenth explores).
+    best_routed: u64,
     /// Cloned into every attempt and settle task; the receiver is `rx`. The engine keeps this
     /// sender, so the channel stays open for as long as the engine exists.
     tx: mpsc::UnboundedSender<Msg>,
@@ -1337,10 +1340,26 @@ Free disk space or fix `{}`, then restart the daemon",
     async fn accept_batch(
         &mut self,
         dir: &std::path::Path,
-        accepted: Vec<(std::ffi::OsString, Box<TaskSpec>)>,
+        mut accepted: Vec<(std::ffi::OsString, Box<TaskSpec>)>,
     ) {
         if accepted.is_empty() {
             return;
+        }
+        // `strategy: best` roles: the chain is ordered by the record, before it is recorded.
+        let mut scores = None;
+        for (_, spec) in accepted.iter_mut() {
+            let Some(role) = spec.chain_source.strip_prefix("role:") else {
+                continue;
+            };
+            if !self.config.best_roles.contains(role) {
+                continue;
+            }
+            let scores = scores.get_or_insert_with(|| crate::routing::scores(&self.book));
+            self.best_routed += 1;
+            // Every tenth such task keeps the configured order, so no agent starves of data.
+            if self.best_routed % crate::routing::EXPLORE_EVERY != 0 {
+                spec.chain = crate::routing::rank(&spec.chain, scores);
+            }
         }
         let received: Vec<Event> = accepted
             .iter()

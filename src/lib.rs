@@ -29,6 +29,7 @@ pub mod preset;
 pub mod progress;
 pub mod reaper;
 pub mod result;
+pub mod routing;
 pub mod runner;
 pub mod service;
 pub mod spawn;

@@ -538,3 +538,58 @@ agents:
         "the daily budget is spent: $3.00 of $3.00 today (UTC); raise `budgets.daily` or retry tomorrow"
     );
 }
+
+#[test]
+fn a_best_role_orders_its_chain_by_the_record_and_still_explores() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 1
+roles:
+  pick: { agents: [flaky, good], strategy: best }
+agents:
+  flaky: { command: ["{agents}/fail.sh"] }
+  good:  { command: ["{agents}/ok.sh"] }
+"#,
+    );
+    let _d = ws.start();
+    let mut chains = Vec::new();
+    for n in 1..=12 {
+        let id = format!("t{n:02}");
+        ws.drop_task(&format!("{id}.json"), r#"{"prompt": "p", "role": "pick"}"#);
+        ws.wait_settled(&id);
+        let chain = find(&ws.records(), |e| match e {
+            Event::Received { task, spec, .. } if *task == id => Some(spec.chain.join(",")),
+            _ => None,
+        });
+        chains.push(chain[0].clone());
+    }
+    let configured = "flaky,good".to_string();
+    let ranked = "good,flaky".to_string();
+    // Five tasks gather data in the configured order; then the better agent goes first,
+    // except every tenth task, which keeps the configured order.
+    let mut want = vec![configured.clone(); 5];
+    want.extend([
+        ranked.clone(),
+        ranked.clone(),
+        ranked.clone(),
+        ranked.clone(),
+    ]);
+    want.push(configured);
+    want.extend([ranked.clone(), ranked]);
+    assert_eq!(chains, want);
+    assert_eq!(
+        attempts(&ws, "t06"),
+        [("good".to_string(), "ok".to_string())]
+    );
+
+    let bad = dirigent::config::Config::parse(
+        "roles: { r: { agents: [a], strategy: cheapest } }\nagents: { a: { command: [x] } }\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("role `r`: unknown strategy `cheapest` (strategies: order, best)"),
+        "{bad}"
+    );
+}
