@@ -57,6 +57,9 @@ struct RawConfig {
     prices: BTreeMap<String, crate::usage::Price>,
     #[serde(default)]
     budgets: RawBudgets,
+    /// Model aliases, resolved before spawning: `{claude-3-5-sonnet: qwen2.5-coder}`.
+    #[serde(default)]
+    models: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +158,8 @@ struct RawAgent {
     retry: Option<RawRetry>,
     #[serde(default)]
     starts_per_minute: Option<u32>,
+    #[serde(default)]
+    fallback_model: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,7 +174,7 @@ struct RawSuccess {
 }
 
 /// A validated agent: everything needed to spawn and judge one attempt.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Agent {
     pub name: String,
     pub preset: Option<&'static Preset>,
@@ -197,6 +202,10 @@ pub struct Agent {
     pub retry: Retry,
     /// At most this many starts of this agent in any 60 s.
     pub starts_per_minute: Option<u32>,
+    /// Tried with the same agent before the chain moves on (`opus` → `sonnet`).
+    pub fallback_model: Option<String>,
+    /// The config's model aliases (`models:`), applied to `{model}` when spawning.
+    pub aliases: Arc<BTreeMap<String, String>>,
 }
 
 /// Backoff for retrying one agent: `delay × factor^n`, at most `max_delay`, ± `jitter`.
@@ -264,17 +273,24 @@ impl Agent {
     /// here ever passes through a shell.
     pub fn argv(&self, v: &ArgvValues<'_>) -> Vec<String> {
         let model_args: &[&str] = self.preset.map(|p| p.model_args).unwrap_or(&[]);
+        let model = self.resolved_model();
         let mut out = Vec::with_capacity(self.command.len() + 2);
         for part in &self.command {
             if part == "{model_args}" {
-                if let Some(model) = &self.model {
+                if let Some(model) = model {
                     out.extend(model_args.iter().map(|a| a.replace("{model}", model)));
                 }
                 continue;
             }
-            out.push(expand(part, self.model.as_deref(), v));
+            out.push(expand(part, model, v));
         }
         out
+    }
+
+    /// The model after the config's aliases (`models:`) are applied.
+    pub fn resolved_model(&self) -> Option<&str> {
+        let model = self.model.as_deref()?;
+        Some(self.aliases.get(model).map_or(model, String::as_str))
     }
 }
 
@@ -377,15 +393,23 @@ impl Config {
         if concurrency == 0 {
             return Err(invalid("`concurrency` must be at least 1".into()));
         }
+        let aliases = Arc::new(raw.models);
         let mut agents = BTreeMap::new();
         for (name, raw_agent) in raw.agents {
             validate_name(&name).map_err(|m| invalid(format!("agent `{name}`: {m}")))?;
-            let agent = build_agent(&name, raw_agent)
+            let mut agent = build_agent(&name, raw_agent)
                 .map_err(|m| invalid(format!("agent `{name}`: {m}")))?;
+            agent.aliases = aliases.clone();
             agents.insert(name, Arc::new(agent));
         }
         let check_chain = |what: &str, chain: &[String]| -> Result<(), ConfigError> {
-            for agent in chain {
+            for entry in chain {
+                let (agent, model) = split_entry(entry);
+                if model == Some("") {
+                    return Err(invalid(format!(
+                        "{what}: `{entry}` names no model after `:`"
+                    )));
+                }
                 if !agents.contains_key(agent) {
                     return Err(invalid(format!(
                         "{what} names agent `{agent}`, which is not configured (agents: {})",
@@ -492,6 +516,43 @@ impl Config {
             },
             source: source.to_string(),
         })
+    }
+
+    /// The agent a chain entry runs: the agent itself, or for `agent:model` a copy with that
+    /// model, named after the entry (so its attempts and files say which model ran).
+    pub fn agent_for(&self, entry: &str) -> Option<Arc<Agent>> {
+        let (name, model) = split_entry(entry);
+        let agent = self.agents.get(name)?;
+        match model {
+            None => Some(agent.clone()),
+            Some(model) => {
+                let mut variant = (**agent).clone();
+                variant.name = entry.to_string();
+                variant.model = Some(model.to_string());
+                Some(Arc::new(variant))
+            }
+        }
+    }
+
+    /// `chain` with each agent's `fallback_model` inserted right after it, unless the entry
+    /// already runs that model or the chain already has it.
+    pub fn expand_fallbacks(&self, chain: Vec<String>) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(chain.len());
+        for entry in chain {
+            let (name, model) = split_entry(&entry);
+            let fallback = self.agents.get(name).and_then(|a| {
+                let fb = a.fallback_model.as_deref()?;
+                let current = model.or(a.model.as_deref());
+                (current != Some(fb)).then(|| format!("{name}:{fb}"))
+            });
+            out.push(entry);
+            if let Some(fb) = fallback
+                && !out.contains(&fb)
+            {
+                out.push(fb);
+            }
+        }
+        out
     }
 
     /// The default chain as it stands now: the configured one, or every installed agent
@@ -691,6 +752,8 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
         fail_patterns,
         classified,
         exit_classes: preset.map(|p| p.exit_classes.to_vec()).unwrap_or_default(),
+        fallback_model: raw.fallback_model,
+        aliases: Arc::default(),
         provider: raw
             .provider
             .or(preset.map(|p| p.name.to_string()))
@@ -702,6 +765,14 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
             n => n,
         },
     })
+}
+
+/// A chain entry is an agent, or `agent:model` to run that agent with another model.
+pub fn split_entry(entry: &str) -> (&str, Option<&str>) {
+    match entry.split_once(':') {
+        Some((agent, model)) => (agent, Some(model)),
+        None => (entry, None),
+    }
 }
 
 /// Parses a listen address for the HTTP API: `127.0.0.1:8787`, `[::1]:8787`, or a bare port

@@ -1583,13 +1583,14 @@ Free disk space or fix `{}`, then restart the daemon",
             let mut unusable = Vec::new();
             let today = self.book.spend.get(&crate::state::day_of(now_ms));
             for name in t.chain.iter().skip(t.chain_pos) {
-                let Some(agent) = self.config.agents.get(name) else {
+                let Some(agent) = self.config.agent_for(name) else {
                     unusable.push(format!("`{name}` is no longer configured"));
                     continue;
                 };
-                if let Some(limit) = self.config.budgets.agents.get(name) {
+                let base = crate::config::split_entry(name).0;
+                if let Some(limit) = self.config.budgets.agents.get(base) {
                     let spent = today
-                        .and_then(|d| d.by_agent.get(name))
+                        .and_then(|d| d.by_agent.get(base))
                         .copied()
                         .unwrap_or(0.0);
                     if spent >= *limit {
@@ -1603,7 +1604,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 }
                 match self.book.availability(&agent.provider, now_ms) {
                     Availability::Ready => {
-                        chosen = Some(agent.clone());
+                        chosen = Some(agent);
                         break;
                     }
                     Availability::CoolingDown { until_ms, reason } => {
@@ -1641,7 +1642,9 @@ Free disk space or fix `{}`, then restart the daemon",
                 continue;
             };
             let agent_name = &agent.name;
-            let slot = self.slots.entry(agent_name.clone()).or_default();
+            // Limits belong to the agent, whichever model it runs.
+            let base_name = crate::config::split_entry(agent_name).0.to_string();
+            let slot = self.slots.entry(base_name.clone()).or_default();
             if agent.max_parallel.is_some_and(|max| slot.running >= max) {
                 continue;
             }
@@ -1661,7 +1664,10 @@ Free disk space or fix `{}`, then restart the daemon",
                 .get(&agent.provider)
                 .and_then(|p| p.starts_per_minute);
             let windows = [
-                (format!("agent:{agent_name}"), agent.starts_per_minute),
+                (
+                    format!("agent:{}", split_entry_base(agent_name)),
+                    agent.starts_per_minute,
+                ),
                 (format!("provider:{}", agent.provider), provider_limit),
             ];
             let mut limited = false;
@@ -1691,7 +1697,7 @@ Free disk space or fix `{}`, then restart the daemon",
                         .push_back(now);
                 }
             }
-            let slot = self.slots.entry(agent_name.clone()).or_default();
+            let slot = self.slots.entry(base_name).or_default();
             slot.running += 1;
             slot.last_start = Some(now);
             total += 1;
@@ -1775,7 +1781,7 @@ Free disk space or fix `{}`, then restart the daemon",
         let prompt = match compose_prompt(&self.ws, &spec) {
             Ok(p) => p,
             Err(reason) => {
-                if let Some(slot) = self.slots.get_mut(&agent.name) {
+                if let Some(slot) = self.slots.get_mut(split_entry_base(&agent.name)) {
                     slot.running -= 1;
                 }
                 return self.escalate(id, reason);
@@ -1820,7 +1826,7 @@ Free disk space or fix `{}`, then restart the daemon",
         self.running.insert(
             id.to_string(),
             RunningAttempt {
-                agent: agent.name.clone(),
+                agent: split_entry_base(&agent.name).to_string(),
                 stop: stop_tx,
             },
         );
@@ -2103,6 +2109,11 @@ async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) 
 fn wake_at(due: &mut Option<Instant>, now: Instant, now_ms: u64, at_ms: u64) {
     let at = now + Duration::from_millis(at_ms.saturating_sub(now_ms));
     *due = Some(due.map_or(at, |d| d.min(at)));
+}
+
+/// The agent of a chain entry (`claude` of `claude:sonnet`).
+fn split_entry_base(entry: &str) -> &str {
+    crate::config::split_entry(entry).0
 }
 
 /// The window of `starts_per_minute`.

@@ -440,7 +440,9 @@ impl TaskBook {
                 if let Some(cost) = usage.as_ref().and_then(|u| u.cost_usd) {
                     let day = self.spend.entry(day_of(r.ts)).or_default();
                     day.total_usd += cost;
-                    *day.by_agent.entry(agent.clone()).or_default() += cost;
+                    // Budgets are per agent, whichever model it ran.
+                    let base = crate::config::split_entry(agent).0.to_string();
+                    *day.by_agent.entry(base).or_default() += cost;
                     while self.spend.len() as u64 > SPEND_DAYS {
                         self.spend.pop_first();
                     }

@@ -251,7 +251,11 @@ pub fn accept(
     if given > 1 {
         return reject("give only one of `agent`, `chain` and `role`");
     }
-    let known = |name: &str| -> Result<(), Reject> {
+    let known = |entry: &str| -> Result<(), Reject> {
+        let (name, model) = crate::config::split_entry(entry);
+        if model == Some("") {
+            return reject(format!("`{entry}` names no model after `:`"));
+        }
         if config.agents.contains_key(name) {
             Ok(())
         } else {
@@ -289,6 +293,8 @@ pub fn accept(
     } else {
         (config.effective_default_chain(root), "default".to_string())
     };
+    // Each agent's `fallback_model` runs right after it, before the chain moves on.
+    let chain = config.expand_fallbacks(chain);
     for c in &fields.context {
         check_relative("context", c)?;
     }

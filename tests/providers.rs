@@ -593,3 +593,64 @@ agents:
         "{bad}"
     );
 }
+
+#[test]
+fn model_aliases_are_resolved_and_a_fallback_model_runs_before_the_next_agent() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 1
+models: { claude-3-5-sonnet: qwen2.5-coder }
+agents:
+  local:  { command: ["{agents}/picky.sh", "{model}"], model: claude-3-5-sonnet,
+            env: { PICKY_OK: qwen2.5-coder } }
+  big:    { command: ["{agents}/picky.sh", "{model}"], model: opus, fallback_model: sonnet,
+            env: { PICKY_OK: sonnet } }
+  backup: { command: ["{agents}/ok.sh"] }
+roles:
+  review: ["big:haiku", backup]
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task("alias.json", r#"{"prompt": "p", "agent": "local"}"#);
+    ws.drop_task("fb.json", r#"{"prompt": "p", "agent": "big"}"#);
+    ws.drop_task("role.json", r#"{"prompt": "p", "role": "review"}"#);
+    for id in ["alias", "fb", "role"] {
+        ws.wait_settled(id);
+    }
+    // The alias is what the CLI was given.
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/alias.md")).unwrap(),
+        "picky: ran qwen2.5-coder\n"
+    );
+    // opus fails, the same agent with its fallback model succeeds.
+    assert_eq!(
+        attempts(&ws, "fb"),
+        [
+            ("big".to_string(), "exit".to_string()),
+            ("big:sonnet".to_string(), "ok".to_string())
+        ]
+    );
+    // A role entry with a model: that model, then the agent's fallback, then the next agent.
+    let chain = find(&ws.records(), |e| match e {
+        Event::Received { task, spec, .. } if task == "role" => Some(spec.chain.clone()),
+        _ => None,
+    });
+    assert_eq!(chain[0], ["big:haiku", "big:sonnet", "backup"]);
+    assert_eq!(
+        attempts(&ws, "role"),
+        [
+            ("big:haiku".to_string(), "exit".to_string()),
+            ("big:sonnet".to_string(), "ok".to_string())
+        ]
+    );
+    let bad = dirigent::config::Config::parse(
+        "roles: { r: [\"a:\"] }\nagents: { a: { command: [x] } }\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("role `r`: `a:` names no model after `:`"),
+        "{bad}"
+    );
+}
