@@ -60,6 +60,9 @@ struct RawConfig {
     /// Model aliases, resolved before spawning: `{claude-3-5-sonnet: qwen2.5-coder}`.
     #[serde(default)]
     models: BTreeMap<String, String>,
+    /// Resource groups and their capacity: `{local-gpu: 25}`.
+    #[serde(default)]
+    resources: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +163,9 @@ struct RawAgent {
     starts_per_minute: Option<u32>,
     #[serde(default)]
     fallback_model: Option<String>,
+    /// What one attempt takes from resource groups: `{local-gpu: 20}`.
+    #[serde(default)]
+    resources: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +212,8 @@ pub struct Agent {
     pub fallback_model: Option<String>,
     /// The config's model aliases (`models:`), applied to `{model}` when spawning.
     pub aliases: Arc<BTreeMap<String, String>>,
+    /// What one attempt takes from each resource group while it runs.
+    pub resources: BTreeMap<String, f64>,
 }
 
 /// Backoff for retrying one agent: `delay × factor^n`, at most `max_delay`, ± `jitter`.
@@ -353,6 +361,8 @@ pub struct Config {
     pub ledger_keep_segments: usize,
     /// Start limits shared by all agents of a provider.
     pub providers: BTreeMap<String, Provider>,
+    /// Resource groups and their capacity (`resources:`).
+    pub resources: BTreeMap<String, f64>,
     /// USD per million tokens, by model, for CLIs that report tokens but no cost.
     pub prices: Arc<BTreeMap<String, crate::usage::Price>>,
     pub budgets: Budgets,
@@ -394,6 +404,13 @@ impl Config {
             return Err(invalid("`concurrency` must be at least 1".into()));
         }
         let aliases = Arc::new(raw.models);
+        for (group, capacity) in &raw.resources {
+            if !capacity.is_finite() || *capacity <= 0.0 {
+                return Err(invalid(format!(
+                    "resource group `{group}` needs a capacity above 0"
+                )));
+            }
+        }
         let mut agents = BTreeMap::new();
         for (name, raw_agent) in raw.agents {
             validate_name(&name).map_err(|m| invalid(format!("agent `{name}`: {m}")))?;
@@ -401,6 +418,20 @@ impl Config {
                 .map_err(|m| invalid(format!("agent `{name}`: {m}")))?;
             agent.aliases = aliases.clone();
             agents.insert(name, Arc::new(agent));
+        }
+        for (name, agent) in &agents {
+            for (group, amount) in &agent.resources {
+                let Some(capacity) = raw.resources.get(group) else {
+                    return Err(invalid(format!(
+                        "agent `{name}` uses resource group `{group}`, which is not declared under `resources:`"
+                    )));
+                };
+                if !amount.is_finite() || *amount < 0.0 || amount > capacity {
+                    return Err(invalid(format!(
+                        "agent `{name}` takes {amount} of `{group}`, which holds {capacity}: it could never run"
+                    )));
+                }
+            }
         }
         let check_chain = |what: &str, chain: &[String]| -> Result<(), ConfigError> {
             for entry in chain {
@@ -507,6 +538,7 @@ impl Config {
                 })
                 .collect(),
             prices: Arc::new(raw.prices),
+            resources: raw.resources,
             budgets,
             http: match raw.http.as_deref() {
                 None => None,
@@ -754,6 +786,7 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
         exit_classes: preset.map(|p| p.exit_classes.to_vec()).unwrap_or_default(),
         fallback_model: raw.fallback_model,
         aliases: Arc::default(),
+        resources: raw.resources,
         provider: raw
             .provider
             .or(preset.map(|p| p.name.to_string()))

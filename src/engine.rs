@@ -11,7 +11,7 @@
 //! the coalesced `progress.md` render, and the slow inbox safety-net rescan.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -331,6 +331,8 @@ struct QueueKey {
 
 struct RunningAttempt {
     agent: String,
+    /// What it holds of resource groups until it ends.
+    resources: BTreeMap<String, f64>,
     /// The attempt task holds the receiver. Sending a cause (or dropping this sender) stops
     /// the attempt: its whole process group is terminated.
     stop: watch::Sender<Option<crate::judge::StopCause>>,
@@ -1549,6 +1551,8 @@ Free disk space or fix `{}`, then restart the daemon",
         let now_ms = ledger::now_ms();
         self.stagger_due = None;
         let mut starts: Vec<(String, Arc<Agent>)> = Vec::new();
+        // Resources taken by the starts decided in this round (not in `running` yet).
+        let mut planned: Vec<BTreeMap<String, f64>> = Vec::new();
         let mut escalations: Vec<(String, String)> = Vec::new();
         let mut total = self.running.len();
         for key in &self.queue {
@@ -1657,6 +1661,22 @@ Free disk space or fix `{}`, then restart the daemon",
                 self.stagger_due = Some(self.stagger_due.map_or(ready, |d| d.min(ready)));
                 continue;
             }
+            // Resource groups: what runs plus what this one takes must fit each group, also
+            // counting what this round has already decided to start.
+            let fits = agent.resources.iter().all(|(group, amount)| {
+                let capacity = self.config.resources.get(group).copied().unwrap_or(0.0);
+                let held: f64 = self
+                    .running
+                    .values()
+                    .map(|r| &r.resources)
+                    .chain(planned.iter())
+                    .filter_map(|r| r.get(group))
+                    .sum();
+                held + amount <= capacity + 1e-9
+            });
+            if !fits {
+                continue;
+            }
             // Start-rate limits: the agent's own, and its provider's (shared by its agents).
             let provider_limit = self
                 .config
@@ -1701,6 +1721,7 @@ Free disk space or fix `{}`, then restart the daemon",
             slot.running += 1;
             slot.last_start = Some(now);
             total += 1;
+            planned.push(agent.resources.clone());
             starts.push((key.id.clone(), agent));
         }
         for (id, reason) in escalations {
@@ -1827,6 +1848,7 @@ Free disk space or fix `{}`, then restart the daemon",
             id.to_string(),
             RunningAttempt {
                 agent: split_entry_base(&agent.name).to_string(),
+                resources: agent.resources.clone(),
                 stop: stop_tx,
             },
         );

@@ -654,3 +654,81 @@ roles:
         "{bad}"
     );
 }
+
+#[test]
+fn resource_groups_never_over_commit() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 6
+resources: { local-gpu: 25 }
+agents:
+  qwen:  { command: ["{agents}/slow.sh", "0.3"], resources: { local-gpu: 20 } }
+  llama: { command: ["{agents}/slow.sh", "0.3"], resources: { local-gpu: 20 } }
+  tiny:  { command: ["{agents}/slow.sh", "0.3"], resources: { local-gpu: 5 } }
+"#,
+    );
+    let _d = ws.start();
+    let tasks = [
+        ("q1", "qwen"),
+        ("l1", "llama"),
+        ("q2", "qwen"),
+        ("l2", "llama"),
+        ("t1", "tiny"),
+        ("t2", "tiny"),
+    ];
+    for (id, agent) in tasks {
+        ws.drop_task(
+            &format!("{id}.json"),
+            &format!(r#"{{"prompt": "p", "agent": "{agent}"}}"#),
+        );
+    }
+    for (id, _) in tasks {
+        ws.wait_settled(id);
+    }
+    // Replay the starts and ends: what runs never holds more than 25 of the group.
+    let uses = |agent: &str| if agent == "tiny" { 5 } else { 20 };
+    let (mut held, mut peak, mut big_together) = (0, 0, 0);
+    let mut running: Vec<String> = Vec::new();
+    for r in ws.records() {
+        match &r.event {
+            Event::AttemptStarted { agent, .. } => {
+                held += uses(agent);
+                running.push(agent.clone());
+                let big = running.iter().filter(|a| *a != "tiny").count();
+                big_together = big_together.max(big);
+            }
+            Event::AttemptFinished { agent, .. } => {
+                held -= uses(agent);
+                let i = running.iter().position(|a| a == agent).unwrap();
+                running.remove(i);
+            }
+            _ => {}
+        }
+        peak = std::cmp::max(peak, held);
+    }
+    assert!(peak <= 25, "over-committed: {peak}");
+    assert_eq!(big_together, 1, "two 20s never fit in 25");
+    for (id, _) in tasks {
+        assert_eq!(attempts(&ws, id).len(), 1, "{id}");
+    }
+    let bad = dirigent::config::Config::parse(
+        "resources: { gpu: 10 }\nagents: { a: { command: [x], resources: { gpu: 11 } } }\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("agent `a` takes 11 of `gpu`, which holds 10: it could never run"),
+        "{bad}"
+    );
+    let undeclared = dirigent::config::Config::parse(
+        "agents: { a: { command: [x], resources: { vram: 1 } } }\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        undeclared.contains("uses resource group `vram`, which is not declared under `resources:`"),
+        "{undeclared}"
+    );
+}
