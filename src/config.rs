@@ -166,6 +166,9 @@ struct RawAgent {
     /// What one attempt takes from resource groups: `{local-gpu: 20}`.
     #[serde(default)]
     resources: BTreeMap<String, f64>,
+    /// A state directory per concurrent instance (claude, gemini, codex, opencode presets).
+    #[serde(default)]
+    isolate: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +217,8 @@ pub struct Agent {
     pub aliases: Arc<BTreeMap<String, String>>,
     /// What one attempt takes from each resource group while it runs.
     pub resources: BTreeMap<String, f64>,
+    /// Each concurrent instance gets its own state directory (see `isolation`).
+    pub isolate: bool,
 }
 
 /// Backoff for retrying one agent: `delay × factor^n`, at most `max_delay`, ± `jitter`.
@@ -787,6 +792,15 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
         fallback_model: raw.fallback_model,
         aliases: Arc::default(),
         resources: raw.resources,
+        isolate: match (raw.isolate, preset) {
+            (false, _) => false,
+            (true, Some(p)) if crate::isolation::recipe(p.name).is_some() => true,
+            (true, _) => {
+                return Err(
+                    "`isolate` works with the claude, gemini, codex and opencode presets".into(),
+                );
+            }
+        },
         provider: raw
             .provider
             .or(preset.map(|p| p.name.to_string()))

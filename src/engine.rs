@@ -331,6 +331,8 @@ struct QueueKey {
 
 struct RunningAttempt {
     agent: String,
+    /// The isolated instance it uses (`isolate: true`), freed when it ends.
+    instance: Option<usize>,
     /// What it holds of resource groups until it ends.
     resources: BTreeMap<String, f64>,
     /// The attempt task holds the receiver. Sending a cause (or dropping this sender) stops
@@ -1823,6 +1825,37 @@ Free disk space or fix `{}`, then restart the daemon",
                     .join(format!("{}-{}.stderr", a.n, a.agent)),
             })
         });
+        // An isolated agent: the lowest instance no running attempt of it uses.
+        let base = split_entry_base(&agent.name).to_string();
+        let (instance, extra_env) = if agent.isolate {
+            let used: HashSet<usize> = self
+                .running
+                .values()
+                .filter(|r| r.agent == base)
+                .filter_map(|r| r.instance)
+                .collect();
+            let n = (0..).find(|n| !used.contains(n)).expect("a free instance");
+            let recipe = agent
+                .preset
+                .and_then(|p| crate::isolation::recipe(p.name))
+                .expect("config checked that the preset can be isolated");
+            let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+            match crate::isolation::prepare(self.ws.context(), &base, n, recipe, home.as_deref()) {
+                Ok((var, dir)) => (Some(n), vec![(var, dir.display().to_string())]),
+                Err(e) => {
+                    if let Some(slot) = self.slots.get_mut(&base) {
+                        slot.running -= 1;
+                    }
+                    return self.escalate(
+                        id,
+                        format!("cannot prepare the isolated state directory of `{base}`: {e}"),
+                    );
+                }
+            }
+        } else {
+            (None, vec![])
+        };
+        let t = self.book.get(id).expect("queued tasks are in the book");
         let attempt = t.attempts.iter().map(|a| a.n).max().unwrap_or(0) + 1;
         // Network retries this agent has had in a row on this task.
         let retries_used = t
@@ -1842,12 +1875,14 @@ Free disk space or fix `{}`, then restart the daemon",
             kill_grace: self.config.kill_grace,
             leak_timeout: self.config.leak_timeout,
             previous,
+            extra_env,
         };
         let (stop_tx, stop_rx) = watch::channel(None);
         self.running.insert(
             id.to_string(),
             RunningAttempt {
                 agent: split_entry_base(&agent.name).to_string(),
+                instance,
                 resources: agent.resources.clone(),
                 stop: stop_tx,
             },

@@ -21,6 +21,7 @@ pub mod escalate;
 pub mod fsutil;
 pub mod http;
 pub mod inbox;
+pub mod isolation;
 pub mod judge;
 pub mod ledger;
 pub mod mcp;

@@ -49,6 +49,8 @@ pub struct AttemptPlan {
     pub kill_grace: Duration,
     pub leak_timeout: Duration,
     pub previous: Option<PreviousAttempt>,
+    /// Variables set for this attempt only (an isolated instance's state directory).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl AttemptPlan {
@@ -201,7 +203,7 @@ where
         .env_remove("LISTEN_FDNAMES")
         .env_remove("WATCHDOG_PID")
         .env_remove("WATCHDOG_USEC");
-    for (k, v) in &agent.env {
+    for (k, v) in agent.env.iter().chain(&plan.extra_env) {
         cmd.env(k, v);
     }
     cmd.env("DIRIGENT_TASK_ID", &plan.task_id)

@@ -732,3 +732,60 @@ agents:
         "{undeclared}"
     );
 }
+
+#[test]
+fn isolated_instances_get_their_own_state_seeded_from_home() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 2
+agents:
+  claude: { preset: claude, isolate: true, env: { FAKE_MODE: whoami, FAKE_PEERS_DIR: peers } }
+"#,
+    );
+    let home = ws.root().join("home");
+    std::fs::create_dir_all(home.join(".claude")).unwrap();
+    std::fs::write(home.join(".claude/.credentials.json"), "secret-1").unwrap();
+    std::fs::create_dir(ws.root().join("peers")).unwrap();
+    let bin = ws.root().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(agents_dir().join("fake-cli.sh"), bin.join("claude")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let _d = ws.start_with(&[("PATH", &path), ("HOME", &home.display().to_string())]);
+    // Two at once (each waits until the other runs): two instances.
+    ws.drop_task("i1.json", r#"{"prompt": "p"}"#);
+    ws.drop_task("i2.json", r#"{"prompt": "p"}"#);
+    ws.wait_settled("i1");
+    ws.wait_settled("i2");
+    let result = |id: &str| std::fs::read_to_string(ws.path(&format!("outbox/{id}.md"))).unwrap();
+    let inst = |n: usize| {
+        ws.path(&format!("isolation/claude/{n}"))
+            .display()
+            .to_string()
+    };
+    let mut seen = vec![result("i1"), result("i2")];
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            format!("dir={} cred=secret-1\n", inst(0)),
+            format!("dir={} cred=secret-1\n", inst(1)),
+        ]
+    );
+    let mode = std::fs::metadata(ws.path("isolation/claude/0/.credentials.json"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let bad = dirigent::config::Config::parse(
+        "agents: { aider: { preset: aider, isolate: true } }\n",
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("`isolate` works with the claude, gemini, codex and opencode presets"),
+        "{bad}"
+    );
+}

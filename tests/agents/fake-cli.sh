@@ -25,6 +25,13 @@ case "$cli:$mode" in
   claude:network) echo '{"type":"result","subtype":"success","is_error":true,"result":"API Error: Connection error."}'; exit 1 ;;
   claude:tool_error) echo '{"type":"result","subtype":"error_during_execution","is_error":true,"result":"Tool use failed"}'; exit 1 ;;
   claude:bad_output) echo '{"type":"result","subtype":"succ'; exit 0 ;;
+  claude:whoami)
+    # With $FAKE_PEERS_DIR: wait (at most ~10 s) until two instances run at once.
+    if [ -n "$FAKE_PEERS_DIR" ]; then
+      touch "$FAKE_PEERS_DIR/$$"; i=0
+      while [ "$(ls "$FAKE_PEERS_DIR" | wc -l)" -lt 2 ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+    fi
+    printf '{"type":"result","subtype":"success","is_error":false,"result":"dir=%s cred=%s"}\n' "$CLAUDE_CONFIG_DIR" "$(cat "$CLAUDE_CONFIG_DIR/.credentials.json" 2>/dev/null)" ;;
 
   gemini:ok) printf '{"response":"fake gemini: %s","stats":{"models":{"gemini-2.5-pro":{"tokens":{"prompt":900,"candidates":100,"total":1000}}}}}\n' "$prompt" ;;
   gemini:auth) echo 'Loaded cached credentials.' >&2; echo '{"error":{"type":"Error","message":"Please set an Auth method in your settings.json","code":41}}' >&2; exit 41 ;;
