@@ -671,7 +671,11 @@ pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
                 r["availability"]["since"].as_str().unwrap_or(""),
                 r["availability"]["reason"].as_str().unwrap_or("")
             ),
-            _ => {}
+            _ => println!(
+                "{:<10} ready (provider `{}`)",
+                "",
+                r["provider"].as_str().unwrap_or("")
+            ),
         }
         println!("{:<10} {limits}", "");
         if !ins.is_empty() {
@@ -863,7 +867,7 @@ pub fn stats(
     );
     for r in &rows {
         let failures: Vec<String> = r.classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
-        println!(
+        let line = format!(
             "{:<16} {:>8} {:>5.0}% {:>5.0}% {:>9} {:>9} {:>9} {:>10}  {}",
             r.key,
             r.attempts,
@@ -877,6 +881,7 @@ pub fn stats(
                 .unwrap_or_else(|| "-".into()),
             failures.join(", ")
         );
+        println!("{}", line.trim_end());
     }
     if compacted {
         println!(

@@ -229,7 +229,8 @@ fn an_invalid_config_stops_the_daemon_with_a_clear_error() {
 #[test]
 fn every_command_has_help() {
     for cmd in [
-        "init", "daemon", "submit", "status", "logs", "result", "agents",
+        "init", "daemon", "submit", "status", "logs", "result", "agents", "stats", "mcp", "cancel",
+        "retry", "workflow",
     ] {
         let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
         assert!(out.status.success(), "{cmd}");
