@@ -70,6 +70,44 @@ pub fn render(book: &TaskBook) -> String {
         pending.len(),
         failed.len() + book.archived_failed
     );
+    // Providers that are not taking work, and the day's spending: what a reader must know.
+    let now = crate::ledger::now_ms();
+    let mut providers = Vec::new();
+    for (name, p) in &book.providers {
+        if let Some(d) = &p.disabled {
+            providers.push(format!(
+                "- {name}: disabled since {} (auth failed via `{}`: {}); fix it, then `dirigent agents enable {}`",
+                clock(d.since_ms),
+                d.agent,
+                d.reason,
+                d.agent
+            ));
+        } else if let Some(until) = p.cooling_until_ms.filter(|u| *u > now) {
+            providers.push(format!(
+                "- {name}: cooling down until {} ({})",
+                clock(until),
+                p.cooling_reason
+            ));
+        }
+    }
+    if !providers.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Providers
+{}
+",
+            providers.join("\n")
+        );
+    }
+    if let Some(day) = book.spend.get(&crate::state::day_of(now))
+        && day.total_usd > 0.0
+    {
+        let _ = writeln!(
+            out,
+            "_spent today (UTC): {}_\n",
+            crate::usage::dollars(day.total_usd)
+        );
+    }
     section(&mut out, "Completed", &done, Some(book.archived_done));
     section(&mut out, "In Progress", &running, None);
     section(&mut out, "Pending", &pending, None);
@@ -97,8 +135,7 @@ fn section(out: &mut String, name: &str, lines: &[String], archived: Option<usiz
 }
 
 fn clock(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
+    crate::duration::clock(ms)
 }
 
 /// Writes `progress.md` atomically.

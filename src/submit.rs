@@ -102,6 +102,14 @@ pub fn write_into_inbox(
         cause,
     };
     let bytes = serde_json::to_vec_pretty(fields).map_err(|e| io(&tmp, e.into()))?;
+    if bytes.len() as u64 > task::MAX_TASK_BYTES {
+        // The inbox would reject it; say so now, to the door that can tell its caller.
+        return Err(SubmitError::Invalid(format!(
+            "the task is {} bytes; a task may have at most {} (put large inputs in files and name them in `files`)",
+            bytes.len(),
+            task::MAX_TASK_BYTES
+        )));
+    }
     fsutil::write_atomic(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
     if let Err(e) = fsutil::rename_noreplace(&tmp, &dest) {
         let _ = std::fs::remove_file(&tmp);

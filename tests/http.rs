@@ -163,6 +163,16 @@ fn tasks_are_created_listed_waited_for_and_their_results_read() {
             .starts_with("invalid task JSON at line 1 column 23: unknown field `agnet`"),
         "{bad:?}"
     );
+    let huge = format!(r#"{{"prompt": "{}"}}"#, "x".repeat(1_100_000));
+    let too_big = http(&url, "POST", "/tasks", t, Some(&huge));
+    assert_eq!(too_big.status, 400);
+    assert!(
+        too_big.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a task may have at most 1048576"),
+        "{too_big:?}"
+    );
     let unknown_agent = http(
         &url,
         "POST",

@@ -286,6 +286,13 @@ default_chain: [claude, backup]
         text.contains("DISABLED since") && text.contains("`dirigent agents enable claude`"),
         "{text}"
     );
+    // progress.md says it too (it is rewritten shortly after each change).
+    ws.wait_until("progress.md to list the disabled provider", || {
+        let p = std::fs::read_to_string(ws.path("progress.md")).unwrap_or_default();
+        (p.contains("## Providers\n- claude: disabled since")
+            && p.contains("then `dirigent agents enable claude`"))
+        .then_some(())
+    });
 
     // Fixed and enabled: used again.
     set_mode(&ws, "ok");
