@@ -243,6 +243,7 @@ pub async fn run_with_options(
     engine.notify(&format!("READY=1\nSTATUS={}", engine.status_line()));
 
     tokio::pin!(shutdown);
+    let mut was_idle = true;
     loop {
         let wake = engine.next_wake();
         tokio::select! {
@@ -268,6 +269,12 @@ pub async fn run_with_options(
         if *applied_tx.borrow() != engine.book.applied {
             applied_tx.send_replace(engine.book.applied);
         }
+        // Going idle after work: hand the memory a burst used back to the system.
+        let idle = engine.running.is_empty() && engine.queue.is_empty();
+        if idle && !was_idle {
+            release_free_memory();
+        }
+        was_idle = idle;
     }
     drop(watcher);
     let _ = stopping_tx.send(true);
@@ -2159,6 +2166,16 @@ async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) 
             let _ = tx.send(Msg::LedgerFailed(e.to_string()));
             vec![]
         }
+    }
+}
+
+/// Returns freed heap pages to the system (glibc keeps them otherwise: after a burst of ten
+/// thousand tasks the daemon would hold the burst's peak for weeks).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator has marked free.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }
 
