@@ -175,6 +175,7 @@ fn router(state: AppState) -> Router {
         .route("/tasks/{id}/retry", post(retry_task))
         .route("/tasks/{id}/result", get(task_result))
         .route("/agents", get(agents))
+        .route("/agents/{name}/enable", post(enable_agent))
         .route("/workflows", get(workflows))
         .route("/workflows/{name}/runs", post(run_workflow))
         .route("/events", get(events))
@@ -399,6 +400,11 @@ async fn agents(State(st): State<AppState>) -> ApiResult {
         StatusCode::OK,
         data(st.api.call(Request::Agents).await)?,
     ))
+}
+
+/// `POST /agents/{name}/enable`: as `dirigent agents enable NAME`.
+async fn enable_agent(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    message(st.api.call(Request::Enable { agent: name }).await)
 }
 
 async fn workflows(State(st): State<AppState>) -> ApiResult {

@@ -484,5 +484,5 @@ fn every_path_in_the_openapi_file_is_served() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 13);
+    assert_eq!(checked, 14);
 }
