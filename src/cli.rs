@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Supervise AI coding-agent CLIs: a task inbox, fallback chains, judging, a durable ledger",
     long_about = "dirigent runs agent CLIs (claude, gemini, codex, aider, opencode, ollama, local scripts) \
-as supervised child processes. Drop task files into .context/inbox/ or use `dirigent submit`; the daemon \
-runs each task through its fallback chain, judges every attempt, and records everything in \
+as supervised child processes. Drop task files into .context/inbox/, use `dirigent submit`, the HTTP API \
+(`dirigent daemon --http`) or the MCP server (`dirigent mcp`); the daemon runs each task through its fallback chain, judges every attempt, and records everything in \
 .context/ledger.jsonl and .context/progress.md."
 )]
 pub struct Cli {
@@ -90,6 +90,7 @@ pub enum Command {
     /// chains and roles they are in. `dirigent agents enable NAME` uses a disabled (auth
     /// failure) or cooling-down agent's provider again.
     Agents {
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
         #[command(subcommand)]
