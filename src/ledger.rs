@@ -377,12 +377,7 @@ pub fn read_after(path: &Path, after: u64, max: usize) -> std::io::Result<Vec<Re
             if out.len() >= max {
                 break;
             }
-            let read = read_each(&file, |r| {
-                if r.seq > after && out.len() < max {
-                    out.push(r);
-                }
-            });
-            match read {
+            match read_page_of(&file, after, max, &mut out) {
                 Ok(_) => {}
                 // Compaction removed a segment after we listed it: its records are gone.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -395,6 +390,37 @@ pub fn read_after(path: &Path, after: u64, max: usize) -> std::io::Result<Vec<Re
             return Ok(out);
         }
     }
+}
+
+/// Appends to `out` the records of `path` above `after`, until `out` holds `max`. Lines at or
+/// below `after` are skipped by their leading `{"seq":N` without parsing the rest, so paging
+/// through a long file stays cheap.
+fn read_page_of(path: &Path, after: u64, max: usize, out: &mut Vec<Record>) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut line = Vec::new();
+    while out.len() < max {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        if leading_seq(&line).is_some_and(|seq| seq <= after) {
+            continue;
+        }
+        if let Ok(r) = serde_json::from_slice::<Record>(&line)
+            && r.seq > after
+        {
+            out.push(r);
+        }
+    }
+    Ok(())
+}
+
+/// The sequence number a ledger line starts with (`{"seq":42,…`), as the writer puts it first.
+fn leading_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
 /// Cuts a damaged tail off, saving it to `ledger.torn-<unix-ms>` first. Returns the saved path.
@@ -640,6 +666,40 @@ fn rotate(path: &Path, last_seq: u64) -> std::io::Result<File> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_after_pages_across_segments_and_the_live_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("ledger.jsonl");
+        let line = |seq: u64| {
+            let r = Record {
+                seq,
+                ts: seq,
+                event: Event::DaemonStopped { pid: seq as u32 },
+            };
+            serde_json::to_string(&r).unwrap() + "\n"
+        };
+        let text = |range: std::ops::RangeInclusive<u64>| range.map(line).collect::<String>();
+        std::fs::write(segment_path(dir.path(), 10), text(1..=10)).unwrap();
+        std::fs::write(segment_path(dir.path(), 20), text(11..=20)).unwrap();
+        std::fs::write(&live, text(21..=25)).unwrap();
+        let seqs = |after, max| -> Vec<u64> {
+            read_after(&live, after, max)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect()
+        };
+        assert_eq!(seqs(0, 3), [1, 2, 3]);
+        assert_eq!(seqs(9, 3), [10, 11, 12]);
+        assert_eq!(seqs(19, 100), [20, 21, 22, 23, 24, 25]);
+        assert!(seqs(25, 10).is_empty());
+        // A compacted-away first segment: the records simply start later.
+        std::fs::remove_file(segment_path(dir.path(), 10)).unwrap();
+        assert_eq!(seqs(0, 2), [11, 12]);
+        assert_eq!(leading_seq(b"{\"seq\":42,\"ts\":1}"), Some(42));
+        assert_eq!(leading_seq(b"{\"ts\":1}"), None);
+    }
+
     use super::*;
 
     #[tokio::test]
