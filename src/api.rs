@@ -5,7 +5,6 @@
 //! (its one owner), and the two that take time — waiting for a task, streaming events — are
 //! built here from the engine's answers and the ledger's live records.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,12 +68,6 @@ impl Api {
 
     pub fn workspace(&self) -> &Workspace {
         &self.ws
-    }
-
-    /// Resolves when the daemon begins to stop.
-    pub async fn stopped(&self) {
-        let mut s = self.stopping.clone();
-        let _ = s.wait_for(|stop| *stop).await;
     }
 
     /// Answers any request: `wait` and `result` here, everything else by the engine.
@@ -226,14 +219,12 @@ impl Api {
             let mut last = after;
             'catch_up: loop {
                 let Some(mut from) = last else {
-                    // From now: nothing to read back; the first live record sets the position.
+                    // From now: the first live record sets the position, and the stream starts
+                    // with it (read back from the file like any other; it is on disk already).
                     tokio::select! {
                         got = live.recv() => match got {
                             Ok(r) => {
-                                last = Some(r.seq);
-                                if keep(&r) && tx.send(StreamItem::Record(r)).await.is_err() {
-                                    return;
-                                }
+                                last = Some(r.seq - 1);
                                 continue 'catch_up;
                             }
                             Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
@@ -300,11 +291,6 @@ impl Api {
             }
         });
         rx
-    }
-
-    /// The path of the ledger (for messages).
-    pub fn ledger_path(&self) -> PathBuf {
-        self.ws.ledger()
     }
 }
 

@@ -9,9 +9,14 @@ use crate::judge::Class;
 use crate::state::TaskBook;
 use crate::workspace::Workspace;
 
-/// Every configured agent, one JSON object each, in config order.
-pub fn agents(ws: &Workspace, config: &Config, book: &TaskBook) -> Vec<Value> {
-    let default_chain = config.effective_default_chain(ws.root());
+/// Every configured agent, one JSON object each, in config order. `default_chain` is
+/// `config.effective_default_chain` (passed in: it looks each program up on PATH).
+pub fn agents(
+    ws: &Workspace,
+    config: &Config,
+    book: &TaskBook,
+    default_chain: &[String],
+) -> Vec<Value> {
     let mut rows = Vec::new();
     for (name, agent) in &config.agents {
         let path = agent.resolve(ws.root());
@@ -69,11 +74,12 @@ pub fn agents_report(ws: &Workspace, config: &Config, book: &TaskBook) -> Value 
         .iter()
         .map(|(name, chain)| (name.clone(), json!(chain)))
         .collect();
+    let default_chain = config.effective_default_chain(ws.root());
     json!({
         "config": config.source,
-        "default_chain": config.effective_default_chain(ws.root()),
         "roles": roles,
-        "agents": agents(ws, config, book),
+        "agents": agents(ws, config, book, &default_chain),
+        "default_chain": default_chain,
     })
 }
 

@@ -325,10 +325,6 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, bool)> {
     Ok((load_book(ws)?, false))
 }
 
-fn fmt_time(ms: u64) -> String {
-    duration::clock(ms)
-}
-
 pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCode> {
     let (book, live) = load_live_book(ws)?;
     if let Some(id) = id {
@@ -347,7 +343,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 t.chain.join(" → ")
             }
         );
-        println!("received: {}", fmt_time(t.received_ms));
+        println!("received: {}", duration::clock(t.received_ms));
         if !t.after.is_empty() {
             println!("after:    {}", t.after.join(", "));
         }
@@ -505,7 +501,7 @@ fn describe(t: &TaskRecord) -> String {
         } => {
             format!(
                 "running: attempt {attempt} with {agent} since {}",
-                fmt_time(*since_ms)
+                duration::clock(*since_ms)
             )
         }
         Phase::Done {
@@ -515,7 +511,7 @@ fn describe(t: &TaskRecord) -> String {
         } => {
             format!(
                 "done by {agent} at {}; result in {output}",
-                fmt_time(*finished_ms)
+                duration::clock(*finished_ms)
             )
         }
         Phase::Failed {
@@ -523,7 +519,7 @@ fn describe(t: &TaskRecord) -> String {
             finished_ms,
         } => format!(
             "failed (escalated at {}): {}; report in .context/escalations/{}.md",
-            fmt_time(*finished_ms),
+            duration::clock(*finished_ms),
             reason.lines().next().unwrap_or(""),
             t.id
         ),
@@ -615,8 +611,6 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
 pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
     let config = Arc::new(Config::load(&ws.config())?);
     let book = load_book(ws)?;
-    let default_chain = config.effective_default_chain(ws.root());
-    let rows = dirigent::catalog::agents(ws, &config, &book);
     if as_json {
         println!(
             "{}",
@@ -624,6 +618,8 @@ pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let default_chain = config.effective_default_chain(ws.root());
+    let rows = dirigent::catalog::agents(ws, &config, &book, &default_chain);
     println!("config: {}", config.source);
     println!(
         "default chain: {}",

@@ -190,47 +190,49 @@ pub fn serve(ws: &Workspace, api: crate::api::Api) -> std::io::Result<tokio::tas
 
 /// Sends one request to the daemon of `ws` and waits for the answer (for the CLI).
 pub fn request(ws: &Workspace, req: &Request) -> Result<Response, String> {
-    let path = socket_path(ws);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
-        format!(
-            "no daemon is running on `{}` ({e}); start it with `dirigent daemon`",
-            ws.root().display()
-        )
-    })?;
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
-    line.push('\n');
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(socket_path(ws)).map_err(|e| not_running(ws, e))?;
     // A refused client is told why and hung up on, possibly before it has written: read the
     // answer even when the write failed.
-    let written = stream.write_all(line.as_bytes());
+    let written = stream.write_all(encode(req)?.as_bytes());
     let mut answer = String::new();
     let read = BufReader::new(stream).read_line(&mut answer);
-    if answer.is_empty() {
-        return Err(match (written, read) {
-            (Err(e), _) => format!("cannot talk to the daemon: {e}"),
-            (_, Err(e)) => format!("cannot read the daemon's answer: {e}"),
-            _ => "the daemon closed the connection without an answer".to_string(),
-        });
-    }
-    serde_json::from_str(&answer)
-        .map_err(|e| format!("the daemon's answer is not understood ({e}): {answer}"))
+    decode(written, read, answer)
 }
 
 /// [`request`] for async callers (the MCP server): one connection per request, so a long
 /// `wait` never holds up another call.
 pub async fn request_async(ws: &Workspace, req: &Request) -> Result<Response, String> {
-    let path = socket_path(ws);
-    let stream = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
-        format!(
-            "no daemon is running on `{}` ({e}); start it with `dirigent daemon`",
-            ws.root().display()
-        )
-    })?;
+    let stream = tokio::net::UnixStream::connect(socket_path(ws))
+        .await
+        .map_err(|e| not_running(ws, e))?;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
-    line.push('\n');
-    let written = write.write_all(line.as_bytes()).await;
+    let written = write.write_all(encode(req)?.as_bytes()).await;
     let mut answer = String::new();
     let read = tokio::io::BufReader::new(read).read_line(&mut answer).await;
+    decode(written, read, answer)
+}
+
+fn not_running(ws: &Workspace, e: std::io::Error) -> String {
+    format!(
+        "no daemon is running on `{}` ({e}); start it with `dirigent daemon`",
+        ws.root().display()
+    )
+}
+
+/// One request line.
+fn encode(req: &Request) -> Result<String, String> {
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    Ok(line)
+}
+
+/// The answer line, or why there is none.
+fn decode(
+    written: std::io::Result<()>,
+    read: std::io::Result<usize>,
+    answer: String,
+) -> Result<Response, String> {
     if answer.is_empty() {
         return Err(match (written, read) {
             (Err(e), _) => format!("cannot talk to the daemon: {e}"),

@@ -1512,10 +1512,7 @@ Free disk space or fix `{}`, then restart the daemon",
                     _ => {
                         let t = self.book.get(&task).expect("checked above");
                         if t.chain_pos >= t.chain.len() {
-                            let reason = format!(
-                                "every agent in the chain failed ({})",
-                                t.chain.join(" → ")
-                            );
+                            let reason = chain_failed(t);
                             self.escalate(&task, reason);
                         } else {
                             self.enqueue(&task);
@@ -1596,11 +1593,13 @@ Free disk space or fix `{}`, then restart the daemon",
             let mut unusable = Vec::new();
             let today = self.book.spend.get(&crate::state::day_of(now_ms));
             for name in t.chain.iter().skip(t.chain_pos) {
-                let Some(agent) = self.config.agent_for(name) else {
+                // Limits, providers and budgets are the agent's, whichever model an entry names;
+                // the `agent:model` variant is made only for a start.
+                let base = split_entry_base(name);
+                let Some(agent) = self.config.agents.get(base) else {
                     unusable.push(format!("`{name}` is no longer configured"));
                     continue;
                 };
-                let base = crate::config::split_entry(name).0;
                 if let Some(limit) = self.config.budgets.agents.get(base) {
                     let spent = today
                         .and_then(|d| d.by_agent.get(base))
@@ -1617,7 +1616,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 }
                 match self.book.availability(&agent.provider, now_ms) {
                     Availability::Ready => {
-                        chosen = Some(agent);
+                        chosen = Some((name, agent));
                         break;
                     }
                     Availability::CoolingDown { until_ms, reason } => {
@@ -1632,12 +1631,12 @@ Free disk space or fix `{}`, then restart the daemon",
                     )),
                 }
             }
-            let Some(agent) = chosen else {
+            let Some((entry, agent)) = chosen else {
                 if t.chain_pos >= t.chain.len() {
                     let reason = if t.chain.is_empty() {
                         escalate::no_agents_message(&self.config)
                     } else {
-                        format!("every agent in the chain failed ({})", t.chain.join(" → "))
+                        chain_failed(t)
                     };
                     escalations.push((key.id.clone(), reason));
                 } else if let Some(until) = cooling_until {
@@ -1654,9 +1653,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 }
                 continue;
             };
-            let agent_name = &agent.name;
-            // Limits belong to the agent, whichever model it runs.
-            let base_name = crate::config::split_entry(agent_name).0.to_string();
+            let base_name = &agent.name;
             let slot = self.slots.entry(base_name.clone()).or_default();
             if agent.max_parallel.is_some_and(|max| slot.running >= max) {
                 continue;
@@ -1692,16 +1689,17 @@ Free disk space or fix `{}`, then restart the daemon",
                 .providers
                 .get(&agent.provider)
                 .and_then(|p| p.starts_per_minute);
-            let windows = [
-                (
-                    format!("agent:{}", split_entry_base(agent_name)),
-                    agent.starts_per_minute,
-                ),
-                (format!("provider:{}", agent.provider), provider_limit),
-            ];
+            let windows: Vec<(String, u32)> = [
+                agent
+                    .starts_per_minute
+                    .map(|l| (format!("agent:{base_name}"), l)),
+                provider_limit.map(|l| (format!("provider:{}", agent.provider), l)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             let mut limited = false;
             for (key, limit) in &windows {
-                let Some(limit) = limit else { continue };
                 let log = self.start_log.entry(key.clone()).or_default();
                 while log
                     .front()
@@ -1718,20 +1716,19 @@ Free disk space or fix `{}`, then restart the daemon",
             if limited {
                 continue;
             }
-            for (key, limit) in &windows {
-                if limit.is_some() {
-                    self.start_log
-                        .entry(key.clone())
-                        .or_default()
-                        .push_back(now);
-                }
+            for (key, _) in windows {
+                self.start_log.entry(key).or_default().push_back(now);
             }
-            let slot = self.slots.entry(base_name).or_default();
+            let slot = self.slots.entry(base_name.clone()).or_default();
             slot.running += 1;
             slot.last_start = Some(now);
             total += 1;
             planned.push(agent.resources.clone());
-            starts.push((key.id.clone(), agent));
+            let run = self
+                .config
+                .agent_for(entry)
+                .expect("the entry's agent was just found");
+            starts.push((key.id.clone(), run));
         }
         for (id, reason) in escalations {
             self.escalate(&id, reason);
@@ -2183,6 +2180,11 @@ fn release_free_memory() {
 fn wake_at(due: &mut Option<Instant>, now: Instant, now_ms: u64, at_ms: u64) {
     let at = now + Duration::from_millis(at_ms.saturating_sub(now_ms));
     *due = Some(due.map_or(at, |d| d.min(at)));
+}
+
+/// Why a task whose chain is used up escalates.
+fn chain_failed(t: &TaskRecord) -> String {
+    format!("every agent in the chain failed ({})", t.chain.join(" → "))
 }
 
 /// The agent of a chain entry (`claude` of `claude:sonnet`).

@@ -39,7 +39,6 @@ pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The running server.
 pub struct HttpServer {
-    pub addr: SocketAddr,
     /// Receiver: axum's graceful-shutdown future. Sent by [`HttpServer::stop`].
     shutdown: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -160,7 +159,6 @@ pub fn serve(bound: Bound, api: Api) -> std::io::Result<HttpServer> {
         token_path(&ws).display()
     );
     Ok(HttpServer {
-        addr,
         shutdown,
         task,
         url_file,

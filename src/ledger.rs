@@ -459,7 +459,7 @@ pub struct Ledger {
     /// Receiver: the writer thread. Closed when all handles are dropped.
     tx: mpsc::UnboundedSender<Append>,
     /// The writer thread sends every record here once it is on disk (only while someone
-    /// listens); receivers come from [`Ledger::subscribe`] (the SSE stream, `wait`).
+    /// listens); receivers come from [`Ledger::live`] (the SSE stream, `wait`).
     events: broadcast::Sender<Arc<Record>>,
 }
 
@@ -518,15 +518,10 @@ impl Ledger {
         Ok((Ledger { tx, events }, WriterThread(handle)))
     }
 
-    /// Every record appended from now on, in order, once it is on disk. A receiver that falls
-    /// more than a few thousand records behind gets `Lagged` and should read the gap back with
-    /// [`read_after`].
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
-        self.events.subscribe()
-    }
-
-    /// The sending side of [`Ledger::subscribe`], for holders that must not keep the writer
-    /// alive (a `Ledger` handle does).
+    /// Every record appended from now on, in order, once it is on disk: subscribe to the
+    /// returned sender. A receiver that falls more than a few thousand records behind gets
+    /// `Lagged` and should read the gap back with [`read_after`]. (A sender, not a `Ledger`
+    /// handle, so its holders do not keep the writer alive.)
     pub fn live(&self) -> broadcast::Sender<Arc<Record>> {
         self.events.clone()
     }

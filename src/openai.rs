@@ -55,34 +55,31 @@ async fn catalog(api: &Api) -> Result<Vec<(String, Target)>, ApiError> {
     };
     let mut out = vec![("dirigent".to_string(), Target::DefaultChain)];
     let mut taken = std::collections::HashSet::from(["dirigent".to_string()]);
-    let roles: Vec<String> = agents["roles"]
+    let roles = agents["roles"]
         .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
-    let agent_names: Vec<String> = agents["agents"]
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .map(|name| (true, name.clone()));
+    let agent_names = agents["agents"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .map(|name| (false, name.to_string()));
     // Bare names first come, first served: roles, then agents; the prefixed form always works.
-    for role in roles {
-        let id = if taken.insert(role.clone()) {
-            role.clone()
+    for (is_role, name) in roles.chain(agent_names) {
+        let kind = if is_role { "role" } else { "agent" };
+        let id = if taken.insert(name.clone()) {
+            name.clone()
         } else {
-            format!("role:{role}")
+            format!("{kind}:{name}")
         };
-        out.push((id, Target::Role(role)));
-    }
-    for agent in agent_names {
-        let id = if taken.insert(agent.clone()) {
-            agent.clone()
+        let target = if is_role {
+            Target::Role(name)
         } else {
-            format!("agent:{agent}")
+            Target::Agent(name)
         };
-        out.push((id, Target::Agent(agent)));
+        out.push((id, target));
     }
     for wf in workflows.as_array().into_iter().flatten() {
         if wf["valid"] != true {

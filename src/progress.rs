@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::duration::short;
+use crate::duration::{clock, short};
 use crate::state::{Phase, TaskBook};
 
 /// At most this many finished tasks are listed per section; older ones are counted.
@@ -132,10 +132,6 @@ fn section(out: &mut String, name: &str, lines: &[String], archived: Option<usiz
         out.push('\n');
     }
     out.push('\n');
-}
-
-fn clock(ms: u64) -> String {
-    crate::duration::clock(ms)
 }
 
 /// Writes `progress.md` atomically.

@@ -173,20 +173,6 @@ impl<'m> Scorecard<'m> {
     }
 }
 
-/// [`Scorecard`] over records in memory.
-pub fn compute<'a>(
-    records: impl IntoIterator<Item = &'a Record>,
-    since_ms: u64,
-    by: By,
-    agent_models: &HashMap<String, String>,
-) -> Vec<Row> {
-    let mut card = Scorecard::new(since_ms, by, agent_models);
-    for r in records {
-        card.add(r);
-    }
-    card.rows()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -221,11 +221,7 @@ fn a_long_poll_that_runs_out_returns_the_state_so_far() {
         t,
         Some(r#"{"prompt": "x", "id": "slow", "agent": "hang"}"#),
     );
-    ws.wait_for("the attempt to start", |recs| {
-        recs.iter()
-            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "slow"))
-            .then_some(())
-    });
+    ws.wait_started("slow");
     let polled = http(&url, "GET", "/tasks/slow?wait=200ms", t, None);
     assert_eq!(polled.status, 200);
     // The engine may not have applied the start it already wrote: pending or running.
@@ -413,11 +409,7 @@ fn a_stopping_daemon_ends_event_streams_and_long_polls() {
         Some(&token),
         Some(r#"{"prompt": "p", "id": "hold", "agent": "hang"}"#),
     );
-    ws.wait_for("the attempt to start", |recs| {
-        recs.iter()
-            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "hold"))
-            .then_some(())
-    });
+    ws.wait_started("hold");
     let poll = {
         let (url, token) = (url.clone(), token.clone());
         std::thread::spawn(move || http(&url, "GET", "/tasks/hold?wait=10m", Some(&token), None))

@@ -156,6 +156,15 @@ impl Workspace {
         (d, url, token)
     }
 
+    /// Waits until an attempt of `task` has started.
+    pub fn wait_started(&self, task: &str) {
+        self.wait_for(&format!("an attempt of `{task}` to start"), |recs| {
+            recs.iter()
+                .any(|r| matches!(&r.event, Event::AttemptStarted { task: t, .. } if t == task))
+                .then_some(())
+        });
+    }
+
     /// Waits for the task's `done` or `escalated` event and returns it.
     pub fn wait_settled(&self, task: &str) -> Event {
         self.wait_for(&format!("task `{task}` to settle"), |recs| {
