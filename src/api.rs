@@ -35,6 +35,8 @@ pub struct Api {
     /// Set to `true` by the daemon when it begins to stop: waits and event streams end, so
     /// the servers can close their connections.
     stopping: watch::Receiver<bool>,
+    /// Checks the records read back from the files (an agent may have appended lines).
+    key: Option<crate::integrity::Key>,
 }
 
 /// One item of an event stream.
@@ -56,6 +58,7 @@ impl Api {
         live: broadcast::Sender<Arc<Record>>,
         applied: watch::Receiver<u64>,
         stopping: watch::Receiver<bool>,
+        key: Option<crate::integrity::Key>,
     ) -> Self {
         Api {
             ws,
@@ -63,6 +66,7 @@ impl Api {
             live,
             applied,
             stopping,
+            key,
         }
     }
 
@@ -156,7 +160,7 @@ impl Api {
                 .as_str()
                 .map(str::to_string)
                 // Archived: only the outcome is kept; the default place is the best guess.
-                .unwrap_or_else(|| crate::result::destination(&self.ws, id, None)),
+                .unwrap_or_else(|| crate::result::destination(id, None)),
             Some("failed") => {
                 return Response::fail(
                     Failure::Conflict,
@@ -207,6 +211,7 @@ impl Api {
         let mut live = self.live.subscribe();
         let ledger_path = self.ws.ledger();
         let mut stopping = self.stopping.clone();
+        let key = self.key.clone();
         tokio::spawn(async move {
             let keep = |r: &Record| match &task {
                 None => true,
@@ -236,7 +241,7 @@ impl Api {
                 };
                 // From the files, page by page, until they have nothing newer.
                 loop {
-                    let page = match read_page(&ledger_path, from).await {
+                    let page = match read_page(&ledger_path, from, key.clone()).await {
                         Ok(p) => p,
                         Err(e) => {
                             tracing::warn!("cannot read the ledger for an event stream: {e}");
@@ -294,11 +299,17 @@ impl Api {
     }
 }
 
-async fn read_page(path: &std::path::Path, after: u64) -> std::io::Result<Vec<Record>> {
+async fn read_page(
+    path: &std::path::Path,
+    after: u64,
+    key: Option<crate::integrity::Key>,
+) -> std::io::Result<Vec<Record>> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || ledger::read_after(&path, after, CATCH_UP_PAGE))
-        .await
-        .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || {
+        ledger::read_after(&path, after, CATCH_UP_PAGE, key.as_ref())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Resolves once the daemon begins to stop (without holding the watch's lock across awaits).

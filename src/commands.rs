@@ -44,8 +44,14 @@ pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// This workspace's ledger key, if the daemon has made one: records are checked with it.
+fn ledger_key(ws: &Workspace) -> Option<dirigent::integrity::Key> {
+    dirigent::integrity::load(ws).ok().flatten()
+}
+
 fn load_book(ws: &Workspace) -> Result<TaskBook> {
-    let load = || dirigent::compact::load(ws, None, false);
+    let key = ledger_key(ws);
+    let load = || dirigent::compact::load(ws, None, false, key.as_ref(), false);
     // A compaction may delete a segment between listing and reading it: look once more.
     let loaded = load()
         .or_else(|_| load())
@@ -162,8 +168,9 @@ fn wait_for(ws: &Workspace, id: &str, file: &str, mut offset: u64) -> Result<Exi
     // On a terminal, a live line shows what runs now; in a pipe, only the event lines.
     let tty = std::io::stderr().is_terminal();
     let mut current: Option<(u32, String, Instant)> = None;
+    let key = ledger_key(ws);
     loop {
-        let (records, next) = ledger::read_from(&ws.ledger(), offset)?;
+        let (records, next) = ledger::read_from(&ws.ledger(), offset, key.as_ref())?;
         offset = next;
         for r in records {
             if tty {
@@ -561,8 +568,9 @@ pub fn logs(
     let n = a.n;
     let waker = ChangeWaker::new(&[&ws.run_dir(id), ws.context()]);
     let mut offset = 0;
+    let key = ledger_key(ws);
     loop {
-        let (records, next) = ledger::read_from(&ws.ledger(), offset)?;
+        let (records, next) = ledger::read_from(&ws.ledger(), offset, key.as_ref())?;
         offset = next;
         let finished = records.iter().any(|r| {
             matches!(&r.event, Event::AttemptFinished { task, attempt, .. } if task == id && *attempt == n)

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
+use crate::integrity::{Checker, Key, Refused, Seal};
 use crate::ledger;
 use crate::state::TaskBook;
 use crate::workspace::Workspace;
@@ -42,44 +42,118 @@ pub struct Loaded {
     pub skipped: usize,
     /// Where a torn tail of the current file was kept, when `repair` was asked for.
     pub torn: Option<PathBuf>,
+    /// Lines that parsed but were not believed (no valid seal, a copy), and the snapshot when
+    /// it was refused: reported, kept in the files, left out of the state.
+    pub refused: Vec<Refused>,
+    /// How many lines were refused in all (`refused` keeps the first hundred).
+    pub refused_count: usize,
+    /// Nothing verified under the key although sealed lines exist: the workspace was copied
+    /// or moved, or its key replaced. The lines were believed as written.
+    pub another_key: bool,
+    /// The snapshot was written by an older version without a seal (it is sealed again at the
+    /// next compaction).
+    pub unsealed_snapshot: bool,
 }
 
 fn snapshot_path(ws: &Workspace) -> PathBuf {
     ws.context().join(SNAPSHOT)
 }
 
-fn read_snapshot(ws: &Workspace) -> std::io::Result<(u64, TaskBook)> {
-    match std::fs::read(snapshot_path(ws)) {
-        Ok(bytes) => {
-            let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("`{}` cannot be read: {e}", snapshot_path(ws).display()),
-                )
-            })?;
-            Ok((snap.seq, snap.book))
+/// The snapshot as read: what it covers, the state, and what its seal said.
+struct ReadSnapshot {
+    seq: u64,
+    book: TaskBook,
+    seal: Seal,
+}
+
+fn read_snapshot(ws: &Workspace, key: Option<&Key>) -> std::io::Result<ReadSnapshot> {
+    let path = snapshot_path(ws);
+    let bytes = match crate::fsutil::open_nofollow(&path) {
+        Ok(f) => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &f, &mut bytes)?;
+            bytes
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((0, TaskBook::default())),
-        Err(e) => Err(e),
-    }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ReadSnapshot {
+                seq: 0,
+                book: TaskBook::default(),
+                seal: Seal::Valid,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("`{}` cannot be read: {e}", path.display()),
+        )
+    })?;
+    let seal = key.map_or(Seal::Valid, |k| k.check(&bytes));
+    Ok(ReadSnapshot {
+        seq: snap.seq,
+        book: snap.book,
+        seal,
+    })
 }
 
 /// Rebuilds the task state. `keep_finished` is the daemon's archiving limit (`None` keeps
 /// everything the files still hold). With `repair`, a torn tail of the current file is cut off
-/// and kept aside (only the daemon does that; readers never write).
-pub fn load(ws: &Workspace, keep_finished: Option<usize>, repair: bool) -> std::io::Result<Loaded> {
-    let (covered, mut book) = read_snapshot(ws)?;
+/// and kept aside (only the daemon does that; readers never write). With a `key`, only lines
+/// sealed by it are believed (see [`crate::integrity`]); `key_is_new` says it was only just
+/// made, so an unsealed snapshot is an older version's, not a forgery.
+pub fn load(
+    ws: &Workspace,
+    keep_finished: Option<usize>,
+    repair: bool,
+    key: Option<&Key>,
+    key_is_new: bool,
+) -> std::io::Result<Loaded> {
+    let loaded = load_checked(ws, keep_finished, repair, key, key_is_new)?;
+    if loaded.another_key {
+        // Nothing verifies: not forgery of some lines but another key for all of them.
+        let mut again = load_checked(ws, keep_finished, false, None, true)?;
+        again.another_key = true;
+        again.torn = loaded.torn;
+        return Ok(again);
+    }
+    Ok(loaded)
+}
+
+fn load_checked(
+    ws: &Workspace,
+    keep_finished: Option<usize>,
+    repair: bool,
+    key: Option<&Key>,
+    key_is_new: bool,
+) -> std::io::Result<Loaded> {
+    let mut checker = Checker::new(key.cloned());
+    let snap = read_snapshot(ws, key)?;
+    let mut refused_snapshot = None;
+    let (covered, mut book) = match snap.seal {
+        Seal::Bad => {
+            refused_snapshot =
+                Some("its seal does not match: it was altered, or not written by dirigent");
+            (0, TaskBook::default())
+        }
+        Seal::Unsigned if !key_is_new => {
+            refused_snapshot = Some("it carries no seal, so dirigent did not write it");
+            (0, TaskBook::default())
+        }
+        _ => (snap.seq, snap.book),
+    };
+    checker.after_snapshot(covered, snap.seal == Seal::Valid && covered > 0);
     book.set_limit(keep_finished);
     for (last, segment) in ledger::segments(ws.context())? {
         if last > covered {
-            ledger::read_each(&segment, |r| {
+            ledger::read_each_checked(&segment, &mut checker, |r| {
                 if r.seq > covered {
                     book.apply(&r);
                 }
             })?;
         }
     }
-    let info = ledger::read_each(&ws.ledger(), |r| {
+    let info = ledger::read_each_checked(&ws.ledger(), &mut checker, |r| {
         if r.seq > covered {
             book.apply(&r);
         }
@@ -89,26 +163,64 @@ pub fn load(ws: &Workspace, keep_finished: Option<usize>, repair: bool) -> std::
     } else {
         None
     };
-    book.last_seq = book.last_seq.max(covered);
+    book.last_seq = book.last_seq.max(covered).max(checker.last_seq());
+    let another_key = checker.looks_like_another_key();
+    let mut refused = std::mem::take(&mut checker.refused);
+    let mut refused_count = checker.refused_total();
+    if let Some(why) = refused_snapshot {
+        refused.insert(
+            0,
+            Refused {
+                file: snapshot_path(ws),
+                line: 1,
+                seq: None,
+                why,
+            },
+        );
+        refused_count += 1;
+    }
     Ok(Loaded {
         book,
         current_events: info.count,
         skipped: info.skipped,
         torn,
+        refused,
+        refused_count,
+        another_key,
+        unsealed_snapshot: snap.seal == Seal::Unsigned && key.is_some() && key_is_new,
     })
 }
 
 /// Folds the rotated segments into a new snapshot and deletes all but the newest
 /// `keep_segments` of them. `keep_finished` is the archiving limit the snapshot keeps.
 /// Returns the sequence number the snapshot now covers (0 when there was nothing to do).
-pub fn compact(ws: &Workspace, keep_finished: usize, keep_segments: usize) -> std::io::Result<u64> {
-    let (covered, mut book) = read_snapshot(ws)?;
+pub fn compact(
+    ws: &Workspace,
+    keep_finished: usize,
+    keep_segments: usize,
+    key: Option<&Key>,
+) -> std::io::Result<u64> {
+    let snap = read_snapshot(ws, key)?;
+    // The daemon checked the snapshot when it started (and sealed an older one again); one
+    // that fails now was replaced since, and is not built upon.
+    if snap.seal == Seal::Bad || (snap.seal == Seal::Unsigned && key.is_some() && snap.seq > 0) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "`{}` does not carry this workspace's seal; it was replaced while the daemon ran",
+                snapshot_path(ws).display()
+            ),
+        ));
+    }
+    let (covered, mut book) = (snap.seq, snap.book);
+    let mut checker = Checker::new(key.cloned());
+    checker.after_snapshot(covered, covered > 0);
     book.set_limit(Some(keep_finished));
     let segments = ledger::segments(ws.context())?;
     let mut upto = covered;
     for (last, segment) in &segments {
         if *last > covered {
-            ledger::read_each(segment, |r| {
+            ledger::read_each_checked(segment, &mut checker, |r| {
                 if r.seq > covered {
                     book.apply(&r);
                 }
@@ -117,15 +229,7 @@ pub fn compact(ws: &Workspace, keep_finished: usize, keep_segments: usize) -> st
         }
     }
     if upto > covered {
-        let snap = Snapshot {
-            format: 1,
-            seq: upto,
-            book,
-        };
-        fsutil::write_atomic(
-            &snapshot_path(ws),
-            &serde_json::to_vec(&snap).map_err(std::io::Error::other)?,
-        )?;
+        write_snapshot(ws, upto, &book, key)?;
     }
     // Only segments the snapshot covers may go; the newest few stay as readable history.
     let deletable = segments.len().saturating_sub(keep_segments);
@@ -137,11 +241,52 @@ pub fn compact(ws: &Workspace, keep_finished: usize, keep_segments: usize) -> st
     Ok(if upto > covered { upto } else { 0 })
 }
 
+/// Writes `book`, covering records up to `seq`, as the snapshot (sealed with `key`).
+pub fn write_snapshot(
+    ws: &Workspace,
+    seq: u64,
+    book: &TaskBook,
+    key: Option<&Key>,
+) -> std::io::Result<()> {
+    #[derive(Serialize)]
+    struct SnapshotRef<'a> {
+        format: u32,
+        seq: u64,
+        book: &'a TaskBook,
+    }
+    let json = serde_json::to_vec(&SnapshotRef {
+        format: 1,
+        seq,
+        book,
+    })
+    .map_err(std::io::Error::other)?;
+    let bytes = match key {
+        Some(k) => {
+            let mut sealed = Vec::with_capacity(json.len() + 48);
+            k.seal_into(&json, &mut sealed);
+            sealed
+        }
+        None => json,
+    };
+    ws.open_context()?.write_atomic(SNAPSHOT, &bytes, 0o600)
+}
+
+/// Seals a snapshot an older version wrote, right after the daemon made its key.
+pub fn reseal_snapshot(ws: &Workspace, key: &Key) -> std::io::Result<()> {
+    let snap = read_snapshot(ws, None)?;
+    if snap.seq == 0 {
+        return Ok(());
+    }
+    write_snapshot(ws, snap.seq, &snap.book, Some(key))
+}
+
 /// Runs [`compact`] on a background thread, one at a time: a rotation while one runs makes it
 /// go round once more.
 #[derive(Clone)]
 pub struct Compactor {
     ws: Workspace,
+    /// Seals the snapshots it writes, and checks what it folds in.
+    key: Option<Key>,
     keep_finished: usize,
     keep_segments: usize,
     /// Set while a compaction thread runs; `again` asks it for one more round.
@@ -150,9 +295,15 @@ pub struct Compactor {
 }
 
 impl Compactor {
-    pub fn new(ws: Workspace, keep_finished: usize, keep_segments: usize) -> Self {
+    pub fn new(
+        ws: Workspace,
+        keep_finished: usize,
+        keep_segments: usize,
+        key: Option<Key>,
+    ) -> Self {
         Compactor {
             ws,
+            key,
             keep_finished,
             keep_segments,
             running: Arc::new(AtomicBool::new(false)),
@@ -171,7 +322,7 @@ impl Compactor {
             .name("ledger-compactor".into())
             .spawn(move || {
                 while me.again.swap(false, Ordering::SeqCst) {
-                    match compact(&me.ws, me.keep_finished, me.keep_segments) {
+                    match compact(&me.ws, me.keep_finished, me.keep_segments, me.key.as_ref()) {
                         Ok(0) => {}
                         Ok(seq) => tracing::info!(
                             "ledger compacted: the snapshot covers events up to {seq}"

@@ -19,8 +19,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-use crate::claim::{self, Intake};
+use crate::claim;
 use crate::config::{Agent, Config, ConfigError};
+use crate::confined;
 use crate::escalate;
 use crate::fsutil;
 use crate::inbox;
@@ -121,7 +122,18 @@ pub async fn run_with_options(
         None => None,
     };
 
-    let loaded = crate::compact::load(&ws, Some(KEEP_FINISHED), true).map_err(ws_err)?;
+    // Records are sealed with a key kept outside the workspace, so that lines an agent appends
+    // to the ledger are not believed (see `integrity`).
+    let (key, key_is_new) =
+        crate::integrity::load_or_create(&ws).map_err(|e| DaemonError::Unsafe(e.to_string()))?;
+    let loaded = crate::compact::load(&ws, Some(KEEP_FINISHED), true, Some(&key), key_is_new)
+        .map_err(ws_err)?;
+    report_refused(&ws, &loaded);
+    if loaded.unsealed_snapshot
+        && let Err(e) = crate::compact::reseal_snapshot(&ws, &key)
+    {
+        tracing::warn!("cannot seal the ledger snapshot an older version wrote: {e}");
+    }
     if let Some(aside) = &loaded.torn {
         tracing::warn!(
             "the ledger ended in a torn or damaged line (a crash while writing); it was cut off and kept in `{}`",
@@ -136,8 +148,12 @@ pub async fn run_with_options(
         );
     }
     let book = loaded.book;
-    let compactor =
-        crate::compact::Compactor::new(ws.clone(), KEEP_FINISHED, config.ledger_keep_segments);
+    let compactor = crate::compact::Compactor::new(
+        ws.clone(),
+        KEEP_FINISHED,
+        config.ledger_keep_segments,
+        Some(key.clone()),
+    );
     if !ledger::segments(ws.context()).map_err(ws_err)?.is_empty() {
         // Finish what a crash may have interrupted.
         compactor.trigger();
@@ -147,7 +163,12 @@ pub async fn run_with_options(
         current_events: loaded.current_events,
         on_rotate: Box::new(move || compactor.trigger()),
     };
-    let (ledger, writer) = Ledger::open_rotating(&ws.ledger(), book.last_seq, Some(rotation))?;
+    let (ledger, writer) = Ledger::open_rotating(
+        &ws.ledger(),
+        book.last_seq,
+        Some(rotation),
+        Some(key.clone()),
+    )?;
 
     let dirty = Arc::new(Notify::new());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -159,7 +180,7 @@ pub async fn run_with_options(
         watchdog_due: notifier
             .as_ref()
             .and_then(|n| n.watchdog_every)
-            .map(|every| Instant::now() + every),
+            .map(|every| later(Instant::now(), every)),
         notifier,
         dirty: dirty.clone(),
         ws: ws.clone(),
@@ -179,6 +200,12 @@ pub async fn run_with_options(
         rx,
         accepting: true,
         ledger_failed: None,
+        paused: None,
+        held: Vec::new(),
+        pause_backoff: PAUSE_FIRST,
+        last_resume: None,
+        claims_left: false,
+        reserved: HashMap::new(),
         progress_due: None,
         stagger_due: None,
         rescan_due: Instant::now(),
@@ -201,7 +228,14 @@ pub async fn run_with_options(
     // How many records the engine's book has applied: doors waiting for a task's end re-read
     // it when this moves (the ledger's live records arrive before the engine has applied them).
     let (applied_tx, applied) = watch::channel(engine.book.applied);
-    let api = crate::api::Api::new(ws.clone(), ctrl_tx, engine.ledger.live(), applied, stopping);
+    let api = crate::api::Api::new(
+        ws.clone(),
+        ctrl_tx,
+        engine.ledger.live(),
+        applied,
+        stopping,
+        Some(key),
+    );
     let control =
         crate::control::serve(&ws, api.clone()).map_err(|cause| DaemonError::Workspace {
             path: crate::control::socket_path(&ws).display().to_string(),
@@ -230,7 +264,7 @@ pub async fn run_with_options(
     })?;
     // The first scan after the watcher is up: nothing dropped in between is missed.
     engine.ingest().await;
-    engine.rescan_due = Instant::now() + engine.config.inbox_rescan;
+    engine.rescan_due = later(Instant::now(), engine.config.inbox_rescan);
     engine.advance_runs().await;
     engine.dispatch();
     engine.write_progress();
@@ -295,6 +329,27 @@ pub async fn run_with_options(
     Ok(())
 }
 
+/// Says in the log which ledger lines were not believed, and why.
+fn report_refused(ws: &Workspace, loaded: &crate::compact::Loaded) {
+    if loaded.another_key {
+        tracing::warn!(
+            "no record of the ledger carries this workspace's seal (was the workspace copied or moved, or `{}` replaced?); its records were believed as written and are sealed from now on",
+            crate::integrity::key_path(ws).display()
+        );
+        return;
+    }
+    if loaded.refused_count == 0 {
+        return;
+    }
+    tracing::warn!(
+        "{} line(s) of the ledger were not written by dirigent (or were altered) and are ignored; they stay in the files. An agent may have written them",
+        loaded.refused_count
+    );
+    for r in loaded.refused.iter().take(10) {
+        tracing::warn!("ignored: {r}");
+    }
+}
+
 /// Holds `.context/daemon.lock` (an exclusive `flock`) for the daemon's lifetime.
 struct WorkspaceLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
@@ -305,13 +360,19 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
         path: path.display().to_string(),
         cause,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+    // Never through a link an agent planted: the lock file is truncated and written.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io)?
+    };
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             lock.set_len(0).map_err(io)?;
@@ -334,6 +395,51 @@ struct QueueKey {
     priority: Reverse<i64>,
     arrival: u64,
     id: String,
+}
+
+/// A file claimed from the inbox (or found in `running/`), not yet taken in.
+struct Claimed {
+    /// Its name in `running/` now.
+    claim_name: String,
+    /// Its name in the inbox: it picks the format and, without an `id`, the task's id.
+    name: String,
+}
+
+/// Why and since when the engine is paused (a resource ran out).
+struct Pause {
+    what: String,
+    since_ms: u64,
+    /// When to try again.
+    retry_at: Instant,
+}
+
+/// How long the first pause lasts; each pause that follows doubles it, up to the maximum. A
+/// stretch of this long without a pause starts again from the first.
+const PAUSE_FIRST: Duration = Duration::from_secs(1);
+const PAUSE_MAX: Duration = Duration::from_secs(30);
+const PAUSE_FORGET: Duration = Duration::from_secs(120);
+
+/// Finished work that waits for a resource: it is done again when the pause ends.
+enum Held {
+    /// A successful attempt whose result could not be written yet.
+    Settle {
+        task: String,
+        report: Box<AttemptReport>,
+    },
+    /// An escalation whose report could not be written yet.
+    Escalate {
+        snapshot: Box<TaskRecord>,
+        reason: String,
+    },
+}
+
+impl Held {
+    fn task(&self) -> &str {
+        match self {
+            Held::Settle { task, .. } => task,
+            Held::Escalate { snapshot, .. } => &snapshot.id,
+        }
+    }
 }
 
 struct RunningAttempt {
@@ -381,6 +487,12 @@ enum Msg {
         task: String,
         reason: String,
     },
+    /// Finished work could not be saved because a resource ran out: the engine pauses and
+    /// holds it until the pause ends.
+    Paused {
+        what: String,
+        held: Held,
+    },
     LedgerFailed(String),
 }
 
@@ -427,6 +539,19 @@ struct Engine {
     accepting: bool,
     /// Set when the ledger refused a write: nothing new is claimed or started.
     ledger_failed: Option<String>,
+    /// Set while a resource (disk space, descriptors) is out: nothing new is claimed or
+    /// started until `retry_at`, and `held` work waits.
+    paused: Option<Pause>,
+    held: Vec<Held>,
+    /// The next pause's length.
+    pause_backoff: Duration,
+    last_resume: Option<Instant>,
+    /// Files were claimed into `running/` but could not be read (a pause): take them in when
+    /// it ends.
+    claims_left: bool,
+    /// Ids that doors have given out for files not taken in yet (id → the inbox file), so a
+    /// file dropped with a name that maps to the same id cannot take it.
+    reserved: HashMap<String, String>,
     progress_due: Option<Instant>,
     stagger_due: Option<Instant>,
     rescan_due: Instant,
@@ -487,8 +612,12 @@ impl Engine {
                 Phase::Running { .. } => {}
             }
         }
+        let paused = match self.not_claiming() {
+            Some(why) => format!(" — {why}"),
+            None => String::new(),
+        };
         format!(
-            "{} running, {pending} pending, {done} done, {failed} failed",
+            "{} running, {pending} pending, {done} done, {failed} failed{paused}",
             self.running.len()
         )
     }
@@ -498,6 +627,7 @@ impl Engine {
             self.progress_due,
             self.stagger_due,
             self.watchdog_due,
+            self.paused.as_ref().map(|p| p.retry_at),
             Some(self.rescan_due),
         ]
         .into_iter()
@@ -517,13 +647,16 @@ impl Engine {
             && due <= now
         {
             n.send("WATCHDOG=1");
-            self.watchdog_due = n.watchdog_every.map(|every| now + every);
+            self.watchdog_due = n.watchdog_every.map(|every| later(now, every));
         }
         if self.stagger_due.is_some_and(|t| t <= now) {
             self.stagger_due = None; // dispatch() runs next and sets it again if needed
         }
+        if self.paused.as_ref().is_some_and(|p| p.retry_at <= now) {
+            self.resume().await;
+        }
         if self.rescan_due <= now {
-            self.rescan_due = now + self.config.inbox_rescan;
+            self.rescan_due = later(now, self.config.inbox_rescan);
             self.ingest().await;
         }
     }
@@ -535,7 +668,7 @@ impl Engine {
     }
 
     fn write_progress(&self) {
-        if let Err(e) = progress::write(&self.ws.progress(), &self.book) {
+        if let Err(e) = progress::write(&self.ws, &self.book) {
             tracing::warn!("cannot write `{}`: {e}", self.ws.progress().display());
         }
     }
@@ -635,7 +768,7 @@ Free disk space or fix `{}`, then restart the daemon",
 
     /// Carries out what the workflow runner decides for each run that is due.
     async fn advance_runs(&mut self) {
-        if !self.accepting || self.ledger_failed.is_some() {
+        if !self.accepting || self.not_claiming().is_some() {
             return;
         }
         let due = std::mem::take(&mut self.advance_due);
@@ -665,14 +798,18 @@ Free disk space or fix `{}`, then restart the daemon",
                                 // A phase of many tasks: its output is all of their results.
                                 let mut text = String::new();
                                 for (label, path) in &parts {
-                                    let body = std::fs::read_to_string(self.ws.root().join(path))
-                                        .unwrap_or_default();
+                                    let body = fsutil::read_confined(
+                                        self.ws.root(),
+                                        path,
+                                        MAX_CONTEXT_FILE,
+                                    )
+                                    .unwrap_or_default();
                                     text.push_str(&format!(
                                         "## {label} ({path})\n\n{}\n\n",
                                         body.trim_end()
                                     ));
                                 }
-                                if let Err(e) = result::write_text(&self.ws, &output, text) {
+                                if let Err(e) = result::write_text(&self.ws, &output, &text) {
                                     self.escalate(
                                         &run,
                                         format!("phase `{phase}`: cannot write its output: {e}"),
@@ -680,7 +817,7 @@ Free disk space or fix `{}`, then restart the daemon",
                                     break;
                                 }
                             }
-                            let digest = fsutil::digest_file(&self.ws.root().join(&output))
+                            let digest = fsutil::digest_confined(self.ws.root(), &output)
                                 .unwrap_or_default();
                             let ev = Event::PhaseCompleted {
                                 task: run.clone(),
@@ -778,15 +915,22 @@ Free disk space or fix `{}`, then restart the daemon",
             ..Default::default()
         };
         match crate::submit::write_into_inbox(&self.ws, &child.id, &fields) {
-            Ok(_) => tracing::info!(task = %child.id, "workflow submitted a task"),
+            Ok(_) => {
+                self.reserved
+                    .insert(child.id.clone(), format!("{}.json", child.id));
+                tracing::info!(task = %child.id, "workflow submitted a task");
+            }
             Err(crate::submit::SubmitError::Exists(_)) => {}
             Err(e) => tracing::error!(task = %child.id, "cannot submit a workflow task: {e}"),
         }
         // The prompt a phase's task received is kept next to its output.
         if let Some(out) = &child.output {
             let (stem, _) = fsutil::split_name(out);
-            let _ =
-                result::write_text(&self.ws, &format!("{stem}.prompt.md"), child.prompt.clone());
+            if let Err(e) =
+                result::write_text(&self.ws, &format!("{stem}.prompt.md"), &child.prompt)
+            {
+                tracing::warn!(task = %child.id, "cannot keep the prompt beside its output: {e}");
+            }
         }
     }
 
@@ -795,7 +939,16 @@ Free disk space or fix `{}`, then restart the daemon",
         use crate::control::{Failure, Request, Response};
         match request {
             Request::Status => match serde_json::to_value(&self.book) {
-                Ok(data) => Response::data(data),
+                Ok(mut data) => {
+                    // What stops the daemon from taking work, beside the tasks.
+                    if let Some(why) = self.not_claiming() {
+                        data["paused"] = serde_json::json!({
+                            "why": why,
+                            "since_ms": self.paused.as_ref().map(|p| p.since_ms),
+                        });
+                    }
+                    Response::data(data)
+                }
                 Err(e) => Response::error(format!("cannot serialise the state: {e}")),
             },
             Request::Get { id } => self.describe(&id),
@@ -809,8 +962,17 @@ Free disk space or fix `{}`, then restart the daemon",
                 Response::data(serde_json::Value::Array(rows))
             }
             Request::Submit { task } => {
-                let book = &self.book;
-                match crate::submit::submit(&self.ws, &self.config, *task, |id| book.contains(id)) {
+                let (book, reserved) = (&self.book, &self.reserved);
+                let submitted = crate::submit::submit(&self.ws, &self.config, *task, |id| {
+                    book.contains(id) || reserved.contains_key(id)
+                });
+                if let Ok(done) = &submitted {
+                    // The id is this submitter's from now on: a file dropped meanwhile whose
+                    // name maps to the same id gets another one.
+                    self.reserved
+                        .insert(done.id.clone(), format!("{}.json", done.id));
+                }
+                match submitted {
                     Ok(done) => Response {
                         message: format!("submitted `{}`", done.id),
                         ..Response::data(serde_json::json!({"id": done.id, "file": done.file}))
@@ -946,14 +1108,21 @@ Free disk space or fix `{}`, then restart the daemon",
                 }
                 let file = t.file.clone();
                 let path = self.ws.failed().join(&file);
-                let fields = match fsutil::read_task_file(&path, crate::task::MAX_TASK_BYTES) {
-                    fsutil::ReadOutcome::Bytes(b) => {
-                        crate::task::parse_fields(&file, &b).map_err(|e| e.0)
-                    }
-                    fsutil::ReadOutcome::Gone => {
+                let fields = match self.ws.open_sub("failed") {
+                    Ok(failed) if failed.kind(&file).is_none() => {
                         Err(format!("its file `{}` is gone", path.display()))
                     }
-                    fsutil::ReadOutcome::Refused(r) => Err(r),
+                    Ok(failed) => match claim::read(&failed, &file, &file) {
+                        Ok(f) => Ok(f),
+                        Err(claim::Unreadable::Refused(r)) => Err(r),
+                        Err(claim::Unreadable::Exhausted(e)) => {
+                            return Response::fail(
+                                Failure::Unavailable,
+                                format!("cannot read `{}` now: {e}", path.display()),
+                            );
+                        }
+                    },
+                    Err(e) => Err(format!("cannot open `{}`: {e}", self.ws.failed().display())),
                 };
                 let spec = match fields.and_then(|f| {
                     crate::task::accept(id.clone(), f, &self.config, self.ws.root())
@@ -977,7 +1146,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 {
                     return Response::fail(Failure::Unavailable, "the ledger cannot be written");
                 }
-                if let Err(e) = fsutil::move_into(&path, &self.ws.running(), &file) {
+                if let Err(e) = claim::move_task(&self.ws, "failed", "running", &file, &id, None) {
                     tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
                 }
                 self.keys.remove(&id);
@@ -1006,9 +1175,20 @@ Free disk space or fix `{}`, then restart the daemon",
             };
             return Response::data(json!({"id": id, "state": state, "archived": true}));
         }
-        let waiting = ["json", "yaml", "yml", "md", "txt"]
-            .iter()
-            .any(|ext| self.ws.inbox().join(format!("{id}.{ext}")).exists());
+        // Only a task id is ever looked up as a file name (never `../x` or `/etc/x`).
+        if crate::config::validate_name(id).is_err() {
+            return Response::fail(
+                crate::control::Failure::NotFound,
+                format!("no task `{id}`; `dirigent status` lists the tasks"),
+            );
+        }
+        let waiting = ["json", "md"].iter().any(|ext| {
+            self.ws
+                .inbox()
+                .join(format!("{id}.{ext}"))
+                .symlink_metadata()
+                .is_ok()
+        });
         if waiting {
             return Response::data(json!({"id": id, "state": "inbox"}));
         }
@@ -1036,6 +1216,7 @@ Free disk space or fix `{}`, then restart the daemon",
     fn settle_cancelled(&mut self, id: &str) {
         let Some(t) = self.book.get(id) else { return };
         let file = t.file.clone();
+        let fields = t.spec.as_ref().map(|s| s.fields.clone());
         self.finishing.insert(id.to_string());
         let (ws, ledger, tx, id) = (
             self.ws.clone(),
@@ -1046,14 +1227,18 @@ Free disk space or fix `{}`, then restart the daemon",
         tracing::info!(task = %id, "cancelled");
         tokio::spawn(async move {
             let records = record(&ledger, &tx, Event::Cancelled { task: id.clone() }).await;
-            let src = [ws.running().join(&file), ws.inbox().join(&file)]
-                .into_iter()
-                .find(|p| p.exists());
-            if !records.is_empty()
-                && let Some(src) = src
-                && let Err(e) = fsutil::move_into(&src, &ws.failed(), &file)
-            {
-                tracing::warn!(task = %id, "cannot move the task file to failed/: {e}");
+            if !records.is_empty() {
+                // Usually in running/; a task put back by a stop may still wait in the inbox.
+                let from = if ws.inbox().join(&file).symlink_metadata().is_ok()
+                    && ws.running().join(&file).symlink_metadata().is_err()
+                {
+                    "inbox"
+                } else {
+                    "running"
+                };
+                if let Err(e) = claim::move_task(&ws, from, "failed", &file, &id, fields.as_ref()) {
+                    tracing::warn!(task = %id, "cannot move the task file to failed/: {e}");
+                }
             }
             let _ = tx.send(Msg::Settled { task: id, records });
         });
@@ -1109,6 +1294,7 @@ Free disk space or fix `{}`, then restart the daemon",
     async fn finish_run(&mut self, run: &str, output: String) {
         let Some(t) = self.book.get(run) else { return };
         let file = t.file.clone();
+        let fields = t.spec.as_ref().map(|s| s.fields.clone());
         let ev = Event::Done {
             task: run.to_string(),
             agent: "workflow".into(),
@@ -1121,7 +1307,7 @@ Free disk space or fix `{}`, then restart the daemon",
                 tracing::info!(task = run, "workflow done");
                 self.workflows.remove(run);
                 if let Err(e) =
-                    fsutil::move_into(&self.ws.running().join(&file), &self.ws.done(), &file)
+                    claim::move_task(&self.ws, "running", "done", &file, run, fields.as_ref())
                 {
                     tracing::warn!(
                         task = run,
@@ -1135,9 +1321,14 @@ Free disk space or fix `{}`, then restart the daemon",
     }
 
     /// A task id may be used for a new file if nobody has it, or if it belongs to a task that
-    /// is coming back through the inbox (requeued by a graceful stop, or received but not yet
-    /// claimed when the daemon crashed).
-    fn id_free(&self, id: &str) -> bool {
+    /// is coming back through the inbox (requeued by a graceful stop). An id a door reserved is
+    /// free only for the file that door wrote (`explicit_in`: the file asking for it by name).
+    fn id_free(&self, id: &str, explicit_in: Option<&str>) -> bool {
+        if let Some(file) = self.reserved.get(id)
+            && explicit_in != Some(file.as_str())
+        {
+            return false;
+        }
         match self.book.get(id) {
             None => !self.book.contains(id),
             Some(t) => {
@@ -1203,21 +1394,28 @@ Free disk space or fix `{}`, then restart the daemon",
         let recs = self.ledger.append_all(closing).await?;
         self.apply(&recs);
 
-        // Which files are in running/ right now.
-        let running_dir = self.ws.running();
-        let mut present: HashSet<String> = std::fs::read_dir(&running_dir)
+        // Which files are in running/ right now (made again if someone removed it).
+        let running = self
+            .ws
+            .open_sub("running")
             .map_err(|cause| DaemonError::Workspace {
-                path: running_dir.display().to_string(),
+                path: self.ws.running().display().to_string(),
+                cause,
+            })?;
+        let mut present: HashSet<String> = running
+            .names()
+            .map_err(|cause| DaemonError::Workspace {
+                path: self.ws.running().display().to_string(),
                 cause,
             })?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| inbox::is_candidate(n))
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .filter(|n| inbox::is_candidate(n) || n.starts_with(claim::CLAIM_PREFIX))
             .collect();
 
         let mut claims = Vec::new();
-        let mut vanished = Vec::new();
         let mut requeue = Vec::new();
+        let mut resettle = Vec::new();
         for t in self.book.iter() {
             let names = [
                 t.file.clone(),
@@ -1231,6 +1429,23 @@ Free disk space or fix `{}`, then restart the daemon",
             match (&t.phase, found) {
                 (Phase::Done { .. }, Some(name)) => self.finish_move(&name, true),
                 (Phase::Failed { .. }, Some(name)) => self.finish_move(&name, false),
+                // The attempt succeeded but `done` is not recorded (a crash in between, or a
+                // damaged line): settle it from what the attempt left, without running it again.
+                (Phase::Pending, found)
+                    if t.attempts
+                        .last()
+                        .is_some_and(|a| a.class == Some(Class::Ok)) =>
+                {
+                    if let Some(name) = found
+                        && name != t.file
+                    {
+                        claims.push(Event::Claimed {
+                            task: t.id.clone(),
+                            file: name,
+                        });
+                    }
+                    resettle.push(t.id.clone());
+                }
                 (Phase::Pending | Phase::Requeued, Some(name)) => {
                     if name != t.file {
                         claims.push(Event::Claimed {
@@ -1240,8 +1455,39 @@ Free disk space or fix `{}`, then restart the daemon",
                     }
                     requeue.push(t.id.clone());
                 }
-                (Phase::Pending, None) if !self.ws.inbox().join(&t.file).exists() => {
-                    vanished.push(t.id.clone());
+                // Its file is not in running/ (and not back in the inbox): someone removed it.
+                // The ledger has the task; the file is written again and the task goes on.
+                (Phase::Pending, None)
+                    if self.ws.inbox().join(&t.file).symlink_metadata().is_err() =>
+                {
+                    let name = format!("{}{}", t.id, claim::extension(&t.file));
+                    let rebuilt = t.spec.as_ref().map(|spec| {
+                        running.write_atomic(
+                            &name,
+                            &claim::rebuild(&spec.fields, &t.id, &name),
+                            0o600,
+                        )
+                    });
+                    match rebuilt {
+                        Some(Ok(())) => {
+                            tracing::warn!(
+                                task = %t.id,
+                                "its task file was missing from running/; it was written again from the ledger"
+                            );
+                            if name != t.file {
+                                claims.push(Event::Claimed {
+                                    task: t.id.clone(),
+                                    file: name,
+                                });
+                            }
+                            requeue.push(t.id.clone());
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(task = %t.id, "cannot write its task file again: {e}");
+                            requeue.push(t.id.clone());
+                        }
+                        None => requeue.push(t.id.clone()),
+                    }
                 }
                 _ => {}
             }
@@ -1251,15 +1497,13 @@ Free disk space or fix `{}`, then restart the daemon",
         for id in requeue {
             self.enqueue_or_advance(&id);
         }
-        for id in vanished {
-            self.escalate(
-                &id,
-                "the task file disappeared from `.context/` while the daemon was down".into(),
-            );
+        for id in resettle {
+            self.resettle(&id);
         }
         // Files in running/ that the ledger does not know: claimed, not yet recorded.
         let mut unknown: Vec<String> = present.into_iter().collect();
         unknown.sort();
+        let mut claimed = Vec::new();
         for name in unknown {
             let (stem, _) = fsutil::split_name(&name);
             if let Some(outcome) = self.book.outcome(stem) {
@@ -1268,20 +1512,21 @@ Free disk space or fix `{}`, then restart the daemon",
                 continue;
             }
             tracing::info!(file = %name, "found an unrecorded task file in running/; taking it in");
-            self.take_in(&running_dir, std::ffi::OsStr::new(&name))
-                .await;
+            let original = claim::original_name(&name).unwrap_or(&name).to_string();
+            claimed.push(Claimed {
+                claim_name: name,
+                name: original,
+            });
         }
+        self.take_in(&running, claimed).await;
         Ok(())
     }
 
     /// Moves a settled task's file out of `running/` (completing a move a crash interrupted).
     fn finish_move(&self, name: &str, done: bool) {
-        let to = if done {
-            self.ws.done()
-        } else {
-            self.ws.failed()
-        };
-        if let Err(e) = fsutil::move_into(&self.ws.running().join(name), &to, name) {
+        let to = if done { "done" } else { "failed" };
+        let (stem, _) = fsutil::split_name(name);
+        if let Err(e) = claim::move_task(&self.ws, "running", to, name, stem, None) {
             tracing::warn!(
                 file = name,
                 "cannot move a finished task file out of running/: {e}"
@@ -1289,17 +1534,18 @@ Free disk space or fix `{}`, then restart the daemon",
         }
     }
 
-    /// Scans the inbox and takes in every candidate.
+    /// Scans the inbox and takes in every candidate: each is claimed (renamed into
+    /// `running/`) before it is read, then accepted or rejected.
     async fn ingest(&mut self) {
         if !self.accepting {
             return;
         }
         let dir = self.ws.inbox();
-        if self.ledger_failed.is_some() {
+        if let Some(why) = self.not_claiming() {
             let waiting = inbox::scan(&dir).map(|c| c.len()).unwrap_or(0);
             if waiting > 0 {
                 tracing::warn!(
-                    "{waiting} task file(s) wait in the inbox: not claiming while the ledger cannot be written"
+                    "{waiting} task file(s) wait in the inbox: not claiming while {why}"
                 );
             }
             return;
@@ -1307,51 +1553,113 @@ Free disk space or fix `{}`, then restart the daemon",
         let candidates = match inbox::scan(&dir) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!("cannot read the inbox `{}`: {e}", dir.display());
+                if let Some(what) = fsutil::exhausted(&e) {
+                    self.pause(format!("{what} (reading the inbox: {e})"));
+                } else {
+                    tracing::error!("cannot read the inbox `{}`: {e}", dir.display());
+                }
                 return;
             }
         };
-        // Examine everything first, then record all acceptances with one fsync, then claim.
-        let mut accepted: Vec<(std::ffi::OsString, Box<TaskSpec>)> = Vec::new();
-        let mut batch_ids: HashSet<String> = HashSet::new();
+        if candidates.is_empty() {
+            return;
+        }
+        let dirs = self
+            .ws
+            .open_sub("inbox")
+            .and_then(|inbox| Ok((inbox, self.ws.open_sub("running")?)));
+        let (inbox_dir, running) = match dirs {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(what) = fsutil::exhausted(&e) {
+                    self.pause(format!("{what} (opening `.context/`: {e})"));
+                } else {
+                    tracing::error!("cannot open the inbox or running/: {e}");
+                }
+                return;
+            }
+        };
         if candidates.len() > INGEST_BATCH {
             // Come back for the rest after this batch has been dispatched.
             self.dirty.notify_one();
         }
+        let mut claimed = Vec::new();
         for cand in candidates.into_iter().take(INGEST_BATCH) {
-            let intake = claim::examine(&dir, &cand.raw, &self.config, self.ws.root(), |id| {
-                !batch_ids.contains(id) && self.id_free(id)
-            });
-            match intake {
-                Intake::Accepted(spec) => {
-                    batch_ids.insert(spec.id.clone());
-                    accepted.push((cand.raw, spec));
+            let Some(name) = cand.raw.to_str() else {
+                // Not UTF-8: it cannot be claimed under a text name; rejected where it is.
+                let reason = "the file name is not valid UTF-8; rename the file".to_string();
+                self.reject_unnamed(&dir, &cand.raw, reason).await;
+                continue;
+            };
+            let claim_name = match claim::claim(&inbox_dir, &running, name) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue, // gone: its writer took it back
+                Err(e) => {
+                    if let Some(what) = fsutil::exhausted(&e) {
+                        self.pause(format!("{what} (claiming `{name}`: {e})"));
+                        break;
+                    }
+                    tracing::error!(file = name, "cannot claim the task file: {e}");
+                    continue;
                 }
-                Intake::Rejected(reason) => self.reject(&dir, &cand.raw, reason).await,
-                Intake::Gone => {}
-            }
+            };
+            claimed.push(Claimed {
+                claim_name,
+                name: name.to_string(),
+            });
         }
-        self.accept_batch(&dir, accepted).await;
+        self.take_in(&running, claimed).await;
     }
 
-    /// Takes in one file from `dir` (used for unrecorded files in `running/`).
-    async fn take_in(&mut self, dir: &std::path::Path, raw: &std::ffi::OsStr) {
-        match claim::examine(dir, raw, &self.config, self.ws.root(), |id| {
-            self.id_free(id)
-        }) {
-            Intake::Accepted(spec) => {
-                self.accept_batch(dir, vec![(raw.to_os_string(), spec)])
-                    .await
+    /// Reads, checks and records claimed files (in `running/` under their claim names, or —
+    /// found there after a crash — under any name): ids given in the files first, then ids
+    /// made from file names, so a file named like another task's explicit id never takes it.
+    async fn take_in(&mut self, running: &confined::Dir, claimed: Vec<Claimed>) {
+        let mut parsed = Vec::new();
+        for c in claimed {
+            match claim::read(running, &c.claim_name, &c.name) {
+                Ok(fields) => parsed.push((c, fields)),
+                Err(claim::Unreadable::Refused(reason)) => {
+                    self.reject(running, &c.claim_name, &c.name, reason).await
+                }
+                Err(claim::Unreadable::Exhausted(e)) => {
+                    // It stays claimed; it is taken in when the pause ends (or at the next start).
+                    let what = fsutil::exhausted(&e).unwrap_or("a resource ran out");
+                    self.pause(format!("{what} (reading `{}`: {e})", c.name));
+                    self.claims_left = true;
+                }
             }
-            Intake::Rejected(reason) => self.reject(dir, raw, reason).await,
-            Intake::Gone => {}
         }
+        let mut batch_ids: HashSet<String> = HashSet::new();
+        let mut accepted: Vec<(Claimed, Box<TaskSpec>)> = Vec::new();
+        let mut refused: Vec<(Claimed, String)> = Vec::new();
+        // Explicit ids first: they were asked for; a name-derived id yields to them.
+        parsed.sort_by_key(|(_, f)| f.id.is_none());
+        for (c, fields) in parsed {
+            let id = claim::choose_id(&fields, &c.name, |id, explicit| {
+                !batch_ids.contains(id) && self.id_free(id, explicit.then_some(c.name.as_str()))
+            });
+            let spec = id.and_then(|id| {
+                crate::task::accept(id, fields, &self.config, self.ws.root()).map_err(|e| e.0)
+            });
+            match spec {
+                Ok(spec) => {
+                    batch_ids.insert(spec.id.clone());
+                    accepted.push((c, Box::new(spec)));
+                }
+                Err(reason) => refused.push((c, reason)),
+            }
+        }
+        for (c, reason) in refused {
+            self.reject(running, &c.claim_name, &c.name, reason).await;
+        }
+        self.accept_batch(running, accepted).await;
     }
 
     async fn accept_batch(
         &mut self,
-        dir: &std::path::Path,
-        mut accepted: Vec<(std::ffi::OsString, Box<TaskSpec>)>,
+        running: &confined::Dir,
+        mut accepted: Vec<(Claimed, Box<TaskSpec>)>,
     ) {
         if accepted.is_empty() {
             return;
@@ -1372,100 +1680,121 @@ Free disk space or fix `{}`, then restart the daemon",
                 spec.chain = crate::routing::rank(&spec.chain, scores);
             }
         }
-        let received: Vec<Event> = accepted
-            .iter()
-            .map(|(raw, spec)| Event::Received {
-                task: spec.id.clone(),
-                file: raw.to_string_lossy().into_owned(),
-                spec: spec.clone(),
-            })
-            .collect();
-        match self.ledger.append_all(received).await {
-            Ok(recs) => self.apply(&recs),
-            Err(e) => return self.ledger_failed(e.to_string()),
-        }
-        let mut claimed = Vec::new();
-        let mut gone = Vec::new();
-        for (raw, spec) in &accepted {
-            let already = dir == self.ws.running()
-                && raw.to_str() == Some(format!("{}{}", spec.id, ext_of(raw)).as_str());
-            let name = if already {
-                Ok(Some(raw.to_string_lossy().into_owned()))
+        // Each file gets its task's name in running/, then `received` and `claimed` are
+        // recorded together, with one fsync. A crash before that leaves `<id>.<ext>` in
+        // running/, which the next start takes in as the same task.
+        let mut events = Vec::with_capacity(accepted.len() * 2);
+        for (c, spec) in &accepted {
+            let want = format!("{}{}", spec.id, claim::extension(&c.name));
+            let file = if c.claim_name == want {
+                Ok(want)
             } else {
-                claim::claim(&self.ws, dir, raw, &spec.id)
+                running.move_into(&c.claim_name, running, &want)
             };
-            match name {
-                Ok(Some(name)) => claimed.push(Event::Claimed {
-                    task: spec.id.clone(),
-                    file: name,
-                }),
-                Ok(None) => gone.push(spec.id.clone()),
+            match file {
+                Ok(file) => {
+                    self.reserved.remove(&spec.id);
+                    events.push(Event::Received {
+                        task: spec.id.clone(),
+                        file: c.name.clone(),
+                        spec: spec.clone(),
+                    });
+                    events.push(Event::Claimed {
+                        task: spec.id.clone(),
+                        file,
+                    });
+                }
                 Err(e) => {
-                    tracing::error!(task = %spec.id, "cannot move the task file into running/: {e}");
-                    gone.push(spec.id.clone());
+                    // Still claimed under its claim name: the next start takes it in.
+                    tracing::error!(task = %spec.id, "cannot name the claimed task file: {e}");
                 }
             }
         }
-        match self.ledger.append_all(claimed).await {
+        match self.ledger.append_all(events).await {
             Ok(recs) => {
-                for r in &recs {
-                    if let Some(task) = r.event.task() {
-                        tracing::info!(task, "received");
-                    }
-                }
                 self.apply(&recs);
                 for r in &recs {
-                    if let Some(task) = r.event.task() {
-                        let task = task.to_string();
+                    if let Event::Claimed { task, .. } = &r.event {
+                        tracing::info!(task, "received");
+                        let task = task.clone();
                         self.enqueue_or_advance(&task);
                     }
                 }
             }
-            Err(e) => return self.ledger_failed(e.to_string()),
-        }
-        for id in gone {
-            self.escalate(
-                &id,
-                "the task file vanished before it could be claimed".into(),
-            );
+            Err(e) => self.ledger_failed(e.to_string()),
         }
     }
 
-    async fn reject(&mut self, dir: &std::path::Path, raw: &std::ffi::OsStr, reason: String) {
-        let file = raw.to_string_lossy().into_owned();
-        tracing::warn!(file = %file, "rejected: {reason}");
+    /// Moves a claimed file to `rejected/` and records why.
+    async fn reject(&mut self, from: &confined::Dir, from_name: &str, name: &str, reason: String) {
+        tracing::warn!(file = %name, "rejected: {reason}");
+        let moved = claim::reject(&self.ws, from, from_name, name, &reason);
+        self.record_rejection(name, reason, moved).await;
+    }
+
+    /// Rejects an inbox file whose name is not UTF-8, moving it by path.
+    async fn reject_unnamed(
+        &mut self,
+        dir: &std::path::Path,
+        raw: &std::ffi::OsStr,
+        reason: String,
+    ) {
+        let name = raw.to_string_lossy().into_owned();
+        tracing::warn!(file = %name, "rejected: {reason}");
+        let safe = claim::printable_name(&name);
+        let moved = fsutil::move_into(&dir.join(raw), &self.ws.rejected(), &safe).and_then(|p| {
+            let moved = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(safe);
+            let text = format!("error: the task file `{name}` was rejected\n\n{reason}\n");
+            self.ws.open_sub("rejected")?.write_atomic(
+                &format!("{moved}.error.txt"),
+                text.as_bytes(),
+                0o600,
+            )?;
+            Ok(moved)
+        });
+        self.record_rejection(&name, reason, moved).await;
+    }
+
+    async fn record_rejection(
+        &mut self,
+        file: &str,
+        reason: String,
+        moved: std::io::Result<String>,
+    ) {
         // A task a workflow run submitted that cannot be accepted fails the run, which would
         // otherwise wait for it forever.
         let run = self
             .workflows
             .keys()
-            .find(|run| is_child_of(&file, run))
+            .find(|run| is_child_of(file, run))
             .cloned();
-        match claim::reject(&self.ws, dir, raw, &reason) {
-            Ok(moved_to) => match self
-                .ledger
-                .append(Event::Rejected {
-                    file: file.clone(),
-                    reason: reason.clone(),
-                    moved_to,
-                })
-                .await
-            {
-                Ok(r) => {
-                    self.apply(&[r]);
-                    if let Some(run) = run {
-                        self.escalate(
-                            &run,
-                            format!("a task it submitted (`{file}`) was rejected: {reason}"),
-                        );
-                    }
-                }
-                Err(e) => self.ledger_failed(e.to_string()),
-            },
-            // Leave it in the inbox: the next scan tries again, and the log says why.
+        let moved_to = match moved {
+            Ok(m) => m,
             Err(e) => {
-                tracing::error!(file = %file, "cannot move a rejected file to rejected/: {e}")
+                // It stays claimed (or in the inbox); the next start tries again.
+                tracing::error!(file = %file, "cannot move a rejected file to rejected/: {e}");
+                return;
             }
+        };
+        let ev = Event::Rejected {
+            file: file.to_string(),
+            reason: reason.clone(),
+            moved_to,
+        };
+        match self.ledger.append(ev).await {
+            Ok(r) => {
+                self.apply(&[r]);
+                if let Some(run) = run {
+                    self.escalate(
+                        &run,
+                        format!("a task it submitted (`{file}`) was rejected: {reason}"),
+                    );
+                }
+            }
+            Err(e) => self.ledger_failed(e.to_string()),
         }
     }
 
@@ -1481,6 +1810,14 @@ Free disk space or fix `{}`, then restart the daemon",
                     && let Some(slot) = self.slots.get_mut(&run.agent)
                 {
                     slot.running -= 1;
+                }
+                if let (false, Some(what)) = (report.ran, &report.exhausted) {
+                    // It never started, so nothing was recorded: it waits for the resource.
+                    self.pause(what.clone());
+                    if self.accepting {
+                        self.enqueue(&task);
+                    }
+                    return;
                 }
                 if records.is_empty() {
                     return; // the ledger refused it: ledger_failed already stopped new work
@@ -1505,12 +1842,17 @@ Free disk space or fix `{}`, then restart the daemon",
                     Class::Ok => self.settle_done(&task, *report),
                     Class::Cancelled => self.settle_cancelled(&task),
                     Class::Interrupted => {
+                        if let Some(what) = &report.exhausted {
+                            self.pause(what.clone());
+                        }
                         if self.accepting {
                             self.enqueue(&task);
                         }
                     }
                     _ => {
-                        let t = self.book.get(&task).expect("checked above");
+                        let Some(t) = self.book.get(&task) else {
+                            return;
+                        };
                         if t.chain_pos >= t.chain.len() {
                             let reason = chain_failed(t);
                             self.escalate(&task, reason);
@@ -1544,13 +1886,98 @@ Free disk space or fix `{}`, then restart the daemon",
                 self.finishing.remove(&task);
                 self.escalate(&task, reason);
             }
+            Msg::Paused { what, held } => {
+                // The task stays `finishing`: nothing else may touch it until this is done.
+                self.pause(what);
+                self.held.push(held);
+            }
             Msg::LedgerFailed(why) => self.ledger_failed(why),
         }
     }
 
+    /// Stops claiming and starting work because a resource ran out (`what` says which, and
+    /// where). Tries again after a backoff (1 s, doubling to 30 s while it keeps failing).
+    fn pause(&mut self, what: String) {
+        let now = Instant::now();
+        if self
+            .last_resume
+            .is_some_and(|t| now.saturating_duration_since(t) > PAUSE_FORGET)
+        {
+            self.pause_backoff = PAUSE_FIRST;
+        }
+        if let Some(p) = &mut self.paused {
+            p.what = what;
+            return;
+        }
+        let retry_at = now + self.pause_backoff;
+        tracing::warn!(
+            "paused: {what}. Nothing new is claimed or started, and finished work is kept; dirigent tries again in {}",
+            crate::duration::short(self.pause_backoff)
+        );
+        self.paused = Some(Pause {
+            what,
+            since_ms: ledger::now_ms(),
+            retry_at,
+        });
+        self.pause_backoff = (self.pause_backoff * 2).min(PAUSE_MAX);
+        self.changed();
+    }
+
+    /// The pause's time is up: do the held work again and let dispatch try. What still fails
+    /// pauses again, for longer.
+    async fn resume(&mut self) {
+        let Some(p) = self.paused.take() else { return };
+        tracing::info!("resuming after the pause ({})", p.what);
+        self.last_resume = Some(Instant::now());
+        for held in std::mem::take(&mut self.held) {
+            match held {
+                Held::Settle { task, report } => {
+                    self.finishing.remove(&task);
+                    self.settle_done(&task, *report);
+                }
+                Held::Escalate { snapshot, reason } => self.spawn_escalation(snapshot, reason),
+            }
+        }
+        if std::mem::take(&mut self.claims_left) {
+            // Files claimed before the pause but not read then.
+            match self.ws.open_sub("running") {
+                Ok(running) => {
+                    let claimed: Vec<Claimed> = running
+                        .names()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|n| n.into_string().ok())
+                        .filter(|n| n.starts_with(claim::CLAIM_PREFIX))
+                        .map(|claim_name| Claimed {
+                            name: claim::original_name(&claim_name)
+                                .unwrap_or(&claim_name)
+                                .to_string(),
+                            claim_name,
+                        })
+                        .collect();
+                    self.take_in(&running, claimed).await;
+                }
+                Err(_) => self.claims_left = true,
+            }
+        }
+        self.dirty.notify_one();
+        self.changed();
+    }
+
+    /// Why nothing may be claimed or started now, if so.
+    fn not_claiming(&self) -> Option<String> {
+        if let Some(why) = &self.ledger_failed {
+            return Some(format!("the ledger cannot be written ({why})"));
+        }
+        if let Some(why) = self.ledger.paused() {
+            return Some(format!("paused: the ledger cannot be written ({why})"));
+        }
+        self.paused.as_ref().map(|p| format!("paused: {}", p.what))
+    }
+
     /// Starts every queued task that may start now, in queue order.
     fn dispatch(&mut self) {
-        if !self.accepting || self.ledger_failed.is_some() {
+        if !self.accepting || self.not_claiming().is_some() {
             return;
         }
         let now = Instant::now();
@@ -1807,11 +2234,17 @@ Free disk space or fix `{}`, then restart the daemon",
         let spec = t.spec.clone().expect("unfinished tasks keep their spec");
         let prompt = match compose_prompt(&self.ws, &spec) {
             Ok(p) => p,
-            Err(reason) => {
+            Err(e) => {
                 if let Some(slot) = self.slots.get_mut(split_entry_base(&agent.name)) {
                     slot.running -= 1;
                 }
-                return self.escalate(id, reason);
+                return match e {
+                    PromptError::Refused(reason) => self.escalate(id, reason),
+                    PromptError::Exhausted(what) => {
+                        self.pause(what);
+                        self.enqueue(id);
+                    }
+                };
             }
         };
         let previous = t.attempts.last().and_then(|a| {
@@ -1933,15 +2366,17 @@ Free disk space or fix `{}`, then restart the daemon",
     }
 
     /// Writes the result, records `done`, moves the file to `done/` — in a task of its own, so a
-    /// large result never holds up scheduling. A result that cannot be written escalates.
+    /// large result never holds up scheduling. A result that cannot be written where the task
+    /// says escalates; one that cannot be written for lack of a resource waits (paused) and is
+    /// written when the resource is back: a finished attempt is never thrown away.
     fn settle_done(&mut self, id: &str, report: AttemptReport) {
         let Some(t) = self.book.get(id) else { return };
         let Some(spec) = t.spec.clone() else { return };
-        let last = t.attempts.last().expect("an attempt just finished");
+        let Some(last) = t.attempts.last() else {
+            return;
+        };
         let (attempt, agent) = (last.n, last.agent.clone());
         self.finishing.insert(id.to_string());
-        let rel = result::destination(&self.ws, id, spec.fields.output.as_deref());
-        let result = report.verdict.result.unwrap_or(ResultText::Stdout);
         let (ws, ledger, tx, file, id) = (
             self.ws.clone(),
             self.ledger.clone(),
@@ -1950,15 +2385,38 @@ Free disk space or fix `{}`, then restart the daemon",
             id.to_string(),
         );
         tokio::spawn(async move {
-            let (ws2, rel2, stdout) = (ws.clone(), rel.clone(), report.stdout_path);
-            let written =
-                tokio::task::spawn_blocking(move || result::write(&ws2, &rel2, &result, &stdout))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("writing the result failed: {e}")));
-            if let Err(reason) = written {
-                let _ = tx.send(Msg::ResultFailed { task: id, reason });
-                return;
-            }
+            let output = spec.fields.output.clone();
+            let (ws2, id2) = (ws.clone(), id.clone());
+            let (written, report) = tokio::task::spawn_blocking(move || {
+                let content = match (&report.verdict.result, &report.stdout_capture) {
+                    (Some(ResultText::Text(text)), _) => result::Content::Text(text),
+                    (_, Some(capture)) => result::Content::Capture(capture),
+                    (_, None) => result::Content::Text(""),
+                };
+                let written = result::write(&ws2, &id2, output.as_deref(), content);
+                (written, report)
+            })
+            .await
+            .expect("the result writer does not panic");
+            let rel = match written {
+                Ok(rel) => rel,
+                Err(e) => {
+                    let _ = tx.send(match e.exhausted() {
+                        Some(what) => Msg::Paused {
+                            what: format!("{what} (writing the result of `{id}`: {e})"),
+                            held: Held::Settle {
+                                task: id,
+                                report: Box::new(report),
+                            },
+                        },
+                        None => Msg::ResultFailed {
+                            task: id,
+                            reason: e.to_string(),
+                        },
+                    });
+                    return;
+                }
+            };
             let agent_name = agent.clone();
             let done = Event::Done {
                 task: id.clone(),
@@ -1968,13 +2426,42 @@ Free disk space or fix `{}`, then restart the daemon",
             };
             let records = record(&ledger, &tx, done).await;
             if !records.is_empty()
-                && let Err(e) = fsutil::move_into(&ws.running().join(&file), &ws.done(), &file)
+                && let Err(e) =
+                    claim::move_task(&ws, "running", "done", &file, &id, Some(&spec.fields))
             {
                 tracing::warn!(task = %id, "cannot move the task file to done/: {e}");
             }
             tracing::info!(task = %id, agent = %agent_name, attempt, "done");
             let _ = tx.send(Msg::Settled { task: id, records });
         });
+    }
+
+    /// After a restart: a task whose last attempt succeeded but whose `done` was never recorded
+    /// is settled from that attempt's output, judged again, instead of running again.
+    fn resettle(&mut self, id: &str) {
+        let Some(t) = self.book.get(id) else { return };
+        let Some(a) = t.attempts.last() else { return };
+        let Some(agent) = self.config.agent_for(&a.agent) else {
+            self.enqueue(id);
+            return;
+        };
+        let report = spawn::report_from_capture(&self.ws, id, a, &agent);
+        if report.verdict.class == Class::Ok {
+            tracing::info!(
+                task = id,
+                "its attempt {} succeeded before the daemon stopped; its result is written from that attempt's output",
+                a.n
+            );
+            self.settle_done(id, report);
+        } else {
+            tracing::warn!(
+                task = id,
+                "its attempt {} succeeded before the daemon stopped, but its output is not usable now ({}); it runs again",
+                a.n,
+                report.verdict.reason
+            );
+            self.enqueue(id);
+        }
     }
 
     /// Writes the escalation report, records `escalated`, moves the file to `failed/`, runs
@@ -1987,16 +2474,22 @@ Free disk space or fix `{}`, then restart the daemon",
         }
         self.finishing.insert(id.to_string());
         let snapshot: TaskRecord = t.clone();
+        tracing::warn!(
+            task = id,
+            "escalated: {}",
+            reason.lines().next().unwrap_or("")
+        );
+        self.spawn_escalation(Box::new(snapshot), reason);
+    }
+
+    /// The work of [`Engine::escalate`], in a task of its own (also when a paused escalation
+    /// is done again).
+    fn spawn_escalation(&self, snapshot: Box<TaskRecord>, reason: String) {
         let (ws, ledger, tx, hook) = (
             self.ws.clone(),
             self.ledger.clone(),
             self.tx.clone(),
             self.config.on_escalate.clone(),
-        );
-        tracing::warn!(
-            task = id,
-            "escalated: {}",
-            reason.lines().next().unwrap_or("")
         );
         tokio::spawn(async move {
             let prompt = snapshot
@@ -2005,6 +2498,16 @@ Free disk space or fix `{}`, then restart the daemon",
                 .map(|s| s.prompt.clone())
                 .unwrap_or_default();
             if let Err(e) = escalate::write_report(&ws, &snapshot, &prompt, &reason) {
+                if let Some(what) = fsutil::exhausted(&e) {
+                    let _ = tx.send(Msg::Paused {
+                        what: format!(
+                            "{what} (writing the escalation report of `{}`: {e})",
+                            snapshot.id
+                        ),
+                        held: Held::Escalate { snapshot, reason },
+                    });
+                    return;
+                }
                 tracing::error!(task = %snapshot.id, "cannot write the escalation report: {e}");
             }
             let ev = Event::Escalated {
@@ -2013,10 +2516,16 @@ Free disk space or fix `{}`, then restart the daemon",
                 attempts: snapshot.attempts.len() as u32,
             };
             let records = record(&ledger, &tx, ev).await;
-            let src = ws.running().join(&snapshot.file);
+            let fields = snapshot.spec.as_ref().map(|s| s.fields.clone());
             if !records.is_empty()
-                && src.exists()
-                && let Err(e) = fsutil::move_into(&src, &ws.failed(), &snapshot.file)
+                && let Err(e) = claim::move_task(
+                    &ws,
+                    "running",
+                    "failed",
+                    &snapshot.file,
+                    &snapshot.id,
+                    fields.as_ref(),
+                )
             {
                 tracing::warn!(task = %snapshot.id, "cannot move the task file to failed/: {e}");
             }
@@ -2037,33 +2546,44 @@ Free disk space or fix `{}`, then restart the daemon",
         for run in self.running.values() {
             let _ = run.stop.send(Some(crate::judge::StopCause::Shutdown));
         }
-        while !self.running.is_empty() || !self.finishing.is_empty() {
+        loop {
+            // Work held for a resource is not waited for: the ledger has what the next start
+            // needs to do it (a successful attempt without `done` is settled again).
+            for held in std::mem::take(&mut self.held) {
+                self.finishing.remove(held.task());
+            }
+            if self.running.is_empty() && self.finishing.is_empty() {
+                break;
+            }
             match self.rx.recv().await {
                 Some(msg) => self.handle(msg),
                 None => break,
             }
         }
+        let dirs = self
+            .ws
+            .open_sub("running")
+            .and_then(|r| Ok((r, self.ws.open_sub("inbox")?)));
+        let (running, inbox) = match dirs {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("cannot open running/ or the inbox to put tasks back: {e}");
+                return;
+            }
+        };
         let mut events = Vec::new();
         for t in self.book.iter() {
             if t.phase.is_terminal() || t.phase == Phase::Requeued {
                 continue;
             }
-            let src = self.ws.running().join(&t.file);
-            if !src.exists() {
+            if running.kind(&t.file) != Some(confined::Kind::File) {
                 continue;
             }
-            let ext = if t.file.ends_with(".md") {
-                ".md"
-            } else {
-                ".json"
-            };
-            match fsutil::move_into(&src, &self.ws.inbox(), &format!("{}{ext}", t.id)) {
-                Ok(path) => events.push(Event::Requeued {
+            let name = format!("{}{}", t.id, claim::extension(&t.file));
+            match running.move_into(&t.file, &inbox, &name) {
+                Ok(file) => events.push(Event::Requeued {
                     task: t.id.clone(),
-                    file: path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
+                    file,
                 }),
                 Err(e) => {
                     tracing::error!(task = %t.id, "cannot move the task file back to the inbox: {e}")
@@ -2082,14 +2602,6 @@ Free disk space or fix `{}`, then restart the daemon",
             tracing::info!("{count} unfinished task(s) were put back into the inbox");
         }
         self.write_progress();
-    }
-}
-
-fn ext_of(raw: &std::ffi::OsStr) -> &'static str {
-    if raw.to_string_lossy().ends_with(".md") {
-        ".md"
-    } else {
-        ".json"
     }
 }
 
@@ -2176,9 +2688,16 @@ fn release_free_memory() {
     }
 }
 
+/// `now + d`, saturating far in the future instead of overflowing (a reset time a CLI printed
+/// can be anything).
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
+}
+
 /// Asks for a dispatch round at Unix time `at_ms` (no later than one already due).
 fn wake_at(due: &mut Option<Instant>, now: Instant, now_ms: u64, at_ms: u64) {
-    let at = now + Duration::from_millis(at_ms.saturating_sub(now_ms));
+    let at = later(now, Duration::from_millis(at_ms.saturating_sub(now_ms)));
     *due = Some(due.map_or(at, |d| d.min(at)));
 }
 
@@ -2245,30 +2764,67 @@ fn deps(book: &TaskBook, t: &TaskRecord) -> Deps {
 const MAX_CONTEXT_FILE: u64 = 4 * 1024 * 1024;
 
 /// The prompt an agent receives: the task's prompt, then each `context` file (under
-/// `.context/`) and each `files` entry (workspace files), each in its own fenced section.
-fn compose_prompt(ws: &Workspace, spec: &TaskSpec) -> Result<String, String> {
+/// `.context/`) and each `files` entry (workspace files), each in its own fenced section. The
+/// paths are checked again with the acceptance rules (the spec may come from an old ledger)
+/// and read through no link.
+fn compose_prompt(ws: &Workspace, spec: &TaskSpec) -> Result<String, PromptError> {
     if spec.fields.context.is_empty() && spec.fields.files.is_empty() {
         return Ok(spec.prompt.clone());
     }
+    let refused =
+        |label: &str, e: String| PromptError::Refused(format!("context file `{label}`: {e}"));
+    let open = |r: std::io::Result<confined::Dir>| {
+        r.map_err(|e| match fsutil::exhausted(&e) {
+            Some(what) => PromptError::Exhausted(format!("{what} (opening the workspace: {e})")),
+            None => PromptError::Refused(format!("cannot open the workspace: {e}")),
+        })
+    };
     let mut out = spec.prompt.clone();
     out.push_str("\n\n---\n");
+    let mut dirs: Option<(confined::Dir, confined::Dir)> = None;
     let sources = spec
         .fields
         .context
         .iter()
-        .map(|c| (ws.context().to_path_buf(), c, format!(".context/{c}")))
-        .chain(
-            spec.fields
-                .files
-                .iter()
-                .map(|f| (ws.root().to_path_buf(), f, f.clone())),
-        );
-    for (base, rel, label) in sources {
-        let text = fsutil::read_confined(&base, rel, MAX_CONTEXT_FILE)
-            .map_err(|e| format!("context file `{label}`: {e}"))?;
+        .map(|c| (true, c))
+        .chain(spec.fields.files.iter().map(|f| (false, f)));
+    for (in_context, rel) in sources {
+        let label = if in_context {
+            format!(".context/{rel}")
+        } else {
+            rel.clone()
+        };
+        let path = if in_context {
+            confined::context_path("context", rel)
+        } else {
+            confined::workspace_path("files", rel)
+        }
+        .map_err(|e| refused(&label, e.to_string()))?;
+        if dirs.is_none() {
+            dirs = Some((open(ws.open_context())?, open(ws.open_root())?));
+        }
+        let (ctx, root) = dirs.as_ref().expect("just opened");
+        let base = if in_context { ctx } else { root };
+        let text =
+            confined::read_text(base, &path, MAX_CONTEXT_FILE).map_err(
+                |e| match fsutil::exhausted(&e) {
+                    Some(what) => {
+                        PromptError::Exhausted(format!("{what} (reading `{label}`: {e})"))
+                    }
+                    None => refused(&label, format!("cannot be read: {e}")),
+                },
+            )?;
         out.push_str(&format!("\n## {label}\n\n{}\n", escalate::fenced(&text)));
     }
     Ok(out)
+}
+
+/// Why the prompt could not be put together.
+enum PromptError {
+    /// A context file is missing, too big, a link …: the task escalates.
+    Refused(String),
+    /// A resource ran out while reading: the task waits.
+    Exhausted(String),
 }
 
 /// The pid of the daemon running on `ws`, if one holds the workspace lock.

@@ -59,10 +59,16 @@ pub fn write_report(
             a.stderr_bytes,
         );
         for stream in ["stdout", "stderr"] {
-            let path = ws
-                .run_dir(&task.id)
-                .join(format!("{}-{}.{stream}", a.n, a.agent));
-            let tail = last_lines(&fsutil::read_tail(&path, 16 * 1024), TAIL_LINES);
+            let name = format!("{}-{}.{stream}", a.n, a.agent);
+            let path = ws.run_dir(&task.id).join(&name);
+            // Read through no link: an agent could plant one to have a file of its choosing
+            // copied into the report.
+            let text = ws
+                .open_sub(&format!("runs/{}", task.id))
+                .and_then(|d| d.open_regular(&name))
+                .map(|f| fsutil::tail_of(f, 16 * 1024))
+                .unwrap_or_default();
+            let tail = last_lines(&text, TAIL_LINES);
             if !tail.trim().is_empty() {
                 let _ = writeln!(
                     md,
@@ -80,9 +86,10 @@ pub fn write_report(
         id = task.id,
         file = task.file
     );
-    let path = ws.escalations().join(format!("{}.md", task.id));
-    fsutil::write_atomic(&path, md.as_bytes())?;
-    Ok(path)
+    let name = format!("{}.md", task.id);
+    ws.open_sub("escalations")?
+        .write_atomic(&name, md.as_bytes(), 0o600)?;
+    Ok(ws.escalations().join(name))
 }
 
 /// The message for a task whose chain is empty because no agent CLI is installed.

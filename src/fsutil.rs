@@ -1,45 +1,74 @@
 //! Small file-system primitives every stage relies on: atomic replace, rename that never
-//! overwrites, reading a task file without following symlinks or blocking on a FIFO.
+//! overwrites, reading a task file without following symlinks or blocking on a FIFO. The
+//! primitives for directories others can write to (walking a path without following links)
+//! are in [`crate::confined`].
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
+/// Writes `bytes` to `path` atomically: an unpredictable temp name in the same directory
+/// (created with `O_EXCL`, so a link planted there is never written through), fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let (dir, name) = open_parent(path)?;
+    dir.write_atomic(&name, bytes, 0o666)
 }
 
-/// Copies `from` to `to` atomically (temp file + fsync + rename), streaming.
+/// Copies `from` to `to` atomically (as [`write_atomic`]), streaming; `from` is opened without
+/// following a link.
 pub fn copy_atomic(from: &Path, to: &Path) -> io::Result<u64> {
-    let dir = to.parent().unwrap_or(Path::new("."));
-    let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut src = File::open(from)?;
-        let mut f = File::create(&tmp)?;
-        let n = io::copy(&mut src, &mut f)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, to)?;
-        Ok(n)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut src = open_nofollow(from)?;
+    let (dir, name) = open_parent(to)?;
+    dir.copy_atomic(&name, &mut src, 0o666)
+}
+
+/// The directory of `path` (opened as given) and the file name in it.
+fn open_parent(path: &Path) -> io::Result<(crate::confined::Dir, String)> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    Ok((crate::confined::Dir::open(dir)?, name.to_string()))
+}
+
+/// Opens `path` for reading without following a link at its last component and without
+/// blocking on a FIFO.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("`{}` is not a regular file", path.display()),
+        ));
     }
-    result
+    Ok(file)
+}
+
+/// When `e` means a resource ran out — disk space, a disk quota, file descriptors, memory or
+/// processes — what ran out, in words. dirigent treats these as a pause: work waits until the
+/// resource is back, and nothing finished is thrown away.
+pub fn exhausted(e: &io::Error) -> Option<&'static str> {
+    use nix::libc;
+    match crate::confined::errno_of(e)? {
+        libc::ENOSPC => Some("the disk is full"),
+        libc::EDQUOT => Some("the disk quota is used up"),
+        libc::EMFILE => Some("the daemon has too many open files"),
+        libc::ENFILE => Some("the system has too many open files"),
+        libc::ENOMEM => Some("memory ran out"),
+        libc::EAGAIN => Some("no more processes can be started"),
+        _ => None,
+    }
 }
 
 /// Renames `from` to `to` but fails with `AlreadyExists` instead of replacing `to`.
@@ -165,30 +194,32 @@ fn libc_flags() -> i32 {
     nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC
 }
 
-/// Reads `base/rel` as text, refusing what leads outside `base` (also through symlinks), what is
-/// not a regular file, and what is larger than `limit` bytes. Errors complete "`rel` …".
+/// Reads `base/rel` as text, refusing what leads outside `base` (`..`, an absolute path, or a
+/// symbolic link anywhere on the way), what is not a regular file, and what is larger than
+/// `limit` bytes. Errors complete "`rel` …".
 pub fn read_confined(base: &Path, rel: &str, limit: u64) -> Result<String, String> {
-    let unreadable = |e: std::io::Error| format!("cannot be read: {e}");
-    let real_base = base.canonicalize().map_err(unreadable)?;
-    let real = base.join(rel).canonicalize().map_err(unreadable)?;
-    if !real.starts_with(&real_base) {
-        return Err(format!("leads outside `{}`", base.display()));
-    }
-    let meta = std::fs::metadata(&real).map_err(unreadable)?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    if meta.len() > limit {
-        return Err(format!("is {} bytes; the limit is {limit}", meta.len()));
-    }
-    let bytes = std::fs::read(&real).map_err(unreadable)?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    let path = crate::confined::RelPath::parse("path", rel).map_err(|e| e.to_string())?;
+    let dir = crate::confined::Dir::open(base).map_err(|e| format!("cannot be read: {e}"))?;
+    crate::confined::read_text(&dir, &path, limit).map_err(|e| format!("cannot be read: {e}"))
+}
+
+/// [`digest_file`] of `base/rel`, reached without following a link.
+pub fn digest_confined(base: &Path, rel: &str) -> Option<String> {
+    let path = crate::confined::RelPath::parse("path", rel).ok()?;
+    let dir = crate::confined::Dir::open(base)
+        .ok()?
+        .descend(path.parents(), None)
+        .ok()?;
+    digest_reader(dir.open_regular(path.file_name()).ok()?)
 }
 
 /// A stable content digest, `fnv1a64:<16 hex digits>` (FNV-1a, 64-bit): enough to notice that a
 /// recorded output changed, with no dependency. `None` when the file cannot be read.
 pub fn digest_file(path: &Path) -> Option<String> {
-    let mut f = File::open(path).ok()?;
+    digest_reader(open_nofollow(path).ok()?)
+}
+
+fn digest_reader(mut f: File) -> Option<String> {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut buf = [0u8; 64 * 1024];
     loop {
@@ -206,10 +237,15 @@ pub fn digest_file(path: &Path) -> Option<String> {
 
 /// Reads at most the last `max` bytes of a file, lossily as text.
 pub fn read_tail(path: &Path, max: u64) -> String {
+    match open_nofollow(path) {
+        Ok(f) => tail_of(f, max),
+        Err(_) => String::new(),
+    }
+}
+
+/// At most the last `max` bytes of an open file, lossily as text.
+pub fn tail_of(mut f: File, max: u64) -> String {
     use std::io::{Seek, SeekFrom};
-    let Ok(mut f) = File::open(path) else {
-        return String::new();
-    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
     let mut buf = Vec::new();

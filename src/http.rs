@@ -94,7 +94,19 @@ pub fn load_or_create_token(ws: &Workspace) -> std::io::Result<String> {
             Ok(token)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(&path)?.permissions().mode();
+            // Never through a link an agent planted: the token would be one it chose.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+                .open(&path)?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Err(std::io::Error::other(format!(
+                    "`{}` is not a regular file; delete it to get a new token",
+                    path.display()
+                )));
+            }
+            let mode = meta.permissions().mode();
             if mode & 0o077 != 0 {
                 return Err(std::io::Error::other(format!(
                     "`{}` can be read by other users (mode {:o}); run `chmod 600` on it",
@@ -102,7 +114,9 @@ pub fn load_or_create_token(ws: &Workspace) -> std::io::Result<String> {
                     mode & 0o777
                 )));
             }
-            let token = std::fs::read_to_string(&path)?.trim().to_string();
+            let mut token = String::new();
+            file.take(4096).read_to_string(&mut token)?;
+            let token = token.trim().to_string();
             if token.len() < 16 {
                 return Err(std::io::Error::other(format!(
                     "`{}` holds no usable token (at least 16 characters); delete it to get a new one",
@@ -140,7 +154,8 @@ pub fn serve(bound: Bound, api: Api) -> std::io::Result<HttpServer> {
         );
     }
     let url_file = url_path(&ws);
-    crate::fsutil::write_atomic(&url_file, format!("http://{addr}\n").as_bytes())?;
+    ws.open_context()?
+        .write_atomic("http.url", format!("http://{addr}\n").as_bytes(), 0o644)?;
     let state = AppState { api, token };
     let app = router(state);
     let (shutdown, stop) = oneshot::channel::<()>();

@@ -74,38 +74,33 @@ pub fn prepare(
     recipe: &Recipe,
     home: Option<&Path>,
 ) -> std::io::Result<(String, PathBuf)> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let dir = context
-        .join("isolation")
-        .join(agent.replace(':', "_"))
-        .join(n.to_string());
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
+    let name = agent.replace(':', "_");
+    let dir = context.join("isolation").join(&name).join(n.to_string());
+    // Every directory on the way is opened without following a link (an agent could plant one
+    // to have the credentials copied somewhere else), and the copies are made 0600 from the
+    // start.
+    let instance = crate::confined::Dir::open(context)?.descend(
+        &["isolation", name.as_str(), n.to_string().as_str()],
+        Some(0o700),
+    )?;
     if let Some(home) = home {
         for (from, to) in recipe.files {
             let src = home.join(from);
             let Ok(src_meta) = std::fs::metadata(&src) else {
                 continue;
             };
-            let dest = dir.join(to);
-            let fresh = std::fs::metadata(&dest)
-                .and_then(|m| m.modified())
-                .ok()
+            let to = crate::confined::RelPath::parse("isolation", to)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let parent = instance.descend(to.parents(), Some(0o700))?;
+            let fresh = parent
+                .modified(to.file_name())
                 .zip(src_meta.modified().ok())
                 .is_some_and(|(d, s)| d >= s);
             if fresh {
                 continue;
             }
-            if let Some(parent) = dest.parent() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)?;
-            }
-            crate::fsutil::copy_atomic(&src, &dest)?;
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))?;
+            let mut from_file = std::fs::File::open(&src)?;
+            parent.copy_atomic(to.file_name(), &mut from_file, 0o600)?;
         }
     }
     Ok((recipe.var.to_string(), dir))

@@ -81,6 +81,9 @@ pub enum StopCause {
     Shutdown,
     /// `dirigent cancel`.
     Cancel,
+    /// Its output could not be saved because the disk (or the descriptors) ran out; it runs
+    /// again when there is room, and it does not count against the chain.
+    Exhausted,
 }
 
 /// The first and last bytes of one output stream; memory stays bounded however much is printed.
@@ -171,7 +174,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn fail(class: Class, reason: impl Into<String>) -> Self {
+    pub(crate) fn fail(class: Class, reason: impl Into<String>) -> Self {
         Verdict {
             class,
             reason: reason.into(),
@@ -238,6 +241,12 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
         }
         Some(StopCause::Cancel) => {
             return Verdict::fail(Class::Cancelled, "cancelled by the user");
+        }
+        Some(StopCause::Exhausted) => {
+            return Verdict::fail(
+                Class::Interrupted,
+                "its output could not be saved (a resource ran out); it runs again when there is room",
+            );
         }
         None => {}
     }

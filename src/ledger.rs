@@ -12,11 +12,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::integrity::{Checker, Key};
 use crate::judge::{Class, StopCause};
 use crate::task::TaskSpec;
 
@@ -263,9 +265,20 @@ pub struct ReadInfo {
 }
 
 /// Streams every complete record of a ledger file to `each`, without holding them in memory.
-/// A missing file is an empty ledger.
-pub fn read_each(path: &Path, mut each: impl FnMut(Record)) -> std::io::Result<ReadInfo> {
-    let file = match File::open(path) {
+/// A missing file is an empty ledger. Every line is believed (see [`read_each_checked`]).
+pub fn read_each(path: &Path, each: impl FnMut(Record)) -> std::io::Result<ReadInfo> {
+    read_each_checked(path, &mut Checker::new(None), each)
+}
+
+/// [`read_each`], passing only the records `checker` admits (sealed by this workspace's key,
+/// in order); refused lines are counted in `checker`, not in `skipped`. The file is opened
+/// without following a link.
+pub fn read_each_checked(
+    path: &Path,
+    checker: &mut Checker,
+    mut each: impl FnMut(Record),
+) -> std::io::Result<ReadInfo> {
+    let file = match open_nofollow(path, false) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadInfo::default()),
         Err(e) => return Err(e),
@@ -276,6 +289,7 @@ pub fn read_each(path: &Path, mut each: impl FnMut(Record)) -> std::io::Result<R
     };
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut pos = 0u64;
+    let mut line_no = 0u64;
     let mut bad_since_valid = 0usize;
     let mut line = Vec::new();
     loop {
@@ -285,19 +299,37 @@ pub fn read_each(path: &Path, mut each: impl FnMut(Record)) -> std::io::Result<R
             break;
         }
         pos += n as u64;
+        line_no += 1;
         match serde_json::from_slice::<Record>(&line) {
             Ok(r) => {
-                info.last_seq = info.last_seq.max(r.seq);
-                info.count += 1;
+                // A line that parses ends a damaged stretch, whether or not it is believed.
                 info.valid_len = pos;
                 info.skipped += bad_since_valid;
                 bad_since_valid = 0;
-                each(r);
+                if checker.admit(path, line_no, &line, r.seq) {
+                    info.last_seq = info.last_seq.max(r.seq);
+                    info.count += 1;
+                    each(r);
+                }
             }
             Err(_) => bad_since_valid += 1,
         }
     }
     Ok(info)
+}
+
+/// Opens a ledger file without following a link at its name (an agent could plant one, to
+/// make the daemon read `/dev/zero` or append to a file of its choosing).
+fn open_nofollow(path: &Path, append: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    if append {
+        o.create(true).append(true).mode(0o600);
+    } else {
+        o.read(true);
+    }
+    o.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// The file a segment closed at `last_seq` is renamed to. Zero-padded, so names sort by age.
@@ -330,8 +362,13 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 
 /// Reads records appended after byte `offset` (for followers such as `submit --wait`).
 /// Returns the records and the new offset; an incomplete last line is left for next time.
-pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<Record>, u64)> {
-    let mut file = match File::open(path) {
+/// With a key, a line that follows a sealed one without a valid seal of its own is skipped.
+pub fn read_from(
+    path: &Path,
+    offset: u64,
+    key: Option<&Key>,
+) -> std::io::Result<(Vec<Record>, u64)> {
+    let mut file = match open_nofollow(path, false) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], offset)),
         Err(e) => return Err(e),
@@ -339,19 +376,22 @@ pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<Record>, u64)
     let len = file.metadata()?.len();
     if len < offset {
         // Replaced or truncated: start over.
-        return read_from(path, 0);
+        return read_from(path, 0, key);
     }
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
     file.take(len - offset).read_to_end(&mut buf)?;
     let mut out = Vec::new();
     let mut consumed = 0usize;
-    for line in buf.split_inclusive(|b| *b == b'\n') {
+    let mut checker = Checker::new(key.cloned());
+    for (i, line) in buf.split_inclusive(|b| *b == b'\n').enumerate() {
         if line.last() != Some(&b'\n') {
             break;
         }
         consumed += line.len();
-        if let Ok(r) = serde_json::from_slice::<Record>(line) {
+        if let Ok(r) = serde_json::from_slice::<Record>(line)
+            && checker.admit(path, i as u64 + 1, line, r.seq)
+        {
             out.push(r);
         }
     }
@@ -362,7 +402,12 @@ pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<Record>, u64)
 /// segments next to `path` and `path` itself. Records compacted away are simply not there: the
 /// first one returned may be well above `after + 1`. A rotation racing the read is detected
 /// (a hole between two records) and the read is repeated.
-pub fn read_after(path: &Path, after: u64, max: usize) -> std::io::Result<Vec<Record>> {
+pub fn read_after(
+    path: &Path,
+    after: u64,
+    max: usize,
+    key: Option<&Key>,
+) -> std::io::Result<Vec<Record>> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut attempt = 0;
     loop {
@@ -377,7 +422,7 @@ pub fn read_after(path: &Path, after: u64, max: usize) -> std::io::Result<Vec<Re
             if out.len() >= max {
                 break;
             }
-            match read_page_of(&file, after, max, &mut out) {
+            match read_page_of(&file, after, max, key, &mut out) {
                 Ok(_) => {}
                 // Compaction removed a segment after we listed it: its records are gone.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -395,20 +440,34 @@ pub fn read_after(path: &Path, after: u64, max: usize) -> std::io::Result<Vec<Re
 /// Appends to `out` the records of `path` above `after`, until `out` holds `max`. Lines at or
 /// below `after` are skipped by their leading `{"seq":N` without parsing the rest, so paging
 /// through a long file stays cheap.
-fn read_page_of(path: &Path, after: u64, max: usize, out: &mut Vec<Record>) -> std::io::Result<()> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+fn read_page_of(
+    path: &Path,
+    after: u64,
+    max: usize,
+    key: Option<&Key>,
+    out: &mut Vec<Record>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(1 << 20, open_nofollow(path, false)?);
     let mut line = Vec::new();
+    let mut checker = Checker::new(key.cloned());
+    let mut line_no = 0;
     while out.len() < max {
         line.clear();
         let n = reader.read_until(b'\n', &mut line)?;
         if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
+        line_no += 1;
         if leading_seq(&line).is_some_and(|seq| seq <= after) {
+            // Still noted, so that an unsealed line after it is recognised as out of place.
+            if key.is_some_and(|k| k.check(&line) == crate::integrity::Seal::Valid) {
+                checker.after_snapshot(0, true);
+            }
             continue;
         }
         if let Ok(r) = serde_json::from_slice::<Record>(&line)
             && r.seq > after
+            && checker.admit(path, line_no, &line, r.seq)
         {
             out.push(r);
         }
@@ -433,12 +492,22 @@ pub fn repair_at(path: &Path, valid_len: u64, file_len: u64) -> std::io::Result<
     if file_len <= valid_len {
         return Ok(None);
     }
-    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)?
+    };
     file.seek(SeekFrom::Start(valid_len))?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail)?;
     let aside = path.with_file_name(format!("ledger.torn-{}", now_ms()));
-    let mut out = File::create(&aside)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&aside)?;
     out.write_all(&tail)?;
     out.sync_all()?;
     file.set_len(valid_len)?;
@@ -461,6 +530,12 @@ pub struct Ledger {
     /// The writer thread sends every record here once it is on disk (only while someone
     /// listens); receivers come from [`Ledger::live`] (the SSE stream, `wait`).
     events: broadcast::Sender<Arc<Record>>,
+    /// Sender: the writer thread. `Some(why)` while a write waits for a resource to come back
+    /// (the disk is full, descriptors ran out): the ledger is paused, not failed.
+    paused: watch::Receiver<Option<String>>,
+    /// Set by the daemon when it stops: a paused writer gives up on the batch it holds instead
+    /// of waiting for the resource (nothing is lost: that batch was never acknowledged).
+    give_up: Arc<AtomicBool>,
 }
 
 /// Records a live subscriber may fall behind by before it is told it lagged (it then reads the
@@ -487,35 +562,54 @@ pub struct Rotation {
 }
 
 impl Ledger {
-    /// Opens the ledger for appending, continuing after sequence number `last_seq`.
+    /// Opens the ledger for appending, continuing after sequence number `last_seq`; lines are
+    /// not sealed.
     pub fn open(path: &Path, last_seq: u64) -> Result<(Ledger, WriterThread), LedgerError> {
-        Self::open_rotating(path, last_seq, None)
+        Self::open_rotating(path, last_seq, None, None)
     }
 
-    /// [`Ledger::open`], rotating the file into segments as `rotation` says.
+    /// [`Ledger::open`], rotating the file into segments as `rotation` says, and sealing every
+    /// line with `key` (see [`crate::integrity`]).
     pub fn open_rotating(
         path: &Path,
         last_seq: u64,
         rotation: Option<Rotation>,
+        key: Option<Key>,
     ) -> Result<(Ledger, WriterThread), LedgerError> {
         let io_err = |cause| LedgerError::Io {
             path: path.display().to_string(),
             cause,
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io_err)?;
+        let file = open_nofollow(path, true).map_err(io_err)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(LIVE_BACKLOG);
-        let path = path.to_path_buf();
-        let live = events.clone();
+        let (paused_tx, paused) = watch::channel(None);
+        let give_up = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            good_len: file.metadata().map(|m| m.len()).unwrap_or(0),
+            file,
+            path: path.to_path_buf(),
+            seq: last_seq,
+            rotation,
+            key,
+            live: events.clone(),
+            paused: paused_tx,
+            give_up: give_up.clone(),
+            failed: None,
+        };
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer_loop(file, path, last_seq, rotation, rx, live))
+            .spawn(move || writer.run(rx))
             .map_err(io_err)?;
-        Ok((Ledger { tx, events }, WriterThread(handle)))
+        Ok((
+            Ledger {
+                tx,
+                events,
+                paused,
+                give_up,
+            },
+            WriterThread(handle),
+        ))
     }
 
     /// Every record appended from now on, in order, once it is on disk: subscribe to the
@@ -524,6 +618,22 @@ impl Ledger {
     /// handle, so its holders do not keep the writer alive.)
     pub fn live(&self) -> broadcast::Sender<Arc<Record>> {
         self.events.clone()
+    }
+
+    /// Why the writer is waiting for a resource, while it is.
+    pub fn paused(&self) -> Option<String> {
+        self.paused.borrow().clone()
+    }
+
+    /// A receiver that sees the writer pause and resume (for `status`).
+    pub fn pause_watch(&self) -> watch::Receiver<Option<String>> {
+        self.paused.clone()
+    }
+
+    /// Makes a paused writer give up (the daemon is stopping): the batch it waits with fails,
+    /// and so does every later one.
+    pub fn give_up(&self) {
+        self.give_up.store(true, Ordering::SeqCst);
     }
 
     /// Appends one event; resolves once it is on disk.
@@ -545,107 +655,171 @@ impl Ledger {
     }
 }
 
-fn writer_loop(
-    mut file: File,
-    path_buf: PathBuf,
-    mut seq: u64,
-    mut rotation: Option<Rotation>,
-    mut rx: mpsc::UnboundedReceiver<Append>,
+/// The writer thread's state: the one owner of the ledger file.
+struct Writer {
+    file: File,
+    path: PathBuf,
+    /// The last sequence number written.
+    seq: u64,
+    /// Where the last complete batch ends: a failed write is cut back to here.
+    good_len: u64,
+    rotation: Option<Rotation>,
+    key: Option<Key>,
     live: broadcast::Sender<Arc<Record>>,
-) {
-    let path = path_buf.display().to_string();
-    // Where the last complete batch ends: a failed write is cut back to here.
-    let mut good_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut failed: Option<String> = None;
-    let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.blocking_recv() {
-        // Group commit: take everything already queued, one write, one fsync.
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-            if batch.len() >= 1024 {
-                break;
-            }
-        }
-        if let Some(why) = &failed {
-            for a in batch {
-                let _ = a.ack.send(Err(LedgerError::Failed(why.clone())));
-            }
-            continue;
-        }
-        buf.clear();
-        let ts = now_ms();
-        let start_seq = seq;
-        let mut out: Vec<Vec<Record>> = Vec::with_capacity(batch.len());
-        for a in &batch {
-            let mut recs = Vec::with_capacity(a.events.len());
-            for ev in &a.events {
-                seq += 1;
-                let rec = Record {
-                    seq,
-                    ts,
-                    event: ev.clone(),
-                };
-                serde_json::to_writer(&mut buf, &rec).expect("events serialise");
-                buf.push(b'\n');
-                recs.push(rec);
-            }
-            out.push(recs);
-        }
-        let result = file.write_all(&buf).and_then(|()| file.sync_data());
-        match &result {
-            Ok(()) => good_len += buf.len() as u64,
-            // A partial write must not leave half a line behind.
-            Err(_) => {
-                let _ = file.set_len(good_len).and_then(|()| file.sync_data());
-            }
-        }
-        if buf.capacity() > 1 << 20 {
-            // A burst should not pin its buffer for the daemon's lifetime.
-            buf = Vec::with_capacity(64 * 1024);
-        }
-        match result {
-            Ok(()) => {
-                if live.receiver_count() > 0 {
-                    for rec in out.iter().flatten() {
-                        let _ = live.send(Arc::new(rec.clone()));
-                    }
-                }
-                for (a, recs) in batch.into_iter().zip(out) {
-                    let _ = a.ack.send(Ok(recs));
-                }
-                if let Some(r) = rotation.as_mut() {
-                    r.current_events += seq - start_seq;
-                    if r.current_events >= r.segment_events {
-                        match rotate(&path_buf, seq) {
-                            Ok(new) => {
-                                file = new;
-                                good_len = 0;
-                                r.current_events = 0;
-                                (r.on_rotate)();
-                            }
-                            Err(e) => {
-                                // Keep writing to the same file; try again after the next batch.
-                                tracing::error!("cannot rotate the ledger `{path}`: {e}");
-                            }
-                        }
-                    }
+    /// Receivers: the `Ledger` handles (`paused`, `status`).
+    paused: watch::Sender<Option<String>>,
+    give_up: Arc<AtomicBool>,
+    /// Set after a write failed for a reason waiting cannot fix: everything is refused from
+    /// then on rather than risk a hole in the sequence.
+    failed: Option<String>,
+}
+
+/// How long a paused writer waits between tries: from the first to the last, doubling.
+const PAUSE_FIRST: Duration = Duration::from_millis(100);
+const PAUSE_MAX: Duration = Duration::from_secs(5);
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Append>) {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut line = Vec::with_capacity(1024);
+        while let Some(first) = rx.blocking_recv() {
+            // Group commit: take everything already queued, one write, one fsync.
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+                if batch.len() >= 1024 {
+                    break;
                 }
             }
-            Err(e) => {
-                // The partial batch was cut off above. Refuse everything from now on rather
-                // than risk a hole in the sequence.
-                seq = start_seq;
-                let why = format!("{path}: {e}");
-                tracing::error!("ledger write failed: {why}; dirigent stops accepting work");
+            if let Some(why) = &self.failed {
                 for a in batch {
                     let _ = a.ack.send(Err(LedgerError::Failed(why.clone())));
                 }
-                failed = Some(why);
+                continue;
+            }
+            buf.clear();
+            let ts = now_ms();
+            let start_seq = self.seq;
+            let mut out: Vec<Vec<Record>> = Vec::with_capacity(batch.len());
+            for a in &batch {
+                let mut recs = Vec::with_capacity(a.events.len());
+                for ev in &a.events {
+                    self.seq += 1;
+                    let rec = Record {
+                        seq: self.seq,
+                        ts,
+                        event: ev.clone(),
+                    };
+                    line.clear();
+                    serde_json::to_writer(&mut line, &rec).expect("events serialise");
+                    match &self.key {
+                        Some(key) => key.seal_into(&line, &mut buf),
+                        None => buf.extend_from_slice(&line),
+                    }
+                    buf.push(b'\n');
+                    recs.push(rec);
+                }
+                out.push(recs);
+            }
+            let result = self.write_durably(&buf);
+            if buf.capacity() > 1 << 20 {
+                // A burst should not pin its buffer for the daemon's lifetime.
+                buf = Vec::with_capacity(64 * 1024);
+            }
+            match result {
+                Ok(()) => {
+                    if self.live.receiver_count() > 0 {
+                        for rec in out.iter().flatten() {
+                            let _ = self.live.send(Arc::new(rec.clone()));
+                        }
+                    }
+                    for (a, recs) in batch.into_iter().zip(out) {
+                        let _ = a.ack.send(Ok(recs));
+                    }
+                    self.maybe_rotate(self.seq - start_seq);
+                }
+                Err(e) => {
+                    // The partial batch was cut off. Refuse everything from now on rather than
+                    // risk a hole in the sequence.
+                    self.seq = start_seq;
+                    let why = format!("{}: {e}", self.path.display());
+                    tracing::error!("ledger write failed: {why}; dirigent stops accepting work");
+                    for a in batch {
+                        let _ = a.ack.send(Err(LedgerError::Failed(why.clone())));
+                    }
+                    self.failed = Some(why);
+                }
+            }
+        }
+        let _ = self.file.sync_all();
+    }
+
+    /// Writes and fsyncs `buf`. A failure for lack of a resource (disk space, quota,
+    /// descriptors) is cut back and tried again, paused, until it succeeds or the daemon
+    /// stops; any other failure is returned.
+    fn write_durably(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let mut wait = PAUSE_FIRST;
+        loop {
+            let result = self
+                .file
+                .write_all(buf)
+                .and_then(|()| self.file.sync_data());
+            match result {
+                Ok(()) => {
+                    self.good_len += buf.len() as u64;
+                    if self.paused.borrow().is_some() {
+                        tracing::info!("the ledger can be written again; dirigent resumes");
+                        self.paused.send_replace(None);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    // A partial write must not leave half a line behind.
+                    let _ = self
+                        .file
+                        .set_len(self.good_len)
+                        .and_then(|()| self.file.sync_data());
+                    let Some(what) = crate::fsutil::exhausted(&e) else {
+                        return Err(e);
+                    };
+                    if self.give_up.load(Ordering::SeqCst) {
+                        return Err(e);
+                    }
+                    if self.paused.borrow().is_none() {
+                        tracing::warn!(
+                            "paused: the ledger `{}` cannot be written ({what}: {e}); dirigent claims and starts nothing until it can, and tries again",
+                            self.path.display()
+                        );
+                        self.paused.send_replace(Some(format!("{what} ({e})")));
+                    }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(PAUSE_MAX);
+                }
             }
         }
     }
-    let _ = file.sync_all();
+
+    fn maybe_rotate(&mut self, written: u64) {
+        let Some(r) = self.rotation.as_mut() else {
+            return;
+        };
+        r.current_events += written;
+        if r.current_events < r.segment_events {
+            return;
+        }
+        match rotate(&self.path, self.seq) {
+            Ok(new) => {
+                self.file = new;
+                self.good_len = 0;
+                r.current_events = 0;
+                (r.on_rotate)();
+            }
+            Err(e) => {
+                // Keep writing to the same file; try again after the next batch.
+                tracing::error!("cannot rotate the ledger `{}`: {e}", self.path.display());
+            }
+        }
+    }
 }
 
 /// Closes the current file as the segment ending at `last_seq` and opens a fresh one. Only
@@ -653,7 +827,7 @@ fn writer_loop(
 fn rotate(path: &Path, last_seq: u64) -> std::io::Result<File> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::rename(path, segment_path(dir, last_seq))?;
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let file = open_nofollow(path, true)?;
     // Make both names durable before anything is written to the new file.
     File::open(dir)?.sync_all()?;
     Ok(file)
@@ -678,7 +852,7 @@ mod tests {
         std::fs::write(segment_path(dir.path(), 20), text(11..=20)).unwrap();
         std::fs::write(&live, text(21..=25)).unwrap();
         let seqs = |after, max| -> Vec<u64> {
-            read_after(&live, after, max)
+            read_after(&live, after, max, None)
                 .unwrap()
                 .iter()
                 .map(|r| r.seq)
@@ -828,7 +1002,7 @@ mod tests {
         })
         .unwrap();
         std::fs::write(&path, format!("{good}\n{{\"seq\"")).unwrap();
-        let (recs, off) = read_from(&path, 0).unwrap();
+        let (recs, off) = read_from(&path, 0, None).unwrap();
         assert_eq!(recs.len(), 1);
         assert_eq!(off as usize, good.len() + 1);
     }

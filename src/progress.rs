@@ -4,7 +4,6 @@
 //! timer while idle.
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
 use crate::duration::{clock, short};
@@ -135,6 +134,8 @@ fn section(out: &mut String, name: &str, lines: &[String], archived: Option<usiz
 }
 
 /// Writes `progress.md` atomically.
-pub fn write(path: &Path, book: &TaskBook) -> std::io::Result<()> {
-    crate::fsutil::write_atomic(path, render(book).as_bytes())
+/// Writes `progress.md` in `.context/` of `ws` atomically (never through a link).
+pub fn write(ws: &crate::workspace::Workspace, book: &TaskBook) -> std::io::Result<()> {
+    ws.open_context()?
+        .write_atomic("progress.md", render(book).as_bytes(), 0o644)
 }

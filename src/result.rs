@@ -1,79 +1,139 @@
 //! The result stage: after a successful attempt, write the result text to `outbox/<id>.md` or
-//! to the task's `output` path (atomically), confined to the workspace even through symlinks.
+//! to the task's `output` path, atomically. The path is checked again here with the same rules
+//! as at acceptance (normalised, outside `.context/` and `.git/`), and written through no link:
+//! every directory on the way is opened without following one (see [`crate::confined`]).
 
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
 
-use crate::fsutil;
-use crate::judge::ResultText;
+use crate::confined::{self, Dir};
 use crate::workspace::Workspace;
 
-/// Where a task's result goes, workspace-relative.
-pub fn destination(ws: &Workspace, task_id: &str, output: Option<&str>) -> String {
+/// What the result is.
+pub enum Content<'a> {
+    /// Text extracted from structured output, or written by the engine (a phase's output).
+    Text(&'a str),
+    /// The attempt's whole stdout capture, read from the descriptor it was written through (so
+    /// an agent that swaps the file for a link cannot choose what becomes the result).
+    Capture(&'a File),
+}
+
+/// Why a result could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The path breaks a rule, or a link stands in its way: writing again will not help.
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot write the result to `{path}`: {cause}")]
+    Io { path: String, cause: io::Error },
+}
+
+impl WriteError {
+    /// When the write failed for lack of disk space or descriptors: what ran out. Such a
+    /// failure is a pause, never the end of the task.
+    pub fn exhausted(&self) -> Option<&'static str> {
+        match self {
+            WriteError::Io { cause, .. } => crate::fsutil::exhausted(cause),
+            WriteError::Refused(_) => None,
+        }
+    }
+}
+
+/// Where a task's result goes, workspace-relative: its `output`, else `.context/outbox/<id>.md`.
+pub fn destination(task_id: &str, output: Option<&str>) -> String {
     match output {
         Some(o) => o.to_string(),
-        None => {
-            let abs = ws.outbox().join(format!("{task_id}.md"));
-            abs.strip_prefix(ws.root())
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| abs.to_string_lossy().into_owned())
-        }
+        None => format!("{}/outbox/{task_id}.md", crate::workspace::CONTEXT_DIR),
     }
 }
 
-/// Writes the result. `rel` was checked when the task was parsed (relative, no `..`); here the
-/// real location of its parent directory is checked too, so a symlinked directory cannot carry
-/// the write outside the workspace.
+/// Writes the result of task `task_id` to its `output` (or the outbox when it has none).
 pub fn write(
     ws: &Workspace,
-    rel: &str,
-    result: &ResultText,
-    stdout: &Path,
-) -> Result<PathBuf, String> {
-    let dest = ws.root().join(rel);
-    let parent = dest
-        .parent()
-        .ok_or_else(|| format!("`{rel}` has no parent directory"))?;
-    std::fs::create_dir_all(parent)
-        .map_err(|e| format!("cannot create `{}`: {e}", parent.display()))?;
-    let real_root = ws
-        .root()
-        .canonicalize()
-        .map_err(|e| format!("cannot resolve the workspace: {e}"))?;
-    let real_parent = parent
-        .canonicalize()
-        .map_err(|e| format!("cannot resolve `{}`: {e}", parent.display()))?;
-    if !real_parent.starts_with(&real_root) {
-        return Err(format!(
-            "`output` path `{rel}` leads outside the workspace (to `{}`); refusing to write there",
-            real_parent.display()
-        ));
-    }
-    let dest = real_parent.join(
-        dest.file_name()
-            .ok_or_else(|| format!("`{rel}` names no file"))?,
-    );
-    if std::fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(format!(
-            "`output` path `{rel}` is a symbolic link; refusing to write through it"
-        ));
-    }
-    let written = match result {
-        ResultText::Stdout => fsutil::copy_atomic(stdout, &dest).map(|_| ()),
-        ResultText::Text(text) => {
-            let mut t = text.clone();
-            if !t.ends_with('\n') {
-                t.push('\n');
-            }
-            fsutil::write_atomic(&dest, t.as_bytes())
+    task_id: &str,
+    output: Option<&str>,
+    content: Content<'_>,
+) -> Result<String, WriteError> {
+    match output {
+        Some(rel) => write_in_workspace(ws, rel, content),
+        None => {
+            let rel = destination(task_id, None);
+            let io = |cause| WriteError::Io {
+                path: rel.clone(),
+                cause,
+            };
+            let outbox = ws.open_sub("outbox").map_err(io)?;
+            put(&outbox, &format!("{task_id}.md"), content).map_err(io)?;
+            Ok(rel)
         }
-    };
-    written.map_err(|e| format!("cannot write the result to `{}`: {e}", dest.display()))?;
-    Ok(dest)
+    }
 }
 
-/// Writes `text` to `rel` with the same confinement (prompt files, a phase's gathered results).
-pub fn write_text(ws: &Workspace, rel: &str, text: String) -> Result<PathBuf, String> {
-    write(ws, rel, &ResultText::Text(text), Path::new("/dev/null"))
+/// Writes `content` to the workspace path `rel` (a task's `output`, a phase's output, the
+/// prompt kept beside it), creating its directories.
+pub fn write_in_workspace(
+    ws: &Workspace,
+    rel: &str,
+    content: Content<'_>,
+) -> Result<String, WriteError> {
+    let path =
+        confined::workspace_path("output", rel).map_err(|e| WriteError::Refused(e.to_string()))?;
+    let io = |cause: io::Error| {
+        if confined::errno_of(&cause) == Some(nix::libc::ELOOP) {
+            WriteError::Refused(format!(
+                "`output` path `{rel}` goes through a symbolic link ({cause}); refusing to write there"
+            ))
+        } else {
+            WriteError::Io {
+                path: rel.to_string(),
+                cause,
+            }
+        }
+    };
+    let root = ws.open_root().map_err(io)?;
+    let (dir, name) = confined::parent_dir(&root, &path).map_err(io)?;
+    put(&dir, name, content).map_err(io)?;
+    Ok(path.to_string())
+}
+
+/// Writes `text` to the workspace path `rel` (a phase's gathered results, a prompt file). A
+/// file directly in `.context/outbox/` (where a phase without `output` keeps its result) is
+/// written there; every other path follows the rules of [`write_in_workspace`].
+pub fn write_text(ws: &Workspace, rel: &str, text: &str) -> Result<String, WriteError> {
+    let outbox = format!("{}/outbox/", crate::workspace::CONTEXT_DIR);
+    if let Some(name) = rel.strip_prefix(&outbox)
+        && let Ok(path) = confined::RelPath::parse("output", name)
+        && path.parents().is_empty()
+    {
+        let io = |cause| WriteError::Io {
+            path: rel.to_string(),
+            cause,
+        };
+        let dir = ws.open_sub("outbox").map_err(io)?;
+        put(&dir, path.file_name(), Content::Text(text)).map_err(io)?;
+        return Ok(format!("{outbox}{}", path.file_name()));
+    }
+    write_in_workspace(ws, rel, Content::Text(text))
+}
+
+fn put(dir: &Dir, name: &str, content: Content<'_>) -> io::Result<()> {
+    match content {
+        Content::Text(text) => {
+            if text.ends_with('\n') {
+                dir.write_atomic(name, text.as_bytes(), 0o666)
+            } else {
+                let mut t = String::with_capacity(text.len() + 1);
+                t.push_str(text);
+                t.push('\n');
+                dir.write_atomic(name, t.as_bytes(), 0o666)
+            }
+        }
+        Content::Capture(file) => {
+            let mut f = file;
+            f.seek(SeekFrom::Start(0))?;
+            dir.copy_atomic(name, &mut f, 0o666).map(|_| ())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -81,27 +141,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refuses_symlink_escape() {
+    fn refuses_links_and_reserved_places() {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let ws = Workspace::new(root.path()).unwrap();
+        ws.ensure().unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("docs")).unwrap();
-        let err = write(
-            &ws,
-            "docs/x.md",
-            &ResultText::Text("r".into()),
-            Path::new("/dev/null"),
-        )
-        .unwrap_err();
-        assert!(err.contains("outside the workspace"), "{err}");
-        assert!(!outside.path().join("x.md").exists());
-        let ok = write(
-            &ws,
-            "a/b/c.md",
-            &ResultText::Text("r".into()),
-            Path::new("/dev/null"),
-        )
-        .unwrap();
-        assert_eq!(std::fs::read_to_string(ok).unwrap(), "r\n");
+        let err = write_text(&ws, "docs/sub/x.md", "r").unwrap_err();
+        assert!(
+            matches!(&err, WriteError::Refused(m) if m.contains("symbolic link")),
+            "{err}"
+        );
+        assert!(!outside.path().join("sub").exists(), "created outside");
+        for rel in ["./.context/dirigent.yaml", ".context//x", ".GIT/config"] {
+            let err = write_text(&ws, rel, "r").unwrap_err();
+            assert!(matches!(err, WriteError::Refused(_)), "{rel}: {err}");
+        }
+        assert!(!ws.config().exists(), "the config must not be written");
+        let ok = write_text(&ws, "a/b/c.md", "r").unwrap();
+        assert_eq!(ok, "a/b/c.md");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("a/b/c.md")).unwrap(),
+            "r\n"
+        );
+        let out = write(&ws, "t1", None, Content::Text("hello")).unwrap();
+        assert_eq!(out, ".context/outbox/t1.md");
+        assert_eq!(
+            std::fs::read_to_string(ws.outbox().join("t1.md")).unwrap(),
+            "hello\n"
+        );
+    }
+
+    #[test]
+    fn a_capture_is_read_from_its_descriptor() {
+        use std::io::Write;
+        let root = tempfile::tempdir().unwrap();
+        let ws = Workspace::new(root.path()).unwrap();
+        ws.ensure().unwrap();
+        let cap = root.path().join("cap");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&cap)
+            .unwrap();
+        f.write_all(b"the real output").unwrap();
+        // The agent swaps the capture for a link to something else: the result is unchanged.
+        std::fs::remove_file(&cap).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &cap).unwrap();
+        write(&ws, "t", Some("out.md"), Content::Capture(&f)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("out.md")).unwrap(),
+            "the real output"
+        );
     }
 }

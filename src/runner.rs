@@ -72,14 +72,14 @@ enum ChildState {
     Failed(String),
 }
 
-fn child_state(book: &TaskBook, ws: &Workspace, id: &str) -> ChildState {
+fn child_state(book: &TaskBook, id: &str) -> ChildState {
     match book.get(id).map(|t| &t.phase) {
         Some(TaskPhase::Done { output, .. }) => ChildState::Done(output.clone()),
         Some(TaskPhase::Failed { reason, .. }) => ChildState::Failed(reason.clone()),
         Some(_) => ChildState::Waiting,
         None => match book.outcome(id) {
             // Archived: only the outcome is known; the default output path is deterministic.
-            Some(Outcome::Done) => ChildState::Done(crate::result::destination(ws, id, None)),
+            Some(Outcome::Done) => ChildState::Done(crate::result::destination(id, None)),
             Some(Outcome::Failed) => ChildState::Failed("failed".into()),
             None => ChildState::Missing,
         },
@@ -178,7 +178,7 @@ pub fn next(
     match phase.kind.value {
         PhaseType::Single => {
             let id = format!("{}.{}", run.id, pname);
-            match child_state(book, ws, &id) {
+            match child_state(book, &id) {
                 ChildState::Missing => vec![Action::Submit(Child {
                     id,
                     title,
@@ -207,7 +207,7 @@ pub fn next(
             let mut waiting = false;
             for (i, agent) in phase.agents.iter().enumerate() {
                 let id = format!("{}.{}.{}", run.id, pname, i + 1);
-                match child_state(book, ws, &id) {
+                match child_state(book, &id) {
                     ChildState::Done(out) => {
                         proposals.push((agent.value.clone(), read_output(ws, &out)))
                     }
@@ -248,7 +248,7 @@ pub fn next(
                 ))];
             }
             let id = format!("{}.{}.judge", run.id, pname);
-            match child_state(book, ws, &id) {
+            match child_state(book, &id) {
                 ChildState::Missing => {
                     let judge = phase
                         .judge
@@ -294,7 +294,7 @@ pub fn next(
                 round_vars.insert("round".into(), round.to_string());
                 round_vars.insert("feedback".into(), feedback.clone());
                 let id = format!("{}.{}.{round}", run.id, pname);
-                let out = match child_state(book, ws, &id) {
+                let out = match child_state(book, &id) {
                     ChildState::Missing => {
                         let mut p = render(&generator.prompt.value, &round_vars);
                         if !context.is_empty() {
@@ -346,7 +346,7 @@ pub fn next(
                     }];
                 }
                 let eval_id = format!("{id}.eval");
-                return match child_state(book, ws, &eval_id) {
+                return match child_state(book, &eval_id) {
                     ChildState::Missing => {
                         let ask = evaluator
                             .prompt
@@ -536,7 +536,7 @@ pub fn next(
             let mut waiting = false;
             for (k, (label, p, agent, role, out, files)) in subs.into_iter().enumerate() {
                 let id = format!("{}.{}.{}", run.id, pname, k + 1);
-                match child_state(book, ws, &id) {
+                match child_state(book, &id) {
                     ChildState::Missing => actions.push(Action::Submit(Child {
                         id,
                         title: format!("{title} ({label})"),
@@ -577,7 +577,7 @@ pub fn next(
                     "synthesize"
                 }
             );
-            match child_state(book, ws, &id) {
+            match child_state(book, &id) {
                 ChildState::Missing => {
                     let mut p = render(&step.prompt.value, &vars);
                     p.push_str("\n\n---\n");
@@ -834,7 +834,7 @@ fn distilled(
             continue;
         };
         let id = format!("{}.distill.{name}", run.id);
-        match child_state(book, ws, &id) {
+        match child_state(book, &id) {
             ChildState::Missing => actions.push(Action::Submit(Child {
                 id,
                 title: format!("distill {name}"),
@@ -888,9 +888,12 @@ fn inputs(run: &TaskRecord, phase: &Phase, ws: &Workspace) -> String {
     s
 }
 
+/// The most of one earlier result a phase's prompt takes in.
+const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Reads a result, confined to the workspace; what cannot be read reads as a note.
 fn read_output(ws: &Workspace, rel: &str) -> String {
-    crate::fsutil::read_confined(ws.root(), rel, u64::MAX)
+    crate::fsutil::read_confined(ws.root(), rel, MAX_INPUT_BYTES)
         .unwrap_or_else(|e| format!("(`{rel}` {e})"))
 }
 

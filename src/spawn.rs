@@ -80,6 +80,15 @@ pub struct StartInfo {
 /// What a finished attempt produced.
 #[derive(Debug)]
 pub struct AttemptReport {
+    /// Set when a resource ran out (disk space, descriptors, processes): what ran out and
+    /// where. The attempt is not the agent's failure; the engine pauses and runs it again.
+    pub exhausted: Option<String>,
+    /// Whether a child was started at all (an attempt that never ran records nothing when a
+    /// resource ran out).
+    pub ran: bool,
+    /// The stdout capture, open for reading: the result is copied from this descriptor, not
+    /// from a path an agent could have swapped.
+    pub stdout_capture: Option<std::fs::File>,
     pub verdict: Verdict,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -127,7 +136,29 @@ where
     let stdout_path = plan.stdout_path();
     let stderr_path = plan.stderr_path();
     let began = Instant::now();
+    let not_started = |why: &str, e: &std::io::Error| AttemptReport {
+        exhausted: Some(format!(
+            "{} ({why}: {e})",
+            crate::fsutil::exhausted(e).unwrap_or("a resource ran out")
+        )),
+        ran: false,
+        stdout_capture: None,
+        verdict: Verdict::fail(judge::Class::Interrupted, format!("{why}: {e}")),
+        exit_code: None,
+        signal: None,
+        stopped: None,
+        kill_signal: None,
+        leaked: false,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        duration: began.elapsed(),
+        stdout_path: stdout_path.clone(),
+        stderr_path: stderr_path.clone(),
+    };
     let spawn_failed = |reason: String| AttemptReport {
+        exhausted: None,
+        ran: false,
+        stdout_capture: None,
         verdict: judge::judge(
             &plan.agent,
             &Evidence {
@@ -158,23 +189,32 @@ where
             agent.program()
         ));
     };
-    let run_dir = plan.workspace.run_dir(&plan.task_id);
-    if let Err(e) = std::fs::create_dir_all(&run_dir) {
-        return spawn_failed(format!("cannot create `{}`: {e}", run_dir.display()));
-    }
-    // The prompt is always kept next to the output, so a user can see exactly what was sent.
     let prompt_file = plan.file("prompt");
-    if let Err(e) = std::fs::write(&prompt_file, &plan.prompt) {
-        return spawn_failed(format!("cannot write `{}`: {e}", prompt_file.display()));
-    }
-    let (out_file, err_file) = match (
-        std::fs::File::create(&stdout_path),
-        std::fs::File::create(&stderr_path),
-    ) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => {
-            return spawn_failed(format!("cannot create output files: {e}"));
-        }
+    // Everything below `runs/` is reached without following links: an agent of an earlier
+    // attempt may have planted one at any of these names.
+    let prepared = (|| {
+        let dir = plan
+            .workspace
+            .open_sub(&format!("runs/{}", plan.task_id))
+            .map_err(|e| ("cannot create the run directory", e))?;
+        // The prompt is always kept next to the output, so a user can see exactly what was sent.
+        dir.write_atomic(&file_name(&prompt_file), plan.prompt.as_bytes(), 0o600)
+            .map_err(|e| ("cannot write the prompt file", e))?;
+        let out = dir
+            .create_fresh(&file_name(&stdout_path), 0o600)
+            .map_err(|e| ("cannot create the stdout capture", e))?;
+        let err = dir
+            .create_fresh(&file_name(&stderr_path), 0o600)
+            .map_err(|e| ("cannot create the stderr capture", e))?;
+        let reader = out
+            .try_clone()
+            .map_err(|e| ("cannot keep the stdout capture open", e))?;
+        Ok::<_, (&str, std::io::Error)>((out, err, reader))
+    })();
+    let (out_file, err_file, stdout_reader) = match prepared {
+        Ok(files) => files,
+        Err((why, e)) if crate::fsutil::exhausted(&e).is_some() => return not_started(why, &e),
+        Err((why, e)) => return spawn_failed(format!("{why}: {e}")),
     };
 
     let mut argv = agent.argv(&ArgvValues {
@@ -221,6 +261,9 @@ where
 
     let (mut child, registered) = match crate::reaper::spawn(&mut cmd) {
         Ok(c) => c,
+        Err(e) if crate::fsutil::exhausted(&e).is_some() => {
+            return not_started(&format!("cannot start `{}`", argv[0]), &e);
+        }
         Err(e) => return spawn_failed(format!("cannot start `{}`: {e}", argv[0])),
     };
     let pid = child.id().unwrap_or(0);
@@ -253,9 +296,11 @@ where
     let out_sample = Arc::new(Mutex::new(OutputSample::default()));
     let err_sample = Arc::new(Mutex::new(OutputSample::default()));
     let (out_progress, err_progress) = progress_rules(agent.format);
+    let capture_failed = Arc::new(std::sync::OnceLock::new());
     let mut out_task = tokio::spawn(capture(
         child.stdout.take().expect("piped"),
         out_file,
+        capture_failed.clone(),
         out_sample.clone(),
         Progress {
             rule: out_progress,
@@ -266,6 +311,7 @@ where
     let mut err_task = tokio::spawn(capture(
         child.stderr.take().expect("piped"),
         err_file,
+        capture_failed.clone(),
         err_sample.clone(),
         Progress {
             rule: err_progress,
@@ -374,12 +420,27 @@ where
     let stdout = std::mem::take(&mut *out_sample.lock().expect("sample lock"));
     let stderr = std::mem::take(&mut *err_sample.lock().expect("sample lock"));
     let full = if agent.format != OutputFormat::Plain && stdout.total <= MAX_STRUCTURED_BYTES {
-        std::fs::read(&stdout_path)
-            .ok()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        read_capture(&stdout_reader).map(|b| String::from_utf8_lossy(&b).into_owned())
     } else {
         None
     };
+    // A capture that could not be written in full is not the agent's doing: when the disk (or
+    // the descriptors) ran out, the attempt runs again once there is room.
+    let mut exhausted = None;
+    if let Some(failure) = capture_failed.get() {
+        match failure.exhausted {
+            Some(what) if !matches!(stopped, Some(StopCause::Cancel | StopCause::Shutdown)) => {
+                stopped = Some(StopCause::Exhausted);
+                exhausted = Some(format!("{what} (saving its output: {})", failure.error));
+            }
+            _ => tracing::warn!(
+                task = %plan.task_id,
+                attempt = plan.attempt,
+                "the attempt's output could not be saved in full: {}",
+                failure.error
+            ),
+        }
+    }
     use std::os::unix::process::ExitStatusExt;
     let exit_code = exit.and_then(|s| s.code());
     let signal = exit.and_then(|s| s.signal());
@@ -398,6 +459,9 @@ where
         crate::ledger::now_ms(),
     );
     AttemptReport {
+        exhausted,
+        ran: true,
+        stdout_capture: Some(stdout_reader),
         verdict,
         exit_code,
         signal,
@@ -410,6 +474,84 @@ where
         stdout_path,
         stderr_path,
     }
+}
+
+/// The report of an attempt that ended before the daemon stopped, made again from what it
+/// left: its capture files (read without following links) and the exit it recorded, judged
+/// again. Recovery uses it to settle a successful attempt whose `done` was never recorded.
+pub fn report_from_capture(
+    ws: &Workspace,
+    task_id: &str,
+    a: &crate::state::AttemptSummary,
+    agent: &Agent,
+) -> AttemptReport {
+    use std::io::Read;
+    let dir = ws.run_dir(task_id);
+    let (out_name, err_name) = (
+        format!("{}-{}.stdout", a.n, a.agent),
+        format!("{}-{}.stderr", a.n, a.agent),
+    );
+    let run_dir = ws.open_sub(&format!("runs/{task_id}")).ok();
+    let open = |name: &str| run_dir.as_ref().and_then(|d| d.open_regular(name).ok());
+    let sample = |file: Option<&std::fs::File>| {
+        let mut sample = OutputSample::default();
+        if let Some(mut f) = file {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sample.push(&buf[..n]);
+            }
+        }
+        sample
+    };
+    let stdout_file = open(&out_name);
+    let stdout = sample(stdout_file.as_ref());
+    let stderr = sample(open(&err_name).as_ref());
+    let full = match &stdout_file {
+        Some(f) if agent.format != OutputFormat::Plain && stdout.total <= MAX_STRUCTURED_BYTES => {
+            read_capture(f).map(|b| String::from_utf8_lossy(&b).into_owned())
+        }
+        _ => None,
+    };
+    let (stdout_bytes, stderr_bytes) = (stdout.total, stderr.total);
+    let verdict = judge::judge_at(
+        agent,
+        &Evidence {
+            spawn_error: None,
+            stopped: None,
+            exit_code: a.exit_code,
+            signal: a.signal,
+            stdout,
+            stderr,
+            stdout_full: full.as_deref(),
+        },
+        crate::ledger::now_ms(),
+    );
+    AttemptReport {
+        exhausted: None,
+        ran: true,
+        stdout_capture: stdout_file,
+        verdict,
+        exit_code: a.exit_code,
+        signal: a.signal,
+        stopped: None,
+        kill_signal: None,
+        leaked: false,
+        stdout_bytes,
+        stderr_bytes,
+        duration: Duration::from_millis(a.duration_ms),
+        stdout_path: dir.join(out_name),
+        stderr_path: dir.join(err_name),
+    }
+}
+
+/// The last component of a path built by [`AttemptPlan::file`].
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// What counts as progress for the idle timeout, per stream.
@@ -471,10 +613,30 @@ impl EventLines {
     }
 }
 
+/// Why a capture file could not be written in full (the first failure of either stream).
+#[derive(Debug)]
+struct CaptureFailure {
+    exhausted: Option<&'static str>,
+    error: String,
+}
+
+/// The whole capture, read back through its descriptor.
+fn read_capture(file: &std::fs::File) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(0)).ok()?;
+    let mut bytes = Vec::new();
+    f.take(MAX_STRUCTURED_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(bytes)
+}
+
 /// Copies a pipe into its capture file, keeping a bounded sample and noting progress.
 async fn capture(
     mut pipe: impl AsyncRead + Unpin,
     mut file: std::fs::File,
+    failed: Arc<std::sync::OnceLock<CaptureFailure>>,
     sample: Arc<Mutex<OutputSample>>,
     progress: Progress,
 ) {
@@ -500,8 +662,12 @@ async fn capture(
         }
         // A write to the page cache; if the disk fails we keep draining the pipe so the agent
         // is never blocked on a full pipe, and the sample still holds the head and tail.
-        if write_ok && file.write_all(&buf[..n]).is_err() {
+        if write_ok && let Err(e) = file.write_all(&buf[..n]) {
             write_ok = false;
+            let _ = failed.set(CaptureFailure {
+                exhausted: crate::fsutil::exhausted(&e),
+                error: e.to_string(),
+            });
         }
         sample.lock().expect("sample lock").push(&buf[..n]);
     }

@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 
 use crate::config::{Config, validate_name};
-use crate::fsutil;
 use crate::task::{self, TaskFields};
 use crate::workspace::Workspace;
 
@@ -110,9 +109,15 @@ pub fn write_into_inbox(
             task::MAX_TASK_BYTES
         )));
     }
-    fsutil::write_atomic(&tmp, &bytes).map_err(|e| io(&tmp, e))?;
-    if let Err(e) = fsutil::rename_noreplace(&tmp, &dest) {
-        let _ = std::fs::remove_file(&tmp);
+    // Through directories opened without following links: an agent could have replaced
+    // `inbox/.tmp` with one.
+    let tmp_dir = ws.open_sub("inbox/.tmp").map_err(|e| io(&tmp, e))?;
+    let inbox = ws.open_sub("inbox").map_err(|e| io(&dest, e))?;
+    tmp_dir
+        .write_atomic(&name, &bytes, 0o600)
+        .map_err(|e| io(&tmp, e))?;
+    if let Err(e) = tmp_dir.rename_noreplace(&name, &inbox, &name) {
+        let _ = tmp_dir.remove(&name);
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             return Err(SubmitError::Exists(format!(
                 "`{}` is already waiting in the inbox; choose another id",

@@ -4,11 +4,12 @@
 //! accepted. A parse error sends the file to `rejected/`; it never reaches the engine.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, validate_name};
+use crate::confined;
 use crate::duration::Dur;
 
 /// The largest task file we read. Bigger files are rejected without being read.
@@ -178,28 +179,6 @@ fn first_line(msg: &str) -> &str {
     msg.lines().next().unwrap_or(msg)
 }
 
-/// Checks a workspace-relative path: relative, no `..`, not empty.
-pub fn check_relative(what: &str, path: &str) -> Result<(), Reject> {
-    if path.is_empty() {
-        return reject(format!("`{what}` is empty"));
-    }
-    if path.contains('\0') {
-        return reject(format!("`{what}` contains a NUL byte"));
-    }
-    let p = Path::new(path);
-    if p.is_absolute() {
-        return reject(format!(
-            "`{what}` path `{path}` is absolute; give a path relative to the workspace"
-        ));
-    }
-    if p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return reject(format!(
-            "`{what}` path `{path}` contains `..`; it must stay inside the workspace"
-        ));
-    }
-    Ok(())
-}
-
 /// Turns a file stem into an id: disallowed characters become `-`.
 pub fn id_from_stem(stem: &str) -> String {
     let mut id: String = stem
@@ -295,19 +274,22 @@ pub fn accept(
     };
     // Each agent's `fallback_model` runs right after it, before the chain moves on.
     let chain = config.expand_fallbacks(chain);
-    for c in &fields.context {
-        check_relative("context", c)?;
+    // Paths are normalised before any rule applies, and kept in their normal form.
+    let mut fields = fields;
+    for c in fields.context.iter_mut() {
+        *c = confined::context_path("context", c)
+            .map_err(|e| Reject(e.to_string()))?
+            .to_string();
     }
-    for f in &fields.files {
-        check_relative("files", f)?;
+    for f in fields.files.iter_mut() {
+        *f = confined::workspace_path("files", f)
+            .map_err(|e| Reject(e.to_string()))?
+            .to_string();
     }
-    if let Some(out) = &fields.output {
-        check_relative("output", out)?;
-        if Path::new(out).starts_with(crate::workspace::CONTEXT_DIR) {
-            return reject(format!(
-                "`output` path `{out}` is inside `.context/`; results there are kept in `outbox/` already"
-            ));
-        }
+    if let Some(out) = fields.output.as_mut() {
+        *out = confined::workspace_path("output", out)
+            .map_err(|e| Reject(e.to_string()))?
+            .to_string();
     }
     for dep in &fields.after {
         validate_name(dep).map_err(|m| Reject(format!("`after` id `{dep}`: {m}")))?;

@@ -664,9 +664,9 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
             at(here, format!("map phase `{pname}` needs a `glob`"));
         }
         if let Some(out) = &phase.output
-            && let Err(e) = crate::task::check_relative("output", &out.value)
+            && let Err(e) = crate::confined::workspace_path("output", &out.value)
         {
-            at(&out.referenced, e.0);
+            at(&out.referenced, e.to_string());
         }
     }
     if problems.is_empty() {

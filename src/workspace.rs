@@ -112,6 +112,24 @@ impl Workspace {
         self.ctx.join("daemon.lock")
     }
 
+    /// The workspace root, opened (the user chose it: a link there is followed).
+    pub fn open_root(&self) -> io::Result<crate::confined::Dir> {
+        crate::confined::Dir::open(&self.root)
+    }
+
+    /// `.context/`, opened below the root without following a link: an agent may have
+    /// replaced it with one.
+    pub fn open_context(&self) -> io::Result<crate::confined::Dir> {
+        self.open_root()?.child(CONTEXT_DIR, None)
+    }
+
+    /// A subdirectory of `.context/` (such as `running` or `inbox/.tmp`), opened without
+    /// following a link and made again (mode 0700) when someone removed it.
+    pub fn open_sub(&self, sub: &str) -> io::Result<crate::confined::Dir> {
+        let parts: Vec<&str> = sub.split('/').collect();
+        self.open_context()?.descend(&parts, Some(0o700))
+    }
+
     /// Creates the workspace directory if needed, then `.context/` and every subdirectory that
     /// is missing, mode 0700. Existing directories are left as they are.
     pub fn ensure(&self) -> io::Result<()> {

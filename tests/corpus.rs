@@ -233,12 +233,17 @@ fn the_hostile_corpus_is_rejected_or_accepted_correctly_and_the_daemon_stays_up(
 #[test]
 fn a_file_that_vanishes_between_scan_and_claim_is_simply_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dirigent::config::Config::parse(&CONFIG.replace("{agents}", "/bin"), "t").unwrap();
-    std::fs::write(dir.path().join("v.json"), r#"{"prompt": "p"}"#).unwrap();
-    let listed = dirigent::inbox::scan(dir.path()).unwrap();
-    assert_eq!(listed.len(), 1);
+    let ws = dirigent::workspace::Workspace::new(dir.path()).unwrap();
+    ws.ensure().unwrap();
+    std::fs::write(ws.inbox().join("v.json"), r#"{"prompt": "p"}"#).unwrap();
+    let listed = dirigent::inbox::scan(&ws.inbox()).unwrap();
+    assert_eq!(listed.len(), 1, "the scan lists the file");
     // Another claimer takes it after the scan.
-    std::fs::remove_file(dir.path().join("v.json")).unwrap();
-    let intake = dirigent::claim::examine(dir.path(), &listed[0].raw, &cfg, dir.path(), |_| true);
-    assert!(matches!(intake, dirigent::claim::Intake::Gone));
+    std::fs::remove_file(ws.inbox().join("v.json")).unwrap();
+    let (inbox, running) = (
+        ws.open_sub("inbox").unwrap(),
+        ws.open_sub("running").unwrap(),
+    );
+    let claimed = dirigent::claim::claim(&inbox, &running, &listed[0].name).unwrap();
+    assert_eq!(claimed, None, "a file that is gone is not claimed");
 }

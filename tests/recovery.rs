@@ -200,6 +200,8 @@ default_chain: [good]
                 &dirigent::workspace::Workspace::new(ws.root()).unwrap(),
                 None,
                 false,
+                None,
+                false,
             )
             .ok()?
             .book;
@@ -227,6 +229,8 @@ default_chain: [good]
     // sequence numbers continue.
     let last_seq_before = dirigent::compact::load(
         &dirigent::workspace::Workspace::new(ws.root()).unwrap(),
+        None,
+        false,
         None,
         false,
     )

@@ -605,18 +605,27 @@ phases:
 #[test]
 fn a_run_whose_submitted_task_is_rejected_escalates_instead_of_waiting() {
     let ws = Workspace::new(CONFIG);
-    // The phase output leads into `.context/`, which task files may not name.
+    // The phase output, once its variable is filled in, leads out of the workspace: the task
+    // it submits is rejected.
     write_workflow(
         &ws,
         "inward",
-        "name: inward\nphases:\n  - { name: a, type: single, agent: alpha, prompt: x, output: .context/x.md }\n",
+        "name: inward\nvars: {dir: docs}\nphases:\n  - { name: a, type: single, agent: alpha, prompt: x, output: \"{dir}/x.md\" }\n",
     );
     let _d = ws.start();
-    ws.drop_task("i.json", r#"{"workflow": "inward"}"#);
+    ws.drop_task(
+        "i.json",
+        r#"{"workflow": "inward", "vars": {"dir": "../.."}}"#,
+    );
     let Event::Escalated { reason, .. } = ws.wait_settled("i") else {
         panic!("not escalated")
     };
-    assert!(reason.starts_with("a task it submitted (`i.a.json`) was rejected: `output` path `.context/x.md` is inside `.context/`"), "{reason}");
+    assert!(
+        reason.starts_with(
+            "a task it submitted (`i.a.json`) was rejected: `output` path `../../x.md` contains `..`"
+        ),
+        "{reason}"
+    );
 }
 
 #[test]

@@ -22,6 +22,9 @@ pub fn agents_dir() -> PathBuf {
 
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    /// Where this workspace's ledger key lives (`DIRIGENT_STATE_DIR`), outside the workspace
+    /// and outside the user's home.
+    pub state: tempfile::TempDir,
 }
 
 impl Workspace {
@@ -29,7 +32,10 @@ impl Workspace {
     /// absolute path of `tests/agents`).
     pub fn new(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ws = Workspace { dir };
+        let ws = Workspace {
+            dir,
+            state: tempfile::tempdir().unwrap(),
+        };
         let out = ws.cli(&["init"]);
         assert!(out.status.success(), "init failed: {out:?}");
         let config = config.replace("{agents}", &agents_dir().display().to_string());
@@ -52,6 +58,7 @@ impl Workspace {
         Command::new(BIN)
             .args(args)
             .env("DIRIGENT_ROOT", self.root())
+            .env("DIRIGENT_STATE_DIR", self.state.path())
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -73,6 +80,7 @@ impl Workspace {
         cmd.args(["daemon", "--log-level", "debug"])
             .args(args)
             .env("DIRIGENT_ROOT", self.root())
+            .env("DIRIGENT_STATE_DIR", self.state.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

@@ -1,0 +1,461 @@
+//! Telling dirigent's own records from lines somebody else wrote.
+//!
+//! Agents run in the workspace as the same user as the daemon, so they can write into
+//! `.context/ledger.jsonl`: a forged `done` line would count their task done, a deleted line
+//! would change history. Every record the ledger writer appends (and every snapshot) therefore
+//! carries a seal: `,"mac":"<32 hex>"}` at the end of the line, an HMAC-SHA-256 (truncated to
+//! 128 bits) of the line without it, under a key that lives outside the workspace
+//! (`$XDG_STATE_HOME/dirigent/keys/`, or `~/.local/state/dirigent/keys/`; `DIRIGENT_STATE_DIR`
+//! moves it). Replay ([`Checker`]) admits a sealed line only if its seal is right, and an
+//! unsealed one only before the first sealed record (a ledger written by an older version);
+//! everything else is reported and skipped, and the rest is replayed.
+//!
+//! What this does not stop — and `docs/security.md` says so — is a process of the same user
+//! that reads the key file and seals its own lines: only running agents as another user (or in
+//! a sandbox that hides the key) closes that.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::workspace::Workspace;
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// The end of a sealed line: `,"mac":"` + 32 hex digits + `"}`.
+const SEAL_PREFIX: &[u8] = b",\"mac\":\"";
+const MAC_HEX: usize = 32;
+const SEAL_LEN: usize = SEAL_PREFIX.len() + MAC_HEX + 2;
+
+/// A workspace's sealing key.
+#[derive(Clone)]
+pub struct Key([u8; 32]);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(…)")
+    }
+}
+
+/// What a line's seal says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seal {
+    /// Sealed with this key.
+    Valid,
+    /// No seal (written before sealing existed, or by someone else).
+    Unsigned,
+    /// A seal that does not match: written by someone else, or damaged.
+    Bad,
+}
+
+impl Key {
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("any key length");
+        for p in parts {
+            m.update(p);
+        }
+        let full = m.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
+
+    /// Appends to `out` the JSON object `object` (which must end in `}`) with its seal.
+    pub fn seal_into(&self, object: &[u8], out: &mut Vec<u8>) {
+        debug_assert_eq!(object.last(), Some(&b'}'));
+        let body = &object[..object.len() - 1];
+        let mac = self.mac(&[body, b"}"]);
+        out.extend_from_slice(body);
+        out.extend_from_slice(SEAL_PREFIX);
+        for b in mac {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.extend_from_slice(b"\"}");
+    }
+
+    /// Checks the seal of one line (a trailing newline is ignored).
+    pub fn check(&self, line: &[u8]) -> Seal {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let n = line.len();
+        if n < SEAL_LEN + 2
+            || &line[n - SEAL_LEN..n - SEAL_LEN + SEAL_PREFIX.len()] != SEAL_PREFIX
+            || &line[n - 2..] != b"\"}"
+        {
+            return Seal::Unsigned;
+        }
+        let hex = &line[n - 2 - MAC_HEX..n - 2];
+        let Some(given) = parse_hex16(hex) else {
+            return Seal::Bad;
+        };
+        let want = self.mac(&[&line[..n - SEAL_LEN], b"}"]);
+        // Compared in time independent of where the first difference is.
+        if want
+            .iter()
+            .zip(given)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+        {
+            Seal::Valid
+        } else {
+            Seal::Bad
+        }
+    }
+}
+
+fn parse_hex16(hex: &[u8]) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A line replay refused, for the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub file: PathBuf,
+    /// 1-based line number in `file`.
+    pub line: u64,
+    pub seq: Option<u64>,
+    pub why: &'static str,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` line {}", self.file.display(), self.line)?;
+        if let Some(seq) = self.seq {
+            write!(f, " (seq {seq})")?;
+        }
+        write!(f, ": {}", self.why)
+    }
+}
+
+/// Decides, line by line across a whole replay (snapshot, segments, current file), which
+/// records to believe. Without a key it believes everything.
+#[derive(Debug, Default)]
+pub struct Checker {
+    key: Option<Key>,
+    /// A sealed record has been admitted: from here on, unsealed lines are not believed.
+    sealed_seen: bool,
+    /// The highest sequence number admitted; a record at or below it is a copy.
+    last_seq: u64,
+    pub valid: u64,
+    pub refused: Vec<Refused>,
+    refused_total: usize,
+}
+
+/// Refusals kept in full for the report; the rest are only counted.
+const REFUSED_KEPT: usize = 100;
+
+impl Checker {
+    pub fn new(key: Option<Key>) -> Self {
+        Checker {
+            key,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the line (with the record's `seq`) is one of dirigent's. Lines refused are
+    /// remembered in `refused` (the first hundred) and counted.
+    pub fn admit(&mut self, file: &Path, line_no: u64, line: &[u8], seq: u64) -> bool {
+        let Some(key) = &self.key else {
+            // No key: every line is believed, as the files say (tools, tests, old ledgers).
+            return true;
+        };
+        let seal = key.check(line);
+        let verdict = match seal {
+            Seal::Unsigned if self.sealed_seen => {
+                Err("it carries no seal, so dirigent did not write it")
+            }
+            Seal::Bad => Err("its seal does not match: it was altered, or not written by dirigent"),
+            _ if seq <= self.last_seq => {
+                Err("its sequence number repeats an earlier record's: it is a copy")
+            }
+            _ => Ok(()),
+        };
+        if verdict.is_ok() && seal == Seal::Valid {
+            self.sealed_seen = true;
+            self.valid += 1;
+        }
+        match verdict {
+            Ok(()) => {
+                self.last_seq = seq;
+                true
+            }
+            Err(why) => {
+                self.refused_total += 1;
+                if self.refused.len() < REFUSED_KEPT {
+                    self.refused.push(Refused {
+                        file: file.to_path_buf(),
+                        line: line_no,
+                        seq: Some(seq),
+                        why,
+                    });
+                }
+                false
+            }
+        }
+    }
+
+    /// Notes that replay continues after a snapshot covering records up to `seq`.
+    pub fn after_snapshot(&mut self, seq: u64, sealed: bool) {
+        self.last_seq = self.last_seq.max(seq);
+        self.sealed_seen |= sealed;
+    }
+
+    /// The highest sequence number admitted so far.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// How many lines were refused in all (only the first hundred are kept in `refused`).
+    pub fn refused_total(&self) -> usize {
+        self.refused_total
+    }
+
+    /// Whether a key is checking the lines.
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Whether any record failed its check only because of the key (none verified at all,
+    /// yet some were refused as altered): the workspace was probably copied or its key lost.
+    pub fn looks_like_another_key(&self) -> bool {
+        self.key.is_some()
+            && self.valid == 0
+            && self.refused.iter().any(|r| r.why.starts_with("its seal"))
+    }
+}
+
+/// Where keys live: `DIRIGENT_STATE_DIR`, else `$XDG_STATE_HOME/dirigent`, else
+/// `~/.local/state/dirigent`. `None` when none of them can be found.
+pub fn state_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("DIRIGENT_STATE_DIR").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("dirigent"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".local/state/dirigent"))
+}
+
+/// The key file of `ws`: named after a digest of the workspace's real path, outside it.
+pub fn key_path(ws: &Workspace) -> PathBuf {
+    let root = ws.root().canonicalize().unwrap_or(ws.root().to_path_buf());
+    let digest = Sha256::digest(root.as_os_str().as_encoded_bytes());
+    let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    match state_dir() {
+        Some(dir) => dir.join("keys").join(format!("{name}.key")),
+        // Nowhere outside the workspace: keep it with the ledger (agents can read it there).
+        None => ws.context().join("ledger.key"),
+    }
+}
+
+/// Why a key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot use the ledger key `{path}`: {cause}")]
+    Io { path: String, cause: std::io::Error },
+    #[error("the ledger key `{path}` {problem}")]
+    Unsafe { path: String, problem: String },
+}
+
+/// Reads the key of `ws`, if there is one (the CLI: it never makes one).
+pub fn load(ws: &Workspace) -> Result<Option<Key>, KeyError> {
+    read_key(&key_path(ws))
+}
+
+/// Reads the key of `ws`, making one (32 random bytes, mode 0600, in a 0700 directory) when
+/// there is none. Returns it and whether it is new.
+pub fn load_or_create(ws: &Workspace) -> Result<(Key, bool), KeyError> {
+    let path = key_path(ws);
+    if let Some(key) = read_key(&path)? {
+        return Ok((key, false));
+    }
+    let io = |cause| KeyError::Io {
+        path: path.display().to_string(),
+        cause,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            f.write_all(format!("{hex}\n").as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            Ok((Key(raw), true))
+        }
+        // Another process made it first: use that one.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_key(&path)?.map(|k| (k, false)).ok_or_else(|| io(e))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn read_key(path: &Path) -> Result<Option<Key>, KeyError> {
+    let unsafe_key = |problem: String| KeyError::Unsafe {
+        path: path.display().to_string(),
+        problem,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(unsafe_key("is a symbolic link; remove it".into()));
+        }
+        Err(cause) => {
+            return Err(KeyError::Io {
+                path: path.display().to_string(),
+                cause,
+            });
+        }
+    };
+    let meta = file.metadata().map_err(|cause| KeyError::Io {
+        path: path.display().to_string(),
+        cause,
+    })?;
+    if !meta.is_file() {
+        return Err(unsafe_key("is not a regular file".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_key(format!(
+            "belongs to uid {}, not to you (uid {me})",
+            meta.uid()
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(unsafe_key(format!(
+            "can be read by other users (mode {:o}); run `chmod 600` on it",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let mut text = String::new();
+    file.take(200)
+        .read_to_string(&mut text)
+        .map_err(|cause| KeyError::Io {
+            path: path.display().to_string(),
+            cause,
+        })?;
+    let text = text.trim();
+    let mut raw = [0u8; 32];
+    let ok = text.len() == 64
+        && text.as_bytes().chunks(2).enumerate().all(|(i, pair)| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|s| u8::from_str_radix(s, 16).ok())
+                .map(|b| raw[i] = b)
+                .is_some()
+        });
+    if !ok {
+        return Err(unsafe_key(
+            "does not hold a key (64 hex digits); delete it to make a new one".into(),
+        ));
+    }
+    Ok(Some(Key(raw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> Key {
+        Key([b; 32])
+    }
+
+    #[test]
+    fn seals_verify_and_forgeries_do_not() {
+        let k = key(7);
+        let mut line = Vec::new();
+        k.seal_into(br#"{"seq":1,"ts":2,"event":"done","task":"t"}"#, &mut line);
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert!(text.ends_with("\"}"), "{text}");
+        assert!(text.contains(",\"mac\":\""), "{text}");
+        // Still one JSON object.
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["task"], "t");
+        assert_eq!(k.check(&line), Seal::Valid);
+        line.push(b'\n');
+        assert_eq!(k.check(&line), Seal::Valid, "a trailing newline is ignored");
+        // Another key, an edited body, an unsealed line.
+        assert_eq!(key(8).check(&line), Seal::Bad);
+        let edited = text.replace("\"t\"", "\"u\"");
+        assert_eq!(k.check(edited.as_bytes()), Seal::Bad);
+        assert_eq!(
+            k.check(br#"{"seq":1,"ts":2,"event":"done","task":"t"}"#),
+            Seal::Unsigned
+        );
+    }
+
+    #[test]
+    fn the_checker_admits_legacy_lines_only_before_the_first_seal() {
+        let k = key(1);
+        let sealed = |json: &str| {
+            let mut v = Vec::new();
+            k.seal_into(json.as_bytes(), &mut v);
+            v
+        };
+        let f = Path::new("ledger.jsonl");
+        let mut c = Checker::new(Some(k.clone()));
+        // Cases: (line, seq, admitted)
+        let cases: Vec<(Vec<u8>, u64, bool)> = vec![
+            (br#"{"seq":1}"#.to_vec(), 1, true),  // legacy, before any seal
+            (sealed(r#"{"seq":2}"#), 2, true),    // sealed
+            (br#"{"seq":3}"#.to_vec(), 3, false), // unsealed after a seal: forged
+            (sealed(r#"{"seq":2}"#), 2, false),   // a copy of an earlier record
+            (sealed(r#"{"seq":4}"#), 4, true),
+        ];
+        for (i, (line, seq, want)) in cases.iter().enumerate() {
+            assert_eq!(c.admit(f, i as u64 + 1, line, *seq), *want, "case {i}");
+        }
+        assert_eq!(c.refused.len(), 2);
+        assert!(c.refused[0].why.contains("no seal"), "{:?}", c.refused[0]);
+        assert!(!c.looks_like_another_key());
+        let mut none = Checker::new(None);
+        assert!(none.admit(f, 1, br#"{"seq":9}"#, 9));
+    }
+
+    #[test]
+    fn keys_are_private_and_reused() {
+        let state = tempfile::tempdir().unwrap();
+        let ws_dir = tempfile::tempdir().unwrap();
+        // SAFETY: tests in this module are the only users of this variable in this process.
+        unsafe { std::env::set_var("DIRIGENT_STATE_DIR", state.path()) };
+        let ws = Workspace::new(ws_dir.path()).unwrap();
+        let (a, created) = load_or_create(&ws).unwrap();
+        assert!(created);
+        let (b, created) = load_or_create(&ws).unwrap();
+        assert!(!created);
+        assert_eq!(a.0, b.0);
+        let path = key_path(&ws);
+        assert!(path.starts_with(state.path()), "{}", path.display());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load(&ws).unwrap_err().to_string();
+        assert!(err.contains("can be read by other users"), "{err}");
+    }
+}
