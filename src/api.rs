@@ -102,7 +102,7 @@ impl Api {
         // Subscribe before asking, so nothing that happens in between is missed.
         let mut live = self.live.subscribe();
         let mut applied = self.applied.clone();
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = timeout.map(|t| crate::engine::later(tokio::time::Instant::now(), t));
         let mut stopping = self.stopping.clone();
         // Set once a record that may end the task was written: from then on the engine's book
         // is asked again each time it applies records, until it shows the end.

@@ -15,6 +15,9 @@ use crate::duration::Dur;
 use crate::judge::Class;
 use crate::preset::{self, OutputFormat, Preset, PromptMode};
 
+/// What [`Config::source`] says of the embedded default.
+pub const EMBEDDED_SOURCE: &str = "embedded default config";
+
 /// The embedded default config, written out by `dirigent init`.
 pub const DEFAULT_CONFIG: &str = include_str!("../context/dirigent.yaml");
 
@@ -246,10 +249,10 @@ impl Default for Retry {
 impl Retry {
     /// The wait before retry number `n` (0-based); `spread` in [0, 1) picks the jitter.
     pub fn delay_for(&self, n: u32, spread: f64) -> Duration {
-        let base = self.delay.as_secs_f64() * self.factor.powi(n as i32);
+        let base = self.delay.as_secs_f64() * self.factor.powi(n.min(64) as i32);
         let base = base.min(self.max_delay.as_secs_f64());
         let jittered = base * (1.0 + self.jitter * (2.0 * spread - 1.0));
-        Duration::from_secs_f64(jittered.max(0.0))
+        Duration::try_from_secs_f64(jittered.max(0.0)).unwrap_or(self.max_delay)
     }
 }
 
@@ -381,15 +384,9 @@ pub struct Config {
 impl Config {
     /// Loads `.context/dirigent.yaml`, or the embedded default when it does not exist.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Self::parse(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Self::parse(DEFAULT_CONFIG, "embedded default config")
-            }
-            Err(cause) => Err(ConfigError::Read {
-                path: path.display().to_string(),
-                cause,
-            }),
+        match read_text(path)? {
+            Some(text) => Self::parse(&text, &path.display().to_string()),
+            None => Self::parse(DEFAULT_CONFIG, EMBEDDED_SOURCE),
         }
     }
 
@@ -500,11 +497,14 @@ impl Config {
                     )));
                 }
             }
-            let negative = b.daily.is_some_and(|d| d < 0.0)
-                || b.task.is_some_and(|d| d < 0.0)
-                || b.agents.values().any(|d| *d < 0.0);
+            let bad = |d: f64| !d.is_finite() || d < 0.0;
+            let negative = b.daily.is_some_and(bad)
+                || b.task.is_some_and(bad)
+                || b.agents.values().any(|d| bad(*d));
             if negative {
-                return Err(invalid("budgets cannot be negative".into()));
+                return Err(invalid(
+                    "budgets must be numbers of US dollars, 0 or more".into(),
+                ));
             }
             Budgets {
                 daily: b.daily,
@@ -521,7 +521,14 @@ impl Config {
             on_escalate: raw.on_escalate,
             kill_grace: raw.kill_grace.map_or(Duration::from_secs(5), |d| d.0),
             leak_timeout: raw.leak_timeout.map_or(Duration::from_secs(2), |d| d.0),
-            inbox_rescan: raw.inbox_rescan.map_or(Duration::from_secs(30), |d| d.0),
+            inbox_rescan: match raw.inbox_rescan {
+                // A rescan on every turn of the loop would spin a core.
+                Some(d) if d.0 < Duration::from_millis(100) => {
+                    return Err(invalid("`inbox_rescan` must be at least 100ms".into()));
+                }
+                Some(d) => d.0,
+                None => Duration::from_secs(30),
+            },
             ledger_segment_events: match raw.ledger_segment_events {
                 Some(0) => {
                     return Err(invalid("`ledger_segment_events` must be at least 1".into()));
@@ -847,6 +854,53 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     } else {
         Err("names use letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters".into())
     }
+}
+
+/// The largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a config file's text: `None` when there is none. Only a regular file is read (a link
+/// to one is fine: the config is the user's), never blocking on a FIFO, at most
+/// [`MAX_CONFIG_BYTES`] — a config replaced by `/dev/zero` or a pipe is an error, not a hang.
+pub fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |cause: std::io::Error| ConfigError::Read {
+        path: path.display().to_string(),
+        cause,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file (a FIFO, device or directory); the config must be a file",
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is larger than the limit of {MAX_CONFIG_BYTES} bytes"),
+        )));
+    }
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is not UTF-8 text ({e})"),
+        ))
+    })
 }
 
 /// Formats a serde-saphyr error with its line and column.

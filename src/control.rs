@@ -126,7 +126,7 @@ pub struct ControlRequest {
 
 /// Where the socket of `ws` lives: `.context/daemon.sock`, unless that path is too long for a
 /// Unix socket (108 bytes with the terminating NUL); then a name derived from the workspace path
-/// in `$XDG_RUNTIME_DIR` (or the temp directory).
+/// in a directory only this user may use ([`private_runtime_dir`]).
 pub fn socket_path(ws: &Workspace) -> PathBuf {
     let local = ws.context().join("daemon.sock");
     if local.as_os_str().len() < 100 {
@@ -136,62 +136,225 @@ pub fn socket_path(ws: &Workspace) -> PathBuf {
     for b in ws.root().as_os_str().as_encoded_bytes() {
         hash = (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("dirigent-{hash:016x}.sock"))
+    runtime_dir().join(format!("dirigent-{hash:016x}.sock"))
 }
+
+/// `$XDG_RUNTIME_DIR/dirigent`, else `/tmp/dirigent-<uid>`: never a name another user could
+/// take first in a directory everyone can write to.
+fn runtime_dir() -> PathBuf {
+    let uid = nix::unistd::geteuid().as_raw();
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("dirigent"),
+        None => std::env::temp_dir().join(format!("dirigent-{uid}")),
+    }
+}
+
+/// Makes (mode 0700) or checks the directory of a socket outside the workspace: it must be a
+/// real directory, owned by this user, that nobody else may enter. Anything else is refused,
+/// with what to do about it.
+pub fn private_runtime_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let problem = if !meta.file_type().is_dir() {
+        Some("is not a directory".to_string())
+    } else if meta.uid() != me {
+        Some(format!(
+            "belongs to uid {}, not to you (uid {me}): another user may have made it to catch your requests",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o077 != 0 {
+        Some(format!(
+            "can be used by other users (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "`{}` {p}; remove it, or set XDG_RUNTIME_DIR to a directory only you can use",
+                dir.display()
+            ),
+        )),
+    }
+}
+
+/// The longest request line read; a longer one is refused and the connection closed.
+pub const MAX_LINE: usize = 8 * 1024 * 1024;
+
+/// Connections served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a connection may stay silent before a request line is complete.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Binds the socket (replacing a stale one: the workspace lock proves no other daemon uses it),
 /// mode 0600, and serves connections until the returned task is aborted. Each line read is a
-/// request for `api`; connections are served concurrently, requests on one connection in order.
+/// request for `api`; connections are served concurrently (at most 64 at once), requests on one
+/// connection in order.
 pub fn serve(ws: &Workspace, api: crate::api::Api) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(ws);
+    if let Some(dir) = path.parent()
+        && !dir.starts_with(ws.context())
+    {
+        private_runtime_dir(dir)?;
+    }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let me = nix::unistd::geteuid().as_raw();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
+        let mut backoff = crate::accept::Backoff::default();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff.reset();
+                    stream
+                }
+                Err(e) => {
+                    // Out of descriptors: wait instead of spinning on the same error.
+                    backoff.wait(&e, "control socket").await;
+                    continue;
+                }
             };
             let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me);
             let api = api.clone();
             tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                if !allowed {
-                    let refusal =
-                        Response::error("refused: the daemon serves only the user it runs as");
-                    let _ = write
-                        .write_all(
-                            format!("{}\n", serde_json::to_string(&refusal).unwrap_or_default())
-                                .as_bytes(),
-                        )
-                        .await;
-                    return;
-                }
-                let mut lines = tokio::io::BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let answer = match serde_json::from_str::<Request>(&line) {
-                        Ok(request) => api.call(request).await,
-                        Err(e) => Response::error(format!("not a request: {e}")),
-                    };
-                    let mut text = serde_json::to_string(&answer).unwrap_or_default();
-                    text.push('\n');
-                    if write.write_all(text.as_bytes()).await.is_err() {
-                        break;
-                    }
-                }
+                let _permit = permit;
+                serve_connection(stream, allowed, api).await;
             });
         }
     }))
 }
 
+async fn serve_connection(stream: tokio::net::UnixStream, allowed: bool, api: crate::api::Api) {
+    let (read, mut write) = stream.into_split();
+    let reply = |r: &Response| {
+        let mut text = serde_json::to_string(r).unwrap_or_default();
+        text.push('\n');
+        text
+    };
+    if !allowed {
+        let refusal = Response::error("refused: the daemon serves only the user it runs as");
+        let _ = write.write_all(reply(&refusal).as_bytes()).await;
+        return;
+    }
+    let mut reader = tokio::io::BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let got = tokio::time::timeout(IDLE, read_line_limited(&mut reader, &mut line)).await;
+        let answer = match got {
+            Err(_) | Ok(Ok(LineRead::Eof)) | Ok(Err(_)) => return,
+            Ok(Ok(LineRead::TooLong)) => {
+                let refusal = Response::error(format!(
+                    "refused: a request line may have at most {MAX_LINE} bytes"
+                ));
+                let _ = write.write_all(reply(&refusal).as_bytes()).await;
+                return;
+            }
+            Ok(Ok(LineRead::Line)) => match serde_json::from_slice::<Request>(&line) {
+                Ok(request) => api.call(request).await,
+                Err(e) => Response::error(format!("not a request: {e}")),
+            },
+        };
+        if write.write_all(reply(&answer).as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What reading one line found.
+enum LineRead {
+    Line,
+    Eof,
+    TooLong,
+}
+
+/// Reads up to a newline into `buf` (without it), refusing to hold more than [`MAX_LINE`].
+async fn read_line_limited<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<LineRead> {
+    use tokio::io::AsyncBufReadExt;
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        let (take, done) = match avail.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (avail.len(), false),
+        };
+        if buf.len() + take > MAX_LINE {
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(&avail[..take]);
+        r.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(LineRead::Line);
+        }
+    }
+}
+
+/// Checks, before a client sends anything, that the socket belongs to this user: a socket
+/// someone else made (in a shared directory) never receives a prompt.
+fn check_socket_owner(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(()); // connecting will say it is not there
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "refusing to talk to `{}`: it belongs to uid {}, not to you (uid {me})",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the process at the other end of a connected socket runs as this user.
+fn check_peer(uid: Option<u32>, path: &std::path::Path) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    match uid {
+        Some(u) if u == me => Ok(()),
+        Some(u) => Err(format!(
+            "refusing to talk to `{}`: the process behind it runs as uid {u}, not as you (uid {me})",
+            path.display()
+        )),
+        None => Err(format!(
+            "refusing to talk to `{}`: cannot tell who is behind it",
+            path.display()
+        )),
+    }
+}
+
 /// Sends one request to the daemon of `ws` and waits for the answer (for the CLI).
 pub fn request(ws: &Workspace, req: &Request) -> Result<Response, String> {
+    let path = socket_path(ws);
+    check_socket_owner(&path)?;
     let mut stream =
-        std::os::unix::net::UnixStream::connect(socket_path(ws)).map_err(|e| not_running(ws, e))?;
+        std::os::unix::net::UnixStream::connect(&path).map_err(|e| not_running(ws, e))?;
+    check_peer(peer_uid(&stream), &path)?;
     // A refused client is told why and hung up on, possibly before it has written: read the
     // answer even when the write failed.
     let written = stream.write_all(encode(req)?.as_bytes());
@@ -200,12 +363,31 @@ pub fn request(ws: &Workspace, req: &Request) -> Result<Response, String> {
     decode(written, read, answer)
 }
 
+/// The uid of the peer of a connected Unix socket.
+fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+            .ok()
+            .map(|c| c.uid())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        nix::unistd::getpeereid(stream)
+            .ok()
+            .map(|(uid, _)| uid.as_raw())
+    }
+}
+
 /// [`request`] for async callers (the MCP server): one connection per request, so a long
 /// `wait` never holds up another call.
 pub async fn request_async(ws: &Workspace, req: &Request) -> Result<Response, String> {
-    let stream = tokio::net::UnixStream::connect(socket_path(ws))
+    let path = socket_path(ws);
+    check_socket_owner(&path)?;
+    let stream = tokio::net::UnixStream::connect(&path)
         .await
         .map_err(|e| not_running(ws, e))?;
+    check_peer(stream.peer_cred().ok().map(|c| c.uid()), &path)?;
     let (read, mut write) = stream.into_split();
     let written = write.write_all(encode(req)?.as_bytes()).await;
     let mut answer = String::new();

@@ -20,17 +20,32 @@ impl Dur {
     }
 }
 
-/// Parses `500ms`, `10s`, `5m`, `1h30m`, `2d`; a bare number means seconds.
+/// The longest duration dirigent takes anywhere (a timeout, a wait, an interval): a year.
+/// Longer ones are refused when parsed, so no deadline computed from one can overflow.
+pub const MAX: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// Parses `500ms`, `10s`, `5m`, `1h30m`, `2d`; a bare number means seconds. At most [`MAX`].
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if t.is_empty() {
         return Err("empty duration".into());
     }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let d = match t.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(t).map_err(|e| {
+            format!("invalid duration `{t}` ({e}); write it like `500ms`, `10s` or `5m`")
+        })?,
+    };
+    within_max(d).map_err(|e| format!("`{t}`: {e}"))
+}
+
+/// `d` if it is at most [`MAX`].
+pub fn within_max(d: Duration) -> Result<Duration, String> {
+    if d > MAX {
+        Err("durations are limited to 366 days".into())
+    } else {
+        Ok(d)
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration `{t}` ({e}); write it like `500ms`, `10s` or `5m`"))
 }
 
 /// Formats a duration compactly for humans: `820ms`, `12.3s`, `4m05s`, `2h10m`.
@@ -71,12 +86,15 @@ impl<'de> Deserialize<'de> for Dur {
                 parse(v).map(Dur).map_err(E::custom)
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Dur, E> {
-                Ok(Dur(Duration::from_secs(v)))
+                within_max(Duration::from_secs(v))
+                    .map(Dur)
+                    .map_err(|e| E::custom(format!("{v} seconds: {e}")))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v)
-                    .map(|s| Dur(Duration::from_secs(s)))
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                match u64::try_from(v) {
+                    Ok(s) => self.visit_u64(s),
+                    Err(_) => Err(E::custom("a duration cannot be negative")),
+                }
             }
         }
         d.deserialize_any(V)
@@ -106,6 +124,26 @@ mod tests {
         for (text, ms) in cases {
             assert_eq!(parse(text).unwrap(), Duration::from_millis(ms), "{text}");
         }
+    }
+
+    #[test]
+    fn durations_past_a_year_are_refused_not_overflowed() {
+        for text in [
+            "18446744073709551615",
+            "18446744073709551615s",
+            "400d",
+            "99999999h",
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                err.contains("limited to 366 days") || err.contains("invalid duration"),
+                "{text}: {err}"
+            );
+        }
+        assert_eq!(parse("366d").unwrap(), MAX);
+        let from_number: Result<Dur, _> = serde_json::from_str("18446744073709551615");
+        let err = from_number.unwrap_err().to_string();
+        assert!(err.contains("limited to 366 days"), "{err}");
     }
 
     #[test]

@@ -184,7 +184,7 @@ pub async fn run_with_options(
         notifier,
         dirty: dirty.clone(),
         ws: ws.clone(),
-        config_text: std::fs::read_to_string(ws.config()).ok(),
+        config_text: crate::config::read_text(&ws.config()).ok().flatten(),
         config,
         ledger,
         book,
@@ -562,30 +562,61 @@ impl Engine {
     /// queued tasks keep their chains (an agent that disappeared fails their next attempt).
     async fn reload(&mut self, trigger: &str, always: bool) {
         let path = self.ws.config();
-        let text = std::fs::read_to_string(&path).ok();
-        if !always && text == self.config_text {
+        let read = crate::config::read_text(&path);
+        let text = read.as_ref().ok().cloned().flatten();
+        if !always && read.is_ok() && text == self.config_text {
             return;
         }
-        let event = match Config::load(&path) {
-            Ok(config) => {
-                tracing::info!(trigger, source = %config.source, "configuration reloaded");
-                let source = config.source.clone();
-                self.config = Arc::new(config);
-                self.config_text = text;
-                Event::ConfigReloaded {
-                    trigger: trigger.to_string(),
-                    source,
-                }
-            }
+        let rejected = |error: String| Event::ConfigRejected {
+            trigger: trigger.to_string(),
+            error,
+        };
+        let from_file = self.config.source != crate::config::EMBEDDED_SOURCE;
+        let event = match read {
             Err(e) => {
                 tracing::error!(
                     trigger,
-                    "error: the new configuration is invalid, keeping the previous one: {e}"
+                    "error: the configuration cannot be read, keeping the running one: {e}"
                 );
+                rejected(e.to_string())
+            }
+            // Deleted while running (an editor's swap, a mistake): the daemon does not quietly
+            // become another one. The embedded default takes over only at the next start.
+            Ok(None) if from_file => {
+                self.config_text = None;
+                let error = format!(
+                    "`{}` was deleted; the running configuration stays in force (restart the daemon to use the embedded default)",
+                    path.display()
+                );
+                tracing::warn!(trigger, "{error}");
+                rejected(error)
+            }
+            Ok(text) => {
+                let parsed = match &text {
+                    Some(t) => Config::parse(t, &path.display().to_string()),
+                    None => Config::parse(
+                        crate::config::DEFAULT_CONFIG,
+                        crate::config::EMBEDDED_SOURCE,
+                    ),
+                };
                 self.config_text = text;
-                Event::ConfigRejected {
-                    trigger: trigger.to_string(),
-                    error: e.to_string(),
+                match parsed {
+                    Ok(config) => {
+                        tracing::info!(trigger, source = %config.source, "configuration reloaded");
+                        let source = config.source.clone();
+                        self.config = Arc::new(config);
+                        Event::ConfigReloaded {
+                            trigger: trigger.to_string(),
+                            source,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            trigger,
+                            "error: the new configuration is invalid, keeping the previous one: {e}"
+                        );
+                        rejected(e.to_string())
+                    }
                 }
             }
         };

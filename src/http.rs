@@ -159,16 +159,7 @@ pub fn serve(bound: Bound, api: Api) -> std::io::Result<HttpServer> {
     let state = AppState { api, token };
     let app = router(state);
     let (shutdown, stop) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!("the HTTP API stopped: {e}");
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, app, stop));
     tracing::info!(
         "HTTP API on http://{addr} (token in `{}`)",
         token_path(&ws).display()
@@ -178,6 +169,114 @@ pub fn serve(bound: Bound, api: Api) -> std::io::Result<HttpServer> {
         task,
         url_file,
     })
+}
+
+/// How long a client may take to send a request's headers — also how long an idle kept-alive
+/// connection stays open — and then its body.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest request body read (a task is at most 1 MiB; a chat may carry more).
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// Connections served at once: at most 256, and never more than a quarter of the descriptors
+/// the process may open, so clients can never starve the daemon of them. More wait in the
+/// listen queue.
+fn max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    usize::try_from(soft / 4).unwrap_or(256).clamp(4, 256)
+}
+
+/// Accepts connections until `stop` fires, each served by hyper with a header timeout; then
+/// asks open connections to finish (event streams and waits end with the daemon's stop).
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, stop: oneshot::Receiver<()>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let limit = max_connections();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let mut backoff = crate::accept::Backoff::default();
+    tokio::pin!(stop);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stop => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut stop => break,
+            got = listener.accept() => match got {
+                Ok((stream, _)) => {
+                    backoff.reset();
+                    stream
+                }
+                Err(e) => {
+                    backoff.wait(&e, "HTTP API").await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut closing = closing.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    changed = closing.changed() => {
+                        if changed.is_err() || *closing.borrow() {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.as_mut().await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let _ = closing_tx.send(true);
+    // Wait until every connection has finished (the daemon's stop bounds this).
+    let _ = slots.acquire_many(limit as u32).await;
+}
+
+/// Reads the request body under a time and a size limit before any route sees it: a client
+/// that sends headers and then trickles (or never sends) its body cannot hold a connection.
+async fn bounded_body(req: HttpRequest, next: Next) -> HttpResponse {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            next.run(HttpRequest::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than {MAX_BODY} bytes, or broken"),
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "the request body did not arrive within {}",
+                crate::duration::short(BODY_TIMEOUT)
+            ),
+        )
+        .into_response(),
+    }
 }
 
 fn router(state: AppState) -> Router {
@@ -202,6 +301,7 @@ fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(guarded)
         .fallback(not_found)
+        .layer(middleware::from_fn(bounded_body))
         .with_state(state)
 }
 

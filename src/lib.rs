@@ -9,6 +9,7 @@
 //! [`engine::run`] is the entry point; it takes a `shutdown` future so tests can run the whole
 //! daemon in-process.
 
+pub mod accept;
 pub mod api;
 pub mod catalog;
 pub mod claim;

@@ -16,7 +16,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Never a panic on a closed stderr: the exit status still says it failed.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -118,10 +120,13 @@ fn daemon(
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(log_level))
         .map_err(|e| anyhow::anyhow!("invalid `--log-level` `{log_level}`: {e}"))?;
-    // Logs go to stderr; under systemd, journald takes them from there.
+    // Logs go to stderr; under systemd, journald takes them from there. A log line that cannot
+    // be written (stderr closed: `dirigent daemon 2>&1 | head`) is dropped, never a panic: the
+    // daemon's work does not depend on anyone reading its log.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .log_internal_errors(false)
+        .with_writer(|| LossyStderr);
     match format {
         cli::LogFormat::Json => logs.json().with_current_span(false).init(),
         cli::LogFormat::Text => logs
@@ -146,6 +151,20 @@ fn daemon(
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// stderr, with every write error swallowed (see `daemon`).
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core), and a daemon that

@@ -320,13 +320,12 @@ where
         },
     ));
 
-    let deadline = tokio::time::Instant::from_std(started + plan.timeout);
+    let at = |d: Duration| crate::engine::later(tokio::time::Instant::from_std(started), d);
+    let deadline = at(plan.timeout);
     let mut stopped = None;
     let exit = loop {
         let idle_at = plan.idle_timeout.map(|idle| {
-            tokio::time::Instant::from_std(
-                started + Duration::from_millis(activity.load(Ordering::Relaxed)) + idle,
-            )
+            at(Duration::from_millis(activity.load(Ordering::Relaxed)).saturating_add(idle))
         });
         tokio::select! {
             status = child.wait() => break status.ok(),
@@ -445,7 +444,7 @@ where
     let exit_code = exit.and_then(|s| s.code());
     let signal = exit.and_then(|s| s.signal());
     let (stdout_bytes, stderr_bytes) = (stdout.total, stderr.total);
-    let verdict = judge::judge_at(
+    let mut verdict = judge::judge_at(
         agent,
         &Evidence {
             spawn_error: None,
@@ -458,6 +457,22 @@ where
         },
         crate::ledger::now_ms(),
     );
+    // The limits that applied are this attempt's (a task may set its own), not the agent's.
+    match stopped {
+        Some(StopCause::Timeout) => {
+            verdict.reason = format!(
+                "killed after the {} timeout",
+                crate::duration::short(plan.timeout)
+            );
+        }
+        Some(StopCause::Idle) => {
+            verdict.reason = format!(
+                "no progress for {} (no output, or only error events): killed as hung",
+                crate::duration::short(plan.idle_timeout.unwrap_or_default())
+            );
+        }
+        _ => {}
+    }
     AttemptReport {
         exhausted,
         ran: true,

@@ -297,6 +297,9 @@ pub fn accept(
     if matches!(fields.timeout, Some(d) if d.0.is_zero()) {
         return reject("`timeout` must be more than 0");
     }
+    if matches!(fields.idle_timeout, Some(d) if d.0.is_zero()) {
+        return reject("`idle_timeout` must be more than 0 (leave it out to use the agent's)");
+    }
     let title = fields
         .title
         .clone()

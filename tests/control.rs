@@ -187,8 +187,34 @@ fn other_users_are_refused() {
         .env("DIRIGENT_ROOT", ws.root())
         .output()
         .expect("setpriv (util-linux) runs");
+    // The client checks first: a socket of another user never gets a request.
+    let sock = ws.path("daemon.sock");
     assert_eq!(
         stderr(&out),
-        "error: refused: the daemon serves only the user it runs as\n"
+        format!(
+            "error: refusing to talk to `{}`: it belongs to uid 0, not to you (uid 65534)\n",
+            sock.display()
+        )
+    );
+    // A client that does not check is refused by the daemon's peer check.
+    let raw = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            // perl-base is on every Debian system; its IO::Socket::UNIX does no checks.
+            "/usr/bin/perl",
+            "-MIO::Socket::UNIX",
+            "-e",
+            "my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die $!; print $s qq({\"op\":\"status\"}\\n); print scalar <$s>;",
+        ])
+        .arg(&sock)
+        .output()
+        .expect("setpriv runs perl");
+    assert_eq!(
+        String::from_utf8_lossy(&raw.stdout),
+        "{\"ok\":false,\"message\":\"refused: the daemon serves only the user it runs as\"}\n",
+        "stderr: {}",
+        stderr(&raw)
     );
 }
