@@ -118,6 +118,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         timeout,
         context: args.context,
         files: args.files,
+        parent: dirigent::task::parent_from_env(),
         ..Default::default()
     };
     // Validate here, before anything is written, with the same rules the daemon applies.

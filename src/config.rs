@@ -66,6 +66,10 @@ struct RawConfig {
     /// Resource groups and their capacity: `{local-gpu: 25}`.
     #[serde(default)]
     resources: BTreeMap<String, f64>,
+    #[serde(default)]
+    max_interruptions: Option<u32>,
+    #[serde(default)]
+    max_spawned_tasks: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +381,13 @@ pub struct Config {
     /// Where the HTTP API listens (`http:`); `None` = no HTTP server unless `--http` is given.
     /// Read at start; a reload does not move the server.
     pub http: Option<std::net::SocketAddr>,
+    /// A task whose attempts end `interrupted` (the daemon stopped or crashed while they ran)
+    /// this many times in a row escalates instead of running again: an agent that brings the
+    /// daemon down cannot make it crash-loop.
+    pub max_interruptions: u32,
+    /// How many tasks may be created from inside the attempts of one task and of the tasks
+    /// those create in turn (counted per original task).
+    pub max_spawned_tasks: u32,
     /// Where the config came from, for messages.
     pub source: String,
 }
@@ -558,6 +569,12 @@ impl Config {
                     Some(parse_listen(addr).map_err(|m| invalid(format!("`http`: {m}")))?)
                 }
             },
+            max_interruptions: match raw.max_interruptions {
+                Some(0) => return Err(invalid("`max_interruptions` must be at least 1".into())),
+                Some(n) => n,
+                None => 5,
+            },
+            max_spawned_tasks: raw.max_spawned_tasks.unwrap_or(100),
             source: source.to_string(),
         })
     }

@@ -65,7 +65,10 @@ pub enum DaemonError {
 /// Runs the daemon on `ws` until `shutdown` resolves, then stops gracefully: no new claims,
 /// running attempts are terminated (group, grace, kill) and recorded as interrupted, and their
 /// task files go back into the inbox so they run again on the next start.
-pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(
+    ws: Workspace,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
     let (_keep, reload) = mpsc::unbounded_channel();
     run_with_reload(ws, shutdown, reload).await
 }
@@ -75,7 +78,7 @@ pub async fn run(ws: Workspace, shutdown: impl Future<Output = ()>) -> Result<()
 /// config is refused with one log line and the previous one stays in force.
 pub async fn run_with_reload(
     ws: Workspace,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
     reload: mpsc::UnboundedReceiver<()>,
 ) -> Result<(), DaemonError> {
     run_with_options(ws, shutdown, reload, Options::default()).await
@@ -91,7 +94,7 @@ pub struct Options {
 /// [`run_with_reload`] with command-line [`Options`].
 pub async fn run_with_options(
     ws: Workspace,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
     mut reload: mpsc::UnboundedReceiver<()>,
     options: Options,
 ) -> Result<(), DaemonError> {
@@ -276,13 +279,21 @@ pub async fn run_with_options(
     );
     engine.notify(&format!("READY=1\nSTATUS={}", engine.status_line()));
 
-    tokio::pin!(shutdown);
+    // The stop is watched by a task of its own: if the loop is waiting on a ledger write that
+    // is paused (the disk is full), the writer is told to give up, so a stop is never stuck.
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let give_up = engine.ledger.give_up_handle();
+    tokio::spawn(async move {
+        shutdown.await;
+        give_up.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+    });
     let mut was_idle = true;
     loop {
         let wake = engine.next_wake();
         tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            _ = stop_rx.wait_for(|s| *s) => break,
             msg = engine.rx.recv() => {
                 // The engine holds a sender itself, so the channel never closes here.
                 if let Some(msg) = msg {
@@ -1664,15 +1675,35 @@ Free disk space or fix `{}`, then restart the daemon",
         let mut batch_ids: HashSet<String> = HashSet::new();
         let mut accepted: Vec<(Claimed, Box<TaskSpec>)> = Vec::new();
         let mut refused: Vec<(Claimed, String)> = Vec::new();
+        let mut spawned_now: HashMap<String, u32> = HashMap::new();
         // Explicit ids first: they were asked for; a name-derived id yields to them.
         parsed.sort_by_key(|(_, f)| f.id.is_none());
         for (c, fields) in parsed {
             let id = claim::choose_id(&fields, &c.name, |id, explicit| {
                 !batch_ids.contains(id) && self.id_free(id, explicit.then_some(c.name.as_str()))
             });
-            let spec = id.and_then(|id| {
-                crate::task::accept(id, fields, &self.config, self.ws.root()).map_err(|e| e.0)
-            });
+            let spec = id
+                .and_then(|id| {
+                    crate::task::accept(id, fields, &self.config, self.ws.root()).map_err(|e| e.0)
+                })
+                .and_then(|spec| match &spec.fields.parent {
+                    Some(parent) => {
+                        // Tasks agents create: bounded per original task, so an agent that
+                        // keeps submitting (each task submitting the next) stops.
+                        let origin = self.book.origin_of(parent);
+                        let made = self.book.spawned.get(&origin).copied().unwrap_or(0)
+                            + spawned_now.get(&origin).copied().unwrap_or(0);
+                        if made >= self.config.max_spawned_tasks {
+                            Err(format!(
+                                "created from inside an attempt of `{parent}`: the attempts of `{origin}` and of the tasks they created have created {made} tasks, the limit (`max_spawned_tasks`)"
+                            ))
+                        } else {
+                            *spawned_now.entry(origin).or_default() += 1;
+                            Ok(spec)
+                        }
+                    }
+                    None => Ok(spec),
+                });
             match spec {
                 Ok(spec) => {
                     batch_ids.insert(spec.id.clone());
@@ -2043,6 +2074,17 @@ Free disk space or fix `{}`, then restart the daemon",
             }
             if let Some(reason) = self.over_budget(t, now_ms) {
                 escalations.push((key.id.clone(), reason));
+                continue;
+            }
+            let interrupted = t.interruptions_in_a_row();
+            if interrupted >= self.config.max_interruptions {
+                escalations.push((
+                    key.id.clone(),
+                    format!(
+                        "its attempts were interrupted {interrupted} times in a row: the daemon stopped or crashed while each ran (the last: {}). If the agent itself stops the daemon, that is why; the log names the sender of each stop signal. Raise `max_interruptions` to allow more",
+                        t.attempts.last().map(|a| a.reason.as_str()).unwrap_or("")
+                    ),
+                ));
                 continue;
             }
             // The first agent from the chain's position whose provider may be used now.

@@ -630,10 +630,10 @@ impl Ledger {
         self.paused.clone()
     }
 
-    /// Makes a paused writer give up (the daemon is stopping): the batch it waits with fails,
-    /// and so does every later one.
-    pub fn give_up(&self) {
-        self.give_up.store(true, Ordering::SeqCst);
+    /// Set it to make a paused writer give up (the daemon is stopping): the batch it waits
+    /// with fails, and so does every later one. A writer that is not paused is not affected.
+    pub fn give_up_handle(&self) -> Arc<AtomicBool> {
+        self.give_up.clone()
     }
 
     /// Appends one event; resolves once it is on disk.

@@ -36,6 +36,7 @@ pub mod result;
 pub mod routing;
 pub mod runner;
 pub mod service;
+pub mod signals;
 pub mod spawn;
 pub mod state;
 pub mod stats;

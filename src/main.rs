@@ -139,7 +139,10 @@ fn daemon(
         .build()?;
     runtime.block_on(async {
         // Registered before the daemon does anything, so a signal during start-up is not lost.
-        let shutdown = shutdown_signal()?;
+        let mut stops = dirigent::signals::StopSignals::install(ws.root())?;
+        let shutdown = async move {
+            stops.next_stop().await;
+        };
         let reload = reload_signal()?;
         // A file-size limit (RLIMIT_FSIZE) must surface as a write error the daemon reports, not
         // kill it. A handler rather than SIG_IGN: agents get the default action back on exec.
@@ -192,17 +195,4 @@ fn reload_signal() -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
         }
     });
     Ok(rx)
-}
-
-/// Installs the SIGINT/SIGTERM handlers now; the returned future resolves on the first one.
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-    })
 }

@@ -6,9 +6,14 @@
 //! variables every attempt's processes inherit, or by the attempt's process group — and reaps
 //! adopted zombies.
 //!
-//! What cannot be caught: a process that escaped *and* whose ancestors are still alive outside
-//! the daemon's tree (it never becomes our child), or one that cleared its environment and left
-//! the group before its parent died. Those need a cgroup, which dirigent does not use (yet).
+//! An adopted process is killed when it is in the ended attempt's group, or when it carries this
+//! workspace's `DIRIGENT_WORKSPACE` and is no longer in the group of anything still running —
+//! the workspace alone decides, so an escapee that rewrote its other variables is caught too.
+//!
+//! Under systemd, [`sweep_cgroup`] also kills what is left in the service's cgroup outside any
+//! live group: a process cannot leave a cgroup, so even one that cleared its environment
+//! (`env -i setsid …`) is found. Without systemd, such a process whose parent lives on outside
+//! the daemon's tree is not caught (see docs/security.md).
 //!
 //! Children the daemon spawns itself are waited for by tokio; they are registered here (under
 //! the same lock the sweep takes) so the sweep never reaps one of them.
@@ -37,14 +42,114 @@ pub fn become_subreaper() -> bool {
 }
 
 /// Spawns `cmd` and registers the child, atomically with respect to [`sweep`].
+///
+/// The child the daemon sees is a small per-attempt supervisor: a fork of the daemon that
+/// forks once more, lets that second child exec the command, waits for it and exits as it did
+/// (the same code, or the same signal). The command's parent is therefore never the daemon: an
+/// agent that runs `kill -TERM $PPID` (or `-KILL`) ends its own supervisor, whose exit the
+/// daemon sees as the attempt's end, and the daemon lives on. The supervisor leads the process
+/// group, so stopping the group stops both; it holds no descriptor of the daemon's (not even
+/// the pipes), so end-of-output still comes from the command alone.
 pub fn spawn(
     cmd: &mut tokio::process::Command,
 ) -> std::io::Result<(tokio::process::Child, Registered)> {
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (fork, sigaction, close_range/close, waitpid, kill, _exit); it allocates
+    // nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| match nix::libc::fork() {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => Ok(()), // the command: std goes on to exec it
+            command => supervise(command),
+        });
+    }
     let mut own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     own.insert(pid);
     Ok((child, Registered(pid)))
+}
+
+/// The per-attempt supervisor (see [`spawn`]): waits for `command` and exits as it did. Runs
+/// between fork and exec of a multithreaded process, so only async-signal-safe calls.
+fn supervise(command: nix::libc::pid_t) -> ! {
+    use nix::libc;
+    // SAFETY: plain system calls on this process's own state; see `spawn`.
+    unsafe {
+        // The daemon's handlers (inherited, never reset by an exec here) must not run. The
+        // supervisor ends when the command ends, not before: a SIGTERM to the group is the
+        // command's to answer (or ignore, until the SIGKILL that ends both), and `kill $PPID`
+        // from the command changes nothing.
+        for sig in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGPIPE,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        // No descriptor of the daemon's: the output pipes must reach EOF when the command
+        // closes them, and std's exec-error pipe must close when the command execs.
+        #[cfg(target_os = "linux")]
+        let closed = libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) == 0;
+        #[cfg(not(target_os = "linux"))]
+        let closed = false;
+        if !closed {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur.min(65_536) as libc::c_int
+            } else {
+                1024
+            };
+            for fd in 0..max {
+                libc::close(fd);
+            }
+        }
+        let mut status: libc::c_int = 0;
+        loop {
+            let r = libc::waitpid(command, &mut status, 0);
+            if r == command {
+                break;
+            }
+            if r == -1 && *errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFEXITED(status) {
+            libc::_exit(libc::WEXITSTATUS(status));
+        }
+        if libc::WIFSIGNALED(status) {
+            // End the same way, so the daemon records the command's signal.
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig);
+        }
+        libc::_exit(127)
+    }
+}
+
+#[cfg(target_os = "linux")]
+unsafe fn errno_location() -> *mut nix::libc::c_int {
+    // SAFETY: the C library's own thread-local errno.
+    unsafe { nix::libc::__errno_location() }
+}
+
+#[cfg(not(target_os = "linux"))]
+unsafe fn errno_location() -> *mut nix::libc::c_int {
+    // SAFETY: the C library's own thread-local errno.
+    unsafe { nix::libc::__error() }
 }
 
 /// Unregisters the child when dropped — after tokio has waited for it.
@@ -59,10 +164,9 @@ impl Drop for Registered {
     }
 }
 
-/// Which attempt's leftovers to kill.
+/// Which attempt's leftovers to kill: members of its process group, and every escaped process
+/// of this workspace that is no longer in a live group of the daemon's.
 pub struct Leftovers<'a> {
-    pub task: &'a str,
-    pub attempt: u32,
     pub workspace: &'a Path,
     pub pgid: u32,
 }
@@ -83,7 +187,12 @@ pub fn sweep(who: Option<&Leftovers<'_>>) -> usize {
                 let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
                 continue;
             }
-            let ours = who.is_some_and(|w| stat.pgid == w.pgid || belongs_to(pid, w));
+            // Matched on the workspace alone: an escapee that rewrote its other variables is
+            // still caught. One still in the group of something running is left alone.
+            let ours = who.is_some_and(|w| {
+                stat.pgid == w.pgid
+                    || (!own.contains(&stat.pgid) && carries_workspace(pid, w.workspace))
+            });
             if ours {
                 let p = Pid::from_raw(pid as i32);
                 let _ = kill(p, Signal::SIGKILL);
@@ -122,6 +231,7 @@ fn adopted_children(own: &BTreeSet<u32>) -> Vec<u32> {
 
 struct ProcStat {
     state: char,
+    ppid: u32,
     pgid: u32,
 }
 
@@ -130,32 +240,29 @@ impl ProcStat {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
         let state = fields.next()?.chars().next()?;
-        let _ppid = fields.next()?;
+        let ppid = fields.next()?.parse().ok()?;
         let pgid = fields.next()?.parse().ok()?;
-        Some(ProcStat { state, pgid })
+        Some(ProcStat { state, ppid, pgid })
     }
 }
 
-/// Whether the process's environment marks it as part of this attempt.
-fn belongs_to(pid: u32, w: &Leftovers<'_>) -> bool {
-    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let (mut task, mut attempt, mut ws) = (false, false, false);
-    let attempt_s = w.attempt.to_string();
-    for var in env.split(|b| *b == 0) {
-        let Some(eq) = var.iter().position(|b| *b == b'=') else {
-            continue;
+/// Whether `pid` or one of its ancestors (below the daemon) is in a live group of the daemon's:
+/// a process an attempt still running started, even in a group of its own.
+fn below_live_group(pid: u32, own: &BTreeSet<u32>, daemon: u32) -> bool {
+    let mut p = pid;
+    for _ in 0..64 {
+        let Some(stat) = ProcStat::read(p) else {
+            return false;
         };
-        let (k, v) = (&var[..eq], &var[eq + 1..]);
-        match k {
-            b"DIRIGENT_TASK_ID" => task = v == w.task.as_bytes(),
-            b"DIRIGENT_ATTEMPT" => attempt = v == attempt_s.as_bytes(),
-            b"DIRIGENT_WORKSPACE" => ws = v == w.workspace.as_os_str().as_encoded_bytes(),
-            _ => {}
+        if own.contains(&stat.pgid) {
+            return true;
         }
+        if stat.ppid == daemon || stat.ppid <= 1 {
+            return false;
+        }
+        p = stat.ppid;
     }
-    task && attempt && ws
+    false
 }
 
 /// At start-up, before anything is spawned: kills every process that carries this workspace's
@@ -198,6 +305,58 @@ pub fn kill_leftovers(workspace: &Path) -> usize {
     }
     // Any of them that were our children (adopted) are zombies now.
     sweep(None);
+    killed
+}
+
+/// The processes of the daemon's own cgroup when it runs as a systemd service (`INVOCATION_ID`
+/// set, cgroup v2, a `.service` cgroup): every process the daemon ever started is in it, also
+/// one that cleared its environment and left its group (`env -i setsid …`), which nothing else
+/// can find. `None` elsewhere (a terminal's cgroup holds the user's shell too).
+fn service_cgroup_procs() -> Option<Vec<u32>> {
+    std::env::var_os("INVOCATION_ID")?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    if !path.ends_with(".service") {
+        return None;
+    }
+    let procs = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.procs")).ok()?;
+    Some(
+        procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect(),
+    )
+}
+
+/// Under systemd: kills every process of the service's cgroup that is not the daemon and neither
+/// in nor below a live group of the daemon's (an attempt, a hook, an evaluator that still runs):
+/// what is left is an orphan of a finished one. Blocking. Returns how many were killed.
+pub fn sweep_cgroup() -> usize {
+    let Some(procs) = service_cgroup_procs() else {
+        return 0;
+    };
+    let own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    let my_group = nix::unistd::getpgrp().as_raw() as u32;
+    let mut killed = 0;
+    for pid in procs {
+        if pid == me {
+            continue;
+        }
+        let Some(stat) = ProcStat::read(pid) else {
+            continue;
+        };
+        if stat.state == 'Z' || stat.pgid == my_group || below_live_group(pid, &own, me) {
+            continue;
+        }
+        if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    drop(own);
+    if killed > 0 {
+        sweep(None);
+    }
     killed
 }
 

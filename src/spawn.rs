@@ -391,18 +391,12 @@ where
     // tokio has reaped the child: from here on the sweep may reap anything else.
     drop(registered);
     // Processes that left the group (setsid) but were adopted by the daemon, and zombies.
-    let (task, attempt, workspace) = (
-        plan.task_id.clone(),
-        plan.attempt,
-        plan.workspace.root().to_path_buf(),
-    );
+    let workspace = plan.workspace.root().to_path_buf();
     let escaped = tokio::task::spawn_blocking(move || {
         crate::reaper::sweep(Some(&crate::reaper::Leftovers {
-            task: &task,
-            attempt,
             workspace: &workspace,
             pgid: pid,
-        }))
+        })) + crate::reaper::sweep_cgroup()
     })
     .await
     .unwrap_or(0);

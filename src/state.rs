@@ -71,6 +71,9 @@ pub struct AttemptSummary {
     pub stderr_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::usage::Usage>,
+    /// Why the supervisor stopped it, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<crate::judge::StopCause>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +106,10 @@ pub struct TaskRecord {
     /// A `network` retry waits until then (Unix ms) before the same agent runs again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before_ms: Option<u64>,
+    /// For a task created from inside an attempt: the task at the top of that line (the one no
+    /// attempt created), whose count `max_spawned_tasks` limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// The full spec while the task can still run; dropped once it is finished to keep a
     /// long-lived daemon's memory flat (the file in `done/`/`failed/` still has it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +117,19 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// How many of its last attempts in a row ended `interrupted` by the daemon stopping (not
+    /// by a pause for a resource).
+    pub fn interruptions_in_a_row(&self) -> u32 {
+        self.attempts
+            .iter()
+            .rev()
+            .take_while(|a| {
+                a.class == Some(Class::Interrupted)
+                    && a.stopped != Some(crate::judge::StopCause::Exhausted)
+            })
+            .count() as u32
+    }
+
     /// Sum of the attempts' durations.
     pub fn busy_ms(&self) -> u64 {
         self.attempts.iter().map(|a| a.duration_ms).sum()
@@ -232,6 +252,10 @@ pub struct TaskBook {
     /// Spending by UTC day (the most recent days only).
     #[serde(default)]
     pub spend: std::collections::BTreeMap<u64, DaySpend>,
+    /// How many tasks were created from inside the attempts of each original task (and of the
+    /// tasks those created), by the original's id.
+    #[serde(default)]
+    pub spawned: HashMap<String, u32>,
     pub last_seq: u64,
     /// Records applied since this book was made (not part of a snapshot): the daemon tells
     /// waiting doors when it changes.
@@ -258,6 +282,15 @@ impl TaskBook {
             book.apply(r);
         }
         book
+    }
+
+    /// The original task of a line of tasks created from inside attempts: `id`'s origin, or
+    /// `id` itself when no attempt created it (or it is archived).
+    pub fn origin_of(&self, id: &str) -> String {
+        self.tasks
+            .get(id)
+            .and_then(|t| t.origin.clone())
+            .unwrap_or_else(|| id.to_string())
     }
 
     /// Sets the archiving limit (after loading a snapshot) and applies it.
@@ -315,6 +348,7 @@ impl TaskBook {
         while self.finished.len() > limit {
             let old = self.finished.pop_front().expect("longer than the limit");
             if let Some(t) = self.tasks.remove(&old) {
+                self.spawned.remove(&old);
                 let outcome = if matches!(t.phase, Phase::Done { .. }) {
                     self.archived_done += 1;
                     Outcome::Done
@@ -346,6 +380,10 @@ impl TaskBook {
                     t.spec = Some(Arc::new((**spec).clone()));
                     return;
                 }
+                let origin = spec.fields.parent.as_ref().map(|p| self.origin_of(p));
+                if let Some(o) = &origin {
+                    *self.spawned.entry(o.clone()).or_default() += 1;
+                }
                 self.order.push(task.clone());
                 self.tasks.insert(
                     task.clone(),
@@ -365,6 +403,7 @@ impl TaskBook {
                         not_before_ms: None,
                         cost_usd: 0.0,
                         budget_usd: spec.fields.budget_usd,
+                        origin,
                         spec: Some(Arc::new((**spec).clone())),
                     },
                 );
@@ -414,6 +453,7 @@ impl TaskBook {
                         stdout_bytes: 0,
                         stderr_bytes: 0,
                         usage: None,
+                        stopped: None,
                     });
                     t.phase = Phase::Running {
                         attempt: *attempt,
@@ -435,6 +475,7 @@ impl TaskBook {
                 duration_ms,
                 retry_in_ms,
                 usage,
+                stopped,
                 ..
             } => {
                 if let Some(cost) = usage.as_ref().and_then(|u| u.cost_usd) {
@@ -466,6 +507,7 @@ impl TaskBook {
                             stdout_bytes: 0,
                             stderr_bytes: 0,
                             usage: None,
+                            stopped: None,
                         });
                     }
                     if let Some(a) = t.attempts.iter_mut().rev().find(|a| a.n == *attempt) {
@@ -480,6 +522,7 @@ impl TaskBook {
                         a.stdout_bytes = *stdout_bytes;
                         a.stderr_bytes = *stderr_bytes;
                         a.usage = usage.clone();
+                        a.stopped = *stopped;
                     }
                     // A failure moves the chain past the agent that failed (agents skipped while
                     // cooling down stay behind); a network retry or an interruption keeps it.

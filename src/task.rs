@@ -52,6 +52,19 @@ pub struct TaskFields {
     /// Most this task (a workflow run: with all its tasks) may cost, in US dollars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
+    /// The task whose attempt created this one. dirigent's own CLI and MCP server set it when
+    /// they run inside an attempt (`DIRIGENT_TASK_ID`), so that `max_spawned_tasks` bounds what
+    /// agents create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+/// The task an attempt runs for, when this process runs inside one (an agent calling
+/// `dirigent submit` or the MCP server).
+pub fn parent_from_env() -> Option<String> {
+    std::env::var("DIRIGENT_TASK_ID")
+        .ok()
+        .filter(|id| validate_name(id).is_ok())
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -290,6 +303,9 @@ pub fn accept(
         *out = confined::workspace_path("output", out)
             .map_err(|e| Reject(e.to_string()))?
             .to_string();
+    }
+    if let Some(parent) = &fields.parent {
+        validate_name(parent).map_err(|m| Reject(format!("`parent` id `{parent}`: {m}")))?;
     }
     for dep in &fields.after {
         validate_name(dep).map_err(|m| Reject(format!("`after` id `{dep}`: {m}")))?;

@@ -206,7 +206,7 @@ fn other_users_are_refused() {
             "/usr/bin/perl",
             "-MIO::Socket::UNIX",
             "-e",
-            "my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die $!; print $s qq({\"op\":\"status\"}\\n); print scalar <$s>;",
+            "$SIG{PIPE} = q(IGNORE); my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die $!; print $s qq({\"op\":\"status\"}\\n); print scalar <$s>;",
         ])
         .arg(&sock)
         .output()

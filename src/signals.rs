@@ -1,0 +1,224 @@
+//! The daemon's stop signals, with who sent them.
+//!
+//! A stop signal (SIGTERM, SIGINT) is received with `SA_SIGINFO`, so the sender's pid and uid
+//! are known (the kernel fills them in for `kill`). The handler only stores them and writes one
+//! byte to a pipe; [`StopSignals::next_stop`] reads the pipe in the runtime and decides:
+//! a signal sent by a process the daemon started — an agent, a hook, anything carrying this
+//! workspace's `DIRIGENT_WORKSPACE` or descending from the daemon — is logged and ignored (an
+//! agent must not be able to stop its supervisor); any other is logged with its sender and
+//! stops the daemon. A sender that has already exited cannot be looked at; it is believed.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+
+use nix::libc;
+
+/// The pipe the handler writes to (-1 until installed).
+static WAKE: AtomicI32 = AtomicI32::new(-1);
+/// The last stop signal's sender, as the kernel gave it.
+static SENDER_PID: AtomicI32 = AtomicI32::new(0);
+static SENDER_UID: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; only atomics and write(2)
+    // (async-signal-safe) are used here.
+    unsafe {
+        if !info.is_null() {
+            SENDER_PID.store((*info).si_pid(), Ordering::SeqCst);
+            SENDER_UID.store((*info).si_uid(), Ordering::SeqCst);
+        }
+        let fd = WAKE.load(Ordering::SeqCst);
+        if fd >= 0 {
+            let byte = sig as u8;
+            libc::write(fd, (&byte as *const u8).cast(), 1);
+        }
+    }
+}
+
+/// Receives the daemon's stop signals (see the module doc).
+pub struct StopSignals {
+    /// The read end of the handler's pipe.
+    pipe: tokio::net::unix::pipe::Receiver,
+    /// Kept open for the handler (it writes to the raw fd).
+    _write: OwnedFd,
+    workspace: PathBuf,
+}
+
+/// A stop signal and its sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub signal: &'static str,
+    pub pid: i32,
+    pub uid: u32,
+}
+
+impl StopSignals {
+    /// Installs the handlers for SIGTERM and SIGINT. Call it inside the runtime, before the
+    /// daemon does anything, so a signal during start-up is not lost.
+    pub fn install(workspace: &Path) -> std::io::Result<StopSignals> {
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)?;
+        WAKE.store(write.as_raw_fd(), Ordering::SeqCst);
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::SigAction(on_signal),
+            nix::sys::signal::SaFlags::SA_SIGINFO | nix::sys::signal::SaFlags::SA_RESTART,
+            nix::sys::signal::SigSet::empty(),
+        );
+        for sig in [
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::Signal::SIGINT,
+        ] {
+            // SAFETY: the handler is async-signal-safe (see `on_signal`).
+            unsafe { nix::sys::signal::sigaction(sig, &action) }?;
+        }
+        Ok(StopSignals {
+            pipe: tokio::net::unix::pipe::Receiver::from_owned_fd(read)?,
+            _write: write,
+            workspace: workspace.to_path_buf(),
+        })
+    }
+
+    /// Resolves with the first stop signal that is not an agent's; logs every one.
+    pub async fn next_stop(&mut self) -> Sent {
+        let mut buf = [0u8; 16];
+        loop {
+            let n = match self.pipe.read(&mut buf).await {
+                Ok(n) if n > 0 => n,
+                // The pipe cannot close while we hold its write end; stop to be safe.
+                _ => {
+                    return Sent {
+                        signal: "SIGTERM",
+                        pid: 0,
+                        uid: 0,
+                    };
+                }
+            };
+            let sig = buf[n - 1] as libc::c_int;
+            let sent = Sent {
+                signal: if sig == libc::SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                },
+                pid: SENDER_PID.load(Ordering::SeqCst),
+                uid: SENDER_UID.load(Ordering::SeqCst),
+            };
+            let who = describe(sent.pid);
+            if sent.pid > 0 && started_by_us(sent.pid, &self.workspace) {
+                tracing::warn!(
+                    sender_pid = sent.pid,
+                    "ignored {} from pid {} ({who}): it is a process the daemon started (an agent or a hook), and those may not stop it; stop the daemon from outside",
+                    sent.signal,
+                    sent.pid
+                );
+                continue;
+            }
+            if sent.pid > 0 {
+                tracing::info!(
+                    sender_pid = sent.pid,
+                    sender_uid = sent.uid,
+                    "{} received from pid {} ({who}, uid {})",
+                    sent.signal,
+                    sent.pid,
+                    sent.uid
+                );
+            } else {
+                tracing::info!("{} received (from the kernel or a terminal)", sent.signal);
+            }
+            return sent;
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt;
+
+/// The command line of `pid`, for the log.
+fn describe(pid: i32) -> String {
+    if pid <= 0 {
+        return "unknown".into();
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(raw) if !raw.is_empty() => {
+            let text: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|p| !p.is_empty())
+                .take(6)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            format!("`{}`", text.join(" "))
+        }
+        _ => "already exited".into(),
+    }
+}
+
+/// Whether `pid` is one of the daemon's descendants, or carries this workspace's marker.
+fn started_by_us(pid: i32, workspace: &Path) -> bool {
+    if carries_workspace(pid, workspace) {
+        return true;
+    }
+    let me = std::process::id() as i32;
+    let mut p = pid;
+    for _ in 0..64 {
+        if p == me {
+            return true;
+        }
+        match parent_of(p) {
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn carries_workspace(pid: i32, workspace: &Path) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want = [
+        b"DIRIGENT_WORKSPACE=".as_slice(),
+        workspace.as_os_str().as_encoded_bytes(),
+    ]
+    .concat();
+    env.split(|b| *b == 0).any(|v| v == want.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_and_marked_processes_are_ours() {
+        let ws = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(
+            started_by_us(child.id() as i32, ws.path()),
+            "a child is ours"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut marked = std::process::Command::new("setsid")
+            .args(["sleep", "30"])
+            .env("DIRIGENT_WORKSPACE", ws.path())
+            .spawn()
+            .unwrap();
+        assert!(started_by_us(marked.id() as i32, ws.path()));
+        let _ = marked.kill();
+        let _ = marked.wait();
+        // init is nobody's child.
+        assert!(!started_by_us(1, ws.path()));
+        assert_eq!(describe(0), "unknown");
+    }
+}
