@@ -135,15 +135,12 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     ws.ensure()?;
     let ledger_offset = std::fs::metadata(ws.ledger()).map(|m| m.len()).unwrap_or(0);
     let name = format!("{id}.json");
-    let dest = submit::write_into_inbox(ws, &id, &fields)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}",
-                e.to_string()
-                    .replace("choose another id", "choose another `--id`")
-            )
-        })?
-        .file;
+    let dest = submit_file(ws, &id, fields).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.replace("choose another id", "choose another `--id`")
+        )
+    })?;
     if args.json {
         println!("{}", json!({"id": id, "file": dest}));
     } else if !args.wait {
@@ -160,6 +157,32 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         eprintln!("dirigent: submitted `{id}`, waiting");
     }
     wait_for(ws, &id, &name, ledger_offset)
+}
+
+/// Puts the task into the inbox: through the running daemon when there is one (it reserves the
+/// id, so no file dropped meanwhile can take it), else straight into the inbox.
+fn submit_file(
+    ws: &Workspace,
+    id: &str,
+    fields: TaskFields,
+) -> std::result::Result<std::path::PathBuf, String> {
+    if running_daemon(ws).is_some() {
+        let req = dirigent::control::Request::Submit {
+            task: Box::new(fields.clone()),
+        };
+        if let Ok(answer) = dirigent::control::request(ws, &req) {
+            if !answer.ok {
+                return Err(answer.message);
+            }
+            let file = answer.data.as_ref().and_then(|d| d["file"].as_str());
+            return Ok(file
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| ws.inbox().join(format!("{id}.json"))));
+        }
+    }
+    submit::write_into_inbox(ws, id, &fields)
+        .map(|s| s.file)
+        .map_err(|e| e.to_string())
 }
 
 /// Follows the ledger until the task is done, escalated or rejected.
@@ -310,9 +333,21 @@ impl ChangeWaker {
     }
 }
 
-fn daemon_line(ws: &Workspace, live: bool) -> String {
-    match (running_daemon(ws), live) {
-        (Some(pid), true) => format!("daemon: running (pid {pid}); this is its live state"),
+/// The daemon's live state when it answers: its task book and, when it does not take work
+/// now, why.
+struct Live {
+    answering: bool,
+    paused: Option<String>,
+}
+
+fn daemon_line(ws: &Workspace, live: &Live) -> String {
+    match (running_daemon(ws), live.answering) {
+        (Some(pid), true) => match &live.paused {
+            Some(why) => format!(
+                "daemon: running (pid {pid}), not taking work: {why}; this is its live state"
+            ),
+            None => format!("daemon: running (pid {pid}); this is its live state"),
+        },
         (Some(pid), false) => format!(
             "daemon: running (pid {pid}), not answering; showing the state recorded in the ledger"
         ),
@@ -321,16 +356,29 @@ fn daemon_line(ws: &Workspace, live: bool) -> String {
 }
 
 /// The running daemon's own state when it answers, else the files. `true` = live.
-fn load_live_book(ws: &Workspace) -> Result<(TaskBook, bool)> {
+fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
     if running_daemon(ws).is_some()
         && let Ok(answer) = dirigent::control::request(ws, &dirigent::control::Request::Status)
-        && let Some(book) = answer
-            .data
-            .and_then(|d| serde_json::from_value::<TaskBook>(d).ok())
+        && let Some(data) = answer.data
     {
-        return Ok((book, true));
+        let paused = data["paused"]["why"].as_str().map(str::to_string);
+        if let Ok(book) = serde_json::from_value::<TaskBook>(data) {
+            return Ok((
+                book,
+                Live {
+                    answering: true,
+                    paused,
+                },
+            ));
+        }
     }
-    Ok((load_book(ws)?, false))
+    Ok((
+        load_book(ws)?,
+        Live {
+            answering: false,
+            paused: None,
+        },
+    ))
 }
 
 pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCode> {
@@ -378,13 +426,14 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 a.reason
             );
         }
-        println!("{}", daemon_line(ws, live));
+        println!("{}", daemon_line(ws, &live));
         return Ok(ExitCode::SUCCESS);
     }
     if as_json {
         let tasks: Vec<&TaskRecord> = book.iter().collect();
         let out = json!({
             "daemon_pid": running_daemon(ws),
+            "paused": live.paused,
             "tasks": tasks,
             "rejected": book.rejected,
             "spend": spend_report(ws, &book)?,
@@ -392,7 +441,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", daemon_line(ws, live));
+    println!("{}", daemon_line(ws, &live));
     let spend = spend_report(ws, &book)?;
     if let Some(line) = spend_line(&spend) {
         println!("{line}");

@@ -32,8 +32,13 @@ pub struct Server {
 
 /// Serves MCP on stdin/stdout until the client closes it.
 pub async fn serve_stdio(ws: Workspace) -> std::io::Result<()> {
+    let (to_server, server_in) = tokio::io::duplex(1 << 16);
+    let (server_out, from_server) = tokio::io::duplex(1 << 16);
+    let (errors_tx, errors_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(screen_input(tokio::io::stdin(), to_server, errors_tx));
+    tokio::spawn(write_output(from_server, errors_rx, tokio::io::stdout()));
     let running = Server { ws }
-        .serve(rmcp::transport::stdio())
+        .serve((server_in, server_out))
         .await
         .map_err(|e| std::io::Error::other(format!("cannot start the MCP session: {e}")))?;
     running
@@ -41,6 +46,112 @@ pub async fn serve_stdio(ws: Workspace) -> std::io::Result<()> {
         .await
         .map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
     Ok(())
+}
+
+/// The longest message line read from the client; a longer one is answered with an error.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Passes the client's lines to the MCP server, but answers a line that is not JSON (too deep,
+/// too long, cut off) itself with a JSON-RPC parse error, which the SDK would drop without a
+/// word — a client then knows what went wrong instead of waiting.
+async fn screen_input(
+    input: impl tokio::io::AsyncRead + Unpin,
+    mut to_server: tokio::io::DuplexStream,
+    errors: tokio::sync::mpsc::Sender<String>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut reader = tokio::io::BufReader::new(input);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut too_long = false;
+        loop {
+            let avail = match reader.fill_buf().await {
+                Ok(a) => a,
+                Err(_) => return,
+            };
+            if avail.is_empty() {
+                if line.is_empty() && !too_long {
+                    return;
+                }
+                break;
+            }
+            let (take, done) = match avail.iter().position(|b| *b == b'\n') {
+                Some(i) => (i, true),
+                None => (avail.len(), false),
+            };
+            if line.len() + take > MAX_MESSAGE {
+                too_long = true;
+                line.clear();
+            } else {
+                line.extend_from_slice(&avail[..take]);
+            }
+            reader.consume(if done { take + 1 } else { take });
+            if done {
+                break;
+            }
+        }
+        if line.iter().all(u8::is_ascii_whitespace) && !too_long {
+            continue;
+        }
+        let problem = if too_long {
+            Some(format!("the message is longer than {MAX_MESSAGE} bytes"))
+        } else {
+            serde_json::from_slice::<serde_json::Value>(&line)
+                .err()
+                .map(|e| e.to_string())
+        };
+        match problem {
+            None => {
+                line.push(b'\n');
+                if to_server.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+            Some(why) => {
+                let answer = json!({
+                    "jsonrpc": "2.0",
+                    "id": null,
+                    "error": {"code": -32700, "message": format!("parse error: {why}")},
+                });
+                if errors.send(answer.to_string()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the server's messages and the screen's error answers to stdout, a whole line at a
+/// time, so they never interleave.
+async fn write_output(
+    from_server: tokio::io::DuplexStream,
+    mut errors: tokio::sync::mpsc::Receiver<String>,
+    mut out: impl tokio::io::AsyncWrite + Unpin,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut lines = tokio::io::BufReader::new(from_server).lines();
+    let mut errors_open = true;
+    loop {
+        let line = tokio::select! {
+            l = lines.next_line() => match l {
+                Ok(Some(l)) => l,
+                _ => return,
+            },
+            e = errors.recv(), if errors_open => match e {
+                Some(e) => e,
+                None => {
+                    errors_open = false;
+                    continue;
+                }
+            },
+        };
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
+        if out.write_all(&bytes).await.is_err() || out.flush().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn schema(v: Value) -> Arc<JsonObject> {

@@ -292,7 +292,7 @@ fn a_full_disk_stops_claiming_without_corrupting_the_ledger() {
             Ok(())
         });
     }
-    let mut daemon = cmd.spawn().unwrap();
+    let mut daemon = common::Daemon::adopt(cmd.spawn().unwrap(), ws.root().join("daemon.log"));
     for i in 0..10 {
         ws.drop_task(&format!("t{i}.json"), r#"{"prompt": "p"}"#);
     }
@@ -301,7 +301,7 @@ fn a_full_disk_stops_claiming_without_corrupting_the_ledger() {
             .ok()
             .filter(|l| l.contains("error: the ledger cannot be written"))
     });
-    assert_eq!(daemon.try_wait().unwrap(), None, "the daemon must stay up");
+    assert!(!common::process_gone(daemon.pid()), "the daemon must stay up");
     // The ledger is intact: no torn line, nothing after the failure.
     let replay = dirigent::ledger::read(&ws.path("ledger.jsonl")).unwrap();
     assert_eq!((replay.valid_len, replay.skipped), (replay.file_len, 0));
@@ -314,12 +314,7 @@ fn a_full_disk_stops_claiming_without_corrupting_the_ledger() {
             .filter(|l| l.contains("1 task file(s) wait in the inbox: not claiming while the ledger cannot be written"))
     });
     assert_eq!(list(&ws, "inbox"), ["late.json"]);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    daemon.wait().unwrap();
+    daemon.stop();
 
     // Space again: everything runs, each task exactly once.
     let _d = ws.start();

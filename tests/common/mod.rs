@@ -211,6 +211,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon the test started itself, stopped like any other when dropped (also when the
+    /// test fails half-way).
+    pub fn adopt(child: Child, log: PathBuf) -> Daemon {
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
