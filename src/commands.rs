@@ -486,7 +486,14 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
 /// Today's spending (UTC) against the budgets: `{day, total_usd, daily_budget_usd, agents:
 /// {name: {spent_usd, budget_usd}}}`.
 fn spend_report(ws: &Workspace, book: &TaskBook) -> Result<serde_json::Value> {
-    let config = Config::load(&ws.config())?;
+    // `status` works with a broken config too: the budgets are then unknown, and it says so.
+    let config = match Config::load(&ws.config()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warning: budgets not shown: {e}");
+            Config::parse("{}", "no config")?
+        }
+    };
     let today = dirigent::state::day_of(ledger::now_ms());
     let day = book.spend.get(&today).cloned().unwrap_or_default();
     let mut agents = serde_json::Map::new();

@@ -31,7 +31,11 @@ impl Workspace {
     /// A workspace with `.context/` created and `config` written (`{agents}` is replaced by the
     /// absolute path of `tests/agents`).
     pub fn new(config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::in_dir(tempfile::tempdir().unwrap(), config)
+    }
+
+    /// [`Workspace::new`] in a directory the test made (on a small file system, say).
+    pub fn in_dir(dir: tempfile::TempDir, config: &str) -> Self {
         let ws = Workspace {
             dir,
             state: tempfile::tempdir().unwrap(),

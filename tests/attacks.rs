@@ -1,0 +1,769 @@
+//! Probes as an attacker would make them, one class of hole at a time (see docs/security.md):
+//! paths that sneak into `.context/` or through planted links, agents that try to take the
+//! supervisor down or forge its records, inputs that would panic or wedge the daemon, and a
+//! disk that runs full. Each test failed before the fix it names.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{Workspace, process_gone};
+use dirigent::ledger::Event;
+
+const CONFIG: &str = r#"
+kill_grace: 300ms
+leak_timeout: 300ms
+agents:
+  good:       { command: ["{agents}/ok.sh"], prompt: stdin }
+  fail:       { command: ["{agents}/fail.sh"] }
+  slow:       { command: ["{agents}/slow.sh"], timeout: 30s }
+  killparent: { command: ["{agents}/hostile/kill-parent.sh"] }
+  killhard:   { command: ["{agents}/hostile/kill-parent-hard.sh"], timeout: 30s }
+  killdaemon: { command: ["{agents}/hostile/kill-daemon.sh"] }
+  escape:     { command: ["{agents}/hostile/escape-env.sh"] }
+  forge:      { command: ["{agents}/hostile/forge-done.sh"], timeout: 60s }
+"#;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn log(ws: &Workspace) -> String {
+    std::fs::read_to_string(ws.root().join("daemon.log")).unwrap_or_default()
+}
+
+/// The reason a file was rejected with, once it was.
+fn rejection(ws: &Workspace, file: &str) -> String {
+    ws.wait_for(&format!("`{file}` to be rejected"), |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::Rejected { file: f, reason, .. } if f == file => Some(reason.clone()),
+            _ => None,
+        })
+    })
+}
+
+// --- Paths are checked after normalisation --------------------------------------------------
+
+#[test]
+fn no_door_can_name_dirigents_own_files_as_an_output() {
+    let ws = Workspace::new(CONFIG);
+    let config_before = std::fs::read(ws.path("dirigent.yaml")).unwrap();
+    let (_d, url, token) = ws.start_http();
+    let cases = [
+        ("./.context/dirigent.yaml", "is inside `.context`"),
+        (".context//dirigent.yaml", "is inside `.context`"),
+        ("./.CONTEXT/ledger.jsonl", "is inside `.context`"),
+        ("docs/../.context/dirigent.yaml", "contains `..`"),
+        (".git/config", "is inside `.git`"),
+        ("./.git/hooks/pre-commit", "is inside `.git`"),
+    ];
+    for (i, (output, want)) in cases.iter().enumerate() {
+        // The file door …
+        let name = format!("o{i}.json");
+        ws.drop_task(
+            &name,
+            &serde_json::json!({"prompt": "p", "agent": "good", "output": output}).to_string(),
+        );
+        let reason = rejection(&ws, &name);
+        assert!(reason.contains(want), "{output}: {reason}");
+        // … and the HTTP door say the same.
+        let body = serde_json::json!({"prompt": "p", "agent": "good", "output": output});
+        let reply = common::http(&url, "POST", "/tasks", Some(&token), Some(&body.to_string()));
+        assert_eq!(reply.status, 400, "{output}: {}", reply.body);
+        assert!(reply.body.contains(want), "{output}: {}", reply.body);
+    }
+    assert_eq!(
+        std::fs::read(ws.path("dirigent.yaml")).unwrap(),
+        config_before,
+        "the config must not have changed"
+    );
+}
+
+#[test]
+fn secrets_in_context_are_never_context() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    for (i, task) in [
+        r#"{"prompt": "p", "agent": "good", "context": ["http.token"]}"#,
+        r#"{"prompt": "p", "agent": "good", "context": ["./dirigent.yaml"]}"#,
+        r#"{"prompt": "p", "agent": "good", "context": ["isolation/claude/0/.credentials.json"]}"#,
+        r#"{"prompt": "p", "agent": "good", "files": [".context/http.token"]}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("s{i}.json");
+        ws.drop_task(&name, task);
+        let reason = rejection(&ws, &name);
+        assert!(
+            reason.contains("private to dirigent") || reason.contains("is inside `.context`"),
+            "{task}: {reason}"
+        );
+    }
+}
+
+#[test]
+fn a_context_file_that_is_a_link_is_not_read() {
+    let ws = Workspace::new(CONFIG);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "the secret").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), ws.root().join("notes.md"))
+        .unwrap();
+    let _d = ws.start();
+    ws.drop_task(
+        "n.json",
+        r#"{"prompt": "p", "agent": "good", "files": ["notes.md"]}"#,
+    );
+    let Event::Escalated { reason, .. } = ws.wait_settled("n") else {
+        panic!("a task whose context file is a link must escalate")
+    };
+    assert!(reason.contains("symbolic link"), "{reason}");
+    let prompts: Vec<String> = walk(&ws.path("runs"))
+        .into_iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    assert!(
+        prompts.iter().all(|p| !p.contains("the secret")),
+        "the secret reached a file in runs/"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_agent_cannot_choose_its_result_by_swapping_its_capture_for_a_link() {
+    let config = format!(
+        "{CONFIG}  swap: {{ command: [\"{{agents}}/hostile/swap-capture.sh\", \"{}\"] }}\n",
+        "/etc/hostname"
+    );
+    let ws = Workspace::new(&config);
+    let _d = ws.start();
+    ws.drop_task("w.json", r#"{"prompt": "p", "agent": "swap"}"#);
+    assert!(matches!(ws.wait_settled("w"), Event::Done { .. }));
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/w.md")).unwrap(),
+        "the real output\n",
+        "the result must be what the agent printed"
+    );
+}
+
+#[test]
+fn links_planted_for_the_next_attempt_are_replaced_not_written_through() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    let config = format!(
+        "{CONFIG}  plant: {{ command: [\"{{agents}}/hostile/plant-next.sh\", \"{}\", \"good\"] }}\n",
+        victim.display()
+    );
+    let ws = Workspace::new(&config);
+    let _d = ws.start();
+    ws.drop_task("p.json", r#"{"prompt": "p", "chain": ["plant", "good"]}"#);
+    assert!(matches!(ws.wait_settled("p"), Event::Done { .. }));
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "keep me",
+        "a file outside was written through a planted link"
+    );
+}
+
+#[test]
+fn an_http_id_never_reveals_files_outside() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    let exists = common::http(&url, "GET", "/tasks/%2Fetc%2Fhostname", Some(&token), None);
+    let missing = common::http(
+        &url,
+        "GET",
+        "/tasks/%2Fetc%2Fno-such-file-here",
+        Some(&token),
+        None,
+    );
+    let dots = common::http(&url, "GET", "/tasks/..%2F..%2Fetc", Some(&token), None);
+    for r in [&exists, &missing, &dots] {
+        assert_eq!(r.status, 404, "{}", r.body);
+    }
+    assert_eq!(
+        exists.body.replace("/etc/hostname", "X"),
+        missing.body.replace("/etc/no-such-file-here", "X"),
+        "an existing and a missing file outside must look the same"
+    );
+}
+
+// --- A claim is of the bytes that were checked ------------------------------------------------
+
+#[test]
+fn an_id_asked_for_in_a_file_wins_over_one_made_from_a_name() {
+    let ws = Workspace::new(CONFIG);
+    // The older file's name maps to the id the newer one asks for by name.
+    ws.drop_task("Foo Bar 3.md", "---\nagent: good\n---\nby name\n");
+    std::thread::sleep(Duration::from_millis(20)); // distinct mtimes: arrival order
+    ws.drop_task(
+        "explicit.json",
+        r#"{"id": "Foo-Bar-3", "prompt": "by id", "agent": "good"}"#,
+    );
+    let _d = ws.start();
+    assert!(matches!(ws.wait_settled("Foo-Bar-3"), Event::Done { .. }));
+    assert!(matches!(ws.wait_settled("Foo-Bar-3-2"), Event::Done { .. }));
+    let spec_of = |id: &str| {
+        ws.records().into_iter().find_map(|r| match r.event {
+            Event::Received { task, spec, .. } if task == id => Some(spec.prompt.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(spec_of("Foo-Bar-3").as_deref(), Some("by id"));
+    assert_eq!(spec_of("Foo-Bar-3-2").as_deref(), Some("by name"));
+}
+
+// --- No input can panic or wedge the daemon ---------------------------------------------------
+
+#[test]
+fn huge_and_zero_durations_are_refused_when_parsed() {
+    let ws = Workspace::new(CONFIG);
+    let (d, url, token) = ws.start_http();
+    for (i, (task, want)) in [
+        (
+            r#"{"prompt": "p", "agent": "good", "timeout": 18446744073709551615}"#,
+            "limited to 366 days",
+        ),
+        (
+            r#"{"prompt": "p", "agent": "good", "timeout": "99999999h"}"#,
+            "limited to 366 days",
+        ),
+        (
+            r#"{"prompt": "p", "agent": "good", "idle_timeout": "0s"}"#,
+            "`idle_timeout` must be more than 0",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("d{i}.json");
+        ws.drop_task(&name, task);
+        let reason = rejection(&ws, &name);
+        assert!(reason.contains(want), "{task}: {reason}");
+    }
+    let r = common::http(
+        &url,
+        "GET",
+        "/tasks/x?wait=18446744073709551615",
+        Some(&token),
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("limited to 366 days"), "{}", r.body);
+    assert!(!process_gone(d.pid()), "the daemon must stay up");
+    ws.drop_task("after.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("after"), Event::Done { .. }));
+}
+
+#[test]
+fn a_config_with_a_huge_interval_is_refused_at_start_with_a_message() {
+    let ws = Workspace::new("agents:\n  good: { command: [\"{agents}/ok.sh\"], stagger: 18446744073709551615 }\n");
+    let out = ws.cli(&["daemon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: ") && stderr(&out).contains("limited to 366 days"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_config_replaced_by_a_fifo_or_a_device_does_not_wedge_the_daemon() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("a.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("a");
+    let cfg = ws.path("dirigent.yaml");
+    std::fs::remove_file(&cfg).unwrap();
+    nix::unistd::mkfifo(&cfg, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    ws.wait_until("the FIFO to be refused", || {
+        log(&ws)
+            .contains("the configuration cannot be read")
+            .then_some(())
+    });
+    // Still answering and still working.
+    let out = ws.cli(&["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ws.drop_task("b.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("b"), Event::Done { .. }));
+    std::fs::remove_file(&cfg).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &cfg).unwrap();
+    ws.wait_until("/dev/zero to be refused", || {
+        (log(&ws).matches("the configuration cannot be read").count() >= 2).then_some(())
+    });
+    ws.drop_task("c.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("c"), Event::Done { .. }));
+}
+
+#[test]
+fn a_deleted_config_keeps_the_running_one() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    // Its watcher is up once it says it runs.
+    ws.wait_until("the daemon to run", || {
+        log(&ws).contains("dirigent is running").then_some(())
+    });
+    std::fs::remove_file(ws.path("dirigent.yaml")).unwrap();
+    ws.wait_until("the deletion to be noticed", || {
+        log(&ws)
+            .contains("was deleted; the running configuration stays in force")
+            .then_some(())
+    });
+    // `good` exists only in the file: it still runs.
+    ws.drop_task("g.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("g"), Event::Done { .. }));
+}
+
+#[test]
+fn a_closed_stderr_does_not_take_the_daemon_down() {
+    let ws = Workspace::new(CONFIG);
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["daemon", "--log-level", "debug"])
+        .env("DIRIGENT_ROOT", ws.root())
+        .env("DIRIGENT_STATE_DIR", ws.state.path())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the first line, then close the pipe: every later log line fails to be written.
+    let mut err = child.stderr.take().unwrap();
+    let mut first = [0u8; 1];
+    err.read_exact(&mut first).unwrap();
+    drop(err);
+    let mut daemon = common::Daemon::adopt(child, ws.root().join("daemon.log"));
+    ws.drop_task("a.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("a"), Event::Done { .. }));
+    assert!(!process_gone(daemon.pid()), "the daemon must stay up");
+    let status = daemon.stop();
+    assert_eq!(status.code(), Some(0), "a clean stop, not a panic: {status:?}");
+}
+
+#[test]
+fn the_control_socket_refuses_a_huge_line_without_holding_it() {
+    let ws = Workspace::new(CONFIG);
+    let d = ws.start();
+    ws.drop_task("a.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("a");
+    let mut s = std::os::unix::net::UnixStream::connect(ws.path("daemon.sock")).unwrap();
+    let chunk = vec![b'x'; 1 << 20];
+    // 64 MiB without a newline; the daemon hangs up after 8.
+    let mut sent = 0;
+    while sent < 64 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.contains("a request line may have at most"),
+        "{answer:?} after {sent} MiB"
+    );
+    assert!(sent < 64, "the daemon read all 64 MiB");
+    let rss = d.peak_rss_kib();
+    assert!(rss < 200 * 1024, "peak RSS {rss} KiB: the line was held");
+    let out = ws.cli(&["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn idle_and_half_open_http_connections_are_closed_and_never_starve_the_daemon() {
+    let ws = Workspace::new(CONFIG);
+    let (d, url, token) = ws.start_http();
+    let addr = url.trim_start_matches("http://").to_string();
+    // Far more connections than the daemon serves at once: idle ones, and ones that sent
+    // half a request.
+    let mut held = Vec::new();
+    for i in 0..300 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+        }
+        held.push(s);
+    }
+    // Work still gets done, and the daemon's descriptors stay bounded.
+    ws.drop_task("a.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("a"), Event::Done { .. }));
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .count();
+    assert!(fds < 300, "the daemon holds {fds} descriptors");
+    // A half-open connection is closed by the daemon within the header timeout (10 s).
+    let first = &mut held[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let started = std::time::Instant::now();
+    let _ = first.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "a half-open connection was held for {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    let r = common::http(&url, "GET", "/tasks", Some(&token), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+// --- Recovery does not trust what agents can write -------------------------------------------
+
+#[test]
+fn a_forged_done_line_is_not_believed_after_a_crash() {
+    let ws = Workspace::new(CONFIG);
+    let mut d = ws.start();
+    ws.drop_task("f.json", r#"{"prompt": "p", "agent": "forge"}"#);
+    ws.wait_until("the forged line", || {
+        ws.root().join("forged.ready").exists().then_some(())
+    });
+    d.crash();
+    let _d = ws.start();
+    // The test reads the file unchecked, so it sees the forged line too: wait for a real one.
+    let attempt = ws.wait_for("a done written by dirigent", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::Done { task, attempt, .. } if task == "f" && r.seq != 999_999 => {
+                Some(*attempt)
+            }
+            _ => None,
+        })
+    });
+    assert!(attempt >= 2, "done by attempt {attempt}, not by the forged line");
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/f.md")).unwrap(),
+        "the honest result\n"
+    );
+    assert!(
+        log(&ws).contains("were not written by dirigent"),
+        "the forged line must be reported:\n{}",
+        log(&ws)
+    );
+    let out = ws.cli(&["status", "f", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "done");
+    assert!(v["attempts"].as_array().unwrap().len() >= 2, "{v}");
+}
+
+#[test]
+fn a_damaged_line_in_the_middle_does_not_undo_a_finished_task() {
+    let ws = Workspace::new(CONFIG);
+    let mut d = ws.start();
+    ws.drop_task("t.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("t"), Event::Done { .. }));
+    ws.drop_task("u.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("u");
+    d.stop();
+    // Damage the `done` of `t`, in the middle of the file.
+    let path = ws.path("ledger.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let damaged: String = text
+        .lines()
+        .map(|l| {
+            if l.contains("\"event\":\"done\"") && l.contains("\"task\":\"t\"") {
+                l.replacen("\"event\":\"done\"", "\"event\":\"do#e\"", 1)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    assert_ne!(damaged, text, "the test must damage a line");
+    std::fs::write(&path, damaged).unwrap();
+    let _d = ws.start();
+    ws.drop_task("v.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("v");
+    let dones: Vec<u32> = ws
+        .records()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Done { task, attempt, .. } if task == "t" => Some(attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dones.last(),
+        Some(&1),
+        "settled again from its first attempt, not run again"
+    );
+    assert!(!ws.path("escalations/t.md").exists(), "t must not escalate");
+    assert_eq!(common::list(&ws, "done").len(), 3);
+}
+
+#[test]
+fn a_removed_running_directory_loses_no_task_and_runs_none_twice() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("s.json", r#"{"prompt": "p", "agent": "slow"}"#);
+    ws.wait_started("s");
+    std::fs::remove_dir_all(ws.path("running")).unwrap();
+    ws.drop_task("n.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("n"), Event::Done { .. }));
+    assert!(matches!(ws.wait_settled("s"), Event::Done { .. }));
+    // The file moves after `done` is recorded.
+    ws.wait_until("s.json in done/", || ws.path("done/s.json").exists().then_some(()));
+    let received: Vec<String> = ws
+        .records()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::Received { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(received, ["s", "n"], "each task once, none under a new id");
+    assert_eq!(common::list(&ws, "done"), ["n.json", "s.json"], "{}", log(&ws));
+    assert!(common::list(&ws, "escalations").is_empty());
+}
+
+// --- An agent cannot take the supervisor down --------------------------------------------------
+
+#[test]
+fn an_agent_that_signals_its_parent_or_the_daemon_does_not_stop_it() {
+    let ws = Workspace::new(CONFIG);
+    let d = ws.start();
+    ws.drop_task("p.json", r#"{"prompt": "p", "agent": "killparent"}"#);
+    assert!(matches!(ws.wait_settled("p"), Event::Done { .. }));
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/p.md")).unwrap(),
+        format!(
+            "sent SIGTERM to my parent {}\nstill here\n",
+            std::fs::read_to_string(ws.path("outbox/p.md"))
+                .unwrap()
+                .split_whitespace()
+                .nth(5)
+                .unwrap()
+        )
+    );
+    ws.drop_task("k.json", r#"{"prompt": "p", "agent": "killdaemon"}"#);
+    assert!(matches!(ws.wait_settled("k"), Event::Done { .. }));
+    assert!(
+        log(&ws).contains("ignored SIGTERM from pid"),
+        "the ignored signal and its sender must be logged:\n{}",
+        log(&ws)
+    );
+    ws.drop_task("h.json", r#"{"prompt": "p", "agent": "killhard"}"#);
+    let ev = ws.wait_settled("h");
+    assert!(matches!(ev, Event::Escalated { .. }), "{ev:?}");
+    assert!(!process_gone(d.pid()), "the daemon must still run");
+    ws.drop_task("after.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("after"), Event::Done { .. }));
+}
+
+#[test]
+fn a_task_whose_attempts_keep_being_interrupted_escalates() {
+    let config = format!(
+        "max_interruptions: 2\n{}  killer: {{ command: [\"{{agents}}/hostile/kill-daemon.sh\", \"KILL\"] }}\n",
+        CONFIG.trim_start()
+    );
+    let ws = Workspace::new(&config);
+    ws.drop_task("x.json", r#"{"prompt": "p", "agent": "killer"}"#);
+    // Each start runs the agent, which SIGKILLs the daemon (as a crash loop under a service
+    // manager would).
+    for round in 1..=2 {
+        let mut d = ws.start();
+        ws.wait_for(&format!("attempt {round}"), |recs| {
+            (recs
+                .iter()
+                .filter(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "x"))
+                .count()
+                >= round)
+                .then_some(())
+        });
+        d.wait();
+    }
+    let _d = ws.start();
+    let Event::Escalated { reason, .. } = ws.wait_settled("x") else {
+        panic!("not escalated")
+    };
+    assert!(
+        reason.starts_with("its attempts were interrupted 2 times in a row"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_agent_that_keeps_creating_tasks_is_bounded() {
+    let config = format!(
+        "max_spawned_tasks: 5\n{}  spawner: {{ command: [\"{{agents}}/hostile/spawner.sh\", \"{}\"] }}\n",
+        CONFIG.trim_start(),
+        common::BIN
+    );
+    let ws = Workspace::new(&config);
+    let _d = ws.start();
+    ws.drop_task("root.json", r#"{"prompt": "p", "agent": "spawner"}"#);
+    let reason = ws.wait_for("the sixth generation to be refused", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::Rejected { reason, .. } if reason.contains("max_spawned_tasks") => {
+                Some(reason.clone())
+            }
+            _ => None,
+        })
+    });
+    assert!(
+        reason.contains("the attempts of `root` and of the tasks they created have created 5 tasks"),
+        "{reason}"
+    );
+    let received = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(r.event, Event::Received { .. }))
+        .count();
+    assert_eq!(received, 6, "the root and five generations");
+}
+
+#[test]
+fn an_escapee_that_changed_its_variables_is_still_caught() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("e.json", r#"{"prompt": "p", "agent": "escape"}"#);
+    assert!(matches!(ws.wait_settled("e"), Event::Done { .. }));
+    let pid: u32 = std::fs::read_to_string(ws.root().join("escaped.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    ws.wait_until("the escapee to be killed", || process_gone(pid).then_some(()));
+}
+
+// --- The socket ------------------------------------------------------------------------------
+
+#[test]
+fn a_socket_directory_another_user_made_first_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    // A workspace path too long for a socket in `.context/`.
+    let base = tempfile::tempdir().unwrap();
+    let long = base.path().join("a".repeat(60)).join("b".repeat(60));
+    std::fs::create_dir_all(&long).unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let theirs = runtime.path().join("dirigent");
+    std::fs::create_dir(&theirs).unwrap();
+    nix::unistd::chown(
+        &theirs,
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(args)
+            .env("DIRIGENT_ROOT", &long)
+            .env("DIRIGENT_STATE_DIR", state.path())
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    let out = run(&["daemon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("belongs to uid 65534, not to you"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+// --- Exhaustion is a pause, not a loss ---------------------------------------------------------
+
+/// A workspace on a small tmpfs of its own, unmounted when dropped.
+struct SmallDisk {
+    ws: Workspace,
+    mount: std::path::PathBuf,
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_pauses_work_and_loses_no_finished_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let disk = SmallDisk {
+        mount: dir.path().to_path_buf(),
+        ws: Workspace::in_dir(
+            dir,
+            "kill_grace: 300ms\nagents:\n  big: { command: [\"sh\", \"-c\", \"head -c 150000 /dev/zero | tr '\\\\0' x; echo\"] }\n",
+        ),
+    };
+    let ws = &disk.ws;
+    // Fill the disk, leaving a little room for the ledger.
+    let filler = ws.root().join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let len = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(len.saturating_sub(64 * 1024))
+        .unwrap();
+    let _d = ws.start();
+    for i in 0..3 {
+        ws.drop_task(&format!("t{i}.json"), r#"{"prompt": "p", "agent": "big"}"#);
+    }
+    ws.wait_until("the pause", || {
+        std::fs::read_to_string(ws.root().join("daemon.log"))
+            .unwrap_or_default()
+            .contains("paused:")
+            .then_some(())
+    });
+    let status = ws.cli(&["status"]);
+    assert!(
+        stdout(&status).contains("not taking work"),
+        "status must say why: {}",
+        stdout(&status)
+    );
+    // Room again: everything finishes, nothing escalated.
+    std::fs::remove_file(&filler).unwrap();
+    for i in 0..3 {
+        let ev = ws.wait_settled(&format!("t{i}"));
+        assert!(matches!(ev, Event::Done { .. }), "t{i}: {ev:?}");
+        let result = std::fs::read_to_string(ws.path(&format!("outbox/t{i}.md"))).unwrap();
+        assert_eq!(result.len(), 150_001, "t{i}: the whole result");
+    }
+    assert!(common::list(ws, "escalations").is_empty());
+}
