@@ -19,14 +19,20 @@ static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// The last stop signal's sender, as the kernel gave it.
 static SENDER_PID: AtomicI32 = AtomicI32::new(0);
 static SENDER_UID: AtomicU32 = AtomicU32::new(0);
+/// Whether the handler found the sender below the daemon (1) or not (0), while the sender was
+/// most likely still alive: a sender that exits right after `kill` is gone by the time the
+/// runtime looks.
+static SENDER_OURS: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; only atomics and write(2)
-    // (async-signal-safe) are used here.
+    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; only atomics, open(2), read(2),
+    // close(2), getpid(2) and write(2) — all async-signal-safe — are used here, on stack buffers.
     unsafe {
         if !info.is_null() {
-            SENDER_PID.store((*info).si_pid(), Ordering::SeqCst);
+            let pid = (*info).si_pid();
+            SENDER_PID.store(pid, Ordering::SeqCst);
             SENDER_UID.store((*info).si_uid(), Ordering::SeqCst);
+            SENDER_OURS.store(i32::from(descends_from_me(pid)), Ordering::SeqCst);
         }
         let fd = WAKE.load(Ordering::SeqCst);
         if fd >= 0 {
@@ -34,6 +40,81 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut li
             libc::write(fd, (&byte as *const u8).cast(), 1);
         }
     }
+}
+
+/// Whether `pid` descends from this process, read from `/proc/<pid>/stat` up the chain. Runs in
+/// the signal handler: no allocation, no lock.
+fn descends_from_me(pid: libc::pid_t) -> bool {
+    // SAFETY: getpid is async-signal-safe.
+    let me = unsafe { libc::getpid() };
+    let mut p = pid;
+    for _ in 0..32 {
+        if p == me {
+            return true;
+        }
+        match parent_in_handler(p) {
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The parent of `pid` from `/proc/<pid>/stat`, with stack buffers only.
+fn parent_in_handler(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let mut path = [0u8; 32];
+    let prefix = b"/proc/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut at = prefix.len();
+    let mut digits = [0u8; 12];
+    let mut n = 0;
+    let mut v = pid as u32;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in (0..n).rev() {
+        path[at] = digits[i];
+        at += 1;
+    }
+    let tail = b"/stat\0";
+    path[at..at + tail.len()].copy_from_slice(tail);
+    let mut buf = [0u8; 512];
+    // SAFETY: a NUL-terminated path on the stack; a stack buffer for read.
+    let len = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let len = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        len
+    };
+    if len <= 0 {
+        return None;
+    }
+    let stat = &buf[..len as usize];
+    // After the command name's last ')': " S PPID ..."
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(|b| *b == b' ')
+        .filter(|f| !f.is_empty());
+    let _state = fields.next()?;
+    let ppid = fields.next()?;
+    let mut value: libc::pid_t = 0;
+    for d in ppid {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value
+            .checked_mul(10)?
+            .checked_add(libc::pid_t::from(d - b'0'))?;
+    }
+    Some(value)
 }
 
 /// Receives the daemon's stop signals (see the module doc).
@@ -105,7 +186,8 @@ impl StopSignals {
                 uid: SENDER_UID.load(Ordering::SeqCst),
             };
             let who = describe(sent.pid);
-            if sent.pid > 0 && started_by_us(sent.pid, &self.workspace) {
+            let ours = SENDER_OURS.swap(0, Ordering::SeqCst) == 1;
+            if sent.pid > 0 && (ours || started_by_us(sent.pid, &self.workspace)) {
                 tracing::warn!(
                     sender_pid = sent.pid,
                     "ignored {} from pid {} ({who}): it is a process the daemon started (an agent or a hook), and those may not stop it; stop the daemon from outside",
@@ -114,7 +196,14 @@ impl StopSignals {
                 );
                 continue;
             }
-            if sent.pid > 0 {
+            if sent.pid > 0 && who == "already exited" {
+                tracing::warn!(
+                    sender_pid = sent.pid,
+                    "{} received from pid {}, which had already exited, so dirigent cannot tell whether an agent sent it; stopping (an agent that keeps doing this is stopped by `max_interruptions`)",
+                    sent.signal,
+                    sent.pid
+                );
+            } else if sent.pid > 0 {
                 tracing::info!(
                     sender_pid = sent.pid,
                     sender_uid = sent.uid,
@@ -195,6 +284,23 @@ fn carries_workspace(pid: i32, workspace: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handlers_parent_walk_agrees_with_proc() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert_eq!(
+            parent_in_handler(child.id() as i32),
+            Some(std::process::id() as i32)
+        );
+        assert!(descends_from_me(child.id() as i32));
+        assert!(!descends_from_me(1));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(parent_in_handler(i32::MAX), None);
+    }
 
     #[test]
     fn descendants_and_marked_processes_are_ours() {

@@ -301,7 +301,10 @@ fn a_full_disk_stops_claiming_without_corrupting_the_ledger() {
             .ok()
             .filter(|l| l.contains("error: the ledger cannot be written"))
     });
-    assert!(!common::process_gone(daemon.pid()), "the daemon must stay up");
+    assert!(
+        !common::process_gone(daemon.pid()),
+        "the daemon must stay up"
+    );
     // The ledger is intact: no torn line, nothing after the failure.
     let replay = dirigent::ledger::read(&ws.path("ledger.jsonl")).unwrap();
     assert_eq!((replay.valid_len, replay.skipped), (replay.file_len, 0));
