@@ -52,22 +52,94 @@ pub fn become_subreaper() -> bool {
 /// the pipes), so end-of-output still comes from the command alone.
 pub fn spawn(
     cmd: &mut tokio::process::Command,
-) -> std::io::Result<(tokio::process::Child, Registered)> {
+) -> std::io::Result<(tokio::process::Child, Registered, Gate)> {
+    use std::os::fd::AsRawFd;
+    // The command waits at this gate until the daemon opens it (after `attempt_started` is on
+    // disk): an agent that kills the daemon at once can no longer run unrecorded.
+    let (gate_read, gate_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let gate_fd = gate_read.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (fork, sigaction, close_range/close, waitpid, kill, _exit); it allocates
-    // nothing and takes no lock.
+    // system calls (fork, sigaction, close_range/close, read, waitpid, kill, _exit); it
+    // allocates nothing and takes no lock.
     unsafe {
-        cmd.pre_exec(|| match nix::libc::fork() {
+        cmd.pre_exec(move || match nix::libc::fork() {
             -1 => Err(std::io::Error::last_os_error()),
-            0 => Ok(()), // the command: std goes on to exec it
+            0 => {
+                wait_at_gate(gate_fd);
+                Ok(()) // the command: std goes on to exec it
+            }
             command => supervise(command),
         });
     }
     let mut own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let child = cmd.spawn()?;
+    drop(gate_read);
     let pid = child.id().unwrap_or(0);
     own.insert(pid);
-    Ok((child, Registered(pid)))
+    Ok((child, Registered(pid), Gate(Some(gate_write))))
+}
+
+/// The other end of a spawned command's gate: [`Gate::open`] lets it run; dropping it unopened
+/// makes it exit (125) without running.
+pub struct Gate(Option<std::os::fd::OwnedFd>);
+
+impl Gate {
+    pub fn open(&mut self) {
+        if let Some(fd) = self.0.take() {
+            let _ = nix::unistd::write(&fd, b"g");
+        }
+    }
+}
+
+/// In the command's process, before exec: closes every descriptor but stdio and the gate —
+/// also std's exec-error pipe, so that `spawn` returns now instead of at the exec — then waits
+/// for the daemon's byte. EOF (the daemon is gone) ends the process instead.
+fn wait_at_gate(fd: nix::libc::c_int) {
+    use nix::libc;
+    // SAFETY: system calls on this process's own descriptors, stack buffers only.
+    unsafe {
+        close_from_to(3, fd - 1);
+        close_from_to(fd + 1, libc::c_int::MAX);
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(fd, (&mut byte as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n == -1 && *errno_location() == libc::EINTR {
+                continue;
+            }
+            libc::_exit(125);
+        }
+        libc::close(fd);
+    }
+}
+
+/// Closes the descriptors `from..=to` (async-signal-safe).
+unsafe fn close_from_to(from: nix::libc::c_int, to: nix::libc::c_int) {
+    use nix::libc;
+    if from > to {
+        return;
+    }
+    // SAFETY: closing descriptors of this process.
+    unsafe {
+        #[cfg(target_os = "linux")]
+        if libc::syscall(libc::SYS_close_range, from as u32, to as u32, 0u32) == 0 {
+            return;
+        }
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(65_536) as libc::c_int
+        } else {
+            1024
+        };
+        for fd in from..=to.min(max) {
+            libc::close(fd);
+        }
+    }
 }
 
 /// The per-attempt supervisor (see [`spawn`]): waits for `command` and exits as it did. Runs
@@ -94,24 +166,7 @@ fn supervise(command: nix::libc::pid_t) -> ! {
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         // No descriptor of the daemon's: the output pipes must reach EOF when the command
         // closes them, and std's exec-error pipe must close when the command execs.
-        #[cfg(target_os = "linux")]
-        let closed = libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) == 0;
-        #[cfg(not(target_os = "linux"))]
-        let closed = false;
-        if !closed {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-                lim.rlim_cur.min(65_536) as libc::c_int
-            } else {
-                1024
-            };
-            for fd in 0..max {
-                libc::close(fd);
-            }
-        }
+        close_from_to(0, libc::c_int::MAX);
         let mut status: libc::c_int = 0;
         loop {
             let r = libc::waitpid(command, &mut status, 0);

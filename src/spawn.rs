@@ -259,7 +259,7 @@ where
             .env("DIRIGENT_PREVIOUS_STDERR", &prev.stderr);
     }
 
-    let (mut child, registered) = match crate::reaper::spawn(&mut cmd) {
+    let (mut child, registered, mut gate) = match crate::reaper::spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) if crate::fsutil::exhausted(&e).is_some() => {
             return not_started(&format!("cannot start `{}`", argv[0]), &e);
@@ -280,6 +280,8 @@ where
         argv0: argv[0].clone(),
     })
     .await;
+    // Its start is on disk: the agent may run now.
+    gate.open();
 
     if let Some(mut stdin) = child.stdin.take() {
         let prompt = plan.prompt.clone().into_bytes();
@@ -715,10 +717,7 @@ pub async fn run_logged(
     log: &std::path::Path,
     limit: Duration,
 ) -> CommandEnd {
-    if let Some(dir) = log.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let (out, err) = match std::fs::File::create(log).and_then(|f| Ok((f.try_clone()?, f))) {
+    let (out, err) = match open_log(ws, log).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok((o, e)) => (Stdio::from(o), Stdio::from(e)),
         Err(e) => {
             return CommandEnd::CouldNotStart(format!("cannot create `{}`: {e}", log.display()));
@@ -732,10 +731,11 @@ pub async fn run_logged(
         .stderr(err)
         .process_group(0)
         .kill_on_drop(true);
-    let (mut child, _registered) = match crate::reaper::spawn(&mut cmd) {
+    let (mut child, _registered, mut gate) = match crate::reaper::spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) => return CommandEnd::CouldNotStart(format!("`{}` could not start: {e}", argv[0])),
     };
+    gate.open();
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let status = tokio::time::timeout(limit, child.wait()).await;
     if let Some(pgid) = pgid {
@@ -749,6 +749,27 @@ pub async fn run_logged(
             CommandEnd::TimedOut
         }
     }
+}
+
+/// Creates a side command's log below `.context/` without following a link on the way (an agent
+/// could plant one at the log's name to have a file of its choosing truncated).
+fn open_log(ws: &Workspace, log: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let rel = log.strip_prefix(ws.context()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{}` is not below `.context/`", log.display()),
+        )
+    })?;
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let (name, dirs) = parts
+        .split_last()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    ws.open_context()?
+        .descend(dirs, Some(0o700))?
+        .create_fresh(name, 0o600)
 }
 
 /// Start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`).

@@ -521,7 +521,10 @@ fn a_damaged_line_in_the_middle_does_not_undo_a_finished_task() {
         "settled again from its first attempt, not run again"
     );
     assert!(!ws.path("escalations/t.md").exists(), "t must not escalate");
-    assert_eq!(common::list(&ws, "done").len(), 3);
+    // The last file moves after its `done` is recorded.
+    ws.wait_until("three files in done/", || {
+        (common::list(&ws, "done").len() == 3).then_some(())
+    });
 }
 
 #[test]
