@@ -248,8 +248,8 @@ pub fn printable_name(name: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_claim_is_of_the_file_that_was_there_at_the_rename() {
+    /// A fresh workspace with its inbox and running/ opened.
+    fn setup() -> (tempfile::TempDir, Workspace, Dir, Dir) {
         let root = tempfile::tempdir().unwrap();
         let ws = Workspace::new(root.path()).unwrap();
         ws.ensure().unwrap();
@@ -257,6 +257,12 @@ mod tests {
             ws.open_sub("inbox").unwrap(),
             ws.open_sub("running").unwrap(),
         );
+        (root, ws, inbox, running)
+    }
+
+    #[test]
+    fn a_claim_is_of_the_file_that_was_there_at_the_rename() {
+        let (_root, ws, inbox, running) = setup();
         std::fs::write(ws.inbox().join("a.json"), r#"{"prompt":"checked"}"#).unwrap();
         let claimed = claim(&inbox, &running, "a.json").unwrap().unwrap();
         assert!(claimed.starts_with(CLAIM_PREFIX), "{claimed}");
@@ -272,13 +278,7 @@ mod tests {
 
     #[test]
     fn claimed_links_fifos_and_big_files_are_refused() {
-        let root = tempfile::tempdir().unwrap();
-        let ws = Workspace::new(root.path()).unwrap();
-        ws.ensure().unwrap();
-        let (inbox, running) = (
-            ws.open_sub("inbox").unwrap(),
-            ws.open_sub("running").unwrap(),
-        );
+        let (root, ws, inbox, running) = setup();
         let secret = root.path().join("secret");
         std::fs::write(&secret, r#"{"prompt":"secret"}"#).unwrap();
         std::os::unix::fs::symlink(&secret, ws.inbox().join("l.json")).unwrap();

@@ -301,6 +301,11 @@ impl ProcStat {
     }
 }
 
+/// The parent of `pid`, from `/proc`.
+pub(crate) fn parent_of(pid: u32) -> Option<u32> {
+    ProcStat::read(pid).map(|s| s.ppid)
+}
+
 /// Whether `pid` or one of its ancestors (below the daemon) is in a live group of the daemon's:
 /// a process an attempt still running started, even in a group of its own.
 fn below_live_group(pid: u32, own: &BTreeSet<u32>, daemon: u32) -> bool {
@@ -415,7 +420,8 @@ pub fn sweep_cgroup() -> usize {
     killed
 }
 
-fn carries_workspace(pid: u32, workspace: &Path) -> bool {
+/// Whether the environment of `pid` carries this workspace's `DIRIGENT_WORKSPACE`.
+pub(crate) fn carries_workspace(pid: u32, workspace: &Path) -> bool {
     let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };

@@ -243,42 +243,24 @@ fn describe(pid: i32) -> String {
 
 /// Whether `pid` is one of the daemon's descendants, or carries this workspace's marker.
 fn started_by_us(pid: i32, workspace: &Path) -> bool {
-    if carries_workspace(pid, workspace) {
+    let Ok(pid) = u32::try_from(pid) else {
+        return false;
+    };
+    if crate::reaper::carries_workspace(pid, workspace) {
         return true;
     }
-    let me = std::process::id() as i32;
+    let me = std::process::id();
     let mut p = pid;
     for _ in 0..64 {
         if p == me {
             return true;
         }
-        match parent_of(p) {
+        match crate::reaper::parent_of(p) {
             Some(pp) if pp > 1 => p = pp,
             _ => return false,
         }
     }
     false
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn carries_workspace(pid: i32, workspace: &Path) -> bool {
-    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let want = [
-        b"DIRIGENT_WORKSPACE=".as_slice(),
-        workspace.as_os_str().as_encoded_bytes(),
-    ]
-    .concat();
-    env.split(|b| *b == 0).any(|v| v == want.as_slice())
 }
 
 #[cfg(test)]

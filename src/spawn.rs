@@ -136,14 +136,12 @@ where
     let stdout_path = plan.stdout_path();
     let stderr_path = plan.stderr_path();
     let began = Instant::now();
-    let not_started = |why: &str, e: &std::io::Error| AttemptReport {
-        exhausted: Some(format!(
-            "{} ({why}: {e})",
-            crate::fsutil::exhausted(e).unwrap_or("a resource ran out")
-        )),
+    // An attempt that never got a child: nothing ran, so nothing is captured.
+    let not_run = |verdict: Verdict, exhausted: Option<String>| AttemptReport {
+        exhausted,
         ran: false,
         stdout_capture: None,
-        verdict: Verdict::fail(judge::Class::Interrupted, format!("{why}: {e}")),
+        verdict,
         exit_code: None,
         signal: None,
         stopped: None,
@@ -155,27 +153,21 @@ where
         stdout_path: stdout_path.clone(),
         stderr_path: stderr_path.clone(),
     };
-    let spawn_failed = |reason: String| AttemptReport {
-        exhausted: None,
-        ran: false,
-        stdout_capture: None,
-        verdict: judge::judge(
-            &plan.agent,
-            &Evidence {
-                spawn_error: Some(&reason),
-                ..Default::default()
-            },
-        ),
-        exit_code: None,
-        signal: None,
-        stopped: None,
-        kill_signal: None,
-        leaked: false,
-        stdout_bytes: 0,
-        stderr_bytes: 0,
-        duration: began.elapsed(),
-        stdout_path: stdout_path.clone(),
-        stderr_path: stderr_path.clone(),
+    let not_started = |why: &str, e: &std::io::Error| {
+        not_run(
+            Verdict::fail(judge::Class::Interrupted, format!("{why}: {e}")),
+            Some(format!(
+                "{} ({why}: {e})",
+                crate::fsutil::exhausted(e).unwrap_or("a resource ran out")
+            )),
+        )
+    };
+    let spawn_failed = |reason: String| {
+        let evidence = Evidence {
+            spawn_error: Some(&reason),
+            ..Default::default()
+        };
+        not_run(judge::judge(&plan.agent, &evidence), None)
     };
 
     let agent = &plan.agent;
