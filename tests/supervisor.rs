@@ -276,8 +276,13 @@ agents:
     let f = starts("free");
     assert_eq!((s.len(), f.len()), (3, 3));
     for w in s.windows(2) {
-        // The ledger time is taken when the start is recorded, a little after the spawn.
-        assert!(w[1] - w[0] >= 380, "staggered starts too close: {s:?}");
+        // The stagger spaces the decisions to start (400 ms); the ledger time is taken when a
+        // start is recorded, a variable while later on a loaded machine. Unstaggered starts
+        // would be a few milliseconds apart: half the stagger still proves the spacing.
+        assert!(
+            w[1] - w[0] >= 200,
+            "staggered starts closer than half the 400 ms stagger: {s:?}"
+        );
     }
     assert!(
         f.iter().all(|t| *t < s[1]),
