@@ -317,6 +317,22 @@ impl Dir {
             .map(|_| ())
     }
 
+    /// Writes `name` as [`Dir::write_atomic`] does, but without the fsync: for files that only
+    /// need to be whole, not durable (a prompt kept for the agent and the user; the ledger has
+    /// the task).
+    pub fn write_new(&self, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+        check_component(name)?;
+        let (tmp, mut file) = self.temp_file(name, mode)?;
+        let result = file.write_all(bytes).and_then(|()| {
+            nix::fcntl::renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), name)
+                .map_err(|e| annotate(e, &self.path.join(name)))
+        });
+        if result.is_err() {
+            let _ = unlinkat(self.fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        result
+    }
+
     /// Copies `from` into `name` atomically (as [`Dir::write_atomic`]); returns the bytes
     /// copied.
     pub fn copy_atomic(&self, name: &str, from: &mut impl Read, mode: u32) -> io::Result<u64> {

@@ -2405,6 +2405,9 @@ Free disk space or fix `{}`, then restart the daemon",
             let (task, agent_name) = (plan.task_id.clone(), plan.agent.name.clone());
             let (l2, tx2, task2, agent2) =
                 (ledger.clone(), tx.clone(), task.clone(), agent_name.clone());
+            // Fired once `started` has reached the engine, so that `AttemptDone` never
+            // overtakes it.
+            let (started_sent, started_reached) = tokio::sync::oneshot::channel::<()>();
             let report = spawn::run_attempt(&plan, stop_rx, move |info| async move {
                 let ev = Event::AttemptStarted {
                     task: task2,
@@ -2416,12 +2419,19 @@ Free disk space or fix `{}`, then restart the daemon",
                     boot_id: info.boot_id,
                     argv0: info.argv0,
                 };
-                match l2.append(ev).await {
-                    Ok(rec) => drop(tx2.send(Msg::Started(rec))),
-                    Err(e) => drop(tx2.send(Msg::LedgerFailed(e.to_string()))),
-                }
+                let (written, durable) = l2.append_written(ev);
+                tokio::spawn(async move {
+                    match durable.await {
+                        Ok(rec) => drop(tx2.send(Msg::Started(rec))),
+                        Err(e) => drop(tx2.send(Msg::LedgerFailed(e.to_string()))),
+                    }
+                    drop(started_sent);
+                });
+                // In the file (if not yet fsynced): a crash of the daemon from here on finds it.
+                let _ = written.await;
             })
             .await;
+            let _ = started_reached.await;
             let events = finished_events(&plan, attempt, retries_used, &report, &prices);
             let records = match ledger.append_all(events).await {
                 Ok(r) => r,

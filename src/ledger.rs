@@ -519,6 +519,9 @@ struct Append {
     events: Vec<Event>,
     /// Answered by the writer thread after the batch containing these events is fsynced.
     ack: oneshot::Sender<Result<Vec<Record>, LedgerError>>,
+    /// Fired once the batch is written to the file, before the fsync: enough that a crash of
+    /// the daemon (not of the machine) cannot lose it.
+    written: Option<oneshot::Sender<()>>,
 }
 
 /// A handle to the ledger writer. Cheap to clone; the writer thread stops when every handle is
@@ -649,9 +652,38 @@ impl Ledger {
         }
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(Append { events, ack })
+            .send(Append {
+                events,
+                ack,
+                written: None,
+            })
             .map_err(|_| LedgerError::Closed)?;
         done.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Appends one event; the first receiver fires once it is written to the file (a crash of
+    /// the daemon can no longer lose it), the future resolves once it is fsynced. An attempt's
+    /// agent is let run at the first, so the fsync overlaps its start.
+    pub fn append_written(
+        &self,
+        event: Event,
+    ) -> (
+        oneshot::Receiver<()>,
+        impl Future<Output = Result<Record, LedgerError>> + Send + 'static,
+    ) {
+        let (ack, done) = oneshot::channel();
+        let (written_tx, written) = oneshot::channel();
+        let sent = self.tx.send(Append {
+            events: vec![event],
+            ack,
+            written: Some(written_tx),
+        });
+        let durable = async move {
+            sent.map_err(|_| LedgerError::Closed)?;
+            let mut v = done.await.map_err(|_| LedgerError::Closed)??;
+            Ok(v.remove(0))
+        };
+        (written, durable)
     }
 }
 
@@ -721,7 +753,7 @@ impl Writer {
                 }
                 out.push(recs);
             }
-            let result = self.write_durably(&buf);
+            let result = self.write_durably(&buf, &mut batch);
             if buf.capacity() > 1 << 20 {
                 // A burst should not pin its buffer for the daemon's lifetime.
                 buf = Vec::with_capacity(64 * 1024);
@@ -754,16 +786,21 @@ impl Writer {
         let _ = self.file.sync_all();
     }
 
-    /// Writes and fsyncs `buf`. A failure for lack of a resource (disk space, quota,
+    /// Writes and fsyncs `buf`, telling the appends that asked once it is written (before the
+    /// fsync). A failure for lack of a resource (disk space, quota,
     /// descriptors) is cut back and tried again, paused, until it succeeds or the daemon
     /// stops; any other failure is returned.
-    fn write_durably(&mut self, buf: &[u8]) -> std::io::Result<()> {
+    fn write_durably(&mut self, buf: &[u8], batch: &mut [Append]) -> std::io::Result<()> {
         let mut wait = PAUSE_FIRST;
         loop {
-            let result = self
-                .file
-                .write_all(buf)
-                .and_then(|()| self.file.sync_data());
+            let result = self.file.write_all(buf).and_then(|()| {
+                for a in batch.iter_mut() {
+                    if let Some(w) = a.written.take() {
+                        let _ = w.send(());
+                    }
+                }
+                self.file.sync_data()
+            });
             match result {
                 Ok(()) => {
                     self.good_len += buf.len() as u64;

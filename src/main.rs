@@ -12,6 +12,14 @@ use cli::{Cli, Command, WorkflowCommand};
 use dirigent::workspace::Workspace;
 
 fn main() -> ExitCode {
+    // A per-attempt supervisor (see `reaper::spawn`): not a command for people, so before clap.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == dirigent::reaper::SUPERVISE_ARG)
+    {
+        dirigent::reaper::supervise_main(&args[2..]);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -41,117 +41,127 @@ pub fn become_subreaper() -> bool {
     }
 }
 
-/// Spawns `cmd` and registers the child, atomically with respect to [`sweep`].
+/// The argument that makes the `dirigent` binary run as a per-attempt supervisor.
+pub const SUPERVISE_ARG: &str = "__supervise";
+
+/// The program run as the supervisor: `DIRIGENT_SUPERVISOR`, else this executable (the
+/// `dirigent` binary; a program embedding the library sets the variable).
+fn supervisor_program() -> &'static std::ffi::OsStr {
+    static PROGRAM: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        std::env::var_os("DIRIGENT_SUPERVISOR")
+            .filter(|p| !p.is_empty())
+            .or_else(|| std::env::current_exe().ok().map(|p| p.into_os_string()))
+            .unwrap_or_else(|| "dirigent".into())
+    })
+}
+
+/// A command that runs `program args…` under a per-attempt supervisor: the `dirigent` binary
+/// started with [`SUPERVISE_ARG`] (see [`supervise_main`]). The command's stdin is the
+/// prompt when `stdin_prompt` is set, else `/dev/null`; the caller sets the environment,
+/// directory, output and process group as for the program itself.
+pub fn command(
+    program: &std::ffi::OsStr,
+    args: &[String],
+    stdin_prompt: bool,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(supervisor_program());
+    cmd.arg(SUPERVISE_ARG);
+    if !stdin_prompt {
+        cmd.arg("--null-stdin");
+    }
+    cmd.arg("--").arg(program).args(args);
+    // The gate byte (and then the prompt) travel on this pipe.
+    cmd.stdin(std::process::Stdio::piped());
+    cmd
+}
+
+/// Spawns a [`command`] and registers the child, atomically with respect to [`sweep`].
 ///
-/// The child the daemon sees is a small per-attempt supervisor: a fork of the daemon that
-/// forks once more, lets that second child exec the command, waits for it and exits as it did
-/// (the same code, or the same signal). The command's parent is therefore never the daemon: an
-/// agent that runs `kill -TERM $PPID` (or `-KILL`) ends its own supervisor, whose exit the
-/// daemon sees as the attempt's end, and the daemon lives on. The supervisor leads the process
-/// group, so stopping the group stops both; it holds no descriptor of the daemon's (not even
-/// the pipes), so end-of-output still comes from the command alone.
+/// The child the daemon sees is the supervisor. It waits for one byte on its stdin — the gate
+/// the daemon opens once `attempt_started` is written — then starts the program (with that
+/// same stdin, or `/dev/null`), ignores SIGTERM, SIGINT and SIGHUP, lets go of every
+/// descriptor, waits for the program and exits as it did (the same code, or the same signal).
+/// So an agent's `$PPID` is never the daemon (`kill -TERM $PPID` changes nothing, `kill -KILL
+/// $PPID` ends the attempt, not the daemon), and an agent never runs unrecorded. The supervisor
+/// leads the process group; stopping the group stops both.
 pub fn spawn(
     cmd: &mut tokio::process::Command,
 ) -> std::io::Result<(tokio::process::Child, Registered, Gate)> {
-    use std::os::fd::AsRawFd;
-    // The command waits at this gate until the daemon opens it (after `attempt_started` is on
-    // disk): an agent that kills the daemon at once can no longer run unrecorded.
-    let (gate_read, gate_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let gate_fd = gate_read.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (fork, sigaction, close_range/close, read, waitpid, kill, _exit); it
-    // allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(move || match nix::libc::fork() {
-            -1 => Err(std::io::Error::last_os_error()),
-            0 => {
-                wait_at_gate(gate_fd);
-                Ok(()) // the command: std goes on to exec it
-            }
-            command => supervise(command),
-        });
-    }
     let mut own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-    let child = cmd.spawn()?;
-    drop(gate_read);
+    let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     own.insert(pid);
-    Ok((child, Registered(pid), Gate(Some(gate_write))))
+    let gate = Gate(child.stdin.take());
+    Ok((child, Registered(pid), gate))
 }
 
-/// The other end of a spawned command's gate: [`Gate::open`] lets it run; dropping it unopened
-/// makes it exit (125) without running.
-pub struct Gate(Option<std::os::fd::OwnedFd>);
+/// The supervisor's stdin, held by the daemon: [`Gate::open`] lets the program run; dropping
+/// it unopened makes the supervisor exit (125) without running it.
+pub struct Gate(Option<tokio::process::ChildStdin>);
 
 impl Gate {
-    pub fn open(&mut self) {
-        if let Some(fd) = self.0.take() {
-            let _ = nix::unistd::write(&fd, b"g");
-        }
+    /// Lets the program run; returns its stdin, for the prompt.
+    pub async fn open(mut self) -> Option<tokio::process::ChildStdin> {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = self.0.take()?;
+        stdin.write_all(b"g").await.ok()?;
+        Some(stdin)
     }
 }
 
-/// In the command's process, before exec: closes every descriptor but stdio and the gate —
-/// also std's exec-error pipe, so that `spawn` returns now instead of at the exec — then waits
-/// for the daemon's byte. EOF (the daemon is gone) ends the process instead.
-fn wait_at_gate(fd: nix::libc::c_int) {
+/// The supervisor's own `main` (`dirigent __supervise [--null-stdin] -- PROGRAM ARGS…`): see
+/// [`spawn`]. Runs in a fresh, single-threaded process.
+pub fn supervise_main(args: &[std::ffi::OsString]) -> ! {
     use nix::libc;
-    // SAFETY: system calls on this process's own descriptors, stack buffers only.
-    unsafe {
-        close_from_to(3, fd - 1);
-        close_from_to(fd + 1, libc::c_int::MAX);
-        let mut byte = 0u8;
-        loop {
-            let n = libc::read(fd, (&mut byte as *mut u8).cast(), 1);
-            if n == 1 {
-                break;
-            }
-            if n == -1 && *errno_location() == libc::EINTR {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    let mut rest = args.iter();
+    let mut null_stdin = false;
+    for a in rest.by_ref() {
+        match a.to_str() {
+            Some("--null-stdin") => null_stdin = true,
+            Some("--") => break,
+            _ => {}
+        }
+    }
+    let Some(program) = rest.next() else {
+        let _ = writeln!(std::io::stderr(), "dirigent: {SUPERVISE_ARG}: no program");
+        std::process::exit(127);
+    };
+    // The gate: one byte, or EOF when the daemon is gone (then nothing runs).
+    // Exactly one byte, unbuffered: what follows on stdin (the prompt) is the program's.
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: reads into a one-byte stack buffer from this process's fd 0.
+        let n = unsafe { libc::read(0, byte.as_mut_ptr().cast(), 1) };
+        match n {
+            1 => break,
+            -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
                 continue;
             }
-            libc::_exit(125);
+            _ => std::process::exit(125),
         }
-        libc::close(fd);
     }
-}
-
-/// Closes the descriptors `from..=to` (async-signal-safe).
-unsafe fn close_from_to(from: nix::libc::c_int, to: nix::libc::c_int) {
-    use nix::libc;
-    if from > to {
-        return;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(rest);
+    if null_stdin {
+        cmd.stdin(std::process::Stdio::null());
     }
-    // SAFETY: closing descriptors of this process.
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{SPAWN_FAILED} `{}`: {e}",
+                program.to_string_lossy()
+            );
+            std::process::exit(127);
+        }
+    };
+    // SAFETY: this process is single-threaded; these calls change only its own signal
+    // dispositions and descriptors.
     unsafe {
-        #[cfg(target_os = "linux")]
-        if libc::syscall(libc::SYS_close_range, from as u32, to as u32, 0u32) == 0 {
-            return;
-        }
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur.min(65_536) as libc::c_int
-        } else {
-            1024
-        };
-        for fd in from..=to.min(max) {
-            libc::close(fd);
-        }
-    }
-}
-
-/// The per-attempt supervisor (see [`spawn`]): waits for `command` and exits as it did. Runs
-/// between fork and exec of a multithreaded process, so only async-signal-safe calls.
-fn supervise(command: nix::libc::pid_t) -> ! {
-    use nix::libc;
-    // SAFETY: plain system calls on this process's own state; see `spawn`.
-    unsafe {
-        // The daemon's handlers (inherited, never reset by an exec here) must not run. The
-        // supervisor ends when the command ends, not before: a SIGTERM to the group is the
-        // command's to answer (or ignore, until the SIGKILL that ends both), and `kill $PPID`
-        // from the command changes nothing.
         for sig in [
             libc::SIGTERM,
             libc::SIGINT,
@@ -163,49 +173,45 @@ fn supervise(command: nix::libc::pid_t) -> ! {
         ] {
             libc::signal(sig, libc::SIG_IGN);
         }
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        // No descriptor of the daemon's: the output pipes must reach EOF when the command
-        // closes them, and std's exec-error pipe must close when the command execs.
-        close_from_to(0, libc::c_int::MAX);
-        let mut status: libc::c_int = 0;
-        loop {
-            let r = libc::waitpid(command, &mut status, 0);
-            if r == command {
-                break;
+        // Hold none of the pipes: their end-of-file is the program's alone.
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
             }
-            if r == -1 && *errno_location() != libc::EINTR {
-                libc::_exit(127);
+            if null > 2 {
+                libc::close(null);
             }
         }
-        if libc::WIFEXITED(status) {
-            libc::_exit(libc::WEXITSTATUS(status));
+    }
+    let status = loop {
+        match child.wait() {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => std::process::exit(127),
         }
-        if libc::WIFSIGNALED(status) {
-            // End the same way, so the daemon records the command's signal.
-            let sig = libc::WTERMSIG(status);
+    };
+    if let Some(code) = status.code() {
+        std::process::exit(code);
+    }
+    if let Some(sig) = status.signal() {
+        // End the same way, so the daemon records the program's signal.
+        // SAFETY: resets one disposition of this process and signals itself.
+        unsafe {
             libc::signal(sig, libc::SIG_DFL);
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, sig);
             libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
             libc::kill(libc::getpid(), sig);
-            libc::_exit(128 + sig);
         }
-        libc::_exit(127)
+        std::process::exit(128 + sig);
     }
+    std::process::exit(127)
 }
 
-#[cfg(target_os = "linux")]
-unsafe fn errno_location() -> *mut nix::libc::c_int {
-    // SAFETY: the C library's own thread-local errno.
-    unsafe { nix::libc::__errno_location() }
-}
-
-#[cfg(not(target_os = "linux"))]
-unsafe fn errno_location() -> *mut nix::libc::c_int {
-    // SAFETY: the C library's own thread-local errno.
-    unsafe { nix::libc::__error() }
-}
+/// How a supervisor reports on stderr that its program could not be started (it then exits 127).
+pub const SPAWN_FAILED: &str = "dirigent: cannot start";
 
 /// Unregisters the child when dropped — after tokio has waited for it.
 pub struct Registered(u32);

@@ -121,8 +121,8 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Runs one attempt to its end. `on_start` is called once the child exists (to record
-/// `attempt_started` before anything else happens); `stop` receiving a cause stops the attempt
+/// Runs one attempt to its end. `on_start` is called once the child exists, and the agent runs
+/// only when its future resolves (the engine resolves it once `attempt_started` is written); `stop` receiving a cause stops the attempt
 /// for that cause, and its sender being dropped stops it as a shutdown.
 pub async fn run_attempt<F, Fut>(
     plan: &AttemptPlan,
@@ -190,7 +190,7 @@ where
             .open_sub(&format!("runs/{}", plan.task_id))
             .map_err(|e| ("cannot create the run directory", e))?;
         // The prompt is always kept next to the output, so a user can see exactly what was sent.
-        dir.write_atomic(&file_name(&prompt_file), plan.prompt.as_bytes(), 0o600)
+        dir.write_new(&file_name(&prompt_file), plan.prompt.as_bytes(), 0o600)
             .map_err(|e| ("cannot write the prompt file", e))?;
         let out = dir
             .create_fresh(&file_name(&stdout_path), 0o600)
@@ -216,14 +216,9 @@ where
         workspace: &plan.workspace.root().to_string_lossy(),
     });
     argv[0] = program.to_string_lossy().into_owned();
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .current_dir(plan.workspace.root())
-        .stdin(if agent.prompt == PromptMode::Stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+    let stdin_prompt = agent.prompt == PromptMode::Stdin;
+    let mut cmd = crate::reaper::command(program.as_os_str(), &argv[1..], stdin_prompt);
+    cmd.current_dir(plan.workspace.root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -251,7 +246,7 @@ where
             .env("DIRIGENT_PREVIOUS_STDERR", &prev.stderr);
     }
 
-    let (mut child, registered, mut gate) = match crate::reaper::spawn(&mut cmd) {
+    let (mut child, registered, gate) = match crate::reaper::spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) if crate::fsutil::exhausted(&e).is_some() => {
             return not_started(&format!("cannot start `{}`", argv[0]), &e);
@@ -272,10 +267,9 @@ where
         argv0: argv[0].clone(),
     })
     .await;
-    // Its start is on disk: the agent may run now.
-    gate.open();
-
-    if let Some(mut stdin) = child.stdin.take() {
+    // Its start is written: the agent may run now.
+    let stdin = gate.open().await;
+    if let (Some(mut stdin), true) = (stdin, stdin_prompt) {
         let prompt = plan.prompt.clone().into_bytes();
         // An agent that never reads stdin must not block us: write in the background and
         // ignore EPIPE.
@@ -432,10 +426,17 @@ where
     let exit_code = exit.and_then(|s| s.code());
     let signal = exit.and_then(|s| s.signal());
     let (stdout_bytes, stderr_bytes) = (stdout.total, stderr.total);
+    // The supervisor could not start the program (it vanished or lost its execute bit after
+    // it was found): it says so on stderr and exits 127.
+    let spawn_error = (exit_code == Some(127)
+        && stderr
+            .head
+            .starts_with(crate::reaper::SPAWN_FAILED.as_bytes()))
+    .then(|| String::from_utf8_lossy(&stderr.head).trim().to_string());
     let mut verdict = judge::judge_at(
         agent,
         &Evidence {
-            spawn_error: None,
+            spawn_error: spawn_error.as_deref(),
             stopped,
             exit_code,
             signal,
@@ -715,19 +716,17 @@ pub async fn run_logged(
             return CommandEnd::CouldNotStart(format!("cannot create `{}`: {e}", log.display()));
         }
     };
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .current_dir(ws.root())
-        .stdin(Stdio::null())
+    let mut cmd = crate::reaper::command(std::ffi::OsStr::new(&argv[0]), &argv[1..], false);
+    cmd.current_dir(ws.root())
         .stdout(out)
         .stderr(err)
         .process_group(0)
         .kill_on_drop(true);
-    let (mut child, _registered, mut gate) = match crate::reaper::spawn(&mut cmd) {
+    let (mut child, _registered, gate) = match crate::reaper::spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) => return CommandEnd::CouldNotStart(format!("`{}` could not start: {e}", argv[0])),
     };
-    gate.open();
+    drop(gate.open().await);
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     let status = tokio::time::timeout(limit, child.wait()).await;
     if let Some(pgid) = pgid {
