@@ -143,6 +143,26 @@ pub fn supervise_main(args: &[std::ffi::OsString]) -> ! {
             _ => std::process::exit(125),
         }
     }
+    // The program may signal its parent at once (`kill -TERM $PPID` as its first line): block
+    // the stop signals before it exists and ignore them before unblocking, so none can land
+    // between. The child starts with an empty mask and default dispositions (std resets both).
+    const STOPS: [i32; 6] = [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ];
+    // SAFETY: this process is single-threaded; sigprocmask changes only its own mask.
+    let mut stops: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut stops);
+        for sig in STOPS {
+            libc::sigaddset(&mut stops, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &stops, std::ptr::null_mut());
+    }
     let mut cmd = std::process::Command::new(program);
     cmd.args(rest);
     if null_stdin {
@@ -160,19 +180,12 @@ pub fn supervise_main(args: &[std::ffi::OsString]) -> ! {
         }
     };
     // SAFETY: this process is single-threaded; these calls change only its own signal
-    // dispositions and descriptors.
+    // dispositions, mask and descriptors. Ignoring a pending signal discards it.
     unsafe {
-        for sig in [
-            libc::SIGTERM,
-            libc::SIGINT,
-            libc::SIGHUP,
-            libc::SIGQUIT,
-            libc::SIGPIPE,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-        ] {
+        for sig in STOPS.into_iter().chain([libc::SIGPIPE]) {
             libc::signal(sig, libc::SIG_IGN);
         }
+        libc::sigprocmask(libc::SIG_UNBLOCK, &stops, std::ptr::null_mut());
         // Hold none of the pipes: their end-of-file is the program's alone.
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
