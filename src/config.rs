@@ -160,6 +160,16 @@ struct RawAgent {
     /// before the preset's.
     #[serde(default)]
     patterns: BTreeMap<String, Vec<String>>,
+    /// Patterns that stop a running attempt as soon as they appear, by class (`auth`,
+    /// `network`, `rate_limit`, `tool_error`), checked before the preset's.
+    #[serde(default)]
+    fatal_patterns: BTreeMap<String, Vec<String>>,
+    /// Lines of a `network` or `rate_limit` fatal pattern before the attempt is stopped.
+    #[serde(default)]
+    fatal_repeats: Option<u32>,
+    /// Check for the preset CLI's credentials before each attempt (default true).
+    #[serde(default)]
+    preflight: Option<bool>,
     #[serde(default)]
     provider: Option<String>,
     #[serde(default)]
@@ -208,6 +218,10 @@ pub struct Agent {
     pub require_output: bool,
     pub fail_patterns: Vec<Regex>,
     pub classified: Vec<(Class, Regex)>,
+    /// What stops an attempt while it runs (see `watch`).
+    pub fatal: crate::watch::FatalRules,
+    /// Whether a preset's credentials are looked for before each attempt (see `credentials`).
+    pub preflight: bool,
     pub exit_classes: Vec<(i32, Class)>,
     /// The account it runs on: agents that share one share rate-limit cooldowns, an auth
     /// failure and `providers:` start limits. Default: the preset's name, else the agent's.
@@ -729,26 +743,7 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
     for pat in &raw.success.fail_patterns {
         fail_patterns.push(Regex::new(pat).map_err(|e| format!("fail pattern `{pat}`: {e}"))?);
     }
-    let mut classified = Vec::new();
-    for (class_name, pats) in &raw.patterns {
-        let class = match class_name.as_str() {
-            "auth" => Class::Auth,
-            "rate_limit" => Class::RateLimit,
-            "network" => Class::Network,
-            "tool_error" => Class::ToolError,
-            other => {
-                return Err(format!(
-                    "`patterns` has an unknown class `{other}` (classes: auth, rate_limit, network, tool_error)"
-                ));
-            }
-        };
-        for pat in pats {
-            classified.push((
-                class,
-                Regex::new(pat).map_err(|e| format!("pattern `{pat}`: {e}"))?,
-            ));
-        }
-    }
+    let mut classified = by_class("patterns", &raw.patterns)?;
     if let Some(p) = preset {
         classified.extend(
             p.classified
@@ -756,6 +751,22 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
                 .map(|(c, re)| (*c, Regex::new(re).expect("preset regexes are tested"))),
         );
     }
+    let mut fatal_patterns = by_class("fatal_patterns", &raw.fatal_patterns)?;
+    if let Some(p) = preset {
+        fatal_patterns.extend(
+            p.fatal
+                .iter()
+                .map(|(c, re)| (*c, Regex::new(re).expect("preset regexes are tested"))),
+        );
+    }
+    let fatal = crate::watch::FatalRules {
+        patterns: fatal_patterns,
+        repeats: match raw.fatal_repeats {
+            Some(0) => return Err("`fatal_repeats` must be at least 1".into()),
+            Some(n) => n.min(1000),
+            None => preset.map_or(3, |p| p.fatal_repeats),
+        },
+    };
     let retry = {
         let d = Retry::default();
         let r = raw.retry.unwrap_or_default();
@@ -812,6 +823,8 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
         require_output: raw.success.require_output.unwrap_or(true),
         fail_patterns,
         classified,
+        fatal,
+        preflight: raw.preflight.unwrap_or(true),
         exit_classes: preset.map(|p| p.exit_classes.to_vec()).unwrap_or_default(),
         fallback_model: raw.fallback_model,
         aliases: Arc::default(),
@@ -836,6 +849,31 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
             n => n,
         },
     })
+}
+
+/// Compiles `key:`'s patterns by class (`patterns:`, `fatal_patterns:`).
+fn by_class(key: &str, raw: &BTreeMap<String, Vec<String>>) -> Result<Vec<(Class, Regex)>, String> {
+    let mut out = Vec::new();
+    for (class_name, pats) in raw {
+        let class = match class_name.as_str() {
+            "auth" => Class::Auth,
+            "rate_limit" => Class::RateLimit,
+            "network" => Class::Network,
+            "tool_error" => Class::ToolError,
+            other => {
+                return Err(format!(
+                    "`{key}` has an unknown class `{other}` (classes: auth, rate_limit, network, tool_error)"
+                ));
+            }
+        };
+        for pat in pats {
+            out.push((
+                class,
+                Regex::new(pat).map_err(|e| format!("pattern `{pat}`: {e}"))?,
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// A chain entry is an agent, or `agent:model` to run that agent with another model.

@@ -84,6 +84,9 @@ pub enum StopCause {
     /// Its output could not be saved because the disk (or the descriptors) ran out; it runs
     /// again when there is room, and it does not count against the chain.
     Exhausted,
+    /// Its output was conclusive while it ran (a login prompt, repeated network errors): see
+    /// `watch`. The class is the one the output showed.
+    Conclusive,
 }
 
 /// The first and last bytes of one output stream; memory stays bounded however much is printed.
@@ -150,6 +153,11 @@ pub struct Evidence<'a> {
     pub stderr: OutputSample,
     /// All of stdout, for structured formats (read from the capture file when small enough).
     pub stdout_full: Option<&'a str>,
+    /// For `StopCause::Conclusive`: what the output said.
+    pub conclusive: Option<crate::watch::Conclusive>,
+    /// The limits that applied to this attempt, when not the agent's (a task may set its own).
+    pub timeout: Option<std::time::Duration>,
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Where the result text of a successful attempt is.
@@ -216,26 +224,24 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
     if let Some(err) = ev.spawn_error {
         return Verdict::fail(Class::Spawn, err.to_string());
     }
-    match ev.stopped {
-        Some(StopCause::Timeout) => {
-            return Verdict::fail(
-                Class::Timeout,
-                format!(
-                    "killed after the {} timeout",
-                    crate::duration::short(agent.timeout)
-                ),
-            );
-        }
-        Some(StopCause::Idle) => {
-            let idle = agent
-                .idle_timeout
-                .map(crate::duration::short)
-                .unwrap_or_default();
-            return Verdict::fail(
-                Class::Idle,
-                format!("no progress for {idle} (no output, or only error events): killed as hung"),
-            );
-        }
+    let stopped_by_limit = match ev.stopped {
+        Some(StopCause::Timeout) => Some((
+            Class::Timeout,
+            format!(
+                "killed after the {} timeout",
+                crate::duration::short(ev.timeout.unwrap_or(agent.timeout))
+            ),
+        )),
+        Some(StopCause::Idle) => Some((
+            Class::Idle,
+            format!(
+                "no progress for {} (no output, or only error events): killed as hung",
+                ev.idle_timeout
+                    .or(agent.idle_timeout)
+                    .map(crate::duration::short)
+                    .unwrap_or_default()
+            ),
+        )),
         Some(StopCause::Shutdown) => {
             return Verdict::fail(Class::Interrupted, "stopped by daemon shutdown");
         }
@@ -248,7 +254,21 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
                 "its output could not be saved (a resource ran out); it runs again when there is room",
             );
         }
-        None => {}
+        Some(StopCause::Conclusive) => {
+            return match &ev.conclusive {
+                Some(c) => Verdict::fail(c.class, c.reason()),
+                None => Verdict::fail(Class::ToolError, "stopped on its output"),
+            };
+        }
+        None => None,
+    };
+    if let Some((class, reason)) = stopped_by_limit {
+        // Killed by a limit, but the output may still say why it hung: a login prompt, a
+        // network it could not reach. Then that is the class, and the reason says both.
+        return match conclusive_in(agent, ev) {
+            Some((c, m)) => Verdict::fail(c, format!("{reason}; its output says `{m}`")),
+            None => Verdict::fail(class, reason),
+        };
     }
     let both = format!("{}\n{}", ev.stdout.text(), ev.stderr.text());
     let classify = |text: &str| -> Option<(Class, String)> {
@@ -357,6 +377,30 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
         resets_at_ms: None,
         usage: None,
     }
+}
+
+/// The class the output of a stopped attempt shows, when it is one that explains a hang (auth,
+/// network, rate limit), and the text that showed it. Only lines that cannot be the model's
+/// answer are read (see `watch`): stderr, plain stdout, error events of JSON-lines output.
+fn conclusive_in(agent: &Agent, ev: &Evidence<'_>) -> Option<(Class, String)> {
+    let stdout = ev.stdout.text();
+    let errors: String = match agent.format {
+        OutputFormat::Plain => stdout,
+        OutputFormat::CodexJsonl | OutputFormat::OpencodeJsonl => stdout
+            .lines()
+            .filter(|l| crate::watch::is_error_event(l))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        OutputFormat::ClaudeJson | OutputFormat::GeminiJson => String::new(),
+    };
+    let text = format!("{errors}\n{}", ev.stderr.text());
+    agent
+        .fatal
+        .patterns
+        .iter()
+        .chain(agent.classified.iter())
+        .filter(|(c, _)| matches!(c, Class::Auth | Class::Network | Class::RateLimit))
+        .find_map(|(c, re)| re.find(&text).map(|m| (*c, one_line(m.as_str()))))
 }
 
 /// The longest a parsed reset time may lie ahead; anything later is taken as a misreading.
@@ -967,6 +1011,72 @@ agents:
                 Class::Auth,
             ),
             case("aider", 0, "Applied edit to src/a.rs\n", "", Class::Ok),
+            // A DNS failure is `network` whatever wraps it (observed offline with a fake key).
+            case(
+                "aider",
+                0,
+                "litellm.InternalServerError: AnthropicException - [Errno -2] Name or service not known\n",
+                "",
+                Class::Network,
+            ),
+            case(
+                "codex",
+                1,
+                "{\"type\":\"error\",\"message\":\"failed to lookup address information: Temporary failure in name resolution\"}\n",
+                "",
+                Class::Network,
+            ),
+            // An overloaded provider is transient: `network` (retried with backoff), not
+            // `tool_error`.
+            case(
+                "claude",
+                1,
+                r#"{"type":"result","subtype":"success","is_error":true,"result":"API Error: 529 {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}"}"#,
+                "",
+                Class::Network,
+            ),
+            case(
+                "opencode",
+                0,
+                "{\"type\":\"error\",\"error\":{\"name\":\"APIError\",\"data\":{\"message\":\"Service Unavailable\",\"statusCode\":503}}}\n",
+                "",
+                Class::Network,
+            ),
+            // Stopped by a limit, the output still decides where it is conclusive.
+            Case {
+                stopped: Some(StopCause::Idle),
+                ..case(
+                    "aider",
+                    0,
+                    "No LLM model was specified and no API keys were provided.\nOpenRouter provides free and paid access to many LLMs.\nWaiting up to 5 minutes for you to finish in the browser...\n",
+                    "",
+                    Class::Auth,
+                )
+            },
+            Case {
+                stopped: Some(StopCause::Idle),
+                ..case(
+                    "codex",
+                    0,
+                    "{\"type\":\"error\",\"message\":\"Reconnecting... 2/5 (stream disconnected before completion: error sending request for url)\"}\n",
+                    "",
+                    Class::Network,
+                )
+            },
+            Case {
+                stopped: Some(StopCause::Idle),
+                ..case(
+                    "codex",
+                    0,
+                    "{\"type\":\"item.completed\",\"item\":{\"text\":\"the 401 unauthorized page\"}}\n",
+                    "",
+                    Class::Idle,
+                )
+            },
+            Case {
+                stopped: Some(StopCause::Timeout),
+                ..case("plain", 0, "still thinking\n", "", Class::Timeout)
+            },
         ];
         let cfg = agents();
         for (i, c) in cases.iter().enumerate() {
@@ -978,11 +1088,46 @@ agents:
                 stdout: sample(c.stdout),
                 stderr: sample(c.stderr),
                 stdout_full: Some(c.stdout),
+                ..Default::default()
             };
             let v = judge(&cfg.agents[c.agent], &ev);
             assert_eq!(v.class, c.want, "case {i} ({}): {v:?}", c.agent);
             assert!(!v.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn a_stop_names_the_limit_and_what_the_output_said() {
+        let cfg = agents();
+        let ev = Evidence {
+            stopped: Some(StopCause::Idle),
+            idle_timeout: Some(std::time::Duration::from_secs(180)),
+            stdout: sample("No LLM model was specified and no API keys were provided.\n"),
+            ..Default::default()
+        };
+        let v = judge(&cfg.agents["aider"], &ev);
+        assert_eq!(
+            (v.class, v.reason.as_str()),
+            (
+                Class::Auth,
+                "no progress for 3m00s (no output, or only error events): killed as hung; its output says `no API keys were provided`"
+            )
+        );
+        let ev = Evidence {
+            stopped: Some(StopCause::Conclusive),
+            conclusive: Some(crate::watch::Conclusive {
+                class: Class::Network,
+                matched: "fetch failed".into(),
+                times: 2,
+            }),
+            ..Default::default()
+        };
+        let v = judge(&cfg.agents["gemini"], &ev);
+        assert_eq!(v.class, Class::Network);
+        assert_eq!(
+            v.reason,
+            "its output said `fetch failed` (2 times with no progress in between); stopped instead of waiting for the CLI's own retries"
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - codex: `exec --json PROMPT` (JSONL events); `--full-auto` is rejected; it never exits on
 //!   network failure, so the idle timeout is what ends it; success needs `turn.completed` and no
 //!   `turn.failed`; outside a git repository it needs `--skip-git-repo-check`.
-//! - aider: `--message PROMPT --yes-always --no-check-update --analytics-disable --no-pretty`;
+//! - aider: `--message PROMPT --yes-always --no-check-update --analytics-disable --no-pretty
+//!   --no-git` (without it aider runs `git init` and edits `.gitignore` in the workspace);
 //!   exits 0 with litellm error text on stdout when the API fails, so patterns must catch it;
 //!   with no key it waits 5 minutes for an OAuth login, which the idle timeout cuts short.
 //! - opencode: `run --format json PROMPT`; error events arrive on stdout; it can die mid-turn with
@@ -71,14 +72,41 @@ pub struct Preset {
     /// Exit codes with a known meaning (checked before the generic `exit` class).
     pub exit_classes: &'static [(i32, Class)],
     pub classified: &'static [(Class, &'static str)],
+    /// Patterns that make the output conclusive while the attempt still runs (see `watch`):
+    /// the attempt is stopped at once for `auth`, after `fatal_repeats` lines for `network`
+    /// and `rate_limit`.
+    pub fatal: &'static [(Class, &'static str)],
+    pub fatal_repeats: u32,
+    /// Where the CLI's login can be, checked before each attempt (see `credentials`).
+    pub credentials: Option<crate::credentials::Rule>,
+    /// What to do when it is not logged in (Markdown with backticks, one sentence).
+    pub login_hint: &'static str,
     pub install_hint: &'static str,
 }
 
 const MIN: u64 = 60;
 
 /// What every CLI prints when it cannot reach its provider (Node's error codes, Rust's reqwest,
-/// Python's httpx/litellm, and the CLIs' own words).
-pub const NETWORK: &str = r"(?i)ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|ENETUNREACH|getaddrinfo|fetch failed|connection (?:refused|reset|error|closed)|network (?:error|is unreachable)|could not resolve|failed to connect|cannot connect to api|unable to connect|error sending request|stream disconnected|dns error|APIConnectionError|ServiceUnavailableError|socket hang up";
+/// Python's httpx/litellm, the C library's resolver, and the CLIs' own words). DNS failures are
+/// network failures whatever the CLI wraps them in (`litellm.InternalServerError: … Name or
+/// service not known` is not the tool failing).
+pub const NETWORK: &str = r"(?i)ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|ENETUNREACH|getaddrinfo|fetch failed|connection (?:refused|reset|error|closed)|network (?:error|is unreachable)|could not resolve|failed to resolve|NameResolutionError|name or service not known|name does not resolve|temporary failure in name resolution|nodename nor servname|no address associated with hostname|failed to lookup address|dns error|failed to connect|cannot connect to api|unable to connect|error sending request|stream disconnected|APIConnectionError|ServiceUnavailableError|socket hang up|waiting for network";
+
+/// A provider that is up but too busy (HTTP 529/503, `overloaded`): transient, so it is judged
+/// `network` (the same agent again after a backoff), never "the tool failed".
+pub const OVERLOADED: &str = r"(?i)overloaded|\b529\b|\b503\b|service unavailable|server is busy";
+
+const CLAUDE_AUTH: &str = r"(?i)not logged in|invalid api key|please run /login|authentication_error|oauth token has expired|credit balance is too low";
+
+/// aider's own provider errors: litellm's exception name at the start of a line, then (on the
+/// next line) "Retrying in N seconds...". Its text is wrapped at 80 columns, so a DNS error can
+/// be split over two lines; the exception name is what is matched. Not NETWORK: aider prints
+/// resolver errors at start-up when it cannot fetch its model price list from GitHub, and goes
+/// on to work with a reachable (local) provider.
+const AIDER_NETWORK: &str = r"(?m)^litellm\.(?:InternalServerError|APIConnectionError|ServiceUnavailableError|Timeout|APIError)\b";
+
+/// aider with no key at all prints this and then waits 5 minutes for a browser login.
+const AIDER_AUTH: &str = r"(?i)AuthenticationError|invalid api key|no api keys? (?:were|was) provided|no api key|login to openrouter|Please open this URL in your browser";
 
 /// Every built-in preset, in the order the default chain prefers them.
 pub static PRESETS: &[Preset] = &[
@@ -106,16 +134,34 @@ pub static PRESETS: &[Preset] = &[
         idle_timeout: None,
         exit_classes: &[],
         classified: &[
-            (
-                Class::Auth,
-                r"(?i)not logged in|invalid api key|please run /login|authentication_error|oauth token has expired|credit balance is too low",
-            ),
-            (
-                Class::RateLimit,
-                r"(?i)rate[_ ]limit|usage limit|\b429\b|overloaded_error",
-            ),
+            (Class::Auth, CLAUDE_AUTH),
+            (Class::RateLimit, r"(?i)rate[_ ]limit|usage limit|\b429\b"),
             (Class::Network, NETWORK),
+            (Class::Network, OVERLOADED),
         ],
+        fatal: &[(Class::Auth, CLAUDE_AUTH), (Class::Network, NETWORK)],
+        fatal_repeats: 3,
+        credentials: Some(crate::credentials::Rule {
+            env: &[
+                "ANTHROPIC_API_KEY",
+                "ANTHROPIC_AUTH_TOKEN",
+                "CLAUDE_CODE_OAUTH_TOKEN",
+                "CLAUDE_CODE_USE_BEDROCK",
+                "CLAUDE_CODE_USE_VERTEX",
+                "ANTHROPIC_BASE_URL",
+            ],
+            home_var: Some("CLAUDE_CONFIG_DIR"),
+            home_default: ".claude",
+            home_files: &[".credentials.json", "settings.json"],
+            other_files: &[
+                ".claude.json",
+                "./.claude/settings.json",
+                "./.claude/settings.local.json",
+            ],
+            // There the login is in the keychain.
+            skip_on_macos: true,
+        }),
+        login_hint: "run `claude`, log in with `/login` (or set `ANTHROPIC_API_KEY`)",
         install_hint: "npm install -g @anthropic-ai/claude-code",
     },
     Preset {
@@ -148,7 +194,37 @@ pub static PRESETS: &[Preset] = &[
                 r"(?i)resource_exhausted|quota|\b429\b|rate[_ ]limit",
             ),
             (Class::Network, NETWORK),
+            (Class::Network, OVERLOADED),
         ],
+        fatal: &[
+            (Class::Network, NETWORK),
+            (
+                Class::RateLimit,
+                r"(?i)\b429\b|resource_exhausted|rate[_ ]limit",
+            ),
+        ],
+        fatal_repeats: 2,
+        credentials: Some(crate::credentials::Rule {
+            env: &[
+                "GEMINI_API_KEY",
+                "GOOGLE_API_KEY",
+                "GOOGLE_GENAI_USE_VERTEXAI",
+                "GOOGLE_GENAI_USE_GCA",
+                "GOOGLE_APPLICATION_CREDENTIALS",
+                "GOOGLE_CLOUD_PROJECT",
+            ],
+            home_var: None,
+            home_default: ".gemini",
+            home_files: &["oauth_creds.json", ".env", "settings.json"],
+            other_files: &[
+                ".env",
+                "./.env",
+                "./.gemini/.env",
+                "./.gemini/settings.json",
+            ],
+            skip_on_macos: false,
+        }),
+        login_hint: "run `gemini` and choose a login (or set `GEMINI_API_KEY`)",
         install_hint: "npm install -g @google/gemini-cli",
     },
     Preset {
@@ -181,7 +257,27 @@ pub static PRESETS: &[Preset] = &[
                 r"(?i)rate[_ ]limit|\b429\b|usage limit|quota",
             ),
             (Class::Network, NETWORK),
+            (Class::Network, OVERLOADED),
         ],
+        fatal: &[
+            (
+                Class::Auth,
+                r"(?i)401 unauthorized|invalid_api_key|please log ?in",
+            ),
+            (Class::Network, NETWORK),
+            (Class::RateLimit, r"(?i)\b429\b|rate[_ ]limit|usage limit"),
+        ],
+        fatal_repeats: 3,
+        credentials: Some(crate::credentials::Rule {
+            env: &["OPENAI_API_KEY", "CODEX_API_KEY"],
+            home_var: Some("CODEX_HOME"),
+            home_default: ".codex",
+            // A config.toml may name another provider and its key variable.
+            home_files: &["auth.json", "config.toml"],
+            other_files: &[],
+            skip_on_macos: false,
+        }),
+        login_hint: "run `codex login` (or set `OPENAI_API_KEY`)",
         install_hint: "npm install -g @openai/codex",
     },
     Preset {
@@ -210,7 +306,17 @@ pub static PRESETS: &[Preset] = &[
             ),
             (Class::RateLimit, r"(?i)rate[_ ]limit|\b429\b|quota"),
             (Class::Network, NETWORK),
+            (Class::Network, OVERLOADED),
         ],
+        fatal: &[
+            (Class::Auth, r"ProviderAuthError|(?i)\b401\b"),
+            (Class::Network, NETWORK),
+            (Class::RateLimit, r"(?i)\b429\b|rate[_ ]limit"),
+        ],
+        fatal_repeats: 3,
+        // opencode has models that need no key: its own answer decides.
+        credentials: None,
+        login_hint: "run `opencode auth login`",
         install_hint: "npm install -g opencode-ai",
     },
     Preset {
@@ -224,27 +330,38 @@ pub static PRESETS: &[Preset] = &[
             "--no-check-update",
             "--analytics-disable",
             "--no-pretty",
+            // Leave the workspace's git alone: no `git init`, no `.gitignore` edits, no
+            // commits of its own (dirigent decides what becomes a commit).
+            "--no-git",
         ],
         model_args: &["--model", "{model}"],
         default_model: None,
         prompt: PromptMode::Arg,
         format: OutputFormat::Plain,
-        env: &[],
+        // litellm's own price-list download at start-up: not needed, and it fails offline.
+        env: &[("LITELLM_LOCAL_MODEL_COST_MAP", "True")],
         stagger: Duration::ZERO,
         timeout: Duration::from_secs(30 * MIN),
         // Without a key aider waits 5 minutes for an OAuth login in silence.
         idle_timeout: Some(Duration::from_secs(3 * MIN)),
         exit_classes: &[],
         classified: &[
-            (
-                Class::Auth,
-                r"(?i)AuthenticationError|invalid api key|no api key|login to openrouter",
-            ),
+            (Class::Auth, AIDER_AUTH),
             (Class::RateLimit, r"RateLimitError|(?i)rate limit exceeded"),
-            (Class::Network, NETWORK),
+            (Class::Network, AIDER_NETWORK),
             // aider exits 0 after printing litellm's error: the text is all there is.
             (Class::ToolError, r"litellm\.\w+Error"),
         ],
+        fatal: &[
+            (Class::Auth, AIDER_AUTH),
+            (Class::Network, AIDER_NETWORK),
+            (Class::RateLimit, r"(?m)^litellm\.RateLimitError"),
+        ],
+        fatal_repeats: 2,
+        // aider reads keys from many places (`.env`, `.aider.conf.yml`, a local model): its own
+        // answer, which comes at once, decides.
+        credentials: None,
+        login_hint: "set the API key of your model's provider (e.g. `ANTHROPIC_API_KEY`), or give aider a `model`",
         install_hint: "pip install aider-chat",
     },
     Preset {
@@ -267,6 +384,10 @@ pub static PRESETS: &[Preset] = &[
             ),
             (Class::ToolError, r"(?m)^Error: "),
         ],
+        fatal: &[(Class::Network, NETWORK)],
+        fatal_repeats: 1,
+        credentials: None,
+        login_hint: "start the server with `ollama serve`",
         install_hint: "see https://ollama.com/download, then `ollama pull llama3.2`",
     },
 ];

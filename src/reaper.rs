@@ -145,7 +145,7 @@ pub fn supervise_main(args: &[std::ffi::OsString]) -> ! {
     }
     // The program may signal its parent at once (`kill -TERM $PPID` as its first line): block
     // the stop signals before it exists and ignore them before unblocking, so none can land
-    // between. The child starts with an empty mask and default dispositions (std resets both).
+    // between. The child starts with an empty mask (below) and default dispositions.
     const STOPS: [i32; 6] = [
         libc::SIGTERM,
         libc::SIGINT,
@@ -167,6 +167,18 @@ pub fn supervise_main(args: &[std::ffi::OsString]) -> ! {
     cmd.args(rest);
     if null_stdin {
         cmd.stdin(std::process::Stdio::null());
+    }
+    // The program must start with nothing blocked (std does not reset the mask on every path;
+    // a blocked SIGTERM would make every graceful stop wait out the grace period).
+    // SAFETY: sigprocmask is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,

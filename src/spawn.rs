@@ -181,6 +181,35 @@ where
             agent.program()
         ));
     };
+    // A CLI with no way to log in cannot succeed: say so now, not after its network retries.
+    if let Some(rule) = agent.preset.and_then(|p| p.credentials.as_ref())
+        && agent.preflight
+    {
+        let var = |name: &str| {
+            plan.extra_env
+                .iter()
+                .chain(agent.env.iter())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(name).ok())
+        };
+        if let crate::credentials::Found::Missing(looked) =
+            crate::credentials::check(rule, &var, plan.workspace.root())
+        {
+            let hint = agent.preset.map(|p| p.login_hint).unwrap_or_default();
+            return not_run(
+                Verdict::fail(
+                    judge::Class::Auth,
+                    format!(
+                        "not logged in: none of its credentials exists ({}); {hint}, then `dirigent agents enable {}` (not started)",
+                        looked.join(", "),
+                        agent.name
+                    ),
+                ),
+                None,
+            );
+        }
+    }
     let prompt_file = plan.file("prompt");
     // Everything below `runs/` is reached without following links: an agent of an earlier
     // attempt may have planted one at any of these names.
@@ -285,6 +314,15 @@ where
     let err_sample = Arc::new(Mutex::new(OutputSample::default()));
     let (out_progress, err_progress) = progress_rules(agent.format);
     let capture_failed = Arc::new(std::sync::OnceLock::new());
+    // Both capture tasks feed one watcher; the first conclusive line wakes the loop below.
+    let watching = (!agent.fatal.is_empty()).then(|| Watching {
+        watcher: Arc::new(Mutex::new(crate::watch::Watcher::new(
+            agent.fatal.clone(),
+            agent.format,
+        ))),
+        found: Arc::new(std::sync::OnceLock::new()),
+        wake: Arc::new(tokio::sync::Notify::new()),
+    });
     let mut out_task = tokio::spawn(capture(
         child.stdout.take().expect("piped"),
         out_file,
@@ -295,6 +333,7 @@ where
             activity: activity.clone(),
             started,
         },
+        watching.clone().map(|w| (w, crate::watch::Stream::Stdout)),
     ));
     let mut err_task = tokio::spawn(capture(
         child.stderr.take().expect("piped"),
@@ -306,6 +345,7 @@ where
             activity: activity.clone(),
             started,
         },
+        watching.clone().map(|w| (w, crate::watch::Stream::Stderr)),
     ));
 
     let at = |d: Duration| crate::engine::later(tokio::time::Instant::from_std(started), d);
@@ -317,6 +357,10 @@ where
         });
         tokio::select! {
             status = child.wait() => break status.ok(),
+            _ = async { watching.as_ref().expect("guarded").wake.notified().await }, if watching.is_some() => {
+                stopped = Some(StopCause::Conclusive);
+                break None;
+            }
             _ = sleep_until(deadline) => {
                 stopped = Some(StopCause::Timeout);
                 break None;
@@ -433,7 +477,7 @@ where
             .head
             .starts_with(crate::reaper::SPAWN_FAILED.as_bytes()))
     .then(|| String::from_utf8_lossy(&stderr.head).trim().to_string());
-    let mut verdict = judge::judge_at(
+    let verdict = judge::judge_at(
         agent,
         &Evidence {
             spawn_error: spawn_error.as_deref(),
@@ -443,25 +487,13 @@ where
             stdout,
             stderr,
             stdout_full: full.as_deref(),
+            conclusive: watching.as_ref().and_then(|w| w.found.get().cloned()),
+            // The limits that applied are this attempt's (a task may set its own).
+            timeout: Some(plan.timeout),
+            idle_timeout: plan.idle_timeout,
         },
         crate::ledger::now_ms(),
     );
-    // The limits that applied are this attempt's (a task may set its own), not the agent's.
-    match stopped {
-        Some(StopCause::Timeout) => {
-            verdict.reason = format!(
-                "killed after the {} timeout",
-                crate::duration::short(plan.timeout)
-            );
-        }
-        Some(StopCause::Idle) => {
-            verdict.reason = format!(
-                "no progress for {} (no output, or only error events): killed as hung",
-                crate::duration::short(plan.idle_timeout.unwrap_or_default())
-            );
-        }
-        _ => {}
-    }
     AttemptReport {
         exhausted,
         ran: true,
@@ -530,6 +562,7 @@ pub fn report_from_capture(
             stdout,
             stderr,
             stdout_full: full.as_deref(),
+            ..Default::default()
         },
         crate::ledger::now_ms(),
     );
@@ -575,6 +608,15 @@ fn progress_rules(format: OutputFormat) -> (ProgressRule, ProgressRule) {
         OutputFormat::CodexJsonl => (ProgressRule::EventsExceptErrors, ProgressRule::Never),
         _ => (ProgressRule::AnyOutput, ProgressRule::AnyOutput),
     }
+}
+
+/// The watcher of one attempt's output, shared by its two capture tasks; `wake` is waited on
+/// by the attempt's supervising loop, which stops the attempt once `found` is set.
+#[derive(Clone)]
+struct Watching {
+    watcher: Arc<Mutex<crate::watch::Watcher>>,
+    found: Arc<std::sync::OnceLock<crate::watch::Conclusive>>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Where a capture task reports progress: milliseconds since `started` in `activity`.
@@ -643,6 +685,7 @@ async fn capture(
     failed: Arc<std::sync::OnceLock<CaptureFailure>>,
     sample: Arc<Mutex<OutputSample>>,
     progress: Progress,
+    watching: Option<(Watching, crate::watch::Stream)>,
 ) {
     use std::io::Write;
     let mut buf = vec![0u8; 64 * 1024];
@@ -674,6 +717,18 @@ async fn capture(
             });
         }
         sample.lock().expect("sample lock").push(&buf[..n]);
+        if let Some((w, stream)) = &watching {
+            let found = w
+                .watcher
+                .lock()
+                .expect("watcher lock")
+                .feed(*stream, &buf[..n]);
+            if let Some(c) = found
+                && w.found.set(c).is_ok()
+            {
+                w.wake.notify_one();
+            }
+        }
     }
 }
 

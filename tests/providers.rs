@@ -8,8 +8,22 @@ mod common;
 use common::{Daemon, Workspace, agents_dir};
 use dirigent::ledger::{Event, Record};
 
-/// A `bin/` in the workspace with the fake CLIs, and the daemon started with it first on PATH.
+/// A `bin/` in the workspace with the fake CLIs, and the daemon started with it first on PATH
+/// and a home where every CLI is logged in.
 fn start_with_fakes(ws: &Workspace) -> Daemon {
+    start_logged_in(ws, &["claude", "gemini", "codex"])
+}
+
+/// Where each CLI keeps its login (what the credentials check looks for).
+const LOGIN_FILES: &[(&str, &str)] = &[
+    ("claude", ".claude/.credentials.json"),
+    ("gemini", ".gemini/oauth_creds.json"),
+    ("codex", ".codex/auth.json"),
+];
+
+/// Like [`start_with_fakes`], with only `logged_in` logged in, and no API key in the
+/// environment (whatever the machine running the tests has).
+fn start_logged_in(ws: &Workspace, logged_in: &[&str]) -> Daemon {
     let bin = ws.root().join("bin");
     if !bin.exists() {
         std::fs::create_dir(&bin).unwrap();
@@ -17,8 +31,39 @@ fn start_with_fakes(ws: &Workspace) -> Daemon {
             std::os::unix::fs::symlink(agents_dir().join("fake-cli.sh"), bin.join(cli)).unwrap();
         }
     }
+    let home = ws.root().join("home");
+    let _ = std::fs::remove_dir_all(&home);
+    for (cli, file) in LOGIN_FILES {
+        if logged_in.contains(cli) {
+            let path = home.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "{}").unwrap();
+        }
+    }
+    std::fs::create_dir_all(&home).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    ws.start_with(&[("PATH", &path)])
+    let mut env = vec![("PATH", path.as_str()), ("HOME", home.to_str().unwrap())];
+    for var in [
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "CLAUDE_CODE_USE_BEDROCK",
+        "CLAUDE_CODE_USE_VERTEX",
+        "ANTHROPIC_BASE_URL",
+        "CLAUDE_CONFIG_DIR",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+        "GOOGLE_GENAI_USE_GCA",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_CLOUD_PROJECT",
+        "OPENAI_API_KEY",
+        "CODEX_API_KEY",
+        "CODEX_HOME",
+    ] {
+        env.push((var, ""));
+    }
+    ws.start_with(&env)
 }
 
 fn set_mode(ws: &Workspace, mode: &str) {
@@ -794,5 +839,128 @@ agents:
     assert!(
         bad.contains("`isolate` works with the claude, gemini, codex and opencode presets"),
         "{bad}"
+    );
+}
+
+/// What each real CLI printed offline (copied into the fake CLI), and the verdict dirigent must
+/// reach: the right class, decided from the output while the CLI still runs — not by the
+/// idle timeout minutes later (the presets' idle limits are 3–5 minutes; the test's patience is
+/// one minute).
+#[test]
+fn offline_clis_are_stopped_as_soon_as_their_output_is_conclusive() {
+    let ws = Workspace::new(
+        r#"
+concurrency: 4
+agents:
+  codex:       { preset: codex, env: { FAKE_MODE: offline }, retry: { attempts: 0 } }
+  gemini:      { preset: gemini, env: { FAKE_MODE: offline }, retry: { attempts: 0 } }
+  aider-nokey: { preset: aider, env: { FAKE_MODE: noauth } }
+  aider:       { preset: aider, env: { FAKE_MODE: offline }, retry: { attempts: 0 }, provider: aider-2 }
+"#,
+    );
+    let _d = start_with_fakes(&ws);
+    let want = [
+        // Its error events on stdout and its log on stderr interleave: any may be third.
+        (
+            "codex",
+            "network",
+            r"^its output said `(stream disconnected|failed to connect|error sending request)` \(3 times with no progress in between\)",
+        ),
+        (
+            "gemini",
+            "network",
+            r"^its output said `fetch failed` \(2 times with no progress in between\)",
+        ),
+        (
+            "aider-nokey",
+            "auth",
+            r"^its output said `no API keys were provided`; stopped at once$",
+        ),
+        (
+            "aider",
+            "network",
+            r"^its output said `litellm\.InternalServerError` \(2 times with no progress in between\)",
+        ),
+    ];
+    for (agent, _, _) in want {
+        ws.drop_task(
+            &format!("{agent}.json"),
+            &format!(r#"{{"prompt": "p", "agent": "{agent}"}}"#),
+        );
+    }
+    for (agent, class, reason) in want {
+        ws.wait_settled(agent);
+        let got = find(&ws.records(), |e| match e {
+            Event::AttemptFinished {
+                task,
+                class,
+                reason,
+                stopped,
+                kill_signal,
+                ..
+            } if task == agent => Some((
+                class.as_str().to_string(),
+                reason.clone(),
+                *stopped,
+                *kill_signal,
+            )),
+            _ => None,
+        });
+        assert_eq!(got.len(), 1, "{agent}: one attempt, got {got:?}");
+        let (got_class, got_reason, stopped, kill_signal) = &got[0];
+        assert_eq!(
+            *kill_signal,
+            Some(15),
+            "{agent}: a CLI that obeys SIGTERM is stopped by it, without waiting for SIGKILL"
+        );
+        assert_eq!(got_class, class, "{agent}: {got_reason}");
+        assert!(
+            regex::Regex::new(reason).unwrap().is_match(got_reason),
+            "{agent}: expected a reason matching {reason:?}, got {got_reason:?}"
+        );
+        assert_eq!(
+            *stopped,
+            Some(dirigent::judge::StopCause::Conclusive),
+            "{agent}: stopped by its output"
+        );
+    }
+}
+
+/// A CLI with no login at all is judged `auth` without being started, and the reason says
+/// what to run.
+#[test]
+fn a_cli_with_no_login_anywhere_is_not_started() {
+    let ws = Workspace::new(
+        r#"
+agents:
+  codex: { preset: codex, env: { FAKE_MODE: offline, FAKE_LOG: calls.log } }
+  backup: { command: ["{agents}/ok.sh"] }
+"#,
+    );
+    let _d = start_logged_in(&ws, &["claude", "gemini"]);
+    ws.drop_task("c.json", r#"{"prompt": "p", "chain": ["codex", "backup"]}"#);
+    assert!(matches!(ws.wait_settled("c"), Event::Done { .. }));
+    assert_eq!(
+        attempts(&ws, "c"),
+        [
+            ("codex".to_string(), "auth".to_string()),
+            ("backup".to_string(), "ok".to_string())
+        ]
+    );
+    let reason = find(&ws.records(), |e| match e {
+        Event::AttemptFinished { reason, agent, .. } if agent == "codex" => Some(reason.clone()),
+        _ => None,
+    })
+    .remove(0);
+    assert!(
+        reason.starts_with("not logged in: none of its credentials exists (")
+            && reason.ends_with(
+                "); run `codex login` (or set `OPENAI_API_KEY`), then `dirigent agents enable codex` (not started)"
+            ),
+        "{reason}"
+    );
+    assert!(
+        !ws.root().join("calls.log").exists(),
+        "codex must not have been started"
     );
 }

@@ -3,6 +3,8 @@
 # opencode, aider) failing or succeeding the way the real one does, for the provider tests.
 # The mode comes from the file $FAKE_MODE_FILE when it exists, else $FAKE_MODE (default ok):
 #   ok | auth | rate_limit | network | tool_error | bad_output | exit0_error
+#   offline | noauth: what the real CLI printed run offline (with a key / with none), copied from
+#   the real CLIs (see docs/judging.md); these never exit on their own, like the real ones.
 # $FAKE_RESET_SECS: how far ahead a rate limit says it resets (default 30).
 # Every call appends "<cli> <mode>" to $FAKE_LOG when set.
 cli=$(basename "$0")
@@ -49,6 +51,41 @@ case "$cli:$mode" in
   aider:ok) echo "fake aider: $prompt" ;;
   aider:exit0_error) echo 'litellm.APIConnectionError: Connection refused'; exit 0 ;;
   aider:tool_error) echo 'litellm.BadRequestError: model gpt-9 does not exist'; exit 0 ;;
+
+  codex:offline)
+    echo '{"type":"thread.started","thread_id":"01a22ff9-34fa-7090-932a-85dac92faf03"}'
+    echo '{"type":"turn.started"}'
+    for n in 2 3 4 5; do
+      echo "{\"type\":\"error\",\"message\":\"Reconnecting... $n/5 (stream disconnected before completion: failed to lookup address information: Name does not resolve)\"}"
+      echo 'ERROR codex_api::endpoint::responses_websocket: failed to connect to Responses WebSocket stage=Unknown' >&2
+      sleep 0.05
+    done
+    while :; do
+      echo '{"type":"error","message":"Reconnecting... waiting for network (Connection failed: error sending request)"}'
+      sleep 0.2
+    done ;;
+  gemini:offline)
+    echo 'YOLO mode is enabled. All tool calls will be automatically approved.' >&2
+    n=1
+    while :; do
+      echo "Attempt $n failed. Retrying with backoff... Error: exception TypeError: fetch failed sending request" >&2
+      echo '    at async retryWithBackoff (file:///gemini-cli/bundle/chunk.js:308039:23)' >&2
+      n=$((n+1)); sleep 0.3
+    done ;;
+  aider:noauth)
+    echo 'Warning: Input is not a terminal (fd=0).' >&2
+    printf 'Analytics have been permanently disabled.\n\nNo LLM model was specified and no API keys were provided.\nOpenRouter provides free and paid access to many LLMs.\n\nPlease open this URL in your browser to connect Aider with OpenRouter:\n\nhttps://openrouter.ai/auth?callback_url=http://localhost:8484/callback/aider\n\nWaiting up to 5 minutes for you to finish in the browser...\nUse Control-C to interrupt.\n'
+    exec sleep 300 ;;
+  aider:offline)
+    printf 'Using sonnet model with API key from environment.\n'
+    # Its model price list cannot be fetched either; aider goes on regardless.
+    echo "HTTPSConnectionPool(host='raw.githubusercontent.com', port=443): Max retries exceeded (Caused by NameResolutionError(\"Failed to resolve 'raw.githubusercontent.com' ([Errno -2] Name or service not known)\"))"
+    printf 'Aider v0.86.2\nMain model: claude-sonnet-4-5 with diff edit format, infinite output\nGit repo: none\n\n'
+    d=1
+    while :; do
+      printf 'litellm.InternalServerError: AnthropicException - [Errno -2] Name or service not\nknown. Handle with `litellm.InternalServerError`.\nThe API provider'"'"'s servers are down or overloaded.\nRetrying in 0.%s seconds...\n' "$d"
+      d=$((d+1)); sleep 0.3
+    done ;;
 
   *) echo "fake-cli.sh: no mode $cli:$mode" >&2; exit 3 ;;
 esac
