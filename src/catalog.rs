@@ -25,12 +25,31 @@ pub fn agents(
             chains.insert(0, "default_chain".into());
         }
         let (mut attempts, mut ok) = (0u64, 0u64);
+        // The latest failed attempt (of this agent or an `agent:model` variant of it).
+        let mut last_failure: Option<(&str, &crate::state::AttemptSummary)> = None;
         for t in book.iter() {
-            for a in t.attempts.iter().filter(|a| &a.agent == name) {
+            for a in t
+                .attempts
+                .iter()
+                .filter(|a| crate::config::split_entry(&a.agent).0 == name)
+            {
                 attempts += 1;
                 ok += u64::from(a.class == Some(Class::Ok));
+                if a.class.is_some_and(|c| c != Class::Ok)
+                    && last_failure.is_none_or(|(_, l)| l.started_ms <= a.started_ms)
+                {
+                    last_failure = Some((&t.id, a));
+                }
             }
         }
+        let last_failure = last_failure.map(|(task, a)| {
+            json!({
+                "class": a.class.map(Class::as_str),
+                "reason": a.reason,
+                "task": task,
+                "at": crate::duration::clock(a.started_ms + a.duration_ms),
+            })
+        });
         let state = match book.availability(&agent.provider, crate::ledger::now_ms()) {
             crate::state::Availability::Ready => json!({"state": "ready"}),
             crate::state::Availability::CoolingDown { until_ms, reason } => json!({
@@ -61,6 +80,7 @@ pub fn agents(
             "in": chains,
             "attempts": attempts,
             "ok": ok,
+            "last_failure": last_failure,
         }));
     }
     rows

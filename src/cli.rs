@@ -96,6 +96,15 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AgentsAction>,
     },
+    /// Can each agent run? Per agent: installed and its version, credentials found (where, never
+    /// what), disabled or cooling down, its last failure — and the exact command that fixes each
+    /// problem. Exits 1 when no agent of the default chain can run. Checks this shell's
+    /// environment: a daemon started by systemd or launchd may see another one.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Scorecards from the ledger: attempts, success rate, fallback rate, failure classes,
     /// median and p95 duration, cost and cost per success — per agent, role or model.
     Stats {

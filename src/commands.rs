@@ -745,8 +745,98 @@ pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
         if r["attempts"].as_u64().unwrap_or(0) > 0 {
             println!("{:<10} attempts: {}, ok: {}", "", r["attempts"], r["ok"]);
         }
+        if let Some(f) = r["last_failure"].as_object() {
+            println!(
+                "{:<10} last failure: {} at {} (task {}): {}",
+                "",
+                f["class"].as_str().unwrap_or(""),
+                f["at"].as_str().unwrap_or(""),
+                f["task"].as_str().unwrap_or(""),
+                f["reason"].as_str().unwrap_or("")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub fn doctor(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
+    let config = Config::load(&ws.config())?;
+    let book = load_book(ws)?;
+    let report = dirigent::doctor::report(ws, &config, &book);
+    let default_chain = config.effective_default_chain(ws.root());
+    let agents = report["agents"].as_array().cloned().unwrap_or_default();
+    let usable = agents
+        .iter()
+        .any(|a| a["ok"] == true && default_chain.iter().any(|c| a["name"] == c.as_str()));
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("config: {}", config.source);
+        for a in &agents {
+            let name = a["name"].as_str().unwrap_or("");
+            let version = a["version"]
+                .as_str()
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default();
+            let place = match a["path"].as_str() {
+                Some(p) => format!("{p}{version}"),
+                None => "not installed".into(),
+            };
+            let creds = match a["credentials"]["state"].as_str() {
+                Some("found") => format!(
+                    ", credentials: {}",
+                    a["credentials"]["at"].as_str().unwrap_or("")
+                ),
+                Some("missing") => ", credentials: none".into(),
+                _ if a["preset"].is_string() && a["installed"] == true => {
+                    ", credentials: not checked (its own answer decides)".into()
+                }
+                _ => String::new(),
+            };
+            let state = match a["availability"]["state"].as_str() {
+                Some("cooling_down") => format!(
+                    ", cooling down until {}",
+                    a["availability"]["until"].as_str().unwrap_or("")
+                ),
+                Some("disabled") => ", disabled".into(),
+                _ => String::new(),
+            };
+            let verdict = if a["ok"] == true { "ok" } else { "PROBLEM" };
+            println!("{name:<10} {verdict}: {place}{creds}{state}");
+            for p in a["problems"].as_array().into_iter().flatten() {
+                println!("{:<10} - {}", "", p["problem"].as_str().unwrap_or(""));
+                println!("{:<10}   fix: {}", "", p["fix"].as_str().unwrap_or(""));
+            }
+            if let Some(f) = a["last_failure"].as_object() {
+                println!(
+                    "{:<10} last failure: {} (task {}): {}",
+                    "",
+                    f["class"].as_str().unwrap_or(""),
+                    f["task"].as_str().unwrap_or(""),
+                    f["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        println!(
+            "\ndefault chain: {}",
+            if default_chain.is_empty() {
+                "(empty: no agent is installed)".to_string()
+            } else {
+                default_chain.join(" → ")
+            }
+        );
+        if !usable {
+            println!("no agent of the default chain can run: fix one of the problems above");
+        }
+        println!(
+            "(checked with this shell's environment; a daemon started by systemd or launchd may see another one)"
+        );
+    }
+    Ok(if usable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn find_workflow(ws: &Workspace, name: &str) -> Result<dirigent::workflow::Definition> {

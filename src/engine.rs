@@ -1916,7 +1916,7 @@ Free disk space or fix `{}`, then restart the daemon",
                             return;
                         };
                         if t.chain_pos >= t.chain.len() {
-                            let reason = chain_failed(t);
+                            let reason = chain_failed(t, &self.config);
                             self.escalate(&task, reason);
                         } else {
                             self.enqueue(&task);
@@ -2126,8 +2126,14 @@ Free disk space or fix `{}`, then restart the daemon",
                             crate::duration::clock(until_ms)
                         ));
                     }
+                    Availability::Disabled { reason, .. } if reason.contains("agents enable") => {
+                        unusable.push(format!(
+                            "`{name}` is disabled after an auth failure: {reason}"
+                        ))
+                    }
                     Availability::Disabled { reason, .. } => unusable.push(format!(
-                        "`{name}` is disabled after an auth failure ({reason}); fix it, then `dirigent agents enable {name}`"
+                        "`{name}` is disabled after an auth failure ({reason}); {}, then `dirigent agents enable {base}`",
+                        agent.preset.map_or("fix its credentials", |p| p.login_hint)
                     )),
                 }
             }
@@ -2136,7 +2142,7 @@ Free disk space or fix `{}`, then restart the daemon",
                     let reason = if t.chain.is_empty() {
                         escalate::no_agents_message(&self.config)
                     } else {
-                        chain_failed(t)
+                        chain_failed(t, &self.config)
                     };
                     escalations.push((key.id.clone(), reason));
                 } else if let Some(until) = cooling_until {
@@ -2568,11 +2574,12 @@ Free disk space or fix `{}`, then restart the daemon",
     /// The work of [`Engine::escalate`], in a task of its own (also when a paused escalation
     /// is done again).
     fn spawn_escalation(&self, snapshot: Box<TaskRecord>, reason: String) {
-        let (ws, ledger, tx, hook) = (
+        let (ws, ledger, tx, hook, config) = (
             self.ws.clone(),
             self.ledger.clone(),
             self.tx.clone(),
             self.config.on_escalate.clone(),
+            self.config.clone(),
         );
         tokio::spawn(async move {
             let prompt = snapshot
@@ -2580,7 +2587,8 @@ Free disk space or fix `{}`, then restart the daemon",
                 .as_ref()
                 .map(|s| s.prompt.clone())
                 .unwrap_or_default();
-            if let Err(e) = escalate::write_report(&ws, &snapshot, &prompt, &reason) {
+            if let Err(e) = escalate::write_report(&ws, &snapshot, &prompt, &reason, Some(&config))
+            {
                 if let Some(what) = fsutil::exhausted(&e) {
                     let _ = tx.send(Msg::Paused {
                         what: format!(
@@ -2784,9 +2792,14 @@ fn wake_at(due: &mut Option<Instant>, now: Instant, now_ms: u64, at_ms: u64) {
     *due = Some(due.map_or(at, |d| d.min(at)));
 }
 
-/// Why a task whose chain is used up escalates.
-fn chain_failed(t: &TaskRecord) -> String {
-    format!("every agent in the chain failed ({})", t.chain.join(" → "))
+/// Why a task whose chain is used up escalates: the chain, then what to do when the
+/// attempts show a cause with a fix (a login, an installation, the network).
+fn chain_failed(t: &TaskRecord, config: &Config) -> String {
+    let chain = format!("every agent in the chain failed ({})", t.chain.join(" → "));
+    match crate::advice::in_short(&t.attempts, config) {
+        Some(advice) => format!("{chain}: {advice}"),
+        None => chain,
+    }
 }
 
 /// The agent of a chain entry (`claude` of `claude:sonnet`).

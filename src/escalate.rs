@@ -23,10 +23,21 @@ pub fn write_report(
     task: &TaskRecord,
     prompt: &str,
     reason: &str,
+    config: Option<&Config>,
 ) -> std::io::Result<PathBuf> {
     let mut md = String::new();
     let _ = writeln!(md, "# Escalated: {} — {}\n", task.id, task.title);
-    let _ = writeln!(md, "**Why:** {reason}\n");
+    let advice = config.and_then(|c| crate::advice::in_short(&task.attempts, c));
+    if let Some(advice) = &advice {
+        let _ = writeln!(md, "**In short:** {advice}.\n");
+    }
+    // The reason ends with the same advice: say it once.
+    let why = advice
+        .as_deref()
+        .and_then(|a| reason.strip_suffix(a))
+        .and_then(|r| r.strip_suffix(": "))
+        .unwrap_or(reason);
+    let _ = writeln!(md, "**Why:** {why}\n");
     let _ = writeln!(
         md,
         "**Chain:** {}\n",
@@ -79,13 +90,27 @@ pub fn write_report(
             }
         }
     }
-    let _ = writeln!(
-        md,
-        "## What now\n\nFix the cause (see the reasons above), then run it again: `dirigent retry {id}` \
-(it re-reads `.context/failed/{file}`, so you can correct the task there first), or submit it anew.\n",
+    let again = format!(
+        "`dirigent retry {id}` (it re-reads `.context/failed/{file}`, so you can correct the task there first), or submit it anew",
         id = task.id,
         file = task.file
     );
+    let _ = match crate::advice::outlook(&task.attempts) {
+        crate::advice::Outlook::FixFirst => writeln!(
+            md,
+            "## What now\n\nA retry now would fail the same way: first log in or install as **In short** says \
+(then `dirigent agents enable <agent>`). Then run it again: {again}.\n"
+        ),
+        crate::advice::Outlook::FixSome => writeln!(
+            md,
+            "## What now\n\nFirst log in or install as **In short** says (then `dirigent agents enable <agent>`); \
+a retry before that runs without those agents. Then run it again: {again}.\n"
+        ),
+        crate::advice::Outlook::Retry => writeln!(
+            md,
+            "## What now\n\nFix the cause (see the reasons above), then run it again: {again}.\n"
+        ),
+    };
     let name = format!("{}.md", task.id);
     ws.open_sub("escalations")?
         .write_atomic(&name, md.as_bytes(), 0o600)?;

@@ -10,6 +10,7 @@
 //! daemon in-process.
 
 pub mod accept;
+pub mod advice;
 pub mod api;
 pub mod catalog;
 pub mod claim;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod confined;
 pub mod control;
 pub mod credentials;
+pub mod doctor;
 pub mod duration;
 pub mod engine;
 pub mod escalate;

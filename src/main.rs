@@ -74,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         } => commands::control(&ws, dirigent::control::Request::Enable { agent: name }),
         Command::Agents { json, action: None } => commands::agents(&ws, json),
+        Command::Doctor { json } => commands::doctor(&ws, json),
         Command::Workflow(WorkflowCommand::List { json }) => commands::workflow_list(&ws, json),
         Command::Workflow(WorkflowCommand::Show { name }) => commands::workflow_show(&ws, &name),
         Command::Workflow(WorkflowCommand::Validate { targets }) => {

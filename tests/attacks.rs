@@ -472,9 +472,16 @@ fn a_forged_done_line_is_not_believed_after_a_crash() {
         "the forged line must be reported:\n{}",
         log(&ws)
     );
+    // The record is read as soon as it is written; the daemon applies it once it is durable,
+    // and then moves the file: wait for that before asking it.
+    ws.wait_for("f.json in done/", |_| {
+        common::list(&ws, "done")
+            .contains(&"f.json".to_string())
+            .then_some(())
+    });
     let out = ws.cli(&["status", "f", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["state"], "done");
+    assert_eq!(v["state"], "done", "status after the move: {v}");
     assert!(!v["attempts"].as_array().unwrap().is_empty(), "{v}");
 }
 

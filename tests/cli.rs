@@ -500,3 +500,76 @@ fn submit_wait_shows_a_live_line_on_a_terminal_and_plain_lines_in_a_pipe() {
     assert!(screen.contains("\x1b[2K"), "{screen:?}");
     assert!(rest.contains("released"), "{rest:?}");
 }
+
+#[test]
+fn doctor_names_each_problem_and_its_fix() {
+    let ws = Workspace::new(
+        r#"
+default_chain: [codex]
+agents:
+  codex: { preset: codex }
+  ghost: { command: ["definitely-not-installed-xyz"] }
+"#,
+    );
+    // A fake codex first on PATH, and a home with no login.
+    let bin = ws.root().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(common::agents_dir().join("fake-cli.sh"), bin.join("codex"))
+        .unwrap();
+    let home = ws.root().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let doctor = |json: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("doctor")
+            .env("DIRIGENT_ROOT", ws.root())
+            .env("DIRIGENT_STATE_DIR", ws.state.path())
+            .env("HOME", &home)
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("OPENAI_API_KEY", "")
+            .env("CODEX_API_KEY", "")
+            .env_remove("CODEX_HOME");
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().unwrap()
+    };
+    let out = doctor(false);
+    let text = String::from_utf8_lossy(&out.stdout).replace(&ws.root().display().to_string(), "WS");
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    assert_eq!(
+        text,
+        "config: WS/.context/dirigent.yaml
+codex      PROBLEM: WS/bin/codex (codex 0.0.0-fake), credentials: none
+           - not logged in: none of its credentials exists
+             fix: run `codex login` (or set `OPENAI_API_KEY`), then `dirigent agents enable codex`
+ghost      PROBLEM: not installed
+           - `definitely-not-installed-xyz` is not installed (not on PATH)
+             fix: install it, or fix the agent's `command` in .context/dirigent.yaml
+
+default chain: codex
+no agent of the default chain can run: fix one of the problems above
+(checked with this shell's environment; a daemon started by systemd or launchd may see another one)
+"
+    );
+    assert_eq!(out.status.code(), Some(1), "no agent of the chain can run");
+    // Logged in: codex is fine, and the exit code says so.
+    std::fs::create_dir(home.join(".codex")).unwrap();
+    std::fs::write(home.join(".codex/auth.json"), "{}").unwrap();
+    let out = doctor(true);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codex = &v["agents"][0];
+    assert_eq!(codex["name"], "codex");
+    assert_eq!(codex["ok"], true, "{codex}");
+    assert_eq!(codex["credentials"]["state"], "found");
+    assert!(
+        codex["credentials"]["at"]
+            .as_str()
+            .unwrap()
+            .ends_with("/home/.codex/auth.json"),
+        "{codex}"
+    );
+}

@@ -964,3 +964,39 @@ agents:
         "codex must not have been started"
     );
 }
+
+/// A chain of CLIs that are not logged in (or offline) escalates quickly, and the report's
+/// first line says what to do — without suggesting a retry that would fail the same way.
+#[test]
+fn a_chain_with_no_logins_says_what_to_do_first() {
+    let ws = Workspace::new(
+        r#"
+agents:
+  claude: { preset: claude, env: { FAKE_MODE: auth } }
+  codex:  { preset: codex, env: { FAKE_MODE: offline } }
+  gemini: { preset: gemini, env: { FAKE_MODE: offline }, retry: { attempts: 0 } }
+default_chain: [claude, codex, gemini]
+"#,
+    );
+    let _d = start_logged_in(&ws, &["claude", "gemini"]);
+    ws.drop_task("t.json", r#"{"prompt": "p"}"#);
+    let Event::Escalated { reason, .. } = ws.wait_settled("t") else {
+        panic!("expected an escalation")
+    };
+    let advice = "claude and codex need a login (claude: run `claude`, log in with `/login` (or set `ANTHROPIC_API_KEY`); codex: run `codex login` (or set `OPENAI_API_KEY`)), then `dirigent agents enable claude codex`; gemini could not reach its provider (offline, a proxy, or the provider is down): check the connection";
+    assert_eq!(
+        reason,
+        format!("every agent in the chain failed (claude → codex → gemini): {advice}")
+    );
+    let report = std::fs::read_to_string(ws.path("escalations/t.md")).unwrap();
+    let lines: Vec<&str> = report.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[1], format!("**In short:** {advice}."), "{report}");
+    assert_eq!(
+        lines[2], "**Why:** every agent in the chain failed (claude → codex → gemini)",
+        "{report}"
+    );
+    assert!(
+        report.contains("## What now\n\nFirst log in or install as **In short** says"),
+        "{report}"
+    );
+}

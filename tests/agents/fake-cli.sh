@@ -8,6 +8,7 @@
 # $FAKE_RESET_SECS: how far ahead a rate limit says it resets (default 30).
 # Every call appends "<cli> <mode>" to $FAKE_LOG when set.
 cli=$(basename "$0")
+[ "$1" = "--version" ] && { echo "$cli 0.0.0-fake"; exit 0; }
 mode=${FAKE_MODE:-ok}
 if [ -n "$FAKE_MODE_FILE" ] && [ -f "$FAKE_MODE_FILE" ]; then mode=$(cat "$FAKE_MODE_FILE"); fi
 [ -n "$FAKE_LOG" ] && echo "$cli $mode" >> "$FAKE_LOG"

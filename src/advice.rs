@@ -1,0 +1,223 @@
+//! What to do about a failed chain, in one line: "claude and gemini need a login: run …".
+//!
+//! When a task escalates, its reason (shown by `submit --wait`, `status`, `show`) and the top of
+//! its escalation report say the cause and the fix, grouped by class over the agents that
+//! failed: logins (with each preset's login command and `dirigent agents enable`), programs
+//! that are not installed, providers that cannot be reached, rate limits. Pure: it reads the
+//! task's attempts and the config, nothing else.
+
+use std::collections::BTreeSet;
+
+use crate::config::Config;
+use crate::judge::Class;
+use crate::state::AttemptSummary;
+
+/// The causes of a failed chain and their fixes, or `None` when there is no advice beyond the
+/// attempts' own reasons (the agents simply failed at the task).
+pub fn in_short(attempts: &[AttemptSummary], config: &Config) -> Option<String> {
+    // Each agent's last class: an agent that failed on the network and then passed the chain
+    // on is judged by its last attempt.
+    let mut last: Vec<(&str, Class)> = Vec::new();
+    for a in attempts {
+        let Some(class) = a.class else { continue };
+        match last.iter_mut().find(|(name, _)| *name == a.agent) {
+            Some(entry) => entry.1 = class,
+            None => last.push((&a.agent, class)),
+        }
+    }
+    let of = |want: Class| -> Vec<&str> {
+        last.iter()
+            .filter(|(_, c)| *c == want)
+            .map(|(n, _)| *n)
+            .collect()
+    };
+    let base = |name: &str| crate::config::split_entry(name).0.to_string();
+    let mut parts = Vec::new();
+
+    let auth = of(Class::Auth);
+    if !auth.is_empty() {
+        let names: BTreeSet<String> = auth.iter().map(|n| base(n)).collect();
+        let fixes: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let hint = config
+                    .agents
+                    .get(n)
+                    .and_then(|a| a.preset)
+                    .map(|p| p.login_hint)
+                    .unwrap_or("fix its credentials");
+                format!("{n}: {hint}")
+            })
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        parts.push(format!(
+            "{} {} a login ({}), then `dirigent agents enable {}`",
+            and_list(&names),
+            if names.len() == 1 { "needs" } else { "need" },
+            fixes.join("; "),
+            names.join(" ")
+        ));
+    }
+    let missing = of(Class::Spawn);
+    if !missing.is_empty() {
+        let fixes: Vec<String> = missing
+            .iter()
+            .map(|n| {
+                let n = base(n);
+                match config.agents.get(&n).and_then(|a| a.preset) {
+                    Some(p) => format!("{n}: `{}`", p.install_hint),
+                    None => format!("{n}: check its `command`"),
+                }
+            })
+            .collect();
+        parts.push(format!(
+            "{} could not be started ({})",
+            and_list(&missing),
+            fixes.join("; ")
+        ));
+    }
+    let network = of(Class::Network);
+    if !network.is_empty() {
+        parts.push(format!(
+            "{} could not reach {} provider (offline, a proxy, or the provider is down): check the connection",
+            and_list(&network),
+            if network.len() == 1 { "its" } else { "their" }
+        ));
+    }
+    let limited = of(Class::RateLimit);
+    if !limited.is_empty() {
+        parts.push(format!(
+            "{} hit a rate or usage limit (`dirigent agents` shows until when)",
+            and_list(&limited)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// Whether a retry can work as things stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outlook {
+    /// Every agent failed for want of a login or an installation: a retry now fails the same way.
+    FixFirst,
+    /// Some did: fix those, or the retry runs without them.
+    FixSome,
+    /// Nothing in the way of a retry but the failures themselves.
+    Retry,
+}
+
+pub fn outlook(attempts: &[AttemptSummary]) -> Outlook {
+    let blocked = |a: &AttemptSummary| matches!(a.class, Some(Class::Auth | Class::Spawn));
+    if !attempts.is_empty() && attempts.iter().all(blocked) {
+        Outlook::FixFirst
+    } else if attempts.iter().any(blocked) {
+        Outlook::FixSome
+    } else {
+        Outlook::Retry
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(agent: &str, class: Class) -> AttemptSummary {
+        AttemptSummary {
+            n: 1,
+            agent: agent.into(),
+            started_ms: 0,
+            pid: 0,
+            start_ticks: None,
+            boot_id: None,
+            class: Some(class),
+            reason: String::new(),
+            exit_code: None,
+            signal: None,
+            duration_ms: 0,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            usage: None,
+            stopped: None,
+        }
+    }
+
+    fn config() -> Config {
+        Config::parse(
+            "agents:\n  claude: {preset: claude}\n  gemini: {preset: gemini}\n  codex: {preset: codex}\n  local: {command: [x]}\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    /// (each attempt's agent and class, the advice expected).
+    type Case<'a> = (&'a [(&'a str, Class)], Option<&'a str>);
+
+    #[test]
+    fn advice_table() {
+        use Class::*;
+        let cases: &[Case] = &[
+            (&[("local", Exit)], None),
+            (
+                &[("claude", Auth), ("gemini", Auth)],
+                Some(
+                    "claude and gemini need a login (claude: run `claude`, log in with `/login` (or set `ANTHROPIC_API_KEY`); gemini: run `gemini` and choose a login (or set `GEMINI_API_KEY`)), then `dirigent agents enable claude gemini`",
+                ),
+            ),
+            (
+                &[
+                    ("codex", Network),
+                    ("codex", Network),
+                    ("claude:opus", Auth),
+                ],
+                Some(
+                    "claude needs a login (claude: run `claude`, log in with `/login` (or set `ANTHROPIC_API_KEY`)), then `dirigent agents enable claude`; codex could not reach its provider (offline, a proxy, or the provider is down): check the connection",
+                ),
+            ),
+            (&[("codex", Network), ("codex", Exit)], None),
+            (
+                &[("gemini", Spawn), ("local", Spawn)],
+                Some(
+                    "gemini and local could not be started (gemini: `npm install -g @google/gemini-cli`; local: check its `command`)",
+                ),
+            ),
+            (
+                &[("claude", RateLimit)],
+                Some("claude hit a rate or usage limit (`dirigent agents` shows until when)"),
+            ),
+        ];
+        let cfg = config();
+        for (attempts, want) in cases {
+            let list: Vec<AttemptSummary> = attempts.iter().map(|(a, c)| attempt(a, *c)).collect();
+            assert_eq!(
+                in_short(&list, &cfg).as_deref(),
+                *want,
+                "attempts {attempts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_is_only_suggested_when_it_can_work() {
+        use Class::*;
+        let cases: &[(&[Class], Outlook)] = &[
+            (&[Auth], Outlook::FixFirst),
+            (&[Auth, Spawn], Outlook::FixFirst),
+            (&[Network, Auth], Outlook::FixSome),
+            (&[Auth, Exit], Outlook::FixSome),
+            (&[Network], Outlook::Retry),
+            (&[], Outlook::Retry),
+        ];
+        for (classes, want) in cases {
+            let list: Vec<AttemptSummary> = classes.iter().map(|c| attempt("claude", *c)).collect();
+            assert_eq!(outlook(&list), *want, "attempts {classes:?}");
+        }
+    }
+}
