@@ -295,7 +295,7 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
     }
 
     let structured = match agent.format {
-        OutputFormat::Plain => None,
+        format if format.is_text() => None,
         format => Some(parse_structured(
             format,
             ev.stdout_full.unwrap_or(""),
@@ -357,9 +357,13 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
     {
         return Verdict::fail(class, format!("output says `{}`", one_line(&m)));
     }
-    let result = match structured {
-        None => ResultText::Stdout,
-        Some(s) => ResultText::Text(s.result.unwrap_or_default()),
+    let result = match (structured, agent.format) {
+        (None, OutputFormat::AiderText) => match ev.stdout_full.map(aider_answer) {
+            Some(answer) => ResultText::Text(answer),
+            None => ResultText::Stdout,
+        },
+        (None, _) => ResultText::Stdout,
+        (Some(s), _) => ResultText::Text(s.result.unwrap_or_default()),
     };
     if agent.require_output {
         let empty = match &result {
@@ -379,13 +383,41 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
     }
 }
 
+/// The model's answer in aider's transcript: what follows its banner (which ends with the
+/// `Repo-map:` line) up to its last `Tokens:` line. The whole text when there is no banner.
+pub fn aider_answer(transcript: &str) -> String {
+    let lines: Vec<&str> = transcript.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.starts_with("Repo-map:"))
+        .map_or(0, |i| i + 1);
+    let end = lines
+        .iter()
+        .rposition(|l| l.starts_with("Tokens: "))
+        .filter(|&e| e >= start)
+        .unwrap_or(lines.len());
+    let body = &lines[start..end];
+    let body: Vec<&str> = body
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("https://aider.chat/HISTORY.html"))
+        .collect();
+    let text = body.join("\n");
+    let text = text.trim_matches('\n');
+    if text.trim().is_empty() {
+        String::new()
+    } else {
+        format!("{text}\n")
+    }
+}
+
 /// The class the output of a stopped attempt shows, when it is one that explains a hang (auth,
 /// network, rate limit), and the text that showed it. Only lines that cannot be the model's
 /// answer are read (see `watch`): stderr, plain stdout, error events of JSON-lines output.
 fn conclusive_in(agent: &Agent, ev: &Evidence<'_>) -> Option<(Class, String)> {
     let stdout = ev.stdout.text();
     let errors: String = match agent.format {
-        OutputFormat::Plain => stdout,
+        OutputFormat::Plain | OutputFormat::AiderText => stdout,
         OutputFormat::CodexJsonl | OutputFormat::OpencodeJsonl => stdout
             .lines()
             .filter(|l| crate::watch::is_error_event(l))
@@ -546,7 +578,7 @@ fn one_line(s: &str) -> String {
 
 fn format_name(f: OutputFormat) -> &'static str {
     match f {
-        OutputFormat::Plain => "text",
+        OutputFormat::Plain | OutputFormat::AiderText => "text",
         OutputFormat::ClaudeJson => "claude JSON",
         OutputFormat::GeminiJson => "gemini JSON",
         OutputFormat::CodexJsonl => "codex JSONL (no `turn.completed`)",
@@ -577,7 +609,7 @@ fn parse_structured(format: OutputFormat, stdout: &str, stderr: &str) -> Structu
             .unwrap_or_else(|| v.to_string())
     };
     match format {
-        OutputFormat::Plain => Structured::default(),
+        OutputFormat::Plain | OutputFormat::AiderText => Structured::default(),
         OutputFormat::ClaudeJson => {
             let Some(v) = json else {
                 return Structured::default();
@@ -1127,6 +1159,20 @@ agents:
         assert_eq!(
             v.reason,
             "its output said `fetch failed` (2 times with no progress in between); stopped instead of waiting for the CLI's own retries"
+        );
+    }
+
+    #[test]
+    fn aiders_answer_is_cut_out_of_its_transcript() {
+        let transcript = "Analytics have been permanently disabled.\n\nHTTPSConnectionPool(host='raw.githubusercontent.com'): Failed to resolve\nAider v0.86.2\nModel: openai/stub-model with whole edit format\nGit repo: none\nRepo-map: disabled\n\n\nhttps://aider.chat/HISTORY.html#release-notes\n\nSTUB ANSWER: the quick brown fox.\n\nApplied edit to a.rs\nTokens: 593 sent, 15 received.\n";
+        assert_eq!(
+            aider_answer(transcript),
+            "STUB ANSWER: the quick brown fox.\n\nApplied edit to a.rs\n"
+        );
+        assert_eq!(aider_answer("no banner at all\n"), "no banner at all\n");
+        assert_eq!(
+            aider_answer("Repo-map: disabled\nTokens: 1 sent, 2 received.\n"),
+            ""
         );
     }
 

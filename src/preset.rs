@@ -14,7 +14,9 @@
 //!   network failure, so the idle timeout is what ends it; success needs `turn.completed` and no
 //!   `turn.failed`; outside a git repository it needs `--skip-git-repo-check`.
 //! - aider: `--message PROMPT --yes-always --no-check-update --analytics-disable --no-pretty
-//!   --no-git` (without it aider runs `git init` and edits `.gitignore` in the workspace);
+//!   --no-git --input-history-file /dev/null --chat-history-file /dev/null
+//!   --no-show-model-warnings --no-show-release-notes` (without these aider runs `git init`, edits
+//!   `.gitignore` and leaves history files in the workspace, and opens a browser on a warning);
 //!   exits 0 with litellm error text on stdout when the API fails, so patterns must catch it;
 //!   with no key it waits 5 minutes for an OAuth login, which the idle timeout cuts short.
 //! - opencode: `run --format json PROMPT`; error events arrive on stdout; it can die mid-turn with
@@ -52,6 +54,16 @@ pub enum OutputFormat {
     CodexJsonl,
     /// JSON lines: `text` / `error` / `step_finish` events (opencode `run --format json`).
     OpencodeJsonl,
+    /// aider's transcript: judged as plain text, but the result is the model's answer without
+    /// aider's banner and its `Tokens:` line (which gives the usage).
+    AiderText,
+}
+
+impl OutputFormat {
+    /// Text judged by patterns as a whole (no structure that says success or failure).
+    pub fn is_text(self) -> bool {
+        matches!(self, OutputFormat::Plain | OutputFormat::AiderText)
+    }
 }
 
 /// A built-in preset. Patterns are regexes; `classified` ones turn a failure into a specific
@@ -127,7 +139,7 @@ pub static PRESETS: &[Preset] = &[
         prompt: PromptMode::Arg,
         format: OutputFormat::ClaudeJson,
         // One retry loop, and it is ours: claude's own lasts ~3 minutes.
-        env: &[("CLAUDE_CODE_MAX_RETRIES", "1")],
+        env: &[("CLAUDE_CODE_MAX_RETRIES", "0")],
         stagger: Duration::ZERO,
         timeout: Duration::from_secs(30 * MIN),
         // claude prints its JSON only at the end: silence is normal, so no idle limit.
@@ -333,11 +345,19 @@ pub static PRESETS: &[Preset] = &[
             // Leave the workspace's git alone: no `git init`, no `.gitignore` edits, no
             // commits of its own (dirigent decides what becomes a commit).
             "--no-git",
+            // No history files in the workspace, and no questions that `--yes-always` would
+            // answer by opening a browser (model warnings, release notes).
+            "--input-history-file",
+            "/dev/null",
+            "--chat-history-file",
+            "/dev/null",
+            "--no-show-model-warnings",
+            "--no-show-release-notes",
         ],
         model_args: &["--model", "{model}"],
         default_model: None,
         prompt: PromptMode::Arg,
-        format: OutputFormat::Plain,
+        format: OutputFormat::AiderText,
         // litellm's own price-list download at start-up: not needed, and it fails offline.
         env: &[("LITELLM_LOCAL_MODEL_COST_MAP", "True")],
         stagger: Duration::ZERO,

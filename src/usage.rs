@@ -43,6 +43,32 @@ pub fn parse(format: OutputFormat, stdout: &str) -> Option<Usage> {
     let mut seen = false;
     match format {
         OutputFormat::Plain => return None,
+        OutputFormat::AiderText => {
+            // `Tokens: 1.2k sent, 15 received. Cost: $0.0041 message, $0.0041 session.`
+            let line = stdout.lines().rev().find(|l| l.starts_with("Tokens: "))?;
+            let mut words = line.split_whitespace();
+            let count = |w: Option<&str>| -> u64 {
+                let w = w.unwrap_or("").trim_end_matches(',');
+                let (num, mul) = match w.strip_suffix('k') {
+                    Some(n) => (n, 1000.0),
+                    None => (w, 1.0),
+                };
+                num.parse::<f64>().map_or(0, |n| (n * mul).round() as u64)
+            };
+            words.next();
+            u.input_tokens = count(words.next());
+            words.next();
+            u.output_tokens = count(words.next());
+            if let Some(cost) = line
+                .split("Cost: $")
+                .nth(1)
+                .and_then(|c| c.split_whitespace().next())
+                .and_then(|c| c.parse::<f64>().ok())
+            {
+                u.cost_usd = Some(cost);
+            }
+            seen = true;
+        }
         OutputFormat::ClaudeJson => {
             let v: Value = serde_json::from_str(stdout.trim()).ok()?;
             if let Some(usage) = v.get("usage") {
@@ -179,6 +205,15 @@ mod tests {
             (900, 100, Some("gemini-2.5-pro"))
         );
         assert_eq!(parse(OutputFormat::Plain, "anything"), None);
+        let aider = parse(
+            OutputFormat::AiderText,
+            "answer\nTokens: 1.2k sent, 15 received. Cost: $0.0041 message, $0.0082 session.\n",
+        )
+        .expect("aider's Tokens line");
+        assert_eq!(
+            (aider.input_tokens, aider.output_tokens, aider.cost_usd),
+            (1200, 15, Some(0.0041))
+        );
         assert_eq!(parse(OutputFormat::ClaudeJson, r#"{"result":"x"}"#), None);
     }
 

@@ -78,7 +78,7 @@ enum StdoutScope {
 
 fn stdout_scope(format: OutputFormat) -> StdoutScope {
     match format {
-        OutputFormat::Plain => StdoutScope::All,
+        OutputFormat::Plain | OutputFormat::AiderText => StdoutScope::All,
         OutputFormat::CodexJsonl | OutputFormat::OpencodeJsonl => StdoutScope::ErrorEvents,
         OutputFormat::ClaudeJson | OutputFormat::GeminiJson => StdoutScope::Nothing,
     }
