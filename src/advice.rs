@@ -6,8 +6,6 @@
 //! that are not installed, providers that cannot be reached, rate limits. Pure: it reads the
 //! task's attempts and the config, nothing else.
 
-use std::collections::BTreeSet;
-
 use crate::config::Config;
 use crate::judge::Class;
 use crate::state::AttemptSummary;
@@ -36,7 +34,13 @@ pub fn in_short(attempts: &[AttemptSummary], config: &Config) -> Option<String> 
 
     let auth = of(Class::Auth);
     if !auth.is_empty() {
-        let names: BTreeSet<String> = auth.iter().map(|n| base(n)).collect();
+        // In chain order, each agent once.
+        let mut names: Vec<String> = Vec::new();
+        for n in auth.iter().map(|n| base(n)) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
         let fixes: Vec<String> = names
             .iter()
             .map(|n| {

@@ -164,7 +164,7 @@ struct RawAgent {
     /// `network`, `rate_limit`, `tool_error`), checked before the preset's.
     #[serde(default)]
     fatal_patterns: BTreeMap<String, Vec<String>>,
-    /// Lines of a `network` or `rate_limit` fatal pattern before the attempt is stopped.
+    /// Lines of a `network` fatal pattern before the attempt is stopped.
     #[serde(default)]
     fatal_repeats: Option<u32>,
     /// Check for the preset CLI's credentials before each attempt (default true).

@@ -80,6 +80,25 @@ pub fn check(rule: &Rule, var: &dyn Fn(&str) -> Option<String>, workspace: &Path
     Found::Missing(looked)
 }
 
+/// The places looked at, short enough for a reason: the first file, every variable, and how
+/// many other files (`dirigent doctor --json` lists them all).
+pub fn summary(looked: &[String]) -> String {
+    let (vars, files): (Vec<&String>, Vec<&String>) =
+        looked.iter().partition(|l| l.starts_with('$'));
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(first) = files.first() {
+        parts.push(format!("no `{first}`"));
+    }
+    if files.len() > 1 {
+        parts.push(format!("nor {} other file(s)", files.len() - 1));
+    }
+    if !vars.is_empty() {
+        let names: Vec<String> = vars.iter().map(|v| format!("`{v}`")).collect();
+        parts.push(format!("no {}", names.join(" or ")));
+    }
+    parts.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +118,21 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn the_summary_names_the_first_file_and_every_variable() {
+        let looked: Vec<String> = [
+            "/h/.codex/auth.json",
+            "/h/.codex/config.toml",
+            "$CODEX_API_KEY",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            summary(&looked),
+            "no `/h/.codex/auth.json`, nor 1 other file(s), no `$CODEX_API_KEY`"
+        );
     }
 
     #[test]

@@ -21,6 +21,15 @@ fn main() -> ExitCode {
         dirigent::reaper::supervise_main(&args[2..]);
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Daemon { .. }) {
+        // A command whose reader went away (`dirigent status --json | head`) ends quietly, as
+        // Unix tools do, instead of panicking on the failed write. The daemon keeps SIGPIPE
+        // ignored: a client that hangs up must never stop it.
+        // SAFETY: no other thread exists yet; this only changes one signal's disposition.
+        unsafe {
+            nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

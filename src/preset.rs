@@ -19,7 +19,8 @@
 //!   `.gitignore` and leaves history files in the workspace, and opens a browser on a warning);
 //!   exits 0 with litellm error text on stdout when the API fails, so patterns must catch it;
 //!   with no key it waits 5 minutes for an OAuth login, which the idle timeout cuts short.
-//! - opencode: `run --format json PROMPT`; error events arrive on stdout; it can die mid-turn with
+//! - opencode: `run --format json --print-logs --log-level WARN PROMPT`; error events arrive on
+//!   stdout, and each failed try of its silent retry loop on stderr; it can die mid-turn with
 //!   exit 0, so success needs a text event and no error event.
 //! - ollama: `run MODEL PROMPT`; reads all of stdin when it is not a TTY (we give it /dev/null);
 //!   prints `Error: …` on stderr with exit 1.
@@ -85,8 +86,8 @@ pub struct Preset {
     pub exit_classes: &'static [(i32, Class)],
     pub classified: &'static [(Class, &'static str)],
     /// Patterns that make the output conclusive while the attempt still runs (see `watch`):
-    /// the attempt is stopped at once for `auth`, after `fatal_repeats` lines for `network`
-    /// and `rate_limit`.
+    /// the attempt is stopped at once for `auth` and `rate_limit`, after `fatal_repeats` lines
+    /// for `network`.
     pub fatal: &'static [(Class, &'static str)],
     pub fatal_repeats: u32,
     /// Where the CLI's login can be, checked before each attempt (see `credentials`).
@@ -151,7 +152,11 @@ pub static PRESETS: &[Preset] = &[
             (Class::Network, NETWORK),
             (Class::Network, OVERLOADED),
         ],
-        fatal: &[(Class::Auth, CLAUDE_AUTH), (Class::Network, NETWORK)],
+        fatal: &[
+            (Class::Auth, CLAUDE_AUTH),
+            (Class::Network, NETWORK),
+            (Class::Network, OVERLOADED),
+        ],
         fatal_repeats: 3,
         credentials: Some(crate::credentials::Rule {
             env: &[
@@ -210,6 +215,7 @@ pub static PRESETS: &[Preset] = &[
         ],
         fatal: &[
             (Class::Network, NETWORK),
+            (Class::Network, OVERLOADED),
             (
                 Class::RateLimit,
                 r"(?i)\b429\b|resource_exhausted|rate[_ ]limit",
@@ -277,11 +283,13 @@ pub static PRESETS: &[Preset] = &[
                 r"(?i)401 unauthorized|invalid_api_key|please log ?in",
             ),
             (Class::Network, NETWORK),
+            (Class::Network, OVERLOADED),
             (Class::RateLimit, r"(?i)\b429\b|rate[_ ]limit|usage limit"),
         ],
         fatal_repeats: 3,
         credentials: Some(crate::credentials::Rule {
-            env: &["OPENAI_API_KEY", "CODEX_API_KEY"],
+            // `codex exec` sends CODEX_API_KEY; it ignores OPENAI_API_KEY.
+            env: &["CODEX_API_KEY"],
             home_var: Some("CODEX_HOME"),
             home_default: ".codex",
             // A config.toml may name another provider and its key variable.
@@ -289,7 +297,7 @@ pub static PRESETS: &[Preset] = &[
             other_files: &[],
             skip_on_macos: false,
         }),
-        login_hint: "run `codex login` (or set `OPENAI_API_KEY`)",
+        login_hint: "run `codex login` (or set `CODEX_API_KEY`)",
         install_hint: "npm install -g @openai/codex",
     },
     Preset {
@@ -300,13 +308,19 @@ pub static PRESETS: &[Preset] = &[
             "{model_args}",
             "--format",
             "json",
+            // Its retry loop (6 tries, ~65 s) is silent otherwise: with its warnings on
+            // stderr, every failed try shows and the watcher can stop it.
+            "--print-logs",
+            "--log-level",
+            "WARN",
             "{prompt}",
         ],
         model_args: &["-m", "{model}"],
         default_model: None,
         prompt: PromptMode::Arg,
         format: OutputFormat::OpencodeJsonl,
-        env: &[],
+        // No models.dev download at start-up (it fails offline and is not needed to run).
+        env: &[("OPENCODE_DISABLE_MODELS_FETCH", "true")],
         stagger: Duration::ZERO,
         timeout: Duration::from_secs(30 * MIN),
         idle_timeout: Some(Duration::from_secs(5 * MIN)),
@@ -323,9 +337,11 @@ pub static PRESETS: &[Preset] = &[
         fatal: &[
             (Class::Auth, r"ProviderAuthError|(?i)\b401\b"),
             (Class::Network, NETWORK),
+            (Class::Network, OVERLOADED),
             (Class::RateLimit, r"(?i)\b429\b|rate[_ ]limit"),
         ],
-        fatal_repeats: 3,
+        // Each failed try logs one `stream error` line; two in a row are its retry loop.
+        fatal_repeats: 2,
         // opencode has models that need no key: its own answer decides.
         credentials: None,
         login_hint: "run `opencode auth login`",

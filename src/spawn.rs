@@ -202,7 +202,7 @@ where
                     judge::Class::Auth,
                     format!(
                         "not logged in: none of its credentials exists ({}); {hint}, then `dirigent agents enable {}` (not started)",
-                        looked.join(", "),
+                        crate::credentials::summary(&looked),
                         agent.name
                     ),
                 ),

@@ -33,8 +33,8 @@ pub enum Stream {
 pub struct FatalRules {
     /// Patterns by class, checked in order.
     pub patterns: Vec<(Class, Regex)>,
-    /// Lines of a transient class (`network`, `rate_limit`) seen before the attempt is stopped;
-    /// a line of progress in between starts the count again. `auth` stops at the first line.
+    /// `network` lines seen before the attempt is stopped; a line of progress in between starts
+    /// the count again. Every other class stops it at the first line.
     pub repeats: u32,
 }
 
@@ -103,8 +103,8 @@ pub struct Watcher {
     scope: StdoutScope,
     /// The current (unfinished) line of each stream, at most `MAX_LINE` bytes of it.
     partial: [Vec<u8>; 2],
-    /// Lines of each transient class since the last progress: [network, rate_limit].
-    strikes: [u32; 2],
+    /// `network` lines since the last progress.
+    strikes: u32,
     decided: Option<Conclusive>,
 }
 
@@ -114,7 +114,7 @@ impl Watcher {
             rules,
             scope: stdout_scope(format),
             partial: [Vec::new(), Vec::new()],
-            strikes: [0, 0],
+            strikes: 0,
             decided: None,
         }
     }
@@ -152,7 +152,7 @@ impl Watcher {
                 StdoutScope::Nothing => return None,
                 StdoutScope::ErrorEvents if !is_error_event(line) => {
                     // Any other event is progress: the CLI got somewhere since its last error.
-                    self.strikes = [0, 0];
+                    self.strikes = 0;
                     return None;
                 }
                 _ => {}
@@ -163,23 +163,19 @@ impl Watcher {
             .patterns
             .iter()
             .find_map(|(class, re)| re.find(line).map(|m| (*class, m.as_str())))?;
-        let slot = match class {
-            Class::Network => 0,
-            Class::RateLimit => 1,
-            // Anything else (auth, a configured tool_error) is final at once.
-            _ => {
-                return Some(Conclusive {
-                    class,
-                    matched: one_line(m),
-                    times: 1,
-                });
-            }
-        };
-        self.strikes[slot] += 1;
-        (self.strikes[slot] >= self.rules.repeats.max(1)).then(|| Conclusive {
+        if class != Class::Network {
+            // Auth, a rate limit, a configured tool_error: final at once.
+            return Some(Conclusive {
+                class,
+                matched: one_line(m),
+                times: 1,
+            });
+        }
+        self.strikes += 1;
+        (self.strikes >= self.rules.repeats.max(1)).then(|| Conclusive {
             class,
             matched: one_line(m),
-            times: self.strikes[slot],
+            times: self.strikes,
         })
     }
 }
@@ -274,11 +270,11 @@ mod tests {
                 Some((2, Class::Network, 3)),
             ),
             (
-                "network and rate limit are counted apart",
+                "a rate limit stops it at once, network errors before it or not",
                 Plain,
-                2,
-                &[(Stderr, "fetch failed\n429\n"), (Stderr, "429\n")],
-                Some((1, Class::RateLimit, 2)),
+                3,
+                &[(Stderr, "fetch failed\n"), (Stderr, "HTTP 429\n")],
+                Some((1, Class::RateLimit, 1)),
             ),
             (
                 "claude's one JSON object on stdout is left to the judge",

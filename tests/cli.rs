@@ -544,7 +544,7 @@ agents:
         "config: WS/.context/dirigent.yaml
 codex      PROBLEM: WS/bin/codex (codex 0.0.0-fake), credentials: none
            - not logged in: none of its credentials exists
-             fix: run `codex login` (or set `OPENAI_API_KEY`), then `dirigent agents enable codex`
+             fix: run `codex login` (or set `CODEX_API_KEY`), then `dirigent agents enable codex`
 ghost      PROBLEM: not installed
            - `definitely-not-installed-xyz` is not installed (not on PATH)
              fix: install it, or fix the agent's `command` in .context/dirigent.yaml
@@ -572,4 +572,28 @@ no agent of the default chain can run: fix one of the problems above
             .ends_with("/home/.codex/auth.json"),
         "{codex}"
     );
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly() {
+    let ws = Workspace::new(CONFIG);
+    // A pipe whose reading end is already closed: every write fails with EPIPE.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(BIN)
+        .args(["status", "--json"])
+        .env("DIRIGENT_ROOT", ws.root())
+        .env("DIRIGENT_STATE_DIR", ws.state.path())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "ended by SIGPIPE like any Unix tool; stderr: {}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out), "", "no panic message");
 }

@@ -953,9 +953,9 @@ agents:
     })
     .remove(0);
     assert!(
-        reason.starts_with("not logged in: none of its credentials exists (")
+        reason.starts_with("not logged in: none of its credentials exists (no `")
             && reason.ends_with(
-                "); run `codex login` (or set `OPENAI_API_KEY`), then `dirigent agents enable codex` (not started)"
+                "); run `codex login` (or set `CODEX_API_KEY`), then `dirigent agents enable codex` (not started)"
             ),
         "{reason}"
     );
@@ -983,7 +983,7 @@ default_chain: [claude, codex, gemini]
     let Event::Escalated { reason, .. } = ws.wait_settled("t") else {
         panic!("expected an escalation")
     };
-    let advice = "claude and codex need a login (claude: run `claude`, log in with `/login` (or set `ANTHROPIC_API_KEY`); codex: run `codex login` (or set `OPENAI_API_KEY`)), then `dirigent agents enable claude codex`; gemini could not reach its provider (offline, a proxy, or the provider is down): check the connection";
+    let advice = "claude and codex need a login (claude: run `claude`, log in with `/login` (or set `ANTHROPIC_API_KEY`); codex: run `codex login` (or set `CODEX_API_KEY`)), then `dirigent agents enable claude codex`; gemini could not reach its provider (offline, a proxy, or the provider is down): check the connection";
     assert_eq!(
         reason,
         format!("every agent in the chain failed (claude → codex → gemini): {advice}")

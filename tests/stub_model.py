@@ -119,9 +119,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"object": "list", "data": [
                 {"id": "stub-model", "object": "model", "created": 0, "owned_by": "stub",
                  "type": "model", "display_name": "Stub"}]})
-        if rest.endswith("v1/messages/count_tokens"):
+        if rest.endswith("messages/count_tokens"):
             return self._json(200, {"input_tokens": USAGE_IN})
-        if rest.endswith("v1/messages"):
+        # (opencode drops the `/v1` of its configured base URL when it has no models.dev data)
+        if rest.endswith("messages"):
             return self.anthropic(mode, body)
         if rest.endswith("chat/completions"):
             return self.chat(mode, body)
