@@ -605,7 +605,10 @@ enum ProgressRule {
 
 fn progress_rules(format: OutputFormat) -> (ProgressRule, ProgressRule) {
     match format {
-        OutputFormat::CodexJsonl => (ProgressRule::EventsExceptErrors, ProgressRule::Never),
+        // Their stderr is logs (opencode's `--print-logs`), which go on while they hang.
+        OutputFormat::CodexJsonl | OutputFormat::OpencodeJsonl => {
+            (ProgressRule::EventsExceptErrors, ProgressRule::Never)
+        }
         _ => (ProgressRule::AnyOutput, ProgressRule::AnyOutput),
     }
 }
