@@ -472,6 +472,14 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             short(Duration::from_millis(t.busy_ms())),
             t.title
         );
+        // Why it failed, and what to do about it, where the user looks first.
+        if let Phase::Failed { reason, .. } = &t.phase {
+            let mut line: String = reason.chars().take(300).collect();
+            if reason.chars().count() > 300 {
+                line.push('…');
+            }
+            println!("{:<28} ↳ {line}", "");
+        }
     }
     for r in &book.rejected {
         println!(

@@ -999,4 +999,13 @@ default_chain: [claude, codex, gemini]
         report.contains("## What now\n\nFirst log in or install as **In short** says"),
         "{report}"
     );
+    // `status` says it under the task's line too.
+    let status = String::from_utf8_lossy(&ws.cli(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains(&format!(
+            "\n{:<28} ↳ every agent in the chain failed (claude → codex → gemini): claude and codex need a login",
+            ""
+        )),
+        "{status}"
+    );
 }
