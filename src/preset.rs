@@ -338,6 +338,8 @@ pub static PRESETS: &[Preset] = &[
             (Class::Auth, r"ProviderAuthError|(?i)\b401\b"),
             (Class::Network, NETWORK),
             (Class::Network, OVERLOADED),
+            // Its stream ended without a finish (a cut connection); it then asks again forever.
+            (Class::Network, r#""reason":"unknown""#),
             (Class::RateLimit, r"(?i)\b429\b|rate[_ ]limit"),
         ],
         // Each failed try logs one `stream error` line; two in a row are its retry loop.

@@ -84,7 +84,29 @@ fn stdout_scope(format: OutputFormat) -> StdoutScope {
     }
 }
 
-/// Whether a JSON-lines event reports an error (codex `error` / `turn.failed`, opencode `error`).
+/// Whether a JSON-lines event shows work done since the last error: not the events that only
+/// open something (a thread, a turn, a step) or stream text, which a CLI stuck in a loop of
+/// failing requests also prints.
+fn is_progress_event(line: &str) -> bool {
+    let head: String = line
+        .chars()
+        .take(40)
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    ![
+        r#"{"type":"step_start""#,
+        r#"{"type":"text""#,
+        r#"{"type":"thread.started""#,
+        r#"{"type":"turn.started""#,
+        r#"{"type":"item.started""#,
+    ]
+    .iter()
+    .any(|p| head.starts_with(p))
+}
+
+/// Whether a JSON-lines event reports an error (codex `error` / `turn.failed`, opencode `error`,
+/// and opencode's `step_finish` with reason `unknown`: its stream ended without a finish, after
+/// which it asks again in a loop that never ends).
 pub fn is_error_event(line: &str) -> bool {
     let head: String = line
         .chars()
@@ -94,6 +116,7 @@ pub fn is_error_event(line: &str) -> bool {
     head.starts_with(r#"{"type":"error""#)
         || head.starts_with(r#"{"type":"turn.failed""#)
         || head.starts_with(r#"{"type":"stream_error""#)
+        || (head.starts_with(r#"{"type":"step_finish""#) && line.contains(r#""reason":"unknown""#))
 }
 
 /// One attempt's watcher: splits both streams into lines and counts fatal matches.
@@ -151,8 +174,10 @@ impl Watcher {
             match self.scope {
                 StdoutScope::Nothing => return None,
                 StdoutScope::ErrorEvents if !is_error_event(line) => {
-                    // Any other event is progress: the CLI got somewhere since its last error.
-                    self.strikes = 0;
+                    // The CLI got somewhere since its last error.
+                    if is_progress_event(line) {
+                        self.strikes = 0;
+                    }
                     return None;
                 }
                 _ => {}
@@ -201,7 +226,8 @@ mod tests {
                 (Class::Auth, Regex::new(r"(?i)no api key").unwrap()),
                 (
                     Class::Network,
-                    Regex::new(r"(?i)name or service not known|fetch failed").unwrap(),
+                    Regex::new(r#"(?i)name or service not known|fetch failed|"reason":"unknown""#)
+                        .unwrap(),
                 ),
                 (Class::RateLimit, Regex::new(r"\b429\b").unwrap()),
             ],
@@ -318,10 +344,52 @@ mod tests {
                         Stdout,
                         "{\"type\":\"error\",\"message\":\"fetch failed\"}\n",
                     ),
-                    (Stdout, "{\"type\":\"text\",\"text\":\"working\"}\n"),
+                    (Stdout, "{\"type\":\"tool_use\",\"part\":{\"tool\":\"edit\"}}\n"),
                     (
                         Stdout,
                         "{\"type\":\"error\",\"message\":\"fetch failed\"}\n",
+                    ),
+                ],
+                None,
+            ),
+            (
+                "opencode asking again and again after a cut stream is not progress",
+                OpencodeJsonl,
+                2,
+                &[
+                    (Stdout, "{\"type\":\"step_start\",\"part\":{}}\n"),
+                    (
+                        Stdout,
+                        "{\"type\":\"step_finish\",\"part\":{\"reason\":\"unknown\"}}\n",
+                    ),
+                    (
+                        Stdout,
+                        "{\"type\":\"text\",\"part\":{\"text\":\"half an ans\"}}\n",
+                    ),
+                    (Stdout, "{\"type\":\"step_start\",\"part\":{}}\n"),
+                    (
+                        Stdout,
+                        "{\"type\":\"step_finish\",\"part\":{\"reason\":\"unknown\"}}\n",
+                    ),
+                ],
+                Some((4, Class::Network, 2)),
+            ),
+            (
+                "a finished step is progress",
+                OpencodeJsonl,
+                2,
+                &[
+                    (
+                        Stdout,
+                        "{\"type\":\"step_finish\",\"part\":{\"reason\":\"unknown\"}}\n",
+                    ),
+                    (
+                        Stdout,
+                        "{\"type\":\"step_finish\",\"part\":{\"reason\":\"tool-calls\"}}\n",
+                    ),
+                    (
+                        Stdout,
+                        "{\"type\":\"step_finish\",\"part\":{\"reason\":\"unknown\"}}\n",
                     ),
                 ],
                 None,
