@@ -111,12 +111,14 @@ pub const OVERLOADED: &str = r"(?i)overloaded|\b529\b|\b503\b|service unavailabl
 
 const CLAUDE_AUTH: &str = r"(?i)not logged in|invalid api key|please run /login|authentication_error|oauth token has expired|credit balance is too low";
 
-/// aider's own provider errors: litellm's exception name at the start of a line, then (on the
+/// aider's own provider errors: litellm's exception name, then (on the
 /// next line) "Retrying in N seconds...". Its text is wrapped at 80 columns, so a DNS error can
 /// be split over two lines; the exception name is what is matched. Not NETWORK: aider prints
 /// resolver errors at start-up when it cannot fetch its model price list from GitHub, and goes
 /// on to work with a reachable (local) provider.
-const AIDER_NETWORK: &str = r"(?m)^litellm\.(?:InternalServerError|APIConnectionError|ServiceUnavailableError|Timeout|APIError)\b";
+// Not anchored at the line start: after a stream cut off mid-answer, the error follows the
+// partial answer on the same line.
+const AIDER_NETWORK: &str = r"litellm\.(?:InternalServerError|APIConnectionError|ServiceUnavailableError|Timeout|APIError)\b";
 
 /// aider with no key at all prints this and then waits 5 minutes for a browser login.
 const AIDER_AUTH: &str = r"(?i)AuthenticationError|invalid api key|no api keys? (?:were|was) provided|no api key|login to openrouter|Please open this URL in your browser";
@@ -393,7 +395,7 @@ pub static PRESETS: &[Preset] = &[
         fatal: &[
             (Class::Auth, AIDER_AUTH),
             (Class::Network, AIDER_NETWORK),
-            (Class::RateLimit, r"(?m)^litellm\.RateLimitError"),
+            (Class::RateLimit, r"litellm\.RateLimitError"),
         ],
         fatal_repeats: 2,
         // aider reads keys from many places (`.env`, `.aider.conf.yml`, a local model): its own

@@ -344,7 +344,10 @@ mod tests {
                         Stdout,
                         "{\"type\":\"error\",\"message\":\"fetch failed\"}\n",
                     ),
-                    (Stdout, "{\"type\":\"tool_use\",\"part\":{\"tool\":\"edit\"}}\n"),
+                    (
+                        Stdout,
+                        "{\"type\":\"tool_use\",\"part\":{\"tool\":\"edit\"}}\n",
+                    ),
                     (
                         Stdout,
                         "{\"type\":\"error\",\"message\":\"fetch failed\"}\n",

@@ -77,23 +77,32 @@ class Handler(BaseHTTPRequestHandler):
         return self._json_cut(obj) if mode == "cut" else self._json(200, obj)
 
     def _sse_start(self):
+        # Chunked, as real providers answer: a stream that ends without its last (empty) chunk is
+        # visibly cut, not a short answer.
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
-        self.send_header("connection", "close")
+        self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        self.close_connection = True
+        self._chunked = True
+
+    def _chunk(self, data):
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def _sse(self, data, event=None):
         chunk = ""
         if event:
             chunk += f"event: {event}\n"
         chunk += "data: " + (data if isinstance(data, str) else json.dumps(data)) + "\n\n"
-        self.wfile.write(chunk.encode())
+        self._chunk(chunk.encode())
+
+    def _sse_end(self):
+        self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
     def _cut(self):
-        """Ends the stream without its final events, as a dropped connection would."""
+        """Ends the connection without the rest of the answer, as a dropped connection would."""
         self.wfile.flush()
         self.close_connection = True
 
@@ -190,6 +199,7 @@ class Handler(BaseHTTPRequestHandler):
         self._sse({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                    "usage": {"output_tokens": USAGE_OUT}}, "message_delta")
         self._sse({"type": "message_stop"}, "message_stop")
+        self._sse_end()
 
     # -- OpenAI Chat Completions ---------------------------------------------------------------
 
@@ -218,6 +228,7 @@ class Handler(BaseHTTPRequestHandler):
         self._sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
                    "usage": usage})
         self._sse("[DONE]")
+        self._sse_end()
 
     # -- OpenAI Responses ----------------------------------------------------------------------
 
@@ -252,6 +263,7 @@ class Handler(BaseHTTPRequestHandler):
         self._sse({"type": "response.completed",
                    "response": {**response, "status": "completed", "output": [item], "usage": usage}},
                   "response.completed")
+        self._sse_end()
 
     # -- Gemini --------------------------------------------------------------------------------
 
@@ -280,6 +292,7 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "cut":
             return self._cut()
         self._sse(part(text[half:], True))
+        self._sse_end()
 
 
 def main():
