@@ -311,8 +311,12 @@ impl ChangeWaker {
     fn new(dirs: &[&Path]) -> Self {
         use notify::Watcher;
         let (tx, rx) = std::sync::mpsc::channel();
-        let watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            let _ = tx.send(());
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Our own reads of the ledger and capture files raise open/read/close events on
+            // the watched directories: waking on those would spin a core.
+            if res.as_ref().map_or(true, |e| is_change(&e.kind)) {
+                let _ = tx.send(());
+            }
         })
         .ok()
         .map(|mut w| {
@@ -330,6 +334,18 @@ impl ChangeWaker {
     fn wait(&self, limit: Duration) {
         let _ = self.rx.recv_timeout(limit);
         while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// Whether a watcher event means something may have changed: a file created, written,
+/// renamed or removed (and a file closed after writing), not merely opened or read.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -1049,4 +1065,33 @@ pub fn stats(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind};
+
+    #[test]
+    fn only_changes_wake_a_waiting_client() {
+        let cases = [
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (EventKind::Access(AccessKind::Read), false),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                false,
+            ),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                true,
+            ),
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), true),
+            (EventKind::Remove(RemoveKind::File), true),
+            (EventKind::Any, true),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(super::is_change(&kind), want, "{kind:?}");
+        }
+    }
 }
