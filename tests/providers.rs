@@ -43,26 +43,20 @@ fn start_logged_in(ws: &Workspace, logged_in: &[&str]) -> Daemon {
     std::fs::create_dir_all(&home).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let mut env = vec![("PATH", path.as_str()), ("HOME", home.to_str().unwrap())];
-    for var in [
-        "ANTHROPIC_API_KEY",
-        "ANTHROPIC_AUTH_TOKEN",
-        "CLAUDE_CODE_OAUTH_TOKEN",
-        "CLAUDE_CODE_USE_BEDROCK",
-        "CLAUDE_CODE_USE_VERTEX",
-        "ANTHROPIC_BASE_URL",
-        "CLAUDE_CONFIG_DIR",
-        "GEMINI_API_KEY",
-        "GOOGLE_API_KEY",
-        "GOOGLE_GENAI_USE_VERTEXAI",
-        "GOOGLE_GENAI_USE_GCA",
-        "GOOGLE_APPLICATION_CREDENTIALS",
-        "GOOGLE_CLOUD_PROJECT",
-        "OPENAI_API_KEY",
-        "CODEX_API_KEY",
-        "CODEX_HOME",
-    ] {
-        env.push((var, ""));
+    // No key and no moved config home from the machine running the tests: every variable the
+    // presets' credentials checks read, emptied.
+    for rule in dirigent::preset::PRESETS
+        .iter()
+        .filter_map(|p| p.credentials.as_ref())
+    {
+        env.extend(
+            rule.env
+                .iter()
+                .chain(rule.home_var.iter())
+                .map(|v| (*v, "")),
+        );
     }
+    env.push(("OPENAI_API_KEY", ""));
     ws.start_with(&env)
 }
 
