@@ -587,11 +587,12 @@ fn an_agent_that_signals_its_parent_or_the_daemon_does_not_stop_it() {
     );
     ws.drop_task("k.json", r#"{"prompt": "p", "agent": "killdaemon"}"#);
     assert!(matches!(ws.wait_settled("k"), Event::Done { .. }));
-    assert!(
-        log(&ws).contains("ignored SIGTERM from pid"),
-        "the ignored signal and its sender must be logged:\n{}",
-        log(&ws)
-    );
+    // The daemon logs the ignored signal from its signal task, which may run after the task
+    // settled on a loaded machine: wait for the line (the harness fails with the log after its
+    // patience if it never comes).
+    ws.wait_until("the ignored signal and its sender in the log", || {
+        log(&ws).contains("ignored SIGTERM from pid").then_some(())
+    });
     ws.drop_task("h.json", r#"{"prompt": "p", "agent": "killhard"}"#);
     let ev = ws.wait_settled("h");
     assert!(matches!(ev, Event::Escalated { .. }), "{ev:?}");
