@@ -143,8 +143,16 @@ pub enum WorkflowCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print a workflow's definition.
+    /// Print a workflow's definition, then (as comments) the prompt each phase runs with —
+    /// defaults included.
     Show { name: String },
+    /// Copy a workflow into `.context/workflows/NAME.yaml` to edit it; the copy replaces the
+    /// built-in. Refuses to overwrite an existing copy without `--force`.
+    Copy {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Start a workflow run: writes a task with `workflow` into the inbox (works while the
     /// daemon is down). `--wait` follows it and exits 0 when done, 1 when escalated.
     Run {
@@ -161,7 +169,9 @@ pub enum WorkflowCommand {
         json: bool,
     },
     /// Check workflows (all, or the names or files given) and report every problem with file,
-    /// line and column. Exits 1 when there are problems.
+    /// line and column; for a valid one, the variables a run needs and what runs each phase
+    /// (which agent, `agent:model`, role or `models:` alias a name resolved to). Exits 1 when
+    /// there are problems.
     Validate { targets: Vec<String> },
 }
 

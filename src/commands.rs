@@ -914,6 +914,42 @@ pub fn workflow_show(ws: &Workspace, name: &str) -> Result<ExitCode> {
     let def = find_workflow(ws, name)?;
     println!("# {} ({})", def.name, def.source);
     print!("{}", def.text);
+    if !def.text.ends_with('\n') {
+        println!();
+    }
+    // The prompts each phase really gets, defaults included, as comments: the output stays a
+    // definition that can be saved and edited.
+    if let Ok(config) = Config::load(&ws.config())
+        && let Ok(wf) = dirigent::workflow::validate(&def, &config)
+    {
+        print!("{}", dirigent::workflow::explain::prompt_comments(&wf));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies a workflow's definition into `.context/workflows/NAME.yaml` to edit it there (the
+/// copy replaces the built-in). Refuses to overwrite a non-empty file unless `force`.
+pub fn workflow_copy(ws: &Workspace, name: &str, force: bool) -> Result<ExitCode> {
+    let dest = ws.workflows().join(format!("{name}.yaml"));
+    // The built-in, even when a copy exists: copying again starts over from the original.
+    let text = match dirigent::workflow::BUILTIN.iter().find(|(n, _)| *n == name) {
+        Some((_, text)) => text.to_string(),
+        None => find_workflow(ws, name)?.text,
+    };
+    let existing = std::fs::read_to_string(&dest).unwrap_or_default();
+    if !existing.trim().is_empty() && !force {
+        bail!(
+            "`{}` exists already; edit it, or give `--force` to replace it with the built-in",
+            dest.display()
+        );
+    }
+    std::fs::create_dir_all(ws.workflows())
+        .with_context(|| format!("cannot create `{}`", ws.workflows().display()))?;
+    std::fs::write(&dest, text).with_context(|| format!("cannot write `{}`", dest.display()))?;
+    println!(
+        "copied `{name}` to {}; it replaces the built-in from now on (delete it to go back)",
+        dest.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -947,7 +983,13 @@ pub fn workflow_validate(ws: &Workspace, targets: &[String]) -> Result<ExitCode>
     let mut bad = 0;
     for def in &defs {
         match dirigent::workflow::validate(def, &config) {
-            Ok(wf) => println!("ok: {} ({} phases)", def.label(), wf.phases.len()),
+            Ok(wf) => {
+                println!("ok: {} ({} phases)", def.label(), wf.phases.len());
+                println!("  {}", dirigent::workflow::explain::variables_line(&wf));
+                for line in dirigent::workflow::explain::runner_lines(&wf, &config) {
+                    println!("  {line}");
+                }
+            }
             Err(problems) => {
                 bad += problems.len();
                 for p in problems {

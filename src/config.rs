@@ -402,6 +402,9 @@ pub struct Config {
     /// How many tasks may be created from inside the attempts of one task and of the tasks
     /// those create in turn (counted per original task).
     pub max_spawned_tasks: u32,
+    /// `models:` entries that name what runs a model (an agent, `agent:model` or a role), for
+    /// workflows' `model:` keys; the other entries are spawn-time model aliases of the agents.
+    pub model_targets: BTreeMap<String, String>,
     /// Where the config came from, for messages.
     pub source: String,
 }
@@ -421,7 +424,7 @@ impl Config {
             path: source.to_string(),
             message,
         };
-        let raw: RawConfig = if text.trim().is_empty() {
+        let mut raw: RawConfig = if text.trim().is_empty() {
             serde_saphyr::from_str("{}").map_err(|e| invalid(e.to_string()))?
         } else {
             serde_saphyr::from_str(text).map_err(|e| invalid(yaml_error(&e)))?
@@ -430,7 +433,20 @@ impl Config {
         if concurrency == 0 {
             return Err(invalid("`concurrency` must be at least 1".into()));
         }
-        let aliases = Arc::new(raw.models);
+        // `models:` holds two kinds of alias: a model name for another model (applied when an
+        // agent spawns), and a model name for what runs it (an agent, `agent:model` or a role),
+        // which workflows use (`model: claude-opus`).
+        let runs_it = |value: &str| {
+            let (agent, model) = split_entry(value);
+            (raw.agents.contains_key(agent) && model != Some(""))
+                || raw.roles.contains_key(value)
+                || crate::workflow::targets::STANDARD_ROLES.contains(&value)
+        };
+        let (model_targets, spawn_aliases): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut raw.models)
+                .into_iter()
+                .partition(|(_, value)| runs_it(value));
+        let aliases = Arc::new(spawn_aliases);
         for (group, capacity) in &raw.resources {
             if !capacity.is_finite() || *capacity <= 0.0 {
                 return Err(invalid(format!(
@@ -540,6 +556,7 @@ impl Config {
         Ok(Config {
             concurrency,
             default_chain: raw.default_chain,
+            model_targets,
             roles,
             best_roles,
             agents,
@@ -649,6 +666,30 @@ impl Config {
             .filter(|n| self.agents[*n].resolve(cwd).is_some())
             .cloned()
             .collect()
+    }
+
+    /// A role's chain: the configured one, or for a standard role the config does not define
+    /// (see [`crate::workflow::targets::STANDARD_ROLES`]) the default chain. `None`: no such role.
+    pub fn role_chain(&self, role: &str, cwd: &Path) -> Option<Vec<String>> {
+        match self.roles.get(role) {
+            Some(chain) => Some(chain.clone()),
+            None if crate::workflow::targets::STANDARD_ROLES.contains(&role) => {
+                Some(self.effective_default_chain(cwd))
+            }
+            None => None,
+        }
+    }
+
+    /// Every role a task or workflow may name: the configured ones and the standard ones.
+    pub fn role_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.roles.keys().cloned().collect();
+        for r in crate::workflow::targets::STANDARD_ROLES {
+            if !self.roles.contains_key(*r) {
+                names.push(r.to_string());
+            }
+        }
+        names.sort();
+        names
     }
 
     /// Roles and the default chain that mention `agent`, for `dirigent agents`.

@@ -952,6 +952,7 @@ Free disk space or fix `{}`, then restart the daemon",
             prompt: Some(child.prompt.clone()),
             agent: child.agent.clone(),
             role: child.role.clone(),
+            chain: child.chain.clone(),
             output: child.output.clone(),
             files: child.files.clone(),
             ..Default::default()

@@ -44,6 +44,7 @@ pub mod spawn;
 pub mod state;
 pub mod stats;
 pub mod submit;
+pub mod suggest;
 pub mod task;
 pub mod usage;
 pub mod watch;

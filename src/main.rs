@@ -86,6 +86,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor { json } => commands::doctor(&ws, json),
         Command::Workflow(WorkflowCommand::List { json }) => commands::workflow_list(&ws, json),
         Command::Workflow(WorkflowCommand::Show { name }) => commands::workflow_show(&ws, &name),
+        Command::Workflow(WorkflowCommand::Copy { name, force }) => {
+            commands::workflow_copy(&ws, &name, force)
+        }
         Command::Workflow(WorkflowCommand::Validate { targets }) => {
             commands::workflow_validate(&ws, &targets)
         }

@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 
 use crate::config::Config;
 use crate::state::{Outcome, Phase as TaskPhase, TaskBook, TaskRecord};
-use crate::workflow::{ContextStrategy, EnsembleMode, JudgeMode, Phase, PhaseType, Workflow};
+use crate::workflow::targets::{self, Accepts, Target};
+use crate::workflow::{
+    ContextStrategy, EnsembleMode, JudgeMode, Phase, PhaseType, Workflow, prompts, task_list,
+};
 use crate::workspace::Workspace;
 
 /// A child task to submit.
@@ -26,6 +29,8 @@ pub struct Child {
     pub prompt: String,
     pub agent: Option<String>,
     pub role: Option<String>,
+    /// An explicit chain (an ensemble proposer spread to another agent), instead of `agent`/`role`.
+    pub chain: Option<Vec<String>>,
     /// Workspace-relative result path; `None` = `.context/outbox/<id>.md`.
     pub output: Option<String>,
     /// Workspace files put into the prompt (map phases, the `scoped` strategy).
@@ -73,7 +78,15 @@ enum ChildState {
 }
 
 fn child_state(book: &TaskBook, id: &str) -> ChildState {
-    match book.get(id).map(|t| &t.phase) {
+    child_state_by(book, id).0
+}
+
+/// A child's state, and for a done child the agent that answered.
+fn child_state_by(book: &TaskBook, id: &str) -> (ChildState, Option<String>) {
+    if let Some(TaskPhase::Done { agent, output, .. }) = book.get(id).map(|t| &t.phase) {
+        return (ChildState::Done(output.clone()), Some(agent.clone()));
+    }
+    let state = match book.get(id).map(|t| &t.phase) {
         Some(TaskPhase::Done { output, .. }) => ChildState::Done(output.clone()),
         Some(TaskPhase::Failed { reason, .. }) => ChildState::Failed(reason.clone()),
         Some(_) => ChildState::Waiting,
@@ -83,6 +96,27 @@ fn child_state(book: &TaskBook, id: &str) -> ChildState {
             Some(Outcome::Failed) => ChildState::Failed("failed".into()),
             None => ChildState::Missing,
         },
+    };
+    (state, None)
+}
+
+/// The task fields (`agent`, `role`) that send a step to what `name` resolves to; the error
+/// (the config changed since the run was accepted) fails the phase.
+fn route(
+    name: &str,
+    accepts: Accepts,
+    config: &Config,
+) -> Result<(Option<String>, Option<String>), String> {
+    targets::resolve(name, accepts, config).map(|r| r.target.fields())
+}
+
+/// A target's chain as it stands now, for spreading an ensemble's proposers.
+fn chain_of(target: &Target, config: &Config, ws: &Workspace) -> Vec<String> {
+    match target {
+        Target::Agent(a) => vec![a.clone()],
+        Target::Role(r) | Target::DefaultChain { role: r } => {
+            config.role_chain(r, ws.root()).unwrap_or_default()
+        }
     }
 }
 
@@ -150,19 +184,16 @@ pub fn next(
     vars.insert("phase".into(), phase.name.value.clone());
     let output = phase.output.as_ref().map(|o| render(&o.value, &vars));
     let context = if phase.context == Some(ContextStrategy::Distilled) {
-        match distilled(run, phase, book, ws) {
+        match distilled(run, phase, book, config, ws) {
             Ok(summaries) => summaries,
             Err(actions) => return actions,
         }
     } else {
         inputs(run, phase, ws)
     };
+    let phase_prompt = render(&prompts::effective(wf, phase), &vars);
     let prompt = |extra: &str| {
-        let mut p = phase
-            .prompt
-            .as_ref()
-            .map(|p| render(&p.value, &vars))
-            .unwrap_or_default();
+        let mut p = phase_prompt.clone();
         if !context.is_empty() {
             p.push_str("\n\n---\n");
             p.push_str(&context);
@@ -175,19 +206,32 @@ pub fn next(
     };
     let title = format!("{} / {}", wf.name.value, phase.name.value);
     let pname = phase.name.value.clone();
+    // Who runs a step, resolved now (the config may have changed since the run was accepted).
+    let runner = |named: Option<(&serde_saphyr::Spanned<String>, Accepts)>| match named {
+        Some((name, accepts)) => route(&name.value, accepts, config),
+        None => Ok((None, None)),
+    };
+    let cannot_route = |why: String| vec![Action::Failed(format!("phase `{pname}`: {why}"))];
     match phase.kind.value {
         PhaseType::Single => {
             let id = format!("{}.{}", run.id, pname);
             match child_state(book, &id) {
-                ChildState::Missing => vec![Action::Submit(Child {
-                    id,
-                    title,
-                    prompt: prompt(""),
-                    agent: phase.agent.as_ref().map(|a| a.value.clone()),
-                    role: phase.role.as_ref().map(|r| r.value.clone()),
-                    output,
-                    files: scoped_files(phase, ws, &vars),
-                })],
+                ChildState::Missing => {
+                    let (agent, role) = match runner(phase.runner()) {
+                        Ok(r) => r,
+                        Err(why) => return cannot_route(why),
+                    };
+                    vec![Action::Submit(Child {
+                        id,
+                        title,
+                        prompt: prompt(""),
+                        agent,
+                        role,
+                        chain: None,
+                        output,
+                        files: scoped_files(phase, ws, &vars),
+                    })]
+                }
                 ChildState::Waiting => vec![],
                 ChildState::Done(out) => vec![Action::PhaseCompleted {
                     phase: pname,
@@ -205,13 +249,28 @@ pub fn next(
             let mut proposals: Vec<(String, String)> = Vec::new();
             let mut failures: Vec<(String, String)> = Vec::new();
             let mut waiting = false;
+            // Each proposer's target, spread so that proposers on one chain start with
+            // different agents.
+            let mut resolved = Vec::new();
+            for name in &phase.agents {
+                match targets::resolve(&name.value, Accepts::Any, config) {
+                    Ok(r) => resolved.push(r.target),
+                    Err(why) => return cannot_route(why),
+                }
+            }
+            let natural: Vec<Vec<String>> =
+                resolved.iter().map(|t| chain_of(t, config, ws)).collect();
+            let spread = targets::diversify(natural.clone());
             for (i, agent) in phase.agents.iter().enumerate() {
                 let id = format!("{}.{}.{}", run.id, pname, i + 1);
-                match child_state(book, &id) {
-                    ChildState::Done(out) => {
-                        proposals.push((agent.value.clone(), read_output(ws, &out)))
-                    }
-                    ChildState::Failed(reason) => failures.push((agent.value.clone(), reason)),
+                let (state, answered_by) = child_state_by(book, &id);
+                let label = match answered_by {
+                    Some(by) if by != agent.value => format!("{}, answered by {by}", agent.value),
+                    _ => agent.value.clone(),
+                };
+                match state {
+                    ChildState::Done(out) => proposals.push((label, read_output(ws, &out))),
+                    ChildState::Failed(reason) => failures.push((label, reason)),
                     ChildState::Waiting => waiting = true,
                     ChildState::Missing => {
                         if sequential && (waiting || !actions.is_empty()) {
@@ -224,12 +283,19 @@ pub fn next(
                         } else {
                             String::new()
                         };
+                        let (agent, role, chain) = if spread[i] == natural[i] {
+                            let (a, r) = resolved[i].fields();
+                            (a, r, None)
+                        } else {
+                            (None, None, Some(spread[i].clone()))
+                        };
                         actions.push(Action::Submit(Child {
                             id,
                             title: format!("{title} (proposal {})", i + 1),
                             prompt: prompt(&earlier),
-                            agent: Some(agent.value.clone()),
-                            role: None,
+                            agent,
+                            role,
+                            chain,
                             output: None,
                             files: scoped_files(phase, ws, &vars),
                         }));
@@ -250,22 +316,18 @@ pub fn next(
             let id = format!("{}.{}.judge", run.id, pname);
             match child_state(book, &id) {
                 ChildState::Missing => {
-                    let judge = phase
-                        .judge
-                        .as_ref()
-                        .map(|j| j.value.clone())
-                        .unwrap_or_default();
-                    let (agent, role) = if config.agents.contains_key(&judge) {
-                        (Some(judge), None)
-                    } else {
-                        (None, Some(judge))
-                    };
+                    let (agent, role) =
+                        match runner(phase.judge.as_ref().map(|j| (j, Accepts::Any))) {
+                            Ok(r) => r,
+                            Err(why) => return cannot_route(why),
+                        };
                     vec![Action::Submit(Child {
                         id,
                         title: format!("{title} (judge)"),
                         prompt: prompt(&judge_brief(phase.judge_mode, &proposals, &failures)),
                         agent,
                         role,
+                        chain: None,
                         output,
                         files: vec![],
                     })]
@@ -301,12 +363,17 @@ pub fn next(
                             p.push_str("\n\n---\n");
                             p.push_str(&context);
                         }
+                        let (agent, role) = match runner(generator.runner()) {
+                            Ok(r) => r,
+                            Err(why) => return cannot_route(why),
+                        };
                         return vec![Action::Submit(Child {
                             id,
                             title: format!("{title} (round {round})"),
                             prompt: p,
-                            agent: generator.agent.as_ref().map(|a| a.value.clone()),
-                            role: generator.role.as_ref().map(|r| r.value.clone()),
+                            agent,
+                            role,
+                            chain: None,
                             output: output.clone(),
                             files: scoped_files(phase, ws, &vars),
                         })];
@@ -357,12 +424,18 @@ pub fn next(
                             "{ask}\n\nAnswer PASS or FAIL on the first line; after FAIL, say what must change.\n\n---\n## The result to judge (round {round})\n\n{}",
                             read_output(ws, &out).trim_end()
                         );
+                        let (agent, role) =
+                            match runner(evaluator.agent.as_ref().map(|a| (a, Accepts::Any))) {
+                                Ok(r) => r,
+                                Err(why) => return cannot_route(why),
+                            };
                         vec![Action::Submit(Child {
                             id: eval_id,
                             title: format!("{title} (evaluate round {round})"),
                             prompt,
-                            agent: evaluator.agent.as_ref().map(|a| a.value.clone()),
-                            role: None,
+                            agent,
+                            role,
+                            chain: None,
                             output: None,
                             files: vec![],
                         })]
@@ -395,22 +468,18 @@ pub fn next(
         PhaseType::Parallel | PhaseType::Routed | PhaseType::Map => {
             // The sub-tasks: (label, prompt, agent, role, output, files).
             let mut subs: Vec<SubTask> = Vec::new();
-            let route = |name: &str| -> (Option<String>, Option<String>) {
-                if config.agents.contains_key(name) {
-                    (Some(name.to_string()), None)
-                } else {
-                    (None, Some(name.to_string()))
-                }
+            let default_route = match runner(phase.runner()) {
+                Ok(r) => r,
+                Err(why) => return cannot_route(why),
             };
-            let default_route = (
-                phase.agent.as_ref().map(|a| a.value.clone()),
-                phase.role.as_ref().map(|r| r.value.clone()),
-            );
             match phase.kind.value {
                 PhaseType::Parallel => {
                     for t in &phase.tasks {
                         let (agent, role) = match &t.agent {
-                            Some(a) => route(&a.value),
+                            Some(a) => match route(&a.value, Accepts::Any, config) {
+                                Ok(r) => r,
+                                Err(why) => return cannot_route(why),
+                            },
                             None => default_route.clone(),
                         };
                         let label = t
@@ -430,21 +499,21 @@ pub fn next(
                     }
                 }
                 PhaseType::Routed => {
-                    let listed = match &phase.tasks_from {
+                    let categories: Vec<&str> = phase.routing.keys().map(String::as_str).collect();
+                    let listed: Vec<(String, String)> = match list_source(phase) {
                         Some(from) => {
-                            let Some((_, out)) = run.phases.iter().find(|(p, _)| *p == from.value)
-                            else {
+                            let Some((_, out)) = run.phases.iter().find(|(p, _)| *p == from) else {
                                 return vec![Action::Failed(format!(
-                                    "phase `{pname}`: `{}` has no output",
-                                    from.value
+                                    "phase `{pname}`: `{from}` has no output"
                                 ))];
                             };
-                            match parse_task_list(&read_output(ws, out)) {
-                                Ok(list) => list,
+                            match task_list::parse(&read_output(ws, out), &categories) {
+                                Ok(list) => {
+                                    list.into_iter().map(|t| (t.category, t.prompt)).collect()
+                                }
                                 Err(e) => {
                                     return vec![Action::Failed(format!(
-                                        "phase `{pname}`: the task list from `{}` cannot be read: {e}",
-                                        from.value
+                                        "phase `{pname}`: the task list from `{from}` ({out}) cannot be read: {e}"
                                     ))];
                                 }
                             }
@@ -464,16 +533,23 @@ pub fn next(
                             .collect(),
                     };
                     for (category, task_prompt) in listed {
-                        let Some(target) = phase.routing.get(&category) else {
+                        let Some(target) = task_list::route(&phase.routing, &category) else {
                             return vec![Action::Failed(format!(
-                                "phase `{pname}`: the task category `{category}` has no entry in `routing`"
+                                "phase `{pname}`: the task category `{category}` has no entry in `routing` (categories: {}; a `default` entry takes any other)",
+                                categories.join(", ")
                             ))];
                         };
-                        let (agent, role) = route(&target.value);
+                        let (agent, role) = match route(&target.value, Accepts::Any, config) {
+                            Ok(r) => r,
+                            Err(why) => return cannot_route(why),
+                        };
                         let mut v = vars.clone();
                         v.insert("category".into(), category.clone());
                         v.insert("task".into(), task_prompt.clone());
                         let mut p = render(&task_prompt, &v);
+                        // The phase's own prompt (written or default) says what to do with it.
+                        p.push_str("\n\n---\n");
+                        p.push_str(&render(&prompts::effective(wf, phase), &v));
                         if !context.is_empty() {
                             p.push_str("\n\n---\n");
                             p.push_str(&context);
@@ -506,14 +582,7 @@ pub fn next(
                                 .map(|d| d.to_string_lossy().into_owned())
                                 .unwrap_or_default(),
                         );
-                        let p = render(
-                            phase
-                                .prompt
-                                .as_ref()
-                                .map(|p| p.value.as_str())
-                                .unwrap_or(""),
-                            &v,
-                        );
+                        let p = render(&prompts::effective(wf, phase), &v);
                         let out = phase.output.as_ref().map(|o| render(&o.value, &v));
                         subs.push((
                             file.clone(),
@@ -543,6 +612,7 @@ pub fn next(
                         prompt: p,
                         agent,
                         role,
+                        chain: None,
                         output: out,
                         files,
                     })),
@@ -587,12 +657,17 @@ pub fn next(
                             read_output(ws, o).trim_end()
                         ));
                     }
+                    let (agent, role) = match runner(step.runner()) {
+                        Ok(r) => r,
+                        Err(why) => return cannot_route(why),
+                    };
                     vec![Action::Submit(Child {
                         id,
                         title: format!("{title} (synthesis)"),
                         prompt: p,
-                        agent: step.agent.as_ref().map(|a| a.value.clone()),
-                        role: step.role.as_ref().map(|r| r.value.clone()),
+                        agent,
+                        role,
+                        chain: None,
                         output: if phase.kind.value == PhaseType::Map {
                             None
                         } else {
@@ -625,44 +700,16 @@ type SubTask = (
     Vec<String>,
 );
 
-/// A task list produced by an earlier phase: a JSON list of `{"category", "prompt"}` (found
-/// anywhere in the text), or Markdown lines `- [category] prompt` / `- category: prompt`.
-pub fn parse_task_list(text: &str) -> Result<Vec<(String, String)>, String> {
-    #[derive(serde::Deserialize)]
-    struct Item {
-        category: String,
-        prompt: String,
+/// The earlier phase whose output is a routed phase's task list: `tasks_from`, else (no inline
+/// `tasks`) its first `input`.
+fn list_source(phase: &Phase) -> Option<&str> {
+    if let Some(from) = &phase.tasks_from {
+        return Some(from.value.as_str());
     }
-    if let (Some(a), Some(b)) = (text.find('['), text.rfind(']'))
-        && a < b
-        && let Ok(items) = serde_json::from_str::<Vec<Item>>(&text[a..=b])
-    {
-        return Ok(items.into_iter().map(|i| (i.category, i.prompt)).collect());
+    if phase.tasks.is_empty() {
+        return phase.inputs().first().copied();
     }
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some(item) = line
-            .trim()
-            .strip_prefix("- ")
-            .or_else(|| line.trim().strip_prefix("* "))
-        else {
-            continue;
-        };
-        if let Some(rest) = item.strip_prefix('[')
-            && let Some((cat, prompt)) = rest.split_once(']')
-        {
-            out.push((cat.trim().to_string(), prompt.trim().to_string()));
-        } else if let Some((cat, prompt)) = item.split_once(": ")
-            && !cat.contains(' ')
-        {
-            out.push((cat.trim().to_string(), prompt.trim().to_string()));
-        }
-    }
-    if out.is_empty() {
-        Err("no JSON list of {\"category\", \"prompt\"} and no `- [category] prompt` lines".into())
-    } else {
-        Ok(out)
-    }
+    None
 }
 
 /// The workspace files a `scoped` phase's tasks see: its `files`, globs expanded.
@@ -806,23 +853,31 @@ fn distilled(
     run: &TaskRecord,
     phase: &Phase,
     book: &TaskBook,
+    config: &Config,
     ws: &Workspace,
 ) -> Result<String, Vec<Action>> {
     let names: Vec<String> = if phase.input.is_some() {
-        phase.inputs().into_iter().map(str::to_string).collect()
+        context_inputs(phase)
     } else {
         run.phases.iter().map(|(p, _)| p.clone()).collect()
     };
     let step = phase.distill.as_ref();
-    let agent = step
-        .and_then(|d| d.agent.as_ref())
-        .or(phase.agent.as_ref())
-        .map(|a| a.value.clone());
-    let role = step
-        .and_then(|d| d.role.as_ref())
-        .or(phase.role.as_ref())
-        .or(phase.judge.as_ref())
-        .map(|r| r.value.clone());
+    // The distill step's own agent or role, else whoever runs the phase, else its judge.
+    let named = step
+        .and_then(|d| d.agent.as_ref().map(|a| (a, Accepts::Agent)))
+        .or_else(|| step.and_then(|d| d.role.as_ref().map(|r| (r, Accepts::Role))))
+        .or_else(|| phase.runner())
+        .or_else(|| phase.judge.as_ref().map(|j| (j, Accepts::Any)));
+    let (agent, role) = match named.map(|(n, a)| route(&n.value, a, config)) {
+        Some(Ok(r)) => r,
+        Some(Err(why)) => {
+            return Err(vec![Action::Failed(format!(
+                "phase `{}`: {why}",
+                phase.name.value
+            ))]);
+        }
+        None => (None, None),
+    };
     let ask = step
         .and_then(|d| d.prompt.clone())
         .unwrap_or_else(|| DISTILL_PROMPT.to_string());
@@ -843,7 +898,8 @@ fn distilled(
                     read_output(ws, out).trim_end()
                 ),
                 agent: agent.clone(),
-                role: if agent.is_some() { None } else { role.clone() },
+                role: role.clone(),
+                chain: None,
                 // The default, `.context/outbox/<run>.distill.<phase>.md`, is the cache.
                 output: None,
                 files: vec![],
@@ -870,11 +926,27 @@ fn distilled(
     }
 }
 
+/// The `input`s a phase's tasks see as context: all of them, except a routed phase's task
+/// list, which its tasks receive one item each.
+fn context_inputs(phase: &Phase) -> Vec<String> {
+    let list = if phase.kind.value == PhaseType::Routed {
+        list_source(phase)
+    } else {
+        None
+    };
+    phase
+        .inputs()
+        .into_iter()
+        .filter(|i| Some(*i) != list)
+        .map(str::to_string)
+        .collect()
+}
+
 /// The earlier outputs this phase sees: all of them (`full`) or its `input`s (the others).
 fn inputs(run: &TaskRecord, phase: &Phase, ws: &Workspace) -> String {
     let names: Vec<String> = match phase.context {
         Some(ContextStrategy::Full) => run.phases.iter().map(|(p, _)| p.clone()).collect(),
-        _ => phase.inputs().into_iter().map(str::to_string).collect(),
+        _ => context_inputs(phase),
     };
     let mut s = String::new();
     for name in names {
@@ -926,27 +998,6 @@ pub async fn run_evaluator(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn task_lists_from_json_or_markdown() {
-        let json = "Here you go:\n```json\n[{\"category\": \"backend\", \"prompt\": \"API\"}, {\"category\": \"test\", \"prompt\": \"tests\"}]\n```";
-        assert_eq!(
-            parse_task_list(json).unwrap(),
-            [
-                ("backend".into(), "API".into()),
-                ("test".into(), "tests".into())
-            ]
-        );
-        let md = "Tasks:\n- [frontend] the form\n- backend: the endpoint\n- not a task line here\n";
-        assert_eq!(
-            parse_task_list(md).unwrap(),
-            [
-                ("frontend".into(), "the form".into()),
-                ("backend".into(), "the endpoint".into())
-            ]
-        );
-        assert!(parse_task_list("nothing").is_err());
-    }
 
     #[test]
     fn globs() {

@@ -251,8 +251,11 @@ pub fn accept(
         if config.agents.contains_key(name) {
             Ok(())
         } else {
+            let hint = crate::suggest::did_you_mean(name, config.agents.keys().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
             reject(format!(
-                "unknown agent `{name}` (configured: {})",
+                "unknown agent `{name}` (configured: {}){hint}",
                 config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         }
@@ -269,16 +272,16 @@ pub fn accept(
         }
         (chain.clone(), "chain".to_string())
     } else if let Some(role) = &fields.role {
-        match config.roles.get(role) {
-            Some(chain) => (chain.clone(), format!("role:{role}")),
+        match config.role_chain(role, root) {
+            Some(chain) => (chain, format!("role:{role}")),
             None => {
+                let names = config.role_names();
+                let hint = crate::suggest::did_you_mean(role, names.iter().map(String::as_str))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
                 return reject(format!(
-                    "unknown role `{role}` (configured roles: {})",
-                    if config.roles.is_empty() {
-                        "none".to_string()
-                    } else {
-                        config.roles.keys().cloned().collect::<Vec<_>>().join(", ")
-                    }
+                    "unknown role `{role}` (roles: {}){hint}",
+                    names.join(", ")
                 ));
             }
         }
@@ -349,8 +352,11 @@ fn accept_workflow(
         .map_err(|e| Reject(format!("cannot read `{}`: {e}", dir.display())))?;
     let Some(def) = defs.iter().find(|d| d.name == name) else {
         let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+        let hint = crate::suggest::did_you_mean(&name, names.iter().copied())
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
         return reject(format!(
-            "unknown workflow `{name}` (workflows: {})",
+            "unknown workflow `{name}` (workflows: {}){hint}",
             names.join(", ")
         ));
     };
@@ -364,21 +370,42 @@ fn accept_workflow(
                 .join("\n")
         ))
     })?;
+    // Declared variables, and the ones the templates use without declaring (required).
+    let variables = wf.variables();
     for given in fields.vars.keys() {
-        if !wf.vars.contains_key(given) {
-            let known: Vec<&str> = wf.vars.keys().map(String::as_str).collect();
+        if !variables.contains_key(given) {
+            let known: Vec<&str> = variables.keys().map(String::as_str).collect();
+            let hint = crate::suggest::did_you_mean(given, known.iter().copied())
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
             return reject(format!(
-                "workflow `{name}` has no variable `{given}` (variables: {})",
-                known.join(", ")
+                "workflow `{name}` has no variable `{given}` (variables: {}){hint}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ));
         }
     }
-    for (var, default) in &wf.vars {
-        if default.is_none() && !fields.vars.contains_key(var) {
-            return reject(format!(
-                "workflow `{name}` needs the variable `{var}`: give it as `--var {var}=…`"
-            ));
-        }
+    let missing: Vec<String> = wf
+        .required_variables()
+        .into_iter()
+        .filter(|v| !fields.vars.contains_key(v))
+        .collect();
+    if !missing.is_empty() {
+        let args: Vec<String> = missing.iter().map(|v| format!("--var {v}=…")).collect();
+        return reject(format!(
+            "workflow `{name}` needs the variable{} {}: give {} as `{}`",
+            if missing.len() == 1 { "" } else { "s" },
+            missing
+                .iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if missing.len() == 1 { "it" } else { "them" },
+            args.join(" ")
+        ));
     }
     let title = fields
         .title

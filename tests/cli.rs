@@ -30,7 +30,15 @@ fn submit_validates_before_writing_anything() {
         ),
         (
             &["submit", "x", "--role", "qa"],
-            "error: unknown role `qa` (configured roles: backend)\n",
+            "error: unknown role `qa` (roles: backend, bulk, frontend, judge, planner, proposer, reviewer)\n",
+        ),
+        (
+            &["submit", "x", "--agent", "godo"],
+            "error: unknown agent `godo` (configured: gate, ghost, good); did you mean `good`?\n",
+        ),
+        (
+            &["submit", "x", "--role", "backnd"],
+            "error: unknown role `backnd` (roles: backend, bulk, frontend, judge, planner, proposer, reviewer); did you mean `backend`?\n",
         ),
         (
             &["submit", "x", "--output", "../out.md"],
@@ -380,10 +388,9 @@ fn workflow_validate_reports_every_problem_with_file_line_and_column() {
         stderr(&out),
         format!(
             "error: {f}:6:12: unknown agent `nobody` (configured: gate, ghost, good)\n\
-error: {f}:7:13: `{{focus}}` is not a variable of this workflow; declare it under `vars:`\n\
 error: {f}:8:12: phase `look` reads `later`, which runs later (a cycle); phases run in order\n\
 error: {f}:9:11: ensemble phase `later` needs at least two `agents` to propose\n\
-4 problem(s) found\n"
+3 problem(s) found\n"
         )
     );
     // A user file with a built-in's name replaces it; every other built-in is still listed.

@@ -629,21 +629,11 @@ fn a_run_whose_submitted_task_is_rejected_escalates_instead_of_waiting() {
 }
 
 #[test]
-fn every_built_in_workflow_runs_end_to_end() {
-    let mut config = String::from("kill_grace: 300ms\nagents:\n");
-    for agent in ["claude", "gemini", "codex", "opencode", "aider", "ollama"] {
-        config.push_str(&format!(
-            "  {agent}: {{ command: [\"{{agents}}/model.sh\"], prompt: stdin }}\n"
-        ));
-    }
-    // The default config's roles, which the built-ins use.
-    let default =
-        dirigent::config::Config::parse(dirigent::config::DEFAULT_CONFIG, "embedded").unwrap();
-    config.push_str("roles:\n");
-    for (role, chain) in &default.roles {
-        config.push_str(&format!("  {role}: [{}]\n", chain.join(", ")));
-    }
-    let ws = Workspace::new(&config);
+fn every_built_in_workflow_runs_end_to_end_with_only_script_agents_and_no_roles() {
+    // Whatever agents a user has: two script agents, no roles, no `models:`. The built-ins name
+    // roles, which run on the default chain when the config does not define them.
+    let config = "kill_grace: 300ms\nagents:\n  one: { command: [\"{agents}/model.sh\"], prompt: stdin }\n  two: { command: [\"{agents}/model.sh\"], prompt: stdin }\n";
+    let ws = Workspace::new(config);
     // For `tdd`, whose evaluator is `cargo test`: a tiny crate whose tests pass.
     std::fs::create_dir_all(ws.root().join("src")).unwrap();
     std::fs::write(
@@ -680,7 +670,7 @@ fn every_built_in_workflow_runs_end_to_end() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // The seed's full workflow went through every phase, routing each category.
+    // The full feature-build workflow went through every phase, routing each category.
     let phases: Vec<String> = ws
         .records()
         .iter()
@@ -711,4 +701,322 @@ fn every_built_in_workflow_runs_end_to_end() {
     // tdd's evaluator really ran `cargo test` on the crate, and it passed in round 1.
     let log = std::fs::read_to_string(ws.path("runs/tdd/implement-round1-evaluator.log")).unwrap();
     assert!(log.contains("test works ... ok"), "{log}");
+}
+
+/// The workflow format as users write it by hand: model names instead of agents, most phases
+/// without a prompt, `{feature}` used without being declared, a routed phase reading the
+/// decompose phase's Markdown list through `input`, `context_strategy`. Kept verbatim.
+const FEATURE_BUILD_AS_WRITTEN: &str = r#"name: feature-build
+description: "Full feature development with ensemble planning"
+
+phases:
+  - name: workshop
+    type: ensemble
+    models: [claude-sonnet, gemini-pro, gpt-4o]
+    judge: claude-opus
+    output: docs/ai/{feature}/workshop/direction.md
+    
+  - name: plan
+    type: ensemble  
+    models: [claude-sonnet, gemini-pro]
+    judge: claude-opus
+    input: workshop.output
+    output: docs/ai/{feature}/plan.md
+    
+  - name: decompose
+    type: single
+    model: claude-opus
+    input: plan.output
+    output: docs/ai/{feature}/tasks.md
+    
+  - name: execute
+    type: routed
+    routing:
+      frontend: gemini-pro
+      backend: claude-sonnet
+      test: claude-sonnet
+    input: decompose.output
+    context_strategy: scoped  # Only relevant files
+    
+  - name: integrate
+    type: single
+    model: claude-sonnet
+    input: execute.outputs
+    
+  - name: audit
+    type: single
+    model: claude-opus
+    input: [plan.output, integrate.output]
+    output: docs/ai/{feature}/audits/verdict.md
+"#;
+
+#[test]
+fn a_workflow_written_with_model_names_and_default_prompts_validates_and_runs_as_written() {
+    // Script agents stand in for the models; `models:` says which runs which model name.
+    let ws = Workspace::new(
+        r#"
+kill_grace: 300ms
+agents:
+  opus:   { command: ["{agents}/model.sh"], prompt: stdin }
+  sonnet: { command: ["{agents}/model.sh"], prompt: stdin }
+  gemini: { command: ["{agents}/model.sh"], prompt: stdin }
+  gpt:    { command: ["{agents}/model.sh"], prompt: stdin }
+models:
+  claude-opus: opus
+  claude-sonnet: sonnet
+  gemini-pro: gemini
+  gpt-4o: gpt
+"#,
+    );
+    write_workflow(&ws, "feature-build", FEATURE_BUILD_AS_WRITTEN);
+    let out = ws.cli(&["workflow", "validate", "feature-build"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "validate: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "variables: feature (required: used but not declared under `vars:`)",
+        "decompose (single): `claude-opus` → a `models:` alias for `opus`: agent `opus`",
+        "frontend: `gemini-pro` → a `models:` alias for `gemini`: agent `gemini`",
+    ] {
+        assert!(
+            stdout.contains(want),
+            "validate should say {want:?}:\n{stdout}"
+        );
+    }
+    // `{feature}` is required though not declared.
+    let out = ws.cli(&["workflow", "run", "feature-build"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: workflow `feature-build` needs the variable `feature`: give it as `--var feature=…`\n"
+    );
+    let _d = ws.start();
+    let out = ws.cli(&[
+        "workflow",
+        "run",
+        "feature-build",
+        "--var",
+        "feature=auth",
+        "--id",
+        "fb",
+        "--wait",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        phases_completed(&ws, "fb"),
+        [
+            "workshop",
+            "plan",
+            "decompose",
+            "execute",
+            "integrate",
+            "audit"
+        ],
+        "every phase completes, in order"
+    );
+    let agent_of = |task: &str| {
+        ws.records().iter().find_map(|r| match &r.event {
+            Event::AttemptStarted { task: t, agent, .. } if t == task => Some(agent.clone()),
+            _ => None,
+        })
+    };
+    let ran: Vec<(&str, Option<String>)> = [
+        "fb.workshop.1",
+        "fb.workshop.2",
+        "fb.workshop.3",
+        "fb.workshop.judge",
+        "fb.decompose",
+        "fb.execute.1",
+        "fb.execute.2",
+        "fb.execute.3",
+        "fb.audit",
+    ]
+    .into_iter()
+    .map(|t| (t, agent_of(t)))
+    .collect();
+    let want: Vec<(&str, Option<String>)> = [
+        ("fb.workshop.1", "sonnet"),
+        ("fb.workshop.2", "gemini"),
+        ("fb.workshop.3", "gpt"),
+        ("fb.workshop.judge", "opus"),
+        ("fb.decompose", "opus"),
+        ("fb.execute.1", "gemini"),
+        ("fb.execute.2", "sonnet"),
+        ("fb.execute.3", "sonnet"),
+        ("fb.audit", "opus"),
+    ]
+    .into_iter()
+    .map(|(t, a)| (t, Some(a.to_string())))
+    .collect();
+    assert_eq!(
+        ran, want,
+        "each model name ran on the agent `models:` maps it to"
+    );
+    // The decompose phase got the default prompt for its name, asking for the routing's
+    // categories; its Markdown list became the routed tasks (details included).
+    let decompose = prompt_of(&ws, "fb.decompose", "opus");
+    assert!(
+        decompose.contains(
+            "`- [category] what to do`, where category is one of: backend, frontend, test"
+        ),
+        "{decompose}"
+    );
+    let backend = prompt_of(&ws, "fb.execute.2", "sonnet");
+    assert!(
+        backend.starts_with("the API\nwith pagination\n") && backend.contains("Carry out the task"),
+        "{backend}"
+    );
+    assert!(
+        !backend.contains("- [frontend] the form"),
+        "a routed task gets its own item, not the whole list: {backend}"
+    );
+    let verdict = std::fs::read_to_string(ws.root().join("docs/ai/auth/audits/verdict.md"))
+        .expect("the audit wrote its verdict where `output` says");
+    assert!(verdict.starts_with("PASS"), "{verdict}");
+    // The undeclared variable reached the prompts.
+    assert!(
+        prompt_of(&ws, "fb.audit", "opus").contains("- feature: auth"),
+        "the default prompt lists the run's variables"
+    );
+}
+
+#[test]
+fn a_name_that_resolves_to_nothing_is_reported_with_the_lookup_and_a_fix() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "m",
+        "name: m\nphases:\n  - name: a\n    type: single\n    model: alpha-large\n  - name: b\n    type: single\n    model: alhpa\n",
+    );
+    let out = ws.cli(&["workflow", "validate", "m"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unresolvable model is a problem"
+    );
+    let f = ws.path("workflows/m.yaml");
+    let f = f.display();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: {f}:5:12: `alpha-large` is not an agent (configured: alpha, beta, broken, gate), an `agent:model` entry, a role (roles: backend, bulk, frontend, judge, planner, proposer, reviewer) or a `models:` alias; to run it, add `alpha-large: \"alpha:large\"` under `models:` in the config\n\
+error: {f}:8:12: `alhpa` is not an agent (configured: alpha, beta, broken, gate), an `agent:model` entry, a role (roles: backend, bulk, frontend, judge, planner, proposer, reviewer) or a `models:` alias; did you mean `alpha`?; to run it, add `alhpa: AGENT` (or `AGENT:MODEL`) under `models:` in the config\n\
+2 problem(s) found\n"
+        )
+    );
+}
+
+#[test]
+fn ensemble_proposers_on_one_role_start_with_different_agents() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "e",
+        "name: e\nphases:\n  - name: p\n    type: ensemble\n    models: [proposer, proposer]\n    judge: judge\n    prompt: Propose\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("e.json", r#"{"workflow": "e"}"#);
+    assert!(
+        matches!(ws.wait_settled("e"), Event::Done { .. }),
+        "the run is done"
+    );
+    let agents: Vec<String> = ["e.p.1", "e.p.2"]
+        .iter()
+        .map(|t| {
+            ws.attempts(t)
+                .first()
+                .map(|a| a.0.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    // `proposer` is not configured: the default chain (alpha, beta, broken, gate) runs it; the
+    // second proposer starts one agent further.
+    assert_eq!(
+        agents,
+        ["alpha", "beta"],
+        "each proposer starts with its own agent"
+    );
+}
+
+#[test]
+fn a_placeholder_in_a_flow_style_map_gets_a_hint_to_quote_it() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "flow",
+        "name: flow\nphases:\n  - { name: a, type: single, agent: alpha, prompt: Plan {feature} now }\n",
+    );
+    let out = ws.cli(&["workflow", "validate", "flow"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(":3:") && err.contains("must be quoted (`prompt: \"Plan {feature}\"`)"),
+        "the YAML error should point at line 3 and hint at quoting: {err}"
+    );
+}
+
+#[test]
+fn show_into_the_override_file_keeps_the_built_in_and_copy_makes_an_editable_copy() {
+    let ws = Workspace::new(CONFIG);
+    // What the shell does for `dirigent workflow show plan > .context/workflows/plan.yaml`:
+    // the file exists, empty, before `show` runs.
+    let target = ws.path("workflows/plan.yaml");
+    let file = std::fs::File::create(&target).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dirigent"))
+        .args(["workflow", "show", "plan"])
+        .env("DIRIGENT_ROOT", ws.root())
+        .stdout(file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = std::fs::read_to_string(&target).unwrap();
+    assert!(
+        saved.starts_with("# plan (built-in)\n") && saved.contains("type: ensemble"),
+        "show wrote the built-in, not the empty file: {saved}"
+    );
+    let out = ws.cli(&["workflow", "validate", "plan"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the saved copy validates: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `copy` refuses to overwrite an existing copy, and makes one with --force.
+    let out = ws.cli(&["workflow", "copy", "plan"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: `{}` exists already; edit it, or give `--force` to replace it with the built-in\n",
+            target.display()
+        )
+    );
+    let out = ws.cli(&["workflow", "copy", "plan", "--force"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        dirigent::workflow::BUILTIN
+            .iter()
+            .find(|(n, _)| *n == "plan")
+            .unwrap()
+            .1,
+        "copy writes the built-in's text"
+    );
 }

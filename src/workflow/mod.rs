@@ -1,13 +1,21 @@
-//! Workflow definitions: declarative multi-agent workflows in YAML, following the seed's
-//! `feature-build.yaml` — `name`, `description`, `vars` with defaults, and `phases` of the types
-//! `single`, `ensemble`, `routed`, `parallel`, `loop` and `map`.
+//! Workflow definitions: declarative multi-agent workflows in YAML — `name`, `description`,
+//! `vars` with defaults, and `phases` of the types `single`, `ensemble`, `routed`, `parallel`,
+//! `loop` and `map`. The format is the one our users write by hand: `model: claude-opus` names
+//! what runs a phase ([`targets`]), a phase without `prompt:` gets a purpose-written default
+//! ([`prompts`]), a `{variable}` used but not declared is a required variable, and a routed phase
+//! can take its tasks from an earlier phase's Markdown or JSON list ([`task_list`]).
 //!
 //! Built-in workflows live in `context/workflows/` and are compiled in; `.context/workflows/*.yaml`
 //! adds more (a file with a built-in's name replaces it). [`validate`] reports *every* problem —
-//! unknown phase references, forward references (cycles), undeclared variables, unknown agents and
-//! roles, missing fields — each with file, line and column.
+//! unknown phase references, forward references (cycles), names that resolve to no agent or role,
+//! missing fields — each with file, line and column.
 //!
 //! This module only reads and checks definitions; running them is the workflow runner's job.
+
+pub mod explain;
+pub mod prompts;
+pub mod targets;
+pub mod task_list;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -22,21 +30,21 @@ use crate::config::Config;
 pub const BUILTIN: &[(&str, &str)] = &[
     (
         "workshop",
-        include_str!("../context/workflows/workshop.yaml"),
+        include_str!("../../context/workflows/workshop.yaml"),
     ),
-    ("plan", include_str!("../context/workflows/plan.yaml")),
+    ("plan", include_str!("../../context/workflows/plan.yaml")),
     (
         "feature-build",
-        include_str!("../context/workflows/feature-build.yaml"),
+        include_str!("../../context/workflows/feature-build.yaml"),
     ),
-    ("tdd", include_str!("../context/workflows/tdd.yaml")),
+    ("tdd", include_str!("../../context/workflows/tdd.yaml")),
     (
         "research-implement-validate",
-        include_str!("../context/workflows/research-implement-validate.yaml"),
+        include_str!("../../context/workflows/research-implement-validate.yaml"),
     ),
     (
         "bulk-refine",
-        include_str!("../context/workflows/bulk-refine.yaml"),
+        include_str!("../../context/workflows/bulk-refine.yaml"),
     ),
 ];
 
@@ -53,6 +61,34 @@ pub struct Workflow {
     pub phases: Vec<Phase>,
 }
 
+impl Workflow {
+    /// Every variable: the declared ones with their defaults, then each `{variable}` the
+    /// phases use without declaring it — a required one (`None`), asked for like `feature: ~`.
+    pub fn variables(&self) -> BTreeMap<String, Option<String>> {
+        let mut vars = self.vars.clone();
+        for phase in &self.phases {
+            for var in phase.variables_used() {
+                if !ALL_TYPES
+                    .iter()
+                    .any(|k| type_placeholders(*k).contains(&var))
+                {
+                    vars.entry(var.to_string()).or_insert(None);
+                }
+            }
+        }
+        vars
+    }
+
+    /// The variables a run must give: declared without a default, or used and not declared.
+    pub fn required_variables(&self) -> Vec<String> {
+        self.variables()
+            .into_iter()
+            .filter(|(_, default)| default.is_none())
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
 /// One phase. Which keys apply depends on `type`; [`validate`] says which are missing or
 /// misplaced.
 #[derive(Debug, Deserialize)]
@@ -67,13 +103,17 @@ pub struct Phase {
     /// One agent (`single`, `map`, …) …
     #[serde(default)]
     pub agent: Option<Spanned<String>>,
-    /// … or a role's chain.
+    /// … or a role's chain …
     #[serde(default)]
     pub role: Option<Spanned<String>>,
-    /// Several agents (`ensemble` proposers). `models` is accepted as in the seed.
+    /// … or a model name, resolved by [`targets::resolve`] (agent, `agent:model`, role, or a
+    /// `models:` alias of the config).
+    #[serde(default)]
+    pub model: Option<Spanned<String>>,
+    /// The proposers of an ensemble; `models` is the same key. Each resolves like `model`.
     #[serde(default, alias = "models")]
     pub agents: Vec<Spanned<String>>,
-    /// An agent or a role.
+    /// Resolves like `model`.
     #[serde(default)]
     pub judge: Option<Spanned<String>>,
     #[serde(default)]
@@ -99,13 +139,13 @@ pub struct Phase {
     /// Workspace files or globs for the `scoped` strategy.
     #[serde(default)]
     pub files: Vec<String>,
-    /// `routed`: category → agent or role.
+    /// `routed`: category → what runs it (resolves like `model`).
     #[serde(default)]
     pub routing: BTreeMap<String, Spanned<String>>,
     /// `routed`/`parallel`: inline sub-tasks.
     #[serde(default)]
     pub tasks: Vec<SubTask>,
-    /// `routed`: the earlier phase whose output is the task list.
+    /// `routed`: the earlier phase whose output is the task list (default: the first `input`).
     #[serde(default)]
     pub tasks_from: Option<Spanned<String>>,
     /// `parallel`: an optional step over all outputs; `map`: an optional refine step.
@@ -183,7 +223,7 @@ pub struct SubTask {
     pub agent: Option<Spanned<String>>,
 }
 
-/// A step run by one agent (or role): a loop's generator, a synthesize or refine step.
+/// A step run by one agent (or role, or model): a loop's generator, a synthesize or refine step.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
@@ -191,7 +231,30 @@ pub struct Step {
     pub agent: Option<Spanned<String>>,
     #[serde(default)]
     pub role: Option<Spanned<String>>,
+    #[serde(default)]
+    pub model: Option<Spanned<String>>,
     pub prompt: Spanned<String>,
+}
+
+impl Step {
+    /// Who runs the step, and what kind of name it is.
+    pub fn runner(&self) -> Option<(&Spanned<String>, targets::Accepts)> {
+        runner_of(&self.agent, &self.role, &self.model)
+    }
+}
+
+/// The one of `agent`, `role`, `model` that is given (validation refuses more than one).
+fn runner_of<'a>(
+    agent: &'a Option<Spanned<String>>,
+    role: &'a Option<Spanned<String>>,
+    model: &'a Option<Spanned<String>>,
+) -> Option<(&'a Spanned<String>, targets::Accepts)> {
+    use targets::Accepts;
+    agent
+        .as_ref()
+        .map(|a| (a, Accepts::Agent))
+        .or(role.as_ref().map(|r| (r, Accepts::Role)))
+        .or(model.as_ref().map(|m| (m, Accepts::Any)))
 }
 
 /// How a `distilled` phase summarises earlier phases.
@@ -228,6 +291,73 @@ pub enum OneOrMany {
 }
 
 impl Phase {
+    /// Who runs the phase's own tasks (`agent`, `role` or `model`), and what kind of name it is.
+    pub fn runner(&self) -> Option<(&Spanned<String>, targets::Accepts)> {
+        runner_of(&self.agent, &self.role, &self.model)
+    }
+
+    /// Every name in the phase that must resolve to something that runs, with what it accepts.
+    pub fn named_runners(&self) -> Vec<(&Spanned<String>, targets::Accepts)> {
+        use targets::Accepts;
+        let mut out = Vec::new();
+        out.extend(self.agent.iter().map(|a| (a, Accepts::Agent)));
+        out.extend(self.role.iter().map(|r| (r, Accepts::Role)));
+        out.extend(self.model.iter().map(|m| (m, Accepts::Any)));
+        out.extend(self.agents.iter().map(|a| (a, Accepts::Any)));
+        out.extend(self.judge.iter().map(|j| (j, Accepts::Any)));
+        out.extend(self.routing.values().map(|v| (v, Accepts::Any)));
+        out.extend(
+            self.tasks
+                .iter()
+                .filter_map(|t| t.agent.as_ref())
+                .map(|a| (a, Accepts::Any)),
+        );
+        for step in [&self.synthesize, &self.generator].into_iter().flatten() {
+            out.extend(step.agent.iter().map(|a| (a, Accepts::Agent)));
+            out.extend(step.role.iter().map(|r| (r, Accepts::Role)));
+            out.extend(step.model.iter().map(|m| (m, Accepts::Any)));
+        }
+        if let Some(ev) = &self.evaluator {
+            out.extend(ev.agent.iter().map(|a| (a, Accepts::Any)));
+        }
+        if let Some(d) = &self.distill {
+            out.extend(d.agent.iter().map(|a| (a, Accepts::Agent)));
+            out.extend(d.role.iter().map(|r| (r, Accepts::Role)));
+        }
+        out
+    }
+
+    /// The phase's templates with their positions: `prompt`, `output`, tasks' and steps'
+    /// prompts.
+    pub fn templates(&self) -> Vec<&Spanned<String>> {
+        let mut t: Vec<&Spanned<String>> = self.prompt.iter().chain(self.output.iter()).collect();
+        t.extend(self.tasks.iter().map(|t| &t.prompt));
+        for step in [&self.synthesize, &self.generator].into_iter().flatten() {
+            t.push(&step.prompt);
+        }
+        if let Some(ev) = &self.evaluator {
+            t.extend(ev.prompt.iter());
+        }
+        t
+    }
+
+    /// The `{variables}` the phase uses (its templates, `glob` and `files`), excluding the
+    /// placeholders dirigent fills in itself.
+    fn variables_used(&self) -> Vec<&str> {
+        let mut texts: Vec<&str> = self
+            .templates()
+            .into_iter()
+            .map(|t| t.value.as_str())
+            .collect();
+        texts.extend(self.glob.as_deref());
+        texts.extend(self.files.iter().map(String::as_str));
+        texts
+            .into_iter()
+            .flat_map(placeholders)
+            .filter(|v| !ALWAYS.contains(v) && !type_placeholders(self.kind.value).contains(v))
+            .collect()
+    }
+
     /// The phases this one reads, by name (the seed's `.output`/`.outputs` suffix removed).
     pub fn inputs(&self) -> Vec<&str> {
         let names: Vec<&str> = match self.input.as_ref().map(|s| &s.value) {
@@ -311,6 +441,12 @@ pub fn discover(dir: &Path) -> std::io::Result<Vec<Definition>> {
                     continue;
                 }
                 let text = std::fs::read_to_string(&path)?;
+                if text.trim().is_empty() {
+                    // An empty file is no definition: most often the shell created it for
+                    // `dirigent workflow show NAME > .context/workflows/NAME.yaml` before `show`
+                    // ran. Replacing a built-in with nothing would only break runs.
+                    continue;
+                }
                 by_name.insert(
                     stem.clone(),
                     Definition {
@@ -349,6 +485,15 @@ impl fmt::Display for Problem {
 /// Placeholders every phase may use besides the workflow's vars.
 const ALWAYS: &[&str] = &["workflow", "phase", "run"];
 
+const ALL_TYPES: &[PhaseType] = &[
+    PhaseType::Single,
+    PhaseType::Ensemble,
+    PhaseType::Routed,
+    PhaseType::Parallel,
+    PhaseType::Loop,
+    PhaseType::Map,
+];
+
 /// Placeholders a phase type adds.
 fn type_placeholders(kind: PhaseType) -> &'static [&'static str] {
     match kind {
@@ -374,11 +519,18 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
             Some((pos, rest)) if pos.contains(" column ") => rest,
             _ => first,
         };
+        let mut message = first.to_string();
+        let source_line = def.text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("");
+        if flow_map_with_placeholder(source_line) {
+            message.push_str(
+                "; a `{placeholder}` inside a flow-style map `{ … }` must be quoted (`prompt: \"Plan {feature}\"`), or write the map in block style, one key per line",
+            );
+        }
         vec![Problem {
             file: file.clone(),
             line,
             column,
-            message: first.to_string(),
+            message,
         }]
     })?;
     let mut problems = Vec::new();
@@ -402,13 +554,6 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
     if wf.phases.is_empty() {
         at(&wf.name.referenced, "the workflow has no phases".into());
     }
-    let known_agent = |n: &str| config.agents.contains_key(n);
-    let agents_list = config.agents.keys().cloned().collect::<Vec<_>>().join(", ");
-    let roles_list = if config.roles.is_empty() {
-        "none".to_string()
-    } else {
-        config.roles.keys().cloned().collect::<Vec<_>>().join(", ")
-    };
     let mut seen: BTreeSet<&str> = BTreeSet::new();
     for phase in &wf.phases {
         let pname = phase.name.value.as_str();
@@ -456,98 +601,60 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 );
             }
         }
-        // Agents and roles. A judge or a routing target may be either.
-        for r in phase.judge.iter().chain(phase.routing.values()) {
-            if !known_agent(&r.value) && !config.roles.contains_key(&r.value) {
-                at(
-                    &r.referenced,
-                    format!(
-                        "`{}` is neither an agent (configured: {agents_list}) nor a role (configured: {roles_list})",
-                        r.value
-                    ),
-                );
+        // Who runs each step: every name must resolve (see `targets` for the lookup order).
+        let given: Vec<&str> = [
+            phase.agent.as_ref().map(|_| "`agent`"),
+            phase.role.as_ref().map(|_| "`role`"),
+            phase.model.as_ref().map(|_| "`model`"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if given.len() > 1 {
+            at(
+                here,
+                format!(
+                    "phase `{pname}` gives {}; give one of them",
+                    given.join(" and ")
+                ),
+            );
+        }
+        for (name, accepts) in phase.named_runners() {
+            if let Err(why) = targets::resolve(&name.value, accepts, config) {
+                at(&name.referenced, why);
             }
         }
-        let mut agents: Vec<&Spanned<String>> = phase.agents.iter().collect();
-        agents.extend(phase.agent.iter());
-        agents.extend(phase.tasks.iter().filter_map(|t| t.agent.as_ref()));
-        for step in [&phase.synthesize, &phase.generator].into_iter().flatten() {
-            agents.extend(step.agent.iter());
-        }
-        if let Some(ev) = &phase.evaluator {
-            agents.extend(ev.agent.iter());
-        }
-        if let Some(d) = &phase.distill {
-            agents.extend(d.agent.iter());
-        }
-        for a in agents {
-            if !known_agent(&a.value) {
-                at(
-                    &a.referenced,
-                    format!("unknown agent `{}` (configured: {agents_list})", a.value),
-                );
-            }
-        }
-        let mut roles: Vec<&Spanned<String>> = phase.role.iter().collect();
-        for step in [&phase.synthesize, &phase.generator].into_iter().flatten() {
-            roles.extend(step.role.iter());
-        }
-        if let Some(d) = &phase.distill {
-            roles.extend(d.role.iter());
-        }
-        for r in roles {
-            if !config.roles.contains_key(&r.value) {
-                at(
-                    &r.referenced,
-                    format!(
-                        "unknown role `{}` (configured roles: {roles_list})",
-                        r.value
-                    ),
-                );
-            }
-        }
-        // Placeholders.
-        let mut templates: Vec<&Spanned<String>> =
-            phase.prompt.iter().chain(phase.output.iter()).collect();
-        templates.extend(phase.tasks.iter().map(|t| &t.prompt));
-        for step in [&phase.synthesize, &phase.generator].into_iter().flatten() {
-            templates.push(&step.prompt);
-        }
-        if let Some(ev) = &phase.evaluator {
-            templates.extend(ev.prompt.iter());
-        }
-        for t in templates {
+        // Placeholders: a variable that is not declared is a required one; a placeholder of
+        // another phase type is a mistake.
+        for t in phase.templates() {
             for var in placeholders(&t.value) {
-                let ok = wf.vars.contains_key(var)
+                if wf.vars.contains_key(var)
                     || ALWAYS.contains(&var)
-                    || type_placeholders(kind).contains(&var);
-                if !ok {
+                    || type_placeholders(kind).contains(&var)
+                {
+                    continue;
+                }
+                if let Some(other) = ALL_TYPES
+                    .iter()
+                    .find(|k| type_placeholders(**k).contains(&var))
+                {
                     at(
                         &t.referenced,
                         format!(
-                            "`{{{var}}}` is not a variable of this workflow; declare it under `vars:`"
+                            "`{{{var}}}` exists only in {} phases; `{pname}` is a {} phase",
+                            other.name(),
+                            kind.name()
                         ),
                     );
                 }
             }
         }
-        // What each type needs.
-        let needs_prompt = matches!(
-            kind,
-            PhaseType::Single | PhaseType::Ensemble | PhaseType::Map
-        );
-        if needs_prompt && phase.prompt.is_none() {
-            at(
-                here,
-                format!("{} phase `{pname}` needs a `prompt`", kind.name()),
-            );
-        }
         match kind {
             PhaseType::Single | PhaseType::Map => {
-                if phase.agent.is_none() && phase.role.is_none() {
+                if phase.runner().is_none() {
                     at(
                         here,
-                        format!("phase `{pname}` needs an `agent` or a `role`"),
+                        format!("phase `{pname}` needs a `model`, an `agent` or a `role`"),
                     );
                 }
             }
@@ -579,15 +686,17 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                         format!("routed phase `{pname}` needs `routing` (category: agent)"),
                     );
                 }
-                if phase.tasks.is_empty() && phase.tasks_from.is_none() {
+                if phase.tasks.is_empty() && phase.tasks_from.is_none() && phase.input.is_none() {
                     at(
                         here,
-                        format!("routed phase `{pname}` needs `tasks` or `tasks_from`"),
+                        format!(
+                            "routed phase `{pname}` needs its tasks: inline `tasks`, or an earlier phase's task list as `input` (or `tasks_from`)"
+                        ),
                     );
                 }
                 for t in &phase.tasks {
                     match &t.category {
-                        Some(c) if !phase.routing.contains_key(&c.value) => at(
+                        Some(c) if task_list::route(&phase.routing, &c.value).is_none() => at(
                             &c.referenced,
                             format!(
                                 "category `{}` has no entry in `routing` of phase `{pname}`",
@@ -648,8 +757,7 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 .distill
                 .as_ref()
                 .is_some_and(|d| d.agent.is_some() || d.role.is_some())
-                || phase.agent.is_some()
-                || phase.role.is_some()
+                || phase.runner().is_some()
                 || phase.judge.is_some();
             if !has_route {
                 at(
@@ -675,6 +783,14 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         problems.sort_by_key(|p| (p.line, p.column));
         Err(problems)
     }
+}
+
+/// Whether a YAML line opens a flow-style map (`{ key: … }`) that holds an unquoted
+/// `{placeholder}`: YAML reads the placeholder's braces as a nested map.
+fn flow_map_with_placeholder(line: &str) -> bool {
+    let code = line.split(" #").next().unwrap_or(line);
+    let opens_map = code.trim_start().starts_with("- {") || code.contains(": {");
+    opens_map && code.matches('{').count() >= 2
 }
 
 /// The `{name}` placeholders in a template.
@@ -760,10 +876,9 @@ phases:
         let problems = validate(&def("broken", text), &config()).unwrap_err();
         let got: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let want = [
-            "broken.yaml:6:22: unknown agent `nobody` (configured: claude, gemini, local)",
-            "broken.yaml:8:13: `{team}` is not a variable of this workflow; declare it under `vars:`",
+            "broken.yaml:6:22: `nobody` is not an agent (configured: claude, gemini, local), an `agent:model` entry, a role (roles: backend, bulk, frontend, judge, planner, proposer, reviewer) or a `models:` alias; to run it, add `nobody: AGENT` (or `AGENT:MODEL`) under `models:` in the config",
             "broken.yaml:9:12: phase `plan` reads `audit`, which runs later (a cycle); phases run in order",
-            "broken.yaml:12:11: unknown role `qa` (configured roles: backend)",
+            "broken.yaml:12:11: unknown role `qa` (roles: backend, bulk, frontend, judge, planner, proposer, reviewer)",
             "broken.yaml:14:12: phase `audit` reads `ghost`, which is not a phase of this workflow",
             "broken.yaml:15:11: phase `plan` is defined twice",
             "broken.yaml:15:11: loop phase `plan` needs an `evaluator` (a `command` or an `agent`)",
@@ -829,6 +944,34 @@ phases:
         assert_eq!(
             placeholders("a {feature}/{x} {not a var} {}"),
             ["feature", "x"]
+        );
+    }
+
+    #[test]
+    fn undeclared_variables_are_required_and_other_types_placeholders_are_problems() {
+        let text = "\
+name: v
+vars:
+  area: src
+  owner: ~
+phases:
+  - name: plan
+    type: single
+    agent: claude
+    prompt: \"Plan {feature} in {area} for {owner}\"
+    output: \"docs/{feature}/{team}.md\"
+";
+        let wf = validate(&def("v", text), &config()).unwrap();
+        assert_eq!(
+            wf.required_variables(),
+            ["feature", "owner", "team"],
+            "declared without default, or used without being declared"
+        );
+        let text = "name: w\nphases:\n  - name: a\n    type: single\n    agent: claude\n    prompt: \"Round {round}\"\n";
+        let problems = validate(&def("w", text), &config()).unwrap_err();
+        assert_eq!(
+            problems[0].message,
+            "`{round}` exists only in loop phases; `a` is a single phase"
         );
     }
 }
