@@ -15,9 +15,10 @@
 # so every attempt would fail with `spawn`. The unit therefore gets `Environment=PATH=…` (the
 # plist: PATH under EnvironmentVariables), computed here at install time from, in this order:
 # the installed binary's directory, the PATH this script runs with, the directories where
-# claude, gemini, codex, opencode, aider, ollama and node were found, `npm prefix -g`/bin when npm is
-# installed, and common user bin directories that exist (~/.local/bin, ~/.npm-global/bin, …);
-# only absolute paths of existing directories, each once. The script prints the PATH it wrote.
+# claude, gemini, codex, opencode, aider, ollama and node were found, `npm prefix -g`/bin when
+# npm is installed, and common bin directories that exist (~/.local/bin, ~/.npm-global/bin, …);
+# only absolute paths of existing directories, each once. The script prints the PATH it wrote
+# and which agent CLIs it finds.
 # To change it: `--service-path DIRS`, or (systemd) `systemctl --user edit dirigent@.service`
 # with `Environment=PATH=…` under [Service], which survives reinstalls.
 #
@@ -107,7 +108,9 @@ while [ $# -gt 0 ]; do
       ;;
     --)
       shift
-      [ $# -le 1 ] || die "one WORKSPACE at most (see --help)"
+      if [ $# -gt 1 ] || { [ $# -eq 1 ] && [ -n "$workspace_arg" ]; }; then
+        die "one WORKSPACE at most (see --help)"
+      fi
       [ $# -eq 0 ] || workspace_arg=$1
       break
       ;;
@@ -135,6 +138,8 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 make_tmp() { # DIR: a new empty file in DIR; its name goes to the variable `tmp`
   tmp=$(mktemp "$1/.dirigent-install.XXXXXX")
   tmp_files+=("$tmp")

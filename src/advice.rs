@@ -68,9 +68,13 @@ pub fn in_short(attempts: &[AttemptSummary], config: &Config) -> Option<String> 
             .iter()
             .map(|n| {
                 let n = base(n);
-                match config.agents.get(&n).and_then(|a| a.preset) {
-                    Some(p) => format!("{n}: `{}`", p.install_hint),
-                    None => format!("{n}: check its `command`"),
+                let agent = config.agents.get(&n);
+                match (agent.and_then(|a| a.preset), agent.and_then(|a| a.command.first())) {
+                    (Some(p), _) => format!("{n}: `{}`", p.install_hint),
+                    (None, Some(program)) => format!(
+                        "{n}: `{program}` is not installed or not on the daemon's PATH; check its `command`"
+                    ),
+                    (None, None) => format!("{n}: check its `command`"),
                 }
             })
             .collect();
@@ -189,7 +193,7 @@ mod tests {
             (
                 &[("gemini", Spawn), ("local", Spawn)],
                 Some(
-                    "gemini and local could not be started (gemini: `npm install -g @google/gemini-cli`; local: check its `command`)",
+                    "gemini and local could not be started (gemini: `npm install -g @google/gemini-cli`; local: `x` is not installed or not on the daemon's PATH; check its `command`)",
                 ),
             ),
             (

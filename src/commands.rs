@@ -185,64 +185,149 @@ fn submit_file(
         .map_err(|e| e.to_string())
 }
 
-/// Follows the ledger until the task is done, escalated or rejected.
+/// Follows the ledger until the task is done, escalated or rejected. For a workflow run, its
+/// tasks' attempts and its loop rounds are shown as they happen too.
 fn wait_for(ws: &Workspace, id: &str, file: &str, mut offset: u64) -> Result<ExitCode> {
     let waker = ChangeWaker::new(&[ws.context()]);
     let started = Instant::now();
     // On a terminal, a live line shows what runs now; in a pipe, only the event lines.
-    let tty = std::io::stderr().is_terminal();
-    let mut current: Option<(u32, String, Instant)> = None;
+    let mut live = LiveLine::new(std::io::stderr().is_terminal());
+    // What runs now: (task, attempt, agent, since), the run's own tasks included.
+    let mut current: Vec<(String, u32, String, Instant)> = Vec::new();
+    let child_prefix = format!("{id}.");
     let key = ledger_key(ws);
     loop {
         let (records, next) = ledger::read_from(&ws.ledger(), offset, key.as_ref())?;
         offset = next;
         for r in records {
-            if tty {
-                eprint!("\r\x1b[2K");
-            }
-            match &r.event {
-                Event::AttemptStarted {
-                    task,
-                    attempt,
-                    agent,
-                    ..
-                } if task == id => {
-                    current = Some((*attempt, agent.clone(), Instant::now()));
-                }
-                Event::AttemptFinished { task, .. } if task == id => current = None,
-                _ => {}
-            }
-            match &r.event {
-                Event::Rejected {
+            let Some(task) = r.event.task().map(str::to_string) else {
+                if let Event::Rejected {
                     file: f,
                     reason,
                     moved_to,
-                } if f == file => {
+                } = &r.event
+                    && f == file
+                {
+                    live.clear();
                     eprintln!("error: the task was rejected: {reason}");
                     eprintln!("(the file is in .context/rejected/{moved_to})");
                     return Ok(ExitCode::from(1));
                 }
-                ev if ev.task() == Some(id) => {
-                    if let Some(code) = report_progress(ws, id, &r, started)? {
-                        return Ok(code);
-                    }
+                continue;
+            };
+            let own = task == id;
+            let child = task.starts_with(&child_prefix);
+            if !own && !child {
+                continue;
+            }
+            match &r.event {
+                Event::AttemptStarted { attempt, agent, .. } => {
+                    current.push((task.clone(), *attempt, agent.clone(), Instant::now()));
+                }
+                Event::AttemptFinished { .. } | Event::Done { .. } | Event::Escalated { .. } => {
+                    current.retain(|(t, ..)| *t != task);
                 }
                 _ => {}
             }
+            live.clear();
+            if own {
+                if let Some(code) = report_progress(ws, id, &r, started)? {
+                    return Ok(code);
+                }
+            } else {
+                report_child(&task, &r, started);
+            }
         }
-        if tty {
-            let line = match &current {
-                Some((n, agent, since)) => format!(
-                    "[{}] attempt {n}: {agent} running for {}",
-                    short(started.elapsed()),
-                    short(since.elapsed())
-                ),
-                None => format!("[{}] waiting for `{id}`", short(started.elapsed())),
-            };
-            eprint!("\r\x1b[2K{line}");
-            let _ = std::io::stderr().flush();
-        }
+        let line = match current.last() {
+            Some((task, n, agent, since)) => format!(
+                "[{}] {}attempt {n}: {agent} running for {}{}",
+                short(started.elapsed()),
+                if task == id {
+                    String::new()
+                } else {
+                    format!("{task}: ")
+                },
+                short(since.elapsed()),
+                if current.len() > 1 {
+                    format!(" (+{} more running)", current.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
+            None => format!("[{}] waiting for `{id}`", short(started.elapsed())),
+        };
+        live.draw(&line);
         waker.wait(Duration::from_secs(1));
+    }
+}
+
+/// The one redrawn status line of `--wait` on a terminal. It is drawn only when its text
+/// changed and at most every [`LiveLine::MIN_GAP`], so a busy ledger cannot flood the
+/// terminal; event lines first clear it.
+struct LiveLine {
+    tty: bool,
+    shown: Option<String>,
+    drawn_at: Option<Instant>,
+}
+
+impl LiveLine {
+    const MIN_GAP: Duration = Duration::from_millis(250);
+
+    fn new(tty: bool) -> Self {
+        LiveLine {
+            tty,
+            shown: None,
+            drawn_at: None,
+        }
+    }
+
+    fn draw(&mut self, line: &str) {
+        if !self.tty || self.shown.as_deref() == Some(line) {
+            return;
+        }
+        if self.drawn_at.is_some_and(|t| t.elapsed() < Self::MIN_GAP) && self.shown.is_some() {
+            return;
+        }
+        eprint!("\r\x1b[2K{line}");
+        let _ = std::io::stderr().flush();
+        self.shown = Some(line.to_string());
+        self.drawn_at = Some(Instant::now());
+    }
+
+    /// Erases the line (when one is shown) so that an event line can take its place.
+    fn clear(&mut self) {
+        if self.tty && self.shown.take().is_some() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// One event of a workflow run's task, for `--wait`: its attempts, its end, its rounds.
+fn report_child(task: &str, r: &Record, started: Instant) {
+    let t = short(started.elapsed());
+    match &r.event {
+        Event::AttemptStarted { attempt, agent, .. } => {
+            eprintln!("[{t}] {task}: attempt {attempt}: {agent} started")
+        }
+        Event::AttemptFinished {
+            attempt,
+            agent,
+            class,
+            reason,
+            duration_ms,
+            ..
+        } => eprintln!(
+            "[{t}] {task}: attempt {attempt}: {agent} → {class} after {}: {reason}",
+            short(Duration::from_millis(*duration_ms))
+        ),
+        Event::Done { output, agent, .. } => {
+            eprintln!("[{t}] {task}: done by {agent}; result in {output}")
+        }
+        Event::Escalated { reason, .. } => eprintln!(
+            "[{t}] {task}: failed: {}",
+            reason.lines().next().unwrap_or("")
+        ),
+        _ => {}
     }
 }
 
@@ -295,6 +380,21 @@ fn report_progress(
         Event::PhaseCompleted { phase, output, .. } => {
             eprintln!("[{t}] phase {phase} completed: {output}")
         }
+        Event::LoopRound {
+            phase,
+            round,
+            passed,
+            feedback,
+            ..
+        } => eprintln!(
+            "[{t}] phase {phase} round {round}: {}{}",
+            if *passed { "PASS" } else { "FAIL" },
+            feedback
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| format!(" — {}", l.chars().take(160).collect::<String>()))
+                .unwrap_or_default()
+        ),
         _ => {}
     }
     Ok(None)
@@ -442,6 +542,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 a.reason
             );
         }
+        print_run(ws, &book, t);
         println!("{}", daemon_line(ws, &live));
         return Ok(ExitCode::SUCCESS);
     }
@@ -505,6 +606,94 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For a workflow run: each phase of its workflow with its state, its loop rounds, and its
+/// tasks with theirs (failed ones with their reason and report).
+fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
+    let prefix = format!("{}.", run.id);
+    let children: Vec<&TaskRecord> = book.iter().filter(|c| c.id.starts_with(&prefix)).collect();
+    let workflow = run.spec.as_ref().and_then(|s| s.fields.workflow.clone());
+    if workflow.is_none() && children.is_empty() && run.phases.is_empty() {
+        return;
+    }
+    // The phases in order: from the definition when it can be read, else those recorded.
+    let mut phases: Vec<String> = workflow
+        .as_deref()
+        .and_then(|name| {
+            let defs = dirigent::workflow::discover(&ws.workflows()).ok()?;
+            let def = defs.into_iter().find(|d| d.name == name)?;
+            let wf: dirigent::workflow::Workflow = serde_saphyr::from_str(&def.text).ok()?;
+            Some(wf.phases.iter().map(|p| p.name.value.clone()).collect())
+        })
+        .unwrap_or_default();
+    // Once finished, a run keeps no definition: its recorded phases and its tasks' ids say.
+    let from_tasks = children.iter().filter_map(|c| {
+        let rest = c.id.strip_prefix(&prefix)?;
+        let phase = rest.split('.').next()?;
+        (phase != "distill").then(|| phase.to_string())
+    });
+    for p in run.phases.iter().map(|(p, _)| p.clone()).chain(from_tasks) {
+        if !phases.contains(&p) {
+            phases.push(p);
+        }
+    }
+    println!("phases:");
+    for p in &phases {
+        let mine: Vec<&&TaskRecord> = children
+            .iter()
+            .filter(|c| {
+                c.id.strip_prefix(&prefix)
+                    .is_some_and(|rest| rest == p || rest.starts_with(&format!("{p}.")))
+            })
+            .collect();
+        let state = if let Some((_, out)) = run.phases.iter().find(|(done, _)| done == p) {
+            format!("completed → {out}")
+        } else if mine.iter().any(|c| matches!(c.phase, Phase::Failed { .. })) {
+            "failed".to_string()
+        } else if mine.is_empty() {
+            "not started".to_string()
+        } else {
+            "running".to_string()
+        };
+        println!("  {p:<20} {state}");
+        for (phase, round, passed, feedback) in &run.rounds {
+            if phase == p {
+                println!(
+                    "  {:<20}   round {round}: {}{}",
+                    "",
+                    if *passed { "PASS" } else { "FAIL" },
+                    feedback
+                        .lines()
+                        .find(|l| !l.trim().is_empty())
+                        .map(|l| format!(" — {}", l.chars().take(100).collect::<String>()))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    if children.is_empty() {
+        return;
+    }
+    println!("tasks:");
+    for c in &children {
+        let agent = match &c.phase {
+            Phase::Done { agent, .. } | Phase::Running { agent, .. } => agent.clone(),
+            _ => c
+                .attempts
+                .last()
+                .map(|a| a.agent.clone())
+                .unwrap_or_else(|| "-".into()),
+        };
+        println!("  {:<32} {:<9} {agent}", c.id, c.phase.label());
+        if let Phase::Failed { reason, .. } = &c.phase {
+            println!("  {:<32} ↳ {}", "", reason.lines().next().unwrap_or(""));
+            let report = ws.escalations().join(format!("{}.md", c.id));
+            if report.exists() {
+                println!("  {:<32}   report: {}", "", report.display());
+            }
+        }
+    }
 }
 
 /// Today's spending (UTC) against the budgets: `{day, total_usd, daily_budget_usd, agents:

@@ -1124,80 +1124,123 @@ Free disk space or fix `{}`, then restart the daemon",
                     format!("cancelled `{id}`")
                 })
             }
-            Request::Retry { id } => {
-                let Some(t) = self.book.get(&id) else {
-                    return if self.book.contains(&id) {
-                        Response::fail(
-                            Failure::Conflict,
-                            format!(
-                                "task `{id}` is too old to retry (only the 1,000 most recent finished tasks are kept in full); submit it again"
-                            ),
-                        )
-                    } else {
-                        Response::fail(
-                            Failure::NotFound,
-                            format!("no task `{id}`; `dirigent status` lists the tasks"),
-                        )
-                    };
-                };
-                if !matches!(t.phase, Phase::Failed { .. }) {
-                    return Response::fail(
-                        Failure::Conflict,
-                        format!(
-                            "task `{id}` is {}; only a failed or cancelled task can be retried",
-                            t.phase.label()
-                        ),
-                    );
-                }
-                let file = t.file.clone();
-                let path = self.ws.failed().join(&file);
-                let fields = match self.ws.open_sub("failed") {
-                    Ok(failed) if failed.kind(&file).is_none() => {
-                        Err(format!("its file `{}` is gone", path.display()))
-                    }
-                    Ok(failed) => match claim::read(&failed, &file, &file) {
-                        Ok(f) => Ok(f),
-                        Err(claim::Unreadable::Refused(r)) => Err(r),
-                        Err(claim::Unreadable::Exhausted(e)) => {
-                            return Response::fail(
-                                Failure::Unavailable,
-                                format!("cannot read `{}` now: {e}", path.display()),
-                            );
-                        }
-                    },
-                    Err(e) => Err(format!("cannot open `{}`: {e}", self.ws.failed().display())),
-                };
-                let spec = match fields.and_then(|f| {
-                    crate::task::accept(id.clone(), f, &self.config, self.ws.root())
-                        .map_err(|e| e.0)
-                }) {
-                    Ok(spec) => spec,
-                    Err(e) => return Response::error(format!("task `{id}` cannot run again: {e}")),
-                };
-                if spec.fields.workflow.is_some() {
-                    return Response::error(format!(
-                        "retrying a workflow run is not supported yet; start `{}` again",
-                        spec.fields.workflow.as_deref().unwrap_or("")
+            Request::Retry { id } => match self.retry(&id).await {
+                Ok(message) => Response::ok(message),
+                Err(refused) => refused,
+            },
+        }
+    }
+
+    /// Runs a failed or cancelled task again from the top of its chain, re-reading its file in
+    /// `failed/`. A workflow run resumes from the phase that failed: its failed tasks run again
+    /// and its completed phases stay completed. Returns what to tell the user.
+    async fn retry(&mut self, id: &str) -> Result<String, crate::control::Response> {
+        use crate::control::{Failure, Response};
+        let id = id.to_string();
+        let Some(t) = self.book.get(&id) else {
+            return Err(if self.book.contains(&id) {
+                Response::fail(
+                    Failure::Conflict,
+                    format!(
+                        "task `{id}` is too old to retry (only the 1,000 most recent finished tasks are kept in full); submit it again"
+                    ),
+                )
+            } else {
+                Response::fail(
+                    Failure::NotFound,
+                    format!("no task `{id}`; `dirigent status` lists the tasks"),
+                )
+            });
+        };
+        if !matches!(t.phase, Phase::Failed { .. }) {
+            return Err(Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}` is {}; only a failed or cancelled task can be retried",
+                    t.phase.label()
+                ),
+            ));
+        }
+        let file = t.file.clone();
+        let path = self.ws.failed().join(&file);
+        let fields = match self.ws.open_sub("failed") {
+            Ok(failed) if failed.kind(&file).is_none() => {
+                Err(format!("its file `{}` is gone", path.display()))
+            }
+            Ok(failed) => match claim::read(&failed, &file, &file) {
+                Ok(f) => Ok(f),
+                Err(claim::Unreadable::Refused(r)) => Err(r),
+                Err(claim::Unreadable::Exhausted(e)) => {
+                    return Err(Response::fail(
+                        Failure::Unavailable,
+                        format!("cannot read `{}` now: {e}", path.display()),
                     ));
                 }
-                if !self
-                    .record_now(Event::Retried {
-                        task: id.clone(),
-                        spec: Box::new(spec),
-                    })
-                    .await
-                {
-                    return Response::fail(Failure::Unavailable, "the ledger cannot be written");
-                }
-                if let Err(e) = claim::move_task(&self.ws, "failed", "running", &file, &id, None) {
-                    tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
-                }
-                self.keys.remove(&id);
-                self.enqueue_or_advance(&id);
-                tracing::info!(task = %id, "retried");
-                Response::ok(format!("retrying `{id}` from the top of its chain"))
+            },
+            Err(e) => Err(format!("cannot open `{}`: {e}", self.ws.failed().display())),
+        };
+        let spec = match fields.and_then(|f| {
+            crate::task::accept(id.clone(), f, &self.config, self.ws.root()).map_err(|e| e.0)
+        }) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return Err(Response::error(format!(
+                    "task `{id}` cannot run again: {e}"
+                )));
+            }
+        };
+        // A workflow run resumes where it failed: its failed tasks run again first
+        // (its completed phases are kept), then the run itself.
+        let is_run = spec.fields.workflow.is_some();
+        let mut again = Vec::new();
+        if is_run {
+            let prefix = format!("{id}.");
+            let failed: Vec<String> = self
+                .book
+                .iter()
+                .filter(|c| c.id.starts_with(&prefix) && matches!(c.phase, Phase::Failed { .. }))
+                .map(|c| c.id.clone())
+                .collect();
+            for child in failed {
+                Box::pin(self.retry(&child)).await?;
+                again.push(child);
             }
         }
+        if !self
+            .record_now(Event::Retried {
+                task: id.clone(),
+                spec: Box::new(spec),
+            })
+            .await
+        {
+            return Err(Response::fail(
+                Failure::Unavailable,
+                "the ledger cannot be written",
+            ));
+        }
+        if let Err(e) = claim::move_task(&self.ws, "failed", "running", &file, &id, None) {
+            tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
+        }
+        self.keys.remove(&id);
+        self.enqueue_or_advance(&id);
+        tracing::info!(task = %id, "retried");
+        Ok(if is_run {
+            let phase = self
+                .book
+                .get(&id)
+                .map(|t| t.phases.len())
+                .unwrap_or_default();
+            format!(
+                "resuming the workflow run `{id}` after its {phase} completed phase(s){}",
+                if again.is_empty() {
+                    String::new()
+                } else {
+                    format!("; running again: {}", again.join(", "))
+                }
+            )
+        } else {
+            format!("retrying `{id}` from the top of its chain")
+        })
     }
 
     /// What is known of task `id`, for `get` and `wait`: its full record; only its outcome once
@@ -2575,6 +2618,21 @@ Free disk space or fix `{}`, then restart the daemon",
     /// The work of [`Engine::escalate`], in a task of its own (also when a paused escalation
     /// is done again).
     fn spawn_escalation(&self, snapshot: Box<TaskRecord>, reason: String) {
+        // A workflow run's report lists its tasks.
+        let prefix = format!("{}.", snapshot.id);
+        let children: Vec<TaskRecord> = if snapshot
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.fields.workflow.is_some())
+        {
+            self.book
+                .iter()
+                .filter(|c| c.id.starts_with(&prefix))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         let (ws, ledger, tx, hook, config) = (
             self.ws.clone(),
             self.ledger.clone(),
@@ -2588,7 +2646,8 @@ Free disk space or fix `{}`, then restart the daemon",
                 .as_ref()
                 .map(|s| s.prompt.clone())
                 .unwrap_or_default();
-            if let Err(e) = escalate::write_report(&ws, &snapshot, &prompt, &reason, Some(&config))
+            if let Err(e) =
+                escalate::write_report(&ws, &snapshot, &prompt, &reason, Some(&config), &children)
             {
                 if let Some(what) = fsutil::exhausted(&e) {
                     let _ = tx.send(Msg::Paused {

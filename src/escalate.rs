@@ -17,14 +17,25 @@ use crate::workspace::Workspace;
 /// Lines of each output stream quoted in the report.
 const TAIL_LINES: usize = 20;
 
-/// Writes `escalations/<id>.md` atomically and returns its path.
+/// Writes `escalations/<id>.md` atomically and returns its path. For a workflow run,
+/// `children` are its tasks: the report lists its phases and tasks, links the reports of the
+/// ones that failed, and takes its advice from their attempts.
 pub fn write_report(
     ws: &Workspace,
     task: &TaskRecord,
     prompt: &str,
     reason: &str,
     config: Option<&Config>,
+    children: &[TaskRecord],
 ) -> std::io::Result<PathBuf> {
+    let is_run = task
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.fields.workflow.is_some())
+        || !children.is_empty();
+    if is_run {
+        return write_run_report(ws, task, reason, config, children);
+    }
     let mut md = String::new();
     let _ = writeln!(md, "# Escalated: {} — {}\n", task.id, task.title);
     let advice = config.and_then(|c| crate::advice::in_short(&task.attempts, c));
@@ -112,6 +123,85 @@ a retry before that runs without those agents. Then run it again: {again}.\n"
         ),
     };
     let name = format!("{}.md", task.id);
+    ws.open_sub("escalations")?
+        .write_atomic(&name, md.as_bytes(), 0o600)?;
+    Ok(ws.escalations().join(name))
+}
+
+/// The report of a workflow run: why, its phases, its tasks (each failed one with its reason
+/// and a link to its own report), and how to resume.
+fn write_run_report(
+    ws: &Workspace,
+    run: &TaskRecord,
+    reason: &str,
+    config: Option<&Config>,
+    children: &[TaskRecord],
+) -> std::io::Result<PathBuf> {
+    use crate::state::Phase;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Escalated: {} — {}\n", run.id, run.title);
+    let failed: Vec<&TaskRecord> = children
+        .iter()
+        .filter(|c| matches!(c.phase, Phase::Failed { .. }))
+        .collect();
+    let advice = config.and_then(|c| {
+        failed
+            .iter()
+            .find_map(|f| crate::advice::in_short(&f.attempts, c))
+    });
+    if let Some(advice) = &advice {
+        let _ = writeln!(md, "**In short:** {advice}.\n");
+    }
+    let _ = writeln!(md, "**Why:** {}\n", reason.trim_end());
+    let _ = writeln!(md, "## Phases completed\n");
+    if run.phases.is_empty() {
+        let _ = writeln!(md, "_None._\n");
+    } else {
+        for (phase, output) in &run.phases {
+            let _ = writeln!(md, "- `{phase}` → `{output}`");
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "## Tasks of this run\n");
+    if children.is_empty() {
+        let _ = writeln!(md, "_None: the run failed before it submitted a task._\n");
+    }
+    for c in children {
+        let agent = c
+            .attempts
+            .last()
+            .map(|a| format!(", last attempt on {}", a.agent))
+            .unwrap_or_default();
+        match &c.phase {
+            Phase::Failed { reason, .. } => {
+                let _ = writeln!(
+                    md,
+                    "- `{}` — **failed**{agent}: {}\n  report: [escalations/{}.md]({}.md)",
+                    c.id,
+                    reason.lines().next().unwrap_or(""),
+                    c.id,
+                    c.id
+                );
+            }
+            Phase::Done { output, .. } => {
+                let _ = writeln!(md, "- `{}` — done{agent} → `{output}`", c.id);
+            }
+            other => {
+                let _ = writeln!(md, "- `{}` — {}{agent}", c.id, other.label());
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n## What now\n\nFix the cause{} (see the failed tasks' reports), then `dirigent retry {}`: the run resumes from the phase that failed — its failed tasks run again, completed phases are kept.\n",
+        if advice.is_some() {
+            " as **In short** says"
+        } else {
+            ""
+        },
+        run.id
+    );
+    let name = format!("{}.md", run.id);
     ws.open_sub("escalations")?
         .write_atomic(&name, md.as_bytes(), 0o600)?;
     Ok(ws.escalations().join(name))

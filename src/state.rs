@@ -611,6 +611,10 @@ impl TaskBook {
                     t.not_before_ms = None;
                     t.budget_usd = spec.fields.budget_usd;
                     t.spec = Some(Arc::new((**spec).clone()));
+                    // A workflow run's loop that gave up is judged again from its first round
+                    // (the generator's results are kept); completed phases keep their rounds.
+                    let completed: Vec<String> = t.phases.iter().map(|(p, _)| p.clone()).collect();
+                    t.rounds.retain(|(p, ..)| completed.contains(p));
                     // No longer finished: it must not be archived while it runs again.
                     self.finished.retain(|id| id != task);
                 }

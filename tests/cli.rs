@@ -604,3 +604,56 @@ fn a_reader_that_goes_away_ends_a_command_quietly() {
     );
     assert_eq!(stderr(&out), "", "no panic message");
 }
+
+#[test]
+fn waiting_on_a_terminal_redraws_its_live_line_sparingly() {
+    let ws = Workspace::new(
+        "agents:\n  slow: { command: [\"{agents}/slow.sh\", \"2\"] }\ndefault_chain: [slow]\n",
+    );
+    let _d = ws.start();
+    // `submit --wait` on a pseudo-terminal (so it draws its live line) while a 2-second task
+    // runs; count every byte it writes to the terminal.
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+total = 0
+while True:
+    try:
+        data = os.read(fd, 65536)
+    except OSError:
+        break
+    if not data:
+        break
+    total += len(data)
+_, status = os.waitpid(pid, 0)
+print(total, os.waitstatus_to_exitcode(status))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, BIN, "submit", "--wait", "take your time"])
+        .env("DIRIGENT_ROOT", ws.root())
+        .env("DIRIGENT_STATE_DIR", ws.state.path())
+        .output()
+        .expect("python3 runs");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let mut parts = report.split_whitespace();
+    let bytes: usize = parts
+        .next()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(usize::MAX);
+    let code = parts.next().unwrap_or("");
+    assert_eq!(
+        code,
+        "0",
+        "the waiting client succeeds: {report} {}",
+        stderr(&out)
+    );
+    // A handful of event lines plus a redraw of about 60 bytes at most 4 times a second:
+    // well under 4 KiB for a 2-second task. A client that redraws on every wake wrote
+    // megabytes.
+    assert!(
+        bytes < 4096,
+        "`submit --wait` wrote {bytes} bytes to the terminal for a 2-second task"
+    );
+}

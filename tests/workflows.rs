@@ -316,7 +316,22 @@ fn a_loop_gives_up_at_max_rounds() {
         "name: never\nphases:\n  - name: try\n    type: loop\n    generator: { agent: gen, prompt: again }\n    evaluator: { command: [\"false\"] }\n    max_rounds: 2\n",
     );
     let _d = ws.start();
-    ws.drop_task("n.json", r#"{"workflow": "never"}"#);
+    let out = ws.cli(&["workflow", "run", "never", "--id", "n", "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a run that gave up exits 1: {err}"
+    );
+    // `--wait` shows each round's task and verdict as it happens.
+    for want in [
+        "n.try.1: attempt 1: gen started",
+        "phase try round 1: FAIL — `false` failed",
+        "n.try.2: done by gen",
+        "phase try round 2: FAIL",
+    ] {
+        assert!(err.contains(want), "--wait should show {want:?}:\n{err}");
+    }
     let Event::Escalated { reason, .. } = ws.wait_settled("n") else {
         panic!("not escalated")
     };
@@ -1018,5 +1033,118 @@ fn show_into_the_override_file_keeps_the_built_in_and_copy_makes_an_editable_cop
             .unwrap()
             .1,
         "copy writes the built-in's text"
+    );
+}
+
+#[test]
+fn a_failed_run_reports_its_tasks_shows_them_in_status_and_resumes_with_retry() {
+    let ws = Workspace::new(
+        "kill_grace: 300ms\nagents:\n  alpha: { command: [\"{agents}/ok.sh\"], prompt: stdin }\n  flaky: { command: [\"{agents}/flaky.sh\"] }\n",
+    );
+    write_workflow(
+        &ws,
+        "two",
+        "name: two\nphases:\n  - name: one\n    type: single\n    agent: alpha\n    prompt: First\n  - name: two\n    type: single\n    agent: flaky\n    input: one\n    prompt: Second\n",
+    );
+    let _d = ws.start();
+    let out = ws.cli(&["workflow", "run", "two", "--id", "r", "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the run escalates: {err}");
+    for want in [
+        "r.one: attempt 1: alpha started",
+        "r.one: done by alpha; result in .context/outbox/r.one.md",
+        "phase one completed: .context/outbox/r.one.md",
+        "r.two: attempt 1: flaky → exit",
+        "r.two: failed: ",
+        "escalated after 0 attempt(s): phase `two` failed: ",
+    ] {
+        assert!(err.contains(want), "--wait should show {want:?}:\n{err}");
+    }
+    // The run's report lists its tasks and links the failed one's report, which exists.
+    let report = std::fs::read_to_string(ws.path("escalations/r.md")).expect("the run's report");
+    for want in [
+        "- `one` → `.context/outbox/r.one.md`",
+        "- `r.one` — done, last attempt on alpha → `.context/outbox/r.one.md`",
+        "- `r.two` — **failed**, last attempt on flaky: ",
+        "report: [escalations/r.two.md](r.two.md)",
+        "`dirigent retry r`: the run resumes from the phase that failed",
+    ] {
+        assert!(
+            report.contains(want),
+            "the report should say {want:?}:\n{report}"
+        );
+    }
+    assert!(
+        ws.path("escalations/r.two.md").exists(),
+        "the linked report exists"
+    );
+    // `status RUN` shows the phases and the tasks.
+    let st = String::from_utf8_lossy(&ws.cli(&["status", "r"]).stdout).into_owned();
+    for want in [
+        "phases:\n  one                  completed → .context/outbox/r.one.md\n  two                  failed\n",
+        "tasks:\n  r.one                            done      alpha\n  r.two                            failed    flaky\n",
+        "report: ",
+    ] {
+        assert!(st.contains(want), "status should show {want:?}:\n{st}");
+    }
+    // flaky.sh works the second time: `retry` resumes from the failed phase.
+    let out = ws.cli(&["retry", "r"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "resuming the workflow run `r` after its 1 completed phase(s); running again: r.two\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ws.wait_for("the resumed run to be done", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Done { task, .. } if task == "r"))
+            .then_some(())
+    });
+    assert_eq!(
+        phases_completed(&ws, "r"),
+        ["one", "two"],
+        "phase one completed once"
+    );
+    assert_eq!(
+        ws.attempts("r.one").len(),
+        1,
+        "the completed phase did not run again"
+    );
+    assert_eq!(
+        ws.attempts("r.two"),
+        [
+            ("flaky".to_string(), "exit".to_string()),
+            ("flaky".to_string(), "ok".to_string())
+        ],
+        "the failed task ran again"
+    );
+}
+
+#[test]
+fn a_run_whose_agent_is_not_installed_says_so() {
+    let ws = Workspace::new(
+        "kill_grace: 300ms\nagents:\n  ghost: { command: [\"definitely-not-installed-xyz\"] }\n",
+    );
+    write_workflow(
+        &ws,
+        "g",
+        "name: g\nphases:\n  - name: only\n    type: single\n    model: ghost\n    prompt: Hi\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("g.json", r#"{"workflow": "g"}"#);
+    let Event::Escalated { reason, .. } = ws.wait_settled("g") else {
+        panic!("the run should escalate")
+    };
+    assert!(
+        reason.starts_with("phase `only` failed: ")
+            && reason.contains("`definitely-not-installed-xyz` is not installed"),
+        "the run's reason names the real cause: {reason}"
+    );
+    let report = ws.wait_until("the run's report", || {
+        std::fs::read_to_string(ws.path("escalations/g.md")).ok()
+    });
+    assert!(
+        report.contains("**In short:**") && report.contains("definitely-not-installed-xyz"),
+        "the report's advice comes from the failed task: {report}"
     );
 }
