@@ -222,6 +222,10 @@ impl Api {
             };
             // `None` until the first live record when the stream starts "from now".
             let mut last = after;
+            // Set once the daemon begins to stop. Records are sent live only after their fsync,
+            // but they are in the file (where a client may already have read them) before it:
+            // the stream reads the files one last time, sends what it has not sent, and ends.
+            let mut ending = false;
             'catch_up: loop {
                 let Some(mut from) = last else {
                     // From now: the first live record sets the position, and the stream starts
@@ -235,7 +239,15 @@ impl Api {
                             Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
                             Err(broadcast::error::RecvError::Closed) => return,
                         },
-                        () = until_stopping(&mut stopping) => return,
+                        () = until_stopping(&mut stopping) => match live.try_recv() {
+                            // Sent live before this task looked: it still belongs to the stream.
+                            Ok(r) => {
+                                last = Some(r.seq - 1);
+                                ending = true;
+                                continue 'catch_up;
+                            }
+                            Err(_) => return,
+                        },
                         () = tx.closed() => return,
                     }
                 };
@@ -267,6 +279,9 @@ impl Api {
                         }
                     }
                 }
+                if ending {
+                    return;
+                }
                 // Then live.
                 loop {
                     tokio::select! {
@@ -289,7 +304,13 @@ impl Api {
                             }
                             Err(broadcast::error::RecvError::Closed) => return,
                         },
-                        () = until_stopping(&mut stopping) => return,
+                        () = until_stopping(&mut stopping) => {
+                            // Not `return`: records written before the stop may not have been
+                            // sent live yet (their fsync is pending, or this task lagged).
+                            ending = true;
+                            last = Some(from);
+                            continue 'catch_up;
+                        }
                         () = tx.closed() => return,
                     }
                 }

@@ -795,9 +795,14 @@ fn describe(t: &TaskRecord) -> String {
             reason,
             finished_ms,
         } => format!(
-            "failed (escalated at {}): {}; report in .context/escalations/{}.md",
+            "failed ({} at {}): {}; report in .context/escalations/{}.md",
+            if reason == dirigent::state::CANCELLED_REASON {
+                "cancelled"
+            } else {
+                "escalated"
+            },
             duration::clock(*finished_ms),
-            reason.lines().next().unwrap_or(""),
+            dirigent::progress::one_line(reason, 300),
             t.id
         ),
     }

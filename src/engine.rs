@@ -1303,15 +1303,34 @@ Free disk space or fix `{}`, then restart the daemon",
         let Some(t) = self.book.get(id) else { return };
         let file = t.file.clone();
         let fields = t.spec.as_ref().map(|s| s.fields.clone());
+        let snapshot = t.clone();
         self.finishing.insert(id.to_string());
-        let (ws, ledger, tx, id) = (
+        let (ws, ledger, tx, id, config) = (
             self.ws.clone(),
             self.ledger.clone(),
             self.tx.clone(),
             id.to_string(),
+            self.config.clone(),
         );
         tracing::info!(task = %id, "cancelled");
         tokio::spawn(async move {
+            // A cancelled task has a report like an escalated one: status, progress.md and the
+            // doors point every failed task at `escalations/<id>.md`.
+            let prompt = snapshot
+                .spec
+                .as_ref()
+                .map(|s| s.prompt.clone())
+                .unwrap_or_default();
+            if let Err(e) = escalate::write_report(
+                &ws,
+                &snapshot,
+                &prompt,
+                crate::state::CANCELLED_REASON,
+                Some(&config),
+                &[],
+            ) {
+                tracing::warn!(task = %id, "cannot write the report of the cancelled task: {e}");
+            }
             let records = record(&ledger, &tx, Event::Cancelled { task: id.clone() }).await;
             if !records.is_empty() {
                 // Usually in running/; a task put back by a stop may still wait in the inbox.

@@ -106,6 +106,16 @@ pub fn write_report(
         id = task.id,
         file = task.file
     );
+    if reason == crate::state::CANCELLED_REASON {
+        let _ = writeln!(
+            md,
+            "## What now\n\nIt was cancelled on request. To run it anyway: {again}.\n"
+        );
+        let name = format!("{}.md", task.id);
+        ws.open_sub("escalations")?
+            .write_atomic(&name, md.as_bytes(), 0o600)?;
+        return Ok(ws.escalations().join(name));
+    }
     let _ = match crate::advice::outlook(&task.attempts) {
         crate::advice::Outlook::FixFirst => writeln!(
             md,
@@ -207,7 +217,16 @@ fn write_run_report(
     Ok(ws.escalations().join(name))
 }
 
-/// The message for a task whose chain is empty because no agent CLI is installed.
+/// A complete config with one script agent that needs nothing installed: it answers with the
+/// prompt it got. Suggested when no agent is available, and in the README's quick start.
+pub const ECHO_AGENT_CONFIG: &str = r#"agents:
+  echo:
+    command: ["sh", "-c", "printf 'echo agent got: '; cat"]
+default_chain: [echo]
+"#;
+
+/// The message for a task whose chain is empty because no agent CLI is installed. Everything it
+/// suggests works when pasted (a test pastes it).
 pub fn no_agents_message(config: &Config) -> String {
     let mut installs = String::new();
     for p in preset::PRESETS {
@@ -216,10 +235,12 @@ pub fn no_agents_message(config: &Config) -> String {
         }
     }
     format!(
-        "no agent is available: none of the configured agent CLIs is installed (on PATH). \
+        "no agent is available: none of the configured agent CLIs is installed (on the daemon's PATH). \
 Install one of them:{installs}\n\
-or configure a local script agent in .context/dirigent.yaml:\n\n\
-  agents:\n    local:\n      command: [\"python3\", \"scripts/agents/local-agent.py\"]\n      prompt: stdin\n  default_chain: [local]\n"
+or, to try dirigent without one, use a script agent. When .context/dirigent.yaml does not exist, \
+these four lines are a complete config for it:\n\n{ECHO_AGENT_CONFIG}\n\
+When it exists, add the `echo:` entry under its `agents:` and set `default_chain: [echo]`. \
+Then `dirigent retry <id>`."
     )
 }
 

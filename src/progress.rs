@@ -55,8 +55,16 @@ pub fn render(book: &TaskBook) -> String {
                 pending.push(format!("- [ ] {} — {} ({why}{waiting})", t.id, t.title));
             }
             Phase::Failed { reason, .. } => failed.push(format!(
-                "- [ ] {} — {} (escalated: {}; see escalations/{}.md)",
-                t.id, t.title, reason, t.id
+                "- [ ] {} — {} ({}: {}; see escalations/{}.md)",
+                t.id,
+                t.title,
+                if reason == crate::state::CANCELLED_REASON {
+                    "cancelled"
+                } else {
+                    "escalated"
+                },
+                one_line(reason, 300),
+                t.id
             )),
         }
     }
@@ -138,4 +146,17 @@ fn section(out: &mut String, name: &str, lines: &[String], archived: Option<usiz
 pub fn write(ws: &crate::workspace::Workspace, book: &TaskBook) -> std::io::Result<()> {
     ws.open_context()?
         .write_atomic("progress.md", render(book).as_bytes(), 0o644)
+}
+
+/// A reason on one line of at most `max` characters: a list item stays one item however many
+/// lines an agent's error had.
+pub fn one_line(text: &str, max: usize) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.chars().count() <= max {
+        joined
+    } else {
+        let mut cut: String = joined.chars().take(max).collect();
+        cut.push('…');
+        cut
+    }
 }

@@ -286,7 +286,6 @@ where
     // process_group(0): the child leads a new group whose id is its pid.
     let pgid = Pid::from_raw(pid as i32);
     let mut guard = GroupGuard(Some(pgid));
-    let started = Instant::now();
 
     on_start(StartInfo {
         pid,
@@ -298,6 +297,11 @@ where
     .await;
     // Its start is written: the agent may run now.
     let stdin = gate.open().await;
+    // The agent's limits (`timeout`, `idle_timeout`) and its duration count from here, when it
+    // may run. Recording its start is the daemon's work, not the agent's: the ledger writer may
+    // be inside the fsync of an earlier batch for seconds on a busy disk, and an agent must not
+    // be judged idle or timed out for that.
+    let started = Instant::now();
     if let (Some(mut stdin), true) = (stdin, stdin_prompt) {
         let prompt = plan.prompt.clone().into_bytes();
         // An agent that never reads stdin must not block us: write in the background and

@@ -12,6 +12,9 @@ use crate::ledger::{Event, Record};
 use crate::task::TaskSpec;
 
 /// Where a task is in its life.
+/// The reason a cancelled task failed with.
+pub const CANCELLED_REASON: &str = "cancelled by the user";
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Phase {
@@ -596,7 +599,7 @@ impl TaskBook {
             Event::Cancelled { task } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     t.phase = Phase::Failed {
-                        reason: "cancelled by the user".into(),
+                        reason: CANCELLED_REASON.into(),
                         finished_ms: r.ts,
                     };
                     t.spec = None;

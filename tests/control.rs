@@ -80,7 +80,21 @@ fn cancel_stops_a_running_agent_with_its_grandchild_and_a_queued_task() {
         (list(&ws, "failed") == ["h.json", "q.json"]).then_some(())
     });
     let status = stdout(&ws.cli(&["status", "h"]));
-    assert!(status.contains("cancelled by the user"), "{status}");
+    assert!(
+        status.contains("state:    failed (cancelled at ")
+            && status.contains("cancelled by the user; report in .context/escalations/h.md"),
+        "status says it was cancelled and where its report is: {status}"
+    );
+    // The report it points to exists, for a running and for a queued task.
+    for id in ["h", "q"] {
+        let report = std::fs::read_to_string(ws.path(&format!("escalations/{id}.md")))
+            .unwrap_or_else(|e| panic!("the report of cancelled `{id}`: {e}"));
+        assert!(
+            report.contains("It was cancelled on request")
+                && report.contains(&format!("`dirigent retry {id}`")),
+            "{report}"
+        );
+    }
     // Cancelling again, or something unknown, is a clear error.
     assert_eq!(
         stderr(&ws.cli(&["cancel", "h"])),
@@ -124,10 +138,16 @@ fn retry_after_escalation_succeeds_when_the_agent_is_fixed() {
     ws.wait_for("the file in done/", |_| {
         (list(&ws, "done") == ["f.json"]).then_some(())
     });
-    assert!(list(&ws, "failed").is_empty());
+    assert!(
+        list(&ws, "failed").is_empty(),
+        "f.json must have left failed/"
+    );
+    // `result` and `retry` ask the engine, which applies `done` after the file has moved.
+    ws.wait_state("f", "done");
     assert_eq!(
         stdout(&ws.cli(&["result", "f"])),
-        "worked the second time\n"
+        "worked the second time\n",
+        "the retried task's result"
     );
     assert_eq!(
         stderr(&ws.cli(&["retry", "f"])),

@@ -122,7 +122,23 @@ fn check_openai(seen: &serde_json::Value, plain_id: &str) {
         .iter()
         .map(|m| m.as_str().unwrap())
         .collect();
-    assert_eq!(models, ["broken", "dirigent", "good", "workflow:one"]);
+    // The built-in workflows name roles, which run on any config: they are offered too.
+    assert_eq!(
+        models,
+        [
+            "broken",
+            "dirigent",
+            "good",
+            "workflow:bulk-refine",
+            "workflow:feature-build",
+            "workflow:one",
+            "workflow:plan",
+            "workflow:research-implement-validate",
+            "workflow:tdd",
+            "workflow:workshop"
+        ],
+        "the models the OpenAI endpoint offers"
+    );
     assert_eq!(
         seen["plain"],
         serde_json::json!({
@@ -150,10 +166,9 @@ fn check_openai(seen: &serde_json::Value, plain_id: &str) {
     );
     assert_eq!(seen["unknown_model"]["status"], 404, "{seen}");
     assert!(
-        seen["unknown_model"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("no model `no-such-model` (models: dirigent, broken, good, workflow:one)"),
+        seen["unknown_model"]["message"].as_str().unwrap().contains(
+            "no model `no-such-model` (models: dirigent, broken, good, workflow:bulk-refine,"
+        ),
         "{seen}"
     );
 }

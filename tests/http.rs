@@ -402,12 +402,17 @@ fn a_stopping_daemon_ends_event_streams_and_long_polls() {
     let ws = Workspace::new(CONFIG);
     let (mut d, url, token) = ws.start_http();
     let mut stream = SseStream::open(&url, "/events", &token, &[]);
-    http(
+    assert_eq!(stream.status, 200, "the event stream must open");
+    let created = http(
         &url,
         "POST",
         "/tasks",
         Some(&token),
         Some(r#"{"prompt": "p", "id": "hold", "agent": "hang"}"#),
+    );
+    assert_eq!(
+        created.status, 201,
+        "the task must be accepted: {created:?}"
     );
     ws.wait_started("hold");
     let poll = {
@@ -423,19 +428,33 @@ fn a_stopping_daemon_ends_event_streams_and_long_polls() {
     });
     let status = d.stop();
     assert!(status.success(), "{status}");
-    // The stream saw the task's events and then ended instead of hanging.
-    let mut events = 0;
-    while stream.next().is_some() {
-        events += 1;
+    // The stream saw the task's events and then ended instead of hanging. Everything written
+    // before the stop is in it: the test saw `attempt_started` in the ledger before stopping.
+    let mut kinds = Vec::new();
+    while let Some(ev) = stream.next() {
+        let record: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        kinds.push(record["event"].as_str().unwrap_or("?").to_string());
     }
-    assert!(events >= 3, "{events}");
+    assert!(
+        ["received", "claimed", "attempt_started"]
+            .iter()
+            .all(|k| kinds.iter().any(|got| got == k)),
+        "the stream must deliver every record written before the stop, then end; got {kinds:?}"
+    );
     let answer = poll.join().unwrap();
-    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(
+        answer.status, 503,
+        "a long poll ends with 503 when the daemon stops: {answer:?}"
+    );
     assert_eq!(
         answer.json()["error"]["message"],
-        "the daemon is shutting down"
+        "the daemon is shutting down",
+        "{answer:?}"
     );
-    assert!(!ws.path("http.url").exists());
+    assert!(
+        !ws.path("http.url").exists(),
+        "a stopped daemon must remove .context/http.url"
+    );
 }
 
 #[test]

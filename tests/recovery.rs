@@ -252,15 +252,8 @@ default_chain: [good]
         *seqs.last().unwrap() > last_seq_before,
         "{seqs:?} after {last_seq_before}"
     );
-    let status = ws.cli(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let waiting = v["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["id"] == "waiting")
-        .unwrap();
-    assert_eq!(waiting["state"], "done");
+    // `done` is in the file before the engine has applied it: ask once the daemon says so.
+    let waiting = ws.wait_state("waiting", "done");
     assert_eq!(
         waiting["attempts"].as_array().unwrap().len(),
         2,

@@ -111,7 +111,11 @@ fn failures_fall_through_the_chain_by_class() {
         "e.json",
         r#"{"prompt": "show env", "chain": ["fail", "envy"]}"#,
     );
-    ws.wait_settled("e");
+    let ev = ws.wait_settled("e");
+    assert!(
+        matches!(ev, Event::Done { .. }),
+        "`envy` should finish `e` after `fail`; without that there is no outbox/e.md: {ev:?}"
+    );
     let out = std::fs::read_to_string(ws.path("outbox/e.md")).unwrap();
     let ctx = ws.ctx().canonicalize().unwrap();
     assert!(out.contains("task=e attempt=2"), "{out}");
@@ -135,10 +139,14 @@ fn a_hang_is_killed_with_its_whole_process_group() {
     let _d = ws.start();
     ws.drop_task("h.json", r#"{"prompt": "p", "chain": ["hang", "good"]}"#);
     let ev = ws.wait_settled("h");
-    assert!(matches!(ev, Event::Done { .. }), "{ev:?}");
+    assert!(
+        matches!(ev, Event::Done { .. }),
+        "`good` should finish the task after `hang` times out: {ev:?}"
+    );
     assert_eq!(
-        ws.attempts("h")[0],
-        ("hang".to_string(), "timeout".to_string())
+        ws.attempts("h").first(),
+        Some(&("hang".to_string(), "timeout".to_string())),
+        "the first attempt must be stopped by its 1 s timeout"
     );
     // hang.sh ignores SIGTERM, so the grace ran out and SIGKILL was needed.
     let finished = ws
@@ -155,14 +163,29 @@ fn a_hang_is_killed_with_its_whole_process_group() {
             _ => None,
         })
         .unwrap();
-    assert_eq!(finished.0, Some(9), "{finished:?}");
-    assert_eq!(finished.2, Some(9), "{finished:?}");
-    let grandchild: u32 = std::fs::read_to_string(ws.root().join("grandchild.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(process_gone(grandchild), "grandchild {grandchild} survived");
+    assert_eq!(
+        finished.0,
+        Some(9),
+        "hang.sh ignores SIGTERM: SIGKILL must have been needed (kill_signal, stopped, signal) = {finished:?}"
+    );
+    assert_eq!(
+        finished.2,
+        Some(9),
+        "the agent must have died of SIGKILL (kill_signal, stopped, signal) = {finished:?}"
+    );
+    // hang.sh writes grandchild.pid once it runs; on a loaded machine the timeout may stop it
+    // before (or while) it does. Whatever it started must be gone either way.
+    if let Some(grandchild) = ws.agent_pid("grandchild.pid") {
+        assert!(
+            process_gone(grandchild),
+            "the grandchild {grandchild} survived its group's kill"
+        );
+    }
+    let left = ws.survivors();
+    assert!(
+        left.is_empty(),
+        "processes of the attempt outlived it: {left:?}"
+    );
 }
 
 #[test]
@@ -170,17 +193,29 @@ fn silence_longer_than_idle_timeout_counts_as_hung() {
     let ws = Workspace::new(CHAIN_CONFIG);
     let _d = ws.start();
     ws.drop_task("i.json", r#"{"prompt": "p", "chain": ["idle", "good"]}"#);
-    ws.wait_settled("i");
-    assert_eq!(
-        ws.attempts("i")[0],
-        ("idle".to_string(), "idle".to_string())
+    let ev = ws.wait_settled("i");
+    assert!(
+        matches!(ev, Event::Done { .. }),
+        "`good` should finish the task after `idle` is stopped: {ev:?}"
     );
-    let grandchild: u32 = std::fs::read_to_string(ws.root().join("grandchild.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(process_gone(grandchild));
+    assert_eq!(
+        ws.attempts("i").first(),
+        Some(&("idle".to_string(), "idle".to_string())),
+        "an agent silent for longer than its 700 ms idle_timeout must be judged `idle`"
+    );
+    // hang.sh writes grandchild.pid once it runs; the idle limit may stop it before (or while)
+    // it does, so the file may be missing or empty. Whatever it started must be gone either way.
+    if let Some(grandchild) = ws.agent_pid("grandchild.pid") {
+        assert!(
+            process_gone(grandchild),
+            "the grandchild {grandchild} survived the idle kill"
+        );
+    }
+    let left = ws.survivors();
+    assert!(
+        left.is_empty(),
+        "processes of the attempt outlived it: {left:?}"
+    );
 }
 
 #[test]
@@ -216,7 +251,10 @@ fn an_exhausted_chain_escalates_with_every_attempt() {
         "---\nchain: [fail, empty, missing]\n---\nReview the auth module\n",
     );
     let ev = ws.wait_settled("doomed");
-    assert!(matches!(ev, Event::Escalated { attempts: 3, .. }), "{ev:?}");
+    assert!(
+        matches!(ev, Event::Escalated { attempts: 3, .. }),
+        "all three agents fail, so the task must escalate after 3 attempts: {ev:?}"
+    );
     let report = std::fs::read_to_string(ws.path("escalations/doomed.md")).unwrap();
     for needle in [
         "Review the auth module",
@@ -679,7 +717,7 @@ fn with_no_agent_installed_tasks_escalate_with_install_advice() {
     std::fs::remove_file(ws.path("dirigent.yaml")).unwrap();
     let empty_path = ws.root().join("empty-bin");
     std::fs::create_dir(&empty_path).unwrap();
-    let _d = ws.start_with(&[("PATH", empty_path.to_str().unwrap())]);
+    let mut d = ws.start_with(&[("PATH", empty_path.to_str().unwrap())]);
     ws.drop_task("q.json", r#"{"prompt": "anyone there?"}"#);
     let ev = ws.wait_settled("q");
     let Event::Escalated {
@@ -693,13 +731,52 @@ fn with_no_agent_installed_tasks_escalate_with_install_advice() {
         "no agent is available",
         "npm install -g @google/gemini-cli",
         "pip install aider-chat",
-        "command:",
-        "default_chain: [local]",
+        "these four lines are a complete config for it:",
+        "default_chain: [echo]",
     ] {
         assert!(reason.contains(needle), "missing {needle:?} in {reason}");
     }
     let report = std::fs::read_to_string(ws.path("escalations/q.md")).unwrap();
     assert!(report.contains("No attempt could be made"), "{report}");
+    // progress.md keeps the multi-line reason on the task's one line.
+    let progress = ws.wait_until("progress.md to list the failed task", || {
+        std::fs::read_to_string(ws.path("progress.md"))
+            .ok()
+            .filter(|p| p.contains("see escalations/q.md"))
+    });
+    let line = progress
+        .lines()
+        .find(|l| l.starts_with("- [ ] q ") && l.contains("escalated"))
+        .expect("the failed task's line");
+    assert!(
+        line.contains("no agent is available") && line.ends_with("see escalations/q.md)"),
+        "one list item per task, however long its reason: {line:?}"
+    );
+    // What it suggests works when pasted: the four lines as the whole config.
+    let snippet = reason
+        .split_once("a complete config for it:\n\n")
+        .and_then(|(_, rest)| rest.split_once("\n\n"))
+        .map(|(config, _)| config)
+        .expect("the suggested config in the reason");
+    assert_eq!(
+        snippet.lines().count(),
+        4,
+        "the suggestion is four lines: {snippet:?}"
+    );
+    d.stop();
+    std::fs::write(ws.path("dirigent.yaml"), snippet).unwrap();
+    let _d = ws.start();
+    ws.drop_task("echo.json", r#"{"prompt": "anyone there?"}"#);
+    let ev = ws.wait_settled("echo");
+    assert!(
+        matches!(ev, Event::Done { .. }),
+        "the suggested agent runs a task: {ev:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path("outbox/echo.md")).unwrap(),
+        "echo agent got: anyone there?",
+        "the echo agent answers with the prompt"
+    );
 }
 
 #[test]
@@ -709,7 +786,13 @@ fn flaky_agent_succeeds_on_a_later_task() {
     ws.drop_task("f1.json", r#"{"prompt": "p", "agent": "flaky"}"#);
     assert!(matches!(ws.wait_settled("f1"), Event::Escalated { .. }));
     ws.drop_task("f2.json", r#"{"prompt": "p", "agent": "flaky"}"#);
-    assert!(matches!(ws.wait_settled("f2"), Event::Done { .. }));
+    let ev = ws.wait_settled("f2");
+    assert!(
+        matches!(ev, Event::Done { .. }),
+        "flaky.sh succeeds the second time: {ev:?}"
+    );
+    // `done` is in the file before the engine has applied it: ask once the daemon says so.
+    ws.wait_state("f2", "done");
     let status = ws.cli(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let states: Vec<&str> = v["tasks"]
@@ -718,7 +801,11 @@ fn flaky_agent_succeeds_on_a_later_task() {
         .iter()
         .map(|t| t["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states, ["failed", "done"]);
+    assert_eq!(
+        states,
+        ["failed", "done"],
+        "the live status must show f1 failed and f2 done: {v}"
+    );
     assert!(v["daemon_pid"].is_string());
     let one = ws.cli(&["status", "f1"]);
     let text = String::from_utf8_lossy(&one.stdout);
@@ -738,12 +825,13 @@ fn an_output_path_through_a_symlink_out_of_the_workspace_escalates() {
         "sneaky.json",
         r#"{"prompt": "p", "agent": "good", "output": "docs/x.md"}"#,
     );
-    let Event::Escalated { reason, .. } = ws.wait_settled("sneaky") else {
-        panic!("not escalated")
+    let ev = ws.wait_settled("sneaky");
+    let Event::Escalated { reason, .. } = &ev else {
+        panic!("a result that would be written through a link must escalate, not {ev:?}")
     };
     assert!(
         reason.contains("`output` path `docs/x.md` goes through a symbolic link"),
-        "{reason}"
+        "the reason must name the link: {reason}"
     );
     assert_eq!(
         std::fs::read_dir(outside.path()).unwrap().count(),
@@ -753,7 +841,8 @@ fn an_output_path_through_a_symlink_out_of_the_workspace_escalates() {
     // The attempt itself succeeded; only the result could not be delivered.
     assert_eq!(
         ws.attempts("sneaky"),
-        [("good".to_string(), "ok".to_string())]
+        [("good".to_string(), "ok".to_string())],
+        "the attempt itself succeeded; only its result could not be delivered"
     );
 }
 

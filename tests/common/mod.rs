@@ -16,6 +16,29 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_dirigent");
 /// How long any single wait may take before the test fails with the ledger printed.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// [`PATIENCE`], or `DIRIGENT_TEST_PATIENCE` seconds (for a machine known to be slow; keep it
+/// under nextest's `terminate-after` in `.config/nextest.toml`).
+pub fn patience() -> Duration {
+    std::env::var("DIRIGENT_TEST_PATIENCE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(PATIENCE, Duration::from_secs)
+}
+
+/// Whether a watcher event means something may have changed: created, written, renamed or
+/// removed (or closed after writing), not merely opened or read. The waits below read files in
+/// the directory they watch; waking on their own opens would spin a core for the whole wait
+/// (the CLI's waiting clients had the same bug, fixed in 5791789).
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 pub fn agents_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agents")
 }
@@ -126,28 +149,41 @@ impl Workspace {
     pub fn wait_until<T>(&self, what: &str, mut found: impl FnMut() -> Option<T>) -> T {
         use notify::Watcher;
         let (tx, rx) = mpsc::channel();
-        let mut watcher = notify::recommended_watcher(move |_| {
-            let _ = tx.send(());
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.as_ref().map_or(true, |e| is_change(&e.kind)) {
+                let _ = tx.send(());
+            }
         })
         .unwrap();
         watcher
             .watch(&self.ctx(), notify::RecursiveMode::NonRecursive)
             .unwrap();
-        let deadline = Instant::now() + PATIENCE;
+        let patience = patience();
+        let began = Instant::now();
+        let deadline = began + patience;
         loop {
             if let Some(v) = found() {
                 return v;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                let records =
+                    std::fs::read_to_string(self.path("ledger.jsonl")).unwrap_or_default();
                 panic!(
-                    "timed out waiting for {what}\n--- ledger ---\n{}\n--- daemon log ---\n{}",
-                    std::fs::read_to_string(self.path("ledger.jsonl")).unwrap_or_default(),
+                    "timed out after {:?} waiting for {what} (now = {} ms; compare the records' `ts`)\n--- ledger ---\n{records}\n--- daemon log ---\n{}",
+                    began.elapsed(),
+                    ledger::now_ms(),
                     std::fs::read_to_string(self.root().join("daemon.log")).unwrap_or_default()
                 );
             }
-            // A wake-up means "look again"; the timeout only bounds a missed event.
-            let _ = rx.recv_timeout(left.min(Duration::from_millis(500)));
+            // A wake-up means "look again" (once for a burst of changes); the timeout only
+            // bounds a missed event and changes outside `.context/` (daemon.log, agent files).
+            if rx
+                .recv_timeout(left.min(Duration::from_millis(500)))
+                .is_ok()
+            {
+                while rx.try_recv().is_ok() {}
+            }
         }
     }
 
@@ -189,6 +225,48 @@ impl Workspace {
                 _ => None,
             })
         })
+    }
+
+    /// Waits until the running daemon itself (not only the ledger file) reports `id` in
+    /// `state`, and returns what `status <id> --json` said. A record is in the file before it is
+    /// fsynced and before the engine applies it, so a client asked right after
+    /// [`Workspace::wait_settled`] may still be told "running".
+    pub fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
+        self.wait_until(&format!("the daemon to report `{id}` as {state}"), || {
+            let out = self.cli(&["status", id, "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["state"] == state).then_some(v)
+        })
+    }
+
+    /// The pid an agent wrote to `rel` (under the workspace root), if it got that far: a limit
+    /// may stop an agent before or while it writes the file, so its absence is not an error.
+    pub fn agent_pid(&self, rel: &str) -> Option<u32> {
+        std::fs::read_to_string(self.root().join(rel))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Live processes (zombies aside) that carry this workspace's `DIRIGENT_WORKSPACE`: every
+    /// process an attempt starts inherits it, so after an attempt has been recorded as finished
+    /// this must be empty — whether or not its agent got as far as starting a grandchild.
+    pub fn survivors(&self) -> Vec<u32> {
+        let want = [
+            b"DIRIGENT_WORKSPACE=".as_slice(),
+            self.root().as_os_str().as_encoded_bytes(),
+        ]
+        .concat();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_slice()))
+            })
+            .filter(|pid| !process_gone(*pid))
+            .collect()
     }
 
     /// Attempts of a task as (agent, class) in order.
@@ -344,7 +422,9 @@ fn http_send(
     use std::io::Write;
     let host = base.strip_prefix("http://").expect("an http:// URL");
     let mut stream = std::net::TcpStream::connect(host).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    // Longer than any `?wait=` a test asks the server for, so the server's answer, not the
+    // client's timeout, ends a long poll.
+    stream.set_read_timeout(Some(patience() * 2)).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
