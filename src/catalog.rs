@@ -72,6 +72,7 @@ pub fn agents(
             "program": agent.program(),
             "path": path.as_ref().map(|p| p.display().to_string()),
             "installed": path.is_some(),
+            "install_hint": agent.preset.map(|p| p.install_hint),
             "model": agent.model,
             "max_parallel": agent.max_parallel,
             "stagger_ms": agent.stagger.as_millis() as u64,

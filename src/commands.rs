@@ -3,7 +3,7 @@
 //! (the ledger, runs/, outbox/), so it works whether or not the daemon is running.
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,8 +40,67 @@ pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {
         "created {} (inbox/, running/, done/, failed/, rejected/, escalations/, outbox/, runs/, workflows/)",
         ws.context().display()
     );
+    match exclude_from_git(ws) {
+        Ok(Some(file)) => println!(
+            "added `/.context/` to {} (dirigent's state is not part of your code)",
+            file.display()
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "warning: could not keep .context/ out of git ({e}); add `.context/` to .gitignore"
+        ),
+    }
     println!("next: `dirigent daemon` to start, then `dirigent submit \"your prompt\" --wait`");
     Ok(ExitCode::SUCCESS)
+}
+
+/// In a git repository, lists `/.context/` in its `info/exclude` (the repository's own,
+/// uncommitted ignore file) unless `.gitignore` or the exclude file already ignores it. Returns
+/// the file it changed.
+fn exclude_from_git(ws: &Workspace) -> Result<Option<PathBuf>> {
+    let root = ws.root();
+    if !root.join(".git").exists() {
+        return Ok(None);
+    }
+    // `.git` may be a file (a worktree or submodule): ask git where the exclude file is.
+    let asked = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "--git-path", "info/exclude"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|p| !p.is_empty());
+    let exclude = match asked {
+        Some(p) if Path::new(&p).is_absolute() => PathBuf::from(p),
+        Some(p) => root.join(p),
+        None if root.join(".git").is_dir() => root.join(".git/info/exclude"),
+        None => return Ok(None),
+    };
+    let ignores = |file: &Path| {
+        std::fs::read_to_string(file).is_ok_and(|text| {
+            text.lines()
+                .map(str::trim)
+                .any(|l| matches!(l, ".context" | ".context/" | "/.context" | "/.context/"))
+        })
+    };
+    if ignores(&root.join(".gitignore")) || ignores(&exclude) {
+        return Ok(None);
+    }
+    if let Some(dir) = exclude.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = std::fs::read_to_string(&exclude).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(
+        "# dirigent's queue, ledger and results (added by `dirigent init`)\n/.context/\n",
+    );
+    std::fs::write(&exclude, text)?;
+    Ok(Some(exclude))
 }
 
 /// This workspace's ledger key, if the daemon has made one: records are checked with it.
@@ -132,6 +191,13 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
                     .replace("choose another id", "choose another `--id`")
             )
         })?;
+    if !ws.context().is_dir() {
+        eprintln!(
+            "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit; add `.context/` to .gitignore)",
+            ws.context().display(),
+            ws.root().display()
+        );
+    }
     ws.ensure()?;
     let ledger_offset = std::fs::metadata(ws.ledger()).map(|m| m.len()).unwrap_or(0);
     let name = format!("{id}.json");
@@ -145,6 +211,11 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         println!("{}", json!({"id": id, "file": dest}));
     } else if !args.wait {
         println!("{id}");
+    }
+    if !args.wait && running_daemon(ws).is_none() {
+        eprintln!(
+            "dirigent: no daemon is running on this workspace: `{id}` waits in .context/inbox/ and runs when one starts (`dirigent daemon`)"
+        );
     }
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
@@ -497,8 +568,52 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
     ))
 }
 
+/// A file waiting in the inbox that the daemon has not taken in yet: (id, file name, whether
+/// it is a task file at all).
+fn inbox_files(ws: &Workspace, book: &TaskBook) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = dirigent::inbox::scan(&ws.inbox())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let (stem, _) = dirigent::fsutil::split_name(&c.name);
+            let is_task = c.name.ends_with(".json") || c.name.ends_with(".md");
+            (
+                dirigent::task::id_from_stem(stem).to_string(),
+                c.name,
+                is_task,
+            )
+        })
+        .filter(|(id, _, _)| !book.contains(id))
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+/// What a waiting inbox file will become, in words.
+fn inbox_note(ws: &Workspace, is_task: bool) -> &'static str {
+    match (is_task, running_daemon(ws).is_some()) {
+        (false, _) => "not a task file (only .json and .md are): the daemon moves it to rejected/",
+        (true, true) => "waiting in the inbox; the daemon takes it in shortly",
+        (true, false) => "waiting in the inbox; it runs when a daemon starts (`dirigent daemon`)",
+    }
+}
+
 pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCode> {
     let (book, live) = load_live_book(ws)?;
+    if let Some(id) = id
+        && book.get(id).is_none()
+        && let Some((_, file, is_task)) = inbox_files(ws, &book).into_iter().find(|(i, ..)| i == id)
+    {
+        if as_json {
+            let v = json!({"id": id, "state": "inbox", "file": ws.inbox().join(&file)});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{id} — .context/inbox/{file}");
+            println!("state:    inbox: {}", inbox_note(ws, is_task));
+            println!("{}", daemon_line(ws, &live));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(id) = id {
         let t = find_task(&book, id)?;
         if as_json {
@@ -546,10 +661,21 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         println!("{}", daemon_line(ws, &live));
         return Ok(ExitCode::SUCCESS);
     }
+    let waiting = inbox_files(ws, &book);
     if as_json {
         let tasks: Vec<&TaskRecord> = book.iter().collect();
+        let inbox: Vec<serde_json::Value> = waiting
+            .iter()
+            .map(|(id, file, is_task)| {
+                json!({"id": id, "state": "inbox", "file": file, "task_file": is_task})
+            })
+            .collect();
+        let pid = running_daemon(ws);
         let out = json!({
-            "daemon_pid": running_daemon(ws),
+            // A number, or null when no daemon runs (or its pid could not be read).
+            "daemon_pid": pid.as_deref().and_then(|p| p.parse::<u32>().ok()),
+            "daemon_running": pid.is_some(),
+            "inbox": inbox,
             "paused": live.paused,
             "tasks": tasks,
             "rejected": book.rejected,
@@ -563,7 +689,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
     if let Some(line) = spend_line(&spend) {
         println!("{line}");
     }
-    if book.is_empty() && book.rejected.is_empty() {
+    if book.is_empty() && book.rejected.is_empty() && waiting.is_empty() {
         println!("no tasks yet: drop a file into .context/inbox/ or run `dirigent submit \"…\"`");
         return Ok(ExitCode::SUCCESS);
     }
@@ -597,6 +723,13 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             }
             println!("{:<28} ↳ {line}", "");
         }
+    }
+    for (id, file, is_task) in &waiting {
+        println!(
+            "{id:<28} {:<9} {:<10} {:>3} {:>8}  .context/inbox/{file}",
+            "inbox", "-", 0, "-"
+        );
+        println!("{:<28} ↳ {}", "", inbox_note(ws, *is_task));
     }
     for r in &book.rejected {
         println!(
@@ -815,7 +948,45 @@ pub fn logs(
     attempt: Option<u32>,
     stderr: bool,
 ) -> Result<ExitCode> {
-    let book = load_book(ws)?;
+    let mut book = load_book(ws)?;
+    if follow && attempt.is_none() {
+        // Following a task that has not started yet (queued, or still in the inbox): wait for
+        // its first attempt instead of failing.
+        let mut told = false;
+        let waker = ChangeWaker::new(&[ws.context()]);
+        loop {
+            let waiting_in_inbox = book.get(id).is_none()
+                && inbox_files(ws, &book)
+                    .iter()
+                    .any(|(i, _, is_task)| i == id && *is_task);
+            match book.get(id) {
+                Some(t) if !t.attempts.is_empty() => break,
+                Some(t) if t.phase.is_terminal() => {
+                    eprintln!(
+                        "error: task `{id}` ended without an attempt: {}",
+                        describe(t)
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                Some(_) => {}
+                None if waiting_in_inbox => {}
+                None => break, // unknown: `find_task` below says so
+            }
+            if !told {
+                eprintln!(
+                    "dirigent: `{id}` has not started yet; waiting for its first attempt{}",
+                    if running_daemon(ws).is_none() {
+                        " (no daemon is running: start one with `dirigent daemon`)"
+                    } else {
+                        ""
+                    }
+                );
+                told = true;
+            }
+            waker.wait(Duration::from_secs(1));
+            book = load_book(ws)?;
+        }
+    }
     let t = find_task(&book, id)?;
     let a = match attempt {
         Some(n) => t.attempts.iter().find(|a| a.n == n).ok_or_else(|| {
@@ -937,6 +1108,18 @@ pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
         println!("{name:<10} {where_}");
+        let installed = r["installed"].as_bool().unwrap_or(false);
+        if !installed {
+            println!(
+                "{:<10} cannot run: `{}` is not installed (not on PATH){}",
+                "",
+                r["program"].as_str().unwrap_or(name),
+                r["install_hint"]
+                    .as_str()
+                    .map(|h| format!("; install: {h}"))
+                    .unwrap_or_default()
+            );
+        }
         match r["availability"]["state"].as_str() {
             Some("cooling_down") => println!(
                 "{:<10} COOLING DOWN until {}: {}",
@@ -950,6 +1133,8 @@ pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
                 r["availability"]["since"].as_str().unwrap_or(""),
                 r["availability"]["reason"].as_str().unwrap_or("")
             ),
+            // Never "ready" for an agent that cannot start.
+            _ if !installed => {}
             _ => println!(
                 "{:<10} ready (provider `{}`)",
                 "",

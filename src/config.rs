@@ -427,7 +427,7 @@ impl Config {
         let mut raw: RawConfig = if text.trim().is_empty() {
             serde_saphyr::from_str("{}").map_err(|e| invalid(e.to_string()))?
         } else {
-            serde_saphyr::from_str(text).map_err(|e| invalid(yaml_error(&e)))?
+            serde_saphyr::from_str(text).map_err(|e| invalid(yaml_error(&e, text)))?
         };
         let concurrency = raw.concurrency.unwrap_or(4);
         if concurrency == 0 {
@@ -1000,14 +1000,41 @@ pub fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
 }
 
 /// Formats a serde-saphyr error with its line and column.
-pub fn yaml_error(e: &serde_saphyr::Error) -> String {
+pub fn yaml_error(e: &serde_saphyr::Error, text: &str) -> String {
+    // serde-saphyr says `error: line L column C: what` and then draws the line; the caller puts
+    // its own `error:` and the file name in front, so keep one line without the prefix.
     let msg = e.to_string();
-    match e.location() {
-        Some(loc) if loc.line() > 0 && !msg.contains("line") => {
-            format!("line {} column {}: {msg}", loc.line(), loc.column())
+    let first = msg.lines().next().unwrap_or(&msg);
+    let first = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    let mut out = match e.location() {
+        Some(loc) if loc.line() > 0 && !first.contains("line") => {
+            format!("line {} column {}: {first}", loc.line(), loc.column())
         }
-        _ => msg,
+        _ => first,
+    };
+    let line = e
+        .location()
+        .and_then(|l| text.lines().nth(l.line().saturating_sub(1) as usize))
+        .unwrap_or("");
+    // The most common mistake: a command written as one string, as in a shell.
+    if let Some((_, value)) = line.split_once("command:")
+        && let value = value.trim().trim_end_matches(['}', ',', ' '])
+        && (value.starts_with('"')
+            || value.starts_with('\'')
+            || value.chars().next().is_some_and(char::is_alphanumeric)
+            || value.starts_with('/'))
+    {
+        let words: Vec<String> = value
+            .trim_matches(['"', '\''])
+            .split_whitespace()
+            .map(|w| format!("\"{w}\""))
+            .collect();
+        out.push_str(&format!(
+            "; `command` is an argv list, never run through a shell: write `command: [{}]`",
+            words.join(", ")
+        ));
     }
+    out
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {

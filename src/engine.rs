@@ -587,7 +587,7 @@ impl Engine {
             Err(e) => {
                 tracing::error!(
                     trigger,
-                    "error: the configuration cannot be read, keeping the running one: {e}"
+                    "the configuration cannot be read, keeping the running one: {e}"
                 );
                 rejected(e.to_string())
             }
@@ -610,10 +610,15 @@ impl Engine {
                         crate::config::EMBEDDED_SOURCE,
                     ),
                 };
+                let unchanged = text == self.config_text;
                 self.config_text = text;
                 match parsed {
                     Ok(config) => {
-                        tracing::info!(trigger, source = %config.source, "configuration reloaded");
+                        if unchanged {
+                            tracing::info!(trigger, source = %config.source, "configuration re-read: unchanged");
+                        } else {
+                            tracing::info!(trigger, source = %config.source, "configuration reloaded");
+                        }
                         let source = config.source.clone();
                         self.config = Arc::new(config);
                         Event::ConfigReloaded {
@@ -624,7 +629,7 @@ impl Engine {
                     Err(e) => {
                         tracing::error!(
                             trigger,
-                            "error: the new configuration is invalid, keeping the previous one: {e}"
+                            "the new configuration is invalid, keeping the previous one: {e}"
                         );
                         rejected(e.to_string())
                     }
@@ -1775,6 +1780,18 @@ Free disk space or fix `{}`, then restart the daemon",
                 Err(reason) => refused.push((c, reason)),
             }
         }
+        // `after` must name a task that exists: known, in this batch, or waiting in the inbox.
+        let mut kept = Vec::with_capacity(accepted.len());
+        for (c, spec) in accepted {
+            let known = |id: &str| {
+                self.book.contains(id) || self.reserved.contains_key(id) || batch_ids.contains(id)
+            };
+            match crate::submit::unknown_dependency(&self.ws, &spec.fields.after, &known) {
+                Some(reason) => refused.push((c, reason)),
+                None => kept.push((c, spec)),
+            }
+        }
+        let accepted = kept;
         for (c, reason) in refused {
             self.reject(running, &c.claim_name, &c.name, reason).await;
         }

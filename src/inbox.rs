@@ -23,11 +23,11 @@ pub struct Candidate {
     pub modified: SystemTime,
 }
 
-/// Whether a directory entry is a task candidate: `*.json` or `*.md`, not a dot-file, not `*.tmp`.
+/// Whether a directory entry is taken from the inbox: anything but a dot-file or `*.tmp` (how
+/// writers hide a file they are still writing). A file that is not `*.json` or `*.md` is taken
+/// too — and rejected with a reason, instead of sitting in the inbox unexplained.
 pub fn is_candidate(name: &str) -> bool {
-    !name.starts_with('.')
-        && !name.ends_with(".tmp")
-        && (name.ends_with(".json") || name.ends_with(".md"))
+    !name.starts_with('.') && !name.ends_with(".tmp")
 }
 
 /// Lists the inbox, oldest first (then by name), so arrival order is stable.
@@ -37,7 +37,10 @@ pub fn scan(dir: &Path) -> std::io::Result<Vec<Candidate>> {
         let Ok(entry) = entry else { continue };
         let raw = entry.file_name();
         let name = raw.to_string_lossy().into_owned();
-        if !is_candidate(&name) {
+        // A directory is left alone unless it is named like a task (then it is rejected as
+        // one): `inbox/drafts/` is the user's business.
+        let task_named = name.ends_with(".json") || name.ends_with(".md");
+        if !is_candidate(&name) || (!task_named && entry.file_type().is_ok_and(|t| t.is_dir())) {
             continue;
         }
         // DirEntry::metadata does not follow symlinks: never follow a link just to sort it.
@@ -138,8 +141,9 @@ mod tests {
             (".a.json", false),
             ("a.json.tmp", false),
             ("a.tmp", false),
-            ("a.txt", false),
-            ("a", false),
+            // Not tasks, but taken so that they are rejected with a reason.
+            ("a.txt", true),
+            ("a", true),
         ] {
             assert_eq!(is_candidate(name), want, "{name}");
         }

@@ -42,6 +42,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // `init` makes the workspace wherever it is told; every other command needs it to exist.
+    if let Some(root) = &cli.root
+        && !root.is_dir()
+        && !(matches!(cli.command, Command::Init { .. }) && !root.exists())
+    {
+        // A typo must not quietly create a workspace somewhere else.
+        anyhow::bail!(
+            "the workspace `{}` (from `--root` or DIRIGENT_ROOT) {}",
+            root.display(),
+            if root.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            }
+        );
+    }
     let ws = Workspace::discover(cli.root.as_deref())?;
     match cli.command {
         Command::Completions { shell } => {

@@ -119,11 +119,7 @@ impl<'m> Scorecard<'m> {
                 }
                 let key = match self.by {
                     By::Agent => agent.clone(),
-                    By::Role => self
-                        .sources
-                        .get(task)
-                        .cloned()
-                        .unwrap_or_else(|| "-".to_string()),
+                    By::Role => role_label(self.sources.get(task).map(String::as_str)),
                     By::Model => usage
                         .as_ref()
                         .and_then(|u| u.model.clone())
@@ -170,6 +166,19 @@ impl<'m> Scorecard<'m> {
                 }
             })
             .collect()
+    }
+}
+
+/// A row label of `stats --by role`: the role's name, or in parentheses how a task without
+/// a role chose its agents.
+fn role_label(chain_source: Option<&str>) -> String {
+    match chain_source {
+        Some(s) if s.starts_with("role:") => s["role:".len()..].to_string(),
+        Some("default") => "(default chain)".to_string(),
+        Some("agent") => "(one agent)".to_string(),
+        Some("chain") => "(own chain)".to_string(),
+        Some(other) => format!("({other})"),
+        None => "(unknown)".to_string(),
     }
 }
 

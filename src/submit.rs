@@ -78,12 +78,37 @@ pub fn prepare(
     fields.id = Some(id.clone());
     task::accept(id.clone(), fields.clone(), config, ws.root())
         .map_err(|e| SubmitError::Invalid(e.0))?;
+    if let Some(why) = unknown_dependency(ws, &fields.after, &exists) {
+        return Err(SubmitError::Invalid(why));
+    }
     if exists(&id) {
         return Err(SubmitError::Exists(format!(
             "a task `{id}` already exists; choose another id"
         )));
     }
     Ok((id, fields))
+}
+
+/// Why a task's `after` cannot be met: it names a task this workspace has never seen (not
+/// `known`, not waiting in the inbox). Refused at once rather than waiting forever on a typo;
+/// a task must be submitted after the tasks it depends on.
+pub fn unknown_dependency(
+    ws: &Workspace,
+    after: &[String],
+    known: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    let waiting = |id: &str| {
+        ["json", "md"].iter().any(|ext| {
+            ws.inbox()
+                .join(format!("{id}.{ext}"))
+                .symlink_metadata()
+                .is_ok()
+        })
+    };
+    let dep = after.iter().find(|d| !known(d) && !waiting(d))?;
+    Some(format!(
+        "`after` names `{dep}`, which is no task of this workspace (`dirigent status` lists them); submit the tasks it depends on first"
+    ))
 }
 
 /// Writes the task into the inbox: `inbox/.tmp/<id>.json`, fsync, then a rename that never

@@ -124,8 +124,14 @@ pub fn parse_fields(name: &str, bytes: &[u8]) -> Result<TaskFields, Reject> {
         })
     } else if name.ends_with(".md") {
         parse_markdown(text)
+    } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+        reject(
+            "not a task file: task files end in `.json` or `.md`; a workflow definition belongs in `.context/workflows/`, and a config in `.context/dirigent.yaml`",
+        )
     } else {
-        reject("task files must end in `.json` or `.md`")
+        reject(
+            "not a task file: task files end in `.json` (an object like {\"prompt\": \"…\"}) or `.md` (the prompt as Markdown)",
+        )
     }
 }
 
@@ -188,8 +194,15 @@ fn parse_markdown(text: &str) -> Result<TaskFields, Reject> {
     Ok(fields)
 }
 
+/// The first line of a YAML error, without serde-saphyr's own `error: line L column C: `
+/// (the position is given in the file's terms, and `error:` once, by the caller).
 fn first_line(msg: &str) -> &str {
-    msg.lines().next().unwrap_or(msg)
+    let first = msg.lines().next().unwrap_or(msg);
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, rest)) if pos.contains(" column ") => rest,
+        _ => first,
+    }
 }
 
 /// Turns a file stem into an id: disallowed characters become `-`.
@@ -558,7 +571,7 @@ mod tests {
             ),
             ("x.md", "---\nwat: 1\n---\nbody\n", "unknown field `wat`"),
             ("x.md", "---\nprompt: a\n---\nbody\n", "given twice"),
-            ("x.txt", "hello", "must end in"),
+            ("x.txt", "hello", "not a task file"),
         ];
         for (name, text, want) in cases {
             let err = parse_err(name, text);

@@ -78,6 +78,11 @@ fn submit_validates_before_writing_anything() {
 #[test]
 fn submit_reads_the_prompt_from_stdin_and_writes_a_valid_task_file() {
     let ws = Workspace::new(CONFIG);
+    // The tasks it runs after exist (waiting in the inbox): `after` must name real tasks.
+    for id in ["a", "b"] {
+        let out = ws.cli(&["submit", "before", "--id", id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
     let mut child = Command::new(BIN)
         .args([
             "submit",
@@ -160,7 +165,19 @@ fn agents_lists_install_state_limits_and_memberships() {
         serde_json::json!(["default_chain", "role:backend"])
     );
     let text = String::from_utf8_lossy(&ws.cli(&["agents"]).stdout).into_owned();
-    assert!(text.contains("ghost      not installed"), "{text}");
+    assert!(text.contains("ghost      not installed\n           cannot run: `definitely-not-installed-xyz` is not installed (not on PATH)\n"), "{text}");
+    // An agent that cannot start is never called ready.
+    let ghost: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("ghost "))
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.starts_with(' '))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    assert!(
+        !ghost.contains("ready"),
+        "ghost is not installed, so not ready: {ghost}"
+    );
     assert!(text.contains("default chain: good"), "{text}");
 }
 
@@ -309,15 +326,14 @@ fn a_workspace_that_does_not_exist_yet_is_created() {
         .args(["--root", file.to_str().unwrap(), "daemon"])
         .output()
         .unwrap();
-    let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(err.matches("File exists").count(), 1, "{err}");
-    assert!(
-        err.starts_with(&format!(
-            "error: cannot prepare the workspace `{}`",
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: the workspace `{}` (from `--root` or DIRIGENT_ROOT) is not a directory\n",
             file.display()
-        )),
-        "{err}"
+        ),
+        "one error, saying its cause once"
     );
 }
 

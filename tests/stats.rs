@@ -205,7 +205,7 @@ fn stats_figures_match_a_hand_computed_ledger() {
     assert_eq!(row(&all, "claude")["attempts"], 6);
 
     let by_role = stats(&ws, &["--since", "7d", "--by", "role"]);
-    let review = row(&by_role, "role:review");
+    let review = row(&by_role, "review");
     assert_eq!(
         (review["attempts"].as_u64(), review["ok"].as_u64()),
         (Some(2), Some(1))
@@ -214,7 +214,7 @@ fn stats_figures_match_a_hand_computed_ledger() {
         (review["tasks"].as_u64(), review["fallbacks"].as_u64()),
         (Some(1), Some(1))
     );
-    let default = row(&by_role, "default");
+    let default = row(&by_role, "(default chain)");
     assert_eq!(
         (default["attempts"].as_u64(), default["ok"].as_u64()),
         (Some(4), Some(3))
