@@ -45,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // `init` makes the workspace wherever it is told; every other command needs it to exist.
     if let Some(root) = &cli.root
         && !root.is_dir()
-        && !(matches!(cli.command, Command::Init { .. }) && !root.exists())
+        && (!matches!(cli.command, Command::Init { .. }) || root.exists())
     {
         // A typo must not quietly create a workspace somewhere else.
         anyhow::bail!(
