@@ -60,6 +60,7 @@ pub enum Command {
     /// while the daemon is down.
     Status {
         /// A task id: show its attempts in detail.
+        #[arg(add = crate::complete::tasks())]
         id: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
@@ -67,6 +68,7 @@ pub enum Command {
     },
     /// Print an attempt's captured output (the latest attempt unless `--attempt`).
     Logs {
+        #[arg(add = crate::complete::tasks())]
         id: String,
         /// Keep printing new output until the attempt ends.
         #[arg(short, long)]
@@ -79,13 +81,22 @@ pub enum Command {
         stderr: bool,
     },
     /// Print a finished task's result text.
-    Result { id: String },
+    Result {
+        #[arg(add = crate::complete::tasks())]
+        id: String,
+    },
     /// Stop a task: its running attempt's whole process group, or its place in the queue. The
     /// task is recorded as cancelled and its file goes to `failed/`. Needs the daemon.
-    Cancel { id: String },
+    Cancel {
+        #[arg(add = crate::complete::tasks())]
+        id: String,
+    },
     /// Run a failed or cancelled task again from the top of its chain (its file is re-read, so
     /// you may fix it in `failed/` first). Needs the daemon.
-    Retry { id: String },
+    Retry {
+        #[arg(add = crate::complete::tasks())]
+        id: String,
+    },
     /// List configured agents: installed or not, ready / cooling down / disabled, limits, the
     /// chains and roles they are in. `dirigent agents enable NAME` uses a disabled (auth
     /// failure) or cooling-down agent's provider again.
@@ -117,7 +128,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print shell completions: `dirigent completions bash > ~/.local/share/bash-completion/completions/dirigent`.
+    /// Print the shell script that completes commands, flags, and this workspace's agents, roles,
+    /// workflows and task ids (it asks `dirigent` at each Tab). Bash: add
+    /// `source <(dirigent completions bash)` to ~/.bashrc; zsh likewise; fish:
+    /// `dirigent completions fish | source`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -133,7 +147,10 @@ pub enum Command {
 pub enum AgentsAction {
     /// Use the agent's provider again after an auth failure (once the login is fixed) or
     /// before its rate-limit cooldown ends. Needs the daemon.
-    Enable { name: String },
+    Enable {
+        #[arg(add = crate::complete::agents())]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,10 +162,14 @@ pub enum WorkflowCommand {
     },
     /// Print a workflow's definition, then (as comments) the prompt each phase runs with —
     /// defaults included.
-    Show { name: String },
+    Show {
+        #[arg(add = crate::complete::workflows())]
+        name: String,
+    },
     /// Copy a workflow into `.context/workflows/NAME.yaml` to edit it; the copy replaces the
     /// built-in. Refuses to overwrite an existing copy without `--force`.
     Copy {
+        #[arg(add = crate::complete::workflows())]
         name: String,
         #[arg(long)]
         force: bool,
@@ -156,6 +177,7 @@ pub enum WorkflowCommand {
     /// Start a workflow run: writes a task with `workflow` into the inbox (works while the
     /// daemon is down). `--wait` follows it and exits 0 when done, 1 when escalated.
     Run {
+        #[arg(add = crate::complete::workflows())]
         name: String,
         /// A workflow variable, `name=value` (repeatable).
         #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
@@ -172,7 +194,10 @@ pub enum WorkflowCommand {
     /// line and column; for a valid one, the variables a run needs and what runs each phase
     /// (which agent, `agent:model`, role or `models:` alias a name resolved to). Exits 1 when
     /// there are problems.
-    Validate { targets: Vec<String> },
+    Validate {
+        #[arg(add = crate::complete::workflows())]
+        targets: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -194,18 +219,22 @@ pub struct SubmitArgs {
     pub prompt: Option<String>,
     /// Route through a configured role's chain.
     #[arg(long, conflicts_with_all = ["agent", "chain"])]
+    #[arg(add = crate::complete::roles())]
     pub role: Option<String>,
     /// Pin one agent.
     #[arg(long, conflicts_with = "chain")]
+    #[arg(add = crate::complete::agents())]
     pub agent: Option<String>,
     /// An explicit fallback chain, comma-separated: `gemini,claude`.
     #[arg(long, value_delimiter = ',')]
+    #[arg(add = crate::complete::agents())]
     pub chain: Option<Vec<String>>,
     /// Write the result to this workspace-relative path instead of `.context/outbox/<id>.md`.
     #[arg(long, value_name = "PATH")]
     pub output: Option<String>,
     /// Run only after this task is done (repeatable).
     #[arg(long, value_name = "ID")]
+    #[arg(add = crate::complete::tasks())]
     pub after: Vec<String>,
     /// The task id (default: generated from the prompt).
     #[arg(long)]
@@ -227,6 +256,7 @@ pub struct SubmitArgs {
     pub files: Vec<String>,
     /// Run this workflow instead of a prompt (see `dirigent workflow list`).
     #[arg(long, conflicts_with_all = ["role", "agent", "chain"])]
+    #[arg(add = crate::complete::workflows())]
     pub workflow: Option<String>,
     /// A workflow variable, `name=value` (repeatable; with `--workflow`).
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var, requires = "workflow")]

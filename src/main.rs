@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod complete;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,8 @@ fn main() -> ExitCode {
     {
         dirigent::reaper::supervise_main(&args[2..]);
     }
+    // A shell asking for completions (`COMPLETE=bash dirigent -- …`): answer and exit.
+    complete::answer_if_asked();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Daemon { .. }) {
         // A command whose reader went away (`dirigent status --json | head`) ends quietly, as
@@ -61,8 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ws = Workspace::discover(cli.root.as_deref())?;
     match cli.command {
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "dirigent", &mut std::io::stdout());
+            complete::register(shell, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => {

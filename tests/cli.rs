@@ -457,9 +457,10 @@ fn completions_and_the_man_page_come_from_the_same_definitions() {
             .unwrap();
         assert!(out.status.success(), "{shell}");
         let script = String::from_utf8_lossy(&out.stdout);
-        for sub in ["submit", "workflow", "cancel", "retry"] {
-            assert!(script.contains(sub), "{shell} completion lacks `{sub}`");
-        }
+        assert!(
+            script.contains("COMPLETE=") || script.contains("COMPLETE\""),
+            "the {shell} script asks the binary: {script}"
+        );
         // The scripts must at least parse.
         let check = match shell {
             "bash" => Some(("bash", "-n")),
@@ -671,5 +672,65 @@ print(total, os.waitstatus_to_exitcode(status))
     assert!(
         bytes < 4096,
         "`submit --wait` wrote {bytes} bytes to the terminal for a 2-second task"
+    );
+}
+
+#[test]
+fn completion_offers_the_workspaces_agents_roles_workflows_and_tasks() {
+    let ws = Workspace::new(CONFIG);
+    let out = ws.cli(&["submit", "first", "--id", "first-task"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // What bash's completion function asks: the words so far, the index of the one completed.
+    let complete = |words: &[&str]| -> Vec<String> {
+        let out = Command::new(BIN)
+            .arg("--")
+            .args(words)
+            .env("COMPLETE", "bash")
+            .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+            .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+            .env("_CLAP_COMPLETE_SPACE", "true")
+            .env("_CLAP_IFS", "\n")
+            .env("DIRIGENT_ROOT", ws.root())
+            .env("DIRIGENT_STATE_DIR", ws.state.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{words:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let has = |got: &[String], want: &[&str], what: &str| {
+        for w in want {
+            assert!(
+                got.iter().any(|g| g == w),
+                "{what}: `{w}` not offered in {got:?}"
+            );
+        }
+    };
+    has(
+        &complete(&["dirigent", ""]),
+        &["submit", "status", "workflow"],
+        "subcommands",
+    );
+    has(
+        &complete(&["dirigent", "submit", "--agent", ""]),
+        &["gate", "ghost", "good"],
+        "agents",
+    );
+    has(
+        &complete(&["dirigent", "submit", "--role", ""]),
+        &["backend", "reviewer"],
+        "roles",
+    );
+    has(
+        &complete(&["dirigent", "workflow", "run", ""]),
+        &["feature-build", "plan"],
+        "workflows",
+    );
+    has(
+        &complete(&["dirigent", "status", ""]),
+        &["first-task"],
+        "task ids",
     );
 }
