@@ -87,7 +87,7 @@ pub fn tasks() -> ArgValueCandidates {
                         .collect()
                 })
                 .unwrap_or_default();
-        ids.sort_by(|a, b| b.0.cmp(&a.0));
+        ids.sort_by_key(|(received, _)| std::cmp::Reverse(*received));
         let mut names: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
         for c in dirigent::inbox::scan(&ws.inbox()).unwrap_or_default() {
             let (stem, _) = dirigent::fsutil::split_name(&c.name);
