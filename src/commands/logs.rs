@@ -1,0 +1,106 @@
+//! `dirigent logs`: an attempt's captured output, followed as it grows with `-f` (waiting for a
+//! task that has not started yet).
+
+use super::status::{describe, inbox_files};
+use super::*;
+
+pub fn logs(
+    ws: &Workspace,
+    id: &str,
+    follow: bool,
+    attempt: Option<u32>,
+    stderr: bool,
+) -> Result<ExitCode> {
+    let mut book = load_book(ws)?;
+    if follow && attempt.is_none() {
+        // Following a task that has not started yet (queued, or still in the inbox): wait for
+        // its first attempt instead of failing.
+        let mut told = false;
+        let waker = ChangeWaker::new(&[ws.context()]);
+        loop {
+            let waiting_in_inbox = book.get(id).is_none()
+                && inbox_files(ws, &book)
+                    .iter()
+                    .any(|(i, _, is_task)| i == id && *is_task);
+            match book.get(id) {
+                Some(t) if !t.attempts.is_empty() => break,
+                Some(t) if t.phase.is_terminal() => {
+                    eprintln!(
+                        "error: task `{id}` ended without an attempt: {}",
+                        describe(t)
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                Some(_) => {}
+                None if waiting_in_inbox => {}
+                None => break, // unknown: `find_task` below says so
+            }
+            if !told {
+                eprintln!(
+                    "dirigent: `{id}` has not started yet; waiting for its first attempt{}",
+                    if running_daemon(ws).is_none() {
+                        " (no daemon is running: start one with `dirigent daemon`)"
+                    } else {
+                        ""
+                    }
+                );
+                told = true;
+            }
+            waker.wait(Duration::from_secs(1));
+            book = load_book(ws)?;
+        }
+    }
+    let t = find_task(&book, id)?;
+    let a = match attempt {
+        Some(n) => t.attempts.iter().find(|a| a.n == n).ok_or_else(|| {
+            anyhow::anyhow!(
+                "task `{id}` has no attempt {n} (it has {})",
+                t.attempts.len()
+            )
+        })?,
+        None => t
+            .attempts
+            .last()
+            .ok_or_else(|| anyhow::anyhow!("task `{id}` has not started an attempt yet"))?,
+    };
+    let path = ws.run_dir(id).join(format!(
+        "{}-{}.{}",
+        a.n,
+        a.agent,
+        if stderr { "stderr" } else { "stdout" }
+    ));
+    let mut out = std::io::stdout().lock();
+    let mut pos = copy_from(&path, 0, &mut out)?;
+    if !follow || a.class.is_some() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let n = a.n;
+    let waker = ChangeWaker::new(&[&ws.run_dir(id), ws.context()]);
+    let mut offset = 0;
+    let key = ledger_key(ws);
+    loop {
+        let (records, next) = ledger::read_from(&ws.ledger(), offset, key.as_ref())?;
+        offset = next;
+        let finished = records.iter().any(|r| {
+            matches!(&r.event, Event::AttemptFinished { task, attempt, .. } if task == id && *attempt == n)
+        });
+        pos = copy_from(&path, pos, &mut out)?;
+        if finished {
+            return Ok(ExitCode::SUCCESS);
+        }
+        waker.wait(Duration::from_secs(1));
+    }
+}
+
+fn copy_from(path: &Path, pos: u64, out: &mut impl Write) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pos),
+        Err(e) => return Err(e).with_context(|| format!("cannot open `{}`", path.display())),
+    };
+    f.seek(SeekFrom::Start(pos))?;
+    let n = std::io::copy(&mut f, out)?;
+    out.flush()?;
+    Ok(pos + n)
+}

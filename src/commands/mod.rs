@@ -1,0 +1,216 @@
+//! The CLI commands other than `daemon`: the binary's edge, where typed errors become
+//! `error: …` lines and exit codes. Everything here reads the same files the daemon writes
+//! (the ledger, runs/, outbox/), so it works whether or not the daemon is running.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use dirigent::config::{Config, DEFAULT_CONFIG, validate_name};
+use dirigent::duration::{self, Dur, short};
+use dirigent::engine::running_daemon;
+use dirigent::fsutil;
+use dirigent::judge::signal_name;
+use dirigent::ledger::{self, Event, Record};
+use dirigent::state::{Phase, TaskBook, TaskRecord};
+use dirigent::task::TaskFields;
+use dirigent::usage;
+use dirigent::workspace::Workspace;
+
+use crate::cli::SubmitArgs;
+
+mod agents;
+mod logs;
+mod status;
+mod submit;
+mod workflows;
+
+pub use agents::{agents, doctor, stats};
+pub use logs::logs;
+pub use status::status;
+pub use submit::submit;
+pub use workflows::{workflow_copy, workflow_list, workflow_show, workflow_validate};
+
+pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {
+    ws.ensure()?;
+    let cfg = ws.config();
+    let existed = cfg.exists();
+    if existed && !force {
+        println!("kept the existing {}", cfg.display());
+    } else {
+        fsutil::write_atomic(&cfg, DEFAULT_CONFIG.as_bytes())
+            .with_context(|| format!("cannot write `{}`", cfg.display()))?;
+        println!("wrote {}", cfg.display());
+    }
+    println!(
+        "created {} (inbox/, running/, done/, failed/, rejected/, escalations/, outbox/, runs/, workflows/)",
+        ws.context().display()
+    );
+    match exclude_from_git(ws) {
+        Ok(Some(file)) => println!(
+            "added `/.context/` to {} (dirigent's state is not part of your code)",
+            file.display()
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "warning: could not keep .context/ out of git ({e}); add `.context/` to .gitignore"
+        ),
+    }
+    println!("next: `dirigent daemon` to start, then `dirigent submit \"your prompt\" --wait`");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// In a git repository, lists `/.context/` in its `info/exclude` (the repository's own,
+/// uncommitted ignore file) unless `.gitignore` or the exclude file already ignores it. Returns
+/// the file it changed.
+fn exclude_from_git(ws: &Workspace) -> Result<Option<PathBuf>> {
+    let root = ws.root();
+    if !root.join(".git").exists() {
+        return Ok(None);
+    }
+    // `.git` may be a file (a worktree or submodule): ask git where the exclude file is.
+    let asked = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "--git-path", "info/exclude"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|p| !p.is_empty());
+    let exclude = match asked {
+        Some(p) if Path::new(&p).is_absolute() => PathBuf::from(p),
+        Some(p) => root.join(p),
+        None if root.join(".git").is_dir() => root.join(".git/info/exclude"),
+        None => return Ok(None),
+    };
+    let ignores = |file: &Path| {
+        std::fs::read_to_string(file).is_ok_and(|text| {
+            text.lines()
+                .map(str::trim)
+                .any(|l| matches!(l, ".context" | ".context/" | "/.context" | "/.context/"))
+        })
+    };
+    if ignores(&root.join(".gitignore")) || ignores(&exclude) {
+        return Ok(None);
+    }
+    if let Some(dir) = exclude.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = std::fs::read_to_string(&exclude).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(
+        "# dirigent's queue, ledger and results (added by `dirigent init`)\n/.context/\n",
+    );
+    std::fs::write(&exclude, text)?;
+    Ok(Some(exclude))
+}
+
+/// This workspace's ledger key, if the daemon has made one: records are checked with it.
+fn ledger_key(ws: &Workspace) -> Option<dirigent::integrity::Key> {
+    dirigent::integrity::load(ws).ok().flatten()
+}
+
+fn load_book(ws: &Workspace) -> Result<TaskBook> {
+    let key = ledger_key(ws);
+    let load = || dirigent::compact::load(ws, None, false, key.as_ref(), false);
+    // A compaction may delete a segment between listing and reading it: look once more.
+    let loaded = load()
+        .or_else(|_| load())
+        .with_context(|| format!("cannot read the ledger in `{}`", ws.context().display()))?;
+    Ok(loaded.book)
+}
+
+fn find_task<'a>(book: &'a TaskBook, id: &str) -> Result<&'a TaskRecord> {
+    book.get(id).ok_or_else(|| {
+        anyhow::anyhow!("no task `{id}` in this workspace; `dirigent status` lists the tasks")
+    })
+}
+
+/// Wakes a waiting CLI command when something in the watched directories changes, or after a
+/// timeout (a safety net for file systems without change events).
+struct ChangeWaker {
+    rx: std::sync::mpsc::Receiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl ChangeWaker {
+    fn new(dirs: &[&Path]) -> Self {
+        use notify::Watcher;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Our own reads of the ledger and capture files raise open/read/close events on
+            // the watched directories: waking on those would spin a core.
+            if res.as_ref().map_or(true, |e| is_change(&e.kind)) {
+                let _ = tx.send(());
+            }
+        })
+        .ok()
+        .map(|mut w| {
+            for d in dirs {
+                let _ = w.watch(d, notify::RecursiveMode::NonRecursive);
+            }
+            w
+        });
+        ChangeWaker {
+            rx,
+            _watcher: watcher,
+        }
+    }
+
+    fn wait(&self, limit: Duration) {
+        let _ = self.rx.recv_timeout(limit);
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// Whether a watcher event means something may have changed: a file created, written,
+/// renamed or removed (and a file closed after writing), not merely opened or read.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
+    let book = load_book(ws)?;
+    let t = find_task(&book, id)?;
+    match &t.phase {
+        Phase::Done { output, .. } => {
+            let text = std::fs::read(ws.root().join(output))
+                .with_context(|| format!("cannot read the result `{output}`"))?;
+            std::io::stdout().write_all(&text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Phase::Failed { .. } => {
+            bail!("task `{id}` failed and has no result; see .context/escalations/{id}.md")
+        }
+        other => bail!(
+            "task `{id}` is not done yet (it is {}); `dirigent submit --wait` or `dirigent logs {id} -f` follow it",
+            other.label()
+        ),
+    }
+}
+
+/// Sends a request over the control socket and prints the daemon's answer.
+pub fn control(ws: &Workspace, request: dirigent::control::Request) -> Result<ExitCode> {
+    let answer = dirigent::control::request(ws, &request).map_err(|e| anyhow::anyhow!(e))?;
+    if answer.ok {
+        println!("{}", answer.message);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("{}", answer.message)
+    }
+}

@@ -1,0 +1,425 @@
+//! `dirigent status`: the task table (inbox included), one task in detail, a workflow run's
+//! phases and tasks, and today's spending; live from the daemon when it answers, else the ledger.
+
+use super::*;
+
+/// The daemon's live state when it answers: its task book and, when it does not take work
+/// now, why.
+struct Live {
+    answering: bool,
+    paused: Option<String>,
+}
+
+fn daemon_line(ws: &Workspace, live: &Live) -> String {
+    match (running_daemon(ws), live.answering) {
+        (Some(pid), true) => match &live.paused {
+            Some(why) => format!(
+                "daemon: running (pid {pid}), not taking work: {why}; this is its live state"
+            ),
+            None => format!("daemon: running (pid {pid}); this is its live state"),
+        },
+        (Some(pid), false) => format!(
+            "daemon: running (pid {pid}), not answering; showing the state recorded in the ledger"
+        ),
+        (None, _) => "daemon: not running (showing the state recorded in the ledger)".to_string(),
+    }
+}
+
+/// The running daemon's own state when it answers, else the files. `true` = live.
+fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
+    if running_daemon(ws).is_some()
+        && let Ok(answer) = dirigent::control::request(ws, &dirigent::control::Request::Status)
+        && let Some(data) = answer.data
+    {
+        let paused = data["paused"]["why"].as_str().map(str::to_string);
+        if let Ok(book) = serde_json::from_value::<TaskBook>(data) {
+            return Ok((
+                book,
+                Live {
+                    answering: true,
+                    paused,
+                },
+            ));
+        }
+    }
+    Ok((
+        load_book(ws)?,
+        Live {
+            answering: false,
+            paused: None,
+        },
+    ))
+}
+
+/// A file waiting in the inbox that the daemon has not taken in yet: (id, file name, whether
+/// it is a task file at all).
+pub(super) fn inbox_files(ws: &Workspace, book: &TaskBook) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> = dirigent::inbox::scan(&ws.inbox())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let (stem, _) = dirigent::fsutil::split_name(&c.name);
+            let is_task = c.name.ends_with(".json") || c.name.ends_with(".md");
+            (
+                dirigent::task::id_from_stem(stem).to_string(),
+                c.name,
+                is_task,
+            )
+        })
+        .filter(|(id, _, _)| !book.contains(id))
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+/// What a waiting inbox file will become, in words.
+fn inbox_note(ws: &Workspace, is_task: bool) -> &'static str {
+    match (is_task, running_daemon(ws).is_some()) {
+        (false, _) => "not a task file (only .json and .md are): the daemon moves it to rejected/",
+        (true, true) => "waiting in the inbox; the daemon takes it in shortly",
+        (true, false) => "waiting in the inbox; it runs when a daemon starts (`dirigent daemon`)",
+    }
+}
+
+pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let (book, live) = load_live_book(ws)?;
+    if let Some(id) = id
+        && book.get(id).is_none()
+        && let Some((_, file, is_task)) = inbox_files(ws, &book).into_iter().find(|(i, ..)| i == id)
+    {
+        if as_json {
+            let v = json!({"id": id, "state": "inbox", "file": ws.inbox().join(&file)});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{id} — .context/inbox/{file}");
+            println!("state:    inbox: {}", inbox_note(ws, is_task));
+            println!("{}", daemon_line(ws, &live));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(id) = id {
+        let t = find_task(&book, id)?;
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(t)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("{} — {}", t.id, t.title);
+        println!("state:    {}", describe(t));
+        println!(
+            "chain:    {}",
+            if t.chain.is_empty() {
+                "(empty)".into()
+            } else {
+                t.chain.join(" → ")
+            }
+        );
+        println!("received: {}", duration::clock(t.received_ms));
+        if !t.after.is_empty() {
+            println!("after:    {}", t.after.join(", "));
+        }
+        if t.cost_usd > 0.0 || t.budget_usd.is_some() {
+            let budget = t
+                .budget_usd
+                .map(|b| format!(" of its {} budget", usage::dollars(b)))
+                .unwrap_or_default();
+            println!("cost:     {}{budget}", usage::dollars(t.cost_usd));
+        }
+        for a in &t.attempts {
+            let status = match (a.exit_code, a.signal) {
+                (_, Some(s)) => format!("signal {s} ({})", signal_name(s)),
+                (Some(c), None) => format!("exit {c}"),
+                _ => "-".into(),
+            };
+            println!(
+                "attempt {}: {:<10} {:<12} {:<10} {:>8}  {}",
+                a.n,
+                a.agent,
+                a.class.map(|c| c.as_str()).unwrap_or("running"),
+                status,
+                short(Duration::from_millis(a.duration_ms)),
+                a.reason
+            );
+        }
+        print_run(ws, &book, t);
+        println!("{}", daemon_line(ws, &live));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let waiting = inbox_files(ws, &book);
+    if as_json {
+        let tasks: Vec<&TaskRecord> = book.iter().collect();
+        let inbox: Vec<serde_json::Value> = waiting
+            .iter()
+            .map(|(id, file, is_task)| {
+                json!({"id": id, "state": "inbox", "file": file, "task_file": is_task})
+            })
+            .collect();
+        let pid = running_daemon(ws);
+        let out = json!({
+            // A number, or null when no daemon runs (or its pid could not be read).
+            "daemon_pid": pid.as_deref().and_then(|p| p.parse::<u32>().ok()),
+            "daemon_running": pid.is_some(),
+            "inbox": inbox,
+            "paused": live.paused,
+            "tasks": tasks,
+            "rejected": book.rejected,
+            "spend": spend_report(ws, &book)?,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", daemon_line(ws, &live));
+    let spend = spend_report(ws, &book)?;
+    if let Some(line) = spend_line(&spend) {
+        println!("{line}");
+    }
+    if book.is_empty() && book.rejected.is_empty() && waiting.is_empty() {
+        println!("no tasks yet: drop a file into .context/inbox/ or run `dirigent submit \"…\"`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<28} {:<9} {:<10} {:>3} {:>8}  TITLE",
+        "ID", "STATE", "AGENT", "#", "TIME"
+    );
+    for t in book.iter() {
+        let agent = match &t.phase {
+            Phase::Done { agent, .. } | Phase::Running { agent, .. } => agent.clone(),
+            _ => t
+                .attempts
+                .last()
+                .map(|a| a.agent.clone())
+                .unwrap_or_else(|| "-".into()),
+        };
+        println!(
+            "{:<28} {:<9} {:<10} {:>3} {:>8}  {}",
+            t.id,
+            t.phase.label(),
+            agent,
+            t.attempts.len(),
+            short(Duration::from_millis(t.busy_ms())),
+            t.title
+        );
+        // Why it failed, and what to do about it, where the user looks first.
+        if let Phase::Failed { reason, .. } = &t.phase {
+            let mut line: String = reason.chars().take(300).collect();
+            if reason.chars().count() > 300 {
+                line.push('…');
+            }
+            println!("{:<28} ↳ {line}", "");
+        }
+    }
+    for (id, file, is_task) in &waiting {
+        println!(
+            "{id:<28} {:<9} {:<10} {:>3} {:>8}  .context/inbox/{file}",
+            "inbox", "-", 0, "-"
+        );
+        println!("{:<28} ↳ {}", "", inbox_note(ws, *is_task));
+    }
+    for r in &book.rejected {
+        println!(
+            "rejected: {} — {}",
+            r.file,
+            r.reason.lines().next().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// For a workflow run: each phase of its workflow with its state, its loop rounds, and its
+/// tasks with theirs (failed ones with their reason and report).
+fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
+    let prefix = format!("{}.", run.id);
+    let children: Vec<&TaskRecord> = book.iter().filter(|c| c.id.starts_with(&prefix)).collect();
+    let workflow = run.spec.as_ref().and_then(|s| s.fields.workflow.clone());
+    if workflow.is_none() && children.is_empty() && run.phases.is_empty() {
+        return;
+    }
+    // The phases in order: from the definition when it can be read, else those recorded.
+    let mut phases: Vec<String> = workflow
+        .as_deref()
+        .and_then(|name| {
+            let defs = dirigent::workflow::discover(&ws.workflows()).ok()?;
+            let def = defs.into_iter().find(|d| d.name == name)?;
+            let wf: dirigent::workflow::Workflow = serde_saphyr::from_str(&def.text).ok()?;
+            Some(wf.phases.iter().map(|p| p.name.value.clone()).collect())
+        })
+        .unwrap_or_default();
+    // Once finished, a run keeps no definition: its recorded phases and its tasks' ids say.
+    let from_tasks = children.iter().filter_map(|c| {
+        let rest = c.id.strip_prefix(&prefix)?;
+        let phase = rest.split('.').next()?;
+        (phase != "distill").then(|| phase.to_string())
+    });
+    for p in run.phases.iter().map(|(p, _)| p.clone()).chain(from_tasks) {
+        if !phases.contains(&p) {
+            phases.push(p);
+        }
+    }
+    println!("phases:");
+    for p in &phases {
+        let mine: Vec<&&TaskRecord> = children
+            .iter()
+            .filter(|c| {
+                c.id.strip_prefix(&prefix)
+                    .is_some_and(|rest| rest == p || rest.starts_with(&format!("{p}.")))
+            })
+            .collect();
+        let state = if let Some((_, out)) = run.phases.iter().find(|(done, _)| done == p) {
+            format!("completed → {out}")
+        } else if mine.iter().any(|c| matches!(c.phase, Phase::Failed { .. })) {
+            "failed".to_string()
+        } else if mine.is_empty() {
+            "not started".to_string()
+        } else {
+            "running".to_string()
+        };
+        println!("  {p:<20} {state}");
+        for (phase, round, passed, feedback) in &run.rounds {
+            if phase == p {
+                println!(
+                    "  {:<20}   round {round}: {}{}",
+                    "",
+                    if *passed { "PASS" } else { "FAIL" },
+                    feedback
+                        .lines()
+                        .find(|l| !l.trim().is_empty())
+                        .map(|l| format!(" — {}", l.chars().take(100).collect::<String>()))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    if children.is_empty() {
+        return;
+    }
+    println!("tasks:");
+    for c in &children {
+        let agent = match &c.phase {
+            Phase::Done { agent, .. } | Phase::Running { agent, .. } => agent.clone(),
+            _ => c
+                .attempts
+                .last()
+                .map(|a| a.agent.clone())
+                .unwrap_or_else(|| "-".into()),
+        };
+        println!("  {:<32} {:<9} {agent}", c.id, c.phase.label());
+        if let Phase::Failed { reason, .. } = &c.phase {
+            println!("  {:<32} ↳ {}", "", reason.lines().next().unwrap_or(""));
+            let report = ws.escalations().join(format!("{}.md", c.id));
+            if report.exists() {
+                println!("  {:<32}   report: {}", "", report.display());
+            }
+        }
+    }
+}
+
+/// Today's spending (UTC) against the budgets: `{day, total_usd, daily_budget_usd, agents:
+/// {name: {spent_usd, budget_usd}}}`.
+fn spend_report(ws: &Workspace, book: &TaskBook) -> Result<serde_json::Value> {
+    // `status` works with a broken config too: the budgets are then unknown, and it says so.
+    let config = match Config::load(&ws.config()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warning: budgets not shown: {e}");
+            Config::parse("{}", "no config")?
+        }
+    };
+    let today = dirigent::state::day_of(ledger::now_ms());
+    let day = book.spend.get(&today).cloned().unwrap_or_default();
+    let mut agents = serde_json::Map::new();
+    let names: std::collections::BTreeSet<&String> = day
+        .by_agent
+        .keys()
+        .chain(config.budgets.agents.keys())
+        .collect();
+    for name in names {
+        agents.insert(
+            name.clone(),
+            json!({
+                "spent_usd": day.by_agent.get(name).copied().unwrap_or(0.0),
+                "budget_usd": config.budgets.agents.get(name),
+            }),
+        );
+    }
+    Ok(json!({
+        "day": duration::clock(today * 86_400_000)[..10].to_string(),
+        "total_usd": day.total_usd,
+        "daily_budget_usd": config.budgets.daily,
+        "agents": agents,
+    }))
+}
+
+/// `spend today: $1.20 of $20.00 (claude $0.80 of $5.00, gemini $0.40)`, or nothing when
+/// nothing was spent and no budget is set.
+fn spend_line(spend: &serde_json::Value) -> Option<String> {
+    let of = |budget: &serde_json::Value| {
+        budget
+            .as_f64()
+            .map(|b| format!(" of {}", usage::dollars(b)))
+            .unwrap_or_default()
+    };
+    let total = spend["total_usd"].as_f64().unwrap_or(0.0);
+    let agents = spend["agents"].as_object()?;
+    if total == 0.0 && spend["daily_budget_usd"].is_null() && agents.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = agents
+        .iter()
+        .map(|(name, a)| {
+            format!(
+                "{name} {}{}",
+                usage::dollars(a["spent_usd"].as_f64().unwrap_or(0.0)),
+                of(&a["budget_usd"])
+            )
+        })
+        .collect();
+    let mut line = format!(
+        "spend today (UTC): {}{}",
+        usage::dollars(total),
+        of(&spend["daily_budget_usd"])
+    );
+    if !parts.is_empty() {
+        line.push_str(&format!(" ({})", parts.join(", ")));
+    }
+    Some(line)
+}
+
+pub(super) fn describe(t: &TaskRecord) -> String {
+    match &t.phase {
+        Phase::Pending => "pending".into(),
+        Phase::Requeued => "requeued (back in the inbox until the daemon starts)".into(),
+        Phase::Running {
+            attempt,
+            agent,
+            since_ms,
+        } => {
+            format!(
+                "running: attempt {attempt} with {agent} since {}",
+                duration::clock(*since_ms)
+            )
+        }
+        Phase::Done {
+            agent,
+            output,
+            finished_ms,
+        } => {
+            format!(
+                "done by {agent} at {}; result in {output}",
+                duration::clock(*finished_ms)
+            )
+        }
+        Phase::Failed {
+            reason,
+            finished_ms,
+        } => format!(
+            "failed ({} at {}): {}; report in .context/escalations/{}.md",
+            if reason == dirigent::state::CANCELLED_REASON {
+                "cancelled"
+            } else {
+                "escalated"
+            },
+            duration::clock(*finished_ms),
+            dirigent::progress::one_line(reason, 300),
+            t.id
+        ),
+    }
+}

@@ -1,0 +1,351 @@
+//! `dirigent submit` and `dirigent workflow run`: a task into the inbox, then — with `--wait` —
+//! following the ledger until it settles, with a live line on a terminal.
+
+use super::*;
+
+/// Reads the prompt from the argument or stdin.
+fn read_prompt(arg: Option<&str>) -> Result<String> {
+    match arg {
+        Some(p) if p != "-" => Ok(p.to_string()),
+        _ => {
+            if arg.is_none() && std::io::stdin().is_terminal() {
+                bail!("no prompt: give it as an argument, or pipe it in with `-`");
+            }
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("cannot read the prompt from stdin")?;
+            Ok(s)
+        }
+    }
+}
+
+pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
+    let prompt = match (&args.workflow, &args.prompt) {
+        // A workflow needs no prompt; one given is kept for the record.
+        (Some(_), None) => String::new(),
+        _ => {
+            let p = read_prompt(args.prompt.as_deref())?;
+            if p.trim().is_empty() {
+                bail!("the prompt is empty");
+            }
+            p
+        }
+    };
+    let timeout = match &args.timeout {
+        Some(t) => Some(Dur(
+            duration::parse(t).map_err(|e| anyhow::anyhow!("`--timeout`: {e}"))?
+        )),
+        None => None,
+    };
+    if let Some(id) = &args.id {
+        validate_name(id).map_err(|m| anyhow::anyhow!("invalid `--id` `{id}`: {m}"))?;
+    }
+    let fields = TaskFields {
+        id: args.id,
+        title: args.title,
+        prompt: (!prompt.is_empty()).then_some(prompt),
+        workflow: args.workflow,
+        vars: args.vars.into_iter().collect(),
+        role: args.role,
+        agent: args.agent,
+        chain: args.chain,
+        output: args.output,
+        after: args.after,
+        priority: args.priority.unwrap_or(0),
+        timeout,
+        context: args.context,
+        files: args.files,
+        parent: dirigent::task::parent_from_env(),
+        ..Default::default()
+    };
+    // Validate here, before anything is written, with the same rules the daemon applies.
+    let config = Config::load(&ws.config())?;
+    let book = load_book(ws)?;
+    let (id, fields) = dirigent::submit::prepare(fields, &config, ws, |id| book.contains(id))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.to_string()
+                    .replace("choose another id", "choose another `--id`")
+            )
+        })?;
+    if !ws.context().is_dir() {
+        eprintln!(
+            "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit; add `.context/` to .gitignore)",
+            ws.context().display(),
+            ws.root().display()
+        );
+    }
+    ws.ensure()?;
+    let ledger_offset = std::fs::metadata(ws.ledger()).map(|m| m.len()).unwrap_or(0);
+    let name = format!("{id}.json");
+    let dest = submit_file(ws, &id, fields).map_err(|e| {
+        anyhow::anyhow!(
+            "{}",
+            e.replace("choose another id", "choose another `--id`")
+        )
+    })?;
+    if args.json {
+        println!("{}", json!({"id": id, "file": dest}));
+    } else if !args.wait {
+        println!("{id}");
+    }
+    if !args.wait && running_daemon(ws).is_none() {
+        eprintln!(
+            "dirigent: no daemon is running on this workspace: `{id}` waits in .context/inbox/ and runs when one starts (`dirigent daemon`)"
+        );
+    }
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if running_daemon(ws).is_none() {
+        eprintln!(
+            "dirigent: submitted `{id}`; no daemon is running on this workspace yet — waiting for one to start"
+        );
+    } else {
+        eprintln!("dirigent: submitted `{id}`, waiting");
+    }
+    wait_for(ws, &id, &name, ledger_offset)
+}
+
+/// Puts the task into the inbox: through the running daemon when there is one (it reserves the
+/// id, so no file dropped meanwhile can take it), else straight into the inbox.
+fn submit_file(
+    ws: &Workspace,
+    id: &str,
+    fields: TaskFields,
+) -> std::result::Result<std::path::PathBuf, String> {
+    if running_daemon(ws).is_some() {
+        let req = dirigent::control::Request::Submit {
+            task: Box::new(fields.clone()),
+        };
+        if let Ok(answer) = dirigent::control::request(ws, &req) {
+            if !answer.ok {
+                return Err(answer.message);
+            }
+            let file = answer.data.as_ref().and_then(|d| d["file"].as_str());
+            return Ok(file
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| ws.inbox().join(format!("{id}.json"))));
+        }
+    }
+    dirigent::submit::write_into_inbox(ws, id, &fields)
+        .map(|s| s.file)
+        .map_err(|e| e.to_string())
+}
+
+/// Follows the ledger until the task is done, escalated or rejected. For a workflow run, its
+/// tasks' attempts and its loop rounds are shown as they happen too.
+fn wait_for(ws: &Workspace, id: &str, file: &str, mut offset: u64) -> Result<ExitCode> {
+    let waker = ChangeWaker::new(&[ws.context()]);
+    let started = Instant::now();
+    // On a terminal, a live line shows what runs now; in a pipe, only the event lines.
+    let mut live = LiveLine::new(std::io::stderr().is_terminal());
+    // What runs now: (task, attempt, agent, since), the run's own tasks included.
+    let mut current: Vec<(String, u32, String, Instant)> = Vec::new();
+    let child_prefix = format!("{id}.");
+    let key = ledger_key(ws);
+    loop {
+        let (records, next) = ledger::read_from(&ws.ledger(), offset, key.as_ref())?;
+        offset = next;
+        for r in records {
+            let Some(task) = r.event.task().map(str::to_string) else {
+                if let Event::Rejected {
+                    file: f,
+                    reason,
+                    moved_to,
+                } = &r.event
+                    && f == file
+                {
+                    live.clear();
+                    eprintln!("error: the task was rejected: {reason}");
+                    eprintln!("(the file is in .context/rejected/{moved_to})");
+                    return Ok(ExitCode::from(1));
+                }
+                continue;
+            };
+            let own = task == id;
+            let child = task.starts_with(&child_prefix);
+            if !own && !child {
+                continue;
+            }
+            match &r.event {
+                Event::AttemptStarted { attempt, agent, .. } => {
+                    current.push((task.clone(), *attempt, agent.clone(), Instant::now()));
+                }
+                Event::AttemptFinished { .. } | Event::Done { .. } | Event::Escalated { .. } => {
+                    current.retain(|(t, ..)| *t != task);
+                }
+                _ => {}
+            }
+            live.clear();
+            if own {
+                if let Some(code) = report_progress(ws, id, &r, started)? {
+                    return Ok(code);
+                }
+            } else {
+                report_child(&task, &r, started);
+            }
+        }
+        let line = match current.last() {
+            Some((task, n, agent, since)) => format!(
+                "[{}] {}attempt {n}: {agent} running for {}{}",
+                short(started.elapsed()),
+                if task == id {
+                    String::new()
+                } else {
+                    format!("{task}: ")
+                },
+                short(since.elapsed()),
+                if current.len() > 1 {
+                    format!(" (+{} more running)", current.len() - 1)
+                } else {
+                    String::new()
+                }
+            ),
+            None => format!("[{}] waiting for `{id}`", short(started.elapsed())),
+        };
+        live.draw(&line);
+        waker.wait(Duration::from_secs(1));
+    }
+}
+
+/// The one redrawn status line of `--wait` on a terminal. It is drawn only when its text
+/// changed and at most every [`LiveLine::MIN_GAP`], so a busy ledger cannot flood the
+/// terminal; event lines first clear it.
+struct LiveLine {
+    tty: bool,
+    shown: Option<String>,
+    drawn_at: Option<Instant>,
+}
+
+impl LiveLine {
+    const MIN_GAP: Duration = Duration::from_millis(250);
+
+    fn new(tty: bool) -> Self {
+        LiveLine {
+            tty,
+            shown: None,
+            drawn_at: None,
+        }
+    }
+
+    fn draw(&mut self, line: &str) {
+        if !self.tty || self.shown.as_deref() == Some(line) {
+            return;
+        }
+        if self.drawn_at.is_some_and(|t| t.elapsed() < Self::MIN_GAP) && self.shown.is_some() {
+            return;
+        }
+        eprint!("\r\x1b[2K{line}");
+        let _ = std::io::stderr().flush();
+        self.shown = Some(line.to_string());
+        self.drawn_at = Some(Instant::now());
+    }
+
+    /// Erases the line (when one is shown) so that an event line can take its place.
+    fn clear(&mut self) {
+        if self.tty && self.shown.take().is_some() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// One event of a workflow run's task, for `--wait`: its attempts, its end, its rounds.
+fn report_child(task: &str, r: &Record, started: Instant) {
+    let t = short(started.elapsed());
+    match &r.event {
+        Event::AttemptStarted { attempt, agent, .. } => {
+            eprintln!("[{t}] {task}: attempt {attempt}: {agent} started")
+        }
+        Event::AttemptFinished {
+            attempt,
+            agent,
+            class,
+            reason,
+            duration_ms,
+            ..
+        } => eprintln!(
+            "[{t}] {task}: attempt {attempt}: {agent} → {class} after {}: {reason}",
+            short(Duration::from_millis(*duration_ms))
+        ),
+        Event::Done { output, agent, .. } => {
+            eprintln!("[{t}] {task}: done by {agent}; result in {output}")
+        }
+        Event::Escalated { reason, .. } => eprintln!(
+            "[{t}] {task}: failed: {}",
+            reason.lines().next().unwrap_or("")
+        ),
+        _ => {}
+    }
+}
+
+fn report_progress(
+    ws: &Workspace,
+    id: &str,
+    r: &Record,
+    started: Instant,
+) -> Result<Option<ExitCode>> {
+    let t = short(started.elapsed());
+    match &r.event {
+        Event::AttemptStarted {
+            attempt,
+            agent,
+            pid,
+            ..
+        } => {
+            eprintln!("[{t}] attempt {attempt}: {agent} started (pid {pid})");
+        }
+        Event::AttemptFinished {
+            attempt,
+            agent,
+            class,
+            reason,
+            duration_ms,
+            ..
+        } => {
+            eprintln!(
+                "[{t}] attempt {attempt}: {agent} → {class} after {}: {reason}",
+                short(Duration::from_millis(*duration_ms))
+            );
+        }
+        Event::Done { output, agent, .. } => {
+            eprintln!("[{t}] done by {agent}; result in {output}");
+            let text = std::fs::read(ws.root().join(output))
+                .with_context(|| format!("cannot read `{output}`"))?;
+            std::io::stdout().write_all(&text)?;
+            return Ok(Some(ExitCode::SUCCESS));
+        }
+        Event::Escalated {
+            reason, attempts, ..
+        } => {
+            eprintln!("[{t}] escalated after {attempts} attempt(s): {reason}");
+            eprintln!("see .context/escalations/{id}.md");
+            return Ok(Some(ExitCode::from(1)));
+        }
+        Event::Requeued { .. } => eprintln!(
+            "[{t}] the daemon stopped; the task is back in the inbox and waits for the next start"
+        ),
+        Event::PhaseCompleted { phase, output, .. } => {
+            eprintln!("[{t}] phase {phase} completed: {output}")
+        }
+        Event::LoopRound {
+            phase,
+            round,
+            passed,
+            feedback,
+            ..
+        } => eprintln!(
+            "[{t}] phase {phase} round {round}: {}{}",
+            if *passed { "PASS" } else { "FAIL" },
+            feedback
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| format!(" — {}", l.chars().take(160).collect::<String>()))
+                .unwrap_or_default()
+        ),
+        _ => {}
+    }
+    Ok(None)
+}
