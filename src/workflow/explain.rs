@@ -24,42 +24,39 @@ pub fn variables_line(wf: &Workflow) -> String {
     format!("variables: {}", items.join(", "))
 }
 
-/// One line per phase: what runs each of its steps, e.g.
-/// `decompose (single): claude-opus → `claude-opus` is a `models:` alias for …`.
+/// What runs each phase's steps, one line per step: a phase run by one name on its own line
+/// (`decompose (single): `claude-opus` → a `models:` alias for …`), a phase of several under
+/// its name (`  proposer 1: …`, `  judge: …`).
 pub fn runner_lines(wf: &Workflow, config: &Config) -> Vec<String> {
-    wf.phases
-        .iter()
-        .map(|phase| {
-            let parts: Vec<String> = steps(phase)
-                .into_iter()
-                .map(|(label, name, accepts)| {
-                    let found = match targets::resolve(name, accepts, config) {
-                        Ok(r) if r.how == format!("agent `{name}`") => r.how,
-                        Ok(r) => format!(
-                            "`{name}` → {}",
-                            r.how.trim_start_matches(&format!("`{name}` is "))
-                        ),
-                        Err(why) => format!("`{name}`: {why}"),
-                    };
-                    if label.is_empty() {
-                        found
-                    } else {
-                        format!("{label} {found}")
-                    }
-                })
-                .collect();
-            let parts = if parts.is_empty() {
-                "the tasks' own agents".to_string()
-            } else {
-                parts.join("; ")
-            };
-            format!(
-                "{} ({}): {parts}",
-                phase.name.value,
-                phase.kind.value.name()
-            )
-        })
-        .collect()
+    let mut out = Vec::new();
+    for phase in &wf.phases {
+        let head = format!("{} ({})", phase.name.value, phase.kind.value.name());
+        let steps: Vec<(String, String)> = steps(phase)
+            .into_iter()
+            .map(|(label, name, accepts)| {
+                let found = match targets::resolve(name, accepts, config) {
+                    Ok(r) if r.how == format!("agent `{name}`") => r.how,
+                    Ok(r) => format!(
+                        "`{name}` → {}",
+                        r.how.trim_start_matches(&format!("`{name}` is "))
+                    ),
+                    Err(why) => format!("`{name}`: {why}"),
+                };
+                (label, found)
+            })
+            .collect();
+        match steps.as_slice() {
+            [] => out.push(format!("{head}: the tasks' own agents")),
+            [(label, found)] if label.is_empty() => out.push(format!("{head}: {found}")),
+            _ => {
+                out.push(head);
+                for (label, found) in steps {
+                    out.push(format!("  {label} {found}"));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The named runners of a phase, labelled for the report.
