@@ -9,7 +9,7 @@
 //!   it retries ~3 minutes on network failure unless `CLAUDE_CODE_MAX_RETRIES` is set.
 //! - gemini: `-p PROMPT -o json --yolo`; exit 55 = untrusted folder (unless
 //!   `GEMINI_CLI_TRUST_WORKSPACE=true`), 41 = no auth, 42 = no prompt; errors as JSON on stderr.
-//!   Parallel starts race (seed 003), hence the default 1 s stagger.
+//!   Parallel starts race on its state files, hence the default 1 s stagger.
 //! - codex: `exec --json PROMPT` (JSONL events); `--full-auto` is rejected; it never exits on
 //!   network failure, so the idle timeout is what ends it; success needs `turn.completed` and no
 //!   `turn.failed`; outside a git repository it needs `--skip-git-repo-check`.

@@ -1,5 +1,5 @@
-//! `.context/progress.md`: the human-readable view of the ledger, like the progress ledger in the
-//! seeds. Rendered from a [`TaskBook`] and replaced atomically (temp file + rename), so a reader
+//! `.context/progress.md`: the human-readable view of the ledger, a checklist a person can read at
+//! a glance. Rendered from a [`TaskBook`] and replaced atomically (temp file + rename), so a reader
 //! never sees half a file. The daemon renders it shortly after changes (coalesced), never on a
 //! timer while idle.
 

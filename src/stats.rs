@@ -1,5 +1,5 @@
 //! Scorecards: what the ledger says about each agent (or role, or model) over a period — the
-//! "tool comparison data" of seed 000. A pure fold over records, so `dirigent stats` and the
+//! data to compare the tools by. A pure fold over records, so `dirigent stats` and the
 //! tests compute the same figures from the same ledger.
 //!
 //! Definitions (also in docs/stats.md):

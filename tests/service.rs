@@ -131,6 +131,20 @@ default_chain: [say]
         1,
         "{log}"
     );
+    assert!(
+        !log.contains("error: the new configuration"),
+        "one `error`, from the log level, not two: {log}"
+    );
+    // The log says "reloaded" only for the reload that changed something: the SIGHUP with the
+    // same file re-read it unchanged.
+    assert_eq!(
+        (
+            log.matches("configuration re-read: unchanged").count(),
+            log.matches("configuration reloaded").count()
+        ),
+        (1, 1),
+        "one unchanged re-read (SIGHUP), one real reload (the edit): {log}"
+    );
 
     // The attempt that was running all along finishes normally with the agent it started with.
     std::fs::write(ws.root().join("release"), "").unwrap();

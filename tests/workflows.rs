@@ -248,6 +248,15 @@ fn workflow_tasks_are_checked_before_they_are_accepted() {
         stderr(&["workflow", "run", "nope"])
             .starts_with("error: unknown workflow `nope` (workflows: bulk-refine,")
     );
+    // Close names are suggested.
+    assert!(
+        stderr(&["workflow", "run", "needz"]).ends_with("; did you mean `needs`?\n"),
+        "a mistyped workflow gets a suggestion"
+    );
+    assert_eq!(
+        stderr(&["workflow", "run", "needs", "--var", "topik=x"]),
+        "error: workflow `needs` has no variable `topik` (variables: topic); did you mean `topic`?\n"
+    );
     assert!(common::list(&ws, "inbox").is_empty());
 }
 

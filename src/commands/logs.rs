@@ -16,12 +16,11 @@ pub fn logs(
         // Following a task that has not started yet (queued, or still in the inbox): wait for
         // its first attempt instead of failing.
         let mut told = false;
+        // Seen waiting in the inbox: once the file is gone the daemon is taking it in, and the
+        // task shows up in the ledger (or as rejected) a moment later.
+        let mut seen_waiting = false;
         let waker = ChangeWaker::new(&[ws.context()]);
         loop {
-            let waiting_in_inbox = book.get(id).is_none()
-                && inbox_files(ws, &book)
-                    .iter()
-                    .any(|(i, _, is_task)| i == id && *is_task);
             match book.get(id) {
                 Some(t) if !t.attempts.is_empty() => break,
                 Some(t) if t.phase.is_terminal() => {
@@ -32,8 +31,24 @@ pub fn logs(
                     return Ok(ExitCode::from(1));
                 }
                 Some(_) => {}
-                None if waiting_in_inbox => {}
-                None => break, // unknown: `find_task` below says so
+                None => {
+                    let in_inbox = inbox_files(ws, &book)
+                        .iter()
+                        .any(|(i, _, is_task)| i == id && *is_task);
+                    if in_inbox {
+                        seen_waiting = true;
+                    } else if !seen_waiting {
+                        break; // unknown: `find_task` below says so
+                    } else if let Some(r) = book.rejected.iter().rev().find(|r| {
+                        dirigent::task::id_from_stem(dirigent::fsutil::split_name(&r.file).0) == id
+                    }) {
+                        eprintln!(
+                            "error: the task was rejected: {}",
+                            r.reason.lines().next().unwrap_or("")
+                        );
+                        return Ok(ExitCode::from(1));
+                    }
+                }
             }
             if !told {
                 eprintln!(

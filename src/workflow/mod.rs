@@ -122,7 +122,7 @@ pub struct Phase {
     pub mode: Option<EnsembleMode>,
     #[serde(default)]
     pub min_proposals: Option<usize>,
-    /// Outputs of earlier phases this phase reads (`plan`, or the seed's `plan.output`; one
+    /// Outputs of earlier phases this phase reads (`plan`, or `plan.output`; one
     /// name or a list).
     #[serde(default)]
     pub input: Option<Spanned<OneOrMany>>,
@@ -358,7 +358,7 @@ impl Phase {
             .collect()
     }
 
-    /// The phases this one reads, by name (the seed's `.output`/`.outputs` suffix removed).
+    /// The phases this one reads, by name (an `.output`/`.outputs` suffix removed).
     pub fn inputs(&self) -> Vec<&str> {
         let names: Vec<&str> = match self.input.as_ref().map(|s| &s.value) {
             None => vec![],
@@ -926,9 +926,9 @@ phases:
     }
 
     #[test]
-    fn the_seeds_input_forms_are_accepted() {
+    fn the_input_forms_users_write_are_accepted() {
         let text = "\
-name: seed
+name: forms
 vars: { feature: auth }
 phases:
   - name: plan
@@ -938,7 +938,7 @@ phases:
   - { name: build, type: single, agent: claude, prompt: Build, input: plan.output }
   - { name: audit, type: single, agent: claude, prompt: Audit, input: [plan.output, build.outputs] }
 ";
-        let wf = validate(&def("seed", text), &config()).unwrap();
+        let wf = validate(&def("forms", text), &config()).unwrap();
         assert_eq!(wf.phases.len(), 3);
         assert_eq!(wf.phases[2].inputs(), ["plan", "build"]);
         assert_eq!(

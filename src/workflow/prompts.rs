@@ -1,5 +1,5 @@
-//! The prompt a phase runs with when its definition has no `prompt:` — the seed format leaves
-//! most prompts out and lets the phase's name say what it is for. A default is a template like
+//! The prompt a phase runs with when its definition has no `prompt:` — the format users write
+//! leaves most prompts out and lets the phase's name say what it is for. A default is a template like
 //! a written prompt (rendered with the run's variables): a line placing the phase in its
 //! workflow, what it is for — purpose-written for the well-known phase names (workshop, plan,
 //! decompose, execute, integrate, audit, and a few synonyms), generic by type otherwise — the

@@ -1,5 +1,5 @@
 //! Who runs a workflow step. A workflow names its runners the way its author thinks of them —
-//! `agent: claude`, `role: reviewer`, the seed format's `model: claude-opus`, an ensemble's
+//! `agent: claude`, `role: reviewer`, the `model: claude-opus` users write, an ensemble's
 //! `models: [...]`, `judge:` and `routing:` values — and this module turns each name into what
 //! the engine can start: one agent (possibly `agent:model`), or a role's fallback chain.
 //!
