@@ -116,7 +116,8 @@ pub fn workflows(ws: &Workspace, config: &Config) -> std::io::Result<Vec<Value>>
                     .map(|p| format!("{}:{}", p.name.value, p.kind.value.name()))
                     .collect::<Vec<_>>(),
                 wf.description.clone(),
-                wf.vars.clone(),
+                // Declared ones, and the `{variables}` used without being declared (required).
+                wf.variables(),
                 true,
             ),
             Err(_) => (vec![], String::new(), Default::default(), false),

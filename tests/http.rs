@@ -289,6 +289,25 @@ fn agents_and_workflows_are_listed_and_a_workflow_runs() {
         .clone();
     assert_eq!(echo["valid"], true);
     assert_eq!(echo["vars"], serde_json::json!({"goal": null}));
+    // A built-in that uses `{feature}` without declaring it lists it as required.
+    let feature_build = workflows["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "feature-build")
+        .expect("feature-build listed")
+        .clone();
+    assert_eq!(
+        feature_build["vars"]["feature"],
+        serde_json::Value::Null,
+        "`feature` is required: {feature_build}"
+    );
+    assert!(
+        feature_build["vars"]
+            .as_object()
+            .is_some_and(|v| v.contains_key("feature")),
+        "{feature_build}"
+    );
 
     let missing_var = http(&url, "POST", "/workflows/echo/runs", t, Some("{}"));
     assert_eq!(missing_var.status, 400, "{missing_var:?}");
