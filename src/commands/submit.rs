@@ -252,13 +252,9 @@ impl LiveLine {
     }
 }
 
-/// One event of a workflow run's task, for `--wait`: its attempts, its end, its rounds.
-fn report_child(task: &str, r: &Record, started: Instant) {
-    let t = short(started.elapsed());
-    match &r.event {
-        Event::AttemptStarted { attempt, agent, .. } => {
-            eprintln!("[{t}] {task}: attempt {attempt}: {agent} started")
-        }
+/// `attempt 2: gemini → rate_limit after 3.1s: …` for an `attempt_finished` event.
+fn finished_line(event: &Event) -> String {
+    match event {
         Event::AttemptFinished {
             attempt,
             agent,
@@ -266,10 +262,24 @@ fn report_child(task: &str, r: &Record, started: Instant) {
             reason,
             duration_ms,
             ..
-        } => eprintln!(
-            "[{t}] {task}: attempt {attempt}: {agent} → {class} after {}: {reason}",
+        } => format!(
+            "attempt {attempt}: {agent} → {class} after {}: {reason}",
             short(Duration::from_millis(*duration_ms))
         ),
+        _ => String::new(),
+    }
+}
+
+/// One event of a workflow run's task, for `--wait`: its attempts, its end, its rounds.
+fn report_child(task: &str, r: &Record, started: Instant) {
+    let t = short(started.elapsed());
+    match &r.event {
+        Event::AttemptStarted { attempt, agent, .. } => {
+            eprintln!("[{t}] {task}: attempt {attempt}: {agent} started")
+        }
+        Event::AttemptFinished { .. } => {
+            eprintln!("[{t}] {task}: {}", finished_line(&r.event))
+        }
         Event::Done { output, agent, .. } => {
             eprintln!("[{t}] {task}: done by {agent}; result in {output}")
         }
@@ -297,19 +307,7 @@ fn report_progress(
         } => {
             eprintln!("[{t}] attempt {attempt}: {agent} started (pid {pid})");
         }
-        Event::AttemptFinished {
-            attempt,
-            agent,
-            class,
-            reason,
-            duration_ms,
-            ..
-        } => {
-            eprintln!(
-                "[{t}] attempt {attempt}: {agent} → {class} after {}: {reason}",
-                short(Duration::from_millis(*duration_ms))
-            );
-        }
+        Event::AttemptFinished { .. } => eprintln!("[{t}] {}", finished_line(&r.event)),
         Event::Done { output, agent, .. } => {
             eprintln!("[{t}] done by {agent}; result in {output}");
             let text = std::fs::read(ws.root().join(output))
