@@ -1096,7 +1096,9 @@ fn a_failed_run_reports_its_tasks_shows_them_in_status_and_resumes_with_retry() 
     ] {
         assert!(st.contains(want), "status should show {want:?}:\n{st}");
     }
-    // flaky.sh works the second time: `retry` resumes from the failed phase.
+    // flaky.sh works the second time: `retry` resumes from the failed phase (once the daemon
+    // has applied the escalation `--wait` saw in the ledger).
+    ws.wait_state("r", "failed");
     let out = ws.cli(&["retry", "r"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

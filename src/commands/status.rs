@@ -32,7 +32,17 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
         && let Some(data) = answer.data
     {
         let paused = data["paused"]["why"].as_str().map(str::to_string);
-        if let Ok(book) = serde_json::from_value::<TaskBook>(data) {
+        if let Ok(mut book) = serde_json::from_value::<TaskBook>(data) {
+            // A record is in the ledger file (fsynced) a moment before the daemon has applied
+            // it: fold what the file has beyond the daemon's answer, so that `status` right
+            // after `submit --wait` said "escalated" says so too.
+            let key = ledger_key(ws);
+            if let Ok((records, _)) = ledger::read_from(&ws.ledger(), 0, key.as_ref()) {
+                let seen = book.last_seq;
+                for r in records.iter().filter(|r| r.seq > seen) {
+                    book.apply(r);
+                }
+            }
             return Ok((
                 book,
                 Live {

@@ -232,9 +232,13 @@ impl Workspace {
     /// fsynced and before the engine applies it, so a client asked right after
     /// [`Workspace::wait_settled`] may still be told "running".
     pub fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
+        // Asked of the daemon itself over its control socket: `dirigent status` also folds
+        // what the ledger file has beyond the daemon's answer, which is not what this waits for.
+        let ws = dirigent::workspace::Workspace::new(self.root()).unwrap();
+        let request = dirigent::control::Request::Get { id: id.to_string() };
         self.wait_until(&format!("the daemon to report `{id}` as {state}"), || {
-            let out = self.cli(&["status", id, "--json"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let answer = dirigent::control::request(&ws, &request).ok()?;
+            let v = answer.data?;
             (v["state"] == state).then_some(v)
         })
     }

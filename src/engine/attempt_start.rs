@@ -1,0 +1,220 @@
+//! Attempt start: the prompt is composed (task, context files, workspace files), the attempt is
+//! planned and spawned under its supervisor, and its start is recorded before the agent runs.
+
+use super::*;
+
+/// Most bytes of one context file put into a prompt.
+pub(super) const MAX_CONTEXT_FILE: u64 = 4 * 1024 * 1024;
+
+/// The prompt an agent receives: the task's prompt, then each `context` file (under
+/// `.context/`) and each `files` entry (workspace files), each in its own fenced section. The
+/// paths are checked again with the acceptance rules (the spec may come from an old ledger)
+/// and read through no link.
+fn compose_prompt(ws: &Workspace, spec: &TaskSpec) -> Result<String, PromptError> {
+    if spec.fields.context.is_empty() && spec.fields.files.is_empty() {
+        return Ok(spec.prompt.clone());
+    }
+    let refused =
+        |label: &str, e: String| PromptError::Refused(format!("context file `{label}`: {e}"));
+    let open = |r: std::io::Result<confined::Dir>| {
+        r.map_err(|e| match fsutil::exhausted(&e) {
+            Some(what) => PromptError::Exhausted(format!("{what} (opening the workspace: {e})")),
+            None => PromptError::Refused(format!("cannot open the workspace: {e}")),
+        })
+    };
+    let mut out = spec.prompt.clone();
+    out.push_str("\n\n---\n");
+    let mut dirs: Option<(confined::Dir, confined::Dir)> = None;
+    let sources = spec
+        .fields
+        .context
+        .iter()
+        .map(|c| (true, c))
+        .chain(spec.fields.files.iter().map(|f| (false, f)));
+    for (in_context, rel) in sources {
+        let label = if in_context {
+            format!(".context/{rel}")
+        } else {
+            rel.clone()
+        };
+        let path = if in_context {
+            confined::context_path("context", rel)
+        } else {
+            confined::workspace_path("files", rel)
+        }
+        .map_err(|e| refused(&label, e.to_string()))?;
+        if dirs.is_none() {
+            dirs = Some((open(ws.open_context())?, open(ws.open_root())?));
+        }
+        let (ctx, root) = dirs.as_ref().expect("just opened");
+        let base = if in_context { ctx } else { root };
+        let text =
+            confined::read_text(base, &path, MAX_CONTEXT_FILE).map_err(
+                |e| match fsutil::exhausted(&e) {
+                    Some(what) => {
+                        PromptError::Exhausted(format!("{what} (reading `{label}`: {e})"))
+                    }
+                    None => refused(&label, format!("cannot be read: {e}")),
+                },
+            )?;
+        out.push_str(&format!("\n## {label}\n\n{}\n", escalate::fenced(&text)));
+    }
+    Ok(out)
+}
+
+/// Why the prompt could not be put together.
+enum PromptError {
+    /// A context file is missing, too big, a link …: the task escalates.
+    Refused(String),
+    /// A resource ran out while reading: the task waits.
+    Exhausted(String),
+}
+
+impl Engine {
+    pub(super) fn start_attempt(&mut self, id: &str, agent: Arc<Agent>) {
+        self.dequeue(id);
+        let t = self.book.get(id).expect("queued tasks are in the book");
+        let spec = t.spec.clone().expect("unfinished tasks keep their spec");
+        let prompt = match compose_prompt(&self.ws, &spec) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(slot) = self.slots.get_mut(split_entry_base(&agent.name)) {
+                    slot.running -= 1;
+                }
+                return match e {
+                    PromptError::Refused(reason) => self.escalate(id, reason),
+                    PromptError::Exhausted(what) => {
+                        self.pause(what);
+                        self.enqueue(id);
+                    }
+                };
+            }
+        };
+        let previous = t.attempts.last().and_then(|a| {
+            let class = a.class?;
+            (class != Class::Ok && class != Class::Interrupted).then(|| PreviousAttempt {
+                agent: a.agent.clone(),
+                class,
+                stdout: self
+                    .ws
+                    .run_dir(id)
+                    .join(format!("{}-{}.stdout", a.n, a.agent)),
+                stderr: self
+                    .ws
+                    .run_dir(id)
+                    .join(format!("{}-{}.stderr", a.n, a.agent)),
+            })
+        });
+        // An isolated agent: the lowest instance no running attempt of it uses.
+        let base = split_entry_base(&agent.name).to_string();
+        let (instance, extra_env) = if agent.isolate {
+            let used: HashSet<usize> = self
+                .running
+                .values()
+                .filter(|r| r.agent == base)
+                .filter_map(|r| r.instance)
+                .collect();
+            let n = (0..).find(|n| !used.contains(n)).expect("a free instance");
+            let recipe = agent
+                .preset
+                .and_then(|p| crate::isolation::recipe(p.name))
+                .expect("config checked that the preset can be isolated");
+            let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+            match crate::isolation::prepare(self.ws.context(), &base, n, recipe, home.as_deref()) {
+                Ok((var, dir)) => (Some(n), vec![(var, dir.display().to_string())]),
+                Err(e) => {
+                    if let Some(slot) = self.slots.get_mut(&base) {
+                        slot.running -= 1;
+                    }
+                    return self.escalate(
+                        id,
+                        format!("cannot prepare the isolated state directory of `{base}`: {e}"),
+                    );
+                }
+            }
+        } else {
+            (None, vec![])
+        };
+        let t = self.book.get(id).expect("queued tasks are in the book");
+        let attempt = t.attempts.iter().map(|a| a.n).max().unwrap_or(0) + 1;
+        // Network retries this agent has had in a row on this task.
+        let retries_used = t
+            .attempts
+            .iter()
+            .rev()
+            .take_while(|a| a.agent == agent.name && a.class == Some(Class::Network))
+            .count() as u32;
+        let plan = AttemptPlan {
+            task_id: id.to_string(),
+            attempt,
+            timeout: spec.fields.timeout.map_or(agent.timeout, |d| d.0),
+            idle_timeout: spec.fields.idle_timeout.map(|d| d.0).or(agent.idle_timeout),
+            agent: agent.clone(),
+            prompt,
+            workspace: self.ws.clone(),
+            kill_grace: self.config.kill_grace,
+            leak_timeout: self.config.leak_timeout,
+            previous,
+            extra_env,
+        };
+        let (stop_tx, stop_rx) = watch::channel(None);
+        self.running.insert(
+            id.to_string(),
+            RunningAttempt {
+                agent: split_entry_base(&agent.name).to_string(),
+                instance,
+                resources: agent.resources.clone(),
+                stop: stop_tx,
+            },
+        );
+        tracing::info!(task = id, agent = %agent.name, attempt, "starting attempt");
+        let ledger = self.ledger.clone();
+        let tx = self.tx.clone();
+        let prices = self.config.prices.clone();
+        tokio::spawn(async move {
+            let (task, agent_name) = (plan.task_id.clone(), plan.agent.name.clone());
+            let (l2, tx2, task2, agent2) =
+                (ledger.clone(), tx.clone(), task.clone(), agent_name.clone());
+            // Fired once `started` has reached the engine, so that `AttemptDone` never
+            // overtakes it.
+            let (started_sent, started_reached) = tokio::sync::oneshot::channel::<()>();
+            let report = spawn::run_attempt(&plan, stop_rx, move |info| async move {
+                let ev = Event::AttemptStarted {
+                    task: task2,
+                    attempt,
+                    agent: agent2,
+                    pid: info.pid,
+                    pgid: info.pgid,
+                    start_ticks: info.start_ticks,
+                    boot_id: info.boot_id,
+                    argv0: info.argv0,
+                };
+                let (written, durable) = l2.append_written(ev);
+                tokio::spawn(async move {
+                    match durable.await {
+                        Ok(rec) => drop(tx2.send(Msg::Started(rec))),
+                        Err(e) => drop(tx2.send(Msg::LedgerFailed(e.to_string()))),
+                    }
+                    drop(started_sent);
+                });
+                // In the file (if not yet fsynced): a crash of the daemon from here on finds it.
+                let _ = written.await;
+            })
+            .await;
+            let _ = started_reached.await;
+            let events = finished_events(&plan, attempt, retries_used, &report, &prices);
+            let records = match ledger.append_all(events).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+                    vec![]
+                }
+            };
+            let _ = tx.send(Msg::AttemptDone {
+                task,
+                records,
+                report: Box::new(report),
+            });
+        });
+    }
+}

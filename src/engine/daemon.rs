@@ -1,0 +1,380 @@
+//! Daemon assembly: prepares and locks the workspace, loads the config and the ledger, starts
+//! the doors (control socket, HTTP), runs the engine's event loop until the `shutdown` future
+//! resolves, and stops gracefully. [`run`] is the in-process entry point tests use.
+
+use super::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot prepare the workspace `{path}`: {cause}")]
+    Workspace { path: String, cause: std::io::Error },
+    #[error("another dirigent daemon (pid {pid}) is already running on `{root}`; stop it first")]
+    Locked { pid: String, root: String },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("{0}")]
+    Unsafe(String),
+    #[error("cannot serve the HTTP API on `{addr}`: {cause}")]
+    Http { addr: String, cause: std::io::Error },
+    #[error("cannot watch the inbox `{path}`: {cause}")]
+    Watch { path: String, cause: notify::Error },
+}
+
+/// Runs the daemon on `ws` until `shutdown` resolves, then stops gracefully: no new claims,
+/// running attempts are terminated (group, grace, kill) and recorded as interrupted, and their
+/// task files go back into the inbox so they run again on the next start.
+pub async fn run(
+    ws: Workspace,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let (_keep, reload) = mpsc::unbounded_channel();
+    run_with_reload(ws, shutdown, reload).await
+}
+
+/// [`run`], plus a channel of reload requests (the binary forwards SIGHUP into it). A change of
+/// `.context/dirigent.yaml` reloads too. A reload never touches running attempts; an invalid
+/// config is refused with one log line and the previous one stays in force.
+pub async fn run_with_reload(
+    ws: Workspace,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: mpsc::UnboundedReceiver<()>,
+) -> Result<(), DaemonError> {
+    run_with_options(ws, shutdown, reload, Options::default()).await
+}
+
+/// What the command line adds to the config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve the HTTP API here (`--http`); overrides the config's `http:`.
+    pub http: Option<std::net::SocketAddr>,
+}
+
+/// [`run_with_reload`] with command-line [`Options`].
+pub async fn run_with_options(
+    ws: Workspace,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut reload: mpsc::UnboundedReceiver<()>,
+    options: Options,
+) -> Result<(), DaemonError> {
+    let ws_err = |cause: std::io::Error| DaemonError::Workspace {
+        path: ws.root().display().to_string(),
+        cause,
+    };
+    ws.ensure().map_err(ws_err)?;
+    ws.check_private().map_err(DaemonError::Unsafe)?;
+    let _lock = lock_workspace(&ws)?;
+    if !crate::reaper::become_subreaper() {
+        tracing::debug!("not a child subreaper: processes that escape with setsid are not caught");
+    }
+    let config = Arc::new(Config::load(&ws.config())?);
+    // Bound before the ledger is touched: a taken port or a bad token stops the start cleanly.
+    let http_addr = options.http.or(config.http);
+    let http_bound = match http_addr {
+        Some(addr) => {
+            Some(
+                crate::http::bind(&ws, addr)
+                    .await
+                    .map_err(|cause| DaemonError::Http {
+                        addr: addr.to_string(),
+                        cause,
+                    })?,
+            )
+        }
+        None => None,
+    };
+
+    // Records are sealed with a key kept outside the workspace, so that lines an agent appends
+    // to the ledger are not believed (see `integrity`).
+    let (key, key_is_new) =
+        crate::integrity::load_or_create(&ws).map_err(|e| DaemonError::Unsafe(e.to_string()))?;
+    let loaded = crate::compact::load(&ws, Some(KEEP_FINISHED), true, Some(&key), key_is_new)
+        .map_err(ws_err)?;
+    report_refused(&ws, &loaded);
+    if loaded.unsealed_snapshot
+        && let Err(e) = crate::compact::reseal_snapshot(&ws, &key)
+    {
+        tracing::warn!("cannot seal the ledger snapshot an older version wrote: {e}");
+    }
+    if let Some(aside) = &loaded.torn {
+        tracing::warn!(
+            "the ledger ended in a torn or damaged line (a crash while writing); it was cut off and kept in `{}`",
+            aside.display()
+        );
+    }
+    if loaded.skipped > 0 {
+        tracing::warn!(
+            "{} line(s) in the middle of `{}` could not be read and were skipped (they stay in the file)",
+            loaded.skipped,
+            ws.ledger().display()
+        );
+    }
+    let book = loaded.book;
+    let compactor = crate::compact::Compactor::new(
+        ws.clone(),
+        KEEP_FINISHED,
+        config.ledger_keep_segments,
+        Some(key.clone()),
+    );
+    if !ledger::segments(ws.context()).map_err(ws_err)?.is_empty() {
+        // Finish what a crash may have interrupted.
+        compactor.trigger();
+    }
+    let rotation = ledger::Rotation {
+        segment_events: config.ledger_segment_events,
+        current_events: loaded.current_events,
+        on_rotate: Box::new(move || compactor.trigger()),
+    };
+    let (ledger, writer) = Ledger::open_rotating(
+        &ws.ledger(),
+        book.last_seq,
+        Some(rotation),
+        Some(key.clone()),
+    )?;
+
+    let dirty = Arc::new(Notify::new());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let notifier = crate::service::Notifier::from_env();
+    let mut engine = Engine {
+        workflows: HashMap::new(),
+        advance_due: BTreeSet::new(),
+        evaluating: HashSet::new(),
+        watchdog_due: notifier
+            .as_ref()
+            .and_then(|n| n.watchdog_every)
+            .map(|every| later(Instant::now(), every)),
+        notifier,
+        dirty: dirty.clone(),
+        ws: ws.clone(),
+        config_text: crate::config::read_text(&ws.config()).ok().flatten(),
+        config,
+        ledger,
+        book,
+        queue: BTreeSet::new(),
+        keys: HashMap::new(),
+        arrivals: 0,
+        running: HashMap::new(),
+        finishing: HashSet::new(),
+        slots: HashMap::new(),
+        start_log: HashMap::new(),
+        best_routed: 0,
+        tx,
+        rx,
+        accepting: true,
+        ledger_failed: None,
+        paused: None,
+        held: Vec::new(),
+        pause_backoff: PAUSE_FIRST,
+        last_resume: None,
+        claims_left: false,
+        reserved: HashMap::new(),
+        progress_due: None,
+        stagger_due: None,
+        rescan_due: Instant::now(),
+    };
+    let started = engine
+        .ledger
+        .append(Event::DaemonStarted {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await?;
+    engine.book.apply(&started);
+    engine.recover().await?;
+
+    // The doors' requests: every door holds an `Api` with a sender; the receiver is dropped
+    // when the loop ends, which answers what is still queued with "shutting down".
+    let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel();
+    // Flipped when the daemon begins to stop, so long waits and event streams end.
+    let (stopping_tx, stopping) = watch::channel(false);
+    // How many records the engine's book has applied: doors waiting for a task's end re-read
+    // it when this moves (the ledger's live records arrive before the engine has applied them).
+    let (applied_tx, applied) = watch::channel(engine.book.applied);
+    let api = crate::api::Api::new(
+        ws.clone(),
+        ctrl_tx,
+        engine.ledger.live(),
+        applied,
+        stopping,
+        Some(key),
+    );
+    let control =
+        crate::control::serve(&ws, api.clone()).map_err(|cause| DaemonError::Workspace {
+            path: crate::control::socket_path(&ws).display().to_string(),
+            cause,
+        })?;
+    let http = match (http_bound, http_addr) {
+        (Some(bound), Some(addr)) => Some(crate::http::serve(bound, api.clone()).map_err(
+            |cause| DaemonError::Http {
+                addr: addr.to_string(),
+                cause,
+            },
+        )?),
+        _ => None,
+    };
+    drop(api);
+    let config_changed = Arc::new(Notify::new());
+    let config_path = ws.config();
+    let watcher = inbox::watch_with_config(
+        &ws.inbox(),
+        dirty.clone(),
+        Some((&config_path, config_changed.clone())),
+    )
+    .map_err(|cause| DaemonError::Watch {
+        path: ws.inbox().display().to_string(),
+        cause,
+    })?;
+    // The first scan after the watcher is up: nothing dropped in between is missed.
+    engine.ingest().await;
+    engine.rescan_due = later(Instant::now(), engine.config.inbox_rescan);
+    engine.advance_runs().await;
+    engine.dispatch();
+    engine.write_progress();
+    tracing::info!(
+        root = %ws.root().display(),
+        config = %engine.config.source,
+        concurrency = engine.config.concurrency,
+        "dirigent is running"
+    );
+    engine.notify(&format!("READY=1\nSTATUS={}", engine.status_line()));
+
+    // The stop is watched by a task of its own: if the loop is waiting on a ledger write that
+    // is paused (the disk is full), the writer is told to give up, so a stop is never stuck.
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let give_up = engine.ledger.give_up_handle();
+    tokio::spawn(async move {
+        shutdown.await;
+        give_up.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+    });
+    let mut was_idle = true;
+    loop {
+        let wake = engine.next_wake();
+        tokio::select! {
+            biased;
+            _ = stop_rx.wait_for(|s| *s) => break,
+            msg = engine.rx.recv() => {
+                // The engine holds a sender itself, so the channel never closes here.
+                if let Some(msg) = msg {
+                    engine.handle(msg);
+                }
+            }
+            () = dirty.notified() => engine.ingest().await,
+            () = config_changed.notified() => engine.reload("file", false).await,
+            Some(()) = reload.recv() => engine.reload("SIGHUP", true).await,
+            Some(req) = ctrl_rx.recv() => {
+                // Settle what attempts have already reported before answering: a client that
+                // saw a task's end in the ledger and asks at once must not be told it runs.
+                while let Ok(msg) = engine.rx.try_recv() {
+                    engine.handle(msg);
+                }
+                let answer = engine.control(req.request).await;
+                let _ = req.reply.send(answer);
+            }
+            () = sleep_until(wake) => engine.on_timer().await,
+        }
+        engine.advance_runs().await;
+        engine.dispatch();
+        if *applied_tx.borrow() != engine.book.applied {
+            applied_tx.send_replace(engine.book.applied);
+        }
+        // Going idle after work: hand the memory a burst used back to the system.
+        let idle = engine.running.is_empty() && engine.queue.is_empty();
+        if idle && !was_idle {
+            release_free_memory();
+        }
+        was_idle = idle;
+    }
+    drop(watcher);
+    let _ = stopping_tx.send(true);
+    drop(ctrl_rx);
+    control.abort();
+    let _ = std::fs::remove_file(crate::control::socket_path(&ws));
+    if let Some(http) = http {
+        http.stop().await;
+    }
+    engine.notify("STOPPING=1\nSTATUS=stopping: terminating running attempts");
+    tracing::info!("shutting down: stopping running attempts");
+    engine.shutdown().await;
+    // Reap adopted zombies; nothing of ours is running any more.
+    let _ = tokio::task::spawn_blocking(|| crate::reaper::sweep(None)).await;
+    let Engine { ledger, .. } = engine;
+    drop(ledger);
+    writer.join();
+    Ok(())
+}
+
+/// Says in the log which ledger lines were not believed, and why.
+fn report_refused(ws: &Workspace, loaded: &crate::compact::Loaded) {
+    if loaded.another_key {
+        tracing::warn!(
+            "no record of the ledger carries this workspace's seal (was the workspace copied or moved, or `{}` replaced?); its records were believed as written and are sealed from now on",
+            crate::integrity::key_path(ws).display()
+        );
+        return;
+    }
+    if loaded.refused_count == 0 {
+        return;
+    }
+    tracing::warn!(
+        "{} line(s) of the ledger were not written by dirigent (or were altered) and are ignored; they stay in the files. An agent may have written them",
+        loaded.refused_count
+    );
+    for r in loaded.refused.iter().take(10) {
+        tracing::warn!("ignored: {r}");
+    }
+}
+
+/// Holds `.context/daemon.lock` (an exclusive `flock`) for the daemon's lifetime.
+struct WorkspaceLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
+    use std::io::Write;
+    let path = ws.lock();
+    let io = |cause| DaemonError::Workspace {
+        path: path.display().to_string(),
+        cause,
+    };
+    // Never through a link an agent planted: the lock file is truncated and written.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io)?
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0).map_err(io)?;
+            writeln!(lock, "{}", std::process::id()).map_err(io)?;
+            Ok(WorkspaceLock(lock))
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(DaemonError::Locked {
+            pid: std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+            root: ws.root().display().to_string(),
+        }),
+        Err((_, e)) => Err(io(std::io::Error::from(e))),
+    }
+}
+
+/// The pid of the daemon running on `ws`, if one holds the workspace lock.
+pub fn running_daemon(ws: &Workspace) -> Option<String> {
+    let file = std::fs::File::open(ws.lock()).ok()?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => None,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some(
+            std::fs::read_to_string(ws.lock())
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+        ),
+        Err(_) => None,
+    }
+}

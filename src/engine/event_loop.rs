@@ -1,0 +1,409 @@
+//! The engine's event loop plumbing: what wakes it (timers, reloads, messages from attempts),
+//! pausing when a resource runs out and resuming, and the graceful shutdown.
+
+use super::*;
+
+/// Returns freed heap pages to the system (glibc keeps them otherwise: after a burst of ten
+/// thousand tasks the daemon would hold the burst's peak for weeks).
+pub(super) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator has marked free.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+impl Engine {
+    /// Reloads `.context/dirigent.yaml`. Running attempts keep the agents they started with;
+    /// queued tasks keep their chains (an agent that disappeared fails their next attempt).
+    pub(super) async fn reload(&mut self, trigger: &str, always: bool) {
+        let path = self.ws.config();
+        let read = crate::config::read_text(&path);
+        let text = read.as_ref().ok().cloned().flatten();
+        if !always && read.is_ok() && text == self.config_text {
+            return;
+        }
+        let rejected = |error: String| Event::ConfigRejected {
+            trigger: trigger.to_string(),
+            error,
+        };
+        let from_file = self.config.source != crate::config::EMBEDDED_SOURCE;
+        let event = match read {
+            Err(e) => {
+                tracing::error!(
+                    trigger,
+                    "the configuration cannot be read, keeping the running one: {e}"
+                );
+                rejected(e.to_string())
+            }
+            // Deleted while running (an editor's swap, a mistake): the daemon does not quietly
+            // become another one. The embedded default takes over only at the next start.
+            Ok(None) if from_file => {
+                self.config_text = None;
+                let error = format!(
+                    "`{}` was deleted; the running configuration stays in force (restart the daemon to use the embedded default)",
+                    path.display()
+                );
+                tracing::warn!(trigger, "{error}");
+                rejected(error)
+            }
+            Ok(text) => {
+                let parsed = match &text {
+                    Some(t) => Config::parse(t, &path.display().to_string()),
+                    None => Config::parse(
+                        crate::config::DEFAULT_CONFIG,
+                        crate::config::EMBEDDED_SOURCE,
+                    ),
+                };
+                let unchanged = text == self.config_text;
+                self.config_text = text;
+                match parsed {
+                    Ok(config) => {
+                        if unchanged {
+                            tracing::info!(trigger, source = %config.source, "configuration re-read: unchanged");
+                        } else {
+                            tracing::info!(trigger, source = %config.source, "configuration reloaded");
+                        }
+                        let source = config.source.clone();
+                        self.config = Arc::new(config);
+                        Event::ConfigReloaded {
+                            trigger: trigger.to_string(),
+                            source,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            trigger,
+                            "the new configuration is invalid, keeping the previous one: {e}"
+                        );
+                        rejected(e.to_string())
+                    }
+                }
+            }
+        };
+        match self.ledger.append(event).await {
+            Ok(r) => self.apply(&[r]),
+            Err(e) => self.ledger_failed(e.to_string()),
+        }
+    }
+
+    pub(super) fn notify(&self, msg: &str) {
+        if let Some(n) = &self.notifier {
+            n.send(msg);
+        }
+    }
+
+    pub(super) fn status_line(&self) -> String {
+        let (mut pending, mut done, mut failed) =
+            (0, self.book.archived_done, self.book.archived_failed);
+        for t in self.book.iter() {
+            match t.phase {
+                Phase::Done { .. } => done += 1,
+                Phase::Failed { .. } => failed += 1,
+                Phase::Pending | Phase::Requeued => pending += 1,
+                Phase::Running { .. } => {}
+            }
+        }
+        let paused = match self.not_claiming() {
+            Some(why) => format!(" — {why}"),
+            None => String::new(),
+        };
+        format!(
+            "{} running, {pending} pending, {done} done, {failed} failed{paused}",
+            self.running.len()
+        )
+    }
+
+    pub(super) fn next_wake(&self) -> Instant {
+        [
+            self.progress_due,
+            self.stagger_due,
+            self.watchdog_due,
+            self.paused.as_ref().map(|p| p.retry_at),
+            Some(self.rescan_due),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("rescan_due is always set")
+    }
+
+    pub(super) async fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.progress_due.is_some_and(|t| t <= now) {
+            self.progress_due = None;
+            self.write_progress();
+            self.notify(&format!("STATUS={}", self.status_line()));
+        }
+        if let (Some(due), Some(n)) = (self.watchdog_due, &self.notifier)
+            && due <= now
+        {
+            n.send("WATCHDOG=1");
+            self.watchdog_due = n.watchdog_every.map(|every| later(now, every));
+        }
+        if self.stagger_due.is_some_and(|t| t <= now) {
+            self.stagger_due = None; // dispatch() runs next and sets it again if needed
+        }
+        if self.paused.as_ref().is_some_and(|p| p.retry_at <= now) {
+            self.resume().await;
+        }
+        if self.rescan_due <= now {
+            self.rescan_due = later(now, self.config.inbox_rescan);
+            self.ingest().await;
+        }
+    }
+
+    pub(super) fn changed(&mut self) {
+        if self.progress_due.is_none() {
+            self.progress_due = Some(Instant::now() + PROGRESS_DELAY);
+        }
+    }
+
+    pub(super) fn write_progress(&self) {
+        if let Err(e) = progress::write(&self.ws, &self.book) {
+            tracing::warn!("cannot write `{}`: {e}", self.ws.progress().display());
+        }
+    }
+
+    pub(super) fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Started(rec) => self.apply(&[rec]),
+            Msg::AttemptDone {
+                task,
+                records,
+                report,
+            } => {
+                if let Some(run) = self.running.remove(&task)
+                    && let Some(slot) = self.slots.get_mut(&run.agent)
+                {
+                    slot.running -= 1;
+                }
+                if let (false, Some(what)) = (report.ran, &report.exhausted) {
+                    // It never started, so nothing was recorded: it waits for the resource.
+                    self.pause(what.clone());
+                    if self.accepting {
+                        self.enqueue(&task);
+                    }
+                    return;
+                }
+                if records.is_empty() {
+                    return; // the ledger refused it: ledger_failed already stopped new work
+                }
+                self.apply(&records);
+                let Some(t) = self.book.get(&task) else {
+                    return;
+                };
+                let (attempt, agent) = (
+                    t.attempts.last().map_or(0, |a| a.n),
+                    t.attempts.last().map(|a| a.agent.clone()),
+                );
+                tracing::info!(
+                    task,
+                    agent = agent.as_deref().unwrap_or("?"),
+                    attempt,
+                    class = report.verdict.class.as_str(),
+                    "attempt finished: {}",
+                    report.verdict.reason
+                );
+                match report.verdict.class {
+                    Class::Ok => self.settle_done(&task, *report),
+                    Class::Cancelled => self.settle_cancelled(&task),
+                    Class::Interrupted => {
+                        if let Some(what) = &report.exhausted {
+                            self.pause(what.clone());
+                        }
+                        if self.accepting {
+                            self.enqueue(&task);
+                        }
+                    }
+                    _ => {
+                        let Some(t) = self.book.get(&task) else {
+                            return;
+                        };
+                        if t.chain_pos >= t.chain.len() {
+                            let reason = chain_failed(t, &self.config);
+                            self.escalate(&task, reason);
+                        } else {
+                            self.enqueue(&task);
+                        }
+                    }
+                }
+            }
+            Msg::Settled { task, records } => {
+                self.finishing.remove(&task);
+                self.keys.remove(&task);
+                // A finished run's workflow is no longer needed.
+                self.workflows.remove(&task);
+                self.apply(&records);
+                // A child of a workflow run settled: the run may move on.
+                let runs: Vec<String> = self
+                    .workflows
+                    .keys()
+                    .filter(|run| is_child_of(&task, run))
+                    .cloned()
+                    .collect();
+                self.advance_due.extend(runs);
+            }
+            Msg::Evaluated { run, key, records } => {
+                self.evaluating.remove(&key);
+                self.apply(&records);
+                self.advance_due.insert(run);
+            }
+            Msg::ResultFailed { task, reason } => {
+                self.finishing.remove(&task);
+                self.escalate(&task, reason);
+            }
+            Msg::Paused { what, held } => {
+                // The task stays `finishing`: nothing else may touch it until this is done.
+                self.pause(what);
+                self.held.push(held);
+            }
+            Msg::LedgerFailed(why) => self.ledger_failed(why),
+        }
+    }
+
+    /// Stops claiming and starting work because a resource ran out (`what` says which, and
+    /// where). Tries again after a backoff (1 s, doubling to 30 s while it keeps failing).
+    pub(super) fn pause(&mut self, what: String) {
+        let now = Instant::now();
+        if self
+            .last_resume
+            .is_some_and(|t| now.saturating_duration_since(t) > PAUSE_FORGET)
+        {
+            self.pause_backoff = PAUSE_FIRST;
+        }
+        if let Some(p) = &mut self.paused {
+            p.what = what;
+            return;
+        }
+        let retry_at = now + self.pause_backoff;
+        tracing::warn!(
+            "paused: {what}. Nothing new is claimed or started, and finished work is kept; dirigent tries again in {}",
+            crate::duration::short(self.pause_backoff)
+        );
+        self.paused = Some(Pause {
+            what,
+            since_ms: ledger::now_ms(),
+            retry_at,
+        });
+        self.pause_backoff = (self.pause_backoff * 2).min(PAUSE_MAX);
+        self.changed();
+    }
+
+    /// The pause's time is up: do the held work again and let dispatch try. What still fails
+    /// pauses again, for longer.
+    async fn resume(&mut self) {
+        let Some(p) = self.paused.take() else { return };
+        tracing::info!("resuming after the pause ({})", p.what);
+        self.last_resume = Some(Instant::now());
+        for held in std::mem::take(&mut self.held) {
+            match held {
+                Held::Settle { task, report } => {
+                    self.finishing.remove(&task);
+                    self.settle_done(&task, *report);
+                }
+                Held::Escalate { snapshot, reason } => self.spawn_escalation(snapshot, reason),
+            }
+        }
+        if std::mem::take(&mut self.claims_left) {
+            // Files claimed before the pause but not read then.
+            match self.ws.open_sub("running") {
+                Ok(running) => {
+                    let claimed: Vec<Claimed> = running
+                        .names()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|n| n.into_string().ok())
+                        .filter(|n| n.starts_with(claim::CLAIM_PREFIX))
+                        .map(|claim_name| Claimed {
+                            name: claim::original_name(&claim_name)
+                                .unwrap_or(&claim_name)
+                                .to_string(),
+                            claim_name,
+                        })
+                        .collect();
+                    self.take_in(&running, claimed).await;
+                }
+                Err(_) => self.claims_left = true,
+            }
+        }
+        self.dirty.notify_one();
+        self.changed();
+    }
+
+    /// Why nothing may be claimed or started now, if so.
+    pub(super) fn not_claiming(&self) -> Option<String> {
+        if let Some(why) = &self.ledger_failed {
+            return Some(format!("the ledger cannot be written ({why})"));
+        }
+        if let Some(why) = self.ledger.paused() {
+            return Some(format!("paused: the ledger cannot be written ({why})"));
+        }
+        self.paused.as_ref().map(|p| format!("paused: {}", p.what))
+    }
+
+    /// Graceful stop: terminate running attempts, wait for them and for settling tasks, put
+    /// unfinished task files back into the inbox, record it all.
+    pub(super) async fn shutdown(&mut self) {
+        self.accepting = false;
+        for run in self.running.values() {
+            let _ = run.stop.send(Some(crate::judge::StopCause::Shutdown));
+        }
+        loop {
+            // Work held for a resource is not waited for: the ledger has what the next start
+            // needs to do it (a successful attempt without `done` is settled again).
+            for held in std::mem::take(&mut self.held) {
+                self.finishing.remove(held.task());
+            }
+            if self.running.is_empty() && self.finishing.is_empty() {
+                break;
+            }
+            match self.rx.recv().await {
+                Some(msg) => self.handle(msg),
+                None => break,
+            }
+        }
+        let dirs = self
+            .ws
+            .open_sub("running")
+            .and_then(|r| Ok((r, self.ws.open_sub("inbox")?)));
+        let (running, inbox) = match dirs {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("cannot open running/ or the inbox to put tasks back: {e}");
+                return;
+            }
+        };
+        let mut events = Vec::new();
+        for t in self.book.iter() {
+            if t.phase.is_terminal() || t.phase == Phase::Requeued {
+                continue;
+            }
+            if running.kind(&t.file) != Some(confined::Kind::File) {
+                continue;
+            }
+            let name = format!("{}{}", t.id, claim::extension(&t.file));
+            match running.move_into(&t.file, &inbox, &name) {
+                Ok(file) => events.push(Event::Requeued {
+                    task: t.id.clone(),
+                    file,
+                }),
+                Err(e) => {
+                    tracing::error!(task = %t.id, "cannot move the task file back to the inbox: {e}")
+                }
+            }
+        }
+        let count = events.len();
+        events.push(Event::DaemonStopped {
+            pid: std::process::id(),
+        });
+        match self.ledger.append_all(events).await {
+            Ok(recs) => self.apply(&recs),
+            Err(e) => tracing::error!("cannot record the shutdown in the ledger: {e}"),
+        }
+        if count > 0 {
+            tracing::info!("{count} unfinished task(s) were put back into the inbox");
+        }
+        self.write_progress();
+    }
+}

@@ -1,0 +1,365 @@
+//! Intake: a task is claimed here — the inbox is scanned, each file is claimed into `running/`,
+//! read, checked (ids, `after`, the spawn limit) and recorded as `received`, or rejected with a
+//! reason; accepted tasks join the queue.
+
+use super::*;
+
+/// Most inbox files taken in per scan; the rest wait for the next round, so a flood of files
+/// neither blocks dispatching nor makes one huge batch.
+const INGEST_BATCH: usize = 256;
+
+impl Engine {
+    pub(super) fn enqueue(&mut self, id: &str) {
+        let key = match self.keys.get(id) {
+            Some(k) => k.clone(),
+            None => {
+                self.arrivals += 1;
+                let priority = self.book.get(id).map_or(0, |t| t.priority);
+                let k = QueueKey {
+                    priority: Reverse(priority),
+                    arrival: self.arrivals,
+                    id: id.to_string(),
+                };
+                self.keys.insert(id.to_string(), k.clone());
+                k
+            }
+        };
+        self.queue.insert(key);
+    }
+
+    /// Queues a task for attempts, or — a workflow run — has the runner advance it.
+    pub(super) fn enqueue_or_advance(&mut self, id: &str) {
+        let is_run = self
+            .book
+            .get(id)
+            .and_then(|t| t.spec.as_ref())
+            .is_some_and(|s| s.fields.workflow.is_some());
+        if is_run {
+            self.advance_due.insert(id.to_string());
+        } else {
+            self.enqueue(id);
+        }
+    }
+
+    /// A task id may be used for a new file if nobody has it, or if it belongs to a task that
+    /// is coming back through the inbox (requeued by a graceful stop). An id a door reserved is
+    /// free only for the file that door wrote (`explicit_in`: the file asking for it by name).
+    fn id_free(&self, id: &str, explicit_in: Option<&str>) -> bool {
+        if let Some(file) = self.reserved.get(id)
+            && explicit_in != Some(file.as_str())
+        {
+            return false;
+        }
+        match self.book.get(id) {
+            None => !self.book.contains(id),
+            Some(t) => {
+                !t.phase.is_terminal()
+                    && !self.keys.contains_key(id)
+                    && !self.running.contains_key(id)
+                    && !self.finishing.contains(id)
+            }
+        }
+    }
+
+    /// Scans the inbox and takes in every candidate: each is claimed (renamed into
+    /// `running/`) before it is read, then accepted or rejected.
+    pub(super) async fn ingest(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        let dir = self.ws.inbox();
+        if let Some(why) = self.not_claiming() {
+            let waiting = inbox::scan(&dir).map(|c| c.len()).unwrap_or(0);
+            if waiting > 0 {
+                tracing::warn!(
+                    "{waiting} task file(s) wait in the inbox: not claiming while {why}"
+                );
+            }
+            return;
+        }
+        let candidates = match inbox::scan(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(what) = fsutil::exhausted(&e) {
+                    self.pause(format!("{what} (reading the inbox: {e})"));
+                } else {
+                    tracing::error!("cannot read the inbox `{}`: {e}", dir.display());
+                }
+                return;
+            }
+        };
+        if candidates.is_empty() {
+            return;
+        }
+        let dirs = self
+            .ws
+            .open_sub("inbox")
+            .and_then(|inbox| Ok((inbox, self.ws.open_sub("running")?)));
+        let (inbox_dir, running) = match dirs {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(what) = fsutil::exhausted(&e) {
+                    self.pause(format!("{what} (opening `.context/`: {e})"));
+                } else {
+                    tracing::error!("cannot open the inbox or running/: {e}");
+                }
+                return;
+            }
+        };
+        if candidates.len() > INGEST_BATCH {
+            // Come back for the rest after this batch has been dispatched.
+            self.dirty.notify_one();
+        }
+        let mut claimed = Vec::new();
+        for cand in candidates.into_iter().take(INGEST_BATCH) {
+            let Some(name) = cand.raw.to_str() else {
+                // Not UTF-8: it cannot be claimed under a text name; rejected where it is.
+                let reason = "the file name is not valid UTF-8; rename the file".to_string();
+                self.reject_unnamed(&dir, &cand.raw, reason).await;
+                continue;
+            };
+            let claim_name = match claim::claim(&inbox_dir, &running, name) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue, // gone: its writer took it back
+                Err(e) => {
+                    if let Some(what) = fsutil::exhausted(&e) {
+                        self.pause(format!("{what} (claiming `{name}`: {e})"));
+                        break;
+                    }
+                    tracing::error!(file = name, "cannot claim the task file: {e}");
+                    continue;
+                }
+            };
+            claimed.push(Claimed {
+                claim_name,
+                name: name.to_string(),
+            });
+        }
+        self.take_in(&running, claimed).await;
+    }
+
+    /// Reads, checks and records claimed files (in `running/` under their claim names, or —
+    /// found there after a crash — under any name): ids given in the files first, then ids
+    /// made from file names, so a file named like another task's explicit id never takes it.
+    pub(super) async fn take_in(&mut self, running: &confined::Dir, claimed: Vec<Claimed>) {
+        let mut parsed = Vec::new();
+        for c in claimed {
+            match claim::read(running, &c.claim_name, &c.name) {
+                Ok(fields) => parsed.push((c, fields)),
+                Err(claim::Unreadable::Refused(reason)) => {
+                    self.reject(running, &c.claim_name, &c.name, reason).await
+                }
+                Err(claim::Unreadable::Exhausted(e)) => {
+                    // It stays claimed; it is taken in when the pause ends (or at the next start).
+                    let what = fsutil::exhausted(&e).unwrap_or("a resource ran out");
+                    self.pause(format!("{what} (reading `{}`: {e})", c.name));
+                    self.claims_left = true;
+                }
+            }
+        }
+        let mut batch_ids: HashSet<String> = HashSet::new();
+        let mut accepted: Vec<(Claimed, Box<TaskSpec>)> = Vec::new();
+        let mut refused: Vec<(Claimed, String)> = Vec::new();
+        let mut spawned_now: HashMap<String, u32> = HashMap::new();
+        // Explicit ids first: they were asked for; a name-derived id yields to them.
+        parsed.sort_by_key(|(_, f)| f.id.is_none());
+        for (c, fields) in parsed {
+            let id = claim::choose_id(&fields, &c.name, |id, explicit| {
+                !batch_ids.contains(id) && self.id_free(id, explicit.then_some(c.name.as_str()))
+            });
+            let spec = id
+                .and_then(|id| {
+                    crate::task::accept(id, fields, &self.config, self.ws.root()).map_err(|e| e.0)
+                })
+                .and_then(|spec| match &spec.fields.parent {
+                    Some(parent) => {
+                        // Tasks agents create: bounded per original task, so an agent that
+                        // keeps submitting (each task submitting the next) stops.
+                        let origin = self.book.origin_of(parent);
+                        let made = self.book.spawned.get(&origin).copied().unwrap_or(0)
+                            + spawned_now.get(&origin).copied().unwrap_or(0);
+                        if made >= self.config.max_spawned_tasks {
+                            Err(format!(
+                                "created from inside an attempt of `{parent}`: the attempts of `{origin}` and of the tasks they created have created {made} tasks, the limit (`max_spawned_tasks`)"
+                            ))
+                        } else {
+                            *spawned_now.entry(origin).or_default() += 1;
+                            Ok(spec)
+                        }
+                    }
+                    None => Ok(spec),
+                });
+            match spec {
+                Ok(spec) => {
+                    batch_ids.insert(spec.id.clone());
+                    accepted.push((c, Box::new(spec)));
+                }
+                Err(reason) => refused.push((c, reason)),
+            }
+        }
+        // `after` must name a task that exists: known, in this batch, or waiting in the inbox.
+        let mut kept = Vec::with_capacity(accepted.len());
+        for (c, spec) in accepted {
+            let known = |id: &str| {
+                self.book.contains(id) || self.reserved.contains_key(id) || batch_ids.contains(id)
+            };
+            match crate::submit::unknown_dependency(&self.ws, &spec.fields.after, &known) {
+                Some(reason) => refused.push((c, reason)),
+                None => kept.push((c, spec)),
+            }
+        }
+        let accepted = kept;
+        for (c, reason) in refused {
+            self.reject(running, &c.claim_name, &c.name, reason).await;
+        }
+        self.accept_batch(running, accepted).await;
+    }
+
+    async fn accept_batch(
+        &mut self,
+        running: &confined::Dir,
+        mut accepted: Vec<(Claimed, Box<TaskSpec>)>,
+    ) {
+        if accepted.is_empty() {
+            return;
+        }
+        // `strategy: best` roles: the chain is ordered by the record, before it is recorded.
+        let mut scores = None;
+        for (_, spec) in accepted.iter_mut() {
+            let Some(role) = spec.chain_source.strip_prefix("role:") else {
+                continue;
+            };
+            if !self.config.best_roles.contains(role) {
+                continue;
+            }
+            let scores = scores.get_or_insert_with(|| crate::routing::scores(&self.book));
+            self.best_routed += 1;
+            // Every tenth such task keeps the configured order, so no agent starves of data.
+            if self.best_routed % crate::routing::EXPLORE_EVERY != 0 {
+                spec.chain = crate::routing::rank(&spec.chain, scores);
+            }
+        }
+        // Each file gets its task's name in running/, then `received` and `claimed` are
+        // recorded together, with one fsync. A crash before that leaves `<id>.<ext>` in
+        // running/, which the next start takes in as the same task.
+        let mut events = Vec::with_capacity(accepted.len() * 2);
+        for (c, spec) in &accepted {
+            let want = format!("{}{}", spec.id, claim::extension(&c.name));
+            let file = if c.claim_name == want {
+                Ok(want)
+            } else {
+                running.move_into(&c.claim_name, running, &want)
+            };
+            match file {
+                Ok(file) => {
+                    self.reserved.remove(&spec.id);
+                    events.push(Event::Received {
+                        task: spec.id.clone(),
+                        file: c.name.clone(),
+                        spec: spec.clone(),
+                    });
+                    events.push(Event::Claimed {
+                        task: spec.id.clone(),
+                        file,
+                    });
+                }
+                Err(e) => {
+                    // Still claimed under its claim name: the next start takes it in.
+                    tracing::error!(task = %spec.id, "cannot name the claimed task file: {e}");
+                }
+            }
+        }
+        match self.ledger.append_all(events).await {
+            Ok(recs) => {
+                self.apply(&recs);
+                for r in &recs {
+                    if let Event::Claimed { task, .. } = &r.event {
+                        tracing::info!(task, "received");
+                        let task = task.clone();
+                        self.enqueue_or_advance(&task);
+                    }
+                }
+            }
+            Err(e) => self.ledger_failed(e.to_string()),
+        }
+    }
+
+    /// Moves a claimed file to `rejected/` and records why.
+    async fn reject(&mut self, from: &confined::Dir, from_name: &str, name: &str, reason: String) {
+        tracing::warn!(file = %name, "rejected: {reason}");
+        let moved = claim::reject(&self.ws, from, from_name, name, &reason);
+        self.record_rejection(name, reason, moved).await;
+    }
+
+    /// Rejects an inbox file whose name is not UTF-8, moving it by path.
+    async fn reject_unnamed(
+        &mut self,
+        dir: &std::path::Path,
+        raw: &std::ffi::OsStr,
+        reason: String,
+    ) {
+        let name = raw.to_string_lossy().into_owned();
+        tracing::warn!(file = %name, "rejected: {reason}");
+        let safe = claim::printable_name(&name);
+        let moved = fsutil::move_into(&dir.join(raw), &self.ws.rejected(), &safe).and_then(|p| {
+            let moved = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(safe);
+            let text = format!("error: the task file `{name}` was rejected\n\n{reason}\n");
+            self.ws.open_sub("rejected")?.write_atomic(
+                &format!("{moved}.error.txt"),
+                text.as_bytes(),
+                0o600,
+            )?;
+            Ok(moved)
+        });
+        self.record_rejection(&name, reason, moved).await;
+    }
+
+    async fn record_rejection(
+        &mut self,
+        file: &str,
+        reason: String,
+        moved: std::io::Result<String>,
+    ) {
+        // A task a workflow run submitted that cannot be accepted fails the run, which would
+        // otherwise wait for it forever.
+        let run = self
+            .workflows
+            .keys()
+            .find(|run| is_child_of(file, run))
+            .cloned();
+        let moved_to = match moved {
+            Ok(m) => m,
+            Err(e) => {
+                // It stays claimed (or in the inbox); the next start tries again.
+                tracing::error!(file = %file, "cannot move a rejected file to rejected/: {e}");
+                return;
+            }
+        };
+        let ev = Event::Rejected {
+            file: file.to_string(),
+            reason: reason.clone(),
+            moved_to,
+        };
+        match self.ledger.append(ev).await {
+            Ok(r) => {
+                self.apply(&[r]);
+                if let Some(run) = run {
+                    self.escalate(
+                        &run,
+                        format!("a task it submitted (`{file}`) was rejected: {reason}"),
+                    );
+                }
+            }
+            Err(e) => self.ledger_failed(e.to_string()),
+        }
+    }
+
+    pub(super) fn dequeue(&mut self, id: &str) {
+        if let Some(k) = self.keys.get(id) {
+            self.queue.remove(k);
+        }
+    }
+}

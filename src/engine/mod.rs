@@ -1,0 +1,342 @@
+//! The engine: the daemon's one owner task. It takes what the inbox stage finds, claims it,
+//! schedules attempts under the concurrency, `max_parallel` and `stagger` limits, walks each
+//! task's fallback chain on failure, and hands finished tasks to the result / escalate stages.
+//!
+//! Flow: inbox (watch + scan) → claim → spawn (one task per attempt) → judge → next agent or
+//! settle (result / escalate) → ledger → progress. Every state change goes through the ledger
+//! first; the engine's [`TaskBook`] is updated only from records that are already on disk.
+//!
+//! Starts are driven by events — a task arrives, an attempt ends, a stagger window closes —
+//! never by a polling tick. The only timers are: the next stagger window (if one is pending),
+//! the coalesced `progress.md` render, and the slow inbox safety-net rescan.
+//!
+//! The rooms, each an `impl Engine` block with one responsibility:
+//! - [`daemon`]: assembly — workspace, lock, ledger, doors — and the loop's start and end;
+//! - `event_loop`: what wakes the engine, reloads, pausing and resuming, shutdown;
+//! - `intake`: where a task is claimed, checked and received (or rejected);
+//! - `recovery`: what a crash left behind, at start;
+//! - `dispatch`: which queued task starts next, on which agent, or why it waits;
+//! - `attempt_start`: where an attempt is started;
+//! - `settling`: where an attempt's verdict settles the task (done, next agent, escalated);
+//! - `workflow_runs`: the workflow runner's decisions carried out;
+//! - `requests`: the doors' requests.
+//!
+//! This file holds the engine's state and the one way it changes: [`Engine::apply`] of records
+//! already on disk.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+
+use crate::claim;
+use crate::config::{Agent, Config, ConfigError};
+use crate::confined;
+use crate::escalate;
+use crate::fsutil;
+use crate::inbox;
+use crate::judge::{Class, ResultText};
+use crate::ledger::{self, Event, Ledger, LedgerError, Record};
+use crate::progress;
+use crate::result;
+use crate::spawn::{self, AttemptPlan, AttemptReport, PreviousAttempt};
+use crate::state::{Availability, Outcome, Phase, TaskBook, TaskRecord};
+use crate::task::TaskSpec;
+use crate::workspace::Workspace;
+
+mod attempt_start;
+pub mod daemon;
+mod dispatch;
+mod event_loop;
+mod intake;
+mod recovery;
+mod requests;
+mod settling;
+mod workflow_runs;
+
+pub use daemon::{DaemonError, Options, run, run_with_options, run_with_reload, running_daemon};
+pub use workflow_runs::is_child_of;
+
+// Shared by the rooms.
+use attempt_start::MAX_CONTEXT_FILE;
+use dispatch::{chain_failed, split_entry_base};
+use event_loop::release_free_memory;
+use settling::finished_events;
+
+/// Finished tasks the daemon keeps in full (for progress.md); older ones shrink to id → outcome.
+const KEEP_FINISHED: usize = 1000;
+
+/// How long after a change `progress.md` is rewritten (changes in between are coalesced).
+const PROGRESS_DELAY: Duration = Duration::from_millis(100);
+
+/// Order of the run queue: higher priority first, then arrival.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    priority: Reverse<i64>,
+    arrival: u64,
+    id: String,
+}
+
+/// A file claimed from the inbox (or found in `running/`), not yet taken in.
+struct Claimed {
+    /// Its name in `running/` now.
+    claim_name: String,
+    /// Its name in the inbox: it picks the format and, without an `id`, the task's id.
+    name: String,
+}
+
+/// Why and since when the engine is paused (a resource ran out).
+struct Pause {
+    what: String,
+    since_ms: u64,
+    /// When to try again.
+    retry_at: Instant,
+}
+
+/// How long the first pause lasts; each pause that follows doubles it, up to the maximum. A
+/// stretch of this long without a pause starts again from the first.
+const PAUSE_FIRST: Duration = Duration::from_secs(1);
+const PAUSE_MAX: Duration = Duration::from_secs(30);
+const PAUSE_FORGET: Duration = Duration::from_secs(120);
+
+/// Finished work that waits for a resource: it is done again when the pause ends.
+enum Held {
+    /// A successful attempt whose result could not be written yet.
+    Settle {
+        task: String,
+        report: Box<AttemptReport>,
+    },
+    /// An escalation whose report could not be written yet.
+    Escalate {
+        snapshot: Box<TaskRecord>,
+        reason: String,
+    },
+}
+
+impl Held {
+    fn task(&self) -> &str {
+        match self {
+            Held::Settle { task, .. } => task,
+            Held::Escalate { snapshot, .. } => &snapshot.id,
+        }
+    }
+}
+
+struct RunningAttempt {
+    agent: String,
+    /// The isolated instance it uses (`isolate: true`), freed when it ends.
+    instance: Option<usize>,
+    /// What it holds of resource groups until it ends.
+    resources: BTreeMap<String, f64>,
+    /// The attempt task holds the receiver. Sending a cause (or dropping this sender) stops
+    /// the attempt: its whole process group is terminated.
+    stop: watch::Sender<Option<crate::judge::StopCause>>,
+}
+
+#[derive(Default)]
+struct AgentSlot {
+    running: usize,
+    last_start: Option<Instant>,
+}
+
+/// Messages to the engine from the tasks it spawned.
+enum Msg {
+    /// An attempt's child is running; the record is on disk.
+    Started(Record),
+    /// An attempt ended and was judged; `records` is its `attempt_finished` (empty if the
+    /// ledger refused it).
+    AttemptDone {
+        task: String,
+        records: Vec<Record>,
+        report: Box<AttemptReport>,
+    },
+    /// A task reached `done` or `escalated`.
+    Settled {
+        task: String,
+        records: Vec<Record>,
+    },
+    /// A loop round's evaluator command finished; `records` is its `loop_round`.
+    Evaluated {
+        run: String,
+        key: String,
+        records: Vec<Record>,
+    },
+    /// A successful attempt's result could not be written (e.g. `output` leads outside the
+    /// workspace through a symlink): the task escalates with this reason.
+    ResultFailed {
+        task: String,
+        reason: String,
+    },
+    /// Finished work could not be saved because a resource ran out: the engine pauses and
+    /// holds it until the pause ends.
+    Paused {
+        what: String,
+        held: Held,
+    },
+    LedgerFailed(String),
+}
+
+struct Engine {
+    /// Workflow runs seen by this daemon, with their parsed workflow.
+    workflows: HashMap<String, Arc<crate::workflow::Workflow>>,
+    /// Runs to advance after the current message (received, or a child settled).
+    advance_due: BTreeSet<String>,
+    /// Loop evaluations running now (`run/phase/round`), so none starts twice.
+    evaluating: HashSet<String>,
+    /// The text the config was last loaded from (`None`: the embedded default), so that a file
+    /// event that changed nothing does not reload.
+    config_text: Option<String>,
+    /// The service manager's notify socket, when there is one.
+    notifier: Option<crate::service::Notifier>,
+    /// Next `WATCHDOG=1`, sent from this loop so that a stuck loop is noticed.
+    watchdog_due: Option<Instant>,
+    /// Permit stored by the inbox watcher (and by `ingest` when it left files for later);
+    /// consumed by the loop, which scans.
+    dirty: Arc<Notify>,
+    ws: Workspace,
+    config: Arc<Config>,
+    ledger: Ledger,
+    book: TaskBook,
+    /// Tasks waiting to start their next attempt.
+    queue: BTreeSet<QueueKey>,
+    /// Each unfinished task keeps its queue position across attempts.
+    keys: HashMap<String, QueueKey>,
+    arrivals: u64,
+    running: HashMap<String, RunningAttempt>,
+    /// Tasks whose result or escalation is being written.
+    finishing: HashSet<String>,
+    slots: HashMap<String, AgentSlot>,
+    /// Recent starts (at most the last minute's) per `agent:NAME` and `provider:NAME` that has a
+    /// `starts_per_minute` limit.
+    start_log: HashMap<String, std::collections::VecDeque<Instant>>,
+    /// Tasks routed by a `strategy: best` role so far (every tenth explores).
+    best_routed: u64,
+    /// Cloned into every attempt and settle task; the receiver is `rx`. The engine keeps this
+    /// sender, so the channel stays open for as long as the engine exists.
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    /// False once shutdown began: nothing new is claimed or started.
+    accepting: bool,
+    /// Set when the ledger refused a write: nothing new is claimed or started.
+    ledger_failed: Option<String>,
+    /// Set while a resource (disk space, descriptors) is out: nothing new is claimed or
+    /// started until `retry_at`, and `held` work waits.
+    paused: Option<Pause>,
+    held: Vec<Held>,
+    /// The next pause's length.
+    pause_backoff: Duration,
+    last_resume: Option<Instant>,
+    /// Files were claimed into `running/` but could not be read (a pause): take them in when
+    /// it ends.
+    claims_left: bool,
+    /// Ids that doors have given out for files not taken in yet (id → the inbox file), so a
+    /// file dropped with a name that maps to the same id cannot take it.
+    reserved: HashMap<String, String>,
+    progress_due: Option<Instant>,
+    stagger_due: Option<Instant>,
+    rescan_due: Instant,
+}
+
+impl Engine {
+    fn apply(&mut self, records: &[Record]) {
+        for r in records {
+            // One clear message when a provider changes state, not one per task.
+            match &r.event {
+                Event::ProviderDisabled {
+                    provider,
+                    agent,
+                    reason,
+                    ..
+                } if self
+                    .book
+                    .providers
+                    .get(provider)
+                    .is_none_or(|p| p.disabled.is_none()) =>
+                {
+                    tracing::error!(
+                        provider,
+                        agent,
+                        "`{agent}` failed to authenticate ({reason}); its provider `{provider}` is disabled and its tasks go to the next agent. Fix the login, then run `dirigent agents enable {agent}`"
+                    );
+                }
+                Event::ProviderCooldown {
+                    provider,
+                    agent,
+                    until_ms,
+                    reason,
+                    ..
+                } if self
+                    .book
+                    .providers
+                    .get(provider)
+                    .and_then(|p| p.cooling_until_ms)
+                    .is_none_or(|u| u < *until_ms) =>
+                {
+                    tracing::warn!(
+                        provider,
+                        agent,
+                        "`{agent}` is rate limited ({reason}); provider `{provider}` rests until {}",
+                        crate::duration::clock(*until_ms)
+                    );
+                }
+                _ => {}
+            }
+            self.book.apply(r);
+        }
+        if !records.is_empty() {
+            self.changed();
+        }
+    }
+
+    fn ledger_failed(&mut self, why: String) {
+        if self.ledger_failed.is_none() {
+            tracing::error!(
+                "error: the ledger cannot be written ({why}); dirigent has stopped claiming and starting work. \
+Free disk space or fix `{}`, then restart the daemon",
+                self.ws.ledger().display()
+            );
+            self.ledger_failed = Some(why);
+        }
+    }
+
+    /// Appends one event and applies it; on a ledger failure, stops taking work and returns false.
+    async fn record_now(&mut self, event: Event) -> bool {
+        match self.ledger.append(event).await {
+            Ok(r) => {
+                self.apply(&[r]);
+                true
+            }
+            Err(e) => {
+                self.ledger_failed(e.to_string());
+                false
+            }
+        }
+    }
+}
+
+async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) -> Vec<Record> {
+    match ledger.append(event).await {
+        Ok(r) => vec![r],
+        Err(e) => {
+            let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+            vec![]
+        }
+    }
+}
+
+/// `now + d`, saturating far in the future instead of overflowing (a reset time a CLI printed
+/// can be anything).
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
+}
+
+/// Asks for a dispatch round at Unix time `at_ms` (no later than one already due).
+fn wake_at(due: &mut Option<Instant>, now: Instant, now_ms: u64, at_ms: u64) {
+    let at = later(now, Duration::from_millis(at_ms.saturating_sub(now_ms)));
+    *due = Some(due.map_or(at, |d| d.min(at)));
+}

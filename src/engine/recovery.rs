@@ -1,0 +1,201 @@
+//! Crash recovery at start: attempts the ledger left open are closed (their process groups
+//! killed when they provably still run), unfinished tasks are queued again, interrupted moves
+//! finished, and unknown files in `running/` taken in.
+
+use super::*;
+
+impl Engine {
+    /// After a restart: close attempts that have no finish record (killing their process group
+    /// if it provably still runs), re-queue unfinished tasks whose files are in `running/`,
+    /// finish moves a crash interrupted, and take in unknown files found in `running/`.
+    pub(super) async fn recover(&mut self) -> Result<(), DaemonError> {
+        let grace = self.config.kill_grace;
+        // First the processes the ledger knows, verified by start time and boot id ...
+        let mut closing = Vec::new();
+        for t in self.book.iter() {
+            if let Phase::Running { attempt, agent, .. } = &t.phase {
+                let a = t.attempts.iter().rev().find(|a| a.n == *attempt);
+                let alive = match a {
+                    Some(a) => {
+                        spawn::reap_orphan_group(a.pid, a.start_ticks, a.boot_id.as_deref(), grace)
+                            .await
+                    }
+                    None => false,
+                };
+                closing.push(Event::AttemptFinished {
+                    task: t.id.clone(),
+                    attempt: *attempt,
+                    agent: agent.clone(),
+                    class: Class::Interrupted,
+                    reason: if alive {
+                        "the daemon stopped while this attempt ran; its process group was still alive and was killed".into()
+                    } else {
+                        "the daemon stopped while this attempt ran".into()
+                    },
+                    exit_code: None,
+                    signal: None,
+                    stopped: None,
+                    kill_signal: None,
+                    leaked: false,
+                    retry_in_ms: None,
+                    usage: None,
+                    stdout_bytes: 0,
+                    stderr_bytes: 0,
+                    duration_ms: 0,
+                });
+            }
+        }
+        // ... then anything else an earlier daemon of this workspace left running (an agent
+        // spawned just before a crash, before its start was recorded).
+        let root = self.ws.root().to_path_buf();
+        let leftovers = tokio::task::spawn_blocking(move || crate::reaper::kill_leftovers(&root))
+            .await
+            .unwrap_or(0);
+        if leftovers > 0 {
+            tracing::warn!(
+                "killed {leftovers} leftover process(es) of an earlier daemon of this workspace"
+            );
+        }
+        let recs = self.ledger.append_all(closing).await?;
+        self.apply(&recs);
+
+        // Which files are in running/ right now (made again if someone removed it).
+        let running = self
+            .ws
+            .open_sub("running")
+            .map_err(|cause| DaemonError::Workspace {
+                path: self.ws.running().display().to_string(),
+                cause,
+            })?;
+        let mut present: HashSet<String> = running
+            .names()
+            .map_err(|cause| DaemonError::Workspace {
+                path: self.ws.running().display().to_string(),
+                cause,
+            })?
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .filter(|n| inbox::is_candidate(n) || n.starts_with(claim::CLAIM_PREFIX))
+            .collect();
+
+        let mut claims = Vec::new();
+        let mut requeue = Vec::new();
+        let mut resettle = Vec::new();
+        for t in self.book.iter() {
+            let names = [
+                t.file.clone(),
+                format!("{}.json", t.id),
+                format!("{}.md", t.id),
+            ];
+            let found = names.iter().find(|n| present.contains(*n)).cloned();
+            if let Some(name) = &found {
+                present.remove(name);
+            }
+            match (&t.phase, found) {
+                (Phase::Done { .. }, Some(name)) => self.finish_move(&name, true),
+                (Phase::Failed { .. }, Some(name)) => self.finish_move(&name, false),
+                // The attempt succeeded but `done` is not recorded (a crash in between, or a
+                // damaged line): settle it from what the attempt left, without running it again.
+                (Phase::Pending, found)
+                    if t.attempts
+                        .last()
+                        .is_some_and(|a| a.class == Some(Class::Ok)) =>
+                {
+                    if let Some(name) = found
+                        && name != t.file
+                    {
+                        claims.push(Event::Claimed {
+                            task: t.id.clone(),
+                            file: name,
+                        });
+                    }
+                    resettle.push(t.id.clone());
+                }
+                (Phase::Pending | Phase::Requeued, Some(name)) => {
+                    if name != t.file {
+                        claims.push(Event::Claimed {
+                            task: t.id.clone(),
+                            file: name,
+                        });
+                    }
+                    requeue.push(t.id.clone());
+                }
+                // Its file is not in running/ (and not back in the inbox): someone removed it.
+                // The ledger has the task; the file is written again and the task goes on.
+                (Phase::Pending, None)
+                    if self.ws.inbox().join(&t.file).symlink_metadata().is_err() =>
+                {
+                    let name = format!("{}{}", t.id, claim::extension(&t.file));
+                    let rebuilt = t.spec.as_ref().map(|spec| {
+                        running.write_atomic(
+                            &name,
+                            &claim::rebuild(&spec.fields, &t.id, &name),
+                            0o600,
+                        )
+                    });
+                    match rebuilt {
+                        Some(Ok(())) => {
+                            tracing::warn!(
+                                task = %t.id,
+                                "its task file was missing from running/; it was written again from the ledger"
+                            );
+                            if name != t.file {
+                                claims.push(Event::Claimed {
+                                    task: t.id.clone(),
+                                    file: name,
+                                });
+                            }
+                            requeue.push(t.id.clone());
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(task = %t.id, "cannot write its task file again: {e}");
+                            requeue.push(t.id.clone());
+                        }
+                        None => requeue.push(t.id.clone()),
+                    }
+                }
+                _ => {}
+            }
+        }
+        let recs = self.ledger.append_all(claims).await?;
+        self.apply(&recs);
+        for id in requeue {
+            self.enqueue_or_advance(&id);
+        }
+        for id in resettle {
+            self.resettle(&id);
+        }
+        // Files in running/ that the ledger does not know: claimed, not yet recorded.
+        let mut unknown: Vec<String> = present.into_iter().collect();
+        unknown.sort();
+        let mut claimed = Vec::new();
+        for name in unknown {
+            let (stem, _) = fsutil::split_name(&name);
+            if let Some(outcome) = self.book.outcome(stem) {
+                // A finished task whose file move a crash interrupted (archived in memory).
+                self.finish_move(&name, outcome == Outcome::Done);
+                continue;
+            }
+            tracing::info!(file = %name, "found an unrecorded task file in running/; taking it in");
+            let original = claim::original_name(&name).unwrap_or(&name).to_string();
+            claimed.push(Claimed {
+                claim_name: name,
+                name: original,
+            });
+        }
+        self.take_in(&running, claimed).await;
+        Ok(())
+    }
+
+    /// Moves a settled task's file out of `running/` (completing a move a crash interrupted).
+    fn finish_move(&self, name: &str, done: bool) {
+        let to = if done { "done" } else { "failed" };
+        let (stem, _) = fsutil::split_name(name);
+        if let Err(e) = claim::move_task(&self.ws, "running", to, name, stem, None) {
+            tracing::warn!(
+                file = name,
+                "cannot move a finished task file out of running/: {e}"
+            );
+        }
+    }
+}

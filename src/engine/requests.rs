@@ -1,0 +1,351 @@
+//! Door requests: what the control socket, HTTP, the OpenAI endpoint and MCP ask of the engine
+//! (submit, get, list, wait, cancel, retry, agents, workflows), answered from its live state.
+
+use super::*;
+
+/// One line of `list`: what a client needs to pick a task, without its prompt or attempts.
+fn summary(t: &TaskRecord) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": t.id,
+        "title": t.title,
+        "state": t.phase.label(),
+        "chain": t.chain,
+        "attempts": t.attempts.len(),
+        "received_ms": t.received_ms,
+    });
+    if let Some(a) = t.attempts.last() {
+        v["agent"] = serde_json::json!(a.agent);
+    }
+    match &t.phase {
+        Phase::Done { output, .. } => v["output"] = serde_json::json!(output),
+        Phase::Failed { reason, .. } => v["reason"] = serde_json::json!(reason),
+        _ => {}
+    }
+    v
+}
+
+impl Engine {
+    /// Answers a control request (`dirigent cancel`, `dirigent retry`).
+    pub(super) async fn control(
+        &mut self,
+        request: crate::control::Request,
+    ) -> crate::control::Response {
+        use crate::control::{Failure, Request, Response};
+        match request {
+            Request::Status => match serde_json::to_value(&self.book) {
+                Ok(mut data) => {
+                    // What stops the daemon from taking work, beside the tasks.
+                    if let Some(why) = self.not_claiming() {
+                        data["paused"] = serde_json::json!({
+                            "why": why,
+                            "since_ms": self.paused.as_ref().map(|p| p.since_ms),
+                        });
+                    }
+                    Response::data(data)
+                }
+                Err(e) => Response::error(format!("cannot serialise the state: {e}")),
+            },
+            Request::Get { id } => self.describe(&id),
+            Request::List { state } => {
+                let rows: Vec<serde_json::Value> = self
+                    .book
+                    .iter()
+                    .filter(|t| state.as_deref().is_none_or(|s| t.phase.label() == s))
+                    .map(summary)
+                    .collect();
+                Response::data(serde_json::Value::Array(rows))
+            }
+            Request::Submit { task } => {
+                let (book, reserved) = (&self.book, &self.reserved);
+                let submitted = crate::submit::submit(&self.ws, &self.config, *task, |id| {
+                    book.contains(id) || reserved.contains_key(id)
+                });
+                if let Ok(done) = &submitted {
+                    // The id is this submitter's from now on: a file dropped meanwhile whose
+                    // name maps to the same id gets another one.
+                    self.reserved
+                        .insert(done.id.clone(), format!("{}.json", done.id));
+                }
+                match submitted {
+                    Ok(done) => Response {
+                        message: format!("submitted `{}`", done.id),
+                        ..Response::data(serde_json::json!({"id": done.id, "file": done.file}))
+                    },
+                    Err(e @ crate::submit::SubmitError::Exists(_)) => {
+                        Response::fail(Failure::Conflict, e.to_string())
+                    }
+                    Err(e @ crate::submit::SubmitError::Io { .. }) => {
+                        Response::fail(Failure::Unavailable, e.to_string())
+                    }
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+            Request::Enable { agent } => {
+                let Some(a) = self.config.agents.get(&agent) else {
+                    return Response::fail(
+                        Failure::NotFound,
+                        format!("no agent `{agent}`; `dirigent agents` lists them"),
+                    );
+                };
+                let provider = a.provider.clone();
+                if !self.book.providers.contains_key(&provider) {
+                    return Response::ok(format!(
+                        "`{agent}` (provider `{provider}`) is not disabled or cooling down"
+                    ));
+                }
+                if !self
+                    .record_now(Event::ProviderEnabled {
+                        provider: provider.clone(),
+                    })
+                    .await
+                {
+                    return Response::fail(Failure::Unavailable, "the ledger cannot be written");
+                }
+                tracing::info!(provider, "enabled by the user");
+                Response::ok(format!(
+                    "`{agent}` and every agent on provider `{provider}` can run again"
+                ))
+            }
+            Request::Agents => Response::data(crate::catalog::agents_report(
+                &self.ws,
+                &self.config,
+                &self.book,
+            )),
+            Request::Workflows => match crate::catalog::workflows(&self.ws, &self.config) {
+                Ok(rows) => Response::data(serde_json::json!(rows)),
+                Err(e) => Response::error(format!("cannot read the workflows: {e}")),
+            },
+            // Answered by the doors themselves (`api`), from `get` and the live events.
+            Request::Wait { .. } | Request::Result { .. } => {
+                Response::error("`wait` and `result` are answered by the door, not the engine")
+            }
+            Request::Cancel { id } => {
+                let Some(t) = self.book.get(&id) else {
+                    return if self.book.contains(&id) {
+                        Response::fail(
+                            Failure::Conflict,
+                            format!("task `{id}` has already finished"),
+                        )
+                    } else {
+                        Response::fail(
+                            Failure::NotFound,
+                            format!("no task `{id}`; `dirigent status` lists the tasks"),
+                        )
+                    };
+                };
+                if t.phase.is_terminal() {
+                    return Response::fail(
+                        Failure::Conflict,
+                        format!("task `{id}` has already finished ({})", t.phase.label()),
+                    );
+                }
+                if self.finishing.contains(&id) {
+                    return Response::fail(
+                        Failure::Conflict,
+                        format!(
+                            "task `{id}` is finishing (its result or report is being written); it cannot be cancelled any more"
+                        ),
+                    );
+                }
+                // A workflow run takes its unfinished tasks with it.
+                let mut ids: Vec<String> = self
+                    .book
+                    .iter()
+                    .filter(|c| !c.phase.is_terminal() && is_child_of(&c.id, &id))
+                    .map(|c| c.id.clone())
+                    .collect();
+                ids.push(id.clone());
+                let mut stopping = false;
+                for one in ids {
+                    if self.finishing.contains(&one) {
+                        continue;
+                    }
+                    if let Some(run) = self.running.get(&one) {
+                        let _ = run.stop.send(Some(crate::judge::StopCause::Cancel));
+                        stopping = true;
+                    } else {
+                        self.dequeue(&one);
+                        self.keys.remove(&one);
+                        self.settle_cancelled(&one);
+                    }
+                }
+                Response::ok(if stopping {
+                    format!("cancelling `{id}`: its process group is being stopped")
+                } else {
+                    format!("cancelled `{id}`")
+                })
+            }
+            Request::Retry { id } => match self.retry(&id).await {
+                Ok(message) => Response::ok(message),
+                Err(refused) => refused,
+            },
+        }
+    }
+
+    /// Runs a failed or cancelled task again from the top of its chain, re-reading its file in
+    /// `failed/`. A workflow run resumes from the phase that failed: its failed tasks run again
+    /// and its completed phases stay completed. Returns what to tell the user.
+    pub(super) async fn retry(&mut self, id: &str) -> Result<String, crate::control::Response> {
+        use crate::control::{Failure, Response};
+        let id = id.to_string();
+        let Some(t) = self.book.get(&id) else {
+            return Err(if self.book.contains(&id) {
+                Response::fail(
+                    Failure::Conflict,
+                    format!(
+                        "task `{id}` is too old to retry (only the 1,000 most recent finished tasks are kept in full); submit it again"
+                    ),
+                )
+            } else {
+                Response::fail(
+                    Failure::NotFound,
+                    format!("no task `{id}`; `dirigent status` lists the tasks"),
+                )
+            });
+        };
+        if !matches!(t.phase, Phase::Failed { .. }) {
+            return Err(Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}` is {}; only a failed or cancelled task can be retried",
+                    t.phase.label()
+                ),
+            ));
+        }
+        let file = t.file.clone();
+        let path = self.ws.failed().join(&file);
+        let fields = match self.ws.open_sub("failed") {
+            Ok(failed) if failed.kind(&file).is_none() => {
+                Err(format!("its file `{}` is gone", path.display()))
+            }
+            Ok(failed) => match claim::read(&failed, &file, &file) {
+                Ok(f) => Ok(f),
+                Err(claim::Unreadable::Refused(r)) => Err(r),
+                Err(claim::Unreadable::Exhausted(e)) => {
+                    return Err(Response::fail(
+                        Failure::Unavailable,
+                        format!("cannot read `{}` now: {e}", path.display()),
+                    ));
+                }
+            },
+            Err(e) => Err(format!("cannot open `{}`: {e}", self.ws.failed().display())),
+        };
+        let spec = match fields.and_then(|f| {
+            crate::task::accept(id.clone(), f, &self.config, self.ws.root()).map_err(|e| e.0)
+        }) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return Err(Response::error(format!(
+                    "task `{id}` cannot run again: {e}"
+                )));
+            }
+        };
+        // A workflow run resumes where it failed: its failed tasks run again first
+        // (its completed phases are kept), then the run itself.
+        let is_run = spec.fields.workflow.is_some();
+        let mut again = Vec::new();
+        if is_run {
+            let prefix = format!("{id}.");
+            let failed: Vec<String> = self
+                .book
+                .iter()
+                .filter(|c| c.id.starts_with(&prefix) && matches!(c.phase, Phase::Failed { .. }))
+                .map(|c| c.id.clone())
+                .collect();
+            for child in failed {
+                Box::pin(self.retry(&child)).await?;
+                again.push(child);
+            }
+        }
+        if !self
+            .record_now(Event::Retried {
+                task: id.clone(),
+                spec: Box::new(spec),
+            })
+            .await
+        {
+            return Err(Response::fail(
+                Failure::Unavailable,
+                "the ledger cannot be written",
+            ));
+        }
+        if let Err(e) = claim::move_task(&self.ws, "failed", "running", &file, &id, None) {
+            tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
+        }
+        self.keys.remove(&id);
+        self.enqueue_or_advance(&id);
+        tracing::info!(task = %id, "retried");
+        Ok(if is_run {
+            let phase = self
+                .book
+                .get(&id)
+                .map(|t| t.phases.len())
+                .unwrap_or_default();
+            format!(
+                "resuming the workflow run `{id}` after its {phase} completed phase(s){}",
+                if again.is_empty() {
+                    String::new()
+                } else {
+                    format!("; running again: {}", again.join(", "))
+                }
+            )
+        } else {
+            format!("retrying `{id}` from the top of its chain")
+        })
+    }
+
+    /// What is known of task `id`, for `get` and `wait`: its full record; only its outcome once
+    /// archived; or, before it is taken in, a file waiting in the inbox or a rejection.
+    fn describe(&self, id: &str) -> crate::control::Response {
+        use crate::control::Response;
+        use serde_json::json;
+        if let Some(t) = self.book.get(id) {
+            return match serde_json::to_value(t) {
+                Ok(v) => Response::data(v),
+                Err(e) => Response::error(format!("cannot serialise task `{id}`: {e}")),
+            };
+        }
+        if let Some(outcome) = self.book.outcome(id) {
+            let state = match outcome {
+                Outcome::Done => "done",
+                Outcome::Failed => "failed",
+            };
+            return Response::data(json!({"id": id, "state": state, "archived": true}));
+        }
+        // Only a task id is ever looked up as a file name (never `../x` or `/etc/x`).
+        if crate::config::validate_name(id).is_err() {
+            return Response::fail(
+                crate::control::Failure::NotFound,
+                format!("no task `{id}`; `dirigent status` lists the tasks"),
+            );
+        }
+        let waiting = ["json", "md"].iter().any(|ext| {
+            self.ws
+                .inbox()
+                .join(format!("{id}.{ext}"))
+                .symlink_metadata()
+                .is_ok()
+        });
+        if waiting {
+            return Response::data(json!({"id": id, "state": "inbox"}));
+        }
+        if let Some(r) = self
+            .book
+            .rejected
+            .iter()
+            .rev()
+            .find(|r| crate::task::id_from_stem(fsutil::split_name(&r.file).0) == id)
+        {
+            return Response::data(json!({
+                "id": id,
+                "state": "rejected",
+                "reason": r.reason,
+                "moved_to": r.moved_to,
+            }));
+        }
+        Response::fail(
+            crate::control::Failure::NotFound,
+            format!("no task `{id}`; `dirigent status` lists the tasks"),
+        )
+    }
+}

@@ -1,0 +1,312 @@
+//! Settling: an attempt's verdict is recorded; a task is done (its result written), moves on to
+//! the next agent of its chain, or is escalated (report, `on_escalate`); cancelled tasks too.
+
+use super::*;
+
+/// Appends one event for a task spawned by the engine. A ledger failure is reported to the
+/// engine (which stops taking work) and yields no records.
+/// The events that close an attempt: `attempt_finished` (with the backoff when a network
+/// failure is retried) and, for a rate limit or an auth failure, what it means for the provider.
+/// One batch, so a crash never records the failure without its consequence.
+pub(super) fn finished_events(
+    plan: &AttemptPlan,
+    attempt: u32,
+    retries_used: u32,
+    report: &AttemptReport,
+    prices: &std::collections::BTreeMap<String, crate::usage::Price>,
+) -> Vec<Event> {
+    let agent = &plan.agent;
+    let class = report.verdict.class;
+    let retry_in_ms = (class == Class::Network && retries_used < agent.retry.attempts).then(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let spread = f64::from(nanos % 1000) / 1000.0;
+        agent.retry.delay_for(retries_used, spread).as_millis() as u64
+    });
+    let mut events = vec![Event::AttemptFinished {
+        task: plan.task_id.clone(),
+        attempt,
+        agent: agent.name.clone(),
+        class,
+        reason: report.verdict.reason.clone(),
+        exit_code: report.exit_code,
+        signal: report.signal,
+        stopped: report.stopped,
+        kill_signal: report.kill_signal,
+        leaked: report.leaked,
+        stdout_bytes: report.stdout_bytes,
+        stderr_bytes: report.stderr_bytes,
+        duration_ms: report.duration.as_millis() as u64,
+        retry_in_ms,
+        usage: report.verdict.usage.clone().map(|mut u| {
+            crate::usage::price(&mut u, agent.model.as_deref(), prices);
+            u
+        }),
+    }];
+    match class {
+        Class::RateLimit => events.push(Event::ProviderCooldown {
+            provider: agent.provider.clone(),
+            agent: agent.name.clone(),
+            task: plan.task_id.clone(),
+            until_ms: report
+                .verdict
+                .resets_at_ms
+                .unwrap_or_else(|| ledger::now_ms() + agent.cooldown.as_millis() as u64),
+            reason: report.verdict.reason.clone(),
+        }),
+        Class::Auth => events.push(Event::ProviderDisabled {
+            provider: agent.provider.clone(),
+            agent: agent.name.clone(),
+            task: plan.task_id.clone(),
+            reason: report.verdict.reason.clone(),
+        }),
+        _ => {}
+    }
+    events
+}
+
+impl Engine {
+    /// Records `cancelled` and moves the task file to `failed/`.
+    pub(super) fn settle_cancelled(&mut self, id: &str) {
+        let Some(t) = self.book.get(id) else { return };
+        let file = t.file.clone();
+        let fields = t.spec.as_ref().map(|s| s.fields.clone());
+        let snapshot = t.clone();
+        self.finishing.insert(id.to_string());
+        let (ws, ledger, tx, id, config) = (
+            self.ws.clone(),
+            self.ledger.clone(),
+            self.tx.clone(),
+            id.to_string(),
+            self.config.clone(),
+        );
+        tracing::info!(task = %id, "cancelled");
+        tokio::spawn(async move {
+            // A cancelled task has a report like an escalated one: status, progress.md and the
+            // doors point every failed task at `escalations/<id>.md`.
+            let prompt = snapshot
+                .spec
+                .as_ref()
+                .map(|s| s.prompt.clone())
+                .unwrap_or_default();
+            if let Err(e) = escalate::write_report(
+                &ws,
+                &snapshot,
+                &prompt,
+                crate::state::CANCELLED_REASON,
+                Some(&config),
+                &[],
+            ) {
+                tracing::warn!(task = %id, "cannot write the report of the cancelled task: {e}");
+            }
+            let records = record(&ledger, &tx, Event::Cancelled { task: id.clone() }).await;
+            if !records.is_empty() {
+                // Usually in running/; a task put back by a stop may still wait in the inbox.
+                let from = if ws.inbox().join(&file).symlink_metadata().is_ok()
+                    && ws.running().join(&file).symlink_metadata().is_err()
+                {
+                    "inbox"
+                } else {
+                    "running"
+                };
+                if let Err(e) = claim::move_task(&ws, from, "failed", &file, &id, fields.as_ref()) {
+                    tracing::warn!(task = %id, "cannot move the task file to failed/: {e}");
+                }
+            }
+            let _ = tx.send(Msg::Settled { task: id, records });
+        });
+    }
+
+    /// Writes the result, records `done`, moves the file to `done/` — in a task of its own, so a
+    /// large result never holds up scheduling. A result that cannot be written where the task
+    /// says escalates; one that cannot be written for lack of a resource waits (paused) and is
+    /// written when the resource is back: a finished attempt is never thrown away.
+    pub(super) fn settle_done(&mut self, id: &str, report: AttemptReport) {
+        let Some(t) = self.book.get(id) else { return };
+        let Some(spec) = t.spec.clone() else { return };
+        let Some(last) = t.attempts.last() else {
+            return;
+        };
+        let (attempt, agent) = (last.n, last.agent.clone());
+        self.finishing.insert(id.to_string());
+        let (ws, ledger, tx, file, id) = (
+            self.ws.clone(),
+            self.ledger.clone(),
+            self.tx.clone(),
+            t.file.clone(),
+            id.to_string(),
+        );
+        tokio::spawn(async move {
+            let output = spec.fields.output.clone();
+            let (ws2, id2) = (ws.clone(), id.clone());
+            let (written, report) = tokio::task::spawn_blocking(move || {
+                let content = match (&report.verdict.result, &report.stdout_capture) {
+                    (Some(ResultText::Text(text)), _) => result::Content::Text(text),
+                    (_, Some(capture)) => result::Content::Capture(capture),
+                    (_, None) => result::Content::Text(""),
+                };
+                let written = result::write(&ws2, &id2, output.as_deref(), content);
+                (written, report)
+            })
+            .await
+            .expect("the result writer does not panic");
+            let rel = match written {
+                Ok(rel) => rel,
+                Err(e) => {
+                    let _ = tx.send(match e.exhausted() {
+                        Some(what) => Msg::Paused {
+                            what: format!("{what} (writing the result of `{id}`: {e})"),
+                            held: Held::Settle {
+                                task: id,
+                                report: Box::new(report),
+                            },
+                        },
+                        None => Msg::ResultFailed {
+                            task: id,
+                            reason: e.to_string(),
+                        },
+                    });
+                    return;
+                }
+            };
+            let agent_name = agent.clone();
+            let done = Event::Done {
+                task: id.clone(),
+                agent,
+                attempt,
+                output: rel,
+            };
+            let records = record(&ledger, &tx, done).await;
+            if !records.is_empty()
+                && let Err(e) =
+                    claim::move_task(&ws, "running", "done", &file, &id, Some(&spec.fields))
+            {
+                tracing::warn!(task = %id, "cannot move the task file to done/: {e}");
+            }
+            tracing::info!(task = %id, agent = %agent_name, attempt, "done");
+            let _ = tx.send(Msg::Settled { task: id, records });
+        });
+    }
+
+    /// After a restart: a task whose last attempt succeeded but whose `done` was never recorded
+    /// is settled from that attempt's output, judged again, instead of running again.
+    pub(super) fn resettle(&mut self, id: &str) {
+        let Some(t) = self.book.get(id) else { return };
+        let Some(a) = t.attempts.last() else { return };
+        let Some(agent) = self.config.agent_for(&a.agent) else {
+            self.enqueue(id);
+            return;
+        };
+        let report = spawn::report_from_capture(&self.ws, id, a, &agent);
+        if report.verdict.class == Class::Ok {
+            tracing::info!(
+                task = id,
+                "its attempt {} succeeded before the daemon stopped; its result is written from that attempt's output",
+                a.n
+            );
+            self.settle_done(id, report);
+        } else {
+            tracing::warn!(
+                task = id,
+                "its attempt {} succeeded before the daemon stopped, but its output is not usable now ({}); it runs again",
+                a.n,
+                report.verdict.reason
+            );
+            self.enqueue(id);
+        }
+    }
+
+    /// Writes the escalation report, records `escalated`, moves the file to `failed/`, runs
+    /// the `on_escalate` hook.
+    pub(super) fn escalate(&mut self, id: &str, reason: String) {
+        self.dequeue(id);
+        let Some(t) = self.book.get(id) else { return };
+        if t.phase.is_terminal() || self.finishing.contains(id) {
+            return;
+        }
+        self.finishing.insert(id.to_string());
+        let snapshot: TaskRecord = t.clone();
+        tracing::warn!(
+            task = id,
+            "escalated: {}",
+            reason.lines().next().unwrap_or("")
+        );
+        self.spawn_escalation(Box::new(snapshot), reason);
+    }
+
+    /// The work of [`Engine::escalate`], in a task of its own (also when a paused escalation
+    /// is done again).
+    pub(super) fn spawn_escalation(&self, snapshot: Box<TaskRecord>, reason: String) {
+        // A workflow run's report lists its tasks.
+        let prefix = format!("{}.", snapshot.id);
+        let children: Vec<TaskRecord> = if snapshot
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.fields.workflow.is_some())
+        {
+            self.book
+                .iter()
+                .filter(|c| c.id.starts_with(&prefix))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (ws, ledger, tx, hook, config) = (
+            self.ws.clone(),
+            self.ledger.clone(),
+            self.tx.clone(),
+            self.config.on_escalate.clone(),
+            self.config.clone(),
+        );
+        tokio::spawn(async move {
+            let prompt = snapshot
+                .spec
+                .as_ref()
+                .map(|s| s.prompt.clone())
+                .unwrap_or_default();
+            if let Err(e) =
+                escalate::write_report(&ws, &snapshot, &prompt, &reason, Some(&config), &children)
+            {
+                if let Some(what) = fsutil::exhausted(&e) {
+                    let _ = tx.send(Msg::Paused {
+                        what: format!(
+                            "{what} (writing the escalation report of `{}`: {e})",
+                            snapshot.id
+                        ),
+                        held: Held::Escalate { snapshot, reason },
+                    });
+                    return;
+                }
+                tracing::error!(task = %snapshot.id, "cannot write the escalation report: {e}");
+            }
+            let ev = Event::Escalated {
+                task: snapshot.id.clone(),
+                reason,
+                attempts: snapshot.attempts.len() as u32,
+            };
+            let records = record(&ledger, &tx, ev).await;
+            let fields = snapshot.spec.as_ref().map(|s| s.fields.clone());
+            if !records.is_empty()
+                && let Err(e) = claim::move_task(
+                    &ws,
+                    "running",
+                    "failed",
+                    &snapshot.file,
+                    &snapshot.id,
+                    fields.as_ref(),
+                )
+            {
+                tracing::warn!(task = %snapshot.id, "cannot move the task file to failed/: {e}");
+            }
+            let _ = tx.send(Msg::Settled {
+                task: snapshot.id.clone(),
+                records,
+            });
+            if let Some(hook) = hook {
+                escalate::run_hook(&ws, &hook, &snapshot.id, Duration::from_secs(60)).await;
+            }
+        });
+    }
+}

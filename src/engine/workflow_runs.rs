@@ -1,0 +1,243 @@
+//! Workflow runs: the runner's decisions carried out — child tasks submitted through the inbox,
+//! phases recorded complete, loop evaluators run, the run finished or failed.
+
+use super::*;
+
+/// Whether `id` names a task (or task file) a workflow run submitted: `<run>.<…>`.
+pub fn is_child_of(id: &str, run: &str) -> bool {
+    id.strip_prefix(run)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+impl Engine {
+    /// Carries out what the workflow runner decides for each run that is due.
+    pub(super) async fn advance_runs(&mut self) {
+        if !self.accepting || self.not_claiming().is_some() {
+            return;
+        }
+        let due = std::mem::take(&mut self.advance_due);
+        for run in due {
+            // A completed phase may let the next one start at once: ask again until nothing moves.
+            for _ in 0..64 {
+                let live = self.book.get(&run).is_some_and(|t| !t.phase.is_terminal());
+                if !live || self.finishing.contains(&run) {
+                    break;
+                }
+                let Some(wf) = self.workflow_of(&run) else {
+                    break;
+                };
+                let Some(t) = self.book.get(&run) else { break };
+                let actions = crate::runner::next(t, &wf, &self.book, &self.config, &self.ws);
+                let mut moved = false;
+                for action in actions {
+                    match action {
+                        crate::runner::Action::Submit(child) => self.submit_child(&child),
+                        crate::runner::Action::PhaseCompleted {
+                            phase,
+                            output,
+                            parts,
+                        } => {
+                            tracing::info!(task = %run, phase = %phase, "workflow phase completed");
+                            if !parts.is_empty() {
+                                // A phase of many tasks: its output is all of their results.
+                                let mut text = String::new();
+                                for (label, path) in &parts {
+                                    let body = fsutil::read_confined(
+                                        self.ws.root(),
+                                        path,
+                                        MAX_CONTEXT_FILE,
+                                    )
+                                    .unwrap_or_default();
+                                    text.push_str(&format!(
+                                        "## {label} ({path})\n\n{}\n\n",
+                                        body.trim_end()
+                                    ));
+                                }
+                                if let Err(e) = result::write_text(&self.ws, &output, &text) {
+                                    self.escalate(
+                                        &run,
+                                        format!("phase `{phase}`: cannot write its output: {e}"),
+                                    );
+                                    break;
+                                }
+                            }
+                            let digest = fsutil::digest_confined(self.ws.root(), &output)
+                                .unwrap_or_default();
+                            let ev = Event::PhaseCompleted {
+                                task: run.clone(),
+                                phase,
+                                output,
+                                digest,
+                            };
+                            if !self.record_now(ev).await {
+                                return;
+                            }
+                            moved = true;
+                        }
+                        crate::runner::Action::Finished { output } => {
+                            self.finish_run(&run, output).await
+                        }
+                        crate::runner::Action::Failed(reason) => self.escalate(&run, reason),
+                        crate::runner::Action::Evaluate {
+                            phase,
+                            round,
+                            command,
+                        } => {
+                            self.start_evaluation(&run, phase, round, command);
+                        }
+                        crate::runner::Action::RecordRound {
+                            phase,
+                            round,
+                            passed,
+                            feedback,
+                        } => {
+                            let ev = Event::LoopRound {
+                                task: run.clone(),
+                                phase,
+                                round,
+                                passed,
+                                feedback,
+                            };
+                            if !self.record_now(ev).await {
+                                return;
+                            }
+                            moved = true;
+                        }
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The parsed workflow of a run (cached); a workflow that vanished or broke fails the run.
+    fn workflow_of(&mut self, run: &str) -> Option<Arc<crate::workflow::Workflow>> {
+        if let Some(wf) = self.workflows.get(run) {
+            return Some(wf.clone());
+        }
+        let name = self.book.get(run)?.spec.as_ref()?.fields.workflow.clone()?;
+        let found = crate::workflow::discover(&self.ws.workflows())
+            .map_err(|e| e.to_string())
+            .and_then(|defs| {
+                let def = defs
+                    .into_iter()
+                    .find(|d| d.name == name)
+                    .ok_or_else(|| format!("workflow `{name}` no longer exists"))?;
+                crate::workflow::validate(&def, &self.config).map_err(|p| {
+                    format!(
+                        "workflow `{name}` is invalid now: {}",
+                        p.first().map(|p| p.to_string()).unwrap_or_default()
+                    )
+                })
+            });
+        match found {
+            Ok(wf) => {
+                let wf = Arc::new(wf);
+                self.workflows.insert(run.to_string(), wf.clone());
+                Some(wf)
+            }
+            Err(reason) => {
+                self.escalate(run, reason);
+                None
+            }
+        }
+    }
+
+    /// Submits a child task through the inbox, like any other door. Submitting the same child
+    /// twice is harmless: the second file finds the first in the inbox, or the id taken.
+    fn submit_child(&mut self, child: &crate::runner::Child) {
+        let fields = crate::task::TaskFields {
+            id: Some(child.id.clone()),
+            title: Some(child.title.clone()),
+            prompt: Some(child.prompt.clone()),
+            agent: child.agent.clone(),
+            role: child.role.clone(),
+            chain: child.chain.clone(),
+            output: child.output.clone(),
+            files: child.files.clone(),
+            ..Default::default()
+        };
+        match crate::submit::write_into_inbox(&self.ws, &child.id, &fields) {
+            Ok(_) => {
+                self.reserved
+                    .insert(child.id.clone(), format!("{}.json", child.id));
+                tracing::info!(task = %child.id, "workflow submitted a task");
+            }
+            Err(crate::submit::SubmitError::Exists(_)) => {}
+            Err(e) => tracing::error!(task = %child.id, "cannot submit a workflow task: {e}"),
+        }
+        // The prompt a phase's task received is kept next to its output.
+        if let Some(out) = &child.output {
+            let (stem, _) = fsutil::split_name(out);
+            if let Err(e) =
+                result::write_text(&self.ws, &format!("{stem}.prompt.md"), &child.prompt)
+            {
+                tracing::warn!(task = %child.id, "cannot keep the prompt beside its output: {e}");
+            }
+        }
+    }
+
+    /// Runs a loop's evaluator command in the background; the round is recorded when it ends.
+    fn start_evaluation(&mut self, run: &str, phase: String, round: u32, command: Vec<String>) {
+        let key = format!("{run}/{phase}/{round}");
+        if !self.evaluating.insert(key.clone()) {
+            return; // already running
+        }
+        tracing::info!(task = run, phase = %phase, round, "evaluating the round with `{}`", command.join(" "));
+        let (ws, ledger, tx, run) = (
+            self.ws.clone(),
+            self.ledger.clone(),
+            self.tx.clone(),
+            run.to_string(),
+        );
+        tokio::spawn(async move {
+            let log = ws
+                .run_dir(&run)
+                .join(format!("{phase}-round{round}-evaluator.log"));
+            let (passed, feedback) =
+                crate::runner::run_evaluator(&ws, &command, &log, Duration::from_secs(30 * 60))
+                    .await;
+            let ev = Event::LoopRound {
+                task: run.clone(),
+                phase,
+                round,
+                passed,
+                feedback,
+            };
+            let records = record(&ledger, &tx, ev).await;
+            let _ = tx.send(Msg::Evaluated { run, key, records });
+        });
+    }
+
+    /// Every phase of a run is complete: record `done` and move its file.
+    async fn finish_run(&mut self, run: &str, output: String) {
+        let Some(t) = self.book.get(run) else { return };
+        let file = t.file.clone();
+        let fields = t.spec.as_ref().map(|s| s.fields.clone());
+        let ev = Event::Done {
+            task: run.to_string(),
+            agent: "workflow".into(),
+            attempt: 0,
+            output,
+        };
+        match self.ledger.append(ev).await {
+            Ok(r) => {
+                self.apply(&[r]);
+                tracing::info!(task = run, "workflow done");
+                self.workflows.remove(run);
+                if let Err(e) =
+                    claim::move_task(&self.ws, "running", "done", &file, run, fields.as_ref())
+                {
+                    tracing::warn!(
+                        task = run,
+                        "cannot move the workflow's task file to done/: {e}"
+                    );
+                }
+                self.keys.remove(run);
+            }
+            Err(e) => self.ledger_failed(e.to_string()),
+        }
+    }
+}
