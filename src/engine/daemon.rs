@@ -24,23 +24,13 @@ pub enum DaemonError {
 
 /// Runs the daemon on `ws` until `shutdown` resolves, then stops gracefully: no new claims,
 /// running attempts are terminated (group, grace, kill) and recorded as interrupted, and their
-/// task files go back into the inbox so they run again on the next start.
+/// task files go back into the inbox so they run again on the next start. The in-process entry
+/// point (`tests/in_process.rs` uses it); the binary calls [`run_with_options`].
 pub async fn run(
     ws: Workspace,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let (_keep, reload) = mpsc::unbounded_channel();
-    run_with_reload(ws, shutdown, reload).await
-}
-
-/// [`run`], plus a channel of reload requests (the binary forwards SIGHUP into it). A change of
-/// `.context/dirigent.yaml` reloads too. A reload never touches running attempts; an invalid
-/// config is refused with one log line and the previous one stays in force.
-pub async fn run_with_reload(
-    ws: Workspace,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    reload: mpsc::UnboundedReceiver<()>,
-) -> Result<(), DaemonError> {
     run_with_options(ws, shutdown, reload, Options::default()).await
 }
 
@@ -51,7 +41,10 @@ pub struct Options {
     pub http: Option<std::net::SocketAddr>,
 }
 
-/// [`run_with_reload`] with command-line [`Options`].
+/// [`run`], plus a channel of reload requests (the binary forwards SIGHUP into it) and the
+/// command-line [`Options`]. A change of `.context/dirigent.yaml` reloads too. A reload never
+/// touches running attempts; an invalid config is refused with one log line and the previous
+/// one stays in force.
 pub async fn run_with_options(
     ws: Workspace,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -58,7 +58,7 @@ mod requests;
 mod settling;
 mod workflow_runs;
 
-pub use daemon::{DaemonError, Options, run, run_with_options, run_with_reload, running_daemon};
+pub use daemon::{DaemonError, Options, run, run_with_options, running_daemon};
 pub use workflow_runs::is_child_of;
 
 // Shared by the rooms.
