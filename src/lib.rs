@@ -23,6 +23,7 @@ pub mod doctor;
 pub mod duration;
 pub mod engine;
 pub mod escalate;
+pub mod follow;
 pub mod fsutil;
 pub mod http;
 pub mod inbox;

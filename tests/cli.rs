@@ -734,3 +734,58 @@ fn completion_offers_the_workspaces_agents_roles_workflows_and_tasks() {
         "task ids",
     );
 }
+
+#[test]
+fn submit_wait_sees_the_end_of_its_task_across_ledger_rotations() {
+    // A ledger that rotates every 3 records: while the client waits, other tasks rotate it
+    // away several times.
+    let ws = Workspace::new(&format!("ledger_segment_events: 3\n{CONFIG}"));
+    let _d = ws.start();
+    let mut child = Command::new(BIN)
+        .args([
+            "submit", "hold on", "--agent", "gate", "--id", "w", "--wait",
+        ])
+        .env("DIRIGENT_ROOT", ws.root())
+        .env("DIRIGENT_STATE_DIR", ws.state.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ws.wait_until("the gate agent to wait", || {
+        std::fs::read_to_string(ws.path("runs/w/1-gate.stdout"))
+            .ok()
+            .filter(|s| s.contains("waiting for"))
+    });
+    for n in 0..6 {
+        ws.drop_task(&format!("o{n}.json"), r#"{"prompt": "p", "agent": "good"}"#);
+    }
+    ws.wait_until("the other tasks to be done", || {
+        (0..6)
+            .all(|n| ws.path(&format!("outbox/o{n}.md")).exists())
+            .then_some(())
+    });
+    assert!(
+        !dirigent::ledger::segments(&ws.ctx()).unwrap().is_empty()
+            || ws.path("ledger.snapshot.json").exists(),
+        "the ledger rotated while the client waited"
+    );
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    // The client ends on its own; a bounded wait turns a hang into a failure.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut std::io::BufReader::new(stdout), &mut out).unwrap();
+        let _ = done_tx.send(out);
+    });
+    let out = done_rx.recv_timeout(common::PATIENCE).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("`submit --wait` missed its task's end in a rotated segment")
+    });
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the task is done");
+    assert_eq!(
+        out, "waiting for release\nreleased\n",
+        "the result on stdout"
+    );
+}

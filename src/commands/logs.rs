@@ -91,11 +91,9 @@ pub fn logs(
     }
     let n = a.n;
     let waker = ChangeWaker::new(&[&ws.run_dir(id), ws.context()]);
-    let mut offset = 0;
-    let key = ledger_key(ws);
+    let mut follower = dirigent::follow::Follower::from_start(ws);
     loop {
-        let (records, next) = ledger::read_from(&ws.ledger(), offset, key.as_ref())?;
-        offset = next;
+        let records = follower.next_records()?;
         let finished = records.iter().any(|r| {
             matches!(&r.event, Event::AttemptFinished { task, attempt, .. } if task == id && *attempt == n)
         });

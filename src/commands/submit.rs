@@ -78,7 +78,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         );
     }
     ws.ensure()?;
-    let ledger_offset = std::fs::metadata(ws.ledger()).map(|m| m.len()).unwrap_or(0);
+    let follower = dirigent::follow::Follower::from_end(ws);
     let name = format!("{id}.json");
     let dest = submit_file(ws, &id, fields).map_err(|e| {
         anyhow::anyhow!(
@@ -106,7 +106,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     } else {
         eprintln!("dirigent: submitted `{id}`, waiting");
     }
-    wait_for(ws, &id, &name, ledger_offset)
+    wait_for(ws, &id, &name, follower)
 }
 
 /// Puts the task into the inbox: through the running daemon when there is one (it reserves the
@@ -137,7 +137,12 @@ fn submit_file(
 
 /// Follows the ledger until the task is done, escalated or rejected. For a workflow run, its
 /// tasks' attempts and its loop rounds are shown as they happen too.
-fn wait_for(ws: &Workspace, id: &str, file: &str, mut offset: u64) -> Result<ExitCode> {
+fn wait_for(
+    ws: &Workspace,
+    id: &str,
+    file: &str,
+    mut follower: dirigent::follow::Follower,
+) -> Result<ExitCode> {
     let waker = ChangeWaker::new(&[ws.context()]);
     let started = Instant::now();
     // On a terminal, a live line shows what runs now; in a pipe, only the event lines.
@@ -145,10 +150,8 @@ fn wait_for(ws: &Workspace, id: &str, file: &str, mut offset: u64) -> Result<Exi
     // What runs now: (task, attempt, agent, since), the run's own tasks included.
     let mut current: Vec<(String, u32, String, Instant)> = Vec::new();
     let child_prefix = format!("{id}.");
-    let key = ledger_key(ws);
     loop {
-        let (records, next) = ledger::read_from(&ws.ledger(), offset, key.as_ref())?;
-        offset = next;
+        let records = follower.next_records()?;
         for r in records {
             let Some(task) = r.event.task().map(str::to_string) else {
                 if let Event::Rejected {
