@@ -4,9 +4,10 @@
 //! in memory. The supervisor enforces the wall-clock `timeout` and the `idle_timeout`, and stops
 //! the whole group (SIGTERM, grace, SIGKILL) on timeout, shutdown and drop.
 //!
-//! The engine spawns [`run_attempt`] as a task and holds the other half of its `stop` channel;
-//! the attempt records `attempt_started`/`attempt_finished` in the ledger itself and reports back
-//! through the engine's message channel.
+//! The engine spawns [`run_attempt`] as a task and holds the other half of its `stop` channel.
+//! The attempt writes nothing to the ledger itself: the engine's `on_start` closure records
+//! `attempt_started` (the agent runs only once that is written), and the engine records
+//! `attempt_finished` from the [`AttemptReport`] it gets back.
 
 use std::path::PathBuf;
 use std::process::Stdio;

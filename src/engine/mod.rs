@@ -318,6 +318,8 @@ Free disk space or fix `{}`, then restart the daemon",
     }
 }
 
+/// Appends one event for a task spawned by the engine. A ledger failure is reported to the
+/// engine (which stops taking work) and yields no records.
 async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) -> Vec<Record> {
     match ledger.append(event).await {
         Ok(r) => vec![r],

@@ -3,8 +3,6 @@
 
 use super::*;
 
-/// Appends one event for a task spawned by the engine. A ledger failure is reported to the
-/// engine (which stops taking work) and yields no records.
 /// The events that close an attempt: `attempt_finished` (with the backoff when a network
 /// failure is retried) and, for a rate limit or an auth failure, what it means for the provider.
 /// One batch, so a crash never records the failure without its consequence.
