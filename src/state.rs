@@ -79,6 +79,30 @@ pub struct AttemptSummary {
     pub stopped: Option<crate::judge::StopCause>,
 }
 
+impl AttemptSummary {
+    /// Attempt `n` of `agent`, started at `started_ms`, with nothing known yet of how it runs
+    /// or ends.
+    fn started(n: u32, agent: &str, started_ms: u64) -> Self {
+        AttemptSummary {
+            n,
+            agent: agent.to_string(),
+            started_ms,
+            pid: 0,
+            start_ticks: None,
+            boot_id: None,
+            class: None,
+            reason: String::new(),
+            exit_code: None,
+            signal: None,
+            duration_ms: 0,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            usage: None,
+            stopped: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub id: String,
@@ -442,21 +466,10 @@ impl TaskBook {
             } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     t.attempts.push(AttemptSummary {
-                        n: *attempt,
-                        agent: agent.clone(),
-                        started_ms: r.ts,
                         pid: *pid,
                         start_ticks: *start_ticks,
                         boot_id: boot_id.clone(),
-                        class: None,
-                        reason: String::new(),
-                        exit_code: None,
-                        signal: None,
-                        duration_ms: 0,
-                        stdout_bytes: 0,
-                        stderr_bytes: 0,
-                        usage: None,
-                        stopped: None,
+                        ..AttemptSummary::started(*attempt, agent, r.ts)
                     });
                     t.phase = Phase::Running {
                         attempt: *attempt,
@@ -495,23 +508,8 @@ impl TaskBook {
                     t.cost_usd += usage.as_ref().and_then(|u| u.cost_usd).unwrap_or(0.0);
                     if !t.attempts.iter().any(|a| a.n == *attempt) {
                         // An attempt that never started (spawn failure) has no start event.
-                        t.attempts.push(AttemptSummary {
-                            n: *attempt,
-                            agent: agent.clone(),
-                            started_ms: r.ts,
-                            pid: 0,
-                            start_ticks: None,
-                            boot_id: None,
-                            class: None,
-                            reason: String::new(),
-                            exit_code: None,
-                            signal: None,
-                            duration_ms: 0,
-                            stdout_bytes: 0,
-                            stderr_bytes: 0,
-                            usage: None,
-                            stopped: None,
-                        });
+                        t.attempts
+                            .push(AttemptSummary::started(*attempt, agent, r.ts));
                     }
                     if let Some(a) = t.attempts.iter_mut().rev().find(|a| a.n == *attempt) {
                         // Only needed while it might still run.
