@@ -22,25 +22,6 @@ pub(super) fn split_entry_base(entry: &str) -> &str {
 /// The window of `starts_per_minute`.
 const MINUTE: Duration = Duration::from_secs(60);
 
-enum Deps {
-    Ready,
-    Wait,
-    Failed(String),
-}
-
-fn deps(book: &TaskBook, t: &TaskRecord) -> Deps {
-    for dep in &t.after {
-        match book.outcome(dep) {
-            Some(Outcome::Done) => {}
-            Some(Outcome::Failed) => {
-                return Deps::Failed(format!("it runs after `{dep}`, which failed"));
-            }
-            None => return Deps::Wait,
-        }
-    }
-    Deps::Ready
-}
-
 impl Engine {
     /// Starts every queued task that may start now, in queue order.
     pub(super) fn dispatch(&mut self) {
@@ -62,106 +43,19 @@ impl Engine {
             let Some(t) = self.book.get(&key.id) else {
                 continue;
             };
-            match deps(&self.book, t) {
-                Deps::Wait => continue,
-                Deps::Failed(reason) => {
+            let entry = match admission::admit(t, &self.book, &self.config, now_ms) {
+                admission::Admission::Start { entry } => entry,
+                admission::Admission::WaitUntil(at) => {
+                    wake_at(&mut self.stagger_due, now, now_ms, at);
+                    continue;
+                }
+                admission::Admission::Later => continue,
+                admission::Admission::Escalate(reason) => {
                     escalations.push((key.id.clone(), reason));
                     continue;
                 }
-                Deps::Ready => {}
-            }
-            // A network retry waits out its backoff.
-            if let Some(at) = t.not_before_ms
-                && at > now_ms
-            {
-                wake_at(&mut self.stagger_due, now, now_ms, at);
-                continue;
-            }
-            if let Some(reason) = self.over_budget(t, now_ms) {
-                escalations.push((key.id.clone(), reason));
-                continue;
-            }
-            let interrupted = t.interruptions_in_a_row();
-            if interrupted >= self.config.max_interruptions {
-                escalations.push((
-                    key.id.clone(),
-                    format!(
-                        "its attempts were interrupted {interrupted} times in a row: the daemon stopped or crashed while each ran (the last: {}). If the agent itself stops the daemon, that is why; the log names the sender of each stop signal. Raise `max_interruptions` to allow more",
-                        t.attempts.last().map(|a| a.reason.as_str()).unwrap_or("")
-                    ),
-                ));
-                continue;
-            }
-            // The first agent from the chain's position whose provider may be used now.
-            let mut chosen = None;
-            let mut cooling_until: Option<u64> = None;
-            let mut unusable = Vec::new();
-            let today = self.book.spend.get(&crate::state::day_of(now_ms));
-            for name in t.chain.iter().skip(t.chain_pos) {
-                // Limits, providers and budgets are the agent's, whichever model an entry names;
-                // the `agent:model` variant is made only for a start.
-                let base = split_entry_base(name);
-                let Some(agent) = self.config.agents.get(base) else {
-                    unusable.push(format!("`{name}` is no longer configured"));
-                    continue;
-                };
-                if let Some(limit) = self.config.budgets.agents.get(base) {
-                    let spent = today
-                        .and_then(|d| d.by_agent.get(base))
-                        .copied()
-                        .unwrap_or(0.0);
-                    if spent >= *limit {
-                        unusable.push(format!(
-                            "`{name}` has spent its daily budget ({} of {} today, UTC)",
-                            crate::usage::dollars(spent),
-                            crate::usage::dollars(*limit)
-                        ));
-                        continue;
-                    }
-                }
-                match self.book.availability(&agent.provider, now_ms) {
-                    Availability::Ready => {
-                        chosen = Some((name, agent));
-                        break;
-                    }
-                    Availability::CoolingDown { until_ms, reason } => {
-                        cooling_until = Some(cooling_until.map_or(until_ms, |u| u.min(until_ms)));
-                        unusable.push(format!(
-                            "`{name}` is cooling down until {} ({reason})",
-                            crate::duration::clock(until_ms)
-                        ));
-                    }
-                    Availability::Disabled { reason, .. } if reason.contains("agents enable") => {
-                        unusable.push(format!(
-                            "`{name}` is disabled after an auth failure: {reason}"
-                        ))
-                    }
-                    Availability::Disabled { reason, .. } => unusable.push(format!(
-                        "`{name}` is disabled after an auth failure ({reason}); {}, then `dirigent agents enable {base}`",
-                        agent.preset.map_or("fix its credentials", |p| p.login_hint)
-                    )),
-                }
-            }
-            let Some((entry, agent)) = chosen else {
-                if t.chain_pos >= t.chain.len() {
-                    let reason = if t.chain.is_empty() {
-                        escalate::no_agents_message(&self.config)
-                    } else {
-                        chain_failed(t, &self.config)
-                    };
-                    escalations.push((key.id.clone(), reason));
-                } else if let Some(until) = cooling_until {
-                    // Nothing else can take it: wait for the first provider to come back.
-                    wake_at(&mut self.stagger_due, now, now_ms, until);
-                } else {
-                    escalations.push((
-                        key.id.clone(),
-                        format!(
-                            "no agent left in the chain can run: {}",
-                            unusable.join("; ")
-                        ),
-                    ));
-                }
+            };
+            let Some(agent) = self.config.agents.get(split_entry_base(entry)) else {
                 continue;
             };
             let base_name = &agent.name;
@@ -247,62 +141,5 @@ impl Engine {
         for (id, agent) in starts {
             self.start_attempt(&id, agent);
         }
-    }
-
-    /// Why `t` may not start another attempt because of a budget: its own (a workflow run's
-    /// covers its tasks), or the day's for all agents. The text has the figures.
-    fn over_budget(&self, t: &TaskRecord, now_ms: u64) -> Option<String> {
-        use crate::usage::dollars;
-        if let Some(daily) = self.config.budgets.daily {
-            let spent = self
-                .book
-                .spend
-                .get(&crate::state::day_of(now_ms))
-                .map_or(0.0, |d| d.total_usd);
-            if spent >= daily {
-                return Some(format!(
-                    "the daily budget is spent: {} of {} today (UTC); raise `budgets.daily` or retry tomorrow",
-                    dollars(spent),
-                    dollars(daily)
-                ));
-            }
-        }
-        // The workflow run this task belongs to, if any: its budget covers all its tasks.
-        let run =
-            t.id.match_indices('.')
-                .map(|(i, _)| &t.id[..i])
-                .find_map(|prefix| {
-                    self.book
-                        .get(prefix)
-                        .filter(|r| r.spec.as_ref().is_some_and(|s| s.fields.workflow.is_some()))
-                });
-        let owner = run.unwrap_or(t);
-        let budget = owner.budget_usd;
-        let budget = budget.or(self.config.budgets.task)?;
-        let spent = if owner
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.fields.workflow.is_some())
-        {
-            owner.cost_usd
-                + self
-                    .book
-                    .iter()
-                    .filter(|c| is_child_of(&c.id, &owner.id))
-                    .map(|c| c.cost_usd)
-                    .sum::<f64>()
-        } else {
-            owner.cost_usd
-        };
-        (spent >= budget).then(|| {
-            format!(
-                "the budget is spent: `{}` has cost {} of its {} over {} attempt(s); raise `budget_usd` and `dirigent retry {}`",
-                owner.id,
-                dollars(spent),
-                dollars(budget),
-                owner.attempts.len(),
-                t.id
-            )
-        })
     }
 }

@@ -48,6 +48,7 @@ use crate::state::{Availability, Outcome, Phase, TaskBook, TaskRecord};
 use crate::task::TaskSpec;
 use crate::workspace::Workspace;
 
+mod admission;
 mod attempt_start;
 pub mod daemon;
 mod dispatch;

@@ -1,0 +1,395 @@
+//! Admission: what dispatch decides for one queued task, as a pure function of the task, the
+//! book, the config and the time — no I/O, no engine state — so each rule is a row of a case
+//! table. It answers which chain entry may run the task now (`after` dependencies, a network
+//! retry's backoff, budgets, crash loops, per-agent budgets, cooldowns and disabled providers),
+//! or until when it waits, or why it escalates. The agent's capacity right now (`max_parallel`,
+//! `stagger`, start rates, resource groups) is the engine's running state and is checked by
+//! dispatch after this says "start".
+
+use super::*;
+
+/// The decision for one queued task.
+#[derive(Debug, PartialEq)]
+pub(super) enum Admission<'a> {
+    /// Run it on this chain entry (an agent, or `agent:model`) if the agent has room.
+    Start { entry: &'a str },
+    /// Not before this time (Unix ms): a backoff or a cooldown ends then.
+    WaitUntil(u64),
+    /// Not now, and no time is known: a task it runs after is not done yet.
+    Later,
+    /// It cannot run: escalate with this reason.
+    Escalate(String),
+}
+
+/// Decides for `t` at `now_ms`.
+pub(super) fn admit<'a>(
+    t: &'a TaskRecord,
+    book: &TaskBook,
+    config: &Config,
+    now_ms: u64,
+) -> Admission<'a> {
+    for dep in &t.after {
+        match book.outcome(dep) {
+            Some(Outcome::Done) => {}
+            Some(Outcome::Failed) => {
+                return Admission::Escalate(format!("it runs after `{dep}`, which failed"));
+            }
+            None => return Admission::Later,
+        }
+    }
+    // A network retry waits out its backoff.
+    if let Some(at) = t.not_before_ms
+        && at > now_ms
+    {
+        return Admission::WaitUntil(at);
+    }
+    if let Some(reason) = over_budget(t, book, config, now_ms) {
+        return Admission::Escalate(reason);
+    }
+    let interrupted = t.interruptions_in_a_row();
+    if interrupted >= config.max_interruptions {
+        return Admission::Escalate(format!(
+            "its attempts were interrupted {interrupted} times in a row: the daemon stopped or crashed while each ran (the last: {}). If the agent itself stops the daemon, that is why; the log names the sender of each stop signal. Raise `max_interruptions` to allow more",
+            t.attempts.last().map(|a| a.reason.as_str()).unwrap_or("")
+        ));
+    }
+    // The first agent from the chain's position whose provider may be used now.
+    let mut cooling_until: Option<u64> = None;
+    let mut unusable = Vec::new();
+    let today = book.spend.get(&crate::state::day_of(now_ms));
+    for name in t.chain.iter().skip(t.chain_pos) {
+        // Limits, providers and budgets are the agent's, whichever model an entry names.
+        let base = split_entry_base(name);
+        let Some(agent) = config.agents.get(base) else {
+            unusable.push(format!("`{name}` is no longer configured"));
+            continue;
+        };
+        if let Some(limit) = config.budgets.agents.get(base) {
+            let spent = today
+                .and_then(|d| d.by_agent.get(base))
+                .copied()
+                .unwrap_or(0.0);
+            if spent >= *limit {
+                unusable.push(format!(
+                    "`{name}` has spent its daily budget ({} of {} today, UTC)",
+                    crate::usage::dollars(spent),
+                    crate::usage::dollars(*limit)
+                ));
+                continue;
+            }
+        }
+        match book.availability(&agent.provider, now_ms) {
+            Availability::Ready => return Admission::Start { entry: name },
+            Availability::CoolingDown { until_ms, reason } => {
+                cooling_until = Some(cooling_until.map_or(until_ms, |u| u.min(until_ms)));
+                unusable.push(format!(
+                    "`{name}` is cooling down until {} ({reason})",
+                    crate::duration::clock(until_ms)
+                ));
+            }
+            Availability::Disabled { reason, .. } if reason.contains("agents enable") => unusable
+                .push(format!(
+                    "`{name}` is disabled after an auth failure: {reason}"
+                )),
+            Availability::Disabled { reason, .. } => unusable.push(format!(
+                "`{name}` is disabled after an auth failure ({reason}); {}, then `dirigent agents enable {base}`",
+                agent.preset.map_or("fix its credentials", |p| p.login_hint)
+            )),
+        }
+    }
+    if t.chain_pos >= t.chain.len() {
+        Admission::Escalate(if t.chain.is_empty() {
+            escalate::no_agents_message(config)
+        } else {
+            chain_failed(t, config)
+        })
+    } else if let Some(until) = cooling_until {
+        // Nothing else can take it: wait for the first provider to come back.
+        Admission::WaitUntil(until)
+    } else {
+        Admission::Escalate(format!(
+            "no agent left in the chain can run: {}",
+            unusable.join("; ")
+        ))
+    }
+}
+
+/// Why `t` may not start another attempt because of a budget: its own (a workflow run's covers
+/// its tasks), or the day's for all agents. The text has the figures.
+fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) -> Option<String> {
+    use crate::usage::dollars;
+    if let Some(daily) = config.budgets.daily {
+        let spent = book
+            .spend
+            .get(&crate::state::day_of(now_ms))
+            .map_or(0.0, |d| d.total_usd);
+        if spent >= daily {
+            return Some(format!(
+                "the daily budget is spent: {} of {} today (UTC); raise `budgets.daily` or retry tomorrow",
+                dollars(spent),
+                dollars(daily)
+            ));
+        }
+    }
+    // The workflow run this task belongs to, if any: its budget covers all its tasks.
+    let run =
+        t.id.match_indices('.')
+            .map(|(i, _)| &t.id[..i])
+            .find_map(|prefix| {
+                book.get(prefix)
+                    .filter(|r| r.spec.as_ref().is_some_and(|s| s.fields.workflow.is_some()))
+            });
+    let owner = run.unwrap_or(t);
+    let budget = owner.budget_usd.or(config.budgets.task)?;
+    let spent = if owner
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.fields.workflow.is_some())
+    {
+        owner.cost_usd
+            + book
+                .iter()
+                .filter(|c| is_child_of(&c.id, &owner.id))
+                .map(|c| c.cost_usd)
+                .sum::<f64>()
+    } else {
+        owner.cost_usd
+    };
+    (spent >= budget).then(|| {
+        format!(
+            "the budget is spent: `{}` has cost {} of its {} over {} attempt(s); raise `budget_usd` and `dirigent retry {}`",
+            owner.id,
+            dollars(spent),
+            dollars(budget),
+            owner.attempts.len(),
+            t.id
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Event, Record};
+    use crate::state::ProviderState;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn config(extra: &str) -> Config {
+        Config::parse(
+            &format!(
+                "agents:\n  a: {{command: [a]}}\n  b: {{command: [b], provider: pb}}\n{extra}"
+            ),
+            "t",
+        )
+        .unwrap()
+    }
+
+    /// Records that task `id` was received with `chain` and `after`.
+    fn receive(book: &mut TaskBook, id: &str, chain: &[&str], after: &[&str]) {
+        let fields = crate::task::TaskFields {
+            prompt: Some("p".into()),
+            chain: Some(chain.iter().map(|s| s.to_string()).collect()),
+            after: after.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let spec = TaskSpec {
+            id: id.into(),
+            title: id.into(),
+            prompt: "p".into(),
+            chain: chain.iter().map(|s| s.to_string()).collect(),
+            chain_source: "chain".into(),
+            fields,
+        };
+        let seq = book.last_seq + 1;
+        book.apply(&Record {
+            seq,
+            ts: NOW,
+            event: Event::Received {
+                task: id.into(),
+                file: format!("{id}.json"),
+                spec: Box::new(spec),
+            },
+        });
+    }
+
+    /// Task `id` finished: done, or escalated.
+    fn finish(book: &mut TaskBook, id: &str, done: bool) {
+        receive(book, id, &["a"], &[]);
+        let event = if done {
+            Event::Done {
+                task: id.into(),
+                agent: "a".into(),
+                attempt: 1,
+                output: "o".into(),
+            }
+        } else {
+            Event::Escalated {
+                task: id.into(),
+                reason: "r".into(),
+                attempts: 1,
+            }
+        };
+        let seq = book.last_seq + 1;
+        book.apply(&Record {
+            seq,
+            ts: NOW,
+            event,
+        });
+    }
+
+    fn cool(book: &mut TaskBook, provider: &str, until_ms: u64) {
+        book.providers.insert(
+            provider.into(),
+            ProviderState {
+                cooling_until_ms: Some(until_ms),
+                cooling_reason: "429".into(),
+                disabled: None,
+            },
+        );
+    }
+
+    fn spend(book: &mut TaskBook, agent: &str, usd: f64) {
+        let day = book.spend.entry(crate::state::day_of(NOW)).or_default();
+        day.total_usd += usd;
+        *day.by_agent.entry(agent.into()).or_default() += usd;
+    }
+
+    #[test]
+    fn admission_case_table() {
+        type Setup = fn(&mut TaskBook);
+        /// (what, chain, after, extra config, book setup, expected decision)
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a str, Setup, Admission<'a>);
+        let none: Setup = |_| {};
+        let cases: &[Case] = &[
+            ("first agent ready", &["a", "b"], &[], "", none, Admission::Start { entry: "a" }),
+            ("agent:model entry", &["a:big"], &[], "", none, Admission::Start { entry: "a:big" }),
+            ("after a task not received yet", &["a"], &["dep"], "", none, Admission::Later),
+            (
+                "after a task still running",
+                &["a"],
+                &["dep"],
+                "",
+                |b| receive(b, "dep", &["a"], &[]),
+                Admission::Later,
+            ),
+            (
+                "after a task that failed",
+                &["a"],
+                &["dep"],
+                "",
+                |b| finish(b, "dep", false),
+                Admission::Escalate("it runs after `dep`, which failed".into()),
+            ),
+            (
+                "after a task that is done",
+                &["a"],
+                &["dep"],
+                "",
+                |b| finish(b, "dep", true),
+                Admission::Start { entry: "a" },
+            ),
+            (
+                "first provider cooling, the next ready",
+                &["a", "b"],
+                &[],
+                "",
+                |b| cool(b, "a", NOW + 60_000),
+                Admission::Start { entry: "b" },
+            ),
+            (
+                "every provider cooling: wait for the first back",
+                &["a", "b"],
+                &[],
+                "",
+                |b| {
+                    cool(b, "a", NOW + 60_000);
+                    cool(b, "pb", NOW + 30_000);
+                },
+                Admission::WaitUntil(NOW + 30_000),
+            ),
+            (
+                "a cooldown that is over",
+                &["a"],
+                &[],
+                "",
+                |b| cool(b, "a", NOW - 1),
+                Admission::Start { entry: "a" },
+            ),
+            (
+                "agent over its daily budget is skipped",
+                &["a", "b"],
+                &[],
+                "budgets: {agents: {a: 1}}\n",
+                |b| spend(b, "a", 2.0),
+                Admission::Start { entry: "b" },
+            ),
+            (
+                "the day's budget stops every task",
+                &["a"],
+                &[],
+                "budgets: {daily: 5}\n",
+                |b| spend(b, "b", 6.0),
+                Admission::Escalate("the daily budget is spent: $6.00 of $5.00 today (UTC); raise `budgets.daily` or retry tomorrow".into()),
+            ),
+            (
+                "an agent no longer configured",
+                &["gone"],
+                &[],
+                "",
+                none,
+                Admission::Escalate(
+                    "no agent left in the chain can run: `gone` is no longer configured".into(),
+                ),
+            ),
+            (
+                "no agent at all",
+                &[],
+                &[],
+                "",
+                none,
+                Admission::Escalate(escalate::no_agents_message(&config(""))),
+            ),
+        ];
+        for (what, chain, after, extra, setup, want) in cases {
+            let cfg = config(extra);
+            let mut book = TaskBook::default();
+            setup(&mut book);
+            receive(&mut book, "t", chain, after);
+            let t = book.get("t").unwrap().clone();
+            assert_eq!(&admit(&t, &book, &cfg, NOW), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_backoff_a_spent_task_budget_and_a_used_up_chain() {
+        let cfg = config("budgets: {task: 1}\n");
+        let mut book = TaskBook::default();
+        receive(&mut book, "t", &["a"], &[]);
+        let mut t = book.get("t").unwrap().clone();
+        t.not_before_ms = Some(NOW + 5_000);
+        assert_eq!(
+            admit(&t, &book, &cfg, NOW),
+            Admission::WaitUntil(NOW + 5_000),
+            "backoff"
+        );
+        assert_eq!(
+            admit(&t, &book, &cfg, NOW + 5_000),
+            Admission::Start { entry: "a" },
+            "backoff over"
+        );
+        t.cost_usd = 1.5;
+        assert_eq!(
+            admit(&t, &book, &cfg, NOW + 5_000),
+            Admission::Escalate("the budget is spent: `t` has cost $1.50 of its $1.00 over 0 attempt(s); raise `budget_usd` and `dirigent retry t`".into()),
+            "task budget"
+        );
+        t.cost_usd = 0.0;
+        t.chain_pos = 1;
+        assert_eq!(
+            admit(&t, &book, &cfg, NOW + 5_000),
+            Admission::Escalate("every agent in the chain failed (a)".into()),
+            "chain used up"
+        );
+    }
+}
