@@ -8,6 +8,9 @@
 
 use super::*;
 
+/// The window of `starts_per_minute`.
+pub(super) const MINUTE: Duration = Duration::from_secs(60);
+
 /// The decision for one queued task.
 #[derive(Debug, PartialEq)]
 pub(super) enum Admission<'a> {
@@ -167,6 +170,83 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
     })
 }
 
+/// Whether an agent has room for one more attempt now — the engine's momentary state, passed
+/// in: its running attempts and last start, what the resource groups hold (running attempts
+/// plus the starts already decided this round), and the start times within the last minute
+/// by rate window (`agent:NAME`, `provider:NAME`).
+#[derive(Debug, PartialEq)]
+pub(super) enum Room {
+    Now,
+    /// Not before then: a stagger or a start-rate window frees up.
+    At(Instant),
+    /// Not until an attempt ends (`max_parallel`, a resource group).
+    Full,
+}
+
+/// The agent's start-rate windows: its own `starts_per_minute` and its provider's.
+pub(super) fn rate_windows(agent: &Agent, config: &Config) -> Vec<(String, u32)> {
+    let provider_limit = config
+        .providers
+        .get(&agent.provider)
+        .and_then(|p| p.starts_per_minute);
+    [
+        agent
+            .starts_per_minute
+            .map(|l| (format!("agent:{}", agent.name), l)),
+        provider_limit.map(|l| (format!("provider:{}", agent.provider), l)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Decides whether `agent` may start one more attempt at `now`.
+pub(super) fn room(
+    agent: &Agent,
+    config: &Config,
+    running: usize,
+    last_start: Option<Instant>,
+    held: &dyn Fn(&str) -> f64,
+    recent_starts: &HashMap<String, std::collections::VecDeque<Instant>>,
+    now: Instant,
+) -> Room {
+    if agent.max_parallel.is_some_and(|max| running >= max) {
+        return Room::Full;
+    }
+    if let Some(last) = last_start
+        && !agent.stagger.is_zero()
+        && now < last + agent.stagger
+    {
+        return Room::At(last + agent.stagger);
+    }
+    let fits = agent.resources.iter().all(|(group, amount)| {
+        let capacity = config.resources.get(group).copied().unwrap_or(0.0);
+        held(group) + amount <= capacity + 1e-9
+    });
+    if !fits {
+        return Room::Full;
+    }
+    let mut ready: Option<Instant> = None;
+    for (window, limit) in rate_windows(agent, config) {
+        let within: Vec<&Instant> = recent_starts
+            .get(&window)
+            .into_iter()
+            .flatten()
+            .filter(|t| now.duration_since(**t) < MINUTE)
+            .collect();
+        if within.len() >= limit as usize
+            && let Some(first) = within.first()
+        {
+            let at = **first + MINUTE;
+            ready = Some(ready.map_or(at, |r| r.min(at)));
+        }
+    }
+    match ready {
+        Some(at) => Room::At(at),
+        None => Room::Now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,7 +339,14 @@ mod tests {
     fn admission_case_table() {
         type Setup = fn(&mut TaskBook);
         /// (what, chain, after, extra config, book setup, expected decision)
-        type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a str, Setup, Admission<'a>);
+        type Case<'a> = (
+            &'a str,
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a str,
+            Setup,
+            Admission<'a>,
+        );
         let none: Setup = |_| {};
         let cases: &[Case] = &[
             ("first agent ready", &["a", "b"], &[], "", none, Admission::Start { entry: "a" }),
@@ -391,5 +478,86 @@ mod tests {
             Admission::Escalate("every agent in the chain failed (a)".into()),
             "chain used up"
         );
+    }
+
+    #[test]
+    fn room_case_table() {
+        let cfg = Config::parse(
+            "resources: {gpu: 10}\nproviders: {p: {starts_per_minute: 2}}\nagents:\n  a: {command: [a], max_parallel: 2, stagger: 1s, provider: p, resources: {gpu: 6}}\n",
+            "t",
+        )
+        .unwrap();
+        let agent = cfg.agents["a"].clone();
+        let now = Instant::now() + Duration::from_secs(600);
+        let ago = |s: u64| now - Duration::from_secs(s);
+        let starts = |times: &[Instant]| -> HashMap<String, std::collections::VecDeque<Instant>> {
+            [("provider:p".to_string(), times.iter().copied().collect())].into()
+        };
+        let free = |_: &str| 0.0;
+        let gpu_half = |_: &str| 5.0;
+        type Case<'a> = (
+            &'a str,
+            usize,
+            Option<Instant>,
+            &'a dyn Fn(&str) -> f64,
+            Vec<Instant>,
+            Room,
+        );
+        let cases: Vec<Case> = vec![
+            ("idle", 0, None, &free, vec![], Room::Now),
+            ("at max_parallel", 2, None, &free, vec![], Room::Full),
+            (
+                "inside the stagger",
+                1,
+                Some(ago(0)),
+                &free,
+                vec![],
+                Room::At(now + Duration::from_secs(1)),
+            ),
+            (
+                "after the stagger",
+                1,
+                Some(ago(2)),
+                &free,
+                vec![],
+                Room::Now,
+            ),
+            (
+                "the resource group is too full",
+                0,
+                None,
+                &gpu_half,
+                vec![],
+                Room::Full,
+            ),
+            (
+                "one start in the window",
+                0,
+                None,
+                &free,
+                vec![ago(10)],
+                Room::Now,
+            ),
+            (
+                "the provider's rate is used up",
+                0,
+                None,
+                &free,
+                vec![ago(50), ago(10)],
+                Room::At(ago(50) + MINUTE),
+            ),
+            (
+                "starts older than a minute do not count",
+                0,
+                None,
+                &free,
+                vec![ago(70), ago(10)],
+                Room::Now,
+            ),
+        ];
+        for (what, running, last, held, recent, want) in cases {
+            let got = room(&agent, &cfg, running, last, held, &starts(&recent), now);
+            assert_eq!(got, want, "{what}");
+        }
     }
 }

@@ -19,9 +19,6 @@ pub(super) fn split_entry_base(entry: &str) -> &str {
     crate::config::split_entry(entry).0
 }
 
-/// The window of `starts_per_minute`.
-const MINUTE: Duration = Duration::from_secs(60);
-
 impl Engine {
     /// Starts every queued task that may start now, in queue order.
     pub(super) fn dispatch(&mut self) {
@@ -59,67 +56,45 @@ impl Engine {
                 continue;
             };
             let base_name = &agent.name;
-            let slot = self.slots.entry(base_name.clone()).or_default();
-            if agent.max_parallel.is_some_and(|max| slot.running >= max) {
-                continue;
-            }
-            if let Some(last) = slot.last_start
-                && !agent.stagger.is_zero()
-                && now < last + agent.stagger
-            {
-                // Only this agent waits; others keep starting.
-                let ready = last + agent.stagger;
-                self.stagger_due = Some(self.stagger_due.map_or(ready, |d| d.min(ready)));
-                continue;
-            }
-            // Resource groups: what runs plus what this one takes must fit each group, also
-            // counting what this round has already decided to start.
-            let fits = agent.resources.iter().all(|(group, amount)| {
-                let capacity = self.config.resources.get(group).copied().unwrap_or(0.0);
-                let held: f64 = self
-                    .running
-                    .values()
-                    .map(|r| &r.resources)
-                    .chain(planned.iter())
-                    .filter_map(|r| r.get(group))
-                    .sum();
-                held + amount <= capacity + 1e-9
-            });
-            if !fits {
-                continue;
-            }
-            // Start-rate limits: the agent's own, and its provider's (shared by its agents).
-            let provider_limit = self
-                .config
-                .providers
-                .get(&agent.provider)
-                .and_then(|p| p.starts_per_minute);
-            let windows: Vec<(String, u32)> = [
-                agent
-                    .starts_per_minute
-                    .map(|l| (format!("agent:{base_name}"), l)),
-                provider_limit.map(|l| (format!("provider:{}", agent.provider), l)),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            let mut limited = false;
-            for (key, limit) in &windows {
-                let log = self.start_log.entry(key.clone()).or_default();
+            // Prune the rate windows' old starts; `room` counts only the last minute anyway.
+            let windows = admission::rate_windows(agent, &self.config);
+            for (window, _) in &windows {
+                let log = self.start_log.entry(window.clone()).or_default();
                 while log
                     .front()
                     .is_some_and(|t| now.duration_since(*t) >= MINUTE)
                 {
                     log.pop_front();
                 }
-                if log.len() >= *limit as usize {
-                    let ready = *log.front().expect("non-empty at the limit") + MINUTE;
-                    self.stagger_due = Some(self.stagger_due.map_or(ready, |d| d.min(ready)));
-                    limited = true;
-                }
             }
-            if limited {
-                continue;
+            let slot = self.slots.entry(base_name.clone()).or_default();
+            let (running, last_start) = (slot.running, slot.last_start);
+            // What the resource groups hold: running attempts, and the starts this round has
+            // already decided.
+            let held = |group: &str| -> f64 {
+                self.running
+                    .values()
+                    .map(|r| &r.resources)
+                    .chain(planned.iter())
+                    .filter_map(|r| r.get(group))
+                    .sum()
+            };
+            match admission::room(
+                agent,
+                &self.config,
+                running,
+                last_start,
+                &held,
+                &self.start_log,
+                now,
+            ) {
+                admission::Room::Now => {}
+                admission::Room::At(ready) => {
+                    // Only this agent waits; others keep starting.
+                    self.stagger_due = Some(self.stagger_due.map_or(ready, |d| d.min(ready)));
+                    continue;
+                }
+                admission::Room::Full => continue,
             }
             for (key, _) in windows {
                 self.start_log.entry(key).or_default().push_back(now);

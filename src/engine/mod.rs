@@ -63,6 +63,7 @@ pub use daemon::{DaemonError, Options, run, run_with_options, running_daemon};
 pub use workflow_runs::is_child_of;
 
 // Shared by the rooms.
+use admission::MINUTE;
 use attempt_start::MAX_CONTEXT_FILE;
 use dispatch::{chain_failed, split_entry_base};
 use event_loop::release_free_memory;
