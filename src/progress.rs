@@ -12,12 +12,17 @@ use crate::state::{Phase, TaskBook};
 /// At most this many finished tasks are listed per section; older ones are counted.
 pub const FINISHED_SHOWN: usize = 500;
 
+/// At most this many pending tasks are listed (the next to run); the rest are counted, so the
+/// file — rewritten about once a second while work flows — stays small with 10,000 queued.
+pub const PENDING_SHOWN: usize = 200;
+
 /// Renders the Markdown text.
 pub fn render(book: &TaskBook) -> String {
     let mut done = Vec::new();
     let mut running = Vec::new();
     let mut pending = Vec::new();
     let mut failed = Vec::new();
+    let mut pending_more = 0usize;
     for t in book.iter() {
         match &t.phase {
             Phase::Done { agent, .. } => done.push(format!(
@@ -36,6 +41,9 @@ pub fn render(book: &TaskBook) -> String {
                 t.title,
                 clock(*since_ms)
             )),
+            Phase::Pending | Phase::Requeued if pending.len() >= PENDING_SHOWN => {
+                pending_more += 1;
+            }
             Phase::Pending | Phase::Requeued => {
                 let why = if t.attempts.is_empty() {
                     "queued".to_string()
@@ -118,6 +126,14 @@ pub fn render(book: &TaskBook) -> String {
     section(&mut out, "Completed", &done, Some(book.archived_done));
     section(&mut out, "In Progress", &running, None);
     section(&mut out, "Pending", &pending, None);
+    if pending_more > 0 {
+        // Before the blank line `section` ended with.
+        out.pop();
+        let _ = writeln!(
+            out,
+            "- … and {pending_more} more pending (see `dirigent status`)\n"
+        );
+    }
     section(&mut out, "Failed", &failed, Some(book.archived_failed));
     out
 }
@@ -158,5 +174,53 @@ pub fn one_line(text: &str, max: usize) -> String {
         let mut cut: String = joined.chars().take(max).collect();
         cut.push('…');
         cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Event, Record};
+
+    #[test]
+    fn a_long_queue_is_listed_up_to_a_bound_and_counted() {
+        let mut book = TaskBook::default();
+        for n in 1..=1000u64 {
+            let id = format!("t{n}");
+            let fields = crate::task::TaskFields {
+                prompt: Some("p".into()),
+                ..Default::default()
+            };
+            book.apply(&Record {
+                seq: n,
+                ts: n,
+                event: Event::Received {
+                    task: id.clone(),
+                    file: format!("{id}.json"),
+                    spec: Box::new(crate::task::TaskSpec {
+                        id: id.clone(),
+                        title: "a task".into(),
+                        prompt: "p".into(),
+                        chain: vec!["a".into()],
+                        chain_source: "default".into(),
+                        fields,
+                    }),
+                },
+            });
+        }
+        let text = render(&book);
+        let listed = text.lines().filter(|l| l.starts_with("- [ ] t")).count();
+        assert_eq!(listed, PENDING_SHOWN, "the next tasks to run are listed");
+        assert!(
+            text.contains("- [ ] t1 — a task (queued)\n")
+                && text.contains("- … and 800 more pending (see `dirigent status`)\n\n## Failed"),
+            "the rest are counted: {}",
+            &text[text.len().saturating_sub(400)..]
+        );
+        assert!(
+            text.len() < 20_000,
+            "{} bytes for 1,000 queued tasks",
+            text.len()
+        );
     }
 }
