@@ -18,6 +18,10 @@ use crate::workspace::Workspace;
 /// The largest result `result` returns inline.
 const MAX_RESULT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Door requests waiting for the engine at most; a door sending more waits for room. Every
+/// door bounds its own connections too, so this is the backstop, not the everyday limit.
+pub const DOOR_REQUESTS: usize = 256;
+
 /// Records read back from the files per page while an event stream catches up.
 const CATCH_UP_PAGE: usize = 1000;
 
@@ -27,7 +31,8 @@ pub struct Api {
     ws: Workspace,
     /// Receiver: the engine's loop, which answers each request on its oneshot. Closed when the
     /// engine stops taking requests (shutdown); requests then fail with "shutting down".
-    engine: mpsc::UnboundedSender<ControlRequest>,
+    /// Bounded ([`DOOR_REQUESTS`]): a door that sends faster than the engine answers waits.
+    engine: mpsc::Sender<ControlRequest>,
     /// The ledger writer sends every record on disk here; `wait` and `events` subscribe.
     live: broadcast::Sender<Arc<Record>>,
     /// Sender: the engine, after each round in which its book applied records.
@@ -54,7 +59,7 @@ pub enum StreamItem {
 impl Api {
     pub fn new(
         ws: Workspace,
-        engine: mpsc::UnboundedSender<ControlRequest>,
+        engine: mpsc::Sender<ControlRequest>,
         live: broadcast::Sender<Arc<Record>>,
         applied: watch::Receiver<u64>,
         stopping: watch::Receiver<bool>,
@@ -88,7 +93,12 @@ impl Api {
     /// Sends a request to the engine and awaits its answer.
     async fn engine(&self, request: Request) -> Response {
         let (reply, answer) = oneshot::channel();
-        if self.engine.send(ControlRequest { request, reply }).is_err() {
+        if self
+            .engine
+            .send(ControlRequest { request, reply })
+            .await
+            .is_err()
+        {
             return shutting_down();
         }
         answer.await.unwrap_or_else(|_| shutting_down())

@@ -584,6 +584,9 @@ impl Ledger {
             cause,
         };
         let file = open_nofollow(path, true).map_err(io_err)?;
+        // Unbounded, and safely so: every appender awaits its own append's fsync before it
+        // appends again, so what waits here is at most one batch per appender — the engine and
+        // the few tasks it spawns per live attempt.
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(LIVE_BACKLOG);
         let (paused_tx, paused) = watch::channel(None);

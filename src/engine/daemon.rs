@@ -127,6 +127,9 @@ pub async fn run_with_options(
     )?;
 
     let dirty = Arc::new(Notify::new());
+    // Unbounded, and safely so: only the engine's own tasks send on it, each a fixed few
+    // messages (an attempt's start and end, an evaluation, a settle), so what can be queued is
+    // bounded by the tasks and attempts alive at once (`concurrency`).
     let (tx, rx) = mpsc::unbounded_channel();
     let notifier = crate::service::Notifier::from_env();
     let mut engine = Engine {
@@ -178,7 +181,7 @@ pub async fn run_with_options(
 
     // The doors' requests: every door holds an `Api` with a sender; the receiver is dropped
     // when the loop ends, which answers what is still queued with "shutting down".
-    let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel();
+    let (ctrl_tx, mut ctrl_rx) = mpsc::channel(crate::api::DOOR_REQUESTS);
     // Flipped when the daemon begins to stop, so long waits and event streams end.
     let (stopping_tx, stopping) = watch::channel(false);
     // How many records the engine's book has applied: doors waiting for a task's end re-read
