@@ -81,7 +81,7 @@ pub fn write_report(
             a.stderr_bytes,
         );
         for stream in ["stdout", "stderr"] {
-            let name = format!("{}-{}.{stream}", a.n, a.agent);
+            let name = crate::workspace::attempt_file(a.n, &a.agent, stream);
             let path = ws.run_dir(&task.id).join(&name);
             // Read through no link: an agent could plant one to have a file of its choosing
             // copied into the report.

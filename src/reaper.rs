@@ -45,12 +45,19 @@ pub fn become_subreaper() -> bool {
 pub const SUPERVISE_ARG: &str = "__supervise";
 
 /// The program run as the supervisor: `DIRIGENT_SUPERVISOR`, else this executable (the
-/// `dirigent` binary; a program embedding the library sets the variable).
-fn supervisor_program() -> &'static std::ffi::OsStr {
+/// `dirigent` binary; a program embedding the library sets the variable). On Linux that is
+/// `/proc/self/exe`, which the kernel resolves to the running binary's own file even after an
+/// upgrade replaced or deleted it on disk (`cargo install` while the service runs): the path
+/// `current_exe` gives would then name a file that is gone, and no agent could start.
+pub fn supervisor_program() -> &'static std::ffi::OsStr {
     static PROGRAM: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
     PROGRAM.get_or_init(|| {
         std::env::var_os("DIRIGENT_SUPERVISOR")
             .filter(|p| !p.is_empty())
+            .or_else(|| {
+                let own = std::path::Path::new("/proc/self/exe");
+                own.exists().then(|| own.as_os_str().to_os_string())
+            })
             .or_else(|| std::env::current_exe().ok().map(|p| p.into_os_string()))
             .unwrap_or_else(|| "dirigent".into())
     })

@@ -532,6 +532,15 @@ pub fn next(
                             })
                             .collect(),
                     };
+                    // An agent wrote the list: it is data, not a template, and it is bounded.
+                    let from_output = list_source(phase).is_some();
+                    if from_output && listed.len() > config.max_spawned_tasks as usize {
+                        return vec![Action::Failed(format!(
+                            "phase `{pname}`: the task list has {} tasks; a phase takes at most {} (`max_spawned_tasks`)",
+                            listed.len(),
+                            config.max_spawned_tasks
+                        ))];
+                    }
                     for (category, task_prompt) in listed {
                         let Some(target) = task_list::route(&phase.routing, &category) else {
                             return vec![Action::Failed(format!(
@@ -546,7 +555,11 @@ pub fn next(
                         let mut v = vars.clone();
                         v.insert("category".into(), category.clone());
                         v.insert("task".into(), task_prompt.clone());
-                        let mut p = render(&task_prompt, &v);
+                        let mut p = if from_output {
+                            task_prompt.clone()
+                        } else {
+                            render(&task_prompt, &v)
+                        };
                         // The phase's own prompt (written or default) says what to do with it.
                         p.push_str("\n\n---\n");
                         p.push_str(&render(&prompts::effective(wf, phase), &v));

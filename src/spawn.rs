@@ -58,7 +58,11 @@ impl AttemptPlan {
     fn file(&self, ext: &str) -> PathBuf {
         self.workspace
             .run_dir(&self.task_id)
-            .join(format!("{}-{}.{ext}", self.attempt, self.agent.name))
+            .join(crate::workspace::attempt_file(
+                self.attempt,
+                &self.agent.name,
+                ext,
+            ))
     }
     pub fn stdout_path(&self) -> PathBuf {
         self.file("stdout")
@@ -281,7 +285,15 @@ where
         Err(e) if crate::fsutil::exhausted(&e).is_some() => {
             return not_started(&format!("cannot start `{}`", argv[0]), &e);
         }
-        Err(e) => return spawn_failed(format!("cannot start `{}`: {e}", argv[0])),
+        // The agent's own program is started by the supervisor, which reports its failure; an
+        // error here is the supervisor's (this binary) — not the agent's.
+        Err(e) => {
+            return spawn_failed(format!(
+                "cannot start the attempt's supervisor `{}` (the dirigent binary) for `{}`: {e}; if dirigent was reinstalled, restart the daemon",
+                crate::reaper::supervisor_program().to_string_lossy(),
+                argv[0]
+            ));
+        }
     };
     let pid = child.id().unwrap_or(0);
     // process_group(0): the child leads a new group whose id is its pid.
@@ -529,8 +541,8 @@ pub fn report_from_capture(
     use std::io::Read;
     let dir = ws.run_dir(task_id);
     let (out_name, err_name) = (
-        format!("{}-{}.stdout", a.n, a.agent),
-        format!("{}-{}.stderr", a.n, a.agent),
+        crate::workspace::attempt_file(a.n, &a.agent, "stdout"),
+        crate::workspace::attempt_file(a.n, &a.agent, "stderr"),
     );
     let run_dir = ws.open_sub(&format!("runs/{task_id}")).ok();
     let open = |name: &str| run_dir.as_ref().and_then(|d| d.open_regular(name).ok());

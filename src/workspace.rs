@@ -207,6 +207,13 @@ fn create_private_dir(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The name of an attempt's file in `runs/<id>/`: `<n>-<agent>.<ext>`. The agent may be an
+/// `agent:model` entry whose model holds a `/` (`ollama:hf.co/user/model`): it is replaced, so
+/// the name stays one file in the task's directory.
+pub fn attempt_file(attempt: u32, agent: &str, ext: &str) -> String {
+    format!("{attempt}-{}.{ext}", agent.replace('/', "_"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

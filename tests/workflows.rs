@@ -627,27 +627,54 @@ phases:
 }
 
 #[test]
-fn a_run_whose_submitted_task_is_rejected_escalates_instead_of_waiting() {
+fn a_run_whose_variables_lead_an_output_out_of_the_workspace_is_refused_before_it_starts() {
     let ws = Workspace::new(CONFIG);
-    // The phase output, once its variable is filled in, leads out of the workspace: the task
-    // it submits is rejected.
+    // The phase output, once its variable is filled in, leads out of the workspace: the run is
+    // refused when it is submitted, not halfway through.
     write_workflow(
         &ws,
         "inward",
         "name: inward\nvars: {dir: docs}\nphases:\n  - { name: a, type: single, agent: alpha, prompt: x, output: \"{dir}/x.md\" }\n",
     );
+    let out = ws.cli(&["workflow", "run", "inward", "--var", "dir=../.."]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: workflow `inward`: phase `a` would write to `output` path `../../x.md` contains `..`; it must stay inside the workspace\n"
+    );
+    // Dropped into the inbox, it is rejected with the same reason.
     let _d = ws.start();
     ws.drop_task(
         "i.json",
         r#"{"workflow": "inward", "vars": {"dir": "../.."}}"#,
     );
-    let Event::Escalated { reason, .. } = ws.wait_settled("i") else {
-        panic!("not escalated")
+    let reason = ws.wait_until("the run to be rejected", || {
+        std::fs::read_to_string(ws.path("rejected/i.json.error.txt")).ok()
+    });
+    assert!(
+        reason.contains("phase `a` would write to `output` path `../../x.md` contains `..`"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_run_whose_task_cannot_be_submitted_escalates_instead_of_waiting() {
+    // The first phase answers 2 MiB; the next phase reads all of it, over a task's size limit.
+    let ws = Workspace::new(
+        "kill_grace: 300ms\nagents:\n  big: { command: [\"{agents}/big.sh\", \"2\"] }\n  alpha: { command: [\"{agents}/ok.sh\"], prompt: stdin }\n",
+    );
+    write_workflow(
+        &ws,
+        "big",
+        "name: big\nphases:\n  - name: a\n    type: single\n    agent: big\n    prompt: x\n  - name: b\n    type: single\n    agent: alpha\n    input: a\n    prompt: y\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("g.json", r#"{"workflow": "big"}"#);
+    let Event::Escalated { reason, .. } = ws.wait_settled("g") else {
+        panic!("the run should escalate")
     };
     assert!(
-        reason.starts_with(
-            "a task it submitted (`i.a.json`) was rejected: `output` path `../../x.md` contains `..`"
-        ),
+        reason.starts_with("its task `g.b` cannot be submitted: the task is ")
+            && reason.contains("a task may have at most 1048576"),
         "{reason}"
     );
 }

@@ -78,11 +78,10 @@ pub fn logs(
             .last()
             .ok_or_else(|| anyhow::anyhow!("task `{id}` has not started an attempt yet"))?,
     };
-    let path = ws.run_dir(id).join(format!(
-        "{}-{}.{}",
+    let path = ws.run_dir(id).join(dirigent::workspace::attempt_file(
         a.n,
-        a.agent,
-        if stderr { "stderr" } else { "stdout" }
+        &a.agent,
+        if stderr { "stderr" } else { "stdout" },
     ));
     let mut out = std::io::stdout().lock();
     let mut pos = copy_from(&path, 0, &mut out)?;

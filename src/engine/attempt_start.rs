@@ -98,11 +98,11 @@ impl Engine {
                 stdout: self
                     .ws
                     .run_dir(id)
-                    .join(format!("{}-{}.stdout", a.n, a.agent)),
+                    .join(crate::workspace::attempt_file(a.n, &a.agent, "stdout")),
                 stderr: self
                     .ws
                     .run_dir(id)
-                    .join(format!("{}-{}.stderr", a.n, a.agent)),
+                    .join(crate::workspace::attempt_file(a.n, &a.agent, "stderr")),
             })
         });
         // An isolated agent: the lowest instance no running attempt of it uses.

@@ -256,9 +256,8 @@ pub async fn run_with_options(
                     engine.handle(msg);
                 }
             }
-            () = dirty.notified() => engine.ingest().await,
-            () = config_changed.notified() => engine.reload("file", false).await,
-            Some(()) = reload.recv() => engine.reload("SIGHUP", true).await,
+            // Doors before the inbox: a backlog of thousands of files re-arms `dirty` after each
+            // batch, and `status` or `cancel` must still be answered meanwhile.
             Some(req) = ctrl_rx.recv() => {
                 // Settle what attempts have already reported before answering: a client that
                 // saw a task's end in the ledger and asks at once must not be told it runs.
@@ -268,6 +267,9 @@ pub async fn run_with_options(
                 let answer = engine.control(req.request).await;
                 let _ = req.reply.send(answer);
             }
+            () = dirty.notified() => engine.ingest().await,
+            () = config_changed.notified() => engine.reload("file", false).await,
+            Some(()) = reload.recv() => engine.reload("SIGHUP", true).await,
             () = sleep_until(wake) => engine.on_timer().await,
         }
         engine.advance_runs().await;

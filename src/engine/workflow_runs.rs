@@ -31,7 +31,12 @@ impl Engine {
                 let mut moved = false;
                 for action in actions {
                     match action {
-                        crate::runner::Action::Submit(child) => self.submit_child(&child),
+                        crate::runner::Action::Submit(child) => {
+                            if let Err(reason) = self.submit_child(&child) {
+                                self.escalate(&run, reason);
+                                break;
+                            }
+                        }
                         crate::runner::Action::PhaseCompleted {
                             phase,
                             output,
@@ -147,7 +152,11 @@ impl Engine {
 
     /// Submits a child task through the inbox, like any other door. Submitting the same child
     /// twice is harmless: the second file finds the first in the inbox, or the id taken.
-    fn submit_child(&mut self, child: &crate::runner::Child) {
+    /// Returns why the task cannot be submitted at all (too big, a bad id): the run then fails
+    /// with that reason instead of waiting for a task that will never come.
+    fn submit_child(&mut self, child: &crate::runner::Child) -> Result<(), String> {
+        crate::config::validate_name(&child.id)
+            .map_err(|m| format!("its task id `{}` is not usable: {m}", child.id))?;
         let fields = crate::task::TaskFields {
             id: Some(child.id.clone()),
             title: Some(child.title.clone()),
@@ -166,7 +175,16 @@ impl Engine {
                 tracing::info!(task = %child.id, "workflow submitted a task");
             }
             Err(crate::submit::SubmitError::Exists(_)) => {}
-            Err(e) => tracing::error!(task = %child.id, "cannot submit a workflow task: {e}"),
+            Err(crate::submit::SubmitError::Io { cause, .. })
+                if fsutil::exhausted(&cause).is_some() =>
+            {
+                // The disk or descriptors ran out: not the task's fault; asked again later.
+                let what = fsutil::exhausted(&cause).unwrap_or("a resource ran out");
+                self.pause(format!("{what} (submitting `{}`: {cause})", child.id));
+            }
+            Err(e) => {
+                return Err(format!("its task `{}` cannot be submitted: {e}", child.id));
+            }
         }
         // The prompt a phase's task received is kept next to its output.
         if let Some(out) = &child.output {
@@ -177,6 +195,7 @@ impl Engine {
                 tracing::warn!(task = %child.id, "cannot keep the prompt beside its output: {e}");
             }
         }
+        Ok(())
     }
 
     /// Runs a loop's evaluator command in the background; the round is recorded when it ends.

@@ -562,6 +562,20 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         if !seen.insert(pname) {
             at(here, format!("phase `{pname}` is defined twice"));
         }
+        // A phase's name becomes part of its tasks' ids (`<run>.<phase>.<k>`).
+        let usable = !pname.is_empty()
+            && pname.len() <= 64
+            && pname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !usable {
+            at(
+                here,
+                format!(
+                    "phase name `{pname}` can use only letters, digits, `-` and `_` (at most 64): it becomes part of task ids"
+                ),
+            );
+        }
         // References to earlier phases; positions point at the `input:` / `tasks_from:` value.
         let mut refs: Vec<(&str, &serde_saphyr::Location)> = match &phase.input {
             Some(input) => phase
