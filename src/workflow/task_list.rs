@@ -2,13 +2,14 @@
 //! writes when asked to decompose work. Models answer in many shapes, so this reads the common
 //! ones rather than one strict format:
 //!
-//! - a JSON list of `{"category", "prompt"}` objects anywhere in the text (`task`, `description`
-//!   or `title` in place of `prompt`);
-//! - Markdown items: `- [backend] Add the endpoint`, `- backend: Add the endpoint`,
-//!   `1. **frontend**: The form`, with indented lines below an item belonging to it
-//!   (`- [ ]`/`- [x]` checkboxes are read as plain items);
+//! - JSON lists of `{"category", "prompt"}` objects anywhere in the text, all of them (`task`,
+//!   `description` or `title` in place of `prompt`; an object without both is left out);
+//! - Markdown items, fenced or not: `- [backend] Add the endpoint`, `- backend: …`,
+//!   `- backend — …`, `1. **frontend**: The form`, with indented lines below an item belonging
+//!   to it (an open `- [ ]` checkbox is a plain item; a ticked `- [x]` one is done, not a task;
+//!   `[text](link)` is a link, not a category);
 //! - headings: `## [backend] Add the endpoint` or `### backend: …`, the text under the heading
-//!   being the task's details; or a heading that names a category (`## Frontend`) with plain
+//!   (code blocks included) being the task's details; or a heading that names a category (`## Frontend`) with plain
 //!   items below it, each a task of that category.
 //!
 //! [`route`] then finds a category's entry in the phase's `routing`: exactly, then ignoring case,
@@ -53,35 +54,39 @@ pub fn route<'a, V>(routing: &'a BTreeMap<String, V>, category: &str) -> Option<
         .or_else(|| routing.get("default"))
 }
 
+/// Every JSON list of task objects in the text (prose, fences and several lists around them),
+/// in order. An object without a string `category` and prompt is left out; a list with none
+/// that has them is not a task list.
 fn from_json(text: &str) -> Option<Vec<ListedTask>> {
-    #[derive(serde::Deserialize)]
-    struct Item {
-        category: String,
-        #[serde(alias = "task", alias = "description", alias = "title")]
-        prompt: String,
-    }
-    // Try each `[` as the start of the list, the last `]` as its end: prose before the list may
-    // hold brackets of its own.
-    let end = text.rfind(']')?;
-    for (start, _) in text.match_indices('[') {
-        if start >= end {
-            break;
-        }
-        if let Ok(items) = serde_json::from_str::<Vec<Item>>(&text[start..=end])
-            && !items.is_empty()
-        {
-            return Some(
-                items
-                    .into_iter()
-                    .map(|i| ListedTask {
-                        category: i.category,
-                        prompt: i.prompt,
-                    })
-                    .collect(),
-            );
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(found) = text[from..].find('[') {
+        let start = from + found;
+        let mut stream = serde_json::Deserializer::from_str(&text[start..])
+            .into_iter::<Vec<serde_json::Value>>();
+        match stream.next() {
+            Some(Ok(items)) => {
+                let tasks: Vec<ListedTask> = items.iter().filter_map(task_of).collect();
+                out.extend(tasks);
+                from = start + stream.byte_offset().max(1);
+            }
+            _ => from = start + 1,
         }
     }
-    None
+    (!out.is_empty()).then_some(out)
+}
+
+/// `{"category": …, "prompt"|"task"|"description"|"title": …}` as a task.
+fn task_of(v: &serde_json::Value) -> Option<ListedTask> {
+    let category = v.get("category")?.as_str()?.trim();
+    let prompt = ["prompt", "task", "description", "title"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(|p| p.as_str()))?
+        .trim();
+    (!category.is_empty() && !prompt.is_empty()).then(|| ListedTask {
+        category: category.to_string(),
+        prompt: prompt.to_string(),
+    })
 }
 
 /// Where a task's text is being collected.
@@ -108,9 +113,15 @@ fn from_markdown(text: &str, categories: &[&str]) -> Vec<ListedTask> {
     for line in text.lines() {
         if line.trim_start().starts_with("```") {
             in_fence = !in_fence;
+            // Models often fence their whole answer; a fence inside a heading task's details
+            // (a code sample) belongs to the task.
+            if matches!(open, Open::Heading(_)) {
+                push_detail(&mut out, line.trim_end());
+            }
             continue;
         }
-        if in_fence {
+        if in_fence && matches!(open, Open::Heading(_)) {
+            push_detail(&mut out, line.trim_end());
             continue;
         }
         if let Some((level, title)) = heading(line) {
@@ -219,10 +230,12 @@ fn list_item(line: &str) -> Option<&str> {
             .or_else(|| t[digits..].strip_prefix(") "))?
     };
     let rest = rest.trim();
-    for box_ in ["[ ] ", "[x] ", "[X] "] {
-        if let Some(r) = rest.strip_prefix(box_) {
-            return Some(r.trim());
-        }
+    if let Some(r) = rest.strip_prefix("[ ] ") {
+        return Some(r.trim());
+    }
+    if rest.starts_with("[x] ") || rest.starts_with("[X] ") {
+        // Ticked off: done already, not a task to run.
+        return Some("");
     }
     Some(rest)
 }
@@ -246,17 +259,22 @@ fn tagged(text: &str, is_category: &dyn Fn(&str) -> Option<String>) -> Option<(S
     let t = plain.trim();
     if let Some(rest) = t.strip_prefix('[')
         && let Some((cat, task)) = rest.split_once(']')
+        // `[README](README.md)` is a Markdown link, not a category.
+        && !task.starts_with('(')
     {
         let cat = cat.trim();
-        let task = task.trim_start_matches([':', '-', ' ']).trim();
+        let task = task.trim_start_matches([':', '-', '—', '–', ' ']).trim();
         if !cat.is_empty() && !cat.contains(char::is_whitespace) {
             return Some((cat.to_string(), task.to_string()));
         }
     }
-    if let Some((cat, task)) = t.split_once(':')
-        && let Some(c) = is_category(cat.trim())
-    {
-        return Some((c, task.trim().to_string()));
+    // `category: task`, `category — task`, `category - task` for a known category.
+    for sep in [":", " — ", " – ", " - "] {
+        if let Some((cat, task)) = t.split_once(sep)
+            && let Some(c) = is_category(cat.trim())
+        {
+            return Some((c, task.trim().to_string()));
+        }
     }
     None
 }
@@ -303,7 +321,7 @@ mod tests {
             ),
             (
                 "- [ ] [frontend] the form\n- [x] backend: done already\n",
-                &[("frontend", "the form"), ("backend", "done already")],
+                &[("frontend", "the form")],
             ),
             (
                 "# Tasks\n## [backend] Add the endpoint\nIt returns JSON.\n- handle errors\n## 2. frontend: The form\nTwo fields.\n",
@@ -324,8 +342,26 @@ mod tests {
                 ],
             ),
             (
-                "```\n- [backend] inside a code block\n```\n- [docs] a category routing may lack\n",
-                &[("docs", "a category routing may lack")],
+                "```\n- [backend] inside a fenced answer\n```\n- [docs] a category routing may lack\n",
+                &[
+                    ("backend", "inside a fenced answer"),
+                    ("docs", "a category routing may lack"),
+                ],
+            ),
+            (
+                "## [backend] The endpoint\nUse this signature:\n```rust\nfn get() -> Json\n```\nand test it.\n",
+                &[(
+                    "backend",
+                    "The endpoint\nUse this signature:\n```rust\nfn get() -> Json\n```\nand test it.",
+                )],
+            ),
+            (
+                "[{\"category\": \"backend\", \"prompt\": \"API\"}]\n(See note [1].)\n[{\"category\": \"test\", \"prompt\": \"tests\"}, {\"category\": \"test\", \"prompt\": {\"bad\": 1}}]",
+                &[("backend", "API"), ("test", "tests")],
+            ),
+            (
+                "- **frontend** — The form\n- backend - the endpoint\n- [README](README.md) is not a task\n- [x] test: done already\n",
+                &[("frontend", "The form"), ("backend", "the endpoint")],
             ),
         ];
         for (text, want) in cases {
