@@ -1024,10 +1024,17 @@ pub fn yaml_error(e: &serde_saphyr::Error, text: &str) -> String {
             || value.chars().next().is_some_and(char::is_alphanumeric)
             || value.starts_with('/'))
     {
-        let words: Vec<String> = value
-            .trim_matches(['"', '\''])
-            .split_whitespace()
-            .map(|w| format!("\"{w}\""))
+        // Split as the shell would have (quotes kept together); the YAML string's own quotes
+        // go first.
+        let unquoted = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        let words: Vec<String> = shlex::split(unquoted)
+            .unwrap_or_else(|| unquoted.split_whitespace().map(str::to_string).collect())
+            .iter()
+            .map(|w| serde_json::to_string(w).unwrap_or_default())
             .collect();
         out.push_str(&format!(
             "; `command` is an argv list, never run through a shell: write `command: [{}]`",

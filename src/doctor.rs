@@ -50,13 +50,15 @@ pub fn check_agent(
             match crate::credentials::check(rule, &var, ws.root()) {
                 Found::Present(at) => json!({"state": "found", "at": at}),
                 Found::Missing(looked) => {
+                    // Logging in comes after installing: say so in that order.
+                    let login = agent.preset.map_or("log in", |p| p.login_hint);
                     problems.push(json!({
                         "problem": "not logged in: none of its credentials exists".to_string(),
-                        "fix": format!(
-                            "{}, then `dirigent agents enable {}`",
-                            agent.preset.map_or("log in", |p| p.login_hint),
-                            agent.name
-                        ),
+                        "fix": if path.is_none() {
+                            format!("once it is installed: {login}")
+                        } else {
+                            format!("{login}, then `dirigent agents enable {}`", agent.name)
+                        },
                     }));
                     json!({"state": "missing", "looked_at": looked})
                 }

@@ -37,7 +37,12 @@ pub fn write_report(
         return write_run_report(ws, task, reason, config, children);
     }
     let mut md = String::new();
-    let _ = writeln!(md, "# Escalated: {} — {}\n", task.id, task.title);
+    let heading = if reason == crate::state::CANCELLED_REASON {
+        "Cancelled"
+    } else {
+        "Escalated"
+    };
+    let _ = writeln!(md, "# {heading}: {} — {}\n", task.id, task.title);
     let advice = config.and_then(|c| crate::advice::in_short(&task.attempts, c));
     if let Some(advice) = &advice {
         let _ = writeln!(md, "**In short:** {advice}.\n");

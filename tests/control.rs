@@ -90,7 +90,8 @@ fn cancel_stops_a_running_agent_with_its_grandchild_and_a_queued_task() {
         let report = std::fs::read_to_string(ws.path(&format!("escalations/{id}.md")))
             .unwrap_or_else(|e| panic!("the report of cancelled `{id}`: {e}"));
         assert!(
-            report.contains("It was cancelled on request")
+            report.starts_with(&format!("# Cancelled: {id} — "))
+                && report.contains("It was cancelled on request")
                 && report.contains(&format!("`dirigent retry {id}`")),
             "{report}"
         );

@@ -236,6 +236,14 @@ fn a_command_written_as_a_string_gets_the_argv_form_to_paste() {
         ),
         "one `error:`, the position, and the fix"
     );
+    // Quoted words stay together, as the shell would have kept them.
+    ws.write_config("agents:\n  x: { command: \"sh -c 'printf %s hi; cat'\" }\n");
+    let out = ws.cli(&["agents"]);
+    assert!(
+        stderr(&out).ends_with("write `command: [\"sh\", \"-c\", \"printf %s hi; cat\"]`\n"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

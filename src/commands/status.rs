@@ -114,15 +114,23 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             return Ok(ExitCode::SUCCESS);
         }
         println!("{} — {}", t.id, t.title);
-        println!("state:    {}", describe(t));
-        println!(
-            "chain:    {}",
-            if t.chain.is_empty() {
-                "(empty)".into()
-            } else {
-                t.chain.join(" → ")
-            }
-        );
+        let workflow = t.spec.as_ref().and_then(|s| s.fields.workflow.clone());
+        match (&workflow, run_running(&book, t)) {
+            (_, Some(progress)) => println!("state:    running: {progress}"),
+            _ => println!("state:    {}", describe(t)),
+        }
+        match &workflow {
+            Some(name) => println!("workflow: {name}"),
+            None if !t.chain.is_empty() || t.phases.is_empty() => println!(
+                "chain:    {}",
+                if t.chain.is_empty() {
+                    "(empty)".into()
+                } else {
+                    t.chain.join(" → ")
+                }
+            ),
+            None => {}
+        }
         println!("received: {}", duration::clock(t.received_ms));
         if !t.after.is_empty() {
             println!("after:    {}", t.after.join(", "));
@@ -202,7 +210,11 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         println!(
             "{:<28} {:<9} {:<10} {:>3} {:>8}  {}",
             t.id,
-            t.phase.label(),
+            if run_running(&book, t).is_some() {
+                "running"
+            } else {
+                t.phase.label()
+            },
             agent,
             t.attempts.len(),
             short(Duration::from_millis(t.busy_ms())),
@@ -232,6 +244,30 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For a workflow run that is under way (its tasks are queued or running): how far it is. A
+/// run has no attempts of its own, so its record says `pending` all along.
+fn run_running(book: &TaskBook, run: &TaskRecord) -> Option<String> {
+    if run.phase.is_terminal() || !run.chain.is_empty() {
+        return None;
+    }
+    let prefix = format!("{}.", run.id);
+    let started = run.phases.len()
+        + usize::from(
+            book.iter()
+                .any(|c| c.id.starts_with(&prefix) && !c.phase.is_terminal()),
+        );
+    (started > 0 || !run.phases.is_empty()).then(|| {
+        format!(
+            "{} phase(s) completed{}",
+            run.phases.len(),
+            run.phases
+                .last()
+                .map(|(p, _)| format!(", the last `{p}`"))
+                .unwrap_or_default()
+        )
+    })
 }
 
 /// For a workflow run: each phase of its workflow with its state, its loop rounds, and its

@@ -890,7 +890,7 @@ phases:
         let problems = validate(&def("broken", text), &config()).unwrap_err();
         let got: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let want = [
-            "broken.yaml:6:22: `nobody` is not an agent (configured: claude, gemini, local), an `agent:model` entry, a role (roles: backend, bulk, frontend, judge, planner, proposer, reviewer) or a `models:` alias; to run it, add `nobody: AGENT` (or `AGENT:MODEL`) under `models:` in the config",
+            "broken.yaml:6:22: `nobody` is not an agent (configured: claude, gemini, local), an `agent:model` entry, a role (roles: backend, bulk, frontend, judge, planner, proposer, reviewer) or a `models:` alias. To run it, add `nobody: AGENT` (or `AGENT:MODEL`) under `models:` in the config.",
             "broken.yaml:9:12: phase `plan` reads `audit`, which runs later (a cycle); phases run in order",
             "broken.yaml:12:11: unknown role `qa` (roles: backend, bulk, frontend, judge, planner, proposer, reviewer)",
             "broken.yaml:14:12: phase `audit` reads `ghost`, which is not a phase of this workflow",

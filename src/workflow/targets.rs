@@ -143,23 +143,41 @@ fn not_found(name: &str, accepts: Accepts, config: &Config) -> String {
         }
         Accepts::Role => format!("unknown role `{name}` (roles: {}){hint}", roles.join(", ")),
         Accepts::Any => {
+            let roles = roles.join(", ");
+            if let Some((agent, model)) = name.split_once(':') {
+                if agent.is_empty() {
+                    return format!("`{name}` names no agent before `:` (configured: {agents})");
+                }
+                if model.is_empty() {
+                    return format!("`{name}` names no model after `:`");
+                }
+                let hint =
+                    crate::suggest::did_you_mean(agent, config.agents.keys().map(String::as_str))
+                        .map(|s| format!("; did you mean `{s}:{model}`?"))
+                        .unwrap_or_default();
+                return format!(
+                    "`{name}` names agent `{agent}`, which is not configured (configured: {agents}){hint}"
+                );
+            }
             let alias = match config.model_targets.get(name) {
                 Some(value) => format!(
-                    "; it is a `models:` alias for `{value}`, which is no agent, `agent:model` or role"
+                    " It is a `models:` alias for `{value}`, which is no agent, `agent:model` or role."
                 ),
                 None => String::new(),
             };
+            let did_you_mean = crate::suggest::did_you_mean(name, candidates.iter().copied())
+                .map(|s| format!(" Did you mean `{s}`?"))
+                .unwrap_or_default();
             let add = match name.split_once('-') {
                 Some((agent, model)) if config.agents.contains_key(agent) => format!(
-                    "; to run it, add `{name}: \"{agent}:{model}\"` under `models:` in the config"
+                    " To run it, add `{name}: \"{agent}:{model}\"` under `models:` in the config."
                 ),
                 _ => format!(
-                    "; to run it, add `{name}: AGENT` (or `AGENT:MODEL`) under `models:` in the config"
+                    " To run it, add `{name}: AGENT` (or `AGENT:MODEL`) under `models:` in the config."
                 ),
             };
             format!(
-                "`{name}` is not an agent (configured: {agents}), an `agent:model` entry, a role (roles: {}) or a `models:` alias{alias}{hint}{add}",
-                roles.join(", ")
+                "`{name}` is not an agent (configured: {agents}), an `agent:model` entry, a role (roles: {roles}) or a `models:` alias.{alias}{did_you_mean}{add}"
             )
         }
     }
@@ -207,7 +225,17 @@ mod tests {
         let cases: &[(&str, Accepts, Result<Target, &str>)] = &[
             ("claude", Accepts::Any, Ok(agent("claude"))),
             ("claude:opus", Accepts::Any, Ok(agent("claude:opus"))),
-            ("claude:", Accepts::Any, Err("is not an agent")),
+            (
+                "claude:",
+                Accepts::Any,
+                Err("`claude:` names no model after `:`"),
+            ),
+            (":opus", Accepts::Any, Err("names no agent before `:`")),
+            (
+                "claud:opus",
+                Accepts::Any,
+                Err("did you mean `claude:opus`?"),
+            ),
             ("backend", Accepts::Any, Ok(Target::Role("backend".into()))),
             (
                 "reviewer",
