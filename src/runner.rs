@@ -88,7 +88,20 @@ fn child_state_by(book: &TaskBook, id: &str) -> (ChildState, Option<String>) {
     }
     let state = match book.get(id).map(|t| &t.phase) {
         Some(TaskPhase::Done { output, .. }) => ChildState::Done(output.clone()),
-        Some(TaskPhase::Failed { reason, .. }) => ChildState::Failed(reason.clone()),
+        Some(TaskPhase::Failed { reason, .. }) => {
+            // The run's reason is read where the run is: say how the last attempt ended too,
+            // when the task's own reason does not already give a cause.
+            let last = book
+                .get(id)
+                .and_then(|t| t.attempts.last())
+                .filter(|a| !a.reason.is_empty() && !reason.contains(&a.reason));
+            ChildState::Failed(match last {
+                Some(a) if !reason.contains(": ") => {
+                    format!("{reason} (last attempt, {}: {})", a.agent, a.reason)
+                }
+                _ => reason.clone(),
+            })
+        }
         Some(_) => ChildState::Waiting,
         None => match book.outcome(id) {
             // Archived: only the outcome is known; the default output path is deterministic.

@@ -18,7 +18,13 @@ pub fn variables_line(wf: &Workflow) -> String {
         .map(|(name, default)| match default {
             Some(d) => format!("{name} = {d:?}"),
             None if wf.vars.contains_key(name) => format!("{name} (required)"),
-            None => format!("{name} (required: used but not declared under `vars:`)"),
+            None => {
+                // A typo of a declared variable becomes a required one: say which it resembles.
+                let hint = crate::suggest::did_you_mean(name, wf.vars.keys().map(String::as_str))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                format!("{name} (required: used but not declared under `vars:`{hint})")
+            }
         })
         .collect();
     format!("variables: {}", items.join(", "))

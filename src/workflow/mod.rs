@@ -607,10 +607,16 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                     ),
                 );
             } else {
+                let hint = crate::suggest::did_you_mean(
+                    target,
+                    wf.phases.iter().map(|p| p.name.value.as_str()),
+                )
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
                 at(
                     pos,
                     format!(
-                        "phase `{pname}` reads `{target}`, which is not a phase of this workflow"
+                        "phase `{pname}` reads `{target}`, which is not a phase of this workflow{hint}"
                     ),
                 );
             }
@@ -986,6 +992,22 @@ phases:
         assert_eq!(
             problems[0].message,
             "`{round}` exists only in loop phases; `a` is a single phase"
+        );
+    }
+
+    #[test]
+    fn typos_of_variables_and_phases_get_a_suggestion() {
+        let text = "name: t\nvars: {feature: x}\nphases:\n  - name: plan\n    type: single\n    agent: claude\n    prompt: \"Plan {featur}\"\n  - name: build\n    type: single\n    agent: claude\n    input: plna.output\n";
+        let problems = validate(&def("t", text), &config()).unwrap_err();
+        assert_eq!(
+            problems[0].message,
+            "phase `build` reads `plna`, which is not a phase of this workflow; did you mean `plan`?"
+        );
+        let text = text.replace("plna.output", "plan.output");
+        let wf = validate(&def("t", &text), &config()).unwrap();
+        assert_eq!(
+            explain::variables_line(&wf),
+            "variables: featur (required: used but not declared under `vars:`; did you mean `feature`?), feature = \"x\""
         );
     }
 }
