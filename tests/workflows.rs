@@ -1080,7 +1080,7 @@ fn a_failed_run_reports_its_tasks_shows_them_in_status_and_resumes_with_retry() 
     write_workflow(
         &ws,
         "two",
-        "name: two\nphases:\n  - name: one\n    type: single\n    agent: alpha\n    prompt: First\n  - name: two\n    type: single\n    agent: flaky\n    input: one\n    prompt: Second\n",
+        "name: two\nphases:\n  - name: one\n    type: single\n    agent: alpha\n    prompt: First\n  - name: two\n    type: single\n    agent: flaky\n    input: one\n    prompt: Second\n  - name: three\n    type: single\n    agent: alpha\n    input: two\n    prompt: Third\n",
     );
     let _d = ws.start();
     let out = ws.cli(&["workflow", "run", "two", "--id", "r", "--wait"]);
@@ -1117,7 +1117,7 @@ fn a_failed_run_reports_its_tasks_shows_them_in_status_and_resumes_with_retry() 
     // `status RUN` shows the phases and the tasks.
     let st = String::from_utf8_lossy(&ws.cli(&["status", "r"]).stdout).into_owned();
     for want in [
-        "phases:\n  one                  completed → .context/outbox/r.one.md\n  two                  failed\n",
+        "phases:\n  one                  completed → .context/outbox/r.one.md\n  two                  failed\n  three                not started\n",
         "tasks:\n  r.one                            done      alpha\n  r.two                            failed    flaky\n",
         "report: ",
     ] {
@@ -1140,8 +1140,8 @@ fn a_failed_run_reports_its_tasks_shows_them_in_status_and_resumes_with_retry() 
     });
     assert_eq!(
         phases_completed(&ws, "r"),
-        ["one", "two"],
-        "phase one completed once"
+        ["one", "two", "three"],
+        "phase one completed once, then the rest"
     );
     assert_eq!(
         ws.attempts("r.one").len(),

@@ -107,6 +107,33 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(id) = id
+        && book.get(id).is_none()
+        && let Some(outcome) = book.outcome(id)
+    {
+        // Finished long ago: only its outcome is kept in the book (its records stay in the
+        // ledger's segments until compacted).
+        let state = match outcome {
+            dirigent::state::Outcome::Done => "done",
+            dirigent::state::Outcome::Failed => "failed",
+        };
+        if as_json {
+            let v = json!({"id": id, "state": state, "archived": true});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{id} — archived");
+            println!(
+                "state:    {state} (only the outcome of a task this old is kept; {})",
+                if state == "done" {
+                    format!("`dirigent result {id}` prints its result")
+                } else {
+                    format!("its report is .context/escalations/{id}.md")
+                }
+            );
+            println!("{}", daemon_line(ws, &live));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(id) = id {
         let t = find_task(&book, id)?;
         if as_json {
@@ -279,6 +306,13 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
     if workflow.is_none() && children.is_empty() && run.phases.is_empty() {
         return;
     }
+    // A finished run keeps no spec; its default title still names the workflow.
+    let workflow = workflow.or_else(|| {
+        run.title
+            .strip_prefix("workflow ")
+            .filter(|n| !n.contains(' '))
+            .map(str::to_string)
+    });
     // The phases in order: from the definition when it can be read, else those recorded.
     let mut phases: Vec<String> = workflow
         .as_deref()
