@@ -135,8 +135,27 @@ impl Workspace {
         std::fs::rename(&tmp, self.path("inbox").join(name)).unwrap();
     }
 
+    /// The ledger's records still on disk, oldest first: the rotated segments, then the live
+    /// file. A record may be rotated into a segment a moment after it was written (a restart
+    /// folds the segments it finds), so a wait must not look at the live file alone.
     pub fn records(&self) -> Vec<Record> {
-        ledger::read(&self.path("ledger.jsonl")).unwrap().records
+        let mut out: Vec<Record> = Vec::new();
+        let segments = ledger::segments(&self.ctx()).unwrap_or_default();
+        // A segment compacted away between listing and reading is simply gone.
+        for (_, path) in segments {
+            if let Ok(read) = ledger::read(&path) {
+                out.extend(read.records);
+            }
+        }
+        out.extend(ledger::read(&self.path("ledger.jsonl")).unwrap().records);
+        // Each record once, in order (a rotation racing the reads may show one twice).
+        let mut last = 0;
+        out.retain(|r| {
+            let fresh = r.seq > last;
+            last = last.max(r.seq);
+            fresh
+        });
+        out
     }
 
     /// Waits until `found` returns `Some` for the ledger's records. Woken by changes in
