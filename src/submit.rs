@@ -16,10 +16,30 @@ pub enum SubmitError {
     #[error("{0}")]
     Invalid(String),
     /// The id is taken (by a known task, or a file waiting in the inbox).
-    #[error("{0}")]
-    Exists(String),
+    #[error("{0}; choose another id")]
+    Exists(Taken),
     #[error("cannot write the task into `{path}`: {cause}")]
     Io { path: String, cause: std::io::Error },
+}
+
+/// Why an id is taken; the caller adds how to choose another (a door's field, the CLI's flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// A task the ledger knows has it.
+    Known(String),
+    /// A file of that name waits in the inbox.
+    Waiting(PathBuf),
+}
+
+impl std::fmt::Display for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Taken::Known(id) => write!(f, "a task `{id}` already exists"),
+            Taken::Waiting(path) => {
+                write!(f, "`{}` is already waiting in the inbox", path.display())
+            }
+        }
+    }
 }
 
 /// A task written into the inbox.
@@ -82,9 +102,7 @@ pub fn prepare(
         return Err(SubmitError::Invalid(why));
     }
     if exists(&id) {
-        return Err(SubmitError::Exists(format!(
-            "a task `{id}` already exists; choose another id"
-        )));
+        return Err(SubmitError::Exists(Taken::Known(id)));
     }
     Ok((id, fields))
 }
@@ -144,10 +162,7 @@ pub fn write_into_inbox(
     if let Err(e) = tmp_dir.rename_noreplace(&name, &inbox, &name) {
         let _ = tmp_dir.remove(&name);
         if e.kind() == std::io::ErrorKind::AlreadyExists {
-            return Err(SubmitError::Exists(format!(
-                "`{}` is already waiting in the inbox; choose another id",
-                dest.display()
-            )));
+            return Err(SubmitError::Exists(Taken::Waiting(dest)));
         }
         return Err(io(&dest, e));
     }

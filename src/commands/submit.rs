@@ -63,12 +63,9 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     let config = Config::load(&ws.config())?;
     let book = load_book(ws)?;
     let (id, fields) = dirigent::submit::prepare(fields, &config, ws, |id| book.contains(id))
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}",
-                e.to_string()
-                    .replace("choose another id", "choose another `--id`")
-            )
+        .map_err(|e| match e {
+            dirigent::submit::SubmitError::Exists(why) => taken(&why),
+            other => anyhow::anyhow!("{other}"),
         })?;
     if !ws.context().is_dir() {
         eprintln!(
@@ -80,11 +77,9 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     ws.ensure()?;
     let follower = dirigent::follow::Follower::from_end(ws);
     let name = format!("{id}.json");
-    let dest = submit_file(ws, &id, fields).map_err(|e| {
-        anyhow::anyhow!(
-            "{}",
-            e.replace("choose another id", "choose another `--id`")
-        )
+    let dest = submit_file(ws, &id, fields).map_err(|refused| match refused {
+        Refused::Taken(why) => taken(&why),
+        Refused::Other(why) => anyhow::anyhow!("{why}"),
     })?;
     if args.json {
         println!("{}", json!({"id": id, "file": dest}));
@@ -109,20 +104,39 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     wait_for(ws, &id, &name, follower)
 }
 
+/// Why the CLI could not put a task into the inbox.
+enum Refused {
+    /// The id is taken (a known task, or a file waiting in the inbox).
+    Taken(dirigent::submit::Taken),
+    Other(String),
+}
+
+/// The CLI's words for a taken id: it names the flag that chooses one.
+fn taken(why: &dirigent::submit::Taken) -> anyhow::Error {
+    anyhow::anyhow!("{why}; choose another `--id`")
+}
+
 /// Puts the task into the inbox: through the running daemon when there is one (it reserves the
 /// id, so no file dropped meanwhile can take it), else straight into the inbox.
 fn submit_file(
     ws: &Workspace,
     id: &str,
     fields: TaskFields,
-) -> std::result::Result<std::path::PathBuf, String> {
+) -> std::result::Result<std::path::PathBuf, Refused> {
     if running_daemon(ws).is_some() {
         let req = dirigent::control::Request::Submit {
             task: Box::new(fields.clone()),
         };
         if let Ok(answer) = dirigent::control::request(ws, &req) {
+            if answer.failure == Some(dirigent::control::Failure::Conflict) {
+                let waiting = answer.data.as_ref().and_then(|d| d["waiting"].as_str());
+                return Err(Refused::Taken(match waiting {
+                    Some(path) => dirigent::submit::Taken::Waiting(path.into()),
+                    None => dirigent::submit::Taken::Known(id.to_string()),
+                }));
+            }
             if !answer.ok {
-                return Err(answer.message);
+                return Err(Refused::Other(answer.message));
             }
             let file = answer.data.as_ref().and_then(|d| d["file"].as_str());
             return Ok(file
@@ -132,7 +146,10 @@ fn submit_file(
     }
     dirigent::submit::write_into_inbox(ws, id, &fields)
         .map(|s| s.file)
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            dirigent::submit::SubmitError::Exists(why) => Refused::Taken(why),
+            other => Refused::Other(other.to_string()),
+        })
 }
 
 /// Follows the ledger until the task is done, escalated or rejected. For a workflow run, its

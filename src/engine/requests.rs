@@ -71,8 +71,21 @@ impl Engine {
                         message: format!("submitted `{}`", done.id),
                         ..Response::data(serde_json::json!({"id": done.id, "file": done.file}))
                     },
-                    Err(e @ crate::submit::SubmitError::Exists(_)) => {
-                        Response::fail(Failure::Conflict, e.to_string())
+                    Err(crate::submit::SubmitError::Exists(taken)) => {
+                        // What is taken, as data too: a door may word it its own way.
+                        let data = match &taken {
+                            crate::submit::Taken::Known(id) => serde_json::json!({"taken_by": id}),
+                            crate::submit::Taken::Waiting(path) => {
+                                serde_json::json!({"waiting": path})
+                            }
+                        };
+                        Response {
+                            data: Some(data),
+                            ..Response::fail(
+                                Failure::Conflict,
+                                crate::submit::SubmitError::Exists(taken).to_string(),
+                            )
+                        }
                     }
                     Err(e @ crate::submit::SubmitError::Io { .. }) => {
                         Response::fail(Failure::Unavailable, e.to_string())
