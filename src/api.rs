@@ -112,7 +112,7 @@ impl Api {
         // Subscribe before asking, so nothing that happens in between is missed.
         let mut live = self.live.subscribe();
         let mut applied = self.applied.clone();
-        let deadline = timeout.map(|t| crate::engine::later(tokio::time::Instant::now(), t));
+        let deadline = timeout.map(|t| crate::duration::later(tokio::time::Instant::now(), t));
         let mut stopping = self.stopping.clone();
         // Set once a record that may end the task was written: from then on the engine's book
         // is asked again each time it applies records, until it shows the end.
@@ -228,7 +228,7 @@ impl Api {
                 Some(t) => r
                     .event
                     .task()
-                    .is_some_and(|id| id == t || crate::engine::is_child_of(id, t)),
+                    .is_some_and(|id| id == t || crate::runner::is_child_of(id, t)),
             };
             // `None` until the first live record when the stream starts "from now".
             let mut last = after;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
+use crate::class::Class;
 use crate::duration::Dur;
-use crate::judge::Class;
 use crate::preset::{self, OutputFormat, Preset, PromptMode};
 
 /// What [`Config::source`] says of the embedded default.

@@ -107,6 +107,13 @@ pub fn clock(unix_ms: u64) -> String {
         .to_string()
 }
 
+/// `now + d`, saturating far in the future instead of overflowing (a reset time a CLI printed
+/// can be anything).
+pub fn later(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

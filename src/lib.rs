@@ -14,6 +14,7 @@ pub mod advice;
 pub mod api;
 pub mod catalog;
 pub mod claim;
+pub mod class;
 pub mod compact;
 pub mod config;
 pub mod confined;

@@ -133,6 +133,12 @@ fn chain_of(target: &Target, config: &Config, ws: &Workspace) -> Vec<String> {
     }
 }
 
+/// Whether `id` names a task (or task file) a workflow run submitted: `<run>.<…>`.
+pub fn is_child_of(id: &str, run: &str) -> bool {
+    id.strip_prefix(run)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// The workflow's variables: defaults overlaid with what the run gave.
 pub fn vars_of(wf: &Workflow, given: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut vars: BTreeMap<String, String> = wf

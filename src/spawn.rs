@@ -365,7 +365,7 @@ where
         watching.clone().map(|w| (w, crate::watch::Stream::Stderr)),
     ));
 
-    let at = |d: Duration| crate::engine::later(tokio::time::Instant::from_std(started), d);
+    let at = |d: Duration| crate::duration::later(tokio::time::Instant::from_std(started), d);
     let deadline = at(plan.timeout);
     let mut stopped = None;
     let exit = loop {

@@ -59,8 +59,9 @@ mod requests;
 mod settling;
 mod workflow_runs;
 
+use crate::duration::later;
+pub use crate::runner::is_child_of;
 pub use daemon::{DaemonError, Options, run, run_with_options, running_daemon};
-pub use workflow_runs::is_child_of;
 
 // Shared by the rooms.
 use admission::MINUTE;
@@ -330,13 +331,6 @@ async fn record(ledger: &Ledger, tx: &mpsc::UnboundedSender<Msg>, event: Event) 
             vec![]
         }
     }
-}
-
-/// `now + d`, saturating far in the future instead of overflowing (a reset time a CLI printed
-/// can be anything).
-pub(crate) fn later(now: Instant, d: Duration) -> Instant {
-    now.checked_add(d)
-        .unwrap_or_else(|| now + Duration::from_secs(60 * 60 * 24 * 365 * 30))
 }
 
 /// Asks for a dispatch round at Unix time `at_ms` (no later than one already due).

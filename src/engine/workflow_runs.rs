@@ -3,12 +3,6 @@
 
 use super::*;
 
-/// Whether `id` names a task (or task file) a workflow run submitted: `<run>.<…>`.
-pub fn is_child_of(id: &str, run: &str) -> bool {
-    id.strip_prefix(run)
-        .is_some_and(|rest| rest.starts_with('.'))
-}
-
 impl Engine {
     /// Carries out what the workflow runner decides for each run that is due.
     pub(super) async fn advance_runs(&mut self) {
