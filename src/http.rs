@@ -1,5 +1,6 @@
 //! The HTTP door: a JSON API over the same [`Api`] as the control socket, Server-Sent Events of
-//! the ledger, and (in [`crate::openai`]) an OpenAI-compatible endpoint. Started by the engine
+//! the ledger, and (in [`crate::openai`]) an OpenAI-compatible endpoint; what the two share is in
+//! [`crate::web`]. Started by the engine
 //! when `--http ADDR` or `http:` is set; stopped when the daemon stops.
 //!
 //! Every route but `/health` needs `Authorization: Bearer <token>`, the token the daemon writes
@@ -29,13 +30,11 @@ use tokio::sync::oneshot;
 
 use crate::api::{Api, StreamItem};
 use crate::control::{Failure, Request, Response};
+use crate::web::{ApiError, AppState, KEEP_ALIVE};
 use crate::workspace::Workspace;
 
 /// How long a stopping server waits for open requests before it drops them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// Comment lines on idle event streams, so proxies and clients do not time them out.
-pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The running server.
 pub struct HttpServer {
@@ -56,12 +55,6 @@ impl HttpServer {
         }
         let _ = std::fs::remove_file(&self.url_file);
     }
-}
-
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub api: Api,
-    token: Arc<str>,
 }
 
 /// Where the bearer token lives.
@@ -303,51 +296,6 @@ fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(bounded_body))
         .with_state(state)
-}
-
-/// An error as every route returns it: OpenAI's shape, so one client-side handler fits all.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    pub status: StatusCode,
-    pub kind: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-
-    pub fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "code": self.kind}})
-    }
-
-    /// The refusal in a daemon answer.
-    pub fn from_response(r: Response) -> Self {
-        let (status, kind) = match r.failure {
-            Some(Failure::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
-            Some(Failure::Conflict) => (StatusCode::CONFLICT, "conflict"),
-            Some(Failure::Unavailable) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            None => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-        };
-        ApiError::new(status, kind, r.message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> HttpResponse {
-        let mut response = (self.status, axum::Json(self.body())).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
 }
 
 type ApiResult = Result<HttpResponse, ApiError>;

@@ -50,5 +50,6 @@ pub mod suggest;
 pub mod task;
 pub mod usage;
 pub mod watch;
+pub mod web;
 pub mod workflow;
 pub mod workspace;

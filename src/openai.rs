@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use crate::api::Api;
 use crate::control::Request;
-use crate::http::{ApiError, AppState};
 use crate::task::TaskFields;
+use crate::web::{ApiError, AppState};
 
 /// Where a model id sends the task.
 #[derive(Debug, Clone, PartialEq)]
@@ -424,7 +424,7 @@ pub(crate) async fn chat_completions(
         Some((Ok::<_, std::convert::Infallible>(e), rx))
     });
     let mut response = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(crate::http::KEEP_ALIVE))
+        .keep_alive(KeepAlive::new().interval(crate::web::KEEP_ALIVE))
         .into_response();
     if let Some(v) = task_header {
         response.headers_mut().insert("x-dirigent-task", v);
