@@ -45,10 +45,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // `init` makes the workspace wherever it is told; every other command needs it to exist.
+    // `init` and `daemon` make the workspace wherever they are told; every other command needs
+    // it to exist (a typo there must not quietly create one somewhere else).
+    let creates = matches!(cli.command, Command::Init { .. } | Command::Daemon { .. });
     if let Some(root) = &cli.root
         && !root.is_dir()
-        && (!matches!(cli.command, Command::Init { .. }) || root.exists())
+        && (!creates || root.exists())
     {
         // A typo must not quietly create a workspace somewhere else.
         anyhow::bail!(

@@ -98,6 +98,43 @@ fn a_root_that_does_not_exist_is_an_error_not_a_new_workspace() {
 }
 
 #[test]
+fn the_readme_first_command_makes_its_scratch_workspace() {
+    // `dirigent --root /tmp/dirigent-demo daemon` on a fresh machine: the directory is created.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("dirigent-demo");
+    let state = tempfile::tempdir().unwrap();
+    let mut daemon = Command::new(BIN)
+        .args(["--root", root.to_str().unwrap(), "daemon"])
+        .env("DIRIGENT_STATE_DIR", state.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It is up once it says so on stderr.
+    let mut err = BufReader::new(daemon.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("dirigent is running") {}
+    assert!(
+        line.contains("dirigent is running"),
+        "the daemon started: {line}"
+    );
+    assert!(
+        root.join(".context/inbox").is_dir(),
+        "the workspace was made"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        daemon.wait().unwrap().success(),
+        "a SIGTERM stops it cleanly"
+    );
+}
+
+#[test]
 fn a_task_after_an_unknown_task_is_refused_at_every_door() {
     let ws = Workspace::new(CONFIG);
     let out = ws.cli(&["submit", "x", "--after", "ghost"]);
