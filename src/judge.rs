@@ -2,6 +2,8 @@
 //! the structured output of a known CLI) into one verdict — `ok` or a failure class — and finds
 //! the result text. Pure functions over [`Evidence`]; `spawn` gathers the evidence, the engine
 //! acts on the verdict (next agent in the chain, or escalate).
+//!
+//! (Its length past ~800 lines is the verdict tables, tests kept beside the rules they check.)
 
 use serde::{Deserialize, Serialize};
 

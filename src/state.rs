@@ -1,6 +1,8 @@
 //! Task state as a fold over ledger records. The daemon applies every record it writes; `status`,
 //! `progress.md` and a restarting daemon replay the file through the same [`TaskBook::apply`], so
 //! there is exactly one definition of what a sequence of events means.
+//!
+//! (Its length past ~800 lines is the fold's tests, kept beside the fold they pin down.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
