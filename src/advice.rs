@@ -139,21 +139,8 @@ mod tests {
 
     fn attempt(agent: &str, class: Class) -> AttemptSummary {
         AttemptSummary {
-            n: 1,
-            agent: agent.into(),
-            started_ms: 0,
-            pid: 0,
-            start_ticks: None,
-            boot_id: None,
             class: Some(class),
-            reason: String::new(),
-            exit_code: None,
-            signal: None,
-            duration_ms: 0,
-            stdout_bytes: 0,
-            stderr_bytes: 0,
-            usage: None,
-            stopped: None,
+            ..AttemptSummary::started(1, agent, 0)
         }
     }
 

@@ -23,7 +23,6 @@ const TAIL_LINES: usize = 20;
 pub fn write_report(
     ws: &Workspace,
     task: &TaskRecord,
-    prompt: &str,
     reason: &str,
     config: Option<&Config>,
     children: &[TaskRecord],
@@ -63,6 +62,7 @@ pub fn write_report(
             task.chain.join(" → ")
         }
     );
+    let prompt = task.spec.as_ref().map_or("", |s| s.prompt.as_str());
     let _ = writeln!(md, "## Prompt\n\n{}\n", fenced(prompt));
     let _ = writeln!(md, "## Attempts\n");
     if task.attempts.is_empty() {

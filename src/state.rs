@@ -84,7 +84,7 @@ pub struct AttemptSummary {
 impl AttemptSummary {
     /// Attempt `n` of `agent`, started at `started_ms`, with nothing known yet of how it runs
     /// or ends.
-    fn started(n: u32, agent: &str, started_ms: u64) -> Self {
+    pub(crate) fn started(n: u32, agent: &str, started_ms: u64) -> Self {
         AttemptSummary {
             n,
             agent: agent.to_string(),

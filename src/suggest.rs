@@ -21,6 +21,13 @@ pub fn did_you_mean<'a>(
     best.map(|(_, c)| c)
 }
 
+/// `; did you mean `x`?` for the close candidate, or nothing: the tail of an error message.
+pub fn hint<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    did_you_mean(name, candidates)
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default()
+}
+
 /// Edit distance counting characters, where swapping two neighbours is one edit (the most
 /// common typo: `alhpa`), i.e. the optimal-string-alignment distance.
 fn distance(a: &str, b: &str) -> usize {

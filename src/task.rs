@@ -264,9 +264,7 @@ pub fn accept(
         if config.agents.contains_key(name) {
             Ok(())
         } else {
-            let hint = crate::suggest::did_you_mean(name, config.agents.keys().map(String::as_str))
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
+            let hint = crate::suggest::hint(name, config.agents.keys().map(String::as_str));
             reject(format!(
                 "unknown agent `{name}` (configured: {}){hint}",
                 config.agents.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -289,9 +287,7 @@ pub fn accept(
             Some(chain) => (chain, format!("role:{role}")),
             None => {
                 let names = config.role_names();
-                let hint = crate::suggest::did_you_mean(role, names.iter().map(String::as_str))
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
+                let hint = crate::suggest::hint(role, names.iter().map(String::as_str));
                 return reject(format!(
                     "unknown role `{role}` (roles: {}){hint}",
                     names.join(", ")
@@ -365,9 +361,7 @@ fn accept_workflow(
         .map_err(|e| Reject(format!("cannot read `{}`: {e}", dir.display())))?;
     let Some(def) = defs.iter().find(|d| d.name == name) else {
         let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
-        let hint = crate::suggest::did_you_mean(&name, names.iter().copied())
-            .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_default();
+        let hint = crate::suggest::hint(&name, names.iter().copied());
         return reject(format!(
             "unknown workflow `{name}` (workflows: {}){hint}",
             names.join(", ")
@@ -388,9 +382,7 @@ fn accept_workflow(
     for given in fields.vars.keys() {
         if !variables.contains_key(given) {
             let known: Vec<&str> = variables.keys().map(String::as_str).collect();
-            let hint = crate::suggest::did_you_mean(given, known.iter().copied())
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
+            let hint = crate::suggest::hint(given, known.iter().copied());
             return reject(format!(
                 "workflow `{name}` has no variable `{given}` (variables: {}){hint}",
                 if known.is_empty() {

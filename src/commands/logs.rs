@@ -20,6 +20,7 @@ pub fn logs(
         // task shows up in the ledger (or as rejected) a moment later.
         let mut seen_waiting = false;
         let waker = ChangeWaker::new(&[ws.context()]);
+        let key = ledger_key(ws);
         loop {
             match book.get(id) {
                 Some(t) if !t.attempts.is_empty() => break,
@@ -62,7 +63,11 @@ pub fn logs(
                 told = true;
             }
             waker.wait(Duration::from_secs(1));
-            book = load_book(ws)?;
+            // Only what was written since: a waiting client does not replay the whole ledger
+            // on every change.
+            for r in ledger::read_after(&ws.ledger(), book.last_seq, usize::MAX, key.as_ref())? {
+                book.apply(&r);
+            }
         }
     }
     let t = find_task(&book, id)?;

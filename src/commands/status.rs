@@ -37,9 +37,10 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
             // it: fold what the file has beyond the daemon's answer, so that `status` right
             // after `submit --wait` said "escalated" says so too.
             let key = ledger_key(ws);
-            if let Ok((records, _)) = ledger::read_from(&ws.ledger(), 0, key.as_ref()) {
-                let seen = book.last_seq;
-                for r in records.iter().filter(|r| r.seq > seen) {
+            if let Ok(records) =
+                ledger::read_after(&ws.ledger(), book.last_seq, usize::MAX, key.as_ref())
+            {
+                for r in &records {
                     book.apply(r);
                 }
             }

@@ -83,15 +83,9 @@ impl Engine {
         tokio::spawn(async move {
             // A cancelled task has a report like an escalated one: status, progress.md and the
             // doors point every failed task at `escalations/<id>.md`.
-            let prompt = snapshot
-                .spec
-                .as_ref()
-                .map(|s| s.prompt.clone())
-                .unwrap_or_default();
             if let Err(e) = escalate::write_report(
                 &ws,
                 &snapshot,
-                &prompt,
                 crate::state::CANCELLED_REASON,
                 Some(&config),
                 &[],
@@ -259,13 +253,8 @@ impl Engine {
             self.config.clone(),
         );
         tokio::spawn(async move {
-            let prompt = snapshot
-                .spec
-                .as_ref()
-                .map(|s| s.prompt.clone())
-                .unwrap_or_default();
             if let Err(e) =
-                escalate::write_report(&ws, &snapshot, &prompt, &reason, Some(&config), &children)
+                escalate::write_report(&ws, &snapshot, &reason, Some(&config), &children)
             {
                 if let Some(what) = fsutil::exhausted(&e) {
                     let _ = tx.send(Msg::Paused {

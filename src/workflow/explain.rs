@@ -20,9 +20,7 @@ pub fn variables_line(wf: &Workflow) -> String {
             None if wf.vars.contains_key(name) => format!("{name} (required)"),
             None => {
                 // A typo of a declared variable becomes a required one: say which it resembles.
-                let hint = crate::suggest::did_you_mean(name, wf.vars.keys().map(String::as_str))
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
+                let hint = crate::suggest::hint(name, wf.vars.keys().map(String::as_str));
                 format!("{name} (required: used but not declared under `vars:`{hint})")
             }
         })

@@ -607,12 +607,8 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                     ),
                 );
             } else {
-                let hint = crate::suggest::did_you_mean(
-                    target,
-                    wf.phases.iter().map(|p| p.name.value.as_str()),
-                )
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
+                let hint =
+                    crate::suggest::hint(target, wf.phases.iter().map(|p| p.name.value.as_str()));
                 at(
                     pos,
                     format!(

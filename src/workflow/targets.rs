@@ -133,7 +133,8 @@ fn not_found(name: &str, accepts: Accepts, config: &Config) -> String {
     if accepts == Accepts::Any {
         candidates.extend(config.model_targets.keys().map(String::as_str));
     }
-    let hint = crate::suggest::did_you_mean(name, candidates.iter().copied())
+    let suggestion = crate::suggest::did_you_mean(name, candidates.iter().copied());
+    let hint = suggestion
         .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_default();
     let agents = agents.join(", ");
@@ -165,7 +166,7 @@ fn not_found(name: &str, accepts: Accepts, config: &Config) -> String {
                 ),
                 None => String::new(),
             };
-            let did_you_mean = crate::suggest::did_you_mean(name, candidates.iter().copied())
+            let did_you_mean = suggestion
                 .map(|s| format!(" Did you mean `{s}`?"))
                 .unwrap_or_default();
             let add = match name.split_once('-') {
