@@ -83,34 +83,36 @@ fn child_state(book: &TaskBook, id: &str) -> ChildState {
 
 /// A child's state, and for a done child the agent that answered.
 fn child_state_by(book: &TaskBook, id: &str) -> (ChildState, Option<String>) {
-    if let Some(TaskPhase::Done { agent, output, .. }) = book.get(id).map(|t| &t.phase) {
-        return (ChildState::Done(output.clone()), Some(agent.clone()));
-    }
-    let state = match book.get(id).map(|t| &t.phase) {
-        Some(TaskPhase::Done { output, .. }) => ChildState::Done(output.clone()),
-        Some(TaskPhase::Failed { reason, .. }) => {
-            // The run's reason is read where the run is: say how the last attempt ended too,
-            // when the task's own reason does not already give a cause.
-            let last = book
-                .get(id)
-                .and_then(|t| t.attempts.last())
-                .filter(|a| !a.reason.is_empty() && !reason.contains(&a.reason));
-            ChildState::Failed(match last {
-                Some(a) if !reason.contains(": ") => {
-                    format!("{reason} (last attempt, {}: {})", a.agent, a.reason)
-                }
-                _ => reason.clone(),
-            })
-        }
-        Some(_) => ChildState::Waiting,
-        None => match book.outcome(id) {
+    let Some(t) = book.get(id) else {
+        let state = match book.outcome(id) {
             // Archived: only the outcome is known; the default output path is deterministic.
             Some(Outcome::Done) => ChildState::Done(crate::result::destination(id, None)),
             Some(Outcome::Failed) => ChildState::Failed("failed".into()),
             None => ChildState::Missing,
-        },
+        };
+        return (state, None);
     };
-    (state, None)
+    match &t.phase {
+        TaskPhase::Done { agent, output, .. } => {
+            (ChildState::Done(output.clone()), Some(agent.clone()))
+        }
+        TaskPhase::Failed { reason, .. } => {
+            // The run's reason is read where the run is: say how the last attempt ended too,
+            // when the task's own reason does not already give a cause.
+            let last = t
+                .attempts
+                .last()
+                .filter(|a| !a.reason.is_empty() && !reason.contains(&a.reason));
+            let reason = match last {
+                Some(a) if !reason.contains(": ") => {
+                    format!("{reason} (last attempt, {}: {})", a.agent, a.reason)
+                }
+                _ => reason.clone(),
+            };
+            (ChildState::Failed(reason), None)
+        }
+        _ => (ChildState::Waiting, None),
+    }
 }
 
 /// The task fields (`agent`, `role`) that send a step to what `name` resolves to; the error
