@@ -110,7 +110,11 @@ pub fn prompt_comments(wf: &Workflow) -> String {
             phase.kind.value.name()
         ));
         for line in prompts::effective(wf, phase).trim_end().lines() {
-            s.push_str(&format!("#   {line}\n").replace("#   \n", "#\n"));
+            if line.is_empty() {
+                s.push_str("#\n");
+            } else {
+                s.push_str(&format!("#   {line}\n"));
+            }
         }
     }
     s
