@@ -72,7 +72,7 @@ enum PromptError {
 
 impl Engine {
     pub(super) fn start_attempt(&mut self, id: &str, agent: Arc<Agent>) {
-        self.dequeue(id);
+        self.live.park(id);
         let t = self.book.get(id).expect("queued tasks are in the book");
         let spec = t.spec.clone().expect("unfinished tasks keep their spec");
         let prompt = match compose_prompt(&self.ws, &spec) {
@@ -109,8 +109,8 @@ impl Engine {
         let base = split_entry_base(&agent.name).to_string();
         let (instance, extra_env) = if agent.isolate {
             let used: HashSet<usize> = self
-                .running
-                .values()
+                .live
+                .attempts()
                 .filter(|r| r.agent == base)
                 .filter_map(|r| r.instance)
                 .collect();
@@ -158,8 +158,8 @@ impl Engine {
             extra_env,
         };
         let (stop_tx, stop_rx) = watch::channel(None);
-        self.running.insert(
-            id.to_string(),
+        self.live.start(
+            id,
             RunningAttempt {
                 agent: split_entry_base(&agent.name).to_string(),
                 instance,

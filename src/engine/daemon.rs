@@ -133,9 +133,7 @@ pub async fn run_with_options(
     let (tx, rx) = mpsc::unbounded_channel();
     let notifier = crate::service::Notifier::from_env();
     let mut engine = Engine {
-        workflows: HashMap::new(),
-        advance_due: BTreeSet::new(),
-        evaluating: HashSet::new(),
+        live: LiveTasks::default(),
         watchdog_due: notifier
             .as_ref()
             .and_then(|n| n.watchdog_every)
@@ -147,11 +145,6 @@ pub async fn run_with_options(
         config,
         ledger,
         book,
-        queue: BTreeSet::new(),
-        keys: HashMap::new(),
-        arrivals: 0,
-        running: HashMap::new(),
-        finishing: HashSet::new(),
         slots: HashMap::new(),
         start_log: HashMap::new(),
         best_routed: 0,
@@ -278,7 +271,7 @@ pub async fn run_with_options(
             applied_tx.send_replace(engine.book.applied);
         }
         // Going idle after work: hand the memory a burst used back to the system.
-        let idle = engine.running.is_empty() && engine.queue.is_empty();
+        let idle = engine.live.is_idle();
         if idle && !was_idle {
             release_free_memory();
         }

@@ -32,12 +32,12 @@ impl Engine {
         // Resources taken by the starts decided in this round (not in `running` yet).
         let mut planned: Vec<BTreeMap<String, f64>> = Vec::new();
         let mut escalations: Vec<(String, String)> = Vec::new();
-        let mut total = self.running.len();
-        for key in &self.queue {
+        let mut total = self.live.running_count();
+        for id in self.live.queued() {
             if total >= self.config.concurrency {
                 break;
             }
-            let Some(t) = self.book.get(&key.id) else {
+            let Some(t) = self.book.get(id) else {
                 continue;
             };
             let entry = match admission::admit(t, &self.book, &self.config, now_ms) {
@@ -48,7 +48,7 @@ impl Engine {
                 }
                 admission::Admission::Later => continue,
                 admission::Admission::Escalate(reason) => {
-                    escalations.push((key.id.clone(), reason));
+                    escalations.push((id.to_string(), reason));
                     continue;
                 }
             };
@@ -72,8 +72,8 @@ impl Engine {
             // What the resource groups hold: running attempts, and the starts this round has
             // already decided.
             let held = |group: &str| -> f64 {
-                self.running
-                    .values()
+                self.live
+                    .attempts()
                     .map(|r| &r.resources)
                     .chain(planned.iter())
                     .filter_map(|r| r.get(group))
@@ -108,7 +108,7 @@ impl Engine {
                 .config
                 .agent_for(entry)
                 .expect("the entry's agent was just found");
-            starts.push((key.id.clone(), run));
+            starts.push((id.to_string(), run));
         }
         for (id, reason) in escalations {
             self.escalate(&id, reason);

@@ -110,7 +110,7 @@ impl Engine {
         };
         format!(
             "{} running, {pending} pending, {done} done, {failed} failed{paused}",
-            self.running.len()
+            self.live.running_count()
         )
     }
 
@@ -173,7 +173,7 @@ impl Engine {
                 records,
                 report,
             } => {
-                if let Some(run) = self.running.remove(&task)
+                if let Some(run) = self.live.end_attempt(&task)
                     && let Some(slot) = self.slots.get_mut(&run.agent)
                 {
                     slot.running -= 1;
@@ -230,27 +230,24 @@ impl Engine {
                 }
             }
             Msg::Settled { task, records } => {
-                self.finishing.remove(&task);
-                self.keys.remove(&task);
-                // A finished run's workflow is no longer needed.
-                self.workflows.remove(&task);
+                self.live.settled(&task);
                 self.apply(&records);
-                // A child of a workflow run settled: the run may move on.
-                let runs: Vec<String> = self
-                    .workflows
-                    .keys()
-                    .filter(|run| is_child_of(&task, run))
-                    .cloned()
-                    .collect();
-                self.advance_due.extend(runs);
+                // A task of a workflow run settled: the run may move on.
+                for run in self.live.runs_of(&task) {
+                    self.live.advance(&run);
+                }
             }
             Msg::Evaluated { run, key, records } => {
-                self.evaluating.remove(&key);
+                if let Some(progress) = self.live.run_mut(&run) {
+                    progress.evaluating.remove(&key);
+                }
                 self.apply(&records);
-                self.advance_due.insert(run);
+                if self.live.run_mut(&run).is_some() {
+                    self.live.advance(&run);
+                }
             }
             Msg::ResultFailed { task, reason } => {
-                self.finishing.remove(&task);
+                self.live.stop_finishing(&task);
                 self.escalate(&task, reason);
             }
             Msg::Paused { what, held } => {
@@ -299,7 +296,7 @@ impl Engine {
         for held in std::mem::take(&mut self.held) {
             match held {
                 Held::Settle { task, report } => {
-                    self.finishing.remove(&task);
+                    self.live.stop_finishing(&task);
                     self.settle_done(&task, *report);
                 }
                 Held::Escalate { snapshot, reason } => self.spawn_escalation(snapshot, reason),
@@ -346,16 +343,16 @@ impl Engine {
     /// unfinished task files back into the inbox, record it all.
     pub(super) async fn shutdown(&mut self) {
         self.accepting = false;
-        for run in self.running.values() {
+        for run in self.live.attempts() {
             let _ = run.stop.send(Some(crate::judge::StopCause::Shutdown));
         }
         loop {
             // Work held for a resource is not waited for: the ledger has what the next start
             // needs to do it (a successful attempt without `done` is settled again).
             for held in std::mem::take(&mut self.held) {
-                self.finishing.remove(held.task());
+                self.live.stop_finishing(held.task());
             }
-            if self.running.is_empty() && self.finishing.is_empty() {
+            if self.live.busy() == 0 {
                 break;
             }
             match self.rx.recv().await {

@@ -9,22 +9,10 @@ use super::*;
 const INGEST_BATCH: usize = 256;
 
 impl Engine {
+    /// Queues a task for its next attempt.
     pub(super) fn enqueue(&mut self, id: &str) {
-        let key = match self.keys.get(id) {
-            Some(k) => k.clone(),
-            None => {
-                self.arrivals += 1;
-                let priority = self.book.get(id).map_or(0, |t| t.priority);
-                let k = QueueKey {
-                    priority: Reverse(priority),
-                    arrival: self.arrivals,
-                    id: id.to_string(),
-                };
-                self.keys.insert(id.to_string(), k.clone());
-                k
-            }
-        };
-        self.queue.insert(key);
+        let priority = self.book.get(id).map_or(0, |t| t.priority);
+        self.live.queue(id, priority);
     }
 
     /// Queues a task for attempts, or — a workflow run — has the runner advance it.
@@ -35,7 +23,7 @@ impl Engine {
             .and_then(|t| t.spec.as_ref())
             .is_some_and(|s| s.fields.workflow.is_some());
         if is_run {
-            self.advance_due.insert(id.to_string());
+            self.live.advance(id);
         } else {
             self.enqueue(id);
         }
@@ -52,12 +40,7 @@ impl Engine {
         }
         match self.book.get(id) {
             None => !self.book.contains(id),
-            Some(t) => {
-                !t.phase.is_terminal()
-                    && !self.keys.contains_key(id)
-                    && !self.running.contains_key(id)
-                    && !self.finishing.contains(id)
-            }
+            Some(t) => !t.phase.is_terminal() && !self.live.contains(id),
         }
     }
 
@@ -325,11 +308,7 @@ impl Engine {
     ) {
         // A task a workflow run submitted that cannot be accepted fails the run, which would
         // otherwise wait for it forever.
-        let run = self
-            .workflows
-            .keys()
-            .find(|run| is_child_of(file, run))
-            .cloned();
+        let run = self.live.runs_of(file).into_iter().next();
         let moved_to = match moved {
             Ok(m) => m,
             Err(e) => {
@@ -354,12 +333,6 @@ impl Engine {
                 }
             }
             Err(e) => self.ledger_failed(e.to_string()),
-        }
-    }
-
-    pub(super) fn dequeue(&mut self, id: &str) {
-        if let Some(k) = self.keys.get(id) {
-            self.queue.remove(k);
         }
     }
 }

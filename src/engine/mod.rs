@@ -24,8 +24,7 @@
 //! This file holds the engine's state and the one way it changes: [`Engine::apply`] of records
 //! already on disk.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +53,7 @@ pub mod daemon;
 mod dispatch;
 mod event_loop;
 mod intake;
+mod lifecycle;
 mod recovery;
 mod requests;
 mod settling;
@@ -68,6 +68,7 @@ use admission::MINUTE;
 use attempt_start::MAX_CONTEXT_FILE;
 use dispatch::{chain_failed, split_entry_base};
 use event_loop::release_free_memory;
+use lifecycle::{Live, LiveTasks, RunningAttempt};
 use settling::finished_events;
 
 /// Finished tasks the daemon keeps in full (for progress.md); older ones shrink to id → outcome.
@@ -75,14 +76,6 @@ const KEEP_FINISHED: usize = 1000;
 
 /// How long after a change `progress.md` is rewritten (changes in between are coalesced).
 const PROGRESS_DELAY: Duration = Duration::from_millis(100);
-
-/// Order of the run queue: higher priority first, then arrival.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct QueueKey {
-    priority: Reverse<i64>,
-    arrival: u64,
-    id: String,
-}
 
 /// A file claimed from the inbox (or found in `running/`), not yet taken in.
 struct Claimed {
@@ -129,17 +122,6 @@ impl Held {
     }
 }
 
-struct RunningAttempt {
-    agent: String,
-    /// The isolated instance it uses (`isolate: true`), freed when it ends.
-    instance: Option<usize>,
-    /// What it holds of resource groups until it ends.
-    resources: BTreeMap<String, f64>,
-    /// The attempt task holds the receiver. Sending a cause (or dropping this sender) stops
-    /// the attempt: its whole process group is terminated.
-    stop: watch::Sender<Option<crate::judge::StopCause>>,
-}
-
 #[derive(Default)]
 struct AgentSlot {
     running: usize,
@@ -184,12 +166,8 @@ enum Msg {
 }
 
 struct Engine {
-    /// Workflow runs seen by this daemon, with their parsed workflow.
-    workflows: HashMap<String, Arc<crate::workflow::Workflow>>,
-    /// Runs to advance after the current message (received, or a child settled).
-    advance_due: BTreeSet<String>,
-    /// Loop evaluations running now (`run/phase/round`), so none starts twice.
-    evaluating: HashSet<String>,
+    /// What the engine is doing with each task it handles: queued, running, finishing …
+    live: LiveTasks,
     /// The text the config was last loaded from (`None`: the embedded default), so that a file
     /// event that changed nothing does not reload.
     config_text: Option<String>,
@@ -204,14 +182,6 @@ struct Engine {
     config: Arc<Config>,
     ledger: Ledger,
     book: TaskBook,
-    /// Tasks waiting to start their next attempt.
-    queue: BTreeSet<QueueKey>,
-    /// Each unfinished task keeps its queue position across attempts.
-    keys: HashMap<String, QueueKey>,
-    arrivals: u64,
-    running: HashMap<String, RunningAttempt>,
-    /// Tasks whose result or escalation is being written.
-    finishing: HashSet<String>,
     slots: HashMap<String, AgentSlot>,
     /// Recent starts (at most the last minute's) per `agent:NAME` and `provider:NAME` that has a
     /// `starts_per_minute` limit.

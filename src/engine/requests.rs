@@ -152,7 +152,7 @@ impl Engine {
                         format!("task `{id}` has already finished ({})", t.phase.label()),
                     );
                 }
-                if self.finishing.contains(&id) {
+                if self.live.is_finishing(&id) {
                     return Response::fail(
                         Failure::Conflict,
                         format!(
@@ -170,16 +170,13 @@ impl Engine {
                 ids.push(id.clone());
                 let mut stopping = false;
                 for one in ids {
-                    if self.finishing.contains(&one) {
-                        continue;
-                    }
-                    if let Some(run) = self.running.get(&one) {
-                        let _ = run.stop.send(Some(crate::judge::StopCause::Cancel));
-                        stopping = true;
-                    } else {
-                        self.dequeue(&one);
-                        self.keys.remove(&one);
-                        self.settle_cancelled(&one);
+                    match self.live.get(&one) {
+                        Some(Live::Finishing) => {}
+                        Some(Live::Running(run)) => {
+                            let _ = run.stop.send(Some(crate::judge::StopCause::Cancel));
+                            stopping = true;
+                        }
+                        _ => self.settle_cancelled(&one),
                     }
                 }
                 Response::ok(if stopping {
@@ -285,7 +282,7 @@ impl Engine {
         if let Err(e) = claim::move_task(&self.ws, "failed", "running", &file, &id, None) {
             tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
         }
-        self.keys.remove(&id);
+        self.live.settled(&id);
         self.enqueue_or_advance(&id);
         tracing::info!(task = %id, "retried");
         Ok(if is_run {

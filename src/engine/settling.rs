@@ -71,7 +71,9 @@ impl Engine {
         let file = t.file.clone();
         let fields = t.spec.as_ref().map(|s| s.fields.clone());
         let snapshot = t.clone();
-        self.finishing.insert(id.to_string());
+        if !self.live.begin_finishing(id) {
+            return;
+        }
         let (ws, ledger, tx, id, config) = (
             self.ws.clone(),
             self.ledger.clone(),
@@ -121,7 +123,9 @@ impl Engine {
             return;
         };
         let (attempt, agent) = (last.n, last.agent.clone());
-        self.finishing.insert(id.to_string());
+        if !self.live.begin_finishing(id) {
+            return;
+        }
         let (ws, ledger, tx, file, id) = (
             self.ws.clone(),
             self.ledger.clone(),
@@ -212,12 +216,10 @@ impl Engine {
     /// Writes the escalation report, records `escalated`, moves the file to `failed/`, runs
     /// the `on_escalate` hook.
     pub(super) fn escalate(&mut self, id: &str, reason: String) {
-        self.dequeue(id);
         let Some(t) = self.book.get(id) else { return };
-        if t.phase.is_terminal() || self.finishing.contains(id) {
+        if t.phase.is_terminal() || !self.live.begin_finishing(id) {
             return;
         }
-        self.finishing.insert(id.to_string());
         let snapshot: TaskRecord = t.clone();
         tracing::warn!(
             task = id,

@@ -9,12 +9,12 @@ impl Engine {
         if !self.accepting || self.not_claiming().is_some() {
             return;
         }
-        let due = std::mem::take(&mut self.advance_due);
+        let due = self.live.take_due_runs();
         for run in due {
             // A completed phase may let the next one start at once: ask again until nothing moves.
             for _ in 0..64 {
                 let live = self.book.get(&run).is_some_and(|t| !t.phase.is_terminal());
-                if !live || self.finishing.contains(&run) {
+                if !live || self.live.is_finishing(&run) {
                     break;
                 }
                 let Some(wf) = self.workflow_of(&run) else {
@@ -113,8 +113,8 @@ impl Engine {
 
     /// The parsed workflow of a run (cached); a workflow that vanished or broke fails the run.
     fn workflow_of(&mut self, run: &str) -> Option<Arc<crate::workflow::Workflow>> {
-        if let Some(wf) = self.workflows.get(run) {
-            return Some(wf.clone());
+        if let Some(wf) = self.live.run_mut(run).and_then(|p| p.workflow.clone()) {
+            return Some(wf);
         }
         let name = self.book.get(run)?.spec.as_ref()?.fields.workflow.clone()?;
         let found = crate::workflow::discover(&self.ws.workflows())
@@ -134,7 +134,9 @@ impl Engine {
         match found {
             Ok(wf) => {
                 let wf = Arc::new(wf);
-                self.workflows.insert(run.to_string(), wf.clone());
+                if let Some(progress) = self.live.run_mut(run) {
+                    progress.workflow = Some(wf.clone());
+                }
                 Some(wf)
             }
             Err(reason) => {
@@ -195,7 +197,10 @@ impl Engine {
     /// Runs a loop's evaluator command in the background; the round is recorded when it ends.
     fn start_evaluation(&mut self, run: &str, phase: String, round: u32, command: Vec<String>) {
         let key = format!("{run}/{phase}/{round}");
-        if !self.evaluating.insert(key.clone()) {
+        let Some(progress) = self.live.run_mut(run) else {
+            return;
+        };
+        if !progress.evaluating.insert(key.clone()) {
             return; // already running
         }
         tracing::info!(task = run, phase = %phase, round, "evaluating the round with `{}`", command.join(" "));
@@ -239,7 +244,6 @@ impl Engine {
             Ok(r) => {
                 self.apply(&[r]);
                 tracing::info!(task = run, "workflow done");
-                self.workflows.remove(run);
                 if let Err(e) =
                     claim::move_task(&self.ws, "running", "done", &file, run, fields.as_ref())
                 {
@@ -248,7 +252,7 @@ impl Engine {
                         "cannot move the workflow's task file to done/: {e}"
                     );
                 }
-                self.keys.remove(run);
+                self.live.settled(run);
             }
             Err(e) => self.ledger_failed(e.to_string()),
         }

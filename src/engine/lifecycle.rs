@@ -1,0 +1,427 @@
+//! The live tasks: one [`Live`] value per task the engine is handling — from the moment it is
+//! received until it is settled — in one map. A task is queued, running, parked between
+//! attempts, a workflow run being advanced, or finishing; each state carries its own data.
+//!
+//! Two indexes sit beside the map so that the engine never scans every task: the run queue
+//! (queued tasks in start order) and the runs due to be advanced. Only the methods here change
+//! the map or the indexes, so they never disagree. The ledger stays the truth about a task's
+//! history; this is what the running daemon is doing with it now.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::judge::StopCause;
+use crate::workflow::Workflow;
+
+/// Order of the run queue: higher priority first, then arrival.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct QueueKey {
+    priority: Reverse<i64>,
+    arrival: u64,
+    pub(super) id: String,
+}
+
+/// What the engine is doing with a task now.
+pub(super) enum Live {
+    /// Waiting for its next attempt, in the run queue.
+    Queued,
+    /// An attempt is running.
+    Running(RunningAttempt),
+    /// Between attempts and not queued: its attempt was interrupted by a stop, the ledger
+    /// refused its record, or it is being started.
+    Parked,
+    /// A workflow run: the runner advances it.
+    Run(RunProgress),
+    /// Its result, cancellation or escalation is being written: nothing else may touch it.
+    Finishing,
+}
+
+/// An attempt the engine started and has not heard the end of.
+pub(super) struct RunningAttempt {
+    /// The agent's base name (`claude` of `claude:sonnet`).
+    pub(super) agent: String,
+    /// The isolated instance it uses (`isolate: true`), freed when it ends.
+    pub(super) instance: Option<usize>,
+    /// What it holds of resource groups until it ends.
+    pub(super) resources: BTreeMap<String, f64>,
+    /// The attempt task holds the receiver. Sending a cause (or dropping this sender) stops
+    /// the attempt: its whole process group is terminated.
+    pub(super) stop: watch::Sender<Option<StopCause>>,
+}
+
+/// A workflow run being advanced.
+#[derive(Default)]
+pub(super) struct RunProgress {
+    /// Its parsed workflow, once loaded.
+    pub(super) workflow: Option<Arc<Workflow>>,
+    /// Loop rounds whose evaluator runs now (`phase/round`), so that none starts twice.
+    pub(super) evaluating: BTreeSet<String>,
+}
+
+struct Entry {
+    /// Its place in the run queue, kept across attempts.
+    key: QueueKey,
+    live: Live,
+}
+
+/// Every live task, by id.
+#[derive(Default)]
+pub(super) struct LiveTasks {
+    tasks: HashMap<String, Entry>,
+    /// The keys of the `Queued` tasks, in start order.
+    queue: BTreeSet<QueueKey>,
+    /// `Run` tasks due to be advanced.
+    due_runs: BTreeSet<String>,
+    running: usize,
+    arrivals: u64,
+}
+
+impl LiveTasks {
+    /// The entry of `id`, made (parked, at the end of the queue order) if it has none.
+    fn entry(&mut self, id: &str, priority: i64) -> &mut Entry {
+        if !self.tasks.contains_key(id) {
+            self.arrivals += 1;
+            let key = QueueKey {
+                priority: Reverse(priority),
+                arrival: self.arrivals,
+                id: id.to_string(),
+            };
+            self.tasks.insert(
+                id.to_string(),
+                Entry {
+                    key,
+                    live: Live::Parked,
+                },
+            );
+        }
+        self.tasks.get_mut(id).expect("just made")
+    }
+
+    /// Sets the state of `id`, keeping the indexes in step; returns the state it had.
+    fn set(&mut self, id: &str, priority: i64, live: Live) -> Live {
+        let entry = self.entry(id, priority);
+        let before = std::mem::replace(&mut entry.live, live);
+        let key = entry.key.clone();
+        let now_queued = matches!(entry.live, Live::Queued);
+        let now_running = matches!(entry.live, Live::Running(_));
+        let now_run = matches!(entry.live, Live::Run(_));
+        if matches!(before, Live::Queued) && !now_queued {
+            self.queue.remove(&key);
+        }
+        if !matches!(before, Live::Queued) && now_queued {
+            self.queue.insert(key);
+        }
+        match (matches!(before, Live::Running(_)), now_running) {
+            (true, false) => self.running -= 1,
+            (false, true) => self.running += 1,
+            _ => {}
+        }
+        if !now_run {
+            self.due_runs.remove(id);
+        }
+        before
+    }
+
+    /// Puts a task in the run queue for its next attempt (at the place it had, if it had one).
+    /// A finishing task stays finishing.
+    pub(super) fn queue(&mut self, id: &str, priority: i64) {
+        if !self.is_finishing(id) {
+            self.set(id, priority, Live::Queued);
+        }
+    }
+
+    /// Takes a queued task out of the queue while its attempt is being started.
+    pub(super) fn park(&mut self, id: &str) {
+        if matches!(self.get(id), Some(Live::Queued)) {
+            self.set(id, 0, Live::Parked);
+        }
+    }
+
+    /// The attempt of `id` runs.
+    pub(super) fn start(&mut self, id: &str, attempt: RunningAttempt) {
+        self.set(id, 0, Live::Running(attempt));
+    }
+
+    /// The attempt of `id` ended: the task is parked until it is queued, settled or finishing.
+    pub(super) fn end_attempt(&mut self, id: &str) -> Option<RunningAttempt> {
+        if !matches!(self.get(id), Some(Live::Running(_))) {
+            return None;
+        }
+        match self.set(id, 0, Live::Parked) {
+            Live::Running(attempt) => Some(attempt),
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    /// A workflow run is to be advanced (made a `Run` if it was not one).
+    pub(super) fn advance(&mut self, id: &str) {
+        if self.is_finishing(id) {
+            return;
+        }
+        if !matches!(self.get(id), Some(Live::Run(_))) {
+            self.set(id, 0, Live::Run(RunProgress::default()));
+        }
+        self.due_runs.insert(id.to_string());
+    }
+
+    /// Runs due to be advanced, in id order; they are no longer due.
+    pub(super) fn take_due_runs(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.due_runs)
+    }
+
+    /// The workflow runs `id` is a task of (`<run>.<…>`), that are live.
+    pub(super) fn runs_of(&self, id: &str) -> Vec<String> {
+        id.match_indices('.')
+            .map(|(i, _)| &id[..i])
+            .filter(|run| matches!(self.get(run), Some(Live::Run(_))))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The task's result, cancellation or escalation is being written. Returns false if it
+    /// already was: only one of them may happen.
+    pub(super) fn begin_finishing(&mut self, id: &str) -> bool {
+        if self.is_finishing(id) {
+            return false;
+        }
+        self.set(id, 0, Live::Finishing);
+        true
+    }
+
+    /// Finishing failed or is to be done again: the task is parked.
+    pub(super) fn stop_finishing(&mut self, id: &str) {
+        if self.is_finishing(id) {
+            self.set(id, 0, Live::Parked);
+        }
+    }
+
+    /// The task reached `done`, `escalated` or `cancelled`: it is no longer live.
+    pub(super) fn settled(&mut self, id: &str) {
+        if self.tasks.contains_key(id) {
+            self.set(id, 0, Live::Parked);
+            self.tasks.remove(id);
+        }
+    }
+
+    pub(super) fn get(&self, id: &str) -> Option<&Live> {
+        self.tasks.get(id).map(|e| &e.live)
+    }
+
+    pub(super) fn run_mut(&mut self, id: &str) -> Option<&mut RunProgress> {
+        match self.tasks.get_mut(id).map(|e| &mut e.live) {
+            Some(Live::Run(progress)) => Some(progress),
+            _ => None,
+        }
+    }
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        self.tasks.contains_key(id)
+    }
+
+    pub(super) fn is_finishing(&self, id: &str) -> bool {
+        matches!(self.get(id), Some(Live::Finishing))
+    }
+
+    /// Every running attempt.
+    pub(super) fn attempts(&self) -> impl Iterator<Item = &RunningAttempt> {
+        self.tasks.values().filter_map(|e| match &e.live {
+            Live::Running(attempt) => Some(attempt),
+            _ => None,
+        })
+    }
+
+    pub(super) fn running_count(&self) -> usize {
+        self.running
+    }
+
+    /// The queued tasks, in start order.
+    pub(super) fn queued(&self) -> impl Iterator<Item = &str> {
+        self.queue.iter().map(|k| k.id.as_str())
+    }
+
+    /// Nothing runs and nothing waits to start.
+    pub(super) fn is_idle(&self) -> bool {
+        self.running == 0 && self.queue.is_empty()
+    }
+
+    /// Tasks running or finishing: what a stop waits for.
+    pub(super) fn busy(&self) -> usize {
+        self.tasks
+            .values()
+            .filter(|e| matches!(e.live, Live::Running(_) | Live::Finishing))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(agent: &str) -> RunningAttempt {
+        RunningAttempt {
+            agent: agent.into(),
+            instance: None,
+            resources: BTreeMap::new(),
+            stop: watch::channel(None).0,
+        }
+    }
+
+    fn state(live: &LiveTasks, id: &str) -> &'static str {
+        match live.get(id) {
+            None => "gone",
+            Some(Live::Queued) => "queued",
+            Some(Live::Running(_)) => "running",
+            Some(Live::Parked) => "parked",
+            Some(Live::Run(_)) => "run",
+            Some(Live::Finishing) => "finishing",
+        }
+    }
+
+    /// Each step of a task's life, from every state it can be in: the state that follows and
+    /// what the indexes say.
+    #[test]
+    fn transitions_table() {
+        type Step = fn(&mut LiveTasks, &str);
+        let steps: [(&str, Step); 8] = [
+            ("queue", |l, id| l.queue(id, 0)),
+            ("park", |l, id| l.park(id)),
+            ("start", |l, id| l.start(id, attempt("a"))),
+            ("end_attempt", |l, id| drop(l.end_attempt(id))),
+            ("advance", |l, id| l.advance(id)),
+            ("begin_finishing", |l, id| drop(l.begin_finishing(id))),
+            ("stop_finishing", |l, id| l.stop_finishing(id)),
+            ("settled", |l, id| l.settled(id)),
+        ];
+        // (from, step, expected state, queued, running, due)
+        let cases: &[(&str, &str, &str, usize, usize, usize)] = &[
+            ("gone", "queue", "queued", 1, 0, 0),
+            ("gone", "advance", "run", 0, 0, 1),
+            ("gone", "begin_finishing", "finishing", 0, 0, 0),
+            ("gone", "park", "gone", 0, 0, 0),
+            ("gone", "end_attempt", "gone", 0, 0, 0),
+            ("gone", "settled", "gone", 0, 0, 0),
+            ("queued", "queue", "queued", 1, 0, 0),
+            ("queued", "park", "parked", 0, 0, 0),
+            ("queued", "start", "running", 0, 1, 0),
+            ("queued", "begin_finishing", "finishing", 0, 0, 0),
+            ("queued", "settled", "gone", 0, 0, 0),
+            ("running", "end_attempt", "parked", 0, 0, 0),
+            ("running", "park", "running", 0, 1, 0),
+            ("running", "begin_finishing", "finishing", 0, 0, 0),
+            ("running", "settled", "gone", 0, 0, 0),
+            ("parked", "queue", "queued", 1, 0, 0),
+            ("parked", "end_attempt", "parked", 0, 0, 0),
+            ("run", "advance", "run", 0, 0, 1),
+            ("run", "begin_finishing", "finishing", 0, 0, 0),
+            ("run", "settled", "gone", 0, 0, 0),
+            ("finishing", "queue", "finishing", 0, 0, 0),
+            ("finishing", "advance", "finishing", 0, 0, 0),
+            ("finishing", "begin_finishing", "finishing", 0, 0, 0),
+            ("finishing", "stop_finishing", "parked", 0, 0, 0),
+            ("finishing", "settled", "gone", 0, 0, 0),
+        ];
+        let reach: fn(&mut LiveTasks, &str, &str) = |l, id, from| match from {
+            "gone" => {}
+            "queued" => l.queue(id, 0),
+            "running" => l.start(id, attempt("a")),
+            "parked" => {
+                l.queue(id, 0);
+                l.park(id)
+            }
+            "run" => {
+                l.advance(id);
+                l.take_due_runs();
+            }
+            "finishing" => drop(l.begin_finishing(id)),
+            other => panic!("no way to reach {other}"),
+        };
+        for &(from, step, want, queued, running, due) in cases {
+            let mut l = LiveTasks::default();
+            reach(&mut l, "t", from);
+            assert_eq!(state(&l, "t"), from, "setting up {from}");
+            let (_, f) = steps.iter().find(|(n, _)| *n == step).expect("a step");
+            f(&mut l, "t");
+            let got = (
+                state(&l, "t"),
+                l.queued().count(),
+                l.running_count(),
+                l.take_due_runs().len(),
+            );
+            assert_eq!(
+                got,
+                (want, queued, running, due),
+                "{from} --{step}--> expected {want} with {queued} queued, {running} running, {due} due"
+            );
+        }
+    }
+
+    #[test]
+    fn a_task_keeps_its_place_in_the_queue_across_attempts() {
+        let mut l = LiveTasks::default();
+        l.queue("first", 0);
+        l.queue("second", 0);
+        l.queue("urgent", 5);
+        l.start("first", attempt("a"));
+        l.end_attempt("first");
+        l.queue("first", 0);
+        assert_eq!(
+            l.queued().collect::<Vec<_>>(),
+            ["urgent", "first", "second"],
+            "expected priority first, then arrival; `first` keeps its place after its attempt"
+        );
+        l.settled("first");
+        l.queue("first", 0);
+        assert_eq!(
+            l.queued().collect::<Vec<_>>(),
+            ["urgent", "second", "first"],
+            "expected a settled task that comes back to join at the end"
+        );
+    }
+
+    #[test]
+    fn only_live_runs_are_parents() {
+        let mut l = LiveTasks::default();
+        l.advance("nightly");
+        l.queue("nightly.review", 0);
+        assert_eq!(l.runs_of("nightly.review.part-1"), ["nightly"]);
+        assert_eq!(
+            l.runs_of("nightly"),
+            Vec::<String>::new(),
+            "expected a run not to be its own parent"
+        );
+        assert_eq!(
+            l.runs_of("nightlyx.a"),
+            Vec::<String>::new(),
+            "expected only a whole id before a dot to count"
+        );
+        l.begin_finishing("nightly");
+        assert_eq!(
+            l.runs_of("nightly.review"),
+            Vec::<String>::new(),
+            "expected a finishing run not to be advanced"
+        );
+    }
+
+    #[test]
+    fn counts_follow_the_states() {
+        let mut l = LiveTasks::default();
+        l.queue("a", 0);
+        l.queue("b", 0);
+        l.start("a", attempt("x"));
+        l.begin_finishing("b");
+        assert_eq!(l.running_count(), 1, "expected one running");
+        assert_eq!(l.busy(), 2, "expected running and finishing to be busy");
+        assert!(!l.is_idle(), "expected running work not to be idle");
+        assert_eq!(
+            l.attempts().map(|a| a.agent.as_str()).collect::<Vec<_>>(),
+            ["x"]
+        );
+        l.end_attempt("a");
+        l.settled("b");
+        assert!(l.is_idle(), "expected a parked task alone to be idle");
+        assert!(l.contains("a") && !l.contains("b"));
+    }
+}
