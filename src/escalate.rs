@@ -265,11 +265,17 @@ pub(crate) fn fenced(text: &str) -> String {
 
 /// Runs the `on_escalate` hook (argv + the task id) like any side command (see
 /// [`crate::spawn::run_logged`]), output in `runs/<id>/on_escalate.log`, killed after `limit`.
-pub async fn run_hook(ws: &Workspace, argv: &[String], task_id: &str, limit: Duration) {
+pub async fn run_hook(
+    ws: &Workspace,
+    argv: &[String],
+    task_id: &str,
+    limits: crate::spawn::SideLimits,
+) {
     let log = ws.run_dir(task_id).join("on_escalate.log");
     let mut full = argv.to_vec();
     full.push(task_id.to_string());
-    match crate::spawn::run_logged(ws, &full, &log, limit).await {
+    let limit = limits.limit;
+    match crate::spawn::run_logged(ws, &full, &log, limits).await {
         crate::spawn::CommandEnd::Exited(status) if !status.success() => {
             tracing::warn!(
                 task = task_id,
@@ -283,6 +289,12 @@ pub async fn run_hook(ws: &Workspace, argv: &[String], task_id: &str, limit: Dur
                 task = task_id,
                 "on_escalate hook ran longer than {}; killed",
                 short(limit)
+            );
+        }
+        crate::spawn::CommandEnd::Stopped => {
+            tracing::warn!(
+                task = task_id,
+                "on_escalate hook was stopped: the daemon is stopping"
             );
         }
         crate::spawn::CommandEnd::CouldNotStart(why) => {

@@ -1004,17 +1004,19 @@ fn read_output(ws: &Workspace, rel: &str) -> String {
 }
 
 /// Runs a loop's evaluator command (see [`crate::spawn::run_logged`]). Returns whether it
-/// passed (exit 0) and the last lines of its output as feedback.
+/// passed (exit 0) and the last lines of its output as feedback; `None` when a stop of the
+/// daemon ended it first (no verdict).
 pub async fn run_evaluator(
     ws: &Workspace,
     argv: &[String],
     log: &std::path::Path,
-    limit: std::time::Duration,
-) -> (bool, String) {
+    limits: crate::spawn::SideLimits,
+) -> Option<(bool, String)> {
     use crate::spawn::CommandEnd;
-    let end = crate::spawn::run_logged(ws, argv, log, limit).await;
+    let limit = limits.limit;
+    let end = crate::spawn::run_logged(ws, argv, log, limits).await;
     let tail = crate::fsutil::read_tail(log, 4096);
-    match end {
+    Some(match end {
         CommandEnd::Exited(s) if s.success() => (true, tail),
         CommandEnd::Exited(s) => (false, format!("`{}` failed ({s}):\n{tail}", argv.join(" "))),
         CommandEnd::TimedOut => (
@@ -1025,8 +1027,10 @@ pub async fn run_evaluator(
                 crate::duration::short(limit)
             ),
         ),
+        // Not a verdict: the round is evaluated again after the restart.
+        CommandEnd::Stopped => return None,
         CommandEnd::CouldNotStart(why) => (false, format!("the evaluator {why}")),
-    }
+    })
 }
 
 #[cfg(test)]

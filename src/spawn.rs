@@ -773,18 +773,34 @@ async fn terminate_group(
 pub enum CommandEnd {
     Exited(std::process::ExitStatus),
     TimedOut,
+    /// The daemon is stopping: the command's group was terminated before it ended.
+    Stopped,
     CouldNotStart(String),
 }
 
+/// What bounds a side command: its time `limit`, and the daemon's stop — when `stop` turns
+/// true (or its sender goes), the group gets SIGTERM, then SIGKILL after `grace`.
+pub struct SideLimits {
+    pub limit: Duration,
+    pub stop: watch::Receiver<bool>,
+    pub grace: Duration,
+}
+
 /// Runs a side command in the workspace the way attempts run: its own process group, stdin from
-/// /dev/null, stdout and stderr into `log`, the whole group killed after `limit` and once it
-/// is done (nothing it started outlives it).
+/// /dev/null, stdout and stderr into `log`, the whole group killed after `limit`, when the
+/// daemon stops, and once it is done — and when this future is dropped, so nothing it started
+/// outlives it.
 pub async fn run_logged(
     ws: &Workspace,
     argv: &[String],
     log: &std::path::Path,
-    limit: Duration,
+    limits: SideLimits,
 ) -> CommandEnd {
+    let SideLimits {
+        limit,
+        mut stop,
+        grace,
+    } = limits;
     let (out, err) = match open_log(ws, log).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok((o, e)) => (Stdio::from(o), Stdio::from(e)),
         Err(e) => {
@@ -801,20 +817,30 @@ pub async fn run_logged(
         Ok(c) => c,
         Err(e) => return CommandEnd::CouldNotStart(format!("`{}` could not start: {e}", argv[0])),
     };
+    let Some(pgid) = child.id().map(|p| Pid::from_raw(p as i32)) else {
+        return CommandEnd::CouldNotStart(format!("`{}` ended before it was watched", argv[0]));
+    };
+    let _guard = GroupGuard(Some(pgid));
     drop(gate.open().await);
-    let pgid = child.id().map(|p| Pid::from_raw(p as i32));
-    let status = tokio::time::timeout(limit, child.wait()).await;
-    if let Some(pgid) = pgid {
-        let _ = killpg(pgid, Signal::SIGKILL);
-    }
-    match status {
-        Ok(Ok(s)) => CommandEnd::Exited(s),
-        Ok(Err(e)) => CommandEnd::CouldNotStart(format!("cannot wait for `{}`: {e}", argv[0])),
-        Err(_) => {
-            let _ = child.wait().await;
-            CommandEnd::TimedOut
+    let stopping = async {
+        // A dropped sender is a stop too: the daemon is going.
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let end = tokio::select! {
+        status = tokio::time::timeout(limit, child.wait()) => match status {
+            Ok(Ok(s)) => CommandEnd::Exited(s),
+            Ok(Err(e)) => CommandEnd::CouldNotStart(format!("cannot wait for `{}`: {e}", argv[0])),
+            Err(_) => CommandEnd::TimedOut,
+        },
+        () = stopping => {
+            terminate_group(pgid, &mut child, grace).await;
+            CommandEnd::Stopped
         }
-    }
+    };
+    // Nothing the command started outlives it; the guard does the same on every other way out.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait().await;
+    end
 }
 
 /// Creates a side command's log below `.context/` without following a link on the way (an agent

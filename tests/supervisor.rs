@@ -279,6 +279,34 @@ fn an_exhausted_chain_escalates_with_every_attempt() {
     });
 }
 
+/// A stop of the daemon waits for the `on_escalate` hook, terminating its whole process group:
+/// a grandchild it started does not outlive the daemon.
+#[test]
+fn a_stop_ends_the_on_escalate_hook_with_its_whole_group() {
+    let ws = Workspace::new(&format!(
+        "{CHAIN_CONFIG}\non_escalate: [\"{{agents}}/lingers.sh\"]\n"
+    ));
+    let mut d = ws.start();
+    ws.drop_task("doomed.json", r#"{"prompt": "p", "chain": ["fail"]}"#);
+    ws.wait_settled("doomed");
+    let grandchild = ws.wait_for("the hook's grandchild", |_| ws.agent_pid("doomed.pid"));
+    assert!(
+        !process_gone(grandchild),
+        "expected the hook's grandchild to run"
+    );
+    let status = d.stop();
+    assert!(status.success(), "expected a clean stop, got {status}");
+    assert!(
+        process_gone(grandchild),
+        "expected the hook's grandchild {grandchild} to die with the hook's group at the stop"
+    );
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(
+        log.contains("on_escalate hook was stopped: the daemon is stopping"),
+        "expected the log to say the hook was stopped:\n{log}"
+    );
+}
+
 #[test]
 fn stagger_spaces_one_agent_without_holding_up_others() {
     let ws = Workspace::new(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Workspace;
+use common::{Workspace, process_gone};
 use dirigent::ledger::Event;
 
 const CONFIG: &str = r#"
@@ -313,6 +313,52 @@ phases:
             .unwrap()
             .trim(),
         "3"
+    );
+}
+
+/// A stop of the daemon ends a running evaluator with its whole process group and records no
+/// verdict for the round: it is evaluated again after the restart.
+#[test]
+fn a_stop_ends_a_loop_evaluator_with_its_group_and_records_no_verdict() {
+    let ws = Workspace::new(LOOP_CONFIG);
+    let lingers = common::agents_dir().join("lingers.sh");
+    write_workflow(
+        &ws,
+        "slow",
+        &format!(
+            "name: slow\nphases:\n  - name: try\n    type: loop\n    generator: {{ agent: gen, prompt: again }}\n    evaluator: {{ command: [\"{}\", \"evaluator\"] }}\n    max_rounds: 2\n",
+            lingers.display()
+        ),
+    );
+    let mut d = ws.start();
+    ws.drop_task("s.json", r#"{"workflow": "slow"}"#);
+    let grandchild = ws.wait_for("the evaluator's grandchild", |_| {
+        ws.agent_pid("evaluator.pid")
+    });
+    let status = d.stop();
+    assert!(status.success(), "expected a clean stop, got {status}");
+    assert!(
+        process_gone(grandchild),
+        "expected the evaluator's grandchild {grandchild} to die with its group at the stop"
+    );
+    let rounds = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(r.event, Event::LoopRound { .. }))
+        .count();
+    assert_eq!(
+        rounds, 0,
+        "expected no verdict for a round whose evaluator was stopped"
+    );
+    // The next start evaluates the round again.
+    std::fs::remove_file(ws.root().join("evaluator.pid")).unwrap();
+    let _d = ws.start();
+    let again = ws.wait_for("the evaluator to run again", |_| {
+        ws.agent_pid("evaluator.pid")
+    });
+    assert_ne!(
+        again, grandchild,
+        "expected a new evaluator after the restart"
     );
 }
 

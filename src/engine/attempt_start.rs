@@ -171,7 +171,7 @@ impl Engine {
         let ledger = self.ledger.clone();
         let tx = self.tx.clone();
         let prices = self.config.prices.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let (task, agent_name) = (plan.task_id.clone(), plan.agent.name.clone());
             let (l2, tx2, task2, agent2) =
                 (ledger.clone(), tx.clone(), task.clone(), agent_name.clone());

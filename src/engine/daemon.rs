@@ -150,6 +150,8 @@ pub async fn run_with_options(
         best_routed: 0,
         tx,
         rx,
+        tasks: JoinSet::new(),
+        side_stop: watch::channel(false).0,
         accepting: true,
         ledger_failed: None,
         paused: None,

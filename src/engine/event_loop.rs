@@ -166,6 +166,7 @@ impl Engine {
     }
 
     pub(super) fn handle(&mut self, msg: Msg) {
+        self.reap_tasks();
         match msg {
             Msg::Started(rec) => self.apply(&[rec]),
             Msg::AttemptDone {
@@ -259,6 +260,13 @@ impl Engine {
         }
     }
 
+    /// Collects the tasks that ended, so the set does not grow with every task ever spawned.
+    fn reap_tasks(&mut self) {
+        while let Some(ended) = self.tasks.try_join_next() {
+            report_task_end(ended);
+        }
+    }
+
     /// Stops claiming and starting work because a resource ran out (`what` says which, and
     /// where). Tries again after a backoff (1 s, doubling to 30 s while it keeps failing).
     pub(super) fn pause(&mut self, what: String) {
@@ -346,18 +354,22 @@ impl Engine {
         for run in self.live.attempts() {
             let _ = run.stop.send(Some(crate::judge::StopCause::Shutdown));
         }
+        self.side_stop.send_replace(true);
         loop {
             // Work held for a resource is not waited for: the ledger has what the next start
             // needs to do it (a successful attempt without `done` is settled again).
             for held in std::mem::take(&mut self.held) {
                 self.live.stop_finishing(held.task());
             }
-            if self.live.busy() == 0 {
+            if self.live.busy() == 0 && self.tasks.is_empty() {
                 break;
             }
-            match self.rx.recv().await {
-                Some(msg) => self.handle(msg),
-                None => break,
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                Some(ended) = self.tasks.join_next() => report_task_end(ended),
             }
         }
         let dirs = self
@@ -402,5 +414,15 @@ impl Engine {
             tracing::info!("{count} unfinished task(s) were put back into the inbox");
         }
         self.write_progress();
+    }
+}
+
+/// A spawned task that panicked is a bug: say so (the engine goes on; the ledger decides what
+/// the next start does with its task).
+fn report_task_end(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        tracing::error!("an engine task panicked: {e}");
     }
 }

@@ -291,7 +291,9 @@ mod tests {
             ("start", |l, id| l.start(id, attempt("a"))),
             ("end_attempt", |l, id| drop(l.end_attempt(id))),
             ("advance", |l, id| l.advance(id)),
-            ("begin_finishing", |l, id| drop(l.begin_finishing(id))),
+            ("begin_finishing", |l, id| {
+                l.begin_finishing(id);
+            }),
             ("stop_finishing", |l, id| l.stop_finishing(id)),
             ("settled", |l, id| l.settled(id)),
         ];
@@ -335,7 +337,9 @@ mod tests {
                 l.advance(id);
                 l.take_due_runs();
             }
-            "finishing" => drop(l.begin_finishing(id)),
+            "finishing" => {
+                l.begin_finishing(id);
+            }
             other => panic!("no way to reach {other}"),
         };
         for &(from, step, want, queued, running, due) in cases {

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 use crate::claim;
@@ -192,6 +193,13 @@ struct Engine {
     /// sender, so the channel stays open for as long as the engine exists.
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    /// Every task the engine spawned: attempts, settling, escalations with their hook, loop
+    /// evaluations. A stop waits for them all; dropping the engine aborts them, and an aborted
+    /// attempt or side command kills its whole process group.
+    tasks: JoinSet<()>,
+    /// Side commands (the `on_escalate` hook, loop evaluators) hold receivers; `true`
+    /// terminates their process groups, as a stop does to attempts.
+    side_stop: watch::Sender<bool>,
     /// False once shutdown began: nothing new is claimed or started.
     accepting: bool,
     /// Set when the ledger refused a write: nothing new is claimed or started.

@@ -64,6 +64,9 @@ pub(super) fn finished_events(
     events
 }
 
+/// How long the `on_escalate` hook may run.
+const HOOK_LIMIT: Duration = Duration::from_secs(60);
+
 impl Engine {
     /// Records `cancelled` and moves the task file to `failed/`.
     pub(super) fn settle_cancelled(&mut self, id: &str) {
@@ -82,7 +85,7 @@ impl Engine {
             self.config.clone(),
         );
         tracing::info!(task = %id, "cancelled");
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             // A cancelled task has a report like an escalated one: status, progress.md and the
             // doors point every failed task at `escalations/<id>.md`.
             if let Err(e) = escalate::write_report(
@@ -133,7 +136,7 @@ impl Engine {
             t.file.clone(),
             id.to_string(),
         );
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let output = spec.fields.output.clone();
             let (ws2, id2) = (ws.clone(), id.clone());
             let (written, report) = tokio::task::spawn_blocking(move || {
@@ -231,7 +234,7 @@ impl Engine {
 
     /// The work of [`Engine::escalate`], in a task of its own (also when a paused escalation
     /// is done again).
-    pub(super) fn spawn_escalation(&self, snapshot: Box<TaskRecord>, reason: String) {
+    pub(super) fn spawn_escalation(&mut self, snapshot: Box<TaskRecord>, reason: String) {
         // A workflow run's report lists its tasks.
         let prefix = format!("{}.", snapshot.id);
         let children: Vec<TaskRecord> = if snapshot
@@ -254,7 +257,8 @@ impl Engine {
             self.config.on_escalate.clone(),
             self.config.clone(),
         );
-        tokio::spawn(async move {
+        let stop = self.side_stop.subscribe();
+        self.tasks.spawn(async move {
             if let Err(e) =
                 escalate::write_report(&ws, &snapshot, &reason, Some(&config), &children)
             {
@@ -294,7 +298,12 @@ impl Engine {
                 records,
             });
             if let Some(hook) = hook {
-                escalate::run_hook(&ws, &hook, &snapshot.id, Duration::from_secs(60)).await;
+                let limits = spawn::SideLimits {
+                    limit: HOOK_LIMIT,
+                    stop,
+                    grace: config.kill_grace,
+                };
+                escalate::run_hook(&ws, &hook, &snapshot.id, limits).await;
             }
         });
     }

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long a loop's evaluator command may run.
+const EVALUATOR_LIMIT: Duration = Duration::from_secs(30 * 60);
+
 impl Engine {
     /// Carries out what the workflow runner decides for each run that is due.
     pub(super) async fn advance_runs(&mut self) {
@@ -210,13 +213,26 @@ impl Engine {
             self.tx.clone(),
             run.to_string(),
         );
-        tokio::spawn(async move {
+        let limits = spawn::SideLimits {
+            limit: EVALUATOR_LIMIT,
+            stop: self.side_stop.subscribe(),
+            grace: self.config.kill_grace,
+        };
+        self.tasks.spawn(async move {
             let log = ws
                 .run_dir(&run)
                 .join(format!("{phase}-round{round}-evaluator.log"));
-            let (passed, feedback) =
-                crate::runner::run_evaluator(&ws, &command, &log, Duration::from_secs(30 * 60))
-                    .await;
+            let Some((passed, feedback)) =
+                crate::runner::run_evaluator(&ws, &command, &log, limits).await
+            else {
+                // Stopped by a stop of the daemon: the next start evaluates the round again.
+                let _ = tx.send(Msg::Evaluated {
+                    run,
+                    key,
+                    records: vec![],
+                });
+                return;
+            };
             let ev = Event::LoopRound {
                 task: run.clone(),
                 phase,
