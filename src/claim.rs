@@ -8,7 +8,8 @@
 //!
 //! Then the engine gives the task its id ([`choose_id`]), checks it against the config
 //! (`task::accept`), renames it to `running/<id>.<ext>` and records `received` + `claimed`; or it
-//! moves it to `rejected/` next to `<name>.error.txt` ([`reject`]).
+//! moves it to `rejected/` next to `<name>.error.txt`. Every move after the claim is
+//! [`crate::task_file`]'s.
 
 use std::io::{self, Read};
 
@@ -16,7 +17,6 @@ use crate::config::validate_name;
 use crate::confined::{Dir, random_u64};
 use crate::fsutil;
 use crate::task::{self, MAX_TASK_BYTES, TaskFields};
-use crate::workspace::Workspace;
 
 /// The prefix of a file claimed but not yet accepted or rejected, in `running/`.
 pub const CLAIM_PREFIX: &str = ".claim.";
@@ -147,106 +147,10 @@ pub fn choose_id(
     }
 }
 
-/// The extension a task file keeps in `running/`, `done/` and `failed/`: `.md` or `.json`.
-pub fn extension(name: &str) -> &'static str {
-    if name.ends_with(".md") {
-        ".md"
-    } else {
-        ".json"
-    }
-}
-
-/// Moves a task's file `file` from the `.context/` subdirectory `from` into `to` (keeping its
-/// name when free) and returns the name it got. A file that is not there — an agent or a user
-/// removed it — is written anew from the task's fields as the ledger recorded them, so a lost
-/// file never loses its task. Returns `Ok(None)` only when there is nothing to rebuild it from.
-pub fn move_task(
-    ws: &Workspace,
-    from: &str,
-    to: &str,
-    file: &str,
-    id: &str,
-    fields: Option<&TaskFields>,
-) -> io::Result<Option<String>> {
-    let (from_dir, to_dir) = (ws.open_sub(from)?, ws.open_sub(to)?);
-    match from_dir.move_into(file, &to_dir, file) {
-        Ok(name) => Ok(Some(name)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if to_dir.kind(file).is_some() {
-                // A move a crash interrupted after it happened.
-                return Ok(Some(file.to_string()));
-            }
-            let Some(fields) = fields else {
-                return Ok(None);
-            };
-            tracing::warn!(
-                task = id,
-                "the task file `{from}/{file}` is gone; it is written again from the ledger into `{to}/`"
-            );
-            to_dir.write_atomic(file, &rebuild(fields, id, file), 0o600)?;
-            Ok(Some(file.to_string()))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// A task file made again from its fields (with the id, so that it keeps it), in the format its
-/// name says: JSON, or Markdown whose front matter is the fields as JSON (YAML reads JSON).
-pub fn rebuild(fields: &TaskFields, id: &str, name: &str) -> Vec<u8> {
-    let mut f = fields.clone();
-    f.id = Some(id.to_string());
-    if name.ends_with(".md") {
-        let prompt = f.prompt.take().unwrap_or_default();
-        let front = serde_json::to_string(&f).unwrap_or_else(|_| "{}".into());
-        format!("---\n{front}\n---\n{prompt}\n").into_bytes()
-    } else {
-        serde_json::to_vec_pretty(&f).unwrap_or_default()
-    }
-}
-
-/// Moves `from_name` (in `from`) into `rejected/`, keeping `name` (its inbox name, made
-/// printable) when free, and writes `<name>.error.txt` beside it. Returns the name it got in
-/// `rejected/`.
-pub fn reject(
-    ws: &Workspace,
-    from: &Dir,
-    from_name: &str,
-    name: &str,
-    reason: &str,
-) -> io::Result<String> {
-    let rejected = ws.open_sub("rejected")?;
-    let moved = from.move_into(from_name, &rejected, &printable_name(name))?;
-    let text = format!(
-        "error: the task file `{name}` was rejected\n\n{reason}\n\nFix the file and move it back into .context/inbox/ to try again.\n"
-    );
-    rejected.write_atomic(&format!("{moved}.error.txt"), text.as_bytes(), 0o600)?;
-    Ok(moved)
-}
-
-/// A file name safe to show and to reuse: control characters and undecodable bytes become `_`,
-/// and a name that would start with a dot (hidden, or a claim name) loses it.
-pub fn printable_name(name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_control() || c == '\u{fffd}' || c == '/' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    let clean = clean.trim_start_matches('.').to_string();
-    if clean.is_empty() {
-        "task".to_string()
-    } else {
-        clean
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workspace::Workspace;
 
     /// A fresh workspace with its inbox and running/ opened.
     fn setup() -> (tempfile::TempDir, Workspace, Dir, Dir) {
@@ -301,37 +205,6 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_task_file_is_rebuilt_and_parses_back() {
-        let root = tempfile::tempdir().unwrap();
-        let ws = Workspace::new(root.path()).unwrap();
-        ws.ensure().unwrap();
-        for (name, json) in [
-            (
-                "a.json",
-                r#"{"prompt":"line one\nline two","agent":"x","priority":3}"#,
-            ),
-            (
-                "b.md",
-                r##"{"prompt":"# Title\n\nbody","output":"docs/x.md"}"##,
-            ),
-        ] {
-            let fields = task::parse_fields("f.json", json.as_bytes()).unwrap();
-            let moved = move_task(&ws, "running", "done", name, "the-id", Some(&fields)).unwrap();
-            assert_eq!(moved.as_deref(), Some(name));
-            let bytes = std::fs::read(ws.done().join(name)).unwrap();
-            let back = task::parse_fields(name, &bytes).unwrap();
-            assert_eq!(back.id.as_deref(), Some("the-id"), "{name}");
-            assert_eq!(back.prompt, fields.prompt, "{name}");
-            assert_eq!(back.output, fields.output, "{name}");
-            assert_eq!(back.priority, fields.priority, "{name}");
-        }
-        assert_eq!(
-            move_task(&ws, "running", "done", "c.json", "c", None).unwrap(),
-            None
-        );
-    }
-
-    #[test]
     fn ids_table() {
         let f = |json: &str| task::parse_fields("x.json", json.as_bytes()).unwrap();
         let taken = ["a", "a-2", "b"];
@@ -350,6 +223,5 @@ mod tests {
         );
         let err = choose_id(&f(r#"{"prompt":"p","id":"b"}"#), "q.json", free).unwrap_err();
         assert!(err.contains("duplicate id"), "{err}");
-        assert_eq!(printable_name("..claim.x\n.json"), "claim.x_.json");
     }
 }

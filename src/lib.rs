@@ -48,6 +48,7 @@ pub mod stats;
 pub mod submit;
 pub mod suggest;
 pub mod task;
+pub mod task_file;
 pub mod usage;
 pub mod watch;
 pub mod web;

@@ -136,7 +136,7 @@ pub fn write_into_inbox(
     id: &str,
     fields: &TaskFields,
 ) -> Result<Submitted, SubmitError> {
-    let name = format!("{id}.json");
+    let name = crate::task_file::submitted_name(id);
     let tmp = ws.inbox_tmp().join(&name);
     let dest = ws.inbox().join(&name);
     let io = |path: &PathBuf, cause| SubmitError::Io {

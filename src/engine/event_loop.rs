@@ -391,8 +391,7 @@ impl Engine {
             if running.kind(&t.file) != Some(confined::Kind::File) {
                 continue;
             }
-            let name = format!("{}{}", t.id, claim::extension(&t.file));
-            match running.move_into(&t.file, &inbox, &name) {
+            match task_file::requeue(&running, &inbox, &t.id, &t.file) {
                 Ok(file) => events.push(Event::Requeued {
                     task: t.id.clone(),
                     file,

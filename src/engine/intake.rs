@@ -98,7 +98,7 @@ impl Engine {
             let Some(name) = cand.raw.to_str() else {
                 // Not UTF-8: it cannot be claimed under a text name; rejected where it is.
                 let reason = "the file name is not valid UTF-8; rename the file".to_string();
-                self.reject_unnamed(&dir, &cand.raw, reason).await;
+                self.reject_unnamed(&cand.raw, reason).await;
                 continue;
             };
             let claim_name = match claim::claim(&inbox_dir, &running, name) {
@@ -227,13 +227,7 @@ impl Engine {
         // running/, which the next start takes in as the same task.
         let mut events = Vec::with_capacity(accepted.len() * 2);
         for (c, spec) in &accepted {
-            let want = format!("{}{}", spec.id, claim::extension(&c.name));
-            let file = if c.claim_name == want {
-                Ok(want)
-            } else {
-                running.move_into(&c.claim_name, running, &want)
-            };
-            match file {
+            match task_file::name_claimed(running, &c.claim_name, &spec.id, &c.name) {
                 Ok(file) => {
                     self.reserved.remove(&spec.id);
                     events.push(Event::Received {
@@ -270,33 +264,15 @@ impl Engine {
     /// Moves a claimed file to `rejected/` and records why.
     async fn reject(&mut self, from: &confined::Dir, from_name: &str, name: &str, reason: String) {
         tracing::warn!(file = %name, "rejected: {reason}");
-        let moved = claim::reject(&self.ws, from, from_name, name, &reason);
+        let moved = task_file::reject(&self.ws, from, from_name, name, &reason);
         self.record_rejection(name, reason, moved).await;
     }
 
     /// Rejects an inbox file whose name is not UTF-8, moving it by path.
-    async fn reject_unnamed(
-        &mut self,
-        dir: &std::path::Path,
-        raw: &std::ffi::OsStr,
-        reason: String,
-    ) {
+    async fn reject_unnamed(&mut self, raw: &std::ffi::OsStr, reason: String) {
         let name = raw.to_string_lossy().into_owned();
         tracing::warn!(file = %name, "rejected: {reason}");
-        let safe = claim::printable_name(&name);
-        let moved = fsutil::move_into(&dir.join(raw), &self.ws.rejected(), &safe).and_then(|p| {
-            let moved = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or(safe);
-            let text = format!("error: the task file `{name}` was rejected\n\n{reason}\n");
-            self.ws.open_sub("rejected")?.write_atomic(
-                &format!("{moved}.error.txt"),
-                text.as_bytes(),
-                0o600,
-            )?;
-            Ok(moved)
-        });
+        let moved = task_file::reject_unnamed(&self.ws, raw, &reason);
         self.record_rejection(&name, reason, moved).await;
     }
 

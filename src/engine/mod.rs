@@ -46,6 +46,7 @@ use crate::result;
 use crate::spawn::{self, AttemptPlan, AttemptReport, PreviousAttempt};
 use crate::state::{Availability, Outcome, Phase, TaskBook, TaskRecord};
 use crate::task::TaskSpec;
+use crate::task_file::{self, Place};
 use crate::workspace::Workspace;
 
 mod admission;

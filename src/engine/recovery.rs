@@ -82,10 +82,11 @@ impl Engine {
         let mut requeue = Vec::new();
         let mut resettle = Vec::new();
         for t in self.book.iter() {
+            // Where a crash can have left it: under its recorded name, or named for its id.
             let names = [
                 t.file.clone(),
-                format!("{}.json", t.id),
-                format!("{}.md", t.id),
+                task_file::file_name(&t.id, ".json"),
+                task_file::file_name(&t.id, ".md"),
             ];
             let found = names.iter().find(|n| present.contains(*n)).cloned();
             if let Some(name) = &found {
@@ -125,16 +126,11 @@ impl Engine {
                 (Phase::Pending, None)
                     if self.ws.inbox().join(&t.file).symlink_metadata().is_err() =>
                 {
-                    let name = format!("{}{}", t.id, claim::extension(&t.file));
                     let rebuilt = t.spec.as_ref().map(|spec| {
-                        running.write_atomic(
-                            &name,
-                            &claim::rebuild(&spec.fields, &t.id, &name),
-                            0o600,
-                        )
+                        task_file::rebuild_in_running(&running, &spec.fields, &t.id, &t.file)
                     });
                     match rebuilt {
-                        Some(Ok(())) => {
+                        Some(Ok(name)) => {
                             tracing::warn!(
                                 task = %t.id,
                                 "its task file was missing from running/; it was written again from the ledger"
@@ -189,9 +185,9 @@ impl Engine {
 
     /// Moves a settled task's file out of `running/` (completing a move a crash interrupted).
     fn finish_move(&self, name: &str, done: bool) {
-        let to = if done { "done" } else { "failed" };
+        let to = if done { Place::Done } else { Place::Failed };
         let (stem, _) = fsutil::split_name(name);
-        if let Err(e) = claim::move_task(&self.ws, "running", to, name, stem, None) {
+        if let Err(e) = task_file::settle(&self.ws, to, name, stem, None) {
             tracing::warn!(
                 file = name,
                 "cannot move a finished task file out of running/: {e}"

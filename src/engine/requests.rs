@@ -64,7 +64,7 @@ impl Engine {
                     // The id is this submitter's from now on: a file dropped meanwhile whose
                     // name maps to the same id gets another one.
                     self.reserved
-                        .insert(done.id.clone(), format!("{}.json", done.id));
+                        .insert(done.id.clone(), task_file::submitted_name(&done.id));
                 }
                 match submitted {
                     Ok(done) => Response {
@@ -279,7 +279,7 @@ impl Engine {
                 "the ledger cannot be written",
             ));
         }
-        if let Err(e) = claim::move_task(&self.ws, "failed", "running", &file, &id, None) {
+        if let Err(e) = task_file::retry(&self.ws, &file, &id) {
             tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
         }
         self.live.settled(&id);

@@ -99,15 +99,7 @@ impl Engine {
             }
             let records = record(&ledger, &tx, Event::Cancelled { task: id.clone() }).await;
             if !records.is_empty() {
-                // Usually in running/; a task put back by a stop may still wait in the inbox.
-                let from = if ws.inbox().join(&file).symlink_metadata().is_ok()
-                    && ws.running().join(&file).symlink_metadata().is_err()
-                {
-                    "inbox"
-                } else {
-                    "running"
-                };
-                if let Err(e) = claim::move_task(&ws, from, "failed", &file, &id, fields.as_ref()) {
+                if let Err(e) = task_file::settle(&ws, Place::Failed, &file, &id, fields.as_ref()) {
                     tracing::warn!(task = %id, "cannot move the task file to failed/: {e}");
                 }
             }
@@ -178,8 +170,7 @@ impl Engine {
             };
             let records = record(&ledger, &tx, done).await;
             if !records.is_empty()
-                && let Err(e) =
-                    claim::move_task(&ws, "running", "done", &file, &id, Some(&spec.fields))
+                && let Err(e) = task_file::settle(&ws, Place::Done, &file, &id, Some(&spec.fields))
             {
                 tracing::warn!(task = %id, "cannot move the task file to done/: {e}");
             }
@@ -282,10 +273,9 @@ impl Engine {
             let records = record(&ledger, &tx, ev).await;
             let fields = snapshot.spec.as_ref().map(|s| s.fields.clone());
             if !records.is_empty()
-                && let Err(e) = claim::move_task(
+                && let Err(e) = task_file::settle(
                     &ws,
-                    "running",
-                    "failed",
+                    Place::Failed,
                     &snapshot.file,
                     &snapshot.id,
                     fields.as_ref(),

@@ -170,7 +170,7 @@ impl Engine {
         match crate::submit::write_into_inbox(&self.ws, &child.id, &fields) {
             Ok(_) => {
                 self.reserved
-                    .insert(child.id.clone(), format!("{}.json", child.id));
+                    .insert(child.id.clone(), task_file::submitted_name(&child.id));
                 tracing::info!(task = %child.id, "workflow submitted a task");
             }
             Err(crate::submit::SubmitError::Exists(_)) => {}
@@ -261,7 +261,7 @@ impl Engine {
                 self.apply(&[r]);
                 tracing::info!(task = run, "workflow done");
                 if let Err(e) =
-                    claim::move_task(&self.ws, "running", "done", &file, run, fields.as_ref())
+                    task_file::settle(&self.ws, Place::Done, &file, run, fields.as_ref())
                 {
                     tracing::warn!(
                         task = run,
