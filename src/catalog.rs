@@ -113,11 +113,11 @@ pub fn workflows(ws: &Workspace, config: &Config) -> std::io::Result<Vec<Value>>
             Ok(wf) => (
                 wf.phases
                     .iter()
-                    .map(|p| format!("{}:{}", p.name.value, p.kind.value.name()))
+                    .map(|p| format!("{}:{}", p.name.value, p.phase_type().name()))
                     .collect::<Vec<_>>(),
                 wf.description.clone(),
                 // Declared ones, and the `{variables}` used without being declared (required).
-                wf.variables(),
+                wf.variables.clone(),
                 true,
             ),
             Err(_) => (vec![], String::new(), Default::default(), false),

@@ -105,6 +105,16 @@ impl AttemptSummary {
     }
 }
 
+/// A loop round of a workflow run, judged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoopRound {
+    pub phase: String,
+    pub round: u32,
+    pub passed: bool,
+    /// The evaluator's words, given to the next round.
+    pub feedback: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub id: String,
@@ -121,9 +131,9 @@ pub struct TaskRecord {
     /// A workflow run's completed phases and their outputs, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<(String, String)>,
-    /// A workflow run's judged loop rounds: (phase, round, passed, feedback).
+    /// A workflow run's judged loop rounds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rounds: Vec<(String, u32, bool, String)>,
+    pub rounds: Vec<LoopRound>,
     #[serde(flatten)]
     pub phase: Phase,
     /// What its attempts cost so far, in US dollars.
@@ -590,10 +600,17 @@ impl TaskBook {
                 feedback,
             } => {
                 if let Some(t) = self.tasks.get_mut(task)
-                    && !t.rounds.iter().any(|(p, r, _, _)| p == phase && r == round)
+                    && !t
+                        .rounds
+                        .iter()
+                        .any(|r| r.phase == *phase && r.round == *round)
                 {
-                    t.rounds
-                        .push((phase.clone(), *round, *passed, feedback.clone()));
+                    t.rounds.push(LoopRound {
+                        phase: phase.clone(),
+                        round: *round,
+                        passed: *passed,
+                        feedback: feedback.clone(),
+                    });
                 }
             }
             Event::Cancelled { task } => {
@@ -617,7 +634,7 @@ impl TaskBook {
                     // A workflow run's loop that gave up is judged again from its first round
                     // (the generator's results are kept); completed phases keep their rounds.
                     let completed: Vec<String> = t.phases.iter().map(|(p, _)| p.clone()).collect();
-                    t.rounds.retain(|(p, ..)| completed.contains(p));
+                    t.rounds.retain(|r| completed.contains(&r.phase));
                     // No longer finished: it must not be archived while it runs again.
                     self.finished.retain(|id| id != task);
                 }

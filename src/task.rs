@@ -378,7 +378,7 @@ fn accept_workflow(
         ))
     })?;
     // Declared variables, and the ones the templates use without declaring (required).
-    let variables = wf.variables();
+    let variables = &wf.variables;
     for given in fields.vars.keys() {
         if !variables.contains_key(given) {
             let known: Vec<&str> = variables.keys().map(String::as_str).collect();

@@ -320,7 +320,8 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
         .and_then(|name| {
             let defs = dirigent::workflow::discover(&ws.workflows()).ok()?;
             let def = defs.into_iter().find(|d| d.name == name)?;
-            let wf: dirigent::workflow::Workflow = serde_saphyr::from_str(&def.text).ok()?;
+            let wf: dirigent::workflow::written::Written =
+                serde_saphyr::from_str(&def.text).ok()?;
             Some(wf.phases.iter().map(|p| p.name.value.clone()).collect())
         })
         .unwrap_or_default();
@@ -354,8 +355,9 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
             "running".to_string()
         };
         println!("  {p:<20} {state}");
-        for (phase, round, passed, feedback) in &run.rounds {
-            if phase == p {
+        for r in &run.rounds {
+            let (round, passed, feedback) = (r.round, &r.passed, &r.feedback);
+            if r.phase == *p {
                 println!(
                     "  {:<20}   round {round}: {}{}",
                     "",

@@ -4,12 +4,12 @@
 //! default of [`super::prompts`]).
 
 use super::targets::{self, Accepts};
-use super::{Phase, Workflow, prompts};
+use super::{Evaluation, FanOutTasks, Kind, Phase, Step, Workflow, prompts};
 use crate::config::Config;
 
 /// `variables: feature (required), requirements = "see …"`.
 pub fn variables_line(wf: &Workflow) -> String {
-    let vars = wf.variables();
+    let vars = &wf.variables;
     if vars.is_empty() {
         return "variables: none".to_string();
     }
@@ -34,7 +34,7 @@ pub fn variables_line(wf: &Workflow) -> String {
 pub fn runner_lines(wf: &Workflow, config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for phase in &wf.phases {
-        let head = format!("{} ({})", phase.name.value, phase.kind.value.name());
+        let head = format!("{} ({})", phase.name.value, phase.phase_type().name());
         let steps: Vec<(String, String)> = steps(phase)
             .into_iter()
             .map(|(label, name, accepts)| {
@@ -64,30 +64,37 @@ pub fn runner_lines(wf: &Workflow, config: &Config) -> Vec<String> {
 }
 
 /// The named runners of a phase, labelled for the report.
-fn steps(phase: &Phase) -> Vec<(String, &str, Accepts)> {
+fn steps<'a>(phase: &'a Phase) -> Vec<(String, &'a str, Accepts)> {
     let mut out: Vec<(String, &str, Accepts)> = Vec::new();
-    if let Some((n, a)) = phase.runner() {
-        out.push((String::new(), &n.value, a));
+    if let Some(r) = &phase.runner {
+        out.push((String::new(), &r.name.value, r.accepts));
     }
-    for (i, n) in phase.agents.iter().enumerate() {
-        out.push((format!("proposer {}:", i + 1), &n.value, Accepts::Any));
-    }
-    if let Some(j) = &phase.judge {
-        out.push(("judge:".into(), &j.value, Accepts::Any));
-    }
-    for (category, n) in &phase.routing {
-        out.push((format!("{category}:"), &n.value, Accepts::Any));
-    }
-    for (label, step) in [
-        ("generator:", &phase.generator),
-        ("synthesize:", &phase.synthesize),
-    ] {
-        if let Some((n, a)) = step.as_ref().and_then(|s| s.runner()) {
-            out.push((label.into(), &n.value, a));
+    let step = |label: &str, s: &'a Step| {
+        s.runner()
+            .map(|(n, a)| (label.to_string(), n.value.as_str(), a))
+    };
+    match &phase.kind {
+        Kind::Single => {}
+        Kind::Ensemble(e) => {
+            for (i, n) in e.proposers.iter().enumerate() {
+                out.push((format!("proposer {}:", i + 1), &n.value, Accepts::Any));
+            }
+            out.push(("judge:".into(), &e.judge.value, Accepts::Any));
         }
-    }
-    if let Some(a) = phase.evaluator.as_ref().and_then(|e| e.agent.as_ref()) {
-        out.push(("evaluator:".into(), &a.value, Accepts::Any));
+        Kind::FanOut(f) => {
+            if let FanOutTasks::Routed { routing, .. } = &f.tasks {
+                for (category, n) in routing {
+                    out.push((format!("{category}:"), &n.value, Accepts::Any));
+                }
+            }
+            out.extend(f.combine.as_ref().and_then(|s| step("synthesize:", s)));
+        }
+        Kind::Loop(l) => {
+            out.extend(step("generator:", &l.generator));
+            if let Evaluation::Agent { agent, .. } = &l.evaluator {
+                out.push(("evaluator:".into(), &agent.value, Accepts::Any));
+            }
+        }
     }
     out
 }
@@ -107,7 +114,7 @@ pub fn prompt_comments(wf: &Workflow) -> String {
         s.push_str(&format!(
             "#\n# {} ({}), {origin}:\n",
             phase.name.value,
-            phase.kind.value.name()
+            phase.phase_type().name()
         ));
         for line in prompts::effective(wf, phase).trim_end().lines() {
             if line.is_empty() {

@@ -7,7 +7,7 @@
 //!
 //! `dirigent workflow show` prints these, so nobody has to guess what an agent was told.
 
-use super::{Phase, PhaseType, Workflow};
+use super::{FanOut, FanOutTasks, Kind, Phase, PhaseType, TaskList, Workflow};
 
 /// The categories a decompose step asks for when no routed phase reads it.
 const FALLBACK_CATEGORIES: &[&str] = &["frontend", "backend", "test"];
@@ -23,7 +23,7 @@ pub fn effective(wf: &Workflow, phase: &Phase) -> String {
 /// The default prompt of a phase (see the module doc).
 pub fn default_prompt(wf: &Workflow, phase: &Phase) -> String {
     let name = phase.name.value.as_str();
-    let kind = phase.kind.value;
+    let kind = phase.phase_type();
     let mut p = format!(
         "This is the `{name}` phase ({}) of the workflow `{}`",
         kind.name(),
@@ -35,7 +35,7 @@ pub fn default_prompt(wf: &Workflow, phase: &Phase) -> String {
     } else {
         p.push_str(&format!(": {description}\n"));
     }
-    let vars = wf.variables();
+    let vars = &wf.variables;
     if !vars.is_empty() {
         p.push('\n');
         for var in vars.keys() {
@@ -45,7 +45,7 @@ pub fn default_prompt(wf: &Workflow, phase: &Phase) -> String {
     p.push('\n');
     p.push_str(&purpose(wf, phase));
     p.push('\n');
-    let inputs = phase.inputs();
+    let inputs = &phase.inputs;
     if !inputs.is_empty() && kind != PhaseType::Routed {
         let names: Vec<String> = inputs.iter().map(|i| format!("`{i}`")).collect();
         p.push_str(&format!(
@@ -65,7 +65,7 @@ fn purpose(wf: &Workflow, phase: &Phase) -> String {
             .iter()
             .any(|n| name == *n || name.starts_with(&format!("{n}-")))
     };
-    let ensemble = phase.kind.value == PhaseType::Ensemble;
+    let ensemble = phase.phase_type() == PhaseType::Ensemble;
     let judged = if ensemble {
         " Other models answer the same question; a judge compares the answers, so make yours complete on its own."
     } else {
@@ -99,7 +99,7 @@ fn purpose(wf: &Workflow, phase: &Phase) -> String {
         "Document the work for its users: what it does, how to use it, and what to watch out for."
             .to_string()
     } else {
-        match phase.kind.value {
+        match phase.phase_type() {
             PhaseType::Ensemble => {
                 format!("Answer this phase's question as well as you can.{judged}")
             }
@@ -121,17 +121,22 @@ fn categories_for(wf: &Workflow, phase: &Phase) -> Vec<String> {
     let me = phase.name.value.as_str();
     wf.phases
         .iter()
-        .filter(|p| p.kind.value == PhaseType::Routed && !p.routing.is_empty())
-        .find(|p| {
-            p.tasks_from.as_ref().is_some_and(|t| t.value == me)
-                || (p.tasks_from.is_none() && p.inputs().first() == Some(&me))
-        })
-        .map(|p| {
-            p.routing
-                .keys()
-                .filter(|k| *k != "default")
-                .cloned()
-                .collect()
+        .find_map(|p| match &p.kind {
+            Kind::FanOut(FanOut {
+                tasks:
+                    FanOutTasks::Routed {
+                        routing,
+                        list: TaskList::FromPhase(from),
+                    },
+                ..
+            }) if from == me && !routing.is_empty() => Some(
+                routing
+                    .keys()
+                    .filter(|k| *k != "default")
+                    .cloned()
+                    .collect(),
+            ),
+            _ => None,
         })
         .unwrap_or_else(|| FALLBACK_CATEGORIES.iter().map(|c| c.to_string()).collect())
 }
@@ -147,7 +152,12 @@ mod tests {
             source: Source::Builtin,
             text: text.into(),
         };
-        serde_saphyr::from_str(&def.text).unwrap()
+        let config = crate::config::Config::parse(
+            "agents:\n  a: {command: [a]}\n  b: {command: [b]}\n",
+            "t",
+        )
+        .unwrap();
+        crate::workflow::validate(&def, &config).unwrap()
     }
 
     #[test]

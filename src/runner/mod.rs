@@ -1,0 +1,393 @@
+//! The workflow runner: decides what a workflow run needs next. A run is a task with a
+//! `workflow` key; its phases become ordinary child tasks (ids `<run>.<phase>` and
+//! `<run>.<phase>.<k>`) that go through the inbox like any other task — same spawning, judging,
+//! fallback and ledger. [`next`] decides from the run's record, the checked workflow, the task
+//! book and the config; it reads the workspace (earlier phases' results, a map phase's files)
+//! but writes nothing and starts nothing. The engine carries out what it returns and calls it
+//! again whenever the run is received or one of its children settles. One function per phase
+//! kind decides (`phases`); `context` says what a phase's tasks see of earlier phases. Phase completion is a ledger event recorded before
+//! the next phase starts, and child ids are deterministic, so resuming after a crash never runs
+//! a finished phase again and never submits a child twice.
+//!
+//! Every phase type runs: `single`, `ensemble` (parallel or sequential, pick or synthesize),
+//! `routed`, `parallel`, `loop` (a command or an agent as evaluator) and `map`; and every
+//! context strategy: `full`, `fresh`, `scoped` and `distilled`.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::state::{Outcome, Phase as TaskPhase, TaskBook, TaskRecord};
+use crate::workflow::targets::{self, Accepts, Target};
+use crate::workflow::{ContextStrategy, Kind, Phase, Workflow, prompts};
+
+mod context;
+mod phases;
+
+use crate::workspace::Workspace;
+pub use context::glob_workspace;
+
+/// A child task to submit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Child {
+    pub id: String,
+    pub title: String,
+    pub prompt: String,
+    pub agent: Option<String>,
+    pub role: Option<String>,
+    /// An explicit chain (an ensemble proposer spread to another agent), instead of `agent`/`role`.
+    pub chain: Option<Vec<String>>,
+    /// Workspace-relative result path; `None` = `.context/outbox/<id>.md`.
+    pub output: Option<String>,
+    /// Workspace files put into the prompt (map phases, the `scoped` strategy).
+    pub files: Vec<String>,
+}
+
+/// What the engine should do for a run.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    Submit(Child),
+    /// Record the phase as complete (then ask again: the next phase may start at once).
+    PhaseCompleted {
+        phase: String,
+        output: String,
+        /// When not empty, the engine first writes these results, labelled, into `output`.
+        parts: Vec<(String, String)>,
+    },
+    /// Every phase is complete; the run is done with this result.
+    Finished {
+        output: String,
+    },
+    /// The run fails with this reason (the phase is named).
+    Failed(String),
+    /// Run a loop's evaluator command on a round's result, then record the round.
+    Evaluate {
+        phase: String,
+        round: u32,
+        command: Vec<String>,
+    },
+    /// Record a loop round's verdict (then ask again).
+    RecordRound {
+        phase: String,
+        round: u32,
+        passed: bool,
+        feedback: String,
+    },
+}
+
+/// The state of one child task.
+enum ChildState {
+    Missing,
+    Waiting,
+    Done(String),
+    Failed(String),
+}
+
+fn child_state(book: &TaskBook, id: &str) -> ChildState {
+    child_state_by(book, id).0
+}
+
+/// A child's state, and for a done child the agent that answered.
+fn child_state_by(book: &TaskBook, id: &str) -> (ChildState, Option<String>) {
+    let Some(t) = book.get(id) else {
+        let state = match book.outcome(id) {
+            // Archived: only the outcome is known; the default output path is deterministic.
+            Some(Outcome::Done) => ChildState::Done(crate::result::destination(id, None)),
+            Some(Outcome::Failed) => ChildState::Failed("failed".into()),
+            None => ChildState::Missing,
+        };
+        return (state, None);
+    };
+    match &t.phase {
+        TaskPhase::Done { agent, output, .. } => {
+            (ChildState::Done(output.clone()), Some(agent.clone()))
+        }
+        TaskPhase::Failed { reason, .. } => {
+            // The run's reason is read where the run is: say how the last attempt ended too,
+            // when the task's own reason does not already give a cause.
+            let last = t
+                .attempts
+                .last()
+                .filter(|a| !a.reason.is_empty() && !reason.contains(&a.reason));
+            let reason = match last {
+                Some(a) if !reason.contains(": ") => {
+                    format!("{reason} (last attempt, {}: {})", a.agent, a.reason)
+                }
+                _ => reason.clone(),
+            };
+            (ChildState::Failed(reason), None)
+        }
+        _ => (ChildState::Waiting, None),
+    }
+}
+
+/// The task fields (`agent`, `role`) that send a step to what `name` resolves to; the error
+/// (the config changed since the run was accepted) fails the phase.
+fn route(
+    name: &str,
+    accepts: Accepts,
+    config: &Config,
+) -> Result<(Option<String>, Option<String>), String> {
+    targets::resolve(name, accepts, config).map(|r| r.target.fields())
+}
+
+/// A target's chain as it stands now, for spreading an ensemble's proposers.
+fn chain_of(target: &Target, config: &Config, ws: &Workspace) -> Vec<String> {
+    match target {
+        Target::Agent(a) => vec![a.clone()],
+        Target::Role(r) | Target::DefaultChain { role: r } => {
+            config.role_chain(r, ws.root()).unwrap_or_default()
+        }
+    }
+}
+
+/// Whether `id` names a task (or task file) a workflow run submitted: `<run>.<…>`.
+pub fn is_child_of(id: &str, run: &str) -> bool {
+    id.strip_prefix(run)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// The workflow's variables: defaults overlaid with what the run gave.
+pub fn vars_of(wf: &Workflow, given: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut vars: BTreeMap<String, String> = wf
+        .vars
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+        .collect();
+    vars.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars
+}
+
+/// Replaces `{name}` placeholders; unknown ones stay as they are.
+pub fn render(template: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) if vars.contains_key(&after[..end]) => {
+                out.push_str(&vars[&after[..end]]);
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What every kind's decision needs: the run, the phase it is at, and what was worked out for
+/// that phase (variables, its output path, the context its tasks see).
+pub(crate) struct Ctx<'a> {
+    run: &'a TaskRecord,
+    wf: &'a Workflow,
+    phase: &'a Phase,
+    book: &'a TaskBook,
+    config: &'a Config,
+    ws: &'a Workspace,
+    vars: BTreeMap<String, String>,
+    /// The phase's `output`, rendered.
+    output: Option<String>,
+    /// What its tasks see of earlier phases.
+    context: String,
+    /// Its prompt (its own or the default), rendered.
+    phase_prompt: String,
+    title: String,
+}
+
+impl Ctx<'_> {
+    fn name(&self) -> &str {
+        &self.phase.name.value
+    }
+
+    /// The id of one of the phase's tasks: `<run>.<phase>`, or `<run>.<phase>.<suffix>`.
+    fn id(&self, suffix: impl std::fmt::Display) -> String {
+        let suffix = suffix.to_string();
+        if suffix.is_empty() {
+            format!("{}.{}", self.run.id, self.name())
+        } else {
+            format!("{}.{}.{suffix}", self.run.id, self.name())
+        }
+    }
+
+    /// The phase's prompt, its context, then `extra`, each in its own section.
+    fn prompt(&self, extra: &str) -> String {
+        let mut p = self.phase_prompt.clone();
+        for part in [self.context.as_str(), extra] {
+            if !part.is_empty() {
+                p.push_str("\n\n---\n");
+                p.push_str(part);
+            }
+        }
+        p
+    }
+
+    /// Who runs a step, resolved now (the config may have changed since the run was
+    /// accepted): the task fields, or the actions that fail the run.
+    fn route(
+        &self,
+        named: Option<(&str, Accepts)>,
+    ) -> Result<(Option<String>, Option<String>), Vec<Action>> {
+        match named {
+            Some((name, accepts)) => {
+                route(name, accepts, self.config).map_err(|why| self.failed_to_route(why))
+            }
+            None => Ok((None, None)),
+        }
+    }
+
+    fn completed(&self, output: String) -> Vec<Action> {
+        vec![Action::PhaseCompleted {
+            phase: self.name().to_string(),
+            output,
+            parts: vec![],
+        }]
+    }
+
+    /// The run fails: "phase `NAME` {rest}".
+    fn failed(&self, rest: String) -> Vec<Action> {
+        vec![Action::Failed(format!("phase `{}` {rest}", self.name()))]
+    }
+
+    /// The run fails: "phase `NAME`: {why}".
+    fn failed_to_route(&self, why: String) -> Vec<Action> {
+        vec![Action::Failed(format!("phase `{}`: {why}", self.name()))]
+    }
+}
+
+/// Decides the next actions for `run`: the first phase not yet complete, by its kind.
+pub fn next(
+    run: &TaskRecord,
+    wf: &Workflow,
+    book: &TaskBook,
+    config: &Config,
+    ws: &Workspace,
+) -> Vec<Action> {
+    let given = run
+        .spec
+        .as_ref()
+        .map(|s| s.fields.vars.clone())
+        .unwrap_or_default();
+    let mut vars = vars_of(wf, &given);
+    vars.insert("workflow".into(), wf.name.value.clone());
+    vars.insert("run".into(), run.id.clone());
+    let Some(phase) = wf
+        .phases
+        .iter()
+        .find(|p| !run.phases.iter().any(|(done, _)| *done == p.name.value))
+    else {
+        let output = run
+            .phases
+            .last()
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default();
+        return vec![Action::Finished { output }];
+    };
+    vars.insert("phase".into(), phase.name.value.clone());
+    let context = if phase.context == Some(ContextStrategy::Distilled) {
+        match context::distilled(run, phase, book, config, ws) {
+            Ok(summaries) => summaries,
+            Err(actions) => return actions,
+        }
+    } else {
+        context::inputs(run, phase, ws)
+    };
+    let cx = Ctx {
+        output: phase.output.as_ref().map(|o| render(&o.value, &vars)),
+        phase_prompt: render(&prompts::effective(wf, phase), &vars),
+        title: format!("{} / {}", wf.name.value, phase.name.value),
+        run,
+        wf,
+        phase,
+        book,
+        config,
+        ws,
+        vars,
+        context,
+    };
+    match &phase.kind {
+        Kind::Single => phases::single(&cx),
+        Kind::Ensemble(e) => phases::ensemble(&cx, e),
+        Kind::Loop(l) => phases::loop_rounds(&cx, l),
+        Kind::FanOut(f) => phases::fan_out(&cx, f),
+    }
+}
+
+/// Whether an evaluator's answer starts with PASS (its first non-empty line, any case).
+pub fn says_pass(text: &str) -> bool {
+    text.lines()
+        .map(|l| l.trim().trim_start_matches(['*', '#', '`', ' ']))
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| l.to_ascii_uppercase().starts_with("PASS"))
+}
+
+/// The most of one earlier result a phase's prompt takes in.
+const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a result, confined to the workspace; what cannot be read reads as a note.
+fn read_output(ws: &Workspace, rel: &str) -> String {
+    crate::fsutil::read_confined(ws.root(), rel, MAX_INPUT_BYTES)
+        .unwrap_or_else(|e| format!("(`{rel}` {e})"))
+}
+
+/// Runs a loop's evaluator command (see [`crate::spawn::run_logged`]). Returns whether it
+/// passed (exit 0) and the last lines of its output as feedback; `None` when a stop of the
+/// daemon ended it first (no verdict).
+pub async fn run_evaluator(
+    ws: &Workspace,
+    argv: &[String],
+    log: &std::path::Path,
+    limits: crate::spawn::SideLimits,
+) -> Option<(bool, String)> {
+    use crate::spawn::CommandEnd;
+    let limit = limits.limit;
+    let end = crate::spawn::run_logged(ws, argv, log, limits).await;
+    let tail = crate::fsutil::read_tail(log, 4096);
+    Some(match end {
+        CommandEnd::Exited(s) if s.success() => (true, tail),
+        CommandEnd::Exited(s) => (false, format!("`{}` failed ({s}):\n{tail}", argv.join(" "))),
+        CommandEnd::TimedOut => (
+            false,
+            format!(
+                "`{}` ran longer than {}; killed",
+                argv.join(" "),
+                crate::duration::short(limit)
+            ),
+        ),
+        // Not a verdict: the round is evaluated again after the restart.
+        CommandEnd::Stopped => return None,
+        CommandEnd::CouldNotStart(why) => (false, format!("the evaluator {why}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_and_fail_verdicts() {
+        for (text, want) in [
+            ("PASS", true),
+            ("pass: all good", true),
+            ("\n**PASS**\n", true),
+            ("FAIL\nfix x", false),
+            ("It passes", false),
+            ("", false),
+        ] {
+            assert_eq!(says_pass(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn render_substitutes_known_placeholders_only() {
+        let vars: BTreeMap<String, String> = [("feature".to_string(), "auth".to_string())].into();
+        assert_eq!(
+            render("docs/{feature}/{other}/x {", &vars),
+            "docs/auth/{other}/x {"
+        );
+        assert_eq!(render("{feature}{feature}", &vars), "authauth");
+    }
+}

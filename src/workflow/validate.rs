@@ -1,0 +1,685 @@
+//! Checking a workflow: [`validate`] reads a definition, reports *every* problem with its
+//! file, line and column, and — when there are none — builds the typed [`Workflow`] whose
+//! phases carry exactly what their kind needs.
+
+use std::collections::BTreeSet;
+
+use super::written::Written;
+use super::*;
+
+/// Parses and checks a definition against the config. Returns the workflow, or every problem.
+pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Problem>> {
+    let file = def.label();
+    let wf: Written = serde_saphyr::from_str(&def.text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or(&msg);
+        // serde-saphyr says `error: line L column C: …`; the position is in the Problem already.
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        let first = match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+            Some((pos, rest)) if pos.contains(" column ") => rest,
+            _ => first,
+        };
+        let mut message = first.to_string();
+        let source_line = def.text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("");
+        if flow_map_with_placeholder(source_line) {
+            message.push_str(
+                "; a `{placeholder}` inside a flow-style map `{ … }` must be quoted (`prompt: \"Plan {feature}\"`), or write the map in block style, one key per line",
+            );
+        }
+        vec![Problem {
+            file: file.clone(),
+            line,
+            column,
+            message,
+        }]
+    })?;
+    let mut problems = Vec::new();
+    let mut at = |s: &serde_saphyr::Location, message: String| {
+        problems.push(Problem {
+            file: file.clone(),
+            line: s.line().max(1),
+            column: s.column().max(1),
+            message,
+        });
+    };
+    if wf.name.value != def.name {
+        at(
+            &wf.name.referenced,
+            format!(
+                "the workflow is called `{}` but its file is `{}.yaml`; use one name",
+                wf.name.value, def.name
+            ),
+        );
+    }
+    if wf.phases.is_empty() {
+        at(&wf.name.referenced, "the workflow has no phases".into());
+    }
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut phases = Vec::new();
+    for phase in &wf.phases {
+        let pname = phase.name.value.as_str();
+        let kind = phase.kind.value;
+        let here = &phase.name.referenced;
+        if !seen.insert(pname) {
+            at(here, format!("phase `{pname}` is defined twice"));
+        }
+        // A phase's name becomes part of its tasks' ids (`<run>.<phase>.<k>`).
+        let usable = !pname.is_empty()
+            && pname.len() <= 64
+            && pname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !usable {
+            at(
+                here,
+                format!(
+                    "phase name `{pname}` can use only letters, digits, `-` and `_` (at most 64): it becomes part of task ids"
+                ),
+            );
+        }
+        // References to earlier phases; positions point at the `input:` / `tasks_from:` value.
+        let mut refs: Vec<(&str, &serde_saphyr::Location)> = match &phase.input {
+            Some(input) => phase
+                .inputs()
+                .into_iter()
+                .map(|n| (n, &input.referenced))
+                .collect(),
+            None => vec![],
+        };
+        refs.extend(
+            phase
+                .tasks_from
+                .iter()
+                .map(|t| (t.value.as_str(), &t.referenced)),
+        );
+        for (target, pos) in refs {
+            if target == pname {
+                at(
+                    pos,
+                    format!("phase `{pname}` reads its own output (a cycle)"),
+                );
+            } else if seen.contains(target) {
+                // An earlier phase: fine.
+            } else if wf.phases.iter().any(|p| p.name.value == target) {
+                at(
+                    pos,
+                    format!(
+                        "phase `{pname}` reads `{target}`, which runs later (a cycle); phases run in order"
+                    ),
+                );
+            } else {
+                let hint =
+                    crate::suggest::hint(target, wf.phases.iter().map(|p| p.name.value.as_str()));
+                at(
+                    pos,
+                    format!(
+                        "phase `{pname}` reads `{target}`, which is not a phase of this workflow{hint}"
+                    ),
+                );
+            }
+        }
+        // Who runs each step: every name must resolve (see `targets` for the lookup order).
+        let given: Vec<&str> = [
+            phase.agent.as_ref().map(|_| "`agent`"),
+            phase.role.as_ref().map(|_| "`role`"),
+            phase.model.as_ref().map(|_| "`model`"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if given.len() > 1 {
+            at(
+                here,
+                format!(
+                    "phase `{pname}` gives {}; give one of them",
+                    given.join(" and ")
+                ),
+            );
+        }
+        for (name, accepts) in phase.named_runners() {
+            if let Err(why) = targets::resolve(&name.value, accepts, config) {
+                at(&name.referenced, why);
+            }
+        }
+        // Placeholders: a variable that is not declared is a required one; a placeholder of
+        // another phase type is a mistake.
+        for t in phase.templates() {
+            for var in placeholders(&t.value) {
+                if wf.vars.contains_key(var)
+                    || ALWAYS.contains(&var)
+                    || type_placeholders(kind).contains(&var)
+                {
+                    continue;
+                }
+                if let Some(other) = ALL_TYPES
+                    .iter()
+                    .find(|k| type_placeholders(**k).contains(&var))
+                {
+                    at(
+                        &t.referenced,
+                        format!(
+                            "`{{{var}}}` exists only in {} phases; `{pname}` is a {} phase",
+                            other.name(),
+                            kind.name()
+                        ),
+                    );
+                }
+            }
+        }
+        let typed = match kind {
+            PhaseType::Single => {
+                if phase.runner().is_none() {
+                    at(
+                        here,
+                        format!("phase `{pname}` needs a `model`, an `agent` or a `role`"),
+                    );
+                }
+                Some(Kind::Single)
+            }
+            PhaseType::Map => {
+                if phase.runner().is_none() {
+                    at(
+                        here,
+                        format!("phase `{pname}` needs a `model`, an `agent` or a `role`"),
+                    );
+                }
+                if phase.glob.is_none() {
+                    at(here, format!("map phase `{pname}` needs a `glob`"));
+                }
+                phase.glob.clone().map(|glob| {
+                    Kind::FanOut(FanOut {
+                        tasks: FanOutTasks::Files { glob },
+                        combine: phase.synthesize.clone(),
+                    })
+                })
+            }
+            PhaseType::Ensemble => {
+                if phase.agents.len() < 2 {
+                    at(
+                        here,
+                        format!("ensemble phase `{pname}` needs at least two `agents` to propose"),
+                    );
+                }
+                if phase.judge.is_none() {
+                    at(here, format!("ensemble phase `{pname}` needs a `judge`"));
+                }
+                if let Some(min) = phase.min_proposals
+                    && (min == 0 || min > phase.agents.len())
+                {
+                    at(
+                        here,
+                        format!(
+                            "`min_proposals` of phase `{pname}` must be between 1 and the number of agents"
+                        ),
+                    );
+                }
+                phase.judge.clone().map(|judge| {
+                    Kind::Ensemble(Ensemble {
+                        proposers: phase.agents.clone(),
+                        judge,
+                        judge_mode: phase.judge_mode,
+                        sequential: phase.mode == Some(EnsembleMode::Sequential),
+                        min_proposals: phase.min_proposals.unwrap_or(1),
+                    })
+                })
+            }
+            PhaseType::Routed => {
+                if phase.routing.is_empty() {
+                    at(
+                        here,
+                        format!("routed phase `{pname}` needs `routing` (category: agent)"),
+                    );
+                }
+                if phase.tasks.is_empty() && phase.tasks_from.is_none() && phase.input.is_none() {
+                    at(
+                        here,
+                        format!(
+                            "routed phase `{pname}` needs its tasks: inline `tasks`, or an earlier phase's task list as `input` (or `tasks_from`)"
+                        ),
+                    );
+                }
+                for t in &phase.tasks {
+                    match &t.category {
+                        Some(c) if task_list::route(&phase.routing, &c.value).is_none() => at(
+                            &c.referenced,
+                            format!(
+                                "category `{}` has no entry in `routing` of phase `{pname}`",
+                                c.value
+                            ),
+                        ),
+                        None if t.agent.is_none() => at(
+                            &t.prompt.referenced,
+                            format!("a task of phase `{pname}` needs a `category` (or an `agent`)"),
+                        ),
+                        _ => {}
+                    }
+                }
+                // The list: `tasks_from`, else (no inline `tasks`) the first `input`.
+                let from = match &phase.tasks_from {
+                    Some(from) => Some(from.value.clone()),
+                    None if phase.tasks.is_empty() => phase.inputs().first().map(|s| s.to_string()),
+                    None => None,
+                };
+                Some(Kind::FanOut(FanOut {
+                    tasks: FanOutTasks::Routed {
+                        routing: phase.routing.clone(),
+                        list: match from {
+                            Some(from) => TaskList::FromPhase(from),
+                            None => TaskList::Inline(phase.tasks.clone()),
+                        },
+                    },
+                    combine: phase.synthesize.clone(),
+                }))
+            }
+            PhaseType::Parallel => {
+                if phase.tasks.is_empty() {
+                    at(here, format!("parallel phase `{pname}` needs `tasks`"));
+                }
+                Some(Kind::FanOut(FanOut {
+                    tasks: FanOutTasks::Inline(phase.tasks.clone()),
+                    combine: phase.synthesize.clone(),
+                }))
+            }
+            PhaseType::Loop => {
+                if phase.generator.is_none() {
+                    at(here, format!("loop phase `{pname}` needs a `generator`"));
+                }
+                let evaluation = match &phase.evaluator {
+                    None => {
+                        at(
+                            here,
+                            format!(
+                                "loop phase `{pname}` needs an `evaluator` (a `command` or an `agent`)"
+                            ),
+                        );
+                        None
+                    }
+                    Some(ev) => match (&ev.command, &ev.agent) {
+                        (Some(command), None) if !command.is_empty() => {
+                            Some(Evaluation::Command(command.clone()))
+                        }
+                        (Some(_), None) => {
+                            at(
+                                here,
+                                format!("the evaluator command of phase `{pname}` is empty"),
+                            );
+                            None
+                        }
+                        (None, Some(agent)) => Some(Evaluation::Agent {
+                            agent: agent.clone(),
+                            prompt: ev.prompt.clone(),
+                        }),
+                        _ => {
+                            at(
+                                here,
+                                format!(
+                                    "the evaluator of phase `{pname}` needs exactly one of `command` and `agent`"
+                                ),
+                            );
+                            None
+                        }
+                    },
+                };
+                let max_rounds = phase.max_rounds.filter(|r| *r > 0);
+                if max_rounds.is_none() {
+                    at(
+                        here,
+                        format!("loop phase `{pname}` needs `max_rounds` of at least 1"),
+                    );
+                }
+                match (phase.generator.clone(), evaluation, max_rounds) {
+                    (Some(generator), Some(evaluator), Some(max_rounds)) => {
+                        Some(Kind::Loop(Loop {
+                            generator,
+                            evaluator,
+                            max_rounds,
+                        }))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if phase.context == Some(ContextStrategy::Distilled) {
+            let has_route = phase
+                .distill
+                .as_ref()
+                .is_some_and(|d| d.agent.is_some() || d.role.is_some())
+                || phase.runner().is_some()
+                || phase.judge.is_some();
+            if !has_route {
+                at(
+                    here,
+                    format!(
+                        "distilled phase `{pname}` needs a `distill` step with an `agent` or `role`"
+                    ),
+                );
+            }
+        }
+        if let Some(out) = &phase.output
+            && let Err(e) = crate::confined::workspace_path("output", &out.value)
+        {
+            at(&out.referenced, e.to_string());
+        }
+        if let Some(kind) = typed {
+            phases.push(Phase {
+                name: phase.name.clone(),
+                prompt: phase.prompt.clone(),
+                runner: phase.runner().map(|(name, accepts)| Runner {
+                    name: name.clone(),
+                    accepts,
+                }),
+                inputs: phase.inputs().into_iter().map(str::to_string).collect(),
+                output: phase.output.clone(),
+                context: phase.context,
+                distill: phase.distill.clone(),
+                files: phase.files.clone(),
+                kind,
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(Workflow {
+            variables: wf.variables(),
+            name: wf.name,
+            description: wf.description,
+            vars: wf.vars,
+            phases,
+        })
+    } else {
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(problems)
+    }
+}
+
+/// Whether a YAML line opens a flow-style map (`{ key: … }`) that holds an unquoted
+/// `{placeholder}`: YAML reads the placeholder's braces as a nested map.
+fn flow_map_with_placeholder(line: &str) -> bool {
+    let code = line.split(" #").next().unwrap_or(line);
+    let opens_map = code.trim_start().starts_with("- {") || code.contains(": {");
+    opens_map && code.matches('{').count() >= 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "agents:\n  claude: {command: [c]}\n  gemini: {command: [g]}\n  local: {command: [l]}\nroles:\n  backend: [claude]\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn def(name: &str, text: &str) -> Definition {
+        Definition {
+            name: name.into(),
+            source: Source::File(format!("{name}.yaml").into()),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn every_builtin_workflow_validates_with_the_preset_agents() {
+        let cfg = Config::parse(crate::config::DEFAULT_CONFIG, "embedded").unwrap();
+        for (name, text) in BUILTIN {
+            let d = Definition {
+                name: name.to_string(),
+                source: Source::Builtin,
+                text: text.to_string(),
+            };
+            if let Err(problems) = validate(&d, &cfg) {
+                panic!(
+                    "{name}:\n{}",
+                    problems
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn validate_reports_every_problem_with_its_position() {
+        let text = "\
+name: broken
+vars: { feature: ~ }
+phases:
+  - name: plan
+    type: ensemble
+    agents: [claude, nobody]
+    judge: claude
+    prompt: Plan {feature} for {team}
+    input: audit
+  - name: audit
+    type: single
+    role: qa
+    prompt: Audit
+    input: [plan.output, ghost]
+  - name: plan
+    type: loop
+    generator: { agent: claude, prompt: Fix it }
+    max_rounds: 0
+";
+        let problems = validate(&def("broken", text), &config()).unwrap_err();
+        let got: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let want = [
+            "broken.yaml:6:22: `nobody` is not an agent (configured: claude, gemini, local), an `agent:model` entry, a role (roles: backend, bulk, frontend, judge, planner, proposer, reviewer) or a `models:` alias. To run it, add `nobody: AGENT` (or `AGENT:MODEL`) under `models:` in the config.",
+            "broken.yaml:9:12: phase `plan` reads `audit`, which runs later (a cycle); phases run in order",
+            "broken.yaml:12:11: unknown role `qa` (roles: backend, bulk, frontend, judge, planner, proposer, reviewer)",
+            "broken.yaml:14:12: phase `audit` reads `ghost`, which is not a phase of this workflow",
+            "broken.yaml:15:11: phase `plan` is defined twice",
+            "broken.yaml:15:11: loop phase `plan` needs an `evaluator` (a `command` or an `agent`)",
+            "broken.yaml:15:11: loop phase `plan` needs `max_rounds` of at least 1",
+        ];
+        for w in want {
+            assert!(
+                got.iter().any(|g| g == w),
+                "missing {w:?} in:\n{}",
+                got.join("\n")
+            );
+        }
+        assert_eq!(got.len(), want.len(), "{}", got.join("\n"));
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_keys_have_positions() {
+        let problems = validate(
+            &def(
+                "x",
+                "name: x\nphases:\n  - name: a\n    type: single\n    colour: red\n",
+            ),
+            &config(),
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].message.contains("unknown field `colour`"),
+            "{}",
+            problems[0]
+        );
+        assert_eq!(
+            (problems[0].line, problems[0].column),
+            (5, 5),
+            "{}",
+            problems[0]
+        );
+        let problems = validate(&def("x", "name: x\nphases: [\n"), &config()).unwrap_err();
+        assert!(problems[0].line >= 2, "{}", problems[0]);
+        assert!(
+            !problems[0].message.starts_with("error:") && !problems[0].message.starts_with("line "),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn the_input_forms_users_write_are_accepted() {
+        let text = "\
+name: forms
+vars: { feature: auth }
+phases:
+  - name: plan
+    type: single
+    agent: claude
+    prompt: Plan {feature}
+  - { name: build, type: single, agent: claude, prompt: Build, input: plan.output }
+  - { name: audit, type: single, agent: claude, prompt: Audit, input: [plan.output, build.outputs] }
+";
+        let wf = validate(&def("forms", text), &config()).unwrap();
+        assert_eq!(wf.phases.len(), 3);
+        assert_eq!(wf.phases[2].inputs, ["plan", "build"]);
+        assert_eq!(
+            placeholders("a {feature}/{x} {not a var} {}"),
+            ["feature", "x"]
+        );
+    }
+
+    #[test]
+    fn undeclared_variables_are_required_and_other_types_placeholders_are_problems() {
+        let text = "\
+name: v
+vars:
+  area: src
+  owner: ~
+phases:
+  - name: plan
+    type: single
+    agent: claude
+    prompt: \"Plan {feature} in {area} for {owner}\"
+    output: \"docs/{feature}/{team}.md\"
+";
+        let wf = validate(&def("v", text), &config()).unwrap();
+        assert_eq!(
+            wf.required_variables(),
+            ["feature", "owner", "team"],
+            "declared without default, or used without being declared"
+        );
+        let text = "name: w\nphases:\n  - name: a\n    type: single\n    agent: claude\n    prompt: \"Round {round}\"\n";
+        let problems = validate(&def("w", text), &config()).unwrap_err();
+        assert_eq!(
+            problems[0].message,
+            "`{round}` exists only in loop phases; `a` is a single phase"
+        );
+    }
+
+    #[test]
+    fn typos_of_variables_and_phases_get_a_suggestion() {
+        let text = "name: t\nvars: {feature: x}\nphases:\n  - name: plan\n    type: single\n    agent: claude\n    prompt: \"Plan {featur}\"\n  - name: build\n    type: single\n    agent: claude\n    input: plna.output\n";
+        let problems = validate(&def("t", text), &config()).unwrap_err();
+        assert_eq!(
+            problems[0].message,
+            "phase `build` reads `plna`, which is not a phase of this workflow; did you mean `plan`?"
+        );
+        let text = text.replace("plna.output", "plan.output");
+        let wf = validate(&def("t", &text), &config()).unwrap();
+        assert_eq!(
+            explain::variables_line(&wf),
+            "variables: featur (required: used but not declared under `vars:`; did you mean `feature`?), feature = \"x\""
+        );
+    }
+}
+
+#[cfg(test)]
+mod typed_tests {
+    use super::*;
+
+    /// What each phase type becomes once checked: the kind and the data it carries.
+    #[test]
+    fn each_phase_type_becomes_its_kind_with_its_data() {
+        let config = Config::parse(
+            "agents:\n  claude: {command: [c]}\n  gemini: {command: [g]}\n",
+            "t",
+        )
+        .unwrap();
+        let text = "\
+name: all
+phases:
+  - {name: plan, type: ensemble, agents: [claude, gemini], judge: claude, mode: sequential}
+  - {name: split, type: single, agent: claude, input: plan}
+  - name: work
+    type: routed
+    input: [split, plan]
+    routing: {ui: claude, default: gemini}
+  - name: inline
+    type: routed
+    tasks: [{category: ui, prompt: Do it}]
+    routing: {ui: claude}
+  - {name: each, type: map, agent: gemini, glob: \"src/*.rs\"}
+  - name: fix
+    type: loop
+    generator: {agent: claude, prompt: Fix}
+    evaluator: {command: [\"true\"]}
+    max_rounds: 3
+";
+        let def = Definition {
+            name: "all".into(),
+            source: Source::Builtin,
+            text: text.into(),
+        };
+        let wf = validate(&def, &config).unwrap();
+        let kinds: Vec<String> = wf
+            .phases
+            .iter()
+            .map(|p| match &p.kind {
+                Kind::Single => "single".to_string(),
+                Kind::Ensemble(e) => format!(
+                    "ensemble of {} judged by {}, sequential {}, min {}",
+                    e.proposers.len(),
+                    e.judge.value,
+                    e.sequential,
+                    e.min_proposals
+                ),
+                Kind::FanOut(f) => match &f.tasks {
+                    FanOutTasks::Inline(t) => format!("parallel of {}", t.len()),
+                    FanOutTasks::Routed {
+                        list: TaskList::FromPhase(from),
+                        ..
+                    } => format!("routed from {from}"),
+                    FanOutTasks::Routed {
+                        list: TaskList::Inline(t),
+                        ..
+                    } => format!("routed inline {}", t.len()),
+                    FanOutTasks::Files { glob } => format!("map over {glob}"),
+                },
+                Kind::Loop(l) => format!(
+                    "loop of {} by {}",
+                    l.max_rounds,
+                    match &l.evaluator {
+                        Evaluation::Command(c) => c.join(" "),
+                        Evaluation::Agent { agent, .. } => agent.value.clone(),
+                    }
+                ),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ensemble of 2 judged by claude, sequential true, min 1",
+                "single",
+                "routed from split",
+                "routed inline 1",
+                "map over src/*.rs",
+                "loop of 3 by true",
+            ],
+            "expected each phase checked into its kind"
+        );
+        assert_eq!(
+            wf.phases.iter().map(|p| p.phase_type()).collect::<Vec<_>>(),
+            [
+                PhaseType::Ensemble,
+                PhaseType::Single,
+                PhaseType::Routed,
+                PhaseType::Routed,
+                PhaseType::Map,
+                PhaseType::Loop
+            ],
+            "expected the written type back"
+        );
+    }
+}
