@@ -204,7 +204,8 @@ impl Api {
             crate::fsutil::read_confined(&root, &rel, MAX_RESULT_BYTES)
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match read {
             Ok(text) => Response::data(json!({"id": id, "output": output, "text": text})),
             Err(e) => Response::error(format!("cannot read the result `{output}`: {e}")),

@@ -113,6 +113,18 @@ copy it into the inbox instead"
     task::parse_fields(name, &bytes).map_err(|e| refused(e.0))
 }
 
+/// Why a task's explicit `id` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdRefused {
+    #[error("invalid `id` `{id}`: {cause}")]
+    Invalid {
+        id: String,
+        cause: crate::config::BadName,
+    },
+    #[error("duplicate id: a task `{id}` already exists; choose another `id` or leave it out")]
+    Duplicate { id: String },
+}
+
 /// Chooses the id of a task read from the file `name`: its explicit `id`, which must be free,
 /// or one made from the file's stem, with `-2`, `-3` … added until it is free. `free(id,
 /// explicit)` answers whether an id may be used (the engine knows the tasks, the ids reserved
@@ -121,16 +133,17 @@ pub fn choose_id(
     fields: &TaskFields,
     name: &str,
     free: impl Fn(&str, bool) -> bool,
-) -> Result<String, String> {
+) -> Result<String, IdRefused> {
     match &fields.id {
         Some(id) => {
-            validate_name(id).map_err(|m| format!("invalid `id` `{id}`: {m}"))?;
+            validate_name(id).map_err(|cause| IdRefused::Invalid {
+                id: id.clone(),
+                cause,
+            })?;
             if free(id, true) {
                 Ok(id.clone())
             } else {
-                Err(format!(
-                    "duplicate id: a task `{id}` already exists; choose another `id` or leave it out"
-                ))
+                Err(IdRefused::Duplicate { id: id.clone() })
             }
         }
         None => {
@@ -221,7 +234,9 @@ mod tests {
             choose_id(&f(r#"{"prompt":"p","id":"z"}"#), "a.json", free),
             Ok("z".into())
         );
-        let err = choose_id(&f(r#"{"prompt":"p","id":"b"}"#), "q.json", free).unwrap_err();
+        let err = choose_id(&f(r#"{"prompt":"p","id":"b"}"#), "q.json", free)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("duplicate id"), "{err}");
     }
 }

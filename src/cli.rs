@@ -47,7 +47,7 @@ pub enum Command {
         /// Serve the HTTP API, SSE events and the OpenAI-compatible endpoint on this address
         /// (`127.0.0.1:8787`, or just a port for loopback); overrides `http:` in the config.
         /// Requests need the bearer token in `.context/http.token`. See docs/api.md.
-        #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+        #[arg(long, value_name = "ADDR", value_parser = dirigent::config::parse_listen)]
         http: Option<std::net::SocketAddr>,
     },
     /// Serve the Model Context Protocol on stdin/stdout for an assistant (Claude Code:
@@ -270,14 +270,15 @@ pub struct SubmitArgs {
     pub json: bool,
 }
 
-fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
-    dirigent::config::parse_listen(s)
-}
-
 /// Parses `name=value`.
-fn parse_var(s: &str) -> Result<(String, String), String> {
+fn parse_var(s: &str) -> Result<(String, String), NotAVar> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("`{s}` is not `name=value`")),
+        _ => Err(NotAVar(s.to_string())),
     }
 }
+
+/// A `--var` that is not `name=value`.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not `name=value`")]
+pub struct NotAVar(String);

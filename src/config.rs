@@ -711,21 +711,54 @@ impl Config {
     }
 }
 
-fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
+/// What is wrong with one agent's entry (the config error names the agent).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("unknown preset `{name}` (presets: {known})")]
+    UnknownPreset { name: String, known: String },
+    #[error("give either `preset` or `command`, not both (use `args` to add flags to a preset)")]
+    PresetAndCommand,
+    #[error("needs a `command` (an argv array) or a `preset`")]
+    NoCommand,
+    #[error("`command` must start with the program to run")]
+    EmptyCommand,
+    /// `prompt: MODE` without the placeholder that mode fills.
+    #[error("`prompt: {0}` needs `{1}` in the command")]
+    NoPlaceholder(&'static str, &'static str),
+    #[error("the command uses `{{model}}` but no `model` is set")]
+    NoModel,
+    #[error("{what} `{pattern}`: {cause}")]
+    Pattern {
+        what: &'static str,
+        pattern: String,
+        cause: regex::Error,
+    },
+    #[error(
+        "`{key}` has an unknown class `{class}` (classes: auth, rate_limit, network, tool_error)"
+    )]
+    UnknownClass { key: &'static str, class: String },
+    #[error("`{0}` must be at least 1")]
+    Zero(&'static str),
+    #[error("`retry.factor` must be between 1 and 10")]
+    RetryFactor,
+    #[error("`retry.jitter` must be between 0 and 1 (a fraction of the delay)")]
+    RetryJitter,
+    #[error("`timeout` must be more than 0")]
+    ZeroTimeout,
+    #[error("`isolate` works with the claude, gemini, codex and opencode presets")]
+    CannotIsolate,
+}
+
+fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, AgentError> {
     let preset = match &raw.preset {
-        Some(p) => Some(preset::find(p).ok_or_else(|| {
-            format!(
-                "unknown preset `{p}` (presets: {})",
-                preset::names().join(", ")
-            )
+        Some(p) => Some(preset::find(p).ok_or_else(|| AgentError::UnknownPreset {
+            name: p.clone(),
+            known: preset::names().join(", "),
         })?),
         None => None,
     };
     if preset.is_some() && raw.command.is_some() {
-        return Err(
-            "give either `preset` or `command`, not both (use `args` to add flags to a preset)"
-                .into(),
-        );
+        return Err(AgentError::PresetAndCommand);
     }
     let mut command: Vec<String> = match (&raw.command, preset) {
         (Some(cmd), _) => cmd.clone(),
@@ -740,12 +773,12 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
                         ..raw
                     },
                 ),
-                None => Err("needs a `command` (an argv array) or a `preset`".into()),
+                None => Err(AgentError::NoCommand),
             };
         }
     };
     if command.is_empty() || command[0].is_empty() {
-        return Err("`command` must start with the program to run".into());
+        return Err(AgentError::EmptyCommand);
     }
     command.extend(raw.args.iter().cloned());
     let prompt = raw
@@ -755,10 +788,10 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
     let has = |ph: &str| command.iter().any(|c| c.contains(ph));
     match prompt {
         PromptMode::Arg if !has("{prompt}") => {
-            return Err("`prompt: arg` needs `{prompt}` in the command".into());
+            return Err(AgentError::NoPlaceholder("arg", "{prompt}"));
         }
         PromptMode::File if !has("{prompt_file}") => {
-            return Err("`prompt: file` needs `{prompt_file}` in the command".into());
+            return Err(AgentError::NoPlaceholder("file", "{prompt_file}"));
         }
         _ => {}
     }
@@ -766,7 +799,7 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
         .model
         .or_else(|| preset.and_then(|p| p.default_model).map(str::to_string));
     if has("{model}") && model.is_none() {
-        return Err("the command uses `{model}` but no `model` is set".into());
+        return Err(AgentError::NoModel);
     }
     let mut env: Vec<(String, String)> = preset
         .map(|p| {
@@ -782,7 +815,11 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
     }
     let mut fail_patterns = Vec::new();
     for pat in &raw.success.fail_patterns {
-        fail_patterns.push(Regex::new(pat).map_err(|e| format!("fail pattern `{pat}`: {e}"))?);
+        fail_patterns.push(Regex::new(pat).map_err(|cause| AgentError::Pattern {
+            what: "fail pattern",
+            pattern: pat.clone(),
+            cause,
+        })?);
     }
     let mut classified = by_class("patterns", &raw.patterns)?;
     if let Some(p) = preset {
@@ -803,7 +840,7 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
     let fatal = crate::watch::FatalRules {
         patterns: fatal_patterns,
         repeats: match raw.fatal_repeats {
-            Some(0) => return Err("`fatal_repeats` must be at least 1".into()),
+            Some(0) => return Err(AgentError::Zero("fatal_repeats")),
             Some(n) => n.min(1000),
             None => preset.map_or(3, |p| p.fatal_repeats),
         },
@@ -819,15 +856,15 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
             jitter: r.jitter.unwrap_or(d.jitter),
         };
         if !(1.0..=10.0).contains(&retry.factor) {
-            return Err("`retry.factor` must be between 1 and 10".into());
+            return Err(AgentError::RetryFactor);
         }
         if !(0.0..=1.0).contains(&retry.jitter) {
-            return Err("`retry.jitter` must be between 0 and 1 (a fraction of the delay)".into());
+            return Err(AgentError::RetryJitter);
         }
         retry
     };
     if raw.max_parallel == Some(0) {
-        return Err("`max_parallel` must be at least 1".into());
+        return Err(AgentError::Zero("max_parallel"));
     }
     let timeout = raw
         .timeout
@@ -835,7 +872,7 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
         .or(preset.map(|p| p.timeout))
         .unwrap_or(Duration::from_secs(30 * 60));
     if timeout.is_zero() {
-        return Err("`timeout` must be more than 0".into());
+        return Err(AgentError::ZeroTimeout);
     }
     Ok(Agent {
         name: name.to_string(),
@@ -874,9 +911,7 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
             (false, _) => false,
             (true, Some(p)) if crate::isolation::recipe(p.name).is_some() => true,
             (true, _) => {
-                return Err(
-                    "`isolate` works with the claude, gemini, codex and opencode presets".into(),
-                );
+                return Err(AgentError::CannotIsolate);
             }
         },
         provider: raw
@@ -886,14 +921,17 @@ fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, String> {
         cooldown: raw.cooldown.map_or(Duration::from_secs(10 * 60), |d| d.0),
         retry,
         starts_per_minute: match raw.starts_per_minute {
-            Some(0) => return Err("`starts_per_minute` must be at least 1".into()),
+            Some(0) => return Err(AgentError::Zero("starts_per_minute")),
             n => n,
         },
     })
 }
 
 /// Compiles `key:`'s patterns by class (`patterns:`, `fatal_patterns:`).
-fn by_class(key: &str, raw: &BTreeMap<String, Vec<String>>) -> Result<Vec<(Class, Regex)>, String> {
+fn by_class(
+    key: &'static str,
+    raw: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<(Class, Regex)>, AgentError> {
     let mut out = Vec::new();
     for (class_name, pats) in raw {
         let class = match class_name.as_str() {
@@ -902,15 +940,20 @@ fn by_class(key: &str, raw: &BTreeMap<String, Vec<String>>) -> Result<Vec<(Class
             "network" => Class::Network,
             "tool_error" => Class::ToolError,
             other => {
-                return Err(format!(
-                    "`{key}` has an unknown class `{other}` (classes: auth, rate_limit, network, tool_error)"
-                ));
+                return Err(AgentError::UnknownClass {
+                    key,
+                    class: other.to_string(),
+                });
             }
         };
         for pat in pats {
             out.push((
                 class,
-                Regex::new(pat).map_err(|e| format!("pattern `{pat}`: {e}"))?,
+                Regex::new(pat).map_err(|cause| AgentError::Pattern {
+                    what: "pattern",
+                    pattern: pat.clone(),
+                    cause,
+                })?,
             ));
         }
     }
@@ -927,30 +970,36 @@ pub fn split_entry(entry: &str) -> (&str, Option<&str>) {
 
 /// Parses a listen address for the HTTP API: `127.0.0.1:8787`, `[::1]:8787`, or a bare port
 /// (`8787`, meaning loopback).
-pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, BadListen> {
     let text = text.trim();
     if let Ok(port) = text.parse::<u16>() {
         return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    text.parse().map_err(|_| {
-        format!("`{text}` is not a listen address; write `127.0.0.1:8787` (or just a port)")
-    })
+    text.parse().map_err(|_| BadListen(text.to_string()))
 }
 
+/// A listen address that is none.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a listen address; write `127.0.0.1:8787` (or just a port)")]
+pub struct BadListen(pub String);
+
 /// Agent, role and task ids share one alphabet, safe as file names.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), BadName> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with(['.', '-'])
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err("names use letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters".into())
-    }
+    if ok { Ok(()) } else { Err(BadName) }
 }
+
+/// A name outside the alphabet agent, role and task ids share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "names use letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters"
+)]
+pub struct BadName;
 
 /// The largest config file read.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;

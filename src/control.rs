@@ -314,42 +314,81 @@ async fn read_line_limited<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
+/// Why a client got no answer from the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("refusing to talk to `{path}`: it belongs to uid {owner}, not to you (uid {me})")]
+    ForeignSocket {
+        path: std::path::PathBuf,
+        owner: u32,
+        me: u32,
+    },
+    #[error(
+        "refusing to talk to `{path}`: the process behind it runs as uid {peer}, not as you (uid {me})"
+    )]
+    ForeignPeer {
+        path: std::path::PathBuf,
+        peer: u32,
+        me: u32,
+    },
+    #[error("refusing to talk to `{path}`: cannot tell who is behind it")]
+    UnknownPeer { path: std::path::PathBuf },
+    #[error("no daemon is running on `{root}` ({cause}); start it with `dirigent daemon`")]
+    NotRunning {
+        root: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("cannot encode the request: {0}")]
+    Encode(serde_json::Error),
+    #[error("cannot talk to the daemon: {0}")]
+    Write(std::io::Error),
+    #[error("cannot read the daemon's answer: {0}")]
+    Read(std::io::Error),
+    #[error("the daemon closed the connection without an answer")]
+    NoAnswer,
+    #[error("the daemon's answer is not understood ({cause}): {answer}")]
+    NotUnderstood {
+        cause: serde_json::Error,
+        answer: String,
+    },
+}
+
 /// Checks, before a client sends anything, that the socket belongs to this user: a socket
 /// someone else made (in a shared directory) never receives a prompt.
-fn check_socket_owner(path: &std::path::Path) -> Result<(), String> {
+fn check_socket_owner(path: &std::path::Path) -> Result<(), ClientError> {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(()); // connecting will say it is not there
     };
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(format!(
-            "refusing to talk to `{}`: it belongs to uid {}, not to you (uid {me})",
-            path.display(),
-            meta.uid()
-        ));
+        return Err(ClientError::ForeignSocket {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
     }
     Ok(())
 }
 
 /// Whether the process at the other end of a connected socket runs as this user.
-fn check_peer(uid: Option<u32>, path: &std::path::Path) -> Result<(), String> {
+fn check_peer(uid: Option<u32>, path: &std::path::Path) -> Result<(), ClientError> {
     let me = nix::unistd::geteuid().as_raw();
     match uid {
         Some(u) if u == me => Ok(()),
-        Some(u) => Err(format!(
-            "refusing to talk to `{}`: the process behind it runs as uid {u}, not as you (uid {me})",
-            path.display()
-        )),
-        None => Err(format!(
-            "refusing to talk to `{}`: cannot tell who is behind it",
-            path.display()
-        )),
+        Some(peer) => Err(ClientError::ForeignPeer {
+            path: path.to_path_buf(),
+            peer,
+            me,
+        }),
+        None => Err(ClientError::UnknownPeer {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
 /// Sends one request to the daemon of `ws` and waits for the answer (for the CLI).
-pub fn request(ws: &Workspace, req: &Request) -> Result<Response, String> {
+pub fn request(ws: &Workspace, req: &Request) -> Result<Response, ClientError> {
     let path = socket_path(ws);
     check_socket_owner(&path)?;
     let mut stream =
@@ -381,7 +420,7 @@ fn peer_uid(stream: &std::os::unix::net::UnixStream) -> Option<u32> {
 
 /// [`request`] for async callers (the MCP server): one connection per request, so a long
 /// `wait` never holds up another call.
-pub async fn request_async(ws: &Workspace, req: &Request) -> Result<Response, String> {
+pub async fn request_async(ws: &Workspace, req: &Request) -> Result<Response, ClientError> {
     let path = socket_path(ws);
     check_socket_owner(&path)?;
     let stream = tokio::net::UnixStream::connect(&path)
@@ -395,16 +434,16 @@ pub async fn request_async(ws: &Workspace, req: &Request) -> Result<Response, St
     decode(written, read, answer)
 }
 
-fn not_running(ws: &Workspace, e: std::io::Error) -> String {
-    format!(
-        "no daemon is running on `{}` ({e}); start it with `dirigent daemon`",
-        ws.root().display()
-    )
+fn not_running(ws: &Workspace, cause: std::io::Error) -> ClientError {
+    ClientError::NotRunning {
+        root: ws.root().to_path_buf(),
+        cause,
+    }
 }
 
 /// One request line.
-fn encode(req: &Request) -> Result<String, String> {
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+fn encode(req: &Request) -> Result<String, ClientError> {
+    let mut line = serde_json::to_string(req).map_err(ClientError::Encode)?;
     line.push('\n');
     Ok(line)
 }
@@ -414,14 +453,13 @@ fn decode(
     written: std::io::Result<()>,
     read: std::io::Result<usize>,
     answer: String,
-) -> Result<Response, String> {
+) -> Result<Response, ClientError> {
     if answer.is_empty() {
         return Err(match (written, read) {
-            (Err(e), _) => format!("cannot talk to the daemon: {e}"),
-            (_, Err(e)) => format!("cannot read the daemon's answer: {e}"),
-            _ => "the daemon closed the connection without an answer".to_string(),
+            (Err(e), _) => ClientError::Write(e),
+            (_, Err(e)) => ClientError::Read(e),
+            _ => ClientError::NoAnswer,
         });
     }
-    serde_json::from_str(&answer)
-        .map_err(|e| format!("the daemon's answer is not understood ({e}): {answer}"))
+    serde_json::from_str(&answer).map_err(|cause| ClientError::NotUnderstood { cause, answer })
 }

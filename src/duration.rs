@@ -24,28 +24,44 @@ impl Dur {
 /// Longer ones are refused when parsed, so no deadline computed from one can overflow.
 pub const MAX: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
+/// Why a duration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration")]
+    Empty,
+    #[error("invalid duration `{text}` ({cause}); write it like `500ms`, `10s` or `5m`")]
+    Invalid { text: String, cause: String },
+    #[error("`{text}`: {limit}")]
+    TooLong { text: String, limit: TooLong },
+}
+
+/// A duration past [`MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("durations are limited to 366 days")]
+pub struct TooLong;
+
 /// Parses `500ms`, `10s`, `5m`, `1h30m`, `2d`; a bare number means seconds. At most [`MAX`].
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     if t.is_empty() {
-        return Err("empty duration".into());
+        return Err(DurationError::Empty);
     }
     let d = match t.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(t).map_err(|e| {
-            format!("invalid duration `{t}` ({e}); write it like `500ms`, `10s` or `5m`")
+        Err(_) => humantime::parse_duration(t).map_err(|e| DurationError::Invalid {
+            text: t.to_string(),
+            cause: e.to_string(),
         })?,
     };
-    within_max(d).map_err(|e| format!("`{t}`: {e}"))
+    within_max(d).map_err(|limit| DurationError::TooLong {
+        text: t.to_string(),
+        limit,
+    })
 }
 
 /// `d` if it is at most [`MAX`].
-pub fn within_max(d: Duration) -> Result<Duration, String> {
-    if d > MAX {
-        Err("durations are limited to 366 days".into())
-    } else {
-        Ok(d)
-    }
+pub fn within_max(d: Duration) -> Result<Duration, TooLong> {
+    if d > MAX { Err(TooLong) } else { Ok(d) }
 }
 
 /// Formats a duration compactly for humans: `820ms`, `12.3s`, `4m05s`, `2h10m`.
@@ -141,7 +157,7 @@ mod tests {
             "400d",
             "99999999h",
         ] {
-            let err = parse(text).unwrap_err();
+            let err = parse(text).unwrap_err().to_string();
             assert!(
                 err.contains("limited to 366 days") || err.contains("invalid duration"),
                 "{text}: {err}"
@@ -155,7 +171,7 @@ mod tests {
 
     #[test]
     fn rejects_nonsense_with_a_hint() {
-        let err = parse("ten minutes").unwrap_err();
+        let err = parse("ten minutes").unwrap_err().to_string();
         assert!(
             err.contains("`ten minutes`") && err.contains("10s"),
             "{err}"

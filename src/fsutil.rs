@@ -197,10 +197,19 @@ fn libc_flags() -> i32 {
 /// Reads `base/rel` as text, refusing what leads outside `base` (`..`, an absolute path, or a
 /// symbolic link anywhere on the way), what is not a regular file, and what is larger than
 /// `limit` bytes. Errors complete "`rel` …".
-pub fn read_confined(base: &Path, rel: &str, limit: u64) -> Result<String, String> {
-    let path = crate::confined::RelPath::parse("path", rel).map_err(|e| e.to_string())?;
-    let dir = crate::confined::Dir::open(base).map_err(|e| format!("cannot be read: {e}"))?;
-    crate::confined::read_text(&dir, &path, limit).map_err(|e| format!("cannot be read: {e}"))
+pub fn read_confined(base: &Path, rel: &str, limit: u64) -> Result<String, ConfinedReadError> {
+    let path = crate::confined::RelPath::parse("path", rel)?;
+    let dir = crate::confined::Dir::open(base).map_err(ConfinedReadError::Io)?;
+    crate::confined::read_text(&dir, &path, limit).map_err(ConfinedReadError::Io)
+}
+
+/// Why [`read_confined`] read nothing; the text completes "`rel` …".
+#[derive(Debug, thiserror::Error)]
+pub enum ConfinedReadError {
+    #[error(transparent)]
+    Path(#[from] crate::confined::PathError),
+    #[error("cannot be read: {0}")]
+    Io(io::Error),
 }
 
 /// [`digest_file`] of `base/rel`, reached without following a link.

@@ -269,7 +269,24 @@ fn arg_str(args: &JsonObject, key: &str) -> Option<String> {
     args.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
-fn arg_strings(args: &JsonObject, key: &str) -> Result<Option<Vec<String>>, String> {
+/// Why a tool call's arguments cannot be used: the client hears it as invalid parameters.
+#[derive(Debug, thiserror::Error)]
+enum BadCall {
+    #[error("`{0}` is required")]
+    Missing(&'static str),
+    #[error("`{0}` must be a list of strings")]
+    NotStrings(&'static str),
+    #[error("`vars` must be an object of strings")]
+    VarsNotObject,
+    #[error("no tool `{0}`")]
+    NoTool(String),
+}
+
+fn required(args: &JsonObject, key: &'static str) -> Result<String, BadCall> {
+    arg_str(args, key).ok_or(BadCall::Missing(key))
+}
+
+fn arg_strings(args: &JsonObject, key: &'static str) -> Result<Option<Vec<String>>, BadCall> {
     match args.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) => a
@@ -277,16 +294,16 @@ fn arg_strings(args: &JsonObject, key: &str) -> Result<Option<Vec<String>>, Stri
             .map(|v| {
                 v.as_str()
                     .map(str::to_string)
-                    .ok_or_else(|| format!("`{key}` must be a list of strings"))
+                    .ok_or(BadCall::NotStrings(key))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
-        Some(_) => Err(format!("`{key}` must be a list of strings")),
+        Some(_) => Err(BadCall::NotStrings(key)),
     }
 }
 
 impl Server {
-    async fn ask(&self, req: Request) -> Result<Response, String> {
+    async fn ask(&self, req: Request) -> Result<Response, crate::control::ClientError> {
         crate::control::request_async(&self.ws, &req).await
     }
 
@@ -304,7 +321,7 @@ impl Server {
             .await
         {
             Ok(r) => r,
-            Err(e) => return tool_error(e),
+            Err(e) => return tool_error(e.to_string()),
         };
         let Some(mut data) = r.data else {
             return tool_error(r.message);
@@ -332,7 +349,7 @@ impl Server {
                     out
                 }
                 Ok(res) => tool_error(res.message),
-                Err(e) => tool_error(e),
+                Err(e) => tool_error(e.to_string()),
             },
             Some("rejected") => tool_error(format!(
                 "task `{id}` was rejected: {}",
@@ -359,7 +376,7 @@ impl Server {
             .await
         {
             Ok(r) => r,
-            Err(e) => return tool_error(e),
+            Err(e) => return tool_error(e.to_string()),
         };
         if !r.ok {
             return tool_error(r.message);
@@ -382,14 +399,14 @@ impl Server {
         match self.ask(req).await {
             Ok(r) if r.ok => tool_json(&r.data.unwrap_or_else(|| json!({"message": r.message}))),
             Ok(r) => tool_error(r.message),
-            Err(e) => tool_error(e),
+            Err(e) => tool_error(e.to_string()),
         }
     }
 
-    async fn call(&self, name: &str, args: JsonObject) -> Result<CallToolResult, String> {
+    async fn call(&self, name: &str, args: JsonObject) -> Result<CallToolResult, BadCall> {
         Ok(match name {
             "submit_task" => {
-                let prompt = arg_str(&args, "prompt").ok_or("`prompt` is required")?;
+                let prompt = required(&args, "prompt")?;
                 let fields = TaskFields {
                     id: arg_str(&args, "id"),
                     title: arg_str(&args, "title"),
@@ -404,10 +421,10 @@ impl Server {
                 self.submit(fields, &args).await
             }
             "run_workflow" => {
-                let name = arg_str(&args, "name").ok_or("`name` is required")?;
+                let name = required(&args, "name")?;
                 let mut vars = std::collections::BTreeMap::new();
                 if let Some(v) = args.get("vars") {
-                    let obj = v.as_object().ok_or("`vars` must be an object of strings")?;
+                    let obj = v.as_object().ok_or(BadCall::VarsNotObject)?;
                     for (k, v) in obj {
                         let v = match v {
                             Value::String(s) => s.clone(),
@@ -425,7 +442,7 @@ impl Server {
                 self.submit(fields, &args).await
             }
             "wait_task" => {
-                let id = arg_str(&args, "id").ok_or("`id` is required")?;
+                let id = required(&args, "id")?;
                 self.wait(&id, &args).await
             }
             "task_status" => match arg_str(&args, "id") {
@@ -438,7 +455,7 @@ impl Server {
                 }
             },
             "task_result" => {
-                let id = arg_str(&args, "id").ok_or("`id` is required")?;
+                let id = required(&args, "id")?;
                 match self.ask(Request::Result { id }).await {
                     Ok(r) if r.ok => CallToolResult::success(vec![ContentBlock::text(
                         r.data.unwrap_or_default()["text"]
@@ -447,16 +464,16 @@ impl Server {
                             .to_string(),
                     )]),
                     Ok(r) => tool_error(r.message),
-                    Err(e) => tool_error(e),
+                    Err(e) => tool_error(e.to_string()),
                 }
             }
             "cancel_task" => {
-                let id = arg_str(&args, "id").ok_or("`id` is required")?;
+                let id = required(&args, "id")?;
                 self.data(Request::Cancel { id }).await
             }
             "list_agents" => self.data(Request::Agents).await,
             "list_workflows" => self.data(Request::Workflows).await,
-            other => return Err(format!("no tool `{other}`")),
+            other => return Err(BadCall::NoTool(other.to_string())),
         })
     }
 }
@@ -488,7 +505,7 @@ impl ServerHandler for Server {
         let args = request.arguments.unwrap_or_default();
         match self.call(&request.name, args).await {
             Ok(result) => Ok(result.into()),
-            Err(message) => Err(ErrorData::invalid_params(message, None)),
+            Err(bad) => Err(ErrorData::invalid_params(bad.to_string(), None)),
         }
     }
 }

@@ -151,12 +151,12 @@ impl Workspace {
     /// Refuses a `.context/` that another user could tamper with: it and each subdirectory must
     /// be a real directory (not a symlink), owned by the effective user, not writable by group or
     /// others. Returns the first problem as a message that says how to fix it.
-    pub fn check_private(&self) -> Result<(), String> {
+    pub fn check_private(&self) -> Result<(), NotPrivate> {
         self.check_private_for(nix::unistd::geteuid().as_raw())
     }
 
     /// [`Workspace::check_private`] for the user `me`.
-    fn check_private_for(&self, me: u32) -> Result<(), String> {
+    fn check_private_for(&self, me: u32) -> Result<(), NotPrivate> {
         use std::os::unix::fs::MetadataExt;
         let dirs =
             std::iter::once(self.ctx.clone()).chain(SUBDIRS.iter().map(|s| self.ctx.join(s)));
@@ -164,33 +164,63 @@ impl Workspace {
             let meta = match std::fs::symlink_metadata(&dir) {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("cannot inspect `{}`: {e}", dir.display())),
+                Err(cause) => return Err(NotPrivate::Unreadable { dir, cause }),
             };
             if meta.file_type().is_symlink() {
-                return Err(format!(
-                    "`{}` is a symbolic link; dirigent only uses real directories inside `.context/`",
-                    dir.display()
-                ));
+                return Err(NotPrivate::Link { dir });
             }
             if meta.uid() != me {
-                return Err(format!(
-                    "`{}` is owned by uid {}, not by you (uid {me}); fix it with `chown -R {me} {}`",
-                    dir.display(),
-                    meta.uid(),
-                    self.ctx.display()
-                ));
+                return Err(NotPrivate::Foreign {
+                    dir,
+                    owner: meta.uid(),
+                    me,
+                    context: self.ctx.clone(),
+                });
             }
             let mode = meta.mode() & 0o777;
             if mode & 0o022 != 0 {
-                return Err(format!(
-                    "`{}` is writable by other users (mode {mode:04o}); fix it with `chmod -R go-w {}`",
-                    dir.display(),
-                    self.ctx.display()
-                ));
+                return Err(NotPrivate::Writable {
+                    dir,
+                    mode,
+                    context: self.ctx.clone(),
+                });
             }
         }
         Ok(())
     }
+}
+
+/// Why `.context/` is not safe to use: another user could tamper with it. Each says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum NotPrivate {
+    #[error("cannot inspect `{}`: {cause}", dir.display())]
+    Unreadable { dir: PathBuf, cause: io::Error },
+    #[error(
+        "`{}` is a symbolic link; dirigent only uses real directories inside `.context/`",
+        dir.display()
+    )]
+    Link { dir: PathBuf },
+    #[error(
+        "`{}` is owned by uid {owner}, not by you (uid {me}); fix it with `chown -R {me} {}`",
+        dir.display(),
+        context.display()
+    )]
+    Foreign {
+        dir: PathBuf,
+        owner: u32,
+        me: u32,
+        context: PathBuf,
+    },
+    #[error(
+        "`{}` is writable by other users (mode {mode:04o}); fix it with `chmod -R go-w {}`",
+        dir.display(),
+        context.display()
+    )]
+    Writable {
+        dir: PathBuf,
+        mode: u32,
+        context: PathBuf,
+    },
 }
 
 fn create_private_dir(path: &Path) -> io::Result<()> {
@@ -231,7 +261,10 @@ mod tests {
         }
         // Idempotent.
         ws.ensure().unwrap();
-        assert_eq!(ws.check_private(), Ok(()));
+        assert!(
+            ws.check_private().is_ok(),
+            "expected a fresh .context/ to be private"
+        );
     }
 
     #[test]
@@ -240,7 +273,7 @@ mod tests {
         let ws = Workspace::new(tmp.path()).unwrap();
         ws.ensure().unwrap();
         std::fs::set_permissions(ws.inbox(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = ws.check_private().unwrap_err();
+        let err = ws.check_private().unwrap_err().to_string();
         assert!(
             err.contains("inbox` is writable by other users (mode 0777)"),
             "{err}"
@@ -249,7 +282,7 @@ mod tests {
         std::fs::remove_dir(ws.done()).unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), ws.done()).unwrap();
-        let err = ws.check_private().unwrap_err();
+        let err = ws.check_private().unwrap_err().to_string();
         assert!(err.contains("done` is a symbolic link"), "{err}");
     }
 
@@ -261,7 +294,7 @@ mod tests {
         let me = nix::unistd::geteuid().as_raw();
         // The same files, seen by another user: none of them is theirs.
         let other = me.wrapping_add(1);
-        let err = ws.check_private_for(other).unwrap_err();
+        let err = ws.check_private_for(other).unwrap_err().to_string();
         assert!(
             err.contains(&format!("is owned by uid {me}, not by you (uid {other})")),
             "{err}"

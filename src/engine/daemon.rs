@@ -14,8 +14,10 @@ pub enum DaemonError {
     Locked { pid: String, root: String },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("{0}")]
-    Unsafe(String),
+    #[error(transparent)]
+    NotPrivate(#[from] crate::workspace::NotPrivate),
+    #[error(transparent)]
+    Key(#[from] crate::integrity::KeyError),
     #[error("cannot serve the HTTP API on `{addr}`: {cause}")]
     Http { addr: String, cause: std::io::Error },
     #[error("cannot watch the inbox `{path}`: {cause}")]
@@ -56,7 +58,7 @@ pub async fn run_with_options(
         cause,
     };
     ws.ensure().map_err(ws_err)?;
-    ws.check_private().map_err(DaemonError::Unsafe)?;
+    ws.check_private()?;
     let _lock = lock_workspace(&ws)?;
     if !crate::reaper::become_subreaper() {
         tracing::debug!("not a child subreaper: processes that escape with setsid are not caught");
@@ -80,8 +82,7 @@ pub async fn run_with_options(
 
     // Records are sealed with a key kept outside the workspace, so that lines an agent appends
     // to the ledger are not believed (see `integrity`).
-    let (key, key_is_new) =
-        crate::integrity::load_or_create(&ws).map_err(|e| DaemonError::Unsafe(e.to_string()))?;
+    let (key, key_is_new) = crate::integrity::load_or_create(&ws)?;
     let loaded = crate::compact::load(&ws, Some(KEEP_FINISHED), true, Some(&key), key_is_new)
         .map_err(ws_err)?;
     report_refused(&ws, &loaded);

@@ -147,9 +147,11 @@ impl Engine {
         // Explicit ids first: they were asked for; a name-derived id yields to them.
         parsed.sort_by_key(|(_, f)| f.id.is_none());
         for (c, fields) in parsed {
+            // A refusal is data from here on: the reason recorded with the rejected file.
             let id = claim::choose_id(&fields, &c.name, |id, explicit| {
                 !batch_ids.contains(id) && self.id_free(id, explicit.then_some(c.name.as_str()))
-            });
+            })
+            .map_err(|refused| refused.to_string());
             let spec = id
                 .and_then(|id| {
                     crate::task::accept(id, fields, &self.config, self.ws.root()).map_err(|e| e.0)

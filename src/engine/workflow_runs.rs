@@ -3,6 +3,21 @@
 
 use super::*;
 
+/// Why a workflow run's task cannot be submitted at all: the run fails with it.
+#[derive(Debug, thiserror::Error)]
+enum ChildRefused {
+    #[error("its task id `{id}` is not usable: {cause}")]
+    BadId {
+        id: String,
+        cause: crate::config::BadName,
+    },
+    #[error("its task `{id}` cannot be submitted: {cause}")]
+    Submit {
+        id: String,
+        cause: crate::submit::SubmitError,
+    },
+}
+
 /// How long a loop's evaluator command may run.
 const EVALUATOR_LIMIT: Duration = Duration::from_secs(30 * 60);
 
@@ -29,8 +44,8 @@ impl Engine {
                 for action in actions {
                     match action {
                         crate::runner::Action::Submit(child) => {
-                            if let Err(reason) = self.submit_child(&child) {
-                                self.escalate(&run, reason);
+                            if let Err(refused) = self.submit_child(&child) {
+                                self.escalate(&run, refused.to_string());
                                 break;
                             }
                         }
@@ -153,9 +168,11 @@ impl Engine {
     /// twice is harmless: the second file finds the first in the inbox, or the id taken.
     /// Returns why the task cannot be submitted at all (too big, a bad id): the run then fails
     /// with that reason instead of waiting for a task that will never come.
-    fn submit_child(&mut self, child: &crate::runner::Child) -> Result<(), String> {
-        crate::config::validate_name(&child.id)
-            .map_err(|m| format!("its task id `{}` is not usable: {m}", child.id))?;
+    fn submit_child(&mut self, child: &crate::runner::Child) -> Result<(), ChildRefused> {
+        crate::config::validate_name(&child.id).map_err(|cause| ChildRefused::BadId {
+            id: child.id.clone(),
+            cause,
+        })?;
         let fields = crate::task::TaskFields {
             id: Some(child.id.clone()),
             title: Some(child.title.clone()),
@@ -181,8 +198,11 @@ impl Engine {
                 let what = fsutil::exhausted(&cause).unwrap_or("a resource ran out");
                 self.pause(format!("{what} (submitting `{}`: {cause})", child.id));
             }
-            Err(e) => {
-                return Err(format!("its task `{}` cannot be submitted: {e}", child.id));
+            Err(cause) => {
+                return Err(ChildRefused::Submit {
+                    id: child.id.clone(),
+                    cause,
+                });
             }
         }
         // The prompt a phase's task received is kept next to its output.

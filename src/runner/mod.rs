@@ -126,7 +126,7 @@ fn route(
     name: &str,
     accepts: Accepts,
     config: &Config,
-) -> Result<(Option<String>, Option<String>), String> {
+) -> Result<(Option<String>, Option<String>), targets::Unresolved> {
     targets::resolve(name, accepts, config).map(|r| r.target.fields())
 }
 
@@ -253,7 +253,7 @@ impl Ctx<'_> {
     }
 
     /// The run fails: "phase `NAME`: {why}".
-    fn failed_to_route(&self, why: String) -> Vec<Action> {
+    fn failed_to_route(&self, why: impl std::fmt::Display) -> Vec<Action> {
         vec![Action::Failed(format!("phase `{}`: {why}", self.name()))]
     }
 }

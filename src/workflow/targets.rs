@@ -59,7 +59,7 @@ pub struct Resolved {
 }
 
 /// Resolves `name` in the lookup order; the error says why nothing matched.
-pub fn resolve(name: &str, accepts: Accepts, config: &Config) -> Result<Resolved, String> {
+pub fn resolve(name: &str, accepts: Accepts, config: &Config) -> Result<Resolved, Unresolved> {
     if let Some(found) = direct(name, accepts, config) {
         return Ok(found);
     }
@@ -113,7 +113,54 @@ fn direct(name: &str, accepts: Accepts, config: &Config) -> Option<Resolved> {
     None
 }
 
-fn not_found(name: &str, accepts: Accepts, config: &Config) -> String {
+/// Why a name runs nothing; each says what is there and, where it can, what was meant or which
+/// config line would make it run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolved {
+    #[error("unknown agent `{name}` (configured: {agents}){hint}")]
+    UnknownAgent {
+        name: String,
+        agents: String,
+        hint: String,
+    },
+    #[error("unknown role `{name}` (roles: {roles}){hint}")]
+    UnknownRole {
+        name: String,
+        roles: String,
+        hint: String,
+    },
+    #[error("`{name}` names no agent before `:` (configured: {agents})")]
+    NoAgentBeforeColon { name: String, agents: String },
+    #[error("`{name}` names no model after `:`")]
+    NoModelAfterColon { name: String },
+    #[error("`{name}` names agent `{agent}`, which is not configured (configured: {agents}){hint}")]
+    AgentNotConfigured {
+        name: String,
+        agent: String,
+        agents: String,
+        hint: String,
+    },
+    #[error(transparent)]
+    Nothing(Box<NothingMatched>),
+}
+
+/// A name that is no agent, `agent:model`, role or `models:` alias.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{name}` is not an agent (configured: {agents}), an `agent:model` entry, a role (roles: {roles}) or a `models:` alias.{alias}{did_you_mean}{add}"
+)]
+pub struct NothingMatched {
+    name: String,
+    agents: String,
+    roles: String,
+    /// What a `models:` alias of that name stands for, when there is one.
+    alias: String,
+    did_you_mean: String,
+    /// The config line to add.
+    add: String,
+}
+
+fn not_found(name: &str, accepts: Accepts, config: &Config) -> Unresolved {
     let agents = config.agents.keys().cloned().collect::<Vec<_>>();
     let mut roles: Vec<String> = config.roles.keys().cloned().collect();
     roles.extend(
@@ -138,27 +185,39 @@ fn not_found(name: &str, accepts: Accepts, config: &Config) -> String {
         .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_default();
     let agents = agents.join(", ");
+    let name_ = name.to_string();
     match accepts {
-        Accepts::Agent => {
-            format!("unknown agent `{name}` (configured: {agents}){hint}")
-        }
-        Accepts::Role => format!("unknown role `{name}` (roles: {}){hint}", roles.join(", ")),
+        Accepts::Agent => Unresolved::UnknownAgent {
+            name: name_,
+            agents,
+            hint,
+        },
+        Accepts::Role => Unresolved::UnknownRole {
+            name: name_,
+            roles: roles.join(", "),
+            hint,
+        },
         Accepts::Any => {
-            let roles = roles.join(", ");
             if let Some((agent, model)) = name.split_once(':') {
                 if agent.is_empty() {
-                    return format!("`{name}` names no agent before `:` (configured: {agents})");
+                    return Unresolved::NoAgentBeforeColon {
+                        name: name_,
+                        agents,
+                    };
                 }
                 if model.is_empty() {
-                    return format!("`{name}` names no model after `:`");
+                    return Unresolved::NoModelAfterColon { name: name_ };
                 }
                 let hint =
                     crate::suggest::did_you_mean(agent, config.agents.keys().map(String::as_str))
                         .map(|s| format!("; did you mean `{s}:{model}`?"))
                         .unwrap_or_default();
-                return format!(
-                    "`{name}` names agent `{agent}`, which is not configured (configured: {agents}){hint}"
-                );
+                return Unresolved::AgentNotConfigured {
+                    name: name_,
+                    agent: agent.to_string(),
+                    agents,
+                    hint,
+                };
             }
             let alias = match config.model_targets.get(name) {
                 Some(value) => format!(
@@ -177,9 +236,14 @@ fn not_found(name: &str, accepts: Accepts, config: &Config) -> String {
                     " To run it, add `{name}: AGENT` (or `AGENT:MODEL`) under `models:` in the config."
                 ),
             };
-            format!(
-                "`{name}` is not an agent (configured: {agents}), an `agent:model` entry, a role (roles: {roles}) or a `models:` alias.{alias}{did_you_mean}{add}"
-            )
+            Unresolved::Nothing(Box::new(NothingMatched {
+                name: name_,
+                agents,
+                roles: roles.join(", "),
+                alias,
+                did_you_mean,
+                add,
+            }))
         }
     }
 }
@@ -273,7 +337,7 @@ mod tests {
                 (Ok(t), Ok(r)) => assert_eq!(&r.target, t, "{name} as {accepts:?}"),
                 (Err(part), Err(msg)) => {
                     assert!(
-                        msg.contains(part),
+                        msg.to_string().contains(part),
                         "{name} as {accepts:?}: {msg:?} lacks {part:?}"
                     )
                 }

@@ -26,19 +26,31 @@ pub struct ListedTask {
 
 /// Reads a task list; `categories` are the routing's keys (an unbracketed `word: text` line is a
 /// task only when `word` is one of them, so prose like `Note: …` is not taken for a task).
-pub fn parse(text: &str, categories: &[&str]) -> Result<Vec<ListedTask>, String> {
+pub fn parse(text: &str, categories: &[&str]) -> Result<Vec<ListedTask>, NoTaskList> {
     if let Some(tasks) = from_json(text) {
         return Ok(tasks);
     }
     let tasks = from_markdown(text, categories);
     if tasks.is_empty() {
-        Err(format!(
-            "it holds no task list: expected lines like `- [{}] what to do`, headings like `## [{0}] what to do`, or a JSON list of {{\"category\", \"prompt\"}}",
-            categories.first().copied().unwrap_or("category")
-        ))
+        Err(NoTaskList {
+            example: categories
+                .first()
+                .copied()
+                .unwrap_or("category")
+                .to_string(),
+        })
     } else {
         Ok(tasks)
     }
+}
+
+/// An answer with no task list in it; `example` is a category to show the expected form with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "it holds no task list: expected lines like `- [{example}] what to do`, headings like `## [{example}] what to do`, or a JSON list of {{\"category\", \"prompt\"}}"
+)]
+pub struct NoTaskList {
+    pub example: String,
 }
 
 /// A category's routing entry: exact, then ignoring case, then `default`.
@@ -367,7 +379,7 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(tasks(text), pairs(want), "task list {text:?}");
         }
-        let err = parse("nothing here", &["backend"]).unwrap_err();
+        let err = parse("nothing here", &["backend"]).unwrap_err().to_string();
         assert!(err.contains("`- [backend] what to do`"), "{err}");
     }
 

@@ -141,7 +141,7 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         }
         for (name, accepts) in phase.named_runners() {
             if let Err(why) = targets::resolve(&name.value, accepts, config) {
-                at(&name.referenced, why);
+                at(&name.referenced, why.to_string());
             }
         }
         // Placeholders: a variable that is not declared is a required one; a placeholder of
