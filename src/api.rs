@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::control::{ControlRequest, Failure, Request, Response};
 use crate::ledger::{self, Event, Record};
+use crate::protocol::{ControlRequest, Failure, Request, Response};
 use crate::workspace::Workspace;
 
 /// The largest result `result` returns inline.

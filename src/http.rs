@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::api::{Api, StreamItem};
-use crate::control::{Failure, Request, Response};
+use crate::protocol::{Failure, Request, Response};
 use crate::web::{ApiError, AppState, KEEP_ALIVE};
 use crate::workspace::Workspace;
 

@@ -36,6 +36,7 @@ pub mod mcp;
 pub mod openai;
 pub mod preset;
 pub mod progress;
+pub mod protocol;
 pub mod reaper;
 pub mod result;
 pub mod routing;

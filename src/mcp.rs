@@ -17,7 +17,7 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
 
-use crate::control::{Request, Response};
+use crate::protocol::{Request, Response};
 use crate::task::TaskFields;
 use crate::workspace::Workspace;
 

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use serde_json::{Value, json};
 
 use crate::api::Api;
-use crate::control::Request;
+use crate::protocol::Request;
 use crate::task::TaskFields;
 use crate::web::{ApiError, AppState};
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use serde_json::{Value, json};
 
 use crate::api::Api;
-use crate::control::{Failure, Response};
+use crate::protocol::{Failure, Response};
 
 /// Comment lines on idle event streams, so proxies and clients do not time them out.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);

@@ -28,9 +28,9 @@ impl Engine {
     /// Answers a control request (`dirigent cancel`, `dirigent retry`).
     pub(super) async fn control(
         &mut self,
-        request: crate::control::Request,
-    ) -> crate::control::Response {
-        use crate::control::{Failure, Request, Response};
+        request: crate::protocol::Request,
+    ) -> crate::protocol::Response {
+        use crate::protocol::{Failure, Request, Response};
         match request {
             Request::Status => match serde_json::to_value(&self.book) {
                 Ok(mut data) => {
@@ -195,8 +195,8 @@ impl Engine {
     /// Runs a failed or cancelled task again from the top of its chain, re-reading its file in
     /// `failed/`. A workflow run resumes from the phase that failed: its failed tasks run again
     /// and its completed phases stay completed. Returns what to tell the user.
-    pub(super) async fn retry(&mut self, id: &str) -> Result<String, crate::control::Response> {
-        use crate::control::{Failure, Response};
+    pub(super) async fn retry(&mut self, id: &str) -> Result<String, crate::protocol::Response> {
+        use crate::protocol::{Failure, Response};
         let id = id.to_string();
         let Some(t) = self.book.get(&id) else {
             return Err(if self.book.contains(&id) {
@@ -306,8 +306,8 @@ impl Engine {
 
     /// What is known of task `id`, for `get` and `wait`: its full record; only its outcome once
     /// archived; or, before it is taken in, a file waiting in the inbox or a rejection.
-    fn describe(&self, id: &str) -> crate::control::Response {
-        use crate::control::Response;
+    fn describe(&self, id: &str) -> crate::protocol::Response {
+        use crate::protocol::Response;
         use serde_json::json;
         if let Some(t) = self.book.get(id) {
             return match serde_json::to_value(t) {
@@ -325,7 +325,7 @@ impl Engine {
         // Only a task id is ever looked up as a file name (never `../x` or `/etc/x`).
         if crate::config::validate_name(id).is_err() {
             return Response::fail(
-                crate::control::Failure::NotFound,
+                crate::protocol::Failure::NotFound,
                 format!("no task `{id}`; `dirigent status` lists the tasks"),
             );
         }
@@ -354,7 +354,7 @@ impl Engine {
             }));
         }
         Response::fail(
-            crate::control::Failure::NotFound,
+            crate::protocol::Failure::NotFound,
             format!("no task `{id}`; `dirigent status` lists the tasks"),
         )
     }

@@ -1,0 +1,114 @@
+//! What a door asks the engine and what the engine answers: the typed messages the control
+//! socket carries as JSON lines and every other door (HTTP, the OpenAI endpoint, MCP, the CLI)
+//! sends through [`crate::api::Api`]. Kept apart from the doors and the engine so that neither
+//! imports the other.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::task::TaskFields;
+
+/// What a client asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Stop a task: its running attempt's whole process group, or its place in the queue.
+    Cancel { id: String },
+    /// Run a failed (escalated or cancelled) task again from the top of its chain.
+    Retry { id: String },
+    /// The daemon's task state (its `TaskBook`, in `data`).
+    Status,
+    /// One line per task held in full, oldest first (`data`: an array of `{id, title, state,
+    /// …}`), only those in `state` when given.
+    List {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+    },
+    /// One task (`data`: its record; or `{id, state, archived: true}` for an old finished task,
+    /// `{id, state: "inbox"}` for a file not taken in yet, `{id, state: "rejected", reason}`).
+    Get { id: String },
+    /// Check a task with the daemon's rules and write it into the inbox (`data`: `{id, file}`).
+    Submit { task: Box<TaskFields> },
+    /// Wait until a task has finished, at most `timeout_ms` (`data`: as for `get`; `ok` is false
+    /// on timeout).
+    Wait {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
+    },
+    /// A done task's result (`data`: `{id, output, text}`).
+    Result { id: String },
+    /// The agents, roles and default chain (`data`: as `dirigent agents --json`).
+    Agents,
+    /// Use a disabled or cooling-down agent's provider again.
+    Enable { agent: String },
+    /// The workflows (`data`: as `dirigent workflow list --json`).
+    Workflows,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    pub message: String,
+    /// The payload of requests that return data (`status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// What kind of refusal an error is, for doors that have status codes (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+/// Kinds of refusal. An error without one is a bad request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// No such task (or workflow).
+    NotFound,
+    /// The task is in the wrong state for this (already finished, not failed, id taken).
+    Conflict,
+    /// The daemon is stopping, or cannot write its ledger.
+    Unavailable,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Response {
+            ok: true,
+            message: message.into(),
+            data: None,
+            failure: None,
+        }
+    }
+    pub fn data(data: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            message: String::new(),
+            data: Some(data),
+            failure: None,
+        }
+    }
+    /// A refusal of a bad request.
+    pub fn error(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            message: message.into(),
+            data: None,
+            failure: None,
+        }
+    }
+    /// A refusal of a given kind.
+    pub fn fail(failure: Failure, message: impl Into<String>) -> Self {
+        Response {
+            failure: Some(failure),
+            ..Response::error(message)
+        }
+    }
+}
+
+/// A request on its way to the engine; the engine answers on `reply`.
+pub struct ControlRequest {
+    pub request: Request,
+    /// Held by the connection task, which writes the answer to the client.
+    pub reply: oneshot::Sender<Response>,
+}
