@@ -108,6 +108,35 @@ pub struct AttemptReport {
     pub stderr_path: PathBuf,
 }
 
+impl AttemptReport {
+    /// The report of an attempt that got no child, or whose end the daemon never saw (it
+    /// stopped meanwhile): nothing ran under watch, so nothing is captured.
+    pub fn not_run(
+        verdict: Verdict,
+        exhausted: Option<String>,
+        duration: Duration,
+        stdout_path: PathBuf,
+        stderr_path: PathBuf,
+    ) -> Self {
+        AttemptReport {
+            exhausted,
+            ran: false,
+            stdout_capture: None,
+            verdict,
+            exit_code: None,
+            signal: None,
+            stopped: None,
+            kill_signal: None,
+            leaked: false,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            duration,
+            stdout_path,
+            stderr_path,
+        }
+    }
+}
+
 /// Kills a process group when dropped, unless disarmed: no path out of an attempt — panic,
 /// cancellation, early return — leaves the group running.
 struct GroupGuard(Option<Pid>);
@@ -142,21 +171,14 @@ where
     let stderr_path = plan.stderr_path();
     let began = Instant::now();
     // An attempt that never got a child: nothing ran, so nothing is captured.
-    let not_run = |verdict: Verdict, exhausted: Option<String>| AttemptReport {
-        exhausted,
-        ran: false,
-        stdout_capture: None,
-        verdict,
-        exit_code: None,
-        signal: None,
-        stopped: None,
-        kill_signal: None,
-        leaked: false,
-        stdout_bytes: 0,
-        stderr_bytes: 0,
-        duration: began.elapsed(),
-        stdout_path: stdout_path.clone(),
-        stderr_path: stderr_path.clone(),
+    let not_run = |verdict: Verdict, exhausted: Option<String>| {
+        AttemptReport::not_run(
+            verdict,
+            exhausted,
+            began.elapsed(),
+            stdout_path.clone(),
+            stderr_path.clone(),
+        )
     };
     let not_started = |why: &str, e: &std::io::Error| {
         not_run(

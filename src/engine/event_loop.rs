@@ -81,10 +81,7 @@ impl Engine {
                 }
             }
         };
-        match self.ledger.append(event).await {
-            Ok(r) => self.apply(&[r]),
-            Err(e) => self.ledger_failed(e.to_string()),
-        }
+        self.record_now(event).await;
     }
 
     pub(super) fn notify(&self, msg: &str) {
@@ -405,10 +402,7 @@ impl Engine {
         events.push(Event::DaemonStopped {
             pid: std::process::id(),
         });
-        match self.ledger.append_all(events).await {
-            Ok(recs) => self.apply(&recs),
-            Err(e) => tracing::error!("cannot record the shutdown in the ledger: {e}"),
-        }
+        self.record_all(events).await;
         if count > 0 {
             tracing::info!("{count} unfinished task(s) were put back into the inbox");
         }

@@ -248,18 +248,11 @@ impl Engine {
                 }
             }
         }
-        match self.ledger.append_all(events).await {
-            Ok(recs) => {
-                self.apply(&recs);
-                for r in &recs {
-                    if let Event::Claimed { task, .. } = &r.event {
-                        tracing::info!(task, "received");
-                        let task = task.clone();
-                        self.enqueue_or_advance(&task);
-                    }
-                }
+        for r in self.record_all(events).await.unwrap_or_default() {
+            if let Event::Claimed { task, .. } = &r.event {
+                tracing::info!(task, "received");
+                self.enqueue_or_advance(task);
             }
-            Err(e) => self.ledger_failed(e.to_string()),
         }
     }
 
@@ -300,17 +293,13 @@ impl Engine {
             reason: reason.clone(),
             moved_to,
         };
-        match self.ledger.append(ev).await {
-            Ok(r) => {
-                self.apply(&[r]);
-                if let Some(run) = run {
-                    self.escalate(
-                        &run,
-                        format!("a task it submitted (`{file}`) was rejected: {reason}"),
-                    );
-                }
-            }
-            Err(e) => self.ledger_failed(e.to_string()),
+        if self.record_now(ev).await
+            && let Some(run) = run
+        {
+            self.escalate(
+                &run,
+                format!("a task it submitted (`{file}`) was rejected: {reason}"),
+            );
         }
     }
 }

@@ -285,18 +285,25 @@ Free disk space or fix `{}`, then restart the daemon",
         }
     }
 
-    /// Appends one event and applies it; on a ledger failure, stops taking work and returns false.
-    async fn record_now(&mut self, event: Event) -> bool {
-        match self.ledger.append(event).await {
-            Ok(r) => {
-                self.apply(&[r]);
-                true
+    /// Appends events (one fsync) and applies them: the engine's one way to change its state
+    /// from its own loop. On a ledger failure it stops taking work and returns `None`. (Tasks
+    /// the engine spawned write with [`record`] and send the records back.)
+    async fn record_all(&mut self, events: Vec<Event>) -> Option<Vec<Record>> {
+        match self.ledger.append_all(events).await {
+            Ok(records) => {
+                self.apply(&records);
+                Some(records)
             }
             Err(e) => {
                 self.ledger_failed(e.to_string());
-                false
+                None
             }
         }
+    }
+
+    /// [`Engine::record_all`] of one event; false when the ledger refused it.
+    async fn record_now(&mut self, event: Event) -> bool {
+        self.record_all(vec![event]).await.is_some()
     }
 }
 

@@ -22,27 +22,26 @@ impl Engine {
                     }
                     None => false,
                 };
-                closing.push(Event::AttemptFinished {
-                    task: t.id.clone(),
-                    attempt: *attempt,
-                    agent: agent.clone(),
-                    class: Class::Interrupted,
-                    reason: if alive {
-                        "the daemon stopped while this attempt ran; its process group was still alive and was killed".into()
-                    } else {
-                        "the daemon stopped while this attempt ran".into()
-                    },
-                    exit_code: None,
-                    signal: None,
-                    stopped: None,
-                    kill_signal: None,
-                    leaked: false,
-                    retry_in_ms: None,
-                    usage: None,
-                    stdout_bytes: 0,
-                    stderr_bytes: 0,
-                    duration_ms: 0,
-                });
+                let reason = if alive {
+                    "the daemon stopped while this attempt ran; its process group was still alive and was killed"
+                } else {
+                    "the daemon stopped while this attempt ran"
+                };
+                let capture = |stream| {
+                    self.ws
+                        .run_dir(&t.id)
+                        .join(crate::workspace::attempt_file(*attempt, agent, stream))
+                };
+                let report = spawn::AttemptReport::not_run(
+                    crate::judge::Verdict::fail(Class::Interrupted, reason),
+                    None,
+                    Duration::ZERO,
+                    capture("stdout"),
+                    capture("stderr"),
+                );
+                closing.push(settling::attempt_finished(
+                    &t.id, *attempt, agent, &report, None, None,
+                ));
             }
         }
         // ... then anything else an earlier daemon of this workspace left running (an agent

@@ -22,26 +22,18 @@ pub(super) fn finished_events(
         let spread = f64::from(nanos % 1000) / 1000.0;
         agent.retry.delay_for(retries_used, spread).as_millis() as u64
     });
-    let mut events = vec![Event::AttemptFinished {
-        task: plan.task_id.clone(),
+    let usage = report.verdict.usage.clone().map(|mut u| {
+        crate::usage::price(&mut u, agent.model.as_deref(), prices);
+        u
+    });
+    let mut events = vec![attempt_finished(
+        &plan.task_id,
         attempt,
-        agent: agent.name.clone(),
-        class,
-        reason: report.verdict.reason.clone(),
-        exit_code: report.exit_code,
-        signal: report.signal,
-        stopped: report.stopped,
-        kill_signal: report.kill_signal,
-        leaked: report.leaked,
-        stdout_bytes: report.stdout_bytes,
-        stderr_bytes: report.stderr_bytes,
-        duration_ms: report.duration.as_millis() as u64,
+        &agent.name,
+        report,
         retry_in_ms,
-        usage: report.verdict.usage.clone().map(|mut u| {
-            crate::usage::price(&mut u, agent.model.as_deref(), prices);
-            u
-        }),
-    }];
+        usage,
+    )];
     match class {
         Class::RateLimit => events.push(Event::ProviderCooldown {
             provider: agent.provider.clone(),
@@ -66,6 +58,34 @@ pub(super) fn finished_events(
 
 /// How long the `on_escalate` hook may run.
 const HOOK_LIMIT: Duration = Duration::from_secs(60);
+
+/// The `attempt_finished` event of an attempt's report; the one place it is made.
+pub(super) fn attempt_finished(
+    task: &str,
+    attempt: u32,
+    agent: &str,
+    report: &AttemptReport,
+    retry_in_ms: Option<u64>,
+    usage: Option<crate::usage::Usage>,
+) -> Event {
+    Event::AttemptFinished {
+        task: task.to_string(),
+        attempt,
+        agent: agent.to_string(),
+        class: report.verdict.class,
+        reason: report.verdict.reason.clone(),
+        exit_code: report.exit_code,
+        signal: report.signal,
+        stopped: report.stopped,
+        kill_signal: report.kill_signal,
+        leaked: report.leaked,
+        stdout_bytes: report.stdout_bytes,
+        stderr_bytes: report.stderr_bytes,
+        duration_ms: report.duration.as_millis() as u64,
+        retry_in_ms,
+        usage,
+    }
+}
 
 impl Engine {
     /// Records `cancelled` and moves the task file to `failed/`.

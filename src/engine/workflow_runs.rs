@@ -2,6 +2,7 @@
 //! phases recorded complete, loop evaluators run, the run finished or failed.
 
 use super::*;
+use crate::state::LoopRound;
 
 /// Why a workflow run's task cannot be submitted at all: the run fails with it.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,17 @@ enum ChildRefused {
         id: String,
         cause: crate::submit::SubmitError,
     },
+}
+
+/// The `loop_round` event of a judged round (by an evaluator command or an agent).
+fn round_judged(run: &str, r: crate::state::LoopRound) -> Event {
+    Event::LoopRound {
+        task: run.to_string(),
+        phase: r.phase,
+        round: r.round,
+        passed: r.passed,
+        feedback: r.feedback,
+    }
 }
 
 /// How long a loop's evaluator command may run.
@@ -102,20 +114,8 @@ impl Engine {
                         } => {
                             self.start_evaluation(&run, phase, round, command);
                         }
-                        crate::runner::Action::RecordRound {
-                            phase,
-                            round,
-                            passed,
-                            feedback,
-                        } => {
-                            let ev = Event::LoopRound {
-                                task: run.clone(),
-                                phase,
-                                round,
-                                passed,
-                                feedback,
-                            };
-                            if !self.record_now(ev).await {
+                        crate::runner::Action::RecordRound(verdict) => {
+                            if !self.record_now(round_judged(&run, verdict)).await {
                                 return;
                             }
                             moved = true;
@@ -253,14 +253,13 @@ impl Engine {
                 });
                 return;
             };
-            let ev = Event::LoopRound {
-                task: run.clone(),
+            let verdict = LoopRound {
                 phase,
                 round,
                 passed,
                 feedback,
             };
-            let records = record(&ledger, &tx, ev).await;
+            let records = record(&ledger, &tx, round_judged(&run, verdict)).await;
             let _ = tx.send(Msg::Evaluated { run, key, records });
         });
     }
@@ -276,21 +275,16 @@ impl Engine {
             attempt: 0,
             output,
         };
-        match self.ledger.append(ev).await {
-            Ok(r) => {
-                self.apply(&[r]);
-                tracing::info!(task = run, "workflow done");
-                if let Err(e) =
-                    task_file::settle(&self.ws, Place::Done, &file, run, fields.as_ref())
-                {
-                    tracing::warn!(
-                        task = run,
-                        "cannot move the workflow's task file to done/: {e}"
-                    );
-                }
-                self.live.settled(run);
-            }
-            Err(e) => self.ledger_failed(e.to_string()),
+        if !self.record_now(ev).await {
+            return;
         }
+        tracing::info!(task = run, "workflow done");
+        if let Err(e) = task_file::settle(&self.ws, Place::Done, &file, run, fields.as_ref()) {
+            tracing::warn!(
+                task = run,
+                "cannot move the workflow's task file to done/: {e}"
+            );
+        }
+        self.live.settled(run);
     }
 }

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
-use crate::state::{Outcome, Phase as TaskPhase, TaskBook, TaskRecord};
+use crate::state::{LoopRound, Outcome, Phase as TaskPhase, TaskBook, TaskRecord};
 use crate::workflow::targets::{self, Accepts, Target};
 use crate::workflow::{ContextStrategy, Kind, Phase, Workflow, prompts};
 
@@ -66,12 +66,7 @@ pub enum Action {
         command: Vec<String>,
     },
     /// Record a loop round's verdict (then ask again).
-    RecordRound {
-        phase: String,
-        round: u32,
-        passed: bool,
-        feedback: String,
-    },
+    RecordRound(LoopRound),
 }
 
 /// The state of one child task.

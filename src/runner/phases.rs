@@ -8,6 +8,7 @@ use super::{
     Action, Child, ChildState, Ctx, chain_of, child_state, child_state_by, read_output, render,
     says_pass,
 };
+use crate::state::LoopRound;
 use crate::workflow::targets::{self, Accepts};
 use crate::workflow::{
     Ensemble, Evaluation, FanOut, FanOutTasks, JudgeMode, Loop, TaskList, prompts, task_list,
@@ -279,12 +280,12 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
             }
             ChildState::Done(verdict) => {
                 let text = read_output(cx.ws, &verdict);
-                vec![Action::RecordRound {
+                vec![Action::RecordRound(LoopRound {
                     phase: pname.to_string(),
                     round,
                     passed: says_pass(&text),
                     feedback: text,
-                }]
+                })]
             }
         };
     }
