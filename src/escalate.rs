@@ -264,40 +264,40 @@ pub(crate) fn fenced(text: &str) -> String {
 }
 
 /// Runs the `on_escalate` hook (argv + the task id) like any side command (see
-/// [`crate::spawn::run_logged`]), output in `runs/<id>/on_escalate.log`, killed after `limit`.
+/// [`crate::side_command::run_logged`]), output in `runs/<id>/on_escalate.log`, killed after `limit`.
 pub async fn run_hook(
     ws: &Workspace,
     argv: &[String],
     task_id: &str,
-    limits: crate::spawn::SideLimits,
+    limits: crate::side_command::SideLimits,
 ) {
     let log = ws.run_dir(task_id).join("on_escalate.log");
     let mut full = argv.to_vec();
     full.push(task_id.to_string());
     let limit = limits.limit;
-    match crate::spawn::run_logged(ws, &full, &log, limits).await {
-        crate::spawn::CommandEnd::Exited(status) if !status.success() => {
+    match crate::side_command::run_logged(ws, &full, &log, limits).await {
+        crate::side_command::CommandEnd::Exited(status) if !status.success() => {
             tracing::warn!(
                 task = task_id,
                 "on_escalate hook exited with {status}; see {}",
                 log.display()
             );
         }
-        crate::spawn::CommandEnd::Exited(_) => {}
-        crate::spawn::CommandEnd::TimedOut => {
+        crate::side_command::CommandEnd::Exited(_) => {}
+        crate::side_command::CommandEnd::TimedOut => {
             tracing::warn!(
                 task = task_id,
                 "on_escalate hook ran longer than {}; killed",
                 short(limit)
             );
         }
-        crate::spawn::CommandEnd::Stopped => {
+        crate::side_command::CommandEnd::Stopped => {
             tracing::warn!(
                 task = task_id,
                 "on_escalate hook was stopped: the daemon is stopping"
             );
         }
-        crate::spawn::CommandEnd::CouldNotStart(why) => {
+        crate::side_command::CommandEnd::CouldNotStart(why) => {
             tracing::warn!(task = task_id, "on_escalate hook: {why}");
         }
     }

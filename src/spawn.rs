@@ -24,6 +24,7 @@ use tokio::time::sleep_until;
 use crate::config::{Agent, ArgvValues};
 use crate::judge::{self, Evidence, OutputSample, StopCause, Verdict};
 use crate::preset::{OutputFormat, PromptMode};
+use crate::process_group::{GroupGuard, boot_id, proc_start_ticks, terminate_group};
 use crate::workspace::Workspace;
 
 /// Structured output larger than this is not parsed (the capture file still has all of it).
@@ -133,24 +134,6 @@ impl AttemptReport {
             duration,
             stdout_path,
             stderr_path,
-        }
-    }
-}
-
-/// Kills a process group when dropped, unless disarmed: no path out of an attempt — panic,
-/// cancellation, early return — leaves the group running.
-struct GroupGuard(Option<Pid>);
-
-impl GroupGuard {
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = killpg(pgid, Signal::SIGKILL);
         }
     }
 }
@@ -774,165 +757,9 @@ async fn capture(
     }
 }
 
-/// SIGTERM to the group, up to `grace` for the leader to exit, then SIGKILL. Returns the exit
-/// status (if it could be collected) and the last signal sent.
-async fn terminate_group(
-    pgid: Pid,
-    child: &mut tokio::process::Child,
-    grace: Duration,
-) -> (Option<std::process::ExitStatus>, Signal) {
-    let _ = killpg(pgid, Signal::SIGTERM);
-    if let Ok(status) = tokio::time::timeout(grace, child.wait()).await {
-        // The leader is gone; anything left in its group gets no more grace.
-        let _ = killpg(pgid, Signal::SIGKILL);
-        return (status.ok(), Signal::SIGTERM);
-    }
-    let _ = killpg(pgid, Signal::SIGKILL);
-    (child.wait().await.ok(), Signal::SIGKILL)
-}
-
-/// How a supervised side command (an `on_escalate` hook, a loop's evaluator) ended.
-pub enum CommandEnd {
-    Exited(std::process::ExitStatus),
-    TimedOut,
-    /// The daemon is stopping: the command's group was terminated before it ended.
-    Stopped,
-    CouldNotStart(String),
-}
-
-/// What bounds a side command: its time `limit`, and the daemon's stop — when `stop` turns
-/// true (or its sender goes), the group gets SIGTERM, then SIGKILL after `grace`.
-pub struct SideLimits {
-    pub limit: Duration,
-    pub stop: watch::Receiver<bool>,
-    pub grace: Duration,
-}
-
-/// Runs a side command in the workspace the way attempts run: its own process group, stdin from
-/// /dev/null, stdout and stderr into `log`, the whole group killed after `limit`, when the
-/// daemon stops, and once it is done — and when this future is dropped, so nothing it started
-/// outlives it.
-pub async fn run_logged(
-    ws: &Workspace,
-    argv: &[String],
-    log: &std::path::Path,
-    limits: SideLimits,
-) -> CommandEnd {
-    let SideLimits {
-        limit,
-        mut stop,
-        grace,
-    } = limits;
-    let (out, err) = match open_log(ws, log).and_then(|f| Ok((f.try_clone()?, f))) {
-        Ok((o, e)) => (Stdio::from(o), Stdio::from(e)),
-        Err(e) => {
-            return CommandEnd::CouldNotStart(format!("cannot create `{}`: {e}", log.display()));
-        }
-    };
-    let mut cmd = crate::reaper::command(std::ffi::OsStr::new(&argv[0]), &argv[1..], false);
-    cmd.current_dir(ws.root())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .kill_on_drop(true);
-    let (mut child, _registered, gate) = match crate::reaper::spawn(&mut cmd) {
-        Ok(c) => c,
-        Err(e) => return CommandEnd::CouldNotStart(format!("`{}` could not start: {e}", argv[0])),
-    };
-    let Some(pgid) = child.id().map(|p| Pid::from_raw(p as i32)) else {
-        return CommandEnd::CouldNotStart(format!("`{}` ended before it was watched", argv[0]));
-    };
-    let _guard = GroupGuard(Some(pgid));
-    drop(gate.open().await);
-    let stopping = async {
-        // A dropped sender is a stop too: the daemon is going.
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let end = tokio::select! {
-        status = tokio::time::timeout(limit, child.wait()) => match status {
-            Ok(Ok(s)) => CommandEnd::Exited(s),
-            Ok(Err(e)) => CommandEnd::CouldNotStart(format!("cannot wait for `{}`: {e}", argv[0])),
-            Err(_) => CommandEnd::TimedOut,
-        },
-        () = stopping => {
-            terminate_group(pgid, &mut child, grace).await;
-            CommandEnd::Stopped
-        }
-    };
-    // Nothing the command started outlives it; the guard does the same on every other way out.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let _ = child.wait().await;
-    end
-}
-
-/// Creates a side command's log below `.context/` without following a link on the way (an agent
-/// could plant one at the log's name to have a file of its choosing truncated).
-fn open_log(ws: &Workspace, log: &std::path::Path) -> std::io::Result<std::fs::File> {
-    let rel = log.strip_prefix(ws.context()).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("`{}` is not below `.context/`", log.display()),
-        )
-    })?;
-    let parts: Vec<String> = rel
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    let (name, dirs) = parts
-        .split_last()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
-    ws.open_context()?
-        .descend(dirs, Some(0o700))?
-        .create_fresh(name, 0o600)
-}
-
-/// Start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
-pub fn proc_start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// This boot's id, so pids from an earlier boot are never signalled.
-pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-/// After a crash: stops a process group recorded in the ledger if — and only if — its leader is
-/// provably the same process (same boot, same start time). Returns whether it was alive.
-pub async fn reap_orphan_group(
-    pid: u32,
-    start_ticks: Option<u64>,
-    recorded_boot: Option<&str>,
-    grace: Duration,
-) -> bool {
-    let (Some(ticks), Some(boot)) = (start_ticks, recorded_boot) else {
-        return false;
-    };
-    if boot_id().as_deref() != Some(boot) || proc_start_ticks(pid) != Some(ticks) {
-        return false;
-    }
-    let pgid = Pid::from_raw(pid as i32);
-    let _ = killpg(pgid, Signal::SIGTERM);
-    let until = Instant::now() + grace;
-    while Instant::now() < until {
-        // Not our child: there is no exit event to await, so look again shortly.
-        if proc_start_ticks(pid) != Some(ticks) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = killpg(pgid, Signal::SIGKILL);
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
 
     #[test]
     fn codex_error_events_are_not_progress() {
@@ -949,35 +776,5 @@ mod tests {
             progress_rules(OutputFormat::Plain),
             (ProgressRule::AnyOutput, ProgressRule::AnyOutput)
         );
-    }
-
-    #[tokio::test]
-    async fn an_orphan_is_only_killed_when_it_is_provably_the_same_process() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("100")
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let ticks = proc_start_ticks(pid).unwrap();
-        let boot = boot_id().unwrap();
-        let grace = Duration::from_millis(200);
-        // A different start time (a reused pid) or another boot: never touched.
-        assert!(!reap_orphan_group(pid, Some(ticks + 1), Some(&boot), grace).await);
-        assert!(!reap_orphan_group(pid, Some(ticks), Some("another-boot"), grace).await);
-        assert!(!reap_orphan_group(pid, None, None, grace).await);
-        assert_eq!(child.try_wait().unwrap(), None, "it must still run");
-        // The same process: terminated.
-        assert!(reap_orphan_group(pid, Some(ticks), Some(&boot), grace).await);
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(child.wait().unwrap().signal(), Some(15));
-    }
-
-    #[test]
-    fn start_ticks_of_self() {
-        let me = std::process::id();
-        let a = proc_start_ticks(me).expect("linux /proc");
-        assert_eq!(proc_start_ticks(me), Some(a));
-        assert!(boot_id().is_some_and(|b| b.len() >= 32));
     }
 }

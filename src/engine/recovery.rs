@@ -17,8 +17,13 @@ impl Engine {
                 let a = t.attempts.iter().rev().find(|a| a.n == *attempt);
                 let alive = match a {
                     Some(a) => {
-                        spawn::reap_orphan_group(a.pid, a.start_ticks, a.boot_id.as_deref(), grace)
-                            .await
+                        crate::process_group::reap_orphan_group(
+                            a.pid,
+                            a.start_ticks,
+                            a.boot_id.as_deref(),
+                            grace,
+                        )
+                        .await
                     }
                     None => false,
                 };

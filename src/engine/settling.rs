@@ -308,7 +308,7 @@ impl Engine {
                 records,
             });
             if let Some(hook) = hook {
-                let limits = spawn::SideLimits {
+                let limits = crate::side_command::SideLimits {
                     limit: HOOK_LIMIT,
                     stop,
                     grace: config.kill_grace,

@@ -233,7 +233,7 @@ impl Engine {
             self.tx.clone(),
             run.to_string(),
         );
-        let limits = spawn::SideLimits {
+        let limits = crate::side_command::SideLimits {
             limit: EVALUATOR_LIMIT,
             stop: self.side_stop.subscribe(),
             grace: self.config.kill_grace,

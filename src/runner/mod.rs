@@ -328,18 +328,18 @@ fn read_output(ws: &Workspace, rel: &str) -> String {
         .unwrap_or_else(|e| format!("(`{rel}` {e})"))
 }
 
-/// Runs a loop's evaluator command (see [`crate::spawn::run_logged`]). Returns whether it
+/// Runs a loop's evaluator command (see [`crate::side_command::run_logged`]). Returns whether it
 /// passed (exit 0) and the last lines of its output as feedback; `None` when a stop of the
 /// daemon ended it first (no verdict).
 pub async fn run_evaluator(
     ws: &Workspace,
     argv: &[String],
     log: &std::path::Path,
-    limits: crate::spawn::SideLimits,
+    limits: crate::side_command::SideLimits,
 ) -> Option<(bool, String)> {
-    use crate::spawn::CommandEnd;
+    use crate::side_command::CommandEnd;
     let limit = limits.limit;
-    let end = crate::spawn::run_logged(ws, argv, log, limits).await;
+    let end = crate::side_command::run_logged(ws, argv, log, limits).await;
     let tail = crate::fsutil::read_tail(log, 4096);
     Some(match end {
         CommandEnd::Exited(s) if s.success() => (true, tail),

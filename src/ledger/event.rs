@@ -1,0 +1,194 @@
+//! What one ledger line holds: a [`Record`] — its sequence number, its time and an [`Event`],
+//! the state change. Every fold of the ledger (the daemon's task book, `status`, `stats`) reads
+//! these.
+
+use serde::{Deserialize, Serialize};
+
+use crate::judge::{Class, StopCause};
+use crate::task::TaskSpec;
+
+/// One line of the ledger.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    /// Position in the ledger, from 1, never reused.
+    pub seq: u64,
+    /// Wall-clock time in milliseconds since the Unix epoch.
+    pub ts: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A state change. `task` is the task id.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    DaemonStarted {
+        pid: u32,
+        version: String,
+    },
+    DaemonStopped {
+        pid: u32,
+    },
+    /// The config was reloaded (`trigger`: `SIGHUP` or `file`); running attempts keep theirs.
+    ConfigReloaded {
+        trigger: String,
+        source: String,
+    },
+    /// A reload was refused; the previous config stays in force.
+    ConfigRejected {
+        trigger: String,
+        error: String,
+    },
+    /// A task file was parsed and accepted; `file` is its name in the inbox.
+    Received {
+        task: String,
+        file: String,
+        spec: Box<TaskSpec>,
+    },
+    /// A file could not be accepted; it is in `rejected/` next to `<name>.error.txt`.
+    Rejected {
+        file: String,
+        reason: String,
+        moved_to: String,
+    },
+    /// The task file was moved into `running/` under this name.
+    Claimed {
+        task: String,
+        file: String,
+    },
+    AttemptStarted {
+        task: String,
+        attempt: u32,
+        agent: String,
+        pid: u32,
+        pgid: u32,
+        /// Process start time in clock ticks since boot (`/proc/<pid>/stat` field 22), so a
+        /// reused pid is never mistaken for ours.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_ticks: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot_id: Option<String>,
+        argv0: String,
+    },
+    AttemptFinished {
+        task: String,
+        attempt: u32,
+        agent: String,
+        class: Class,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        /// Set when the supervisor stopped it: why, and the last signal it had to send.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stopped: Option<StopCause>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kill_signal: Option<i32>,
+        /// Processes of its group were still alive after it exited and were killed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        leaked: bool,
+        stdout_bytes: u64,
+        stderr_bytes: u64,
+        duration_ms: u64,
+        /// A `network` failure with retries left: the same agent runs again after this long.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
+        /// Tokens and cost, when the CLI reported them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::usage::Usage>,
+    },
+    /// A provider said "rate limited": every agent on it is skipped until `until_ms` (the reset
+    /// time the CLI printed, or the agent's `cooldown`). Survives restarts like any event.
+    ProviderCooldown {
+        provider: String,
+        agent: String,
+        task: String,
+        until_ms: u64,
+        reason: String,
+    },
+    /// An auth failure: every agent on the provider is skipped until `dirigent agents enable`.
+    ProviderDisabled {
+        provider: String,
+        agent: String,
+        task: String,
+        reason: String,
+    },
+    /// `dirigent agents enable`: the provider's agents are used again.
+    ProviderEnabled {
+        provider: String,
+    },
+    /// The task succeeded; its result is at `output` (workspace-relative).
+    Done {
+        task: String,
+        agent: String,
+        attempt: u32,
+        output: String,
+    },
+    /// The whole chain failed; the report is `escalations/<task>.md`.
+    Escalated {
+        task: String,
+        reason: String,
+        attempts: u32,
+    },
+    /// A workflow run finished a phase; its result is at `output`. Recorded before the next
+    /// phase starts, so a restart never runs a finished phase again.
+    PhaseCompleted {
+        task: String,
+        phase: String,
+        output: String,
+        /// `fnv1a64:<hex>` of the output's bytes when it was recorded.
+        #[serde(default)]
+        digest: String,
+    },
+    /// A loop phase's evaluator judged a round: `passed`, or the feedback for the next round.
+    LoopRound {
+        task: String,
+        phase: String,
+        round: u32,
+        passed: bool,
+        feedback: String,
+    },
+    /// Stopped by `dirigent cancel`; the file is in `failed/`.
+    Cancelled {
+        task: String,
+    },
+    /// `dirigent retry`: the task runs again from the top of its chain, with the spec re-read
+    /// from its file.
+    Retried {
+        task: String,
+        spec: Box<TaskSpec>,
+    },
+    /// Put back into the inbox by a graceful stop; it runs again on the next start.
+    Requeued {
+        task: String,
+        file: String,
+    },
+}
+
+impl Event {
+    /// The task this event is about, if any.
+    pub fn task(&self) -> Option<&str> {
+        match self {
+            Event::Received { task, .. }
+            | Event::Claimed { task, .. }
+            | Event::AttemptStarted { task, .. }
+            | Event::AttemptFinished { task, .. }
+            | Event::Done { task, .. }
+            | Event::Escalated { task, .. }
+            | Event::PhaseCompleted { task, .. }
+            | Event::LoopRound { task, .. }
+            | Event::Cancelled { task, .. }
+            | Event::Retried { task, .. }
+            | Event::Requeued { task, .. } => Some(task),
+            Event::DaemonStarted { .. }
+            | Event::DaemonStopped { .. }
+            | Event::ConfigReloaded { .. }
+            | Event::ConfigRejected { .. }
+            | Event::ProviderCooldown { .. }
+            | Event::ProviderDisabled { .. }
+            | Event::ProviderEnabled { .. }
+            | Event::Rejected { .. } => None,
+        }
+    }
+}

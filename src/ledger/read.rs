@@ -1,0 +1,300 @@
+//! Reading the ledger back: the whole live file ([`read`]), record by record with the integrity
+//! check ([`read_each_checked`]), from a sequence number across the rotated segments
+//! ([`read_from`], [`read_after`]), and cutting off a torn tail left by a crash ([`repair`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::{Record, now_ms};
+use crate::integrity::{Checker, Key};
+
+/// Every complete record. A torn or unparsable tail is reported as the byte offset where the
+/// valid part ends; `repair` cuts it off. An unparsable line *followed by* good lines is not a
+/// tail: it is skipped and counted, never cut.
+pub struct Replay {
+    pub records: Vec<Record>,
+    /// Byte length up to the end of the last good line.
+    pub valid_len: u64,
+    /// Total file length; more than `valid_len` means a damaged tail.
+    pub file_len: u64,
+    /// Unparsable lines in the middle of the ledger (reported, kept in the file).
+    pub skipped: usize,
+}
+
+/// Reads the ledger (read-only) into memory. A missing file is an empty ledger.
+pub fn read(path: &Path) -> std::io::Result<Replay> {
+    let mut records = Vec::new();
+    let info = read_each(path, |r| records.push(r))?;
+    Ok(Replay {
+        records,
+        valid_len: info.valid_len,
+        file_len: info.file_len,
+        skipped: info.skipped,
+    })
+}
+
+/// What streaming through a ledger file found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReadInfo {
+    /// Byte length up to the end of the last good line.
+    pub valid_len: u64,
+    pub file_len: u64,
+    /// Unparsable lines followed by good ones (reported, kept in the file).
+    pub skipped: usize,
+    /// Good records.
+    pub count: u64,
+    /// The highest sequence number seen.
+    pub last_seq: u64,
+}
+
+/// Streams every complete record of a ledger file to `each`, without holding them in memory.
+/// A missing file is an empty ledger. Every line is believed (see [`read_each_checked`]).
+pub fn read_each(path: &Path, each: impl FnMut(Record)) -> std::io::Result<ReadInfo> {
+    read_each_checked(path, &mut Checker::new(None), each)
+}
+
+/// [`read_each`], passing only the records `checker` admits (sealed by this workspace's key,
+/// in order); refused lines are counted in `checker`, not in `skipped`. The file is opened
+/// without following a link.
+pub fn read_each_checked(
+    path: &Path,
+    checker: &mut Checker,
+    mut each: impl FnMut(Record),
+) -> std::io::Result<ReadInfo> {
+    let file = match open_nofollow(path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadInfo::default()),
+        Err(e) => return Err(e),
+    };
+    let mut info = ReadInfo {
+        file_len: file.metadata()?.len(),
+        ..Default::default()
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut pos = 0u64;
+    let mut line_no = 0u64;
+    let mut bad_since_valid = 0usize;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        pos += n as u64;
+        line_no += 1;
+        match serde_json::from_slice::<Record>(&line) {
+            Ok(r) => {
+                // A line that parses ends a damaged stretch, whether or not it is believed.
+                info.valid_len = pos;
+                info.skipped += bad_since_valid;
+                bad_since_valid = 0;
+                if checker.admit(path, line_no, &line, r.seq) {
+                    info.last_seq = info.last_seq.max(r.seq);
+                    info.count += 1;
+                    each(r);
+                }
+            }
+            Err(_) => bad_since_valid += 1,
+        }
+    }
+    Ok(info)
+}
+
+/// Opens a ledger file without following a link at its name (an agent could plant one, to
+/// make the daemon read `/dev/zero` or append to a file of its choosing).
+pub(super) fn open_nofollow(path: &Path, append: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = OpenOptions::new();
+    if append {
+        o.create(true).append(true).mode(0o600);
+    } else {
+        o.read(true);
+    }
+    o.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// The file a segment closed at `last_seq` is renamed to. Zero-padded, so names sort by age.
+pub fn segment_path(dir: &Path, last_seq: u64) -> PathBuf {
+    dir.join(format!("ledger.{last_seq:020}.jsonl"))
+}
+
+/// Rotated segments in `dir`, oldest first, with the last sequence number each holds.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(seq) = name
+            .strip_prefix("ledger.")
+            .and_then(|r| r.strip_suffix(".jsonl"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push((seq, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads records appended after byte `offset` (for followers such as `submit --wait`).
+/// Returns the records and the new offset; an incomplete last line is left for next time.
+/// With a key, a line that follows a sealed one without a valid seal of its own is skipped.
+pub fn read_from(
+    path: &Path,
+    offset: u64,
+    key: Option<&Key>,
+) -> std::io::Result<(Vec<Record>, u64)> {
+    let mut file = match open_nofollow(path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], offset)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if len < offset {
+        // Replaced or truncated: start over.
+        return read_from(path, 0, key);
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.take(len - offset).read_to_end(&mut buf)?;
+    let mut out = Vec::new();
+    let mut consumed = 0usize;
+    let mut checker = Checker::new(key.cloned());
+    for (i, line) in buf.split_inclusive(|b| *b == b'\n').enumerate() {
+        if line.last() != Some(&b'\n') {
+            break;
+        }
+        consumed += line.len();
+        if let Ok(r) = serde_json::from_slice::<Record>(line)
+            && checker.admit(path, i as u64 + 1, line, r.seq)
+        {
+            out.push(r);
+        }
+    }
+    Ok((out, offset + consumed as u64))
+}
+
+/// Up to `max` records with a sequence number above `after`, oldest first, from the rotated
+/// segments next to `path` and `path` itself. Records compacted away are simply not there: the
+/// first one returned may be well above `after + 1`. A rotation racing the read is detected
+/// (a hole between two records) and the read is repeated.
+pub fn read_after(
+    path: &Path,
+    after: u64,
+    max: usize,
+    key: Option<&Key>,
+) -> std::io::Result<Vec<Record>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut attempt = 0;
+    loop {
+        let mut out: Vec<Record> = Vec::new();
+        let mut files: Vec<PathBuf> = segments(dir)?
+            .into_iter()
+            .filter(|(last, _)| *last > after)
+            .map(|(_, p)| p)
+            .collect();
+        files.push(path.to_path_buf());
+        for file in files {
+            if out.len() >= max {
+                break;
+            }
+            match read_page_of(&file, after, max, key, &mut out) {
+                Ok(_) => {}
+                // Compaction removed a segment after we listed it: its records are gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let contiguous = out.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        attempt += 1;
+        if contiguous || attempt >= 3 {
+            return Ok(out);
+        }
+    }
+}
+
+/// Appends to `out` the records of `path` above `after`, until `out` holds `max`. Lines at or
+/// below `after` are skipped by their leading `{"seq":N` without parsing the rest, so paging
+/// through a long file stays cheap.
+fn read_page_of(
+    path: &Path,
+    after: u64,
+    max: usize,
+    key: Option<&Key>,
+    out: &mut Vec<Record>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(1 << 20, open_nofollow(path, false)?);
+    let mut line = Vec::new();
+    let mut checker = Checker::new(key.cloned());
+    let mut line_no = 0;
+    while out.len() < max {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        line_no += 1;
+        if leading_seq(&line).is_some_and(|seq| seq <= after) {
+            // Still noted, so that an unsealed line after it is recognised as out of place.
+            if key.is_some_and(|k| k.check(&line) == crate::integrity::Seal::Valid) {
+                checker.after_snapshot(0, true);
+            }
+            continue;
+        }
+        if let Ok(r) = serde_json::from_slice::<Record>(&line)
+            && r.seq > after
+            && checker.admit(path, line_no, &line, r.seq)
+        {
+            out.push(r);
+        }
+    }
+    Ok(())
+}
+
+/// The sequence number a ledger line starts with (`{"seq":42,…`), as the writer puts it first.
+pub(super) fn leading_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Cuts a damaged tail off, saving it to `ledger.torn-<unix-ms>` first. Returns the saved path.
+pub fn repair(path: &Path, replay: &Replay) -> std::io::Result<Option<PathBuf>> {
+    repair_at(path, replay.valid_len, replay.file_len)
+}
+
+/// [`repair`] given the lengths from [`read_each`].
+pub fn repair_at(path: &Path, valid_len: u64, file_len: u64) -> std::io::Result<Option<PathBuf>> {
+    if file_len <= valid_len {
+        return Ok(None);
+    }
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)?
+    };
+    file.seek(SeekFrom::Start(valid_len))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let aside = path.with_file_name(format!("ledger.torn-{}", now_ms()));
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&aside)?;
+    out.write_all(&tail)?;
+    out.sync_all()?;
+    file.set_len(valid_len)?;
+    file.sync_all()?;
+    Ok(Some(aside))
+}

@@ -1,0 +1,108 @@
+//! Side commands: a workflow loop's evaluator and the `on_escalate` hook. They run like agents
+//! do — in the workspace, in a process group of their own, stdin from /dev/null, output to a
+//! log below `.context/` — bounded by a time limit and by the daemon's stop.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::process_group::{GroupGuard, terminate_group};
+use crate::workspace::Workspace;
+
+/// How a supervised side command (an `on_escalate` hook, a loop's evaluator) ended.
+pub enum CommandEnd {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+    /// The daemon is stopping: the command's group was terminated before it ended.
+    Stopped,
+    CouldNotStart(String),
+}
+
+/// What bounds a side command: its time `limit`, and the daemon's stop — when `stop` turns
+/// true (or its sender goes), the group gets SIGTERM, then SIGKILL after `grace`.
+pub struct SideLimits {
+    pub limit: Duration,
+    pub stop: watch::Receiver<bool>,
+    pub grace: Duration,
+}
+
+/// Runs a side command in the workspace the way attempts run: its own process group, stdin from
+/// /dev/null, stdout and stderr into `log`, the whole group killed after `limit`, when the
+/// daemon stops, and once it is done — and when this future is dropped, so nothing it started
+/// outlives it.
+pub async fn run_logged(
+    ws: &Workspace,
+    argv: &[String],
+    log: &std::path::Path,
+    limits: SideLimits,
+) -> CommandEnd {
+    let SideLimits {
+        limit,
+        mut stop,
+        grace,
+    } = limits;
+    let (out, err) = match open_log(ws, log).and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok((o, e)) => (Stdio::from(o), Stdio::from(e)),
+        Err(e) => {
+            return CommandEnd::CouldNotStart(format!("cannot create `{}`: {e}", log.display()));
+        }
+    };
+    let mut cmd = crate::reaper::command(std::ffi::OsStr::new(&argv[0]), &argv[1..], false);
+    cmd.current_dir(ws.root())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(true);
+    let (mut child, _registered, gate) = match crate::reaper::spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => return CommandEnd::CouldNotStart(format!("`{}` could not start: {e}", argv[0])),
+    };
+    let Some(pgid) = child.id().map(|p| Pid::from_raw(p as i32)) else {
+        return CommandEnd::CouldNotStart(format!("`{}` ended before it was watched", argv[0]));
+    };
+    let _guard = GroupGuard(Some(pgid));
+    drop(gate.open().await);
+    let stopping = async {
+        // A dropped sender is a stop too: the daemon is going.
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let end = tokio::select! {
+        status = tokio::time::timeout(limit, child.wait()) => match status {
+            Ok(Ok(s)) => CommandEnd::Exited(s),
+            Ok(Err(e)) => CommandEnd::CouldNotStart(format!("cannot wait for `{}`: {e}", argv[0])),
+            Err(_) => CommandEnd::TimedOut,
+        },
+        () = stopping => {
+            terminate_group(pgid, &mut child, grace).await;
+            CommandEnd::Stopped
+        }
+    };
+    // Nothing the command started outlives it; the guard does the same on every other way out.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait().await;
+    end
+}
+
+/// Creates a side command's log below `.context/` without following a link on the way (an agent
+/// could plant one at the log's name to have a file of its choosing truncated).
+fn open_log(ws: &Workspace, log: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let rel = log.strip_prefix(ws.context()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{}` is not below `.context/`", log.display()),
+        )
+    })?;
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let (name, dirs) = parts
+        .split_last()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    ws.open_context()?
+        .descend(dirs, Some(0o700))?
+        .create_fresh(name, 0o600)
+}
