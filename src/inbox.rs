@@ -116,15 +116,18 @@ pub fn watch_with_config(
     Ok(InboxWatcher { _watcher: watcher })
 }
 
-/// Whether an event can change what a scan finds. Access events are not: our own scan opens
-/// the directory, and waking on that would make every scan cause the next one.
+/// Whether an event can add to what a scan finds. Access events cannot: our own scan opens the
+/// directory, and waking on that would make every scan cause the next one. Nor can a file
+/// leaving the inbox — most often our own claim renaming it into `running/` — so those do not
+/// wake the daemon for a scan that would find nothing new.
 fn changes_the_listing(kind: &notify::EventKind) -> bool {
     use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode};
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
     match kind {
         // A file written in place and closed: it may have become complete.
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => false,
         _ => true,
     }
 }
@@ -166,6 +169,16 @@ mod tests {
         assert!(changes_the_listing(&EventKind::Modify(ModifyKind::Name(
             RenameMode::To
         ))));
+        assert!(changes_the_listing(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::Both
+        ))));
+        // A file leaving the inbox (a claim moving it into running/) adds nothing to scan.
+        assert!(!changes_the_listing(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::From
+        ))));
+        assert!(!changes_the_listing(&EventKind::Remove(
+            notify::event::RemoveKind::File
+        )));
     }
 
     /// The daemon-level check: an idle watcher plus scans must go quiet.

@@ -51,11 +51,17 @@ pub fn proc_start_ticks(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// This boot's id, so pids from an earlier boot are never signalled.
+/// This boot's id, so pids from an earlier boot are never signalled. Read once: it cannot change
+/// while the daemon runs, and every attempt's start records it.
 pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .clone()
 }
 
 /// After a crash: stops a process group recorded in the ledger if — and only if — its leader is
