@@ -28,6 +28,17 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
+/// Name of the directory dirigent owns inside a workspace.
+pub const CONTEXT_DIR: &str = ".context";
+
+/// `("name", ".json")` for `name.json`; the extension includes the dot.
+pub fn split_name(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    }
+}
+
 /// A workspace-relative path after normalisation: at least one component, none of them empty,
 /// `.` or `..`. Its text form joins the components with `/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,7 +141,7 @@ impl std::fmt::Display for RelPath {
 /// `.git/config` or hook runs commands on the user's next `git status`).
 const RESERVED_TOP: &[(&str, &str)] = &[
     (
-        crate::workspace::CONTEXT_DIR,
+        CONTEXT_DIR,
         "which belongs to dirigent (results there are kept in `outbox/` already; name `.context/` files under `context`)",
     ),
     (
@@ -441,7 +452,7 @@ impl Dir {
     /// Moves `from` here into `to`, under `name` when free, else `stem-2.ext`, `stem-3.ext` …
     /// Returns the name it got.
     pub fn move_into(&self, from: &str, to: &Dir, name: &str) -> io::Result<String> {
-        let (stem, ext) = crate::fsutil::split_name(name);
+        let (stem, ext) = split_name(name);
         for n in 1u32.. {
             let candidate = if n == 1 {
                 name.to_string()

@@ -111,13 +111,7 @@ pub fn move_into(from: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
     unreachable!("u32 names run out")
 }
 
-/// `("name", ".json")` for `name.json`; the extension includes the dot.
-pub fn split_name(name: &str) -> (&str, &str) {
-    match name.rfind('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name, ""),
-    }
-}
+pub use crate::confined::split_name;
 
 /// What reading a task file found.
 pub enum ReadOutcome {

@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use crate::judge::Class;
+use crate::class::Class;
 
 /// How the prompt reaches the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

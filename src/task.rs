@@ -414,13 +414,13 @@ fn accept_workflow(
     }
     // Where the phases will write, with this run's variables: a variable that leads an
     // `output` out of the workspace is refused now, not halfway through the run.
-    let mut vars = crate::runner::vars_of(&wf, &fields.vars);
+    let mut vars = crate::workflow::vars_of(&wf, &fields.vars);
     vars.insert("workflow".into(), name.clone());
     vars.insert("run".into(), id.clone());
     for phase in &wf.phases {
         vars.insert("phase".into(), phase.name.value.clone());
         if let Some(out) = &phase.output {
-            let path = crate::runner::render(&out.value, &vars);
+            let path = crate::workflow::render(&out.value, &vars);
             confined::workspace_path("output", &path).map_err(|e| {
                 Reject(format!(
                     "workflow `{name}`: phase `{}` would write to {e}",

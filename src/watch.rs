@@ -15,7 +15,7 @@
 
 use regex::Regex;
 
-use crate::judge::Class;
+use crate::class::Class;
 use crate::preset::OutputFormat;
 
 /// Longest part of one line that is matched; the rest of a longer line is skipped.

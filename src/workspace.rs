@@ -8,8 +8,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Name of the directory dirigent owns inside a workspace.
-pub const CONTEXT_DIR: &str = ".context";
+pub use crate::confined::CONTEXT_DIR;
 
 /// Subdirectories of `.context/` created by `init` and by the daemon.
 pub const SUBDIRS: &[&str] = &[

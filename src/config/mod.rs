@@ -126,6 +126,12 @@ pub struct Provider {
     pub starts_per_minute: Option<u32>,
 }
 
+/// Roles that always exist: the built-in workflows use them, so they must run on any config.
+/// A config that does not define one runs it on the default chain.
+pub const STANDARD_ROLES: &[&str] = &[
+    "planner", "proposer", "judge", "backend", "frontend", "reviewer", "bulk",
+];
+
 /// The validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -202,7 +208,7 @@ impl Config {
             let (agent, model) = split_entry(value);
             (raw.agents.contains_key(agent) && model != Some(""))
                 || raw.roles.contains_key(value)
-                || crate::workflow::targets::STANDARD_ROLES.contains(&value)
+                || STANDARD_ROLES.contains(&value)
         };
         let (model_targets, spawn_aliases): (BTreeMap<_, _>, BTreeMap<_, _>) =
             std::mem::take(&mut raw.models)
@@ -431,13 +437,11 @@ impl Config {
     }
 
     /// A role's chain: the configured one, or for a standard role the config does not define
-    /// (see [`crate::workflow::targets::STANDARD_ROLES`]) the default chain. `None`: no such role.
+    /// (see [`STANDARD_ROLES`]) the default chain. `None`: no such role.
     pub fn role_chain(&self, role: &str, cwd: &Path) -> Option<Vec<String>> {
         match self.roles.get(role) {
             Some(chain) => Some(chain.clone()),
-            None if crate::workflow::targets::STANDARD_ROLES.contains(&role) => {
-                Some(self.effective_default_chain(cwd))
-            }
+            None if STANDARD_ROLES.contains(&role) => Some(self.effective_default_chain(cwd)),
             None => None,
         }
     }
@@ -445,7 +449,7 @@ impl Config {
     /// Every role a task or workflow may name: the configured ones and the standard ones.
     pub fn role_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.roles.keys().cloned().collect();
-        for r in crate::workflow::targets::STANDARD_ROLES {
+        for r in STANDARD_ROLES {
             if !self.roles.contains_key(*r) {
                 names.push(r.to_string());
             }

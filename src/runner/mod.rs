@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::state::{LoopRound, Outcome, Phase as TaskPhase, TaskBook, TaskRecord};
 use crate::workflow::targets::{self, Accepts, Target};
 use crate::workflow::{ContextStrategy, Kind, Phase, Workflow, prompts};
+pub use crate::workflow::{render, vars_of};
 
 mod context;
 mod phases;
@@ -139,39 +140,6 @@ fn chain_of(target: &Target, config: &Config, ws: &Workspace) -> Vec<String> {
 pub fn is_child_of(id: &str, run: &str) -> bool {
     id.strip_prefix(run)
         .is_some_and(|rest| rest.starts_with('.'))
-}
-
-/// The workflow's variables: defaults overlaid with what the run gave.
-pub fn vars_of(wf: &Workflow, given: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut vars: BTreeMap<String, String> = wf
-        .vars
-        .iter()
-        .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
-        .collect();
-    vars.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
-    vars
-}
-
-/// Replaces `{name}` placeholders; unknown ones stay as they are.
-pub fn render(template: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        match after.find('}') {
-            Some(end) if vars.contains_key(&after[..end]) => {
-                out.push_str(&vars[&after[..end]]);
-                rest = &after[end + 1..];
-            }
-            _ => {
-                out.push('{');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// What every kind's decision needs: the run, the phase it is at, and what was worked out for

@@ -433,6 +433,39 @@ fn type_placeholders(kind: PhaseType) -> &'static [&'static str] {
     }
 }
 
+/// The workflow's variables: defaults overlaid with what the run gave.
+pub fn vars_of(wf: &Workflow, given: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut vars: BTreeMap<String, String> = wf
+        .vars
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+        .collect();
+    vars.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars
+}
+
+/// Replaces `{name}` placeholders; unknown ones stay as they are.
+pub fn render(template: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) if vars.contains_key(&after[..end]) => {
+                out.push_str(&vars[&after[..end]]);
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The `{name}` placeholders in a template.
 pub fn placeholders(template: &str) -> Vec<&str> {
     let mut out = Vec::new();

@@ -15,11 +15,7 @@
 
 use crate::config::Config;
 
-/// Roles that always exist: the built-in workflows use them, so they must run on any config.
-/// A config that does not define one runs it on the default chain.
-pub const STANDARD_ROLES: &[&str] = &[
-    "planner", "proposer", "judge", "backend", "frontend", "reviewer", "bulk",
-];
+pub use crate::config::STANDARD_ROLES;
 
 /// What a name resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]
