@@ -66,23 +66,18 @@ pub fn name_claimed(
     running.move_into(claim_name, running, &want)
 }
 
-/// Moves a settled task's file into `done/` or `failed/` and returns the name it got. It is
-/// looked for in `running/`, or in the inbox for a task a stop put back.
+/// Moves a settled task's file from `from` — `running/`, or the inbox for a task a stop put
+/// back there — into `done/` or `failed/`, and returns the name it got.
 pub fn settle(
     ws: &Workspace,
+    from: Place,
     to: Place,
     file: &str,
     id: &str,
     fields: Option<&TaskFields>,
 ) -> io::Result<Option<String>> {
+    debug_assert!(matches!(from, Place::Running | Place::Inbox));
     debug_assert!(matches!(to, Place::Done | Place::Failed));
-    let from = if ws.inbox().join(file).symlink_metadata().is_ok()
-        && ws.running().join(file).symlink_metadata().is_err()
-    {
-        Place::Inbox
-    } else {
-        Place::Running
-    };
     move_task(ws, from, to, file, id, fields)
 }
 

@@ -362,6 +362,51 @@ fn a_stop_ends_a_loop_evaluator_with_its_group_and_records_no_verdict() {
     );
 }
 
+/// Cancelling a run ends the loop evaluator it was waiting for, with its whole process group,
+/// and records no verdict for the round.
+#[test]
+fn cancelling_a_run_ends_its_running_evaluator() {
+    let ws = Workspace::new(LOOP_CONFIG);
+    let lingers = common::agents_dir().join("lingers.sh");
+    write_workflow(
+        &ws,
+        "slow",
+        &format!(
+            "name: slow\nphases:\n  - name: try\n    type: loop\n    generator: {{ agent: gen, prompt: again }}\n    evaluator: {{ command: [\"{}\", \"evaluator\"] }}\n    max_rounds: 2\n",
+            lingers.display()
+        ),
+    );
+    let _d = ws.start();
+    ws.drop_task("c.json", r#"{"workflow": "slow"}"#);
+    let grandchild = ws.wait_for("the evaluator's grandchild", |_| {
+        ws.agent_pid("evaluator.pid")
+    });
+    let out = ws.cli(&["cancel", "c"]);
+    assert!(
+        out.status.success(),
+        "expected the cancel to be accepted: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ws.wait_for("the run's `cancelled`", |records| {
+        records
+            .iter()
+            .any(|r| matches!(&r.event, Event::Cancelled { task } if task == "c"))
+            .then_some(())
+    });
+    ws.wait_until("the evaluator's group to be killed", || {
+        process_gone(grandchild).then_some(())
+    });
+    let rounds = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(r.event, Event::LoopRound { .. }))
+        .count();
+    assert_eq!(
+        rounds, 0,
+        "expected no verdict from an evaluator its run's cancel ended"
+    );
+}
+
 #[test]
 fn a_loop_gives_up_at_max_rounds() {
     let ws = Workspace::new(LOOP_CONFIG);

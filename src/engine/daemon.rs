@@ -153,6 +153,7 @@ pub async fn run_with_options(
         rx,
         tasks: JoinSet::new(),
         side_stop: watch::channel(false).0,
+        evaluators: 0,
         accepting: true,
         ledger_failed: None,
         paused: None,

@@ -235,8 +235,15 @@ impl Engine {
                     self.live.advance(&run);
                 }
             }
-            Msg::Evaluated { run, key, records } => {
-                if let Some(progress) = self.live.run_mut(&run) {
+            Msg::Evaluated {
+                run,
+                key,
+                id,
+                records,
+            } => {
+                if let Some(progress) = self.live.run_mut(&run)
+                    && progress.evaluating.get(&key).is_some_and(|e| e.id == id)
+                {
                     progress.evaluating.remove(&key);
                 }
                 self.apply(&records);
@@ -352,6 +359,7 @@ impl Engine {
             let _ = run.stop.send(Some(crate::judge::StopCause::Shutdown));
         }
         self.side_stop.send_replace(true);
+        self.live.stop_evaluators();
         loop {
             // Work held for a resource is not waited for: the ledger has what the next start
             // needs to do it (a successful attempt without `done` is settled again).

@@ -57,8 +57,18 @@ pub(super) struct RunningAttempt {
 pub(super) struct RunProgress {
     /// Its parsed workflow, once loaded.
     pub(super) workflow: Option<Arc<Workflow>>,
-    /// Loop rounds whose evaluator runs now (`phase/round`), so that none starts twice.
-    pub(super) evaluating: BTreeSet<String>,
+    /// Loop rounds whose evaluator runs now, by `phase/round`, so that none starts twice.
+    /// The evaluator holds the receiver of its stop: when the run stops being advanced
+    /// (finishing, settled) this is dropped, and the evaluator's process group with it.
+    pub(super) evaluating: BTreeMap<String, Evaluator>,
+}
+
+/// A loop evaluator the engine started for a run.
+pub(super) struct Evaluator {
+    /// Tells this evaluator's end from that of an earlier one of the same round.
+    pub(super) id: u64,
+    /// `true` (or dropping it) terminates the evaluator's process group.
+    pub(super) stop: watch::Sender<bool>,
 }
 
 struct Entry {
@@ -126,9 +136,9 @@ impl LiveTasks {
     }
 
     /// Puts a task in the run queue for its next attempt (at the place it had, if it had one).
-    /// A finishing task stays finishing.
+    /// A finishing task stays finishing, and a running one running: its attempt's end decides.
     pub(super) fn queue(&mut self, id: &str, priority: i64) {
-        if !self.is_finishing(id) {
+        if !matches!(self.get(id), Some(Live::Finishing | Live::Running(_))) {
             self.set(id, priority, Live::Queued);
         }
     }
@@ -182,9 +192,11 @@ impl LiveTasks {
     }
 
     /// The task's result, cancellation or escalation is being written. Returns false if it
-    /// already was: only one of them may happen.
+    /// already was — only one of them may happen — or if an attempt still runs: the attempt is
+    /// stopped first, and its end settles the task (dropping it here would free its agent's
+    /// slot without the engine knowing).
     pub(super) fn begin_finishing(&mut self, id: &str) -> bool {
-        if self.is_finishing(id) {
+        if matches!(self.get(id), Some(Live::Finishing | Live::Running(_))) {
             return false;
         }
         self.set(id, 0, Live::Finishing);
@@ -245,6 +257,17 @@ impl LiveTasks {
     /// Nothing runs and nothing waits to start.
     pub(super) fn is_idle(&self) -> bool {
         self.running == 0 && self.queue.is_empty()
+    }
+
+    /// Terminates every running loop evaluator (a stop of the daemon).
+    pub(super) fn stop_evaluators(&self) {
+        for entry in self.tasks.values() {
+            if let Live::Run(progress) = &entry.live {
+                for evaluator in progress.evaluating.values() {
+                    evaluator.stop.send_replace(true);
+                }
+            }
+        }
     }
 
     /// Tasks running or finishing: what a stop waits for.
@@ -312,7 +335,8 @@ mod tests {
             ("queued", "settled", "gone", 0, 0, 0),
             ("running", "end_attempt", "parked", 0, 0, 0),
             ("running", "park", "running", 0, 1, 0),
-            ("running", "begin_finishing", "finishing", 0, 0, 0),
+            ("running", "queue", "running", 0, 1, 0),
+            ("running", "begin_finishing", "running", 0, 1, 0),
             ("running", "settled", "gone", 0, 0, 0),
             ("parked", "queue", "queued", 1, 0, 0),
             ("parked", "end_attempt", "parked", 0, 0, 0),

@@ -149,7 +149,9 @@ enum Msg {
     /// A loop round's evaluator command finished; `records` is its `loop_round`.
     Evaluated {
         run: String,
+        /// `phase/round`, and which evaluator of that round.
         key: String,
+        id: u64,
         records: Vec<Record>,
     },
     /// A successful attempt's result could not be written (e.g. `output` leads outside the
@@ -198,9 +200,11 @@ struct Engine {
     /// evaluations. A stop waits for them all; dropping the engine aborts them, and an aborted
     /// attempt or side command kills its whole process group.
     tasks: JoinSet<()>,
-    /// Side commands (the `on_escalate` hook, loop evaluators) hold receivers; `true`
-    /// terminates their process groups, as a stop does to attempts.
+    /// The `on_escalate` hooks hold receivers; `true` terminates their process groups, as a
+    /// stop does to attempts. (Loop evaluators have a stop each, held by their run.)
     side_stop: watch::Sender<bool>,
+    /// The last loop evaluator's id.
+    evaluators: u64,
     /// False once shutdown began: nothing new is claimed or started.
     accepting: bool,
     /// Set when the ledger refused a write: nothing new is claimed or started.

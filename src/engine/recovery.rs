@@ -191,7 +191,7 @@ impl Engine {
     fn finish_move(&self, name: &str, done: bool) {
         let to = if done { Place::Done } else { Place::Failed };
         let (stem, _) = fsutil::split_name(name);
-        if let Err(e) = task_file::settle(&self.ws, to, name, stem, None) {
+        if let Err(e) = task_file::settle(&self.ws, Place::Running, to, name, stem, None) {
             tracing::warn!(
                 file = name,
                 "cannot move a finished task file out of running/: {e}"

@@ -93,6 +93,12 @@ impl Engine {
         let Some(t) = self.book.get(id) else { return };
         let file = t.file.clone();
         let fields = t.spec.as_ref().map(|s| s.fields.clone());
+        // A task a stop put back waits in the inbox until it is claimed again.
+        let from = if t.phase == Phase::Requeued {
+            Place::Inbox
+        } else {
+            Place::Running
+        };
         let snapshot = t.clone();
         if !self.live.begin_finishing(id) {
             return;
@@ -119,7 +125,9 @@ impl Engine {
             }
             let records = record(&ledger, &tx, Event::Cancelled { task: id.clone() }).await;
             if !records.is_empty() {
-                if let Err(e) = task_file::settle(&ws, Place::Failed, &file, &id, fields.as_ref()) {
+                if let Err(e) =
+                    task_file::settle(&ws, from, Place::Failed, &file, &id, fields.as_ref())
+                {
                     tracing::warn!(task = %id, "cannot move the task file to failed/: {e}");
                 }
             }
@@ -190,7 +198,14 @@ impl Engine {
             };
             let records = record(&ledger, &tx, done).await;
             if !records.is_empty()
-                && let Err(e) = task_file::settle(&ws, Place::Done, &file, &id, Some(&spec.fields))
+                && let Err(e) = task_file::settle(
+                    &ws,
+                    Place::Running,
+                    Place::Done,
+                    &file,
+                    &id,
+                    Some(&spec.fields),
+                )
             {
                 tracing::warn!(task = %id, "cannot move the task file to done/: {e}");
             }
@@ -295,6 +310,7 @@ impl Engine {
             if !records.is_empty()
                 && let Err(e) = task_file::settle(
                     &ws,
+                    Place::Running,
                     Place::Failed,
                     &snapshot.file,
                     &snapshot.id,

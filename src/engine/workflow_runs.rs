@@ -219,13 +219,19 @@ impl Engine {
 
     /// Runs a loop's evaluator command in the background; the round is recorded when it ends.
     fn start_evaluation(&mut self, run: &str, phase: String, round: u32, command: Vec<String>) {
-        let key = format!("{run}/{phase}/{round}");
+        let key = format!("{phase}/{round}");
+        self.evaluators += 1;
+        let id = self.evaluators;
+        let (stop, stopped) = watch::channel(false);
         let Some(progress) = self.live.run_mut(run) else {
             return;
         };
-        if !progress.evaluating.insert(key.clone()) {
+        if progress.evaluating.contains_key(&key) {
             return; // already running
         }
+        progress
+            .evaluating
+            .insert(key.clone(), lifecycle::Evaluator { id, stop });
         tracing::info!(task = run, phase = %phase, round, "evaluating the round with `{}`", command.join(" "));
         let (ws, ledger, tx, run) = (
             self.ws.clone(),
@@ -235,7 +241,7 @@ impl Engine {
         );
         let limits = crate::side_command::SideLimits {
             limit: EVALUATOR_LIMIT,
-            stop: self.side_stop.subscribe(),
+            stop: stopped,
             grace: self.config.kill_grace,
         };
         self.tasks.spawn(async move {
@@ -245,10 +251,12 @@ impl Engine {
             let Some((passed, feedback)) =
                 crate::runner::run_evaluator(&ws, &command, &log, limits).await
             else {
-                // Stopped by a stop of the daemon: the next start evaluates the round again.
+                // Stopped — the daemon stops (the next start evaluates the round again), or the
+                // run ended meanwhile: no verdict.
                 let _ = tx.send(Msg::Evaluated {
                     run,
                     key,
+                    id,
                     records: vec![],
                 });
                 return;
@@ -260,7 +268,12 @@ impl Engine {
                 feedback,
             };
             let records = record(&ledger, &tx, round_judged(&run, verdict)).await;
-            let _ = tx.send(Msg::Evaluated { run, key, records });
+            let _ = tx.send(Msg::Evaluated {
+                run,
+                key,
+                id,
+                records,
+            });
         });
     }
 
@@ -279,7 +292,14 @@ impl Engine {
             return;
         }
         tracing::info!(task = run, "workflow done");
-        if let Err(e) = task_file::settle(&self.ws, Place::Done, &file, run, fields.as_ref()) {
+        if let Err(e) = task_file::settle(
+            &self.ws,
+            Place::Running,
+            Place::Done,
+            &file,
+            run,
+            fields.as_ref(),
+        ) {
             tracing::warn!(
                 task = run,
                 "cannot move the workflow's task file to done/: {e}"

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use super::{Action, Child, ChildState, child_state, read_output, render, route};
 use crate::config::Config;
 use crate::state::{TaskBook, TaskRecord};
-use crate::workflow::targets::Accepts;
 use crate::workflow::{ContextStrategy, FanOut, FanOutTasks, Kind, Phase, TaskList};
 use crate::workspace::Workspace;
 
@@ -26,21 +25,13 @@ pub(super) fn distilled(
     config: &Config,
     ws: &Workspace,
 ) -> Result<String, Vec<Action>> {
-    let names: Vec<String> = if phase.inputs.is_empty() {
-        run.phases.iter().map(|(p, _)| p.clone()).collect()
-    } else {
+    let names: Vec<String> = if phase.input_given {
         context_inputs(phase)
+    } else {
+        run.phases.iter().map(|(p, _)| p.clone()).collect()
     };
     let step = phase.distill.as_ref();
-    // The distill step's own agent or role, else whoever runs the phase, else its judge.
-    let named = step
-        .and_then(|d| d.agent.as_ref().map(|a| (a, Accepts::Agent)))
-        .or_else(|| step.and_then(|d| d.role.as_ref().map(|r| (r, Accepts::Role))))
-        .or_else(|| phase.runner.as_ref().map(|r| (&r.name, r.accepts)))
-        .or(match &phase.kind {
-            Kind::Ensemble(e) => Some((&e.judge, Accepts::Any)),
-            _ => None,
-        });
+    let named = phase.distill_by.as_ref().map(|r| (&r.name, r.accepts));
     let (agent, role) = match named.map(|(n, a)| route(&n.value, a, config)) {
         Some(Ok(r)) => r,
         Some(Err(why)) => {

@@ -87,12 +87,18 @@ pub struct Phase {
     pub runner: Option<Runner>,
     /// The earlier phases it reads, by name.
     pub inputs: Vec<String>,
+    /// Whether `input:` was written at all (an empty list too): a `distilled` phase without it
+    /// summarises every earlier phase.
+    pub input_given: bool,
     /// Where its result goes: a workspace-relative path template.
     pub output: Option<Spanned<String>>,
     /// What its tasks see of earlier phases; `None`: its `input`s.
     pub context: Option<ContextStrategy>,
     /// The `distilled` strategy's summarising step, when written.
     pub distill: Option<DistillStep>,
+    /// Who runs the distill tasks: the `distill` step's `agent` or `role`, else the phase's own
+    /// runner, else its `judge` (whatever the phase's type).
+    pub distill_by: Option<Runner>,
     /// Workspace files or globs for the `scoped` strategy.
     pub files: Vec<String>,
     pub kind: Kind,

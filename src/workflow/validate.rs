@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::written::Written;
+use super::written::{Written, WrittenPhase};
 use super::*;
 
 /// Parses and checks a definition against the config. Returns the workflow, or every problem.
@@ -372,6 +372,8 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                     accepts,
                 }),
                 inputs: phase.inputs().into_iter().map(str::to_string).collect(),
+                input_given: phase.input.is_some(),
+                distill_by: distill_runner(phase),
                 output: phase.output.clone(),
                 context: phase.context,
                 distill: phase.distill.clone(),
@@ -392,6 +394,20 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         problems.sort_by_key(|p| (p.line, p.column));
         Err(problems)
     }
+}
+
+/// Who runs a phase's distill tasks (see [`Phase::distill_by`]).
+fn distill_runner(phase: &WrittenPhase) -> Option<Runner> {
+    use targets::Accepts;
+    let step = phase.distill.as_ref();
+    step.and_then(|d| d.agent.as_ref().map(|a| (a, Accepts::Agent)))
+        .or_else(|| step.and_then(|d| d.role.as_ref().map(|r| (r, Accepts::Role))))
+        .or_else(|| phase.runner())
+        .or(phase.judge.as_ref().map(|j| (j, Accepts::Any)))
+        .map(|(name, accepts)| Runner {
+            name: name.clone(),
+            accepts,
+        })
 }
 
 /// Whether a YAML line opens a flow-style map (`{ key: … }`) that holds an unquoted
@@ -680,6 +696,54 @@ phases:
                 PhaseType::Loop
             ],
             "expected the written type back"
+        );
+    }
+
+    /// Who distils for a `distilled` phase, and whether `input:` was written (an empty list
+    /// too: then no earlier phase is summarised, instead of all of them).
+    #[test]
+    fn distilled_phases_keep_their_inputs_and_their_distiller() {
+        let config = Config::parse(
+            "agents:\n  claude: {command: [c]}\n  gemini: {command: [g]}\n",
+            "t",
+        )
+        .unwrap();
+        let text = "\
+name: d
+phases:
+  - {name: a, type: single, agent: claude}
+  - name: b
+    type: parallel
+    context: distilled
+    judge: gemini
+    input: []
+    tasks: [{prompt: one}]
+  - {name: c, type: single, agent: claude, context: distilled, distill: {role: planner}}
+";
+        let def = Definition {
+            name: "d".into(),
+            source: Source::Builtin,
+            text: text.into(),
+        };
+        let wf = validate(&def, &config).unwrap();
+        let b = &wf.phases[1];
+        assert!(
+            b.input_given && b.inputs.is_empty(),
+            "expected `input: []` to be kept as given and empty"
+        );
+        assert_eq!(
+            b.distill_by.as_ref().map(|r| r.name.value.as_str()),
+            Some("gemini"),
+            "expected a parallel phase's judge to distil when it names nothing else"
+        );
+        let c = &wf.phases[2];
+        assert!(!c.input_given, "expected no `input:` to read as not given");
+        assert_eq!(
+            c.distill_by
+                .as_ref()
+                .map(|r| (r.name.value.as_str(), r.accepts)),
+            Some(("planner", targets::Accepts::Role)),
+            "expected the distill step's own role first"
         );
     }
 }
