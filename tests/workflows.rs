@@ -316,20 +316,26 @@ phases:
     );
 }
 
-/// A stop of the daemon ends a running evaluator with its whole process group and records no
-/// verdict for the round: it is evaluated again after the restart.
-#[test]
-fn a_stop_ends_a_loop_evaluator_with_its_group_and_records_no_verdict() {
-    let ws = Workspace::new(LOOP_CONFIG);
+/// A workflow `slow` whose loop evaluator lingers: it starts a grandchild (its pid in
+/// `evaluator.pid`) and ignores SIGTERM, so only a kill of its whole group ends it.
+fn write_lingering_loop(ws: &Workspace) {
     let lingers = common::agents_dir().join("lingers.sh");
     write_workflow(
-        &ws,
+        ws,
         "slow",
         &format!(
             "name: slow\nphases:\n  - name: try\n    type: loop\n    generator: {{ agent: gen, prompt: again }}\n    evaluator: {{ command: [\"{}\", \"evaluator\"] }}\n    max_rounds: 2\n",
             lingers.display()
         ),
     );
+}
+
+/// A stop of the daemon ends a running evaluator with its whole process group and records no
+/// verdict for the round: it is evaluated again after the restart.
+#[test]
+fn a_stop_ends_a_loop_evaluator_with_its_group_and_records_no_verdict() {
+    let ws = Workspace::new(LOOP_CONFIG);
+    write_lingering_loop(&ws);
     let mut d = ws.start();
     ws.drop_task("s.json", r#"{"workflow": "slow"}"#);
     let grandchild = ws.wait_for("the evaluator's grandchild", |_| {
@@ -367,15 +373,7 @@ fn a_stop_ends_a_loop_evaluator_with_its_group_and_records_no_verdict() {
 #[test]
 fn cancelling_a_run_ends_its_running_evaluator() {
     let ws = Workspace::new(LOOP_CONFIG);
-    let lingers = common::agents_dir().join("lingers.sh");
-    write_workflow(
-        &ws,
-        "slow",
-        &format!(
-            "name: slow\nphases:\n  - name: try\n    type: loop\n    generator: {{ agent: gen, prompt: again }}\n    evaluator: {{ command: [\"{}\", \"evaluator\"] }}\n    max_rounds: 2\n",
-            lingers.display()
-        ),
-    );
+    write_lingering_loop(&ws);
     let _d = ws.start();
     ws.drop_task("c.json", r#"{"workflow": "slow"}"#);
     let grandchild = ws.wait_for("the evaluator's grandchild", |_| {
