@@ -200,6 +200,11 @@ pub(super) fn rate_windows(agent: &Agent, config: &Config) -> Vec<(String, u32)>
     .collect()
 }
 
+/// Whether one more attempt of any agent may start while `all_running` run (`concurrency`).
+pub(super) fn below_concurrency(all_running: usize, config: &Config) -> bool {
+    all_running < config.concurrency
+}
+
 /// Decides whether `agent` may start one more attempt at `now`.
 pub(super) fn room(
     agent: &Agent,
@@ -478,6 +483,18 @@ mod tests {
             Admission::Escalate("every agent in the chain failed (a)".into()),
             "chain used up"
         );
+    }
+
+    #[test]
+    fn concurrency_case_table() {
+        let cfg = Config::parse("concurrency: 2\nagents:\n  a: {command: [a]}\n", "t").unwrap();
+        for (running, want) in [(0, true), (1, true), (2, false), (3, false)] {
+            assert_eq!(
+                below_concurrency(running, &cfg),
+                want,
+                "expected {running} running under `concurrency: 2` to give {want}"
+            );
+        }
     }
 
     #[test]

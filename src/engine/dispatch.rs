@@ -34,7 +34,7 @@ impl Engine {
         let mut escalations: Vec<(String, String)> = Vec::new();
         let mut total = self.live.running_count();
         for id in self.live.queued() {
-            if total >= self.config.concurrency {
+            if !admission::below_concurrency(total, &self.config) {
                 break;
             }
             let Some(t) = self.book.get(id) else {
