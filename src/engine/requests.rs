@@ -329,10 +329,11 @@ impl Engine {
                 format!("no task `{id}`; `dirigent status` lists the tasks"),
             );
         }
-        let waiting = ["json", "md"].iter().any(|ext| {
+        // The names a file for this id can wait under (the inbox takes `.json` and `.md`).
+        let waiting = [".json", ".md"].iter().any(|ext| {
             self.ws
                 .inbox()
-                .join(format!("{id}.{ext}"))
+                .join(task_file::file_name(id, ext))
                 .symlink_metadata()
                 .is_ok()
         });
