@@ -26,6 +26,7 @@ pub mod engine;
 pub mod escalate;
 pub mod follow;
 pub mod fsutil;
+pub mod git;
 pub mod http;
 pub mod inbox;
 pub mod integrity;
