@@ -152,6 +152,69 @@ impl Repo {
         }
         Ok(stat)
     }
+
+    /// Everything the work tree at `worktree` changed against `base` as a binary-safe patch
+    /// (untracked files included), for the human and for the next agent.
+    pub fn patch(&self, worktree: &Path, base: &str) -> Result<String, GitError> {
+        git(worktree, ["add", "--all", "--intent-to-add"])?;
+        git(worktree, ["diff", "--binary", base])
+    }
+
+    /// Puts the work tree at `worktree` back to `base`: tracked changes and untracked files are
+    /// discarded; ignored files (a copied `.env`, a linked `node_modules`) stay.
+    pub fn reset_to(&self, worktree: &Path, base: &str) -> Result<(), GitError> {
+        git(worktree, ["reset", "--quiet", "--hard", base])?;
+        git(worktree, ["clean", "--quiet", "-fd"]).map(drop)
+    }
+
+    /// Applies a patch made by [`Repo::patch`] to the work tree at `worktree`.
+    pub fn apply(&self, worktree: &Path, patch_file: &Path) -> Result<(), GitError> {
+        git(
+            worktree,
+            [
+                OsStr::new("apply"),
+                OsStr::new("--whitespace=nowarn"),
+                patch_file.as_os_str(),
+            ],
+        )
+        .map(drop)
+    }
+
+    /// Commits everything in the work tree at `worktree` on its branch — after any commits the
+    /// agent made itself — with `title` and the trailers `Dirigent-Task:` and `Dirigent-Agent:`.
+    /// Returns the new head, or `None` when there was nothing to commit.
+    pub fn commit_all(
+        &self,
+        worktree: &Path,
+        title: &str,
+        task: &str,
+        agent: &str,
+    ) -> Result<Option<String>, GitError> {
+        git(worktree, ["add", "--all"])?;
+        if git(worktree, ["diff", "--cached", "--quiet"]).is_ok() {
+            return Ok(None);
+        }
+        let message = format!("{title}\n\nDirigent-Task: {task}\nDirigent-Agent: {agent}\n");
+        // The user's own identity when git has one; dirigent's when it has none (a fresh
+        // machine, a service account), rather than failing a finished task.
+        let commit = ["commit", "--quiet", "--no-verify", "-m", &message];
+        let has_identity = git(worktree, ["var", "GIT_AUTHOR_IDENT"]).is_ok()
+            && git(worktree, ["var", "GIT_COMMITTER_IDENT"]).is_ok();
+        if has_identity {
+            git(worktree, commit)?;
+        } else {
+            let fallback = [
+                "-c",
+                "user.name=dirigent",
+                "-c",
+                "user.email=dirigent@localhost",
+            ];
+            git(worktree, fallback.iter().chain(commit.iter()))?;
+        }
+        Ok(Some(
+            git(worktree, ["rev-parse", "HEAD"])?.trim().to_string(),
+        ))
+    }
 }
 
 /// Runs `git -C dir ARGS…` and returns its stdout. No terminal prompt, no pager, messages in
@@ -254,6 +317,78 @@ mod tests {
             std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
             "one\ntwo\n",
             "expected the main work tree untouched"
+        );
+    }
+
+    /// A failed attempt: its changes are kept as a patch, the tree goes back to the base (an
+    /// ignored `.env` stays), the patch applies for the next agent, and a passing one is
+    /// committed with its trailers.
+    #[test]
+    fn patch_reset_apply_and_commit() {
+        let (dir, repo) = repo();
+        // The repository ignores `.env` (committed, as projects do).
+        std::fs::write(dir.path().join(".gitignore"), ".env\n").unwrap();
+        git(dir.path(), ["add", ".gitignore"]).unwrap();
+        git(
+            dir.path(),
+            [
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "commit",
+                "--quiet",
+                "-m",
+                "ignore",
+            ],
+        )
+        .unwrap();
+        let base = repo.head().unwrap();
+        let tree = dir.path().join(".wt").join("t2");
+        repo.add_worktree(&tree, &branch_for("t2").unwrap(), &base)
+            .unwrap();
+        std::fs::write(tree.join(".env"), "SECRET=1\n").unwrap();
+        std::fs::write(tree.join("a.txt"), "one\nhalf-done\n").unwrap();
+        std::fs::write(tree.join("scratch.txt"), "tmp\n").unwrap();
+        let patch = repo.patch(&tree, &base).unwrap();
+        assert!(
+            patch.contains("+half-done") && patch.contains("scratch.txt"),
+            "expected the edit and the new file in the patch:\n{patch}"
+        );
+        repo.reset_to(&tree, &base).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tree.join("a.txt")).unwrap(),
+            "one\ntwo\n",
+            "expected the edit discarded"
+        );
+        assert!(
+            !tree.join("scratch.txt").exists(),
+            "expected the new file discarded"
+        );
+        assert!(tree.join(".env").exists(), "expected the ignored .env kept");
+        let patch_file = dir.path().join("t2.patch");
+        std::fs::write(&patch_file, &patch).unwrap();
+        repo.apply(&tree, &patch_file).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tree.join("a.txt")).unwrap(),
+            "one\nhalf-done\n",
+            "expected the patch to bring the changes back"
+        );
+        let head = repo
+            .commit_all(&tree, "Finish a.txt", "t2", "claude")
+            .unwrap();
+        assert!(head.is_some(), "expected a commit");
+        let log = git(&tree, ["log", "-1", "--format=%B"]).unwrap();
+        assert!(
+            log.starts_with("Finish a.txt")
+                && log.contains("Dirigent-Task: t2")
+                && log.contains("Dirigent-Agent: claude"),
+            "expected the title and the trailers, got:\n{log}"
+        );
+        assert_eq!(
+            repo.commit_all(&tree, "again", "t2", "claude").unwrap(),
+            None,
+            "expected nothing to commit the second time"
         );
     }
 
