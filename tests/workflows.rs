@@ -316,6 +316,14 @@ phases:
     );
 }
 
+/// How many loop rounds the ledger has a verdict for.
+fn loop_rounds_recorded(ws: &Workspace) -> usize {
+    ws.records()
+        .iter()
+        .filter(|r| matches!(r.event, Event::LoopRound { .. }))
+        .count()
+}
+
 /// A workflow `slow` whose loop evaluator lingers: it starts a grandchild (its pid in
 /// `evaluator.pid`) and ignores SIGTERM, so only a kill of its whole group ends it.
 fn write_lingering_loop(ws: &Workspace) {
@@ -347,11 +355,7 @@ fn a_stop_ends_a_loop_evaluator_with_its_group_and_records_no_verdict() {
         process_gone(grandchild),
         "expected the evaluator's grandchild {grandchild} to die with its group at the stop"
     );
-    let rounds = ws
-        .records()
-        .iter()
-        .filter(|r| matches!(r.event, Event::LoopRound { .. }))
-        .count();
+    let rounds = loop_rounds_recorded(&ws);
     assert_eq!(
         rounds, 0,
         "expected no verdict for a round whose evaluator was stopped"
@@ -394,11 +398,7 @@ fn cancelling_a_run_ends_its_running_evaluator() {
     ws.wait_until("the evaluator's group to be killed", || {
         process_gone(grandchild).then_some(())
     });
-    let rounds = ws
-        .records()
-        .iter()
-        .filter(|r| matches!(r.event, Event::LoopRound { .. }))
-        .count();
+    let rounds = loop_rounds_recorded(&ws);
     assert_eq!(
         rounds, 0,
         "expected no verdict from an evaluator its run's cancel ended"
