@@ -92,6 +92,25 @@ impl Repo {
             .to_string())
     }
 
+    /// The commit a task's `base:` names (a branch, a tag, a commit), as a full commit id.
+    /// The name is never read as an option (`--end-of-options`): a base like `--orphan` is an
+    /// unknown revision, not a flag.
+    pub fn resolve_base(&self, rev: &str) -> Result<String, GitError> {
+        let spec = format!("{rev}^{{commit}}");
+        Ok(git(
+            &self.top,
+            [
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                &spec,
+            ],
+        )?
+        .trim()
+        .to_string())
+    }
+
     /// The branch checked out in the main work tree; `None` on a detached head.
     pub fn current_branch(&self) -> Result<Option<String>, GitError> {
         match git(&self.top, ["symbolic-ref", "--quiet", "--short", "HEAD"]) {
@@ -426,6 +445,28 @@ mod tests {
             None,
             "expected nothing to commit the second time"
         );
+    }
+
+    #[test]
+    fn a_base_is_resolved_to_a_commit_and_never_read_as_an_option() {
+        let (_dir, repo) = repo();
+        let head = repo.head().unwrap();
+        assert_eq!(
+            repo.resolve_base("main").unwrap(),
+            head,
+            "expected a branch to resolve"
+        );
+        assert_eq!(
+            repo.resolve_base(&head[..8]).unwrap(),
+            head,
+            "expected a short id to resolve"
+        );
+        for bad in ["--orphan", "-b", "no-such-branch", "main..main"] {
+            assert!(
+                matches!(repo.resolve_base(bad), Err(GitError::Failed { .. })),
+                "expected `{bad}` refused as a base"
+            );
+        }
     }
 
     #[test]
