@@ -21,6 +21,8 @@ pub enum GitError {
     NotInstalled,
     #[error("`{id}` cannot name a git branch ({why}); give the task another `id`")]
     BadBranch { id: String, why: &'static str },
+    #[error("`base: {rev}` names no commit of the repository")]
+    NoSuchBase { rev: String },
     #[error("`git {args}` failed ({status}): {stderr}")]
     Failed {
         args: String,
@@ -97,18 +99,20 @@ impl Repo {
     /// unknown revision, not a flag.
     pub fn resolve_base(&self, rev: &str) -> Result<String, GitError> {
         let spec = format!("{rev}^{{commit}}");
-        Ok(git(
-            &self.top,
-            [
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                "--end-of-options",
-                &spec,
-            ],
-        )?
-        .trim()
-        .to_string())
+        let args = [
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &spec,
+        ];
+        match git(&self.top, args) {
+            Ok(id) => Ok(id.trim().to_string()),
+            Err(GitError::Failed { .. }) => Err(GitError::NoSuchBase {
+                rev: rev.to_string(),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// The branch checked out in the main work tree; `None` on a detached head.
@@ -463,7 +467,7 @@ mod tests {
         );
         for bad in ["--orphan", "-b", "no-such-branch", "main..main"] {
             assert!(
-                matches!(repo.resolve_base(bad), Err(GitError::Failed { .. })),
+                matches!(repo.resolve_base(bad), Err(GitError::NoSuchBase { .. })),
                 "expected `{bad}` refused as a base"
             );
         }
