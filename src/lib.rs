@@ -56,5 +56,6 @@ pub mod task_file;
 pub mod usage;
 pub mod watch;
 pub mod web;
+pub mod workdir;
 pub mod workflow;
 pub mod workspace;
