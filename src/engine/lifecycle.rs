@@ -85,7 +85,9 @@ pub(super) struct LiveTasks {
     queue: BTreeSet<QueueKey>,
     /// `Run` tasks due to be advanced.
     due_runs: BTreeSet<String>,
-    running: usize,
+    /// The `Running` tasks: dispatch asks what they hold on every round, and must not walk
+    /// every queued task to find out.
+    running: BTreeSet<String>,
     arrivals: u64,
 }
 
@@ -125,8 +127,12 @@ impl LiveTasks {
             self.queue.insert(key);
         }
         match (matches!(before, Live::Running(_)), now_running) {
-            (true, false) => self.running -= 1,
-            (false, true) => self.running += 1,
+            (true, false) => {
+                self.running.remove(id);
+            }
+            (false, true) => {
+                self.running.insert(id.to_string());
+            }
             _ => {}
         }
         if !now_run {
@@ -239,14 +245,14 @@ impl LiveTasks {
 
     /// Every running attempt.
     pub(super) fn attempts(&self) -> impl Iterator<Item = &RunningAttempt> {
-        self.tasks.values().filter_map(|e| match &e.live {
-            Live::Running(attempt) => Some(attempt),
+        self.running.iter().filter_map(|id| match self.get(id) {
+            Some(Live::Running(attempt)) => Some(attempt),
             _ => None,
         })
     }
 
     pub(super) fn running_count(&self) -> usize {
-        self.running
+        self.running.len()
     }
 
     /// The queued tasks, in start order.
@@ -256,7 +262,7 @@ impl LiveTasks {
 
     /// Nothing runs and nothing waits to start.
     pub(super) fn is_idle(&self) -> bool {
-        self.running == 0 && self.queue.is_empty()
+        self.running.is_empty() && self.queue.is_empty()
     }
 
     /// Terminates every running loop evaluator (a stop of the daemon).
