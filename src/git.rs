@@ -158,9 +158,7 @@ impl Repo {
 
     /// What the work tree at `worktree` changed against `base`, untracked files included.
     pub fn diff_stat(&self, worktree: &Path, base: &str) -> Result<DiffStat, GitError> {
-        // Untracked files count as changes: record them as intended additions first (this
-        // stages no content).
-        git(worktree, ["add", "--all", "--intent-to-add"])?;
+        count_untracked(worktree)?;
         let numstat = git(worktree, ["diff", "--numstat", base])?;
         let mut stat = DiffStat::default();
         for line in numstat.lines() {
@@ -179,7 +177,7 @@ impl Repo {
     /// Everything the work tree at `worktree` changed against `base` as a binary-safe patch
     /// (untracked files included), for the human and for the next agent.
     pub fn patch(&self, worktree: &Path, base: &str) -> Result<String, GitError> {
-        git(worktree, ["add", "--all", "--intent-to-add"])?;
+        count_untracked(worktree)?;
         git(worktree, ["diff", "--binary", base])
     }
 
@@ -255,6 +253,12 @@ impl Repo {
             git(worktree, ["rev-parse", "HEAD"])?.trim().to_string(),
         ))
     }
+}
+
+/// Makes a diff against the base see the untracked files too: they are recorded as intended
+/// additions (this stages no content).
+fn count_untracked(worktree: &Path) -> Result<(), GitError> {
+    git(worktree, ["add", "--all", "--intent-to-add"]).map(drop)
 }
 
 /// Runs `git -C dir ARGS…` and returns its stdout. No terminal prompt, no pager, messages in

@@ -166,14 +166,14 @@ impl Ctx<'_> {
         &self.phase.name.value
     }
 
-    /// The id of one of the phase's tasks: `<run>.<phase>`, or `<run>.<phase>.<suffix>`.
+    /// The id of one of the phase's tasks: `<run>.<phase>.<suffix>`.
     fn id(&self, suffix: impl std::fmt::Display) -> String {
-        let suffix = suffix.to_string();
-        if suffix.is_empty() {
-            format!("{}.{}", self.run.id, self.name())
-        } else {
-            format!("{}.{}.{suffix}", self.run.id, self.name())
-        }
+        format!("{}.{}.{suffix}", self.run.id, self.name())
+    }
+
+    /// The id of a phase's only task: `<run>.<phase>`.
+    fn phase_task_id(&self) -> String {
+        format!("{}.{}", self.run.id, self.name())
     }
 
     /// The phase's prompt, its context, then `extra`, each in its own section.
@@ -200,6 +200,24 @@ impl Ctx<'_> {
             }
             None => Ok((None, None)),
         }
+    }
+
+    /// [`Ctx::route`] of the phase's own runner (`agent`, `role` or `model`).
+    fn own_route(&self) -> Result<(Option<String>, Option<String>), Vec<Action>> {
+        self.route(
+            self.phase
+                .runner
+                .as_ref()
+                .map(|r| (r.name.value.as_str(), r.accepts)),
+        )
+    }
+
+    /// [`Ctx::route`] of a step's runner (a generator, a synthesize or refine step).
+    fn step_route(
+        &self,
+        step: &crate::workflow::Step,
+    ) -> Result<(Option<String>, Option<String>), Vec<Action>> {
+        self.route(step.runner().map(|(n, a)| (n.value.as_str(), a)))
     }
 
     fn completed(&self, output: String) -> Vec<Action> {

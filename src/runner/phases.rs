@@ -16,15 +16,10 @@ use crate::workflow::{
 
 /// `single`: one task; its result is the phase's.
 pub(super) fn single(cx: &Ctx) -> Vec<Action> {
-    let id = cx.id("");
+    let id = cx.phase_task_id();
     match child_state(cx.book, &id) {
         ChildState::Missing => {
-            let (agent, role) = match cx.route(
-                cx.phase
-                    .runner
-                    .as_ref()
-                    .map(|r| (&*r.name.value, r.accepts)),
-            ) {
+            let (agent, role) = match cx.own_route() {
                 Ok(r) => r,
                 Err(failed) => return failed,
             };
@@ -202,11 +197,10 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
                     p.push_str("\n\n---\n");
                     p.push_str(&cx.context);
                 }
-                let (agent, role) =
-                    match cx.route(l.generator.runner().map(|(n, a)| (&*n.value, a))) {
-                        Ok(r) => r,
-                        Err(failed) => return failed,
-                    };
+                let (agent, role) = match cx.step_route(&l.generator) {
+                    Ok(r) => r,
+                    Err(failed) => return failed,
+                };
                 return vec![Action::Submit(Child {
                     id,
                     title: format!("{} (round {round})", cx.title),
@@ -365,7 +359,7 @@ pub(super) fn fan_out(cx: &Ctx, f: &FanOut) -> Vec<Action> {
                     read_output(cx.ws, o).trim_end()
                 ));
             }
-            let (agent, role) = match cx.route(step.runner().map(|(n, a)| (&*n.value, a))) {
+            let (agent, role) = match cx.step_route(step) {
                 Ok(r) => r,
                 Err(failed) => return failed,
             };
@@ -388,12 +382,7 @@ pub(super) fn fan_out(cx: &Ctx, f: &FanOut) -> Vec<Action> {
 
 /// The tasks of a fan-out phase, or why there are none to run.
 fn sub_tasks(cx: &Ctx, tasks: &FanOutTasks) -> Result<Vec<SubTask>, Vec<Action>> {
-    let default_route = cx.route(
-        cx.phase
-            .runner
-            .as_ref()
-            .map(|r| (&*r.name.value, r.accepts)),
-    )?;
+    let default_route = cx.own_route()?;
     let mut subs: Vec<SubTask> = Vec::new();
     match tasks {
         FanOutTasks::Inline(tasks) => {
