@@ -40,6 +40,12 @@ pub enum Class {
     Interrupted,
     /// Stopped by `dirigent cancel`.
     Cancelled,
+    /// The agent said done in its worktree, but the task's `verify` command failed there.
+    Verify,
+    /// The agent said done in its worktree, but changed nothing (`expect_changes`).
+    NoChange,
+    /// The task's branch does not merge cleanly onto its target.
+    Conflict,
 }
 
 impl Class {
@@ -59,6 +65,9 @@ impl Class {
             Class::RateLimit => "rate_limit",
             Class::Interrupted => "interrupted",
             Class::Cancelled => "cancelled",
+            Class::Verify => "verify",
+            Class::NoChange => "no_change",
+            Class::Conflict => "conflict",
         }
     }
 }

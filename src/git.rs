@@ -1,13 +1,16 @@
-//! Git, for isolated editing: the repository a workspace is in, its head, the branch and
-//! worktree a task edits in, and what an attempt changed there. It runs the real `git` — the one
-//! the user has, with their configuration — never through a shell, and never prompting.
-//!
-//! It is the first part of per-task worktrees (isolated editing) and not yet used by the
-//! engine: nothing here decides when a worktree is made, verified or merged.
+//! Git, for isolated editing: the repository a workspace is in, the branch and worktree a task
+//! edits in, what an attempt changed there, its commit, and the steps of a merge (replaying a
+//! branch on its target, the compare-and-swap of the target's ref, the fast-forward of the
+//! user's checkout). It runs the real `git` — the one the user has, with their configuration —
+//! never through a shell, never prompting, and with hooks off: a hook an agent planted in the
+//! repository never runs as dirigent. When and why these steps run is the engine's
+//! `worktrees`/`merging` rooms.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use serde::{Deserialize, Serialize};
 
 /// Why a git step did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +42,27 @@ pub struct Repo {
     pub top: PathBuf,
 }
 
+/// A task's worktree: its directory and its own git directory, recorded when it was made.
+/// Every command on it names both, so a `.git` file an agent rewrites inside the tree cannot
+/// turn dirigent's resets on another checkout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub path: PathBuf,
+    pub git_dir: PathBuf,
+}
+
+/// Files that do not merge, and the conflicting regions (bounded) for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Conflict {
+    pub files: Vec<String>,
+    pub hunks: String,
+}
+
+/// Most bytes of conflict hunks kept for a report.
+const MAX_HUNKS: usize = 16 * 1024;
+
 /// What an attempt changed against its base: files, lines added, lines removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffStat {
     pub files: u32,
     pub insertions: u64,
@@ -51,26 +73,46 @@ pub struct DiffStat {
 /// some of them as ref names (`a..b`, `x.lock`, a trailing dot); those are refused here, with
 /// the reason, rather than by git halfway through.
 pub fn branch_for(id: &str) -> Result<String, GitError> {
-    let why = if id.is_empty() {
+    check_branch_name(id).map_err(|why| GitError::BadBranch {
+        id: id.to_string(),
+        why,
+    })?;
+    Ok(format!("dirigent/{id}"))
+}
+
+/// Whether git takes `name` as (part of) a branch name; the reason when it does not. Stricter
+/// than git in one way: no name starts with `-`, so none is ever read as an option.
+pub fn check_branch_name(name: &str) -> Result<(), &'static str> {
+    let why = if name.is_empty() {
         Some("it is empty")
-    } else if id.contains("..") {
-        Some("it contains `..`")
-    } else if id.ends_with(".lock") {
+    } else if name.starts_with('-') {
+        Some("it starts with `-`")
+    } else if name.contains("..") || name.contains("//") {
+        Some("it contains `..` or `//`")
+    } else if name.ends_with(".lock") {
         Some("it ends with `.lock`")
-    } else if id.ends_with('.') || id.starts_with('.') {
-        Some("it starts or ends with `.`")
-    } else if id.contains(|c: char| c.is_ascii_control() || " ~^:?*[\\@{".contains(c)) {
+    } else if name.ends_with('.')
+        || name.starts_with('.')
+        || name.ends_with('/')
+        || name.starts_with('/')
+        || name.contains("/.")
+    {
+        Some("it starts or ends with `.` or `/`")
+    } else if name.contains(|c: char| c.is_ascii_control() || " ~^:?*[\\@{".contains(c)) {
         Some("it contains a character git refuses in branch names")
     } else {
         None
     };
     match why {
-        Some(why) => Err(GitError::BadBranch {
-            id: id.to_string(),
-            why,
-        }),
-        None => Ok(format!("dirigent/{id}")),
+        Some(why) => Err(why),
+        None => Ok(()),
     }
+}
+
+/// Whether `dir` is inside a git work tree, by looking for `.git` in it and its parents — no
+/// process, so acceptance can ask it for every task.
+pub fn in_repository(dir: &Path) -> bool {
+    dir.ancestors().any(|d| d.join(".git").exists())
 }
 
 impl Repo {
@@ -124,42 +166,248 @@ impl Repo {
         }
     }
 
-    /// Makes a worktree at `path` on a new branch `branch` starting at `base`.
-    pub fn add_worktree(&self, path: &Path, branch: &str, base: &str) -> Result<(), GitError> {
+    /// Makes a worktree at `path` on branch `branch` starting at `base`. A branch of that name
+    /// is reset there: the ledger knows of no tree for this task, so nothing on it was recorded
+    /// (a crash between making a tree and recording it leaves one behind).
+    pub fn add_worktree(&self, path: &Path, branch: &str, base: &str) -> Result<Tree, GitError> {
+        if path.exists() {
+            self.forget_worktree(path)?;
+        }
         git(
             &self.top,
             [
                 OsStr::new("worktree"),
                 OsStr::new("add"),
                 OsStr::new("--quiet"),
-                OsStr::new("-b"),
+                OsStr::new("-B"),
                 OsStr::new(branch),
                 path.as_os_str(),
                 OsStr::new(base),
             ],
-        )
-        .map(drop)
+        )?;
+        let git_dir = git(path, ["rev-parse", "--absolute-git-dir"])?;
+        Ok(Tree {
+            path: path.to_path_buf(),
+            git_dir: PathBuf::from(git_dir.trim_end()),
+        })
     }
 
-    /// Removes the worktree at `path` (whatever it holds: its changes were saved or merged
-    /// before) and what git keeps about it; the branch stays.
-    pub fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
-        git(
+    /// Removes a worktree (whatever it holds: its changes were saved or merged before) and what
+    /// git keeps about it; the branch stays.
+    pub fn remove_worktree(&self, tree: &Tree) -> Result<(), GitError> {
+        self.forget_worktree(&tree.path)
+    }
+
+    /// Removes the directory at `path` and prunes git's record of it. `git worktree remove`
+    /// reads the tree's `.git` file, which an agent may have changed, so the directory is
+    /// removed by hand when git refuses.
+    fn forget_worktree(&self, path: &Path) -> Result<(), GitError> {
+        let removed = git(
             &self.top,
             [
                 OsStr::new("worktree"),
                 OsStr::new("remove"),
                 OsStr::new("--force"),
+                OsStr::new("--force"),
                 path.as_os_str(),
             ],
-        )?;
+        );
+        if removed.is_err() && path.exists() {
+            std::fs::remove_dir_all(path).map_err(GitError::Io)?;
+        }
         git(&self.top, ["worktree", "prune"]).map(drop)
     }
 
-    /// What the work tree at `worktree` changed against `base`, untracked files included.
-    pub fn diff_stat(&self, worktree: &Path, base: &str) -> Result<DiffStat, GitError> {
-        count_untracked(worktree)?;
-        let numstat = git(worktree, ["diff", "--numstat", base])?;
+    /// The worktrees git knows of, by directory.
+    pub fn worktrees(&self) -> Result<Vec<PathBuf>, GitError> {
+        let list = git(&self.top, ["worktree", "list", "--porcelain"])?;
+        Ok(list
+            .lines()
+            .filter_map(|l| l.strip_prefix("worktree "))
+            .map(PathBuf::from)
+            .collect())
+    }
+
+    /// Deletes `branch` when it exists.
+    pub fn delete_branch(&self, branch: &str) -> Result<(), GitError> {
+        let r = format!("refs/heads/{branch}");
+        if self.branch_head(branch)?.is_none() {
+            return Ok(());
+        }
+        git(&self.top, ["update-ref", "-d", &r]).map(drop)
+    }
+
+    /// The commit `branch` points at; `None` when there is no such branch.
+    pub fn branch_head(&self, branch: &str) -> Result<Option<String>, GitError> {
+        let r = format!("refs/heads/{branch}^{{commit}}");
+        match git(
+            &self.top,
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", &r],
+        ) {
+            Ok(id) => Ok(Some(id.trim().to_string())),
+            Err(GitError::Failed { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Points `branch` at `new` only if it still points at `old`: a compare-and-swap, so a
+    /// commit someone else put there meanwhile is never lost. `false` when it had moved.
+    pub fn update_branch(&self, branch: &str, new: &str, old: &str) -> Result<bool, GitError> {
+        let r = format!("refs/heads/{branch}");
+        match git(
+            &self.top,
+            ["update-ref", "-m", "dirigent merge", &r, new, old],
+        ) {
+            Ok(_) => Ok(true),
+            Err(GitError::Failed { .. }) if self.branch_head(branch)?.as_deref() != Some(old) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether commit `a` is `b` or one of its ancestors.
+    pub fn is_ancestor(&self, a: &str, b: &str) -> Result<bool, GitError> {
+        match git(&self.top, ["merge-base", "--is-ancestor", a, b]) {
+            Ok(_) => Ok(true),
+            Err(GitError::Failed { status, .. }) if status.contains("exit status: 1") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The work tree where `branch` is checked out, if any (the user's checkout, usually).
+    pub fn checked_out_in(&self, branch: &str) -> Result<Option<PathBuf>, GitError> {
+        let want = format!("branch refs/heads/{branch}");
+        let list = git(&self.top, ["worktree", "list", "--porcelain"])?;
+        let mut current: Option<PathBuf> = None;
+        for line in list.lines() {
+            if let Some(p) = line.strip_prefix("worktree ") {
+                current = Some(PathBuf::from(p));
+            } else if line == want {
+                return Ok(current);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the checkout at `dir` has no change to a tracked file (untracked files do not
+    /// count: a fast-forward that would overwrite one refuses by itself).
+    pub fn is_clean(&self, dir: &Path) -> Result<bool, GitError> {
+        Ok(git(dir, ["status", "--porcelain", "--untracked-files=no"])?
+            .trim()
+            .is_empty())
+    }
+
+    /// Fast-forwards the checkout at `dir` (on its branch, at `old`) to `new`. `false` when it
+    /// is not at `old` any more or git refuses (a local change in the way): nothing changed.
+    pub fn fast_forward_checkout(
+        &self,
+        dir: &Path,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, GitError> {
+        let head = git(dir, ["rev-parse", "HEAD"])?;
+        if head.trim() != old {
+            return Ok(false);
+        }
+        match git(dir, ["merge", "--quiet", "--ff-only", "--no-edit", new]) {
+            Ok(_) => Ok(true),
+            Err(GitError::Failed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The tree of merging `theirs` into `ours`, or the files that conflict.
+    pub fn merge_trees(
+        &self,
+        ours: &str,
+        theirs: &str,
+    ) -> Result<Result<String, Conflict>, GitError> {
+        let out = run(
+            &self.top,
+            [
+                "merge-tree",
+                "--write-tree",
+                "--name-only",
+                "--no-messages",
+                ours,
+                theirs,
+            ],
+        )?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines = stdout.lines();
+        let tree = lines.next().unwrap_or("").trim().to_string();
+        if out.status.success() {
+            return Ok(Ok(tree));
+        }
+        if out.status.code() != Some(1) || tree.len() < 40 {
+            return Err(failed(&["merge-tree", ours, theirs], &out));
+        }
+        let files: Vec<String> = lines
+            .take_while(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        let mut hunks = String::new();
+        for f in &files {
+            if let Ok(text) = git(&self.top, ["cat-file", "blob", &format!("{tree}:{f}")]) {
+                hunks.push_str(&conflict_regions(f, &text));
+            }
+        }
+        Ok(Err(Conflict {
+            files,
+            hunks: bounded(hunks),
+        }))
+    }
+
+    /// A commit of `tree` with `parents` and `message`, by the user's identity (or dirigent's).
+    pub fn commit_tree(
+        &self,
+        tree: &str,
+        parents: &[&str],
+        message: &str,
+    ) -> Result<String, GitError> {
+        let mut args: Vec<String> = identity(&self.top);
+        args.extend(["commit-tree".into(), tree.into()]);
+        for p in parents {
+            args.extend(["-p".into(), (*p).into()]);
+        }
+        args.extend(["-m".into(), message.into()]);
+        Ok(git(&self.top, &args)?.trim().to_string())
+    }
+
+    /// The message of `commit`.
+    pub fn message(&self, commit: &str) -> Result<String, GitError> {
+        git(&self.top, ["log", "-1", "--format=%B", commit, "--"])
+    }
+
+    /// The tree of `commit`.
+    pub fn tree_of(&self, commit: &str) -> Result<String, GitError> {
+        Ok(
+            git(&self.top, ["rev-parse", &format!("{commit}^{{tree}}")])?
+                .trim()
+                .to_string(),
+        )
+    }
+
+    /// The diff of `commit` against `base` (for `dirigent diff`), bounded by the caller.
+    pub fn diff_between(&self, base: &str, commit: &str) -> Result<String, GitError> {
+        git(&self.top, ["diff", "--stat", "--patch", base, commit, "--"])
+    }
+}
+
+impl Tree {
+    /// The commit the tree's `HEAD` points at.
+    pub fn head(&self) -> Result<String, GitError> {
+        Ok(in_tree(self, ["rev-parse", "--verify", "HEAD^{commit}"])?
+            .trim()
+            .to_string())
+    }
+
+    /// What the tree changed against `base` (commits the agent made included), untracked files
+    /// too.
+    pub fn diff_stat(&self, base: &str) -> Result<DiffStat, GitError> {
+        count_untracked(self)?;
+        let numstat = in_tree(self, ["diff", "--numstat", base])?;
         let mut stat = DiffStat::default();
         for line in numstat.lines() {
             let mut parts = line.split('\t');
@@ -174,41 +422,35 @@ impl Repo {
         Ok(stat)
     }
 
-    /// Everything the work tree at `worktree` changed against `base` as a binary-safe patch
-    /// (untracked files included), for the human and for the next agent.
-    pub fn patch(&self, worktree: &Path, base: &str) -> Result<String, GitError> {
-        count_untracked(worktree)?;
-        git(worktree, ["diff", "--binary", base])
+    /// Everything the tree changed against `base` as a binary-safe patch (untracked files
+    /// included), for the human and for the next agent.
+    pub fn patch(&self, base: &str) -> Result<String, GitError> {
+        count_untracked(self)?;
+        in_tree(self, ["diff", "--binary", base])
     }
 
-    /// Readies a kept worktree for another task: a new branch `branch` at `base`, checked out
-    /// by force, untracked files removed (ignored ones stay). Measured with
+    /// Readies a kept tree for another task: a new branch `branch` at `base`, checked out by
+    /// force, untracked files removed (ignored ones stay). Measured with
     /// `scripts/bench/worktrees`, this is tens of milliseconds where making a worktree of a large
     /// repository afresh takes seconds.
-    pub fn reuse_worktree(
-        &self,
-        worktree: &Path,
-        branch: &str,
-        base: &str,
-    ) -> Result<(), GitError> {
-        git(
-            worktree,
-            ["checkout", "--quiet", "--force", "-B", branch, base],
-        )?;
-        git(worktree, ["clean", "--quiet", "-fd"]).map(drop)
+    pub fn reuse(&self, branch: &str, base: &str) -> Result<(), GitError> {
+        in_tree(self, ["checkout", "--quiet", "--force", "-B", branch, base])?;
+        in_tree(self, ["clean", "--quiet", "-fd"]).map(drop)
     }
 
-    /// Puts the work tree at `worktree` back to `base`: tracked changes and untracked files are
-    /// discarded; ignored files (a copied `.env`, a linked `node_modules`) stay.
-    pub fn reset_to(&self, worktree: &Path, base: &str) -> Result<(), GitError> {
-        git(worktree, ["reset", "--quiet", "--hard", base])?;
-        git(worktree, ["clean", "--quiet", "-fd"]).map(drop)
+    /// Puts the tree (and its branch) back to `base`: tracked changes, commits and untracked
+    /// files are discarded; ignored files (a copied `.env`, a linked `node_modules`) stay. A
+    /// rebase left half-done by a crash is abandoned first.
+    pub fn reset_to(&self, base: &str) -> Result<(), GitError> {
+        self.abort_rebase()?;
+        in_tree(self, ["reset", "--quiet", "--hard", base])?;
+        in_tree(self, ["clean", "--quiet", "-fd"]).map(drop)
     }
 
-    /// Applies a patch made by [`Repo::patch`] to the work tree at `worktree`.
-    pub fn apply(&self, worktree: &Path, patch_file: &Path) -> Result<(), GitError> {
-        git(
-            worktree,
+    /// Applies a patch made by [`Tree::patch`].
+    pub fn apply(&self, patch_file: &Path) -> Result<(), GitError> {
+        in_tree(
+            self,
             [
                 OsStr::new("apply"),
                 OsStr::new("--whitespace=nowarn"),
@@ -218,83 +460,193 @@ impl Repo {
         .map(drop)
     }
 
-    /// Commits everything in the work tree at `worktree` on its branch — after any commits the
-    /// agent made itself — with `title` and the trailers `Dirigent-Task:` and `Dirigent-Agent:`.
-    /// Returns the new head, or `None` when there was nothing to commit.
+    /// Commits everything in the tree on its branch — after any commits the agent made itself —
+    /// with `title` and the trailers `Dirigent-Task:` and `Dirigent-Agent:`. Returns the new
+    /// head, or `None` when there was nothing to commit.
     pub fn commit_all(
         &self,
-        worktree: &Path,
         title: &str,
         task: &str,
         agent: &str,
     ) -> Result<Option<String>, GitError> {
-        git(worktree, ["add", "--all"])?;
-        if git(worktree, ["diff", "--cached", "--quiet"]).is_ok() {
+        in_tree(self, ["add", "--all"])?;
+        if in_tree(self, ["diff", "--cached", "--quiet"]).is_ok() {
             return Ok(None);
         }
         let message = format!("{title}\n\nDirigent-Task: {task}\nDirigent-Agent: {agent}\n");
-        // The user's own identity when git has one; dirigent's when it has none (a fresh
-        // machine, a service account), rather than failing a finished task.
-        let commit = ["commit", "--quiet", "--no-verify", "-m", &message];
-        let has_identity = git(worktree, ["var", "GIT_AUTHOR_IDENT"]).is_ok()
-            && git(worktree, ["var", "GIT_COMMITTER_IDENT"]).is_ok();
-        if has_identity {
-            git(worktree, commit)?;
-        } else {
-            let fallback = [
-                "-c",
-                "user.name=dirigent",
-                "-c",
-                "user.email=dirigent@localhost",
-            ];
-            git(worktree, fallback.iter().chain(commit.iter()))?;
+        let mut args = identity(&self.path);
+        args.extend(["commit", "--quiet", "--no-verify", "-m", &message].map(String::from));
+        in_tree(self, &args)?;
+        self.head().map(Some)
+    }
+
+    /// Replays the tree's branch on `onto` (a `git rebase` in the tree). On a conflict the
+    /// rebase is abandoned — the branch is as it was — and the conflict returned.
+    pub fn rebase_onto(&self, onto: &str) -> Result<Result<(), Conflict>, GitError> {
+        let mut args = identity(&self.path);
+        args.extend(["rebase", "--quiet", "--no-autostash", onto].map(String::from));
+        match in_tree(self, &args) {
+            Ok(_) => Ok(Ok(())),
+            Err(GitError::Failed { .. }) => {
+                let files: Vec<String> = in_tree(self, ["diff", "--name-only", "--diff-filter=U"])
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                let mut hunks = String::new();
+                for f in &files {
+                    if let Ok(text) = std::fs::read_to_string(self.path.join(f)) {
+                        hunks.push_str(&conflict_regions(f, &text));
+                    }
+                }
+                self.abort_rebase()?;
+                Ok(Err(Conflict {
+                    files,
+                    hunks: bounded(hunks),
+                }))
+            }
+            Err(e) => Err(e),
         }
-        Ok(Some(
-            git(worktree, ["rev-parse", "HEAD"])?.trim().to_string(),
-        ))
+    }
+
+    /// Abandons a rebase in progress in the tree, if there is one.
+    pub fn abort_rebase(&self) -> Result<(), GitError> {
+        let merge_dir = self.git_dir.join("rebase-merge");
+        let apply_dir = self.git_dir.join("rebase-apply");
+        if merge_dir.exists() || apply_dir.exists() {
+            in_tree(self, ["rebase", "--abort"])?;
+        }
+        Ok(())
+    }
+
+    /// Moves the tree's branch (and its files) to `commit`.
+    pub fn move_to(&self, commit: &str) -> Result<(), GitError> {
+        in_tree(self, ["reset", "--quiet", "--hard", commit]).map(drop)
+    }
+}
+
+/// The conflict-marked regions of one file, as a report shows them.
+fn conflict_regions(file: &str, text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("<<<<<<<") {
+            inside = true;
+            out.push_str(&format!("--- {file}\n"));
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+        if line.starts_with(">>>>>>>") {
+            inside = false;
+        }
+    }
+    out
+}
+
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_HUNKS {
+        let mut cut = MAX_HUNKS;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("\n… (cut)\n");
+    }
+    text
+}
+
+/// The `-c user.name=… -c user.email=…` to give when git has no identity of the user's (a fresh
+/// machine, a service account), so a finished task's commit does not fail for that.
+fn identity(dir: &Path) -> Vec<String> {
+    let has = git(dir, ["var", "GIT_AUTHOR_IDENT"]).is_ok()
+        && git(dir, ["var", "GIT_COMMITTER_IDENT"]).is_ok();
+    if has {
+        vec![]
+    } else {
+        [
+            "-c",
+            "user.name=dirigent",
+            "-c",
+            "user.email=dirigent@localhost",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 }
 
 /// Makes a diff against the base see the untracked files too: they are recorded as intended
 /// additions (this stages no content).
-fn count_untracked(worktree: &Path) -> Result<(), GitError> {
-    git(worktree, ["add", "--all", "--intent-to-add"]).map(drop)
+fn count_untracked(tree: &Tree) -> Result<(), GitError> {
+    in_tree(tree, ["add", "--all", "--intent-to-add"]).map(drop)
 }
 
-/// Runs `git -C dir ARGS…` and returns its stdout. No terminal prompt, no pager, messages in
-/// English (they are matched nowhere, but shown to users who report them).
+/// Runs git on a task's tree, naming its git directory and work tree (see [`Tree`]).
+fn in_tree<I, S>(tree: &Tree, args: I) -> Result<String, GitError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut all: Vec<std::ffi::OsString> = vec![
+        format!("--git-dir={}", tree.git_dir.display()).into(),
+        format!("--work-tree={}", tree.path.display()).into(),
+    ];
+    all.extend(args.into_iter().map(|a| a.as_ref().into()));
+    git(&tree.path, all)
+}
+
+/// Runs `git -C dir ARGS…` and returns its stdout. No terminal prompt, no pager, no hooks,
+/// messages in English (they are matched nowhere, but shown to users who report them).
 fn git<I, S>(dir: &Path, args: I) -> Result<String, GitError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
-    let out = Command::new("git")
+    let out = run(dir, &args)?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(failed(&args, &out))
+}
+
+fn run<I, S>(dir: &Path, args: I) -> Result<std::process::Output, GitError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(&args)
+        .args(["-c", "core.hooksPath=/dev/null"])
+        .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_PAGER", "cat")
+        .env("GIT_EDITOR", "true")
         .env("LC_ALL", "C")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => GitError::NotInstalled,
             _ => GitError::Io(e),
-        })?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
+        })
+}
+
+fn failed<S: AsRef<OsStr>>(args: &[S], out: &std::process::Output) -> GitError {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(GitError::Failed {
+    GitError::Failed {
         args: args
             .iter()
-            .map(|a| a.to_string_lossy().into_owned())
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" "),
         status: out.status.to_string(),
         stderr: stderr.trim().lines().last().unwrap_or("").to_string(),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -336,18 +688,18 @@ mod tests {
         assert_eq!(repo.current_branch().unwrap().as_deref(), Some("main"));
         let base = repo.head().unwrap();
         assert_eq!(base.len(), 40, "expected a full commit id, got {base:?}");
-        let tree = dir.path().join(".wt").join("t1");
+        let path = dir.path().join(".wt").join("t1");
         let branch = branch_for("t1").unwrap();
-        repo.add_worktree(&tree, &branch, &base).unwrap();
+        let tree = repo.add_worktree(&path, &branch, &base).unwrap();
         assert_eq!(
-            std::fs::read_to_string(tree.join("a.txt")).unwrap(),
+            std::fs::read_to_string(path.join("a.txt")).unwrap(),
             "one\ntwo\n",
             "expected the worktree to hold the base's files"
         );
-        std::fs::write(tree.join("a.txt"), "one\nthree\nfour\n").unwrap();
-        std::fs::write(tree.join("new.txt"), "x\n").unwrap();
+        std::fs::write(path.join("a.txt"), "one\nthree\nfour\n").unwrap();
+        std::fs::write(path.join("new.txt"), "x\n").unwrap();
         assert_eq!(
-            repo.diff_stat(&tree, &base).unwrap(),
+            tree.diff_stat(&base).unwrap(),
             DiffStat {
                 files: 2,
                 insertions: 3,
@@ -356,26 +708,25 @@ mod tests {
             "expected the edit and the untracked file counted"
         );
         // Kept for the next task: on its own branch at the base, the last task's files gone.
-        repo.reuse_worktree(&tree, &branch_for("t9").unwrap(), &base)
-            .unwrap();
+        tree.reuse(&branch_for("t9").unwrap(), &base).unwrap();
         assert_eq!(
-            std::fs::read_to_string(tree.join("a.txt")).unwrap(),
+            std::fs::read_to_string(path.join("a.txt")).unwrap(),
             "one\ntwo\n",
             "expected a reused worktree back at the base"
         );
         assert!(
-            !tree.join("new.txt").exists(),
+            !path.join("new.txt").exists(),
             "expected the last task's new file gone"
         );
         assert_eq!(
-            git(&tree, ["symbolic-ref", "--short", "HEAD"])
+            git(&path, ["symbolic-ref", "--short", "HEAD"])
                 .unwrap()
                 .trim(),
             "dirigent/t9",
             "expected the next task's branch checked out"
         );
         repo.remove_worktree(&tree).unwrap();
-        assert!(!tree.exists(), "expected the worktree's directory gone");
+        assert!(!path.exists(), "expected the worktree's directory gone");
         assert_eq!(
             std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
             "one\ntwo\n",
@@ -407,41 +758,40 @@ mod tests {
         )
         .unwrap();
         let base = repo.head().unwrap();
-        let tree = dir.path().join(".wt").join("t2");
-        repo.add_worktree(&tree, &branch_for("t2").unwrap(), &base)
+        let path = dir.path().join(".wt").join("t2");
+        let tree = repo
+            .add_worktree(&path, &branch_for("t2").unwrap(), &base)
             .unwrap();
-        std::fs::write(tree.join(".env"), "SECRET=1\n").unwrap();
-        std::fs::write(tree.join("a.txt"), "one\nhalf-done\n").unwrap();
-        std::fs::write(tree.join("scratch.txt"), "tmp\n").unwrap();
-        let patch = repo.patch(&tree, &base).unwrap();
+        std::fs::write(path.join(".env"), "SECRET=1\n").unwrap();
+        std::fs::write(path.join("a.txt"), "one\nhalf-done\n").unwrap();
+        std::fs::write(path.join("scratch.txt"), "tmp\n").unwrap();
+        let patch = tree.patch(&base).unwrap();
         assert!(
             patch.contains("+half-done") && patch.contains("scratch.txt"),
             "expected the edit and the new file in the patch:\n{patch}"
         );
-        repo.reset_to(&tree, &base).unwrap();
+        tree.reset_to(&base).unwrap();
         assert_eq!(
-            std::fs::read_to_string(tree.join("a.txt")).unwrap(),
+            std::fs::read_to_string(path.join("a.txt")).unwrap(),
             "one\ntwo\n",
             "expected the edit discarded"
         );
         assert!(
-            !tree.join("scratch.txt").exists(),
+            !path.join("scratch.txt").exists(),
             "expected the new file discarded"
         );
-        assert!(tree.join(".env").exists(), "expected the ignored .env kept");
+        assert!(path.join(".env").exists(), "expected the ignored .env kept");
         let patch_file = dir.path().join("t2.patch");
         std::fs::write(&patch_file, &patch).unwrap();
-        repo.apply(&tree, &patch_file).unwrap();
+        tree.apply(&patch_file).unwrap();
         assert_eq!(
-            std::fs::read_to_string(tree.join("a.txt")).unwrap(),
+            std::fs::read_to_string(path.join("a.txt")).unwrap(),
             "one\nhalf-done\n",
             "expected the patch to bring the changes back"
         );
-        let head = repo
-            .commit_all(&tree, "Finish a.txt", "t2", "claude")
-            .unwrap();
+        let head = tree.commit_all("Finish a.txt", "t2", "claude").unwrap();
         assert!(head.is_some(), "expected a commit");
-        let log = git(&tree, ["log", "-1", "--format=%B"]).unwrap();
+        let log = git(&path, ["log", "-1", "--format=%B"]).unwrap();
         assert!(
             log.starts_with("Finish a.txt")
                 && log.contains("Dirigent-Task: t2")
@@ -449,9 +799,86 @@ mod tests {
             "expected the title and the trailers, got:\n{log}"
         );
         assert_eq!(
-            repo.commit_all(&tree, "again", "t2", "claude").unwrap(),
+            tree.commit_all("again", "t2", "claude").unwrap(),
             None,
             "expected nothing to commit the second time"
+        );
+    }
+
+    /// A rewritten `.git` file in a task's tree does not turn a reset on the main checkout.
+    #[test]
+    fn a_planted_git_file_does_not_redirect_a_reset() {
+        let (dir, repo) = repo();
+        let base = repo.head().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "user's own edit\n").unwrap();
+        let path = dir.path().join(".wt").join("t3");
+        let tree = repo
+            .add_worktree(&path, &branch_for("t3").unwrap(), &base)
+            .unwrap();
+        let main_git = dir.path().join(".git");
+        std::fs::write(
+            path.join(".git"),
+            format!("gitdir: {}\n", main_git.display()),
+        )
+        .unwrap();
+        tree.reset_to(&base).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
+            "user's own edit\n",
+            "expected the user's uncommitted edit untouched"
+        );
+    }
+
+    /// Two branches from one base: the first lands by compare-and-swap, the second conflicts
+    /// (files named, hunks shown), a stale swap is refused.
+    #[test]
+    fn merge_trees_compare_and_swap_and_conflicts() {
+        let (dir, repo) = repo();
+        let base = repo.head().unwrap();
+        let mk = |name: &str, text: &str| {
+            let path = dir.path().join(".wt").join(name);
+            let tree = repo
+                .add_worktree(&path, &branch_for(name).unwrap(), &base)
+                .unwrap();
+            std::fs::write(path.join("a.txt"), text).unwrap();
+            tree.commit_all(name, name, "x").unwrap().unwrap()
+        };
+        let first = mk("m1", "one\nfirst\n");
+        let second = mk("m2", "one\nsecond\n");
+        let tree = repo.merge_trees(&base, &first).unwrap().unwrap();
+        let merged = repo
+            .commit_tree(&tree, &[&base, &first], "merge m1")
+            .unwrap();
+        assert!(
+            repo.update_branch("main", &merged, &base).unwrap(),
+            "expected the swap from the base to succeed"
+        );
+        assert!(
+            !repo.update_branch("main", &second, &base).unwrap(),
+            "expected a swap from a stale head refused"
+        );
+        assert_eq!(
+            repo.branch_head("main").unwrap().as_deref(),
+            Some(merged.as_str())
+        );
+        let conflict = repo.merge_trees(&merged, &second).unwrap().unwrap_err();
+        assert_eq!(
+            conflict.files,
+            vec!["a.txt".to_string()],
+            "expected a.txt to conflict"
+        );
+        assert!(
+            conflict.hunks.contains("<<<<<<<") && conflict.hunks.contains("second"),
+            "expected the conflicting region, got:\n{}",
+            conflict.hunks
+        );
+        assert!(
+            repo.is_ancestor(&base, &merged).unwrap(),
+            "expected base below the merge"
+        );
+        assert!(
+            !repo.is_ancestor(&second, &merged).unwrap(),
+            "expected m2 not merged"
         );
     }
 

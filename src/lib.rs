@@ -22,6 +22,7 @@ pub mod control;
 pub mod credentials;
 pub mod doctor;
 pub mod duration;
+pub mod editing;
 pub mod engine;
 pub mod escalate;
 pub mod follow;

@@ -22,14 +22,28 @@ pub fn render(book: &TaskBook) -> String {
     let mut running = Vec::new();
     let mut pending = Vec::new();
     let mut failed = Vec::new();
+    let mut merging = Vec::new();
     let mut pending_more = 0usize;
     for t in book.iter() {
+        let branch = t
+            .branch_note()
+            .map(|b| format!(", {b}"))
+            .unwrap_or_default();
         match &t.phase {
             Phase::Done { agent, .. } => done.push(format!(
-                "- [x] {} — {} ({agent}, {})",
+                "- [x] {} — {} ({agent}, {}{branch})",
                 t.id,
                 t.title,
                 short(Duration::from_millis(t.busy_ms()))
+            )),
+            Phase::Merging { waiting } => merging.push(format!(
+                "- [ ] {} — {} ({}{branch})",
+                t.id,
+                t.title,
+                match waiting {
+                    Some(why) => one_line(why, 300),
+                    None => "merging".to_string(),
+                }
             )),
             Phase::Running {
                 attempt,
@@ -125,6 +139,9 @@ pub fn render(book: &TaskBook) -> String {
     }
     section(&mut out, "Completed", &done, Some(book.archived_done));
     section(&mut out, "In Progress", &running, None);
+    if !merging.is_empty() {
+        section(&mut out, "Waiting to Merge", &merging, None);
+    }
     section(&mut out, "Pending", &pending, None);
     if pending_more > 0 {
         // Before the blank line `section` ended with.

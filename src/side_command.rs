@@ -27,6 +27,9 @@ pub struct SideLimits {
     pub limit: Duration,
     pub stop: watch::Receiver<bool>,
     pub grace: Duration,
+    /// Where it runs, and variables it gets: a task's worktree for `verify`; `None` is the
+    /// workspace.
+    pub dir: Option<(std::path::PathBuf, Vec<(String, String)>)>,
 }
 
 /// Runs a side command in the workspace the way attempts run: its own process group, stdin from
@@ -43,6 +46,7 @@ pub async fn run_logged(
         limit,
         mut stop,
         grace,
+        dir,
     } = limits;
     let (out, err) = match open_log(ws, log).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok((o, e)) => (Stdio::from(o), Stdio::from(e)),
@@ -51,8 +55,15 @@ pub async fn run_logged(
         }
     };
     let mut cmd = crate::reaper::command(std::ffi::OsStr::new(&argv[0]), &argv[1..], false);
-    cmd.current_dir(ws.root())
-        .stdout(out)
+    match &dir {
+        Some((path, env)) => {
+            cmd.current_dir(path).envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        None => {
+            cmd.current_dir(ws.root());
+        }
+    }
+    cmd.stdout(out)
         .stderr(err)
         .process_group(0)
         .kill_on_drop(true);

@@ -51,8 +51,11 @@ pub struct AttemptPlan {
     pub kill_grace: Duration,
     pub leak_timeout: Duration,
     pub previous: Option<PreviousAttempt>,
-    /// Variables set for this attempt only (an isolated instance's state directory).
+    /// Variables set for this attempt only (an isolated instance's state directory, where its
+    /// worktree is).
     pub extra_env: Vec<(String, String)>,
+    /// Where the agent runs: its task's worktree; `None` is the workspace.
+    pub workdir: Option<PathBuf>,
 }
 
 impl AttemptPlan {
@@ -107,6 +110,8 @@ pub struct AttemptReport {
     pub duration: Duration,
     pub stdout_path: PathBuf,
     pub stderr_path: PathBuf,
+    /// For an attempt in a worktree: what it left there (see `engine::worktrees`).
+    pub work: Option<crate::ledger::WorkChecked>,
 }
 
 impl AttemptReport {
@@ -134,6 +139,7 @@ impl AttemptReport {
             duration,
             stdout_path,
             stderr_path,
+            work: None,
         }
     }
 }
@@ -257,7 +263,7 @@ where
     argv[0] = program.to_string_lossy().into_owned();
     let stdin_prompt = agent.prompt == PromptMode::Stdin;
     let mut cmd = crate::reaper::command(program.as_os_str(), &argv[1..], stdin_prompt);
-    cmd.current_dir(plan.workspace.root())
+    cmd.current_dir(plan.workdir.as_deref().unwrap_or(plan.workspace.root()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -531,6 +537,7 @@ where
         duration,
         stdout_path,
         stderr_path,
+        work: None,
     }
 }
 
@@ -603,6 +610,7 @@ pub fn report_from_capture(
         duration: Duration::from_millis(a.duration_ms),
         stdout_path: dir.join(out_name),
         stderr_path: dir.join(err_name),
+        work: None,
     }
 }
 

@@ -37,6 +37,12 @@ pub enum Phase {
     Failed { reason: String, finished_ms: u64 },
     /// Put back into the inbox by a graceful stop.
     Requeued,
+    /// Its work is committed and verified on its branch; it is being merged into its target,
+    /// or waits to be (`waiting` says why: `merge: manual`, the user's checkout not clean).
+    Merging {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        waiting: Option<String>,
+    },
 }
 
 impl Phase {
@@ -50,6 +56,8 @@ impl Phase {
             Phase::Done { .. } => "done",
             Phase::Failed { .. } => "failed",
             Phase::Requeued => "requeued",
+            Phase::Merging { waiting: None } => "merging",
+            Phase::Merging { waiting: Some(_) } => "merge_waiting",
         }
     }
 }
@@ -79,6 +87,9 @@ pub struct AttemptSummary {
     /// Why the supervisor stopped it, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<crate::judge::StopCause>,
+    /// In a worktree: what it changed, its commit when it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<Box<crate::ledger::WorkChecked>>,
 }
 
 impl AttemptSummary {
@@ -101,8 +112,60 @@ impl AttemptSummary {
             stderr_bytes: 0,
             usage: None,
             stopped: None,
+            work: None,
         }
     }
+}
+
+/// A task's worktree and where its branch stands, as the ledger recorded them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WorktreeState {
+    pub tree: crate::git::Tree,
+    pub branch: String,
+    pub base: String,
+    /// The branch it merges into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Changes of the last attempt that was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<crate::git::DiffStat>,
+    /// The verified commit on its branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    pub merge: MergeState,
+    /// The worktree directory is gone (merged, discarded, cleaned up).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
+}
+
+/// Where a task's branch stands with its target.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MergeState {
+    /// Not verified yet (or `merge: none`).
+    #[default]
+    NotYet,
+    Waiting {
+        reason: String,
+    },
+    Started {
+        target: String,
+        onto: String,
+    },
+    Ready {
+        target: String,
+        old: String,
+        commit: String,
+    },
+    Merged {
+        target: String,
+        commit: String,
+    },
+    Failed {
+        class: Class,
+        reason: String,
+    },
+    Discarded,
 }
 
 /// A loop round of a workflow run, judged.
@@ -153,9 +216,28 @@ pub struct TaskRecord {
     /// long-lived daemon's memory flat (the file in `done/`/`failed/` still has it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Arc<TaskSpec>>,
+    /// Its worktree, when its attempts edit in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<Box<WorktreeState>>,
 }
 
 impl TaskRecord {
+    /// Its branch and what it changed, for one-line listings: `dirigent/t1: 3 files +10 -2`.
+    pub fn branch_note(&self) -> Option<String> {
+        let w = self.worktree.as_ref()?;
+        Some(match w.diff {
+            Some(d) => format!(
+                "{}: {} file{} +{} -{}",
+                w.branch,
+                d.files,
+                if d.files == 1 { "" } else { "s" },
+                d.insertions,
+                d.deletions
+            ),
+            None => w.branch.clone(),
+        })
+    }
+
     /// How many of its last attempts in a row ended `interrupted` by the daemon stopping (not
     /// by a pause for a resource).
     pub fn interruptions_in_a_row(&self) -> u32 {
@@ -444,6 +526,7 @@ impl TaskBook {
                         budget_usd: spec.fields.budget_usd,
                         origin,
                         spec: Some(Arc::new((**spec).clone())),
+                        worktree: None,
                     },
                 );
             }
@@ -504,6 +587,7 @@ impl TaskBook {
                 retry_in_ms,
                 usage,
                 stopped,
+                work,
                 ..
             } => {
                 if let Some(cost) = usage.as_ref().and_then(|u| u.cost_usd) {
@@ -536,11 +620,22 @@ impl TaskBook {
                         a.stderr_bytes = *stderr_bytes;
                         a.usage = usage.clone();
                         a.stopped = *stopped;
+                        a.work = work.clone();
                     }
+                    if let (Some(w), Some(tree)) = (work, t.worktree.as_mut()) {
+                        tree.diff = Some(w.diff);
+                        if w.commit.is_some() {
+                            tree.commit = w.commit.clone();
+                        }
+                    }
+                    let again = work.as_ref().is_some_and(|w| w.again);
                     // A failure moves the chain past the agent that failed (agents skipped while
                     // cooling down stay behind); a network retry or an interruption keeps it.
                     if let Some(delay) = retry_in_ms {
                         t.not_before_ms = Some(r.ts + delay);
+                    } else if again {
+                        // A `verify` feedback round: the same agent, right away.
+                        t.not_before_ms = None;
                     } else if !matches!(class, Class::Ok | Class::Interrupted | Class::Cancelled) {
                         t.not_before_ms = None;
                         let from = t.chain_pos.min(t.chain.len());
@@ -578,6 +673,106 @@ impl TaskBook {
                     };
                     t.spec = None;
                     self.finished(task);
+                }
+            }
+            Event::WorktreeMade {
+                task,
+                path,
+                git_dir,
+                branch,
+                base,
+                target,
+            } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.worktree = Some(Box::new(WorktreeState {
+                        tree: crate::git::Tree {
+                            path: path.clone(),
+                            git_dir: git_dir.clone(),
+                        },
+                        branch: branch.clone(),
+                        base: base.clone(),
+                        target: target.clone(),
+                        diff: None,
+                        commit: None,
+                        merge: MergeState::NotYet,
+                        removed: false,
+                    }));
+                }
+            }
+            Event::MergeWaiting { task, reason } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    if !t.phase.is_terminal() {
+                        t.phase = Phase::Merging {
+                            waiting: Some(reason.clone()),
+                        };
+                    }
+                    if let Some(w) = t.worktree.as_mut() {
+                        w.merge = MergeState::Waiting {
+                            reason: reason.clone(),
+                        };
+                    }
+                }
+            }
+            Event::MergeStarted { task, target, onto } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    if !t.phase.is_terminal() {
+                        t.phase = Phase::Merging { waiting: None };
+                    }
+                    if let Some(w) = t.worktree.as_mut() {
+                        w.merge = MergeState::Started {
+                            target: target.clone(),
+                            onto: onto.clone(),
+                        };
+                    }
+                }
+            }
+            Event::MergeReady {
+                task,
+                target,
+                old,
+                commit,
+            } => {
+                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
+                    w.merge = MergeState::Ready {
+                        target: target.clone(),
+                        old: old.clone(),
+                        commit: commit.clone(),
+                    };
+                }
+            }
+            Event::Merged {
+                task,
+                target,
+                commit,
+            } => {
+                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
+                    w.merge = MergeState::Merged {
+                        target: target.clone(),
+                        commit: commit.clone(),
+                    };
+                }
+            }
+            Event::MergeFailed {
+                task,
+                class,
+                reason,
+                ..
+            } => {
+                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
+                    w.merge = MergeState::Failed {
+                        class: *class,
+                        reason: reason.clone(),
+                    };
+                }
+            }
+            Event::Discarded { task } => {
+                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
+                    w.merge = MergeState::Discarded;
+                }
+            }
+            Event::WorktreeRemoved { task, .. } => {
+                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
+                    w.removed = true;
                 }
             }
             Event::PhaseCompleted {

@@ -57,6 +57,46 @@ pub struct TaskFields {
     /// agents create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// Where its attempts work: `worktree` (a git worktree of its own) or `shared`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<crate::workdir::Workdir>,
+    /// The commit its worktree starts from (a branch, tag or commit); default: the head of the
+    /// branch it merges into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Run in the worktree once the agent says done: one argv or a list of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::editing::VerifyWritten>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_rounds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_changes: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<crate::editing::MergeMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_into: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_strategy: Option<crate::editing::MergeStrategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_conflict: Option<crate::editing::OnConflict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carry_failed_changes: Option<bool>,
+}
+
+impl TaskFields {
+    /// The editing settings it gives (see `editing`); `verify` was checked at acceptance.
+    pub fn editing(&self) -> crate::editing::TaskSays {
+        crate::editing::TaskSays {
+            verify: self.verify.as_ref().and_then(|v| v.commands().ok()),
+            verify_rounds: self.verify_rounds,
+            expect_changes: self.expect_changes,
+            merge: self.merge,
+            merge_into: self.merge_into.clone(),
+            merge_strategy: self.merge_strategy,
+            on_conflict: self.on_conflict,
+            carry_failed_changes: self.carry_failed_changes,
+        }
+    }
 }
 
 /// The task an attempt runs for, when this process runs inside one (an agent calling
@@ -328,6 +368,7 @@ pub fn accept(
     if matches!(fields.idle_timeout, Some(d) if d.0.is_zero()) {
         return reject("`idle_timeout` must be more than 0 (leave it out to use the agent's)");
     }
+    accept_editing(&fields, config, root)?;
     let title = fields
         .title
         .clone()
@@ -340,6 +381,37 @@ pub fn accept(
         chain_source,
         fields,
     })
+}
+
+/// The editing keys: `verify` well formed, branch names git takes, and `workdir: worktree` (the
+/// task's or the config's) only in a git repository — refused here rather than when it runs.
+fn accept_editing(fields: &TaskFields, config: &Config, root: &Path) -> Result<(), Reject> {
+    if let Some(v) = &fields.verify {
+        v.commands().map_err(|e| Reject(e.to_string()))?;
+    }
+    if let Some(branch) = &fields.merge_into {
+        crate::git::check_branch_name(branch)
+            .map_err(|why| Reject(format!("`merge_into: {branch}` {why}")))?;
+    }
+    if let Some(base) = &fields.base
+        && (base.is_empty() || base.starts_with('-') || base.contains(char::is_control))
+    {
+        return reject(format!(
+            "`base: {base}` is not a revision (a branch, tag or commit)"
+        ));
+    }
+    let asked = crate::workdir::Asked {
+        task: fields.workdir,
+        config: config.workdir,
+        ..Default::default()
+    };
+    let explicit = asked.task.is_some() || asked.config.is_some();
+    if explicit
+        && let Err(e) = crate::workdir::decide(asked, crate::git::in_repository(root), false)
+    {
+        return reject(e.to_string());
+    }
+    Ok(())
 }
 
 /// A task that runs a workflow: the workflow must exist and validate, and every variable without

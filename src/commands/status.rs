@@ -467,7 +467,41 @@ fn spend_line(spend: &serde_json::Value) -> Option<String> {
 }
 
 pub(super) fn describe(t: &TaskRecord) -> String {
+    let line = describe_phase(t);
+    match t.branch_note() {
+        Some(branch) => format!("{line} [{branch}{}]", merge_note(t)),
+        None => line,
+    }
+}
+
+/// Where a task's branch stands with its target, after its diff stat.
+fn merge_note(t: &TaskRecord) -> String {
+    use dirigent::state::MergeState;
+    let Some(w) = &t.worktree else {
+        return String::new();
+    };
+    match &w.merge {
+        MergeState::Merged { target, commit } => {
+            format!(
+                "; merged into {target} at {}",
+                &commit[..commit.len().min(12)]
+            )
+        }
+        MergeState::Failed { class, .. } => format!("; merge failed: {class}"),
+        MergeState::Discarded => "; discarded".into(),
+        _ => String::new(),
+    }
+}
+
+fn describe_phase(t: &TaskRecord) -> String {
     match &t.phase {
+        Phase::Merging { waiting: None } => "merging".into(),
+        Phase::Merging {
+            waiting: Some(reason),
+        } => format!(
+            "merge_waiting: {}",
+            dirigent::progress::one_line(reason, 300)
+        ),
         Phase::Pending => "pending".into(),
         Phase::Requeued => "requeued (back in the inbox until the daemon starts)".into(),
         Phase::Running {

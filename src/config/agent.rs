@@ -86,6 +86,12 @@ pub(super) struct RawAgent {
     /// A state directory per concurrent instance (claude, gemini, codex, opencode presets).
     #[serde(default)]
     isolate: bool,
+    /// Where its attempts work (`worktree` or `shared`), unless the task says.
+    #[serde(default)]
+    workdir: Option<crate::workdir::Workdir>,
+    /// Checks its work in the worktree, unless the task gives its own.
+    #[serde(default)]
+    verify: Option<crate::editing::VerifyWritten>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +146,10 @@ pub struct Agent {
     pub resources: BTreeMap<String, f64>,
     /// Each concurrent instance gets its own state directory (see `isolation`).
     pub isolate: bool,
+    /// Where its attempts work, unless the task says (see `workdir`).
+    pub workdir: Option<crate::workdir::Workdir>,
+    /// Its `verify` commands (see `editing`).
+    pub verify: Vec<Vec<String>>,
 }
 
 /// Backoff for retrying one agent: `delay × factor^n`, at most `max_delay`, ± `jitter`.
@@ -286,6 +296,8 @@ pub enum AgentError {
     UnknownClass { key: &'static str, class: String },
     #[error("`{0}` must be at least 1")]
     Zero(&'static str),
+    #[error(transparent)]
+    Verify(crate::editing::BadVerify),
     #[error("`retry.factor` must be between 1 and 10")]
     RetryFactor,
     #[error("`retry.jitter` must be between 0 and 1 (a fraction of the delay)")]
@@ -454,6 +466,11 @@ pub(super) fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, AgentError
         fallback_model: raw.fallback_model,
         aliases: Arc::default(),
         resources: raw.resources,
+        workdir: raw.workdir,
+        verify: match &raw.verify {
+            Some(v) => v.commands().map_err(AgentError::Verify)?,
+            None => vec![],
+        },
         isolate: match (raw.isolate, preset) {
             (false, _) => false,
             (true, Some(p)) if crate::isolation::recipe(p.name).is_some() => true,

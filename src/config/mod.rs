@@ -76,6 +76,40 @@ struct RawConfig {
     max_interruptions: Option<u32>,
     #[serde(default)]
     max_spawned_tasks: Option<u32>,
+    #[serde(default)]
+    workdir: Option<crate::workdir::Workdir>,
+    #[serde(default)]
+    verify: Option<crate::editing::VerifyWritten>,
+    #[serde(default)]
+    verify_rounds: Option<u32>,
+    #[serde(default)]
+    expect_changes: Option<bool>,
+    #[serde(default)]
+    merge: Option<crate::editing::MergeMode>,
+    #[serde(default)]
+    merge_into: Option<String>,
+    #[serde(default)]
+    merge_strategy: Option<crate::editing::MergeStrategy>,
+    #[serde(default)]
+    on_conflict: Option<crate::editing::OnConflict>,
+    #[serde(default)]
+    carry_failed_changes: Option<bool>,
+    #[serde(default)]
+    keep_failed: Option<Dur>,
+    /// How a new worktree is prepared.
+    #[serde(default)]
+    worktree: RawWorktree,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorktree {
+    #[serde(default)]
+    copy: Vec<String>,
+    #[serde(default)]
+    link: Vec<String>,
+    #[serde(default)]
+    setup: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,8 +207,64 @@ pub struct Config {
     /// `models:` entries that name what runs a model (an agent, `agent:model` or a role), for
     /// workflows' `model:` keys; the other entries are spawn-time model aliases of the agents.
     pub model_targets: BTreeMap<String, String>,
+    /// Where attempts work unless a task, phase, role or agent says (see `workdir`).
+    pub workdir: Option<crate::workdir::Workdir>,
+    /// Defaults for editing tasks: verify, merge, worktree setup (see `editing`).
+    pub editing: crate::editing::Defaults,
     /// Where the config came from, for messages.
     pub source: String,
+}
+
+/// The editing defaults, checked: commands are argv, paths stay inside the workspace.
+#[allow(clippy::too_many_arguments)]
+fn editing_defaults(
+    verify: Option<crate::editing::VerifyWritten>,
+    verify_rounds: Option<u32>,
+    expect_changes: Option<bool>,
+    merge: Option<crate::editing::MergeMode>,
+    merge_into: Option<String>,
+    merge_strategy: Option<crate::editing::MergeStrategy>,
+    on_conflict: Option<crate::editing::OnConflict>,
+    carry_failed_changes: Option<bool>,
+    keep_failed: Option<Dur>,
+    worktree: RawWorktree,
+) -> Result<crate::editing::Defaults, String> {
+    let d = crate::editing::Defaults::default();
+    if let Some(branch) = &merge_into {
+        crate::git::check_branch_name(branch)
+            .map_err(|why| format!("`merge_into: {branch}` {why}"))?;
+    }
+    let paths = |key: &str, list: Vec<String>| -> Result<Vec<String>, String> {
+        list.iter()
+            .map(|p| {
+                crate::confined::workspace_path(key, p)
+                    .map(|p| p.to_string())
+                    .map_err(|e| format!("`worktree.{key}`: {e}"))
+            })
+            .collect()
+    };
+    if matches!(&worktree.setup, Some(argv) if argv.is_empty()) {
+        return Err("`worktree.setup` is an empty command; give an argv such as [npm, ci]".into());
+    }
+    Ok(crate::editing::Defaults {
+        verify: match verify {
+            Some(v) => v.commands().map_err(|e| e.to_string())?,
+            None => vec![],
+        },
+        verify_rounds: verify_rounds.unwrap_or(d.verify_rounds),
+        expect_changes,
+        merge: merge.unwrap_or(d.merge),
+        merge_into,
+        merge_strategy: merge_strategy.unwrap_or(d.merge_strategy),
+        on_conflict: on_conflict.unwrap_or(d.on_conflict),
+        carry_failed_changes: carry_failed_changes.unwrap_or(d.carry_failed_changes),
+        keep_failed: keep_failed.map_or(d.keep_failed, |k| k.0),
+        setup: crate::editing::Setup {
+            copy: paths("copy", worktree.copy)?,
+            link: paths("link", worktree.link)?,
+            setup: worktree.setup,
+        },
+    })
 }
 
 impl Config {
@@ -374,6 +464,20 @@ impl Config {
                 None => 5,
             },
             max_spawned_tasks: raw.max_spawned_tasks.unwrap_or(100),
+            workdir: raw.workdir,
+            editing: editing_defaults(
+                raw.verify,
+                raw.verify_rounds,
+                raw.expect_changes,
+                raw.merge,
+                raw.merge_into,
+                raw.merge_strategy,
+                raw.on_conflict,
+                raw.carry_failed_changes,
+                raw.keep_failed,
+                raw.worktree,
+            )
+            .map_err(invalid)?,
             source: source.to_string(),
         })
     }

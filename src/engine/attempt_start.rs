@@ -75,8 +75,24 @@ impl Engine {
         self.live.park(id);
         let t = self.book.get(id).expect("queued tasks are in the book");
         let spec = t.spec.clone().expect("unfinished tasks keep their spec");
-        let prompt = match compose_prompt(&self.ws, &spec) {
+        let tree_plan = match self.tree_plan(id, &agent) {
             Ok(p) => p,
+            Err(reason) => {
+                if let Some(slot) = self.slots.get_mut(split_entry_base(&agent.name)) {
+                    slot.running -= 1;
+                }
+                return self.escalate(id, reason);
+            }
+        };
+        let t = self.book.get(id).expect("queued tasks are in the book");
+        let prompt = match compose_prompt(&self.ws, &spec) {
+            Ok(p) => match (&tree_plan, t.attempts.last()) {
+                // A `verify` round: the check's output is the feedback.
+                (Some((plan, _)), Some(last)) if plan.continuing => {
+                    p + &worktrees::feedback(&self.ws, id, last)
+                }
+                _ => p,
+            },
             Err(e) => {
                 if let Some(slot) = self.slots.get_mut(split_entry_base(&agent.name)) {
                     slot.running -= 1;
@@ -156,7 +172,23 @@ impl Engine {
             leak_timeout: self.config.leak_timeout,
             previous,
             extra_env,
+            workdir: None,
         };
+        let check = tree_plan.as_ref().map(|(_, settings)| {
+            let verify_failures = t
+                .attempts
+                .iter()
+                .rev()
+                .take_while(|a| a.agent == agent.name && a.class == Some(Class::Verify))
+                .count() as u32;
+            (
+                settings.clone(),
+                verify_failures,
+                spec.title.clone(),
+                self.side_stop.subscribe(),
+            )
+        });
+        let tree_plan = tree_plan.map(|(plan, _)| plan);
         let (stop_tx, stop_rx) = watch::channel(None);
         self.live.start(
             id,
@@ -171,7 +203,38 @@ impl Engine {
         let ledger = self.ledger.clone();
         let tx = self.tx.clone();
         let prices = self.config.prices.clone();
+        let ws = self.ws.clone();
         self.tasks.spawn(async move {
+            let mut plan = plan;
+            // In a worktree: made (and recorded) or put back at the base before the agent runs.
+            let mut tree_state = None;
+            if let Some(tree_plan) = tree_plan {
+                let task = plan.task_id.clone();
+                match tokio::task::spawn_blocking(move || worktrees::prepare(&tree_plan)).await {
+                    Ok(Ok(ready)) => {
+                        if let Some(made) = ready.made {
+                            let records = record(&ledger, &tx, made).await;
+                            if records.is_empty() {
+                                return;
+                            }
+                            let _ = tx.send(Msg::Recorded(records));
+                        }
+                        plan.extra_env.extend(worktrees::tree_env(&ready.state));
+                        plan.workdir = Some(ready.agent_dir);
+                        tree_state = Some(ready.state);
+                    }
+                    Ok(Err(e)) => {
+                        let exhausted = e.exhausted().map(str::to_string);
+                        let _ = tx.send(Msg::TreeFailed {
+                            task,
+                            reason: format!("cannot ready the task's worktree: {e}"),
+                            exhausted,
+                        });
+                        return;
+                    }
+                    Err(_) => return,
+                }
+            }
             let (task, agent_name) = (plan.task_id.clone(), plan.agent.name.clone());
             let (l2, tx2, task2, agent2) =
                 (ledger.clone(), tx.clone(), task.clone(), agent_name.clone());
@@ -202,6 +265,28 @@ impl Engine {
             })
             .await;
             let _ = started_reached.await;
+            let mut report = report;
+            if let (Some(state), Some((settings, verify_failures, title, stop))) =
+                (tree_state, check)
+                && report.ran
+                && report.verdict.class != Class::Interrupted
+                && report.verdict.class != Class::Cancelled
+            {
+                let check = worktrees::CheckPlan {
+                    ws: ws.clone(),
+                    task: plan.task_id.clone(),
+                    title,
+                    attempt,
+                    agent: plan.agent.name.clone(),
+                    state,
+                    settings,
+                    verify_failures,
+                    limit: plan.timeout,
+                    grace: plan.kill_grace,
+                    stop,
+                };
+                worktrees::check(check, &mut report).await;
+            }
             let events = finished_events(&plan, attempt, retries_used, &report, &prices);
             let records = match ledger.append_all(events).await {
                 Ok(r) => r,

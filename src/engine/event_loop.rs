@@ -97,7 +97,7 @@ impl Engine {
             match t.phase {
                 Phase::Done { .. } => done += 1,
                 Phase::Failed { .. } => failed += 1,
-                Phase::Pending | Phase::Requeued => pending += 1,
+                Phase::Pending | Phase::Requeued | Phase::Merging { .. } => pending += 1,
                 Phase::Running { .. } => {}
             }
         }
@@ -146,6 +146,8 @@ impl Engine {
         }
         if self.rescan_due <= now {
             self.rescan_due = later(now, self.config.inbox_rescan);
+            self.retry_waiting_merges();
+            self.expire_kept_trees();
             self.ingest().await;
         }
     }
@@ -203,7 +205,9 @@ impl Engine {
                     "attempt finished: {}",
                     report.verdict.reason
                 );
+                let verified = report.work.as_ref().is_some_and(|w| w.commit.is_some());
                 match report.verdict.class {
+                    Class::Ok if verified => self.after_verified(&task, *report),
                     Class::Ok => self.settle_done(&task, *report),
                     Class::Cancelled => self.settle_cancelled(&task),
                     Class::Interrupted => {
@@ -230,6 +234,7 @@ impl Engine {
             Msg::Settled { task, records } => {
                 self.live.settled(&task);
                 self.apply(&records);
+                self.tree_after_settled(&task);
                 // A task of a workflow run settled: the run may move on.
                 for run in self.live.runs_of(&task) {
                     self.live.advance(&run);
@@ -261,6 +266,28 @@ impl Engine {
                 self.held.push(held);
             }
             Msg::LedgerFailed(why) => self.ledger_failed(why),
+            Msg::Recorded(records) => self.apply(&records),
+            Msg::TreeFailed {
+                task,
+                reason,
+                exhausted,
+            } => {
+                if let Some(run) = self.live.end_attempt(&task)
+                    && let Some(slot) = self.slots.get_mut(&run.agent)
+                {
+                    slot.running -= 1;
+                }
+                match exhausted {
+                    Some(what) => {
+                        self.pause(format!("{what} ({reason})"));
+                        if self.accepting {
+                            self.enqueue(&task);
+                        }
+                    }
+                    None => self.escalate(&task, reason),
+                }
+            }
+            Msg::MergeEnded { task, target, end } => self.merge_ended(&task, &target, end),
         }
     }
 

@@ -35,6 +35,8 @@ pub(super) enum Live {
     Parked,
     /// A workflow run: the runner advances it.
     Run(RunProgress),
+    /// Its work is verified on its branch; it waits for, or is in, the merge queue.
+    Merging,
     /// Its result, cancellation or escalation is being written: nothing else may touch it.
     Finishing,
 }
@@ -209,6 +211,20 @@ impl LiveTasks {
         true
     }
 
+    /// Its verified branch waits for (or is in) the merge queue.
+    pub(super) fn merging(&mut self, id: &str) {
+        if !matches!(self.get(id), Some(Live::Finishing | Live::Running(_))) {
+            self.set(id, 0, Live::Merging);
+        }
+    }
+
+    /// Its merge is over: parked until it settles.
+    pub(super) fn stop_merging(&mut self, id: &str) {
+        if matches!(self.get(id), Some(Live::Merging)) {
+            self.set(id, 0, Live::Parked);
+        }
+    }
+
     /// Finishing failed or is to be done again: the task is parked.
     pub(super) fn stop_finishing(&mut self, id: &str) {
         if self.is_finishing(id) {
@@ -305,6 +321,7 @@ mod tests {
             Some(Live::Running(_)) => "running",
             Some(Live::Parked) => "parked",
             Some(Live::Run(_)) => "run",
+            Some(Live::Merging) => "merging",
             Some(Live::Finishing) => "finishing",
         }
     }

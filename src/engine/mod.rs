@@ -56,10 +56,12 @@ mod dispatch;
 mod event_loop;
 mod intake;
 mod lifecycle;
+mod merging;
 mod recovery;
 mod requests;
 mod settling;
 mod workflow_runs;
+mod worktrees;
 
 use crate::duration::later;
 pub use crate::runner::is_child_of;
@@ -167,6 +169,21 @@ enum Msg {
         held: Held,
     },
     LedgerFailed(String),
+    /// Records a spawned task wrote that the book applies (a worktree made, a merge step).
+    Recorded(Vec<Record>),
+    /// A merge of `task`'s branch into `target` ended.
+    MergeEnded {
+        task: String,
+        target: String,
+        end: merging::MergeEnd,
+    },
+    /// An attempt could not start because its worktree could not be readied: the task
+    /// escalates with `reason`, or waits when `exhausted` names what ran out.
+    TreeFailed {
+        task: String,
+        reason: String,
+        exhausted: Option<String>,
+    },
 }
 
 struct Engine {
@@ -192,6 +209,12 @@ struct Engine {
     start_log: HashMap<String, std::collections::VecDeque<Instant>>,
     /// Tasks routed by a `strategy: best` role so far (every tenth explores).
     best_routed: u64,
+    /// The git repository the workspace is in, once an editing task needed it.
+    repo: Option<crate::git::Repo>,
+    /// Verified branches waiting to be merged, per target (see `merging`).
+    merges: merging::MergeQueue,
+    /// Worktrees of failed tasks kept for a human, with when (Unix ms) they go.
+    kept_trees: Vec<(u64, String)>,
     /// Cloned into every attempt and settle task; the receiver is `rx`. The engine keeps this
     /// sender, so the channel stays open for as long as the engine exists.
     tx: mpsc::UnboundedSender<Msg>,

@@ -84,6 +84,7 @@ pub(super) fn attempt_finished(
         duration_ms: report.duration.as_millis() as u64,
         retry_in_ms,
         usage,
+        work: report.work.clone().map(Box::new),
     }
 }
 
@@ -328,6 +329,7 @@ impl Engine {
                     limit: HOOK_LIMIT,
                     stop,
                     grace: config.kill_grace,
+                    dir: None,
                 };
                 escalate::run_hook(&ws, &hook, &snapshot.id, limits).await;
             }

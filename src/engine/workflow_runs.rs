@@ -243,6 +243,7 @@ impl Engine {
             limit: EVALUATOR_LIMIT,
             stop: stopped,
             grace: self.config.kill_grace,
+            dir: None,
         };
         self.tasks.spawn(async move {
             let log = ws

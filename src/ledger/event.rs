@@ -97,6 +97,9 @@ pub enum Event {
         /// Tokens and cost, when the CLI reported them.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<crate::usage::Usage>,
+        /// For an attempt in a worktree: what it changed, and its commit when it passed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        work: Option<Box<WorkChecked>>,
     },
     /// A provider said "rate limited": every agent on it is skipped until `until_ms` (the reset
     /// time the CLI printed, or the agent's `cooldown`). Survives restarts like any event.
@@ -164,6 +167,74 @@ pub enum Event {
         task: String,
         file: String,
     },
+    /// A task's worktree was made: at `path` (git directory `git_dir`), on `branch`, from the
+    /// commit `base`; its branch merges into `target`. Recorded before any agent runs there.
+    WorktreeMade {
+        task: String,
+        path: std::path::PathBuf,
+        git_dir: std::path::PathBuf,
+        branch: String,
+        base: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+    },
+    /// A verified task waits to be merged: for `dirigent merge ID` (`merge: manual`), or for
+    /// the user's checkout of the target to be clean.
+    MergeWaiting {
+        task: String,
+        reason: String,
+    },
+    /// The merge of a task's branch began, onto `target` at `onto`.
+    MergeStarted {
+        task: String,
+        target: String,
+        onto: String,
+    },
+    /// The commit `target` is to point at was made (and verified when the target had moved);
+    /// the ref update from `old` follows. After a crash, the target's ref tells whether it did.
+    MergeReady {
+        task: String,
+        target: String,
+        old: String,
+        commit: String,
+    },
+    /// `target` points at `commit`, which holds the task's work.
+    Merged {
+        task: String,
+        target: String,
+        commit: String,
+    },
+    /// The task's branch could not be merged: a conflict (`files`), or `verify` failed on the
+    /// combined result. The task escalates or goes to a resolver next.
+    MergeFailed {
+        task: String,
+        class: Class,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<String>,
+    },
+    /// The user discarded the task's work (`dirigent discard`).
+    Discarded {
+        task: String,
+    },
+    /// The task's worktree is gone (and its branch, when `branch_deleted`).
+    WorktreeRemoved {
+        task: String,
+        branch_deleted: bool,
+    },
+}
+
+/// What an attempt in a worktree left there, checked after the agent said done (or failed).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WorkChecked {
+    /// Its changes against the task's base.
+    pub diff: crate::git::DiffStat,
+    /// The commit on the task's branch, when the work passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// `verify` failed and the same agent tries again with the check's output (its tree kept).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub again: bool,
 }
 
 impl Event {
@@ -180,7 +251,15 @@ impl Event {
             | Event::LoopRound { task, .. }
             | Event::Cancelled { task, .. }
             | Event::Retried { task, .. }
-            | Event::Requeued { task, .. } => Some(task),
+            | Event::Requeued { task, .. }
+            | Event::WorktreeMade { task, .. }
+            | Event::MergeWaiting { task, .. }
+            | Event::MergeStarted { task, .. }
+            | Event::MergeReady { task, .. }
+            | Event::Merged { task, .. }
+            | Event::MergeFailed { task, .. }
+            | Event::Discarded { task, .. }
+            | Event::WorktreeRemoved { task, .. } => Some(task),
             Event::DaemonStarted { .. }
             | Event::DaemonStopped { .. }
             | Event::ConfigReloaded { .. }

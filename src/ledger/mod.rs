@@ -25,7 +25,7 @@ use crate::integrity::Key;
 mod event;
 mod read;
 
-pub use event::{Event, Record};
+pub use event::{Event, Record, WorkChecked};
 #[cfg(test)]
 use read::leading_seq;
 use read::open_nofollow;

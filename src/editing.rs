@@ -1,0 +1,278 @@
+//! How an editing task is checked and merged: the settings a task, its agent and the config
+//! give (`verify`, `verify_rounds`, `expect_changes`, `merge`, `merge_into`, `merge_strategy`,
+//! `on_conflict`, `carry_failed_changes`, and the worktree's `copy`/`link`/`setup`), their
+//! parsed types, and the one function that resolves them for a task. Where an attempt works is
+//! `workdir.rs`; doing the git work is `git.rs` and the engine's `worktrees`/`merging` rooms.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How a finished, verified branch reaches its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeMode {
+    /// Through the merge queue as soon as the task is verified.
+    Auto,
+    /// The task waits (`merge_waiting`) until `dirigent merge ID`.
+    #[default]
+    Manual,
+    /// Never: the branch `dirigent/<id>` is the result.
+    None,
+}
+
+/// How a branch is put on its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeStrategy {
+    /// The task's commits replayed on the target's head; the target fast-forwards.
+    #[default]
+    Rebase,
+    /// A merge commit of the target's head and the branch.
+    Merge,
+    /// One commit on the target's head with the branch's changes.
+    Squash,
+}
+
+/// What a conflict leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnConflict {
+    /// The task escalates with class `conflict`, the files and hunks in its report.
+    #[default]
+    Escalate,
+    /// An agent of the task's chain resolves it in the worktree, then it is verified and
+    /// queued again.
+    Agent,
+}
+
+/// `verify:` as written: one argv (`[cargo, test]`) or a list of them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VerifyWritten {
+    One(Vec<String>),
+    Many(Vec<Vec<String>>),
+}
+
+/// Why a `verify:` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`verify` {0}")]
+pub struct BadVerify(&'static str);
+
+impl VerifyWritten {
+    /// The commands, each a non-empty argv.
+    pub fn commands(&self) -> Result<Vec<Vec<String>>, BadVerify> {
+        let list = match self {
+            VerifyWritten::One(argv) if argv.is_empty() => return Ok(vec![]),
+            VerifyWritten::One(argv) => vec![argv.clone()],
+            VerifyWritten::Many(list) => list.clone(),
+        };
+        if list.iter().any(|argv| argv.is_empty()) {
+            return Err(BadVerify(
+                "has an empty command; each is an argv such as [cargo, test]",
+            ));
+        }
+        if list.iter().flatten().any(|a| a.contains('\0')) {
+            return Err(BadVerify("contains a NUL byte"));
+        }
+        Ok(list)
+    }
+}
+
+/// The worktree's preparation (`worktree:` in config).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Setup {
+    /// Untracked files copied from the main tree (`.env`).
+    pub copy: Vec<String>,
+    /// Directories linked from the main tree (`node_modules`, `target`).
+    pub link: Vec<String>,
+    /// Run once in a new tree (`[npm, ci]`).
+    pub setup: Option<Vec<String>>,
+}
+
+/// The config's defaults for editing tasks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Defaults {
+    pub verify: Vec<Vec<String>>,
+    pub verify_rounds: u32,
+    pub expect_changes: Option<bool>,
+    pub merge: MergeMode,
+    pub merge_into: Option<String>,
+    pub merge_strategy: MergeStrategy,
+    pub on_conflict: OnConflict,
+    pub carry_failed_changes: bool,
+    /// How long the worktree of a failed task is kept for a human to look at.
+    pub keep_failed: Duration,
+    pub setup: Setup,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            verify: vec![],
+            verify_rounds: 1,
+            expect_changes: None,
+            merge: MergeMode::Manual,
+            merge_into: None,
+            merge_strategy: MergeStrategy::Rebase,
+            on_conflict: OnConflict::Escalate,
+            carry_failed_changes: false,
+            keep_failed: Duration::from_secs(24 * 3600),
+            setup: Setup::default(),
+        }
+    }
+}
+
+/// What one task's editing settings resolve to (task over agent over config).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    pub verify: Vec<Vec<String>>,
+    pub verify_rounds: u32,
+    pub expect_changes: bool,
+    pub merge: MergeMode,
+    pub merge_into: Option<String>,
+    pub merge_strategy: MergeStrategy,
+    pub on_conflict: OnConflict,
+    pub carry_failed_changes: bool,
+}
+
+/// What the task says (already validated at acceptance).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskSays {
+    pub verify: Option<Vec<Vec<String>>>,
+    pub verify_rounds: Option<u32>,
+    pub expect_changes: Option<bool>,
+    pub merge: Option<MergeMode>,
+    pub merge_into: Option<String>,
+    pub merge_strategy: Option<MergeStrategy>,
+    pub on_conflict: Option<OnConflict>,
+    pub carry_failed_changes: Option<bool>,
+}
+
+/// Resolves a task's settings: the task's own, then its agent's `verify`, then the config's.
+/// `expect_changes` defaults to true (this is only asked for worktree attempts).
+pub fn resolve(task: &TaskSays, agent_verify: &[Vec<String>], config: &Defaults) -> Resolved {
+    let verify = match &task.verify {
+        Some(v) => v.clone(),
+        None if !agent_verify.is_empty() => agent_verify.to_vec(),
+        None => config.verify.clone(),
+    };
+    Resolved {
+        verify,
+        verify_rounds: task.verify_rounds.unwrap_or(config.verify_rounds),
+        expect_changes: task
+            .expect_changes
+            .or(config.expect_changes)
+            .unwrap_or(true),
+        merge: task.merge.unwrap_or(config.merge),
+        merge_into: task.merge_into.clone().or(config.merge_into.clone()),
+        merge_strategy: task.merge_strategy.unwrap_or(config.merge_strategy),
+        on_conflict: task.on_conflict.unwrap_or(config.on_conflict),
+        carry_failed_changes: task
+            .carry_failed_changes
+            .unwrap_or(config.carry_failed_changes),
+    }
+}
+
+/// How a worktree attempt the agent called `ok` ends, once its tree is looked at: `None` keeps
+/// `ok`; otherwise the class it ends in. Decided from facts only, so it is a case table.
+pub fn checked_class(
+    changed: bool,
+    expect_changes: bool,
+    verify_passed: Option<bool>,
+) -> Option<crate::class::Class> {
+    use crate::class::Class;
+    if !changed && expect_changes {
+        return Some(Class::NoChange);
+    }
+    match verify_passed {
+        Some(false) => Some(Class::Verify),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::class::Class;
+
+    #[test]
+    fn checked_class_table() {
+        // (changed, expect_changes, verify passed) → class
+        let cases: &[(bool, bool, Option<bool>, Option<Class>)] = &[
+            (true, true, None, None),
+            (true, true, Some(true), None),
+            (true, true, Some(false), Some(Class::Verify)),
+            (false, true, None, Some(Class::NoChange)),
+            (false, true, Some(true), Some(Class::NoChange)),
+            (false, false, None, None),
+            (false, false, Some(false), Some(Class::Verify)),
+            (true, false, Some(false), Some(Class::Verify)),
+        ];
+        for &(changed, expect, verify, want) in cases {
+            assert_eq!(
+                checked_class(changed, expect, verify),
+                want,
+                "expected changed={changed} expect_changes={expect} verify={verify:?} to end {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn resolution_table() {
+        let config = Defaults {
+            verify: vec![vec!["make".into()]],
+            merge: MergeMode::Auto,
+            ..Defaults::default()
+        };
+        let agent = vec![vec!["cargo".into(), "test".into()]];
+        let none = TaskSays::default();
+        let r = resolve(&none, &[], &config);
+        assert_eq!(r.verify, config.verify, "expected the config's verify");
+        assert_eq!(r.merge, MergeMode::Auto, "expected the config's merge");
+        assert!(r.expect_changes, "expected expect_changes on by default");
+        assert_eq!(r.verify_rounds, 1, "expected one feedback round by default");
+        let r = resolve(&none, &agent, &config);
+        assert_eq!(
+            r.verify, agent,
+            "expected the agent's verify over the config's"
+        );
+        let task = TaskSays {
+            verify: Some(vec![]),
+            merge: Some(MergeMode::None),
+            expect_changes: Some(false),
+            ..TaskSays::default()
+        };
+        let r = resolve(&task, &agent, &config);
+        assert!(
+            r.verify.is_empty(),
+            "expected the task's empty verify to win"
+        );
+        assert_eq!(r.merge, MergeMode::None, "expected the task's merge to win");
+        assert!(
+            !r.expect_changes,
+            "expected the task's expect_changes to win"
+        );
+    }
+
+    #[test]
+    fn verify_forms() {
+        let one: VerifyWritten = serde_json::from_str(r#"["cargo","test"]"#).unwrap();
+        assert_eq!(
+            one.commands().unwrap(),
+            vec![vec!["cargo".to_string(), "test".to_string()]],
+            "expected one argv"
+        );
+        let many: VerifyWritten = serde_json::from_str(r#"[["a"],["b","c"]]"#).unwrap();
+        assert_eq!(many.commands().unwrap().len(), 2, "expected two commands");
+        let empty: VerifyWritten = serde_json::from_str(r#"[["a"],[]]"#).unwrap();
+        assert!(
+            empty.commands().is_err(),
+            "expected an empty command refused"
+        );
+        assert!(
+            serde_json::from_str::<VerifyWritten>(r#""cargo test""#).is_err(),
+            "expected a shell string refused"
+        );
+    }
+}

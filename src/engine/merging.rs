@@ -1,0 +1,591 @@
+//! Merging: the merge queue. A verified task's branch reaches its target here — one merge at a
+//! time per target, in the order tasks were verified. Each merge replays the branch on the
+//! target's current head (rebase, merge commit or squash), verifies the combined result again
+//! when the target moved since the task's base, and then moves the target by compare-and-swap:
+//! the target only ever points at verified commits, and a commit someone else put there
+//! meanwhile is never lost. Where the target is checked out (the user's own checkout), it is
+//! fast-forwarded only when clean; otherwise the task waits (`merge_waiting`) and says what to
+//! do.
+//!
+//! Every step is a ledger event (`merge_started`, `merge_ready`, `merged`, `merge_failed`), so
+//! recovery after a crash knows whether the target moved (see `recovery.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::*;
+use crate::editing::{MergeMode, MergeStrategy};
+use crate::git::{GitError, Repo};
+use crate::state::{MergeState, WorktreeState};
+
+/// How many times a merge starts over because its target moved between the replay and the swap.
+const MERGE_TRIES: u32 = 3;
+
+/// Tasks waiting to be merged, per target, and the targets with a merge in progress.
+#[derive(Default)]
+pub(super) struct MergeQueue {
+    waiting: BTreeMap<String, VecDeque<String>>,
+    busy: BTreeSet<String>,
+}
+
+/// How one merge ended.
+pub(super) enum MergeEnd {
+    /// The target points at the commit that holds the task's work.
+    Merged,
+    /// Not now: the user's checkout of the target is not clean (or its head moved under us).
+    Waiting(String),
+    /// A conflict, or `verify` failing on the combined result: recorded as `merge_failed`.
+    Failed(String),
+    /// The daemon is stopping; the merge runs again after the restart.
+    Stopped,
+}
+
+/// The prefix of a `merge_waiting` reason that only `dirigent merge` ends (`merge: manual`).
+pub(super) const MANUAL_PREFIX: &str = "`merge: manual`";
+
+struct MergeJob {
+    repo: Repo,
+    ws: Workspace,
+    task: String,
+    title: String,
+    state: WorktreeState,
+    target: String,
+    commit: String,
+    strategy: MergeStrategy,
+    verify: Vec<Vec<String>>,
+    limit: Duration,
+    grace: Duration,
+    stop: watch::Receiver<bool>,
+    ledger: Ledger,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Engine {
+    /// A task's attempt passed in its worktree: its branch goes where `merge:` says.
+    pub(super) fn after_verified(&mut self, id: &str, report: AttemptReport) {
+        let Some(t) = self.book.get(id) else { return };
+        let Some(spec) = t.spec.clone() else { return };
+        let settings = crate::editing::resolve(
+            &spec.fields.editing(),
+            &self.agent_verify(id),
+            &self.config.editing,
+        );
+        match settings.merge {
+            MergeMode::None => self.settle_done(id, report),
+            MergeMode::Manual => {
+                self.live.merging(id);
+                let branch = t
+                    .worktree
+                    .as_ref()
+                    .map_or(String::new(), |w| w.branch.clone());
+                let target = t
+                    .worktree
+                    .as_ref()
+                    .and_then(|w| w.target.clone())
+                    .unwrap_or_else(|| "its target".into());
+                let reason = format!(
+                    "{MANUAL_PREFIX}: review `{branch}` (`dirigent diff {id}`), then `dirigent merge {id}` to merge it into `{target}`, or `dirigent discard {id}`"
+                );
+                self.record_later(vec![Event::MergeWaiting {
+                    task: id.to_string(),
+                    reason,
+                }]);
+            }
+            MergeMode::Auto => self.queue_merge(id),
+        }
+    }
+
+    /// The `verify` of the agent of the task's last attempt.
+    fn agent_verify(&self, id: &str) -> Vec<Vec<String>> {
+        self.book
+            .get(id)
+            .and_then(|t| t.attempts.last())
+            .and_then(|a| self.config.agent_for(&a.agent))
+            .map(|a| a.verify.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records events from the loop without waiting for them: a task of its own writes them
+    /// and sends them back to be applied.
+    pub(super) fn record_later(&mut self, events: Vec<Event>) {
+        let (ledger, tx) = (self.ledger.clone(), self.tx.clone());
+        self.tasks.spawn(async move {
+            match ledger.append_all(events).await {
+                Ok(records) => drop(tx.send(Msg::Recorded(records))),
+                Err(e) => drop(tx.send(Msg::LedgerFailed(e.to_string()))),
+            }
+        });
+    }
+
+    /// Puts a task in its target's merge queue and starts what can start.
+    pub(super) fn queue_merge(&mut self, id: &str) {
+        let Some(target) = self.target_of(id) else {
+            self.escalate(
+                id,
+                "no branch to merge into: the checkout was on a detached HEAD when the task started; give the task `merge_into:`".into(),
+            );
+            return;
+        };
+        self.live.merging(id);
+        let queue = self.merges.waiting.entry(target).or_default();
+        if !queue.iter().any(|t| t == id) {
+            queue.push_back(id.to_string());
+        }
+        self.pump_merges();
+    }
+
+    fn target_of(&self, id: &str) -> Option<String> {
+        self.book.get(id)?.worktree.as_ref()?.target.clone()
+    }
+
+    /// Starts the next merge of every target that has none in progress.
+    pub(super) fn pump_merges(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        let free: Vec<String> = self
+            .merges
+            .waiting
+            .keys()
+            .filter(|t| !self.merges.busy.contains(*t))
+            .cloned()
+            .collect();
+        for target in free {
+            let Some(id) = self
+                .merges
+                .waiting
+                .get_mut(&target)
+                .and_then(VecDeque::pop_front)
+            else {
+                continue;
+            };
+            if self
+                .merges
+                .waiting
+                .get(&target)
+                .is_some_and(VecDeque::is_empty)
+            {
+                self.merges.waiting.remove(&target);
+            }
+            if let Some(job) = self.merge_job(&id, &target) {
+                self.merges.busy.insert(target.clone());
+                self.tasks.spawn(async move {
+                    let (task, target, tx) = (job.task.clone(), job.target.clone(), job.tx.clone());
+                    let end = run_merge(job).await;
+                    let _ = tx.send(Msg::MergeEnded { task, target, end });
+                });
+            }
+        }
+    }
+
+    fn merge_job(&mut self, id: &str, target: &str) -> Option<MergeJob> {
+        let repo = match self.repo() {
+            Ok(r) => r,
+            Err(e) => {
+                self.escalate(id, format!("cannot merge: {e}"));
+                return None;
+            }
+        };
+        let t = self.book.get(id)?;
+        let state = t.worktree.as_deref()?.clone();
+        let Some(commit) = state.commit.clone() else {
+            self.escalate(
+                id,
+                "cannot merge: no verified commit on the task's branch".into(),
+            );
+            return None;
+        };
+        let spec = t.spec.clone()?;
+        let settings = crate::editing::resolve(
+            &spec.fields.editing(),
+            &self.agent_verify(id),
+            &self.config.editing,
+        );
+        let limit = spec
+            .fields
+            .timeout
+            .map_or(Duration::from_secs(30 * 60), |d| d.0);
+        Some(MergeJob {
+            repo,
+            ws: self.ws.clone(),
+            task: id.to_string(),
+            title: t.title.clone(),
+            state,
+            target: target.to_string(),
+            commit,
+            strategy: settings.merge_strategy,
+            verify: settings.verify,
+            limit,
+            grace: self.config.kill_grace,
+            stop: self.side_stop.subscribe(),
+            ledger: self.ledger.clone(),
+            tx: self.tx.clone(),
+        })
+    }
+
+    /// A merge ended: the task is done, waits, or escalates; the target's next merge starts.
+    pub(super) fn merge_ended(&mut self, id: &str, target: &str, end: MergeEnd) {
+        self.merges.busy.remove(target);
+        match end {
+            MergeEnd::Merged => self.finish_merged(id),
+            MergeEnd::Waiting(reason) => {
+                let same = matches!(
+                    self.book.get(id).map(|t| &t.phase),
+                    Some(Phase::Merging { waiting: Some(r) }) if *r == reason
+                );
+                if !same {
+                    self.record_later(vec![Event::MergeWaiting {
+                        task: id.to_string(),
+                        reason,
+                    }]);
+                }
+            }
+            MergeEnd::Failed(reason) => self.escalate(id, reason),
+            MergeEnd::Stopped => {}
+        }
+        self.pump_merges();
+    }
+
+    /// The task's work is on its target: its result is written and it is done; its worktree
+    /// and branch go.
+    pub(super) fn finish_merged(&mut self, id: &str) {
+        let Some(t) = self.book.get(id) else { return };
+        let Some(a) = t.attempts.last().cloned() else {
+            return;
+        };
+        let Some(agent) = self.config.agent_for(&a.agent) else {
+            self.escalate(
+                id,
+                format!(
+                    "merged, but agent `{}` is no longer configured to read its result",
+                    a.agent
+                ),
+            );
+            return;
+        };
+        let report = spawn::report_from_capture(&self.ws, id, &a, &agent);
+        self.live.stop_merging(id);
+        self.settle_done(id, report);
+    }
+
+    /// Merges that wait for a clean checkout are tried again (on the rescan tick).
+    pub(super) fn retry_waiting_merges(&mut self) {
+        let waiting: Vec<String> = self
+            .book
+            .iter()
+            .filter(|t| {
+                matches!(&t.phase, Phase::Merging { waiting: Some(r) } if !r.starts_with(MANUAL_PREFIX))
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        for id in waiting {
+            if self.live.contains(&id) && !self.live.is_finishing(&id) {
+                self.queue_merge(&id);
+            }
+        }
+    }
+
+    /// A task with a worktree settled: a done one's tree goes now (its work is merged, or on
+    /// its branch with `merge: none`); a failed or cancelled one's is kept for `keep_failed`,
+    /// for a human to look at.
+    pub(super) fn tree_after_settled(&mut self, id: &str) {
+        let Some(t) = self.book.get(id) else { return };
+        if t.worktree.as_ref().is_none_or(|w| w.removed) {
+            return;
+        }
+        match &t.phase {
+            Phase::Done { .. } => self.remove_tree(id),
+            Phase::Failed { finished_ms, .. } => {
+                let due = finished_ms + self.config.editing.keep_failed.as_millis() as u64;
+                self.kept_trees.push((due, id.to_string()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes the kept worktrees of failed tasks whose `keep_failed` is over (rescan tick).
+    pub(super) fn expire_kept_trees(&mut self) {
+        let now = ledger::now_ms();
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.kept_trees)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.kept_trees = kept;
+        for (_, id) in due {
+            self.remove_tree(&id);
+        }
+    }
+
+    /// Removes a finished task's worktree and, when its work is merged or discarded (or was
+    /// never committed), its branch; recorded as `worktree_removed`.
+    pub(super) fn remove_tree(&mut self, id: &str) {
+        let Some(t) = self.book.get(id) else { return };
+        let Some(w) = t.worktree.as_deref().cloned() else {
+            return;
+        };
+        if w.removed {
+            return;
+        }
+        let delete_branch = matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
+            || w.commit.is_none();
+        let Ok(repo) = self.repo() else { return };
+        let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
+        self.tasks.spawn(async move {
+            let (tree, branch) = (w.tree.clone(), w.branch.clone());
+            let removed = tokio::task::spawn_blocking(move || -> Result<(), GitError> {
+                repo.remove_worktree(&tree)?;
+                if delete_branch {
+                    repo.delete_branch(&branch)?;
+                }
+                Ok(())
+            })
+            .await;
+            match removed {
+                Ok(Ok(())) => {
+                    let ev = Event::WorktreeRemoved {
+                        task: id,
+                        branch_deleted: delete_branch,
+                    };
+                    let records = record(&ledger, &tx, ev).await;
+                    let _ = tx.send(Msg::Recorded(records));
+                }
+                Ok(Err(e)) => tracing::warn!(task = %id, "cannot remove the task's worktree: {e}"),
+                Err(_) => {}
+            }
+        });
+    }
+}
+
+/// Runs one merge (see the module doc). Git steps run on the blocking pool; each step is
+/// recorded before the next.
+async fn run_merge(job: MergeJob) -> MergeEnd {
+    for _ in 0..MERGE_TRIES {
+        match merge_once(&job).await {
+            Ok(Some(end)) => return end,
+            Ok(None) => continue, // the target moved between the replay and the swap
+            Err(e) => {
+                return MergeEnd::Failed(format!("the merge into `{}` failed: {e}", job.target));
+            }
+        }
+    }
+    MergeEnd::Waiting(format!(
+        "`{}` kept moving while the merge ran; it is tried again shortly, or run `dirigent merge {}`",
+        job.target, job.task
+    ))
+}
+
+/// Runs `f` with the job's repository on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    repo: &Repo,
+    f: impl FnOnce(&Repo) -> Result<T, GitError> + Send + 'static,
+) -> Result<T, GitError> {
+    let repo = repo.clone();
+    tokio::task::spawn_blocking(move || f(&repo))
+        .await
+        .unwrap_or_else(|_| Err(GitError::Io(std::io::Error::other("a git step panicked"))))
+}
+
+/// Writes `events` and hands them to the engine; `false` when the ledger refused them.
+async fn note(job: &MergeJob, ev: Event) -> bool {
+    let records = record(&job.ledger, &job.tx, ev).await;
+    let ok = !records.is_empty();
+    let _ = job.tx.send(Msg::Recorded(records));
+    ok
+}
+
+/// One try: `Ok(None)` when the target moved before the swap.
+async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
+    let target = job.target.clone();
+    let tree = job.state.tree.clone();
+    let own = tree.path.clone();
+    let t2 = target.clone();
+    let checkout = blocking(&job.repo, move |r| {
+        Ok(r.checked_out_in(&t2)?
+            .filter(|dir| dir.canonicalize().ok() != own.canonicalize().ok()))
+    })
+    .await?;
+    if let Some(dir) = checkout.clone() {
+        let d = dir.clone();
+        if !blocking(&job.repo, move |r| r.is_clean(&d)).await? {
+            return Ok(Some(MergeEnd::Waiting(format!(
+                "the checkout of `{target}` at {} has uncommitted changes, and dirigent never touches them; commit or stash them — the merge is tried again every rescan, or at once with `dirigent merge {}`",
+                dir.display(),
+                job.task
+            ))));
+        }
+    }
+    let t2 = target.clone();
+    let Some(onto) = blocking(&job.repo, move |r| r.branch_head(&t2)).await? else {
+        return Err(GitError::NoSuchBase { rev: target });
+    };
+    if !note(
+        job,
+        Event::MergeStarted {
+            task: job.task.clone(),
+            target: target.clone(),
+            onto: onto.clone(),
+        },
+    )
+    .await
+    {
+        return Ok(Some(MergeEnd::Stopped));
+    }
+    let (commit, strategy, title, task) = (
+        job.commit.clone(),
+        job.strategy,
+        job.title.clone(),
+        job.task.clone(),
+    );
+    let (tree2, onto2) = (tree.clone(), onto.clone());
+    let replayed = blocking(
+        &job.repo,
+        move |r| -> Result<Result<String, crate::git::Conflict>, GitError> {
+            tree2.abort_rebase()?;
+            tree2.move_to(&commit)?;
+            match strategy {
+                MergeStrategy::Rebase => {
+                    if r.is_ancestor(&onto2, &commit)? {
+                        return Ok(Ok(commit));
+                    }
+                    match tree2.rebase_onto(&onto2)? {
+                        Ok(()) => Ok(Ok(tree2.head()?)),
+                        Err(c) => Ok(Err(c)),
+                    }
+                }
+                MergeStrategy::Merge | MergeStrategy::Squash => {
+                    let merged = match r.merge_trees(&onto2, &commit)? {
+                        Ok(t) => t,
+                        Err(c) => return Ok(Err(c)),
+                    };
+                    let new = if strategy == MergeStrategy::Merge {
+                        let msg = format!(
+                            "Merge {}: {title}\n\nDirigent-Task: {task}\n",
+                            crate::git::branch_for(&task)?
+                        );
+                        r.commit_tree(&merged, &[&onto2, &commit], &msg)?
+                    } else {
+                        let msg = r.message(&commit)?;
+                        r.commit_tree(&merged, &[&onto2], msg.trim_end())?
+                    };
+                    tree2.move_to(&new)?;
+                    Ok(Ok(new))
+                }
+            }
+        },
+    )
+    .await?;
+    let new = match replayed {
+        Ok(new) => new,
+        Err(conflict) => {
+            let reason = format!(
+                "class conflict: `{}` does not merge onto `{target}` — {} conflict{}: {}\n\n{}",
+                job.state.branch,
+                conflict.files.len(),
+                if conflict.files.len() == 1 { "" } else { "s" },
+                conflict.files.join(", "),
+                conflict.hunks
+            );
+            note(
+                job,
+                Event::MergeFailed {
+                    task: job.task.clone(),
+                    class: Class::Conflict,
+                    reason: reason.clone(),
+                    files: conflict.files,
+                },
+            )
+            .await;
+            return Ok(Some(MergeEnd::Failed(reason)));
+        }
+    };
+    // The target moved since the task's base: the combined result is verified before the
+    // target may point at it.
+    if onto != job.state.base && !job.verify.is_empty() {
+        match verify_merged(job).await {
+            Ok(()) => {}
+            Err(None) => return Ok(Some(MergeEnd::Stopped)),
+            Err(Some(why)) => {
+                let reason = format!(
+                    "class verify: `{}` merges onto `{target}`, but the combined result fails its check — {why}",
+                    job.state.branch
+                );
+                note(
+                    job,
+                    Event::MergeFailed {
+                        task: job.task.clone(),
+                        class: Class::Verify,
+                        reason: reason.clone(),
+                        files: vec![],
+                    },
+                )
+                .await;
+                return Ok(Some(MergeEnd::Failed(reason)));
+            }
+        }
+    }
+    if !note(
+        job,
+        Event::MergeReady {
+            task: job.task.clone(),
+            target: target.clone(),
+            old: onto.clone(),
+            commit: new.clone(),
+        },
+    )
+    .await
+    {
+        return Ok(Some(MergeEnd::Stopped));
+    }
+    let (t2, old2, new2) = (target.clone(), onto.clone(), new.clone());
+    let swapped = blocking(&job.repo, move |r| match &checkout {
+        Some(dir) => r.fast_forward_checkout(dir, &old2, &new2),
+        None => r.update_branch(&t2, &new2, &old2),
+    })
+    .await?;
+    if !swapped {
+        return Ok(None);
+    }
+    note(
+        job,
+        Event::Merged {
+            task: job.task.clone(),
+            target,
+            commit: new,
+        },
+    )
+    .await;
+    Ok(Some(MergeEnd::Merged))
+}
+
+/// Runs `verify` on the merged result in the task's tree: `Err(None)` when the daemon stopped
+/// it, `Err(Some(why))` when it failed.
+async fn verify_merged(job: &MergeJob) -> Result<(), Option<String>> {
+    let log = job.ws.run_dir(&job.task).join("merge.verify.log");
+    let _ = std::fs::remove_file(&log);
+    for argv in &job.verify {
+        let limits = crate::side_command::SideLimits {
+            limit: job.limit,
+            stop: job.stop.clone(),
+            grace: job.grace,
+            dir: Some((
+                job.state.tree.path.clone(),
+                super::worktrees::tree_env(&job.state),
+            )),
+        };
+        let end = crate::side_command::run_logged(&job.ws, argv, &log, limits).await;
+        match end {
+            crate::side_command::CommandEnd::Exited(s) if s.success() => continue,
+            crate::side_command::CommandEnd::Stopped => return Err(None),
+            crate::side_command::CommandEnd::Exited(s) => {
+                return Err(Some(format!(
+                    "`{}` failed ({s}); its output is in {}",
+                    argv.join(" "),
+                    log.display()
+                )));
+            }
+            crate::side_command::CommandEnd::TimedOut => {
+                return Err(Some(format!("`{}` ran out of time", argv.join(" "))));
+            }
+            crate::side_command::CommandEnd::CouldNotStart(e) => return Err(Some(e)),
+        }
+    }
+    Ok(())
+}

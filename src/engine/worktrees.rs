@@ -1,0 +1,491 @@
+//! Worktrees: where an editing task's attempts work. At an attempt's start the engine decides
+//! (`workdir.rs`) whether it works in a worktree; if so, the attempt's own task makes the tree
+//! the first time (recorded as `worktree_made` before any agent runs there) or puts it back at
+//! the base (saving what a failed attempt left as its `.patch`), runs the agent in it, and then
+//! checks what the agent claims: something changed (`expect_changes`), `verify` passes. Work
+//! that passes is committed on the task's branch; merging it is `merging.rs`.
+//!
+//! The git work blocks, so it runs on tokio's blocking pool, never on the engine's loop.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::editing::{Resolved, Setup};
+use crate::git::{GitError, Repo, Tree};
+use crate::state::WorktreeState;
+
+/// Most bytes of a verifier's output quoted in a reason and in the next prompt.
+const VERIFY_TAIL: u64 = 4096;
+
+/// What an attempt's task needs to ready the tree, decided by the engine at the start.
+pub(super) struct TreePlan {
+    pub repo: Repo,
+    pub task: String,
+    /// The tree the ledger has for the task, if one was made and not removed.
+    pub existing: Option<WorktreeState>,
+    /// For a new tree: its directory, the task's `base:` and `merge_into:`.
+    pub path: PathBuf,
+    pub base_rev: Option<String>,
+    pub merge_into: Option<String>,
+    pub settings: Resolved,
+    pub setup: Setup,
+    /// This attempt is a `verify` feedback round of the last one: the tree is kept as it is.
+    pub continuing: bool,
+    /// The attempt before this one (number, agent): what it left is saved as its patch.
+    pub previous: Option<(u32, String)>,
+    pub run_dir: PathBuf,
+    pub workspace_root: PathBuf,
+    /// Where the workspace is inside the repository (`""` at its top): the agent's directory
+    /// inside the tree.
+    pub inside: PathBuf,
+}
+
+/// A tree ready for the agent: the task's worktree state, and the `worktree_made` event when
+/// it was made now.
+pub(super) struct ReadyTree {
+    pub state: WorktreeState,
+    pub made: Option<Event>,
+    pub agent_dir: PathBuf,
+}
+
+/// Why a tree could not be readied.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TreeError {
+    #[error("{0}")]
+    Git(#[from] GitError),
+    #[error("worktree setup: {0}")]
+    Setup(String),
+}
+
+impl TreeError {
+    /// What ran out, when a resource did: the task waits instead of failing.
+    pub fn exhausted(&self) -> Option<&'static str> {
+        match self {
+            TreeError::Git(GitError::Io(e)) => fsutil::exhausted(e),
+            _ => None,
+        }
+    }
+}
+
+/// Readies the task's tree (blocking: git runs here).
+pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
+    let repo = &plan.repo;
+    let (state, made) = match &plan.existing {
+        Some(state) if state.tree.path.exists() => (state.clone(), None),
+        _ => {
+            let target = match &plan.merge_into {
+                Some(t) => Some(t.clone()),
+                None => repo.current_branch()?,
+            };
+            let base = match (&plan.base_rev, &target) {
+                (Some(rev), _) => repo.resolve_base(rev)?,
+                (None, Some(t)) => repo
+                    .branch_head(t)?
+                    .ok_or_else(|| GitError::NoSuchBase { rev: t.clone() })?,
+                (None, None) => repo.head()?,
+            };
+            let branch = crate::git::branch_for(&plan.task)?;
+            if let Some(parent) = plan.path.parent() {
+                std::fs::create_dir_all(parent).map_err(GitError::Io)?;
+            }
+            let tree = repo.add_worktree(&plan.path, &branch, &base)?;
+            set_up(&tree, &plan.workspace_root, &plan.setup)?;
+            let state = WorktreeState {
+                tree: tree.clone(),
+                branch: branch.clone(),
+                base: base.clone(),
+                target: target.clone(),
+                diff: None,
+                commit: None,
+                merge: crate::state::MergeState::NotYet,
+                removed: false,
+            };
+            let made = Event::WorktreeMade {
+                task: plan.task.clone(),
+                path: tree.path,
+                git_dir: tree.git_dir,
+                branch,
+                base,
+                target,
+            };
+            (state, Some(made))
+        }
+    };
+    if made.is_none() && !plan.continuing {
+        start_clean(plan, &state)?;
+    }
+    let agent_dir = state.tree.path.join(&plan.inside);
+    Ok(ReadyTree {
+        state,
+        made,
+        agent_dir,
+    })
+}
+
+/// Puts an existing tree back at the base for a new attempt: what the last attempt left (if
+/// its patch was not saved yet: a crash) is saved first; with `carry_failed_changes`, the last
+/// patch is applied again for this agent.
+fn start_clean(plan: &TreePlan, state: &WorktreeState) -> Result<(), TreeError> {
+    let tree = &state.tree;
+    if let Some((n, agent)) = &plan.previous {
+        let patch_path = plan
+            .run_dir
+            .join(crate::workspace::attempt_file(*n, agent, "patch"));
+        if !patch_path.exists() {
+            save_patch(tree, &state.base, &patch_path)?;
+        }
+        tree.reset_to(&state.base)?;
+        if plan.settings.carry_failed_changes
+            && patch_path.exists()
+            && let Err(e) = tree.apply(&patch_path)
+        {
+            tracing::warn!(task = %plan.task, "the last attempt's changes do not apply again: {e}");
+        }
+    } else {
+        tree.reset_to(&state.base)?;
+    }
+    Ok(())
+}
+
+/// Saves what the tree changed against `base` as a patch file (none when nothing changed).
+fn save_patch(tree: &Tree, base: &str, path: &Path) -> Result<(), GitError> {
+    let patch = tree.patch(base)?;
+    if !patch.is_empty() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(GitError::Io)?;
+        }
+        std::fs::write(path, patch).map_err(GitError::Io)?;
+    }
+    Ok(())
+}
+
+/// `copy:`, `link:` and `setup:` in a new tree. Sources are read from the main tree without
+/// following a link at their last component; a missing source is an error that names it.
+fn set_up(tree: &Tree, root: &Path, setup: &Setup) -> Result<(), TreeError> {
+    for rel in &setup.copy {
+        let from = root.join(rel);
+        let meta = std::fs::symlink_metadata(&from)
+            .map_err(|e| TreeError::Setup(format!("`copy: {rel}`: {e}")))?;
+        if !meta.is_file() {
+            return Err(TreeError::Setup(format!(
+                "`copy: {rel}` is not a regular file (copy files; `link:` directories)"
+            )));
+        }
+        let to = tree.path.join(rel);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| TreeError::Setup(format!("`copy: {rel}`: {e}")))?;
+        }
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(&from, &to).map_err(|e| TreeError::Setup(format!("`copy: {rel}`: {e}")))?;
+    }
+    for rel in &setup.link {
+        let from = root.join(rel);
+        if std::fs::symlink_metadata(&from).is_err() {
+            return Err(TreeError::Setup(format!(
+                "`link: {rel}`: there is no `{rel}` in the workspace to link to"
+            )));
+        }
+        let to = tree.path.join(rel);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| TreeError::Setup(format!("`link: {rel}`: {e}")))?;
+        }
+        if std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
+            return Err(TreeError::Setup(format!(
+                "`link: {rel}`: the repository has `{rel}` as a directory; link only what git does not track"
+            )));
+        }
+        let _ = std::fs::remove_file(&to);
+        std::os::unix::fs::symlink(&from, &to)
+            .map_err(|e| TreeError::Setup(format!("`link: {rel}`: {e}")))?;
+    }
+    if let Some(argv) = &setup.setup {
+        let out = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(&tree.path)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| TreeError::Setup(format!("`setup: {}` could not start: {e}", argv[0])))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(TreeError::Setup(format!(
+                "`setup: {}` failed ({}): {}",
+                argv.join(" "),
+                out.status,
+                err.trim().lines().last().unwrap_or("")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The variables an agent (and a verifier) in a tree gets.
+pub(super) fn tree_env(state: &WorktreeState) -> Vec<(String, String)> {
+    vec![
+        (
+            "DIRIGENT_WORKTREE".to_string(),
+            state.tree.path.display().to_string(),
+        ),
+        ("DIRIGENT_BASE".to_string(), state.base.clone()),
+        ("DIRIGENT_BRANCH".to_string(), state.branch.clone()),
+    ]
+}
+
+/// What the check after an attempt needs.
+pub(super) struct CheckPlan {
+    pub ws: Workspace,
+    pub task: String,
+    pub title: String,
+    pub attempt: u32,
+    pub agent: String,
+    pub state: WorktreeState,
+    pub settings: Resolved,
+    /// `verify` failures of this agent in a row on this task before this attempt.
+    pub verify_failures: u32,
+    pub limit: Duration,
+    pub grace: Duration,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Checks what an attempt left in its tree and sets `report.work`, and for an `ok` the agent
+/// claimed that its work does not bear out, the class it ends in. Work that passes is
+/// committed on the task's branch; a failed attempt's changes are saved as its patch.
+pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
+    let tree = plan.state.tree.clone();
+    let base = plan.state.base.clone();
+    let diff = {
+        let (tree, base) = (tree.clone(), base.clone());
+        tokio::task::spawn_blocking(move || tree.diff_stat(&base)).await
+    };
+    let diff = match diff {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            if report.verdict.class == Class::Ok {
+                report.verdict.class = Class::Exit;
+                report.verdict.reason = format!("cannot read what the attempt changed: {e}");
+            }
+            return;
+        }
+        Err(_) => return,
+    };
+    let changed = diff.files > 0;
+    let mut commit = None;
+    let mut again = false;
+    if report.verdict.class == Class::Ok {
+        let verify = if changed || !plan.settings.expect_changes {
+            run_verify(&plan).await
+        } else {
+            None
+        };
+        if matches!(verify, Some(Err(None))) {
+            // The daemon is stopping: not the agent's failure; it runs again after the restart.
+            report.verdict.class = Class::Interrupted;
+            report.verdict.reason = "the daemon stopped while the work was being verified".into();
+            return;
+        }
+        let passed = verify.as_ref().map(|v| v.is_ok());
+        match crate::editing::checked_class(changed, plan.settings.expect_changes, passed) {
+            Some(Class::NoChange) => {
+                report.verdict.class = Class::NoChange;
+                report.verdict.reason = "the agent said done but changed no file in its worktree; for a task that only answers, set `workdir: shared` or `expect_changes: false`".into();
+            }
+            Some(class) => {
+                let failed = verify.and_then(|v| v.err()).flatten().unwrap_or_default();
+                again = plan.verify_failures < plan.settings.verify_rounds;
+                report.verdict.class = class;
+                report.verdict.reason = if again {
+                    format!("{failed}; the same agent tries again with this output")
+                } else {
+                    failed
+                };
+            }
+            None if changed => {
+                let (tree, title, task, agent) = (
+                    tree.clone(),
+                    plan.title.clone(),
+                    plan.task.clone(),
+                    plan.agent.clone(),
+                );
+                let made = tokio::task::spawn_blocking(move || -> Result<String, GitError> {
+                    match tree.commit_all(&title, &task, &agent)? {
+                        Some(c) => Ok(c),
+                        // The agent committed everything itself.
+                        None => tree.head(),
+                    }
+                })
+                .await;
+                match made {
+                    Ok(Ok(c)) => commit = Some(c),
+                    Ok(Err(e)) => {
+                        report.verdict.class = Class::Exit;
+                        report.verdict.reason =
+                            format!("the work passed but cannot be committed: {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+            None => {}
+        }
+    }
+    if report.verdict.class != Class::Ok && !again && changed {
+        let path = plan
+            .ws
+            .run_dir(&plan.task)
+            .join(crate::workspace::attempt_file(
+                plan.attempt,
+                &plan.agent,
+                "patch",
+            ));
+        let saved = tokio::task::spawn_blocking(move || save_patch(&tree, &base, &path)).await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(task = %plan.task, "cannot save the attempt's changes as a patch: {e}");
+        }
+    }
+    report.work = Some(crate::ledger::WorkChecked {
+        diff,
+        commit,
+        again,
+    });
+}
+
+/// Runs the `verify` commands in the tree, in order, until one fails: `Err(Some(_))` holds why
+/// and the tail of its output, `Err(None)` says the daemon stopped it. `None` when there is
+/// nothing to run.
+async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
+    if plan.settings.verify.is_empty() {
+        return None;
+    }
+    let log = verify_log(&plan.ws, &plan.task, plan.attempt, &plan.agent);
+    let _ = std::fs::remove_file(&log);
+    for argv in &plan.settings.verify {
+        let limits = crate::side_command::SideLimits {
+            limit: plan.limit,
+            stop: plan.stop.clone(),
+            grace: plan.grace,
+            dir: Some((plan.state.tree.path.clone(), tree_env(&plan.state))),
+        };
+        let end = crate::side_command::run_logged(&plan.ws, argv, &log, limits).await;
+        let shown = argv.join(" ");
+        let why = match end {
+            crate::side_command::CommandEnd::Exited(s) if s.success() => continue,
+            crate::side_command::CommandEnd::Exited(s) => format!("`{shown}` failed ({s})"),
+            crate::side_command::CommandEnd::TimedOut => {
+                format!(
+                    "`{shown}` ran longer than {}",
+                    crate::duration::short(plan.limit)
+                )
+            }
+            crate::side_command::CommandEnd::Stopped => return Some(Err(None)),
+            crate::side_command::CommandEnd::CouldNotStart(e) => e,
+        };
+        let tail = tail_of(&log, VERIFY_TAIL);
+        return Some(Err(Some(if tail.trim().is_empty() {
+            format!("verify: {why}")
+        } else {
+            format!("verify: {why}; its output ends:\n{tail}")
+        })));
+    }
+    Some(Ok(()))
+}
+
+/// `runs/<id>/<n>-<agent>.verify.log`: what the verifier printed.
+pub(super) fn verify_log(ws: &Workspace, task: &str, attempt: u32, agent: &str) -> PathBuf {
+    ws.run_dir(task)
+        .join(crate::workspace::attempt_file(attempt, agent, "verify.log"))
+}
+
+/// The last `max` bytes of a file, as text.
+fn tail_of(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The feedback section a `verify` round's prompt ends with: the check that failed and the end
+/// of its output. The format is documented in `docs/worktrees.md`.
+pub(super) fn feedback(ws: &Workspace, task: &str, last: &crate::state::AttemptSummary) -> String {
+    let log = verify_log(ws, task, last.n, &last.agent);
+    let tail = tail_of(&log, VERIFY_TAIL);
+    format!(
+        "\n\n---\n\n## The check failed\n\nYour last attempt said it was done, but the task's check did not pass in your worktree. Your changes are still there. {}\n\nIts output ends:\n\n{}\nFix what it reports; the check runs again when you finish.\n",
+        last.reason
+            .split("; its output ends:")
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("verify: "),
+        crate::escalate::fenced(&tail)
+    )
+}
+
+impl Engine {
+    /// The repository the workspace is in, found once.
+    pub(super) fn repo(&mut self) -> Result<Repo, GitError> {
+        if let Some(repo) = &self.repo {
+            return Ok(repo.clone());
+        }
+        let repo = Repo::discover(self.ws.root())?;
+        self.repo = Some(repo.clone());
+        Ok(repo)
+    }
+
+    /// Decides where an attempt of `agent` on task `id` works and, for a worktree, what its
+    /// task needs to ready it. `Err` is why it cannot run (the task escalates).
+    pub(super) fn tree_plan(
+        &mut self,
+        id: &str,
+        agent: &Agent,
+    ) -> Result<Option<(TreePlan, Resolved)>, String> {
+        let t = self.book.get(id).expect("started tasks are in the book");
+        let spec = t.spec.clone().expect("unfinished tasks keep their spec");
+        let asked = crate::workdir::Asked {
+            task: spec.fields.workdir,
+            phase: None,
+            role: None,
+            agent: agent.workdir,
+            config: self.config.workdir,
+        };
+        let in_repo = crate::git::in_repository(self.ws.root());
+        let text_only = spec.fields.workflow.is_some();
+        match crate::workdir::decide(asked, in_repo, text_only).map_err(|e| e.to_string())? {
+            crate::workdir::Workdir::Shared => return Ok(None),
+            crate::workdir::Workdir::Worktree => {}
+        }
+        let repo = self.repo().map_err(|e| e.to_string())?;
+        let t = self.book.get(id).expect("started tasks are in the book");
+        let settings =
+            crate::editing::resolve(&spec.fields.editing(), &agent.verify, &self.config.editing);
+        let last = t.attempts.last();
+        let continuing =
+            last.is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again));
+        let inside = match (self.ws.root().canonicalize(), repo.top.canonicalize()) {
+            (Ok(root), Ok(top)) => root
+                .strip_prefix(&top)
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            _ => PathBuf::new(),
+        };
+        let plan = TreePlan {
+            repo,
+            task: id.to_string(),
+            existing: t.worktree.as_deref().filter(|w| !w.removed).cloned(),
+            path: self.ws.context().join("worktrees").join(id),
+            base_rev: spec.fields.base.clone(),
+            merge_into: settings.merge_into.clone(),
+            settings: settings.clone(),
+            setup: self.config.editing.setup.clone(),
+            continuing,
+            previous: last.map(|a| (a.n, a.agent.clone())),
+            run_dir: self.ws.run_dir(id),
+            workspace_root: self.ws.root().to_path_buf(),
+            inside,
+        };
+        Ok(Some((plan, settings)))
+    }
+}
