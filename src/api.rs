@@ -86,6 +86,7 @@ impl Api {
                 self.wait(&id, timeout_ms.map(Duration::from_millis)).await
             }
             Request::Result { id } => self.result(&id).await,
+            Request::Diff { id } => self.diff(&id).await,
             other => self.engine(other).await,
         }
     }
@@ -160,6 +161,37 @@ impl Api {
     }
 
     /// A done task's result: `data` is `{id, output, text}`.
+    /// What an editing task changed against its base, read from git here (not in the engine's
+    /// loop).
+    pub async fn diff(&self, id: &str) -> Response {
+        let got = self.engine(Request::Get { id: id.to_string() }).await;
+        let Some(data) = got.data.as_ref().filter(|_| got.ok) else {
+            return got;
+        };
+        let Some(w) = data
+            .get("worktree")
+            .and_then(|w| serde_json::from_value::<crate::state::WorktreeState>(w.clone()).ok())
+        else {
+            return Response::fail(
+                Failure::Conflict,
+                format!("task `{id}` has no branch: it did not work in a worktree"),
+            );
+        };
+        let root = self.ws.root().to_path_buf();
+        let (branch, base) = (w.branch.clone(), w.base.clone());
+        let text = tokio::task::spawn_blocking(move || {
+            crate::git::Repo::discover(&root).and_then(|repo| w.diff_text(&repo))
+        })
+        .await;
+        match text {
+            Ok(Ok(diff)) => Response::data(serde_json::json!({
+                "id": id, "branch": branch, "base": base, "diff": diff,
+            })),
+            Ok(Err(e)) => Response::error(format!("cannot read the diff of `{id}`: {e}")),
+            Err(_) => Response::error(format!("cannot read the diff of `{id}`")),
+        }
+    }
+
     pub async fn result(&self, id: &str) -> Response {
         let got = self.engine(Request::Get { id: id.to_string() }).await;
         let Some(data) = got.data.as_ref().filter(|_| got.ok) else {

@@ -91,6 +91,25 @@ pub enum Command {
         #[arg(add = crate::complete::tasks())]
         id: String,
     },
+    /// Show what an editing task changed against its base: its verified commit (or its
+    /// worktree as it stands), as a stat and a patch.
+    Diff {
+        #[arg(add = crate::complete::tasks())]
+        id: String,
+    },
+    /// Merge a task that waits to be merged (merge_waiting) into its target branch, through the
+    /// merge queue: replayed on the target's head, verified again if the target moved, and the
+    /// target moved only if nothing else did meanwhile. Needs the daemon.
+    Merge {
+        #[arg(add = crate::complete::tasks())]
+        id: String,
+    },
+    /// Throw away an editing task's branch and worktree. A task waiting to be merged ends
+    /// cancelled; a finished task loses its kept branch or worktree. Needs the daemon.
+    Discard {
+        #[arg(add = crate::complete::tasks())]
+        id: String,
+    },
     /// Run a failed or cancelled task again from the top of its chain (its file is re-read, so
     /// you may fix it in `failed/` first). Needs the daemon.
     Retry {

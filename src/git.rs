@@ -218,6 +218,11 @@ impl Repo {
         git(&self.top, ["worktree", "prune"]).map(drop)
     }
 
+    /// Makes git forget worktrees whose directory is gone.
+    pub fn prune_worktrees(&self) -> Result<(), GitError> {
+        git(&self.top, ["worktree", "prune"]).map(drop)
+    }
+
     /// The worktrees git knows of, by directory.
     pub fn worktrees(&self) -> Result<Vec<PathBuf>, GitError> {
         let list = git(&self.top, ["worktree", "list", "--porcelain"])?;

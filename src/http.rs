@@ -279,6 +279,9 @@ fn router(state: AppState) -> Router {
         .route("/tasks/{id}/cancel", post(cancel_task))
         .route("/tasks/{id}/retry", post(retry_task))
         .route("/tasks/{id}/result", get(task_result))
+        .route("/tasks/{id}/diff", get(task_diff))
+        .route("/tasks/{id}/merge", post(merge_task))
+        .route("/tasks/{id}/discard", post(discard_task))
         .route("/agents", get(agents))
         .route("/agents/{name}/enable", post(enable_agent))
         .route("/workflows", get(workflows))
@@ -431,6 +434,28 @@ async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiR
 
 async fn retry_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
     message(st.api.call(Request::Retry { id }).await)
+}
+
+/// `POST /tasks/{id}/merge`: as `dirigent merge ID`.
+async fn merge_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    message(st.api.call(Request::Merge { id }).await)
+}
+
+/// `POST /tasks/{id}/discard`: as `dirigent discard ID`.
+async fn discard_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    message(st.api.call(Request::Discard { id }).await)
+}
+
+/// `GET /tasks/{id}/diff`: what an editing task changed, as `text/x-diff`.
+async fn task_diff(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let d = data(st.api.call(Request::Diff { id }).await)?;
+    let text = d["diff"].as_str().unwrap_or_default().to_string();
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/x-diff; charset=utf-8")],
+        text,
+    )
+        .into_response())
 }
 
 fn message(r: Response) -> ApiResult {

@@ -98,6 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Result { id } => commands::result(&ws, &id),
         Command::Cancel { id } => commands::control(&ws, dirigent::control::Request::Cancel { id }),
         Command::Retry { id } => commands::control(&ws, dirigent::control::Request::Retry { id }),
+        Command::Merge { id } => commands::control(&ws, dirigent::control::Request::Merge { id }),
+        Command::Discard { id } => {
+            commands::control(&ws, dirigent::control::Request::Discard { id })
+        }
+        Command::Diff { id } => commands::diff(&ws, &id),
         Command::Agents {
             action: Some(cli::AgentsAction::Enable { name }),
             ..

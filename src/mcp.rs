@@ -223,6 +223,23 @@ fn tools() -> Vec<Tool> {
             schema(json!({"type": "object", "properties": {"id": string}, "required": ["id"]})),
         ),
         Tool::new(
+            "merge_task",
+            "Merge a task that waits to be merged (merge_waiting) into its target branch, through \
+             the merge queue.",
+            schema(json!({"type": "object", "properties": {"id": string}, "required": ["id"]})),
+        ),
+        Tool::new(
+            "discard_task",
+            "Throw away an editing task's branch and worktree; a task waiting to be merged ends \
+             cancelled.",
+            schema(json!({"type": "object", "properties": {"id": string}, "required": ["id"]})),
+        ),
+        Tool::new(
+            "task_diff",
+            "What an editing task changed against its base: a stat and a patch (at most 1 MiB).",
+            schema(json!({"type": "object", "properties": {"id": string}, "required": ["id"]})),
+        ),
+        Tool::new(
             "list_agents",
             "The configured agents (installed or not, limits, recent record), roles and the \
              default chain.",
@@ -470,6 +487,18 @@ impl Server {
             "cancel_task" => {
                 let id = required(&args, "id")?;
                 self.data(Request::Cancel { id }).await
+            }
+            "merge_task" => {
+                let id = required(&args, "id")?;
+                self.data(Request::Merge { id }).await
+            }
+            "discard_task" => {
+                let id = required(&args, "id")?;
+                self.data(Request::Discard { id }).await
+            }
+            "task_diff" => {
+                let id = required(&args, "id")?;
+                self.data(Request::Diff { id }).await
             }
             "list_agents" => self.data(Request::Agents).await,
             "list_workflows" => self.data(Request::Workflows).await,

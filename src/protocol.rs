@@ -44,6 +44,15 @@ pub enum Request {
     Enable { agent: String },
     /// The workflows (`data`: as `dirigent workflow list --json`).
     Workflows,
+    /// Merge a task that waits to be merged (`merge_waiting`) into its target, through the
+    /// merge queue.
+    Merge { id: String },
+    /// What an editing task changed against its base (`data`: `{id, branch, base, diff}`,
+    /// the diff a stat and a patch, at most 1 MiB).
+    Diff { id: String },
+    /// Throw away a task's branch and worktree: a task waiting to be merged ends cancelled; a
+    /// finished one loses its kept branch or tree.
+    Discard { id: String },
 }
 
 /// The daemon's answer.

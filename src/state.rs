@@ -138,6 +138,32 @@ pub struct WorktreeState {
     pub removed: bool,
 }
 
+/// Most bytes of a task's diff that `dirigent diff` and the doors return.
+pub const MAX_DIFF: usize = 1024 * 1024;
+
+impl WorktreeState {
+    /// What the task changed against its base, as a patch with a stat: its verified commit
+    /// when there is one (or the merged commit), else its tree as it stands now. Bounded by
+    /// [`MAX_DIFF`] (the cut is said).
+    pub fn diff_text(&self, repo: &crate::git::Repo) -> Result<String, crate::git::GitError> {
+        let mut text = match (&self.merge, &self.commit) {
+            (MergeState::Merged { commit, .. }, _) => repo.diff_between(&self.base, commit)?,
+            (_, Some(commit)) => repo.diff_between(&self.base, commit)?,
+            (_, None) if !self.removed && self.tree.path.exists() => self.tree.patch(&self.base)?,
+            (_, None) => String::new(),
+        };
+        if text.len() > MAX_DIFF {
+            let mut cut = MAX_DIFF;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("\n… (cut at 1 MiB)\n");
+        }
+        Ok(text)
+    }
+}
+
 /// Where a task's branch stands with its target.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -921,6 +947,7 @@ mod tests {
                 duration_ms: 7,
                 retry_in_ms: None,
                 usage: None,
+                work: None,
             },
         )
     }

@@ -77,6 +77,7 @@ impl Ledger {
                 cost_usd: Some(cost),
                 model: model.map(str::to_string),
             }),
+            work: None,
         });
     }
 }

@@ -32,7 +32,7 @@ mod workflows;
 
 pub use agents::{agents, doctor, stats};
 pub use logs::logs;
-pub use status::status;
+pub use status::{diff, status};
 pub use submit::submit;
 pub use workflows::{workflow_copy, workflow_list, workflow_show, workflow_validate};
 

@@ -466,6 +466,27 @@ fn spend_line(spend: &serde_json::Value) -> Option<String> {
     Some(line)
 }
 
+/// `dirigent diff ID`: what an editing task changed against its base.
+pub fn diff(ws: &Workspace, id: &str) -> Result<ExitCode> {
+    let (book, _) = load_live_book(ws)?;
+    let t = find_task(&book, id)?;
+    let Some(w) = &t.worktree else {
+        anyhow::bail!(
+            "task `{id}` has no branch: it did not work in a worktree (`workdir: shared`, or not started yet)"
+        );
+    };
+    let repo = dirigent::git::Repo::discover(ws.root())?;
+    let text = w.diff_text(&repo)?;
+    if text.is_empty() {
+        eprintln!(
+            "dirigent: `{id}` changed nothing against its base {}",
+            &w.base[..w.base.len().min(12)]
+        );
+    }
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) fn describe(t: &TaskRecord) -> String {
     let line = describe_phase(t);
     match t.branch_note() {

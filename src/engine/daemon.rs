@@ -152,6 +152,7 @@ pub async fn run_with_options(
         repo: None,
         merges: Default::default(),
         kept_trees: Vec::new(),
+        discarding: HashSet::new(),
         tx,
         rx,
         tasks: JoinSet::new(),

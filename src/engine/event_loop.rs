@@ -147,6 +147,7 @@ impl Engine {
         if self.rescan_due <= now {
             self.rescan_due = later(now, self.config.inbox_rescan);
             self.retry_waiting_merges();
+            self.pump_merges();
             self.expire_kept_trees();
             self.ingest().await;
         }

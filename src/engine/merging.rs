@@ -284,6 +284,97 @@ impl Engine {
         }
     }
 
+    /// `dirigent merge ID`: a task waiting to be merged goes into its target's queue now.
+    pub(super) fn merge_request(&mut self, id: &str) -> crate::protocol::Response {
+        use crate::protocol::{Failure, Response};
+        let Some(t) = self.book.get(id) else {
+            return Response::fail(
+                Failure::NotFound,
+                format!("no task `{id}`; `dirigent status` lists the tasks"),
+            );
+        };
+        match &t.phase {
+            Phase::Merging { waiting: Some(_) } => {
+                let target = self.target_of(id).unwrap_or_default();
+                self.queue_merge(id);
+                Response::ok(format!(
+                    "merging `{id}` into `{target}`; `dirigent status {id}` shows how it went"
+                ))
+            }
+            Phase::Merging { waiting: None } => Response::fail(
+                Failure::Conflict,
+                format!("task `{id}` is being merged now"),
+            ),
+            other => Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}` is {}; only a task waiting to be merged (merge_waiting) can be merged",
+                    other.label()
+                ),
+            ),
+        }
+    }
+
+    /// `dirigent discard ID`: the task's branch and worktree go. A task waiting to be merged
+    /// ends cancelled; a finished task loses what was kept of it.
+    pub(super) fn discard_request(&mut self, id: &str) -> crate::protocol::Response {
+        use crate::protocol::{Failure, Response};
+        let Some(t) = self.book.get(id) else {
+            return Response::fail(
+                Failure::NotFound,
+                format!("no task `{id}`; `dirigent status` lists the tasks"),
+            );
+        };
+        let Some(w) = t.worktree.as_deref() else {
+            return Response::fail(
+                Failure::Conflict,
+                format!("task `{id}` has no branch or worktree to discard"),
+            );
+        };
+        let branch = w.branch.clone();
+        let gone =
+            w.removed && matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded);
+        match &t.phase {
+            _ if gone => Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}` has nothing left to discard (its branch was merged or discarded)"
+                ),
+            ),
+            Phase::Merging { waiting: Some(_) } => {
+                self.live.stop_merging(id);
+                self.record_later(vec![Event::Discarded {
+                    task: id.to_string(),
+                }]);
+                self.discarding.insert(id.to_string());
+                self.settle_cancelled(id);
+                Response::ok(format!(
+                    "discarded `{id}`: `{branch}` and its worktree are removed"
+                ))
+            }
+            Phase::Done { .. } | Phase::Failed { .. } => {
+                self.record_later(vec![Event::Discarded {
+                    task: id.to_string(),
+                }]);
+                self.remove_tree_and_branch(id, true);
+                Response::ok(format!(
+                    "discarded `{id}`: `{branch}` and its worktree are removed"
+                ))
+            }
+            Phase::Merging { waiting: None } => Response::fail(
+                Failure::Conflict,
+                format!("task `{id}` is being merged now; discard it after, or let it land"),
+            ),
+            other => Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}` is {}; stop it with `dirigent cancel {id}` first",
+                    other.label()
+                ),
+            ),
+        }
+    }
+
     /// A task with a worktree settled: a done one's tree goes now (its work is merged, or on
     /// its branch with `merge: none`); a failed or cancelled one's is kept for `keep_failed`,
     /// for a human to look at.
@@ -291,6 +382,9 @@ impl Engine {
         let Some(t) = self.book.get(id) else { return };
         if t.worktree.as_ref().is_none_or(|w| w.removed) {
             return;
+        }
+        if self.discarding.remove(id) {
+            return self.remove_tree_and_branch(id, true);
         }
         match &t.phase {
             Phase::Done { .. } => self.remove_tree(id),
@@ -317,21 +411,29 @@ impl Engine {
     /// Removes a finished task's worktree and, when its work is merged or discarded (or was
     /// never committed), its branch; recorded as `worktree_removed`.
     pub(super) fn remove_tree(&mut self, id: &str) {
+        self.remove_tree_and_branch(id, false);
+    }
+
+    /// [`Engine::remove_tree`]; `discard` deletes the branch whatever it holds.
+    fn remove_tree_and_branch(&mut self, id: &str, discard: bool) {
         let Some(t) = self.book.get(id) else { return };
         let Some(w) = t.worktree.as_deref().cloned() else {
             return;
         };
-        if w.removed {
+        if w.removed && !discard {
             return;
         }
-        let delete_branch = matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
+        let delete_branch = discard
+            || matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
             || w.commit.is_none();
         let Ok(repo) = self.repo() else { return };
         let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
         self.tasks.spawn(async move {
             let (tree, branch) = (w.tree.clone(), w.branch.clone());
             let removed = tokio::task::spawn_blocking(move || -> Result<(), GitError> {
-                repo.remove_worktree(&tree)?;
+                if tree.path.exists() {
+                    repo.remove_worktree(&tree)?;
+                }
                 if delete_branch {
                     repo.delete_branch(&branch)?;
                 }

@@ -215,6 +215,8 @@ struct Engine {
     merges: merging::MergeQueue,
     /// Worktrees of failed tasks kept for a human, with when (Unix ms) they go.
     kept_trees: Vec<(u64, String)>,
+    /// Tasks being discarded: their tree and branch go as soon as they settle.
+    discarding: HashSet<String>,
     /// Cloned into every attempt and settle task; the receiver is `rx`. The engine keeps this
     /// sender, so the channel stays open for as long as the engine exists.
     tx: mpsc::UnboundedSender<Msg>,

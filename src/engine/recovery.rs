@@ -85,6 +85,7 @@ impl Engine {
         let mut claims = Vec::new();
         let mut requeue = Vec::new();
         let mut resettle = Vec::new();
+        let mut merging = Vec::new();
         for t in self.book.iter() {
             // Where a crash can have left it: under its recorded name, or named for its id.
             let names = [
@@ -115,6 +116,19 @@ impl Engine {
                         });
                     }
                     resettle.push(t.id.clone());
+                }
+                // Verified work on its way to its target: the merge goes on from the ledger's
+                // last step.
+                (Phase::Merging { .. }, found) => {
+                    if let Some(name) = found
+                        && name != t.file
+                    {
+                        claims.push(Event::Claimed {
+                            task: t.id.clone(),
+                            file: name,
+                        });
+                    }
+                    merging.push(t.id.clone());
                 }
                 (Phase::Pending | Phase::Requeued, Some(name)) => {
                     if name != t.file {
@@ -165,6 +179,10 @@ impl Engine {
         for id in resettle {
             self.resettle(&id);
         }
+        for id in merging {
+            self.recover_merge(&id).await;
+        }
+        self.recover_trees().await;
         // Files in running/ that the ledger does not know: claimed, not yet recorded.
         let mut unknown: Vec<String> = present.into_iter().collect();
         unknown.sort();
@@ -185,6 +203,123 @@ impl Engine {
         }
         self.take_in(&running, claimed).await;
         Ok(())
+    }
+
+    /// A task that was being merged when the daemon stopped. The ledger's last merge step
+    /// says where it was: after `merge_ready`, the target's ref tells whether the swap
+    /// happened (then `merged` is recorded now, never a second commit); before it, the target
+    /// was not touched and the merge starts over from the task's verified commit.
+    async fn recover_merge(&mut self, id: &str) {
+        use crate::state::MergeState;
+        let Some(w) = self
+            .book
+            .get(id)
+            .and_then(|t| t.worktree.as_deref().cloned())
+        else {
+            return;
+        };
+        self.live.merging(id);
+        match w.merge {
+            MergeState::Waiting { reason } => {
+                if !reason.starts_with(merging::MANUAL_PREFIX) {
+                    self.queue_merge(id);
+                }
+            }
+            MergeState::Ready {
+                target,
+                old: _,
+                commit,
+            } => {
+                let Ok(repo) = self.repo() else {
+                    return self.queue_merge(id);
+                };
+                let (t2, c2) = (target.clone(), commit.clone());
+                let landed = tokio::task::spawn_blocking(move || {
+                    let head = repo.branch_head(&t2)?;
+                    match head {
+                        Some(h) => {
+                            Ok::<bool, crate::git::GitError>(h == c2 || repo.is_ancestor(&c2, &h)?)
+                        }
+                        None => Ok(false),
+                    }
+                })
+                .await
+                .unwrap_or(Ok(false))
+                .unwrap_or(false);
+                if landed {
+                    tracing::info!(
+                        task = id,
+                        "its merge into `{target}` had happened before the daemon stopped"
+                    );
+                    let ev = Event::Merged {
+                        task: id.to_string(),
+                        target,
+                        commit,
+                    };
+                    if self.record_now(ev).await {
+                        self.finish_merged(id);
+                    }
+                } else {
+                    self.queue_merge(id);
+                }
+            }
+            MergeState::Merged { .. } => self.finish_merged(id),
+            MergeState::Failed { reason, .. } => self.escalate(id, reason),
+            MergeState::NotYet | MergeState::Started { .. } | MergeState::Discarded => {
+                self.queue_merge(id)
+            }
+        }
+    }
+
+    /// Worktrees after a restart: git forgets trees whose directory is gone (`worktree
+    /// prune`); a tree the ledger does not know (made just before a crash) is removed with its
+    /// branch; a done task's tree goes; a failed task's is kept until `keep_failed` is over.
+    async fn recover_trees(&mut self) {
+        let dir = self.ws.context().join("worktrees");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        let Ok(repo) = self.repo() else { return };
+        let mut unknown = Vec::new();
+        for name in names {
+            let Some(t) = self.book.get(&name) else {
+                // Its branch is deleted only if the ledger never heard of the task at all.
+                let never_known = self.book.outcome(&name).is_none();
+                unknown.push((name, never_known));
+                continue;
+            };
+            if t.worktree.as_ref().is_none_or(|w| w.removed) {
+                unknown.push((name, t.worktree.is_none()));
+                continue;
+            }
+            self.tree_after_settled(&name);
+        }
+        let path = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (name, delete_branch) in unknown {
+                let tree = path.join(&name);
+                tracing::warn!(
+                    "removing the worktree `{}`: no live task owns it (made just before a crash, or its removal was cut short)",
+                    tree.display()
+                );
+                let gone = crate::git::Tree {
+                    path: tree,
+                    git_dir: std::path::PathBuf::new(),
+                };
+                if let Err(e) = repo.remove_worktree(&gone) {
+                    tracing::warn!("cannot remove it: {e}");
+                }
+                if delete_branch && let Ok(branch) = crate::git::branch_for(&name) {
+                    let _ = repo.delete_branch(&branch);
+                }
+            }
+            let _ = repo.prune_worktrees();
+        })
+        .await;
     }
 
     /// Moves a settled task's file out of `running/` (completing a move a crash interrupted).

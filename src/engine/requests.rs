@@ -129,8 +129,10 @@ impl Engine {
                 Err(e) => Response::error(format!("cannot read the workflows: {e}")),
             },
             // Answered by the doors themselves (`api`), from `get` and the live events.
-            Request::Wait { .. } | Request::Result { .. } => {
-                Response::error("`wait` and `result` are answered by the door, not the engine")
+            Request::Wait { .. } | Request::Result { .. } | Request::Diff { .. } => {
+                Response::error(
+                    "`wait`, `result` and `diff` are answered by the door, not the engine",
+                )
             }
             Request::Cancel { id } => {
                 let Some(t) = self.book.get(&id) else {
@@ -185,6 +187,8 @@ impl Engine {
                     format!("cancelled `{id}`")
                 })
             }
+            Request::Merge { id } => self.merge_request(&id),
+            Request::Discard { id } => self.discard_request(&id),
             Request::Retry { id } => match self.retry(&id).await {
                 Ok(message) => Response::ok(message),
                 Err(refused) => refused,

@@ -224,8 +224,12 @@ impl Engine {
             self.enqueue(id);
             return;
         };
+        let verified = a.work.as_ref().is_some_and(|w| w.commit.is_some());
         let report = spawn::report_from_capture(&self.ws, id, a, &agent);
-        if report.verdict.class == Class::Ok {
+        if report.verdict.class == Class::Ok && verified {
+            // Its work is committed on its branch: it goes on to be merged.
+            self.after_verified(id, report);
+        } else if report.verdict.class == Class::Ok {
             tracing::info!(
                 task = id,
                 "its attempt {} succeeded before the daemon stopped; its result is written from that attempt's output",

@@ -549,6 +549,7 @@ mod tests {
                 duration_ms: 3,
                 retry_in_ms: None,
                 usage: None,
+                work: None,
             },
             Event::Rejected {
                 file: "x\ny.json".into(),
