@@ -312,6 +312,8 @@ pub(crate) async fn chat_completions(
     let mut fields = TaskFields {
         id: Some(format!("chat-{}", crate::submit::generate_id(&last_user))),
         title: Some(crate::task::title_from_prompt(&last_user)),
+        // A chat answer is text: it needs no worktree, and changes nothing to merge.
+        workdir: Some(crate::workdir::Workdir::Shared),
         ..Default::default()
     };
     match target {

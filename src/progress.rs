@@ -36,14 +36,14 @@ pub fn render(book: &TaskBook) -> String {
                 t.title,
                 short(Duration::from_millis(t.busy_ms()))
             )),
-            Phase::Merging { waiting } => merging.push(format!(
+            Phase::Merging => {
+                merging.push(format!("- [ ] {} — {} (merging{branch})", t.id, t.title))
+            }
+            Phase::MergeWaiting { reason } => merging.push(format!(
                 "- [ ] {} — {} ({}{branch})",
                 t.id,
                 t.title,
-                match waiting {
-                    Some(why) => one_line(why, 300),
-                    None => "merging".to_string(),
-                }
+                one_line(reason, 300)
             )),
             Phase::Running {
                 attempt,

@@ -37,12 +37,11 @@ pub enum Phase {
     Failed { reason: String, finished_ms: u64 },
     /// Put back into the inbox by a graceful stop.
     Requeued,
-    /// Its work is committed and verified on its branch; it is being merged into its target,
-    /// or waits to be (`waiting` says why: `merge: manual`, the user's checkout not clean).
-    Merging {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        waiting: Option<String>,
-    },
+    /// Its work is committed and verified on its branch, and in the merge queue.
+    Merging,
+    /// Its verified work waits to be merged: for `dirigent merge` (`merge: manual`), or for
+    /// the user's checkout of the target to be clean; `reason` says which and what to do.
+    MergeWaiting { reason: String },
 }
 
 impl Phase {
@@ -56,8 +55,8 @@ impl Phase {
             Phase::Done { .. } => "done",
             Phase::Failed { .. } => "failed",
             Phase::Requeued => "requeued",
-            Phase::Merging { waiting: None } => "merging",
-            Phase::Merging { waiting: Some(_) } => "merge_waiting",
+            Phase::Merging => "merging",
+            Phase::MergeWaiting { .. } => "merge_waiting",
         }
     }
 }
@@ -728,8 +727,8 @@ impl TaskBook {
             Event::MergeWaiting { task, reason } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     if !t.phase.is_terminal() {
-                        t.phase = Phase::Merging {
-                            waiting: Some(reason.clone()),
+                        t.phase = Phase::MergeWaiting {
+                            reason: reason.clone(),
                         };
                     }
                     if let Some(w) = t.worktree.as_mut() {
@@ -742,7 +741,7 @@ impl TaskBook {
             Event::MergeStarted { task, target, onto } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     if !t.phase.is_terminal() {
-                        t.phase = Phase::Merging { waiting: None };
+                        t.phase = Phase::Merging;
                     }
                     if let Some(w) = t.worktree.as_mut() {
                         w.merge = MergeState::Started {

@@ -180,10 +180,13 @@ fn check_mcp(seen: &serde_json::Value) {
         seen["tools"],
         serde_json::json!([
             "cancel_task",
+            "discard_task",
             "list_agents",
             "list_workflows",
+            "merge_task",
             "run_workflow",
             "submit_task",
+            "task_diff",
             "task_result",
             "task_status",
             "wait_task"

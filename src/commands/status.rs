@@ -516,10 +516,8 @@ fn merge_note(t: &TaskRecord) -> String {
 
 fn describe_phase(t: &TaskRecord) -> String {
     match &t.phase {
-        Phase::Merging { waiting: None } => "merging".into(),
-        Phase::Merging {
-            waiting: Some(reason),
-        } => format!(
+        Phase::Merging => "merging".into(),
+        Phase::MergeWaiting { reason } => format!(
             "merge_waiting: {}",
             dirigent::progress::one_line(reason, 300)
         ),

@@ -97,7 +97,9 @@ impl Engine {
             match t.phase {
                 Phase::Done { .. } => done += 1,
                 Phase::Failed { .. } => failed += 1,
-                Phase::Pending | Phase::Requeued | Phase::Merging { .. } => pending += 1,
+                Phase::Pending | Phase::Requeued | Phase::Merging | Phase::MergeWaiting { .. } => {
+                    pending += 1
+                }
                 Phase::Running { .. } => {}
             }
         }

@@ -230,7 +230,7 @@ impl Engine {
             MergeEnd::Waiting(reason) => {
                 let same = matches!(
                     self.book.get(id).map(|t| &t.phase),
-                    Some(Phase::Merging { waiting: Some(r) }) if *r == reason
+                    Some(Phase::MergeWaiting { reason: r }) if *r == reason
                 );
                 if !same {
                     self.record_later(vec![Event::MergeWaiting {
@@ -273,7 +273,7 @@ impl Engine {
             .book
             .iter()
             .filter(|t| {
-                matches!(&t.phase, Phase::Merging { waiting: Some(r) } if !r.starts_with(MANUAL_PREFIX))
+                matches!(&t.phase, Phase::MergeWaiting { reason } if !reason.starts_with(MANUAL_PREFIX))
             })
             .map(|t| t.id.clone())
             .collect();
@@ -294,14 +294,14 @@ impl Engine {
             );
         };
         match &t.phase {
-            Phase::Merging { waiting: Some(_) } => {
+            Phase::MergeWaiting { .. } => {
                 let target = self.target_of(id).unwrap_or_default();
                 self.queue_merge(id);
                 Response::ok(format!(
                     "merging `{id}` into `{target}`; `dirigent status {id}` shows how it went"
                 ))
             }
-            Phase::Merging { waiting: None } => Response::fail(
+            Phase::Merging => Response::fail(
                 Failure::Conflict,
                 format!("task `{id}` is being merged now"),
             ),
@@ -341,7 +341,7 @@ impl Engine {
                     "task `{id}` has nothing left to discard (its branch was merged or discarded)"
                 ),
             ),
-            Phase::Merging { waiting: Some(_) } => {
+            Phase::MergeWaiting { .. } => {
                 self.live.stop_merging(id);
                 self.record_later(vec![Event::Discarded {
                     task: id.to_string(),
@@ -361,7 +361,7 @@ impl Engine {
                     "discarded `{id}`: `{branch}` and its worktree are removed"
                 ))
             }
-            Phase::Merging { waiting: None } => Response::fail(
+            Phase::Merging => Response::fail(
                 Failure::Conflict,
                 format!("task `{id}` is being merged now; discard it after, or let it land"),
             ),

@@ -119,7 +119,7 @@ impl Engine {
                 }
                 // Verified work on its way to its target: the merge goes on from the ledger's
                 // last step.
-                (Phase::Merging { .. }, found) => {
+                (Phase::Merging | Phase::MergeWaiting { .. }, found) => {
                     if let Some(name) = found
                         && name != t.file
                     {

@@ -182,6 +182,9 @@ impl Engine {
             chain: child.chain.clone(),
             output: child.output.clone(),
             files: child.files.clone(),
+            // A workflow's steps work in the workspace, where the next phase reads what they
+            // wrote; running them in worktrees through the merge queue is not built yet.
+            workdir: Some(crate::workdir::Workdir::Shared),
             ..Default::default()
         };
         match crate::submit::write_into_inbox(&self.ws, &child.id, &fields) {

@@ -1,0 +1,434 @@
+//! Safe parallel editing, end to end with a real git and real processes: each editing task in
+//! its own worktree, checked (changes, `verify` with its feedback round), committed and merged
+//! through the queue; the user's checkout never damaged; a crash in the merge step recovered
+//! without a second commit. The agent is `tests/agents/editor.sh`, whose prompt is a short
+//! list of edits.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::Workspace;
+use dirigent::ledger::Event;
+
+/// Runs git in `dir` with a fixed identity; panics with its output when it fails.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "user")
+        .env("GIT_AUTHOR_EMAIL", "user@example.com")
+        .env("GIT_COMMITTER_NAME", "user")
+        .env("GIT_COMMITTER_EMAIL", "user@example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A repository on `main` whose `a.txt` has four slots far enough apart to edit without
+/// conflict, made a dirigent workspace with `config`.
+fn repo_workspace(config: &str) -> Workspace {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(
+        dir.path().join("a.txt"),
+        "slot1\n-\n-\n-\nslot2\n-\n-\n-\nslot3\n-\n-\n-\nslot4\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(".gitignore"), ".env\nnode_modules\n").unwrap();
+    git(dir.path(), &["add", "."]);
+    git(dir.path(), &["commit", "--quiet", "-m", "first"]);
+    Workspace::in_dir(dir, config)
+}
+
+const AGENT: &str = r#"
+kill_grace: 200ms
+inbox_rescan: 200ms
+agents:
+  ed: { command: ["{agents}/editor.sh"], prompt: stdin }
+  ed2: { command: ["{agents}/editor.sh"], prompt: stdin }
+"#;
+
+/// `git status --porcelain` of the user's checkout, without the harness's own `daemon.log`.
+fn status_of(ws: &Workspace) -> String {
+    git(ws.root(), &["status", "--porcelain"])
+        .lines()
+        .filter(|l| !l.ends_with("daemon.log"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn main_file(ws: &Workspace) -> String {
+    std::fs::read_to_string(ws.root().join("a.txt")).unwrap()
+}
+
+/// Commits on `main` carrying `Dirigent-Task: id`.
+fn commits_of(ws: &Workspace, id: &str) -> usize {
+    git(ws.root(), &["log", "main", "--format=%B%x00"])
+        .split('\0')
+        .filter(|m| m.contains(&format!("Dirigent-Task: {id}\n")))
+        .count()
+}
+
+#[test]
+fn four_agents_edit_one_file_in_parallel_and_only_the_conflict_is_held_back() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: auto\nconcurrency: 4\n"
+    ));
+    let mut daemon = ws.start();
+    // Three edit their own slot; the fourth rewrites slot 1 as well: it cannot land cleanly
+    // after t1 (or t1 after it) — exactly one of the two conflicts.
+    ws.drop_task("t1.md", "replace a.txt slot1 slot1-by-t1\n");
+    ws.drop_task("t2.md", "replace a.txt slot2 slot2-by-t2\n");
+    ws.drop_task("t3.md", "replace a.txt slot3 slot3-by-t3\n");
+    ws.drop_task("t4.md", "replace a.txt slot1 slot1-by-t4\n");
+    let ends: Vec<(String, Event)> = ["t1", "t2", "t3", "t4"]
+        .iter()
+        .map(|id| (id.to_string(), ws.wait_settled(id)))
+        .collect();
+    let escalated: Vec<&String> = ends
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Escalated { .. }))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        escalated.len(),
+        1,
+        "expected exactly one of t1/t4 held back by the conflict, got {ends:?}"
+    );
+    let loser = escalated[0].clone();
+    assert!(
+        loser == "t1" || loser == "t4",
+        "expected t1 or t4 to conflict, got {loser}"
+    );
+    let Event::Escalated { reason, .. } = &ends.iter().find(|(id, _)| *id == loser).unwrap().1
+    else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("conflict") && reason.contains("a.txt") && reason.contains("<<<<<<<"),
+        "expected the conflict's file and hunk in the reason, got: {reason}"
+    );
+    let winner = if loser == "t1" { "t4" } else { "t1" };
+    let text = main_file(&ws);
+    for want in [
+        format!("slot1-by-{winner}"),
+        "slot2-by-t2".into(),
+        "slot3-by-t3".into(),
+    ] {
+        assert!(
+            text.contains(&want),
+            "expected `{want}` on main, got:\n{text}"
+        );
+    }
+    for id in ["t2", "t3", winner] {
+        assert_eq!(
+            commits_of(&ws, id),
+            1,
+            "expected one commit of {id} on main"
+        );
+    }
+    // Nothing lost: the conflicting work stays on its branch, its worktree kept for a look.
+    let branch = git(
+        ws.root(),
+        &["branch", "--list", &format!("dirigent/{loser}")],
+    );
+    assert!(
+        branch.contains(&format!("dirigent/{loser}")),
+        "expected the conflicting branch kept, branches: {}",
+        git(ws.root(), &["branch", "--list"])
+    );
+    assert!(
+        ws.path(&format!("worktrees/{loser}")).exists(),
+        "expected the failed task's worktree kept"
+    );
+    for id in ["t2", "t3", winner] {
+        // A wait that fails the test (with the ledger) if the tree stays.
+        ws.wait_until(
+            &format!("the merged worktree of {id} to be removed"),
+            || (!ws.path(&format!("worktrees/{id}")).exists()).then_some(()),
+        );
+    }
+    assert_eq!(
+        status_of(&ws),
+        "",
+        "expected the user's checkout clean (worktrees invisible to git)"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_failed_attempts_half_edit_is_saved_as_a_patch_and_not_seen_by_the_next_agent() {
+    let ws = repo_workspace(&format!("{AGENT}merge: auto\ndefault_chain: [ed, ed2]\n"));
+    let mut daemon = ws.start();
+    ws.drop_task(
+        "half.md",
+        "as ed append a.txt half-done\nas ed fail\nas ed2 refuse-if a.txt half-done\nas ed2 append a.txt finished\n",
+    );
+    let end = ws.wait_settled("half");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done, got {end:?}"
+    );
+    assert_eq!(
+        ws.attempts("half"),
+        vec![
+            ("ed".to_string(), "exit".to_string()),
+            ("ed2".into(), "ok".into())
+        ],
+        "expected ed to fail and ed2 to finish without seeing ed's edit"
+    );
+    let patch = std::fs::read_to_string(ws.path("runs/half/1-ed.patch")).unwrap();
+    assert!(
+        patch.contains("+half-done"),
+        "expected ed's half-edit in its patch, got:\n{patch}"
+    );
+    let text = main_file(&ws);
+    assert!(
+        text.contains("finished") && !text.contains("half-done"),
+        "expected only ed2's work on main, got:\n{text}"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_failing_verify_gets_a_feedback_round_that_fixes_it_and_lands() {
+    let config = format!(
+        "{AGENT}default_chain: [ed]\nmerge: auto\nverify: [sh, -c, \"if grep -q broken a.txt; then echo 'test_slot failed: a.txt is broken'; exit 1; fi\"]\n"
+    );
+    let ws = repo_workspace(&config);
+    let mut daemon = ws.start();
+    ws.drop_task(
+        "fix.md",
+        "firsttry append a.txt broken\nonretry replace a.txt broken repaired\n",
+    );
+    let end = ws.wait_settled("fix");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done, got {end:?}"
+    );
+    assert_eq!(
+        ws.attempts("fix"),
+        vec![
+            ("ed".to_string(), "verify".to_string()),
+            ("ed".into(), "ok".into())
+        ],
+        "expected a verify failure, then the same agent's feedback round"
+    );
+    let prompt = std::fs::read_to_string(ws.path("runs/fix/2-ed.prompt")).unwrap();
+    assert!(
+        prompt.contains("## The check failed")
+            && prompt.contains("test_slot failed: a.txt is broken"),
+        "expected the verifier's output as feedback in the second prompt, got:\n{prompt}"
+    );
+    let text = main_file(&ws);
+    assert!(
+        text.contains("repaired") && !text.contains("broken"),
+        "expected the repaired work on main, got:\n{text}"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn an_agent_that_changes_nothing_ends_no_change() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n"));
+    let mut daemon = ws.start();
+    ws.drop_task("idle.md", "say something\n");
+    let end = ws.wait_settled("idle");
+    assert!(
+        matches!(&end, Event::Escalated { .. }),
+        "expected escalation, got {end:?}"
+    );
+    assert_eq!(
+        ws.attempts("idle"),
+        vec![("ed".to_string(), "no_change".to_string())],
+        "expected class no_change"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_dirty_checkout_is_never_touched_and_manual_merge_waits_for_dirigent_merge() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n")); // merge: manual is the default
+    let mut daemon = ws.start();
+    ws.drop_task("m1.md", "replace a.txt slot2 slot2-by-m1\n");
+    let waiting = ws.wait_state("m1", "merge_waiting");
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("dirigent merge m1")),
+        "expected the waiting reason to say what to do, got {waiting}"
+    );
+    let diff = ws.cli(&["diff", "m1"]);
+    let diff_text = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        diff.status.success() && diff_text.contains("+slot2-by-m1"),
+        "expected `dirigent diff` to show the change, got {diff:?}"
+    );
+    // The user edits their own checkout meanwhile.
+    std::fs::write(
+        ws.root().join("a.txt"),
+        format!("{}my own edit\n", main_file(&ws)),
+    )
+    .unwrap();
+    let out = ws.cli(&["merge", "m1"]);
+    assert!(out.status.success(), "expected merge accepted: {out:?}");
+    let waiting = ws.wait_until("the merge to wait for the dirty checkout", || {
+        let v = ws.wait_state("m1", "merge_waiting");
+        let reason = v["reason"].as_str()?.to_string();
+        reason.contains("uncommitted changes").then_some(reason)
+    });
+    assert!(
+        waiting.contains("commit or stash"),
+        "expected the reason to say what to do, got {waiting}"
+    );
+    assert!(
+        main_file(&ws).ends_with("my own edit\n") && !main_file(&ws).contains("slot2-by-m1"),
+        "expected the user's edit untouched and nothing merged"
+    );
+    // The user commits their edit: the merge goes on by itself (rescan) and lands on top.
+    git(ws.root(), &["commit", "--quiet", "-am", "my own edit"]);
+    let end = ws.wait_settled("m1");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done, got {end:?}"
+    );
+    let text = main_file(&ws);
+    assert!(
+        text.contains("slot2-by-m1") && text.contains("my own edit"),
+        "expected both the user's commit and m1's on main, got:\n{text}"
+    );
+    assert_eq!(commits_of(&ws, "m1"), 1, "expected one commit of m1");
+    daemon.stop();
+}
+
+#[test]
+fn env_files_are_copied_and_heavy_directories_linked_into_the_worktree() {
+    let config = format!(
+        "{AGENT}default_chain: [ed]\nmerge: none\nworktree:\n  copy: [.env]\n  link: [node_modules]\nverify: [sh, -c, \"test -f .env && test -L node_modules && test -f node_modules/dep.js\"]\n"
+    );
+    let ws = repo_workspace(&config);
+    std::fs::write(ws.root().join(".env"), "SECRET=1\n").unwrap();
+    std::fs::create_dir(ws.root().join("node_modules")).unwrap();
+    std::fs::write(ws.root().join("node_modules/dep.js"), "x").unwrap();
+    let mut daemon = ws.start();
+    ws.drop_task("deps.md", "append a.txt uses-deps\n");
+    let end = ws.wait_settled("deps");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done (verify saw .env and node_modules), got {end:?}"
+    );
+    // merge: none — the branch is the result; main is untouched.
+    let on_branch = git(ws.root(), &["show", "dirigent/deps:a.txt"]);
+    assert!(
+        on_branch.contains("uses-deps"),
+        "expected the work on dirigent/deps"
+    );
+    assert!(
+        !main_file(&ws).contains("uses-deps"),
+        "expected main untouched with merge: none"
+    );
+    let files = git(
+        ws.root(),
+        &["show", "--name-only", "--format=", "dirigent/deps"],
+    );
+    assert_eq!(
+        files.trim(),
+        "a.txt",
+        "expected .env and node_modules not committed, got {files}"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_worktree_outside_a_repository_is_a_clear_error() {
+    let ws = Workspace::new(&format!("{AGENT}default_chain: [ed]\n"));
+    let out = ws.cli(&["submit", "edit it", "--id", "nogit"]);
+    assert!(
+        out.status.success(),
+        "plain tasks still work outside git: {out:?}"
+    );
+    std::fs::write(
+        ws.path("inbox/w.json"),
+        r#"{"prompt": "x", "workdir": "worktree"}"#,
+    )
+    .unwrap();
+    let mut daemon = ws.start();
+    let reason = ws.wait_for("the worktree task to be rejected", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::Rejected { file, reason, .. } if file == "w.json" => Some(reason.clone()),
+            _ => None,
+        })
+    });
+    assert_eq!(
+        reason,
+        "`workdir: worktree` (from the task) needs a git repository, and this workspace is not one; run `git init`, or set `workdir: shared`",
+        "expected the exact error"
+    );
+    let end = ws.wait_settled("nogit");
+    assert!(
+        matches!(end, Event::Escalated { .. } | Event::Done { .. }),
+        "expected the plain task to run in the workspace, got {end:?}"
+    );
+    daemon.stop();
+}
+
+/// SIGKILL while the merge re-verifies (after `merge_started`, before the target moved), then
+/// restart: the merge starts over and lands once.
+#[test]
+fn a_crash_in_the_merge_step_is_recovered_without_a_second_commit() {
+    let gate = tempfile::tempdir().unwrap();
+    let hold = gate.path().join("hold");
+    let inside = gate.path().join("inside");
+    std::fs::write(&hold, "").unwrap();
+    // The check holds while `hold` exists, but only on the merged result (a.txt has t1's
+    // slot and t2's): the re-verification of the merge.
+    let check = format!(
+        "if grep -q slot1-by-k1 a.txt && grep -q slot2-by-k2 a.txt && test -e {hold}; then touch {inside}; sleep 60; fi",
+        hold = hold.display(),
+        inside = inside.display()
+    );
+    let config = format!(
+        "{AGENT}default_chain: [ed]\nmerge: auto\nconcurrency: 1\nverify: [sh, -c, {check:?}]\n"
+    );
+    let ws = repo_workspace(&config);
+    let mut daemon = ws.start();
+    ws.drop_task("k1.md", "replace a.txt slot1 slot1-by-k1\n");
+    ws.wait_settled("k1");
+    ws.drop_task("k2.md", "replace a.txt slot2 slot2-by-k2\n");
+    ws.wait_until("the merge's verification to start", || {
+        inside.exists().then_some(())
+    });
+    daemon.crash();
+    std::fs::remove_file(&hold).unwrap();
+    let mut daemon = ws.start();
+    let end = ws.wait_settled("k2");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done after the restart, got {end:?}"
+    );
+    assert_eq!(
+        commits_of(&ws, "k2"),
+        1,
+        "expected exactly one commit of k2 on main"
+    );
+    assert_eq!(
+        commits_of(&ws, "k1"),
+        1,
+        "expected exactly one commit of k1 on main"
+    );
+    let text = main_file(&ws);
+    assert!(
+        text.contains("slot1-by-k1") && text.contains("slot2-by-k2"),
+        "expected both on main, got:\n{text}"
+    );
+    assert_eq!(
+        status_of(&ws),
+        "",
+        "expected the checkout clean after recovery"
+    );
+    daemon.stop();
+}
