@@ -387,18 +387,23 @@ fn shutting_down() -> Response {
 
 /// Whether `get`'s answer describes a finished task.
 pub fn is_finished(data: Option<&Value>) -> bool {
-    matches!(
-        data.and_then(|d| d["state"].as_str()),
-        Some("done" | "failed" | "rejected")
-    )
+    match data.and_then(|d| d["state"].as_str()) {
+        Some("done" | "failed" | "rejected") => true,
+        // Verified and waiting for `dirigent merge`: nothing more happens until someone acts.
+        Some("merge_waiting") => data
+            .and_then(|d| d["reason"].as_str())
+            .is_some_and(|r| r.starts_with(crate::editing::MANUAL_MERGE)),
+        _ => false,
+    }
 }
 
 /// Whether `event` may have ended task `id` (or rejected its file).
 fn ends(event: &Event, id: &str) -> bool {
     match event {
-        Event::Done { task, .. } | Event::Escalated { task, .. } | Event::Cancelled { task } => {
-            task == id
-        }
+        Event::Done { task, .. }
+        | Event::Escalated { task, .. }
+        | Event::Cancelled { task }
+        | Event::MergeWaiting { task, .. } => task == id,
         Event::Rejected { file, .. } => {
             crate::task::id_from_stem(crate::fsutil::split_name(file).0) == id
         }

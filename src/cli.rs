@@ -280,8 +280,21 @@ pub struct SubmitArgs {
     /// A workflow variable, `name=value` (repeatable; with `--workflow`).
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var, requires = "workflow")]
     pub vars: Vec<(String, String)>,
-    /// Follow the task: print progress on stderr and the result on stdout; exit 0 when done,
-    /// 1 when escalated or rejected.
+    /// Where its attempts work: `worktree` (a git worktree and branch of its own, checked and
+    /// merged) or `shared` (the workspace itself; for a task that only answers). Default: a
+    /// worktree in a git repository.
+    #[arg(long, value_name = "worktree|shared", value_parser = parse_workdir)]
+    pub workdir: Option<dirigent::workdir::Workdir>,
+    /// Run in the worktree once the agent says done; the work passes only if it exits 0
+    /// (repeatable; each an argv split on spaces, e.g. `--verify "cargo test"`).
+    #[arg(long, value_name = "COMMAND")]
+    pub verify: Vec<String>,
+    /// How its verified branch reaches its target: `auto`, `manual` (waits for `dirigent
+    /// merge`) or `none`.
+    #[arg(long, value_name = "auto|manual|none", value_parser = parse_merge)]
+    pub merge: Option<dirigent::editing::MergeMode>,
+    /// Follow the task: print progress on stderr and the result on stdout; exit 0 when done
+    /// (or verified and waiting for `dirigent merge`), 1 when escalated or rejected.
     #[arg(long)]
     pub wait: bool,
     /// Print `{"id": …, "file": …}` instead of the bare id.
@@ -290,6 +303,23 @@ pub struct SubmitArgs {
 }
 
 /// Parses `name=value`.
+fn parse_workdir(s: &str) -> Result<dirigent::workdir::Workdir, String> {
+    match s {
+        "worktree" => Ok(dirigent::workdir::Workdir::Worktree),
+        "shared" => Ok(dirigent::workdir::Workdir::Shared),
+        _ => Err("expected `worktree` or `shared`".into()),
+    }
+}
+
+fn parse_merge(s: &str) -> Result<dirigent::editing::MergeMode, String> {
+    match s {
+        "auto" => Ok(dirigent::editing::MergeMode::Auto),
+        "manual" => Ok(dirigent::editing::MergeMode::Manual),
+        "none" => Ok(dirigent::editing::MergeMode::None),
+        _ => Err("expected `auto`, `manual` or `none`".into()),
+    }
+}
+
 fn parse_var(s: &str) -> Result<(String, String), NotAVar> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),

@@ -21,6 +21,9 @@ pub enum MergeMode {
     None,
 }
 
+/// How a `merge_waiting` reason that only `dirigent merge` ends begins (`merge: manual`).
+pub const MANUAL_MERGE: &str = "`merge: manual`";
+
 /// How a branch is put on its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -62,6 +62,18 @@ pub fn write_report(
             task.chain.join(" → ")
         }
     );
+    if let Some(w) = &task.worktree {
+        let _ = writeln!(
+            md,
+            "**Branch:** `{}` from {} in `{}`{} — `dirigent diff {}` shows the work, `dirigent discard {}` throws it away\n",
+            w.branch,
+            &w.base[..w.base.len().min(12)],
+            w.tree.path.display(),
+            if w.removed { " (removed)" } else { "" },
+            task.id,
+            task.id
+        );
+    }
     let prompt = task.spec.as_ref().map_or("", |s| s.prompt.as_str());
     let _ = writeln!(md, "## Prompt\n\n{}\n", fenced(prompt));
     let _ = writeln!(md, "## Attempts\n");
@@ -85,6 +97,23 @@ pub fn write_report(
             a.stdout_bytes,
             a.stderr_bytes,
         );
+        if let Some(w) = &a.work {
+            let patch = crate::workspace::attempt_file(a.n, &a.agent, "patch");
+            let saved = ws.run_dir(&task.id).join(&patch);
+            let _ = writeln!(
+                md,
+                "- changed {} file{} (+{} -{}){}\n",
+                w.diff.files,
+                if w.diff.files == 1 { "" } else { "s" },
+                w.diff.insertions,
+                w.diff.deletions,
+                if saved.exists() {
+                    format!("; saved as `{}`", saved.display())
+                } else {
+                    String::new()
+                }
+            );
+        }
         for stream in ["stdout", "stderr"] {
             let name = crate::workspace::attempt_file(a.n, &a.agent, stream);
             let path = ws.run_dir(&task.id).join(&name);

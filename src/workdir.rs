@@ -6,9 +6,9 @@
 //! The first of these that says anything wins: the task, the workflow phase, the role, the
 //! agent, the config's default. With none: `worktree` in a git repository — except for steps that
 //! only produce text (ensemble proposals, judges, distill steps), which need no tree of their
-//! own — and `shared` outside one.
-//!
-//! Not used by the engine yet: it is part of per-task worktrees, being built.
+//! own — and `shared` outside one. The engine asks it at each attempt's start
+//! (`engine/worktrees.rs`); acceptance asks it for the task's and the config's word, so that
+//! `workdir: worktree` outside a repository is refused at once.
 
 use serde::{Deserialize, Serialize};
 

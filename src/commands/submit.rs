@@ -57,6 +57,16 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         context: args.context,
         files: args.files,
         parent: dirigent::task::parent_from_env(),
+        workdir: args.workdir,
+        verify: (!args.verify.is_empty()).then(|| {
+            dirigent::editing::VerifyWritten::Many(
+                args.verify
+                    .iter()
+                    .map(|c| c.split_whitespace().map(str::to_string).collect())
+                    .collect(),
+            )
+        }),
+        merge: args.merge,
         ..Default::default()
     };
     // Validate here, before anything is written, with the same rules the daemon applies.
@@ -342,6 +352,24 @@ fn report_progress(
             eprintln!("see .context/escalations/{id}.md");
             return Ok(Some(ExitCode::from(1)));
         }
+        Event::WorktreeMade {
+            branch, base, path, ..
+        } => eprintln!(
+            "[{t}] working on `{branch}` (from {}) in {}",
+            &base[..base.len().min(12)],
+            path.display()
+        ),
+        Event::MergeWaiting { reason, .. } => {
+            eprintln!("[{t}] verified; waiting to be merged: {reason}");
+            // Only `dirigent merge` ends this wait: the work is ready for review.
+            if reason.starts_with(dirigent::editing::MANUAL_MERGE) {
+                return Ok(Some(ExitCode::SUCCESS));
+            }
+        }
+        Event::Merged { target, commit, .. } => eprintln!(
+            "[{t}] merged into `{target}` at {}",
+            &commit[..commit.len().min(12)]
+        ),
         Event::Requeued { .. } => eprintln!(
             "[{t}] the daemon stopped; the task is back in the inbox and waits for the next start"
         ),

@@ -40,7 +40,7 @@ pub(super) enum MergeEnd {
 }
 
 /// The prefix of a `merge_waiting` reason that only `dirigent merge` ends (`merge: manual`).
-pub(super) const MANUAL_PREFIX: &str = "`merge: manual`";
+pub(super) const MANUAL_PREFIX: &str = crate::editing::MANUAL_MERGE;
 
 struct MergeJob {
     repo: Repo,

@@ -379,7 +379,7 @@ async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
             crate::side_command::CommandEnd::Stopped => return Some(Err(None)),
             crate::side_command::CommandEnd::CouldNotStart(e) => e,
         };
-        let tail = tail_of(&log, VERIFY_TAIL);
+        let tail = verify_tail(&plan.ws, &plan.task, plan.attempt, &plan.agent, VERIFY_TAIL);
         return Some(Err(Some(if tail.trim().is_empty() {
             format!("verify: {why}")
         } else {
@@ -395,24 +395,20 @@ pub(super) fn verify_log(ws: &Workspace, task: &str, attempt: u32, agent: &str) 
         .join(crate::workspace::attempt_file(attempt, agent, "verify.log"))
 }
 
-/// The last `max` bytes of a file, as text.
-fn tail_of(path: &Path, max: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map_or(0, |m| m.len());
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).into_owned()
+/// The last `max` bytes of the verifier's log, as text (empty when it cannot be read). Opened
+/// through no link: an agent could plant one to have a file of its choosing quoted.
+fn verify_tail(ws: &Workspace, task: &str, attempt: u32, agent: &str, max: u64) -> String {
+    let name = crate::workspace::attempt_file(attempt, agent, "verify.log");
+    ws.open_sub(&format!("runs/{task}"))
+        .and_then(|d| d.open_regular(&name))
+        .map(|f| fsutil::tail_of(f, max))
+        .unwrap_or_default()
 }
 
 /// The feedback section a `verify` round's prompt ends with: the check that failed and the end
 /// of its output. The format is documented in `docs/worktrees.md`.
 pub(super) fn feedback(ws: &Workspace, task: &str, last: &crate::state::AttemptSummary) -> String {
-    let log = verify_log(ws, task, last.n, &last.agent);
-    let tail = tail_of(&log, VERIFY_TAIL);
+    let tail = verify_tail(ws, task, last.n, &last.agent, VERIFY_TAIL);
     format!(
         "\n\n---\n\n## The check failed\n\nYour last attempt said it was done, but the task's check did not pass in your worktree. Your changes are still there. {}\n\nIts output ends:\n\n{}\nFix what it reports; the check runs again when you finish.\n",
         last.reason
