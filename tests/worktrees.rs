@@ -141,16 +141,21 @@ fn four_agents_edit_one_file_in_parallel_and_only_the_conflict_is_held_back() {
         "expected the conflicting branch kept, branches: {}",
         git(ws.root(), &["branch", "--list"])
     );
+    let kept = ws.wait_state(&loser, "failed");
+    let kept = Path::new(kept["worktree"]["tree"]["path"].as_str().unwrap()).to_path_buf();
     assert!(
-        ws.path(&format!("worktrees/{loser}")).exists(),
-        "expected the failed task's worktree kept"
+        kept.join("a.txt").exists(),
+        "expected the failed task's worktree kept at {}",
+        kept.display()
     );
     for id in ["t2", "t3", winner] {
-        // A wait that fails the test (with the ledger) if the tree stays.
-        ws.wait_until(
-            &format!("the merged worktree of {id} to be removed"),
-            || (!ws.path(&format!("worktrees/{id}")).exists()).then_some(()),
-        );
+        // A wait that fails the test (with the ledger) if the tree is not given up.
+        ws.wait_until(&format!("the merged worktree of {id} to be given up"), || {
+            ws.records()
+                .iter()
+                .any(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == id))
+                .then_some(())
+        });
     }
     assert_eq!(
         status_of(&ws),
@@ -429,6 +434,48 @@ fn a_crash_in_the_merge_step_is_recovered_without_a_second_commit() {
         status_of(&ws),
         "",
         "expected the checkout clean after recovery"
+    );
+    daemon.stop();
+}
+
+/// Trees are pooled: a later task reuses one, and finds nothing an earlier task's agent left
+/// there (an ignored `.env` it planted included).
+#[test]
+fn a_pooled_worktree_carries_nothing_from_its_last_task() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: auto\nconcurrency: 1\n"
+    ));
+    let mut daemon = ws.start();
+    let made = |id: &str| {
+        ws.wait_for(&format!("the worktree of {id}"), |recs| {
+            recs.iter().find_map(|r| match &r.event {
+                Event::WorktreeMade { task, path, .. } if task == id => Some(path.clone()),
+                _ => None,
+            })
+        })
+    };
+    let mut paths = Vec::new();
+    for (id, slot) in [("p1", "slot1"), ("p2", "slot2"), ("p3", "slot3")] {
+        ws.drop_task(
+            &format!("{id}.md"),
+            &format!(
+                "refuse-if .env planted\nappend .env planted-by-{id}\nreplace a.txt {slot} {slot}-by-{id}\n"
+            ),
+        );
+        let end = ws.wait_settled(id);
+        assert!(
+            matches!(end, Event::Done { .. }),
+            "expected {id} done (no leftover .env seen), got {end:?}"
+        );
+        paths.push(made(id));
+    }
+    assert!(
+        paths[1..].contains(&paths[0]) || paths[2] == paths[1],
+        "expected a later task to reuse a pooled tree, got {paths:?}"
+    );
+    assert!(
+        !main_file(&ws).contains("planted"),
+        "expected the ignored .env never committed"
     );
     daemon.stop();
 }

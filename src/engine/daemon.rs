@@ -153,6 +153,8 @@ pub async fn run_with_options(
         merges: Default::default(),
         kept_trees: Vec::new(),
         discarding: HashSet::new(),
+        tree_pool: Vec::new(),
+        next_slot: 0,
         tx,
         rx,
         tasks: JoinSet::new(),

@@ -57,6 +57,8 @@ struct MergeJob {
     stop: watch::Receiver<bool>,
     ledger: Ledger,
     tx: mpsc::UnboundedSender<Msg>,
+    /// Whether the tree goes back to the pool once merged (else it is removed).
+    pool_room: bool,
 }
 
 impl Engine {
@@ -219,6 +221,7 @@ impl Engine {
             stop: self.side_stop.subscribe(),
             ledger: self.ledger.clone(),
             tx: self.tx.clone(),
+            pool_room: self.tree_pool.len() < self.config.concurrency,
         })
     }
 
@@ -427,32 +430,57 @@ impl Engine {
             || matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
             || w.commit.is_none();
         let Ok(repo) = self.repo() else { return };
+        // A pooled tree goes back to the pool (checked out afresh for the next task) while the
+        // pool has room; others are removed.
+        let keep = super::worktrees::slot_number(&w.tree.path).is_some()
+            && self.tree_pool.len() < self.config.concurrency;
         let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
         self.tasks.spawn(async move {
-            let (tree, branch) = (w.tree.clone(), w.branch.clone());
-            let removed = tokio::task::spawn_blocking(move || -> Result<(), GitError> {
-                if tree.path.exists() {
-                    repo.remove_worktree(&tree)?;
-                }
-                if delete_branch {
-                    repo.delete_branch(&branch)?;
-                }
-                Ok(())
-            })
-            .await;
-            match removed {
-                Ok(Ok(())) => {
-                    let ev = Event::WorktreeRemoved {
-                        task: id,
-                        branch_deleted: delete_branch,
-                    };
-                    let records = record(&ledger, &tx, ev).await;
-                    let _ = tx.send(Msg::Recorded(records));
-                }
-                Ok(Err(e)) => tracing::warn!(task = %id, "cannot remove the task's worktree: {e}"),
-                Err(_) => {}
-            }
+            give_up_tree(&repo, &ledger, &tx, &id, &w, delete_branch, keep).await;
         });
+    }
+}
+
+/// Gives a task's tree up — back to the pool (`keep`), else removed — and deletes its branch
+/// when told; recorded as `worktree_removed`, and the pooled tree handed to the engine.
+async fn give_up_tree(
+    repo: &Repo,
+    ledger: &Ledger,
+    tx: &mpsc::UnboundedSender<Msg>,
+    id: &str,
+    w: &WorktreeState,
+    delete_branch: bool,
+    keep: bool,
+) {
+    let (tree, branch) = (w.tree.clone(), w.branch.clone());
+    let removed = blocking(repo, move |repo| {
+        let mut kept = None;
+        if tree.path.exists() {
+            if keep && tree.is_usable() && tree.release().is_ok() {
+                kept = Some(tree);
+            } else {
+                repo.remove_worktree(&tree)?;
+            }
+        }
+        if delete_branch {
+            repo.delete_branch(&branch)?;
+        }
+        Ok(kept)
+    })
+    .await;
+    match removed {
+        Ok(kept) => {
+            let ev = Event::WorktreeRemoved {
+                task: id.to_string(),
+                branch_deleted: delete_branch,
+            };
+            let records = record(ledger, tx, ev).await;
+            let _ = tx.send(Msg::Recorded(records));
+            if let Some(tree) = kept {
+                let _ = tx.send(Msg::TreeFreed(tree));
+            }
+        }
+        Err(e) => tracing::warn!(task = %id, "cannot remove the task's worktree: {e}"),
     }
 }
 
@@ -654,6 +682,10 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
         },
     )
     .await;
+    // The tree is given up before the task is done, so a task started right after finds it
+    // in the pool.
+    let keep = job.pool_room && super::worktrees::slot_number(&job.state.tree.path).is_some();
+    give_up_tree(&job.repo, &job.ledger, &job.tx, &job.task, &job.state, true, keep).await;
     Ok(Some(MergeEnd::Merged))
 }
 

@@ -171,6 +171,8 @@ enum Msg {
     LedgerFailed(String),
     /// Records a spawned task wrote that the book applies (a worktree made, a merge step).
     Recorded(Vec<Record>),
+    /// A finished task's worktree was released, clean, into the pool.
+    TreeFreed(crate::git::Tree),
     /// A merge of `task`'s branch into `target` ended.
     MergeEnded {
         task: String,
@@ -217,6 +219,10 @@ struct Engine {
     kept_trees: Vec<(u64, String)>,
     /// Tasks being discarded: their tree and branch go as soon as they settle.
     discarding: HashSet<String>,
+    /// Worktrees finished tasks gave back, ready for the next task (at most `concurrency`).
+    tree_pool: Vec<crate::git::Tree>,
+    /// The highest `slot-<n>` a worktree directory has had.
+    next_slot: u64,
     /// Cloned into every attempt and settle task; the receiver is `rx`. The engine keeps this
     /// sender, so the channel stays open for as long as the engine exists.
     tx: mpsc::UnboundedSender<Msg>,

@@ -2,6 +2,8 @@
 //! killed when they provably still run), unfinished tasks are queued again, interrupted moves
 //! finished, and unknown files in `running/` taken in.
 
+use std::path::Path;
+
 use super::*;
 
 impl Engine {
@@ -284,8 +286,29 @@ impl Engine {
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         let Ok(repo) = self.repo() else { return };
+        let highest = names
+            .iter()
+            .filter_map(|n| super::worktrees::slot_number(Path::new(n)))
+            .max()
+            .unwrap_or(0);
+        self.next_slot = self.next_slot.max(highest);
+        let owners: HashMap<String, String> = self
+            .book
+            .iter()
+            .filter_map(|t| {
+                let w = t.worktree.as_ref().filter(|w| !w.removed)?;
+                let name = w.tree.path.file_name()?.to_str()?.to_string();
+                Some((name, t.id.clone()))
+            })
+            .collect();
         let mut unknown = Vec::new();
         for name in names {
+            // A pooled tree is named for its slot, not for the task that has it.
+            if let Some(owner) = owners.get(&name) {
+                let owner = owner.clone();
+                self.tree_after_settled(&owner);
+                continue;
+            }
             let Some(t) = self.book.get(&name) else {
                 // Its branch is deleted only if the ledger never heard of the task at all.
                 let never_known = self.book.outcome(&name).is_none();

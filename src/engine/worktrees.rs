@@ -23,8 +23,9 @@ pub(super) struct TreePlan {
     pub task: String,
     /// The tree the ledger has for the task, if one was made and not removed.
     pub existing: Option<WorktreeState>,
-    /// For a new tree: its directory, the task's `base:` and `merge_into:`.
-    pub path: PathBuf,
+    /// For a new tree: a pooled one to reuse, or the directory of a new one; the task's
+    /// `base:` and `merge_into:`.
+    pub place: NewTree,
     pub base_rev: Option<String>,
     pub merge_into: Option<String>,
     pub settings: Resolved,
@@ -38,6 +39,19 @@ pub(super) struct TreePlan {
     /// Where the workspace is inside the repository (`""` at its top): the agent's directory
     /// inside the tree.
     pub inside: PathBuf,
+}
+
+/// Where a task's first tree comes from.
+pub(super) enum NewTree {
+    /// A tree a finished task gave back (checked out afresh: fast).
+    Pooled(Tree),
+    /// A new worktree at this directory (a full checkout: slow on a large repository).
+    Fresh(PathBuf),
+}
+
+/// The directory name of a pooled tree: `slot-<n>`.
+pub(super) fn slot_number(path: &Path) -> Option<u64> {
+    path.file_name()?.to_str()?.strip_prefix("slot-")?.parse().ok()
 }
 
 /// A tree ready for the agent: the task's worktree state, and the `worktree_made` event when
@@ -85,10 +99,18 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                 (None, None) => repo.head()?,
             };
             let branch = crate::git::branch_for(&plan.task)?;
-            if let Some(parent) = plan.path.parent() {
-                std::fs::create_dir_all(parent).map_err(GitError::Io)?;
-            }
-            let tree = repo.add_worktree(&plan.path, &branch, &base)?;
+            let tree = match &plan.place {
+                NewTree::Pooled(tree) => {
+                    tree.reuse(&branch, &base)?;
+                    tree.clone()
+                }
+                NewTree::Fresh(path) => {
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent).map_err(GitError::Io)?;
+                    }
+                    repo.add_worktree(path, &branch, &base)?
+                }
+            };
             set_up(&tree, &plan.workspace_root, &plan.setup)?;
             let state = WorktreeState {
                 tree: tree.clone(),
@@ -467,11 +489,34 @@ impl Engine {
                 .unwrap_or_default(),
             _ => PathBuf::new(),
         };
+        // A tree whose directory is gone (removed by hand) is made again.
+        let existing = t
+            .worktree
+            .as_deref()
+            .filter(|w| !w.removed && w.tree.path.exists())
+            .cloned();
+        let place = match (&existing, self.tree_pool.pop()) {
+            (Some(_), Some(tree)) => {
+                self.tree_pool.push(tree);
+                NewTree::Fresh(PathBuf::new())
+            }
+            (Some(_), None) => NewTree::Fresh(PathBuf::new()),
+            (None, Some(tree)) => NewTree::Pooled(tree),
+            (None, None) => {
+                self.next_slot += 1;
+                NewTree::Fresh(
+                    self.ws
+                        .context()
+                        .join("worktrees")
+                        .join(format!("slot-{}", self.next_slot)),
+                )
+            }
+        };
         let plan = TreePlan {
             repo,
             task: id.to_string(),
-            existing: t.worktree.as_deref().filter(|w| !w.removed).cloned(),
-            path: self.ws.context().join("worktrees").join(id),
+            existing,
+            place,
             base_rev: spec.fields.base.clone(),
             merge_into: settings.merge_into.clone(),
             settings: settings.clone(),
