@@ -99,6 +99,12 @@ pub fn in_short(attempts: &[AttemptSummary], config: &Config) -> Option<String> 
             and_list(&limited)
         ));
     }
+    let unchanged = of(Class::NoChange);
+    if !unchanged.is_empty() && unchanged.len() == last.len() {
+        parts.push(
+            "no agent changed a file: if the task only asks a question, run it in the workspace (`workdir: shared`, or `dirigent submit --workdir shared`)".to_string(),
+        );
+    }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 

@@ -26,6 +26,12 @@ pub enum GitError {
     BadBranch { id: String, why: &'static str },
     #[error("`base: {rev}` names no commit of the repository")]
     NoSuchBase { rev: String },
+    #[error(
+        "there is no branch `{branch}` to merge into (`merge_into`, or the branch checked out when the task started)"
+    )]
+    NoSuchBranch { branch: String },
+    #[error("git {found} is too old: worktrees and merges need git 2.38 or later")]
+    TooOld { found: String },
     #[error("`git {args}` failed ({status}): {stderr}")]
     Failed {
         args: String,
@@ -109,6 +115,16 @@ pub fn check_branch_name(name: &str) -> Result<(), &'static str> {
     }
 }
 
+/// Whether `name` may be a branch tasks merge into: a branch name git takes, and not one of
+/// dirigent's own task branches (`dirigent/<id>`), which another agent works on.
+pub fn check_target_name(name: &str) -> Result<(), &'static str> {
+    check_branch_name(name)?;
+    if name.starts_with("dirigent/") {
+        return Err("is one of dirigent's own task branches; merge into a branch of yours");
+    }
+    Ok(())
+}
+
 /// Whether `dir` is inside a git work tree, by looking for `.git` in it and its parents — no
 /// process, so acceptance can ask it for every task.
 pub fn in_repository(dir: &Path) -> bool {
@@ -127,6 +143,18 @@ impl Repo {
             }),
             Err(e) => Err(e),
         }
+    }
+
+    /// Refuses a git older than 2.38 (`merge-tree --write-tree`), with what was found.
+    pub fn check_version(&self) -> Result<(), GitError> {
+        let out = git(&self.top, ["--version"])?;
+        let found = out.trim().trim_start_matches("git version ").to_string();
+        let mut parts = found.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) < (2, 38) {
+            return Err(GitError::TooOld { found });
+        }
+        Ok(())
     }
 
     /// The commit `HEAD` points at.
@@ -242,6 +270,17 @@ impl Repo {
         git(&self.top, ["update-ref", "-d", &r]).map(drop)
     }
 
+    /// Deletes `branch` only if it still points at `commit` (a compare-and-swap): a branch of
+    /// the same name made meanwhile stays.
+    pub fn delete_branch_at(&self, branch: &str, commit: &str) -> Result<(), GitError> {
+        let r = format!("refs/heads/{branch}");
+        match git(&self.top, ["update-ref", "-d", &r, commit]) {
+            Ok(_) => Ok(()),
+            Err(GitError::Failed { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The commit `branch` points at; `None` when there is no such branch.
     pub fn branch_head(&self, branch: &str) -> Result<Option<String>, GitError> {
         let r = format!("refs/heads/{branch}^{{commit}}");
@@ -275,20 +314,26 @@ impl Repo {
     pub fn is_ancestor(&self, a: &str, b: &str) -> Result<bool, GitError> {
         match git(&self.top, ["merge-base", "--is-ancestor", a, b]) {
             Ok(_) => Ok(true),
-            Err(GitError::Failed { status, .. }) if status.contains("exit status: 1") => Ok(false),
+            Err(GitError::Failed { status, .. }) if status == "exit status: 1" => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// The work tree where `branch` is checked out, if any (the user's checkout, usually).
+    /// The work tree where `branch` is checked out, if any (the user's checkout, usually) — or
+    /// being rebased: a rebase detaches `HEAD`, but the branch is the user's work in progress.
     pub fn checked_out_in(&self, branch: &str) -> Result<Option<PathBuf>, GitError> {
-        let want = format!("branch refs/heads/{branch}");
+        let want = format!("refs/heads/{branch}");
         let list = git(&self.top, ["worktree", "list", "--porcelain"])?;
         let mut current: Option<PathBuf> = None;
         for line in list.lines() {
             if let Some(p) = line.strip_prefix("worktree ") {
                 current = Some(PathBuf::from(p));
-            } else if line == want {
+            } else if line.strip_prefix("branch ") == Some(want.as_str()) {
+                return Ok(current);
+            } else if line == "detached"
+                && let Some(dir) = &current
+                && rebasing(dir).as_deref() == Some(want.as_str())
+            {
                 return Ok(current);
             }
         }
@@ -303,21 +348,24 @@ impl Repo {
             .is_empty())
     }
 
-    /// Fast-forwards the checkout at `dir` (on its branch, at `old`) to `new`. `false` when it
-    /// is not at `old` any more or git refuses (a local change in the way): nothing changed.
+    /// Fast-forwards the checkout at `dir` (on its branch, at `old`) to `new`, only if it is
+    /// clean and still at `old`. Nothing changes unless it says `Done`.
     pub fn fast_forward_checkout(
         &self,
         dir: &Path,
         old: &str,
         new: &str,
-    ) -> Result<bool, GitError> {
+    ) -> Result<FastForward, GitError> {
+        if rebasing(dir).is_some() || !self.is_clean(dir)? {
+            return Ok(FastForward::Dirty);
+        }
         let head = git(dir, ["rev-parse", "HEAD"])?;
         if head.trim() != old {
-            return Ok(false);
+            return Ok(FastForward::Moved);
         }
         match git(dir, ["merge", "--quiet", "--ff-only", "--no-edit", new]) {
-            Ok(_) => Ok(true),
-            Err(GitError::Failed { .. }) => Ok(false),
+            Ok(_) => Ok(FastForward::Done),
+            Err(GitError::Failed { stderr, .. }) => Ok(FastForward::Refused(stderr)),
             Err(e) => Err(e),
         }
     }
@@ -453,9 +501,19 @@ impl Tree {
         in_tree(self, ["clean", "--quiet", "-ffdx"]).map(drop)
     }
 
+    /// Whether git ignores `rel` (a path inside the tree): a tracked path is not ignored.
+    pub fn is_ignored(&self, rel: &str) -> Result<bool, GitError> {
+        match in_tree(self, ["check-ignore", "--quiet", "--", rel]) {
+            Ok(_) => Ok(true),
+            Err(GitError::Failed { status, .. }) if status == "exit status: 1" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether the tree is a worktree git knows, with a git directory of its own.
     pub fn is_usable(&self) -> bool {
-        self.git_dir.join("HEAD").is_file() && in_tree(self, ["rev-parse", "--verify", "HEAD"]).is_ok()
+        self.git_dir.join("HEAD").is_file()
+            && in_tree(self, ["rev-parse", "--verify", "HEAD"]).is_ok()
     }
 
     /// Puts the tree (and its branch) back to `base`: tracked changes, commits and untracked
@@ -480,6 +538,17 @@ impl Tree {
         .map(drop)
     }
 
+    /// Puts the tree's `HEAD` back on `branch` if the agent switched it elsewhere (keeping the
+    /// files as they are), so dirigent commits on the task's branch and nowhere else.
+    pub fn ensure_on(&self, branch: &str) -> Result<(), GitError> {
+        let want = format!("refs/heads/{branch}");
+        let head = in_tree(self, ["symbolic-ref", "--quiet", "HEAD"]).unwrap_or_default();
+        if head.trim() != want {
+            in_tree(self, ["symbolic-ref", "HEAD", &want])?;
+        }
+        Ok(())
+    }
+
     /// Commits everything in the tree on its branch — after any commits the agent made itself —
     /// with `title` and the trailers `Dirigent-Task:` and `Dirigent-Agent:`. Returns the new
     /// head, or `None` when there was nothing to commit.
@@ -494,7 +563,7 @@ impl Tree {
             return Ok(None);
         }
         let message = format!("{title}\n\nDirigent-Task: {task}\nDirigent-Agent: {agent}\n");
-        let mut args = identity(&self.path);
+        let mut args = identity_in(self);
         args.extend(["commit", "--quiet", "--no-verify", "-m", &message].map(String::from));
         in_tree(self, &args)?;
         self.head().map(Some)
@@ -503,7 +572,7 @@ impl Tree {
     /// Replays the tree's branch on `onto` (a `git rebase` in the tree). On a conflict the
     /// rebase is abandoned — the branch is as it was — and the conflict returned.
     pub fn rebase_onto(&self, onto: &str) -> Result<Result<(), Conflict>, GitError> {
-        let mut args = identity(&self.path);
+        let mut args = identity_in(self);
         args.extend(["rebase", "--quiet", "--no-autostash", onto].map(String::from));
         match in_tree(self, &args) {
             Ok(_) => Ok(Ok(())),
@@ -520,6 +589,14 @@ impl Tree {
                     }
                 }
                 self.abort_rebase()?;
+                if files.is_empty() {
+                    // Not a conflict: git failed for another reason (a lock, a broken tree).
+                    return Err(GitError::Failed {
+                        args: format!("rebase {onto}"),
+                        status: "no conflicting file".into(),
+                        stderr: "the rebase stopped without a conflict".into(),
+                    });
+                }
                 Ok(Err(Conflict {
                     files,
                     hunks: bounded(hunks),
@@ -543,6 +620,39 @@ impl Tree {
     pub fn move_to(&self, commit: &str) -> Result<(), GitError> {
         in_tree(self, ["reset", "--quiet", "--hard", commit]).map(drop)
     }
+}
+
+/// How a fast-forward of a checkout went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastForward {
+    Done,
+    /// Its head is not where the merge started from: start over.
+    Moved,
+    /// It has uncommitted changes (or a rebase in progress): never touched.
+    Dirty,
+    /// Git refused (an untracked file in the way): its message.
+    Refused(String),
+}
+
+/// The branch being rebased in the checkout at `dir`, if a rebase is in progress there.
+fn rebasing(dir: &Path) -> Option<String> {
+    let dot_git = dir.join(".git");
+    let git_dir = if dot_git.is_dir() {
+        dot_git
+    } else {
+        let text = std::fs::read_to_string(&dot_git).ok()?;
+        let rel = PathBuf::from(text.strip_prefix("gitdir:")?.trim());
+        if rel.is_absolute() {
+            rel
+        } else {
+            dir.join(rel)
+        }
+    };
+    ["rebase-merge", "rebase-apply"].iter().find_map(|d| {
+        std::fs::read_to_string(git_dir.join(d).join("head-name"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
 }
 
 /// The conflict-marked regions of one file, as a report shows them.
@@ -582,6 +692,24 @@ fn bounded(mut text: String) -> String {
 fn identity(dir: &Path) -> Vec<String> {
     let has = git(dir, ["var", "GIT_AUTHOR_IDENT"]).is_ok()
         && git(dir, ["var", "GIT_COMMITTER_IDENT"]).is_ok();
+    if has {
+        vec![]
+    } else {
+        [
+            "-c",
+            "user.name=dirigent",
+            "-c",
+            "user.email=dirigent@localhost",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+/// [`identity`], asked of a task's tree through its recorded git directory.
+fn identity_in(tree: &Tree) -> Vec<String> {
+    let has = in_tree(tree, ["var", "GIT_AUTHOR_IDENT"]).is_ok()
+        && in_tree(tree, ["var", "GIT_COMMITTER_IDENT"]).is_ok();
     if has {
         vec![]
     } else {

@@ -63,6 +63,8 @@ pub async fn run_logged(
             cmd.current_dir(ws.root());
         }
     }
+    // Found (and killed) by the next start if the daemon dies while it runs.
+    cmd.env("DIRIGENT_WORKSPACE", ws.root());
     cmd.stdout(out)
         .stderr(err)
         .process_group(0)

@@ -851,6 +851,8 @@ impl TaskBook {
                     t.not_before_ms = None;
                     t.budget_usd = spec.fields.budget_usd;
                     t.spec = Some(Arc::new((**spec).clone()));
+                    // It starts from a new worktree; the engine gives the old one up.
+                    t.worktree = None;
                     // A workflow run's loop that gave up is judged again from its first round
                     // (the generator's results are kept); completed phases keep their rounds.
                     let completed: Vec<String> = t.phases.iter().map(|(p, _)| p.clone()).collect();

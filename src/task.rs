@@ -390,7 +390,7 @@ fn accept_editing(fields: &TaskFields, config: &Config, root: &Path) -> Result<(
         v.commands().map_err(|e| Reject(e.to_string()))?;
     }
     if let Some(branch) = &fields.merge_into {
-        crate::git::check_branch_name(branch)
+        crate::git::check_target_name(branch)
             .map_err(|why| Reject(format!("`merge_into: {branch}` {why}")))?;
     }
     if let Some(base) = &fields.base

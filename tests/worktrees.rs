@@ -150,12 +150,15 @@ fn four_agents_edit_one_file_in_parallel_and_only_the_conflict_is_held_back() {
     );
     for id in ["t2", "t3", winner] {
         // A wait that fails the test (with the ledger) if the tree is not given up.
-        ws.wait_until(&format!("the merged worktree of {id} to be given up"), || {
-            ws.records()
-                .iter()
-                .any(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == id))
-                .then_some(())
-        });
+        ws.wait_until(
+            &format!("the merged worktree of {id} to be given up"),
+            || {
+                ws.records()
+                    .iter()
+                    .any(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == id))
+                    .then_some(())
+            },
+        );
     }
     assert_eq!(
         status_of(&ws),

@@ -231,7 +231,7 @@ fn editing_defaults(
 ) -> Result<crate::editing::Defaults, String> {
     let d = crate::editing::Defaults::default();
     if let Some(branch) = &merge_into {
-        crate::git::check_branch_name(branch)
+        crate::git::check_target_name(branch)
             .map_err(|why| format!("`merge_into: {branch}` {why}"))?;
     }
     let paths = |key: &str, list: Vec<String>| -> Result<Vec<String>, String> {

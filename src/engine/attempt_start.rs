@@ -204,6 +204,8 @@ impl Engine {
         let tx = self.tx.clone();
         let prices = self.config.prices.clone();
         let ws = self.ws.clone();
+        let setup_cmd = self.config.editing.setup.setup.clone();
+        let setup_stop = self.side_stop.subscribe();
         self.tasks.spawn(async move {
             let mut plan = plan;
             // In a worktree: made (and recorded) or put back at the base before the agent runs.
@@ -218,10 +220,31 @@ impl Engine {
                                 return;
                             }
                             let _ = tx.send(Msg::Recorded(records));
+                            // A new (or reused) tree is set up once, before its first agent.
+                            if let Some(argv) = &setup_cmd {
+                                let limits = (plan.timeout, setup_stop, plan.kill_grace);
+                                if let Err(reason) = worktrees::run_setup(
+                                    &ws,
+                                    &task,
+                                    argv,
+                                    &ready.state,
+                                    &ready.agent_dir,
+                                    limits,
+                                )
+                                .await
+                                {
+                                    let _ = tx.send(Msg::TreeFailed {
+                                        task,
+                                        reason,
+                                        exhausted: None,
+                                    });
+                                    return;
+                                }
+                            }
                         }
                         plan.extra_env.extend(worktrees::tree_env(&ready.state));
-                        plan.workdir = Some(ready.agent_dir);
-                        tree_state = Some(ready.state);
+                        plan.workdir = Some(ready.agent_dir.clone());
+                        tree_state = Some((ready.state, ready.agent_dir));
                     }
                     Ok(Err(e)) => {
                         let exhausted = e.exhausted().map(str::to_string);
@@ -241,6 +264,7 @@ impl Engine {
             // Fired once `started` has reached the engine, so that `AttemptDone` never
             // overtakes it.
             let (started_sent, started_reached) = tokio::sync::oneshot::channel::<()>();
+            let cancel = stop_rx.clone();
             let report = spawn::run_attempt(&plan, stop_rx, move |info| async move {
                 let ev = Event::AttemptStarted {
                     task: task2,
@@ -266,7 +290,7 @@ impl Engine {
             .await;
             let _ = started_reached.await;
             let mut report = report;
-            if let (Some(state), Some((settings, verify_failures, title, stop))) =
+            if let (Some((state, dir)), Some((settings, verify_failures, title, stop))) =
                 (tree_state, check)
                 && report.ran
                 && report.verdict.class != Class::Interrupted
@@ -279,11 +303,13 @@ impl Engine {
                     attempt,
                     agent: plan.agent.name.clone(),
                     state,
+                    dir,
                     settings,
                     verify_failures,
                     limit: plan.timeout,
                     grace: plan.kill_grace,
                     stop,
+                    cancel,
                 };
                 worktrees::check(check, &mut report).await;
             }

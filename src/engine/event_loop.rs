@@ -428,6 +428,12 @@ impl Engine {
             if t.phase.is_terminal() || t.phase == Phase::Requeued {
                 continue;
             }
+            // Verified work (committed on its branch, waiting for or in the merge queue) stays
+            // in running/: the next start takes its merge up where it was, instead of running
+            // the agent again.
+            if t.worktree.as_ref().is_some_and(|w| w.commit.is_some()) {
+                continue;
+            }
             if running.kind(&t.file) != Some(confined::Kind::File) {
                 continue;
             }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::*;
 use crate::editing::{MergeMode, MergeStrategy};
-use crate::git::{GitError, Repo};
+use crate::git::{FastForward, GitError, Repo};
 use crate::state::{MergeState, WorktreeState};
 
 /// How many times a merge starts over because its target moved between the replay and the swap.
@@ -25,6 +25,24 @@ const MERGE_TRIES: u32 = 3;
 pub(super) struct MergeQueue {
     waiting: BTreeMap<String, VecDeque<String>>,
     busy: BTreeSet<String>,
+    /// The task whose merge job runs, by task: it must not be queued, cancelled or discarded
+    /// until the job ends.
+    in_flight: BTreeMap<String, String>,
+}
+
+impl MergeQueue {
+    /// Whether a merge job of `id` runs now.
+    pub(super) fn is_merging(&self, id: &str) -> bool {
+        self.in_flight.contains_key(id)
+    }
+
+    /// Takes `id` out of its target's queue (a cancel or discard while it waits its turn).
+    pub(super) fn forget(&mut self, id: &str) {
+        for queue in self.waiting.values_mut() {
+            queue.retain(|t| t != id);
+        }
+        self.waiting.retain(|_, q| !q.is_empty());
+    }
 }
 
 /// How one merge ended.
@@ -59,6 +77,8 @@ struct MergeJob {
     tx: mpsc::UnboundedSender<Msg>,
     /// Whether the tree goes back to the pool once merged (else it is removed).
     pool_room: bool,
+    /// The workspace's place in the tree, where `verify` runs.
+    dir: std::path::PathBuf,
 }
 
 impl Engine {
@@ -120,6 +140,13 @@ impl Engine {
 
     /// Puts a task in its target's merge queue and starts what can start.
     pub(super) fn queue_merge(&mut self, id: &str) {
+        if self.merges.is_merging(id) || self.live.is_finishing(id) {
+            return;
+        }
+        match self.book.get(id) {
+            Some(t) if !t.phase.is_terminal() => {}
+            _ => return,
+        }
         let Some(target) = self.target_of(id) else {
             self.escalate(
                 id,
@@ -170,6 +197,7 @@ impl Engine {
             }
             if let Some(job) = self.merge_job(&id, &target) {
                 self.merges.busy.insert(target.clone());
+                self.merges.in_flight.insert(id.clone(), target.clone());
                 self.tasks.spawn(async move {
                     let (task, target, tx) = (job.task.clone(), job.target.clone(), job.tx.clone());
                     let end = run_merge(job).await;
@@ -187,8 +215,10 @@ impl Engine {
                 return None;
             }
         };
+        let inside = self.inside(&repo);
         let t = self.book.get(id)?;
         let state = t.worktree.as_deref()?.clone();
+        let t_dir = state.tree.path.join(inside);
         let Some(commit) = state.commit.clone() else {
             self.escalate(
                 id,
@@ -222,12 +252,14 @@ impl Engine {
             ledger: self.ledger.clone(),
             tx: self.tx.clone(),
             pool_room: self.tree_pool.len() < self.config.concurrency,
+            dir: t_dir,
         })
     }
 
     /// A merge ended: the task is done, waits, or escalates; the target's next merge starts.
     pub(super) fn merge_ended(&mut self, id: &str, target: &str, end: MergeEnd) {
         self.merges.busy.remove(target);
+        self.merges.in_flight.remove(id);
         match end {
             MergeEnd::Merged => self.finish_merged(id),
             MergeEnd::Waiting(reason) => {
@@ -299,6 +331,17 @@ impl Engine {
         match &t.phase {
             Phase::MergeWaiting { .. } => {
                 let target = self.target_of(id).unwrap_or_default();
+                if self.merges.is_merging(id) {
+                    return Response::fail(
+                        Failure::Conflict,
+                        format!("task `{id}` is being merged now"),
+                    );
+                }
+                // Recorded, so that a restart goes on merging it instead of waiting again.
+                self.record_later(vec![Event::MergeWaiting {
+                    task: id.to_string(),
+                    reason: format!("queued for merging into `{target}` (`dirigent merge {id}`)"),
+                }]);
                 self.queue_merge(id);
                 Response::ok(format!(
                     "merging `{id}` into `{target}`; `dirigent status {id}` shows how it went"
@@ -344,7 +387,12 @@ impl Engine {
                     "task `{id}` has nothing left to discard (its branch was merged or discarded)"
                 ),
             ),
+            Phase::MergeWaiting { .. } if self.merges.is_merging(id) => Response::fail(
+                Failure::Conflict,
+                format!("task `{id}` is being merged now; discard it after, or let it land"),
+            ),
             Phase::MergeWaiting { .. } => {
+                self.merges.forget(id);
                 self.live.stop_merging(id);
                 self.record_later(vec![Event::Discarded {
                     task: id.to_string(),
@@ -406,8 +454,16 @@ impl Engine {
             .into_iter()
             .partition(|(at, _)| *at <= now);
         self.kept_trees = kept;
+        let keep = self.config.editing.keep_failed.as_millis() as u64;
         for (_, id) in due {
-            self.remove_tree(&id);
+            // Only a task still failed, for `keep_failed` since it last failed: a retried one
+            // works in its tree again.
+            let expired = self.book.get(&id).is_some_and(|t| {
+                matches!(t.phase, Phase::Failed { finished_ms, .. } if finished_ms + keep <= now)
+            });
+            if expired {
+                self.remove_tree(&id);
+            }
         }
     }
 
@@ -437,6 +493,58 @@ impl Engine {
         let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
         self.tasks.spawn(async move {
             give_up_tree(&repo, &ledger, &tx, &id, &w, delete_branch, keep).await;
+        });
+    }
+}
+
+impl Engine {
+    /// A retried task's old tree: what it held is saved as `runs/<id>/retried-<ms>.patch`, then
+    /// the tree is given up and its branch deleted — only if it still points where it did, so a
+    /// new tree's branch of the same name is never touched.
+    pub(super) fn retire_tree(&mut self, id: &str, w: WorktreeState) {
+        let Ok(repo) = self.repo() else { return };
+        let keep = super::worktrees::slot_number(&w.tree.path).is_some()
+            && self.tree_pool.len() < self.config.concurrency;
+        let patch = self
+            .ws
+            .run_dir(id)
+            .join(format!("retried-{}.patch", ledger::now_ms()));
+        let (tx, id) = (self.tx.clone(), id.to_string());
+        self.tasks.spawn(async move {
+            let (w2, r2) = (w.clone(), repo.clone());
+            let saved = tokio::task::spawn_blocking(move || -> Result<(), GitError> {
+                let text = w2.diff_text(&r2)?;
+                if !text.is_empty() {
+                    std::fs::create_dir_all(patch.parent().expect("in runs/")).map_err(GitError::Io)?;
+                    std::fs::write(&patch, text).map_err(GitError::Io)?;
+                }
+                Ok(())
+            })
+            .await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(task = %id, "cannot save the old worktree's work before the retry: {e}");
+                return;
+            }
+            let (tree, branch) = (w.tree.clone(), w.branch.clone());
+            let head = w.commit.clone();
+            let _ = blocking(&repo, move |repo| {
+                if tree.path.exists() {
+                    if keep && tree.is_usable() && tree.release().is_ok() {
+                        return Ok(Some(tree));
+                    }
+                    repo.remove_worktree(&tree)?;
+                }
+                Ok(None)
+            })
+            .await
+            .map(|kept| {
+                if let Some(tree) = kept {
+                    let _ = tx.send(Msg::TreeFreed(tree));
+                }
+            });
+            if let Some(head) = head {
+                let _ = blocking(&repo, move |repo| repo.delete_branch_at(&branch, &head)).await;
+            }
         });
     }
 }
@@ -544,7 +652,7 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
     }
     let t2 = target.clone();
     let Some(onto) = blocking(&job.repo, move |r| r.branch_head(&t2)).await? else {
-        return Err(GitError::NoSuchBase { rev: target });
+        return Err(GitError::NoSuchBranch { branch: target });
     };
     if !note(
         job,
@@ -664,14 +772,45 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
     {
         return Ok(Some(MergeEnd::Stopped));
     }
-    let (t2, old2, new2) = (target.clone(), onto.clone(), new.clone());
-    let swapped = blocking(&job.repo, move |r| match &checkout {
-        Some(dir) => r.fast_forward_checkout(dir, &old2, &new2),
-        None => r.update_branch(&t2, &new2, &old2),
+    // Where the target is checked out is asked again now: the user may have switched to it
+    // (or started a rebase of it) while the merge was verified.
+    let (t2, old2, new2, own) = (
+        target.clone(),
+        onto.clone(),
+        new.clone(),
+        job.state.tree.path.clone(),
+    );
+    let swapped = blocking(&job.repo, move |r| {
+        let checkout = r
+            .checked_out_in(&t2)?
+            .filter(|dir| dir.canonicalize().ok() != own.canonicalize().ok());
+        Ok(match &checkout {
+            Some(dir) => (
+                Some(dir.clone()),
+                r.fast_forward_checkout(dir, &old2, &new2)?,
+            ),
+            None if r.update_branch(&t2, &new2, &old2)? => (None, FastForward::Done),
+            None => (None, FastForward::Moved),
+        })
     })
     .await?;
-    if !swapped {
-        return Ok(None);
+    match swapped {
+        (_, FastForward::Done) => {}
+        (_, FastForward::Moved) => return Ok(None),
+        (dir, FastForward::Dirty) => {
+            return Ok(Some(MergeEnd::Waiting(format!(
+                "the checkout of `{target}` at {} has uncommitted changes (or a rebase in progress), and dirigent never touches them; commit or stash them — the merge is tried again every rescan, or at once with `dirigent merge {}`",
+                dir.map(|d| d.display().to_string()).unwrap_or_default(),
+                job.task
+            ))));
+        }
+        (dir, FastForward::Refused(why)) => {
+            return Ok(Some(MergeEnd::Waiting(format!(
+                "git refused to fast-forward the checkout of `{target}` at {} ({why}); move what is in the way, then `dirigent merge {}`",
+                dir.map(|d| d.display().to_string()).unwrap_or_default(),
+                job.task
+            ))));
+        }
     }
     note(
         job,
@@ -685,7 +824,16 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
     // The tree is given up before the task is done, so a task started right after finds it
     // in the pool.
     let keep = job.pool_room && super::worktrees::slot_number(&job.state.tree.path).is_some();
-    give_up_tree(&job.repo, &job.ledger, &job.tx, &job.task, &job.state, true, keep).await;
+    give_up_tree(
+        &job.repo,
+        &job.ledger,
+        &job.tx,
+        &job.task,
+        &job.state,
+        true,
+        keep,
+    )
+    .await;
     Ok(Some(MergeEnd::Merged))
 }
 
@@ -699,10 +847,7 @@ async fn verify_merged(job: &MergeJob) -> Result<(), Option<String>> {
             limit: job.limit,
             stop: job.stop.clone(),
             grace: job.grace,
-            dir: Some((
-                job.state.tree.path.clone(),
-                super::worktrees::tree_env(&job.state),
-            )),
+            dir: Some((job.dir.clone(), super::worktrees::tree_env(&job.state))),
         };
         let end = crate::side_command::run_logged(&job.ws, argv, &log, limits).await;
         match end {

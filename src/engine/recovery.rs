@@ -267,16 +267,31 @@ impl Engine {
             }
             MergeState::Merged { .. } => self.finish_merged(id),
             MergeState::Failed { reason, .. } => self.escalate(id, reason),
-            MergeState::NotYet | MergeState::Started { .. } | MergeState::Discarded => {
-                self.queue_merge(id)
+            // Discarded, but the daemon stopped before the task was cancelled: it is now.
+            MergeState::Discarded => {
+                self.live.stop_merging(id);
+                self.discarding.insert(id.to_string());
+                self.settle_cancelled(id);
             }
+            MergeState::NotYet | MergeState::Started { .. } => self.queue_merge(id),
         }
     }
 
-    /// Worktrees after a restart: git forgets trees whose directory is gone (`worktree
-    /// prune`); a tree the ledger does not know (made just before a crash) is removed with its
-    /// branch; a done task's tree goes; a failed task's is kept until `keep_failed` is over.
+    /// Worktrees after a restart. A settled task whose tree was not given up yet (a crash cut it
+    /// short) gives it up now — its branch too, when its work is merged or discarded; a failed
+    /// task's is kept until `keep_failed` is over. Pooled trees no task holds go back to the
+    /// pool; any other directory under `.context/worktrees/` (a tree made just before a crash,
+    /// before the ledger knew it) is removed, and git forgets trees whose directory is gone.
     async fn recover_trees(&mut self) {
+        let settled: Vec<String> = self
+            .book
+            .iter()
+            .filter(|t| t.phase.is_terminal() && t.worktree.as_ref().is_some_and(|w| !w.removed))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in settled {
+            self.tree_after_settled(&id);
+        }
         let dir = self.ws.context().join("worktrees");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
@@ -292,57 +307,73 @@ impl Engine {
             .max()
             .unwrap_or(0);
         self.next_slot = self.next_slot.max(highest);
-        let owners: HashMap<String, String> = self
+        let name_of = |t: &crate::state::WorktreeState| {
+            t.tree
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+        };
+        let held: HashSet<String> = self
             .book
             .iter()
             .filter_map(|t| {
-                let w = t.worktree.as_ref().filter(|w| !w.removed)?;
-                let name = w.tree.path.file_name()?.to_str()?.to_string();
-                Some((name, t.id.clone()))
+                t.worktree
+                    .as_deref()
+                    .filter(|w| !w.removed)
+                    .and_then(name_of)
             })
             .collect();
-        let mut unknown = Vec::new();
-        for name in names {
-            // A pooled tree is named for its slot, not for the task that has it.
-            if let Some(owner) = owners.get(&name) {
-                let owner = owner.clone();
-                self.tree_after_settled(&owner);
-                continue;
+        // Given up by a task that finished: its git directory is known from the ledger.
+        let mut released: HashMap<String, crate::git::Tree> = HashMap::new();
+        for t in self.book.iter() {
+            if let Some(w) = t.worktree.as_deref().filter(|w| w.removed)
+                && let Some(name) = name_of(w)
+                && !held.contains(&name)
+            {
+                released.insert(name, w.tree.clone());
             }
-            let Some(t) = self.book.get(&name) else {
-                // Its branch is deleted only if the ledger never heard of the task at all.
-                let never_known = self.book.outcome(&name).is_none();
-                unknown.push((name, never_known));
-                continue;
-            };
-            if t.worktree.as_ref().is_none_or(|w| w.removed) {
-                unknown.push((name, t.worktree.is_none()));
-                continue;
-            }
-            self.tree_after_settled(&name);
         }
-        let path = dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for (name, delete_branch) in unknown {
-                let tree = path.join(&name);
+        let room = self.config.concurrency;
+        let mut to_pool = Vec::new();
+        let mut to_remove = Vec::new();
+        for name in names {
+            if held.contains(&name) {
+                continue;
+            }
+            match released.remove(&name) {
+                Some(tree) if to_pool.len() < room => to_pool.push(tree),
+                _ => to_remove.push(dir.join(&name)),
+            }
+        }
+        let pooled = tokio::task::spawn_blocking(move || {
+            let mut pooled = Vec::new();
+            for tree in to_pool {
+                if tree.is_usable() && tree.release().is_ok() {
+                    pooled.push(tree);
+                } else {
+                    to_remove.push(tree.path);
+                }
+            }
+            for path in to_remove {
                 tracing::warn!(
-                    "removing the worktree `{}`: no live task owns it (made just before a crash, or its removal was cut short)",
-                    tree.display()
+                    "removing the worktree `{}`: no task holds it (made just before a crash, or its removal was cut short)",
+                    path.display()
                 );
                 let gone = crate::git::Tree {
-                    path: tree,
+                    path,
                     git_dir: std::path::PathBuf::new(),
                 };
                 if let Err(e) = repo.remove_worktree(&gone) {
                     tracing::warn!("cannot remove it: {e}");
                 }
-                if delete_branch && let Ok(branch) = crate::git::branch_for(&name) {
-                    let _ = repo.delete_branch(&branch);
-                }
             }
             let _ = repo.prune_worktrees();
+            pooled
         })
-        .await;
+        .await
+        .unwrap_or_default();
+        self.tree_pool.extend(pooled);
     }
 
     /// Moves a settled task's file out of `running/` (completing a move a crash interrupted).

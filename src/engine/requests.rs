@@ -170,10 +170,23 @@ impl Engine {
                     .map(|c| c.id.clone())
                     .collect();
                 ids.push(id.clone());
+                if self.merges.is_merging(&id) {
+                    return Response::fail(
+                        Failure::Conflict,
+                        format!(
+                            "task `{id}` is being merged into its target now; it cannot be cancelled any more (`dirigent discard {id}` once it is done, if need be)"
+                        ),
+                    );
+                }
                 let mut stopping = false;
                 for one in ids {
                     match self.live.get(&one) {
                         Some(Live::Finishing) => {}
+                        Some(Live::Merging) => {
+                            self.merges.forget(&one);
+                            self.live.stop_merging(&one);
+                            self.settle_cancelled(&one);
+                        }
                         Some(Live::Running(run)) => {
                             let _ = run.stop.send(Some(crate::judge::StopCause::Cancel));
                             stopping = true;
@@ -271,6 +284,13 @@ impl Engine {
                 again.push(child);
             }
         }
+        // Its old worktree and branch are given up (their work saved as a patch): it starts
+        // again from the target's head as it is now, not from the base it conflicted with.
+        let old_tree = self
+            .book
+            .get(&id)
+            .and_then(|t| t.worktree.as_deref().cloned())
+            .filter(|w| !w.removed || w.commit.is_some());
         if !self
             .record_now(Event::Retried {
                 task: id.clone(),
@@ -285,6 +305,9 @@ impl Engine {
         }
         if let Err(e) = task_file::retry(&self.ws, &file, &id) {
             tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
+        }
+        if let Some(w) = old_tree {
+            self.retire_tree(&id, w);
         }
         self.live.settled(&id);
         self.enqueue_or_advance(&id);

@@ -51,7 +51,11 @@ pub(super) enum NewTree {
 
 /// The directory name of a pooled tree: `slot-<n>`.
 pub(super) fn slot_number(path: &Path) -> Option<u64> {
-    path.file_name()?.to_str()?.strip_prefix("slot-")?.parse().ok()
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("slot-")?
+        .parse()
+        .ok()
 }
 
 /// A tree ready for the agent: the task's worktree state, and the `worktree_made` event when
@@ -95,9 +99,19 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                 (Some(rev), _) => repo.resolve_base(rev)?,
                 (None, Some(t)) => repo
                     .branch_head(t)?
-                    .ok_or_else(|| GitError::NoSuchBase { rev: t.clone() })?,
+                    .ok_or_else(|| GitError::NoSuchBranch { branch: t.clone() })?,
                 (None, None) => repo.head()?,
             };
+            if target.is_none() && plan.settings.merge != crate::editing::MergeMode::None {
+                return Err(TreeError::Setup(
+                    "the checkout is on a detached HEAD, so there is no branch to merge the task's work into; give the task (or the config) `merge_into: BRANCH`, or `merge: none`".into(),
+                ));
+            }
+            if let Some(t) = &target
+                && repo.branch_head(t)?.is_none()
+            {
+                return Err(GitError::NoSuchBranch { branch: t.clone() }.into());
+            }
             let branch = crate::git::branch_for(&plan.task)?;
             let tree = match &plan.place {
                 NewTree::Pooled(tree) => {
@@ -111,7 +125,12 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                     repo.add_worktree(path, &branch, &base)?
                 }
             };
-            set_up(&tree, &plan.workspace_root, &plan.setup)?;
+            copy_and_link(
+                &tree,
+                &tree.path.join(&plan.inside),
+                &plan.workspace_root,
+                &plan.setup,
+            )?;
             let state = WorktreeState {
                 tree: tree.clone(),
                 branch: branch.clone(),
@@ -137,6 +156,13 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
         start_clean(plan, &state)?;
     }
     let agent_dir = state.tree.path.join(&plan.inside);
+    if !agent_dir.is_dir() {
+        return Err(TreeError::Setup(format!(
+            "the workspace is `{}` inside the repository at `{}`, but git does not track it, so a worktree has no such directory; run `git init` in the workspace, or set `workdir: shared`",
+            plan.inside.display(),
+            repo.top.display()
+        )));
+    }
     Ok(ReadyTree {
         state,
         made,
@@ -181,65 +207,103 @@ fn save_patch(tree: &Tree, base: &str, path: &Path) -> Result<(), GitError> {
     Ok(())
 }
 
-/// `copy:`, `link:` and `setup:` in a new tree. Sources are read from the main tree without
-/// following a link at their last component; a missing source is an error that names it.
-fn set_up(tree: &Tree, root: &Path, setup: &Setup) -> Result<(), TreeError> {
-    for rel in &setup.copy {
+/// `copy:` and `link:` in a new (or reused) tree, at the workspace's place in it (`dir`).
+/// Sources are read from the workspace without following a link at their last component; a
+/// missing source is an error that names it. Each name must be one git ignores: otherwise the
+/// copy (a secret in `.env`) or the link would be committed with the task's work.
+fn copy_and_link(tree: &Tree, dir: &Path, root: &Path, setup: &Setup) -> Result<(), TreeError> {
+    let refuse = |key: &str, rel: &str, why: String| {
+        TreeError::Setup(format!("`worktree.{key}: {rel}`: {why}"))
+    };
+    for (key, rel) in setup
+        .copy
+        .iter()
+        .map(|r| ("copy", r))
+        .chain(setup.link.iter().map(|r| ("link", r)))
+    {
+        let in_tree = dir.join(rel);
+        let as_tree_path = in_tree
+            .strip_prefix(&tree.path)
+            .unwrap_or(Path::new(rel))
+            .to_string_lossy()
+            .into_owned();
+        if !tree.is_ignored(&as_tree_path)? {
+            return Err(refuse(
+                key,
+                rel,
+                format!(
+                    "git does not ignore `{rel}` in this repository, so it would be committed with the task's work; add `{rel}` to .gitignore (a pattern ending in `/` matches directories only, not a link)"
+                ),
+            ));
+        }
         let from = root.join(rel);
-        let meta = std::fs::symlink_metadata(&from)
-            .map_err(|e| TreeError::Setup(format!("`copy: {rel}`: {e}")))?;
-        if !meta.is_file() {
-            return Err(TreeError::Setup(format!(
-                "`copy: {rel}` is not a regular file (copy files; `link:` directories)"
-            )));
+        let meta = std::fs::symlink_metadata(&from).map_err(|e| {
+            refuse(
+                key,
+                rel,
+                format!("there is no `{rel}` in the workspace ({e})"),
+            )
+        })?;
+        if key == "copy" && !meta.is_file() {
+            return Err(refuse(
+                key,
+                rel,
+                "is not a regular file (copy files; `link:` directories)".into(),
+            ));
         }
-        let to = tree.path.join(rel);
-        if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| TreeError::Setup(format!("`copy: {rel}`: {e}")))?;
+        if let Some(parent) = in_tree.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| refuse(key, rel, e.to_string()))?;
         }
-        let _ = std::fs::remove_file(&to);
-        std::fs::copy(&from, &to).map_err(|e| TreeError::Setup(format!("`copy: {rel}`: {e}")))?;
-    }
-    for rel in &setup.link {
-        let from = root.join(rel);
-        if std::fs::symlink_metadata(&from).is_err() {
-            return Err(TreeError::Setup(format!(
-                "`link: {rel}`: there is no `{rel}` in the workspace to link to"
-            )));
+        if std::fs::symlink_metadata(&in_tree).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(&in_tree).map_err(|e| refuse(key, rel, e.to_string()))?;
+        } else {
+            let _ = std::fs::remove_file(&in_tree);
         }
-        let to = tree.path.join(rel);
-        if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| TreeError::Setup(format!("`link: {rel}`: {e}")))?;
-        }
-        if std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
-            return Err(TreeError::Setup(format!(
-                "`link: {rel}`: the repository has `{rel}` as a directory; link only what git does not track"
-            )));
-        }
-        let _ = std::fs::remove_file(&to);
-        std::os::unix::fs::symlink(&from, &to)
-            .map_err(|e| TreeError::Setup(format!("`link: {rel}`: {e}")))?;
-    }
-    if let Some(argv) = &setup.setup {
-        let out = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .current_dir(&tree.path)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| TreeError::Setup(format!("`setup: {}` could not start: {e}", argv[0])))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(TreeError::Setup(format!(
-                "`setup: {}` failed ({}): {}",
-                argv.join(" "),
-                out.status,
-                err.trim().lines().last().unwrap_or("")
-            )));
+        if key == "copy" {
+            std::fs::copy(&from, &in_tree).map_err(|e| refuse(key, rel, e.to_string()))?;
+        } else {
+            std::os::unix::fs::symlink(&from, &in_tree)
+                .map_err(|e| refuse(key, rel, e.to_string()))?;
         }
     }
     Ok(())
+}
+
+/// Runs `setup:` once in a new (or reused) tree, at the workspace's place in it, supervised like
+/// a verifier: its own process group, the attempt's time limit, stopped with the daemon. Its
+/// output is `runs/<id>/setup.log`.
+pub(super) async fn run_setup(
+    ws: &Workspace,
+    task: &str,
+    argv: &[String],
+    state: &WorktreeState,
+    dir: &Path,
+    limits: (Duration, watch::Receiver<bool>, Duration),
+) -> Result<(), String> {
+    let log = ws.run_dir(task).join("setup.log");
+    let (limit, stop, grace) = limits;
+    let limits = crate::side_command::SideLimits {
+        limit,
+        stop,
+        grace,
+        dir: Some((dir.to_path_buf(), tree_env(state))),
+    };
+    let shown = argv.join(" ");
+    match crate::side_command::run_logged(ws, argv, &log, limits).await {
+        crate::side_command::CommandEnd::Exited(s) if s.success() => Ok(()),
+        crate::side_command::CommandEnd::Exited(s) => Err(format!(
+            "`worktree.setup: {shown}` failed ({s}); its output is in {}",
+            log.display()
+        )),
+        crate::side_command::CommandEnd::TimedOut => Err(format!(
+            "`worktree.setup: {shown}` ran longer than {}",
+            crate::duration::short(limit)
+        )),
+        crate::side_command::CommandEnd::Stopped => {
+            Err(format!("`worktree.setup: {shown}` was stopped"))
+        }
+        crate::side_command::CommandEnd::CouldNotStart(e) => Err(format!("`worktree.setup`: {e}")),
+    }
 }
 
 /// The variables an agent (and a verifier) in a tree gets.
@@ -262,12 +326,17 @@ pub(super) struct CheckPlan {
     pub attempt: u32,
     pub agent: String,
     pub state: WorktreeState,
+    /// The workspace's place in the tree, where the agent ran and `verify` runs.
+    pub dir: PathBuf,
     pub settings: Resolved,
     /// `verify` failures of this agent in a row on this task before this attempt.
     pub verify_failures: u32,
     pub limit: Duration,
     pub grace: Duration,
+    /// The daemon's stop.
     pub stop: watch::Receiver<bool>,
+    /// The attempt's own stop (`dirigent cancel`): it stops the check too.
+    pub cancel: watch::Receiver<Option<crate::judge::StopCause>>,
 }
 
 /// Checks what an attempt left in its tree and sets `report.work`, and for an `ok` the agent
@@ -295,59 +364,76 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
     let mut commit = None;
     let mut again = false;
     if report.verdict.class == Class::Ok {
-        let verify = if changed || !plan.settings.expect_changes {
-            run_verify(&plan).await
-        } else {
-            None
-        };
-        if matches!(verify, Some(Err(None))) {
-            // The daemon is stopping: not the agent's failure; it runs again after the restart.
-            report.verdict.class = Class::Interrupted;
-            report.verdict.reason = "the daemon stopped while the work was being verified".into();
+        // The work is committed before it is verified, and what the check leaves behind is
+        // dropped after it: the commit is exactly what was verified.
+        let mut made = None;
+        if changed {
+            let (tree, title, task, agent, branch) = (
+                tree.clone(),
+                plan.title.clone(),
+                plan.task.clone(),
+                plan.agent.clone(),
+                plan.state.branch.clone(),
+            );
+            let committed = tokio::task::spawn_blocking(move || -> Result<String, GitError> {
+                tree.ensure_on(&branch)?;
+                match tree.commit_all(&title, &task, &agent)? {
+                    Some(c) => Ok(c),
+                    // The agent committed everything itself.
+                    None => tree.head(),
+                }
+            })
+            .await;
+            match committed {
+                Ok(Ok(c)) => made = Some(c),
+                Ok(Err(e)) => {
+                    report.verdict.class = Class::Exit;
+                    report.verdict.reason = format!("the work cannot be committed: {e}");
+                }
+                Err(_) => return,
+            }
+        }
+        let verify =
+            if report.verdict.class == Class::Ok && (changed || !plan.settings.expect_changes) {
+                run_verify(&plan).await
+            } else {
+                None
+            };
+        let cancelled = *plan.cancel.borrow() == Some(crate::judge::StopCause::Cancel);
+        if cancelled || matches!(verify, Some(Err(None))) {
+            // The daemon is stopping, or the task was cancelled: not the agent's failure.
+            report.verdict.class =
+                if cancelled || *plan.cancel.borrow() == Some(crate::judge::StopCause::Cancel) {
+                    Class::Cancelled
+                } else {
+                    Class::Interrupted
+                };
+            report.verdict.reason = "stopped while the work was being verified".into();
             return;
         }
+        if let (Some(c), Some(Ok(()))) = (&made, &verify) {
+            let (tree, c) = (tree.clone(), c.clone());
+            let _ = tokio::task::spawn_blocking(move || tree.reset_to(&c)).await;
+        }
         let passed = verify.as_ref().map(|v| v.is_ok());
-        match crate::editing::checked_class(changed, plan.settings.expect_changes, passed) {
-            Some(Class::NoChange) => {
-                report.verdict.class = Class::NoChange;
-                report.verdict.reason = "the agent said done but changed no file in its worktree; for a task that only answers, set `workdir: shared` or `expect_changes: false`".into();
-            }
-            Some(class) => {
-                let failed = verify.and_then(|v| v.err()).flatten().unwrap_or_default();
-                again = plan.verify_failures < plan.settings.verify_rounds;
-                report.verdict.class = class;
-                report.verdict.reason = if again {
-                    format!("{failed}; the same agent tries again with this output")
-                } else {
-                    failed
-                };
-            }
-            None if changed => {
-                let (tree, title, task, agent) = (
-                    tree.clone(),
-                    plan.title.clone(),
-                    plan.task.clone(),
-                    plan.agent.clone(),
-                );
-                let made = tokio::task::spawn_blocking(move || -> Result<String, GitError> {
-                    match tree.commit_all(&title, &task, &agent)? {
-                        Some(c) => Ok(c),
-                        // The agent committed everything itself.
-                        None => tree.head(),
-                    }
-                })
-                .await;
-                match made {
-                    Ok(Ok(c)) => commit = Some(c),
-                    Ok(Err(e)) => {
-                        report.verdict.class = Class::Exit;
-                        report.verdict.reason =
-                            format!("the work passed but cannot be committed: {e}");
-                    }
-                    Err(_) => {}
+        if report.verdict.class == Class::Ok {
+            match crate::editing::checked_class(changed, plan.settings.expect_changes, passed) {
+                Some(Class::NoChange) => {
+                    report.verdict.class = Class::NoChange;
+                    report.verdict.reason = "the agent said done but changed no file in its worktree; for a task that only answers, set `workdir: shared` or `expect_changes: false`".into();
                 }
+                Some(class) => {
+                    let failed = verify.and_then(|v| v.err()).flatten().unwrap_or_default();
+                    again = plan.verify_failures < plan.settings.verify_rounds;
+                    report.verdict.class = class;
+                    report.verdict.reason = if again {
+                        format!("{failed}; the same agent tries again with this output")
+                    } else {
+                        failed
+                    };
+                }
+                None => commit = made,
             }
-            None => {}
         }
     }
     if report.verdict.class != Class::Ok && !again && changed {
@@ -385,9 +471,22 @@ async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
             limit: plan.limit,
             stop: plan.stop.clone(),
             grace: plan.grace,
-            dir: Some((plan.state.tree.path.clone(), tree_env(&plan.state))),
+            dir: Some((plan.dir.clone(), tree_env(&plan.state))),
         };
-        let end = crate::side_command::run_logged(&plan.ws, argv, &log, limits).await;
+        let mut cancel = plan.cancel.clone();
+        let cancelled = async move {
+            while cancel.changed().await.is_ok() {
+                if cancel.borrow().is_some() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        // Dropping the command's future kills its whole group.
+        let end = tokio::select! {
+            end = crate::side_command::run_logged(&plan.ws, argv, &log, limits) => end,
+            () = cancelled => return Some(Err(None)),
+        };
         let shown = argv.join(" ");
         let why = match end {
             crate::side_command::CommandEnd::Exited(s) if s.success() => continue,
@@ -449,8 +548,21 @@ impl Engine {
             return Ok(repo.clone());
         }
         let repo = Repo::discover(self.ws.root())?;
+        repo.check_version()?;
         self.repo = Some(repo.clone());
         Ok(repo)
+    }
+
+    /// Where the workspace is inside the repository (`""` at its top): where agents, `setup`
+    /// and `verify` run inside a tree.
+    pub(super) fn inside(&self, repo: &Repo) -> PathBuf {
+        match (self.ws.root().canonicalize(), repo.top.canonicalize()) {
+            (Ok(root), Ok(top)) => root
+                .strip_prefix(&top)
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            _ => PathBuf::new(),
+        }
     }
 
     /// Decides where an attempt of `agent` on task `id` works and, for a worktree, what its
@@ -482,13 +594,7 @@ impl Engine {
         let last = t.attempts.last();
         let continuing =
             last.is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again));
-        let inside = match (self.ws.root().canonicalize(), repo.top.canonicalize()) {
-            (Ok(root), Ok(top)) => root
-                .strip_prefix(&top)
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
-            _ => PathBuf::new(),
-        };
+        let inside = self.inside(&repo);
         // A tree whose directory is gone (removed by hand) is made again.
         let existing = t
             .worktree
