@@ -482,3 +482,177 @@ fn a_pooled_worktree_carries_nothing_from_its_last_task() {
     );
     daemon.stop();
 }
+
+/// A graceful stop leaves verified work where it is: after the restart the task still waits to
+/// be merged, and no agent runs again.
+#[test]
+fn verified_work_waiting_to_merge_survives_a_graceful_stop() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n"));
+    let mut daemon = ws.start();
+    ws.drop_task("keep.md", "replace a.txt slot4 slot4-by-keep\n");
+    ws.wait_state("keep", "merge_waiting");
+    daemon.stop();
+    let mut daemon = ws.start();
+    ws.wait_state("keep", "merge_waiting");
+    let out = ws.cli(&["merge", "keep"]);
+    assert!(out.status.success(), "expected merge accepted: {out:?}");
+    let end = ws.wait_settled("keep");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done, got {end:?}"
+    );
+    assert_eq!(
+        ws.attempts("keep"),
+        vec![("ed".to_string(), "ok".to_string())],
+        "expected the agent to have run once"
+    );
+    assert_eq!(
+        commits_of(&ws, "keep"),
+        1,
+        "expected one commit of keep on main"
+    );
+    daemon.stop();
+}
+
+/// `dirigent merge` twice at once (squash, which would write a second commit) merges once.
+#[test]
+fn merging_twice_at_once_lands_one_commit() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge_strategy: squash\n"
+    ));
+    let mut daemon = ws.start();
+    ws.drop_task("twice.md", "replace a.txt slot3 slot3-by-twice\n");
+    ws.wait_state("twice", "merge_waiting");
+    let first = ws.cli(&["merge", "twice"]);
+    let second = ws.cli(&["merge", "twice"]);
+    assert!(
+        first.status.success(),
+        "expected the first merge accepted: {first:?}"
+    );
+    let end = ws.wait_settled("twice");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done, got {end:?}"
+    );
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        second.status.success() || said.contains("being merged") || said.contains("is done"),
+        "expected the second merge accepted or refused as under way, got {second:?}"
+    );
+    assert_eq!(
+        commits_of(&ws, "twice"),
+        1,
+        "expected exactly one commit of twice"
+    );
+    let merged = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(&r.event, Event::Merged { task, .. } if task == "twice"))
+        .count();
+    assert_eq!(merged, 1, "expected one `merged` record");
+    daemon.stop();
+}
+
+/// `dirigent cancel` while `verify` runs stops the check's process group and nothing lands.
+#[test]
+fn cancel_during_verify_stops_the_check_and_merges_nothing() {
+    let gate = tempfile::tempdir().unwrap();
+    let inside = gate.path().join("inside");
+    let config = format!(
+        "{AGENT}default_chain: [ed]\nmerge: auto\nverify: [sh, -c, \"touch {}; sleep 60\"]\n",
+        inside.display()
+    );
+    let ws = repo_workspace(&config);
+    let mut daemon = ws.start();
+    ws.drop_task("stopme.md", "replace a.txt slot2 slot2-by-stopme\n");
+    ws.wait_until("the check to start", || inside.exists().then_some(()));
+    let out = ws.cli(&["cancel", "stopme"]);
+    assert!(out.status.success(), "expected cancel accepted: {out:?}");
+    let reason = ws.wait_for("the task to be cancelled", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::Cancelled { task } if task == "stopme" => Some(()),
+            _ => None,
+        })
+    });
+    assert_eq!(reason, (), "expected a cancelled record");
+    assert_eq!(
+        ws.attempts("stopme"),
+        vec![("ed".to_string(), "cancelled".to_string())],
+        "expected the attempt cancelled during its check"
+    );
+    assert!(
+        !main_file(&ws).contains("stopme"),
+        "expected nothing merged"
+    );
+    assert!(
+        ws.survivors().is_empty(),
+        "expected the check's process group gone, found {:?}",
+        ws.survivors()
+    );
+    daemon.stop();
+}
+
+/// `copy:` of a file git does not ignore would commit it: refused with what to do.
+#[test]
+fn copying_a_file_git_does_not_ignore_is_refused() {
+    let config = format!("{AGENT}default_chain: [ed]\nworktree:\n  copy: [secrets.txt]\n");
+    let ws = repo_workspace(&config);
+    std::fs::write(ws.root().join("secrets.txt"), "k=v\n").unwrap();
+    let mut daemon = ws.start();
+    ws.drop_task("cp.md", "append a.txt x\n");
+    let end = ws.wait_settled("cp");
+    let Event::Escalated { reason, .. } = &end else {
+        panic!("expected escalation, got {end:?}")
+    };
+    assert!(
+        reason.contains("`worktree.copy: secrets.txt`")
+            && reason.contains("git does not ignore `secrets.txt`")
+            && reason.contains("add `secrets.txt` to .gitignore"),
+        "expected the refusal to say what to do, got: {reason}"
+    );
+    daemon.stop();
+}
+
+/// A task escalated for a conflict, retried, starts from the target as it is now and lands;
+/// its first work is kept as a patch.
+#[test]
+fn a_retried_conflict_starts_from_the_current_target_and_lands() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: auto\nconcurrency: 2\n"
+    ));
+    let mut daemon = ws.start();
+    // Both append at the end of the file from the same base: whichever merges second conflicts.
+    ws.drop_task("c1.md", "append a.txt tail-by-c1\n");
+    ws.drop_task("c2.md", "append a.txt tail-by-c2\n");
+    let ends = [("c1", ws.wait_settled("c1")), ("c2", ws.wait_settled("c2"))];
+    let loser = ends
+        .iter()
+        .find(|(_, e)| matches!(e, Event::Escalated { .. }))
+        .map(|(id, _)| *id)
+        .expect("expected one of c1/c2 to conflict");
+    let out = ws.cli(&["retry", loser]);
+    assert!(out.status.success(), "expected retry accepted: {out:?}");
+    ws.wait_for(&format!("{loser} to finish again"), |recs| {
+        recs.iter()
+            .rev()
+            .take_while(|r| !matches!(&r.event, Event::Retried { task, .. } if task == loser))
+            .any(|r| matches!(&r.event, Event::Done { task, .. } if task == loser))
+            .then_some(())
+    });
+    let text = main_file(&ws);
+    assert!(
+        text.contains("tail-by-c1") && text.contains("tail-by-c2"),
+        "expected both tails on main after the retry, got:\n{text}"
+    );
+    let saved: Vec<String> = std::fs::read_dir(ws.path(&format!("runs/{loser}")))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("retried-") && n.ends_with(".patch"))
+        .collect();
+    assert_eq!(
+        saved.len(),
+        1,
+        "expected the first work saved as a patch, got {saved:?}"
+    );
+    daemon.stop();
+}
