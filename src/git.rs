@@ -48,6 +48,17 @@ pub struct Repo {
     pub top: PathBuf,
 }
 
+/// Held while git administers worktrees (adding, removing, pruning, listing, switching a
+/// tree's branch): git does not lock that itself, and two at once fail reading each other's
+/// half-made administrative files (`failed to read .git/worktrees/…/commondir`).
+static WORKTREE_ADMIN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn admin() -> std::sync::MutexGuard<'static, ()> {
+    WORKTREE_ADMIN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A task's worktree: its directory and its own git directory, recorded when it was made.
 /// Every command on it names both, so a `.git` file an agent rewrites inside the tree cannot
 /// turn dirigent's resets on another checkout.
@@ -201,6 +212,7 @@ impl Repo {
         if path.exists() {
             self.forget_worktree(path)?;
         }
+        let _admin = admin();
         git(
             &self.top,
             [
@@ -230,6 +242,7 @@ impl Repo {
     /// reads the tree's `.git` file, which an agent may have changed, so the directory is
     /// removed by hand when git refuses.
     fn forget_worktree(&self, path: &Path) -> Result<(), GitError> {
+        let _admin = admin();
         let removed = git(
             &self.top,
             [
@@ -248,11 +261,13 @@ impl Repo {
 
     /// Makes git forget worktrees whose directory is gone.
     pub fn prune_worktrees(&self) -> Result<(), GitError> {
+        let _admin = admin();
         git(&self.top, ["worktree", "prune"]).map(drop)
     }
 
     /// The worktrees git knows of, by directory.
     pub fn worktrees(&self) -> Result<Vec<PathBuf>, GitError> {
+        let _admin = admin();
         let list = git(&self.top, ["worktree", "list", "--porcelain"])?;
         Ok(list
             .lines()
@@ -322,6 +337,7 @@ impl Repo {
     /// The work tree where `branch` is checked out, if any (the user's checkout, usually) — or
     /// being rebased: a rebase detaches `HEAD`, but the branch is the user's work in progress.
     pub fn checked_out_in(&self, branch: &str) -> Result<Option<PathBuf>, GitError> {
+        let _admin = admin();
         let want = format!("refs/heads/{branch}");
         let list = git(&self.top, ["worktree", "list", "--porcelain"])?;
         let mut current: Option<PathBuf> = None;
@@ -488,6 +504,7 @@ impl Tree {
     /// this is tens of milliseconds where making a worktree of a large repository afresh takes
     /// seconds.
     pub fn reuse(&self, branch: &str, base: &str) -> Result<(), GitError> {
+        let _admin = admin();
         self.abort_rebase()?;
         in_tree(self, ["checkout", "--quiet", "--force", "-B", branch, base])?;
         in_tree(self, ["clean", "--quiet", "-ffdx"]).map(drop)
@@ -496,6 +513,7 @@ impl Tree {
     /// Gives the tree back to the pool: its head detached (so its branch can go) and every file
     /// git does not track removed.
     pub fn release(&self) -> Result<(), GitError> {
+        let _admin = admin();
         self.abort_rebase()?;
         in_tree(self, ["checkout", "--quiet", "--force", "--detach"])?;
         in_tree(self, ["clean", "--quiet", "-ffdx"]).map(drop)
@@ -541,6 +559,7 @@ impl Tree {
     /// Puts the tree's `HEAD` back on `branch` if the agent switched it elsewhere (keeping the
     /// files as they are), so dirigent commits on the task's branch and nowhere else.
     pub fn ensure_on(&self, branch: &str) -> Result<(), GitError> {
+        let _admin = admin();
         let want = format!("refs/heads/{branch}");
         let head = in_tree(self, ["symbolic-ref", "--quiet", "HEAD"]).unwrap_or_default();
         if head.trim() != want {
@@ -769,6 +788,9 @@ where
         .arg(dir)
         .args(["-c", "core.hooksPath=/dev/null"])
         .args(args)
+        // A background tool must not take the index lock to refresh it: the user's own `git
+        // commit` at that moment would fail with `index.lock: File exists`.
+        .env("GIT_OPTIONAL_LOCKS", "0")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_PAGER", "cat")
         .env("GIT_EDITOR", "true")

@@ -61,6 +61,22 @@ fn status_of(ws: &Workspace) -> String {
         .collect()
 }
 
+/// Every attempt's end, with its reason: what an assertion message shows when it fails.
+fn attempt_reasons(ws: &Workspace) -> String {
+    ws.records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::AttemptFinished {
+                task,
+                class,
+                reason,
+                ..
+            } => Some(format!("{task}: {class}: {reason}\n")),
+            _ => None,
+        })
+        .collect()
+}
+
 fn main_file(ws: &Workspace) -> String {
     std::fs::read_to_string(ws.root().join("a.txt")).unwrap()
 }
@@ -97,7 +113,8 @@ fn four_agents_edit_one_file_in_parallel_and_only_the_conflict_is_held_back() {
     assert_eq!(
         escalated.len(),
         1,
-        "expected exactly one of t1/t4 held back by the conflict, got {ends:?}"
+        "expected exactly one of t1/t4 held back by the conflict, got {ends:?}\nattempts:\n{}",
+        attempt_reasons(&ws)
     );
     let loser = escalated[0].clone();
     assert!(

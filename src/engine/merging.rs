@@ -499,9 +499,10 @@ impl Engine {
 
 impl Engine {
     /// A retried task's old tree: what it held is saved as `runs/<id>/retried-<ms>.patch`, then
-    /// the tree is given up and its branch deleted — only if it still points where it did, so a
-    /// new tree's branch of the same name is never touched.
-    pub(super) fn retire_tree(&mut self, id: &str, w: WorktreeState) {
+    /// the tree is given up and its branch deleted — only if it still points where it did. The
+    /// retry waits for it (a few git commands), so the task's next tree never meets the old one
+    /// holding its branch.
+    pub(super) async fn retire_tree(&mut self, id: &str, w: WorktreeState) {
         let Ok(repo) = self.repo() else { return };
         let keep = super::worktrees::slot_number(&w.tree.path).is_some()
             && self.tree_pool.len() < self.config.concurrency;
@@ -509,43 +510,34 @@ impl Engine {
             .ws
             .run_dir(id)
             .join(format!("retried-{}.patch", ledger::now_ms()));
-        let (tx, id) = (self.tx.clone(), id.to_string());
-        self.tasks.spawn(async move {
-            let (w2, r2) = (w.clone(), repo.clone());
-            let saved = tokio::task::spawn_blocking(move || -> Result<(), GitError> {
-                let text = w2.diff_text(&r2)?;
-                if !text.is_empty() {
-                    std::fs::create_dir_all(patch.parent().expect("in runs/")).map_err(GitError::Io)?;
-                    std::fs::write(&patch, text).map_err(GitError::Io)?;
-                }
-                Ok(())
-            })
-            .await;
-            if let Ok(Err(e)) = saved {
-                tracing::warn!(task = %id, "cannot save the old worktree's work before the retry: {e}");
-                return;
+        let retired = blocking(&repo, move |repo| {
+            let text = w.diff_text(repo)?;
+            if !text.is_empty() {
+                std::fs::create_dir_all(patch.parent().expect("in runs/")).map_err(GitError::Io)?;
+                std::fs::write(&patch, text).map_err(GitError::Io)?;
             }
-            let (tree, branch) = (w.tree.clone(), w.branch.clone());
-            let head = w.commit.clone();
-            let _ = blocking(&repo, move |repo| {
-                if tree.path.exists() {
-                    if keep && tree.is_usable() && tree.release().is_ok() {
-                        return Ok(Some(tree));
-                    }
+            let tree = w.tree.clone();
+            let mut kept = None;
+            if tree.path.exists() {
+                if keep && tree.is_usable() && tree.release().is_ok() {
+                    kept = Some(tree);
+                } else {
                     repo.remove_worktree(&tree)?;
                 }
-                Ok(None)
-            })
-            .await
-            .map(|kept| {
-                if let Some(tree) = kept {
-                    let _ = tx.send(Msg::TreeFreed(tree));
-                }
-            });
-            if let Some(head) = head {
-                let _ = blocking(&repo, move |repo| repo.delete_branch_at(&branch, &head)).await;
             }
-        });
+            if let Some(head) = &w.commit {
+                repo.delete_branch_at(&w.branch, head)?;
+            }
+            Ok(kept)
+        })
+        .await;
+        match retired {
+            Ok(Some(tree)) => self.tree_pool.push(tree),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(task = %id, "cannot give up the old worktree before the retry: {e}")
+            }
+        }
     }
 }
 

@@ -307,7 +307,7 @@ impl Engine {
             tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
         }
         if let Some(w) = old_tree {
-            self.retire_tree(&id, w);
+            self.retire_tree(&id, w).await;
         }
         self.live.settled(&id);
         self.enqueue_or_advance(&id);
