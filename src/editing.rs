@@ -44,8 +44,8 @@ pub enum OnConflict {
     /// The task escalates with class `conflict`, the files and hunks in its report.
     #[default]
     Escalate,
-    /// An agent of the task's chain resolves it in the worktree, then it is verified and
-    /// queued again.
+    /// The task's agent resolves it once in the worktree (the merge started there, its markers
+    /// in the files); then it is checked, verified, committed and queued again.
     Agent,
 }
 

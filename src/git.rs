@@ -625,6 +625,33 @@ impl Tree {
         }
     }
 
+    /// Starts merging `target` into the tree's branch and leaves the conflicts in the files for
+    /// an agent to resolve (nothing is committed). A merge left from before is abandoned first.
+    pub fn start_merge(&self, target: &str) -> Result<(), GitError> {
+        self.abort_rebase()?;
+        if self.git_dir.join("MERGE_HEAD").exists() {
+            in_tree(self, ["merge", "--abort"])?;
+        }
+        let mut args = identity_in(self);
+        args.extend(
+            [
+                "merge",
+                "--quiet",
+                "--no-ff",
+                "--no-commit",
+                "--no-edit",
+                target,
+            ]
+            .map(String::from),
+        );
+        match in_tree(self, &args) {
+            Ok(_) => Ok(()),
+            // Stopped at its conflicts: what is wanted.
+            Err(GitError::Failed { .. }) if self.git_dir.join("MERGE_HEAD").exists() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Abandons a rebase in progress in the tree, if there is one.
     pub fn abort_rebase(&self) -> Result<(), GitError> {
         let merge_dir = self.git_dir.join("rebase-merge");
@@ -783,8 +810,8 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Command::new("git")
-        .arg("-C")
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
         .arg(dir)
         .args(["-c", "core.hooksPath=/dev/null"])
         .args(args)
@@ -798,12 +825,12 @@ where
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
         .env_remove("GIT_INDEX_FILE")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => GitError::NotInstalled,
-            _ => GitError::Io(e),
-        })
+        .stdin(std::process::Stdio::null());
+    // Registered with the daemon's reaper, which would otherwise reap it first.
+    crate::reaper::output(&mut cmd).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => GitError::NotInstalled,
+        _ => GitError::Io(e),
+    })
 }
 
 fn failed<S: AsRef<OsStr>>(args: &[S], out: &std::process::Output) -> GitError {

@@ -103,6 +103,22 @@ pub fn spawn(
     Ok((child, Registered(pid), gate))
 }
 
+/// Runs a short helper command (git) to its end and returns its output, its child registered
+/// atomically with respect to [`sweep`] — otherwise a sweep can reap the finished child before
+/// `wait` does, and the command fails with `ECHILD` ("No child processes"). Blocking.
+pub fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = {
+        let mut own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+        let child = cmd.spawn()?;
+        own.insert(child.id());
+        child
+    };
+    let _registered = Registered(child.id());
+    child.wait_with_output()
+}
+
 /// The supervisor's stdin, held by the daemon: [`Gate::open`] lets the program run; dropping
 /// it unopened makes the supervisor exit (125) without running it.
 pub struct Gate(Option<tokio::process::ChildStdin>);

@@ -135,6 +135,25 @@ pub struct WorktreeState {
     /// The worktree directory is gone (merged, discarded, cleaned up).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+    /// `on_conflict: agent`: the next attempt resolves a conflict with this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve: Option<Resolve>,
+    /// Conflicts handed to an agent so far.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub resolutions: u32,
+}
+
+/// A conflict an agent is to resolve in the task's tree.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Resolve {
+    pub target: String,
+    pub files: Vec<String>,
+    /// The conflict as the report shows it (files and marked regions).
+    pub reason: String,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Most bytes of a task's diff that `dirigent diff` and the doors return.
@@ -647,6 +666,10 @@ impl TaskBook {
                         a.stopped = *stopped;
                         a.work = work.clone();
                     }
+                    if let Some(tree) = t.worktree.as_mut() {
+                        // A resolving attempt is over, whatever its end.
+                        tree.resolve = None;
+                    }
                     if let (Some(w), Some(tree)) = (work, t.worktree.as_mut()) {
                         tree.diff = Some(w.diff);
                         if w.commit.is_some() {
@@ -721,6 +744,8 @@ impl TaskBook {
                         commit: None,
                         merge: MergeState::NotYet,
                         removed: false,
+                        resolve: None,
+                        resolutions: 0,
                     }));
                 }
             }
@@ -781,13 +806,28 @@ impl TaskBook {
                 task,
                 class,
                 reason,
-                ..
+                files,
+                resolve,
             } => {
-                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
-                    w.merge = MergeState::Failed {
-                        class: *class,
-                        reason: reason.clone(),
-                    };
+                if let Some(t) = self.tasks.get_mut(task) {
+                    if resolve.is_some() && !t.phase.is_terminal() {
+                        // An agent resolves it: the task runs again.
+                        t.phase = Phase::Pending;
+                    }
+                    if let Some(w) = t.worktree.as_mut() {
+                        w.merge = MergeState::Failed {
+                            class: *class,
+                            reason: reason.clone(),
+                        };
+                        if let Some(target) = resolve {
+                            w.resolutions += 1;
+                            w.resolve = Some(Resolve {
+                                target: target.clone(),
+                                files: files.clone(),
+                                reason: reason.clone(),
+                            });
+                        }
+                    }
                 }
             }
             Event::Discarded { task } => {

@@ -672,3 +672,50 @@ fn a_retried_conflict_starts_from_the_current_target_and_lands() {
     );
     daemon.stop();
 }
+
+/// `on_conflict: agent`: the branch that conflicts goes back to its agent with the merge started
+/// in its tree; the agent resolves it, the result is checked, and both changes land.
+#[test]
+fn with_on_conflict_agent_a_conflict_is_resolved_and_lands() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: auto\non_conflict: agent\nconcurrency: 2\nverify: [sh, -c, \"! grep -q '^<<<<<<<' a.txt\"]\n"
+    ));
+    let mut daemon = ws.start();
+    ws.drop_task(
+        "r1.md",
+        "replace a.txt slot1 slot1-by-r1\nonresolve unmark a.txt\n",
+    );
+    ws.drop_task(
+        "r2.md",
+        "replace a.txt slot1 slot1-by-r2\nonresolve unmark a.txt\n",
+    );
+    for id in ["r1", "r2"] {
+        let end = ws.wait_settled(id);
+        assert!(
+            matches!(end, Event::Done { .. }),
+            "expected {id} done, got {end:?}\nattempts:\n{}",
+            attempt_reasons(&ws)
+        );
+    }
+    let text = main_file(&ws);
+    assert!(
+        text.contains("slot1-by-r1") && text.contains("slot1-by-r2") && !text.contains("<<<<<<<"),
+        "expected both changes on main and no marker, got:\n{text}"
+    );
+    let resolved = ws
+        .records()
+        .iter()
+        .any(|r| matches!(&r.event, Event::MergeFailed { resolve: Some(t), .. } if t == "main"));
+    assert!(resolved, "expected the conflict handed to the agent");
+    let prompts: Vec<String> = ["r1", "r2"]
+        .iter()
+        .filter_map(|id| std::fs::read_to_string(ws.path(&format!("runs/{id}/2-ed.prompt"))).ok())
+        .collect();
+    assert!(
+        prompts.len() == 1
+            && prompts[0].contains("## Resolve the merge conflict")
+            && prompts[0].contains("<<<<<<<"),
+        "expected one resolving attempt whose prompt shows the conflict, got {prompts:?}"
+    );
+    daemon.stop();
+}

@@ -86,9 +86,13 @@ impl Engine {
         };
         let t = self.book.get(id).expect("queued tasks are in the book");
         let prompt = match compose_prompt(&self.ws, &spec) {
-            Ok(p) => match (&tree_plan, t.attempts.last()) {
+            Ok(p) => match (&tree_plan, t.attempts.last(), t.worktree.as_deref()) {
+                // A conflict to resolve (`on_conflict: agent`).
+                (Some(_), _, Some(w)) if w.resolve.is_some() => {
+                    p + &worktrees::resolve_section(&w.branch, w.resolve.as_ref().expect("checked"))
+                }
                 // A `verify` round: the check's output is the feedback.
-                (Some((plan, _)), Some(last)) if plan.continuing => {
+                (Some((plan, _)), Some(last), _) if plan.continuing => {
                     p + &worktrees::feedback(&self.ws, id, last)
                 }
                 _ => p,
@@ -174,6 +178,12 @@ impl Engine {
             extra_env,
             workdir: None,
         };
+        let resolving: Vec<String> = t
+            .worktree
+            .as_ref()
+            .and_then(|w| w.resolve.as_ref())
+            .map(|r| r.files.clone())
+            .unwrap_or_default();
         let check = tree_plan.as_ref().map(|(_, settings)| {
             let verify_failures = t
                 .attempts
@@ -186,6 +196,7 @@ impl Engine {
                 verify_failures,
                 spec.title.clone(),
                 self.side_stop.subscribe(),
+                resolving,
             )
         });
         let tree_plan = tree_plan.map(|(plan, _)| plan);
@@ -290,7 +301,7 @@ impl Engine {
             .await;
             let _ = started_reached.await;
             let mut report = report;
-            if let (Some((state, dir)), Some((settings, verify_failures, title, stop))) =
+            if let (Some((state, dir)), Some((settings, verify_failures, title, stop, resolving))) =
                 (tree_state, check)
                 && report.ran
                 && report.verdict.class != Class::Interrupted
@@ -305,6 +316,7 @@ impl Engine {
                     state,
                     dir,
                     settings,
+                    resolving,
                     verify_failures,
                     limit: plan.timeout,
                     grace: plan.kill_grace,

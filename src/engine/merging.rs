@@ -55,6 +55,8 @@ pub(super) enum MergeEnd {
     Failed(String),
     /// The daemon is stopping; the merge runs again after the restart.
     Stopped,
+    /// A conflict an agent resolves next (`on_conflict: agent`): the task runs again.
+    Resolve,
 }
 
 /// The prefix of a `merge_waiting` reason that only `dirigent merge` ends (`merge: manual`).
@@ -79,6 +81,8 @@ struct MergeJob {
     pool_room: bool,
     /// The workspace's place in the tree, where `verify` runs.
     dir: std::path::PathBuf,
+    /// A conflict goes to an agent (`on_conflict: agent`, not tried yet for this task).
+    resolve: bool,
 }
 
 impl Engine {
@@ -219,6 +223,7 @@ impl Engine {
         let t = self.book.get(id)?;
         let state = t.worktree.as_deref()?.clone();
         let t_dir = state.tree.path.join(inside);
+        let resolutions = state.resolutions;
         let Some(commit) = state.commit.clone() else {
             self.escalate(
                 id,
@@ -253,6 +258,7 @@ impl Engine {
             tx: self.tx.clone(),
             pool_room: self.tree_pool.len() < self.config.concurrency,
             dir: t_dir,
+            resolve: settings.on_conflict == crate::editing::OnConflict::Agent && resolutions == 0,
         })
     }
 
@@ -275,6 +281,14 @@ impl Engine {
                 }
             }
             MergeEnd::Failed(reason) => self.escalate(id, reason),
+            MergeEnd::Resolve => {
+                tracing::info!(
+                    task = id,
+                    "its branch conflicts with `{target}`; an agent resolves it"
+                );
+                self.live.stop_merging(id);
+                self.enqueue(id);
+            }
             MergeEnd::Stopped => {}
         }
         self.pump_merges();
@@ -720,10 +734,15 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
                     class: Class::Conflict,
                     reason: reason.clone(),
                     files: conflict.files,
+                    resolve: job.resolve.then(|| target.clone()),
                 },
             )
             .await;
-            return Ok(Some(MergeEnd::Failed(reason)));
+            return Ok(Some(if job.resolve {
+                MergeEnd::Resolve
+            } else {
+                MergeEnd::Failed(reason)
+            }));
         }
     };
     // The target moved since the task's base: the combined result is verified before the
@@ -744,6 +763,7 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
                         class: Class::Verify,
                         reason: reason.clone(),
                         files: vec![],
+                        resolve: None,
                     },
                 )
                 .await;

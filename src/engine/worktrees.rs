@@ -140,6 +140,8 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                 commit: None,
                 merge: crate::state::MergeState::NotYet,
                 removed: false,
+                resolve: None,
+                resolutions: 0,
             };
             let made = Event::WorktreeMade {
                 task: plan.task.clone(),
@@ -152,7 +154,11 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
             (state, Some(made))
         }
     };
-    if made.is_none() && !plan.continuing {
+    if let Some(resolve) = state.resolve.as_ref().filter(|_| made.is_none()) {
+        // `on_conflict: agent`: the merge is started in the tree, its conflicts left for the
+        // agent to resolve.
+        state.tree.start_merge(&resolve.target)?;
+    } else if made.is_none() && !plan.continuing {
         start_clean(plan, &state)?;
     }
     let agent_dir = state.tree.path.join(&plan.inside);
@@ -329,6 +335,8 @@ pub(super) struct CheckPlan {
     /// The workspace's place in the tree, where the agent ran and `verify` runs.
     pub dir: PathBuf,
     pub settings: Resolved,
+    /// Files a resolving attempt had to resolve: none may keep a conflict marker.
+    pub resolving: Vec<String>,
     /// `verify` failures of this agent in a row on this task before this attempt.
     pub verify_failures: u32,
     pub limit: Duration,
@@ -363,6 +371,23 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
     let changed = diff.files > 0;
     let mut commit = None;
     let mut again = false;
+    if report.verdict.class == Class::Ok {
+        let left: Vec<&String> = plan
+            .resolving
+            .iter()
+            .filter(|f| has_markers(&plan.state.tree.path.join(f)))
+            .collect();
+        if !left.is_empty() {
+            report.verdict.class = Class::Conflict;
+            report.verdict.reason = format!(
+                "the agent said the conflict was resolved, but conflict markers remain in {}",
+                left.iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     if report.verdict.class == Class::Ok {
         // The work is committed before it is verified, and what the check leaves behind is
         // dropped after it: the commit is exactly what was verified.
@@ -510,6 +535,15 @@ async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
     Some(Ok(()))
 }
 
+/// Whether a file still holds a conflict marker line.
+fn has_markers(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| {
+        bytes.split(|b| *b == b'\n').any(|line| {
+            line.starts_with(b"<<<<<<< ") || line.starts_with(b">>>>>>> ") || line == b"======="
+        })
+    })
+}
+
 /// `runs/<id>/<n>-<agent>.verify.log`: what the verifier printed.
 pub(super) fn verify_log(ws: &Workspace, task: &str, attempt: u32, agent: &str) -> PathBuf {
     ws.run_dir(task)
@@ -524,6 +558,21 @@ fn verify_tail(ws: &Workspace, task: &str, attempt: u32, agent: &str, max: u64) 
         .and_then(|d| d.open_regular(&name))
         .map(|f| fsutil::tail_of(f, max))
         .unwrap_or_default()
+}
+
+/// The section a resolving attempt's prompt ends with (`on_conflict: agent`).
+pub(super) fn resolve_section(branch: &str, resolve: &crate::state::Resolve) -> String {
+    format!(
+        "\n\n---\n\n## Resolve the merge conflict\n\nYour finished work on `{branch}` does not merge onto `{}`, which moved meanwhile. The merge is started in your worktree; these files have conflict markers: {}. Resolve each conflict so that both changes do what they meant to, remove every marker (`<<<<<<<`, `=======`, `>>>>>>>`), and leave the result uncommitted: dirigent checks and commits it.\n\n{}\n",
+        resolve.target,
+        resolve
+            .files
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        crate::escalate::fenced(&resolve.reason)
+    )
 }
 
 /// The feedback section a `verify` round's prompt ends with: the check that failed and the end
@@ -592,8 +641,9 @@ impl Engine {
         let settings =
             crate::editing::resolve(&spec.fields.editing(), &agent.verify, &self.config.editing);
         let last = t.attempts.last();
-        let continuing =
-            last.is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again));
+        let continuing = last
+            .is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again))
+            || t.worktree.as_ref().is_some_and(|w| w.resolve.is_some());
         let inside = self.inside(&repo);
         // A tree whose directory is gone (removed by hand) is made again.
         let existing = t

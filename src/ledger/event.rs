@@ -212,6 +212,10 @@ pub enum Event {
         reason: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         files: Vec<String>,
+        /// `on_conflict: agent`: an agent resolves the conflict in the task's tree next (the
+        /// merge of `target` started there, its markers in `files`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resolve: Option<String>,
     },
     /// The user discarded the task's work (`dirigent discard`).
     Discarded {

@@ -9,9 +9,13 @@
 #   as AGENT CMD…            CMD only when this agent is AGENT ($DIRIGENT_AGENT)
 #   onretry CMD…             CMD only on a verify feedback round (the prompt carries the check)
 #   firsttry CMD…            CMD only when it is not such a round
+#   onresolve CMD…           CMD only when it is asked to resolve a merge conflict
+#   unmark FILE              resolve FILE's conflicts by keeping both sides (markers removed)
 prompt=$(cat)
 retry=no
 case "$prompt" in *"## The check failed"*) retry=yes ;; esac
+resolve=no
+case "$prompt" in *"## Resolve the merge conflict"*) resolve=yes ;; esac
 printf '%s\n' "$prompt" | {
   while IFS= read -r line; do
     set -f
@@ -22,6 +26,7 @@ printf '%s\n' "$prompt" | {
         as) [ "$2" = "$DIRIGENT_AGENT" ] || continue 2; shift 2 ;;
         onretry) [ $retry = yes ] || continue 2; shift ;;
         firsttry) [ $retry = no ] || continue 2; shift ;;
+        onresolve) [ $resolve = yes ] || continue 2; shift ;;
         *) break ;;
       esac
     done
@@ -31,6 +36,7 @@ printf '%s\n' "$prompt" | {
       commit) shift; git add -A && git -c user.name=agent -c user.email=agent@example.com commit -q -m "$*" ;;
       refuse-if) if grep -q "$3" "$2"; then echo "found a leftover '$3' in $2" >&2; exit 1; fi ;;
       fail) echo "failing as told" >&2; exit 1 ;;
+      unmark) sed -i '/^<<<<<<< /d; /^=======$/d; /^>>>>>>> /d' "$2" ;;
     esac
   done
 } || exit 1
