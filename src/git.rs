@@ -130,8 +130,10 @@ pub fn check_branch_name(name: &str) -> Result<(), &'static str> {
 /// dirigent's own task branches (`dirigent/<id>`), which another agent works on.
 pub fn check_target_name(name: &str) -> Result<(), &'static str> {
     check_branch_name(name)?;
-    if name.starts_with("dirigent/") {
-        return Err("is one of dirigent's own task branches; merge into a branch of yours");
+    if name.starts_with("dirigent/") && !name.starts_with("dirigent/run/") {
+        return Err(
+            "is one of dirigent's own task branches; merge into a branch of yours (or a run branch, `dirigent/run/<id>`)",
+        );
     }
     Ok(())
 }
@@ -292,6 +294,17 @@ impl Repo {
         match git(&self.top, ["update-ref", "-d", &r, commit]) {
             Ok(_) => Ok(()),
             Err(GitError::Failed { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes `branch` at `commit` unless it exists (a compare-and-swap against "no branch", so
+    /// two tasks making the same run branch at once are both fine).
+    pub fn create_branch(&self, branch: &str, commit: &str) -> Result<(), GitError> {
+        let r = format!("refs/heads/{branch}");
+        match git(&self.top, ["update-ref", &r, commit, ""]) {
+            Ok(_) => Ok(()),
+            Err(_) if self.branch_head(branch)?.is_some() => Ok(()),
             Err(e) => Err(e),
         }
     }

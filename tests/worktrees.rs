@@ -719,3 +719,43 @@ fn with_on_conflict_agent_a_conflict_is_resolved_and_lands() {
     );
     daemon.stop();
 }
+
+/// A workflow's `parallel` phase with `workdir: worktree`: each task edits in its own tree and is
+/// merged before the next phase, which (in the workspace) sees both edits.
+#[test]
+fn a_parallel_phase_in_worktrees_is_merged_before_the_next_phase() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n"));
+    std::fs::create_dir_all(ws.ctx().join("workflows")).unwrap();
+    std::fs::write(
+        ws.ctx().join("workflows/edit-both.yaml"),
+        r#"
+name: edit-both
+phases:
+  - name: execute
+    type: parallel
+    workdir: worktree
+    tasks:
+      - { name: one, prompt: "replace a.txt slot1 slot1-by-one", agent: ed }
+      - { name: two, prompt: "replace a.txt slot4 slot4-by-two", agent: ed }
+  - name: integrate
+    type: single
+    agent: ed
+    prompt: "require a.txt slot1-by-one\nrequire a.txt slot4-by-two"
+"#,
+    )
+    .unwrap();
+    let mut daemon = ws.start();
+    ws.drop_task("run.json", r#"{"workflow": "edit-both"}"#);
+    let end = ws.wait_settled("run");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected the run done (integrate saw both edits), got {end:?}\nattempts:\n{}",
+        attempt_reasons(&ws)
+    );
+    let text = main_file(&ws);
+    assert!(
+        text.contains("slot1-by-one") && text.contains("slot4-by-two"),
+        "expected both edits on main, got:\n{text}"
+    );
+    daemon.stop();
+}

@@ -164,6 +164,14 @@ impl Engine {
         }
     }
 
+    /// The branch a run's editing tasks merge into: the run task's `merge_into` (a run branch
+    /// `dirigent/run/<id>` collects them for review as one), else none (the checked-out
+    /// branch).
+    fn run_merge_into(&self, child: &str) -> Option<String> {
+        let run = child.split('.').next()?;
+        self.book.get(run)?.spec.as_ref()?.fields.merge_into.clone()
+    }
+
     /// Submits a child task through the inbox, like any other door. Submitting the same child
     /// twice is harmless: the second file finds the first in the inbox, or the id taken.
     /// Returns why the task cannot be submitted at all (too big, a bad id): the run then fails
@@ -182,9 +190,15 @@ impl Engine {
             chain: child.chain.clone(),
             output: child.output.clone(),
             files: child.files.clone(),
-            // A workflow's steps work in the workspace, where the next phase reads what they
-            // wrote; running them in worktrees through the merge queue is not built yet.
-            workdir: Some(crate::workdir::Workdir::Shared),
+            // A workflow's steps work in the workspace unless their phase says `workdir:
+            // worktree`; then each works in its own tree and is merged (into the run's
+            // `merge_into`, else the checked-out branch) before the next phase starts.
+            workdir: Some(child.workdir.unwrap_or(crate::workdir::Workdir::Shared)),
+            merge: (child.workdir == Some(crate::workdir::Workdir::Worktree))
+                .then_some(crate::editing::MergeMode::Auto),
+            merge_into: (child.workdir == Some(crate::workdir::Workdir::Worktree))
+                .then(|| self.run_merge_into(&child.id))
+                .flatten(),
             ..Default::default()
         };
         match crate::submit::write_into_inbox(&self.ws, &child.id, &fields) {

@@ -95,13 +95,6 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                 Some(t) => Some(t.clone()),
                 None => repo.current_branch()?,
             };
-            let base = match (&plan.base_rev, &target) {
-                (Some(rev), _) => repo.resolve_base(rev)?,
-                (None, Some(t)) => repo
-                    .branch_head(t)?
-                    .ok_or_else(|| GitError::NoSuchBranch { branch: t.clone() })?,
-                (None, None) => repo.head()?,
-            };
             if target.is_none() && plan.settings.merge != crate::editing::MergeMode::None {
                 return Err(TreeError::Setup(
                     "the checkout is on a detached HEAD, so there is no branch to merge the task's work into; give the task (or the config) `merge_into: BRANCH`, or `merge: none`".into(),
@@ -110,8 +103,20 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
             if let Some(t) = &target
                 && repo.branch_head(t)?.is_none()
             {
-                return Err(GitError::NoSuchBranch { branch: t.clone() }.into());
+                if t.starts_with("dirigent/run/") {
+                    // A workflow run's branch is made by its first editing task, at the head.
+                    repo.create_branch(t, &repo.head()?)?;
+                } else {
+                    return Err(GitError::NoSuchBranch { branch: t.clone() }.into());
+                }
             }
+            let base = match (&plan.base_rev, &target) {
+                (Some(rev), _) => repo.resolve_base(rev)?,
+                (None, Some(t)) => repo
+                    .branch_head(t)?
+                    .ok_or_else(|| GitError::NoSuchBranch { branch: t.clone() })?,
+                (None, None) => repo.head()?,
+            };
             let branch = crate::git::branch_for(&plan.task)?;
             let tree = match &plan.place {
                 NewTree::Pooled(tree) => {

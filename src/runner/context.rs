@@ -67,6 +67,7 @@ pub(super) fn distilled(
                 // The default, `.context/outbox/<run>.distill.<phase>.md`, is the cache.
                 output: None,
                 files: vec![],
+                workdir: None,
             })),
             ChildState::Waiting => waiting = true,
             ChildState::Failed(reason) => {

@@ -41,6 +41,8 @@ pub struct Child {
     pub output: Option<String>,
     /// Workspace files put into the prompt (map phases, the `scoped` strategy).
     pub files: Vec<String>,
+    /// Where it works: its phase's `workdir` (`None`: shared).
+    pub workdir: Option<crate::workdir::Workdir>,
 }
 
 /// What the engine should do for a run.

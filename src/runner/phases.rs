@@ -32,6 +32,7 @@ pub(super) fn single(cx: &Ctx) -> Vec<Action> {
                 chain: None,
                 output: cx.output.clone(),
                 files: scoped_files(cx.phase, cx.ws, &cx.vars),
+                workdir: cx.phase.workdir,
             })]
         }
         ChildState::Waiting => vec![],
@@ -100,6 +101,7 @@ pub(super) fn ensemble(cx: &Ctx, e: &Ensemble) -> Vec<Action> {
                     chain,
                     output: None,
                     files: scoped_files(cx.phase, cx.ws, &cx.vars),
+                    workdir: None,
                 }));
             }
         }
@@ -131,6 +133,7 @@ pub(super) fn ensemble(cx: &Ctx, e: &Ensemble) -> Vec<Action> {
                 chain: None,
                 output: cx.output.clone(),
                 files: vec![],
+                workdir: None,
             })]
         }
         ChildState::Waiting => vec![],
@@ -210,6 +213,7 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
                     chain: None,
                     output: cx.output.clone(),
                     files: scoped_files(cx.phase, cx.ws, &cx.vars),
+                    workdir: None,
                 })];
             }
             ChildState::Waiting => return vec![],
@@ -266,6 +270,7 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
                     chain: None,
                     output: None,
                     files: vec![],
+                    workdir: None,
                 })]
             }
             ChildState::Waiting => vec![],
@@ -327,6 +332,7 @@ pub(super) fn fan_out(cx: &Ctx, f: &FanOut) -> Vec<Action> {
                 chain: None,
                 output: sub.output,
                 files: sub.files,
+                workdir: cx.phase.workdir,
             })),
             ChildState::Waiting => waiting = true,
             ChildState::Done(o) => results.push((sub.label, o)),
@@ -372,6 +378,7 @@ pub(super) fn fan_out(cx: &Ctx, f: &FanOut) -> Vec<Action> {
                 chain: None,
                 output: if is_map { None } else { cx.output.clone() },
                 files: vec![],
+                workdir: None,
             })]
         }
         ChildState::Waiting => vec![],

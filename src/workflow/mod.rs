@@ -101,6 +101,8 @@ pub struct Phase {
     pub distill_by: Option<Runner>,
     /// Workspace files or globs for the `scoped` strategy.
     pub files: Vec<String>,
+    /// Where its tasks work (`single`, `parallel`, `routed`, `map`); `None`: shared.
+    pub workdir: Option<crate::workdir::Workdir>,
     pub kind: Kind,
 }
 

@@ -363,6 +363,21 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         {
             at(&out.referenced, e.to_string());
         }
+        if phase.workdir == Some(crate::workdir::Workdir::Worktree)
+            && matches!(phase.kind.value, PhaseType::Ensemble | PhaseType::Loop)
+        {
+            at(
+                &phase.name.referenced,
+                format!(
+                    "phase `{pname}`: `workdir: worktree` applies to single, parallel, routed and map phases (an {} phase's steps produce text)",
+                    if phase.kind.value == PhaseType::Ensemble {
+                        "ensemble"
+                    } else {
+                        "loop"
+                    }
+                ),
+            );
+        }
         if let Some(kind) = typed {
             phases.push(Phase {
                 name: phase.name.clone(),
@@ -378,6 +393,7 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 context: phase.context,
                 distill: phase.distill.clone(),
                 files: phase.files.clone(),
+                workdir: phase.workdir,
                 kind,
             });
         }

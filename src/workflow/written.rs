@@ -116,6 +116,10 @@ pub struct WrittenPhase {
     /// `map`: one task per matching workspace file.
     #[serde(default)]
     pub glob: Option<String>,
+    /// Where the phase's tasks work: `worktree` (each its own, merged before the next phase)
+    /// or `shared` (the default for a workflow's steps).
+    #[serde(default)]
+    pub workdir: Option<crate::workdir::Workdir>,
 }
 
 /// A loop's evaluator as written: a command (exit 0 ends the loop) or an agent whose answer

@@ -5,6 +5,7 @@
 #   append FILE TEXT…        append a line to FILE
 #   commit MESSAGE…          commit everything itself (an agent that makes its own commits)
 #   refuse-if FILE TEXT      fail if FILE holds TEXT (a leftover it must not see)
+#   require FILE TEXT        fail unless FILE holds TEXT (work it must see)
 #   fail                     exit 1, keeping the edits made so far
 #   as AGENT CMD…            CMD only when this agent is AGENT ($DIRIGENT_AGENT)
 #   onretry CMD…             CMD only on a verify feedback round (the prompt carries the check)
@@ -35,6 +36,7 @@ printf '%s\n' "$prompt" | {
       append) f=$2; shift 2; printf '%s\n' "$*" >> "$f" ;;
       commit) shift; git add -A && git -c user.name=agent -c user.email=agent@example.com commit -q -m "$*" ;;
       refuse-if) if grep -q "$3" "$2"; then echo "found a leftover '$3' in $2" >&2; exit 1; fi ;;
+      require) if ! grep -q "$3" "$2"; then echo "no '$3' in $2" >&2; exit 1; fi ;;
       fail) echo "failing as told" >&2; exit 1 ;;
       unmark) sed -i '/^<<<<<<< /d; /^=======$/d; /^>>>>>>> /d' "$2" ;;
     esac
