@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
+use std::path::Path;
 
 use crate::confined::{self, Dir};
 use crate::workspace::Workspace;
@@ -76,8 +77,41 @@ pub fn write_in_workspace(
     rel: &str,
     content: Content<'_>,
 ) -> Result<String, WriteError> {
-    let path =
+    let root = ws.open_root().map_err(|cause| WriteError::Io {
+        path: rel.to_string(),
+        cause,
+    })?;
+    write_below(&root, Path::new(""), rel, content)
+}
+
+/// Writes `content` to `rel` in a task's worktree (`root`), at the workspace's place in it
+/// (`inside`): a worktree task's `output` is part of its work, committed with it. Returns the
+/// workspace-relative path.
+pub fn write_in_tree(
+    root: &Path,
+    inside: &Path,
+    rel: &str,
+    content: Content<'_>,
+) -> Result<String, WriteError> {
+    let dir = Dir::open(root).map_err(|cause| WriteError::Io {
+        path: rel.to_string(),
+        cause,
+    })?;
+    write_below(&dir, inside, rel, content)
+}
+
+/// Writes `content` to `inside/rel` below `root`, through no link.
+fn write_below(
+    root: &Dir,
+    inside: &Path,
+    rel: &str,
+    content: Content<'_>,
+) -> Result<String, WriteError> {
+    let checked =
         confined::workspace_path("output", rel).map_err(|e| WriteError::Refused(e.to_string()))?;
+    let full = Path::new(inside).join(checked.to_string());
+    let path = confined::workspace_path("output", &full.to_string_lossy())
+        .map_err(|e| WriteError::Refused(e.to_string()))?;
     let io = |cause: io::Error| {
         if confined::errno_of(&cause) == Some(nix::libc::ELOOP) {
             WriteError::Refused(format!(
@@ -90,10 +124,9 @@ pub fn write_in_workspace(
             }
         }
     };
-    let root = ws.open_root().map_err(io)?;
-    let (dir, name) = confined::parent_dir(&root, &path).map_err(io)?;
+    let (dir, name) = confined::parent_dir(root, &path).map_err(io)?;
     put(&dir, name, content).map_err(io)?;
-    Ok(path.to_string())
+    Ok(checked.to_string())
 }
 
 /// Writes `text` to the workspace path `rel` (a phase's gathered results, a prompt file). A

@@ -759,3 +759,43 @@ phases:
     );
     daemon.stop();
 }
+
+/// A worktree task's `output` is part of its work: written in its tree and committed on its
+/// branch, not into the user's checkout; its text is in the outbox. Its `files:` are read from
+/// its tree, not from the user's uncommitted edits.
+#[test]
+fn output_and_files_of_a_worktree_task_are_its_trees() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: none\n"));
+    // An uncommitted edit of the user's: the task must see the committed a.txt.
+    std::fs::write(ws.root().join("a.txt"), "the user's draft\n").unwrap();
+    let mut daemon = ws.start();
+    ws.drop_task(
+        "out.md",
+        "---\noutput: notes/out.md\nfiles: [a.txt]\n---\nappend b.txt new file\n",
+    );
+    let end = ws.wait_settled("out");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done, got {end:?}"
+    );
+    let committed = git(ws.root(), &["show", "dirigent/out:notes/out.md"]);
+    assert!(
+        committed.contains("edited in"),
+        "expected the agent's output committed on the branch, got {committed:?}"
+    );
+    assert!(
+        !ws.root().join("notes/out.md").exists(),
+        "expected nothing written into the user's checkout"
+    );
+    let result = ws.cli(&["result", "out"]);
+    assert!(
+        String::from_utf8_lossy(&result.stdout).contains("edited in"),
+        "expected the result text in the outbox, got {result:?}"
+    );
+    let prompt = std::fs::read_to_string(ws.path("runs/out/1-ed.prompt")).unwrap();
+    assert!(
+        prompt.contains("slot1") && !prompt.contains("the user's draft"),
+        "expected a.txt as the tree has it in the prompt, got:\n{prompt}"
+    );
+    daemon.stop();
+}

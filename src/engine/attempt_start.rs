@@ -7,10 +7,15 @@ use super::*;
 pub(super) const MAX_CONTEXT_FILE: u64 = 4 * 1024 * 1024;
 
 /// The prompt an agent receives: the task's prompt, then each `context` file (under
-/// `.context/`) and each `files` entry (workspace files), each in its own fenced section. The
-/// paths are checked again with the acceptance rules (the spec may come from an old ledger)
-/// and read through no link.
-fn compose_prompt(ws: &Workspace, spec: &TaskSpec) -> Result<String, PromptError> {
+/// `.context/`) and each `files` entry (workspace files — in a worktree task, read from its
+/// tree: `(tree, the workspace's place in it)`), each in its own fenced section. The paths are
+/// checked again with the acceptance rules (the spec may come from an old ledger) and read
+/// through no link.
+fn compose_prompt(
+    ws: &Workspace,
+    spec: &TaskSpec,
+    tree: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<String, PromptError> {
     if spec.fields.context.is_empty() && spec.fields.files.is_empty() {
         return Ok(spec.prompt.clone());
     }
@@ -40,11 +45,19 @@ fn compose_prompt(ws: &Workspace, spec: &TaskSpec) -> Result<String, PromptError
         let path = if in_context {
             confined::context_path("context", rel)
         } else {
-            confined::workspace_path("files", rel)
+            let rel = match tree {
+                Some((_, inside)) => inside.join(rel).to_string_lossy().into_owned(),
+                None => rel.clone(),
+            };
+            confined::workspace_path("files", &rel)
         }
         .map_err(|e| refused(&label, e.to_string()))?;
         if dirs.is_none() {
-            dirs = Some((open(ws.open_context())?, open(ws.open_root())?));
+            let root = match tree {
+                Some((top, _)) => confined::Dir::open(top),
+                None => ws.open_root(),
+            };
+            dirs = Some((open(ws.open_context())?, open(root)?));
         }
         let (ctx, root) = dirs.as_ref().expect("just opened");
         let base = if in_context { ctx } else { root };
@@ -85,18 +98,19 @@ impl Engine {
             }
         };
         let t = self.book.get(id).expect("queued tasks are in the book");
-        let prompt = match compose_prompt(&self.ws, &spec) {
-            Ok(p) => match (&tree_plan, t.attempts.last(), t.worktree.as_deref()) {
-                // A conflict to resolve (`on_conflict: agent`).
-                (Some(_), _, Some(w)) if w.resolve.is_some() => {
-                    p + &worktrees::resolve_section(&w.branch, w.resolve.as_ref().expect("checked"))
-                }
-                // A `verify` round: the check's output is the feedback.
-                (Some((plan, _)), Some(last), _) if plan.continuing => {
-                    p + &worktrees::feedback(&self.ws, id, last)
-                }
-                _ => p,
-            },
+        let suffix = match (&tree_plan, t.attempts.last(), t.worktree.as_deref()) {
+            // A conflict to resolve (`on_conflict: agent`).
+            (Some(_), _, Some(w)) if w.resolve.is_some() => {
+                worktrees::resolve_section(&w.branch, w.resolve.as_ref().expect("checked"))
+            }
+            // A `verify` round: the check's output is the feedback.
+            (Some((plan, _)), Some(last), _) if plan.continuing => {
+                worktrees::feedback(&self.ws, id, last)
+            }
+            _ => String::new(),
+        };
+        let prompt = match compose_prompt(&self.ws, &spec, None) {
+            Ok(p) => p + &suffix,
             Err(e) => {
                 if let Some(slot) = self.slots.get_mut(split_entry_base(&agent.name)) {
                     slot.running -= 1;
@@ -253,6 +267,30 @@ impl Engine {
                                 }
                             }
                         }
+                        // `files:` are the tree's, as the agent will find them.
+                        if !spec.fields.files.is_empty() {
+                            let inside = ready
+                                .agent_dir
+                                .strip_prefix(&ready.state.tree.path)
+                                .unwrap_or(std::path::Path::new(""))
+                                .to_path_buf();
+                            let top = ready.state.tree.path.clone();
+                            match compose_prompt(&ws, &spec, Some((&top, &inside))) {
+                                Ok(p) => plan.prompt = p + &suffix,
+                                Err(e) => {
+                                    let (reason, exhausted) = match e {
+                                        PromptError::Refused(r) => (r, None),
+                                        PromptError::Exhausted(w) => (w.clone(), Some(w)),
+                                    };
+                                    let _ = tx.send(Msg::TreeFailed {
+                                        task,
+                                        reason,
+                                        exhausted,
+                                    });
+                                    return;
+                                }
+                            }
+                        }
                         plan.extra_env.extend(worktrees::tree_env(&ready.state));
                         plan.workdir = Some(ready.agent_dir.clone());
                         tree_state = Some((ready.state, ready.agent_dir));
@@ -317,6 +355,7 @@ impl Engine {
                     dir,
                     settings,
                     resolving,
+                    output: spec.fields.output.clone(),
                     verify_failures,
                     limit: plan.timeout,
                     grace: plan.kill_grace,

@@ -147,6 +147,9 @@ impl Engine {
             return;
         };
         let (attempt, agent) = (last.n, last.agent.clone());
+        // A worktree task's `output` was written into its tree and committed with its work;
+        // its result text goes to the outbox.
+        let in_tree = t.worktree.is_some();
         if !self.live.begin_finishing(id) {
             return;
         }
@@ -158,7 +161,7 @@ impl Engine {
             id.to_string(),
         );
         self.tasks.spawn(async move {
-            let output = spec.fields.output.clone();
+            let output = spec.fields.output.clone().filter(|_| !in_tree);
             let (ws2, id2) = (ws.clone(), id.clone());
             let (written, report) = tokio::task::spawn_blocking(move || {
                 let content = match (&report.verdict.result, &report.stdout_capture) {

@@ -342,6 +342,8 @@ pub(super) struct CheckPlan {
     pub settings: Resolved,
     /// Files a resolving attempt had to resolve: none may keep a conflict marker.
     pub resolving: Vec<String>,
+    /// The task's `output`: written into the tree, so it is committed with the work.
+    pub output: Option<String>,
     /// `verify` failures of this agent in a row on this task before this attempt.
     pub verify_failures: u32,
     pub limit: Duration,
@@ -391,6 +393,23 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+    }
+    if report.verdict.class == Class::Ok
+        && let Some(rel) = &plan.output
+    {
+        let inside = plan
+            .dir
+            .strip_prefix(&plan.state.tree.path)
+            .unwrap_or(Path::new(""));
+        let content = match (&report.verdict.result, &report.stdout_capture) {
+            (Some(crate::judge::ResultText::Text(text)), _) => result::Content::Text(text),
+            (_, Some(capture)) => result::Content::Capture(capture),
+            (_, None) => result::Content::Text(""),
+        };
+        if let Err(e) = result::write_in_tree(&plan.state.tree.path, inside, rel, content) {
+            report.verdict.class = Class::Exit;
+            report.verdict.reason = format!("the result cannot be written into the worktree: {e}");
         }
     }
     if report.verdict.class == Class::Ok {
