@@ -360,6 +360,24 @@ pub(super) struct CheckPlan {
 pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
     let tree = plan.state.tree.clone();
     let base = plan.state.base.clone();
+    // The output first: it is part of the work, counted and committed with it.
+    if report.verdict.class == Class::Ok
+        && let Some(rel) = &plan.output
+    {
+        let inside = plan
+            .dir
+            .strip_prefix(&plan.state.tree.path)
+            .unwrap_or(Path::new(""));
+        let content = match (&report.verdict.result, &report.stdout_capture) {
+            (Some(crate::judge::ResultText::Text(text)), _) => result::Content::Text(text),
+            (_, Some(capture)) => result::Content::Capture(capture),
+            (_, None) => result::Content::Text(""),
+        };
+        if let Err(e) = result::write_in_tree(&plan.state.tree.path, inside, rel, content) {
+            report.verdict.class = Class::Exit;
+            report.verdict.reason = format!("the result cannot be written into the worktree: {e}");
+        }
+    }
     let diff = {
         let (tree, base) = (tree.clone(), base.clone());
         tokio::task::spawn_blocking(move || tree.diff_stat(&base)).await
@@ -395,23 +413,6 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
             );
         }
     }
-    if report.verdict.class == Class::Ok
-        && let Some(rel) = &plan.output
-    {
-        let inside = plan
-            .dir
-            .strip_prefix(&plan.state.tree.path)
-            .unwrap_or(Path::new(""));
-        let content = match (&report.verdict.result, &report.stdout_capture) {
-            (Some(crate::judge::ResultText::Text(text)), _) => result::Content::Text(text),
-            (_, Some(capture)) => result::Content::Capture(capture),
-            (_, None) => result::Content::Text(""),
-        };
-        if let Err(e) = result::write_in_tree(&plan.state.tree.path, inside, rel, content) {
-            report.verdict.class = Class::Exit;
-            report.verdict.reason = format!("the result cannot be written into the worktree: {e}");
-        }
-    }
     if report.verdict.class == Class::Ok {
         // The work is committed before it is verified, and what the check leaves behind is
         // dropped after it: the commit is exactly what was verified.
@@ -426,7 +427,8 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
             );
             let committed = tokio::task::spawn_blocking(move || -> Result<String, GitError> {
                 tree.ensure_on(&branch)?;
-                match tree.commit_all(&title, &task, &agent)? {
+                // Staged by the diff above (the output was written before it).
+                match tree.commit_staged(&title, &task, &agent)? {
                     Some(c) => Ok(c),
                     // The agent committed everything itself.
                     None => tree.head(),
