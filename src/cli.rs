@@ -88,12 +88,14 @@ pub enum Command {
     /// Stop a task: its running attempt's whole process group, or its place in the queue. The
     /// task is recorded as cancelled and its file goes to `failed/`. Needs the daemon.
     Cancel {
+        /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
     },
     /// Show what an editing task changed against its base: its verified commit (or its
     /// worktree as it stands), as a stat and a patch.
     Diff {
+        /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
     },
@@ -101,18 +103,21 @@ pub enum Command {
     /// merge queue: replayed on the target's head, verified again if the target moved, and the
     /// target moved only if nothing else did meanwhile. Needs the daemon.
     Merge {
+        /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
     },
     /// Throw away an editing task's branch and worktree. A task waiting to be merged ends
     /// cancelled; a finished task loses its kept branch or worktree. Needs the daemon.
     Discard {
+        /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
     },
     /// Run a failed or cancelled task again from the top of its chain (its file is re-read, so
     /// you may fix it in `failed/` first). Needs the daemon.
     Retry {
+        /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
     },

@@ -138,6 +138,46 @@ pub fn check_target_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Keeps the workspace's `.context/` out of git: when `dir` (the workspace) is in a repository
+/// and git does not ignore its `.context/` yet, the repository's own uncommitted ignore file
+/// (`info/exclude`) gets a line for it, anchored where the workspace is (`/.context/`, or
+/// `/pkg/.context/` in a subdirectory). Returns the file it changed.
+pub fn exclude_context(dir: &Path) -> Result<Option<PathBuf>, GitError> {
+    if !in_repository(dir) {
+        return Ok(None);
+    }
+    let ignored = run(dir, ["check-ignore", "--quiet", ".context/"])?;
+    if ignored.status.success() {
+        return Ok(None);
+    }
+    let asked = git(
+        dir,
+        ["rev-parse", "--show-prefix", "--git-path", "info/exclude"],
+    )?;
+    let mut lines = asked.lines();
+    let (Some(prefix), Some(path)) = (lines.next(), lines.next()) else {
+        return Ok(None);
+    };
+    let exclude = if Path::new(path).is_absolute() {
+        PathBuf::from(path)
+    } else {
+        dir.join(path)
+    };
+    if let Some(parent) = exclude.parent() {
+        std::fs::create_dir_all(parent).map_err(GitError::Io)?;
+    }
+    let mut text = std::fs::read_to_string(&exclude).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "# dirigent's queue, ledger and results (added by dirigent)\n/{}.context/\n",
+        prefix.trim()
+    ));
+    std::fs::write(&exclude, text).map_err(GitError::Io)?;
+    Ok(Some(exclude))
+}
+
 /// Whether `dir` is inside a git work tree, by looking for `.git` in it and its parents — no
 /// process, so acceptance can ask it for every task.
 pub fn in_repository(dir: &Path) -> bool {
@@ -392,11 +432,19 @@ impl Repo {
         if head.trim() != old {
             return Ok(FastForward::Moved);
         }
-        match git(dir, ["merge", "--quiet", "--ff-only", "--no-edit", new]) {
-            Ok(_) => Ok(FastForward::Done),
-            Err(GitError::Failed { stderr, .. }) => Ok(FastForward::Refused(stderr)),
-            Err(e) => Err(e),
+        let out = run(dir, ["merge", "--quiet", "--ff-only", "--no-edit", new])?;
+        if out.status.success() {
+            return Ok(FastForward::Done);
         }
+        // Git's whole message: it names the files in the way.
+        let said: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "Aborting")
+            .take(12)
+            .map(str::to_string)
+            .collect();
+        Ok(FastForward::Refused(said.join(" ")))
     }
 
     /// The tree of merging `theirs` into `ours`, or the files that conflict.
@@ -681,6 +729,101 @@ impl Tree {
         }
     }
 
+    /// What in the tree's work (staged, against `base`) git may not merge into a user's
+    /// checkout: a history that no longer holds `base` (a reset or rebase below it, which a diff
+    /// would show as deletions the merge would not make); a change to `context` (dirigent's own
+    /// `.context/`, or a file or link of that name); and new files the user's checkout (`repo`)
+    /// ignores — a force-added `.env` — because a fast-forward overwrites ignored files without
+    /// asking. `None` when the work is clean.
+    pub fn unmergeable(
+        &self,
+        repo: &Repo,
+        base: &str,
+        context: &str,
+    ) -> Result<Option<String>, GitError> {
+        if in_tree(self, ["merge-base", "--is-ancestor", base, "HEAD"]).is_err() {
+            return Ok(Some(
+                "the agent moved its branch below its base (a reset or rebase): its work must build on the base".into(),
+            ));
+        }
+        let names = in_tree(
+            self,
+            [
+                "diff",
+                "--cached",
+                "--name-only",
+                "-z",
+                "--no-renames",
+                base,
+            ],
+        )?;
+        let own = names
+            .split('\0')
+            .find(|n| *n == context || n.starts_with(&format!("{context}/")));
+        if let Some(path) = own {
+            return Ok(Some(format!(
+                "the work changes `{path}`, inside dirigent's own `.context/`: refused"
+            )));
+        }
+        let added = in_tree(
+            self,
+            [
+                "diff",
+                "--cached",
+                "--name-only",
+                "-z",
+                "--no-renames",
+                "--diff-filter=A",
+                base,
+            ],
+        )?;
+        let added: Vec<&str> = added.split('\0').filter(|n| !n.is_empty()).collect();
+        if added.is_empty() {
+            return Ok(None);
+        }
+        // Asked of the user's checkout, with its own ignore rules: the tree's `.gitignore` is
+        // the agent's to change.
+        let args: Vec<String> = ["check-ignore", "--no-index", "--"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(added.iter().map(|s| s.to_string()))
+            .collect();
+        let out = run(&repo.top, &args)?;
+        // 0: some are ignored, 1: none is; anything else is git failing, and refuses the work.
+        match out.status.code() {
+            Some(0) | Some(1) => {}
+            _ => return Err(failed(&args, &out)),
+        }
+        let ignored: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("`{n}`"))
+            .collect();
+        Ok((!ignored.is_empty()).then(|| {
+            format!(
+                "the work adds files your checkout ignores ({}), which a merge would write over your own: refused",
+                ignored.join(", ")
+            )
+        }))
+    }
+
+    /// Writes the tree's `.git` file again, naming its recorded git directory: an agent may have
+    /// pointed it at another repository (the user's own), and the next agent's `git commit`
+    /// would land there.
+    pub fn restore_dot_git(&self) -> Result<(), GitError> {
+        let dot_git = self.path.join(".git");
+        let want = format!("gitdir: {}\n", self.git_dir.display());
+        if std::fs::read_to_string(&dot_git).ok().as_deref() == Some(want.as_str()) {
+            return Ok(());
+        }
+        match std::fs::symlink_metadata(&dot_git) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dot_git).map_err(GitError::Io)?,
+            Ok(_) => std::fs::remove_file(&dot_git).map_err(GitError::Io)?,
+            Err(_) => {}
+        }
+        std::fs::write(&dot_git, want).map_err(GitError::Io)
+    }
+
     /// Abandons a rebase in progress in the tree, if there is one.
     pub fn abort_rebase(&self) -> Result<(), GitError> {
         let merge_dir = self.git_dir.join("rebase-merge");
@@ -689,6 +832,26 @@ impl Tree {
             in_tree(self, ["rebase", "--abort"])?;
         }
         Ok(())
+    }
+
+    /// Takes the last commits back off the tree's branch down to `to`, keeping their changes
+    /// staged: work that failed its check is not left in the branch's history.
+    pub fn uncommit(&self, to: &str) -> Result<(), GitError> {
+        in_tree(self, ["reset", "--quiet", "--soft", to]).map(drop)
+    }
+
+    /// Paths a command changed in the tree: tracked files changed, and untracked files git does
+    /// not ignore.
+    pub fn changed_paths(&self) -> Result<Vec<String>, GitError> {
+        let out = in_tree(
+            self,
+            ["status", "--porcelain", "-z", "--untracked-files=all"],
+        )?;
+        Ok(out
+            .split('\0')
+            .filter(|l| l.len() > 3)
+            .map(|l| l[3..].to_string())
+            .collect())
     }
 
     /// Moves the tree's branch (and its files) to `commit`.
@@ -851,7 +1014,9 @@ where
     let mut cmd = Command::new("git");
     cmd.arg("-C")
         .arg(dir)
-        .args(["-c", "core.hooksPath=/dev/null"])
+        // No hooks, no file-system monitor: programs a repository's config names never run
+        // as dirigent's own git commands.
+        .args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
         .args(args)
         // A background tool must not take the index lock to refresh it: the user's own `git
         // commit` at that moment would fail with `index.lock: File exists`.

@@ -368,7 +368,7 @@ pub fn accept(
     if matches!(fields.idle_timeout, Some(d) if d.0.is_zero()) {
         return reject("`idle_timeout` must be more than 0 (leave it out to use the agent's)");
     }
-    accept_editing(&fields, config, root)?;
+    accept_editing(&id, &fields, config, root)?;
     let title = fields
         .title
         .clone()
@@ -385,13 +385,18 @@ pub fn accept(
 
 /// The editing keys: `verify` well formed, branch names git takes, and `workdir: worktree` (the
 /// task's or the config's) only in a git repository — refused here rather than when it runs.
-fn accept_editing(fields: &TaskFields, config: &Config, root: &Path) -> Result<(), Reject> {
+fn accept_editing(
+    id: &str,
+    fields: &TaskFields,
+    config: &Config,
+    root: &Path,
+) -> Result<(), Reject> {
     if let Some(v) = &fields.verify {
         v.commands().map_err(|e| Reject(e.to_string()))?;
     }
     if let Some(branch) = &fields.merge_into {
         crate::git::check_target_name(branch)
-            .map_err(|why| Reject(format!("`merge_into: {branch}` {why}")))?;
+            .map_err(|why| Reject(format!("`merge_into: {branch}`: {why}")))?;
     }
     if let Some(base) = &fields.base
         && (base.is_empty() || base.starts_with('-') || base.contains(char::is_control))
@@ -405,13 +410,15 @@ fn accept_editing(fields: &TaskFields, config: &Config, root: &Path) -> Result<(
         config: config.workdir,
         ..Default::default()
     };
-    let explicit = asked.task.is_some() || asked.config.is_some();
-    if explicit
-        && let Err(e) = crate::workdir::decide(asked, crate::git::in_repository(root), false)
-    {
-        return reject(e.to_string());
+    match crate::workdir::decide(asked, crate::git::in_repository(root), false) {
+        Err(e) => reject(e.to_string()),
+        // Its branch is named after its id: an id git refuses is refused now, not at its
+        // first attempt.
+        Ok(crate::workdir::Workdir::Worktree) => crate::git::branch_for(id)
+            .map(drop)
+            .map_err(|e| Reject(e.to_string())),
+        Ok(crate::workdir::Workdir::Shared) => Ok(()),
     }
-    Ok(())
 }
 
 /// A task that runs a workflow: the workflow must exist and validate, and every variable without

@@ -254,6 +254,11 @@ fn a_failing_verify_gets_a_feedback_round_that_fixes_it_and_lands() {
         text.contains("repaired") && !text.contains("broken"),
         "expected the repaired work on main, got:\n{text}"
     );
+    assert_eq!(
+        commits_of(&ws, "fix"),
+        1,
+        "expected only the verified work committed (the failed round left no commit)"
+    );
     daemon.stop();
 }
 
@@ -798,4 +803,132 @@ fn output_and_files_of_a_worktree_task_are_its_trees() {
         "expected a.txt as the tree has it in the prompt, got:\n{prompt}"
     );
     daemon.stop();
+}
+
+/// What an agent may not slip into the user's checkout through a merge: dirigent's own
+/// `.context` (as a file), or a file the user's checkout ignores (a force-added `.env`).
+#[test]
+fn work_that_touches_context_or_ignored_files_is_refused() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: auto\n"));
+    std::fs::write(ws.root().join(".env"), "MINE=1\n").unwrap();
+    let mut daemon = ws.start();
+    ws.drop_task("ctx.md", "run echo takeover > .context\n");
+    ws.drop_task(
+        "env.md",
+        "run echo EVIL=1 > .env && git add -f .env\nappend a.txt also\n",
+    );
+    for (id, want) in [
+        ("ctx", "inside dirigent's own `.context/`: refused"),
+        ("env", "the work adds files your checkout ignores (`.env`)"),
+    ] {
+        let end = ws.wait_settled(id);
+        assert!(
+            matches!(end, Event::Escalated { .. }),
+            "expected {id} refused, got {end:?}"
+        );
+        let reasons = attempt_reasons(&ws);
+        assert!(
+            reasons.contains(&format!("{id}: exit: ")) && reasons.contains(want),
+            "expected {id} refused with `{want}`, got:\n{reasons}"
+        );
+    }
+    assert!(ws.ctx().is_dir(), "expected the user's .context/ untouched");
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join(".env")).unwrap(),
+        "MINE=1\n",
+        "expected the user's .env untouched"
+    );
+    assert_eq!(
+        commits_of(&ws, "ctx") + commits_of(&ws, "env"),
+        0,
+        "expected nothing merged"
+    );
+    daemon.stop();
+}
+
+/// A `.git` file an agent pointed at the user's repository is put back before the next agent
+/// runs in that tree: the next agent's own commit lands on its branch, never on `main`.
+#[test]
+fn a_planted_git_file_does_not_outlive_its_attempt() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\n"
+    ));
+    let main_before = git(ws.root(), &["rev-parse", "main"]);
+    let mut daemon = ws.start();
+    let planted = format!(
+        "run echo gitdir: {}/.git > .git\nappend b.txt junk\n",
+        ws.root().display()
+    );
+    ws.drop_task("plant.md", &planted);
+    ws.wait_state("plant", "merge_waiting");
+    let out = ws.cli(&["discard", "plant"]);
+    assert!(out.status.success(), "expected discard accepted: {out:?}");
+    // A wait that fails the test (with the ledger) if the tree is never given up.
+    ws.wait_for("the planted tree to be given up", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == "plant"))
+            .then_some(())
+    });
+    ws.drop_task("honest.md", "append b.txt mine\ncommit an honest commit\n");
+    ws.wait_state("honest", "merge_waiting");
+    assert_eq!(
+        git(ws.root(), &["rev-parse", "main"]),
+        main_before,
+        "expected main untouched by the agents' own commits"
+    );
+    let paths: Vec<std::path::PathBuf> = ws
+        .records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::WorktreeMade { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        paths.len() == 2 && paths[0] == paths[1],
+        "expected the honest task in the planted task's (pooled) tree, got {paths:?}"
+    );
+    let on_branch = git(ws.root(), &["log", "--format=%s", "dirigent/honest"]);
+    assert!(
+        on_branch.contains("an honest commit"),
+        "expected the agent's commit on its own branch, got:\n{on_branch}"
+    );
+    daemon.stop();
+}
+
+/// `worktree.setup` that leaves files git does not ignore is refused (they would count as the
+/// agent's work), before any agent runs.
+#[test]
+fn setup_that_leaves_files_git_does_not_ignore_is_refused() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nworktree:\n  setup: [sh, -c, \"echo x > built.out\"]\n"
+    ));
+    let mut daemon = ws.start();
+    ws.drop_task("setup.md", "append a.txt x\n");
+    let end = ws.wait_settled("setup");
+    let Event::Escalated { reason, .. } = &end else {
+        panic!("expected escalation, got {end:?}")
+    };
+    assert!(
+        reason.contains("changed files git tracks or does not ignore (`built.out`)"),
+        "expected the refusal to name the file, got: {reason}"
+    );
+    assert!(
+        ws.attempts("setup").is_empty(),
+        "expected no agent to have run"
+    );
+    daemon.stop();
+}
+
+/// An id git refuses as a branch name is refused when the task is submitted, in a repository.
+#[test]
+fn an_id_git_refuses_is_refused_at_submit() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n"));
+    let out = ws.cli(&["submit", "x", "--id", "a..b"]);
+    assert_eq!(out.status.code(), Some(2), "expected a refusal: {out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("`a..b` cannot name a git branch (it contains `..`"),
+        "expected the reason, got: {said}"
+    );
 }

@@ -65,53 +65,11 @@ pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// In a git repository, lists `/.context/` in its `info/exclude` (the repository's own,
-/// uncommitted ignore file) unless `.gitignore` or the exclude file already ignores it. Returns
-/// the file it changed.
+/// In a git repository, lists the workspace's `.context/` in its `info/exclude` (the
+/// repository's own, uncommitted ignore file) unless git ignores it already. Returns the file
+/// it changed.
 fn exclude_from_git(ws: &Workspace) -> Result<Option<PathBuf>> {
-    let root = ws.root();
-    if !root.join(".git").exists() {
-        return Ok(None);
-    }
-    // `.git` may be a file (a worktree or submodule): ask git where the exclude file is.
-    let asked = std::process::Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(["rev-parse", "--git-path", "info/exclude"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|p| !p.is_empty());
-    let exclude = match asked {
-        Some(p) if Path::new(&p).is_absolute() => PathBuf::from(p),
-        Some(p) => root.join(p),
-        None if root.join(".git").is_dir() => root.join(".git/info/exclude"),
-        None => return Ok(None),
-    };
-    let ignores = |file: &Path| {
-        std::fs::read_to_string(file).is_ok_and(|text| {
-            text.lines()
-                .map(str::trim)
-                .any(|l| matches!(l, ".context" | ".context/" | "/.context" | "/.context/"))
-        })
-    };
-    if ignores(&root.join(".gitignore")) || ignores(&exclude) {
-        return Ok(None);
-    }
-    if let Some(dir) = exclude.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut text = std::fs::read_to_string(&exclude).unwrap_or_default();
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(
-        "# dirigent's queue, ledger and results (added by `dirigent init`)\n/.context/\n",
-    );
-    std::fs::write(&exclude, text)?;
-    Ok(Some(exclude))
+    Ok(dirigent::git::exclude_context(ws.root()).unwrap_or(None))
 }
 
 /// This workspace's ledger key, if the daemon has made one: records are checked with it.

@@ -232,7 +232,7 @@ fn editing_defaults(
     let d = crate::editing::Defaults::default();
     if let Some(branch) = &merge_into {
         crate::git::check_target_name(branch)
-            .map_err(|why| format!("`merge_into: {branch}` {why}"))?;
+            .map_err(|why| format!("`merge_into: {branch}`: {why}"))?;
     }
     let paths = |key: &str, list: Vec<String>| -> Result<Vec<String>, String> {
         list.iter()

@@ -235,6 +235,13 @@ impl Engine {
             let mut plan = plan;
             // In a worktree: made (and recorded) or put back at the base before the agent runs.
             let mut tree_state = None;
+            let (tree_repo, tree_context) = match &tree_plan {
+                Some(p) => (
+                    Some(p.repo.clone()),
+                    p.inside.join(".context").to_string_lossy().into_owned(),
+                ),
+                None => (None, String::new()),
+            };
             if let Some(tree_plan) = tree_plan {
                 let task = plan.task_id.clone();
                 match tokio::task::spawn_blocking(move || worktrees::prepare(&tree_plan)).await {
@@ -356,6 +363,8 @@ impl Engine {
                     settings,
                     resolving,
                     output: spec.fields.output.clone(),
+                    repo: tree_repo.clone().expect("a tree has its repository"),
+                    context: tree_context.clone(),
                     verify_failures,
                     limit: plan.timeout,
                     grace: plan.kill_grace,

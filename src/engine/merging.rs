@@ -62,6 +62,19 @@ pub(super) enum MergeEnd {
 /// The prefix of a `merge_waiting` reason that only `dirigent merge` ends (`merge: manual`).
 pub(super) const MANUAL_PREFIX: &str = crate::editing::MANUAL_MERGE;
 
+/// How a wait for a checkout with uncommitted changes begins: it ends by itself (tried again
+/// every rescan, recorded once), as does one the user queued with `dirigent merge` and one whose
+/// target kept moving. Every other wait (`merge: manual`, git refusing the fast-forward) needs
+/// `dirigent merge`.
+const DIRTY_PREFIX: &str = "the checkout of `";
+const QUEUED_PREFIX: &str = "queued for merging";
+const MOVING: &str = "kept moving";
+
+/// Whether a `merge_waiting` task is tried again without being asked.
+pub(super) fn goes_on_by_itself(reason: &str) -> bool {
+    reason.starts_with(DIRTY_PREFIX) || reason.starts_with(QUEUED_PREFIX) || reason.contains(MOVING)
+}
+
 struct MergeJob {
     repo: Repo,
     ws: Workspace,
@@ -301,17 +314,22 @@ impl Engine {
         let Some(a) = t.attempts.last().cloned() else {
             return;
         };
-        let Some(agent) = self.config.agent_for(&a.agent) else {
-            self.escalate(
-                id,
-                format!(
-                    "merged, but agent `{}` is no longer configured to read its result",
-                    a.agent
-                ),
-            );
-            return;
+        let report = match self.config.agent_for(&a.agent) {
+            Some(agent) => spawn::report_from_capture(&self.ws, id, &a, &agent),
+            // Its agent left the config: the work is merged all the same; its result text
+            // cannot be read the agent's way, so the task is done without one.
+            None => AttemptReport::not_run(
+                crate::judge::Verdict::fail(Class::Ok, "merged"),
+                None,
+                Duration::ZERO,
+                self.ws
+                    .run_dir(id)
+                    .join(crate::workspace::attempt_file(a.n, &a.agent, "stdout")),
+                self.ws
+                    .run_dir(id)
+                    .join(crate::workspace::attempt_file(a.n, &a.agent, "stderr")),
+            ),
         };
-        let report = spawn::report_from_capture(&self.ws, id, &a, &agent);
         self.live.stop_merging(id);
         self.settle_done(id, report);
     }
@@ -321,9 +339,9 @@ impl Engine {
         let waiting: Vec<String> = self
             .book
             .iter()
-            .filter(|t| {
-                matches!(&t.phase, Phase::MergeWaiting { reason } if !reason.starts_with(MANUAL_PREFIX))
-            })
+            .filter(
+                |t| matches!(&t.phase, Phase::MergeWaiting { reason } if goes_on_by_itself(reason)),
+            )
             .map(|t| t.id.clone())
             .collect();
         for id in waiting {
@@ -368,7 +386,7 @@ impl Engine {
             other => Response::fail(
                 Failure::Conflict,
                 format!(
-                    "task `{id}` is {}; only a task waiting to be merged (merge_waiting) can be merged",
+                    "task `{id}` is in state `{}`; only a task waiting to be merged (`merge_waiting`) can be merged",
                     other.label()
                 ),
             ),
@@ -414,7 +432,7 @@ impl Engine {
                 self.discarding.insert(id.to_string());
                 self.settle_cancelled(id);
                 Response::ok(format!(
-                    "discarded `{id}`: `{branch}` and its worktree are removed"
+                    "discarded `{id}`: its branch `{branch}` is deleted and its worktree given up"
                 ))
             }
             Phase::Done { .. } | Phase::Failed { .. } => {
@@ -423,7 +441,7 @@ impl Engine {
                 }]);
                 self.remove_tree_and_branch(id, true);
                 Response::ok(format!(
-                    "discarded `{id}`: `{branch}` and its worktree are removed"
+                    "discarded `{id}`: its branch `{branch}` is deleted and its worktree given up"
                 ))
             }
             Phase::Merging => Response::fail(
@@ -433,7 +451,7 @@ impl Engine {
             other => Response::fail(
                 Failure::Conflict,
                 format!(
-                    "task `{id}` is {}; stop it with `dirigent cancel {id}` first",
+                    "task `{id}` is in state `{}`; stop it with `dirigent cancel {id}` first",
                     other.label()
                 ),
             ),
@@ -502,8 +520,21 @@ impl Engine {
         let Ok(repo) = self.repo() else { return };
         // A pooled tree goes back to the pool (checked out afresh for the next task) while the
         // pool has room; others are removed.
-        let keep = super::worktrees::slot_number(&w.tree.path).is_some()
-            && self.tree_pool.len() < self.config.concurrency;
+        let held_by_another = self.book.iter().any(|o| {
+            o.id != id
+                && o.worktree
+                    .as_ref()
+                    .is_some_and(|ow| !ow.removed && ow.tree.path == w.tree.path)
+        });
+        let keep = if held_by_another {
+            Keep::NotMine
+        } else if super::worktrees::slot_number(&w.tree.path).is_some()
+            && self.tree_pool.len() < self.config.concurrency
+        {
+            Keep::Pool
+        } else {
+            Keep::Remove
+        };
         let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
         self.tasks.spawn(async move {
             give_up_tree(&repo, &ledger, &tx, &id, &w, delete_branch, keep).await;
@@ -555,6 +586,18 @@ impl Engine {
     }
 }
 
+/// What becomes of a tree a task gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// Back to the pool, for the next task.
+    Pool,
+    /// Removed.
+    Remove,
+    /// Left alone: another task holds the same directory now (a pooled tree it took after a
+    /// crash cut this task's record short).
+    NotMine,
+}
+
 /// Gives a task's tree up — back to the pool (`keep`), else removed — and deletes its branch
 /// when told; recorded as `worktree_removed`, and the pooled tree handed to the engine.
 async fn give_up_tree(
@@ -564,13 +607,13 @@ async fn give_up_tree(
     id: &str,
     w: &WorktreeState,
     delete_branch: bool,
-    keep: bool,
+    keep: Keep,
 ) {
     let (tree, branch) = (w.tree.clone(), w.branch.clone());
     let removed = blocking(repo, move |repo| {
         let mut kept = None;
-        if tree.path.exists() {
-            if keep && tree.is_usable() && tree.release().is_ok() {
+        if tree.path.exists() && keep != Keep::NotMine {
+            if keep == Keep::Pool && tree.is_usable() && tree.release().is_ok() {
                 kept = Some(tree);
             } else {
                 repo.remove_worktree(&tree)?;
@@ -584,15 +627,18 @@ async fn give_up_tree(
     .await;
     match removed {
         Ok(kept) => {
+            // The pool first, the record after: whoever reads the record may count on the tree
+            // being free. (A tree another task took meanwhile is never given up in its place:
+            // see `Keep::NotMine`.)
+            if let Some(tree) = kept {
+                let _ = tx.send(Msg::TreeFreed(tree));
+            }
             let ev = Event::WorktreeRemoved {
                 task: id.to_string(),
                 branch_deleted: delete_branch,
             };
             let records = record(ledger, tx, ev).await;
             let _ = tx.send(Msg::Recorded(records));
-            if let Some(tree) = kept {
-                let _ = tx.send(Msg::TreeFreed(tree));
-            }
         }
         Err(e) => tracing::warn!(task = %id, "cannot remove the task's worktree: {e}"),
     }
@@ -720,12 +766,12 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
         Ok(new) => new,
         Err(conflict) => {
             let reason = format!(
-                "class conflict: `{}` does not merge onto `{target}` — {} conflict{}: {}\n\n{}",
+                "class conflict: `{}` does not merge onto `{target}` — {} conflicting file{}: {}\n\n{}",
                 job.state.branch,
                 conflict.files.len(),
                 if conflict.files.len() == 1 { "" } else { "s" },
                 conflict.files.join(", "),
-                conflict.hunks
+                crate::escalate::fenced(&conflict.hunks)
             );
             note(
                 job,
@@ -835,7 +881,11 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
     .await;
     // The tree is given up before the task is done, so a task started right after finds it
     // in the pool.
-    let keep = job.pool_room && super::worktrees::slot_number(&job.state.tree.path).is_some();
+    let keep = if job.pool_room && super::worktrees::slot_number(&job.state.tree.path).is_some() {
+        Keep::Pool
+    } else {
+        Keep::Remove
+    };
     give_up_tree(
         &job.repo,
         &job.ledger,

@@ -223,7 +223,7 @@ impl Engine {
         self.live.merging(id);
         match w.merge {
             MergeState::Waiting { reason } => {
-                if !reason.starts_with(merging::MANUAL_PREFIX) {
+                if merging::goes_on_by_itself(&reason) {
                     self.queue_merge(id);
                 }
             }

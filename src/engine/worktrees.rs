@@ -120,10 +120,13 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
             let branch = crate::git::branch_for(&plan.task)?;
             let tree = match &plan.place {
                 NewTree::Pooled(tree) => {
+                    tree.restore_dot_git()?;
                     tree.reuse(&branch, &base)?;
                     tree.clone()
                 }
                 NewTree::Fresh(path) => {
+                    // The trees live in `.context/`: git must never list them as untracked.
+                    crate::git::exclude_context(&plan.workspace_root)?;
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent).map_err(GitError::Io)?;
                     }
@@ -159,6 +162,8 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
             (state, Some(made))
         }
     };
+    // Whatever an agent did to the tree's `.git` file, the next one finds it pointing home.
+    state.tree.restore_dot_git()?;
     if let Some(resolve) = state.resolve.as_ref().filter(|_| made.is_none()) {
         // `on_conflict: agent`: the merge is started in the tree, its conflicts left for the
         // agent to resolve.
@@ -301,7 +306,28 @@ pub(super) async fn run_setup(
     };
     let shown = argv.join(" ");
     match crate::side_command::run_logged(ws, argv, &log, limits).await {
-        crate::side_command::CommandEnd::Exited(s) if s.success() => Ok(()),
+        crate::side_command::CommandEnd::Exited(s) if s.success() => {
+            // What setup made must be ignored by git, or it would count (and be committed) as
+            // the agent's work.
+            let tree = state.tree.clone();
+            let changed = tokio::task::spawn_blocking(move || tree.changed_paths())
+                .await
+                .unwrap_or(Ok(vec![]))
+                .unwrap_or_default();
+            if changed.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`worktree.setup: {shown}` changed files git tracks or does not ignore ({}); it must write only ignored files (add them to .gitignore), or they would count as the agent's work",
+                    changed
+                        .iter()
+                        .take(5)
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        }
         crate::side_command::CommandEnd::Exited(s) => Err(format!(
             "`worktree.setup: {shown}` failed ({s}); its output is in {}",
             log.display()
@@ -342,6 +368,10 @@ pub(super) struct CheckPlan {
     pub settings: Resolved,
     /// Files a resolving attempt had to resolve: none may keep a conflict marker.
     pub resolving: Vec<String>,
+    pub repo: Repo,
+    /// Dirigent's own directory, as a path in the tree (`.context`, or `sub/.context` when the
+    /// workspace is a subdirectory): the work may not touch it.
+    pub context: String,
     /// The task's `output`: written into the tree, so it is committed with the work.
     pub output: Option<String>,
     /// `verify` failures of this agent in a row on this task before this attempt.
@@ -396,6 +426,28 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
     let changed = diff.files > 0;
     let mut commit = None;
     let mut again = false;
+    if report.verdict.class == Class::Ok && changed {
+        let (tree, repo, base, context) = (
+            tree.clone(),
+            plan.repo.clone(),
+            base.clone(),
+            plan.context.clone(),
+        );
+        let refused =
+            tokio::task::spawn_blocking(move || tree.unmergeable(&repo, &base, &context)).await;
+        match refused {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(why))) => {
+                report.verdict.class = Class::Exit;
+                report.verdict.reason = why;
+            }
+            Ok(Err(e)) => {
+                report.verdict.class = Class::Exit;
+                report.verdict.reason = format!("cannot check what the attempt changed: {e}");
+            }
+            Err(_) => return,
+        }
+    }
     if report.verdict.class == Class::Ok {
         let left: Vec<&String> = plan
             .resolving
@@ -462,9 +514,19 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
             report.verdict.reason = "stopped while the work was being verified".into();
             return;
         }
-        if let (Some(c), Some(Ok(()))) = (&made, &verify) {
-            let (tree, c) = (tree.clone(), c.clone());
-            let _ = tokio::task::spawn_blocking(move || tree.reset_to(&c)).await;
+        match (&made, &verify) {
+            (Some(c), Some(Ok(()))) => {
+                // What the check left behind is dropped: the commit is what was verified.
+                let (tree, c) = (tree.clone(), c.clone());
+                let _ = tokio::task::spawn_blocking(move || tree.reset_to(&c)).await;
+            }
+            (Some(_), Some(Err(_))) => {
+                // Work that failed its check leaves no commit in the branch's history; its
+                // changes stay, staged, for a feedback round or the patch.
+                let (tree, base) = (tree.clone(), base.clone());
+                let _ = tokio::task::spawn_blocking(move || tree.uncommit(&base)).await;
+            }
+            _ => {}
         }
         let passed = verify.as_ref().map(|v| v.is_ok());
         if report.verdict.class == Class::Ok {

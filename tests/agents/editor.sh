@@ -12,6 +12,7 @@
 #   firsttry CMD…            CMD only when it is not such a round
 #   onresolve CMD…           CMD only when it is asked to resolve a merge conflict
 #   unmark FILE              resolve FILE's conflicts by keeping both sides (markers removed)
+#   run CMD…                 run CMD with sh (what a hostile agent does)
 prompt=$(cat)
 retry=no
 case "$prompt" in *"## The check failed"*) retry=yes ;; esac
@@ -38,6 +39,7 @@ printf '%s\n' "$prompt" | {
       refuse-if) if grep -q "$3" "$2"; then echo "found a leftover '$3' in $2" >&2; exit 1; fi ;;
       require) if ! grep -q "$3" "$2"; then echo "no '$3' in $2" >&2; exit 1; fi ;;
       fail) echo "failing as told" >&2; exit 1 ;;
+      run) shift; sh -c "$*" ;;
       unmark) sed -i '/^<<<<<<< /d; /^=======$/d; /^>>>>>>> /d' "$2" ;;
     esac
   done
