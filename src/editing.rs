@@ -152,11 +152,18 @@ pub struct TaskSays {
     pub carry_failed_changes: Option<bool>,
 }
 
-/// Resolves a task's settings: the task's own, then its agent's `verify`, then the config's.
-/// `expect_changes` defaults to true (this is only asked for worktree attempts).
-pub fn resolve(task: &TaskSays, agent_verify: &[Vec<String>], config: &Defaults) -> Resolved {
+/// Resolves a task's settings: the task's own (a workflow phase's `verify` is its tasks'), then
+/// its role's `verify`, then its agent's, then the config's. `expect_changes` defaults to true
+/// (this is only asked for worktree attempts).
+pub fn resolve(
+    task: &TaskSays,
+    role_verify: &[Vec<String>],
+    agent_verify: &[Vec<String>],
+    config: &Defaults,
+) -> Resolved {
     let verify = match &task.verify {
         Some(v) => v.clone(),
+        None if !role_verify.is_empty() => role_verify.to_vec(),
         None if !agent_verify.is_empty() => agent_verify.to_vec(),
         None => config.verify.clone(),
     };
@@ -230,15 +237,21 @@ mod tests {
         };
         let agent = vec![vec!["cargo".into(), "test".into()]];
         let none = TaskSays::default();
-        let r = resolve(&none, &[], &config);
+        let r = resolve(&none, &[], &[], &config);
         assert_eq!(r.verify, config.verify, "expected the config's verify");
         assert_eq!(r.merge, MergeMode::Auto, "expected the config's merge");
         assert!(r.expect_changes, "expected expect_changes on by default");
         assert_eq!(r.verify_rounds, 1, "expected one feedback round by default");
-        let r = resolve(&none, &agent, &config);
+        let r = resolve(&none, &[], &agent, &config);
         assert_eq!(
             r.verify, agent,
             "expected the agent's verify over the config's"
+        );
+        let role = vec![vec!["make".to_string(), "check".to_string()]];
+        let r = resolve(&none, &role, &agent, &config);
+        assert_eq!(
+            r.verify, role,
+            "expected the role's verify over the agent's"
         );
         let task = TaskSays {
             verify: Some(vec![]),
@@ -246,7 +259,7 @@ mod tests {
             expect_changes: Some(false),
             ..TaskSays::default()
         };
-        let r = resolve(&task, &agent, &config);
+        let r = resolve(&task, &[], &agent, &config);
         assert!(
             r.verify.is_empty(),
             "expected the task's empty verify to win"

@@ -1016,7 +1016,12 @@ where
         .arg(dir)
         // No hooks, no file-system monitor: programs a repository's config names never run
         // as dirigent's own git commands.
-        .args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
+        .args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+        ])
         .args(args)
         // A background tool must not take the index lock to refresh it: the user's own `git
         // commit` at that moment would fail with `index.lock: File exists`.

@@ -407,6 +407,11 @@ fn accept_editing(
     }
     let asked = crate::workdir::Asked {
         task: fields.workdir,
+        role: fields
+            .role
+            .as_deref()
+            .and_then(|r| config.role_editing.get(r))
+            .and_then(|(w, _)| *w),
         config: config.workdir,
         ..Default::default()
     };

@@ -739,6 +739,7 @@ phases:
   - name: execute
     type: parallel
     workdir: worktree
+    verify: [sh, -c, "! grep -q '^slot1$' a.txt || ! grep -q '^slot4$' a.txt"]
     tasks:
       - { name: one, prompt: "replace a.txt slot1 slot1-by-one", agent: ed }
       - { name: two, prompt: "replace a.txt slot4 slot4-by-two", agent: ed }
@@ -931,4 +932,23 @@ fn an_id_git_refuses_is_refused_at_submit() {
         said.contains("`a..b` cannot name a git branch (it contains `..`"),
         "expected the reason, got: {said}"
     );
+}
+
+/// A role may say where its tasks work: `workdir: shared` on a role of answerers runs them in
+/// the workspace, no worktree, no `no_change`.
+#[test]
+fn a_role_can_say_its_tasks_work_in_the_workspace() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nroles:\n  answer: {{ agents: [ed], workdir: shared }}\n"
+    ));
+    let mut daemon = ws.start();
+    ws.drop_task("ask.json", r#"{"prompt": "what is in a.txt?", "role": "answer"}"#);
+    let end = ws.wait_settled("ask");
+    assert!(matches!(end, Event::Done { .. }), "expected done, got {end:?}");
+    let made = ws
+        .records()
+        .iter()
+        .any(|r| matches!(&r.event, Event::WorktreeMade { task, .. } if task == "ask"));
+    assert!(!made, "expected no worktree for a shared role's task");
+    daemon.stop();
 }

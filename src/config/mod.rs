@@ -143,6 +143,12 @@ enum RawRole {
         agents: Vec<String>,
         #[serde(default)]
         strategy: Option<String>,
+        /// Where its tasks work, unless the task says.
+        #[serde(default)]
+        workdir: Option<crate::workdir::Workdir>,
+        /// Its tasks' check, unless the task gives one.
+        #[serde(default)]
+        verify: Option<crate::editing::VerifyWritten>,
     },
 }
 
@@ -209,6 +215,8 @@ pub struct Config {
     pub model_targets: BTreeMap<String, String>,
     /// Where attempts work unless a task, phase, role or agent says (see `workdir`).
     pub workdir: Option<crate::workdir::Workdir>,
+    /// A role's own `workdir` and `verify`, for the tasks that name it.
+    pub role_editing: BTreeMap<String, (Option<crate::workdir::Workdir>, Vec<Vec<String>>)>,
     /// Defaults for editing tasks: verify, merge, worktree setup (see `editing`).
     pub editing: crate::editing::Defaults,
     /// Where the config came from, for messages.
@@ -356,10 +364,25 @@ impl Config {
         }
         let mut roles = BTreeMap::new();
         let mut best_roles = std::collections::BTreeSet::new();
+        let mut role_editing = BTreeMap::new();
         for (role, raw_role) in raw.roles {
             let chain = match raw_role {
                 RawRole::Chain(chain) => chain,
-                RawRole::Full { agents, strategy } => {
+                RawRole::Full {
+                    agents,
+                    strategy,
+                    workdir,
+                    verify,
+                } => {
+                    if workdir.is_some() || verify.is_some() {
+                        let verify = match &verify {
+                            Some(v) => v
+                                .commands()
+                                .map_err(|e| invalid(format!("role `{role}`: {e}")))?,
+                            None => vec![],
+                        };
+                        role_editing.insert(role.clone(), (workdir, verify));
+                    }
                     match strategy.as_deref() {
                         None | Some("order") => {}
                         Some("best") => {
@@ -465,6 +488,7 @@ impl Config {
             },
             max_spawned_tasks: raw.max_spawned_tasks.unwrap_or(100),
             workdir: raw.workdir,
+            role_editing,
             editing: editing_defaults(
                 raw.verify,
                 raw.verify_rounds,

@@ -103,11 +103,7 @@ impl Engine {
     pub(super) fn after_verified(&mut self, id: &str, report: AttemptReport) {
         let Some(t) = self.book.get(id) else { return };
         let Some(spec) = t.spec.clone() else { return };
-        let settings = crate::editing::resolve(
-            &spec.fields.editing(),
-            &self.agent_verify(id),
-            &self.config.editing,
-        );
+        let settings = self.editing_of(&spec, &self.agent_verify(id));
         match settings.merge {
             MergeMode::None => self.settle_done(id, report),
             MergeMode::Manual => {
@@ -245,11 +241,7 @@ impl Engine {
             return None;
         };
         let spec = t.spec.clone()?;
-        let settings = crate::editing::resolve(
-            &spec.fields.editing(),
-            &self.agent_verify(id),
-            &self.config.editing,
-        );
+        let settings = self.editing_of(&spec, &self.agent_verify(id));
         let limit = spec
             .fields
             .timeout

@@ -196,6 +196,10 @@ impl Engine {
             workdir: Some(child.workdir.unwrap_or(crate::workdir::Workdir::Shared)),
             merge: (child.workdir == Some(crate::workdir::Workdir::Worktree))
                 .then_some(crate::editing::MergeMode::Auto),
+            verify: child
+                .verify
+                .clone()
+                .map(crate::editing::VerifyWritten::Many),
             merge_into: (child.workdir == Some(crate::workdir::Workdir::Worktree))
                 .then(|| self.run_merge_into(&child.id))
                 .flatten(),

@@ -702,6 +702,26 @@ impl Engine {
         }
     }
 
+    /// The `workdir` and `verify` of the role the task names, if it names one that has them.
+    fn role_of(
+        &self,
+        spec: &TaskSpec,
+    ) -> Option<&(Option<crate::workdir::Workdir>, Vec<Vec<String>>)> {
+        self.config.role_editing.get(spec.fields.role.as_deref()?)
+    }
+
+    /// A task's editing settings: its own, its role's, its agent's (`agent_verify`), the
+    /// config's.
+    pub(super) fn editing_of(&self, spec: &TaskSpec, agent_verify: &[Vec<String>]) -> Resolved {
+        let role_verify = self.role_of(spec).map_or(&[][..], |(_, v)| v.as_slice());
+        crate::editing::resolve(
+            &spec.fields.editing(),
+            role_verify,
+            agent_verify,
+            &self.config.editing,
+        )
+    }
+
     /// Decides where an attempt of `agent` on task `id` works and, for a worktree, what its
     /// task needs to ready it. `Err` is why it cannot run (the task escalates).
     pub(super) fn tree_plan(
@@ -714,7 +734,7 @@ impl Engine {
         let asked = crate::workdir::Asked {
             task: spec.fields.workdir,
             phase: None,
-            role: None,
+            role: self.role_of(&spec).and_then(|(w, _)| *w),
             agent: agent.workdir,
             config: self.config.workdir,
         };
@@ -726,8 +746,7 @@ impl Engine {
         }
         let repo = self.repo().map_err(|e| e.to_string())?;
         let t = self.book.get(id).expect("started tasks are in the book");
-        let settings =
-            crate::editing::resolve(&spec.fields.editing(), &agent.verify, &self.config.editing);
+        let settings = self.editing_of(&spec, &agent.verify);
         let last = t.attempts.last();
         let continuing = last
             .is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again))

@@ -68,6 +68,7 @@ pub(super) fn distilled(
                 output: None,
                 files: vec![],
                 workdir: None,
+                verify: None,
             })),
             ChildState::Waiting => waiting = true,
             ChildState::Failed(reason) => {

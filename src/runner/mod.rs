@@ -43,6 +43,8 @@ pub struct Child {
     pub files: Vec<String>,
     /// Where it works: its phase's `workdir` (`None`: shared).
     pub workdir: Option<crate::workdir::Workdir>,
+    /// Its phase's `verify`.
+    pub verify: Option<Vec<Vec<String>>>,
 }
 
 /// What the engine should do for a run.

@@ -33,6 +33,7 @@ pub(super) fn single(cx: &Ctx) -> Vec<Action> {
                 output: cx.output.clone(),
                 files: scoped_files(cx.phase, cx.ws, &cx.vars),
                 workdir: cx.phase.workdir,
+                verify: cx.phase.verify.clone(),
             })]
         }
         ChildState::Waiting => vec![],
@@ -102,6 +103,7 @@ pub(super) fn ensemble(cx: &Ctx, e: &Ensemble) -> Vec<Action> {
                     output: None,
                     files: scoped_files(cx.phase, cx.ws, &cx.vars),
                     workdir: None,
+                    verify: None,
                 }));
             }
         }
@@ -134,6 +136,7 @@ pub(super) fn ensemble(cx: &Ctx, e: &Ensemble) -> Vec<Action> {
                 output: cx.output.clone(),
                 files: vec![],
                 workdir: None,
+                verify: None,
             })]
         }
         ChildState::Waiting => vec![],
@@ -214,6 +217,7 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
                     output: cx.output.clone(),
                     files: scoped_files(cx.phase, cx.ws, &cx.vars),
                     workdir: None,
+                    verify: None,
                 })];
             }
             ChildState::Waiting => return vec![],
@@ -271,6 +275,7 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
                     output: None,
                     files: vec![],
                     workdir: None,
+                    verify: None,
                 })]
             }
             ChildState::Waiting => vec![],
@@ -333,6 +338,7 @@ pub(super) fn fan_out(cx: &Ctx, f: &FanOut) -> Vec<Action> {
                 output: sub.output,
                 files: sub.files,
                 workdir: cx.phase.workdir,
+                verify: cx.phase.verify.clone(),
             })),
             ChildState::Waiting => waiting = true,
             ChildState::Done(o) => results.push((sub.label, o)),
@@ -379,6 +385,7 @@ pub(super) fn fan_out(cx: &Ctx, f: &FanOut) -> Vec<Action> {
                 output: if is_map { None } else { cx.output.clone() },
                 files: vec![],
                 workdir: None,
+                verify: None,
             })]
         }
         ChildState::Waiting => vec![],

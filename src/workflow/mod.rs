@@ -103,6 +103,8 @@ pub struct Phase {
     pub files: Vec<String>,
     /// Where its tasks work (`single`, `parallel`, `routed`, `map`); `None`: shared.
     pub workdir: Option<crate::workdir::Workdir>,
+    /// Its tasks' `verify`, when it gives one.
+    pub verify: Option<Vec<Vec<String>>>,
     pub kind: Kind,
 }
 

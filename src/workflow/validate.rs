@@ -378,6 +378,24 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 ),
             );
         }
+        let verify = match &phase.verify {
+            Some(v) => match v.commands() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    at(&phase.name.referenced, format!("phase `{pname}`: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        if verify.is_some() && phase.workdir != Some(crate::workdir::Workdir::Worktree) {
+            at(
+                &phase.name.referenced,
+                format!(
+                    "phase `{pname}`: `verify` needs `workdir: worktree` (it checks the work in each task's tree)"
+                ),
+            );
+        }
         if let Some(kind) = typed {
             phases.push(Phase {
                 name: phase.name.clone(),
@@ -394,6 +412,7 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 distill: phase.distill.clone(),
                 files: phase.files.clone(),
                 workdir: phase.workdir,
+                verify,
                 kind,
             });
         }

@@ -120,6 +120,9 @@ pub struct WrittenPhase {
     /// or `shared` (the default for a workflow's steps).
     #[serde(default)]
     pub workdir: Option<crate::workdir::Workdir>,
+    /// The check its tasks' work must pass in their worktrees (with `workdir: worktree`).
+    #[serde(default)]
+    pub verify: Option<crate::editing::VerifyWritten>,
 }
 
 /// A loop's evaluator as written: a command (exit 0 ends the loop) or an agent whose answer
