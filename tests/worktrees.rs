@@ -942,13 +942,62 @@ fn a_role_can_say_its_tasks_work_in_the_workspace() {
         "{AGENT}default_chain: [ed]\nroles:\n  answer: {{ agents: [ed], workdir: shared }}\n"
     ));
     let mut daemon = ws.start();
-    ws.drop_task("ask.json", r#"{"prompt": "what is in a.txt?", "role": "answer"}"#);
+    ws.drop_task(
+        "ask.json",
+        r#"{"prompt": "what is in a.txt?", "role": "answer"}"#,
+    );
     let end = ws.wait_settled("ask");
-    assert!(matches!(end, Event::Done { .. }), "expected done, got {end:?}");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done, got {end:?}"
+    );
     let made = ws
         .records()
         .iter()
         .any(|r| matches!(&r.event, Event::WorktreeMade { task, .. } if task == "ask"));
     assert!(!made, "expected no worktree for a shared role's task");
+    daemon.stop();
+}
+
+/// SIGKILL as soon as `merge_ready` is on disk — the ref update may or may not have happened —
+/// then restart: the task is done once, with one commit on the target, whichever it was.
+#[test]
+fn a_crash_at_merge_ready_is_recovered_without_a_second_commit() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: auto\n"));
+    let mut daemon = ws.start();
+    ws.drop_task("mr.md", "replace a.txt slot3 slot3-by-mr\n");
+    ws.wait_for("merge_ready", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::MergeReady { task, .. } if task == "mr"))
+            .then_some(())
+    });
+    daemon.crash();
+    let mut daemon = ws.start();
+    let end = ws.wait_settled("mr");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done after the restart, got {end:?}"
+    );
+    assert_eq!(
+        commits_of(&ws, "mr"),
+        1,
+        "expected exactly one commit of mr on main"
+    );
+    let dones = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(&r.event, Event::Done { task, .. } if task == "mr"))
+        .count();
+    assert_eq!(dones, 1, "expected one `done` record");
+    assert!(
+        main_file(&ws).contains("slot3-by-mr"),
+        "expected the work on main"
+    );
+    assert_eq!(status_of(&ws), "", "expected the checkout clean");
+    let listed = git(ws.root(), &["worktree", "list", "--porcelain"]);
+    assert!(
+        !listed.contains("prunable"),
+        "expected no worktree left half-registered, got:\n{listed}"
+    );
     daemon.stop();
 }
