@@ -937,38 +937,27 @@ fn bounded(mut text: String) -> String {
 /// The `-c user.name=… -c user.email=…` to give when git has no identity of the user's (a fresh
 /// machine, a service account), so a finished task's commit does not fail for that.
 fn identity(dir: &Path) -> Vec<String> {
-    let has = git(dir, ["var", "GIT_AUTHOR_IDENT"]).is_ok()
-        && git(dir, ["var", "GIT_COMMITTER_IDENT"]).is_ok();
-    if has {
-        vec![]
-    } else {
-        [
-            "-c",
-            "user.name=dirigent",
-            "-c",
-            "user.email=dirigent@localhost",
-        ]
-        .map(String::from)
-        .to_vec()
-    }
+    fallback_identity(|var| git(dir, ["var", var]).is_ok())
 }
 
 /// [`identity`], asked of a task's tree through its recorded git directory.
 fn identity_in(tree: &Tree) -> Vec<String> {
-    let has = in_tree(tree, ["var", "GIT_AUTHOR_IDENT"]).is_ok()
-        && in_tree(tree, ["var", "GIT_COMMITTER_IDENT"]).is_ok();
-    if has {
-        vec![]
-    } else {
-        [
-            "-c",
-            "user.name=dirigent",
-            "-c",
-            "user.email=dirigent@localhost",
-        ]
-        .map(String::from)
-        .to_vec()
+    fallback_identity(|var| in_tree(tree, ["var", var]).is_ok())
+}
+
+/// Nothing when git knows both the author and the committer (`known`), else dirigent's own.
+fn fallback_identity(known: impl Fn(&str) -> bool) -> Vec<String> {
+    if known("GIT_AUTHOR_IDENT") && known("GIT_COMMITTER_IDENT") {
+        return vec![];
     }
+    [
+        "-c",
+        "user.name=dirigent",
+        "-c",
+        "user.email=dirigent@localhost",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Stages everything in the tree, untracked files included, so that a diff against the base

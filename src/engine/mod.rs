@@ -60,6 +60,7 @@ mod merging;
 mod recovery;
 mod requests;
 mod settling;
+mod tree_release;
 mod workflow_runs;
 mod worktrees;
 

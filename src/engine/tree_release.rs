@@ -1,0 +1,269 @@
+//! Giving trees up: where a task's worktree (and branch) goes once the task no longer needs
+//! it — back to the pool or removed when the task is done (merged or `merge: none`), kept for
+//! `keep_failed` when it failed, at once on `dirigent discard`, and before a retry (its work
+//! saved as a patch). A tree is released only by the task that holds it: one another task took
+//! from the pool is never given up in its place.
+
+use super::merging::blocking;
+use super::*;
+use crate::git::{GitError, Repo};
+use crate::state::{MergeState, WorktreeState};
+
+impl Engine {
+    /// `dirigent discard ID`: the task's branch and worktree go. A task waiting to be merged
+    /// ends cancelled; a finished task loses what was kept of it.
+    pub(super) fn discard_request(&mut self, id: &str) -> crate::protocol::Response {
+        use crate::protocol::{Failure, Response};
+        let Some(t) = self.book.get(id) else {
+            return Response::fail(
+                Failure::NotFound,
+                format!("no task `{id}`; `dirigent status` lists the tasks"),
+            );
+        };
+        let Some(w) = t.worktree.as_deref() else {
+            return Response::fail(
+                Failure::Conflict,
+                format!("task `{id}` has no branch or worktree to discard"),
+            );
+        };
+        let branch = w.branch.clone();
+        let gone =
+            w.removed && matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded);
+        match &t.phase {
+            _ if gone => Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}` has nothing left to discard (its branch was merged or discarded)"
+                ),
+            ),
+            Phase::MergeWaiting { .. } if self.merges.is_merging(id) => Response::fail(
+                Failure::Conflict,
+                format!("task `{id}` is being merged now; discard it after, or let it land"),
+            ),
+            Phase::MergeWaiting { .. } => {
+                self.merges.forget(id);
+                self.live.stop_merging(id);
+                self.record_later(vec![Event::Discarded {
+                    task: id.to_string(),
+                }]);
+                self.discarding.insert(id.to_string());
+                self.settle_cancelled(id);
+                Response::ok(format!(
+                    "discarded `{id}`: its branch `{branch}` is deleted and its worktree given up"
+                ))
+            }
+            Phase::Done { .. } | Phase::Failed { .. } => {
+                self.record_later(vec![Event::Discarded {
+                    task: id.to_string(),
+                }]);
+                self.remove_tree_and_branch(id, true);
+                Response::ok(format!(
+                    "discarded `{id}`: its branch `{branch}` is deleted and its worktree given up"
+                ))
+            }
+            Phase::Merging => Response::fail(
+                Failure::Conflict,
+                format!("task `{id}` is being merged now; discard it after, or let it land"),
+            ),
+            other => Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}` is in state `{}`; stop it with `dirigent cancel {id}` first",
+                    other.label()
+                ),
+            ),
+        }
+    }
+
+    /// A task with a worktree settled: a done one's tree goes now (its work is merged, or on
+    /// its branch with `merge: none`); a failed or cancelled one's is kept for `keep_failed`,
+    /// for a human to look at.
+    pub(super) fn tree_after_settled(&mut self, id: &str) {
+        let Some(t) = self.book.get(id) else { return };
+        if t.worktree.as_ref().is_none_or(|w| w.removed) {
+            return;
+        }
+        if self.discarding.remove(id) {
+            return self.remove_tree_and_branch(id, true);
+        }
+        match &t.phase {
+            Phase::Done { .. } => self.remove_tree(id),
+            Phase::Failed { finished_ms, .. } => {
+                let due = finished_ms + self.config.editing.keep_failed.as_millis() as u64;
+                self.kept_trees.push((due, id.to_string()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes the kept worktrees of failed tasks whose `keep_failed` is over (rescan tick).
+    pub(super) fn expire_kept_trees(&mut self) {
+        let now = ledger::now_ms();
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.kept_trees)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.kept_trees = kept;
+        let keep = self.config.editing.keep_failed.as_millis() as u64;
+        for (_, id) in due {
+            // Only a task still failed, for `keep_failed` since it last failed: a retried one
+            // works in its tree again.
+            let expired = self.book.get(&id).is_some_and(|t| {
+                matches!(t.phase, Phase::Failed { finished_ms, .. } if finished_ms + keep <= now)
+            });
+            if expired {
+                self.remove_tree(&id);
+            }
+        }
+    }
+
+    /// Removes a finished task's worktree and, when its work is merged or discarded (or was
+    /// never committed), its branch; recorded as `worktree_removed`.
+    pub(super) fn remove_tree(&mut self, id: &str) {
+        self.remove_tree_and_branch(id, false);
+    }
+
+    /// [`Engine::remove_tree`]; `discard` deletes the branch whatever it holds.
+    fn remove_tree_and_branch(&mut self, id: &str, discard: bool) {
+        let Some(t) = self.book.get(id) else { return };
+        let Some(w) = t.worktree.as_deref().cloned() else {
+            return;
+        };
+        if w.removed && !discard {
+            return;
+        }
+        let delete_branch = discard
+            || matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
+            || w.commit.is_none();
+        let Ok(repo) = self.repo() else { return };
+        // A pooled tree goes back to the pool (checked out afresh for the next task) while the
+        // pool has room; others are removed.
+        let keep = self.keep_for(id, &w);
+        let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
+        self.tasks.spawn(async move {
+            give_up_tree(&repo, &ledger, &tx, &id, &w, delete_branch, keep).await;
+        });
+    }
+}
+
+impl Engine {
+    /// What becomes of task `id`'s tree `w`: left alone when another task holds the same
+    /// directory, back to the pool while it has room, else removed.
+    fn keep_for(&self, id: &str, w: &WorktreeState) -> Keep {
+        let held_by_another = self.book.iter().any(|o| {
+            o.id != id
+                && o.worktree
+                    .as_ref()
+                    .is_some_and(|ow| !ow.removed && ow.tree.path == w.tree.path)
+        });
+        if held_by_another {
+            Keep::NotMine
+        } else if super::worktrees::slot_number(&w.tree.path).is_some()
+            && self.tree_pool.len() < self.config.concurrency
+        {
+            Keep::Pool
+        } else {
+            Keep::Remove
+        }
+    }
+
+    /// A retried task's old tree: what it held is saved as `runs/<id>/retried-<ms>.patch`, then
+    /// the tree is given up and its branch deleted — only if it still points where it did. The
+    /// retry waits for it (a few git commands), so the task's next tree never meets the old one
+    /// holding its branch.
+    pub(super) async fn retire_tree(&mut self, id: &str, w: WorktreeState) {
+        let Ok(repo) = self.repo() else { return };
+        let keep = self.keep_for(id, &w);
+        let patch = self
+            .ws
+            .run_dir(id)
+            .join(format!("retried-{}.patch", ledger::now_ms()));
+        let retired = blocking(&repo, move |repo| {
+            let text = w.diff_text(repo)?;
+            if !text.is_empty() {
+                std::fs::create_dir_all(patch.parent().expect("in runs/")).map_err(GitError::Io)?;
+                std::fs::write(&patch, text).map_err(GitError::Io)?;
+            }
+            let kept = release_or_remove(repo, &w.tree, keep)?;
+            if let Some(head) = &w.commit {
+                repo.delete_branch_at(&w.branch, head)?;
+            }
+            Ok(kept)
+        })
+        .await;
+        match retired {
+            Ok(Some(tree)) => self.tree_pool.push(tree),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(task = %id, "cannot give up the old worktree before the retry: {e}")
+            }
+        }
+    }
+}
+
+/// What becomes of a tree a task gives up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// Back to the pool, for the next task.
+    Pool,
+    /// Removed.
+    Remove,
+    /// Left alone: another task holds the same directory now (a pooled tree it took after a
+    /// crash cut this task's record short).
+    NotMine,
+}
+
+/// The tree back to the pool (returned) or removed, as `keep` says; a tree that cannot be
+/// released cleanly is removed. Blocking.
+fn release_or_remove(
+    repo: &Repo,
+    tree: &crate::git::Tree,
+    keep: Keep,
+) -> Result<Option<crate::git::Tree>, GitError> {
+    if !tree.path.exists() || keep == Keep::NotMine {
+        return Ok(None);
+    }
+    if keep == Keep::Pool && tree.is_usable() && tree.release().is_ok() {
+        return Ok(Some(tree.clone()));
+    }
+    repo.remove_worktree(tree)?;
+    Ok(None)
+}
+
+/// Gives a task's tree up — back to the pool (`keep`), else removed — and deletes its branch
+/// when told; recorded as `worktree_removed`, and the pooled tree handed to the engine.
+pub(super) async fn give_up_tree(
+    repo: &Repo,
+    ledger: &Ledger,
+    tx: &mpsc::UnboundedSender<Msg>,
+    id: &str,
+    w: &WorktreeState,
+    delete_branch: bool,
+    keep: Keep,
+) {
+    let (tree, branch) = (w.tree.clone(), w.branch.clone());
+    let removed = blocking(repo, move |repo| {
+        let kept = release_or_remove(repo, &tree, keep)?;
+        if delete_branch {
+            repo.delete_branch(&branch)?;
+        }
+        Ok(kept)
+    })
+    .await;
+    match removed {
+        Ok(kept) => {
+            // The pool first, the record after: whoever reads the record may count on the tree
+            // being free. (A tree another task took meanwhile is never given up in its place:
+            // see `Keep::NotMine`.)
+            if let Some(tree) = kept {
+                let _ = tx.send(Msg::TreeFreed(tree));
+            }
+            let ev = Event::WorktreeRemoved {
+                task: id.to_string(),
+                branch_deleted: delete_branch,
+            };
+            let records = record(ledger, tx, ev).await;
+            let _ = tx.send(Msg::Recorded(records));
+        }
+        Err(e) => tracing::warn!(task = %id, "cannot remove the task's worktree: {e}"),
+    }
+}
