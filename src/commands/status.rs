@@ -246,12 +246,17 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             agent,
             t.attempts.len(),
             short(Duration::from_millis(t.busy_ms())),
-            t.title
+            match t.branch_note() {
+                Some(branch) => format!("{} [{branch}]", t.title),
+                None => t.title.clone(),
+            }
         );
-        // Why it failed, and what to do about it, where the user looks first.
-        if let Phase::Failed { reason, .. } = &t.phase {
-            let mut line: String = reason.chars().take(300).collect();
-            if reason.chars().count() > 300 {
+        // Why it failed (or waits), and what to do about it, where the user looks first. Only
+        // its first line: a conflict's hunks are in the report.
+        if let Phase::Failed { reason, .. } | Phase::MergeWaiting { reason } = &t.phase {
+            let first = reason.lines().next().unwrap_or("");
+            let mut line: String = first.chars().take(300).collect();
+            if first.chars().count() > 300 || reason.lines().nth(1).is_some() {
                 line.push('…');
             }
             println!("{:<28} ↳ {line}", "");
