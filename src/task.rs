@@ -440,6 +440,11 @@ fn accept_workflow(
             "a `workflow` task names its agents in the workflow; remove `agent`, `chain` and `role`",
         );
     }
+    // Its editing tasks merge into its `merge_into` (a run branch, say).
+    if let Some(branch) = &fields.merge_into {
+        crate::git::check_target_name(branch)
+            .map_err(|why| Reject(format!("`merge_into: {branch}`: {why}")))?;
+    }
     let dir = root.join(crate::workspace::CONTEXT_DIR).join("workflows");
     let defs = crate::workflow::discover(&dir)
         .map_err(|e| Reject(format!("cannot read `{}`: {e}", dir.display())))?;

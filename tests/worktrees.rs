@@ -1001,3 +1001,74 @@ fn a_crash_at_merge_ready_is_recovered_without_a_second_commit() {
     );
     daemon.stop();
 }
+
+/// `carry_failed_changes: true`: the next agent starts from the failed attempt's changes
+/// (applied from its patch) instead of a clean base.
+#[test]
+fn carried_failed_changes_reach_the_next_agent() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed, ed2]\nmerge: auto\ncarry_failed_changes: true\n"
+    ));
+    let mut daemon = ws.start();
+    ws.drop_task(
+        "carry.md",
+        "as ed append a.txt half-done\nas ed fail\nas ed2 require a.txt half-done\nas ed2 append a.txt finished\n",
+    );
+    let end = ws.wait_settled("carry");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected done (ed2 saw ed's half-edit), got {end:?}\nattempts:\n{}",
+        attempt_reasons(&ws)
+    );
+    let text = main_file(&ws);
+    assert!(
+        text.contains("half-done") && text.contains("finished"),
+        "expected both on main, got:\n{text}"
+    );
+    daemon.stop();
+}
+
+/// A workflow run with `merge_into: dirigent/run/<id>` collects its editing tasks on that branch
+/// and leaves the user's branch alone.
+#[test]
+fn a_run_branch_collects_a_workflows_edits() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n"));
+    std::fs::create_dir_all(ws.ctx().join("workflows")).unwrap();
+    std::fs::write(
+        ws.ctx().join("workflows/collect.yaml"),
+        r#"
+name: collect
+phases:
+  - name: execute
+    type: parallel
+    workdir: worktree
+    tasks:
+      - { name: one, prompt: "replace a.txt slot2 slot2-by-one", agent: ed }
+      - { name: two, prompt: "replace a.txt slot3 slot3-by-two", agent: ed }
+"#,
+    )
+    .unwrap();
+    let main_before = git(ws.root(), &["rev-parse", "main"]);
+    let mut daemon = ws.start();
+    ws.drop_task(
+        "rb.json",
+        r#"{"workflow": "collect", "merge_into": "dirigent/run/rb"}"#,
+    );
+    let end = ws.wait_settled("rb");
+    assert!(
+        matches!(end, Event::Done { .. }),
+        "expected the run done, got {end:?}\nattempts:\n{}",
+        attempt_reasons(&ws)
+    );
+    assert_eq!(
+        git(ws.root(), &["rev-parse", "main"]),
+        main_before,
+        "expected main untouched"
+    );
+    let collected = git(ws.root(), &["show", "dirigent/run/rb:a.txt"]);
+    assert!(
+        collected.contains("slot2-by-one") && collected.contains("slot3-by-two"),
+        "expected both edits on the run branch, got:\n{collected}"
+    );
+    daemon.stop();
+}
