@@ -565,9 +565,12 @@ impl Tree {
     /// this is tens of milliseconds where making a worktree of a large repository afresh takes
     /// seconds.
     pub fn reuse(&self, branch: &str, base: &str) -> Result<(), GitError> {
-        let _admin = admin();
         self.abort_rebase()?;
-        in_tree(self, ["checkout", "--quiet", "--force", "-B", branch, base])?;
+        {
+            // Only the checkout looks at the other worktrees (is the branch used elsewhere?).
+            let _admin = admin();
+            in_tree(self, ["checkout", "--quiet", "--force", "-B", branch, base])?;
+        }
         in_tree(self, ["clean", "--quiet", "-ffdx"]).map(drop)
     }
 

@@ -1072,3 +1072,53 @@ phases:
     );
     daemon.stop();
 }
+
+/// Discarding a finished task whose tree is back in the pool deletes its branch and leaves the
+/// pooled tree alone: two tasks started together afterwards never share a directory.
+#[test]
+fn discarding_a_finished_task_does_not_pool_its_tree_twice() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: none\nconcurrency: 2\n"
+    ));
+    let mut daemon = ws.start();
+    ws.drop_task("d1.md", "append a.txt from-d1\n");
+    ws.wait_settled("d1");
+    ws.wait_for("d1's tree to be given up", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == "d1"))
+            .then_some(())
+    });
+    let out = ws.cli(&["discard", "d1"]);
+    assert!(out.status.success(), "expected discard accepted: {out:?}");
+    ws.wait_until("the branch of d1 to be deleted", || {
+        git(ws.root(), &["branch", "--list", "dirigent/d1"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    ws.drop_task("d2.md", "append a.txt from-d2\n");
+    ws.drop_task("d3.md", "append a.txt from-d3\n");
+    for id in ["d2", "d3"] {
+        let end = ws.wait_settled(id);
+        assert!(
+            matches!(end, Event::Done { .. }),
+            "expected {id} done, got {end:?}\nattempts:\n{}",
+            attempt_reasons(&ws)
+        );
+    }
+    let paths: Vec<(String, std::path::PathBuf)> = ws
+        .records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::WorktreeMade { task, path, .. } if task != "d1" => {
+                Some((task.clone(), path.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        paths.len() == 2 && paths[0].1 != paths[1].1,
+        "expected d2 and d3 in different trees, got {paths:?}"
+    );
+    daemon.stop();
+}

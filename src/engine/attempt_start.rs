@@ -115,6 +115,7 @@ impl Engine {
                 if let Some(slot) = self.slots.get_mut(split_entry_base(&agent.name)) {
                     slot.running -= 1;
                 }
+                self.unplan(tree_plan);
                 return match e {
                     PromptError::Refused(reason) => self.escalate(id, reason),
                     PromptError::Exhausted(what) => {
@@ -160,6 +161,7 @@ impl Engine {
                     if let Some(slot) = self.slots.get_mut(&base) {
                         slot.running -= 1;
                     }
+                    self.unplan(tree_plan);
                     return self.escalate(
                         id,
                         format!("cannot prepare the isolated state directory of `{base}`: {e}"),

@@ -270,11 +270,7 @@ impl Engine {
             }
             Msg::LedgerFailed(why) => self.ledger_failed(why),
             Msg::Recorded(records) => self.apply(&records),
-            Msg::TreeFreed(tree) => {
-                if self.tree_pool.len() < self.config.concurrency {
-                    self.tree_pool.push(tree);
-                }
-            }
+            Msg::TreeFreed(tree) => self.pool_or_remove(tree),
             Msg::TreeFailed {
                 task,
                 reason,

@@ -272,6 +272,10 @@ impl Engine {
     pub(super) fn merge_ended(&mut self, id: &str, target: &str, end: MergeEnd) {
         self.merges.busy.remove(target);
         self.merges.in_flight.remove(id);
+        if self.book.get(id).is_none_or(|t| t.phase.is_terminal()) {
+            self.pump_merges();
+            return;
+        }
         match end {
             MergeEnd::Merged => self.finish_merged(id),
             MergeEnd::Waiting(reason) => {

@@ -293,20 +293,32 @@ impl Engine {
             self.tree_after_settled(&id);
         }
         let dir = self.ws.context().join("worktrees");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        let names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        let Ok(repo) = self.repo() else { return };
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // From the directories and from every path the ledger recorded: a slot whose directory
+        // someone deleted is not made again for another task while its task still counts on it.
         let highest = names
             .iter()
             .filter_map(|n| super::worktrees::slot_number(Path::new(n)))
+            .chain(
+                self.book
+                    .iter()
+                    .filter_map(|t| t.worktree.as_ref())
+                    .filter_map(|w| super::worktrees::slot_number(&w.tree.path)),
+            )
             .max()
             .unwrap_or(0);
         self.next_slot = self.next_slot.max(highest);
+        if names.is_empty() {
+            return;
+        }
+        let Ok(repo) = self.repo() else { return };
         let name_of = |t: &crate::state::WorktreeState| {
             t.tree
                 .path

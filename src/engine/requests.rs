@@ -182,6 +182,8 @@ impl Engine {
                 for one in ids {
                     match self.live.get(&one) {
                         Some(Live::Finishing) => {}
+                        // A child whose merge job runs is left to it: the target may move.
+                        Some(Live::Merging) if self.merges.is_merging(&one) => {}
                         Some(Live::Merging) => {
                             self.merges.forget(&one);
                             self.live.stop_merging(&one);

@@ -149,6 +149,10 @@ impl Engine {
     /// What becomes of task `id`'s tree `w`: left alone when another task holds the same
     /// directory, back to the pool while it has room, else removed.
     fn keep_for(&self, id: &str, w: &WorktreeState) -> Keep {
+        // Given up already: the directory is the pool's (or another task's) now.
+        if w.removed {
+            return Keep::NotMine;
+        }
         let held_by_another = self.book.iter().any(|o| {
             o.id != id
                 && o.worktree
@@ -164,6 +168,19 @@ impl Engine {
         } else {
             Keep::Remove
         }
+    }
+
+    /// A released tree goes into the pool while it has room, else it is removed (in a task of
+    /// its own): no tree is left detached and unowned.
+    pub(super) fn pool_or_remove(&mut self, tree: crate::git::Tree) {
+        if self.tree_pool.len() < self.config.concurrency {
+            self.tree_pool.push(tree);
+            return;
+        }
+        let Ok(repo) = self.repo() else { return };
+        self.tasks.spawn(async move {
+            let _ = blocking(&repo, move |repo| repo.remove_worktree(&tree)).await;
+        });
     }
 
     /// A retried task's old tree: what it held is saved as `runs/<id>/retried-<ms>.patch`, then
@@ -191,7 +208,7 @@ impl Engine {
         })
         .await;
         match retired {
-            Ok(Some(tree)) => self.tree_pool.push(tree),
+            Ok(Some(tree)) => self.pool_or_remove(tree),
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(task = %id, "cannot give up the old worktree before the retry: {e}")

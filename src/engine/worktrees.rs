@@ -120,8 +120,16 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
             let branch = crate::git::branch_for(&plan.task)?;
             let tree = match &plan.place {
                 NewTree::Pooled(tree) => {
-                    tree.restore_dot_git()?;
-                    tree.reuse(&branch, &base)?;
+                    let reused = tree
+                        .restore_dot_git()
+                        .map_err(TreeError::from)
+                        .and_then(|()| tree.reuse(&branch, &base).map_err(TreeError::from));
+                    if let Err(e) = reused {
+                        // Not left half-switched and unowned: gone, with its branch.
+                        let _ = repo.remove_worktree(tree);
+                        let _ = repo.delete_branch_at(&branch, &base);
+                        return Err(e);
+                    }
                     tree.clone()
                 }
                 NewTree::Fresh(path) => {
@@ -133,12 +141,18 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                     repo.add_worktree(path, &branch, &base)?
                 }
             };
-            copy_and_link(
+            if let Err(e) = copy_and_link(
                 &tree,
                 &tree.path.join(&plan.inside),
                 &plan.workspace_root,
                 &plan.setup,
-            )?;
+            ) {
+                // Not recorded yet, so nobody would own it: removed, with its branch (at the
+                // base: nothing is lost), so a retry can make it again.
+                let _ = repo.remove_worktree(&tree);
+                let _ = repo.delete_branch_at(&branch, &base);
+                return Err(e);
+            }
             let state = WorktreeState {
                 tree: tree.clone(),
                 branch: branch.clone(),
@@ -390,8 +404,33 @@ pub(super) struct CheckPlan {
 pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
     let tree = plan.state.tree.clone();
     let base = plan.state.base.clone();
-    // The output first: it is part of the work, counted and committed with it.
+    // What the agent changed, on the task's branch (an agent that switched branches is put
+    // back first, so every check below is of that branch).
+    let diff = {
+        let (tree, base, branch) = (tree.clone(), base.clone(), plan.state.branch.clone());
+        tokio::task::spawn_blocking(move || {
+            tree.ensure_on(&branch)?;
+            tree.diff_stat(&base)
+        })
+        .await
+    };
+    let mut diff = match diff {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            if report.verdict.class == Class::Ok {
+                report.verdict.class = Class::Exit;
+                report.verdict.reason = format!("cannot read what the attempt changed: {e}");
+            }
+            return;
+        }
+        Err(_) => return,
+    };
+    // Whether the agent changed anything is decided before the output is added: dirigent's
+    // own writing is no change of the agent's.
+    let changed = diff.files > 0;
+    // The output is part of the work: written into the tree, counted and committed with it.
     if report.verdict.class == Class::Ok
+        && (changed || !plan.settings.expect_changes)
         && let Some(rel) = &plan.output
     {
         let inside = plan
@@ -403,27 +442,26 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
             (_, Some(capture)) => result::Content::Capture(capture),
             (_, None) => result::Content::Text(""),
         };
-        if let Err(e) = result::write_in_tree(&plan.state.tree.path, inside, rel, content) {
-            report.verdict.class = Class::Exit;
-            report.verdict.reason = format!("the result cannot be written into the worktree: {e}");
+        match result::write_in_tree(&plan.state.tree.path, inside, rel, content) {
+            Ok(_) => {
+                let (tree, base) = (tree.clone(), base.clone());
+                match tokio::task::spawn_blocking(move || tree.diff_stat(&base)).await {
+                    Ok(Ok(d)) => diff = d,
+                    Ok(Err(e)) => {
+                        report.verdict.class = Class::Exit;
+                        report.verdict.reason =
+                            format!("cannot read what the attempt changed: {e}");
+                    }
+                    Err(_) => return,
+                }
+            }
+            Err(e) => {
+                report.verdict.class = Class::Exit;
+                report.verdict.reason =
+                    format!("the result cannot be written into the worktree: {e}");
+            }
         }
     }
-    let diff = {
-        let (tree, base) = (tree.clone(), base.clone());
-        tokio::task::spawn_blocking(move || tree.diff_stat(&base)).await
-    };
-    let diff = match diff {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => {
-            if report.verdict.class == Class::Ok {
-                report.verdict.class = Class::Exit;
-                report.verdict.reason = format!("cannot read what the attempt changed: {e}");
-            }
-            return;
-        }
-        Err(_) => return,
-    };
-    let changed = diff.files > 0;
     let mut commit = None;
     let mut again = false;
     if report.verdict.class == Class::Ok && changed {
@@ -477,18 +515,20 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
                 plan.agent.clone(),
                 plan.state.branch.clone(),
             );
-            let committed = tokio::task::spawn_blocking(move || -> Result<String, GitError> {
-                tree.ensure_on(&branch)?;
-                // Staged by the diff above (the output was written before it).
-                match tree.commit_staged(&title, &task, &agent)? {
-                    Some(c) => Ok(c),
-                    // The agent committed everything itself.
-                    None => tree.head(),
-                }
-            })
-            .await;
+            let committed =
+                tokio::task::spawn_blocking(move || -> Result<(String, String), GitError> {
+                    tree.ensure_on(&branch)?;
+                    let before = tree.head()?;
+                    // Staged by the diff above.
+                    match tree.commit_staged(&title, &task, &agent)? {
+                        Some(c) => Ok((before, c)),
+                        // The agent committed everything itself.
+                        None => Ok((before.clone(), before)),
+                    }
+                })
+                .await;
             match committed {
-                Ok(Ok(c)) => made = Some(c),
+                Ok(Ok((before, c))) => made = Some((before, c)),
                 Ok(Err(e)) => {
                     report.verdict.class = Class::Exit;
                     report.verdict.reason = format!("the work cannot be committed: {e}");
@@ -512,19 +552,24 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
                     Class::Interrupted
                 };
             report.verdict.reason = "stopped while the work was being verified".into();
+            // Not verified: its commit comes off the branch again.
+            if let Some((before, _)) = &made {
+                let (tree, before) = (tree.clone(), before.clone());
+                let _ = tokio::task::spawn_blocking(move || tree.uncommit(&before)).await;
+            }
             return;
         }
         match (&made, &verify) {
-            (Some(c), Some(Ok(()))) => {
+            (Some((_, c)), Some(Ok(()))) => {
                 // What the check left behind is dropped: the commit is what was verified.
                 let (tree, c) = (tree.clone(), c.clone());
                 let _ = tokio::task::spawn_blocking(move || tree.reset_to(&c)).await;
             }
-            (Some(_), Some(Err(_))) => {
-                // Work that failed its check leaves no commit in the branch's history; its
-                // changes stay, staged, for a feedback round or the patch.
-                let (tree, base) = (tree.clone(), base.clone());
-                let _ = tokio::task::spawn_blocking(move || tree.uncommit(&base)).await;
+            (Some((before, _)), Some(Err(_))) => {
+                // Work that failed its check leaves no commit of dirigent's in the branch's
+                // history; its changes stay, staged, for a feedback round or the patch.
+                let (tree, before) = (tree.clone(), before.clone());
+                let _ = tokio::task::spawn_blocking(move || tree.uncommit(&before)).await;
             }
             _ => {}
         }
@@ -545,7 +590,7 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
                         failed
                     };
                 }
-                None => commit = made,
+                None => commit = made.map(|(_, c)| c),
             }
         }
     }
@@ -699,6 +744,20 @@ impl Engine {
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
             _ => PathBuf::new(),
+        }
+    }
+
+    /// An attempt planned but not started: a pooled tree it took goes back to the pool.
+    pub(super) fn unplan(&mut self, plan: Option<(TreePlan, Resolved)>) {
+        if let Some((
+            TreePlan {
+                place: NewTree::Pooled(tree),
+                ..
+            },
+            _,
+        )) = plan
+        {
+            self.tree_pool.push(tree);
         }
     }
 
