@@ -307,17 +307,6 @@ impl Repo {
         git(&self.top, ["worktree", "prune"]).map(drop)
     }
 
-    /// The worktrees git knows of, by directory.
-    pub fn worktrees(&self) -> Result<Vec<PathBuf>, GitError> {
-        let _admin = admin();
-        let list = git(&self.top, ["worktree", "list", "--porcelain"])?;
-        Ok(list
-            .lines()
-            .filter_map(|l| l.strip_prefix("worktree "))
-            .map(PathBuf::from)
-            .collect())
-    }
-
     /// Deletes `branch` when it exists.
     pub fn delete_branch(&self, branch: &str) -> Result<(), GitError> {
         let r = format!("refs/heads/{branch}");
@@ -508,15 +497,6 @@ impl Repo {
     /// The message of `commit`.
     pub fn message(&self, commit: &str) -> Result<String, GitError> {
         git(&self.top, ["log", "-1", "--format=%B", commit, "--"])
-    }
-
-    /// The tree of `commit`.
-    pub fn tree_of(&self, commit: &str) -> Result<String, GitError> {
-        Ok(
-            git(&self.top, ["rev-parse", &format!("{commit}^{{tree}}")])?
-                .trim()
-                .to_string(),
-        )
     }
 
     /// The diff of `commit` against `base` (for `dirigent diff`), bounded by the caller.

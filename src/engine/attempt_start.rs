@@ -337,7 +337,7 @@ impl Engine {
                 let (written, durable) = l2.append_written(ev);
                 tokio::spawn(async move {
                     match durable.await {
-                        Ok(rec) => drop(tx2.send(Msg::Started(rec))),
+                        Ok(rec) => drop(tx2.send(Msg::Recorded(vec![rec]))),
                         Err(e) => drop(tx2.send(Msg::LedgerFailed(e.to_string()))),
                     }
                     drop(started_sent);

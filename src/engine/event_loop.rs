@@ -170,7 +170,6 @@ impl Engine {
     pub(super) fn handle(&mut self, msg: Msg) {
         self.reap_tasks();
         match msg {
-            Msg::Started(rec) => self.apply(&[rec]),
             Msg::AttemptDone {
                 task,
                 records,

@@ -140,18 +140,6 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// Records events from the loop without waiting for them: a task of its own writes them
-    /// and sends them back to be applied.
-    pub(super) fn record_later(&mut self, events: Vec<Event>) {
-        let (ledger, tx) = (self.ledger.clone(), self.tx.clone());
-        self.tasks.spawn(async move {
-            match ledger.append_all(events).await {
-                Ok(records) => drop(tx.send(Msg::Recorded(records))),
-                Err(e) => drop(tx.send(Msg::LedgerFailed(e.to_string()))),
-            }
-        });
-    }
-
     /// Puts a task in its target's merge queue and starts what can start.
     pub(super) fn queue_merge(&mut self, id: &str) {
         if self.merges.is_merging(id) || self.live.is_finishing(id) {

@@ -135,8 +135,6 @@ struct AgentSlot {
 
 /// Messages to the engine from the tasks it spawned.
 enum Msg {
-    /// An attempt's child is running; the record is on disk.
-    Started(Record),
     /// An attempt ended and was judged; `records` is its `attempt_finished` (empty if the
     /// ledger refused it).
     AttemptDone {
@@ -170,7 +168,8 @@ enum Msg {
         held: Held,
     },
     LedgerFailed(String),
-    /// Records a spawned task wrote that the book applies (a worktree made, a merge step).
+    /// Records a spawned task wrote that the book applies: an attempt's child runs (its
+    /// `attempt_started` on disk), a worktree made, a merge step.
     Recorded(Vec<Record>),
     /// A finished task's worktree was released, clean, into the pool.
     TreeFreed(crate::git::Tree),
@@ -319,6 +318,18 @@ Free disk space or fix `{}`, then restart the daemon",
             );
             self.ledger_failed = Some(why);
         }
+    }
+
+    /// Records events from the loop without waiting for them: a task of its own writes them
+    /// and sends them back to be applied.
+    pub(super) fn record_later(&mut self, events: Vec<Event>) {
+        let (ledger, tx) = (self.ledger.clone(), self.tx.clone());
+        self.tasks.spawn(async move {
+            match ledger.append_all(events).await {
+                Ok(records) => drop(tx.send(Msg::Recorded(records))),
+                Err(e) => drop(tx.send(Msg::LedgerFailed(e.to_string()))),
+            }
+        });
     }
 
     /// Appends events (one fsync) and applies them: the engine's one way to change its state
