@@ -79,6 +79,16 @@ impl Api {
         &self.ws
     }
 
+    /// The ledger's records as they are written, from now on.
+    pub fn live(&self) -> broadcast::Receiver<Arc<Record>> {
+        self.live.subscribe()
+    }
+
+    /// Becomes `true` when the daemon begins to stop: long-lived answers end then.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.clone()
+    }
+
     /// Answers any request: `wait` and `result` here, everything else by the engine.
     pub async fn call(&self, request: Request) -> Response {
         match request {

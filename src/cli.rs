@@ -160,6 +160,19 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Open the web dashboard of the running daemon: prints a login link that works once
+    /// (within 5 minutes) and opens it in a browser where one is at hand. Needs the daemon
+    /// with its HTTP door (`daemon --http ADDR` or `http:` in the config). See
+    /// docs/dashboard.md.
+    #[command(visible_alias = "dashboard")]
+    Open {
+        /// Only print the link.
+        #[arg(long)]
+        no_browser: bool,
+        /// Machine-readable output: `{url, expires_ms, opened_with}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the man page (roff): `dirigent man > ~/.local/share/man/man1/dirigent.1`.
     Man,
     /// Declarative multi-agent workflows: the built-in ones and `.context/workflows/*.yaml`.

@@ -149,7 +149,12 @@ pub fn serve(bound: Bound, api: Api) -> std::io::Result<HttpServer> {
     let url_file = url_path(&ws);
     ws.open_context()?
         .write_atomic("http.url", format!("http://{addr}\n").as_bytes(), 0o644)?;
-    let state = AppState { api, token };
+    let state = AppState {
+        api,
+        token,
+        cookie: crate::dashboard::cookie_name(addr.port()).into(),
+        used_codes: Default::default(),
+    };
     let app = router(state);
     let (shutdown, stop) = oneshot::channel::<()>();
     let task = tokio::spawn(accept_loop(listener, app, stop));
@@ -282,6 +287,10 @@ fn router(state: AppState) -> Router {
         .route("/tasks/{id}/diff", get(task_diff))
         .route("/tasks/{id}/merge", post(merge_task))
         .route("/tasks/{id}/discard", post(discard_task))
+        .route("/tasks/{id}/log", get(crate::http_views::task_log))
+        .route("/tasks/{id}/report", get(crate::http_views::task_report))
+        .route("/runs", get(crate::http_views::runs))
+        .route("/stats", get(crate::http_views::stats))
         .route("/agents", get(agents))
         .route("/agents/{name}/enable", post(enable_agent))
         .route("/workflows", get(workflows))
@@ -295,6 +304,7 @@ fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/health", get(health))
+        .merge(crate::dashboard::routes())
         .merge(guarded)
         .fallback(not_found)
         .layer(middleware::from_fn(bounded_body))
@@ -316,7 +326,25 @@ fn json_ok(status: StatusCode, v: Value) -> HttpResponse {
     (status, axum::Json(v)).into_response()
 }
 
+/// Lets a request in with the bearer token, or with a dashboard session cookie (and, for a
+/// request that changes something, the session's CSRF header).
 async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> HttpResponse {
+    if !req.headers().contains_key(header::AUTHORIZATION)
+        && let Some(s) = crate::dashboard::session_of(&st, req.headers())
+    {
+        if crate::dashboard::csrf_ok(&st, req.method(), req.headers(), &s) {
+            return next.run(req).await;
+        }
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "authentication_error",
+            format!(
+                "a request that changes something needs the page's `{}` header",
+                crate::dashboard::CSRF_HEADER
+            ),
+        )
+        .into_response();
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -340,10 +368,7 @@ async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> 
     }
 }
 
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::dashboard::session::same;
 
 async fn health() -> HttpResponse {
     json_ok(
@@ -363,11 +388,61 @@ async fn not_found() -> ApiError {
 #[derive(Deserialize)]
 struct ListQuery {
     state: Option<String>,
+    agent: Option<String>,
+    role: Option<String>,
+    /// Text in the id or title.
+    q: Option<String>,
+    /// `newest` or `oldest` (the default).
+    order: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
 }
 
+/// The most tasks one page returns.
+const MAX_PAGE: usize = 1000;
+
 async fn list_tasks(State(st): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult {
-    let rows = data(st.api.call(Request::List { state: q.state }).await)?;
-    Ok(json_ok(StatusCode::OK, json!({"tasks": rows})))
+    let newest_first = match q.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("`order` is `newest` or `oldest`, not `{other}`"),
+            ));
+        }
+    };
+    let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let filter = crate::protocol::ListFilter {
+        agent: non_empty(q.agent),
+        role: non_empty(q.role),
+        text: non_empty(q.q),
+        newest_first,
+        offset: q.offset,
+        // Paged when asked for a page (or an offset): a page is never unbounded.
+        limit: q
+            .limit
+            .or(q.offset.map(|_| MAX_PAGE))
+            .map(|l| l.clamp(1, MAX_PAGE)),
+    };
+    let paged = filter.limit.is_some();
+    let answer = data(
+        st.api
+            .call(Request::List {
+                state: non_empty(q.state),
+                filter,
+            })
+            .await,
+    )?;
+    Ok(json_ok(
+        StatusCode::OK,
+        if paged {
+            answer
+        } else {
+            json!({"tasks": answer})
+        },
+    ))
 }
 
 /// `POST /tasks`: the body is a task, exactly as a `.json` task file would hold it.
@@ -425,7 +500,8 @@ async fn get_task(
             }
         }
     };
-    Ok(json_ok(StatusCode::OK, data(answer)?))
+    let record = crate::http_views::with_prompt(&st, data(answer)?).await;
+    Ok(json_ok(StatusCode::OK, record))
 }
 
 async fn cancel_task(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult {

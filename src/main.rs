@@ -75,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { force } => commands::init(&ws, force),
+        Command::Open { no_browser, json } => commands::open(&ws, no_browser, json),
         Command::Daemon {
             log_level,
             log_format,

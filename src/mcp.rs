@@ -467,6 +467,7 @@ impl Server {
                 None => {
                     self.data(Request::List {
                         state: arg_str(&args, "state"),
+                        filter: Default::default(),
                     })
                     .await
                 }

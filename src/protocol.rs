@@ -23,6 +23,9 @@ pub enum Request {
     List {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         state: Option<String>,
+        /// More filters, and paging; with `limit`, `data` is `{tasks, total}` instead.
+        #[serde(default, skip_serializing_if = "ListFilter::is_empty")]
+        filter: ListFilter,
     },
     /// One task (`data`: its record; or `{id, state, archived: true}` for an old finished task,
     /// `{id, state: "inbox"}` for a file not taken in yet, `{id, state: "rejected", reason}`).
@@ -50,9 +53,45 @@ pub enum Request {
     /// What an editing task changed against its base (`data`: `{id, branch, base, diff}`,
     /// the diff a stat and a patch, at most 1 MiB).
     Diff { id: String },
+    /// The workflow runs, newest first, each with its phases, their tasks and loop rounds
+    /// (`data`: an array of [`crate::run_view::RunView`]).
+    Runs {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
     /// Throw away a task's branch and worktree: a task waiting to be merged ends cancelled; a
     /// finished one loses its kept branch or tree.
     Discard { id: String },
+}
+
+/// What `list` narrows the tasks to, and which page of them it returns (the dashboard's task
+/// table). Every filter is optional; all given must hold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListFilter {
+    /// The agent of the task's latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The role the task was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Case-insensitive text in the task's id or title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Newest first (the default is oldest first).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub newest_first: bool,
+    /// Tasks to skip (after filtering and ordering).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
+    /// Tasks to return at most; given, the answer says how many matched in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl ListFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == ListFilter::default()
+    }
 }
 
 /// The daemon's answer.

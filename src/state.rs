@@ -263,6 +263,9 @@ pub struct TaskRecord {
     /// Its worktree, when its attempts edit in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<Box<WorktreeState>>,
+    /// The role it was given (kept after the spec is dropped, for filters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 impl TaskRecord {
@@ -485,7 +488,7 @@ impl TaskBook {
     }
 
     /// Tasks held in full, in arrival order.
-    pub fn iter(&self) -> impl Iterator<Item = &TaskRecord> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &TaskRecord> {
         self.order.iter().filter_map(|id| self.tasks.get(id))
     }
 
@@ -571,6 +574,7 @@ impl TaskBook {
                         origin,
                         spec: Some(Arc::new((**spec).clone())),
                         worktree: None,
+                        role: spec.fields.role.clone(),
                     },
                 );
             }

@@ -76,6 +76,71 @@ pub struct Scorecard<'m> {
     /// the task moves on to another agent.
     failed_last: HashMap<String, (String, String)>,
     acc: BTreeMap<String, Acc>,
+    /// Per UTC day (`YYYY-MM-DD`): attempts, successes, cost and failure classes.
+    days: BTreeMap<String, Day>,
+}
+
+/// One UTC day of the scorecard's period: the dashboard's charts over time.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Day {
+    pub day: String,
+    pub attempts: u64,
+    pub ok: u64,
+    pub cost_usd: f64,
+    pub classes: BTreeMap<String, u64>,
+}
+
+/// A scorecard over every ledger file still kept.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub since_ms: u64,
+    pub by: &'static str,
+    /// The first sequence number still kept: above 1, older history was compacted away.
+    pub history_from_seq: Option<u64>,
+    pub rows: Vec<Row>,
+    pub days: Vec<Day>,
+}
+
+/// Reads every ledger file still kept (the rotated segments, then the live ledger), oldest
+/// first, into a scorecard of the attempts finished since `since_ms`.
+pub fn over_ledger(
+    ws: &crate::workspace::Workspace,
+    since_ms: u64,
+    by: By,
+    agent_models: &HashMap<String, String>,
+) -> std::io::Result<Report> {
+    let mut card = Scorecard::new(since_ms, by, agent_models);
+    let mut files: Vec<std::path::PathBuf> = crate::ledger::segments(ws.context())?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    files.push(ws.ledger());
+    let mut first_seq = None;
+    for f in &files {
+        crate::ledger::read_each(f, |r| {
+            first_seq.get_or_insert(r.seq);
+            card.add(&r);
+        })
+        .map_err(|e| std::io::Error::other(format!("cannot read `{}`: {e}", f.display())))?;
+    }
+    let (rows, days) = card.finish();
+    Ok(Report {
+        since_ms,
+        by: by.name(),
+        history_from_seq: first_seq,
+        rows,
+        days,
+    })
+}
+
+impl By {
+    pub fn name(self) -> &'static str {
+        match self {
+            By::Agent => "agent",
+            By::Role => "role",
+            By::Model => "model",
+        }
+    }
 }
 
 impl<'m> Scorecard<'m> {
@@ -89,6 +154,7 @@ impl<'m> Scorecard<'m> {
             sources: HashMap::new(),
             failed_last: HashMap::new(),
             acc: BTreeMap::new(),
+            days: BTreeMap::new(),
         }
     }
 
@@ -130,7 +196,20 @@ impl<'m> Scorecard<'m> {
                 a.attempts += 1;
                 a.durations.push(*duration_ms);
                 a.tasks.insert(task.clone());
-                a.cost += usage.as_ref().and_then(|u| u.cost_usd).unwrap_or(0.0);
+                let cost = usage.as_ref().and_then(|u| u.cost_usd).unwrap_or(0.0);
+                a.cost += cost;
+                let day_name = crate::duration::clock(r.ts)[..10].to_string();
+                let day = self.days.entry(day_name.clone()).or_insert_with(|| Day {
+                    day: day_name,
+                    ..Day::default()
+                });
+                day.attempts += 1;
+                day.cost_usd += cost;
+                if *class == Class::Ok {
+                    day.ok += 1;
+                } else {
+                    *day.classes.entry(class.as_str().to_string()).or_default() += 1;
+                }
                 if *class == Class::Ok {
                     a.ok += 1;
                     self.failed_last.remove(task);
@@ -145,7 +224,14 @@ impl<'m> Scorecard<'m> {
 
     /// The rows, ordered by key.
     pub fn rows(self) -> Vec<Row> {
-        self.acc
+        self.finish().0
+    }
+
+    /// The rows, ordered by key, and the days, oldest first.
+    pub fn finish(self) -> (Vec<Row>, Vec<Day>) {
+        let days = self.days.into_values().collect();
+        let rows = self
+            .acc
             .into_iter()
             .map(|(key, mut a)| {
                 a.durations.sort_unstable();
@@ -165,7 +251,8 @@ impl<'m> Scorecard<'m> {
                     cost_per_success_usd: (a.ok > 0).then(|| a.cost / a.ok as f64),
                 }
             })
-            .collect()
+            .collect();
+        (rows, days)
     }
 }
 

@@ -15,11 +15,16 @@ use crate::protocol::{Failure, Response};
 /// Comment lines on idle event streams, so proxies and clients do not time them out.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// What every handler gets: the door's handle on the daemon, and the bearer token it checks.
+/// What every handler gets: the door's handle on the daemon, the bearer token it checks, and
+/// what the dashboard's login needs.
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub api: Api,
     pub token: Arc<str>,
+    /// The dashboard's session cookie name (one per port: [`crate::dashboard::cookie_name`]).
+    pub cookie: Arc<str>,
+    /// Dashboard login codes already exchanged for a session, so each link works once.
+    pub used_codes: Arc<std::sync::Mutex<crate::dashboard::session::UsedCodes>>,
 }
 
 /// An error as every route returns it: OpenAI's shape, so one client-side handler fits all.

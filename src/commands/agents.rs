@@ -189,7 +189,7 @@ pub fn stats(
     by: crate::cli::StatsBy,
     as_json: bool,
 ) -> Result<ExitCode> {
-    use dirigent::stats::{By, Scorecard};
+    use dirigent::stats::By;
     let period = duration::parse(since).map_err(|e| anyhow::anyhow!("`--since`: {e}"))?;
     let since_ms = ledger::now_ms().saturating_sub(period.as_millis() as u64);
     let by = match by {
@@ -205,35 +205,13 @@ pub fn stats(
                 .collect()
         })
         .unwrap_or_default();
-    let mut card = Scorecard::new(since_ms, by, &models);
-    // Every file still kept, oldest first: the rotated segments, then the live ledger.
-    let mut files: Vec<std::path::PathBuf> = ledger::segments(ws.context())?
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
-    files.push(ws.ledger());
-    let mut first_seq = None;
-    for f in &files {
-        ledger::read_each(f, |r| {
-            first_seq.get_or_insert(r.seq);
-            card.add(&r);
-        })
-        .with_context(|| format!("cannot read `{}`", f.display()))?;
-    }
-    let rows = card.rows();
-    let compacted = first_seq.is_some_and(|s| s > 1);
+    let report = dirigent::stats::over_ledger(ws, since_ms, by, &models)?;
+    let compacted = report.history_from_seq.is_some_and(|s| s > 1);
     if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "since_ms": since_ms,
-                "by": format!("{by:?}").to_lowercase(),
-                "history_from_seq": first_seq,
-                "rows": rows,
-            }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let rows = report.rows;
     if rows.is_empty() {
         println!("no attempts finished in the last {since}");
         return Ok(ExitCode::SUCCESS);
@@ -270,7 +248,7 @@ pub fn stats(
     if compacted {
         println!(
             "(older history was compacted away; these figures start at ledger record {})",
-            first_seq.unwrap_or(0)
+            report.history_from_seq.unwrap_or(0)
         );
     }
     Ok(ExitCode::SUCCESS)

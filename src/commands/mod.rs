@@ -26,12 +26,14 @@ use crate::cli::SubmitArgs;
 
 mod agents;
 mod logs;
+mod open;
 mod status;
 mod submit;
 mod workflows;
 
 pub use agents::{agents, doctor, stats};
 pub use logs::logs;
+pub use open::open;
 pub use status::{diff, status};
 pub use submit::submit;
 pub use workflows::{workflow_copy, workflow_list, workflow_show, workflow_validate};

@@ -308,72 +308,42 @@ fn run_running(book: &TaskBook, run: &TaskRecord) -> Option<String> {
 fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
     let prefix = format!("{}.", run.id);
     let children: Vec<&TaskRecord> = book.iter().filter(|c| c.id.starts_with(&prefix)).collect();
-    let workflow = run.spec.as_ref().and_then(|s| s.fields.workflow.clone());
-    if workflow.is_none() && children.is_empty() && run.phases.is_empty() {
+    let workflow = dirigent::run_view::workflow_of(run);
+    if run
+        .spec
+        .as_ref()
+        .and_then(|s| s.fields.workflow.as_ref())
+        .is_none()
+        && children.is_empty()
+        && run.phases.is_empty()
+    {
         return;
     }
-    // A finished run keeps no spec; its default title still names the workflow.
-    let workflow = workflow.or_else(|| {
-        run.title
-            .strip_prefix("workflow ")
-            .filter(|n| !n.contains(' '))
-            .map(str::to_string)
-    });
     // The phases in order: from the definition when it can be read, else those recorded.
-    let mut phases: Vec<String> = workflow
+    let defined = workflow
         .as_deref()
-        .and_then(|name| {
-            let defs = dirigent::workflow::discover(&ws.workflows()).ok()?;
-            let def = defs.into_iter().find(|d| d.name == name)?;
-            let wf: dirigent::workflow::written::Written =
-                serde_saphyr::from_str(&def.text).ok()?;
-            Some(wf.phases.iter().map(|p| p.name.value.clone()).collect())
-        })
+        .and_then(|name| dirigent::run_view::defined_phases(&ws.workflows(), name))
         .unwrap_or_default();
-    // Once finished, a run keeps no definition: its recorded phases and its tasks' ids say.
-    let from_tasks = children.iter().filter_map(|c| {
-        let rest = c.id.strip_prefix(&prefix)?;
-        let phase = rest.split('.').next()?;
-        (phase != "distill").then(|| phase.to_string())
-    });
-    for p in run.phases.iter().map(|(p, _)| p.clone()).chain(from_tasks) {
-        if !phases.contains(&p) {
-            phases.push(p);
-        }
-    }
+    let view = dirigent::run_view::view(run, &children, defined);
     println!("phases:");
-    for p in &phases {
-        let mine: Vec<&&TaskRecord> = children
-            .iter()
-            .filter(|c| {
-                c.id.strip_prefix(&prefix)
-                    .is_some_and(|rest| rest == p || rest.starts_with(&format!("{p}.")))
-            })
-            .collect();
-        let state = if let Some((_, out)) = run.phases.iter().find(|(done, _)| done == p) {
-            format!("completed → {out}")
-        } else if mine.iter().any(|c| matches!(c.phase, Phase::Failed { .. })) {
-            "failed".to_string()
-        } else if mine.is_empty() {
-            "not started".to_string()
-        } else {
-            "running".to_string()
+    for p in &view.phases {
+        let state = match &p.output {
+            Some(out) => format!("completed → {out}"),
+            None => p.state.replace('_', " "),
         };
-        println!("  {p:<20} {state}");
-        for r in &run.rounds {
-            let (round, passed, feedback) = (r.round, &r.passed, &r.feedback);
-            if r.phase == *p {
-                println!(
-                    "  {:<20}   round {round}: {}{}",
-                    "",
-                    if *passed { "PASS" } else { "FAIL" },
-                    feedback
-                        .lines()
-                        .find(|l| !l.trim().is_empty())
-                        .map(|l| format!(" — {}", l.chars().take(100).collect::<String>()))
-                        .unwrap_or_default()
-                );
-            }
+        println!("  {:<20} {state}", p.name);
+        for r in &p.rounds {
+            println!(
+                "  {:<20}   round {}: {}{}",
+                "",
+                r.round,
+                if r.passed { "PASS" } else { "FAIL" },
+                if r.feedback.is_empty() {
+                    String::new()
+                } else {
+                    format!(" — {}", r.feedback)
+                }
+            );
         }
     }
     if children.is_empty() {

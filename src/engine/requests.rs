@@ -13,15 +13,87 @@ fn summary(t: &TaskRecord) -> serde_json::Value {
         "attempts": t.attempts.len(),
         "received_ms": t.received_ms,
     });
+    if let Some(a) = t.attempts.first() {
+        v["started_ms"] = serde_json::json!(a.started_ms);
+    }
     if let Some(a) = t.attempts.last() {
         v["agent"] = serde_json::json!(a.agent);
     }
+    if let Some(role) = &t.role {
+        v["role"] = serde_json::json!(role);
+    }
+    if t.cost_usd > 0.0 {
+        v["cost_usd"] = serde_json::json!(t.cost_usd);
+    }
+    if let Some(w) = &t.worktree {
+        v["branch"] = serde_json::json!(w.branch);
+        if let Some(d) = &w.diff {
+            v["diff"] = serde_json::json!(d);
+        }
+    }
     match &t.phase {
-        Phase::Done { output, .. } => v["output"] = serde_json::json!(output),
-        Phase::Failed { reason, .. } => v["reason"] = serde_json::json!(reason),
+        Phase::Done {
+            output,
+            finished_ms,
+            ..
+        } => {
+            v["output"] = serde_json::json!(output);
+            v["finished_ms"] = serde_json::json!(finished_ms);
+        }
+        Phase::Failed {
+            reason,
+            finished_ms,
+        } => {
+            v["reason"] = serde_json::json!(reason);
+            v["finished_ms"] = serde_json::json!(finished_ms);
+        }
         _ => {}
     }
     v
+}
+
+/// The answer of `list`: the tasks that pass the filters, one summary each; with a `limit`,
+/// one page of them and how many matched (only the page is summarised, so a page of a long
+/// history costs a pass over it and no more).
+fn list(
+    book: &crate::state::TaskBook,
+    state: Option<String>,
+    f: &crate::protocol::ListFilter,
+) -> serde_json::Value {
+    let text = f.text.as_deref().map(str::to_lowercase);
+    let keep = |t: &&TaskRecord| {
+        state.as_deref().is_none_or(|s| t.phase.label() == s)
+            && f.agent.as_deref().is_none_or(|a| {
+                t.attempts
+                    .last()
+                    .is_some_and(|l| crate::config::split_entry(&l.agent).0 == a)
+            })
+            && f.role
+                .as_deref()
+                .is_none_or(|r| t.role.as_deref() == Some(r))
+            && text.as_deref().is_none_or(|q| {
+                t.id.to_lowercase().contains(q) || t.title.to_lowercase().contains(q)
+            })
+    };
+    let matching: Box<dyn Iterator<Item = &TaskRecord>> = if f.newest_first {
+        Box::new(book.iter().rev().filter(keep))
+    } else {
+        Box::new(book.iter().filter(keep))
+    };
+    let Some(limit) = f.limit else {
+        let rows: Vec<serde_json::Value> =
+            matching.skip(f.offset.unwrap_or(0)).map(summary).collect();
+        return serde_json::Value::Array(rows);
+    };
+    let (mut total, mut rows) = (0usize, Vec::new());
+    let offset = f.offset.unwrap_or(0);
+    for t in matching {
+        if total >= offset && rows.len() < limit {
+            rows.push(summary(t));
+        }
+        total += 1;
+    }
+    serde_json::json!({"tasks": rows, "total": total})
 }
 
 impl Engine {
@@ -46,15 +118,7 @@ impl Engine {
                 Err(e) => Response::error(format!("cannot serialise the state: {e}")),
             },
             Request::Get { id } => self.describe(&id),
-            Request::List { state } => {
-                let rows: Vec<serde_json::Value> = self
-                    .book
-                    .iter()
-                    .filter(|t| state.as_deref().is_none_or(|s| t.phase.label() == s))
-                    .map(summary)
-                    .collect();
-                Response::data(serde_json::Value::Array(rows))
-            }
+            Request::List { state, filter } => Response::data(list(&self.book, state, &filter)),
             Request::Submit { task } => {
                 let (book, reserved) = (&self.book, &self.reserved);
                 let submitted = crate::submit::submit(&self.ws, &self.config, *task, |id| {
@@ -124,6 +188,20 @@ impl Engine {
                 &self.config,
                 &self.book,
             )),
+            Request::Runs { limit } => {
+                // Each workflow's definition read once per answer, however many runs it has.
+                let dir = self.ws.workflows();
+                let cache = std::cell::RefCell::new(std::collections::HashMap::new());
+                let phases_of = |name: &str| {
+                    cache
+                        .borrow_mut()
+                        .entry(name.to_string())
+                        .or_insert_with(|| crate::run_view::defined_phases(&dir, name))
+                        .clone()
+                };
+                let runs = crate::run_view::runs(&self.book, limit.unwrap_or(50), &phases_of);
+                Response::data(serde_json::json!(runs))
+            }
             Request::Workflows => match crate::catalog::workflows(&self.ws, &self.config) {
                 Ok(rows) => Response::data(serde_json::json!(rows)),
                 Err(e) => Response::error(format!("cannot read the workflows: {e}")),

@@ -1,0 +1,219 @@
+//! A workflow run as people look at it: its phases in order, each with its state, its tasks and
+//! its loop rounds. A pure function of the task book (and the phase names of the definition,
+//! read by the caller), so `dirigent status RUN` and the dashboard's workflow graph show the
+//! same thing.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::state::{Phase, TaskBook, TaskRecord};
+
+/// One run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunView {
+    pub id: String,
+    pub title: String,
+    pub workflow: Option<String>,
+    /// `running` while its tasks are under way, else the run task's own state.
+    pub state: String,
+    pub received_ms: u64,
+    pub phases: Vec<PhaseView>,
+}
+
+/// One phase of a run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PhaseView {
+    pub name: String,
+    /// `completed`, `failed`, `running` or `not_started`.
+    pub state: &'static str,
+    /// A completed phase's output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    pub tasks: Vec<ChildView>,
+    pub rounds: Vec<RoundView>,
+}
+
+/// A task a phase started.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChildView {
+    pub id: String,
+    pub state: &'static str,
+    pub agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A judged loop round.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoundView {
+    pub round: u32,
+    pub passed: bool,
+    /// The first line of the judge's feedback, at most 100 characters.
+    pub feedback: String,
+}
+
+/// The workflow a run task runs: from its spec while it has one, else from its default title.
+pub fn workflow_of(run: &TaskRecord) -> Option<String> {
+    run.spec
+        .as_ref()
+        .and_then(|s| s.fields.workflow.clone())
+        .or_else(|| {
+            run.title
+                .strip_prefix("workflow ")
+                .filter(|n| !n.contains(' '))
+                .map(str::to_string)
+        })
+}
+
+/// A workflow's phase names, from its definition in `dir` or the built-in ones (when it can
+/// still be read).
+pub fn defined_phases(dir: &std::path::Path, name: &str) -> Option<Vec<String>> {
+    let defs = crate::workflow::discover(dir).ok()?;
+    let def = defs.into_iter().find(|d| d.name == name)?;
+    let wf: crate::workflow::written::Written = serde_saphyr::from_str(&def.text).ok()?;
+    Some(wf.phases.iter().map(|p| p.name.value.clone()).collect())
+}
+
+fn is_run(t: &TaskRecord) -> bool {
+    t.spec.as_ref().is_some_and(|s| s.fields.workflow.is_some())
+        || !t.phases.is_empty()
+        || !t.rounds.is_empty()
+        || (t.chain.is_empty() && workflow_of(t).is_some())
+}
+
+/// Every run in the book, newest first, at most `limit`; `phases_of` gives a workflow's phase
+/// names from its definition (when it can still be read).
+pub fn runs(
+    book: &TaskBook,
+    limit: usize,
+    phases_of: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Vec<RunView> {
+    let ids: HashSet<&str> = book
+        .iter()
+        .filter(|t| is_run(t))
+        .map(|t| t.id.as_str())
+        .collect();
+    // Each task under the run its id starts with (`RUN.phase`, `RUN.phase.n`).
+    let mut children: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
+    for t in book.iter() {
+        for (i, _) in t.id.match_indices('.') {
+            if let Some(run) = ids.get(&t.id[..i]) {
+                children.entry(run).or_default().push(t);
+                break;
+            }
+        }
+    }
+    book.iter()
+        .rev()
+        .filter(|t| ids.contains(t.id.as_str()))
+        .take(limit)
+        .map(|run| {
+            let mine = children
+                .get(run.id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let defined = workflow_of(run)
+                .and_then(|w| phases_of(&w))
+                .unwrap_or_default();
+            view(run, mine, defined)
+        })
+        .collect()
+}
+
+/// One run, given its tasks and its definition's phase names.
+pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) -> RunView {
+    let prefix = format!("{}.", run.id);
+    let mut names = defined;
+    // Once finished, a run keeps no definition: its recorded phases and its tasks' ids say.
+    let from_tasks = children.iter().filter_map(|c| {
+        let rest = c.id.strip_prefix(&prefix)?;
+        let phase = rest.split('.').next()?;
+        (phase != "distill").then(|| phase.to_string())
+    });
+    for p in run.phases.iter().map(|(p, _)| p.clone()).chain(from_tasks) {
+        if !names.contains(&p) {
+            names.push(p);
+        }
+    }
+    let phases = names
+        .into_iter()
+        .map(|p| {
+            let tasks: Vec<ChildView> = children
+                .iter()
+                .filter(|c| {
+                    c.id.strip_prefix(&prefix)
+                        .is_some_and(|rest| rest == p || rest.starts_with(&format!("{p}.")))
+                })
+                .map(|c| child(c))
+                .collect();
+            let output = run
+                .phases
+                .iter()
+                .find(|(done, _)| *done == p)
+                .map(|(_, out)| out.clone());
+            let state = if output.is_some() {
+                "completed"
+            } else if tasks.iter().any(|c| c.state == "failed") {
+                "failed"
+            } else if tasks.is_empty() {
+                "not_started"
+            } else {
+                "running"
+            };
+            let rounds = run
+                .rounds
+                .iter()
+                .filter(|r| r.phase == p)
+                .map(|r| RoundView {
+                    round: r.round,
+                    passed: r.passed,
+                    feedback: r
+                        .feedback
+                        .lines()
+                        .find(|l| !l.trim().is_empty())
+                        .map(|l| l.chars().take(100).collect())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            PhaseView {
+                name: p,
+                state,
+                output,
+                tasks,
+                rounds,
+            }
+        })
+        .collect();
+    let under_way = !run.phase.is_terminal()
+        && run.chain.is_empty()
+        && (!run.phases.is_empty() || children.iter().any(|c| !c.phase.is_terminal()));
+    RunView {
+        id: run.id.clone(),
+        title: run.title.clone(),
+        workflow: workflow_of(run),
+        state: if under_way {
+            "running".into()
+        } else {
+            run.phase.label().into()
+        },
+        received_ms: run.received_ms,
+        phases,
+    }
+}
+
+fn child(c: &TaskRecord) -> ChildView {
+    let agent = match &c.phase {
+        Phase::Done { agent, .. } | Phase::Running { agent, .. } => Some(agent.clone()),
+        _ => c.attempts.last().map(|a| a.agent.clone()),
+    };
+    ChildView {
+        id: c.id.clone(),
+        state: c.phase.label(),
+        agent,
+        reason: match &c.phase {
+            Phase::Failed { reason, .. } => Some(reason.lines().next().unwrap_or("").to_string()),
+            _ => None,
+        },
+    }
+}
