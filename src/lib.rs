@@ -37,6 +37,7 @@ pub mod isolation;
 pub mod judge;
 pub mod ledger;
 pub mod mcp;
+pub mod notifications;
 pub mod openai;
 pub mod preset;
 pub mod process_group;

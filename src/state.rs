@@ -944,7 +944,9 @@ impl TaskBook {
             Event::DaemonStarted { .. }
             | Event::DaemonStopped { .. }
             | Event::ConfigReloaded { .. }
-            | Event::ConfigRejected { .. } => {}
+            | Event::ConfigRejected { .. }
+            | Event::NotifySent { .. }
+            | Event::NotifyFailed { .. } => {}
         }
     }
 }

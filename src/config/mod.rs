@@ -17,6 +17,7 @@ use crate::duration::Dur;
 use crate::preset;
 
 mod agent;
+pub mod notify;
 
 pub use agent::{Agent, AgentError, ArgvValues, Retry};
 use agent::{RawAgent, build_agent};
@@ -66,6 +67,8 @@ struct RawConfig {
     prices: BTreeMap<String, crate::usage::Price>,
     #[serde(default)]
     budgets: RawBudgets,
+    #[serde(default)]
+    notify: Vec<notify::RawDestination>,
     /// Model aliases, resolved before spawning: `{claude-3-5-sonnet: qwen2.5-coder}`.
     #[serde(default)]
     models: BTreeMap<String, String>,
@@ -200,6 +203,8 @@ pub struct Config {
     /// USD per million tokens, by model, for CLIs that report tokens but no cost.
     pub prices: Arc<BTreeMap<String, crate::usage::Price>>,
     pub budgets: Budgets,
+    /// Where notifications go (`notify:`).
+    pub notify: Vec<notify::Destination>,
     /// Where the HTTP API listens (`http:`); `None` = no HTTP server unless `--http` is given.
     /// Read at start; a reload does not move the server.
     pub http: Option<std::net::SocketAddr>,
@@ -434,7 +439,9 @@ impl Config {
                 task: b.task,
             }
         };
+        let notify = notify::build(std::mem::take(&mut raw.notify)).map_err(invalid)?;
         Ok(Config {
+            notify,
             concurrency,
             default_chain: raw.default_chain,
             model_targets,

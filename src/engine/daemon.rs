@@ -143,6 +143,7 @@ pub async fn run_with_options(
         dirty: dirty.clone(),
         ws: ws.clone(),
         config_text: crate::config::read_text(&ws.config()).ok().flatten(),
+        config_watch: watch::channel(config.clone()).0,
         config,
         ledger,
         book,
@@ -195,7 +196,7 @@ pub async fn run_with_options(
         ctrl_tx,
         engine.ledger.live(),
         applied,
-        stopping,
+        stopping.clone(),
         Some(key),
     );
     let control =
@@ -213,6 +214,15 @@ pub async fn run_with_options(
         _ => None,
     };
     drop(api);
+    let records = engine.tx.clone();
+    let _notifier = crate::notifications::start(
+        ws.clone(),
+        engine.config_watch.subscribe(),
+        engine.ledger.live().subscribe(),
+        engine.ledger.clone(),
+        Arc::new(move |r| drop(records.send(Msg::Recorded(r)))),
+        stopping,
+    );
     let config_changed = Arc::new(Notify::new());
     let config_path = ws.config();
     let watcher = inbox::watch_with_config(

@@ -66,6 +66,7 @@ impl Engine {
                         }
                         let source = config.source.clone();
                         self.config = Arc::new(config);
+                        self.config_watch.send_replace(self.config.clone());
                         Event::ConfigReloaded {
                             trigger: trigger.to_string(),
                             source,

@@ -203,6 +203,9 @@ struct Engine {
     dirty: Arc<Notify>,
     ws: Workspace,
     config: Arc<Config>,
+    /// Receiver: the notifier, which takes its destinations from each configuration the
+    /// engine loads. Sent on every reload.
+    config_watch: watch::Sender<Arc<Config>>,
     ledger: Ledger,
     book: TaskBook,
     slots: HashMap<String, AgentSlot>,

@@ -226,6 +226,38 @@ pub enum Event {
         task: String,
         branch_deleted: bool,
     },
+    /// A notification reached its destination (`notify:`), after `tries` tries. `count` > 1:
+    /// a summary of that many notifications of a burst.
+    NotifySent {
+        destination: String,
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        about: Option<String>,
+        delivery: String,
+        tries: u32,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        count: u32,
+    },
+    /// A notification could not be delivered, after every try; `error` says why.
+    NotifyFailed {
+        destination: String,
+        kind: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        about: Option<String>,
+        delivery: String,
+        tries: u32,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        count: u32,
+        error: String,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// What an attempt in a worktree left there, checked after the agent said done (or failed).
@@ -271,6 +303,8 @@ impl Event {
             | Event::ProviderCooldown { .. }
             | Event::ProviderDisabled { .. }
             | Event::ProviderEnabled { .. }
+            | Event::NotifySent { .. }
+            | Event::NotifyFailed { .. }
             | Event::Rejected { .. } => None,
         }
     }
