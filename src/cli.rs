@@ -65,18 +65,30 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Keep the view open and redraw it in place as things change (as `dirigent top`).
+        #[arg(short, long, conflicts_with_all = ["id", "json"])]
+        watch: bool,
     },
-    /// Print an attempt's captured output (the latest attempt unless `--attempt`).
+    /// A live view of the running agents, redrawn in place: each with its attempt, elapsed
+    /// time and the last line it printed; then what waits and what finished last. Sleeps until
+    /// something changes. Ctrl-C leaves it.
+    Top,
+    /// Print an attempt's captured output (the latest attempt unless `--attempt`). With several
+    /// ids or `--all`: every attempt's output interleaved, each line prefixed `id/agent |`
+    /// (with `-f`, attempts that start later join in).
     Logs {
-        #[arg(add = crate::complete::tasks())]
-        id: String,
-        /// Keep printing new output until the attempt ends.
+        #[arg(add = crate::complete::tasks(), required_unless_present = "all")]
+        ids: Vec<String>,
+        /// The output of every running attempt.
+        #[arg(long, conflicts_with_all = ["ids", "attempt", "stderr"])]
+        all: bool,
+        /// Keep printing new output until the attempt ends (with `--all`: until Ctrl-C).
         #[arg(short, long)]
         follow: bool,
-        /// Which attempt (1, 2, …).
+        /// Which attempt (1, 2, …); one task only.
         #[arg(long, value_name = "N")]
         attempt: Option<u32>,
-        /// Print stderr instead of stdout.
+        /// Print stderr instead of stdout; one task only (several show both).
         #[arg(long)]
         stderr: bool,
     },

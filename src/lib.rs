@@ -59,6 +59,7 @@ pub mod suggest;
 pub mod task;
 pub mod task_file;
 pub mod task_log;
+pub mod terminal;
 pub mod usage;
 pub mod watch;
 pub mod web;

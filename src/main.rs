@@ -89,13 +89,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mcp => mcp(ws),
         Command::Stats { since, by, json } => commands::stats(&ws, &since, by, json),
         Command::Submit(args) => commands::submit(&ws, *args),
-        Command::Status { id, json } => commands::status(&ws, id.as_deref(), json),
+        Command::Top | Command::Status { watch: true, .. } => commands::top(&ws),
+        Command::Status { id, json, .. } => commands::status(&ws, id.as_deref(), json),
         Command::Logs {
-            id,
+            ids,
+            all,
             follow,
             attempt,
             stderr,
-        } => commands::logs(&ws, &id, follow, attempt, stderr),
+        } => match &ids[..] {
+            [id] if !all => commands::logs(&ws, id, follow, attempt, stderr),
+            _ if attempt.is_some() || stderr => Err(anyhow::anyhow!(
+                "`--attempt` and `--stderr` take one task; several show every stream of their latest attempts"
+            )),
+            _ => commands::logs_many(&ws, &ids, follow),
+        },
         Command::Result { id } => commands::result(&ws, &id),
         Command::Cancel { id } => commands::control(&ws, dirigent::control::Request::Cancel { id }),
         Command::Retry { id } => commands::control(&ws, dirigent::control::Request::Retry { id }),

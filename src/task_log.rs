@@ -70,7 +70,7 @@ pub struct Attempt {
 /// Reads what was added to `path` since `*at`: whole lines only unless `all` (or a line longer
 /// than a chunk). Opened without following links: the run directory is in the workspace,
 /// where agents write.
-fn read_new(path: &Path, at: &mut u64, all: bool) -> std::io::Result<Option<String>> {
+pub fn read_new(path: &Path, at: &mut u64, all: bool) -> std::io::Result<Option<String>> {
     let mut f = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)

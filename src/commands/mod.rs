@@ -26,16 +26,20 @@ use crate::cli::SubmitArgs;
 
 mod agents;
 mod logs;
+mod logs_all;
 mod open;
 mod status;
 mod submit;
+mod top;
 mod workflows;
 
 pub use agents::{agents, doctor, stats};
 pub use logs::logs;
+pub use logs_all::logs_many;
 pub use open::open;
 pub use status::{diff, status};
 pub use submit::submit;
+pub use top::top;
 pub use workflows::{workflow_copy, workflow_list, workflow_show, workflow_validate};
 
 pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {

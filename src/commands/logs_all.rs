@@ -1,0 +1,158 @@
+//! `dirigent logs -f --all` (or several task ids): the output of every running attempt (or of
+//! the named tasks' attempts), interleaved line by line with a coloured `id/agent |` prefix —
+//! like `docker compose logs -f`. Attempts that start later join in. Whole lines only, with
+//! escape sequences removed (an agent's output must not drive the terminal). Sleeps until the
+//! ledger or a capture file changes.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use dirigent::terminal::printable;
+
+/// Prefix colours (ANSI foreground), taken in turn by each new attempt.
+const COLOURS: [u8; 6] = [36, 33, 35, 32, 34, 31];
+
+/// One attempt being followed.
+struct Tail {
+    agent: String,
+    stdout: u64,
+    stderr: u64,
+    colour: u8,
+    /// Its `attempt_finished` was seen: what is left is printed, then it is dropped.
+    finished: bool,
+}
+
+pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCode> {
+    let mut book = load_book(ws)?;
+    // Named tasks must exist: in the book, or still waiting in the inbox to be taken in.
+    let waiting = super::status::inbox_files(ws, &book);
+    for id in ids {
+        if book.get(id).is_none()
+            && book.outcome(id).is_none()
+            && !waiting.iter().any(|(i, _, is_task)| i == id && *is_task)
+        {
+            find_task(&book, id)?;
+        }
+    }
+    let wanted = |task: &str| ids.is_empty() || ids.iter().any(|i| i == task);
+    let mut follower = dirigent::follow::Follower::from_start(ws);
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut tails: BTreeMap<(String, u32), Tail> = BTreeMap::new();
+    let mut next_colour = 0usize;
+    let mut add = |tails: &mut BTreeMap<(String, u32), Tail>, task: &str, n: u32, agent: &str| {
+        tails.entry((task.to_string(), n)).or_insert_with(|| {
+            next_colour += 1;
+            Tail {
+                agent: agent.to_string(),
+                stdout: 0,
+                stderr: 0,
+                colour: COLOURS[(next_colour - 1) % COLOURS.len()],
+                finished: false,
+            }
+        });
+    };
+    // What runs now (for named tasks: their latest attempt, even if it has ended).
+    for t in book.iter().filter(|t| wanted(&t.id)) {
+        if let Some(a) = t.attempts.last()
+            && (a.class.is_none() || !ids.is_empty())
+        {
+            add(&mut tails, &t.id, a.n, &a.agent);
+            if a.class.is_some()
+                && let Some(tail) = tails.get_mut(&(t.id.clone(), a.n))
+            {
+                tail.finished = true;
+            }
+        }
+    }
+    if tails.is_empty() && !follow {
+        eprintln!("dirigent: nothing is running");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut watched: Vec<String> = Vec::new();
+    let mut waker = ChangeWaker::new(&[ws.context()]);
+    let mut told_waiting = false;
+    let mut width = 0usize;
+    let mut out = std::io::stdout().lock();
+    loop {
+        for r in follower.next_records()? {
+            if r.seq <= book.last_seq {
+                continue;
+            }
+            book.apply(&r);
+            match &r.event {
+                Event::AttemptStarted {
+                    task,
+                    attempt,
+                    agent,
+                    ..
+                } if wanted(task) => add(&mut tails, task, *attempt, agent),
+                Event::AttemptFinished { task, attempt, .. } => {
+                    if let Some(t) = tails.get_mut(&(task.clone(), *attempt)) {
+                        t.finished = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The widest prefix seen so far: the columns only ever move right, once.
+        width = tails
+            .iter()
+            .map(|((id, _), t)| id.chars().count() + t.agent.chars().count() + 1)
+            .fold(width, usize::max);
+        for ((id, n), t) in tails.iter_mut() {
+            let dir = ws.run_dir(id);
+            let label = format!("{id}/{}", t.agent);
+            for (stream, offset) in [("stdout", &mut t.stdout), ("stderr", &mut t.stderr)] {
+                let path = dir.join(dirigent::workspace::attempt_file(*n, &t.agent, stream));
+                while let Some(text) = dirigent::task_log::read_new(&path, offset, t.finished)? {
+                    for line in text.lines() {
+                        let line = printable(line);
+                        if colour {
+                            writeln!(out, "\u{1b}[{}m{label:<width$} |\u{1b}[0m {line}", t.colour)?;
+                        } else {
+                            writeln!(out, "{label:<width$} | {line}")?;
+                        }
+                    }
+                }
+            }
+        }
+        out.flush()?;
+        tails.retain(|_, t| !t.finished);
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Named tasks: done when each has ended and its output is printed.
+        if !ids.is_empty()
+            && tails.is_empty()
+            && ids.iter().all(|id| {
+                book.get(id)
+                    .map_or(book.outcome(id).is_some(), |t| t.phase.is_terminal())
+            })
+        {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if tails.is_empty() && !told_waiting {
+            eprintln!(
+                "dirigent: nothing is running; waiting for attempts to start{}",
+                if running_daemon(ws).is_none() {
+                    " (no daemon is running: start one with `dirigent daemon`)"
+                } else {
+                    ""
+                }
+            );
+            told_waiting = true;
+        }
+        let now: Vec<String> = tails.keys().map(|(id, _)| id.clone()).collect();
+        if now != watched {
+            let dirs: Vec<std::path::PathBuf> = now.iter().map(|id| ws.run_dir(id)).collect();
+            let mut paths: Vec<&Path> = dirs.iter().map(|p| p.as_path()).collect();
+            paths.push(ws.context());
+            waker = ChangeWaker::new(&paths);
+            watched = now;
+            // Read once more before sleeping: what changed before the new watches were set
+            // raised no event.
+            continue;
+        }
+        waker.wait(Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,243 @@
+//! `dirigent top` (and `status --watch`): the running agents as a table redrawn in place — each
+//! with its attempt, elapsed time and the last line it printed — then what waits and what
+//! finished last. It reads the ledger and the capture files like `status` (so it works while
+//! the daemon is down) and sleeps until one of them changes; while something runs it redraws
+//! once a second for the elapsed times. Piped, it prints a frame only when something other
+//! than the elapsed times changed.
+
+use std::collections::HashMap;
+
+use super::*;
+use dirigent::terminal::{fit, printable};
+
+/// The last bytes of a capture file read for its last line.
+const TAIL: u64 = 8 * 1024;
+
+/// Finished tasks listed under the table.
+const RECENT: usize = 5;
+
+pub fn top(ws: &Workspace) -> Result<ExitCode> {
+    let mut book = load_book(ws)?;
+    let mut follower = dirigent::follow::Follower::from_start(ws);
+    let tty = std::io::stdout().is_terminal();
+    let mut last_shown = String::new();
+    let mut watched: Vec<String> = Vec::new();
+    let mut waker = ChangeWaker::new(&[ws.context()]);
+    loop {
+        for r in follower.next_records()? {
+            if r.seq > book.last_seq {
+                book.apply(&r);
+            }
+        }
+        let running: Vec<&TaskRecord> = book
+            .iter()
+            .filter(|t| matches!(t.phase, Phase::Running { .. }))
+            .collect();
+        let outputs: HashMap<String, String> = running
+            .iter()
+            .filter_map(|t| {
+                let a = t.attempts.last()?;
+                Some((t.id.clone(), last_line(ws, &t.id, a.n, &a.agent)))
+            })
+            .collect();
+        let now = ledger::now_ms();
+        let width = if tty {
+            dirigent::terminal::width()
+        } else {
+            120
+        };
+        let daemon = running_daemon(ws);
+        let shown = frame(&book, &outputs, now, width, !tty, daemon.as_deref());
+        if tty {
+            // Home, each line cleared to its end, then everything below: no scrolling.
+            let mut out = String::from("\u{1b}[H");
+            for line in shown.lines() {
+                out.push_str(line);
+                out.push_str("\u{1b}[K\n");
+            }
+            out.push_str("\u{1b}[J");
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(out.as_bytes())?;
+            stdout.flush()?;
+        } else if shown != last_shown {
+            println!("{shown}");
+            std::io::stdout().flush()?;
+            last_shown = shown;
+        }
+        // Watch the run directories of what runs (their capture files grow), and the ledger.
+        let now_running: Vec<String> = running.iter().map(|t| t.id.clone()).collect();
+        if now_running != watched {
+            let dirs: Vec<std::path::PathBuf> =
+                now_running.iter().map(|id| ws.run_dir(id)).collect();
+            let mut paths: Vec<&Path> = dirs.iter().map(|p| p.as_path()).collect();
+            paths.push(ws.context());
+            waker = ChangeWaker::new(&paths);
+            watched = now_running;
+            // Draw once more before sleeping: what changed before the new watches were set
+            // raised no event.
+            continue;
+        }
+        // Elapsed times tick while something runs (on a terminal); otherwise only a change
+        // wakes this (and a minute's safety net).
+        waker.wait(if tty && !watched.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(60)
+        });
+    }
+}
+
+/// The last non-empty line of an attempt's output (stdout, else stderr), made printable.
+fn last_line(ws: &Workspace, id: &str, n: u32, agent: &str) -> String {
+    use std::io::{Seek, SeekFrom};
+    let dir = ws.run_dir(id);
+    for stream in ["stdout", "stderr"] {
+        let path = dir.join(dirigent::workspace::attempt_file(n, agent, stream));
+        let Ok(mut f) = fsutil::open_nofollow(&path) else {
+            continue;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        if f.take(TAIL).read_to_end(&mut buf).is_err() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(line) = text
+            .lines()
+            .rev()
+            .map(printable)
+            .find(|l| !l.trim().is_empty())
+        {
+            return line.trim().to_string();
+        }
+    }
+    String::new()
+}
+
+/// One frame. `stable` leaves out what changes by itself (the elapsed times and the clock), for
+/// output that is printed only on change.
+fn frame(
+    book: &TaskBook,
+    outputs: &HashMap<String, String>,
+    now_ms: u64,
+    width: usize,
+    stable: bool,
+    daemon: Option<&str>,
+) -> String {
+    let (mut running, mut waiting, mut merging, mut done, mut failed) = (
+        Vec::new(),
+        Vec::new(),
+        0usize,
+        book.archived_done,
+        book.archived_failed,
+    );
+    for t in book.iter() {
+        match &t.phase {
+            Phase::Running { .. } => running.push(t),
+            Phase::Pending | Phase::Requeued => waiting.push(t),
+            Phase::Merging | Phase::MergeWaiting { .. } => merging += 1,
+            Phase::Done { .. } => done += 1,
+            Phase::Failed { .. } => failed += 1,
+        }
+    }
+    let mut out = format!(
+        "dirigent — {} running, {} waiting, {merging} merging, {done} done, {failed} failed · {}",
+        running.len(),
+        waiting.len(),
+        match daemon {
+            Some(pid) => format!("daemon running (pid {pid})"),
+            None => "no daemon running".to_string(),
+        }
+    );
+    if !stable {
+        out.push_str(&format!(" · {}", &duration::clock(now_ms)[11..19]));
+    }
+    out.push('\n');
+    out.push('\n');
+    let id_w = running
+        .iter()
+        .map(|t| t.id.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 32);
+    let agent_w = running
+        .iter()
+        .filter_map(|t| t.attempts.last().map(|a| a.agent.chars().count()))
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 24);
+    out.push_str(&format!(
+        "{:<id_w$}  {:<agent_w$}  {:>3}  {:>8}  LAST OUTPUT\n",
+        "TASK", "AGENT", "TRY", "ELAPSED"
+    ));
+    if running.is_empty() {
+        out.push_str("(nothing running)\n");
+    }
+    for t in &running {
+        let Phase::Running {
+            attempt,
+            agent,
+            since_ms,
+        } = &t.phase
+        else {
+            continue;
+        };
+        let elapsed = if stable {
+            "-".to_string()
+        } else {
+            short(Duration::from_millis(now_ms.saturating_sub(*since_ms)))
+        };
+        let used = id_w + agent_w + 3 + 8 + 8;
+        let last = outputs.get(&t.id).map(String::as_str).unwrap_or("");
+        out.push_str(&format!(
+            "{:<id_w$}  {:<agent_w$}  {attempt:>3}  {elapsed:>8}  {}\n",
+            fit(&t.id, id_w),
+            fit(agent, agent_w),
+            fit(last, width.saturating_sub(used).max(10))
+        ));
+    }
+    if !waiting.is_empty() {
+        let names: Vec<&str> = waiting.iter().take(8).map(|t| t.id.as_str()).collect();
+        let more = waiting.len().saturating_sub(names.len());
+        let line = format!(
+            "waiting: {}{}",
+            names.join(", "),
+            if more > 0 {
+                format!(" (+{more} more)")
+            } else {
+                String::new()
+            }
+        );
+        out.push('\n');
+        out.push_str(&fit(&line, width));
+        out.push('\n');
+    }
+    let mut finished: Vec<(&TaskRecord, u64)> = book
+        .iter()
+        .filter_map(|t| match &t.phase {
+            Phase::Done { finished_ms, .. } | Phase::Failed { finished_ms, .. } => {
+                Some((t, *finished_ms))
+            }
+            _ => None,
+        })
+        .collect();
+    finished.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+    if !finished.is_empty() {
+        out.push_str("\nrecent:\n");
+    }
+    for (t, _) in finished.into_iter().take(RECENT) {
+        let what = match &t.phase {
+            Phase::Done { agent, .. } => format!("done by {agent}"),
+            Phase::Failed { reason, .. } => {
+                format!("failed: {}", printable(reason.lines().next().unwrap_or("")))
+            }
+            _ => String::new(),
+        };
+        out.push_str(&fit(&format!("  {}  {what}", t.id), width));
+        out.push('\n');
+    }
+    out
+}
