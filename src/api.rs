@@ -5,7 +5,6 @@
 //! (its one owner), and the two that take time — waiting for a task, streaming events — are
 //! built here from the engine's answers and the ledger's live records.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -34,7 +33,7 @@ pub struct Api {
     /// Bounded ([`DOOR_REQUESTS`]): a door that sends faster than the engine answers waits.
     engine: mpsc::Sender<ControlRequest>,
     /// The ledger writer sends every record on disk here; `wait` and `events` subscribe.
-    live: broadcast::Sender<Arc<Record>>,
+    live: broadcast::Sender<crate::ledger::LiveRecord>,
     /// Sender: the engine, after each round in which its book applied records.
     applied: watch::Receiver<u64>,
     /// Set to `true` by the daemon when it begins to stop: waits and event streams end, so
@@ -47,7 +46,7 @@ pub struct Api {
 /// One item of an event stream.
 #[derive(Debug, Clone)]
 pub enum StreamItem {
-    Record(Arc<Record>),
+    Record(crate::ledger::LiveRecord),
     /// Records after `after` and before `next` are no longer kept (compacted away); the stream
     /// continues at `next`.
     Gap {
@@ -60,7 +59,7 @@ impl Api {
     pub fn new(
         ws: Workspace,
         engine: mpsc::Sender<ControlRequest>,
-        live: broadcast::Sender<Arc<Record>>,
+        live: broadcast::Sender<crate::ledger::LiveRecord>,
         applied: watch::Receiver<u64>,
         stopping: watch::Receiver<bool>,
         key: Option<crate::integrity::Key>,
@@ -80,7 +79,7 @@ impl Api {
     }
 
     /// The ledger's records as they are written, from now on.
-    pub fn live(&self) -> broadcast::Receiver<Arc<Record>> {
+    pub fn live(&self) -> broadcast::Receiver<crate::ledger::LiveRecord> {
         self.live.subscribe()
     }
 
@@ -327,7 +326,12 @@ impl Api {
                             }
                         }
                         from = r.seq;
-                        if keep(&r) && tx.send(StreamItem::Record(Arc::new(r))).await.is_err() {
+                        if keep(&r)
+                            && tx
+                                .send(StreamItem::Record(crate::ledger::SharedRecord::new(r)))
+                                .await
+                                .is_err()
+                        {
                             return;
                         }
                     }

@@ -8,7 +8,6 @@
 //! `.context/http.url` so scripts (and tests) can find a server started on port 0.
 //! Routes and shapes are documented in `docs/api.md` and `docs/openapi.yaml`.
 
-use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -21,7 +20,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, Request as HttpRequest, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -30,7 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::api::{Api, StreamItem};
 use crate::protocol::{Failure, Request, Response};
-use crate::web::{ApiError, AppState, KEEP_ALIVE};
+use crate::web::{ApiError, AppState};
 use crate::workspace::Workspace;
 
 /// How long a stopping server waits for open requests before it drops them.
@@ -150,8 +148,8 @@ pub fn serve(bound: Bound, api: Api) -> std::io::Result<HttpServer> {
     ws.open_context()?
         .write_atomic("http.url", format!("http://{addr}\n").as_bytes(), 0o644)?;
     let state = AppState {
+        token: Arc::new(crate::web::TokenSource::new(ws.clone(), token)),
         api,
-        token,
         cookie: crate::dashboard::cookie_name(addr.port()).into(),
         used_codes: Default::default(),
     };
@@ -296,6 +294,7 @@ fn router(state: AppState) -> Router {
         .route("/workflows", get(workflows))
         .route("/workflows/{name}/runs", post(run_workflow))
         .route("/events", get(events))
+        .route("/logout", post(crate::dashboard::logout))
         .route("/v1/models", get(crate::openai::models))
         .route(
             "/v1/chat/completions",
@@ -326,20 +325,29 @@ fn json_ok(status: StatusCode, v: Value) -> HttpResponse {
     (status, axum::Json(v)).into_response()
 }
 
-/// Lets a request in with the bearer token, or with a dashboard session cookie (and, for a
-/// request that changes something, the session's CSRF header).
+/// Lets a request in with the bearer token, or with a dashboard session: its cookie and its
+/// CSRF value in a header, together (the cookie alone, which a browser also sends to any other
+/// port of the same host, is not enough).
 async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> HttpResponse {
+    let Some(token) = st.token.get() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the daemon's `.context/http.token` cannot be used; its log says why",
+        )
+        .into_response();
+    };
     if !req.headers().contains_key(header::AUTHORIZATION)
-        && let Some(s) = crate::dashboard::session_of(&st, req.headers())
+        && let Some(s) = crate::dashboard::session_of(&token, &st.cookie, req.headers())
     {
-        if crate::dashboard::csrf_ok(&st, req.method(), req.headers(), &s) {
+        if crate::dashboard::csrf_ok(&token, req.headers(), &s) {
             return next.run(req).await;
         }
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "authentication_error",
             format!(
-                "a request that changes something needs the page's `{}` header",
+                "a dashboard request needs the session's `{}` header (the page sends it); log in again with `dirigent open`",
                 crate::dashboard::CSRF_HEADER
             ),
         )
@@ -352,7 +360,7 @@ async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(t) if same(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
+        Some(t) if same(t.as_bytes(), token.as_bytes()) => next.run(req).await,
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
@@ -633,18 +641,19 @@ async fn events(
         None => q.after,
     };
     let rx = st.api.events(after, q.task);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await? {
-            StreamItem::Record(r) => SseEvent::default()
-                .id(r.seq.to_string())
-                .data(serde_json::to_string(&*r).unwrap_or_default()),
-            StreamItem::Gap { after, next } => SseEvent::default()
-                .event("gap")
-                .data(json!({"after": after, "next": next}).to_string()),
-        };
-        Some((Ok::<_, Infallible>(event), rx))
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response())
+    Ok(crate::web::event_stream(rx, |item, out| {
+        use std::fmt::Write;
+        match item {
+            // The record's JSON is one line, made once for every stream that sends it.
+            StreamItem::Record(r) => {
+                let _ = write!(out, "id: {}\ndata: {}\n\n", r.seq, r.json());
+            }
+            StreamItem::Gap { after, next } => {
+                let _ = write!(
+                    out,
+                    "event: gap\ndata: {{\"after\":{after},\"next\":{next}}}\n\n"
+                );
+            }
+        }
+    }))
 }

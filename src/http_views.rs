@@ -3,19 +3,17 @@
 //! escalation report, its attempt's output as a resumable event stream, the workflow runs, and
 //! the scorecards. Mounted by [`crate::http`] behind the same authorisation as every route.
 
-use std::convert::Infallible;
 use std::os::unix::fs::OpenOptionsExt;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::protocol::{Failure, Request, Response};
 use crate::task_log::{LogItem, Offsets};
-use crate::web::{ApiError, AppState, KEEP_ALIVE};
+use crate::web::{ApiError, AppState};
 
 type ApiResult = Result<HttpResponse, ApiError>;
 
@@ -183,21 +181,28 @@ pub(crate) async fn task_log(
         finished: chosen["class"].as_str().map(str::to_string),
     };
     let rx = crate::task_log::follow(st.api.clone(), attempt, from, live, st.api.stopping());
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await? {
-            LogItem::Output { stream, text, at } => SseEvent::default()
-                .event("output")
-                .id(at.id())
-                .data(json!({"stream": stream, "text": text}).to_string()),
-            LogItem::End { class } => SseEvent::default()
-                .event("end")
-                .data(json!({"class": class}).to_string()),
+    Ok(crate::web::event_stream(rx, |item, out| {
+        // JSON on one line: a `data:` field never holds a raw newline.
+        let (event, id, data) = match item {
+            LogItem::Output { stream, text, at } => (
+                "output",
+                Some(at.id()),
+                json!({"stream": stream, "text": text}),
+            ),
+            LogItem::End { class } => ("end", None, json!({"class": class})),
         };
-        Some((Ok::<_, Infallible>(event), rx))
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-        .into_response())
+        out.push_str("event: ");
+        out.push_str(event);
+        out.push('\n');
+        if let Some(id) = id {
+            out.push_str("id: ");
+            out.push_str(&id);
+            out.push('\n');
+        }
+        out.push_str("data: ");
+        out.push_str(&data.to_string());
+        out.push_str("\n\n");
+    }))
 }
 
 #[derive(Deserialize)]

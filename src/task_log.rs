@@ -9,12 +9,11 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::ledger::{Event, Record};
+use crate::ledger::Event;
 
 /// How often a running attempt's files are read again.
 const POLL: Duration = Duration::from_millis(250);
@@ -124,7 +123,7 @@ pub fn follow(
     api: crate::api::Api,
     a: Attempt,
     from: Offsets,
-    mut live: broadcast::Receiver<Arc<Record>>,
+    mut live: broadcast::Receiver<crate::ledger::LiveRecord>,
     mut stopping: watch::Receiver<bool>,
 ) -> mpsc::Receiver<LogItem> {
     // Sender: this stream's task; receiver: the HTTP response. Small: a slow client slows the

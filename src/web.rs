@@ -20,11 +20,64 @@ pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub api: Api,
-    pub token: Arc<str>,
+    /// The bearer token, re-read when `.context/http.token` changes.
+    pub token: Arc<TokenSource>,
     /// The dashboard's session cookie name (one per port: [`crate::dashboard::cookie_name`]).
     pub cookie: Arc<str>,
     /// Dashboard login codes already exchanged for a session, so each link works once.
     pub used_codes: Arc<std::sync::Mutex<crate::dashboard::session::UsedCodes>>,
+}
+
+/// The HTTP token as the file says now: replacing (or deleting) `.context/http.token` takes
+/// effect at the next request — the old token and every dashboard session made with it stop
+/// working — without a restart. A file that cannot be used (readable by others, not a regular
+/// file) refuses every request until it is fixed: the door fails closed.
+pub(crate) struct TokenSource {
+    ws: crate::workspace::Workspace,
+    /// (the file's identity when read, the token); only held to compare and swap.
+    current: std::sync::Mutex<(Option<(u64, u64, i64, i64, u64)>, Option<Arc<str>>)>,
+}
+
+impl TokenSource {
+    pub fn new(ws: crate::workspace::Workspace, token: Arc<str>) -> Self {
+        let id = Self::identity(&ws);
+        TokenSource {
+            ws,
+            current: std::sync::Mutex::new((id, Some(token))),
+        }
+    }
+
+    /// Device, inode, modification time (s, ns) and length: a replaced or rewritten file has
+    /// another.
+    fn identity(ws: &crate::workspace::Workspace) -> Option<(u64, u64, i64, i64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(crate::http::token_path(ws)).ok()?;
+        Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+    }
+
+    /// The token now, or `None` when the file cannot be used.
+    pub fn get(&self) -> Option<Arc<str>> {
+        let id = Self::identity(&self.ws);
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if id.is_some() && cur.0 == id {
+            return cur.1.clone();
+        }
+        // Changed, or gone (then a new one is made, as on first start).
+        let token = match crate::http::load_or_create_token(&self.ws) {
+            Ok(t) => {
+                tracing::info!(
+                    "the HTTP token changed: earlier tokens and dashboard sessions no longer work"
+                );
+                Some(Arc::<str>::from(t))
+            }
+            Err(e) => {
+                tracing::error!("the HTTP token cannot be used, so every request is refused: {e}");
+                None
+            }
+        };
+        *cur = (Self::identity(&self.ws), token.clone());
+        token
+    }
 }
 
 /// An error as every route returns it: OpenAI's shape, so one client-side handler fits all.
@@ -70,4 +123,43 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The most bytes of events written in one piece.
+const EVENT_BATCH: usize = 256 * 1024;
+
+/// A `text/event-stream` response fed by `rx`: `encode` appends one item's SSE text (`id:`,
+/// `event:`, `data:` lines and the blank line) to the buffer. Every item already waiting is
+/// written together, so a burst of ledger records costs each client one write, not one per
+/// record; a comment line every [`KEEP_ALIVE`] keeps idle connections open. Ends when `rx`
+/// does.
+pub(crate) fn event_stream<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+    encode: fn(&T, &mut String),
+) -> HttpResponse {
+    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
+        let mut buf = String::new();
+        tokio::select! {
+            got = rx.recv() => encode(&got?, &mut buf),
+            () = tokio::time::sleep(KEEP_ALIVE) => buf.push_str(":\n\n"),
+        }
+        while buf.len() < EVENT_BATCH {
+            match rx.try_recv() {
+                Ok(item) => encode(&item, &mut buf),
+                Err(_) => break,
+            }
+        }
+        Some((
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(buf)),
+            rx,
+        ))
+    });
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }

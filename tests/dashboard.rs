@@ -9,7 +9,7 @@ mod webdriver;
 
 use std::time::Instant;
 
-use common::{Workspace, http};
+use common::{Workspace, http, http_with};
 use dirigent::ledger::Event;
 use serde_json::json;
 use webdriver::Browser;
@@ -67,11 +67,12 @@ fn the_dashboard_needs_a_login_link_that_works_once_and_sets_a_private_cookie() 
     b.go(&format!("{base}/"));
     b.wait(
         "the login hint",
-        "document.body.innerText.includes('dirigent open')",
+        "document.querySelector('main').innerText.includes('dirigent open')",
     );
     assert_eq!(
-        b.js("return document.querySelector('nav')", json!([])),
-        json!(null)
+        b.js("return document.querySelector('#tasks')", json!([])),
+        json!(null),
+        "no tasks without a login"
     );
     b.screenshot("not-logged-in");
 
@@ -107,19 +108,65 @@ fn the_dashboard_needs_a_login_link_that_works_once_and_sets_a_private_cookie() 
         again.json()["error"]["message"],
         "this login link cannot be used: it was already used; run `dirigent open` for a new one"
     );
-    // A fresh code gives a cookie with the promised attributes.
+    // A fresh code gives a cookie with the promised attributes, and the session's CSRF value.
     let (_, fresh) = login_link(&ws)
         .split_once('#')
         .map(|(a, c)| (a.to_string(), c.to_string()))
         .unwrap();
     let ok = http(&base, "POST", "/login", None, Some(&fresh));
     assert_eq!(ok.status, 200, "{ok:?}");
-    let cookie = ok.header("set-cookie").expect("a cookie").to_string();
+    let set = ok.header("set-cookie").expect("a cookie").to_string();
     let port = base.rsplit(':').next().unwrap();
-    assert!(cookie.starts_with(&format!("dirigent_{port}=")), "{cookie}");
+    assert!(set.starts_with(&format!("dirigent_{port}=")), "{set}");
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
-        assert!(cookie.contains(attr), "`{attr}` in {cookie}");
+        assert!(set.contains(attr), "`{attr}` in {set}");
     }
+    let cookie = set.split(';').next().unwrap().to_string();
+    let csrf = ok.json()["csrf"]
+        .as_str()
+        .expect("the CSRF value")
+        .to_string();
+    // The cookie alone — what a server on another port of this host would be sent — is
+    // refused, for reading too; with the CSRF value it works.
+    for (method, path) in [("GET", "/tasks"), ("GET", "/events"), ("POST", "/tasks")] {
+        let alone = http_with(
+            &base,
+            method,
+            path,
+            None,
+            &[("Cookie", &cookie)],
+            Some("{}"),
+        );
+        assert_eq!(
+            alone.status, 403,
+            "{method} {path} with the cookie alone: {alone:?}"
+        );
+    }
+    let session = [
+        ("Cookie", cookie.as_str()),
+        ("X-Dirigent-CSRF", csrf.as_str()),
+    ];
+    let both = http_with(&base, "GET", "/tasks", None, &session, None);
+    assert_eq!(both.status, 200, "{both:?}");
+    // A new token file ends every session and the old token, without a restart.
+    std::fs::remove_file(ws.path("http.token")).unwrap();
+    let again = http_with(&base, "GET", "/tasks", None, &session, None);
+    assert_eq!(
+        again.status, 401,
+        "a session from before the new token: {again:?}"
+    );
+    assert_eq!(
+        http(&base, "GET", "/tasks", Some(&token), None).status,
+        401,
+        "the old token"
+    );
+    let new_token = std::fs::read_to_string(ws.path("http.token")).unwrap();
+    assert_ne!(new_token.trim(), token);
+    assert_eq!(
+        http(&base, "GET", "/tasks", Some(new_token.trim()), None).status,
+        200,
+        "the new token"
+    );
 }
 
 #[test]

@@ -301,3 +301,44 @@ fn a_bad_notify_section_is_refused_with_what_to_write() {
         assert_ne!(out.status.code(), Some(0), "{yaml}");
     }
 }
+
+#[test]
+fn a_desktop_notification_runs_notify_send_with_the_title_and_text() {
+    let ws = Workspace::new(
+        r#"
+agents:
+  broken: { command: ["{agents}/fail.sh"], retry: { attempts: 0 } }
+notify:
+  - desktop: true
+"#,
+    );
+    // A `notify-send` of our own on the daemon's PATH, recording its arguments one per line.
+    let bin = ws.root().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let script = bin.join("notify-send");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > \"$DIRIGENT_WORKSPACE/desktop.txt\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let _d = ws.start_with(&[("PATH", &path)]);
+    ws.drop_task("e1.json", r#"{"prompt": "p", "agent": "broken"}"#);
+    ws.wait_for("the desktop delivery", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::NotifySent { destination, .. } if destination == "desktop-1"))
+            .then_some(())
+    });
+    let args = std::fs::read_to_string(ws.root().join("desktop.txt")).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    assert_eq!(
+        &args[..3],
+        ["--app-name=dirigent", "--", "Task `e1` escalated"],
+        "{args:?}"
+    );
+    assert!(
+        args[3].contains("(report: .context/escalations/e1.md)"),
+        "{args:?}"
+    );
+}

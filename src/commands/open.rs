@@ -17,19 +17,28 @@ pub fn open(ws: &Workspace, no_browser: bool, as_json: bool) -> Result<ExitCode>
             ws.root().display()
         )
     };
+    let Some(pid) = running_daemon(ws) else {
+        return Err(not_served());
+    };
     let base = match std::fs::read_to_string(&url_file) {
         Ok(s) => s.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_served()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "the daemon (pid {pid}) serves no HTTP door, so no dashboard: restart it with `--http 127.0.0.1:8787` (or set `http:` in .context/dirigent.yaml)"
+            )
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", url_file.display())),
     };
-    if running_daemon(ws).is_none() {
-        return Err(not_served());
-    }
+    // The code is good for this daemon process only (a restart forgets which were used).
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .with_context(|| format!("the daemon's lock file names no pid (`{pid}`)"))?;
     let token = dirigent::http::load_or_create_token(ws)
         .with_context(|| "cannot read the HTTP token".to_string())?;
     let nonce = dirigent::dashboard::session::nonce()?;
     let now = ledger::now_ms();
-    let code = dirigent::dashboard::session::login_code(&token, now, &nonce);
+    let code = dirigent::dashboard::session::login_code(&token, pid, now, &nonce);
     let url = format!("{base}/login#{code}");
     let expires_ms = now + dirigent::dashboard::session::LOGIN_TTL_MS;
     let opened = if no_browser {

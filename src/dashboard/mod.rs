@@ -4,19 +4,21 @@
 //! JavaScript over the same JSON API and event stream as every other client; see
 //! `docs/dashboard.md`.
 //!
-//! Who may do what: `/assets/*` and the login page are public (they hold no data); the
-//! dashboard page and every API route need the bearer token or a session cookie; with a cookie,
-//! a request that changes something must also carry the session's CSRF value in
-//! `X-Dirigent-CSRF` (the page has it; another site cannot read it or set the header).
+//! Who may do what: the page (`/`), its assets and the login page are public (they hold no
+//! data); every API route needs the bearer token, or a session: its cookie *and* its CSRF value
+//! in `X-Dirigent-CSRF`. The value comes in the login answer and the page keeps it in its
+//! origin's storage. Both are needed because a browser sends a cookie for `127.0.0.1` to every
+//! port of that host, so a server another local user runs on another port could collect it;
+//! the storage, like the header, is bound to the origin with its port.
 
 pub mod session;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::{get, post};
+use axum::routing::get;
 
 use crate::web::{ApiError, AppState};
 
@@ -38,7 +40,6 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/login", get(login_page).post(login))
-        .route("/logout", post(logout))
         .route("/assets/{name}", get(asset))
 }
 
@@ -48,8 +49,12 @@ pub(crate) fn cookie_name(port: u16) -> String {
     format!("dirigent_{port}")
 }
 
-/// The session a request carries in its cookie, when valid.
-pub(crate) fn session_of(st: &AppState, headers: &HeaderMap) -> Option<session::Signed> {
+/// The session a request carries in its cookie `cookie`, when valid for `token`.
+pub(crate) fn session_of(
+    token: &str,
+    cookie: &str,
+    headers: &HeaderMap,
+) -> Option<session::Signed> {
     let now = crate::ledger::now_ms();
     headers
         .get_all(header::COOKIE)
@@ -57,22 +62,14 @@ pub(crate) fn session_of(st: &AppState, headers: &HeaderMap) -> Option<session::
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(name, _)| *name == &*st.cookie)
-        .find_map(|(_, value)| session::check_session(&st.token, value, now).ok())
+        .filter(|(name, _)| *name == cookie)
+        .find_map(|(_, value)| session::check_session(token, value, now).ok())
 }
 
-/// Whether a cookie-authenticated request may go on: reading always, changing only with the
-/// session's CSRF value.
-pub(crate) fn csrf_ok(
-    st: &AppState,
-    method: &Method,
-    headers: &HeaderMap,
-    s: &session::Signed,
-) -> bool {
-    if matches!(*method, Method::GET | Method::HEAD) {
-        return true;
-    }
-    let want = session::csrf_value(&st.token, s);
+/// Whether a request with session `s` also carries its CSRF value (every request does, reading
+/// ones too: the cookie alone is not enough, see the module's doc).
+pub(crate) fn csrf_ok(token: &str, headers: &HeaderMap, s: &session::Signed) -> bool {
+    let want = session::csrf_value(token, s);
     headers
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -100,24 +97,36 @@ fn guarded(mut response: HttpResponse, content_type: &'static str) -> HttpRespon
     response
 }
 
-/// `GET /`: the dashboard for a logged-in browser (or a bearer-token client); otherwise a page
-/// that says how to log in.
-async fn index(State(st): State<AppState>, headers: HeaderMap) -> HttpResponse {
-    let Some(s) = session_of(&st, &headers) else {
-        let page = LOGIN_HTML.replace(
-            "{{message}}",
-            "Not logged in. Run <code>dirigent open</code> in the workspace for a login link.",
-        );
-        return guarded(
-            (StatusCode::UNAUTHORIZED, page).into_response(),
-            "text/html; charset=utf-8",
-        );
-    };
-    let page = INDEX_HTML.replace("{{csrf}}", &session::csrf_value(&st.token, &s));
+/// `GET /`: the dashboard page. It holds no data: it asks the API for everything, with the
+/// session it keeps, and says how to log in when it has none.
+async fn index(State(st): State<AppState>) -> HttpResponse {
+    let name = st
+        .api
+        .workspace()
+        .root()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let page = INDEX_HTML.replace("{{workspace}}", &html_escape(&name));
     guarded(
         (StatusCode::OK, page).into_response(),
         "text/html; charset=utf-8",
     )
+}
+
+/// Text made safe inside HTML.
+fn html_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            c if c.is_control() => String::new(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// `GET /login`: a page whose script sends the code after `#` (which browsers never send to a
@@ -130,17 +139,26 @@ async fn login_page() -> HttpResponse {
     )
 }
 
-/// `POST /login` with the code as the body: sets the session cookie.
+/// `POST /login` with the code as the body: sets the session cookie and answers the session's
+/// CSRF value (`{"ok": true, "csrf": …}`), which the page keeps.
 async fn login(State(st): State<AppState>, body: Bytes) -> HttpResponse {
     let code = String::from_utf8_lossy(&body).trim().to_string();
     let now = crate::ledger::now_ms();
+    let Some(token) = st.token.get() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the daemon's `.context/http.token` cannot be used; its log says why",
+        )
+        .into_response();
+    };
     let redeemed = st
         .used_codes
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .redeem(&st.token, &code, now);
+        .redeem(&token, std::process::id(), &code, now);
     if let Err(why) = redeemed {
-        tracing::info!("a dashboard login was refused: the code {why}");
+        tracing::info!("refused a dashboard login: {why}");
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
@@ -156,7 +174,10 @@ async fn login(State(st): State<AppState>, body: Bytes) -> HttpResponse {
         )
         .into_response();
     };
-    let value = session::session_value(&st.token, now, &nonce);
+    let value = session::session_value(&token, now, &nonce);
+    let csrf = session::check_session(&token, &value, now)
+        .map(|s| session::csrf_value(&token, &s))
+        .unwrap_or_default();
     let cookie = format!(
         "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
         st.cookie,
@@ -164,19 +185,22 @@ async fn login(State(st): State<AppState>, body: Bytes) -> HttpResponse {
     );
     let mut response = (
         StatusCode::OK,
-        axum::Json(serde_json::json!({"ok": true, "message": "logged in"})),
+        axum::Json(serde_json::json!({"ok": true, "message": "logged in", "csrf": csrf})),
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     tracing::info!("a browser logged in to the dashboard");
     response
 }
 
-/// `POST /logout`: forgets the cookie in this browser. (Other sessions end when the token file
-/// is replaced.)
-async fn logout(State(st): State<AppState>) -> HttpResponse {
+/// `POST /logout` (an API route: it needs the session): forgets the cookie in this browser; the
+/// page forgets the CSRF value. (Every session ends when the token file is replaced.)
+pub(crate) async fn logout(State(st): State<AppState>) -> HttpResponse {
     let cookie = format!(
         "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
         st.cookie

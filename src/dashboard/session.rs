@@ -1,6 +1,7 @@
 //! The dashboard's login model, as pure functions of the HTTP token: a one-time login code
-//! (what `dirigent open` puts after `#` in the login link), the session cookie it is exchanged
-//! for, and the CSRF value a page must send back with every request that changes something.
+//! (what `dirigent open` puts after `#` in the login link, good for the running daemon only),
+//! the session cookie it is exchanged for, and the session's CSRF value, which the page keeps in
+//! its origin's storage and sends back with every request.
 //!
 //! Every value is `<nonce>.<expiry ms>.<HMAC-SHA-256 over a purpose, the nonce and the expiry>`,
 //! keyed by the token. So the daemon keeps no session table (a restart keeps everyone logged
@@ -95,9 +96,20 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A login code valid for [`LOGIN_TTL_MS`] from `now_ms`.
-pub fn login_code(token: &str, now_ms: u64, nonce: &[u8; 16]) -> String {
-    sign(token, "login", nonce, now_ms.saturating_add(LOGIN_TTL_MS))
+/// The purpose a login code is signed for: the daemon process it is for, so a code used once
+/// cannot be used again after a restart (the set of used codes is in memory).
+fn login_purpose(daemon_pid: u32) -> String {
+    format!("login:{daemon_pid}")
+}
+
+/// A login code for the daemon with pid `daemon_pid`, valid for [`LOGIN_TTL_MS`] from `now_ms`.
+pub fn login_code(token: &str, daemon_pid: u32, now_ms: u64, nonce: &[u8; 16]) -> String {
+    sign(
+        token,
+        &login_purpose(daemon_pid),
+        nonce,
+        now_ms.saturating_add(LOGIN_TTL_MS),
+    )
 }
 
 /// A session cookie's value, valid for [`SESSION_TTL_MS`] from `now_ms`.
@@ -115,8 +127,9 @@ pub fn check_session(token: &str, value: &str, now_ms: u64) -> Result<Signed, Re
     check(token, "session", value, now_ms)
 }
 
-/// The CSRF value of a session: the page gets it in the HTML it is served, and sends it back in
-/// the `X-Dirigent-CSRF` header. Another site can neither read it nor set the header.
+/// The CSRF value of a session: the login answer gives it to the page, which keeps it in its
+/// origin's storage (bound to the port, unlike cookies) and sends it in the `X-Dirigent-CSRF`
+/// header. Another site, or a server on another port, can neither read it nor set the header.
 pub fn csrf_value(token: &str, session: &Signed) -> String {
     mac(token, "csrf", &session.nonce, session.expires_ms)
 }
@@ -128,9 +141,16 @@ pub struct UsedCodes {
 }
 
 impl UsedCodes {
-    /// Checks a login code and marks it used: the same code never logs in twice.
-    pub fn redeem(&mut self, token: &str, code: &str, now_ms: u64) -> Result<Signed, Refused> {
-        let signed = check(token, "login", code, now_ms)?;
+    /// Checks a login code for this daemon (`daemon_pid`) and marks it used: the same code
+    /// never logs in twice.
+    pub fn redeem(
+        &mut self,
+        token: &str,
+        daemon_pid: u32,
+        code: &str,
+        now_ms: u64,
+    ) -> Result<Signed, Refused> {
+        let signed = check(token, &login_purpose(daemon_pid), code, now_ms)?;
         // A code from far in the future was not minted by `login_code` (clock skew aside).
         if signed.expires_ms > now_ms.saturating_add(LOGIN_TTL_MS * 2) {
             return Err(Refused::Expired);
@@ -162,26 +182,30 @@ mod tests {
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
     const NONCE: [u8; 16] = [7; 16];
+    const PID: u32 = 4242;
 
     #[test]
-    fn login_codes_work_once_until_they_expire_and_only_with_the_token() {
-        let code = login_code(TOKEN, 1_000, &NONCE);
+    fn login_codes_work_once_for_one_daemon_until_they_expire_and_only_with_the_token() {
+        let code = login_code(TOKEN, PID, 1_000, &NONCE);
         let later = 1_000 + LOGIN_TTL_MS;
+        let other_token = "another-token-of-enough-length!!";
         // (code, token, now, expected)
         let cases: Vec<(String, &str, u64, Result<(), Refused>)> = vec![
             (code.clone(), TOKEN, 1_000, Ok(())),
             (code.clone(), TOKEN, 2_000, Err(Refused::Used)),
+            (code.clone(), other_token, 1_000, Err(Refused::WrongMac)),
             (
-                code.clone(),
-                "another-token-of-enough-length!!",
-                1_000,
-                Err(Refused::WrongMac),
-            ),
-            (
-                login_code(TOKEN, 1_000, &[8; 16]),
+                login_code(TOKEN, PID, 1_000, &[8; 16]),
                 TOKEN,
                 later,
                 Err(Refused::Expired),
+            ),
+            // Minted for another daemon process (one before a restart).
+            (
+                login_code(TOKEN, PID + 1, 1_000, &[10; 16]),
+                TOKEN,
+                1_000,
+                Err(Refused::WrongMac),
             ),
             (
                 session_value(TOKEN, 1_000, &[9; 16]),
@@ -200,7 +224,7 @@ mod tests {
         ];
         let mut used = UsedCodes::default();
         for (i, (code, token, now, want)) in cases.into_iter().enumerate() {
-            let got = used.redeem(token, &code, now).map(|_| ());
+            let got = used.redeem(token, PID, &code, now).map(|_| ());
             assert_eq!(got, want, "case {i}: {code}");
         }
     }
@@ -214,7 +238,7 @@ mod tests {
             check_session(TOKEN, &s, SESSION_TTL_MS),
             Err(Refused::Expired)
         );
-        let code = login_code(TOKEN, 0, &NONCE);
+        let code = login_code(TOKEN, PID, 0, &NONCE);
         assert_eq!(check_session(TOKEN, &code, 0), Err(Refused::WrongMac));
         let other = csrf_value(
             TOKEN,

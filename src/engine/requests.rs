@@ -93,7 +93,13 @@ fn list(
         }
         total += 1;
     }
-    serde_json::json!({"tasks": rows, "total": total})
+    // Older finished tasks keep only their outcome (the ledger has the rest): counted, so a
+    // reader knows they exist.
+    serde_json::json!({
+        "tasks": rows,
+        "total": total,
+        "archived": {"done": book.archived_done, "failed": book.archived_failed},
+    })
 }
 
 impl Engine {

@@ -60,6 +60,43 @@ struct Append {
     written: Option<oneshot::Sender<()>>,
 }
 
+/// A record as the live broadcast carries it to every listener: one allocation for all of
+/// them, and its JSON (without the seal) made once, on first use, for every event stream that
+/// sends it — fifty dashboards cost one serialisation, not fifty.
+#[derive(Debug)]
+pub struct SharedRecord {
+    record: Record,
+    json: std::sync::OnceLock<Box<str>>,
+}
+
+/// What the live broadcast sends.
+pub type LiveRecord = Arc<SharedRecord>;
+
+impl SharedRecord {
+    pub fn new(record: Record) -> LiveRecord {
+        Arc::new(SharedRecord {
+            record,
+            json: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The record as JSON on one line (as in `ledger.jsonl`, without its `mac`).
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            serde_json::to_string(&self.record)
+                .unwrap_or_default()
+                .into()
+        })
+    }
+}
+
+impl std::ops::Deref for SharedRecord {
+    type Target = Record;
+    fn deref(&self) -> &Record {
+        &self.record
+    }
+}
+
 /// A handle to the ledger writer. Cheap to clone; the writer thread stops when every handle is
 /// dropped, after writing what it was sent.
 #[derive(Clone)]
@@ -68,7 +105,7 @@ pub struct Ledger {
     tx: mpsc::UnboundedSender<Append>,
     /// The writer thread sends every record here once it is on disk (only while someone
     /// listens); receivers come from [`Ledger::live`] (the SSE stream, `wait`).
-    events: broadcast::Sender<Arc<Record>>,
+    events: broadcast::Sender<LiveRecord>,
     /// Sender: the writer thread. `Some(why)` while a write waits for a resource to come back
     /// (the disk is full, descriptors ran out): the ledger is paused, not failed.
     paused: watch::Receiver<Option<String>>,
@@ -158,7 +195,7 @@ impl Ledger {
     /// returned sender. A receiver that falls more than a few thousand records behind gets
     /// `Lagged` and should read the gap back with [`read_after`]. (A sender, not a `Ledger`
     /// handle, so its holders do not keep the writer alive.)
-    pub fn live(&self) -> broadcast::Sender<Arc<Record>> {
+    pub fn live(&self) -> broadcast::Sender<LiveRecord> {
         self.events.clone()
     }
 
@@ -236,7 +273,7 @@ struct Writer {
     good_len: u64,
     rotation: Option<Rotation>,
     key: Option<Key>,
-    live: broadcast::Sender<Arc<Record>>,
+    live: broadcast::Sender<LiveRecord>,
     /// Receivers: the `Ledger` handles (`paused`, `status`).
     paused: watch::Sender<Option<String>>,
     give_up: Arc<AtomicBool>,
@@ -301,7 +338,7 @@ impl Writer {
                 Ok(()) => {
                     if self.live.receiver_count() > 0 {
                         for rec in out.iter().flatten() {
-                            let _ = self.live.send(Arc::new(rec.clone()));
+                            let _ = self.live.send(SharedRecord::new(rec.clone()));
                         }
                     }
                     for (a, recs) in batch.into_iter().zip(out) {

@@ -46,7 +46,7 @@ struct Shared {
 pub fn start(
     ws: Workspace,
     mut config: watch::Receiver<Arc<Config>>,
-    mut live: broadcast::Receiver<Arc<Record>>,
+    mut live: broadcast::Receiver<crate::ledger::LiveRecord>,
     ledger: Ledger,
     report: Report,
     stopping: watch::Receiver<bool>,

@@ -556,8 +556,20 @@ pub fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> HttpReply {
+    http_with(base, method, path, token, &[], body)
+}
+
+/// [`http`] with more headers.
+pub fn http_with(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpReply {
     use std::io::Read;
-    let stream = http_send(base, method, path, token, &[], body);
+    let stream = http_send(base, method, path, token, headers, body);
     let mut reader = std::io::BufReader::new(stream);
     let (status, headers) = http_head(&mut reader);
     let mut body = String::new();

@@ -1,12 +1,13 @@
 // The dashboard: a small single-page app over dirigent's JSON API and its event stream
 // (docs/api.md). Pages are hash routes (#/tasks, #/task/ID, #/workflows, #/agents,
 // #/scorecards, #/submit). Everything is built with DOM calls, never from HTML strings, so
-// nothing a task or an agent wrote can become markup. Live: one EventSource on /events; any
-// ledger record re-reads the page on view (at most ~3 times a second), and a task's running
-// attempt streams its output from /tasks/{id}/log.
+// nothing a task or an agent wrote can become markup. Every request carries the session's CSRF
+// value, kept in this origin's storage by the login page (the cookie alone is not enough).
+// Live: one event stream on /events; any ledger record re-reads the page on view (at most ~3
+// times a second), and a task's running attempt streams its output from /tasks/{id}/log.
 "use strict";
 
-const CSRF = document.querySelector('meta[name="dirigent-csrf"]').content;
+const CSRF = localStorage.getItem("dirigent-csrf");
 const PAGE_SIZE = 100;
 
 // ---- small helpers -------------------------------------------------------------------------
@@ -41,12 +42,23 @@ function toast(text, isError) {
   setTimeout(() => item.remove(), isError ? 8000 : 3000);
 }
 
+/// The page for a browser without a session (never logged in, logged out, or the token was
+/// replaced).
+function loggedOut() {
+  localStorage.removeItem("dirigent-csrf");
+  document.getElementById("live").textContent = "";
+  document.getElementById("logout").hidden = true;
+  main.replaceChildren(h("h1", {}, "Not logged in"),
+    h("p", {}, "Run ", h("code", {}, "dirigent open"), " in the workspace for a login link (it works once, within 5 minutes)."));
+  current = null;
+}
+
 async function api(path, options) {
   const opts = Object.assign({ credentials: "same-origin", headers: {} }, options || {});
-  if (opts.method && opts.method !== "GET") opts.headers["X-Dirigent-CSRF"] = CSRF;
+  opts.headers["X-Dirigent-CSRF"] = CSRF;
   const r = await fetch(path, opts);
-  if (r.status === 401) {
-    location.replace("/");
+  if (r.status === 401 || r.status === 403) {
+    loggedOut();
     throw new Error("the session has ended; run `dirigent open` again");
   }
   const type = r.headers.get("content-type") || "";
@@ -62,13 +74,73 @@ async function act(path, body) {
       headers: { "Content-Type": "application/json" },
       body: body === undefined ? "" : JSON.stringify(body),
     });
-    toast(answer.message || "done");
+    toast(answer.message || (answer.id ? `submitted ${answer.id}` : "done"));
     refreshSoon();
     return answer;
   } catch (e) {
     toast("error: " + e.message, true);
     return null;
   }
+}
+
+// Escape sequences and control characters an agent printed: removed, never shown as junk.
+const ESCAPES = /\x1b(?:\[[0-?]*[ -\/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|.)|[\x00-\x08\x0b-\x1f\x7f\x9b]/g;
+function plain(text) {
+  return String(text).replace(ESCAPES, "");
+}
+
+/// A Server-Sent Events stream read with fetch (so it carries the CSRF header, which
+/// EventSource cannot), reconnecting with Last-Event-ID after a break unless `once`.
+function openStream(url, onEvent, opts) {
+  opts = opts || {};
+  let lastId = null, stopped = false, abort = null;
+  (async () => {
+    while (!stopped) {
+      abort = new AbortController();
+      try {
+        const headers = { "X-Dirigent-CSRF": CSRF };
+        if (lastId !== null) headers["Last-Event-ID"] = lastId;
+        const r = await fetch(url, { headers, credentials: "same-origin", signal: abort.signal });
+        if (r.status === 401 || r.status === 403) { loggedOut(); return; }
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        if (opts.onOpen) opts.onOpen();
+        const reader = r.body.getReader();
+        const decoder = new TextDecoder();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += decoder.decode(value, { stream: true });
+          let i;
+          while ((i = buf.indexOf("\n\n")) >= 0) {
+            const block = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            let type = "message", id = null;
+            const data = [];
+            for (const line of block.split("\n")) {
+              if (!line || line.startsWith(":")) continue;
+              const c = line.indexOf(":");
+              const field = c < 0 ? line : line.slice(0, c);
+              let v = c < 0 ? "" : line.slice(c + 1);
+              if (v.startsWith(" ")) v = v.slice(1);
+              if (field === "event") type = v;
+              else if (field === "data") data.push(v);
+              else if (field === "id") id = v;
+            }
+            if (id !== null) lastId = id;
+            if (data.length) onEvent(type, data.join("\n"));
+          }
+        }
+        if (opts.once) return;
+      } catch (e) {
+        if (stopped) return;
+      }
+      if (stopped) return;
+      if (opts.onError) opts.onError();
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  })();
+  return { close() { stopped = true; if (abort) abort.abort(); } };
 }
 
 function stateBadge(state) {
@@ -113,10 +185,11 @@ function inline(text) {
 
 function markdown(text) {
   const root = h("div", { class: "markdown" });
-  const lines = text.split("\n");
+  const lines = plain(text).split("\n");
   let i = 0, para = [], list = null;
   const flush = () => {
-    if (para.length) root.append(h("p", {}, inline(para.join(" "))));
+    // A line break in the text stays one (agents write plain text more often than Markdown).
+    if (para.length) root.append(h("p", {}, para.flatMap((l, i) => (i ? [h("br", {}), ...inline(l)] : inline(l)))));
     para = [];
     list = null;
   };
@@ -195,16 +268,10 @@ function route() {
 
 function connectEvents() {
   const live = document.getElementById("live");
-  const source = new EventSource("/events");
-  source.onopen = () => { live.textContent = "live"; };
-  source.onmessage = (e) => {
-    if (current && current.onRecord) {
-      try { current.onRecord(JSON.parse(e.data)); } catch (_) { /* a record it cannot read */ }
-    }
-    refreshSoon();
-  };
-  source.addEventListener("gap", refreshSoon);
-  source.onerror = () => { live.textContent = "reconnecting…"; };
+  openStream("/events", () => refreshSoon(), {
+    onOpen: () => { live.textContent = "live"; },
+    onError: () => { live.textContent = "reconnecting…"; },
+  });
 }
 
 // ---- Tasks ---------------------------------------------------------------------------------
@@ -218,12 +285,15 @@ function tasksPage() {
   let timer = null;
   const field = (name, label, control) => {
     control.value = taskFilters[name];
-    control.addEventListener("input", () => {
+    const changed = () => {
+      if (taskFilters[name] === control.value) return;
       taskFilters[name] = control.value;
       taskFilters.offset = 0;
       clearTimeout(timer);
       timer = setTimeout(render, 200);
-    });
+    };
+    control.addEventListener("input", changed);
+    control.addEventListener("change", changed);
     return h("label", {}, label, control);
   };
   const stateSelect = h("select", { name: "state" },
@@ -235,9 +305,9 @@ function tasksPage() {
     field("q", "Text (id or title)", h("input", { name: "q", type: "search", size: 24 })),
     total);
   main.append(h("h1", {}, "Tasks"), form,
-    h("table", { id: "tasks" },
+    h("div", { class: "wide" }, h("table", { id: "tasks" },
       h("thead", {}, h("tr", {}, ["Task", "State", "Agent", "Attempt", "Elapsed", "Cost", "Branch"].map((c) => h("th", { scope: "col", class: ["Attempt", "Elapsed", "Cost"].includes(c) ? "num" : "" }, c)))),
-      table),
+      table)),
     pager);
 
   async function render() {
@@ -253,14 +323,19 @@ function tasksPage() {
         h("td", {}, stateBadge(t.state)),
         h("td", {}, t.agent || "-"),
         h("td", { class: "num" }, t.attempts),
-        h("td", { class: "num" }, duration(end - start)),
+        h("td", { class: "num" + (t.finished_ms ? "" : " ticking"), "data-since": start }, duration(end - start)),
         h("td", { class: "num" }, money(t.cost_usd)),
         h("td", {}, t.branch ? t.branch + (t.diff ? ` ${t.diff.files}f +${t.diff.insertions} -${t.diff.deletions}` : "") : ""));
     }));
     if (!answer.tasks.length) table.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "no tasks match")));
-    total.textContent = `${answer.total} task${answer.total === 1 ? "" : "s"}`;
     const from = answer.total ? taskFilters.offset + 1 : 0;
     const to = taskFilters.offset + answer.tasks.length;
+    total.textContent = `${answer.total} task${answer.total === 1 ? "" : "s"}`;
+    const old = answer.archived || { done: 0, failed: 0 };
+    if (old.done + old.failed > 0 && to >= answer.total) {
+      table.append(h("tr", {}, h("td", { colspan: 7, class: "muted" },
+        `and ${old.done + old.failed} older finished tasks (${old.done} done, ${old.failed} failed): only their outcome is kept here; \`dirigent status ID\` and the ledger have the rest`)));
+    }
     pager.replaceChildren(
       h("button", { class: "secondary", disabled: taskFilters.offset === 0, onclick: () => { taskFilters.offset = Math.max(0, taskFilters.offset - PAGE_SIZE); render(); } }, "← Newer"),
       h("span", {}, `${from}–${to} of ${answer.total}`),
@@ -285,15 +360,16 @@ function taskPage([id]) {
     if (log) log.close();
     logAttempt = attempt;
     logBox.replaceChildren();
-    log = new EventSource(`/tasks/${encodeURIComponent(id)}/log?attempt=${attempt}`);
-    log.addEventListener("output", (e) => {
-      const chunk = JSON.parse(e.data);
-      logBox.append(h("span", { class: chunk.stream === "stderr" ? "err" : "" }, chunk.text));
+    let ended = false;
+    log = openStream(`/tasks/${encodeURIComponent(id)}/log?attempt=${attempt}`, (type, data) => {
+      if (type === "end") { ended = true; log.close(); return; }
+      if (type !== "output") return;
+      const chunk = JSON.parse(data);
+      logBox.append(h("span", { class: chunk.stream === "stderr" ? "err" : "" }, plain(chunk.text).replace(/\r/g, "")));
       // Keep the page light on long outputs: the last ~2,000 chunks.
       while (logBox.childNodes.length > 2000) logBox.firstChild.remove();
       logBox.scrollTop = logBox.scrollHeight;
-    });
-    log.addEventListener("end", () => { log.close(); });
+    }, { onError: () => { if (ended) log.close(); } });
   }
 
   let drawn = "";
@@ -315,7 +391,7 @@ function taskPage([id]) {
       h("dt", {}, "Received"), h("dd", {}, when(t.received_ms)),
       h("dt", {}, "Cost"), h("dd", {}, money(t.cost_usd)));
     if (t.worktree) facts.append(h("dt", {}, "Branch"), h("dd", {}, t.worktree.branch, t.worktree.diff ? ` — ${t.worktree.diff.files} file(s) +${t.worktree.diff.insertions} -${t.worktree.diff.deletions}` : ""));
-    const attempts = h("table", { id: "attempts" },
+    const attempts = h("div", { class: "wide" }, h("table", { id: "attempts" },
       h("thead", {}, h("tr", {}, ["#", "Agent", "Class", "Reason", "Exit", "Duration", "Cost"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, (t.attempts || []).map((a) => h("tr", {},
         h("td", {}, a.n),
@@ -323,8 +399,8 @@ function taskPage([id]) {
         h("td", {}, a.class ? stateBadge(a.class) : stateBadge("running")),
         h("td", {}, a.reason || ""),
         h("td", {}, a.signal ? "signal " + a.signal : a.exit_code ?? "-"),
-        h("td", {}, a.class ? duration(a.duration_ms) : duration(Date.now() - a.started_ms)),
-        h("td", {}, money(a.usage && a.usage.cost_usd))))));
+        a.class ? h("td", {}, duration(a.duration_ms)) : h("td", { class: "ticking", "data-since": a.started_ms }, duration(Date.now() - a.started_ms)),
+        h("td", {}, money(a.usage && a.usage.cost_usd)))))));
     const parts = [actions, facts, h("h2", {}, "Prompt"), h("pre", { id: "prompt" }, t.prompt || "(not kept)"), h("h2", {}, "Attempts"), attempts];
     const last = (t.attempts || []).at(-1);
     if (last) {
@@ -358,7 +434,7 @@ function workflowsPage() {
     const [runs, defs] = await Promise.all([api("/runs"), api("/workflows")]);
     runsBox.replaceChildren(...(runs.runs.length ? runs.runs.map(runCard) : [h("p", { class: "muted" }, "no workflow runs yet")]));
     defsBox.replaceChildren(h("table", {},
-      h("thead", {}, h("tr", {}, ["Name", "Phases", "Variables", ""].map((c) => h("th", { scope: "col" }, c)))),
+      h("thead", {}, h("tr", {}, ["Name", "Phases", "Variables", "Run"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, defs.workflows.map((w) => h("tr", {},
         h("td", {}, w.name, w.valid ? "" : h("span", { class: "state failed" }, " invalid")),
         h("td", {}, (w.phases || []).join(" → ")),
@@ -395,7 +471,11 @@ function agentsPage() {
       const facts = h("dl", {},
         h("dt", {}, "Provider"), h("dd", {}, a.provider),
         h("dt", {}, "Installed"), h("dd", {}, a.installed ? (a.path || "yes") : "no" + (a.install_hint ? " — " + a.install_hint : "")),
-        h("dt", {}, "Limits"), h("dd", {}, `${a.max_parallel} at once, ${duration(a.stagger_ms)} apart, timeout ${duration(a.timeout_ms)}`),
+        h("dt", {}, "Limits"), h("dd", {}, [
+          a.max_parallel ? `${a.max_parallel} at once` : "no limit of its own at once",
+          a.stagger_ms ? `starts ${duration(a.stagger_ms)} apart` : null,
+          `timeout ${duration(a.timeout_ms)}`,
+        ].filter(Boolean).join(", ")),
         h("dt", {}, "Record"), h("dd", {}, `${a.ok}/${a.attempts} ok`),
         h("dt", {}, "Last failure"), h("dd", {}, a.last_failure ? `${a.last_failure.class}: ${a.last_failure.reason}` : "-"));
       const card = h("div", { class: "card agent", "data-agent": a.name },
@@ -426,13 +506,22 @@ function agentsPage() {
 
 const PALETTE = ["#1e40af", "#b45309", "#14632f", "#9b1c1c", "#6d28d9", "#0e7490", "#4b5563", "#be185d"];
 
+/// A legend entry: a square in the series' colour (set through the CSSOM, which the page's
+/// Content-Security-Policy allows) and its name.
+function swatch(name, i) {
+  const square = h("span", { "aria-hidden": "true" }, "■ ");
+  square.style.color = PALETTE[i % PALETTE.length];
+  return h("span", { class: "swatch" }, square, name);
+}
+
 function barChart(title, rows, unit) {
   // rows: [{label, values: [{name, value}]}] drawn as grouped horizontal bars.
   const names = [...new Set(rows.flatMap((r) => r.values.map((v) => v.name)))];
   const max = Math.max(1e-9, ...rows.flatMap((r) => r.values.map((v) => v.value)));
   const bar = 14, gap = 8, left = 130, width = 420;
   const height = rows.length * (names.length * bar + gap) + 10;
-  const svg = s("svg", { viewBox: `0 0 ${left + width + 80} ${Math.max(height, 30)}`, role: "img", "aria-label": title });
+  const w = left + width + 80, hh = Math.max(height, 30);
+  const svg = s("svg", { viewBox: `0 0 ${w} ${hh}`, width: w, height: hh, role: "img", "aria-label": title });
   let y = 5;
   for (const r of rows) {
     svg.append(s("text", { x: 0, y: y + bar }, r.label));
@@ -445,16 +534,18 @@ function barChart(title, rows, unit) {
     });
     y += gap;
   }
-  const legend = names.length > 1 ? h("div", { class: "legend" }, names.map((n, i) => h("span", {}, h("span", { "aria-hidden": "true" }, "■ "), `${n} (colour ${i + 1})  `))) : null;
+  const legend = names.length > 1 ? h("div", { class: "legend" }, names.map((n, i) => swatch(n, i))) : null;
   return h("figure", { class: "chart" }, h("figcaption", {}, h("strong", {}, title)), svg, legend);
 }
 
 function stackedDays(title, days, key) {
   // One column per day, stacked by failure class.
   const classes = [...new Set(days.flatMap((d) => Object.keys(d[key] || {})))];
+  if (!classes.length) return h("figure", { class: "chart" }, h("figcaption", {}, h("strong", {}, title)), h("p", { class: "muted" }, "no failures in this period"));
   const max = Math.max(1, ...days.map((d) => Object.values(d[key] || {}).reduce((a, b) => a + b, 0)));
   const col = 28, height = 160, left = 30;
-  const svg = s("svg", { viewBox: `0 0 ${left + days.length * col + 10} ${height + 40}`, role: "img", "aria-label": title });
+  const w = left + days.length * col + 10;
+  const svg = s("svg", { viewBox: `0 0 ${w} ${height + 40}`, width: w, height: height + 40, role: "img", "aria-label": title });
   days.forEach((d, i) => {
     let y = height;
     classes.forEach((c, j) => {
@@ -467,8 +558,8 @@ function stackedDays(title, days, key) {
     svg.append(s("text", { x: left + i * col, y: height + 14 }, d.day.slice(5)));
   });
   svg.append(s("text", { x: 0, y: 10 }, String(max)));
-  const legend = h("div", { class: "legend" }, classes.map((c, j) => h("span", {}, h("span", { "aria-hidden": "true" }, "■ "), `${c} (colour ${j + 1})  `)));
-  return h("figure", { class: "chart" }, h("figcaption", {}, h("strong", {}, title)), svg, classes.length ? legend : h("p", { class: "muted" }, "no failures"));
+  const legend = h("div", { class: "legend" }, classes.map((c, j) => swatch(c, j)));
+  return h("figure", { class: "chart" }, h("figcaption", {}, h("strong", {}, title)), svg, legend);
 }
 
 function scorecardsPage() {
@@ -557,6 +648,20 @@ function submitPage([workflow]) {
 
 // ---- start ---------------------------------------------------------------------------------
 
-window.addEventListener("hashchange", () => { route(); main.focus(); });
-route();
-connectEvents();
+// Running durations tick between redraws.
+setInterval(() => {
+  for (const el of document.querySelectorAll(".ticking[data-since]")) el.textContent = duration(Date.now() - Number(el.dataset.since));
+}, 1000);
+
+document.getElementById("logout").addEventListener("click", async () => {
+  try { await api("/logout", { method: "POST" }); } catch (_) { /* logged out either way */ }
+  loggedOut();
+});
+
+if (!CSRF) {
+  loggedOut();
+} else {
+  window.addEventListener("hashchange", () => { route(); main.focus(); });
+  route();
+  connectEvents();
+}
