@@ -119,8 +119,13 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// A Unix time in milliseconds as an RFC 3339 UTC time to the second: `2026-11-21T17:30:00Z`.
 pub fn clock(unix_ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms))
-        .to_string()
+    // RFC 3339 ends at the year 9999 (the formatter fails past it): a timestamp from a forged
+    // or broken record is shown as that, never a panic.
+    const LAST_MS: u64 = 253_402_300_799_000;
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.min(LAST_MS)),
+    )
+    .to_string()
 }
 
 /// `now + d`, saturating far in the future instead of overflowing (a reset time a CLI printed
@@ -133,6 +138,13 @@ pub fn later(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_reading_past_the_year_9999_is_shown_as_its_end() {
+        assert_eq!(clock(0), "1970-01-01T00:00:00Z");
+        assert_eq!(clock(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(clock(300_000_000_000_000), "9999-12-31T23:59:59Z");
+    }
 
     #[test]
     fn parses_the_documented_forms() {

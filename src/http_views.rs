@@ -3,8 +3,6 @@
 //! escalation report, its attempt's output as a resumable event stream, the workflow runs, and
 //! the scorecards. Mounted by [`crate::http`] behind the same authorisation as every route.
 
-use std::os::unix::fs::OpenOptionsExt;
-
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
@@ -32,19 +30,13 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
 }
 
-/// Reads a regular file in the workspace without following a link an agent may have planted.
-fn read_text(path: &std::path::Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut text = String::new();
-    f.take(MAX_TEXT).read_to_string(&mut text)?;
-    Ok(text)
+/// Reads `rel` below `.context/` as text: one directory at a time, through no link an agent
+/// may have planted, a regular file only, at most [`MAX_TEXT`] bytes.
+fn read_text(ws: &crate::workspace::Workspace, rel: &str) -> std::io::Result<String> {
+    crate::fsutil::read_confined(ws.context(), rel, MAX_TEXT).map_err(|e| match e {
+        crate::fsutil::ConfinedReadError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    })
 }
 
 /// Adds `prompt` to a task's record: from its spec while it can run, else from its file in
@@ -55,8 +47,8 @@ pub(crate) async fn with_prompt(st: &AppState, mut record: Value) -> Value {
         return record;
     }
     let dir = match record["state"].as_str() {
-        Some("done") => st.api.workspace().done(),
-        Some("failed") => st.api.workspace().failed(),
+        Some("done") => "done",
+        Some("failed") => "failed",
         _ => return record,
     };
     let Some(file) = record["file"]
@@ -65,10 +57,11 @@ pub(crate) async fn with_prompt(st: &AppState, mut record: Value) -> Value {
     else {
         return record;
     };
-    let path = dir.join(file);
+    let rel = format!("{dir}/{file}");
     let name = file.to_string();
+    let ws = st.api.workspace().clone();
     let prompt = tokio::task::spawn_blocking(move || {
-        let text = read_text(&path).ok()?;
+        let text = read_text(&ws, &rel).ok()?;
         crate::task::parse_fields(&name, text.as_bytes())
             .ok()?
             .prompt
@@ -96,8 +89,9 @@ pub(crate) async fn task_report(State(st): State<AppState>, Path(id): Path<Strin
             ),
         ));
     }
-    let path = st.api.workspace().escalations().join(format!("{id}.md"));
-    let text = tokio::task::spawn_blocking(move || read_text(&path))
+    let ws = st.api.workspace().clone();
+    let rel = format!("escalations/{id}.md");
+    let text = tokio::task::spawn_blocking(move || read_text(&ws, &rel))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -172,10 +166,10 @@ pub(crate) async fn task_log(
     };
     let n = chosen["n"].as_u64().unwrap_or(0) as u32;
     let agent = chosen["agent"].as_str().unwrap_or_default();
-    let dir = st.api.workspace().run_dir(&id);
+    let ws = st.api.workspace();
     let attempt = crate::task_log::Attempt {
-        stdout: dir.join(crate::workspace::attempt_file(n, agent, "stdout")),
-        stderr: dir.join(crate::workspace::attempt_file(n, agent, "stderr")),
+        stdout: crate::task_log::CaptureFile::of(ws, &id, n, agent, "stdout"),
+        stderr: crate::task_log::CaptureFile::of(ws, &id, n, agent, "stderr"),
         task: id,
         n,
         finished: chosen["class"].as_str().map(str::to_string),

@@ -34,7 +34,7 @@ pub fn render(book: &TaskBook) -> String {
                 "- [x] {} — {} ({agent}, {}{branch})",
                 t.id,
                 t.title,
-                short(Duration::from_millis(t.busy_ms()))
+                short(Duration::from_millis(t.busy_ms(crate::ledger::now_ms())))
             )),
             Phase::Merging => {
                 merging.push(format!("- [ ] {} — {} (merging{branch})", t.id, t.title))

@@ -92,6 +92,15 @@ pub struct AttemptSummary {
 }
 
 impl AttemptSummary {
+    /// How long it took, or (running) has taken until `now_ms`.
+    pub fn elapsed_ms(&self, now_ms: u64) -> u64 {
+        if self.class.is_none() {
+            now_ms.saturating_sub(self.started_ms)
+        } else {
+            self.duration_ms
+        }
+    }
+
     /// Attempt `n` of `agent`, started at `started_ms`, with nothing known yet of how it runs
     /// or ends.
     pub(crate) fn started(n: u32, agent: &str, started_ms: u64) -> Self {
@@ -299,8 +308,9 @@ impl TaskRecord {
     }
 
     /// Sum of the attempts' durations.
-    pub fn busy_ms(&self) -> u64 {
-        self.attempts.iter().map(|a| a.duration_ms).sum()
+    /// The time its attempts took, a running one counted up to `now_ms`.
+    pub fn busy_ms(&self, now_ms: u64) -> u64 {
+        self.attempts.iter().map(|a| a.elapsed_ms(now_ms)).sum()
     }
 }
 
@@ -1054,7 +1064,7 @@ mod tests {
         let t = book.get("t").unwrap();
         assert_eq!(t.attempts.len(), 2);
         assert_eq!(t.attempts[0].class, Some(Class::Exit));
-        assert_eq!(t.busy_ms(), 14);
+        assert_eq!(t.busy_ms(u64::MAX), 14);
         assert!(matches!(t.phase, Phase::Done { .. }));
         assert!(t.spec.is_none(), "finished tasks drop their spec");
         assert_eq!(book.last_seq, 7);

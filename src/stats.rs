@@ -116,8 +116,11 @@ pub fn over_ledger(
         .collect();
     files.push(ws.ledger());
     let mut first_seq = None;
+    // Only records dirigent sealed: a line an agent appended (a forged cost, say) is not counted.
+    let key = crate::integrity::load(ws).ok().flatten();
+    let mut checker = crate::integrity::Checker::new(key);
     for f in &files {
-        crate::ledger::read_each(f, |r| {
+        crate::ledger::read_each_checked(f, &mut checker, |r| {
             first_seq.get_or_insert(r.seq);
             card.add(&r);
         })

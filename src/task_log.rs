@@ -7,8 +7,7 @@
 //! the ledger says the attempt finished (or the daemon stops).
 
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
@@ -56,32 +55,57 @@ pub enum LogItem {
     End { class: Option<String> },
 }
 
+/// One capture file: `<context>/runs/<task>/<name>`, opened one directory at a time without
+/// following a link an agent planted anywhere on the way (the run directories are in the
+/// workspace, where agents write), and only if it is a regular file.
+#[derive(Debug, Clone)]
+pub struct CaptureFile {
+    pub context: PathBuf,
+    pub task: String,
+    pub name: String,
+}
+
+impl CaptureFile {
+    /// The capture file of attempt `n` of `task` by `agent`, for `stream` (`stdout`/`stderr`).
+    pub fn of(
+        ws: &crate::workspace::Workspace,
+        task: &str,
+        n: u32,
+        agent: &str,
+        stream: &str,
+    ) -> Self {
+        CaptureFile {
+            context: ws.context().to_path_buf(),
+            task: task.to_string(),
+            name: crate::workspace::attempt_file(n, agent, stream),
+        }
+    }
+
+    pub fn open(&self) -> std::io::Result<std::fs::File> {
+        crate::confined::Dir::open(&self.context)?
+            .descend(&["runs", self.task.as_str()], None)?
+            .open_regular(&self.name)
+    }
+}
+
 /// Which attempt to follow, as the engine's record of the task tells.
 pub struct Attempt {
-    pub stdout: PathBuf,
-    pub stderr: PathBuf,
+    pub stdout: CaptureFile,
+    pub stderr: CaptureFile,
     pub task: String,
     pub n: u32,
     /// Its class, when it has already finished.
     pub finished: Option<String>,
 }
 
-/// Reads what was added to `path` since `*at`: whole lines only unless `all` (or a line longer
-/// than a chunk). Opened without following links: the run directory is in the workspace,
-/// where agents write.
-pub fn read_new(path: &Path, at: &mut u64, all: bool) -> std::io::Result<Option<String>> {
-    let mut f = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)
-    {
+/// Reads what was added to `file` since `*at`: whole lines only unless `all` (or a line longer
+/// than a chunk). Not there yet is nothing new.
+pub fn read_new(file: &CaptureFile, at: &mut u64, all: bool) -> std::io::Result<Option<String>> {
+    let mut f = match file.open() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    if !f.metadata()?.is_file() {
-        return Ok(None);
-    }
     f.seek(SeekFrom::Start(*at))?;
     let mut buf = Vec::with_capacity(4096);
     f.take(CHUNK as u64).read_to_end(&mut buf)?;
@@ -149,7 +173,7 @@ pub fn follow(
                         Ok(Some(t)) => t,
                         Ok(None) => continue,
                         Err(e) => {
-                            tracing::debug!("cannot read `{}`: {e}", path.display());
+                            tracing::debug!("cannot read `{}`: {e}", path.name);
                             continue;
                         }
                     };
@@ -220,8 +244,15 @@ mod tests {
     #[test]
     fn only_whole_lines_are_read_until_the_end() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("1-a.stdout");
+        std::fs::create_dir_all(dir.path().join("runs/t")).unwrap();
+        let path = dir.path().join("runs/t/1-a.stdout");
         std::fs::write(&path, "one\ntw").unwrap();
+        let file = |task: &str, name: &str| CaptureFile {
+            context: dir.path().to_path_buf(),
+            task: task.into(),
+            name: name.into(),
+        };
+        let path = file("t", "1-a.stdout");
         let mut at = 0;
         assert_eq!(
             read_new(&path, &mut at, false).unwrap().as_deref(),
@@ -238,11 +269,19 @@ mod tests {
             Some("tw")
         );
         assert_eq!(at, 6);
-        std::os::unix::fs::symlink(&path, dir.path().join("link")).unwrap();
-        let mut at = 0;
-        assert!(
-            read_new(&dir.path().join("link"), &mut at, true).is_err(),
-            "a planted link is not followed"
-        );
+        // A link planted for the file, or for the task's directory, is not followed.
+        std::os::unix::fs::symlink(
+            dir.path().join("runs/t/1-a.stdout"),
+            dir.path().join("runs/t/link"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("runs/t"), dir.path().join("runs/u")).unwrap();
+        for (task, name) in [("t", "link"), ("u", "1-a.stdout")] {
+            let mut at = 0;
+            assert!(
+                read_new(&file(task, name), &mut at, true).is_err(),
+                "{task}/{name} is read through a link"
+            );
+        }
     }
 }

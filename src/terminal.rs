@@ -43,14 +43,60 @@ pub fn printable(line: &str) -> String {
     out
 }
 
-/// `s` cut to `width` characters, with `…` when it was longer.
+/// How many terminal columns `c` takes: 2 for the wide East Asian and emoji ranges, 0 for
+/// combining marks and zero-width characters, else 1. (An approximation of wcwidth that errs on
+/// the wide side, so a line never runs past the edge and wraps.)
+pub fn char_width(c: char) -> usize {
+    let u = c as u32;
+    match u {
+        0x0300..=0x036F | 0x200B..=0x200F | 0xFE00..=0xFE0F | 0x20D0..=0x20FF => 0,
+        0x1100..=0x115F
+        | 0x2E80..=0x303E
+        | 0x3041..=0x33FF
+        | 0x3400..=0x4DBF
+        | 0x4E00..=0x9FFF
+        | 0xA000..=0xA4CF
+        | 0xAC00..=0xD7A3
+        | 0xF900..=0xFAFF
+        | 0xFE30..=0xFE4F
+        | 0xFF00..=0xFF60
+        | 0xFFE0..=0xFFE6
+        | 0x1F300..=0x1F64F
+        | 0x1F900..=0x1F9FF
+        | 0x20000..=0x3FFFD => 2,
+        _ => 1,
+    }
+}
+
+/// The columns `s` takes on a terminal.
+pub fn width_of(s: &str) -> usize {
+    s.chars().map(char_width).sum()
+}
+
+/// `s` cut to `width` terminal columns, with `…` when it was longer.
 pub fn fit(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
+    if width_of(s) <= width {
         return s.to_string();
     }
-    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = char_width(c);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
     out.push('…');
     out
+}
+
+/// `s` padded with spaces to `width` columns (cut first if longer).
+pub fn pad(s: &str, width: usize) -> String {
+    let s = fit(s, width);
+    let w = width_of(&s);
+    format!("{s}{}", " ".repeat(width.saturating_sub(w)))
 }
 
 /// The terminal's width in columns (stdout's), else `$COLUMNS`, else 100.
@@ -94,5 +140,10 @@ mod tests {
         }
         assert_eq!(fit("abcdef", 4), "abc…");
         assert_eq!(fit("abc", 4), "abc");
+        // Wide characters take two columns each: a fitted line never runs past the edge.
+        let wide = "全".repeat(26) + "fake row";
+        // 19 wide characters (38 columns) and the ellipsis: a 20th would make 41.
+        assert_eq!(width_of(&fit(&wide, 40)), 39);
+        assert_eq!(pad("全a", 5), "全a  ");
     }
 }

@@ -20,6 +20,8 @@ struct Tail {
     colour: u8,
     /// Its `attempt_finished` was seen: what is left is printed, then it is dropped.
     finished: bool,
+    /// A capture file could not be read (said once).
+    unreadable: bool,
 }
 
 pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCode> {
@@ -48,6 +50,7 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
                 stderr: 0,
                 colour: COLOURS[(next_colour - 1) % COLOURS.len()],
                 finished: false,
+                unreadable: false,
             }
         });
     };
@@ -100,11 +103,23 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
             .map(|((id, _), t)| id.chars().count() + t.agent.chars().count() + 1)
             .fold(width, usize::max);
         for ((id, n), t) in tails.iter_mut() {
-            let dir = ws.run_dir(id);
             let label = format!("{id}/{}", t.agent);
             for (stream, offset) in [("stdout", &mut t.stdout), ("stderr", &mut t.stderr)] {
-                let path = dir.join(dirigent::workspace::attempt_file(*n, &t.agent, stream));
-                while let Some(text) = dirigent::task_log::read_new(&path, offset, t.finished)? {
+                let file = dirigent::task_log::CaptureFile::of(ws, id, *n, &t.agent, stream);
+                loop {
+                    // A file that cannot be read (an agent replaced it with a link) ends only
+                    // that stream, never the view.
+                    let text = match dirigent::task_log::read_new(&file, offset, t.finished) {
+                        Ok(Some(text)) => text,
+                        Ok(None) => break,
+                        Err(e) => {
+                            if !t.unreadable {
+                                eprintln!("dirigent: cannot read {label}'s {stream}: {e}");
+                                t.unreadable = true;
+                            }
+                            break;
+                        }
+                    };
                     for line in text.lines() {
                         let line = printable(line);
                         if colour {
@@ -131,7 +146,12 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
         {
             return Ok(ExitCode::SUCCESS);
         }
-        if tails.is_empty() && !told_waiting {
+        // Said once, and only while none of the named tasks has started (one that ran has its
+        // end coming).
+        let none_started = ids
+            .iter()
+            .all(|id| book.get(id).is_none_or(|t| t.attempts.is_empty()));
+        if tails.is_empty() && !told_waiting && none_started {
             eprintln!(
                 "dirigent: nothing is running; waiting for attempts to start{}",
                 if running_daemon(ws).is_none() {

@@ -141,7 +141,8 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             println!("{}", serde_json::to_string_pretty(t)?);
             return Ok(ExitCode::SUCCESS);
         }
-        println!("{} — {}", t.id, t.title);
+        // A title is a submitter's text: no escape sequence of it reaches the terminal.
+        println!("{} — {}", t.id, dirigent::terminal::printable(&t.title));
         let workflow = t.spec.as_ref().and_then(|s| s.fields.workflow.clone());
         match (&workflow, run_running(&book, t)) {
             (_, Some(progress)) => println!("state:    running: {progress}"),
@@ -182,7 +183,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 a.agent,
                 a.class.map(|c| c.as_str()).unwrap_or("running"),
                 status,
-                short(Duration::from_millis(a.duration_ms)),
+                short(Duration::from_millis(a.elapsed_ms(ledger::now_ms()))),
                 a.reason
             );
         }
@@ -245,10 +246,10 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             },
             agent,
             t.attempts.len(),
-            short(Duration::from_millis(t.busy_ms())),
+            short(Duration::from_millis(t.busy_ms(ledger::now_ms()))),
             match t.branch_note() {
-                Some(branch) => format!("{} [{branch}]", t.title),
-                None => t.title.clone(),
+                Some(branch) => format!("{} [{branch}]", dirigent::terminal::printable(&t.title)),
+                None => dirigent::terminal::printable(&t.title),
             }
         );
         // Why it failed (or waits), and what to do about it, where the user looks first. Only

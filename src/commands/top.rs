@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use dirigent::terminal::{fit, printable};
+use dirigent::terminal::{fit, pad, printable};
 
 /// The last bytes of a capture file read for its last line.
 const TAIL: u64 = 8 * 1024;
@@ -90,10 +90,8 @@ pub fn top(ws: &Workspace) -> Result<ExitCode> {
 /// The last non-empty line of an attempt's output (stdout, else stderr), made printable.
 fn last_line(ws: &Workspace, id: &str, n: u32, agent: &str) -> String {
     use std::io::{Seek, SeekFrom};
-    let dir = ws.run_dir(id);
     for stream in ["stdout", "stderr"] {
-        let path = dir.join(dirigent::workspace::attempt_file(n, agent, stream));
-        let Ok(mut f) = fsutil::open_nofollow(&path) else {
+        let Ok(mut f) = dirigent::task_log::CaptureFile::of(ws, id, n, agent, stream).open() else {
             continue;
         };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -143,7 +141,7 @@ fn frame(
             Phase::Failed { .. } => failed += 1,
         }
     }
-    let mut out = format!(
+    let mut header = format!(
         "dirigent — {} running, {} waiting, {merging} merging, {done} done, {failed} failed · {}",
         running.len(),
         waiting.len(),
@@ -153,8 +151,10 @@ fn frame(
         }
     );
     if !stable {
-        out.push_str(&format!(" · {}", &duration::clock(now_ms)[11..19]));
+        header.push_str(&format!(" · {}", &duration::clock(now_ms)[11..19]));
     }
+    // Every line fits the terminal: one that wrapped would scroll the frame.
+    let mut out = fit(&header, width);
     out.push('\n');
     out.push('\n');
     let id_w = running
@@ -169,10 +169,12 @@ fn frame(
         .max()
         .unwrap_or(5)
         .clamp(5, 24);
-    out.push_str(&format!(
-        "{:<id_w$}  {:<agent_w$}  {:>3}  {:>8}  LAST OUTPUT\n",
+    let head = format!(
+        "{:<id_w$}  {:<agent_w$}  {:>3}  {:>8}  LAST OUTPUT",
         "TASK", "AGENT", "TRY", "ELAPSED"
-    ));
+    );
+    out.push_str(&fit(&head, width));
+    out.push('\n');
     if running.is_empty() {
         out.push_str("(nothing running)\n");
     }
@@ -192,12 +194,14 @@ fn frame(
         };
         let used = id_w + agent_w + 3 + 8 + 8;
         let last = outputs.get(&t.id).map(String::as_str).unwrap_or("");
-        out.push_str(&format!(
-            "{:<id_w$}  {:<agent_w$}  {attempt:>3}  {elapsed:>8}  {}\n",
-            fit(&t.id, id_w),
-            fit(agent, agent_w),
+        let row = format!(
+            "{}  {}  {attempt:>3}  {elapsed:>8}  {}",
+            pad(&t.id, id_w),
+            pad(agent, agent_w),
             fit(last, width.saturating_sub(used).max(10))
-        ));
+        );
+        out.push_str(&fit(&row, width));
+        out.push('\n');
     }
     if !waiting.is_empty() {
         let names: Vec<&str> = waiting.iter().take(8).map(|t| t.id.as_str()).collect();
@@ -228,7 +232,14 @@ fn frame(
     if !finished.is_empty() {
         out.push_str("\nrecent:\n");
     }
-    for (t, _) in finished.into_iter().take(RECENT) {
+    finished.truncate(RECENT);
+    let recent_w = finished
+        .iter()
+        .map(|(t, _)| t.id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(32);
+    for (t, _) in finished {
         let what = match &t.phase {
             Phase::Done { agent, .. } => format!("done by {agent}"),
             Phase::Failed { reason, .. } => {
@@ -236,7 +247,7 @@ fn frame(
             }
             _ => String::new(),
         };
-        out.push_str(&fit(&format!("  {}  {what}", t.id), width));
+        out.push_str(&fit(&format!("  {}  {what}", pad(&t.id, recent_w)), width));
         out.push('\n');
     }
     out

@@ -82,12 +82,37 @@ pub enum Target {
     /// set.
     Webhook {
         url: WebhookUrl,
-        secret: Option<String>,
+        secret: Option<Secret>,
     },
     /// `notify-send` (Linux) or `osascript` (macOS), where present.
     Desktop,
-    /// A command run with the notification as JSON on stdin.
+    /// A command run with the notification in its environment (`DIRIGENT_NOTIFICATION`, JSON).
     Command(Vec<String>),
+}
+
+/// What signs a webhook's bodies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Secret {
+    /// Written in the config.
+    Given(String),
+    /// Read from the daemon's environment at each delivery (so the CLI, which reads the same
+    /// config, need not have it).
+    Env(String),
+}
+
+impl Secret {
+    /// The secret's value, or why there is none.
+    pub fn value(&self) -> Result<String, String> {
+        match self {
+            Secret::Given(s) => Ok(s.clone()),
+            Secret::Env(var) => match std::env::var(var) {
+                Ok(s) if !s.is_empty() => Ok(s),
+                _ => Err(format!(
+                    "`secret_env: {var}` names a variable the daemon's environment does not have (or is empty); the notification was not sent unsigned"
+                )),
+            },
+        }
+    }
 }
 
 /// A webhook address, split once at load so delivery never parses.
@@ -203,17 +228,13 @@ pub(super) fn build(raw: Vec<RawDestination>) -> Result<Vec<Destination>, String
                         "`notify` entry {n}: give `secret` or `secret_env`, not both"
                     ));
                 }
-                (Some(s), None) => Some(s.clone()),
-                (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
-                    format!(
-                        "`notify` entry {n}: `secret_env: {var}` names a variable the daemon does not have"
-                    )
-                })?),
+                (Some(s), None) if s.is_empty() => {
+                    return Err(format!("`notify` entry {n}: the secret is empty"));
+                }
+                (Some(s), None) => Some(Secret::Given(s.clone())),
+                (None, Some(var)) => Some(Secret::Env(var.clone())),
                 (None, None) => None,
             };
-            if secret.as_deref().is_some_and(str::is_empty) {
-                return Err(format!("`notify` entry {n}: the secret is empty"));
-            }
             (Target::Webhook { url, secret }, "webhook")
         } else if let Some(argv) = &d.command {
             if argv.first().is_none_or(|p| p.trim().is_empty()) {

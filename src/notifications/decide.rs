@@ -74,37 +74,51 @@ impl Known {
                 output,
                 ..
             } => {
+                // A workflow run's end is told once, as `workflow_finished` (the tasks of its
+                // phases are told as tasks).
                 let title = self.title(task);
-                let mut out = vec![notice(
-                    Kind::Done,
-                    task,
-                    Some(agent),
-                    format!("Task `{task}` done"),
-                    format!("{title} — done by {agent}; result in {output}"),
-                )];
-                if self.runs.contains(task) {
-                    out.push(notice(
+                let out = if self.runs.contains(task) {
+                    notice(
                         Kind::WorkflowFinished,
                         task,
                         None,
                         format!("Workflow run `{task}` done"),
                         format!("{title} — every phase completed; result in {output}"),
-                    ));
-                }
+                    )
+                } else {
+                    notice(
+                        Kind::Done,
+                        task,
+                        Some(agent),
+                        format!("Task `{task}` done"),
+                        format!("{title} — done by {agent}; result in {output}"),
+                    )
+                };
                 self.forget(task);
-                out
+                vec![out]
             }
             Event::Escalated { task, reason, .. } => {
                 let title = self.title(task);
                 let agent = self.agents.get(task).cloned();
                 let first = reason.lines().next().unwrap_or("").to_string();
-                let mut out = vec![notice(
-                    Kind::Escalated,
-                    task,
-                    agent.as_ref(),
-                    format!("Task `{task}` escalated"),
-                    format!("{title} — {first} (report: .context/escalations/{task}.md)"),
-                )];
+                let report = format!("(report: .context/escalations/{task}.md)");
+                let mut out = vec![if self.runs.contains(task) {
+                    notice(
+                        Kind::WorkflowFinished,
+                        task,
+                        None,
+                        format!("Workflow run `{task}` failed"),
+                        format!("{title} — {first} {report}"),
+                    )
+                } else {
+                    notice(
+                        Kind::Escalated,
+                        task,
+                        agent.as_ref(),
+                        format!("Task `{task}` escalated"),
+                        format!("{title} — {first} {report}"),
+                    )
+                }];
                 if is_budget(reason) {
                     out.push(notice(
                         Kind::Attention,
@@ -112,15 +126,6 @@ impl Known {
                         agent.as_ref(),
                         "A budget is spent".to_string(),
                         first.clone(),
-                    ));
-                }
-                if self.runs.contains(task) {
-                    out.push(notice(
-                        Kind::WorkflowFinished,
-                        task,
-                        None,
-                        format!("Workflow run `{task}` failed"),
-                        format!("{title} — {first}"),
                     ));
                 }
                 self.forget(task);
@@ -353,8 +358,8 @@ mod tests {
                     attempt: 1,
                     output: "o.md".into(),
                 },
-                vec![Kind::Done, Kind::WorkflowFinished],
-                "Task `r1` done",
+                vec![Kind::WorkflowFinished],
+                "Workflow run `r1` done",
             ),
             (
                 Event::ProviderDisabled {

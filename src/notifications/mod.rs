@@ -110,6 +110,12 @@ fn update_workers(
         if workers.contains_key(&d.name) {
             continue;
         }
+        if d.target == Target::Desktop && deliver::desktop_argv("", "").is_none() {
+            tracing::warn!(
+                destination = %d.name,
+                "`desktop: true`, but neither `notify-send` (Linux) nor `osascript` (macOS) is on the daemon's PATH: its notifications will fail"
+            );
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(worker(d.clone(), rx, shared.clone()));
         tracing::info!(destination = %d.name, "notifications go to {}", describe(&d.target));
@@ -209,8 +215,17 @@ async fn worker(d: Destination, mut rx: mpsc::Receiver<Notice>, shared: Shared) 
         tokio::select! {
             got = rx.recv() => {
                 let Some(n) = got else { break };
-                if gate.admit(crate::ledger::now_ms(), d.burst_max, d.burst_window, &n) == Admit::Send {
-                    send(&d, message_of(&shared.ws, &n), &shared).await;
+                let holding = gate.due_ms(d.burst_window).is_some();
+                match gate.admit(crate::ledger::now_ms(), d.burst_max, d.burst_window, &n) {
+                    Admit::Send => send(&d, message_of(&shared.ws, &n), &shared).await,
+                    Admit::Held { due_ms } if !holding => tracing::info!(
+                        destination = %d.name,
+                        "{} notifications within {}: the next ones are held for one summary in {}",
+                        d.burst_max,
+                        humantime::format_duration(d.burst_window),
+                        crate::duration::short(std::time::Duration::from_millis(due_ms.saturating_sub(crate::ledger::now_ms())))
+                    ),
+                    Admit::Held { .. } => {}
                 }
             }
             () = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
@@ -289,7 +304,11 @@ async fn deliver_once(d: &Destination, m: &Message, shared: &Shared) -> Result<(
     match &d.target {
         Target::Webhook { url, secret } => deliver::webhook(
             url,
-            secret.as_deref(),
+            match secret {
+                Some(s) => Some(s.value().map_err(|e| (e, false))?),
+                None => None,
+            }
+            .as_deref(),
             &m.delivery,
             &m.kind,
             &body,
@@ -318,14 +337,18 @@ async fn run(
     shared: &Shared,
 ) -> Result<(), (String, bool)> {
     use crate::side_command::{CommandEnd, SideLimits, run_logged};
+    // An environment variable cannot hold a NUL (a title may): dropped, never a failed start.
+    let clean = |s: &str| s.replace('\0', "");
+    let argv: Vec<String> = argv.iter().map(|a| clean(a)).collect();
+    let argv = &argv[..];
     let env = vec![
         (
             "DIRIGENT_NOTIFICATION".to_string(),
             String::from_utf8_lossy(body).into_owned(),
         ),
         ("DIRIGENT_NOTIFY_KIND".to_string(), m.kind.clone()),
-        ("DIRIGENT_NOTIFY_TITLE".to_string(), m.title.clone()),
-        ("DIRIGENT_NOTIFY_TEXT".to_string(), m.text.clone()),
+        ("DIRIGENT_NOTIFY_TITLE".to_string(), clean(&m.title)),
+        ("DIRIGENT_NOTIFY_TEXT".to_string(), clean(&m.text)),
     ];
     let log = shared
         .ws

@@ -347,6 +347,9 @@ impl Definition {
 
 /// Every workflow available in a workspace: built-ins, then `.context/workflows/*.yaml` (a
 /// file replaces the built-in of the same name). Sorted by name.
+/// The largest workflow file read (as large as a config may be).
+const MAX_DEFINITION: u64 = 1024 * 1024;
+
 pub fn discover(dir: &Path) -> std::io::Result<Vec<Definition>> {
     let mut by_name: BTreeMap<String, Definition> = BUILTIN
         .iter()
@@ -379,7 +382,11 @@ pub fn discover(dir: &Path) -> std::io::Result<Vec<Definition>> {
                 if !yaml || stem.starts_with('.') {
                     continue;
                 }
-                let text = std::fs::read_to_string(&path)?;
+                // Never through a link, never blocking on a FIFO, never more than a config may
+                // be: agents can write here, and the engine reads these files in its loop.
+                let name = e.file_name().to_string_lossy().into_owned();
+                let text = crate::fsutil::read_confined(dir, &name, MAX_DEFINITION)
+                    .map_err(|e| std::io::Error::other(format!("`{}` {e}", path.display())))?;
                 if text.trim().is_empty() {
                     // An empty file is no definition: most often the shell created it for
                     // `dirigent workflow show NAME > .context/workflows/NAME.yaml` before `show`
