@@ -202,12 +202,14 @@ pub(crate) async fn task_log(
 #[derive(Deserialize)]
 pub(crate) struct RunsQuery {
     limit: Option<usize>,
+    /// Only this run.
+    id: Option<String>,
 }
 
 /// `GET /runs`: the workflow runs, newest first (at most `limit`, 50 by default, 1000 at most).
 pub(crate) async fn runs(State(st): State<AppState>, Query(q): Query<RunsQuery>) -> ApiResult {
     let limit = Some(q.limit.unwrap_or(50).clamp(1, 1000));
-    let runs = data(st.api.call(Request::Runs { limit }).await)?;
+    let runs = data(st.api.call(Request::Runs { limit, id: q.id }).await)?;
     Ok((StatusCode::OK, axum::Json(json!({"runs": runs}))).into_response())
 }
 

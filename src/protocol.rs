@@ -58,6 +58,9 @@ pub enum Request {
     Runs {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
+        /// Only this run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
     },
     /// Throw away a task's branch and worktree: a task waiting to be merged ends cancelled; a
     /// finished one loses its kept branch or tree.

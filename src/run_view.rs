@@ -82,16 +82,17 @@ fn is_run(t: &TaskRecord) -> bool {
         || (t.chain.is_empty() && workflow_of(t).is_some())
 }
 
-/// Every run in the book, newest first, at most `limit`; `phases_of` gives a workflow's phase
-/// names from its definition (when it can still be read).
+/// Every run in the book (or only `only`), newest first, at most `limit`; `phases_of` gives a
+/// workflow's phase names from its definition (when it can still be read).
 pub fn runs(
     book: &TaskBook,
     limit: usize,
+    only: Option<&str>,
     phases_of: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Vec<RunView> {
     let ids: HashSet<&str> = book
         .iter()
-        .filter(|t| is_run(t))
+        .filter(|t| only.is_none_or(|o| t.id == o) && is_run(t))
         .map(|t| t.id.as_str())
         .collect();
     // Each task under the run its id starts with (`RUN.phase`, `RUN.phase.n`).

@@ -471,6 +471,12 @@ phases:
         "the ensemble's tasks are listed under it: {propose}"
     );
     b.screenshot("workflows");
+    // The run's own page shows the same graph.
+    b.go(&format!("{base}/#/task/r1"));
+    b.wait(
+        "the run's graph on its page",
+        "document.querySelector('main [data-run=r1] [data-phase=build]')",
+    );
     b.assert_no_console_errors(&[]);
 }
 

@@ -194,7 +194,7 @@ impl Engine {
                 &self.config,
                 &self.book,
             )),
-            Request::Runs { limit } => {
+            Request::Runs { limit, id } => {
                 // Each workflow's definition read once per answer, however many runs it has.
                 let dir = self.ws.workflows();
                 let cache = std::cell::RefCell::new(std::collections::HashMap::new());
@@ -205,7 +205,12 @@ impl Engine {
                         .or_insert_with(|| crate::run_view::defined_phases(&dir, name))
                         .clone()
                 };
-                let runs = crate::run_view::runs(&self.book, limit.unwrap_or(50), &phases_of);
+                let runs = crate::run_view::runs(
+                    &self.book,
+                    limit.unwrap_or(50),
+                    id.as_deref(),
+                    &phases_of,
+                );
                 Response::data(serde_json::json!(runs))
             }
             Request::Workflows => match crate::catalog::workflows(&self.ws, &self.config) {

@@ -157,15 +157,21 @@ impl Browser {
         );
         let path = format!("/session/{}/execute/async", self.session);
         let body = json!({"script": script, "args": []}).to_string();
-        let r = http(&self.base, "POST", &path, None, Some(&body));
-        assert_eq!(
-            r.status,
-            200,
-            "waited for {what} (`{cond}`), in vain: {}\npage text: {}",
-            r.body,
-            self.text("body")
-        );
-        r.json()["value"].clone()
+        let deadline = std::time::Instant::now() + patience();
+        loop {
+            let r = http(&self.base, "POST", &path, None, Some(&body));
+            if r.status == 200 {
+                return r.json()["value"].clone();
+            }
+            // The page navigated while the script waited (a login page moving on to the
+            // dashboard): the script went with the old page; wait again in the new one.
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited for {what} (`{cond}`), in vain: {}\npage text: {}",
+                r.body,
+                self.text("body")
+            );
+        }
     }
 
     fn element(&self, css: &str) -> String {

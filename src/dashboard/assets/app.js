@@ -349,6 +349,7 @@ function tasksPage() {
 function taskPage([id]) {
   let log = null; // the open output stream
   let logAttempt = null;
+  let pinned = false; // the user chose which attempt's output to show
   const logBox = h("pre", { class: "log", id: "log", "aria-live": "off", tabindex: 0 });
   const body = h("div", {});
   const resultBox = h("div", {});
@@ -394,18 +395,35 @@ function taskPage([id]) {
     const attempts = h("div", { class: "wide" }, h("table", { id: "attempts" },
       h("thead", {}, h("tr", {}, ["#", "Agent", "Class", "Reason", "Exit", "Duration", "Cost"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, (t.attempts || []).map((a) => h("tr", {},
-        h("td", {}, a.n),
+        h("td", {}, h("button", { class: "secondary", title: "show this attempt's output", onclick: () => { pinned = true; drawn = ""; follow(a.n); render(); } }, a.n)),
         h("td", {}, a.agent),
         h("td", {}, a.class ? stateBadge(a.class) : stateBadge("running")),
         h("td", {}, a.reason || ""),
         h("td", {}, a.signal ? "signal " + a.signal : a.exit_code ?? "-"),
         a.class ? h("td", {}, duration(a.duration_ms)) : h("td", { class: "ticking", "data-since": a.started_ms }, duration(Date.now() - a.started_ms)),
         h("td", {}, money(a.usage && a.usage.cost_usd)))))));
-    const parts = [actions, facts, h("h2", {}, "Prompt"), h("pre", { id: "prompt" }, t.prompt || "(not kept)"), h("h2", {}, "Attempts"), attempts];
-    const last = (t.attempts || []).at(-1);
-    if (last) {
-      parts.push(h("h2", {}, `Output of attempt ${last.n} (${last.agent})`), logBox);
-      follow(last.n);
+    const parts = [actions, facts];
+    if (t.prompt) parts.push(h("h2", {}, "Prompt"), h("pre", { id: "prompt" }, t.prompt));
+    // A workflow run: its phases, as on the Workflows page.
+    const runBox = h("div", {});
+    if ((t.phases && t.phases.length) || !(t.chain || []).length) {
+      parts.push(runBox);
+      api(`/runs?id=${encodeURIComponent(id)}`).then((r) => {
+        if (r.runs.length) runBox.replaceChildren(h("h2", {}, "Workflow run"), runCard(r.runs[0]));
+      }).catch(() => {});
+    }
+    if ((t.attempts || []).length) parts.push(h("h2", {}, "Attempts"), attempts);
+    else if (["pending", "requeued"].includes(t.state)) {
+      parts.push(h("p", { class: "muted" }, (t.after || []).length
+        ? `Waiting to start: after ${t.after.join(", ")}, and for a free slot.`
+        : "Waiting to start: for a free slot (the daemon's `concurrency`, the agent's limits)."));
+    }
+    // The latest attempt, unless the user picked one.
+    const shown = pinned ? logAttempt : ((t.attempts || []).at(-1) || {}).n;
+    const chosen = (t.attempts || []).find((a) => a.n === shown);
+    if (chosen) {
+      parts.push(h("h2", {}, `Output of attempt ${chosen.n} (${chosen.agent})`), logBox);
+      follow(chosen.n);
     }
     if (t.state === "done") {
       parts.push(h("h2", {}, "Result"), resultBox);
