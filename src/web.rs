@@ -35,8 +35,11 @@ pub(crate) struct AppState {
 pub(crate) struct TokenSource {
     ws: crate::workspace::Workspace,
     /// (the file's identity when read, the token); only held to compare and swap.
-    current: std::sync::Mutex<(Option<(u64, u64, i64, i64, u64)>, Option<Arc<str>>)>,
+    current: std::sync::Mutex<(Option<FileId>, Option<Arc<str>>)>,
 }
+
+/// Device, inode, modification time (s, ns) and length of a file.
+type FileId = (u64, u64, i64, i64, u64);
 
 impl TokenSource {
     pub fn new(ws: crate::workspace::Workspace, token: Arc<str>) -> Self {
@@ -49,7 +52,7 @@ impl TokenSource {
 
     /// Device, inode, modification time (s, ns) and length: a replaced or rewritten file has
     /// another.
-    fn identity(ws: &crate::workspace::Workspace) -> Option<(u64, u64, i64, i64, u64)> {
+    fn identity(ws: &crate::workspace::Workspace) -> Option<FileId> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::symlink_metadata(crate::http::token_path(ws)).ok()?;
         Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
