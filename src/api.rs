@@ -21,6 +21,9 @@ const MAX_RESULT_BYTES: u64 = 64 * 1024 * 1024;
 /// door bounds its own connections too, so this is the backstop, not the everyday limit.
 pub const DOOR_REQUESTS: usize = 256;
 
+/// How long a live event stream gathers records after the first before it passes them on.
+const LIVE_GATHER: Duration = Duration::from_millis(50);
+
 /// Records read back from the files per page while an event stream catches up.
 const CATCH_UP_PAGE: usize = 1000;
 
@@ -339,10 +342,45 @@ impl Api {
                 if ending {
                     return;
                 }
-                // Then live.
+                // Then live: woken at most once per `LIVE_GATHER`, taking every record that
+                // waits (a busy daemon writes thousands a second; a stream per dashboard woken
+                // for each of them would slow the work it shows).
                 loop {
-                    tokio::select! {
-                        got = live.recv() => match got {
+                    let first = tokio::select! {
+                        got = live.recv() => got,
+                        () = until_stopping(&mut stopping) => {
+                            // Not `return`: records written before the stop may not have been
+                            // sent live yet (their fsync is pending, or this task lagged).
+                            ending = true;
+                            last = Some(from);
+                            continue 'catch_up;
+                        }
+                        () = tx.closed() => return,
+                    };
+                    let mut batch = vec![first];
+                    if !matches!(batch[0], Err(broadcast::error::RecvError::Closed)) {
+                        tokio::select! {
+                            () = tokio::time::sleep(LIVE_GATHER) => {}
+                            () = until_stopping(&mut stopping) => {}
+                            () = tx.closed() => return,
+                        }
+                        loop {
+                            match live.try_recv() {
+                                Ok(r) => batch.push(Ok(r)),
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                    batch.push(Err(broadcast::error::RecvError::Lagged(n)));
+                                    break;
+                                }
+                                Err(broadcast::error::TryRecvError::Closed) => {
+                                    batch.push(Err(broadcast::error::RecvError::Closed));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    for got in batch {
+                        match got {
                             Ok(r) if r.seq <= from => {}
                             // Something was missed between the files and the subscription.
                             Ok(r) if r.seq > from + 1 => {
@@ -360,15 +398,7 @@ impl Api {
                                 continue 'catch_up;
                             }
                             Err(broadcast::error::RecvError::Closed) => return,
-                        },
-                        () = until_stopping(&mut stopping) => {
-                            // Not `return`: records written before the stop may not have been
-                            // sent live yet (their fsync is pending, or this task lagged).
-                            ending = true;
-                            last = Some(from);
-                            continue 'catch_up;
                         }
-                        () = tx.closed() => return,
                     }
                 }
             }

@@ -37,6 +37,12 @@ pub fn printable(line: &str) -> String {
             },
             '\t' => out.push(' '),
             c if c.is_control() => {}
+            // Bidirectional overrides and isolates: they reorder how the rest of a line reads.
+            '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{061C}' => {}
             c => out.push(c),
         }
     }
@@ -133,6 +139,7 @@ mod tests {
             ("a\tb\rc\u{8}d", "a bcd"),
             ("\u{1b}[2J\u{1b}[Hmoved", "moved"),
             ("ünïcode ✓", "ünïcode ✓"),
+            ("abc\u{202E}fed", "abcfed"),
             ("trailing escape \u{1b}", "trailing escape "),
         ];
         for (raw, want) in cases {

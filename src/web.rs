@@ -38,8 +38,8 @@ pub(crate) struct TokenSource {
     current: std::sync::Mutex<(Option<FileId>, Option<Arc<str>>)>,
 }
 
-/// Device, inode, modification time (s, ns) and length of a file.
-type FileId = (u64, u64, i64, i64, u64);
+/// Device, inode, modification time, change time (which no one can set), mode and length.
+type FileId = (u64, u64, i64, i64, i64, i64, u32, u64);
 
 impl TokenSource {
     pub fn new(ws: crate::workspace::Workspace, token: Arc<str>) -> Self {
@@ -50,12 +50,21 @@ impl TokenSource {
         }
     }
 
-    /// Device, inode, modification time (s, ns) and length: a replaced or rewritten file has
-    /// another.
+    /// A replaced, rewritten or re-moded file has another (a chmod changes the mode and the
+    /// change time; a rewrite the change time, whatever it does to the modification time).
     fn identity(ws: &crate::workspace::Workspace) -> Option<FileId> {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::symlink_metadata(crate::http::token_path(ws)).ok()?;
-        Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+        Some((
+            m.dev(),
+            m.ino(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.mode(),
+            m.len(),
+        ))
     }
 
     /// The token now, or `None` when the file cannot be used.
@@ -131,11 +140,16 @@ impl IntoResponse for ApiError {
 /// The most bytes of events written in one piece.
 const EVENT_BATCH: usize = 256 * 1024;
 
+/// How long a stream gathers events after the first before it writes them: a busy daemon
+/// writes thousands of records a second, and fifty dashboards each woken and written to for
+/// every one of them would slow the work they watch. No person sees 50 ms.
+const EVENT_GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A `text/event-stream` response fed by `rx`: `encode` appends one item's SSE text (`id:`,
-/// `event:`, `data:` lines and the blank line) to the buffer. Every item already waiting is
-/// written together, so a burst of ledger records costs each client one write, not one per
-/// record; a comment line every [`KEEP_ALIVE`] keeps idle connections open. Ends when `rx`
-/// does.
+/// `event:`, `data:` lines and the blank line) to the buffer. What arrives within
+/// [`EVENT_GATHER`] of the first item is written with it, so a burst of ledger records costs
+/// each client one write, not one per record; a comment line every [`KEEP_ALIVE`] keeps idle
+/// connections open. Ends when `rx` does (after writing what it has).
 pub(crate) fn event_stream<T: Send + 'static>(
     rx: tokio::sync::mpsc::Receiver<T>,
     encode: fn(&T, &mut String),
@@ -146,10 +160,12 @@ pub(crate) fn event_stream<T: Send + 'static>(
             got = rx.recv() => encode(&got?, &mut buf),
             () = tokio::time::sleep(KEEP_ALIVE) => buf.push_str(":\n\n"),
         }
+        let until = tokio::time::Instant::now() + EVENT_GATHER;
         while buf.len() < EVENT_BATCH {
-            match rx.try_recv() {
-                Ok(item) => encode(&item, &mut buf),
-                Err(_) => break,
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(item)) => encode(&item, &mut buf),
+                // The sender is gone: write what there is; the next poll ends the stream.
+                Ok(None) | Err(_) => break,
             }
         }
         Some((

@@ -83,11 +83,13 @@ pub fn logs(
             .last()
             .ok_or_else(|| anyhow::anyhow!("task `{id}` has not started an attempt yet"))?,
     };
-    let path = ws.run_dir(id).join(dirigent::workspace::attempt_file(
+    let path = dirigent::task_log::CaptureFile::of(
+        ws,
+        id,
         a.n,
         &a.agent,
         if stderr { "stderr" } else { "stdout" },
-    ));
+    );
     let mut out = std::io::stdout().lock();
     let mut pos = copy_from(&path, 0, &mut out)?;
     if !follow || a.class.is_some() {
@@ -109,12 +111,21 @@ pub fn logs(
     }
 }
 
-fn copy_from(path: &Path, pos: u64, out: &mut impl Write) -> Result<u64> {
+/// Copies what `file` holds from `pos` on; opened through no link an agent planted, and only if
+/// it is a regular file (a FIFO would block).
+fn copy_from(
+    file: &dirigent::task_log::CaptureFile,
+    pos: u64,
+    out: &mut impl Write,
+) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
-    let mut f = match std::fs::File::open(path) {
+    let mut f = match file.open() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pos),
-        Err(e) => return Err(e).with_context(|| format!("cannot open `{}`", path.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot open `runs/{}/{}`", file.task, file.name));
+        }
     };
     f.seek(SeekFrom::Start(pos))?;
     let n = std::io::copy(&mut f, out)?;

@@ -364,6 +364,13 @@ pub fn discover(dir: &Path) -> std::io::Result<Vec<Definition>> {
             )
         })
         .collect();
+    // The directory itself is not followed either (an agent could point it anywhere).
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::other(format!(
+            "`{}` is a symbolic link; workflows are read only from a real directory",
+            dir.display()
+        )));
+    }
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             for e in entries.flatten() {
