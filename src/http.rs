@@ -330,12 +330,7 @@ fn json_ok(status: StatusCode, v: Value) -> HttpResponse {
 /// port of the same host, is not enough).
 async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> HttpResponse {
     let Some(token) = st.token.get() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the daemon's `.context/http.token` cannot be used; its log says why",
-        )
-        .into_response();
+        return ApiError::token_unusable().into_response();
     };
     if !req.headers().contains_key(header::AUTHORIZATION)
         && let Some(s) = crate::dashboard::session_of(&token, &st.cookie, req.headers())

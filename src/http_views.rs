@@ -93,13 +93,7 @@ pub(crate) async fn task_report(State(st): State<AppState>, Path(id): Path<Strin
     let rel = format!("escalations/{id}.md");
     let text = tokio::task::spawn_blocking(move || read_text(&ws, &rel))
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "unavailable",
-                e.to_string(),
-            )
-        })?
+        .map_err(ApiError::lost)?
         .map_err(|e| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -254,13 +248,7 @@ pub(crate) async fn stats(State(st): State<AppState>, Query(q): Query<StatsQuery
     let report =
         tokio::task::spawn_blocking(move || crate::stats::over_ledger(&ws, since_ms, by, &models))
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "unavailable",
-                    e.to_string(),
-                )
-            })?
+            .map_err(ApiError::lost)?
             .map_err(|e| {
                 ApiError::from_response(Response::fail(
                     Failure::Unavailable,

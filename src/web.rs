@@ -101,6 +101,24 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
+    /// The token file cannot be used (see [`TokenSource`]): every request is refused.
+    pub fn token_unusable() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the daemon's `.context/http.token` cannot be used; its log says why",
+        )
+    }
+
+    /// A blocking task of a handler did not finish (it panicked).
+    pub fn lost(e: tokio::task::JoinError) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unavailable",
+            e.to_string(),
+        )
+    }
+
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,

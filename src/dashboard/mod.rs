@@ -145,12 +145,7 @@ async fn login(State(st): State<AppState>, body: Bytes) -> HttpResponse {
     let code = String::from_utf8_lossy(&body).trim().to_string();
     let now = crate::ledger::now_ms();
     let Some(token) = st.token.get() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the daemon's `.context/http.token` cannot be used; its log says why",
-        )
-        .into_response();
+        return ApiError::token_unusable().into_response();
     };
     let redeemed = st
         .used_codes
