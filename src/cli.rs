@@ -77,6 +77,7 @@ pub enum Command {
     /// ids or `--all`: every attempt's output interleaved, each line prefixed `id/agent |`
     /// (with `-f`, attempts that start later join in).
     Logs {
+        /// The task (or tasks) whose output to print (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks(), required_unless_present = "all")]
         ids: Vec<String>,
         /// The output of every running attempt.
