@@ -8,6 +8,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use std::sync::Arc;
+
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::ledger::{self, Event, Record};
@@ -35,8 +37,12 @@ pub struct Api {
     /// engine stops taking requests (shutdown); requests then fail with "shutting down".
     /// Bounded ([`DOOR_REQUESTS`]): a door that sends faster than the engine answers waits.
     engine: mpsc::Sender<ControlRequest>,
-    /// The ledger writer sends every record on disk here; `wait` and `events` subscribe.
+    /// The ledger writer sends every record on disk here; `wait` subscribes.
     live: broadcast::Sender<crate::ledger::LiveRecord>,
+    /// Sender: the gathering task ([`gather_live`]), a batch of live records per
+    /// [`LIVE_GATHER`]; every event stream subscribes, so a busy daemon wakes each stream a few
+    /// times a second, not once per record.
+    batches: broadcast::Sender<LiveBatch>,
     /// Sender: the engine, after each round in which its book applied records.
     applied: watch::Receiver<u64>,
     /// Set to `true` by the daemon when it begins to stop: waits and event streams end, so
@@ -46,10 +52,62 @@ pub struct Api {
     key: Option<crate::integrity::Key>,
 }
 
+/// Live records as the event streams get them.
+#[derive(Debug, Clone)]
+pub enum LiveBatch {
+    /// The records written within one [`LIVE_GATHER`], in order.
+    Records(Arc<[crate::ledger::LiveRecord]>),
+    /// The gatherer fell behind the ledger: records were missed (read them from the files).
+    Lagged,
+}
+
+/// Gathers the ledger's live records into batches: after the first record, whatever else is
+/// written within [`LIVE_GATHER`] goes with it.
+fn gather_live(
+    live: &broadcast::Sender<crate::ledger::LiveRecord>,
+) -> broadcast::Sender<LiveBatch> {
+    let (out, _) = broadcast::channel(1024);
+    let mut rx = live.subscribe();
+    let tx = out.clone();
+    tokio::spawn(async move {
+        use broadcast::error::{RecvError, TryRecvError};
+        loop {
+            let first = match rx.recv().await {
+                Ok(r) => r,
+                Err(RecvError::Lagged(_)) => {
+                    let _ = tx.send(LiveBatch::Lagged);
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            tokio::time::sleep(LIVE_GATHER).await;
+            let mut batch = vec![first];
+            let mut lagged = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(TryRecvError::Lagged(_)) => {
+                        lagged = true;
+                        break;
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                }
+            }
+            let _ = tx.send(LiveBatch::Records(batch.into()));
+            if lagged {
+                let _ = tx.send(LiveBatch::Lagged);
+            }
+        }
+    });
+    out
+}
+
 /// One item of an event stream.
 #[derive(Debug, Clone)]
 pub enum StreamItem {
     Record(crate::ledger::LiveRecord),
+    /// Live records, in order, as one item.
+    Records(Vec<crate::ledger::LiveRecord>),
     /// Records after `after` and before `next` are no longer kept (compacted away); the stream
     /// continues at `next`.
     Gap {
@@ -70,6 +128,7 @@ impl Api {
         Api {
             ws,
             engine,
+            batches: gather_live(&live),
             live,
             applied,
             stopping,
@@ -263,7 +322,10 @@ impl Api {
     /// still kept.
     pub fn events(&self, after: Option<u64>, task: Option<String>) -> mpsc::Receiver<StreamItem> {
         let (tx, rx) = mpsc::channel(256);
-        let mut live = self.live.subscribe();
+        let mut live = self.batches.subscribe();
+        // Only until the stream's position is set (it starts with the next record written):
+        // the first record, as soon as it is on disk, not a batch later.
+        let mut first = after.is_none().then(|| self.live.subscribe());
         let ledger_path = self.ws.ledger();
         let mut stopping = self.stopping.clone();
         let key = self.key.clone();
@@ -285,19 +347,24 @@ impl Api {
                 let Some(mut from) = last else {
                     // From now: the first live record sets the position, and the stream starts
                     // with it (read back from the file like any other; it is on disk already).
+                    let Some(firsts) = first.as_mut() else {
+                        return;
+                    };
                     tokio::select! {
-                        got = live.recv() => match got {
+                        got = firsts.recv() => match got {
                             Ok(r) => {
                                 last = Some(r.seq - 1);
+                                first = None;
                                 continue 'catch_up;
                             }
                             Err(broadcast::error::RecvError::Lagged(_)) => continue 'catch_up,
                             Err(broadcast::error::RecvError::Closed) => return,
                         },
-                        () = until_stopping(&mut stopping) => match live.try_recv() {
+                        () = until_stopping(&mut stopping) => match firsts.try_recv() {
                             // Sent live before this task looked: it still belongs to the stream.
                             Ok(r) => {
                                 last = Some(r.seq - 1);
+                                first = None;
                                 ending = true;
                                 continue 'catch_up;
                             }
@@ -342,11 +409,9 @@ impl Api {
                 if ending {
                     return;
                 }
-                // Then live: woken at most once per `LIVE_GATHER`, taking every record that
-                // waits (a busy daemon writes thousands a second; a stream per dashboard woken
-                // for each of them would slow the work it shows).
+                // Then live, a batch of records at a time.
                 loop {
-                    let first = tokio::select! {
+                    let got = tokio::select! {
                         got = live.recv() => got,
                         () = until_stopping(&mut stopping) => {
                             // Not `return`: records written before the stop may not have been
@@ -357,48 +422,36 @@ impl Api {
                         }
                         () = tx.closed() => return,
                     };
-                    let mut batch = vec![first];
-                    if !matches!(batch[0], Err(broadcast::error::RecvError::Closed)) {
-                        tokio::select! {
-                            () = tokio::time::sleep(LIVE_GATHER) => {}
-                            () = until_stopping(&mut stopping) => {}
-                            () = tx.closed() => return,
+                    let batch = match got {
+                        Ok(LiveBatch::Records(b)) => b,
+                        Ok(LiveBatch::Lagged) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            last = Some(from);
+                            continue 'catch_up;
                         }
-                        loop {
-                            match live.try_recv() {
-                                Ok(r) => batch.push(Ok(r)),
-                                Err(broadcast::error::TryRecvError::Empty) => break,
-                                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                                    batch.push(Err(broadcast::error::RecvError::Lagged(n)));
-                                    break;
-                                }
-                                Err(broadcast::error::TryRecvError::Closed) => {
-                                    batch.push(Err(broadcast::error::RecvError::Closed));
-                                    break;
-                                }
-                            }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    let mut out = Vec::new();
+                    let mut missed = false;
+                    for r in batch.iter() {
+                        if r.seq <= from {
+                            continue;
+                        }
+                        // Something was missed between the files and the subscription.
+                        if r.seq > from + 1 {
+                            missed = true;
+                            break;
+                        }
+                        from = r.seq;
+                        if keep(r) {
+                            out.push(r.clone());
                         }
                     }
-                    for got in batch {
-                        match got {
-                            Ok(r) if r.seq <= from => {}
-                            // Something was missed between the files and the subscription.
-                            Ok(r) if r.seq > from + 1 => {
-                                last = Some(from);
-                                continue 'catch_up;
-                            }
-                            Ok(r) => {
-                                from = r.seq;
-                                if keep(&r) && tx.send(StreamItem::Record(r)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(broadcast::error::RecvError::Lagged(_)) => {
-                                last = Some(from);
-                                continue 'catch_up;
-                            }
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        }
+                    if !out.is_empty() && tx.send(StreamItem::Records(out)).await.is_err() {
+                        return;
+                    }
+                    if missed {
+                        last = Some(from);
+                        continue 'catch_up;
                     }
                 }
             }

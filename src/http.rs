@@ -611,6 +611,55 @@ struct EventsQuery {
     after: Option<u64>,
     /// Only events about this task (and a workflow run's own tasks).
     task: Option<String>,
+    /// One small `changed` event per batch instead of every record (what a dashboard needs to
+    /// know when to look again).
+    #[serde(default)]
+    brief: bool,
+}
+
+/// The `?brief=true` form of `/events`: per batch of records, one `event: changed` with the
+/// last sequence number as its id and `{"seq", "records", "tasks"}` (at most 50 task ids).
+#[derive(Default)]
+struct Brief {
+    records: u64,
+    last: Option<u64>,
+    tasks: Vec<String>,
+}
+
+impl Brief {
+    fn count(&mut self, r: &crate::ledger::SharedRecord) {
+        self.records += 1;
+        self.last = Some(r.seq);
+        if let Some(t) = r.event.task()
+            && self.tasks.len() < 50
+            && !self.tasks.iter().any(|k| k == t)
+        {
+            self.tasks.push(t.to_string());
+        }
+    }
+}
+
+impl crate::web::Encode<StreamItem> for Brief {
+    fn item(&mut self, item: &StreamItem, _out: &mut String) {
+        match item {
+            StreamItem::Record(r) => self.count(r),
+            StreamItem::Records(rs) => rs.iter().for_each(|r| self.count(r)),
+            StreamItem::Gap { next, .. } => {
+                self.records += 1;
+                self.last = Some(next.saturating_sub(1));
+            }
+        }
+    }
+
+    fn end(&mut self, out: &mut String) {
+        use std::fmt::Write;
+        if let Some(last) = self.last.take() {
+            let data = json!({"seq": last, "records": self.records, "tasks": self.tasks});
+            let _ = write!(out, "id: {last}\nevent: changed\ndata: {data}\n\n");
+        }
+        self.records = 0;
+        self.tasks.clear();
+    }
 }
 
 /// `GET /events`: Server-Sent Events, one per ledger record, `id:` = its sequence number.
@@ -636,19 +685,30 @@ async fn events(
         None => q.after,
     };
     let rx = st.api.events(after, q.task);
-    Ok(crate::web::event_stream(rx, |item, out| {
-        use std::fmt::Write;
-        match item {
-            // The record's JSON is one line, made once for every stream that sends it.
-            StreamItem::Record(r) => {
-                let _ = write!(out, "id: {}\ndata: {}\n\n", r.seq, r.json());
+    if q.brief {
+        return Ok(crate::web::event_stream(rx, Brief::default()));
+    }
+    Ok(crate::web::event_stream(
+        rx,
+        |item: &StreamItem, out: &mut String| {
+            use std::fmt::Write;
+            match item {
+                // The record's JSON is one line, made once for every stream that sends it.
+                StreamItem::Record(r) => {
+                    let _ = write!(out, "id: {}\ndata: {}\n\n", r.seq, r.json());
+                }
+                StreamItem::Records(rs) => {
+                    for r in rs {
+                        let _ = write!(out, "id: {}\ndata: {}\n\n", r.seq, r.json());
+                    }
+                }
+                StreamItem::Gap { after, next } => {
+                    let _ = write!(
+                        out,
+                        "event: gap\ndata: {{\"after\":{after},\"next\":{next}}}\n\n"
+                    );
+                }
             }
-            StreamItem::Gap { after, next } => {
-                let _ = write!(
-                    out,
-                    "event: gap\ndata: {{\"after\":{after},\"next\":{next}}}\n\n"
-                );
-            }
-        }
-    }))
+        },
+    ))
 }

@@ -169,28 +169,31 @@ pub(crate) async fn task_log(
         finished: chosen["class"].as_str().map(str::to_string),
     };
     let rx = crate::task_log::follow(st.api.clone(), attempt, from, live, st.api.stopping());
-    Ok(crate::web::event_stream(rx, |item, out| {
-        // JSON on one line: a `data:` field never holds a raw newline.
-        let (event, id, data) = match item {
-            LogItem::Output { stream, text, at } => (
-                "output",
-                Some(at.id()),
-                json!({"stream": stream, "text": text}),
-            ),
-            LogItem::End { class } => ("end", None, json!({"class": class})),
-        };
-        out.push_str("event: ");
-        out.push_str(event);
-        out.push('\n');
-        if let Some(id) = id {
-            out.push_str("id: ");
-            out.push_str(&id);
+    Ok(crate::web::event_stream(
+        rx,
+        |item: &LogItem, out: &mut String| {
+            // JSON on one line: a `data:` field never holds a raw newline.
+            let (event, id, data) = match item {
+                LogItem::Output { stream, text, at } => (
+                    "output",
+                    Some(at.id()),
+                    json!({"stream": stream, "text": text}),
+                ),
+                LogItem::End { class } => ("end", None, json!({"class": class})),
+            };
+            out.push_str("event: ");
+            out.push_str(event);
             out.push('\n');
-        }
-        out.push_str("data: ");
-        out.push_str(&data.to_string());
-        out.push_str("\n\n");
-    }))
+            if let Some(id) = id {
+                out.push_str("id: ");
+                out.push_str(&id);
+                out.push('\n');
+            }
+            out.push_str("data: ");
+            out.push_str(&data.to_string());
+            out.push_str("\n\n");
+        },
+    ))
 }
 
 #[derive(Deserialize)]

@@ -155,6 +155,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// How an event stream writes its items: each as it comes (`item`), and — for a stream that
+/// summarises — once after each batch (`end`). A plain `fn(&T, &mut String)` writes each item.
+pub(crate) trait Encode<T>: Send + 'static {
+    fn item(&mut self, item: &T, out: &mut String);
+    fn end(&mut self, _out: &mut String) {}
+}
+
+impl<T, F: FnMut(&T, &mut String) + Send + 'static> Encode<T> for F {
+    fn item(&mut self, item: &T, out: &mut String) {
+        self(item, out)
+    }
+}
+
 /// The most bytes of events written in one piece.
 const EVENT_BATCH: usize = 256 * 1024;
 
@@ -170,25 +183,26 @@ const EVENT_GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 /// connections open. Ends when `rx` does (after writing what it has).
 pub(crate) fn event_stream<T: Send + 'static>(
     rx: tokio::sync::mpsc::Receiver<T>,
-    encode: fn(&T, &mut String),
+    encode: impl Encode<T>,
 ) -> HttpResponse {
-    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
+    let stream = futures_util::stream::unfold((rx, encode), |(mut rx, mut enc)| async move {
         let mut buf = String::new();
         tokio::select! {
-            got = rx.recv() => encode(&got?, &mut buf),
+            got = rx.recv() => enc.item(&got?, &mut buf),
             () = tokio::time::sleep(KEEP_ALIVE) => buf.push_str(":\n\n"),
         }
         let until = tokio::time::Instant::now() + EVENT_GATHER;
         while buf.len() < EVENT_BATCH {
             match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(item)) => encode(&item, &mut buf),
+                Ok(Some(item)) => enc.item(&item, &mut buf),
                 // The sender is gone: write what there is; the next poll ends the stream.
                 Ok(None) | Err(_) => break,
             }
         }
+        enc.end(&mut buf);
         Some((
             Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(buf)),
-            rx,
+            (rx, enc),
         ))
     });
     let mut response = axum::body::Body::from_stream(stream).into_response();

@@ -519,3 +519,42 @@ fn every_path_in_the_openapi_file_is_served() {
         "expected every operation of docs/openapi.yaml checked (21 in all)"
     );
 }
+
+#[test]
+fn the_brief_event_stream_says_what_changed_in_few_small_events() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    let t = Some(token.as_str());
+    let mut brief = SseStream::open(&url, "/events?brief=true&after=0", &token, &[]);
+    assert_eq!(brief.status, 200);
+    for id in ["b1", "b2"] {
+        let body = format!(r#"{{"prompt": "p", "id": "{id}"}}"#);
+        assert_eq!(http(&url, "POST", "/tasks", t, Some(&body)).status, 201);
+    }
+    ws.wait_settled("b1");
+    ws.wait_settled("b2");
+    let last_seq = ws.records().last().unwrap().seq;
+    // Read until the events have covered every record written; each names the tasks it saw.
+    let (mut records, mut tasks, mut events, mut seq) = (0, Vec::new(), 0, 0);
+    while seq < last_seq {
+        let ev = brief.next().expect("the stream stays open");
+        assert_eq!(ev.event.as_deref(), Some("changed"), "{ev:?}");
+        let data: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        seq = data["seq"].as_u64().unwrap();
+        assert_eq!(
+            ev.id,
+            Some(seq.to_string()),
+            "its id is the last record's seq"
+        );
+        records += data["records"].as_u64().unwrap();
+        for t in data["tasks"].as_array().unwrap() {
+            tasks.push(t.as_str().unwrap().to_string());
+        }
+        events += 1;
+    }
+    assert_eq!(records, last_seq, "every record is counted once");
+    assert!(events < records, "{events} events for {records} records");
+    for id in ["b1", "b2"] {
+        assert!(tasks.iter().any(|t| t == id), "`{id}` in {tasks:?}");
+    }
+}

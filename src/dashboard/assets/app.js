@@ -268,7 +268,8 @@ function route() {
 
 function connectEvents() {
   const live = document.getElementById("live");
-  openStream("/events", () => refreshSoon(), {
+  // Only when to look again: one small event per batch of records, not the records.
+  openStream("/events?brief=true", () => refreshSoon(), {
     onOpen: () => { live.textContent = "live"; },
     onError: () => { live.textContent = "reconnecting…"; },
   });
