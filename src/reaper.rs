@@ -318,15 +318,28 @@ pub fn sweep(who: Option<&Leftovers<'_>>) -> usize {
     killed
 }
 
+/// The daemon's children that it did not spawn through [`spawn`]: orphans it adopted.
+///
+/// The kernel hands an orphan to the subreaper's first live thread — the main thread, which
+/// lives as long as the process — so its `children` list is the one to read. Reading every
+/// thread's instead cost each sweep one file per thread, and a daemon serving fifty event
+/// streams can hold fifty blocking-pool threads: that alone slowed its trivial tasks by a tenth.
+/// Children other threads spawned themselves (and wait for) are not listed either, so the sweep
+/// cannot reap one before its own waiter does. Only when the main thread is gone are all read.
 fn adopted_children(own: &BTreeSet<u32>) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
+    let main = format!("/proc/self/task/{}/children", std::process::id());
+    let lists: Vec<String> = match std::fs::read_to_string(&main) {
+        Ok(list) => vec![list],
+        Err(_) => match std::fs::read_dir("/proc/self/task") {
+            Ok(tasks) => tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .collect(),
+            Err(_) => return out,
+        },
     };
-    for t in tasks.flatten() {
-        let Ok(list) = std::fs::read_to_string(t.path().join("children")) else {
-            continue;
-        };
+    for list in &lists {
         out.extend(
             list.split_whitespace()
                 .filter_map(|p| p.parse::<u32>().ok())
