@@ -26,6 +26,7 @@ pub mod duration;
 pub mod editing;
 pub mod engine;
 pub mod escalate;
+pub mod fleet;
 pub mod follow;
 pub mod fsutil;
 pub mod git;

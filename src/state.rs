@@ -17,6 +17,29 @@ use crate::task::TaskSpec;
 /// The reason a cancelled task failed with.
 pub const CANCELLED_REASON: &str = "cancelled by the user";
 
+/// Why a task taken off the fleet's queue ended here without an outcome.
+pub const HANDED_BACK_REASON: &str =
+    "handed back to the fleet: this worker stopped before it ended; another worker runs it";
+
+/// A task's part in a fleet (`cluster:`), when it has one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "part", rename_all = "snake_case")]
+pub enum FleetPart {
+    /// Accepted here and put on the fleet's queue; `worker` ran it once its outcome is back.
+    Published {
+        subject: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
+    },
+    /// Taken off the queue to run here for the node in `key` (`NODE.ID`); `won` once its
+    /// outcome was claimed (`false`: another worker's stood first).
+    Taken {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        won: Option<bool>,
+    },
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Phase {
@@ -275,6 +298,9 @@ pub struct TaskRecord {
     /// The role it was given (kept after the spec is dropped, for filters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Its part in a fleet, in fleet mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Box<FleetPart>>,
 }
 
 impl TaskRecord {
@@ -585,6 +611,7 @@ impl TaskBook {
                         spec: Some(Arc::new((**spec).clone())),
                         worktree: None,
                         role: spec.fields.role.clone(),
+                        fleet: None,
                     },
                 );
             }
@@ -885,6 +912,46 @@ impl TaskBook {
                         passed: *passed,
                         feedback: feedback.clone(),
                     });
+                }
+            }
+            Event::Published { task, subject } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.fleet = Some(Box::new(FleetPart::Published {
+                        subject: subject.clone(),
+                        worker: None,
+                    }));
+                }
+            }
+            Event::RanOn { task, worker } => {
+                if let Some(t) = self.tasks.get_mut(task)
+                    && let Some(FleetPart::Published { worker: w, .. }) = t.fleet.as_deref_mut()
+                {
+                    *w = Some(worker.clone());
+                }
+            }
+            Event::FleetTaken { task, key } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.fleet = Some(Box::new(FleetPart::Taken {
+                        key: key.clone(),
+                        won: None,
+                    }));
+                }
+            }
+            Event::FleetSettled { task, won, .. } => {
+                if let Some(t) = self.tasks.get_mut(task)
+                    && let Some(FleetPart::Taken { won: w, .. }) = t.fleet.as_deref_mut()
+                {
+                    *w = Some(*won);
+                }
+            }
+            Event::HandedBack { task } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.phase = Phase::Failed {
+                        reason: HANDED_BACK_REASON.into(),
+                        finished_ms: r.ts,
+                    };
+                    t.spec = None;
+                    self.finished(task);
                 }
             }
             Event::Cancelled { task } => {

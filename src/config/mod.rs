@@ -17,6 +17,7 @@ use crate::duration::Dur;
 use crate::preset;
 
 mod agent;
+pub mod cluster;
 pub mod notify;
 
 pub use agent::{Agent, AgentError, ArgvValues, Retry};
@@ -69,6 +70,8 @@ struct RawConfig {
     budgets: RawBudgets,
     #[serde(default)]
     notify: Vec<notify::RawDestination>,
+    #[serde(default)]
+    cluster: Option<cluster::RawCluster>,
     /// Model aliases, resolved before spawning: `{claude-3-5-sonnet: qwen2.5-coder}`.
     #[serde(default)]
     models: BTreeMap<String, String>,
@@ -205,6 +208,9 @@ pub struct Config {
     pub budgets: Budgets,
     /// Where notifications go (`notify:`).
     pub notify: Vec<notify::Destination>,
+    /// Fleet mode (`cluster:`): tasks go through a NATS JetStream work queue. Read at start; a
+    /// reload does not move the daemon into or out of a fleet.
+    pub cluster: Option<cluster::Cluster>,
     /// Where the HTTP API listens (`http:`); `None` = no HTTP server unless `--http` is given.
     /// Read at start; a reload does not move the server.
     pub http: Option<std::net::SocketAddr>,
@@ -440,8 +446,13 @@ impl Config {
             }
         };
         let notify = notify::build(std::mem::take(&mut raw.notify)).map_err(invalid)?;
+        let cluster = match raw.cluster.take() {
+            Some(c) => Some(cluster::build(c).map_err(invalid)?),
+            None => None,
+        };
         Ok(Config {
             notify,
+            cluster,
             concurrency,
             default_chain: raw.default_chain,
             model_targets,

@@ -133,7 +133,25 @@ pub async fn run_with_options(
     // bounded by the tasks and attempts alive at once (`concurrency`).
     let (tx, rx) = mpsc::unbounded_channel();
     let notifier = crate::service::Notifier::from_env();
+    // Fleet mode: the component that talks to the fleet's server, started before recovery so
+    // that tasks found accepted but not yet published go to the queue.
+    let (fleet, fleet_running) = match &config.cluster {
+        Some(cluster) => {
+            let to_engine = tx.clone();
+            let (link, running) = crate::fleet::start(
+                cluster.clone(),
+                capabilities(&config, ws.root()),
+                config.concurrency,
+                Arc::new(move |m| drop(to_engine.send(Msg::Fleet(m)))),
+            );
+            (Some(link), Some(running))
+        }
+        None => (None, None),
+    };
     let mut engine = Engine {
+        fleet,
+        fleet_waiting: Vec::new(),
+        hand_backs: Vec::new(),
         live: LiveTasks::default(),
         watchdog_due: notifier
             .as_ref()
@@ -182,6 +200,7 @@ pub async fn run_with_options(
         .await?;
     engine.book.apply(&started);
     engine.recover().await?;
+    engine.take_fleet_messages().await;
 
     // The doors' requests: every door holds an `Api` with a sender; the receiver is dropped
     // when the loop ends, which answers what is still queued with "shutting down".
@@ -285,6 +304,7 @@ pub async fn run_with_options(
             Some(()) = reload.recv() => engine.reload("SIGHUP", true).await,
             () = sleep_until(wake) => engine.on_timer().await,
         }
+        engine.take_fleet_messages().await;
         engine.advance_runs().await;
         engine.dispatch();
         if *applied_tx.borrow() != engine.book.applied {
@@ -310,10 +330,25 @@ pub async fn run_with_options(
     engine.shutdown().await;
     // Reap adopted zombies; nothing of ours is running any more.
     let _ = tokio::task::spawn_blocking(|| crate::reaper::sweep(None)).await;
-    let Engine { ledger, .. } = engine;
+    let Engine { ledger, fleet, .. } = engine;
+    // The fleet component hands back what it still holds once the engine lets go of it.
+    drop(fleet);
+    if let Some(running) = fleet_running {
+        running.join().await;
+    }
     drop(ledger);
     writer.join();
     Ok(())
+}
+
+/// The agents this node offers the fleet: those configured whose program is installed.
+fn capabilities(config: &Config, root: &std::path::Path) -> Vec<String> {
+    config
+        .agents
+        .iter()
+        .filter(|(_, agent)| agent.resolve(root).is_some())
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Says in the log which ledger lines were not believed, and why.

@@ -234,9 +234,11 @@ impl Engine {
                     }
                 }
             }
+            Msg::Fleet(msg) => self.fleet_waiting.push(msg),
             Msg::Settled { task, records } => {
                 self.live.settled(&task);
                 self.apply(&records);
+                self.tell_fleet_settled(&task);
                 self.tree_after_settled(&task);
                 // A task of a workflow run settled: the run may move on.
                 for run in self.live.runs_of(&task) {
@@ -424,6 +426,11 @@ impl Engine {
             if t.phase.is_terminal() || t.phase == Phase::Requeued {
                 continue;
             }
+            // A task of the fleet stays with the fleet: one published here waits for its
+            // outcome in running/; one taken from it goes back (below).
+            if t.fleet.is_some() {
+                continue;
+            }
             // Verified work (committed on its branch, waiting for or in the merge queue) stays
             // in running/: the next start takes its merge up where it was, instead of running
             // the agent again.
@@ -444,6 +451,21 @@ impl Engine {
             }
         }
         let count = events.len();
+        let taken: Vec<String> = self
+            .book
+            .iter()
+            .filter(|t| {
+                !t.phase.is_terminal()
+                    && matches!(
+                        t.fleet.as_deref(),
+                        Some(crate::state::FleetPart::Taken { .. })
+                    )
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        for id in taken {
+            self.hand_back(&id).await;
+        }
         events.push(Event::DaemonStopped {
             pid: std::process::id(),
         });

@@ -24,8 +24,13 @@ impl Engine {
             .is_some_and(|s| s.fields.workflow.is_some());
         if is_run {
             self.live.advance(id);
-        } else {
-            self.enqueue(id);
+            return;
+        }
+        match self.placement_of(id) {
+            fleet_tasks::Placement::Here => self.enqueue(id),
+            fleet_tasks::Placement::Publish => self.publish(id),
+            fleet_tasks::Placement::AwaitOutcome => {}
+            fleet_tasks::Placement::HandBack => self.hand_backs.push(id.to_string()),
         }
     }
 

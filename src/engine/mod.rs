@@ -54,6 +54,7 @@ mod attempt_start;
 pub mod daemon;
 mod dispatch;
 mod event_loop;
+mod fleet_tasks;
 mod intake;
 mod lifecycle;
 mod merging;
@@ -168,6 +169,8 @@ enum Msg {
         held: Held,
     },
     LedgerFailed(String),
+    /// From the fleet component (fleet mode): carried out by the loop, in order.
+    Fleet(crate::fleet::ToEngine),
     /// Records a spawned task wrote that the book applies: an attempt's child runs (its
     /// `attempt_started` on disk), a worktree made, a merge step.
     Recorded(Vec<Record>),
@@ -189,6 +192,12 @@ enum Msg {
 }
 
 struct Engine {
+    /// Fleet mode: the link to the fleet component (`None` on one machine).
+    fleet: Option<crate::fleet::Link>,
+    /// Messages from the fleet component not yet carried out (they need the ledger).
+    fleet_waiting: Vec<crate::fleet::ToEngine>,
+    /// Tasks taken off the fleet's queue that go back to it (found at start).
+    hand_backs: Vec<String>,
     /// What the engine is doing with each task it handles: queued, running, finishing …
     live: LiveTasks,
     /// The text the config was last loaded from (`None`: the embedded default), so that a file

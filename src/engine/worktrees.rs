@@ -762,7 +762,7 @@ impl Engine {
     }
 
     /// The `workdir` and `verify` of the role the task names, if it names one that has them.
-    fn role_of(
+    pub(super) fn role_of(
         &self,
         spec: &TaskSpec,
     ) -> Option<&(Option<crate::workdir::Workdir>, Vec<Vec<String>>)> {

@@ -250,6 +250,36 @@ pub enum Event {
         count: u32,
         error: String,
     },
+    /// Fleet mode: a task accepted here went onto the fleet's queue under `subject`; a worker
+    /// of the fleet runs it, and its outcome comes back here.
+    Published {
+        task: String,
+        subject: String,
+    },
+    /// Fleet mode: this worker took a task off the fleet's queue; `key` (`NODE.ID`) names it
+    /// there, and its outcome is claimed under that key.
+    FleetTaken {
+        task: String,
+        key: String,
+    },
+    /// Fleet mode: this worker's outcome for a task of the fleet was claimed first (`won`), or
+    /// another worker's was, and this one is a duplicate that counts for nothing.
+    FleetSettled {
+        task: String,
+        key: String,
+        won: bool,
+    },
+    /// Fleet mode: a task taken off the queue was handed back unfinished (this worker stopped
+    /// while it waited or ran); another worker runs it.
+    HandedBack {
+        task: String,
+    },
+    /// Fleet mode: a task published here was run by `worker` of the fleet (recorded just before
+    /// its `done` or `escalated`).
+    RanOn {
+        task: String,
+        worker: String,
+    },
 }
 
 fn one() -> u32 {
@@ -295,7 +325,12 @@ impl Event {
             | Event::Merged { task, .. }
             | Event::MergeFailed { task, .. }
             | Event::Discarded { task, .. }
-            | Event::WorktreeRemoved { task, .. } => Some(task),
+            | Event::WorktreeRemoved { task, .. }
+            | Event::Published { task, .. }
+            | Event::FleetTaken { task, .. }
+            | Event::FleetSettled { task, .. }
+            | Event::HandedBack { task }
+            | Event::RanOn { task, .. } => Some(task),
             Event::DaemonStarted { .. }
             | Event::DaemonStopped { .. }
             | Event::ConfigReloaded { .. }

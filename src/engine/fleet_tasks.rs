@@ -1,0 +1,392 @@
+//! Fleet mode, the engine's side (see `crate::fleet` for the whole flow): where an accepted
+//! task is published instead of queued, where a task taken off the fleet's queue is received
+//! and run here, where an outcome from the fleet settles a task published here, and where a
+//! task taken off the queue that cannot finish here is handed back.
+//!
+//! Which of these applies is [`placement`]'s decision, a pure function; the rest carries it out.
+
+use super::*;
+use crate::fleet::{self, End, Taken, ToEngine, ToFleet};
+use crate::state::{FleetPart, HANDED_BACK_REASON};
+
+/// Where a task that is ready to run goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// This node's own queue.
+    Here,
+    /// The fleet's queue (then it waits for its outcome).
+    Publish,
+    /// Already on the fleet's queue: it waits for its outcome.
+    AwaitOutcome,
+    /// Taken off the fleet's queue and not finished here: it goes back to the fleet.
+    HandBack,
+}
+
+/// What a task needs that only this node has, so it cannot go to the fleet yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Needs {
+    /// It edits in a worktree of this node's repository.
+    pub worktree: bool,
+    /// It waits for other tasks of this node (`after`).
+    pub after: bool,
+    /// It is a workflow run (its runner is here; its phases go to the fleet one by one).
+    pub run: bool,
+}
+
+/// The decision. `fleet`: this node is in a fleet (with a link to it).
+pub(super) fn placement(fleet: bool, part: Option<&FleetPart>, needs: Needs) -> Placement {
+    match part {
+        Some(FleetPart::Taken { .. }) => Placement::HandBack,
+        Some(FleetPart::Published { .. }) if fleet => Placement::AwaitOutcome,
+        // Published, but the node left the fleet since: it runs here.
+        Some(FleetPart::Published { .. }) => Placement::Here,
+        None if !fleet || needs.worktree || needs.after || needs.run => Placement::Here,
+        None => Placement::Publish,
+    }
+}
+
+impl Engine {
+    /// Where task `id` goes (see [`placement`]).
+    pub(super) fn placement_of(&self, id: &str) -> Placement {
+        let Some(t) = self.book.get(id) else {
+            return Placement::Here;
+        };
+        let needs = t.spec.as_ref().map_or(Needs::default(), |spec| Needs {
+            worktree: [
+                spec.fields.workdir,
+                self.role_of(spec).and_then(|(w, _)| *w),
+                self.config.workdir,
+            ]
+            .contains(&Some(crate::workdir::Workdir::Worktree)),
+            after: !spec.fields.after.is_empty(),
+            run: spec.fields.workflow.is_some(),
+        });
+        placement(self.fleet.is_some(), t.fleet.as_deref(), needs)
+    }
+
+    /// Hands an accepted task to the fleet's queue; `published` is recorded when the server
+    /// has it.
+    pub(super) fn publish(&mut self, id: &str) {
+        let (Some(link), Some(t)) = (&self.fleet, self.book.get(id)) else {
+            return;
+        };
+        if let Some(spec) = &t.spec {
+            let _ = link.to_fleet.send(ToFleet::Publish(spec.clone()));
+        }
+    }
+
+    /// Records that a task taken off the queue goes back to it unfinished.
+    pub(super) async fn hand_back(&mut self, id: &str) {
+        let Some(t) = self.book.get(id) else { return };
+        if t.phase.is_terminal() {
+            return;
+        }
+        let file = t.file.clone();
+        let fields = t.spec.as_ref().map(|s| s.fields.clone());
+        tracing::info!(task = id, "{HANDED_BACK_REASON}");
+        if self.record_now(Event::HandedBack { task: id.into() }).await
+            && let Err(e) = task_file::settle(
+                &self.ws,
+                Place::Running,
+                Place::Failed,
+                &file,
+                id,
+                fields.as_ref(),
+            )
+        {
+            tracing::warn!(task = id, "cannot move the task file to failed/: {e}");
+        }
+    }
+
+    /// Carries out what the fleet component sent, in the order it came.
+    pub(super) async fn take_fleet_messages(&mut self) {
+        for id in std::mem::take(&mut self.hand_backs) {
+            self.hand_back(&id).await;
+        }
+        for msg in std::mem::take(&mut self.fleet_waiting) {
+            match msg {
+                ToEngine::Published { task, subject } => {
+                    let still = self
+                        .book
+                        .get(&task)
+                        .is_some_and(|t| !t.phase.is_terminal() && t.fleet.is_none());
+                    if still {
+                        tracing::info!(task, subject, "on the fleet's queue");
+                        self.record_now(Event::Published { task, subject }).await;
+                    }
+                }
+                ToEngine::Run { queued, reply } => {
+                    let answer = self.run_for_fleet(*queued).await;
+                    let _ = reply.send(answer);
+                }
+                ToEngine::Outcome { task, outcome } => self.settle_from_fleet(&task, outcome).await,
+                ToEngine::Claimed { task, key, won } => {
+                    self.record_now(Event::FleetSettled { task, key, won })
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// A task of the fleet, to run here: checked with this node's own rules, written into
+    /// `running/`, recorded `received` + `claimed` + `fleet_taken`, and queued.
+    async fn run_for_fleet(&mut self, queued: fleet::QueuedTask) -> Taken {
+        if !self.accepting {
+            return Taken::Refused("this worker is stopping".into());
+        }
+        let key = queued.key();
+        // A repeat delivery: the task this key already runs as here, or its end.
+        let earlier = self
+            .book
+            .iter()
+            .rev()
+            .find(|t| matches!(t.fleet.as_deref(), Some(FleetPart::Taken { key: k, .. }) if *k == key))
+            .cloned();
+        if let Some(t) = &earlier {
+            match self.end_of(t) {
+                Some(end) => {
+                    return Taken::Ended {
+                        task: t.id.clone(),
+                        end,
+                    };
+                }
+                None if !t.phase.is_terminal() => return Taken::Runs { task: t.id.clone() },
+                // Handed back or cancelled here: it runs again under a new id.
+                None => {}
+            }
+        }
+        let mut id = key.clone();
+        let mut n = 1;
+        while self.book.contains(&id) || self.reserved.contains_key(&id) {
+            n += 1;
+            id = format!("{key}.{n}");
+        }
+        if crate::config::validate_name(&id).is_err() {
+            return Taken::Refused(format!("`{key}` cannot be a task id here"));
+        }
+        // Its `after` and `parent` name tasks of the node it came from, not of this one.
+        let mut fields = queued.spec.fields.clone();
+        fields.id = None;
+        fields.after.clear();
+        fields.parent = None;
+        let spec = match crate::task::accept(id.clone(), fields, &self.config, self.ws.root()) {
+            Ok(spec) => spec,
+            Err(e) => return Taken::Refused(e.0),
+        };
+        let running = match self.ws.open_sub("running") {
+            Ok(r) => r,
+            Err(e) => return Taken::Refused(format!("cannot open running/: {e}")),
+        };
+        let file =
+            match task_file::rebuild_in_running(&running, &spec.fields, &id, &format!("{id}.json"))
+            {
+                Ok(f) => f,
+                Err(e) => return Taken::Refused(format!("cannot write the task file: {e}")),
+            };
+        let events = vec![
+            Event::Received {
+                task: id.clone(),
+                file: file.clone(),
+                spec: Box::new(spec),
+            },
+            Event::Claimed {
+                task: id.clone(),
+                file,
+            },
+            Event::FleetTaken {
+                task: id.clone(),
+                key: key.clone(),
+            },
+        ];
+        if self.record_all(events).await.is_none() {
+            return Taken::Refused("this worker cannot write its ledger".into());
+        }
+        tracing::info!(task = %id, key, "taken from the fleet");
+        self.enqueue(&id);
+        Taken::Runs { task: id }
+    }
+
+    /// How a finished task ended, as the fleet is told (`None`: it has no outcome to give —
+    /// not finished, handed back, or cancelled).
+    fn end_of(&self, t: &TaskRecord) -> Option<End> {
+        match &t.phase {
+            Phase::Done { agent, output, .. } => {
+                let (text, truncated) = match fsutil::read_confined(
+                    self.ws.root(),
+                    output,
+                    fleet::MAX_RESULT_BYTES as u64,
+                ) {
+                    Ok(text) => (text, false),
+                    Err(e) => (
+                        format!(
+                            "(the result at `{output}` on this worker cannot be carried: `{output}` {e})"
+                        ),
+                        true,
+                    ),
+                };
+                Some(End::Done {
+                    agent: agent.clone(),
+                    attempt: t.attempts.last().map_or(0, |a| a.n),
+                    text,
+                    truncated,
+                })
+            }
+            Phase::Failed { reason, .. }
+                if reason != HANDED_BACK_REASON && reason != crate::state::CANCELLED_REASON =>
+            {
+                Some(End::Escalated {
+                    reason: reason.clone(),
+                    attempts: t.attempts.len() as u32,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// A task taken off the queue settled here: the fleet component claims its outcome.
+    pub(super) fn tell_fleet_settled(&mut self, id: &str) {
+        let Some(link) = &self.fleet else { return };
+        let Some(t) = self.book.get(id) else { return };
+        let Some(FleetPart::Taken { key, .. }) = t.fleet.as_deref() else {
+            return;
+        };
+        if let Some(end) = self.end_of(t) {
+            let _ = link.to_fleet.send(ToFleet::Settled {
+                key: key.clone(),
+                task: id.to_string(),
+                end,
+            });
+        }
+    }
+
+    /// An outcome from the fleet for a task published here: `ran_on`, then `done` with the
+    /// result written here, or `escalated`. One that arrives again is ignored.
+    async fn settle_from_fleet(&mut self, id: &str, outcome: fleet::Outcome) {
+        let Some(t) = self.book.get(id) else { return };
+        if t.phase.is_terminal() || !matches!(t.fleet.as_deref(), Some(FleetPart::Published { .. }))
+        {
+            return;
+        }
+        let ran_on = Event::RanOn {
+            task: id.to_string(),
+            worker: outcome.worker.clone(),
+        };
+        match outcome.end {
+            End::Escalated { reason, .. } => {
+                if self.record_now(ran_on).await {
+                    self.escalate(id, format!("on worker `{}`: {reason}", outcome.worker));
+                }
+            }
+            End::Done {
+                agent,
+                attempt,
+                text,
+                ..
+            } => {
+                let Some(spec) = t.spec.clone() else { return };
+                let file = t.file.clone();
+                if !self.live.begin_finishing(id) {
+                    return;
+                }
+                let (ws, ledger, tx, id) = (
+                    self.ws.clone(),
+                    self.ledger.clone(),
+                    self.tx.clone(),
+                    id.to_string(),
+                );
+                self.tasks.spawn(async move {
+                    let output = spec.fields.output.clone();
+                    let (ws2, id2) = (ws.clone(), id.clone());
+                    let written = tokio::task::spawn_blocking(move || {
+                        result::write(&ws2, &id2, output.as_deref(), result::Content::Text(&text))
+                    })
+                    .await
+                    .expect("the result writer does not panic");
+                    let rel = match written {
+                        Ok(rel) => rel,
+                        Err(e) => {
+                            let _ = tx.send(Msg::ResultFailed {
+                                task: id,
+                                reason: e.to_string(),
+                            });
+                            return;
+                        }
+                    };
+                    let done = Event::Done {
+                        task: id.clone(),
+                        agent,
+                        attempt,
+                        output: rel,
+                    };
+                    let records = match ledger.append_all(vec![ran_on, done]).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+                            return;
+                        }
+                    };
+                    if let Err(e) = task_file::settle(
+                        &ws,
+                        Place::Running,
+                        Place::Done,
+                        &file,
+                        &id,
+                        Some(&spec.fields),
+                    ) {
+                        tracing::warn!(task = %id, "cannot move the task file to done/: {e}");
+                    }
+                    tracing::info!(task = %id, "done on the fleet");
+                    let _ = tx.send(Msg::Settled { task: id, records });
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_a_ready_task_goes() {
+        let published = FleetPart::Published {
+            subject: "dirigent.tasks.a".into(),
+            worker: None,
+        };
+        let taken = FleetPart::Taken {
+            key: "n.t".into(),
+            won: None,
+        };
+        let plain = Needs::default();
+        let edits = Needs {
+            worktree: true,
+            ..Needs::default()
+        };
+        let waits = Needs {
+            after: true,
+            ..Needs::default()
+        };
+        let run = Needs {
+            run: true,
+            ..Needs::default()
+        };
+        let cases: &[(bool, Option<&FleetPart>, Needs, Placement)] = &[
+            (false, None, plain, Placement::Here),
+            (true, None, plain, Placement::Publish),
+            (true, None, edits, Placement::Here),
+            (true, None, waits, Placement::Here),
+            (true, None, run, Placement::Here),
+            (true, Some(&published), plain, Placement::AwaitOutcome),
+            (false, Some(&published), plain, Placement::Here),
+            (true, Some(&taken), plain, Placement::HandBack),
+            (false, Some(&taken), plain, Placement::HandBack),
+        ];
+        for (fleet, part, needs, want) in cases {
+            assert_eq!(
+                placement(*fleet, *part, *needs),
+                *want,
+                "fleet {fleet}, part {part:?}, needs {needs:?}: expected {want:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The connection to the fleet's NATS server: options from `cluster:`, the first connection
+//! (tried again with backoff while the server is away — the daemon runs meanwhile and its
+//! fleet tasks wait), and the stream and bucket every node agrees on, made when missing.
+//! After the first connection the client reconnects by itself.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use tokio::sync::mpsc;
+
+use super::{OUTCOMES_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, ToFleet};
+use crate::config::cluster::{Auth, Cluster};
+
+/// How long the server keeps a publish's message id to drop a repeat: a node that crashed
+/// between publishing and recording `published` publishes again when it starts.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+/// How long an outcome is kept for its node to collect (a node away longer runs it again).
+const OUTCOME_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The fleet's server, its stream and bucket: cheap to clone (handles).
+#[derive(Clone)]
+pub struct Connection {
+    pub js: jetstream::Context,
+    pub tasks: jetstream::stream::Stream,
+    pub outcomes: kv::Store,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read the credentials for `{url}`: {cause}")]
+    Credentials { url: String, cause: String },
+    #[error("cannot reach the fleet's server at `{url}`: {cause}")]
+    Connect { url: String, cause: String },
+    #[error(
+        "the fleet's server at `{url}` refused to set up JetStream (is it started with `-js`?): {cause}"
+    )]
+    JetStream { url: String, cause: String },
+}
+
+/// Connects and readies the stream and bucket, trying again (1 s, doubling to 30 s) until it
+/// works or the engine lets go of the link (`None`).
+pub async fn until_connected(
+    cluster: &Cluster,
+    rx: &mut mpsc::UnboundedReceiver<ToFleet>,
+) -> Option<Connection> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match connect(cluster).await {
+            Ok(c) => return Some(c),
+            Err(e) => tracing::warn!("{e}; trying again in {}s", delay.as_secs()),
+        }
+        let until = tokio::time::Instant::now() + delay;
+        while tokio::time::Instant::now() < until {
+            if rx.is_closed() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One try.
+pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
+    let url = cluster.url.clone();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("dirigent {}", cluster.name))
+        .connection_timeout(Duration::from_secs(5));
+    options = match &cluster.auth {
+        Auth::None => options,
+        Auth::Token(secret) => {
+            options.token(secret.value().map_err(|cause| ConnectError::Credentials {
+                url: url.clone(),
+                cause,
+            })?)
+        }
+        Auth::Creds(path) => {
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|e| ConnectError::Credentials {
+                    url: url.clone(),
+                    cause: format!("`{}`: {e}", path.display()),
+                })?
+        }
+        Auth::Nkey(path) => {
+            let seed = std::fs::read_to_string(path).map_err(|e| ConnectError::Credentials {
+                url: url.clone(),
+                cause: format!("`{}`: {e}", path.display()),
+            })?;
+            options.nkey(seed.trim().to_string())
+        }
+    };
+    if let Some(tls) = &cluster.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &tls.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let servers: Vec<&str> = cluster.url.split(',').map(str::trim).collect();
+    let client = options
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| ConnectError::Connect {
+            url: url.clone(),
+            cause: e.to_string(),
+        })?;
+    let js = jetstream::new(client);
+    let js_err = |e: &dyn std::fmt::Display| ConnectError::JetStream {
+        url: url.clone(),
+        cause: e.to_string(),
+    };
+    let tasks = js
+        .get_or_create_stream(stream::Config {
+            name: TASKS_STREAM.into(),
+            subjects: vec![TASKS_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err(&e))?;
+    // The bucket's stream is made here as the client library would (`KV_<bucket>`, one
+    // message per key, rollups allowed, deletes denied): its own `create_key_value` first asks
+    // for account fields that Debian's nats-server 2.9 does not send.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{OUTCOMES_BUCKET}"),
+        description: Some("dirigent: one outcome per task of the fleet".into()),
+        subjects: vec![format!("$KV.{OUTCOMES_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        max_age: OUTCOME_AGE,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| js_err(&e))?;
+    let outcomes = js
+        .get_key_value(OUTCOMES_BUCKET)
+        .await
+        .map_err(|e| js_err(&e))?;
+    Ok(Connection {
+        js,
+        tasks,
+        outcomes,
+    })
+}

@@ -1,0 +1,242 @@
+//! Fleet mode: several daemons share one queue of tasks on a NATS JetStream server
+//! (`cluster:` in the config; docs/cluster.md). Without that section none of this runs.
+//!
+//! Flow, for a task submitted on node A and run on worker B:
+//! 1. A's engine accepts the task exactly as on one machine (`task::accept`, `received`), then
+//!    hands it here instead of queueing it: [`submitter`] publishes it to the work-queue stream
+//!    under `dirigent.tasks.<agent>` (the first agent of its chain), with the message id
+//!    `A.<id>` so a publish repeated after a crash is dropped by the server, and A records
+//!    `published`.
+//! 2. B's [`worker`] pulls only the subjects of agents B can run, through one durable consumer
+//!    per agent that every worker with that agent shares. It gives the task to B's engine,
+//!    which records `received` + `fleet_taken` and runs it like any other. While it runs, the
+//!    worker tells the server "in progress" well within the ack wait.
+//! 3. When B's engine has settled the task (its record durable), the worker claims the outcome
+//!    with a create-if-absent in the outcomes bucket under `A.<id>` — the one compare-and-set
+//!    that makes the outcome exactly one across the fleet — records `fleet_settled`, and only
+//!    then acknowledges the message. A worker that dies before that leaves the message to be
+//!    delivered again after the ack wait; one that was only cut off and comes back late finds
+//!    the key taken and records its result as a duplicate.
+//! 4. A watches the outcomes under `A.>` and settles its task from the one it finds: `ran_on`,
+//!    then `done` (the result written to A's outbox) or `escalated`.
+//!
+//! Attempts are at least once; outcomes are exactly once.
+//!
+//! The engine owns all task state; this module owns the connection. They talk in typed
+//! messages: [`ToFleet`] from the engine, [`ToEngine`] back.
+
+pub mod connect;
+pub mod submitter;
+pub mod worker;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::cluster::Cluster;
+use crate::task::TaskSpec;
+
+/// The work-queue stream every task of the fleet goes through.
+pub const TASKS_STREAM: &str = "DIRIGENT_TASKS";
+/// The subjects of [`TASKS_STREAM`]: one per agent.
+pub const TASKS_SUBJECTS: &str = "dirigent.tasks.>";
+/// The bucket of outcomes, one key per task (`NODE.ID`), each written once.
+pub const OUTCOMES_BUCKET: &str = "dirigent_outcomes";
+/// The most bytes of a result carried in an outcome; the rest stays on the worker.
+pub const MAX_RESULT_BYTES: usize = 512 * 1024;
+
+/// The subject tasks for `agent` are published on. Agent names may hold dots, which split
+/// NATS subjects; `~` is outside the names' alphabet, so the mapping stays one to one.
+pub fn subject_for(agent: &str) -> String {
+    format!("dirigent.tasks.{}", agent.replace('.', "~"))
+}
+
+/// The durable consumer every worker that runs `agent` pulls through.
+pub fn consumer_for(agent: &str) -> String {
+    format!("work-{}", agent.replace('.', "~"))
+}
+
+/// A task's key in the fleet: the node that accepted it and its id there.
+pub fn key_of(node: &str, id: &str) -> String {
+    format!("{node}.{id}")
+}
+
+/// What goes on the queue: the task as its node accepted it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedTask {
+    /// The node that accepted it (its outcome goes back there).
+    pub node: String,
+    pub spec: TaskSpec,
+}
+
+impl QueuedTask {
+    pub fn key(&self) -> String {
+        key_of(&self.node, &self.spec.id)
+    }
+}
+
+/// How a task of the fleet ended, as its worker claims it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Outcome {
+    /// The worker that ran it.
+    pub worker: String,
+    #[serde(flatten)]
+    pub end: End,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum End {
+    Done {
+        agent: String,
+        attempt: u32,
+        /// The result text (at most [`MAX_RESULT_BYTES`]; `truncated` says when it was cut).
+        text: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    Escalated {
+        reason: String,
+        attempts: u32,
+    },
+}
+
+/// From the engine to this module.
+#[derive(Debug)]
+pub enum ToFleet {
+    /// Put an accepted task on the queue (the engine records `published` when told it is).
+    Publish(Arc<TaskSpec>),
+    /// A task taken off the queue has settled here: claim its outcome, then acknowledge it.
+    Settled { key: String, task: String, end: End },
+}
+
+/// From this module to the engine.
+#[derive(Debug)]
+pub enum ToEngine {
+    /// The server has the task: record `published`.
+    Published { task: String, subject: String },
+    /// Run a task of the fleet here. The answer is what the worker does with the message.
+    Run {
+        queued: Box<QueuedTask>,
+        reply: oneshot::Sender<Taken>,
+    },
+    /// An outcome claimed for one of this node's tasks.
+    Outcome { task: String, outcome: Outcome },
+    /// The outcome of a taken task is claimed (`won`) or was another worker's.
+    Claimed {
+        task: String,
+        key: String,
+        won: bool,
+    },
+}
+
+/// What the engine did with a task of the fleet.
+#[derive(Debug)]
+pub enum Taken {
+    /// It runs (or already runs) here as `task`.
+    Runs { task: String },
+    /// It already ended here (a delivery repeated after this worker settled it).
+    Ended { task: String, end: End },
+    /// It cannot run here; the worker hands it back.
+    Refused(String),
+}
+
+/// The engine's end of the link: what it sends here. Held by the engine; dropping it (the
+/// engine stopping) makes the worker hand back what it holds and end.
+#[derive(Clone)]
+pub struct Link {
+    pub to_fleet: mpsc::UnboundedSender<ToFleet>,
+    /// This node's name in the fleet.
+    pub node: String,
+    /// Whether this node takes tasks off the queue.
+    pub works: bool,
+}
+
+/// The running fleet component: wait for it after the engine stopped.
+pub struct Running {
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the worker has handed back what it held.
+    pub async fn join(self) {
+        let _ = self.handle.await;
+    }
+}
+
+/// Starts the fleet component for `cluster`. `agents` are the agents this node can run (its
+/// capabilities), `slots` how many tasks of the fleet it holds at once (its `concurrency`);
+/// `to_engine` delivers messages to the engine.
+pub fn start(
+    cluster: Cluster,
+    agents: Vec<String>,
+    slots: usize,
+    to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
+) -> (Link, Running) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let link = Link {
+        to_fleet: tx,
+        node: cluster.name.clone(),
+        works: cluster.work,
+    };
+    let handle = tokio::spawn(run(cluster, agents, slots, rx, to_engine));
+    (link, Running { handle })
+}
+
+/// Connects (again and again while the server is away), then runs the submitter and worker
+/// halves until the engine drops its end of the link.
+async fn run(
+    cluster: Cluster,
+    agents: Vec<String>,
+    slots: usize,
+    mut rx: mpsc::UnboundedReceiver<ToFleet>,
+    to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
+) {
+    let conn = match connect::until_connected(&cluster, &mut rx).await {
+        Some(c) => c,
+        None => return,
+    };
+    tracing::info!(
+        url = %cluster.url,
+        node = %cluster.name,
+        agents = ?agents,
+        "connected to the fleet"
+    );
+    let (settled_tx, settled_rx) = mpsc::unbounded_channel();
+    let (publish_tx, publish_rx) = mpsc::unbounded_channel();
+    let submitter = tokio::spawn(submitter::run(
+        conn.clone(),
+        cluster.name.clone(),
+        publish_rx,
+        to_engine.clone(),
+    ));
+    let worker = cluster.work.then(|| {
+        tokio::spawn(worker::run(
+            conn.clone(),
+            cluster.clone(),
+            agents,
+            slots,
+            settled_rx,
+            to_engine.clone(),
+        ))
+    });
+    // Route the engine's messages to the half that handles them.
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ToFleet::Publish(spec) => {
+                let _ = publish_tx.send(spec);
+            }
+            ToFleet::Settled { key, task, end } => {
+                let _ = settled_tx.send(worker::Settled { key, task, end });
+            }
+        }
+    }
+    // The engine stopped: the worker hands back what it holds, the submitter stops.
+    drop(settled_tx);
+    drop(publish_tx);
+    if let Some(w) = worker {
+        let _ = w.await;
+    }
+    submitter.abort();
+}

@@ -1,0 +1,140 @@
+//! The submitting half of a fleet node: puts the tasks its engine accepted on the queue, and
+//! brings their outcomes back.
+//!
+//! A publish is tried until the server has it (doubling waits up to 30 s): a task accepted
+//! while the server is away waits, it is never dropped. The message id is the task's key, so
+//! a publish repeated after a crash (before `published` was recorded) is dropped by the server.
+//! Outcomes are watched under `NODE.>` from the bucket's history, so those written while this
+//! node was down arrive when it comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage as Publish;
+use futures_util::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::connect::Connection;
+use super::{Outcome, QueuedTask, ToEngine, key_of, subject_for};
+use crate::task::TaskSpec;
+
+/// Publishes in flight at once (each waits for the server's acknowledgement).
+const IN_FLIGHT: usize = 256;
+
+pub async fn run(
+    conn: Connection,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<Arc<TaskSpec>>,
+    to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
+) {
+    let watcher = tokio::spawn(watch_outcomes(
+        conn.clone(),
+        node.clone(),
+        to_engine.clone(),
+    ));
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(spec) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (conn, node, to_engine) = (conn.clone(), node.clone(), to_engine.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let task = spec.id.clone();
+            let subject = publish(&conn, &node, &spec).await;
+            to_engine(ToEngine::Published { task, subject });
+        });
+    }
+    watcher.abort();
+}
+
+/// The subject a task goes on: its chain's first agent's.
+pub fn subject_of(spec: &TaskSpec) -> String {
+    let first = spec.chain.first().map(String::as_str).unwrap_or("");
+    subject_for(crate::config::split_entry(first).0)
+}
+
+/// Publishes until the server acknowledges; returns the subject.
+async fn publish(conn: &Connection, node: &str, spec: &TaskSpec) -> String {
+    let subject = subject_of(spec);
+    let queued = QueuedTask {
+        node: node.to_string(),
+        spec: spec.clone(),
+    };
+    let payload: bytes::Bytes = serde_json::to_vec(&queued)
+        .expect("a task spec serialises")
+        .into();
+    let key = key_of(node, &spec.id);
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let sent = conn
+            .js
+            .send_publish(
+                subject.clone(),
+                Publish::build().payload(payload.clone()).message_id(&key),
+            )
+            .await;
+        let acked = match sent {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match acked {
+            Ok(()) => return subject,
+            Err(e) => {
+                tracing::warn!(
+                    task = %spec.id,
+                    "cannot put the task on the fleet's queue ({e}); trying again in {} ms",
+                    delay.as_millis()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Delivers every outcome written for this node's tasks to the engine, those already in the
+/// bucket first. The watch is made again when it breaks (the server restarted).
+async fn watch_outcomes(
+    conn: Connection,
+    node: String,
+    to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
+) {
+    let prefix = format!("{node}.");
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match conn.outcomes.watch_with_history(format!("{node}.>")).await {
+            Ok(mut watch) => {
+                delay = Duration::from_millis(250);
+                while let Some(entry) = watch.next().await {
+                    let entry = match entry {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::warn!("the fleet's outcomes cannot be watched: {e}");
+                            break;
+                        }
+                    };
+                    if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                        continue;
+                    }
+                    let Some(task) = entry.key.strip_prefix(&prefix) else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<Outcome>(&entry.value) {
+                        Ok(outcome) => to_engine(ToEngine::Outcome {
+                            task: task.to_string(),
+                            outcome,
+                        }),
+                        Err(e) => tracing::warn!(
+                            task,
+                            "the fleet's outcome for this task cannot be read ({e}); it is ignored"
+                        ),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("the fleet's outcomes cannot be watched: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,312 @@
+//! The working half of a fleet node: takes tasks off the queue for the agents it can run, has
+//! its engine run them, keeps the server told they are in progress, claims each outcome once,
+//! and only then acknowledges.
+//!
+//! One pull loop per agent, each through the durable consumer every worker with that agent
+//! shares (a work-queue stream lets one consumer per subject exist; many workers pull through
+//! it). A loop takes a slot first — as many slots as the engine's `concurrency` — so this
+//! worker never takes more than it can start; the slot is held until the task's outcome is
+//! claimed.
+//!
+//! The messages in hand are this module's alone ([`Held`]); the engine knows the tasks by id
+//! and tells it when one settled ([`Settled`]). When the engine stops, what is still in hand is
+//! handed back (NAK), so another worker takes it at once instead of after the ack wait.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::kv::CreateErrorKind;
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::{AckKind, Message};
+use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::connect::Connection;
+use super::{End, Outcome, QueuedTask, Taken, ToEngine, consumer_for, subject_for};
+use crate::config::cluster::Cluster;
+
+/// How long one pull waits for a task before it asks again.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// A task taken here has settled: claim its outcome and acknowledge it.
+#[derive(Debug)]
+pub struct Settled {
+    pub key: String,
+    pub task: String,
+    pub end: End,
+}
+
+/// A message in hand: acknowledged once its outcome is claimed, or handed back.
+struct Held {
+    acker: Arc<Acker>,
+    /// The task it runs as here.
+    task: String,
+    /// One of the worker's slots, given back with the message.
+    _slot: OwnedSemaphorePermit,
+}
+
+type HeldMap = Arc<Mutex<HashMap<String, Held>>>;
+
+pub async fn run(
+    conn: Connection,
+    cluster: Cluster,
+    agents: Vec<String>,
+    slots: usize,
+    mut settled: mpsc::UnboundedReceiver<Settled>,
+    to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
+) {
+    let held: HeldMap = Arc::default();
+    let slots = Arc::new(Semaphore::new(slots.max(1)));
+    let mut loops = tokio::task::JoinSet::new();
+    for agent in agents {
+        loops.spawn(pull_loop(
+            conn.clone(),
+            cluster.clone(),
+            agent,
+            slots.clone(),
+            held.clone(),
+            to_engine.clone(),
+        ));
+    }
+    // "Still working", well within the ack wait, for every message in hand.
+    let every = cluster.ack_wait / 3;
+    let progress = {
+        let held = held.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let ackers: Vec<Arc<Acker>> =
+                    lock(&held).values().map(|h| h.acker.clone()).collect();
+                for a in ackers {
+                    if let Err(e) = a.ack_with(AckKind::Progress).await {
+                        tracing::debug!(
+                            "cannot tell the fleet's server a task is in progress: {e}"
+                        );
+                    }
+                }
+            }
+        })
+    };
+    while let Some(s) = settled.recv().await {
+        let (conn, name, held, to_engine) = (
+            conn.clone(),
+            cluster.name.clone(),
+            held.clone(),
+            to_engine.clone(),
+        );
+        tokio::spawn(async move {
+            claim_and_ack(&conn, &name, &held, s, &*to_engine).await;
+        });
+    }
+    // The engine stopped: take nothing more, hand back what is in hand.
+    loops.shutdown().await;
+    progress.abort();
+    let in_hand: Vec<(String, Held)> = lock(&held).drain().collect();
+    for (key, h) in in_hand {
+        match h.acker.ack_with(AckKind::Nak(None)).await {
+            Ok(()) => tracing::info!(task = %h.task, key, "handed back to the fleet"),
+            Err(e) => tracing::warn!(
+                task = %h.task,
+                key,
+                "cannot hand the task back ({e}); the server gives it to another worker after the ack wait"
+            ),
+        }
+    }
+}
+
+fn lock(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    held.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes tasks for `agent`, one slot at a time, until aborted.
+async fn pull_loop(
+    conn: Connection,
+    cluster: Cluster,
+    agent: String,
+    slots: Arc<Semaphore>,
+    held: HeldMap,
+    to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
+) {
+    let config = pull::Config {
+        durable_name: Some(consumer_for(&agent)),
+        filter_subject: subject_for(&agent),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: cluster.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    let mut delay = Duration::from_millis(250);
+    let consumer = loop {
+        match conn
+            .tasks
+            .get_or_create_consumer(&consumer_for(&agent), config.clone())
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(agent, "cannot pull the fleet's tasks: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(PULL_WAIT)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(agent, "cannot pull the fleet's tasks: {e}");
+                drop(slot);
+                tokio::time::sleep(PULL_WAIT).await;
+                continue;
+            }
+        };
+        let mut slot = Some(slot);
+        while let Some(msg) = batch.next().await {
+            match msg {
+                Ok(msg) => {
+                    if let Some(s) = slot.take() {
+                        take(&conn, &cluster.name, msg, s, &held, &*to_engine).await;
+                    } else {
+                        // More than asked for: the next pull takes it.
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    }
+                }
+                Err(e) => tracing::debug!(agent, "a pull from the fleet's queue failed: {e}"),
+            }
+        }
+    }
+}
+
+/// One delivery: a task taken, a repeat of one in hand or already settled, or unreadable.
+async fn take(
+    conn: &Connection,
+    worker: &str,
+    msg: Message,
+    slot: OwnedSemaphorePermit,
+    held: &HeldMap,
+    to_engine: &(dyn Fn(ToEngine) + Send + Sync),
+) {
+    let queued: QueuedTask = match serde_json::from_slice(&msg.payload) {
+        Ok(q) => q,
+        Err(e) => {
+            // Never delivered again: it would fail the same way on every worker.
+            tracing::warn!(subject = %msg.subject, "a message on the fleet's queue is not a task ({e}); it is dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let key = queued.key();
+    // Settled by another worker already (this is a late repeat): acknowledge, do nothing.
+    if let Ok(Some(_)) = conn.outcomes.get(key.clone()).await {
+        tracing::info!(key, "the fleet already has this task's outcome; dropped");
+        let _ = msg.double_ack().await;
+        return;
+    }
+    let (_, acker) = msg.split();
+    let acker = Arc::new(acker);
+    let (reply, answer) = oneshot::channel();
+    to_engine(ToEngine::Run {
+        queued: Box::new(queued),
+        reply,
+    });
+    match answer.await {
+        Ok(Taken::Runs { task }) => {
+            let _ = acker.ack_with(AckKind::Progress).await;
+            // A repeat of a delivery in hand replaces it: the newest is the one to acknowledge.
+            lock(held).insert(
+                key,
+                Held {
+                    acker,
+                    task,
+                    _slot: slot,
+                },
+            );
+        }
+        Ok(Taken::Ended { task, end }) => {
+            lock(held).insert(
+                key.clone(),
+                Held {
+                    acker,
+                    task: task.clone(),
+                    _slot: slot,
+                },
+            );
+            claim_and_ack(conn, worker, held, Settled { key, task, end }, to_engine).await;
+        }
+        Ok(Taken::Refused(reason)) => {
+            tracing::warn!(
+                key,
+                "cannot run the fleet's task here: {reason}; handed back"
+            );
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+        // The engine is stopping: the server gives it to another worker.
+        Err(_) => {
+            let _ = acker.ack_with(AckKind::Nak(None)).await;
+        }
+    }
+}
+
+/// Claims the outcome (create-if-absent: the first worker's stands), tells the engine, then
+/// acknowledges the message. Tried again while the server is away; the message stays in hand
+/// (and in progress) meanwhile.
+async fn claim_and_ack(
+    conn: &Connection,
+    worker: &str,
+    held: &HeldMap,
+    s: Settled,
+    to_engine: &(dyn Fn(ToEngine) + Send + Sync),
+) {
+    let outcome = Outcome {
+        worker: worker.to_string(),
+        end: s.end,
+    };
+    let value: bytes::Bytes = serde_json::to_vec(&outcome)
+        .expect("an outcome serialises")
+        .into();
+    let mut delay = Duration::from_millis(250);
+    let won = loop {
+        match conn.outcomes.create(&s.key, value.clone()).await {
+            Ok(_) => break true,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => break false,
+            Err(e) => {
+                tracing::warn!(task = %s.task, "cannot record the outcome in the fleet ({e}); trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    if !won {
+        tracing::warn!(
+            task = %s.task,
+            key = %s.key,
+            "another worker's outcome for this task stood first; this one is a duplicate"
+        );
+    }
+    to_engine(ToEngine::Claimed {
+        task: s.task.clone(),
+        key: s.key.clone(),
+        won,
+    });
+    let h = lock(held).remove(&s.key);
+    if let Some(h) = h
+        && let Err(e) = h.acker.double_ack().await
+    {
+        // Delivered again later, the repeat finds the outcome and is dropped.
+        tracing::debug!(task = %s.task, "the acknowledgement was not confirmed: {e}");
+    }
+}

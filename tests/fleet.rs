@@ -1,0 +1,426 @@
+//! Fleet mode against a real `nats-server` (Debian's package; `.ci/run` installs it): each
+//! test starts its own server on a free port with JetStream and a temporary store, and real
+//! daemons in fleet mode around it. Without `nats-server` on PATH these tests say so and pass,
+//! unless `DIRIGENT_REQUIRE_NATS=1` (what `.ci/run` sets after installing it).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use dirigent::ledger::{Event, Record};
+
+/// A `nats-server` with JetStream, on a free loopback port, its store in a temporary directory.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Started and ready, or `None` (the test is skipped) when the server is not installed.
+    fn start() -> Option<Nats> {
+        if which::which("nats-server").is_err() {
+            assert!(
+                std::env::var("DIRIGENT_REQUIRE_NATS").as_deref() != Ok("1"),
+                "nats-server is not installed (apt-get install nats-server), and DIRIGENT_REQUIRE_NATS=1"
+            );
+            eprintln!(
+                "skipped: no nats-server on PATH (apt-get install nats-server; .ci/run does)"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = Nats {
+            child: None,
+            port,
+            store: tempfile::tempdir().unwrap(),
+        };
+        nats.run();
+        Some(nats)
+    }
+
+    /// Starts the server (again) on the same port and store; returns once it says it is ready.
+    fn run(&mut self) {
+        let mut child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        loop {
+            let Some(Ok(line)) = lines.next() else {
+                panic!(
+                    "nats-server ended before it was ready:\n{}",
+                    seen.join("\n")
+                );
+            };
+            let ready = line.contains("Server is ready");
+            seen.push(line);
+            if ready {
+                break;
+            }
+        }
+        // Keep reading its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A node's config: `agents` is the YAML of its `agents:` map, indented by two.
+fn node(nats: &Nats, name: &str, work: bool, agents: &str) -> String {
+    format!(
+        "concurrency: 2\ncluster:\n  url: {}\n  name: {name}\n  ack_wait: 2s\n  work: {work}\nagents:\n{agents}",
+        nats.url()
+    )
+}
+
+fn count(records: &[Record], pred: impl Fn(&Event) -> bool) -> usize {
+    records.iter().filter(|r| pred(&r.event)).count()
+}
+
+/// The worker a published task ran on, from the submitter's `ran_on`.
+fn ran_on(records: &[Record], task: &str) -> Option<String> {
+    records.iter().find_map(|r| match &r.event {
+        Event::RanOn { task: t, worker } if t == task => Some(worker.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn tasks_go_to_the_workers_that_have_their_agent_and_come_back_done() {
+    let Some(nats) = Nats::start() else { return };
+    // The submitter knows both agents but has neither installed, and does not work.
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  alpha: { command: [\"absent-alpha-cli\"] }\n  beta: { command: [\"absent-beta-cli\"] }\n",
+    ));
+    let a = Workspace::new(&node(
+        &nats,
+        "gpu",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let b = Workspace::new(&node(
+        &nats,
+        "laptop",
+        true,
+        "  beta: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let _da = a.start();
+    let _db = b.start();
+    for i in 0..3 {
+        submitter.drop_task(
+            &format!("a{i}.json"),
+            &format!(r#"{{"prompt": "alpha task {i}", "agent": "alpha"}}"#),
+        );
+        submitter.drop_task(
+            &format!("b{i}.json"),
+            &format!(r#"{{"prompt": "beta task {i}", "agent": "beta"}}"#),
+        );
+    }
+    for i in 0..3 {
+        for (task, worker, agent) in [
+            (format!("a{i}"), "gpu", "alpha"),
+            (format!("b{i}"), "laptop", "beta"),
+        ] {
+            let settled = submitter.wait_settled(&task);
+            let Event::Done { output, .. } = settled else {
+                panic!("expected `{task}` done, got {settled:?}");
+            };
+            let records = submitter.records();
+            assert_eq!(
+                ran_on(&records, &task).as_deref(),
+                Some(worker),
+                "expected `{task}` ({agent}) to run on `{worker}`, the only worker with {agent}"
+            );
+            let text = std::fs::read_to_string(submitter.root().join(&output)).unwrap();
+            assert!(
+                text.contains(&format!("ok from {agent}: {agent} task {i}")),
+                "expected the worker's result in the submitter's `{output}`, got {text:?}"
+            );
+        }
+    }
+    let (ra, rb) = (a.records(), b.records());
+    assert_eq!(
+        count(&ra, |e| matches!(e, Event::FleetTaken { .. })),
+        3,
+        "expected the alpha worker to take exactly the three alpha tasks"
+    );
+    assert_eq!(
+        count(&rb, |e| matches!(e, Event::FleetTaken { .. })),
+        3,
+        "expected the beta worker to take exactly the three beta tasks"
+    );
+    assert_eq!(
+        count(&ra, |e| matches!(e, Event::FleetSettled { won: true, .. })),
+        3,
+        "expected the alpha worker to claim three outcomes"
+    );
+}
+
+#[test]
+fn a_task_of_a_worker_killed_mid_attempt_finishes_exactly_once_on_another() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  slow: { command: [\"absent-cli\"] }\n",
+    ));
+    // The first worker's agent never finishes; the second's does at once.
+    let first = Workspace::new(&node(
+        &nats,
+        "first",
+        true,
+        "  slow: { command: [\"{agents}/gate.sh\", \"never\"] }\n",
+    ));
+    let second = Workspace::new(&node(
+        &nats,
+        "second",
+        true,
+        "  slow: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let mut d1 = first.start();
+    submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "slow"}"#);
+    first.wait_for("the first worker to start the task", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { .. }))
+            .then_some(())
+    });
+    let _d2 = second.start();
+    d1.crash();
+    let settled = submitter.wait_settled("t");
+    assert!(
+        matches!(settled, Event::Done { .. }),
+        "expected `t` done on the second worker, got {settled:?}"
+    );
+    assert_eq!(
+        ran_on(&submitter.records(), "t").as_deref(),
+        Some("second"),
+        "expected the second worker's outcome"
+    );
+    // The first worker comes back: its unfinished copy is handed back, not run or settled.
+    let _d1 = first.start();
+    first.wait_for("the first worker to hand its copy back", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::HandedBack { .. }))
+            .then_some(())
+    });
+    let records = submitter.records();
+    assert_eq!(
+        count(&records, |e| matches!(
+            e,
+            Event::Done { .. } | Event::Escalated { .. }
+        )),
+        1,
+        "expected exactly one outcome for `t` on the submitter"
+    );
+    assert_eq!(
+        count(&first.records(), |e| matches!(e, Event::Done { .. })),
+        0,
+        "expected no `done` on the killed worker"
+    );
+}
+
+#[test]
+fn a_partitioned_worker_that_finishes_late_records_a_duplicate_not_a_second_done() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  slow: { command: [\"absent-cli\"] }\n",
+    ));
+    let late = Workspace::new(&node(
+        &nats,
+        "late",
+        true,
+        "  slow: { command: [\"{agents}/gate.sh\", \"go\"] }\n",
+    ));
+    let other = Workspace::new(&node(
+        &nats,
+        "other",
+        true,
+        "  slow: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let dl = late.start();
+    submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "slow"}"#);
+    late.wait_for("the late worker to start the task", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { .. }))
+            .then_some(())
+    });
+    // Cut off: frozen, it says nothing to the server, which gives the task to the other.
+    dl.signal(nix::sys::signal::Signal::SIGSTOP);
+    let _do = other.start();
+    let settled = submitter.wait_settled("t");
+    assert!(
+        matches!(settled, Event::Done { .. }),
+        "expected `t` done, got {settled:?}"
+    );
+    assert_eq!(ran_on(&submitter.records(), "t").as_deref(), Some("other"));
+    // Back, and its agent finishes: its outcome is a duplicate.
+    dl.signal(nix::sys::signal::Signal::SIGCONT);
+    std::fs::write(late.root().join("go"), "").unwrap();
+    late.wait_for(
+        "the late worker to record its outcome as a duplicate",
+        |recs| {
+            recs.iter()
+                .any(|r| matches!(&r.event, Event::FleetSettled { won: false, .. }))
+                .then_some(())
+        },
+    );
+    let records = submitter.records();
+    assert_eq!(
+        count(&records, |e| matches!(e, Event::Done { .. })),
+        1,
+        "expected one `done` for `t` on the submitter, whatever the late worker did"
+    );
+}
+
+#[test]
+fn a_rejected_task_never_reaches_the_queue() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    submitter.drop_task("bad.json", r#"{"prompt": "p", "agent": "nobody"}"#);
+    submitter.drop_task("good.json", r#"{"prompt": "p", "agent": "alpha"}"#);
+    submitter.wait_settled("good");
+    let records = submitter.records();
+    assert_eq!(
+        count(&records, |e| matches!(e, Event::Rejected { .. })),
+        1,
+        "expected `bad.json` rejected"
+    );
+    let published: Vec<&str> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Published { task, .. } => Some(task.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        published,
+        ["good"],
+        "expected only the accepted task on the queue"
+    );
+    // The server itself: one message ever stored, and it was acknowledged.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("DIRIGENT_TASKS").await.unwrap();
+        stream.info().await.unwrap().state.clone()
+    });
+    assert_eq!(
+        state.last_sequence, 1,
+        "expected exactly one message ever published to the queue, got {state:?}"
+    );
+    assert_eq!(
+        state.messages, 0,
+        "expected the one message acknowledged and gone"
+    );
+}
+
+#[test]
+fn a_restart_of_the_server_mid_run_loses_nothing() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  alpha: { command: [\"absent-cli\"] }\n",
+    ));
+    let worker = Workspace::new(&node(
+        &nats,
+        "gpu",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let _dw = worker.start();
+    for i in 0..5 {
+        submitter.drop_task(
+            &format!("a{i}.json"),
+            r#"{"prompt": "p", "agent": "alpha"}"#,
+        );
+    }
+    submitter.wait_settled("a0");
+    nats.stop();
+    // Tasks submitted while the server is down wait; none is lost.
+    for i in 5..10 {
+        submitter.drop_task(
+            &format!("a{i}.json"),
+            r#"{"prompt": "p", "agent": "alpha"}"#,
+        );
+    }
+    submitter.wait_for("the new tasks to be received", |recs| {
+        (count(recs, |e| matches!(e, Event::Received { .. })) == 10).then_some(())
+    });
+    nats.run();
+    for i in 0..10 {
+        let settled = submitter.wait_settled(&format!("a{i}"));
+        assert!(
+            matches!(settled, Event::Done { .. }),
+            "expected `a{i}` done, got {settled:?}"
+        );
+    }
+    let records = submitter.records();
+    assert_eq!(
+        count(&records, |e| matches!(e, Event::Done { .. })),
+        10,
+        "expected exactly ten `done`, one per task"
+    );
+}
