@@ -30,7 +30,13 @@ pub enum FleetPart {
         subject: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         worker: Option<String>,
+        /// How many times it was retried (`dirigent retry`): each round is a new task for the
+        /// fleet, with a key of its own.
+        #[serde(default, skip_serializing_if = "is_zero_u32")]
+        round: u32,
     },
+    /// Retried after the fleet ran it: it goes onto the queue again as round `round`.
+    Retry { round: u32 },
     /// Taken off the queue to run here for the node in `key` (`NODE.ID`); `won` once its
     /// outcome was claimed (`false`: another worker's stood first).
     Taken {
@@ -914,11 +920,16 @@ impl TaskBook {
                     });
                 }
             }
-            Event::Published { task, subject } => {
+            Event::Published {
+                task,
+                subject,
+                round,
+            } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     t.fleet = Some(Box::new(FleetPart::Published {
                         subject: subject.clone(),
                         worker: None,
+                        round: *round,
                     }));
                 }
             }
@@ -966,6 +977,12 @@ impl TaskBook {
             }
             Event::Retried { task, spec } => {
                 if let Some(t) = self.tasks.get_mut(task) {
+                    // The fleet ran it: the next run is a new round there.
+                    if let Some(FleetPart::Published { round, .. } | FleetPart::Retry { round }) =
+                        t.fleet.as_deref()
+                    {
+                        t.fleet = Some(Box::new(FleetPart::Retry { round: round + 1 }));
+                    }
                     t.phase = Phase::Pending;
                     t.chain = spec.chain.clone();
                     t.chain_pos = 0;

@@ -424,3 +424,77 @@ fn a_restart_of_the_server_mid_run_loses_nothing() {
         "expected exactly ten `done`, one per task"
     );
 }
+
+#[test]
+fn a_task_escalated_on_the_fleet_runs_there_again_when_retried() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  flaky: { command: [\"absent-cli\"] }\n",
+    ));
+    // Fails the first time it runs in the worker's workspace, succeeds afterwards.
+    let worker = Workspace::new(&node(
+        &nats,
+        "gpu",
+        true,
+        "  flaky: { command: [\"{agents}/flaky.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let _dw = worker.start();
+    submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "flaky"}"#);
+    let first = submitter.wait_settled("t");
+    let Event::Escalated { reason, .. } = &first else {
+        panic!("expected `t` escalated on its first run, got {first:?}");
+    };
+    assert!(
+        reason.contains("on worker `gpu`"),
+        "expected the reason to name the worker, got {reason:?}"
+    );
+    let out = submitter.cli(&["retry", "t"]);
+    assert!(out.status.success(), "retry failed: {out:?}");
+    submitter.wait_for("`t` to be done after the retry", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Done { task, .. } if task == "t"))
+            .then_some(())
+    });
+    let rounds: Vec<u32> = submitter
+        .records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Published { round, .. } => Some(*round),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rounds, [0, 1], "expected the retry published as round 1");
+}
+
+#[test]
+fn a_task_every_worker_refuses_escalates_on_its_node_instead_of_circling() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  alpha: { command: [\"absent-cli\"] }\n  beta: { command: [\"absent-cli\"] }\n",
+    ));
+    // The worker has alpha but not beta: the task's chain names an agent it does not know.
+    let worker = Workspace::new(&node(
+        &nats,
+        "gpu",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let _dw = worker.start();
+    submitter.drop_task("t.json", r#"{"prompt": "p", "chain": ["alpha", "beta"]}"#);
+    let settled = submitter.wait_settled("t");
+    let Event::Escalated { reason, .. } = &settled else {
+        panic!("expected `t` escalated, got {settled:?}");
+    };
+    assert!(
+        reason.contains("refused by the fleet's workers 5 times") && reason.contains("beta"),
+        "expected the reason to say the workers refused it and why, got {reason:?}"
+    );
+}

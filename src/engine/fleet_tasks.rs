@@ -37,6 +37,8 @@ pub(super) struct Needs {
 pub(super) fn placement(fleet: bool, part: Option<&FleetPart>, needs: Needs) -> Placement {
     match part {
         Some(FleetPart::Taken { .. }) => Placement::HandBack,
+        Some(FleetPart::Retry { .. }) if fleet => Placement::Publish,
+        Some(FleetPart::Retry { .. }) => Placement::Here,
         Some(FleetPart::Published { .. }) if fleet => Placement::AwaitOutcome,
         // Published, but the node left the fleet since: it runs here.
         Some(FleetPart::Published { .. }) => Placement::Here,
@@ -70,8 +72,15 @@ impl Engine {
         let (Some(link), Some(t)) = (&self.fleet, self.book.get(id)) else {
             return;
         };
+        let round = match t.fleet.as_deref() {
+            Some(FleetPart::Retry { round }) => *round,
+            _ => 0,
+        };
         if let Some(spec) = &t.spec {
-            let _ = link.to_fleet.send(ToFleet::Publish(spec.clone()));
+            let _ = link.to_fleet.send(ToFleet::Publish {
+                spec: spec.clone(),
+                round,
+            });
         }
     }
 
@@ -105,21 +114,38 @@ impl Engine {
         }
         for msg in std::mem::take(&mut self.fleet_waiting) {
             match msg {
-                ToEngine::Published { task, subject } => {
-                    let still = self
-                        .book
-                        .get(&task)
-                        .is_some_and(|t| !t.phase.is_terminal() && t.fleet.is_none());
-                    if still {
+                ToEngine::Published {
+                    task,
+                    subject,
+                    round,
+                } => {
+                    let this_round = match self.book.get(&task) {
+                        Some(t) if !t.phase.is_terminal() => match t.fleet.as_deref() {
+                            None => round == 0,
+                            Some(FleetPart::Retry { round: r }) => *r == round,
+                            Some(_) => false,
+                        },
+                        _ => false,
+                    };
+                    if this_round {
                         tracing::info!(task, subject, "on the fleet's queue");
-                        self.record_now(Event::Published { task, subject }).await;
+                        self.record_now(Event::Published {
+                            task,
+                            subject,
+                            round,
+                        })
+                        .await;
                     }
                 }
                 ToEngine::Run { queued, reply } => {
                     let answer = self.run_for_fleet(*queued).await;
                     let _ = reply.send(answer);
                 }
-                ToEngine::Outcome { task, outcome } => self.settle_from_fleet(&task, outcome).await,
+                ToEngine::Outcome {
+                    task,
+                    round,
+                    outcome,
+                } => self.settle_from_fleet(&task, round, outcome).await,
                 ToEngine::Claimed { task, key, won } => {
                     self.record_now(Event::FleetSettled { task, key, won })
                         .await;
@@ -155,11 +181,14 @@ impl Engine {
                 None => {}
             }
         }
-        let mut id = key.clone();
+        // Named for its key (`/` of a round is not in ids' alphabet); a later copy (handed
+        // back, then delivered here again) gets a number.
+        let base = key.replace('/', ".");
+        let mut id = base.clone();
         let mut n = 1;
         while self.book.contains(&id) || self.reserved.contains_key(&id) {
             n += 1;
-            id = format!("{key}.{n}");
+            id = format!("{base}.{n}");
         }
         if crate::config::validate_name(&id).is_err() {
             return Taken::Refused(format!("`{key}` cannot be a task id here"));
@@ -261,10 +290,14 @@ impl Engine {
 
     /// An outcome from the fleet for a task published here: `ran_on`, then `done` with the
     /// result written here, or `escalated`. One that arrives again is ignored.
-    async fn settle_from_fleet(&mut self, id: &str, outcome: fleet::Outcome) {
+    async fn settle_from_fleet(&mut self, id: &str, round: u32, outcome: fleet::Outcome) {
         let Some(t) = self.book.get(id) else { return };
-        if t.phase.is_terminal() || !matches!(t.fleet.as_deref(), Some(FleetPart::Published { .. }))
-        {
+        // An earlier round's outcome (the task was retried since) is not this round's.
+        let this_round = matches!(
+            t.fleet.as_deref(),
+            Some(FleetPart::Published { round: r, .. }) if *r == round
+        );
+        if t.phase.is_terminal() || !this_round {
             return;
         }
         let ran_on = Event::RanOn {
@@ -352,7 +385,9 @@ mod tests {
         let published = FleetPart::Published {
             subject: "dirigent.tasks.a".into(),
             worker: None,
+            round: 0,
         };
+        let retried = FleetPart::Retry { round: 1 };
         let taken = FleetPart::Taken {
             key: "n.t".into(),
             won: None,
@@ -380,6 +415,8 @@ mod tests {
             (false, Some(&published), plain, Placement::Here),
             (true, Some(&taken), plain, Placement::HandBack),
             (false, Some(&taken), plain, Placement::HandBack),
+            (true, Some(&retried), plain, Placement::Publish),
+            (false, Some(&retried), plain, Placement::Here),
         ];
         for (fleet, part, needs, want) in cases {
             assert_eq!(

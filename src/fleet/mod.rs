@@ -57,9 +57,21 @@ pub fn consumer_for(agent: &str) -> String {
     format!("work-{}", agent.replace('.', "~"))
 }
 
-/// A task's key in the fleet: the node that accepted it and its id there.
-pub fn key_of(node: &str, id: &str) -> String {
-    format!("{node}.{id}")
+/// A task's key in the fleet: the node that accepted it, its id there, and — once retried —
+/// the round (`NODE.ID/rN`; `/` is outside ids' alphabet, and allowed in bucket keys).
+pub fn key_of(node: &str, id: &str, round: u32) -> String {
+    match round {
+        0 => format!("{node}.{id}"),
+        n => format!("{node}.{id}/r{n}"),
+    }
+}
+
+/// The id and round in what follows `NODE.` in a key (`None`: not a key this node made).
+pub fn parse_key_rest(rest: &str) -> Option<(&str, u32)> {
+    match rest.rsplit_once("/r") {
+        Some((id, n)) => Some((id, n.parse().ok().filter(|n| *n > 0)?)),
+        None => Some((rest, 0)),
+    }
 }
 
 /// What goes on the queue: the task as its node accepted it.
@@ -68,11 +80,14 @@ pub struct QueuedTask {
     /// The node that accepted it (its outcome goes back there).
     pub node: String,
     pub spec: TaskSpec,
+    /// 0, then one more per `dirigent retry` on its node.
+    #[serde(default)]
+    pub round: u32,
 }
 
 impl QueuedTask {
     pub fn key(&self) -> String {
-        key_of(&self.node, &self.spec.id)
+        key_of(&self.node, &self.spec.id, self.round)
     }
 }
 
@@ -106,7 +121,7 @@ pub enum End {
 #[derive(Debug)]
 pub enum ToFleet {
     /// Put an accepted task on the queue (the engine records `published` when told it is).
-    Publish(Arc<TaskSpec>),
+    Publish { spec: Arc<TaskSpec>, round: u32 },
     /// A task taken off the queue has settled here: claim its outcome, then acknowledge it.
     Settled { key: String, task: String, end: End },
 }
@@ -115,14 +130,22 @@ pub enum ToFleet {
 #[derive(Debug)]
 pub enum ToEngine {
     /// The server has the task: record `published`.
-    Published { task: String, subject: String },
+    Published {
+        task: String,
+        subject: String,
+        round: u32,
+    },
     /// Run a task of the fleet here. The answer is what the worker does with the message.
     Run {
         queued: Box<QueuedTask>,
         reply: oneshot::Sender<Taken>,
     },
     /// An outcome claimed for one of this node's tasks.
-    Outcome { task: String, outcome: Outcome },
+    Outcome {
+        task: String,
+        round: u32,
+        outcome: Outcome,
+    },
     /// The outcome of a taken task is claimed (`won`) or was another worker's.
     Claimed {
         task: String,
@@ -224,8 +247,8 @@ async fn run(
     // Route the engine's messages to the half that handles them.
     while let Some(msg) = rx.recv().await {
         match msg {
-            ToFleet::Publish(spec) => {
-                let _ = publish_tx.send(spec);
+            ToFleet::Publish { spec, round } => {
+                let _ = publish_tx.send((spec, round));
             }
             ToFleet::Settled { key, task, end } => {
                 let _ = settled_tx.send(worker::Settled { key, task, end });
@@ -239,4 +262,33 @@ async fn run(
         let _ = w.await;
     }
     submitter.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_node_the_task_and_its_round() {
+        assert_eq!(
+            key_of("desk", "t.1", 0),
+            "desk.t.1",
+            "round 0 has no suffix"
+        );
+        assert_eq!(key_of("desk", "t.1", 2), "desk.t.1/r2", "a retried round");
+        let cases: &[(&str, Option<(&str, u32)>)] = &[
+            ("t.1", Some(("t.1", 0))),
+            ("t.1/r2", Some(("t.1", 2))),
+            ("t/r0", None),
+            ("t/rx", None),
+        ];
+        for (rest, want) in cases {
+            assert_eq!(parse_key_rest(rest), *want, "for {rest:?}");
+        }
+        assert_eq!(
+            subject_for("qwen.2"),
+            "dirigent.tasks.qwen~2",
+            "dots cannot split the subject"
+        );
+    }
 }

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::connect::Connection;
-use super::{Outcome, QueuedTask, ToEngine, key_of, subject_for};
+use super::{Outcome, QueuedTask, ToEngine, key_of, parse_key_rest, subject_for};
 use crate::task::TaskSpec;
 
 /// Publishes in flight at once (each waits for the server's acknowledgement).
@@ -24,7 +24,7 @@ const IN_FLIGHT: usize = 256;
 pub async fn run(
     conn: Connection,
     node: String,
-    mut rx: mpsc::UnboundedReceiver<Arc<TaskSpec>>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<TaskSpec>, u32)>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) {
     let watcher = tokio::spawn(watch_outcomes(
@@ -33,7 +33,7 @@ pub async fn run(
         to_engine.clone(),
     ));
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(spec) = rx.recv().await {
+    while let Some((spec, round)) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -41,8 +41,12 @@ pub async fn run(
         tokio::spawn(async move {
             let _permit = permit;
             let task = spec.id.clone();
-            let subject = publish(&conn, &node, &spec).await;
-            to_engine(ToEngine::Published { task, subject });
+            let subject = publish(&conn, &node, &spec, round).await;
+            to_engine(ToEngine::Published {
+                task,
+                subject,
+                round,
+            });
         });
     }
     watcher.abort();
@@ -55,16 +59,17 @@ pub fn subject_of(spec: &TaskSpec) -> String {
 }
 
 /// Publishes until the server acknowledges; returns the subject.
-async fn publish(conn: &Connection, node: &str, spec: &TaskSpec) -> String {
+async fn publish(conn: &Connection, node: &str, spec: &TaskSpec, round: u32) -> String {
     let subject = subject_of(spec);
     let queued = QueuedTask {
         node: node.to_string(),
         spec: spec.clone(),
+        round,
     };
     let payload: bytes::Bytes = serde_json::to_vec(&queued)
         .expect("a task spec serialises")
         .into();
-    let key = key_of(node, &spec.id);
+    let key = key_of(node, &spec.id, round);
     let mut delay = Duration::from_millis(250);
     loop {
         let sent = conn
@@ -117,12 +122,15 @@ async fn watch_outcomes(
                     if entry.operation != async_nats::jetstream::kv::Operation::Put {
                         continue;
                     }
-                    let Some(task) = entry.key.strip_prefix(&prefix) else {
+                    let Some((task, round)) =
+                        entry.key.strip_prefix(&prefix).and_then(parse_key_rest)
+                    else {
                         continue;
                     };
                     match serde_json::from_slice::<Outcome>(&entry.value) {
                         Ok(outcome) => to_engine(ToEngine::Outcome {
                             task: task.to_string(),
+                            round,
                             outcome,
                         }),
                         Err(e) => tracing::warn!(

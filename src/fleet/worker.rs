@@ -27,6 +27,11 @@ use super::connect::Connection;
 use super::{End, Outcome, QueuedTask, Taken, ToEngine, consumer_for, subject_for};
 use crate::config::cluster::Cluster;
 
+/// Deliveries of a task that workers refused to run before it escalates.
+const MAX_REFUSALS: i64 = 5;
+/// How soon a refused task is offered again (to any worker).
+const REFUSED_AGAIN_IN: Duration = Duration::from_millis(500);
+
 /// How long one pull waits for a task before it asks again.
 const PULL_WAIT: Duration = Duration::from_secs(1);
 
@@ -214,6 +219,7 @@ async fn take(
         let _ = msg.double_ack().await;
         return;
     }
+    let delivered = msg.info().map_or(1, |i| i.delivered);
     let (_, acker) = msg.split();
     let acker = Arc::new(acker);
     let (reply, answer) = oneshot::channel();
@@ -245,14 +251,46 @@ async fn take(
             );
             claim_and_ack(conn, worker, held, Settled { key, task, end }, to_engine).await;
         }
+        // Refused again and again (by this worker or others): the fleet says so to its node
+        // instead of passing it round for ever.
+        Ok(Taken::Refused(reason)) if delivered >= MAX_REFUSALS => {
+            tracing::warn!(
+                key,
+                "cannot run the fleet's task here: {reason}; refused {delivered} times, it escalates"
+            );
+            lock(held).insert(
+                key.clone(),
+                Held {
+                    acker,
+                    task: String::new(),
+                    _slot: slot,
+                },
+            );
+            let end = End::Escalated {
+                reason: format!(
+                    "refused by the fleet's workers {delivered} times; the last said: {reason}"
+                ),
+                attempts: 0,
+            };
+            claim_and_ack(
+                conn,
+                worker,
+                held,
+                Settled {
+                    key,
+                    task: String::new(),
+                    end,
+                },
+                to_engine,
+            )
+            .await;
+        }
         Ok(Taken::Refused(reason)) => {
             tracing::warn!(
                 key,
                 "cannot run the fleet's task here: {reason}; handed back"
             );
-            let _ = acker
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
+            let _ = acker.ack_with(AckKind::Nak(Some(REFUSED_AGAIN_IN))).await;
         }
         // The engine is stopping: the server gives it to another worker.
         Err(_) => {
@@ -297,11 +335,14 @@ async fn claim_and_ack(
             "another worker's outcome for this task stood first; this one is a duplicate"
         );
     }
-    to_engine(ToEngine::Claimed {
-        task: s.task.clone(),
-        key: s.key.clone(),
-        won,
-    });
+    // A task refused here never ran as a task of this node: nothing to record.
+    if !s.task.is_empty() {
+        to_engine(ToEngine::Claimed {
+            task: s.task.clone(),
+            key: s.key.clone(),
+            won,
+        });
+    }
     let h = lock(held).remove(&s.key);
     if let Some(h) = h
         && let Err(e) = h.acker.double_ack().await

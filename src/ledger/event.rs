@@ -255,6 +255,9 @@ pub enum Event {
     Published {
         task: String,
         subject: String,
+        /// The round (0, then one more per `dirigent retry`).
+        #[serde(default, skip_serializing_if = "is_zero_u32")]
+        round: u32,
     },
     /// Fleet mode: this worker took a task off the fleet's queue; `key` (`NODE.ID`) names it
     /// there, and its outcome is claimed under that key.
@@ -343,4 +346,8 @@ impl Event {
             | Event::Rejected { .. } => None,
         }
     }
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
