@@ -73,6 +73,14 @@ pub enum Command {
     /// time and the last line it printed; then what waits and what finished last. Sleeps until
     /// something changes. Ctrl-C leaves it.
     Top,
+    /// Fleet mode (`cluster:` in the config): the running daemon's view of its fleet — the
+    /// NATS server, every worker heard from (live or gone), their agents and how many tasks
+    /// each holds, and the agents tasks wait for that no live worker runs.
+    Fleet {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an attempt's captured output (the latest attempt unless `--attempt`). With several
     /// ids or `--all`: every attempt's output interleaved, each line prefixed `id/agent |`
     /// (with `-f`, attempts that start later join in).

@@ -91,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(args) => commands::submit(&ws, *args),
         Command::Top | Command::Status { watch: true, .. } => commands::top(&ws),
         Command::Status { id, json, .. } => commands::status(&ws, id.as_deref(), json),
+        Command::Fleet { json } => commands::fleet(&ws, json),
         Command::Logs {
             ids,
             all,

@@ -498,3 +498,82 @@ fn a_task_every_worker_refuses_escalates_on_its_node_instead_of_circling() {
         "expected the reason to say the workers refused it and why, got {reason:?}"
     );
 }
+
+#[test]
+fn status_and_fleet_name_the_workers_and_the_agents_no_worker_runs() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  alpha: { command: [\"absent-cli\"] }\n  beta: { command: [\"absent-cli\"] }\n",
+    ));
+    let worker = Workspace::new(&node(
+        &nats,
+        "gpu",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let _dw = worker.start();
+    let fleet = submitter.wait_until("the submitter to hear from the worker", || {
+        let out = submitter.cli(&["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let live = v["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["name"] == "gpu" && w["live"] == true);
+        live.then_some(v)
+    });
+    assert_eq!(
+        fleet["node"], "desk",
+        "expected the node's own name in {fleet}"
+    );
+    assert_eq!(
+        fleet["workers"][0]["agents"],
+        serde_json::json!(["alpha"]),
+        "expected the worker's agents in {fleet}"
+    );
+    submitter.drop_task("b.json", r#"{"prompt": "p", "agent": "beta"}"#);
+    submitter.wait_for("`b` to be published", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Published { task, .. } if task == "b"))
+            .then_some(())
+    });
+    let out = submitter.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("waiting: no live worker of the fleet runs `beta` (1 task: b)"),
+        "expected status to say no worker runs beta, got:\n{text}"
+    );
+    assert!(
+        text.contains("workers: gpu (alpha; 0/2)"),
+        "expected status to list the live worker, got:\n{text}"
+    );
+    let out = worker.cli(&["fleet"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("gpu") && text.contains("live"),
+        "expected `dirigent fleet` on the worker to list itself live, got:\n{text}"
+    );
+}
+
+#[test]
+fn fleet_on_a_daemon_outside_a_fleet_says_how_to_join_one() {
+    let ws = Workspace::new("agents:\n  a: { command: [\"{agents}/ok.sh\"] }\n");
+    let _d = ws.start();
+    let out = ws.wait_until("the daemon to answer", || {
+        let out = ws.cli(&["fleet"]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (!err.contains("not running") && !err.contains("does not answer")).then_some(out)
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected `fleet` to fail outside a fleet"
+    );
+    assert!(
+        err.contains("error: this daemon is not in a fleet: add a `cluster:` section"),
+        "expected the error to say how to join a fleet, got {err:?}"
+    );
+}

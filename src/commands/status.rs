@@ -8,6 +8,8 @@ use super::*;
 struct Live {
     answering: bool,
     paused: Option<String>,
+    /// Fleet mode: the fleet as the daemon sees it.
+    fleet: Option<serde_json::Value>,
 }
 
 fn daemon_line(ws: &Workspace, live: &Live) -> String {
@@ -32,6 +34,7 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
         && let Some(data) = answer.data
     {
         let paused = data["paused"]["why"].as_str().map(str::to_string);
+        let fleet = data.get("fleet").cloned();
         if let Ok(mut book) = serde_json::from_value::<TaskBook>(data) {
             // A record is in the ledger file (fsynced) a moment before the daemon has applied
             // it: fold what the file has beyond the daemon's answer, so that `status` right
@@ -49,6 +52,7 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
                 Live {
                     answering: true,
                     paused,
+                    fleet,
                 },
             ));
         }
@@ -58,6 +62,7 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
         Live {
             answering: false,
             paused: None,
+            fleet: None,
         },
     ))
 }
@@ -207,6 +212,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             "daemon_running": pid.is_some(),
             "inbox": inbox,
             "paused": live.paused,
+            "fleet": live.fleet,
             "tasks": tasks,
             "rejected": book.rejected,
             "spend": spend_report(ws, &book)?,
@@ -215,6 +221,11 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", daemon_line(ws, &live));
+    if let Some(fleet) = &live.fleet {
+        for line in fleet_lines(fleet) {
+            println!("{line}");
+        }
+    }
     let spend = spend_report(ws, &book)?;
     if let Some(line) = spend_line(&spend) {
         println!("{line}");
@@ -534,4 +545,112 @@ fn describe_phase(t: &TaskRecord) -> String {
             t.id
         ),
     }
+}
+
+/// The fleet in a few lines: the server, the live workers, and the agents tasks wait for that
+/// no live worker runs.
+pub(super) fn fleet_lines(fleet: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let node = fleet["node"].as_str().unwrap_or("?");
+    let url = fleet["url"].as_str().unwrap_or("?");
+    match fleet["problem"].as_str() {
+        Some(problem) if fleet["connected"] != true => out.push(format!(
+            "fleet:   node `{node}` at {url}: not connected: {problem}"
+        )),
+        _ => {
+            let workers = fleet["workers"]
+                .as_array()
+                .map_or(&[][..], |w| w.as_slice());
+            let live: Vec<String> = workers
+                .iter()
+                .filter(|w| w["live"] == true)
+                .map(|w| {
+                    let agents: Vec<&str> = w["agents"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                        .unwrap_or_default();
+                    format!(
+                        "{} ({}; {}/{})",
+                        w["name"].as_str().unwrap_or("?"),
+                        agents.join(", "),
+                        w["running"],
+                        w["slots"]
+                    )
+                })
+                .collect();
+            let live = if live.is_empty() {
+                "no live worker".to_string()
+            } else {
+                live.join(", ")
+            };
+            out.push(format!("fleet:   node `{node}` at {url}; workers: {live}"));
+        }
+    }
+    if let Some(unrunnable) = fleet["unrunnable"].as_object() {
+        for (agent, tasks) in unrunnable {
+            let tasks: Vec<&str> = tasks
+                .as_array()
+                .map(|t| t.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            out.push(format!(
+                "waiting: no live worker of the fleet runs `{agent}` ({} task{}: {})",
+                tasks.len(),
+                if tasks.len() == 1 { "" } else { "s" },
+                tasks.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// `dirigent fleet`: the running daemon's view of its fleet — the server, every worker it has
+/// heard from (live or not), their agents and load.
+pub fn fleet(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
+    if running_daemon(ws).is_none() {
+        anyhow::bail!(
+            "the daemon is not running; `dirigent fleet` asks it (start it with `dirigent daemon`)"
+        );
+    }
+    let answer = dirigent::control::request(ws, &dirigent::control::Request::Status)
+        .map_err(|e| anyhow::anyhow!("the daemon does not answer: {e}"))?;
+    let Some(fleet) = answer.data.as_ref().and_then(|d| d.get("fleet")).cloned() else {
+        anyhow::bail!(
+            "this daemon is not in a fleet: add a `cluster:` section to .context/dirigent.yaml (see docs/cluster.md)"
+        );
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&fleet)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for line in fleet_lines(&fleet) {
+        println!("{line}");
+    }
+    let workers = fleet["workers"].as_array().cloned().unwrap_or_default();
+    if !workers.is_empty() {
+        println!();
+        println!(
+            "{:<20} {:<6} {:>7} {:>10}  AGENTS",
+            "WORKER", "STATE", "RUNNING", "SEEN"
+        );
+    }
+    for w in workers {
+        let agents: Vec<String> = w["agents"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let seen = w["seen_ms_ago"].as_u64().unwrap_or(0);
+        println!(
+            "{:<20} {:<6} {:>7} {:>10}  {}",
+            dirigent::terminal::printable(w["name"].as_str().unwrap_or("?")),
+            if w["live"] == true { "live" } else { "gone" },
+            format!("{}/{}", w["running"], w["slots"]),
+            format!("{}s ago", seen / 1000),
+            dirigent::terminal::printable(&agents.join(", "))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

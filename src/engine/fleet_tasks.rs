@@ -66,6 +66,32 @@ impl Engine {
         placement(self.fleet.is_some(), t.fleet.as_deref(), needs)
     }
 
+    /// The fleet as this node sees it, for `status`: the server, the workers, and the agents
+    /// that tasks published here wait for but no live worker runs.
+    pub(super) fn fleet_status(&self) -> Option<serde_json::Value> {
+        let link = self.fleet.as_ref()?;
+        let view = fleet::heartbeat::lock(&link.view);
+        let mut unrunnable: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for t in self.book.iter() {
+            if t.phase.is_terminal() {
+                continue;
+            }
+            let Some(FleetPart::Published { subject, .. }) = t.fleet.as_deref() else {
+                continue;
+            };
+            let agent = fleet::agent_of_subject(subject);
+            if !view.runs(&agent) {
+                unrunnable.entry(agent).or_default().push(t.id.clone());
+            }
+        }
+        let mut out = view.to_json();
+        out["node"] = link.node.clone().into();
+        out["url"] = link.url.clone().into();
+        out["works"] = link.works.into();
+        out["unrunnable"] = serde_json::json!(unrunnable);
+        Some(out)
+    }
+
     /// Hands an accepted task to the fleet's queue; `published` is recorded when the server
     /// has it.
     pub(super) fn publish(&mut self, id: &str) {

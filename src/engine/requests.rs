@@ -119,6 +119,9 @@ impl Engine {
                             "since_ms": self.paused.as_ref().map(|p| p.since_ms),
                         });
                     }
+                    if let Some(fleet) = self.fleet_status() {
+                        data["fleet"] = fleet;
+                    }
                     Response::data(data)
                 }
                 Err(e) => Response::error(format!("cannot serialise the state: {e}")),

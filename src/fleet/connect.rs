@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, kv, stream};
 
 use tokio::sync::mpsc;
 
-use super::{OUTCOMES_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, ToFleet};
+use super::{OUTCOMES_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, ToFleet, WORKERS_BUCKET};
 use crate::config::cluster::{Auth, Cluster};
 
 /// How long the server keeps a publish's message id to drop a repeat: a node that crashed
@@ -17,6 +17,8 @@ use crate::config::cluster::{Auth, Cluster};
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 /// How long an outcome is kept for its node to collect (a node away longer runs it again).
 const OUTCOME_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a gone worker's last heartbeat stays listed.
+const WORKER_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// The fleet's server, its stream and bucket: cheap to clone (handles).
 #[derive(Clone)]
@@ -24,6 +26,8 @@ pub struct Connection {
     pub js: jetstream::Context,
     pub tasks: jetstream::stream::Stream,
     pub outcomes: kv::Store,
+    /// Each worker's latest heartbeat.
+    pub workers: kv::Store,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +47,16 @@ pub enum ConnectError {
 pub async fn until_connected(
     cluster: &Cluster,
     rx: &mut mpsc::UnboundedReceiver<ToFleet>,
+    view: &super::heartbeat::SharedView,
 ) -> Option<Connection> {
     let mut delay = Duration::from_secs(1);
     loop {
         match connect(cluster).await {
             Ok(c) => return Some(c),
-            Err(e) => tracing::warn!("{e}; trying again in {}s", delay.as_secs()),
+            Err(e) => {
+                tracing::warn!("{e}; trying again in {}s", delay.as_secs());
+                super::heartbeat::lock(view).problem = Some(e.to_string());
+            }
         }
         let until = tokio::time::Instant::now() + delay;
         while tokio::time::Instant::now() < until {
@@ -125,15 +133,45 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
         })
         .await
         .map_err(|e| js_err(&e))?;
-    // The bucket's stream is made here as the client library would (`KV_<bucket>`, one
-    // message per key, rollups allowed, deletes denied): its own `create_key_value` first asks
-    // for account fields that Debian's nats-server 2.9 does not send.
+    let outcomes = bucket(
+        &js,
+        OUTCOMES_BUCKET,
+        "dirigent: one outcome per task of the fleet",
+        OUTCOME_AGE,
+    )
+    .await
+    .map_err(|e| js_err(&e))?;
+    let workers = bucket(
+        &js,
+        WORKERS_BUCKET,
+        "dirigent: each worker's latest heartbeat",
+        WORKER_AGE,
+    )
+    .await
+    .map_err(|e| js_err(&e))?;
+    Ok(Connection {
+        js,
+        tasks,
+        outcomes,
+        workers,
+    })
+}
+
+/// A key-value bucket, made when missing. Its stream is made here as the client library would
+/// (`KV_<bucket>`, one message per key, rollups allowed, deletes denied): the library's own
+/// `create_key_value` first asks for account fields that Debian's nats-server 2.9 does not send.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<kv::Store, async_nats::Error> {
     js.get_or_create_stream(stream::Config {
-        name: format!("KV_{OUTCOMES_BUCKET}"),
-        description: Some("dirigent: one outcome per task of the fleet".into()),
-        subjects: vec![format!("$KV.{OUTCOMES_BUCKET}.>")],
+        name: format!("KV_{name}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
-        max_age: OUTCOME_AGE,
+        max_age,
         storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
@@ -142,15 +180,6 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
         num_replicas: 1,
         ..Default::default()
     })
-    .await
-    .map_err(|e| js_err(&e))?;
-    let outcomes = js
-        .get_key_value(OUTCOMES_BUCKET)
-        .await
-        .map_err(|e| js_err(&e))?;
-    Ok(Connection {
-        js,
-        tasks,
-        outcomes,
-    })
+    .await?;
+    Ok(js.get_key_value(name).await?)
 }

@@ -26,6 +26,7 @@
 //! messages: [`ToFleet`] from the engine, [`ToEngine`] back.
 
 pub mod connect;
+pub mod heartbeat;
 pub mod submitter;
 pub mod worker;
 
@@ -43,6 +44,8 @@ pub const TASKS_STREAM: &str = "DIRIGENT_TASKS";
 pub const TASKS_SUBJECTS: &str = "dirigent.tasks.>";
 /// The bucket of outcomes, one key per task (`NODE.ID`), each written once.
 pub const OUTCOMES_BUCKET: &str = "dirigent_outcomes";
+/// The bucket of heartbeats, one key per worker.
+pub const WORKERS_BUCKET: &str = "dirigent_workers";
 /// The most bytes of a result carried in an outcome; the rest stays on the worker.
 pub const MAX_RESULT_BYTES: usize = 512 * 1024;
 
@@ -50,6 +53,14 @@ pub const MAX_RESULT_BYTES: usize = 512 * 1024;
 /// NATS subjects; `~` is outside the names' alphabet, so the mapping stays one to one.
 pub fn subject_for(agent: &str) -> String {
     format!("dirigent.tasks.{}", agent.replace('.', "~"))
+}
+
+/// The agent a subject of [`subject_for`] is for.
+pub fn agent_of_subject(subject: &str) -> String {
+    subject
+        .strip_prefix("dirigent.tasks.")
+        .unwrap_or(subject)
+        .replace('~', ".")
 }
 
 /// The durable consumer every worker that runs `agent` pulls through.
@@ -174,6 +185,10 @@ pub struct Link {
     pub node: String,
     /// Whether this node takes tasks off the queue.
     pub works: bool,
+    /// What this node knows of the fleet (for `status`), kept by the fleet component.
+    pub view: heartbeat::SharedView,
+    /// The server's address, for `status`.
+    pub url: String,
 }
 
 /// The running fleet component: wait for it after the engine stopped.
@@ -198,12 +213,16 @@ pub fn start(
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) -> (Link, Running) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let view = heartbeat::SharedView::default();
+    heartbeat::lock(&view).problem = Some(format!("connecting to {}", cluster.url));
     let link = Link {
         to_fleet: tx,
         node: cluster.name.clone(),
         works: cluster.work,
+        view: view.clone(),
+        url: cluster.url.clone(),
     };
-    let handle = tokio::spawn(run(cluster, agents, slots, rx, to_engine));
+    let handle = tokio::spawn(run(cluster, agents, slots, rx, to_engine, view));
     (link, Running { handle })
 }
 
@@ -215,11 +234,35 @@ async fn run(
     slots: usize,
     mut rx: mpsc::UnboundedReceiver<ToFleet>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
+    view: heartbeat::SharedView,
 ) {
-    let conn = match connect::until_connected(&cluster, &mut rx).await {
+    let conn = match connect::until_connected(&cluster, &mut rx, &view).await {
         Some(c) => c,
         None => return,
     };
+    {
+        let mut v = heartbeat::lock(&view);
+        v.connected = true;
+        v.problem = None;
+    }
+    let watcher = tokio::spawn(heartbeat::watch(conn.clone(), view.clone()));
+    let held = worker::HeldMap::default();
+    let beat = cluster.work.then(|| {
+        let held = held.clone();
+        tokio::spawn(heartbeat::beat(
+            conn.clone(),
+            heartbeat::Heartbeat {
+                name: cluster.name.clone(),
+                agents: agents.clone(),
+                running: 0,
+                slots,
+                at_ms: 0,
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+            move || worker::lock(&held).len(),
+            view.clone(),
+        ))
+    });
     tracing::info!(
         url = %cluster.url,
         node = %cluster.name,
@@ -240,6 +283,7 @@ async fn run(
             cluster.clone(),
             agents,
             slots,
+            held,
             settled_rx,
             to_engine.clone(),
         ))
@@ -262,6 +306,10 @@ async fn run(
         let _ = w.await;
     }
     submitter.abort();
+    watcher.abort();
+    if let Some(b) = beat {
+        b.abort();
+    }
 }
 
 #[cfg(test)]

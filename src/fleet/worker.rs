@@ -44,7 +44,7 @@ pub struct Settled {
 }
 
 /// A message in hand: acknowledged once its outcome is claimed, or handed back.
-struct Held {
+pub struct Held {
     acker: Arc<Acker>,
     /// The task it runs as here.
     task: String,
@@ -52,17 +52,18 @@ struct Held {
     _slot: OwnedSemaphorePermit,
 }
 
-type HeldMap = Arc<Mutex<HashMap<String, Held>>>;
+/// The messages in hand, by key: this module's; the heartbeat only counts them.
+pub type HeldMap = Arc<Mutex<HashMap<String, Held>>>;
 
 pub async fn run(
     conn: Connection,
     cluster: Cluster,
     agents: Vec<String>,
     slots: usize,
+    held: HeldMap,
     mut settled: mpsc::UnboundedReceiver<Settled>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) {
-    let held: HeldMap = Arc::default();
     let slots = Arc::new(Semaphore::new(slots.max(1)));
     let mut loops = tokio::task::JoinSet::new();
     for agent in agents {
@@ -121,7 +122,7 @@ pub async fn run(
     }
 }
 
-fn lock(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+pub fn lock(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
     held.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -1,0 +1,144 @@
+//! Who is in the fleet: each worker puts a heartbeat (its name, agents, tasks in hand) into
+//! the workers bucket every [`BEAT_EVERY`]; every node watches the bucket and keeps the
+//! [`View`] that `status` and `dirigent fleet` show — and from which a node tells that no live
+//! worker runs an agent its tasks wait for, instead of letting them wait silently.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::connect::Connection;
+
+/// How often a worker says it is there.
+pub const BEAT_EVERY: Duration = Duration::from_secs(5);
+/// A worker not heard from for this long is not counted as live.
+pub const LIVE_FOR: Duration = Duration::from_secs(15);
+
+/// One worker's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Heartbeat {
+    pub name: String,
+    /// The agents it takes tasks for.
+    pub agents: Vec<String>,
+    /// Tasks of the fleet in its hands now, and how many it takes at most.
+    pub running: usize,
+    pub slots: usize,
+    /// When it said so (Unix ms, its own clock).
+    pub at_ms: u64,
+    pub version: String,
+}
+
+/// What this node knows of the fleet. Written by the fleet component, read by `status`.
+#[derive(Debug, Default)]
+pub struct View {
+    /// Whether the server is reached now; `problem` says why not.
+    pub connected: bool,
+    pub problem: Option<String>,
+    /// The latest heartbeat of each worker, and when this node received it (its clock, so
+    /// skew between machines does not make a live worker look dead).
+    pub workers: BTreeMap<String, (Heartbeat, std::time::Instant)>,
+}
+
+pub type SharedView = Arc<Mutex<View>>;
+
+pub fn lock(view: &SharedView) -> std::sync::MutexGuard<'_, View> {
+    view.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl View {
+    /// The workers heard from within [`LIVE_FOR`].
+    pub fn live(&self) -> impl Iterator<Item = &Heartbeat> {
+        self.workers
+            .values()
+            .filter(|(_, seen)| seen.elapsed() < LIVE_FOR)
+            .map(|(h, _)| h)
+    }
+
+    /// Whether a live worker takes tasks for `agent`.
+    pub fn runs(&self, agent: &str) -> bool {
+        self.live().any(|h| h.agents.iter().any(|a| a == agent))
+    }
+
+    /// For `status`: the workers, live or not, with how long ago each was heard from.
+    pub fn to_json(&self) -> serde_json::Value {
+        let workers: Vec<serde_json::Value> = self
+            .workers
+            .values()
+            .map(|(h, seen)| {
+                serde_json::json!({
+                    "name": h.name,
+                    "agents": h.agents,
+                    "running": h.running,
+                    "slots": h.slots,
+                    "version": h.version,
+                    "seen_ms_ago": seen.elapsed().as_millis() as u64,
+                    "live": seen.elapsed() < LIVE_FOR,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "connected": self.connected,
+            "problem": self.problem,
+            "workers": workers,
+        })
+    }
+}
+
+/// Puts this worker's heartbeat every [`BEAT_EVERY`]; `running` says how many tasks are in
+/// hand at each beat.
+pub async fn beat(
+    conn: Connection,
+    mut me: Heartbeat,
+    running: impl Fn() -> usize + Send + 'static,
+    view: SharedView,
+) {
+    loop {
+        me.running = running();
+        me.at_ms = crate::ledger::now_ms();
+        let value = serde_json::to_vec(&me).expect("a heartbeat serialises");
+        match conn.workers.put(&me.name, value.into()).await {
+            Ok(_) => {
+                let mut v = lock(&view);
+                v.connected = true;
+                v.problem = None;
+            }
+            Err(e) => {
+                let mut v = lock(&view);
+                v.connected = false;
+                v.problem = Some(format!("cannot reach the fleet's server: {e}"));
+            }
+        }
+        tokio::time::sleep(BEAT_EVERY).await;
+    }
+}
+
+/// Keeps `view.workers` current from the workers bucket (its history first).
+pub async fn watch(conn: Connection, view: SharedView) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        if let Ok(mut w) = conn.workers.watch_with_history(">").await {
+            delay = Duration::from_millis(250);
+            while let Some(Ok(entry)) = w.next().await {
+                let Ok(h) = serde_json::from_slice::<Heartbeat>(&entry.value) else {
+                    continue;
+                };
+                // A beat from the bucket's history is as old as the worker's clock says (a
+                // worker gone an hour ago is not live); a new one was received just now.
+                let now = std::time::Instant::now();
+                let seen = if entry.seen_current {
+                    now
+                } else {
+                    let age = crate::ledger::now_ms().saturating_sub(h.at_ms);
+                    now.checked_sub(Duration::from_millis(age.min(3_600_000)))
+                        .unwrap_or(now)
+                };
+                lock(&view).workers.insert(h.name.clone(), (h, seen));
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
