@@ -1032,7 +1032,7 @@ impl TaskBook {
                     });
                 }
             }
-            Event::ProviderEnabled { provider } => {
+            Event::ProviderEnabled { provider, .. } => {
                 self.providers.remove(provider);
             }
             Event::DaemonStarted { .. }

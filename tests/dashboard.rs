@@ -401,7 +401,7 @@ agents:
     );
     assert!(
         ws.records().iter().any(
-            |r| matches!(&r.event, Event::ProviderEnabled { provider } if provider == "claude")
+            |r| matches!(&r.event, Event::ProviderEnabled { provider, .. } if provider == "claude")
         ),
         "the ledger records the enable"
     );

@@ -577,3 +577,107 @@ fn fleet_on_a_daemon_outside_a_fleet_says_how_to_join_one() {
         "expected the error to say how to join a fleet, got {err:?}"
     );
 }
+
+#[test]
+fn a_stopped_worker_hands_its_task_back_and_another_runs_it_at_once() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  slow: { command: [\"absent-cli\"] }\n",
+    ));
+    // A long ack wait: only the hand-back, not the wait running out, can move the task on.
+    let long = |name: &str, agent: &str| {
+        node(&nats, name, true, agent).replace("ack_wait: 2s", "ack_wait: 10m")
+    };
+    let first = Workspace::new(&long(
+        "first",
+        "  slow: { command: [\"{agents}/gate.sh\", \"never\"] }\n",
+    ));
+    let second = Workspace::new(&long(
+        "second",
+        "  slow: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let mut d1 = first.start();
+    submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "slow"}"#);
+    first.wait_started("desk.t");
+    let _d2 = second.start();
+    let status = d1.stop();
+    assert!(status.success(), "expected a clean stop, got {status:?}");
+    let records = first.records();
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(&r.event, Event::HandedBack { task } if task == "desk.t")),
+        "expected the stopped worker to record the task handed back"
+    );
+    let settled = submitter.wait_settled("t");
+    assert!(
+        matches!(settled, Event::Done { .. }),
+        "expected `t` done, got {settled:?}"
+    );
+    assert_eq!(ran_on(&submitter.records(), "t").as_deref(), Some("second"));
+}
+
+#[test]
+fn a_rate_limit_seen_on_one_worker_rests_the_provider_on_the_others() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  limited: { command: [\"absent-cli\"] }\n  backup: { command: [\"absent-cli\"] }\n",
+    ));
+    // On `a` the provider answers with a rate limit; on `b` it would work.
+    let a = Workspace::new(&node(
+        &nats,
+        "a",
+        true,
+        "  limited: { command: [\"{agents}/pattern.sh\"], provider: shared, cooldown: 10m, fatal_patterns: { rate_limit: [\"rate limit exceeded\"] } }\n",
+    ));
+    let b = Workspace::new(&node(
+        &nats,
+        "b",
+        true,
+        "  limited: { command: [\"{agents}/ok.sh\"], provider: shared }\n  backup: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let mut da = a.start();
+    submitter.drop_task("x.json", r#"{"prompt": "p", "agent": "limited"}"#);
+    a.wait_for("the provider to cool down on `a`", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::ProviderCooldown { worker: None, .. }))
+            .then_some(())
+    });
+    let _db = b.start();
+    b.wait_for("`b` to hear that the provider rests", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::ProviderCooldown {
+                provider, worker, ..
+            } if provider == "shared" && worker.as_deref() == Some("a") => Some(()),
+            _ => None,
+        })
+    });
+    da.stop();
+    submitter.drop_task(
+        "y.json",
+        r#"{"prompt": "p", "chain": ["limited", "backup"]}"#,
+    );
+    let settled = submitter.wait_settled("y");
+    assert!(
+        matches!(settled, Event::Done { .. }),
+        "expected `y` done, got {settled:?}"
+    );
+    let agents: Vec<String> = b
+        .attempts("desk.y")
+        .into_iter()
+        .map(|(agent, _)| agent)
+        .collect();
+    assert_eq!(
+        agents,
+        ["backup"],
+        "expected `b` to skip the resting provider and run the backup"
+    );
+}

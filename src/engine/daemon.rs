@@ -142,6 +142,7 @@ pub async fn run_with_options(
                 cluster.clone(),
                 capabilities(&config, ws.root()),
                 config.concurrency,
+                ledger.live().subscribe(),
                 Arc::new(move |m| drop(to_engine.send(Msg::Fleet(m)))),
             );
             (Some(link), Some(running))

@@ -172,6 +172,7 @@ impl Engine {
                     round,
                     outcome,
                 } => self.settle_from_fleet(&task, round, outcome).await,
+                ToEngine::Provider(word) => self.heed(word).await,
                 ToEngine::Claimed { task, key, won } => {
                     self.record_now(Event::FleetSettled { task, key, won })
                         .await;
@@ -259,6 +260,51 @@ impl Engine {
         tracing::info!(task = %id, key, "taken from the fleet");
         self.enqueue(&id);
         Taken::Runs { task: id }
+    }
+
+    /// Another worker's word on a provider, recorded here when it changes what this node
+    /// knows (a later cooldown, a disable, an enable of what is resting here).
+    async fn heed(&mut self, word: fleet::stewardship::Word) {
+        use fleet::stewardship::ProviderWord;
+        let known = self.book.providers.get(&word.provider);
+        let now = ledger::now_ms();
+        let worker = Some(word.worker.clone());
+        let event = match word.state {
+            ProviderWord::Cooling {
+                agent,
+                until_ms,
+                reason,
+            } => {
+                let later = known
+                    .and_then(|p| p.cooling_until_ms)
+                    .is_none_or(|u| u < until_ms);
+                (until_ms > now && later).then(|| Event::ProviderCooldown {
+                    provider: word.provider.clone(),
+                    worker,
+                    agent,
+                    task: String::new(),
+                    until_ms,
+                    reason: format!("on worker `{}`: {reason}", word.worker),
+                })
+            }
+            ProviderWord::Disabled { agent, reason } => known
+                .is_none_or(|p| p.disabled.is_none())
+                .then(|| Event::ProviderDisabled {
+                    provider: word.provider.clone(),
+                    worker,
+                    agent,
+                    task: String::new(),
+                    reason: format!("on worker `{}`: {reason}", word.worker),
+                }),
+            ProviderWord::Enabled => known.is_some().then(|| Event::ProviderEnabled {
+                provider: word.provider.clone(),
+                worker,
+            }),
+        };
+        if let Some(event) = event {
+            tracing::info!(provider = %word.provider, worker = %word.worker, "the fleet's word on the provider");
+            self.record_now(event).await;
+        }
     }
 
     /// How a finished task ended, as the fleet is told (`None`: it has no outcome to give —

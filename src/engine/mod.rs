@@ -276,6 +276,7 @@ impl Engine {
             // One clear message when a provider changes state, not one per task.
             match &r.event {
                 Event::ProviderDisabled {
+                    worker: None,
                     provider,
                     agent,
                     reason,
@@ -293,6 +294,7 @@ impl Engine {
                     );
                 }
                 Event::ProviderCooldown {
+                    worker: None,
                     provider,
                     agent,
                     until_ms,

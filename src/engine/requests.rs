@@ -181,6 +181,7 @@ impl Engine {
                 }
                 if !self
                     .record_now(Event::ProviderEnabled {
+                        worker: None,
                         provider: provider.clone(),
                     })
                     .await

@@ -36,6 +36,7 @@ pub(super) fn finished_events(
     )];
     match class {
         Class::RateLimit => events.push(Event::ProviderCooldown {
+            worker: None,
             provider: agent.provider.clone(),
             agent: agent.name.clone(),
             task: plan.task_id.clone(),
@@ -46,6 +47,7 @@ pub(super) fn finished_events(
             reason: report.verdict.reason.clone(),
         }),
         Class::Auth => events.push(Event::ProviderDisabled {
+            worker: None,
             provider: agent.provider.clone(),
             agent: agent.name.clone(),
             task: plan.task_id.clone(),

@@ -9,7 +9,9 @@ use async_nats::jetstream::{self, kv, stream};
 
 use tokio::sync::mpsc;
 
-use super::{OUTCOMES_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, ToFleet, WORKERS_BUCKET};
+use super::{
+    OUTCOMES_BUCKET, PROVIDERS_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, ToFleet, WORKERS_BUCKET,
+};
 use crate::config::cluster::{Auth, Cluster};
 
 /// How long the server keeps a publish's message id to drop a repeat: a node that crashed
@@ -28,6 +30,8 @@ pub struct Connection {
     pub outcomes: kv::Store,
     /// Each worker's latest heartbeat.
     pub workers: kv::Store,
+    /// The fleet's latest word on each provider.
+    pub providers: kv::Store,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,11 +153,20 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
     )
     .await
     .map_err(|e| js_err(&e))?;
+    let providers = bucket(
+        &js,
+        PROVIDERS_BUCKET,
+        "dirigent: the fleet's latest word on each provider",
+        OUTCOME_AGE,
+    )
+    .await
+    .map_err(|e| js_err(&e))?;
     Ok(Connection {
         js,
         tasks,
         outcomes,
         workers,
+        providers,
     })
 }
 

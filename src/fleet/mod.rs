@@ -27,6 +27,7 @@
 
 pub mod connect;
 pub mod heartbeat;
+pub mod stewardship;
 pub mod submitter;
 pub mod worker;
 
@@ -44,6 +45,8 @@ pub const TASKS_STREAM: &str = "DIRIGENT_TASKS";
 pub const TASKS_SUBJECTS: &str = "dirigent.tasks.>";
 /// The bucket of outcomes, one key per task (`NODE.ID`), each written once.
 pub const OUTCOMES_BUCKET: &str = "dirigent_outcomes";
+/// The bucket of the fleet's latest word on each provider (cooling down, disabled, enabled).
+pub const PROVIDERS_BUCKET: &str = "dirigent_providers";
 /// The bucket of heartbeats, one key per worker.
 pub const WORKERS_BUCKET: &str = "dirigent_workers";
 /// The most bytes of a result carried in an outcome; the rest stays on the worker.
@@ -157,6 +160,8 @@ pub enum ToEngine {
         round: u32,
         outcome: Outcome,
     },
+    /// Another worker's word on a provider.
+    Provider(stewardship::Word),
     /// The outcome of a taken task is claimed (`won`) or was another worker's.
     Claimed {
         task: String,
@@ -210,6 +215,7 @@ pub fn start(
     cluster: Cluster,
     agents: Vec<String>,
     slots: usize,
+    live: tokio::sync::broadcast::Receiver<crate::ledger::LiveRecord>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) -> (Link, Running) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -222,7 +228,7 @@ pub fn start(
         view: view.clone(),
         url: cluster.url.clone(),
     };
-    let handle = tokio::spawn(run(cluster, agents, slots, rx, to_engine, view));
+    let handle = tokio::spawn(run(cluster, agents, slots, live, rx, to_engine, view));
     (link, Running { handle })
 }
 
@@ -232,6 +238,7 @@ async fn run(
     cluster: Cluster,
     agents: Vec<String>,
     slots: usize,
+    live: tokio::sync::broadcast::Receiver<crate::ledger::LiveRecord>,
     mut rx: mpsc::UnboundedReceiver<ToFleet>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
     view: heartbeat::SharedView,
@@ -246,6 +253,12 @@ async fn run(
         v.problem = None;
     }
     let watcher = tokio::spawn(heartbeat::watch(conn.clone(), view.clone()));
+    let sharing = tokio::spawn(stewardship::share(conn.clone(), cluster.name.clone(), live));
+    let listening = tokio::spawn(stewardship::listen(
+        conn.clone(),
+        cluster.name.clone(),
+        to_engine.clone(),
+    ));
     let held = worker::HeldMap::default();
     let beat = cluster.work.then(|| {
         let held = held.clone();
@@ -307,6 +320,8 @@ async fn run(
     }
     submitter.abort();
     watcher.abort();
+    sharing.abort();
+    listening.abort();
     if let Some(b) = beat {
         b.abort();
     }

@@ -105,6 +105,10 @@ pub enum Event {
     /// time the CLI printed, or the agent's `cooldown`). Survives restarts like any event.
     ProviderCooldown {
         provider: String,
+        /// Fleet mode: the worker whose record this was, when it came from the fleet (a
+        /// 429 seen there rests the provider here too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
         agent: String,
         task: String,
         until_ms: u64,
@@ -113,6 +117,10 @@ pub enum Event {
     /// An auth failure: every agent on the provider is skipped until `dirigent agents enable`.
     ProviderDisabled {
         provider: String,
+        /// Fleet mode: the worker whose record this was, when it came from the fleet (a
+        /// 429 seen there rests the provider here too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
         agent: String,
         task: String,
         reason: String,
@@ -120,6 +128,10 @@ pub enum Event {
     /// `dirigent agents enable`: the provider's agents are used again.
     ProviderEnabled {
         provider: String,
+        /// Fleet mode: the worker whose record this was, when it came from the fleet (a
+        /// 429 seen there rests the provider here too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
     },
     /// The task succeeded; its result is at `output` (workspace-relative).
     Done {

@@ -136,6 +136,7 @@ impl Known {
                 vec![]
             }
             Event::ProviderDisabled {
+                worker: None,
                 provider,
                 agent,
                 reason,
@@ -363,6 +364,7 @@ mod tests {
             ),
             (
                 Event::ProviderDisabled {
+                    worker: None,
                     provider: "anthropic".into(),
                     agent: "claude".into(),
                     task: "t2".into(),

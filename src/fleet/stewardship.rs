@@ -1,0 +1,137 @@
+//! Shared stewardship of providers: a rate limit (429) or an auth failure seen on one worker
+//! rests that provider on every worker, and `dirigent agents enable` on one enables it
+//! everywhere.
+//!
+//! Each node puts its own provider records (`provider_cooldown`, `provider_disabled`,
+//! `provider_enabled` — those its engine wrote, not those that came from the fleet) into the
+//! providers bucket, one key per provider, so the bucket holds the fleet's latest word on each.
+//! Each node watches the bucket and hands the others' words to its engine, which records them
+//! in its own ledger (with `worker` set) when they change what it knows. A node that loses the
+//! server keeps what its ledger says — the last state it saw.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::ToEngine;
+use super::connect::Connection;
+use crate::ledger::{Event, LiveRecord};
+
+/// The fleet's latest word on one provider.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Word {
+    pub provider: String,
+    /// The worker that said it.
+    pub worker: String,
+    #[serde(flatten)]
+    pub state: ProviderWord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ProviderWord {
+    Cooling {
+        agent: String,
+        until_ms: u64,
+        reason: String,
+    },
+    Disabled {
+        agent: String,
+        reason: String,
+    },
+    Enabled,
+}
+
+/// The word a record of this node's own gives, if it is one to share.
+pub fn word_of(event: &Event, me: &str) -> Option<Word> {
+    let (provider, state) = match event {
+        Event::ProviderCooldown {
+            provider,
+            worker: None,
+            agent,
+            until_ms,
+            reason,
+            ..
+        } => (
+            provider,
+            ProviderWord::Cooling {
+                agent: agent.clone(),
+                until_ms: *until_ms,
+                reason: reason.clone(),
+            },
+        ),
+        Event::ProviderDisabled {
+            provider,
+            worker: None,
+            agent,
+            reason,
+            ..
+        } => (
+            provider,
+            ProviderWord::Disabled {
+                agent: agent.clone(),
+                reason: reason.clone(),
+            },
+        ),
+        Event::ProviderEnabled {
+            provider,
+            worker: None,
+        } => (provider, ProviderWord::Enabled),
+        _ => return None,
+    };
+    Some(Word {
+        provider: provider.clone(),
+        worker: me.to_string(),
+        state,
+    })
+}
+
+/// Puts this node's own provider records into the bucket as they are written.
+pub async fn share(conn: Connection, me: String, mut live: broadcast::Receiver<LiveRecord>) {
+    loop {
+        let record = match live.recv().await {
+            Ok(r) => r,
+            // Missed records: the next one of each provider says the state again.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(word) = word_of(&record.event, &me) else {
+            continue;
+        };
+        let value = serde_json::to_vec(&word).expect("a provider word serialises");
+        let mut delay = Duration::from_millis(250);
+        // Tried until it is there: another worker must not go on hitting a 429.
+        while let Err(e) = conn
+            .providers
+            .put(&word.provider, value.clone().into())
+            .await
+        {
+            tracing::warn!(provider = %word.provider, "cannot tell the fleet about the provider ({e}); trying again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+/// Hands the other workers' words (those already in the bucket first) to the engine.
+pub async fn listen(conn: Connection, me: String, to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        if let Ok(mut watch) = conn.providers.watch_with_history(">").await {
+            delay = Duration::from_millis(250);
+            while let Some(Ok(entry)) = watch.next().await {
+                let Ok(word) = serde_json::from_slice::<Word>(&entry.value) else {
+                    continue;
+                };
+                if word.worker != me && crate::config::validate_name(&word.provider).is_ok() {
+                    to_engine(ToEngine::Provider(word));
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
