@@ -403,6 +403,18 @@ pub enum Availability {
 }
 
 impl TaskBook {
+    /// What was spent on `day`: here, and elsewhere in the fleet.
+    pub fn spent_on(&self, day: u64) -> DaySpend {
+        let mut out = self.spend.get(&day).cloned().unwrap_or_default();
+        if let Some(other) = self.elsewhere.get(&day) {
+            out.total_usd += other.total_usd;
+            for (agent, usd) in &other.by_agent {
+                *out.by_agent.entry(agent.clone()).or_default() += usd;
+            }
+        }
+        out
+    }
+
     /// Whether the agents of `provider` may run at `now_ms`.
     pub fn availability(&self, provider: &str, now_ms: u64) -> Availability {
         let Some(p) = self.providers.get(provider) else {
@@ -462,6 +474,10 @@ pub struct TaskBook {
     /// Spending by UTC day (the most recent days only).
     #[serde(default)]
     pub spend: std::collections::BTreeMap<u64, DaySpend>,
+    /// Fleet mode: what the fleet's other workers spent, by UTC day, from their heartbeats
+    /// (not from this ledger). Budgets count it: spend anywhere counts against one budget.
+    #[serde(skip)]
+    pub elsewhere: std::collections::BTreeMap<u64, DaySpend>,
     /// How many tasks were created from inside the attempts of each original task (and of the
     /// tasks those created), by the original's id.
     #[serde(default)]

@@ -681,3 +681,57 @@ fn a_rate_limit_seen_on_one_worker_rests_the_provider_on_the_others() {
         "expected `b` to skip the resting provider and run the backup"
     );
 }
+
+#[test]
+fn the_daily_budget_counts_what_every_worker_spent() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  dear: { command: [\"absent-cli\"] }\n",
+    ));
+    let worker = |name: &str| {
+        Workspace::new(&format!(
+            "budgets: {{daily: 1}}\n{}",
+            node(
+                &nats,
+                name,
+                true,
+                "  dear: { command: [\"{agents}/costly.sh\", \"0.6\", \"ok\"], output: claude_json, prompt: stdin }\n",
+            )
+        ))
+    };
+    let (a, b) = (worker("a"), worker("b"));
+    let _ds = submitter.start();
+    let mut da = a.start();
+    for t in ["t1", "t2"] {
+        submitter.drop_task(&format!("{t}.json"), r#"{"prompt": "p", "agent": "dear"}"#);
+        let settled = submitter.wait_settled(t);
+        assert!(
+            matches!(settled, Event::Done { .. }),
+            "expected `{t}` done on `a`, got {settled:?}"
+        );
+    }
+    // `a` has spent $1.20 of the fleet's $1 a day; `b` has spent nothing.
+    let _db = b.start();
+    b.wait_until("`b` to hear what `a` spent", || {
+        let out = b.cli(&["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["name"] == "a" && w["spent_today_usd"].as_f64().is_some_and(|s| s > 1.1))
+            .then_some(())
+    });
+    da.stop();
+    submitter.drop_task("t3.json", r#"{"prompt": "p", "agent": "dear"}"#);
+    let settled = submitter.wait_settled("t3");
+    let Event::Escalated { reason, .. } = &settled else {
+        panic!("expected `t3` escalated by the fleet's budget, got {settled:?}");
+    };
+    assert!(
+        reason.contains("on worker `b`: the daily budget is spent: $1.20 of $1.00"),
+        "expected the reason to name the fleet's spending, got {reason:?}"
+    );
+}

@@ -59,7 +59,7 @@ pub(super) fn admit<'a>(
     // The first agent from the chain's position whose provider may be used now.
     let mut cooling_until: Option<u64> = None;
     let mut unusable = Vec::new();
-    let today = book.spend.get(&crate::state::day_of(now_ms));
+    let today = book.spent_on(crate::state::day_of(now_ms));
     for name in t.chain.iter().skip(t.chain_pos) {
         // Limits, providers and budgets are the agent's, whichever model an entry names.
         let base = split_entry_base(name);
@@ -68,10 +68,7 @@ pub(super) fn admit<'a>(
             continue;
         };
         if let Some(limit) = config.budgets.agents.get(base) {
-            let spent = today
-                .and_then(|d| d.by_agent.get(base))
-                .copied()
-                .unwrap_or(0.0);
+            let spent = today.by_agent.get(base).copied().unwrap_or(0.0);
             if spent >= *limit {
                 unusable.push(format!(
                     "`{name}` has spent its daily budget ({} of {} today, UTC)",
@@ -122,10 +119,7 @@ pub(super) fn admit<'a>(
 fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) -> Option<String> {
     use crate::usage::dollars;
     if let Some(daily) = config.budgets.daily {
-        let spent = book
-            .spend
-            .get(&crate::state::day_of(now_ms))
-            .map_or(0.0, |d| d.total_usd);
+        let spent = book.spent_on(crate::state::day_of(now_ms)).total_usd;
         if spent >= daily {
             return Some(format!(
                 "the daily budget is spent: {} of {} today (UTC); raise `budgets.daily` or retry tomorrow",

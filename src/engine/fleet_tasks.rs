@@ -135,6 +135,17 @@ impl Engine {
 
     /// Carries out what the fleet component sent, in the order it came.
     pub(super) async fn take_fleet_messages(&mut self) {
+        // Spending, both ways: this node's today goes out with its heartbeat; the others'
+        // come in for the budgets.
+        if let Some(link) = &self.fleet {
+            let today = crate::state::day_of(ledger::now_ms());
+            let mut view = fleet::heartbeat::lock(&link.view);
+            let own = self.book.spend.get(&today).cloned().unwrap_or_default();
+            if view.own_spend.0 != today || view.own_spend.1 != own {
+                view.own_spend = (today, own);
+            }
+            self.book.elsewhere = view.spent_elsewhere(&link.node);
+        }
         for id in std::mem::take(&mut self.hand_backs) {
             self.hand_back(&id).await;
         }

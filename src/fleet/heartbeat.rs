@@ -29,6 +29,11 @@ pub struct Heartbeat {
     /// When it said so (Unix ms, its own clock).
     pub at_ms: u64,
     pub version: String,
+    /// What it spent on `spend_day` (UTC days since 1970): fleet-wide budgets add it up.
+    #[serde(default)]
+    pub spend_day: u64,
+    #[serde(default)]
+    pub spend: crate::state::DaySpend,
 }
 
 /// What this node knows of the fleet. Written by the fleet component, read by `status`.
@@ -40,6 +45,8 @@ pub struct View {
     /// The latest heartbeat of each worker, and when this node received it (its clock, so
     /// skew between machines does not make a live worker look dead).
     pub workers: BTreeMap<String, (Heartbeat, std::time::Instant)>,
+    /// This node's spending today, as its engine last said (sent with its heartbeat).
+    pub own_spend: (u64, crate::state::DaySpend),
 }
 
 pub type SharedView = Arc<Mutex<View>>;
@@ -62,8 +69,22 @@ impl View {
         self.live().any(|h| h.agents.iter().any(|a| a == agent))
     }
 
+    /// What the other workers (live or gone) spent, by day.
+    pub fn spent_elsewhere(&self, me: &str) -> BTreeMap<u64, crate::state::DaySpend> {
+        let mut out: BTreeMap<u64, crate::state::DaySpend> = BTreeMap::new();
+        for (h, _) in self.workers.values().filter(|(h, _)| h.name != me) {
+            let day = out.entry(h.spend_day).or_default();
+            day.total_usd += h.spend.total_usd;
+            for (agent, usd) in &h.spend.by_agent {
+                *day.by_agent.entry(agent.clone()).or_default() += usd;
+            }
+        }
+        out
+    }
+
     /// For `status`: the workers, live or not, with how long ago each was heard from.
     pub fn to_json(&self) -> serde_json::Value {
+        let today = crate::state::day_of(crate::ledger::now_ms());
         let workers: Vec<serde_json::Value> = self
             .workers
             .values()
@@ -74,6 +95,7 @@ impl View {
                     "running": h.running,
                     "slots": h.slots,
                     "version": h.version,
+                    "spent_today_usd": if h.spend_day == today { h.spend.total_usd } else { 0.0 },
                     "seen_ms_ago": seen.elapsed().as_millis() as u64,
                     "live": seen.elapsed() < LIVE_FOR,
                 })
@@ -97,6 +119,7 @@ pub async fn beat(
 ) {
     loop {
         me.running = running();
+        (me.spend_day, me.spend) = lock(&view).own_spend.clone();
         me.at_ms = crate::ledger::now_ms();
         let value = serde_json::to_vec(&me).expect("a heartbeat serialises");
         match conn.workers.put(&me.name, value.into()).await {

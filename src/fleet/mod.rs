@@ -271,6 +271,8 @@ async fn run(
                 slots,
                 at_ms: 0,
                 version: env!("CARGO_PKG_VERSION").into(),
+                spend_day: 0,
+                spend: Default::default(),
             },
             move || worker::lock(&held).len(),
             view.clone(),
