@@ -105,6 +105,20 @@ pub fn rebuild_in_running(
     Ok(name)
 }
 
+/// Writes the file of a task that arrived without one (from the fleet) into `running/`; returns
+/// its name. Not fsynced: the ledger's `received` holds the fields, and a start that finds the
+/// file missing writes it again from there.
+pub fn place_in_running(
+    running: &Dir,
+    fields: &TaskFields,
+    id: &str,
+    file: &str,
+) -> io::Result<String> {
+    let name = file_name(id, file);
+    running.write_new(&name, &rebuild(fields, id, &name), 0o600)?;
+    Ok(name)
+}
+
 /// Moves a task's file `file` from `from` into `to` (keeping its name when free) and returns
 /// the name it got. A file that is not there is written anew from the task's fields as the
 /// ledger recorded them. Returns `Ok(None)` only when there is nothing to rebuild it from.

@@ -399,6 +399,18 @@ fn a_restart_of_the_server_mid_run_loses_nothing() {
     }
     submitter.wait_settled("a0");
     nats.stop();
+    // Said plainly, on a node that only submits too.
+    let said = submitter.wait_until("`status` to say the server is away", || {
+        let out = submitter.cli(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("fleet:   node `desk` at")
+            .then_some(text)
+            .filter(|t| t.contains("not connected"))
+    });
+    assert!(
+        said.contains("keeps obeying the last state it saw"),
+        "expected status to say what the node does meanwhile, got:\n{said}"
+    );
     // Tasks submitted while the server is down wait; none is lost.
     for i in 5..10 {
         submitter.drop_task(

@@ -245,8 +245,7 @@ impl Engine {
             Err(e) => return Taken::Refused(format!("cannot open running/: {e}")),
         };
         let file =
-            match task_file::rebuild_in_running(&running, &spec.fields, &id, &format!("{id}.json"))
-            {
+            match task_file::place_in_running(&running, &spec.fields, &id, &format!("{id}.json")) {
                 Ok(f) => f,
                 Err(e) => return Taken::Refused(format!("cannot write the task file: {e}")),
             };

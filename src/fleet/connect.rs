@@ -25,6 +25,7 @@ const WORKER_AGE: Duration = Duration::from_secs(24 * 3600);
 /// The fleet's server, its stream and bucket: cheap to clone (handles).
 #[derive(Clone)]
 pub struct Connection {
+    pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub tasks: jetstream::stream::Stream,
     pub outcomes: kv::Store,
@@ -121,7 +122,7 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
             url: url.clone(),
             cause: e.to_string(),
         })?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let js_err = |e: &dyn std::fmt::Display| ConnectError::JetStream {
         url: url.clone(),
         cause: e.to_string(),
@@ -162,6 +163,7 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
     .await
     .map_err(|e| js_err(&e))?;
     Ok(Connection {
+        client,
         js,
         tasks,
         outcomes,

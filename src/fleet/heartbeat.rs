@@ -122,19 +122,42 @@ pub async fn beat(
         (me.spend_day, me.spend) = lock(&view).own_spend.clone();
         me.at_ms = crate::ledger::now_ms();
         let value = serde_json::to_vec(&me).expect("a heartbeat serialises");
-        match conn.workers.put(&me.name, value.into()).await {
-            Ok(_) => {
-                let mut v = lock(&view);
-                v.connected = true;
-                v.problem = None;
-            }
-            Err(e) => {
-                let mut v = lock(&view);
-                v.connected = false;
-                v.problem = Some(format!("cannot reach the fleet's server: {e}"));
-            }
+        if let Err(e) = conn.workers.put(&me.name, value.into()).await {
+            tracing::debug!("cannot put this worker's heartbeat: {e}");
         }
         tokio::time::sleep(BEAT_EVERY).await;
+    }
+}
+
+/// Keeps `view.connected` current from the client's own state, on every node (a node that
+/// only submits sends no heartbeats, and must still say when the server is away).
+pub async fn health(conn: Connection, view: SharedView) {
+    loop {
+        let state = conn.client.connection_state();
+        {
+            let mut v = lock(&view);
+            match state {
+                async_nats::connection::State::Connected => {
+                    if !v.connected {
+                        tracing::info!("the fleet's server is reached again");
+                    }
+                    v.connected = true;
+                    v.problem = None;
+                }
+                other => {
+                    if v.connected {
+                        tracing::warn!(
+                            "the fleet's server is away ({other}); this node keeps the last state it saw"
+                        );
+                    }
+                    v.connected = false;
+                    v.problem = Some(format!(
+                        "the server is away ({other}); the client keeps trying, and this node keeps obeying the last state it saw"
+                    ));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

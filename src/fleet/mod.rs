@@ -253,6 +253,7 @@ async fn run(
         v.problem = None;
     }
     let watcher = tokio::spawn(heartbeat::watch(conn.clone(), view.clone()));
+    let health = tokio::spawn(heartbeat::health(conn.clone(), view.clone()));
     let sharing = tokio::spawn(stewardship::share(conn.clone(), cluster.name.clone(), live));
     let listening = tokio::spawn(stewardship::listen(
         conn.clone(),
@@ -322,6 +323,7 @@ async fn run(
     }
     submitter.abort();
     watcher.abort();
+    health.abort();
     sharing.abort();
     listening.abort();
     if let Some(b) = beat {

@@ -214,13 +214,17 @@ async fn take(
         }
     };
     let key = queued.key();
-    // Settled by another worker already (this is a late repeat): acknowledge, do nothing.
-    if let Ok(Some(_)) = conn.outcomes.get(key.clone()).await {
+    let delivered = msg.info().map_or(1, |i| i.delivered);
+    // A delivery again (or a publish repeated after the server's duplicate window): settled by
+    // another worker already? Then acknowledge and do nothing. A first delivery is not asked
+    // about, to keep a round trip off every task; its outcome's create-if-absent still decides.
+    if delivered > 1
+        && let Ok(Some(_)) = conn.outcomes.get(key.clone()).await
+    {
         tracing::info!(key, "the fleet already has this task's outcome; dropped");
         let _ = msg.double_ack().await;
         return;
     }
-    let delivered = msg.info().map_or(1, |i| i.delivered);
     let (_, acker) = msg.split();
     let acker = Arc::new(acker);
     let (reply, answer) = oneshot::channel();
