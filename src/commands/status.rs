@@ -508,7 +508,12 @@ fn describe_phase(t: &TaskRecord) -> String {
             "merge_waiting: {}",
             dirigent::progress::one_line(reason, 300)
         ),
-        Phase::Pending => "pending".into(),
+        Phase::Pending => match t.fleet.as_deref() {
+            Some(dirigent::state::FleetPart::Published { subject, .. }) => {
+                format!("pending: on the fleet's queue ({subject}), waiting for a worker's outcome")
+            }
+            _ => "pending".into(),
+        },
         Phase::Requeued => "requeued (back in the inbox until the daemon starts)".into(),
         Phase::Running {
             attempt,
@@ -525,8 +530,14 @@ fn describe_phase(t: &TaskRecord) -> String {
             output,
             finished_ms,
         } => {
+            let on = match t.fleet.as_deref() {
+                Some(dirigent::state::FleetPart::Published {
+                    worker: Some(w), ..
+                }) => format!(" on worker `{w}`"),
+                _ => String::new(),
+            };
             format!(
-                "done by {agent} at {}; result in {output}",
+                "done by {agent}{on} at {}; result in {output}",
                 duration::clock(*finished_ms)
             )
         }

@@ -196,7 +196,10 @@ impl Engine {
     /// `running/`, recorded `received` + `claimed` + `fleet_taken`, and queued.
     async fn run_for_fleet(&mut self, queued: fleet::QueuedTask) -> Taken {
         if !self.accepting {
-            return Taken::Refused("this worker is stopping".into());
+            return Taken::Busy("this worker is stopping".into());
+        }
+        if let Some(why) = self.not_claiming() {
+            return Taken::Busy(why);
         }
         let key = queued.key();
         // A repeat delivery: the task this key already runs as here, or its end.
@@ -232,6 +235,12 @@ impl Engine {
             return Taken::Refused(format!("`{key}` cannot be a task id here"));
         }
         // Its `after` and `parent` name tasks of the node it came from, not of this one.
+        // Every agent of its chain that this worker has rests (a cooldown, an auth failure —
+        // seen here or anywhere in the fleet): not now; the task waits on the queue instead of
+        // escalating here.
+        if let Some(why) = self.all_resting(&queued.spec.chain) {
+            return Taken::Busy(why);
+        }
         let mut fields = queued.spec.fields.clone();
         fields.id = None;
         fields.after.clear();
@@ -317,6 +326,27 @@ impl Engine {
         }
     }
 
+    /// Why none of `chain`'s agents can start here now, when each one configured here rests
+    /// (`None`: one can, or none is configured here — then the task's check says so).
+    fn all_resting(&self, chain: &[String]) -> Option<String> {
+        let now = ledger::now_ms();
+        let mut why = Vec::new();
+        for entry in chain {
+            let Some(agent) = self.config.agent_for(entry) else {
+                continue;
+            };
+            match self.book.availability(&agent.provider, now) {
+                crate::state::Availability::Ready => return None,
+                crate::state::Availability::CoolingDown { reason, .. }
+                | crate::state::Availability::Disabled { reason, .. } => {
+                    why.push(format!("`{entry}`: {reason}"))
+                }
+            }
+        }
+        (!why.is_empty())
+            .then(|| format!("every agent of its chain rests here ({})", why.join("; ")))
+    }
+
     /// How a finished task ended, as the fleet is told (`None`: it has no outcome to give —
     /// not finished, handed back, or cancelled).
     fn end_of(&self, t: &TaskRecord) -> Option<End> {
@@ -361,13 +391,17 @@ impl Engine {
         let Some(FleetPart::Taken { key, .. }) = t.fleet.as_deref() else {
             return;
         };
-        if let Some(end) = self.end_of(t) {
-            let _ = link.to_fleet.send(ToFleet::Settled {
+        let word = match self.end_of(t) {
+            Some(end) => ToFleet::Settled {
                 key: key.clone(),
                 task: id.to_string(),
                 end,
-            });
-        }
+            },
+            // Cancelled here: not an outcome; another worker runs it.
+            None if t.phase.is_terminal() => ToFleet::HandBack { key: key.clone() },
+            None => return,
+        };
+        let _ = link.to_fleet.send(word);
     }
 
     /// An outcome from the fleet for a task published here: `ran_on`, then `done` with the

@@ -138,6 +138,9 @@ pub enum ToFleet {
     Publish { spec: Arc<TaskSpec>, round: u32 },
     /// A task taken off the queue has settled here: claim its outcome, then acknowledge it.
     Settled { key: String, task: String, end: End },
+    /// A task taken off the queue ended here without an outcome (cancelled here): it goes
+    /// back to the queue for another worker.
+    HandBack { key: String },
 }
 
 /// From this module to the engine.
@@ -177,8 +180,11 @@ pub enum Taken {
     Runs { task: String },
     /// It already ended here (a delivery repeated after this worker settled it).
     Ended { task: String, end: End },
-    /// It cannot run here; the worker hands it back.
+    /// It cannot run here, ever (this node's rules say no); the worker hands it back, and
+    /// after enough refusals its node is told it escalated.
     Refused(String),
+    /// It cannot run here now (this worker is stopping or paused); the worker hands it back.
+    Busy(String),
 }
 
 /// The engine's end of the link: what it sends here. Held by the engine; dropping it (the
@@ -311,7 +317,14 @@ async fn run(
                 let _ = publish_tx.send((spec, round));
             }
             ToFleet::Settled { key, task, end } => {
-                let _ = settled_tx.send(worker::Settled { key, task, end });
+                let _ = settled_tx.send(worker::FromEngine::Settled(worker::Settled {
+                    key,
+                    task,
+                    end,
+                }));
+            }
+            ToFleet::HandBack { key } => {
+                let _ = settled_tx.send(worker::FromEngine::HandBack(key));
             }
         }
     }

@@ -32,8 +32,24 @@ const MAX_REFUSALS: i64 = 5;
 /// How soon a refused task is offered again (to any worker).
 const REFUSED_AGAIN_IN: Duration = Duration::from_millis(500);
 
+/// How soon a task a stopping worker hands back is offered again: after the pull requests
+/// it still has at the server (each lives [`PULL_WAIT`]) have expired, so the server cannot
+/// offer it straight back to the worker that is going away.
+const HANDED_BACK_AGAIN_IN: Duration = Duration::from_millis(2 * PULL_WAIT.as_millis() as u64);
+
+/// How soon a task this worker could not take now (paused, stopping) is offered again.
+const BUSY_AGAIN_IN: Duration = Duration::from_secs(5);
+
 /// How long one pull waits for a task before it asks again.
 const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// What the engine says about a task taken here.
+#[derive(Debug)]
+pub enum FromEngine {
+    Settled(Settled),
+    /// It ended without an outcome: hand it back.
+    HandBack(String),
+}
 
 /// A task taken here has settled: claim its outcome and acknowledge it.
 #[derive(Debug)]
@@ -61,7 +77,7 @@ pub async fn run(
     agents: Vec<String>,
     slots: usize,
     held: HeldMap,
-    mut settled: mpsc::UnboundedReceiver<Settled>,
+    mut settled: mpsc::UnboundedReceiver<FromEngine>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) {
     let slots = Arc::new(Semaphore::new(slots.max(1)));
@@ -95,7 +111,18 @@ pub async fn run(
             }
         })
     };
-    while let Some(s) = settled.recv().await {
+    while let Some(word) = settled.recv().await {
+        let s = match word {
+            FromEngine::Settled(s) => s,
+            FromEngine::HandBack(key) => {
+                let h = lock(&held).remove(&key);
+                if let Some(h) = h {
+                    let _ = h.acker.ack_with(AckKind::Nak(None)).await;
+                    tracing::info!(task = %h.task, key, "handed back to the fleet");
+                }
+                continue;
+            }
+        };
         let (conn, name, held, to_engine) = (
             conn.clone(),
             cluster.name.clone(),
@@ -111,7 +138,11 @@ pub async fn run(
     progress.abort();
     let in_hand: Vec<(String, Held)> = lock(&held).drain().collect();
     for (key, h) in in_hand {
-        match h.acker.ack_with(AckKind::Nak(None)).await {
+        match h
+            .acker
+            .ack_with(AckKind::Nak(Some(HANDED_BACK_AGAIN_IN)))
+            .await
+        {
             Ok(()) => tracing::info!(task = %h.task, key, "handed back to the fleet"),
             Err(e) => tracing::warn!(
                 task = %h.task,
@@ -119,6 +150,12 @@ pub async fn run(
                 "cannot hand the task back ({e}); the server gives it to another worker after the ack wait"
             ),
         }
+    }
+    // The hand-backs are only queued in the client: sent before the process goes.
+    if let Err(e) = conn.client.flush().await {
+        tracing::warn!(
+            "cannot send the hand-backs to the fleet's server ({e}); it gives the tasks to other workers after the ack wait"
+        );
     }
 }
 
@@ -297,9 +334,15 @@ async fn take(
             );
             let _ = acker.ack_with(AckKind::Nak(Some(REFUSED_AGAIN_IN))).await;
         }
+        Ok(Taken::Busy(why)) => {
+            tracing::info!(key, "not taking the fleet's task now: {why}; handed back");
+            let _ = acker.ack_with(AckKind::Nak(Some(BUSY_AGAIN_IN))).await;
+        }
         // The engine is stopping: the server gives it to another worker.
         Err(_) => {
-            let _ = acker.ack_with(AckKind::Nak(None)).await;
+            let _ = acker
+                .ack_with(AckKind::Nak(Some(HANDED_BACK_AGAIN_IN)))
+                .await;
         }
     }
 }
