@@ -747,3 +747,49 @@ fn the_daily_budget_counts_what_every_worker_spent() {
         "expected the reason to name the fleet's spending, got {reason:?}"
     );
 }
+
+#[test]
+fn a_large_result_comes_back_whole_through_the_object_store() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  big: { command: [\"absent-cli\"] }\n",
+    ));
+    // 300,000 bytes of output: far over what travels in an outcome.
+    let worker = Workspace::new(&node(
+        &nats,
+        "gpu",
+        true,
+        "  big: { command: [\"sh\", \"-c\", \"head -c 300000 /dev/zero | tr '\\\\0' x; echo; echo end-of-result\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let _dw = worker.start();
+    submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "big"}"#);
+    let settled = submitter.wait_settled("t");
+    let Event::Done { output, .. } = settled else {
+        panic!("expected `t` done, got {settled:?}");
+    };
+    let text = std::fs::read_to_string(submitter.root().join(&output)).unwrap();
+    assert!(
+        text.len() > 300_000 && text.trim_end().ends_with("end-of-result"),
+        "expected the whole 300 kB result on the submitter, got {} bytes ending {:?}",
+        text.len(),
+        &text[text.len().saturating_sub(40)..]
+    );
+    // It travelled through the object store, not in the outcome.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome: serde_json::Value = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let kv = js.get_key_value("dirigent_outcomes").await.unwrap();
+        let value = kv.get("desk.t").await.unwrap().expect("the outcome is in the bucket");
+        serde_json::from_slice(&value).unwrap()
+    });
+    assert_eq!(
+        outcome["object"], "desk.t",
+        "expected the outcome to name the result's object, got {outcome}"
+    );
+    assert_eq!(outcome["text"], "", "expected no inline text in {outcome}");
+}

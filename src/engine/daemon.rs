@@ -140,6 +140,7 @@ pub async fn run_with_options(
             let to_engine = tx.clone();
             let (link, running) = crate::fleet::start(
                 cluster.clone(),
+                ws.root().to_path_buf(),
                 capabilities(&config, ws.root()),
                 config.concurrency,
                 ledger.live().subscribe(),

@@ -351,27 +351,16 @@ impl Engine {
     /// not finished, handed back, or cancelled).
     fn end_of(&self, t: &TaskRecord) -> Option<End> {
         match &t.phase {
-            Phase::Done { agent, output, .. } => {
-                let (text, truncated) = match fsutil::read_confined(
-                    self.ws.root(),
-                    output,
-                    fleet::MAX_RESULT_BYTES as u64,
-                ) {
-                    Ok(text) => (text, false),
-                    Err(e) => (
-                        format!(
-                            "(the result at `{output}` on this worker cannot be carried: `{output}` {e})"
-                        ),
-                        true,
-                    ),
-                };
-                Some(End::Done {
-                    agent: agent.clone(),
-                    attempt: t.attempts.last().map_or(0, |a| a.n),
-                    text,
-                    truncated,
-                })
-            }
+            // The fleet component reads the result (off the engine's loop) and sends it inline
+            // or through the object store.
+            Phase::Done { agent, output, .. } => Some(End::Done {
+                agent: agent.clone(),
+                attempt: t.attempts.last().map_or(0, |a| a.n),
+                text: String::new(),
+                truncated: false,
+                object: None,
+                local_output: Some(output.clone()),
+            }),
             Phase::Failed { reason, .. }
                 if reason != HANDED_BACK_REASON && reason != crate::state::CANCELLED_REASON =>
             {

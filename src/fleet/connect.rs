@@ -10,7 +10,8 @@ use async_nats::jetstream::{self, kv, stream};
 use tokio::sync::mpsc;
 
 use super::{
-    OUTCOMES_BUCKET, PROVIDERS_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, ToFleet, WORKERS_BUCKET,
+    OUTCOMES_BUCKET, PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, ToFleet,
+    WORKERS_BUCKET,
 };
 use crate::config::cluster::{Auth, Cluster};
 
@@ -33,6 +34,8 @@ pub struct Connection {
     pub workers: kv::Store,
     /// The fleet's latest word on each provider.
     pub providers: kv::Store,
+    /// Results too large for an outcome, by key.
+    pub results: async_nats::jetstream::object_store::ObjectStore,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +165,21 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
     )
     .await
     .map_err(|e| js_err(&e))?;
+    let results = match js.get_object_store(RESULTS_BUCKET).await {
+        Ok(store) => store,
+        Err(_) => js
+            .create_object_store(async_nats::jetstream::object_store::Config {
+                bucket: RESULTS_BUCKET.into(),
+                description: Some("dirigent: results too large for an outcome".into()),
+                max_age: OUTCOME_AGE,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| js_err(&e))?,
+    };
     Ok(Connection {
+        results,
         client,
         js,
         tasks,

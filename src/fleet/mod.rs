@@ -49,8 +49,13 @@ pub const OUTCOMES_BUCKET: &str = "dirigent_outcomes";
 pub const PROVIDERS_BUCKET: &str = "dirigent_providers";
 /// The bucket of heartbeats, one key per worker.
 pub const WORKERS_BUCKET: &str = "dirigent_workers";
-/// The most bytes of a result carried in an outcome; the rest stays on the worker.
-pub const MAX_RESULT_BYTES: usize = 512 * 1024;
+/// The object store results larger than [`INLINE_RESULT_BYTES`] go through, by key.
+pub const RESULTS_BUCKET: &str = "dirigent_results";
+/// Results up to this size travel in the outcome itself.
+pub const INLINE_RESULT_BYTES: usize = 64 * 1024;
+/// The largest result the fleet carries (through the object store); a larger one stays on the
+/// worker, and the outcome says where.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
 /// The subject tasks for `agent` are published on. Agent names may hold dots, which split
 /// NATS subjects; `~` is outside the names' alphabet, so the mapping stays one to one.
@@ -120,10 +125,18 @@ pub enum End {
     Done {
         agent: String,
         attempt: u32,
-        /// The result text (at most [`MAX_RESULT_BYTES`]; `truncated` says when it was cut).
+        /// The result text, when it is small; `truncated` says it could not be carried whole.
+        #[serde(default)]
         text: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
+        /// The result's name in the results object store, when it is too large to travel here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        object: Option<String>,
+        /// On the worker, before the outcome is claimed: where its engine wrote the result
+        /// (workspace-relative). Never sent.
+        #[serde(skip)]
+        local_output: Option<String>,
     },
     Escalated {
         reason: String,
@@ -219,6 +232,7 @@ impl Running {
 /// `to_engine` delivers messages to the engine.
 pub fn start(
     cluster: Cluster,
+    root: std::path::PathBuf,
     agents: Vec<String>,
     slots: usize,
     live: tokio::sync::broadcast::Receiver<crate::ledger::LiveRecord>,
@@ -234,14 +248,16 @@ pub fn start(
         view: view.clone(),
         url: cluster.url.clone(),
     };
-    let handle = tokio::spawn(run(cluster, agents, slots, live, rx, to_engine, view));
+    let handle = tokio::spawn(run(cluster, root, agents, slots, live, rx, to_engine, view));
     (link, Running { handle })
 }
 
 /// Connects (again and again while the server is away), then runs the submitter and worker
 /// halves until the engine drops its end of the link.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     cluster: Cluster,
+    root: std::path::PathBuf,
     agents: Vec<String>,
     slots: usize,
     live: tokio::sync::broadcast::Receiver<crate::ledger::LiveRecord>,
@@ -303,6 +319,7 @@ async fn run(
         tokio::spawn(worker::run(
             conn.clone(),
             cluster.clone(),
+            root,
             agents,
             slots,
             held,

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::connect::Connection;
-use super::{Outcome, QueuedTask, ToEngine, key_of, parse_key_rest, subject_for};
+use super::{MAX_RESULT_BYTES, Outcome, QueuedTask, ToEngine, key_of, parse_key_rest, subject_for};
 use crate::task::TaskSpec;
 
 /// Publishes in flight at once (each waits for the server's acknowledgement).
@@ -128,11 +128,14 @@ async fn watch_outcomes(
                         continue;
                     };
                     match serde_json::from_slice::<Outcome>(&entry.value) {
-                        Ok(outcome) => to_engine(ToEngine::Outcome {
-                            task: task.to_string(),
-                            round,
-                            outcome,
-                        }),
+                        Ok(mut outcome) => {
+                            fetch_result(&conn, &mut outcome).await;
+                            to_engine(ToEngine::Outcome {
+                                task: task.to_string(),
+                                round,
+                                outcome,
+                            });
+                        }
                         Err(e) => tracing::warn!(
                             task,
                             "the fleet's outcome for this task cannot be read ({e}); it is ignored"
@@ -145,4 +148,51 @@ async fn watch_outcomes(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(30));
     }
+}
+
+/// A result too large for the outcome is read from the object store into its text (at most
+/// [`MAX_RESULT_BYTES`]); when it cannot be, the text says so and where it is.
+async fn fetch_result(conn: &Connection, outcome: &mut Outcome) {
+    use tokio::io::AsyncReadExt;
+    let super::End::Done {
+        text,
+        truncated,
+        object: Some(name),
+        ..
+    } = &mut outcome.end
+    else {
+        return;
+    };
+    let mut delay = Duration::from_millis(250);
+    let mut last = String::new();
+    for _ in 0..8 {
+        match conn.results.get(name.as_str()).await {
+            Ok(object) => {
+                let mut bytes = Vec::new();
+                match object
+                    .take(MAX_RESULT_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
+                    .await
+                {
+                    Ok(_) if bytes.len() <= MAX_RESULT_BYTES => {
+                        *text = String::from_utf8_lossy(&bytes).into_owned();
+                        return;
+                    }
+                    Ok(_) => {
+                        last = format!("it is larger than {MAX_RESULT_BYTES} bytes");
+                        break;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    *text = format!(
+        "(the result could not be read from the fleet's object store ({last}); it is on worker `{}`)",
+        outcome.worker
+    );
+    *truncated = true;
 }

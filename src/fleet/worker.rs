@@ -24,7 +24,10 @@ use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::connect::Connection;
-use super::{End, Outcome, QueuedTask, Taken, ToEngine, consumer_for, subject_for};
+use super::{
+    End, INLINE_RESULT_BYTES, MAX_RESULT_BYTES, Outcome, QueuedTask, Taken, ToEngine, consumer_for,
+    subject_for,
+};
 use crate::config::cluster::Cluster;
 
 /// Deliveries of a task that workers refused to run before it escalates.
@@ -71,9 +74,11 @@ pub struct Held {
 /// The messages in hand, by key: this module's; the heartbeat only counts them.
 pub type HeldMap = Arc<Mutex<HashMap<String, Held>>>;
 
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     conn: Connection,
     cluster: Cluster,
+    root: std::path::PathBuf,
     agents: Vec<String>,
     slots: usize,
     held: HeldMap,
@@ -81,11 +86,13 @@ pub async fn run(
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) {
     let slots = Arc::new(Semaphore::new(slots.max(1)));
+    let root: Arc<std::path::Path> = root.into();
     let mut loops = tokio::task::JoinSet::new();
     for agent in agents {
         loops.spawn(pull_loop(
             conn.clone(),
             cluster.clone(),
+            root.clone(),
             agent,
             slots.clone(),
             held.clone(),
@@ -123,14 +130,15 @@ pub async fn run(
                 continue;
             }
         };
-        let (conn, name, held, to_engine) = (
+        let (conn, name, held, to_engine, root) = (
             conn.clone(),
             cluster.name.clone(),
             held.clone(),
             to_engine.clone(),
+            root.clone(),
         );
         tokio::spawn(async move {
-            claim_and_ack(&conn, &name, &held, s, &*to_engine).await;
+            claim_and_ack(&conn, &root, &name, &held, s, &*to_engine).await;
         });
     }
     // The engine stopped: take nothing more, hand back what is in hand.
@@ -167,6 +175,7 @@ pub fn lock(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> 
 async fn pull_loop(
     conn: Connection,
     cluster: Cluster,
+    root: Arc<std::path::Path>,
     agent: String,
     slots: Arc<Semaphore>,
     held: HeldMap,
@@ -220,7 +229,7 @@ async fn pull_loop(
             match msg {
                 Ok(msg) => {
                     if let Some(s) = slot.take() {
-                        take(&conn, &cluster.name, msg, s, &held, &*to_engine).await;
+                        take(&conn, &root, &cluster.name, msg, s, &held, &*to_engine).await;
                     } else {
                         // More than asked for: the next pull takes it.
                         let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -235,6 +244,7 @@ async fn pull_loop(
 /// One delivery: a task taken, a repeat of one in hand or already settled, or unreadable.
 async fn take(
     conn: &Connection,
+    root: &std::path::Path,
     worker: &str,
     msg: Message,
     slot: OwnedSemaphorePermit,
@@ -291,7 +301,15 @@ async fn take(
                     _slot: slot,
                 },
             );
-            claim_and_ack(conn, worker, held, Settled { key, task, end }, to_engine).await;
+            claim_and_ack(
+                conn,
+                root,
+                worker,
+                held,
+                Settled { key, task, end },
+                to_engine,
+            )
+            .await;
         }
         // Refused again and again (by this worker or others): the fleet says so to its node
         // instead of passing it round for ever.
@@ -316,6 +334,7 @@ async fn take(
             };
             claim_and_ack(
                 conn,
+                root,
                 worker,
                 held,
                 Settled {
@@ -352,14 +371,17 @@ async fn take(
 /// (and in progress) meanwhile.
 async fn claim_and_ack(
     conn: &Connection,
+    root: &std::path::Path,
     worker: &str,
     held: &HeldMap,
     s: Settled,
     to_engine: &(dyn Fn(ToEngine) + Send + Sync),
 ) {
+    let mut end = s.end;
+    carry_result(conn, root, &s.key, &mut end).await;
     let outcome = Outcome {
         worker: worker.to_string(),
-        end: s.end,
+        end,
     };
     let value: bytes::Bytes = serde_json::to_vec(&outcome)
         .expect("an outcome serialises")
@@ -398,4 +420,67 @@ async fn claim_and_ack(
         // Delivered again later, the repeat finds the outcome and is dropped.
         tracing::debug!(task = %s.task, "the acknowledgement was not confirmed: {e}");
     }
+}
+
+/// Puts the result of a done task where the outcome can carry it: inline when small, else
+/// into the results object store under the task's key. Read confined to the workspace (no
+/// link followed, a regular file only, at most [`MAX_RESULT_BYTES`]): an agent cannot make
+/// the worker send another file.
+async fn carry_result(conn: &Connection, root: &std::path::Path, key: &str, end: &mut End) {
+    let End::Done {
+        text,
+        truncated,
+        object,
+        local_output,
+        ..
+    } = end
+    else {
+        return;
+    };
+    let Some(rel) = local_output.take() else {
+        return;
+    };
+    let (root2, rel2) = (root.to_path_buf(), rel.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        crate::fsutil::read_confined(&root2, &rel2, MAX_RESULT_BYTES as u64)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    let full = match read {
+        Ok(full) => full,
+        Err(e) => {
+            *text =
+                format!("(the result at `{rel}` on this worker cannot be carried: `{rel}` {e})");
+            *truncated = true;
+            return;
+        }
+    };
+    if full.len() <= INLINE_RESULT_BYTES {
+        *text = full;
+        return;
+    }
+    let mut delay = Duration::from_millis(250);
+    for _ in 0..8 {
+        let mut reader = full.as_bytes();
+        match conn.results.put(key, &mut reader).await {
+            Ok(_) => {
+                *object = Some(key.to_string());
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    key,
+                    "cannot put the result into the fleet's object store ({e}); trying again"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    *text = format!(
+        "(the result, {} bytes, could not be put into the fleet's object store; it is at `{rel}` on this worker)",
+        full.len()
+    );
+    *truncated = true;
 }
