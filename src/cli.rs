@@ -68,6 +68,10 @@ pub enum Command {
         /// Keep the view open and redraw it in place as things change (as `dirigent top`).
         #[arg(short, long, conflicts_with_all = ["id", "json"])]
         watch: bool,
+        /// Fleet mode: every node's tasks, as the fleet's events stream has them (each node's
+        /// own `status` stays the authority on its tasks).
+        #[arg(long, conflicts_with_all = ["id", "watch"])]
+        fleet: bool,
     },
     /// A live view of the running agents, redrawn in place: each with its attempt, elapsed
     /// time and the last line it printed; then what waits and what finished last. Sleeps until

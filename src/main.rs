@@ -90,6 +90,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats { since, by, json } => commands::stats(&ws, &since, by, json),
         Command::Submit(args) => commands::submit(&ws, *args),
         Command::Top | Command::Status { watch: true, .. } => commands::top(&ws),
+        Command::Status {
+            json, fleet: true, ..
+        } => commands::fleet_status(&ws, json),
         Command::Status { id, json, .. } => commands::status(&ws, id.as_deref(), json),
         Command::Fleet { json } => commands::fleet(&ws, json),
         Command::Logs {

@@ -62,6 +62,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+    /// Fleet mode: every node's tasks, from the fleet's events stream (`data`: `{nodes: [{node,
+    /// tasks}]}`, each node's tasks as `list` gives them).
+    FleetStatus,
     /// Throw away a task's branch and worktree: a task waiting to be merged ends cancelled; a
     /// finished one loses its kept branch or tree.
     Discard { id: String },

@@ -784,7 +784,11 @@ fn a_large_result_comes_back_whole_through_the_object_store() {
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = async_nats::jetstream::new(client);
         let kv = js.get_key_value("dirigent_outcomes").await.unwrap();
-        let value = kv.get("desk.t").await.unwrap().expect("the outcome is in the bucket");
+        let value = kv
+            .get("desk.t")
+            .await
+            .unwrap()
+            .expect("the outcome is in the bucket");
         serde_json::from_slice(&value).unwrap()
     });
     assert_eq!(
@@ -792,4 +796,61 @@ fn a_large_result_comes_back_whole_through_the_object_store() {
         "expected the outcome to name the result's object, got {outcome}"
     );
     assert_eq!(outcome["text"], "", "expected no inline text in {outcome}");
+}
+
+#[test]
+fn status_fleet_shows_every_nodes_tasks_from_the_events_stream() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  alpha: { command: [\"absent-cli\"] }\n",
+    ));
+    let worker = Workspace::new(&node(
+        &nats,
+        "gpu",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let _dw = worker.start();
+    submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "alpha"}"#);
+    submitter.wait_settled("t");
+    // Asked on the worker: it knows the submitter's task only from the events stream.
+    let view = worker.wait_until("the worker's fleet view to have both nodes' tasks", || {
+        let out = worker.cli(&["status", "--fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let state = |node: &str, id: &str| {
+            v["nodes"].as_array()?.iter().find(|n| n["node"] == node)?["tasks"]
+                .as_array()?
+                .iter()
+                .find(|t| t["id"] == id)
+                .map(|t| t["state"].clone())
+        };
+        (state("desk", "t")? == "done" && state("gpu", "desk.t")? == "done").then_some(v)
+    });
+    let desk = view["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "desk")
+        .unwrap();
+    assert_eq!(
+        desk["tasks"][0]["ran_on"], "gpu",
+        "expected the submitter's task to say where it ran, in {view}"
+    );
+    let out = worker.cli(&["status", "--fleet"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("desk") && l.contains(" t ") && l.contains("ran on gpu")),
+        "expected a line for desk's task `t` that ran on gpu, got:\n{text}"
+    );
+    let out = Workspace::new("agents:\n  a: { command: [\"{agents}/ok.sh\"] }\n")
+        .cli(&["status", "--fleet"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: the daemon is not running"),
+        "expected a clear error without a daemon, got {out:?}"
+    );
 }

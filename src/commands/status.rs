@@ -665,3 +665,55 @@ pub fn fleet(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `dirigent status --fleet`: every node's tasks, from the fleet's events stream, as the running
+/// daemon has folded them.
+pub fn fleet_status(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
+    if running_daemon(ws).is_none() {
+        anyhow::bail!(
+            "the daemon is not running; `dirigent status --fleet` asks it (start it with `dirigent daemon`)"
+        );
+    }
+    let answer = dirigent::control::request(ws, &dirigent::control::Request::FleetStatus)
+        .map_err(|e| anyhow::anyhow!("the daemon does not answer: {e}"))?;
+    if !answer.ok {
+        anyhow::bail!("{}", answer.message);
+    }
+    let data = answer.data.unwrap_or_default();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let nodes = data["nodes"].as_array().cloned().unwrap_or_default();
+    if nodes.is_empty() {
+        println!("no records from the fleet yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<28} {:<9} {:<14} WHERE",
+        "NODE", "TASK", "STATE", "AGENT"
+    );
+    for n in nodes {
+        let node = dirigent::terminal::printable(n["node"].as_str().unwrap_or("?"));
+        for t in n["tasks"].as_array().cloned().unwrap_or_default() {
+            let place = if let Some(w) = t["ran_on"].as_str() {
+                format!("ran on {w}")
+            } else if t["on_fleet"] == true {
+                "on the fleet's queue".to_string()
+            } else if let Some(k) = t["fleet_key"].as_str() {
+                format!("for {}", k.split('.').next().unwrap_or("?"))
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<16} {:<28} {:<9} {:<14} {}",
+                node,
+                dirigent::terminal::printable(t["id"].as_str().unwrap_or("?")),
+                t["state"].as_str().unwrap_or("?"),
+                dirigent::terminal::printable(t["agent"].as_str().unwrap_or("-")),
+                dirigent::terminal::printable(&place)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -143,7 +143,7 @@ pub async fn run_with_options(
                 ws.root().to_path_buf(),
                 capabilities(&config, ws.root()),
                 config.concurrency,
-                ledger.live().subscribe(),
+                &ledger.live(),
                 Arc::new(move |m| drop(to_engine.send(Msg::Fleet(m)))),
             );
             (Some(link), Some(running))

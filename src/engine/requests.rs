@@ -22,6 +22,14 @@ fn summary(t: &TaskRecord) -> serde_json::Value {
     if let Some(role) = &t.role {
         v["role"] = serde_json::json!(role);
     }
+    match t.fleet.as_deref() {
+        Some(crate::state::FleetPart::Published {
+            worker: Some(w), ..
+        }) => v["ran_on"] = serde_json::json!(w),
+        Some(crate::state::FleetPart::Published { .. }) => v["on_fleet"] = true.into(),
+        Some(crate::state::FleetPart::Taken { key, .. }) => v["fleet_key"] = key.clone().into(),
+        _ => {}
+    }
     if t.cost_usd > 0.0 {
         v["cost_usd"] = serde_json::json!(t.cost_usd);
     }
@@ -297,6 +305,24 @@ impl Engine {
             }
             Request::Merge { id } => self.merge_request(&id),
             Request::Discard { id } => self.discard_request(&id),
+            Request::FleetStatus => match &self.fleet {
+                None => Response::error(
+                    "this daemon is not in a fleet: add a `cluster:` section to .context/dirigent.yaml (see docs/cluster.md)",
+                ),
+                Some(link) => {
+                    let books = crate::fleet::events::lock(&link.books);
+                    let nodes: Vec<serde_json::Value> = books
+                        .iter()
+                        .map(|(node, book)| {
+                            serde_json::json!({
+                                "node": node,
+                                "tasks": list(book, None, &Default::default()),
+                            })
+                        })
+                        .collect();
+                    Response::data(serde_json::json!({ "nodes": nodes }))
+                }
+            },
             Request::Retry { id } => match self.retry(&id).await {
                 Ok(message) => Response::ok(message),
                 Err(refused) => refused,

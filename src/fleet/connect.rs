@@ -20,6 +20,9 @@ use crate::config::cluster::{Auth, Cluster};
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 /// How long an outcome is kept for its node to collect (a node away longer runs it again).
 const OUTCOME_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long the fleet's events are kept, and how many bytes of them at most.
+const EVENTS_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+const EVENTS_BYTES: i64 = 1024 * 1024 * 1024;
 /// How long a gone worker's last heartbeat stays listed.
 const WORKER_AGE: Duration = Duration::from_secs(24 * 3600);
 
@@ -34,6 +37,8 @@ pub struct Connection {
     pub workers: kv::Store,
     /// The fleet's latest word on each provider.
     pub providers: kv::Store,
+    /// Every node's records (`dirigent.events.<node>`).
+    pub events: jetstream::stream::Stream,
     /// Results too large for an outcome, by key.
     pub results: async_nats::jetstream::object_store::ObjectStore,
 }
@@ -165,6 +170,19 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
     )
     .await
     .map_err(|e| js_err(&e))?;
+    let events = js
+        .get_or_create_stream(stream::Config {
+            name: super::events::EVENTS_STREAM.into(),
+            subjects: vec![super::events::EVENTS_SUBJECTS.into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: EVENTS_AGE,
+            max_bytes: EVENTS_BYTES,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err(&e))?;
     let results = match js.get_object_store(RESULTS_BUCKET).await {
         Ok(store) => store,
         Err(_) => js
@@ -179,6 +197,7 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
             .map_err(|e| js_err(&e))?,
     };
     Ok(Connection {
+        events,
         results,
         client,
         js,

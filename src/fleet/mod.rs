@@ -26,6 +26,7 @@
 //! messages: [`ToFleet`] from the engine, [`ToEngine`] back.
 
 pub mod connect;
+pub mod events;
 pub mod heartbeat;
 pub mod stewardship;
 pub mod submitter;
@@ -213,6 +214,8 @@ pub struct Link {
     pub view: heartbeat::SharedView,
     /// The server's address, for `status`.
     pub url: String,
+    /// Every node's tasks, folded from the events stream (`status --fleet`).
+    pub books: events::FleetBooks,
 }
 
 /// The running fleet component: wait for it after the engine stopped.
@@ -235,9 +238,11 @@ pub fn start(
     root: std::path::PathBuf,
     agents: Vec<String>,
     slots: usize,
-    live: tokio::sync::broadcast::Receiver<crate::ledger::LiveRecord>,
+    live: &tokio::sync::broadcast::Sender<crate::ledger::LiveRecord>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) -> (Link, Running) {
+    // Subscribed now, before the engine writes anything more.
+    let live = (live.subscribe(), live.subscribe());
     let (tx, rx) = mpsc::unbounded_channel();
     let view = heartbeat::SharedView::default();
     heartbeat::lock(&view).problem = Some(format!("connecting to {}", cluster.url));
@@ -247,8 +252,12 @@ pub fn start(
         works: cluster.work,
         view: view.clone(),
         url: cluster.url.clone(),
+        books: events::FleetBooks::default(),
     };
-    let handle = tokio::spawn(run(cluster, root, agents, slots, live, rx, to_engine, view));
+    let books = link.books.clone();
+    let handle = tokio::spawn(run(
+        cluster, root, agents, slots, live, rx, to_engine, view, books,
+    ));
     (link, Running { handle })
 }
 
@@ -260,11 +269,16 @@ async fn run(
     root: std::path::PathBuf,
     agents: Vec<String>,
     slots: usize,
-    live: tokio::sync::broadcast::Receiver<crate::ledger::LiveRecord>,
+    live: (
+        tokio::sync::broadcast::Receiver<crate::ledger::LiveRecord>,
+        tokio::sync::broadcast::Receiver<crate::ledger::LiveRecord>,
+    ),
     mut rx: mpsc::UnboundedReceiver<ToFleet>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
     view: heartbeat::SharedView,
+    books: events::FleetBooks,
 ) {
+    let (live, live_events) = live;
     let conn = match connect::until_connected(&cluster, &mut rx, &view).await {
         Some(c) => c,
         None => return,
@@ -276,6 +290,12 @@ async fn run(
     }
     let watcher = tokio::spawn(heartbeat::watch(conn.clone(), view.clone()));
     let health = tokio::spawn(heartbeat::health(conn.clone(), view.clone()));
+    let publishing = tokio::spawn(events::publish(
+        conn.clone(),
+        cluster.name.clone(),
+        live_events,
+    ));
+    let folding = tokio::spawn(events::fold(conn.clone(), books));
     let sharing = tokio::spawn(stewardship::share(conn.clone(), cluster.name.clone(), live));
     let listening = tokio::spawn(stewardship::listen(
         conn.clone(),
@@ -354,6 +374,8 @@ async fn run(
     submitter.abort();
     watcher.abort();
     health.abort();
+    publishing.abort();
+    folding.abort();
     sharing.abort();
     listening.abort();
     if let Some(b) = beat {

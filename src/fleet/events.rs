@@ -1,0 +1,98 @@
+//! The fleet's records in one place: every node publishes each record its ledger writes to the
+//! events stream (`dirigent.events.<node>`), and every node folds the stream into one task
+//! book per node — what `dirigent status --fleet` shows.
+//!
+//! Each node's own fsynced ledger stays the truth. The events stream is a window onto all of
+//! them: a record is published once it is durable locally, without waiting for the server
+//! (a record written while the server is away is not in the stream; the node's own `status`
+//! still has it). The stream keeps a week, at most 1 GiB.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+
+use super::connect::Connection;
+use crate::ledger::{LiveRecord, Record};
+use crate::state::TaskBook;
+
+/// The stream of every node's records.
+pub const EVENTS_STREAM: &str = "DIRIGENT_EVENTS";
+/// Its subjects: one per node.
+pub const EVENTS_SUBJECTS: &str = "dirigent.events.>";
+/// Finished tasks each node's book in the fleet view keeps in full.
+const KEEP_FINISHED: usize = 200;
+
+/// One task book per node, folded from the events stream. Written by [`fold`], read by the
+/// engine's answer to `status --fleet`.
+pub type FleetBooks = Arc<Mutex<BTreeMap<String, TaskBook>>>;
+
+pub fn lock(books: &FleetBooks) -> std::sync::MutexGuard<'_, BTreeMap<String, TaskBook>> {
+    books.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Publishes this node's records as the ledger writes them.
+pub async fn publish(conn: Connection, node: String, mut live: broadcast::Receiver<LiveRecord>) {
+    let subject = format!("dirigent.events.{node}");
+    loop {
+        let record = match live.recv().await {
+            Ok(r) => r,
+            // Missed records are missing from the stream only; the ledger has them.
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!("{n} record(s) were not published to the fleet's events");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let bytes = bytes::Bytes::copy_from_slice(record.json().as_bytes());
+        if let Err(e) = conn.client.publish(subject.clone(), bytes).await {
+            tracing::debug!("cannot publish a record to the fleet's events: {e}");
+        }
+    }
+}
+
+/// Folds the whole stream (from its start, then live) into `books`, made again from scratch
+/// when the consumer breaks.
+pub async fn fold(conn: Connection, books: FleetBooks) {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let consumer = conn
+            .events
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: EVENTS_SUBJECTS.into(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await;
+        match consumer {
+            Ok(c) => match c.messages().await {
+                Ok(mut messages) => {
+                    lock(&books).clear();
+                    delay = Duration::from_millis(250);
+                    while let Some(Ok(msg)) = messages.next().await {
+                        let Some(node) = msg.subject.strip_prefix("dirigent.events.") else {
+                            continue;
+                        };
+                        if crate::config::validate_name(node).is_err() {
+                            continue;
+                        }
+                        let Ok(record) = serde_json::from_slice::<Record>(&msg.payload) else {
+                            continue;
+                        };
+                        lock(&books)
+                            .entry(node.to_string())
+                            .or_insert_with(|| TaskBook::with_limit(Some(KEEP_FINISHED), []))
+                            .apply(&record);
+                    }
+                }
+                Err(e) => tracing::debug!("cannot read the fleet's events: {e}"),
+            },
+            Err(e) => tracing::debug!("cannot read the fleet's events: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
