@@ -225,11 +225,12 @@ async fn pull_loop(
             }
         };
         let mut slot = Some(slot);
+        let mut busy = false;
         while let Some(msg) = batch.next().await {
             match msg {
                 Ok(msg) => {
                     if let Some(s) = slot.take() {
-                        take(&conn, &root, &cluster.name, msg, s, &held, &*to_engine).await;
+                        busy = take(&conn, &root, &cluster.name, msg, s, &held, &*to_engine).await;
                     } else {
                         // More than asked for: the next pull takes it.
                         let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -238,10 +239,16 @@ async fn pull_loop(
                 Err(e) => tracing::debug!(agent, "a pull from the fleet's queue failed: {e}"),
             }
         }
+        // The engine cannot take tasks now (paused, stopping): pulling again at once would
+        // only hand task after task back.
+        if busy {
+            tokio::time::sleep(BUSY_AGAIN_IN).await;
+        }
     }
 }
 
 /// One delivery: a task taken, a repeat of one in hand or already settled, or unreadable.
+/// Returns whether the engine was too busy to take it (paused, stopping).
 async fn take(
     conn: &Connection,
     root: &std::path::Path,
@@ -250,14 +257,14 @@ async fn take(
     slot: OwnedSemaphorePermit,
     held: &HeldMap,
     to_engine: &(dyn Fn(ToEngine) + Send + Sync),
-) {
+) -> bool {
     let queued: QueuedTask = match serde_json::from_slice(&msg.payload) {
         Ok(q) => q,
         Err(e) => {
             // Never delivered again: it would fail the same way on every worker.
             tracing::warn!(subject = %msg.subject, "a message on the fleet's queue is not a task ({e}); it is dropped");
             let _ = msg.ack_with(AckKind::Term).await;
-            return;
+            return false;
         }
     };
     let key = queued.key();
@@ -270,7 +277,7 @@ async fn take(
     {
         tracing::info!(key, "the fleet already has this task's outcome; dropped");
         let _ = msg.double_ack().await;
-        return;
+        return false;
     }
     let (_, acker) = msg.split();
     let acker = Arc::new(acker);
@@ -356,6 +363,7 @@ async fn take(
         Ok(Taken::Busy(why)) => {
             tracing::info!(key, "not taking the fleet's task now: {why}; handed back");
             let _ = acker.ack_with(AckKind::Nak(Some(BUSY_AGAIN_IN))).await;
+            return true;
         }
         // The engine is stopping: the server gives it to another worker.
         Err(_) => {
@@ -364,6 +372,7 @@ async fn take(
                 .await;
         }
     }
+    false
 }
 
 /// Claims the outcome (create-if-absent: the first worker's stands), tells the engine, then
