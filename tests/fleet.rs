@@ -854,3 +854,66 @@ fn status_fleet_shows_every_nodes_tasks_from_the_events_stream() {
         "expected a clear error without a daemon, got {out:?}"
     );
 }
+
+#[test]
+fn a_providers_start_rate_counts_the_starts_of_every_worker() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  a: { command: [\"absent-cli\"] }\n",
+    ));
+    let worker = |name: &str| {
+        Workspace::new(&format!(
+            "providers: {{p: {{starts_per_minute: 2}}}}\n{}",
+            node(
+                &nats,
+                name,
+                true,
+                "  a: { command: [\"{agents}/ok.sh\"], provider: p }\n"
+            )
+        ))
+    };
+    let (first, second) = (worker("first"), worker("second"));
+    let _ds = submitter.start();
+    // One start on the first worker.
+    let mut d1 = first.start();
+    submitter.drop_task("t1.json", r#"{"prompt": "p", "agent": "a"}"#);
+    submitter.wait_settled("t1");
+    let first_start = first
+        .records()
+        .iter()
+        .find(|r| matches!(&r.event, Event::AttemptStarted { .. }))
+        .map(|r| r.ts)
+        .expect("the first worker started `t1`");
+    d1.stop();
+    // The second worker joins (hearing the fleet's recent starts before it takes a task) and
+    // runs two more: the first fits the window (1 + 1 of 2), the next must wait for it.
+    let _d2 = second.start();
+    for t in ["t2", "t3"] {
+        submitter.drop_task(&format!("{t}.json"), r#"{"prompt": "p", "agent": "a"}"#);
+        submitter.wait_settled(t);
+    }
+    let starts: Vec<u64> = second
+        .records()
+        .iter()
+        .filter(|r| matches!(&r.event, Event::AttemptStarted { .. }))
+        .map(|r| r.ts)
+        .collect();
+    assert_eq!(
+        starts.len(),
+        2,
+        "expected `t2` and `t3` to run on the second worker"
+    );
+    assert!(
+        starts[0] < first_start + 60_000,
+        "expected `t2` to start at once (one start of two in the window), it started {} ms after the first worker's",
+        starts[0] - first_start
+    );
+    assert!(
+        starts[1] >= first_start + 60_000,
+        "expected `t3` to wait until the first worker's start left the window ({first_start} + 60 s), it started at {}",
+        starts[1]
+    );
+}

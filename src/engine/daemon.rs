@@ -154,6 +154,7 @@ pub async fn run_with_options(
         fleet,
         fleet_waiting: Vec::new(),
         hand_backs: Vec::new(),
+        starts_elsewhere: HashMap::new(),
         live: LiveTasks::default(),
         watchdog_due: notifier
             .as_ref()

@@ -79,13 +79,14 @@ impl Engine {
                     .filter_map(|r| r.get(group))
                     .sum()
             };
+            let fleet_starts = self.starts_with_fleet(&windows);
             match admission::room(
                 agent,
                 &self.config,
                 running,
                 last_start,
                 &held,
-                &self.start_log,
+                fleet_starts.as_ref().unwrap_or(&self.start_log),
                 now,
             ) {
                 admission::Room::Now => {}
@@ -97,6 +98,7 @@ impl Engine {
                 admission::Room::Full => continue,
             }
             for (key, _) in windows {
+                self.tell_fleet_started(&key);
                 self.start_log.entry(key).or_default().push_back(now);
             }
             let slot = self.slots.entry(base_name.clone()).or_default();

@@ -92,6 +92,45 @@ impl Engine {
         Some(out)
     }
 
+    /// Tells the fleet about a start in a provider's `starts_per_minute` window.
+    pub(super) fn tell_fleet_started(&self, window: &str) {
+        if let (Some(link), Some(provider)) = (&self.fleet, window.strip_prefix("provider:")) {
+            let _ = link.to_fleet.send(ToFleet::Started {
+                provider: provider.to_string(),
+            });
+        }
+    }
+
+    /// The start log `room` reads: this node's, with the other workers' starts added to each
+    /// provider window (fleet mode).
+    pub(super) fn starts_with_fleet(
+        &self,
+        windows: &[(String, u32)],
+    ) -> Option<HashMap<String, std::collections::VecDeque<Instant>>> {
+        if self.starts_elsewhere.is_empty() {
+            return None;
+        }
+        let mut out = HashMap::new();
+        for (window, _) in windows {
+            let mut all: Vec<Instant> = self
+                .start_log
+                .get(window)
+                .into_iter()
+                .flatten()
+                .copied()
+                .chain(
+                    self.starts_elsewhere
+                        .get(window)
+                        .into_iter()
+                        .flat_map(|w| w.values().flatten().copied()),
+                )
+                .collect();
+            all.sort();
+            out.insert(window.clone(), all.into());
+        }
+        Some(out)
+    }
+
     /// Hands an accepted task to the fleet's queue; `published` is recorded when the server
     /// has it.
     pub(super) fn publish(&mut self, id: &str) {
@@ -184,6 +223,23 @@ impl Engine {
                     outcome,
                 } => self.settle_from_fleet(&task, round, outcome).await,
                 ToEngine::Provider(word) => self.heed(word).await,
+                ToEngine::Starts {
+                    worker,
+                    provider,
+                    at_ms,
+                } => {
+                    let (now, now_ms) = (Instant::now(), ledger::now_ms());
+                    let at: Vec<Instant> = at_ms
+                        .iter()
+                        .filter_map(|t| {
+                            now.checked_sub(Duration::from_millis(now_ms.saturating_sub(*t)))
+                        })
+                        .collect();
+                    self.starts_elsewhere
+                        .entry(format!("provider:{provider}"))
+                        .or_default()
+                        .insert(worker, at);
+                }
                 ToEngine::Claimed { task, key, won } => {
                     self.record_now(Event::FleetSettled { task, key, won })
                         .await;

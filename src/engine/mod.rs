@@ -198,6 +198,9 @@ struct Engine {
     fleet_waiting: Vec<crate::fleet::ToEngine>,
     /// Tasks taken off the fleet's queue that go back to it (found at start).
     hand_backs: Vec<String>,
+    /// Fleet mode: the other workers' starts in the last minute, by `provider:NAME` window and
+    /// worker (converted to this machine's clock when heard).
+    starts_elsewhere: HashMap<String, HashMap<String, Vec<Instant>>>,
     /// What the engine is doing with each task it handles: queued, running, finishing …
     live: LiveTasks,
     /// The text the config was last loaded from (`None`: the embedded default), so that a file

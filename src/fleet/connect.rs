@@ -10,8 +10,8 @@ use async_nats::jetstream::{self, kv, stream};
 use tokio::sync::mpsc;
 
 use super::{
-    OUTCOMES_BUCKET, PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, ToFleet,
-    WORKERS_BUCKET,
+    OUTCOMES_BUCKET, PROVIDERS_BUCKET, RESULTS_BUCKET, STARTS_BUCKET, TASKS_STREAM, TASKS_SUBJECTS,
+    ToFleet, WORKERS_BUCKET,
 };
 use crate::config::cluster::{Auth, Cluster};
 
@@ -37,6 +37,8 @@ pub struct Connection {
     pub workers: kv::Store,
     /// The fleet's latest word on each provider.
     pub providers: kv::Store,
+    /// Each worker's starts per provider in the last minute (`starts_per_minute` windows).
+    pub starts: kv::Store,
     /// Every node's records (`dirigent.events.<node>`).
     pub events: jetstream::stream::Stream,
     /// Results too large for an outcome, by key.
@@ -162,6 +164,14 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
     )
     .await
     .map_err(|e| js_err(&e))?;
+    let starts = bucket(
+        &js,
+        STARTS_BUCKET,
+        "dirigent: each worker's starts per provider in the last minute",
+        Duration::from_secs(3600),
+    )
+    .await
+    .map_err(|e| js_err(&e))?;
     let providers = bucket(
         &js,
         PROVIDERS_BUCKET,
@@ -197,6 +207,7 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
             .map_err(|e| js_err(&e))?,
     };
     Ok(Connection {
+        starts,
         events,
         results,
         client,

@@ -48,6 +48,8 @@ pub const TASKS_SUBJECTS: &str = "dirigent.tasks.>";
 pub const OUTCOMES_BUCKET: &str = "dirigent_outcomes";
 /// The bucket of the fleet's latest word on each provider (cooling down, disabled, enabled).
 pub const PROVIDERS_BUCKET: &str = "dirigent_providers";
+/// The bucket of each worker's starts per provider in the last minute (`PROVIDER.WORKER`).
+pub const STARTS_BUCKET: &str = "dirigent_starts";
 /// The bucket of heartbeats, one key per worker.
 pub const WORKERS_BUCKET: &str = "dirigent_workers";
 /// The object store results larger than [`INLINE_RESULT_BYTES`] go through, by key.
@@ -152,6 +154,9 @@ pub enum ToFleet {
     Publish { spec: Arc<TaskSpec>, round: u32 },
     /// A task taken off the queue has settled here: claim its outcome, then acknowledge it.
     Settled { key: String, task: String, end: End },
+    /// An attempt started here on `provider`, which has a `starts_per_minute` window: every
+    /// worker counts it.
+    Started { provider: String },
     /// A task taken off the queue ended here without an outcome (cancelled here): it goes
     /// back to the queue for another worker.
     HandBack { key: String },
@@ -179,6 +184,12 @@ pub enum ToEngine {
     },
     /// Another worker's word on a provider.
     Provider(stewardship::Word),
+    /// Another worker's starts on a provider within the last minute (Unix ms, its clock).
+    Starts {
+        worker: String,
+        provider: String,
+        at_ms: Vec<u64>,
+    },
     /// The outcome of a taken task is claimed (`won`) or was another worker's.
     Claimed {
         task: String,
@@ -329,12 +340,26 @@ async fn run(
     );
     let (settled_tx, settled_rx) = mpsc::unbounded_channel();
     let (publish_tx, publish_rx) = mpsc::unbounded_channel();
+    let (starts_tx, starts_rx) = mpsc::unbounded_channel();
+    let counting = tokio::spawn(stewardship::count_starts(
+        conn.clone(),
+        cluster.name.clone(),
+        starts_rx,
+    ));
+    let hearing = tokio::spawn(stewardship::hear_starts(
+        conn.clone(),
+        cluster.name.clone(),
+        to_engine.clone(),
+    ));
     let submitter = tokio::spawn(submitter::run(
         conn.clone(),
         cluster.name.clone(),
         publish_rx,
         to_engine.clone(),
     ));
+    if cluster.work {
+        stewardship::prime(&conn, &cluster.name, &*to_engine).await;
+    }
     let worker = cluster.work.then(|| {
         tokio::spawn(worker::run(
             conn.clone(),
@@ -363,6 +388,9 @@ async fn run(
             ToFleet::HandBack { key } => {
                 let _ = settled_tx.send(worker::FromEngine::HandBack(key));
             }
+            ToFleet::Started { provider } => {
+                let _ = starts_tx.send(provider);
+            }
         }
     }
     // The engine stopped: the worker hands back what it holds, the submitter stops.
@@ -376,6 +404,8 @@ async fn run(
     health.abort();
     publishing.abort();
     folding.abort();
+    counting.abort();
+    hearing.abort();
     sharing.abort();
     listening.abort();
     if let Some(b) = beat {

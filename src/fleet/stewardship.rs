@@ -1,6 +1,6 @@
 //! Shared stewardship of providers: a rate limit (429) or an auth failure seen on one worker
-//! rests that provider on every worker, and `dirigent agents enable` on one enables it
-//! everywhere.
+//! rests that provider on every worker, `dirigent agents enable` on one enables it
+//! everywhere, and a provider's `starts_per_minute` counts the starts of every worker.
 //!
 //! Each node puts its own provider records (`provider_cooldown`, `provider_disabled`,
 //! `provider_enabled` — those its engine wrote, not those that came from the fleet) into the
@@ -133,5 +133,108 @@ pub async fn listen(conn: Connection, me: String, to_engine: Arc<dyn Fn(ToEngine
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// A minute, in ms: the start-rate window.
+const WINDOW_MS: u64 = 60_000;
+
+/// Puts this worker's starts per provider (those of the last minute) into the starts bucket
+/// under `PROVIDER.WORKER`, at each start.
+pub async fn count_starts(
+    conn: Connection,
+    me: String,
+    mut started: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let mut recent: std::collections::HashMap<String, std::collections::VecDeque<u64>> =
+        Default::default();
+    while let Some(provider) = started.recv().await {
+        let now = crate::ledger::now_ms();
+        let log = recent.entry(provider.clone()).or_default();
+        log.push_back(now);
+        while log
+            .front()
+            .is_some_and(|t| now.saturating_sub(*t) >= WINDOW_MS)
+        {
+            log.pop_front();
+        }
+        let value = serde_json::to_vec(log).expect("a list of numbers serialises");
+        if let Err(e) = conn
+            .starts
+            .put(format!("{provider}.{me}"), value.into())
+            .await
+        {
+            tracing::debug!(provider, "cannot tell the fleet about a start: {e}");
+        }
+    }
+}
+
+/// Hands the other workers' starts to the engine as they put them.
+pub async fn hear_starts(
+    conn: Connection,
+    me: String,
+    to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
+) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        if let Ok(mut watch) = conn.starts.watch_with_history(">").await {
+            delay = Duration::from_millis(250);
+            while let Some(Ok(entry)) = watch.next().await {
+                // `PROVIDER.WORKER`; provider names may hold dots, worker names cannot.
+                let Some((provider, worker)) = entry.key.rsplit_once('.') else {
+                    continue;
+                };
+                if worker == me {
+                    continue;
+                }
+                let Ok(at_ms) = serde_json::from_slice::<Vec<u64>>(&entry.value) else {
+                    continue;
+                };
+                to_engine(ToEngine::Starts {
+                    worker: worker.to_string(),
+                    provider: provider.to_string(),
+                    at_ms,
+                });
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Before a worker takes its first task: the fleet's word on every provider and every other
+/// worker's recent starts, handed to the engine ahead of any task (the engine carries out the
+/// fleet's messages in order), so a worker that just joined does not run into a provider the
+/// fleet already rests or over a start rate the others have used up.
+pub async fn prime(conn: &Connection, me: &str, to_engine: &(dyn Fn(ToEngine) + Send + Sync)) {
+    if let Ok(mut keys) = conn.providers.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            if let Ok(Some(value)) = conn.providers.get(key).await
+                && let Ok(word) = serde_json::from_slice::<Word>(&value)
+                && word.worker != me
+                && crate::config::validate_name(&word.provider).is_ok()
+            {
+                to_engine(ToEngine::Provider(word));
+            }
+        }
+    }
+    if let Ok(mut keys) = conn.starts.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            let Some((provider, worker)) = key.rsplit_once('.') else {
+                continue;
+            };
+            if worker == me {
+                continue;
+            }
+            if let Ok(Some(value)) = conn.starts.get(key.clone()).await
+                && let Ok(at_ms) = serde_json::from_slice::<Vec<u64>>(&value)
+            {
+                to_engine(ToEngine::Starts {
+                    worker: worker.to_string(),
+                    provider: provider.to_string(),
+                    at_ms,
+                });
+            }
+        }
     }
 }
