@@ -541,10 +541,26 @@ fn status_and_fleet_name_the_workers_and_the_agents_no_worker_runs() {
         fleet["node"], "desk",
         "expected the node's own name in {fleet}"
     );
+    let gpu = fleet["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "gpu")
+        .unwrap();
     assert_eq!(
-        fleet["workers"][0]["agents"],
+        gpu["agents"],
         serde_json::json!(["alpha"]),
         "expected the worker's agents in {fleet}"
+    );
+    let desk = fleet["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "desk")
+        .expect("the submitting node is listed too");
+    assert_eq!(
+        desk["works"], false,
+        "expected the submitter listed as submitting only"
     );
     submitter.drop_task("b.json", r#"{"prompt": "p", "agent": "beta"}"#);
     submitter.wait_for("`b` to be published", |recs| {
@@ -784,16 +800,23 @@ fn a_large_result_comes_back_whole_through_the_object_store() {
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = async_nats::jetstream::new(client);
         let kv = js.get_key_value("dirigent_outcomes").await.unwrap();
-        let value = kv
-            .get("desk.t")
-            .await
-            .unwrap()
-            .expect("the outcome is in the bucket");
-        serde_json::from_slice(&value).unwrap()
+        let mut keys = kv.keys().await.unwrap();
+        let mut key = None;
+        while let Some(k) = futures_util::StreamExt::next(&mut keys).await {
+            let k = k.unwrap();
+            if k.starts_with("desk.t=") {
+                key = Some(k);
+            }
+        }
+        let key = key.expect("the outcome is in the bucket under `desk.t=…`");
+        let value = kv.get(key.clone()).await.unwrap().unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        v["key"] = key.into();
+        v
     });
     assert_eq!(
-        outcome["object"], "desk.t",
-        "expected the outcome to name the result's object, got {outcome}"
+        outcome["object"], outcome["key"],
+        "expected the outcome to name the result's object (its key), got {outcome}"
     );
     assert_eq!(outcome["text"], "", "expected no inline text in {outcome}");
 }
@@ -915,5 +938,56 @@ fn a_providers_start_rate_counts_the_starts_of_every_worker() {
         starts[1] >= first_start + 60_000,
         "expected `t3` to wait until the first worker's start left the window ({first_start} + 60 s), it started at {}",
         starts[1]
+    );
+}
+
+#[test]
+fn two_nodes_with_one_name_are_told_and_keep_their_own_results() {
+    let Some(nats) = Nats::start() else { return };
+    let config = |prompt_agent: &str| node(&nats, "desk", false, prompt_agent);
+    let one = Workspace::new(&config("  alpha: { command: [\"absent-cli\"] }\n"));
+    let two = Workspace::new(&config("  alpha: { command: [\"absent-cli\"] }\n"));
+    let worker = Workspace::new(&node(
+        &nats,
+        "gpu",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _d1 = one.start();
+    let _dw = worker.start();
+    one.wait_until("the first `desk` to beat", || {
+        let out = one.cli(&["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["name"] == "desk")
+            .then_some(())
+    });
+    let _d2 = two.start();
+    // The same id on both: each gets its own task's result, not the other's.
+    one.drop_task("same.json", r#"{"prompt": "from one", "agent": "alpha"}"#);
+    two.drop_task("same.json", r#"{"prompt": "from two", "agent": "alpha"}"#);
+    for (ws, prompt) in [(&one, "from one"), (&two, "from two")] {
+        let Event::Done { output, .. } = ws.wait_settled("same") else {
+            panic!("expected `same` done on the node that sent {prompt:?}");
+        };
+        let text = std::fs::read_to_string(ws.root().join(&output)).unwrap();
+        assert!(
+            text.contains(prompt),
+            "expected the result of {prompt:?}, got {text:?}"
+        );
+    }
+    let said = one.wait_until("a node to say the name is taken twice", || {
+        [&one, &two].iter().find_map(|ws| {
+            let out = ws.cli(&["status"]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains("another node of the fleet also uses the name `desk`")
+                .then_some(text)
+        })
+    });
+    assert!(
+        said.contains("give each node its own `cluster.name`"),
+        "got:\n{said}"
     );
 }

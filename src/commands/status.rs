@@ -574,7 +574,7 @@ pub(super) fn fleet_lines(fleet: &serde_json::Value) -> Vec<String> {
                 .map_or(&[][..], |w| w.as_slice());
             let live: Vec<String> = workers
                 .iter()
-                .filter(|w| w["live"] == true)
+                .filter(|w| w["live"] == true && w["works"] != false)
                 .map(|w| {
                     let agents: Vec<&str> = w["agents"]
                         .as_array()
@@ -596,6 +596,9 @@ pub(super) fn fleet_lines(fleet: &serde_json::Value) -> Vec<String> {
             };
             out.push(format!("fleet:   node `{node}` at {url}; workers: {live}"));
         }
+    }
+    if let Some(twin) = fleet["twin"].as_str() {
+        out.push(format!("fleet:   {twin}"));
     }
     if let Some(unrunnable) = fleet["unrunnable"].as_object() {
         for (agent, tasks) in unrunnable {
@@ -660,7 +663,11 @@ pub fn fleet(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
             if w["live"] == true { "live" } else { "gone" },
             format!("{}/{}", w["running"], w["slots"]),
             format!("{}s ago", seen / 1000),
-            dirigent::terminal::printable(&agents.join(", "))
+            if w["works"] == false {
+                "(submits only)".to_string()
+            } else {
+                dirigent::terminal::printable(&agents.join(", "))
+            }
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -106,7 +106,11 @@ pub(super) fn build(raw: RawCluster) -> Result<Cluster, String> {
         Some(n) => n,
         None => default_name(),
     };
-    super::validate_name(&name).map_err(|e| format!("`cluster.name`: {e}"))?;
+    super::validate_name(&name).map_err(|_| {
+        format!(
+            "`cluster.name`: `{name}` is not a node name: use letters, digits, `-` and `_` (no dots), at most 128 characters"
+        )
+    })?;
     // NATS subjects are split at dots; a name is one token.
     if name.contains('.') {
         return Err(format!(

@@ -145,6 +145,7 @@ impl Engine {
             let _ = link.to_fleet.send(ToFleet::Publish {
                 spec: spec.clone(),
                 round,
+                received_ms: t.received_ms,
             });
         }
     }
@@ -220,8 +221,25 @@ impl Engine {
                 ToEngine::Outcome {
                     task,
                     round,
+                    received_ms,
                     outcome,
-                } => self.settle_from_fleet(&task, round, outcome).await,
+                } => {
+                    self.settle_from_fleet(&task, round, received_ms, outcome)
+                        .await
+                }
+                ToEngine::Unpublishable { task, reason } => {
+                    let unsent = self.book.get(&task).is_some_and(|t| {
+                        !t.phase.is_terminal()
+                            && matches!(t.fleet.as_deref(), None | Some(FleetPart::Retry { .. }))
+                    });
+                    if unsent {
+                        tracing::warn!(task, "cannot go on the fleet's queue: {reason}");
+                        self.escalate(
+                            &task,
+                            format!("it cannot go on the fleet's queue: {reason}"),
+                        );
+                    }
+                }
                 ToEngine::Provider(word) => self.heed(word).await,
                 ToEngine::Starts {
                     worker,
@@ -278,9 +296,24 @@ impl Engine {
                 None => {}
             }
         }
-        // Named for its key (`/` of a round is not in ids' alphabet); a later copy (handed
-        // back, then delivered here again) gets a number.
-        let base = key.replace('/', ".");
+        if !queued.well_formed() {
+            return Taken::Refused(format!("`{key}` does not name a node and a task"));
+        }
+        // Named for its node and id (`desk.fix-login`), shortened to the names' limit when
+        // that is too long; a later copy (another round, or handed back and delivered here
+        // again) gets a number.
+        let mut base = format!("{}.{}", queued.node, queued.spec.id);
+        if base.len() > MAX_LOCAL_ID {
+            let cut = (0..=MAX_LOCAL_ID - 16)
+                .rev()
+                .find(|i| base.is_char_boundary(*i))
+                .unwrap_or(0);
+            base = format!(
+                "{}.{:015x}",
+                &base[..cut].trim_end_matches('.'),
+                fnv(&key) >> 4
+            );
+        }
         let mut id = base.clone();
         let mut n = 1;
         while self.book.contains(&id) || self.reserved.contains_key(&id) {
@@ -289,6 +322,11 @@ impl Engine {
         }
         if crate::config::validate_name(&id).is_err() {
             return Taken::Refused(format!("`{key}` cannot be a task id here"));
+        }
+        if queued.spec.fields.workflow.is_some() {
+            return Taken::Refused(
+                "a workflow run does not travel: it runs on the node it was submitted to (its phases go to the fleet)".into(),
+            );
         }
         // Its `after` and `parent` name tasks of the node it came from, not of this one.
         // Every agent of its chain that this worker has rests (a cooldown, an auth failure —
@@ -451,8 +489,19 @@ impl Engine {
 
     /// An outcome from the fleet for a task published here: `ran_on`, then `done` with the
     /// result written here, or `escalated`. One that arrives again is ignored.
-    async fn settle_from_fleet(&mut self, id: &str, round: u32, outcome: fleet::Outcome) {
+    async fn settle_from_fleet(
+        &mut self,
+        id: &str,
+        round: u32,
+        received_ms: u64,
+        outcome: fleet::Outcome,
+    ) {
         let Some(t) = self.book.get(id) else { return };
+        // Another task of the same id: of an earlier workspace under this node's name, or of
+        // another node given the same name.
+        if received_ms != t.received_ms {
+            return;
+        }
         // An earlier round's outcome (the task was retried since) is not this round's.
         let this_round = matches!(
             t.fleet.as_deref(),
@@ -535,6 +584,16 @@ impl Engine {
             }
         }
     }
+}
+
+/// Local ids leave room for a copy's number (`.NN`) under the names' 128 characters.
+const MAX_LOCAL_ID: usize = 120;
+
+/// A short, stable fingerprint of a key, for a local id that had to be shortened.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -93,10 +93,21 @@ pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
     options = match &cluster.auth {
         Auth::None => options,
         Auth::Token(secret) => {
-            options.token(secret.value().map_err(|cause| ConnectError::Credentials {
-                url: url.clone(),
-                cause,
-            })?)
+            let token = match secret {
+                crate::config::notify::Secret::Given(t) => t.clone(),
+                crate::config::notify::Secret::Env(var) => match std::env::var(var) {
+                    Ok(t) if !t.is_empty() => t,
+                    _ => {
+                        return Err(ConnectError::Credentials {
+                            url: url.clone(),
+                            cause: format!(
+                                "`cluster.token_env: {var}` names a variable the daemon's environment does not have (or is empty)"
+                            ),
+                        });
+                    }
+                },
+            };
+            options.token(token)
         }
         Auth::Creds(path) => {
             options

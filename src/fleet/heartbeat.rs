@@ -34,6 +34,17 @@ pub struct Heartbeat {
     pub spend_day: u64,
     #[serde(default)]
     pub spend: crate::state::DaySpend,
+    /// Whether it takes tasks (`false`: it only submits).
+    #[serde(default = "yes")]
+    pub works: bool,
+    /// A random number for this run of its daemon: two nodes given one name tell each other
+    /// apart by it.
+    #[serde(default)]
+    pub instance: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What this node knows of the fleet. Written by the fleet component, read by `status`.
@@ -47,6 +58,10 @@ pub struct View {
     pub workers: BTreeMap<String, (Heartbeat, std::time::Instant)>,
     /// This node's spending today, as its engine last said (sent with its heartbeat).
     pub own_spend: (u64, crate::state::DaySpend),
+    /// This run's instance number (see [`Heartbeat::instance`]).
+    pub instance: u64,
+    /// Another live node uses this node's name: what to do about it.
+    pub twin: Option<String>,
 }
 
 pub type SharedView = Arc<Mutex<View>>;
@@ -60,7 +75,7 @@ impl View {
     pub fn live(&self) -> impl Iterator<Item = &Heartbeat> {
         self.workers
             .values()
-            .filter(|(_, seen)| seen.elapsed() < LIVE_FOR)
+            .filter(|(h, seen)| h.works && seen.elapsed() < LIVE_FOR)
             .map(|(h, _)| h)
     }
 
@@ -95,6 +110,7 @@ impl View {
                     "running": h.running,
                     "slots": h.slots,
                     "version": h.version,
+                    "works": h.works,
                     "spent_today_usd": if h.spend_day == today { h.spend.total_usd } else { 0.0 },
                     "seen_ms_ago": seen.elapsed().as_millis() as u64,
                     "live": seen.elapsed() < LIVE_FOR,
@@ -104,6 +120,7 @@ impl View {
         serde_json::json!({
             "connected": self.connected,
             "problem": self.problem,
+            "twin": self.twin,
             "workers": workers,
         })
     }
@@ -161,8 +178,9 @@ pub async fn health(conn: Connection, view: SharedView) {
     }
 }
 
-/// Keeps `view.workers` current from the workers bucket (its history first).
-pub async fn watch(conn: Connection, view: SharedView) {
+/// Keeps `view.workers` current from the workers bucket (its history first), and notices a
+/// live node with this node's name (`own_name`) but another instance.
+pub async fn watch(conn: Connection, view: SharedView, own_name: Option<String>) {
     let mut delay = Duration::from_millis(250);
     loop {
         if let Ok(mut w) = conn.workers.watch_with_history(">").await {
@@ -181,7 +199,21 @@ pub async fn watch(conn: Connection, view: SharedView) {
                     now.checked_sub(Duration::from_millis(age.min(3_600_000)))
                         .unwrap_or(now)
                 };
-                lock(&view).workers.insert(h.name.clone(), (h, seen));
+                let mut v = lock(&view);
+                if entry.seen_current
+                    && h.instance != 0
+                    && h.instance != v.instance
+                    && v.twin.is_none()
+                    && own_name.as_deref() == Some(h.name.as_str())
+                {
+                    let twin = format!(
+                        "another node of the fleet also uses the name `{}`: give each node its own `cluster.name` (their heartbeats, provider words and budgets are mixed up until then)",
+                        h.name
+                    );
+                    tracing::error!("{twin}");
+                    v.twin = Some(twin);
+                }
+                v.workers.insert(h.name.clone(), (h, seen));
             }
         }
         tokio::time::sleep(delay).await;

@@ -79,21 +79,36 @@ pub fn consumer_for(agent: &str) -> String {
     format!("work-{}", agent.replace('.', "~"))
 }
 
-/// A task's key in the fleet: the node that accepted it, its id there, and — once retried —
-/// the round (`NODE.ID/rN`; `/` is outside ids' alphabet, and allowed in bucket keys).
-pub fn key_of(node: &str, id: &str, round: u32) -> String {
+/// A task's key in the fleet: the node that accepted it, its id there, once retried the round
+/// (`/rN`), and the time its node received it (`=MS`) — `NODE.ID[/rN]=MS`. `/` and `=` are
+/// outside ids' alphabet and allowed in bucket keys. The time tells apart two tasks of one id:
+/// one of a workspace made again under the same node name, or of two nodes given one name.
+pub fn key_of(node: &str, id: &str, round: u32, received_ms: u64) -> String {
     match round {
-        0 => format!("{node}.{id}"),
-        n => format!("{node}.{id}/r{n}"),
+        0 => format!("{node}.{id}={received_ms}"),
+        n => format!("{node}.{id}/r{n}={received_ms}"),
     }
 }
 
-/// The id and round in what follows `NODE.` in a key (`None`: not a key this node made).
-pub fn parse_key_rest(rest: &str) -> Option<(&str, u32)> {
+/// The id, round and time in what follows `NODE.` in a key (`None`: not a key of this form).
+pub fn parse_key_rest(rest: &str) -> Option<(&str, u32, u64)> {
+    let (rest, received_ms) = rest.rsplit_once('=')?;
+    let received_ms = received_ms.parse().ok()?;
     match rest.rsplit_once("/r") {
-        Some((id, n)) => Some((id, n.parse().ok().filter(|n| *n > 0)?)),
-        None => Some((rest, 0)),
+        Some((id, n)) => Some((id, n.parse().ok().filter(|n| *n > 0)?, received_ms)),
+        None => Some((rest, 0, received_ms)),
     }
+}
+
+/// Whether `key` can be a key of the outcomes bucket (and a NATS subject token sequence).
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && !key.contains("..")
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '/' | '.'))
 }
 
 /// What goes on the queue: the task as its node accepted it.
@@ -105,11 +120,23 @@ pub struct QueuedTask {
     /// 0, then one more per `dirigent retry` on its node.
     #[serde(default)]
     pub round: u32,
+    /// When its node received it (Unix ms; part of its key).
+    #[serde(default)]
+    pub received_ms: u64,
 }
 
 impl QueuedTask {
     pub fn key(&self) -> String {
-        key_of(&self.node, &self.spec.id, self.round)
+        key_of(&self.node, &self.spec.id, self.round, self.received_ms)
+    }
+
+    /// Whether it names its node and itself as the fleet's keys need: a node name (no dot)
+    /// and a task id of the names' alphabet. A message that does not is not a task of ours.
+    pub fn well_formed(&self) -> bool {
+        crate::config::validate_name(&self.node).is_ok()
+            && !self.node.contains('.')
+            && crate::config::validate_name(&self.spec.id).is_ok()
+            && valid_key(&self.key())
     }
 }
 
@@ -151,7 +178,11 @@ pub enum End {
 #[derive(Debug)]
 pub enum ToFleet {
     /// Put an accepted task on the queue (the engine records `published` when told it is).
-    Publish { spec: Arc<TaskSpec>, round: u32 },
+    Publish {
+        spec: Arc<TaskSpec>,
+        round: u32,
+        received_ms: u64,
+    },
     /// A task taken off the queue has settled here: claim its outcome, then acknowledge it.
     Settled { key: String, task: String, end: End },
     /// An attempt started here on `provider`, which has a `starts_per_minute` window: every
@@ -180,8 +211,12 @@ pub enum ToEngine {
     Outcome {
         task: String,
         round: u32,
+        received_ms: u64,
         outcome: Outcome,
     },
+    /// The task can never go on the queue (its message would be larger than the server
+    /// takes): it escalates with `reason`.
+    Unpublishable { task: String, reason: String },
     /// Another worker's word on a provider.
     Provider(stewardship::Word),
     /// Another worker's starts on a provider within the last minute (Unix ms, its clock).
@@ -299,7 +334,11 @@ async fn run(
         v.connected = true;
         v.problem = None;
     }
-    let watcher = tokio::spawn(heartbeat::watch(conn.clone(), view.clone()));
+    let watcher = tokio::spawn(heartbeat::watch(
+        conn.clone(),
+        view.clone(),
+        Some(cluster.name.clone()),
+    ));
     let health = tokio::spawn(heartbeat::health(conn.clone(), view.clone()));
     let publishing = tokio::spawn(events::publish(
         conn.clone(),
@@ -314,24 +353,32 @@ async fn run(
         to_engine.clone(),
     ));
     let held = worker::HeldMap::default();
-    let beat = cluster.work.then(|| {
+    let instance = crate::confined::random_u64() | 1;
+    heartbeat::lock(&view).instance = instance;
+    let beat = {
         let held = held.clone();
-        tokio::spawn(heartbeat::beat(
+        Some(tokio::spawn(heartbeat::beat(
             conn.clone(),
             heartbeat::Heartbeat {
                 name: cluster.name.clone(),
-                agents: agents.clone(),
+                agents: if cluster.work {
+                    agents.clone()
+                } else {
+                    Vec::new()
+                },
                 running: 0,
-                slots,
+                slots: if cluster.work { slots } else { 0 },
                 at_ms: 0,
                 version: env!("CARGO_PKG_VERSION").into(),
                 spend_day: 0,
                 spend: Default::default(),
+                works: cluster.work,
+                instance,
             },
             move || worker::lock(&held).len(),
             view.clone(),
-        ))
-    });
+        )))
+    };
     tracing::info!(
         url = %cluster.url,
         node = %cluster.name,
@@ -375,8 +422,12 @@ async fn run(
     // Route the engine's messages to the half that handles them.
     while let Some(msg) = rx.recv().await {
         match msg {
-            ToFleet::Publish { spec, round } => {
-                let _ = publish_tx.send((spec, round));
+            ToFleet::Publish {
+                spec,
+                round,
+                received_ms,
+            } => {
+                let _ = publish_tx.send((spec, round, received_ms));
             }
             ToFleet::Settled { key, task, end } => {
                 let _ = settled_tx.send(worker::FromEngine::Settled(worker::Settled {
@@ -418,21 +469,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_name_the_node_the_task_and_its_round() {
+    fn keys_name_the_node_the_task_its_round_and_when_it_was_received() {
         assert_eq!(
-            key_of("desk", "t.1", 0),
-            "desk.t.1",
-            "round 0 has no suffix"
+            key_of("desk", "t.1", 0, 5),
+            "desk.t.1=5",
+            "round 0 has no round"
         );
-        assert_eq!(key_of("desk", "t.1", 2), "desk.t.1/r2", "a retried round");
-        let cases: &[(&str, Option<(&str, u32)>)] = &[
-            ("t.1", Some(("t.1", 0))),
-            ("t.1/r2", Some(("t.1", 2))),
-            ("t/r0", None),
-            ("t/rx", None),
+        assert_eq!(
+            key_of("desk", "t.1", 2, 5),
+            "desk.t.1/r2=5",
+            "a retried round"
+        );
+        type Parsed<'a> = Option<(&'a str, u32, u64)>;
+        let cases: &[(&str, Parsed)] = &[
+            ("t.1=5", Some(("t.1", 0, 5))),
+            ("t.1/r2=5", Some(("t.1", 2, 5))),
+            ("t.1", None),
+            ("t/r0=5", None),
+            ("t/rx=5", None),
+            ("t=x", None),
         ];
         for (rest, want) in cases {
             assert_eq!(parse_key_rest(rest), *want, "for {rest:?}");
+        }
+        for (key, valid) in [
+            ("desk.t=5", true),
+            ("bad node.t=5", false),
+            ("a..b", false),
+            (".a", false),
+        ] {
+            assert_eq!(valid_key(key), valid, "for {key:?}");
         }
         assert_eq!(
             subject_for("qwen.2"),

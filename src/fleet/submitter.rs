@@ -24,7 +24,7 @@ const IN_FLIGHT: usize = 256;
 pub async fn run(
     conn: Connection,
     node: String,
-    mut rx: mpsc::UnboundedReceiver<(Arc<TaskSpec>, u32)>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<TaskSpec>, u32, u64)>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) {
     let watcher = tokio::spawn(watch_outcomes(
@@ -33,7 +33,7 @@ pub async fn run(
         to_engine.clone(),
     ));
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some((spec, round)) = rx.recv().await {
+    while let Some((spec, round, received_ms)) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -41,12 +41,14 @@ pub async fn run(
         tokio::spawn(async move {
             let _permit = permit;
             let task = spec.id.clone();
-            let subject = publish(&conn, &node, &spec, round).await;
-            to_engine(ToEngine::Published {
-                task,
-                subject,
-                round,
-            });
+            match publish(&conn, &node, &spec, round, received_ms).await {
+                Ok(subject) => to_engine(ToEngine::Published {
+                    task,
+                    subject,
+                    round,
+                }),
+                Err(reason) => to_engine(ToEngine::Unpublishable { task, reason }),
+            }
         });
     }
     watcher.abort();
@@ -58,18 +60,37 @@ pub fn subject_of(spec: &TaskSpec) -> String {
     subject_for(crate::config::split_entry(first).0)
 }
 
-/// Publishes until the server acknowledges; returns the subject.
-async fn publish(conn: &Connection, node: &str, spec: &TaskSpec, round: u32) -> String {
+/// Publishes until the server acknowledges; returns the subject. `Err`: the task can never
+/// be published (why), so trying again would only hide it.
+async fn publish(
+    conn: &Connection,
+    node: &str,
+    spec: &TaskSpec,
+    round: u32,
+    received_ms: u64,
+) -> Result<String, String> {
     let subject = subject_of(spec);
+    // A worker checks the fields again and makes its own spec: the prompt travels once, in
+    // the fields.
+    let mut sent = spec.clone();
+    sent.prompt.clear();
     let queued = QueuedTask {
         node: node.to_string(),
-        spec: spec.clone(),
+        spec: sent,
         round,
+        received_ms,
     };
     let payload: bytes::Bytes = serde_json::to_vec(&queued)
         .expect("a task spec serialises")
         .into();
-    let key = key_of(node, &spec.id, round);
+    let most = conn.client.server_info().max_payload;
+    if payload.len() > most {
+        return Err(format!(
+            "the task is {} bytes as a message of the fleet, more than its server takes (`max_payload`, {most} bytes); make the prompt smaller, or pass the material as `files`",
+            payload.len()
+        ));
+    }
+    let key = key_of(node, &spec.id, round, received_ms);
     let mut delay = Duration::from_millis(250);
     loop {
         let sent = conn
@@ -84,7 +105,7 @@ async fn publish(conn: &Connection, node: &str, spec: &TaskSpec, round: u32) -> 
             Err(e) => Err(e.to_string()),
         };
         match acked {
-            Ok(()) => return subject,
+            Ok(()) => return Ok(subject),
             Err(e) => {
                 tracing::warn!(
                     task = %spec.id,
@@ -122,7 +143,7 @@ async fn watch_outcomes(
                     if entry.operation != async_nats::jetstream::kv::Operation::Put {
                         continue;
                     }
-                    let Some((task, round)) =
+                    let Some((task, round, received_ms)) =
                         entry.key.strip_prefix(&prefix).and_then(parse_key_rest)
                     else {
                         continue;
@@ -133,6 +154,7 @@ async fn watch_outcomes(
                             to_engine(ToEngine::Outcome {
                                 task: task.to_string(),
                                 round,
+                                received_ms,
                                 outcome,
                             });
                         }

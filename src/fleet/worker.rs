@@ -33,7 +33,9 @@ use crate::config::cluster::Cluster;
 /// Deliveries of a task that workers refused to run before it escalates.
 const MAX_REFUSALS: i64 = 5;
 /// How soon a refused task is offered again (to any worker).
-const REFUSED_AGAIN_IN: Duration = Duration::from_millis(500);
+/// Long enough that other tasks for the agent are served in between: a refused task must not
+/// hold up the queue behind it.
+const REFUSED_AGAIN_IN: Duration = Duration::from_secs(3);
 
 /// How soon a task a stopping worker hands back is offered again: after the pull requests
 /// it still has at the server (each lives [`PULL_WAIT`]) have expired, so the server cannot
@@ -87,12 +89,19 @@ pub async fn run(
 ) {
     let slots = Arc::new(Semaphore::new(slots.max(1)));
     let root: Arc<std::path::Path> = root.into();
+    // How often to say "in progress": a third of the shortest ack wait among this worker's
+    // consumers — the server's, which the first worker that made a consumer chose, whatever
+    // this config says.
+    let every = Arc::new(std::sync::atomic::AtomicU64::new(
+        (cluster.ack_wait / 3).as_millis() as u64,
+    ));
     let mut loops = tokio::task::JoinSet::new();
     for agent in agents {
         loops.spawn(pull_loop(
             conn.clone(),
             cluster.clone(),
             root.clone(),
+            every.clone(),
             agent,
             slots.clone(),
             held.clone(),
@@ -100,12 +109,12 @@ pub async fn run(
         ));
     }
     // "Still working", well within the ack wait, for every message in hand.
-    let every = cluster.ack_wait / 3;
     let progress = {
-        let held = held.clone();
+        let (held, every) = (held.clone(), every.clone());
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                let ms = every.load(std::sync::atomic::Ordering::Relaxed).max(100);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
                 let ackers: Vec<Arc<Acker>> =
                     lock(&held).values().map(|h| h.acker.clone()).collect();
                 for a in ackers {
@@ -172,10 +181,12 @@ pub fn lock(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> 
 }
 
 /// Takes tasks for `agent`, one slot at a time, until aborted.
+#[allow(clippy::too_many_arguments)]
 async fn pull_loop(
     conn: Connection,
     cluster: Cluster,
     root: Arc<std::path::Path>,
+    every: Arc<std::sync::atomic::AtomicU64>,
     agent: String,
     slots: Arc<Semaphore>,
     held: HeldMap,
@@ -191,7 +202,7 @@ async fn pull_loop(
         ..Default::default()
     };
     let mut delay = Duration::from_millis(250);
-    let consumer = loop {
+    let mut consumer = loop {
         match conn
             .tasks
             .get_or_create_consumer(&consumer_for(&agent), config.clone())
@@ -205,6 +216,25 @@ async fn pull_loop(
             }
         }
     };
+    // The consumer may have been made by another worker, with its own ack wait.
+    let server_wait = match consumer.info().await {
+        Ok(info) => info.config.ack_wait,
+        Err(_) => cluster.ack_wait,
+    };
+    if server_wait != cluster.ack_wait {
+        tracing::warn!(
+            agent,
+            "the fleet's consumer `{}` waits {}s for an acknowledgement (the worker that made it chose that), not this config's {}s; this worker says \"in progress\" within {}s",
+            consumer_for(&agent),
+            server_wait.as_secs_f64(),
+            cluster.ack_wait.as_secs_f64(),
+            server_wait.as_secs_f64()
+        );
+    }
+    every.fetch_min(
+        (server_wait / 3).as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -267,6 +297,12 @@ async fn take(
             return false;
         }
     };
+    if !queued.well_formed() {
+        // Its key could never be written: dropped, as an unreadable message is.
+        tracing::warn!(subject = %msg.subject, node = %queued.node, task = %queued.spec.id, "a message on the fleet's queue does not name a node and a task as keys need; it is dropped");
+        let _ = msg.ack_with(AckKind::Term).await;
+        return false;
+    }
     let key = queued.key();
     let delivered = msg.info().map_or(1, |i| i.delivered);
     // A delivery again (or a publish repeated after the server's duplicate window): settled by
@@ -392,14 +428,22 @@ async fn claim_and_ack(
         worker: worker.to_string(),
         end,
     };
-    let value: bytes::Bytes = serde_json::to_vec(&outcome)
-        .expect("an outcome serialises")
-        .into();
+    let value: bytes::Bytes = fit(conn, &s.key, outcome).await.into();
     let mut delay = Duration::from_millis(250);
     let won = loop {
         match conn.outcomes.create(&s.key, value.clone()).await {
             Ok(_) => break true,
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => break false,
+            // Not a key the bucket takes (checked when the task was taken; kept as a guard):
+            // trying again would hold the message and its slot for ever.
+            Err(e) if e.kind() == CreateErrorKind::InvalidKey => {
+                tracing::warn!(task = %s.task, key = %s.key, "the outcome's key is not one the fleet takes ({e}); the task is dropped");
+                let h = lock(held).remove(&s.key);
+                if let Some(h) = h {
+                    let _ = h.acker.ack_with(AckKind::Term).await;
+                }
+                return;
+            }
             Err(e) => {
                 tracing::warn!(task = %s.task, "cannot record the outcome in the fleet ({e}); trying again");
                 tokio::time::sleep(delay).await;
@@ -492,4 +536,49 @@ async fn carry_result(conn: &Connection, root: &std::path::Path, key: &str, end:
         full.len()
     );
     *truncated = true;
+}
+
+/// The most bytes of an outcome: well under a server's smallest usual `max_payload` (1 MiB).
+const MAX_OUTCOME_BYTES: usize = 256 * 1024;
+
+/// The outcome as it is stored, made to fit: text that JSON's escaping made too large goes
+/// through the object store; a reason too long is cut (its start says what failed).
+async fn fit(conn: &Connection, key: &str, mut outcome: Outcome) -> Vec<u8> {
+    let encoded = serde_json::to_vec(&outcome).expect("an outcome serialises");
+    if encoded.len() <= MAX_OUTCOME_BYTES {
+        return encoded;
+    }
+    match &mut outcome.end {
+        End::Done {
+            text,
+            truncated,
+            object,
+            ..
+        } => {
+            let mut reader = text.as_bytes();
+            match conn.results.put(key, &mut reader).await {
+                Ok(_) => *object = Some(key.to_string()),
+                Err(e) => {
+                    *truncated = true;
+                    tracing::warn!(
+                        key,
+                        "cannot put the result into the fleet's object store: {e}"
+                    );
+                }
+            }
+            text.clear();
+            if *truncated {
+                *text = "(the result could not be carried: it is on the worker)".into();
+            }
+        }
+        End::Escalated { reason, .. } => {
+            let cut = (0..=(16 * 1024).min(reason.len()))
+                .rev()
+                .find(|i| reason.is_char_boundary(*i))
+                .unwrap_or(0);
+            reason.truncate(cut);
+            reason.push_str(" … (cut; the whole report is on the worker)");
+        }
+    }
+    serde_json::to_vec(&outcome).expect("an outcome serialises")
 }
