@@ -991,3 +991,94 @@ fn two_nodes_with_one_name_are_told_and_keep_their_own_results() {
         "got:\n{said}"
     );
 }
+
+#[test]
+fn hostile_messages_on_the_queue_are_dropped_and_the_worker_goes_on() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  alpha: { command: [\"absent-cli\"] }\n",
+    ));
+    let worker = Workspace::new(&node(
+        &nats,
+        "gpu",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    let _ds = submitter.start();
+    let _dw = worker.start();
+    worker.wait_until("the worker to join the fleet", || {
+        let out = worker.cli(&["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["name"] == "gpu" && w["live"] == true)
+            .then_some(())
+    });
+    // Published straight onto the queue: not JSON, a node name no key can hold, an id that is
+    // not a name. The worker (concurrency 2) must not be held by any of them.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let spec = |node: &str, id: &str| {
+            serde_json::json!({
+                "node": node,
+                "spec": {"id": id, "title": "x", "prompt": "", "chain": ["alpha"],
+                         "chain_source": "agent", "fields": {"prompt": "hostile", "agent": "alpha"}},
+                "received_ms": 5
+            })
+            .to_string()
+        };
+        for payload in [
+            "not json".to_string(),
+            spec("bad node", "x1"),
+            spec("evil", "../x"),
+            spec("a.b", "x2"),
+        ] {
+            js.publish("dirigent.tasks.alpha", payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "alpha"}"#);
+    let settled = submitter.wait_settled("t");
+    assert!(
+        matches!(settled, Event::Done { .. }),
+        "expected `t` done, got {settled:?}"
+    );
+    assert_eq!(
+        count(&worker.records(), |e| matches!(e, Event::FleetTaken { .. })),
+        1,
+        "expected the worker to take only the real task"
+    );
+}
+
+#[test]
+fn a_task_too_large_for_the_server_escalates_with_the_reason() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = Workspace::new(&node(
+        &nats,
+        "desk",
+        false,
+        "  alpha: { command: [\"absent-cli\"] }\n",
+    ));
+    let _ds = submitter.start();
+    // Under the 1 MiB task file limit; with JSON's escaping (`"` → `\"`), over the server's
+    // 1 MiB messages.
+    let prompt = "\"".repeat(600_000);
+    submitter.drop_task("big.md", &format!("---\nagent: alpha\n---\n{prompt}\n"));
+    let settled = submitter.wait_settled("big");
+    let Event::Escalated { reason, .. } = &settled else {
+        panic!("expected `big` escalated, got {settled:?}");
+    };
+    assert!(
+        reason.contains("it cannot go on the fleet's queue") && reason.contains("max_payload"),
+        "expected the reason to say the task is too large for the server, got {reason:?}"
+    );
+}
