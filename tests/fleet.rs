@@ -114,6 +114,38 @@ fn node(nats: &Nats, name: &str, work: bool, agents: &str) -> String {
     )
 }
 
+/// The node `desk`, which only submits: it knows `agents` (to accept tasks for them) but has
+/// none installed.
+fn submitter(nats: &Nats, agents: &[&str]) -> Workspace {
+    let yaml: String = agents
+        .iter()
+        .map(|a| format!("  {a}: {{ command: [\"absent-cli\"] }}\n"))
+        .collect();
+    Workspace::new(&node(nats, "desk", false, &yaml))
+}
+
+/// A worker named `name` whose `agents` all succeed (`ok.sh`).
+fn ok_worker(nats: &Nats, name: &str, agents: &[&str]) -> Workspace {
+    let yaml: String = agents
+        .iter()
+        .map(|a| format!("  {a}: {{ command: [\"{{agents}}/ok.sh\"] }}\n"))
+        .collect();
+    Workspace::new(&node(nats, name, true, &yaml))
+}
+
+/// Waits until `ws`'s daemon has heard a live heartbeat from the node `name`.
+fn wait_live(ws: &Workspace, name: &str) {
+    ws.wait_until(&format!("`{name}` to be live in the fleet"), || {
+        let out = ws.cli(&["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["name"] == name && w["live"] == true)
+            .then_some(())
+    });
+}
+
 fn count(records: &[Record], pred: impl Fn(&Event) -> bool) -> usize {
     records.iter().filter(|r| pred(&r.event)).count()
 }
@@ -136,18 +168,8 @@ fn tasks_go_to_the_workers_that_have_their_agent_and_come_back_done() {
         false,
         "  alpha: { command: [\"absent-alpha-cli\"] }\n  beta: { command: [\"absent-beta-cli\"] }\n",
     ));
-    let a = Workspace::new(&node(
-        &nats,
-        "gpu",
-        true,
-        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
-    let b = Workspace::new(&node(
-        &nats,
-        "laptop",
-        true,
-        "  beta: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let a = ok_worker(&nats, "gpu", &["alpha"]);
+    let b = ok_worker(&nats, "laptop", &["beta"]);
     let _ds = submitter.start();
     let _da = a.start();
     let _db = b.start();
@@ -204,12 +226,7 @@ fn tasks_go_to_the_workers_that_have_their_agent_and_come_back_done() {
 #[test]
 fn a_task_of_a_worker_killed_mid_attempt_finishes_exactly_once_on_another() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  slow: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["slow"]);
     // The first worker's agent never finishes; the second's does at once.
     let first = Workspace::new(&node(
         &nats,
@@ -217,12 +234,7 @@ fn a_task_of_a_worker_killed_mid_attempt_finishes_exactly_once_on_another() {
         true,
         "  slow: { command: [\"{agents}/gate.sh\", \"never\"] }\n",
     ));
-    let second = Workspace::new(&node(
-        &nats,
-        "second",
-        true,
-        "  slow: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let second = ok_worker(&nats, "second", &["slow"]);
     let _ds = submitter.start();
     let mut d1 = first.start();
     submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "slow"}"#);
@@ -269,24 +281,14 @@ fn a_task_of_a_worker_killed_mid_attempt_finishes_exactly_once_on_another() {
 #[test]
 fn a_partitioned_worker_that_finishes_late_records_a_duplicate_not_a_second_done() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  slow: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["slow"]);
     let late = Workspace::new(&node(
         &nats,
         "late",
         true,
         "  slow: { command: [\"{agents}/gate.sh\", \"go\"] }\n",
     ));
-    let other = Workspace::new(&node(
-        &nats,
-        "other",
-        true,
-        "  slow: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let other = ok_worker(&nats, "other", &["slow"]);
     let _ds = submitter.start();
     let dl = late.start();
     submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "slow"}"#);
@@ -326,12 +328,7 @@ fn a_partitioned_worker_that_finishes_late_records_a_duplicate_not_a_second_done
 #[test]
 fn a_rejected_task_never_reaches_the_queue() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        true,
-        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let submitter = ok_worker(&nats, "desk", &["alpha"]);
     let _ds = submitter.start();
     submitter.drop_task("bad.json", r#"{"prompt": "p", "agent": "nobody"}"#);
     submitter.drop_task("good.json", r#"{"prompt": "p", "agent": "alpha"}"#);
@@ -377,18 +374,8 @@ fn a_restart_of_the_server_mid_run_loses_nothing() {
     let Some(mut nats) = Nats::start() else {
         return;
     };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  alpha: { command: [\"absent-cli\"] }\n",
-    ));
-    let worker = Workspace::new(&node(
-        &nats,
-        "gpu",
-        true,
-        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["alpha"]);
+    let worker = ok_worker(&nats, "gpu", &["alpha"]);
     let _ds = submitter.start();
     let _dw = worker.start();
     for i in 0..5 {
@@ -440,12 +427,7 @@ fn a_restart_of_the_server_mid_run_loses_nothing() {
 #[test]
 fn a_task_escalated_on_the_fleet_runs_there_again_when_retried() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  flaky: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["flaky"]);
     // Fails the first time it runs in the worker's workspace, succeeds afterwards.
     let worker = Workspace::new(&node(
         &nats,
@@ -485,19 +467,9 @@ fn a_task_escalated_on_the_fleet_runs_there_again_when_retried() {
 #[test]
 fn a_task_every_worker_refuses_escalates_on_its_node_instead_of_circling() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  alpha: { command: [\"absent-cli\"] }\n  beta: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["alpha", "beta"]);
     // The worker has alpha but not beta: the task's chain names an agent it does not know.
-    let worker = Workspace::new(&node(
-        &nats,
-        "gpu",
-        true,
-        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let worker = ok_worker(&nats, "gpu", &["alpha"]);
     let _ds = submitter.start();
     let _dw = worker.start();
     submitter.drop_task("t.json", r#"{"prompt": "p", "chain": ["alpha", "beta"]}"#);
@@ -514,18 +486,8 @@ fn a_task_every_worker_refuses_escalates_on_its_node_instead_of_circling() {
 #[test]
 fn status_and_fleet_name_the_workers_and_the_agents_no_worker_runs() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  alpha: { command: [\"absent-cli\"] }\n  beta: { command: [\"absent-cli\"] }\n",
-    ));
-    let worker = Workspace::new(&node(
-        &nats,
-        "gpu",
-        true,
-        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["alpha", "beta"]);
+    let worker = ok_worker(&nats, "gpu", &["alpha"]);
     let _ds = submitter.start();
     let _dw = worker.start();
     let fleet = submitter.wait_until("the submitter to hear from the worker", || {
@@ -609,12 +571,7 @@ fn fleet_on_a_daemon_outside_a_fleet_says_how_to_join_one() {
 #[test]
 fn a_stopped_worker_hands_its_task_back_and_another_runs_it_at_once() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  slow: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["slow"]);
     // A long ack wait: only the hand-back, not the wait running out, can move the task on.
     let long = |name: &str, agent: &str| {
         node(&nats, name, true, agent).replace("ack_wait: 2s", "ack_wait: 10m")
@@ -652,12 +609,7 @@ fn a_stopped_worker_hands_its_task_back_and_another_runs_it_at_once() {
 #[test]
 fn a_rate_limit_seen_on_one_worker_rests_the_provider_on_the_others() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  limited: { command: [\"absent-cli\"] }\n  backup: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["limited", "backup"]);
     // On `a` the provider answers with a rate limit; on `b` it would work.
     let a = Workspace::new(&node(
         &nats,
@@ -713,12 +665,7 @@ fn a_rate_limit_seen_on_one_worker_rests_the_provider_on_the_others() {
 #[test]
 fn the_daily_budget_counts_what_every_worker_spent() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  dear: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["dear"]);
     let worker = |name: &str| {
         Workspace::new(&format!(
             "budgets: {{daily: 1}}\n{}",
@@ -767,12 +714,7 @@ fn the_daily_budget_counts_what_every_worker_spent() {
 #[test]
 fn a_large_result_comes_back_whole_through_the_object_store() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  big: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["big"]);
     // 300,000 bytes of output: far over what travels in an outcome.
     let worker = Workspace::new(&node(
         &nats,
@@ -824,18 +766,8 @@ fn a_large_result_comes_back_whole_through_the_object_store() {
 #[test]
 fn status_fleet_shows_every_nodes_tasks_from_the_events_stream() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  alpha: { command: [\"absent-cli\"] }\n",
-    ));
-    let worker = Workspace::new(&node(
-        &nats,
-        "gpu",
-        true,
-        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["alpha"]);
+    let worker = ok_worker(&nats, "gpu", &["alpha"]);
     let _ds = submitter.start();
     let _dw = worker.start();
     submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "alpha"}"#);
@@ -881,12 +813,7 @@ fn status_fleet_shows_every_nodes_tasks_from_the_events_stream() {
 #[test]
 fn a_providers_start_rate_counts_the_starts_of_every_worker() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  a: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["a"]);
     let worker = |name: &str| {
         Workspace::new(&format!(
             "providers: {{p: {{starts_per_minute: 2}}}}\n{}",
@@ -947,12 +874,7 @@ fn two_nodes_with_one_name_are_told_and_keep_their_own_results() {
     let config = |prompt_agent: &str| node(&nats, "desk", false, prompt_agent);
     let one = Workspace::new(&config("  alpha: { command: [\"absent-cli\"] }\n"));
     let two = Workspace::new(&config("  alpha: { command: [\"absent-cli\"] }\n"));
-    let worker = Workspace::new(&node(
-        &nats,
-        "gpu",
-        true,
-        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let worker = ok_worker(&nats, "gpu", &["alpha"]);
     let _d1 = one.start();
     let _dw = worker.start();
     one.wait_until("the first `desk` to beat", || {
@@ -995,29 +917,11 @@ fn two_nodes_with_one_name_are_told_and_keep_their_own_results() {
 #[test]
 fn hostile_messages_on_the_queue_are_dropped_and_the_worker_goes_on() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  alpha: { command: [\"absent-cli\"] }\n",
-    ));
-    let worker = Workspace::new(&node(
-        &nats,
-        "gpu",
-        true,
-        "  alpha: { command: [\"{agents}/ok.sh\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["alpha"]);
+    let worker = ok_worker(&nats, "gpu", &["alpha"]);
     let _ds = submitter.start();
     let _dw = worker.start();
-    worker.wait_until("the worker to join the fleet", || {
-        let out = worker.cli(&["fleet", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["workers"]
-            .as_array()?
-            .iter()
-            .any(|w| w["name"] == "gpu" && w["live"] == true)
-            .then_some(())
-    });
+    wait_live(&worker, "gpu");
     // Published straight onto the queue: not JSON, a node name no key can hold, an id that is
     // not a name. The worker (concurrency 2) must not be held by any of them.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -1062,12 +966,7 @@ fn hostile_messages_on_the_queue_are_dropped_and_the_worker_goes_on() {
 #[test]
 fn a_task_too_large_for_the_server_escalates_with_the_reason() {
     let Some(nats) = Nats::start() else { return };
-    let submitter = Workspace::new(&node(
-        &nats,
-        "desk",
-        false,
-        "  alpha: { command: [\"absent-cli\"] }\n",
-    ));
+    let submitter = submitter(&nats, &["alpha"]);
     let _ds = submitter.start();
     // Under the 1 MiB task file limit; with JSON's escaping (`"` → `\"`), over the server's
     // 1 MiB messages.
