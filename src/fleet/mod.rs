@@ -334,20 +334,22 @@ async fn run(
         v.connected = true;
         v.problem = None;
     }
-    let watcher = tokio::spawn(heartbeat::watch(
+    // Everything that runs as long as the node is in the fleet; aborted together at the end.
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(heartbeat::watch(
         conn.clone(),
         view.clone(),
         Some(cluster.name.clone()),
     ));
-    let health = tokio::spawn(heartbeat::health(conn.clone(), view.clone()));
-    let publishing = tokio::spawn(events::publish(
+    background.spawn(heartbeat::health(conn.clone(), view.clone()));
+    background.spawn(events::publish(
         conn.clone(),
         cluster.name.clone(),
         live_events,
     ));
-    let folding = tokio::spawn(events::fold(conn.clone(), books));
-    let sharing = tokio::spawn(stewardship::share(conn.clone(), cluster.name.clone(), live));
-    let listening = tokio::spawn(stewardship::listen(
+    background.spawn(events::fold(conn.clone(), books));
+    background.spawn(stewardship::share(conn.clone(), cluster.name.clone(), live));
+    background.spawn(stewardship::listen(
         conn.clone(),
         cluster.name.clone(),
         to_engine.clone(),
@@ -355,30 +357,29 @@ async fn run(
     let held = worker::HeldMap::default();
     let instance = crate::confined::random_u64() | 1;
     heartbeat::lock(&view).instance = instance;
-    let beat = {
-        let held = held.clone();
-        Some(tokio::spawn(heartbeat::beat(
-            conn.clone(),
-            heartbeat::Heartbeat {
-                name: cluster.name.clone(),
-                agents: if cluster.work {
-                    agents.clone()
-                } else {
-                    Vec::new()
-                },
-                running: 0,
-                slots: if cluster.work { slots } else { 0 },
-                at_ms: 0,
-                version: env!("CARGO_PKG_VERSION").into(),
-                spend_day: 0,
-                spend: Default::default(),
-                works: cluster.work,
-                instance,
-            },
-            move || worker::lock(&held).len(),
-            view.clone(),
-        )))
+    let me = heartbeat::Heartbeat {
+        name: cluster.name.clone(),
+        agents: if cluster.work {
+            agents.clone()
+        } else {
+            Vec::new()
+        },
+        running: 0,
+        slots: if cluster.work { slots } else { 0 },
+        at_ms: 0,
+        version: env!("CARGO_PKG_VERSION").into(),
+        spend_day: 0,
+        spend: Default::default(),
+        works: cluster.work,
+        instance,
     };
+    let in_hand = held.clone();
+    background.spawn(heartbeat::beat(
+        conn.clone(),
+        me,
+        move || worker::lock(&in_hand).len(),
+        view.clone(),
+    ));
     tracing::info!(
         url = %cluster.url,
         node = %cluster.name,
@@ -388,17 +389,17 @@ async fn run(
     let (settled_tx, settled_rx) = mpsc::unbounded_channel();
     let (publish_tx, publish_rx) = mpsc::unbounded_channel();
     let (starts_tx, starts_rx) = mpsc::unbounded_channel();
-    let counting = tokio::spawn(stewardship::count_starts(
+    background.spawn(stewardship::count_starts(
         conn.clone(),
         cluster.name.clone(),
         starts_rx,
     ));
-    let hearing = tokio::spawn(stewardship::hear_starts(
+    background.spawn(stewardship::hear_starts(
         conn.clone(),
         cluster.name.clone(),
         to_engine.clone(),
     ));
-    let submitter = tokio::spawn(submitter::run(
+    background.spawn(submitter::run(
         conn.clone(),
         cluster.name.clone(),
         publish_rx,
@@ -450,18 +451,7 @@ async fn run(
     if let Some(w) = worker {
         let _ = w.await;
     }
-    submitter.abort();
-    watcher.abort();
-    health.abort();
-    publishing.abort();
-    folding.abort();
-    counting.abort();
-    hearing.abort();
-    sharing.abort();
-    listening.abort();
-    if let Some(b) = beat {
-        b.abort();
-    }
+    background.shutdown().await;
 }
 
 #[cfg(test)]
