@@ -604,6 +604,16 @@ fn a_stopped_worker_hands_its_task_back_and_another_runs_it_at_once() {
         "expected `t` done, got {settled:?}"
     );
     assert_eq!(ran_on(&submitter.records(), "t").as_deref(), Some("second"));
+    // A clean stop takes the worker's heartbeat away at once: it is not listed any more.
+    submitter.wait_until("the stopped worker to leave the fleet's list", || {
+        let out = submitter.cli(&["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let listed = v["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["name"] == "first");
+        (!listed).then_some(())
+    });
 }
 
 #[test]

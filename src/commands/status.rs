@@ -665,6 +665,8 @@ pub fn fleet(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
             format!("{}s ago", seen / 1000),
             if w["works"] == false {
                 "(submits only)".to_string()
+            } else if agents.is_empty() {
+                "(no agent installed: takes nothing)".to_string()
             } else {
                 dirigent::terminal::printable(&agents.join(", "))
             }

@@ -186,6 +186,11 @@ pub async fn watch(conn: Connection, view: SharedView, own_name: Option<String>)
         if let Ok(mut w) = conn.workers.watch_with_history(">").await {
             delay = Duration::from_millis(250);
             while let Some(Ok(entry)) = w.next().await {
+                // A node that stopped cleanly took its heartbeat away.
+                if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                    lock(&view).workers.remove(&entry.key);
+                    continue;
+                }
                 let Ok(h) = serde_json::from_slice::<Heartbeat>(&entry.value) else {
                     continue;
                 };

@@ -386,6 +386,11 @@ async fn run(
         agents = ?agents,
         "connected to the fleet"
     );
+    if cluster.work && agents.is_empty() {
+        tracing::warn!(
+            "this node works for the fleet but none of its agents is installed: it takes no task (install one, or set `cluster.work: false`)"
+        );
+    }
     let (settled_tx, settled_rx) = mpsc::unbounded_channel();
     let (publish_tx, publish_rx) = mpsc::unbounded_channel();
     let (starts_tx, starts_rx) = mpsc::unbounded_channel();
@@ -452,6 +457,9 @@ async fn run(
         let _ = w.await;
     }
     background.shutdown().await;
+    // Gone, said at once rather than by a heartbeat that stops coming.
+    let _ = conn.workers.delete(&cluster.name).await;
+    let _ = conn.client.flush().await;
 }
 
 #[cfg(test)]
