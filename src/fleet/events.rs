@@ -33,22 +33,40 @@ pub fn lock(books: &FleetBooks) -> std::sync::MutexGuard<'_, BTreeMap<String, Ta
     books.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Publishes this node's records as the ledger writes them.
+/// The most bytes of records sent in one message (well under a server's `max_payload`).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Publishes this node's records as the ledger writes them: each message carries what has
+/// been written since the last one (JSON lines), so a busy node sends a few messages a batch
+/// of tasks, not one per record.
 pub async fn publish(conn: Connection, node: String, mut live: broadcast::Receiver<LiveRecord>) {
+    use broadcast::error::{RecvError, TryRecvError};
     let subject = format!("dirigent.events.{node}");
     loop {
-        let record = match live.recv().await {
+        let first = match live.recv().await {
             Ok(r) => r,
             // Missed records are missing from the stream only; the ledger has them.
-            Err(broadcast::error::RecvError::Lagged(n)) => {
+            Err(RecvError::Lagged(n)) => {
                 tracing::debug!("{n} record(s) were not published to the fleet's events");
                 continue;
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(RecvError::Closed) => return,
         };
-        let bytes = bytes::Bytes::copy_from_slice(record.json().as_bytes());
-        if let Err(e) = conn.client.publish(subject.clone(), bytes).await {
-            tracing::debug!("cannot publish a record to the fleet's events: {e}");
+        let mut batch = String::with_capacity(first.json().len() + 1);
+        batch.push_str(first.json());
+        batch.push('\n');
+        while batch.len() < BATCH_BYTES {
+            match live.try_recv() {
+                Ok(r) => {
+                    batch.push_str(r.json());
+                    batch.push('\n');
+                }
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if let Err(e) = conn.client.publish(subject.clone(), batch.into()).await {
+            tracing::debug!("cannot publish records to the fleet's events: {e}");
         }
     }
 }
@@ -79,13 +97,15 @@ pub async fn fold(conn: Connection, books: FleetBooks) {
                         if crate::config::validate_name(node).is_err() {
                             continue;
                         }
-                        let Ok(record) = serde_json::from_slice::<Record>(&msg.payload) else {
-                            continue;
-                        };
-                        lock(&books)
+                        let mut books = lock(&books);
+                        let book = books
                             .entry(node.to_string())
-                            .or_insert_with(|| TaskBook::with_limit(Some(KEEP_FINISHED), []))
-                            .apply(&record);
+                            .or_insert_with(|| TaskBook::with_limit(Some(KEEP_FINISHED), []));
+                        for line in msg.payload.split(|b| *b == b'\n') {
+                            if let Ok(record) = serde_json::from_slice::<Record>(line) {
+                                book.apply(&record);
+                            }
+                        }
                     }
                 }
                 Err(e) => tracing::debug!("cannot read the fleet's events: {e}"),
