@@ -310,6 +310,9 @@ impl Engine {
                     "this daemon is not in a fleet: add a `cluster:` section to .context/dirigent.yaml (see docs/cluster.md)",
                 ),
                 Some(link) => {
+                    // The first request starts the folding; until it has caught up, the
+                    // answer holds what it has read so far.
+                    link.books.wanted.notify_one();
                     let books = crate::fleet::events::lock(&link.books);
                     let nodes: Vec<serde_json::Value> = books
                         .iter()

@@ -26,11 +26,17 @@ pub const EVENTS_SUBJECTS: &str = "dirigent.events.>";
 const KEEP_FINISHED: usize = 200;
 
 /// One task book per node, folded from the events stream. Written by [`fold`], read by the
-/// engine's answer to `status --fleet`.
-pub type FleetBooks = Arc<Mutex<BTreeMap<String, TaskBook>>>;
+/// engine's answer to `status --fleet`; `wanted` starts the folding, on the first such request
+/// (a node nobody asks does not pay for reading every node's records).
+#[derive(Clone, Default)]
+pub struct FleetBooks {
+    books: Arc<Mutex<BTreeMap<String, TaskBook>>>,
+    /// Notified by the engine when `status --fleet` is asked; the fold task waits for it once.
+    pub wanted: Arc<tokio::sync::Notify>,
+}
 
 pub fn lock(books: &FleetBooks) -> std::sync::MutexGuard<'_, BTreeMap<String, TaskBook>> {
-    books.lock().unwrap_or_else(|e| e.into_inner())
+    books.books.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The most bytes of records sent in one message (well under a server's `max_payload`).
@@ -75,6 +81,7 @@ pub async fn publish(conn: Connection, node: String, mut live: broadcast::Receiv
 /// when the consumer breaks.
 pub async fn fold(conn: Connection, books: FleetBooks) {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    books.wanted.notified().await;
     let mut delay = Duration::from_millis(250);
     loop {
         let consumer = conn
