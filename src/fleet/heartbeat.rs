@@ -41,6 +41,9 @@ pub struct Heartbeat {
     /// apart by it.
     #[serde(default)]
     pub instance: u64,
+    /// Its last word: it stopped cleanly (its spending still counts).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
 }
 
 fn yes() -> bool {
@@ -75,7 +78,7 @@ impl View {
     pub fn live(&self) -> impl Iterator<Item = &Heartbeat> {
         self.workers
             .values()
-            .filter(|(h, seen)| h.works && seen.elapsed() < LIVE_FOR)
+            .filter(|(h, seen)| h.works && !h.left && seen.elapsed() < LIVE_FOR)
             .map(|(h, _)| h)
     }
 
@@ -103,6 +106,7 @@ impl View {
         let workers: Vec<serde_json::Value> = self
             .workers
             .values()
+            .filter(|(h, _)| !h.left)
             .map(|(h, seen)| {
                 serde_json::json!({
                     "name": h.name,

@@ -372,11 +372,12 @@ async fn run(
         spend: Default::default(),
         works: cluster.work,
         instance,
+        left: false,
     };
     let in_hand = held.clone();
     background.spawn(heartbeat::beat(
         conn.clone(),
-        me,
+        me.clone(),
         move || worker::lock(&in_hand).len(),
         view.clone(),
     ));
@@ -457,8 +458,20 @@ async fn run(
         let _ = w.await;
     }
     background.shutdown().await;
-    // Gone, said at once rather than by a heartbeat that stops coming.
-    let _ = conn.workers.delete(&cluster.name).await;
+    // Gone, said at once rather than by a heartbeat that stops coming — with what it spent
+    // today, which still counts against the fleet's budgets.
+    let (spend_day, spend) = heartbeat::lock(&view).own_spend.clone();
+    let last = heartbeat::Heartbeat {
+        left: true,
+        at_ms: crate::ledger::now_ms(),
+        running: 0,
+        spend_day,
+        spend,
+        ..me
+    };
+    if let Ok(value) = serde_json::to_vec(&last) {
+        let _ = conn.workers.put(&cluster.name, value.into()).await;
+    }
     let _ = conn.client.flush().await;
 }
 
