@@ -198,6 +198,11 @@ impl Repo {
         }
     }
 
+    /// Whether this is a bare repository (a fleet worker's cache): no work tree of its own.
+    pub fn is_bare(&self) -> bool {
+        self.top.join("HEAD").is_file() && !self.top.join(".git").exists()
+    }
+
     /// Refuses a git older than 2.38 (`merge-tree --write-tree`), with what was found.
     pub fn check_version(&self) -> Result<(), GitError> {
         let out = git(&self.top, ["--version"])?;
@@ -761,7 +766,9 @@ impl Tree {
             ],
         )?;
         let added: Vec<&str> = added.split('\0').filter(|n| !n.is_empty()).collect();
-        if added.is_empty() {
+        // A worker's cache of a fleet node's repository is bare: there is no checkout here
+        // whose ignored files a merge could overwrite (the work goes back as a branch).
+        if added.is_empty() || repo.is_bare() {
             return Ok(None);
         }
         // Asked of the user's checkout, with its own ignore rules: the tree's `.gitignore` is

@@ -43,6 +43,9 @@ pub enum FleetPart {
         key: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         won: Option<bool>,
+        /// An editing task: where it works here and where its work goes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edit: Option<crate::fleet::edits::EditHere>,
     },
 }
 
@@ -956,11 +959,12 @@ impl TaskBook {
                     *w = Some(worker.clone());
                 }
             }
-            Event::FleetTaken { task, key } => {
+            Event::FleetTaken { task, key, edit } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     t.fleet = Some(Box::new(FleetPart::Taken {
                         key: key.clone(),
                         won: None,
+                        edit: edit.clone(),
                     }));
                 }
             }

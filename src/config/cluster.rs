@@ -33,6 +33,10 @@ pub(super) struct RawCluster {
     ack_wait: Option<Dur>,
     #[serde(default)]
     work: Option<bool>,
+    #[serde(default)]
+    repository: Option<String>,
+    #[serde(default)]
+    repositories: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +85,12 @@ pub struct Cluster {
     pub ack_wait: Duration,
     /// Whether this node runs tasks from the fleet (`work: false`: it only submits).
     pub work: bool,
+    /// Where workers reach this node's repository (a path or URL). With it, editing tasks
+    /// submitted here go to the fleet and come back as branches; without it they run here.
+    pub repository: Option<String>,
+    /// The repositories this worker edits for the fleet: an editing task whose repository is
+    /// not under one of these is refused. Empty: it takes no editing tasks.
+    pub repositories: Vec<crate::fleet::edits::Source>,
 }
 
 /// The default wait: short, so a dead worker's task moves on within half a minute.
@@ -158,6 +168,22 @@ pub(super) fn build(raw: RawCluster) -> Result<Cluster, String> {
     if ack_wait < Duration::from_secs(1) {
         return Err("`cluster.ack_wait` must be at least 1s".into());
     }
+    let repository = match raw.repository {
+        Some(r) => {
+            crate::fleet::edits::Source::parse(&r)
+                .map_err(|e| format!("`cluster.repository`: `{r}`: {e}"))?;
+            Some(r)
+        }
+        None => None,
+    };
+    let repositories = raw
+        .repositories
+        .iter()
+        .map(|r| {
+            crate::fleet::edits::Source::parse(r)
+                .map_err(|e| format!("`cluster.repositories`: `{r}`: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Cluster {
         url,
         name,
@@ -165,6 +191,8 @@ pub(super) fn build(raw: RawCluster) -> Result<Cluster, String> {
         tls,
         ack_wait,
         work: raw.work.unwrap_or(true),
+        repository,
+        repositories,
     })
 }
 
@@ -223,6 +251,18 @@ mod tests {
             (
                 "url: nats://x:1\nname: a\nack_wait: 10ms",
                 Err("at least 1s"),
+            ),
+            (
+                "url: nats://x:1\nname: a\nrepository: /srv/git/app\nrepositories: [/srv/git, 'https://git.example.com/acme']",
+                Ok(()),
+            ),
+            (
+                "url: nats://x:1\nname: a\nrepository: git@host:app.git",
+                Err("`cluster.repository`: `git@host:app.git`"),
+            ),
+            (
+                "url: nats://x:1\nname: a\nrepositories: [srv/git]",
+                Err("`cluster.repositories`: `srv/git`: write an absolute path"),
             ),
         ];
         for (yaml, want) in cases {

@@ -33,8 +33,14 @@ pub(super) struct Needs {
     pub run: bool,
 }
 
-/// The decision. `fleet`: this node is in a fleet (with a link to it).
-pub(super) fn placement(fleet: bool, part: Option<&FleetPart>, needs: Needs) -> Placement {
+/// The decision. `fleet`: this node is in a fleet (with a link to it); `edits_travel`: its
+/// editing tasks can go to the fleet (it has `cluster.repository`).
+pub(super) fn placement(
+    fleet: bool,
+    edits_travel: bool,
+    part: Option<&FleetPart>,
+    needs: Needs,
+) -> Placement {
     match part {
         Some(FleetPart::Taken { .. }) => Placement::HandBack,
         Some(FleetPart::Retry { .. }) if fleet => Placement::Publish,
@@ -42,7 +48,8 @@ pub(super) fn placement(fleet: bool, part: Option<&FleetPart>, needs: Needs) -> 
         Some(FleetPart::Published { .. }) if fleet => Placement::AwaitOutcome,
         // Published, but the node left the fleet since: it runs here.
         Some(FleetPart::Published { .. }) => Placement::Here,
-        None if !fleet || needs.worktree || needs.after || needs.run => Placement::Here,
+        None if !fleet || needs.after || needs.run => Placement::Here,
+        None if needs.worktree && !edits_travel => Placement::Here,
         None => Placement::Publish,
     }
 }
@@ -54,16 +61,41 @@ impl Engine {
             return Placement::Here;
         };
         let needs = t.spec.as_ref().map_or(Needs::default(), |spec| Needs {
-            worktree: [
-                spec.fields.workdir,
-                self.role_of(spec).and_then(|(w, _)| *w),
-                self.config.workdir,
-            ]
-            .contains(&Some(crate::workdir::Workdir::Worktree)),
+            worktree: self.edits_in_worktree(spec),
             after: !spec.fields.after.is_empty(),
             run: spec.fields.workflow.is_some(),
         });
-        placement(self.fleet.is_some(), t.fleet.as_deref(), needs)
+        let edits_travel = self.fleet.as_ref().is_some_and(|l| l.repository.is_some());
+        placement(
+            self.fleet.is_some(),
+            edits_travel,
+            t.fleet.as_deref(),
+            needs,
+        )
+    }
+
+    /// Whether an attempt of the task would work in a worktree here, for any agent of its
+    /// chain (the same decision as at an attempt's start, `tree_plan`).
+    fn edits_in_worktree(&self, spec: &TaskSpec) -> bool {
+        let in_repo = crate::git::in_repository(self.ws.root());
+        let role = self.role_of(spec).and_then(|(w, _)| *w);
+        let decide = |agent: Option<crate::workdir::Workdir>| {
+            let asked = crate::workdir::Asked {
+                task: spec.fields.workdir,
+                phase: None,
+                role,
+                agent,
+                config: self.config.workdir,
+            };
+            crate::workdir::decide(asked, in_repo, spec.fields.workflow.is_some())
+                == Ok(crate::workdir::Workdir::Worktree)
+        };
+        if spec.chain.is_empty() {
+            return decide(None);
+        }
+        spec.chain
+            .iter()
+            .any(|entry| decide(self.config.agent_for(entry).and_then(|a| a.workdir)))
     }
 
     /// The fleet as this node sees it, for `status`: the server, the workers, and the agents
@@ -134,6 +166,29 @@ impl Engine {
     /// Hands an accepted task to the fleet's queue; `published` is recorded when the server
     /// has it.
     pub(super) fn publish(&mut self, id: &str) {
+        let Some(spec) = self.book.get(id).and_then(|t| t.spec.clone()) else {
+            return;
+        };
+        // An editing task carries where workers reach the repository; its base commit is
+        // resolved by the fleet component (git runs off the engine's loop).
+        let edit = match (
+            self.edits_in_worktree(&spec),
+            self.fleet.as_ref().and_then(|l| l.repository.clone()),
+        ) {
+            (true, Some(repository)) => match self.repo() {
+                Ok(repo) => Some(Box::new(fleet::EditAsk {
+                    repository,
+                    here: repo.top,
+                    base: spec.fields.base.clone(),
+                    merge_into: self.editing_of(&spec, &[]).merge_into,
+                })),
+                Err(e) => {
+                    self.escalate(id, format!("it cannot go on the fleet's queue: {e}"));
+                    return;
+                }
+            },
+            _ => None,
+        };
         let (Some(link), Some(t)) = (&self.fleet, self.book.get(id)) else {
             return;
         };
@@ -141,13 +196,12 @@ impl Engine {
             Some(FleetPart::Retry { round }) => *round,
             _ => 0,
         };
-        if let Some(spec) = &t.spec {
-            let _ = link.to_fleet.send(ToFleet::Publish {
-                spec: spec.clone(),
-                round,
-                received_ms: t.received_ms,
-            });
-        }
+        let _ = link.to_fleet.send(ToFleet::Publish {
+            spec,
+            round,
+            received_ms: t.received_ms,
+            edit,
+        });
     }
 
     /// Records that a task taken off the queue goes back to it unfinished.
@@ -214,8 +268,12 @@ impl Engine {
                         .await;
                     }
                 }
-                ToEngine::Run { queued, reply } => {
-                    let answer = self.run_for_fleet(*queued).await;
+                ToEngine::Run {
+                    queued,
+                    edit,
+                    reply,
+                } => {
+                    let answer = self.run_for_fleet(*queued, edit).await;
                     let _ = reply.send(answer);
                 }
                 ToEngine::Outcome {
@@ -268,7 +326,11 @@ impl Engine {
 
     /// A task of the fleet, to run here: checked with this node's own rules, written into
     /// `running/`, recorded `received` + `claimed` + `fleet_taken`, and queued.
-    async fn run_for_fleet(&mut self, queued: fleet::QueuedTask) -> Taken {
+    async fn run_for_fleet(
+        &mut self,
+        queued: fleet::QueuedTask,
+        edit: Option<Box<fleet::edits::EditHere>>,
+    ) -> Taken {
         if !self.accepting {
             return Taken::Busy("this worker is stopping".into());
         }
@@ -335,10 +397,19 @@ impl Engine {
         if let Some(why) = self.all_resting(&queued.spec.chain) {
             return Taken::Busy(why);
         }
+        if queued.edit.is_some() != edit.is_some() {
+            return Taken::Refused("its repository was not readied on this worker".into());
+        }
         let mut fields = queued.spec.fields.clone();
         fields.id = None;
         fields.after.clear();
         fields.parent = None;
+        // Where it works here is the fleet's decision (`tree_plan`): a worktree of the
+        // repository it came with, or — a task that only answers — this workspace. Its node's
+        // `base` and `merge_into` name that node's branches.
+        fields.workdir = None;
+        fields.base = None;
+        fields.merge_into = None;
         let spec = match crate::task::accept(id.clone(), fields, &self.config, self.ws.root()) {
             Ok(spec) => spec,
             Err(e) => return Taken::Refused(e.0),
@@ -365,6 +436,7 @@ impl Engine {
             Event::FleetTaken {
                 task: id.clone(),
                 key: key.clone(),
+                edit: edit.map(|e| *e),
             },
         ];
         if self.record_all(events).await.is_none() {
@@ -447,14 +519,32 @@ impl Engine {
         match &t.phase {
             // The fleet component reads the result (off the engine's loop) and sends it inline
             // or through the object store.
-            Phase::Done { agent, output, .. } => Some(End::Done {
-                agent: agent.clone(),
-                attempt: t.attempts.last().map_or(0, |a| a.n),
-                text: String::new(),
-                truncated: false,
-                object: None,
-                local_output: Some(output.clone()),
-            }),
+            Phase::Done { agent, output, .. } => {
+                // An editing task's committed work goes back with it.
+                let deliver = match t.fleet.as_deref() {
+                    Some(FleetPart::Taken { edit, .. }) => edit.clone(),
+                    _ => None,
+                };
+                let work = deliver.as_ref().and_then(|here| {
+                    let w = t.worktree.as_deref()?;
+                    Some(Box::new(fleet::edits::Work {
+                        branch: here.branch.clone(),
+                        commit: w.commit.clone()?,
+                        base: w.base.clone(),
+                        carried: fleet::edits::Carried::NotYet,
+                    }))
+                });
+                Some(End::Done {
+                    agent: agent.clone(),
+                    attempt: t.attempts.last().map_or(0, |a| a.n),
+                    text: String::new(),
+                    truncated: false,
+                    object: None,
+                    local_output: Some(output.clone()),
+                    deliver: work.as_ref().and(deliver).map(Box::new),
+                    work,
+                })
+            }
             Phase::Failed { reason, .. }
                 if reason != HANDED_BACK_REASON && reason != crate::state::CANCELLED_REASON =>
             {
@@ -523,7 +613,8 @@ impl Engine {
             End::Done {
                 agent,
                 attempt,
-                text,
+                mut text,
+                work,
                 ..
             } => {
                 let Some(spec) = t.spec.clone() else { return };
@@ -531,6 +622,21 @@ impl Engine {
                 if !self.live.begin_finishing(id) {
                     return;
                 }
+                // An editing task's work: brought into this repository as its branch.
+                let receive = work.map(|work| {
+                    let key = match &self.fleet {
+                        Some(l) => fleet::key_of(&l.node, id, round, received_ms),
+                        None => String::new(),
+                    };
+                    let repository = self
+                        .fleet
+                        .as_ref()
+                        .and_then(|l| l.repository.clone())
+                        .unwrap_or_default();
+                    let here = self.repo().map(|r| r.top).map_err(|e| e.to_string());
+                    let bundle = fleet::submitter::bundle_file(self.ws.root(), &key);
+                    (work, repository, here, bundle, outcome.worker.clone())
+                });
                 let (ws, ledger, tx, id) = (
                     self.ws.clone(),
                     self.ledger.clone(),
@@ -538,6 +644,22 @@ impl Engine {
                     id.to_string(),
                 );
                 self.tasks.spawn(async move {
+                    if let Some((work, repository, here, bundle, worker)) = receive {
+                        let said = tokio::task::spawn_blocking(move || {
+                            receive_work(&work, &repository, here, &bundle, &worker)
+                        })
+                        .await
+                        .unwrap_or_else(|e| e.to_string());
+                        tracing::info!(task = %id, "{said}");
+                        if !text.is_empty() && !text.ends_with('\n') {
+                            text.push('\n');
+                        }
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        text.push_str(&said);
+                        text.push('\n');
+                    }
                     let output = spec.fields.output.clone();
                     let (ws2, id2) = (ws.clone(), id.clone());
                     let written = tokio::task::spawn_blocking(move || {
@@ -586,6 +708,31 @@ impl Engine {
     }
 }
 
+/// Brings a fleet task's work into this repository (blocking: git runs) and says where it
+/// is, for its result.
+fn receive_work(
+    work: &fleet::edits::Work,
+    repository: &str,
+    here: Result<std::path::PathBuf, String>,
+    bundle: &std::path::Path,
+    worker: &str,
+) -> String {
+    use fleet::edits::{self, Carried};
+    let received = match (&work.carried, &here) {
+        (_, Err(e)) => Err(e.clone()),
+        (Carried::Pushed, Ok(top)) => edits::Source::parse(repository)
+            .map_err(|e| format!("`{repository}`: {e}"))
+            .and_then(|from| edits::receive(top, &from.git_arg(), work)),
+        (Carried::Bundle { .. }, Ok(top)) => {
+            let got = edits::receive(top, &bundle.display().to_string(), work);
+            let _ = std::fs::remove_file(bundle);
+            got
+        }
+        (Carried::Stayed { .. } | Carried::NotYet, _) => Ok(()),
+    };
+    edits::describe(work, worker, repository, &received)
+}
+
 /// Local ids leave room for a copy's number (`.NN`) under the names' 128 characters.
 const MAX_LOCAL_ID: usize = 120;
 
@@ -611,6 +758,7 @@ mod tests {
         let taken = FleetPart::Taken {
             key: "n.t".into(),
             won: None,
+            edit: None,
         };
         let plain = Needs::default();
         let edits = Needs {
@@ -625,24 +773,41 @@ mod tests {
             run: true,
             ..Needs::default()
         };
-        let cases: &[(bool, Option<&FleetPart>, Needs, Placement)] = &[
-            (false, None, plain, Placement::Here),
-            (true, None, plain, Placement::Publish),
-            (true, None, edits, Placement::Here),
-            (true, None, waits, Placement::Here),
-            (true, None, run, Placement::Here),
-            (true, Some(&published), plain, Placement::AwaitOutcome),
-            (false, Some(&published), plain, Placement::Here),
-            (true, Some(&taken), plain, Placement::HandBack),
-            (false, Some(&taken), plain, Placement::HandBack),
-            (true, Some(&retried), plain, Placement::Publish),
-            (false, Some(&retried), plain, Placement::Here),
+        // (in a fleet, editing tasks travel, part, needs, where it goes)
+        let cases: &[(bool, bool, Option<&FleetPart>, Needs, Placement)] = &[
+            (false, false, None, plain, Placement::Here),
+            (false, true, None, edits, Placement::Here),
+            (true, false, None, plain, Placement::Publish),
+            (true, false, None, edits, Placement::Here),
+            (true, true, None, edits, Placement::Publish),
+            (true, true, None, waits, Placement::Here),
+            (true, false, None, waits, Placement::Here),
+            (true, true, None, run, Placement::Here),
+            (
+                true,
+                false,
+                Some(&published),
+                plain,
+                Placement::AwaitOutcome,
+            ),
+            (
+                true,
+                false,
+                Some(&published),
+                edits,
+                Placement::AwaitOutcome,
+            ),
+            (false, false, Some(&published), plain, Placement::Here),
+            (true, false, Some(&taken), plain, Placement::HandBack),
+            (false, false, Some(&taken), plain, Placement::HandBack),
+            (true, false, Some(&retried), plain, Placement::Publish),
+            (false, false, Some(&retried), plain, Placement::Here),
         ];
-        for (fleet, part, needs, want) in cases {
+        for (fleet, travel, part, needs, want) in cases {
             assert_eq!(
-                placement(*fleet, *part, *needs),
+                placement(*fleet, *travel, *part, *needs),
                 *want,
-                "fleet {fleet}, part {part:?}, needs {needs:?}: expected {want:?}"
+                "fleet {fleet}, edits travel {travel}, part {part:?}, needs {needs:?}: expected {want:?}"
             );
         }
     }

@@ -105,6 +105,10 @@ impl Engine {
         let Some(t) = self.book.get(id) else { return };
         let Some(spec) = t.spec.clone() else { return };
         let settings = self.editing_of(&spec, &self.agent_verify(id));
+        // A task of the fleet: its work goes back to its node (as a branch) once it settles.
+        if self.fleet_edit(id).is_some() {
+            return self.settle_done(id, report);
+        }
         match settings.merge {
             MergeMode::None => self.settle_done(id, report),
             MergeMode::Manual => {

@@ -134,7 +134,7 @@ impl Engine {
         let delete_branch = discard
             || matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
             || w.commit.is_none();
-        let Ok(repo) = self.repo() else { return };
+        let Ok(repo) = self.repo_of(id) else { return };
         // A pooled tree goes back to the pool (checked out afresh for the next task) while the
         // pool has room; others are removed.
         let keep = self.keep_for(id, &w);
@@ -188,7 +188,7 @@ impl Engine {
     /// retry waits for it (a few git commands), so the task's next tree never meets the old one
     /// holding its branch.
     pub(super) async fn retire_tree(&mut self, id: &str, w: WorktreeState) {
-        let Ok(repo) = self.repo() else { return };
+        let Ok(repo) = self.repo_of(id) else { return };
         let keep = self.keep_for(id, &w);
         let patch = self
             .ws

@@ -39,6 +39,9 @@ pub(super) struct TreePlan {
     /// Where the workspace is inside the repository (`""` at its top): the agent's directory
     /// inside the tree.
     pub inside: PathBuf,
+    /// A task of the fleet: its work is delivered to the node it came from, not merged here,
+    /// so it has no target branch.
+    pub delivered: bool,
 }
 
 /// Where a task's first tree comes from.
@@ -92,6 +95,7 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
         Some(state) if state.tree.path.exists() => (state.clone(), None),
         _ => {
             let target = match &plan.merge_into {
+                _ if plan.delivered => None,
                 Some(t) => Some(t.clone()),
                 None => repo.current_branch()?,
             };
@@ -724,6 +728,23 @@ pub(super) fn feedback(ws: &Workspace, task: &str, last: &crate::state::AttemptS
 }
 
 impl Engine {
+    /// The repository task `id` edits: for a task of the fleet, this worker's cache of its
+    /// node's repository; else the workspace's.
+    pub(super) fn repo_of(&mut self, id: &str) -> Result<Repo, GitError> {
+        match self.fleet_edit(id) {
+            Some(edit) => Ok(Repo { top: edit.cache }),
+            None => self.repo(),
+        }
+    }
+
+    /// An editing task taken from the fleet: where it came from and where its work goes.
+    pub(super) fn fleet_edit(&self, id: &str) -> Option<crate::fleet::edits::EditHere> {
+        match self.book.get(id)?.fleet.as_deref()? {
+            crate::state::FleetPart::Taken { edit, .. } => edit.clone(),
+            _ => None,
+        }
+    }
+
     /// The repository the workspace is in, found once.
     pub(super) fn repo(&mut self) -> Result<Repo, GitError> {
         if let Some(repo) = &self.repo {
@@ -790,6 +811,13 @@ impl Engine {
     ) -> Result<Option<(TreePlan, Resolved)>, String> {
         let t = self.book.get(id).expect("started tasks are in the book");
         let spec = t.spec.clone().expect("unfinished tasks keep their spec");
+        // A task of the fleet works where it came to work: a worktree of its node's repository
+        // (an editing task), or else this workspace (a task that answers).
+        if let Some(crate::state::FleetPart::Taken { edit, .. }) = t.fleet.as_deref() {
+            return Ok(edit
+                .clone()
+                .map(|edit| self.fleet_tree_plan(id, &spec, agent, edit)));
+        }
         let asked = crate::workdir::Asked {
             task: spec.fields.workdir,
             phase: None,
@@ -848,7 +876,50 @@ impl Engine {
             run_dir: self.ws.run_dir(id),
             workspace_root: self.ws.root().to_path_buf(),
             inside,
+            delivered: false,
         };
         Ok(Some((plan, settings)))
+    }
+
+    /// [`Engine::tree_plan`] for an editing task of the fleet: a worktree of this worker's
+    /// cache of its repository, from the base it came with, in `.context/fleet/trees/<id>`;
+    /// no `worktree:` preparation (that is for this workspace's own repository); its work is
+    /// delivered, never merged here.
+    fn fleet_tree_plan(
+        &mut self,
+        id: &str,
+        spec: &TaskSpec,
+        agent: &Agent,
+        edit: crate::fleet::edits::EditHere,
+    ) -> (TreePlan, Resolved) {
+        let t = self.book.get(id).expect("started tasks are in the book");
+        let mut settings = self.editing_of(spec, &agent.verify);
+        settings.merge = crate::editing::MergeMode::None;
+        settings.merge_into = None;
+        let last = t.attempts.last();
+        let continuing =
+            last.is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again));
+        let existing = t
+            .worktree
+            .as_deref()
+            .filter(|w| !w.removed && w.tree.path.exists())
+            .cloned();
+        let plan = TreePlan {
+            repo: Repo { top: edit.cache },
+            task: id.to_string(),
+            existing,
+            place: NewTree::Fresh(self.ws.context().join("fleet").join("trees").join(id)),
+            base_rev: Some(edit.base),
+            merge_into: None,
+            settings: settings.clone(),
+            setup: Setup::default(),
+            continuing,
+            previous: last.map(|a| (a.n, a.agent.clone())),
+            run_dir: self.ws.run_dir(id),
+            workspace_root: self.ws.root().to_path_buf(),
+            inside: PathBuf::new(),
+            delivered: true,
+        };
+        (plan, settings)
     }
 }

@@ -26,6 +26,7 @@
 //! messages: [`ToFleet`] from the engine, [`ToEngine`] back.
 
 pub mod connect;
+pub mod edits;
 pub mod events;
 pub mod heartbeat;
 pub mod stewardship;
@@ -123,6 +124,9 @@ pub struct QueuedTask {
     /// When its node received it (Unix ms; part of its key).
     #[serde(default)]
     pub received_ms: u64,
+    /// An editing task: its repository and base commit (`edits.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit: Option<edits::EditJob>,
 }
 
 impl QueuedTask {
@@ -167,6 +171,13 @@ pub enum End {
         /// (workspace-relative). Never sent.
         #[serde(skip)]
         local_output: Option<String>,
+        /// An editing task's work: its branch and commit, and how it travels.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        work: Option<Box<edits::Work>>,
+        /// On the worker, before the outcome is claimed: where the work is and goes. Never
+        /// sent.
+        #[serde(skip)]
+        deliver: Option<Box<edits::EditHere>>,
     },
     Escalated {
         reason: String,
@@ -182,6 +193,8 @@ pub enum ToFleet {
         spec: Arc<TaskSpec>,
         round: u32,
         received_ms: u64,
+        /// An editing task: what its base commit is resolved from.
+        edit: Option<Box<EditAsk>>,
     },
     /// A task taken off the queue has settled here: claim its outcome, then acknowledge it.
     Settled { key: String, task: String, end: End },
@@ -191,6 +204,16 @@ pub enum ToFleet {
     /// A task taken off the queue ended here without an outcome (cancelled here): it goes
     /// back to the queue for another worker.
     HandBack { key: String },
+}
+
+/// An editing task to publish: the repository workers reach (`cluster.repository`), the
+/// repository here, and what names its base.
+#[derive(Debug, Clone)]
+pub struct EditAsk {
+    pub repository: String,
+    pub here: std::path::PathBuf,
+    pub base: Option<String>,
+    pub merge_into: Option<String>,
 }
 
 /// From this module to the engine.
@@ -205,6 +228,8 @@ pub enum ToEngine {
     /// Run a task of the fleet here. The answer is what the worker does with the message.
     Run {
         queued: Box<QueuedTask>,
+        /// An editing task: its base fetched into this worker's cache, and its branch.
+        edit: Option<Box<edits::EditHere>>,
         reply: oneshot::Sender<Taken>,
     },
     /// An outcome claimed for one of this node's tasks.
@@ -260,6 +285,9 @@ pub struct Link {
     pub view: heartbeat::SharedView,
     /// The server's address, for `status`.
     pub url: String,
+    /// Where workers reach this node's repository (`cluster.repository`): editing tasks go
+    /// to the fleet only with it.
+    pub repository: Option<String>,
     /// Every node's tasks, folded from the events stream (`status --fleet`).
     pub books: events::FleetBooks,
 }
@@ -298,6 +326,7 @@ pub fn start(
         works: cluster.work,
         view: view.clone(),
         url: cluster.url.clone(),
+        repository: cluster.repository.clone(),
         books: events::FleetBooks::default(),
     };
     let books = link.books.clone();
@@ -408,6 +437,7 @@ async fn run(
     background.spawn(submitter::run(
         conn.clone(),
         cluster.name.clone(),
+        root.clone(),
         publish_rx,
         to_engine.clone(),
     ));
@@ -433,8 +463,9 @@ async fn run(
                 spec,
                 round,
                 received_ms,
+                edit,
             } => {
-                let _ = publish_tx.send((spec, round, received_ms));
+                let _ = publish_tx.send((spec, round, received_ms, edit));
             }
             ToFleet::Settled { key, task, end } => {
                 let _ = settled_tx.send(worker::FromEngine::Settled(worker::Settled {

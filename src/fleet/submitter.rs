@@ -15,25 +15,34 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::connect::Connection;
-use super::{MAX_RESULT_BYTES, Outcome, QueuedTask, ToEngine, key_of, parse_key_rest, subject_for};
+use super::edits::{self, Carried, EditJob};
+use super::{
+    EditAsk, MAX_RESULT_BYTES, Outcome, QueuedTask, ToEngine, key_of, parse_key_rest, subject_for,
+};
 use crate::task::TaskSpec;
 
 /// Publishes in flight at once (each waits for the server's acknowledgement).
 const IN_FLIGHT: usize = 256;
 
+/// A task to publish: its spec, round, received time, and for an editing task what names its
+/// base.
+pub type ToPublish = (Arc<TaskSpec>, u32, u64, Option<Box<EditAsk>>);
+
 pub async fn run(
     conn: Connection,
     node: String,
-    mut rx: mpsc::UnboundedReceiver<(Arc<TaskSpec>, u32, u64)>,
+    root: std::path::PathBuf,
+    mut rx: mpsc::UnboundedReceiver<ToPublish>,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) {
     let watcher = tokio::spawn(watch_outcomes(
         conn.clone(),
         node.clone(),
+        root,
         to_engine.clone(),
     ));
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some((spec, round, received_ms)) = rx.recv().await {
+    while let Some((spec, round, received_ms, edit)) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
@@ -41,7 +50,7 @@ pub async fn run(
         tokio::spawn(async move {
             let _permit = permit;
             let task = spec.id.clone();
-            match publish(&conn, &node, &spec, round, received_ms).await {
+            match publish(&conn, &node, &spec, round, received_ms, edit).await {
                 Ok(subject) => to_engine(ToEngine::Published {
                     task,
                     subject,
@@ -68,8 +77,29 @@ async fn publish(
     spec: &TaskSpec,
     round: u32,
     received_ms: u64,
+    edit: Option<Box<EditAsk>>,
 ) -> Result<String, String> {
     let subject = subject_of(spec);
+    // An editing task names the commit its work starts from, as it is now.
+    let edit = match edit {
+        None => None,
+        Some(ask) => {
+            let EditAsk {
+                repository,
+                here,
+                base,
+                merge_into,
+            } = *ask;
+            let base = tokio::task::spawn_blocking(move || {
+                edits::resolve_base(&here, base.as_deref(), merge_into.as_deref())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|e| format!("its base commit cannot be found: {e}"))?;
+            Some(EditJob { repository, base })
+        }
+    };
     // A worker checks the fields again and makes its own spec: the prompt travels once, in
     // the fields.
     let mut sent = spec.clone();
@@ -79,6 +109,7 @@ async fn publish(
         spec: sent,
         round,
         received_ms,
+        edit,
     };
     let payload: bytes::Bytes = serde_json::to_vec(&queued)
         .expect("a task spec serialises")
@@ -124,6 +155,7 @@ async fn publish(
 async fn watch_outcomes(
     conn: Connection,
     node: String,
+    root: std::path::PathBuf,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
 ) {
     let prefix = format!("{node}.");
@@ -151,6 +183,7 @@ async fn watch_outcomes(
                     match serde_json::from_slice::<Outcome>(&entry.value) {
                         Ok(mut outcome) => {
                             fetch_result(&conn, &mut outcome).await;
+                            fetch_bundle(&conn, &root, &entry.key, &mut outcome).await;
                             to_engine(ToEngine::Outcome {
                                 task: task.to_string(),
                                 round,
@@ -217,4 +250,56 @@ async fn fetch_result(conn: &Connection, outcome: &mut Outcome) {
         outcome.worker
     );
     *truncated = true;
+}
+
+/// Where a bundle of work brought from the object store waits for the engine, which fetches
+/// it into the repository and removes it.
+pub fn bundle_file(root: &std::path::Path, key: &str) -> std::path::PathBuf {
+    root.join(".context/fleet/bundles")
+        .join(format!("{:016x}.bundle", crate::fleet::edits::fnv(key)))
+}
+
+/// Work delivered as a bundle is read from the object store into [`bundle_file`] (at most
+/// [`MAX_RESULT_BYTES`]); when it cannot be, the work is marked as staying on the worker.
+async fn fetch_bundle(conn: &Connection, root: &std::path::Path, key: &str, outcome: &mut Outcome) {
+    use tokio::io::AsyncReadExt;
+    let super::End::Done {
+        work: Some(work), ..
+    } = &mut outcome.end
+    else {
+        return;
+    };
+    let Carried::Bundle { object } = &work.carried else {
+        return;
+    };
+    let file = bundle_file(root, key);
+    let read = async {
+        let object = conn
+            .results
+            .get(object.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut bytes = Vec::new();
+        object
+            .take(MAX_RESULT_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        if bytes.len() > MAX_RESULT_BYTES {
+            return Err(format!("it is larger than {MAX_RESULT_BYTES} bytes"));
+        }
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(file.parent().expect("in bundles/"))?;
+            std::fs::write(&file, bytes)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    };
+    if let Err(e) = read.await {
+        work.carried = Carried::Stayed {
+            why: format!("its bundle could not be read from the fleet's object store: {e}"),
+        };
+    }
 }

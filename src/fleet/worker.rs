@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::connect::Connection;
 use super::{
     End, INLINE_RESULT_BYTES, MAX_RESULT_BYTES, Outcome, QueuedTask, Taken, ToEngine, consumer_for,
-    subject_for,
+    edits, subject_for,
 };
 use crate::config::cluster::Cluster;
 
@@ -260,7 +260,7 @@ async fn pull_loop(
             match msg {
                 Ok(msg) => {
                     if let Some(s) = slot.take() {
-                        busy = take(&conn, &root, &cluster.name, msg, s, &held, &*to_engine).await;
+                        busy = take(&conn, &root, &cluster, msg, s, &held, &*to_engine).await;
                     } else {
                         // More than asked for: the next pull takes it.
                         let _ = msg.ack_with(AckKind::Nak(None)).await;
@@ -282,7 +282,7 @@ async fn pull_loop(
 async fn take(
     conn: &Connection,
     root: &std::path::Path,
-    worker: &str,
+    cluster: &Cluster,
     msg: Message,
     slot: OwnedSemaphorePermit,
     held: &HeldMap,
@@ -315,14 +315,24 @@ async fn take(
         let _ = msg.double_ack().await;
         return false;
     }
+    let worker = cluster.name.as_str();
     let (_, acker) = msg.split();
     let acker = Arc::new(acker);
-    let (reply, answer) = oneshot::channel();
-    to_engine(ToEngine::Run {
-        queued: Box::new(queued),
-        reply,
-    });
-    match answer.await {
+    let answer = match ready_edit(root, cluster, &queued).await {
+        // Not a repository this worker edits, or one it cannot reach: as a refusal by its
+        // engine, the task goes back for another worker.
+        Err(reason) => Ok(Taken::Refused(reason)),
+        Ok(edit) => {
+            let (reply, answer) = oneshot::channel();
+            to_engine(ToEngine::Run {
+                queued: Box::new(queued),
+                edit,
+                reply,
+            });
+            answer.await
+        }
+    };
+    match answer {
         Ok(Taken::Runs { task }) => {
             let _ = acker.ack_with(AckKind::Progress).await;
             // A repeat of a delivery in hand replaces it: the newest is the one to acknowledge.
@@ -411,6 +421,91 @@ async fn take(
     false
 }
 
+/// An editing task's repository checked against this worker's `cluster.repositories` and
+/// its base fetched into the worker's cache (`None`: not an editing task).
+async fn ready_edit(
+    root: &std::path::Path,
+    cluster: &Cluster,
+    queued: &QueuedTask,
+) -> Result<Option<Box<edits::EditHere>>, String> {
+    let Some(job) = &queued.edit else {
+        return Ok(None);
+    };
+    let source = edits::allows(&cluster.repositories, &job.repository)?;
+    let branch = edits::branch_name(&cluster.name, &queued.spec.id, queued.round)
+        .ok_or_else(|| format!("`{}` cannot be part of a branch name", queued.spec.id))?;
+    let (root2, base) = (root.to_path_buf(), job.base.clone());
+    let cache =
+        tokio::task::spawn_blocking(move || edits::fetch_into_cache(&root2, &source, &base))
+            .await
+            .map_err(|e| e.to_string())??;
+    Ok(Some(Box::new(edits::EditHere {
+        repository: job.repository.clone(),
+        base: job.base.clone(),
+        cache,
+        branch,
+    })))
+}
+
+/// Delivers an editing task's work before its outcome is claimed: pushed to its repository,
+/// else as a bundle through the object store; the outcome says which, or why neither.
+async fn deliver_work(conn: &Connection, root: &std::path::Path, key: &str, end: &mut End) {
+    let End::Done {
+        work: Some(work),
+        deliver,
+        ..
+    } = end
+    else {
+        return;
+    };
+    let Some(here) = deliver.take() else { return };
+    if work.carried != edits::Carried::NotYet {
+        return;
+    }
+    let bundle = root
+        .join(".context/fleet/bundles")
+        .join(format!("out-{:016x}.bundle", edits::fnv(key)));
+    let (w, b) = (work.clone(), bundle.clone());
+    let delivery = tokio::task::spawn_blocking(move || {
+        let _ = std::fs::create_dir_all(b.parent().expect("in bundles/"));
+        edits::deliver(&here.cache, &here.repository, &w, &b)
+    })
+    .await
+    .unwrap_or_else(|e| edits::Delivery::Stayed { why: e.to_string() });
+    work.carried = match delivery {
+        edits::Delivery::Pushed => edits::Carried::Pushed,
+        edits::Delivery::Stayed { why } => edits::Carried::Stayed { why },
+        edits::Delivery::Bundled { push } => {
+            tracing::warn!(key, "cannot push the work ({push}); it travels as a bundle");
+            let object = format!("{key}.bundle");
+            let put = async {
+                let file = tokio::fs::File::open(&bundle)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let size = file.metadata().await.map_err(|e| e.to_string())?.len();
+                if size > MAX_RESULT_BYTES as u64 {
+                    return Err(format!(
+                        "the bundle is {size} bytes, more than the fleet carries ({MAX_RESULT_BYTES})"
+                    ));
+                }
+                let mut file = file;
+                conn.results
+                    .put(object.as_str(), &mut file)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            match put.await {
+                Ok(()) => edits::Carried::Bundle { object },
+                Err(e) => edits::Carried::Stayed {
+                    why: format!("{push}; and its bundle could not be stored: {e}"),
+                },
+            }
+        }
+    };
+    let _ = tokio::fs::remove_file(&bundle).await;
+}
+
 /// Claims the outcome (create-if-absent: the first worker's stands), tells the engine, then
 /// acknowledges the message. Tried again while the server is away; the message stays in hand
 /// (and in progress) meanwhile.
@@ -424,6 +519,7 @@ async fn claim_and_ack(
 ) {
     let mut end = s.end;
     carry_result(conn, root, &s.key, &mut end).await;
+    deliver_work(conn, root, &s.key, &mut end).await;
     let outcome = Outcome {
         worker: worker.to_string(),
         end,

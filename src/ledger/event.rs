@@ -276,6 +276,10 @@ pub enum Event {
     FleetTaken {
         task: String,
         key: String,
+        /// An editing task: the repository, its base, the cache it works in here, and the
+        /// branch its work is delivered as.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        edit: Option<crate::fleet::edits::EditHere>,
     },
     /// Fleet mode: this worker's outcome for a task of the fleet was claimed first (`won`), or
     /// another worker's was, and this one is a duplicate that counts for nothing.
