@@ -171,9 +171,14 @@ pub enum Command {
         /// Only attempts that finished in this period: `24h`, `7d`, `30d`.
         #[arg(long, default_value = "7d", value_name = "DURATION")]
         since: String,
-        /// Group by `agent`, `role` (the task's chain source) or `model`.
+        /// Group by `agent`, `role` (the task's chain source), `model`, or — with `--fleet` —
+        /// `worker`.
         #[arg(long, value_enum, default_value = "agent")]
         by: StatsBy,
+        /// Fleet mode: every node's attempts, read from the fleet's events stream (the NATS
+        /// server in `cluster:`) instead of this workspace's ledger.
+        #[arg(long)]
+        fleet: bool,
         #[arg(long)]
         json: bool,
     },
@@ -267,6 +272,8 @@ pub enum StatsBy {
     Agent,
     Role,
     Model,
+    /// The fleet node that ran the attempts (with `--fleet`).
+    Worker,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

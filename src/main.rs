@@ -87,7 +87,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dirigent::engine::Options { http },
         ),
         Command::Mcp => mcp(ws),
-        Command::Stats { since, by, json } => commands::stats(&ws, &since, by, json),
+        Command::Stats {
+            since,
+            by,
+            fleet,
+            json,
+        } => commands::stats(&ws, &since, by, fleet, json),
         Command::Submit(args) => commands::submit(&ws, *args),
         Command::Top | Command::Status { watch: true, .. } => commands::top(&ws),
         Command::Status {

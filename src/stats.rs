@@ -25,6 +25,8 @@ pub enum By {
     Role,
     /// The model the CLI reported, else the agent's configured one, else `-`.
     Model,
+    /// The fleet node whose ledger has the attempt (`stats --fleet`); `-` on one machine.
+    Worker,
 }
 
 /// One row of the scorecard.
@@ -142,6 +144,7 @@ impl By {
             By::Agent => "agent",
             By::Role => "role",
             By::Model => "model",
+            By::Worker => "worker",
         }
     }
 }
@@ -162,11 +165,22 @@ impl<'m> Scorecard<'m> {
     }
 
     pub fn add(&mut self, r: &Record) {
+        self.add_on(None, r)
+    }
+
+    /// [`Scorecard::add`] for a record of fleet node `node` (`stats --fleet`): its tasks are
+    /// told apart from other nodes' of the same id.
+    pub fn add_on(&mut self, node: Option<&str>, r: &Record) {
+        let named = |task: &String| match node {
+            Some(n) => format!("{n}/{task}"),
+            None => task.clone(),
+        };
         match &r.event {
             Event::Received { task, spec, .. } => {
-                self.sources.insert(task.clone(), spec.chain_source.clone());
+                self.sources.insert(named(task), spec.chain_source.clone());
             }
             Event::AttemptStarted { task, agent, .. } if r.ts >= self.since_ms => {
+                let task = &named(task);
                 // A different agent after a failure: that failure was a fallback.
                 if let Some((key, failed_agent)) = self.failed_last.remove(task)
                     && failed_agent != *agent
@@ -186,7 +200,9 @@ impl<'m> Scorecard<'m> {
                 if matches!(class, Class::Interrupted | Class::Cancelled) {
                     return;
                 }
+                let task = &named(task);
                 let key = match self.by {
+                    By::Worker => node.unwrap_or("-").to_string(),
                     By::Agent => agent.clone(),
                     By::Role => role_label(self.sources.get(task).map(String::as_str)),
                     By::Model => usage

@@ -74,6 +74,43 @@ fn tasks_go_to_the_workers_that_have_their_agent_and_come_back_done() {
         3,
         "expected the alpha worker to claim three outcomes"
     );
+    // Every node's attempts, from the events stream, by the worker that ran them.
+    let by_worker = submitter.wait_until("`stats --fleet` to count both workers' attempts", || {
+        let out = submitter.cli(&["stats", "--fleet", "--by", "worker", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let rows: Vec<(String, u64)> = v["rows"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                (
+                    r["key"].as_str().unwrap_or("").to_string(),
+                    r["ok"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        (rows.len() == 2 && rows.iter().all(|(_, ok)| *ok == 3)).then_some(rows)
+    });
+    assert_eq!(
+        by_worker,
+        vec![("gpu".to_string(), 3), ("laptop".to_string(), 3)],
+        "expected three successful attempts on each worker"
+    );
+    let text = submitter.cli(&["stats", "--fleet"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("alpha") && l.contains(" 3 "))
+            && text
+                .lines()
+                .any(|l| l.starts_with("beta") && l.contains(" 3 ")),
+        "expected `stats --fleet` to list alpha and beta with 3 attempts each, got:\n{text}"
+    );
+    let refused = submitter.cli(&["stats", "--by", "worker"]);
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "error: `--by worker` groups the fleet's attempts: add `--fleet`",
+        "expected `--by worker` without `--fleet` refused with the reason"
+    );
 }
 
 #[test]

@@ -245,3 +245,18 @@ fn stats_figures_match_a_hand_computed_ledger() {
     let bad = ws.cli(&["stats", "--since", "fortnight"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn stats_of_the_fleet_outside_a_fleet_says_how_to_join_one() {
+    let ws = Workspace::new("agents:\n  a: { command: [\"{agents}/ok.sh\"] }\n");
+    let out = ws.cli(&["stats", "--fleet"]);
+    assert!(
+        !out.status.success(),
+        "expected `stats --fleet` to fail outside a fleet"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: this workspace is not in a fleet: add a `cluster:` section to .context/dirigent.yaml (see docs/cluster.md)",
+        "expected the error to say how to join a fleet"
+    );
+}

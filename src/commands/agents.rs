@@ -187,6 +187,7 @@ pub fn stats(
     ws: &Workspace,
     since: &str,
     by: crate::cli::StatsBy,
+    fleet: bool,
     as_json: bool,
 ) -> Result<ExitCode> {
     use dirigent::stats::By;
@@ -196,8 +197,14 @@ pub fn stats(
         crate::cli::StatsBy::Agent => By::Agent,
         crate::cli::StatsBy::Role => By::Role,
         crate::cli::StatsBy::Model => By::Model,
+        crate::cli::StatsBy::Worker if fleet => By::Worker,
+        crate::cli::StatsBy::Worker => {
+            anyhow::bail!("`--by worker` groups the fleet's attempts: add `--fleet`")
+        }
     };
-    let models: std::collections::HashMap<String, String> = Config::load(&ws.config())
+    let config = Config::load(&ws.config());
+    let models: std::collections::HashMap<String, String> = config
+        .as_ref()
         .map(|c| {
             c.agents
                 .iter()
@@ -205,7 +212,20 @@ pub fn stats(
                 .collect()
         })
         .unwrap_or_default();
-    let report = dirigent::stats::over_ledger(ws, since_ms, by, &models)?;
+    let report = if fleet {
+        let cluster = match &config {
+            Ok(c) => c.cluster.clone(),
+            Err(e) => anyhow::bail!("{e}"),
+        };
+        let Some(cluster) = cluster else {
+            anyhow::bail!(
+                "this workspace is not in a fleet: add a `cluster:` section to .context/dirigent.yaml (see docs/cluster.md)"
+            );
+        };
+        fleet_report(&cluster, since_ms, by, &models)?
+    } else {
+        dirigent::stats::over_ledger(ws, since_ms, by, &models)?
+    };
     let compacted = report.history_from_seq.is_some_and(|s| s > 1);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -281,4 +301,32 @@ mod tests {
             assert_eq!(super::is_change(&kind), want, "{kind:?}");
         }
     }
+}
+
+/// The scorecard over every fleet node's records (`stats --fleet`), read from the events
+/// stream on the fleet's server.
+fn fleet_report(
+    cluster: &dirigent::config::cluster::Cluster,
+    since_ms: u64,
+    by: dirigent::stats::By,
+    models: &std::collections::HashMap<String, String>,
+) -> Result<dirigent::stats::Report> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let conn = dirigent::fleet::connect::connect(cluster).await?;
+        let mut card = dirigent::stats::Scorecard::new(since_ms, by, models);
+        dirigent::fleet::events::scorecard(&conn, since_ms, &mut card)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let (rows, days) = card.finish();
+        Ok(dirigent::stats::Report {
+            since_ms,
+            by: by.name(),
+            history_from_seq: None,
+            rows,
+            days,
+        })
+    })
 }

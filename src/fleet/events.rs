@@ -123,3 +123,68 @@ pub async fn fold(conn: Connection, books: FleetBooks) {
         delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
+
+/// How long a fleet scorecard waits for the stream's next message before it takes what it
+/// has read as all (a stream with nothing after the start time sends nothing).
+const QUIET_FOR: Duration = Duration::from_secs(2);
+
+/// Reads every node's records since `since_ms` from the events stream into `card`
+/// (`dirigent stats --fleet`): from the stream's time `since_ms` (less a margin for clocks
+/// that differ) up to what the stream held when asked. Returns how many records were read.
+pub async fn scorecard(
+    conn: &Connection,
+    since_ms: u64,
+    card: &mut crate::stats::Scorecard<'_>,
+) -> Result<u64, String> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    let last = conn
+        .events
+        .get_info()
+        .await
+        .map_err(|e| format!("cannot read the fleet's events stream: {e}"))?
+        .state
+        .last_sequence;
+    let margin_ms = 10 * 60 * 1000;
+    let start = async_nats::datetime::from_nanos(
+        i128::from(since_ms.saturating_sub(margin_ms)) * 1_000_000,
+    )
+    .map_err(|e| e.to_string())?;
+    let consumer = conn
+        .events
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: EVENTS_SUBJECTS.into(),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot read the fleet's events stream: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("cannot read the fleet's events stream: {e}"))?;
+    let mut read = 0;
+    loop {
+        let msg = match tokio::time::timeout(QUIET_FOR, messages.next()).await {
+            Ok(Some(Ok(msg))) => msg,
+            Ok(Some(Err(e))) => return Err(format!("cannot read the fleet's events stream: {e}")),
+            Ok(None) | Err(_) => break,
+        };
+        if let Some(node) = msg.subject.strip_prefix("dirigent.events.")
+            && crate::config::validate_name(node).is_ok()
+        {
+            for line in msg.payload.split(|b| *b == b'\n') {
+                if let Ok(record) = serde_json::from_slice::<Record>(line) {
+                    card.add_on(Some(node), &record);
+                    read += 1;
+                }
+            }
+        }
+        if msg
+            .info()
+            .is_ok_and(|i| i.stream_sequence >= last || i.pending == 0)
+        {
+            break;
+        }
+    }
+    Ok(read)
+}
