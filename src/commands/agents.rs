@@ -274,6 +274,34 @@ pub fn stats(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The scorecard over every fleet node's records (`stats --fleet`), read from the events
+/// stream on the fleet's server.
+fn fleet_report(
+    cluster: &dirigent::config::cluster::Cluster,
+    since_ms: u64,
+    by: dirigent::stats::By,
+    models: &std::collections::HashMap<String, String>,
+) -> Result<dirigent::stats::Report> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let conn = dirigent::fleet::connect::connect(cluster).await?;
+        let mut card = dirigent::stats::Scorecard::new(since_ms, by, models);
+        dirigent::fleet::events::scorecard(&conn, since_ms, &mut card)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let (rows, days) = card.finish();
+        Ok(dirigent::stats::Report {
+            since_ms,
+            by: by.name(),
+            history_from_seq: None,
+            rows,
+            days,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use notify::EventKind;
@@ -301,32 +329,4 @@ mod tests {
             assert_eq!(super::is_change(&kind), want, "{kind:?}");
         }
     }
-}
-
-/// The scorecard over every fleet node's records (`stats --fleet`), read from the events
-/// stream on the fleet's server.
-fn fleet_report(
-    cluster: &dirigent::config::cluster::Cluster,
-    since_ms: u64,
-    by: dirigent::stats::By,
-    models: &std::collections::HashMap<String, String>,
-) -> Result<dirigent::stats::Report> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let conn = dirigent::fleet::connect::connect(cluster).await?;
-        let mut card = dirigent::stats::Scorecard::new(since_ms, by, models);
-        dirigent::fleet::events::scorecard(&conn, since_ms, &mut card)
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let (rows, days) = card.finish();
-        Ok(dirigent::stats::Report {
-            since_ms,
-            by: by.name(),
-            history_from_seq: None,
-            rows,
-            days,
-        })
-    })
 }
