@@ -291,6 +291,7 @@ fn router(state: AppState) -> Router {
         .route("/stats", get(crate::http_views::stats))
         .route("/agents", get(agents))
         .route("/agents/{name}/enable", post(enable_agent))
+        .route("/fleet", get(fleet))
         .route("/workflows", get(workflows))
         .route("/workflows/{name}/runs", post(run_workflow))
         .route("/events", get(events))
@@ -570,6 +571,18 @@ async fn agents(State(st): State<AppState>) -> ApiResult {
 /// `POST /agents/{name}/enable`: as `dirigent agents enable NAME`.
 async fn enable_agent(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
     message(st.api.call(Request::Enable { agent: name }).await)
+}
+
+/// `GET /fleet`: fleet mode — the server, the workers, and every node's tasks (as
+/// `dirigent fleet --json` and `status --fleet --json`).
+/// A daemon not in a fleet answers `{"fleet": null, "nodes": []}` (the dashboard asks, to know
+/// whether to list its Fleet page).
+async fn fleet(State(st): State<AppState>) -> ApiResult {
+    let answer = st.api.call(Request::FleetStatus).await;
+    if !answer.ok && answer.failure == Some(crate::protocol::Failure::NotFound) {
+        return Ok(json_ok(StatusCode::OK, json!({"fleet": null, "nodes": []})));
+    }
+    Ok(json_ok(StatusCode::OK, data(answer)?))
 }
 
 async fn workflows(State(st): State<AppState>) -> ApiResult {

@@ -1,9 +1,11 @@
 //! The web dashboard in a real browser (headless Chromium through WebDriver) against the real
 //! daemon: the one-time login, live tasks and output, cancel killing the process group, a
 //! provider's countdown and its enable button, the workflow graph, the scorecards, keyboard use
-//! and contrast, and no console errors. Screenshots go to `target/dashboard-screenshots/`.
+//! and contrast, the fleet's workers and tasks, and no console errors. Screenshots go to `target/dashboard-screenshots/`.
 
 mod common;
+#[path = "common/nats.rs"]
+mod nats;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
@@ -543,3 +545,61 @@ for (const el of document.querySelectorAll("body *")) {
 }
 return worst;
 "#;
+
+#[test]
+fn the_fleet_page_lists_the_workers_and_every_nodes_tasks() {
+    let Some(nats) = nats::Nats::start() else {
+        return;
+    };
+    let desk = Workspace::new(&nats::node(
+        &nats,
+        "desk",
+        false,
+        "  alpha: { command: [\"absent-alpha-cli\"] }\n",
+    ));
+    let gpu = nats::ok_worker(&nats, "gpu", &["alpha"]);
+    let _dd = desk.start_full(&[], &["--http", "127.0.0.1:0"]);
+    let _dg = gpu.start();
+    let base = desk.wait_until("the HTTP door", || {
+        std::fs::read_to_string(desk.path("http.url"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    });
+    desk.drop_task("t.json", r#"{"prompt": "p", "agent": "alpha"}"#);
+    let settled = desk.wait_settled("t");
+    assert!(
+        matches!(settled, Event::Done { .. }),
+        "expected `t` done on the fleet, got {settled:?}"
+    );
+    let Some(b) = logged_in(&desk, &base) else {
+        return;
+    };
+    b.wait(
+        "the Fleet link (this node is in a fleet)",
+        "!document.getElementById('fleet-link').hidden",
+    );
+    b.click("#fleet-link");
+    let worker = b.wait(
+        "the worker `gpu` listed live",
+        "(() => { const r = document.querySelector('#fleet-workers [data-worker=gpu]'); return r && /live/.test(r.innerText) && r.innerText; })()",
+    );
+    assert!(
+        worker.as_str().unwrap().contains("alpha"),
+        "expected the worker's row to list its agent, got {worker}"
+    );
+    let task = b.wait(
+        "the submitted task with the worker it ran on",
+        "(() => { const r = document.querySelector('#fleet-tasks [data-node=desk][data-task=t]'); return r && /ran on gpu/.test(r.innerText) && r.innerText; })()",
+    );
+    assert!(
+        task.as_str().unwrap().contains("done"),
+        "expected `t` done on the Fleet page, got {task}"
+    );
+    b.wait(
+        "the worker's copy of the task",
+        "document.querySelector('#fleet-tasks [data-node=gpu]')",
+    );
+    b.screenshot("fleet");
+    b.assert_no_console_errors(&[]);
+}

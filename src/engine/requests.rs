@@ -306,7 +306,8 @@ impl Engine {
             Request::Merge { id } => self.merge_request(&id),
             Request::Discard { id } => self.discard_request(&id),
             Request::FleetStatus => match &self.fleet {
-                None => Response::error(
+                None => Response::fail(
+                    crate::protocol::Failure::NotFound,
                     "this daemon is not in a fleet: add a `cluster:` section to .context/dirigent.yaml (see docs/cluster.md)",
                 ),
                 Some(link) => {
@@ -323,7 +324,11 @@ impl Engine {
                             })
                         })
                         .collect();
-                    Response::data(serde_json::json!({ "nodes": nodes }))
+                    drop(books);
+                    Response::data(serde_json::json!({
+                        "fleet": self.fleet_status(),
+                        "nodes": nodes,
+                    }))
                 }
             },
             Request::Retry { id } => match self.retry(&id).await {

@@ -259,7 +259,7 @@ function route() {
     if (a.dataset.page === page || (page === "task" && a.dataset.page === "tasks")) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  const pages = { tasks: tasksPage, task: taskPage, workflows: workflowsPage, agents: agentsPage, scorecards: scorecardsPage, submit: submitPage };
+  const pages = { tasks: tasksPage, task: taskPage, workflows: workflowsPage, agents: agentsPage, fleet: fleetPage, scorecards: scorecardsPage, submit: submitPage };
   const make = pages[page] || tasksPage;
   main.replaceChildren();
   current = make(parts.slice(1).map(decodeURIComponent));
@@ -521,6 +521,51 @@ function agentsPage() {
   return { render, cleanup: () => clearInterval(ticker) };
 }
 
+// ---- Fleet ---------------------------------------------------------------------------------
+
+function fleetPage() {
+  const summary = h("p", {});
+  const workers = h("tbody", {});
+  const tasks = h("tbody", {});
+  main.append(h("h1", {}, "Fleet"), summary,
+    h("h2", {}, "Workers"),
+    h("table", { id: "fleet-workers" }, h("thead", {}, h("tr", {}, ["Worker", "State", "Running", "Seen", "Agents", "Spent today"].map((c) => h("th", {}, c)))), workers),
+    h("h2", {}, "Tasks on every node"),
+    h("table", { id: "fleet-tasks" }, h("thead", {}, h("tr", {}, ["Node", "Task", "State", "Agent", "Where"].map((c) => h("th", {}, c)))), tasks));
+  async function render() {
+    const data = await api("/fleet");
+    const f = data.fleet || {};
+    const live = (f.workers || []).filter((w) => w.live && w.works).length;
+    summary.replaceChildren(`node ${f.node} at ${f.url}: `,
+      f.connected ? `connected, ${live} live worker(s) taking tasks` : `not connected: ${f.problem || "?"} (it keeps obeying the last state it saw)`);
+    if (f.twin) summary.append(h("div", { class: "warn" }, "another node of the fleet also uses this node's name"));
+    const waiting = Object.entries(f.unrunnable || {});
+    for (const [agent, ids] of waiting) {
+      summary.append(h("div", { class: "warn" }, `waiting: no live worker of the fleet runs ${agent} (${ids.length} task(s): ${ids.slice(0, 5).join(", ")})`));
+    }
+    workers.replaceChildren(...(f.workers || []).map((w) => h("tr", { "data-worker": w.name },
+      h("td", {}, w.name),
+      h("td", {}, stateBadge(w.live ? "live" : "gone")),
+      h("td", {}, w.works ? `${w.running}/${w.slots}` : "-"),
+      h("td", {}, duration(w.seen_ms_ago) + " ago"),
+      h("td", {}, w.works ? (w.agents || []).join(", ") || "(none installed)" : "(submits only)"),
+      h("td", {}, "$" + (w.spent_today_usd || 0).toFixed(2)))));
+    const rows = [];
+    for (const n of data.nodes || []) {
+      for (const t of n.tasks || []) {
+        const where = t.ran_on ? "ran on " + t.ran_on : t.on_fleet ? "on the fleet's queue" : t.fleet_key ? "for " + String(t.fleet_key).split(".")[0] : "here";
+        rows.push(h("tr", { "data-node": n.node, "data-task": t.id },
+          h("td", {}, n.node), h("td", {}, t.id), h("td", {}, stateBadge(t.state)), h("td", {}, t.agent || "-"), h("td", {}, where)));
+      }
+    }
+    tasks.replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 5, class: "muted" }, "no task on any node yet (the events stream is read from its start when this page first asks)"))]));
+  }
+  // Heartbeats come from the fleet's server, not this node's records: looked at again every
+  // 5 s (a worker beats every 5 s) besides each change here.
+  const ticker = setInterval(() => refreshSoon(), 5000);
+  return { render, cleanup: () => clearInterval(ticker) };
+}
+
 // ---- Scorecards ----------------------------------------------------------------------------
 
 const PALETTE = ["#1e40af", "#b45309", "#14632f", "#9b1c1c", "#6d28d9", "#0e7490", "#4b5563", "#be185d"];
@@ -683,4 +728,6 @@ if (!CSRF) {
   window.addEventListener("hashchange", () => { route(); main.focus(); });
   route();
   connectEvents();
+  // The Fleet page is listed only for a daemon in a fleet.
+  api("/fleet").then((d) => { document.getElementById("fleet-link").hidden = !d.fleet; }, () => {});
 }
