@@ -34,6 +34,9 @@ pub enum FleetPart {
         /// fleet, with a key of its own.
         #[serde(default, skip_serializing_if = "is_zero_u32")]
         round: u32,
+        /// Its message's sequence in the fleet's stream (`0`: not known).
+        #[serde(default, skip_serializing_if = "is_zero_u64")]
+        seq: u64,
     },
     /// Retried after the fleet ran it: it goes onto the queue again as round `round`.
     Retry { round: u32 },
@@ -191,6 +194,10 @@ pub struct Resolve {
     pub files: Vec<String>,
     /// The conflict as the report shows it (files and marked regions).
     pub reason: String,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_zero_u32(n: &u32) -> bool {
@@ -943,12 +950,14 @@ impl TaskBook {
                 task,
                 subject,
                 round,
+                stream_seq,
             } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     t.fleet = Some(Box::new(FleetPart::Published {
                         subject: subject.clone(),
                         worker: None,
                         round: *round,
+                        seq: *stream_seq,
                     }));
                 }
             }

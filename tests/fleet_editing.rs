@@ -48,15 +48,21 @@ fn desk(nats: &Nats) -> Workspace {
     Workspace::in_dir(dir, &config)
 }
 
-/// A worker named `name` (not a repository itself) that runs `ed` (the scriptable editor)
-/// and edits repositories under `roots`.
-fn editor_worker(nats: &Nats, name: &str, roots: &[&Path]) -> Workspace {
+/// The config of a worker named `name` that runs `ed` (the scriptable editor) and edits
+/// repositories under `roots`. Its own `worktree.setup` leaves a file git does not ignore: a
+/// tree of another node's repository must never get it (the task would be refused).
+fn editor_config(nats: &Nats, name: &str, roots: &[&Path]) -> String {
     let roots: Vec<String> = roots.iter().map(|r| format!("'{}'", r.display())).collect();
-    Workspace::new(&format!(
-        "concurrency: 2\ncluster:\n  url: {}\n  name: {name}\n  ack_wait: 2s\n  repositories: [{}]\nagents:\n  ed: {{ command: [\"{{agents}}/editor.sh\"], prompt: stdin }}\n",
+    format!(
+        "concurrency: 2\nworktree: {{ setup: [touch, setup-ran] }}\ncluster:\n  url: {}\n  name: {name}\n  ack_wait: 2s\n  repositories: [{}]\nagents:\n  ed: {{ command: [\"{{agents}}/editor.sh\"], prompt: stdin }}\n",
         nats.url(),
         roots.join(", ")
-    ))
+    )
+}
+
+/// A worker (not a repository itself) made from [`editor_config`].
+fn editor_worker(nats: &Nats, name: &str, roots: &[&Path]) -> Workspace {
+    Workspace::new(&editor_config(nats, name, roots))
 }
 
 fn result_text(ws: &Workspace, task: &str) -> String {
@@ -83,13 +89,13 @@ fn an_editing_task_is_done_on_a_worker_and_comes_back_as_a_branch() {
         "expected `t1` done on the fleet, got {settled:?}\nworker's ledger: {:?}",
         worker.records()
     );
-    let on_branch = git(desk.root(), &["show", "fleet/gpu/t1:a.txt"]);
+    let on_branch = git(desk.root(), &["show", "fleet/gpu/desk.t1:a.txt"]);
     assert_eq!(
         on_branch, "slot1-by-fleet\n-\nslot2",
-        "expected the worker's edit on branch `fleet/gpu/t1` of the submitting repository"
+        "expected the worker's edit on branch `fleet/gpu/desk.t1` of the submitting repository"
     );
     assert_eq!(
-        git(desk.root(), &["rev-parse", "fleet/gpu/t1~1"]),
+        git(desk.root(), &["rev-parse", "fleet/gpu/desk.t1~1"]),
         main_before,
         "expected the work to start from `main` as it was when the task was published"
     );
@@ -105,8 +111,8 @@ fn an_editing_task_is_done_on_a_worker_and_comes_back_as_a_branch() {
     );
     let text = result_text(&desk, "t1");
     assert!(
-        text.contains("The work is on branch `fleet/gpu/t1`")
-            && text.contains("git merge fleet/gpu/t1"),
+        text.contains("The work is on branch `fleet/gpu/desk.t1`")
+            && text.contains("git merge fleet/gpu/desk.t1"),
         "expected the result to say where the work is and how to merge it, got {text:?}"
     );
     // The worker worked in a worktree of its cache, never in its own workspace.
@@ -153,12 +159,12 @@ fn a_refused_push_brings_the_work_back_as_a_bundle() {
         "expected the worker to say the refused push went as a bundle; its log:\n{log}"
     );
     assert_eq!(
-        git(desk.root(), &["show", "fleet/gpu/t2:b.txt"]),
+        git(desk.root(), &["show", "fleet/gpu/desk.t2:b.txt"]),
         "new file by the fleet",
-        "expected the work unbundled as branch `fleet/gpu/t2`"
+        "expected the work unbundled as branch `fleet/gpu/desk.t2`"
     );
     assert!(
-        result_text(&desk, "t2").contains("The work is on branch `fleet/gpu/t2`"),
+        result_text(&desk, "t2").contains("The work is on branch `fleet/gpu/desk.t2`"),
         "expected the result to name the branch"
     );
     let bundles = desk.ctx().join("fleet/bundles");
@@ -202,5 +208,43 @@ fn a_worker_refuses_a_repository_outside_its_roots() {
     assert!(
         branches.is_empty(),
         "expected no fleet branch, got {branches:?}"
+    );
+}
+
+#[test]
+fn a_task_that_only_answers_never_edits_the_workers_own_repository() {
+    let Some(nats) = Nats::start() else { return };
+    let desk = desk(&nats);
+    // The worker's workspace is a repository of its own.
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(dir.path().join("w.txt"), "worker's own\n").unwrap();
+    git(dir.path(), &["add", "."]);
+    git(dir.path(), &["commit", "--quiet", "-m", "first"]);
+    let worker = Workspace::in_dir(dir, &editor_config(&nats, "gpu", &[desk.root()]));
+    let _dd = desk.start();
+    let _dw = worker.start();
+    desk.drop_task(
+        "ask.json",
+        r#"{"prompt": "append w.txt HACKED\nrun git rev-parse --show-toplevel 2>/dev/null || echo no-repository-here\n", "agent": "ed", "workdir": "shared"}"#,
+    );
+    let settled = desk.wait_settled("ask");
+    assert!(
+        matches!(settled, Event::Done { .. }),
+        "expected `ask` done on the worker, got {settled:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(worker.root().join("w.txt")).unwrap(),
+        "worker's own\n",
+        "expected the worker's own files untouched by another node's task"
+    );
+    let text = result_text(&desk, "ask");
+    assert!(
+        text.contains("no-repository-here"),
+        "expected git in the task's directory not to find the worker's repository, got {text:?}"
+    );
+    assert!(
+        !worker.ctx().join("fleet/scratch/desk.ask").exists(),
+        "expected the task's scratch directory removed once it settled"
     );
 }

@@ -194,6 +194,37 @@ impl Engine {
             extra_env,
             workdir: None,
         };
+        // A task of the fleet that only answers works in a scratch directory of its own, never
+        // in this workspace (another node's prompt must not edit this node's files), and git
+        // there does not find this workspace's repository.
+        let answers_for_fleet = tree_plan.is_none()
+            && matches!(
+                t.fleet.as_deref(),
+                Some(crate::state::FleetPart::Taken { .. })
+            );
+        let plan = match answers_for_fleet {
+            true => {
+                let scratch = self.ws.context().join("fleet").join("scratch");
+                let dir = scratch.join(id);
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    if let Some(slot) = self.slots.get_mut(&base) {
+                        slot.running -= 1;
+                    }
+                    return self.escalate(
+                        id,
+                        format!("cannot make its scratch directory `{}`: {e}", dir.display()),
+                    );
+                }
+                let mut plan = plan;
+                plan.extra_env.push((
+                    "GIT_CEILING_DIRECTORIES".into(),
+                    scratch.display().to_string(),
+                ));
+                plan.workdir = Some(dir);
+                plan
+            }
+            false => plan,
+        };
         let resolving: Vec<String> = t
             .worktree
             .as_ref()
@@ -231,7 +262,12 @@ impl Engine {
         let tx = self.tx.clone();
         let prices = self.config.prices.clone();
         let ws = self.ws.clone();
-        let setup_cmd = self.config.editing.setup.setup.clone();
+        // A tree of the fleet is of another node's repository: this workspace's `setup` is
+        // not for it.
+        let setup_cmd = match &tree_plan {
+            Some(p) if p.delivered => None,
+            _ => self.config.editing.setup.setup.clone(),
+        };
         let setup_stop = self.side_stop.subscribe();
         self.tasks.spawn(async move {
             let mut plan = plan;

@@ -31,6 +31,9 @@ pub(super) struct Needs {
     pub after: bool,
     /// It is a workflow run (its runner is here; its phases go to the fleet one by one).
     pub run: bool,
+    /// Its work must be merged here before what follows can start (it says `merge: auto` or
+    /// `merge_into:` — a workflow step that edits does): fleet work comes back unmerged.
+    pub merged_here: bool,
 }
 
 /// The decision. `fleet`: this node is in a fleet (with a link to it); `edits_travel`: its
@@ -49,7 +52,7 @@ pub(super) fn placement(
         // Published, but the node left the fleet since: it runs here.
         Some(FleetPart::Published { .. }) => Placement::Here,
         None if !fleet || needs.after || needs.run => Placement::Here,
-        None if needs.worktree && !edits_travel => Placement::Here,
+        None if needs.worktree && (!edits_travel || needs.merged_here) => Placement::Here,
         None => Placement::Publish,
     }
 }
@@ -64,6 +67,8 @@ impl Engine {
             worktree: self.edits_in_worktree(spec),
             after: !spec.fields.after.is_empty(),
             run: spec.fields.workflow.is_some(),
+            merged_here: spec.fields.merge == Some(crate::editing::MergeMode::Auto)
+                || spec.fields.merge_into.is_some(),
         });
         let edits_travel = self.fleet.as_ref().is_some_and(|l| l.repository.is_some());
         placement(
@@ -176,12 +181,26 @@ impl Engine {
             self.fleet.as_ref().and_then(|l| l.repository.clone()),
         ) {
             (true, Some(repository)) => match self.repo() {
-                Ok(repo) => Some(Box::new(fleet::EditAsk {
-                    repository,
-                    here: repo.top,
-                    base: spec.fields.base.clone(),
-                    merge_into: self.editing_of(&spec, &[]).merge_into,
-                })),
+                Ok(repo) => {
+                    let inside = self.inside(&repo);
+                    let Some(inside) = inside.to_str().map(str::to_string) else {
+                        self.escalate(
+                            id,
+                            format!(
+                                "it cannot go on the fleet's queue: the workspace's place in the repository, `{}`, is not UTF-8",
+                                inside.display()
+                            ),
+                        );
+                        return;
+                    };
+                    Some(Box::new(fleet::EditAsk {
+                        repository,
+                        here: repo.top,
+                        base: spec.fields.base.clone(),
+                        merge_into: self.editing_of(&spec, &[]).merge_into,
+                        inside,
+                    }))
+                }
                 Err(e) => {
                     self.escalate(id, format!("it cannot go on the fleet's queue: {e}"));
                     return;
@@ -249,6 +268,7 @@ impl Engine {
                     task,
                     subject,
                     round,
+                    seq,
                 } => {
                     let this_round = match self.book.get(&task) {
                         Some(t) if !t.phase.is_terminal() => match t.fleet.as_deref() {
@@ -264,6 +284,7 @@ impl Engine {
                             task,
                             subject,
                             round,
+                            stream_seq: seq,
                         })
                         .await;
                     }
@@ -315,6 +336,12 @@ impl Engine {
                         .entry(format!("provider:{provider}"))
                         .or_default()
                         .insert(worker, at);
+                }
+                ToEngine::Cancel { task } => {
+                    let answer = self
+                        .control(crate::protocol::Request::Cancel { id: task.clone() })
+                        .await;
+                    tracing::info!(task, "its node cancelled it: {}", answer.message);
                 }
                 ToEngine::Claimed { task, key, won } => {
                     self.record_now(Event::FleetSettled { task, key, won })
@@ -557,9 +584,30 @@ impl Engine {
         }
     }
 
+    /// A task published here is cancelled here: the fleet takes it off its queue, and the
+    /// worker that runs it stops.
+    pub(super) fn tell_fleet_cancelled(&self, id: &str) {
+        let (Some(link), Some(t)) = (&self.fleet, self.book.get(id)) else {
+            return;
+        };
+        if let Some(FleetPart::Published { round, seq, .. }) = t.fleet.as_deref() {
+            let _ = link.to_fleet.send(ToFleet::Cancel {
+                key: fleet::key_of(&link.node, id, *round, t.received_ms),
+                seq: *seq,
+            });
+        }
+    }
+
     /// A task taken off the queue settled here: the fleet component claims its outcome.
     pub(super) fn tell_fleet_settled(&mut self, id: &str) {
         let Some(link) = &self.fleet else { return };
+        // Its scratch directory (a task that answered), if it had one.
+        let scratch = self.ws.context().join("fleet").join("scratch").join(id);
+        if scratch.exists() {
+            self.tasks.spawn(async move {
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(scratch)).await;
+            });
+        }
         let Some(t) = self.book.get(id) else { return };
         let Some(FleetPart::Taken { key, .. }) = t.fleet.as_deref() else {
             return;
@@ -586,25 +634,47 @@ impl Engine {
         received_ms: u64,
         outcome: fleet::Outcome,
     ) {
+        // A bundle fetched for this outcome is this call's to remove, whatever becomes of it.
+        let bundle = match (&self.fleet, &outcome.end) {
+            (Some(l), End::Done { work: Some(w), .. })
+                if matches!(w.carried, fleet::edits::Carried::Bundle { .. }) =>
+            {
+                Some(fleet::submitter::bundle_file(
+                    self.ws.root(),
+                    &fleet::key_of(&l.node, id, round, received_ms),
+                ))
+            }
+            _ => None,
+        };
+        // Not this task's outcome any more: another task of the same id (of an earlier
+        // workspace under this node's name, or of another node given the same name), an
+        // earlier round's (the task was retried since), or one that arrives again.
+        let stale = match self.book.get(id) {
+            None => true,
+            Some(t) => {
+                received_ms != t.received_ms
+                    || t.phase.is_terminal()
+                    || !matches!(
+                        t.fleet.as_deref(),
+                        Some(FleetPart::Published { round: r, .. }) if *r == round
+                    )
+            }
+        };
+        if stale {
+            if let Some(b) = bundle {
+                let _ = std::fs::remove_file(b);
+            }
+            return;
+        }
         let Some(t) = self.book.get(id) else { return };
-        // Another task of the same id: of an earlier workspace under this node's name, or of
-        // another node given the same name.
-        if received_ms != t.received_ms {
-            return;
-        }
-        // An earlier round's outcome (the task was retried since) is not this round's.
-        let this_round = matches!(
-            t.fleet.as_deref(),
-            Some(FleetPart::Published { round: r, .. }) if *r == round
-        );
-        if t.phase.is_terminal() || !this_round {
-            return;
-        }
         let ran_on = Event::RanOn {
             task: id.to_string(),
             worker: outcome.worker.clone(),
         };
         match outcome.end {
+            // Cancelled here (the outcome is this node's own word): settled so already, or
+            // now if the node stopped before it had recorded the cancel.
+            End::Cancelled => self.settle_cancelled(id),
             End::Escalated { reason, .. } => {
                 if self.record_now(ran_on).await {
                     self.escalate(id, format!("on worker `{}`: {reason}", outcome.worker));
@@ -633,8 +703,19 @@ impl Engine {
                         .as_ref()
                         .and_then(|l| l.repository.clone())
                         .unwrap_or_default();
+                    // The branch is the one this worker delivers this task as, and no other.
+                    let expected = self.fleet.as_ref().and_then(|l| {
+                        fleet::edits::branch_name(&outcome.worker, &l.node, id, round)
+                    });
                     let here = self.repo().map(|r| r.top).map_err(|e| e.to_string());
                     let bundle = fleet::submitter::bundle_file(self.ws.root(), &key);
+                    let here = match expected {
+                        Some(b) if b == work.branch => here,
+                        _ => Err(format!(
+                            "the worker named the branch `{}`, not the one it delivers this task as",
+                            work.branch
+                        )),
+                    };
                     (work, repository, here, bundle, outcome.worker.clone())
                 });
                 let (ws, ledger, tx, id) = (
@@ -724,12 +805,13 @@ fn receive_work(
             .map_err(|e| format!("`{repository}`: {e}"))
             .and_then(|from| edits::receive(top, &from.git_arg(), work)),
         (Carried::Bundle { .. }, Ok(top)) => {
-            let got = edits::receive(top, &bundle.display().to_string(), work);
-            let _ = std::fs::remove_file(bundle);
-            got
+            edits::receive(top, &bundle.display().to_string(), work)
         }
         (Carried::Stayed { .. } | Carried::NotYet, _) => Ok(()),
     };
+    if matches!(work.carried, Carried::Bundle { .. }) {
+        let _ = std::fs::remove_file(bundle);
+    }
     edits::describe(work, worker, repository, &received)
 }
 
@@ -753,6 +835,7 @@ mod tests {
             subject: "dirigent.tasks.a".into(),
             worker: None,
             round: 0,
+            seq: 1,
         };
         let retried = FleetPart::Retry { round: 1 };
         let taken = FleetPart::Taken {
@@ -773,6 +856,11 @@ mod tests {
             run: true,
             ..Needs::default()
         };
+        let step = Needs {
+            worktree: true,
+            merged_here: true,
+            ..Needs::default()
+        };
         // (in a fleet, editing tasks travel, part, needs, where it goes)
         let cases: &[(bool, bool, Option<&FleetPart>, Needs, Placement)] = &[
             (false, false, None, plain, Placement::Here),
@@ -783,6 +871,7 @@ mod tests {
             (true, true, None, waits, Placement::Here),
             (true, false, None, waits, Placement::Here),
             (true, true, None, run, Placement::Here),
+            (true, true, None, step, Placement::Here),
             (
                 true,
                 false,

@@ -106,6 +106,7 @@ impl Engine {
         if !self.live.begin_finishing(id) {
             return;
         }
+        self.tell_fleet_cancelled(id);
         let (ws, ledger, tx, id, config) = (
             self.ws.clone(),
             self.ledger.clone(),

@@ -131,9 +131,12 @@ impl Engine {
         if w.removed && !discard {
             return;
         }
+        // A task of the fleet: its work went to its node (pushed or bundled before the
+        // outcome was claimed); the cache keeps no branch per task.
         let delete_branch = discard
             || matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
-            || w.commit.is_none();
+            || w.commit.is_none()
+            || self.fleet_edit(id).is_some();
         let Ok(repo) = self.repo_of(id) else { return };
         // A pooled tree goes back to the pool (checked out afresh for the next task) while the
         // pool has room; others are removed.

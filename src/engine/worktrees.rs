@@ -917,7 +917,7 @@ impl Engine {
             previous: last.map(|a| (a.n, a.agent.clone())),
             run_dir: self.ws.run_dir(id),
             workspace_root: self.ws.root().to_path_buf(),
-            inside: PathBuf::new(),
+            inside: PathBuf::from(&edit.inside),
             delivered: true,
         };
         (plan, settings)

@@ -30,6 +30,19 @@ pub struct EditJob {
     pub repository: String,
     /// The full commit id the work starts from.
     pub base: String,
+    /// Where the submitting workspace is inside the repository (`""` at its top): where the
+    /// agent works inside the tree.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub inside: String,
+}
+
+/// Whether `inside` is a plain relative path (names only: no `..`, no leading `/`).
+pub fn valid_inside(inside: &str) -> bool {
+    inside.is_empty()
+        || (!inside.starts_with('/')
+            && inside
+                .split('/')
+                .all(|s| !s.is_empty() && s != "." && s != ".." && !s.contains('\0')))
 }
 
 /// An editing task taken by this worker, as its ledger records it (`fleet_taken`).
@@ -39,8 +52,11 @@ pub struct EditHere {
     pub base: String,
     /// The bare repository this worker fetched the base into; the task's worktree is one of it.
     pub cache: PathBuf,
-    /// The branch the work is delivered as (`fleet/<worker>/<id>[-rN]`).
+    /// The branch the work is delivered as (`fleet/<worker>/<node>.<id>[-rN]`).
     pub branch: String,
+    /// Where the agent works inside the tree (see [`EditJob::inside`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub inside: String,
 }
 
 /// Work done on a worker, as the outcome carries it.
@@ -78,7 +94,7 @@ pub enum Source {
     Url {
         /// `ssh`, `https`, `http` or `git`.
         scheme: String,
-        /// `[user@]host[:port]`, lower-cased.
+        /// `[user@]host[:port]`, the host lower-cased.
         authority: String,
         /// From its first `/`, without a trailing `/`.
         path: String,
@@ -99,7 +115,12 @@ impl Source {
         {
             return Err("it has a space, a backslash or a control character".into());
         }
-        if text.contains("::") {
+        // `ext::sh …`, `fd::3`: a transport helper named before `::` (an IPv6 host is in
+        // brackets, after `//`).
+        if let Some((helper, _)) = text.split_once("::")
+            && !helper.contains('/')
+            && !helper.contains('[')
+        {
             return Err("`::` transports are not allowed".into());
         }
         let path_of = |p: &str| -> Result<Source, String> {
@@ -128,6 +149,13 @@ impl Source {
             if authority.is_empty() || path.len() <= 1 {
                 return Err("it names no host or no repository path".into());
             }
+            let (user, host) = match authority.rsplit_once('@') {
+                Some((user, host)) => (Some(user), host),
+                None => (None, authority),
+            };
+            if user.is_some_and(|u| u.contains(':')) {
+                return Err("it carries a password; give the worker its credentials (an ssh key, a git credential helper), not the address".into());
+            }
             let lowered = path.to_ascii_lowercase();
             if path.split('/').any(|s| s == "..")
                 || lowered.contains("%2e")
@@ -136,9 +164,14 @@ impl Source {
             {
                 return Err("its path has `..`, `//` or an encoded `.` or `/`".into());
             }
+            // Host names are not case-sensitive; user names are.
+            let authority = match user {
+                Some(u) => format!("{u}@{}", host.to_ascii_lowercase()),
+                None => host.to_ascii_lowercase(),
+            };
             return Ok(Source::Url {
                 scheme,
-                authority: authority.to_ascii_lowercase(),
+                authority,
                 path: path.trim_end_matches('/').to_string(),
             });
         }
@@ -208,12 +241,13 @@ pub fn allows(roots: &[Source], repository: &str) -> Result<Source, String> {
     }
 }
 
-/// The branch work is delivered as: `fleet/<worker>/<id>`, `-rN` for a retried round. `None`
-/// when git would not take it (then the work is not delivered).
-pub fn branch_name(worker: &str, id: &str, round: u32) -> Option<String> {
+/// The branch work is delivered as: `fleet/<worker>/<node>.<id>`, `-rN` for a retried round
+/// — the worker's own name space, and the task's node and id, so no two deliveries share one.
+/// `None` when git would not take it (then the work is not delivered).
+pub fn branch_name(worker: &str, node: &str, id: &str, round: u32) -> Option<String> {
     let name = match round {
-        0 => format!("fleet/{worker}/{id}"),
-        n => format!("fleet/{worker}/{id}-r{n}"),
+        0 => format!("fleet/{worker}/{node}.{id}"),
+        n => format!("fleet/{worker}/{node}.{id}-r{n}"),
     };
     crate::git::check_branch_name(&name).ok().map(|()| name)
 }
@@ -273,7 +307,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
         .env("GIT_TERMINAL_PROMPT", "0")
         .env(
             "GIT_SSH_COMMAND",
-            "ssh -o BatchMode=yes -o ConnectTimeout=30",
+            "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
         )
         .env("LC_ALL", "C")
         .env_remove("GIT_DIR")
@@ -287,6 +321,24 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.trim().lines().last().unwrap_or("").to_string();
     Err(format!("`git {}` failed: {last}", args.join(" ")))
+}
+
+/// The cache's own git configuration, written again before every transfer: an agent works in
+/// a worktree of the cache and can write its `config` (a worktree shares it), and settings such
+/// as `url.<x>.insteadOf`, `core.gitProxy` or `credential.helper` would redirect the next
+/// fetch or push, or run a command; alternates would borrow objects from elsewhere.
+fn reset_cache(cache: &Path) -> Result<(), String> {
+    let config = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n";
+    crate::fsutil::write_atomic(&cache.join("config"), config.as_bytes())
+        .map_err(|e| format!("cannot write the cache's config: {e}"))?;
+    for planted in ["objects/info/alternates", "info/grafts", "shallow"] {
+        match std::fs::remove_file(cache.join(planted)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove the cache's `{planted}`: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// One lock per cache: two fetches into one repository at once fail on each other's ref locks.
@@ -316,6 +368,7 @@ pub fn fetch_into_cache(root: &Path, source: &Source, base: &str) -> Result<Path
             .map_err(|e| format!("cannot make the cache `{}`: {e}", cache.display()))?;
         git(&cache, &["init", "--quiet", "--bare"])?;
     }
+    reset_cache(&cache)?;
     let has = |c: &str| git(&cache, &["cat-file", "-e", &format!("{c}^{{commit}}")]).is_ok();
     if has(base) {
         return Ok(cache);
@@ -377,24 +430,29 @@ pub enum Delivery {
 /// A worker: delivers committed work — pushed to the repository as `branch` (this worker's
 /// own name space, so pushed with force: a repeat of the same task replaces its own older
 /// work), else bundled into `bundle` (a file the caller puts into the object store).
-pub fn deliver(cache: &Path, source: &str, work: &Work, bundle: &Path) -> Delivery {
+pub fn deliver(cache: &Path, source: &Source, work: &Work, bundle: &Path) -> Delivery {
     match try_deliver(cache, source, work, bundle) {
         Ok(d) => d,
         Err(why) => Delivery::Stayed { why },
     }
 }
 
-fn try_deliver(cache: &Path, source: &str, work: &Work, bundle: &Path) -> Result<Delivery, String> {
+fn try_deliver(
+    cache: &Path,
+    source: &Source,
+    work: &Work,
+    bundle: &Path,
+) -> Result<Delivery, String> {
     if !is_commit_id(&work.commit) || !is_commit_id(&work.base) {
         return Err("its commits are not full commit ids".into());
     }
     if !is_delivery_branch(&work.branch) {
         return Err(format!("`{}` is not a delivery branch", work.branch));
     }
-    let source = Source::parse(source).map_err(|e| format!("`{source}`: {e}"))?;
     let reference = format!("refs/heads/{}", work.branch);
     let lock = cache_lock(cache);
     let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+    reset_cache(cache)?;
     git(cache, &["update-ref", &reference, &work.commit])?;
     let pushed = git(
         cache,
@@ -436,6 +494,29 @@ fn try_deliver(cache: &Path, source: &str, work: &Work, bundle: &Path) -> Result
     Ok(delivery)
 }
 
+/// A worker whose outcome lost: its pushed branch is deleted from the repository (the
+/// winner's is the task's work).
+pub fn withdraw(cache: &Path, source: &Source, branch: &str) -> Result<(), String> {
+    if !is_delivery_branch(branch) {
+        return Err(format!("`{branch}` is not a delivery branch"));
+    }
+    let lock = cache_lock(cache);
+    let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+    reset_cache(cache)?;
+    git(
+        cache,
+        &[
+            "push",
+            "--quiet",
+            "--no-verify",
+            "--",
+            &source.git_arg(),
+            &format!(":refs/heads/{branch}"),
+        ],
+    )
+    .map(|_| ())
+}
+
 /// The submitting node: brings delivered work into its repository as the branch it was
 /// delivered as — fetched from `from`: the repository it was pushed to, or the bundle file.
 pub fn receive(repo: &Path, from: &str, work: &Work) -> Result<(), String> {
@@ -451,6 +532,11 @@ pub fn receive(repo: &Path, from: &str, work: &Work) -> Result<(), String> {
     {
         return Ok(());
     }
+    // Fetched aside first: the branch is written only once it is the commit the outcome names.
+    let incoming = format!(
+        "refs/dirigent/incoming/{:016x}",
+        fnv(&format!("{}\n{}", work.branch, work.commit))
+    );
     git(
         repo,
         &[
@@ -460,17 +546,22 @@ pub fn receive(repo: &Path, from: &str, work: &Work) -> Result<(), String> {
             "--no-write-fetch-head",
             "--",
             from,
-            &format!("+{reference}:{reference}"),
+            &format!("+{reference}:{incoming}"),
         ],
     )?;
-    let now = git(repo, &["rev-parse", "--verify", "--quiet", &reference])?;
-    if now != work.commit {
-        return Err(format!(
-            "`{}` is at `{now}` after the fetch, not at the worker's `{}`",
+    let got = git(repo, &["rev-parse", "--verify", "--quiet", &incoming]);
+    let moved = match got {
+        Ok(c) if c == work.commit => {
+            git(repo, &["update-ref", &reference, &work.commit]).map(|_| ())
+        }
+        Ok(c) => Err(format!(
+            "`{}` there is at `{c}`, not at the worker's `{}`",
             work.branch, work.commit
-        ));
-    }
-    Ok(())
+        )),
+        Err(e) => Err(e),
+    };
+    let _ = git(repo, &["update-ref", "-d", &incoming]);
+    moved
 }
 
 /// What the result says about the work, for the person who reads it on the submitting node.
@@ -486,8 +577,11 @@ pub fn describe(
         (Carried::Pushed | Carried::Bundle { .. }, Ok(())) => format!(
             "The work is on branch `{branch}` (commit `{commit}`, from `{base}`), done on worker `{worker}`. Review it with `git diff {base} {branch}`; merge it with `git merge {branch}`."
         ),
-        (Carried::Pushed | Carried::Bundle { .. }, Err(e)) => format!(
+        (Carried::Pushed, Err(e)) => format!(
             "The work is on branch `{branch}` of `{repository}` (commit `{commit}`, from `{base}`), done on worker `{worker}`; it could not be brought into this repository: {e}"
+        ),
+        (Carried::Bundle { object }, Err(e)) => format!(
+            "The work (commit `{commit}` on `{base}`, done on worker `{worker}`) came as a bundle, `{object}` in the fleet's object store `dirigent_results`, and could not be brought into this repository: {e}"
         ),
         (Carried::Stayed { why }, _) => {
             format!("The work (commit `{commit}` on `{base}`) stayed on worker `{worker}`: {why}")
@@ -533,6 +627,9 @@ mod tests {
             ("https://host/acme/%2E%2E/x", Err("encoded")),
             ("ext::sh -c touch% /tmp/x", Err("space")),
             ("ext::sh", Err("`::`")),
+            ("ssh://[::1]/srv/app", Ok("ssh://[::1]/srv/app")),
+            ("ssh://Alice@Host/srv/app", Ok("ssh://Alice@host/srv/app")),
+            ("https://me:secret@host/app", Err("password")),
             ("fd::3", Err("`::`")),
             ("ftp://host/x", Err("not a transport")),
             ("https://host", Err("no host or no repository path")),
@@ -607,18 +704,32 @@ mod tests {
     #[test]
     fn delivery_branches_are_checked() {
         assert_eq!(
-            branch_name("gpu", "fix-login", 0).as_deref(),
-            Some("fleet/gpu/fix-login")
+            branch_name("gpu", "desk", "fix-login", 0).as_deref(),
+            Some("fleet/gpu/desk.fix-login")
         );
         assert_eq!(
-            branch_name("gpu", "fix", 2).as_deref(),
-            Some("fleet/gpu/fix-r2")
+            branch_name("gpu", "desk", "fix", 2).as_deref(),
+            Some("fleet/gpu/desk.fix-r2")
         );
         assert_eq!(
-            branch_name("gpu", "x.lock", 0),
+            branch_name("gpu", "desk", "x.lock", 0),
             None,
             "git refuses `.lock` names"
         );
+        for (inside, ok) in [
+            ("", true),
+            ("pkg/api", true),
+            ("../x", false),
+            ("/abs", false),
+            ("a//b", false),
+            ("a/./b", false),
+        ] {
+            assert_eq!(
+                valid_inside(inside),
+                ok,
+                "is `{inside}` a place inside a repository: expected {ok}"
+            );
+        }
         for (name, ok) in [
             ("fleet/gpu/fix", true),
             ("main", false),

@@ -183,6 +183,9 @@ pub enum End {
         reason: String,
         attempts: u32,
     },
+    /// Its node cancelled it (the outcome is the node's own; a worker's later one is a
+    /// duplicate).
+    Cancelled,
 }
 
 /// From the engine to this module.
@@ -202,8 +205,11 @@ pub enum ToFleet {
     /// worker counts it.
     Started { provider: String },
     /// A task taken off the queue ended here without an outcome (cancelled here): it goes
-    /// back to the queue for another worker.
+    /// back to the queue for another worker — unless its node cancelled it.
     HandBack { key: String },
+    /// A task published here was cancelled here: taken off the queue if it waits there, its
+    /// outcome claimed as cancelled, and the worker that runs it told.
+    Cancel { key: String, seq: u64 },
 }
 
 /// An editing task to publish: the repository workers reach (`cluster.repository`), the
@@ -214,6 +220,8 @@ pub struct EditAsk {
     pub here: std::path::PathBuf,
     pub base: Option<String>,
     pub merge_into: Option<String>,
+    /// Where the workspace is inside the repository (`""` at its top).
+    pub inside: String,
 }
 
 /// From this module to the engine.
@@ -224,6 +232,8 @@ pub enum ToEngine {
         task: String,
         subject: String,
         round: u32,
+        /// Its message's sequence in the stream.
+        seq: u64,
     },
     /// Run a task of the fleet here. The answer is what the worker does with the message.
     Run {
@@ -250,6 +260,8 @@ pub enum ToEngine {
         provider: String,
         at_ms: Vec<u64>,
     },
+    /// Its node cancelled a task taken here: stop it (it settles cancelled here).
+    Cancel { task: String },
     /// The outcome of a taken task is claimed (`won`) or was another worker's.
     Claimed {
         task: String,
@@ -476,6 +488,14 @@ async fn run(
             }
             ToFleet::HandBack { key } => {
                 let _ = settled_tx.send(worker::FromEngine::HandBack(key));
+            }
+            ToFleet::Cancel { key, seq } => {
+                background.spawn(submitter::cancel(
+                    conn.clone(),
+                    cluster.name.clone(),
+                    key,
+                    seq,
+                ));
             }
             ToFleet::Started { provider } => {
                 let _ = starts_tx.send(provider);

@@ -51,10 +51,11 @@ pub async fn run(
             let _permit = permit;
             let task = spec.id.clone();
             match publish(&conn, &node, &spec, round, received_ms, edit).await {
-                Ok(subject) => to_engine(ToEngine::Published {
+                Ok((subject, seq)) => to_engine(ToEngine::Published {
                     task,
                     subject,
                     round,
+                    seq,
                 }),
                 Err(reason) => to_engine(ToEngine::Unpublishable { task, reason }),
             }
@@ -69,7 +70,8 @@ pub fn subject_of(spec: &TaskSpec) -> String {
     subject_for(crate::config::split_entry(first).0)
 }
 
-/// Publishes until the server acknowledges; returns the subject. `Err`: the task can never
+/// Publishes until the server acknowledges; returns the subject and the message's sequence in
+/// the stream. `Err`: the task can never
 /// be published (why), so trying again would only hide it.
 async fn publish(
     conn: &Connection,
@@ -78,7 +80,7 @@ async fn publish(
     round: u32,
     received_ms: u64,
     edit: Option<Box<EditAsk>>,
-) -> Result<String, String> {
+) -> Result<(String, u64), String> {
     let subject = subject_of(spec);
     // An editing task names the commit its work starts from, as it is now.
     let edit = match edit {
@@ -89,6 +91,7 @@ async fn publish(
                 here,
                 base,
                 merge_into,
+                inside,
             } = *ask;
             let base = tokio::task::spawn_blocking(move || {
                 edits::resolve_base(&here, base.as_deref(), merge_into.as_deref())
@@ -97,7 +100,11 @@ async fn publish(
             .map_err(|e| e.to_string())
             .and_then(|r| r)
             .map_err(|e| format!("its base commit cannot be found: {e}"))?;
-            Some(EditJob { repository, base })
+            Some(EditJob {
+                repository,
+                base,
+                inside,
+            })
         }
     };
     // A worker checks the fields again and makes its own spec: the prompt travels once, in
@@ -132,11 +139,11 @@ async fn publish(
             )
             .await;
         let acked = match sent {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match acked {
-            Ok(()) => return Ok(subject),
+            Ok(seq) => return Ok((subject, seq)),
             Err(e) => {
                 tracing::warn!(
                     task = %spec.id,
@@ -301,5 +308,44 @@ async fn fetch_bundle(conn: &Connection, root: &std::path::Path, key: &str, outc
         work.carried = Carried::Stayed {
             why: format!("its bundle could not be read from the fleet's object store: {e}"),
         };
+    }
+}
+
+/// The subject a node tells the workers on that it cancelled a task (core NATS: a worker that
+/// misses it finds the outcome taken when it claims its own, and records a duplicate).
+pub const CANCEL_SUBJECT: &str = "dirigent.cancel";
+
+/// A task published here was cancelled here: its message deleted from the stream if it still
+/// waits there (no worker takes it any more), its outcome claimed as cancelled (a worker's
+/// later one is a duplicate; a repeat delivery is dropped), and the workers told, so the one
+/// that runs it stops.
+pub async fn cancel(conn: Connection, node: String, key: String, seq: u64) {
+    if seq > 0 {
+        match conn.tasks.delete_message(seq).await {
+            Ok(_) => tracing::info!(key, "taken off the fleet's queue"),
+            // Taken by a worker already (or the server is away): the outcome and the word do it.
+            Err(e) => tracing::debug!(key, "not on the fleet's queue any more: {e}"),
+        }
+    }
+    let outcome = Outcome {
+        worker: node,
+        end: super::End::Cancelled,
+    };
+    let value = serde_json::to_vec(&outcome).expect("an outcome serialises");
+    if let Err(e) = conn.outcomes.create(&key, value.into()).await {
+        tracing::debug!(
+            key,
+            "the fleet's outcome of the cancelled task stands already: {e}"
+        );
+    }
+    if let Err(e) = conn
+        .client
+        .publish(CANCEL_SUBJECT, key.clone().into())
+        .await
+    {
+        tracing::warn!(
+            key,
+            "cannot tell the fleet's workers the task is cancelled: {e}"
+        );
     }
 }

@@ -127,32 +127,64 @@ pub async fn run(
             }
         })
     };
+    // A node's word that it cancelled a task: the one in hand here stops.
+    let cancels = {
+        let (conn, held, to_engine) = (conn.clone(), held.clone(), to_engine.clone());
+        tokio::spawn(async move {
+            let mut words = match conn
+                .client
+                .subscribe(super::submitter::CANCEL_SUBJECT)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot hear the fleet's cancels: {e}");
+                    return;
+                }
+            };
+            while let Some(word) = words.next().await {
+                let key = String::from_utf8_lossy(&word.payload).into_owned();
+                let task = lock(&held).get(&key).map(|h| h.task.clone());
+                if let Some(task) = task.filter(|t| !t.is_empty()) {
+                    tracing::info!(task, key, "its node cancelled it");
+                    to_engine(ToEngine::Cancel { task });
+                }
+            }
+        })
+    };
     while let Some(word) = settled.recv().await {
         let s = match word {
             FromEngine::Settled(s) => s,
             FromEngine::HandBack(key) => {
                 let h = lock(&held).remove(&key);
                 if let Some(h) = h {
-                    let _ = h.acker.ack_with(AckKind::Nak(None)).await;
-                    tracing::info!(task = %h.task, key, "handed back to the fleet");
+                    // Cancelled by its node (its outcome is there): done with, not handed back.
+                    if let Ok(Some(_)) = conn.outcomes.get(key.clone()).await {
+                        let _ = h.acker.double_ack().await;
+                        tracing::info!(task = %h.task, key, "its node cancelled it; acknowledged");
+                    } else {
+                        let _ = h.acker.ack_with(AckKind::Nak(None)).await;
+                        tracing::info!(task = %h.task, key, "handed back to the fleet");
+                    }
                 }
                 continue;
             }
         };
-        let (conn, name, held, to_engine, root) = (
+        let (conn, cluster, held, to_engine, root) = (
             conn.clone(),
-            cluster.name.clone(),
+            cluster.clone(),
             held.clone(),
             to_engine.clone(),
             root.clone(),
         );
         tokio::spawn(async move {
-            claim_and_ack(&conn, &root, &name, &held, s, &*to_engine).await;
+            claim_and_ack(&conn, &root, &cluster, &held, s, &*to_engine).await;
         });
     }
     // The engine stopped: take nothing more, hand back what is in hand.
     loops.shutdown().await;
     progress.abort();
+    cancels.abort();
     let in_hand: Vec<(String, Held)> = lock(&held).drain().collect();
     for (key, h) in in_hand {
         match h
@@ -315,10 +347,23 @@ async fn take(
         let _ = msg.double_ack().await;
         return false;
     }
-    let worker = cluster.name.as_str();
     let (_, acker) = msg.split();
     let acker = Arc::new(acker);
-    let answer = match ready_edit(root, cluster, &queued).await {
+    // A first fetch of a large repository can outlast the ack wait: the server is told the
+    // task is in progress meanwhile, so it is not given to another worker.
+    let ready = {
+        let fetch = ready_edit(root, cluster, &queued);
+        tokio::pin!(fetch);
+        loop {
+            tokio::select! {
+                r = &mut fetch => break r,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let _ = acker.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    };
+    let answer = match ready {
         // Not a repository this worker edits, or one it cannot reach: as a refusal by its
         // engine, the task goes back for another worker.
         Err(reason) => Ok(Taken::Refused(reason)),
@@ -357,7 +402,7 @@ async fn take(
             claim_and_ack(
                 conn,
                 root,
-                worker,
+                cluster,
                 held,
                 Settled { key, task, end },
                 to_engine,
@@ -388,7 +433,7 @@ async fn take(
             claim_and_ack(
                 conn,
                 root,
-                worker,
+                cluster,
                 held,
                 Settled {
                     key,
@@ -432,7 +477,13 @@ async fn ready_edit(
         return Ok(None);
     };
     let source = edits::allows(&cluster.repositories, &job.repository)?;
-    let branch = edits::branch_name(&cluster.name, &queued.spec.id, queued.round)
+    if !edits::valid_inside(&job.inside) {
+        return Err(format!(
+            "its place in the repository, `{}`, is not a plain relative path",
+            job.inside
+        ));
+    }
+    let branch = edits::branch_name(&cluster.name, &queued.node, &queued.spec.id, queued.round)
         .ok_or_else(|| format!("`{}` cannot be part of a branch name", queued.spec.id))?;
     let (root2, base) = (root.to_path_buf(), job.base.clone());
     let cache =
@@ -444,36 +495,63 @@ async fn ready_edit(
         base: job.base.clone(),
         cache,
         branch,
+        inside: job.inside.clone(),
     })))
 }
 
 /// Delivers an editing task's work before its outcome is claimed: pushed to its repository,
 /// else as a bundle through the object store; the outcome says which, or why neither.
-async fn deliver_work(conn: &Connection, root: &std::path::Path, key: &str, end: &mut End) {
+/// Returns where a push went (the cache, the repository, the branch), so that a duplicate
+/// can take its branch back.
+async fn deliver_work(
+    conn: &Connection,
+    root: &std::path::Path,
+    roots: &[edits::Source],
+    key: &str,
+    end: &mut End,
+) -> Option<(std::path::PathBuf, edits::Source, String)> {
     let End::Done {
         work: Some(work),
         deliver,
         ..
     } = end
     else {
-        return;
+        return None;
     };
-    let Some(here) = deliver.take() else { return };
+    let here = deliver.take()?;
     if work.carried != edits::Carried::NotYet {
-        return;
+        return None;
     }
+    // Checked again now: a link under a root may point elsewhere since the fetch, or the
+    // roots may have narrowed since a restart.
+    let source = match edits::allows(roots, &here.repository) {
+        Ok(s) => s,
+        Err(why) => {
+            work.carried = edits::Carried::Stayed { why };
+            return None;
+        }
+    };
     let bundle = root
         .join(".context/fleet/bundles")
         .join(format!("out-{:016x}.bundle", edits::fnv(key)));
-    let (w, b) = (work.clone(), bundle.clone());
+    let (w, b, s, cache) = (
+        work.clone(),
+        bundle.clone(),
+        source.clone(),
+        here.cache.clone(),
+    );
     let delivery = tokio::task::spawn_blocking(move || {
         let _ = std::fs::create_dir_all(b.parent().expect("in bundles/"));
-        edits::deliver(&here.cache, &here.repository, &w, &b)
+        edits::deliver(&cache, &s, &w, &b)
     })
     .await
     .unwrap_or_else(|e| edits::Delivery::Stayed { why: e.to_string() });
+    let mut pushed = None;
     work.carried = match delivery {
-        edits::Delivery::Pushed => edits::Carried::Pushed,
+        edits::Delivery::Pushed => {
+            pushed = Some((here.cache.clone(), source, work.branch.clone()));
+            edits::Carried::Pushed
+        }
         edits::Delivery::Stayed { why } => edits::Carried::Stayed { why },
         edits::Delivery::Bundled { push } => {
             tracing::warn!(key, "cannot push the work ({push}); it travels as a bundle");
@@ -504,6 +582,7 @@ async fn deliver_work(conn: &Connection, root: &std::path::Path, key: &str, end:
         }
     };
     let _ = tokio::fs::remove_file(&bundle).await;
+    pushed
 }
 
 /// Claims the outcome (create-if-absent: the first worker's stands), tells the engine, then
@@ -512,16 +591,16 @@ async fn deliver_work(conn: &Connection, root: &std::path::Path, key: &str, end:
 async fn claim_and_ack(
     conn: &Connection,
     root: &std::path::Path,
-    worker: &str,
+    cluster: &Cluster,
     held: &HeldMap,
     s: Settled,
     to_engine: &(dyn Fn(ToEngine) + Send + Sync),
 ) {
     let mut end = s.end;
     carry_result(conn, root, &s.key, &mut end).await;
-    deliver_work(conn, root, &s.key, &mut end).await;
+    let pushed = deliver_work(conn, root, &cluster.repositories, &s.key, &mut end).await;
     let outcome = Outcome {
-        worker: worker.to_string(),
+        worker: cluster.name.clone(),
         end,
     };
     let value: bytes::Bytes = fit(conn, &s.key, outcome).await.into();
@@ -553,6 +632,15 @@ async fn claim_and_ack(
             key = %s.key,
             "another worker's outcome for this task stood first; this one is a duplicate"
         );
+        // Its pushed branch would only confuse: the winner's is the task's work.
+        if let Some((cache, source, branch)) = pushed {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = edits::withdraw(&cache, &source, &branch) {
+                    tracing::warn!(branch, "cannot delete the duplicate's pushed branch: {e}");
+                }
+            })
+            .await;
+        }
     }
     // A task refused here never ran as a task of this node: nothing to record.
     if !s.task.is_empty() {
@@ -667,6 +755,7 @@ async fn fit(conn: &Connection, key: &str, mut outcome: Outcome) -> Vec<u8> {
                 *text = "(the result could not be carried: it is on the worker)".into();
             }
         }
+        End::Cancelled => {}
         End::Escalated { reason, .. } => {
             let cut = (0..=(16 * 1024).min(reason.len()))
                 .rev()

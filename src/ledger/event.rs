@@ -270,6 +270,10 @@ pub enum Event {
         /// The round (0, then one more per `dirigent retry`).
         #[serde(default, skip_serializing_if = "is_zero_u32")]
         round: u32,
+        /// Its message's sequence in the stream (a cancel deletes it while it waits there).
+        /// Not `seq`: a record's own sequence number has that name.
+        #[serde(default, skip_serializing_if = "is_zero_u64")]
+        stream_seq: u64,
     },
     /// Fleet mode: this worker took a task off the fleet's queue; `key` (`NODE.ID`) names it
     /// there, and its outcome is claimed under that key.
@@ -362,6 +366,10 @@ impl Event {
             | Event::Rejected { .. } => None,
         }
     }
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_zero_u32(n: &u32) -> bool {

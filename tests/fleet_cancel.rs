@@ -1,0 +1,109 @@
+//! `dirigent cancel` of a task published to the fleet, against a real `nats-server`: the
+//! worker running it stops it (its whole process group) and never reports it done; a task
+//! still waiting on the queue is taken off it, so no worker ever runs it.
+
+mod common;
+#[path = "common/nats.rs"]
+mod nats;
+
+use common::*;
+use dirigent::ledger::Event;
+use nats::*;
+
+/// A worker named `name` whose agent `slow` hangs until killed (`hang.sh`, which ignores
+/// SIGTERM and leaves a grandchild).
+fn hanging_worker(nats: &Nats, name: &str) -> Workspace {
+    Workspace::new(&format!(
+        "{}kill_grace: 200ms\n",
+        node(
+            nats,
+            name,
+            true,
+            "  slow: { command: [\"{agents}/hang.sh\"] }\n"
+        )
+    ))
+}
+
+/// Waits for `task`'s `cancelled` record in `ws`'s ledger.
+fn wait_cancelled(ws: &Workspace, task: &str) {
+    ws.wait_for(&format!("`{task}` to be cancelled"), |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Cancelled { task: t } if t == task))
+            .then_some(())
+    });
+}
+
+#[test]
+fn cancelling_a_published_task_stops_it_on_the_worker_that_runs_it() {
+    let Some(nats) = Nats::start() else { return };
+    let desk = submitter(&nats, &["slow"]);
+    let worker = hanging_worker(&nats, "gpu");
+    let _dd = desk.start();
+    let _dw = worker.start();
+    desk.drop_task("t.json", r#"{"prompt": "p", "agent": "slow"}"#);
+    worker.wait_started("desk.t");
+    let out = desk.cli(&["cancel", "t"]);
+    assert!(
+        out.status.success(),
+        "expected `cancel t` to succeed on the submitting node: {out:?}"
+    );
+    wait_cancelled(&desk, "t");
+    // The worker heard it and stopped its copy: its own `cancelled`, well before any
+    // timeout (the agent hangs for ever).
+    wait_cancelled(&worker, "desk.t");
+    let survivors = worker.survivors();
+    assert!(
+        survivors.is_empty(),
+        "expected the agent's whole process group gone on the worker, found {survivors:?}"
+    );
+    assert!(
+        !worker
+            .records()
+            .iter()
+            .any(|r| matches!(r.event, Event::Done { .. })),
+        "expected no `done` on the worker"
+    );
+}
+
+#[test]
+fn a_cancelled_task_still_on_the_queue_is_never_run() {
+    let Some(nats) = Nats::start() else { return };
+    let desk = submitter(&nats, &["alpha"]);
+    let _dd = desk.start();
+    // No worker yet: the task waits on the queue.
+    desk.drop_task("early.json", r#"{"prompt": "p", "agent": "alpha"}"#);
+    desk.wait_for("`early` on the fleet's queue", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Published { task, .. } if task == "early"))
+            .then_some(())
+    });
+    let out = desk.cli(&["cancel", "early"]);
+    assert!(
+        out.status.success(),
+        "expected `cancel early` to succeed: {out:?}"
+    );
+    wait_cancelled(&desk, "early");
+    // A task published after it, for the same agent: a worker that took `early` would have
+    // taken it first.
+    desk.drop_task("late.json", r#"{"prompt": "p", "agent": "alpha"}"#);
+    let worker = ok_worker(&nats, "gpu", &["alpha"]);
+    let _dw = worker.start();
+    let late = desk.wait_settled("late");
+    assert!(
+        matches!(late, Event::Done { .. }),
+        "expected `late` done by the worker, got {late:?}"
+    );
+    let taken: Vec<String> = worker
+        .records()
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Event::FleetTaken { task, .. } => Some(task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        taken,
+        vec!["desk.late".to_string()],
+        "expected the worker to take only `late`, never the cancelled `early`"
+    );
+}
