@@ -465,7 +465,9 @@ pub enum Outcome {
 /// Serialisable as a whole: a snapshot of the ledger (see `compact`) is a `TaskBook`.
 #[derive(Default, Debug, Serialize, Deserialize)]
 pub struct TaskBook {
-    tasks: HashMap<String, TaskRecord>,
+    /// Boxed: the map's slots stay small (a slot per task, and twice as many while it grows),
+    /// and only the tasks themselves take a record's size.
+    tasks: HashMap<String, Box<TaskRecord>>,
     /// Arrival order; may hold ids of archived tasks, which iteration skips.
     order: Vec<String>,
     /// Finished tasks still held in full, oldest first.
@@ -537,7 +539,7 @@ impl TaskBook {
 
     /// The full record of a task, unless it is unknown or archived.
     pub fn get(&self, id: &str) -> Option<&TaskRecord> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|t| &**t)
     }
 
     /// Whether the id is taken by any task, archived ones included.
@@ -557,7 +559,7 @@ impl TaskBook {
 
     /// Tasks held in full, in arrival order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &TaskRecord> {
-        self.order.iter().filter_map(|id| self.tasks.get(id))
+        self.order.iter().filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     pub fn len(&self) -> usize {
@@ -623,7 +625,7 @@ impl TaskBook {
                 self.order.push(task.clone());
                 self.tasks.insert(
                     task.clone(),
-                    TaskRecord {
+                    Box::new(TaskRecord {
                         id: task.clone(),
                         title: spec.title.clone(),
                         file: file.clone(),
@@ -644,7 +646,7 @@ impl TaskBook {
                         worktree: None,
                         role: spec.fields.role.clone(),
                         fleet: None,
-                    },
+                    }),
                 );
             }
             Event::Rejected {

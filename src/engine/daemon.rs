@@ -189,8 +189,11 @@ pub async fn run_with_options(
         pause_backoff: PAUSE_FIRST,
         last_resume: None,
         claims_left: false,
+        inbox_backlog: Default::default(),
         reserved: HashMap::new(),
         progress_due: None,
+        progress_cost: Duration::ZERO,
+        settled_since_trim: 0,
         stagger_due: None,
         rescan_due: Instant::now(),
     };

@@ -133,7 +133,10 @@ impl Engine {
         if self.progress_due.is_some_and(|t| t <= now) {
             self.progress_due = None;
             self.write_progress();
-            self.notify(&format!("STATUS={}", self.status_line()));
+            self.give_memory_back();
+            if self.notifier.is_some() {
+                self.notify(&format!("STATUS={}", self.status_line()));
+            }
         }
         if let (Some(due), Some(n)) = (self.watchdog_due, &self.notifier)
             && due <= now
@@ -156,16 +159,40 @@ impl Engine {
         }
     }
 
+    /// Something a person reads changed: `progress.md` is written again soon — after
+    /// [`PROGRESS_DELAY`], or after twenty times what the last writing took, whichever is
+    /// longer, so that however many tasks wait it never takes more than a twentieth of the
+    /// engine's time.
     pub(super) fn changed(&mut self) {
         if self.progress_due.is_none() {
-            self.progress_due = Some(Instant::now() + PROGRESS_DELAY);
+            let wait = PROGRESS_DELAY.max(self.progress_cost * 20);
+            self.progress_due = Some(Instant::now() + wait);
         }
     }
 
-    pub(super) fn write_progress(&self) {
+    /// Once a burst of tasks has drained (nothing queued or running, and many settled since
+    /// the last time), the allocator gives its free pages back to the system: a queue of
+    /// 100,000 tasks otherwise leaves the daemon holding the memory that queue needed, for
+    /// weeks.
+    fn give_memory_back(&mut self) {
+        if self.settled_since_trim < TRIM_AFTER || !self.live.is_idle() {
+            return;
+        }
+        self.settled_since_trim = 0;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: `malloc_trim` only releases free memory of glibc's heaps; it takes a lock
+        // of its own and is safe to call from any thread at any time.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
+    }
+
+    pub(super) fn write_progress(&mut self) {
+        let began = Instant::now();
         if let Err(e) = progress::write(&self.ws, &self.book) {
             tracing::warn!("cannot write `{}`: {e}", self.ws.progress().display());
         }
+        self.progress_cost = began.elapsed();
     }
 
     pub(super) fn handle(&mut self, msg: Msg) {
@@ -236,6 +263,7 @@ impl Engine {
             }
             Msg::Fleet(msg) => self.fleet_waiting.push(msg),
             Msg::Settled { task, records } => {
+                self.settled_since_trim += 1;
                 self.live.settled(&task);
                 self.apply(&records);
                 self.tell_fleet_settled(&task);

@@ -65,18 +65,20 @@ impl Engine {
             }
             return;
         }
-        let candidates = match inbox::scan(&dir) {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(what) = fsutil::exhausted(&e) {
-                    self.pause(format!("{what} (reading the inbox: {e})"));
-                } else {
-                    tracing::error!("cannot read the inbox `{}`: {e}", dir.display());
+        if self.inbox_backlog.is_empty() {
+            match inbox::scan(&dir) {
+                Ok(c) => self.inbox_backlog = c.into(),
+                Err(e) => {
+                    if let Some(what) = fsutil::exhausted(&e) {
+                        self.pause(format!("{what} (reading the inbox: {e})"));
+                    } else {
+                        tracing::error!("cannot read the inbox `{}`: {e}", dir.display());
+                    }
+                    return;
                 }
-                return;
             }
-        };
-        if candidates.is_empty() {
+        }
+        if self.inbox_backlog.is_empty() {
             return;
         }
         let dirs = self
@@ -94,12 +96,13 @@ impl Engine {
                 return;
             }
         };
-        if candidates.len() > INGEST_BATCH {
-            // Come back for the rest after this batch has been dispatched.
-            self.dirty.notify_one();
-        }
+        // Come back for the rest (and then for what arrived since) after this batch has been
+        // dispatched.
+        self.dirty.notify_one();
+        let take = self.inbox_backlog.len().min(INGEST_BATCH);
+        let batch: Vec<inbox::Candidate> = self.inbox_backlog.drain(..take).collect();
         let mut claimed = Vec::new();
-        for cand in candidates.into_iter().take(INGEST_BATCH) {
+        for cand in batch {
             let Some(name) = cand.raw.to_str() else {
                 // Not UTF-8: it cannot be claimed under a text name; rejected where it is.
                 let reason = "the file name is not valid UTF-8; rename the file".to_string();

@@ -83,6 +83,9 @@ const KEEP_FINISHED: usize = 1000;
 /// How long after a change `progress.md` is rewritten (changes in between are coalesced).
 const PROGRESS_DELAY: Duration = Duration::from_millis(100);
 
+/// Tasks settled before free memory is given back to the system, once the queue drains.
+const TRIM_AFTER: u64 = 256;
+
 /// A file claimed from the inbox (or found in `running/`), not yet taken in.
 struct Claimed {
     /// Its name in `running/` now.
@@ -265,10 +268,19 @@ struct Engine {
     /// Files were claimed into `running/` but could not be read (a pause): take them in when
     /// it ends.
     claims_left: bool,
+    /// Inbox files found by the last scan and not taken in yet, oldest first. The inbox is
+    /// scanned again only once these are taken: a scan reads and sorts every file waiting
+    /// there, and doing that for every batch made a big drop cost more per task the bigger it
+    /// was.
+    inbox_backlog: std::collections::VecDeque<crate::inbox::Candidate>,
     /// Ids that doors have given out for files not taken in yet (id → the inbox file), so a
     /// file dropped with a name that maps to the same id cannot take it.
     reserved: HashMap<String, String>,
     progress_due: Option<Instant>,
+    /// How long `progress.md` took to render and write the last time (it paces the next).
+    progress_cost: Duration,
+    /// Tasks settled since free memory was last given back (see `give_memory_back`).
+    settled_since_trim: u64,
     stagger_due: Option<Instant>,
     rescan_due: Instant,
 }
