@@ -37,6 +37,9 @@ pub enum FleetPart {
         /// Its message's sequence in the fleet's stream (`0`: not known).
         #[serde(default, skip_serializing_if = "is_zero_u64")]
         seq: u64,
+        /// An editing task: the base commit it went out with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<String>,
     },
     /// Retried after the fleet ran it: it goes onto the queue again as round `round`.
     Retry { round: u32 },
@@ -559,7 +562,9 @@ impl TaskBook {
 
     /// Tasks held in full, in arrival order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &TaskRecord> {
-        self.order.iter().filter_map(|id| self.tasks.get(id).map(|t| &**t))
+        self.order
+            .iter()
+            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     pub fn len(&self) -> usize {
@@ -953,6 +958,7 @@ impl TaskBook {
                 subject,
                 round,
                 stream_seq,
+                base,
             } => {
                 if let Some(t) = self.tasks.get_mut(task) {
                     t.fleet = Some(Box::new(FleetPart::Published {
@@ -960,6 +966,7 @@ impl TaskBook {
                         worker: None,
                         round: *round,
                         seq: *stream_seq,
+                        base: base.clone(),
                     }));
                 }
             }

@@ -269,6 +269,7 @@ impl Engine {
                     subject,
                     round,
                     seq,
+                    base,
                 } => {
                     let this_round = match self.book.get(&task) {
                         Some(t) if !t.phase.is_terminal() => match t.fleet.as_deref() {
@@ -285,6 +286,7 @@ impl Engine {
                             subject,
                             round,
                             stream_seq: seq,
+                            base,
                         })
                         .await;
                     }
@@ -689,6 +691,10 @@ impl Engine {
             } => {
                 let Some(spec) = t.spec.clone() else { return };
                 let file = t.file.clone();
+                let published = match t.fleet.as_deref() {
+                    Some(FleetPart::Published { base, .. }) => base.clone(),
+                    _ => None,
+                };
                 if !self.live.begin_finishing(id) {
                     return;
                 }
@@ -709,12 +715,22 @@ impl Engine {
                     });
                     let here = self.repo().map(|r| r.top).map_err(|e| e.to_string());
                     let bundle = fleet::submitter::bundle_file(self.ws.root(), &key);
-                    let here = match expected {
-                        Some(b) if b == work.branch => here,
-                        _ => Err(format!(
+                    // … and starts from the base the task went out with, so that the review
+                    // command the result gives shows all of it.
+                    let here = match (expected, published) {
+                        (Some(b), _) if b != work.branch => Err(format!(
                             "the worker named the branch `{}`, not the one it delivers this task as",
                             work.branch
                         )),
+                        (None, _) => Err(format!(
+                            "the worker named the branch `{}`, not the one it delivers this task as",
+                            work.branch
+                        )),
+                        (_, Some(base)) if base != work.base => Err(format!(
+                            "the worker says its work starts from `{}`, but the task went out with `{base}`",
+                            work.base
+                        )),
+                        _ => here,
                     };
                     (work, repository, here, bundle, outcome.worker.clone())
                 });
@@ -836,6 +852,7 @@ mod tests {
             worker: None,
             round: 0,
             seq: 1,
+            base: None,
         };
         let retried = FleetPart::Retry { round: 1 };
         let taken = FleetPart::Taken {

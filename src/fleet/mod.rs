@@ -234,6 +234,8 @@ pub enum ToEngine {
         round: u32,
         /// Its message's sequence in the stream.
         seq: u64,
+        /// An editing task: the base commit it was published with.
+        base: Option<String>,
     },
     /// Run a task of the fleet here. The answer is what the worker does with the message.
     Run {

@@ -51,11 +51,12 @@ pub async fn run(
             let _permit = permit;
             let task = spec.id.clone();
             match publish(&conn, &node, &spec, round, received_ms, edit).await {
-                Ok((subject, seq)) => to_engine(ToEngine::Published {
+                Ok((subject, seq, base)) => to_engine(ToEngine::Published {
                     task,
                     subject,
                     round,
                     seq,
+                    base,
                 }),
                 Err(reason) => to_engine(ToEngine::Unpublishable { task, reason }),
             }
@@ -80,7 +81,7 @@ async fn publish(
     round: u32,
     received_ms: u64,
     edit: Option<Box<EditAsk>>,
-) -> Result<(String, u64), String> {
+) -> Result<(String, u64, Option<String>), String> {
     let subject = subject_of(spec);
     // An editing task names the commit its work starts from, as it is now.
     let edit = match edit {
@@ -143,7 +144,7 @@ async fn publish(
             Err(e) => Err(e.to_string()),
         };
         match acked {
-            Ok(seq) => return Ok((subject, seq)),
+            Ok(seq) => return Ok((subject, seq, queued.edit.as_ref().map(|e| e.base.clone()))),
             Err(e) => {
                 tracing::warn!(
                     task = %spec.id,

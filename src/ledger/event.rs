@@ -274,6 +274,9 @@ pub enum Event {
         /// Not `seq`: a record's own sequence number has that name.
         #[serde(default, skip_serializing_if = "is_zero_u64")]
         stream_seq: u64,
+        /// An editing task: the base commit it went out with (its work must start there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<String>,
     },
     /// Fleet mode: this worker took a task off the fleet's queue; `key` (`NODE.ID`) names it
     /// there, and its outcome is claimed under that key.
