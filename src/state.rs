@@ -540,6 +540,17 @@ impl TaskBook {
         self.trim();
     }
 
+    /// Gives back the room its maps and lists grew to for a burst now gone (they never shrink
+    /// on their own): called when the daemon has drained its queue.
+    pub fn shrink(&mut self) {
+        self.order.retain(|id| self.tasks.contains_key(id));
+        self.order.shrink_to_fit();
+        self.tasks.shrink_to_fit();
+        self.finished.shrink_to_fit();
+        self.archived.shrink_to_fit();
+        self.spawned.shrink_to_fit();
+    }
+
     /// The full record of a task, unless it is unknown or archived.
     pub fn get(&self, id: &str) -> Option<&TaskRecord> {
         self.tasks.get(id).map(|t| &**t)

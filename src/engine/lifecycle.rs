@@ -276,6 +276,11 @@ impl LiveTasks {
         self.queue.iter().map(|k| k.id.as_str())
     }
 
+    /// Gives back the room the map and indexes grew to for a burst now gone.
+    pub(super) fn shrink(&mut self) {
+        self.tasks.shrink_to_fit();
+    }
+
     /// Nothing runs and nothing waits to start.
     pub(super) fn is_idle(&self) -> bool {
         self.running.is_empty() && self.queue.is_empty()
