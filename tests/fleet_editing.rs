@@ -9,27 +9,10 @@ mod common;
 mod nats;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use dirigent::ledger::Event;
 use nats::*;
-
-/// Runs git in `dir` with a fixed identity; panics with its output when it fails.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "user")
-        .env("GIT_AUTHOR_EMAIL", "user@example.com")
-        .env("GIT_COMMITTER_NAME", "user")
-        .env("GIT_COMMITTER_EMAIL", "user@example.com")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?} failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// The submitting node `desk`: its workspace a repository on `main` with `a.txt`, in fleet
 /// mode with `cluster.repository` naming itself; it knows the agent `ed` but has it not
@@ -91,7 +74,7 @@ fn an_editing_task_is_done_on_a_worker_and_comes_back_as_a_branch() {
     );
     let on_branch = git(desk.root(), &["show", "fleet/gpu/desk.t1:a.txt"]);
     assert_eq!(
-        on_branch, "slot1-by-fleet\n-\nslot2",
+        on_branch, "slot1-by-fleet\n-\nslot2\n",
         "expected the worker's edit on branch `fleet/gpu/desk.t1` of the submitting repository"
     );
     assert_eq!(
@@ -160,7 +143,7 @@ fn a_refused_push_brings_the_work_back_as_a_bundle() {
     );
     assert_eq!(
         git(desk.root(), &["show", "fleet/gpu/desk.t2:b.txt"]),
-        "new file by the fleet",
+        "new file by the fleet\n",
         "expected the work unbundled as branch `fleet/gpu/desk.t2`"
     );
     assert!(

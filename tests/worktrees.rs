@@ -7,26 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::Workspace;
+use common::{Workspace, git};
 use dirigent::ledger::Event;
-
-/// Runs git in `dir` with a fixed identity; panics with its output when it fails.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "user")
-        .env("GIT_AUTHOR_EMAIL", "user@example.com")
-        .env("GIT_COMMITTER_NAME", "user")
-        .env("GIT_COMMITTER_EMAIL", "user@example.com")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?} failed: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A repository on `main` whose `a.txt` has four slots far enough apart to edit without
 /// conflict, made a dirigent workspace with `config`.

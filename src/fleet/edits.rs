@@ -374,35 +374,27 @@ pub fn fetch_into_cache(root: &Path, source: &Source, base: &str) -> Result<Path
         return Ok(cache);
     }
     let from = source.git_arg();
+    let fetch = |what: &str| {
+        git(
+            &cache,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--",
+                &from,
+                what,
+            ],
+        )
+    };
     // By commit first (one object graph); a server that takes only advertised refs gets a
     // fetch of its branches instead.
-    let by_commit = git(
-        &cache,
-        &[
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-write-fetch-head",
-            "--",
-            &from,
-            base,
-        ],
-    );
+    let by_commit = fetch(base);
     if has(base) {
         return Ok(cache);
     }
-    let by_branches = git(
-        &cache,
-        &[
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-write-fetch-head",
-            "--",
-            &from,
-            "+refs/heads/*:refs/remotes/origin/*",
-        ],
-    );
+    let by_branches = fetch("+refs/heads/*:refs/remotes/origin/*");
     if has(base) {
         return Ok(cache);
     }
