@@ -401,19 +401,38 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
             .open(&path)
             .map_err(io)?
     };
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0).map_err(io)?;
-            writeln!(lock, "{}", std::process::id()).map_err(io)?;
-            Ok(WorkspaceLock(lock))
+    // A daemon killed a moment ago can leave the lock held for a few milliseconds by a child
+    // it had forked and that had not yet exec'd (the lock's descriptor closes at the exec):
+    // while the daemon named in the file is dead, the lock is asked for again, briefly.
+    let mut file = file;
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                lock.set_len(0).map_err(io)?;
+                writeln!(lock, "{}", std::process::id()).map_err(io)?;
+                return Ok(WorkspaceLock(lock));
+            }
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                let pid = std::fs::read_to_string(&path)
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "unknown".into());
+                let holder_gone = pid.parse::<i32>().is_ok_and(|p| {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                        == Err(nix::errno::Errno::ESRCH)
+                });
+                if holder_gone && std::time::Instant::now() < give_up {
+                    file = back;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                return Err(DaemonError::Locked {
+                    pid,
+                    root: ws.root().display().to_string(),
+                });
+            }
+            Err((_, e)) => return Err(io(std::io::Error::from(e))),
         }
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(DaemonError::Locked {
-            pid: std::fs::read_to_string(&path)
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
-            root: ws.root().display().to_string(),
-        }),
-        Err((_, e)) => Err(io(std::io::Error::from(e))),
     }
 }
 
