@@ -593,6 +593,26 @@ mod tests {
                 reason: "r".into(),
                 moved_to: "x_y.json".into(),
             },
+            // Fleet events carry numbers of their own: none may be named like the record's
+            // `seq` or `ts` (the JSON would hold the key twice).
+            Event::Published {
+                task: "t".into(),
+                subject: "dirigent.tasks.a".into(),
+                round: 1,
+                stream_seq: 7,
+                base: Some("0".repeat(40)),
+            },
+            Event::FleetTaken {
+                task: "desk.t".into(),
+                key: "desk.t=5".into(),
+                edit: Some(crate::fleet::edits::EditHere {
+                    repository: "/srv/git/app".into(),
+                    base: "0".repeat(40),
+                    cache: "/w/.context/fleet/repos/x.git".into(),
+                    branch: "fleet/gpu/desk.t".into(),
+                    inside: "pkg".into(),
+                }),
+            },
         ];
         for event in events {
             let rec = Record {
@@ -604,6 +624,16 @@ mod tests {
             let back: Record =
                 serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
             assert_eq!(back, rec);
+            let keys: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&line).unwrap();
+            for own in ["seq", "ts", "event"] {
+                assert_eq!(
+                    line.matches(&format!("\"{own}\":")).count(),
+                    1,
+                    "expected the record's `{own}` once in {line} (keys {:?})",
+                    keys.keys().collect::<Vec<_>>()
+                );
+            }
         }
     }
 
