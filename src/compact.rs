@@ -254,21 +254,31 @@ pub fn write_snapshot(
         seq: u64,
         book: &'a TaskBook,
     }
-    let json = serde_json::to_vec(&SnapshotRef {
+    let snapshot = SnapshotRef {
         format: 1,
         seq,
         book,
-    })
-    .map_err(std::io::Error::other)?;
-    let bytes = match key {
-        Some(k) => {
-            let mut sealed = Vec::with_capacity(json.len() + 48);
-            k.seal_into(&json, &mut sealed);
-            sealed
-        }
-        None => json,
     };
-    ws.open_context()?.write_atomic(SNAPSHOT, &bytes, 0o600)
+    // Streamed into the file (and sealed on the way): a book with many queued tasks would
+    // otherwise be held once more, whole, as text.
+    ws.open_context()?
+        .write_atomic_with(SNAPSHOT, 0o600, |file| {
+            let out = std::io::BufWriter::with_capacity(256 * 1024, file);
+            match key {
+                Some(k) => {
+                    let mut sealing = k.sealing_writer(out);
+                    serde_json::to_writer(&mut sealing, &snapshot)
+                        .map_err(std::io::Error::other)?;
+                    sealing.finish()?;
+                }
+                None => {
+                    let mut out = out;
+                    serde_json::to_writer(&mut out, &snapshot).map_err(std::io::Error::other)?;
+                    std::io::Write::flush(&mut out)?;
+                }
+            }
+            Ok(())
+        })
 }
 
 /// Seals a snapshot an older version wrote, right after the daemon made its key.

@@ -328,6 +328,18 @@ impl Dir {
             .map(|_| ())
     }
 
+    /// Writes `name` atomically as [`Dir::write_atomic`] does, its content written by `fill`
+    /// (streamed: nothing has to be held in memory whole).
+    pub fn write_atomic_with(
+        &self,
+        name: &str,
+        mode: u32,
+        fill: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.replace_with(name, mode, |f| fill(f).map(|()| 0))
+            .map(|_| ())
+    }
+
     /// Writes `name` as [`Dir::write_atomic`] does, but without the fsync: for files that only
     /// need to be whole, not durable (a prompt kept for the agent and the user; the ledger has
     /// the task).

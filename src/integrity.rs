@@ -51,6 +51,53 @@ pub enum Seal {
     Bad,
 }
 
+/// See [`Key::sealing_writer`]. Everything but the last byte written so far has gone to the
+/// inner writer and into the MAC; the last byte (the object's closing `}`) is held back, for
+/// the seal goes before it.
+pub struct SealingWriter<W: Write> {
+    inner: W,
+    mac: HmacSha256,
+    held: Option<u8>,
+}
+
+impl<W: Write> Write for SealingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let Some((&last, body)) = buf.split_last() else {
+            return Ok(0);
+        };
+        if let Some(b) = self.held.take() {
+            self.inner.write_all(&[b])?;
+            self.mac.update(&[b]);
+        }
+        self.inner.write_all(body)?;
+        self.mac.update(body);
+        self.held = Some(last);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> SealingWriter<W> {
+    /// Writes the seal and the closing `}`; returns the inner writer, flushed.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        if self.held != Some(b'}') {
+            return Err(std::io::Error::other("a sealed object must end in `}`"));
+        }
+        self.mac.update(b"}");
+        let full = self.mac.finalize().into_bytes();
+        self.inner.write_all(SEAL_PREFIX)?;
+        for b in &full[..16] {
+            write!(self.inner, "{b:02x}")?;
+        }
+        self.inner.write_all(b"\"}")?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
 impl Key {
     fn mac(&self, parts: &[&[u8]]) -> [u8; 16] {
         let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("any key length");
@@ -74,6 +121,18 @@ impl Key {
             let _ = write!(out, "{b:02x}");
         }
         out.extend_from_slice(b"\"}");
+    }
+
+    /// A writer that seals, on the way, the JSON object written through it — the same bytes
+    /// as [`Key::seal_into`] on the whole object, without holding the object in memory (a
+    /// snapshot of a book with 100,000 queued tasks is tens of megabytes). Call
+    /// [`SealingWriter::finish`] at the end.
+    pub fn sealing_writer<W: Write>(&self, inner: W) -> SealingWriter<W> {
+        SealingWriter {
+            inner,
+            mac: <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("any key length"),
+            held: None,
+        }
     }
 
     /// Checks the seal of one line (a trailing newline is ignored).
@@ -384,6 +443,38 @@ mod tests {
 
     fn key(b: u8) -> Key {
         Key([b; 32])
+    }
+
+    #[test]
+    fn a_streamed_seal_is_the_seal_of_the_whole_object() {
+        let k = key(7);
+        let object = br#"{"format":1,"seq":42,"book":{"tasks":{"a":{"id":"a"}}}}"#;
+        let mut whole = Vec::new();
+        k.seal_into(object, &mut whole);
+        // Written in pieces of every size from one byte to all of it at once.
+        for piece in 1..=object.len() {
+            let mut w = k.sealing_writer(Vec::new());
+            for chunk in object.chunks(piece) {
+                w.write_all(chunk).unwrap();
+            }
+            let streamed = w.finish().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&streamed),
+                String::from_utf8_lossy(&whole),
+                "expected the same sealed bytes when written {piece} bytes at a time"
+            );
+            assert_eq!(
+                k.check(&streamed),
+                Seal::Valid,
+                "expected the streamed seal to check"
+            );
+        }
+        let mut not_an_object = k.sealing_writer(Vec::new());
+        not_an_object.write_all(b"[1,2]").unwrap();
+        assert!(
+            not_an_object.finish().is_err(),
+            "expected a refusal for bytes that do not end in a closing brace"
+        );
     }
 
     #[test]

@@ -80,6 +80,19 @@ impl Running {
             left.retain(|w| *w != line);
         }
     }
+
+    /// Reads lines until each of `tests` has matched a line, in any order: one frame lists
+    /// its rows in its own order, and a frame is printed only when something changed, so
+    /// waiting for one row after another can wait past the only frame that has both.
+    fn until_each(&mut self, what: &str, tests: &[&dyn Fn(&str) -> bool]) {
+        let mut left: Vec<&dyn Fn(&str) -> bool> = tests.to_vec();
+        while !left.is_empty() {
+            let line = self.until(what, |l| left.iter().any(|t| t(l)));
+            if let Some(i) = left.iter().position(|t| t(&line)) {
+                left.remove(i);
+            }
+        }
+    }
 }
 
 impl Drop for Running {
@@ -99,19 +112,25 @@ fn top_shows_each_running_agent_with_its_last_line_and_then_what_finished() {
     top.until("the header", |l| {
         l.starts_with("dirigent — ") && l.contains("daemon running")
     });
-    for id in ["g1", "g2"] {
-        // Piped, the elapsed column is `-` (a frame is printed only when something else
-        // changed), and the last output line is the agent's.
-        top.until(&format!("`{id}` running"), |l| {
+    // Piped, the elapsed column is `-` (a frame is printed only when something else
+    // changed), and the last output line is the agent's.
+    let running = |id: &'static str| {
+        move |l: &str| {
             l.split_whitespace().collect::<Vec<_>>()
                 == [id, "gate", "1", "-", "waiting", "for", "release"]
-        });
-    }
+        }
+    };
+    let (g1, g2) = (running("g1"), running("g2"));
+    top.until_each("`g1` and `g2` running", &[&g1, &g2]);
     std::fs::write(ws.root().join("release"), "").unwrap();
-    top.until("the finished tasks", |l| {
-        l == "  g1  done by gate" || l == "  g2  done by gate"
-    });
-    top.until("an empty table", |l| l == "(nothing running)");
+    // Both may end between two frames: the empty table and the finished list then come in
+    // one frame, the table first.
+    let finished = |l: &str| l == "  g1  done by gate" || l == "  g2  done by gate";
+    let empty = |l: &str| l == "(nothing running)";
+    top.until_each(
+        "an empty table and the finished tasks",
+        &[&finished, &empty],
+    );
 }
 
 #[test]
