@@ -700,10 +700,6 @@ impl Engine {
                 }
                 // An editing task's work: brought into this repository as its branch.
                 let receive = work.map(|work| {
-                    let key = match &self.fleet {
-                        Some(l) => fleet::key_of(&l.node, id, round, received_ms),
-                        None => String::new(),
-                    };
                     let repository = self
                         .fleet
                         .as_ref()
@@ -714,25 +710,20 @@ impl Engine {
                         fleet::edits::branch_name(&outcome.worker, &l.node, id, round)
                     });
                     let here = self.repo().map(|r| r.top).map_err(|e| e.to_string());
-                    let bundle = fleet::submitter::bundle_file(self.ws.root(), &key);
                     // … and starts from the base the task went out with, so that the review
                     // command the result gives shows all of it.
-                    let here = match (expected, published) {
-                        (Some(b), _) if b != work.branch => Err(format!(
+                    let here = match published {
+                        _ if expected.as_deref() != Some(work.branch.as_str()) => Err(format!(
                             "the worker named the branch `{}`, not the one it delivers this task as",
                             work.branch
                         )),
-                        (None, _) => Err(format!(
-                            "the worker named the branch `{}`, not the one it delivers this task as",
-                            work.branch
-                        )),
-                        (_, Some(base)) if base != work.base => Err(format!(
+                        Some(base) if base != work.base => Err(format!(
                             "the worker says its work starts from `{}`, but the task went out with `{base}`",
                             work.base
                         )),
                         _ => here,
                     };
-                    (work, repository, here, bundle, outcome.worker.clone())
+                    (work, repository, here, bundle.clone(), outcome.worker.clone())
                 });
                 let (ws, ledger, tx, id) = (
                     self.ws.clone(),
@@ -743,7 +734,7 @@ impl Engine {
                 self.tasks.spawn(async move {
                     if let Some((work, repository, here, bundle, worker)) = receive {
                         let said = tokio::task::spawn_blocking(move || {
-                            receive_work(&work, &repository, here, &bundle, &worker)
+                            receive_work(&work, &repository, here, bundle.as_deref(), &worker)
                         })
                         .await
                         .unwrap_or_else(|e| e.to_string());
@@ -811,7 +802,7 @@ fn receive_work(
     work: &fleet::edits::Work,
     repository: &str,
     here: Result<std::path::PathBuf, String>,
-    bundle: &std::path::Path,
+    bundle: Option<&std::path::Path>,
     worker: &str,
 ) -> String {
     use fleet::edits::{self, Carried};
@@ -820,13 +811,14 @@ fn receive_work(
         (Carried::Pushed, Ok(top)) => edits::Source::parse(repository)
             .map_err(|e| format!("`{repository}`: {e}"))
             .and_then(|from| edits::receive(top, &from.git_arg(), work)),
-        (Carried::Bundle { .. }, Ok(top)) => {
-            edits::receive(top, &bundle.display().to_string(), work)
-        }
+        (Carried::Bundle { .. }, Ok(top)) => match bundle {
+            Some(b) => edits::receive(top, &b.display().to_string(), work),
+            None => Err("its bundle was not fetched".into()),
+        },
         (Carried::Stayed { .. } | Carried::NotYet, _) => Ok(()),
     };
-    if matches!(work.carried, Carried::Bundle { .. }) {
-        let _ = std::fs::remove_file(bundle);
+    if let Some(b) = bundle {
+        let _ = std::fs::remove_file(b);
     }
     edits::describe(work, worker, repository, &received)
 }
