@@ -68,12 +68,8 @@ struct ReadSnapshot {
 
 fn read_snapshot(ws: &Workspace, key: Option<&Key>) -> std::io::Result<ReadSnapshot> {
     let path = snapshot_path(ws);
-    let bytes = match crate::fsutil::open_nofollow(&path) {
-        Ok(f) => {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut &f, &mut bytes)?;
-            bytes
-        }
+    let file = match crate::fsutil::open_nofollow(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(ReadSnapshot {
                 seq: 0,
@@ -83,13 +79,29 @@ fn read_snapshot(ws: &Workspace, key: Option<&Key>) -> std::io::Result<ReadSnaps
         }
         Err(e) => return Err(e),
     };
-    let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
+    let unreadable = |e: serde_json::Error| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("`{}` cannot be read: {e}", path.display()),
         )
-    })?;
-    let seal = key.map_or(Seal::Valid, |k| k.check(&bytes));
+    };
+    // Parsed as it is read (and its seal checked on the way): a book with many queued tasks
+    // is tens of megabytes as text, and would otherwise be held whole next to the book.
+    const BUFFER: usize = 256 * 1024;
+    let (snap, seal) = match key {
+        Some(k) => {
+            let mut reader = std::io::BufReader::with_capacity(BUFFER, k.checking_reader(file));
+            let snap: Snapshot = serde_json::from_reader(&mut reader).map_err(unreadable)?;
+            // The seal covers every byte: read what the parser left (trailing space) too.
+            std::io::copy(&mut reader, &mut std::io::sink())?;
+            (snap, reader.into_inner().finish())
+        }
+        None => {
+            let reader = std::io::BufReader::with_capacity(BUFFER, file);
+            let snap: Snapshot = serde_json::from_reader(reader).map_err(unreadable)?;
+            (snap, Seal::Valid)
+        }
+    };
     Ok(ReadSnapshot {
         seq: snap.seq,
         book: snap.book,

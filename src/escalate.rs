@@ -27,11 +27,7 @@ pub fn write_report(
     config: Option<&Config>,
     children: &[TaskRecord],
 ) -> std::io::Result<PathBuf> {
-    let is_run = task
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.fields.workflow.is_some())
-        || !children.is_empty();
+    let is_run = task.workflow().is_some() || !children.is_empty();
     if is_run {
         return write_run_report(ws, task, reason, config, children);
     }
@@ -74,7 +70,8 @@ pub fn write_report(
             task.id
         );
     }
-    let prompt = task.spec.as_ref().map_or("", |s| s.prompt.as_str());
+    let spec = task.spec();
+    let prompt = spec.as_ref().map_or("", |s| s.prompt.as_str());
     let _ = writeln!(md, "## Prompt\n\n{}\n", fenced(prompt));
     let _ = writeln!(md, "## Attempts\n");
     if task.attempts.is_empty() {

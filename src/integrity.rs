@@ -98,6 +98,71 @@ impl<W: Write> SealingWriter<W> {
     }
 }
 
+/// See [`Key::checking_reader`]. Everything read passes through; the MAC takes it in as it
+/// goes, except the last bytes, which may be the seal (and a newline) — what the MAC covers is
+/// known only at the end.
+pub struct CheckingReader<R: Read> {
+    inner: R,
+    mac: HmacSha256,
+    /// The last bytes read and not yet in the MAC: at most [`CHECK_TAIL`].
+    tail: Vec<u8>,
+    /// Bytes read in all.
+    len: u64,
+}
+
+/// The seal and a trailing newline.
+const CHECK_TAIL: usize = SEAL_LEN + 1;
+
+impl<R: Read> Read for CheckingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.len += n as u64;
+        self.tail.extend_from_slice(&buf[..n]);
+        if self.tail.len() > CHECK_TAIL {
+            let cut = self.tail.len() - CHECK_TAIL;
+            self.mac.update(&self.tail[..cut]);
+            self.tail.drain(..cut);
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Read> CheckingReader<R> {
+    /// What the seal of everything read says: the same as [`Key::check`] on all of it. Read to
+    /// the end first.
+    pub fn finish(mut self) -> Seal {
+        let newline = usize::from(self.tail.last() == Some(&b'\n'));
+        let tail = &self.tail[..self.tail.len() - newline];
+        let line_len = self.len - newline as u64;
+        if line_len < (SEAL_LEN + 2) as u64 || tail.len() < SEAL_LEN {
+            return Seal::Unsigned;
+        }
+        let (body_end, seal) = tail.split_at(tail.len() - SEAL_LEN);
+        if &seal[..SEAL_PREFIX.len()] != SEAL_PREFIX || &seal[SEAL_LEN - 2..] != b"\"}" {
+            return Seal::Unsigned;
+        }
+        let Some(given) = parse_hex16(&seal[SEAL_PREFIX.len()..SEAL_LEN - 2]) else {
+            return Seal::Bad;
+        };
+        self.mac.update(body_end);
+        self.mac.update(b"}");
+        let want = self.mac.finalize().into_bytes();
+        if same_16(&want[..16], &given) {
+            Seal::Valid
+        } else {
+            Seal::Bad
+        }
+    }
+}
+
+/// Compared in time independent of where the first difference is.
+fn same_16(want: &[u8], given: &[u8; 16]) -> bool {
+    want.iter()
+        .zip(given)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
 impl Key {
     fn mac(&self, parts: &[&[u8]]) -> [u8; 16] {
         let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("any key length");
@@ -135,6 +200,18 @@ impl Key {
         }
     }
 
+    /// A reader that checks, on the way, the seal of what is read through it — what
+    /// [`Key::check`] says of all of it, without holding it in memory (a snapshot is read while
+    /// it is parsed). Call [`CheckingReader::finish`] once it is read to the end.
+    pub fn checking_reader<R: Read>(&self, inner: R) -> CheckingReader<R> {
+        CheckingReader {
+            inner,
+            mac: <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("any key length"),
+            tail: Vec::with_capacity(2 * CHECK_TAIL),
+            len: 0,
+        }
+    }
+
     /// Checks the seal of one line (a trailing newline is ignored).
     pub fn check(&self, line: &[u8]) -> Seal {
         let line = line.strip_suffix(b"\n").unwrap_or(line);
@@ -150,13 +227,7 @@ impl Key {
             return Seal::Bad;
         };
         let want = self.mac(&[&line[..n - SEAL_LEN], b"}"]);
-        // Compared in time independent of where the first difference is.
-        if want
-            .iter()
-            .zip(given)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-        {
+        if same_16(&want, &given) {
             Seal::Valid
         } else {
             Seal::Bad
@@ -475,6 +546,56 @@ mod tests {
             not_an_object.finish().is_err(),
             "expected a refusal for bytes that do not end in a closing brace"
         );
+    }
+
+    #[test]
+    fn a_seal_checked_while_reading_says_what_the_whole_check_says() {
+        let k = key(7);
+        let object = br#"{"format":1,"seq":42,"book":{}}"#;
+        let mut sealed = Vec::new();
+        k.seal_into(object, &mut sealed);
+        let with_newline = [sealed.as_slice(), b"\n"].concat();
+        let mut altered = sealed.clone();
+        altered[12] = b'7';
+        let mut bad_hex = sealed.clone();
+        let at = bad_hex.len() - 5;
+        bad_hex[at] = b'x';
+        let mut other_key = Vec::new();
+        key(8).seal_into(object, &mut other_key);
+        // (what, bytes, the seal expected)
+        let cases: [(&str, &[u8], Seal); 8] = [
+            ("sealed", &sealed, Seal::Valid),
+            ("sealed, newline", &with_newline, Seal::Valid),
+            ("altered body", &altered, Seal::Bad),
+            ("seal not hex", &bad_hex, Seal::Bad),
+            ("another key", &other_key, Seal::Bad),
+            ("unsealed", object, Seal::Unsigned),
+            ("short", b"{}", Seal::Unsigned),
+            ("empty", b"", Seal::Unsigned),
+        ];
+        for (what, bytes, expected) in cases {
+            assert_eq!(k.check(bytes), expected, "{what}: the whole check");
+            // Read in pieces of every size from one byte to all of it at once.
+            for piece in 1..=bytes.len().max(1) {
+                let mut r = k.checking_reader(ChunkedReader(bytes, piece));
+                let mut back = Vec::new();
+                r.read_to_end(&mut back).unwrap();
+                assert_eq!(back, bytes, "{what}: the bytes pass through");
+                assert_eq!(r.finish(), expected, "{what}, read {piece} bytes at a time");
+            }
+        }
+    }
+
+    /// Gives at most `.1` bytes per read.
+    struct ChunkedReader<'a>(&'a [u8], usize);
+
+    impl Read for ChunkedReader<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(self.1).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
     }
 
     #[test]

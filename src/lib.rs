@@ -40,6 +40,7 @@ pub mod ledger;
 pub mod mcp;
 pub mod notifications;
 pub mod openai;
+pub mod packed_spec;
 pub mod preset;
 pub mod process_group;
 pub mod progress;

@@ -55,15 +55,12 @@ pub struct RoundView {
 
 /// The workflow a run task runs: from its spec while it has one, else from its default title.
 pub fn workflow_of(run: &TaskRecord) -> Option<String> {
-    run.spec
-        .as_ref()
-        .and_then(|s| s.fields.workflow.clone())
-        .or_else(|| {
-            run.title
-                .strip_prefix("workflow ")
-                .filter(|n| !n.contains(' '))
-                .map(str::to_string)
-        })
+    run.workflow().or_else(|| {
+        run.title
+            .strip_prefix("workflow ")
+            .filter(|n| !n.contains(' '))
+            .map(str::to_string)
+    })
 }
 
 /// A workflow's phase names, from its definition in `dir` or the built-in ones (when it can
@@ -76,7 +73,7 @@ pub fn defined_phases(dir: &std::path::Path, name: &str) -> Option<Vec<String>> 
 }
 
 fn is_run(t: &TaskRecord) -> bool {
-    t.spec.as_ref().is_some_and(|s| s.fields.workflow.is_some())
+    t.workflow().is_some()
         || !t.phases.is_empty()
         || !t.rounds.is_empty()
         || (t.chain.is_empty() && workflow_of(t).is_some())

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::judge::Class;
 use crate::ledger::{Event, Record};
+use crate::packed_spec::PackedSpec;
 use crate::task::TaskSpec;
 
 /// Where a task is in its life.
@@ -307,10 +308,11 @@ pub struct TaskRecord {
     /// attempt created), whose count `max_spawned_tasks` limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
-    /// The full spec while the task can still run; dropped once it is finished to keep a
-    /// long-lived daemon's memory flat (the file in `done/`/`failed/` still has it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<Arc<TaskSpec>>,
+    /// The full spec while the task can still run, held as its text (see [`PackedSpec`]; read
+    /// it with [`TaskRecord::spec`]); dropped once it is finished to keep a long-lived daemon's
+    /// memory flat (the file in `done/`/`failed/` still has it).
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "spec")]
+    pub packed_spec: Option<PackedSpec>,
     /// Its worktree, when its attempts edit in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<Box<WorktreeState>>,
@@ -323,6 +325,16 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// Its spec, parsed, while it can still run.
+    pub fn spec(&self) -> Option<Arc<TaskSpec>> {
+        self.packed_spec.as_ref().map(PackedSpec::unpack)
+    }
+
+    /// The workflow it runs, if it is a workflow run that can still run.
+    pub fn workflow(&self) -> Option<String> {
+        self.packed_spec.as_ref().and_then(PackedSpec::workflow)
+    }
+
     /// Its branch and what it changed, for one-line listings: `dirigent/t1: 3 files +10 -2`.
     pub fn branch_note(&self) -> Option<String> {
         let w = self.worktree.as_ref()?;
@@ -631,7 +643,7 @@ impl TaskBook {
                     // A requeued task coming back through the inbox: same task, same history.
                     t.file = file.clone();
                     t.phase = Phase::Pending;
-                    t.spec = Some(Arc::new((**spec).clone()));
+                    t.packed_spec = Some(PackedSpec::pack(spec));
                     return;
                 }
                 let origin = spec.fields.parent.as_ref().map(|p| self.origin_of(p));
@@ -658,7 +670,7 @@ impl TaskBook {
                         cost_usd: 0.0,
                         budget_usd: spec.fields.budget_usd,
                         origin,
-                        spec: Some(Arc::new((**spec).clone())),
+                        packed_spec: Some(PackedSpec::pack(spec)),
                         worktree: None,
                         role: spec.fields.role.clone(),
                         fleet: None,
@@ -800,7 +812,7 @@ impl TaskBook {
                         output: output.clone(),
                         finished_ms: r.ts,
                     };
-                    t.spec = None;
+                    t.packed_spec = None;
                     self.finished(task);
                 }
             }
@@ -810,7 +822,7 @@ impl TaskBook {
                         reason: reason.clone(),
                         finished_ms: r.ts,
                     };
-                    t.spec = None;
+                    t.packed_spec = None;
                     self.finished(task);
                 }
             }
@@ -1010,7 +1022,7 @@ impl TaskBook {
                         reason: HANDED_BACK_REASON.into(),
                         finished_ms: r.ts,
                     };
-                    t.spec = None;
+                    t.packed_spec = None;
                     self.finished(task);
                 }
             }
@@ -1020,7 +1032,7 @@ impl TaskBook {
                         reason: CANCELLED_REASON.into(),
                         finished_ms: r.ts,
                     };
-                    t.spec = None;
+                    t.packed_spec = None;
                     self.finished(task);
                 }
             }
@@ -1037,7 +1049,7 @@ impl TaskBook {
                     t.chain_pos = 0;
                     t.not_before_ms = None;
                     t.budget_usd = spec.fields.budget_usd;
-                    t.spec = Some(Arc::new((**spec).clone()));
+                    t.packed_spec = Some(PackedSpec::pack(spec));
                     // It starts from a new worktree; the engine gives the old one up.
                     t.worktree = None;
                     // A workflow run's loop that gave up is judged again from its first round
@@ -1199,7 +1211,7 @@ mod tests {
         assert_eq!(t.attempts[0].class, Some(Class::Exit));
         assert_eq!(t.busy_ms(u64::MAX), 14);
         assert!(matches!(t.phase, Phase::Done { .. }));
-        assert!(t.spec.is_none(), "finished tasks drop their spec");
+        assert!(t.packed_spec.is_none(), "finished tasks drop their spec");
         assert_eq!(book.last_seq, 7);
     }
 

@@ -112,7 +112,12 @@ fn is_zero(v: &i64) -> bool {
 }
 
 /// An accepted task: its fields plus the id and chain decided at acceptance.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+///
+/// Written (to the ledger, a snapshot, the fleet's queue) with its prompt once: `prompt` is left
+/// out when it is the file's own `fields.prompt`, and read back from there. A long prompt would
+/// otherwise take twice its size in every record and in every queued task's memory.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(from = "SpecAsWritten")]
 pub struct TaskSpec {
     pub id: String,
     pub title: String,
@@ -123,6 +128,52 @@ pub struct TaskSpec {
     pub chain_source: String,
     /// The fields as the task file gave them.
     pub fields: TaskFields,
+}
+
+/// [`TaskSpec`] as read: `prompt` may be left out (see there).
+#[derive(Deserialize)]
+struct SpecAsWritten {
+    id: String,
+    title: String,
+    #[serde(default)]
+    prompt: Option<String>,
+    chain: Vec<String>,
+    chain_source: String,
+    fields: TaskFields,
+}
+
+impl From<SpecAsWritten> for TaskSpec {
+    fn from(w: SpecAsWritten) -> Self {
+        TaskSpec {
+            prompt: w
+                .prompt
+                .unwrap_or_else(|| w.fields.prompt.clone().unwrap_or_default()),
+            id: w.id,
+            title: w.title,
+            chain: w.chain,
+            chain_source: w.chain_source,
+            fields: w.fields,
+        }
+    }
+}
+
+impl Serialize for TaskSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let prompt_in_fields = self.fields.prompt.as_deref().unwrap_or("") == self.prompt;
+        let mut out = s.serialize_struct("TaskSpec", 6 - usize::from(prompt_in_fields))?;
+        out.serialize_field("id", &self.id)?;
+        out.serialize_field("title", &self.title)?;
+        if prompt_in_fields {
+            out.skip_field("prompt")?;
+        } else {
+            out.serialize_field("prompt", &self.prompt)?;
+        }
+        out.serialize_field("chain", &self.chain)?;
+        out.serialize_field("chain_source", &self.chain_source)?;
+        out.serialize_field("fields", &self.fields)?;
+        out.end()
+    }
 }
 
 /// Why a task file was refused. The text goes into `rejected/<name>.error.txt`.
@@ -705,5 +756,38 @@ mod tests {
             "-berpr-fung".trim_start_matches('-')
         );
         assert_eq!(id_from_stem("---"), "task");
+    }
+
+    #[test]
+    fn a_spec_is_written_with_its_prompt_once_and_read_back_whole() {
+        let from_file = parse_ok(
+            "x.json",
+            r#"{"title": "login", "prompt": "fix the login bug"}"#,
+        );
+        let mut changed = from_file.clone();
+        changed.prompt = "a prompt of its own".into();
+        let mut no_prompt = from_file.clone();
+        no_prompt.fields.prompt = None;
+        no_prompt.prompt = String::new();
+        // (spec, how often the prompt text appears in its JSON)
+        let cases = [
+            (&from_file, "fix the login bug", 1),
+            (&changed, "a prompt of its own", 1),
+            (&no_prompt, "\"prompt\"", 0),
+        ];
+        for (spec, text, times) in cases {
+            let json = serde_json::to_string(spec).unwrap();
+            assert_eq!(json.matches(text).count(), times, "`{text}` in {json}");
+            let back: TaskSpec = serde_json::from_str(&json).unwrap();
+            assert_eq!(&back, spec, "read back from {json}");
+        }
+        // An older record holds the prompt twice: still read the same.
+        let old = r#"{"id":"t","title":"x","prompt":"p","chain":["a"],"chain_source":"default","fields":{"prompt":"p"}}"#;
+        let back: TaskSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (back.prompt.as_str(), back.fields.prompt.as_deref()),
+            ("p", Some("p")),
+            "the older form's prompt"
+        );
     }
 }

@@ -148,7 +148,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         }
         // A title is a submitter's text: no escape sequence of it reaches the terminal.
         println!("{} — {}", t.id, dirigent::terminal::printable(&t.title));
-        let workflow = t.spec.as_ref().and_then(|s| s.fields.workflow.clone());
+        let workflow = t.workflow();
         match (&workflow, run_running(&book, t)) {
             (_, Some(progress)) => println!("state:    running: {progress}"),
             _ => println!("state:    {}", describe(t)),
@@ -321,14 +321,7 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
     let prefix = format!("{}.", run.id);
     let children: Vec<&TaskRecord> = book.iter().filter(|c| c.id.starts_with(&prefix)).collect();
     let workflow = dirigent::run_view::workflow_of(run);
-    if run
-        .spec
-        .as_ref()
-        .and_then(|s| s.fields.workflow.as_ref())
-        .is_none()
-        && children.is_empty()
-        && run.phases.is_empty()
-    {
+    if run.workflow().is_none() && children.is_empty() && run.phases.is_empty() {
         return;
     }
     // The phases in order: from the definition when it can be read, else those recorded.

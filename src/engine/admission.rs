@@ -132,17 +132,10 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
     let run =
         t.id.match_indices('.')
             .map(|(i, _)| &t.id[..i])
-            .find_map(|prefix| {
-                book.get(prefix)
-                    .filter(|r| r.spec.as_ref().is_some_and(|s| s.fields.workflow.is_some()))
-            });
+            .find_map(|prefix| book.get(prefix).filter(|r| r.workflow().is_some()));
     let owner = run.unwrap_or(t);
     let budget = owner.budget_usd.or(config.budgets.task)?;
-    let spent = if owner
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.fields.workflow.is_some())
-    {
+    let spent = if owner.workflow().is_some() {
         owner.cost_usd
             + book
                 .iter()

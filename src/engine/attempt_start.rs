@@ -87,7 +87,7 @@ impl Engine {
     pub(super) fn start_attempt(&mut self, id: &str, agent: Arc<Agent>) {
         self.live.park(id);
         let t = self.book.get(id).expect("queued tasks are in the book");
-        let spec = t.spec.clone().expect("unfinished tasks keep their spec");
+        let spec = t.spec().expect("unfinished tasks keep their spec");
         let tree_plan = match self.tree_plan(id, &agent) {
             Ok(p) => p,
             Err(reason) => {

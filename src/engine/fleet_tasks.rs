@@ -63,8 +63,8 @@ impl Engine {
         let Some(t) = self.book.get(id) else {
             return Placement::Here;
         };
-        let needs = t.spec.as_ref().map_or(Needs::default(), |spec| Needs {
-            worktree: self.edits_in_worktree(spec),
+        let needs = t.spec().map_or(Needs::default(), |spec| Needs {
+            worktree: self.edits_in_worktree(&spec),
             after: !spec.fields.after.is_empty(),
             run: spec.fields.workflow.is_some(),
             merged_here: spec.fields.merge == Some(crate::editing::MergeMode::Auto)
@@ -171,7 +171,7 @@ impl Engine {
     /// Hands an accepted task to the fleet's queue; `published` is recorded when the server
     /// has it.
     pub(super) fn publish(&mut self, id: &str) {
-        let Some(spec) = self.book.get(id).and_then(|t| t.spec.clone()) else {
+        let Some(spec) = self.book.get(id).and_then(|t| t.spec()) else {
             return;
         };
         // An editing task carries where workers reach the repository; its base commit is
@@ -230,7 +230,7 @@ impl Engine {
             return;
         }
         let file = t.file.clone();
-        let fields = t.spec.as_ref().map(|s| s.fields.clone());
+        let fields = t.spec().map(|s| s.fields.clone());
         tracing::info!(task = id, "{HANDED_BACK_REASON}");
         if self.record_now(Event::HandedBack { task: id.into() }).await
             && let Err(e) = task_file::settle(
@@ -689,7 +689,7 @@ impl Engine {
                 work,
                 ..
             } => {
-                let Some(spec) = t.spec.clone() else { return };
+                let Some(spec) = t.spec() else { return };
                 let file = t.file.clone();
                 let published = match t.fleet.as_deref() {
                     Some(FleetPart::Published { base, .. }) => base.clone(),

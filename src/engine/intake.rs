@@ -17,11 +17,7 @@ impl Engine {
 
     /// Queues a task for attempts, or — a workflow run — has the runner advance it.
     pub(super) fn enqueue_or_advance(&mut self, id: &str) {
-        let is_run = self
-            .book
-            .get(id)
-            .and_then(|t| t.spec.as_ref())
-            .is_some_and(|s| s.fields.workflow.is_some());
+        let is_run = self.book.get(id).is_some_and(|t| t.workflow().is_some());
         if is_run {
             self.live.advance(id);
             return;

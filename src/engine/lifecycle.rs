@@ -21,20 +21,22 @@ use crate::workflow::Workflow;
 pub(super) struct QueueKey {
     priority: Reverse<i64>,
     arrival: u64,
-    pub(super) id: String,
+    /// Shared with the live map's key: one allocation per task for both.
+    pub(super) id: Arc<str>,
 }
 
-/// What the engine is doing with a task now.
+/// What the engine is doing with a task now. The states with data are boxed: every queued task
+/// has a `Live` (100,000 of them after a big drop), only the few running ones need the room.
 pub(super) enum Live {
     /// Waiting for its next attempt, in the run queue.
     Queued,
     /// An attempt is running.
-    Running(RunningAttempt),
+    Running(Box<RunningAttempt>),
     /// Between attempts and not queued: its attempt was interrupted by a stop, the ledger
     /// refused its record, or it is being started.
     Parked,
     /// A workflow run: the runner advances it.
-    Run(RunProgress),
+    Run(Box<RunProgress>),
     /// Its work is verified on its branch; it waits for, or is in, the merge queue.
     Merging,
     /// Its result, cancellation or escalation is being written: nothing else may touch it.
@@ -82,7 +84,7 @@ struct Entry {
 /// Every live task, by id.
 #[derive(Default)]
 pub(super) struct LiveTasks {
-    tasks: HashMap<String, Entry>,
+    tasks: HashMap<Arc<str>, Entry>,
     /// The keys of the `Queued` tasks, in start order.
     queue: BTreeSet<QueueKey>,
     /// `Run` tasks due to be advanced.
@@ -98,13 +100,14 @@ impl LiveTasks {
     fn entry(&mut self, id: &str, priority: i64) -> &mut Entry {
         if !self.tasks.contains_key(id) {
             self.arrivals += 1;
+            let id: Arc<str> = Arc::from(id);
             let key = QueueKey {
                 priority: Reverse(priority),
                 arrival: self.arrivals,
-                id: id.to_string(),
+                id: id.clone(),
             };
             self.tasks.insert(
-                id.to_string(),
+                id,
                 Entry {
                     key,
                     live: Live::Parked,
@@ -160,7 +163,7 @@ impl LiveTasks {
 
     /// The attempt of `id` runs.
     pub(super) fn start(&mut self, id: &str, attempt: RunningAttempt) {
-        self.set(id, 0, Live::Running(attempt));
+        self.set(id, 0, Live::Running(Box::new(attempt)));
     }
 
     /// The attempt of `id` ended: the task is parked until it is queued, settled or finishing.
@@ -169,7 +172,7 @@ impl LiveTasks {
             return None;
         }
         match self.set(id, 0, Live::Parked) {
-            Live::Running(attempt) => Some(attempt),
+            Live::Running(attempt) => Some(*attempt),
             _ => unreachable!("checked above"),
         }
     }
@@ -180,7 +183,7 @@ impl LiveTasks {
             return;
         }
         if !matches!(self.get(id), Some(Live::Run(_))) {
-            self.set(id, 0, Live::Run(RunProgress::default()));
+            self.set(id, 0, Live::Run(Box::default()));
         }
         self.due_runs.insert(id.to_string());
     }
@@ -246,7 +249,7 @@ impl LiveTasks {
 
     pub(super) fn run_mut(&mut self, id: &str) -> Option<&mut RunProgress> {
         match self.tasks.get_mut(id).map(|e| &mut e.live) {
-            Some(Live::Run(progress)) => Some(progress),
+            Some(Live::Run(progress)) => Some(progress.as_mut()),
             _ => None,
         }
     }
@@ -262,7 +265,7 @@ impl LiveTasks {
     /// Every running attempt.
     pub(super) fn attempts(&self) -> impl Iterator<Item = &RunningAttempt> {
         self.running.iter().filter_map(|id| match self.get(id) {
-            Some(Live::Running(attempt)) => Some(attempt),
+            Some(Live::Running(attempt)) => Some(&**attempt),
             _ => None,
         })
     }
@@ -273,7 +276,7 @@ impl LiveTasks {
 
     /// The queued tasks, in start order.
     pub(super) fn queued(&self) -> impl Iterator<Item = &str> {
-        self.queue.iter().map(|k| k.id.as_str())
+        self.queue.iter().map(|k| &*k.id)
     }
 
     /// Gives back the room the map and indexes grew to for a burst now gone.

@@ -103,7 +103,7 @@ impl Engine {
     /// A task's attempt passed in its worktree: its branch goes where `merge:` says.
     pub(super) fn after_verified(&mut self, id: &str, report: AttemptReport) {
         let Some(t) = self.book.get(id) else { return };
-        let Some(spec) = t.spec.clone() else { return };
+        let Some(spec) = t.spec() else { return };
         let settings = self.editing_of(&spec, &self.agent_verify(id));
         // A task of the fleet: its work goes back to its node (as a branch) once it settles.
         if self.fleet_edit(id).is_some() {
@@ -233,7 +233,7 @@ impl Engine {
             );
             return None;
         };
-        let spec = t.spec.clone()?;
+        let spec = t.spec()?;
         let settings = self.editing_of(&spec, &self.agent_verify(id));
         let limit = spec
             .fields

@@ -146,7 +146,7 @@ impl Engine {
                 (Phase::Pending, None)
                     if self.ws.inbox().join(&t.file).symlink_metadata().is_err() =>
                 {
-                    let rebuilt = t.spec.as_ref().map(|spec| {
+                    let rebuilt = t.spec().map(|spec| {
                         task_file::rebuild_in_running(&running, &spec.fields, &t.id, &t.file)
                     });
                     match rebuilt {

@@ -95,7 +95,7 @@ impl Engine {
     pub(super) fn settle_cancelled(&mut self, id: &str) {
         let Some(t) = self.book.get(id) else { return };
         let file = t.file.clone();
-        let fields = t.spec.as_ref().map(|s| s.fields.clone());
+        let fields = t.spec().map(|s| s.fields.clone());
         // A task a stop put back waits in the inbox until it is claimed again.
         let from = if t.phase == Phase::Requeued {
             Place::Inbox
@@ -145,7 +145,7 @@ impl Engine {
     /// written when the resource is back: a finished attempt is never thrown away.
     pub(super) fn settle_done(&mut self, id: &str, report: AttemptReport) {
         let Some(t) = self.book.get(id) else { return };
-        let Some(spec) = t.spec.clone() else { return };
+        let Some(spec) = t.spec() else { return };
         let Some(last) = t.attempts.last() else {
             return;
         };
@@ -274,11 +274,7 @@ impl Engine {
     pub(super) fn spawn_escalation(&mut self, snapshot: Box<TaskRecord>, reason: String) {
         // A workflow run's report lists its tasks.
         let prefix = format!("{}.", snapshot.id);
-        let children: Vec<TaskRecord> = if snapshot
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.fields.workflow.is_some())
-        {
+        let children: Vec<TaskRecord> = if snapshot.workflow().is_some() {
             self.book
                 .iter()
                 .filter(|c| c.id.starts_with(&prefix))
@@ -317,7 +313,7 @@ impl Engine {
                 attempts: snapshot.attempts.len() as u32,
             };
             let records = record(&ledger, &tx, ev).await;
-            let fields = snapshot.spec.as_ref().map(|s| s.fields.clone());
+            let fields = snapshot.spec().map(|s| s.fields.clone());
             if !records.is_empty()
                 && let Err(e) = task_file::settle(
                     &ws,

@@ -134,7 +134,7 @@ impl Engine {
         if let Some(wf) = self.live.run_mut(run).and_then(|p| p.workflow.clone()) {
             return Some(wf);
         }
-        let name = self.book.get(run)?.spec.as_ref()?.fields.workflow.clone()?;
+        let name = self.book.get(run)?.workflow()?;
         let found = crate::workflow::discover(&self.ws.workflows())
             .map_err(|e| e.to_string())
             .and_then(|defs| {
@@ -169,7 +169,7 @@ impl Engine {
     /// branch).
     fn run_merge_into(&self, child: &str) -> Option<String> {
         let run = child.split('.').next()?;
-        self.book.get(run)?.spec.as_ref()?.fields.merge_into.clone()
+        self.book.get(run)?.spec()?.fields.merge_into.clone()
     }
 
     /// Submits a child task through the inbox, like any other door. Submitting the same child
@@ -303,7 +303,7 @@ impl Engine {
     async fn finish_run(&mut self, run: &str, output: String) {
         let Some(t) = self.book.get(run) else { return };
         let file = t.file.clone();
-        let fields = t.spec.as_ref().map(|s| s.fields.clone());
+        let fields = t.spec().map(|s| s.fields.clone());
         let ev = Event::Done {
             task: run.to_string(),
             agent: "workflow".into(),

@@ -810,7 +810,7 @@ impl Engine {
         agent: &Agent,
     ) -> Result<Option<(TreePlan, Resolved)>, String> {
         let t = self.book.get(id).expect("started tasks are in the book");
-        let spec = t.spec.clone().expect("unfinished tasks keep their spec");
+        let spec = t.spec().expect("unfinished tasks keep their spec");
         // A task of the fleet works where it came to work: a worktree of its node's repository
         // (an editing task), or else this workspace (a task that answers).
         if let Some(crate::state::FleetPart::Taken { edit, .. }) = t.fleet.as_deref() {

@@ -252,8 +252,7 @@ pub fn next(
     ws: &Workspace,
 ) -> Vec<Action> {
     let given = run
-        .spec
-        .as_ref()
+        .spec()
         .map(|s| s.fields.vars.clone())
         .unwrap_or_default();
     let mut vars = vars_of(wf, &given);
