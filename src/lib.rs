@@ -58,6 +58,7 @@ pub mod state;
 pub mod stats;
 pub mod submit;
 pub mod suggest;
+pub mod supervise;
 pub mod task;
 pub mod task_file;
 pub mod task_log;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         .get(1)
         .is_some_and(|a| a == dirigent::reaper::SUPERVISE_ARG)
     {
-        dirigent::reaper::supervise_main(&args[2..]);
+        dirigent::supervise::main(&args[2..]);
     }
     // A shell asking for completions (`COMPLETE=bash dirigent -- …`): answer and exit.
     complete::answer_if_asked();

@@ -4,6 +4,8 @@
 //!
 //! (Its length past ~800 lines is the fold's tests, kept beside the fold they pin down.)
 
+mod archive;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -14,7 +16,6 @@ use crate::ledger::{Event, Record};
 use crate::packed_spec::PackedSpec;
 use crate::task::TaskSpec;
 
-/// Where a task is in its life.
 /// The reason a cancelled task failed with.
 pub const CANCELLED_REASON: &str = "cancelled by the user";
 
@@ -56,6 +57,7 @@ pub enum FleetPart {
     },
 }
 
+/// Where a task is in its life.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Phase {
@@ -332,6 +334,11 @@ impl TaskRecord {
 
     /// The workflow it runs, if it is a workflow run that can still run.
     pub fn workflow(&self) -> Option<String> {
+        // A run has no chain of its own: any other task answers without its spec being read
+        // (listings ask this of every task).
+        if !self.chain.is_empty() {
+            return None;
+        }
         self.packed_spec.as_ref().and_then(PackedSpec::workflow)
     }
 
@@ -487,7 +494,7 @@ pub struct TaskBook {
     order: Vec<String>,
     /// Finished tasks still held in full, oldest first.
     finished: VecDeque<String>,
-    archived: HashMap<Box<str>, Outcome>,
+    archived: archive::Archive,
     /// Archived counts, for summaries.
     pub archived_done: usize,
     pub archived_failed: usize,
@@ -559,7 +566,7 @@ impl TaskBook {
         self.order.shrink_to_fit();
         self.tasks.shrink_to_fit();
         self.finished.shrink_to_fit();
-        self.archived.shrink_to_fit();
+        self.archived.compact();
         self.spawned.shrink_to_fit();
     }
 
@@ -579,7 +586,7 @@ impl TaskBook {
             Some(Phase::Done { .. }) => Some(Outcome::Done),
             Some(Phase::Failed { .. }) => Some(Outcome::Failed),
             Some(_) => None,
-            None => self.archived.get(id).copied(),
+            None => self.archived.get(id),
         }
     }
 

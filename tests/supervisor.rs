@@ -964,3 +964,42 @@ agents:
     );
     assert_eq!(ws.attempts("i"), [("hang".to_string(), "idle".to_string())]);
 }
+
+/// Each attempt's supervisor is the small `dirigent-supervise` installed next to `dirigent`
+/// (cargo builds it beside the test binary), and `dirigent __supervise` itself when it is
+/// missing: the same arguments, the same result.
+#[test]
+fn the_small_supervisor_runs_attempts_and_the_full_binary_stands_in_without_it() {
+    let config = r#"
+agents:
+  parent: { command: ["sh", "-c", "tr '\\0' ' ' < /proc/$PPID/cmdline"] }
+default_chain: [parent]
+"#;
+    let alone = tempfile::tempdir().unwrap();
+    let copy = alone.path().join("dirigent");
+    std::fs::hard_link(common::BIN, &copy)
+        .or_else(|_| std::fs::copy(common::BIN, &copy).map(|_| ()))
+        .unwrap();
+    let small = std::path::Path::new(common::BIN).with_file_name("dirigent-supervise");
+    // (the binary the daemon runs, the supervisor its agent's parent must be)
+    let cases = [
+        (
+            std::path::PathBuf::from(common::BIN),
+            small.display().to_string(),
+        ),
+        (copy, "/proc/self/exe".to_string()),
+    ];
+    for (daemon, supervisor) in cases {
+        let ws = Workspace::new(config);
+        let _d = ws.start_program(&daemon, &[], &[]);
+        ws.drop_task("who.json", r#"{"prompt": "who runs me"}"#);
+        let done = ws.wait_settled("who");
+        assert!(matches!(done, Event::Done { .. }), "{done:?}");
+        let parent = std::fs::read_to_string(ws.path("outbox/who.md")).unwrap();
+        assert!(
+            parent.starts_with(&format!("{supervisor} __supervise -- ")),
+            "expected the attempt's parent to be `{supervisor}` when the daemon is `{}`, got `{parent}`",
+            daemon.display()
+        );
+    }
+}

@@ -182,6 +182,7 @@ impl Engine {
         self.book.shrink();
         self.live.shrink();
         self.reserved.shrink_to_fit();
+        self.inbox_backlog.shrink_to_fit();
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: `malloc_trim` only releases free memory of glibc's heaps; it takes a lock
         // of its own and is safe to call from any thread at any time.

@@ -102,8 +102,13 @@ impl Workspace {
 
     /// Starts the daemon with extra environment and extra `daemon` arguments.
     pub fn start_full(&self, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        self.start_program(Path::new(BIN), env, args)
+    }
+
+    /// [`Workspace::start_full`] with the `dirigent` binary at `program`.
+    pub fn start_program(&self, program: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let log = std::fs::File::create(self.root().join("daemon.log")).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(program);
         cmd.args(["daemon", "--log-level", "debug"])
             .args(args)
             .env("DIRIGENT_ROOT", self.root())
