@@ -263,7 +263,7 @@ echo "binary:    $bin ($version)"
 if [ -x "$(dirname "$bin")/dirigent-supervise" ]; then
   echo "supervisor: $(dirname "$bin")/dirigent-supervise (started for every attempt)"
 else
-  echo "note:      no \`dirigent-supervise\` next to it: every attempt starts \`dirigent __supervise\` instead, which costs about a millisecond more"
+  echo "note:      no \`dirigent-supervise\` next to it: every attempt starts \`dirigent __supervise\` instead, which costs about a millisecond more per attempt"
 fi
 on_path=$(type -P dirigent 2>/dev/null || true)
 if [ -n "$on_path" ] && [ "$on_path" != "$bin" ]; then

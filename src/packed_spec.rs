@@ -128,6 +128,10 @@ mod tests {
         );
         let back: Holder = serde_json::from_str(&json).unwrap();
         assert_eq!(*back.spec.unpack(), s, "read back");
+        // `dirigent status` reads the daemon's answer through a `serde_json::Value`.
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let back: Holder = serde_json::from_value(value).unwrap();
+        assert_eq!(*back.spec.unpack(), s, "read back from a JSON value");
         let err = serde_json::from_str::<Holder>(r#"{"spec":{"id":3}}"#)
             .err()
             .expect("a spec that does not parse is refused when read");
