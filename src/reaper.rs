@@ -51,35 +51,47 @@ pub use crate::supervise::{SPAWN_FAILED, SUPERVISE_ARG};
 /// This executable is found through `/proc/self/exe` on Linux, which the kernel resolves to the
 /// running binary's own file even after an upgrade replaced or deleted it on disk (`cargo
 /// install` while the service runs): the path `current_exe` gives would then name a file that
-/// is gone, and no agent could start. The small binary beside it is looked up once; its calling
-/// convention does not change between versions.
-pub fn supervisor_program() -> &'static std::ffi::OsStr {
-    static PROGRAM: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        std::env::var_os("DIRIGENT_SUPERVISOR")
-            .filter(|p| !p.is_empty())
-            .or_else(small_supervisor)
-            .or_else(|| {
-                let own = std::path::Path::new("/proc/self/exe");
-                own.exists().then(|| own.as_os_str().to_os_string())
-            })
+/// is gone, and no agent could start. The small binary is looked for at every start, so one
+/// removed later is simply not used; its calling convention does not change between versions.
+pub fn supervisor_program() -> std::ffi::OsString {
+    static OWN: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+    if let Some(p) = std::env::var_os("DIRIGENT_SUPERVISOR").filter(|p| !p.is_empty()) {
+        return p;
+    }
+    if let Some(p) = small_supervisor() {
+        return p;
+    }
+    OWN.get_or_init(|| {
+        let own = std::path::Path::new("/proc/self/exe");
+        own.exists()
+            .then(|| own.as_os_str().to_os_string())
             .or_else(|| std::env::current_exe().ok().map(|p| p.into_os_string()))
             .unwrap_or_else(|| "dirigent".into())
     })
+    .clone()
 }
 
 /// The name of the small supervisor binary, installed next to `dirigent`.
 pub const SMALL_SUPERVISOR: &str = "dirigent-supervise";
 
-/// `dirigent-supervise` in this executable's directory, if it is an executable file there.
+/// `dirigent-supervise` in this executable's directory, if it is one we may run: an absolute
+/// path (a relative one would be resolved in the agent's directory, where an agent can plant a
+/// file), a regular executable file and not a link, owned by this user or root and writable by
+/// no one else — the same trust as the `dirigent` binary beside it should have.
 fn small_supervisor() -> Option<std::ffi::OsString> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let exe = std::fs::read_link("/proc/self/exe")
         .or_else(|_| std::env::current_exe())
         .ok()?;
     let path = exe.parent()?.join(SMALL_SUPERVISOR);
-    let meta = std::fs::metadata(&path).ok()?;
-    (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then(|| path.into_os_string())
+    if !path.is_absolute() {
+        return None;
+    }
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    let mode = meta.permissions().mode();
+    let owner_ok = meta.uid() == nix::unistd::geteuid().as_raw() || meta.uid() == 0;
+    (meta.file_type().is_file() && mode & 0o111 != 0 && mode & 0o022 == 0 && owner_ok)
+        .then(|| path.into_os_string())
 }
 
 /// A command that runs `program args…` under a per-attempt supervisor: [`supervisor_program`]

@@ -300,7 +300,7 @@ where
         // error here is the supervisor's (this binary) — not the agent's.
         Err(e) => {
             return spawn_failed(format!(
-                "cannot start the attempt's supervisor `{}` (the dirigent binary) for `{}`: {e}; if dirigent was reinstalled, restart the daemon",
+                "cannot start the attempt's supervisor `{}` for `{}`: {e}; if dirigent was reinstalled, restart the daemon",
                 crate::reaper::supervisor_program().to_string_lossy(),
                 argv[0]
             ));

@@ -967,7 +967,7 @@ agents:
 
 /// Each attempt's supervisor is the small `dirigent-supervise` installed next to `dirigent`
 /// (cargo builds it beside the test binary), and `dirigent __supervise` itself when it is
-/// missing: the same arguments, the same result.
+/// missing or others may write it: the same arguments, the same result.
 #[test]
 fn the_small_supervisor_runs_attempts_and_the_full_binary_stands_in_without_it() {
     let config = r#"
@@ -981,6 +981,19 @@ default_chain: [parent]
         .or_else(|_| std::fs::copy(common::BIN, &copy).map(|_| ()))
         .unwrap();
     let small = std::path::Path::new(common::BIN).with_file_name("dirigent-supervise");
+    // A small supervisor that others may write is not trusted: the full binary stands in.
+    let shared = tempfile::tempdir().unwrap();
+    let beside_shared = shared.path().join("dirigent");
+    std::fs::hard_link(common::BIN, &beside_shared)
+        .or_else(|_| std::fs::copy(common::BIN, &beside_shared).map(|_| ()))
+        .unwrap();
+    let writable = shared.path().join("dirigent-supervise");
+    std::fs::copy(&small, &writable).unwrap();
+    std::fs::set_permissions(
+        &writable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     // (the binary the daemon runs, the supervisor its agent's parent must be)
     let cases = [
         (
@@ -988,6 +1001,7 @@ default_chain: [parent]
             small.display().to_string(),
         ),
         (copy, "/proc/self/exe".to_string()),
+        (beside_shared, "/proc/self/exe".to_string()),
     ];
     for (daemon, supervisor) in cases {
         let ws = Workspace::new(config);

@@ -9,13 +9,15 @@
 //! daemon gives memory back, into one sorted string with an index of spans, looked up by binary
 //! search. Written (in a snapshot) as the map `{id: outcome}` it always was.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::Outcome;
 
-/// The recent map is merged into the packed ids once it holds this many.
+/// The recent map is merged into the packed ids once it holds this many, or an eighth of the
+/// packed ids if that is more: each merge copies every id once, so merging at a fixed size
+/// would make a long history's archiving quadratic.
 const MERGE_AT: usize = 4096;
 
 #[derive(Default, Debug)]
@@ -52,7 +54,7 @@ impl Archive {
 
     pub fn insert(&mut self, id: Box<str>, outcome: Outcome) {
         self.recent.insert(id, outcome);
-        if self.recent.len() >= MERGE_AT {
+        if self.recent.len() >= MERGE_AT.max(self.spans.len() / 8) {
             self.merge();
         }
     }
@@ -71,36 +73,47 @@ impl Archive {
         &self.text[s.start..s.start + s.len as usize]
     }
 
-    /// Every id and its outcome, sorted by id (a recent one wins over a packed one).
-    fn sorted(&self) -> BTreeMap<&str, Outcome> {
-        let mut all: BTreeMap<&str, Outcome> = self
+    /// Every id and its outcome, sorted by id (a recent one wins over a packed one): one pass
+    /// over the packed ids and the recent ones, both in order.
+    fn sorted(&self) -> impl Iterator<Item = (&str, Outcome)> {
+        let mut recent: Vec<(&str, Outcome)> =
+            self.recent.iter().map(|(id, o)| (&**id, *o)).collect();
+        recent.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut recent = recent.into_iter().peekable();
+        let mut packed = self
             .spans
             .iter()
             .map(|s| (self.id_of(s), s.outcome))
-            .collect();
-        all.extend(self.recent.iter().map(|(id, o)| (&**id, *o)));
-        all
+            .peekable();
+        std::iter::from_fn(move || match (packed.peek(), recent.peek()) {
+            (Some(p), Some(r)) if p.0 < r.0 => packed.next(),
+            (Some(p), Some(r)) if p.0 == r.0 => {
+                packed.next();
+                recent.next()
+            }
+            (_, Some(_)) => recent.next(),
+            (Some(_), None) => packed.next(),
+            (None, None) => None,
+        })
     }
 
+    /// Folds the recent ids into the packed ones, in allocations of exactly the size needed.
     fn merge(&mut self) {
         if self.recent.is_empty() {
             return;
         }
-        let (text, spans) = {
-            let all = self.sorted();
-            let mut text = String::with_capacity(all.keys().map(|id| id.len()).sum());
-            let mut spans = Vec::with_capacity(all.len());
-            for (id, outcome) in all {
-                spans.push(Span {
-                    start: text.len(),
-                    // Task ids are names of at most a few hundred bytes.
-                    len: u32::try_from(id.len()).expect("a task id fits in 4 GB"),
-                    outcome,
-                });
-                text.push_str(id);
-            }
-            (text, spans)
-        };
+        let room = self.text.len() + self.recent.keys().map(|id| id.len()).sum::<usize>();
+        let mut text = String::with_capacity(room);
+        let mut spans = Vec::with_capacity(self.spans.len() + self.recent.len());
+        for (id, outcome) in self.sorted() {
+            spans.push(Span {
+                start: text.len(),
+                // Task ids are names of at most a few hundred bytes.
+                len: u32::try_from(id.len()).expect("a task id fits in 4 GB"),
+                outcome,
+            });
+            text.push_str(id);
+        }
         self.text = text;
         self.spans = spans;
         self.recent = HashMap::new();
@@ -109,7 +122,7 @@ impl Archive {
 
 impl Serialize for Archive {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.sorted().serialize(s)
+        s.collect_map(self.sorted())
     }
 }
 
@@ -167,6 +180,21 @@ mod tests {
             (a.recent.len(), a.spans.len(), a.get("t1")),
             (0, n, Some(Outcome::Done)),
             "a compacted archive holds everything packed"
+        );
+    }
+
+    #[test]
+    fn an_id_archived_again_keeps_one_entry_with_the_newest_outcome() {
+        let mut a = Archive::default();
+        a.insert("a".into(), Outcome::Failed);
+        a.compact();
+        a.insert("a".into(), Outcome::Done);
+        assert_eq!(a.get("a"), Some(Outcome::Done), "the recent outcome wins");
+        a.compact();
+        assert_eq!(
+            (a.len(), a.get("a")),
+            (1, Some(Outcome::Done)),
+            "merged into one entry"
         );
     }
 
