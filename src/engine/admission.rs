@@ -135,7 +135,8 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
             .find_map(|prefix| book.get(prefix).filter(|r| r.workflow().is_some()));
     let owner = run.unwrap_or(t);
     let budget = owner.budget_usd.or(config.budgets.task)?;
-    let spent = if owner.workflow().is_some() {
+    // (`run` was found by its workflow: its spec is not read again.)
+    let spent = if run.is_some() || t.workflow().is_some() {
         owner.cost_usd
             + book
                 .iter()
