@@ -66,7 +66,6 @@ impl Archive {
     /// Folds the recent ids into the packed ones, in allocations of exactly the size needed.
     pub fn compact(&mut self) {
         self.merge();
-        self.recent.shrink_to_fit();
     }
 
     fn id_of(&self, s: &Span) -> &str {
