@@ -84,6 +84,8 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<FleetAction>,
     },
     /// Print an attempt's captured output (the latest attempt unless `--attempt`). With several
     /// ids or `--all`: every attempt's output interleaved, each line prefixed `id/agent |`
@@ -381,3 +383,21 @@ fn parse_var(s: &str) -> Result<(String, String), NotAVar> {
 #[derive(Debug, thiserror::Error)]
 #[error("`{0}` is not `name=value`")]
 pub struct NotAVar(String);
+
+/// What `dirigent fleet` does besides showing the fleet.
+#[derive(Debug, Subcommand)]
+pub enum FleetAction {
+    /// Print the NATS server's `authorization` block that confines each node to its own part
+    /// of the fleet: its own tasks, records, heartbeat and outcomes; only workers pull tasks,
+    /// and only for the agents given. One user per node, by its nkey (the `cluster.nkey` seed's
+    /// public half). Paste it into `nats-server.conf` (docs/cluster.md, "Permissions").
+    Permissions {
+        /// A node that only submits: `NAME=NKEY` (its `cluster.name` and public nkey, `U…`).
+        #[arg(long = "node", value_name = "NAME=NKEY")]
+        nodes: Vec<String>,
+        /// A node that works: `NAME=NKEY`, or `NAME=NKEY:AGENT,AGENT` to let it pull only
+        /// those agents' tasks.
+        #[arg(long = "worker", value_name = "NAME=NKEY[:AGENTS]")]
+        workers: Vec<String>,
+    },
+}

@@ -99,7 +99,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json, fleet: true, ..
         } => commands::fleet_status(&ws, json),
         Command::Status { id, json, .. } => commands::status(&ws, id.as_deref(), json),
-        Command::Fleet { json } => commands::fleet(&ws, json),
+        Command::Fleet {
+            action: Some(cli::FleetAction::Permissions { nodes, workers }),
+            ..
+        } => commands::fleet_permissions(&nodes, &workers),
+        Command::Fleet { json, .. } => commands::fleet(&ws, json),
         Command::Logs {
             ids,
             all,

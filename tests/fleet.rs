@@ -825,7 +825,8 @@ fn hostile_messages_on_the_queue_are_dropped_and_the_worker_goes_on() {
     let _dw = worker.start();
     wait_live(&worker, "gpu");
     // Published straight onto the queue: not JSON, a node name no key can hold, an id that is
-    // not a name. The worker (concurrency 2) must not be held by any of them.
+    // not a name, a node other than the subject's. The worker (concurrency 2) must not be held
+    // by any of them.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = async_nats::connect(nats.url()).await.unwrap();
@@ -844,8 +845,9 @@ fn hostile_messages_on_the_queue_are_dropped_and_the_worker_goes_on() {
             spec("bad node", "x1"),
             spec("evil", "../x"),
             spec("a.b", "x2"),
+            spec("desk", "x3"),
         ] {
-            js.publish("dirigent.tasks.alpha", payload.into())
+            js.publish("dirigent.tasks.alpha.evil", payload.into())
                 .await
                 .unwrap()
                 .await

@@ -107,3 +107,50 @@ fn a_cancelled_task_still_on_the_queue_is_never_run() {
         "expected the worker to take only `late`, never the cancelled `early`"
     );
 }
+
+#[test]
+fn a_word_of_cancel_stops_nothing_unless_the_tasks_own_node_claimed_the_outcome() {
+    let Some(nats) = Nats::start() else { return };
+    let desk = submitter(&nats, &["slow"]);
+    let worker = hanging_worker(&nats, "gpu");
+    let _dd = desk.start();
+    let _dw = worker.start();
+    desk.drop_task("t.json", r#"{"prompt": "p", "agent": "slow"}"#);
+    worker.wait_started("desk.t");
+    let key = worker.wait_for("the key `desk.t` was taken under", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::FleetTaken { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+    });
+    // Words of cancel with no cancelled outcome behind them: from another node's subject, and
+    // from the task's own node's subject.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        for subject in ["dirigent.cancel.evil", "dirigent.cancel.desk"] {
+            client.publish(subject, key.clone().into()).await.unwrap();
+        }
+        client.flush().await.unwrap();
+    });
+    worker.wait_until("the worker to weigh both words", || {
+        let log = std::fs::read_to_string(worker.root().join("daemon.log")).ok()?;
+        (log.contains("a cancel for another node's task; ignored")
+            && log.contains("a cancel whose outcome the bucket does not hold; ignored"))
+        .then_some(())
+    });
+    assert!(
+        !worker
+            .records()
+            .iter()
+            .any(|r| matches!(&r.event, Event::Cancelled { .. })),
+        "expected the attempt to go on after words of cancel nobody claimed"
+    );
+    // The node's own cancel still stops it.
+    let out = desk.cli(&["cancel", "t"]);
+    assert!(
+        out.status.success(),
+        "expected `cancel t` to succeed: {out:?}"
+    );
+    wait_cancelled(&worker, "desk.t");
+}

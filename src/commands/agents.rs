@@ -286,7 +286,7 @@ fn fleet_report(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let conn = dirigent::fleet::connect::connect(cluster).await?;
+        let conn = dirigent::fleet::connect::connect(cluster, None).await?;
         let mut card = dirigent::stats::Scorecard::new(since_ms, by, models);
         dirigent::fleet::events::scorecard(&conn, since_ms, &mut card)
             .await

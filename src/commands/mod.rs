@@ -37,7 +37,7 @@ pub use agents::{agents, doctor, stats};
 pub use logs::logs;
 pub use logs_all::logs_many;
 pub use open::open;
-pub use status::{diff, fleet, fleet_status, status};
+pub use status::{diff, fleet, fleet_permissions, fleet_status, status};
 pub use submit::submit;
 pub use top::top;
 pub use workflows::{workflow_copy, workflow_list, workflow_show, workflow_validate};

@@ -593,6 +593,12 @@ pub(super) fn fleet_lines(fleet: &serde_json::Value) -> Vec<String> {
     if let Some(twin) = fleet["twin"].as_str() {
         out.push(format!("fleet:   {twin}"));
     }
+    if let Some(latest) = fleet["refused"]["latest"].as_str() {
+        out.push(format!(
+            "fleet:   the server refused this node {} time(s), latest: {latest} (see docs/cluster.md, \"Permissions\")",
+            fleet["refused"]["count"]
+        ));
+    }
     if let Some(unrunnable) = fleet["unrunnable"].as_object() {
         for (agent, tasks) in unrunnable {
             let tasks: Vec<&str> = tasks
@@ -612,6 +618,36 @@ pub(super) fn fleet_lines(fleet: &serde_json::Value) -> Vec<String> {
 
 /// `dirigent fleet`: the running daemon's view of its fleet — the server, every worker it has
 /// heard from (live or not), their agents and load.
+/// `dirigent fleet permissions`: the server's `authorization` block for the nodes given.
+pub fn fleet_permissions(nodes: &[String], workers: &[String]) -> Result<ExitCode> {
+    use dirigent::fleet::permissions;
+    if nodes.is_empty() && workers.is_empty() {
+        anyhow::bail!(
+            "name the fleet's nodes: `--node NAME=NKEY` for each that only submits, `--worker NAME=NKEY[:AGENTS]` for each that works"
+        );
+    }
+    let mut members = Vec::new();
+    for (text, works) in nodes
+        .iter()
+        .map(|n| (n, false))
+        .chain(workers.iter().map(|w| (w, true)))
+    {
+        let member = permissions::parse_member(text, works).map_err(anyhow::Error::msg)?;
+        if members
+            .iter()
+            .any(|m: &permissions::Member| m.name == member.name || m.nkey == member.nkey)
+        {
+            anyhow::bail!(
+                "`{}` is given twice (a node's name and its nkey are its own)",
+                member.name
+            );
+        }
+        members.push(member);
+    }
+    print!("{}", permissions::config(&members));
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn fleet(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
     if running_daemon(ws).is_none() {
         anyhow::bail!(

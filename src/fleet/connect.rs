@@ -66,7 +66,7 @@ pub async fn until_connected(
 ) -> Option<Connection> {
     let mut delay = Duration::from_secs(1);
     loop {
-        match connect(cluster).await {
+        match connect(cluster, Some(view)).await {
             Ok(c) => return Some(c),
             Err(e) => {
                 tracing::warn!("{e}; trying again in {}s", delay.as_secs());
@@ -84,11 +84,31 @@ pub async fn until_connected(
     }
 }
 
-/// One try.
-pub async fn connect(cluster: &Cluster) -> Result<Connection, ConnectError> {
+/// One try. With `view`, what the server refuses this node (a permission it lacks) is kept
+/// there for `status` and `dirigent fleet`, as well as logged.
+pub async fn connect(
+    cluster: &Cluster,
+    view: Option<&super::heartbeat::SharedView>,
+) -> Result<Connection, ConnectError> {
     let url = cluster.url.clone();
+    let view = view.cloned();
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("dirigent {}", cluster.name))
+        .custom_inbox_prefix(super::inbox_prefix(&cluster.name))
+        .event_callback(move |event| {
+            let view = view.clone();
+            async move {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(what)) = event
+                {
+                    tracing::warn!("the fleet's server refused: {what}");
+                    if let Some(view) = view {
+                        let mut v = super::heartbeat::lock(&view);
+                        let count = v.refused.as_ref().map_or(0, |r| r.1);
+                        v.refused = Some((what, count.saturating_add(1)));
+                    }
+                }
+            }
+        })
         .connection_timeout(Duration::from_secs(5));
     options = match &cluster.auth {
         Auth::None => options,

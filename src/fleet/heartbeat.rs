@@ -65,6 +65,9 @@ pub struct View {
     pub instance: u64,
     /// Another live node uses this node's name: what to do about it.
     pub twin: Option<String>,
+    /// The server refused something this node asked (a permission it lacks): the latest
+    /// refusal, and how many there were since the daemon started.
+    pub refused: Option<(String, u64)>,
 }
 
 pub type SharedView = Arc<Mutex<View>>;
@@ -125,6 +128,10 @@ impl View {
             "connected": self.connected,
             "problem": self.problem,
             "twin": self.twin,
+            "refused": self.refused.as_ref().map(|(what, count)| serde_json::json!({
+                "latest": what,
+                "count": count,
+            })),
             "workers": workers,
         })
     }

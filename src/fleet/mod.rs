@@ -4,7 +4,7 @@
 //! Flow, for a task submitted on node A and run on worker B:
 //! 1. A's engine accepts the task exactly as on one machine (`task::accept`, `received`), then
 //!    hands it here instead of queueing it: [`submitter`] publishes it to the work-queue stream
-//!    under `dirigent.tasks.<agent>` (the first agent of its chain), with the message id
+//!    under `dirigent.tasks.<agent>.<node>` (the first agent of its chain), with the message id
 //!    `A.<id>` so a publish repeated after a crash is dropped by the server, and A records
 //!    `published`.
 //! 2. B's [`worker`] pulls only the subjects of agents B can run, through one durable consumer
@@ -29,6 +29,7 @@ pub mod connect;
 pub mod edits;
 pub mod events;
 pub mod heartbeat;
+pub mod permissions;
 pub mod stewardship;
 pub mod submitter;
 pub mod worker;
@@ -61,23 +62,56 @@ pub const INLINE_RESULT_BYTES: usize = 64 * 1024;
 /// worker, and the outcome says where.
 pub const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
-/// The subject tasks for `agent` are published on. Agent names may hold dots, which split
-/// NATS subjects; `~` is outside the names' alphabet, so the mapping stays one to one.
-pub fn subject_for(agent: &str) -> String {
-    format!("dirigent.tasks.{}", agent.replace('.', "~"))
+/// The subject a task for `agent`, published by `node`, goes on:
+/// `dirigent.tasks.<agent>.<node>`. The node's token lets the server's permissions tie a
+/// publisher to its own subjects (docs/cluster.md, "Permissions"), and a worker drops a task
+/// whose `node` is not its subject's. Agent names may hold dots, which split NATS subjects;
+/// `~` is outside the names' alphabet, so the mapping stays one to one.
+pub fn subject_for(agent: &str, node: &str) -> String {
+    format!("dirigent.tasks.{}.{node}", agent.replace('.', "~"))
 }
 
-/// The agent a subject of [`subject_for`] is for.
+/// What a worker pulls for `agent`: its tasks from every node.
+pub fn filter_for(agent: &str) -> String {
+    format!("dirigent.tasks.{}.*", agent.replace('.', "~"))
+}
+
+/// The agent a subject of [`subject_for`] is for (also of the older `dirigent.tasks.<agent>`
+/// that ledgers written before the node's token may hold).
 pub fn agent_of_subject(subject: &str) -> String {
-    subject
-        .strip_prefix("dirigent.tasks.")
-        .unwrap_or(subject)
-        .replace('~', ".")
+    let rest = subject.strip_prefix("dirigent.tasks.").unwrap_or(subject);
+    rest.split('.').next().unwrap_or(rest).replace('~', ".")
 }
 
-/// The durable consumer every worker that runs `agent` pulls through.
+/// The node a subject of [`subject_for`] was published by (`None`: not of that form).
+pub fn node_of_subject(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("dirigent.tasks.")?;
+    match rest.split('.').collect::<Vec<_>>()[..] {
+        [agent, node] if !agent.is_empty() && !node.is_empty() => Some(node),
+        _ => None,
+    }
+}
+
+/// The durable consumer every worker that runs `agent` pulls through. (`pull-`, not the
+/// `work-` of builds before the node's token: that consumer's filter matches no subject now,
+/// and a work-queue stream allows the two side by side.)
 pub fn consumer_for(agent: &str) -> String {
-    format!("work-{}", agent.replace('.', "~"))
+    format!("pull-{}", agent.replace('.', "~"))
+}
+
+/// The subject `node` tells the workers on that it cancelled a task (core NATS).
+pub fn cancel_subject(node: &str) -> String {
+    format!("dirigent.cancel.{node}")
+}
+
+/// What a worker listens to for cancels: every node's.
+pub const CANCEL_SUBJECTS: &str = "dirigent.cancel.*";
+
+/// The prefix of `node`'s reply subjects: its own, so the server's permissions can let each
+/// node read only the replies meant for it (a shared `_INBOX.>` would let one node read the
+/// tasks the server hands to another).
+pub fn inbox_prefix(node: &str) -> String {
+    format!("_INBOX_{node}")
 }
 
 /// A task's key in the fleet: the node that accepted it, its id there, once retried the round
@@ -565,9 +599,22 @@ mod tests {
             assert_eq!(valid_key(key), valid, "for {key:?}");
         }
         assert_eq!(
-            subject_for("qwen.2"),
-            "dirigent.tasks.qwen~2",
+            subject_for("qwen.2", "desk"),
+            "dirigent.tasks.qwen~2.desk",
             "dots cannot split the subject"
         );
+        let subjects: &[(&str, &str, Option<&str>)] = &[
+            ("dirigent.tasks.qwen~2.desk", "qwen.2", Some("desk")),
+            ("dirigent.tasks.claude.w-1", "claude", Some("w-1")),
+            // Written by builds before the node's token: the agent still reads.
+            ("dirigent.tasks.claude", "claude", None),
+            ("dirigent.tasks.claude.a.b", "claude", None),
+            ("dirigent.tasks..desk", "", None),
+            ("other.claude.desk", "other", None),
+        ];
+        for (subject, agent, node) in subjects {
+            assert_eq!(agent_of_subject(subject), *agent, "agent of {subject:?}");
+            assert_eq!(node_of_subject(subject), *node, "node of {subject:?}");
+        }
     }
 }

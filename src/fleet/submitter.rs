@@ -65,10 +65,10 @@ pub async fn run(
     watcher.abort();
 }
 
-/// The subject a task goes on: its chain's first agent's.
-pub fn subject_of(spec: &TaskSpec) -> String {
+/// The subject a task published by `node` goes on: its chain's first agent's.
+pub fn subject_of(spec: &TaskSpec, node: &str) -> String {
     let first = spec.chain.first().map(String::as_str).unwrap_or("");
-    subject_for(crate::config::split_entry(first).0)
+    subject_for(crate::config::split_entry(first).0, node)
 }
 
 /// Publishes until the server acknowledges; returns the subject and the message's sequence in
@@ -82,7 +82,7 @@ async fn publish(
     received_ms: u64,
     edit: Option<Box<EditAsk>>,
 ) -> Result<(String, u64, Option<String>), String> {
-    let subject = subject_of(spec);
+    let subject = subject_of(spec, node);
     // An editing task names the commit its work starts from, as it is now.
     let edit = match edit {
         None => None,
@@ -312,14 +312,11 @@ async fn fetch_bundle(conn: &Connection, root: &std::path::Path, key: &str, outc
     }
 }
 
-/// The subject a node tells the workers on that it cancelled a task (core NATS: a worker that
-/// misses it finds the outcome taken when it claims its own, and records a duplicate).
-pub const CANCEL_SUBJECT: &str = "dirigent.cancel";
-
 /// A task published here was cancelled here: its message deleted from the stream if it still
 /// waits there (no worker takes it any more), its outcome claimed as cancelled (a worker's
 /// later one is a duplicate; a repeat delivery is dropped), and the workers told, so the one
-/// that runs it stops.
+/// that runs it stops (core NATS, on [`super::cancel_subject`]: a worker that misses the word
+/// finds the outcome taken when it claims its own, and records a duplicate).
 pub async fn cancel(conn: Connection, node: String, key: String, seq: u64) {
     if seq > 0 {
         match conn.tasks.delete_message(seq).await {
@@ -328,6 +325,7 @@ pub async fn cancel(conn: Connection, node: String, key: String, seq: u64) {
             Err(e) => tracing::debug!(key, "not on the fleet's queue any more: {e}"),
         }
     }
+    let subject = super::cancel_subject(&node);
     let outcome = Outcome {
         worker: node,
         end: super::End::Cancelled,
@@ -339,11 +337,7 @@ pub async fn cancel(conn: Connection, node: String, key: String, seq: u64) {
             "the fleet's outcome of the cancelled task stands already: {e}"
         );
     }
-    if let Err(e) = conn
-        .client
-        .publish(CANCEL_SUBJECT, key.clone().into())
-        .await
-    {
+    if let Err(e) = conn.client.publish(subject, key.clone().into()).await {
         tracing::warn!(
             key,
             "cannot tell the fleet's workers the task is cancelled: {e}"

@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::connect::Connection;
 use super::{
     End, INLINE_RESULT_BYTES, MAX_RESULT_BYTES, Outcome, QueuedTask, Taken, ToEngine, consumer_for,
-    edits, subject_for,
+    edits, filter_for,
 };
 use crate::config::cluster::Cluster;
 
@@ -127,15 +127,13 @@ pub async fn run(
             }
         })
     };
-    // A node's word that it cancelled a task: the one in hand here stops.
+    // A node's word that it cancelled a task: the one in hand here stops. The word is only a
+    // nudge: it counts when it comes on the subject of the task's own node and that node's
+    // cancelled outcome is in the bucket, so no node can stop another's task by saying so.
     let cancels = {
         let (conn, held, to_engine) = (conn.clone(), held.clone(), to_engine.clone());
         tokio::spawn(async move {
-            let mut words = match conn
-                .client
-                .subscribe(super::submitter::CANCEL_SUBJECT)
-                .await
-            {
+            let mut words = match conn.client.subscribe(super::CANCEL_SUBJECTS).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("cannot hear the fleet's cancels: {e}");
@@ -144,11 +142,25 @@ pub async fn run(
             };
             while let Some(word) = words.next().await {
                 let key = String::from_utf8_lossy(&word.payload).into_owned();
-                let task = lock(&held).get(&key).map(|h| h.task.clone());
-                if let Some(task) = task.filter(|t| !t.is_empty()) {
-                    tracing::info!(task, key, "its node cancelled it");
-                    to_engine(ToEngine::Cancel { task });
+                let from = word.subject.strip_prefix("dirigent.cancel.").unwrap_or("");
+                if from.is_empty() || !key.starts_with(&format!("{from}.")) {
+                    tracing::warn!(subject = %word.subject, key, "a cancel for another node's task; ignored");
+                    continue;
                 }
+                let task = lock(&held).get(&key).map(|h| h.task.clone());
+                let Some(task) = task.filter(|t| !t.is_empty()) else {
+                    continue;
+                };
+                if !cancelled_in_bucket(&conn, &key).await {
+                    tracing::warn!(
+                        task,
+                        key,
+                        "a cancel whose outcome the bucket does not hold; ignored"
+                    );
+                    continue;
+                }
+                tracing::info!(task, key, "its node cancelled it");
+                to_engine(ToEngine::Cancel { task });
             }
         })
     };
@@ -208,6 +220,16 @@ pub async fn run(
     }
 }
 
+/// Whether the outcomes bucket holds `key` as cancelled by its node.
+async fn cancelled_in_bucket(conn: &Connection, key: &str) -> bool {
+    match conn.outcomes.get(key).await {
+        Ok(Some(value)) => {
+            serde_json::from_slice::<Outcome>(&value).is_ok_and(|o| o.end == End::Cancelled)
+        }
+        _ => false,
+    }
+}
+
 pub fn lock(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
     held.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -226,7 +248,7 @@ async fn pull_loop(
 ) {
     let config = pull::Config {
         durable_name: Some(consumer_for(&agent)),
-        filter_subject: subject_for(&agent),
+        filter_subject: filter_for(&agent),
         ack_policy: AckPolicy::Explicit,
         ack_wait: cluster.ack_wait,
         max_deliver: -1,
@@ -332,6 +354,14 @@ async fn take(
     if !queued.well_formed() {
         // Its key could never be written: dropped, as an unreadable message is.
         tracing::warn!(subject = %msg.subject, node = %queued.node, task = %queued.spec.id, "a message on the fleet's queue does not name a node and a task as keys need; it is dropped");
+        let _ = msg.ack_with(AckKind::Term).await;
+        return false;
+    }
+    // The node in the task is the one whose subject it came on: the server's permissions tie a
+    // subject to its publisher, so a node cannot pass its task off as another's (whose outcome
+    // it would then claim, or whose repository it would name).
+    if super::node_of_subject(&msg.subject) != Some(queued.node.as_str()) {
+        tracing::warn!(subject = %msg.subject, node = %queued.node, task = %queued.spec.id, "a task names a node other than the one whose subject it came on; it is dropped");
         let _ = msg.ack_with(AckKind::Term).await;
         return false;
     }

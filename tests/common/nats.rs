@@ -16,11 +16,20 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    /// Added to the server's config file (e.g. an `authorization` block); `None`: no file.
+    extra_config: Option<String>,
+    /// Every line the server has logged, in order.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Nats {
     /// Started and ready, or `None` (the test is skipped) when the server is not installed.
     pub fn start() -> Option<Nats> {
+        Nats::start_with(None)
+    }
+
+    /// Started with `extra` added to its config file (its `listen` and `jetstream` are set here).
+    pub fn start_with(extra: Option<String>) -> Option<Nats> {
         if which::which("nats-server").is_err() {
             assert!(
                 std::env::var("DIRIGENT_REQUIRE_NATS").as_deref() != Ok("1"),
@@ -40,6 +49,8 @@ impl Nats {
             child: None,
             port,
             store: tempfile::tempdir().unwrap(),
+            extra_config: extra,
+            log: Default::default(),
         };
         nats.run();
         Some(nats)
@@ -47,16 +58,35 @@ impl Nats {
 
     /// Starts the server (again) on the same port and store; returns once it says it is ready.
     pub fn run(&mut self) {
-        let mut child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store.path())
+        let mut command = Command::new("nats-server");
+        match &self.extra_config {
+            None => {
+                command
+                    .args([
+                        "-js",
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-sd",
+                    ])
+                    .arg(self.store.path());
+            }
+            Some(extra) => {
+                let conf = self.store.path().join("server.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "listen: \"127.0.0.1:{}\"\njetstream {{ store_dir: \"{}\" }}\n{extra}",
+                        self.port,
+                        self.store.path().join("js").display()
+                    ),
+                )
+                .unwrap();
+                command.arg("-c").arg(&conf);
+            }
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -72,13 +102,19 @@ impl Nats {
                 );
             };
             let ready = line.contains("Server is ready");
+            self.log.lock().unwrap().push(line.clone());
             seen.push(line);
             if ready {
                 break;
             }
         }
         // Keep reading its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
         self.child = Some(child);
     }
 

@@ -1,0 +1,282 @@
+//! Per-node NATS users with the permissions `dirigent fleet permissions` writes, against a real
+//! `nats-server`: the fleet works under them (a task published, run, cancelled, its records in
+//! the events stream), and a node's own credentials cannot pass it off as another node — not
+//! on the queue, not in the outcomes bucket, not by reading another node's replies or pulling
+//! tasks — while a worker refused something says so in `dirigent fleet`.
+
+mod common;
+#[path = "common/nats.rs"]
+mod nats;
+
+use std::time::Duration;
+
+use common::*;
+use dirigent::ledger::Event;
+use nats::*;
+
+/// A node's key pair: its seed in a file its config names, its public key for the server.
+struct Key {
+    seed: String,
+    public: String,
+    file: std::path::PathBuf,
+}
+
+fn key(dir: &std::path::Path, name: &str) -> Key {
+    let pair = nkeys::KeyPair::new_user();
+    let seed = pair.seed().unwrap();
+    let file = dir.join(format!("{name}.nk"));
+    std::fs::write(&file, &seed).unwrap();
+    Key {
+        seed,
+        public: pair.public_key(),
+        file,
+    }
+}
+
+/// `dirigent fleet permissions` with `args`, its block as text.
+fn permissions(args: &[String]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dirigent"))
+        .arg("fleet")
+        .arg("permissions")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "expected `fleet permissions` to print the block: {out:?}"
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A node's config, logging in with `key`.
+fn node_with_key(nats: &Nats, name: &str, work: bool, agents: &str, key: &Key) -> Workspace {
+    Workspace::new(&format!(
+        "kill_grace: 200ms\nconcurrency: 2\ncluster:\n  url: {}\n  name: {name}\n  ack_wait: 2s\n  work: {work}\n  nkey: {}\nagents:\n{agents}",
+        nats.url(),
+        key.file.display()
+    ))
+}
+
+/// The server's log lines that report a permission violation.
+fn violations(nats: &Nats) -> Vec<String> {
+    nats.log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("Violation"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn each_node_is_held_to_its_own_part_of_the_fleet() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let desk_key = key(keys_dir.path(), "desk");
+    let gpu_key = key(keys_dir.path(), "gpu");
+    let narrow_key = key(keys_dir.path(), "narrow");
+    let block = permissions(&[
+        "--node".into(),
+        format!("desk={}", desk_key.public),
+        "--worker".into(),
+        format!("gpu={}:alpha,slow", gpu_key.public),
+        // Allowed `alpha` only, but configured with `beta` too.
+        "--worker".into(),
+        format!("narrow={}:alpha", narrow_key.public),
+    ]);
+    let Some(nats) = Nats::start_with(Some(block)) else {
+        return;
+    };
+    let desk = node_with_key(
+        &nats,
+        "desk",
+        false,
+        "  alpha: { command: [\"absent-cli\"] }\n  slow: { command: [\"absent-cli\"] }\n",
+        &desk_key,
+    );
+    let gpu = node_with_key(
+        &nats,
+        "gpu",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n  slow: { command: [\"{agents}/hang.sh\"] }\n",
+        &gpu_key,
+    );
+    let _dd = desk.start();
+    let _dg = gpu.start();
+    wait_live(&desk, "gpu");
+
+    // The whole flow under the permissions: published, run, settled with its result.
+    desk.drop_task("t.json", r#"{"prompt": "p", "agent": "alpha"}"#);
+    let settled = desk.wait_settled("t");
+    assert!(
+        matches!(settled, Event::Done { .. }),
+        "expected `t` done on the fleet, got {settled:?}"
+    );
+    assert_eq!(ran_on(&desk.records(), "t").as_deref(), Some("gpu"));
+    // A cancel reaches the worker that runs the task.
+    desk.drop_task("c.json", r#"{"prompt": "p", "agent": "slow"}"#);
+    gpu.wait_started("desk.c");
+    let out = desk.cli(&["cancel", "c"]);
+    assert!(
+        out.status.success(),
+        "expected `cancel c` to succeed: {out:?}"
+    );
+    gpu.wait_for("the worker to stop `desk.c`", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Cancelled { task } if task == "desk.c"))
+            .then_some(())
+    });
+    // Every node's records through the events stream.
+    desk.wait_until("`status --fleet` to show gpu's record of `t`", || {
+        let out = desk.cli(&["status", "--fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["node"] == "gpu")
+            .then_some(())
+    });
+    let so_far = violations(&nats);
+    assert!(
+        so_far.is_empty(),
+        "expected the fleet's own work to need nothing the permissions refuse, the server logged:\n{}",
+        so_far.join("\n")
+    );
+
+    // A worker configured for more than it is allowed: refused, and it says so.
+    let narrow = node_with_key(
+        &nats,
+        "narrow",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n  beta: { command: [\"{agents}/ok.sh\"] }\n",
+        &narrow_key,
+    );
+    let _dn = narrow.start();
+    let said = narrow.wait_until("`fleet` on `narrow` to say the server refused it", || {
+        let out = narrow.cli(&["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let latest = v["refused"]["latest"].as_str()?.to_string();
+        latest.contains("pull-beta").then_some(latest)
+    });
+    assert!(
+        said.to_lowercase().contains("permissions violation"),
+        "expected the refusal to be the server's own words, got {said:?}"
+    );
+    // The server's log has it too (and so the check of that log above could see one).
+    narrow.wait_until("the server to log the refusal", || {
+        violations(&nats)
+            .iter()
+            .any(|l| l.contains("pull-beta"))
+            .then_some(())
+    });
+    let text = String::from_utf8_lossy(&narrow.cli(&["fleet"]).stdout).to_string();
+    assert!(
+        text.contains("the server refused this node") && text.contains("pull-beta"),
+        "expected `fleet` to say what the server refused, got:\n{text}"
+    );
+
+    // Now desk's own credentials, used by hand, as a node gone bad would.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (tx, mut refusals) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let client = async_nats::ConnectOptions::with_nkey(desk_key.seed.clone())
+            .custom_inbox_prefix("_INBOX_desk")
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            })
+            .connect(nats.url())
+            .await
+            .unwrap();
+        // Each attempt must be refused by the server, in its own words, naming the subject.
+        let mut refused = async |what: &str, subject: &str| {
+            let said = tokio::time::timeout(Duration::from_secs(30), refusals.recv())
+                .await
+                .unwrap_or_else(|_| panic!("expected the server to refuse {what}"))
+                .unwrap();
+            assert!(
+                said.to_lowercase().contains("permissions violation") && said.contains(subject),
+                "expected the server to refuse {what} on `{subject}`, it said {said:?}"
+            );
+        };
+        client
+            .publish("dirigent.tasks.alpha.gpu", "{}".into())
+            .await
+            .unwrap();
+        refused(
+            "a task published as another node",
+            "dirigent.tasks.alpha.gpu",
+        )
+        .await;
+        client
+            .publish("$KV.dirigent_outcomes.gpu.t=1", "{}".into())
+            .await
+            .unwrap();
+        refused(
+            "an outcome of another node's task",
+            "$KV.dirigent_outcomes.gpu.t=1",
+        )
+        .await;
+        let _sub = client.subscribe("_INBOX_gpu.>").await.unwrap();
+        refused("reading another node's replies", "_INBOX_gpu.>").await;
+        let _sub = client.subscribe("_INBOX.>").await.unwrap();
+        refused("reading every reply", "_INBOX.>").await;
+        client
+            .publish(
+                "$JS.API.CONSUMER.MSG.NEXT.DIRIGENT_TASKS.pull-alpha",
+                "{}".into(),
+            )
+            .await
+            .unwrap();
+        refused(
+            "a submitter pulling tasks",
+            "$JS.API.CONSUMER.MSG.NEXT.DIRIGENT_TASKS.pull-alpha",
+        )
+        .await;
+        client
+            .publish("$JS.API.STREAM.PURGE.DIRIGENT_TASKS", "{}".into())
+            .await
+            .unwrap();
+        refused("emptying the queue", "$JS.API.STREAM.PURGE.DIRIGENT_TASKS").await;
+
+        // On its own subject, but naming another node inside: the worker drops it.
+        let js = async_nats::jetstream::new(client.clone());
+        let forged = serde_json::json!({
+            "node": "gpu",
+            "spec": {"id": "forged", "title": "x", "prompt": "", "chain": ["alpha"],
+                     "chain_source": "agent", "fields": {"prompt": "forged", "agent": "alpha"}},
+            "received_ms": 5
+        });
+        js.publish("dirigent.tasks.alpha.desk", forged.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .expect("its own subject is open to it");
+    });
+    // Once the queue is empty, a worker has dealt with the forged task: dropped it (no
+    // `fleet_taken`), or taken it, which would show.
+    desk.wait_until("the fleet's queue to be empty", || {
+        rt.block_on(async {
+            let client = async_nats::ConnectOptions::with_nkey(desk_key.seed.clone())
+                .custom_inbox_prefix("_INBOX_desk")
+                .connect(nats.url())
+                .await
+                .ok()?;
+            let js = async_nats::jetstream::new(client);
+            let mut stream = js.get_stream("DIRIGENT_TASKS").await.ok()?;
+            (stream.info().await.ok()?.state.messages == 0).then_some(())
+        })
+    });
+    for worker in [&gpu, &narrow] {
+        assert!(
+            !worker.records().iter().any(|r| matches!(
+                &r.event,
+                Event::FleetTaken { task, .. } if task.contains("forged")
+            )),
+            "expected no worker to take a task that names another node than its subject's"
+        );
+    }
+}
