@@ -50,6 +50,19 @@ pub struct Api {
     stopping: watch::Receiver<bool>,
     /// Checks the records read back from the files (an agent may have appended lines).
     key: Option<crate::integrity::Key>,
+    /// Fleet mode: the connection to the fleet's server, once made (`None`: not in a fleet).
+    fleet: Option<crate::fleet::ConnCell>,
+}
+
+/// Why the fleet's events cannot be followed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetEventsError {
+    #[error(
+        "this daemon is not in a fleet: add a `cluster:` section to .context/dirigent.yaml (see docs/cluster.md)"
+    )]
+    NotInFleet,
+    #[error("this daemon has not reached the fleet's server yet (`dirigent fleet` says why)")]
+    NotConnected,
 }
 
 /// Live records as the event streams get them.
@@ -133,7 +146,34 @@ impl Api {
             applied,
             stopping,
             key,
+            fleet: None,
         }
+    }
+
+    /// The same, in a fleet: its doors can follow every node's records.
+    pub fn with_fleet(mut self, conn: Option<crate::fleet::ConnCell>) -> Self {
+        self.fleet = conn;
+        self
+    }
+
+    /// Every node's records from the fleet's events stream, from `from`, until the receiver
+    /// is dropped or the daemon stops. `Err`: why it cannot be followed now.
+    pub fn fleet_events(
+        &self,
+        from: crate::fleet::events::From,
+    ) -> Result<mpsc::Receiver<crate::fleet::events::NodeRecords>, FleetEventsError> {
+        let cell = self.fleet.as_ref().ok_or(FleetEventsError::NotInFleet)?;
+        let conn = cell.get().ok_or(FleetEventsError::NotConnected)?.clone();
+        // A few messages (each up to 256 KiB of records) wait for a slow client; past that
+        // the server's consumer waits for it.
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(crate::fleet::events::follow(
+            conn,
+            from,
+            tx,
+            self.stopping.clone(),
+        ));
+        Ok(rx)
     }
 
     pub fn workspace(&self) -> &Workspace {

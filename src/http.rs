@@ -628,6 +628,9 @@ struct EventsQuery {
     /// know when to look again).
     #[serde(default)]
     brief: bool,
+    /// Fleet mode: every node's records, from the fleet's events stream.
+    #[serde(default)]
+    fleet: bool,
 }
 
 /// The `?brief=true` form of `/events`: per batch of records, one `event: changed` with the
@@ -675,6 +678,49 @@ impl crate::web::Encode<StreamItem> for Brief {
     }
 }
 
+/// `GET /events?fleet=true`: every node's records from the fleet's events stream, one event per
+/// record, `data: {"node": …, "record": …}`; `id:` (on a message's last record) is the stream's
+/// sequence, which `Last-Event-ID` / `?after=` resume after.
+fn fleet_events(st: &AppState, after: Option<u64>, q: &EventsQuery) -> ApiResult {
+    if q.brief || q.task.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "`fleet=true` follows every node's records; it does not take `brief` or `task`",
+        ));
+    }
+    let from = after.map_or(
+        crate::fleet::events::From::Next,
+        crate::fleet::events::From::After,
+    );
+    let rx = st.api.fleet_events(from).map_err(|e| {
+        let status = match e {
+            crate::api::FleetEventsError::NotInFleet => StatusCode::NOT_FOUND,
+            crate::api::FleetEventsError::NotConnected => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, "invalid_request_error", e.to_string())
+    })?;
+    Ok(crate::web::event_stream(
+        rx,
+        |batch: &crate::fleet::events::NodeRecords, out: &mut String| {
+            use std::fmt::Write;
+            let last = batch.records.len().saturating_sub(1);
+            for (i, line) in batch.records.iter().enumerate() {
+                if i == last {
+                    let _ = writeln!(out, "id: {}", batch.stream_seq);
+                }
+                // The node's name is a checked name (no quote to escape); the line a checked
+                // record.
+                let _ = write!(
+                    out,
+                    "data: {{\"node\":\"{}\",\"record\":{line}}}\n\n",
+                    batch.node
+                );
+            }
+        },
+    ))
+}
+
 /// `GET /events`: Server-Sent Events, one per ledger record, `id:` = its sequence number.
 /// Resumes after `Last-Event-ID` (or `?after=`); without either, starts with the next event.
 async fn events(
@@ -697,6 +743,9 @@ async fn events(
         ),
         None => q.after,
     };
+    if q.fleet {
+        return fleet_events(&st, after, &q);
+    }
     let rx = st.api.events(after, q.task);
     if q.brief {
         return Ok(crate::web::event_stream(rx, Brief::default()));

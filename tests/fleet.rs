@@ -885,3 +885,84 @@ fn a_task_too_large_for_the_server_escalates_with_the_reason() {
         "expected the reason to say the task is too large for the server, got {reason:?}"
     );
 }
+
+#[test]
+fn the_event_stream_follows_every_nodes_records_with_fleet_true() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = submitter(&nats, &["alpha"]);
+    let worker = ok_worker(&nats, "gpu", &["alpha"]);
+    let _ds = submitter.start();
+    let (_dw, url, token) = worker.start_http();
+    submitter.drop_task("t.json", r#"{"prompt": "p", "agent": "alpha"}"#);
+    submitter.wait_settled("t");
+    // Asked of the worker: the submitter's records come only through the fleet's stream.
+    let mut all = SseStream::open(&url, "/events?fleet=true&after=0", &token, &[]);
+    assert_eq!(all.status, 200, "expected the fleet's event stream");
+    let mut seen: Vec<(String, serde_json::Value, Option<u64>)> = Vec::new();
+    let done = |seen: &[(String, serde_json::Value, Option<u64>)], node: &str, task: &str| {
+        seen.iter()
+            .any(|(n, r, _)| n == node && r["event"] == "done" && r["task"] == task)
+    };
+    while !(done(&seen, "desk", "t") && done(&seen, "gpu", "desk.t")) {
+        let ev = all.next().expect("the stream stays open");
+        let v: serde_json::Value = serde_json::from_str(&ev.data)
+            .unwrap_or_else(|e| panic!("expected JSON data, got {:?}: {e}", ev.data));
+        let node = v["node"].as_str().expect("each event names its node");
+        assert!(
+            v["record"]["seq"].is_u64() && v["record"]["event"].is_string(),
+            "expected a ledger record in {v}"
+        );
+        let id = ev
+            .id
+            .map(|i| i.parse::<u64>().expect("`id:` is the stream's sequence"));
+        seen.push((node.to_string(), v["record"].clone(), id));
+    }
+    let ids: Vec<u64> = seen.iter().filter_map(|(_, _, id)| *id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "expected the stream's sequence to grow: {ids:?}"
+    );
+    // Resumed after the first message: what follows it, from its next record on.
+    let first_id = ids[0];
+    let after_first = seen
+        .iter()
+        .position(|(_, _, id)| *id == Some(first_id))
+        .unwrap()
+        + 1;
+    let mut resumed = SseStream::open(
+        &url,
+        "/events?fleet=true",
+        &token,
+        &[("Last-Event-ID", &first_id.to_string())],
+    );
+    let ev = resumed
+        .next()
+        .expect("the resumed stream sends what followed");
+    let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(
+        (v["node"].as_str().unwrap(), &v["record"]),
+        (seen[after_first].0.as_str(), &seen[after_first].1),
+        "expected the record right after message {first_id}"
+    );
+    // Refused with the reason: with `brief`, and on a daemon outside a fleet.
+    let bad = http(
+        &url,
+        "GET",
+        "/events?fleet=true&brief=true",
+        Some(&token),
+        None,
+    );
+    assert_eq!(
+        bad.status, 400,
+        "expected `fleet` with `brief` refused: {bad:?}"
+    );
+    let alone = Workspace::new("agents:\n  a: { command: [\"{agents}/ok.sh\"] }\n");
+    let (_da, url, token) = alone.start_http();
+    let out = http(&url, "GET", "/events?fleet=true", Some(&token), None);
+    assert_eq!(out.status, 404, "expected 404 outside a fleet: {out:?}");
+    assert!(
+        out.body.contains("not in a fleet"),
+        "expected the reason, got {}",
+        out.body
+    );
+}

@@ -223,7 +223,8 @@ pub async fn run_with_options(
         applied,
         stopping.clone(),
         Some(key),
-    );
+    )
+    .with_fleet(engine.fleet.as_ref().map(|link| link.conn.clone()));
     let control =
         crate::control::serve(&ws, api.clone()).map_err(|cause| DaemonError::Workspace {
             path: crate::control::socket_path(&ws).display().to_string(),

@@ -188,3 +188,95 @@ pub async fn scorecard(
     }
     Ok(read)
 }
+
+/// One message of the events stream, for a client following the fleet (`GET /events?fleet=true`):
+/// the node that wrote its records, its sequence in the stream (what a client resumes after),
+/// and the records, each a checked JSON line as the node wrote it.
+#[derive(Debug)]
+pub struct NodeRecords {
+    pub node: String,
+    pub stream_seq: u64,
+    pub records: Vec<String>,
+}
+
+/// Where a client following the fleet starts: the next message, every message kept, or after
+/// the message it saw last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum From {
+    Next,
+    After(u64),
+}
+
+/// Sends the events stream's messages from `from` into `tx` until the client goes (`tx`
+/// closed) or `stopping` turns true. A message whose subject is not a node's, and lines that are
+/// not records, are left out. The channel bounds what waits for a slow client; the server's
+/// consumer waits with it.
+pub async fn follow(
+    conn: Connection,
+    from: From,
+    tx: tokio::sync::mpsc::Sender<NodeRecords>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+    let deliver_policy = match from {
+        From::Next => DeliverPolicy::New,
+        From::After(0) => DeliverPolicy::All,
+        From::After(n) => DeliverPolicy::ByStartSequence {
+            start_sequence: n.saturating_add(1),
+        },
+    };
+    let consumer = conn
+        .events
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: EVENTS_SUBJECTS.into(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await;
+    let mut messages = match consumer {
+        Ok(c) => match c.messages().await {
+            Ok(m) => m,
+            Err(e) => return tracing::debug!("cannot follow the fleet's events: {e}"),
+        },
+        Err(e) => return tracing::debug!("cannot follow the fleet's events: {e}"),
+    };
+    loop {
+        let msg = tokio::select! {
+            m = messages.next() => match m {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return tracing::debug!("the fleet's events stopped: {e}"),
+                None => return,
+            },
+            _ = stopping.wait_for(|s| *s) => return,
+            () = tx.closed() => return,
+        };
+        let Some(node) = msg.subject.strip_prefix("dirigent.events.") else {
+            continue;
+        };
+        if crate::config::validate_name(node).is_err() {
+            continue;
+        }
+        let Ok(info) = msg.info() else { continue };
+        let stream_seq = info.stream_sequence;
+        let records: Vec<String> = msg
+            .payload
+            .split(|b| *b == b'\n')
+            // A carriage return would end a line of the client's event stream: our own
+            // records never hold one (JSON escapes it in strings).
+            .filter(|line| !line.contains(&b'\r'))
+            .filter(|line| serde_json::from_slice::<Record>(line).is_ok())
+            .filter_map(|line| std::str::from_utf8(line).ok().map(str::to_string))
+            .collect();
+        if records.is_empty() {
+            continue;
+        }
+        let batch = NodeRecords {
+            node: node.to_string(),
+            stream_seq,
+            records,
+        };
+        if tx.send(batch).await.is_err() {
+            return;
+        }
+    }
+}

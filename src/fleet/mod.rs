@@ -338,7 +338,13 @@ pub struct Link {
     pub repository: Option<String>,
     /// Every node's tasks, folded from the events stream (`status --fleet`).
     pub books: events::FleetBooks,
+    /// The connection, once made (set by the fleet component; read by the doors that follow
+    /// the fleet's events).
+    pub conn: ConnCell,
 }
+
+/// The fleet's connection, set once it is first made.
+pub type ConnCell = Arc<std::sync::OnceLock<connect::Connection>>;
 
 /// The running fleet component: wait for it after the engine stopped.
 pub struct Running {
@@ -376,10 +382,12 @@ pub fn start(
         url: cluster.url.clone(),
         repository: cluster.repository.clone(),
         books: events::FleetBooks::default(),
+        conn: ConnCell::default(),
     };
     let books = link.books.clone();
+    let cell = link.conn.clone();
     let handle = tokio::spawn(run(
-        cluster, root, agents, slots, live, rx, to_engine, view, books,
+        cluster, root, agents, slots, live, rx, to_engine, view, books, cell,
     ));
     (link, Running { handle })
 }
@@ -400,12 +408,14 @@ async fn run(
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
     view: heartbeat::SharedView,
     books: events::FleetBooks,
+    cell: ConnCell,
 ) {
     let (live, live_events) = live;
     let conn = match connect::until_connected(&cluster, &mut rx, &view).await {
         Some(c) => c,
         None => return,
     };
+    let _ = cell.set(conn.clone());
     {
         let mut v = heartbeat::lock(&view);
         v.connected = true;
