@@ -16,34 +16,36 @@ pub const FINISHED_SHOWN: usize = 500;
 /// file — rewritten about once a second while work flows — stays small with 10,000 queued.
 pub const PENDING_SHOWN: usize = 200;
 
-/// Renders the Markdown text.
+/// Renders the Markdown text. Every task is looked at (to count it), but only the lines shown
+/// are formatted: with a long history held in full, formatting every finished task to show
+/// the last [`FINISHED_SHOWN`] was most of a render's cost.
 pub fn render(book: &TaskBook) -> String {
-    let mut done = Vec::new();
+    let mut done_tasks = Vec::new();
     let mut running = Vec::new();
     let mut pending = Vec::new();
-    let mut failed = Vec::new();
+    let mut failed_tasks = Vec::new();
     let mut merging = Vec::new();
     let mut pending_more = 0usize;
-    for t in book.iter() {
-        let branch = t
-            .branch_note()
+    let branch_of = |t: &crate::state::TaskRecord| {
+        t.branch_note()
             .map(|b| format!(", {b}"))
-            .unwrap_or_default();
+            .unwrap_or_default()
+    };
+    for t in book.iter() {
         match &t.phase {
-            Phase::Done { agent, .. } => done.push(format!(
-                "- [x] {} — {} ({agent}, {}{branch})",
+            Phase::Done { .. } => done_tasks.push(t),
+            Phase::Merging => merging.push(format!(
+                "- [ ] {} — {} (merging{})",
                 t.id,
                 t.title,
-                short(Duration::from_millis(t.busy_ms(crate::ledger::now_ms())))
+                branch_of(t)
             )),
-            Phase::Merging => {
-                merging.push(format!("- [ ] {} — {} (merging{branch})", t.id, t.title))
-            }
             Phase::MergeWaiting { reason } => merging.push(format!(
-                "- [ ] {} — {} ({}{branch})",
+                "- [ ] {} — {} ({}{})",
                 t.id,
                 t.title,
-                one_line(reason, 300)
+                one_line(reason, 300),
+                branch_of(t)
             )),
             Phase::Running {
                 attempt,
@@ -76,28 +78,48 @@ pub fn render(book: &TaskBook) -> String {
                 };
                 pending.push(format!("- [ ] {} — {} ({why}{waiting})", t.id, t.title));
             }
-            Phase::Failed { reason, .. } => failed.push(format!(
-                "- [ ] {} — {} ({}: {}; see escalations/{}.md)",
-                t.id,
-                t.title,
-                if reason == crate::state::CANCELLED_REASON {
-                    "cancelled"
-                } else {
-                    "escalated"
-                },
-                one_line(reason, 300),
-                t.id
-            )),
+            Phase::Failed { .. } => failed_tasks.push(t),
         }
     }
+    let now_ms = crate::ledger::now_ms();
+    // The finished tasks' lines: the most recent FINISHED_SHOWN formatted, the others counted.
+    let (done, done_skipped) = last_lines(&done_tasks, |t| {
+        let Phase::Done { agent, .. } = &t.phase else {
+            unreachable!("only done tasks are listed here")
+        };
+        format!(
+            "- [x] {} — {} ({agent}, {}{})",
+            t.id,
+            t.title,
+            short(Duration::from_millis(t.busy_ms(now_ms))),
+            branch_of(t)
+        )
+    });
+    let (failed, failed_skipped) = last_lines(&failed_tasks, |t| {
+        let Phase::Failed { reason, .. } = &t.phase else {
+            unreachable!("only failed tasks are listed here")
+        };
+        format!(
+            "- [ ] {} — {} ({}: {}; see escalations/{}.md)",
+            t.id,
+            t.title,
+            if reason == crate::state::CANCELLED_REASON {
+                "cancelled"
+            } else {
+                "escalated"
+            },
+            one_line(reason, 300),
+            t.id
+        )
+    });
     let mut out = String::from("# Progress\n\n");
     let _ = writeln!(
         out,
         "_{} done · {} running · {} pending · {} failed — written by dirigent from `ledger.jsonl`_\n",
-        done.len() + book.archived_done,
+        done_tasks.len() + book.archived_done,
         running.len(),
-        pending.len(),
-        failed.len() + book.archived_failed
+        pending.len() + pending_more,
+        failed_tasks.len() + book.archived_failed
     );
     // Providers that are not taking work, and the day's spending: what a reader must know.
     let now = crate::ledger::now_ms();
@@ -137,7 +159,12 @@ pub fn render(book: &TaskBook) -> String {
             crate::usage::dollars(day.total_usd)
         );
     }
-    section(&mut out, "Completed", &done, Some(book.archived_done));
+    section(
+        &mut out,
+        "Completed",
+        &done,
+        Some(book.archived_done + done_skipped),
+    );
     section(&mut out, "In Progress", &running, None);
     if !merging.is_empty() {
         section(&mut out, "Waiting to Merge", &merging, None);
@@ -151,23 +178,36 @@ pub fn render(book: &TaskBook) -> String {
             "- … and {pending_more} more pending (see `dirigent status`)\n"
         );
     }
-    section(&mut out, "Failed", &failed, Some(book.archived_failed));
+    section(
+        &mut out,
+        "Failed",
+        &failed,
+        Some(book.archived_failed + failed_skipped),
+    );
     out
 }
 
-/// Finished sections (`archived` is `Some`) list the most recent [`FINISHED_SHOWN`] tasks and
-/// count the rest, including those the daemon no longer holds in full.
-fn section(out: &mut String, name: &str, lines: &[String], archived: Option<usize>) {
+/// The lines of the last [`FINISHED_SHOWN`] of `tasks`, and how many earlier ones were left out.
+fn last_lines<'a>(
+    tasks: &[&'a crate::state::TaskRecord],
+    line: impl Fn(&'a crate::state::TaskRecord) -> String,
+) -> (Vec<String>, usize) {
+    let skip = tasks.len().saturating_sub(FINISHED_SHOWN);
+    (tasks[skip..].iter().map(|t| line(t)).collect(), skip)
+}
+
+/// A section; finished ones (`earlier` is `Some`) say how many earlier tasks are not listed,
+/// including those the daemon no longer holds in full.
+fn section(out: &mut String, name: &str, lines: &[String], earlier: Option<usize>) {
     let _ = writeln!(out, "## {name}");
-    let skip = archived.map_or(0, |_| lines.len().saturating_sub(FINISHED_SHOWN));
-    let hidden = skip + archived.unwrap_or(0);
+    let hidden = earlier.unwrap_or(0);
     if lines.is_empty() && hidden == 0 {
         out.push_str("_none_\n");
     }
     if hidden > 0 {
         let _ = writeln!(out, "- … {hidden} earlier tasks (see `dirigent status`)");
     }
-    for l in &lines[skip..] {
+    for l in lines {
         out.push_str(l);
         out.push('\n');
     }
@@ -201,8 +241,66 @@ mod tests {
 
     #[test]
     fn a_long_queue_is_listed_up_to_a_bound_and_counted() {
+        let book = queued(1000);
+        let text = render(&book);
+        assert!(
+            text.contains("_0 done · 0 running · 1000 pending · 0 failed"),
+            "the header counts every pending task, listed or not: {}",
+            &text[..200]
+        );
+        let listed = text.lines().filter(|l| l.starts_with("- [ ] t")).count();
+        assert_eq!(listed, PENDING_SHOWN, "the next tasks to run are listed");
+        assert!(
+            text.contains("- [ ] t1 — a task (queued)\n")
+                && text.contains("- … and 800 more pending (see `dirigent status`)\n\n## Failed"),
+            "the rest are counted: {}",
+            &text[text.len().saturating_sub(400)..]
+        );
+        assert!(
+            text.len() < 20_000,
+            "{} bytes for 1,000 queued tasks",
+            text.len()
+        );
+    }
+
+    #[test]
+    fn a_long_history_lists_the_latest_finished_and_counts_the_rest() {
+        let mut book = queued(1000);
+        for n in 1..=600u64 {
+            book.apply(&Record {
+                seq: 1000 + n,
+                ts: 1000 + n,
+                event: Event::Cancelled {
+                    task: format!("t{n}"),
+                },
+            });
+        }
+        let text = render(&book);
+        assert!(
+            text.contains("_0 done · 0 running · 400 pending · 600 failed"),
+            "the header counts every task: {}",
+            &text[..200]
+        );
+        let failed = &text[text.find("## Failed").expect("a Failed section")..];
+        assert!(
+            failed.starts_with(
+                "## Failed\n- … 100 earlier tasks (see `dirigent status`)\n- [ ] t101 — "
+            ),
+            "the 500 latest are listed after the count of the earlier ones: {}",
+            &failed[..300]
+        );
+        assert_eq!(
+            failed.lines().filter(|l| l.starts_with("- [ ] t")).count(),
+            FINISHED_SHOWN,
+            "exactly the latest {FINISHED_SHOWN} finished tasks are listed"
+        );
+        assert!(failed.contains("- [ ] t600 — "), "the latest is listed");
+    }
+
+    /// A book of `n` tasks received and waiting.
+    fn queued(n: u64) -> TaskBook {
         let mut book = TaskBook::default();
-        for n in 1..=1000u64 {
+        for n in 1..=n {
             let id = format!("t{n}");
             let fields = crate::task::TaskFields {
                 prompt: Some("p".into()),
@@ -225,19 +323,6 @@ mod tests {
                 },
             });
         }
-        let text = render(&book);
-        let listed = text.lines().filter(|l| l.starts_with("- [ ] t")).count();
-        assert_eq!(listed, PENDING_SHOWN, "the next tasks to run are listed");
-        assert!(
-            text.contains("- [ ] t1 — a task (queued)\n")
-                && text.contains("- … and 800 more pending (see `dirigent status`)\n\n## Failed"),
-            "the rest are counted: {}",
-            &text[text.len().saturating_sub(400)..]
-        );
-        assert!(
-            text.len() < 20_000,
-            "{} bytes for 1,000 queued tasks",
-            text.len()
-        );
+        book
     }
 }
