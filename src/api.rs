@@ -63,6 +63,8 @@ pub enum FleetEventsError {
     NotInFleet,
     #[error("this daemon has not reached the fleet's server yet (`dirigent fleet` says why)")]
     NotConnected,
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Live records as the event streams get them.
@@ -157,19 +159,22 @@ impl Api {
     }
 
     /// Every node's records from the fleet's events stream, from `from`, until the receiver
-    /// is dropped or the daemon stops. `Err`: why it cannot be followed now.
-    pub fn fleet_events(
+    /// is dropped or the daemon stops. `Err`: why it cannot be followed now (the server's
+    /// stream is opened before this answers).
+    pub async fn fleet_events(
         &self,
         from: crate::fleet::events::From,
     ) -> Result<mpsc::Receiver<crate::fleet::events::NodeRecords>, FleetEventsError> {
         let cell = self.fleet.as_ref().ok_or(FleetEventsError::NotInFleet)?;
         let conn = cell.get().ok_or(FleetEventsError::NotConnected)?.clone();
-        // A few messages (each up to 256 KiB of records) wait for a slow client; past that
-        // the server's consumer waits for it.
-        let (tx, rx) = mpsc::channel(16);
+        let messages = crate::fleet::events::open(&conn, from)
+            .await
+            .map_err(FleetEventsError::Refused)?;
+        // A couple of messages (each up to the server's `max_payload`) wait for a slow
+        // client; past that the server's consumer waits for it.
+        let (tx, rx) = mpsc::channel(2);
         tokio::spawn(crate::fleet::events::follow(
-            conn,
-            from,
+            messages,
             tx,
             self.stopping.clone(),
         ));

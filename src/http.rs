@@ -681,7 +681,7 @@ impl crate::web::Encode<StreamItem> for Brief {
 /// `GET /events?fleet=true`: every node's records from the fleet's events stream, one event per
 /// record, `data: {"node": …, "record": …}`; `id:` (on a message's last record) is the stream's
 /// sequence, which `Last-Event-ID` / `?after=` resume after.
-fn fleet_events(st: &AppState, after: Option<u64>, q: &EventsQuery) -> ApiResult {
+async fn fleet_events(st: &AppState, after: Option<u64>, q: &EventsQuery) -> ApiResult {
     if q.brief || q.task.is_some() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -693,10 +693,11 @@ fn fleet_events(st: &AppState, after: Option<u64>, q: &EventsQuery) -> ApiResult
         crate::fleet::events::From::Next,
         crate::fleet::events::From::After,
     );
-    let rx = st.api.fleet_events(from).map_err(|e| {
+    let rx = st.api.fleet_events(from).await.map_err(|e| {
         let status = match e {
             crate::api::FleetEventsError::NotInFleet => StatusCode::NOT_FOUND,
-            crate::api::FleetEventsError::NotConnected => StatusCode::SERVICE_UNAVAILABLE,
+            crate::api::FleetEventsError::NotConnected
+            | crate::api::FleetEventsError::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, "invalid_request_error", e.to_string())
     })?;
@@ -744,7 +745,7 @@ async fn events(
         None => q.after,
     };
     if q.fleet {
-        return fleet_events(&st, after, &q);
+        return fleet_events(&st, after, &q).await;
     }
     let rx = st.api.events(after, q.task);
     if q.brief {

@@ -242,8 +242,47 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
             .unwrap();
         refused("emptying the queue", "$JS.API.STREAM.PURGE.DIRIGENT_TASKS").await;
 
-        // On its own subject, but naming another node inside: the worker drops it.
+        // A rollup on its own key would empty every node's outcomes: the bucket takes none.
         let js = async_nats::jetstream::new(client.clone());
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Rollup", "all");
+        let rolled = js
+            .publish_with_headers("$KV.dirigent_outcomes.desk.x=1", headers, "{}".into())
+            .await
+            .unwrap()
+            .await;
+        assert!(
+            rolled.is_err(),
+            "expected the outcomes bucket to refuse a rollup, got {rolled:?}"
+        );
+
+        // A worker allowed one agent cannot make its consumer pull another's tasks.
+        let (tx, mut narrow_refusals) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let narrow_client = async_nats::ConnectOptions::with_nkey(narrow_key.seed.clone())
+            .custom_inbox_prefix("_INBOX_narrow")
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            })
+            .connect(nats.url())
+            .await
+            .unwrap();
+        let subject = "$JS.API.CONSUMER.CREATE.DIRIGENT_TASKS.pull-alpha.dirigent.tasks.beta.*";
+        narrow_client.publish(subject, "{}".into()).await.unwrap();
+        let said = tokio::time::timeout(Duration::from_secs(30), narrow_refusals.recv())
+            .await
+            .expect("expected the server to refuse a consumer of another agent's tasks")
+            .unwrap();
+        assert!(
+            said.to_lowercase().contains("permissions violation") && said.contains(subject),
+            "expected the server to refuse `{subject}`, it said {said:?}"
+        );
+
+        // On its own subject, but naming another node inside: the worker drops it.
         let forged = serde_json::json!({
             "node": "gpu",
             "spec": {"id": "forged", "title": "x", "prompt": "", "chain": ["alpha"],

@@ -251,7 +251,7 @@ pub async fn connect(
 }
 
 /// A key-value bucket, made when missing. Its stream is made here as the client library would
-/// (`KV_<bucket>`, one message per key, rollups allowed, deletes denied): the library's own
+/// (`KV_<bucket>`, one message per key, deletes denied), without rollups: the library's own
 /// `create_key_value` first asks for account fields that Debian's nats-server 2.9 does not send.
 async fn bucket(
     js: &jetstream::Context,
@@ -266,7 +266,10 @@ async fn bucket(
         max_messages_per_subject: 1,
         max_age,
         storage: stream::StorageType::File,
-        allow_rollup: true,
+        // No rollups: a rollup on a node's own key would empty every node's keys, and the
+        // server's permissions could not stop it. (A bucket made by an earlier build keeps
+        // them until `nats stream edit KV_<bucket> --no-allow-rollup`.)
+        allow_rollup: false,
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,

@@ -191,7 +191,7 @@ pub async fn scorecard(
 
 /// One message of the events stream, for a client following the fleet (`GET /events?fleet=true`):
 /// the node that wrote its records, its sequence in the stream (what a client resumes after),
-/// and the records, each a checked JSON line as the node wrote it.
+/// and the records, each read as a record and written again as one JSON line.
 #[derive(Debug)]
 pub struct NodeRecords {
     pub node: String,
@@ -207,16 +207,13 @@ pub enum From {
     After(u64),
 }
 
-/// Sends the events stream's messages from `from` into `tx` until the client goes (`tx`
-/// closed) or `stopping` turns true. A message whose subject is not a node's, and lines that are
-/// not records, are left out. The channel bounds what waits for a slow client; the server's
-/// consumer waits with it.
-pub async fn follow(
-    conn: Connection,
+/// Opens the events stream from `from` for one client (`Err`: why the server would not).
+/// The server hands over at most a few messages at a time (`max_batch`), so a client that
+/// reads slowly holds a few messages here, not the hundreds a pull would fetch by default.
+pub async fn open(
+    conn: &Connection,
     from: From,
-    tx: tokio::sync::mpsc::Sender<NodeRecords>,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
+) -> Result<async_nats::jetstream::consumer::pull::Ordered, String> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     let deliver_policy = match from {
         From::Next => DeliverPolicy::New,
@@ -230,16 +227,26 @@ pub async fn follow(
         .create_consumer(pull::OrderedConfig {
             filter_subject: EVENTS_SUBJECTS.into(),
             deliver_policy,
+            max_batch: 4,
             ..Default::default()
         })
-        .await;
-    let mut messages = match consumer {
-        Ok(c) => match c.messages().await {
-            Ok(m) => m,
-            Err(e) => return tracing::debug!("cannot follow the fleet's events: {e}"),
-        },
-        Err(e) => return tracing::debug!("cannot follow the fleet's events: {e}"),
-    };
+        .await
+        .map_err(|e| format!("the fleet's server would not open its events stream: {e}"))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| format!("the fleet's server would not open its events stream: {e}"))
+}
+
+/// Sends the messages of `messages` (see [`open`]) into `tx` until the client goes (`tx`
+/// closed) or `stopping` turns true. A message whose subject is not a node's, and lines that
+/// are not records, are left out. The channel bounds what waits for a slow client; the
+/// server's consumer waits with it.
+pub async fn follow(
+    mut messages: async_nats::jetstream::consumer::pull::Ordered,
+    tx: tokio::sync::mpsc::Sender<NodeRecords>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let msg = tokio::select! {
             m = messages.next() => match m {
@@ -261,11 +268,10 @@ pub async fn follow(
         let records: Vec<String> = msg
             .payload
             .split(|b| *b == b'\n')
-            // A carriage return would end a line of the client's event stream: our own
-            // records never hold one (JSON escapes it in strings).
-            .filter(|line| !line.contains(&b'\r'))
-            .filter(|line| serde_json::from_slice::<Record>(line).is_ok())
-            .filter_map(|line| std::str::from_utf8(line).ok().map(str::to_string))
+            // Written again from what was read: another node's extra fields, or whitespace
+            // that would end a line of the client's event stream, do not pass through.
+            .filter_map(|line| serde_json::from_slice::<Record>(line).ok())
+            .filter_map(|record| serde_json::to_string(&record).ok())
             .collect();
         if records.is_empty() {
             continue;
@@ -275,8 +281,9 @@ pub async fn follow(
             stream_seq,
             records,
         };
-        if tx.send(batch).await.is_err() {
-            return;
+        tokio::select! {
+            sent = tx.send(batch) => if sent.is_err() { return },
+            _ = stopping.wait_for(|s| *s) => return,
         }
     }
 }

@@ -205,6 +205,12 @@ pub async fn watch(conn: Connection, view: SharedView, own_name: Option<String>)
                 let Ok(h) = serde_json::from_slice::<Heartbeat>(&entry.value) else {
                     continue;
                 };
+                // The key is what the server's permissions tie to a node; a beat that names
+                // another node than its key is not that node's.
+                if h.name != entry.key {
+                    tracing::warn!(key = %entry.key, name = %h.name, "a heartbeat names another node than its key; ignored");
+                    continue;
+                }
                 // A beat from the bucket's history is as old as the worker's clock says (a
                 // worker gone an hour ago is not live); a new one was received just now.
                 let now = std::time::Instant::now();

@@ -14,6 +14,11 @@
 //! the server how they went, write any task's outcome and the results store, and share its
 //! starts and provider words. Workers are trusted with outcomes: a worker could always have
 //! been the one handed a task.
+//!
+//! A narrowing, not a wall: on nats-server 2.9 a request's reply subject is not checked
+//! against publish permissions, so a node can have the server write onto another node's
+//! subjects (docs/cluster.md, "What the permissions do not close"). Signing each node's
+//! messages is what would close that.
 
 use std::fmt::Write as _;
 
@@ -111,14 +116,19 @@ pub fn grants(member: &Member) -> Grants {
             // A result put again replaces the chunks of the one before.
             format!("$JS.API.STREAM.PURGE.OBJ_{RESULTS_BUCKET}"),
         ]);
-        let consumers: Vec<String> = match agents {
-            Some(agents) => agents.iter().map(|a| consumer_for(a)).collect(),
-            None => vec!["*".to_string()],
+        // A consumer is made with its filter in the subject, which the server holds the
+        // consumer's config to: a worker given `ollama` cannot make (or remake) `pull-ollama`
+        // with a filter of another agent's tasks.
+        let consumers: Vec<(String, String)> = match agents {
+            Some(agents) => agents
+                .iter()
+                .map(|a| (consumer_for(a), super::filter_for(a)))
+                .collect(),
+            None => vec![("*".to_string(), "dirigent.tasks.*.*".to_string())],
         };
-        for c in consumers {
+        for (c, filter) in consumers {
             publish.extend([
-                format!("$JS.API.CONSUMER.CREATE.{TASKS_STREAM}.{c}.>"),
-                format!("$JS.API.CONSUMER.DURABLE.CREATE.{TASKS_STREAM}.{c}"),
+                format!("$JS.API.CONSUMER.CREATE.{TASKS_STREAM}.{c}.{filter}"),
                 format!("$JS.API.CONSUMER.INFO.{TASKS_STREAM}.{c}"),
                 format!("$JS.API.CONSUMER.MSG.NEXT.{TASKS_STREAM}.{c}"),
                 format!("$JS.ACK.{TASKS_STREAM}.{c}.>"),

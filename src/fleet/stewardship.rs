@@ -161,7 +161,7 @@ pub async fn count_starts(
         let value = serde_json::to_vec(log).expect("a list of numbers serialises");
         if let Err(e) = conn
             .starts
-            .put(format!("{provider}.{me}"), value.into())
+            .put(starts_key(&provider, &me), value.into())
             .await
         {
             tracing::debug!(provider, "cannot tell the fleet about a start: {e}");
@@ -181,7 +181,7 @@ pub async fn hear_starts(
             delay = Duration::from_millis(250);
             while let Some(Ok(entry)) = watch.next().await {
                 // `PROVIDER.WORKER`; provider names may hold dots, worker names cannot.
-                let Some((provider, worker)) = entry.key.rsplit_once('.') else {
+                let Some((provider, worker)) = parse_starts_key(&entry.key) else {
                     continue;
                 };
                 if worker == me {
@@ -220,7 +220,7 @@ pub async fn prime(conn: &Connection, me: &str, to_engine: &(dyn Fn(ToEngine) + 
     }
     if let Ok(mut keys) = conn.starts.keys().await {
         while let Some(Ok(key)) = keys.next().await {
-            let Some((provider, worker)) = key.rsplit_once('.') else {
+            let Some((provider, worker)) = parse_starts_key(&key) else {
                 continue;
             };
             if worker == me {
@@ -237,4 +237,18 @@ pub async fn prime(conn: &Connection, me: &str, to_engine: &(dyn Fn(ToEngine) + 
             }
         }
     }
+}
+
+/// A worker's key in the starts bucket: `PROVIDER.WORKER`, the provider's dots as `~` (outside
+/// names' alphabet), so the worker is always the last token — what the server's permissions
+/// (`$KV.dirigent_starts.*.<worker>`) match.
+fn starts_key(provider: &str, worker: &str) -> String {
+    format!("{}.{worker}", provider.replace('.', "~"))
+}
+
+/// The provider and worker of a [`starts_key`] (one written before dots became `~` reads as
+/// its last dot splits it).
+fn parse_starts_key(key: &str) -> Option<(String, &str)> {
+    let (provider, worker) = key.rsplit_once('.')?;
+    Some((provider.replace('~', "."), worker))
 }
