@@ -2,7 +2,9 @@
 //! `nats-server`: the fleet works under them (a task published, run, cancelled, its records in
 //! the events stream), and a node's own credentials cannot pass it off as another node — not
 //! on the queue, not in the outcomes bucket, not by reading another node's replies or pulling
-//! tasks — while a worker refused something says so in `dirigent fleet`.
+//! tasks — while a worker refused something says so in `dirigent fleet`. With the roster
+//! (`cluster.nodes`), a task the server is made to write onto another node's subject is
+//! dropped: its node did not sign it.
 
 mod common;
 #[path = "common/nats.rs"]
@@ -49,9 +51,18 @@ fn permissions(args: &[String]) -> String {
 }
 
 /// A node's config, logging in with `key`.
-fn node_with_key(nats: &Nats, name: &str, work: bool, agents: &str, key: &Key) -> Workspace {
+/// A node's config, logging in and signing with `key`; `roster` is the fleet's
+/// `cluster.nodes` (an inline YAML map).
+fn node_with_key(
+    nats: &Nats,
+    name: &str,
+    work: bool,
+    agents: &str,
+    key: &Key,
+    roster: &str,
+) -> Workspace {
     Workspace::new(&format!(
-        "kill_grace: 200ms\nconcurrency: 2\ncluster:\n  url: {}\n  name: {name}\n  ack_wait: 2s\n  work: {work}\n  nkey: {}\nagents:\n{agents}",
+        "kill_grace: 200ms\nconcurrency: 2\ncluster:\n  url: {}\n  name: {name}\n  ack_wait: 2s\n  work: {work}\n  nkey: {}\n  nodes: {roster}\nagents:\n{agents}",
         nats.url(),
         key.file.display()
     ))
@@ -86,12 +97,17 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
     let Some(nats) = Nats::start_with(Some(block)) else {
         return;
     };
+    let roster = format!(
+        "{{desk: {}, gpu: {}, narrow: {}}}",
+        desk_key.public, gpu_key.public, narrow_key.public
+    );
     let desk = node_with_key(
         &nats,
         "desk",
         false,
         "  alpha: { command: [\"absent-cli\"] }\n  slow: { command: [\"absent-cli\"] }\n",
         &desk_key,
+        &roster,
     );
     let gpu = node_with_key(
         &nats,
@@ -99,6 +115,7 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
         true,
         "  alpha: { command: [\"{agents}/ok.sh\"] }\n  slow: { command: [\"{agents}/hang.sh\"] }\n",
         &gpu_key,
+        &roster,
     );
     let _dd = desk.start();
     let _dg = gpu.start();
@@ -149,6 +166,7 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
         true,
         "  alpha: { command: [\"{agents}/ok.sh\"] }\n  beta: { command: [\"{agents}/ok.sh\"] }\n",
         &narrow_key,
+        &roster,
     );
     let _dn = narrow.start();
     let said = narrow.wait_until("`fleet` on `narrow` to say the server refused it", || {
@@ -295,6 +313,44 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
             .await
             .expect("its own subject is open to it");
     });
+    // The server made to write for it: a task naming `gpu`, stored under a key of desk's own,
+    // echoed by a direct get whose reply subject is gpu's task subject (publish permissions do
+    // not look at reply subjects). Only the signature tells it from gpu's own.
+    rt.block_on(async {
+        let client = async_nats::ConnectOptions::with_nkey(desk_key.seed.clone())
+            .custom_inbox_prefix("_INBOX_desk")
+            .connect(nats.url())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let echoed = serde_json::json!({
+            "node": "gpu",
+            "spec": {"id": "echoed", "title": "x", "prompt": "", "chain": ["alpha"],
+                     "chain_source": "agent", "fields": {"prompt": "echoed", "agent": "alpha"}},
+            "received_ms": 5
+        });
+        js.publish("$KV.dirigent_providers.evil", echoed.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .expect("a provider word is open to every node");
+        client
+            .publish_with_reply(
+                "$JS.API.DIRECT.GET.KV_dirigent_providers.$KV.dirigent_providers.evil",
+                "dirigent.tasks.alpha.gpu",
+                "".into(),
+            )
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    });
+    desk.wait_until("a worker to drop the unsigned task", || {
+        [&gpu, &narrow].iter().find_map(|w| {
+            let log = std::fs::read_to_string(w.root().join("daemon.log")).ok()?;
+            log.contains("a task not signed by its node").then_some(())
+        })
+    });
+
     // Once the queue is empty, a worker has dealt with the forged task: dropped it (no
     // `fleet_taken`), or taken it, which would show.
     desk.wait_until("the fleet's queue to be empty", || {
@@ -313,9 +369,9 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
         assert!(
             !worker.records().iter().any(|r| matches!(
                 &r.event,
-                Event::FleetTaken { task, .. } if task.contains("forged")
+                Event::FleetTaken { task, .. } if task.contains("forged") || task.contains("echoed")
             )),
-            "expected no worker to take a task that names another node than its subject's"
+            "expected no worker to take a task that names another node than its subject's, or that its node did not sign"
         );
     }
 }

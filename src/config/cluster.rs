@@ -37,6 +37,8 @@ pub(super) struct RawCluster {
     repository: Option<String>,
     #[serde(default)]
     repositories: Vec<String>,
+    #[serde(default)]
+    nodes: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +93,10 @@ pub struct Cluster {
     /// The repositories this worker edits for the fleet: an editing task whose repository is
     /// not under one of these is refused. Empty: it takes no editing tasks.
     pub repositories: Vec<crate::fleet::edits::Source>,
+    /// The fleet's roster, each node's name and public nkey: with it, every node signs its
+    /// tasks, outcomes and heartbeats with its `nkey` seed and takes only those signed by a
+    /// node listed here (`crate::fleet::signing`). Empty: nothing is signed.
+    pub nodes: std::collections::BTreeMap<String, String>,
 }
 
 /// The default wait: short, so a dead worker's task moves on within half a minute.
@@ -184,6 +190,19 @@ pub(super) fn build(raw: RawCluster) -> Result<Cluster, String> {
                 .map_err(|e| format!("`cluster.repositories`: `{r}`: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if !raw.nodes.is_empty() {
+        crate::fleet::signing::check_roster(&raw.nodes)?;
+        if !matches!(auth, Auth::Nkey(_)) {
+            return Err(
+                "`cluster.nodes` (signed messages) needs `cluster.nkey`: each node signs with its own seed".into(),
+            );
+        }
+        if !raw.nodes.contains_key(&name) {
+            return Err(format!(
+                "`cluster.nodes` does not list this node, `{name}`: every node of the fleet, this one too, with its public nkey"
+            ));
+        }
+    }
     Ok(Cluster {
         url,
         name,
@@ -193,6 +212,7 @@ pub(super) fn build(raw: RawCluster) -> Result<Cluster, String> {
         work: raw.work.unwrap_or(true),
         repository,
         repositories,
+        nodes: raw.nodes,
     })
 }
 
@@ -263,6 +283,22 @@ mod tests {
             (
                 "url: nats://x:1\nname: a\nrepositories: [srv/git]",
                 Err("`cluster.repositories`: `srv/git`: write an absolute path"),
+            ),
+            (
+                "url: nats://x:1\nname: a\nnkey: /k\nnodes: {a: UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4}",
+                Ok(()),
+            ),
+            (
+                "url: nats://x:1\nname: a\ntoken: t\nnodes: {a: UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4}",
+                Err("needs `cluster.nkey`"),
+            ),
+            (
+                "url: nats://x:1\nname: a\nnkey: /k\nnodes: {b: UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4}",
+                Err("does not list this node, `a`"),
+            ),
+            (
+                "url: nats://x:1\nname: a\nnkey: /k\nnodes: {a: SUAKEY}",
+                Err("`cluster.nodes.a`: `SUAKEY` is not a user's public nkey"),
             ),
         ];
         for (yaml, want) in cases {

@@ -569,6 +569,7 @@ impl Engine {
                     text: String::new(),
                     truncated: false,
                     object: None,
+                    object_sha256: None,
                     local_output: Some(output.clone()),
                     deliver: work.as_ref().and(deliver).map(Box::new),
                     work,

@@ -43,6 +43,8 @@ pub struct Connection {
     pub events: jetstream::stream::Stream,
     /// Results too large for an outcome, by key.
     pub results: async_nats::jetstream::object_store::ObjectStore,
+    /// With `cluster.nodes`: this node's key and the roster it checks messages against.
+    pub signing: Option<std::sync::Arc<super::signing::Signing>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,7 @@ pub async fn connect(
 ) -> Result<Connection, ConnectError> {
     let url = cluster.url.clone();
     let view = view.cloned();
+    let mut signing = None;
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("dirigent {}", cluster.name))
         .custom_inbox_prefix(super::inbox_prefix(&cluster.name))
@@ -143,6 +146,16 @@ pub async fn connect(
                 url: url.clone(),
                 cause: format!("`{}`: {e}", path.display()),
             })?;
+            if !cluster.nodes.is_empty() {
+                signing = Some(std::sync::Arc::new(
+                    super::signing::Signing::new(&cluster.name, &seed, &cluster.nodes).map_err(
+                        |cause| ConnectError::Credentials {
+                            url: url.clone(),
+                            cause,
+                        },
+                    )?,
+                ));
+            }
             options.nkey(seed.trim().to_string())
         }
     };
@@ -247,6 +260,7 @@ pub async fn connect(
         outcomes,
         workers,
         providers,
+        signing,
     })
 }
 

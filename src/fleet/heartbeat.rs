@@ -149,7 +149,11 @@ pub async fn beat(
         me.running = running();
         (me.spend_day, me.spend) = lock(&view).own_spend.clone();
         me.at_ms = crate::ledger::now_ms();
-        let value = serde_json::to_vec(&me).expect("a heartbeat serialises");
+        let value = super::signing::seal(
+            conn.signing.as_deref(),
+            &format!("heartbeat {}", me.name),
+            serde_json::to_vec(&me).expect("a heartbeat serialises"),
+        );
         if let Err(e) = conn.workers.put(&me.name, value.into()).await {
             tracing::debug!("cannot put this worker's heartbeat: {e}");
         }
@@ -202,7 +206,23 @@ pub async fn watch(conn: Connection, view: SharedView, own_name: Option<String>)
                     lock(&view).workers.remove(&entry.key);
                     continue;
                 }
-                let Ok(h) = serde_json::from_slice::<Heartbeat>(&entry.value) else {
+                // With a roster, only a heartbeat its node signed.
+                let body = match super::signing::open(
+                    conn.signing.as_deref(),
+                    &format!("heartbeat {}", entry.key),
+                    &entry.value,
+                ) {
+                    Ok((Some(signer), _)) if signer != entry.key => {
+                        tracing::warn!(key = %entry.key, signer, "a heartbeat signed by another node; ignored");
+                        continue;
+                    }
+                    Ok((_, body)) => body,
+                    Err(why) => {
+                        tracing::warn!(key = %entry.key, "a heartbeat this node does not take ({why}); ignored");
+                        continue;
+                    }
+                };
+                let Ok(h) = serde_json::from_slice::<Heartbeat>(body) else {
                     continue;
                 };
                 // The key is what the server's permissions tie to a node; a beat that names

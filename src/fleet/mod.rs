@@ -30,6 +30,7 @@ pub mod edits;
 pub mod events;
 pub mod heartbeat;
 pub mod permissions;
+pub mod signing;
 pub mod stewardship;
 pub mod submitter;
 pub mod worker;
@@ -97,6 +98,15 @@ pub fn node_of_subject(subject: &str) -> Option<&str> {
 /// and a work-queue stream allows the two side by side.)
 pub fn consumer_for(agent: &str) -> String {
     format!("pull-{}", agent.replace('.', "~"))
+}
+
+/// SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The subject `node` tells the workers on that it cancelled a task (core NATS).
@@ -178,6 +188,86 @@ impl QueuedTask {
     }
 }
 
+/// An outcome as the bucket holds it under `key`, checked: with a roster, signed by a node of
+/// it — the worker it names, or for a cancel the task's own node. `Err`: why it is not taken.
+pub fn read_outcome(
+    signing: Option<&signing::Signing>,
+    key: &str,
+    value: &[u8],
+) -> Result<Outcome, String> {
+    let (signer, body) = signing::open(signing, &format!("outcome {key}"), value)?;
+    let outcome: Outcome = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if let Some(signer) = signer {
+        let node = key.split('.').next().unwrap_or("");
+        if outcome.end == End::Cancelled && signer != node {
+            return Err(format!(
+                "a cancel signed by `{signer}`, not by the task's node"
+            ));
+        }
+        if signer != outcome.worker {
+            return Err(format!(
+                "signed by `{signer}` but names the worker `{}`",
+                outcome.worker
+            ));
+        }
+    }
+    Ok(outcome)
+}
+
+/// The outcome the bucket holds for `key`, if it holds one this node takes.
+pub async fn stored_outcome(conn: &connect::Connection, key: &str) -> Option<Outcome> {
+    let value = conn.outcomes.get(key).await.ok()??;
+    read_outcome(conn.signing.as_deref(), key, &value).ok()
+}
+
+/// What claiming an outcome came to.
+#[derive(Debug)]
+pub enum Claim {
+    /// This one stands.
+    Won,
+    /// Another valid outcome stood first.
+    Lost,
+    /// The key is not one the bucket takes.
+    InvalidKey(String),
+    /// The server did not answer as it should (try again).
+    Failed(String),
+}
+
+/// Claims `key` with `outcome` (sealed here): create-if-absent, the one compare-and-set that
+/// makes an outcome exactly one across the fleet. A value there that this node would not take
+/// (not signed by a node of the roster, or not an outcome) does not stand: it is replaced,
+/// again only if nothing changed it meanwhile.
+pub async fn claim_outcome(conn: &connect::Connection, key: &str, outcome: Vec<u8>) -> Claim {
+    use async_nats::jetstream::kv::CreateErrorKind;
+    let value: bytes::Bytes =
+        signing::seal(conn.signing.as_deref(), &format!("outcome {key}"), outcome).into();
+    match conn.outcomes.create(key, value.clone()).await {
+        Ok(_) => Claim::Won,
+        Err(e) if e.kind() == CreateErrorKind::InvalidKey => Claim::InvalidKey(e.to_string()),
+        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+            let entry = match conn.outcomes.entry(key).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return Claim::Failed("the outcome went away".into()),
+                Err(e) => return Claim::Failed(e.to_string()),
+            };
+            match read_outcome(conn.signing.as_deref(), key, &entry.value) {
+                Ok(_) => Claim::Lost,
+                Err(why) => {
+                    tracing::warn!(
+                        key,
+                        "the bucket held an outcome this node does not take ({why}); it is replaced"
+                    );
+                    match conn.outcomes.update(key, value, entry.revision).await {
+                        Ok(_) => Claim::Won,
+                        Err(e) => Claim::Failed(e.to_string()),
+                    }
+                }
+            }
+        }
+        Err(e) => Claim::Failed(e.to_string()),
+    }
+}
+
 /// How a task of the fleet ended, as its worker claims it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Outcome {
@@ -201,6 +291,10 @@ pub enum End {
         /// The result's name in the results object store, when it is too large to travel here.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         object: Option<String>,
+        /// The SHA-256 (hex) of that object's bytes: the outcome is signed, the object store's
+        /// own records are not, so the node checks what it reads against this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        object_sha256: Option<String>,
         /// On the worker, before the outcome is claimed: where its engine wrote the result
         /// (workspace-relative). Never sent.
         #[serde(skip)]
@@ -567,6 +661,11 @@ async fn run(
         ..me
     };
     if let Ok(value) = serde_json::to_vec(&last) {
+        let value = signing::seal(
+            conn.signing.as_deref(),
+            &format!("heartbeat {}", cluster.name),
+            value,
+        );
         let _ = conn.workers.put(&cluster.name, value.into()).await;
     }
     let _ = conn.client.flush().await;

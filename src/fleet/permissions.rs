@@ -17,8 +17,9 @@
 //!
 //! A narrowing, not a wall: on nats-server 2.9 a request's reply subject is not checked
 //! against publish permissions, so a node can have the server write onto another node's
-//! subjects (docs/cluster.md, "What the permissions do not close"). Signing each node's
-//! messages is what would close that.
+//! subjects (docs/cluster.md, "What the permissions do not close"). Signed messages
+//! (`super::signing`, with the roster this block ends with) are what ties a task, an outcome
+//! or a heartbeat to its node.
 
 use std::fmt::Write as _;
 
@@ -167,6 +168,15 @@ pub fn config(members: &[Member]) -> String {
         let _ = writeln!(out, "    }}");
     }
     out.push_str("  ]\n}\n");
+    let roster: Vec<String> = members
+        .iter()
+        .map(|m| format!("{}: {}", m.name, m.nkey))
+        .collect();
+    let _ = writeln!(
+        out,
+        "# And in every node's .context/dirigent.yaml, under `cluster:`, the same roster, so each\n# node signs what it sends and checks what it reads (docs/cluster.md, \"Signed messages\"):\n#   nodes: {{{}}}",
+        roster.join(", ")
+    );
     out
 }
 
@@ -348,6 +358,10 @@ mod tests {
                 agents: Some(vec!["ollama".into()]),
             },
         }]);
+        assert!(
+            text.contains(&format!("#   nodes: {{gpu: {KEY}}}")),
+            "the block ends with the roster for the nodes' configs:\n{text}"
+        );
         assert!(
             text.contains(&format!("nkey: \"{KEY}\""))
                 && text.contains("\"$KV.dirigent_starts.*.gpu\""),

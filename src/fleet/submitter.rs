@@ -130,15 +130,24 @@ async fn publish(
         ));
     }
     let key = key_of(node, &spec.id, round, received_ms);
+    // Signed (with a roster): the worker takes it only as this node's, and its message id is
+    // one no other node can guess.
+    let mut message = Publish::build().payload(payload.clone());
+    match conn.signing.as_deref() {
+        Some(signing) => {
+            message = message
+                .message_id(signing.message_id(&key))
+                .header(super::signing::SIGNER_HEADER, signing.me())
+                .header(
+                    super::signing::SIGNATURE_HEADER,
+                    signing.sign(&format!("task {subject}"), &payload),
+                );
+        }
+        None => message = message.message_id(&key),
+    }
     let mut delay = Duration::from_millis(250);
     loop {
-        let sent = conn
-            .js
-            .send_publish(
-                subject.clone(),
-                Publish::build().payload(payload.clone()).message_id(&key),
-            )
-            .await;
+        let sent = conn.js.send_publish(subject.clone(), message.clone()).await;
         let acked = match sent {
             Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -188,7 +197,7 @@ async fn watch_outcomes(
                     else {
                         continue;
                     };
-                    match serde_json::from_slice::<Outcome>(&entry.value) {
+                    match super::read_outcome(conn.signing.as_deref(), &entry.key, &entry.value) {
                         Ok(mut outcome) => {
                             fetch_result(&conn, &mut outcome).await;
                             fetch_bundle(&conn, &root, &entry.key, &mut outcome).await;
@@ -221,6 +230,7 @@ async fn fetch_result(conn: &Connection, outcome: &mut Outcome) {
         text,
         truncated,
         object: Some(name),
+        object_sha256,
         ..
     } = &mut outcome.end
     else {
@@ -237,6 +247,16 @@ async fn fetch_result(conn: &Connection, outcome: &mut Outcome) {
                     .read_to_end(&mut bytes)
                     .await
                 {
+                    // The signed outcome names the bytes; the store's own records are not
+                    // signed, so with a roster the object must match.
+                    Ok(_)
+                        if conn.signing.is_some()
+                            && object_sha256.as_deref()
+                                != Some(super::sha256_hex(&bytes).as_str()) =>
+                    {
+                        last = "its bytes are not those the signed outcome names".into();
+                        break;
+                    }
                     Ok(_) if bytes.len() <= MAX_RESULT_BYTES => {
                         *text = String::from_utf8_lossy(&bytes).into_owned();
                         return;
@@ -331,11 +351,12 @@ pub async fn cancel(conn: Connection, node: String, key: String, seq: u64) {
         end: super::End::Cancelled,
     };
     let value = serde_json::to_vec(&outcome).expect("an outcome serialises");
-    if let Err(e) = conn.outcomes.create(&key, value.into()).await {
-        tracing::debug!(
+    match super::claim_outcome(&conn, &key, value).await {
+        super::Claim::Won => {}
+        other => tracing::debug!(
             key,
-            "the fleet's outcome of the cancelled task stands already: {e}"
-        );
+            "the fleet's outcome of the cancelled task stands already ({other:?})"
+        ),
     }
     if let Err(e) = conn.client.publish(subject, key.clone().into()).await {
         tracing::warn!(

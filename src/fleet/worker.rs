@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, pull};
-use async_nats::jetstream::kv::CreateErrorKind;
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
@@ -171,7 +170,7 @@ pub async fn run(
                 let h = lock(&held).remove(&key);
                 if let Some(h) = h {
                     // Cancelled by its node (its outcome is there): done with, not handed back.
-                    if let Ok(Some(_)) = conn.outcomes.get(key.clone()).await {
+                    if super::stored_outcome(&conn, &key).await.is_some() {
                         let _ = h.acker.double_ack().await;
                         tracing::info!(task = %h.task, key, "its node cancelled it; acknowledged");
                     } else {
@@ -222,12 +221,9 @@ pub async fn run(
 
 /// Whether the outcomes bucket holds `key` as cancelled by its node.
 async fn cancelled_in_bucket(conn: &Connection, key: &str) -> bool {
-    match conn.outcomes.get(key).await {
-        Ok(Some(value)) => {
-            serde_json::from_slice::<Outcome>(&value).is_ok_and(|o| o.end == End::Cancelled)
-        }
-        _ => false,
-    }
+    super::stored_outcome(conn, key)
+        .await
+        .is_some_and(|o| o.end == End::Cancelled)
 }
 
 pub fn lock(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
@@ -365,14 +361,36 @@ async fn take(
         let _ = msg.ack_with(AckKind::Term).await;
         return false;
     }
+    // With a roster, the task must be signed by its node: the server can be made to write onto
+    // any node's subject (a request's reply subject is not held to permissions).
+    if let Some(signing) = conn.signing.as_deref() {
+        let header = |name: &str| {
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let signer = header(super::signing::SIGNER_HEADER).unwrap_or_default();
+        let signature = header(super::signing::SIGNATURE_HEADER).unwrap_or_default();
+        let signed = signer == queued.node
+            && signing.verify(
+                &signer,
+                &format!("task {}", msg.subject),
+                &msg.payload,
+                &signature,
+            );
+        if !signed {
+            tracing::warn!(subject = %msg.subject, node = %queued.node, task = %queued.spec.id, "a task not signed by its node (`cluster.nodes`); it is dropped");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return false;
+        }
+    }
     let key = queued.key();
     let delivered = msg.info().map_or(1, |i| i.delivered);
     // A delivery again (or a publish repeated after the server's duplicate window): settled by
     // another worker already? Then acknowledge and do nothing. A first delivery is not asked
     // about, to keep a round trip off every task; its outcome's create-if-absent still decides.
-    if delivered > 1
-        && let Ok(Some(_)) = conn.outcomes.get(key.clone()).await
-    {
+    if delivered > 1 && super::stored_outcome(conn, &key).await.is_some() {
         tracing::info!(key, "the fleet already has this task's outcome; dropped");
         let _ = msg.double_ack().await;
         return false;
@@ -633,15 +651,15 @@ async fn claim_and_ack(
         worker: cluster.name.clone(),
         end,
     };
-    let value: bytes::Bytes = fit(conn, &s.key, outcome).await.into();
+    let value = fit(conn, &s.key, outcome).await;
     let mut delay = Duration::from_millis(250);
     let won = loop {
-        match conn.outcomes.create(&s.key, value.clone()).await {
-            Ok(_) => break true,
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => break false,
+        match super::claim_outcome(conn, &s.key, value.clone()).await {
+            super::Claim::Won => break true,
+            super::Claim::Lost => break false,
             // Not a key the bucket takes (checked when the task was taken; kept as a guard):
             // trying again would hold the message and its slot for ever.
-            Err(e) if e.kind() == CreateErrorKind::InvalidKey => {
+            super::Claim::InvalidKey(e) => {
                 tracing::warn!(task = %s.task, key = %s.key, "the outcome's key is not one the fleet takes ({e}); the task is dropped");
                 let h = lock(held).remove(&s.key);
                 if let Some(h) = h {
@@ -649,7 +667,7 @@ async fn claim_and_ack(
                 }
                 return;
             }
-            Err(e) => {
+            super::Claim::Failed(e) => {
                 tracing::warn!(task = %s.task, "cannot record the outcome in the fleet ({e}); trying again");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
@@ -698,6 +716,7 @@ async fn carry_result(conn: &Connection, root: &std::path::Path, key: &str, end:
         text,
         truncated,
         object,
+        object_sha256,
         local_output,
         ..
     } = end
@@ -733,6 +752,7 @@ async fn carry_result(conn: &Connection, root: &std::path::Path, key: &str, end:
         match conn.results.put(key, &mut reader).await {
             Ok(_) => {
                 *object = Some(key.to_string());
+                *object_sha256 = Some(super::sha256_hex(full.as_bytes()));
                 return;
             }
             Err(e) => {
@@ -767,11 +787,15 @@ async fn fit(conn: &Connection, key: &str, mut outcome: Outcome) -> Vec<u8> {
             text,
             truncated,
             object,
+            object_sha256,
             ..
         } => {
             let mut reader = text.as_bytes();
             match conn.results.put(key, &mut reader).await {
-                Ok(_) => *object = Some(key.to_string()),
+                Ok(_) => {
+                    *object = Some(key.to_string());
+                    *object_sha256 = Some(super::sha256_hex(text.as_bytes()));
+                }
                 Err(e) => {
                     *truncated = true;
                     tracing::warn!(
