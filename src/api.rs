@@ -175,6 +175,7 @@ impl Api {
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(crate::fleet::events::follow(
             messages,
+            conn.signing.clone(),
             tx,
             self.stopping.clone(),
         ));

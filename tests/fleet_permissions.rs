@@ -342,6 +342,25 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
             )
             .await
             .unwrap();
+        // And a record of a task gpu never had, onto gpu's events subject.
+        let ghost = serde_json::json!({
+            "seq": 100000, "ts": 1, "event": "received", "task": "ghost", "file": "ghost.json",
+            "spec": {"id": "ghost", "title": "x", "prompt": "", "chain": ["alpha"],
+                     "chain_source": "agent", "fields": {"prompt": "ghost", "agent": "alpha"}}
+        });
+        js.publish("$KV.dirigent_providers.evil2", ghost.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .expect("a provider word is open to every node");
+        client
+            .publish_with_reply(
+                "$JS.API.DIRECT.GET.KV_dirigent_providers.$KV.dirigent_providers.evil2",
+                "dirigent.events.gpu",
+                "".into(),
+            )
+            .await
+            .unwrap();
         client.flush().await.unwrap();
     });
     desk.wait_until("a worker to drop the unsigned task", || {
@@ -365,6 +384,31 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
             (stream.info().await.ok()?.state.messages == 0).then_some(())
         })
     });
+    // Records after the forged one, in the events stream's order: once desk's fleet view has
+    // them, it has weighed the forged one too.
+    desk.drop_task("later.json", r#"{"prompt": "p", "agent": "alpha"}"#);
+    desk.wait_settled("later");
+    let view = desk.wait_until(
+        "desk's fleet view to hold the worker's record of `later`",
+        || {
+            let out = desk.cli(&["status", "--fleet", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["node"] != "desk")
+                .any(|n| {
+                    n["tasks"]
+                        .as_array()
+                        .is_some_and(|t| t.iter().any(|t| t["id"] == "desk.later"))
+                })
+                .then_some(v)
+        },
+    );
+    assert!(
+        !view.to_string().contains("ghost"),
+        "expected records the server was made to write onto gpu's subject left out: {view}"
+    );
     for worker in [&gpu, &narrow] {
         assert!(
             !worker.records().iter().any(|r| matches!(

@@ -71,7 +71,23 @@ pub async fn publish(conn: Connection, node: String, mut live: broadcast::Receiv
                 Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
-        if let Err(e) = conn.client.publish(subject.clone(), batch.into()).await {
+        let sent = match conn.signing.as_deref() {
+            Some(signing) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(super::signing::SIGNER_HEADER, signing.me());
+                headers.insert(
+                    super::signing::SIGNATURE_HEADER,
+                    signing
+                        .sign(&format!("events {subject}"), batch.as_bytes())
+                        .as_str(),
+                );
+                conn.client
+                    .publish_with_headers(subject.clone(), headers, batch.into())
+                    .await
+            }
+            None => conn.client.publish(subject.clone(), batch.into()).await,
+        };
+        if let Err(e) = sent {
             tracing::debug!("cannot publish records to the fleet's events: {e}");
         }
     }
@@ -98,12 +114,9 @@ pub async fn fold(conn: Connection, books: FleetBooks) {
                     lock(&books).clear();
                     delay = Duration::from_millis(250);
                     while let Some(Ok(msg)) = messages.next().await {
-                        let Some(node) = msg.subject.strip_prefix("dirigent.events.") else {
+                        let Some(node) = node_of(conn.signing.as_deref(), &msg) else {
                             continue;
                         };
-                        if crate::config::validate_name(node).is_err() {
-                            continue;
-                        }
                         let mut books = lock(&books);
                         let book = books
                             .entry(node.to_string())
@@ -169,9 +182,7 @@ pub async fn scorecard(
             Ok(Some(Err(e))) => return Err(format!("cannot read the fleet's events stream: {e}")),
             Ok(None) | Err(_) => break,
         };
-        if let Some(node) = msg.subject.strip_prefix("dirigent.events.")
-            && crate::config::validate_name(node).is_ok()
-        {
+        if let Some(node) = node_of(conn.signing.as_deref(), &msg) {
             for line in msg.payload.split(|b| *b == b'\n') {
                 if let Ok(record) = serde_json::from_slice::<Record>(line) {
                     card.add_on(Some(node), &record);
@@ -187,6 +198,34 @@ pub async fn scorecard(
         }
     }
     Ok(read)
+}
+
+/// The node whose records a message of the events stream holds: its subject's, when that is a
+/// node's name and — with a roster — that node signed the message (the server can be made to
+/// write onto any node's subject).
+fn node_of<'m>(
+    signing: Option<&super::signing::Signing>,
+    msg: &'m async_nats::Message,
+) -> Option<&'m str> {
+    let node = msg.subject.strip_prefix("dirigent.events.")?;
+    crate::config::validate_name(node).ok()?;
+    if let Some(signing) = signing {
+        let header = |name: &str| msg.headers.as_ref()?.get(name).map(|v| v.as_str());
+        let signer = header(super::signing::SIGNER_HEADER)?;
+        let signature = header(super::signing::SIGNATURE_HEADER)?;
+        let signed = signer == node
+            && signing.verify(
+                signer,
+                &format!("events {}", msg.subject),
+                &msg.payload,
+                signature,
+            );
+        if !signed {
+            tracing::debug!(subject = %msg.subject, "records not signed by their node; left out");
+            return None;
+        }
+    }
+    Some(node)
 }
 
 /// One message of the events stream, for a client following the fleet (`GET /events?fleet=true`):
@@ -244,6 +283,7 @@ pub async fn open(
 /// server's consumer waits with it.
 pub async fn follow(
     mut messages: async_nats::jetstream::consumer::pull::Ordered,
+    signing: Option<Arc<super::signing::Signing>>,
     tx: tokio::sync::mpsc::Sender<NodeRecords>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -257,12 +297,9 @@ pub async fn follow(
             _ = stopping.wait_for(|s| *s) => return,
             () = tx.closed() => return,
         };
-        let Some(node) = msg.subject.strip_prefix("dirigent.events.") else {
+        let Some(node) = node_of(signing.as_deref(), &msg) else {
             continue;
         };
-        if crate::config::validate_name(node).is_err() {
-            continue;
-        }
         let Ok(info) = msg.info() else { continue };
         let stream_seq = info.stream_sequence;
         let records: Vec<String> = msg

@@ -10,7 +10,10 @@
 //!   `Dirigent-Signature`; its message id is derived from a signature too, so no other node
 //!   can guess it and make the real publish a "duplicate";
 //! - an outcome: `outcome <key>` + the outcome, in an envelope in the bucket's value;
-//! - a heartbeat: `heartbeat <key>` + the heartbeat, in the same envelope.
+//! - a heartbeat: `heartbeat <key>` + the heartbeat, in the same envelope;
+//! - a batch of records on the events stream: `events <subject>` + the batch, in headers;
+//! - a provider word (`provider <key>`) and a worker's start count (`starts <key>`), in the
+//!   envelope.
 //!
 //! Without a roster nothing is signed and nothing is checked, as before.
 

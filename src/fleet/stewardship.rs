@@ -106,7 +106,15 @@ pub async fn share(conn: Connection, me: String, mut live: broadcast::Receiver<L
         // Tried until it is there: another worker must not go on hitting a 429.
         while let Err(e) = conn
             .providers
-            .put(&word.provider, value.clone().into())
+            .put(
+                &word.provider,
+                super::signing::seal(
+                    conn.signing.as_deref(),
+                    &format!("provider {}", word.provider),
+                    value.clone(),
+                )
+                .into(),
+            )
             .await
         {
             tracing::warn!(provider = %word.provider, "cannot tell the fleet about the provider ({e}); trying again");
@@ -123,7 +131,7 @@ pub async fn listen(conn: Connection, me: String, to_engine: Arc<dyn Fn(ToEngine
         if let Ok(mut watch) = conn.providers.watch_with_history(">").await {
             delay = Duration::from_millis(250);
             while let Some(Ok(entry)) = watch.next().await {
-                let Ok(word) = serde_json::from_slice::<Word>(&entry.value) else {
+                let Some(word) = read_word(&conn, &entry.key, &entry.value) else {
                     continue;
                 };
                 if word.worker != me && crate::config::validate_name(&word.provider).is_ok() {
@@ -161,7 +169,15 @@ pub async fn count_starts(
         let value = serde_json::to_vec(log).expect("a list of numbers serialises");
         if let Err(e) = conn
             .starts
-            .put(starts_key(&provider, &me), value.into())
+            .put(
+                starts_key(&provider, &me),
+                super::signing::seal(
+                    conn.signing.as_deref(),
+                    &format!("starts {}", starts_key(&provider, &me)),
+                    value,
+                )
+                .into(),
+            )
             .await
         {
             tracing::debug!(provider, "cannot tell the fleet about a start: {e}");
@@ -187,7 +203,7 @@ pub async fn hear_starts(
                 if worker == me {
                     continue;
                 }
-                let Ok(at_ms) = serde_json::from_slice::<Vec<u64>>(&entry.value) else {
+                let Some(at_ms) = read_starts(&conn, &entry.key, worker, &entry.value) else {
                     continue;
                 };
                 to_engine(ToEngine::Starts {
@@ -209,8 +225,8 @@ pub async fn hear_starts(
 pub async fn prime(conn: &Connection, me: &str, to_engine: &(dyn Fn(ToEngine) + Send + Sync)) {
     if let Ok(mut keys) = conn.providers.keys().await {
         while let Some(Ok(key)) = keys.next().await {
-            if let Ok(Some(value)) = conn.providers.get(key).await
-                && let Ok(word) = serde_json::from_slice::<Word>(&value)
+            if let Ok(Some(value)) = conn.providers.get(key.clone()).await
+                && let Some(word) = read_word(conn, &key, &value)
                 && word.worker != me
                 && crate::config::validate_name(&word.provider).is_ok()
             {
@@ -227,7 +243,7 @@ pub async fn prime(conn: &Connection, me: &str, to_engine: &(dyn Fn(ToEngine) + 
                 continue;
             }
             if let Ok(Some(value)) = conn.starts.get(key.clone()).await
-                && let Ok(at_ms) = serde_json::from_slice::<Vec<u64>>(&value)
+                && let Some(at_ms) = read_starts(conn, &key, worker, &value)
             {
                 to_engine(ToEngine::Starts {
                     worker: worker.to_string(),
@@ -251,4 +267,24 @@ fn starts_key(provider: &str, worker: &str) -> String {
 fn parse_starts_key(key: &str) -> Option<(String, &str)> {
     let (provider, worker) = key.rsplit_once('.')?;
     Some((provider.replace('~', "."), worker))
+}
+
+/// A provider word as the bucket holds it under `key`; with a roster, only one signed by the
+/// worker it names.
+fn read_word(conn: &Connection, key: &str, value: &[u8]) -> Option<Word> {
+    let (signer, body) =
+        super::signing::open(conn.signing.as_deref(), &format!("provider {key}"), value).ok()?;
+    let word: Word = serde_json::from_slice(body).ok()?;
+    (signer.is_none_or(|s| s == word.worker) && word.provider == key).then_some(word)
+}
+
+/// A worker's starts as the bucket holds them under `key`; with a roster, only those signed by
+/// that worker.
+fn read_starts(conn: &Connection, key: &str, worker: &str, value: &[u8]) -> Option<Vec<u64>> {
+    let (signer, body) =
+        super::signing::open(conn.signing.as_deref(), &format!("starts {key}"), value).ok()?;
+    if signer.is_some_and(|s| s != worker) {
+        return None;
+    }
+    serde_json::from_slice(body).ok()
 }
