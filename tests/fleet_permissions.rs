@@ -94,12 +94,22 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
         "--worker".into(),
         format!("narrow={}:alpha", narrow_key.public),
     ]);
-    let Some(nats) = Nats::start_with(Some(block)) else {
+    let Some(nats) = Nats::start_with(Some(block.clone())) else {
         return;
     };
-    let roster = format!(
-        "{{desk: {}, gpu: {}, narrow: {}}}",
-        desk_key.public, gpu_key.public, narrow_key.public
+    // The roster as the block's last lines give it.
+    let roster = block
+        .lines()
+        .find_map(|l| l.strip_prefix("#   nodes: "))
+        .expect("the block ends with the roster")
+        .to_string();
+    assert_eq!(
+        roster,
+        format!(
+            "{{desk: {}, gpu: {{key: {}, works: [alpha, slow]}}, narrow: {{key: {}, works: [alpha]}}}}",
+            desk_key.public, gpu_key.public, narrow_key.public
+        ),
+        "the roster names each node's key and what it works"
     );
     let desk = node_with_key(
         &nats,
@@ -370,18 +380,12 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
         })
     });
 
-    // Once the queue is empty, a worker has dealt with the forged task: dropped it (no
-    // `fleet_taken`), or taken it, which would show.
-    desk.wait_until("the fleet's queue to be empty", || {
-        rt.block_on(async {
-            let client = async_nats::ConnectOptions::with_nkey(desk_key.seed.clone())
-                .custom_inbox_prefix("_INBOX_desk")
-                .connect(nats.url())
-                .await
-                .ok()?;
-            let js = async_nats::jetstream::new(client);
-            let mut stream = js.get_stream("DIRIGENT_TASKS").await.ok()?;
-            (stream.info().await.ok()?.state.messages == 0).then_some(())
+    // A worker has weighed the forged task (a node other than its subject's): dropped at once.
+    desk.wait_until("a worker to drop the task naming another node", || {
+        [&gpu, &narrow].iter().find_map(|w| {
+            let log = std::fs::read_to_string(w.root().join("daemon.log")).ok()?;
+            log.contains("a task names a node other than the one whose subject it came on")
+                .then_some(())
         })
     });
     // Records after the forged one, in the events stream's order: once desk's fleet view has

@@ -38,7 +38,7 @@ pub(super) struct RawCluster {
     #[serde(default)]
     repositories: Vec<String>,
     #[serde(default)]
-    nodes: std::collections::BTreeMap<String, String>,
+    nodes: std::collections::BTreeMap<String, crate::fleet::signing::RawMember>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,7 +96,7 @@ pub struct Cluster {
     /// The fleet's roster, each node's name and public nkey: with it, every node signs its
     /// tasks, outcomes and heartbeats with its `nkey` seed and takes only those signed by a
     /// node listed here (`crate::fleet::signing`). Empty: nothing is signed.
-    pub nodes: std::collections::BTreeMap<String, String>,
+    pub nodes: crate::fleet::signing::Roster,
 }
 
 /// The default wait: short, so a dead worker's task moves on within half a minute.
@@ -190,14 +190,14 @@ pub(super) fn build(raw: RawCluster) -> Result<Cluster, String> {
                 .map_err(|e| format!("`cluster.repositories`: `{r}`: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if !raw.nodes.is_empty() {
-        crate::fleet::signing::check_roster(&raw.nodes)?;
+    let nodes = crate::fleet::signing::parse_roster(raw.nodes)?;
+    if !nodes.is_empty() {
         if !matches!(auth, Auth::Nkey(_)) {
             return Err(
                 "`cluster.nodes` (signed messages) needs `cluster.nkey`: each node signs with its own seed".into(),
             );
         }
-        if !raw.nodes.contains_key(&name) {
+        if !nodes.contains_key(&name) {
             return Err(format!(
                 "`cluster.nodes` does not list this node, `{name}`: every node of the fleet, this one too, with its public nkey"
             ));
@@ -212,7 +212,7 @@ pub(super) fn build(raw: RawCluster) -> Result<Cluster, String> {
         work: raw.work.unwrap_or(true),
         repository,
         repositories,
-        nodes: raw.nodes,
+        nodes,
     })
 }
 

@@ -19,7 +19,7 @@ use crate::config::cluster::{Auth, Cluster};
 /// between publishing and recording `published` publishes again when it starts.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 /// How long an outcome is kept for its node to collect (a node away longer runs it again).
-const OUTCOME_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const OUTCOME_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long the fleet's events are kept, and how many bytes of them at most.
 const EVENTS_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const EVENTS_BYTES: i64 = 1024 * 1024 * 1024;

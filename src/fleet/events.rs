@@ -122,7 +122,9 @@ pub async fn fold(conn: Connection, books: FleetBooks) {
                             .entry(node.to_string())
                             .or_insert_with(|| TaskBook::with_limit(Some(KEEP_FINISHED), []));
                         for line in msg.payload.split(|b| *b == b'\n') {
-                            if let Ok(record) = serde_json::from_slice::<Record>(line) {
+                            if let Ok(record) = serde_json::from_slice::<Record>(line)
+                                && !replayed(conn.signing.is_some(), book.last_seq, &record)
+                            {
                                 book.apply(&record);
                             }
                         }
@@ -176,6 +178,7 @@ pub async fn scorecard(
         .await
         .map_err(|e| format!("cannot read the fleet's events stream: {e}"))?;
     let mut read = 0;
+    let mut last_seq: std::collections::HashMap<String, u64> = Default::default();
     loop {
         let msg = match tokio::time::timeout(QUIET_FOR, messages.next()).await {
             Ok(Some(Ok(msg))) => msg,
@@ -183,8 +186,12 @@ pub async fn scorecard(
             Ok(None) | Err(_) => break,
         };
         if let Some(node) = node_of(conn.signing.as_deref(), &msg) {
+            let last = last_seq.entry(node.to_string()).or_insert(0);
             for line in msg.payload.split(|b| *b == b'\n') {
-                if let Ok(record) = serde_json::from_slice::<Record>(line) {
+                if let Ok(record) = serde_json::from_slice::<Record>(line)
+                    && !replayed(conn.signing.is_some(), *last, &record)
+                {
+                    *last = record.seq;
                     card.add_on(Some(node), &record);
                     read += 1;
                 }
@@ -226,6 +233,14 @@ fn node_of<'m>(
         }
     }
     Some(node)
+}
+
+/// Whether `record` is one its node sent before (with a roster: a signed batch can be echoed
+/// onto the stream again). A node's records come in its ledger's order, so a sequence not
+/// above the last one read is a repeat. Without a roster every record counts, as before (a
+/// workspace made again under the same name starts its sequence anew).
+fn replayed(signed: bool, last_seq: u64, record: &Record) -> bool {
+    signed && record.seq <= last_seq
 }
 
 /// One message of the events stream, for a client following the fleet (`GET /events?fleet=true`):
@@ -287,6 +302,7 @@ pub async fn follow(
     tx: tokio::sync::mpsc::Sender<NodeRecords>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut last_seq: std::collections::HashMap<String, u64> = Default::default();
     loop {
         let msg = tokio::select! {
             m = messages.next() => match m {
@@ -302,12 +318,20 @@ pub async fn follow(
         };
         let Ok(info) = msg.info() else { continue };
         let stream_seq = info.stream_sequence;
+        let last = last_seq.entry(node.to_string()).or_insert(0);
         let records: Vec<String> = msg
             .payload
             .split(|b| *b == b'\n')
             // Written again from what was read: another node's extra fields, or whitespace
             // that would end a line of the client's event stream, do not pass through.
             .filter_map(|line| serde_json::from_slice::<Record>(line).ok())
+            .filter(|record| {
+                let fresh = !replayed(signing.is_some(), *last, record);
+                if fresh {
+                    *last = record.seq;
+                }
+                fresh
+            })
             .filter_map(|record| serde_json::to_string(&record).ok())
             .collect();
         if records.is_empty() {

@@ -93,11 +93,14 @@ impl View {
     /// What the other workers (live or gone) spent, by day.
     pub fn spent_elsewhere(&self, me: &str) -> BTreeMap<u64, crate::state::DaySpend> {
         let mut out: BTreeMap<u64, crate::state::DaySpend> = BTreeMap::new();
+        // What another node says it spent counts only as a finite amount of zero or more: a
+        // negative one would let this node overspend, an infinite one stop it.
+        let sane = |usd: f64| if usd.is_finite() { usd.max(0.0) } else { 0.0 };
         for (h, _) in self.workers.values().filter(|(h, _)| h.name != me) {
             let day = out.entry(h.spend_day).or_default();
-            day.total_usd += h.spend.total_usd;
+            day.total_usd += sane(h.spend.total_usd);
             for (agent, usd) in &h.spend.by_agent {
-                *day.by_agent.entry(agent.clone()).or_default() += usd;
+                *day.by_agent.entry(agent.clone()).or_default() += sane(*usd);
             }
         }
         out
@@ -222,9 +225,20 @@ pub async fn watch(conn: Connection, view: SharedView, own_name: Option<String>)
                         continue;
                     }
                 };
-                let Ok(h) = serde_json::from_slice::<Heartbeat>(body) else {
+                let Ok(mut h) = serde_json::from_slice::<Heartbeat>(body) else {
                     continue;
                 };
+                // A node the roster does not let work runs nothing and spends nothing, whatever
+                // its beat says.
+                if conn
+                    .signing
+                    .as_deref()
+                    .is_some_and(|s| s.works(&h.name) == Some(&super::signing::Works::No))
+                {
+                    h.works = false;
+                    h.agents.clear();
+                    h.spend = Default::default();
+                }
                 // The key is what the server's permissions tie to a node; a beat that names
                 // another node than its key is not that node's.
                 if h.name != entry.key {
@@ -242,6 +256,14 @@ pub async fn watch(conn: Connection, view: SharedView, own_name: Option<String>)
                         .unwrap_or(now)
                 };
                 let mut v = lock(&view);
+                // Only a beat newer than the one held counts: one echoed back onto the bucket
+                // from its history (or the current one again) would keep a dead worker live.
+                if v.workers
+                    .get(&h.name)
+                    .is_some_and(|(held, _)| held.at_ms >= h.at_ms)
+                {
+                    continue;
+                }
                 if entry.seen_current
                     && h.instance != 0
                     && h.instance != v.instance

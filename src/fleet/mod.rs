@@ -197,12 +197,32 @@ pub fn read_outcome(
 ) -> Result<Outcome, String> {
     let (signer, body) = signing::open(signing, &format!("outcome {key}"), value)?;
     let outcome: Outcome = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    if let Some(signer) = signer {
+    if let (Some(signer), Some(signing)) = (signer, signing) {
         let node = key.split('.').next().unwrap_or("");
         if outcome.end == End::Cancelled && signer != node {
             return Err(format!(
                 "a cancel signed by `{signer}`, not by the task's node"
             ));
+        }
+        // A task's end comes from a node the roster lets work, for an agent it runs.
+        let works = signing.works(&signer).unwrap_or(&signing::Works::No);
+        match (&outcome.end, works) {
+            (End::Cancelled, _) => {}
+            (_, signing::Works::No) => {
+                return Err(format!(
+                    "signed by `{signer}`, which the roster does not let work"
+                ));
+            }
+            (End::Done { agent, .. }, signing::Works::Agents(agents))
+                if !agents
+                    .iter()
+                    .any(|a| a == crate::config::split_entry(agent).0) =>
+            {
+                return Err(format!(
+                    "signed by `{signer}` for the agent `{agent}`, which the roster does not give it"
+                ));
+            }
+            _ => {}
         }
         if signer != outcome.worker {
             return Err(format!(
@@ -251,7 +271,10 @@ pub async fn claim_outcome(conn: &connect::Connection, key: &str, outcome: Vec<u
                 Err(e) => return Claim::Failed(e.to_string()),
             };
             match read_outcome(conn.signing.as_deref(), key, &entry.value) {
+                // Without a roster nothing can be told apart: the first value stands, as
+                // before (a node of a newer build may write what this one cannot read).
                 Ok(_) => Claim::Lost,
+                Err(_) if conn.signing.is_none() => Claim::Lost,
                 Err(why) => {
                     tracing::warn!(
                         key,
@@ -674,6 +697,86 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outcome_counts_only_from_a_node_the_roster_lets_answer_for_it() {
+        let pairs: Vec<(&str, nkeys::KeyPair, signing::Works)> = vec![
+            ("desk", nkeys::KeyPair::new_user(), signing::Works::No),
+            (
+                "gpu",
+                nkeys::KeyPair::new_user(),
+                signing::Works::Agents(vec!["alpha".into()]),
+            ),
+            ("big", nkeys::KeyPair::new_user(), signing::Works::All),
+        ];
+        let roster: signing::Roster = pairs
+            .iter()
+            .map(|(n, k, w)| {
+                (
+                    n.to_string(),
+                    signing::Member {
+                        key: k.public_key(),
+                        works: w.clone(),
+                    },
+                )
+            })
+            .collect();
+        let node = |name: &str| {
+            let (_, k, _) = pairs.iter().find(|(n, _, _)| *n == name).unwrap();
+            signing::Signing::new(name, &k.seed().unwrap(), &roster).unwrap()
+        };
+        let reader = node("desk");
+        let key = "desk.t=1";
+        let done = |worker: &str, agent: &str| {
+            format!(
+                r#"{{"worker":"{worker}","state":"done","agent":"{agent}","attempt":1,"text":"x"}}"#
+            )
+        };
+        let cancelled = |worker: &str| format!(r#"{{"worker":"{worker}","state":"cancelled"}}"#);
+        let cases: Vec<(&str, String, Result<(), &str>)> = vec![
+            ("gpu", done("gpu", "alpha"), Ok(())),
+            ("gpu", done("gpu", "alpha:big-model"), Ok(())),
+            ("big", done("big", "beta"), Ok(())),
+            (
+                "gpu",
+                done("gpu", "beta"),
+                Err("which the roster does not give it"),
+            ),
+            (
+                "desk",
+                done("desk", "alpha"),
+                Err("which the roster does not let work"),
+            ),
+            ("desk", cancelled("desk"), Ok(())),
+            ("gpu", cancelled("gpu"), Err("not by the task's node")),
+            ("gpu", done("big", "alpha"), Err("names the worker `big`")),
+        ];
+        for (signer, body, want) in cases {
+            let value = signing::seal(
+                Some(&node(signer)),
+                &format!("outcome {key}"),
+                body.clone().into_bytes(),
+            );
+            let got = read_outcome(Some(&reader), key, &value);
+            match (want, &got) {
+                (Ok(()), Ok(_)) => {}
+                (Err(why), Err(e)) => assert!(
+                    e.contains(why),
+                    "{signer} {body}: expected {why:?}, got {e:?}"
+                ),
+                _ => panic!("{signer} {body}: expected {want:?}, got {got:?}"),
+            }
+        }
+        let unsigned = read_outcome(Some(&reader), key, done("gpu", "alpha").as_bytes());
+        assert!(
+            unsigned.is_err_and(|e| e.contains("not signed")),
+            "an unsigned outcome is not taken with a roster"
+        );
+        assert!(
+            read_outcome(None, key, done("gpu", "alpha").as_bytes()).is_ok(),
+            "without a roster it is, as before"
+        );
+    }
 
     #[test]
     fn keys_name_the_node_the_task_its_round_and_when_it_was_received() {

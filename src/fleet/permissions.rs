@@ -170,7 +170,20 @@ pub fn config(members: &[Member]) -> String {
     out.push_str("  ]\n}\n");
     let roster: Vec<String> = members
         .iter()
-        .map(|m| format!("{}: {}", m.name, m.nkey))
+        .map(|m| match &m.role {
+            Role::Submitter => format!("{}: {}", m.name, m.nkey),
+            Role::Worker { agents: None } => {
+                format!("{}: {{key: {}, works: all}}", m.name, m.nkey)
+            }
+            Role::Worker {
+                agents: Some(agents),
+            } => format!(
+                "{}: {{key: {}, works: [{}]}}",
+                m.name,
+                m.nkey,
+                agents.join(", ")
+            ),
+        })
         .collect();
     let _ = writeln!(
         out,
@@ -359,7 +372,9 @@ mod tests {
             },
         }]);
         assert!(
-            text.contains(&format!("#   nodes: {{gpu: {KEY}}}")),
+            text.contains(&format!(
+                "#   nodes: {{gpu: {{key: {KEY}, works: [ollama]}}}}"
+            )),
             "the block ends with the roster for the nodes' configs:\n{text}"
         );
         assert!(

@@ -26,11 +26,53 @@ pub const SIGNER_HEADER: &str = "Dirigent-Signer";
 /// The header holding the signature (hex).
 pub const SIGNATURE_HEADER: &str = "Dirigent-Signature";
 
+/// What a node of the roster may answer for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Works {
+    /// It only submits: no outcome, start count or spending of its counts.
+    No,
+    /// It runs every agent's tasks.
+    All,
+    /// It runs these agents' tasks: an outcome it signs names one of them.
+    Agents(Vec<String>),
+}
+
+/// One node of the roster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    /// Its public nkey (`U…`).
+    pub key: String,
+    pub works: Works,
+}
+
+/// The fleet's roster, by node name (`cluster.nodes`).
+pub type Roster = BTreeMap<String, Member>;
+
+/// A roster entry as written: `name: UKEY` (a node that only submits), or
+/// `name: {key: UKEY, works: all | [agent, …]}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawMember {
+    Key(String),
+    Full {
+        key: String,
+        #[serde(default)]
+        works: Option<RawWorks>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawWorks {
+    Word(String),
+    Agents(Vec<String>),
+}
+
 /// This node's key and the fleet's roster.
 pub struct Signing {
     me: String,
     pair: nkeys::KeyPair,
-    roster: HashMap<String, nkeys::KeyPair>,
+    roster: HashMap<String, (nkeys::KeyPair, Works)>,
 }
 
 impl std::fmt::Debug for Signing {
@@ -45,30 +87,39 @@ impl std::fmt::Debug for Signing {
 impl Signing {
     /// From this node's seed and the roster; `Err` says what does not fit (the roster was
     /// checked when the config was read: names, keys, this node listed).
-    pub fn new(me: &str, seed: &str, roster: &BTreeMap<String, String>) -> Result<Signing, String> {
+    pub fn new(me: &str, seed: &str, roster: &Roster) -> Result<Signing, String> {
         let pair = nkeys::KeyPair::from_seed(seed.trim())
             .map_err(|e| format!("`cluster.nkey` does not hold an nkey seed: {e}"))?;
         let listed = roster
             .get(me)
             .ok_or_else(|| format!("`cluster.nodes` does not list this node, `{me}`"))?;
-        if &pair.public_key() != listed {
+        if pair.public_key() != listed.key {
             return Err(format!(
-                "`cluster.nodes` gives `{me}` the key `{listed}`, but `cluster.nkey` holds the seed of `{}`",
+                "`cluster.nodes` gives `{me}` the key `{}`, but `cluster.nkey` holds the seed of `{}`",
+                listed.key,
                 pair.public_key()
             ));
         }
         let mut keys = HashMap::new();
-        for (name, key) in roster {
-            let public = nkeys::KeyPair::from_public_key(key).map_err(|e| {
-                format!("`cluster.nodes.{name}`: `{key}` is not a public nkey: {e}")
+        for (name, member) in roster {
+            let public = nkeys::KeyPair::from_public_key(&member.key).map_err(|e| {
+                format!(
+                    "`cluster.nodes.{name}`: `{}` is not a public nkey: {e}",
+                    member.key
+                )
             })?;
-            keys.insert(name.clone(), public);
+            keys.insert(name.clone(), (public, member.works.clone()));
         }
         Ok(Signing {
             me: me.to_string(),
             pair,
             roster: keys,
         })
+    }
+
+    /// What `node` may answer for (`None`: not a node of the roster).
+    pub fn works(&self, node: &str) -> Option<&Works> {
+        self.roster.get(node).map(|(_, w)| w)
     }
 
     /// This node's signature of `body` in `context`, in hex.
@@ -82,7 +133,7 @@ impl Signing {
 
     /// Whether `signature` is `signer`'s, a node of the roster, of `body` in `context`.
     pub fn verify(&self, signer: &str, context: &str, body: &[u8], signature: &str) -> bool {
-        let Some(key) = self.roster.get(signer) else {
+        let Some((key, _)) = self.roster.get(signer) else {
             return false;
         };
         let Some(signature) = unhex(signature) else {
@@ -180,22 +231,50 @@ pub fn open<'a>(
     }
 }
 
-/// Checks a roster as the config gives it: node names, public user keys.
-pub fn check_roster(roster: &BTreeMap<String, String>) -> Result<(), String> {
-    for (name, key) in roster {
-        if crate::config::validate_name(name).is_err() || name.contains('.') {
+/// A roster as the config gives it, checked: node names, public user keys, what each works.
+pub fn parse_roster(raw: BTreeMap<String, RawMember>) -> Result<Roster, String> {
+    let mut roster = Roster::new();
+    for (name, member) in raw {
+        if crate::config::validate_name(&name).is_err() || name.contains('.') {
             return Err(format!(
                 "`cluster.nodes`: `{name}` is not a node name (letters, digits, `-` and `_`)"
             ));
         }
-        let user = key.starts_with('U') && nkeys::KeyPair::from_public_key(key).is_ok();
+        let (key, works) = match member {
+            RawMember::Key(key) => (key, Works::No),
+            RawMember::Full { key, works } => {
+                let works = match works {
+                    None => Works::No,
+                    Some(RawWorks::Word(w)) if w == "all" => Works::All,
+                    Some(RawWorks::Word(w)) => {
+                        return Err(format!(
+                            "`cluster.nodes.{name}.works`: `{w}`: write `all`, or a list of the agents it runs"
+                        ));
+                    }
+                    Some(RawWorks::Agents(agents)) => {
+                        if let Some(bad) = agents
+                            .iter()
+                            .find(|a| crate::config::validate_name(a).is_err())
+                        {
+                            return Err(format!(
+                                "`cluster.nodes.{name}.works`: `{bad}` is not an agent name"
+                            ));
+                        }
+                        Works::Agents(agents)
+                    }
+                };
+                (key, works)
+            }
+        };
+        let user = key.starts_with('U') && nkeys::KeyPair::from_public_key(&key).is_ok();
         if !user {
             return Err(format!(
                 "`cluster.nodes.{name}`: `{key}` is not a user's public nkey (`U…`, 56 characters)"
             ));
         }
+        roster.insert(name, Member { key, works });
     }
-    Ok(())
+    Ok(roster)
 }
 
 #[cfg(test)]
@@ -208,9 +287,21 @@ mod tests {
             nkeys::KeyPair::new_user(),
             nkeys::KeyPair::new_user(),
         );
-        let roster: BTreeMap<String, String> = [
-            ("desk".to_string(), a.public_key()),
-            ("gpu".to_string(), b.public_key()),
+        let roster: Roster = [
+            (
+                "desk".to_string(),
+                Member {
+                    key: a.public_key(),
+                    works: Works::No,
+                },
+            ),
+            (
+                "gpu".to_string(),
+                Member {
+                    key: b.public_key(),
+                    works: Works::Agents(vec!["alpha".into()]),
+                },
+            ),
         ]
         .into();
         (
@@ -282,22 +373,64 @@ mod tests {
     #[test]
     fn a_roster_that_does_not_fit_the_seed_is_refused_with_the_reason() {
         let (a, b) = (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
-        let roster: BTreeMap<String, String> = [("desk".to_string(), a.public_key())].into();
+        let roster =
+            parse_roster([("desk".to_string(), RawMember::Key(a.public_key()))].into()).unwrap();
         let err = Signing::new("desk", &b.seed().unwrap(), &roster).unwrap_err();
         assert!(err.contains("holds the seed of"), "{err}");
         let err = Signing::new("gpu", &b.seed().unwrap(), &roster).unwrap_err();
         assert!(err.contains("does not list this node, `gpu`"), "{err}");
-        for (name, key, why) in [
-            ("a.b", a.public_key(), "is not a node name"),
+        let full = |works: Option<RawWorks>| RawMember::Full {
+            key: a.public_key(),
+            works,
+        };
+        let cases: Vec<(&str, RawMember, Result<Works, &str>)> = vec![
+            ("desk", RawMember::Key(a.public_key()), Ok(Works::No)),
+            ("desk", full(None), Ok(Works::No)),
+            (
+                "gpu",
+                full(Some(RawWorks::Word("all".into()))),
+                Ok(Works::All),
+            ),
+            (
+                "gpu",
+                full(Some(RawWorks::Agents(vec!["ollama".into()]))),
+                Ok(Works::Agents(vec!["ollama".into()])),
+            ),
+            (
+                "gpu",
+                full(Some(RawWorks::Word("yes".into()))),
+                Err("write `all`"),
+            ),
+            (
+                "gpu",
+                full(Some(RawWorks::Agents(vec!["a b".into()]))),
+                Err("is not an agent name"),
+            ),
+            (
+                "a.b",
+                RawMember::Key(a.public_key()),
+                Err("is not a node name"),
+            ),
             (
                 "desk",
-                "UNOTAKEY".to_string(),
-                "is not a user's public nkey",
+                RawMember::Key("UNOTAKEY".into()),
+                Err("is not a user's public nkey"),
             ),
-            ("desk", a.seed().unwrap(), "is not a user's public nkey"),
-        ] {
-            let err = check_roster(&[(name.to_string(), key)].into()).unwrap_err();
-            assert!(err.contains(why), "{name}: expected {why:?}, got {err:?}");
+            (
+                "desk",
+                RawMember::Key(a.seed().unwrap()),
+                Err("is not a user's public nkey"),
+            ),
+        ];
+        for (name, member, want) in cases {
+            let got = parse_roster([(name.to_string(), member)].into());
+            match (&want, got) {
+                (Ok(works), Ok(r)) => assert_eq!(&r[name].works, works, "{name}"),
+                (Err(why), Err(e)) => {
+                    assert!(e.contains(why), "{name}: expected {why:?}, got {e:?}")
+                }
+                (_, got) => panic!("{name}: expected {want:?}, got {got:?}"),
+            }
         }
     }
 }

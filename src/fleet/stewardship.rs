@@ -286,5 +286,23 @@ fn read_starts(conn: &Connection, key: &str, worker: &str, value: &[u8]) -> Opti
     if signer.is_some_and(|s| s != worker) {
         return None;
     }
-    serde_json::from_slice(body).ok()
+    // Only a node the roster lets work starts anything.
+    if conn
+        .signing
+        .as_deref()
+        .is_some_and(|s| matches!(s.works(worker), None | Some(super::signing::Works::No)))
+    {
+        return None;
+    }
+    let mut at_ms: Vec<u64> = serde_json::from_slice(body).ok()?;
+    // Starts only within the window (a minute back, a little skew forward), and no more than a
+    // window could hold: a count from the future or without end would use up every worker's
+    // `starts_per_minute`.
+    let now = crate::ledger::now_ms();
+    at_ms.retain(|t| *t + WINDOW_MS >= now && *t <= now + 5_000);
+    at_ms.truncate(MAX_STARTS);
+    Some(at_ms)
 }
+
+/// The most starts one worker's count is taken to hold.
+const MAX_STARTS: usize = 1_000;

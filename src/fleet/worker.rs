@@ -327,6 +327,9 @@ async fn pull_loop(
     }
 }
 
+/// How many times a task not signed by its node is offered before it is dropped (30 s apart).
+const UNSIGNED_TRIES: i64 = 10;
+
 /// One delivery: a task taken, a repeat of one in hand or already settled, or unreadable.
 /// Returns whether the engine was too busy to take it (paused, stopping).
 async fn take(
@@ -380,8 +383,18 @@ async fn take(
                 &signature,
             );
         if !signed {
-            tracing::warn!(subject = %msg.subject, node = %queued.node, task = %queued.spec.id, "a task not signed by its node (`cluster.nodes`); it is dropped");
-            let _ = msg.ack_with(AckKind::Term).await;
+            // Offered again for a while (a roster being updated node by node), then dropped:
+            // a forged task would otherwise come back for ever.
+            let delivered = msg.info().map_or(1, |i| i.delivered);
+            if delivered < UNSIGNED_TRIES {
+                tracing::warn!(subject = %msg.subject, node = %queued.node, task = %queued.spec.id, delivered, "a task not signed by its node (`cluster.nodes`: is the roster the same on every node?); offered again in 30 s");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(30))))
+                    .await;
+            } else {
+                tracing::warn!(subject = %msg.subject, node = %queued.node, task = %queued.spec.id, "a task not signed by its node (`cluster.nodes`), offered {delivered} times; it is dropped");
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
             return false;
         }
     }
@@ -390,7 +403,20 @@ async fn take(
     // A delivery again (or a publish repeated after the server's duplicate window): settled by
     // another worker already? Then acknowledge and do nothing. A first delivery is not asked
     // about, to keep a round trip off every task; its outcome's create-if-absent still decides.
-    if delivered > 1 && super::stored_outcome(conn, &key).await.is_some() {
+    // With a roster every delivery is asked: a signed task can be echoed onto the queue again
+    // (a first delivery then), and must not run twice. A task older than its outcome is kept
+    // is not taken at all (its outcome may be gone, so it could not be told from a new one).
+    if conn.signing.is_some()
+        && crate::ledger::now_ms().saturating_sub(queued.received_ms)
+            > super::connect::OUTCOME_AGE.as_millis() as u64 - 24 * 3600 * 1000
+    {
+        tracing::warn!(key, "a task older than the fleet keeps outcomes; dropped");
+        let _ = msg.ack_with(AckKind::Term).await;
+        return false;
+    }
+    if (delivered > 1 || conn.signing.is_some())
+        && super::stored_outcome(conn, &key).await.is_some()
+    {
         tracing::info!(key, "the fleet already has this task's outcome; dropped");
         let _ = msg.double_ack().await;
         return false;

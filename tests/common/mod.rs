@@ -167,7 +167,18 @@ impl Workspace {
     }
 
     /// Waits until `found` returns `Some`, looking again on every change in `.context/`.
-    pub fn wait_until<T>(&self, what: &str, mut found: impl FnMut() -> Option<T>) -> T {
+    pub fn wait_until<T>(&self, what: &str, found: impl FnMut() -> Option<T>) -> T {
+        self.wait_until_longer(what, Duration::ZERO, found)
+    }
+
+    /// [`Self::wait_until`] for something that by design takes `longer` than usual (a rate
+    /// window, say): the patience is that much more.
+    pub fn wait_until_longer<T>(
+        &self,
+        what: &str,
+        longer: Duration,
+        mut found: impl FnMut() -> Option<T>,
+    ) -> T {
         use notify::Watcher;
         let (tx, rx) = mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -179,7 +190,7 @@ impl Workspace {
         watcher
             .watch(&self.ctx(), notify::RecursiveMode::NonRecursive)
             .unwrap();
-        let patience = patience();
+        let patience = patience() + longer;
         let began = Instant::now();
         let deadline = began + patience;
         loop {
