@@ -68,6 +68,33 @@ fn node_with_key(
     ))
 }
 
+/// A client logged in as the node `name` with its key, as a node gone bad would use it by
+/// hand, and what the server refuses it (its own words), in order.
+async fn connect_as(
+    nats: &Nats,
+    name: &str,
+    key: &Key,
+) -> (
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, refusals) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let client = async_nats::ConnectOptions::with_nkey(key.seed.clone())
+        .custom_inbox_prefix(format!("_INBOX_{name}"))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(nats.url())
+        .await
+        .unwrap();
+    (client, refusals)
+}
+
 /// The server's log lines that report a permission violation.
 fn violations(nats: &Nats) -> Vec<String> {
     nats.log
@@ -205,20 +232,7 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
     // Now desk's own credentials, used by hand, as a node gone bad would.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (tx, mut refusals) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let client = async_nats::ConnectOptions::with_nkey(desk_key.seed.clone())
-            .custom_inbox_prefix("_INBOX_desk")
-            .event_callback(move |event| {
-                let tx = tx.clone();
-                async move {
-                    if let async_nats::Event::ServerError(e) = event {
-                        let _ = tx.send(e.to_string());
-                    }
-                }
-            })
-            .connect(nats.url())
-            .await
-            .unwrap();
+        let (client, mut refusals) = connect_as(&nats, "desk", &desk_key).await;
         // Each attempt must be refused by the server, in its own words, naming the subject.
         let mut refused = async |what: &str, subject: &str| {
             let said = tokio::time::timeout(Duration::from_secs(30), refusals.recv())
@@ -285,20 +299,7 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
         );
 
         // A worker allowed one agent cannot make its consumer pull another's tasks.
-        let (tx, mut narrow_refusals) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let narrow_client = async_nats::ConnectOptions::with_nkey(narrow_key.seed.clone())
-            .custom_inbox_prefix("_INBOX_narrow")
-            .event_callback(move |event| {
-                let tx = tx.clone();
-                async move {
-                    if let async_nats::Event::ServerError(e) = event {
-                        let _ = tx.send(e.to_string());
-                    }
-                }
-            })
-            .connect(nats.url())
-            .await
-            .unwrap();
+        let (narrow_client, mut narrow_refusals) = connect_as(&nats, "narrow", &narrow_key).await;
         let subject = "$JS.API.CONSUMER.CREATE.DIRIGENT_TASKS.pull-alpha.dirigent.tasks.beta.*";
         narrow_client.publish(subject, "{}".into()).await.unwrap();
         let said = tokio::time::timeout(Duration::from_secs(30), narrow_refusals.recv())
@@ -327,11 +328,7 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
     // echoed by a direct get whose reply subject is gpu's task subject (publish permissions do
     // not look at reply subjects). Only the signature tells it from gpu's own.
     rt.block_on(async {
-        let client = async_nats::ConnectOptions::with_nkey(desk_key.seed.clone())
-            .custom_inbox_prefix("_INBOX_desk")
-            .connect(nats.url())
-            .await
-            .unwrap();
+        let (client, _) = connect_as(&nats, "desk", &desk_key).await;
         let js = async_nats::jetstream::new(client.clone());
         let echoed = serde_json::json!({
             "node": "gpu",
