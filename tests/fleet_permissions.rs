@@ -370,12 +370,25 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
             .unwrap();
         client.flush().await.unwrap();
     });
-    desk.wait_until("a worker to drop the unsigned task", || {
-        [&gpu, &narrow].iter().find_map(|w| {
-            let log = std::fs::read_to_string(w.root().join("daemon.log")).ok()?;
-            log.contains("a task not signed by its node").then_some(())
+    // The worker that was handed it says so in `dirigent fleet`.
+    let said = desk.wait_until("a worker to say it did not take the unsigned task", || {
+        [&gpu, &narrow].into_iter().find_map(|w| {
+            let out = w.cli(&["fleet", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let latest = v["not_taken"]["latest"].as_str()?.to_string();
+            latest.contains("`echoed`").then_some((w, latest))
         })
     });
+    assert!(
+        said.1.contains("not signed by its node"),
+        "expected the reason, got {:?}",
+        said.1
+    );
+    let text = String::from_utf8_lossy(&said.0.cli(&["fleet"]).stdout).to_string();
+    assert!(
+        text.contains("message(s) of the fleet not taken here") && text.contains("`echoed`"),
+        "expected `fleet` to say what it did not take, got:\n{text}"
+    );
 
     // A worker has weighed the forged task (a node other than its subject's): dropped at once.
     desk.wait_until("a worker to drop the task naming another node", || {

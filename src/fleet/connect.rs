@@ -45,6 +45,22 @@ pub struct Connection {
     pub results: async_nats::jetstream::object_store::ObjectStore,
     /// With `cluster.nodes`: this node's key and the roster it checks messages against.
     pub signing: Option<std::sync::Arc<super::signing::Signing>>,
+    /// What this node knows of the fleet, where what it did not take is kept for `fleet`.
+    view: Option<super::heartbeat::SharedView>,
+}
+
+impl Connection {
+    /// A message this node did not take (not signed as the roster says, or not readable):
+    /// logged, and kept for `dirigent fleet` and `status` — rosters that differ between nodes
+    /// show here first.
+    pub fn not_taken(&self, what: String) {
+        tracing::warn!("{what}");
+        if let Some(view) = &self.view {
+            let mut v = super::heartbeat::lock(view);
+            let count = v.not_taken.as_ref().map_or(0, |n| n.1);
+            v.not_taken = Some((what, count.saturating_add(1)));
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +109,7 @@ pub async fn connect(
     view: Option<&super::heartbeat::SharedView>,
 ) -> Result<Connection, ConnectError> {
     let url = cluster.url.clone();
+    let kept_view = view.cloned();
     let view = view.cloned();
     let mut signing = None;
     let mut options = async_nats::ConnectOptions::new()
@@ -261,6 +278,7 @@ pub async fn connect(
         workers,
         providers,
         signing,
+        view: kept_view,
     })
 }
 

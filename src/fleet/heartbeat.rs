@@ -68,6 +68,9 @@ pub struct View {
     /// The server refused something this node asked (a permission it lacks): the latest
     /// refusal, and how many there were since the daemon started.
     pub refused: Option<(String, u64)>,
+    /// Messages of the fleet this node did not take (not signed as its roster says): the
+    /// latest, and how many since the daemon started.
+    pub not_taken: Option<(String, u64)>,
 }
 
 pub type SharedView = Arc<Mutex<View>>;
@@ -132,6 +135,10 @@ impl View {
             "problem": self.problem,
             "twin": self.twin,
             "refused": self.refused.as_ref().map(|(what, count)| serde_json::json!({
+                "latest": what,
+                "count": count,
+            })),
+            "not_taken": self.not_taken.as_ref().map(|(what, count)| serde_json::json!({
                 "latest": what,
                 "count": count,
             })),
@@ -216,12 +223,18 @@ pub async fn watch(conn: Connection, view: SharedView, own_name: Option<String>)
                     &entry.value,
                 ) {
                     Ok((Some(signer), _)) if signer != entry.key => {
-                        tracing::warn!(key = %entry.key, signer, "a heartbeat signed by another node; ignored");
+                        conn.not_taken(format!(
+                            "a heartbeat under `{}` signed by `{signer}`; ignored",
+                            entry.key
+                        ));
                         continue;
                     }
                     Ok((_, body)) => body,
                     Err(why) => {
-                        tracing::warn!(key = %entry.key, "a heartbeat this node does not take ({why}); ignored");
+                        conn.not_taken(format!(
+                            "a heartbeat under `{}`: {why}; ignored",
+                            entry.key
+                        ));
                         continue;
                     }
                 };

@@ -208,10 +208,9 @@ async fn watch_outcomes(
                                 outcome,
                             });
                         }
-                        Err(e) => tracing::warn!(
-                            task,
-                            "the fleet's outcome for this task cannot be read ({e}); it is ignored"
-                        ),
+                        Err(e) => conn.not_taken(format!(
+                            "the fleet's outcome for `{task}` is not taken ({e}); the task waits for one that is"
+                        )),
                     }
                 }
             }

@@ -387,12 +387,18 @@ async fn take(
             // a forged task would otherwise come back for ever.
             let delivered = msg.info().map_or(1, |i| i.delivered);
             if delivered < UNSIGNED_TRIES {
-                tracing::warn!(subject = %msg.subject, node = %queued.node, task = %queued.spec.id, delivered, "a task not signed by its node (`cluster.nodes`: is the roster the same on every node?); offered again in 30 s");
+                conn.not_taken(format!(
+                    "a task `{}` of `{}` on `{}` not signed by its node (is the roster the same on every node?); offered again in 30 s ({delivered} of {UNSIGNED_TRIES})",
+                    queued.spec.id, queued.node, msg.subject
+                ));
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(30))))
                     .await;
             } else {
-                tracing::warn!(subject = %msg.subject, node = %queued.node, task = %queued.spec.id, "a task not signed by its node (`cluster.nodes`), offered {delivered} times; it is dropped");
+                conn.not_taken(format!(
+                    "a task `{}` of `{}` on `{}` not signed by its node, offered {delivered} times; dropped",
+                    queued.spec.id, queued.node, msg.subject
+                ));
                 let _ = msg.ack_with(AckKind::Term).await;
             }
             return false;

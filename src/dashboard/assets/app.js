@@ -539,6 +539,7 @@ function fleetPage() {
     summary.replaceChildren(`node ${f.node} at ${f.url}: `,
       f.connected ? `connected, ${live} live worker(s) taking tasks` : `not connected: ${f.problem || "?"} (it keeps obeying the last state it saw)`);
     if (f.twin) summary.append(h("div", { class: "warn" }, "another node of the fleet also uses this node's name"));
+    if (f.not_taken) summary.append(h("div", { class: "warn" }, `${f.not_taken.count} message(s) of the fleet not taken here, latest: ${f.not_taken.latest}`));
     if (f.refused) summary.append(h("div", { class: "warn" }, `the server refused this node ${f.refused.count} time(s), latest: ${f.refused.latest} (its permissions: docs/cluster.md)`));
     const waiting = Object.entries(f.unrunnable || {});
     for (const [agent, ids] of waiting) {
