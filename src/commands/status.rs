@@ -593,13 +593,17 @@ pub(super) fn fleet_lines(fleet: &serde_json::Value) -> Vec<String> {
     if let Some(twin) = fleet["twin"].as_str() {
         out.push(format!("fleet:   {twin}"));
     }
+    // Both hold text from elsewhere (another node's message, the server's words): printed
+    // without what a terminal would act on.
     if let Some(latest) = fleet["not_taken"]["latest"].as_str() {
+        let latest = dirigent::terminal::printable(latest);
         out.push(format!(
             "fleet:   {} message(s) of the fleet not taken here, latest: {latest}",
             fleet["not_taken"]["count"]
         ));
     }
     if let Some(latest) = fleet["refused"]["latest"].as_str() {
+        let latest = dirigent::terminal::printable(latest);
         out.push(format!(
             "fleet:   the server refused this node {} time(s), latest: {latest} (see docs/cluster.md, \"Permissions\")",
             fleet["refused"]["count"]

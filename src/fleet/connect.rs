@@ -54,6 +54,8 @@ impl Connection {
     /// logged, and kept for `dirigent fleet` and `status` — rosters that differ between nodes
     /// show here first.
     pub fn not_taken(&self, what: String) {
+        // It may quote another node's message: one line, of a bounded length.
+        let what = crate::progress::one_line(&what, 400);
         tracing::warn!("{what}");
         if let Some(view) = &self.view {
             let mut v = super::heartbeat::lock(view);
