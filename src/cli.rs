@@ -390,7 +390,9 @@ pub enum FleetAction {
     /// Print the NATS server's `authorization` block that confines each node to its own part
     /// of the fleet: its own tasks, records, heartbeat and outcomes; only workers pull tasks,
     /// and only for the agents given. One user per node, by its nkey (the `cluster.nkey` seed's
-    /// public half). Paste it into `nats-server.conf` (docs/cluster.md, "Permissions").
+    /// public half). Paste it into `nats-server.conf`; its last lines are the roster
+    /// (`cluster.nodes`) that turns on signed messages in every node's config
+    /// (docs/cluster.md, "Permissions" and "Signed messages").
     Permissions {
         /// A node that only submits: `NAME=NKEY` (its `cluster.name` and public nkey, `U…`).
         #[arg(long = "node", value_name = "NAME=NKEY")]

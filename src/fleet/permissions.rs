@@ -207,12 +207,8 @@ pub fn parse_member(text: &str, works: bool) -> Result<Member, String> {
             "`{name}` is not a node name: letters, digits, `-` and `_`, as `cluster.name`"
         ));
     }
-    // A user's public nkey: `U` and 55 more of base32's alphabet.
-    let is_user_key = nkey.len() == 56
-        && nkey.starts_with('U')
-        && nkey
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c));
+    // A user's public nkey (`U…`, its checksum right).
+    let is_user_key = nkey.starts_with('U') && nkeys::KeyPair::from_public_key(nkey).is_ok();
     if !is_user_key {
         return Err(format!(
             "`{nkey}` is not a user's public nkey (56 characters starting with `U`; `nk -gen user -pubout` makes a pair)"
@@ -271,6 +267,12 @@ mod tests {
             ("desk", false, Err("write `NAME=NKEY`")),
             (&format!("a.b={KEY}"), false, Err("is not a node name")),
             ("desk=SUABC", false, Err("is not a user's public nkey")),
+            (
+                // The right length and alphabet, a wrong checksum.
+                "desk=UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF5",
+                false,
+                Err("is not a user's public nkey"),
+            ),
             (
                 &format!("desk={}", KEY.to_lowercase()),
                 false,
