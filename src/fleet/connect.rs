@@ -58,9 +58,7 @@ impl Connection {
         let what = crate::progress::one_line(&what, 400);
         tracing::warn!("{what}");
         if let Some(view) = &self.view {
-            let mut v = super::heartbeat::lock(view);
-            let count = v.not_taken.as_ref().map_or(0, |n| n.1);
-            v.not_taken = Some((what, count.saturating_add(1)));
+            super::heartbeat::count_latest(&mut super::heartbeat::lock(view).not_taken, what);
         }
     }
 }
@@ -111,22 +109,24 @@ pub async fn connect(
     view: Option<&super::heartbeat::SharedView>,
 ) -> Result<Connection, ConnectError> {
     let url = cluster.url.clone();
-    let kept_view = view.cloned();
     let view = view.cloned();
+    // The event callback's own handle on the view (the connection keeps the other).
+    let refusals = view.clone();
     let mut signing = None;
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("dirigent {}", cluster.name))
         .custom_inbox_prefix(super::inbox_prefix(&cluster.name))
         .event_callback(move |event| {
-            let view = view.clone();
+            let view = refusals.clone();
             async move {
                 if let async_nats::Event::ServerError(async_nats::ServerError::Other(what)) = event
                 {
                     tracing::warn!("the fleet's server refused: {what}");
                     if let Some(view) = view {
-                        let mut v = super::heartbeat::lock(&view);
-                        let count = v.refused.as_ref().map_or(0, |r| r.1);
-                        v.refused = Some((what, count.saturating_add(1)));
+                        super::heartbeat::count_latest(
+                            &mut super::heartbeat::lock(&view).refused,
+                            what,
+                        );
                     }
                 }
             }
@@ -280,7 +280,7 @@ pub async fn connect(
         workers,
         providers,
         signing,
-        view: kept_view,
+        view,
     })
 }
 

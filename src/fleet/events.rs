@@ -73,14 +73,7 @@ pub async fn publish(conn: Connection, node: String, mut live: broadcast::Receiv
         }
         let sent = match conn.signing.as_deref() {
             Some(signing) => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(super::signing::SIGNER_HEADER, signing.me());
-                headers.insert(
-                    super::signing::SIGNATURE_HEADER,
-                    signing
-                        .sign(&format!("events {subject}"), batch.as_bytes())
-                        .as_str(),
-                );
+                let headers = signing.headers(&format!("events {subject}"), batch.as_bytes());
                 conn.client
                     .publish_with_headers(subject.clone(), headers, batch.into())
                     .await
@@ -217,17 +210,8 @@ fn node_of<'m>(
     let node = msg.subject.strip_prefix("dirigent.events.")?;
     crate::config::validate_name(node).ok()?;
     if let Some(signing) = signing {
-        let header = |name: &str| msg.headers.as_ref()?.get(name).map(|v| v.as_str());
-        let signer = header(super::signing::SIGNER_HEADER)?;
-        let signature = header(super::signing::SIGNATURE_HEADER)?;
-        let signed = signer == node
-            && signing.verify(
-                signer,
-                &format!("events {}", msg.subject),
-                &msg.payload,
-                signature,
-            );
-        if !signed {
+        let context = format!("events {}", msg.subject);
+        if !signing.signed_by(node, msg.headers.as_ref(), &context, &msg.payload) {
             tracing::debug!(subject = %msg.subject, "records not signed by their node; left out");
             return None;
         }

@@ -75,6 +75,12 @@ pub struct View {
 
 pub type SharedView = Arc<Mutex<View>>;
 
+/// Keeps `what` as the latest of something counted (`View::refused`, `View::not_taken`).
+pub fn count_latest(slot: &mut Option<(String, u64)>, what: String) {
+    let count = slot.as_ref().map_or(0, |(_, n)| *n);
+    *slot = Some((what, count.saturating_add(1)));
+}
+
 pub fn lock(view: &SharedView) -> std::sync::MutexGuard<'_, View> {
     view.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -134,16 +140,18 @@ impl View {
             "connected": self.connected,
             "problem": self.problem,
             "twin": self.twin,
-            "refused": self.refused.as_ref().map(|(what, count)| serde_json::json!({
-                "latest": what,
-                "count": count,
-            })),
-            "not_taken": self.not_taken.as_ref().map(|(what, count)| serde_json::json!({
-                "latest": what,
-                "count": count,
-            })),
+            "refused": latest_json(&self.refused),
+            "not_taken": latest_json(&self.not_taken),
             "workers": workers,
         })
+    }
+}
+
+/// A counted latest (see [`count_latest`]) for `status`: `{"latest", "count"}`, or null.
+fn latest_json(slot: &Option<(String, u64)>) -> serde_json::Value {
+    match slot {
+        Some((latest, count)) => serde_json::json!({"latest": latest, "count": count}),
+        None => serde_json::Value::Null,
     }
 }
 

@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 /// The header naming the node that signed a message.
-pub const SIGNER_HEADER: &str = "Dirigent-Signer";
+const SIGNER_HEADER: &str = "Dirigent-Signer";
 /// The header holding the signature (hex).
-pub const SIGNATURE_HEADER: &str = "Dirigent-Signature";
+const SIGNATURE_HEADER: &str = "Dirigent-Signature";
 
 /// What a node of the roster may answer for.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,15 +142,37 @@ impl Signing {
         key.verify(&signed_bytes(context, body), &signature).is_ok()
     }
 
+    /// The headers that sign `body` in `context` as this node's (a task on the queue, a batch
+    /// of records on the events stream).
+    pub fn headers(&self, context: &str, body: &[u8]) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(SIGNER_HEADER, self.me.as_str());
+        headers.insert(SIGNATURE_HEADER, self.sign(context, body).as_str());
+        headers
+    }
+
+    /// Whether `headers` (see [`Self::headers`]) sign `body` in `context` as `node`'s.
+    pub fn signed_by(
+        &self,
+        node: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        context: &str,
+        body: &[u8],
+    ) -> bool {
+        let header = |name: &str| headers?.get(name).map(|v| v.as_str());
+        match (header(SIGNER_HEADER), header(SIGNATURE_HEADER)) {
+            (Some(signer), Some(signature)) => {
+                signer == node && self.verify(signer, context, body, signature)
+            }
+            _ => false,
+        }
+    }
+
     /// The message id of a task published under `key`: the same on every publish of it (a
     /// signature by this node's key is deterministic), and unguessable by other nodes.
     pub fn message_id(&self, key: &str) -> String {
         let signature = self.sign("message-id", key.as_bytes());
         format!("{}.{}", self.me, &signature[..32])
-    }
-
-    pub fn me(&self) -> &str {
-        &self.me
     }
 }
 

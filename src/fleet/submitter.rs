@@ -137,11 +137,7 @@ async fn publish(
         Some(signing) => {
             message = message
                 .message_id(signing.message_id(&key))
-                .header(super::signing::SIGNER_HEADER, signing.me())
-                .header(
-                    super::signing::SIGNATURE_HEADER,
-                    signing.sign(&format!("task {subject}"), &payload),
-                );
+                .headers(signing.headers(&format!("task {subject}"), &payload));
         }
         None => message = message.message_id(&key),
     }

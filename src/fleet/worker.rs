@@ -367,22 +367,8 @@ async fn take(
     // With a roster, the task must be signed by its node: the server can be made to write onto
     // any node's subject (a request's reply subject is not held to permissions).
     if let Some(signing) = conn.signing.as_deref() {
-        let header = |name: &str| {
-            msg.headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-        };
-        let signer = header(super::signing::SIGNER_HEADER).unwrap_or_default();
-        let signature = header(super::signing::SIGNATURE_HEADER).unwrap_or_default();
-        let signed = signer == queued.node
-            && signing.verify(
-                &signer,
-                &format!("task {}", msg.subject),
-                &msg.payload,
-                &signature,
-            );
-        if !signed {
+        let context = format!("task {}", msg.subject);
+        if !signing.signed_by(&queued.node, msg.headers.as_ref(), &context, &msg.payload) {
             // Offered again for a while (a roster being updated node by node), then dropped:
             // a forged task would otherwise come back for ever.
             let delivered = msg.info().map_or(1, |i| i.delivered);
