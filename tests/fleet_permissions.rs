@@ -95,6 +95,50 @@ async fn connect_as(
     (client, refusals)
 }
 
+/// A task spec for the agent `alpha` as the fleet's messages carry it.
+fn spec(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "title": "x", "prompt": "", "chain": ["alpha"],
+                       "chain_source": "agent", "fields": {"prompt": id, "agent": "alpha"}})
+}
+
+/// Waits for the server's next refusal of what `refusals` hears and checks it is a permission
+/// violation naming `subject`.
+async fn expect_refused(
+    refusals: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    what: &str,
+    subject: &str,
+) {
+    let said = tokio::time::timeout(Duration::from_secs(30), refusals.recv())
+        .await
+        .unwrap_or_else(|_| panic!("expected the server to refuse {what}"))
+        .unwrap();
+    assert!(
+        said.to_lowercase().contains("permissions violation") && said.contains(subject),
+        "expected the server to refuse {what} on `{subject}`, it said {said:?}"
+    );
+}
+
+/// Makes the server write `body` onto `target` for `client`: stored under a provider key of
+/// its own (open to every node), then asked for by a direct get whose reply subject is
+/// `target` — publish permissions do not look at reply subjects.
+async fn echo_onto(client: &async_nats::Client, key: &str, body: String, target: &str) {
+    let js = async_nats::jetstream::new(client.clone());
+    js.publish(format!("$KV.dirigent_providers.{key}"), body.into())
+        .await
+        .unwrap()
+        .await
+        .expect("a provider word is open to every node");
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.KV_dirigent_providers.$KV.dirigent_providers.{key}"),
+            target.to_string(),
+            "".into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+}
+
 /// The server's log lines that report a permission violation.
 fn violations(nats: &Nats) -> Vec<String> {
     nats.log
@@ -234,16 +278,8 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
     rt.block_on(async {
         let (client, mut refusals) = connect_as(&nats, "desk", &desk_key).await;
         // Each attempt must be refused by the server, in its own words, naming the subject.
-        let mut refused = async |what: &str, subject: &str| {
-            let said = tokio::time::timeout(Duration::from_secs(30), refusals.recv())
-                .await
-                .unwrap_or_else(|_| panic!("expected the server to refuse {what}"))
-                .unwrap();
-            assert!(
-                said.to_lowercase().contains("permissions violation") && said.contains(subject),
-                "expected the server to refuse {what} on `{subject}`, it said {said:?}"
-            );
-        };
+        let mut refused =
+            async |what: &str, subject: &str| expect_refused(&mut refusals, what, subject).await;
         client
             .publish("dirigent.tasks.alpha.gpu", "{}".into())
             .await
@@ -302,22 +338,15 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
         let (narrow_client, mut narrow_refusals) = connect_as(&nats, "narrow", &narrow_key).await;
         let subject = "$JS.API.CONSUMER.CREATE.DIRIGENT_TASKS.pull-alpha.dirigent.tasks.beta.*";
         narrow_client.publish(subject, "{}".into()).await.unwrap();
-        let said = tokio::time::timeout(Duration::from_secs(30), narrow_refusals.recv())
-            .await
-            .expect("expected the server to refuse a consumer of another agent's tasks")
-            .unwrap();
-        assert!(
-            said.to_lowercase().contains("permissions violation") && said.contains(subject),
-            "expected the server to refuse `{subject}`, it said {said:?}"
-        );
+        expect_refused(
+            &mut narrow_refusals,
+            "a consumer of another agent's tasks",
+            subject,
+        )
+        .await;
 
         // On its own subject, but naming another node inside: the worker drops it.
-        let forged = serde_json::json!({
-            "node": "gpu",
-            "spec": {"id": "forged", "title": "x", "prompt": "", "chain": ["alpha"],
-                     "chain_source": "agent", "fields": {"prompt": "forged", "agent": "alpha"}},
-            "received_ms": 5
-        });
+        let forged = serde_json::json!({"node": "gpu", "spec": spec("forged"), "received_ms": 5});
         js.publish("dirigent.tasks.alpha.desk", forged.to_string().into())
             .await
             .unwrap()
@@ -329,46 +358,20 @@ fn each_node_is_held_to_its_own_part_of_the_fleet() {
     // not look at reply subjects). Only the signature tells it from gpu's own.
     rt.block_on(async {
         let (client, _) = connect_as(&nats, "desk", &desk_key).await;
-        let js = async_nats::jetstream::new(client.clone());
-        let echoed = serde_json::json!({
-            "node": "gpu",
-            "spec": {"id": "echoed", "title": "x", "prompt": "", "chain": ["alpha"],
-                     "chain_source": "agent", "fields": {"prompt": "echoed", "agent": "alpha"}},
-            "received_ms": 5
-        });
-        js.publish("$KV.dirigent_providers.evil", echoed.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .expect("a provider word is open to every node");
-        client
-            .publish_with_reply(
-                "$JS.API.DIRECT.GET.KV_dirigent_providers.$KV.dirigent_providers.evil",
-                "dirigent.tasks.alpha.gpu",
-                "".into(),
-            )
-            .await
-            .unwrap();
+        let echoed = serde_json::json!({"node": "gpu", "spec": spec("echoed"), "received_ms": 5});
+        echo_onto(
+            &client,
+            "evil",
+            echoed.to_string(),
+            "dirigent.tasks.alpha.gpu",
+        )
+        .await;
         // And a record of a task gpu never had, onto gpu's events subject.
         let ghost = serde_json::json!({
             "seq": 100000, "ts": 1, "event": "received", "task": "ghost", "file": "ghost.json",
-            "spec": {"id": "ghost", "title": "x", "prompt": "", "chain": ["alpha"],
-                     "chain_source": "agent", "fields": {"prompt": "ghost", "agent": "alpha"}}
+            "spec": spec("ghost")
         });
-        js.publish("$KV.dirigent_providers.evil2", ghost.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .expect("a provider word is open to every node");
-        client
-            .publish_with_reply(
-                "$JS.API.DIRECT.GET.KV_dirigent_providers.$KV.dirigent_providers.evil2",
-                "dirigent.events.gpu",
-                "".into(),
-            )
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
+        echo_onto(&client, "evil2", ghost.to_string(), "dirigent.events.gpu").await;
     });
     // The worker that was handed it says so in `dirigent fleet`.
     let said = desk.wait_until("a worker to say it did not take the unsigned task", || {
