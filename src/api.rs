@@ -163,7 +163,7 @@ impl Api {
     /// stream is opened before this answers).
     pub async fn fleet_events(
         &self,
-        from: crate::fleet::events::From,
+        from: crate::fleet::events::StartAt,
     ) -> Result<mpsc::Receiver<crate::fleet::events::NodeRecords>, FleetEventsError> {
         let cell = self.fleet.as_ref().ok_or(FleetEventsError::NotInFleet)?;
         let conn = cell.get().ok_or(FleetEventsError::NotConnected)?.clone();

@@ -690,8 +690,8 @@ async fn fleet_events(st: &AppState, after: Option<u64>, q: &EventsQuery) -> Api
         ));
     }
     let from = after.map_or(
-        crate::fleet::events::From::Next,
-        crate::fleet::events::From::After,
+        crate::fleet::events::StartAt::Next,
+        crate::fleet::events::StartAt::After,
     );
     let rx = st.api.fleet_events(from).await.map_err(|e| {
         let status = match e {

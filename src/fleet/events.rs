@@ -240,7 +240,7 @@ pub struct NodeRecords {
 /// Where a client following the fleet starts: the next message, every message kept, or after
 /// the message it saw last.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum From {
+pub enum StartAt {
     Next,
     After(u64),
 }
@@ -250,13 +250,13 @@ pub enum From {
 /// reads slowly holds a few messages here, not the hundreds a pull would fetch by default.
 pub async fn open(
     conn: &Connection,
-    from: From,
+    from: StartAt,
 ) -> Result<async_nats::jetstream::consumer::pull::Ordered, String> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull};
     let deliver_policy = match from {
-        From::Next => DeliverPolicy::New,
-        From::After(0) => DeliverPolicy::All,
-        From::After(n) => DeliverPolicy::ByStartSequence {
+        StartAt::Next => DeliverPolicy::New,
+        StartAt::After(0) => DeliverPolicy::All,
+        StartAt::After(n) => DeliverPolicy::ByStartSequence {
             start_sequence: n.saturating_add(1),
         },
     };
