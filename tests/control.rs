@@ -116,7 +116,9 @@ fn retry_after_escalation_succeeds_when_the_agent_is_fixed() {
     ws.wait_for("the file in failed/", |_| {
         (list(&ws, "failed") == ["f.json"]).then_some(())
     });
-    // flaky.sh fails only the first time: the "fix" is in place now.
+    // flaky.sh fails only the first time: the "fix" is in place now. `retry` asks the daemon,
+    // which applies the escalation just after the file has moved.
+    ws.wait_state("f", "failed");
     let out = ws.cli(&["retry", "f"]);
     assert_eq!(
         stdout(&out),

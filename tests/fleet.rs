@@ -336,6 +336,8 @@ fn a_task_escalated_on_the_fleet_runs_there_again_when_retried() {
         reason.contains("on worker `gpu`"),
         "expected the reason to name the worker, got {reason:?}"
     );
+    // `retry` asks the daemon, which applies the escalation just after the ledger has it.
+    submitter.wait_state("t", "failed");
     let out = submitter.cli(&["retry", "t"]);
     assert!(out.status.success(), "retry failed: {out:?}");
     submitter.wait_for("`t` to be done after the retry", |recs| {

@@ -634,6 +634,8 @@ fn a_retried_conflict_starts_from_the_current_target_and_lands() {
         .find(|(_, e)| matches!(e, Event::Escalated { .. }))
         .map(|(id, _)| *id)
         .expect("expected one of c1/c2 to conflict");
+    // `retry` asks the daemon, which applies the escalation just after the ledger has it.
+    ws.wait_state(loser, "failed");
     let out = ws.cli(&["retry", loser]);
     assert!(out.status.success(), "expected retry accepted: {out:?}");
     ws.wait_for(&format!("{loser} to finish again"), |recs| {
