@@ -369,9 +369,15 @@ fn a_task_every_worker_refuses_escalates_on_its_node_instead_of_circling() {
     let Event::Escalated { reason, .. } = &settled else {
         panic!("expected `t` escalated, got {settled:?}");
     };
+    // Five refusals at least: a delivery whose ack wait ran out on a loaded machine counts too.
+    let times: Option<u32> = reason
+        .split("refused by the fleet's workers ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok());
     assert!(
-        reason.contains("refused by the fleet's workers 5 times") && reason.contains("beta"),
-        "expected the reason to say the workers refused it and why, got {reason:?}"
+        times.is_some_and(|n| n >= 5) && reason.contains("unknown agent `beta`"),
+        "expected the reason to say the workers refused it at least 5 times and why, got {reason:?}"
     );
 }
 
