@@ -102,9 +102,11 @@ fn read_snapshot(ws: &Workspace, key: Option<&Key>) -> std::io::Result<ReadSnaps
             (snap, Seal::Valid)
         }
     };
+    let mut book = snap.book;
+    book.share_ids();
     Ok(ReadSnapshot {
         seq: snap.seq,
-        book: snap.book,
+        book,
         seal,
     })
 }

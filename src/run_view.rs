@@ -89,8 +89,8 @@ pub fn runs(
 ) -> Vec<RunView> {
     let ids: HashSet<&str> = book
         .iter()
-        .filter(|t| only.is_none_or(|o| t.id == o) && is_run(t))
-        .map(|t| t.id.as_str())
+        .filter(|t| only.is_none_or(|o| &*t.id == o) && is_run(t))
+        .map(|t| &*t.id)
         .collect();
     // Each task under the run its id starts with (`RUN.phase`, `RUN.phase.n`).
     let mut children: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
@@ -104,13 +104,10 @@ pub fn runs(
     }
     book.iter()
         .rev()
-        .filter(|t| ids.contains(t.id.as_str()))
+        .filter(|t| ids.contains(&*t.id))
         .take(limit)
         .map(|run| {
-            let mine = children
-                .get(run.id.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
+            let mine = children.get(&*run.id).map(Vec::as_slice).unwrap_or(&[]);
             let defined = workflow_of(run)
                 .and_then(|w| phases_of(&w))
                 .unwrap_or_default();
@@ -187,7 +184,7 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
         && run.chain.is_empty()
         && (!run.phases.is_empty() || children.iter().any(|c| !c.phase.is_terminal()));
     RunView {
-        id: run.id.clone(),
+        id: run.id.to_string(),
         title: run.title.clone(),
         workflow: workflow_of(run),
         state: if under_way {
@@ -206,7 +203,7 @@ fn child(c: &TaskRecord) -> ChildView {
         _ => c.attempts.last().map(|a| a.agent.clone()),
     };
     ChildView {
-        id: c.id.clone(),
+        id: c.id.to_string(),
         state: c.phase.label(),
         agent,
         reason: match &c.phase {

@@ -278,7 +278,8 @@ pub struct LoopRound {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskRecord {
-    pub id: String,
+    /// Shared with the book's map key and arrival order: one allocation per task for all three.
+    pub id: Arc<str>,
     pub title: String,
     /// The task file's name in its current directory.
     pub file: String,
@@ -489,9 +490,9 @@ pub enum Outcome {
 pub struct TaskBook {
     /// Boxed: the map's slots stay small (a slot per task, and twice as many while it grows),
     /// and only the tasks themselves take a record's size.
-    tasks: HashMap<String, Box<TaskRecord>>,
+    tasks: HashMap<Arc<str>, Box<TaskRecord>>,
     /// Arrival order; may hold ids of archived tasks, which iteration skips.
-    order: Vec<String>,
+    order: Vec<Arc<str>>,
     /// Finished tasks still held in full, oldest first.
     finished: VecDeque<String>,
     archived: archive::Archive,
@@ -570,6 +571,21 @@ impl TaskBook {
         self.spawned.shrink_to_fit();
     }
 
+    /// Makes each task's id one allocation again after a snapshot was read (the reader makes
+    /// one for the map's key, one for the record and one for the arrival order). The map's key
+    /// is the record's id from then on.
+    pub fn share_ids(&mut self) {
+        for (key, t) in self.tasks.iter_mut() {
+            t.id = key.clone();
+        }
+        let tasks = &self.tasks;
+        for id in self.order.iter_mut() {
+            if let Some((key, _)) = tasks.get_key_value(&**id) {
+                *id = key.clone();
+            }
+        }
+    }
+
     /// The full record of a task, unless it is unknown or archived.
     pub fn get(&self, id: &str) -> Option<&TaskRecord> {
         self.tasks.get(id).map(|t| &**t)
@@ -620,7 +636,7 @@ impl TaskBook {
         };
         while self.finished.len() > limit {
             let old = self.finished.pop_front().expect("longer than the limit");
-            if let Some(t) = self.tasks.remove(&old) {
+            if let Some(t) = self.tasks.remove(old.as_str()) {
                 self.spawned.remove(&old);
                 let outcome = if matches!(t.phase, Phase::Done { .. }) {
                     self.archived_done += 1;
@@ -646,7 +662,7 @@ impl TaskBook {
         self.applied += 1;
         match &r.event {
             Event::Received { task, file, spec } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     // A requeued task coming back through the inbox: same task, same history.
                     t.file = file.clone();
                     t.phase = Phase::Pending;
@@ -657,11 +673,12 @@ impl TaskBook {
                 if let Some(o) = &origin {
                     *self.spawned.entry(o.clone()).or_default() += 1;
                 }
-                self.order.push(task.clone());
+                let id: Arc<str> = Arc::from(task.as_str());
+                self.order.push(id.clone());
                 self.tasks.insert(
-                    task.clone(),
+                    id.clone(),
                     Box::new(TaskRecord {
-                        id: task.clone(),
+                        id,
                         title: spec.title.clone(),
                         file: file.clone(),
                         received_ms: r.ts,
@@ -700,7 +717,7 @@ impl TaskBook {
                 });
             }
             Event::Claimed { task, file } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.file = file.clone();
                 }
             }
@@ -713,7 +730,7 @@ impl TaskBook {
                 boot_id,
                 ..
             } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.attempts.push(AttemptSummary {
                         pid: *pid,
                         start_ticks: *start_ticks,
@@ -754,7 +771,7 @@ impl TaskBook {
                         self.spend.pop_first();
                     }
                 }
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.cost_usd += usage.as_ref().and_then(|u| u.cost_usd).unwrap_or(0.0);
                     if !t.attempts.iter().any(|a| a.n == *attempt) {
                         // An attempt that never started (spawn failure) has no start event.
@@ -813,7 +830,7 @@ impl TaskBook {
                 output,
                 ..
             } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.phase = Phase::Done {
                         agent: agent.clone(),
                         output: output.clone(),
@@ -824,7 +841,7 @@ impl TaskBook {
                 }
             }
             Event::Escalated { task, reason, .. } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.phase = Phase::Failed {
                         reason: reason.clone(),
                         finished_ms: r.ts,
@@ -841,7 +858,7 @@ impl TaskBook {
                 base,
                 target,
             } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.worktree = Some(Box::new(WorktreeState {
                         tree: crate::git::Tree {
                             path: path.clone(),
@@ -860,7 +877,7 @@ impl TaskBook {
                 }
             }
             Event::MergeWaiting { task, reason } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     if !t.phase.is_terminal() {
                         t.phase = Phase::MergeWaiting {
                             reason: reason.clone(),
@@ -874,7 +891,7 @@ impl TaskBook {
                 }
             }
             Event::MergeStarted { task, target, onto } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     if !t.phase.is_terminal() {
                         t.phase = Phase::Merging;
                     }
@@ -892,7 +909,11 @@ impl TaskBook {
                 old,
                 commit,
             } => {
-                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
+                if let Some(w) = self
+                    .tasks
+                    .get_mut(task.as_str())
+                    .and_then(|t| t.worktree.as_mut())
+                {
                     w.merge = MergeState::Ready {
                         target: target.clone(),
                         old: old.clone(),
@@ -905,7 +926,11 @@ impl TaskBook {
                 target,
                 commit,
             } => {
-                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
+                if let Some(w) = self
+                    .tasks
+                    .get_mut(task.as_str())
+                    .and_then(|t| t.worktree.as_mut())
+                {
                     w.merge = MergeState::Merged {
                         target: target.clone(),
                         commit: commit.clone(),
@@ -919,7 +944,7 @@ impl TaskBook {
                 files,
                 resolve,
             } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     if resolve.is_some() && !t.phase.is_terminal() {
                         // An agent resolves it: the task runs again.
                         t.phase = Phase::Pending;
@@ -941,12 +966,20 @@ impl TaskBook {
                 }
             }
             Event::Discarded { task } => {
-                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
+                if let Some(w) = self
+                    .tasks
+                    .get_mut(task.as_str())
+                    .and_then(|t| t.worktree.as_mut())
+                {
                     w.merge = MergeState::Discarded;
                 }
             }
             Event::WorktreeRemoved { task, .. } => {
-                if let Some(w) = self.tasks.get_mut(task).and_then(|t| t.worktree.as_mut()) {
+                if let Some(w) = self
+                    .tasks
+                    .get_mut(task.as_str())
+                    .and_then(|t| t.worktree.as_mut())
+                {
                     w.removed = true;
                 }
             }
@@ -956,7 +989,7 @@ impl TaskBook {
                 output,
                 ..
             } => {
-                if let Some(t) = self.tasks.get_mut(task)
+                if let Some(t) = self.tasks.get_mut(task.as_str())
                     && !t.phases.iter().any(|(p, _)| p == phase)
                 {
                     t.phases.push((phase.clone(), output.clone()));
@@ -969,7 +1002,7 @@ impl TaskBook {
                 passed,
                 feedback,
             } => {
-                if let Some(t) = self.tasks.get_mut(task)
+                if let Some(t) = self.tasks.get_mut(task.as_str())
                     && !t
                         .rounds
                         .iter()
@@ -990,7 +1023,7 @@ impl TaskBook {
                 stream_seq,
                 base,
             } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.fleet = Some(Box::new(FleetPart::Published {
                         subject: subject.clone(),
                         worker: None,
@@ -1001,14 +1034,14 @@ impl TaskBook {
                 }
             }
             Event::RanOn { task, worker } => {
-                if let Some(t) = self.tasks.get_mut(task)
+                if let Some(t) = self.tasks.get_mut(task.as_str())
                     && let Some(FleetPart::Published { worker: w, .. }) = t.fleet.as_deref_mut()
                 {
                     *w = Some(worker.clone());
                 }
             }
             Event::FleetTaken { task, key, edit } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.fleet = Some(Box::new(FleetPart::Taken {
                         key: key.clone(),
                         won: None,
@@ -1017,14 +1050,14 @@ impl TaskBook {
                 }
             }
             Event::FleetSettled { task, won, .. } => {
-                if let Some(t) = self.tasks.get_mut(task)
+                if let Some(t) = self.tasks.get_mut(task.as_str())
                     && let Some(FleetPart::Taken { won: w, .. }) = t.fleet.as_deref_mut()
                 {
                     *w = Some(*won);
                 }
             }
             Event::HandedBack { task } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.phase = Phase::Failed {
                         reason: HANDED_BACK_REASON.into(),
                         finished_ms: r.ts,
@@ -1034,7 +1067,7 @@ impl TaskBook {
                 }
             }
             Event::Cancelled { task } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.phase = Phase::Failed {
                         reason: CANCELLED_REASON.into(),
                         finished_ms: r.ts,
@@ -1044,7 +1077,7 @@ impl TaskBook {
                 }
             }
             Event::Retried { task, spec } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     // The fleet ran it: the next run is a new round there.
                     if let Some(FleetPart::Published { round, .. } | FleetPart::Retry { round }) =
                         t.fleet.as_deref()
@@ -1068,7 +1101,7 @@ impl TaskBook {
                 }
             }
             Event::Requeued { task, file } => {
-                if let Some(t) = self.tasks.get_mut(task) {
+                if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.phase = Phase::Requeued;
                     t.file = file.clone();
                 }
@@ -1256,7 +1289,7 @@ mod tests {
         }
         let book = TaskBook::with_limit(Some(2), &records);
         assert_eq!(
-            book.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            book.iter().map(|t| &*t.id).collect::<Vec<_>>(),
             ["t3", "t4"]
         );
         assert!(book.get("t0").is_none());
@@ -1269,6 +1302,39 @@ mod tests {
         );
         let full = TaskBook::from_records(&records);
         assert_eq!(full.iter().count(), 5);
+    }
+
+    #[test]
+    fn a_task_id_is_one_allocation_for_the_map_the_record_and_the_order_also_after_a_snapshot() {
+        let received = rec(
+            1,
+            Event::Received {
+                task: "t".into(),
+                file: "t.json".into(),
+                spec: spec("t"),
+            },
+        );
+        let shared = |book: &TaskBook| {
+            let (key, t) = book.tasks.get_key_value("t").expect("`t` is in the book");
+            Arc::ptr_eq(key, &t.id) && Arc::ptr_eq(key, &book.order[0])
+        };
+        let book = TaskBook::from_records([&received]);
+        assert!(
+            shared(&book),
+            "expected one id shared by the book as it applies"
+        );
+        let text = serde_json::to_string(&book).expect("a book serialises");
+        let mut read: TaskBook = serde_json::from_str(&text).expect("and reads back");
+        assert!(
+            !shared(&read),
+            "expected serde to make three copies (else share_ids is moot)"
+        );
+        read.share_ids();
+        assert!(
+            shared(&read),
+            "expected one id shared again after share_ids"
+        );
+        assert_eq!(read.get("t").map(|t| &*t.id), Some("t"));
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
         {
             add(&mut tails, &t.id, a.n, &a.agent);
             if a.class.is_some()
-                && let Some(tail) = tails.get_mut(&(t.id.clone(), a.n))
+                && let Some(tail) = tails.get_mut(&(t.id.to_string(), a.n))
             {
                 tail.finished = true;
             }

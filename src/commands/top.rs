@@ -37,7 +37,7 @@ pub fn top(ws: &Workspace) -> Result<ExitCode> {
             .iter()
             .filter_map(|t| {
                 let a = t.attempts.last()?;
-                Some((t.id.clone(), last_line(ws, &t.id, a.n, &a.agent)))
+                Some((t.id.to_string(), last_line(ws, &t.id, a.n, &a.agent)))
             })
             .collect();
         let now = ledger::now_ms();
@@ -65,7 +65,7 @@ pub fn top(ws: &Workspace) -> Result<ExitCode> {
             last_shown = shown;
         }
         // Watch the run directories of what runs (their capture files grow), and the ledger.
-        let now_running: Vec<String> = running.iter().map(|t| t.id.clone()).collect();
+        let now_running: Vec<String> = running.iter().map(|t| t.id.to_string()).collect();
         if now_running != watched {
             let dirs: Vec<std::path::PathBuf> =
                 now_running.iter().map(|id| ws.run_dir(id)).collect();
@@ -193,7 +193,7 @@ fn frame(
             short(Duration::from_millis(now_ms.saturating_sub(*since_ms)))
         };
         let used = id_w + agent_w + 3 + 8 + 8;
-        let last = outputs.get(&t.id).map(String::as_str).unwrap_or("");
+        let last = outputs.get(&*t.id).map(String::as_str).unwrap_or("");
         let row = format!(
             "{}  {}  {attempt:>3}  {elapsed:>8}  {}",
             pad(&t.id, id_w),
@@ -204,7 +204,7 @@ fn frame(
         out.push('\n');
     }
     if !waiting.is_empty() {
-        let names: Vec<&str> = waiting.iter().take(8).map(|t| t.id.as_str()).collect();
+        let names: Vec<&str> = waiting.iter().take(8).map(|t| &*t.id).collect();
         let more = waiting.len().saturating_sub(names.len());
         let line = format!(
             "waiting: {}{}",

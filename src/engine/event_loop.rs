@@ -474,7 +474,7 @@ impl Engine {
             }
             match task_file::requeue(&running, &inbox, &t.id, &t.file) {
                 Ok(file) => events.push(Event::Requeued {
-                    task: t.id.clone(),
+                    task: t.id.to_string(),
                     file,
                 }),
                 Err(e) => {
@@ -493,7 +493,7 @@ impl Engine {
                         Some(crate::state::FleetPart::Taken { .. })
                     )
             })
-            .map(|t| t.id.clone())
+            .map(|t| t.id.to_string())
             .collect();
         for id in taken {
             self.hand_back(&id).await;

@@ -113,7 +113,7 @@ impl Engine {
                         && name != t.file
                     {
                         claims.push(Event::Claimed {
-                            task: t.id.clone(),
+                            task: t.id.to_string(),
                             file: name,
                         });
                     }
@@ -126,7 +126,7 @@ impl Engine {
                         && name != t.file
                     {
                         claims.push(Event::Claimed {
-                            task: t.id.clone(),
+                            task: t.id.to_string(),
                             file: name,
                         });
                     }
@@ -135,7 +135,7 @@ impl Engine {
                 (Phase::Pending | Phase::Requeued, Some(name)) => {
                     if name != t.file {
                         claims.push(Event::Claimed {
-                            task: t.id.clone(),
+                            task: t.id.to_string(),
                             file: name,
                         });
                     }
@@ -157,7 +157,7 @@ impl Engine {
                             );
                             if name != t.file {
                                 claims.push(Event::Claimed {
-                                    task: t.id.clone(),
+                                    task: t.id.to_string(),
                                     file: name,
                                 });
                             }
@@ -287,7 +287,7 @@ impl Engine {
             .book
             .iter()
             .filter(|t| t.phase.is_terminal() && t.worktree.as_ref().is_some_and(|w| !w.removed))
-            .map(|t| t.id.clone())
+            .map(|t| t.id.to_string())
             .collect();
         for id in settled {
             self.tree_after_settled(&id);

@@ -268,7 +268,7 @@ impl Engine {
                     .book
                     .iter()
                     .filter(|c| !c.phase.is_terminal() && is_child_of(&c.id, &id))
-                    .map(|c| c.id.clone())
+                    .map(|c| c.id.to_string())
                     .collect();
                 ids.push(id.clone());
                 if self.merges.is_merging(&id) {
@@ -406,7 +406,7 @@ impl Engine {
                 .book
                 .iter()
                 .filter(|c| c.id.starts_with(&prefix) && matches!(c.phase, Phase::Failed { .. }))
-                .map(|c| c.id.clone())
+                .map(|c| c.id.to_string())
                 .collect();
             for child in failed {
                 Box::pin(self.retry(&child)).await?;

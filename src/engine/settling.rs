@@ -308,7 +308,7 @@ impl Engine {
                 tracing::error!(task = %snapshot.id, "cannot write the escalation report: {e}");
             }
             let ev = Event::Escalated {
-                task: snapshot.id.clone(),
+                task: snapshot.id.to_string(),
                 reason,
                 attempts: snapshot.attempts.len() as u32,
             };
@@ -327,7 +327,7 @@ impl Engine {
                 tracing::warn!(task = %snapshot.id, "cannot move the task file to failed/: {e}");
             }
             let _ = tx.send(Msg::Settled {
-                task: snapshot.id.clone(),
+                task: snapshot.id.to_string(),
                 records,
             });
             if let Some(hook) = hook {

@@ -157,7 +157,7 @@ impl Engine {
             return Keep::NotMine;
         }
         let held_by_another = self.book.iter().any(|o| {
-            o.id != id
+            *o.id != *id
                 && o.worktree
                     .as_ref()
                     .is_some_and(|ow| !ow.removed && ow.tree.path == w.tree.path)

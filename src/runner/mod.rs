@@ -257,7 +257,7 @@ pub fn next(
         .unwrap_or_default();
     let mut vars = vars_of(wf, &given);
     vars.insert("workflow".into(), wf.name.value.clone());
-    vars.insert("run".into(), run.id.clone());
+    vars.insert("run".into(), run.id.to_string());
     let Some(phase) = wf
         .phases
         .iter()
