@@ -30,36 +30,117 @@ pub fn is_candidate(name: &str) -> bool {
     !name.starts_with('.') && !name.ends_with(".tmp")
 }
 
-/// Lists the inbox, oldest first (then by name), so arrival order is stable.
+/// Lists the candidates in `dir`, oldest first (then by name).
 pub fn scan(dir: &Path) -> std::io::Result<Vec<Candidate>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let Ok(entry) = entry else { continue };
-        let raw = entry.file_name();
-        let name = raw.to_string_lossy().into_owned();
-        // A directory is left alone unless it is named like a task (then it is rejected as
-        // one): `inbox/drafts/` is the user's business.
-        let task_named = name.ends_with(".json") || name.ends_with(".md");
-        if !is_candidate(&name) || (!task_named && entry.file_type().is_ok_and(|t| t.is_dir())) {
-            continue;
+    let mut backlog = Backlog::scan(dir)?;
+    Ok(backlog.take(usize::MAX))
+}
+
+/// The inbox as one scan found it, oldest first, taken a batch at a time. A drop of 100,000
+/// files is held as one buffer of their names and a 24-byte entry per file (about 3.5 MB),
+/// not as two strings and a 104-byte value per file (about 35 MB), for as long as it takes
+/// the engine to take them in.
+#[derive(Default)]
+pub struct Backlog {
+    /// Every name's bytes, one after the other.
+    names: Vec<u8>,
+    /// Sorted oldest first (then by name); `next` is the first not taken yet.
+    entries: Vec<Entry>,
+    next: usize,
+}
+
+struct Entry {
+    modified: SystemTime,
+    /// Where its name is in `names`.
+    start: u32,
+    len: u32,
+}
+
+impl Backlog {
+    /// Reads `dir`'s candidates. Names beyond 4 GiB of them in one scan (some 16 million
+    /// files) are left for the next scan.
+    pub fn scan(dir: &Path) -> std::io::Result<Backlog> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut backlog = Backlog::default();
+        for entry in std::fs::read_dir(dir)? {
+            let Ok(entry) = entry else { continue };
+            let raw = entry.file_name();
+            let name = raw.to_string_lossy();
+            // A directory is left alone unless it is named like a task (then it is rejected
+            // as one): `inbox/drafts/` is the user's business.
+            let task_named = name.ends_with(".json") || name.ends_with(".md");
+            if !is_candidate(&name)
+                || (!task_named && entry.file_type().is_ok_and(|t| t.is_dir()))
+            {
+                continue;
+            }
+            let bytes = raw.as_bytes();
+            let (Ok(start), Ok(len)) = (
+                u32::try_from(backlog.names.len()),
+                u32::try_from(bytes.len()),
+            ) else {
+                break;
+            };
+            if start.checked_add(len).is_none() {
+                break;
+            }
+            // DirEntry::metadata does not follow symlinks: never follow a link just to sort it.
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            backlog.names.extend_from_slice(bytes);
+            backlog.entries.push(Entry {
+                modified,
+                start,
+                len,
+            });
         }
-        // DirEntry::metadata does not follow symlinks: never follow a link just to sort it.
-        let modified = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        out.push(Candidate {
-            raw,
-            name,
-            modified,
+        let names = &backlog.names;
+        backlog.entries.sort_by(|a, b| {
+            a.modified
+                .cmp(&b.modified)
+                .then_with(|| name_of(names, a).cmp(name_of(names, b)))
         });
+        backlog.names.shrink_to_fit();
+        backlog.entries.shrink_to_fit();
+        Ok(backlog)
     }
-    out.sort_by(|a, b| {
-        a.modified
-            .cmp(&b.modified)
-            .then_with(|| a.name.cmp(&b.name))
-    });
-    Ok(out)
+
+    /// How many are not taken yet.
+    pub fn len(&self) -> usize {
+        self.entries.len() - self.next
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next `n` (or fewer), oldest first. Once all are taken the buffers are let go.
+    pub fn take(&mut self, n: usize) -> Vec<Candidate> {
+        use std::os::unix::ffi::OsStrExt;
+        let end = self.next.saturating_add(n).min(self.entries.len());
+        let taken = self.entries[self.next..end]
+            .iter()
+            .map(|e| {
+                let raw = std::ffi::OsStr::from_bytes(name_of(&self.names, e)).to_os_string();
+                Candidate {
+                    name: raw.to_string_lossy().into_owned(),
+                    raw,
+                    modified: e.modified,
+                }
+            })
+            .collect();
+        self.next = end;
+        if self.is_empty() {
+            *self = Backlog::default();
+        }
+        taken
+    }
+}
+
+fn name_of<'a>(names: &'a [u8], e: &Entry) -> &'a [u8] {
+    &names[e.start as usize..(e.start + e.len) as usize]
 }
 
 /// Keeps the watcher alive; dropping it stops watching.
@@ -150,6 +231,45 @@ mod tests {
         ] {
             assert_eq!(is_candidate(name), want, "{name}");
         }
+    }
+
+    #[test]
+    fn the_backlog_gives_the_inbox_oldest_first_a_batch_at_a_time() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let at = |secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let odd = std::ffi::OsStr::from_bytes(b"odd-\xff.json");
+        // (name, modified): the scan orders by time, then by name.
+        for (name, secs) in [
+            (std::ffi::OsStr::new("c.json"), 100),
+            (std::ffi::OsStr::new("a.json"), 300),
+            (std::ffi::OsStr::new("b.md"), 100),
+            (odd, 200),
+            (std::ffi::OsStr::new(".hidden.json"), 50),
+            (std::ffi::OsStr::new("w.json.tmp"), 50),
+        ] {
+            let f = std::fs::File::create(dir.path().join(name)).expect("a file");
+            f.set_modified(at(secs)).expect("its time set");
+        }
+        std::fs::create_dir(dir.path().join("drafts")).expect("a directory");
+        let mut backlog = Backlog::scan(dir.path()).expect("the scan");
+        assert_eq!(backlog.len(), 4, "expected the four candidates, not the hidden, *.tmp or dir");
+        let first = backlog.take(3);
+        let names: Vec<&std::ffi::OsStr> = first.iter().map(|c| c.raw.as_os_str()).collect();
+        assert_eq!(names, [std::ffi::OsStr::new("b.md"), std::ffi::OsStr::new("c.json"), odd]);
+        assert_eq!(first[2].name, "odd-\u{fffd}.json", "expected the lossy text name");
+        assert_eq!(first[0].modified, at(100));
+        assert_eq!(backlog.len(), 1);
+        let rest = backlog.take(3);
+        assert_eq!(rest.len(), 1, "expected only what is left");
+        assert_eq!(rest[0].name, "a.json");
+        assert!(backlog.is_empty() && backlog.take(1).is_empty());
+        assert_eq!(
+            (backlog.names.capacity(), backlog.entries.capacity()),
+            (0, 0),
+            "expected the buffers let go once all are taken"
+        );
+        assert_eq!(scan(dir.path()).expect("scan").len(), 4, "expected `scan` to list all");
     }
 
     #[test]

@@ -182,7 +182,6 @@ impl Engine {
         self.book.shrink();
         self.live.shrink();
         self.reserved.shrink_to_fit();
-        self.inbox_backlog.shrink_to_fit();
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: `malloc_trim` only releases free memory of glibc's heaps; it takes a lock
         // of its own and is safe to call from any thread at any time.
@@ -498,6 +497,13 @@ impl Engine {
         for id in taken {
             self.hand_back(&id).await;
         }
+        // Recorded a few thousand at a time: one append of every task put back would be held
+        // whole, as records and as text, on top of the book (tens of megabytes after a big
+        // drop).
+        while events.len() > REQUEUED_PER_APPEND {
+            let rest = events.split_off(REQUEUED_PER_APPEND);
+            self.record_all(std::mem::replace(&mut events, rest)).await;
+        }
         events.push(Event::DaemonStopped {
             pid: std::process::id(),
         });
@@ -508,6 +514,9 @@ impl Engine {
         self.write_progress();
     }
 }
+
+/// How many `requeued` records a stop appends at once.
+const REQUEUED_PER_APPEND: usize = 4096;
 
 /// A spawned task that panicked is a bug: say so (the engine goes on; the ledger decides what
 /// the next start does with its task).

@@ -62,8 +62,8 @@ impl Engine {
             return;
         }
         if self.inbox_backlog.is_empty() {
-            match inbox::scan(&dir) {
-                Ok(c) => self.inbox_backlog = c.into(),
+            match inbox::Backlog::scan(&dir) {
+                Ok(backlog) => self.inbox_backlog = backlog,
                 Err(e) => {
                     if let Some(what) = fsutil::exhausted(&e) {
                         self.pause(format!("{what} (reading the inbox: {e})"));
@@ -95,8 +95,7 @@ impl Engine {
         // Come back for the rest (and then for what arrived since) after this batch has been
         // dispatched.
         self.dirty.notify_one();
-        let take = self.inbox_backlog.len().min(INGEST_BATCH);
-        let batch: Vec<inbox::Candidate> = self.inbox_backlog.drain(..take).collect();
+        let batch = self.inbox_backlog.take(INGEST_BATCH);
         let mut claimed = Vec::new();
         for cand in batch {
             let Some(name) = cand.raw.to_str() else {

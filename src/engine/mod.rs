@@ -272,7 +272,7 @@ struct Engine {
     /// scanned again only once these are taken: a scan reads and sorts every file waiting
     /// there, and doing that for every batch made a big drop cost more per task the bigger it
     /// was.
-    inbox_backlog: std::collections::VecDeque<crate::inbox::Candidate>,
+    inbox_backlog: crate::inbox::Backlog,
     /// Ids that doors have given out for files not taken in yet (id → the inbox file), so a
     /// file dropped with a name that maps to the same id cannot take it.
     reserved: HashMap<String, String>,
