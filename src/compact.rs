@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -316,6 +316,25 @@ pub struct Compactor {
     /// Set while a compaction thread runs; `again` asks it for one more round.
     running: Arc<AtomicBool>,
     again: Arc<AtomicBool>,
+    /// The engine's count of live tasks (it stores it as it goes), and the rotations whose
+    /// compaction waits for that count to fall (see [`Compactor::rotated`]).
+    live_tasks: Arc<AtomicUsize>,
+    deferred: Arc<AtomicUsize>,
+}
+
+/// While more tasks than this are live, a rotation's compaction waits: the compaction builds
+/// a second book of every live task next to the daemon's own, which doubled a big drop's
+/// memory. It catches up once the queue drains.
+pub const DEFER_WHILE_LIVE_ABOVE: usize = 10_000;
+
+/// However big the queue, no more than this many segments wait for a compaction: it bounds
+/// what a restart in the middle of a burst replays (and the disk the segments take).
+pub const MAX_DEFERRED_SEGMENTS: usize = 8;
+
+/// Whether a rotation's compaction waits, given the live tasks and the rotations already
+/// waiting (this one included).
+pub fn defers(live_tasks: usize, waiting_rotations: usize) -> bool {
+    live_tasks > DEFER_WHILE_LIVE_ABOVE && waiting_rotations < MAX_DEFERRED_SEGMENTS
 }
 
 impl Compactor {
@@ -332,6 +351,34 @@ impl Compactor {
             keep_segments,
             running: Arc::new(AtomicBool::new(false)),
             again: Arc::new(AtomicBool::new(false)),
+            live_tasks: Arc::new(AtomicUsize::new(0)),
+            deferred: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The ledger rotated: compacts now, or — while a big queue is live — once it drains
+    /// ([`Compactor::catch_up`]) or enough segments wait ([`defers`]).
+    pub fn rotated(&self) {
+        let waiting = self.deferred.fetch_add(1, Ordering::SeqCst) + 1;
+        if defers(self.live_tasks.load(Ordering::SeqCst), waiting) {
+            tracing::debug!(
+                "{waiting} ledger segment(s) wait for compaction until the queue drains"
+            );
+            return;
+        }
+        self.deferred.store(0, Ordering::SeqCst);
+        self.trigger();
+    }
+
+    /// The engine's count of live tasks, as it changes.
+    pub fn set_live_tasks(&self, n: usize) {
+        self.live_tasks.store(n, Ordering::SeqCst);
+    }
+
+    /// Runs the compactions that waited for the queue to drain, if any.
+    pub fn catch_up(&self) {
+        if self.deferred.swap(0, Ordering::SeqCst) > 0 {
+            self.trigger();
         }
     }
 
@@ -356,6 +403,14 @@ impl Compactor {
                         }
                     }
                 }
+                // The book it built was freed into this thread's heap: given back, or the
+                // daemon keeps a second book's worth of memory it no longer uses.
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                // SAFETY: `malloc_trim` only releases free memory of glibc's heaps; it takes
+                // a lock of its own and is safe to call from any thread at any time.
+                unsafe {
+                    nix::libc::malloc_trim(0);
+                }
                 me.running.store(false, Ordering::SeqCst);
                 // A trigger that raced with the end of the loop.
                 if me.again.load(Ordering::SeqCst) {
@@ -364,6 +419,30 @@ impl Compactor {
             });
         if spawned.is_err() {
             self.running.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotation_compacts_at_once_unless_a_big_queue_is_live_and_few_segments_wait() {
+        // (live tasks, rotations waiting including this one) → waits?
+        for (live, waiting, want) in [
+            (0, 1, false),
+            (DEFER_WHILE_LIVE_ABOVE, 1, false),
+            (DEFER_WHILE_LIVE_ABOVE + 1, 1, true),
+            (100_000, MAX_DEFERRED_SEGMENTS - 1, true),
+            (100_000, MAX_DEFERRED_SEGMENTS, false),
+            (100_000, MAX_DEFERRED_SEGMENTS + 5, false),
+        ] {
+            assert_eq!(
+                defers(live, waiting),
+                want,
+                "expected defers({live}, {waiting}) to be {want}"
+            );
         }
     }
 }

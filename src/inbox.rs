@@ -69,8 +69,7 @@ impl Backlog {
             // A directory is left alone unless it is named like a task (then it is rejected
             // as one): `inbox/drafts/` is the user's business.
             let task_named = name.ends_with(".json") || name.ends_with(".md");
-            if !is_candidate(&name)
-                || (!task_named && entry.file_type().is_ok_and(|t| t.is_dir()))
+            if !is_candidate(&name) || (!task_named && entry.file_type().is_ok_and(|t| t.is_dir()))
             {
                 continue;
             }
@@ -253,11 +252,25 @@ mod tests {
         }
         std::fs::create_dir(dir.path().join("drafts")).expect("a directory");
         let mut backlog = Backlog::scan(dir.path()).expect("the scan");
-        assert_eq!(backlog.len(), 4, "expected the four candidates, not the hidden, *.tmp or dir");
+        assert_eq!(
+            backlog.len(),
+            4,
+            "expected the four candidates, not the hidden, *.tmp or dir"
+        );
         let first = backlog.take(3);
         let names: Vec<&std::ffi::OsStr> = first.iter().map(|c| c.raw.as_os_str()).collect();
-        assert_eq!(names, [std::ffi::OsStr::new("b.md"), std::ffi::OsStr::new("c.json"), odd]);
-        assert_eq!(first[2].name, "odd-\u{fffd}.json", "expected the lossy text name");
+        assert_eq!(
+            names,
+            [
+                std::ffi::OsStr::new("b.md"),
+                std::ffi::OsStr::new("c.json"),
+                odd
+            ]
+        );
+        assert_eq!(
+            first[2].name, "odd-\u{fffd}.json",
+            "expected the lossy text name"
+        );
         assert_eq!(first[0].modified, at(100));
         assert_eq!(backlog.len(), 1);
         let rest = backlog.take(3);
@@ -269,7 +282,11 @@ mod tests {
             (0, 0),
             "expected the buffers let go once all are taken"
         );
-        assert_eq!(scan(dir.path()).expect("scan").len(), 4, "expected `scan` to list all");
+        assert_eq!(
+            scan(dir.path()).expect("scan").len(),
+            4,
+            "expected `scan` to list all"
+        );
     }
 
     #[test]

@@ -118,7 +118,10 @@ pub async fn run_with_options(
     let rotation = ledger::Rotation {
         segment_events: config.ledger_segment_events,
         current_events: loaded.current_events,
-        on_rotate: Box::new(move || compactor.trigger()),
+        on_rotate: Box::new({
+            let compactor = compactor.clone();
+            move || compactor.rotated()
+        }),
     };
     let (ledger, writer) = Ledger::open_rotating(
         &ws.ledger(),
@@ -190,6 +193,7 @@ pub async fn run_with_options(
         last_resume: None,
         claims_left: false,
         inbox_backlog: Default::default(),
+        compactor,
         reserved: HashMap::new(),
         progress_due: None,
         progress_cost: Duration::ZERO,

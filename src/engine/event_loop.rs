@@ -133,6 +133,7 @@ impl Engine {
         if self.progress_due.is_some_and(|t| t <= now) {
             self.progress_due = None;
             self.write_progress();
+            self.compactor.set_live_tasks(self.live.len());
             self.give_memory_back();
             if self.notifier.is_some() {
                 self.notify(&format!("STATUS={}", self.status_line()));
@@ -179,6 +180,7 @@ impl Engine {
             return;
         }
         self.settled_since_trim = 0;
+        self.compactor.catch_up();
         self.book.shrink();
         self.live.shrink();
         self.reserved.shrink_to_fit();

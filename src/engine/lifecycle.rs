@@ -284,6 +284,11 @@ impl LiveTasks {
         self.tasks.shrink_to_fit();
     }
 
+    /// How many tasks are live.
+    pub(super) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// Nothing runs and nothing waits to start.
     pub(super) fn is_idle(&self) -> bool {
         self.running.is_empty() && self.queue.is_empty()

@@ -283,6 +283,8 @@ struct Engine {
     settled_since_trim: u64,
     stagger_due: Option<Instant>,
     rescan_due: Instant,
+    /// Told how many tasks are live, so that a big queue's compaction waits for it to drain.
+    compactor: crate::compact::Compactor,
 }
 
 impl Engine {
