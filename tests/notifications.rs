@@ -274,6 +274,45 @@ notify:
 }
 
 #[test]
+fn a_destination_added_by_a_reload_gets_the_notifications_from_then_on() {
+    // Without a destination the notifier does not listen to the ledger at all; a reload that
+    // adds one must make it listen again.
+    let agents = r#"
+agents:
+  broken: { command: ["{agents}/fail.sh"], retry: { attempts: 0 } }
+"#;
+    let ws = Workspace::new(agents);
+    let _d = ws.start();
+    // A task settled first: the daemon watches its config by then.
+    ws.drop_task("e0.json", r#"{"prompt": "p", "agent": "broken"}"#);
+    ws.wait_settled("e0");
+    ws.write_config(&format!(
+        r#"{agents}notify:
+  - name: script
+    command: ["sh", "-c", "printf '%s' \"$DIRIGENT_NOTIFICATION\" > notified.json"]
+"#
+    ));
+    ws.wait_for("the reload", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::ConfigReloaded { .. }))
+            .then_some(())
+    });
+    ws.drop_task("e1.json", r#"{"prompt": "p", "agent": "broken"}"#);
+    ws.wait_for("the command's delivery", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::NotifySent { destination, .. } if destination == "script"))
+            .then_some(())
+    });
+    let text = std::fs::read_to_string(ws.root().join("notified.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["about"].as_str()),
+        (Some("escalated"), Some("e1")),
+        "expected the escalation of `e1` told, got {v}"
+    );
+}
+
+#[test]
 fn a_bad_notify_section_is_refused_with_what_to_write() {
     let cases = [
         (

@@ -46,7 +46,7 @@ struct Shared {
 pub fn start(
     ws: Workspace,
     mut config: watch::Receiver<Arc<Config>>,
-    mut live: broadcast::Receiver<crate::ledger::LiveRecord>,
+    live: broadcast::Receiver<crate::ledger::LiveRecord>,
     ledger: Ledger,
     report: Report,
     stopping: watch::Receiver<bool>,
@@ -63,6 +63,11 @@ pub fn start(
         let mut workers: HashMap<String, (Destination, mpsc::Sender<Notice>)> = HashMap::new();
         let mut stopping = shared.stopping.clone();
         update_workers(&mut workers, &config.borrow_and_update().notify, &shared);
+        // Records are heard only while there is somewhere to send notices: a subscriber makes
+        // the ledger's writer copy every record for it, and `known` holds a title for every
+        // task in flight (100,000 of them after a big drop). A destination added later words
+        // the tasks received before it by their ids.
+        let mut live = (!workers.is_empty()).then_some(live);
         loop {
             tokio::select! {
                 () = until_stopping(&mut stopping) => break,
@@ -72,12 +77,16 @@ pub fn start(
                     }
                     let destinations = config.borrow_and_update().notify.clone();
                     update_workers(&mut workers, &destinations, &shared);
+                    if workers.is_empty() {
+                        live = None;
+                        known = Known::default();
+                    } else if live.is_none() {
+                        live = Some(shared.ledger.live().subscribe());
+                    }
                 }
-                got = live.recv() => match got {
+                got = next_record(&mut live) => match got {
                     Ok(r) => {
-                        if workers.is_empty() || matches!(r.event, Event::NotifySent { .. } | Event::NotifyFailed { .. }) {
-                            // Still learn titles and runs, for when a destination is added.
-                            let _ = known.see(&r);
+                        if matches!(r.event, Event::NotifySent { .. } | Event::NotifyFailed { .. }) {
                             continue;
                         }
                         for n in known.see(&r) {
@@ -90,12 +99,25 @@ pub fn start(
                     }
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!("the notifier fell behind the ledger and skipped {missed} record(s)");
+                        // The ends of tasks it knows may be among them: start again rather than
+                        // hold their titles for ever.
+                        known = Known::default();
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
             }
         }
     })
+}
+
+/// The next live record; never, while not listening.
+async fn next_record(
+    live: &mut Option<broadcast::Receiver<crate::ledger::LiveRecord>>,
+) -> Result<crate::ledger::LiveRecord, broadcast::error::RecvError> {
+    match live {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts a worker for each new or changed destination; a removed one's worker ends when its
