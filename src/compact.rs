@@ -370,9 +370,10 @@ impl Compactor {
         self.trigger();
     }
 
-    /// The engine's count of live tasks, as it changes.
-    pub fn set_live_tasks(&self, n: usize) {
-        self.live_tasks.store(n, Ordering::SeqCst);
+    /// Reads the count of live tasks from `count` (the engine keeps it up to date).
+    pub fn with_live_tasks(mut self, count: Arc<AtomicUsize>) -> Self {
+        self.live_tasks = count;
+        self
     }
 
     /// Runs the compactions that waited for the queue to drain, if any.

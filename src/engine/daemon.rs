@@ -105,12 +105,14 @@ pub async fn run_with_options(
         );
     }
     let book = loaded.book;
+    let live = LiveTasks::default();
     let compactor = crate::compact::Compactor::new(
         ws.clone(),
         KEEP_FINISHED,
         config.ledger_keep_segments,
         Some(key.clone()),
-    );
+    )
+    .with_live_tasks(live.counter());
     if !ledger::segments(ws.context()).map_err(ws_err)?.is_empty() {
         // Finish what a crash may have interrupted.
         compactor.trigger();
@@ -158,7 +160,7 @@ pub async fn run_with_options(
         fleet_waiting: Vec::new(),
         hand_backs: Vec::new(),
         starts_elsewhere: HashMap::new(),
-        live: LiveTasks::default(),
+        live,
         watchdog_due: notifier
             .as_ref()
             .and_then(|n| n.watchdog_every)

@@ -133,7 +133,6 @@ impl Engine {
         if self.progress_due.is_some_and(|t| t <= now) {
             self.progress_due = None;
             self.write_progress();
-            self.compactor.set_live_tasks(self.live.len());
             self.give_memory_back();
             if self.notifier.is_some() {
                 self.notify(&format!("STATUS={}", self.status_line()));

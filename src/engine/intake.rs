@@ -11,8 +11,10 @@ const INGEST_BATCH: usize = 256;
 impl Engine {
     /// Queues a task for its next attempt.
     pub(super) fn enqueue(&mut self, id: &str) {
-        let priority = self.book.get(id).map_or(0, |t| t.priority);
-        self.live.queue(id, priority);
+        match self.book.get(id) {
+            Some(t) => self.live.queue_shared(&t.id, t.priority),
+            None => self.live.queue(id, 0),
+        }
     }
 
     /// Queues a task for attempts, or — a workflow run — has the runner advance it.

@@ -10,6 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::watch;
 
@@ -93,14 +94,28 @@ pub(super) struct LiveTasks {
     /// every queued task to find out.
     running: BTreeSet<String>,
     arrivals: u64,
+    /// How many tasks are live, for the ledger's compactor (it holds the other half, and waits
+    /// while the count is high; see `compact::defers`).
+    count: Arc<AtomicUsize>,
 }
 
 impl LiveTasks {
     /// The entry of `id`, made (parked, at the end of the queue order) if it has none.
     fn entry(&mut self, id: &str, priority: i64) -> &mut Entry {
+        self.entry_from(id, priority, || Arc::from(id))
+    }
+
+    /// [`LiveTasks::entry`], the id of a new entry made by `make` (a copy of one held elsewhere
+    /// shares its allocation).
+    fn entry_from(
+        &mut self,
+        id: &str,
+        priority: i64,
+        make: impl FnOnce() -> Arc<str>,
+    ) -> &mut Entry {
         if !self.tasks.contains_key(id) {
             self.arrivals += 1;
-            let id: Arc<str> = Arc::from(id);
+            let id = make();
             let key = QueueKey {
                 priority: Reverse(priority),
                 arrival: self.arrivals,
@@ -113,6 +128,7 @@ impl LiveTasks {
                     live: Live::Parked,
                 },
             );
+            self.count.store(self.tasks.len(), Ordering::Relaxed);
         }
         self.tasks.get_mut(id).expect("just made")
     }
@@ -152,6 +168,12 @@ impl LiveTasks {
         if !matches!(self.get(id), Some(Live::Finishing | Live::Running(_))) {
             self.set(id, priority, Live::Queued);
         }
+    }
+
+    /// [`LiveTasks::queue`] of an id whose allocation the book holds: the entry shares it.
+    pub(super) fn queue_shared(&mut self, id: &Arc<str>, priority: i64) {
+        self.entry_from(id, priority, || id.clone());
+        self.queue(id, priority);
     }
 
     /// Takes a queued task out of the queue while its attempt is being started.
@@ -240,6 +262,7 @@ impl LiveTasks {
         if self.tasks.contains_key(id) {
             self.set(id, 0, Live::Parked);
             self.tasks.remove(id);
+            self.count.store(self.tasks.len(), Ordering::Relaxed);
         }
     }
 
@@ -284,9 +307,9 @@ impl LiveTasks {
         self.tasks.shrink_to_fit();
     }
 
-    /// How many tasks are live.
-    pub(super) fn len(&self) -> usize {
-        self.tasks.len()
+    /// The count of live tasks, kept up to date for whoever holds it.
+    pub(super) fn counter(&self) -> Arc<AtomicUsize> {
+        self.count.clone()
     }
 
     /// Nothing runs and nothing waits to start.
@@ -325,6 +348,41 @@ mod tests {
             resources: BTreeMap::new(),
             stop: watch::channel(None).0,
         }
+    }
+
+    #[test]
+    fn a_task_queued_with_the_books_id_shares_its_allocation() {
+        let id: Arc<str> = Arc::from("t");
+        let mut live = LiveTasks::default();
+        live.queue_shared(&id, 0);
+        // The caller's, the map's key, the entry's place and the run queue's key.
+        assert_eq!(
+            Arc::strong_count(&id),
+            4,
+            "expected one allocation for all four"
+        );
+        assert_eq!(live.queued().collect::<Vec<_>>(), ["t"]);
+        live.queue("u", 0);
+        assert_eq!(live.queued().collect::<Vec<_>>(), ["t", "u"]);
+    }
+
+    #[test]
+    fn the_count_of_live_tasks_follows_the_map() {
+        let mut live = LiveTasks::default();
+        let count = live.counter();
+        live.queue("t", 0);
+        live.queue("u", 0);
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            2,
+            "expected two live after two queued"
+        );
+        live.settled("t");
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            1,
+            "expected one live after one settled"
+        );
     }
 
     fn state(live: &LiveTasks, id: &str) -> &'static str {
