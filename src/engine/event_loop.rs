@@ -501,14 +501,16 @@ impl Engine {
         // Recorded a few thousand at a time: one append of every task put back would be held
         // whole, as records and as text, on top of the book (tens of megabytes after a big
         // drop).
-        while events.len() > REQUEUED_PER_APPEND {
-            let rest = events.split_off(REQUEUED_PER_APPEND);
-            self.record_all(std::mem::replace(&mut events, rest)).await;
+        let mut rest = events.into_iter();
+        let mut last: Vec<Event> = rest.by_ref().take(REQUEUED_PER_APPEND).collect();
+        while rest.len() > 0 {
+            self.record_all(last).await;
+            last = rest.by_ref().take(REQUEUED_PER_APPEND).collect();
         }
-        events.push(Event::DaemonStopped {
+        last.push(Event::DaemonStopped {
             pid: std::process::id(),
         });
-        self.record_all(events).await;
+        self.record_all(last).await;
         if count > 0 {
             tracing::info!("{count} unfinished task(s) were put back into the inbox");
         }

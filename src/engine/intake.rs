@@ -55,7 +55,7 @@ impl Engine {
         }
         let dir = self.ws.inbox();
         if let Some(why) = self.not_claiming() {
-            let waiting = inbox::scan(&dir).map(|c| c.len()).unwrap_or(0);
+            let waiting = inbox::Backlog::scan(&dir).map(|b| b.len()).unwrap_or(0);
             if waiting > 0 {
                 tracing::warn!(
                     "{waiting} task file(s) wait in the inbox: not claiming while {why}"
