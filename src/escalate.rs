@@ -58,7 +58,7 @@ pub fn write_report(
             task.chain.join(" → ")
         }
     );
-    if let Some(w) = &task.worktree {
+    if let Some(w) = &task.more().worktree {
         let _ = writeln!(
             md,
             "**Branch:** `{}` from {} in `{}`{} — `dirigent diff {}` shows the work, `dirigent discard {}` throws it away\n",
@@ -195,10 +195,10 @@ fn write_run_report(
     }
     let _ = writeln!(md, "**Why:** {}\n", reason.trim_end());
     let _ = writeln!(md, "## Phases completed\n");
-    if run.phases.is_empty() {
+    if run.more().phases.is_empty() {
         let _ = writeln!(md, "_None._\n");
     } else {
-        for (phase, output) in &run.phases {
+        for (phase, output) in &run.more().phases {
             let _ = writeln!(md, "- `{phase}` → `{output}`");
         }
         let _ = writeln!(md);

@@ -71,10 +71,10 @@ pub fn render(book: &TaskBook) -> String {
                         last.class.map(|c| c.as_str()).unwrap_or("?")
                     )
                 };
-                let waiting = if t.after.is_empty() {
+                let waiting = if t.more().after.is_empty() {
                     String::new()
                 } else {
-                    format!(", after {}", t.after.join(", "))
+                    format!(", after {}", t.more().after.join(", "))
                 };
                 pending.push(format!("- [ ] {} — {} ({why}{waiting})", t.id, t.title));
             }

@@ -74,8 +74,8 @@ pub fn defined_phases(dir: &std::path::Path, name: &str) -> Option<Vec<String>> 
 
 fn is_run(t: &TaskRecord) -> bool {
     t.workflow().is_some()
-        || !t.phases.is_empty()
-        || !t.rounds.is_empty()
+        || !t.more().phases.is_empty()
+        || !t.more().rounds.is_empty()
         || (t.chain.is_empty() && workflow_of(t).is_some())
 }
 
@@ -126,7 +126,13 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
         let phase = rest.split('.').next()?;
         (phase != "distill").then(|| phase.to_string())
     });
-    for p in run.phases.iter().map(|(p, _)| p.clone()).chain(from_tasks) {
+    for p in run
+        .more()
+        .phases
+        .iter()
+        .map(|(p, _)| p.clone())
+        .chain(from_tasks)
+    {
         if !names.contains(&p) {
             names.push(p);
         }
@@ -143,6 +149,7 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
                 .map(|c| child(c))
                 .collect();
             let output = run
+                .more()
                 .phases
                 .iter()
                 .find(|(done, _)| *done == p)
@@ -157,6 +164,7 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
                 "running"
             };
             let rounds = run
+                .more()
                 .rounds
                 .iter()
                 .filter(|r| r.phase == p)
@@ -182,10 +190,10 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
         .collect();
     let under_way = !run.phase.is_terminal()
         && run.chain.is_empty()
-        && (!run.phases.is_empty() || children.iter().any(|c| !c.phase.is_terminal()));
+        && (!run.more().phases.is_empty() || children.iter().any(|c| !c.phase.is_terminal()));
     RunView {
         id: run.id.to_string(),
-        title: run.title.clone(),
+        title: run.title.to_string(),
         workflow: workflow_of(run),
         state: if under_way {
             "running".into()

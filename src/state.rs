@@ -280,27 +280,47 @@ pub struct LoopRound {
 pub struct TaskRecord {
     /// Shared with the book's map key and arrival order: one allocation per task for all three.
     pub id: Arc<str>,
-    pub title: String,
+    // Boxed strings and slice: 8 bytes less each than a `String` or `Vec`, in a record every
+    // waiting task has.
+    pub title: Box<str>,
     /// The task file's name in its current directory.
-    pub file: String,
+    pub file: Box<str>,
     pub received_ms: u64,
-    pub chain: Vec<String>,
+    pub chain: Box<[String]>,
     /// Index into `chain` of the agent the next attempt uses.
     pub chain_pos: usize,
     pub priority: i64,
-    pub after: Vec<String>,
     pub attempts: Vec<AttemptSummary>,
+    #[serde(flatten)]
+    pub phase: Phase,
+    /// What its attempts cost so far, in US dollars.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub cost_usd: f64,
+    /// The full spec while the task can still run, held as its text (see [`PackedSpec`]; read
+    /// it with [`TaskRecord::spec`]); dropped once it is finished to keep a long-lived daemon's
+    /// memory flat (the file in `done/`/`failed/` still has it).
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "spec")]
+    pub packed_spec: Option<PackedSpec>,
+    /// What only some tasks have (read with [`TaskRecord::more`]). In a snapshot its fields sit
+    /// beside the others, as before it was split off.
+    #[serde(flatten)]
+    more: More,
+}
+
+/// The parts of a [`TaskRecord`] that most tasks never use — `after`, a workflow run's phases
+/// and rounds, a budget, a retry's wait, an origin, a role, a worktree, a fleet part — held in
+/// one box that a task without any of them does not have. A big drop holds every waiting task
+/// in full: without them a record is 160 bytes smaller.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TaskMore {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
     /// A workflow run's completed phases and their outputs, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<(String, String)>,
     /// A workflow run's judged loop rounds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rounds: Vec<LoopRound>,
-    #[serde(flatten)]
-    pub phase: Phase,
-    /// What its attempts cost so far, in US dollars.
-    #[serde(default, skip_serializing_if = "is_zero_f64")]
-    pub cost_usd: f64,
     /// Its `budget_usd` (kept after the spec is dropped, for `status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
@@ -311,11 +331,6 @@ pub struct TaskRecord {
     /// attempt created), whose count `max_spawned_tasks` limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
-    /// The full spec while the task can still run, held as its text (see [`PackedSpec`]; read
-    /// it with [`TaskRecord::spec`]); dropped once it is finished to keep a long-lived daemon's
-    /// memory flat (the file in `done/`/`failed/` still has it).
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "spec")]
-    pub packed_spec: Option<PackedSpec>,
     /// Its worktree, when its attempts edit in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<Box<WorktreeState>>,
@@ -327,7 +342,78 @@ pub struct TaskRecord {
     pub fleet: Option<Box<FleetPart>>,
 }
 
+/// What a task without any of [`TaskMore`]'s parts reads.
+static NO_MORE: TaskMore = TaskMore {
+    after: Vec::new(),
+    phases: Vec::new(),
+    rounds: Vec::new(),
+    budget_usd: None,
+    not_before_ms: None,
+    origin: None,
+    worktree: None,
+    role: None,
+    fleet: None,
+};
+
+impl TaskMore {
+    fn is_empty(&self) -> bool {
+        self.after.is_empty()
+            && self.phases.is_empty()
+            && self.rounds.is_empty()
+            && self.budget_usd.is_none()
+            && self.not_before_ms.is_none()
+            && self.origin.is_none()
+            && self.worktree.is_none()
+            && self.role.is_none()
+            && self.fleet.is_none()
+    }
+}
+
+/// A record's [`TaskMore`], boxed only when it has something.
+#[derive(Clone, Debug, Default)]
+struct More(Option<Box<TaskMore>>);
+
+impl More {
+    fn of(more: TaskMore) -> Self {
+        More((!more.is_empty()).then(|| Box::new(more)))
+    }
+}
+
+impl Serialize for More {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.as_deref().unwrap_or(&NO_MORE).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for More {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        TaskMore::deserialize(d).map(More::of)
+    }
+}
+
 impl TaskRecord {
+    /// Its `after`, phases, rounds, budget, retry wait, origin, worktree, role and fleet part.
+    pub fn more(&self) -> &TaskMore {
+        self.more.0.as_deref().unwrap_or(&NO_MORE)
+    }
+
+    /// [`TaskRecord::more`], to change; gives the record its box if it has none.
+    pub fn more_mut(&mut self) -> &mut TaskMore {
+        self.more.0.get_or_insert_with(Box::default)
+    }
+
+    /// [`TaskRecord::more`], to change what is there, if the record has a box.
+    fn more_present(&mut self) -> Option<&mut TaskMore> {
+        self.more.0.as_deref_mut()
+    }
+
+    /// Lets go of the record's box once nothing is left in it.
+    fn tidy_more(&mut self) {
+        if self.more.0.as_ref().is_some_and(|m| m.is_empty()) {
+            self.more.0 = None;
+        }
+    }
+
     /// Its spec, parsed, while it can still run.
     pub fn spec(&self) -> Option<Arc<TaskSpec>> {
         self.packed_spec.as_ref().map(PackedSpec::unpack)
@@ -345,7 +431,7 @@ impl TaskRecord {
 
     /// Its branch and what it changed, for one-line listings: `dirigent/t1: 3 files +10 -2`.
     pub fn branch_note(&self) -> Option<String> {
-        let w = self.worktree.as_ref()?;
+        let w = self.more().worktree.as_ref()?;
         Some(match w.diff {
             Some(d) => format!(
                 "{}: {} file{} +{} -{}",
@@ -550,7 +636,7 @@ impl TaskBook {
     pub fn origin_of(&self, id: &str) -> String {
         self.tasks
             .get(id)
-            .and_then(|t| t.origin.clone())
+            .and_then(|t| t.more().origin.clone())
             .unwrap_or_else(|| id.to_string())
     }
 
@@ -664,7 +750,7 @@ impl TaskBook {
             Event::Received { task, file, spec } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     // A requeued task coming back through the inbox: same task, same history.
-                    t.file = file.clone();
+                    t.file = file.as_str().into();
                     t.phase = Phase::Pending;
                     t.packed_spec = Some(PackedSpec::pack(spec));
                     return;
@@ -679,25 +765,23 @@ impl TaskBook {
                     id.clone(),
                     Box::new(TaskRecord {
                         id,
-                        title: spec.title.clone(),
-                        file: file.clone(),
+                        title: spec.title.as_str().into(),
+                        file: file.as_str().into(),
                         received_ms: r.ts,
-                        chain: spec.chain.clone(),
+                        chain: spec.chain.clone().into_boxed_slice(),
                         chain_pos: 0,
                         priority: spec.fields.priority,
-                        after: spec.fields.after.clone(),
                         attempts: vec![],
-                        phases: vec![],
-                        rounds: vec![],
                         phase: Phase::Pending,
-                        not_before_ms: None,
                         cost_usd: 0.0,
-                        budget_usd: spec.fields.budget_usd,
-                        origin,
                         packed_spec: Some(PackedSpec::pack(spec)),
-                        worktree: None,
-                        role: spec.fields.role.clone(),
-                        fleet: None,
+                        more: More::of(TaskMore {
+                            after: spec.fields.after.clone(),
+                            budget_usd: spec.fields.budget_usd,
+                            origin,
+                            role: spec.fields.role.clone(),
+                            ..TaskMore::default()
+                        }),
                     }),
                 );
             }
@@ -718,7 +802,7 @@ impl TaskBook {
             }
             Event::Claimed { task, file } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.file = file.clone();
+                    t.file = file.as_str().into();
                 }
             }
             Event::AttemptStarted {
@@ -793,11 +877,13 @@ impl TaskBook {
                         a.stopped = *stopped;
                         a.work = work.clone();
                     }
-                    if let Some(tree) = t.worktree.as_mut() {
+                    if let Some(tree) = t.more_present().and_then(|m| m.worktree.as_mut()) {
                         // A resolving attempt is over, whatever its end.
                         tree.resolve = None;
                     }
-                    if let (Some(w), Some(tree)) = (work, t.worktree.as_mut()) {
+                    if let (Some(w), Some(tree)) =
+                        (work, t.more_present().and_then(|m| m.worktree.as_mut()))
+                    {
                         tree.diff = Some(w.diff);
                         if w.commit.is_some() {
                             tree.commit = w.commit.clone();
@@ -807,18 +893,23 @@ impl TaskBook {
                     // A failure moves the chain past the agent that failed (agents skipped while
                     // cooling down stay behind); a network retry or an interruption keeps it.
                     if let Some(delay) = retry_in_ms {
-                        t.not_before_ms = Some(r.ts + delay);
+                        t.more_mut().not_before_ms = Some(r.ts + delay);
                     } else if again {
                         // A `verify` feedback round: the same agent, right away.
-                        t.not_before_ms = None;
+                        if let Some(m) = t.more_present() {
+                            m.not_before_ms = None;
+                        }
                     } else if !matches!(class, Class::Ok | Class::Interrupted | Class::Cancelled) {
-                        t.not_before_ms = None;
+                        if let Some(m) = t.more_present() {
+                            m.not_before_ms = None;
+                        }
                         let from = t.chain_pos.min(t.chain.len());
                         t.chain_pos = t.chain[from..]
                             .iter()
                             .position(|a| a == agent)
                             .map_or(t.chain_pos + 1, |i| from + i + 1);
                     }
+                    t.tidy_more();
                     if matches!(t.phase, Phase::Running { .. }) {
                         t.phase = Phase::Pending;
                     }
@@ -859,7 +950,7 @@ impl TaskBook {
                 target,
             } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.worktree = Some(Box::new(WorktreeState {
+                    t.more_mut().worktree = Some(Box::new(WorktreeState {
                         tree: crate::git::Tree {
                             path: path.clone(),
                             git_dir: git_dir.clone(),
@@ -883,7 +974,7 @@ impl TaskBook {
                             reason: reason.clone(),
                         };
                     }
-                    if let Some(w) = t.worktree.as_mut() {
+                    if let Some(w) = t.more_present().and_then(|m| m.worktree.as_mut()) {
                         w.merge = MergeState::Waiting {
                             reason: reason.clone(),
                         };
@@ -895,7 +986,7 @@ impl TaskBook {
                     if !t.phase.is_terminal() {
                         t.phase = Phase::Merging;
                     }
-                    if let Some(w) = t.worktree.as_mut() {
+                    if let Some(w) = t.more_present().and_then(|m| m.worktree.as_mut()) {
                         w.merge = MergeState::Started {
                             target: target.clone(),
                             onto: onto.clone(),
@@ -912,7 +1003,7 @@ impl TaskBook {
                 if let Some(w) = self
                     .tasks
                     .get_mut(task.as_str())
-                    .and_then(|t| t.worktree.as_mut())
+                    .and_then(|t| t.more_present()?.worktree.as_mut())
                 {
                     w.merge = MergeState::Ready {
                         target: target.clone(),
@@ -929,7 +1020,7 @@ impl TaskBook {
                 if let Some(w) = self
                     .tasks
                     .get_mut(task.as_str())
-                    .and_then(|t| t.worktree.as_mut())
+                    .and_then(|t| t.more_present()?.worktree.as_mut())
                 {
                     w.merge = MergeState::Merged {
                         target: target.clone(),
@@ -949,7 +1040,7 @@ impl TaskBook {
                         // An agent resolves it: the task runs again.
                         t.phase = Phase::Pending;
                     }
-                    if let Some(w) = t.worktree.as_mut() {
+                    if let Some(w) = t.more_present().and_then(|m| m.worktree.as_mut()) {
                         w.merge = MergeState::Failed {
                             class: *class,
                             reason: reason.clone(),
@@ -969,7 +1060,7 @@ impl TaskBook {
                 if let Some(w) = self
                     .tasks
                     .get_mut(task.as_str())
-                    .and_then(|t| t.worktree.as_mut())
+                    .and_then(|t| t.more_present()?.worktree.as_mut())
                 {
                     w.merge = MergeState::Discarded;
                 }
@@ -978,7 +1069,7 @@ impl TaskBook {
                 if let Some(w) = self
                     .tasks
                     .get_mut(task.as_str())
-                    .and_then(|t| t.worktree.as_mut())
+                    .and_then(|t| t.more_present()?.worktree.as_mut())
                 {
                     w.removed = true;
                 }
@@ -990,9 +1081,9 @@ impl TaskBook {
                 ..
             } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str())
-                    && !t.phases.iter().any(|(p, _)| p == phase)
+                    && !t.more().phases.iter().any(|(p, _)| p == phase)
                 {
-                    t.phases.push((phase.clone(), output.clone()));
+                    t.more_mut().phases.push((phase.clone(), output.clone()));
                 }
             }
             Event::LoopRound {
@@ -1004,11 +1095,12 @@ impl TaskBook {
             } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str())
                     && !t
+                        .more()
                         .rounds
                         .iter()
                         .any(|r| r.phase == *phase && r.round == *round)
                 {
-                    t.rounds.push(LoopRound {
+                    t.more_mut().rounds.push(LoopRound {
                         phase: phase.clone(),
                         round: *round,
                         passed: *passed,
@@ -1024,7 +1116,7 @@ impl TaskBook {
                 base,
             } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.fleet = Some(Box::new(FleetPart::Published {
+                    t.more_mut().fleet = Some(Box::new(FleetPart::Published {
                         subject: subject.clone(),
                         worker: None,
                         round: *round,
@@ -1035,14 +1127,15 @@ impl TaskBook {
             }
             Event::RanOn { task, worker } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str())
-                    && let Some(FleetPart::Published { worker: w, .. }) = t.fleet.as_deref_mut()
+                    && let Some(FleetPart::Published { worker: w, .. }) =
+                        t.more_present().and_then(|m| m.fleet.as_deref_mut())
                 {
                     *w = Some(worker.clone());
                 }
             }
             Event::FleetTaken { task, key, edit } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.fleet = Some(Box::new(FleetPart::Taken {
+                    t.more_mut().fleet = Some(Box::new(FleetPart::Taken {
                         key: key.clone(),
                         won: None,
                         edit: edit.clone(),
@@ -1051,7 +1144,8 @@ impl TaskBook {
             }
             Event::FleetSettled { task, won, .. } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str())
-                    && let Some(FleetPart::Taken { won: w, .. }) = t.fleet.as_deref_mut()
+                    && let Some(FleetPart::Taken { won: w, .. }) =
+                        t.more_present().and_then(|m| m.fleet.as_deref_mut())
                 {
                     *w = Some(*won);
                 }
@@ -1080,22 +1174,24 @@ impl TaskBook {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     // The fleet ran it: the next run is a new round there.
                     if let Some(FleetPart::Published { round, .. } | FleetPart::Retry { round }) =
-                        t.fleet.as_deref()
+                        t.more().fleet.as_deref()
                     {
-                        t.fleet = Some(Box::new(FleetPart::Retry { round: round + 1 }));
+                        t.more_mut().fleet = Some(Box::new(FleetPart::Retry { round: round + 1 }));
                     }
                     t.phase = Phase::Pending;
-                    t.chain = spec.chain.clone();
+                    t.chain = spec.chain.clone().into_boxed_slice();
                     t.chain_pos = 0;
-                    t.not_before_ms = None;
-                    t.budget_usd = spec.fields.budget_usd;
+                    t.more_mut().not_before_ms = None;
+                    t.more_mut().budget_usd = spec.fields.budget_usd;
                     t.packed_spec = Some(PackedSpec::pack(spec));
                     // It starts from a new worktree; the engine gives the old one up.
-                    t.worktree = None;
+                    t.more_mut().worktree = None;
                     // A workflow run's loop that gave up is judged again from its first round
                     // (the generator's results are kept); completed phases keep their rounds.
-                    let completed: Vec<String> = t.phases.iter().map(|(p, _)| p.clone()).collect();
-                    t.rounds.retain(|r| completed.contains(&r.phase));
+                    let completed: Vec<String> =
+                        t.more().phases.iter().map(|(p, _)| p.clone()).collect();
+                    t.more_mut().rounds.retain(|r| completed.contains(&r.phase));
+                    t.tidy_more();
                     // No longer finished: it must not be archived while it runs again.
                     self.finished.retain(|id| id != task);
                 }
@@ -1103,7 +1199,7 @@ impl TaskBook {
             Event::Requeued { task, file } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     t.phase = Phase::Requeued;
-                    t.file = file.clone();
+                    t.file = file.as_str().into();
                 }
             }
             Event::ProviderCooldown {
@@ -1335,6 +1431,58 @@ mod tests {
             "expected one id shared again after share_ids"
         );
         assert_eq!(read.get("t").map(|t| &*t.id), Some("t"));
+    }
+
+    #[test]
+    fn a_task_without_rare_parts_has_no_box_and_a_snapshot_keeps_them_flat() {
+        assert!(
+            std::mem::size_of::<TaskRecord>() <= 200,
+            "expected a record of at most 200 bytes (a waiting task is held in full), got {}",
+            std::mem::size_of::<TaskRecord>()
+        );
+        let mut with_role = spec("r");
+        with_role.fields.role = Some("reviewer".into());
+        with_role.fields.after = vec!["t".into()];
+        let records = [
+            rec(
+                1,
+                Event::Received {
+                    task: "t".into(),
+                    file: "t.json".into(),
+                    spec: spec("t"),
+                },
+            ),
+            rec(
+                2,
+                Event::Received {
+                    task: "r".into(),
+                    file: "r.json".into(),
+                    spec: with_role,
+                },
+            ),
+        ];
+        let book = TaskBook::from_records(&records);
+        assert!(book.tasks["t"].more.0.is_none(), "expected no box for `t`");
+        assert!(book.tasks["r"].more.0.is_some(), "expected a box for `r`");
+        let text = serde_json::to_string(&book).expect("a book serialises");
+        assert!(
+            text.contains(r#""after":["t"]"#) && text.contains(r#""role":"reviewer""#),
+            "expected `after` and `role` beside the record's other fields, got {text}"
+        );
+        assert!(
+            !text.contains("more"),
+            "expected no `more` key in the snapshot, got {text}"
+        );
+        let read: TaskBook = serde_json::from_str(&text).expect("and reads back");
+        assert!(
+            read.tasks["t"].more.0.is_none(),
+            "expected no box for `t` read back"
+        );
+        let r = read.get("r").expect("`r` read back");
+        assert_eq!(
+            (r.more().role.as_deref(), r.more().after.as_slice()),
+            (Some("reviewer"), ["t".to_string()].as_slice())
+        );
     }
 
     #[test]

@@ -155,7 +155,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         }
         match &workflow {
             Some(name) => println!("workflow: {name}"),
-            None if !t.chain.is_empty() || t.phases.is_empty() => println!(
+            None if !t.chain.is_empty() || t.more().phases.is_empty() => println!(
                 "chain:    {}",
                 if t.chain.is_empty() {
                     "(empty)".into()
@@ -166,11 +166,12 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             None => {}
         }
         println!("received: {}", duration::clock(t.received_ms));
-        if !t.after.is_empty() {
-            println!("after:    {}", t.after.join(", "));
+        if !t.more().after.is_empty() {
+            println!("after:    {}", t.more().after.join(", "));
         }
-        if t.cost_usd > 0.0 || t.budget_usd.is_some() {
+        if t.cost_usd > 0.0 || t.more().budget_usd.is_some() {
             let budget = t
+                .more()
                 .budget_usd
                 .map(|b| format!(" of its {} budget", usage::dollars(b)))
                 .unwrap_or_default();
@@ -298,16 +299,17 @@ fn run_running(book: &TaskBook, run: &TaskRecord) -> Option<String> {
         return None;
     }
     let prefix = format!("{}.", run.id);
-    let started = run.phases.len()
+    let started = run.more().phases.len()
         + usize::from(
             book.iter()
                 .any(|c| c.id.starts_with(&prefix) && !c.phase.is_terminal()),
         );
-    (started > 0 || !run.phases.is_empty()).then(|| {
+    (started > 0 || !run.more().phases.is_empty()).then(|| {
         format!(
             "{} phase(s) completed{}",
-            run.phases.len(),
-            run.phases
+            run.more().phases.len(),
+            run.more()
+                .phases
                 .last()
                 .map(|(p, _)| format!(", the last `{p}`"))
                 .unwrap_or_default()
@@ -321,7 +323,7 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
     let prefix = format!("{}.", run.id);
     let children: Vec<&TaskRecord> = book.iter().filter(|c| c.id.starts_with(&prefix)).collect();
     let workflow = dirigent::run_view::workflow_of(run);
-    if run.workflow().is_none() && children.is_empty() && run.phases.is_empty() {
+    if run.workflow().is_none() && children.is_empty() && run.more().phases.is_empty() {
         return;
     }
     // The phases in order: from the definition when it can be read, else those recorded.
@@ -450,7 +452,7 @@ fn spend_line(spend: &serde_json::Value) -> Option<String> {
 pub fn diff(ws: &Workspace, id: &str) -> Result<ExitCode> {
     let (book, _) = load_live_book(ws)?;
     let t = find_task(&book, id)?;
-    let Some(w) = &t.worktree else {
+    let Some(w) = &t.more().worktree else {
         anyhow::bail!(
             "task `{id}` has no branch: it did not work in a worktree (`workdir: shared`, or not started yet)"
         );
@@ -478,7 +480,7 @@ pub(super) fn describe(t: &TaskRecord) -> String {
 /// Where a task's branch stands with its target, after its diff stat.
 fn merge_note(t: &TaskRecord) -> String {
     use dirigent::state::MergeState;
-    let Some(w) = &t.worktree else {
+    let Some(w) = &t.more().worktree else {
         return String::new();
     };
     match &w.merge {
@@ -501,7 +503,7 @@ fn describe_phase(t: &TaskRecord) -> String {
             "merge_waiting: {}",
             dirigent::progress::one_line(reason, 300)
         ),
-        Phase::Pending => match t.fleet.as_deref() {
+        Phase::Pending => match t.more().fleet.as_deref() {
             Some(dirigent::state::FleetPart::Published { subject, .. }) => {
                 format!("pending: on the fleet's queue ({subject}), waiting for a worker's outcome")
             }
@@ -523,7 +525,7 @@ fn describe_phase(t: &TaskRecord) -> String {
             output,
             finished_ms,
         } => {
-            let on = match t.fleet.as_deref() {
+            let on = match t.more().fleet.as_deref() {
                 Some(dirigent::state::FleetPart::Published {
                     worker: Some(w), ..
                 }) => format!(" on worker `{w}`"),

@@ -31,7 +31,7 @@ pub(super) fn admit<'a>(
     config: &Config,
     now_ms: u64,
 ) -> Admission<'a> {
-    for dep in &t.after {
+    for dep in &t.more().after {
         match book.outcome(dep) {
             Some(Outcome::Done) => {}
             Some(Outcome::Failed) => {
@@ -41,7 +41,7 @@ pub(super) fn admit<'a>(
         }
     }
     // A network retry waits out its backoff.
-    if let Some(at) = t.not_before_ms
+    if let Some(at) = t.more().not_before_ms
         && at > now_ms
     {
         return Admission::WaitUntil(at);
@@ -134,7 +134,7 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
             .map(|(i, _)| &t.id[..i])
             .find_map(|prefix| book.get(prefix).filter(|r| r.workflow().is_some()));
     let owner = run.unwrap_or(t);
-    let budget = owner.budget_usd.or(config.budgets.task)?;
+    let budget = owner.more().budget_usd.or(config.budgets.task)?;
     // (`run` was found by its workflow: its spec is not read again.)
     let spent = if run.is_some() || t.workflow().is_some() {
         owner.cost_usd
@@ -447,7 +447,7 @@ mod tests {
         let mut book = TaskBook::default();
         receive(&mut book, "t", &["a"], &[]);
         let mut t = book.get("t").unwrap().clone();
-        t.not_before_ms = Some(NOW + 5_000);
+        t.more_mut().not_before_ms = Some(NOW + 5_000);
         assert_eq!(
             admit(&t, &book, &cfg, NOW),
             Admission::WaitUntil(NOW + 5_000),

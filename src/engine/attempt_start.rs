@@ -98,7 +98,7 @@ impl Engine {
             }
         };
         let t = self.book.get(id).expect("queued tasks are in the book");
-        let suffix = match (&tree_plan, t.attempts.last(), t.worktree.as_deref()) {
+        let suffix = match (&tree_plan, t.attempts.last(), t.more().worktree.as_deref()) {
             // A conflict to resolve (`on_conflict: agent`).
             (Some(_), _, Some(w)) if w.resolve.is_some() => {
                 worktrees::resolve_section(&w.branch, w.resolve.as_ref().expect("checked"))
@@ -199,7 +199,7 @@ impl Engine {
         // there does not find this workspace's repository.
         let answers_for_fleet = tree_plan.is_none()
             && matches!(
-                t.fleet.as_deref(),
+                t.more().fleet.as_deref(),
                 Some(crate::state::FleetPart::Taken { .. })
             );
         let plan = match answers_for_fleet {
@@ -226,6 +226,7 @@ impl Engine {
             false => plan,
         };
         let resolving: Vec<String> = t
+            .more()
             .worktree
             .as_ref()
             .and_then(|w| w.resolve.as_ref())

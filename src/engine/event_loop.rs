@@ -460,13 +460,17 @@ impl Engine {
             }
             // A task of the fleet stays with the fleet: one published here waits for its
             // outcome in running/; one taken from it goes back (below).
-            if t.fleet.is_some() {
+            if t.more().fleet.is_some() {
                 continue;
             }
             // Verified work (committed on its branch, waiting for or in the merge queue) stays
             // in running/: the next start takes its merge up where it was, instead of running
             // the agent again.
-            if t.worktree.as_ref().is_some_and(|w| w.commit.is_some()) {
+            if t.more()
+                .worktree
+                .as_ref()
+                .is_some_and(|w| w.commit.is_some())
+            {
                 continue;
             }
             if running.kind(&t.file) != Some(confined::Kind::File) {
@@ -489,7 +493,7 @@ impl Engine {
             .filter(|t| {
                 !t.phase.is_terminal()
                     && matches!(
-                        t.fleet.as_deref(),
+                        t.more().fleet.as_deref(),
                         Some(crate::state::FleetPart::Taken { .. })
                     )
             })

@@ -74,7 +74,7 @@ impl Engine {
         placement(
             self.fleet.is_some(),
             edits_travel,
-            t.fleet.as_deref(),
+            t.more().fleet.as_deref(),
             needs,
         )
     }
@@ -113,7 +113,7 @@ impl Engine {
             if t.phase.is_terminal() {
                 continue;
             }
-            let Some(FleetPart::Published { subject, .. }) = t.fleet.as_deref() else {
+            let Some(FleetPart::Published { subject, .. }) = t.more().fleet.as_deref() else {
                 continue;
             };
             let agent = fleet::agent_of_subject(subject);
@@ -211,7 +211,7 @@ impl Engine {
         let (Some(link), Some(t)) = (&self.fleet, self.book.get(id)) else {
             return;
         };
-        let round = match t.fleet.as_deref() {
+        let round = match t.more().fleet.as_deref() {
             Some(FleetPart::Retry { round }) => *round,
             _ => 0,
         };
@@ -272,7 +272,7 @@ impl Engine {
                     base,
                 } => {
                     let this_round = match self.book.get(&task) {
-                        Some(t) if !t.phase.is_terminal() => match t.fleet.as_deref() {
+                        Some(t) if !t.phase.is_terminal() => match t.more().fleet.as_deref() {
                             None => round == 0,
                             Some(FleetPart::Retry { round: r }) => *r == round,
                             Some(_) => false,
@@ -311,7 +311,10 @@ impl Engine {
                 ToEngine::Unpublishable { task, reason } => {
                     let unsent = self.book.get(&task).is_some_and(|t| {
                         !t.phase.is_terminal()
-                            && matches!(t.fleet.as_deref(), None | Some(FleetPart::Retry { .. }))
+                            && matches!(
+                                t.more().fleet.as_deref(),
+                                None | Some(FleetPart::Retry { .. })
+                            )
                     });
                     if unsent {
                         tracing::warn!(task, "cannot go on the fleet's queue: {reason}");
@@ -372,7 +375,7 @@ impl Engine {
             .book
             .iter()
             .rev()
-            .find(|t| matches!(t.fleet.as_deref(), Some(FleetPart::Taken { key: k, .. }) if *k == key))
+            .find(|t| matches!(t.more().fleet.as_deref(), Some(FleetPart::Taken { key: k, .. }) if *k == key))
             .cloned();
         if let Some(t) = &earlier {
             match self.end_of(t) {
@@ -554,12 +557,12 @@ impl Engine {
             // or through the object store.
             Phase::Done { agent, output, .. } => {
                 // An editing task's committed work goes back with it.
-                let deliver = match t.fleet.as_deref() {
+                let deliver = match t.more().fleet.as_deref() {
                     Some(FleetPart::Taken { edit, .. }) => edit.clone(),
                     _ => None,
                 };
                 let work = deliver.as_ref().and_then(|here| {
-                    let w = t.worktree.as_deref()?;
+                    let w = t.more().worktree.as_deref()?;
                     Some(Box::new(fleet::edits::Work {
                         branch: here.branch.clone(),
                         commit: w.commit.clone()?,
@@ -597,7 +600,7 @@ impl Engine {
         let (Some(link), Some(t)) = (&self.fleet, self.book.get(id)) else {
             return;
         };
-        if let Some(FleetPart::Published { round, seq, .. }) = t.fleet.as_deref() {
+        if let Some(FleetPart::Published { round, seq, .. }) = t.more().fleet.as_deref() {
             let _ = link.to_fleet.send(ToFleet::Cancel {
                 key: fleet::key_of(&link.node, id, *round, t.received_ms),
                 seq: *seq,
@@ -616,7 +619,7 @@ impl Engine {
             });
         }
         let Some(t) = self.book.get(id) else { return };
-        let Some(FleetPart::Taken { key, .. }) = t.fleet.as_deref() else {
+        let Some(FleetPart::Taken { key, .. }) = t.more().fleet.as_deref() else {
             return;
         };
         let word = match self.end_of(t) {
@@ -662,7 +665,7 @@ impl Engine {
                 received_ms != t.received_ms
                     || t.phase.is_terminal()
                     || !matches!(
-                        t.fleet.as_deref(),
+                        t.more().fleet.as_deref(),
                         Some(FleetPart::Published { round: r, .. }) if *r == round
                     )
             }
@@ -696,7 +699,7 @@ impl Engine {
             } => {
                 let Some(spec) = t.spec() else { return };
                 let file = t.file.clone();
-                let published = match t.fleet.as_deref() {
+                let published = match t.more().fleet.as_deref() {
                     Some(FleetPart::Published { base, .. }) => base.clone(),
                     _ => None,
                 };

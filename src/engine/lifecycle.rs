@@ -76,9 +76,11 @@ pub(super) struct Evaluator {
     pub(super) stop: watch::Sender<bool>,
 }
 
+/// 32 bytes: every queued task has one (the id is the map's key, not repeated here).
 struct Entry {
-    /// Its place in the run queue, kept across attempts.
-    key: QueueKey,
+    /// Its place in the run queue, kept across attempts: priority, then arrival.
+    priority: Reverse<i64>,
+    arrival: u64,
     live: Live,
 }
 
@@ -115,16 +117,11 @@ impl LiveTasks {
     ) -> &mut Entry {
         if !self.tasks.contains_key(id) {
             self.arrivals += 1;
-            let id = make();
-            let key = QueueKey {
-                priority: Reverse(priority),
-                arrival: self.arrivals,
-                id: id.clone(),
-            };
             self.tasks.insert(
-                id,
+                make(),
                 Entry {
-                    key,
+                    priority: Reverse(priority),
+                    arrival: self.arrivals,
                     live: Live::Parked,
                 },
             );
@@ -137,7 +134,12 @@ impl LiveTasks {
     fn set(&mut self, id: &str, priority: i64, live: Live) -> Live {
         let entry = self.entry(id, priority);
         let before = std::mem::replace(&mut entry.live, live);
-        let key = entry.key.clone();
+        let (shared, entry) = self.tasks.get_key_value(id).expect("just made");
+        let key = QueueKey {
+            priority: entry.priority,
+            arrival: entry.arrival,
+            id: shared.clone(),
+        };
         let now_queued = matches!(entry.live, Live::Queued);
         let now_running = matches!(entry.live, Live::Running(_));
         let now_run = matches!(entry.live, Live::Run(_));
@@ -352,14 +354,19 @@ mod tests {
 
     #[test]
     fn a_task_queued_with_the_books_id_shares_its_allocation() {
+        assert_eq!(
+            std::mem::size_of::<Entry>(),
+            32,
+            "expected a live entry of 32 bytes (one per queued task)"
+        );
         let id: Arc<str> = Arc::from("t");
         let mut live = LiveTasks::default();
         live.queue_shared(&id, 0);
-        // The caller's, the map's key, the entry's place and the run queue's key.
+        // The caller's, the map's key and the run queue's key.
         assert_eq!(
             Arc::strong_count(&id),
-            4,
-            "expected one allocation for all four"
+            3,
+            "expected one allocation for all three"
         );
         assert_eq!(live.queued().collect::<Vec<_>>(), ["t"]);
         live.queue("u", 0);

@@ -114,10 +114,12 @@ impl Engine {
             MergeMode::Manual => {
                 self.live.merging(id);
                 let branch = t
+                    .more()
                     .worktree
                     .as_ref()
                     .map_or(String::new(), |w| w.branch.clone());
                 let target = t
+                    .more()
                     .worktree
                     .as_ref()
                     .and_then(|w| w.target.clone())
@@ -169,7 +171,7 @@ impl Engine {
     }
 
     fn target_of(&self, id: &str) -> Option<String> {
-        self.book.get(id)?.worktree.as_ref()?.target.clone()
+        self.book.get(id)?.more().worktree.as_ref()?.target.clone()
     }
 
     /// Starts the next merge of every target that has none in progress.
@@ -223,7 +225,7 @@ impl Engine {
         };
         let inside = self.inside(&repo);
         let t = self.book.get(id)?;
-        let state = t.worktree.as_deref()?.clone();
+        let state = t.more().worktree.as_deref()?.clone();
         let t_dir = state.tree.path.join(inside);
         let resolutions = state.resolutions;
         let Some(commit) = state.commit.clone() else {
@@ -243,7 +245,7 @@ impl Engine {
             repo,
             ws: self.ws.clone(),
             task: id.to_string(),
-            title: t.title.clone(),
+            title: t.title.to_string(),
             state,
             target: target.to_string(),
             commit,

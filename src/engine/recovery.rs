@@ -91,7 +91,7 @@ impl Engine {
         for t in self.book.iter() {
             // Where a crash can have left it: under its recorded name, or named for its id.
             let names = [
-                t.file.clone(),
+                t.file.to_string(),
                 task_file::file_name(&t.id, ".json"),
                 task_file::file_name(&t.id, ".md"),
             ];
@@ -110,7 +110,7 @@ impl Engine {
                         .is_some_and(|a| a.class == Some(Class::Ok)) =>
                 {
                     if let Some(name) = found
-                        && name != t.file
+                        && *name != *t.file
                     {
                         claims.push(Event::Claimed {
                             task: t.id.to_string(),
@@ -123,7 +123,7 @@ impl Engine {
                 // last step.
                 (Phase::Merging | Phase::MergeWaiting { .. }, found) => {
                     if let Some(name) = found
-                        && name != t.file
+                        && *name != *t.file
                     {
                         claims.push(Event::Claimed {
                             task: t.id.to_string(),
@@ -133,7 +133,7 @@ impl Engine {
                     merging.push(t.id.clone());
                 }
                 (Phase::Pending | Phase::Requeued, Some(name)) => {
-                    if name != t.file {
+                    if *name != *t.file {
                         claims.push(Event::Claimed {
                             task: t.id.to_string(),
                             file: name,
@@ -144,7 +144,7 @@ impl Engine {
                 // Its file is not in running/ (and not back in the inbox): someone removed it.
                 // The ledger has the task; the file is written again and the task goes on.
                 (Phase::Pending, None)
-                    if self.ws.inbox().join(&t.file).symlink_metadata().is_err() =>
+                    if self.ws.inbox().join(&*t.file).symlink_metadata().is_err() =>
                 {
                     let rebuilt = t.spec().map(|spec| {
                         task_file::rebuild_in_running(&running, &spec.fields, &t.id, &t.file)
@@ -155,7 +155,7 @@ impl Engine {
                                 task = %t.id,
                                 "its task file was missing from running/; it was written again from the ledger"
                             );
-                            if name != t.file {
+                            if *name != *t.file {
                                 claims.push(Event::Claimed {
                                     task: t.id.to_string(),
                                     file: name,
@@ -216,7 +216,7 @@ impl Engine {
         let Some(w) = self
             .book
             .get(id)
-            .and_then(|t| t.worktree.as_deref().cloned())
+            .and_then(|t| t.more().worktree.as_deref().cloned())
         else {
             return;
         };
@@ -286,7 +286,9 @@ impl Engine {
         let settled: Vec<String> = self
             .book
             .iter()
-            .filter(|t| t.phase.is_terminal() && t.worktree.as_ref().is_some_and(|w| !w.removed))
+            .filter(|t| {
+                t.phase.is_terminal() && t.more().worktree.as_ref().is_some_and(|w| !w.removed)
+            })
             .map(|t| t.id.to_string())
             .collect();
         for id in settled {
@@ -309,7 +311,7 @@ impl Engine {
             .chain(
                 self.book
                     .iter()
-                    .filter_map(|t| t.worktree.as_ref())
+                    .filter_map(|t| t.more().worktree.as_ref())
                     .filter_map(|w| super::worktrees::slot_number(&w.tree.path)),
             )
             .max()
@@ -330,7 +332,8 @@ impl Engine {
             .book
             .iter()
             .filter_map(|t| {
-                t.worktree
+                t.more()
+                    .worktree
                     .as_deref()
                     .filter(|w| !w.removed)
                     .and_then(name_of)
@@ -339,7 +342,7 @@ impl Engine {
         // Given up by a task that finished: its git directory is known from the ledger.
         let mut released: HashMap<String, crate::git::Tree> = HashMap::new();
         for t in self.book.iter() {
-            if let Some(w) = t.worktree.as_deref().filter(|w| w.removed)
+            if let Some(w) = t.more().worktree.as_deref().filter(|w| w.removed)
                 && let Some(name) = name_of(w)
                 && !held.contains(&name)
             {

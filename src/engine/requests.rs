@@ -19,10 +19,10 @@ fn summary(t: &TaskRecord) -> serde_json::Value {
     if let Some(a) = t.attempts.last() {
         v["agent"] = serde_json::json!(a.agent);
     }
-    if let Some(role) = &t.role {
+    if let Some(role) = &t.more().role {
         v["role"] = serde_json::json!(role);
     }
-    match t.fleet.as_deref() {
+    match t.more().fleet.as_deref() {
         Some(crate::state::FleetPart::Published {
             worker: Some(w), ..
         }) => v["ran_on"] = serde_json::json!(w),
@@ -33,7 +33,7 @@ fn summary(t: &TaskRecord) -> serde_json::Value {
     if t.cost_usd > 0.0 {
         v["cost_usd"] = serde_json::json!(t.cost_usd);
     }
-    if let Some(w) = &t.worktree {
+    if let Some(w) = &t.more().worktree {
         v["branch"] = serde_json::json!(w.branch);
         if let Some(d) = &w.diff {
             v["diff"] = serde_json::json!(d);
@@ -78,7 +78,7 @@ fn list(
             })
             && f.role
                 .as_deref()
-                .is_none_or(|r| t.role.as_deref() == Some(r))
+                .is_none_or(|r| t.more().role.as_deref() == Some(r))
             && text.as_deref().is_none_or(|q| {
                 t.id.to_lowercase().contains(q) || t.title.to_lowercase().contains(q)
             })
@@ -368,7 +368,7 @@ impl Engine {
                 ),
             ));
         }
-        let file = t.file.clone();
+        let file = t.file.to_string();
         let path = self.ws.failed().join(&file);
         let fields = match self.ws.open_sub("failed") {
             Ok(failed) if failed.kind(&file).is_none() => {
@@ -418,7 +418,7 @@ impl Engine {
         let old_tree = self
             .book
             .get(&id)
-            .and_then(|t| t.worktree.as_deref().cloned())
+            .and_then(|t| t.more().worktree.as_deref().cloned())
             .filter(|w| !w.removed || w.commit.is_some());
         if !self
             .record_now(Event::Retried {
@@ -445,7 +445,7 @@ impl Engine {
             let phase = self
                 .book
                 .get(&id)
-                .map(|t| t.phases.len())
+                .map(|t| t.more().phases.len())
                 .unwrap_or_default();
             format!(
                 "resuming the workflow run `{id}` after its {phase} completed phase(s){}",

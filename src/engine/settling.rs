@@ -152,7 +152,7 @@ impl Engine {
         let (attempt, agent) = (last.n, last.agent.clone());
         // A worktree task's `output` was written into its tree and committed with its work;
         // its result text goes to the outbox.
-        let in_tree = t.worktree.is_some();
+        let in_tree = t.more().worktree.is_some();
         if !self.live.begin_finishing(id) {
             return;
         }

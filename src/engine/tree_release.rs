@@ -20,7 +20,7 @@ impl Engine {
                 format!("no task `{id}`; `dirigent status` lists the tasks"),
             );
         };
-        let Some(w) = t.worktree.as_deref() else {
+        let Some(w) = t.more().worktree.as_deref() else {
             return Response::fail(
                 Failure::Conflict,
                 format!("task `{id}` has no branch or worktree to discard"),
@@ -80,7 +80,7 @@ impl Engine {
     /// for a human to look at.
     pub(super) fn tree_after_settled(&mut self, id: &str) {
         let Some(t) = self.book.get(id) else { return };
-        if t.worktree.as_ref().is_none_or(|w| w.removed) {
+        if t.more().worktree.as_ref().is_none_or(|w| w.removed) {
             return;
         }
         if self.discarding.remove(id) {
@@ -125,7 +125,7 @@ impl Engine {
     /// [`Engine::remove_tree`]; `discard` deletes the branch whatever it holds.
     fn remove_tree_and_branch(&mut self, id: &str, discard: bool) {
         let Some(t) = self.book.get(id) else { return };
-        let Some(w) = t.worktree.as_deref().cloned() else {
+        let Some(w) = t.more().worktree.as_deref().cloned() else {
             return;
         };
         if w.removed && !discard {
@@ -158,7 +158,8 @@ impl Engine {
         }
         let held_by_another = self.book.iter().any(|o| {
             *o.id != *id
-                && o.worktree
+                && o.more()
+                    .worktree
                     .as_ref()
                     .is_some_and(|ow| !ow.removed && ow.tree.path == w.tree.path)
         });

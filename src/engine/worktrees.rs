@@ -739,7 +739,7 @@ impl Engine {
 
     /// An editing task taken from the fleet: where it came from and where its work goes.
     pub(super) fn fleet_edit(&self, id: &str) -> Option<crate::fleet::edits::EditHere> {
-        match self.book.get(id)?.fleet.as_deref()? {
+        match self.book.get(id)?.more().fleet.as_deref()? {
             crate::state::FleetPart::Taken { edit, .. } => edit.clone(),
             _ => None,
         }
@@ -813,7 +813,7 @@ impl Engine {
         let spec = t.spec().expect("unfinished tasks keep their spec");
         // A task of the fleet works where it came to work: a worktree of its node's repository
         // (an editing task), or else this workspace (a task that answers).
-        if let Some(crate::state::FleetPart::Taken { edit, .. }) = t.fleet.as_deref() {
+        if let Some(crate::state::FleetPart::Taken { edit, .. }) = t.more().fleet.as_deref() {
             return Ok(edit
                 .clone()
                 .map(|edit| self.fleet_tree_plan(id, &spec, agent, edit)));
@@ -837,10 +837,14 @@ impl Engine {
         let last = t.attempts.last();
         let continuing = last
             .is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again))
-            || t.worktree.as_ref().is_some_and(|w| w.resolve.is_some());
+            || t.more()
+                .worktree
+                .as_ref()
+                .is_some_and(|w| w.resolve.is_some());
         let inside = self.inside(&repo);
         // A tree whose directory is gone (removed by hand) is made again.
         let existing = t
+            .more()
             .worktree
             .as_deref()
             .filter(|w| !w.removed && w.tree.path.exists())
@@ -900,6 +904,7 @@ impl Engine {
         let continuing =
             last.is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again));
         let existing = t
+            .more()
             .worktree
             .as_deref()
             .filter(|w| !w.removed && w.tree.path.exists())

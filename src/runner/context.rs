@@ -28,7 +28,7 @@ pub(super) fn distilled(
     let names: Vec<String> = if phase.input_given {
         context_inputs(phase)
     } else {
-        run.phases.iter().map(|(p, _)| p.clone()).collect()
+        run.more().phases.iter().map(|(p, _)| p.clone()).collect()
     };
     let step = phase.distill.as_ref();
     let named = phase.distill_by.as_ref().map(|r| (&r.name, r.accepts));
@@ -49,7 +49,7 @@ pub(super) fn distilled(
     let mut actions = Vec::new();
     let mut waiting = false;
     for name in names {
-        let Some((_, out)) = run.phases.iter().find(|(p, _)| *p == name) else {
+        let Some((_, out)) = run.more().phases.iter().find(|(p, _)| *p == name) else {
             continue;
         };
         let id = format!("{}.distill.{name}", run.id);
@@ -117,12 +117,12 @@ fn context_inputs(phase: &Phase) -> Vec<String> {
 /// The earlier outputs this phase sees: all of them (`full`) or its `input`s (the others).
 pub(super) fn inputs(run: &TaskRecord, phase: &Phase, ws: &Workspace) -> String {
     let names: Vec<String> = match phase.context {
-        Some(ContextStrategy::Full) => run.phases.iter().map(|(p, _)| p.clone()).collect(),
+        Some(ContextStrategy::Full) => run.more().phases.iter().map(|(p, _)| p.clone()).collect(),
         _ => context_inputs(phase),
     };
     let mut s = String::new();
     for name in names {
-        if let Some((_, out)) = run.phases.iter().find(|(p, _)| *p == name) {
+        if let Some((_, out)) = run.more().phases.iter().find(|(p, _)| *p == name) {
             s.push_str(&format!(
                 "\n## Output of phase `{name}` ({out})\n\n{}\n",
                 read_output(ws, out).trim_end()

@@ -258,12 +258,14 @@ pub fn next(
     let mut vars = vars_of(wf, &given);
     vars.insert("workflow".into(), wf.name.value.clone());
     vars.insert("run".into(), run.id.to_string());
-    let Some(phase) = wf
-        .phases
-        .iter()
-        .find(|p| !run.phases.iter().any(|(done, _)| *done == p.name.value))
-    else {
+    let Some(phase) = wf.phases.iter().find(|p| {
+        !run.more()
+            .phases
+            .iter()
+            .any(|(done, _)| *done == p.name.value)
+    }) else {
         let output = run
+            .more()
             .phases
             .last()
             .map(|(_, o)| o.clone())

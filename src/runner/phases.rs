@@ -228,6 +228,7 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
         };
         match cx
             .run
+            .more()
             .rounds
             .iter()
             .find(|r| r.phase == pname && r.round == round)
@@ -425,7 +426,8 @@ fn sub_tasks(cx: &Ctx, tasks: &FanOutTasks) -> Result<Vec<SubTask>, Vec<Action>>
             let categories: Vec<&str> = routing.keys().map(String::as_str).collect();
             let (listed, from_output): (Vec<(String, String)>, bool) = match list {
                 TaskList::FromPhase(from) => {
-                    let Some((_, out)) = cx.run.phases.iter().find(|(p, _)| p == from) else {
+                    let Some((_, out)) = cx.run.more().phases.iter().find(|(p, _)| p == from)
+                    else {
                         return Err(cx.failed_to_route(format!("`{from}` has no output")));
                     };
                     match task_list::parse(&read_output(cx.ws, out), &categories) {
