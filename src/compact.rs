@@ -370,6 +370,23 @@ impl Compactor {
         self.trigger();
     }
 
+    /// At the daemon's start, `segments` rotated segments are there (a crash, or compactions
+    /// that waited): compacts them now, or once the `unfinished` tasks the daemon takes up
+    /// drain if they are many (the same rule as [`Compactor::rotated`]).
+    pub fn at_start(&self, segments: usize, unfinished: usize) {
+        if segments == 0 {
+            return;
+        }
+        if defers(unfinished, segments) {
+            tracing::debug!(
+                "{segments} ledger segment(s) wait for compaction until the queue of {unfinished} drains"
+            );
+            self.deferred.store(segments, Ordering::SeqCst);
+            return;
+        }
+        self.trigger();
+    }
+
     /// Reads the count of live tasks from `count` (the engine keeps it up to date).
     pub fn with_live_tasks(mut self, count: Arc<AtomicUsize>) -> Self {
         self.live_tasks = count;
@@ -443,6 +460,29 @@ mod tests {
                 defers(live, waiting),
                 want,
                 "expected defers({live}, {waiting}) to be {want}"
+            );
+        }
+    }
+    #[test]
+    fn segments_found_at_start_wait_while_the_queue_taken_up_is_big() {
+        let root = tempfile::tempdir().expect("a temporary directory");
+        let ws = Workspace::new(root.path()).expect("a workspace");
+        ws.ensure().expect("its directories");
+        // (segments, unfinished tasks) → segments left waiting for the queue to drain (the
+        // others are compacted at once: `trigger`, as for any rotation).
+        for (segments, unfinished, waiting) in [
+            (0, 0, 0),
+            (0, 100_000, 0),
+            (3, 100_000, 3),
+            (MAX_DEFERRED_SEGMENTS, 100_000, 0),
+            (3, 5, 0),
+        ] {
+            let compactor = Compactor::new(ws.clone(), 10, 0, None);
+            compactor.at_start(segments, unfinished);
+            assert_eq!(
+                compactor.deferred.load(Ordering::SeqCst),
+                waiting,
+                "at_start({segments}, {unfinished}): expected {waiting} segment(s) left waiting"
             );
         }
     }

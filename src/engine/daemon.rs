@@ -113,10 +113,11 @@ pub async fn run_with_options(
         Some(key.clone()),
     )
     .with_live_tasks(live.counter());
-    if !ledger::segments(ws.context()).map_err(ws_err)?.is_empty() {
-        // Finish what a crash may have interrupted.
-        compactor.trigger();
-    }
+    // Finish what a crash may have interrupted — or what waited for a big queue to drain, and
+    // still waits while the queue it left is big.
+    let segments = ledger::segments(ws.context()).map_err(ws_err)?.len();
+    let unfinished = book.iter().filter(|t| !t.phase.is_terminal()).count();
+    compactor.at_start(segments, unfinished);
     let rotation = ledger::Rotation {
         segment_events: config.ledger_segment_events,
         current_events: loaded.current_events,
@@ -266,6 +267,9 @@ pub async fn run_with_options(
         path: ws.inbox().display().to_string(),
         cause,
     })?;
+    // The configuration again, now that its watcher is up: a change made since it was first
+    // read (a moment ago) would otherwise wait for the next one. Unchanged text is a no-op.
+    engine.reload("file", false).await;
     // The first scan after the watcher is up: nothing dropped in between is missed.
     engine.ingest().await;
     engine.rescan_due = later(Instant::now(), engine.config.inbox_rescan);
