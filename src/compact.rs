@@ -53,6 +53,8 @@ pub struct Loaded {
     /// The snapshot was written by an older version without a seal (it is sealed again at the
     /// next compaction).
     pub unsealed_snapshot: bool,
+    /// Rotated segments the snapshot does not cover yet (a compaction to finish or that waited).
+    pub uncovered_segments: usize,
 }
 
 fn snapshot_path(ws: &Workspace) -> PathBuf {
@@ -158,8 +160,10 @@ fn load_checked(
     };
     checker.after_snapshot(covered, snap.seal == Seal::Valid && covered > 0);
     book.set_limit(keep_finished);
+    let mut uncovered_segments = 0;
     for (last, segment) in ledger::segments(ws.context())? {
         if last > covered {
+            uncovered_segments += 1;
             ledger::read_each_checked(&segment, &mut checker, |r| {
                 if r.seq > covered {
                     book.apply(&r);
@@ -202,6 +206,7 @@ fn load_checked(
         refused_count,
         another_key,
         unsealed_snapshot: snap.seal == Seal::Unsigned && key.is_some() && key_is_new,
+        uncovered_segments,
     })
 }
 
@@ -370,9 +375,11 @@ impl Compactor {
         self.trigger();
     }
 
-    /// At the daemon's start, `segments` rotated segments are there (a crash, or compactions
-    /// that waited): compacts them now, or once the `unfinished` tasks the daemon takes up
-    /// drain if they are many (the same rule as [`Compactor::rotated`]).
+    /// At the daemon's start, `segments` rotated segments the snapshot does not cover are
+    /// there (a crash, or compactions that waited): compacts them now, or once the
+    /// `unfinished` tasks the daemon takes up drain if they are many (the same rule as
+    /// [`Compactor::rotated`]). Covered segments beyond `ledger_keep_segments` (a crash between
+    /// a snapshot and its deletions) go at the next compaction.
     pub fn at_start(&self, segments: usize, unfinished: usize) {
         if segments == 0 {
             return;

@@ -313,7 +313,8 @@ pub struct TaskRecord {
 /// in full: without them a record is 160 bytes smaller.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TaskMore {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Always written (as `[]` too): builds before the split required it in a snapshot.
+    #[serde(default)]
     pub after: Vec<String>,
     /// A workflow run's completed phases and their outputs, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1472,6 +1473,11 @@ mod tests {
         assert!(
             !text.contains("more"),
             "expected no `more` key in the snapshot, got {text}"
+        );
+        // Builds before the split required `after` in every record.
+        assert!(
+            text.contains(r#""after":[]"#),
+            "expected `after` written for `t` too, got {text}"
         );
         let read: TaskBook = serde_json::from_str(&text).expect("and reads back");
         assert!(

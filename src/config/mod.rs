@@ -289,10 +289,19 @@ fn editing_defaults(
 impl Config {
     /// Loads `.context/dirigent.yaml`, or the embedded default when it does not exist.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match read_text(path)? {
-            Some(text) => Self::parse(&text, &path.display().to_string()),
-            None => Self::parse(DEFAULT_CONFIG, EMBEDDED_SOURCE),
-        }
+        Self::load_with_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], and the text it was made from (`None`: the embedded default), from
+    /// one read: whoever later compares the file with the running config compares it with
+    /// what that config was made from.
+    pub fn load_with_text(path: &Path) -> Result<(Config, Option<String>), ConfigError> {
+        let text = read_text(path)?;
+        let config = match &text {
+            Some(text) => Self::parse(text, &path.display().to_string())?,
+            None => Self::parse(DEFAULT_CONFIG, EMBEDDED_SOURCE)?,
+        };
+        Ok((config, text))
     }
 
     /// Parses and validates config text; `source` names it in error messages.

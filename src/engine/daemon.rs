@@ -63,7 +63,8 @@ pub async fn run_with_options(
     if !crate::reaper::become_subreaper() {
         tracing::debug!("not a child subreaper: processes that escape with setsid are not caught");
     }
-    let config = Arc::new(Config::load(&ws.config())?);
+    let (config, config_text) = Config::load_with_text(&ws.config())?;
+    let config = Arc::new(config);
     // Bound before the ledger is touched: a taken port or a bad token stops the start cleanly.
     let http_addr = options.http.or(config.http);
     let http_bound = match http_addr {
@@ -115,9 +116,8 @@ pub async fn run_with_options(
     .with_live_tasks(live.counter());
     // Finish what a crash may have interrupted — or what waited for a big queue to drain, and
     // still waits while the queue it left is big.
-    let segments = ledger::segments(ws.context()).map_err(ws_err)?.len();
     let unfinished = book.iter().filter(|t| !t.phase.is_terminal()).count();
-    compactor.at_start(segments, unfinished);
+    compactor.at_start(loaded.uncovered_segments, unfinished);
     let rotation = ledger::Rotation {
         segment_events: config.ledger_segment_events,
         current_events: loaded.current_events,
@@ -169,7 +169,7 @@ pub async fn run_with_options(
         notifier,
         dirty: dirty.clone(),
         ws: ws.clone(),
-        config_text: crate::config::read_text(&ws.config()).ok().flatten(),
+        config_text,
         config_watch: watch::channel(config.clone()).0,
         config,
         ledger,
