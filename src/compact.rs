@@ -377,13 +377,14 @@ impl Compactor {
 
     /// At the daemon's start, `segments` rotated segments the snapshot does not cover are
     /// there (a crash, or compactions that waited): compacts them now, or once the
-    /// `unfinished` tasks the daemon takes up drain if they are many (the same rule as
+    /// `unfinished` tasks the daemon takes up (counted only then) drain if they are many (the same rule as
     /// [`Compactor::rotated`]). Covered segments beyond `ledger_keep_segments` (a crash between
     /// a snapshot and its deletions) go at the next compaction.
-    pub fn at_start(&self, segments: usize, unfinished: usize) {
+    pub fn at_start(&self, segments: usize, unfinished: impl FnOnce() -> usize) {
         if segments == 0 {
             return;
         }
+        let unfinished = unfinished();
         if defers(unfinished, segments) {
             tracing::debug!(
                 "{segments} ledger segment(s) wait for compaction until the queue of {unfinished} drains"
@@ -485,7 +486,7 @@ mod tests {
             (3, 5, 0),
         ] {
             let compactor = Compactor::new(ws.clone(), 10, 0, None);
-            compactor.at_start(segments, unfinished);
+            compactor.at_start(segments, || unfinished);
             assert_eq!(
                 compactor.deferred.load(Ordering::SeqCst),
                 waiting,

@@ -408,6 +408,20 @@ impl TaskRecord {
         self.more.0.as_deref_mut()
     }
 
+    /// Sets when the next attempt may start (`None`: at once) without giving the record a box
+    /// for nothing.
+    fn set_not_before(&mut self, at: Option<u64>) {
+        match at {
+            Some(_) => self.more_mut().not_before_ms = at,
+            None => {
+                if let Some(m) = self.more_present() {
+                    m.not_before_ms = None;
+                }
+                self.tidy_more();
+            }
+        }
+    }
+
     /// Lets go of the record's box once nothing is left in it.
     fn tidy_more(&mut self) {
         if self.more.0.as_ref().is_some_and(|m| m.is_empty()) {
@@ -894,23 +908,18 @@ impl TaskBook {
                     // A failure moves the chain past the agent that failed (agents skipped while
                     // cooling down stay behind); a network retry or an interruption keeps it.
                     if let Some(delay) = retry_in_ms {
-                        t.more_mut().not_before_ms = Some(r.ts + delay);
+                        t.set_not_before(Some(r.ts + delay));
                     } else if again {
                         // A `verify` feedback round: the same agent, right away.
-                        if let Some(m) = t.more_present() {
-                            m.not_before_ms = None;
-                        }
+                        t.set_not_before(None);
                     } else if !matches!(class, Class::Ok | Class::Interrupted | Class::Cancelled) {
-                        if let Some(m) = t.more_present() {
-                            m.not_before_ms = None;
-                        }
+                        t.set_not_before(None);
                         let from = t.chain_pos.min(t.chain.len());
                         t.chain_pos = t.chain[from..]
                             .iter()
                             .position(|a| a == agent)
                             .map_or(t.chain_pos + 1, |i| from + i + 1);
                     }
-                    t.tidy_more();
                     if matches!(t.phase, Phase::Running { .. }) {
                         t.phase = Phase::Pending;
                     }
@@ -1182,16 +1191,17 @@ impl TaskBook {
                     t.phase = Phase::Pending;
                     t.chain = spec.chain.clone().into_boxed_slice();
                     t.chain_pos = 0;
-                    t.more_mut().not_before_ms = None;
-                    t.more_mut().budget_usd = spec.fields.budget_usd;
                     t.packed_spec = Some(PackedSpec::pack(spec));
+                    let more = t.more_mut();
+                    more.not_before_ms = None;
+                    more.budget_usd = spec.fields.budget_usd;
                     // It starts from a new worktree; the engine gives the old one up.
-                    t.more_mut().worktree = None;
+                    more.worktree = None;
                     // A workflow run's loop that gave up is judged again from its first round
                     // (the generator's results are kept); completed phases keep their rounds.
-                    let completed: Vec<String> =
-                        t.more().phases.iter().map(|(p, _)| p.clone()).collect();
-                    t.more_mut().rounds.retain(|r| completed.contains(&r.phase));
+                    let phases = &more.phases;
+                    more.rounds
+                        .retain(|r| phases.iter().any(|(p, _)| *p == r.phase));
                     t.tidy_more();
                     // No longer finished: it must not be archived while it runs again.
                     self.finished.retain(|id| id != task);
@@ -1256,6 +1266,18 @@ mod tests {
         }
     }
 
+    /// The `received` record of `id` (its file `<id>.json`).
+    fn received(seq: u64, id: &str, spec: Box<TaskSpec>) -> Record {
+        rec(
+            seq,
+            Event::Received {
+                task: id.into(),
+                file: format!("{id}.json"),
+                spec,
+            },
+        )
+    }
+
     fn spec(id: &str) -> Box<TaskSpec> {
         Box::new(TaskSpec {
             id: id.into(),
@@ -1310,14 +1332,7 @@ mod tests {
     #[test]
     fn failure_then_success_walks_the_chain() {
         let records = vec![
-            rec(
-                1,
-                Event::Received {
-                    task: "t".into(),
-                    file: "t.json".into(),
-                    spec: spec("t"),
-                },
-            ),
+            received(1, "t", spec("t")),
             rec(
                 2,
                 Event::Claimed {
@@ -1359,14 +1374,7 @@ mod tests {
         for i in 0..5 {
             let id = format!("t{i}");
             seq += 1;
-            records.push(rec(
-                seq,
-                Event::Received {
-                    task: id.clone(),
-                    file: format!("{id}.json"),
-                    spec: spec(&id),
-                },
-            ));
+            records.push(received(seq, &id, spec(&id)));
             seq += 1;
             let ev = if i == 1 {
                 Event::Escalated {
@@ -1403,14 +1411,7 @@ mod tests {
 
     #[test]
     fn a_task_id_is_one_allocation_for_the_map_the_record_and_the_order_also_after_a_snapshot() {
-        let received = rec(
-            1,
-            Event::Received {
-                task: "t".into(),
-                file: "t.json".into(),
-                spec: spec("t"),
-            },
-        );
+        let received = received(1, "t", spec("t"));
         let shared = |book: &TaskBook| {
             let (key, t) = book.tasks.get_key_value("t").expect("`t` is in the book");
             Arc::ptr_eq(key, &t.id) && Arc::ptr_eq(key, &book.order[0])
@@ -1444,24 +1445,7 @@ mod tests {
         let mut with_role = spec("r");
         with_role.fields.role = Some("reviewer".into());
         with_role.fields.after = vec!["t".into()];
-        let records = [
-            rec(
-                1,
-                Event::Received {
-                    task: "t".into(),
-                    file: "t.json".into(),
-                    spec: spec("t"),
-                },
-            ),
-            rec(
-                2,
-                Event::Received {
-                    task: "r".into(),
-                    file: "r.json".into(),
-                    spec: with_role,
-                },
-            ),
-        ];
+        let records = [received(1, "t", spec("t")), received(2, "r", with_role)];
         let book = TaskBook::from_records(&records);
         assert!(book.tasks["t"].more.0.is_none(), "expected no box for `t`");
         assert!(book.tasks["r"].more.0.is_some(), "expected a box for `r`");
@@ -1494,14 +1478,7 @@ mod tests {
     #[test]
     fn interruption_does_not_advance_the_chain() {
         let records = vec![
-            rec(
-                1,
-                Event::Received {
-                    task: "t".into(),
-                    file: "t.json".into(),
-                    spec: spec("t"),
-                },
-            ),
+            received(1, "t", spec("t")),
             started(2, 1, "a"),
             finished(3, 1, "a", Class::Interrupted),
             rec(
@@ -1511,14 +1488,7 @@ mod tests {
                     file: "t.json".into(),
                 },
             ),
-            rec(
-                5,
-                Event::Received {
-                    task: "t".into(),
-                    file: "t.json".into(),
-                    spec: spec("t"),
-                },
-            ),
+            received(5, "t", spec("t")),
         ];
         let book = TaskBook::from_records(&records);
         let t = book.get("t").unwrap();

@@ -116,8 +116,9 @@ pub async fn run_with_options(
     .with_live_tasks(live.counter());
     // Finish what a crash may have interrupted — or what waited for a big queue to drain, and
     // still waits while the queue it left is big.
-    let unfinished = book.iter().filter(|t| !t.phase.is_terminal()).count();
-    compactor.at_start(loaded.uncovered_segments, unfinished);
+    compactor.at_start(loaded.uncovered_segments, || {
+        book.iter().filter(|t| !t.phase.is_terminal()).count()
+    });
     let rotation = ledger::Rotation {
         segment_events: config.ledger_segment_events,
         current_events: loaded.current_events,

@@ -41,26 +41,17 @@ struct RunQueue {
 impl RunQueue {
     fn insert(&mut self, key: QueueKey) {
         let lane = self.lanes.entry(key.priority).or_default();
-        let at = lane.partition_point(|(arrival, _)| *arrival < key.arrival);
-        if lane
-            .get(at)
-            .is_some_and(|(arrival, _)| *arrival == key.arrival)
-        {
-            return;
+        if let Err(at) = lane.binary_search_by_key(&key.arrival, |(arrival, _)| *arrival) {
+            lane.insert(at, (key.arrival, key.id));
+            self.len += 1;
         }
-        lane.insert(at, (key.arrival, key.id));
-        self.len += 1;
     }
 
     fn remove(&mut self, key: &QueueKey) {
         let Some(lane) = self.lanes.get_mut(&key.priority) else {
             return;
         };
-        let at = lane.partition_point(|(arrival, _)| *arrival < key.arrival);
-        if lane
-            .get(at)
-            .is_some_and(|(arrival, _)| *arrival == key.arrival)
-        {
+        if let Ok(at) = lane.binary_search_by_key(&key.arrival, |(arrival, _)| *arrival) {
             lane.remove(at);
             self.len -= 1;
             if lane.is_empty() {
