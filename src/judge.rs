@@ -210,6 +210,11 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
             None => Verdict::fail(class, reason),
         };
     }
+    // The watcher found the output conclusive, but the agent ended before the stop landed: the
+    // output decides all the same, so the verdict does not hang on how loaded the machine is.
+    if let Some(c) = &ev.conclusive {
+        return Verdict::fail(c.class, format!("output says `{}`", c.matched));
+    }
     let both = format!("{}\n{}", ev.stdout.text(), ev.stderr.text());
     let classify = |text: &str| -> Option<(Class, String)> {
         agent
@@ -1099,6 +1104,24 @@ agents:
         assert_eq!(
             v.reason,
             "its output said `fetch failed` (2 times with no progress in between); stopped instead of waiting for the CLI's own retries"
+        );
+
+        // The same output, but the agent exited 0 before the stop landed: the same class.
+        let ev = Evidence {
+            exit_code: Some(0),
+            stdout: sample("litellm.RateLimitError: rate limit exceeded\n"),
+            conclusive: Some(crate::watch::Conclusive {
+                class: Class::RateLimit,
+                matched: "rate limit exceeded".into(),
+                times: 1,
+            }),
+            ..Default::default()
+        };
+        let v = judge(&cfg.agents["aider"], &ev);
+        assert_eq!(
+            (v.class, v.reason.as_str()),
+            (Class::RateLimit, "output says `rate limit exceeded`"),
+            "expected a conclusive output to decide when the agent ended first"
         );
     }
 
