@@ -29,7 +29,7 @@ pub fn agents(
         let mut last_failure: Option<(&str, &crate::state::AttemptSummary)> = None;
         for t in book.iter() {
             for a in t
-                .attempts
+                .attempts()
                 .iter()
                 .filter(|a| crate::config::split_entry(&a.agent).0 == name)
             {

@@ -105,7 +105,7 @@ fn read_snapshot(ws: &Workspace, key: Option<&Key>) -> std::io::Result<ReadSnaps
         }
     };
     let mut book = snap.book;
-    book.share_ids();
+    book.share_after_read();
     Ok(ReadSnapshot {
         seq: snap.seq,
         book,

@@ -92,7 +92,7 @@ pub fn check_agent(
     };
     let last_failure = book
         .iter()
-        .flat_map(|t| t.attempts.iter().map(move |a| (t, a)))
+        .flat_map(|t| t.attempts().iter().map(move |a| (t, a)))
         .filter(|(_, a)| {
             crate::config::split_entry(&a.agent).0 == agent.name
                 && a.class.is_some_and(|c| c != crate::judge::Class::Ok)

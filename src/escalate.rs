@@ -37,8 +37,8 @@ pub fn write_report(
     } else {
         "Escalated"
     };
-    let _ = writeln!(md, "# {heading}: {} — {}\n", task.id, task.title);
-    let advice = config.and_then(|c| crate::advice::in_short(&task.attempts, c));
+    let _ = writeln!(md, "# {heading}: {} — {}\n", task.id, task.title());
+    let advice = config.and_then(|c| crate::advice::in_short(task.attempts(), c));
     if let Some(advice) = &advice {
         let _ = writeln!(md, "**In short:** {advice}.\n");
     }
@@ -74,10 +74,10 @@ pub fn write_report(
     let prompt = spec.as_ref().map_or("", |s| s.prompt.as_str());
     let _ = writeln!(md, "## Prompt\n\n{}\n", fenced(prompt));
     let _ = writeln!(md, "## Attempts\n");
-    if task.attempts.is_empty() {
+    if task.attempts().is_empty() {
         let _ = writeln!(md, "_No attempt could be made._\n");
     }
-    for a in &task.attempts {
+    for a in task.attempts() {
         let status = match (a.exit_code, a.signal) {
             (_, Some(sig)) => format!("signal {sig} ({})", signal_name(sig)),
             (Some(code), None) => format!("exit code {code}"),
@@ -135,7 +135,7 @@ pub fn write_report(
     let again = format!(
         "`dirigent retry {id}` (it re-reads `.context/failed/{file}`, so you can correct the task there first), or submit it anew",
         id = task.id,
-        file = task.file
+        file = task.file()
     );
     if reason == crate::state::CANCELLED_REASON {
         let _ = writeln!(
@@ -147,7 +147,7 @@ pub fn write_report(
             .write_atomic(&name, md.as_bytes(), 0o600)?;
         return Ok(ws.escalations().join(name));
     }
-    let _ = match crate::advice::outlook(&task.attempts) {
+    let _ = match crate::advice::outlook(task.attempts()) {
         crate::advice::Outlook::FixFirst => writeln!(
             md,
             "## What now\n\nA retry now would fail the same way: first log in or install as **In short** says \
@@ -180,15 +180,15 @@ fn write_run_report(
 ) -> std::io::Result<PathBuf> {
     use crate::state::Phase;
     let mut md = String::new();
-    let _ = writeln!(md, "# Escalated: {} — {}\n", run.id, run.title);
+    let _ = writeln!(md, "# Escalated: {} — {}\n", run.id, run.title());
     let failed: Vec<&TaskRecord> = children
         .iter()
-        .filter(|c| matches!(c.phase, Phase::Failed { .. }))
+        .filter(|c| matches!(c.phase(), Phase::Failed { .. }))
         .collect();
     let advice = config.and_then(|c| {
         failed
             .iter()
-            .find_map(|f| crate::advice::in_short(&f.attempts, c))
+            .find_map(|f| crate::advice::in_short(f.attempts(), c))
     });
     if let Some(advice) = &advice {
         let _ = writeln!(md, "**In short:** {advice}.\n");
@@ -209,11 +209,11 @@ fn write_run_report(
     }
     for c in children {
         let agent = c
-            .attempts
+            .attempts()
             .last()
             .map(|a| format!(", last attempt on {}", a.agent))
             .unwrap_or_default();
-        match &c.phase {
+        match c.phase() {
             Phase::Failed { reason, .. } => {
                 let _ = writeln!(
                     md,

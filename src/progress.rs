@@ -32,18 +32,18 @@ pub fn render(book: &TaskBook) -> String {
             .unwrap_or_default()
     };
     for t in book.iter() {
-        match &t.phase {
+        match t.phase() {
             Phase::Done { .. } => done_tasks.push(t),
             Phase::Merging => merging.push(format!(
                 "- [ ] {} — {} (merging{})",
                 t.id,
-                t.title,
+                t.title(),
                 branch_of(t)
             )),
             Phase::MergeWaiting { reason } => merging.push(format!(
                 "- [ ] {} — {} ({}{})",
                 t.id,
-                t.title,
+                t.title(),
                 one_line(reason, 300),
                 branch_of(t)
             )),
@@ -54,17 +54,17 @@ pub fn render(book: &TaskBook) -> String {
             } => running.push(format!(
                 "- [ ] {} — {} ({agent}, attempt {attempt}, started {})",
                 t.id,
-                t.title,
+                t.title(),
                 clock(*since_ms)
             )),
             Phase::Pending | Phase::Requeued if pending.len() >= PENDING_SHOWN => {
                 pending_more += 1;
             }
             Phase::Pending | Phase::Requeued => {
-                let why = if t.attempts.is_empty() {
+                let why = if t.attempts().is_empty() {
                     "queued".to_string()
                 } else {
-                    let last = t.attempts.last().expect("non-empty");
+                    let last = t.attempts().last().expect("non-empty");
                     format!(
                         "after {} {}",
                         last.agent,
@@ -76,7 +76,7 @@ pub fn render(book: &TaskBook) -> String {
                 } else {
                     format!(", after {}", t.more().after.join(", "))
                 };
-                pending.push(format!("- [ ] {} — {} ({why}{waiting})", t.id, t.title));
+                pending.push(format!("- [ ] {} — {} ({why}{waiting})", t.id, t.title()));
             }
             Phase::Failed { .. } => failed_tasks.push(t),
         }
@@ -84,25 +84,25 @@ pub fn render(book: &TaskBook) -> String {
     let now_ms = crate::ledger::now_ms();
     // The finished tasks' lines: the most recent FINISHED_SHOWN formatted, the others counted.
     let (done, done_skipped) = last_lines(&done_tasks, |t| {
-        let Phase::Done { agent, .. } = &t.phase else {
+        let Phase::Done { agent, .. } = t.phase() else {
             unreachable!("only done tasks are listed here")
         };
         format!(
             "- [x] {} — {} ({agent}, {}{})",
             t.id,
-            t.title,
+            t.title(),
             short(Duration::from_millis(t.busy_ms(now_ms))),
             branch_of(t)
         )
     });
     let (failed, failed_skipped) = last_lines(&failed_tasks, |t| {
-        let Phase::Failed { reason, .. } = &t.phase else {
+        let Phase::Failed { reason, .. } = t.phase() else {
             unreachable!("only failed tasks are listed here")
         };
         format!(
             "- [ ] {} — {} ({}: {}; see escalations/{}.md)",
             t.id,
-            t.title,
+            t.title(),
             if reason == crate::state::CANCELLED_REASON {
                 "cancelled"
             } else {

@@ -48,7 +48,7 @@ impl Score {
 pub fn scores(book: &TaskBook) -> HashMap<String, Score> {
     let mut recent: HashMap<&str, Vec<(u64, bool, f64)>> = HashMap::new();
     for t in book.iter() {
-        for a in &t.attempts {
+        for a in t.attempts() {
             let Some(class) = a.class else { continue };
             if matches!(class, Class::Interrupted | Class::Cancelled) {
                 continue;

@@ -56,7 +56,7 @@ pub struct RoundView {
 /// The workflow a run task runs: from its spec while it has one, else from its default title.
 pub fn workflow_of(run: &TaskRecord) -> Option<String> {
     run.workflow().or_else(|| {
-        run.title
+        run.title()
             .strip_prefix("workflow ")
             .filter(|n| !n.contains(' '))
             .map(str::to_string)
@@ -188,17 +188,17 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
             }
         })
         .collect();
-    let under_way = !run.phase.is_terminal()
+    let under_way = !run.phase().is_terminal()
         && run.chain.is_empty()
-        && (!run.more().phases.is_empty() || children.iter().any(|c| !c.phase.is_terminal()));
+        && (!run.more().phases.is_empty() || children.iter().any(|c| !c.phase().is_terminal()));
     RunView {
         id: run.id.to_string(),
-        title: run.title.to_string(),
+        title: run.title().to_string(),
         workflow: workflow_of(run),
         state: if under_way {
             "running".into()
         } else {
-            run.phase.label().into()
+            run.phase().label().into()
         },
         received_ms: run.received_ms,
         phases,
@@ -206,15 +206,15 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
 }
 
 fn child(c: &TaskRecord) -> ChildView {
-    let agent = match &c.phase {
+    let agent = match c.phase() {
         Phase::Done { agent, .. } | Phase::Running { agent, .. } => Some(agent.clone()),
-        _ => c.attempts.last().map(|a| a.agent.clone()),
+        _ => c.attempts().last().map(|a| a.agent.clone()),
     };
     ChildView {
         id: c.id.to_string(),
-        state: c.phase.label(),
+        state: c.phase().label(),
         agent,
-        reason: match &c.phase {
+        reason: match c.phase() {
             Phase::Failed { reason, .. } => Some(reason.lines().next().unwrap_or("").to_string()),
             _ => None,
         },

@@ -5,6 +5,7 @@
 //! (Its length past ~800 lines is the fold's tests, kept beside the fold they pin down.)
 
 mod archive;
+mod task_table;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::judge::Class;
 use crate::ledger::{Event, Record};
-use crate::packed_spec::PackedSpec;
+use crate::packed_spec::{Held, PackedSpec};
 use crate::task::TaskSpec;
 
 /// The reason a cancelled task failed with.
@@ -276,35 +277,163 @@ pub struct LoopRound {
     pub feedback: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Written through [`RecordOut`] (its spec whole); read as derived.
+#[derive(Clone, Debug, Deserialize)]
 pub struct TaskRecord {
     /// Shared with the book's map key and arrival order: one allocation per task for all three.
     pub id: Arc<str>,
-    // Boxed strings and slice: 8 bytes less each than a `String` or `Vec`, in a record every
-    // waiting task has.
-    pub title: Box<str>,
-    /// The task file's name in its current directory.
-    pub file: Box<str>,
-    pub received_ms: u64,
-    pub chain: Box<[String]>,
-    /// Index into `chain` of the agent the next attempt uses.
-    pub chain_pos: usize,
-    pub priority: i64,
-    pub attempts: Vec<AttemptSummary>,
+    /// Its title and its file's name (read with [`TaskRecord::title`] and
+    /// [`TaskRecord::file`]), one allocation for both.
     #[serde(flatten)]
-    pub phase: Phase,
-    /// What its attempts cost so far, in US dollars.
-    #[serde(default, skip_serializing_if = "is_zero_f64")]
-    pub cost_usd: f64,
-    /// The full spec while the task can still run, held as its text (see [`PackedSpec`]; read
-    /// it with [`TaskRecord::spec`]); dropped once it is finished to keep a long-lived daemon's
+    names: Names,
+    pub received_ms: u64,
+    /// Shared by the tasks of a batch that have the same chain (see [`TaskBook::share_chain`]).
+    /// An `Arc` of a `Vec` rather than of a slice: a thin pointer, 8 bytes less in the record.
+    pub chain: Arc<Vec<String>>,
+    /// Its phase, attempts, place in the chain and cost (read with [`TaskRecord::phase`] and
+    /// the like), once it has any.
+    #[serde(flatten)]
+    progress: Progress,
+    /// The full spec while the task can still run, held as its text less what this record
+    /// holds (see [`PackedSpec`]; read it with [`TaskRecord::spec`], set it with
+    /// [`TaskRecord::hold_spec`]); dropped once it is finished to keep a long-lived daemon's
     /// memory flat (the file in `done/`/`failed/` still has it).
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "spec")]
-    pub packed_spec: Option<PackedSpec>,
+    #[serde(default, rename = "spec")]
+    packed_spec: Option<PackedSpec>,
     /// What only some tasks have (read with [`TaskRecord::more`]). In a snapshot its fields sit
     /// beside the others, as before it was split off.
     #[serde(flatten)]
     more: More,
+}
+
+/// How a [`TaskRecord`] is written: its fields as they are, but its spec whole (the record
+/// holds it packed against its own id, title and chain), so a snapshot, and the records a
+/// daemon sends, keep the shape they had before it was packed. A field added to the record
+/// is added here too (the round-trip tests below catch one left out).
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    id: &'a str,
+    title: &'a str,
+    file: &'a str,
+    received_ms: u64,
+    chain: &'a [String],
+    chain_pos: usize,
+    priority: i64,
+    attempts: &'a [AttemptSummary],
+    #[serde(flatten)]
+    phase: &'a Phase,
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    cost_usd: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<Arc<TaskSpec>>,
+    #[serde(flatten)]
+    more: &'a More,
+}
+
+impl Serialize for TaskRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        RecordOut {
+            id: &self.id,
+            title: self.title(),
+            file: self.file(),
+            received_ms: self.received_ms,
+            chain: &self.chain,
+            chain_pos: self.chain_pos(),
+            priority: self.priority(),
+            attempts: self.attempts(),
+            phase: self.phase(),
+            cost_usd: self.cost_usd(),
+            spec: self.spec(),
+            more: &self.more,
+        }
+        .serialize(s)
+    }
+}
+
+/// A task's title and its file's name in one allocation: every waiting task has both, and
+/// apart they took two of malloc's smallest chunks (32 bytes) and 32 bytes of the record.
+#[derive(Clone, Debug)]
+struct Names {
+    /// The title, then the file name.
+    text: Box<str>,
+    title_len: usize,
+}
+
+impl Names {
+    fn new(title: &str, file: &str) -> Self {
+        Names {
+            text: [title, file].concat().into(),
+            title_len: title.len(),
+        }
+    }
+
+    fn title(&self) -> &str {
+        &self.text[..self.title_len]
+    }
+
+    fn file(&self) -> &str {
+        &self.text[self.title_len..]
+    }
+}
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Written {
+            title: String,
+            file: String,
+        }
+        let w = Written::deserialize(d)?;
+        Ok(Names::new(&w.title, &w.file))
+    }
+}
+
+/// What a task has once it has left its first wait: its phase, attempts, place in the chain
+/// and cost. A task that has not started has none of it (phase `pending`, no attempts, the
+/// chain's first agent, nothing spent) and no box: the tasks of a big drop wait in a record
+/// of 88 bytes instead of 200.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TaskProgress {
+    /// Index into `chain` of the agent the next attempt uses.
+    #[serde(default)]
+    pub chain_pos: usize,
+    #[serde(default)]
+    pub attempts: Vec<AttemptSummary>,
+    #[serde(flatten)]
+    pub phase: Phase,
+    /// What its attempts cost so far, in US dollars.
+    #[serde(default)]
+    pub cost_usd: f64,
+}
+
+impl TaskProgress {
+    const NONE: TaskProgress = TaskProgress {
+        chain_pos: 0,
+        attempts: Vec::new(),
+        phase: Phase::Pending,
+        cost_usd: 0.0,
+    };
+
+    fn is_none(&self) -> bool {
+        self.chain_pos == 0
+            && self.attempts.is_empty()
+            && self.phase == Phase::Pending
+            && self.cost_usd == 0.0
+    }
+}
+
+/// What a task without any [`TaskProgress`] reads.
+static NO_PROGRESS: TaskProgress = TaskProgress::NONE;
+
+/// A record's [`TaskProgress`], boxed only once it has any.
+#[derive(Clone, Debug, Default)]
+struct Progress(Option<Box<TaskProgress>>);
+
+impl<'de> Deserialize<'de> for Progress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = TaskProgress::deserialize(d)?;
+        Ok(Progress((!p.is_none()).then(|| Box::new(p))))
+    }
 }
 
 /// The parts of a [`TaskRecord`] that most tasks never use — `after`, a workflow run's phases
@@ -338,6 +467,10 @@ pub struct TaskMore {
     /// The role it was given (kept after the spec is dropped, for filters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Its priority, when not 0 (read with [`TaskRecord::priority`]; written by the record in
+    /// the place it had before it was moved here).
+    #[serde(default, skip_serializing)]
+    pub priority: i64,
     /// Its part in a fleet, in fleet mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<Box<FleetPart>>,
@@ -353,6 +486,7 @@ static NO_MORE: TaskMore = TaskMore {
     origin: None,
     worktree: None,
     role: None,
+    priority: 0,
     fleet: None,
 };
 
@@ -366,6 +500,7 @@ impl TaskMore {
             && self.origin.is_none()
             && self.worktree.is_none()
             && self.role.is_none()
+            && self.priority == 0
             && self.fleet.is_none()
     }
 }
@@ -393,6 +528,38 @@ impl<'de> Deserialize<'de> for More {
 }
 
 impl TaskRecord {
+    /// Where it is in its life.
+    pub fn phase(&self) -> &Phase {
+        &self.progress().phase
+    }
+
+    /// Its attempts so far, oldest first.
+    pub fn attempts(&self) -> &[AttemptSummary] {
+        &self.progress().attempts
+    }
+
+    /// Index into `chain` of the agent the next attempt uses.
+    pub fn chain_pos(&self) -> usize {
+        self.progress().chain_pos
+    }
+
+    /// What its attempts cost so far, in US dollars.
+    pub fn cost_usd(&self) -> f64 {
+        self.progress().cost_usd
+    }
+
+    fn progress(&self) -> &TaskProgress {
+        self.progress.0.as_deref().unwrap_or(&NO_PROGRESS)
+    }
+
+    /// [`TaskRecord::progress`], to change; gives the record its box if it has none. Only the
+    /// book's `apply` changes a record (tests of decisions set one up with it too).
+    pub(crate) fn progress_mut(&mut self) -> &mut TaskProgress {
+        self.progress
+            .0
+            .get_or_insert_with(|| Box::new(TaskProgress::NONE))
+    }
+
     /// Its `after`, phases, rounds, budget, retry wait, origin, worktree, role and fleet part.
     pub fn more(&self) -> &TaskMore {
         self.more.0.as_deref().unwrap_or(&NO_MORE)
@@ -429,9 +596,49 @@ impl TaskRecord {
         }
     }
 
+    /// Its priority: higher starts first.
+    pub fn priority(&self) -> i64 {
+        self.more().priority
+    }
+
+    /// Its title: the task file's, or made from its prompt.
+    pub fn title(&self) -> &str {
+        self.names.title()
+    }
+
+    /// The task file's name in its current directory.
+    pub fn file(&self) -> &str {
+        self.names.file()
+    }
+
+    /// What its packed spec leaves out.
+    fn held(&self) -> Held<'_> {
+        Held {
+            id: &self.id,
+            title: self.title(),
+            chain: &self.chain,
+        }
+    }
+
     /// Its spec, parsed, while it can still run.
     pub fn spec(&self) -> Option<Arc<TaskSpec>> {
-        self.packed_spec.as_ref().map(PackedSpec::unpack)
+        self.packed_spec.as_ref().map(|p| p.unpack(self.held()))
+    }
+
+    /// Keeps `spec` until the task finishes (packed against the record's id, title and chain:
+    /// set those first).
+    fn hold_spec(&mut self, spec: &TaskSpec) {
+        self.packed_spec = Some(PackedSpec::pack(spec, self.held()));
+    }
+
+    /// Lets go of its spec (it has finished).
+    fn drop_spec(&mut self) {
+        self.packed_spec = None;
+    }
+
+    /// Whether it still holds its spec.
+    pub fn has_spec(&self) -> bool {
+        self.packed_spec.is_some()
     }
 
     /// The workflow it runs, if it is a workflow run that can still run.
@@ -463,7 +670,7 @@ impl TaskRecord {
     /// How many of its last attempts in a row ended `interrupted` by the daemon stopping (not
     /// by a pause for a resource).
     pub fn interruptions_in_a_row(&self) -> u32 {
-        self.attempts
+        self.attempts()
             .iter()
             .rev()
             .take_while(|a| {
@@ -476,7 +683,7 @@ impl TaskRecord {
     /// Sum of the attempts' durations.
     /// The time its attempts took, a running one counted up to `now_ms`.
     pub fn busy_ms(&self, now_ms: u64) -> u64 {
-        self.attempts.iter().map(|a| a.elapsed_ms(now_ms)).sum()
+        self.attempts().iter().map(|a| a.elapsed_ms(now_ms)).sum()
     }
 }
 
@@ -589,9 +796,9 @@ pub enum Outcome {
 /// Serialisable as a whole: a snapshot of the ledger (see `compact`) is a `TaskBook`.
 #[derive(Default, Debug, Serialize, Deserialize)]
 pub struct TaskBook {
-    /// Boxed: the map's slots stay small (a slot per task, and twice as many while it grows),
-    /// and only the tasks themselves take a record's size.
-    tasks: HashMap<Arc<str>, Box<TaskRecord>>,
+    /// Boxed, by their own ids: the table's slots stay small (a slot per task, and twice as
+    /// many while it grows), and only the tasks themselves take a record's size.
+    tasks: task_table::TaskTable,
     /// Arrival order; may hold ids of archived tasks, which iteration skips.
     order: Vec<Arc<str>>,
     /// Finished tasks still held in full, oldest first.
@@ -619,6 +826,10 @@ pub struct TaskBook {
     #[serde(default)]
     pub spawned: HashMap<String, u32>,
     pub last_seq: u64,
+    /// The chain the last task received has: the tasks of a batch (a drop, a `map`) mostly
+    /// share one, and hold it once instead of one copy each.
+    #[serde(skip)]
+    last_chain: Option<Arc<Vec<String>>>,
     /// Records applied since this book was made (not part of a snapshot): the daemon tells
     /// waiting doors when it changes.
     #[serde(skip)]
@@ -672,24 +883,48 @@ impl TaskBook {
         self.spawned.shrink_to_fit();
     }
 
-    /// Makes each task's id one allocation again after a snapshot was read (the reader makes
-    /// one for the map's key, one for the record and one for the arrival order). The map's key
-    /// is the record's id from then on.
-    pub fn share_ids(&mut self) {
-        for (key, t) in self.tasks.iter_mut() {
-            t.id = key.clone();
+    /// Gives a book read from a snapshot the sharing the book that wrote it had: each task's
+    /// id one allocation again (the reader makes one for the map's key, one for the record and
+    /// one for the arrival order; the map's key is the record's id from then on), equal chains
+    /// one, and each spec packed against its record (a snapshot has it whole).
+    pub fn share_after_read(&mut self) {
+        // Chains too: the reader makes one per task.
+        let mut chains: std::collections::HashSet<Arc<Vec<String>>> = Default::default();
+        for t in self.tasks.iter_mut() {
+            match chains.get(&t.chain) {
+                Some(shared) => t.chain = shared.clone(),
+                None => {
+                    chains.insert(t.chain.clone());
+                }
+            }
+            // A snapshot has each spec whole: held packed again.
+            if let Some(spec) = t.spec() {
+                t.hold_spec(&spec);
+            }
         }
         let tasks = &self.tasks;
         for id in self.order.iter_mut() {
-            if let Some((key, _)) = tasks.get_key_value(&**id) {
-                *id = key.clone();
+            if let Some(held) = tasks.id(id) {
+                *id = held.clone();
+            }
+        }
+    }
+
+    /// `chain` as a shared slice: the one the last task received has when it is the same.
+    fn share_chain(&mut self, chain: &[String]) -> Arc<Vec<String>> {
+        match &self.last_chain {
+            Some(last) if **last == *chain => last.clone(),
+            _ => {
+                let made = Arc::new(chain.to_vec());
+                self.last_chain = Some(made.clone());
+                made
             }
         }
     }
 
     /// The full record of a task, unless it is unknown or archived.
     pub fn get(&self, id: &str) -> Option<&TaskRecord> {
-        self.tasks.get(id).map(|t| &**t)
+        self.tasks.get(id)
     }
 
     /// Whether the id is taken by any task, archived ones included.
@@ -699,7 +934,7 @@ impl TaskBook {
 
     /// How a task ended, if it has; works for archived tasks too.
     pub fn outcome(&self, id: &str) -> Option<Outcome> {
-        match self.tasks.get(id).map(|t| &t.phase) {
+        match self.tasks.get(id).map(|t| t.phase()) {
             Some(Phase::Done { .. }) => Some(Outcome::Done),
             Some(Phase::Failed { .. }) => Some(Outcome::Failed),
             Some(_) => None,
@@ -709,9 +944,7 @@ impl TaskBook {
 
     /// Tasks held in full, in arrival order.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &TaskRecord> {
-        self.order
-            .iter()
-            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
+        self.order.iter().filter_map(|id| self.tasks.get(id))
     }
 
     pub fn len(&self) -> usize {
@@ -739,7 +972,7 @@ impl TaskBook {
             let old = self.finished.pop_front().expect("longer than the limit");
             if let Some(t) = self.tasks.remove(old.as_str()) {
                 self.spawned.remove(&old);
-                let outcome = if matches!(t.phase, Phase::Done { .. }) {
+                let outcome = if matches!(t.phase(), Phase::Done { .. }) {
                     self.archived_done += 1;
                     Outcome::Done
                 } else {
@@ -765,9 +998,9 @@ impl TaskBook {
             Event::Received { task, file, spec } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     // A requeued task coming back through the inbox: same task, same history.
-                    t.file = file.as_str().into();
-                    t.phase = Phase::Pending;
-                    t.packed_spec = Some(PackedSpec::pack(spec));
+                    t.names = Names::new(t.title(), file);
+                    t.progress_mut().phase = Phase::Pending;
+                    t.hold_spec(spec);
                     return;
                 }
                 let origin = spec.fields.parent.as_ref().map(|p| self.origin_of(p));
@@ -776,29 +1009,24 @@ impl TaskBook {
                 }
                 let id: Arc<str> = Arc::from(task.as_str());
                 self.order.push(id.clone());
-                self.tasks.insert(
-                    id.clone(),
-                    Box::new(TaskRecord {
-                        id,
-                        title: spec.title.as_str().into(),
-                        file: file.as_str().into(),
-                        received_ms: r.ts,
-                        chain: spec.chain.clone().into_boxed_slice(),
-                        chain_pos: 0,
+                let mut record = Box::new(TaskRecord {
+                    id: id.clone(),
+                    names: Names::new(&spec.title, file),
+                    received_ms: r.ts,
+                    chain: self.share_chain(&spec.chain),
+                    progress: Progress::default(),
+                    packed_spec: None,
+                    more: More::of(TaskMore {
+                        after: spec.fields.after.clone(),
+                        budget_usd: spec.fields.budget_usd,
+                        origin,
+                        role: spec.fields.role.clone(),
                         priority: spec.fields.priority,
-                        attempts: vec![],
-                        phase: Phase::Pending,
-                        cost_usd: 0.0,
-                        packed_spec: Some(PackedSpec::pack(spec)),
-                        more: More::of(TaskMore {
-                            after: spec.fields.after.clone(),
-                            budget_usd: spec.fields.budget_usd,
-                            origin,
-                            role: spec.fields.role.clone(),
-                            ..TaskMore::default()
-                        }),
+                        ..TaskMore::default()
                     }),
-                );
+                });
+                record.hold_spec(spec);
+                self.tasks.insert(record);
             }
             Event::Rejected {
                 file,
@@ -817,7 +1045,7 @@ impl TaskBook {
             }
             Event::Claimed { task, file } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.file = file.as_str().into();
+                    t.names = Names::new(t.title(), file);
                 }
             }
             Event::AttemptStarted {
@@ -830,13 +1058,13 @@ impl TaskBook {
                 ..
             } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.attempts.push(AttemptSummary {
+                    t.progress_mut().attempts.push(AttemptSummary {
                         pid: *pid,
                         start_ticks: *start_ticks,
                         boot_id: boot_id.clone(),
                         ..AttemptSummary::started(*attempt, agent, r.ts)
                     });
-                    t.phase = Phase::Running {
+                    t.progress_mut().phase = Phase::Running {
                         attempt: *attempt,
                         agent: agent.clone(),
                         since_ms: r.ts,
@@ -871,13 +1099,21 @@ impl TaskBook {
                     }
                 }
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.cost_usd += usage.as_ref().and_then(|u| u.cost_usd).unwrap_or(0.0);
-                    if !t.attempts.iter().any(|a| a.n == *attempt) {
+                    t.progress_mut().cost_usd +=
+                        usage.as_ref().and_then(|u| u.cost_usd).unwrap_or(0.0);
+                    if !t.attempts().iter().any(|a| a.n == *attempt) {
                         // An attempt that never started (spawn failure) has no start event.
-                        t.attempts
+                        t.progress_mut()
+                            .attempts
                             .push(AttemptSummary::started(*attempt, agent, r.ts));
                     }
-                    if let Some(a) = t.attempts.iter_mut().rev().find(|a| a.n == *attempt) {
+                    if let Some(a) = t
+                        .progress_mut()
+                        .attempts
+                        .iter_mut()
+                        .rev()
+                        .find(|a| a.n == *attempt)
+                    {
                         // Only needed while it might still run.
                         a.boot_id = None;
                         a.start_ticks = None;
@@ -914,14 +1150,16 @@ impl TaskBook {
                         t.set_not_before(None);
                     } else if !matches!(class, Class::Ok | Class::Interrupted | Class::Cancelled) {
                         t.set_not_before(None);
-                        let from = t.chain_pos.min(t.chain.len());
-                        t.chain_pos = t.chain[from..]
+                        let pos = t.chain_pos();
+                        let from = pos.min(t.chain.len());
+                        let next = t.chain[from..]
                             .iter()
                             .position(|a| a == agent)
-                            .map_or(t.chain_pos + 1, |i| from + i + 1);
+                            .map_or(pos + 1, |i| from + i + 1);
+                        t.progress_mut().chain_pos = next;
                     }
-                    if matches!(t.phase, Phase::Running { .. }) {
-                        t.phase = Phase::Pending;
+                    if matches!(t.phase(), Phase::Running { .. }) {
+                        t.progress_mut().phase = Phase::Pending;
                     }
                 }
             }
@@ -932,22 +1170,22 @@ impl TaskBook {
                 ..
             } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.phase = Phase::Done {
+                    t.progress_mut().phase = Phase::Done {
                         agent: agent.clone(),
                         output: output.clone(),
                         finished_ms: r.ts,
                     };
-                    t.packed_spec = None;
+                    t.drop_spec();
                     self.finished(task);
                 }
             }
             Event::Escalated { task, reason, .. } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.phase = Phase::Failed {
+                    t.progress_mut().phase = Phase::Failed {
                         reason: reason.clone(),
                         finished_ms: r.ts,
                     };
-                    t.packed_spec = None;
+                    t.drop_spec();
                     self.finished(task);
                 }
             }
@@ -979,8 +1217,8 @@ impl TaskBook {
             }
             Event::MergeWaiting { task, reason } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    if !t.phase.is_terminal() {
-                        t.phase = Phase::MergeWaiting {
+                    if !t.phase().is_terminal() {
+                        t.progress_mut().phase = Phase::MergeWaiting {
                             reason: reason.clone(),
                         };
                     }
@@ -993,8 +1231,8 @@ impl TaskBook {
             }
             Event::MergeStarted { task, target, onto } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    if !t.phase.is_terminal() {
-                        t.phase = Phase::Merging;
+                    if !t.phase().is_terminal() {
+                        t.progress_mut().phase = Phase::Merging;
                     }
                     if let Some(w) = t.more_present().and_then(|m| m.worktree.as_mut()) {
                         w.merge = MergeState::Started {
@@ -1046,9 +1284,9 @@ impl TaskBook {
                 resolve,
             } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    if resolve.is_some() && !t.phase.is_terminal() {
+                    if resolve.is_some() && !t.phase().is_terminal() {
                         // An agent resolves it: the task runs again.
-                        t.phase = Phase::Pending;
+                        t.progress_mut().phase = Phase::Pending;
                     }
                     if let Some(w) = t.more_present().and_then(|m| m.worktree.as_mut()) {
                         w.merge = MergeState::Failed {
@@ -1162,25 +1400,26 @@ impl TaskBook {
             }
             Event::HandedBack { task } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.phase = Phase::Failed {
+                    t.progress_mut().phase = Phase::Failed {
                         reason: HANDED_BACK_REASON.into(),
                         finished_ms: r.ts,
                     };
-                    t.packed_spec = None;
+                    t.drop_spec();
                     self.finished(task);
                 }
             }
             Event::Cancelled { task } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.phase = Phase::Failed {
+                    t.progress_mut().phase = Phase::Failed {
                         reason: CANCELLED_REASON.into(),
                         finished_ms: r.ts,
                     };
-                    t.packed_spec = None;
+                    t.drop_spec();
                     self.finished(task);
                 }
             }
             Event::Retried { task, spec } => {
+                let chain = self.share_chain(&spec.chain);
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
                     // The fleet ran it: the next run is a new round there.
                     if let Some(FleetPart::Published { round, .. } | FleetPart::Retry { round }) =
@@ -1188,10 +1427,10 @@ impl TaskBook {
                     {
                         t.more_mut().fleet = Some(Box::new(FleetPart::Retry { round: round + 1 }));
                     }
-                    t.phase = Phase::Pending;
-                    t.chain = spec.chain.clone().into_boxed_slice();
-                    t.chain_pos = 0;
-                    t.packed_spec = Some(PackedSpec::pack(spec));
+                    t.progress_mut().phase = Phase::Pending;
+                    t.chain = chain;
+                    t.progress_mut().chain_pos = 0;
+                    t.hold_spec(spec);
                     let more = t.more_mut();
                     more.not_before_ms = None;
                     more.budget_usd = spec.fields.budget_usd;
@@ -1209,8 +1448,8 @@ impl TaskBook {
             }
             Event::Requeued { task, file } => {
                 if let Some(t) = self.tasks.get_mut(task.as_str()) {
-                    t.phase = Phase::Requeued;
-                    t.file = file.as_str().into();
+                    t.progress_mut().phase = Phase::Requeued;
+                    t.names = Names::new(t.title(), file);
                 }
             }
             Event::ProviderCooldown {
@@ -1356,14 +1595,14 @@ mod tests {
         ];
         let book = TaskBook::from_records(&records[..4]);
         let t = book.get("t").unwrap();
-        assert_eq!((t.chain_pos, t.phase.label()), (1, "pending"));
+        assert_eq!((t.chain_pos(), t.phase().label()), (1, "pending"));
         let book = TaskBook::from_records(&records);
         let t = book.get("t").unwrap();
-        assert_eq!(t.attempts.len(), 2);
-        assert_eq!(t.attempts[0].class, Some(Class::Exit));
+        assert_eq!(t.attempts().len(), 2);
+        assert_eq!(t.attempts()[0].class, Some(Class::Exit));
         assert_eq!(t.busy_ms(u64::MAX), 14);
-        assert!(matches!(t.phase, Phase::Done { .. }));
-        assert!(t.packed_spec.is_none(), "finished tasks drop their spec");
+        assert!(matches!(t.phase(), Phase::Done { .. }));
+        assert!(!t.has_spec(), "finished tasks drop their spec");
         assert_eq!(book.last_seq, 7);
     }
 
@@ -1410,45 +1649,97 @@ mod tests {
     }
 
     #[test]
-    fn a_task_id_is_one_allocation_for_the_map_the_record_and_the_order_also_after_a_snapshot() {
-        let received = received(1, "t", spec("t"));
+    fn ids_chains_and_specs_are_held_once_also_after_a_snapshot() {
+        let records = [received(1, "t", spec("t")), received(2, "u", spec("u"))];
         let shared = |book: &TaskBook| {
-            let (key, t) = book.tasks.get_key_value("t").expect("`t` is in the book");
-            Arc::ptr_eq(key, &t.id) && Arc::ptr_eq(key, &book.order[0])
+            let t = book.tasks.get("t").expect("`t` is in the book");
+            let u = book.tasks.get("u").expect("`u` is in the book");
+            Arc::ptr_eq(&t.id, &book.order[0])
+                && Arc::ptr_eq(&t.chain, &u.chain)
+                && !format!("{:?}", t.packed_spec).contains(r#""title""#)
         };
-        let book = TaskBook::from_records([&received]);
+        let book = TaskBook::from_records(&records);
         assert!(
             shared(&book),
-            "expected one id shared by the book as it applies"
+            "expected one id, one chain for both tasks and a spec without its title as the \
+             book applies"
         );
         let text = serde_json::to_string(&book).expect("a book serialises");
+        assert!(
+            text.contains(r#""spec":{"id":"t","title":"T","prompt":"p","chain":["a","b"],"#),
+            "expected the snapshot to hold each spec whole, got {text}"
+        );
         let mut read: TaskBook = serde_json::from_str(&text).expect("and reads back");
         assert!(
             !shared(&read),
-            "expected serde to make three copies (else share_ids is moot)"
+            "expected serde to make copies (else share_after_read is moot)"
         );
-        read.share_ids();
+        read.share_after_read();
         assert!(
             shared(&read),
-            "expected one id shared again after share_ids"
+            "expected all shared again after share_after_read"
         );
-        assert_eq!(read.get("t").map(|t| &*t.id), Some("t"));
+        for id in ["t", "u"] {
+            assert_eq!(
+                read.get(id).and_then(|t| t.spec()).as_deref(),
+                Some(&*spec(id)),
+                "expected `{id}`'s spec back whole"
+            );
+        }
+        // As values: the map's order is the hasher's.
+        let value = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        assert_eq!(
+            value(&serde_json::to_string(&read).expect("it serialises again")),
+            value(&text),
+            "expected the book read back to write the same snapshot"
+        );
+    }
+
+    #[test]
+    fn a_task_back_from_the_inbox_with_another_spec_runs_that_spec() {
+        let mut again = spec("t");
+        again.title = "T2".into();
+        again.chain = vec!["c".into()];
+        let records = [
+            received(1, "t", spec("t")),
+            rec(
+                2,
+                Event::Requeued {
+                    task: "t".into(),
+                    file: "t.json".into(),
+                },
+            ),
+            received(3, "t", again.clone()),
+        ];
+        let book = TaskBook::from_records(&records);
+        assert_eq!(
+            book.get("t").and_then(|t| t.spec()).as_deref(),
+            Some(&*again),
+            "expected the spec it came back with"
+        );
     }
 
     #[test]
     fn a_task_without_rare_parts_has_no_box_and_a_snapshot_keeps_them_flat() {
         assert!(
-            std::mem::size_of::<TaskRecord>() <= 200,
-            "expected a record of at most 200 bytes (a waiting task is held in full), got {}",
+            std::mem::size_of::<TaskRecord>() <= 88,
+            "expected a record of at most 88 bytes (a waiting task is held in full), got {}",
             std::mem::size_of::<TaskRecord>()
         );
         let mut with_role = spec("r");
         with_role.fields.role = Some("reviewer".into());
         with_role.fields.after = vec!["t".into()];
+        with_role.fields.priority = 3;
         let records = [received(1, "t", spec("t")), received(2, "r", with_role)];
         let book = TaskBook::from_records(&records);
-        assert!(book.tasks["t"].more.0.is_none(), "expected no box for `t`");
-        assert!(book.tasks["r"].more.0.is_some(), "expected a box for `r`");
+        assert!(
+            book.tasks.get("t").unwrap().more.0.is_none(),
+            "expected no box for `t`"
+        );
+        assert!(
+            book.tasks.get("r").unwrap().more.0.is_some(),
+            "expected a box for `r`"
+        );
         let text = serde_json::to_string(&book).expect("a book serialises");
         assert!(
             text.contains(r#""after":["t"]"#) && text.contains(r#""role":"reviewer""#),
@@ -1465,13 +1756,115 @@ mod tests {
         );
         let read: TaskBook = serde_json::from_str(&text).expect("and reads back");
         assert!(
-            read.tasks["t"].more.0.is_none(),
+            read.tasks.get("t").unwrap().more.0.is_none(),
             "expected no box for `t` read back"
+        );
+        assert_eq!(
+            (
+                text.matches(r#""priority":3"#).count(),
+                text.matches(r#""chain_pos":0,"priority":3,"attempts""#)
+                    .count()
+            ),
+            (2, 1),
+            "expected `r`'s priority in its place in the record (and in its spec), got {text}"
         );
         let r = read.get("r").expect("`r` read back");
         assert_eq!(
-            (r.more().role.as_deref(), r.more().after.as_slice()),
-            (Some("reviewer"), ["t".to_string()].as_slice())
+            (
+                r.more().role.as_deref(),
+                r.more().after.as_slice(),
+                r.priority()
+            ),
+            (Some("reviewer"), ["t".to_string()].as_slice(), 3)
+        );
+    }
+
+    #[test]
+    fn only_a_task_that_has_started_has_a_progress_box_also_after_a_snapshot() {
+        let records = [
+            received(1, "t", spec("t")),
+            received(2, "u", spec("u")),
+            started(3, 1, "a"),
+        ];
+        let book = TaskBook::from_records(&records);
+        assert!(
+            book.tasks.get("u").unwrap().progress.0.is_none(),
+            "expected no progress box for `u`, which has not started"
+        );
+        assert!(
+            book.tasks.get("t").unwrap().progress.0.is_some(),
+            "expected a progress box for `t`, which has"
+        );
+        let text = serde_json::to_string(&book).expect("a book serialises");
+        assert!(
+            text.contains(r#""chain_pos":0,"priority":0,"attempts":[],"state":"pending""#),
+            "expected `u` written with the fields it had before the split, got {text}"
+        );
+        let read: TaskBook = serde_json::from_str(&text).expect("and reads back");
+        assert!(
+            read.tasks.get("u").unwrap().progress.0.is_none(),
+            "expected no progress box for `u` read back"
+        );
+        let t = read.get("t").expect("`t` read back");
+        assert_eq!(
+            (t.phase().label(), t.attempts().len(), t.chain_pos()),
+            ("running", 1, 0),
+            "expected `t`'s progress read back"
+        );
+    }
+
+    #[test]
+    fn the_table_finds_replaces_and_removes_records_by_their_own_ids() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("t{i}")).collect();
+        let records: Vec<Record> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| received(i as u64 + 1, id, spec(id)))
+            .collect();
+        let book = TaskBook::from_records(&records);
+        let mut table = book.tasks;
+        assert_eq!(table.len(), 1000, "expected every record in the table");
+        for (i, id) in ids.iter().enumerate() {
+            if i % 2 == 1 {
+                let gone = table.remove(id).map(|t| t.id.to_string());
+                assert_eq!(
+                    gone.as_deref(),
+                    Some(id.as_str()),
+                    "expected `{id}` removed"
+                );
+            }
+        }
+        table.shrink_to_fit();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(
+                table.get(id).map(|t| &*t.id),
+                (i % 2 == 0).then_some(id.as_str()),
+                "expected `{id}` found only if it was kept"
+            );
+        }
+        assert_eq!(table.len(), 500, "expected half left");
+        // The same id again takes the old record's place.
+        let mut again = Box::new(table.get("t0").expect("`t0` kept").clone());
+        again.more_mut().role = Some("again".into());
+        table.insert(again);
+        assert_eq!(
+            (table.len(), table.get("t0").map(|t| t.more().role.clone())),
+            (500, Some(Some("again".to_string()))),
+            "expected `t0` replaced, not added"
+        );
+        // Written as the map it was; the key is the id when a record says otherwise.
+        let text = serde_json::to_string(&table).expect("a table serialises");
+        let edited = text.replacen(r#""t0":{"id":"t0""#, r#""t0":{"id":"elsewhere""#, 1);
+        assert_ne!(edited, text, "expected the test to edit `t0`'s id");
+        let read: task_table::TaskTable = serde_json::from_str(&edited).expect("and reads back");
+        assert_eq!(read.len(), 500, "expected every record read back");
+        assert_eq!(
+            (
+                read.get("t0").map(|t| &*t.id),
+                read.contains_key("elsewhere")
+            ),
+            (Some("t0"), false),
+            "expected the map's key to be the id"
         );
     }
 
@@ -1492,8 +1885,8 @@ mod tests {
         ];
         let book = TaskBook::from_records(&records);
         let t = book.get("t").unwrap();
-        assert_eq!(t.chain_pos, 0);
-        assert_eq!(t.phase, Phase::Pending);
+        assert_eq!(t.chain_pos(), 0);
+        assert_eq!(*t.phase(), Phase::Pending);
         assert_eq!(book.len(), 1);
     }
 }

@@ -23,8 +23,8 @@ pub fn logs(
         let key = ledger_key(ws);
         loop {
             match book.get(id) {
-                Some(t) if !t.attempts.is_empty() => break,
-                Some(t) if t.phase.is_terminal() => {
+                Some(t) if !t.attempts().is_empty() => break,
+                Some(t) if t.phase().is_terminal() => {
                     eprintln!(
                         "error: task `{id}` ended without an attempt: {}",
                         describe(t)
@@ -72,14 +72,14 @@ pub fn logs(
     }
     let t = find_task(&book, id)?;
     let a = match attempt {
-        Some(n) => t.attempts.iter().find(|a| a.n == n).ok_or_else(|| {
+        Some(n) => t.attempts().iter().find(|a| a.n == n).ok_or_else(|| {
             anyhow::anyhow!(
                 "task `{id}` has no attempt {n} (it has {})",
-                t.attempts.len()
+                t.attempts().len()
             )
         })?,
         None => t
-            .attempts
+            .attempts()
             .last()
             .ok_or_else(|| anyhow::anyhow!("task `{id}` has not started an attempt yet"))?,
     };

@@ -56,7 +56,7 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
     };
     // What runs now (for named tasks: their latest attempt, even if it has ended).
     for t in book.iter().filter(|t| wanted(&t.id)) {
-        if let Some(a) = t.attempts.last()
+        if let Some(a) = t.attempts().last()
             && (a.class.is_none() || !ids.is_empty())
         {
             add(&mut tails, &t.id, a.n, &a.agent);
@@ -141,7 +141,7 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
             && tails.is_empty()
             && ids.iter().all(|id| {
                 book.get(id)
-                    .map_or(book.outcome(id).is_some(), |t| t.phase.is_terminal())
+                    .map_or(book.outcome(id).is_some(), |t| t.phase().is_terminal())
             })
         {
             return Ok(ExitCode::SUCCESS);
@@ -150,7 +150,7 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
         // end coming).
         let none_started = ids
             .iter()
-            .all(|id| book.get(id).is_none_or(|t| t.attempts.is_empty()));
+            .all(|id| book.get(id).is_none_or(|t| t.attempts().is_empty()));
         if tails.is_empty() && !told_waiting && none_started {
             eprintln!(
                 "dirigent: nothing is running; waiting for attempts to start{}",

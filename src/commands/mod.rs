@@ -151,7 +151,7 @@ fn is_change(kind: &notify::EventKind) -> bool {
 pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
     let book = load_book(ws)?;
     let t = find_task(&book, id)?;
-    match &t.phase {
+    match t.phase() {
         Phase::Done { output, .. } => {
             let text = std::fs::read(ws.root().join(output))
                 .with_context(|| format!("cannot read the result `{output}`"))?;

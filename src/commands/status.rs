@@ -147,7 +147,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             return Ok(ExitCode::SUCCESS);
         }
         // A title is a submitter's text: no escape sequence of it reaches the terminal.
-        println!("{} — {}", t.id, dirigent::terminal::printable(&t.title));
+        println!("{} — {}", t.id, dirigent::terminal::printable(t.title()));
         let workflow = t.workflow();
         match (&workflow, run_running(&book, t)) {
             (_, Some(progress)) => println!("state:    running: {progress}"),
@@ -169,15 +169,15 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         if !t.more().after.is_empty() {
             println!("after:    {}", t.more().after.join(", "));
         }
-        if t.cost_usd > 0.0 || t.more().budget_usd.is_some() {
+        if t.cost_usd() > 0.0 || t.more().budget_usd.is_some() {
             let budget = t
                 .more()
                 .budget_usd
                 .map(|b| format!(" of its {} budget", usage::dollars(b)))
                 .unwrap_or_default();
-            println!("cost:     {}{budget}", usage::dollars(t.cost_usd));
+            println!("cost:     {}{budget}", usage::dollars(t.cost_usd()));
         }
-        for a in &t.attempts {
+        for a in t.attempts() {
             let status = match (a.exit_code, a.signal) {
                 (_, Some(s)) => format!("signal {s} ({})", signal_name(s)),
                 (Some(c), None) => format!("exit {c}"),
@@ -240,10 +240,10 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         "ID", "STATE", "AGENT", "#", "TIME"
     );
     for t in book.iter() {
-        let agent = match &t.phase {
+        let agent = match t.phase() {
             Phase::Done { agent, .. } | Phase::Running { agent, .. } => agent.clone(),
             _ => t
-                .attempts
+                .attempts()
                 .last()
                 .map(|a| a.agent.clone())
                 .unwrap_or_else(|| "-".into()),
@@ -254,19 +254,19 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             if run_running(&book, t).is_some() {
                 "running"
             } else {
-                t.phase.label()
+                t.phase().label()
             },
             agent,
-            t.attempts.len(),
+            t.attempts().len(),
             short(Duration::from_millis(t.busy_ms(ledger::now_ms()))),
             match t.branch_note() {
-                Some(branch) => format!("{} [{branch}]", dirigent::terminal::printable(&t.title)),
-                None => dirigent::terminal::printable(&t.title),
+                Some(branch) => format!("{} [{branch}]", dirigent::terminal::printable(t.title())),
+                None => dirigent::terminal::printable(t.title()),
             }
         );
         // Why it failed (or waits), and what to do about it, where the user looks first. Only
         // its first line: a conflict's hunks are in the report.
-        if let Phase::Failed { reason, .. } | Phase::MergeWaiting { reason } = &t.phase {
+        if let Phase::Failed { reason, .. } | Phase::MergeWaiting { reason } = t.phase() {
             let first = reason.lines().next().unwrap_or("");
             let mut line: String = first.chars().take(300).collect();
             if first.chars().count() > 300 || reason.lines().nth(1).is_some() {
@@ -295,14 +295,14 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
 /// For a workflow run that is under way (its tasks are queued or running): how far it is. A
 /// run has no attempts of its own, so its record says `pending` all along.
 fn run_running(book: &TaskBook, run: &TaskRecord) -> Option<String> {
-    if run.phase.is_terminal() || !run.chain.is_empty() {
+    if run.phase().is_terminal() || !run.chain.is_empty() {
         return None;
     }
     let prefix = format!("{}.", run.id);
     let started = run.more().phases.len()
         + usize::from(
             book.iter()
-                .any(|c| c.id.starts_with(&prefix) && !c.phase.is_terminal()),
+                .any(|c| c.id.starts_with(&prefix) && !c.phase().is_terminal()),
         );
     (started > 0 || !run.more().phases.is_empty()).then(|| {
         format!(
@@ -358,16 +358,16 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
     }
     println!("tasks:");
     for c in &children {
-        let agent = match &c.phase {
+        let agent = match c.phase() {
             Phase::Done { agent, .. } | Phase::Running { agent, .. } => agent.clone(),
             _ => c
-                .attempts
+                .attempts()
                 .last()
                 .map(|a| a.agent.clone())
                 .unwrap_or_else(|| "-".into()),
         };
-        println!("  {:<32} {:<9} {agent}", c.id, c.phase.label());
-        if let Phase::Failed { reason, .. } = &c.phase {
+        println!("  {:<32} {:<9} {agent}", c.id, c.phase().label());
+        if let Phase::Failed { reason, .. } = c.phase() {
             println!("  {:<32} ↳ {}", "", reason.lines().next().unwrap_or(""));
             let report = ws.escalations().join(format!("{}.md", c.id));
             if report.exists() {
@@ -497,7 +497,7 @@ fn merge_note(t: &TaskRecord) -> String {
 }
 
 fn describe_phase(t: &TaskRecord) -> String {
-    match &t.phase {
+    match t.phase() {
         Phase::Merging => "merging".into(),
         Phase::MergeWaiting { reason } => format!(
             "merge_waiting: {}",

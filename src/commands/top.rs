@@ -31,12 +31,12 @@ pub fn top(ws: &Workspace) -> Result<ExitCode> {
         }
         let running: Vec<&TaskRecord> = book
             .iter()
-            .filter(|t| matches!(t.phase, Phase::Running { .. }))
+            .filter(|t| matches!(t.phase(), Phase::Running { .. }))
             .collect();
         let outputs: HashMap<String, String> = running
             .iter()
             .filter_map(|t| {
-                let a = t.attempts.last()?;
+                let a = t.attempts().last()?;
                 Some((t.id.to_string(), last_line(ws, &t.id, a.n, &a.agent)))
             })
             .collect();
@@ -133,7 +133,7 @@ fn frame(
         book.archived_failed,
     );
     for t in book.iter() {
-        match &t.phase {
+        match t.phase() {
             Phase::Running { .. } => running.push(t),
             Phase::Pending | Phase::Requeued => waiting.push(t),
             Phase::Merging | Phase::MergeWaiting { .. } => merging += 1,
@@ -165,7 +165,7 @@ fn frame(
         .clamp(4, 32);
     let agent_w = running
         .iter()
-        .filter_map(|t| t.attempts.last().map(|a| a.agent.chars().count()))
+        .filter_map(|t| t.attempts().last().map(|a| a.agent.chars().count()))
         .max()
         .unwrap_or(5)
         .clamp(5, 24);
@@ -183,7 +183,7 @@ fn frame(
             attempt,
             agent,
             since_ms,
-        } = &t.phase
+        } = t.phase()
         else {
             continue;
         };
@@ -221,7 +221,7 @@ fn frame(
     }
     let mut finished: Vec<(&TaskRecord, u64)> = book
         .iter()
-        .filter_map(|t| match &t.phase {
+        .filter_map(|t| match t.phase() {
             Phase::Done { finished_ms, .. } | Phase::Failed { finished_ms, .. } => {
                 Some((t, *finished_ms))
             }
@@ -240,7 +240,7 @@ fn frame(
         .unwrap_or(0)
         .min(32);
     for (t, _) in finished {
-        let what = match &t.phase {
+        let what = match t.phase() {
             Phase::Done { agent, .. } => format!("done by {agent}"),
             Phase::Failed { reason, .. } => {
                 format!("failed: {}", printable(reason.lines().next().unwrap_or("")))

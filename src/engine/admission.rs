@@ -53,14 +53,14 @@ pub(super) fn admit<'a>(
     if interrupted >= config.max_interruptions {
         return Admission::Escalate(format!(
             "its attempts were interrupted {interrupted} times in a row: the daemon stopped or crashed while each ran (the last: {}). If the agent itself stops the daemon, that is why; the log names the sender of each stop signal. Raise `max_interruptions` to allow more",
-            t.attempts.last().map(|a| a.reason.as_str()).unwrap_or("")
+            t.attempts().last().map(|a| a.reason.as_str()).unwrap_or("")
         ));
     }
     // The first agent from the chain's position whose provider may be used now.
     let mut cooling_until: Option<u64> = None;
     let mut unusable = Vec::new();
     let today = book.spent_on(crate::state::day_of(now_ms));
-    for name in t.chain.iter().skip(t.chain_pos) {
+    for name in t.chain.iter().skip(t.chain_pos()) {
         // Limits, providers and budgets are the agent's, whichever model an entry names.
         let base = split_entry_base(name);
         let Some(agent) = config.agents.get(base) else {
@@ -97,7 +97,7 @@ pub(super) fn admit<'a>(
             )),
         }
     }
-    if t.chain_pos >= t.chain.len() {
+    if t.chain_pos() >= t.chain.len() {
         Admission::Escalate(if t.chain.is_empty() {
             escalate::no_agents_message(config)
         } else {
@@ -137,14 +137,14 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
     let budget = owner.more().budget_usd.or(config.budgets.task)?;
     // (`run` was found by its workflow: its spec is not read again.)
     let spent = if run.is_some() || t.workflow().is_some() {
-        owner.cost_usd
+        owner.cost_usd()
             + book
                 .iter()
                 .filter(|c| is_child_of(&c.id, &owner.id))
-                .map(|c| c.cost_usd)
+                .map(|c| c.cost_usd())
                 .sum::<f64>()
     } else {
-        owner.cost_usd
+        owner.cost_usd()
     };
     (spent >= budget).then(|| {
         format!(
@@ -152,7 +152,7 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
             owner.id,
             dollars(spent),
             dollars(budget),
-            owner.attempts.len(),
+            owner.attempts().len(),
             t.id
         )
     })
@@ -458,14 +458,14 @@ mod tests {
             Admission::Start { entry: "a" },
             "backoff over"
         );
-        t.cost_usd = 1.5;
+        t.progress_mut().cost_usd = 1.5;
         assert_eq!(
             admit(&t, &book, &cfg, NOW + 5_000),
             Admission::Escalate("the budget is spent: `t` has cost $1.50 of its $1.00 over 0 attempt(s); raise `budget_usd` and `dirigent retry t`".into()),
             "task budget"
         );
-        t.cost_usd = 0.0;
-        t.chain_pos = 1;
+        t.progress_mut().cost_usd = 0.0;
+        t.progress_mut().chain_pos = 1;
         assert_eq!(
             admit(&t, &book, &cfg, NOW + 5_000),
             Admission::Escalate("every agent in the chain failed (a)".into()),

@@ -98,7 +98,11 @@ impl Engine {
             }
         };
         let t = self.book.get(id).expect("queued tasks are in the book");
-        let suffix = match (&tree_plan, t.attempts.last(), t.more().worktree.as_deref()) {
+        let suffix = match (
+            &tree_plan,
+            t.attempts().last(),
+            t.more().worktree.as_deref(),
+        ) {
             // A conflict to resolve (`on_conflict: agent`).
             (Some(_), _, Some(w)) if w.resolve.is_some() => {
                 worktrees::resolve_section(&w.branch, w.resolve.as_ref().expect("checked"))
@@ -125,7 +129,7 @@ impl Engine {
                 };
             }
         };
-        let previous = t.attempts.last().and_then(|a| {
+        let previous = t.attempts().last().and_then(|a| {
             let class = a.class?;
             (class != Class::Ok && class != Class::Interrupted).then(|| PreviousAttempt {
                 agent: a.agent.clone(),
@@ -172,10 +176,10 @@ impl Engine {
             (None, vec![])
         };
         let t = self.book.get(id).expect("queued tasks are in the book");
-        let attempt = t.attempts.iter().map(|a| a.n).max().unwrap_or(0) + 1;
+        let attempt = t.attempts().iter().map(|a| a.n).max().unwrap_or(0) + 1;
         // Network retries this agent has had in a row on this task.
         let retries_used = t
-            .attempts
+            .attempts()
             .iter()
             .rev()
             .take_while(|a| a.agent == agent.name && a.class == Some(Class::Network))
@@ -234,7 +238,7 @@ impl Engine {
             .unwrap_or_default();
         let check = tree_plan.as_ref().map(|(_, settings)| {
             let verify_failures = t
-                .attempts
+                .attempts()
                 .iter()
                 .rev()
                 .take_while(|a| a.agent == agent.name && a.class == Some(Class::Verify))

@@ -117,7 +117,7 @@ pub async fn run_with_options(
     // Finish what a crash may have interrupted — or what waited for a big queue to drain, and
     // still waits while the queue it left is big.
     compactor.at_start(loaded.uncovered_segments, || {
-        book.iter().filter(|t| !t.phase.is_terminal()).count()
+        book.iter().filter(|t| !t.phase().is_terminal()).count()
     });
     let rotation = ledger::Rotation {
         segment_events: config.ledger_segment_events,

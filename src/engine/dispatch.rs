@@ -8,7 +8,7 @@ use super::*;
 /// attempts show a cause with a fix (a login, an installation, the network).
 pub(super) fn chain_failed(t: &TaskRecord, config: &Config) -> String {
     let chain = format!("every agent in the chain failed ({})", t.chain.join(" → "));
-    match crate::advice::in_short(&t.attempts, config) {
+    match crate::advice::in_short(t.attempts(), config) {
         Some(advice) => format!("{chain}: {advice}"),
         None => chain,
     }

@@ -95,7 +95,7 @@ impl Engine {
         let (mut pending, mut done, mut failed) =
             (0, self.book.archived_done, self.book.archived_failed);
         for t in self.book.iter() {
-            match t.phase {
+            match t.phase() {
                 Phase::Done { .. } => done += 1,
                 Phase::Failed { .. } => failed += 1,
                 Phase::Pending | Phase::Requeued | Phase::Merging | Phase::MergeWaiting { .. } => {
@@ -228,8 +228,8 @@ impl Engine {
                     return;
                 };
                 let (attempt, agent) = (
-                    t.attempts.last().map_or(0, |a| a.n),
-                    t.attempts.last().map(|a| a.agent.clone()),
+                    t.attempts().last().map_or(0, |a| a.n),
+                    t.attempts().last().map(|a| a.agent.clone()),
                 );
                 tracing::info!(
                     task,
@@ -256,7 +256,7 @@ impl Engine {
                         let Some(t) = self.book.get(&task) else {
                             return;
                         };
-                        if t.chain_pos >= t.chain.len() {
+                        if t.chain_pos() >= t.chain.len() {
                             let reason = chain_failed(t, &self.config);
                             self.escalate(&task, reason);
                         } else {
@@ -455,7 +455,7 @@ impl Engine {
         };
         let mut events = Vec::new();
         for t in self.book.iter() {
-            if t.phase.is_terminal() || t.phase == Phase::Requeued {
+            if t.phase().is_terminal() || *t.phase() == Phase::Requeued {
                 continue;
             }
             // A task of the fleet stays with the fleet: one published here waits for its
@@ -473,10 +473,10 @@ impl Engine {
             {
                 continue;
             }
-            if running.kind(&t.file) != Some(confined::Kind::File) {
+            if running.kind(t.file()) != Some(confined::Kind::File) {
                 continue;
             }
-            match task_file::requeue(&running, &inbox, &t.id, &t.file) {
+            match task_file::requeue(&running, &inbox, &t.id, t.file()) {
                 Ok(file) => events.push(Event::Requeued {
                     task: t.id.to_string(),
                     file,
@@ -491,7 +491,7 @@ impl Engine {
             .book
             .iter()
             .filter(|t| {
-                !t.phase.is_terminal()
+                !t.phase().is_terminal()
                     && matches!(
                         t.more().fleet.as_deref(),
                         Some(crate::state::FleetPart::Taken { .. })

@@ -110,7 +110,7 @@ impl Engine {
         let view = fleet::heartbeat::lock(&link.view);
         let mut unrunnable: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for t in self.book.iter() {
-            if t.phase.is_terminal() {
+            if t.phase().is_terminal() {
                 continue;
             }
             let Some(FleetPart::Published { subject, .. }) = t.more().fleet.as_deref() else {
@@ -226,10 +226,10 @@ impl Engine {
     /// Records that a task taken off the queue goes back to it unfinished.
     pub(super) async fn hand_back(&mut self, id: &str) {
         let Some(t) = self.book.get(id) else { return };
-        if t.phase.is_terminal() {
+        if t.phase().is_terminal() {
             return;
         }
-        let file = t.file.clone();
+        let file = t.file().to_string();
         let fields = t.spec().map(|s| s.fields.clone());
         tracing::info!(task = id, "{HANDED_BACK_REASON}");
         if self.record_now(Event::HandedBack { task: id.into() }).await
@@ -272,7 +272,7 @@ impl Engine {
                     base,
                 } => {
                     let this_round = match self.book.get(&task) {
-                        Some(t) if !t.phase.is_terminal() => match t.more().fleet.as_deref() {
+                        Some(t) if !t.phase().is_terminal() => match t.more().fleet.as_deref() {
                             None => round == 0,
                             Some(FleetPart::Retry { round: r }) => *r == round,
                             Some(_) => false,
@@ -310,7 +310,7 @@ impl Engine {
                 }
                 ToEngine::Unpublishable { task, reason } => {
                     let unsent = self.book.get(&task).is_some_and(|t| {
-                        !t.phase.is_terminal()
+                        !t.phase().is_terminal()
                             && matches!(
                                 t.more().fleet.as_deref(),
                                 None | Some(FleetPart::Retry { .. })
@@ -385,7 +385,7 @@ impl Engine {
                         end,
                     };
                 }
-                None if !t.phase.is_terminal() => {
+                None if !t.phase().is_terminal() => {
                     return Taken::Runs {
                         task: t.id.to_string(),
                     };
@@ -552,7 +552,7 @@ impl Engine {
     /// How a finished task ended, as the fleet is told (`None`: it has no outcome to give —
     /// not finished, handed back, or cancelled).
     fn end_of(&self, t: &TaskRecord) -> Option<End> {
-        match &t.phase {
+        match t.phase() {
             // The fleet component reads the result (off the engine's loop) and sends it inline
             // or through the object store.
             Phase::Done { agent, output, .. } => {
@@ -572,7 +572,7 @@ impl Engine {
                 });
                 Some(End::Done {
                     agent: agent.clone(),
-                    attempt: t.attempts.last().map_or(0, |a| a.n),
+                    attempt: t.attempts().last().map_or(0, |a| a.n),
                     text: String::new(),
                     truncated: false,
                     object: None,
@@ -587,7 +587,7 @@ impl Engine {
             {
                 Some(End::Escalated {
                     reason: reason.clone(),
-                    attempts: t.attempts.len() as u32,
+                    attempts: t.attempts().len() as u32,
                 })
             }
             _ => None,
@@ -629,7 +629,7 @@ impl Engine {
                 end,
             },
             // Cancelled here: not an outcome; another worker runs it.
-            None if t.phase.is_terminal() => ToFleet::HandBack { key: key.clone() },
+            None if t.phase().is_terminal() => ToFleet::HandBack { key: key.clone() },
             None => return,
         };
         let _ = link.to_fleet.send(word);
@@ -663,7 +663,7 @@ impl Engine {
             None => true,
             Some(t) => {
                 received_ms != t.received_ms
-                    || t.phase.is_terminal()
+                    || t.phase().is_terminal()
                     || !matches!(
                         t.more().fleet.as_deref(),
                         Some(FleetPart::Published { round: r, .. }) if *r == round
@@ -698,7 +698,7 @@ impl Engine {
                 ..
             } => {
                 let Some(spec) = t.spec() else { return };
-                let file = t.file.clone();
+                let file = t.file().to_string();
                 let published = match t.more().fleet.as_deref() {
                     Some(FleetPart::Published { base, .. }) => base.clone(),
                     _ => None,

@@ -140,7 +140,7 @@ impl Engine {
     fn agent_verify(&self, id: &str) -> Vec<Vec<String>> {
         self.book
             .get(id)
-            .and_then(|t| t.attempts.last())
+            .and_then(|t| t.attempts().last())
             .and_then(|a| self.config.agent_for(&a.agent))
             .map(|a| a.verify.clone())
             .unwrap_or_default()
@@ -152,7 +152,7 @@ impl Engine {
             return;
         }
         match self.book.get(id) {
-            Some(t) if !t.phase.is_terminal() => {}
+            Some(t) if !t.phase().is_terminal() => {}
             _ => return,
         }
         let Some(target) = self.target_of(id) else {
@@ -245,7 +245,7 @@ impl Engine {
             repo,
             ws: self.ws.clone(),
             task: id.to_string(),
-            title: t.title.to_string(),
+            title: t.title().to_string(),
             state,
             target: target.to_string(),
             commit,
@@ -266,7 +266,7 @@ impl Engine {
     pub(super) fn merge_ended(&mut self, id: &str, target: &str, end: MergeEnd) {
         self.merges.busy.remove(target);
         self.merges.in_flight.remove(id);
-        if self.book.get(id).is_none_or(|t| t.phase.is_terminal()) {
+        if self.book.get(id).is_none_or(|t| t.phase().is_terminal()) {
             self.pump_merges();
             return;
         }
@@ -274,7 +274,7 @@ impl Engine {
             MergeEnd::Merged => self.finish_merged(id),
             MergeEnd::Waiting(reason) => {
                 let same = matches!(
-                    self.book.get(id).map(|t| &t.phase),
+                    self.book.get(id).map(|t| t.phase()),
                     Some(Phase::MergeWaiting { reason: r }) if *r == reason
                 );
                 if !same {
@@ -302,7 +302,7 @@ impl Engine {
     /// and branch go.
     pub(super) fn finish_merged(&mut self, id: &str) {
         let Some(t) = self.book.get(id) else { return };
-        let Some(a) = t.attempts.last().cloned() else {
+        let Some(a) = t.attempts().last().cloned() else {
             return;
         };
         let report = match self.config.agent_for(&a.agent) {
@@ -331,7 +331,7 @@ impl Engine {
             .book
             .iter()
             .filter(
-                |t| matches!(&t.phase, Phase::MergeWaiting { reason } if goes_on_by_itself(reason)),
+                |t| matches!(t.phase(), Phase::MergeWaiting { reason } if goes_on_by_itself(reason)),
             )
             .map(|t| t.id.to_string())
             .collect();
@@ -351,7 +351,7 @@ impl Engine {
                 format!("no task `{id}`; `dirigent status` lists the tasks"),
             );
         };
-        match &t.phase {
+        match t.phase() {
             Phase::MergeWaiting { .. } => {
                 let target = self.target_of(id).unwrap_or_default();
                 if self.merges.is_merging(id) {

@@ -15,8 +15,8 @@ impl Engine {
         // First the processes the ledger knows, verified by start time and boot id ...
         let mut closing = Vec::new();
         for t in self.book.iter() {
-            if let Phase::Running { attempt, agent, .. } = &t.phase {
-                let a = t.attempts.iter().rev().find(|a| a.n == *attempt);
+            if let Phase::Running { attempt, agent, .. } = t.phase() {
+                let a = t.attempts().iter().rev().find(|a| a.n == *attempt);
                 let alive = match a {
                     Some(a) => {
                         crate::process_group::reap_orphan_group(
@@ -91,7 +91,7 @@ impl Engine {
         for t in self.book.iter() {
             // Where a crash can have left it: under its recorded name, or named for its id.
             let names = [
-                t.file.to_string(),
+                t.file().to_string(),
                 task_file::file_name(&t.id, ".json"),
                 task_file::file_name(&t.id, ".md"),
             ];
@@ -99,18 +99,18 @@ impl Engine {
             if let Some(name) = &found {
                 present.remove(name);
             }
-            match (&t.phase, found) {
+            match (t.phase(), found) {
                 (Phase::Done { .. }, Some(name)) => self.finish_move(&name, true),
                 (Phase::Failed { .. }, Some(name)) => self.finish_move(&name, false),
                 // The attempt succeeded but `done` is not recorded (a crash in between, or a
                 // damaged line): settle it from what the attempt left, without running it again.
                 (Phase::Pending, found)
-                    if t.attempts
+                    if t.attempts()
                         .last()
                         .is_some_and(|a| a.class == Some(Class::Ok)) =>
                 {
                     if let Some(name) = found
-                        && *name != *t.file
+                        && *name != *t.file()
                     {
                         claims.push(Event::Claimed {
                             task: t.id.to_string(),
@@ -123,7 +123,7 @@ impl Engine {
                 // last step.
                 (Phase::Merging | Phase::MergeWaiting { .. }, found) => {
                     if let Some(name) = found
-                        && *name != *t.file
+                        && *name != *t.file()
                     {
                         claims.push(Event::Claimed {
                             task: t.id.to_string(),
@@ -133,7 +133,7 @@ impl Engine {
                     merging.push(t.id.clone());
                 }
                 (Phase::Pending | Phase::Requeued, Some(name)) => {
-                    if *name != *t.file {
+                    if *name != *t.file() {
                         claims.push(Event::Claimed {
                             task: t.id.to_string(),
                             file: name,
@@ -144,10 +144,10 @@ impl Engine {
                 // Its file is not in running/ (and not back in the inbox): someone removed it.
                 // The ledger has the task; the file is written again and the task goes on.
                 (Phase::Pending, None)
-                    if self.ws.inbox().join(&*t.file).symlink_metadata().is_err() =>
+                    if self.ws.inbox().join(t.file()).symlink_metadata().is_err() =>
                 {
                     let rebuilt = t.spec().map(|spec| {
-                        task_file::rebuild_in_running(&running, &spec.fields, &t.id, &t.file)
+                        task_file::rebuild_in_running(&running, &spec.fields, &t.id, t.file())
                     });
                     match rebuilt {
                         Some(Ok(name)) => {
@@ -155,7 +155,7 @@ impl Engine {
                                 task = %t.id,
                                 "its task file was missing from running/; it was written again from the ledger"
                             );
-                            if *name != *t.file {
+                            if *name != *t.file() {
                                 claims.push(Event::Claimed {
                                     task: t.id.to_string(),
                                     file: name,
@@ -287,7 +287,7 @@ impl Engine {
             .book
             .iter()
             .filter(|t| {
-                t.phase.is_terminal() && t.more().worktree.as_ref().is_some_and(|w| !w.removed)
+                t.phase().is_terminal() && t.more().worktree.as_ref().is_some_and(|w| !w.removed)
             })
             .map(|t| t.id.to_string())
             .collect();

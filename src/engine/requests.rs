@@ -7,16 +7,16 @@ use super::*;
 fn summary(t: &TaskRecord) -> serde_json::Value {
     let mut v = serde_json::json!({
         "id": t.id,
-        "title": t.title,
-        "state": t.phase.label(),
+        "title": t.title(),
+        "state": t.phase().label(),
         "chain": t.chain,
-        "attempts": t.attempts.len(),
+        "attempts": t.attempts().len(),
         "received_ms": t.received_ms,
     });
-    if let Some(a) = t.attempts.first() {
+    if let Some(a) = t.attempts().first() {
         v["started_ms"] = serde_json::json!(a.started_ms);
     }
-    if let Some(a) = t.attempts.last() {
+    if let Some(a) = t.attempts().last() {
         v["agent"] = serde_json::json!(a.agent);
     }
     if let Some(role) = &t.more().role {
@@ -30,8 +30,8 @@ fn summary(t: &TaskRecord) -> serde_json::Value {
         Some(crate::state::FleetPart::Taken { key, .. }) => v["fleet_key"] = key.clone().into(),
         _ => {}
     }
-    if t.cost_usd > 0.0 {
-        v["cost_usd"] = serde_json::json!(t.cost_usd);
+    if t.cost_usd() > 0.0 {
+        v["cost_usd"] = serde_json::json!(t.cost_usd());
     }
     if let Some(w) = &t.more().worktree {
         v["branch"] = serde_json::json!(w.branch);
@@ -39,7 +39,7 @@ fn summary(t: &TaskRecord) -> serde_json::Value {
             v["diff"] = serde_json::json!(d);
         }
     }
-    match &t.phase {
+    match t.phase() {
         Phase::Done {
             output,
             finished_ms,
@@ -70,9 +70,9 @@ fn list(
 ) -> serde_json::Value {
     let text = f.text.as_deref().map(str::to_lowercase);
     let keep = |t: &&TaskRecord| {
-        state.as_deref().is_none_or(|s| t.phase.label() == s)
+        state.as_deref().is_none_or(|s| t.phase().label() == s)
             && f.agent.as_deref().is_none_or(|a| {
-                t.attempts
+                t.attempts()
                     .last()
                     .is_some_and(|l| crate::config::split_entry(&l.agent).0 == a)
             })
@@ -80,7 +80,7 @@ fn list(
                 .as_deref()
                 .is_none_or(|r| t.more().role.as_deref() == Some(r))
             && text.as_deref().is_none_or(|q| {
-                t.id.to_lowercase().contains(q) || t.title.to_lowercase().contains(q)
+                t.id.to_lowercase().contains(q) || t.title().to_lowercase().contains(q)
             })
     };
     let matching: Box<dyn Iterator<Item = &TaskRecord>> = if f.newest_first {
@@ -249,10 +249,10 @@ impl Engine {
                         )
                     };
                 };
-                if t.phase.is_terminal() {
+                if t.phase().is_terminal() {
                     return Response::fail(
                         Failure::Conflict,
-                        format!("task `{id}` has already finished ({})", t.phase.label()),
+                        format!("task `{id}` has already finished ({})", t.phase().label()),
                     );
                 }
                 if self.live.is_finishing(&id) {
@@ -267,7 +267,7 @@ impl Engine {
                 let mut ids: Vec<String> = self
                     .book
                     .iter()
-                    .filter(|c| !c.phase.is_terminal() && is_child_of(&c.id, &id))
+                    .filter(|c| !c.phase().is_terminal() && is_child_of(&c.id, &id))
                     .map(|c| c.id.to_string())
                     .collect();
                 ids.push(id.clone());
@@ -359,16 +359,16 @@ impl Engine {
                 )
             });
         };
-        if !matches!(t.phase, Phase::Failed { .. }) {
+        if !matches!(t.phase(), Phase::Failed { .. }) {
             return Err(Response::fail(
                 Failure::Conflict,
                 format!(
                     "task `{id}` is {}; only a failed or cancelled task can be retried",
-                    t.phase.label()
+                    t.phase().label()
                 ),
             ));
         }
-        let file = t.file.to_string();
+        let file = t.file().to_string();
         let path = self.ws.failed().join(&file);
         let fields = match self.ws.open_sub("failed") {
             Ok(failed) if failed.kind(&file).is_none() => {
@@ -405,7 +405,7 @@ impl Engine {
             let failed: Vec<String> = self
                 .book
                 .iter()
-                .filter(|c| c.id.starts_with(&prefix) && matches!(c.phase, Phase::Failed { .. }))
+                .filter(|c| c.id.starts_with(&prefix) && matches!(c.phase(), Phase::Failed { .. }))
                 .map(|c| c.id.to_string())
                 .collect();
             for child in failed {

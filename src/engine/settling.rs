@@ -94,10 +94,10 @@ impl Engine {
     /// Records `cancelled` and moves the task file to `failed/`.
     pub(super) fn settle_cancelled(&mut self, id: &str) {
         let Some(t) = self.book.get(id) else { return };
-        let file = t.file.clone();
+        let file = t.file().to_string();
         let fields = t.spec().map(|s| s.fields.clone());
         // A task a stop put back waits in the inbox until it is claimed again.
-        let from = if t.phase == Phase::Requeued {
+        let from = if *t.phase() == Phase::Requeued {
             Place::Inbox
         } else {
             Place::Running
@@ -146,7 +146,7 @@ impl Engine {
     pub(super) fn settle_done(&mut self, id: &str, report: AttemptReport) {
         let Some(t) = self.book.get(id) else { return };
         let Some(spec) = t.spec() else { return };
-        let Some(last) = t.attempts.last() else {
+        let Some(last) = t.attempts().last() else {
             return;
         };
         let (attempt, agent) = (last.n, last.agent.clone());
@@ -160,7 +160,7 @@ impl Engine {
             self.ws.clone(),
             self.ledger.clone(),
             self.tx.clone(),
-            t.file.clone(),
+            t.file().to_string(),
             id.to_string(),
         );
         self.tasks.spawn(async move {
@@ -225,7 +225,7 @@ impl Engine {
     /// is settled from that attempt's output, judged again, instead of running again.
     pub(super) fn resettle(&mut self, id: &str) {
         let Some(t) = self.book.get(id) else { return };
-        let Some(a) = t.attempts.last() else { return };
+        let Some(a) = t.attempts().last() else { return };
         let Some(agent) = self.config.agent_for(&a.agent) else {
             self.enqueue(id);
             return;
@@ -257,7 +257,7 @@ impl Engine {
     /// the `on_escalate` hook.
     pub(super) fn escalate(&mut self, id: &str, reason: String) {
         let Some(t) = self.book.get(id) else { return };
-        if t.phase.is_terminal() || !self.live.begin_finishing(id) {
+        if t.phase().is_terminal() || !self.live.begin_finishing(id) {
             return;
         }
         let snapshot: TaskRecord = t.clone();
@@ -310,7 +310,7 @@ impl Engine {
             let ev = Event::Escalated {
                 task: snapshot.id.to_string(),
                 reason,
-                attempts: snapshot.attempts.len() as u32,
+                attempts: snapshot.attempts().len() as u32,
             };
             let records = record(&ledger, &tx, ev).await;
             let fields = snapshot.spec().map(|s| s.fields.clone());
@@ -319,7 +319,7 @@ impl Engine {
                     &ws,
                     Place::Running,
                     Place::Failed,
-                    &snapshot.file,
+                    snapshot.file(),
                     &snapshot.id,
                     fields.as_ref(),
                 )

@@ -29,7 +29,7 @@ impl Engine {
         let branch = w.branch.clone();
         let gone =
             w.removed && matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded);
-        match &t.phase {
+        match t.phase() {
             _ if gone => Response::fail(
                 Failure::Conflict,
                 format!(
@@ -86,7 +86,7 @@ impl Engine {
         if self.discarding.remove(id) {
             return self.remove_tree_and_branch(id, true);
         }
-        match &t.phase {
+        match t.phase() {
             Phase::Done { .. } => self.remove_tree(id),
             Phase::Failed { finished_ms, .. } => {
                 let due = finished_ms + self.config.editing.keep_failed.as_millis() as u64;
@@ -108,7 +108,7 @@ impl Engine {
             // Only a task still failed, for `keep_failed` since it last failed: a retried one
             // works in its tree again.
             let expired = self.book.get(&id).is_some_and(|t| {
-                matches!(t.phase, Phase::Failed { finished_ms, .. } if finished_ms + keep <= now)
+                matches!(t.phase(), Phase::Failed { finished_ms, .. } if finished_ms + keep <= now)
             });
             if expired {
                 self.remove_tree(&id);

@@ -43,7 +43,10 @@ impl Engine {
         for run in due {
             // A completed phase may let the next one start at once: ask again until nothing moves.
             for _ in 0..64 {
-                let live = self.book.get(&run).is_some_and(|t| !t.phase.is_terminal());
+                let live = self
+                    .book
+                    .get(&run)
+                    .is_some_and(|t| !t.phase().is_terminal());
                 if !live || self.live.is_finishing(&run) {
                     break;
                 }
@@ -302,7 +305,7 @@ impl Engine {
     /// Every phase of a run is complete: record `done` and move its file.
     async fn finish_run(&mut self, run: &str, output: String) {
         let Some(t) = self.book.get(run) else { return };
-        let file = t.file.clone();
+        let file = t.file().to_string();
         let fields = t.spec().map(|s| s.fields.clone());
         let ev = Event::Done {
             task: run.to_string(),

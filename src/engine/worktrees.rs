@@ -834,7 +834,7 @@ impl Engine {
         let repo = self.repo().map_err(|e| e.to_string())?;
         let t = self.book.get(id).expect("started tasks are in the book");
         let settings = self.editing_of(&spec, &agent.verify);
-        let last = t.attempts.last();
+        let last = t.attempts().last();
         let continuing = last
             .is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again))
             || t.more()
@@ -900,7 +900,7 @@ impl Engine {
         let mut settings = self.editing_of(spec, &agent.verify);
         settings.merge = crate::editing::MergeMode::None;
         settings.merge_into = None;
-        let last = t.attempts.last();
+        let last = t.attempts().last();
         let continuing =
             last.is_some_and(|a| a.agent == agent.name && a.work.as_ref().is_some_and(|w| w.again));
         let existing = t

@@ -97,7 +97,7 @@ fn child_state_by(book: &TaskBook, id: &str) -> (ChildState, Option<String>) {
         };
         return (state, None);
     };
-    match &t.phase {
+    match t.phase() {
         TaskPhase::Done { agent, output, .. } => {
             (ChildState::Done(output.clone()), Some(agent.clone()))
         }
@@ -105,7 +105,7 @@ fn child_state_by(book: &TaskBook, id: &str) -> (ChildState, Option<String>) {
             // The run's reason is read where the run is: say how the last attempt ended too,
             // when the task's own reason does not already give a cause.
             let last = t
-                .attempts
+                .attempts()
                 .last()
                 .filter(|a| !a.reason.is_empty() && !reason.contains(&a.reason));
             let reason = match last {
