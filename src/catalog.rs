@@ -38,7 +38,7 @@ pub fn agents(
                 if a.class.is_some_and(|c| c != Class::Ok)
                     && last_failure.is_none_or(|(_, l)| l.started_ms <= a.started_ms)
                 {
-                    last_failure = Some((&t.id, a));
+                    last_failure = Some((t.id(), a));
                 }
             }
         }

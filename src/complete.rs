@@ -83,7 +83,7 @@ pub fn tasks() -> ArgValueCandidates {
                 .map(|l| {
                     l.book
                         .iter()
-                        .map(|t| (t.received_ms, t.id.to_string()))
+                        .map(|t| (t.received_ms, t.id().to_string()))
                         .collect()
                 })
                 .unwrap_or_default();

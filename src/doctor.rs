@@ -102,7 +102,7 @@ pub fn check_agent(
             json!({
                 "class": a.class.map(|c| c.as_str()),
                 "reason": a.reason,
-                "task": t.id,
+                "task": t.id(),
             })
         });
     json!({

@@ -37,7 +37,7 @@ pub fn write_report(
     } else {
         "Escalated"
     };
-    let _ = writeln!(md, "# {heading}: {} — {}\n", task.id, task.title());
+    let _ = writeln!(md, "# {heading}: {} — {}\n", task.id(), task.title());
     let advice = config.and_then(|c| crate::advice::in_short(task.attempts(), c));
     if let Some(advice) = &advice {
         let _ = writeln!(md, "**In short:** {advice}.\n");
@@ -52,10 +52,10 @@ pub fn write_report(
     let _ = writeln!(
         md,
         "**Chain:** {}\n",
-        if task.chain.is_empty() {
+        if task.chain().is_empty() {
             "(empty)".to_string()
         } else {
-            task.chain.join(" → ")
+            task.chain().join(" → ")
         }
     );
     if let Some(w) = &task.more().worktree {
@@ -66,8 +66,8 @@ pub fn write_report(
             &w.base[..w.base.len().min(12)],
             w.tree.path.display(),
             if w.removed { " (removed)" } else { "" },
-            task.id,
-            task.id
+            task.id(),
+            task.id()
         );
     }
     let spec = task.spec();
@@ -96,7 +96,7 @@ pub fn write_report(
         );
         if let Some(w) = &a.work {
             let patch = crate::workspace::attempt_file(a.n, &a.agent, "patch");
-            let saved = ws.run_dir(&task.id).join(&patch);
+            let saved = ws.run_dir(task.id()).join(&patch);
             let _ = writeln!(
                 md,
                 "- changed {} file{} (+{} -{}){}\n",
@@ -113,11 +113,11 @@ pub fn write_report(
         }
         for stream in ["stdout", "stderr"] {
             let name = crate::workspace::attempt_file(a.n, &a.agent, stream);
-            let path = ws.run_dir(&task.id).join(&name);
+            let path = ws.run_dir(task.id()).join(&name);
             // Read through no link: an agent could plant one to have a file of its choosing
             // copied into the report.
             let text = ws
-                .open_sub(&format!("runs/{}", task.id))
+                .open_sub(&format!("runs/{}", task.id()))
                 .and_then(|d| d.open_regular(&name))
                 .map(|f| fsutil::tail_of(f, 16 * 1024))
                 .unwrap_or_default();
@@ -134,7 +134,7 @@ pub fn write_report(
     }
     let again = format!(
         "`dirigent retry {id}` (it re-reads `.context/failed/{file}`, so you can correct the task there first), or submit it anew",
-        id = task.id,
+        id = task.id(),
         file = task.file()
     );
     if reason == crate::state::CANCELLED_REASON {
@@ -142,7 +142,7 @@ pub fn write_report(
             md,
             "## What now\n\nIt was cancelled on request. To run it anyway: {again}.\n"
         );
-        let name = format!("{}.md", task.id);
+        let name = format!("{}.md", task.id());
         ws.open_sub("escalations")?
             .write_atomic(&name, md.as_bytes(), 0o600)?;
         return Ok(ws.escalations().join(name));
@@ -163,7 +163,7 @@ a retry before that runs without those agents. Then run it again: {again}.\n"
             "## What now\n\nFix the cause (see the reasons above), then run it again: {again}.\n"
         ),
     };
-    let name = format!("{}.md", task.id);
+    let name = format!("{}.md", task.id());
     ws.open_sub("escalations")?
         .write_atomic(&name, md.as_bytes(), 0o600)?;
     Ok(ws.escalations().join(name))
@@ -180,7 +180,7 @@ fn write_run_report(
 ) -> std::io::Result<PathBuf> {
     use crate::state::Phase;
     let mut md = String::new();
-    let _ = writeln!(md, "# Escalated: {} — {}\n", run.id, run.title());
+    let _ = writeln!(md, "# Escalated: {} — {}\n", run.id(), run.title());
     let failed: Vec<&TaskRecord> = children
         .iter()
         .filter(|c| matches!(c.phase(), Phase::Failed { .. }))
@@ -218,17 +218,17 @@ fn write_run_report(
                 let _ = writeln!(
                     md,
                     "- `{}` — **failed**{agent}: {}\n  report: [escalations/{}.md]({}.md)",
-                    c.id,
+                    c.id(),
                     reason.lines().next().unwrap_or(""),
-                    c.id,
-                    c.id
+                    c.id(),
+                    c.id()
                 );
             }
             Phase::Done { output, .. } => {
-                let _ = writeln!(md, "- `{}` — done{agent} → `{output}`", c.id);
+                let _ = writeln!(md, "- `{}` — done{agent} → `{output}`", c.id());
             }
             other => {
-                let _ = writeln!(md, "- `{}` — {}{agent}", c.id, other.label());
+                let _ = writeln!(md, "- `{}` — {}{agent}", c.id(), other.label());
             }
         }
     }
@@ -240,9 +240,9 @@ fn write_run_report(
         } else {
             ""
         },
-        run.id
+        run.id()
     );
-    let name = format!("{}.md", run.id);
+    let name = format!("{}.md", run.id());
     ws.open_sub("escalations")?
         .write_atomic(&name, md.as_bytes(), 0o600)?;
     Ok(ws.escalations().join(name))

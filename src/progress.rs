@@ -36,13 +36,13 @@ pub fn render(book: &TaskBook) -> String {
             Phase::Done { .. } => done_tasks.push(t),
             Phase::Merging => merging.push(format!(
                 "- [ ] {} — {} (merging{})",
-                t.id,
+                t.id(),
                 t.title(),
                 branch_of(t)
             )),
             Phase::MergeWaiting { reason } => merging.push(format!(
                 "- [ ] {} — {} ({}{})",
-                t.id,
+                t.id(),
                 t.title(),
                 one_line(reason, 300),
                 branch_of(t)
@@ -53,7 +53,7 @@ pub fn render(book: &TaskBook) -> String {
                 since_ms,
             } => running.push(format!(
                 "- [ ] {} — {} ({agent}, attempt {attempt}, started {})",
-                t.id,
+                t.id(),
                 t.title(),
                 clock(*since_ms)
             )),
@@ -76,7 +76,7 @@ pub fn render(book: &TaskBook) -> String {
                 } else {
                     format!(", after {}", t.more().after.join(", "))
                 };
-                pending.push(format!("- [ ] {} — {} ({why}{waiting})", t.id, t.title()));
+                pending.push(format!("- [ ] {} — {} ({why}{waiting})", t.id(), t.title()));
             }
             Phase::Failed { .. } => failed_tasks.push(t),
         }
@@ -89,7 +89,7 @@ pub fn render(book: &TaskBook) -> String {
         };
         format!(
             "- [x] {} — {} ({agent}, {}{})",
-            t.id,
+            t.id(),
             t.title(),
             short(Duration::from_millis(t.busy_ms(now_ms))),
             branch_of(t)
@@ -101,7 +101,7 @@ pub fn render(book: &TaskBook) -> String {
         };
         format!(
             "- [ ] {} — {} ({}: {}; see escalations/{}.md)",
-            t.id,
+            t.id(),
             t.title(),
             if reason == crate::state::CANCELLED_REASON {
                 "cancelled"
@@ -109,7 +109,7 @@ pub fn render(book: &TaskBook) -> String {
                 "escalated"
             },
             one_line(reason, 300),
-            t.id
+            t.id()
         )
     });
     let mut out = String::from("# Progress\n\n");

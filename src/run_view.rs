@@ -76,7 +76,7 @@ fn is_run(t: &TaskRecord) -> bool {
     t.workflow().is_some()
         || !t.more().phases.is_empty()
         || !t.more().rounds.is_empty()
-        || (t.chain.is_empty() && workflow_of(t).is_some())
+        || (t.chain().is_empty() && workflow_of(t).is_some())
 }
 
 /// Every run in the book (or only `only`), newest first, at most `limit`; `phases_of` gives a
@@ -89,14 +89,14 @@ pub fn runs(
 ) -> Vec<RunView> {
     let ids: HashSet<&str> = book
         .iter()
-        .filter(|t| only.is_none_or(|o| &*t.id == o) && is_run(t))
-        .map(|t| &*t.id)
+        .filter(|t| only.is_none_or(|o| t.id() == o) && is_run(t))
+        .map(|t| t.id())
         .collect();
     // Each task under the run its id starts with (`RUN.phase`, `RUN.phase.n`).
     let mut children: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
     for t in book.iter() {
-        for (i, _) in t.id.match_indices('.') {
-            if let Some(run) = ids.get(&t.id[..i]) {
+        for (i, _) in t.id().match_indices('.') {
+            if let Some(run) = ids.get(&t.id()[..i]) {
                 children.entry(run).or_default().push(t);
                 break;
             }
@@ -104,10 +104,10 @@ pub fn runs(
     }
     book.iter()
         .rev()
-        .filter(|t| ids.contains(&*t.id))
+        .filter(|t| ids.contains(t.id()))
         .take(limit)
         .map(|run| {
-            let mine = children.get(&*run.id).map(Vec::as_slice).unwrap_or(&[]);
+            let mine = children.get(run.id()).map(Vec::as_slice).unwrap_or(&[]);
             let defined = workflow_of(run)
                 .and_then(|w| phases_of(&w))
                 .unwrap_or_default();
@@ -118,11 +118,11 @@ pub fn runs(
 
 /// One run, given its tasks and its definition's phase names.
 pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) -> RunView {
-    let prefix = format!("{}.", run.id);
+    let prefix = format!("{}.", run.id());
     let mut names = defined;
     // Once finished, a run keeps no definition: its recorded phases and its tasks' ids say.
     let from_tasks = children.iter().filter_map(|c| {
-        let rest = c.id.strip_prefix(&prefix)?;
+        let rest = c.id().strip_prefix(&prefix)?;
         let phase = rest.split('.').next()?;
         (phase != "distill").then(|| phase.to_string())
     });
@@ -143,7 +143,8 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
             let tasks: Vec<ChildView> = children
                 .iter()
                 .filter(|c| {
-                    c.id.strip_prefix(&prefix)
+                    c.id()
+                        .strip_prefix(&prefix)
                         .is_some_and(|rest| rest == p || rest.starts_with(&format!("{p}.")))
                 })
                 .map(|c| child(c))
@@ -189,10 +190,10 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
         })
         .collect();
     let under_way = !run.phase().is_terminal()
-        && run.chain.is_empty()
+        && run.chain().is_empty()
         && (!run.more().phases.is_empty() || children.iter().any(|c| !c.phase().is_terminal()));
     RunView {
-        id: run.id.to_string(),
+        id: run.id().to_string(),
         title: run.title().to_string(),
         workflow: workflow_of(run),
         state: if under_way {
@@ -211,7 +212,7 @@ fn child(c: &TaskRecord) -> ChildView {
         _ => c.attempts().last().map(|a| a.agent.clone()),
     };
     ChildView {
-        id: c.id.to_string(),
+        id: c.id().to_string(),
         state: c.phase().label(),
         agent,
         reason: match c.phase() {

@@ -280,8 +280,10 @@ pub struct LoopRound {
 /// Written through [`RecordOut`] (its spec whole); read as derived.
 #[derive(Clone, Debug, Deserialize)]
 pub struct TaskRecord {
-    /// Shared with the book's map key and arrival order: one allocation per task for all three.
-    pub id: Arc<str>,
+    /// Shared with the book's arrival order and the engine's live map: one allocation for all.
+    /// The book's table finds the record by it, so only the book sets it (read it with
+    /// [`TaskRecord::id`]).
+    id: Arc<str>,
     /// Its title and its file's name (read with [`TaskRecord::title`] and
     /// [`TaskRecord::file`]), one allocation for both.
     #[serde(flatten)]
@@ -289,7 +291,9 @@ pub struct TaskRecord {
     pub received_ms: u64,
     /// Shared by the tasks of a batch that have the same chain (see [`TaskBook::share_chain`]).
     /// An `Arc` of a `Vec` rather than of a slice: a thin pointer, 8 bytes less in the record.
-    pub chain: Arc<Vec<String>>,
+    /// The packed spec leaves it out when it is the same, so only the book sets it, with the
+    /// spec (read it with [`TaskRecord::chain`]).
+    chain: Arc<Vec<String>>,
     /// Its phase, attempts, place in the chain and cost (read with [`TaskRecord::phase`] and
     /// the like), once it has any.
     #[serde(flatten)]
@@ -332,19 +336,30 @@ struct RecordOut<'a> {
 
 impl Serialize for TaskRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Every field named, so that one added to the record does not compile until it is
+        // written here too.
+        let TaskRecord {
+            id,
+            names: _,
+            received_ms,
+            chain,
+            progress: _,
+            packed_spec: _,
+            more,
+        } = self;
         RecordOut {
-            id: &self.id,
+            id,
             title: self.title(),
             file: self.file(),
-            received_ms: self.received_ms,
-            chain: &self.chain,
+            received_ms: *received_ms,
+            chain,
             chain_pos: self.chain_pos(),
             priority: self.priority(),
             attempts: self.attempts(),
             phase: self.phase(),
             cost_usd: self.cost_usd(),
             spec: self.spec(),
-            more: &self.more,
+            more,
         }
         .serialize(s)
     }
@@ -415,10 +430,15 @@ impl TaskProgress {
     };
 
     fn is_none(&self) -> bool {
-        self.chain_pos == 0
-            && self.attempts.is_empty()
-            && self.phase == Phase::Pending
-            && self.cost_usd == 0.0
+        // Every field named: one added and not checked here would be dropped from a task that
+        // has not started, when a snapshot is read.
+        let TaskProgress {
+            chain_pos,
+            attempts,
+            phase,
+            cost_usd,
+        } = self;
+        *chain_pos == 0 && attempts.is_empty() && *phase == Phase::Pending && *cost_usd == 0.0
     }
 }
 
@@ -437,9 +457,9 @@ impl<'de> Deserialize<'de> for Progress {
 }
 
 /// The parts of a [`TaskRecord`] that most tasks never use — `after`, a workflow run's phases
-/// and rounds, a budget, a retry's wait, an origin, a role, a worktree, a fleet part — held in
-/// one box that a task without any of them does not have. A big drop holds every waiting task
-/// in full: without them a record is 160 bytes smaller.
+/// and rounds, a budget, a retry's wait, an origin, a role, a priority other than 0, a
+/// worktree, a fleet part — held in one box that a task without any of them does not have. A
+/// big drop holds every waiting task in full: without them a record is 168 bytes smaller.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TaskMore {
     /// Always written (as `[]` too): builds before the split required it in a snapshot.
@@ -492,16 +512,30 @@ static NO_MORE: TaskMore = TaskMore {
 
 impl TaskMore {
     fn is_empty(&self) -> bool {
-        self.after.is_empty()
-            && self.phases.is_empty()
-            && self.rounds.is_empty()
-            && self.budget_usd.is_none()
-            && self.not_before_ms.is_none()
-            && self.origin.is_none()
-            && self.worktree.is_none()
-            && self.role.is_none()
-            && self.priority == 0
-            && self.fleet.is_none()
+        // Every field named: one added and not checked here would be dropped when the record
+        // lets its box go.
+        let TaskMore {
+            after,
+            phases,
+            rounds,
+            budget_usd,
+            not_before_ms,
+            origin,
+            worktree,
+            role,
+            priority,
+            fleet,
+        } = self;
+        after.is_empty()
+            && phases.is_empty()
+            && rounds.is_empty()
+            && budget_usd.is_none()
+            && not_before_ms.is_none()
+            && origin.is_none()
+            && worktree.is_none()
+            && role.is_none()
+            && *priority == 0
+            && fleet.is_none()
     }
 }
 
@@ -528,6 +562,21 @@ impl<'de> Deserialize<'de> for More {
 }
 
 impl TaskRecord {
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its id, to hold one more reference to it (the engine's live map does).
+    pub fn shared_id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// Its fallback chain, fixed when it was accepted (or retried).
+    pub fn chain(&self) -> &[String] {
+        &self.chain
+    }
+
     /// Where it is in its life.
     pub fn phase(&self) -> &Phase {
         &self.progress().phase
@@ -680,7 +729,6 @@ impl TaskRecord {
             .count() as u32
     }
 
-    /// Sum of the attempts' durations.
     /// The time its attempts took, a running one counted up to `now_ms`.
     pub fn busy_ms(&self, now_ms: u64) -> u64 {
         self.attempts().iter().map(|a| a.elapsed_ms(now_ms)).sum()
@@ -884,9 +932,9 @@ impl TaskBook {
     }
 
     /// Gives a book read from a snapshot the sharing the book that wrote it had: each task's
-    /// id one allocation again (the reader makes one for the map's key, one for the record and
-    /// one for the arrival order; the map's key is the record's id from then on), equal chains
-    /// one, and each spec packed against its record (a snapshot has it whole).
+    /// id one allocation again (the reader makes one for the record and one for the arrival
+    /// order), equal chains one, and each spec packed against its record (a snapshot has it
+    /// whole).
     pub fn share_after_read(&mut self) {
         // Chains too: the reader makes one per task.
         let mut chains: std::collections::HashSet<Arc<Vec<String>>> = Default::default();

@@ -55,13 +55,13 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
         });
     };
     // What runs now (for named tasks: their latest attempt, even if it has ended).
-    for t in book.iter().filter(|t| wanted(&t.id)) {
+    for t in book.iter().filter(|t| wanted(t.id())) {
         if let Some(a) = t.attempts().last()
             && (a.class.is_none() || !ids.is_empty())
         {
-            add(&mut tails, &t.id, a.n, &a.agent);
+            add(&mut tails, t.id(), a.n, &a.agent);
             if a.class.is_some()
-                && let Some(tail) = tails.get_mut(&(t.id.to_string(), a.n))
+                && let Some(tail) = tails.get_mut(&(t.id().to_string(), a.n))
             {
                 tail.finished = true;
             }

@@ -147,7 +147,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             return Ok(ExitCode::SUCCESS);
         }
         // A title is a submitter's text: no escape sequence of it reaches the terminal.
-        println!("{} — {}", t.id, dirigent::terminal::printable(t.title()));
+        println!("{} — {}", t.id(), dirigent::terminal::printable(t.title()));
         let workflow = t.workflow();
         match (&workflow, run_running(&book, t)) {
             (_, Some(progress)) => println!("state:    running: {progress}"),
@@ -155,12 +155,12 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         }
         match &workflow {
             Some(name) => println!("workflow: {name}"),
-            None if !t.chain.is_empty() || t.more().phases.is_empty() => println!(
+            None if !t.chain().is_empty() || t.more().phases.is_empty() => println!(
                 "chain:    {}",
-                if t.chain.is_empty() {
+                if t.chain().is_empty() {
                     "(empty)".into()
                 } else {
-                    t.chain.join(" → ")
+                    t.chain().join(" → ")
                 }
             ),
             None => {}
@@ -250,7 +250,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         };
         println!(
             "{:<28} {:<9} {:<10} {:>3} {:>8}  {}",
-            t.id,
+            t.id(),
             if run_running(&book, t).is_some() {
                 "running"
             } else {
@@ -295,14 +295,14 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
 /// For a workflow run that is under way (its tasks are queued or running): how far it is. A
 /// run has no attempts of its own, so its record says `pending` all along.
 fn run_running(book: &TaskBook, run: &TaskRecord) -> Option<String> {
-    if run.phase().is_terminal() || !run.chain.is_empty() {
+    if run.phase().is_terminal() || !run.chain().is_empty() {
         return None;
     }
-    let prefix = format!("{}.", run.id);
+    let prefix = format!("{}.", run.id());
     let started = run.more().phases.len()
         + usize::from(
             book.iter()
-                .any(|c| c.id.starts_with(&prefix) && !c.phase().is_terminal()),
+                .any(|c| c.id().starts_with(&prefix) && !c.phase().is_terminal()),
         );
     (started > 0 || !run.more().phases.is_empty()).then(|| {
         format!(
@@ -320,8 +320,11 @@ fn run_running(book: &TaskBook, run: &TaskRecord) -> Option<String> {
 /// For a workflow run: each phase of its workflow with its state, its loop rounds, and its
 /// tasks with theirs (failed ones with their reason and report).
 fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
-    let prefix = format!("{}.", run.id);
-    let children: Vec<&TaskRecord> = book.iter().filter(|c| c.id.starts_with(&prefix)).collect();
+    let prefix = format!("{}.", run.id());
+    let children: Vec<&TaskRecord> = book
+        .iter()
+        .filter(|c| c.id().starts_with(&prefix))
+        .collect();
     let workflow = dirigent::run_view::workflow_of(run);
     if run.workflow().is_none() && children.is_empty() && run.more().phases.is_empty() {
         return;
@@ -366,10 +369,10 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
                 .map(|a| a.agent.clone())
                 .unwrap_or_else(|| "-".into()),
         };
-        println!("  {:<32} {:<9} {agent}", c.id, c.phase().label());
+        println!("  {:<32} {:<9} {agent}", c.id(), c.phase().label());
         if let Phase::Failed { reason, .. } = c.phase() {
             println!("  {:<32} ↳ {}", "", reason.lines().next().unwrap_or(""));
-            let report = ws.escalations().join(format!("{}.md", c.id));
+            let report = ws.escalations().join(format!("{}.md", c.id()));
             if report.exists() {
                 println!("  {:<32}   report: {}", "", report.display());
             }
@@ -548,7 +551,7 @@ fn describe_phase(t: &TaskRecord) -> String {
             },
             duration::clock(*finished_ms),
             dirigent::progress::one_line(reason, 300),
-            t.id
+            t.id()
         ),
     }
 }

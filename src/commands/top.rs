@@ -37,7 +37,7 @@ pub fn top(ws: &Workspace) -> Result<ExitCode> {
             .iter()
             .filter_map(|t| {
                 let a = t.attempts().last()?;
-                Some((t.id.to_string(), last_line(ws, &t.id, a.n, &a.agent)))
+                Some((t.id().to_string(), last_line(ws, t.id(), a.n, &a.agent)))
             })
             .collect();
         let now = ledger::now_ms();
@@ -65,7 +65,7 @@ pub fn top(ws: &Workspace) -> Result<ExitCode> {
             last_shown = shown;
         }
         // Watch the run directories of what runs (their capture files grow), and the ledger.
-        let now_running: Vec<String> = running.iter().map(|t| t.id.to_string()).collect();
+        let now_running: Vec<String> = running.iter().map(|t| t.id().to_string()).collect();
         if now_running != watched {
             let dirs: Vec<std::path::PathBuf> =
                 now_running.iter().map(|id| ws.run_dir(id)).collect();
@@ -159,7 +159,7 @@ fn frame(
     out.push('\n');
     let id_w = running
         .iter()
-        .map(|t| t.id.chars().count())
+        .map(|t| t.id().chars().count())
         .max()
         .unwrap_or(4)
         .clamp(4, 32);
@@ -193,10 +193,10 @@ fn frame(
             short(Duration::from_millis(now_ms.saturating_sub(*since_ms)))
         };
         let used = id_w + agent_w + 3 + 8 + 8;
-        let last = outputs.get(&*t.id).map(String::as_str).unwrap_or("");
+        let last = outputs.get(t.id()).map(String::as_str).unwrap_or("");
         let row = format!(
             "{}  {}  {attempt:>3}  {elapsed:>8}  {}",
-            pad(&t.id, id_w),
+            pad(t.id(), id_w),
             pad(agent, agent_w),
             fit(last, width.saturating_sub(used).max(10))
         );
@@ -204,7 +204,7 @@ fn frame(
         out.push('\n');
     }
     if !waiting.is_empty() {
-        let names: Vec<&str> = waiting.iter().take(8).map(|t| &*t.id).collect();
+        let names: Vec<&str> = waiting.iter().take(8).map(|t| t.id()).collect();
         let more = waiting.len().saturating_sub(names.len());
         let line = format!(
             "waiting: {}{}",
@@ -235,7 +235,7 @@ fn frame(
     finished.truncate(RECENT);
     let recent_w = finished
         .iter()
-        .map(|(t, _)| t.id.chars().count())
+        .map(|(t, _)| t.id().chars().count())
         .max()
         .unwrap_or(0)
         .min(32);
@@ -247,7 +247,10 @@ fn frame(
             }
             _ => String::new(),
         };
-        out.push_str(&fit(&format!("  {}  {what}", pad(&t.id, recent_w)), width));
+        out.push_str(&fit(
+            &format!("  {}  {what}", pad(t.id(), recent_w)),
+            width,
+        ));
         out.push('\n');
     }
     out

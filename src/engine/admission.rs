@@ -60,7 +60,7 @@ pub(super) fn admit<'a>(
     let mut cooling_until: Option<u64> = None;
     let mut unusable = Vec::new();
     let today = book.spent_on(crate::state::day_of(now_ms));
-    for name in t.chain.iter().skip(t.chain_pos()) {
+    for name in t.chain().iter().skip(t.chain_pos()) {
         // Limits, providers and budgets are the agent's, whichever model an entry names.
         let base = split_entry_base(name);
         let Some(agent) = config.agents.get(base) else {
@@ -97,8 +97,8 @@ pub(super) fn admit<'a>(
             )),
         }
     }
-    if t.chain_pos() >= t.chain.len() {
-        Admission::Escalate(if t.chain.is_empty() {
+    if t.chain_pos() >= t.chain().len() {
+        Admission::Escalate(if t.chain().is_empty() {
             escalate::no_agents_message(config)
         } else {
             chain_failed(t, config)
@@ -129,10 +129,11 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
         }
     }
     // The workflow run this task belongs to, if any: its budget covers all its tasks.
-    let run =
-        t.id.match_indices('.')
-            .map(|(i, _)| &t.id[..i])
-            .find_map(|prefix| book.get(prefix).filter(|r| r.workflow().is_some()));
+    let run = t
+        .id()
+        .match_indices('.')
+        .map(|(i, _)| &t.id()[..i])
+        .find_map(|prefix| book.get(prefix).filter(|r| r.workflow().is_some()));
     let owner = run.unwrap_or(t);
     let budget = owner.more().budget_usd.or(config.budgets.task)?;
     // (`run` was found by its workflow: its spec is not read again.)
@@ -140,7 +141,7 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
         owner.cost_usd()
             + book
                 .iter()
-                .filter(|c| is_child_of(&c.id, &owner.id))
+                .filter(|c| is_child_of(c.id(), owner.id()))
                 .map(|c| c.cost_usd())
                 .sum::<f64>()
     } else {
@@ -149,11 +150,11 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
     (spent >= budget).then(|| {
         format!(
             "the budget is spent: `{}` has cost {} of its {} over {} attempt(s); raise `budget_usd` and `dirigent retry {}`",
-            owner.id,
+            owner.id(),
             dollars(spent),
             dollars(budget),
             owner.attempts().len(),
-            t.id
+            t.id()
         )
     })
 }

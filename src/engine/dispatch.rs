@@ -7,7 +7,10 @@ use super::*;
 /// Why a task whose chain is used up escalates: the chain, then what to do when the
 /// attempts show a cause with a fix (a login, an installation, the network).
 pub(super) fn chain_failed(t: &TaskRecord, config: &Config) -> String {
-    let chain = format!("every agent in the chain failed ({})", t.chain.join(" → "));
+    let chain = format!(
+        "every agent in the chain failed ({})",
+        t.chain().join(" → ")
+    );
     match crate::advice::in_short(t.attempts(), config) {
         Some(advice) => format!("{chain}: {advice}"),
         None => chain,

@@ -256,7 +256,7 @@ impl Engine {
                         let Some(t) = self.book.get(&task) else {
                             return;
                         };
-                        if t.chain_pos() >= t.chain.len() {
+                        if t.chain_pos() >= t.chain().len() {
                             let reason = chain_failed(t, &self.config);
                             self.escalate(&task, reason);
                         } else {
@@ -476,13 +476,13 @@ impl Engine {
             if running.kind(t.file()) != Some(confined::Kind::File) {
                 continue;
             }
-            match task_file::requeue(&running, &inbox, &t.id, t.file()) {
+            match task_file::requeue(&running, &inbox, t.id(), t.file()) {
                 Ok(file) => events.push(Event::Requeued {
-                    task: t.id.to_string(),
+                    task: t.id().to_string(),
                     file,
                 }),
                 Err(e) => {
-                    tracing::error!(task = %t.id, "cannot move the task file back to the inbox: {e}")
+                    tracing::error!(task = %t.id(), "cannot move the task file back to the inbox: {e}")
                 }
             }
         }
@@ -497,7 +497,7 @@ impl Engine {
                         Some(crate::state::FleetPart::Taken { .. })
                     )
             })
-            .map(|t| t.id.to_string())
+            .map(|t| t.id().to_string())
             .collect();
         for id in taken {
             self.hand_back(&id).await;

@@ -118,7 +118,10 @@ impl Engine {
             };
             let agent = fleet::agent_of_subject(subject);
             if !view.runs(&agent) {
-                unrunnable.entry(agent).or_default().push(t.id.to_string());
+                unrunnable
+                    .entry(agent)
+                    .or_default()
+                    .push(t.id().to_string());
             }
         }
         let mut out = view.to_json();
@@ -381,13 +384,13 @@ impl Engine {
             match self.end_of(t) {
                 Some(end) => {
                     return Taken::Ended {
-                        task: t.id.to_string(),
+                        task: t.id().to_string(),
                         end,
                     };
                 }
                 None if !t.phase().is_terminal() => {
                     return Taken::Runs {
-                        task: t.id.to_string(),
+                        task: t.id().to_string(),
                     };
                 }
                 // Handed back or cancelled here: it runs again under a new id.

@@ -12,7 +12,7 @@ impl Engine {
     /// Queues a task for its next attempt.
     pub(super) fn enqueue(&mut self, id: &str) {
         match self.book.get(id) {
-            Some(t) => self.live.queue_shared(&t.id, t.priority()),
+            Some(t) => self.live.queue_shared(t.shared_id(), t.priority()),
             None => self.live.queue(id, 0),
         }
     }

@@ -333,7 +333,7 @@ impl Engine {
             .filter(
                 |t| matches!(t.phase(), Phase::MergeWaiting { reason } if goes_on_by_itself(reason)),
             )
-            .map(|t| t.id.to_string())
+            .map(|t| t.id().to_string())
             .collect();
         for id in waiting {
             if self.live.contains(&id) && !self.live.is_finishing(&id) {

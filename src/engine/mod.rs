@@ -126,7 +126,7 @@ impl Held {
     fn task(&self) -> &str {
         match self {
             Held::Settle { task, .. } => task,
-            Held::Escalate { snapshot, .. } => &snapshot.id,
+            Held::Escalate { snapshot, .. } => snapshot.id(),
         }
     }
 }

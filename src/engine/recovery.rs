@@ -36,7 +36,7 @@ impl Engine {
                 };
                 let capture = |stream| {
                     self.ws
-                        .run_dir(&t.id)
+                        .run_dir(t.id())
                         .join(crate::workspace::attempt_file(*attempt, agent, stream))
                 };
                 let report = spawn::AttemptReport::not_run(
@@ -47,7 +47,12 @@ impl Engine {
                     capture("stderr"),
                 );
                 closing.push(settling::attempt_finished(
-                    &t.id, *attempt, agent, &report, None, None,
+                    t.id(),
+                    *attempt,
+                    agent,
+                    &report,
+                    None,
+                    None,
                 ));
             }
         }
@@ -92,8 +97,8 @@ impl Engine {
             // Where a crash can have left it: under its recorded name, or named for its id.
             let names = [
                 t.file().to_string(),
-                task_file::file_name(&t.id, ".json"),
-                task_file::file_name(&t.id, ".md"),
+                task_file::file_name(t.id(), ".json"),
+                task_file::file_name(t.id(), ".md"),
             ];
             let found = names.iter().find(|n| present.contains(*n)).cloned();
             if let Some(name) = &found {
@@ -113,11 +118,11 @@ impl Engine {
                         && *name != *t.file()
                     {
                         claims.push(Event::Claimed {
-                            task: t.id.to_string(),
+                            task: t.id().to_string(),
                             file: name,
                         });
                     }
-                    resettle.push(t.id.clone());
+                    resettle.push(t.shared_id().clone());
                 }
                 // Verified work on its way to its target: the merge goes on from the ledger's
                 // last step.
@@ -126,20 +131,20 @@ impl Engine {
                         && *name != *t.file()
                     {
                         claims.push(Event::Claimed {
-                            task: t.id.to_string(),
+                            task: t.id().to_string(),
                             file: name,
                         });
                     }
-                    merging.push(t.id.clone());
+                    merging.push(t.shared_id().clone());
                 }
                 (Phase::Pending | Phase::Requeued, Some(name)) => {
                     if *name != *t.file() {
                         claims.push(Event::Claimed {
-                            task: t.id.to_string(),
+                            task: t.id().to_string(),
                             file: name,
                         });
                     }
-                    requeue.push(t.id.clone());
+                    requeue.push(t.shared_id().clone());
                 }
                 // Its file is not in running/ (and not back in the inbox): someone removed it.
                 // The ledger has the task; the file is written again and the task goes on.
@@ -147,27 +152,27 @@ impl Engine {
                     if self.ws.inbox().join(t.file()).symlink_metadata().is_err() =>
                 {
                     let rebuilt = t.spec().map(|spec| {
-                        task_file::rebuild_in_running(&running, &spec.fields, &t.id, t.file())
+                        task_file::rebuild_in_running(&running, &spec.fields, t.id(), t.file())
                     });
                     match rebuilt {
                         Some(Ok(name)) => {
                             tracing::warn!(
-                                task = %t.id,
+                                task = %t.id(),
                                 "its task file was missing from running/; it was written again from the ledger"
                             );
                             if *name != *t.file() {
                                 claims.push(Event::Claimed {
-                                    task: t.id.to_string(),
+                                    task: t.id().to_string(),
                                     file: name,
                                 });
                             }
-                            requeue.push(t.id.clone());
+                            requeue.push(t.shared_id().clone());
                         }
                         Some(Err(e)) => {
-                            tracing::error!(task = %t.id, "cannot write its task file again: {e}");
-                            requeue.push(t.id.clone());
+                            tracing::error!(task = %t.id(), "cannot write its task file again: {e}");
+                            requeue.push(t.shared_id().clone());
                         }
-                        None => requeue.push(t.id.clone()),
+                        None => requeue.push(t.shared_id().clone()),
                     }
                 }
                 _ => {}
@@ -289,7 +294,7 @@ impl Engine {
             .filter(|t| {
                 t.phase().is_terminal() && t.more().worktree.as_ref().is_some_and(|w| !w.removed)
             })
-            .map(|t| t.id.to_string())
+            .map(|t| t.id().to_string())
             .collect();
         for id in settled {
             self.tree_after_settled(&id);

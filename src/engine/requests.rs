@@ -6,10 +6,10 @@ use super::*;
 /// One line of `list`: what a client needs to pick a task, without its prompt or attempts.
 fn summary(t: &TaskRecord) -> serde_json::Value {
     let mut v = serde_json::json!({
-        "id": t.id,
+        "id": t.id(),
         "title": t.title(),
         "state": t.phase().label(),
-        "chain": t.chain,
+        "chain": t.chain(),
         "attempts": t.attempts().len(),
         "received_ms": t.received_ms,
     });
@@ -80,7 +80,7 @@ fn list(
                 .as_deref()
                 .is_none_or(|r| t.more().role.as_deref() == Some(r))
             && text.as_deref().is_none_or(|q| {
-                t.id.to_lowercase().contains(q) || t.title().to_lowercase().contains(q)
+                t.id().to_lowercase().contains(q) || t.title().to_lowercase().contains(q)
             })
     };
     let matching: Box<dyn Iterator<Item = &TaskRecord>> = if f.newest_first {
@@ -267,8 +267,8 @@ impl Engine {
                 let mut ids: Vec<String> = self
                     .book
                     .iter()
-                    .filter(|c| !c.phase().is_terminal() && is_child_of(&c.id, &id))
-                    .map(|c| c.id.to_string())
+                    .filter(|c| !c.phase().is_terminal() && is_child_of(c.id(), &id))
+                    .map(|c| c.id().to_string())
                     .collect();
                 ids.push(id.clone());
                 if self.merges.is_merging(&id) {
@@ -405,8 +405,10 @@ impl Engine {
             let failed: Vec<String> = self
                 .book
                 .iter()
-                .filter(|c| c.id.starts_with(&prefix) && matches!(c.phase(), Phase::Failed { .. }))
-                .map(|c| c.id.to_string())
+                .filter(|c| {
+                    c.id().starts_with(&prefix) && matches!(c.phase(), Phase::Failed { .. })
+                })
+                .map(|c| c.id().to_string())
                 .collect();
             for child in failed {
                 Box::pin(self.retry(&child)).await?;

@@ -273,11 +273,11 @@ impl Engine {
     /// is done again).
     pub(super) fn spawn_escalation(&mut self, snapshot: Box<TaskRecord>, reason: String) {
         // A workflow run's report lists its tasks.
-        let prefix = format!("{}.", snapshot.id);
+        let prefix = format!("{}.", snapshot.id());
         let children: Vec<TaskRecord> = if snapshot.workflow().is_some() {
             self.book
                 .iter()
-                .filter(|c| c.id.starts_with(&prefix))
+                .filter(|c| c.id().starts_with(&prefix))
                 .cloned()
                 .collect()
         } else {
@@ -299,16 +299,16 @@ impl Engine {
                     let _ = tx.send(Msg::Paused {
                         what: format!(
                             "{what} (writing the escalation report of `{}`: {e})",
-                            snapshot.id
+                            snapshot.id()
                         ),
                         held: Held::Escalate { snapshot, reason },
                     });
                     return;
                 }
-                tracing::error!(task = %snapshot.id, "cannot write the escalation report: {e}");
+                tracing::error!(task = %snapshot.id(), "cannot write the escalation report: {e}");
             }
             let ev = Event::Escalated {
-                task: snapshot.id.to_string(),
+                task: snapshot.id().to_string(),
                 reason,
                 attempts: snapshot.attempts().len() as u32,
             };
@@ -320,14 +320,14 @@ impl Engine {
                     Place::Running,
                     Place::Failed,
                     snapshot.file(),
-                    &snapshot.id,
+                    snapshot.id(),
                     fields.as_ref(),
                 )
             {
-                tracing::warn!(task = %snapshot.id, "cannot move the task file to failed/: {e}");
+                tracing::warn!(task = %snapshot.id(), "cannot move the task file to failed/: {e}");
             }
             let _ = tx.send(Msg::Settled {
-                task: snapshot.id.to_string(),
+                task: snapshot.id().to_string(),
                 records,
             });
             if let Some(hook) = hook {
@@ -337,7 +337,7 @@ impl Engine {
                     grace: config.kill_grace,
                     dir: None,
                 };
-                escalate::run_hook(&ws, &hook, &snapshot.id, limits).await;
+                escalate::run_hook(&ws, &hook, snapshot.id(), limits).await;
             }
         });
     }

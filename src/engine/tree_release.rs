@@ -157,7 +157,7 @@ impl Engine {
             return Keep::NotMine;
         }
         let held_by_another = self.book.iter().any(|o| {
-            *o.id != *id
+            *o.id() != *id
                 && o.more()
                     .worktree
                     .as_ref()

@@ -52,7 +52,7 @@ pub(super) fn distilled(
         let Some((_, out)) = run.more().phases.iter().find(|(p, _)| *p == name) else {
             continue;
         };
-        let id = format!("{}.distill.{name}", run.id);
+        let id = format!("{}.distill.{name}", run.id());
         match child_state(book, &id) {
             ChildState::Missing => actions.push(Action::Submit(Child {
                 id,

@@ -172,12 +172,12 @@ impl Ctx<'_> {
 
     /// The id of one of the phase's tasks: `<run>.<phase>.<suffix>`.
     fn id(&self, suffix: impl std::fmt::Display) -> String {
-        format!("{}.{}.{suffix}", self.run.id, self.name())
+        format!("{}.{}.{suffix}", self.run.id(), self.name())
     }
 
     /// The id of a phase's only task: `<run>.<phase>`.
     fn phase_task_id(&self) -> String {
-        format!("{}.{}", self.run.id, self.name())
+        format!("{}.{}", self.run.id(), self.name())
     }
 
     /// The phase's prompt, its context, then `extra`, each in its own section.
@@ -257,7 +257,7 @@ pub fn next(
         .unwrap_or_default();
     let mut vars = vars_of(wf, &given);
     vars.insert("workflow".into(), wf.name.value.clone());
-    vars.insert("run".into(), run.id.to_string());
+    vars.insert("run".into(), run.id().to_string());
     let Some(phase) = wf.phases.iter().find(|p| {
         !run.more()
             .phases

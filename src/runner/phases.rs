@@ -353,7 +353,7 @@ pub(super) fn fan_out(cx: &Ctx, f: &FanOut) -> Vec<Action> {
     }
     let is_map = matches!(f.tasks, FanOutTasks::Files { .. });
     let Some(step) = &f.combine else {
-        let combined = format!(".context/outbox/{}.{}.md", cx.run.id, cx.name());
+        let combined = format!(".context/outbox/{}.{}.md", cx.run.id(), cx.name());
         return vec![Action::PhaseCompleted {
             phase: cx.name().to_string(),
             output: cx.output.clone().unwrap_or(combined),
