@@ -1917,6 +1917,80 @@ mod tests {
     }
 
     #[test]
+    fn records_written_before_the_split_read_and_write_the_same() {
+        // Written by the build before the record's parts were split off (a daemon's answer to
+        // `dirigent status --json`: done, failed, running, and two waiting tasks, one with a
+        // role and a priority; `cost_usd` added to the first by hand, as that build wrote it).
+        let text = include_str!("state/testdata/records_written_before_the_split.json");
+        let before: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
+        let mut read = Vec::new();
+        for value in &before {
+            let t: TaskRecord = serde_json::from_value(value.clone())
+                .unwrap_or_else(|e| panic!("expected {value} to read: {e}"));
+            assert_eq!(
+                serde_json::to_value(&t).unwrap(),
+                *value,
+                "expected `{}` written as it was read",
+                t.id()
+            );
+            read.push(t);
+        }
+        let summary: Vec<_> = read
+            .iter()
+            .map(|t| {
+                (
+                    t.id(),
+                    t.phase().label(),
+                    t.attempts().len(),
+                    t.chain_pos(),
+                    t.priority(),
+                    t.cost_usd(),
+                    t.spec().map(|s| s.prompt.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("done1", "done", 1, 0, 0, 0.25, None),
+                ("failed1", "failed", 1, 1, 0, 0.0, None),
+                (
+                    "hold",
+                    "running",
+                    1,
+                    0,
+                    0,
+                    0.0,
+                    Some("hold the slot".into())
+                ),
+                (
+                    "waiting1",
+                    "pending",
+                    0,
+                    0,
+                    5,
+                    0.0,
+                    Some("review the thing".into())
+                ),
+                (
+                    "waiting2",
+                    "pending",
+                    0,
+                    0,
+                    0,
+                    0.0,
+                    Some("plain waiting".into())
+                ),
+            ],
+            "expected each record's parts read back"
+        );
+        assert!(
+            read[4].progress.0.is_none() && read[4].more.0.is_none(),
+            "expected a plain waiting task read back without boxes"
+        );
+    }
+
+    #[test]
     fn interruption_does_not_advance_the_chain() {
         let records = vec![
             received(1, "t", spec("t")),

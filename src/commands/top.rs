@@ -247,10 +247,7 @@ fn frame(
             }
             _ => String::new(),
         };
-        out.push_str(&fit(
-            &format!("  {}  {what}", pad(t.id(), recent_w)),
-            width,
-        ));
+        out.push_str(&fit(&format!("  {}  {what}", pad(t.id(), recent_w)), width));
         out.push('\n');
     }
     out
