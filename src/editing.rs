@@ -50,11 +50,76 @@ pub enum OnConflict {
 }
 
 /// `verify:` as written: one argv (`[cargo, test]`) or a list of them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum VerifyWritten {
     One(Vec<String>),
     Many(Vec<Vec<String>>),
+}
+
+// By hand rather than `untagged`, so that a mistake is named ("mixes words and commands", "an
+// integer, expected a word") instead of "data did not match any variant".
+impl<'de> Deserialize<'de> for VerifyWritten {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::value::SeqAccessDeserializer;
+        /// One item of the list: a word of the one command, or a whole command.
+        enum Item {
+            Word(String),
+            Command(Vec<String>),
+        }
+        impl<'de> Deserialize<'de> for Item {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl<'de> serde::de::Visitor<'de> for Visitor {
+                    type Value = Item;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a word of a command (`cargo`) or a command (`[cargo, test]`)")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Item, E> {
+                        Ok(Item::Word(v.to_string()))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        seq: A,
+                    ) -> Result<Item, A::Error> {
+                        Vec::deserialize(SeqAccessDeserializer::new(seq)).map(Item::Command)
+                    }
+                }
+                d.deserialize_any(Visitor)
+            }
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = VerifyWritten;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a command (`[cargo, test]`) or a list of commands (`[[cargo, test], [make, lint]]`)",
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<VerifyWritten, A::Error> {
+                let items: Vec<Item> = Vec::deserialize(SeqAccessDeserializer::new(seq))?;
+                let (mut words, mut commands) = (vec![], vec![]);
+                for item in items {
+                    match item {
+                        Item::Word(w) => words.push(w),
+                        Item::Command(c) => commands.push(c),
+                    }
+                }
+                match (words.is_empty(), commands.is_empty()) {
+                    (_, true) => Ok(VerifyWritten::One(words)),
+                    (true, false) => Ok(VerifyWritten::Many(commands)),
+                    (false, false) => Err(serde::de::Error::custom(
+                        "`verify` mixes words and commands: write one command as a list of words \
+                         (`[cargo, test]`) or every command as a list (`[[cargo, test], [make, lint]]`)",
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Why a `verify:` is refused.
@@ -205,6 +270,50 @@ pub fn checked_class(
 mod tests {
     use super::*;
     use crate::class::Class;
+
+    #[test]
+    fn verify_reads_one_command_or_many_and_names_a_mistake() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // (JSON as written, what it reads as or the error's words)
+        let cases: [(&str, Result<VerifyWritten, &str>); 6] = [
+            (
+                r#"["cargo","test"]"#,
+                Ok(VerifyWritten::One(words(&["cargo", "test"]))),
+            ),
+            (
+                r#"[["cargo","test"],["make"]]"#,
+                Ok(VerifyWritten::Many(vec![
+                    words(&["cargo", "test"]),
+                    words(&["make"]),
+                ])),
+            ),
+            ("[]", Ok(VerifyWritten::One(vec![]))),
+            (
+                r#"["cargo",["make"]]"#,
+                Err("`verify` mixes words and commands"),
+            ),
+            (
+                r#"["sleep",5]"#,
+                Err("expected a word of a command (`cargo`)"),
+            ),
+            (
+                r#""cargo test""#,
+                Err("expected a command (`[cargo, test]`) or a list"),
+            ),
+        ];
+        for (text, want) in cases {
+            let got = serde_json::from_str::<VerifyWritten>(text);
+            match (&got, &want) {
+                (Ok(v), Ok(w)) => assert_eq!(v, w, "{text}"),
+                (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{text}: {e}"),
+                _ => panic!("{text}: expected {want:?}, got {got:?}"),
+            }
+        }
+        // YAML too (config, roles, workflow files).
+        let yaml: Result<VerifyWritten, _> = serde_saphyr::from_str("[cargo, [make]]");
+        let err = yaml.expect_err("a mix is refused in YAML too").to_string();
+        assert!(err.contains("`verify` mixes words and commands"), "{err}");
+    }
 
     #[test]
     fn checked_class_table() {

@@ -141,21 +141,48 @@ pub struct Budgets {
 }
 
 /// A role: its chain, or `{agents: [...], strategy: best}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum RawRole {
     Chain(Vec<String>),
-    Full {
-        agents: Vec<String>,
-        #[serde(default)]
-        strategy: Option<String>,
-        /// Where its tasks work, unless the task says.
-        #[serde(default)]
-        workdir: Option<crate::workdir::Workdir>,
-        /// Its tasks' check, unless the task gives one.
-        #[serde(default)]
-        verify: Option<crate::editing::VerifyWritten>,
-    },
+    Full(RawRoleFull),
+}
+
+/// A role written as a map.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoleFull {
+    agents: Vec<String>,
+    #[serde(default)]
+    strategy: Option<String>,
+    /// Where its tasks work, unless the task says.
+    #[serde(default)]
+    workdir: Option<crate::workdir::Workdir>,
+    /// Its tasks' check, unless the task gives one.
+    #[serde(default)]
+    verify: Option<crate::editing::VerifyWritten>,
+}
+
+// By hand rather than `untagged`: a list is a chain and a map is the full form, so a mistake in
+// either gets that form's own error (`missing field `agents``, `unknown field `chain``), not
+// "data did not match any variant".
+impl<'de> Deserialize<'de> for RawRole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawRole;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a role: a list of agents (`[claude, gemini]`) or a map (`{agents: [claude, gemini], strategy: best}`)")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawRole, A::Error> {
+                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(RawRole::Chain)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawRole, A::Error> {
+                RawRoleFull::deserialize(MapAccessDeserializer::new(map)).map(RawRole::Full)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Limits shared by every agent on one provider account.
@@ -388,12 +415,12 @@ impl Config {
         for (role, raw_role) in raw.roles {
             let chain = match raw_role {
                 RawRole::Chain(chain) => chain,
-                RawRole::Full {
+                RawRole::Full(RawRoleFull {
                     agents,
                     strategy,
                     workdir,
                     verify,
-                } => {
+                }) => {
                     if workdir.is_some() || verify.is_some() {
                         let verify = match &verify {
                             Some(v) => v
@@ -856,6 +883,15 @@ mod tests {
                 "invalid duration",
             ),
             ("roles:\n  r: []\n", "empty chain"),
+            (
+                "roles:\n  r: {chain: [a]}\n",
+                "line 2 column 7: unknown field `chain`, expected one of agents, strategy",
+            ),
+            ("roles:\n  r: {strategy: best}\n", "missing field `agents`"),
+            (
+                "roles:\n  r: claude\n",
+                "expected a role: a list of agents (`[claude, gemini]`) or a map",
+            ),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "cfg.yaml").unwrap_err().to_string();
