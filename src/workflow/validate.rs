@@ -560,6 +560,22 @@ phases:
             "{}",
             problems[0]
         );
+        // A value of the wrong shape says what shape it should have.
+        let problems = validate(
+            &def(
+                "x",
+                "name: x\nphases:\n  - name: a\n    type: single\n    input: {a: 1}\n",
+            ),
+            &config(),
+        )
+        .unwrap_err();
+        assert!(
+            problems[0]
+                .message
+                .contains("expected an earlier phase's output (`plan` or `plan.output`) or a list"),
+            "expected the shape `input` takes, got {}",
+            problems[0]
+        );
         let problems = validate(&def("x", "name: x\nphases: [\n"), &config()).unwrap_err();
         assert!(problems[0].line >= 2, "{}", problems[0]);
         assert!(
