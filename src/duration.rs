@@ -50,13 +50,34 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => humantime::parse_duration(t).map_err(|e| DurationError::Invalid {
             text: t.to_string(),
-            cause: e.to_string(),
+            cause: cause(t, &e),
         })?,
     };
     within_max(d).map_err(|limit| DurationError::TooLong {
         text: t.to_string(),
         limit,
     })
+}
+
+/// What was wrong, in the user's terms: the parser's own words name byte offsets (`expected
+/// number at 0`).
+fn cause(text: &str, e: &humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    match e {
+        E::InvalidCharacter(at) | E::NumberExpected(at) => {
+            let rest = text.get(*at..).unwrap_or("");
+            match rest.chars().next() {
+                Some(c) if *at == 0 => format!("it must start with a number, not `{c}`"),
+                Some(_) => format!("a number and a unit were expected at `{rest}`"),
+                None => "a number and a unit were expected".to_string(),
+            }
+        }
+        E::UnknownUnit { unit, .. } => {
+            format!("unknown unit `{unit}`: use ms, s, m, h or d")
+        }
+        E::NumberOverflow => "the number is too large".to_string(),
+        E::Empty => "it is empty".to_string(),
+    }
 }
 
 /// `d` if it is at most [`MAX`].
@@ -189,6 +210,20 @@ mod tests {
             "{err}"
         );
         assert!(parse("").is_err());
+        // (text, what the error says was wrong)
+        let cases = [
+            ("forever", "(it must start with a number, not `f`)"),
+            ("-5s", "(it must start with a number, not `-`)"),
+            ("5 s x", "(a number and a unit were expected at `x`)"),
+            ("5parsecs", "(unknown unit `parsecs`: use ms, s, m, h or d)"),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(want) && !err.contains(" at 0"),
+                "{text}: expected {want}, got {err}"
+            );
+        }
     }
 
     #[test]

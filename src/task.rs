@@ -205,14 +205,15 @@ pub fn parse_fields(name: &str, bytes: &[u8]) -> Result<TaskFields, Reject> {
         if !text.trim_start().starts_with('{') {
             return reject("a JSON task file must be one object, like {\"prompt\": \"…\"}");
         }
-        serde_json::from_str::<TaskFields>(text).or_else(|e| {
-            reject(format!(
-                "invalid task JSON at line {} column {}: {}",
-                e.line(),
-                e.column(),
-                strip_serde_position(&e.to_string())
-            ))
-        })
+        let mut de = serde_json::Deserializer::from_str(text);
+        match serde_path_to_error::deserialize::<_, TaskFields>(&mut de) {
+            // Only space may follow the object (as `serde_json::from_str` checks).
+            Ok(fields) => match de.end() {
+                Ok(()) => Ok(fields),
+                Err(e) => reject(invalid_json(None, &e)),
+            },
+            Err(e) => reject(invalid_json(crate::config::key_of(e.path()), e.inner())),
+        }
     } else if name.ends_with(".md") {
         parse_markdown(text)
     } else if name.ends_with(".yaml") || name.ends_with(".yml") {
@@ -224,6 +225,21 @@ pub fn parse_fields(name: &str, bytes: &[u8]) -> Result<TaskFields, Reject> {
             "not a task file: task files end in `.json` (an object like {\"prompt\": \"…\"}) or `.md` (the prompt as Markdown)",
         )
     }
+}
+
+/// Why a JSON task file does not read: where, the field it was at (`files`), and what.
+fn invalid_json(key: Option<String>, e: &serde_json::Error) -> String {
+    let message = strip_serde_position(&e.to_string());
+    let message = match key {
+        // An unknown field's message names it already.
+        Some(key) if !message.starts_with("unknown field") => format!("`{key}`: {message}"),
+        _ => message,
+    };
+    format!(
+        "invalid task JSON at line {} column {}: {message}",
+        e.line(),
+        e.column()
+    )
 }
 
 fn strip_serde_position(msg: &str) -> String {
@@ -259,17 +275,16 @@ fn parse_markdown(text: &str) -> Result<TaskFields, Reject> {
     let mut fields: TaskFields = if front.trim().is_empty() {
         TaskFields::default()
     } else {
-        serde_saphyr::from_str(&front).map_err(|e| {
-            let msg = e.to_string();
-            match e.location() {
+        crate::config::from_yaml(&front).map_err(|e| {
+            let msg = crate::config::yaml_message(&e);
+            match e.error.location() {
                 // Line 1 of the front matter is line 2 of the file.
                 Some(loc) if loc.line() > 0 => Reject(format!(
-                    "invalid front matter at line {} column {}: {}",
+                    "invalid front matter at line {} column {}: {msg}",
                     loc.line() + 1,
                     loc.column(),
-                    first_line(&msg)
                 )),
-                _ => Reject(format!("invalid front matter: {}", first_line(&msg))),
+                _ => Reject(format!("invalid front matter: {msg}")),
             }
         })?
     };
@@ -283,17 +298,6 @@ fn parse_markdown(text: &str) -> Result<TaskFields, Reject> {
         fields.prompt = Some(body.to_string());
     }
     Ok(fields)
-}
-
-/// The first line of a YAML error, without serde-saphyr's own `error: line L column C: `
-/// (the position is given in the file's terms, and `error:` once, by the caller).
-fn first_line(msg: &str) -> &str {
-    let first = msg.lines().next().unwrap_or(msg);
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
-        Some((pos, rest)) if pos.contains(" column ") => rest,
-        _ => first,
-    }
 }
 
 /// Turns a file stem into an id: disallowed characters become `-`.
@@ -673,7 +677,18 @@ mod tests {
                 "unknown field `colour`",
             ),
             ("x.json", r#"{"prompt":"p""#, "line 1 column"),
-            ("x.json", r#"{"prompt":5}"#, "invalid type"),
+            ("x.json", r#"{"prompt":5}"#, "`prompt`: invalid type"),
+            (
+                "x.json",
+                r#"{"prompt":"p","files":"src/a.rs"}"#,
+                "line 1 column 32: `files`: invalid type: string \"src/a.rs\", expected a sequence",
+            ),
+            ("x.json", r#"{"prompt":"p"} x"#, "trailing characters"),
+            (
+                "x.md",
+                "---\nfiles: src/a.rs\n---\nbody\n",
+                "invalid front matter at line 2 column 8: `files`: ",
+            ),
             ("x.json", r#"{"agent":"a"}"#, "no prompt"),
             ("x.json", "", "empty"),
             (

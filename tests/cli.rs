@@ -46,7 +46,7 @@ fn submit_validates_before_writing_anything() {
         ),
         (
             &["submit", "x", "--timeout", "soon"],
-            "error: `--timeout`: invalid duration `soon` (expected number at 0); write it like `500ms`, `10s` or `5m`\n",
+            "error: `--timeout`: invalid duration `soon` (it must start with a number, not `s`); write it like `500ms`, `10s` or `5m`\n",
         ),
         (
             &["submit", "x", "--id", ".hidden"],

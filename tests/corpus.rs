@@ -109,7 +109,7 @@ fn the_hostile_corpus_is_rejected_or_accepted_correctly_and_the_daemon_stays_up(
     extra(
         "nested.json",
         Want::Reject(
-            "invalid task JSON at line 1 column 11: invalid type: sequence, expected a string"
+            "invalid task JSON at line 1 column 11: `prompt`: invalid type: sequence, expected a string"
                 .into(),
         ),
     );

@@ -340,7 +340,7 @@ impl Config {
         let mut raw: RawConfig = if text.trim().is_empty() {
             serde_saphyr::from_str("{}").map_err(|e| invalid(e.to_string()))?
         } else {
-            serde_saphyr::from_str(text).map_err(|e| invalid(yaml_error(&e, text)))?
+            from_yaml(text).map_err(|e| invalid(yaml_error(&e, text)))?
         };
         let concurrency = raw.concurrency.unwrap_or(4);
         if concurrency == 0 {
@@ -747,19 +747,68 @@ pub fn read_text(path: &Path) -> Result<Option<String>, ConfigError> {
     })
 }
 
-/// Formats a serde-saphyr error with its line and column.
-pub fn yaml_error(e: &serde_saphyr::Error, text: &str) -> String {
-    // serde-saphyr says `error: line L column C: what` and then draws the line; the caller puts
-    // its own `error:` and the file name in front, so keep one line without the prefix.
-    let msg = e.to_string();
+/// A YAML document that does not read as the type asked for: the parser's error and the key it
+/// was at (`agents.echo.model`), when there is one.
+#[derive(Debug)]
+pub struct YamlError {
+    pub error: serde_saphyr::Error,
+    pub key: Option<String>,
+}
+
+/// Reads YAML `text` as a `T`; an error says which key it was at (see [`YamlError`]).
+pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Box<YamlError>> {
+    let mut key = None;
+    serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            key = key_of(e.path());
+            e.into_inner()
+        })
+    })
+    .map_err(|error| Box::new(YamlError { error, key }))
+}
+
+/// A path to show: up to the first part that has no name (inside a flattened or hand-read
+/// value), none at the top.
+pub fn key_of(path: &serde_path_to_error::Path) -> Option<String> {
+    let text = path.to_string();
+    let known = text.split('?').next().unwrap_or("").trim_end_matches('.');
+    (!known.is_empty() && known != ".").then(|| known.to_string())
+}
+
+/// The first line of a serde-saphyr error, without its `error:` prefix and its position (which
+/// the callers give their own way), and the key it was at in front.
+pub fn yaml_message(e: &YamlError) -> String {
+    let msg = e.error.to_string();
     let first = msg.lines().next().unwrap_or(&msg);
-    let first = first.strip_prefix("error: ").unwrap_or(first).to_string();
-    let mut out = match e.location() {
-        Some(loc) if loc.line() > 0 && !first.contains("line") => {
-            format!("line {} column {}: {first}", loc.line(), loc.column())
-        }
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let first = match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((pos, rest)) if pos.contains(" column ") => rest,
         _ => first,
     };
+    match e.key.as_deref() {
+        // An unknown field's message names the field (the path ends with it): say where it
+        // was found.
+        Some(key) if first.starts_with("unknown field") => match key.rsplit_once('.') {
+            Some((parent, _)) => format!("in `{parent}`: {first}"),
+            None => first.to_string(),
+        },
+        Some(key) => format!("`{key}`: {first}"),
+        None => first.to_string(),
+    }
+}
+
+/// Formats a YAML error with its line and column and the key it was at.
+pub fn yaml_error(e: &YamlError, text: &str) -> String {
+    // serde-saphyr says `error: line L column C: what` and then draws the line; the caller puts
+    // its own `error:` and the file name in front, so keep one line without the prefix.
+    let message = yaml_message(e);
+    let mut out = match e.error.location() {
+        Some(loc) if loc.line() > 0 => {
+            format!("line {} column {}: {message}", loc.line(), loc.column())
+        }
+        _ => message,
+    };
+    let e = &e.error;
     let line = e
         .location()
         .and_then(|l| text.lines().nth(l.line().saturating_sub(1) as usize))
@@ -885,13 +934,20 @@ mod tests {
             ("roles:\n  r: []\n", "empty chain"),
             (
                 "roles:\n  r: {chain: [a]}\n",
-                "line 2 column 7: unknown field `chain`, expected one of agents, strategy",
+                "line 2 column 7: in `roles.r`: unknown field `chain`, expected one of agents, strategy",
             ),
             ("roles:\n  r: {strategy: best}\n", "missing field `agents`"),
             (
                 "roles:\n  r: claude\n",
                 "expected a role: a list of agents (`[claude, gemini]`) or a map",
             ),
+            // A value of the wrong type names its key.
+            ("concurrency: [4]\n", "line 1 column 14: `concurrency`: "),
+            (
+                "agents:\n  x: {command: [a], model: [m, n]}\n",
+                "`agents.x.model`: ",
+            ),
+            ("on_escalate: notify\n", "`on_escalate`: "),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "cfg.yaml").unwrap_err().to_string();

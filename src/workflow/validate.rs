@@ -10,19 +10,13 @@ use super::*;
 /// Parses and checks a definition against the config. Returns the workflow, or every problem.
 pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Problem>> {
     let file = def.label();
-    let wf: Written = serde_saphyr::from_str(&def.text).map_err(|e| {
+    let wf: Written = crate::config::from_yaml(&def.text).map_err(|e| {
         let (line, column) = e
+            .error
             .location()
             .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
-        let msg = e.to_string();
-        let first = msg.lines().next().unwrap_or(&msg);
-        // serde-saphyr says `error: line L column C: …`; the position is in the Problem already.
-        let first = first.strip_prefix("error: ").unwrap_or(first);
-        let first = match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
-            Some((pos, rest)) if pos.contains(" column ") => rest,
-            _ => first,
-        };
-        let mut message = first.to_string();
+        // The position is in the Problem already; the message names the key it was at.
+        let mut message = crate::config::yaml_message(&e);
         let source_line = def.text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("");
         if flow_map_with_placeholder(source_line) {
             message.push_str(
