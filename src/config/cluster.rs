@@ -300,6 +300,18 @@ mod tests {
                 "url: nats://x:1\nname: a\nnkey: /k\nnodes: {a: SUAKEY}",
                 Err("`cluster.nodes.a`: `SUAKEY` is not a user's public nkey"),
             ),
+            (
+                "url: nats://x:1\nname: a\nnkey: /k\nnodes: {a: {key: UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4, wroks: all}}",
+                Err("unknown field `wroks`, expected one of key, works"),
+            ),
+            (
+                "url: nats://x:1\nname: a\nnkey: /k\nnodes: {a: 5}",
+                Err("expected a node's public key (`UABC…`) or `{key: UABC…, works: all}`"),
+            ),
+            (
+                "url: nats://x:1\nname: a\nnkey: /k\nnodes: {a: {key: UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4, works: {x: 1}}}",
+                Err("expected `all` or a list of the agents the node runs"),
+            ),
         ];
         for (yaml, want) in cases {
             let got = parse(yaml);

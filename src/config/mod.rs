@@ -785,6 +785,18 @@ pub fn yaml_message(e: &YamlError) -> String {
         Some((pos, rest)) if pos.contains(" column ") => rest,
         _ => first,
     };
+    // The parser's advice is for programs that call it (`set DuplicateKeyPolicy in Options`).
+    let twice;
+    let first = match first
+        .strip_prefix("duplicate mapping key: ")
+        .and_then(|rest| rest.split_once(", set DuplicateKeyPolicy"))
+    {
+        Some((name, _)) => {
+            twice = format!("`{name}` is a duplicate key here: write each key once");
+            twice.as_str()
+        }
+        None => first,
+    };
     match e.key.as_deref() {
         // An unknown field's message names the field (the path ends with it): say where it
         // was found.
@@ -815,7 +827,7 @@ pub fn yaml_error(e: &YamlError, text: &str) -> String {
         .unwrap_or("");
     // The most common mistake: a command written as one string, as in a shell.
     if let Some((_, value)) = line.split_once("command:")
-        && let value = value.trim().trim_end_matches(['}', ',', ' '])
+        && let value = value.trim().trim_end_matches(['}', ']', ',', ' '])
         && (value.starts_with('"')
             || value.starts_with('\'')
             || value.chars().next().is_some_and(char::is_alphanumeric)
@@ -948,6 +960,14 @@ mod tests {
                 "`agents.x.model`: ",
             ),
             ("on_escalate: notify\n", "`on_escalate`: "),
+            (
+                "agents:\n  x: {command: [a]}\n  x: {command: [b]}\n",
+                "`x` is a duplicate key here: write each key once",
+            ),
+            (
+                "notify: [{command: \"page-me.sh\"}]\n",
+                "write `command: [\"page-me.sh\"]`",
+            ),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, "cfg.yaml").unwrap_err().to_string();

@@ -50,22 +50,78 @@ pub type Roster = BTreeMap<String, Member>;
 
 /// A roster entry as written: `name: UKEY` (a node that only submits), or
 /// `name: {key: UKEY, works: all | [agent, …]}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum RawMember {
     Key(String),
     Full {
         key: String,
-        #[serde(default)]
         works: Option<RawWorks>,
     },
 }
 
+/// A roster entry written as a map.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(deny_unknown_fields)]
+struct RawMemberFull {
+    key: String,
+    #[serde(default)]
+    works: Option<RawWorks>,
+}
+
+#[derive(Debug)]
 pub enum RawWorks {
     Word(String),
     Agents(Vec<String>),
+}
+
+// Both by hand rather than `untagged`: each form gets its own error (`unknown field `wroks``,
+// `missing field `key``) instead of "data did not match any variant", and a map's unknown key
+// is refused instead of dropped.
+impl<'de> Deserialize<'de> for RawMember {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawMember;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a node's public key (`UABC…`) or `{key: UABC…, works: all}`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawMember, E> {
+                Ok(RawMember::Key(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawMember, A::Error> {
+                let full =
+                    RawMemberFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawMember::Full {
+                    key: full.key,
+                    works: full.works,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawWorks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawWorks;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`all` or a list of the agents the node runs")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawWorks, E> {
+                Ok(RawWorks::Word(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawWorks, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawWorks::Agents)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// This node's key and the fleet's roster.
