@@ -407,6 +407,11 @@ impl Config {
             Ok(())
         };
         if let Some(chain) = &raw.default_chain {
+            if chain.is_empty() {
+                return Err(invalid(
+                    "`default_chain` is empty: list the agents to try in order, or leave it out to use every installed agent".into(),
+                ));
+            }
             check_chain("`default_chain`", chain)?;
         }
         let mut roles = BTreeMap::new();
@@ -453,7 +458,7 @@ impl Config {
             check_chain(&format!("role `{role}`"), chain)?;
         }
         if let Some(cmd) = &raw.on_escalate
-            && cmd.is_empty()
+            && cmd.first().is_none_or(|program| program.trim().is_empty())
         {
             return Err(invalid("`on_escalate` must name a command".into()));
         }
@@ -482,6 +487,20 @@ impl Config {
             }
         };
         let notify = notify::build(std::mem::take(&mut raw.notify)).map_err(invalid)?;
+        // A filter on an agent that does not exist would silence the destination for good.
+        for d in &notify {
+            if let Some(agent) = d
+                .agents
+                .iter()
+                .find(|a| !agents.contains_key(split_entry(a).0))
+            {
+                return Err(invalid(format!(
+                    "`notify` destination `{}` names agent `{agent}`, which is not configured (agents: {})",
+                    d.name,
+                    list(agents.keys())
+                )));
+            }
+        }
         let cluster = match raw.cluster.take() {
             Some(c) => Some(cluster::build(c).map_err(invalid)?),
             None => None,
@@ -964,6 +983,15 @@ mod tests {
                 "agents:\n  x: {command: [a]}\n  x: {command: [b]}\n",
                 "`x` is a duplicate key here: write each key once",
             ),
+            (
+                "default_chain: []\n",
+                "`default_chain` is empty: list the agents",
+            ),
+            (
+                "agents:\n  x: {command: [a, \"{prompt}\"], prompt: arg}\nnotify: [{command: [page], agents: [nope]}]\n",
+                "`notify` destination `command-1` names agent `nope`, which is not configured (agents: x)",
+            ),
+            ("on_escalate: [\"\"]\n", "`on_escalate` must name a command"),
             (
                 "notify: [{command: \"page-me.sh\"}]\n",
                 "write `command: [\"page-me.sh\"]`",
