@@ -352,6 +352,9 @@ pub fn accept(
         return reject("give only one of `agent`, `chain` and `role`");
     }
     let known = |entry: &str| -> Result<(), Reject> {
+        if entry.trim().is_empty() {
+            return reject("an agent's name is empty (two commas in a row, or a trailing one?)");
+        }
         let (name, model) = crate::config::split_entry(entry);
         if model == Some("") {
             return reject(format!("`{entry}` names no model after `:`"));
@@ -727,6 +730,11 @@ mod tests {
                 "invalid duration",
             ),
             ("x.json", r#"{"prompt":"p","chain":[]}"#, "`chain` is empty"),
+            (
+                "x.json",
+                r#"{"prompt":"p","chain":["a",""]}"#,
+                "an agent's name is empty (two commas in a row, or a trailing one?)",
+            ),
             ("x.md", "---\nagent: a\n", "no closing `---`"),
             (
                 "x.md",
