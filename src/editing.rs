@@ -57,11 +57,10 @@ pub enum VerifyWritten {
     Many(Vec<Vec<String>>),
 }
 
-// By hand rather than `untagged`, so that a mistake is named ("mixes words and commands", "an
-// integer, expected a word") instead of "data did not match any variant".
+// Read by shape (`by_shape`), not `untagged`, so that a mistake is named ("mixes words and
+// commands", "an integer, expected a word") instead of "data did not match any variant".
 impl<'de> Deserialize<'de> for VerifyWritten {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::value::SeqAccessDeserializer;
         /// One item of the list: a word of the one command, or a whole command.
         enum Item {
             Word(String),
@@ -69,56 +68,38 @@ impl<'de> Deserialize<'de> for VerifyWritten {
         }
         impl<'de> Deserialize<'de> for Item {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct Visitor;
-                impl<'de> serde::de::Visitor<'de> for Visitor {
-                    type Value = Item;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("a word of a command (`cargo`) or a command (`[cargo, test]`)")
-                    }
-                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Item, E> {
-                        Ok(Item::Word(v.to_string()))
-                    }
-                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                        self,
-                        seq: A,
-                    ) -> Result<Item, A::Error> {
-                        Vec::deserialize(SeqAccessDeserializer::new(seq)).map(Item::Command)
-                    }
-                }
-                d.deserialize_any(Visitor)
-            }
-        }
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = VerifyWritten;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str(
-                    "a command (`[cargo, test]`) or a list of commands (`[[cargo, test], [make, lint]]`)",
+                crate::by_shape::word_or_list(
+                    d,
+                    "a word of a command (`cargo`) or a command (`[cargo, test]`)",
+                    Item::Word,
+                    Item::Command,
                 )
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                seq: A,
-            ) -> Result<VerifyWritten, A::Error> {
-                let items: Vec<Item> = Vec::deserialize(SeqAccessDeserializer::new(seq))?;
-                let (mut words, mut commands) = (vec![], vec![]);
-                for item in items {
-                    match item {
-                        Item::Word(w) => words.push(w),
-                        Item::Command(c) => commands.push(c),
-                    }
-                }
-                match (words.is_empty(), commands.is_empty()) {
-                    (_, true) => Ok(VerifyWritten::One(words)),
-                    (true, false) => Ok(VerifyWritten::Many(commands)),
-                    (false, false) => Err(serde::de::Error::custom(
-                        "`verify` mixes words and commands: write one command as a list of words \
-                         (`[cargo, test]`) or every command as a list (`[[cargo, test], [make, lint]]`)",
-                    )),
-                }
+        }
+        let items: Vec<Item> = crate::by_shape::read(
+            d,
+            crate::by_shape::Shapes {
+                expecting: "a command (`[cargo, test]`) or a list of commands (`[[cargo, test], [make, lint]]`)",
+                word: None,
+                list: Some(|items| items),
+                map: None::<fn(()) -> Vec<Item>>,
+            },
+        )?;
+        let (mut words, mut commands) = (vec![], vec![]);
+        for item in items {
+            match item {
+                Item::Word(w) => words.push(w),
+                Item::Command(c) => commands.push(c),
             }
         }
-        d.deserialize_any(Visitor)
+        match (words.is_empty(), commands.is_empty()) {
+            (_, true) => Ok(VerifyWritten::One(words)),
+            (true, false) => Ok(VerifyWritten::Many(commands)),
+            (false, false) => Err(serde::de::Error::custom(
+                "`verify` mixes words and commands: write one command as a list of words \
+                 (`[cargo, test]`) or every command as a list (`[[cargo, test], [make, lint]]`)",
+            )),
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod accept;
 pub mod advice;
 pub mod api;
+pub mod by_shape;
 pub mod catalog;
 pub mod claim;
 pub mod class;

@@ -162,26 +162,19 @@ struct RawRoleFull {
     verify: Option<crate::editing::VerifyWritten>,
 }
 
-// By hand rather than `untagged`: a list is a chain and a map is the full form, so a mistake in
-// either gets that form's own error (`missing field `agents``, `unknown field `chain``), not
-// "data did not match any variant".
+// Read by shape (`by_shape`), not `untagged`: a mistake in either form gets that form's own
+// error (`missing field `agents``, `unknown field `chain``).
 impl<'de> Deserialize<'de> for RawRole {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = RawRole;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a role: a list of agents (`[claude, gemini]`) or a map (`{agents: [claude, gemini], strategy: best}`)")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawRole, A::Error> {
-                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(RawRole::Chain)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawRole, A::Error> {
-                RawRoleFull::deserialize(MapAccessDeserializer::new(map)).map(RawRole::Full)
-            }
-        }
-        d.deserialize_any(Visitor)
+        crate::by_shape::read(
+            d,
+            crate::by_shape::Shapes {
+                expecting: "a role: a list of agents (`[claude, gemini]`) or a map (`{agents: [claude, gemini], strategy: best}`)",
+                word: None,
+                list: Some(RawRole::Chain),
+                map: Some(RawRole::Full),
+            },
+        )
     }
 }
 

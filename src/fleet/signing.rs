@@ -53,16 +53,13 @@ pub type Roster = BTreeMap<String, Member>;
 #[derive(Debug)]
 pub enum RawMember {
     Key(String),
-    Full {
-        key: String,
-        works: Option<RawWorks>,
-    },
+    Full(RawMemberFull),
 }
 
 /// A roster entry written as a map.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawMemberFull {
+pub struct RawMemberFull {
     key: String,
     #[serde(default)]
     works: Option<RawWorks>,
@@ -74,53 +71,30 @@ pub enum RawWorks {
     Agents(Vec<String>),
 }
 
-// Both by hand rather than `untagged`: each form gets its own error (`unknown field `wroks``,
-// `missing field `key``) instead of "data did not match any variant", and a map's unknown key
-// is refused instead of dropped.
+// Both read by shape (`by_shape`), not `untagged`: each form gets its own error (`unknown field
+// `wroks``, `missing field `key``), and a map's unknown key is refused instead of dropped.
 impl<'de> Deserialize<'de> for RawMember {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = RawMember;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a node's public key (`UABC…`) or `{key: UABC…, works: all}`")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawMember, E> {
-                Ok(RawMember::Key(v.to_string()))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                map: A,
-            ) -> Result<RawMember, A::Error> {
-                let full =
-                    RawMemberFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawMember::Full {
-                    key: full.key,
-                    works: full.works,
-                })
-            }
-        }
-        d.deserialize_any(Visitor)
+        crate::by_shape::read(
+            d,
+            crate::by_shape::Shapes {
+                expecting: "a node's public key (`UABC…`) or `{key: UABC…, works: all}`",
+                word: Some(RawMember::Key),
+                list: None::<fn(()) -> RawMember>,
+                map: Some(RawMember::Full),
+            },
+        )
     }
 }
 
 impl<'de> Deserialize<'de> for RawWorks {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = RawWorks;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("`all` or a list of the agents the node runs")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawWorks, E> {
-                Ok(RawWorks::Word(v.to_string()))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawWorks, A::Error> {
-                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
-                    .map(RawWorks::Agents)
-            }
-        }
-        d.deserialize_any(Visitor)
+        crate::by_shape::word_or_list(
+            d,
+            "`all` or a list of the agents the node runs",
+            RawWorks::Word,
+            RawWorks::Agents,
+        )
     }
 }
 
@@ -320,7 +294,7 @@ pub fn parse_roster(raw: BTreeMap<String, RawMember>) -> Result<Roster, String> 
         }
         let (key, works) = match member {
             RawMember::Key(key) => (key, Works::No),
-            RawMember::Full { key, works } => {
+            RawMember::Full(RawMemberFull { key, works }) => {
                 let works = match works {
                     None => Works::No,
                     Some(RawWorks::Word(w)) if w == "all" => Works::All,
@@ -457,9 +431,11 @@ mod tests {
         assert!(err.contains("holds the seed of"), "{err}");
         let err = Signing::new("gpu", &b.seed().unwrap(), &roster).unwrap_err();
         assert!(err.contains("does not list this node, `gpu`"), "{err}");
-        let full = |works: Option<RawWorks>| RawMember::Full {
-            key: a.public_key(),
-            works,
+        let full = |works: Option<RawWorks>| {
+            RawMember::Full(RawMemberFull {
+                key: a.public_key(),
+                works,
+            })
         };
         let cases: Vec<(&str, RawMember, Result<Works, &str>)> = vec![
             ("desk", RawMember::Key(a.public_key()), Ok(Works::No)),

@@ -145,28 +145,16 @@ pub enum OneOrMany {
     Many(Vec<String>),
 }
 
-// By hand rather than `untagged`: a mistake gets "expected a name of an earlier phase's output
-// (`plan`) or a list of them", not "data did not match any variant".
+// Read by shape (`by_shape`), not `untagged`: a mistake gets "expected an earlier phase's
+// output (`plan`) or a list of them", not "data did not match any variant".
 impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = OneOrMany;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an earlier phase's output (`plan` or `plan.output`) or a list of them")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
-                Ok(OneOrMany::One(v.to_string()))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                seq: A,
-            ) -> Result<OneOrMany, A::Error> {
-                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
-                    .map(OneOrMany::Many)
-            }
-        }
-        d.deserialize_any(Visitor)
+        crate::by_shape::word_or_list(
+            d,
+            "an earlier phase's output (`plan` or `plan.output`) or a list of them",
+            OneOrMany::One,
+            OneOrMany::Many,
+        )
     }
 }
 
