@@ -314,7 +314,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub title: Option<String>,
     /// Higher runs first (default 0).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_priority)]
     pub priority: Option<i64>,
     /// Wall-clock limit per attempt, e.g. `10m` (default: the agent's).
     #[arg(long, value_name = "DURATION")]
@@ -354,7 +354,14 @@ pub struct SubmitArgs {
     pub json: bool,
 }
 
-/// Parses `name=value`.
+/// A priority: a whole number (clap's own words were the parser's, `invalid digit found in
+/// string`).
+fn parse_priority(s: &str) -> Result<i64, String> {
+    s.trim().parse().map_err(|_| {
+        "expected a whole number, higher runs first (e.g. `10` or `-5`; default 0)".to_string()
+    })
+}
+
 fn parse_workdir(s: &str) -> Result<dirigent::workdir::Workdir, String> {
     match s {
         "worktree" => Ok(dirigent::workdir::Workdir::Worktree),
@@ -372,6 +379,7 @@ fn parse_merge(s: &str) -> Result<dirigent::editing::MergeMode, String> {
     }
 }
 
+/// Parses `name=value`.
 fn parse_var(s: &str) -> Result<(String, String), NotAVar> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),

@@ -59,9 +59,34 @@ fn submit_validates_before_writing_anything() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert_eq!(stderr(&out), *want, "{args:?}");
     }
+    // A priority that is not a number is refused in the user's terms, not the parser's.
+    let out = ws.cli(&["submit", "x", "--priority", "high"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "`--priority high` is a usage error"
+    );
+    assert_eq!(
+        stderr(&out).lines().next(),
+        Some(
+            "error: invalid value 'high' for '--priority <PRIORITY>': expected a whole number, higher runs first (e.g. `10` or `-5`; default 0)"
+        ),
+    );
     assert!(
         common::list(&ws, "inbox").is_empty(),
         "nothing may be written on a validation error"
+    );
+    // A file to include that is not there is not refused (an earlier task may write it), but
+    // the user hears of it now rather than when the task starts.
+    let out = ws.cli(&["submit", "x", "--id", "reads", "--file", "src/nope.rs"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "warning: `--file src/nope.rs`: there is no such file in `{}` now; the task escalates if it is still missing when it starts\n",
+            ws.root().display()
+        )),
+        "expected a warning about the missing file, got {:?}",
+        stderr(&out)
     );
     // A duplicate id is refused up front too.
     assert!(ws.cli(&["submit", "x", "--id", "one"]).status.success());

@@ -77,6 +77,21 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
             dirigent::submit::SubmitError::Exists(why) => taken(&why),
             other => anyhow::anyhow!("{other}"),
         })?;
+    // Not refused: an earlier task (`--after`) may write it. But a typo should not wait
+    // silently until the task starts.
+    let given = (fields
+        .context
+        .iter()
+        .map(|c| ("--context", ws.context(), c)))
+    .chain(fields.files.iter().map(|f| ("--file", ws.root(), f)));
+    for (flag, base, rel) in given {
+        if std::fs::symlink_metadata(base.join(rel)).is_err() {
+            eprintln!(
+                "warning: `{flag} {rel}`: there is no such file in `{}` now; the task escalates if it is still missing when it starts",
+                base.display()
+            );
+        }
+    }
     if !ws.context().is_dir() {
         eprintln!(
             "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit; add `.context/` to .gitignore)",

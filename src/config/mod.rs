@@ -360,6 +360,15 @@ impl Config {
                 )));
             }
         }
+        for (model, price) in &raw.prices {
+            for (side, value) in [("input", price.input), ("output", price.output)] {
+                if !value.is_finite() || value < 0.0 {
+                    return Err(invalid(format!(
+                        "`prices.{model}.{side}` is {value}: a price is dollars per million tokens, 0 or more"
+                    )));
+                }
+            }
+        }
         let mut agents = BTreeMap::new();
         for (name, raw_agent) in raw.agents {
             validate_name(&name).map_err(|m| invalid(format!("agent `{name}`: {m}")))?;
@@ -809,6 +818,8 @@ pub fn yaml_message(e: &YamlError) -> String {
         }
         None => first,
     };
+    let first = plain_words(first);
+    let first = first.as_str();
     match e.key.as_deref() {
         // An unknown field's message names the field (the path ends with it): say where it
         // was found.
@@ -819,6 +830,26 @@ pub fn yaml_message(e: &YamlError) -> String {
         Some(key) => format!("`{key}`: {first}"),
         None => first.to_string(),
     }
+}
+
+/// The YAML parser's words for a value of the wrong shape (`expected sequence start`,
+/// `invalid u64`), said in the words a config's reader uses; any other message as it is.
+fn plain_words(message: &str) -> String {
+    let said = match message {
+        "expected sequence start" => "expected a list: `[a, b]`, or one `- item` a line",
+        "expected mapping start" => "expected a map: `key: value` lines, or `{key: value}`",
+        "expected string scalar" | "expected scalar" => {
+            "expected one value (a word or a number), not a list or a map"
+        }
+        "invalid u8" | "invalid u16" | "invalid u32" | "invalid u64" | "invalid u128"
+        | "invalid usize" => "expected a whole number, 0 or more",
+        "invalid i8" | "invalid i16" | "invalid i32" | "invalid i64" | "invalid i128"
+        | "invalid isize" => "expected a whole number",
+        "invalid f32" | "invalid f64" => "expected a number",
+        m if m.starts_with("invalid boolean") => "expected `true` or `false`",
+        other => other,
+    };
+    said.to_string()
 }
 
 /// Formats a YAML error with its line and column and the key it was at.
@@ -956,6 +987,31 @@ mod tests {
                 "invalid duration",
             ),
             ("roles:\n  r: []\n", "empty chain"),
+            // Values of the wrong shape, in the reader's words rather than the parser's.
+            (
+                "concurrency: [1]\n",
+                "line 1 column 14: `concurrency`: expected one value (a word or a number), not a list or a map",
+            ),
+            (
+                "concurrency: two\n",
+                "line 1 column 14: `concurrency`: expected a whole number, 0 or more",
+            ),
+            (
+                "default_chain: claude\n",
+                "line 1 column 16: `default_chain`: expected a list: `[a, b]`, or one `- item` a line",
+            ),
+            (
+                "budgets: 5\n",
+                "line 1 column 10: `budgets`: expected a map: `key: value` lines, or `{key: value}`",
+            ),
+            (
+                "prices:\n  opus: {input: -15, output: 75}\n",
+                "`prices.opus.input` is -15: a price is dollars per million tokens, 0 or more",
+            ),
+            (
+                "prices:\n  opus: {input: 15, output: .nan}\n",
+                "`prices.opus.output` is NaN",
+            ),
             (
                 "roles:\n  r: {chain: [a]}\n",
                 "line 2 column 7: in `roles.r`: unknown field `chain`, expected one of agents, strategy",

@@ -17,6 +17,15 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
             .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
         // The position is in the Problem already; the message names the key it was at.
         let mut message = crate::config::yaml_message(&e);
+        // serde names only the key, also when the other was written under its second name.
+        if let Some((key, other)) = super::written::SECOND_NAMES
+            .iter()
+            .find(|(key, _)| message.ends_with(&format!("duplicate field `{key}`")))
+        {
+            message = format!(
+                "`{key}` is given twice (`{other}` is another name for it): write it once"
+            );
+        }
         let source_line = def.text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("");
         if flow_map_with_placeholder(source_line) {
             message.push_str(
@@ -162,6 +171,21 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                     );
                 }
             }
+        }
+        for (key, types) in phase.misplaced_keys() {
+            let second = super::written::SECOND_NAMES
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(String::new(), |(_, other)| format!(" (or `{other}`)"));
+            let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
+            at(
+                here,
+                format!(
+                    "phase `{pname}`: `{key}`{second} belongs to {} phases, and `{pname}` is {} phase; remove it or change its `type`",
+                    listed(&names),
+                    with_article(kind.name())
+                ),
+            );
         }
         let typed = match kind {
             PhaseType::Single => {
@@ -363,12 +387,8 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
             at(
                 &phase.name.referenced,
                 format!(
-                    "phase `{pname}`: `workdir: worktree` applies to single, parallel, routed and map phases (an {} phase's steps produce text)",
-                    if phase.kind.value == PhaseType::Ensemble {
-                        "ensemble"
-                    } else {
-                        "loop"
-                    }
+                    "phase `{pname}`: `workdir: worktree` applies to single, parallel, routed and map phases ({} phase's steps produce text)",
+                    with_article(phase.kind.value.name())
                 ),
             );
         }
@@ -422,6 +442,21 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
     } else {
         problems.sort_by_key(|p| (p.line, p.column));
         Err(problems)
+    }
+}
+
+/// `an ensemble`, `a loop`.
+fn with_article(name: &str) -> String {
+    let an = name.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {name}", if an { "an" } else { "a" })
+}
+
+/// `a`, `a and b`, `a, b and c`: names in a sentence.
+fn listed(names: &[&str]) -> String {
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
     }
 }
 
@@ -577,6 +612,65 @@ phases:
             "{}",
             problems[0]
         );
+    }
+
+    #[test]
+    fn keys_of_other_phase_types_are_problems_not_ignored() {
+        // (the phase's keys after `name: p`, the one problem expected; "" = none)
+        let cases = [
+            (
+                "type: single\n    agent: claude\n    judge: gemini",
+                "x.yaml:3:11: phase `p`: `judge` belongs to ensemble phases, and `p` is a single phase; remove it or change its `type`",
+            ),
+            (
+                "type: single\n    agent: claude\n    models: [claude, gemini]",
+                "x.yaml:3:11: phase `p`: `agents` (or `models`) belongs to ensemble phases, and `p` is a single phase; remove it or change its `type`",
+            ),
+            (
+                "type: ensemble\n    agents: [claude, gemini]\n    judge: claude\n    refine: {agent: claude, prompt: x}",
+                "x.yaml:3:11: phase `p`: `synthesize` (or `refine`) belongs to map, routed and parallel phases, and `p` is an ensemble phase; remove it or change its `type`",
+            ),
+            (
+                "type: map\n    agent: claude\n    glob: '*.rs'\n    max_rounds: 3",
+                "x.yaml:3:11: phase `p`: `max_rounds` belongs to loop phases, and `p` is a map phase; remove it or change its `type`",
+            ),
+            (
+                "type: parallel\n    tasks: [{prompt: a, agent: claude}]\n    glob: '*.rs'",
+                "x.yaml:3:11: phase `p`: `glob` belongs to map phases, and `p` is a parallel phase; remove it or change its `type`",
+            ),
+            (
+                "type: parallel\n    tasks: [{prompt: a, agent: claude}]\n    synthesize: {agent: claude, prompt: x}",
+                "",
+            ),
+            (
+                "type: map\n    agent: claude\n    glob: '*.rs'\n    refine: {agent: claude, prompt: x}",
+                "",
+            ),
+            // Both names of one key: one key written twice.
+            (
+                "type: map\n    agent: claude\n    glob: '*.rs'\n    refine: {agent: claude, prompt: x}\n    synthesize: {agent: claude, prompt: y}",
+                "`synthesize` is given twice (`refine` is another name for it): write it once",
+            ),
+            (
+                "type: single\n    agent: claude\n    context: fresh\n    context_strategy: full",
+                "`context` is given twice (`context_strategy` is another name for it): write it once",
+            ),
+        ];
+        for (keys, want) in cases {
+            let text = format!("name: x\nphases:\n  - name: p\n    {keys}\n");
+            let got = match validate(&def("x", &text), &config()) {
+                Ok(_) => vec![],
+                Err(problems) => problems.iter().map(|p| p.to_string()).collect(),
+            };
+            if want.is_empty() {
+                assert!(got.is_empty(), "{keys:?}: expected no problem, got {got:?}");
+            } else {
+                assert!(
+                    got.len() == 1 && got[0].ends_with(want),
+                    "{keys:?}: expected one problem ending {want:?}, got {got:?}"
+                );
+            }
+        }
     }
 
     #[test]

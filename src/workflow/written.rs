@@ -12,6 +12,14 @@ use super::{
     SubTask, placeholders, runner_of, targets, type_placeholders,
 };
 
+/// A phase's keys that have a second name, each `(key, other name)`: writing both is one key
+/// written twice.
+pub const SECOND_NAMES: [(&str, &str); 3] = [
+    ("agents", "models"),
+    ("context", "context_strategy"),
+    ("synthesize", "refine"),
+];
+
 /// A workflow as written, before [`super::validate`] checks it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +231,40 @@ impl WrittenPhase {
             .into_iter()
             .flat_map(placeholders)
             .filter(|v| !ALWAYS.contains(v) && !type_placeholders(self.kind.value).contains(v))
+            .collect()
+    }
+
+    /// The keys this phase has that belong to other phase types only, each with the types it
+    /// belongs to: a `judge` on a `single` phase would otherwise be read and never used.
+    pub fn misplaced_keys(&self) -> Vec<(&'static str, &'static [PhaseType])> {
+        use PhaseType::{Ensemble, Loop, Map, Parallel, Routed};
+        let only: [(&'static str, bool, &'static [PhaseType]); 13] = [
+            ("agents", !self.agents.is_empty(), &[Ensemble]),
+            // A `distilled` phase of any type may name its distiller `judge`.
+            (
+                "judge",
+                self.judge.is_some() && self.context != Some(ContextStrategy::Distilled),
+                &[Ensemble],
+            ),
+            ("judge_mode", self.judge_mode.is_some(), &[Ensemble]),
+            ("mode", self.mode.is_some(), &[Ensemble]),
+            ("min_proposals", self.min_proposals.is_some(), &[Ensemble]),
+            ("routing", !self.routing.is_empty(), &[Routed]),
+            ("tasks_from", self.tasks_from.is_some(), &[Routed]),
+            ("tasks", !self.tasks.is_empty(), &[Routed, Parallel]),
+            (
+                "synthesize",
+                self.synthesize.is_some(),
+                &[Map, Routed, Parallel],
+            ),
+            ("generator", self.generator.is_some(), &[Loop]),
+            ("evaluator", self.evaluator.is_some(), &[Loop]),
+            ("max_rounds", self.max_rounds.is_some(), &[Loop]),
+            ("glob", self.glob.is_some(), &[Map]),
+        ];
+        only.into_iter()
+            .filter(|(_, given, types)| *given && !types.contains(&self.kind.value))
+            .map(|(key, _, types)| (key, types))
             .collect()
     }
 
