@@ -498,6 +498,12 @@ fn accept_workflow(
             "a `workflow` task names its agents in the workflow; remove `agent`, `chain` and `role`",
         );
     }
+    // The run itself reads nothing: taken and then ignored, they would mislead.
+    if !fields.files.is_empty() || !fields.context.is_empty() {
+        return reject(
+            "a `workflow` task reads no `files` or `context` itself: its phases name what they read (`files` with `context: scoped`); remove them",
+        );
+    }
     // Its editing tasks merge into its `merge_into` (a run branch, say).
     if let Some(branch) = &fields.merge_into {
         crate::git::check_target_name(branch)

@@ -53,6 +53,10 @@ fn submit_validates_before_writing_anything() {
             "error: invalid `--id` `.hidden`: names use letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters\n",
         ),
         (&["submit", "  "], "error: the prompt is empty\n"),
+        (
+            &["submit", "--workflow", "tdd", "--file", "src/a.rs"],
+            "error: a `workflow` task reads no `files` or `context` itself: its phases name what they read (`files` with `context: scoped`); remove them\n",
+        ),
     ];
     for (args, want) in cases {
         let out = ws.cli(args);
@@ -82,12 +86,50 @@ fn submit_validates_before_writing_anything() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!(
-            "warning: `--file src/nope.rs`: there is no such file in `{}` now; the task escalates if it is still missing when it starts\n",
+            "warning: `--file src/nope.rs`: there is no such file in `{}` now; the task escalates if it is still so when it starts\n",
             ws.root().display()
         )),
         "expected a warning about the missing file, got {:?}",
         stderr(&out)
     );
+    // A directory and a link are read no more than a missing file (no link is followed).
+    std::fs::create_dir_all(ws.root().join("src")).unwrap();
+    std::fs::write(ws.root().join("src/real.rs"), "fn main() {}").unwrap();
+    std::os::unix::fs::symlink("real.rs", ws.root().join("src/link.rs")).unwrap();
+    for (file, want) in [
+        ("src/real.rs", None),
+        (
+            "src",
+            Some(format!(
+                "`{}` is not a regular file",
+                ws.root().join("src").display()
+            )),
+        ),
+        (
+            "src/link.rs",
+            Some(format!(
+                "`{}` is a symbolic link, and links are never followed",
+                ws.root().join("src/link.rs").display()
+            )),
+        ),
+    ] {
+        let out = ws.cli(&["submit", "x", "--file", file]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let warned = stderr(&out)
+            .lines()
+            .find(|l| l.starts_with("warning:"))
+            .map(str::to_string);
+        match want {
+            None => assert_eq!(warned, None, "`--file {file}` exists: expected no warning"),
+            Some(w) => assert_eq!(
+                warned,
+                Some(format!(
+                    "warning: `--file {file}`: {w}; the task escalates if it is still so when it starts"
+                )),
+                "`--file {file}`"
+            ),
+        }
+    }
     // A duplicate id is refused up front too.
     assert!(ws.cli(&["submit", "x", "--id", "one"]).status.success());
     let out = ws.cli(&["submit", "y", "--id", "one"]);

@@ -268,7 +268,7 @@ fn a_command_written_as_a_string_gets_the_argv_form_to_paste() {
     assert_eq!(
         stderr(&out),
         format!(
-            "error: `{}`: line 2 column 17: `agents.x.command`: expected a list: `[a, b]`, or one `- item` a line; `command` is an argv list, never run through a shell: write `command: [\"/bin/echo\", \"hi\"]`\n",
+            "error: `{}`: line 2 column 17: `agents.x.command`: expected a list: `[a, b]`, or one `- item` per line; `command` is an argv list, never run through a shell: write `command: [\"/bin/echo\", \"hi\"]`\n",
             ws.path("dirigent.yaml").display()
         ),
         "one `error:`, the position, and the fix"

@@ -85,12 +85,20 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         .map(|c| ("--context", ws.context(), c)))
     .chain(fields.files.iter().map(|f| ("--file", ws.root(), f)));
     for (flag, base, rel) in given {
-        if std::fs::symlink_metadata(base.join(rel)).is_err() {
-            eprintln!(
-                "warning: `{flag} {rel}`: there is no such file in `{}` now; the task escalates if it is still missing when it starts",
-                base.display()
-            );
-        }
+        let path = base.join(rel);
+        // As the daemon will read it: a regular file, no link followed.
+        let problem = match std::fs::symlink_metadata(&path) {
+            Err(_) => format!("there is no such file in `{}` now", base.display()),
+            Ok(m) if m.file_type().is_symlink() => format!(
+                "`{}` is a symbolic link, and links are never followed",
+                path.display()
+            ),
+            Ok(m) if !m.is_file() => format!("`{}` is not a regular file", path.display()),
+            Ok(_) => continue,
+        };
+        eprintln!(
+            "warning: `{flag} {rel}`: {problem}; the task escalates if it is still so when it starts"
+        );
     }
     if !ws.context().is_dir() {
         eprintln!(

@@ -364,7 +364,7 @@ impl Config {
             for (side, value) in [("input", price.input), ("output", price.output)] {
                 if !value.is_finite() || value < 0.0 {
                     return Err(invalid(format!(
-                        "`prices.{model}.{side}` is {value}: a price is dollars per million tokens, 0 or more"
+                        "`prices.{model}.{side}` is {value}: a price is dollars per million tokens, a finite number of 0 or more"
                     )));
                 }
             }
@@ -836,16 +836,18 @@ pub fn yaml_message(e: &YamlError) -> String {
 /// `invalid u64`), said in the words a config's reader uses; any other message as it is.
 fn plain_words(message: &str) -> String {
     let said = match message {
-        "expected sequence start" => "expected a list: `[a, b]`, or one `- item` a line",
+        "expected sequence start" => "expected a list: `[a, b]`, or one `- item` per line",
         "expected mapping start" => "expected a map: `key: value` lines, or `{key: value}`",
         "expected string scalar" | "expected scalar" => {
             "expected one value (a word or a number), not a list or a map"
         }
+        "externally tagged enum expected scalar or mapping" => "expected one word, not a list",
+        // The parser says the same for `two`, `-1` and a number too big for the key.
         "invalid u8" | "invalid u16" | "invalid u32" | "invalid u64" | "invalid u128"
-        | "invalid usize" => "expected a whole number, 0 or more",
+        | "invalid usize" => "expected a whole number, not negative and not too large",
         "invalid i8" | "invalid i16" | "invalid i32" | "invalid i64" | "invalid i128"
-        | "invalid isize" => "expected a whole number",
-        "invalid f32" | "invalid f64" => "expected a number",
+        | "invalid isize" => "expected a whole number, not too large",
+        "invalid floating point" | "invalid f32" | "invalid f64" => "expected a number",
         m if m.starts_with("invalid boolean") => "expected `true` or `false`",
         other => other,
     };
@@ -994,11 +996,23 @@ mod tests {
             ),
             (
                 "concurrency: two\n",
-                "line 1 column 14: `concurrency`: expected a whole number, 0 or more",
+                "line 1 column 14: `concurrency`: expected a whole number, not negative and not too large",
             ),
             (
                 "default_chain: claude\n",
-                "line 1 column 16: `default_chain`: expected a list: `[a, b]`, or one `- item` a line",
+                "line 1 column 16: `default_chain`: expected a list: `[a, b]`, or one `- item` per line",
+            ),
+            (
+                "budgets: {daily: lots}\n",
+                "line 1 column 18: `budgets.daily`: expected a number",
+            ),
+            (
+                "concurrency: 99999999999999999999999\n",
+                "`concurrency`: expected a whole number, not negative and not too large",
+            ),
+            (
+                "agents:\n  x: {command: [a], prompt: [arg]}\n",
+                "`agents.x.prompt`: expected one word, not a list",
             ),
             (
                 "budgets: 5\n",
@@ -1006,7 +1020,7 @@ mod tests {
             ),
             (
                 "prices:\n  opus: {input: -15, output: 75}\n",
-                "`prices.opus.input` is -15: a price is dollars per million tokens, 0 or more",
+                "`prices.opus.input` is -15: a price is dollars per million tokens, a finite number of 0 or more",
             ),
             (
                 "prices:\n  opus: {input: 15, output: .nan}\n",

@@ -18,13 +18,13 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         // The position is in the Problem already; the message names the key it was at.
         let mut message = crate::config::yaml_message(&e);
         // serde names only the key, also when the other was written under its second name.
-        if let Some((key, other)) = super::written::SECOND_NAMES
-            .iter()
-            .find(|(key, _)| message.ends_with(&format!("duplicate field `{key}`")))
-        {
-            message = format!(
-                "`{key}` is given twice (`{other}` is another name for it): write it once"
-            );
+        for (key, other) in super::written::SECOND_NAMES {
+            if let Some(path) = message.strip_suffix(&format!("duplicate field `{key}`")) {
+                message = format!(
+                    "{path}`{key}` is given twice (`{other}` is another name for it): write it once"
+                );
+                break;
+            }
         }
         let source_line = def.text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("");
         if flow_map_with_placeholder(source_line) {
@@ -172,20 +172,26 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 }
             }
         }
-        for (key, types) in phase.misplaced_keys() {
+        for m in phase.misplaced_keys() {
+            let key = m.key;
             let second = super::written::SECOND_NAMES
                 .iter()
                 .find(|(k, _)| *k == key)
                 .map_or(String::new(), |(_, other)| format!(" (or `{other}`)"));
-            let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
-            at(
-                here,
-                format!(
-                    "phase `{pname}`: `{key}`{second} belongs to {} phases, and `{pname}` is {} phase; remove it or change its `type`",
-                    listed(&names),
-                    with_article(kind.name())
+            let message = match m.belongs {
+                super::written::Belongs::Types(types, note) => {
+                    let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
+                    format!(
+                        "phase `{pname}`: `{key}`{second} belongs to {} phases, and `{pname}` is {} phase; remove it or change its `type`{note}",
+                        listed(&names),
+                        with_article(kind.name())
+                    )
+                }
+                super::written::Belongs::Context(context) => format!(
+                    "phase `{pname}`: `{key}` is read only with `context: {context}`; remove it or set `context: {context}`"
                 ),
-            );
+            };
+            at(m.at.unwrap_or(here), message);
         }
         let typed = match kind {
             PhaseType::Single => {
@@ -617,18 +623,29 @@ phases:
     #[test]
     fn keys_of_other_phase_types_are_problems_not_ignored() {
         // (the phase's keys after `name: p`, the one problem expected; "" = none)
-        let cases = [
+        let note = "; a `distilled` phase of any type may also name its distiller with it";
+        let judge_on_single = format!(
+            "x.yaml:6:12: phase `p`: `judge` belongs to ensemble phases, and `p` is a single phase; remove it or change its `type`{note}"
+        );
+        let agent_on_ensemble = format!(
+            "x.yaml:7:12: phase `p`: `agent` belongs to single, map and parallel phases, and `p` is an ensemble phase; remove it or change its `type`{note}"
+        );
+        let cases: Vec<(&str, &str)> = vec![
             (
                 "type: single\n    agent: claude\n    judge: gemini",
-                "x.yaml:3:11: phase `p`: `judge` belongs to ensemble phases, and `p` is a single phase; remove it or change its `type`",
+                &judge_on_single,
             ),
             (
                 "type: single\n    agent: claude\n    models: [claude, gemini]",
-                "x.yaml:3:11: phase `p`: `agents` (or `models`) belongs to ensemble phases, and `p` is a single phase; remove it or change its `type`",
+                "x.yaml:6:14: phase `p`: `agents` (or `models`) belongs to ensemble phases, and `p` is a single phase; remove it or change its `type`",
             ),
             (
                 "type: ensemble\n    agents: [claude, gemini]\n    judge: claude\n    refine: {agent: claude, prompt: x}",
                 "x.yaml:3:11: phase `p`: `synthesize` (or `refine`) belongs to map, routed and parallel phases, and `p` is an ensemble phase; remove it or change its `type`",
+            ),
+            (
+                "type: ensemble\n    agents: [claude, gemini]\n    judge: claude\n    agent: local",
+                &agent_on_ensemble,
             ),
             (
                 "type: map\n    agent: claude\n    glob: '*.rs'\n    max_rounds: 3",
@@ -639,21 +656,50 @@ phases:
                 "x.yaml:3:11: phase `p`: `glob` belongs to map phases, and `p` is a parallel phase; remove it or change its `type`",
             ),
             (
-                "type: parallel\n    tasks: [{prompt: a, agent: claude}]\n    synthesize: {agent: claude, prompt: x}",
+                "type: parallel\n    prompt: ignored\n    tasks: [{prompt: a, agent: claude}]",
+                "x.yaml:5:13: phase `p`: `prompt` belongs to single, ensemble, routed and map phases, and `p` is a parallel phase; remove it or change its `type`",
+            ),
+            (
+                "type: parallel\n    tasks: [{prompt: a, agent: claude, category: backend}]",
+                "x.yaml:5:50: phase `p`: `category` belongs to routed phases, and `p` is a parallel phase; remove it or change its `type`",
+            ),
+            (
+                "type: single\n    agent: claude\n    files: [src/a.rs]",
+                "x.yaml:3:11: phase `p`: `files` is read only with `context: scoped`; remove it or set `context: scoped`",
+            ),
+            (
+                "type: single\n    agent: claude\n    distill: {agent: gemini}",
+                "x.yaml:3:11: phase `p`: `distill` is read only with `context: distilled`; remove it or set `context: distilled`",
+            ),
+            // Where they are read: none of these is a problem.
+            (
+                "type: parallel\n    agent: claude\n    tasks: [{prompt: a}]\n    synthesize: {agent: claude, prompt: x}",
                 "",
             ),
             (
                 "type: map\n    agent: claude\n    glob: '*.rs'\n    refine: {agent: claude, prompt: x}",
                 "",
             ),
+            (
+                "type: ensemble\n    agents: [claude, gemini]\n    judge: claude\n    context: distilled\n    agent: local",
+                "",
+            ),
+            (
+                "type: parallel\n    tasks: [{prompt: a, agent: claude}]\n    context: distilled\n    judge: gemini",
+                "",
+            ),
+            (
+                "type: single\n    agent: claude\n    context: scoped\n    files: [src/a.rs]",
+                "",
+            ),
             // Both names of one key: one key written twice.
             (
                 "type: map\n    agent: claude\n    glob: '*.rs'\n    refine: {agent: claude, prompt: x}\n    synthesize: {agent: claude, prompt: y}",
-                "`synthesize` is given twice (`refine` is another name for it): write it once",
+                "`phases[0]`: `synthesize` is given twice (`refine` is another name for it): write it once",
             ),
             (
                 "type: single\n    agent: claude\n    context: fresh\n    context_strategy: full",
-                "`context` is given twice (`context_strategy` is another name for it): write it once",
+                "`phases[0]`: `context` is given twice (`context_strategy` is another name for it): write it once",
             ),
         ];
         for (keys, want) in cases {

@@ -20,6 +20,22 @@ pub const SECOND_NAMES: [(&str, &str); 3] = [
     ("synthesize", "refine"),
 ];
 
+/// A key a phase has but never reads (see [`WrittenPhase::misplaced_keys`]).
+pub struct Misplaced<'a> {
+    pub key: &'static str,
+    /// Where it is written, when its value keeps a position (else the phase's name is used).
+    pub at: Option<&'a serde_saphyr::Location>,
+    pub belongs: Belongs,
+}
+
+/// Where a misplaced key belongs.
+pub enum Belongs {
+    /// To phases of these types (and a note on where else it is read).
+    Types(&'static [PhaseType], &'static str),
+    /// To phases with this `context:`.
+    Context(&'static str),
+}
+
 /// A workflow as written, before [`super::validate`] checks it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,38 +250,144 @@ impl WrittenPhase {
             .collect()
     }
 
-    /// The keys this phase has that belong to other phase types only, each with the types it
-    /// belongs to: a `judge` on a `single` phase would otherwise be read and never used.
-    pub fn misplaced_keys(&self) -> Vec<(&'static str, &'static [PhaseType])> {
-        use PhaseType::{Ensemble, Loop, Map, Parallel, Routed};
-        let only: [(&'static str, bool, &'static [PhaseType]); 13] = [
-            ("agents", !self.agents.is_empty(), &[Ensemble]),
-            // A `distilled` phase of any type may name its distiller `judge`.
-            (
-                "judge",
-                self.judge.is_some() && self.context != Some(ContextStrategy::Distilled),
+    /// The keys this phase has that it never reads — a `judge` on a `single` phase, `files`
+    /// without `context: scoped` — each with where it belongs and, when known, its position.
+    pub fn misplaced_keys(&self) -> Vec<Misplaced<'_>> {
+        fn at(s: Option<&Spanned<String>>) -> Option<&serde_saphyr::Location> {
+            s.map(|s| &s.referenced)
+        }
+        use PhaseType::{Ensemble, Loop, Map, Parallel, Routed, Single};
+        let distilled = self.context == Some(ContextStrategy::Distilled);
+        // A `distilled` phase of any type names its distiller with these.
+        let runner_note = "; a `distilled` phase of any type may also name its distiller with it";
+        let types = |key, given: bool, pos, belongs: &'static [PhaseType], note| {
+            (given && !belongs.contains(&self.kind.value)).then_some(Misplaced {
+                key,
+                at: pos,
+                belongs: Belongs::Types(belongs, note),
+            })
+        };
+        let first_route = self.routing.values().next();
+        let first_task = self.tasks.first().map(|t| &t.prompt);
+        let mut out: Vec<Misplaced<'_>> = [
+            types(
+                "agents",
+                !self.agents.is_empty(),
+                at(self.agents.first()),
                 &[Ensemble],
+                "",
             ),
-            ("judge_mode", self.judge_mode.is_some(), &[Ensemble]),
-            ("mode", self.mode.is_some(), &[Ensemble]),
-            ("min_proposals", self.min_proposals.is_some(), &[Ensemble]),
-            ("routing", !self.routing.is_empty(), &[Routed]),
-            ("tasks_from", self.tasks_from.is_some(), &[Routed]),
-            ("tasks", !self.tasks.is_empty(), &[Routed, Parallel]),
-            (
+            types(
+                "judge",
+                self.judge.is_some() && !distilled,
+                at(self.judge.as_ref()),
+                &[Ensemble],
+                runner_note,
+            ),
+            types(
+                "judge_mode",
+                self.judge_mode.is_some(),
+                None,
+                &[Ensemble],
+                "",
+            ),
+            types("mode", self.mode.is_some(), None, &[Ensemble], ""),
+            types(
+                "min_proposals",
+                self.min_proposals.is_some(),
+                None,
+                &[Ensemble],
+                "",
+            ),
+            types(
+                "routing",
+                first_route.is_some(),
+                at(first_route),
+                &[Routed],
+                "",
+            ),
+            types(
+                "tasks_from",
+                self.tasks_from.is_some(),
+                at(self.tasks_from.as_ref()),
+                &[Routed],
+                "",
+            ),
+            types(
+                "tasks",
+                first_task.is_some(),
+                at(first_task),
+                &[Routed, Parallel],
+                "",
+            ),
+            types(
                 "synthesize",
                 self.synthesize.is_some(),
+                None,
                 &[Map, Routed, Parallel],
+                "",
             ),
-            ("generator", self.generator.is_some(), &[Loop]),
-            ("evaluator", self.evaluator.is_some(), &[Loop]),
-            ("max_rounds", self.max_rounds.is_some(), &[Loop]),
-            ("glob", self.glob.is_some(), &[Map]),
-        ];
-        only.into_iter()
-            .filter(|(_, given, types)| *given && !types.contains(&self.kind.value))
-            .map(|(key, _, types)| (key, types))
-            .collect()
+            types("generator", self.generator.is_some(), None, &[Loop], ""),
+            types("evaluator", self.evaluator.is_some(), None, &[Loop], ""),
+            types("max_rounds", self.max_rounds.is_some(), None, &[Loop], ""),
+            types("glob", self.glob.is_some(), None, &[Map], ""),
+            // A loop's generator and a parallel phase's tasks have their own prompts.
+            types(
+                "prompt",
+                self.prompt.is_some(),
+                at(self.prompt.as_ref()),
+                &[Single, Ensemble, Routed, Map],
+                "",
+            ),
+            types(
+                "agent",
+                self.agent.is_some() && !distilled,
+                at(self.agent.as_ref()),
+                &[Single, Map, Parallel],
+                runner_note,
+            ),
+            types(
+                "role",
+                self.role.is_some() && !distilled,
+                at(self.role.as_ref()),
+                &[Single, Map, Parallel],
+                runner_note,
+            ),
+            types(
+                "model",
+                self.model.is_some() && !distilled,
+                at(self.model.as_ref()),
+                &[Single, Map, Parallel],
+                runner_note,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !self.files.is_empty() && self.context != Some(ContextStrategy::Scoped) {
+            out.push(Misplaced {
+                key: "files",
+                at: None,
+                belongs: Belongs::Context("scoped"),
+            });
+        }
+        if self.distill.is_some() && !distilled {
+            out.push(Misplaced {
+                key: "distill",
+                at: None,
+                belongs: Belongs::Context("distilled"),
+            });
+        }
+        if self.kind.value != Routed
+            && let Some(c) = self.tasks.iter().find_map(|t| t.category.as_ref())
+        {
+            out.push(Misplaced {
+                key: "category",
+                at: Some(&c.referenced),
+                belongs: Belongs::Types(&[Routed], ""),
+            });
+        }
+        out
     }
 
     /// The phases this one reads, by name (an `.output`/`.outputs` suffix removed).
