@@ -339,29 +339,20 @@ impl WrittenPhase {
                 &[Single, Ensemble, Routed, Map],
                 "",
             ),
-            types(
-                "agent",
-                self.agent.is_some() && !distilled,
-                at(self.agent.as_ref()),
-                &[Single, Map, Parallel],
-                runner_note,
-            ),
-            types(
-                "role",
-                self.role.is_some() && !distilled,
-                at(self.role.as_ref()),
-                &[Single, Map, Parallel],
-                runner_note,
-            ),
-            types(
-                "model",
-                self.model.is_some() && !distilled,
-                at(self.model.as_ref()),
-                &[Single, Map, Parallel],
-                runner_note,
-            ),
         ]
         .into_iter()
+        .chain(
+            [
+                ("agent", &self.agent),
+                ("role", &self.role),
+                ("model", &self.model),
+            ]
+            .map(|(key, runner)| {
+                let given = runner.is_some() && !distilled;
+                let belongs: &[PhaseType] = &[Single, Map, Parallel];
+                types(key, given, at(runner.as_ref()), belongs, runner_note)
+            }),
+        )
         .flatten()
         .collect();
         if !self.files.is_empty() && self.context != Some(ContextStrategy::Scoped) {
