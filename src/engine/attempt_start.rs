@@ -416,6 +416,7 @@ impl Engine {
                 };
                 worktrees::check(check, &mut report).await;
             }
+            let _ = tx.send(Msg::AgentGone { task: task.clone() });
             let events = finished_events(&plan, attempt, retries_used, &report, &prices);
             let records = match ledger.append_all(events).await {
                 Ok(r) => r,

@@ -199,19 +199,26 @@ impl Engine {
         self.progress_cost = began.elapsed();
     }
 
+    /// The agent of `task`'s attempt has ended: its slot is free (once; later calls do nothing).
+    fn release_slot(&mut self, task: &str) {
+        if let Some(agent) = self.live.release_slot(task)
+            && let Some(slot) = self.slots.get_mut(agent)
+        {
+            slot.running -= 1;
+        }
+    }
+
     pub(super) fn handle(&mut self, msg: Msg) {
         self.reap_tasks();
         match msg {
+            Msg::AgentGone { task } => self.release_slot(&task),
             Msg::AttemptDone {
                 task,
                 records,
                 report,
             } => {
-                if let Some(run) = self.live.end_attempt(&task)
-                    && let Some(slot) = self.slots.get_mut(&run.agent)
-                {
-                    slot.running -= 1;
-                }
+                self.release_slot(&task);
+                self.live.end_attempt(&task);
                 if let (false, Some(what)) = (report.ran, &report.exhausted) {
                     // It never started, so nothing was recorded: it waits for the resource.
                     self.pause(what.clone());

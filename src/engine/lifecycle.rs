@@ -82,7 +82,8 @@ impl RunQueue {
 pub(super) enum Live {
     /// Waiting for its next attempt, in the run queue.
     Queued,
-    /// An attempt is running.
+    /// An attempt is running — or its agent has ended and the end is being recorded: then it
+    /// holds no slot ([`LiveTasks::release_slot`]), but a cancel still waits for that end.
     Running(Box<RunningAttempt>),
     /// Between attempts and not queued: its attempt was interrupted by a stop, the ledger
     /// refused its record, or it is being started.
@@ -143,8 +144,8 @@ pub(super) struct LiveTasks {
     queue: RunQueue,
     /// `Run` tasks due to be advanced.
     due_runs: BTreeSet<String>,
-    /// The `Running` tasks: dispatch asks what they hold on every round, and must not walk
-    /// every queued task to find out.
+    /// The `Running` tasks whose agent may still run (they hold a slot): dispatch asks what
+    /// they hold on every round, and must not walk every queued task to find out.
     running: BTreeSet<String>,
     arrivals: u64,
     /// How many tasks are live, for the ledger's compactor (it holds the other half, and waits
@@ -239,6 +240,16 @@ impl LiveTasks {
     /// The attempt of `id` runs.
     pub(super) fn start(&mut self, id: &str, attempt: RunningAttempt) {
         self.set(id, 0, Live::Running(Box::new(attempt)));
+    }
+
+    /// The agent of `id`'s attempt has ended (its process group is gone): it no longer holds a
+    /// slot, its resources or its isolated instance, though its end is still being recorded.
+    /// Returns the agent, the first time only.
+    pub(super) fn release_slot(&mut self, id: &str) -> Option<&str> {
+        match self.tasks.get(id).map(|e| &e.live) {
+            Some(Live::Running(attempt)) if self.running.remove(id) => Some(&attempt.agent),
+            _ => None,
+        }
     }
 
     /// The attempt of `id` ended: the task is parked until it is queued, settled or finishing.
@@ -492,8 +503,9 @@ mod tests {
     #[test]
     fn transitions_table() {
         type Step = fn(&mut LiveTasks, &str);
-        let steps: [(&str, Step); 8] = [
+        let steps: [(&str, Step); 9] = [
             ("queue", |l, id| l.queue(id, 0)),
+            ("release_slot", |l, id| drop(l.release_slot(id))),
             ("park", |l, id| l.park(id)),
             ("start", |l, id| l.start(id, attempt("a"))),
             ("end_attempt", |l, id| drop(l.end_attempt(id))),
@@ -518,6 +530,10 @@ mod tests {
             ("queued", "begin_finishing", "finishing", 0, 0, 0),
             ("queued", "settled", "gone", 0, 0, 0),
             ("running", "end_attempt", "parked", 0, 0, 0),
+            // Its agent ended: still running (a cancel waits for the end), no slot held.
+            ("running", "release_slot", "running", 0, 0, 0),
+            ("queued", "release_slot", "queued", 1, 0, 0),
+            ("gone", "release_slot", "gone", 0, 0, 0),
             ("running", "park", "running", 0, 1, 0),
             ("running", "queue", "running", 0, 1, 0),
             ("running", "begin_finishing", "running", 0, 1, 0),
@@ -615,6 +631,48 @@ mod tests {
             Vec::<String>::new(),
             "expected a finishing run not to be advanced"
         );
+    }
+
+    #[test]
+    fn a_released_slot_is_released_once_and_the_attempt_still_ends() {
+        let mut l = LiveTasks::default();
+        l.queue("a", 0);
+        l.start("a", attempt("x"));
+        assert_eq!(
+            l.release_slot("a"),
+            Some("x"),
+            "expected the slot of agent x freed"
+        );
+        assert_eq!(
+            l.release_slot("a"),
+            None,
+            "expected a second release to free nothing"
+        );
+        assert_eq!(
+            l.running_count(),
+            0,
+            "expected no slot held after the release"
+        );
+        assert_eq!(
+            l.attempts().count(),
+            0,
+            "expected nothing held for dispatch"
+        );
+        assert_eq!(
+            l.busy(),
+            1,
+            "expected the attempt busy until its end is recorded"
+        );
+        assert!(
+            !l.begin_finishing("a"),
+            "expected finishing to wait for the attempt's recorded end"
+        );
+        assert_eq!(
+            l.end_attempt("a").map(|a| a.agent),
+            Some("x".to_string()),
+            "expected the attempt to end after its slot was released"
+        );
+        assert_eq!(state(&l, "a"), "parked");
     }
 
     #[test]

@@ -139,6 +139,11 @@ struct AgentSlot {
 
 /// Messages to the engine from the tasks it spawned.
 enum Msg {
+    /// An attempt's agent has ended and its process group is gone; its end is being recorded
+    /// (`AttemptDone` follows). Its slot is free from now: waiting for the disk runs no agent.
+    AgentGone {
+        task: String,
+    },
     /// An attempt ended and was judged; `records` is its `attempt_finished` (empty if the
     /// ledger refused it).
     AttemptDone {
