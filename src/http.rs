@@ -175,6 +175,10 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest request body read (a task is at most 1 MiB; a chat may carry more).
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
+/// The largest body of a request that needs no token (the dashboard's login form): such a
+/// request's body is read before anyone is known, so it is kept small.
+const MAX_PUBLIC_BODY: usize = 64 * 1024;
+
 /// Connections served at once: at most 256, and never more than a quarter of the descriptors
 /// the process may open, so clients can never starve the daemon of them. More wait in the
 /// listen queue.
@@ -245,11 +249,30 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, stop: onesh
     let _ = slots.acquire_many(limit as u32).await;
 }
 
-/// Reads the request body under a time and a size limit before any route sees it: a client
-/// that sends headers and then trickles (or never sends) its body cannot hold a connection.
-async fn bounded_body(req: HttpRequest, next: Next) -> HttpResponse {
+/// Reads the request body under a time and a size limit (`limit`) before its route sees it: a
+/// client that sends headers and then trickles (or never sends) its body cannot hold a
+/// connection. A guarded route's body is read only once its token was checked, so a stranger
+/// cannot make the daemon buffer megabytes; a declared length over the limit is refused before
+/// a byte is read.
+async fn bounded_body(State(limit): State<usize>, req: HttpRequest, next: Next) -> HttpResponse {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than {limit} bytes, or broken"),
+        )
+        .into_response()
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
     let (parts, body) = req.into_parts();
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => {
             next.run(HttpRequest::from_parts(
                 parts,
@@ -257,12 +280,7 @@ async fn bounded_body(req: HttpRequest, next: Next) -> HttpResponse {
             ))
             .await
         }
-        Ok(Err(_)) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            format!("the request body is larger than {MAX_BODY} bytes, or broken"),
-        )
-        .into_response(),
+        Ok(Err(_)) => too_large(),
         Err(_) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "invalid_request_error",
@@ -301,13 +319,23 @@ fn router(state: AppState) -> Router {
             "/v1/chat/completions",
             post(crate::openai::chat_completions),
         )
+        // The outer layer runs first: the token, then the body.
+        .route_layer(middleware::from_fn_with_state(MAX_BODY, bounded_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new()
+    let public = Router::new()
         .route("/health", get(health))
         .merge(crate::dashboard::routes())
+        .route_layer(middleware::from_fn_with_state(
+            MAX_PUBLIC_BODY,
+            bounded_body,
+        ));
+    Router::new()
+        .merge(public)
         .merge(guarded)
         .fallback(not_found)
-        .layer(middleware::from_fn(bounded_body))
+        // The body is bounded above (axum's own default, 2 MiB, would refuse first, in plain
+        // text).
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 

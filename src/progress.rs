@@ -9,6 +9,9 @@ use std::time::Duration;
 use crate::duration::{clock, short};
 use crate::state::{Phase, TaskBook};
 
+/// A title is shown on one line of at most this many characters.
+pub const TITLE_SHOWN: usize = 200;
+
 /// At most this many finished tasks are listed per section; older ones are counted.
 pub const FINISHED_SHOWN: usize = 500;
 
@@ -37,13 +40,13 @@ pub fn render(book: &TaskBook) -> String {
             Phase::Merging => merging.push(format!(
                 "- [ ] {} — {} (merging{})",
                 t.id(),
-                t.title(),
+                one_line(t.title(), TITLE_SHOWN),
                 branch_of(t)
             )),
             Phase::MergeWaiting { reason } => merging.push(format!(
                 "- [ ] {} — {} ({}{})",
                 t.id(),
-                t.title(),
+                one_line(t.title(), TITLE_SHOWN),
                 one_line(reason, 300),
                 branch_of(t)
             )),
@@ -54,7 +57,7 @@ pub fn render(book: &TaskBook) -> String {
             } => running.push(format!(
                 "- [ ] {} — {} ({agent}, attempt {attempt}, started {})",
                 t.id(),
-                t.title(),
+                one_line(t.title(), TITLE_SHOWN),
                 clock(*since_ms)
             )),
             Phase::Pending | Phase::Requeued if pending.len() >= PENDING_SHOWN => {
@@ -76,7 +79,11 @@ pub fn render(book: &TaskBook) -> String {
                 } else {
                     format!(", after {}", t.more().after.join(", "))
                 };
-                pending.push(format!("- [ ] {} — {} ({why}{waiting})", t.id(), t.title()));
+                pending.push(format!(
+                    "- [ ] {} — {} ({why}{waiting})",
+                    t.id(),
+                    one_line(t.title(), TITLE_SHOWN)
+                ));
             }
             Phase::Failed { .. } => failed_tasks.push(t),
         }
@@ -90,7 +97,7 @@ pub fn render(book: &TaskBook) -> String {
         format!(
             "- [x] {} — {} ({agent}, {}{})",
             t.id(),
-            t.title(),
+            one_line(t.title(), TITLE_SHOWN),
             short(Duration::from_millis(t.busy_ms(now_ms))),
             branch_of(t)
         )
@@ -102,7 +109,7 @@ pub fn render(book: &TaskBook) -> String {
         format!(
             "- [ ] {} — {} ({}: {}; see escalations/{}.md)",
             t.id(),
-            t.title(),
+            one_line(t.title(), TITLE_SHOWN),
             if reason == crate::state::CANCELLED_REASON {
                 "cancelled"
             } else {
@@ -224,7 +231,13 @@ pub fn write(ws: &crate::workspace::Workspace, book: &TaskBook) -> std::io::Resu
 /// A reason on one line of at most `max` characters: a list item stays one item however many
 /// lines an agent's error had.
 pub fn one_line(text: &str, max: usize) -> String {
-    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Control characters too: an escape sequence in a title must not reach a terminal that
+    // shows the file, nor a line break the agents that read it.
+    let joined = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     if joined.chars().count() <= max {
         joined
     } else {

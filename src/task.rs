@@ -427,6 +427,7 @@ pub fn accept(
         return reject("`idle_timeout` must be more than 0 (leave it out to use the agent's)");
     }
     accept_editing(&id, &fields, config, root)?;
+    check_title(fields.title.as_deref())?;
     let title = fields
         .title
         .clone()
@@ -582,6 +583,7 @@ fn accept_workflow(
             })?;
         }
     }
+    check_title(fields.title.as_deref())?;
     let title = fields
         .title
         .clone()
@@ -596,13 +598,40 @@ fn accept_workflow(
     })
 }
 
-/// The first non-empty line of the prompt, shortened to 72 characters.
+/// The longest title a task may be given (the prompt holds the rest).
+pub const MAX_TITLE: usize = 200;
+
+/// A title as given: one line of at most [`MAX_TITLE`] characters — it is shown in
+/// `progress.md`, which agents read, and on terminals.
+fn check_title(title: Option<&str>) -> Result<(), Reject> {
+    let Some(title) = title else { return Ok(()) };
+    if let Some(c) = title.chars().find(|c| c.is_control()) {
+        return reject(format!(
+            "`title` must be one line of text; it holds a control character (U+{:04X})",
+            u32::from(c)
+        ));
+    }
+    let n = title.chars().count();
+    if n > MAX_TITLE {
+        return reject(format!(
+            "`title` has {n} characters; at most {MAX_TITLE} (the prompt holds the rest)"
+        ));
+    }
+    Ok(())
+}
+
+/// The first non-empty line of the prompt, its control characters made spaces, shortened to
+/// 72 characters.
 pub fn title_from_prompt(prompt: &str) -> String {
-    let line = prompt
+    let line: String = prompt
         .lines()
         .map(|l| l.trim().trim_start_matches('#').trim())
         .find(|l| !l.is_empty())
-        .unwrap_or("");
+        .unwrap_or("")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let line = line.trim();
     if line.chars().count() > 72 {
         let mut s: String = line.chars().take(71).collect();
         s.push('…');
@@ -678,6 +707,29 @@ mod tests {
     }
 
     #[test]
+    fn titles_are_one_bounded_line() {
+        let long = format!(
+            r#"{{"prompt":"p","title":"{}"}}"#,
+            "t".repeat(MAX_TITLE + 1)
+        );
+        let err = parse_err("x.json", &long);
+        assert!(
+            err.contains("`title` has 201 characters; at most 200"),
+            "expected the title's length refused, got {err}"
+        );
+        let fitting = format!(r#"{{"prompt":"p","title":"{}"}}"#, "t".repeat(MAX_TITLE));
+        assert_eq!(
+            parse_ok("x.json", &fitting).title.chars().count(),
+            MAX_TITLE
+        );
+        // A title made from the prompt keeps no control character.
+        assert_eq!(
+            title_from_prompt("fix \u{1b}[31mthis\rnow\nmore"),
+            "fix  [31mthis now"
+        );
+    }
+
+    #[test]
     fn rejection_table() {
         let cases = [
             (
@@ -699,6 +751,16 @@ mod tests {
                 "invalid front matter at line 2 column 8: `files`: ",
             ),
             ("x.json", r#"{"agent":"a"}"#, "no prompt"),
+            (
+                "x.json",
+                r#"{"prompt":"p","title":"one\ntwo"}"#,
+                "`title` must be one line of text; it holds a control character (U+000A)",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","title":"red \u001b[31m"}"#,
+                "`title` must be one line of text; it holds a control character (U+001B)",
+            ),
             ("x.json", "", "empty"),
             (
                 "x.json",

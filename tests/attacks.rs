@@ -440,6 +440,59 @@ fn idle_and_half_open_http_connections_are_closed_and_never_starve_the_daemon() 
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+#[test]
+fn a_body_is_read_only_after_its_token_and_never_past_its_limit() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    let addr = url.trim_start_matches("http://").to_string();
+    let head_of = |s: &mut std::net::TcpStream| {
+        // Well inside the 30 s the daemon gives a body: an answer sent before the body came
+        // is an answer that did not wait for it.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    // A stranger announcing a big body, sending none of it: refused at once, unread.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8000000\r\n\r\n{").unwrap();
+    let head = head_of(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 401"),
+        "expected 401 before the body was sent, got {head:?}"
+    );
+    // With the token, a body declared past the limit is refused before it is read.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(format!("POST /tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n").as_bytes()).unwrap();
+    let head = head_of(&mut s);
+    assert!(
+        head.starts_with("HTTP/1.1 413"),
+        "expected 413 for a declared 10 GB body, got {head:?}"
+    );
+    // A body under the limit but over axum's own default (2 MiB) reaches the daemon's own
+    // check, which answers in JSON.
+    let big = format!("{{\"prompt\": \"{}\"}}", "x".repeat(3 << 20));
+    let r = common::http(&url, "POST", "/tasks", Some(&token), Some(&big));
+    assert_eq!(
+        r.status, 400,
+        "expected the task's own size check, got {} {}",
+        r.status, r.body
+    );
+    assert!(
+        r.body.contains("\"error\""),
+        "expected a JSON error, got {}",
+        r.body
+    );
+    let r = common::http(&url, "GET", "/health", None, None);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 // --- Recovery does not trust what agents can write -------------------------------------------
 
 #[test]

@@ -505,7 +505,9 @@ mod tests {
         type Step = fn(&mut LiveTasks, &str);
         let steps: [(&str, Step); 9] = [
             ("queue", |l, id| l.queue(id, 0)),
-            ("release_slot", |l, id| drop(l.release_slot(id))),
+            ("release_slot", |l, id| {
+                l.release_slot(id);
+            }),
             ("park", |l, id| l.park(id)),
             ("start", |l, id| l.start(id, attempt("a"))),
             ("end_attempt", |l, id| drop(l.end_attempt(id))),
