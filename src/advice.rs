@@ -130,8 +130,8 @@ pub fn outlook(attempts: &[AttemptSummary]) -> Outlook {
     }
 }
 
-/// `a`, `a and b`, `a, b and c`.
-fn and_list(names: &[&str]) -> String {
+/// `a`, `a and b`, `a, b and c`: names in a sentence.
+pub(crate) fn and_list(names: &[&str]) -> String {
     match names {
         [] => String::new(),
         [one] => one.to_string(),

@@ -183,7 +183,7 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                     let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
                     format!(
                         "phase `{pname}`: `{key}`{second} belongs to {} phases, and `{pname}` is {} phase; remove it or change its `type`{note}",
-                        listed(&names),
+                        crate::advice::and_list(&names),
                         with_article(kind.name())
                     )
                 }
@@ -455,15 +455,6 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
 fn with_article(name: &str) -> String {
     let an = name.starts_with(['a', 'e', 'i', 'o', 'u']);
     format!("{} {name}", if an { "an" } else { "a" })
-}
-
-/// `a`, `a and b`, `a, b and c`: names in a sentence.
-fn listed(names: &[&str]) -> String {
-    match names.split_last() {
-        None => String::new(),
-        Some((last, [])) => last.to_string(),
-        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
-    }
 }
 
 /// Who runs a phase's distill tasks (see [`Phase::distill_by`]).
