@@ -15,19 +15,24 @@ use crate::state::AttemptSummary;
 pub fn in_short(attempts: &[AttemptSummary], config: &Config) -> Option<String> {
     // Each agent's last class: an agent that failed on the network and then passed the chain
     // on is judged by its last attempt.
-    let mut last: Vec<(&str, Class)> = Vec::new();
+    let mut last: Vec<(&str, Class, &str)> = Vec::new();
     for a in attempts {
         let Some(class) = a.class else { continue };
-        match last.iter_mut().find(|(name, _)| *name == a.agent) {
-            Some(entry) => entry.1 = class,
-            None => last.push((&a.agent, class)),
+        match last.iter_mut().find(|(name, ..)| *name == a.agent) {
+            Some(entry) => (entry.1, entry.2) = (class, &a.reason),
+            None => last.push((&a.agent, class, &a.reason)),
         }
     }
     let of = |want: Class| -> Vec<&str> {
         last.iter()
-            .filter(|(_, c)| *c == want)
-            .map(|(n, _)| *n)
+            .filter(|(_, c, _)| *c == want)
+            .map(|(n, ..)| *n)
             .collect()
+    };
+    let reason_of = |name: &str| {
+        last.iter()
+            .find(|(n, ..)| *n == name)
+            .map_or("", |(_, _, r)| *r)
     };
     let base = |name: &str| crate::config::split_entry(name).0.to_string();
     let mut parts = Vec::new();
@@ -66,9 +71,15 @@ pub fn in_short(attempts: &[AttemptSummary], config: &Config) -> Option<String> 
     if !missing.is_empty() {
         let fixes: Vec<String> = missing
             .iter()
-            .map(|n| {
-                let n = base(n);
+            .map(|entry| {
+                let n = base(entry);
                 let agent = config.agents.get(&n);
+                // The program was there but could not take what it was given.
+                if reason_of(entry).contains("(os error 7)") {
+                    return format!(
+                        "{n}: the prompt is too long for one argument (`prompt: arg`); give it `prompt: stdin` or `prompt: file`"
+                    );
+                }
                 match (agent.and_then(|a| a.preset), agent.and_then(|a| a.command.first())) {
                     (Some(p), _) => format!("{n}: `{}`", p.install_hint),
                     (None, Some(program)) => format!(
@@ -160,6 +171,19 @@ mod tests {
 
     /// (each attempt's agent and class, the advice expected).
     type Case<'a> = (&'a [(&'a str, Class)], Option<&'a str>);
+
+    #[test]
+    fn a_prompt_too_long_for_an_argument_is_not_called_a_missing_program() {
+        let mut too_long = attempt("local", Class::Spawn);
+        too_long.reason =
+            "dirigent: cannot start `x`: Argument list too long (os error 7)".to_string();
+        assert_eq!(
+            in_short(&[too_long], &config()).as_deref(),
+            Some(
+                "local could not be started (local: the prompt is too long for one argument (`prompt: arg`); give it `prompt: stdin` or `prompt: file`)"
+            ),
+        );
+    }
 
     #[test]
     fn advice_table() {

@@ -296,6 +296,14 @@ where
         Err(e) if crate::fsutil::exhausted(&e).is_some() => {
             return not_started(&format!("cannot start `{}`", argv[0]), &e);
         }
+        // Too long a command line (a long prompt as `prompt: arg`): the agent's, not the
+        // supervisor's.
+        Err(e) if e.raw_os_error() == Some(nix::libc::E2BIG) => {
+            return spawn_failed(format!(
+                "cannot start `{}`: its command line is too long for the system ({e}); a prompt this long needs `prompt: stdin` or `prompt: file`",
+                argv[0]
+            ));
+        }
         // The agent's own program is started by the supervisor, which reports its failure; an
         // error here is the supervisor's (this binary) — not the agent's.
         Err(e) => {

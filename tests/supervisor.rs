@@ -22,6 +22,7 @@ agents:
   envy:    { command: ["{agents}/env.sh"], prompt: stdin }
   flaky:   { command: ["{agents}/flaky.sh"] }
   missing: { command: ["/nonexistent/agent-binary"] }
+  asarg:   { command: ["/bin/echo", "{prompt}"], prompt: arg }
 "#;
 
 #[test]
@@ -619,6 +620,39 @@ fn after_waits_for_done_and_fails_with_a_failed_dependency() {
     };
     assert_eq!(attempts, 0);
     assert_eq!(reason, "it runs after `broken`, which failed");
+}
+
+#[test]
+fn a_prompt_too_long_for_one_argument_says_so() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    let _d = ws.start();
+    // Linux takes at most 128 KiB in one argument.
+    let prompt = "x".repeat(200 * 1024);
+    ws.drop_task(
+        "long.json",
+        &format!(r#"{{"prompt": "{prompt}", "agent": "asarg"}}"#),
+    );
+    let Event::Escalated { reason, .. } = ws.wait_settled("long") else {
+        panic!("expected `long` to escalate")
+    };
+    assert!(
+        reason.contains("the prompt is too long for one argument"),
+        "expected the advice to name the long argument, got {reason:?}"
+    );
+    let attempt_reason = ws.records().iter().find_map(|r| match &r.event {
+        Event::AttemptFinished { task, reason, .. } if task == "long" => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(
+        attempt_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("its command line is too long for the system")),
+        "expected the attempt's reason to say why it could not start, got {attempt_reason:?}"
+    );
+    assert!(
+        !reason.contains("not installed"),
+        "expected no claim that `/bin/echo` is missing, got {reason:?}"
+    );
 }
 
 #[test]
