@@ -293,6 +293,49 @@ async fn bounded_body(State(limit): State<usize>, req: HttpRequest, next: Next) 
     }
 }
 
+/// Every refusal in the documented shape (`{"error": {"message", "type", "code"}}`): the
+/// framework's own — a query or path that does not parse, a method a route does not take, a
+/// URL that is not one — are plain text or empty, and are rewritten here with their words.
+async fn json_errors(req: HttpRequest, next: Next) -> HttpResponse {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let response = next.run(req).await;
+    let status = response.status();
+    let typed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || typed {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let said = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (kind, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "invalid_request_error",
+            format!(
+                "`{method}` is not allowed on `{path}`; docs/api.md lists the routes and their methods"
+            ),
+        ),
+        StatusCode::NOT_FOUND => ("not_found", said),
+        s if s.is_server_error() => ("unavailable", said),
+        _ => ("invalid_request_error", said),
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_string()
+    } else {
+        message
+    };
+    let mut rewritten = ApiError::new(status, kind, message).into_response();
+    if let Some(allow) = allow {
+        rewritten.headers_mut().insert(header::ALLOW, allow);
+    }
+    rewritten
+}
+
 fn router(state: AppState) -> Router {
     let guarded = Router::new()
         .route("/tasks", get(list_tasks).post(create_task))
@@ -336,6 +379,7 @@ fn router(state: AppState) -> Router {
         // The body is bounded above (axum's own default, 2 MiB, would refuse first, in plain
         // text).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(json_errors))
         .with_state(state)
 }
 

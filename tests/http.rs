@@ -59,6 +59,42 @@ fn every_route_but_health_needs_the_token_which_is_private() {
 }
 
 #[test]
+fn the_frameworks_own_refusals_come_in_the_documented_shape() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    // (method, path, status, words the message holds)
+    let cases = [
+        ("GET", "/tasks?limit=abc", 400, "limit"),
+        ("GET", "/events?after=-1", 400, "after"),
+        (
+            "DELETE",
+            "/tasks",
+            405,
+            "`DELETE` is not allowed on `/tasks`",
+        ),
+        ("GET", "/v1/chat/completions", 405, "`GET` is not allowed"),
+        ("GET", "/tasks/%ff%fe", 400, ""),
+    ];
+    for (method, path, status, words) in cases {
+        let r = common::http(&url, method, path, Some(&token), None);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        let body: serde_json::Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: expected JSON, got {:?} ({e})", r.body));
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.is_empty() && message.contains(words),
+            "{method} {path}: expected a message with {words:?}, got {body}"
+        );
+        if status == 405 {
+            assert!(
+                r.headers.iter().any(|(k, _)| k == "allow"),
+                "{method} {path}: expected the `Allow` header kept"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_token_survives_restarts_and_a_readable_one_is_refused() {
     let ws = Workspace::new(CONFIG);
     let (mut d, _, first) = ws.start_http();
