@@ -55,11 +55,18 @@ async fn catalog(api: &Api) -> Result<Vec<(String, Target)>, ApiError> {
     };
     let mut out = vec![("dirigent".to_string(), Target::DefaultChain)];
     let mut taken = std::collections::HashSet::from(["dirigent".to_string()]);
-    let roles = agents["roles"]
+    // The configured roles, then the standard ones every config has (a task may name them).
+    let mut role_names: Vec<String> = agents["roles"]
         .as_object()
         .into_iter()
-        .flat_map(|m| m.keys())
-        .map(|name| (true, name.clone()));
+        .flat_map(|m| m.keys().cloned())
+        .collect();
+    for standard in crate::config::STANDARD_ROLES {
+        if !role_names.iter().any(|r| r == standard) {
+            role_names.push(standard.to_string());
+        }
+    }
+    let roles = role_names.into_iter().map(|name| (true, name));
     let agent_names = agents["agents"]
         .as_array()
         .into_iter()
@@ -285,14 +292,23 @@ pub(crate) async fn chat_completions(
 ) -> Result<HttpResponse, ApiError> {
     let req: Value =
         serde_json::from_slice(&body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
-    let model = req["model"]
-        .as_str()
-        .ok_or_else(|| invalid("`model` is missing; `GET /v1/models` lists them"))?
-        .to_string();
+    let model = match &req["model"] {
+        Value::String(m) => m.clone(),
+        Value::Null => return Err(invalid("`model` is missing; `GET /v1/models` lists them")),
+        _ => {
+            return Err(invalid(
+                "`model` must be a string naming a model; `GET /v1/models` lists them",
+            ));
+        }
+    };
     let messages = req["messages"]
         .as_array()
         .ok_or_else(|| invalid("`messages` must be an array"))?;
-    let stream = req["stream"].as_bool().unwrap_or(false);
+    let stream = match &req["stream"] {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        _ => return Err(invalid("`stream` must be `true` or `false`")),
+    };
     let models = catalog(&st.api).await?;
     let target = resolve(&models, &model).ok_or_else(|| {
         ApiError::new(

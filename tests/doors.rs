@@ -122,13 +122,21 @@ fn check_openai(seen: &serde_json::Value, plain_id: &str) {
         .iter()
         .map(|m| m.as_str().unwrap())
         .collect();
-    // The built-in workflows name roles, which run on any config: they are offered too.
+    // The standard roles, and the built-in workflows that name them, run on any config: they
+    // are offered too.
     assert_eq!(
         models,
         [
+            "backend",
             "broken",
+            "bulk",
             "dirigent",
+            "frontend",
             "good",
+            "judge",
+            "planner",
+            "proposer",
+            "reviewer",
             "workflow:bulk-refine",
             "workflow:feature-build",
             "workflow:one",
@@ -167,7 +175,7 @@ fn check_openai(seen: &serde_json::Value, plain_id: &str) {
     assert_eq!(seen["unknown_model"]["status"], 404, "{seen}");
     assert!(
         seen["unknown_model"]["message"].as_str().unwrap().contains(
-            "no model `no-such-model` (models: dirigent, broken, good, workflow:bulk-refine,"
+            "no model `no-such-model` (models: dirigent, planner, proposer, judge, backend, frontend, reviewer, bulk, broken, good, workflow:bulk-refine,"
         ),
         "{seen}"
     );

@@ -92,6 +92,32 @@ fn the_frameworks_own_refusals_come_in_the_documented_shape() {
             );
         }
     }
+    // A chat request's fields of the wrong type are named as such, not taken for absent.
+    let chats = [
+        (
+            r#"{"model": 5, "messages": []}"#,
+            "`model` must be a string naming a model",
+        ),
+        (
+            r#"{"model": "good", "messages": [], "stream": "yes"}"#,
+            "`stream` must be `true` or `false`",
+        ),
+    ];
+    for (body, want) in chats {
+        let r = common::http(
+            &url,
+            "POST",
+            "/v1/chat/completions",
+            Some(&token),
+            Some(body),
+        );
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(
+            r.body.contains(want),
+            "{body}: expected {want:?}, got {}",
+            r.body
+        );
+    }
 }
 
 #[test]
