@@ -53,6 +53,10 @@ pub enum PathError {
     Empty { what: String },
     #[error("`{what}` contains a NUL byte")]
     Nul { what: String },
+    #[error(
+        "`{what}` path {raw:?} holds a control character (a line break, a tab, an escape): a file name here is one line of text"
+    )]
+    Control { what: String, raw: String },
     #[error("`{what}` path `{raw}` is absolute; give a path relative to the workspace")]
     Absolute { what: String, raw: String },
     #[error("`{what}` path `{raw}` contains `..`; it must stay inside the workspace")]
@@ -78,6 +82,13 @@ impl RelPath {
         }
         if raw.contains('\0') {
             return Err(PathError::Nul { what });
+        }
+        // Such a name would break every line it is shown on (`progress.md`, a log).
+        if raw.chars().any(char::is_control) {
+            return Err(PathError::Control {
+                what,
+                raw: raw.to_string(),
+            });
         }
         if raw.starts_with('/') {
             return Err(PathError::Absolute {

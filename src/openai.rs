@@ -186,6 +186,9 @@ fn content_text(content: &Value) -> Option<String> {
     }
 }
 
+/// The message roles OpenAI's API defines.
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
 /// Turns the messages into one prompt. One user message (with any system messages before it)
 /// reads as itself; a conversation is written out turn by turn, so the agent sees its history.
 fn prompt_of(messages: &[Value]) -> Result<(String, String), ApiError> {
@@ -194,6 +197,14 @@ fn prompt_of(messages: &[Value]) -> Result<(String, String), ApiError> {
         let role = m["role"]
             .as_str()
             .ok_or_else(|| invalid(format!("`messages[{i}].role` is missing")))?;
+        // A role is a heading of the written-out conversation: any other text could forge
+        // turns (`"assistant\n\n## system"`).
+        if !ROLES.contains(&role) {
+            return Err(invalid(format!(
+                "`messages[{i}].role` is {role:?}; it must be one of {}",
+                ROLES.join(", ")
+            )));
+        }
         let text = content_text(&m["content"])
             .ok_or_else(|| invalid(format!("`messages[{i}].content` must be text")))?;
         turns.push((role.to_string(), text));

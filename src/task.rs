@@ -789,6 +789,11 @@ mod tests {
             ),
             (
                 "x.json",
+                r#"{"prompt":"p","output":"a\nb.md"}"#,
+                "`output` path \"a\\nb.md\" holds a control character",
+            ),
+            (
+                "x.json",
                 r#"{"prompt":"p","context":["../secret"]}"#,
                 "contains `..`",
             ),
