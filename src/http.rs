@@ -425,8 +425,10 @@ async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        // The scheme's name is case-insensitive (RFC 7235): `bearer` is as good as `Bearer`.
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
     match given {
         Some(t) if same(t.as_bytes(), token.as_bytes()) => next.run(req).await,
         Some(_) => ApiError::new(
@@ -490,6 +492,16 @@ async fn list_tasks(State(st): State<AppState>, Query(q): Query<ListQuery>) -> A
         }
     };
     let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let labels = crate::state::Phase::LABELS;
+    if let Some(state) = non_empty(q.state.clone())
+        && !labels.contains(&state.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("`state` is one of {}, not `{state}`", labels.join(", ")),
+        ));
+    }
     let filter = crate::protocol::ListFilter {
         agent: non_empty(q.agent),
         role: non_empty(q.role),
@@ -523,8 +535,11 @@ async fn list_tasks(State(st): State<AppState>, Query(q): Query<ListQuery>) -> A
 
 /// `POST /tasks`: the body is a task, exactly as a `.json` task file would hold it.
 async fn create_task(State(st): State<AppState>, body: Bytes) -> ApiResult {
-    let fields = crate::task::parse_fields("request.json", &body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.0))?;
+    let fields = crate::task::parse_fields("request.json", &body).map_err(|e| {
+        // The parser speaks of a task file; here the task is the request's body.
+        let message = e.0.replacen("the file is", "the body is", 1);
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    })?;
     submit(&st.api, fields).await
 }
 

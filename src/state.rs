@@ -90,6 +90,17 @@ impl Phase {
     pub fn is_terminal(&self) -> bool {
         matches!(self, Phase::Done { .. } | Phase::Failed { .. })
     }
+    /// Every [`Phase::label`], in a task's usual order.
+    pub const LABELS: [&'static str; 7] = [
+        "pending",
+        "running",
+        "merging",
+        "merge_waiting",
+        "done",
+        "failed",
+        "requeued",
+    ];
+
     pub fn label(&self) -> &'static str {
         match self {
             Phase::Pending => "pending",

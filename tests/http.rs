@@ -56,6 +56,19 @@ fn every_route_but_health_needs_the_token_which_is_private() {
         );
     }
     assert_eq!(http(&url, "GET", "/tasks", Some(&token), None).status, 200);
+    // The scheme's name is case-insensitive (RFC 7235).
+    let lower = common::http_with(
+        &url,
+        "GET",
+        "/tasks",
+        None,
+        &[("Authorization", &format!("bearer {token}"))],
+        None,
+    );
+    assert_eq!(
+        lower.status, 200,
+        "expected `bearer` to be taken: {lower:?}"
+    );
 }
 
 #[test]
@@ -65,6 +78,12 @@ fn the_frameworks_own_refusals_come_in_the_documented_shape() {
     // (method, path, status, words the message holds)
     let cases = [
         ("GET", "/tasks?limit=abc", 400, "limit"),
+        (
+            "GET",
+            "/tasks?state=bogus",
+            400,
+            "`state` is one of pending, running, merging, merge_waiting, done, failed, requeued, not `bogus`",
+        ),
         ("GET", "/events?after=-1", 400, "after"),
         (
             "DELETE",
@@ -92,6 +111,13 @@ fn the_frameworks_own_refusals_come_in_the_documented_shape() {
             );
         }
     }
+    let r = common::http(&url, "POST", "/tasks", Some(&token), Some(""));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("the body is empty"),
+        "expected the empty body named as a body, got {}",
+        r.body
+    );
     // A chat request's fields of the wrong type are named as such, not taken for absent.
     let chats = [
         (
