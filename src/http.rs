@@ -781,12 +781,14 @@ async fn fleet_events(st: &AppState, after: Option<u64>, q: &EventsQuery) -> Api
         crate::fleet::events::StartAt::After,
     );
     let rx = st.api.fleet_events(from).await.map_err(|e| {
-        let status = match e {
-            crate::api::FleetEventsError::NotInFleet => StatusCode::NOT_FOUND,
+        let (status, kind) = match e {
+            crate::api::FleetEventsError::NotInFleet => (StatusCode::NOT_FOUND, "not_found"),
             crate::api::FleetEventsError::NotConnected
-            | crate::api::FleetEventsError::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | crate::api::FleetEventsError::Refused(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
         };
-        ApiError::new(status, "invalid_request_error", e.to_string())
+        ApiError::new(status, kind, e.to_string())
     })?;
     Ok(crate::web::event_stream(
         rx,
