@@ -416,9 +416,14 @@ impl Engine {
                 };
                 worktrees::check(check, &mut report).await;
             }
-            let _ = tx.send(Msg::AgentGone { task: task.clone() });
             let events = finished_events(&plan, attempt, retries_used, &report, &prices);
-            let records = match ledger.append_all(events).await {
+            let (written, durable) = ledger.append_all_written(events);
+            // Once its end is in the file, the next attempt may start: its start is written
+            // after this end (the ledger never shows more running than the cap), and waiting
+            // for the fsync runs no agent.
+            let _ = written.await;
+            let _ = tx.send(Msg::AgentGone { task: task.clone() });
+            let records = match durable.await {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx.send(Msg::LedgerFailed(e.to_string()));

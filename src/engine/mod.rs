@@ -139,8 +139,9 @@ struct AgentSlot {
 
 /// Messages to the engine from the tasks it spawned.
 enum Msg {
-    /// An attempt's agent has ended and its process group is gone; its end is being recorded
-    /// (`AttemptDone` follows). Its slot is free from now: waiting for the disk runs no agent.
+    /// An attempt's agent has ended, its process group is gone and its end is written to the
+    /// ledger (not yet fsynced; `AttemptDone` follows once it is). Its slot is free from now:
+    /// waiting for the disk runs no agent.
     AgentGone {
         task: String,
     },

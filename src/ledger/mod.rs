@@ -247,17 +247,30 @@ impl Ledger {
         oneshot::Receiver<()>,
         impl Future<Output = Result<Record, LedgerError>> + Send + 'static,
     ) {
+        let (written, durable) = self.append_all_written(vec![event]);
+        (written, async move { Ok(durable.await?.remove(0)) })
+    }
+
+    /// [`Ledger::append_written`] of several events, in one batch. An ended attempt's slot is
+    /// freed at the first: what follows is written after its end, and the fsync overlaps the
+    /// next start.
+    pub fn append_all_written(
+        &self,
+        events: Vec<Event>,
+    ) -> (
+        oneshot::Receiver<()>,
+        impl Future<Output = Result<Vec<Record>, LedgerError>> + Send + 'static,
+    ) {
         let (ack, done) = oneshot::channel();
         let (written_tx, written) = oneshot::channel();
         let sent = self.tx.send(Append {
-            events: vec![event],
+            events,
             ack,
             written: Some(written_tx),
         });
         let durable = async move {
             sent.map_err(|_| LedgerError::Closed)?;
-            let mut v = done.await.map_err(|_| LedgerError::Closed)??;
-            Ok(v.remove(0))
+            done.await.map_err(|_| LedgerError::Closed)?
         };
         (written, durable)
     }
