@@ -410,6 +410,12 @@ pub fn accept(
             .to_string();
     }
     if let Some(out) = fields.output.as_mut() {
+        // Normalising would drop the slash and write a file where a directory was meant.
+        if out.ends_with('/') {
+            return reject(format!(
+                "`output` path `{out}` names a directory; name the file the result goes to (`{out}result.md`)"
+            ));
+        }
         *out = confined::workspace_path("output", out)
             .map_err(|e| Reject(e.to_string()))?
             .to_string();
@@ -553,9 +559,11 @@ fn accept_workflow(
         .filter(|v| !fields.vars.contains_key(v))
         .collect();
     if !missing.is_empty() {
+        // In the words of each door: the CLI's flag, a task file's or a request's `vars`.
         let args: Vec<String> = missing.iter().map(|v| format!("--var {v}=…")).collect();
+        let keys: Vec<String> = missing.iter().map(|v| format!("\"{v}\": …")).collect();
         return reject(format!(
-            "workflow `{name}` needs the variable{} {}: give {} as `{}`",
+            "workflow `{name}` needs the variable{} {}: give {} as `{}` (`\"vars\": {{{}}}` in a task file or a request)",
             if missing.len() == 1 { "" } else { "s" },
             missing
                 .iter()
@@ -563,7 +571,8 @@ fn accept_workflow(
                 .collect::<Vec<_>>()
                 .join(", "),
             if missing.len() == 1 { "it" } else { "them" },
-            args.join(" ")
+            args.join(" "),
+            keys.join(", ")
         ));
     }
     // Where the phases will write, with this run's variables: a variable that leads an
@@ -786,6 +795,11 @@ mod tests {
                 "x.json",
                 r#"{"prompt":"p","output":"/etc/x"}"#,
                 "is absolute",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","output":"sub/"}"#,
+                "`output` path `sub/` names a directory; name the file the result goes to (`sub/result.md`)",
             ),
             (
                 "x.json",

@@ -230,7 +230,7 @@ fn workflow_tasks_are_checked_before_they_are_accepted() {
     let stderr = |args: &[&str]| String::from_utf8_lossy(&ws.cli(args).stderr).into_owned();
     assert_eq!(
         stderr(&["workflow", "run", "needs"]),
-        "error: workflow `needs` needs the variable `topic`: give it as `--var topic=…`\n"
+        "error: workflow `needs` needs the variable `topic`: give it as `--var topic=…` (`\"vars\": {\"topic\": …}` in a task file or a request)\n"
     );
     assert_eq!(
         stderr(&[
@@ -931,7 +931,7 @@ models:
     let out = ws.cli(&["workflow", "run", "feature-build"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: workflow `feature-build` needs the variable `feature`: give it as `--var feature=…`\n"
+        "error: workflow `feature-build` needs the variable `feature`: give it as `--var feature=…` (`\"vars\": {\"feature\": …}` in a task file or a request)\n"
     );
     let _d = ws.start();
     let out = ws.cli(&[
