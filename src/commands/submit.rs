@@ -79,11 +79,11 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         })?;
     // Not refused: an earlier task (`--after`) may write it. But a typo should not wait
     // silently until the task starts.
-    let given = (fields
+    let contexts = fields
         .context
         .iter()
-        .map(|c| ("--context", ws.context(), c)))
-    .chain(fields.files.iter().map(|f| ("--file", ws.root(), f)));
+        .map(|c| ("--context", ws.context(), c));
+    let given = contexts.chain(fields.files.iter().map(|f| ("--file", ws.root(), f)));
     for (flag, base, rel) in given {
         let path = base.join(rel);
         // As the daemon will read it: a regular file, no link followed.

@@ -819,7 +819,6 @@ pub fn yaml_message(e: &YamlError) -> String {
         None => first,
     };
     let first = plain_words(first);
-    let first = first.as_str();
     match e.key.as_deref() {
         // An unknown field's message names the field (the path ends with it): say where it
         // was found.
@@ -834,8 +833,8 @@ pub fn yaml_message(e: &YamlError) -> String {
 
 /// The YAML parser's words for a value of the wrong shape (`expected sequence start`,
 /// `invalid u64`), said in the words a config's reader uses; any other message as it is.
-fn plain_words(message: &str) -> String {
-    let said = match message {
+fn plain_words(message: &str) -> &str {
+    match message {
         "expected sequence start" => "expected a list: `[a, b]`, or one `- item` per line",
         "expected mapping start" => "expected a map: `key: value` lines, or `{key: value}`",
         "expected string scalar" | "expected scalar" => {
@@ -850,8 +849,7 @@ fn plain_words(message: &str) -> String {
         "invalid floating point" | "invalid f32" | "invalid f64" => "expected a number",
         m if m.starts_with("invalid boolean") => "expected `true` or `false`",
         other => other,
-    };
-    said.to_string()
+    }
 }
 
 /// Formats a YAML error with its line and column and the key it was at.
