@@ -50,6 +50,8 @@ pub struct Api {
     stopping: watch::Receiver<bool>,
     /// Checks the records read back from the files (an agent may have appended lines).
     key: Option<crate::integrity::Key>,
+    /// Set by the ledger writer: an event stream asked to resume past it says so.
+    newest: crate::ledger::Newest,
     /// Fleet mode: the connection to the fleet's server, once made (`None`: not in a fleet).
     fleet: Option<crate::fleet::ConnCell>,
 }
@@ -129,17 +131,24 @@ pub enum StreamItem {
         after: u64,
         next: u64,
     },
+    /// The position asked for (`after`) is past the ledger's newest record (`newest`): it came
+    /// from another ledger, one since started afresh. The stream goes on after `newest`.
+    Reset {
+        after: u64,
+        newest: u64,
+    },
 }
 
 impl Api {
     pub fn new(
         ws: Workspace,
         engine: mpsc::Sender<ControlRequest>,
-        live: broadcast::Sender<crate::ledger::LiveRecord>,
+        ledger: &crate::ledger::Ledger,
         applied: watch::Receiver<u64>,
         stopping: watch::Receiver<bool>,
         key: Option<crate::integrity::Key>,
     ) -> Self {
+        let live = ledger.live();
         Api {
             ws,
             engine,
@@ -148,6 +157,7 @@ impl Api {
             applied,
             stopping,
             key,
+            newest: ledger.newest(),
             fleet: None,
         }
     }
@@ -375,6 +385,7 @@ impl Api {
         let ledger_path = self.ws.ledger();
         let mut stopping = self.stopping.clone();
         let key = self.key.clone();
+        let newest = self.newest.clone();
         tokio::spawn(async move {
             let keep = |r: &Record| match &task {
                 None => true,
@@ -429,6 +440,21 @@ impl Api {
                         }
                     };
                     if page.is_empty() {
+                        // Nothing after `from`, and nothing given a number past it either: the
+                        // position is from another ledger. Read after the files, so a record
+                        // written meanwhile is not mistaken for one that never was.
+                        let newest_now = newest.get();
+                        if from > newest_now {
+                            let reset = StreamItem::Reset {
+                                after: from,
+                                newest: newest_now,
+                            };
+                            if tx.send(reset).await.is_err() {
+                                return;
+                            }
+                            from = newest_now;
+                            continue;
+                        }
                         break;
                     }
                     for r in page {

@@ -687,17 +687,43 @@ async fn run_workflow(
     let mut object = if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::Map::new()
     } else {
-        match serde_json::from_slice::<Value>(&body) {
+        // A UTF-8 byte order mark is harmless, as in a task file.
+        let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
+        let refuse = |why: String| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!(
+                    "{why}; the body must be a JSON object like {{\"vars\": {{\"goal\": \"…\"}}}}"
+                ),
+            )
+        };
+        match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m)) => m,
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "the body must be a JSON object like {\"vars\": {\"goal\": \"…\"}}",
-                ));
-            }
+            Ok(_) => return Err(refuse("the body is not a JSON object".into())),
+            Err(e) => return Err(refuse(format!("the body is not valid JSON: {e}"))),
         }
     };
+    // The workflow is the path's resource: one that does not exist is a 404, as an unknown
+    // task or agent is (in a `POST /tasks` body it is a field, and a 400).
+    let known = data(st.api.call(Request::Workflows).await)?;
+    let names: Vec<&str> = known
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    if !names.contains(&name.as_str()) {
+        let hint = crate::suggest::hint(&name, names.iter().copied());
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no workflow `{name}` (workflows: {}){hint}; `GET /workflows` lists them",
+                names.join(", ")
+            ),
+        ));
+    }
     object.insert("workflow".into(), Value::String(name));
     let bytes = serde_json::to_vec(&object).unwrap_or_default();
     let fields = crate::task::parse_fields("request.json", &bytes)
@@ -750,6 +776,11 @@ impl crate::web::Encode<StreamItem> for Brief {
             StreamItem::Gap { next, .. } => {
                 self.records += 1;
                 self.last = Some(next.saturating_sub(1));
+            }
+            // A dashboard looks again at everything: what it showed came from another ledger.
+            StreamItem::Reset { newest, .. } => {
+                self.records += 1;
+                self.last = Some(*newest);
             }
         }
     }
@@ -858,6 +889,13 @@ async fn events(
                     let _ = write!(
                         out,
                         "event: gap\ndata: {{\"after\":{after},\"next\":{next}}}\n\n"
+                    );
+                }
+                // With an `id:`, so a browser resumes from the ledger's real position.
+                StreamItem::Reset { after, newest } => {
+                    let _ = write!(
+                        out,
+                        "id: {newest}\nevent: reset\ndata: {{\"after\":{after},\"newest\":{newest}}}\n\n"
                     );
                 }
             }

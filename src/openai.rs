@@ -301,8 +301,8 @@ pub(crate) async fn chat_completions(
     State(st): State<AppState>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let req: Value =
-        serde_json::from_slice(&body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let req: Value = serde_json::from_slice(body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body))
+        .map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
     let model = match &req["model"] {
         Value::String(m) => m.clone(),
         Value::Null => return Err(invalid("`model` is missing; `GET /v1/models` lists them")),

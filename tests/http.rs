@@ -418,6 +418,79 @@ fn agents_and_workflows_are_listed_and_a_workflow_runs() {
 }
 
 #[test]
+fn a_missing_resource_is_a_404_and_a_broken_body_says_where() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    let t = Some(token.as_str());
+    let plain = http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "p", "id": "plain"}"#),
+    );
+    assert_eq!(plain.status, 201, "{}", plain.body);
+    // (method, path, body, status, kind, words the message holds)
+    let cases = [
+        (
+            "POST",
+            "/workflows/nope/runs",
+            "{}",
+            404,
+            "not_found",
+            "no workflow `nope` (workflows: ",
+        ),
+        (
+            "POST",
+            "/workflows/plan/runs",
+            "{\"vars\": ",
+            400,
+            "invalid_request_error",
+            "the body is not valid JSON: EOF while parsing a value at line 1 column 9",
+        ),
+        (
+            "POST",
+            "/workflows/plan/runs",
+            "[1]",
+            400,
+            "invalid_request_error",
+            "the body is not a JSON object; the body must be a JSON object like",
+        ),
+        (
+            "GET",
+            "/runs?id=nope",
+            "",
+            404,
+            "not_found",
+            "no workflow run `nope`",
+        ),
+        (
+            "GET",
+            "/runs?id=plain",
+            "",
+            404,
+            "not_found",
+            "task `plain` is not a workflow run",
+        ),
+    ];
+    for (method, path, body, status, kind, words) in cases {
+        let r = http(&url, method, path, t, (!body.is_empty()).then_some(body));
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["error"]["type"], kind, "{method} {path}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(words),
+            "{method} {path}: expected a message with {words:?}, got {message:?}"
+        );
+    }
+    // A byte order mark before a body is taken, as in a task file.
+    let bom = "\u{feff}{\"vars\": {\"goal\": \"g\"}, \"id\": \"bom\"}";
+    let r = http(&url, "POST", "/workflows/plan/runs", t, Some(bom));
+    assert_eq!(r.status, 201, "expected a BOM to be taken: {}", r.body);
+}
+
+#[test]
 fn events_arrive_in_order_and_resume_after_last_event_id() {
     let ws = Workspace::new(CONFIG);
     let (_d, url, token) = ws.start_http();
@@ -506,6 +579,41 @@ fn events_arrive_in_order_and_resume_after_last_event_id() {
     );
     let bad = SseStream::open(&url, "/events", &token, &[("Last-Event-ID", "yesterday")]);
     assert_eq!(bad.status, 400);
+
+    // A position past the ledger's newest record (from a ledger since started afresh) is
+    // announced, and the stream goes on after the newest record, instead of waiting for
+    // records that will never come.
+    let x5 = http(&url, "GET", "/tasks/x5?wait=30s", t, None);
+    assert!(
+        x5.body.contains(r#""state":"done""#),
+        "x5 ends: {}",
+        x5.body
+    );
+    let newest = ws.records().last().unwrap().seq;
+    let mut stale = SseStream::open(&url, "/events", &token, &[("Last-Event-ID", "999999")]);
+    assert_eq!(stale.status, 200);
+    let reset = stale.next().expect("a reset event, not silence");
+    assert_eq!(
+        (reset.event.as_deref(), reset.id.as_deref()),
+        (Some("reset"), Some(newest.to_string().as_str())),
+        "expected a reset to the newest record: {reset:?}"
+    );
+    let data: serde_json::Value = serde_json::from_str(&reset.data).unwrap();
+    assert_eq!(data, serde_json::json!({"after": 999999, "newest": newest}));
+    http(
+        &url,
+        "POST",
+        "/tasks",
+        t,
+        Some(r#"{"prompt": "p", "id": "e6"}"#),
+    );
+    let next = stale.next().unwrap();
+    let record: serde_json::Value = serde_json::from_str(&next.data).unwrap();
+    assert_eq!(
+        record["seq"].as_u64(),
+        Some(newest + 1),
+        "the stream goes on right after the newest record: {record}"
+    );
 }
 
 #[test]

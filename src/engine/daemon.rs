@@ -227,7 +227,7 @@ pub async fn run_with_options(
     let api = crate::api::Api::new(
         ws.clone(),
         ctrl_tx,
-        engine.ledger.live(),
+        &engine.ledger,
         applied,
         stopping.clone(),
         Some(key),

@@ -223,6 +223,20 @@ impl Engine {
                     id.as_deref(),
                     &phases_of,
                 );
+                // Asked for one run by id: an empty list would read as "no such run" only to
+                // those who know the shape; say which it is.
+                if let Some(id) = id.as_deref()
+                    && runs.is_empty()
+                {
+                    let message = if self.book.contains(id) {
+                        format!(
+                            "task `{id}` is not a workflow run; `dirigent status {id}` shows it"
+                        )
+                    } else {
+                        format!("no workflow run `{id}`; `GET /runs` lists them")
+                    };
+                    return Response::fail(Failure::NotFound, message);
+                }
                 Response::data(serde_json::json!(runs))
             }
             Request::Workflows => match crate::catalog::workflows(&self.ws, &self.config) {

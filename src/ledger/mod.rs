@@ -112,6 +112,25 @@ pub struct Ledger {
     /// Set by the daemon when it stops: a paused writer gives up on the batch it holds instead
     /// of waiting for the resource (nothing is lost: that batch was never acknowledged).
     give_up: Arc<AtomicBool>,
+    /// Set by the writer thread: the newest sequence number it has given a record.
+    newest: Newest,
+}
+
+/// The newest sequence number the ledger has given a record (it may still be on its way to
+/// the disk): no record with a higher one exists. An event stream asked to resume after a
+/// higher one was handed a position from another ledger (one started afresh), and says so
+/// instead of waiting for records that will never come.
+#[derive(Clone, Debug, Default)]
+pub struct Newest(Arc<std::sync::atomic::AtomicU64>);
+
+impl Newest {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, seq: u64) {
+        self.0.store(seq, Ordering::Release);
+    }
 }
 
 /// Records a live subscriber may fall behind by before it is told it lagged (it then reads the
@@ -164,7 +183,10 @@ impl Ledger {
         let (events, _) = broadcast::channel(LIVE_BACKLOG);
         let (paused_tx, paused) = watch::channel(None);
         let give_up = Arc::new(AtomicBool::new(false));
+        let newest = Newest::default();
+        newest.set(last_seq);
         let writer = Writer {
+            newest: newest.clone(),
             good_len: file.metadata().map(|m| m.len()).unwrap_or(0),
             file,
             path: path.to_path_buf(),
@@ -186,6 +208,7 @@ impl Ledger {
                 events,
                 paused,
                 give_up,
+                newest,
             },
             WriterThread(handle),
         ))
@@ -197,6 +220,11 @@ impl Ledger {
     /// handle, so its holders do not keep the writer alive.)
     pub fn live(&self) -> broadcast::Sender<LiveRecord> {
         self.events.clone()
+    }
+
+    /// The newest sequence number given to a record, kept current by the writer.
+    pub fn newest(&self) -> Newest {
+        self.newest.clone()
     }
 
     /// Why the writer is waiting for a resource, while it is.
@@ -282,6 +310,8 @@ struct Writer {
     path: PathBuf,
     /// The last sequence number written.
     seq: u64,
+    /// Receivers: the doors' event streams (through [`Ledger::newest`]).
+    newest: Newest,
     /// Where the last complete batch ends: a failed write is cut back to here.
     good_len: u64,
     rotation: Option<Rotation>,
@@ -342,6 +372,8 @@ impl Writer {
                 }
                 out.push(recs);
             }
+            // Before the write: a reader may find these records in the file from now on.
+            self.newest.set(self.seq);
             let result = self.write_durably(&buf, &mut batch);
             if buf.capacity() > 1 << 20 {
                 // A burst should not pin its buffer for the daemon's lifetime.
@@ -363,6 +395,7 @@ impl Writer {
                     // The partial batch was cut off. Refuse everything from now on rather than
                     // risk a hole in the sequence.
                     self.seq = start_seq;
+                    self.newest.set(start_seq);
                     let why = format!("{}: {e}", self.path.display());
                     tracing::error!("ledger write failed: {why}; dirigent stops accepting work");
                     for a in batch {
