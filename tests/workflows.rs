@@ -1049,7 +1049,7 @@ fn a_name_that_resolves_to_nothing_is_reported_with_the_lookup_and_a_fix() {
         format!(
             "error: {f}:5:12: `alpha-large` is not an agent (configured: alpha, beta, broken, gate), an `agent:model` entry, a role (roles: backend, bulk, frontend, judge, planner, proposer, reviewer) or a `models:` alias. To run it, add `alpha-large: \"alpha:large\"` under `models:` in the config.\n\
 error: {f}:8:12: `alhpa` is not an agent (configured: alpha, beta, broken, gate), an `agent:model` entry, a role (roles: backend, bulk, frontend, judge, planner, proposer, reviewer) or a `models:` alias. Did you mean `alpha`? To run it, add `alhpa: AGENT` (or `AGENT:MODEL`) under `models:` in the config.\n\
-2 problem(s) found\n"
+2 problems found\n"
         )
     );
 }

@@ -139,7 +139,7 @@ pub fn workflow_validate(ws: &Workspace, targets: &[String]) -> Result<ExitCode>
         }
     }
     if bad > 0 {
-        eprintln!("{bad} problem(s) found");
+        eprintln!("{bad} problem{} found", if bad == 1 { "" } else { "s" });
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)

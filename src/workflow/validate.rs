@@ -142,7 +142,13 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 ),
             );
         }
-        for (name, accepts) in phase.named_runners() {
+        let misplaced = phase.misplaced_keys();
+        for (key, name, accepts) in phase.named_runners() {
+            // A key the phase never reads is reported as such (below); the names in it are
+            // not a second problem.
+            if misplaced.iter().any(|m| m.key == key) {
+                continue;
+            }
             if let Err(why) = targets::resolve(&name.value, accepts, config) {
                 at(&name.referenced, why.to_string());
             }
@@ -172,7 +178,7 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 }
             }
         }
-        for m in phase.misplaced_keys() {
+        for m in misplaced {
             let key = m.key;
             let second = super::written::SECOND_NAMES
                 .iter()
@@ -660,6 +666,15 @@ phases:
             ),
             (
                 "type: single\n    agent: claude\n    distill: {agent: gemini}",
+                "x.yaml:3:11: phase `p`: `distill` is read only with `context: distilled`; remove it or set `context: distilled`",
+            ),
+            // The names in a key the phase never reads are not looked up: one problem, not two.
+            (
+                "type: single\n    agent: claude\n    judge: nobody",
+                &judge_on_single,
+            ),
+            (
+                "type: single\n    agent: claude\n    distill: {agent: ghost}",
                 "x.yaml:3:11: phase `p`: `distill` is read only with `context: distilled`; remove it or set `context: distilled`",
             ),
             // Where they are read: none of these is a problem.

@@ -188,33 +188,38 @@ impl WrittenPhase {
         runner_of(&self.agent, &self.role, &self.model)
     }
 
-    /// Every name in the phase that must resolve to something that runs, with what it accepts.
-    pub fn named_runners(&self) -> Vec<(&Spanned<String>, targets::Accepts)> {
+    /// Every name in the phase that must resolve to something that runs, with the phase's key
+    /// it is written under (`tasks` for a task's `agent`) and what it accepts.
+    pub fn named_runners(&self) -> Vec<(&'static str, &Spanned<String>, targets::Accepts)> {
         use targets::Accepts;
         let mut out = Vec::new();
-        out.extend(self.agent.iter().map(|a| (a, Accepts::Agent)));
-        out.extend(self.role.iter().map(|r| (r, Accepts::Role)));
-        out.extend(self.model.iter().map(|m| (m, Accepts::Any)));
-        out.extend(self.agents.iter().map(|a| (a, Accepts::Any)));
-        out.extend(self.judge.iter().map(|j| (j, Accepts::Any)));
-        out.extend(self.routing.values().map(|v| (v, Accepts::Any)));
+        out.extend(self.agent.iter().map(|a| ("agent", a, Accepts::Agent)));
+        out.extend(self.role.iter().map(|r| ("role", r, Accepts::Role)));
+        out.extend(self.model.iter().map(|m| ("model", m, Accepts::Any)));
+        out.extend(self.agents.iter().map(|a| ("agents", a, Accepts::Any)));
+        out.extend(self.judge.iter().map(|j| ("judge", j, Accepts::Any)));
+        out.extend(self.routing.values().map(|v| ("routing", v, Accepts::Any)));
         out.extend(
             self.tasks
                 .iter()
                 .filter_map(|t| t.agent.as_ref())
-                .map(|a| (a, Accepts::Any)),
+                .map(|a| ("tasks", a, Accepts::Any)),
         );
-        for step in [&self.synthesize, &self.generator].into_iter().flatten() {
-            out.extend(step.agent.iter().map(|a| (a, Accepts::Agent)));
-            out.extend(step.role.iter().map(|r| (r, Accepts::Role)));
-            out.extend(step.model.iter().map(|m| (m, Accepts::Any)));
+        for (key, step) in [
+            ("synthesize", &self.synthesize),
+            ("generator", &self.generator),
+        ] {
+            let Some(step) = step else { continue };
+            out.extend(step.agent.iter().map(|a| (key, a, Accepts::Agent)));
+            out.extend(step.role.iter().map(|r| (key, r, Accepts::Role)));
+            out.extend(step.model.iter().map(|m| (key, m, Accepts::Any)));
         }
         if let Some(ev) = &self.evaluator {
-            out.extend(ev.agent.iter().map(|a| (a, Accepts::Any)));
+            out.extend(ev.agent.iter().map(|a| ("evaluator", a, Accepts::Any)));
         }
         if let Some(d) = &self.distill {
-            out.extend(d.agent.iter().map(|a| (a, Accepts::Agent)));
-            out.extend(d.role.iter().map(|r| (r, Accepts::Role)));
+            out.extend(d.agent.iter().map(|a| ("distill", a, Accepts::Agent)));
+            out.extend(d.role.iter().map(|r| ("distill", r, Accepts::Role)));
         }
         out
     }
