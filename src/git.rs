@@ -184,6 +184,35 @@ pub fn in_repository(dir: &Path) -> bool {
     dir.ancestors().any(|d| d.join(".git").exists())
 }
 
+/// How a file of the checkout stands against its last commit — what a new worktree holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// Committed as it is.
+    AsIs,
+    /// Tracked, with changes not committed: a worktree holds the committed version.
+    Changed,
+    /// Not tracked: a worktree does not hold it.
+    Untracked,
+    /// Ignored by git: a worktree does not hold it.
+    Ignored,
+}
+
+/// Whether `rel` (a file under `dir`) is committed as it is.
+pub fn committed(dir: &Path, rel: &str) -> Result<Committed, GitError> {
+    // Literal: a name with `*` or `:` is that name, not a pattern.
+    let spec = format!(":(literal){rel}");
+    let out = git(
+        dir,
+        ["status", "--porcelain=v1", "--ignored", "-z", "--", &spec],
+    )?;
+    Ok(match out.get(..2) {
+        None => Committed::AsIs,
+        Some("??") => Committed::Untracked,
+        Some("!!") => Committed::Ignored,
+        Some(_) => Committed::Changed,
+    })
+}
+
 impl Repo {
     /// The repository `dir` is in.
     pub fn discover(dir: &Path) -> Result<Repo, GitError> {

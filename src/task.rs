@@ -470,7 +470,25 @@ fn accept_editing(
             "`base: {base}` is not a revision (a branch, tag or commit)"
         ));
     }
-    let asked = crate::workdir::Asked {
+    match crate::workdir::decide(
+        asked_workdir(fields, config),
+        crate::git::in_repository(root),
+        false,
+    ) {
+        Err(e) => reject(e.to_string()),
+        // Its branch is named after its id: an id git refuses is refused now, not at its
+        // first attempt.
+        Ok(crate::workdir::Workdir::Worktree) => crate::git::branch_for(id)
+            .map(drop)
+            .map_err(|e| Reject(e.to_string())),
+        Ok(crate::workdir::Workdir::Shared) => Ok(()),
+    }
+}
+
+/// Where the task and the config ask its attempts to work (an agent may still say otherwise):
+/// what acceptance checks, and what `submit` warns by.
+pub fn asked_workdir(fields: &TaskFields, config: &Config) -> crate::workdir::Asked {
+    crate::workdir::Asked {
         task: fields.workdir,
         role: fields
             .role
@@ -479,15 +497,6 @@ fn accept_editing(
             .and_then(|(w, _)| *w),
         config: config.workdir,
         ..Default::default()
-    };
-    match crate::workdir::decide(asked, crate::git::in_repository(root), false) {
-        Err(e) => reject(e.to_string()),
-        // Its branch is named after its id: an id git refuses is refused now, not at its
-        // first attempt.
-        Ok(crate::workdir::Workdir::Worktree) => crate::git::branch_for(id)
-            .map(drop)
-            .map_err(|e| Reject(e.to_string())),
-        Ok(crate::workdir::Workdir::Shared) => Ok(()),
     }
 }
 

@@ -143,6 +143,64 @@ fn submit_validates_before_writing_anything() {
 }
 
 #[test]
+fn a_file_a_worktree_will_not_hold_is_warned_of_at_submit() {
+    let ws = Workspace::new(CONFIG);
+    let root = ws.root();
+    common::git(root, &["init", "-q", "-b", "main"]);
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(root.join(".gitignore"), ".env\n.context/\n").unwrap();
+    for name in ["src/kept.rs", "src/draft.rs", "src/we*rd.rs"] {
+        std::fs::write(root.join(name), "fn a() {}\n").unwrap();
+    }
+    common::git(root, &["add", "."]);
+    common::git(root, &["commit", "-q", "-m", "base"]);
+    std::fs::write(root.join("src/draft.rs"), "fn b() {}\n").unwrap();
+    std::fs::write(root.join("src/new.rs"), "fn c() {}\n").unwrap();
+    std::fs::write(root.join(".env"), "K=v\n").unwrap();
+    let tail = "; commit it first, or run the task in the workspace itself (`--workdir shared`)";
+    // (file, the warning expected; None: none)
+    let cases = [
+        ("src/kept.rs", None),
+        ("src/we*rd.rs", None),
+        (
+            "src/draft.rs",
+            Some(
+                "has changes that are not committed, and the task's worktree holds the committed version",
+            ),
+        ),
+        (
+            "src/new.rs",
+            Some("is not committed, so the task's worktree does not hold it"),
+        ),
+        (
+            ".env",
+            Some("is ignored by git, so the task's worktree does not hold it"),
+        ),
+    ];
+    for (file, want) in cases {
+        let out = ws.cli(&["submit", "x", "--file", file]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let warned: Vec<String> = stderr(&out)
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .map(str::to_string)
+            .collect();
+        let want: Vec<String> = want
+            .map(|w| format!("warning: `--file {file}` {w}{tail}"))
+            .into_iter()
+            .collect();
+        assert_eq!(warned, want, "`--file {file}`");
+        // In the workspace itself the file is read as it is: nothing to warn of.
+        let out = ws.cli(&["submit", "x", "--workdir", "shared", "--file", file]);
+        assert!(
+            !stderr(&out).contains("warning:"),
+            "`--workdir shared --file {file}`: expected no warning, got {:?}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn submit_reads_the_prompt_from_stdin_and_writes_a_valid_task_file() {
     let ws = Workspace::new(CONFIG);
     // The tasks it runs after exist (waiting in the inbox): `after` must name real tasks.

@@ -100,6 +100,48 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
             "warning: `{flag} {rel}`: {problem}; the task escalates if it is still so when it starts"
         );
     }
+    // An editing task reads its files in a worktree made from the last commit: a file never
+    // committed is not there, and a draft not committed is not what the agent sees.
+    let in_worktree = dirigent::workdir::decide(
+        dirigent::task::asked_workdir(&fields, &config),
+        dirigent::git::in_repository(ws.root()),
+        false,
+    ) == Ok(dirigent::workdir::Workdir::Worktree);
+    if in_worktree && fields.base.is_none() && fields.merge_into.is_none() {
+        let setup = &config.editing.setup;
+        // Under a `worktree.copy`/`link` path, a new tree gets it from the checkout.
+        let brought = |rel: &str| {
+            setup.copy.iter().chain(&setup.link).any(|p| {
+                rel == p.as_str()
+                    || rel
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+        };
+        for rel in &fields.files {
+            if brought(rel)
+                || !std::fs::symlink_metadata(ws.root().join(rel)).is_ok_and(|m| m.is_file())
+            {
+                continue;
+            }
+            use dirigent::git::Committed;
+            let problem = match dirigent::git::committed(ws.root(), rel) {
+                Ok(Committed::AsIs) | Err(_) => continue,
+                Ok(Committed::Changed) => {
+                    "has changes that are not committed, and the task's worktree holds the committed version"
+                }
+                Ok(Committed::Untracked) => {
+                    "is not committed, so the task's worktree does not hold it"
+                }
+                Ok(Committed::Ignored) => {
+                    "is ignored by git, so the task's worktree does not hold it"
+                }
+            };
+            eprintln!(
+                "warning: `--file {rel}` {problem}; commit it first, or run the task in the workspace itself (`--workdir shared`)"
+            );
+        }
+    }
     if !ws.context().is_dir() {
         eprintln!(
             "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit; add `.context/` to .gitignore)",
