@@ -237,15 +237,35 @@ fn wait_for(
 ) -> Result<ExitCode> {
     let waker = ChangeWaker::new(&[ws.context()]);
     let started = Instant::now();
+    // Interrupted, the client says what goes on without it.
+    let _ = dirigent::signals::part_with(format!(
+        "dirigent: stopped waiting; `{id}` goes on in the daemon (`dirigent logs {id} -f` follows it, `dirigent cancel {id}` stops it)"
+    ));
     // On a terminal, a live line shows what runs now; in a pipe, only the event lines.
     let mut live = LiveLine::new(std::io::stderr().is_terminal());
     // What runs now: (task, attempt, agent, since), the run's own tasks included.
     let mut current: Vec<(String, u32, String, Instant)> = Vec::new();
     let child_prefix = format!("{id}.");
+    // Whether a daemon runs (looked at once a second at most): its going away, or coming
+    // back, is said, never waited through silently.
+    let mut daemon = running_daemon(ws);
+    let mut looked = Instant::now();
+    // The daemon's lock was seen let go: the records are read once more before saying how it
+    // went (a clean stop writes its record before it lets go).
+    let mut gone_unconfirmed = false;
+    // A stop was written (`daemon_stopped`) since the daemon last started.
+    let mut stopped_cleanly = false;
+    // The stop was already told (the task was put back into the inbox).
+    let mut stop_told = false;
     loop {
         let records = follower.next_records()?;
         for r in records {
             let Some(task) = r.event.task().map(str::to_string) else {
+                match &r.event {
+                    Event::DaemonStopped { .. } => stopped_cleanly = true,
+                    Event::DaemonStarted { .. } => stopped_cleanly = false,
+                    _ => {}
+                }
                 if let Event::Rejected {
                     file: f,
                     reason,
@@ -276,6 +296,9 @@ fn wait_for(
             }
             live.clear();
             if own {
+                if matches!(r.event, Event::Requeued { .. }) {
+                    stop_told = true;
+                }
                 if let Some(code) = report_progress(ws, id, &r, started)? {
                     return Ok(code);
                 }
@@ -301,6 +324,40 @@ fn wait_for(
             ),
             None => format!("[{}] waiting for `{id}`", short(started.elapsed())),
         };
+        if gone_unconfirmed || looked.elapsed() >= Duration::from_secs(1) {
+            looked = Instant::now();
+            let now = running_daemon(ws);
+            match (&daemon, &now) {
+                (Some(_), None) if !gone_unconfirmed => {
+                    gone_unconfirmed = true;
+                    continue;
+                }
+                (Some(pid), None) => {
+                    live.clear();
+                    let t = short(started.elapsed());
+                    if !stopped_cleanly {
+                        eprintln!(
+                            "[{t}] the daemon (pid {pid}) is gone without a clean stop; `{id}` goes on when a daemon starts again (`dirigent daemon`, or its service)"
+                        );
+                    } else if !stop_told {
+                        eprintln!(
+                            "[{t}] the daemon stopped; `{id}` waits for the next start (`dirigent daemon`)"
+                        );
+                    }
+                }
+                (None, Some(pid)) => {
+                    live.clear();
+                    eprintln!(
+                        "[{}] a daemon (pid {pid}) is running; waiting for `{id}`",
+                        short(started.elapsed())
+                    );
+                    stop_told = false;
+                }
+                _ => {}
+            }
+            gone_unconfirmed = false;
+            daemon = now;
+        }
         live.draw(&line);
         waker.wait(Duration::from_secs(1));
     }
@@ -438,6 +495,12 @@ fn report_progress(
         Event::Requeued { .. } => eprintln!(
             "[{t}] the daemon stopped; the task is back in the inbox and waits for the next start"
         ),
+        Event::Cancelled { .. } => {
+            eprintln!(
+                "[{t}] cancelled by the user; `dirigent retry {id}` runs it again from the start"
+            );
+            return Ok(Some(ExitCode::from(1)));
+        }
         Event::PhaseCompleted { phase, output, .. } => {
             eprintln!("[{t}] phase {phase} completed: {output}")
         }
