@@ -263,6 +263,48 @@ fn started_by_us(pid: i32, workspace: &Path) -> bool {
     false
 }
 
+/// The line a waiting client (`submit --wait`) leaves when it is interrupted (set once, before
+/// the handler is installed; the handler only reads it).
+static PARTING: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+extern "C" fn on_interrupt(sig: libc::c_int) {
+    // SAFETY: only a read of memory set before the handler was installed, write(2) and
+    // _exit(2) — async-signal-safe.
+    unsafe {
+        if let Some(line) = PARTING.get() {
+            libc::write(2, line.as_ptr().cast(), line.len());
+        }
+        libc::_exit(128 + sig);
+    }
+}
+
+/// Makes SIGINT and SIGTERM end a waiting client with `line` on stderr (what goes on without
+/// it, and how to follow or stop it) instead of in silence. Exits 128 + the signal.
+pub fn part_with(line: String) -> std::io::Result<()> {
+    let mut bytes = line.into_bytes();
+    // On a terminal a live status line may be drawn: the line takes its place.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bytes.splice(0..0, *b"\r\x1b[2K");
+    }
+    bytes.push(b'\n');
+    if PARTING.set(bytes).is_err() {
+        return Ok(());
+    }
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_interrupt),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: the handler is async-signal-safe (see `on_interrupt`).
+        unsafe { nix::sys::signal::sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,46 +351,4 @@ mod tests {
         assert!(!started_by_us(1, ws.path()));
         assert_eq!(describe(0), "unknown");
     }
-}
-
-/// The line a waiting client (`submit --wait`) leaves when it is interrupted (set once, before
-/// the handler is installed; the handler only reads it).
-static PARTING: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-
-extern "C" fn on_interrupt(sig: libc::c_int) {
-    // SAFETY: only a read of memory set before the handler was installed, write(2) and
-    // _exit(2) — async-signal-safe.
-    unsafe {
-        if let Some(line) = PARTING.get() {
-            libc::write(2, line.as_ptr().cast(), line.len());
-        }
-        libc::_exit(128 + sig);
-    }
-}
-
-/// Makes SIGINT and SIGTERM end a waiting client with `line` on stderr (what goes on without
-/// it, and how to follow or stop it) instead of in silence. Exits 128 + the signal.
-pub fn part_with(line: String) -> std::io::Result<()> {
-    let mut bytes = line.into_bytes();
-    // On a terminal a live status line may be drawn: the line takes its place.
-    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        bytes.splice(0..0, *b"\r\x1b[2K");
-    }
-    bytes.push(b'\n');
-    if PARTING.set(bytes).is_err() {
-        return Ok(());
-    }
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_interrupt),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler is async-signal-safe (see `on_interrupt`).
-        unsafe { nix::sys::signal::sigaction(sig, &action) }?;
-    }
-    Ok(())
 }
