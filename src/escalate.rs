@@ -253,6 +253,7 @@ fn write_run_report(
 pub const ECHO_AGENT_CONFIG: &str = r#"agents:
   echo:
     command: ["sh", "-c", "printf 'echo agent got: '; cat"]
+    workdir: shared
 default_chain: [echo]
 "#;
 
@@ -269,8 +270,10 @@ pub fn no_agents_message(config: &Config) -> String {
         "no agent is available: none of the configured agent CLIs is installed (on the daemon's PATH). \
 Install one of them:{installs}\n\
 or, to try dirigent without one, use a script agent. When .context/dirigent.yaml does not exist, \
-these four lines are a complete config for it:\n\n{ECHO_AGENT_CONFIG}\n\
-When it exists, add the `echo:` entry under its `agents:` and set `default_chain: [echo]`. \
+these five lines are a complete config for it (`workdir: shared`: it answers in the workspace \
+and edits nothing, so it needs no worktree of its own in a git repository):\n\n{ECHO_AGENT_CONFIG}\n\
+When it exists, add the `echo:` entry (all three of its lines) under its `agents:` and set \
+`default_chain: [echo]`. \
 Then `dirigent retry <id>`."
     )
 }

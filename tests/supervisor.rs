@@ -800,7 +800,7 @@ fn with_no_agent_installed_tasks_escalate_with_install_advice() {
         "no agent is available",
         "npm install -g @google/gemini-cli",
         "pip install aider-chat",
-        "these four lines are a complete config for it:",
+        "these five lines are a complete config for it",
         "default_chain: [echo]",
     ] {
         assert!(reason.contains(needle), "missing {needle:?} in {reason}");
@@ -823,17 +823,21 @@ fn with_no_agent_installed_tasks_escalate_with_install_advice() {
     );
     // What it suggests works when pasted: the four lines as the whole config.
     let snippet = reason
-        .split_once("a complete config for it:\n\n")
+        .split_once("in a git repository):\n\n")
         .and_then(|(_, rest)| rest.split_once("\n\n"))
         .map(|(config, _)| config)
         .expect("the suggested config in the reason");
     assert_eq!(
         snippet.lines().count(),
-        4,
-        "the suggestion is four lines: {snippet:?}"
+        5,
+        "the suggestion is five lines: {snippet:?}"
     );
     d.stop();
     std::fs::write(ws.path("dirigent.yaml"), snippet).unwrap();
+    // Where a newcomer meets it: in a git repository, where a task works in a worktree of its
+    // own unless it says otherwise — and this agent edits nothing.
+    common::git(ws.root(), &["init", "-q"]);
+    common::git(ws.root(), &["commit", "-q", "--allow-empty", "-m", "first"]);
     let _d = ws.start();
     ws.drop_task("echo.json", r#"{"prompt": "anyone there?"}"#);
     let ev = ws.wait_settled("echo");
