@@ -214,11 +214,13 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum AgentsAction {
-    /// Use the agent's provider again after an auth failure (once the login is fixed) or
-    /// before its rate-limit cooldown ends. Needs the daemon.
+    /// Use the agents' providers again after an auth failure (once the login is fixed) or
+    /// before their rate-limit cooldown ends: `dirigent agents enable claude gemini`. Needs the
+    /// daemon.
     Enable {
-        #[arg(add = crate::complete::agents())]
-        name: String,
+        /// One or more agents.
+        #[arg(required = true, num_args = 1.., add = crate::complete::agents())]
+        names: Vec<String>,
     },
 }
 

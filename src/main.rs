@@ -126,9 +126,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Diff { id } => commands::diff(&ws, &id),
         Command::Agents {
-            action: Some(cli::AgentsAction::Enable { name }),
+            action: Some(cli::AgentsAction::Enable { names }),
             ..
-        } => commands::control(&ws, dirigent::control::Request::Enable { agent: name }),
+        } => commands::enable_agents(&ws, names),
         Command::Agents { json, action: None } => commands::agents(&ws, json),
         Command::Doctor { json } => commands::doctor(&ws, json),
         Command::Workflow(WorkflowCommand::List { json }) => commands::workflow_list(&ws, json),

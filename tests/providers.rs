@@ -344,6 +344,18 @@ default_chain: [claude, backup]
         String::from_utf8_lossy(&out.stdout),
         "`claude` and every agent on provider `claude` can run again\n"
     );
+    // Several at once, as the advice writes it: each is answered; one refused makes it fail.
+    let out = ws.cli(&["agents", "enable", "claude", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "`claude` (provider `claude`) is not disabled or cooling down\n"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("`nosuch`"),
+        "expected the unknown agent refused by name, got {err:?}"
+    );
     ws.drop_task("t4.json", r#"{"prompt": "p"}"#);
     ws.wait_settled("t4");
     assert_eq!(

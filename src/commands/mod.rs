@@ -169,6 +169,27 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
 }
 
 /// Sends a request over the control socket and prints the daemon's answer.
+/// `dirigent agents enable A B…`: each in turn; every refusal is said, and the exit is 2 when
+/// any was refused.
+pub fn enable_agents(ws: &Workspace, names: Vec<String>) -> Result<ExitCode> {
+    let mut refused = 0;
+    for agent in names {
+        let answer = dirigent::control::request(ws, &dirigent::control::Request::Enable { agent })
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if answer.ok {
+            println!("{}", answer.message);
+        } else {
+            eprintln!("error: {}", answer.message);
+            refused += 1;
+        }
+    }
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
 pub fn control(ws: &Workspace, request: dirigent::control::Request) -> Result<ExitCode> {
     let answer = dirigent::control::request(ws, &request).map_err(|e| anyhow::anyhow!(e))?;
     if answer.ok {
