@@ -137,6 +137,15 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
             names.push(p);
         }
     }
+    // A failed run names the phase it broke at (`phase `x` failed: …`, the runner's words).
+    let broke_at = match run.phase() {
+        Phase::Failed { reason, .. } => reason
+            .strip_prefix("phase `")
+            .and_then(|r| r.split_once('`'))
+            .map(|(p, _)| p.to_string()),
+        _ => None,
+    };
+    let run_over = run.phase().is_terminal();
     let phases = names
         .into_iter()
         .map(|p| {
@@ -155,15 +164,13 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
                 .iter()
                 .find(|(done, _)| *done == p)
                 .map(|(_, out)| out.clone());
-            let state = if output.is_some() {
-                "completed"
-            } else if tasks.iter().any(|c| c.state == "failed") {
-                "failed"
-            } else if tasks.is_empty() {
-                "not_started"
-            } else {
-                "running"
-            };
+            let state = phase_state(PhaseFacts {
+                completed: output.is_some(),
+                a_task_failed: tasks.iter().any(|c| c.state == "failed"),
+                has_tasks: !tasks.is_empty(),
+                run_over,
+                broke_here: broke_at.as_deref() == Some(p.as_str()),
+            });
             let rounds = run
                 .more()
                 .rounds
@@ -206,6 +213,34 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
     }
 }
 
+/// What is known of one phase of a run, for [`phase_state`].
+#[derive(Clone, Copy, Debug)]
+struct PhaseFacts {
+    /// Its output is recorded.
+    completed: bool,
+    a_task_failed: bool,
+    has_tasks: bool,
+    /// The run has ended (done or failed).
+    run_over: bool,
+    /// The run's failure names this phase.
+    broke_here: bool,
+}
+
+/// A phase's state: `completed`, `failed`, `running` or `not_started`. A phase of an ended run
+/// that did not complete is `failed` when it had begun or the run broke at it: nothing more
+/// will happen to it, and `running` would say otherwise.
+fn phase_state(f: PhaseFacts) -> &'static str {
+    if f.completed {
+        "completed"
+    } else if f.a_task_failed || f.broke_here || (f.run_over && f.has_tasks) {
+        "failed"
+    } else if f.has_tasks {
+        "running"
+    } else {
+        "not_started"
+    }
+}
+
 fn child(c: &TaskRecord) -> ChildView {
     let agent = match c.phase() {
         Phase::Done { agent, .. } | Phase::Running { agent, .. } => Some(agent.clone()),
@@ -219,5 +254,91 @@ fn child(c: &TaskRecord) -> ChildView {
             Phase::Failed { reason, .. } => Some(reason.lines().next().unwrap_or("").to_string()),
             _ => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_state_says_what_will_still_happen() {
+        let none = PhaseFacts {
+            completed: false,
+            a_task_failed: false,
+            has_tasks: false,
+            run_over: false,
+            broke_here: false,
+        };
+        // (what, facts, expected)
+        let cases = [
+            ("not begun, the run goes on", none, "not_started"),
+            (
+                "tasks under way",
+                PhaseFacts {
+                    has_tasks: true,
+                    ..none
+                },
+                "running",
+            ),
+            (
+                "its output recorded",
+                PhaseFacts {
+                    completed: true,
+                    has_tasks: true,
+                    run_over: true,
+                    ..none
+                },
+                "completed",
+            ),
+            (
+                "a task of it failed",
+                PhaseFacts {
+                    has_tasks: true,
+                    a_task_failed: true,
+                    ..none
+                },
+                "failed",
+            ),
+            (
+                "a loop that gave up: every task done, the run failed at it",
+                PhaseFacts {
+                    has_tasks: true,
+                    run_over: true,
+                    broke_here: true,
+                    ..none
+                },
+                "failed",
+            ),
+            (
+                "a routed phase with no task list: no task, the run failed at it",
+                PhaseFacts {
+                    run_over: true,
+                    broke_here: true,
+                    ..none
+                },
+                "failed",
+            ),
+            (
+                "begun when the run ended (cancelled)",
+                PhaseFacts {
+                    has_tasks: true,
+                    run_over: true,
+                    ..none
+                },
+                "failed",
+            ),
+            (
+                "after the phase the run failed at",
+                PhaseFacts {
+                    run_over: true,
+                    ..none
+                },
+                "not_started",
+            ),
+        ];
+        for (what, facts, want) in cases {
+            assert_eq!(phase_state(facts), want, "{what}: {facts:?}");
+        }
     }
 }

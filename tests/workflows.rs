@@ -437,6 +437,14 @@ fn a_loop_gives_up_at_max_rounds() {
         reason.starts_with("phase `try` gave up after 2 round(s): the evaluator never passed"),
         "{reason}"
     );
+    // The phase it gave up at is `failed`, not `running`: nothing more happens to it.
+    let status = String::from_utf8_lossy(&ws.cli(&["status", "n"]).stdout).into_owned();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("try") && l.contains("failed")),
+        "expected phase `try` shown failed:\n{status}"
+    );
     assert_eq!(
         std::fs::read_to_string(ws.root().join("counter"))
             .unwrap()
