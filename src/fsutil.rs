@@ -55,6 +55,17 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Reads at most `limit` bytes of a regular file (see [`open_nofollow`]): a file another process
+/// may have replaced — by a link, a FIFO, `/dev/zero` or a sparse giant — is read no further.
+pub fn read_small_nofollow(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    open_nofollow(path)?
+        .take(limit as u64)
+        .read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// When `e` means a resource ran out — disk space, a disk quota, file descriptors, memory or
 /// processes — what ran out, in words. dirigent treats these as a pause: work waits until the
 /// resource is back, and nothing finished is thrown away.

@@ -40,6 +40,11 @@ pub enum GitError {
     },
     #[error("cannot run git: {0}")]
     Io(std::io::Error),
+    #[error(
+        "`{}` is no longer the task's worktree: {why}; nothing is done through it (an agent may have put a link in its place)",
+        path.display()
+    )]
+    Displaced { path: PathBuf, why: &'static str },
 }
 
 /// A repository, by the top of its main work tree.
@@ -166,7 +171,23 @@ pub fn exclude_context(dir: &Path) -> Result<Option<PathBuf>, GitError> {
     if let Some(parent) = exclude.parent() {
         std::fs::create_dir_all(parent).map_err(GitError::Io)?;
     }
-    let mut text = std::fs::read_to_string(&exclude).unwrap_or_default();
+    // Read and replaced, never written through: a link or a FIFO an agent put in its place
+    // is left alone (git then lists `.context/` as untracked, which is all it costs).
+    let mut text = match std::fs::symlink_metadata(&exclude) {
+        Err(_) => String::new(),
+        Ok(m) if m.is_file() => {
+            let bytes =
+                crate::fsutil::read_small_nofollow(&exclude, 1 << 20).map_err(GitError::Io)?;
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Ok(_) => {
+            tracing::warn!(
+                "`{}` is not a regular file (a link?); `.context/` is not added to it",
+                exclude.display()
+            );
+            return Ok(None);
+        }
+    };
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
@@ -174,7 +195,7 @@ pub fn exclude_context(dir: &Path) -> Result<Option<PathBuf>, GitError> {
         "# dirigent's queue, ledger and results (added by dirigent)\n/{}.context/\n",
         prefix.trim()
     ));
-    std::fs::write(&exclude, text).map_err(GitError::Io)?;
+    crate::fsutil::write_atomic(&exclude, text.as_bytes()).map_err(GitError::Io)?;
     Ok(Some(exclude))
 }
 
@@ -319,6 +340,12 @@ impl Repo {
     /// removed by hand when git refuses.
     fn forget_worktree(&self, path: &Path) -> Result<(), GitError> {
         let _admin = admin();
+        // A link in the tree's place: only the link goes (git would follow it to whatever it
+        // names, and remove that).
+        if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+            std::fs::remove_file(path).map_err(GitError::Io)?;
+            return git(&self.top, ["worktree", "prune"]).map(drop);
+        }
         let removed = git(
             &self.top,
             [
@@ -697,8 +724,11 @@ impl Tree {
                     .collect();
                 let mut hunks = String::new();
                 for f in &files {
-                    if let Ok(text) = std::fs::read_to_string(self.path.join(f)) {
-                        hunks.push_str(&conflict_regions(f, &text));
+                    // The commits are the agent's: a "file" may be a link to a FIFO.
+                    if let Ok(bytes) =
+                        crate::fsutil::read_small_nofollow(&self.path.join(f), 8 << 20)
+                    {
+                        hunks.push_str(&conflict_regions(f, &String::from_utf8_lossy(&bytes)));
                     }
                 }
                 self.abort_rebase()?;
@@ -830,17 +860,61 @@ impl Tree {
     /// pointed it at another repository (the user's own), and the next agent's `git commit`
     /// would land there.
     pub fn restore_dot_git(&self) -> Result<(), GitError> {
+        self.check_in_place()?;
         let dot_git = self.path.join(".git");
         let want = format!("gitdir: {}\n", self.git_dir.display());
-        if std::fs::read_to_string(&dot_git).ok().as_deref() == Some(want.as_str()) {
+        // Read only as what it should be: a small regular file, no link followed, never
+        // waiting (a FIFO there would block the reader for good).
+        let meta = std::fs::symlink_metadata(&dot_git);
+        if let Ok(m) = &meta
+            && m.is_file()
+            && m.len() == want.len() as u64
+            && crate::fsutil::read_small_nofollow(&dot_git, want.len())
+                .ok()
+                .as_deref()
+                == Some(want.as_bytes())
+        {
             return Ok(());
         }
-        match std::fs::symlink_metadata(&dot_git) {
+        match meta {
             Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dot_git).map_err(GitError::Io)?,
             Ok(_) => std::fs::remove_file(&dot_git).map_err(GitError::Io)?,
             Err(_) => {}
         }
-        std::fs::write(&dot_git, want).map_err(GitError::Io)
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&dot_git)
+            .and_then(|mut f| f.write_all(want.as_bytes()))
+            .map_err(GitError::Io)
+    }
+
+    /// Whether the tree is still a directory of its own where it was made — not a link (nor
+    /// its parent, `.context/worktrees`): every git command and file written in the tree
+    /// would otherwise act on whatever the link names (`checkout --force` and `clean -ffdx`
+    /// wipe it).
+    pub fn check_in_place(&self) -> Result<(), GitError> {
+        let displaced = |why| GitError::Displaced {
+            path: self.path.clone(),
+            why,
+        };
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_symlink() => return Err(displaced("it is a link")),
+            Ok(m) if !m.is_dir() => return Err(displaced("it is not a directory")),
+            Ok(_) => {}
+            // Gone: git says so in its own words.
+            Err(_) => return Ok(()),
+        }
+        if let Some(parent) = self.path.parent()
+            && std::fs::symlink_metadata(parent).is_ok_and(|m| !m.is_dir())
+        {
+            return Err(displaced("the directory it is in is a link"));
+        }
+        Ok(())
     }
 
     /// Abandons a rebase in progress in the tree, if there is one.
@@ -991,6 +1065,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    tree.check_in_place()?;
     let mut all: Vec<std::ffi::OsString> = vec![
         format!("--git-dir={}", tree.git_dir.display()).into(),
         format!("--work-tree={}", tree.path.display()).into(),

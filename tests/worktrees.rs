@@ -882,6 +882,72 @@ fn a_planted_git_file_does_not_outlive_its_attempt() {
     daemon.stop();
 }
 
+#[test]
+fn a_link_planted_in_a_trees_place_is_never_gone_through() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed, ed2]\nmerge: manual\nconcurrency: 1\n"
+    ));
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outside.path().join("sub")).unwrap();
+    std::fs::write(outside.path().join("precious.txt"), "keep me").unwrap();
+    std::fs::write(outside.path().join("sub/data.db"), "and me").unwrap();
+    let _d = ws.start();
+    // The first agent moves its tree away, leaves a link to `outside` in its place, and fails:
+    // the next attempt would reset and clean "its tree" — whatever the link names.
+    let plant = format!(
+        "as ed run T=$PWD; cd ..; mv $T $T.moved; ln -s {} $T\nas ed fail\nappend a.txt second\n",
+        outside.path().display()
+    );
+    ws.drop_task("plant.md", &plant);
+    ws.wait_settled("plant");
+    let mut left: Vec<String> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["precious.txt", "sub"],
+        "expected nothing removed or written where the link points; reasons:\n{}",
+        attempt_reasons(&ws)
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("sub/data.db")).unwrap(),
+        "and me"
+    );
+    // And the next task gets a tree of its own, not the link.
+    ws.drop_task("next.md", "append a.txt next\n");
+    ws.wait_state("next", "merge_waiting");
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        2,
+        "expected the next task not to work where the link pointed"
+    );
+}
+
+#[test]
+fn a_fifo_planted_as_a_trees_git_file_does_not_hang_the_next_task() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\n"
+    ));
+    let _d = ws.start();
+    // Its `.git` (a file naming the tree's git directory) becomes a FIFO: read as it was, the
+    // next task to reuse the tree would wait on it for good.
+    ws.drop_task(
+        "plant.md",
+        "run rm -f .git; mkfifo .git\nappend a.txt planted\n",
+    );
+    ws.wait_state("plant", "merge_waiting");
+    assert!(ws.cli(&["discard", "plant"]).status.success());
+    ws.wait_for("the planted tree to be given up", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == "plant"))
+            .then_some(())
+    });
+    ws.drop_task("honest.md", "append a.txt mine\n");
+    ws.wait_state("honest", "merge_waiting");
+}
+
 /// `worktree.setup` that leaves files git does not ignore is refused (they would count as the
 /// agent's work), before any agent runs.
 #[test]

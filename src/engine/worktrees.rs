@@ -141,6 +141,14 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                     crate::git::exclude_context(&plan.workspace_root)?;
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent).map_err(GitError::Io)?;
+                        // Not through a link planted in `.context/worktrees`' place.
+                        if std::fs::symlink_metadata(parent).is_ok_and(|m| !m.is_dir()) {
+                            return Err(GitError::Displaced {
+                                path: parent.to_path_buf(),
+                                why: "it is a link, not the directory of the worktrees",
+                            }
+                            .into());
+                        }
                     }
                     repo.add_worktree(path, &branch, &base)?
                 }
@@ -674,7 +682,8 @@ async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
 
 /// Whether a file still holds a conflict marker line.
 fn has_markers(path: &Path) -> bool {
-    std::fs::read(path).is_ok_and(|bytes| {
+    // The agent's tree: no link followed, no FIFO waited on, no giant read whole.
+    crate::fsutil::read_small_nofollow(path, 8 << 20).is_ok_and(|bytes| {
         bytes.split(|b| *b == b'\n').any(|line| {
             line.starts_with(b"<<<<<<< ") || line.starts_with(b">>>>>>> ") || line == b"======="
         })
