@@ -596,6 +596,69 @@ mod tests {
     }
 
     #[test]
+    fn a_hole_punched_into_the_ledger_is_skipped_not_held() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let line = |seq| {
+            serde_json::to_string(&Record {
+                seq,
+                ts: 5,
+                event: Event::DaemonStopped { pid: 1 },
+            })
+            .unwrap()
+                + "\n"
+        };
+        // A record, then 256 MiB of zeros with no newline (a sparse hole: no disk taken), a
+        // newline, and a record after it. The process may not grow by half of that: a
+        // reader holding the "line" whole fails. (nextest runs each test in a process of its
+        // own, so the limit binds this test alone.)
+        let vm_kib: u64 = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        let cap = vm_kib * 1024 + (128 << 20);
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, cap, cap).unwrap();
+        std::fs::write(&path, line(1)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(f.metadata().unwrap().len() + (256 << 20))
+            .unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(format!("\n{}", line(2)).as_bytes()).unwrap();
+        let replay = read(&path).unwrap();
+        let seqs: Vec<u64> = replay.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [1, 2], "the records on both sides of the hole");
+        assert_eq!(replay.skipped, 1, "the hole is one damaged line");
+        let (records, end) = read_from(&path, 0, None).unwrap();
+        assert_eq!(records.len(), 2, "the follower reads past it too");
+        assert_eq!(end, replay.file_len);
+        // A hole at the end is a torn tail: cut, and at most one line's worth kept aside.
+        std::fs::write(&path, line(1)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(f.metadata().unwrap().len() + (64 << 20)).unwrap();
+        let replay = read(&path).unwrap();
+        assert_eq!(replay.records.len(), 1);
+        let aside = repair(&path, &replay).unwrap().expect("tail saved");
+        assert_eq!(
+            std::fs::metadata(&aside).unwrap().len(),
+            read::MAX_LINE as u64,
+            "expected the saved tail cut to one line's worth"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), line(1));
+    }
+
+    #[test]
     fn every_event_round_trips() {
         let fields = crate::task::parse_fields(
             "t.json",

@@ -3,7 +3,7 @@
 //! ([`read_from`], [`read_after`]), and cutting off a torn tail left by a crash ([`repair`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::{Record, now_ms};
@@ -77,11 +77,16 @@ pub fn read_each_checked(
     let mut bad_since_valid = 0usize;
     let mut line = Vec::new();
     loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line)?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
+        let n = match read_line_bounded(&mut reader, &mut line)? {
+            Line::End => break,
+            Line::TooLong(n) => {
+                pos += n as u64;
+                line_no += 1;
+                bad_since_valid += 1;
+                continue;
+            }
+            Line::Whole(n) => n,
+        };
         pos += n as u64;
         line_no += 1;
         match serde_json::from_slice::<Record>(&line) {
@@ -100,6 +105,57 @@ pub fn read_each_checked(
         }
     }
     Ok(info)
+}
+
+/// Most bytes of one ledger line. A record holds at most a task's spec (a prompt of at most
+/// 1 MiB, up to six times that escaped); a longer "line" is damage — a hole an agent punched
+/// into the file with `truncate`, say — and is skipped without being held in memory.
+pub(crate) const MAX_LINE: usize = 16 << 20;
+
+/// One line read by [`read_line_bounded`].
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A whole line (ending in `\n`) of this many bytes, in the buffer.
+    Whole(usize),
+    /// A line longer than [`MAX_LINE`], of this many bytes, read past and not kept.
+    TooLong(usize),
+    /// The end of the file, or a last line with no `\n` (torn): nothing more to read.
+    End,
+}
+
+/// Reads the next line into `line` (cleared first), holding at most [`MAX_LINE`] bytes.
+fn read_line_bounded(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Line> {
+    line.clear();
+    let mut n = 0usize;
+    let mut too_long = false;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(Line::End);
+        }
+        let (len, whole) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if !too_long {
+            if line.len() + len > MAX_LINE {
+                too_long = true;
+                line.clear();
+                line.shrink_to(1 << 16);
+            } else {
+                line.extend_from_slice(&buf[..len]);
+            }
+        }
+        reader.consume(len);
+        n += len;
+        if whole {
+            return Ok(if too_long {
+                Line::TooLong(n)
+            } else {
+                Line::Whole(n)
+            });
+        }
+    }
 }
 
 /// Opens a ledger file without following a link at its name (an agent could plant one, to
@@ -163,23 +219,31 @@ pub fn read_from(
         return read_from(path, 0, key);
     }
     file.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    file.take(len - offset).read_to_end(&mut buf)?;
+    let mut reader = BufReader::with_capacity(1 << 16, file.take(len - offset));
     let mut out = Vec::new();
-    let mut consumed = 0usize;
+    let mut consumed = 0u64;
     let mut checker = Checker::new(key.cloned());
-    for (i, line) in buf.split_inclusive(|b| *b == b'\n').enumerate() {
-        if line.last() != Some(&b'\n') {
-            break;
-        }
-        consumed += line.len();
-        if let Ok(r) = serde_json::from_slice::<Record>(line)
-            && checker.admit(path, i as u64 + 1, line, r.seq)
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        let n = match read_line_bounded(&mut reader, &mut line)? {
+            Line::End => break,
+            Line::TooLong(n) => {
+                consumed += n as u64;
+                line_no += 1;
+                continue;
+            }
+            Line::Whole(n) => n,
+        };
+        consumed += n as u64;
+        line_no += 1;
+        if let Ok(r) = serde_json::from_slice::<Record>(&line)
+            && checker.admit(path, line_no, &line, r.seq)
         {
             out.push(r);
         }
     }
-    Ok((out, offset + consumed as u64))
+    Ok((out, offset + consumed))
 }
 
 /// Up to `max` records with a sequence number above `after`, oldest first, from the rotated
@@ -236,10 +300,13 @@ fn read_page_of(
     let mut checker = Checker::new(key.cloned());
     let mut line_no = 0;
     while out.len() < max {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line)?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            break;
+        match read_line_bounded(&mut reader, &mut line)? {
+            Line::End => break,
+            Line::TooLong(_) => {
+                line_no += 1;
+                continue;
+            }
+            Line::Whole(_) => {}
         }
         line_no += 1;
         if leading_seq(&line).is_some_and(|seq| seq <= after) {
@@ -285,14 +352,14 @@ pub fn repair_at(path: &Path, valid_len: u64, file_len: u64) -> std::io::Result<
             .open(path)?
     };
     file.seek(SeekFrom::Start(valid_len))?;
-    let mut tail = Vec::new();
-    file.read_to_end(&mut tail)?;
     let aside = path.with_file_name(format!("ledger.torn-{}", now_ms()));
     let mut out = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&aside)?;
-    out.write_all(&tail)?;
+    // At most one line's worth is kept for a look: a torn tail is a line or two, and a tail of
+    // gigabytes (a hole punched into the file) must not be copied onto the disk.
+    std::io::copy(&mut (&mut file).take(MAX_LINE as u64), &mut out)?;
     out.sync_all()?;
     file.set_len(valid_len)?;
     file.sync_all()?;
