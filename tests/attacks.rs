@@ -297,6 +297,43 @@ fn a_config_with_a_huge_interval_is_refused_at_start_with_a_message() {
 }
 
 #[test]
+fn a_file_hard_linked_in_the_ledgers_or_the_locks_place_is_never_written() {
+    let ws = Workspace::new(CONFIG);
+    let outside = tempfile::tempdir().unwrap();
+    let mut d = ws.start();
+    ws.drop_task("t.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("t");
+    d.stop();
+    // An agent puts a file of the user's in the ledger's place, then in the lock's: a "torn
+    // tail" would have been cut off it, and the pid written over it.
+    for name in ["ledger.jsonl", "daemon.lock"] {
+        let victim = outside.path().join("victim.txt");
+        std::fs::write(&victim, "the user's own text, no newline at the end").unwrap();
+        let saved = ws.path(&format!("{name}.saved"));
+        std::fs::rename(ws.path(name), &saved).unwrap();
+        std::fs::hard_link(&victim, ws.path(name)).unwrap();
+        let out = ws.cli(&["daemon"]);
+        assert_ne!(out.status.code(), Some(0), "{name}: expected a refusal");
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("error: ") && err.contains("has 2 names (hard links)"),
+            "{name}: expected the second name said, got {err:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "the user's own text, no newline at the end",
+            "{name}: expected the linked file untouched"
+        );
+        std::fs::remove_file(ws.path(name)).unwrap();
+        std::fs::rename(&saved, ws.path(name)).unwrap();
+    }
+    // Put back, the workspace starts as before.
+    let _d = ws.start();
+    ws.drop_task("u.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("u");
+}
+
+#[test]
 fn a_config_replaced_by_a_fifo_or_a_device_does_not_wedge_the_daemon() {
     let ws = Workspace::new(CONFIG);
     let _d = ws.start();

@@ -413,6 +413,8 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
             .open(&path)
             .map_err(io)?
     };
+    // It is truncated and written: never as another name of some other file.
+    crate::ledger::only_name(&file, &path).map_err(io)?;
     // A daemon killed a moment ago can leave the lock held for a few milliseconds by a child
     // it had forked and that had not yet exec'd (the lock's descriptor closes at the exec):
     // while the daemon named in the file is dead, the lock is asked for again, briefly.

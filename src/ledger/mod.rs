@@ -28,6 +28,7 @@ mod read;
 pub use event::{Event, Record, WorkChecked};
 #[cfg(test)]
 use read::leading_seq;
+pub(crate) use read::only_name;
 use read::open_nofollow;
 pub use read::{
     ReadInfo, Replay, read, read_after, read_each, read_each_checked, read_from, repair, repair_at,

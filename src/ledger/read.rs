@@ -168,8 +168,28 @@ pub(super) fn open_nofollow(path: &Path, append: bool) -> std::io::Result<File> 
     } else {
         o.read(true);
     }
-    o.custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(path)
+    let file = o
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    if append {
+        only_name(&file, path)?;
+    }
+    Ok(file)
+}
+
+/// Refuses to write to a file that has another name: `O_NOFOLLOW` stops a symbolic link, not
+/// a hard link, and an agent can hard-link any file of the user's into `.context/` in the
+/// ledger's place — to have it cut as a "torn tail" and written over.
+pub(crate) fn only_name(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let names = file.metadata()?.nlink();
+    if names > 1 {
+        return Err(std::io::Error::other(format!(
+            "`{}` has {names} names (hard links): another file may have been put in its place, and dirigent writes nothing to it; look at it, then remove its other names or move it away",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The file a segment closed at `last_seq` is renamed to. Zero-padded, so names sort by age.
@@ -351,6 +371,7 @@ pub fn repair_at(path: &Path, valid_len: u64, file_len: u64) -> std::io::Result<
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(path)?
     };
+    only_name(&file, path)?;
     file.seek(SeekFrom::Start(valid_len))?;
     let aside = path.with_file_name(format!("ledger.torn-{}", now_ms()));
     let mut out = OpenOptions::new()
