@@ -334,6 +334,32 @@ fn a_file_hard_linked_in_the_ledgers_or_the_locks_place_is_never_written() {
 }
 
 #[test]
+fn a_removed_lock_file_does_not_let_a_second_daemon_in() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("first.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("first");
+    std::fs::remove_file(ws.path("daemon.lock")).unwrap();
+    let out = ws.cli(&["daemon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(
+            "error: another dirigent daemon (pid unknown: its lock file was removed) is already running"
+        ),
+        "expected the second daemon refused, got {:?}",
+        stderr(&out)
+    );
+    let status = stdout(&ws.cli(&["status"]));
+    assert!(
+        status.starts_with("daemon: running"),
+        "expected the running daemon still seen, got {status:?}"
+    );
+    // And it still works.
+    ws.drop_task("t.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("t"), Event::Done { .. }));
+}
+
+#[test]
 fn a_config_replaced_by_a_fifo_or_a_device_does_not_wedge_the_daemon() {
     let ws = Workspace::new(CONFIG);
     let _d = ws.start();

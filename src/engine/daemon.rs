@@ -390,8 +390,32 @@ fn report_refused(ws: &Workspace, loaded: &crate::compact::Loaded) {
     }
 }
 
-/// Holds `.context/daemon.lock` (an exclusive `flock`) for the daemon's lifetime.
-struct WorkspaceLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+/// Held for the daemon's life: the lock file (it names the pid) and `.context/` itself. An
+/// agent can remove the file and let a second daemon in; it cannot remove the directory the
+/// daemon's own files are in.
+struct WorkspaceLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+    _dir: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Locks `.context/` itself (shared: to look; exclusive: to be its daemon).
+fn lock_context_dir(
+    ws: &Workspace,
+    how: nix::fcntl::FlockArg,
+) -> Result<nix::fcntl::Flock<std::fs::File>, (Option<std::fs::File>, nix::errno::Errno)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(ws.context())
+        .map_err(|e| {
+            (
+                None,
+                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            )
+        })?;
+    nix::fcntl::Flock::lock(dir, how).map_err(|(f, e)| (Some(f), e))
+}
 
 fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
     use std::io::Write;
@@ -423,9 +447,33 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
     loop {
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
+                let dir = match lock_context_dir(ws, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                    Ok(dir) => dir,
+                    // The file was removed under a running daemon, which holds the directory
+                    // — or, for a few milliseconds, a child of a daemon just killed does.
+                    Err((_, nix::errno::Errno::EWOULDBLOCK))
+                        if std::time::Instant::now() < give_up =>
+                    {
+                        file = lock
+                            .unlock()
+                            .map_err(|(_, e)| io(std::io::Error::from(e)))?;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        continue;
+                    }
+                    Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                        return Err(DaemonError::Locked {
+                            pid: "unknown: its lock file was removed".into(),
+                            root: ws.root().display().to_string(),
+                        });
+                    }
+                    Err((_, e)) => return Err(io(std::io::Error::from(e))),
+                };
                 lock.set_len(0).map_err(io)?;
                 writeln!(lock, "{}", std::process::id()).map_err(io)?;
-                return Ok(WorkspaceLock(lock));
+                return Ok(WorkspaceLock {
+                    _file: lock,
+                    _dir: dir,
+                });
             }
             Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
                 let pid = std::fs::read_to_string(&path)
@@ -452,14 +500,22 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
 
 /// The pid of the daemon running on `ws`, if one holds the workspace lock.
 pub fn running_daemon(ws: &Workspace) -> Option<String> {
-    let file = std::fs::File::open(ws.lock()).ok()?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
-        Ok(_unlocked_on_drop) => None,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some(
-            std::fs::read_to_string(ws.lock())
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
-        ),
-        Err(_) => None,
-    }
+    let by_file =
+        std::fs::File::open(ws.lock()).ok().and_then(|file| {
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some(
+                    std::fs::read_to_string(ws.lock())
+                        .map(|s| s.trim().to_string())
+                        .unwrap_or_else(|_| "unknown".into()),
+                ),
+                _ => None,
+            }
+        });
+    // A daemon whose lock file was removed (or replaced) still holds `.context/` itself.
+    by_file.or_else(
+        || match lock_context_dir(ws, nix::fcntl::FlockArg::LockSharedNonblock) {
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some("unknown".into()),
+            _ => None,
+        },
+    )
 }
