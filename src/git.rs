@@ -1098,12 +1098,17 @@ where
     cmd.arg("-C")
         .arg(dir)
         // No hooks, no file-system monitor: programs a repository's config names never run
-        // as dirigent's own git commands.
+        // as dirigent's own git commands. No housekeeping left running in the background
+        // either: the daemon kills what its children leave behind (see `reaper::sweep`).
         .args([
             "-c",
             "core.hooksPath=/dev/null",
             "-c",
             "core.fsmonitor=false",
+            "-c",
+            "gc.autoDetach=false",
+            "-c",
+            "maintenance.autoDetach=false",
         ])
         .args(args)
         // A background tool must not take the index lock to refresh it: the user's own `git

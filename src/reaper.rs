@@ -19,6 +19,7 @@
 //! the same lock the sweep takes) so the sweep never reaps one of them.
 
 use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -199,12 +200,11 @@ pub fn sweep(who: Option<&Leftovers<'_>>) -> usize {
                 let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
                 continue;
             }
-            // Matched on the workspace alone: an escapee that rewrote its other variables is
-            // still caught. One still in the group of something running is left alone.
-            let ours = who.is_some_and(|w| {
-                stat.pgid == w.pgid
-                    || (!own.contains(&stat.pgid) && carries_workspace(pid, w.workspace))
-            });
+            // Every orphan the daemon adopted descends from something it started (an agent, a
+            // hook, a check: it is their subreaper), so one that is not in the group of
+            // something still running escaped an attempt — whatever its environment says
+            // (`env -i setsid …` carries no marker). One still in such a group is left to it.
+            let ours = who.is_some_and(|w| stat.pgid == w.pgid || !own.contains(&stat.pgid));
             if ours {
                 let p = Pid::from_raw(pid as i32);
                 let _ = kill(p, Signal::SIGKILL);
@@ -395,10 +395,40 @@ pub(crate) fn carries_workspace(pid: u32, workspace: &Path) -> bool {
     let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
-    let want = [
-        b"DIRIGENT_WORKSPACE=".as_slice(),
-        workspace.as_os_str().as_encoded_bytes(),
-    ]
-    .concat();
-    env.split(|b| *b == 0).any(|var| var == want.as_slice())
+    // Compared as paths: `/ws/` and `/ws//.` name the workspace as well as `/ws` does.
+    env.split(|b| *b == 0).any(|var| {
+        var.strip_prefix(b"DIRIGENT_WORKSPACE=")
+            .is_some_and(|value| {
+                Path::new(std::ffi::OsStr::from_bytes(value))
+                    .components()
+                    .eq(workspace.components())
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_workspace_marker_is_compared_as_a_path() {
+        // (the value in the environment, whether it names `/tmp/ws`)
+        let cases = [
+            ("/tmp/ws", true),
+            ("/tmp/ws/", true),
+            ("/tmp//ws/.", true),
+            ("/tmp/ws2", false),
+            ("/tmp", false),
+        ];
+        for (value, want) in cases {
+            let mut child = std::process::Command::new("sleep")
+                .arg("30")
+                .env_clear()
+                .env("DIRIGENT_WORKSPACE", value)
+                .spawn()
+                .unwrap();
+            let got = super::carries_workspace(child.id(), std::path::Path::new("/tmp/ws"));
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(got, want, "DIRIGENT_WORKSPACE={value}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ leak_timeout: 300ms
 agents:
   leak:    { command: ["{agents}/hostile/leak-stdout.sh"], timeout: 30s }
   setsid:  { command: ["{agents}/hostile/setsid.sh"], timeout: 30s }
+  bare:    { command: ["{agents}/hostile/escape-bare.sh"], timeout: 30s }
   giga:    { command: ["{agents}/hostile/gigabyte.sh"], timeout: 120s }
   binary:  { command: ["{agents}/hostile/binary.sh"] }
   stdin:   { command: ["{agents}/hostile/reads-stdin.sh", "{prompt}"], prompt: arg, timeout: 10s }
@@ -174,5 +175,24 @@ fn a_process_that_escaped_with_setsid_is_caught_after_the_attempt() {
     assert!(
         log.contains("killed 1 process(es) the attempt left behind outside its process group"),
         "{log}"
+    );
+}
+
+#[test]
+fn a_process_that_escaped_with_no_environment_is_caught_after_the_attempt() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("b.json", r#"{"prompt": "p", "agent": "bare"}"#);
+    assert!(matches!(ws.wait_settled("b"), Event::Done { .. }));
+    let escaped: u32 = std::fs::read_to_string(ws.root().join("bare.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // No marker in its environment and a session of its own: the daemon adopted it, and an
+    // orphan outside every live group of the daemon's is an escapee, whatever it carries.
+    assert!(
+        process_gone(escaped),
+        "the bare escaped process {escaped} is still running"
     );
 }

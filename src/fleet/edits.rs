@@ -291,6 +291,8 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     for c in [
         "core.hooksPath=/dev/null",
         "core.fsmonitor=false",
+        "gc.autoDetach=false",
+        "maintenance.autoDetach=false",
         "protocol.allow=never",
         "protocol.file.allow=always",
         "protocol.ssh.allow=always",
