@@ -85,11 +85,19 @@ pub fn private_runtime_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// The longest request line read; a longer one is refused and the connection closed.
 pub const MAX_LINE: usize = 8 * 1024 * 1024;
 
-/// Connections served at once; more wait in the listen queue.
+/// Connections served at once as long as their clients like.
 const MAX_CONNECTIONS: usize = 64;
+
+/// Connections served past [`MAX_CONNECTIONS`], each for one request within [`BRIEF`]: whoever
+/// holds the 64 (an agent can open them) cannot keep `dirigent cancel` from being heard. Past
+/// these too, a client is told the daemon is busy at once rather than left waiting.
+const OVERFLOW_CONNECTIONS: usize = 16;
 
 /// How long a connection may stay silent before a request line is complete.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long an overflow connection has to send its one request.
+const BRIEF: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Binds the socket (replacing a stale one: the workspace lock proves no other daemon uses it),
 /// mode 0600, and serves connections until the returned task is aborted. Each line read is a
@@ -107,12 +115,10 @@ pub fn serve(ws: &Workspace, api: crate::api::Api) -> std::io::Result<tokio::tas
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let me = nix::unistd::geteuid().as_raw();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let overflow = std::sync::Arc::new(tokio::sync::Semaphore::new(OVERFLOW_CONNECTIONS));
     Ok(tokio::spawn(async move {
         let mut backoff = crate::accept::Backoff::default();
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let stream = match listener.accept().await {
                 Ok((stream, _)) => {
                     backoff.reset();
@@ -126,15 +132,49 @@ pub fn serve(ws: &Workspace, api: crate::api::Api) -> std::io::Result<tokio::tas
             };
             let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me);
             let api = api.clone();
+            let (permit, limit) = match slots.clone().try_acquire_owned() {
+                Ok(p) => (p, Serve::Long),
+                Err(_) => match overflow.clone().try_acquire_owned() {
+                    Ok(p) => (p, Serve::Brief),
+                    Err(_) => {
+                        // Told at once, without reading: the answer fits the socket's buffer.
+                        let busy = Response::fail(
+                            Failure::Unavailable,
+                            format!(
+                                "busy: {} connections to the daemon are open; try again shortly (something may be holding them: `ss -xp | grep daemon.sock`)",
+                                MAX_CONNECTIONS + OVERFLOW_CONNECTIONS
+                            ),
+                        );
+                        let mut text = serde_json::to_string(&busy).unwrap_or_default();
+                        text.push('\n');
+                        let _ = stream.try_write(text.as_bytes());
+                        continue;
+                    }
+                },
+            };
             tokio::spawn(async move {
                 let _permit = permit;
-                serve_connection(stream, allowed, api).await;
+                serve_connection(stream, allowed, api, limit).await;
             });
         }
     }))
 }
 
-async fn serve_connection(stream: tokio::net::UnixStream, allowed: bool, api: crate::api::Api) {
+/// How long a connection is served.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    /// Request after request, while the client sends one within [`IDLE`].
+    Long,
+    /// One request, sent within [`BRIEF`] (an overflow connection).
+    Brief,
+}
+
+async fn serve_connection(
+    stream: tokio::net::UnixStream,
+    allowed: bool,
+    api: crate::api::Api,
+    limit: Serve,
+) {
     let (read, mut write) = stream.into_split();
     let reply = |r: &Response| {
         let mut text = serde_json::to_string(r).unwrap_or_default();
@@ -150,7 +190,11 @@ async fn serve_connection(stream: tokio::net::UnixStream, allowed: bool, api: cr
     let mut line = Vec::new();
     loop {
         line.clear();
-        let got = tokio::time::timeout(IDLE, read_line_limited(&mut reader, &mut line)).await;
+        let idle = if limit == Serve::Brief { BRIEF } else { IDLE };
+        let got = tokio::time::timeout(idle, read_line_limited(&mut reader, &mut line)).await;
+        // A line that is no request ends the connection after its answer: no client of ours
+        // sends one, and one that keeps sending them would hold its connection for good.
+        let mut last = limit == Serve::Brief;
         let answer = match got {
             Err(_) | Ok(Ok(LineRead::Eof)) | Ok(Err(_)) => return,
             Ok(Ok(LineRead::TooLong)) => {
@@ -162,10 +206,13 @@ async fn serve_connection(stream: tokio::net::UnixStream, allowed: bool, api: cr
             }
             Ok(Ok(LineRead::Line)) => match serde_json::from_slice::<Request>(&line) {
                 Ok(request) => api.call(request).await,
-                Err(e) => Response::error(format!("not a request: {e}")),
+                Err(e) => {
+                    last = true;
+                    Response::error(format!("not a request: {e}"))
+                }
             },
         };
-        if write.write_all(reply(&answer).as_bytes()).await.is_err() {
+        if write.write_all(reply(&answer).as_bytes()).await.is_err() || last {
             return;
         }
     }
@@ -227,7 +274,11 @@ pub enum ClientError {
     },
     #[error("refusing to talk to `{path}`: cannot tell who is behind it")]
     UnknownPeer { path: std::path::PathBuf },
-    #[error("no daemon is running on `{root}` ({cause}); start it with `dirigent daemon`")]
+    #[error(
+        "no daemon is running on `{}`{}; start it with `dirigent daemon`",
+        root.display(),
+        unusual(cause)
+    )]
     NotRunning {
         root: std::path::PathBuf,
         cause: std::io::Error,
@@ -238,6 +289,11 @@ pub enum ClientError {
     Write(std::io::Error),
     #[error("cannot read the daemon's answer: {0}")]
     Read(std::io::Error),
+    #[error(
+        "the daemon did not answer within {}s: it may be stuck or overloaded (`dirigent status` reads the ledger without it; its log says more)",
+        CLIENT_PATIENCE.as_secs()
+    )]
+    Silent,
     #[error("the daemon closed the connection without an answer")]
     NoAnswer,
     #[error("the daemon's answer is not understood ({cause}): {answer}")]
@@ -281,6 +337,18 @@ fn check_peer(uid: Option<u32>, path: &std::path::Path) -> Result<(), ClientErro
     }
 }
 
+/// The cause of a failed connection, when it is not the plain "nothing listens there".
+fn unusual(cause: &std::io::Error) -> String {
+    match cause.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => String::new(),
+        _ => format!(" ({cause})"),
+    }
+}
+
+/// How long the CLI waits for the daemon's answer (every request it sends is answered at once;
+/// none waits for a task).
+const CLIENT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Sends one request to the daemon of `ws` and waits for the answer (for the CLI).
 pub fn request(ws: &Workspace, req: &Request) -> Result<Response, ClientError> {
     let path = socket_path(ws);
@@ -288,6 +356,9 @@ pub fn request(ws: &Workspace, req: &Request) -> Result<Response, ClientError> {
     let mut stream =
         std::os::unix::net::UnixStream::connect(&path).map_err(|e| not_running(ws, e))?;
     check_peer(peer_uid(&stream), &path)?;
+    // Never a silent hang: a daemon that does not answer in this long is said to.
+    let _ = stream.set_read_timeout(Some(CLIENT_PATIENCE));
+    let _ = stream.set_write_timeout(Some(CLIENT_PATIENCE));
     // A refused client is told why and hung up on, possibly before it has written: read the
     // answer even when the write failed.
     let written = stream.write_all(encode(req)?.as_bytes());
@@ -351,6 +422,14 @@ fn decode(
     if answer.is_empty() {
         return Err(match (written, read) {
             (Err(e), _) => ClientError::Write(e),
+            (_, Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                ClientError::Silent
+            }
             (_, Err(e)) => ClientError::Read(e),
             _ => ClientError::NoAnswer,
         });

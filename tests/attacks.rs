@@ -464,6 +464,37 @@ fn the_control_socket_refuses_a_huge_line_without_holding_it() {
 }
 
 #[test]
+fn held_control_connections_cannot_keep_a_cancel_from_being_heard() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("a.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("a");
+    let sock = ws.path("daemon.sock");
+    // A line that is no request is answered, and the connection ends there.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"\"garbage\"\n").unwrap();
+    s.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.contains("not a request"),
+        "expected the line refused and the connection closed, got {answer:?}"
+    );
+    // Every long-lived connection taken (an agent can open them): the CLI is still answered.
+    let held: Vec<_> = (0..64)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    let out = ws.cli(&["cancel", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no task `nope`"),
+        "expected the daemon's own answer, got {:?}",
+        stderr(&out)
+    );
+    drop(held);
+}
+
+#[test]
 fn idle_and_half_open_http_connections_are_closed_and_never_starve_the_daemon() {
     let ws = Workspace::new(CONFIG);
     let (d, url, token) = ws.start_http();

@@ -202,7 +202,10 @@ fn submit_file(
         let req = dirigent::control::Request::Submit {
             task: Box::new(fields.clone()),
         };
-        if let Ok(answer) = dirigent::control::request(ws, &req) {
+        if let Ok(answer) = dirigent::control::request(ws, &req)
+            // Busy (every connection taken): the inbox takes it as well.
+            && answer.failure != Some(dirigent::control::Failure::Unavailable)
+        {
             if answer.failure == Some(dirigent::control::Failure::Conflict) {
                 let waiting = answer.data.as_ref().and_then(|d| d["waiting"].as_str());
                 return Err(Refused::Taken(match waiting {
