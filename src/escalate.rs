@@ -278,9 +278,10 @@ Then `dirigent retry <id>`."
     )
 }
 
+/// The last `n` lines, made printable (the report is read on terminals).
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    crate::terminal::printable_lines(&lines[lines.len().saturating_sub(n)..].join("\n"))
 }
 
 /// A Markdown code fence long enough not to be closed by the text inside it.

@@ -74,11 +74,13 @@ impl OutputSample {
             || (self.tail.is_empty() && self.head.iter().all(|b| b.is_ascii_whitespace()))
     }
 
-    /// The last `n` lines, for escalation reports and error messages.
+    /// The last `n` lines, for escalation reports and error messages — made printable: they
+    /// are shown on terminals, and an agent's escape sequences could retitle a window or write
+    /// to the clipboard there.
     pub fn last_lines(&self, n: usize) -> String {
         let text = self.text();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        crate::terminal::printable_lines(&lines[lines.len().saturating_sub(n)..].join("\n"))
     }
 }
 
@@ -507,11 +509,9 @@ fn first_error_line(ev: &Evidence<'_>) -> String {
 }
 
 fn one_line(s: &str) -> String {
-    let line = s
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
+    // A reason is shown on terminals: no escape sequence of the agent's survives into it.
+    let line = crate::terminal::printable(s.lines().find(|l| !l.trim().is_empty()).unwrap_or(""));
+    let line = line.trim();
     if line.chars().count() > 200 {
         let mut t: String = line.chars().take(199).collect();
         t.push('…');

@@ -183,7 +183,7 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
                         .feedback
                         .lines()
                         .find(|l| !l.trim().is_empty())
-                        .map(|l| l.chars().take(100).collect())
+                        .map(|l| crate::terminal::printable(l).chars().take(100).collect())
                         .unwrap_or_default(),
                 })
                 .collect();

@@ -1,7 +1,13 @@
 //! Text from agents made safe for a terminal, and the terminal's width: what the live terminal
-//! views (`dirigent top`, `dirigent logs -f --all`) need. An agent's output is untrusted: escape
+//! views (`dirigent top`, `dirigent logs`) need, and what every reason and report quoting an
+//! agent's output is passed through. An agent's output is untrusted: escape
 //! sequences in it could retitle the window, move the cursor over dirigent's own lines or
 //! (on some terminals) write to the clipboard, so they are removed before anything is shown.
+
+/// Each line of `text` made [`printable`], the lines kept.
+pub fn printable_lines(text: &str) -> String {
+    text.lines().map(printable).collect::<Vec<_>>().join("\n")
+}
 
 /// `line` without escape sequences and control characters (a tab becomes a space).
 pub fn printable(line: &str) -> String {
@@ -125,6 +131,88 @@ pub fn width() -> usize {
         .unwrap_or(100)
 }
 
+/// Writes bytes on without escape sequences and control characters other than newline and tab:
+/// an agent's output shown on a terminal as it comes (`dirigent logs`). [`printable`] for a
+/// stream, where a sequence may be cut between two writes.
+pub struct PrintableWriter<W: std::io::Write> {
+    inner: W,
+    state: Escape,
+}
+
+/// Where the filter is inside an escape sequence.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    Text,
+    /// After ESC.
+    Esc,
+    /// In a CSI sequence (ESC [), until its final byte.
+    Csi,
+    /// In a string sequence (OSC, DCS…), until BEL or ESC \.
+    Str,
+    /// After ESC inside a string sequence.
+    StrEsc,
+    /// After 0xC2, which may open a C1 control character (U+0080 to U+009F).
+    C2,
+}
+
+impl<W: std::io::Write> PrintableWriter<W> {
+    pub fn new(inner: W) -> Self {
+        PrintableWriter {
+            inner,
+            state: Escape::Text,
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for PrintableWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::with_capacity(buf.len());
+        for &b in buf {
+            self.state = match (self.state, b) {
+                (Escape::Text, 0x1b) => Escape::Esc,
+                (Escape::Text, 0xc2) => Escape::C2,
+                (Escape::Text, b'\n' | b'\t') => {
+                    out.push(b);
+                    Escape::Text
+                }
+                (Escape::Text, b) if b < 0x20 || b == 0x7f => Escape::Text,
+                (Escape::Text, b) => {
+                    out.push(b);
+                    Escape::Text
+                }
+                (Escape::C2, 0x80..=0x9f) => Escape::Text,
+                (Escape::C2, 0x1b) => {
+                    out.push(0xc2);
+                    Escape::Esc
+                }
+                (Escape::C2, b) => {
+                    out.push(0xc2);
+                    if b >= 0x20 && b != 0x7f || b == b'\n' || b == b'\t' {
+                        out.push(b);
+                    }
+                    Escape::Text
+                }
+                (Escape::Esc, b'[') => Escape::Csi,
+                (Escape::Esc, b']' | b'P' | b'_' | b'^' | b'X') => Escape::Str,
+                (Escape::Esc, _) => Escape::Text,
+                (Escape::Csi, 0x40..=0x7e) => Escape::Text,
+                (Escape::Csi, _) => Escape::Csi,
+                (Escape::Str, 0x07) => Escape::Text,
+                (Escape::Str, 0x1b) => Escape::StrEsc,
+                (Escape::Str, _) => Escape::Str,
+                (Escape::StrEsc, b'\\') => Escape::Text,
+                (Escape::StrEsc, _) => Escape::Str,
+            };
+        }
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +240,32 @@ mod tests {
         // 19 wide characters (38 columns) and the ellipsis: a 20th would make 41.
         assert_eq!(width_of(&fit(&wide, 40)), 39);
         assert_eq!(pad("全a", 5), "全a  ");
+    }
+
+    #[test]
+    fn the_stream_filter_drops_sequences_cut_across_writes() {
+        use std::io::Write;
+        // (the writes, what reaches the terminal)
+        let cases: [(&[&[u8]], &[u8]); 5] = [
+            (&[b"plain\ttext\n"], b"plain\ttext\n"),
+            (&[b"a\x1b]0;PWNED\x07b"], b"ab"),
+            (&[b"a\x1b]52;c;cHdu", b"ZWQ=\x1b\\b\n"], b"ab\n"),
+            (&[b"x\x1b[2", b"Jy\r\x1b[Kz"], b"xyz"),
+            (
+                &["caf\u{e9} \u{9b}2J".as_bytes()],
+                "caf\u{e9} 2J".as_bytes(),
+            ),
+        ];
+        for (writes, want) in cases {
+            let mut w = PrintableWriter::new(Vec::new());
+            for part in writes {
+                w.write_all(part).unwrap();
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&w.inner),
+                String::from_utf8_lossy(want),
+                "{writes:?}"
+            );
+        }
     }
 }

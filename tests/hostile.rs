@@ -13,6 +13,7 @@ agents:
   leak:    { command: ["{agents}/hostile/leak-stdout.sh"], timeout: 30s }
   setsid:  { command: ["{agents}/hostile/setsid.sh"], timeout: 30s }
   bare:    { command: ["{agents}/hostile/escape-bare.sh"], timeout: 30s }
+  escapes: { command: ["{agents}/hostile/escapes.sh"] }
   giga:    { command: ["{agents}/hostile/gigabyte.sh"], timeout: 120s }
   binary:  { command: ["{agents}/hostile/binary.sh"] }
   stdin:   { command: ["{agents}/hostile/reads-stdin.sh", "{prompt}"], prompt: arg, timeout: 10s }
@@ -194,5 +195,36 @@ fn a_process_that_escaped_with_no_environment_is_caught_after_the_attempt() {
     assert!(
         process_gone(escaped),
         "the bare escaped process {escaped} is still running"
+    );
+}
+
+#[test]
+fn an_agents_escape_sequences_never_reach_a_reason_or_a_report() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("x.json", r#"{"prompt": "p", "agent": "escapes"}"#);
+    let Event::Escalated { reason, .. } = ws.wait_settled("x") else {
+        panic!("expected the task escalated")
+    };
+    let Event::AttemptFinished {
+        reason: attempt, ..
+    } = finished(&ws, "x")
+    else {
+        unreachable!()
+    };
+    let report = std::fs::read_to_string(ws.path("escalations/x.md")).unwrap();
+    for (what, text) in [
+        ("escalation", &reason),
+        ("attempt", &attempt),
+        ("report", &report),
+    ] {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "expected no escape sequence in the {what}: {text:?}"
+        );
+    }
+    assert!(
+        attempt.contains("error"),
+        "expected the agent's words kept: {attempt:?}"
     );
 }

@@ -90,7 +90,14 @@ pub fn logs(
         &a.agent,
         if stderr { "stderr" } else { "stdout" },
     );
-    let mut out = std::io::stdout().lock();
+    // On a terminal, the agent's escape sequences are not passed on (they could retitle the
+    // window or write to the clipboard); in a pipe, its bytes are.
+    let stdout = std::io::stdout().lock();
+    let mut out: Box<dyn Write> = if stdout.is_terminal() {
+        Box::new(dirigent::terminal::PrintableWriter::new(stdout))
+    } else {
+        Box::new(stdout)
+    };
     let mut pos = copy_from(&path, 0, &mut out)?;
     if !follow || a.class.is_some() {
         return Ok(ExitCode::SUCCESS);

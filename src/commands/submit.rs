@@ -519,7 +519,13 @@ fn report_progress(
             feedback
                 .lines()
                 .find(|l| !l.trim().is_empty())
-                .map(|l| format!(" — {}", l.chars().take(160).collect::<String>()))
+                .map(|l| format!(
+                    " — {}",
+                    dirigent::terminal::printable(l)
+                        .chars()
+                        .take(160)
+                        .collect::<String>()
+                ))
                 .unwrap_or_default()
         ),
         _ => {}

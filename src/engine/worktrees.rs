@@ -702,7 +702,7 @@ fn verify_tail(ws: &Workspace, task: &str, attempt: u32, agent: &str, max: u64) 
     let name = crate::workspace::attempt_file(attempt, agent, "verify.log");
     ws.open_sub(&format!("runs/{task}"))
         .and_then(|d| d.open_regular(&name))
-        .map(|f| fsutil::tail_of(f, max))
+        .map(|f| crate::terminal::printable_lines(&fsutil::tail_of(f, max)))
         .unwrap_or_default()
 }
 
