@@ -124,9 +124,28 @@ impl Workspace {
 
     /// A subdirectory of `.context/` (such as `running` or `inbox/.tmp`), opened without
     /// following a link and made again (mode 0700) when someone removed it.
+    /// A link or a file an agent put in the place of one of these directories is moved aside
+    /// (see [`displace`]) and the directory made again: refusing it instead stopped every
+    /// later task, with reasons that named something else.
     pub fn open_sub(&self, sub: &str) -> io::Result<crate::confined::Dir> {
         let parts: Vec<&str> = sub.split('/').collect();
-        self.open_context()?.descend(&parts, Some(0o700))
+        let ctx = self.open_context()?;
+        match ctx.descend(&parts, Some(0o700)) {
+            Err(e)
+                if matches!(
+                    crate::confined::errno_of(&e),
+                    Some(nix::libc::ELOOP | nix::libc::ENOTDIR)
+                ) =>
+            {
+                let mut dir = ctx;
+                for part in &parts {
+                    displace(&dir, part)?;
+                    dir = dir.child(part, Some(0o700))?;
+                }
+                Ok(dir)
+            }
+            other => other,
+        }
     }
 
     /// Creates the workspace directory if needed, then `.context/` and every subdirectory that
@@ -140,10 +159,44 @@ impl Workspace {
         })?;
         create_private_dir(&self.ctx)?;
         for sub in SUBDIRS {
-            create_private_dir(&self.ctx.join(sub))?;
+            let path = self.ctx.join(sub);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir())
+                && let (Some(parent), Some(name)) = (path.parent(), path.file_name())
+            {
+                displace(
+                    &crate::confined::Dir::open(parent)?,
+                    &name.to_string_lossy(),
+                )?;
+            }
+            create_private_dir(&path)?;
         }
         Ok(())
     }
+}
+
+/// Moves `name` in `dir` aside (to `name.displaced-<ms>`) when it is a link or anything but a
+/// directory, where dirigent keeps one of its own; says so in the log. Nothing is followed or
+/// deleted: what was put there stays for a look.
+fn displace(dir: &crate::confined::Dir, name: &str) -> io::Result<()> {
+    use crate::confined::Kind;
+    let Some(kind @ (Kind::Link | Kind::File | Kind::Other)) = dir.kind(name) else {
+        return Ok(());
+    };
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let aside = format!("{name}.displaced-{millis}");
+    dir.rename_noreplace(name, dir, &aside)?;
+    tracing::warn!(
+        "`{}` was {} where dirigent keeps a directory (an agent may have put it there): moved aside to `{aside}`, and the directory made again",
+        dir.path().join(name).display(),
+        match kind {
+            Kind::Link => "a symbolic link",
+            Kind::File => "a file",
+            _ => "not a directory",
+        }
+    );
+    Ok(())
 }
 
 impl Workspace {

@@ -14,6 +14,7 @@ agents:
   setsid:  { command: ["{agents}/hostile/setsid.sh"], timeout: 30s }
   bare:    { command: ["{agents}/hostile/escape-bare.sh"], timeout: 30s }
   escapes: { command: ["{agents}/hostile/escapes.sh"] }
+  plant:   { command: ["{agents}/hostile/plant-dirs.sh"] }
   giga:    { command: ["{agents}/hostile/gigabyte.sh"], timeout: 120s }
   binary:  { command: ["{agents}/hostile/binary.sh"] }
   stdin:   { command: ["{agents}/hostile/reads-stdin.sh", "{prompt}"], prompt: arg, timeout: 10s }
@@ -226,5 +227,47 @@ fn an_agents_escape_sequences_never_reach_a_reason_or_a_report() {
     assert!(
         attempt.contains("error"),
         "expected the agent's words kept: {attempt:?}"
+    );
+}
+
+#[test]
+fn links_planted_in_place_of_dirigents_directories_are_moved_aside() {
+    // The watcher follows the inbox it was given; a new one is found by the periodic rescan.
+    let ws = Workspace::new(&format!("inbox_rescan: 200ms\n{CONFIG}"));
+    let _d = ws.start();
+    ws.drop_task("p.json", r#"{"prompt": "p", "agent": "plant"}"#);
+    ws.wait_settled("p");
+    // The next tasks run, their results land in dirigent's own directories, and nothing is
+    // written where the links pointed.
+    // (Submitted through the daemon: the inbox is one of the links.)
+    for (id, agent) in [("q", "good"), ("r", "segv")] {
+        let out = ws.cli(&["submit", "p", "--id", id, "--agent", agent]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(
+        matches!(ws.wait_settled("q"), Event::Done { .. }),
+        "expected the next task done"
+    );
+    ws.wait_settled("r");
+    assert!(
+        ws.path("outbox/q.md").is_file(),
+        "expected the result in the outbox"
+    );
+    assert!(
+        ws.path("escalations/r.md").is_file(),
+        "expected the report in escalations/"
+    );
+    let outside: Vec<_> = std::fs::read_dir(ws.root().join("outside"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "expected nothing written through the links: {outside:?}"
+    );
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("was a symbolic link where dirigent keeps a directory"),
+        "expected the log to say what was moved aside:\n{log}"
     );
 }
