@@ -179,12 +179,7 @@ pub fn view(run: &TaskRecord, children: &[&TaskRecord], defined: Vec<String>) ->
                 .map(|r| RoundView {
                     round: r.round,
                     passed: r.passed,
-                    feedback: r
-                        .feedback
-                        .lines()
-                        .find(|l| !l.trim().is_empty())
-                        .map(|l| crate::terminal::printable(l).chars().take(100).collect())
-                        .unwrap_or_default(),
+                    feedback: crate::runner::feedback_line(&r.feedback, 160),
                 })
                 .collect();
             PhaseView {

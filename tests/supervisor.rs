@@ -524,7 +524,7 @@ fn submit_wait_exit_codes_and_output() {
     ]);
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("escalated after 1 attempt(s)"), "{err}");
+    assert!(err.contains("escalated after 1 attempt: "), "{err}");
     assert!(err.contains("see .context/escalations/w2.md"), "{err}");
     // The result command prints the same text; a failed task has none.
     let r = ws.cli(&["result", "w1"]);

@@ -437,6 +437,12 @@ fn a_loop_gives_up_at_max_rounds() {
         reason.starts_with("phase `try` gave up after 2 round(s): the evaluator never passed"),
         "{reason}"
     );
+    assert!(
+        reason.contains(
+            "last feedback: `false` failed (exit status: 1; all its output: .context/runs/n/try-round2-evaluator.log):"
+        ),
+        "expected the reason to say where the evaluator's output is: {reason}"
+    );
     // The phase it gave up at is `failed`, not `running`: nothing more happens to it.
     let status = String::from_utf8_lossy(&ws.cli(&["status", "n"]).stdout).into_owned();
     assert!(
@@ -1189,7 +1195,7 @@ fn a_failed_run_reports_its_tasks_shows_them_in_status_and_resumes_with_retry() 
         "phase one completed: .context/outbox/r.one.md",
         "r.two: attempt 1: flaky → exit",
         "r.two: failed: ",
-        "escalated after 0 attempt(s): phase `two` failed: ",
+        "escalated: phase `two` failed: ",
     ] {
         assert!(err.contains(want), "--wait should show {want:?}:\n{err}");
     }

@@ -473,7 +473,12 @@ fn report_progress(
         Event::Escalated {
             reason, attempts, ..
         } => {
-            eprintln!("[{t}] escalated after {attempts} attempt(s): {reason}");
+            // A workflow run makes no attempt of its own: its tasks do.
+            match attempts {
+                0 => eprintln!("[{t}] escalated: {reason}"),
+                1 => eprintln!("[{t}] escalated after 1 attempt: {reason}"),
+                n => eprintln!("[{t}] escalated after {n} attempts: {reason}"),
+            }
             eprintln!("see .context/escalations/{id}.md");
             return Ok(Some(ExitCode::from(1)));
         }
@@ -516,17 +521,10 @@ fn report_progress(
         } => eprintln!(
             "[{t}] phase {phase} round {round}: {}{}",
             if *passed { "PASS" } else { "FAIL" },
-            feedback
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .map(|l| format!(
-                    " — {}",
-                    dirigent::terminal::printable(l)
-                        .chars()
-                        .take(160)
-                        .collect::<String>()
-                ))
-                .unwrap_or_default()
+            match dirigent::runner::feedback_line(feedback, 200) {
+                line if line.is_empty() => line,
+                line => format!(" — {line}"),
+            }
         ),
         _ => {}
     }

@@ -319,6 +319,28 @@ fn read_output(ws: &Workspace, rel: &str) -> String {
         .unwrap_or_else(|e| format!("(`{rel}` {e})"))
 }
 
+/// An evaluator's feedback in one printable line: its first line — and, when that only
+/// introduces what follows (`` `cargo test` failed (exit status: 101): ``), the first line after
+/// it, which says why. At most `max` characters.
+pub fn feedback_line(feedback: &str, max: usize) -> String {
+    let mut lines = feedback.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut line = lines.next().unwrap_or("").to_string();
+    if line.ends_with(':')
+        && let Some(next) = lines.next()
+    {
+        line.push(' ');
+        line.push_str(next);
+    }
+    let line = crate::terminal::printable(&line);
+    if line.chars().count() > max {
+        let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    } else {
+        line
+    }
+}
+
 /// Runs a loop's evaluator command (see [`crate::side_command::run_logged`]). Returns whether it
 /// passed (exit 0) and the last lines of its output as feedback; `None` when a stop of the
 /// daemon ended it first (no verdict).
@@ -334,7 +356,17 @@ pub async fn run_evaluator(
     let tail = crate::fsutil::read_tail(log, 4096);
     Some(match end {
         CommandEnd::Exited(s) if s.success() => (true, tail),
-        CommandEnd::Exited(s) => (false, format!("`{}` failed ({s}):\n{tail}", argv.join(" "))),
+        CommandEnd::Exited(s) => {
+            // Where the whole output is: the feedback keeps only its end.
+            let whole = log.strip_prefix(ws.root()).unwrap_or(log).display();
+            (
+                false,
+                format!(
+                    "`{}` failed ({s}; all its output: {whole}):\n{tail}",
+                    argv.join(" ")
+                ),
+            )
+        }
         CommandEnd::TimedOut => (
             false,
             format!(

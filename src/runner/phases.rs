@@ -294,13 +294,11 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
             }
         };
     }
+    let last = super::feedback_line(&feedback, 300);
     cx.failed(format!(
         "gave up after {} round(s): the evaluator never passed; last feedback: {}",
         l.max_rounds,
-        feedback
-            .lines()
-            .find(|line| !line.trim().is_empty())
-            .unwrap_or("(none)")
+        if last.is_empty() { "(none)" } else { &last }
     ))
 }
 
