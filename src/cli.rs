@@ -348,10 +348,12 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "auto|manual|none", value_parser = parse_merge)]
     pub merge: Option<dirigent::editing::MergeMode>,
     /// Follow the task: print progress on stderr and the result on stdout; exit 0 when done
-    /// (or verified and waiting for `dirigent merge`), 1 when escalated or rejected.
+    /// (or verified and waiting for `dirigent merge`), 1 when escalated, rejected or cancelled.
     #[arg(long)]
     pub wait: bool,
-    /// Print `{"id": …, "file": …}` instead of the bare id.
+    /// Print `{"id": …, "file": …}` instead of the bare id. With `--wait`: one object once
+    /// the task settles instead — `id`, `file`, `state` (`done`, `failed`, `merge_waiting`,
+    /// `rejected`) and what goes with it (`result` and `output`, `reason`, `report`, `branch`).
     #[arg(long)]
     pub json: bool,
 }

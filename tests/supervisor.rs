@@ -526,6 +526,32 @@ fn submit_wait_exit_codes_and_output() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("escalated after 1 attempt: "), "{err}");
     assert!(err.contains("see .context/escalations/w2.md"), "{err}");
+    // With `--json`, one object once the task settles, for a script to read.
+    for (args, code, want) in [
+        (
+            vec!["submit", "q", "--wait", "--json", "--id", "j1"],
+            0,
+            serde_json::json!({"state": "done", "agent": "good", "output": ".context/outbox/j1.md", "result": "ok from good: q\n"}),
+        ),
+        (
+            vec![
+                "submit", "q", "--agent", "fail", "--wait", "--json", "--id", "j2",
+            ],
+            1,
+            serde_json::json!({"state": "failed", "attempts": 1, "report": ".context/escalations/j2.md"}),
+        ),
+    ] {
+        let out = ws.cli(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.lines().count(), 1, "expected one line: {stdout:?}");
+        let got: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("expected one JSON object, got {stdout:?} ({e})"));
+        for (key, value) in want.as_object().unwrap() {
+            assert_eq!(&got[key], value, "{args:?}: `{key}` in {got}");
+        }
+        assert_eq!(got["id"], args[args.len() - 1], "{got}");
+    }
     // The result command prints the same text; a failed task has none.
     let r = ws.cli(&["result", "w1"]);
     assert_eq!(

@@ -156,7 +156,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         Refused::Taken(why) => taken(&why),
         Refused::Other(why) => anyhow::anyhow!("{why}"),
     })?;
-    if args.json {
+    if args.json && !args.wait {
         println!("{}", json!({"id": id, "file": dest}));
     } else if !args.wait {
         println!("{id}");
@@ -176,7 +176,38 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     } else {
         eprintln!("dirigent: submitted `{id}`, waiting");
     }
-    wait_for(ws, &id, &name, follower)
+    let mut end = Ending {
+        json: args.json,
+        file: dest.display().to_string(),
+        branch: None,
+    };
+    wait_for(ws, &id, &name, follower, &mut end)
+}
+
+/// How `--wait` reports the task's end: its result on stdout, or (`--json`) one object.
+struct Ending {
+    json: bool,
+    /// Where the task file was put (for the object).
+    file: String,
+    /// Its branch, once a worktree was made for it.
+    branch: Option<String>,
+}
+
+impl Ending {
+    /// Prints the object for `state` with `more` merged in (with `--json`).
+    fn object(&self, id: &str, state: &str, more: serde_json::Value) {
+        if !self.json {
+            return;
+        }
+        let mut v = json!({"id": id, "file": self.file, "state": state});
+        if let Some(b) = &self.branch {
+            v["branch"] = json!(b);
+        }
+        if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), more) {
+            obj.extend(more);
+        }
+        println!("{v}");
+    }
 }
 
 /// Why the CLI could not put a task into the inbox.
@@ -237,6 +268,7 @@ fn wait_for(
     id: &str,
     file: &str,
     mut follower: dirigent::follow::Follower,
+    end: &mut Ending,
 ) -> Result<ExitCode> {
     let waker = ChangeWaker::new(&[ws.context()]);
     let started = Instant::now();
@@ -279,6 +311,11 @@ fn wait_for(
                     live.clear();
                     eprintln!("error: the task was rejected: {reason}");
                     eprintln!("(the file is in .context/rejected/{moved_to})");
+                    end.object(
+                        id,
+                        "rejected",
+                        json!({"reason": reason, "moved_to": format!(".context/rejected/{moved_to}")}),
+                    );
                     return Ok(ExitCode::from(1));
                 }
                 continue;
@@ -302,7 +339,7 @@ fn wait_for(
                 if matches!(r.event, Event::Requeued { .. }) {
                     stop_told = true;
                 }
-                if let Some(code) = report_progress(ws, id, &r, started)? {
+                if let Some(code) = report_progress(ws, id, &r, started, end)? {
                     return Ok(code);
                 }
             } else {
@@ -451,6 +488,7 @@ fn report_progress(
     id: &str,
     r: &Record,
     started: Instant,
+    end: &mut Ending,
 ) -> Result<Option<ExitCode>> {
     let t = short(started.elapsed());
     match &r.event {
@@ -467,7 +505,15 @@ fn report_progress(
             eprintln!("[{t}] done by {agent}; result in {output}");
             let text = std::fs::read(ws.root().join(output))
                 .with_context(|| format!("cannot read `{output}`"))?;
-            std::io::stdout().write_all(&text)?;
+            if end.json {
+                end.object(
+                    id,
+                    "done",
+                    json!({"agent": agent, "output": output, "result": String::from_utf8_lossy(&text)}),
+                );
+            } else {
+                std::io::stdout().write_all(&text)?;
+            }
             return Ok(Some(ExitCode::SUCCESS));
         }
         Event::Escalated {
@@ -480,19 +526,28 @@ fn report_progress(
                 n => eprintln!("[{t}] escalated after {n} attempts: {reason}"),
             }
             eprintln!("see .context/escalations/{id}.md");
+            end.object(
+                id,
+                "failed",
+                json!({"reason": reason, "attempts": attempts, "report": format!(".context/escalations/{id}.md")}),
+            );
             return Ok(Some(ExitCode::from(1)));
         }
         Event::WorktreeMade {
             branch, base, path, ..
-        } => eprintln!(
-            "[{t}] working on `{branch}` (from {}) in {}",
-            &base[..base.len().min(12)],
-            path.display()
-        ),
+        } => {
+            end.branch = Some(branch.clone());
+            eprintln!(
+                "[{t}] working on `{branch}` (from {}) in {}",
+                &base[..base.len().min(12)],
+                path.display()
+            )
+        }
         Event::MergeWaiting { reason, .. } => {
             eprintln!("[{t}] verified; waiting to be merged: {reason}");
             // Only `dirigent merge` ends this wait: the work is ready for review.
             if reason.starts_with(dirigent::editing::MANUAL_MERGE) {
+                end.object(id, "merge_waiting", json!({"reason": reason}));
                 return Ok(Some(ExitCode::SUCCESS));
             }
         }
@@ -506,6 +561,11 @@ fn report_progress(
         Event::Cancelled { .. } => {
             eprintln!(
                 "[{t}] cancelled by the user; `dirigent retry {id}` runs it again from the start"
+            );
+            end.object(
+                id,
+                "failed",
+                json!({"reason": dirigent::state::CANCELLED_REASON}),
             );
             return Ok(Some(ExitCode::from(1)));
         }
