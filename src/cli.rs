@@ -129,10 +129,14 @@ pub enum Command {
     /// Merge a task that waits to be merged (merge_waiting) into its target branch, through the
     /// merge queue: replayed on the target's head, verified again if the target moved, and the
     /// target moved only if nothing else did meanwhile. Needs the daemon.
+    /// Waits until it is merged (exit 0) or cannot be (exit 1, with why).
     Merge {
         /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
+        /// Return once the merge is queued, without waiting for it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Throw away an editing task's branch and worktree. A task waiting to be merged ends
     /// cancelled; a finished task loses its kept branch or worktree. Needs the daemon.

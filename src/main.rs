@@ -120,7 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Result { id } => commands::result(&ws, &id),
         Command::Cancel { id } => commands::control(&ws, dirigent::control::Request::Cancel { id }),
         Command::Retry { id } => commands::control(&ws, dirigent::control::Request::Retry { id }),
-        Command::Merge { id } => commands::control(&ws, dirigent::control::Request::Merge { id }),
+        Command::Merge { id, no_wait } => commands::merge(&ws, id, no_wait),
         Command::Discard { id } => {
             commands::control(&ws, dirigent::control::Request::Discard { id })
         }

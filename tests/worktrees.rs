@@ -287,8 +287,14 @@ fn a_dirty_checkout_is_never_touched_and_manual_merge_waits_for_dirigent_merge()
         format!("{}my own edit\n", main_file(&ws)),
     )
     .unwrap();
+    // `merge` waits for the outcome: not merged, and why (exit 1).
     let out = ws.cli(&["merge", "m1"]);
-    assert!(out.status.success(), "expected merge accepted: {out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected not merged: {out:?}");
+    assert!(
+        said.contains("error: `m1` is not merged: ") && said.contains("uncommitted changes"),
+        "expected why it is not merged, got {said:?}"
+    );
     let waiting = ws.wait_until("the merge to wait for the dirty checkout", || {
         let v = ws.wait_state("m1", "merge_waiting");
         let reason = v["reason"].as_str()?.to_string();
@@ -501,6 +507,11 @@ fn verified_work_waiting_to_merge_survives_a_graceful_stop() {
     ws.wait_state("keep", "merge_waiting");
     let out = ws.cli(&["merge", "keep"]);
     assert!(out.status.success(), "expected merge accepted: {out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("merged `keep` into `main` at "),
+        "expected `merge` to return once merged, got {said:?}"
+    );
     let end = ws.wait_settled("keep");
     assert!(
         matches!(end, Event::Done { .. }),

@@ -169,6 +169,83 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
 }
 
 /// Sends a request over the control socket and prints the daemon's answer.
+/// `dirigent merge ID`: queues the merge, then (unless `no_wait`) follows the ledger until the
+/// task is merged (exit 0) or cannot be (exit 1, with the reason) — `merge X && git push` must
+/// not push before X has landed.
+pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
+    let mut follower = dirigent::follow::Follower::from_end(ws);
+    let answer =
+        dirigent::control::request(ws, &dirigent::control::Request::Merge { id: id.clone() })
+            .map_err(|e| anyhow::anyhow!(e))?;
+    if !answer.ok {
+        bail!("{}", answer.message);
+    }
+    eprintln!("dirigent: {}", answer.message);
+    if no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = dirigent::signals::part_with(format!(
+        "dirigent: stopped waiting; the merge of `{id}` goes on in the daemon (`dirigent status {id}` shows how it went)"
+    ));
+    let waker = ChangeWaker::new(&[ws.context()]);
+    // Set once no daemon runs: the records are read once more (it may have written the end
+    // just before it stopped) before saying so.
+    let mut last_look = false;
+    loop {
+        for r in follower.next_records()? {
+            if r.event.task() != Some(id.as_str()) {
+                continue;
+            }
+            match &r.event {
+                Event::Merged { target, commit, .. } => {
+                    println!(
+                        "merged `{id}` into `{target}` at {}",
+                        &commit[..commit.len().min(12)]
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                // Queued again behind another merge: still under way.
+                Event::MergeWaiting { reason, .. } if reason.starts_with("queued for merging") => {}
+                Event::MergeWaiting { reason, .. } => {
+                    eprintln!("error: `{id}` is not merged: {reason}");
+                    return Ok(ExitCode::from(1));
+                }
+                Event::MergeFailed {
+                    reason, resolve, ..
+                } => {
+                    eprintln!("error: `{id}` is not merged: {reason}");
+                    if resolve.is_some() {
+                        eprintln!(
+                            "an agent resolves the conflict next; `dirigent status {id}` follows it"
+                        );
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+                Event::Escalated { reason, .. } => {
+                    eprintln!("error: `{id}` is not merged: {reason}");
+                    return Ok(ExitCode::from(1));
+                }
+                Event::Cancelled { .. } => {
+                    eprintln!("error: `{id}` was cancelled before it was merged");
+                    return Ok(ExitCode::from(1));
+                }
+                _ => {}
+            }
+        }
+        if last_look {
+            eprintln!(
+                "dirigent: the daemon stopped before `{id}` was merged; it goes on merging when a daemon starts again"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if running_daemon(ws).is_none() {
+            last_look = true;
+            continue;
+        }
+        waker.wait(Duration::from_secs(1));
+    }
+}
+
 /// `dirigent agents enable A B…`: each in turn; every refusal is said, and the exit is 2 when
 /// any was refused.
 pub fn enable_agents(ws: &Workspace, names: Vec<String>) -> Result<ExitCode> {
