@@ -225,7 +225,7 @@ fn section(out: &mut String, name: &str, lines: &[String], earlier: Option<usize
 /// Writes `progress.md` in `.context/` of `ws` atomically (never through a link).
 pub fn write(ws: &crate::workspace::Workspace, book: &TaskBook) -> std::io::Result<()> {
     ws.open_context()?
-        .write_atomic("progress.md", render(book).as_bytes(), 0o644)
+        .write_atomic("progress.md", render(book).as_bytes(), 0o600)
 }
 
 /// A reason on one line of at most `max` characters: a list item stays one item however many

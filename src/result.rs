@@ -64,7 +64,7 @@ pub fn write(
                 cause,
             };
             let outbox = ws.open_sub("outbox").map_err(io)?;
-            put(&outbox, &format!("{task_id}.md"), content).map_err(io)?;
+            put(&outbox, &format!("{task_id}.md"), content, PRIVATE).map_err(io)?;
             Ok(rel)
         }
     }
@@ -125,7 +125,7 @@ fn write_below(
         }
     };
     let (dir, name) = confined::parent_dir(root, &path).map_err(io)?;
-    put(&dir, name, content).map_err(io)?;
+    put(&dir, name, content, 0o666).map_err(io)?;
     Ok(checked.to_string())
 }
 
@@ -143,28 +143,33 @@ pub fn write_text(ws: &Workspace, rel: &str, text: &str) -> Result<String, Write
             cause,
         };
         let dir = ws.open_sub("outbox").map_err(io)?;
-        put(&dir, path.file_name(), Content::Text(text)).map_err(io)?;
+        put(&dir, path.file_name(), Content::Text(text), PRIVATE).map_err(io)?;
         return Ok(format!("{outbox}{}", path.file_name()));
     }
     write_in_workspace(ws, rel, Content::Text(text))
 }
 
-fn put(dir: &Dir, name: &str, content: Content<'_>) -> io::Result<()> {
+/// The mode of what dirigent keeps in `.context/` for you (results, as its reports and
+/// captures): yours alone, even when `.context/` itself was opened to others. A task's
+/// `output` elsewhere in the workspace is an ordinary file of yours (0666 less the umask).
+const PRIVATE: u32 = 0o600;
+
+fn put(dir: &Dir, name: &str, content: Content<'_>, mode: u32) -> io::Result<()> {
     match content {
         Content::Text(text) => {
             if text.ends_with('\n') {
-                dir.write_atomic(name, text.as_bytes(), 0o666)
+                dir.write_atomic(name, text.as_bytes(), mode)
             } else {
                 let mut t = String::with_capacity(text.len() + 1);
                 t.push_str(text);
                 t.push('\n');
-                dir.write_atomic(name, t.as_bytes(), 0o666)
+                dir.write_atomic(name, t.as_bytes(), mode)
             }
         }
         Content::Capture(file) => {
             let mut f = file;
             f.seek(SeekFrom::Start(0))?;
-            dir.copy_atomic(name, &mut f, 0o666).map(|_| ())
+            dir.copy_atomic(name, &mut f, mode).map(|_| ())
         }
     }
 }

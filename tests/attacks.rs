@@ -334,6 +334,33 @@ fn a_file_hard_linked_in_the_ledgers_or_the_locks_place_is_never_written() {
 }
 
 #[test]
+fn results_and_progress_are_the_users_alone_even_in_an_opened_context() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = Workspace::new(CONFIG);
+    // Opened to others by hand (`chmod 755 .context`): what dirigent keeps there stays private.
+    std::fs::set_permissions(ws.ctx(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _d = ws.start();
+    ws.drop_task("t.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("t");
+    ws.wait_until("progress.md to list the task", || {
+        std::fs::read_to_string(ws.path("progress.md"))
+            .ok()
+            .filter(|p| p.contains("- [x] t "))
+    });
+    for name in ["outbox/t.md", "progress.md"] {
+        let mode = std::fs::metadata(ws.path(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(
+            mode, 0o600,
+            "expected `{name}` readable by the user alone, got {mode:o}"
+        );
+    }
+}
+
+#[test]
 fn a_removed_lock_file_does_not_let_a_second_daemon_in() {
     let ws = Workspace::new(CONFIG);
     let _d = ws.start();
