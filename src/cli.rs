@@ -109,6 +109,7 @@ pub enum Command {
     },
     /// Print a finished task's result text.
     Result {
+        /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
     },
@@ -185,6 +186,7 @@ pub enum Command {
         /// server in `cluster:`) instead of this workspace's ledger.
         #[arg(long)]
         fleet: bool,
+        /// Machine-readable output (the scorecards and a row per UTC day).
         #[arg(long)]
         json: bool,
     },
@@ -193,6 +195,7 @@ pub enum Command {
     /// `source <(dirigent completions bash)` to ~/.bashrc; zsh likewise; fish:
     /// `dirigent completions fish | source`.
     Completions {
+        /// `bash`, `zsh`, `fish`, `elvish` or `powershell`.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -232,26 +235,31 @@ pub enum AgentsAction {
 pub enum WorkflowCommand {
     /// List the workflows: name, where it is defined, phases, description.
     List {
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Print a workflow's definition, then (as comments) the prompt each phase runs with —
     /// defaults included.
     Show {
+        /// The workflow to show.
         #[arg(add = crate::complete::workflows())]
         name: String,
     },
     /// Copy a workflow into `.context/workflows/NAME.yaml` to edit it; the copy replaces the
     /// built-in. Refuses to overwrite an existing copy without `--force`.
     Copy {
+        /// The workflow to copy.
         #[arg(add = crate::complete::workflows())]
         name: String,
+        /// Replace a copy that exists.
         #[arg(long)]
         force: bool,
     },
     /// Start a workflow run: writes a task with `workflow` into the inbox (works while the
     /// daemon is down). `--wait` follows it and exits 0 when done, 1 when escalated.
     Run {
+        /// The workflow (`dirigent workflow list` lists them).
         #[arg(add = crate::complete::workflows())]
         name: String,
         /// A workflow variable, `name=value` (repeatable).
@@ -260,8 +268,10 @@ pub enum WorkflowCommand {
         /// The run's id (default: generated).
         #[arg(long)]
         id: Option<String>,
+        /// Follow the run: each task's attempts and each phase and round on stderr, the result on stdout.
         #[arg(long)]
         wait: bool,
+        /// Print `{"id": …, "file": …}`; with `--wait`, one object once the run settles (as `submit --json`).
         #[arg(long)]
         json: bool,
     },
@@ -270,6 +280,7 @@ pub enum WorkflowCommand {
     /// (which agent, `agent:model`, role or `models:` alias a name resolved to). Exits 1 when
     /// there are problems.
     Validate {
+        /// Workflow names or `.yaml` files (default: every workflow).
         #[arg(add = crate::complete::workflows())]
         targets: Vec<String>,
     },

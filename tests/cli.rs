@@ -43,7 +43,11 @@ fn submit_validates_before_writing_anything() {
         ),
         (
             &["submit", "x", "--output", "../out.md"],
-            "error: `output` path `../out.md` contains `..`; it must stay inside the workspace\n",
+            "error: `--output` `../out.md` contains `..`; it must stay inside the workspace\n",
+        ),
+        (
+            &["submit", "x", "--file", "../etc/passwd"],
+            "error: `--file` `../etc/passwd` contains `..`; it must stay inside the workspace\n",
         ),
         (
             &["submit", "x", "--timeout", "soon"],

@@ -75,7 +75,15 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     let (id, fields) = dirigent::submit::prepare(fields, &config, ws, |id| book.contains(id))
         .map_err(|e| match e {
             dirigent::submit::SubmitError::Exists(why) => taken(&why),
-            other => anyhow::anyhow!("{other}"),
+            // The rules speak of the task's keys; here they were given as flags.
+            other => anyhow::anyhow!(
+                "{}",
+                other
+                    .to_string()
+                    .replacen("`files` path", "`--file`", 1)
+                    .replacen("`context` path", "`--context`", 1)
+                    .replacen("`output` path", "`--output`", 1)
+            ),
         })?;
     // Not refused: an earlier task (`--after`) may write it. But a typo should not wait
     // silently until the task starts.

@@ -124,7 +124,12 @@ pub fn workflow_validate(ws: &Workspace, targets: &[String]) -> Result<ExitCode>
     for def in &defs {
         match dirigent::workflow::validate(def, &config) {
             Ok(wf) => {
-                println!("ok: {} ({} phases)", def.label(), wf.phases.len());
+                let n = wf.phases.len();
+                println!(
+                    "ok: {} ({n} phase{})",
+                    def.label(),
+                    if n == 1 { "" } else { "s" }
+                );
                 println!("  {}", dirigent::workflow::explain::variables_line(&wf));
                 for line in dirigent::workflow::explain::runner_lines(&wf, &config) {
                     println!("  {line}");

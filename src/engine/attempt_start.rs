@@ -19,8 +19,13 @@ fn compose_prompt(
     if spec.fields.context.is_empty() && spec.fields.files.is_empty() {
         return Ok(spec.prompt.clone());
     }
-    let refused =
-        |label: &str, e: String| PromptError::Refused(format!("context file `{label}`: {e}"));
+    let refused = |in_context: bool, label: &str, e: String| {
+        PromptError::Refused(if in_context {
+            format!("context file `{label}`: {e}")
+        } else {
+            format!("file `{label}` (the task's `files`): {e}")
+        })
+    };
     let open = |r: std::io::Result<confined::Dir>| {
         r.map_err(|e| match fsutil::exhausted(&e) {
             Some(what) => PromptError::Exhausted(format!("{what} (opening the workspace: {e})")),
@@ -51,7 +56,7 @@ fn compose_prompt(
             };
             confined::workspace_path("files", &rel)
         }
-        .map_err(|e| refused(&label, e.to_string()))?;
+        .map_err(|e| refused(in_context, &label, e.to_string()))?;
         if dirs.is_none() {
             let root = match tree {
                 Some((top, _)) => confined::Dir::open(top),
@@ -67,7 +72,7 @@ fn compose_prompt(
                     Some(what) => {
                         PromptError::Exhausted(format!("{what} (reading `{label}`: {e})"))
                     }
-                    None => refused(&label, format!("cannot be read: {e}")),
+                    None => refused(in_context, &label, format!("cannot be read: {e}")),
                 },
             )?;
         out.push_str(&format!("\n## {label}\n\n{}\n", escalate::fenced(&text)));
