@@ -894,6 +894,28 @@ fn a_planted_git_file_does_not_outlive_its_attempt() {
 }
 
 #[test]
+fn work_waiting_to_be_merged_shows_its_agents_answer() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: manual\n"));
+    let _d = ws.start();
+    // `submit --wait` returns at merge_waiting with the agent's answer on stdout…
+    let out = ws.cli(&["submit", "append a.txt mine", "--id", "w", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        answer.starts_with("edited in "),
+        "expected the agent's answer on stdout, got {answer:?}"
+    );
+    // …and `dirigent result` shows the same before the merge, saying it is not merged.
+    let out = ws.cli(&["result", "w"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), answer);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is verified and not merged yet"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_link_planted_in_a_trees_place_is_never_gone_through() {
     let ws = repo_workspace(&format!(
         "{AGENT}default_chain: [ed, ed2]\nmerge: manual\nconcurrency: 1\n"

@@ -161,6 +161,30 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
         Phase::Failed { .. } => {
             bail!("task `{id}` failed and has no result; see .context/escalations/{id}.md")
         }
+        // Verified and not merged yet: its agent's answer is what a reviewer wants to read
+        // before merging, with `dirigent diff`.
+        other @ (Phase::MergeWaiting { .. } | Phase::Merging) => {
+            let Some(a) = t
+                .attempts()
+                .iter()
+                .rev()
+                .find(|a| a.class == Some(dirigent::class::Class::Ok))
+            else {
+                bail!("task `{id}` is {} and has no answer yet", other.label());
+            };
+            let capture = dirigent::task_log::CaptureFile::of(ws, id, a.n, &a.agent, "stdout");
+            let mut f = capture
+                .open()
+                .with_context(|| format!("cannot read `runs/{id}/{}`", capture.name))?;
+            eprintln!(
+                "dirigent: `{id}` is verified and not merged yet ({}); its agent's answer (attempt {}, {}) follows; `dirigent diff {id}` shows its changes",
+                other.label(),
+                a.n,
+                a.agent
+            );
+            std::io::copy(&mut f, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
         other => bail!(
             "task `{id}` is not done yet (it is {}); `dirigent submit --wait` or `dirigent logs {id} -f` follow it",
             other.label()
@@ -168,7 +192,6 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
     }
 }
 
-/// Sends a request over the control socket and prints the daemon's answer.
 /// `dirigent merge ID`: queues the merge, then (unless `no_wait`) follows the ledger until the
 /// task is merged (exit 0) or cannot be (exit 1, with the reason) — `merge X && git push` must
 /// not push before X has landed.
@@ -267,6 +290,7 @@ pub fn enable_agents(ws: &Workspace, names: Vec<String>) -> Result<ExitCode> {
     })
 }
 
+/// Sends a request over the control socket and prints the daemon's answer.
 pub fn control(ws: &Workspace, request: dirigent::control::Request) -> Result<ExitCode> {
     let answer = dirigent::control::request(ws, &request).map_err(|e| anyhow::anyhow!(e))?;
     if answer.ok {

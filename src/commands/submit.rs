@@ -188,6 +188,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         json: args.json,
         file: dest.display().to_string(),
         branch: None,
+        answered: None,
     };
     wait_for(ws, &id, &name, follower, &mut end)
 }
@@ -199,6 +200,9 @@ struct Ending {
     file: String,
     /// Its branch, once a worktree was made for it.
     branch: Option<String>,
+    /// The last attempt that succeeded (its number and agent): its answer is the result of a
+    /// task that waits to be merged.
+    answered: Option<(u32, String)>,
 }
 
 impl Ending {
@@ -508,7 +512,17 @@ fn report_progress(
         } => {
             eprintln!("[{t}] attempt {attempt}: {agent} started (pid {pid})");
         }
-        Event::AttemptFinished { .. } => eprintln!("[{t}] {}", finished_line(&r.event)),
+        Event::AttemptFinished {
+            attempt,
+            agent,
+            class,
+            ..
+        } => {
+            if *class == dirigent::class::Class::Ok {
+                end.answered = Some((*attempt, agent.clone()));
+            }
+            eprintln!("[{t}] {}", finished_line(&r.event))
+        }
         Event::Done { output, agent, .. } => {
             eprintln!("[{t}] done by {agent}; result in {output}");
             let text = std::fs::read(ws.root().join(output))
@@ -555,7 +569,25 @@ fn report_progress(
             eprintln!("[{t}] verified; waiting to be merged: {reason}");
             // Only `dirigent merge` ends this wait: the work is ready for review.
             if reason.starts_with(dirigent::editing::MANUAL_MERGE) {
-                end.object(id, "merge_waiting", json!({"reason": reason}));
+                // The agent's answer is the result until it is merged.
+                let answer = end.answered.as_ref().and_then(|(n, agent)| {
+                    let mut text = Vec::new();
+                    dirigent::task_log::CaptureFile::of(ws, id, *n, agent, "stdout")
+                        .open()
+                        .ok()?
+                        .read_to_end(&mut text)
+                        .ok()?;
+                    Some(text)
+                });
+                if end.json {
+                    let mut more = json!({"reason": reason});
+                    if let Some(text) = &answer {
+                        more["result"] = json!(String::from_utf8_lossy(text));
+                    }
+                    end.object(id, "merge_waiting", more);
+                } else if let Some(text) = answer {
+                    std::io::stdout().write_all(&text)?;
+                }
                 return Ok(Some(ExitCode::SUCCESS));
             }
         }
