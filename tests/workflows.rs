@@ -213,9 +213,12 @@ fn a_failed_phase_escalates_the_run_naming_the_phase() {
     let Event::Escalated { reason, .. } = ws.wait_settled("b") else {
         panic!("not escalated")
     };
-    assert_eq!(
-        reason,
-        "phase `only` failed: only 0 of 2 proposals succeeded (`min_proposals` is 1)"
+    // With why each proposal failed: the cause and its fix are in their reasons.
+    assert!(
+        reason.starts_with(
+            "phase `only` failed: only 0 of 2 proposals succeeded (`min_proposals` is 1) — broken, broken: every agent in the chain failed (broken)"
+        ) && reason.matches("something went wrong").count() == 1,
+        "expected each proposer's reason, got {reason:?}"
     );
 }
 

@@ -112,11 +112,30 @@ pub(super) fn ensemble(cx: &Ctx, e: &Ensemble) -> Vec<Action> {
         return actions;
     }
     if proposals.len() < e.min_proposals {
+        // Why they failed, first: the cause and its fix are in the proposers' own reasons.
+        // One reason given by several proposers is said once, after all their names.
+        let mut grouped: Vec<(Vec<&str>, &str)> = Vec::new();
+        for f in &failures {
+            let text = f.text.lines().next().unwrap_or("");
+            match grouped.iter_mut().find(|(_, t)| *t == text) {
+                Some((froms, _)) => froms.push(&f.from),
+                None => grouped.push((vec![&f.from], text)),
+            }
+        }
+        let why: Vec<String> = grouped
+            .iter()
+            .map(|(froms, text)| format!("{}: {text}", froms.join(", ")))
+            .collect();
         return cx.failed(format!(
-            "failed: only {} of {} proposals succeeded (`min_proposals` is {})",
+            "failed: only {} of {} proposals succeeded (`min_proposals` is {}){}",
             proposals.len(),
             e.proposers.len(),
-            e.min_proposals
+            e.min_proposals,
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", why.join("; "))
+            }
         ));
     }
     let id = cx.id("judge");
