@@ -57,9 +57,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             "the workspace `{}` (from `--root` or DIRIGENT_ROOT) {}",
             root.display(),
             if root.exists() {
-                "is not a directory"
+                "is not a directory".to_string()
             } else {
-                "does not exist"
+                format!(
+                    "does not exist; check the path, or make it a workspace with `dirigent --root {} init`",
+                    root.display()
+                )
             }
         );
     }

@@ -81,6 +81,16 @@ dirigent: no daemon is running on this workspace: `hi` waits in .context/inbox/ 
         serde_json::Value::Null,
         "no daemon: no pid"
     );
+    // A file that cannot be read as a task says so now, not once a daemon rejects it.
+    std::fs::write(ctx.join("inbox/broken.json"), "{bad").unwrap();
+    let out = run_in(dir.path(), state.path(), &["status", "broken"]);
+    assert!(
+        stdout(&out).starts_with(
+            "broken — .context/inbox/broken.json\nstate:    inbox: cannot be read as a task, so it will be rejected: "
+        ),
+        "expected the broken file called what it is: {}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -92,7 +102,7 @@ fn a_root_that_does_not_exist_is_an_error_not_a_new_workspace() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
-        "error: the workspace `/nonexistent/dirigent-ws` (from `--root` or DIRIGENT_ROOT) does not exist\n"
+        "error: the workspace `/nonexistent/dirigent-ws` (from `--root` or DIRIGENT_ROOT) does not exist; check the path, or make it a workspace with `dirigent --root /nonexistent/dirigent-ws init`\n"
     );
     assert!(!std::path::Path::new("/nonexistent/dirigent-ws").exists());
 }

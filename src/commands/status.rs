@@ -88,12 +88,31 @@ pub(super) fn inbox_files(ws: &Workspace, book: &TaskBook) -> Vec<(String, Strin
     out
 }
 
-/// What a waiting inbox file will become, in words.
-fn inbox_note(ws: &Workspace, is_task: bool) -> &'static str {
-    match (is_task, running_daemon(ws).is_some()) {
-        (false, _) => "not a task file (only .json and .md are): the daemon moves it to rejected/",
-        (true, true) => "waiting in the inbox; the daemon takes it in shortly",
-        (true, false) => "waiting in the inbox; it runs when a daemon starts (`dirigent daemon`)",
+/// What a waiting inbox file will become, in words: one that cannot be read as a task says
+/// so now, not once a daemon has rejected it.
+fn inbox_note(ws: &Workspace, file: &str, is_task: bool) -> String {
+    if !is_task {
+        return "not a task file (only .json and .md are): the daemon moves it to rejected/".into();
+    }
+    let unreadable = match dirigent::fsutil::read_task_file(
+        &ws.inbox().join(file),
+        dirigent::task::MAX_TASK_BYTES,
+    ) {
+        dirigent::fsutil::ReadOutcome::Bytes(bytes) => dirigent::task::parse_fields(file, &bytes)
+            .err()
+            .map(|e| e.0),
+        dirigent::fsutil::ReadOutcome::Refused(why) => Some(why),
+        dirigent::fsutil::ReadOutcome::Gone => None,
+    };
+    match (unreadable, running_daemon(ws).is_some()) {
+        (Some(why), _) => format!(
+            "cannot be read as a task, so it will be rejected: {}",
+            why.lines().next().unwrap_or("")
+        ),
+        (None, true) => "waiting in the inbox; the daemon takes it in shortly".into(),
+        (None, false) => {
+            "waiting in the inbox; it runs when a daemon starts (`dirigent daemon`)".into()
+        }
     }
 }
 
@@ -108,7 +127,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
             println!("{id} — .context/inbox/{file}");
-            println!("state:    inbox: {}", inbox_note(ws, is_task));
+            println!("state:    inbox: {}", inbox_note(ws, &file, is_task));
             println!("{}", daemon_line(ws, &live));
         }
         return Ok(ExitCode::SUCCESS);
@@ -235,8 +254,16 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         println!("no tasks yet: drop a file into .context/inbox/ or run `dirigent submit \"…\"`");
         return Ok(ExitCode::SUCCESS);
     }
+    // As wide as the longest id (at least 28, at most 64): the columns stay aligned.
+    let w = book
+        .iter()
+        .map(|t| t.id().chars().count())
+        .chain(waiting.iter().map(|(id, ..)| id.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .clamp(28, 64);
     println!(
-        "{:<28} {:<9} {:<10} {:>3} {:>8}  TITLE",
+        "{:<w$} {:<9} {:<10} {:>3} {:>8}  TITLE",
         "ID", "STATE", "AGENT", "#", "TIME"
     );
     for t in book.iter() {
@@ -249,7 +276,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 .unwrap_or_else(|| "-".into()),
         };
         println!(
-            "{:<28} {:<9} {:<10} {:>3} {:>8}  {}",
+            "{:<w$} {:<9} {:<10} {:>3} {:>8}  {}",
             t.id(),
             if run_running(&book, t).is_some() {
                 "running"
@@ -272,15 +299,15 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             if first.chars().count() > 300 || reason.lines().nth(1).is_some() {
                 line.push('…');
             }
-            println!("{:<28} ↳ {line}", "");
+            println!("{:<w$} ↳ {}", "", dirigent::terminal::printable(&line));
         }
     }
     for (id, file, is_task) in &waiting {
         println!(
-            "{id:<28} {:<9} {:<10} {:>3} {:>8}  .context/inbox/{file}",
+            "{id:<w$} {:<9} {:<10} {:>3} {:>8}  .context/inbox/{file}",
             "inbox", "-", 0, "-"
         );
-        println!("{:<28} ↳ {}", "", inbox_note(ws, *is_task));
+        println!("{:<w$} ↳ {}", "", inbox_note(ws, file, *is_task));
     }
     for r in &book.rejected {
         println!(
