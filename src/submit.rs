@@ -129,6 +129,42 @@ pub fn unknown_dependency(
     ))
 }
 
+/// Why `start` could never run: its `after` leads back to it (`a → b → a`, or `a` after
+/// itself). `after_of` gives a task's `after` (`None`: a task that waits for nothing, or none
+/// known). A pure function: the intake asks it of every new task.
+pub fn dependency_cycle<'a>(
+    start: &str,
+    after_of: &dyn Fn(&str) -> Option<&'a [String]>,
+) -> Option<String> {
+    // Depth first, each task visited once; `path` is the way from `start` to the current one.
+    let mut seen = std::collections::HashSet::new();
+    let mut path: Vec<&str> = vec![start];
+    let mut stack: Vec<std::slice::Iter<'a, String>> =
+        vec![after_of(start).unwrap_or_default().iter()];
+    while let Some(next) = stack.last_mut().map(Iterator::next) {
+        match next {
+            None => {
+                stack.pop();
+                path.pop();
+            }
+            Some(dep) if dep == start => {
+                path.push(start);
+                return Some(format!(
+                    "`after` goes round in a circle ({}): none of these tasks could ever start; remove one of the dependencies",
+                    path.join(" → ")
+                ));
+            }
+            Some(dep) => {
+                if seen.insert(dep.as_str()) {
+                    path.push(dep);
+                    stack.push(after_of(dep).unwrap_or_default().iter());
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Writes the task into the inbox: `inbox/.tmp/<id>.json`, fsync, then a rename that never
 /// replaces a file already waiting under that name. The daemon never sees half a file.
 pub fn write_into_inbox(
@@ -194,5 +230,48 @@ mod tests {
         assert!(validate_name(&a).is_ok());
         assert!(validate_name(&generate_id("")).is_ok());
         assert!(validate_name(&generate_id("ü ß ☃")).is_ok());
+    }
+
+    #[test]
+    fn a_dependency_that_leads_back_is_found() {
+        let graph: std::collections::HashMap<&str, Vec<String>> = [
+            ("self", vec!["self".to_string()]),
+            ("a", vec!["b".to_string()]),
+            ("b", vec!["c".to_string(), "old".to_string()]),
+            ("c", vec!["a".to_string()]),
+            ("d", vec!["old".to_string(), "e".to_string()]),
+            ("e", vec!["old".to_string()]),
+            // A diamond: two ways to one task, no circle.
+            ("f", vec!["g".to_string(), "h".to_string()]),
+            ("g", vec!["i".to_string()]),
+            ("h", vec!["i".to_string()]),
+            ("i", vec![]),
+            ("into", vec!["a".to_string()]),
+        ]
+        .into_iter()
+        .collect();
+        let after_of = |id: &str| graph.get(id).map(Vec::as_slice);
+        // (the new task, the circle it is on; None: none)
+        let cases = [
+            ("self", Some("self → self")),
+            ("a", Some("a → b → c → a")),
+            ("c", Some("c → a → b → c")),
+            ("d", None),
+            ("f", None),
+            ("unknown", None),
+            // Leads into a circle it is not on: it waits on tasks that are refused themselves.
+            ("into", None),
+        ];
+        for (start, want) in cases {
+            let got = dependency_cycle(start, &after_of);
+            match want {
+                None => assert_eq!(got, None, "{start}"),
+                Some(path) => assert!(
+                    got.as_deref()
+                        .is_some_and(|g| g.contains(&format!("({path})"))),
+                    "{start}: expected the circle {path}, got {got:?}"
+                ),
+            }
+        }
     }
 }

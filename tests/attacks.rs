@@ -361,6 +361,27 @@ fn results_and_progress_are_the_users_alone_even_in_an_opened_context() {
 }
 
 #[test]
+fn tasks_that_wait_for_each_other_are_refused_not_left_waiting() {
+    let ws = Workspace::new(CONFIG);
+    // Both in the inbox before the daemon starts: one batch, each naming the other.
+    ws.drop_task("ta.json", r#"{"prompt": "p", "after": ["tb"]}"#);
+    ws.drop_task("tb.json", r#"{"prompt": "p", "after": ["ta"]}"#);
+    ws.drop_task("tc.json", r#"{"prompt": "p", "after": ["tc"]}"#);
+    let _d = ws.start();
+    for (file, circle) in [
+        ("ta.json", "(ta → tb → ta)"),
+        ("tb.json", "(tb → ta → tb)"),
+        ("tc.json", "(tc → tc)"),
+    ] {
+        let reason = rejection(&ws, file);
+        assert!(
+            reason.starts_with(&format!("`after` goes round in a circle {circle}")),
+            "{file}: expected the circle named, got {reason:?}"
+        );
+    }
+}
+
+#[test]
 fn a_removed_lock_file_does_not_let_a_second_daemon_in() {
     let ws = Workspace::new(CONFIG);
     let _d = ws.start();

@@ -198,7 +198,28 @@ impl Engine {
                 None => kept.push((c, spec)),
             }
         }
-        let accepted = kept;
+        // A task whose `after` leads back to itself would wait for good: refused now.
+        let batch_after: HashMap<String, Vec<String>> = kept
+            .iter()
+            .map(|(_, spec)| (spec.id.clone(), spec.fields.after.clone()))
+            .collect();
+        let after_of = |id: &str| -> Option<&[String]> {
+            match batch_after.get(id) {
+                Some(after) => Some(after.as_slice()),
+                None => self
+                    .book
+                    .get(id)
+                    .filter(|t| !t.phase().is_terminal())
+                    .map(|t| t.more().after.as_slice()),
+            }
+        };
+        let mut accepted = Vec::with_capacity(kept.len());
+        for (c, spec) in kept {
+            match crate::submit::dependency_cycle(&spec.id, &after_of) {
+                Some(reason) => refused.push((c, reason)),
+                None => accepted.push((c, spec)),
+            }
+        }
         for (c, reason) in refused {
             self.reject(running, &c.claim_name, &c.name, reason).await;
         }
