@@ -76,14 +76,17 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         .map_err(|e| match e {
             dirigent::submit::SubmitError::Exists(why) => taken(&why),
             // The rules speak of the task's keys; here they were given as flags.
-            other => anyhow::anyhow!(
-                "{}",
-                other
-                    .to_string()
-                    .replacen("`files` path", "`--file`", 1)
-                    .replacen("`context` path", "`--context`", 1)
-                    .replacen("`output` path", "`--output`", 1)
-            ),
+            other => {
+                let text = other.to_string();
+                let flag = [
+                    ("`files` path ", "`--file` "),
+                    ("`context` path ", "`--context` "),
+                    ("`output` path ", "`--output` "),
+                ]
+                .iter()
+                .find_map(|(key, flag)| text.strip_prefix(key).map(|rest| format!("{flag}{rest}")));
+                anyhow::anyhow!("{}", flag.unwrap_or(text))
+            }
         })?;
     // Not refused: an earlier task (`--after`) may write it. But a typo should not wait
     // silently until the task starts.
