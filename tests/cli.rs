@@ -715,6 +715,11 @@ no agent of the default chain can run: fix one of the problems above
     let out = doctor(true);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["usable"], &v["default_chain"]),
+        (&serde_json::json!(true), &serde_json::json!(["codex"])),
+        "expected the verdict in the JSON: {v}"
+    );
     let codex = &v["agents"][0];
     assert_eq!(codex["name"], "codex");
     assert_eq!(codex["ok"], true, "{codex}");

@@ -113,6 +113,10 @@ pub fn doctor(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
         .iter()
         .any(|a| a["ok"] == true && default_chain.iter().any(|c| a["name"] == c.as_str()));
     if as_json {
+        // The verdict too, so a script need not work it out: can the default chain run?
+        let mut report = report;
+        report["default_chain"] = json!(default_chain);
+        report["usable"] = json!(usable);
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("config: {}", config.source);
