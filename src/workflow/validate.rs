@@ -10,7 +10,41 @@ use super::*;
 /// Parses and checks a definition against the config. Returns the workflow, or every problem.
 pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Problem>> {
     let file = def.label();
-    let wf: Written = crate::config::from_yaml(&def.text).map_err(|e| {
+    // Unknown keys are collected (each is blanked out and the file read again), so that one
+    // misspelt key does not hide every other problem.
+    let mut unknown: Vec<Problem> = Vec::new();
+    let mut text = def.text.clone();
+    let parsed = loop {
+        match crate::config::from_yaml::<Written>(&text) {
+            Err(e) if unknown.len() < 32 => {
+                let message = crate::config::yaml_message(&e);
+                let Some((line, column)) = e
+                    .error
+                    .location()
+                    .map(|l| (l.line().max(1) as usize, l.column().max(1) as usize))
+                else {
+                    break Err(e);
+                };
+                if !message.contains("unknown field `") {
+                    break Err(e);
+                }
+                match blank_key(&text, line, column) {
+                    Some(blanked) => {
+                        unknown.push(Problem {
+                            file: file.clone(),
+                            line: line as u64,
+                            column: column as u64,
+                            message,
+                        });
+                        text = blanked;
+                    }
+                    None => break Err(e),
+                }
+            }
+            other => break other,
+        }
+    };
+    let wf: Written = parsed.map_err(|e| {
         let (line, column) = e
             .error
             .location()
@@ -32,14 +66,16 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 "; a `{placeholder}` inside a flow-style map `{ … }` must be quoted (`prompt: \"Plan {feature}\"`), or write the map in block style, one key per line",
             );
         }
-        vec![Problem {
+        let mut all = std::mem::take(&mut unknown);
+        all.push(Problem {
             file: file.clone(),
             line,
             column,
             message,
-        }]
+        });
+        all
     })?;
-    let mut problems = Vec::new();
+    let mut problems = unknown;
     let mut at = |s: &serde_saphyr::Location, message: String| {
         problems.push(Problem {
             file: file.clone(),
@@ -457,6 +493,30 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
     }
 }
 
+/// `text` with the block-style key at `line`:`column` (1-based) and its value blanked out —
+/// the key's line and the more indented lines under it made empty, so every other position
+/// stays where it was. `None` when the key is not alone at the start of its line (a flow map,
+/// or a list item's first key), where blanking could change what the rest means.
+fn blank_key(text: &str, line: usize, column: usize) -> Option<String> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let at = lines.get(line.checked_sub(1)?)?;
+    let indent = column - 1;
+    if at.get(..indent)?.chars().any(|c| c != ' ') {
+        return None;
+    }
+    let mut out: Vec<&str> = lines.clone();
+    out[line - 1] = "";
+    for (i, l) in lines.iter().enumerate().skip(line) {
+        let own = l.len() - l.trim_start_matches(' ').len();
+        if l.trim().is_empty() || own > indent {
+            out[i] = "";
+        } else {
+            break;
+        }
+    }
+    Some(out.join("\n"))
+}
+
 /// `an ensemble`, `a loop`.
 fn with_article(name: &str) -> String {
     let an = name.starts_with(['a', 'e', 'i', 'o', 'u']);
@@ -580,17 +640,25 @@ phases:
             &config(),
         )
         .unwrap_err();
-        assert_eq!(problems.len(), 1);
+        // What the phase lacks, and the unknown key: one does not hide the other.
+        assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
-            problems[0].message.contains("unknown field `colour`"),
+            problems[0]
+                .message
+                .contains("needs a `model`, an `agent` or a `role`"),
             "{}",
             problems[0]
         );
+        assert!(
+            problems[1].message.contains("unknown field `colour`"),
+            "{}",
+            problems[1]
+        );
         assert_eq!(
-            (problems[0].line, problems[0].column),
+            (problems[1].line, problems[1].column),
             (5, 5),
             "{}",
-            problems[0]
+            problems[1]
         );
         // A value of the wrong shape says what shape it should have.
         let problems = validate(
@@ -615,6 +683,35 @@ phases:
             "{}",
             problems[0]
         );
+    }
+
+    #[test]
+    fn an_unknown_key_does_not_hide_the_other_problems() {
+        let text = "name: x\nphases:\n  - name: a\n    type: single\n    agent: claude\n    bogus: 1\n    input: c.output\n  - name: b\n    type: single\n    agent: claude\n    colour:\n      deep: [1, 2]\n      deeper: 3\n    judge: gemini\n";
+        let problems: Vec<(u64, u64, String)> = validate(&def("x", text), &config())
+            .unwrap_err()
+            .into_iter()
+            .map(|p| (p.line, p.column, p.message))
+            .collect();
+        let at: Vec<(u64, u64)> = problems.iter().map(|(l, c, _)| (*l, *c)).collect();
+        assert_eq!(
+            at,
+            [(6, 5), (7, 12), (11, 5), (14, 12)],
+            "expected both unknown keys, the unknown input and the misplaced judge: {problems:#?}"
+        );
+        assert!(
+            problems[0].2.contains("unknown field `bogus`"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[2].2.contains("unknown field `colour`"),
+            "{problems:#?}"
+        );
+        // In a flow-style map the key cannot be taken out safely: that one problem is all.
+        let flow = "name: x\nphases:\n  - { name: a, type: single, agent: claude, bogus: 1 }\n";
+        let problems = validate(&def("x", flow), &config()).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("unknown field `bogus`"));
     }
 
     #[test]
