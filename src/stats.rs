@@ -209,6 +209,8 @@ impl<'m> Scorecard<'m> {
                         .as_ref()
                         .and_then(|u| u.model.clone())
                         .or_else(|| self.agent_models.get(agent).cloned())
+                        // An `agent:model` entry names its model itself.
+                        .or_else(|| agent.split_once(':').map(|(_, m)| m.to_string()))
                         .unwrap_or_else(|| "-".to_string()),
                 };
                 let a = self.acc.entry(key.clone()).or_default();

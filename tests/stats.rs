@@ -247,6 +247,26 @@ fn stats_figures_match_a_hand_computed_ledger() {
 }
 
 #[test]
+fn an_agent_model_entry_counts_under_its_model() {
+    let ws = Workspace::new("agents:\n  gemini: { preset: gemini }\n");
+    let mut l = Ledger {
+        records: vec![],
+        ts: dirigent::ledger::now_ms() - 60_000,
+    };
+    l.received("e", "chain", &["gemini:flash"]);
+    // The CLI reported no model: the entry's own name says it.
+    l.attempt("e", 1, "gemini:flash", Class::Ok, 1000, None);
+    let text: String = l
+        .records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    std::fs::write(ws.path("ledger.jsonl"), text).unwrap();
+    let by_model = stats(&ws, &["--since", "7d", "--by", "model"]);
+    assert_eq!(row(&by_model, "flash")["attempts"], 1, "{by_model}");
+}
+
+#[test]
 fn stats_of_the_fleet_outside_a_fleet_says_how_to_join_one() {
     let ws = Workspace::new("agents:\n  a: { command: [\"{agents}/ok.sh\"] }\n");
     let out = ws.cli(&["stats", "--fleet"]);
