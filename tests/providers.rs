@@ -496,6 +496,32 @@ agents:
 }
 
 #[test]
+fn status_shows_a_tasks_cost_against_the_configs_task_budget() {
+    let ws = Workspace::new(
+        r#"
+budgets: { task: 2.0 }
+agents:
+  cheap: { command: ["{agents}/costly.sh", "0.01", "ok"], output: claude_json, prompt: stdin }
+"#,
+    );
+    let _d = ws.start();
+    ws.drop_task("t.json", r#"{"prompt": "p", "agent": "cheap"}"#);
+    ws.wait_settled("t");
+    let status = String::from_utf8(ws.cli(&["status", "t"]).stdout).unwrap();
+    assert!(
+        status.contains("cost:     $0.0100 of its $2.00 budget"),
+        "expected the config's task budget shown: {status}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&ws.cli(&["status", "t", "--json"]).stdout).unwrap();
+    assert_eq!(
+        (&v["budget_usd"], &v["cost_usd"]),
+        (&serde_json::json!(2.0), &serde_json::json!(0.01)),
+        "{v}"
+    );
+}
+
+#[test]
 fn budgets_stop_work_at_the_limit_and_say_so_with_the_figures() {
     let ws = Workspace::new(
         r#"

@@ -125,6 +125,21 @@ default_chain: [say]
         std::fs::read_to_string(ws.path("outbox/c.md")).unwrap(),
         "two\n"
     );
+    // The running one written back with other spacing and a comment: no change in meaning
+    // (after a rejected edit too), so a re-read, not a reload.
+    ws.write_config(
+        "# the same as before\nagents:\n  say:   { command: [\"echo\", \"two\"] }\ndefault_chain: [ say ]\n",
+    );
+    ws.wait_for("the file re-read", |recs| {
+        (recs
+            .iter()
+            .filter(
+                |r| matches!(&r.event, Event::ConfigReloaded { trigger, .. } if trigger == "file"),
+            )
+            .count()
+            == 2)
+            .then_some(())
+    });
     let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
     assert_eq!(
         log.matches("the new configuration is invalid").count(),
@@ -142,8 +157,8 @@ default_chain: [say]
             log.matches("configuration re-read: unchanged").count(),
             log.matches("configuration reloaded").count()
         ),
-        (1, 1),
-        "one unchanged re-read (SIGHUP), one real reload (the edit): {log}"
+        (2, 1),
+        "unchanged re-reads (the SIGHUP, the same text respaced), one real reload (the edit): {log}"
     );
 
     // The attempt that was running all along finishes normally with the agent it started with.

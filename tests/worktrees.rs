@@ -232,6 +232,13 @@ fn a_failing_verify_gets_a_feedback_round_that_fixes_it_and_lands() {
             && prompt.contains("test_slot failed: a.txt is broken"),
         "expected the verifier's output as feedback in the second prompt, got:\n{prompt}"
     );
+    // In the documented format (docs/worktrees.md), and in words for the agent.
+    assert!(
+        prompt.ends_with(
+            "\n\nIts output ends:\n\n```\ntest_slot failed: a.txt is broken\n```\n\nFix what it reports; the check runs again when you finish.\n"
+        ) && !prompt.contains("tries again"),
+        "expected the documented feedback section, got:\n{prompt}"
+    );
     let text = main_file(&ws);
     assert!(
         text.contains("repaired") && !text.contains("broken"),

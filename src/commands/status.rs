@@ -161,8 +161,16 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
     }
     if let Some(id) = id {
         let t = find_task(&book, id)?;
+        // Its own budget, else the config's for every task (what admission checks).
+        let budget = t
+            .more()
+            .budget_usd
+            .or_else(|| Config::load(&ws.config()).ok().and_then(|c| c.budgets.task));
         if as_json {
-            println!("{}", serde_json::to_string_pretty(t)?);
+            let mut v = serde_json::to_value(t)?;
+            v["cost_usd"] = json!(t.cost_usd());
+            v["budget_usd"] = json!(budget);
+            println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(ExitCode::SUCCESS);
         }
         // A title is a submitter's text: no escape sequence of it reaches the terminal.
@@ -188,10 +196,8 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         if !t.more().after.is_empty() {
             println!("after:    {}", t.more().after.join(", "));
         }
-        if t.cost_usd() > 0.0 || t.more().budget_usd.is_some() {
-            let budget = t
-                .more()
-                .budget_usd
+        if t.cost_usd() > 0.0 || budget.is_some() {
+            let budget = budget
                 .map(|b| format!(" of its {} budget", usage::dollars(b)))
                 .unwrap_or_default();
             println!("cost:     {}{budget}", usage::dollars(t.cost_usd()));

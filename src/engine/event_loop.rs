@@ -55,10 +55,14 @@ impl Engine {
                         crate::config::EMBEDDED_SOURCE,
                     ),
                 };
-                let unchanged = text == self.config_text;
-                self.config_text = text;
                 match parsed {
                     Ok(config) => {
+                        // Changed in meaning, not merely in spacing or comments; compared with
+                        // the running configuration's text (a rejected edit in between is not
+                        // the running one).
+                        let unchanged = text == self.config_text
+                            || same_yaml(text.as_deref(), self.config_text.as_deref());
+                        self.config_text = text;
                         if unchanged {
                             tracing::info!(trigger, source = %config.source, "configuration re-read: unchanged");
                         } else {
@@ -539,5 +543,16 @@ fn report_task_end(ended: Result<(), tokio::task::JoinError>) {
         && e.is_panic()
     {
         tracing::error!("an engine task panicked: {e}");
+    }
+}
+
+/// Whether two config texts mean the same: equal as YAML values (spacing, comments and key
+/// order aside).
+fn same_yaml(a: Option<&str>, b: Option<&str>) -> bool {
+    let value =
+        |t: Option<&str>| t.and_then(|t| serde_saphyr::from_str::<serde_json::Value>(t).ok());
+    match (value(a), value(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
     }
 }

@@ -726,11 +726,13 @@ pub(super) fn resolve_section(branch: &str, resolve: &crate::state::Resolve) -> 
 pub(super) fn feedback(ws: &Workspace, task: &str, last: &crate::state::AttemptSummary) -> String {
     let tail = verify_tail(ws, task, last.n, &last.agent, VERIFY_TAIL);
     format!(
-        "\n\n---\n\n## The check failed\n\nYour last attempt said it was done, but the task's check did not pass in your worktree. Your changes are still there. {}\n\nIts output ends:\n\n{}\nFix what it reports; the check runs again when you finish.\n",
+        "\n\n---\n\n## The check failed\n\nYour last attempt said it was done, but the task's check did not pass in your worktree. Your changes are still there. {}\n\nIts output ends:\n\n{}\n\nFix what it reports; the check runs again when you finish.\n",
+        // The reason's words for the agent: what failed, not what dirigent does next.
         last.reason
             .split("; its output ends:")
             .next()
             .unwrap_or("")
+            .trim_end_matches("; the same agent tries again with this output")
             .trim_start_matches("verify: "),
         crate::escalate::fenced(&tail)
     )
