@@ -170,6 +170,7 @@ pub async fn run_with_options(
         notifier,
         dirty: dirty.clone(),
         ws: ws.clone(),
+        running_text: config_text.clone(),
         config_text,
         config_watch: watch::channel(config.clone()).0,
         config,

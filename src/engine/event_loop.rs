@@ -60,9 +60,10 @@ impl Engine {
                         // Changed in meaning, not merely in spacing or comments; compared with
                         // the running configuration's text (a rejected edit in between is not
                         // the running one).
-                        let unchanged = text == self.config_text
-                            || same_yaml(text.as_deref(), self.config_text.as_deref());
-                        self.config_text = text;
+                        let unchanged = text == self.running_text
+                            || same_yaml(text.as_deref(), self.running_text.as_deref());
+                        self.config_text = text.clone();
+                        self.running_text = text;
                         if unchanged {
                             tracing::info!(trigger, source = %config.source, "configuration re-read: unchanged");
                         } else {
@@ -77,6 +78,7 @@ impl Engine {
                         }
                     }
                     Err(e) => {
+                        self.config_text = text;
                         tracing::error!(
                             trigger,
                             "the new configuration is invalid, keeping the previous one: {e}"

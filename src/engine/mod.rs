@@ -212,9 +212,12 @@ struct Engine {
     starts_elsewhere: HashMap<String, HashMap<String, Vec<Instant>>>,
     /// What the engine is doing with each task it handles: queued, running, finishing …
     live: LiveTasks,
-    /// The text the config was last loaded from (`None`: the embedded default), so that a file
-    /// event that changed nothing does not reload.
+    /// The text the config was last read from (`None`: the embedded default), valid or not, so
+    /// that a file event that changed nothing does not reload (nor report a rejection twice).
     config_text: Option<String>,
+    /// The text of the configuration in force: a reload says `reloaded` only when the new one
+    /// means something else.
+    running_text: Option<String>,
     /// The service manager's notify socket, when there is one.
     notifier: Option<crate::service::Notifier>,
     /// Next `WATCHDOG=1`, sent from this loop so that a stuck loop is noticed.
