@@ -15,6 +15,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     dir.write_atomic(&name, bytes, 0o666)
 }
 
+/// Writes `bytes` to `base/rel` (mode 0600) as [`write_atomic`] does, and reaches its directory
+/// from `base` one component at a time without following a link (made when missing): for files
+/// dirigent keeps below `.context/`, where an agent may have planted a link at any level.
+pub fn write_below(base: &Path, rel: &Path, bytes: &[u8]) -> io::Result<()> {
+    let parts: Vec<String> = rel
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?
+        .to_string_lossy()
+        .into_owned();
+    crate::confined::Dir::open(base)?
+        .descend(&parts, Some(0o700))?
+        .write_atomic(&name, bytes, 0o600)
+}
+
 /// Copies `from` to `to` atomically (as [`write_atomic`]), streaming; `from` is opened without
 /// following a link.
 pub fn copy_atomic(from: &Path, to: &Path) -> io::Result<u64> {

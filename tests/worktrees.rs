@@ -966,6 +966,33 @@ fn a_link_planted_in_a_trees_place_is_never_gone_through() {
 }
 
 #[test]
+fn a_link_at_the_failed_attempts_patch_is_not_written_through() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nconcurrency: 1\n"));
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "PRECIOUS").unwrap();
+    let _d = ws.start();
+    // The agent changes something, puts a link where its patch will be saved, and fails.
+    let plant = format!(
+        "append a.txt half-done\nrun mkdir -p $DIRIGENT_CONTEXT_DIR/runs/$DIRIGENT_TASK_ID; ln -sf {} $DIRIGENT_CONTEXT_DIR/runs/$DIRIGENT_TASK_ID/$DIRIGENT_ATTEMPT-$DIRIGENT_AGENT.patch\nfail\n",
+        victim.display()
+    );
+    ws.drop_task("p.md", &plant);
+    ws.wait_settled("p");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "PRECIOUS",
+        "expected the linked file untouched; reasons:\n{}",
+        attempt_reasons(&ws)
+    );
+    let patch = std::fs::read_to_string(ws.path("runs/p/1-ed.patch")).unwrap();
+    assert!(
+        patch.contains("+half-done"),
+        "expected the patch in the run directory instead: {patch}"
+    );
+}
+
+#[test]
 fn a_fifo_planted_as_a_trees_git_file_does_not_hang_the_next_task() {
     let ws = repo_workspace(&format!(
         "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\n"

@@ -201,8 +201,7 @@ impl Engine {
         let retired = blocking(&repo, move |repo| {
             let text = w.diff_text(repo)?;
             if !text.is_empty() {
-                std::fs::create_dir_all(patch.parent().expect("in runs/")).map_err(GitError::Io)?;
-                std::fs::write(&patch, text).map_err(GitError::Io)?;
+                super::worktrees::write_in_runs(&patch, text.as_bytes()).map_err(GitError::Io)?;
             }
             let kept = release_or_remove(repo, &w.tree, keep)?;
             if let Some(head) = &w.commit {

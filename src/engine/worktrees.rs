@@ -221,12 +221,14 @@ fn start_clean(plan: &TreePlan, state: &WorktreeState) -> Result<(), TreeError> 
         let patch_path = plan
             .run_dir
             .join(crate::workspace::attempt_file(*n, agent, "patch"));
-        if !patch_path.exists() {
+        let patch_there = || std::fs::symlink_metadata(&patch_path).is_ok_and(|m| m.is_file());
+        if std::fs::symlink_metadata(&patch_path).is_err() {
             save_patch(tree, &state.base, &patch_path)?;
         }
         tree.reset_to(&state.base)?;
+        // Applied only as the file dirigent wrote: not through a link an agent put there.
         if plan.settings.carry_failed_changes
-            && patch_path.exists()
+            && patch_there()
             && let Err(e) = tree.apply(&patch_path)
         {
             tracing::warn!(task = %plan.task, "the last attempt's changes do not apply again: {e}");
@@ -237,16 +239,26 @@ fn start_clean(plan: &TreePlan, state: &WorktreeState) -> Result<(), TreeError> 
     Ok(())
 }
 
-/// Saves what the tree changed against `base` as a patch file (none when nothing changed).
+/// Saves what the tree changed against `base` as a patch file (none when nothing changed),
+/// at `path` in a run directory (`.context/runs/<id>/…`): written through no link an agent
+/// planted there, at the file or at its directories.
 fn save_patch(tree: &Tree, base: &str, path: &Path) -> Result<(), GitError> {
     let patch = tree.patch(base)?;
     if !patch.is_empty() {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(GitError::Io)?;
-        }
-        std::fs::write(path, patch).map_err(GitError::Io)?;
+        write_in_runs(path, patch.as_bytes()).map_err(GitError::Io)?;
     }
     Ok(())
+}
+
+/// Writes `bytes` to `path`, a file in `.context/runs/<id>/`, reached from `.context/`
+/// through no link.
+pub(super) fn write_in_runs(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // `.context/runs/<id>/<name>`: the context directory is three levels up.
+    let context = path.ancestors().nth(3).ok_or_else(|| {
+        std::io::Error::other(format!("`{}` is not in a run directory", path.display()))
+    })?;
+    let rel = path.strip_prefix(context).map_err(std::io::Error::other)?;
+    fsutil::write_below(context, rel, bytes)
 }
 
 /// `copy:` and `link:` in a new (or reused) tree, at the workspace's place in it (`dir`).
