@@ -205,7 +205,26 @@ async fn serve_connection(
                 return;
             }
             Ok(Ok(LineRead::Line)) => match serde_json::from_slice::<Request>(&line) {
-                Ok(request) => api.call(request).await,
+                // A wait can last as long as a task: not on a connection lent for one quick
+                // request (its client tries again, or waits on a connection of its own).
+                Ok(Request::Wait { .. }) if limit == Serve::Brief => Response::fail(
+                    Failure::Unavailable,
+                    "busy: every long-lived connection to the daemon is taken; a `wait` needs one, try again shortly",
+                ),
+                Ok(request) => {
+                    // Answered while the client is there: one that hangs up (or dies) frees
+                    // its connection at once, not when a long `wait` would have ended.
+                    let call = api.call(request);
+                    tokio::pin!(call);
+                    tokio::select! {
+                        answer = &mut call => answer,
+                        gone = reader.fill_buf() => match gone {
+                            Ok([]) | Err(_) => return,
+                            // The next request is already here: answer this one first.
+                            Ok(_) => call.await,
+                        },
+                    }
+                }
                 Err(e) => {
                     last = true;
                     Response::error(format!("not a request: {e}"))

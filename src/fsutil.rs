@@ -237,6 +237,16 @@ pub enum ConfinedReadError {
     Io(io::Error),
 }
 
+/// Opens `base/rel` for reading as [`read_confined`] reaches it (no link followed on the way,
+/// no FIFO waited on, a regular file only): for a reader that streams it, with no size limit.
+pub fn open_confined(base: &Path, rel: &str) -> Result<File, ConfinedReadError> {
+    let path = crate::confined::RelPath::parse("path", rel)?;
+    crate::confined::Dir::open(base)
+        .and_then(|d| d.descend(path.parents(), None))
+        .and_then(|d| d.open_regular(path.file_name()))
+        .map_err(ConfinedReadError::Io)
+}
+
 /// [`digest_file`] of `base/rel`, reached without following a link.
 pub fn digest_confined(base: &Path, rel: &str) -> Option<String> {
     let path = crate::confined::RelPath::parse("path", rel).ok()?;

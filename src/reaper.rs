@@ -190,7 +190,10 @@ pub struct Leftovers<'a> {
 pub fn sweep(who: Option<&Leftovers<'_>>) -> usize {
     let own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let mut killed = 0;
-    for _round in 0..16 {
+    // Until a round finds nothing to kill: each kill hands the victim's children to the
+    // daemon, so a chain of orphans N deep takes N rounds. (Bounded only against a process
+    // that forks faster than it is killed.)
+    for _round in 0..4096 {
         let mut acted = false;
         for pid in adopted_children(&own) {
             let Some(stat) = ProcStat::read(pid) else {

@@ -18,6 +18,7 @@ agents:
   good:       { command: ["{agents}/ok.sh"], prompt: stdin }
   fail:       { command: ["{agents}/fail.sh"] }
   slow:       { command: ["{agents}/slow.sh"], timeout: 30s }
+  hang:       { command: ["{agents}/hang.sh"], timeout: 10m }
   killparent: { command: ["{agents}/hostile/kill-parent.sh"] }
   killhard:   { command: ["{agents}/hostile/kill-parent-hard.sh"], timeout: 30s }
   killdaemon: { command: ["{agents}/hostile/kill-daemon.sh"] }
@@ -405,6 +406,68 @@ fn a_removed_lock_file_does_not_let_a_second_daemon_in() {
     // And it still works.
     ws.drop_task("t.json", r#"{"prompt": "p", "agent": "good"}"#);
     assert!(matches!(ws.wait_settled("t"), Event::Done { .. }));
+    // `.context/` moved away and made again: the workspace is still this daemon's.
+    std::fs::rename(ws.ctx(), ws.root().join(".context.moved")).unwrap();
+    std::fs::create_dir(ws.ctx()).unwrap();
+    std::fs::copy(
+        ws.root().join(".context.moved/dirigent.yaml"),
+        ws.path("dirigent.yaml"),
+    )
+    .unwrap();
+    let out = ws.cli(&["daemon"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected a second daemon refused after `.context` was moved: {}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(ws.ctx()).unwrap();
+    std::fs::rename(ws.root().join(".context.moved"), ws.ctx()).unwrap();
+}
+
+#[test]
+fn fifos_and_holes_planted_among_dirigents_files_neither_hang_nor_flood() {
+    let ws = Workspace::new(CONFIG);
+    let mut d = ws.start();
+    ws.drop_task("t.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("t");
+    // A hole in the lock file while the daemon runs: asking about it reads a few bytes.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(ws.path("daemon.lock"))
+        .unwrap();
+    lock.set_len(8 << 30).unwrap();
+    let started = std::time::Instant::now();
+    let out = ws.cli(&["status"]);
+    assert!(
+        stdout(&out).starts_with("daemon: running"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "`status` read the 8 GiB hole: {:?}",
+        started.elapsed()
+    );
+    d.stop();
+    // A FIFO named like a ledger segment, and one in the lock's place: the next start neither
+    // waits on them nor refuses to start.
+    nix::unistd::mkfifo(
+        &ws.path("ledger.00000000000000000099.jsonl"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    std::fs::remove_file(ws.path("daemon.lock")).unwrap();
+    nix::unistd::mkfifo(
+        &ws.path("daemon.lock"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let status = ws.cli(&["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let _d = ws.start();
+    ws.drop_task("u.json", r#"{"prompt": "p", "agent": "good"}"#);
+    assert!(matches!(ws.wait_settled("u"), Event::Done { .. }));
 }
 
 #[test]
@@ -540,6 +603,33 @@ fn held_control_connections_cannot_keep_a_cancel_from_being_heard() {
         stderr(&out)
     );
     drop(held);
+
+    // Clients that ask to wait on a long task and then go away free their connections at
+    // once: a new `wait` (it needs a long-lived one) is served, not told the daemon is busy.
+    ws.drop_task("s1.json", r#"{"prompt": "p", "agent": "hang"}"#);
+    ws.wait_for("the slow attempt", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "s1"))
+            .then_some(())
+    });
+    let waiters: Vec<_> = (0..80)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            let _ = s.write_all(b"{\"op\": \"wait\", \"id\": \"s1\"}\n");
+            s
+        })
+        .collect();
+    drop(waiters);
+    let served = ws.wait_until("a wait to be served after its askers left", || {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).ok()?;
+        s.write_all(b"{\"op\": \"wait\", \"id\": \"s1\", \"timeout_ms\": 50}\n")
+            .ok()?;
+        let mut answer = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut answer).ok()?;
+        (!answer.contains("busy")).then_some(answer)
+    });
+    assert!(!served.is_empty(), "expected an answer to the wait");
+    assert!(ws.cli(&["cancel", "s1"]).status.success());
 }
 
 #[test]

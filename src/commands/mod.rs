@@ -153,9 +153,10 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
     let t = find_task(&book, id)?;
     match t.phase() {
         Phase::Done { output, .. } => {
-            let text = std::fs::read(ws.root().join(output))
-                .with_context(|| format!("cannot read the result `{output}`"))?;
-            std::io::stdout().write_all(&text)?;
+            // Streamed, through no link and from no FIFO: an agent may have replaced the file.
+            let mut f = dirigent::fsutil::open_confined(ws.root(), output)
+                .map_err(|e| anyhow::anyhow!("the result `{output}` {e}"))?;
+            std::io::copy(&mut f, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Phase::Failed { .. } => {

@@ -20,8 +20,10 @@ pub fn open(ws: &Workspace, no_browser: bool, as_json: bool) -> Result<ExitCode>
     let Some(pid) = running_daemon(ws) else {
         return Err(not_served());
     };
-    let base = match std::fs::read_to_string(&url_file) {
-        Ok(s) => s.trim().to_string(),
+    // A line the daemon wrote: read as a small regular file (a FIFO or a giant in its place
+    // must not hang or flood this command).
+    let base = match dirigent::fsutil::read_small_nofollow(&url_file, 4096) {
+        Ok(s) => String::from_utf8_lossy(&s).trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!(
                 "the daemon (pid {pid}) serves no HTTP door, so no dashboard: restart it with `--http 127.0.0.1:8787` (or set `http:` in .context/dirigent.yaml)"

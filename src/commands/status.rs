@@ -318,8 +318,8 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
     for r in &book.rejected {
         println!(
             "rejected: {} — {}",
-            r.file,
-            r.reason.lines().next().unwrap_or("")
+            dirigent::terminal::printable(&r.file),
+            dirigent::terminal::printable(r.reason.lines().next().unwrap_or(""))
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -196,6 +196,10 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     wait_for(ws, &id, &name, follower, &mut end)
 }
 
+/// The most bytes of a result `--wait` holds in memory (the JSON object's `result`; a result
+/// waiting to be merged): an agent's output can be any size.
+const RESULT_IN_JSON: u64 = 16 << 20;
+
 /// How `--wait` reports the task's end: its result on stdout, or (`--json`) one object.
 struct Ending {
     json: bool,
@@ -528,16 +532,20 @@ fn report_progress(
         }
         Event::Done { output, agent, .. } => {
             eprintln!("[{t}] done by {agent}; result in {output}");
-            let text = std::fs::read(ws.root().join(output))
-                .with_context(|| format!("cannot read `{output}`"))?;
+            // Through no link and from no FIFO (an agent may have replaced the file); streamed
+            // to stdout, and at most `RESULT_IN_JSON` bytes of it in the JSON object.
+            let mut f = dirigent::fsutil::open_confined(ws.root(), output)
+                .map_err(|e| anyhow::anyhow!("the result `{output}` {e}"))?;
             if end.json {
+                let mut text = Vec::new();
+                (&mut f).take(RESULT_IN_JSON).read_to_end(&mut text)?;
                 end.object(
                     id,
                     "done",
                     json!({"agent": agent, "output": output, "result": String::from_utf8_lossy(&text)}),
                 );
             } else {
-                std::io::stdout().write_all(&text)?;
+                std::io::copy(&mut f, &mut std::io::stdout().lock())?;
             }
             return Ok(Some(ExitCode::SUCCESS));
         }
@@ -578,6 +586,7 @@ fn report_progress(
                     dirigent::task_log::CaptureFile::of(ws, id, *n, agent, "stdout")
                         .open()
                         .ok()?
+                        .take(RESULT_IN_JSON)
                         .read_to_end(&mut text)
                         .ok()?;
                     Some(text)

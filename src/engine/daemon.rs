@@ -391,15 +391,25 @@ fn report_refused(ws: &Workspace, loaded: &crate::compact::Loaded) {
     }
 }
 
-/// Held for the daemon's life: the lock file (it names the pid) and `.context/` itself. An
-/// agent can remove the file and let a second daemon in; it cannot remove the directory the
-/// daemon's own files are in.
+/// The pid the lock file names (at most a few bytes of it are read), or `unknown`.
+fn lock_holder(ws: &Workspace) -> String {
+    crate::fsutil::read_small_nofollow(&ws.lock(), 32)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Held for the daemon's life: the lock file (it names the pid) and the workspace directory
+/// itself. An agent can remove the file, or move `.context/` away, and a second daemon would
+/// then have come in; it cannot move the workspace it works in from under the daemon.
 struct WorkspaceLock {
     _file: nix::fcntl::Flock<std::fs::File>,
     _dir: nix::fcntl::Flock<std::fs::File>,
 }
 
-/// Locks `.context/` itself (shared: to look; exclusive: to be its daemon).
+/// Locks the workspace directory itself (shared: to look; exclusive: to be its daemon). The
+/// root is the user's choice: a link there is followed, as everywhere.
 fn lock_context_dir(
     ws: &Workspace,
     how: nix::fcntl::FlockArg,
@@ -407,8 +417,8 @@ fn lock_context_dir(
     use std::os::unix::fs::OpenOptionsExt;
     let dir = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
-        .open(ws.context())
+        .custom_flags(nix::libc::O_DIRECTORY)
+        .open(ws.root())
         .map_err(|e| {
             (
                 None,
@@ -426,7 +436,7 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
         cause,
     };
     // Never through a link an agent planted: the lock file is truncated and written.
-    let file = {
+    let open = || {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .read(true)
@@ -434,9 +444,25 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
             .open(&path)
-            .map_err(io)?
+    };
+    let file = match open() {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => f,
+        // A FIFO or a directory in its place: moved aside (it is no lock of a daemon's), and
+        // the file made again.
+        Ok(_) | Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) => {
+            let aside =
+                path.with_file_name(format!("daemon.lock.displaced-{}", crate::ledger::now_ms()));
+            std::fs::rename(&path, &aside).map_err(io)?;
+            tracing::warn!(
+                "`{}` was not a regular file (an agent may have put it there): moved aside to `{}`",
+                path.display(),
+                aside.display()
+            );
+            open().map_err(io)?
+        }
+        other => other.map_err(io)?,
     };
     // It is truncated and written: never as another name of some other file.
     crate::ledger::only_name(&file, &path).map_err(io)?;
@@ -477,9 +503,7 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
                 });
             }
             Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
-                let pid = std::fs::read_to_string(&path)
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_else(|_| "unknown".into());
+                let pid = lock_holder(ws);
                 let holder_gone = pid.parse::<i32>().is_ok_and(|p| {
                     nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
                         == Err(nix::errno::Errno::ESRCH)
@@ -501,18 +525,16 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
 
 /// The pid of the daemon running on `ws`, if one holds the workspace lock.
 pub fn running_daemon(ws: &Workspace) -> Option<String> {
+    // Opened as the daemon left it, a small regular file: a FIFO or a sparse giant an agent put
+    // in its place would hang or flood every command that asks.
     let by_file =
-        std::fs::File::open(ws.lock()).ok().and_then(|file| {
-            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some(
-                    std::fs::read_to_string(ws.lock())
-                        .map(|s| s.trim().to_string())
-                        .unwrap_or_else(|_| "unknown".into()),
-                ),
+        crate::fsutil::open_nofollow(&ws.lock()).ok().and_then(
+            |file| match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some(lock_holder(ws)),
                 _ => None,
-            }
-        });
-    // A daemon whose lock file was removed (or replaced) still holds `.context/` itself.
+            },
+        );
+    // A daemon whose lock file was removed (or `.context/` moved) still holds the workspace.
     by_file.or_else(
         || match lock_context_dir(ws, nix::fcntl::FlockArg::LockSharedNonblock) {
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some("unknown".into()),

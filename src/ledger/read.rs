@@ -168,9 +168,16 @@ pub(super) fn open_nofollow(path: &Path, append: bool) -> std::io::Result<File> 
     } else {
         o.read(true);
     }
+    // Never waiting on a FIFO put in its place: opened without blocking, then refused.
     let file = o
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK)
         .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "`{}` is not a regular file",
+            path.display()
+        )));
+    }
     if append {
         only_name(&file, path)?;
     }
@@ -213,6 +220,15 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
             .and_then(|r| r.strip_suffix(".jsonl"))
             .and_then(|n| n.parse::<u64>().ok())
         {
+            // Only the files dirigent made: a FIFO, a directory or a link under such a name
+            // (an agent can make one) would hang or break every start.
+            if !e.file_type().is_ok_and(|t| t.is_file()) {
+                tracing::warn!(
+                    "`{}` is not a regular file, so it is no segment of the ledger; left alone",
+                    e.path().display()
+                );
+                continue;
+            }
             out.push((seq, e.path()));
         }
     }
