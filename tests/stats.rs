@@ -82,6 +82,18 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Writes the records as the workspace's ledger.
+    fn write_to(&self, ws: &Workspace) {
+        let text: String = self
+            .records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        std::fs::write(ws.path("ledger.jsonl"), text).unwrap();
+    }
+}
+
 fn stats(ws: &Workspace, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["stats", "--json"];
     all.extend_from_slice(args);
@@ -166,12 +178,7 @@ fn stats_figures_match_a_hand_computed_ledger() {
         1000,
         Some((0.10, Some("opus"))),
     );
-    let text: String = l
-        .records
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap() + "\n")
-        .collect();
-    std::fs::write(ws.path("ledger.jsonl"), text).unwrap();
+    l.write_to(&ws);
 
     let by_agent = stats(&ws, &["--since", "7d"]);
     let claude = row(&by_agent, "claude");
@@ -256,12 +263,7 @@ fn an_agent_model_entry_counts_under_its_model() {
     l.received("e", "chain", &["gemini:flash"]);
     // The CLI reported no model: the entry's own name says it.
     l.attempt("e", 1, "gemini:flash", Class::Ok, 1000, None);
-    let text: String = l
-        .records
-        .iter()
-        .map(|r| serde_json::to_string(r).unwrap() + "\n")
-        .collect();
-    std::fs::write(ws.path("ledger.jsonl"), text).unwrap();
+    l.write_to(&ws);
     let by_model = stats(&ws, &["--since", "7d", "--by", "model"]);
     assert_eq!(row(&by_model, "flash")["attempts"], 1, "{by_model}");
 }

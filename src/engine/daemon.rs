@@ -410,7 +410,7 @@ struct WorkspaceLock {
 
 /// Locks the workspace directory itself (shared: to look; exclusive: to be its daemon). The
 /// root is the user's choice: a link there is followed, as everywhere.
-fn lock_context_dir(
+fn lock_workspace_dir(
     ws: &Workspace,
     how: nix::fcntl::FlockArg,
 ) -> Result<nix::fcntl::Flock<std::fs::File>, (Option<std::fs::File>, nix::errno::Errno)> {
@@ -474,7 +474,8 @@ fn lock_workspace(ws: &Workspace) -> Result<WorkspaceLock, DaemonError> {
     loop {
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
-                let dir = match lock_context_dir(ws, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                let dir = match lock_workspace_dir(ws, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                {
                     Ok(dir) => dir,
                     // The file was removed under a running daemon, which holds the directory
                     // — or, for a few milliseconds, a child of a daemon just killed does.
@@ -536,7 +537,7 @@ pub fn running_daemon(ws: &Workspace) -> Option<String> {
         );
     // A daemon whose lock file was removed (or `.context/` moved) still holds the workspace.
     by_file.or_else(
-        || match lock_context_dir(ws, nix::fcntl::FlockArg::LockSharedNonblock) {
+        || match lock_workspace_dir(ws, nix::fcntl::FlockArg::LockSharedNonblock) {
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Some("unknown".into()),
             _ => None,
         },
