@@ -110,11 +110,11 @@ impl Engine {
         ) {
             // A conflict to resolve (`on_conflict: agent`).
             (Some(_), _, Some(w)) if w.resolve.is_some() => {
-                worktrees::resolve_section(&w.branch, w.resolve.as_ref().expect("checked"))
+                work_check::resolve_section(&w.branch, w.resolve.as_ref().expect("checked"))
             }
             // A `verify` round: the check's output is the feedback.
             (Some((plan, _)), Some(last), _) if plan.continuing => {
-                worktrees::feedback(&self.ws, id, last)
+                work_check::feedback(&self.ws, id, last)
             }
             _ => String::new(),
         };
@@ -400,7 +400,7 @@ impl Engine {
                 && report.verdict.class != Class::Interrupted
                 && report.verdict.class != Class::Cancelled
             {
-                let check = worktrees::CheckPlan {
+                let check = work_check::CheckPlan {
                     ws: ws.clone(),
                     task: plan.task_id.clone(),
                     title,
@@ -419,7 +419,7 @@ impl Engine {
                     stop,
                     cancel,
                 };
-                worktrees::check(check, &mut report).await;
+                work_check::check(check, &mut report).await;
             }
             let events = finished_events(&plan, attempt, retries_used, &report, &prices);
             let (written, durable) = ledger.append_all_written(events);

@@ -62,6 +62,7 @@ mod recovery;
 mod requests;
 mod settling;
 mod tree_release;
+mod work_check;
 mod workflow_runs;
 mod worktrees;
 
