@@ -228,7 +228,8 @@ impl Engine {
                 if let Some(id) = id.as_deref()
                     && runs.is_empty()
                 {
-                    let message = if self.book.contains(id) {
+                    // A task submitted a moment ago may still be on its way in: reserved.
+                    let message = if self.book.contains(id) || self.reserved.contains_key(id) {
                         format!(
                             "task `{id}` is not a workflow run; `dirigent status {id}` shows it"
                         )

@@ -319,26 +319,61 @@ fn read_output(ws: &Workspace, rel: &str) -> String {
         .unwrap_or_else(|e| format!("(`{rel}` {e})"))
 }
 
-/// An evaluator's feedback in one printable line: its first line — and, when that only
-/// introduces what follows (`` `cargo test` failed (exit status: 101): ``), the first line after
-/// it, which says why. At most `max` characters.
+/// An evaluator's feedback in one printable line of at most `max` characters, saying why:
+/// - an agent's answer opens with its verdict (`FAIL`, `**FAIL**`): the line after it;
+/// - a command's opens with what failed (`` `cargo test` failed (…): ``) and then the end of its
+///   output, whose first line may be cut: the line that tells (the last one naming a failure or
+///   an error, else the last), after that opening — which is shortened first.
 pub fn feedback_line(feedback: &str, max: usize) -> String {
     let mut lines = feedback.lines().map(str::trim).filter(|l| !l.is_empty());
-    let mut line = lines.next().unwrap_or("").to_string();
-    if line.ends_with(':')
-        && let Some(next) = lines.next()
-    {
-        line.push(' ');
-        line.push_str(next);
-    }
-    let line = crate::terminal::printable(&line);
-    if line.chars().count() > max {
-        let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
-        cut.push('…');
-        cut
+    let Some(first) = lines.next() else {
+        return String::new();
+    };
+    let verdict_only = |l: &str| {
+        let word = l.trim_matches(['*', '#', '`', ' ', ':', '.']);
+        word.eq_ignore_ascii_case("FAIL") || word.eq_ignore_ascii_case("PASS")
+    };
+    let (head, why) = if verdict_only(first) {
+        (String::new(), lines.next().unwrap_or(first).to_string())
+    } else if first.ends_with(':') {
+        let rest: Vec<&str> = lines.collect();
+        let telling = rest
+            .iter()
+            .rev()
+            .find(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("fail") || l.contains("error") || l.contains("panic")
+            })
+            .or(rest.last())
+            .copied()
+            .unwrap_or("");
+        (first.to_string(), telling.to_string())
     } else {
-        line
+        (String::new(), first.to_string())
+    };
+    let cut = |text: &str, n: usize| -> String {
+        if text.chars().count() <= n {
+            text.to_string()
+        } else {
+            let mut t: String = text.chars().take(n.saturating_sub(1)).collect();
+            t.push('…');
+            t
+        }
+    };
+    let why = crate::terminal::printable(&why);
+    if head.is_empty() {
+        return cut(&why, max);
     }
+    let head = crate::terminal::printable(&head);
+    if why.is_empty() {
+        return cut(&head, max);
+    }
+    let why = cut(&why, max.saturating_sub(8).max(1));
+    let room = max.saturating_sub(why.chars().count() + 1);
+    if room < 4 {
+        return why;
+    }
+    format!("{} {why}", cut(&head, room))
 }
 
 /// Runs a loop's evaluator command (see [`crate::side_command::run_logged`]). Returns whether it
@@ -383,6 +418,47 @@ pub async fn run_evaluator(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn feedback_in_one_line_says_why() {
+        let long_cmd = format!(
+            "`{}` failed (exit status: 101; all its output: .context/runs/r/x.log):",
+            "sh -c ".repeat(40)
+        );
+        // (the feedback, the line shown at 100 characters)
+        let cases: Vec<(String, &str)> = vec![
+            ("FAIL\nThe function parse() still panics on empty input.\n".into(), "The function parse() still panics on empty input."),
+            ("**FAIL**\n\nNo tests for the empty case.".into(), "No tests for the empty case."),
+            ("PASS".into(), "PASS"),
+            ("FAIL: tests are missing".into(), "FAIL: tests are missing"),
+            (
+                "`cargo test` failed (exit status: 101):\nerror: could not find `Cargo.toml`\n".into(),
+                "`cargo test` failed (exit status: 101): error: could not find `Cargo.toml`",
+            ),
+            (
+                // The tail starts mid-line; the failing summary at its end is what tells.
+                "`t` failed (exit status: 1):\nber 170 ... ok\nrunning test 171 ... ok\ntest result: FAILED. 1 failed\n".into(),
+                "`t` failed (exit status: 1): test result: FAILED. 1 failed",
+            ),
+            (
+                // A long command is shortened, not the reason.
+                format!("{long_cmd}\ntest result: FAILED. 1 failed"),
+                "test result: FAILED. 1 failed",
+            ),
+            ("".into(), ""),
+        ];
+        for (feedback, want) in cases {
+            let got = feedback_line(&feedback, 100);
+            assert!(got.chars().count() <= 100, "{got:?} is too long");
+            assert!(
+                got.ends_with(want),
+                "{feedback:?}: expected it to end with {want:?}, got {got:?}"
+            );
+            if want.starts_with('`') || want.is_empty() || !feedback.starts_with('`') {
+                assert_eq!(got, want, "{feedback:?}");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]
