@@ -367,8 +367,9 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub wait: bool,
     /// Print `{"id": …, "file": …}` instead of the bare id. With `--wait`: one object once
-    /// the task settles instead — `id`, `file`, `state` (`done`, `failed`, `merge_waiting`,
-    /// `rejected`) and what goes with it (`result` and `output`, `reason`, `report`, `branch`).
+    /// the task settles instead — `id`, `file`, `state` (`done`, `failed`, `cancelled`,
+    /// `merge_waiting`, `rejected`; `waiting` when the wait is interrupted) and what goes with
+    /// it (`result` and `output`, `reason`, `report`, `branch`).
     #[arg(long)]
     pub json: bool,
 }

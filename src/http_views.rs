@@ -206,6 +206,13 @@ pub(crate) struct RunsQuery {
 /// `GET /runs`: the workflow runs, newest first (at most `limit`, 50 by default, 1000 at most).
 pub(crate) async fn runs(State(st): State<AppState>, Query(q): Query<RunsQuery>) -> ApiResult {
     let limit = Some(q.limit.unwrap_or(50).clamp(1, 1000));
+    if q.id.as_deref() == Some("") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "`id` is empty: give a run's id, or leave `id` out for every run",
+        ));
+    }
     let runs = data(st.api.call(Request::Runs { limit, id: q.id }).await)?;
     Ok((StatusCode::OK, axum::Json(json!({"runs": runs}))).into_response())
 }

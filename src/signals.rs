@@ -263,31 +263,41 @@ fn started_by_us(pid: i32, workspace: &Path) -> bool {
     false
 }
 
-/// The line a waiting client (`submit --wait`) leaves when it is interrupted (set once, before
-/// the handler is installed; the handler only reads it).
-static PARTING: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+/// What a waiting client (`submit --wait`) leaves when it is interrupted: a line for stderr
+/// and, with `--json`, one for stdout (set once, before the handler is installed; the handler
+/// only reads them).
+static PARTING: std::sync::OnceLock<(Vec<u8>, Option<Vec<u8>>)> = std::sync::OnceLock::new();
 
 extern "C" fn on_interrupt(sig: libc::c_int) {
-    // SAFETY: only a read of memory set before the handler was installed, write(2) and
+    // SAFETY: only reads of memory set before the handler was installed, write(2) and
     // _exit(2) — async-signal-safe.
     unsafe {
-        if let Some(line) = PARTING.get() {
+        if let Some((line, object)) = PARTING.get() {
             libc::write(2, line.as_ptr().cast(), line.len());
+            if let Some(object) = object {
+                libc::write(1, object.as_ptr().cast(), object.len());
+            }
         }
         libc::_exit(128 + sig);
     }
 }
 
 /// Makes SIGINT and SIGTERM end a waiting client with `line` on stderr (what goes on without
-/// it, and how to follow or stop it) instead of in silence. Exits 128 + the signal.
-pub fn part_with(line: String) -> std::io::Result<()> {
+/// it, and how to follow or stop it) and `object` on stdout, instead of in silence. Exits
+/// 128 + the signal.
+pub fn part_with(line: String, object: Option<String>) -> std::io::Result<()> {
     let mut bytes = line.into_bytes();
     // On a terminal a live status line may be drawn: the line takes its place.
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bytes.splice(0..0, *b"\r\x1b[2K");
     }
     bytes.push(b'\n');
-    if PARTING.set(bytes).is_err() {
+    let object = object.map(|o| {
+        let mut o = o.into_bytes();
+        o.push(b'\n');
+        o
+    });
+    if PARTING.set((bytes, object)).is_err() {
         return Ok(());
     }
     let action = nix::sys::signal::SigAction::new(

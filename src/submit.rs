@@ -98,6 +98,14 @@ pub fn prepare(
     fields.id = Some(id.clone());
     task::accept(id.clone(), fields.clone(), config, ws.root())
         .map_err(|e| SubmitError::Invalid(e.0))?;
+    // After itself: the circle named, as the inbox names it (not "no such task").
+    if fields.after.contains(&id) {
+        let after = fields.after.clone();
+        let own = |t: &str| (t == id).then_some(after.as_slice());
+        if let Some(why) = dependency_cycle(&id, &own) {
+            return Err(SubmitError::Invalid(why));
+        }
+    }
     if let Some(why) = unknown_dependency(ws, &fields.after, &exists) {
         return Err(SubmitError::Invalid(why));
     }

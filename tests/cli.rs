@@ -46,6 +46,10 @@ fn submit_validates_before_writing_anything() {
             "error: `--output` `../out.md` contains `..`; it must stay inside the workspace\n",
         ),
         (
+            &["submit", "x", "--id", "s1", "--after", "s1"],
+            "error: `after` goes round in a circle (s1 → s1): none of these tasks could ever start; remove one of the dependencies\n",
+        ),
+        (
             &["submit", "x", "--file", "../etc/passwd"],
             "error: `--file` `../etc/passwd` contains `..`; it must stay inside the workspace\n",
         ),

@@ -466,6 +466,14 @@ fn a_missing_resource_is_a_404_and_a_broken_body_says_where() {
         ),
         (
             "GET",
+            "/runs?id=",
+            "",
+            400,
+            "invalid_request_error",
+            "`id` is empty",
+        ),
+        (
+            "GET",
             "/runs?id=plain",
             "",
             404,

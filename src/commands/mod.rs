@@ -201,16 +201,40 @@ pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
     let answer =
         dirigent::control::request(ws, &dirigent::control::Request::Merge { id: id.clone() })
             .map_err(|e| anyhow::anyhow!(e))?;
-    if !answer.ok {
+    // Being merged already (another `merge`, or one with `--no-wait`): this one waits too.
+    let joining = answer.failure == Some(dirigent::control::Failure::Conflict)
+        && answer.message.ends_with("is being merged now");
+    if !answer.ok && !joining {
         bail!("{}", answer.message);
     }
     eprintln!("dirigent: {}", answer.message);
     if no_wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let _ = dirigent::signals::part_with(format!(
-        "dirigent: stopped waiting; the merge of `{id}` goes on in the daemon (`dirigent status {id}` shows how it went)"
-    ));
+    // Joining a merge that may have ended a moment ago (its records written before this
+    // follower began): the ledger says so.
+    if joining
+        && let Ok(book) = load_book(ws)
+        && let Some(t) = book.get(&id)
+    {
+        match t.phase() {
+            Phase::Done { .. } => {
+                println!("`{id}` is merged");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Phase::Failed { reason, .. } => {
+                eprintln!("error: `{id}` is not merged: {reason}");
+                return Ok(ExitCode::from(1));
+            }
+            _ => {}
+        }
+    }
+    let _ = dirigent::signals::part_with(
+        format!(
+            "dirigent: stopped waiting; the merge of `{id}` goes on in the daemon (`dirigent status {id}` shows how it went)"
+        ),
+        None,
+    );
     let waker = ChangeWaker::new(&[ws.context()]);
     // Set once no daemon runs: the records are read once more (it may have written the end
     // just before it stopped) before saying so.
@@ -252,6 +276,11 @@ pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
                 Event::Cancelled { .. } => {
                     eprintln!("error: `{id}` was cancelled before it was merged");
                     return Ok(ExitCode::from(1));
+                }
+                // Its end, when its `merged` came before this client looked.
+                Event::Done { .. } => {
+                    println!("`{id}` is merged");
+                    return Ok(ExitCode::SUCCESS);
                 }
                 _ => {}
             }

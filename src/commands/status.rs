@@ -260,14 +260,15 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         println!("no tasks yet: drop a file into .context/inbox/ or run `dirigent submit \"…\"`");
         return Ok(ExitCode::SUCCESS);
     }
-    // As wide as the longest id (at least 28, at most 64): the columns stay aligned.
+    // As wide as the longest id (at least 28; ids have at most 100 characters): the columns
+    // stay aligned.
     let w = book
         .iter()
         .map(|t| t.id().chars().count())
         .chain(waiting.iter().map(|(id, ..)| id.chars().count()))
         .max()
         .unwrap_or(0)
-        .clamp(28, 64);
+        .clamp(28, 100);
     println!(
         "{:<w$} {:<9} {:<10} {:>3} {:>8}  TITLE",
         "ID", "STATE", "AGENT", "#", "TIME"

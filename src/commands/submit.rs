@@ -291,10 +291,21 @@ fn wait_for(
 ) -> Result<ExitCode> {
     let waker = ChangeWaker::new(&[ws.context()]);
     let started = Instant::now();
-    // Interrupted, the client says what goes on without it.
-    let _ = dirigent::signals::part_with(format!(
-        "dirigent: stopped waiting; `{id}` goes on in the daemon (`dirigent logs {id} -f` follows it, `dirigent cancel {id}` stops it)"
-    ));
+    // Interrupted, the client says what goes on without it (and, with `--json`, still prints
+    // its object: a script learns the id).
+    let words = if running_daemon(ws).is_some() {
+        format!(
+            "dirigent: stopped waiting; `{id}` goes on in the daemon (`dirigent logs {id} -f` follows it, `dirigent cancel {id}` stops it)"
+        )
+    } else {
+        format!(
+            "dirigent: stopped waiting; `{id}` waits in .context/inbox/ and runs when a daemon starts (`dirigent daemon`); remove its file there to drop it"
+        )
+    };
+    let object = end
+        .json
+        .then(|| json!({"id": id, "file": end.file, "state": "waiting"}).to_string());
+    let _ = dirigent::signals::part_with(words, object);
     // On a terminal, a live line shows what runs now; in a pipe, only the event lines.
     let mut live = LiveLine::new(std::io::stderr().is_terminal());
     // What runs now: (task, attempt, agent, since), the run's own tasks included.
@@ -616,7 +627,7 @@ fn report_progress(
             );
             end.object(
                 id,
-                "failed",
+                "cancelled",
                 json!({"reason": dirigent::state::CANCELLED_REASON}),
             );
             return Ok(Some(ExitCode::from(1)));
