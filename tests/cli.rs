@@ -207,6 +207,28 @@ fn a_file_a_worktree_will_not_hold_is_warned_of_at_submit() {
             stderr(&out)
         );
     }
+    // Nor when the agent (or every agent of the chain) works in the workspace.
+    ws.write_config(&format!(
+        "{CONFIG}  here: {{ command: [\"{{agents}}/ok.sh\"], workdir: shared }}\n"
+    ));
+    for args in [
+        vec!["submit", "x", "--agent", "here", "--file", "src/new.rs"],
+        vec![
+            "submit",
+            "x",
+            "--chain",
+            "here,here",
+            "--file",
+            "src/new.rs",
+        ],
+    ] {
+        let out = ws.cli(&args);
+        assert!(
+            out.status.success() && !stderr(&out).contains("warning:"),
+            "{args:?}: expected no warning, got {:?}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

@@ -113,11 +113,24 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     }
     // An editing task reads its files in a worktree made from the last commit: a file never
     // committed is not there, and a draft not committed is not what the agent sees.
-    let in_worktree = dirigent::workdir::decide(
-        dirigent::task::asked_workdir(&fields, &config),
-        dirigent::git::in_repository(ws.root()),
-        false,
-    ) == Ok(dirigent::workdir::Workdir::Worktree);
+    // The agent's word counts too when every agent it may run says the same (`--agent`, or a
+    // `--chain` of agents that all work in the workspace).
+    let named: Vec<&str> = fields
+        .agent
+        .iter()
+        .map(String::as_str)
+        .chain(fields.chain.iter().flatten().map(String::as_str))
+        .collect();
+    let agent_word = named
+        .iter()
+        .map(|a| config.agents.get(*a).and_then(|c| c.workdir))
+        .reduce(|a, b| if a == b { a } else { None })
+        .flatten();
+    let mut asked = dirigent::task::asked_workdir(&fields, &config);
+    asked.agent = agent_word;
+    let in_worktree =
+        dirigent::workdir::decide(asked, dirigent::git::in_repository(ws.root()), false)
+            == Ok(dirigent::workdir::Workdir::Worktree);
     if in_worktree && fields.base.is_none() && fields.merge_into.is_none() {
         let setup = &config.editing.setup;
         // Under a `worktree.copy`/`link` path, a new tree gets it from the checkout.
