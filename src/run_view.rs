@@ -72,7 +72,9 @@ pub fn defined_phases(dir: &std::path::Path, name: &str) -> Option<Vec<String>> 
     Some(wf.phases.iter().map(|p| p.name.value.clone()).collect())
 }
 
-fn is_run(t: &TaskRecord) -> bool {
+/// Whether `t` is a workflow run, also once finished (when its spec, which names the workflow,
+/// is no longer held).
+pub fn is_run(t: &TaskRecord) -> bool {
     t.workflow().is_some()
         || !t.more().phases.is_empty()
         || !t.more().rounds.is_empty()

@@ -11,7 +11,7 @@ mod task_record;
 mod task_table;
 
 use providers::SPEND_DAYS;
-pub use providers::{Availability, DaySpend, Disabled, ProviderState, day_of};
+pub use providers::{Availability, DaySpend, Disabled, ProviderState, Spending, day_of};
 pub use task_record::{
     AttemptSummary, LoopRound, MAX_DIFF, MergeState, Resolve, TaskMore, TaskProgress, TaskRecord,
     WorktreeState,

@@ -605,10 +605,23 @@ agents:
         panic!()
     };
     assert!(
-        reason.contains("the budget is spent: `run` has cost $1.20 of its $1.00"),
+        reason.contains(
+            "the budget is spent: `run` has cost $1.20 of its $1.00 over 2 attempt(s); raise `budget_usd` and `dirigent retry run`"
+        ),
         "{reason}"
     );
     assert_eq!(costs(&ws, "run.c"), Vec::<Option<f64>>::new());
+    // `status` shows the run's cost as its tasks', and a task's against its run's budget.
+    let status = String::from_utf8(ws.cli(&["status", "run"]).stdout).unwrap();
+    assert!(
+        status.contains("cost:     $1.20 of its $1.00 budget"),
+        "{status}"
+    );
+    let status = String::from_utf8(ws.cli(&["status", "run.b"]).stdout).unwrap();
+    assert!(
+        status.contains("cost:     $0.60 (its run `run` has cost $1.20 of its $1.00 budget)"),
+        "{status}"
+    );
     // The day's budget: $1.20 so far; three more tasks reach $3.00, the fourth is refused.
     for id in ["d1", "d2", "d3", "d4"] {
         ws.drop_task(&format!("{id}.json"), r#"{"prompt": "p", "agent": "dear"}"#);

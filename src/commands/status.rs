@@ -161,15 +161,20 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
     }
     if let Some(id) = id {
         let t = find_task(&book, id)?;
-        // Its own budget, else the config's for every task (what admission checks).
-        let budget = t
-            .more()
+        // What counts against its budget (a workflow run's covers all its tasks), and that
+        // budget: the owner's own, else the config's for every task — what admission checks.
+        let spending = book.spending_of(t);
+        let budget = spending
             .budget_usd
             .or_else(|| Config::load(&ws.config()).ok().and_then(|c| c.budgets.task));
         if as_json {
             let mut v = serde_json::to_value(t)?;
             v["cost_usd"] = json!(t.cost_usd());
             v["budget_usd"] = json!(budget);
+            if spending.owner != t.id() || dirigent::run_view::is_run(t) {
+                v["budget_covers"] = json!(spending.owner);
+                v["budget_spent_usd"] = json!(spending.spent_usd);
+            }
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(ExitCode::SUCCESS);
         }
@@ -196,11 +201,29 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         if !t.more().after.is_empty() {
             println!("after:    {}", t.more().after.join(", "));
         }
-        if t.cost_usd() > 0.0 || budget.is_some() {
-            let budget = budget
-                .map(|b| format!(" of its {} budget", usage::dollars(b)))
-                .unwrap_or_default();
-            println!("cost:     {}{budget}", usage::dollars(t.cost_usd()));
+        if spending.spent_usd > 0.0 || budget.is_some() {
+            let line = match (spending.owner == t.id(), budget) {
+                (true, Some(b)) => format!(
+                    "{} of its {} budget",
+                    usage::dollars(spending.spent_usd),
+                    usage::dollars(b)
+                ),
+                (true, None) => usage::dollars(spending.spent_usd),
+                (false, Some(b)) => format!(
+                    "{} (its run `{}` has cost {} of its {} budget)",
+                    usage::dollars(t.cost_usd()),
+                    spending.owner,
+                    usage::dollars(spending.spent_usd),
+                    usage::dollars(b)
+                ),
+                (false, None) => format!(
+                    "{} (its run `{}` has cost {})",
+                    usage::dollars(t.cost_usd()),
+                    spending.owner,
+                    usage::dollars(spending.spent_usd)
+                ),
+            };
+            println!("cost:     {line}");
         }
         for a in t.attempts() {
             let status = match (a.exit_code, a.signal) {

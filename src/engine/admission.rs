@@ -128,33 +128,17 @@ fn over_budget(t: &TaskRecord, book: &TaskBook, config: &Config, now_ms: u64) ->
             ));
         }
     }
-    // The workflow run this task belongs to, if any: its budget covers all its tasks.
-    let run = t
-        .id()
-        .match_indices('.')
-        .map(|(i, _)| &t.id()[..i])
-        .find_map(|prefix| book.get(prefix).filter(|r| r.workflow().is_some()));
-    let owner = run.unwrap_or(t);
-    let budget = owner.more().budget_usd.or(config.budgets.task)?;
-    // (`run` was found by its workflow: its spec is not read again.)
-    let spent = if run.is_some() || t.workflow().is_some() {
-        owner.cost_usd()
-            + book
-                .iter()
-                .filter(|c| is_child_of(c.id(), owner.id()))
-                .map(|c| c.cost_usd())
-                .sum::<f64>()
-    } else {
-        owner.cost_usd()
-    };
-    (spent >= budget).then(|| {
+    // A workflow run's budget covers all its tasks.
+    let s = book.spending_of(t);
+    let budget = s.budget_usd.or(config.budgets.task)?;
+    (s.spent_usd >= budget).then(|| {
         format!(
             "the budget is spent: `{}` has cost {} of its {} over {} attempt(s); raise `budget_usd` and `dirigent retry {}`",
-            owner.id(),
-            dollars(spent),
+            s.owner,
+            dollars(s.spent_usd),
             dollars(budget),
-            owner.attempts().len(),
-            t.id()
+            s.attempts,
+            s.owner
         )
     })
 }

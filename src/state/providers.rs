@@ -79,3 +79,44 @@ impl TaskBook {
         }
     }
 }
+
+/// What counts against the budget that covers a task: its workflow run's when it belongs to
+/// one (the run's budget covers all its tasks), else its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spending {
+    /// The task whose budget it is: the run, or the task itself.
+    pub owner: String,
+    /// What the owner and (for a run) all its tasks have cost, in US dollars.
+    pub spent_usd: f64,
+    /// Attempts made on it (for a run, by its tasks).
+    pub attempts: usize,
+    /// The owner's own `budget_usd` (the config's `budgets.task` applies without one).
+    pub budget_usd: Option<f64>,
+}
+
+impl TaskBook {
+    /// [`Spending`] for task `t`: what admission checks before an attempt, and what `status`
+    /// shows.
+    pub fn spending_of(&self, t: &TaskRecord) -> Spending {
+        let run = t
+            .id()
+            .match_indices('.')
+            .map(|(i, _)| &t.id()[..i])
+            .find_map(|prefix| self.get(prefix).filter(|r| crate::run_view::is_run(r)));
+        let owner = run.unwrap_or(t);
+        let children: Vec<&TaskRecord> = if run.is_some() || crate::run_view::is_run(t) {
+            self.iter()
+                .filter(|c| crate::runner::is_child_of(c.id(), owner.id()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Spending {
+            owner: owner.id().to_string(),
+            spent_usd: owner.cost_usd() + children.iter().map(|c| c.cost_usd()).sum::<f64>(),
+            attempts: owner.attempts().len()
+                + children.iter().map(|c| c.attempts().len()).sum::<usize>(),
+            budget_usd: owner.more().budget_usd,
+        }
+    }
+}
