@@ -278,10 +278,11 @@ fn conflict_regions(file: &str, text: &str) -> String {
     for line in text.lines() {
         if line.starts_with("<<<<<<<") {
             inside = true;
-            out.push_str(&format!("--- {file}\n"));
+            out.push_str(&format!("--- {}\n", crate::terminal::printable(file)));
         }
+        // The agent wrote these lines: shown in reasons and on terminals, so made printable.
         if inside {
-            out.push_str(line);
+            out.push_str(&crate::terminal::printable(line));
             out.push('\n');
         }
         if line.starts_with(">>>>>>>") {

@@ -654,6 +654,22 @@ fn a_retried_conflict_starts_from_the_current_target_and_lands() {
         .expect("expected one of c1/c2 to conflict");
     // `retry` asks the daemon, which applies the escalation just after the ledger has it.
     ws.wait_state(loser, "failed");
+    // The reason says what to do next; `status ID` shows the conflict's regions under it.
+    let detail = String::from_utf8_lossy(&ws.cli(&["status", loser]).stdout).into_owned();
+    let state = detail
+        .lines()
+        .find(|l| l.starts_with("state:"))
+        .unwrap_or_default();
+    assert!(
+        state.contains(&format!("`dirigent/{loser}` conflicts with `main`"))
+            && state.contains(&format!("`dirigent retry {loser}` runs it again on `main`"))
+            && state.contains("`on_conflict: agent`"),
+        "expected the conflict and what to do about it on the state line, got:\n{detail}"
+    );
+    assert!(
+        detail.contains("\n          <<<<<<< HEAD\n"),
+        "expected the conflicting region under the state line, got:\n{detail}"
+    );
     let out = ws.cli(&["retry", loser]);
     assert!(out.status.success(), "expected retry accepted: {out:?}");
     ws.wait_for(&format!("{loser} to finish again"), |recs| {

@@ -183,7 +183,16 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         let workflow = t.workflow();
         match (&workflow, run_running(&book, t)) {
             (_, Some(progress)) => println!("state:    running: {progress}"),
-            _ => println!("state:    {}", describe(t)),
+            _ => {
+                println!("state:    {}", describe(t));
+                // A reason's further lines (a conflict's regions, each proposer's failure) under
+                // it, as far as a screen holds them; the report has all.
+                if let Phase::Failed { reason, .. } = t.phase() {
+                    for line in more_lines(reason, 40) {
+                        println!("          {line}");
+                    }
+                }
+            }
         }
         match &workflow {
             Some(name) => println!("workflow: {name}"),
@@ -428,7 +437,11 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
         };
         println!("  {:<32} {:<9} {agent}", c.id(), c.phase().label());
         if let Phase::Failed { reason, .. } = c.phase() {
-            println!("  {:<32} ↳ {}", "", reason.lines().next().unwrap_or(""));
+            println!(
+                "  {:<32} ↳ {}",
+                "",
+                dirigent::terminal::printable(first_line(reason))
+            );
             let report = ws.escalations().join(format!("{}.md", c.id()));
             if report.exists() {
                 println!("  {:<32}   report: {}", "", report.display());
@@ -607,10 +620,38 @@ fn describe_phase(t: &TaskRecord) -> String {
                 "escalated"
             },
             duration::clock(*finished_ms),
-            dirigent::progress::one_line(reason, 300),
+            dirigent::progress::one_line(first_line(reason), 300),
             t.id()
         ),
     }
+}
+
+/// A reason's first line with text (the whole reason's gist).
+fn first_line(reason: &str) -> &str {
+    reason
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(reason)
+}
+
+/// A reason's lines after its [`first_line`], made printable, at most `max` of them (then how
+/// many more there are).
+fn more_lines(reason: &str, max: usize) -> Vec<String> {
+    let rest: Vec<&str> = reason
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .skip(1)
+        .skip_while(|l| l.trim().is_empty())
+        .collect();
+    let mut out: Vec<String> = rest
+        .iter()
+        .take(max)
+        .map(|l| dirigent::terminal::printable(l))
+        .collect();
+    if rest.len() > max {
+        out.push(format!("… {} more line(s) in the report", rest.len() - max));
+    }
+    out
 }
 
 /// The fleet in a few lines: the server, the live workers, and the agents tasks wait for that

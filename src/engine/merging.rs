@@ -97,6 +97,8 @@ struct MergeJob {
     dir: std::path::PathBuf,
     /// A conflict goes to an agent (`on_conflict: agent`, not tried yet for this task).
     resolve: bool,
+    /// `on_conflict: agent` is set (tried or not): a failed merge's advice leaves it out.
+    agent_resolves: bool,
 }
 
 impl Engine {
@@ -259,6 +261,7 @@ impl Engine {
             pool_room: self.tree_pool.len() < self.config.concurrency,
             dir: t_dir,
             resolve: settings.on_conflict == crate::editing::OnConflict::Agent && resolutions == 0,
+            agent_resolves: settings.on_conflict == crate::editing::OnConflict::Agent,
         })
     }
 
@@ -507,11 +510,17 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
         Ok(new) => new,
         Err(conflict) => {
             let reason = format!(
-                "class conflict: `{}` does not merge onto `{target}` — {} conflicting file{}: {}\n\n{}",
+                "`{}` conflicts with `{target}` (changed since the task began) in {} file{}: {}{}\n\n{}",
                 job.state.branch,
                 conflict.files.len(),
                 if conflict.files.len() == 1 { "" } else { "s" },
-                conflict.files.join(", "),
+                crate::terminal::printable(&conflict.files.join(", ")),
+                // While an agent resolves it, the reason only says what conflicts.
+                if job.resolve {
+                    String::new()
+                } else {
+                    format!(" — {}", next_steps(&job.task, &target, !job.agent_resolves))
+                },
                 crate::escalate::fenced(&conflict.hunks)
             );
             note(
@@ -540,8 +549,9 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
             Err(None) => return Ok(Some(MergeEnd::Stopped)),
             Err(Some(why)) => {
                 let reason = format!(
-                    "class verify: `{}` merges onto `{target}`, but the combined result fails its check — {why}",
-                    job.state.branch
+                    "`{}` merges onto `{target}`, but the combined result fails its check — {why}. {}",
+                    job.state.branch,
+                    next_steps(&job.task, &target, false)
                 );
                 note(
                     job,
@@ -638,6 +648,18 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
     )
     .await;
     Ok(Some(MergeEnd::Merged))
+}
+
+/// What the user can do about work that did not land, said in the reason where they look: run
+/// it again on the target as it is now, or (a conflict, where no agent resolves them yet) let
+/// the agent resolve the next one.
+fn next_steps(task: &str, target: &str, suggest_agent: bool) -> String {
+    let retry = format!("`dirigent retry {task}` runs it again on `{target}` as it is now");
+    if suggest_agent {
+        format!("{retry}; `on_conflict: agent` lets the agent resolve conflicts")
+    } else {
+        retry
+    }
 }
 
 /// Runs `verify` on the merged result in the task's tree: `Err(None)` when the daemon stopped
