@@ -11,7 +11,7 @@
 //! and a segment is deleted only after a snapshot that covers it is on disk. Whatever instant a
 //! crash hits, [`load`] finds files that replay to the same state.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -68,6 +68,16 @@ struct ReadSnapshot {
     seal: Seal,
 }
 
+/// What to do about a snapshot that cannot be read. It is refused rather than set aside: it
+/// holds every task finished before the last compaction, and starting without them silently
+/// would lose them; the user decides.
+fn way_out(path: &Path) -> String {
+    format!(
+        " — it holds the history compacted out of the ledger (the tasks finished before the last compaction); restore it from a backup, or move it aside (`mv {0} {0}.broken`) to start without that history",
+        path.display()
+    )
+}
+
 fn read_snapshot(ws: &Workspace, key: Option<&Key>) -> std::io::Result<ReadSnapshot> {
     let path = snapshot_path(ws);
     let file = match crate::fsutil::open_nofollow(&path) {
@@ -79,12 +89,15 @@ fn read_snapshot(ws: &Workspace, key: Option<&Key>) -> std::io::Result<ReadSnaps
                 seal: Seal::Valid,
             });
         }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(std::io::Error::new(e.kind(), format!("{e}{}", way_out(&path))));
+        }
         Err(e) => return Err(e),
     };
     let unreadable = |e: serde_json::Error| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("`{}` cannot be read: {e}", path.display()),
+            format!("`{}` cannot be read: {e}{}", path.display(), way_out(&path)),
         )
     };
     // Parsed as it is read (and its seal checked on the way): a book with many queued tasks

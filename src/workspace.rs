@@ -40,6 +40,9 @@ impl Workspace {
         } else {
             std::env::current_dir()?.join(root)
         };
+        // `--root .` is `/path`, not `/path/.`, in every message (components drop a `.`; a `..`
+        // stays, as only the filesystem knows where it leads).
+        let root: PathBuf = root.components().collect();
         let ctx = root.join(CONTEXT_DIR);
         Ok(Self { root, ctx })
     }

@@ -261,6 +261,48 @@ default_chain: [good]
     );
 }
 
+/// A snapshot that cannot be read holds history only it has: the daemon (and `status`) refuse
+/// it, saying what it is and the way out; taking that way, the daemon starts.
+#[test]
+fn an_unreadable_snapshot_is_refused_with_the_way_out() {
+    let ws = Workspace::new(
+        r#"
+agents:
+  good: { command: ["{agents}/ok.sh"], prompt: stdin }
+default_chain: [good]
+"#,
+    );
+    let snapshot = ws.path(dirigent::compact::SNAPSHOT);
+    std::fs::write(&snapshot, "not json\n").unwrap();
+    let way_out = format!(
+        "restore it from a backup, or move it aside (`mv {0} {0}.broken`) to start without that history",
+        snapshot.display()
+    );
+    let mut d = ws.start();
+    let status = d.wait();
+    assert!(!status.success(), "expected the daemon to refuse to start, got {status}");
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("cannot be read: expected ident at line 1 column 2 — it holds the history compacted out of the ledger")
+            && log.contains(&way_out),
+        "expected the refusal to say what the snapshot is and the way out, got:\n{log}"
+    );
+    let out = ws.cli(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&way_out),
+        "expected `status` to refuse with the way out too, got {out:?}"
+    );
+    std::fs::rename(&snapshot, format!("{}.broken", snapshot.display())).unwrap();
+    let mut d = ws.start();
+    ws.drop_task("after.json", r#"{"id": "after", "prompt": "p"}"#);
+    assert!(
+        matches!(ws.wait_settled("after"), Event::Done { .. }),
+        "expected a task to run once the snapshot is moved aside"
+    );
+    d.stop();
+}
+
 #[test]
 fn a_full_disk_stops_claiming_without_corrupting_the_ledger() {
     use std::os::unix::process::CommandExt;
