@@ -33,12 +33,21 @@ fn main() -> ExitCode {
             nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
         }
     }
+    // A script that asked for `--json` reads stdout: a failure is an object there too.
+    let wants_json = args.iter().skip(1).take_while(|a| *a != "--").any(|a| a == "--json");
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             // Never a panic on a closed stderr: the exit status still says it failed.
             use std::io::Write;
             let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            if wants_json {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "{}",
+                    serde_json::json!({ "error": format!("{e:#}") })
+                );
+            }
             ExitCode::from(2)
         }
     }

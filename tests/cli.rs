@@ -301,6 +301,18 @@ fn reading_commands_work_without_a_daemon_and_say_so() {
         stderr(&out),
         "error: no task `nope` in this workspace; `dirigent status` lists the tasks\n"
     );
+    // A script that asked for JSON reads the failure as JSON on stdout, the line on stderr.
+    let out = ws.cli(&["status", "nope", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "expected exit 2, got {out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"error\":\"no task `nope` in this workspace; `dirigent status` lists the tasks\"}\n",
+        "expected the error as one JSON object on stdout"
+    );
+    assert_eq!(
+        stderr(&out),
+        "error: no task `nope` in this workspace; `dirigent status` lists the tasks\n"
+    );
 }
 
 #[test]
