@@ -90,7 +90,10 @@ fn read_snapshot(ws: &Workspace, key: Option<&Key>) -> std::io::Result<ReadSnaps
             });
         }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-            return Err(std::io::Error::new(e.kind(), format!("{e}{}", way_out(&path))));
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{e}{}", way_out(&path)),
+            ));
         }
         Err(e) => return Err(e),
     };

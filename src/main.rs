@@ -34,7 +34,11 @@ fn main() -> ExitCode {
         }
     }
     // A script that asked for `--json` reads stdout: a failure is an object there too.
-    let wants_json = args.iter().skip(1).take_while(|a| *a != "--").any(|a| a == "--json");
+    let wants_json = args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json");
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

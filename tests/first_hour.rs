@@ -172,6 +172,16 @@ fn a_task_after_an_unknown_task_is_refused_at_every_door() {
         matches!(ws.wait_settled("second"), Event::Done { .. }),
         "a task after a known one runs"
     );
+    // `--wait` says what it waits for first.
+    let out = ws.cli(&[
+        "submit", "third", "--id", "third", "--after", "first", "--after", "second", "--wait",
+    ]);
+    assert!(out.status.success(), "expected third done: {out:?}");
+    assert!(
+        stderr(&out).contains("dirigent: `third` starts once `first` and `second` are done\n"),
+        "expected the wait for its dependencies said, got:\n{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -280,7 +280,10 @@ default_chain: [good]
     );
     let mut d = ws.start();
     let status = d.wait();
-    assert!(!status.success(), "expected the daemon to refuse to start, got {status}");
+    assert!(
+        !status.success(),
+        "expected the daemon to refuse to start, got {status}"
+    );
     let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
     assert!(
         log.contains("cannot be read: expected ident at line 1 column 2 — it holds the history compacted out of the ledger")

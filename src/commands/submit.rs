@@ -41,6 +41,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     if let Some(id) = &args.id {
         validate_name(id).map_err(|m| anyhow::anyhow!("invalid `--id` `{id}`: {m}"))?;
     }
+    let after = args.after.clone();
     let fields = TaskFields {
         id: args.id,
         title: args.title,
@@ -199,6 +200,15 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         );
     } else {
         eprintln!("dirigent: submitted `{id}`, waiting");
+    }
+    // A wait for other tasks first is said, not left to look like a hang.
+    if !after.is_empty() {
+        let names: Vec<String> = after.iter().map(|a| format!("`{a}`")).collect();
+        eprintln!(
+            "dirigent: `{id}` starts once {} {} done",
+            names.join(" and "),
+            if names.len() == 1 { "is" } else { "are" }
+        );
     }
     let mut end = Ending {
         json: args.json,
