@@ -573,7 +573,7 @@ fn workflow_validate_reports_every_problem_with_file_line_and_column() {
         format!(
             "error: {f}:6:12: unknown agent `nobody` (configured: gate, ghost, good)\n\
 error: {f}:8:12: phase `look` reads `later`, which runs later (a cycle); phases run in order\n\
-error: {f}:9:11: ensemble phase `later` needs at least two `agents` to propose\n\
+error: {f}:9:11: ensemble phase `later` needs at least two `agents` (or `models`) to propose, has 1\n\
 3 problems found\n"
         )
     );

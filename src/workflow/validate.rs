@@ -266,7 +266,10 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                 if phase.agents.len() < 2 {
                     at(
                         here,
-                        format!("ensemble phase `{pname}` needs at least two `agents` to propose"),
+                        format!(
+                            "ensemble phase `{pname}` needs at least two `agents` (or `models`) to propose, has {}",
+                            phase.agents.len()
+                        ),
                     );
                 }
                 if phase.judge.is_none() {
