@@ -36,18 +36,24 @@ fn after_a_crash_the_orphaned_agent_is_killed_and_the_task_runs_again_once() {
     assert!(!process_gone(first), "expected the orphan to be running");
 
     let _d = ws.start();
-    let reason = ws.wait_for("the interrupted attempt to be closed", |recs| {
+    let (reason, ran_ms) = ws.wait_for("the interrupted attempt to be closed", |recs| {
         recs.iter().find_map(|r| match &r.event {
             Event::AttemptFinished {
                 attempt: 1,
                 class,
                 reason,
+                duration_ms,
                 ..
-            } if class.as_str() == "interrupted" => Some(reason.clone()),
+            } if class.as_str() == "interrupted" => Some((reason.clone(), *duration_ms)),
             _ => None,
         })
     });
     assert!(reason.contains("still alive and was killed"), "{reason}");
+    // It ran from its start until the new daemon killed it: not a zero that reads "never ran".
+    assert!(
+        ran_ms > 0,
+        "expected the interrupted attempt's time to run until it was killed, got {ran_ms} ms"
+    );
     assert!(
         process_gone(first),
         "the orphan {first} survived the restart"

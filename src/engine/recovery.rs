@@ -39,10 +39,29 @@ impl Engine {
                         .run_dir(t.id())
                         .join(crate::workspace::attempt_file(*attempt, agent, stream))
                 };
+                // How long it ran: until now when its group was still alive; else until its
+                // output was last written (the nearest trace of its end a crash leaves), not
+                // a zero that reads as "never ran".
+                let started_ms = a.map(|a| a.started_ms).unwrap_or(0);
+                let ended_ms = if alive {
+                    Some(ledger::now_ms())
+                } else {
+                    ["stdout", "stderr"]
+                        .into_iter()
+                        .filter_map(|s| std::fs::symlink_metadata(capture(s)).ok()?.modified().ok())
+                        .filter_map(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as u64)
+                        .max()
+                };
+                let ran = ended_ms
+                    .filter(|_| started_ms > 0)
+                    .map_or(Duration::ZERO, |end| {
+                        Duration::from_millis(end.saturating_sub(started_ms))
+                    });
                 let report = spawn::AttemptReport::not_run(
                     crate::judge::Verdict::fail(Class::Interrupted, reason),
                     None,
-                    Duration::ZERO,
+                    ran,
                     capture("stdout"),
                     capture("stderr"),
                 );
