@@ -144,7 +144,34 @@ fn name_of<'a>(names: &'a [u8], e: &Entry) -> &'a [u8] {
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct InboxWatcher {
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
+    inbox: std::path::PathBuf,
+    /// Stored a permit when a directory appeared at the inbox's name (the inbox removed and made
+    /// again, or another moved in its place): the old watch went with the old directory, so the
+    /// daemon calls [`InboxWatcher::rewatch`]. The watcher's callback holds the other half.
+    pub replaced: Arc<Notify>,
+}
+
+impl InboxWatcher {
+    /// Watches the directory now at the inbox's name (after [`InboxWatcher::replaced`]).
+    pub fn rewatch(&mut self) {
+        // Not through a link (watching follows it): the scan that comes next moves a link aside
+        // and makes the directory, which arrives here again.
+        if !std::fs::symlink_metadata(&self.inbox).is_ok_and(|m| m.is_dir()) {
+            return;
+        }
+        match self.watcher.watch(&self.inbox, RecursiveMode::NonRecursive) {
+            Ok(()) => tracing::info!(
+                "`{}` was replaced; watching the new directory",
+                self.inbox.display()
+            ),
+            // It may be gone again already; the periodic rescan still looks.
+            Err(e) => tracing::warn!(
+                "cannot watch the replaced inbox `{}` ({e}); it is scanned every `inbox_rescan`",
+                self.inbox.display()
+            ),
+        }
+    }
 }
 
 /// Starts watching `dir`. Every event (and every watcher error, including "rescan needed")
@@ -154,7 +181,9 @@ pub fn watch(dir: &Path, dirty: Arc<Notify>) -> notify::Result<InboxWatcher> {
 }
 
 /// Like [`watch`], and also stores a permit in the second `Notify` whenever the file `config`
-/// (a path in another directory, watched non-recursively) is created, changed or replaced.
+/// (a path in another directory, watched non-recursively) is created, changed or replaced. The
+/// inbox's own parent is watched too, so that an inbox made again is noticed
+/// ([`InboxWatcher::replaced`]).
 pub fn watch_with_config(
     dir: &Path,
     dirty: Arc<Notify>,
@@ -163,6 +192,9 @@ pub fn watch_with_config(
     let inbox = dir.to_path_buf();
     let config_file = config.map(|(p, n)| (p.to_path_buf(), n));
     let cfg = config_file.clone();
+    let replaced = Arc::new(Notify::new());
+    let appeared = replaced.clone();
+    let inbox_path = inbox.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let ev = match res {
             Ok(ev) => ev,
@@ -177,6 +209,18 @@ pub fn watch_with_config(
         {
             changed.notify_one();
         }
+        // Where a rename's two paths are given, the second is where it arrives.
+        let arrived = match ev.kind {
+            notify::EventKind::Modify(notify::event::ModifyKind::Name(
+                notify::event::RenameMode::Both,
+            )) => ev.paths.last().is_some_and(|p| *p == inbox),
+            _ => ev.paths.iter().any(|p| *p == inbox),
+        };
+        if is_arrival(&ev.kind) && arrived {
+            appeared.notify_one();
+            dirty.notify_one();
+            return;
+        }
         let in_inbox =
             ev.paths.is_empty() || ev.paths.iter().any(|p| p.parent() == Some(inbox.as_path()));
         if ev.need_rescan() {
@@ -188,12 +232,34 @@ pub fn watch_with_config(
         dirty.notify_one();
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let mut parents: Vec<&Path> = dir.parent().into_iter().collect();
     if let Some((file, _)) = &config_file
         && let Some(parent) = file.parent()
+        && !parents.contains(&parent)
     {
+        parents.push(parent);
+    }
+    for parent in parents {
         watcher.watch(parent, RecursiveMode::NonRecursive)?;
     }
-    Ok(InboxWatcher { _watcher: watcher })
+    Ok(InboxWatcher {
+        watcher,
+        inbox: inbox_path,
+        replaced,
+    })
+}
+
+/// Whether an event puts something at its path: made there, or moved there.
+fn is_arrival(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{ModifyKind, RenameMode};
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Name(
+                RenameMode::To | RenameMode::Both | RenameMode::Any
+            ))
+    )
 }
 
 /// Whether an event can add to what a scan finds. Access events cannot: our own scan opens the

@@ -235,10 +235,54 @@ fn an_agents_escape_sequences_never_reach_a_reason_or_a_report() {
     );
 }
 
+/// An inbox removed and made again, or another moved into its place, is watched again at once:
+/// a task dropped into it runs without waiting for the periodic rescan.
+#[test]
+fn an_inbox_made_again_is_watched_again() {
+    let ws = Workspace::new(&format!("inbox_rescan: 1h\n{CONFIG}"));
+    let mut d = ws.start();
+    ws.drop_task(
+        "first.json",
+        r#"{"id": "first", "prompt": "p", "agent": "good"}"#,
+    );
+    ws.wait_settled("first");
+    // Removed and made again.
+    std::fs::remove_dir_all(ws.path("inbox")).unwrap();
+    std::fs::create_dir_all(ws.path("inbox/.tmp")).unwrap();
+    // Two tasks one after the other: the scan made when the directory appeared may find the
+    // first; only a watch on the new directory finds the second.
+    for id in ["second", "second-later"] {
+        ws.drop_task(
+            &format!("{id}.json"),
+            &format!(r#"{{"id": "{id}", "prompt": "p", "agent": "good"}}"#),
+        );
+        assert!(
+            matches!(ws.wait_settled(id), Event::Done { .. }),
+            "expected `{id}` in the new inbox to run"
+        );
+    }
+    // Another directory moved into its place.
+    let other = ws.root().join("other-inbox");
+    std::fs::create_dir_all(other.join(".tmp")).unwrap();
+    std::fs::rename(ws.path("inbox"), ws.root().join("old-inbox")).unwrap();
+    std::fs::rename(&other, ws.path("inbox")).unwrap();
+    for id in ["third", "third-later"] {
+        ws.drop_task(
+            &format!("{id}.json"),
+            &format!(r#"{{"id": "{id}", "prompt": "p", "agent": "good"}}"#),
+        );
+        assert!(
+            matches!(ws.wait_settled(id), Event::Done { .. }),
+            "expected `{id}` in the inbox moved into place to run"
+        );
+    }
+    d.stop();
+}
+
 #[test]
 fn links_planted_in_place_of_dirigents_directories_are_moved_aside() {
-    // The watcher follows the inbox it was given; a new one is found by the periodic rescan.
-    let ws = Workspace::new(&format!("inbox_rescan: 200ms\n{CONFIG}"));
+    // No periodic rescan within the test: the inbox made again is watched again at once.
+    let ws = Workspace::new(&format!("inbox_rescan: 1h\n{CONFIG}"));
     let _d = ws.start();
     ws.drop_task("p.json", r#"{"prompt": "p", "agent": "plant"}"#);
     ws.wait_settled("p");

@@ -260,7 +260,7 @@ pub async fn run_with_options(
     );
     let config_changed = Arc::new(Notify::new());
     let config_path = ws.config();
-    let watcher = inbox::watch_with_config(
+    let mut watcher = inbox::watch_with_config(
         &ws.inbox(),
         dirty.clone(),
         Some((&config_path, config_changed.clone())),
@@ -319,6 +319,10 @@ pub async fn run_with_options(
                 let _ = req.reply.send(answer);
             }
             () = dirty.notified() => engine.ingest().await,
+            () = watcher.replaced.notified() => {
+                watcher.rewatch();
+                engine.ingest().await;
+            }
             () = config_changed.notified() => engine.reload("file", false).await,
             Some(()) = reload.recv() => engine.reload("SIGHUP", true).await,
             () = sleep_until(wake) => engine.on_timer().await,
