@@ -214,7 +214,7 @@ pub fn watch_with_config(
             notify::EventKind::Modify(notify::event::ModifyKind::Name(
                 notify::event::RenameMode::Both,
             )) => ev.paths.last().is_some_and(|p| *p == inbox),
-            _ => ev.paths.iter().any(|p| *p == inbox),
+            _ => ev.paths.contains(&inbox),
         };
         if is_arrival(&ev.kind) && arrived {
             appeared.notify_one();
