@@ -793,6 +793,8 @@ pub fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Box<Ya
 pub fn key_of(path: &serde_path_to_error::Path) -> Option<String> {
     let text = path.to_string();
     let known = text.split('?').next().unwrap_or("").trim_end_matches('.');
+    // A value kept with its position (`Spanned`) adds its own `.value`: not the user's key.
+    let known = known.strip_suffix(".value").unwrap_or(known);
     (!known.is_empty() && known != ".").then(|| known.to_string())
 }
 
