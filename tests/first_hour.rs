@@ -86,11 +86,39 @@ dirigent: no daemon is running on this workspace: `hi` waits in .context/inbox/ 
     let out = run_in(dir.path(), state.path(), &["status", "broken"]);
     assert!(
         stdout(&out).starts_with(
-            "broken — .context/inbox/broken.json\nstate:    inbox: cannot be read as a task, so it will be rejected: "
+            "broken — .context/inbox/broken.json\nstate:    inbox: will be rejected: cannot be read as a task: "
         ),
         "expected the broken file called what it is: {}",
         stdout(&out)
     );
+    // So does one the daemon would refuse: an agent not configured, an `after` never seen.
+    std::fs::write(
+        ctx.join("inbox/ghostly.json"),
+        r#"{"prompt": "p", "agent": "ghostly"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("inbox/later.json"),
+        r#"{"prompt": "p", "after": ["nobody"]}"#,
+    )
+    .unwrap();
+    for (id, expected) in [
+        (
+            "ghostly",
+            "state:    inbox: will be rejected: unknown agent `ghostly`",
+        ),
+        (
+            "later",
+            "state:    inbox: will be rejected: `after` names `nobody`, which is no task of this workspace",
+        ),
+    ] {
+        let out = run_in(dir.path(), state.path(), &["status", id]);
+        assert!(
+            stdout(&out).contains(expected),
+            "expected `{expected}` for {id}, got:\n{}",
+            stdout(&out)
+        );
+    }
 }
 
 #[test]

@@ -90,24 +90,45 @@ pub(super) fn inbox_files(ws: &Workspace, book: &TaskBook) -> Vec<(String, Strin
 
 /// What a waiting inbox file will become, in words: one that cannot be read as a task says
 /// so now, not once a daemon has rejected it.
-fn inbox_note(ws: &Workspace, file: &str, is_task: bool) -> String {
+fn inbox_note(
+    ws: &Workspace,
+    book: &TaskBook,
+    config: Option<&Config>,
+    (id, file, is_task): (&str, &str, bool),
+) -> String {
     if !is_task {
         return "not a task file (only .json and .md are): the daemon moves it to rejected/".into();
     }
-    let unreadable = match dirigent::fsutil::read_task_file(
+    // The checks the daemon makes when it takes the file in (those that need no daemon): a
+    // task that will be refused says why now.
+    let refused = match dirigent::fsutil::read_task_file(
         &ws.inbox().join(file),
         dirigent::task::MAX_TASK_BYTES,
     ) {
-        dirigent::fsutil::ReadOutcome::Bytes(bytes) => dirigent::task::parse_fields(file, &bytes)
-            .err()
-            .map(|e| e.0),
-        dirigent::fsutil::ReadOutcome::Refused(why) => Some(why),
+        dirigent::fsutil::ReadOutcome::Bytes(bytes) => {
+            match dirigent::task::parse_fields(file, &bytes) {
+                Err(e) => Some(format!("cannot be read as a task: {}", e.0)),
+                Ok(fields) => {
+                    let after = fields.after.clone();
+                    let id = fields.id.clone().unwrap_or_else(|| id.to_string());
+                    config
+                        .and_then(|c| dirigent::task::accept(id, fields, c, ws.root()).err())
+                        .map(|e| e.0)
+                        .or_else(|| {
+                            dirigent::submit::unknown_dependency(ws, &after, &|d| book.contains(d))
+                        })
+                }
+            }
+        }
+        dirigent::fsutil::ReadOutcome::Refused(why) => {
+            Some(format!("cannot be read as a task: {why}"))
+        }
         dirigent::fsutil::ReadOutcome::Gone => None,
     };
-    match (unreadable, running_daemon(ws).is_some()) {
+    match (refused, running_daemon(ws).is_some()) {
         (Some(why), _) => format!(
-            "cannot be read as a task, so it will be rejected: {}",
-            why.lines().next().unwrap_or("")
+            "will be rejected: {}",
+            dirigent::terminal::printable(why.lines().next().unwrap_or(""))
         ),
         (None, true) => "waiting in the inbox; the daemon takes it in shortly".into(),
         (None, false) => {
@@ -127,7 +148,11 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
             println!("{id} — .context/inbox/{file}");
-            println!("state:    inbox: {}", inbox_note(ws, &file, is_task));
+            let config = Config::load(&ws.config()).ok();
+            println!(
+                "state:    inbox: {}",
+                inbox_note(ws, &book, config.as_ref(), (id, &file, is_task))
+            );
             println!("{}", daemon_line(ws, &live));
         }
         return Ok(ExitCode::SUCCESS);
@@ -341,12 +366,19 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             println!("{:<w$} ↳ {}", "", dirigent::terminal::printable(&line));
         }
     }
+    let inbox_config = (!waiting.is_empty())
+        .then(|| Config::load(&ws.config()).ok())
+        .flatten();
     for (id, file, is_task) in &waiting {
         println!(
             "{id:<w$} {:<9} {:<10} {:>3} {:>8}  .context/inbox/{file}",
             "inbox", "-", 0, "-"
         );
-        println!("{:<w$} ↳ {}", "", inbox_note(ws, file, *is_task));
+        println!(
+            "{:<w$} ↳ {}",
+            "",
+            inbox_note(ws, &book, inbox_config.as_ref(), (id, file, *is_task))
+        );
     }
     for r in &book.rejected {
         println!(
