@@ -19,6 +19,9 @@ use crate::preset;
 mod agent;
 pub mod cluster;
 pub mod notify;
+mod read_all;
+
+pub use read_all::{Collected, from_yaml_collecting};
 
 pub use agent::{Agent, AgentError, ArgvValues, Retry};
 use agent::{RawAgent, build_agent};
@@ -333,7 +336,20 @@ impl Config {
         let mut raw: RawConfig = if text.trim().is_empty() {
             serde_saphyr::from_str("{}").map_err(|e| invalid(e.to_string()))?
         } else {
-            from_yaml(text).map_err(|e| invalid(yaml_error(&e, text)))?
+            // Every problem reading finds, not only the first, one per line.
+            let read = from_yaml_collecting::<RawConfig>(text);
+            match read.value {
+                Some(raw) if read.problems.is_empty() => raw,
+                _ => {
+                    let lines: Vec<String> =
+                        read.problems.iter().map(|e| yaml_error(e, text)).collect();
+                    let more = match lines.len() {
+                        0 | 1 => String::new(),
+                        n => format!("\n({n} problems)"),
+                    };
+                    return Err(invalid(format!("{}{more}", lines.join("\n"))));
+                }
+            }
         };
         let concurrency = raw.concurrency.unwrap_or(4);
         if concurrency == 0 {
@@ -962,6 +978,31 @@ mod tests {
         assert_eq!(
             cfg.agents["h"].argv(&v),
             ["gemini", "-p", "p", "-o", "json", "--yolo", "-m", "x"]
+        );
+    }
+
+    #[test]
+    fn every_problem_reading_finds_is_reported_not_only_the_first() {
+        let text = "concurrency: many\nbogus: 1\nagents:\n  x:\n    command: [a]\n    timeout: soon\n    colour: red\n";
+        let err = Config::parse(text, "t").unwrap_err().to_string();
+        assert_eq!(
+            err.lines()
+                .map(|l| l.split(": ").next().unwrap_or(""))
+                .collect::<Vec<_>>(),
+            [
+                "`t`",
+                "line 2 column 1",
+                "line 6 column 14",
+                "line 7 column 5",
+                "(4 problems)"
+            ],
+            "expected the four problems in order, each with its position: {err}"
+        );
+        assert!(
+            err.starts_with("`t`: line 1 column 14: `concurrency`: expected a whole number")
+                && err.contains("`agents.x.timeout`: invalid duration `soon`")
+                && err.contains("unknown field `colour`"),
+            "expected each problem in words: {err}"
         );
     }
 

@@ -10,70 +10,31 @@ use super::*;
 /// Parses and checks a definition against the config. Returns the workflow, or every problem.
 pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Problem>> {
     let file = def.label();
-    // Unknown keys are collected (each is blanked out and the file read again), so that one
-    // misspelt key does not hide every other problem.
-    // So are values of the wrong type or an unknown variant (`rounds: many`, `type: sigle`): the
-    // key is blanked likewise; the checks past reading are then left for the next round, as
-    // a blanked value would only make them report what is missing.
-    let mut unknown: Vec<Problem> = Vec::new();
-    let mut wrong_values: Vec<String> = Vec::new();
-    let mut text = def.text.clone();
-    let parsed = loop {
-        match crate::config::from_yaml::<Written>(&text) {
-            Err(e) if unknown.len() < 32 => {
-                let message = crate::config::yaml_message(&e);
-                let Some((line, column)) = e
-                    .error
-                    .location()
-                    .map(|l| (l.line().max(1) as usize, l.column().max(1) as usize))
-                else {
-                    break Err(e);
-                };
-                let at_key = if message.contains("unknown field `") {
-                    Some((line, column, None))
-                } else if let Some(name) = e.key.as_deref().and_then(value_key)
-                    && let Some((l, c)) = key_of_value(&text, line, column, name)
-                {
-                    Some((l, c, Some(name.to_string())))
-                } else {
-                    None
-                };
-                if let Some(missing) = e.error.to_string().split("missing field `").nth(1)
-                    && wrong_values
-                        .iter()
-                        .any(|w| missing.starts_with(&format!("{w}`")))
-                {
-                    // Only missing because its wrong value was blanked: said already.
-                    break Ok(None);
-                }
-                // An unknown variant is replaced by a known one rather than blanked: the key may
-                // be required (`type`), and reading goes on to the phases after it.
-                let raw = e.error.to_string();
-                let replaced = match (&at_key, stand_in(&raw)) {
-                    (Some((l, _, Some(_))), Some((wrong, known))) => {
-                        replace_value(&text, *l, wrong, known)
-                    }
-                    _ => None,
-                };
-                let next = replaced.map(|t| (t, None)).or_else(|| {
-                    at_key.and_then(|(l, c, name)| Some((blank_key(&text, l, c)?, name)))
-                });
-                match next {
-                    Some((blanked, name)) => {
-                        unknown.push(Problem {
-                            file: file.clone(),
-                            line: line as u64,
-                            column: column as u64,
-                            message,
-                        });
-                        wrong_values.extend(name);
-                        text = blanked;
-                    }
-                    None => break Err(e),
-                }
+    // Every problem reading finds is reported, not only the first (see
+    // `config::from_yaml_collecting`): one misspelt key must not hide the others.
+    let collected = crate::config::from_yaml_collecting::<Written>(&def.text);
+    let stopped = collected.value.is_none();
+    let mut problems_read = collected.problems;
+    let last = if stopped { problems_read.pop() } else { None };
+    let mut unknown: Vec<Problem> = problems_read
+        .iter()
+        .map(|e| {
+            let (line, column) = e
+                .error
+                .location()
+                .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
+            Problem {
+                file: file.clone(),
+                line,
+                column,
+                message: crate::config::yaml_message(e),
             }
-            other => break other.map(Some),
-        }
+        })
+        .collect();
+    let parsed = match (collected.value, last) {
+        (Some(wf), _) => Ok(Some(wf)),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(None),
     };
     let parsed = parsed.map_err(|e| {
         let (line, column) = e
@@ -107,7 +68,7 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         all
     })?;
     let wf: Written = match parsed {
-        Some(wf) if wrong_values.is_empty() => wf,
+        Some(wf) if !collected.values_stepped_over => wf,
         _ => return Err(unknown),
     };
     let mut problems = unknown;
@@ -529,95 +490,6 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         problems.sort_by_key(|p| (p.line, p.column));
         Err(problems)
     }
-}
-
-/// `text` with the block-style key at `line`:`column` (1-based) and its value blanked out —
-/// the key's line and the more indented lines under it made empty (a list item's dash kept), so
-/// every other position stays where it was. `None` when the key is not at the start of its line
-/// (a flow map), where blanking could change what the rest means.
-fn blank_key(text: &str, line: usize, column: usize) -> Option<String> {
-    let lines: Vec<&str> = text.split('\n').collect();
-    let at = lines.get(line.checked_sub(1)?)?;
-    let indent = column.checked_sub(1)?;
-    let before = at.get(..indent)?;
-    // A list item's first key (`- rounds: many`): the dash stays, and the item's other keys,
-    // more indented below it, still make its map.
-    let keep = match before.trim_end_matches(' ').strip_suffix('-') {
-        Some(dash) if dash.chars().all(|c| c == ' ') && before.ends_with(' ') => {
-            &at[..dash.len() + 1]
-        }
-        _ if before.chars().all(|c| c == ' ') => "",
-        _ => return None,
-    };
-    let mut out: Vec<&str> = lines.clone();
-    out[line - 1] = keep;
-    for (i, l) in lines.iter().enumerate().skip(line) {
-        let own = l.len() - l.trim_start_matches(' ').len();
-        if l.trim().is_empty() || own > indent {
-            out[i] = "";
-        } else {
-            break;
-        }
-    }
-    Some(out.join("\n"))
-}
-
-/// The key a value error is about, from its path (`phases[0].type.value` → `type`); `None`
-/// for a list item or the top.
-fn value_key(path: &str) -> Option<&str> {
-    let path = path.strip_suffix(".value").unwrap_or(path);
-    let last = path.rsplit('.').next()?;
-    (!last.is_empty() && !last.contains(['[', ']'])).then_some(last)
-}
-
-/// Where the key `name` holding the value at `line`:`column` (1-based) is written: on that line
-/// before the value (`rounds: many`), or as the nearest less indented line above it (`agents:`
-/// over a block). `None` when it is not found there — a syntax error, not a value.
-fn key_of_value(text: &str, line: usize, column: usize, name: &str) -> Option<(usize, usize)> {
-    let lines: Vec<&str> = text.split('\n').collect();
-    let key_at = |l: &str| -> Option<usize> {
-        let rest = l.trim_start_matches(' ');
-        let rest = rest
-            .strip_prefix("- ")
-            .map_or(rest, |r| r.trim_start_matches(' '));
-        rest.strip_prefix(name)?
-            .starts_with(':')
-            .then(|| l.len() - rest.len() + 1)
-    };
-    let here = lines.get(line.checked_sub(1)?)?;
-    if let Some(col) = key_at(here)
-        && col < column
-    {
-        return Some((line, col));
-    }
-    let indent_of = |l: &str| l.len() - l.trim_start_matches(' ').len();
-    let own = indent_of(here);
-    let (i, above) = lines[..line - 1]
-        .iter()
-        .enumerate()
-        .rev()
-        .find(|(_, l)| !l.trim().is_empty() && indent_of(l) < own)?;
-    key_at(above).map(|col| (i + 1, col))
-}
-
-/// For `unknown variant `x`, expected one of a, b`: the wrong word and the first known one.
-fn stand_in(message: &str) -> Option<(&str, &str)> {
-    let (_, rest) = message.split_once("unknown variant `")?;
-    let (wrong, rest) = rest.split_once('`')?;
-    let (_, known) = rest.split_once("expected one of ")?;
-    let first = known.split([',', ' ', '\n']).find(|w| !w.is_empty())?;
-    let first = first.trim_matches('`');
-    (!first.is_empty() && !wrong.trim().is_empty()).then_some((wrong, first))
-}
-
-/// `text` with the value `wrong` after the key on `line` (1-based) replaced by `known`.
-fn replace_value(text: &str, line: usize, wrong: &str, known: &str) -> Option<String> {
-    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
-    let l = lines.get_mut(line.checked_sub(1)?)?;
-    let colon = l.find(':')?;
-    let at = colon + l[colon..].find(wrong)?;
-    l.replace_range(at..at + wrong.len(), known);
-    Some(lines.join("\n"))
 }
 
 /// `an ensemble`, `a loop`.
