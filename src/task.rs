@@ -12,6 +12,9 @@ use crate::config::{Config, validate_name};
 use crate::confined;
 use crate::duration::Dur;
 
+/// The most files a task's `files` (or its `context`) may name: each is put into the prompt.
+pub const MAX_FILES: usize = 256;
+
 /// The largest task file we read. Bigger files are rejected without being read.
 pub const MAX_TASK_BYTES: u64 = 1024 * 1024;
 
@@ -408,6 +411,22 @@ pub fn accept(
         *f = confined::workspace_path("files", f)
             .map_err(|e| Reject(e.to_string()))?
             .to_string();
+    }
+    // Each file goes into the prompt whole: a name given twice (in any spelling) would only
+    // make the prompt bigger — a thousand times over, a prompt of gigabytes.
+    for (key, list) in [("context", &fields.context), ("files", &fields.files)] {
+        if list.len() > MAX_FILES {
+            return reject(format!(
+                "`{key}` names {} files; at most {MAX_FILES} go into a prompt",
+                list.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = list.iter().find(|p| !seen.insert(p.as_str())) {
+            return reject(format!(
+                "`{key}` names `{twice}` twice; name each file once"
+            ));
+        }
     }
     if let Some(out) = fields.output.as_mut() {
         // Normalising would drop the slash and write a file where a directory was meant.
@@ -819,6 +838,17 @@ mod tests {
                 "x.json",
                 r#"{"prompt":"p","context":["../secret"]}"#,
                 "contains `..`",
+            ),
+            // A file named twice (in any spelling) would only make the prompt bigger.
+            (
+                "x.json",
+                r#"{"prompt":"p","files":["src/a.rs","./src//a.rs"]}"#,
+                "`files` names `src/a.rs` twice; name each file once",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","context":["notes.md","notes.md"]}"#,
+                "`context` names `notes.md` twice; name each file once",
             ),
             (
                 "x.json",

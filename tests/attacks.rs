@@ -1087,3 +1087,54 @@ fn a_full_disk_pauses_work_and_loses_no_finished_attempt() {
     }
     assert!(common::list(ws, "escalations").is_empty());
 }
+
+/// A prompt with its files is bounded: files that each fit but together would be a prompt of
+/// gigabytes (the daemon aborted on the allocation, and again at every start) escalate the
+/// task with the reason, and the daemon goes on; a file named twice is refused at the door.
+#[test]
+fn a_prompt_with_its_files_is_bounded_in_total() {
+    let ws = Workspace::new(CONFIG);
+    std::fs::create_dir_all(ws.root().join("big")).unwrap();
+    // Five files of 3.5 MiB: each under the 4 MiB a file may be, 17.5 MiB together.
+    let chunk = "x".repeat(3_500_000);
+    for i in 0..5 {
+        std::fs::write(ws.root().join(format!("big/{i}.txt")), &chunk).unwrap();
+    }
+    let mut d = ws.start();
+    ws.drop_task(
+        "bomb.json",
+        r#"{"id": "bomb", "prompt": "p", "agent": "good", "files": ["big/0.txt", "big/1.txt", "big/2.txt", "big/3.txt", "big/4.txt"]}"#,
+    );
+    let reason = match ws.wait_settled("bomb") {
+        Event::Escalated { reason, .. } => reason,
+        other => panic!("expected the task escalated, got {other:?}"),
+    };
+    assert!(
+        reason.contains("the prompt with its files would be over 16 MiB at `big/4.txt`"),
+        "expected the total's limit as the reason, got: {reason}"
+    );
+    // A file named twice never gets in.
+    let out = ws.cli(&[
+        "submit",
+        "p",
+        "--file",
+        "big/0.txt",
+        "--file",
+        "./big/0.txt",
+    ]);
+    assert_eq!(
+        stderr(&out),
+        "error: `files` names `big/0.txt` twice; name each file once\n",
+        "expected the repeated file refused at submit"
+    );
+    // The daemon is still there and runs the next task.
+    ws.drop_task(
+        "after.json",
+        r#"{"id": "after", "prompt": "p", "agent": "good"}"#,
+    );
+    assert!(
+        matches!(ws.wait_settled("after"), Event::Done { .. }),
+        "expected the daemon to go on"
+    );
+    d.stop();
+}

@@ -6,6 +6,10 @@ use super::*;
 /// Most bytes of one context file put into a prompt.
 pub(super) const MAX_CONTEXT_FILE: u64 = 4 * 1024 * 1024;
 
+/// Most bytes of a whole prompt with its files: what one attempt may hold in memory and write
+/// to its prompt file (no agent takes more; many files at the limit above would be gigabytes).
+pub(super) const MAX_PROMPT: usize = 16 * 1024 * 1024;
+
 /// The prompt an agent receives: the task's prompt, then each `context` file (under
 /// `.context/`) and each `files` entry (workspace files — in a worktree task, read from its
 /// tree: `(tree, the workspace's place in it)`), each in its own fenced section. The paths are
@@ -75,7 +79,14 @@ fn compose_prompt(
                     None => refused(in_context, &label, format!("cannot be read: {e}")),
                 },
             )?;
-        out.push_str(&format!("\n## {label}\n\n{}\n", escalate::fenced(&text)));
+        let section = format!("\n## {label}\n\n{}\n", escalate::fenced(&text));
+        if out.len().saturating_add(section.len()) > MAX_PROMPT {
+            return Err(PromptError::Refused(format!(
+                "the prompt with its files would be over {} MiB at `{label}`; name fewer or smaller files",
+                MAX_PROMPT >> 20
+            )));
+        }
+        out.push_str(&section);
     }
     Ok(out)
 }

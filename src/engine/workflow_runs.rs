@@ -31,6 +31,10 @@ fn round_judged(run: &str, r: crate::state::LoopRound) -> Event {
 }
 
 /// How long a loop's evaluator command may run.
+/// Most bytes of a phase's output made of its tasks' results (`parallel`, `map`…): later
+/// results are named, not copied in.
+const MAX_PHASE_OUTPUT: usize = 64 * 1024 * 1024;
+
 const EVALUATOR_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 impl Engine {
@@ -73,7 +77,23 @@ impl Engine {
                             if !parts.is_empty() {
                                 // A phase of many tasks: its output is all of their results.
                                 let mut text = String::new();
-                                for (label, path) in &parts {
+                                for (i, (label, path)) in parts.iter().enumerate() {
+                                    // Bounded: a map over thousands of files must not make one
+                                    // output of gigabytes; each result stays in its own file.
+                                    if text.len() > MAX_PHASE_OUTPUT {
+                                        text.push_str(&format!(
+                                            "… {} more result(s) not included here (this output stops at {} MiB); each is in its own file: {}\n",
+                                            parts.len() - i,
+                                            MAX_PHASE_OUTPUT >> 20,
+                                            parts[i..]
+                                                .iter()
+                                                .map(|(_, p)| p.as_str())
+                                                .take(50)
+                                                .collect::<Vec<_>>()
+                                                .join(", ")
+                                        ));
+                                        break;
+                                    }
                                     let body = fsutil::read_confined(
                                         self.ws.root(),
                                         path,

@@ -150,6 +150,9 @@ pub(super) fn scoped_files(
             out.push(f);
         }
     }
+    // Globs may overlap; each file goes into the prompt once.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|f| seen.insert(f.clone()));
     out
 }
 
