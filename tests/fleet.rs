@@ -58,11 +58,33 @@ fn tasks_go_to_the_workers_that_have_their_agent_and_come_back_done() {
             );
         }
     }
+    // A task's `output` is a path of its node's workspace: the worker's file of that name is
+    // never touched (written there, it replaced the worker's own files).
+    std::fs::create_dir_all(a.root().join("notes")).unwrap();
+    std::fs::write(a.root().join("notes/Makefile"), "the worker's own\n").unwrap();
+    submitter.drop_task(
+        "o1.json",
+        r#"{"id": "o1", "prompt": "to a path", "agent": "alpha", "output": "notes/Makefile"}"#,
+    );
+    assert!(
+        matches!(submitter.wait_settled("o1"), Event::Done { .. }),
+        "expected `o1` done"
+    );
+    let there = std::fs::read_to_string(submitter.root().join("notes/Makefile")).unwrap();
+    assert!(
+        there.contains("ok from alpha: to a path"),
+        "expected the result at the submitter's `output`, got {there:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.root().join("notes/Makefile")).unwrap(),
+        "the worker's own\n",
+        "expected the worker's own file of that name untouched"
+    );
     let (ra, rb) = (a.records(), b.records());
     assert_eq!(
         count(&ra, |e| matches!(e, Event::FleetTaken { .. })),
-        3,
-        "expected the alpha worker to take exactly the three alpha tasks"
+        4,
+        "expected the alpha worker to take exactly the four alpha tasks"
     );
     assert_eq!(
         count(&rb, |e| matches!(e, Event::FleetTaken { .. })),
@@ -71,8 +93,8 @@ fn tasks_go_to_the_workers_that_have_their_agent_and_come_back_done() {
     );
     assert_eq!(
         count(&ra, |e| matches!(e, Event::FleetSettled { won: true, .. })),
-        3,
-        "expected the alpha worker to claim three outcomes"
+        4,
+        "expected the alpha worker to claim four outcomes"
     );
     // Every node's attempts, from the events stream, by the worker that ran them.
     let by_worker = submitter.wait_until("`stats --fleet` to count both workers' attempts", || {
@@ -88,22 +110,28 @@ fn tasks_go_to_the_workers_that_have_their_agent_and_come_back_done() {
                 )
             })
             .collect();
-        (rows.len() == 2 && rows.iter().all(|(_, ok)| *ok == 3)).then_some(rows)
+        let expected = [("gpu", 4), ("laptop", 3)];
+        (rows.len() == 2
+            && rows
+                .iter()
+                .zip(expected)
+                .all(|((k, ok), (w, n))| k == w && *ok == n))
+        .then_some(rows)
     });
     assert_eq!(
         by_worker,
-        vec![("gpu".to_string(), 3), ("laptop".to_string(), 3)],
-        "expected three successful attempts on each worker"
+        vec![("gpu".to_string(), 4), ("laptop".to_string(), 3)],
+        "expected four successful attempts on the alpha worker, three on the beta one"
     );
     let text = submitter.cli(&["stats", "--fleet"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.lines()
-            .any(|l| l.starts_with("alpha") && l.contains(" 3 "))
+            .any(|l| l.starts_with("alpha") && l.contains(" 4 "))
             && text
                 .lines()
                 .any(|l| l.starts_with("beta") && l.contains(" 3 ")),
-        "expected `stats --fleet` to list alpha and beta with 3 attempts each, got:\n{text}"
+        "expected `stats --fleet` to list alpha with 4 attempts and beta with 3, got:\n{text}"
     );
     let refused = submitter.cli(&["stats", "--by", "worker"]);
     assert_eq!(

@@ -57,7 +57,11 @@ fn result_text(ws: &Workspace, task: &str) -> String {
 fn an_editing_task_is_done_on_a_worker_and_comes_back_as_a_branch() {
     let Some(nats) = Nats::start() else { return };
     let desk = desk(&nats);
-    let worker = editor_worker(&nats, "gpu", &[desk.root()]);
+    // It runs the `verify` another node's task brings (by default it would refuse the task).
+    let worker = Workspace::new(
+        &editor_config(&nats, "gpu", &[desk.root()])
+            .replace("\nagents:", "\n  run_task_verify: true\nagents:"),
+    );
     let main_before = git(desk.root(), &["rev-parse", "main"]);
     let _dd = desk.start();
     let _dw = worker.start();
@@ -157,6 +161,41 @@ fn a_refused_push_brings_the_work_back_as_a_bundle() {
     assert!(
         left.is_empty(),
         "expected the bundle removed once fetched, found {left:?}"
+    );
+}
+
+/// A worker runs no command of another machine's choosing unless its config says so: a task
+/// that brings its own `verify` is refused, and its node told why.
+#[test]
+fn a_worker_refuses_a_task_that_brings_its_own_verify() {
+    let Some(nats) = Nats::start() else { return };
+    let desk = desk(&nats);
+    let worker = editor_worker(&nats, "gpu", &[desk.root()]);
+    let _dd = desk.start();
+    let _dw = worker.start();
+    let marker = desk.root().join("verify-ran");
+    desk.drop_task(
+        "t4.json",
+        &format!(
+            r#"{{"prompt": "replace a.txt slot1 x\n", "agent": "ed", "verify": ["touch", "{}"]}}"#,
+            marker.display()
+        ),
+    );
+    let settled = desk.wait_settled("t4");
+    let Event::Escalated { reason, .. } = &settled else {
+        panic!("expected `t4` escalated, got {settled:?}");
+    };
+    assert!(
+        reason.contains("brings its own `verify` commands, which this worker does not run for other nodes (`cluster.run_task_verify: true`"),
+        "expected the reason to say why and what allows it, got {reason:?}"
+    );
+    assert!(!marker.exists(), "expected the task's `verify` never run");
+    assert!(
+        !worker
+            .records()
+            .iter()
+            .any(|r| matches!(r.event, Event::FleetTaken { .. })),
+        "expected the worker never to take the task"
     );
 }
 

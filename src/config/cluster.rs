@@ -38,6 +38,8 @@ pub(super) struct RawCluster {
     #[serde(default)]
     repositories: Vec<String>,
     #[serde(default)]
+    run_task_verify: Option<bool>,
+    #[serde(default)]
     nodes: std::collections::BTreeMap<String, crate::fleet::signing::RawMember>,
 }
 
@@ -93,6 +95,11 @@ pub struct Cluster {
     /// The repositories this worker edits for the fleet: an editing task whose repository is
     /// not under one of these is refused. Empty: it takes no editing tasks.
     pub repositories: Vec<crate::fleet::edits::Source>,
+    /// Whether this worker runs the `verify` commands another node's task brings with it
+    /// (`run_task_verify: true`). Off by default: a task from another machine then runs no
+    /// command of that machine's choosing here, only this worker's own config's; such a task
+    /// is refused (and offered to other workers).
+    pub run_task_verify: bool,
     /// The fleet's roster, each node's name and public nkey: with it, every node signs its
     /// tasks, outcomes and heartbeats with its `nkey` seed and takes only those signed by a
     /// node listed here (`crate::fleet::signing`). Empty: nothing is signed.
@@ -212,6 +219,7 @@ pub(super) fn build(raw: RawCluster) -> Result<Cluster, String> {
         work: raw.work.unwrap_or(true),
         repository,
         repositories,
+        run_task_verify: raw.run_task_verify.unwrap_or(false),
         nodes,
     })
 }

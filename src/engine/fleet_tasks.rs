@@ -439,10 +439,26 @@ impl Engine {
         if queued.edit.is_some() != edit.is_some() {
             return Taken::Refused("its repository was not readied on this worker".into());
         }
+        // Commands of another machine's choosing run here only when this worker says so.
+        if queued.spec.fields.verify.is_some()
+            && !self
+                .config
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.run_task_verify)
+        {
+            return Taken::Refused(
+                "it brings its own `verify` commands, which this worker does not run for other nodes (`cluster.run_task_verify: true` in its config allows it)".into(),
+            );
+        }
         let mut fields = queued.spec.fields.clone();
         fields.id = None;
         fields.after.clear();
         fields.parent = None;
+        // Its `output` names a file of the submitting node's workspace, where that node writes
+        // the result it is sent; here the result stays in this worker's outbox (written to the
+        // same path here, it replaced the worker's own files).
+        fields.output = None;
         // Where it works here is the fleet's decision (`tree_plan`): a worktree of the
         // repository it came with, or — a task that only answers — this workspace. Its node's
         // `base` and `merge_into` name that node's branches.

@@ -149,12 +149,19 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                     repo.add_worktree(path, &branch, &base)?
                 }
             };
-            if let Err(e) = copy_and_link(
-                &tree,
-                &tree.path.join(&plan.inside),
-                &plan.workspace_root,
-                &plan.setup,
-            ) {
+            // Nothing is copied through a link in the workspace's place (the check below
+            // refuses the tree).
+            let through_link = matches!(real_dir_below(&tree.path, &plan.inside), RealDir::Link(_));
+            if let Err(e) = if through_link {
+                Ok(())
+            } else {
+                copy_and_link(
+                    &tree,
+                    &tree.path.join(&plan.inside),
+                    &plan.workspace_root,
+                    &plan.setup,
+                )
+            } {
                 // Not recorded yet, so nobody would own it: removed, with its branch (at the
                 // base: nothing is lost), so a retry can make it again.
                 let _ = repo.remove_worktree(&tree);
@@ -194,18 +201,49 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
         start_clean(plan, &state)?;
     }
     let agent_dir = state.tree.path.join(&plan.inside);
-    if !agent_dir.is_dir() {
-        return Err(TreeError::Setup(format!(
-            "the workspace is `{}` inside the repository at `{}`, but git does not track it, so a worktree has no such directory; run `git init` in the workspace, or set `workdir: shared`",
-            plan.inside.display(),
-            repo.top.display()
-        )));
+    match real_dir_below(&state.tree.path, &plan.inside) {
+        RealDir::Yes => {}
+        RealDir::Missing => {
+            return Err(TreeError::Setup(format!(
+                "the workspace is `{}` inside the repository at `{}`, but git does not track it, so a worktree has no such directory; run `git init` in the workspace, or set `workdir: shared`",
+                plan.inside.display(),
+                repo.top.display()
+            )));
+        }
+        // A link committed in its place would take the agent out of the tree.
+        RealDir::Link(at) => {
+            return Err(TreeError::Setup(format!(
+                "`{}` in the task's tree is a symbolic link, not a directory: the agent would work wherever it points, outside the tree; refusing",
+                at.display()
+            )));
+        }
     }
     Ok(ReadyTree {
         state,
         made,
         agent_dir,
     })
+}
+
+/// Whether `top/inside` is a directory reached through directories only.
+enum RealDir {
+    Yes,
+    Missing,
+    /// This part of `inside` is a link (or not a directory at all).
+    Link(PathBuf),
+}
+
+fn real_dir_below(top: &std::path::Path, inside: &std::path::Path) -> RealDir {
+    let mut at = PathBuf::new();
+    for part in inside.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(top.join(&at)) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return RealDir::Link(at),
+            Err(_) => return RealDir::Missing,
+        }
+    }
+    RealDir::Yes
 }
 
 /// Puts an existing tree back at the base for a new attempt: what the last attempt left (if
@@ -588,5 +626,35 @@ impl Engine {
             delivered: true,
         };
         (plan, settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_directory_is_reached_through_directories_only() {
+        let top = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(top.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), top.path().join("a/link")).unwrap();
+        std::fs::write(top.path().join("a/file"), "").unwrap();
+        let cases: [(&str, &str); 6] = [
+            ("", "yes"),
+            ("a/b", "yes"),
+            ("a/link", "link a/link"),
+            ("a/link/x", "link a/link"),
+            ("a/file", "link a/file"),
+            ("a/none", "missing"),
+        ];
+        for (inside, expected) in cases {
+            let got = match real_dir_below(top.path(), std::path::Path::new(inside)) {
+                RealDir::Yes => "yes".to_string(),
+                RealDir::Missing => "missing".to_string(),
+                RealDir::Link(at) => format!("link {}", at.display()),
+            };
+            assert_eq!(got, expected, "for `{inside}`");
+        }
     }
 }
