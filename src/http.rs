@@ -540,6 +540,15 @@ async fn create_task(State(st): State<AppState>, body: Bytes) -> ApiResult {
         let message = e.0.replacen("the file is", "the body is", 1);
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
     })?;
+    // `parent` says an agent created the task inside an attempt (it counts against that task's
+    // `max_spawned_tasks`); a request over the network is no such thing.
+    if fields.parent.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "`parent` is set by dirigent for a task an agent creates inside an attempt; a task sent over HTTP cannot name one",
+        ));
+    }
     submit(&st.api, fields).await
 }
 

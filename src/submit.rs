@@ -109,6 +109,11 @@ pub fn prepare(
     if let Some(why) = unknown_dependency(ws, &fields.after, &exists) {
         return Err(SubmitError::Invalid(why));
     }
+    if let Some(parent) = fields.parent.as_deref()
+        && !exists(parent)
+    {
+        return Err(SubmitError::Invalid(unknown_parent(parent)));
+    }
     if exists(&id) {
         return Err(SubmitError::Exists(Taken::Known(id)));
     }
@@ -135,6 +140,13 @@ pub fn unknown_dependency(
     Some(format!(
         "`after` names `{dep}`, which is no task of this workspace (`dirigent status` lists them); submit the tasks it depends on first"
     ))
+}
+
+/// Why a task's `parent` (the task whose attempt created it) cannot be so: no such task.
+pub fn unknown_parent(parent: &str) -> String {
+    format!(
+        "`parent` names `{parent}`, which is no task of this workspace; it is set by dirigent for a task an agent creates inside an attempt"
+    )
 }
 
 /// Why `start` could never run: its `after` leads back to it (`a → b → a`, or `a` after

@@ -949,6 +949,40 @@ fn an_agent_that_keeps_creating_tasks_is_bounded() {
     assert_eq!(received, 6, "the root and five generations");
 }
 
+/// `parent` (the task whose attempt created this one, counted against its
+/// `max_spawned_tasks`) is dirigent's word, not a submitter's: over HTTP it is refused, and a
+/// file naming a task that does not exist is rejected — so no submitter can use up another
+/// task's allowance or claim a parent that never was.
+#[test]
+fn a_submitter_cannot_claim_a_parent() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, base, token) = ws.start_http();
+    let reply = common::http(
+        &base,
+        "POST",
+        "/tasks",
+        Some(&token),
+        Some(r#"{"prompt": "spoof", "parent": "someone"}"#),
+    );
+    assert_eq!(reply.status, 400, "expected a 400, got {}", reply.body);
+    assert_eq!(
+        reply.json()["error"]["message"],
+        "`parent` is set by dirigent for a task an agent creates inside an attempt; a task sent over HTTP cannot name one",
+        "expected the refusal to say why"
+    );
+    ws.drop_task("orphan.json", r#"{"prompt": "p", "parent": "never-was"}"#);
+    let reason = ws.wait_for("the file naming an unknown parent to be rejected", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::Rejected { file, reason, .. } if file == "orphan.json" => Some(reason.clone()),
+            _ => None,
+        })
+    });
+    assert!(
+        reason.starts_with("`parent` names `never-was`, which is no task of this workspace"),
+        "expected the unknown parent named, got {reason}"
+    );
+}
+
 #[test]
 fn an_escapee_that_changed_its_variables_is_still_caught() {
     let ws = Workspace::new(CONFIG);

@@ -162,6 +162,9 @@ impl Engine {
                     crate::task::accept(id, fields, &self.config, self.ws.root()).map_err(|e| e.0)
                 })
                 .and_then(|spec| match &spec.fields.parent {
+                    Some(parent) if !self.book.contains(parent) => {
+                        Err(crate::submit::unknown_parent(parent))
+                    }
                     Some(parent) => {
                         // Tasks agents create: bounded per original task, so an agent that
                         // keeps submitting (each task submitting the next) stops.
