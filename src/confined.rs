@@ -189,6 +189,8 @@ const PRIVATE_IN_CONTEXT: &[&str] = &[
     "daemon.sock",
     "ledger.jsonl",
     "ledger.snapshot.json",
+    // `dirigent open`'s page: it holds a login link that works once, within minutes.
+    "dashboard-login.html",
 ];
 
 /// A path under `.context/` that a task may name as context: normalised, and none of

@@ -102,6 +102,7 @@ fn secrets_in_context_are_never_context() {
         r#"{"prompt": "p", "agent": "good", "context": ["./dirigent.yaml"]}"#,
         r#"{"prompt": "p", "agent": "good", "context": ["isolation/claude/0/.credentials.json"]}"#,
         r#"{"prompt": "p", "agent": "good", "files": [".context/http.token"]}"#,
+        r#"{"prompt": "p", "agent": "good", "context": ["Dashboard-Login.html"]}"#,
     ]
     .iter()
     .enumerate()
