@@ -435,9 +435,36 @@ pub fn accept(
                 "`output` path `{out}` names a directory; name the file the result goes to (`{out}result.md`)"
             ));
         }
+        if out == "~" || out.starts_with("~/") {
+            return reject(format!(
+                "`output` path `{out}`: `~` is not your home directory here; paths are relative to the workspace (write `{}`)",
+                out.trim_start_matches('~').trim_start_matches('/')
+            ));
+        }
         *out = confined::workspace_path("output", out)
             .map_err(|e| Reject(e.to_string()))?
             .to_string();
+        // What can be seen now is said now, not after the agent ran: a directory where the
+        // file goes, a link on the way (the write refuses both again, as they may appear later).
+        let mut at = root.to_path_buf();
+        let parts: Vec<&str> = out.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            at.push(part);
+            let Ok(meta) = std::fs::symlink_metadata(&at) else {
+                break;
+            };
+            let so_far = parts[..=i].join("/");
+            if meta.file_type().is_symlink() {
+                return reject(format!(
+                    "`output` path `{out}` goes through `{so_far}`, a symbolic link; dirigent writes results only through real directories"
+                ));
+            }
+            if i + 1 == parts.len() && meta.is_dir() {
+                return reject(format!(
+                    "`output` path `{out}` is a directory; name the file the result goes to (`{out}/result.md`)"
+                ));
+            }
+        }
     }
     if let Some(parent) = &fields.parent {
         validate_name(parent).map_err(|m| Reject(format!("`parent` id `{parent}`: {m}")))?;

@@ -920,13 +920,39 @@ fn flaky_agent_succeeds_on_a_later_task() {
 
 #[test]
 fn an_output_path_through_a_symlink_out_of_the_workspace_escalates() {
-    let ws = Workspace::new(CHAIN_CONFIG);
     let outside = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(outside.path(), ws.root().join("docs")).unwrap();
+    // An agent that plants the link while it runs, after the task was accepted.
+    let ws = Workspace::new(&format!(
+        "{CHAIN_CONFIG}  linker: {{ command: [\"sh\", \"-c\", \"ln -s '{}' docs && cat\"], prompt: stdin }}\n",
+        outside.path().display()
+    ));
     let _d = ws.start();
+    // A link already there when the task arrives: refused at once, before any agent runs.
+    std::os::unix::fs::symlink(outside.path(), ws.root().join("early")).unwrap();
+    ws.drop_task(
+        "early.json",
+        r#"{"prompt": "p", "agent": "good", "output": "early/x.md"}"#,
+    );
+    let reason = ws.wait_for(
+        "the task with a link in its `output` to be rejected",
+        |recs| {
+            recs.iter().find_map(|r| match &r.event {
+                Event::Rejected { file, reason, .. } if file == "early.json" => {
+                    Some(reason.clone())
+                }
+                _ => None,
+            })
+        },
+    );
+    assert_eq!(
+        reason,
+        "`output` path `early/x.md` goes through `early`, a symbolic link; dirigent writes results only through real directories",
+        "expected the link named at intake"
+    );
+    // One planted while the agent runs is refused where the result is written.
     ws.drop_task(
         "sneaky.json",
-        r#"{"prompt": "p", "agent": "good", "output": "docs/x.md"}"#,
+        r#"{"prompt": "p", "agent": "linker", "output": "docs/x.md"}"#,
     );
     let ev = ws.wait_settled("sneaky");
     let Event::Escalated { reason, .. } = &ev else {
@@ -944,8 +970,37 @@ fn an_output_path_through_a_symlink_out_of_the_workspace_escalates() {
     // The attempt itself succeeded; only the result could not be delivered.
     assert_eq!(
         ws.attempts("sneaky"),
-        [("good".to_string(), "ok".to_string())],
+        [("linker".to_string(), "ok".to_string())],
         "the attempt itself succeeded; only its result could not be delivered"
+    );
+}
+
+/// An `output` that is a directory, or that starts with `~`, is refused when the task arrives,
+/// not after its agent ran.
+#[test]
+fn an_output_that_cannot_be_written_is_refused_at_the_door() {
+    let ws = Workspace::new(CHAIN_CONFIG);
+    std::fs::create_dir_all(ws.root().join("src")).unwrap();
+    for (output, expected) in [
+        (
+            "src",
+            "error: `--output` `src` is a directory; name the file the result goes to (`src/result.md`)\n",
+        ),
+        (
+            "~/notes.md",
+            "error: `--output` `~/notes.md`: `~` is not your home directory here; paths are relative to the workspace (write `notes.md`)\n",
+        ),
+    ] {
+        let out = ws.cli(&["submit", "p", "--output", output]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            expected,
+            "expected `--output {output}` refused"
+        );
+    }
+    assert!(
+        !ws.root().join("~").exists(),
+        "expected no directory named `~` made"
     );
 }
 
