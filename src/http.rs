@@ -15,13 +15,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request as HttpRequest, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -190,22 +190,15 @@ fn max_connections() -> usize {
 }
 
 /// Accepts connections until `stop` fires, each served by hyper with a header timeout; then
-/// asks open connections to finish (event streams and waits end with the daemon's stop).
+/// asks open connections to finish (event streams and waits end with the daemon's stop). When
+/// every place is taken, a stranger's connection makes room (see [`crate::http_conns`]).
 async fn accept_loop(listener: tokio::net::TcpListener, app: Router, stop: oneshot::Receiver<()>) {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let limit = max_connections();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
+    let conns = crate::http_conns::Conns::new(max_connections());
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let mut backoff = crate::accept::Backoff::default();
     tokio::pin!(stop);
     loop {
-        let permit = tokio::select! {
-            _ = &mut stop => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let stream = tokio::select! {
             _ = &mut stop => break,
             got = listener.accept() => match got {
@@ -219,11 +212,26 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, stop: onesh
                 }
             },
         };
+        // Every place held by a token's holder: this one waits for a place, the next ones in
+        // the listen queue.
+        let place = loop {
+            if let Some(place) = conns.admit() {
+                break Some(place);
+            }
+            tokio::select! {
+                _ = &mut stop => break None,
+                () = conns.freed() => {}
+            }
+        };
+        let Some(place) = place else { break };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let trust = crate::http_conns::ConnTrust(place.trusted.clone());
+        let service =
+            hyper_util::service::TowerToHyperService::new(app.clone().layer(Extension(trust)));
         let mut closing = closing.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let evict = place.evict.clone();
+            let _place = place;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -233,6 +241,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, stop: onesh
             loop {
                 tokio::select! {
                     _ = conn.as_mut() => break,
+                    // Room for another connection: this one never showed the token.
+                    () = evict.notified() => break,
                     changed = closing.changed() => {
                         if changed.is_err() || *closing.borrow() {
                             conn.as_mut().graceful_shutdown();
@@ -246,7 +256,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Router, stop: onesh
     }
     let _ = closing_tx.send(true);
     // Wait until every connection has finished (the daemon's stop bounds this).
-    let _ = slots.acquire_many(limit as u32).await;
+    while conns.open() > 0 {
+        conns.freed().await;
+    }
 }
 
 /// Reads the request body under a time and a size limit (`limit`) before its route sees it: a
@@ -405,10 +417,17 @@ async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> 
     let Some(token) = st.token.get() else {
         return ApiError::token_unusable().into_response();
     };
+    // A connection that shows the token is never closed to make room for a stranger's.
+    let trust = |req: &HttpRequest| {
+        if let Some(t) = req.extensions().get::<crate::http_conns::ConnTrust>() {
+            t.trust();
+        }
+    };
     if !req.headers().contains_key(header::AUTHORIZATION)
         && let Some(s) = crate::dashboard::session_of(&token, &st.cookie, req.headers())
     {
         if crate::dashboard::csrf_ok(&token, req.headers(), &s) {
+            trust(&req);
             return next.run(req).await;
         }
         return ApiError::new(
@@ -430,7 +449,10 @@ async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> 
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
     match given {
-        Some(t) if same(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(t) if same(t.as_bytes(), token.as_bytes()) => {
+            trust(&req);
+            next.run(req).await
+        }
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "authentication_error",

@@ -32,6 +32,7 @@ pub mod follow;
 pub mod fsutil;
 pub mod git;
 pub mod http;
+pub mod http_conns;
 pub mod http_views;
 pub mod inbox;
 pub mod integrity;

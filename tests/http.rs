@@ -766,3 +766,41 @@ fn the_brief_event_stream_says_what_changed_in_few_small_events() {
         assert!(tasks.iter().any(|t| t == id), "`{id}` in {tasks:?}");
     }
 }
+
+/// Strangers who hold every connection — each sends a login form's headers and never its body,
+/// which the door waits 30 s for — do not keep the token's holder out: the oldest stranger's
+/// connection is closed to make room, and the request with the token is answered.
+#[test]
+fn strangers_holding_every_connection_do_not_keep_the_token_out() {
+    use std::io::{Read, Write};
+    let ws = Workspace::new(CONFIG);
+    let (_d, base, token) = ws.start_http();
+    let addr = base.trim_start_matches("http://").to_string();
+    // More than the door's 256 places.
+    let strangers: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    // Without room made, this waited until the strangers' bodies timed out (30 s).
+    let mut mine = std::net::TcpStream::connect(&addr).unwrap();
+    mine.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    mine.write_all(
+        format!(
+            "GET /agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let read = mine.read_to_string(&mut reply);
+    assert!(
+        read.is_ok() && reply.starts_with("HTTP/1.1 200"),
+        "expected the token's request answered while strangers held the door, got {read:?}: {reply:?}"
+    );
+    drop(strangers);
+}
