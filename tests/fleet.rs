@@ -466,11 +466,84 @@ fn status_and_fleet_name_the_workers_and_the_agents_no_worker_runs() {
         text.contains("workers: gpu (alpha; 0/2)"),
         "expected status to list the live worker, got:\n{text}"
     );
+    // The task's own view, and a client waiting for such a task, say why it waits.
+    let out = submitter.cli(&["status", "b"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("waiting:  no live worker of the fleet runs `beta`; the task runs once one that does joins"),
+        "expected `status b` to say why it waits, got:\n{text}"
+    );
+    let mut waiting = submitter.cli_spawn(&["submit", "p2", "--agent", "beta", "--wait"]);
+    let stderr = waiting.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut said = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(patience()) {
+            Ok(line) if line.contains("waiting: no live worker of the fleet runs `beta`") => {
+                break true;
+            }
+            Ok(line) => said.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = waiting.kill();
+    let _ = waiting.wait();
+    assert!(
+        found,
+        "expected `submit --wait` to say why the task waits, it said:\n{}",
+        said.join("\n")
+    );
     let out = worker.cli(&["fleet"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("gpu") && text.contains("live"),
         "expected `dirigent fleet` on the worker to list itself live, got:\n{text}"
+    );
+}
+
+/// A node whose server cannot be reached says so: `fleet` and `status --fleet` exit 1 and
+/// name the problem.
+#[test]
+fn a_node_without_its_server_says_so_everywhere() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ws = Workspace::new(&format!(
+        "cluster:\n  url: nats://127.0.0.1:{port}\n  name: desk\n  work: false\nagents:\n  a: {{ command: [\"absent-cli\"] }}\n"
+    ));
+    let _d = ws.start();
+    let out = ws.wait_until("`fleet` to say the server is away", || {
+        let out = ws.cli(&["fleet"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("not connected")
+            .then_some(out)
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected `fleet` to exit 1 without its server: {out:?}"
+    );
+    let out = ws.cli(&["status", "--fleet"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.code() == Some(1)
+            && text.starts_with("fleet:   not connected to the fleet's server (")
+            && text.contains("nothing heard from the fleet yet"),
+        "expected `status --fleet` to say the server is away and exit 1, got {out:?}"
     );
 }
 

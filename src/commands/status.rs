@@ -210,6 +210,19 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             (_, Some(progress)) => println!("state:    running: {progress}"),
             _ => {
                 println!("state:    {}", describe(t));
+                // What only the daemon knows: why a task on the fleet has no worker yet.
+                if live.answering
+                    && !t.phase().is_terminal()
+                    && let Ok(r) = dirigent::control::request(
+                        ws,
+                        &dirigent::control::Request::Get {
+                            id: t.id().to_string(),
+                        },
+                    )
+                    && let Some(why) = r.data.as_ref().and_then(|d| d["waiting_for"].as_str())
+                {
+                    println!("waiting:  {why}");
+                }
                 // A reason's further lines (a conflict's regions, each proposer's failure) under
                 // it, as far as a screen holds them; the report has all.
                 if let Phase::Failed { reason, .. } = t.phase() {
@@ -806,9 +819,15 @@ pub fn fleet(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
             "this daemon is not in a fleet: add a `cluster:` section to .context/dirigent.yaml (see docs/cluster.md)"
         );
     };
+    // Exit 1 while the server is away: a script asking "is the fleet there?" is told no.
+    let code = if fleet["connected"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    };
     if as_json {
         println!("{}", serde_json::to_string_pretty(&fleet)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     for line in fleet_lines(&fleet) {
         println!("{line}");
@@ -846,7 +865,7 @@ pub fn fleet(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
             }
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// `dirigent status --fleet`: every node's tasks, from the fleet's events stream, as the running
@@ -868,9 +887,33 @@ pub fn fleet_status(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let nodes = data["nodes"].as_array().cloned().unwrap_or_default();
+    // Without the server, what follows is what was heard before it went away (or nothing).
+    let away = (data["fleet"]["connected"] != true).then(|| {
+        format!(
+            "fleet:   not connected to the fleet's server{}; {}",
+            data["fleet"]["problem"]
+                .as_str()
+                .map(|p| format!(" ({})", dirigent::terminal::printable(p)))
+                .unwrap_or_default(),
+            if nodes.is_empty() {
+                "nothing heard from the fleet yet"
+            } else {
+                "the tasks below are as last heard, and may be stale"
+            }
+        )
+    });
+    if let Some(away) = &away {
+        println!("{away}");
+    }
     if nodes.is_empty() {
-        println!("no records from the fleet yet");
-        return Ok(ExitCode::SUCCESS);
+        if away.is_none() {
+            println!("no records from the fleet yet");
+        }
+        return Ok(if away.is_some() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     println!(
         "{:<16} {:<28} {:<9} {:<14} WHERE",

@@ -345,6 +345,10 @@ fn wait_for(
     let mut stopped_cleanly = false;
     // The stop was already told (the task was put back into the inbox).
     let mut stop_told = false;
+    // Why the task waits, as the daemon last said (a fleet with no worker for its agent, a
+    // server away): asked every few seconds while nothing runs, said when it changes.
+    let mut waiting_for: Option<String> = None;
+    let mut asked = Instant::now();
     loop {
         let records = follower.next_records()?;
         for r in records {
@@ -451,10 +455,33 @@ fn wait_for(
             gone_unconfirmed = false;
             daemon = now;
         }
+        if current.is_empty() && daemon.is_some() && asked.elapsed() >= WHY_EVERY {
+            asked = Instant::now();
+            let why = dirigent::control::request(
+                ws,
+                &dirigent::control::Request::Get { id: id.to_string() },
+            )
+            .ok()
+            .and_then(|r| r.data)
+            .and_then(|d| d["waiting_for"].as_str().map(str::to_string));
+            if why != waiting_for {
+                live.clear();
+                let t = short(started.elapsed());
+                match &why {
+                    Some(why) => eprintln!("[{t}] waiting: {why}"),
+                    None if waiting_for.is_some() => eprintln!("[{t}] no longer waiting for that"),
+                    None => {}
+                }
+                waiting_for = why;
+            }
+        }
         live.draw(&line);
         waker.wait(Duration::from_secs(1));
     }
 }
+
+/// How often `--wait` asks the daemon why a task that runs nowhere waits.
+const WHY_EVERY: Duration = Duration::from_secs(3);
 
 /// The one redrawn status line of `--wait` on a terminal. It is drawn only when its text
 /// changed and at most every [`LiveLine::MIN_GAP`], so a busy ledger cannot flood the

@@ -132,6 +132,39 @@ impl Engine {
         Some(out)
     }
 
+    /// Why a task published to the fleet from here has no worker yet, when this node can tell:
+    /// the server is away, or no live worker runs its agent. `None` for any other task.
+    pub(super) fn fleet_wait(&self, t: &TaskRecord) -> Option<String> {
+        let link = self.fleet.as_ref()?;
+        let Some(FleetPart::Published {
+            subject,
+            worker: None,
+            ..
+        }) = t.more().fleet.as_deref()
+        else {
+            return None;
+        };
+        if t.phase().is_terminal() {
+            return None;
+        }
+        let view = fleet::heartbeat::lock(&link.view);
+        if !view.connected {
+            return Some(format!(
+                "the fleet's server is not connected{}; the task waits on its queue and goes to a worker once this node is back",
+                view.problem
+                    .as_deref()
+                    .map(|p| format!(" ({})", crate::terminal::printable(p)))
+                    .unwrap_or_default()
+            ));
+        }
+        let agent = fleet::agent_of_subject(subject);
+        (!view.runs(&agent)).then(|| {
+            format!(
+                "no live worker of the fleet runs `{agent}`; the task runs once one that does joins (`dirigent fleet` lists the workers)"
+            )
+        })
+    }
+
     /// Tells the fleet about a start in a provider's `starts_per_minute` window.
     pub(super) fn tell_fleet_started(&self, window: &str) {
         if let (Some(link), Some(provider)) = (&self.fleet, window.strip_prefix("provider:")) {

@@ -484,7 +484,13 @@ impl Engine {
         use serde_json::json;
         if let Some(t) = self.book.get(id) {
             return match serde_json::to_value(t) {
-                Ok(v) => Response::data(v),
+                Ok(mut v) => {
+                    // What it waits for, where only the daemon knows (a waiting client says it).
+                    if let Some(why) = self.fleet_wait(t) {
+                        v["waiting_for"] = why.into();
+                    }
+                    Response::data(v)
+                }
                 Err(e) => Response::error(format!("cannot serialise task `{id}`: {e}")),
             };
         }

@@ -91,6 +91,21 @@ impl Workspace {
             .unwrap()
     }
 
+    /// Starts a `dirigent` command on this workspace without waiting for it (stdout and
+    /// stderr piped), for one that waits: the test reads what it says, then ends it.
+    #[allow(dead_code)]
+    pub fn cli_spawn(&self, args: &[&str]) -> Child {
+        Command::new(BIN)
+            .args(args)
+            .env("DIRIGENT_ROOT", self.root())
+            .env("DIRIGENT_STATE_DIR", self.state.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Starts `dirigent daemon` on this workspace.
     pub fn start(&self) -> Daemon {
         self.start_with(&[])
