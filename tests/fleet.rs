@@ -547,6 +547,26 @@ fn a_node_without_its_server_says_so_everywhere() {
     );
 }
 
+/// A token from a variable the daemon's environment lacks cannot come by retrying: the daemon
+/// refuses to start, saying which variable and where to set it.
+#[test]
+fn a_missing_token_variable_stops_the_start_with_the_reason() {
+    let ws = Workspace::new(
+        "cluster:\n  url: nats://127.0.0.1:4222\n  name: desk\n  token_env: DIRIGENT_TEST_NO_SUCH_TOKEN\nagents:\n  a: { command: [\"absent-cli\"] }\n",
+    );
+    let mut d = ws.start();
+    let status = d.wait();
+    assert!(
+        !status.success(),
+        "expected the start refused, got {status}"
+    );
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("`cluster.token_env: DIRIGENT_TEST_NO_SUCH_TOKEN` names a variable this daemon's environment does not have"),
+        "expected the variable named, got:\n{log}"
+    );
+}
+
 #[test]
 fn fleet_on_a_daemon_outside_a_fleet_says_how_to_join_one() {
     let ws = Workspace::new("agents:\n  a: { command: [\"{agents}/ok.sh\"] }\n");

@@ -22,6 +22,9 @@ pub enum DaemonError {
     Http { addr: String, cause: std::io::Error },
     #[error("cannot watch the inbox `{path}`: {cause}")]
     Watch { path: String, cause: notify::Error },
+    /// A fleet credential that no retry can bring (a variable the environment lacks).
+    #[error("{0}")]
+    Fleet(String),
 }
 
 /// Runs the daemon on `ws` until `shutdown` resolves, then stops gracefully: no new claims,
@@ -144,6 +147,15 @@ pub async fn run_with_options(
     // that tasks found accepted but not yet published go to the queue.
     let (fleet, fleet_running) = match &config.cluster {
         Some(cluster) => {
+            // Retrying cannot make a variable appear in this process's environment: said now.
+            if let crate::config::cluster::Auth::Token(crate::config::notify::Secret::Env(var)) =
+                &cluster.auth
+                && std::env::var(var).map_or(true, |v| v.is_empty())
+            {
+                return Err(DaemonError::Fleet(format!(
+                    "`cluster.token_env: {var}` names a variable this daemon's environment does not have (or is empty); set it where the daemon starts (for a service: `Environment=` in its unit, or an `EnvironmentFile=`)"
+                )));
+            }
             let to_engine = tx.clone();
             let (link, running) = crate::fleet::start(
                 cluster.clone(),

@@ -70,6 +70,10 @@ pub enum ConnectError {
     #[error("cannot reach the fleet's server at `{url}`: {cause}")]
     Connect { url: String, cause: String },
     #[error(
+        "the fleet's server at `{url}` refused this node's credentials ({cause}): check `cluster.token`, `token_env`, `nkey` or `creds`, and the server's `authorization`"
+    )]
+    Refused { url: String, cause: String },
+    #[error(
         "the fleet's server at `{url}` refused to set up JetStream (is it started with `-js`?): {cause}"
     )]
     JetStream { url: String, cause: String },
@@ -188,13 +192,24 @@ pub async fn connect(
         }
     }
     let servers: Vec<&str> = cluster.url.split(',').map(str::trim).collect();
-    let client = options
-        .connect(servers.as_slice())
-        .await
-        .map_err(|e| ConnectError::Connect {
-            url: url.clone(),
-            cause: e.to_string(),
-        })?;
+    let client = options.connect(servers.as_slice()).await.map_err(|e| {
+        let cause = e.to_string();
+        // Reached, and turned away: not a network problem, and retrying will not fix it.
+        if cause
+            .to_ascii_lowercase()
+            .contains("authorization violation")
+        {
+            ConnectError::Refused {
+                url: url.clone(),
+                cause,
+            }
+        } else {
+            ConnectError::Connect {
+                url: url.clone(),
+                cause,
+            }
+        }
+    })?;
     let js = jetstream::new(client.clone());
     let js_err = |e: &dyn std::fmt::Display| ConnectError::JetStream {
         url: url.clone(),
