@@ -364,6 +364,11 @@ fn a_task_escalated_on_the_fleet_runs_there_again_when_retried() {
         reason.contains("on worker `gpu`"),
         "expected the reason to name the worker, got {reason:?}"
     );
+    // The node has no record of attempts made elsewhere: the reason carries them.
+    assert!(
+        reason.contains("Attempts on this worker (task `desk.t` here; `dirigent logs desk.t` on it shows their output):\n- attempt 1: flaky → "),
+        "expected the worker's attempts in the reason, got {reason:?}"
+    );
     // `retry` asks the daemon, which applies the escalation just after the ledger has it.
     submitter.wait_state("t", "failed");
     let out = submitter.cli(&["retry", "t"]);

@@ -638,7 +638,7 @@ impl Engine {
                 if reason != HANDED_BACK_REASON && reason != crate::state::CANCELLED_REASON =>
             {
                 Some(End::Escalated {
-                    reason: reason.clone(),
+                    reason: with_attempts(reason, t),
                     attempts: t.attempts().len() as u32,
                 })
             }
@@ -881,6 +881,35 @@ fn receive_work(
         let _ = std::fs::remove_file(b);
     }
     edits::describe(work, worker, repository, &received)
+}
+
+/// An escalation's reason as its node is told it: with how each attempt here ended (agent,
+/// class, exit, the attempt's reason) and the local id to look its output up by, since the node
+/// has no record of attempts made on another machine.
+fn with_attempts(reason: &str, t: &TaskRecord) -> String {
+    if t.attempts().is_empty() {
+        return reason.to_string();
+    }
+    let mut out = format!(
+        "{reason}\n\nAttempts on this worker (task `{}` here; `dirigent logs {}` on it shows their output):",
+        t.id(),
+        t.id()
+    );
+    for a in t.attempts().iter().take(20) {
+        let ended = match (a.exit_code, a.signal) {
+            (_, Some(sig)) => format!("signal {sig}"),
+            (Some(code), None) => format!("exit code {code}"),
+            _ => "no exit".into(),
+        };
+        out.push_str(&format!(
+            "\n- attempt {}: {} → {} ({ended}): {}",
+            a.n,
+            a.agent,
+            a.class.map_or("?", |c| c.as_str()),
+            crate::progress::one_line(&a.reason, 300)
+        ));
+    }
+    out
 }
 
 /// Local ids leave room for a copy's number (`.NN`) under the names' 128 characters.
