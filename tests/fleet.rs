@@ -517,6 +517,49 @@ fn status_and_fleet_name_the_workers_and_the_agents_no_worker_runs() {
     );
 }
 
+/// An agent a worker's config gains by a reload is pulled for at once: a task that waited for
+/// it runs, and the worker's heartbeat lists it.
+#[test]
+fn an_agent_added_to_a_workers_config_is_pulled_for_after_the_reload() {
+    let Some(nats) = Nats::start() else { return };
+    let submitter = submitter(&nats, &["alpha", "beta"]);
+    let worker = ok_worker(&nats, "gpu", &["alpha"]);
+    let _ds = submitter.start();
+    let _dw = worker.start();
+    wait_live(&submitter, "gpu");
+    submitter.drop_task("b.json", r#"{"id": "b", "prompt": "p", "agent": "beta"}"#);
+    submitter.wait_for("`b` to be published", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Published { task, .. } if task == "b"))
+            .then_some(())
+    });
+    worker.write_config(&node(
+        &nats,
+        "gpu",
+        true,
+        "  alpha: { command: [\"{agents}/ok.sh\"] }\n  beta: { command: [\"{agents}/ok.sh\"] }\n",
+    ));
+    assert!(
+        matches!(submitter.wait_settled("b"), Event::Done { .. }),
+        "expected `b` done once the worker runs beta"
+    );
+    let agents = submitter.wait_until("the worker's heartbeat to list beta", || {
+        let out = submitter.cli(&["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let gpu = v["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["name"] == "gpu")?
+            .clone();
+        (gpu["agents"] == serde_json::json!(["alpha", "beta"])).then_some(gpu["agents"].clone())
+    });
+    assert_eq!(
+        agents,
+        serde_json::json!(["alpha", "beta"]),
+        "expected both agents listed"
+    );
+}
+
 /// A node whose server cannot be reached says so: `fleet` and `status --fleet` exit 1 and
 /// name the problem.
 #[test]

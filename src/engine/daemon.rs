@@ -145,6 +145,7 @@ pub async fn run_with_options(
     let notifier = crate::service::Notifier::from_env();
     // Fleet mode: the component that talks to the fleet's server, started before recovery so
     // that tasks found accepted but not yet published go to the queue.
+    let fleet_agents = capabilities(&config, ws.root());
     let (fleet, fleet_running) = match &config.cluster {
         Some(cluster) => {
             // Retrying cannot make a variable appear in this process's environment: said now.
@@ -160,7 +161,7 @@ pub async fn run_with_options(
             let (link, running) = crate::fleet::start(
                 cluster.clone(),
                 ws.root().to_path_buf(),
-                capabilities(&config, ws.root()),
+                fleet_agents.clone(),
                 config.concurrency,
                 &ledger.live(),
                 Arc::new(move |m| drop(to_engine.send(Msg::Fleet(m)))),
@@ -172,6 +173,7 @@ pub async fn run_with_options(
     let mut engine = Engine {
         fleet,
         fleet_waiting: Vec::new(),
+        fleet_agents,
         hand_backs: Vec::new(),
         starts_elsewhere: HashMap::new(),
         live,
@@ -377,7 +379,7 @@ pub async fn run_with_options(
 }
 
 /// The agents this node offers the fleet: those configured whose program is installed.
-fn capabilities(config: &Config, root: &std::path::Path) -> Vec<String> {
+pub(super) fn capabilities(config: &Config, root: &std::path::Path) -> Vec<String> {
     config
         .agents
         .iter()

@@ -72,6 +72,7 @@ impl Engine {
                         let source = config.source.clone();
                         self.config = Arc::new(config);
                         self.config_watch.send_replace(self.config.clone());
+                        self.tell_fleet_agents();
                         Event::ConfigReloaded {
                             trigger: trigger.to_string(),
                             source,
@@ -161,6 +162,7 @@ impl Engine {
             self.retry_waiting_merges();
             self.pump_merges();
             self.expire_kept_trees();
+            self.tell_fleet_agents();
             self.ingest().await;
         }
     }

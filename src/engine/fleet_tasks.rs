@@ -165,6 +165,18 @@ impl Engine {
         })
     }
 
+    /// Tells the fleet component which agents this node runs, when that changed since it was
+    /// last told: after a config reload, and at every inbox rescan (an agent's CLI installed
+    /// or removed since).
+    pub(super) fn tell_fleet_agents(&mut self) {
+        let Some(link) = &self.fleet else { return };
+        let now = super::daemon::capabilities(&self.config, self.ws.root());
+        if now != self.fleet_agents {
+            let _ = link.to_fleet.send(ToFleet::Agents(now.clone()));
+            self.fleet_agents = now;
+        }
+    }
+
     /// Tells the fleet about a start in a provider's `starts_per_minute` window.
     pub(super) fn tell_fleet_started(&self, window: &str) {
         if let (Some(link), Some(provider)) = (&self.fleet, window.strip_prefix("provider:")) {

@@ -206,6 +206,9 @@ struct Engine {
     fleet: Option<crate::fleet::Link>,
     /// Messages from the fleet component not yet carried out (they need the ledger).
     fleet_waiting: Vec<crate::fleet::ToEngine>,
+    /// Fleet mode: the agents this node last told the fleet it runs (see
+    /// [`Engine::tell_fleet_agents`]).
+    fleet_agents: Vec<String>,
     /// Tasks taken off the fleet's queue that go back to it (found at start).
     hand_backs: Vec<String>,
     /// Fleet mode: the other workers' starts in the last minute, by `provider:NAME` window and

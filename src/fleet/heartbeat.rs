@@ -160,10 +160,14 @@ fn latest_json(slot: &Option<(String, u64)>) -> serde_json::Value {
 pub async fn beat(
     conn: Connection,
     mut me: Heartbeat,
+    agents: Option<tokio::sync::watch::Receiver<Vec<String>>>,
     running: impl Fn() -> usize + Send + 'static,
     view: SharedView,
 ) {
     loop {
+        if let Some(agents) = &agents {
+            me.agents = agents.borrow().clone();
+        }
         me.running = running();
         (me.spend_day, me.spend) = lock(&view).own_spend.clone();
         me.at_ms = crate::ledger::now_ms();

@@ -361,6 +361,9 @@ pub enum ToFleet {
     /// A task published here was cancelled here: taken off the queue if it waits there, its
     /// outcome claimed as cancelled, and the worker that runs it told.
     Cancel { key: String, seq: u64 },
+    /// The agents this node can run changed (a config reload, an agent installed): the worker
+    /// pulls for those and its heartbeat says so.
+    Agents(Vec<String>),
 }
 
 /// An editing task to publish: the repository workers reach (`cluster.repository`), the
@@ -579,9 +582,12 @@ async fn run(
         left: false,
     };
     let in_hand = held.clone();
+    // The agents it runs now; the engine says when they change.
+    let (agents_tx, agents_rx) = tokio::sync::watch::channel(agents.clone());
     background.spawn(heartbeat::beat(
         conn.clone(),
         me.clone(),
+        cluster.work.then(|| agents_rx.clone()),
         move || worker::lock(&in_hand).len(),
         view.clone(),
     ));
@@ -624,7 +630,7 @@ async fn run(
             conn.clone(),
             cluster.clone(),
             root,
-            agents,
+            agents_rx,
             slots,
             held,
             settled_rx,
@@ -662,6 +668,12 @@ async fn run(
             }
             ToFleet::Started { provider } => {
                 let _ = starts_tx.send(provider);
+            }
+            ToFleet::Agents(now) => {
+                if *agents_tx.borrow() != now {
+                    tracing::info!(agents = ?now, "the agents this node runs for the fleet changed");
+                    agents_tx.send_replace(now);
+                }
             }
         }
     }

@@ -80,7 +80,7 @@ pub async fn run(
     conn: Connection,
     cluster: Cluster,
     root: std::path::PathBuf,
-    agents: Vec<String>,
+    mut agents: tokio::sync::watch::Receiver<Vec<String>>,
     slots: usize,
     held: HeldMap,
     mut settled: mpsc::UnboundedReceiver<FromEngine>,
@@ -95,18 +95,31 @@ pub async fn run(
         (cluster.ack_wait / 3).as_millis() as u64,
     ));
     let mut loops = tokio::task::JoinSet::new();
-    for agent in agents {
-        loops.spawn(pull_loop(
-            conn.clone(),
-            cluster.clone(),
-            root.clone(),
-            every.clone(),
-            agent,
-            slots.clone(),
-            held.clone(),
-            to_engine.clone(),
-        ));
-    }
+    // The agents pulled for; one pull loop each, which ends once its agent is no longer run.
+    let mut pulled: std::collections::HashSet<String> = Default::default();
+    let for_loops = agents.clone();
+    let pull_new = |loops: &mut tokio::task::JoinSet<()>,
+                    now: &[String],
+                    pulled: &mut std::collections::HashSet<String>| {
+        pulled.retain(|a| now.contains(a));
+        for agent in now {
+            if pulled.insert(agent.clone()) {
+                loops.spawn(pull_loop(
+                    conn.clone(),
+                    cluster.clone(),
+                    root.clone(),
+                    every.clone(),
+                    agent.clone(),
+                    for_loops.clone(),
+                    slots.clone(),
+                    held.clone(),
+                    to_engine.clone(),
+                ));
+            }
+        }
+    };
+    let first = agents.borrow_and_update().clone();
+    pull_new(&mut loops, &first, &mut pulled);
     // "Still working", well within the ack wait, for every message in hand.
     let progress = {
         let (held, every) = (held.clone(), every.clone());
@@ -163,7 +176,18 @@ pub async fn run(
             }
         })
     };
-    while let Some(word) = settled.recv().await {
+    loop {
+        let word = tokio::select! {
+            word = settled.recv() => word,
+            changed = agents.changed() => {
+                if changed.is_ok() {
+                    let now = agents.borrow_and_update().clone();
+                    pull_new(&mut loops, &now, &mut pulled);
+                }
+                continue;
+            }
+        };
+        let Some(word) = word else { break };
         let s = match word {
             FromEngine::Settled(s) => s,
             FromEngine::HandBack(key) => {
@@ -238,6 +262,7 @@ async fn pull_loop(
     root: Arc<std::path::Path>,
     every: Arc<std::sync::atomic::AtomicU64>,
     agent: String,
+    agents: tokio::sync::watch::Receiver<Vec<String>>,
     slots: Arc<Semaphore>,
     held: HeldMap,
     to_engine: Arc<dyn Fn(ToEngine) + Send + Sync>,
@@ -286,6 +311,11 @@ async fn pull_loop(
         std::sync::atomic::Ordering::Relaxed,
     );
     loop {
+        // No longer an agent of this node (a config reload): it pulls no more.
+        if !agents.borrow().contains(&agent) {
+            tracing::info!(agent, "no longer pulling the fleet's tasks for this agent");
+            return;
+        }
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
