@@ -367,7 +367,12 @@ impl Api {
         .and_then(|r| r.map_err(|e| e.to_string()));
         match read {
             Ok(text) => Response::data(json!({"id": id, "output": output, "text": text})),
-            Err(e) => Response::error(format!("cannot read the result `{output}`: {e}")),
+            // The file is not as the task left it (gone, replaced by a link or a FIFO): the
+            // request was right, the result's state is not.
+            Err(e) => Response::fail(
+                Failure::Conflict,
+                format!("cannot read the result `{output}`: {e}"),
+            ),
         }
     }
 

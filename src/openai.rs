@@ -258,11 +258,27 @@ fn failed(message: String) -> HttpResponse {
     r
 }
 
+/// The documented error type for a status (docs/api.md, "Errors").
+fn error_kind(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        s if s.is_server_error() => "unavailable",
+        _ => "invalid_request_error",
+    }
+}
+
 /// Waits for task `id` and returns its result text, or why there is none.
 async fn outcome(api: &Api, id: &str) -> Result<String, (StatusCode, String)> {
     let finished = api.wait(id, None).await;
     if !finished.ok {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, finished.message));
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{}; task `{id}` is not lost: it goes on when the daemon runs again (`GET /tasks/{id}` follows it) — do not send it again",
+                finished.message
+            ),
+        ));
     }
     let d = finished.data.unwrap_or_default();
     match d["state"].as_str() {
@@ -394,7 +410,12 @@ pub(crate) async fn chat_completions(
             .into_response(),
             Err((StatusCode::BAD_GATEWAY, message)) => failed(message),
             Err((status, message)) => {
-                ApiError::new(status, "dirigent_error", message).into_response()
+                let mut r = ApiError::new(status, error_kind(status), message).into_response();
+                // The task is the daemon's now (back in its inbox when it stopped): a client
+                // that sent it again would have it done twice.
+                r.headers_mut()
+                    .insert("x-should-retry", HeaderValue::from_static("false"));
+                r
             }
         };
         if let Some(v) = task_header {
@@ -433,7 +454,7 @@ pub(crate) async fn chat_completions(
                 let kind = if status == StatusCode::BAD_GATEWAY {
                     "agent_chain_failed"
                 } else {
-                    "dirigent_error"
+                    error_kind(status)
                 };
                 vec![
                     SseEvent::default()

@@ -646,11 +646,26 @@ fn a_stopping_daemon_ends_event_streams_and_long_polls() {
         let (url, token) = (url.clone(), token.clone());
         std::thread::spawn(move || http(&url, "GET", "/tasks/hold?wait=10m", Some(&token), None))
     };
-    // Stop only once the daemon is inside the long poll (its debug log says so).
-    ws.wait_until("the long poll to begin", || {
-        std::fs::read_to_string(&d.log)
+    // An OpenAI client waiting for its answer too.
+    let chat = {
+        let (url, token) = (url.clone(), token.clone());
+        std::thread::spawn(move || {
+            http(
+                &url,
+                "POST",
+                "/v1/chat/completions",
+                Some(&token),
+                Some(r#"{"model": "hang", "messages": [{"role": "user", "content": "p"}]}"#),
+            )
+        })
+    };
+    // Stop only once the daemon is inside both waits (its debug log says so).
+    ws.wait_until("the long poll and the chat to wait", || {
+        (std::fs::read_to_string(&d.log)
             .unwrap_or_default()
-            .contains("a door waits for the task to finish")
+            .matches("a door waits for the task to finish")
+            .count()
+            >= 2)
             .then_some(())
     });
     let status = d.stop();
@@ -677,6 +692,19 @@ fn a_stopping_daemon_ends_event_streams_and_long_polls() {
         answer.json()["error"]["message"],
         "the daemon is shutting down",
         "{answer:?}"
+    );
+    // The chat gets the documented shape, is told its task is not lost, and its client is told
+    // not to send it again (the task went back to the inbox).
+    let answer = chat.join().unwrap();
+    let body = answer.json();
+    assert!(
+        answer.status == 503
+            && body["error"]["type"] == "unavailable"
+            && answer.header("x-should-retry") == Some("false")
+            && body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("is not lost: it goes on when the daemon runs again")),
+        "expected a 503 `unavailable` that says the task goes on and not to retry, got {answer:?}"
     );
     assert!(
         !ws.path("http.url").exists(),
@@ -803,4 +831,26 @@ fn strangers_holding_every_connection_do_not_keep_the_token_out() {
         "expected the token's request answered while strangers held the door, got {read:?}: {reply:?}"
     );
     drop(strangers);
+}
+
+/// A result whose file is no longer as the task left it (replaced by a link) is refused as the
+/// result's state — a 409 — not blamed on the request.
+#[test]
+fn a_result_replaced_by_a_link_is_a_conflict_not_a_bad_request() {
+    let ws = Workspace::new(CONFIG);
+    let (_d, url, token) = ws.start_http();
+    ws.drop_task("r.json", r#"{"id": "r", "prompt": "p"}"#);
+    let Event::Done { output, .. } = ws.wait_settled("r") else {
+        panic!("expected `r` done");
+    };
+    let path = ws.root().join(&output);
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+    let reply = http(&url, "GET", "/tasks/r/result", Some(&token), None);
+    assert_eq!(reply.status, 409, "expected a 409, got {reply:?}");
+    assert_eq!(
+        reply.json()["error"]["type"],
+        "conflict",
+        "expected the documented `conflict` type: {reply:?}"
+    );
 }
