@@ -297,6 +297,69 @@ enum BadCall {
     VarsNotObject,
     #[error("no tool `{0}`")]
     NoTool(String),
+    /// An argument the tool's schema does not have, or of another type or range.
+    #[error("{0}")]
+    Argument(String),
+}
+
+/// Checks `args` against the tool's input schema: every argument known, of its type (a string,
+/// a whole number at or over its `minimum`, a boolean, a list of strings, an object), one of its
+/// `enum` when it has one. An argument dropped or replaced by a default without a word would
+/// have the caller believe it counted.
+fn check_args(schema: &JsonObject, args: &JsonObject) -> Result<(), BadCall> {
+    let empty = JsonObject::new();
+    let properties = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    for (key, value) in args {
+        let Some(spec) = properties.get(key) else {
+            let mut known: Vec<&str> = properties.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(BadCall::Argument(format!(
+                "no argument `{key}` (this tool takes: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        if value.is_null() {
+            continue;
+        }
+        let wrong = |what: &str| BadCall::Argument(format!("`{key}` must be {what}"));
+        match spec["type"].as_str() {
+            Some("string") => {
+                let Some(text) = value.as_str() else {
+                    return Err(wrong("a string"));
+                };
+                if let Some(allowed) = spec["enum"].as_array()
+                    && !allowed.iter().any(|a| a.as_str() == Some(text))
+                {
+                    let allowed: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+                    return Err(wrong(&format!("one of {}", allowed.join(", "))));
+                }
+            }
+            Some("integer") => {
+                let min = spec["minimum"].as_u64().unwrap_or(0);
+                if !value.as_u64().is_some_and(|n| n >= min) {
+                    return Err(wrong(&format!("a whole number of at least {min}")));
+                }
+            }
+            Some("boolean") if !value.is_boolean() => return Err(wrong("`true` or `false`")),
+            Some("array")
+                if !value
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(Value::is_string)) =>
+            {
+                return Err(wrong("a list of strings"));
+            }
+            Some("object") if !value.is_object() => return Err(wrong("an object")),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn required(args: &JsonObject, key: &'static str) -> Result<String, BadCall> {
@@ -421,6 +484,12 @@ impl Server {
     }
 
     async fn call(&self, name: &str, args: JsonObject) -> Result<CallToolResult, BadCall> {
+        let tools = tools();
+        let tool = tools
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| BadCall::NoTool(name.to_string()))?;
+        check_args(&tool.input_schema, &args)?;
         Ok(match name {
             "submit_task" => {
                 let prompt = required(&args, "prompt")?;
@@ -536,6 +605,77 @@ impl ServerHandler for Server {
         match self.call(&request.name, args).await {
             Ok(result) => Ok(result.into()),
             Err(bad) => Err(ErrorData::invalid_params(bad.to_string(), None)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each tool's arguments against its schema: what is refused, and with which words.
+    #[test]
+    fn arguments_are_checked_against_the_tools_schema() {
+        let tools = tools();
+        let schema_of = |name: &str| {
+            tools
+                .iter()
+                .find(|t| t.name == name)
+                .expect("a tool of that name")
+                .input_schema
+                .clone()
+        };
+        let cases: [(&str, Value, Option<&str>); 9] = [
+            ("submit_task", json!({"prompt": "p"}), None),
+            (
+                "submit_task",
+                json!({"prompt": "p", "files": ["a"], "wait": true, "timeout_seconds": 5}),
+                None,
+            ),
+            (
+                "submit_task",
+                json!({"prompt": "p", "context": ["http.token"]}),
+                Some(
+                    "no argument `context` (this tool takes: agent, chain, files, id, output, prompt, role, timeout_seconds, title, wait)",
+                ),
+            ),
+            (
+                "submit_task",
+                json!({"prompt": "p", "timeout_seconds": "abc"}),
+                Some("`timeout_seconds` must be a whole number of at least 1"),
+            ),
+            (
+                "submit_task",
+                json!({"prompt": "p", "timeout_seconds": -5}),
+                Some("`timeout_seconds` must be a whole number of at least 1"),
+            ),
+            (
+                "submit_task",
+                json!({"prompt": 7}),
+                Some("`prompt` must be a string"),
+            ),
+            (
+                "task_status",
+                json!({"state": "bogus"}),
+                Some("`state` must be one of pending, running, done, failed, requeued"),
+            ),
+            (
+                "run_workflow",
+                json!({"name": "x", "wait": "yes"}),
+                Some("`wait` must be `true` or `false`"),
+            ),
+            (
+                "list_agents",
+                json!({"verbose": true}),
+                Some("no argument `verbose` (this tool takes: none)"),
+            ),
+        ];
+        for (tool, args, expected) in cases {
+            let args = args.as_object().unwrap().clone();
+            let got = check_args(&schema_of(tool), &args)
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(got.as_deref(), expected, "{tool} {args:?}");
         }
     }
 }
