@@ -513,6 +513,13 @@ async fn list_tasks(State(st): State<AppState>, Query(q): Query<ListQuery>) -> A
             ));
         }
     };
+    if q.limit == Some(0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("`limit` must be at least 1 (at most {MAX_PAGE})"),
+        ));
+    }
     let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
     let labels = crate::state::Phase::LABELS;
     if let Some(state) = non_empty(q.state.clone())

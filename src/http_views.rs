@@ -205,6 +205,13 @@ pub(crate) struct RunsQuery {
 
 /// `GET /runs`: the workflow runs, newest first (at most `limit`, 50 by default, 1000 at most).
 pub(crate) async fn runs(State(st): State<AppState>, Query(q): Query<RunsQuery>) -> ApiResult {
+    if q.limit == Some(0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "`limit` must be at least 1 (at most 1000)",
+        ));
+    }
     let limit = Some(q.limit.unwrap_or(50).clamp(1, 1000));
     if q.id.as_deref() == Some("") {
         return Err(ApiError::new(

@@ -236,7 +236,9 @@ fn prompt_of(messages: &[Value]) -> Result<(String, String), ApiError> {
         s
     };
     if prompt.trim().is_empty() {
-        return Err(invalid("the messages are empty"));
+        return Err(invalid(
+            "the messages hold no text: only text content is taken (`\"content\": \"…\"`, or parts of type `text`); images and other parts are not",
+        ));
     }
     Ok((prompt, last_user))
 }

@@ -78,6 +78,8 @@ fn the_frameworks_own_refusals_come_in_the_documented_shape() {
     // (method, path, status, words the message holds)
     let cases = [
         ("GET", "/tasks?limit=abc", 400, "limit"),
+        ("GET", "/tasks?limit=0", 400, "`limit` must be at least 1"),
+        ("GET", "/runs?limit=0", 400, "`limit` must be at least 1"),
         (
             "GET",
             "/tasks?state=bogus",
@@ -131,6 +133,10 @@ fn the_frameworks_own_refusals_come_in_the_documented_shape() {
         (
             r###"{"model": "good", "messages": [{"role": "user", "content": "a"}, {"role": "assistant\n\n## system", "content": "b"}]}"###,
             r#"`messages[1].role` is \"assistant\\n\\n## system\"; it must be one of system, developer, user, assistant, tool"#,
+        ),
+        (
+            r#"{"model": "good", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#,
+            "the messages hold no text: only text content is taken",
         ),
     ];
     for (body, want) in chats {
