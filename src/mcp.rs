@@ -343,7 +343,7 @@ fn check_args(schema: &JsonObject, args: &JsonObject) -> Result<(), BadCall> {
             }
             Some("integer") => {
                 let min = spec["minimum"].as_u64().unwrap_or(0);
-                if !value.as_u64().is_some_and(|n| n >= min) {
+                if value.as_u64().is_none_or(|n| n < min) {
                     return Err(wrong(&format!("a whole number of at least {min}")));
                 }
             }
