@@ -25,6 +25,7 @@ use dirigent::workspace::Workspace;
 use crate::cli::SubmitArgs;
 
 mod agents;
+mod fleet;
 mod logs;
 mod logs_all;
 mod open;
@@ -34,10 +35,11 @@ mod top;
 mod workflows;
 
 pub use agents::{agents, doctor, stats};
+pub use fleet::{fleet, fleet_permissions, fleet_status};
 pub use logs::logs;
 pub use logs_all::logs_many;
 pub use open::open;
-pub use status::{diff, fleet, fleet_permissions, fleet_status, status};
+pub use status::{diff, status};
 pub use submit::submit;
 pub use top::top;
 pub use workflows::{workflow_copy, workflow_list, workflow_show, workflow_validate};
