@@ -509,6 +509,12 @@ fn status_and_fleet_name_the_workers_and_the_agents_no_worker_runs() {
         "expected `submit --wait` to say why the task waits, it said:\n{}",
         said.join("\n")
     );
+    assert!(
+        said.iter()
+            .any(|l| l.contains("on the fleet's queue (dirigent.tasks.")),
+        "expected `submit --wait` to say the task went onto the fleet's queue, it said:\n{}",
+        said.join("\n")
+    );
     let out = worker.cli(&["fleet"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -664,6 +664,13 @@ fn report_progress(
                 return Ok(Some(ExitCode::SUCCESS));
             }
         }
+        // Fleet mode: where it went, and where it ran.
+        Event::Published { subject, .. } => {
+            eprintln!(
+                "[{t}] on the fleet's queue ({subject}); a worker that runs its agent takes it"
+            )
+        }
+        Event::RanOn { worker, .. } => eprintln!("[{t}] ran on worker `{worker}` of the fleet"),
         Event::Merged { target, commit, .. } => eprintln!(
             "[{t}] merged into `{target}` at {}",
             &commit[..commit.len().min(12)]
