@@ -569,6 +569,11 @@ async fn create_task(State(st): State<AppState>, body: Bytes) -> ApiResult {
         let message = e.0.replacen("the file is", "the body is", 1);
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
     })?;
+    submit(&st.api, fields).await
+}
+
+/// Every task created over HTTP (`POST /tasks`, a workflow run) comes through here.
+pub(crate) async fn submit(api: &Api, fields: crate::task::TaskFields) -> ApiResult {
     // `parent` says an agent created the task inside an attempt (it counts against that task's
     // `max_spawned_tasks`); a request over the network is no such thing.
     if fields.parent.is_some() {
@@ -578,10 +583,6 @@ async fn create_task(State(st): State<AppState>, body: Bytes) -> ApiResult {
             "`parent` is set by dirigent for a task an agent creates inside an attempt; a task sent over HTTP cannot name one",
         ));
     }
-    submit(&st.api, fields).await
-}
-
-pub(crate) async fn submit(api: &Api, fields: crate::task::TaskFields) -> ApiResult {
     let d = data(
         api.call(Request::Submit {
             task: Box::new(fields),

@@ -448,7 +448,7 @@ impl Server {
     /// Submits, then returns the id or (with `wait`) the outcome.
     async fn submit(&self, mut fields: TaskFields, args: &JsonObject) -> CallToolResult {
         // Run by an agent inside an attempt: the task counts against that task's limit.
-        fields.parent = crate::task::parent_from_env();
+        fields.parent = crate::task::parent_from_env(self.ws.root());
         let r = match self
             .ask(Request::Submit {
                 task: Box::new(fields),

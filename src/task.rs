@@ -103,8 +103,18 @@ impl TaskFields {
 }
 
 /// The task an attempt runs for, when this process runs inside one (an agent calling
-/// `dirigent submit` or the MCP server).
-pub fn parent_from_env() -> Option<String> {
+/// `dirigent submit` or the MCP server) of the workspace at `root`. An attempt of another
+/// workspace is none of this one's tasks: an agent of one project may hand work to another.
+pub fn parent_from_env(root: &Path) -> Option<String> {
+    let from = std::path::PathBuf::from(std::env::var_os("DIRIGENT_WORKSPACE")?);
+    let same = from == root
+        || matches!(
+            (from.canonicalize(), root.canonicalize()),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if !same {
+        return None;
+    }
     std::env::var("DIRIGENT_TASK_ID")
         .ok()
         .filter(|id| validate_name(id).is_ok())

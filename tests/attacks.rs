@@ -971,6 +971,22 @@ fn a_submitter_cannot_claim_a_parent() {
         "`parent` is set by dirigent for a task an agent creates inside an attempt; a task sent over HTTP cannot name one",
         "expected the refusal to say why"
     );
+    // Nor through a workflow run, the other way HTTP creates a task.
+    let reply = common::http(
+        &base,
+        "POST",
+        "/workflows/plan/runs",
+        Some(&token),
+        Some(r#"{"vars": {"goal": "x"}, "parent": "someone"}"#),
+    );
+    assert_eq!(
+        (reply.status, reply.json()["error"]["message"].clone()),
+        (
+            400,
+            "`parent` is set by dirigent for a task an agent creates inside an attempt; a task sent over HTTP cannot name one".into()
+        ),
+        "expected a workflow run naming a parent refused"
+    );
     ws.drop_task("orphan.json", r#"{"prompt": "p", "parent": "never-was"}"#);
     let reason = ws.wait_for("the file naming an unknown parent to be rejected", |recs| {
         recs.iter().find_map(|r| match &r.event {
@@ -981,6 +997,19 @@ fn a_submitter_cannot_claim_a_parent() {
     assert!(
         reason.starts_with("`parent` names `never-was`, which is no task of this workspace"),
         "expected the unknown parent named, got {reason}"
+    );
+    // An agent of another workspace handing work to this one: its attempt is no task here, so
+    // the task carries no parent (it was refused for the unknown parent).
+    let out = ws.cli_with_env(
+        &["submit", "delegated", "--id", "delegated"],
+        &[
+            ("DIRIGENT_TASK_ID", "elsewhere"),
+            ("DIRIGENT_WORKSPACE", "/some/other/project"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "expected the task of another workspace's agent accepted: {out:?}"
     );
 }
 

@@ -57,7 +57,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         timeout,
         context: args.context,
         files: args.files,
-        parent: dirigent::task::parent_from_env(),
+        parent: dirigent::task::parent_from_env(ws.root()),
         workdir: args.workdir,
         verify: (!args.verify.is_empty()).then(|| {
             dirigent::editing::VerifyWritten::Many(

@@ -91,6 +91,20 @@ impl Workspace {
             .unwrap()
     }
 
+    /// [`Workspace::cli`] with more environment (as an agent's attempt would have).
+    #[allow(dead_code)]
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("DIRIGENT_ROOT", self.root())
+            .env("DIRIGENT_STATE_DIR", self.state.path())
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
     /// Starts a `dirigent` command on this workspace without waiting for it (stdout and
     /// stderr piped), for one that waits: the test reads what it says, then ends it.
     #[allow(dead_code)]
