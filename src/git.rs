@@ -611,6 +611,8 @@ mod tests {
                 .add_worktree(&path, &branch_for(name).unwrap(), &base)
                 .unwrap();
             std::fs::write(path.join("a.txt"), text).unwrap();
+            // A name git quotes unless asked not to (`"caf\303\251.md"`).
+            std::fs::write(path.join("café.md"), text).unwrap();
             tree.commit_all(name, name, "x").unwrap().unwrap()
         };
         let first = mk("m1", "one\nfirst\n");
@@ -634,12 +636,14 @@ mod tests {
         let conflict = repo.merge_trees(&merged, &second).unwrap().unwrap_err();
         assert_eq!(
             conflict.files,
-            vec!["a.txt".to_string()],
-            "expected a.txt to conflict"
+            vec!["a.txt".to_string(), "café.md".to_string()],
+            "expected a.txt and café.md to conflict, named as they are"
         );
         assert!(
-            conflict.hunks.contains("<<<<<<<") && conflict.hunks.contains("second"),
-            "expected the conflicting region, got:\n{}",
+            conflict.hunks.contains("<<<<<<<")
+                && conflict.hunks.contains("second")
+                && conflict.hunks.contains("--- café.md\n<<<<<<<"),
+            "expected the conflicting regions of both files, got:\n{}",
             conflict.hunks
         );
         assert!(

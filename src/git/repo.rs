@@ -280,12 +280,14 @@ impl Repo {
                 "--write-tree",
                 "--name-only",
                 "--no-messages",
+                // Names as they are (not quoted: `café.md` is not `"caf\303\251.md"`).
+                "-z",
                 ours,
                 theirs,
             ],
         )?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut lines = stdout.lines();
+        let mut lines = stdout.split('\0');
         let tree = lines.next().unwrap_or("").trim().to_string();
         if out.status.success() {
             return Ok(Ok(tree));

@@ -155,11 +155,13 @@ impl Tree {
         match in_tree(self, &args) {
             Ok(_) => Ok(Ok(())),
             Err(GitError::Failed { .. }) => {
-                let files: Vec<String> = in_tree(self, ["diff", "--name-only", "--diff-filter=U"])
-                    .unwrap_or_default()
-                    .lines()
-                    .map(str::to_string)
-                    .collect();
+                let files: Vec<String> =
+                    in_tree(self, ["diff", "--name-only", "-z", "--diff-filter=U"])
+                        .unwrap_or_default()
+                        .split('\0')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect();
                 let mut hunks = String::new();
                 for f in &files {
                     // The commits are the agent's: a "file" may be a link to a FIFO.
