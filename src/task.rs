@@ -445,10 +445,14 @@ pub fn accept(
                 "`output` path `{out}` names a directory; name the file the result goes to (`{out}result.md`)"
             ));
         }
-        if out == "~" || out.starts_with("~/") {
+        if out.starts_with('~') {
+            let rest = out.trim_start_matches('~').trim_start_matches('/');
             return reject(format!(
-                "`output` path `{out}`: `~` is not your home directory here; paths are relative to the workspace (write `{}`)",
-                out.trim_start_matches('~').trim_start_matches('/')
+                "`output` path `{out}`: `~` is not a home directory here; paths are relative to the workspace{}",
+                match out.strip_prefix("~/") {
+                    Some(_) if !rest.is_empty() => format!(" (write `{rest}`)"),
+                    _ => String::new(),
+                }
             ));
         }
         *out = confined::workspace_path("output", out)
@@ -472,6 +476,11 @@ pub fn accept(
             if i + 1 == parts.len() && meta.is_dir() {
                 return reject(format!(
                     "`output` path `{out}` is a directory; name the file the result goes to (`{out}/result.md`)"
+                ));
+            }
+            if i + 1 < parts.len() && !meta.is_dir() {
+                return reject(format!(
+                    "`output` path `{out}` goes through `{so_far}`, which is a file, not a directory"
                 ));
             }
         }

@@ -981,6 +981,7 @@ fn an_output_path_through_a_symlink_out_of_the_workspace_escalates() {
 fn an_output_that_cannot_be_written_is_refused_at_the_door() {
     let ws = Workspace::new(CHAIN_CONFIG);
     std::fs::create_dir_all(ws.root().join("src")).unwrap();
+    std::fs::write(ws.root().join("notes.txt"), "").unwrap();
     for (output, expected) in [
         (
             "src",
@@ -988,7 +989,15 @@ fn an_output_that_cannot_be_written_is_refused_at_the_door() {
         ),
         (
             "~/notes.md",
-            "error: `--output` `~/notes.md`: `~` is not your home directory here; paths are relative to the workspace (write `notes.md`)\n",
+            "error: `--output` `~/notes.md`: `~` is not a home directory here; paths are relative to the workspace (write `notes.md`)\n",
+        ),
+        (
+            "~root/x.md",
+            "error: `--output` `~root/x.md`: `~` is not a home directory here; paths are relative to the workspace\n",
+        ),
+        (
+            "notes.txt/x.md",
+            "error: `--output` `notes.txt/x.md` goes through `notes.txt`, which is a file, not a directory\n",
         ),
     ] {
         let out = ws.cli(&["submit", "p", "--output", output]);
