@@ -1006,6 +1006,41 @@ mod tests {
         );
     }
 
+    /// What reading steps over must not invent problems nor lose the ones after it.
+    #[test]
+    fn stepping_over_a_problem_invents_none_and_loses_none() {
+        let cases: [(&str, &[&str], &str); 3] = [
+            // A list at the key's own indent is the unknown key's value, not a problem.
+            (
+                "bogus:\n- a\n- b\nconcurrency: x\n",
+                &["unknown field `bogus`", "line 4 column 14: `concurrency`"],
+                "a problem in the list's lines",
+            ),
+            // An item of a list of the wrong kind: the items after it are read on.
+            (
+                "agents:\n  a:\n    command: [x]\n    success:\n      exit_codes: [zero]\n    colour: 1\n",
+                &["`agents.a.success.exit_codes[0]`", "unknown field `colour`"],
+                "-",
+            ),
+            // An anchor is not blanked (its aliases would dangle): reading stops there.
+            (
+                "agents:\n  a:\n    command: [x]\n    timeout: &t soon\n  b:\n    command: [y]\n    timeout: *t\n",
+                &["invalid duration `soon`"],
+                "anchor",
+            ),
+        ];
+        for (text, wanted, never) in cases {
+            let err = Config::parse(text, "t").unwrap_err().to_string();
+            for w in wanted {
+                assert!(err.contains(w), "{text:?}: expected {w:?} in:\n{err}");
+            }
+            assert!(
+                !err.contains(never),
+                "{text:?}: expected no {never:?} in:\n{err}"
+            );
+        }
+    }
+
     #[test]
     fn config_errors_name_the_problem() {
         let cases = [

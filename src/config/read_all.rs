@@ -108,17 +108,43 @@ fn blank_key(text: &str, line: usize, column: usize) -> Option<String> {
         _ if before.chars().all(|c| c == ' ') => "",
         _ => return None,
     };
+    // A key with nothing after its colon may hold a list written at its own indent
+    // (`bogus:` then `- a`): those items are its value too.
+    let bare = at[indent..]
+        .split_once(':')
+        .is_some_and(|(_, rest)| rest.split(" #").next().unwrap_or("").trim().is_empty());
     let mut out: Vec<&str> = lines.clone();
     out[line - 1] = keep;
+    let mut blanked = vec![*at];
     for (i, l) in lines.iter().enumerate().skip(line) {
         let own = l.len() - l.trim_start_matches(' ').len();
-        if l.trim().is_empty() || own > indent {
+        let item = own == indent && (l.trim() == "-" || l.trim_start().starts_with("- "));
+        if l.trim().is_empty() || own > indent || (bare && item) {
             out[i] = "";
+            blanked.push(l);
         } else {
             break;
         }
     }
+    // An anchor (`&name`) defined there may be used elsewhere: blanked, every use would read as
+    // a problem of its own.
+    if blanked.iter().any(|l| holds_anchor(l)) {
+        return None;
+    }
     Some(out.join("\n"))
+}
+
+/// Whether a YAML line defines an anchor (`&name` after a space or at the start).
+fn holds_anchor(line: &str) -> bool {
+    let code = line.split(" #").next().unwrap_or(line);
+    code.match_indices('&').any(|(i, _)| {
+        let before_ok = i == 0 || code[..i].ends_with([' ', '[', '{', ',', '-', ':']);
+        let after_ok = code[i + 1..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        before_ok && after_ok
+    })
 }
 
 /// The key a value error is about, from its path (`phases[0].type.value` → `type`); `None`
@@ -126,7 +152,9 @@ fn blank_key(text: &str, line: usize, column: usize) -> Option<String> {
 fn value_key(path: &str) -> Option<&str> {
     let path = path.strip_suffix(".value").unwrap_or(path);
     let last = path.rsplit('.').next()?;
-    (!last.is_empty() && !last.contains(['[', ']'])).then_some(last)
+    // An item of a list (`exit_codes[0]`): the list's key holds it.
+    let last = last.split('[').next().unwrap_or(last);
+    (!last.is_empty() && !last.contains(']')).then_some(last)
 }
 
 /// Where the key `name` holding the value at `line`:`column` (1-based) is written: on that line
@@ -192,6 +220,14 @@ mod tests {
         assert_eq!(blank_key(text, 1, 3).as_deref(), Some("-\n  y: 2\n"));
         // Inside a flow map: not blanked.
         assert_eq!(blank_key("{ x: 1, y: 2 }\n", 1, 9), None);
+        // A list at the key's own indent is its value.
+        assert_eq!(
+            blank_key("a:\n- 1\n- 2\nb: 3\n", 1, 1).as_deref(),
+            Some("\n\n\nb: 3\n")
+        );
+        // An anchor there would leave its aliases dangling: not stepped over.
+        assert_eq!(blank_key("a: &t soon\nb: *t\n", 1, 1), None);
+        assert!(!holds_anchor("cmd: [a&b]") && holds_anchor("- &x 1"));
     }
 
     #[test]
@@ -201,7 +237,7 @@ mod tests {
         assert_eq!(key_of_value(text, 4, 7, "agents"), Some((3, 5)));
         assert_eq!(key_of_value(text, 4, 7, "other"), None);
         assert_eq!(value_key("phases[0].type.value"), Some("type"));
-        assert_eq!(value_key("phases[0]"), None);
+        assert_eq!(value_key("agents.a.exit_codes[0]"), Some("exit_codes"));
     }
 
     #[test]
