@@ -632,7 +632,7 @@ phases:
     type: single
     agent: beta
     context: scoped
-    files: ["notes/*.md"]
+    files: ["./notes/one.md", "notes/*.md"]
     prompt: "Scoped"
   - name: full
     type: single
@@ -650,9 +650,15 @@ phases:
         "{fresh}"
     );
     let scoped = prompt_of(&ws, "c.scoped", "beta");
+    // A file named and matched by a glob too goes in once (it was refused as named twice).
     assert!(
         scoped.contains("NOTE ONE") && scoped.contains("NOTE TWO"),
         "{scoped}"
+    );
+    assert_eq!(
+        scoped.matches("## notes/one.md").count(),
+        1,
+        "expected notes/one.md once in:\n{scoped}"
     );
     assert!(
         !scoped.contains("NOT FOR THE MODEL") && !scoped.contains("Alpha says"),

@@ -150,10 +150,17 @@ pub(super) fn scoped_files(
             out.push(f);
         }
     }
-    // Globs may overlap; each file goes into the prompt once.
+    // In their normal form (`./a.txt` is `a.txt`), and each once: globs may overlap, and a file
+    // may be named and matched.
     let mut seen = std::collections::HashSet::new();
-    out.retain(|f| seen.insert(f.clone()));
-    out
+    out.into_iter()
+        .map(|f| {
+            crate::confined::workspace_path("files", &f)
+                .map(|p| p.to_string())
+                .unwrap_or(f)
+        })
+        .filter(|f| seen.insert(f.clone()))
+        .collect()
 }
 
 /// Workspace files (relative paths, sorted) matching `pattern`: `*` and `?` within a path
