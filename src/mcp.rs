@@ -208,7 +208,7 @@ fn tools() -> Vec<Tool> {
                 "type": "object",
                 "properties": {
                     "id": string,
-                    "state": {"type": "string", "enum": ["pending", "running", "done", "failed", "requeued"], "description": "Without id: only tasks in this state."}
+                    "state": {"type": "string", "enum": crate::state::Phase::LABELS, "description": "Without id: only tasks in this state."}
                 }
             })),
         ),
@@ -258,7 +258,7 @@ fn tools() -> Vec<Tool> {
                 "type": "object",
                 "properties": {
                     "name": string,
-                    "vars": {"type": "object", "additionalProperties": {"type": "string"}, "description": "The workflow's variables (see list_workflows)."},
+                    "vars": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}, "description": "The workflow's variables (see list_workflows); a number or a boolean is taken as its text."},
                     "id": string,
                     "wait": {"type": "boolean"},
                     "timeout_seconds": {"type": "integer", "minimum": 1}
@@ -293,7 +293,7 @@ enum BadCall {
     Missing(&'static str),
     #[error("`{0}` must be a list of strings")]
     NotStrings(&'static str),
-    #[error("`vars` must be an object of strings")]
+    #[error("`vars` must be an object of strings (numbers and booleans are taken as their text)")]
     VarsNotObject,
     #[error("no tool `{0}`")]
     NoTool(String),
@@ -343,7 +343,14 @@ fn check_args(schema: &JsonObject, args: &JsonObject) -> Result<(), BadCall> {
             }
             Some("integer") => {
                 let min = spec["minimum"].as_u64().unwrap_or(0);
-                if value.as_u64().is_none_or(|n| n < min) {
+                // `5.0` is a whole number too (some clients write every number so).
+                let whole = value.as_u64().or_else(|| {
+                    value
+                        .as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                        .map(|f| f as u64)
+                });
+                if whole.is_none_or(|n| n < min) {
                     return Err(wrong(&format!("a whole number of at least {min}")));
                 }
             }
@@ -509,12 +516,13 @@ impl Server {
             "run_workflow" => {
                 let name = required(&args, "name")?;
                 let mut vars = std::collections::BTreeMap::new();
-                if let Some(v) = args.get("vars") {
+                if let Some(v) = args.get("vars").filter(|v| !v.is_null()) {
                     let obj = v.as_object().ok_or(BadCall::VarsNotObject)?;
                     for (k, v) in obj {
                         let v = match v {
                             Value::String(s) => s.clone(),
-                            other => other.to_string(),
+                            Value::Number(_) | Value::Bool(_) => v.to_string(),
+                            _ => return Err(BadCall::VarsNotObject),
                         };
                         vars.insert(k.clone(), v);
                     }
@@ -625,7 +633,14 @@ mod tests {
                 .input_schema
                 .clone()
         };
-        let cases: [(&str, Value, Option<&str>); 9] = [
+        let cases: [(&str, Value, Option<&str>); 12] = [
+            ("task_status", json!({"state": "merge_waiting"}), None),
+            (
+                "submit_task",
+                json!({"prompt": "p", "timeout_seconds": 5.0}),
+                None,
+            ),
+            ("run_workflow", json!({"name": "x", "vars": null}), None),
             ("submit_task", json!({"prompt": "p"}), None),
             (
                 "submit_task",
@@ -657,7 +672,9 @@ mod tests {
             (
                 "task_status",
                 json!({"state": "bogus"}),
-                Some("`state` must be one of pending, running, done, failed, requeued"),
+                Some(
+                    "`state` must be one of pending, running, merging, merge_waiting, done, failed, requeued",
+                ),
             ),
             (
                 "run_workflow",
