@@ -102,6 +102,16 @@ dirigent: no daemon is running on this workspace: `hi` waits in .context/inbox/ 
         r#"{"prompt": "p", "after": ["nobody"]}"#,
     )
     .unwrap();
+    std::fs::write(
+        ctx.join("inbox/itself.json"),
+        r#"{"prompt": "p", "id": "itself", "after": ["itself"]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("inbox/spawned.json"),
+        r#"{"prompt": "p", "parent": "ghost"}"#,
+    )
+    .unwrap();
     for (id, expected) in [
         (
             "ghostly",
@@ -111,6 +121,14 @@ dirigent: no daemon is running on this workspace: `hi` waits in .context/inbox/ 
             "later",
             "state:    inbox: will be rejected: `after` names `nobody`, which is no task of this workspace",
         ),
+        (
+            "itself",
+            "state:    inbox: will be rejected: `after` goes round in a circle (itself → itself)",
+        ),
+        (
+            "spawned",
+            "state:    inbox: will be rejected: `parent` names `ghost`, which is no task of this workspace",
+        ),
     ] {
         let out = run_in(dir.path(), state.path(), &["status", id]);
         assert!(
@@ -119,6 +137,22 @@ dirigent: no daemon is running on this workspace: `hi` waits in .context/inbox/ 
             stdout(&out)
         );
     }
+    // Scripts read the same in `status --json`.
+    let out = run_in(dir.path(), state.path(), &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ghostly = v["inbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "ghostly")
+        .expect("ghostly listed in the inbox")
+        .clone();
+    assert!(
+        ghostly["rejected_because"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("unknown agent `ghostly`")),
+        "expected the reason in `status --json`, got {ghostly}"
+    );
 }
 
 #[test]

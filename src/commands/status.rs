@@ -99,33 +99,10 @@ fn inbox_note(
     if !is_task {
         return "not a task file (only .json and .md are): the daemon moves it to rejected/".into();
     }
-    // The checks the daemon makes when it takes the file in (those that need no daemon): a
-    // task that will be refused says why now.
-    let refused = match dirigent::fsutil::read_task_file(
-        &ws.inbox().join(file),
-        dirigent::task::MAX_TASK_BYTES,
+    match (
+        inbox_refusal(ws, book, config, (id, file, is_task)),
+        running_daemon(ws).is_some(),
     ) {
-        dirigent::fsutil::ReadOutcome::Bytes(bytes) => {
-            match dirigent::task::parse_fields(file, &bytes) {
-                Err(e) => Some(format!("cannot be read as a task: {}", e.0)),
-                Ok(fields) => {
-                    let after = fields.after.clone();
-                    let id = fields.id.clone().unwrap_or_else(|| id.to_string());
-                    config
-                        .and_then(|c| dirigent::task::accept(id, fields, c, ws.root()).err())
-                        .map(|e| e.0)
-                        .or_else(|| {
-                            dirigent::submit::unknown_dependency(ws, &after, &|d| book.contains(d))
-                        })
-                }
-            }
-        }
-        dirigent::fsutil::ReadOutcome::Refused(why) => {
-            Some(format!("cannot be read as a task: {why}"))
-        }
-        dirigent::fsutil::ReadOutcome::Gone => None,
-    };
-    match (refused, running_daemon(ws).is_some()) {
         (Some(why), _) => format!(
             "will be rejected: {}",
             dirigent::terminal::printable(why.lines().next().unwrap_or(""))
@@ -137,6 +114,54 @@ fn inbox_note(
     }
 }
 
+/// Why the daemon will refuse an inbox file, as far as that can be known without it: the
+/// checks it makes when it takes a file in (`--json` gives it as `rejected_because`).
+fn inbox_refusal(
+    ws: &Workspace,
+    book: &TaskBook,
+    config: Option<&Config>,
+    (id, file, is_task): (&str, &str, bool),
+) -> Option<String> {
+    if !is_task {
+        return Some("not a task file (only .json and .md are)".into());
+    }
+    match dirigent::fsutil::read_task_file(&ws.inbox().join(file), dirigent::task::MAX_TASK_BYTES) {
+        dirigent::fsutil::ReadOutcome::Bytes(bytes) => {
+            match dirigent::task::parse_fields(file, &bytes) {
+                Err(e) => Some(format!("cannot be read as a task: {}", e.0)),
+                Ok(fields) => {
+                    let after = fields.after.clone();
+                    let parent = fields.parent.clone();
+                    let id = fields.id.clone().unwrap_or_else(|| id.to_string());
+                    let own = |t: &str| (t == id).then_some(after.as_slice());
+                    let circle = after
+                        .contains(&id)
+                        .then(|| dirigent::submit::dependency_cycle(&id, &own))
+                        .flatten();
+                    config
+                        .and_then(|c| {
+                            dirigent::task::accept(id.clone(), fields, c, ws.root()).err()
+                        })
+                        .map(|e| e.0)
+                        .or(circle)
+                        .or_else(|| {
+                            dirigent::submit::unknown_dependency(ws, &after, &|d| book.contains(d))
+                        })
+                        .or_else(|| {
+                            parent
+                                .filter(|p| !book.contains(p))
+                                .map(|p| dirigent::submit::unknown_parent(&p))
+                        })
+                }
+            }
+        }
+        dirigent::fsutil::ReadOutcome::Refused(why) => {
+            Some(format!("cannot be read as a task: {why}"))
+        }
+        dirigent::fsutil::ReadOutcome::Gone => None,
+    }
+}
+
 pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCode> {
     let (book, live) = load_live_book(ws)?;
     if let Some(id) = id
@@ -144,7 +169,11 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         && let Some((_, file, is_task)) = inbox_files(ws, &book).into_iter().find(|(i, ..)| i == id)
     {
         if as_json {
-            let v = json!({"id": id, "state": "inbox", "file": ws.inbox().join(&file)});
+            let config = Config::load(&ws.config()).ok();
+            let mut v = json!({"id": id, "state": "inbox", "file": ws.inbox().join(&file)});
+            if let Some(why) = inbox_refusal(ws, &book, config.as_ref(), (id, &file, is_task)) {
+                v["rejected_because"] = why.into();
+            }
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
             println!("{id} — .context/inbox/{file}");
@@ -295,10 +324,17 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
     let waiting = inbox_files(ws, &book);
     if as_json {
         let tasks: Vec<&TaskRecord> = book.iter().collect();
+        let config = (!waiting.is_empty())
+            .then(|| Config::load(&ws.config()).ok())
+            .flatten();
         let inbox: Vec<serde_json::Value> = waiting
             .iter()
             .map(|(id, file, is_task)| {
-                json!({"id": id, "state": "inbox", "file": file, "task_file": is_task})
+                let mut v = json!({"id": id, "state": "inbox", "file": file, "task_file": is_task});
+                if let Some(why) = inbox_refusal(ws, &book, config.as_ref(), (id, file, *is_task)) {
+                    v["rejected_because"] = why.into();
+                }
+                v
             })
             .collect();
         let pid = running_daemon(ws);
