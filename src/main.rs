@@ -23,7 +23,26 @@ fn main() -> ExitCode {
     }
     // A shell asking for completions (`COMPLETE=bash dirigent -- …`): answer and exit.
     complete::answer_if_asked();
-    let cli = Cli::parse();
+    // A script that asked for `--json` reads stdout: a failure is an object there too.
+    let wants_json = args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if wants_json && !shown {
+                let full = e.to_string();
+                let first = full.lines().next().unwrap_or("");
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                println!("{}", serde_json::json!({ "error": first }));
+            }
+            e.exit()
+        }
+    };
     if !matches!(cli.command, Command::Daemon { .. }) {
         // A command whose reader went away (`dirigent status --json | head`) ends quietly, as
         // Unix tools do, instead of panicking on the failed write. The daemon keeps SIGPIPE
@@ -33,12 +52,6 @@ fn main() -> ExitCode {
             nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
         }
     }
-    // A script that asked for `--json` reads stdout: a failure is an object there too.
-    let wants_json = args
-        .iter()
-        .skip(1)
-        .take_while(|a| *a != "--")
-        .any(|a| a == "--json");
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

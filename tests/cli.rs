@@ -313,6 +313,19 @@ fn reading_commands_work_without_a_daemon_and_say_so() {
         stderr(&out),
         "error: no task `nope` in this workspace; `dirigent status` lists the tasks\n"
     );
+    // A usage error too.
+    let out = ws.cli(&["status", "--json", "--bogus"]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        ),
+        (
+            Some(2),
+            "{\"error\":\"unexpected argument '--bogus' found\"}\n".to_string()
+        ),
+        "expected the usage error as JSON on stdout"
+    );
 }
 
 #[test]
