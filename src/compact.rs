@@ -25,6 +25,10 @@ use crate::workspace::Workspace;
 /// Written next to the ledger.
 pub const SNAPSHOT: &str = "ledger.snapshot.json";
 
+/// The snapshot's shape, written first in it: a later version that changes the shape writes a
+/// higher number, so this one can say why it cannot read it.
+const SNAPSHOT_FORMAT: u32 = 1;
+
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     format: u32,
@@ -98,9 +102,28 @@ fn read_snapshot(ws: &Workspace, key: Option<&Key>) -> std::io::Result<ReadSnaps
         Err(e) => return Err(e),
     };
     let unreadable = |e: serde_json::Error| {
+        // A later version's snapshot says so first (`{"format":N,…`): that is the reason then.
+        let newer = crate::fsutil::read_small_nofollow(&path, 64)
+            .ok()
+            .and_then(|head| {
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let n = head.strip_prefix("{\"format\":")?;
+                n.split([',', '}']).next()?.trim().parse::<u32>().ok()
+            })
+            .filter(|n| *n > SNAPSHOT_FORMAT);
+        let why = match newer {
+            Some(n) => format!(
+                "it was written by a newer dirigent (snapshot format {n}; this one reads {SNAPSHOT_FORMAT}): run that version"
+            ),
+            None => e.to_string(),
+        };
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("`{}` cannot be read: {e}{}", path.display(), way_out(&path)),
+            format!(
+                "`{}` cannot be read: {why}{}",
+                path.display(),
+                way_out(&path)
+            ),
         )
     };
     // Parsed as it is read (and its seal checked on the way): a book with many queued tasks
@@ -290,7 +313,7 @@ pub fn write_snapshot(
         book: &'a TaskBook,
     }
     let snapshot = SnapshotRef {
-        format: 1,
+        format: SNAPSHOT_FORMAT,
         seq,
         book,
     };

@@ -310,6 +310,14 @@ default_chain: [good]
         "expected a task to run once the snapshot is moved aside"
     );
     d.stop();
+    // One a later version wrote says so.
+    std::fs::write(&snapshot, r#"{"format":99,"seq":1,"shape":"new"}"#).unwrap();
+    let out = ws.cli(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot be read: it was written by a newer dirigent (snapshot format 99; this one reads 1): run that version"),
+        "expected a newer snapshot named as such, got {out:?}"
+    );
 }
 
 #[test]
