@@ -13,65 +13,17 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
     // Every problem reading finds is reported, not only the first (see
     // `config::from_yaml_collecting`): one misspelt key must not hide the others.
     let collected = crate::config::from_yaml_collecting::<Written>(&def.text);
-    let stopped = collected.value.is_none();
-    let mut problems_read = collected.problems;
-    let last = if stopped { problems_read.pop() } else { None };
-    let mut unknown: Vec<Problem> = problems_read
+    let mut problems: Vec<Problem> = collected
+        .problems
         .iter()
-        .map(|e| {
-            let (line, column) = e
-                .error
-                .location()
-                .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
-            Problem {
-                file: file.clone(),
-                line,
-                column,
-                message: crate::config::yaml_message(e),
-            }
-        })
+        .map(|e| read_problem(&file, &def.text, e))
         .collect();
-    let parsed = match (collected.value, last) {
-        (Some(wf), _) => Ok(Some(wf)),
-        (None, Some(e)) => Err(e),
-        (None, None) => Ok(None),
-    };
-    let parsed = parsed.map_err(|e| {
-        let (line, column) = e
-            .error
-            .location()
-            .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
-        // The position is in the Problem already; the message names the key it was at.
-        let mut message = crate::config::yaml_message(&e);
-        // serde names only the key, also when the other was written under its second name.
-        for (key, other) in super::written::SECOND_NAMES {
-            if let Some(path) = message.strip_suffix(&format!("duplicate field `{key}`")) {
-                message = format!(
-                    "{path}`{key}` is given twice (`{other}` is another name for it): write it once"
-                );
-                break;
-            }
-        }
-        let source_line = def.text.lines().nth(line.saturating_sub(1) as usize).unwrap_or("");
-        if flow_map_with_placeholder(source_line) {
-            message.push_str(
-                "; a `{placeholder}` inside a flow-style map `{ … }` must be quoted (`prompt: \"Plan {feature}\"`), or write the map in block style, one key per line",
-            );
-        }
-        let mut all = std::mem::take(&mut unknown);
-        all.push(Problem {
-            file: file.clone(),
-            line,
-            column,
-            message,
-        });
-        all
-    })?;
-    let wf: Written = match parsed {
+    // Read with only unknown keys stepped over, the rest is checked too; a value that was
+    // wrong would only be reported again as missing.
+    let wf: Written = match collected.value {
         Some(wf) if !collected.values_stepped_over => wf,
-        _ => return Err(unknown),
+        _ => return Err(problems),
     };
-    let mut problems = unknown;
     let mut at = |s: &serde_saphyr::Location, message: String| {
         problems.push(Problem {
             file: file.clone(),
@@ -489,6 +441,40 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
     } else {
         problems.sort_by_key(|p| (p.line, p.column));
         Err(problems)
+    }
+}
+
+/// A problem reading found, at its position, in the reader's words.
+fn read_problem(file: &str, text: &str, e: &crate::config::YamlError) -> Problem {
+    let (line, column) = e
+        .error
+        .location()
+        .map_or((1, 1), |l| (l.line().max(1), l.column().max(1)));
+    // The position is in the Problem already; the message names the key it was at.
+    let mut message = crate::config::yaml_message(e);
+    // serde names only the key, also when the other was written under its second name.
+    for (key, other) in super::written::SECOND_NAMES {
+        if let Some(path) = message.strip_suffix(&format!("duplicate field `{key}`")) {
+            message = format!(
+                "{path}`{key}` is given twice (`{other}` is another name for it): write it once"
+            );
+            break;
+        }
+    }
+    let source_line = text
+        .lines()
+        .nth(line.saturating_sub(1) as usize)
+        .unwrap_or("");
+    if flow_map_with_placeholder(source_line) {
+        message.push_str(
+            "; a `{placeholder}` inside a flow-style map `{ … }` must be quoted (`prompt: \"Plan {feature}\"`), or write the map in block style, one key per line",
+        );
+    }
+    Problem {
+        file: file.to_string(),
+        line,
+        column,
+        message,
     }
 }
 
