@@ -467,6 +467,15 @@ fn status_and_fleet_name_the_workers_and_the_agents_no_worker_runs() {
         text.contains("waiting: no live worker of the fleet runs `beta` (1 task: b)"),
         "expected status to say no worker runs beta, got:\n{text}"
     );
+    // Its row: the agent it waits for; attempts and time are the worker's, not counted here.
+    let row = format!(
+        "{:<28} {:<9} {:<10} {:>3} {:>8}  ",
+        "b", "pending", "beta", "-", "-"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with(&row)),
+        "expected the row {row:?} in:\n{text}"
+    );
     assert!(
         text.contains("workers: gpu (alpha; 0/2)"),
         "expected status to list the live worker, got:\n{text}"

@@ -380,8 +380,14 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         "ID", "STATE", "AGENT", "#", "TIME"
     );
     for t in book.iter() {
-        let agent = match t.phase() {
-            Phase::Done { agent, .. } | Phase::Running { agent, .. } => agent.clone(),
+        let agent = match (t.phase(), t.more().fleet.as_deref()) {
+            (Phase::Done { agent, .. } | Phase::Running { agent, .. }, _) => agent.clone(),
+            // On the fleet's queue: the agent it waits for.
+            (_, Some(dirigent::state::FleetPart::Published { subject, .. }))
+                if t.attempts().is_empty() =>
+            {
+                dirigent::fleet::agent_of_subject(subject)
+            }
             _ => t
                 .attempts()
                 .last()
@@ -397,8 +403,17 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 t.phase().label()
             },
             agent,
-            t.attempts().len(),
-            short(Duration::from_millis(t.busy_ms(ledger::now_ms()))),
+            // Run on the fleet: its attempts were made, and are counted, on the worker.
+            if on_fleet(t) {
+                "-".to_string()
+            } else {
+                t.attempts().len().to_string()
+            },
+            if on_fleet(t) {
+                "-".to_string()
+            } else {
+                short(Duration::from_millis(t.busy_ms(ledger::now_ms())))
+            },
             match t.branch_note() {
                 Some(branch) => format!("{} [{branch}]", dirigent::terminal::printable(t.title())),
                 None => dirigent::terminal::printable(t.title()),
@@ -437,6 +452,15 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A task that went to the fleet from here (and had no attempt here).
+fn on_fleet(t: &TaskRecord) -> bool {
+    t.attempts().is_empty()
+        && matches!(
+            t.more().fleet.as_deref(),
+            Some(dirigent::state::FleetPart::Published { .. })
+        )
 }
 
 /// For a workflow run that is under way (its tasks are queued or running): how far it is. A
