@@ -399,3 +399,33 @@ fn init_in_a_git_repository_keeps_the_workspace_state_out_of_git() {
     let text = std::fs::read_to_string(&exclude).unwrap();
     assert_eq!(text.matches("/.context/").count(), 1, "{text}");
 }
+
+/// A config made invalid while the daemon runs: the daemon keeps its previous one, so `submit`
+/// still works — the daemon checks the task — and says the file must be fixed; `status` says
+/// what the broken file means, not only that budgets are missing.
+#[test]
+fn a_config_broken_while_the_daemon_runs_does_not_block_submit() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    let out = ws.cli(&["submit", "first", "--id", "first", "--wait"]);
+    assert!(out.status.success(), "expected `first` done: {out:?}");
+    ws.write_config(&format!("{CONFIG}concurrency: lots\n"));
+    let out = ws.cli(&["submit", "during", "--id", "during", "--wait"]);
+    assert!(
+        out.status.success(),
+        "expected the task run by the daemon's running config: {out:?}"
+    );
+    assert!(
+        stderr(&out).contains(
+            "warning: the daemon still runs its previous configuration, which checks this task; fix the file"
+        ),
+        "expected the broken file and what it means said, got:\n{}",
+        stderr(&out)
+    );
+    let out = ws.cli(&["status"]);
+    assert!(
+        stderr(&out).contains("the daemon still runs its previous configuration, but a daemon started now would refuse this file: fix it"),
+        "expected status to say what the broken file means, got:\n{}",
+        stderr(&out)
+    );
+}

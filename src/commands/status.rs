@@ -562,7 +562,14 @@ fn spend_report(ws: &Workspace, book: &TaskBook) -> Result<serde_json::Value> {
     let config = match Config::load(&ws.config()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("warning: budgets not shown: {e}");
+            eprintln!(
+                "warning: {e}\nwarning: {}; budgets are not shown",
+                if running_daemon(ws).is_some() {
+                    "the daemon still runs its previous configuration, but a daemon started now would refuse this file: fix it"
+                } else {
+                    "a daemon does not start with this file: fix it"
+                }
+            );
             Config::parse("{}", "no config")?
         }
     };

@@ -70,10 +70,87 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         merge: args.merge,
         ..Default::default()
     };
+    // Checked here with the config on disk. While a daemon runs its previous one (the file was
+    // made invalid since), that daemon checks the task: it is what runs it.
+    let (id, fields) = match Config::load(&ws.config()) {
+        Ok(config) => checked(ws, fields, &config)?,
+        Err(e) if running_daemon(ws).is_some() => {
+            eprintln!(
+                "warning: {e}\nwarning: the daemon still runs its previous configuration, which checks this task; fix the file (a daemon started now would refuse it)"
+            );
+            let mut fields = fields;
+            let id = fields.id.clone().unwrap_or_else(|| {
+                dirigent::submit::generate_id(
+                    fields
+                        .workflow
+                        .as_deref()
+                        .or(fields.prompt.as_deref())
+                        .unwrap_or("task"),
+                )
+            });
+            fields.id = Some(id.clone());
+            (id, fields)
+        }
+        Err(e) => bail!("{e} (no daemon runs, and none starts with this file: fix it first)"),
+    };
+    if !ws.context().is_dir() {
+        eprintln!(
+            "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit; add `.context/` to .gitignore)",
+            ws.context().display(),
+            ws.root().display()
+        );
+    }
+    ws.ensure()?;
+    let follower = dirigent::follow::Follower::from_end(ws);
+    let name = format!("{id}.json");
+    let dest = submit_file(ws, &id, fields).map_err(|refused| match refused {
+        Refused::Taken(why) => taken(&why),
+        Refused::Other(why) => anyhow::anyhow!("{why}"),
+    })?;
+    if args.json && !args.wait {
+        println!("{}", json!({"id": id, "file": dest}));
+    } else if !args.wait {
+        println!("{id}");
+    }
+    if !args.wait && running_daemon(ws).is_none() {
+        eprintln!(
+            "dirigent: no daemon is running on this workspace: `{id}` waits in .context/inbox/ and runs when one starts (`dirigent daemon`)"
+        );
+    }
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if running_daemon(ws).is_none() {
+        eprintln!(
+            "dirigent: submitted `{id}`; no daemon is running on this workspace yet — waiting for one to start"
+        );
+    } else {
+        eprintln!("dirigent: submitted `{id}`, waiting");
+    }
+    // A wait for other tasks first is said, not left to look like a hang.
+    if !after.is_empty() {
+        let names: Vec<String> = after.iter().map(|a| format!("`{a}`")).collect();
+        eprintln!(
+            "dirigent: `{id}` starts once {} {} done",
+            names.join(" and "),
+            if names.len() == 1 { "is" } else { "are" }
+        );
+    }
+    let mut end = Ending {
+        json: args.json,
+        file: dest.display().to_string(),
+        branch: None,
+        answered: None,
+    };
+    wait_for(ws, &id, &name, follower, &mut end)
+}
+
+/// The task checked here, before anything is written, with the same rules the daemon applies
+/// (`config`'s), and what it would be warned of: its id and its fields in their normal form.
+fn checked(ws: &Workspace, fields: TaskFields, config: &Config) -> Result<(String, TaskFields)> {
     // Validate here, before anything is written, with the same rules the daemon applies.
-    let config = Config::load(&ws.config())?;
     let book = load_book(ws)?;
-    let (id, fields) = dirigent::submit::prepare(fields, &config, ws, |id| book.contains(id))
+    let (id, fields) = dirigent::submit::prepare(fields, config, ws, |id| book.contains(id))
         .map_err(|e| match e {
             dirigent::submit::SubmitError::Exists(why) => taken(&why),
             // The rules speak of the task's keys; here they were given as flags.
@@ -127,7 +204,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         .map(|a| config.agents.get(*a).and_then(|c| c.workdir))
         .reduce(|a, b| if a == b { a } else { None })
         .flatten();
-    let mut asked = dirigent::task::asked_workdir(&fields, &config);
+    let mut asked = dirigent::task::asked_workdir(&fields, config);
     asked.agent = agent_word;
     let in_worktree =
         dirigent::workdir::decide(asked, dirigent::git::in_repository(ws.root()), false)
@@ -167,56 +244,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
             );
         }
     }
-    if !ws.context().is_dir() {
-        eprintln!(
-            "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit; add `.context/` to .gitignore)",
-            ws.context().display(),
-            ws.root().display()
-        );
-    }
-    ws.ensure()?;
-    let follower = dirigent::follow::Follower::from_end(ws);
-    let name = format!("{id}.json");
-    let dest = submit_file(ws, &id, fields).map_err(|refused| match refused {
-        Refused::Taken(why) => taken(&why),
-        Refused::Other(why) => anyhow::anyhow!("{why}"),
-    })?;
-    if args.json && !args.wait {
-        println!("{}", json!({"id": id, "file": dest}));
-    } else if !args.wait {
-        println!("{id}");
-    }
-    if !args.wait && running_daemon(ws).is_none() {
-        eprintln!(
-            "dirigent: no daemon is running on this workspace: `{id}` waits in .context/inbox/ and runs when one starts (`dirigent daemon`)"
-        );
-    }
-    if !args.wait {
-        return Ok(ExitCode::SUCCESS);
-    }
-    if running_daemon(ws).is_none() {
-        eprintln!(
-            "dirigent: submitted `{id}`; no daemon is running on this workspace yet — waiting for one to start"
-        );
-    } else {
-        eprintln!("dirigent: submitted `{id}`, waiting");
-    }
-    // A wait for other tasks first is said, not left to look like a hang.
-    if !after.is_empty() {
-        let names: Vec<String> = after.iter().map(|a| format!("`{a}`")).collect();
-        eprintln!(
-            "dirigent: `{id}` starts once {} {} done",
-            names.join(" and "),
-            if names.len() == 1 { "is" } else { "are" }
-        );
-    }
-    let mut end = Ending {
-        json: args.json,
-        file: dest.display().to_string(),
-        branch: None,
-        answered: None,
-    };
-    wait_for(ws, &id, &name, follower, &mut end)
+    Ok((id, fields))
 }
 
 /// The most bytes of a result `--wait` holds in memory (the JSON object's `result`; a result
