@@ -1080,3 +1080,36 @@ fn submit_wait_ends_at_a_cancel_and_says_when_the_daemon_dies() {
         "128 + SIGINT"
     );
 }
+
+/// An agent's result on a terminal: its escape sequences dropped and a final newline added
+/// (the shell's prompt joined its last line); in a pipe, its bytes exactly.
+#[test]
+fn a_result_on_a_terminal_ends_its_line_and_carries_no_escape_sequence() {
+    let ws = Workspace::new(
+        "agents:\n  bare: { command: [\"sh\", \"-c\", \"printf 'the answer\\\\033]0;retitled\\\\007 is 42'\"] }\ndefault_chain: [bare]\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("r.json", r#"{"id": "r", "prompt": "p"}"#);
+    assert!(
+        matches!(ws.wait_settled("r"), dirigent::ledger::Event::Done { .. }),
+        "expected `r` done"
+    );
+    let piped = ws.cli(&["result", "r"]);
+    assert_eq!(
+        piped.stdout, b"the answer\x1b]0;retitled\x07 is 42",
+        "expected the bytes exactly in a pipe"
+    );
+    let cmd = format!("{} result r", common::BIN);
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("DIRIGENT_ROOT", ws.root())
+        .env("DIRIGENT_STATE_DIR", ws.state.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        screen, "the answer is 42\r\n",
+        "expected the text without its escape sequence, its line ended, on a terminal"
+    );
+}

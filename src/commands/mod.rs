@@ -150,15 +150,42 @@ fn is_change(kind: &notify::EventKind) -> bool {
     }
 }
 
+/// An agent's text (a result, an answer) on stdout. On a terminal its escape sequences are
+/// dropped (they could retitle the window or write to the clipboard) and a final newline is
+/// added when it has none, so the shell's prompt does not join its last line; in a pipe, its
+/// bytes exactly.
+pub(super) fn print_agent_text(mut from: impl Read) -> std::io::Result<()> {
+    let stdout = std::io::stdout().lock();
+    if !stdout.is_terminal() {
+        let mut stdout = stdout;
+        return std::io::copy(&mut from, &mut stdout).map(|_| ());
+    }
+    let mut out = dirigent::terminal::PrintableWriter::new(stdout);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last = None;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        last = Some(buf[n - 1]);
+        out.write_all(&buf[..n])?;
+    }
+    if last.is_some_and(|b| b != b'\n') {
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
 pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
     let book = load_book(ws)?;
     let t = find_task(&book, id)?;
     match t.phase() {
         Phase::Done { output, .. } => {
             // Streamed, through no link and from no FIFO: an agent may have replaced the file.
-            let mut f = dirigent::fsutil::open_confined(ws.root(), output)
+            let f = dirigent::fsutil::open_confined(ws.root(), output)
                 .map_err(|e| anyhow::anyhow!("the result `{output}` {e}"))?;
-            std::io::copy(&mut f, &mut std::io::stdout().lock())?;
+            print_agent_text(f)?;
             Ok(ExitCode::SUCCESS)
         }
         Phase::Failed { .. } => {
@@ -185,7 +212,7 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
                 a.n,
                 a.agent
             );
-            std::io::copy(&mut f, &mut std::io::stdout().lock())?;
+            print_agent_text(&mut f)?;
             Ok(ExitCode::SUCCESS)
         }
         other => bail!(

@@ -634,7 +634,7 @@ fn report_progress(
                     json!({"agent": agent, "output": output, "result": String::from_utf8_lossy(&text)}),
                 );
             } else {
-                std::io::copy(&mut f, &mut std::io::stdout().lock())?;
+                print_agent_text(&mut f)?;
             }
             return Ok(Some(ExitCode::SUCCESS));
         }
@@ -687,7 +687,7 @@ fn report_progress(
                     }
                     end.object(id, "merge_waiting", more);
                 } else if let Some(text) = answer {
-                    std::io::stdout().write_all(&text)?;
+                    print_agent_text(text.as_slice())?;
                 }
                 return Ok(Some(ExitCode::SUCCESS));
             }
