@@ -363,7 +363,8 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "auto|manual|none", value_parser = parse_merge)]
     pub merge: Option<dirigent::editing::MergeMode>,
     /// Follow the task: print progress on stderr and the result on stdout; exit 0 when done
-    /// (or verified and waiting for `dirigent merge`), 1 when escalated, rejected or cancelled.
+    /// (or verified and waiting for `dirigent merge`), 1 when escalated, rejected or cancelled,
+    /// 130 when interrupted (Ctrl-C; the task goes on) and 143 on SIGTERM.
     #[arg(long)]
     pub wait: bool,
     /// Print `{"id": …, "file": …}` instead of the bare id. With `--wait`: one object once
