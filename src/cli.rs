@@ -92,7 +92,7 @@ pub enum Command {
     /// (with `-f`, attempts that start later join in).
     Logs {
         /// The task (or tasks) whose output to print (`dirigent status` lists them).
-        #[arg(add = crate::complete::tasks(), required_unless_present = "all")]
+        #[arg(add = crate::complete::tasks())]
         ids: Vec<String>,
         /// The output of every running attempt.
         #[arg(long, conflicts_with_all = ["ids", "attempt", "stderr"])]

@@ -140,6 +140,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             attempt,
             stderr,
         } => match &ids[..] {
+            [] if !all => Err(anyhow::anyhow!(
+                "give the task (or tasks) whose output to print, or `--all` for every attempt's; `dirigent status` lists the tasks"
+            )),
             [id] if !all => commands::logs(&ws, id, follow, attempt, stderr),
             _ if attempt.is_some() || stderr => Err(anyhow::anyhow!(
                 "`--attempt` and `--stderr` take one task; several show every stream of their latest attempts"

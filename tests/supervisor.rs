@@ -916,6 +916,21 @@ fn flaky_agent_succeeds_on_a_later_task() {
     assert!(text.contains("attempt 1: flaky"), "{text}");
     let logs = ws.cli(&["logs", "f1", "--stderr"]);
     assert_eq!(String::from_utf8_lossy(&logs.stdout), "first run fails\n");
+    // Its stdout is empty: said, with where its output is.
+    let logs = ws.cli(&["logs", "f1"]);
+    assert!(
+        logs.stdout.is_empty()
+            && String::from_utf8_lossy(&logs.stderr).contains(
+                "wrote nothing to stdout; `dirigent logs f1 --stderr` shows the 16 byte(s) it wrote to stderr"
+            ),
+        "expected the empty stdout said, got {logs:?}"
+    );
+    let none = ws.cli(&["logs"]);
+    assert_eq!(
+        String::from_utf8_lossy(&none.stderr),
+        "error: give the task (or tasks) whose output to print, or `--all` for every attempt's; `dirigent status` lists the tasks\n",
+        "expected `logs` without ids to name `--all`"
+    );
 }
 
 #[test]

@@ -100,6 +100,13 @@ pub fn logs(
     };
     let mut pos = copy_from(&path, 0, &mut out)?;
     if !follow || a.class.is_some() {
+        // Nothing shown while the other stream holds something: said, not left blank.
+        if pos == 0 && !stderr && a.stderr_bytes > 0 {
+            eprintln!(
+                "dirigent: attempt {} of `{id}` ({}) wrote nothing to stdout; `dirigent logs {id} --stderr` shows the {} byte(s) it wrote to stderr",
+                a.n, a.agent, a.stderr_bytes
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let n = a.n;
