@@ -35,10 +35,16 @@ fn main() -> ExitCode {
             use clap::error::ErrorKind;
             let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
             if wants_json && !shown {
+                // Its first paragraph: the error and what it lists (`[possible values: …]`).
                 let full = e.to_string();
-                let first = full.lines().next().unwrap_or("");
-                let first = first.strip_prefix("error: ").unwrap_or(first);
-                println!("{}", serde_json::json!({ "error": first }));
+                let said: Vec<&str> = full
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                let said = said.join(" ");
+                let said = said.strip_prefix("error: ").unwrap_or(&said);
+                println!("{}", serde_json::json!({ "error": said }));
             }
             e.exit()
         }
