@@ -326,6 +326,12 @@ fn reading_commands_work_without_a_daemon_and_say_so() {
         ),
         "expected the usage error as JSON on stdout"
     );
+    let out = ws.cli(&["stats", "--json", "--by", "nonsense"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"error\":\"invalid value 'nonsense' for '--by <BY>' [possible values: agent, role, model, worker]\"}\n",
+        "expected the values it takes in the JSON error"
+    );
 }
 
 #[test]
