@@ -55,6 +55,12 @@ pub fn runner_lines(wf: &Workflow, config: &Config) -> Vec<String> {
             _ => {
                 out.push(head);
                 for (label, found) in steps {
+                    // The phase's own runner beside other steps: it runs the phase's tasks.
+                    let label = if label.is_empty() {
+                        "tasks:".into()
+                    } else {
+                        label
+                    };
                     out.push(format!("  {label} {found}"));
                 }
             }

@@ -339,7 +339,8 @@ impl Definition {
     /// How problems name this file.
     pub fn label(&self) -> String {
         match &self.source {
-            Source::Builtin => format!("context/workflows/{}.yaml", self.name),
+            // Compiled in: no file of the user's to point at.
+            Source::Builtin => format!("{} (built-in)", self.name),
             Source::File(p) => p.display().to_string(),
         }
     }
