@@ -333,9 +333,13 @@ impl Api {
             Some("failed") => {
                 return Response::fail(
                     Failure::Conflict,
-                    format!(
-                        "task `{id}` failed and has no result; see .context/escalations/{id}.md"
-                    ),
+                    if data["reason"] == crate::state::CANCELLED_REASON {
+                        format!("task `{id}` was cancelled and has no result")
+                    } else {
+                        format!(
+                            "task `{id}` failed and has no result; see .context/escalations/{id}.md"
+                        )
+                    },
                 );
             }
             Some("rejected") => {

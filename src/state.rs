@@ -123,6 +123,15 @@ impl Phase {
             Phase::MergeWaiting { .. } => "merge_waiting",
         }
     }
+
+    /// The word shown to people: [`Phase::label`], except that a task the user cancelled is
+    /// `cancelled` (it is `failed` in records and filters, where it ends like one).
+    pub fn shown(&self) -> &'static str {
+        match self {
+            Phase::Failed { reason, .. } if reason == CANCELLED_REASON => "cancelled",
+            other => other.label(),
+        }
+    }
 }
 
 /// A rejected file, as remembered for `status`.

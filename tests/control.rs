@@ -99,7 +99,18 @@ fn cancel_stops_a_running_agent_with_its_grandchild_and_a_queued_task() {
     // Cancelling again, or something unknown, is a clear error.
     assert_eq!(
         stderr(&ws.cli(&["cancel", "h"])),
-        "error: task `h` has already finished (failed)\n"
+        "error: task `h` has already finished (cancelled)\n"
+    );
+    assert_eq!(
+        stderr(&ws.cli(&["result", "h"])),
+        "error: task `h` was cancelled and has no result; `dirigent retry h` runs it again\n"
+    );
+    let table = String::from_utf8_lossy(&ws.cli(&["status"]).stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("h ") && l.split_whitespace().nth(1) == Some("cancelled")),
+        "expected `h` listed as cancelled, got:\n{table}"
     );
     assert_eq!(
         stderr(&ws.cli(&["cancel", "nope"])),

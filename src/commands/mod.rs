@@ -188,6 +188,11 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
             print_agent_text(f)?;
             Ok(ExitCode::SUCCESS)
         }
+        Phase::Failed { reason, .. } if reason == dirigent::state::CANCELLED_REASON => {
+            bail!(
+                "task `{id}` was cancelled and has no result; `dirigent retry {id}` runs it again"
+            )
+        }
         Phase::Failed { .. } => {
             bail!("task `{id}` failed and has no result; see .context/escalations/{id}.md")
         }

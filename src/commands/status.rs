@@ -400,7 +400,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             if run_running(&book, t).is_some() {
                 "running"
             } else {
-                t.phase().label()
+                t.phase().shown()
             },
             agent,
             // Run on the fleet: its attempts were made, and are counted, on the worker.

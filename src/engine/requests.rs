@@ -267,7 +267,7 @@ impl Engine {
                 if t.phase().is_terminal() {
                     return Response::fail(
                         Failure::Conflict,
-                        format!("task `{id}` has already finished ({})", t.phase().label()),
+                        format!("task `{id}` has already finished ({})", t.phase().shown()),
                     );
                 }
                 if self.live.is_finishing(&id) {
