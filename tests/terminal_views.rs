@@ -182,10 +182,10 @@ fn logs_refuse_flags_that_take_one_task_with_several() {
     );
     let out = ws.cli(&["logs"]);
     assert_eq!(out.status.code(), Some(2), "`logs` needs a task");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("<IDS>"),
-        "clap names what is missing: {}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: give the task (or tasks) whose output to print, or `--all` for every attempt's; `dirigent status` lists the tasks\n",
+        "expected what is missing named, and `--all`"
     );
     let out = ws.cli(&["logs", "-f", "nosuch", "other"]);
     assert_eq!(

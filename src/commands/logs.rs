@@ -36,9 +36,19 @@ pub fn logs(
                     let in_inbox = inbox_files(ws, &book)
                         .iter()
                         .any(|(i, _, is_task)| i == id && *is_task);
-                    if in_inbox {
+                    // Claimed: in `running/`, its record about to be written.
+                    let claimed = ["json", "md"]
+                        .iter()
+                        .any(|ext| ws.running().join(format!("{id}.{ext}")).exists());
+                    if in_inbox || claimed {
                         seen_waiting = true;
                     } else if !seen_waiting {
+                        // It may have moved from the inbox into the ledger since the book was
+                        // read: read it again before calling the task unknown.
+                        book = load_book(ws)?;
+                        if book.get(id).is_some() {
+                            continue;
+                        }
                         break; // unknown: `find_task` below says so
                     } else if let Some(r) = book.rejected.iter().rev().find(|r| {
                         dirigent::task::id_from_stem(dirigent::fsutil::split_name(&r.file).0) == id

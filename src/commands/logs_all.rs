@@ -25,12 +25,21 @@ struct Tail {
 }
 
 pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCode> {
+    // Named tasks must exist: waiting in the inbox, claimed (in `running/`, its record not
+    // written yet), or in the book. Looked for in the order a task moves through them, the book
+    // last, so one that moves on meanwhile is still found somewhere.
+    let waiting = super::status::inbox_files(ws, &TaskBook::default());
+    let claimed = |id: &str| {
+        ["json", "md"]
+            .iter()
+            .any(|ext| ws.running().join(format!("{id}.{ext}")).exists())
+    };
+    let claimed: Vec<bool> = ids.iter().map(|id| claimed(id)).collect();
     let mut book = load_book(ws)?;
-    // Named tasks must exist: in the book, or still waiting in the inbox to be taken in.
-    let waiting = super::status::inbox_files(ws, &book);
-    for id in ids {
+    for (id, claimed) in ids.iter().zip(claimed) {
         if book.get(id).is_none()
             && book.outcome(id).is_none()
+            && !claimed
             && !waiting.iter().any(|(i, _, is_task)| i == id && *is_task)
         {
             find_task(&book, id)?;

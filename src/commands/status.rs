@@ -375,8 +375,15 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         .max()
         .unwrap_or(0)
         .clamp(28, 100);
+    // As wide as the longest state shown (`merge_waiting` pushed the columns after it).
+    let sw = book
+        .iter()
+        .map(|t| t.phase().shown().len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
     println!(
-        "{:<w$} {:<9} {:<10} {:>3} {:>8}  TITLE",
+        "{:<w$} {:<sw$} {:<10} {:>3} {:>8}  TITLE",
         "ID", "STATE", "AGENT", "#", "TIME"
     );
     for t in book.iter() {
@@ -395,7 +402,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 .unwrap_or_else(|| "-".into()),
         };
         println!(
-            "{:<w$} {:<9} {:<10} {:>3} {:>8}  {}",
+            "{:<w$} {:<sw$} {:<10} {:>3} {:>8}  {}",
             t.id(),
             if run_running(&book, t).is_some() {
                 "running"
@@ -435,7 +442,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         .flatten();
     for (id, file, is_task) in &waiting {
         println!(
-            "{id:<w$} {:<9} {:<10} {:>3} {:>8}  .context/inbox/{file}",
+            "{id:<w$} {:<sw$} {:<10} {:>3} {:>8}  .context/inbox/{file}",
             "inbox", "-", 0, "-"
         );
         println!(
