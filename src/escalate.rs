@@ -259,7 +259,7 @@ default_chain: [echo]
 
 /// The message for a task whose chain is empty because no agent CLI is installed. Everything it
 /// suggests works when pasted (a test pastes it).
-pub fn no_agents_message(config: &Config) -> String {
+pub fn no_agents_message(config: &Config, task: &str) -> String {
     let mut installs = String::new();
     for p in preset::PRESETS {
         if config.agents.contains_key(p.name) {
@@ -274,7 +274,7 @@ these five lines are a complete config for it (`workdir: shared`: it answers in 
 and edits nothing, so it needs no worktree of its own in a git repository):\n\n{ECHO_AGENT_CONFIG}\n\
 When it exists, add the `echo:` entry (all three of its lines) under its `agents:` and set \
 `default_chain: [echo]`. \
-Then `dirigent retry <id>`."
+Then `dirigent retry {task}`."
     )
 }
 

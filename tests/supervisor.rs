@@ -828,6 +828,7 @@ fn with_no_agent_installed_tasks_escalate_with_install_advice() {
         "pip install aider-chat",
         "these five lines are a complete config for it",
         "default_chain: [echo]",
+        "Then `dirigent retry q`.",
     ] {
         assert!(reason.contains(needle), "missing {needle:?} in {reason}");
     }

@@ -99,7 +99,7 @@ pub(super) fn admit<'a>(
     }
     if t.chain_pos() >= t.chain().len() {
         Admission::Escalate(if t.chain().is_empty() {
-            escalate::no_agents_message(config)
+            escalate::no_agents_message(config, t.id())
         } else {
             chain_failed(t, config)
         })
@@ -413,7 +413,7 @@ mod tests {
                 &[],
                 "",
                 none,
-                Admission::Escalate(escalate::no_agents_message(&config(""))),
+                Admission::Escalate(escalate::no_agents_message(&config(""), "t")),
             ),
         ];
         for (what, chain, after, extra, setup, want) in cases {
