@@ -837,7 +837,21 @@ pub fn yaml_message(e: &YamlError) -> String {
         None => first,
     };
     let first = plain_words(first);
-    match e.key.as_deref() {
+    // A misspelt key or word: the known one it is closest to.
+    let hint = ["unknown field `", "unknown variant `"]
+        .iter()
+        .find_map(|what| {
+            let (_, rest) = first.split_once(what)?;
+            let (wrong, rest) = rest.split_once('`')?;
+            let (_, known) = rest.split_once("expected one of ")?;
+            let known: Vec<&str> = known
+                .split(',')
+                .map(|k| k.trim().trim_matches('`'))
+                .collect();
+            Some(crate::suggest::hint(wrong, known))
+        })
+        .unwrap_or_default();
+    let said = match e.key.as_deref() {
         // An unknown field's message names the field (the path ends with it): say where it
         // was found.
         Some(key) if first.starts_with("unknown field") => match key.rsplit_once('.') {
@@ -846,7 +860,8 @@ pub fn yaml_message(e: &YamlError) -> String {
         },
         Some(key) => format!("`{key}`: {first}"),
         None => first.to_string(),
-    }
+    };
+    format!("{said}{hint}")
 }
 
 /// The YAML parser's words for a value of the wrong shape (`expected sequence start`,

@@ -693,7 +693,7 @@ phases:
         for (i, expected) in [
             "`phases[0].max_rounds`: expected a whole number",
             "unknown field `colour`",
-            "`phases[1].type`: unknown variant `sigle`",
+            "`phases[1].type`: unknown variant `sigle`, expected one of single, ensemble, routed, parallel, loop, map; did you mean `single`?",
             "`phases[2].agents`: expected a list",
             "`phases[2].judge_mode`: unknown variant `loud`",
         ]
