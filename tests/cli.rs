@@ -399,6 +399,10 @@ fn init_writes_a_commented_config_and_keeps_an_existing_one() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("\ncreated {}/.context (", root)),
+        "expected .context/ said created: {out:?}"
+    );
     let cfg = std::fs::read_to_string(dir.path().join(".context/dirigent.yaml")).unwrap();
     assert_eq!(cfg, dirigent::config::DEFAULT_CONFIG);
     // Every top-level key has a comment right above it.
@@ -417,7 +421,12 @@ fn init_writes_a_commented_config_and_keeps_an_existing_one() {
         .args(["--root", root, "init"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("kept the existing"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("kept the existing")
+            && said.contains(&format!("\nchecked {}/.context (", root)),
+        "expected the existing config kept and .context/ checked (not created), got:\n{said}"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.path().join(".context/dirigent.yaml")).unwrap(),
         "concurrency: 1\n"

@@ -45,6 +45,7 @@ pub use top::top;
 pub use workflows::{workflow_copy, workflow_list, workflow_show, workflow_validate};
 
 pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {
+    let was_there = ws.context().is_dir();
     ws.ensure()?;
     let cfg = ws.config();
     let existed = cfg.exists();
@@ -56,7 +57,8 @@ pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {
         println!("wrote {}", cfg.display());
     }
     println!(
-        "created {} (inbox/, running/, done/, failed/, rejected/, escalations/, outbox/, runs/, workflows/)",
+        "{} {} (inbox/, running/, done/, failed/, rejected/, escalations/, outbox/, runs/, workflows/)",
+        if was_there { "checked" } else { "created" },
         ws.context().display()
     );
     match exclude_from_git(ws) {
@@ -69,7 +71,20 @@ pub fn init(ws: &Workspace, force: bool) -> Result<ExitCode> {
             "warning: could not keep .context/ out of git ({e}); add `.context/` to .gitignore"
         ),
     }
-    println!("next: `dirigent daemon` to start, then `dirigent submit \"your prompt\" --wait`");
+    // The next step that works from here.
+    let runs_something =
+        Config::load(&cfg).is_ok_and(|c| !c.effective_default_chain(ws.root()).is_empty());
+    match running_daemon(ws) {
+        Some(pid) => println!(
+            "next: a daemon (pid {pid}) already runs on this workspace: `dirigent submit \"your prompt\" --wait`"
+        ),
+        None if !runs_something => println!(
+            "next: no agent CLI of the config is installed: `dirigent doctor` says how to install one (README, \"No agent CLI installed yet?\", shows a script agent to try dirigent without one); then `dirigent daemon`"
+        ),
+        None => println!(
+            "next: `dirigent daemon` to start, then `dirigent submit \"your prompt\" --wait`"
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
