@@ -1128,3 +1128,19 @@ fn a_result_on_a_terminal_ends_its_line_and_carries_no_escape_sequence() {
         "expected the text without its escape sequence, its line ended, on a terminal"
     );
 }
+
+/// `--merge` and `--verify` count only for a task in its own worktree: given where the task
+/// works in the workspace (not a git repository here), submit says they do nothing.
+#[test]
+fn worktree_settings_on_a_task_in_the_workspace_are_warned_of() {
+    let ws = Workspace::new(CONFIG);
+    let out = ws.cli(&["submit", "p", "--merge", "auto", "--verify", "true"]);
+    assert!(out.status.success(), "expected the task queued: {out:?}");
+    assert!(
+        stderr(&out).contains(
+            "warning: `--merge`, `--verify` only count for a task that works in its own worktree of a git repository; this one works in the workspace (it is not a git repository), so nothing is merged"
+        ),
+        "expected the settings warned of, got:\n{}",
+        stderr(&out)
+    );
+}

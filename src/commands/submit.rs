@@ -209,6 +209,30 @@ fn checked(ws: &Workspace, fields: TaskFields, config: &Config) -> Result<(Strin
     let in_worktree =
         dirigent::workdir::decide(asked, dirigent::git::in_repository(ws.root()), false)
             == Ok(dirigent::workdir::Workdir::Worktree);
+    // Settings only a task in a worktree has: given to one that works in the workspace, they
+    // would be taken without effect.
+    let only_in_trees: Vec<&str> = [
+        ("--merge", fields.merge.is_some()),
+        ("--verify", fields.verify.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect();
+    if !in_worktree && fields.workflow.is_none() && !only_in_trees.is_empty() {
+        eprintln!(
+            "warning: {} only count for a task that works in its own worktree of a git repository; this one works in the workspace ({}), so nothing is merged",
+            only_in_trees
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if dirigent::git::in_repository(ws.root()) {
+                "`workdir: shared`"
+            } else {
+                "it is not a git repository"
+            }
+        );
+    }
     if in_worktree && fields.base.is_none() && fields.merge_into.is_none() {
         let setup = &config.editing.setup;
         // Under a `worktree.copy`/`link` path, a new tree gets it from the checkout.
