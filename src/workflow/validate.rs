@@ -24,11 +24,12 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         Some(wf) if !collected.values_stepped_over => wf,
         _ => return Err(problems),
     };
-    let mut at = |s: &serde_saphyr::Location, message: String| {
+    let mut at = |s: &dyn Pos, message: String| {
+        let (line, column) = s.pos();
         problems.push(Problem {
             file: file.clone(),
-            line: s.line().max(1),
-            column: s.column().max(1),
+            line,
+            column,
             message,
         });
     };
@@ -181,7 +182,19 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
                     "phase `{pname}`: `{key}` is read only with `context: {context}`; remove it or set `context: {context}`"
                 ),
             };
-            at(m.at.unwrap_or(here), message);
+            // Where the key is written: its value's position, else found in the phase's lines
+            // (a number or a word keeps none), else the phase.
+            let written = key_in_phase(&def.text, here.line(), key).or_else(|| {
+                super::written::SECOND_NAMES
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .and_then(|(_, other)| key_in_phase(&def.text, here.line(), other))
+            });
+            match (m.at, written) {
+                (Some(l), _) => at(l, message),
+                (None, Some(found)) => at(&found, message),
+                (None, None) => at(here, message),
+            }
         }
         let typed = match kind {
             PhaseType::Single => {
@@ -442,6 +455,54 @@ pub fn validate(def: &Definition, config: &Config) -> Result<Workflow, Vec<Probl
         problems.sort_by_key(|p| (p.line, p.column));
         Err(problems)
     }
+}
+
+/// A position a problem is reported at (1-based line and column).
+trait Pos {
+    fn pos(&self) -> (u64, u64);
+}
+
+impl Pos for serde_saphyr::Location {
+    fn pos(&self) -> (u64, u64) {
+        (self.line().max(1), self.column().max(1))
+    }
+}
+
+impl Pos for (u64, u64) {
+    fn pos(&self) -> (u64, u64) {
+        *self
+    }
+}
+
+/// Where `key:` is written among the lines of the phase whose `name` is on line `name_line`
+/// (1-based): from the phase's `- ` to the next line as little indented. `None` for a phase
+/// written as a flow map, or a key not found.
+fn key_in_phase(text: &str, name_line: u64, key: &str) -> Option<(u64, u64)> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let name_at = usize::try_from(name_line).ok()?.checked_sub(1)?;
+    let dash = (0..=name_at).rev().find(|j| {
+        lines
+            .get(*j)
+            .is_some_and(|l| l.trim_start().starts_with("- "))
+    })?;
+    let dash_indent = indent(lines[dash]);
+    let wanted = format!("{key}:");
+    for (j, l) in lines.iter().enumerate().skip(dash) {
+        if j > dash && !l.trim().is_empty() && indent(l) <= dash_indent {
+            break;
+        }
+        let rest = l.trim_start();
+        let rest = if j == dash {
+            rest.strip_prefix("- ")?.trim_start()
+        } else {
+            rest
+        };
+        if rest.starts_with(&wanted) {
+            return Some(((j + 1) as u64, (l.len() - rest.len() + 1) as u64));
+        }
+    }
+    None
 }
 
 /// A problem reading found, at its position, in the reader's words.
@@ -722,6 +783,27 @@ phases:
         );
     }
 
+    /// A misplaced key whose value keeps no position (a number, a word) is still reported at
+    /// the key, not at its phase.
+    #[test]
+    fn a_misplaced_key_is_reported_where_it_is_written() {
+        let text = "name: x\nphases:\n  - name: review\n    type: single\n    agent: claude\n    prompt: Look\n    max_rounds: 3\n  - max_rounds: 2\n    name: two\n    type: single\n    agent: claude\n";
+        let problems = validate(&def("x", text), &config()).unwrap_err();
+        let at: Vec<(u64, u64)> = problems.iter().map(|p| (p.line, p.column)).collect();
+        assert_eq!(
+            at,
+            [(7, 5), (8, 5)],
+            "expected each misplaced `max_rounds` at its own line: {problems:#?}"
+        );
+        assert!(
+            problems[0]
+                .message
+                .contains("`max_rounds` belongs to loop phases"),
+            "{}",
+            problems[0]
+        );
+    }
+
     #[test]
     fn keys_of_other_phase_types_are_problems_not_ignored() {
         // (the phase's keys after `name: p`, the one problem expected; "" = none)
@@ -743,7 +825,7 @@ phases:
             ),
             (
                 "type: ensemble\n    agents: [claude, gemini]\n    judge: claude\n    refine: {agent: claude, prompt: x}",
-                "x.yaml:3:11: phase `p`: `synthesize` (or `refine`) belongs to map, routed and parallel phases, and `p` is an ensemble phase; remove it or change its `type`",
+                "x.yaml:7:5: phase `p`: `synthesize` (or `refine`) belongs to map, routed and parallel phases, and `p` is an ensemble phase; remove it or change its `type`",
             ),
             (
                 "type: ensemble\n    agents: [claude, gemini]\n    judge: claude\n    agent: local",
@@ -751,11 +833,11 @@ phases:
             ),
             (
                 "type: map\n    agent: claude\n    glob: '*.rs'\n    max_rounds: 3",
-                "x.yaml:3:11: phase `p`: `max_rounds` belongs to loop phases, and `p` is a map phase; remove it or change its `type`",
+                "x.yaml:7:5: phase `p`: `max_rounds` belongs to loop phases, and `p` is a map phase; remove it or change its `type`",
             ),
             (
                 "type: parallel\n    tasks: [{prompt: a, agent: claude}]\n    glob: '*.rs'",
-                "x.yaml:3:11: phase `p`: `glob` belongs to map phases, and `p` is a parallel phase; remove it or change its `type`",
+                "x.yaml:6:5: phase `p`: `glob` belongs to map phases, and `p` is a parallel phase; remove it or change its `type`",
             ),
             (
                 "type: parallel\n    prompt: ignored\n    tasks: [{prompt: a, agent: claude}]",
@@ -767,11 +849,11 @@ phases:
             ),
             (
                 "type: single\n    agent: claude\n    files: [src/a.rs]",
-                "x.yaml:3:11: phase `p`: `files` is read only with `context: scoped`; remove it or set `context: scoped`",
+                "x.yaml:6:5: phase `p`: `files` is read only with `context: scoped`; remove it or set `context: scoped`",
             ),
             (
                 "type: single\n    agent: claude\n    distill: {agent: gemini}",
-                "x.yaml:3:11: phase `p`: `distill` is read only with `context: distilled`; remove it or set `context: distilled`",
+                "x.yaml:6:5: phase `p`: `distill` is read only with `context: distilled`; remove it or set `context: distilled`",
             ),
             // The names in a key the phase never reads are not looked up: one problem, not two.
             (
@@ -780,7 +862,7 @@ phases:
             ),
             (
                 "type: single\n    agent: claude\n    distill: {agent: ghost}",
-                "x.yaml:3:11: phase `p`: `distill` is read only with `context: distilled`; remove it or set `context: distilled`",
+                "x.yaml:6:5: phase `p`: `distill` is read only with `context: distilled`; remove it or set `context: distilled`",
             ),
             // Where they are read: none of these is a problem.
             (
