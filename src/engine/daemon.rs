@@ -198,6 +198,7 @@ pub async fn run_with_options(
         kept_trees: Vec::new(),
         discarding: HashSet::new(),
         tree_pool: Vec::new(),
+        trees_leaving: HashSet::new(),
         next_slot: 0,
         tx,
         rx,

@@ -320,6 +320,10 @@ impl Engine {
             Msg::LedgerFailed(why) => self.ledger_failed(why),
             Msg::Recorded(records) => self.apply(&records),
             Msg::TreeFreed(tree) => self.pool_or_remove(tree),
+            Msg::TreeGivenUp { task, records } => {
+                self.apply(&records);
+                self.trees_leaving.remove(&task);
+            }
             Msg::TreeFailed {
                 task,
                 reason,

@@ -186,6 +186,12 @@ enum Msg {
     Recorded(Vec<Record>),
     /// A finished task's worktree was released, clean, into the pool.
     TreeFreed(crate::git::Tree),
+    /// The giving up of `task`'s tree ended (its `worktree_removed` in `records`, none when it
+    /// failed): the tree is no longer on its way out.
+    TreeGivenUp {
+        task: String,
+        records: Vec<Record>,
+    },
     /// A merge of `task`'s branch into `target` ended.
     MergeEnded {
         task: String,
@@ -252,6 +258,10 @@ struct Engine {
     discarding: HashSet<String>,
     /// Worktrees finished tasks gave back, ready for the next task (at most `concurrency`).
     tree_pool: Vec<crate::git::Tree>,
+    /// Tasks whose tree is being given up (the git work runs, or its record is not applied
+    /// yet): until the book says `removed`, the tree is not theirs to give up again — a second
+    /// release would put one directory in the pool twice.
+    trees_leaving: HashSet<String>,
     /// The highest `slot-<n>` a worktree directory has had.
     next_slot: u64,
     /// Cloned into every attempt and settle task; the receiver is `rx`. The engine keeps this

@@ -141,6 +141,9 @@ impl Engine {
         // A pooled tree goes back to the pool (checked out afresh for the next task) while the
         // pool has room; others are removed.
         let keep = self.keep_for(id, &w);
+        if keep != Keep::NotMine {
+            self.trees_leaving.insert(id.to_string());
+        }
         let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
         self.tasks.spawn(async move {
             give_up_tree(&repo, &ledger, &tx, &id, &w, delete_branch, keep).await;
@@ -152,8 +155,8 @@ impl Engine {
     /// What becomes of task `id`'s tree `w`: left alone when another task holds the same
     /// directory, back to the pool while it has room, else removed.
     fn keep_for(&self, id: &str, w: &WorktreeState) -> Keep {
-        // Given up already: the directory is the pool's (or another task's) now.
-        if w.removed {
+        // Given up already, or on its way: the directory is the pool's (or another task's).
+        if w.removed || self.trees_leaving.contains(id) {
             return Keep::NotMine;
         }
         let held_by_another = self.book.iter().any(|o| {
@@ -177,6 +180,11 @@ impl Engine {
     /// A released tree goes into the pool while it has room, else it is removed (in a task of
     /// its own): no tree is left detached and unowned.
     pub(super) fn pool_or_remove(&mut self, tree: crate::git::Tree) {
+        if self.tree_pool.iter().any(|t| t.path == tree.path) {
+            // Never twice: two tasks would work in one directory.
+            tracing::warn!(path = %tree.path.display(), "a worktree given back twice; pooled once");
+            return;
+        }
         if self.tree_pool.len() < self.config.concurrency {
             self.tree_pool.push(tree);
             return;
@@ -282,8 +290,17 @@ pub(super) async fn give_up_tree(
                 branch_deleted: delete_branch,
             };
             let records = record(ledger, tx, ev).await;
-            let _ = tx.send(Msg::Recorded(records));
+            let _ = tx.send(Msg::TreeGivenUp {
+                task: id.to_string(),
+                records,
+            });
         }
-        Err(e) => tracing::warn!(task = %id, "cannot remove the task's worktree: {e}"),
+        Err(e) => {
+            tracing::warn!(task = %id, "cannot remove the task's worktree: {e}");
+            let _ = tx.send(Msg::TreeGivenUp {
+                task: id.to_string(),
+                records: vec![],
+            });
+        }
     }
 }
