@@ -81,21 +81,10 @@ pub fn prepare(
     ws: &Workspace,
     exists: impl Fn(&str) -> bool,
 ) -> Result<(String, TaskFields), SubmitError> {
-    let id = match &fields.id {
-        Some(id) => {
-            validate_name(id)
-                .map_err(|m| SubmitError::Invalid(format!("invalid id `{id}`: {m}")))?;
-            id.clone()
-        }
-        None => generate_id(
-            fields
-                .workflow
-                .as_deref()
-                .or(fields.prompt.as_deref())
-                .unwrap_or("task"),
-        ),
-    };
-    fields.id = Some(id.clone());
+    if let Some(id) = &fields.id {
+        validate_name(id).map_err(|m| SubmitError::Invalid(format!("invalid id `{id}`: {m}")))?;
+    }
+    let id = id_of(&mut fields);
     task::accept(id.clone(), fields.clone(), config, ws.root())
         .map_err(|e| SubmitError::Invalid(e.0))?;
     // After itself: the circle named, as the inbox names it (not "no such task").
@@ -118,6 +107,22 @@ pub fn prepare(
         return Err(SubmitError::Exists(Taken::Known(id)));
     }
     Ok((id, fields))
+}
+
+/// The task's id: the one given, else one made from its workflow's name or its prompt, written
+/// into `fields` so that whoever accepts the task uses the same.
+pub fn id_of(fields: &mut TaskFields) -> String {
+    let id = fields.id.clone().unwrap_or_else(|| {
+        generate_id(
+            fields
+                .workflow
+                .as_deref()
+                .or(fields.prompt.as_deref())
+                .unwrap_or("task"),
+        )
+    });
+    fields.id = Some(id.clone());
+    id
 }
 
 /// Why a task's `after` cannot be met: it names a task this workspace has never seen (not

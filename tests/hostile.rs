@@ -246,36 +246,30 @@ fn an_inbox_made_again_is_watched_again() {
         r#"{"id": "first", "prompt": "p", "agent": "good"}"#,
     );
     ws.wait_settled("first");
+    // Two tasks one after the other: the scan made when the directory appeared may find the
+    // first; only a watch on the new directory finds the second.
+    let both_run = |ids: [&str; 2], inbox: &str| {
+        for id in ids {
+            ws.drop_task(
+                &format!("{id}.json"),
+                &format!(r#"{{"id": "{id}", "prompt": "p", "agent": "good"}}"#),
+            );
+            assert!(
+                matches!(ws.wait_settled(id), Event::Done { .. }),
+                "expected `{id}` in {inbox} to run"
+            );
+        }
+    };
     // Removed and made again.
     std::fs::remove_dir_all(ws.path("inbox")).unwrap();
     std::fs::create_dir_all(ws.path("inbox/.tmp")).unwrap();
-    // Two tasks one after the other: the scan made when the directory appeared may find the
-    // first; only a watch on the new directory finds the second.
-    for id in ["second", "second-later"] {
-        ws.drop_task(
-            &format!("{id}.json"),
-            &format!(r#"{{"id": "{id}", "prompt": "p", "agent": "good"}}"#),
-        );
-        assert!(
-            matches!(ws.wait_settled(id), Event::Done { .. }),
-            "expected `{id}` in the new inbox to run"
-        );
-    }
+    both_run(["second", "second-later"], "the new inbox");
     // Another directory moved into its place.
     let other = ws.root().join("other-inbox");
     std::fs::create_dir_all(other.join(".tmp")).unwrap();
     std::fs::rename(ws.path("inbox"), ws.root().join("old-inbox")).unwrap();
     std::fs::rename(&other, ws.path("inbox")).unwrap();
-    for id in ["third", "third-later"] {
-        ws.drop_task(
-            &format!("{id}.json"),
-            &format!(r#"{{"id": "{id}", "prompt": "p", "agent": "good"}}"#),
-        );
-        assert!(
-            matches!(ws.wait_settled(id), Event::Done { .. }),
-            "expected `{id}` in the inbox moved into place to run"
-        );
-    }
+    both_run(["third", "third-later"], "the inbox moved into place");
     d.stop();
 }
 

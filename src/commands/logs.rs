@@ -36,11 +36,7 @@ pub fn logs(
                     let in_inbox = inbox_files(ws, &book)
                         .iter()
                         .any(|(i, _, is_task)| i == id && *is_task);
-                    // Claimed: in `running/`, its record about to be written.
-                    let claimed = ["json", "md"]
-                        .iter()
-                        .any(|ext| ws.running().join(format!("{id}.{ext}")).exists());
-                    if in_inbox || claimed {
+                    if in_inbox || claimed(ws, id) {
                         seen_waiting = true;
                     } else if !seen_waiting {
                         // It may have moved from the inbox into the ledger since the book was

@@ -29,12 +29,7 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
     // written yet), or in the book. Looked for in the order a task moves through them, the book
     // last, so one that moves on meanwhile is still found somewhere.
     let waiting = super::status::inbox_files(ws, &TaskBook::default());
-    let claimed = |id: &str| {
-        ["json", "md"]
-            .iter()
-            .any(|ext| ws.running().join(format!("{id}.{ext}")).exists())
-    };
-    let claimed: Vec<bool> = ids.iter().map(|id| claimed(id)).collect();
+    let claimed: Vec<bool> = ids.iter().map(|id| super::claimed(ws, id)).collect();
     let mut book = load_book(ws)?;
     for (id, claimed) in ids.iter().zip(claimed) {
         if book.get(id).is_none()

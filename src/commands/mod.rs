@@ -95,6 +95,15 @@ fn exclude_from_git(ws: &Workspace) -> Result<Option<PathBuf>> {
     Ok(dirigent::git::exclude_context(ws.root()).unwrap_or(None))
 }
 
+/// Whether task `id` is claimed: its file is in `running/` (named for it), its `received` about
+/// to be written — a moment between the inbox and the ledger that a reader must not call
+/// "no such task".
+fn claimed(ws: &Workspace, id: &str) -> bool {
+    ["json", "md"]
+        .iter()
+        .any(|ext| ws.running().join(format!("{id}.{ext}")).exists())
+}
+
 /// This workspace's ledger key, if the daemon has made one: records are checked with it.
 fn ledger_key(ws: &Workspace) -> Option<dirigent::integrity::Key> {
     dirigent::integrity::load(ws).ok().flatten()

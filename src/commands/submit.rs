@@ -79,17 +79,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
                 "warning: {e}\nwarning: the daemon still runs its previous configuration, which checks this task; fix the file (a daemon started now would refuse it)"
             );
             let mut fields = fields;
-            let id = fields.id.clone().unwrap_or_else(|| {
-                dirigent::submit::generate_id(
-                    fields
-                        .workflow
-                        .as_deref()
-                        .or(fields.prompt.as_deref())
-                        .unwrap_or("task"),
-                )
-            });
-            fields.id = Some(id.clone());
-            (id, fields)
+            (dirigent::submit::id_of(&mut fields), fields)
         }
         Err(e) => bail!("{e} (no daemon runs, and none starts with this file: fix it first)"),
     };
