@@ -78,12 +78,18 @@ pub async fn reap_orphan_group(
     if boot_id().as_deref() != Some(boot) || proc_start_ticks(pid) != Some(ticks) {
         return false;
     }
+    // A leader that is only a zombie (its supervisor stopped the group when the daemon died,
+    // and whoever adopted it has not reaped it yet), with nothing alive in its group: nothing
+    // to stop.
+    if !crate::reaper::group_alive(pid) {
+        return false;
+    }
     let pgid = Pid::from_raw(pid as i32);
     let _ = killpg(pgid, Signal::SIGTERM);
     let until = Instant::now() + grace;
     while Instant::now() < until {
-        // Not our child: there is no exit event to await, so look again shortly.
-        if proc_start_ticks(pid) != Some(ticks) {
+        // Not our children: there is no exit event to await, so look again shortly.
+        if !crate::reaper::group_alive(pid) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -98,17 +98,24 @@ fn small_supervisor() -> Option<std::ffi::OsString> {
 /// A command that runs `program args…` under a per-attempt supervisor: [`supervisor_program`]
 /// started with [`SUPERVISE_ARG`] (see [`crate::supervise::main`]). The command's stdin is the
 /// prompt when `stdin_prompt` is set, else `/dev/null`; the caller sets the environment,
-/// directory, output and process group as for the program itself.
+/// directory, output and process group as for the program itself. Should the daemon die while
+/// the program runs, the supervisor stops the group itself: SIGTERM, `grace`, SIGKILL.
 pub fn command(
     program: &std::ffi::OsStr,
     args: &[String],
     stdin_prompt: bool,
+    grace: std::time::Duration,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(supervisor_program());
     cmd.arg(SUPERVISE_ARG);
     if !stdin_prompt {
         cmd.arg("--null-stdin");
     }
+    cmd.arg(format!(
+        "{}{}",
+        crate::supervise::GRACE_ARG,
+        grace.as_millis()
+    ));
     cmd.arg("--").arg(program).args(args);
     // The gate byte (and then the prompt) travel on this pipe.
     cmd.stdin(std::process::Stdio::piped());
@@ -120,7 +127,8 @@ pub fn command(
 /// The child the daemon sees is the supervisor. It waits for one byte on its stdin — the gate
 /// the daemon opens once `attempt_started` is written — then starts the program (with that
 /// same stdin, or `/dev/null`), ignores SIGTERM, SIGINT and SIGHUP, lets go of every
-/// descriptor, waits for the program and exits as it did (the same code, or the same signal).
+/// descriptor, waits for the program and exits as it did (the same code, or the same signal) —
+/// unless the daemon dies first: then it stops the group itself (see `supervise.rs`).
 /// So an agent's `$PPID` is never the daemon (`kill -TERM $PPID` changes nothing, `kill -KILL
 /// $PPID` ends the attempt, not the daemon), and an agent never runs unrecorded. The supervisor
 /// leads the process group; stopping the group stops both.
@@ -272,6 +280,17 @@ impl ProcStat {
         let pgid = fields.next()?.parse().ok()?;
         Some(ProcStat { state, ppid, pgid })
     }
+}
+
+/// Whether any process of group `pgid` is alive (a zombie, dead but not yet reaped by whoever
+/// adopted it, is not), from `/proc`.
+pub(crate) fn group_alive(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(ProcStat::read)
+        .any(|s| s.pgid == pgid && s.state != 'Z')
 }
 
 /// The parent of `pid`, from `/proc`.

@@ -54,7 +54,7 @@ pub async fn run_logged(
             return CommandEnd::CouldNotStart(format!("cannot create `{}`: {e}", log.display()));
         }
     };
-    let mut cmd = crate::reaper::command(std::ffi::OsStr::new(&argv[0]), &argv[1..], false);
+    let mut cmd = crate::reaper::command(std::ffi::OsStr::new(&argv[0]), &argv[1..], false, grace);
     match &dir {
         Some((path, env)) => {
             cmd.current_dir(path).envs(env.iter().map(|(k, v)| (k, v)));

@@ -262,7 +262,12 @@ where
     });
     argv[0] = program.to_string_lossy().into_owned();
     let stdin_prompt = agent.prompt == PromptMode::Stdin;
-    let mut cmd = crate::reaper::command(program.as_os_str(), &argv[1..], stdin_prompt);
+    let mut cmd = crate::reaper::command(
+        program.as_os_str(),
+        &argv[1..],
+        stdin_prompt,
+        plan.kill_grace,
+    );
     cmd.current_dir(plan.workdir.as_deref().unwrap_or(plan.workspace.root()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

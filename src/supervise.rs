@@ -2,6 +2,10 @@
 //! the agent itself. See `reaper::spawn` for why it exists (an agent's parent is never the
 //! daemon; nothing runs before its attempt is on disk).
 //!
+//! Should the daemon die while the program runs (a crash, SIGKILL), the supervisor notices its
+//! parent gone and stops the program's group itself, so no agent runs on unsupervised until the
+//! next start (which would kill it).
+//!
 //! It is its own small binary, `dirigent-supervise`, installed next to `dirigent` (the daemon
 //! falls back to `dirigent __supervise` without it). Starting the full `dirigent` binary for every
 //! attempt cost about 2 ms of CPU — mapping and relocating tens of megabytes to run a hundred
@@ -15,6 +19,14 @@ pub const SUPERVISE_ARG: &str = "__supervise";
 /// How a supervisor reports on stderr that its program could not be started (it then exits 127).
 pub const SPAWN_FAILED: &str = "dirigent: cannot start";
 
+/// `--grace-ms=N`: how long the program has between SIGTERM and SIGKILL when the daemon is
+/// found gone (the daemon's `kill_grace`; 5 s without it).
+pub const GRACE_ARG: &str = "--grace-ms=";
+
+/// How often a supervisor looks whether its daemon is still there. A child's end wakes it at
+/// once; this bounds how long a program outlives a daemon that died.
+const DAEMON_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The supervisor's `main` (`dirigent __supervise [--null-stdin] -- PROGRAM ARGS…`, or
 /// `dirigent-supervise` with the same arguments): see `reaper::spawn`. Runs in a fresh,
 /// single-threaded process.
@@ -24,13 +36,23 @@ pub fn main(args: &[std::ffi::OsString]) -> ! {
     use std::os::unix::process::ExitStatusExt;
     let mut rest = args.iter();
     let mut null_stdin = false;
+    let mut grace = std::time::Duration::from_secs(5);
     for a in rest.by_ref() {
         match a.to_str() {
             Some("--null-stdin") => null_stdin = true,
+            Some(g) if g.starts_with(GRACE_ARG) => {
+                if let Ok(ms) = g[GRACE_ARG.len()..].parse() {
+                    grace = std::time::Duration::from_millis(ms);
+                }
+            }
             Some("--") => break,
             _ => {}
         }
     }
+    // The daemon, as this process's parent: when it is gone (a crash, SIGKILL), the program is
+    // stopped rather than left running unsupervised until the next start.
+    // SAFETY: getppid has no preconditions.
+    let daemon = unsafe { libc::getppid() };
     let Some(program) = rest.next() else {
         let _ = writeln!(std::io::stderr(), "dirigent: {SUPERVISE_ARG}: no program");
         std::process::exit(127);
@@ -86,7 +108,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ! {
             Ok(())
         });
     }
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(
@@ -115,13 +137,7 @@ pub fn main(args: &[std::ffi::OsString]) -> ! {
             }
         }
     }
-    let status = loop {
-        match child.wait() {
-            Ok(s) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => std::process::exit(127),
-        }
-    };
+    let status = wait_while_the_daemon_lives(child.id() as libc::pid_t, daemon, grace);
     if let Some(code) = status.code() {
         std::process::exit(code);
     }
@@ -139,4 +155,100 @@ pub fn main(args: &[std::ffi::OsString]) -> ! {
         std::process::exit(128 + sig);
     }
     std::process::exit(127)
+}
+
+/// The write end of the pipe the SIGCHLD handler wakes [`wait_while_the_daemon_lives`] through
+/// (-1 before it exists).
+static WAKE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn child_changed(_sig: nix::libc::c_int) {
+    use nix::libc;
+    let fd = WAKE.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: write is async-signal-safe; a full pipe (already woken) is fine to ignore.
+        unsafe { libc::write(fd, [0u8].as_ptr().cast(), 1) };
+    }
+}
+
+/// Waits for the program `pid` and returns how it ended — unless the daemon (`daemon`, this
+/// process's parent at its start) goes first: then the program's group gets SIGTERM, `grace` to
+/// end, and SIGKILL (this process with it). The parent is looked at every [`DAEMON_CHECK`]; the
+/// program's end wakes the wait at once (a SIGCHLD handler writes to a pipe the wait polls).
+fn wait_while_the_daemon_lives(
+    pid: nix::libc::pid_t,
+    daemon: nix::libc::pid_t,
+    grace: std::time::Duration,
+) -> std::process::ExitStatus {
+    use nix::libc;
+    use std::os::unix::process::ExitStatusExt;
+    let mut fds = [-1; 2];
+    // SAFETY: this process is single-threaded; the pipe's descriptors are its own, the handler
+    // only writes to one of them.
+    let woken = unsafe {
+        if libc::pipe(fds.as_mut_ptr()) == 0 {
+            for fd in fds {
+                libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+            WAKE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = child_changed as extern "C" fn(libc::c_int) as usize;
+            act.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(libc::SIGCHLD, &act, std::ptr::null_mut());
+            true
+        } else {
+            false
+        }
+    };
+    let mut stopping_since: Option<std::time::Instant> = None;
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for this process's own child without blocking.
+        match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
+            p if p == pid => {
+                if stopping_since.is_some() {
+                    // The daemon is gone: what the program left in its group goes too.
+                    // SAFETY: signals this process's own group.
+                    unsafe { libc::kill(0, libc::SIGKILL) };
+                }
+                return std::process::ExitStatus::from_raw(status);
+            }
+            -1 if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted => {
+                std::process::exit(127)
+            }
+            _ => {}
+        }
+        // SAFETY: getppid has no preconditions.
+        if stopping_since.is_none() && unsafe { libc::getppid() } != daemon {
+            // SAFETY: signals this process's own group; this process ignores SIGTERM.
+            unsafe { libc::kill(0, libc::SIGTERM) };
+            stopping_since = Some(std::time::Instant::now());
+        }
+        if let Some(since) = stopping_since
+            && since.elapsed() >= grace
+        {
+            // SAFETY: signals this process's own group, this process included.
+            unsafe { libc::kill(0, libc::SIGKILL) };
+        }
+        let wait = match stopping_since {
+            Some(since) => grace.saturating_sub(since.elapsed()).min(DAEMON_CHECK),
+            None => DAEMON_CHECK,
+        };
+        if woken {
+            let mut pfd = libc::pollfd {
+                fd: fds[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polls one descriptor of this process, then drains it into a stack buffer.
+            unsafe {
+                libc::poll(&mut pfd, 1, wait.as_millis().max(1) as libc::c_int);
+                let mut sink = [0u8; 64];
+                while libc::read(fds[0], sink.as_mut_ptr().cast(), sink.len()) > 0 {}
+            }
+        } else {
+            std::thread::sleep(wait.min(std::time::Duration::from_millis(20)));
+        }
+    }
 }

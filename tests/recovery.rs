@@ -13,9 +13,67 @@ agents:
 default_chain: [good]
 "#;
 
+/// The daemon dies (SIGKILL) while an agent runs: each attempt's supervisor sees its daemon
+/// gone and stops the agent's group (SIGTERM, the grace, SIGKILL) — nothing runs on unsupervised
+/// until someone starts the daemon again. The restart records the attempt interrupted and runs
+/// the task again, once.
 #[test]
-fn after_a_crash_the_orphaned_agent_is_killed_and_the_task_runs_again_once() {
+fn when_the_daemon_dies_its_agents_are_stopped_without_waiting_for_a_restart() {
     let ws = Workspace::new(CONFIG);
+    let mut d = ws.start();
+    ws.drop_task("job.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_for("the agent's first line", |_| {
+        std::fs::read_to_string(ws.path("runs/job/1-gate.stdout"))
+            .ok()
+            .filter(|s| s.contains("waiting"))
+    });
+    assert!(
+        !ws.survivors().is_empty(),
+        "expected the agent running before the crash"
+    );
+    d.crash();
+    ws.wait_until("the agent to be stopped with no daemon", || {
+        ws.survivors().is_empty().then_some(())
+    });
+
+    let _d = ws.start();
+    let reason = ws.wait_for("the interrupted attempt to be closed", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::AttemptFinished {
+                attempt: 1,
+                class,
+                reason,
+                ..
+            } if class.as_str() == "interrupted" => Some(reason.clone()),
+            _ => None,
+        })
+    });
+    assert_eq!(
+        reason, "the daemon stopped while this attempt ran",
+        "expected the attempt closed as interrupted, with nothing left to kill"
+    );
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    assert!(matches!(ws.wait_settled("job"), Event::Done { .. }));
+    let dones = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(r.event, Event::Done { .. }))
+        .count();
+    assert_eq!(dones, 1, "expected one `done` for the task");
+}
+
+/// An agent that ignores SIGTERM outlives its daemon for the grace its supervisor gives it; a
+/// restart within that grace finds its group alive, kills it, and runs the task again once.
+#[test]
+fn after_a_crash_an_orphaned_agent_still_running_is_killed_and_the_task_runs_again_once() {
+    // A long grace while it runs, so the group is surely alive at the restart; a short one
+    // for the restart's own kill.
+    let stubborn = |grace: &str| {
+        format!(
+            "kill_grace: {grace}\nagents:\n  gate: {{ command: [\"sh\", \"-c\", \"trap '' TERM; exec {{agents}}/gate.sh release\"] }}\ndefault_chain: [gate]\n"
+        )
+    };
+    let ws = Workspace::new(&stubborn("10m"));
     let mut d = ws.start();
     ws.drop_task("job.json", r#"{"prompt": "p", "agent": "gate"}"#);
     let first = ws.wait_for("the first attempt", |recs| {
@@ -32,9 +90,12 @@ fn after_a_crash_the_orphaned_agent_is_killed_and_the_task_runs_again_once() {
             .filter(|s| s.contains("waiting"))
     });
     d.crash();
-    // The agent survived the crash: it is in its own process group.
-    assert!(!process_gone(first), "expected the orphan to be running");
+    assert!(
+        !process_gone(first),
+        "expected the orphan running: it ignores SIGTERM and its grace is ten minutes"
+    );
 
+    ws.write_config(&stubborn("300ms"));
     let _d = ws.start();
     let (reason, ran_ms) = ws.wait_for("the interrupted attempt to be closed", |recs| {
         recs.iter().find_map(|r| match &r.event {
@@ -48,7 +109,10 @@ fn after_a_crash_the_orphaned_agent_is_killed_and_the_task_runs_again_once() {
             _ => None,
         })
     });
-    assert!(reason.contains("still alive and was killed"), "{reason}");
+    assert!(
+        reason.contains("still alive and was killed"),
+        "expected the restart to say it killed the group, got: {reason}"
+    );
     // It ran from its start until the new daemon killed it: not a zero that reads "never ran".
     assert!(
         ran_ms > 0,
@@ -74,7 +138,7 @@ fn after_a_crash_the_orphaned_agent_is_killed_and_the_task_runs_again_once() {
         .iter()
         .filter(|r| matches!(r.event, Event::Done { .. }))
         .count();
-    assert_eq!(dones, 1);
+    assert_eq!(dones, 1, "expected one `done` for the task");
     ws.wait_for("the file in done/", |_| {
         (list(&ws, "done") == ["job.json"]).then_some(())
     });

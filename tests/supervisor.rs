@@ -1162,7 +1162,8 @@ default_chain: [parent]
         assert!(matches!(done, Event::Done { .. }), "{done:?}");
         let parent = std::fs::read_to_string(ws.path("outbox/who.md")).unwrap();
         assert!(
-            parent.starts_with(&format!("{supervisor} __supervise -- ")),
+            // (the daemon's `kill_grace`, 5 s by default: for when the daemon dies first)
+            parent.starts_with(&format!("{supervisor} __supervise --grace-ms=5000 -- ")),
             "expected the attempt's parent to be `{supervisor}` when the daemon is `{}`, got `{parent}`",
             daemon.display()
         );
