@@ -1,6 +1,7 @@
-//! `dirigent cancel` of a task published to the fleet, against a real `nats-server`: the
-//! worker running it stops it (its whole process group) and never reports it done; a task
-//! still waiting on the queue is taken off it, so no worker ever runs it.
+//! A task published to the fleet while it runs, against a real `nats-server`: its node says
+//! which worker holds it; `dirigent cancel` makes the worker running it stop it (its whole
+//! process group) and never report it done; a task still waiting on the queue is taken off
+//! it, so no worker ever runs it.
 
 mod common;
 #[path = "common/nats.rs"]
@@ -31,6 +32,62 @@ fn wait_cancelled(ws: &Workspace, task: &str) {
             .any(|r| matches!(&r.event, Event::Cancelled { task: t } if t == task))
             .then_some(())
     });
+}
+
+#[test]
+fn status_and_a_waiting_client_say_which_worker_runs_a_published_task() {
+    let Some(nats) = Nats::start() else { return };
+    let desk = submitter(&nats, &["slow"]);
+    let worker = hanging_worker(&nats, "gpu");
+    let _dd = desk.start();
+    let _dw = worker.start();
+    let mut waiting = desk.cli_spawn(&["submit", "p", "--agent", "slow", "--id", "t", "--wait"]);
+    let stderr = waiting.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut said = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(patience()) {
+            Ok(line) if line.contains("running on worker `gpu` of the fleet") => break true,
+            Ok(line) => said.push(line),
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        found,
+        "expected `submit --wait` to say the worker that runs the task, it said:\n{}",
+        said.join("\n")
+    );
+    let out = desk.cli(&["status", "t"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("running:  on worker `gpu` of the fleet"),
+        "expected `status t` to name the worker that runs it, got:\n{text}"
+    );
+    assert!(
+        !text.contains("waiting:"),
+        "expected no reason to wait for a task a worker holds, got:\n{text}"
+    );
+    let out = desk.cli(&["cancel", "t"]);
+    assert!(
+        out.status.success(),
+        "expected `cancel t` to succeed: {out:?}"
+    );
+    let status = waiting.wait().unwrap();
+    assert!(
+        !status.success(),
+        "expected the waiting client to exit non-zero for a cancelled task"
+    );
 }
 
 #[test]

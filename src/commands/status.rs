@@ -239,7 +239,8 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             (_, Some(progress)) => println!("state:    running: {progress}"),
             _ => {
                 println!("state:    {}", describe(t));
-                // What only the daemon knows: why a task on the fleet has no worker yet.
+                // What only the daemon knows: which worker of the fleet holds the task, or why
+                // none does yet.
                 if live.answering
                     && !t.phase().is_terminal()
                     && let Ok(r) = dirigent::control::request(
@@ -248,9 +249,17 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                             id: t.id().to_string(),
                         },
                     )
-                    && let Some(why) = r.data.as_ref().and_then(|d| d["waiting_for"].as_str())
+                    && let Some(d) = r.data.as_ref()
                 {
-                    println!("waiting:  {why}");
+                    if let Some(worker) = d["running_on"].as_str() {
+                        println!(
+                            "running:  on worker `{}` of the fleet (its heartbeat says so; `dirigent logs` there shows the attempt)",
+                            dirigent::terminal::printable(worker)
+                        );
+                    }
+                    if let Some(why) = d["waiting_for"].as_str() {
+                        println!("waiting:  {why}");
+                    }
                 }
                 // A reason's further lines (a conflict's regions, each proposer's failure) under
                 // it, as far as a screen holds them; the report has all.

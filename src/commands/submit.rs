@@ -390,6 +390,8 @@ fn wait_for(
     // Why the task waits, as the daemon last said (a fleet with no worker for its agent, a
     // server away): asked every few seconds while nothing runs, said when it changes.
     let mut waiting_for: Option<String> = None;
+    // The fleet's worker that holds it, as the daemon last said (from the workers' heartbeats).
+    let mut running_on: Option<String> = None;
     let mut asked = Instant::now();
     loop {
         let records = follower.next_records()?;
@@ -499,13 +501,25 @@ fn wait_for(
         }
         if current.is_empty() && daemon.is_some() && asked.elapsed() >= WHY_EVERY {
             asked = Instant::now();
-            let why = dirigent::control::request(
+            let data = dirigent::control::request(
                 ws,
                 &dirigent::control::Request::Get { id: id.to_string() },
             )
             .ok()
-            .and_then(|r| r.data)
-            .and_then(|d| d["waiting_for"].as_str().map(str::to_string));
+            .and_then(|r| r.data);
+            let said = |key: &str| {
+                data.as_ref()
+                    .and_then(|d| d[key].as_str().map(dirigent::terminal::printable))
+            };
+            let (why, on) = (said("waiting_for"), said("running_on"));
+            if on != running_on {
+                if let Some(worker) = &on {
+                    live.clear();
+                    let t = short(started.elapsed());
+                    eprintln!("[{t}] running on worker `{worker}` of the fleet");
+                }
+                running_on = on;
+            }
             if why != waiting_for {
                 live.clear();
                 let t = short(started.elapsed());

@@ -132,6 +132,27 @@ impl Engine {
         Some(out)
     }
 
+    /// The worker that runs a task published from here, as its heartbeat says (a hint: the
+    /// node hears for sure only the outcome). `None` while no live worker says it holds it.
+    pub(super) fn fleet_holder(&self, t: &TaskRecord) -> Option<String> {
+        let link = self.fleet.as_ref()?;
+        let Some(FleetPart::Published {
+            worker: None,
+            round,
+            ..
+        }) = t.more().fleet.as_deref()
+        else {
+            return None;
+        };
+        if t.phase().is_terminal() {
+            return None;
+        }
+        let key = fleet::key_of(&link.node, t.id(), *round, t.received_ms);
+        fleet::heartbeat::lock(&link.view)
+            .holder(&key)
+            .map(str::to_string)
+    }
+
     /// Why a task published to the fleet from here has no worker yet, when this node can tell:
     /// the server is away, or no live worker runs its agent. `None` for any other task.
     pub(super) fn fleet_wait(&self, t: &TaskRecord) -> Option<String> {

@@ -486,8 +486,13 @@ impl Engine {
             return match serde_json::to_value(t) {
                 Ok(mut v) => {
                     // What it waits for, where only the daemon knows (a waiting client says it).
-                    if let Some(why) = self.fleet_wait(t) {
-                        v["waiting_for"] = why.into();
+                    match self.fleet_holder(t) {
+                        Some(worker) => v["running_on"] = worker.into(),
+                        None => {
+                            if let Some(why) = self.fleet_wait(t) {
+                                v["waiting_for"] = why.into();
+                            }
+                        }
                     }
                     Response::data(v)
                 }

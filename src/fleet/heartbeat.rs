@@ -15,6 +15,8 @@ use super::connect::Connection;
 /// How often a worker says it is there.
 pub const BEAT_EVERY: Duration = Duration::from_secs(5);
 /// A worker not heard from for this long is not counted as live.
+/// The shortest time between two heartbeats (one follows a task taken in hand this soon).
+pub const BEAT_SOONEST: Duration = Duration::from_millis(500);
 pub const LIVE_FOR: Duration = Duration::from_secs(15);
 
 /// One worker's heartbeat.
@@ -41,6 +43,10 @@ pub struct Heartbeat {
     /// apart by it.
     #[serde(default)]
     pub instance: u64,
+    /// The keys (`NODE.ID…`) of the fleet's tasks in its hands, so a node can say where its
+    /// task runs (at most `slots`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holding: Vec<String>,
     /// Its last word: it stopped cleanly (its spending still counts).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub left: bool,
@@ -92,6 +98,13 @@ impl View {
             .values()
             .filter(|(h, seen)| h.works && !h.left && seen.elapsed() < LIVE_FOR)
             .map(|(h, _)| h)
+    }
+
+    /// The live worker that holds the task of fleet key `key`, if any says so.
+    pub fn holder(&self, key: &str) -> Option<&str> {
+        self.live()
+            .find(|h| h.holding.iter().any(|k| k == key))
+            .map(|h| h.name.as_str())
     }
 
     /// Whether a live worker takes tasks for `agent`.
@@ -155,20 +168,23 @@ fn latest_json(slot: &Option<(String, u64)>) -> serde_json::Value {
     }
 }
 
-/// Puts this worker's heartbeat every [`BEAT_EVERY`]; `running` says how many tasks are in
-/// hand at each beat.
+/// Puts this worker's heartbeat every [`BEAT_EVERY`], and soon after `taken` is notified (a
+/// task taken in hand: its node then says where it runs) — at most once a [`BEAT_SOONEST`];
+/// `holding` gives the keys of the tasks in hand at each beat.
 pub async fn beat(
     conn: Connection,
     mut me: Heartbeat,
     agents: Option<tokio::sync::watch::Receiver<Vec<String>>>,
-    running: impl Fn() -> usize + Send + 'static,
+    holding: impl Fn() -> Vec<String> + Send + 'static,
+    taken: Arc<tokio::sync::Notify>,
     view: SharedView,
 ) {
     loop {
         if let Some(agents) = &agents {
             me.agents = agents.borrow().clone();
         }
-        me.running = running();
+        me.holding = holding();
+        me.running = me.holding.len();
         (me.spend_day, me.spend) = lock(&view).own_spend.clone();
         me.at_ms = crate::ledger::now_ms();
         let value = super::signing::seal(
@@ -179,7 +195,15 @@ pub async fn beat(
         if let Err(e) = conn.workers.put(&me.name, value.into()).await {
             tracing::debug!("cannot put this worker's heartbeat: {e}");
         }
-        tokio::time::sleep(BEAT_EVERY).await;
+        // Taken tasks are said soon, but in a burst one beat says many (each beat is a write
+        // the server keeps on disk).
+        let next = tokio::time::Instant::now() + BEAT_EVERY;
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = taken.notified() => {
+                tokio::time::sleep(BEAT_SOONEST).await;
+            }
+        }
     }
 }
 

@@ -572,6 +572,7 @@ async fn run(
             Vec::new()
         },
         running: 0,
+        holding: Vec::new(),
         slots: if cluster.work { slots } else { 0 },
         at_ms: 0,
         version: env!("CARGO_PKG_VERSION").into(),
@@ -588,7 +589,11 @@ async fn run(
         conn.clone(),
         me.clone(),
         cluster.work.then(|| agents_rx.clone()),
-        move || worker::lock(&in_hand).len(),
+        {
+            let in_hand = in_hand.clone();
+            move || worker::lock(&in_hand).keys().cloned().collect()
+        },
+        in_hand.taken.clone(),
         view.clone(),
     ));
     tracing::info!(
@@ -691,6 +696,7 @@ async fn run(
         left: true,
         at_ms: crate::ledger::now_ms(),
         running: 0,
+        holding: Vec::new(),
         spend_day,
         spend,
         ..me

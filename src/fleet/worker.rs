@@ -72,8 +72,13 @@ pub struct Held {
     _slot: OwnedSemaphorePermit,
 }
 
-/// The messages in hand, by key: this module's; the heartbeat only counts them.
-pub type HeldMap = Arc<Mutex<HashMap<String, Held>>>;
+/// The messages in hand, by key: this module's; the heartbeat lists their keys.
+#[derive(Clone, Default)]
+pub struct HeldMap {
+    tasks: Arc<Mutex<HashMap<String, Held>>>,
+    /// Notified when a task is taken in hand; the heartbeat waits on it to say so soon.
+    pub taken: Arc<tokio::sync::Notify>,
+}
 
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -251,7 +256,7 @@ async fn cancelled_in_bucket(conn: &Connection, key: &str) -> bool {
 }
 
 pub fn lock(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
-    held.lock().unwrap_or_else(|e| e.into_inner())
+    held.tasks.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Takes tasks for `agent`, one slot at a time, until aborted.
@@ -485,6 +490,7 @@ async fn take(
                     _slot: slot,
                 },
             );
+            held.taken.notify_one();
         }
         Ok(Taken::Ended { task, end }) => {
             lock(held).insert(
