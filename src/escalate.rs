@@ -266,14 +266,30 @@ pub fn no_agents_message(config: &Config, task: &str) -> String {
             let _ = write!(installs, "\n  - {}: {}", p.name, p.install_hint);
         }
     }
+    let why_shared = "`workdir: shared`: it answers in the workspace and edits nothing, so it \
+needs no worktree of its own in a git repository";
+    let how = if config.from_file {
+        // The entry alone: the file has its own `agents:` (and maybe a `default_chain:`).
+        let entry: String = ECHO_AGENT_CONFIG
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with(' '))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        format!(
+            "add this `echo:` entry (all three of its lines) under `agents:` in \
+.context/dirigent.yaml, and set `default_chain: [echo]` there ({why_shared}):\n\n{entry}\n"
+        )
+    } else {
+        format!(
+            "there is no .context/dirigent.yaml (the embedded default runs), and \
+these five lines are a complete config for it ({why_shared}):\n\n{ECHO_AGENT_CONFIG}\n"
+        )
+    };
     format!(
         "no agent is available: none of the configured agent CLIs is installed (on the daemon's PATH). \
 Install one of them:{installs}\n\
-or, to try dirigent without one, use a script agent. When .context/dirigent.yaml does not exist, \
-these five lines are a complete config for it (`workdir: shared`: it answers in the workspace \
-and edits nothing, so it needs no worktree of its own in a git repository):\n\n{ECHO_AGENT_CONFIG}\n\
-When it exists, add the `echo:` entry (all three of its lines) under its `agents:` and set \
-`default_chain: [echo]`. \
+or, to try dirigent without one, use a script agent: {how}\
 Then `dirigent retry {task}`."
     )
 }
@@ -330,5 +346,37 @@ pub async fn run_hook(
         crate::side_command::CommandEnd::CouldNotStart(why) => {
             tracing::warn!(task = task_id, "on_escalate hook: {why}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Right after `init` the file exists: the advice is the entry to add to it, not a whole
+    /// config to write in its place.
+    #[test]
+    fn the_no_agent_advice_fits_whether_the_config_file_exists() {
+        let embedded = Config::parse("", "embedded").unwrap();
+        let text = no_agents_message(&embedded, "t");
+        assert!(
+            text.contains("there is no .context/dirigent.yaml")
+                && text.contains("these five lines are a complete config")
+                && text.contains(ECHO_AGENT_CONFIG),
+            "expected the whole config for a workspace without the file, got:\n{text}"
+        );
+        let from_file = Config {
+            from_file: true,
+            ..embedded
+        };
+        let text = no_agents_message(&from_file, "t");
+        let entry = "  echo:\n    command: [\"sh\", \"-c\", \"printf 'echo agent got: '; cat\"]\n    workdir: shared\n";
+        assert!(
+            text.contains("under `agents:` in .context/dirigent.yaml")
+                && text.contains(entry)
+                && !text.contains("five lines")
+                && text.ends_with("Then `dirigent retry t`."),
+            "expected the entry to add to the existing file, got:\n{text}"
+        );
     }
 }

@@ -226,6 +226,9 @@ pub struct Config {
     pub providers: BTreeMap<String, Provider>,
     /// Resource groups and their capacity (`resources:`).
     pub resources: BTreeMap<String, f64>,
+    /// Read from `.context/dirigent.yaml` (`false`: the embedded default, or text parsed
+    /// without a file): advice says where a change goes.
+    pub from_file: bool,
     /// USD per million tokens, by model, for CLIs that report tokens but no cost.
     pub prices: Arc<BTreeMap<String, crate::usage::Price>>,
     pub budgets: Budgets,
@@ -321,7 +324,10 @@ impl Config {
     pub fn load_with_text(path: &Path) -> Result<(Config, Option<String>), ConfigError> {
         let text = read_text(path)?;
         let config = match &text {
-            Some(text) => Self::parse(text, &path.display().to_string())?,
+            Some(text) => Config {
+                from_file: true,
+                ..Self::parse(text, &path.display().to_string())?
+            },
             None => Self::parse(DEFAULT_CONFIG, EMBEDDED_SOURCE)?,
         };
         Ok((config, text))
@@ -565,6 +571,7 @@ impl Config {
                 .collect(),
             prices: Arc::new(raw.prices),
             resources: raw.resources,
+            from_file: false,
             budgets,
             http: match raw.http.as_deref() {
                 None => None,
