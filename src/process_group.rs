@@ -64,8 +64,10 @@ pub fn boot_id() -> Option<String> {
         .clone()
 }
 
-/// After a crash: stops a process group recorded in the ledger if — and only if — its leader is
-/// provably the same process (same boot, same start time). Returns whether it was alive.
+/// After a crash: stops a process group recorded in the ledger if — and only if — it is provably
+/// the attempt's: the same boot, and its leader the same process (same start time) or gone with
+/// every member started after the leader was (an agent that killed its supervisor, or what was
+/// left in the group after the agent ended). Returns whether any of it was alive.
 pub async fn reap_orphan_group(
     pid: u32,
     start_ticks: Option<u64>,
@@ -75,13 +77,22 @@ pub async fn reap_orphan_group(
     let (Some(ticks), Some(boot)) = (start_ticks, recorded_boot) else {
         return false;
     };
-    if boot_id().as_deref() != Some(boot) || proc_start_ticks(pid) != Some(ticks) {
+    if boot_id().as_deref() != Some(boot) {
         return false;
     }
-    // A leader that is only a zombie (its supervisor stopped the group when the daemon died,
-    // and whoever adopted it has not reaped it yet), with nothing alive in its group: nothing
-    // to stop.
-    if !crate::reaper::group_alive(pid) {
+    // The pid belongs to another process now: the group of that id is not the attempt's.
+    if proc_start_ticks(pid).is_some_and(|t| t != ticks) {
+        return false;
+    }
+    // Nothing alive in the group (a leader that is only a zombie — its supervisor stopped the
+    // group when the daemon died, and whoever adopted it has not reaped it yet): nothing to
+    // stop. A member older than the leader was would be of another group of that id.
+    let members = crate::reaper::group_members(pid);
+    if members.is_empty()
+        || members
+            .iter()
+            .any(|m| proc_start_ticks(*m).is_some_and(|t| t < ticks))
+    {
         return false;
     }
     let pgid = Pid::from_raw(pid as i32);

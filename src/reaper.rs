@@ -285,12 +285,17 @@ impl ProcStat {
 /// Whether any process of group `pgid` is alive (a zombie, dead but not yet reaped by whoever
 /// adopted it, is not), from `/proc`.
 pub(crate) fn group_alive(pgid: u32) -> bool {
+    !group_members(pgid).is_empty()
+}
+
+/// The live processes (zombies aside) of group `pgid`, from `/proc`.
+pub(crate) fn group_members(pgid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
+        return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(ProcStat::read)
-        .any(|s| s.pgid == pgid && s.state != 'Z')
+        .filter(|pid| ProcStat::read(*pid).is_some_and(|s| s.pgid == pgid && s.state != 'Z'))
+        .collect()
 }
 
 /// The parent of `pid`, from `/proc`.
@@ -417,13 +422,18 @@ pub(crate) fn carries_workspace(pid: u32, workspace: &Path) -> bool {
     let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
-    // Compared as paths: `/ws/` and `/ws//.` name the workspace as well as `/ws` does.
+    // Compared as paths: `/ws/` and `/ws//.` name the workspace as well as `/ws` does; and
+    // resolved, so a daemon started through a link (`--root /link`) finds what one started on
+    // the real path left, and the other way round.
     env.split(|b| *b == 0).any(|var| {
         var.strip_prefix(b"DIRIGENT_WORKSPACE=")
             .is_some_and(|value| {
-                Path::new(std::ffi::OsStr::from_bytes(value))
-                    .components()
-                    .eq(workspace.components())
+                let value = Path::new(std::ffi::OsStr::from_bytes(value));
+                value.components().eq(workspace.components())
+                    || matches!(
+                        (std::fs::canonicalize(value), std::fs::canonicalize(workspace)),
+                        (Ok(a), Ok(b)) if a == b
+                    )
             })
     })
 }
@@ -440,6 +450,34 @@ mod tests {
             ("/tmp/ws2", false),
             ("/tmp", false),
         ];
+        let dir = tempfile::tempdir().unwrap();
+        let (real, link) = (dir.path().join("real"), dir.path().join("link"));
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        // (the value, the workspace: through a link either way names the same directory)
+        let resolved = [
+            (&link, &real, true),
+            (&real, &link, true),
+            (&link, &dir.path().to_path_buf(), false),
+        ];
+        for (value, workspace, want) in resolved {
+            let mut child = std::process::Command::new("sleep")
+                .arg("30")
+                .env_clear()
+                .env("DIRIGENT_WORKSPACE", value)
+                .spawn()
+                .unwrap();
+            let got = super::carries_workspace(child.id(), workspace);
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(
+                got,
+                want,
+                "DIRIGENT_WORKSPACE={} in {}",
+                value.display(),
+                workspace.display()
+            );
+        }
         for (value, want) in cases {
             let mut child = std::process::Command::new("sleep")
                 .arg("30")

@@ -435,14 +435,24 @@ where
     let duration = started.elapsed();
 
     // The agent has exited, but a grandchild may still hold its stdout open. Give the pipes a
-    // short time to reach EOF, then kill whatever is left of the group.
+    // short time to reach EOF, then kill whatever is left of the group — at once on a stop (a
+    // cancel, the daemon's shutdown): that waits for nobody's leftovers.
     let mut leaked = false;
-    let eof = tokio::time::timeout(plan.leak_timeout, async {
-        let _ = (&mut out_task).await;
-        let _ = (&mut err_task).await;
-    })
-    .await;
-    if eof.is_err() {
+    let stop_asked = async {
+        loop {
+            if stop.borrow_and_update().is_some() || stop.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let eof = tokio::select! {
+        eof = tokio::time::timeout(plan.leak_timeout, async {
+            let _ = (&mut out_task).await;
+            let _ = (&mut err_task).await;
+        }) => eof.is_ok(),
+        () = stop_asked => false,
+    };
+    if !eof {
         leaked = true;
         let _ = killpg(pgid, Signal::SIGKILL);
         let after_kill = tokio::time::timeout(Duration::from_secs(2), async {

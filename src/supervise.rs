@@ -207,7 +207,8 @@ fn wait_while_the_daemon_lives(
         // SAFETY: waits for this process's own child without blocking.
         match unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } {
             p if p == pid => {
-                if stopping_since.is_some() {
+                // SAFETY: getppid has no preconditions.
+                if stopping_since.is_some() || unsafe { libc::getppid() } != daemon {
                     // The daemon is gone: what the program left in its group goes too.
                     // SAFETY: signals this process's own group.
                     unsafe { libc::kill(0, libc::SIGKILL) };

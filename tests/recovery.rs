@@ -145,6 +145,57 @@ fn after_a_crash_an_orphaned_agent_still_running_is_killed_and_the_task_runs_aga
     assert!(list(&ws, "running").is_empty());
 }
 
+/// An agent that killed its supervisor and dropped the workspace marker, still in the
+/// attempt's group when the daemon crashes: the restart finds it by its group (its leader gone,
+/// every member younger than the leader was) and kills it.
+#[test]
+fn after_a_crash_a_group_whose_supervisor_was_killed_is_still_found_and_killed() {
+    let config = "kill_grace: 300ms\nleak_timeout: 10m\nagents:\n  killer: { command: [\"{agents}/hostile/kill-parent-unmarked.sh\"] }\ndefault_chain: [killer]\n";
+    let ws = Workspace::new(config);
+    let mut d = ws.start();
+    ws.drop_task("job.json", r#"{"prompt": "p"}"#);
+    let supervisor = ws.wait_for("the first attempt", |recs| {
+        recs.iter().find_map(|r| match r.event {
+            Event::AttemptStarted { pid, .. } => Some(pid),
+            _ => None,
+        })
+    });
+    ws.wait_for("the agent to kill its supervisor", |_| {
+        std::fs::read_to_string(ws.path("runs/job/1-killer.stdout"))
+            .ok()
+            .filter(|s| s.contains("killed my parent"))
+    });
+    let left = ws.wait_until("the lingering process's pid", || ws.agent_pid("left.pid"));
+    ws.wait_until("the supervisor to be gone", || {
+        process_gone(supervisor).then_some(())
+    });
+    d.crash();
+    assert!(
+        !process_gone(left),
+        "expected the unmarked process {left} alive after the crash (no supervisor is left to stop it)"
+    );
+
+    let _d = ws.start();
+    let reason = ws.wait_for("the interrupted attempt to be closed", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::AttemptFinished {
+                attempt: 1,
+                class,
+                reason,
+                ..
+            } if class.as_str() == "interrupted" => Some(reason.clone()),
+            _ => None,
+        })
+    });
+    assert!(
+        reason.contains("still alive and was killed"),
+        "expected the restart to say it killed the group, got: {reason}"
+    );
+    ws.wait_until("the lingering process to be killed", || {
+        process_gone(left).then_some(())
+    });
+}
+
 #[test]
 fn a_file_in_running_without_a_ledger_record_is_run() {
     let ws = Workspace::new(CONFIG);

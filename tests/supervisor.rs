@@ -1169,3 +1169,37 @@ default_chain: [parent]
         );
     }
 }
+
+/// A stop does not wait out `leak_timeout`: the agent has ended, a grandchild holds its output
+/// open, and the daemon asked to stop kills the group at once instead of waiting ten minutes.
+#[test]
+fn a_stop_does_not_wait_for_an_ended_agents_leftover_to_let_go_of_its_output() {
+    let ws = Workspace::new(
+        "kill_grace: 300ms\nleak_timeout: 10m\nagents:\n  leaky: { command: [\"sh\", \"-c\", \"sleep 1000 & echo started\"] }\ndefault_chain: [leaky]\n",
+    );
+    let mut d = ws.start();
+    ws.drop_task("lt.json", r#"{"prompt": "p"}"#);
+    ws.wait_for("the agent's line", |_| {
+        std::fs::read_to_string(ws.path("runs/lt/1-leaky.stdout"))
+            .ok()
+            .filter(|s| s.contains("started"))
+    });
+    // The grandchild outlives the agent and keeps the attempt open.
+    ws.wait_until("the agent to end, its grandchild alone left", || {
+        (ws.survivors().len() == 1).then_some(())
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let status = d.stop();
+        let _ = tx.send(status);
+    });
+    let status = rx
+        .recv_timeout(common::patience())
+        .expect("expected the daemon to stop without waiting out leak_timeout (10m)");
+    assert!(status.success(), "expected a clean stop, got {status:?}");
+    assert_eq!(
+        ws.survivors(),
+        Vec::<u32>::new(),
+        "expected the leftover killed by the stop"
+    );
+}
