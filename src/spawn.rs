@@ -437,7 +437,7 @@ where
     // The agent has exited, but a grandchild may still hold its stdout open. Give the pipes a
     // short time to reach EOF, then kill whatever is left of the group — at once on a stop (a
     // cancel, the daemon's shutdown): that waits for nobody's leftovers.
-    let mut leaked = false;
+    let mut leaked;
     let stop_asked = async {
         loop {
             if stop.borrow_and_update().is_some() || stop.changed().await.is_err() {
@@ -445,19 +445,32 @@ where
             }
         }
     };
+    // Each capture task is waited for once to its end: a finished `JoinHandle` must not be
+    // polled again (it panics), and a wait cut short by the leak timeout or a stop is taken up
+    // again below.
+    let (mut out_ended, mut err_ended) = (false, false);
     let eof = tokio::select! {
-        eof = tokio::time::timeout(plan.leak_timeout, async {
-            let _ = (&mut out_task).await;
-            let _ = (&mut err_task).await;
-        }) => eof.is_ok(),
-        () = stop_asked => false,
+        biased;
+        eof = tokio::time::timeout(plan.leak_timeout, captures_ended(
+            [(&mut out_task, &mut out_ended), (&mut err_task, &mut err_ended)],
+        )) => {
+            leaked = eof.is_err();
+            eof.is_ok()
+        }
+        // A leak only if something of the group is still there to kill.
+        () = stop_asked => {
+            leaked = killpg(pgid, Signal::SIGKILL).is_ok();
+            false
+        }
     };
     if !eof {
-        leaked = true;
         let _ = killpg(pgid, Signal::SIGKILL);
         let after_kill = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = (&mut out_task).await;
-            let _ = (&mut err_task).await;
+            captures_ended([
+                (&mut out_task, &mut out_ended),
+                (&mut err_task, &mut err_ended),
+            ])
+            .await
         })
         .await;
         if after_kill.is_err() {
@@ -807,5 +820,15 @@ mod tests {
             progress_rules(OutputFormat::Plain),
             (ProgressRule::AnyOutput, ProgressRule::AnyOutput)
         );
+    }
+}
+
+/// Waits for the capture tasks not yet seen to end, marking each as it ends.
+async fn captures_ended<T>(tasks: [(&mut tokio::task::JoinHandle<T>, &mut bool); 2]) {
+    for (task, ended) in tasks {
+        if !*ended {
+            let _ = task.await;
+            *ended = true;
+        }
     }
 }
