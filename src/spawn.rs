@@ -801,6 +801,16 @@ async fn capture(
     }
 }
 
+/// Waits for the capture tasks not yet seen to end, marking each as it ends.
+async fn captures_ended<T>(tasks: [(&mut tokio::task::JoinHandle<T>, &mut bool); 2]) {
+    for (task, ended) in tasks {
+        if !*ended {
+            let _ = task.await;
+            *ended = true;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -820,15 +830,5 @@ mod tests {
             progress_rules(OutputFormat::Plain),
             (ProgressRule::AnyOutput, ProgressRule::AnyOutput)
         );
-    }
-}
-
-/// Waits for the capture tasks not yet seen to end, marking each as it ends.
-async fn captures_ended<T>(tasks: [(&mut tokio::task::JoinHandle<T>, &mut bool); 2]) {
-    for (task, ended) in tasks {
-        if !*ended {
-            let _ = task.await;
-            *ended = true;
-        }
     }
 }
