@@ -805,12 +805,14 @@ impl TaskBook {
                     {
                         t.more_mut().fleet = Some(Box::new(FleetPart::Retry { round: round + 1 }));
                     }
+                    let last = t.attempts().last().map_or(0, |a| a.n);
                     t.progress_mut().phase = Phase::Pending;
                     t.chain = chain;
                     t.progress_mut().chain_pos = 0;
                     t.hold_spec(spec);
                     let more = t.more_mut();
                     more.not_before_ms = None;
+                    more.retried_after = last;
                     more.budget_usd = spec.fields.budget_usd;
                     // It starts from a new worktree; the engine gives the old one up.
                     more.worktree = None;

@@ -1256,3 +1256,61 @@ fn discarding_a_finished_task_does_not_pool_its_tree_twice() {
     );
     daemon.stop();
 }
+
+/// A task retried after its branch was discarded (its last attempt had succeeded), still
+/// waiting for its slot when the daemon crashes: the restart runs it again, not settling it
+/// from the earlier run's success (it showed `merge_waiting` with no branch, and a retry of a
+/// `merge: none` task was `done` without running).
+#[test]
+fn a_retry_waiting_for_its_slot_runs_after_a_crash() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}  gate: {{ command: [\"{{agents}}/gate.sh\", \"release\"], workdir: shared }}\ndefault_chain: [ed]\nmerge: manual\nconcurrency: 1\n"
+    ));
+    let mut daemon = ws.start();
+    ws.drop_task("a.md", "append a.txt from-a\n");
+    ws.wait_state("a", "merge_waiting");
+    let out = ws.cli(&["discard", "a"]);
+    assert!(
+        out.status.success(),
+        "expected `discard a` accepted: {out:?}"
+    );
+    ws.wait_for("`a` cancelled by the discard", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Cancelled { task } if task == "a"))
+            .then_some(())
+    });
+    // `b` holds the only slot, so the retried `a` waits.
+    ws.drop_task("b.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_started("b");
+    // Until the discard's give-up is over, a retry is refused with why (never let in to race it).
+    ws.wait_until("`retry a` to be accepted", || {
+        let out = ws.cli(&["retry", "a"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success() || stderr.contains("is still being given up (a discard)"),
+            "expected `retry a` accepted or told to wait for the discard, got: {out:?}"
+        );
+        out.status.success().then_some(())
+    });
+    ws.wait_for("the retry on record", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Retried { task, .. } if task == "a"))
+            .then_some(())
+    });
+    daemon.crash();
+    let _daemon = ws.start();
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    ws.wait_for("the retried task's own attempt", |recs| {
+        recs.iter()
+            .any(|r| {
+                matches!(&r.event, Event::AttemptStarted { task, attempt: 2, .. } if task == "a")
+            })
+            .then_some(())
+    });
+    ws.wait_state("a", "merge_waiting");
+    let branch = git(ws.root(), &["show", "dirigent/a:a.txt"]);
+    assert!(
+        branch.contains("from-a"),
+        "expected the retried run's work on its branch, got:\n{branch}"
+    );
+}

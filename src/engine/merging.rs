@@ -355,6 +355,10 @@ impl Engine {
             );
         };
         match t.phase() {
+            Phase::MergeWaiting { .. } if self.discarding.contains(id) => Response::fail(
+                Failure::Conflict,
+                format!("task `{id}` is being discarded; there is nothing to merge"),
+            ),
             Phase::MergeWaiting { .. } => {
                 let target = self.target_of(id).unwrap_or_default();
                 if self.merges.is_merging(id) {

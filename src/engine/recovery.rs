@@ -128,10 +128,11 @@ impl Engine {
                 (Phase::Failed { .. }, Some(name)) => self.finish_move(&name, false),
                 // The attempt succeeded but `done` is not recorded (a crash in between, or a
                 // damaged line): settle it from what the attempt left, without running it again.
+                // (Only an attempt of this run: one before a retry ended the earlier run.)
                 (Phase::Pending, found)
-                    if t.attempts()
-                        .last()
-                        .is_some_and(|a| a.class == Some(Class::Ok)) =>
+                    if t.attempts().last().is_some_and(|a| {
+                        a.class == Some(Class::Ok) && a.n > t.more().retried_after
+                    }) =>
                 {
                     if let Some(name) = found
                         && *name != *t.file()

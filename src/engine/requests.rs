@@ -374,6 +374,16 @@ impl Engine {
                 )
             });
         };
+        // Its old tree is still being given up (a discard just now): a new tree now would take
+        // the branch name the give-up is about to delete.
+        if self.trees_leaving.contains(&id) || self.discarding.contains(&id) {
+            return Err(Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}`'s worktree is still being given up (a discard); retry it in a moment"
+                ),
+            ));
+        }
         if !matches!(t.phase(), Phase::Failed { .. }) {
             return Err(Response::fail(
                 Failure::Conflict,

@@ -141,9 +141,9 @@ impl Engine {
         // A pooled tree goes back to the pool (checked out afresh for the next task) while the
         // pool has room; others are removed.
         let keep = self.keep_for(id, &w);
-        if keep != Keep::NotMine {
-            self.trees_leaving.insert(id.to_string());
-        }
+        // Until its record is applied: no second give-up, no retry into a new tree the
+        // give-up's branch deletion and record would then hit.
+        self.trees_leaving.insert(id.to_string());
         let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
         self.tasks.spawn(async move {
             give_up_tree(&repo, &ledger, &tx, &id, &w, delete_branch, keep).await;

@@ -387,6 +387,15 @@ pub struct TaskMore {
     /// Its part in a fleet, in fleet mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<Box<FleetPart>>,
+    /// The number of its last attempt when it was last retried (0: never retried, or before
+    /// any attempt): attempts up to it belong to the earlier run, so a successful one there
+    /// says nothing of this run (a crash right after `retried` must not settle it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retried_after: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a task without any of [`TaskMore`]'s parts reads.
@@ -401,6 +410,7 @@ static NO_MORE: TaskMore = TaskMore {
     role: None,
     priority: 0,
     fleet: None,
+    retried_after: 0,
 };
 
 impl TaskMore {
@@ -418,6 +428,7 @@ impl TaskMore {
             role,
             priority,
             fleet,
+            retried_after,
         } = self;
         after.is_empty()
             && phases.is_empty()
@@ -429,6 +440,7 @@ impl TaskMore {
             && role.is_none()
             && *priority == 0
             && fleet.is_none()
+            && *retried_after == 0
     }
 }
 
