@@ -450,7 +450,23 @@ impl Engine {
             for held in std::mem::take(&mut self.held) {
                 self.live.stop_finishing(held.task());
             }
-            if self.live.busy() == 0 && self.tasks.is_empty() {
+            if self.tasks.is_empty() {
+                // Every piece of work is one of `tasks`: with none left, nothing more can end
+                // it. What they said before they ended is in the channel already.
+                while let Ok(msg) = self.rx.try_recv() {
+                    self.handle(msg);
+                }
+                if !self.tasks.is_empty() {
+                    continue;
+                }
+                // Work whose task died without its last word (a panic, a bug) is not waited
+                // for: the stop would wait for ever (the ledger has it; the next start closes it).
+                if self.live.busy() > 0 {
+                    tracing::error!(
+                        busy = self.live.busy(),
+                        "work whose task ended without a word (a bug); not waited for"
+                    );
+                }
                 break;
             }
             tokio::select! {
