@@ -442,25 +442,9 @@ pub(crate) fn carries_workspace(pid: u32, workspace: &Path) -> bool {
 mod tests {
     #[test]
     fn the_workspace_marker_is_compared_as_a_path() {
-        // (the value in the environment, whether it names `/tmp/ws`)
-        let cases = [
-            ("/tmp/ws", true),
-            ("/tmp/ws/", true),
-            ("/tmp//ws/.", true),
-            ("/tmp/ws2", false),
-            ("/tmp", false),
-        ];
-        let dir = tempfile::tempdir().unwrap();
-        let (real, link) = (dir.path().join("real"), dir.path().join("link"));
-        std::fs::create_dir(&real).unwrap();
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        // (the value, the workspace: through a link either way names the same directory)
-        let resolved = [
-            (&link, &real, true),
-            (&real, &link, true),
-            (&link, &dir.path().to_path_buf(), false),
-        ];
-        for (value, workspace, want) in resolved {
+        use std::path::Path;
+        // Whether a process whose DIRIGENT_WORKSPACE is `value` counts as `workspace`'s.
+        let carries = |value: &Path, workspace: &Path| {
             let mut child = std::process::Command::new("sleep")
                 .arg("30")
                 .env_clear()
@@ -470,25 +454,32 @@ mod tests {
             let got = super::carries_workspace(child.id(), workspace);
             let _ = child.kill();
             let _ = child.wait();
+            got
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (real, link) = (dir.path().join("real"), dir.path().join("link"));
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        // (the value in the environment, the workspace, whether it names it: spelt otherwise,
+        // or through a link either way)
+        let cases = [
+            (Path::new("/tmp/ws"), Path::new("/tmp/ws"), true),
+            (Path::new("/tmp/ws/"), Path::new("/tmp/ws"), true),
+            (Path::new("/tmp//ws/."), Path::new("/tmp/ws"), true),
+            (Path::new("/tmp/ws2"), Path::new("/tmp/ws"), false),
+            (Path::new("/tmp"), Path::new("/tmp/ws"), false),
+            (&link, &real, true),
+            (&real, &link, true),
+            (&link, dir.path(), false),
+        ];
+        for (value, workspace, want) in cases {
             assert_eq!(
-                got,
+                carries(value, workspace),
                 want,
                 "DIRIGENT_WORKSPACE={} in {}",
                 value.display(),
                 workspace.display()
             );
-        }
-        for (value, want) in cases {
-            let mut child = std::process::Command::new("sleep")
-                .arg("30")
-                .env_clear()
-                .env("DIRIGENT_WORKSPACE", value)
-                .spawn()
-                .unwrap();
-            let got = super::carries_workspace(child.id(), std::path::Path::new("/tmp/ws"));
-            let _ = child.kill();
-            let _ = child.wait();
-            assert_eq!(got, want, "DIRIGENT_WORKSPACE={value}");
         }
     }
 }

@@ -465,13 +465,13 @@ where
     };
     if !eof {
         let _ = killpg(pgid, Signal::SIGKILL);
-        let after_kill = tokio::time::timeout(Duration::from_secs(2), async {
+        let after_kill = tokio::time::timeout(
+            Duration::from_secs(2),
             captures_ended([
                 (&mut out_task, &mut out_ended),
                 (&mut err_task, &mut err_ended),
-            ])
-            .await
-        })
+            ]),
+        )
         .await;
         if after_kill.is_err() {
             // Something outside the group (it called setsid) holds the pipe: stop reading.

@@ -488,29 +488,10 @@ fn status_and_fleet_name_the_workers_and_the_agents_no_worker_runs() {
         "expected `status b` to say why it waits, got:\n{text}"
     );
     let mut waiting = submitter.cli_spawn(&["submit", "p2", "--agent", "beta", "--wait"]);
-    let stderr = waiting.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut said = Vec::new();
-    let found = loop {
-        match rx.recv_timeout(patience()) {
-            Ok(line) if line.contains("waiting: no live worker of the fleet runs `beta`") => {
-                break true;
-            }
-            Ok(line) => said.push(line),
-            Err(_) => break false,
-        }
-    };
+    let (found, said) = stderr_until(
+        &mut waiting,
+        "waiting: no live worker of the fleet runs `beta`",
+    );
     let _ = waiting.kill();
     let _ = waiting.wait();
     assert!(

@@ -42,27 +42,7 @@ fn status_and_a_waiting_client_say_which_worker_runs_a_published_task() {
     let _dd = desk.start();
     let _dw = worker.start();
     let mut waiting = desk.cli_spawn(&["submit", "p", "--agent", "slow", "--id", "t", "--wait"]);
-    let stderr = waiting.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut said = Vec::new();
-    let found = loop {
-        match rx.recv_timeout(patience()) {
-            Ok(line) if line.contains("running on worker `gpu` of the fleet") => break true,
-            Ok(line) => said.push(line),
-            Err(_) => break false,
-        }
-    };
+    let (found, said) = stderr_until(&mut waiting, "running on worker `gpu` of the fleet");
     assert!(
         found,
         "expected `submit --wait` to say the worker that runs the task, it said:\n{}",

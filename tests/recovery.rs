@@ -5,6 +5,23 @@ mod common;
 use common::{Workspace, list, process_gone};
 use dirigent::ledger::Event;
 
+/// Waits for attempt 1's `attempt_finished` as `interrupted` (a restart closing it): its reason
+/// and the time it was recorded to have run.
+fn first_attempt_interrupted(ws: &Workspace) -> (String, u64) {
+    ws.wait_for("the interrupted attempt to be closed", |recs| {
+        recs.iter().find_map(|r| match &r.event {
+            Event::AttemptFinished {
+                attempt: 1,
+                class,
+                reason,
+                duration_ms,
+                ..
+            } if class.as_str() == "interrupted" => Some((reason.clone(), *duration_ms)),
+            _ => None,
+        })
+    })
+}
+
 const CONFIG: &str = r#"
 kill_grace: 300ms
 agents:
@@ -37,17 +54,7 @@ fn when_the_daemon_dies_its_agents_are_stopped_without_waiting_for_a_restart() {
     });
 
     let _d = ws.start();
-    let reason = ws.wait_for("the interrupted attempt to be closed", |recs| {
-        recs.iter().find_map(|r| match &r.event {
-            Event::AttemptFinished {
-                attempt: 1,
-                class,
-                reason,
-                ..
-            } if class.as_str() == "interrupted" => Some(reason.clone()),
-            _ => None,
-        })
-    });
+    let (reason, _) = first_attempt_interrupted(&ws);
     assert_eq!(
         reason, "the daemon stopped while this attempt ran",
         "expected the attempt closed as interrupted, with nothing left to kill"
@@ -97,18 +104,7 @@ fn after_a_crash_an_orphaned_agent_still_running_is_killed_and_the_task_runs_aga
 
     ws.write_config(&stubborn("300ms"));
     let _d = ws.start();
-    let (reason, ran_ms) = ws.wait_for("the interrupted attempt to be closed", |recs| {
-        recs.iter().find_map(|r| match &r.event {
-            Event::AttemptFinished {
-                attempt: 1,
-                class,
-                reason,
-                duration_ms,
-                ..
-            } if class.as_str() == "interrupted" => Some((reason.clone(), *duration_ms)),
-            _ => None,
-        })
-    });
+    let (reason, ran_ms) = first_attempt_interrupted(&ws);
     assert!(
         reason.contains("still alive and was killed"),
         "expected the restart to say it killed the group, got: {reason}"
@@ -176,17 +172,7 @@ fn after_a_crash_a_group_whose_supervisor_was_killed_is_still_found_and_killed()
     );
 
     let _d = ws.start();
-    let reason = ws.wait_for("the interrupted attempt to be closed", |recs| {
-        recs.iter().find_map(|r| match &r.event {
-            Event::AttemptFinished {
-                attempt: 1,
-                class,
-                reason,
-                ..
-            } if class.as_str() == "interrupted" => Some(reason.clone()),
-            _ => None,
-        })
-    });
+    let (reason, _) = first_attempt_interrupted(&ws);
     assert!(
         reason.contains("still alive and was killed"),
         "expected the restart to say it killed the group, got: {reason}"

@@ -396,6 +396,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         "ID", "STATE", "AGENT", "#", "TIME"
     );
     for t in book.iter() {
+        let on_fleet = on_fleet(t);
         let agent = match (t.phase(), t.more().fleet.as_deref()) {
             (Phase::Done { agent, .. } | Phase::Running { agent, .. }, _) => agent.clone(),
             // On the fleet's queue: the agent it waits for.
@@ -420,12 +421,12 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             },
             agent,
             // Run on the fleet: its attempts were made, and are counted, on the worker.
-            if on_fleet(t) {
+            if on_fleet {
                 "-".to_string()
             } else {
                 t.attempts().len().to_string()
             },
-            if on_fleet(t) {
+            if on_fleet {
                 "-".to_string()
             } else {
                 short(Duration::from_millis(t.busy_ms(ledger::now_ms())))

@@ -57,6 +57,15 @@ pub(super) fn placement(
     }
 }
 
+/// Where a task published from this node stands, as far as the node can tell
+/// ([`Engine::fleet_whereabouts`]).
+pub(super) enum FleetWhereabouts {
+    /// The live worker whose heartbeat says it holds the task.
+    RunningOn(String),
+    /// Why no worker has it yet.
+    WaitingFor(String),
+}
+
 impl Engine {
     /// Where task `id` goes (see [`placement`]).
     pub(super) fn placement_of(&self, id: &str) -> Placement {
@@ -132,11 +141,14 @@ impl Engine {
         Some(out)
     }
 
-    /// The worker that runs a task published from here, as its heartbeat says (a hint: the
-    /// node hears for sure only the outcome). `None` while no live worker says it holds it.
-    pub(super) fn fleet_holder(&self, t: &TaskRecord) -> Option<String> {
+    /// Where a task published from here stands, when this node can tell (`None` for any other
+    /// task): the worker that holds it, as that worker's heartbeat says (a hint: the node hears
+    /// for sure only the outcome); else why it has no worker — the server is away, or no live
+    /// worker runs its agent.
+    pub(super) fn fleet_whereabouts(&self, t: &TaskRecord) -> Option<FleetWhereabouts> {
         let link = self.fleet.as_ref()?;
         let Some(FleetPart::Published {
+            subject,
             worker: None,
             round,
             ..
@@ -147,42 +159,25 @@ impl Engine {
         if t.phase().is_terminal() {
             return None;
         }
-        let key = fleet::key_of(&link.node, t.id(), *round, t.received_ms);
-        fleet::heartbeat::lock(&link.view)
-            .holder(&key)
-            .map(str::to_string)
-    }
-
-    /// Why a task published to the fleet from here has no worker yet, when this node can tell:
-    /// the server is away, or no live worker runs its agent. `None` for any other task.
-    pub(super) fn fleet_wait(&self, t: &TaskRecord) -> Option<String> {
-        let link = self.fleet.as_ref()?;
-        let Some(FleetPart::Published {
-            subject,
-            worker: None,
-            ..
-        }) = t.more().fleet.as_deref()
-        else {
-            return None;
-        };
-        if t.phase().is_terminal() {
-            return None;
-        }
         let view = fleet::heartbeat::lock(&link.view);
+        let key = fleet::key_of(&link.node, t.id(), *round, t.received_ms);
+        if let Some(worker) = view.holder(&key) {
+            return Some(FleetWhereabouts::RunningOn(worker.to_string()));
+        }
         if !view.connected {
-            return Some(format!(
+            return Some(FleetWhereabouts::WaitingFor(format!(
                 "the fleet's server is not connected{}; the task waits on its queue and goes to a worker once this node is back",
                 view.problem
                     .as_deref()
                     .map(|p| format!(" ({})", crate::terminal::printable(p)))
                     .unwrap_or_default()
-            ));
+            )));
         }
         let agent = fleet::agent_of_subject(subject);
         (!view.runs(&agent)).then(|| {
-            format!(
+            FleetWhereabouts::WaitingFor(format!(
                 "no live worker of the fleet runs `{agent}`; the task runs once one that does joins (`dirigent fleet` lists the workers)"
-            )
+            ))
         })
     }
 

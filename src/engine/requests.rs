@@ -496,13 +496,13 @@ impl Engine {
             return match serde_json::to_value(t) {
                 Ok(mut v) => {
                     // What it waits for, where only the daemon knows (a waiting client says it).
-                    match self.fleet_holder(t) {
-                        Some(worker) => v["running_on"] = worker.into(),
-                        None => {
-                            if let Some(why) = self.fleet_wait(t) {
-                                v["waiting_for"] = why.into();
-                            }
+                    use super::fleet_tasks::FleetWhereabouts;
+                    match self.fleet_whereabouts(t) {
+                        Some(FleetWhereabouts::RunningOn(worker)) => {
+                            v["running_on"] = worker.into()
                         }
+                        Some(FleetWhereabouts::WaitingFor(why)) => v["waiting_for"] = why.into(),
+                        None => {}
                     }
                     Response::data(v)
                 }

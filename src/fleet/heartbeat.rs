@@ -14,9 +14,9 @@ use super::connect::Connection;
 
 /// How often a worker says it is there.
 pub const BEAT_EVERY: Duration = Duration::from_secs(5);
-/// A worker not heard from for this long is not counted as live.
 /// The shortest time between two heartbeats (one follows a task taken in hand this soon).
 pub const BEAT_SOONEST: Duration = Duration::from_millis(500);
+/// A worker not heard from for this long is not counted as live.
 pub const LIVE_FOR: Duration = Duration::from_secs(15);
 
 /// One worker's heartbeat.

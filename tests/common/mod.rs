@@ -18,6 +18,32 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// [`PATIENCE`], or `DIRIGENT_TEST_PATIENCE` seconds (for a machine known to be slow; keep it
 /// under nextest's `terminate-after` in `.config/nextest.toml`).
+/// Reads `child`'s stderr line by line until one contains `want` (within [`patience`]):
+/// whether it came, and the lines said before it.
+pub fn stderr_until(child: &mut Child, want: &str) -> (bool, Vec<String>) {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut said = Vec::new();
+    loop {
+        match rx.recv_timeout(patience()) {
+            Ok(line) if line.contains(want) => return (true, said),
+            Ok(line) => said.push(line),
+            Err(_) => return (false, said),
+        }
+    }
+}
+
 pub fn patience() -> Duration {
     std::env::var("DIRIGENT_TEST_PATIENCE")
         .ok()
