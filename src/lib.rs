@@ -27,6 +27,7 @@ pub mod duration;
 pub mod editing;
 pub mod engine;
 pub mod escalate;
+pub mod fault;
 pub mod fleet;
 pub mod follow;
 pub mod fsutil;

@@ -182,6 +182,48 @@ fn after_a_crash_a_group_whose_supervisor_was_killed_is_still_found_and_killed()
     });
 }
 
+/// dirigent's own work for an attempt dies (a panic: a bug, injected here while the agent's
+/// group exists): its task escalates with a plain reason instead of staying `running` until a
+/// restart, the attempt is closed in the ledger, nothing of its group lives on, its slot is
+/// free for the next task, and the daemon still stops when asked.
+// The fault is injected by debug builds only.
+#[cfg(debug_assertions)]
+#[test]
+fn a_panic_in_an_attempts_work_escalates_the_task_and_frees_its_slot() {
+    let ws = Workspace::new(
+        "concurrency: 1\nkill_grace: 300ms\nagents:\n  gate: { command: [\"{agents}/gate.sh\", \"release\"] }\n  good: { command: [\"{agents}/ok.sh\"], prompt: stdin }\ndefault_chain: [good]\n",
+    );
+    let mut d = ws.start_with(&[("DIRIGENT_FAULT", "attempt-panic:boom")]);
+    ws.drop_task("boom.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    let settled = ws.wait_settled("boom");
+    let Event::Escalated { reason, .. } = &settled else {
+        panic!("expected `boom` escalated, got {settled:?}");
+    };
+    assert!(
+        reason.starts_with("internal error: dirigent's own work for this attempt panicked"),
+        "expected the reason to say what happened, got: {reason}"
+    );
+    assert!(
+        reason.contains("`dirigent retry boom`"),
+        "expected the way out in the reason, got: {reason}"
+    );
+    let closed = ws.records().iter().any(|r| {
+        matches!(&r.event, Event::AttemptFinished { task, attempt: 1, class, .. }
+            if task == "boom" && class.as_str() == "interrupted")
+    });
+    assert!(closed, "expected attempt 1 of `boom` closed as interrupted");
+    ws.wait_until("the attempt's group to be gone", || {
+        ws.survivors().is_empty().then_some(())
+    });
+
+    ws.drop_task("after.json", r#"{"prompt": "next"}"#);
+    assert!(
+        matches!(ws.wait_settled("after"), Event::Done { .. }),
+        "expected the next task to run in the freed slot"
+    );
+    assert!(d.stop().success(), "expected the daemon to stop cleanly");
+}
+
 #[test]
 fn a_file_in_running_without_a_ledger_record_is_run() {
     let ws = Workspace::new(CONFIG);

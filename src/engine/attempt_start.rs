@@ -290,6 +290,11 @@ impl Engine {
             _ => self.config.editing.setup.setup.clone(),
         };
         let setup_stop = self.side_stop.subscribe();
+        let mut last_word = LastWord {
+            task: id.to_string(),
+            tx: Some(self.tx.clone()),
+            started: None,
+        };
         self.tasks.spawn(async move {
             let mut plan = plan;
             // In a worktree: made (and recorded) or put back at the base before the agent runs.
@@ -324,7 +329,7 @@ impl Engine {
                                 )
                                 .await
                                 {
-                                    let _ = tx.send(Msg::TreeFailed {
+                                    last_word.say(Msg::AttemptUnjudged {
                                         task,
                                         reason,
                                         exhausted: None,
@@ -348,7 +353,7 @@ impl Engine {
                                         PromptError::Refused(r) => (r, None),
                                         PromptError::Exhausted(w) => (w.clone(), Some(w)),
                                     };
-                                    let _ = tx.send(Msg::TreeFailed {
+                                    last_word.say(Msg::AttemptUnjudged {
                                         task,
                                         reason,
                                         exhausted,
@@ -363,7 +368,7 @@ impl Engine {
                     }
                     Ok(Err(e)) => {
                         let exhausted = e.exhausted().map(str::to_string);
-                        let _ = tx.send(Msg::TreeFailed {
+                        last_word.say(Msg::AttemptUnjudged {
                             task,
                             reason: format!("cannot ready the task's worktree: {e}"),
                             exhausted,
@@ -379,6 +384,8 @@ impl Engine {
             // Fired once `started` has reached the engine, so that `AttemptDone` never
             // overtakes it.
             let (started_sent, started_reached) = tokio::sync::oneshot::channel::<()>();
+            last_word.started = Some(started_reached);
+            let fault_task = task.clone();
             let cancel = stop_rx.clone();
             let report = spawn::run_attempt(&plan, stop_rx, move |info| async move {
                 let ev = Event::AttemptStarted {
@@ -401,9 +408,12 @@ impl Engine {
                 });
                 // In the file (if not yet fsynced): a crash of the daemon from here on finds it.
                 let _ = written.await;
+                if crate::fault::at("attempt-panic", &fault_task) {
+                    panic!("injected fault `attempt-panic` for `{fault_task}`");
+                }
             })
             .await;
-            let _ = started_reached.await;
+            last_word.started_reached().await;
             let mut report = report;
             if let (Some((state, dir)), Some((settings, verify_failures, title, stop, resolving))) =
                 (tree_state, check)
@@ -446,11 +456,65 @@ impl Engine {
                     vec![]
                 }
             };
-            let _ = tx.send(Msg::AttemptDone {
+            last_word.say(Msg::AttemptDone {
                 task,
                 records,
                 report: Box::new(report),
             });
         });
+    }
+}
+
+/// Held by the work of one attempt until it sends the engine its last word (its judged end, or
+/// why it could not start). Work that ends without one — a panic, a bug; an early return —
+/// tells the engine through this guard's drop, so its task does not stay `running`, holding its
+/// slot, until a restart.
+struct LastWord {
+    task: String,
+    /// To the engine, which holds the receiving half; `None` once the last word is said.
+    tx: Option<mpsc::UnboundedSender<Msg>>,
+    /// Resolves once the attempt's `attempt_started` has reached the engine (its sender is held
+    /// by the work that records it): no word about the attempt may overtake its start.
+    started: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl LastWord {
+    /// Waits until the attempt's start, if one was recorded, has reached the engine.
+    async fn started_reached(&mut self) {
+        if let Some(started) = self.started.take() {
+            let _ = started.await;
+        }
+    }
+
+    /// Sends the attempt's last word.
+    fn say(mut self, msg: Msg) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+impl Drop for LastWord {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        let how = if std::thread::panicking() {
+            "panicked"
+        } else {
+            "ended without a verdict"
+        };
+        let task = std::mem::take(&mut self.task);
+        let started = self.started.take();
+        let lost = move || {
+            let _ = tx.send(Msg::AttemptLost { task, how });
+        };
+        match (started, tokio::runtime::Handle::try_current()) {
+            (Some(started), Ok(runtime)) => {
+                runtime.spawn(async move {
+                    let _ = started.await;
+                    lost();
+                });
+            }
+            _ => lost(),
+        }
     }
 }

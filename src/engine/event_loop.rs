@@ -324,7 +324,8 @@ impl Engine {
                 self.apply(&records);
                 self.trees_leaving.remove(&task);
             }
-            Msg::TreeFailed {
+            Msg::AttemptLost { task, how } => self.attempt_lost(task, how),
+            Msg::AttemptUnjudged {
                 task,
                 reason,
                 exhausted,
@@ -346,6 +347,59 @@ impl Engine {
             }
             Msg::MergeEnded { task, target, end } => self.merge_ended(&task, &target, end),
         }
+    }
+
+    /// The work of `id`'s attempt ended without its last word (see [`Msg::AttemptLost`]). The
+    /// task escalates rather than running again: the same bug would likely end the next
+    /// attempt the same way, and a user who retries it sees that in one step.
+    fn attempt_lost(&mut self, id: String, how: &str) {
+        self.release_slot(&id);
+        self.live.end_attempt(&id);
+        tracing::error!(task = %id, "the work of this attempt {how}: a bug in dirigent");
+        if self.ledger_failed.is_some() {
+            return; // as for an end the ledger refused: the next start settles it
+        }
+        let reason = format!(
+            "internal error: dirigent's own work for this attempt {how} (a bug; the daemon's log has the details); its agent was stopped. `dirigent retry {id}` runs the task again"
+        );
+        // Its end, when its start is recorded: the ledger never shows an attempt running for
+        // a task that is over.
+        let open = self
+            .book
+            .get(&id)
+            .and_then(|t| t.attempts().last())
+            .filter(|a| a.class.is_none())
+            .map(|a| (a.n, a.agent.clone(), a.started_ms));
+        let Some((attempt, agent, started_ms)) = open else {
+            self.escalate(&id, reason);
+            return;
+        };
+        let capture = |stream| {
+            self.ws
+                .run_dir(&id)
+                .join(crate::workspace::attempt_file(attempt, &agent, stream))
+        };
+        let report = spawn::AttemptReport::not_run(
+            crate::judge::Verdict::fail(Class::Interrupted, reason.clone()),
+            None,
+            Duration::from_millis(ledger::now_ms().saturating_sub(started_ms)),
+            capture("stdout"),
+            capture("stderr"),
+        );
+        let end = settling::attempt_finished(&id, attempt, &agent, &report, None, None);
+        let (ledger, tx) = (self.ledger.clone(), self.tx.clone());
+        self.tasks.spawn(async move {
+            let records = record(&ledger, &tx, end).await;
+            if records.is_empty() {
+                return;
+            }
+            let _ = tx.send(Msg::Recorded(records));
+            let _ = tx.send(Msg::AttemptUnjudged {
+                task: id,
+                reason,
+                exhausted: None,
+            });
+        });
     }
 
     /// Collects the tasks that ended, so the set does not grow with every task ever spawned.

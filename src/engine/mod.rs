@@ -198,9 +198,17 @@ enum Msg {
         target: String,
         end: merging::MergeEnd,
     },
-    /// An attempt could not start because its worktree could not be readied: the task
-    /// escalates with `reason`, or waits when `exhausted` names what ran out.
-    TreeFailed {
+    /// The work of `task`'s attempt ended without its last word (`how`: it panicked — a bug —,
+    /// or returned early): its agent's group is gone (the attempt's guard kills it); the task
+    /// escalates, its attempt's end recorded if its start was.
+    AttemptLost {
+        task: String,
+        how: &'static str,
+    },
+    /// An attempt ended with no verdict: its worktree could not be readied, or its work was
+    /// lost (after [`Msg::AttemptLost`]). The task escalates with `reason`, or waits when
+    /// `exhausted` names what ran out.
+    AttemptUnjudged {
         task: String,
         reason: String,
         exhausted: Option<String>,
