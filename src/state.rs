@@ -588,6 +588,7 @@ impl TaskBook {
                         commit: None,
                         merge: MergeState::NotYet,
                         removed: false,
+                        discard_pending: false,
                         resolve: None,
                         resolutions: 0,
                     }));
@@ -689,15 +690,20 @@ impl TaskBook {
                     .and_then(|t| t.more_present()?.worktree.as_mut())
                 {
                     w.merge = MergeState::Discarded;
+                    w.discard_pending = true;
                 }
             }
-            Event::WorktreeRemoved { task, .. } => {
+            Event::WorktreeRemoved {
+                task,
+                branch_deleted,
+            } => {
                 if let Some(w) = self
                     .tasks
                     .get_mut(task.as_str())
                     .and_then(|t| t.more_present()?.worktree.as_mut())
                 {
                     w.removed = true;
+                    w.discard_pending &= !branch_deleted;
                 }
             }
             Event::PhaseCompleted {

@@ -1314,3 +1314,76 @@ fn a_retry_waiting_for_its_slot_runs_after_a_crash() {
         "expected the retried run's work on its branch, got:\n{branch}"
     );
 }
+
+/// A discard cut short by a crash (its record on disk, the give-up not done — held there by an
+/// injected fault) is finished by the next start: the branch is deleted, the task is over, and
+/// a second `discard` says nothing is left. Both kinds of discard: of work waiting to be merged
+/// (its tree still there) and of a finished `merge: none` task (its tree gone, its branch kept).
+// The fault is injected by debug builds only.
+#[cfg(debug_assertions)]
+#[test]
+fn a_discard_cut_short_by_a_crash_is_finished_at_the_next_start() {
+    for (merge, waits_for) in [("manual", "merge_waiting"), ("none", "done")] {
+        let ws = repo_workspace(&format!(
+            "{AGENT}default_chain: [ed]\nmerge: {merge}\nconcurrency: 1\n"
+        ));
+        let mut daemon = ws.start_with(&[("DIRIGENT_FAULT", "discard-stall:x")]);
+        ws.drop_task("x.md", "append a.txt from-x\n");
+        ws.wait_state("x", waits_for);
+        if merge == "none" {
+            ws.wait_for("x's tree to be given up", |recs| {
+                recs.iter()
+                    .any(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == "x"))
+                    .then_some(())
+            });
+        }
+        let out = ws.cli(&["discard", "x"]);
+        assert!(
+            out.status.success(),
+            "merge: {merge}: expected `discard x` accepted: {out:?}"
+        );
+        // Answered once the discard is on disk.
+        assert!(
+            ws.records()
+                .iter()
+                .any(|r| matches!(&r.event, Event::Discarded { task } if task == "x")),
+            "merge: {merge}: expected `discarded` recorded before the answer"
+        );
+        daemon.crash();
+        assert!(
+            !git(ws.root(), &["branch", "--list", "dirigent/x"])
+                .trim()
+                .is_empty(),
+            "merge: {merge}: expected the branch still there after the crash (the fault held the give-up)"
+        );
+
+        let mut daemon = ws.start();
+        ws.wait_until("the discarded branch to be deleted", || {
+            git(ws.root(), &["branch", "--list", "dirigent/x"])
+                .trim()
+                .is_empty()
+                .then_some(())
+        });
+        ws.wait_for("the branch's deletion on record", |recs| {
+            recs.iter()
+                .any(|r| {
+                    matches!(&r.event, Event::WorktreeRemoved { task, branch_deleted: true } if task == "x")
+                })
+                .then_some(())
+        });
+        let want = if merge == "none" { "done" } else { "failed" };
+        ws.wait_state("x", want);
+        ws.wait_until("a second discard to say nothing is left", || {
+            let out = ws.cli(&["discard", "x"]);
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(
+                !out.status.success(),
+                "merge: {merge}: expected a second `discard x` refused: {out:?}"
+            );
+            stderr
+                .contains("task `x` has nothing left to discard")
+                .then_some(())
+        });
+        daemon.stop();
+    }
+}

@@ -303,7 +303,8 @@ impl Engine {
     }
 
     /// Worktrees after a restart. A settled task whose tree was not given up yet (a crash cut it
-    /// short) gives it up now — its branch too, when its work is merged or discarded; a failed
+    /// short) gives it up now — its branch too, when its work is merged or discarded (a discarded
+    /// task's branch also when its tree was gone before the discard); a failed
     /// task's is kept until `keep_failed` is over. Pooled trees no task holds go back to the
     /// pool; any other directory under `.context/worktrees/` (a tree made just before a crash,
     /// before the ledger knew it) is removed, and git forgets trees whose directory is gone.
@@ -312,7 +313,11 @@ impl Engine {
             .book
             .iter()
             .filter(|t| {
-                t.phase().is_terminal() && t.more().worktree.as_ref().is_some_and(|w| !w.removed)
+                t.phase().is_terminal()
+                    && t.more()
+                        .worktree
+                        .as_ref()
+                        .is_some_and(|w| !w.removed || w.discard_pending)
             })
             .map(|t| t.id().to_string())
             .collect();

@@ -319,7 +319,7 @@ impl Engine {
                 })
             }
             Request::Merge { id } => self.merge_request(&id),
-            Request::Discard { id } => self.discard_request(&id),
+            Request::Discard { id } => self.discard_request(&id).await,
             Request::FleetStatus => match &self.fleet {
                 None => Response::fail(
                     crate::protocol::Failure::NotFound,

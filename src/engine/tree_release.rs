@@ -12,7 +12,7 @@ use crate::state::{MergeState, WorktreeState};
 impl Engine {
     /// `dirigent discard ID`: the task's branch and worktree go. A task waiting to be merged
     /// ends cancelled; a finished task loses what was kept of it.
-    pub(super) fn discard_request(&mut self, id: &str) -> crate::protocol::Response {
+    pub(super) async fn discard_request(&mut self, id: &str) -> crate::protocol::Response {
         use crate::protocol::{Failure, Response};
         let Some(t) = self.book.get(id) else {
             return Response::fail(
@@ -27,9 +27,31 @@ impl Engine {
             );
         };
         let branch = w.branch.clone();
-        let gone =
-            w.removed && matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded);
+        // A discard cut short by a crash (its branch left) may be asked again.
+        let gone = w.removed
+            && !w.discard_pending
+            && matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded);
+        let discarded = |id: &str| Event::Discarded {
+            task: id.to_string(),
+        };
+        let done = Response::ok(format!(
+            "discarded `{id}`: its branch `{branch}` is deleted and its worktree given up"
+        ));
+        let unrecorded = |id: &str| {
+            Response::fail(
+                Failure::Unavailable,
+                format!("cannot record the discard of `{id}`: the ledger cannot be written"),
+            )
+        };
         match t.phase() {
+            // Its tree is on its way out already (its task just finished, or another discard):
+            // a second give-up at once would race the first.
+            _ if self.trees_leaving.contains(id) => Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}`'s worktree is being given up right now; ask again in a moment"
+                ),
+            ),
             _ if gone => Response::fail(
                 Failure::Conflict,
                 format!(
@@ -40,26 +62,24 @@ impl Engine {
                 Failure::Conflict,
                 format!("task `{id}` is being merged now; discard it after, or let it land"),
             ),
+            // The discard is on disk before the answer: from then on a crash cannot undo it
+            // (the next start finishes what it left).
             Phase::MergeWaiting { .. } => {
                 self.merges.forget(id);
                 self.live.stop_merging(id);
-                self.record_later(vec![Event::Discarded {
-                    task: id.to_string(),
-                }]);
+                if !self.record_now(discarded(id)).await {
+                    return unrecorded(id);
+                }
                 self.discarding.insert(id.to_string());
                 self.settle_cancelled(id);
-                Response::ok(format!(
-                    "discarded `{id}`: its branch `{branch}` is deleted and its worktree given up"
-                ))
+                done
             }
             Phase::Done { .. } | Phase::Failed { .. } => {
-                self.record_later(vec![Event::Discarded {
-                    task: id.to_string(),
-                }]);
+                if !self.record_now(discarded(id)).await {
+                    return unrecorded(id);
+                }
                 self.remove_tree_and_branch(id, true);
-                Response::ok(format!(
-                    "discarded `{id}`: its branch `{branch}` is deleted and its worktree given up"
-                ))
+                done
             }
             Phase::Merging => Response::fail(
                 Failure::Conflict,
@@ -80,11 +100,20 @@ impl Engine {
     /// for a human to look at.
     pub(super) fn tree_after_settled(&mut self, id: &str) {
         let Some(t) = self.book.get(id) else { return };
-        if t.more().worktree.as_ref().is_none_or(|w| w.removed) {
+        let Some(w) = t.more().worktree.as_deref() else {
+            return;
+        };
+        // Discarded: its branch goes, and its tree if it is still there (unless that is
+        // under way).
+        let discarded = self.discarding.remove(id) || w.discard_pending;
+        if self.trees_leaving.contains(id) {
             return;
         }
-        if self.discarding.remove(id) {
+        if discarded {
             return self.remove_tree_and_branch(id, true);
+        }
+        if w.removed {
+            return;
         }
         match t.phase() {
             Phase::Done { .. } => self.remove_tree(id),
@@ -146,6 +175,9 @@ impl Engine {
         self.trees_leaving.insert(id.to_string());
         let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
         self.tasks.spawn(async move {
+            if discard && crate::fault::at("discard-stall", &id) {
+                std::future::pending::<()>().await;
+            }
             give_up_tree(&repo, &ledger, &tx, &id, &w, delete_branch, keep).await;
         });
     }

@@ -177,6 +177,7 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                 commit: None,
                 merge: crate::state::MergeState::NotYet,
                 removed: false,
+                discard_pending: false,
                 resolve: None,
                 resolutions: 0,
             };

@@ -87,6 +87,10 @@ pub struct WorktreeState {
     /// The worktree directory is gone (merged, discarded, cleaned up).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+    /// `dirigent discard` is recorded, its branch's deletion not yet (`worktree_removed` with
+    /// the branch deleted): a crash in between leaves the branch, which the next start deletes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_pending: bool,
     /// `on_conflict: agent`: the next attempt resolves a conflict with this target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolve: Option<Resolve>,
