@@ -44,6 +44,23 @@ pub fn stderr_until(child: &mut Child, want: &str) -> (bool, Vec<String>) {
     }
 }
 
+/// Makes a process the test starts (a daemon, a server) die with the test's process: a test
+/// that nextest kills on a timeout would otherwise leave it running, loading every test after.
+/// (The signal comes when the thread that spawned it ends: tests start these from their own
+/// thread, which lives as long as the test.)
+pub fn die_with_the_test(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child about to exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub fn patience() -> Duration {
     std::env::var("DIRIGENT_TEST_PATIENCE")
         .ok()
@@ -174,6 +191,7 @@ impl Workspace {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        die_with_the_test(&mut cmd);
         Daemon {
             child: Some(cmd.spawn().unwrap()),
             log: self.root().join("daemon.log"),

@@ -86,6 +86,7 @@ impl Nats {
                 command.arg("-c").arg(&conf);
             }
         }
+        crate::common::die_with_the_test(&mut command);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
