@@ -355,7 +355,8 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "worktree|shared", value_parser = parse_workdir)]
     pub workdir: Option<dirigent::workdir::Workdir>,
     /// Run in the worktree once the agent says done; the work passes only if it exits 0
-    /// (repeatable; each an argv split on spaces, e.g. `--verify "cargo test"`).
+    /// (repeatable; each one command, split into words as a shell would — quotes and
+    /// backslashes, no variables or operators: `--verify "sh -c 'cargo test && cargo clippy'"`).
     #[arg(long, value_name = "COMMAND")]
     pub verify: Vec<String>,
     /// How its verified branch reaches its target: `auto`, `manual` (waits for `dirigent

@@ -614,18 +614,18 @@ fn check_component(name: &str) -> io::Result<()> {
 /// refused.
 fn annotate(e: Errno, path: &Path) -> io::Error {
     let err = io::Error::from(e);
-    let what = match e {
-        Errno::ELOOP => "is a symbolic link; dirigent does not follow links here".to_string(),
-        Errno::ENOTDIR => "is not a directory (or a link stands in its way)".to_string(),
-        _ => err.to_string(),
+    let text = match e {
+        Errno::ELOOP => format!(
+            "`{}` is a symbolic link; dirigent does not follow links here",
+            path.display()
+        ),
+        Errno::ENOTDIR => format!(
+            "`{}` is not a directory (or a link stands in its way)",
+            path.display()
+        ),
+        _ => format!("`{}`: {err}", path.display()),
     };
-    io::Error::new(
-        err.kind(),
-        RawError {
-            text: format!("`{}` {what}", path.display()),
-            errno: e,
-        },
-    )
+    io::Error::new(err.kind(), RawError { text, errno: e })
 }
 
 /// An error text with the errno it came from, so that [`errno_of`] still finds it (the

@@ -247,9 +247,108 @@ pub fn checked_class(
     }
 }
 
+/// A command line given as one string (`--verify "sh -c 'cargo test && cargo clippy'"`) split
+/// into its argv the way a shell splits words, and nothing more: blanks separate words, `'…'`
+/// keeps everything literally, `"…"` keeps blanks (a backslash escapes `"` and `\\` in it), a
+/// backslash outside quotes escapes the next character. No variables, globs or operators: for
+/// those, run `sh -c '…'`. An unclosed quote is an error, never a guess.
+pub fn split_command(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err(format!("`{text}` has a `'` that is not closed")),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => {
+                                return Err(format!("`{text}` has a `\"` that is not closed"));
+                            }
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err(format!("`{text}` has a `\"` that is not closed")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err(format!("`{text}` ends with a lone `\\`")),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    if let Some(w) = word {
+        words.push(w);
+    }
+    if words.is_empty() {
+        return Err("the command is empty".into());
+    }
+    Ok(words)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_string_is_split_into_words_as_a_shell_would() {
+        let ok: &[(&str, &[&str])] = &[
+            ("cargo test", &["cargo", "test"]),
+            ("  cargo   test  ", &["cargo", "test"]),
+            (
+                "sh -c 'echo tests failed; exit 1'",
+                &["sh", "-c", "echo tests failed; exit 1"],
+            ),
+            (
+                r#"sh -c "echo \"hi\" there""#,
+                &["sh", "-c", r#"echo "hi" there"#],
+            ),
+            (r#"a\ b c"#, &["a b", "c"]),
+            ("''", &[""]),
+            (r#"x"y z"'w'"#, &["xy zw"]),
+            (r#""a\nb""#, &[r#"a\nb"#]),
+        ];
+        for (text, want) in ok {
+            assert_eq!(
+                split_command(text).as_deref(),
+                Ok(&want.iter().map(|w| w.to_string()).collect::<Vec<_>>()[..]),
+                "splitting `{text}`"
+            );
+        }
+        let bad: &[(&str, &str)] = &[
+            ("sh -c 'echo", "has a `'` that is not closed"),
+            (r#"echo "hi"#, "has a `\"` that is not closed"),
+            ("echo \\", "ends with a lone `\\`"),
+            ("   ", "the command is empty"),
+        ];
+        for (text, want) in bad {
+            let got = split_command(text).expect_err(text);
+            assert!(got.contains(want), "`{text}`: expected `{want}` in `{got}`");
+        }
+    }
     use crate::class::Class;
 
     #[test]

@@ -61,13 +61,20 @@ pub fn write_report(
     if let Some(w) = &task.more().worktree {
         let _ = writeln!(
             md,
-            "**Branch:** `{}` from {} in `{}`{} — `dirigent diff {}` shows the work, `dirigent discard {}` throws it away\n",
+            "**Branch:** `{}` from {} in `{}`{} — {}\n",
             w.branch,
             &w.base[..w.base.len().min(12)],
             w.tree.path.display(),
             if w.removed { " (removed)" } else { "" },
-            task.id(),
-            task.id()
+            if matches!(w.merge, crate::state::MergeState::Discarded) {
+                "discarded (`dirigent discard`): the branch and tree are being removed".to_string()
+            } else {
+                format!(
+                    "`dirigent diff {}` shows the work, `dirigent discard {}` throws it away",
+                    task.id(),
+                    task.id()
+                )
+            }
         );
     }
     let spec = task.spec();

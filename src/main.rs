@@ -99,6 +99,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
     }
     let ws = Workspace::discover(cli.root.as_deref())?;
+    // Commands that read a workspace's state or ask its daemon: in a directory that is none,
+    // "no tasks yet" or "no daemon is running" would be true of the wrong place.
+    let reads_a_workspace = matches!(
+        cli.command,
+        Command::Status { .. }
+            | Command::Top
+            | Command::Logs { .. }
+            | Command::Result { .. }
+            | Command::Cancel { .. }
+            | Command::Diff { .. }
+            | Command::Merge { .. }
+            | Command::Discard { .. }
+            | Command::Retry { .. }
+            | Command::Stats { .. }
+    );
+    if reads_a_workspace && !ws.context().is_dir() {
+        match &cli.root {
+            Some(root) => anyhow::bail!(
+                "`{}` (from `--root` or DIRIGENT_ROOT) is not a dirigent workspace: it has no `.context/`; make it one with `dirigent --root {} init`",
+                root.display(),
+                root.display()
+            ),
+            None => anyhow::bail!(
+                "no dirigent workspace here: neither `{}` nor a directory above it has a `.context/`; run this in your project's directory, or name it with `--root DIR`",
+                ws.root().display()
+            ),
+        }
+    }
     match cli.command {
         Command::Completions { shell } => {
             complete::register(shell, &mut std::io::stdout())?;

@@ -242,7 +242,7 @@ pub fn parse_fields(name: &str, bytes: &[u8]) -> Result<TaskFields, Reject> {
 
 /// Why a JSON task file does not read: where, the field it was at (`files`), and what.
 fn invalid_json(key: Option<String>, e: &serde_json::Error) -> String {
-    let message = strip_serde_position(&e.to_string());
+    let message = unknown_field_hint(strip_serde_position(&e.to_string()));
     let message = match key {
         // An unknown field's message names it already.
         Some(key) if !message.starts_with("unknown field") => format!("`{key}`: {message}"),
@@ -253,6 +253,23 @@ fn invalid_json(key: Option<String>, e: &serde_json::Error) -> String {
         e.line(),
         e.column()
     )
+}
+
+/// serde's "unknown field `agnet`, expected one of `id`, `title`, …" as "unknown field
+/// `agnet`; did you mean `agent`?" when one of the known fields is that close (the whole list
+/// otherwise: then it helps).
+fn unknown_field_hint(message: String) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message;
+    };
+    let Some((name, list)) = rest.split_once("`, expected one of ") else {
+        return message;
+    };
+    let known: Vec<&str> = list.split(", ").map(|k| k.trim_matches('`')).collect();
+    match crate::suggest::did_you_mean(name, known.iter().copied()) {
+        Some(close) => format!("unknown field `{name}`; did you mean `{close}`?"),
+        None => message,
+    }
 }
 
 fn strip_serde_position(msg: &str) -> String {
@@ -818,7 +835,12 @@ mod tests {
             (
                 "x.json",
                 r#"{"prompt":"p","colour":"red"}"#,
-                "unknown field `colour`",
+                "unknown field `colour`, expected one of `id`",
+            ),
+            (
+                "x.json",
+                r#"{"prompt":"p","agnet":"a"}"#,
+                "line 1 column 21: unknown field `agnet`; did you mean `agent`?",
             ),
             ("x.json", r#"{"prompt":"p""#, "line 1 column"),
             ("x.json", r#"{"prompt":5}"#, "`prompt`: invalid type"),

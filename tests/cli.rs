@@ -280,6 +280,37 @@ fn submit_reads_the_prompt_from_stdin_and_writes_a_valid_task_file() {
     assert_eq!(file["priority"], -3);
     // Nothing is left in the staging directory.
     assert_eq!(std::fs::read_dir(ws.path("inbox/.tmp")).unwrap().count(), 0);
+
+    // `--verify` is split into words as a shell would: a quoted script stays one argument.
+    let out = ws.cli(&[
+        "submit",
+        "p",
+        "--id",
+        "checked",
+        "--verify",
+        "sh -c 'echo tests failed; exit 1'",
+        "--verify",
+        "cargo test",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.path("inbox/checked.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        file["verify"],
+        serde_json::json!([["sh", "-c", "echo tests failed; exit 1"], ["cargo", "test"]]),
+        "expected each `--verify` as one argv"
+    );
+    let out = ws.cli(&["submit", "p", "--id", "unclosed", "--verify", "sh -c 'echo"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        stderr(&out),
+        "error: `--verify`: `sh -c 'echo` has a `'` that is not closed\n"
+    );
+    assert!(
+        !ws.path("inbox/unclosed.json").exists(),
+        "expected no task queued for a `--verify` that cannot be split"
+    );
 }
 
 #[test]
@@ -1138,9 +1169,43 @@ fn worktree_settings_on_a_task_in_the_workspace_are_warned_of() {
     assert!(out.status.success(), "expected the task queued: {out:?}");
     assert!(
         stderr(&out).contains(
-            "warning: `--merge`, `--verify` only count for a task that works in its own worktree of a git repository; this one works in the workspace (it is not a git repository), so nothing is merged"
+            "warning: `--merge` and `--verify` count only for a task that works in its own worktree of a git repository; this one works in the workspace (it is not a git repository), so they are ignored"
         ),
         "expected the settings warned of, got:\n{}",
         stderr(&out)
     );
+}
+
+/// `status` ends with the latest rejected files only, says how many more there are and where
+/// they stay; a misspelt field in a rejected task is named with the one meant.
+#[test]
+fn status_lists_the_latest_rejected_files_and_counts_the_rest() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    for i in 1..=7 {
+        ws.drop_task(
+            &format!("bad{i}.json"),
+            r#"{"prompt": "p", "agnet": "good"}"#,
+        );
+        ws.wait_for(&format!("bad{i}.json to be rejected"), |recs| {
+            recs.iter()
+                .any(|r| matches!(&r.event, Event::Rejected { file, .. } if file == &format!("bad{i}.json")))
+                .then_some(())
+        });
+    }
+    let out = ws.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("rejected: "))
+        .collect();
+    let want: Vec<String> = (3..=7)
+        .map(|i| {
+            format!(
+                "rejected: bad{i}.json — invalid task JSON at line 1 column 23: unknown field `agnet`; did you mean `agent`?"
+            )
+        })
+        .chain(["rejected: 2 more in .context/rejected/ (`status --json` lists all; delete them there to clear this list)".to_string()])
+        .collect();
+    assert_eq!(rejected, want, "status said:\n{text}");
 }

@@ -81,8 +81,8 @@ fn cancel_stops_a_running_agent_with_its_grandchild_and_a_queued_task() {
     });
     let status = stdout(&ws.cli(&["status", "h"]));
     assert!(
-        status.contains("state:    failed (cancelled at ")
-            && status.contains("cancelled by the user; report in .context/escalations/h.md"),
+        status.contains("state:    cancelled at ")
+            && status.contains("(by the user; `dirigent retry h` runs it again)\nreport:   .context/escalations/h.md\n"),
         "status says it was cancelled and where its report is: {status}"
     );
     // The report it points to exists, for a running and for a queued task.

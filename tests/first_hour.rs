@@ -47,7 +47,7 @@ fn submit_in_a_fresh_directory_says_what_it_did_and_status_shows_the_waiting_tas
     assert_eq!(
         stderr(&out),
         format!(
-            "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit; add `.context/` to .gitignore)\n\
+            "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit)\n\
 dirigent: no daemon is running on this workspace: `hi` waits in .context/inbox/ and runs when one starts (`dirigent daemon`)\n",
             ctx.display(),
             dir.path().display()
@@ -427,5 +427,64 @@ fn a_config_broken_while_the_daemon_runs_does_not_block_submit() {
         stderr(&out).contains("the daemon still runs its previous configuration, but a daemon started now would refuse this file: fix it"),
         "expected status to say what the broken file means, got:\n{}",
         stderr(&out)
+    );
+}
+
+/// Commands that read a workspace, run where there is none, say so and how to name one —
+/// never "no tasks yet" or "no daemon is running" about the wrong directory.
+#[test]
+fn reading_commands_outside_a_workspace_say_there_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    for args in [
+        &["status"][..],
+        &["retry", "x"],
+        &["cancel", "x"],
+        &["logs", "x"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("DIRIGENT_ROOT")
+            .env("DIRIGENT_STATE_DIR", state.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "error: no dirigent workspace here: neither `{}` nor a directory above it has a `.context/`; run this in your project's directory, or name it with `--root DIR`\n",
+                dir.path().canonicalize().unwrap().display()
+            ),
+            "{args:?}"
+        );
+    }
+    let out = run_in(dir.path(), state.path(), &["status"]);
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: `{}` (from `--root` or DIRIGENT_ROOT) is not a dirigent workspace: it has no `.context/`; make it one with `dirigent --root {} init`\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+        "status with a root that is no workspace"
+    );
+}
+
+/// `cancel` of a task still waiting in the inbox, with no daemon, says how to cancel it anyway.
+#[test]
+fn cancel_without_a_daemon_names_the_waiting_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let out = run_in(dir.path(), state.path(), &["submit", "hello", "--id", "hi"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = run_in(dir.path(), state.path(), &["cancel", "hi"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: no daemon is running on ")
+            && err.ends_with("; start it with `dirigent daemon`; or, to cancel it before it runs, delete its file `.context/inbox/hi.json`\n"),
+        "expected the way to cancel a waiting task without a daemon, got: {err}"
     );
 }

@@ -551,6 +551,13 @@ fn submit_wait_exit_codes_and_output() {
             assert_eq!(&got[key], value, "{args:?}: `{key}` in {got}");
         }
         assert_eq!(got["id"], args[args.len() - 1], "{got}");
+        // Where the task file is now, not the inbox it left.
+        let place = if code == 0 { "done" } else { "failed" };
+        let file = ws
+            .path(&format!("{place}/{}.json", args[args.len() - 1]))
+            .display()
+            .to_string();
+        assert_eq!(got["file"], file.as_str(), "{args:?}: `file` in {got}");
     }
     // The result command prints the same text; a failed task has none.
     let r = ws.cli(&["result", "w1"]);

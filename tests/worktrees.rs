@@ -1387,3 +1387,42 @@ fn a_discard_cut_short_by_a_crash_is_finished_at_the_next_start() {
         daemon.stop();
     }
 }
+
+/// Two tasks make the same change: the second one's merge adds nothing, and says so instead of
+/// naming the first one's commit as its own.
+#[test]
+fn merging_a_change_already_on_the_target_says_nothing_new_was_merged() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 2\n"
+    ));
+    let mut daemon = ws.start();
+    ws.drop_task("e3.md", "append a.txt same-line\n");
+    ws.drop_task("e4.md", "append a.txt same-line\n");
+    ws.wait_state("e3", "merge_waiting");
+    ws.wait_state("e4", "merge_waiting");
+    let out = ws.cli(&["merge", "e3"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && said.starts_with("merged `e3` into `main` at "),
+        "expected e3 merged: {out:?}"
+    );
+    let head = git(ws.root(), &["rev-parse", "main"]);
+    let out = ws.cli(&["merge", "e4"]);
+    assert!(
+        out.status.success(),
+        "expected e4's merge to succeed: {out:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "`e4`'s change was on `main` already (another task made the same one): nothing new to merge; `main` stays at {}\n",
+            &head.trim()[..12]
+        )
+    );
+    assert_eq!(
+        git(ws.root(), &["rev-parse", "main"]),
+        head,
+        "expected no new commit on main"
+    );
+    daemon.stop();
+}

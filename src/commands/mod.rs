@@ -297,12 +297,22 @@ pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
     // Set once no daemon runs: the records are read once more (it may have written the end
     // just before it stopped) before saying so.
     let mut last_look = false;
+    // Replayed onto the target, the branch added nothing: its change was there already.
+    let mut nothing_new = false;
     loop {
         for r in follower.next_records()? {
             if r.event.task() != Some(id.as_str()) {
                 continue;
             }
             match &r.event {
+                Event::MergeReady { old, commit, .. } => nothing_new = old == commit,
+                Event::Merged { target, commit, .. } if nothing_new => {
+                    println!(
+                        "`{id}`'s change was on `{target}` already (another task made the same one): nothing new to merge; `{target}` stays at {}",
+                        &commit[..commit.len().min(12)]
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
                 Event::Merged { target, commit, .. } => {
                     println!(
                         "merged `{id}` into `{target}` at {}",
@@ -380,7 +390,29 @@ pub fn enable_agents(ws: &Workspace, names: Vec<String>) -> Result<ExitCode> {
 
 /// Sends a request over the control socket and prints the daemon's answer.
 pub fn control(ws: &Workspace, request: dirigent::control::Request) -> Result<ExitCode> {
-    let answer = dirigent::control::request(ws, &request).map_err(|e| anyhow::anyhow!(e))?;
+    let answer = match dirigent::control::request(ws, &request) {
+        Ok(answer) => answer,
+        // A task still waiting in the inbox can be cancelled without a daemon: by removing it.
+        Err(e @ dirigent::control::ClientError::NotRunning { .. }) => {
+            let waiting = match &request {
+                dirigent::control::Request::Cancel { id } => {
+                    let book = load_book(ws).unwrap_or_default();
+                    status::inbox_files(ws, &book)
+                        .into_iter()
+                        .find(|(i, _, is_task)| i == id && *is_task)
+                        .map(|(_, name, _)| name)
+                }
+                _ => None,
+            };
+            match waiting {
+                Some(name) => bail!(
+                    "{e}; or, to cancel it before it runs, delete its file `.context/inbox/{name}`"
+                ),
+                None => bail!("{e}"),
+            }
+        }
+        Err(e) => bail!("{e}"),
+    };
     if answer.ok {
         println!("{}", answer.message);
         Ok(ExitCode::SUCCESS)

@@ -267,6 +267,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                     for line in more_lines(reason, 40) {
                         println!("          {line}");
                     }
+                    println!("report:   .context/escalations/{}.md", t.id());
                 }
             }
         }
@@ -461,15 +462,31 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             inbox_note(ws, &book, inbox_config.as_ref(), (id, file, *is_task))
         );
     }
-    for r in &book.rejected {
+    // The latest few: they stay in `rejected/` until someone deletes them, and the list must
+    // not bury the tasks.
+    let shown = book.rejected.len().saturating_sub(REJECTED_SHOWN);
+    for r in book.rejected.iter().skip(shown) {
         println!(
             "rejected: {} — {}",
             dirigent::terminal::printable(&r.file),
-            dirigent::terminal::printable(r.reason.lines().next().unwrap_or(""))
+            dirigent::progress::one_line(
+                &dirigent::terminal::printable(r.reason.lines().next().unwrap_or("")),
+                200
+            )
         );
+    }
+    if shown > 0 {
+        println!(
+            "rejected: {shown} more in .context/rejected/ (`status --json` lists all; delete them there to clear this list)"
+        );
+    } else if !book.rejected.is_empty() {
+        println!("          (they stay in .context/rejected/ until you delete them there)");
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// How many rejected files the task list ends with (the latest).
+const REJECTED_SHOWN: usize = 5;
 
 /// A task that went to the fleet from here (and had no attempt here).
 fn on_fleet(t: &TaskRecord) -> bool {
@@ -741,16 +758,18 @@ fn describe_phase(t: &TaskRecord) -> String {
         Phase::Failed {
             reason,
             finished_ms,
+        } if reason == dirigent::state::CANCELLED_REASON => format!(
+            "cancelled at {} (by the user; `dirigent retry {}` runs it again)",
+            duration::clock(*finished_ms),
+            t.id()
+        ),
+        Phase::Failed {
+            reason,
+            finished_ms,
         } => format!(
-            "failed ({} at {}): {}; report in .context/escalations/{}.md",
-            if reason == dirigent::state::CANCELLED_REASON {
-                "cancelled"
-            } else {
-                "escalated"
-            },
+            "failed (escalated at {}): {}",
             duration::clock(*finished_ms),
             dirigent::progress::one_line(first_line(reason), 300),
-            t.id()
         ),
     }
 }

@@ -41,6 +41,13 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     if let Some(id) = &args.id {
         validate_name(id).map_err(|m| anyhow::anyhow!("invalid `--id` `{id}`: {m}"))?;
     }
+    let verify = args
+        .verify
+        .iter()
+        .map(|c| {
+            dirigent::editing::split_command(c).map_err(|e| anyhow::anyhow!("`--verify`: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let after = args.after.clone();
     let fields = TaskFields {
         id: args.id,
@@ -59,14 +66,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         files: args.files,
         parent: dirigent::task::parent_from_env(ws.root()),
         workdir: args.workdir,
-        verify: (!args.verify.is_empty()).then(|| {
-            dirigent::editing::VerifyWritten::Many(
-                args.verify
-                    .iter()
-                    .map(|c| c.split_whitespace().map(str::to_string).collect())
-                    .collect(),
-            )
-        }),
+        verify: (!verify.is_empty()).then_some(dirigent::editing::VerifyWritten::Many(verify)),
         merge: args.merge,
         ..Default::default()
     };
@@ -83,14 +83,21 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         }
         Err(e) => bail!("{e} (no daemon runs, and none starts with this file: fix it first)"),
     };
-    if !ws.context().is_dir() {
+    let creating = !ws.context().is_dir();
+    ws.ensure()?;
+    if creating {
+        // As `init` does: dirigent's state is not part of the user's code.
+        let kept_out = match dirigent::git::exclude_context(ws.root()) {
+            Ok(Some(file)) => format!("; `/.context/` is added to {}", file.display()),
+            Ok(None) => String::new(),
+            Err(_) => "; add `.context/` to .gitignore".into(),
+        };
         eprintln!(
-            "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit; add `.context/` to .gitignore)",
+            "dirigent: created `{}`: `{}` is a dirigent workspace now (`dirigent init` also writes a config to edit{kept_out})",
             ws.context().display(),
-            ws.root().display()
+            ws.root().display(),
         );
     }
-    ws.ensure()?;
     let follower = dirigent::follow::Follower::from_end(ws);
     let name = format!("{id}.json");
     let dest = submit_file(ws, &id, fields).map_err(|refused| match refused {
@@ -131,6 +138,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         file: dest.display().to_string(),
         branch: None,
         answered: None,
+        nothing_new: false,
     };
     wait_for(ws, &id, &name, follower, &mut end)
 }
@@ -210,16 +218,26 @@ fn checked(ws: &Workspace, fields: TaskFields, config: &Config) -> Result<(Strin
     .collect();
     if !in_worktree && fields.workflow.is_none() && !only_in_trees.is_empty() {
         eprintln!(
-            "warning: {} only count for a task that works in its own worktree of a git repository; this one works in the workspace ({}), so nothing is merged",
-            only_in_trees
-                .iter()
-                .map(|f| format!("`{f}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            "warning: {} only for a task that works in its own worktree of a git repository; this one works in the workspace ({}), so {} ignored",
+            match only_in_trees.as_slice() {
+                [one] => format!("`{one}` counts"),
+                many => format!(
+                    "{} count",
+                    many.iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            },
             if dirigent::git::in_repository(ws.root()) {
                 "`workdir: shared`"
             } else {
                 "it is not a git repository"
+            },
+            if only_in_trees.len() == 1 {
+                "it is"
+            } else {
+                "they are"
             }
         );
     }
@@ -275,15 +293,39 @@ struct Ending {
     /// The last attempt that succeeded (its number and agent): its answer is the result of a
     /// task that waits to be merged.
     answered: Option<(u32, String)>,
+    /// Its branch, replayed onto the target, added nothing (`merge_ready` with the target's
+    /// own commit): its change was there already.
+    nothing_new: bool,
 }
 
 impl Ending {
+    /// Where the task file is once the task is in `state`: it was put into the inbox, and the
+    /// daemon moves it (into `done/`, `failed/`, `rejected/` — right after recording the end —;
+    /// `running/` while it waits to be merged).
+    fn file_now(&self, state: &str) -> String {
+        let put = std::path::Path::new(&self.file);
+        let place = match state {
+            "done" => "done",
+            "failed" | "cancelled" => "failed",
+            "rejected" => "rejected",
+            "merge_waiting" => "running",
+            _ => return self.file.clone(),
+        };
+        match (
+            put.parent().and_then(|inbox| inbox.parent()),
+            put.file_name(),
+        ) {
+            (Some(context), Some(name)) => context.join(place).join(name).display().to_string(),
+            _ => self.file.clone(),
+        }
+    }
+
     /// Prints the object for `state` with `more` merged in (with `--json`).
     fn object(&self, id: &str, state: &str, more: serde_json::Value) {
         if !self.json {
             return;
         }
-        let mut v = json!({"id": id, "file": self.file, "state": state});
+        let mut v = json!({"id": id, "file": self.file_now(state), "state": state});
         if let Some(b) = &self.branch {
             v["branch"] = json!(b);
         }
@@ -727,6 +769,11 @@ fn report_progress(
             )
         }
         Event::RanOn { worker, .. } => eprintln!("[{t}] ran on worker `{worker}` of the fleet"),
+        Event::MergeReady { old, commit, .. } => end.nothing_new = old == commit,
+        Event::Merged { target, commit, .. } if end.nothing_new => eprintln!(
+            "[{t}] its change was on `{target}` already (another task made the same one): nothing new to merge; `{target}` stays at {}",
+            &commit[..commit.len().min(12)]
+        ),
         Event::Merged { target, commit, .. } => eprintln!(
             "[{t}] merged into `{target}` at {}",
             &commit[..commit.len().min(12)]

@@ -444,7 +444,7 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
         let d = dir.clone();
         if !blocking(&job.repo, move |r| r.is_clean(&d)).await? {
             return Ok(Some(MergeEnd::Waiting(format!(
-                "the checkout of `{target}` at {} has uncommitted changes, and dirigent never touches them; commit or stash them — the merge is tried again every rescan, or at once with `dirigent merge {}`",
+                "the checkout of `{target}` at {} has uncommitted changes, and dirigent never touches them; commit or stash them — the merge is tried again on its own every `inbox_rescan` (30 s unless configured), or at once with `dirigent merge {}`",
                 dir.display(),
                 job.task
             ))));
@@ -612,7 +612,7 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
         (_, FastForward::Moved) => return Ok(None),
         (dir, FastForward::Dirty) => {
             return Ok(Some(MergeEnd::Waiting(format!(
-                "the checkout of `{target}` at {} has uncommitted changes (or a rebase in progress), and dirigent never touches them; commit or stash them — the merge is tried again every rescan, or at once with `dirigent merge {}`",
+                "the checkout of `{target}` at {} has uncommitted changes (or a rebase in progress), and dirigent never touches them; commit or stash them — the merge is tried again on its own every `inbox_rescan` (30 s unless configured), or at once with `dirigent merge {}`",
                 dir.map(|d| d.display().to_string()).unwrap_or_default(),
                 job.task
             ))));

@@ -35,7 +35,7 @@ impl Engine {
             task: id.to_string(),
         };
         let done = Response::ok(format!(
-            "discarded `{id}`: its branch `{branch}` is deleted and its worktree given up"
+            "discarded `{id}`: its branch `{branch}` and its worktree are being removed (a few git commands)"
         ));
         let unrecorded = |id: &str| {
             Response::fail(
