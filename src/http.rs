@@ -152,6 +152,7 @@ pub fn serve(bound: Bound, api: Api) -> std::io::Result<HttpServer> {
         api,
         cookie: crate::dashboard::cookie_name(addr.port()).into(),
         used_codes: Default::default(),
+        ended_sessions: Default::default(),
     };
     let app = router(state);
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -425,6 +426,11 @@ async fn authorize(State(st): State<AppState>, req: HttpRequest, next: Next) -> 
     };
     if !req.headers().contains_key(header::AUTHORIZATION)
         && let Some(s) = crate::dashboard::session_of(&token, &st.cookie, req.headers())
+        && !st
+            .ended_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_ended(&s)
     {
         if crate::dashboard::csrf_ok(&token, req.headers(), &s) {
             trust(&req);

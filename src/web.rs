@@ -26,6 +26,8 @@ pub(crate) struct AppState {
     pub cookie: Arc<str>,
     /// Dashboard login codes already exchanged for a session, so each link works once.
     pub used_codes: Arc<std::sync::Mutex<crate::dashboard::session::UsedCodes>>,
+    /// Dashboard sessions ended by a logout.
+    pub ended_sessions: Arc<std::sync::Mutex<crate::dashboard::session::EndedSessions>>,
 }
 
 /// The HTTP token as the file says now: replacing (or deleting) `.context/http.token` takes

@@ -150,6 +150,35 @@ fn the_dashboard_needs_a_login_link_that_works_once_and_sets_a_private_cookie() 
     ];
     let both = http_with(&base, "GET", "/tasks", None, &session, None);
     assert_eq!(both.status, 200, "{both:?}");
+    // A logout ends its session on the server: a copy of the cookie (with the CSRF value)
+    // made before it no longer gets in. Another session goes on.
+    let (_, other_code) = login_link(&ws)
+        .split_once('#')
+        .map(|(a, c)| (a.to_string(), c.to_string()))
+        .unwrap();
+    let other = http(&base, "POST", "/login", None, Some(&other_code));
+    let other_cookie = other
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let other_csrf = other.json()["csrf"].as_str().unwrap().to_string();
+    let out = http_with(&base, "POST", "/logout", None, &session, Some(""));
+    assert_eq!(out.status, 200, "{out:?}");
+    let after = http_with(&base, "GET", "/tasks", None, &session, None);
+    assert_eq!(
+        after.status, 401,
+        "the logged-out session's copy: {after:?}"
+    );
+    let other_session = [
+        ("Cookie", other_cookie.as_str()),
+        ("X-Dirigent-CSRF", other_csrf.as_str()),
+    ];
+    let still = http_with(&base, "GET", "/tasks", None, &other_session, None);
+    assert_eq!(still.status, 200, "the other session goes on: {still:?}");
+    let session = other_session;
     // A new token file ends every session and the old token, without a restart.
     std::fs::remove_file(ws.path("http.token")).unwrap();
     let again = http_with(&base, "GET", "/tasks", None, &session, None);

@@ -193,9 +193,22 @@ async fn login(State(st): State<AppState>, body: Bytes) -> HttpResponse {
     response
 }
 
-/// `POST /logout` (an API route: it needs the session): forgets the cookie in this browser; the
-/// page forgets the CSRF value. (Every session ends when the token file is replaced.)
-pub(crate) async fn logout(State(st): State<AppState>) -> HttpResponse {
+/// `POST /logout` (an API route: it needs the session): ends the session — a copy of its cookie
+/// no longer works here — and forgets the cookie in this browser; the page forgets the CSRF
+/// value. (Every session ends when the token file is replaced.)
+pub(crate) async fn logout(State(st): State<AppState>, headers: HeaderMap) -> HttpResponse {
+    if let Some(token) = st.token.get()
+        && let Some(s) = session_of(&token, &st.cookie, &headers)
+        && !st
+            .ended_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .end(&s, crate::ledger::now_ms())
+    {
+        tracing::warn!(
+            "too many dashboard sessions ended at once to remember another; this one's cookie is cleared in its browser only"
+        );
+    }
     let cookie = format!(
         "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
         st.cookie

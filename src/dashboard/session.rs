@@ -169,6 +169,32 @@ impl UsedCodes {
     }
 }
 
+/// Sessions ended by `POST /logout` before their time, until they would have expired: a
+/// cookie copied before the logout does not let anyone in after it. Held by the HTTP door, in
+/// memory (a restart forgets them; a new token file ends every session for good).
+#[derive(Default)]
+pub struct EndedSessions {
+    ended: HashMap<String, u64>,
+}
+
+impl EndedSessions {
+    /// Ends session `s`; false when too many are remembered already (the logout then only
+    /// clears the browser's cookie).
+    pub fn end(&mut self, s: &Signed, now_ms: u64) -> bool {
+        self.ended.retain(|_, expires| *expires > now_ms);
+        if self.ended.len() >= USED_KEPT && !self.ended.contains_key(&s.nonce) {
+            return false;
+        }
+        self.ended.insert(s.nonce.clone(), s.expires_ms);
+        true
+    }
+
+    /// Whether session `s` was ended.
+    pub fn is_ended(&self, s: &Signed) -> bool {
+        self.ended.contains_key(&s.nonce)
+    }
+}
+
 /// 16 random bytes for a nonce.
 pub fn nonce() -> std::io::Result<[u8; 16]> {
     let mut n = [0u8; 16];
