@@ -224,6 +224,41 @@ fn a_panic_in_an_attempts_work_escalates_the_task_and_frees_its_slot() {
     assert!(d.stop().success(), "expected the daemon to stop cleanly");
 }
 
+/// The same while the daemon stops: the attempt's work dies as the stop reaches it. The stop
+/// waits for the word of it, so the task escalates (its attempt closed) instead of being put
+/// back with an attempt left open for ever.
+// The fault is injected by debug builds only.
+#[cfg(debug_assertions)]
+#[test]
+fn a_panic_in_an_attempts_work_during_a_stop_escalates_the_task() {
+    let ws = Workspace::new(
+        "kill_grace: 300ms\nagents:\n  gate: { command: [\"{agents}/gate.sh\", \"release\"] }\ndefault_chain: [gate]\n",
+    );
+    let mut d = ws.start_with(&[("DIRIGENT_FAULT", "attempt-panic-at-stop:p")]);
+    ws.drop_task("p.json", r#"{"prompt": "p"}"#);
+    ws.wait_started("p");
+    assert!(d.stop().success(), "expected the daemon to stop cleanly");
+    let records = ws.records();
+    let ended = records.iter().find_map(|r| match &r.event {
+        Event::Escalated { task, reason, .. } if task == "p" => Some(reason.clone()),
+        Event::Requeued { task, .. } if task == "p" => Some("requeued".into()),
+        _ => None,
+    });
+    assert!(
+        ended.as_deref().is_some_and(
+            |r| r.starts_with("internal error: dirigent's own work for this attempt panicked")
+        ),
+        "expected `p` escalated as an internal error at the stop, got {ended:?}"
+    );
+    let closed = records.iter().any(
+        |r| matches!(&r.event, Event::AttemptFinished { task, attempt: 1, .. } if task == "p"),
+    );
+    assert!(
+        closed,
+        "expected attempt 1 of `p` closed before the daemon stopped"
+    );
+}
+
 #[test]
 fn a_file_in_running_without_a_ledger_record_is_run() {
     let ws = Workspace::new(CONFIG);

@@ -1426,3 +1426,110 @@ fn merging_a_change_already_on_the_target_says_nothing_new_was_merged() {
     );
     daemon.stop();
 }
+
+/// `keep_failed` running out while a discard of the same task is still giving its tree up
+/// (held there by an injected fault) starts no second give-up: the first one's guard stays, so
+/// a retry is refused until the discard is over (before, the second give-up ended the guard and
+/// a retry's new branch was deleted under its running attempt).
+// The fault is injected by debug builds only.
+#[cfg(debug_assertions)]
+#[test]
+fn keep_failed_running_out_during_a_discard_does_not_give_the_tree_up_twice() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\nkeep_failed: 1s\n"
+    ));
+    let mut daemon = ws.start_with(&[("DIRIGENT_FAULT", "discard-stall:f1")]);
+    ws.drop_task("f1.md", "append a.txt from-f1\nrequire a.txt never-there\n");
+    ws.wait_state("f1", "failed");
+    let out = ws.cli(&["discard", "f1"]);
+    assert!(
+        out.status.success(),
+        "expected `discard f1` accepted: {out:?}"
+    );
+    ws.wait_until("keep_failed to run out during the discard", || {
+        std::fs::read_to_string(ws.root().join("daemon.log"))
+            .ok()
+            .filter(|log| log.contains("keep_failed is over; its tree is being given up already"))
+            .map(drop)
+    });
+    let removed = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == "f1"))
+        .count();
+    assert_eq!(removed, 0, "expected no give-up beside the stalled discard");
+    let out = ws.cli(&["retry", "f1"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("is still being given up (a discard)"),
+        "expected the retry refused while the discard is under way: {out:?}"
+    );
+    daemon.crash();
+}
+
+/// A stop never waits for ever: work that does not end when told (a give-up held by an injected
+/// fault, as a hung git command would be) is left to the next start after `kill_grace` and 10 s,
+/// and that start finishes it.
+// The fault is injected by debug builds only.
+#[cfg(debug_assertions)]
+#[test]
+fn a_stop_ends_even_when_a_give_up_hangs_and_the_next_start_finishes_it() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\n"
+    ));
+    let mut daemon = ws.start_with(&[("DIRIGENT_FAULT", "discard-stall:s")]);
+    ws.drop_task("s.md", "append a.txt from-s\n");
+    ws.wait_state("s", "merge_waiting");
+    let out = ws.cli(&["discard", "s"]);
+    assert!(
+        out.status.success(),
+        "expected `discard s` accepted: {out:?}"
+    );
+    assert!(daemon.stop().success(), "expected the daemon to stop");
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("stopping without waiting any longer for work still under way"),
+        "expected the stop to say what it left, log:\n{log}"
+    );
+    let _daemon = ws.start();
+    ws.wait_until("the discarded branch to be deleted", || {
+        git(ws.root(), &["branch", "--list", "dirigent/s"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+}
+
+/// A failed task whose tree (and, with no commit, its branch) `keep_failed` already removed has
+/// nothing left to discard, and `discard` says so instead of claiming to delete it.
+#[test]
+fn discarding_a_failed_task_whose_tree_expired_says_nothing_is_left() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\nkeep_failed: 100ms\n"
+    ));
+    let _daemon = ws.start();
+    ws.drop_task("f.md", "append a.txt from-f\nrequire a.txt never-there\n");
+    ws.wait_for("f's kept tree to expire", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == "f"))
+            .then_some(())
+    });
+    // Until the daemon has applied the removal, a discard is refused as under way.
+    ws.wait_until("discard to say nothing is left", || {
+        let out = ws.cli(&["discard", "f"]);
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "expected `discard f` refused, got: {out:?}"
+        );
+        (said
+            == "error: task `f` has nothing left to discard (its branch was merged, discarded, or removed with its worktree)\n")
+            .then_some(())
+    });
+    let discards = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(&r.event, Event::Discarded { task } if task == "f"))
+        .count();
+    assert_eq!(discards, 0, "expected no `discarded` recorded for nothing");
+}

@@ -385,7 +385,7 @@ impl Engine {
             // overtakes it.
             let (started_sent, started_reached) = tokio::sync::oneshot::channel::<()>();
             last_word.started = Some(started_reached);
-            let fault_task = task.clone();
+            let (fault_task, mut fault_stop) = (task.clone(), stop_rx.clone());
             let cancel = stop_rx.clone();
             let report = spawn::run_attempt(&plan, stop_rx, move |info| async move {
                 let ev = Event::AttemptStarted {
@@ -410,6 +410,10 @@ impl Engine {
                 let _ = written.await;
                 if crate::fault::at("attempt-panic", &fault_task) {
                     panic!("injected fault `attempt-panic` for `{fault_task}`");
+                }
+                if crate::fault::at("attempt-panic-at-stop", &fault_task) {
+                    let _ = fault_stop.wait_for(Option::is_some).await;
+                    panic!("injected fault `attempt-panic-at-stop` for `{fault_task}`");
                 }
             })
             .await;
@@ -502,19 +506,11 @@ impl Drop for LastWord {
         } else {
             "ended without a verdict"
         };
-        let task = std::mem::take(&mut self.task);
-        let started = self.started.take();
-        let lost = move || {
-            let _ = tx.send(Msg::AttemptLost { task, how });
-        };
-        match (started, tokio::runtime::Handle::try_current()) {
-            (Some(started), Ok(runtime)) => {
-                runtime.spawn(async move {
-                    let _ = started.await;
-                    lost();
-                });
-            }
-            _ => lost(),
-        }
+        // The engine waits for `started` itself, in a task it tracks: a stop waits for it too.
+        let _ = tx.send(Msg::AttemptLost {
+            task: std::mem::take(&mut self.task),
+            how,
+            started: self.started.take(),
+        });
     }
 }

@@ -324,7 +324,27 @@ impl Engine {
                 self.apply(&records);
                 self.trees_leaving.remove(&task);
             }
-            Msg::AttemptLost { task, how } => self.attempt_lost(task, how),
+            // No word about an attempt may overtake its start.
+            Msg::AttemptLost {
+                task,
+                how,
+                started: Some(started),
+            } => {
+                let tx = self.tx.clone();
+                self.tasks.spawn(async move {
+                    let _ = started.await;
+                    let _ = tx.send(Msg::AttemptLost {
+                        task,
+                        how,
+                        started: None,
+                    });
+                });
+            }
+            Msg::AttemptLost {
+                task,
+                how,
+                started: None,
+            } => self.attempt_lost(task, how),
             Msg::AttemptUnjudged {
                 task,
                 reason,
@@ -498,6 +518,11 @@ impl Engine {
         }
         self.side_stop.send_replace(true);
         self.live.stop_evaluators();
+        // Everything is told to stop; what has not ended by this deadline (a git command that
+        // hangs) is left to the next start, which the ledger tells what was under way — a stop
+        // must end.
+        let deadline =
+            tokio::time::Instant::now() + self.config.kill_grace.saturating_add(STOP_WAIT_EXTRA);
         loop {
             // Work held for a resource is not waited for: the ledger has what the next start
             // needs to do it (a successful attempt without `done` is settled again).
@@ -529,6 +554,16 @@ impl Engine {
                     None => break,
                 },
                 Some(ended) = self.tasks.join_next() => report_task_end(ended),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::error!(
+                        left = self.tasks.len(),
+                        "stopping without waiting any longer for work still under way; the next start takes it up from the ledger"
+                    );
+                    // Cut off now, before the stop's own records: each holds a handle of the
+                    // ledger, whose writer ends only once every handle is gone.
+                    self.tasks.shutdown().await;
+                    break;
+                }
             }
         }
         let dirs = self
@@ -610,6 +645,11 @@ impl Engine {
         self.write_progress();
     }
 }
+
+/// How long a stop waits, beyond `kill_grace`, for the work it told to stop: with the default
+/// grace (5 s), well within the service units' `TimeoutStopSec=30`, so the stop still records
+/// itself.
+const STOP_WAIT_EXTRA: Duration = Duration::from_secs(10);
 
 /// How many `requeued` records a stop appends at once.
 const REQUEUED_PER_APPEND: usize = 4096;

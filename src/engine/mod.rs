@@ -200,10 +200,12 @@ enum Msg {
     },
     /// The work of `task`'s attempt ended without its last word (`how`: it panicked — a bug —,
     /// or returned early): its agent's group is gone (the attempt's guard kills it); the task
-    /// escalates, its attempt's end recorded if its start was.
+    /// escalates, its attempt's end recorded if its start was — once `started` resolves (the
+    /// attempt's start, if one was recorded, has reached the engine).
     AttemptLost {
         task: String,
         how: &'static str,
+        started: Option<tokio::sync::oneshot::Receiver<()>>,
     },
     /// An attempt ended with no verdict: its worktree could not be readied, or its work was
     /// lost (after [`Msg::AttemptLost`]). The task escalates with `reason`, or waits when

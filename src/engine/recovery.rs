@@ -15,8 +15,11 @@ impl Engine {
         // First the processes the ledger knows, verified by start time and boot id ...
         let mut closing = Vec::new();
         for t in self.book.iter() {
-            if let Phase::Running { attempt, agent, .. } = t.phase() {
-                let a = t.attempts().iter().rev().find(|a| a.n == *attempt);
+            // An attempt with a start and no end: its task is `running`, or (a stop that could
+            // not wait for it: a bug) was put back.
+            if let Some(open) = t.attempts().last().filter(|a| a.class.is_none()) {
+                let (attempt, agent) = (&open.n, &open.agent);
+                let a = Some(open);
                 let alive = match a {
                     Some(a) => {
                         crate::process_group::reap_orphan_group(

@@ -27,10 +27,12 @@ impl Engine {
             );
         };
         let branch = w.branch.clone();
-        // A discard cut short by a crash (its branch left) may be asked again.
+        // A discard cut short by a crash (its branch left) may be asked again. A tree removed
+        // with no commit took its branch with it (`keep_failed` ran out, say).
         let gone = w.removed
             && !w.discard_pending
-            && matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded);
+            && (matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
+                || w.commit.is_none());
         let discarded = |id: &str| Event::Discarded {
             task: id.to_string(),
         };
@@ -55,7 +57,7 @@ impl Engine {
             _ if gone => Response::fail(
                 Failure::Conflict,
                 format!(
-                    "task `{id}` has nothing left to discard (its branch was merged or discarded)"
+                    "task `{id}` has nothing left to discard (its branch was merged, discarded, or removed with its worktree)"
                 ),
             ),
             Phase::MergeWaiting { .. } if self.merges.is_merging(id) => Response::fail(
@@ -139,7 +141,9 @@ impl Engine {
             let expired = self.book.get(&id).is_some_and(|t| {
                 matches!(t.phase(), Phase::Failed { finished_ms, .. } if finished_ms + keep <= now)
             });
-            if expired {
+            if expired && self.trees_leaving.contains(&id) {
+                tracing::debug!(task = %id, "keep_failed is over; its tree is being given up already");
+            } else if expired {
                 self.remove_tree(&id);
             }
         }
@@ -153,6 +157,11 @@ impl Engine {
 
     /// [`Engine::remove_tree`]; `discard` deletes the branch whatever it holds.
     fn remove_tree_and_branch(&mut self, id: &str, discard: bool) {
+        // One give-up at a time: a second one (`keep_failed` running out during a discard)
+        // would end the first's guard early and let a retry's new branch be deleted.
+        if self.trees_leaving.contains(id) {
+            return;
+        }
         let Some(t) = self.book.get(id) else { return };
         let Some(w) = t.more().worktree.as_deref().cloned() else {
             return;
