@@ -644,7 +644,9 @@ fn idle_and_half_open_http_connections_are_closed_and_never_starve_the_daemon() 
     for i in 0..300 {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         if i % 2 == 0 {
-            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+            // Past its cap the daemon closes the oldest strangers' connections, maybe this one
+            // already: a failed write is that, not a failure.
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n");
         }
         held.push(s);
     }
