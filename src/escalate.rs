@@ -67,7 +67,7 @@ pub fn write_report(
             w.tree.path.display(),
             if w.removed { " (removed)" } else { "" },
             if matches!(w.merge, crate::state::MergeState::Discarded) {
-                "discarded (`dirigent discard`): the branch and tree are being removed".to_string()
+                "discarded (`dirigent discard`)".to_string()
             } else {
                 format!(
                     "`dirigent diff {}` shows the work, `dirigent discard {}` throws it away",

@@ -274,7 +274,7 @@ fn daemon(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let ran = runtime.block_on(async {
         // Registered before the daemon does anything, so a signal during start-up is not lost.
         let mut stops = dirigent::signals::StopSignals::install(ws.root())?;
         let shutdown = async move {
@@ -289,7 +289,11 @@ fn daemon(
         tokio::spawn(async move { while xfsz.recv().await.is_some() {} });
         dirigent::engine::run_with_options(ws, shutdown, reload, options).await?;
         anyhow::Ok(())
-    })?;
+    });
+    // The stop is recorded; a blocking step its deadline cut off (a hung git command) must not
+    // hold the exit: dropping the runtime would wait for it for ever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    ran?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1337,11 +1337,17 @@ fn a_discard_cut_short_by_a_crash_is_finished_at_the_next_start() {
                     .then_some(())
             });
         }
-        let out = ws.cli(&["discard", "x"]);
-        assert!(
-            out.status.success(),
-            "merge: {merge}: expected `discard x` accepted: {out:?}"
-        );
+        // Until the daemon has applied the tree's give-up (`merge: none`), a discard is refused
+        // as under way.
+        ws.wait_until("`discard x` to be accepted", || {
+            let out = ws.cli(&["discard", "x"]);
+            assert!(
+                out.status.success()
+                    || String::from_utf8_lossy(&out.stderr).contains("is being given up right now"),
+                "merge: {merge}: expected `discard x` accepted: {out:?}"
+            );
+            out.status.success().then_some(())
+        });
         // Answered once the discard is on disk.
         assert!(
             ws.records()
@@ -1436,7 +1442,8 @@ fn merging_a_change_already_on_the_target_says_nothing_new_was_merged() {
 #[test]
 fn keep_failed_running_out_during_a_discard_does_not_give_the_tree_up_twice() {
     let ws = repo_workspace(&format!(
-        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\nkeep_failed: 1s\n"
+        // Long enough to discard the failed task before it runs out, even on a loaded machine.
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\nkeep_failed: 8s\n"
     ));
     let mut daemon = ws.start_with(&[("DIRIGENT_FAULT", "discard-stall:f1")]);
     ws.drop_task("f1.md", "append a.txt from-f1\nrequire a.txt never-there\n");

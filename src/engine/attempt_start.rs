@@ -313,6 +313,7 @@ impl Engine {
                         if let Some(made) = ready.made {
                             let records = record(&ledger, &tx, made).await;
                             if records.is_empty() {
+                                last_word.lost(Lost::LedgerRefused);
                                 return;
                             }
                             let _ = tx.send(Msg::Recorded(records));
@@ -375,7 +376,10 @@ impl Engine {
                         });
                         return;
                     }
-                    Err(_) => return,
+                    Err(_) => {
+                        last_word.lost(Lost::Panicked);
+                        return;
+                    }
                 }
             }
             let (task, agent_name) = (plan.task_id.clone(), plan.agent.name.clone());
@@ -496,21 +500,29 @@ impl LastWord {
             let _ = tx.send(msg);
         }
     }
-}
 
-impl Drop for LastWord {
-    fn drop(&mut self) {
+    /// The work ends early, knowing why.
+    fn lost(mut self, how: Lost) {
+        self.send_lost(how);
+    }
+
+    fn send_lost(&mut self, how: Lost) {
         let Some(tx) = self.tx.take() else { return };
-        let how = if std::thread::panicking() {
-            "panicked"
-        } else {
-            "ended without a verdict"
-        };
         // The engine waits for `started` itself, in a task it tracks: a stop waits for it too.
         let _ = tx.send(Msg::AttemptLost {
             task: std::mem::take(&mut self.task),
             how,
             started: self.started.take(),
+        });
+    }
+}
+
+impl Drop for LastWord {
+    fn drop(&mut self) {
+        self.send_lost(if std::thread::panicking() {
+            Lost::Panicked
+        } else {
+            Lost::NoVerdict
         });
     }
 }

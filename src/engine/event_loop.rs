@@ -372,16 +372,13 @@ impl Engine {
     /// The work of `id`'s attempt ended without its last word (see [`Msg::AttemptLost`]). The
     /// task escalates rather than running again: the same bug would likely end the next
     /// attempt the same way, and a user who retries it sees that in one step.
-    fn attempt_lost(&mut self, id: String, how: &str) {
+    fn attempt_lost(&mut self, id: String, how: Lost) {
         self.release_slot(&id);
         self.live.end_attempt(&id);
-        tracing::error!(task = %id, "the work of this attempt {how}: a bug in dirigent");
-        if self.ledger_failed.is_some() {
+        if how == Lost::LedgerRefused || self.ledger_failed.is_some() {
             return; // as for an end the ledger refused: the next start settles it
         }
-        let reason = format!(
-            "internal error: dirigent's own work for this attempt {how} (a bug; the daemon's log has the details); its agent was stopped. `dirigent retry {id}` runs the task again"
-        );
+        tracing::error!(task = %id, "the work of this attempt {how}: a bug in dirigent");
         // Its end, when its start is recorded: the ledger never shows an attempt running for
         // a task that is over.
         let open = self
@@ -390,23 +387,20 @@ impl Engine {
             .and_then(|t| t.attempts().last())
             .filter(|a| a.class.is_none())
             .map(|a| (a.n, a.agent.clone(), a.started_ms));
+        let reason = format!(
+            "internal error: dirigent's own work for this attempt {how} (a bug; the daemon's log has the details){}. `dirigent retry {id}` runs the task again",
+            if open.is_some() {
+                "; its agent was stopped"
+            } else {
+                ", before its agent started"
+            }
+        );
         let Some((attempt, agent, started_ms)) = open else {
             self.escalate(&id, reason);
             return;
         };
-        let capture = |stream| {
-            self.ws
-                .run_dir(&id)
-                .join(crate::workspace::attempt_file(attempt, &agent, stream))
-        };
-        let report = spawn::AttemptReport::not_run(
-            crate::judge::Verdict::fail(Class::Interrupted, reason.clone()),
-            None,
-            Duration::from_millis(ledger::now_ms().saturating_sub(started_ms)),
-            capture("stdout"),
-            capture("stderr"),
-        );
-        let end = settling::attempt_finished(&id, attempt, &agent, &report, None, None);
+        let ran = Duration::from_millis(ledger::now_ms().saturating_sub(started_ms));
+        let end = settling::interrupted_end(&self.ws, &id, attempt, &agent, &reason, ran);
         let (ledger, tx) = (self.ledger.clone(), self.tx.clone());
         self.tasks.spawn(async move {
             let records = record(&ledger, &tx, end).await;
@@ -560,7 +554,12 @@ impl Engine {
                         "stopping without waiting any longer for work still under way; the next start takes it up from the ledger"
                     );
                     // Cut off now, before the stop's own records: each holds a handle of the
-                    // ledger, whose writer ends only once every handle is gone.
+                    // ledger, whose writer ends only once every handle is gone. What they said
+                    // before is applied first: the requeueing below reads the book.
+                    self.tasks.shutdown().await;
+                    while let Ok(msg) = self.rx.try_recv() {
+                        self.handle(msg);
+                    }
                     self.tasks.shutdown().await;
                     break;
                 }

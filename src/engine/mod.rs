@@ -204,7 +204,7 @@ enum Msg {
     /// attempt's start, if one was recorded, has reached the engine).
     AttemptLost {
         task: String,
-        how: &'static str,
+        how: Lost,
         started: Option<tokio::sync::oneshot::Receiver<()>>,
     },
     /// An attempt ended with no verdict: its worktree could not be readied, or its work was
@@ -215,6 +215,28 @@ enum Msg {
         reason: String,
         exhausted: Option<String>,
     },
+}
+
+/// How the work of an attempt ended without its last word ([`Msg::AttemptLost`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lost {
+    /// It panicked, there or in a step it ran on another thread: a bug.
+    Panicked,
+    /// It returned without a verdict: a bug.
+    NoVerdict,
+    /// The ledger refused a record it needed: the engine knows (it stopped taking work), and
+    /// the next start settles the task.
+    LedgerRefused,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Lost::Panicked => "panicked",
+            Lost::NoVerdict => "ended without a verdict",
+            Lost::LedgerRefused => "could not write the ledger",
+        })
+    }
 }
 
 struct Engine {

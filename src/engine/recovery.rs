@@ -15,68 +15,56 @@ impl Engine {
         // First the processes the ledger knows, verified by start time and boot id ...
         let mut closing = Vec::new();
         for t in self.book.iter() {
-            // An attempt with a start and no end: its task is `running`, or (a stop that could
-            // not wait for it: a bug) was put back.
-            if let Some(open) = t.attempts().last().filter(|a| a.class.is_none()) {
-                let (attempt, agent) = (&open.n, &open.agent);
-                let a = Some(open);
-                let alive = match a {
-                    Some(a) => {
-                        crate::process_group::reap_orphan_group(
-                            a.pid,
-                            a.start_ticks,
-                            a.boot_id.as_deref(),
-                            grace,
-                        )
-                        .await
-                    }
-                    None => false,
-                };
-                let reason = if alive {
-                    "the daemon stopped while this attempt ran; its process group was still alive and was killed"
-                } else {
-                    "the daemon stopped while this attempt ran"
-                };
-                let capture = |stream| {
-                    self.ws
-                        .run_dir(t.id())
-                        .join(crate::workspace::attempt_file(*attempt, agent, stream))
-                };
-                // How long it ran: until now when its group was still alive; else until its
-                // output was last written (the nearest trace of its end a crash leaves), not
-                // a zero that reads as "never ran".
-                let started_ms = a.map(|a| a.started_ms).unwrap_or(0);
-                let ended_ms = if alive {
-                    Some(ledger::now_ms())
-                } else {
-                    ["stdout", "stderr"]
-                        .into_iter()
-                        .filter_map(|s| std::fs::symlink_metadata(capture(s)).ok()?.modified().ok())
-                        .filter_map(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_millis() as u64)
-                        .max()
-                };
-                let ran = ended_ms
-                    .filter(|_| started_ms > 0)
-                    .map_or(Duration::ZERO, |end| {
-                        Duration::from_millis(end.saturating_sub(started_ms))
-                    });
-                let report = spawn::AttemptReport::not_run(
-                    crate::judge::Verdict::fail(Class::Interrupted, reason),
-                    None,
-                    ran,
-                    capture("stdout"),
-                    capture("stderr"),
-                );
-                closing.push(settling::attempt_finished(
-                    t.id(),
-                    *attempt,
-                    agent,
-                    &report,
-                    None,
-                    None,
-                ));
-            }
+            // An attempt with a start and no end: its task is `running`, or a stop that could
+            // not wait for its work (past the stop's deadline) put the task back.
+            let Some(open) = t.attempts().last().filter(|a| a.class.is_none()) else {
+                continue;
+            };
+            let alive = crate::process_group::reap_orphan_group(
+                open.pid,
+                open.start_ticks,
+                open.boot_id.as_deref(),
+                grace,
+            )
+            .await;
+            let reason = if alive {
+                "the daemon stopped while this attempt ran; its process group was still alive and was killed"
+            } else {
+                "the daemon stopped while this attempt ran"
+            };
+            // How long it ran: until now when its group was still alive; else until its output
+            // was last written (the nearest trace of its end a crash leaves), not a zero that
+            // reads as "never ran".
+            let ended_ms = if alive {
+                Some(ledger::now_ms())
+            } else {
+                ["stdout", "stderr"]
+                    .into_iter()
+                    .map(|stream| {
+                        self.ws.run_dir(t.id()).join(crate::workspace::attempt_file(
+                            open.n,
+                            &open.agent,
+                            stream,
+                        ))
+                    })
+                    .filter_map(|f| std::fs::symlink_metadata(f).ok()?.modified().ok())
+                    .filter_map(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64)
+                    .max()
+            };
+            let ran = ended_ms
+                .filter(|_| open.started_ms > 0)
+                .map_or(Duration::ZERO, |end| {
+                    Duration::from_millis(end.saturating_sub(open.started_ms))
+                });
+            closing.push(settling::interrupted_end(
+                &self.ws,
+                t.id(),
+                open.n,
+                &open.agent,
+                reason,
+                ran,
+            ));
         }
         // ... then anything else an earlier daemon of this workspace left running (an agent
         // spawned just before a crash, before its start was recorded).

@@ -90,6 +90,31 @@ pub(super) fn attempt_finished(
     }
 }
 
+/// The `attempt_finished` of an attempt that ended without being judged (its daemon stopped,
+/// its work was lost): `interrupted`, with `reason`, having run for `ran`, its captures where
+/// its attempt wrote them.
+pub(super) fn interrupted_end(
+    ws: &Workspace,
+    task: &str,
+    attempt: u32,
+    agent: &str,
+    reason: &str,
+    ran: Duration,
+) -> Event {
+    let capture = |stream| {
+        ws.run_dir(task)
+            .join(crate::workspace::attempt_file(attempt, agent, stream))
+    };
+    let report = spawn::AttemptReport::not_run(
+        crate::judge::Verdict::fail(Class::Interrupted, reason.to_string()),
+        None,
+        ran,
+        capture("stdout"),
+        capture("stderr"),
+    );
+    attempt_finished(task, attempt, agent, &report, None, None)
+}
+
 impl Engine {
     /// Records `cancelled` and moves the task file to `failed/`.
     pub(super) fn settle_cancelled(&mut self, id: &str) {

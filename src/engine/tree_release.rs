@@ -29,16 +29,17 @@ impl Engine {
         let branch = w.branch.clone();
         // A discard cut short by a crash (its branch left) may be asked again. A tree removed
         // with no commit took its branch with it (`keep_failed` ran out, say).
-        let gone = w.removed
-            && !w.discard_pending
-            && (matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
-                || w.commit.is_none());
+        let gone = w.removed && !w.discard_pending && self.branch_goes_with_tree(id, w);
         let discarded = |id: &str| Event::Discarded {
             task: id.to_string(),
         };
-        let done = Response::ok(format!(
-            "discarded `{id}`: its branch `{branch}` and its worktree are being removed (a few git commands)"
-        ));
+        let done = Response::ok(if w.removed {
+            format!("discarded `{id}`: its branch `{branch}` is being deleted")
+        } else {
+            format!(
+                "discarded `{id}`: its branch `{branch}` and its worktree are being removed (a few git commands)"
+            )
+        });
         let unrecorded = |id: &str| {
             Response::fail(
                 Failure::Unavailable,
@@ -67,11 +68,11 @@ impl Engine {
             // The discard is on disk before the answer: from then on a crash cannot undo it
             // (the next start finishes what it left).
             Phase::MergeWaiting { .. } => {
-                self.merges.forget(id);
-                self.live.stop_merging(id);
                 if !self.record_now(discarded(id)).await {
                     return unrecorded(id);
                 }
+                self.merges.forget(id);
+                self.live.stop_merging(id);
                 self.discarding.insert(id.to_string());
                 self.settle_cancelled(id);
                 done
@@ -169,12 +170,7 @@ impl Engine {
         if w.removed && !discard {
             return;
         }
-        // A task of the fleet: its work went to its node (pushed or bundled before the
-        // outcome was claimed); the cache keeps no branch per task.
-        let delete_branch = discard
-            || matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
-            || w.commit.is_none()
-            || self.fleet_edit(id).is_some();
+        let delete_branch = discard || self.branch_goes_with_tree(id, &w);
         let Ok(repo) = self.repo_of(id) else { return };
         // A pooled tree goes back to the pool (checked out afresh for the next task) while the
         // pool has room; others are removed.
@@ -183,9 +179,16 @@ impl Engine {
         // give-up's branch deletion and record would then hit.
         self.trees_leaving.insert(id.to_string());
         let (ledger, tx, id) = (self.ledger.clone(), self.tx.clone(), id.to_string());
+        let stall = discard && crate::fault::at("discard-stall", &id);
         self.tasks.spawn(async move {
-            if discard && crate::fault::at("discard-stall", &id) {
-                std::future::pending::<()>().await;
+            if stall {
+                // The injected fault `discard-stall`: a git step that never returns.
+                let _ = blocking(&repo, |_| -> Result<(), GitError> {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                    }
+                })
+                .await;
             }
             give_up_tree(&repo, &ledger, &tx, &id, &w, delete_branch, keep).await;
         });
@@ -193,6 +196,16 @@ impl Engine {
 }
 
 impl Engine {
+    /// Whether task `id`'s branch is deleted with its tree (and so gone once the tree is): its
+    /// work is merged or discarded, it has none (no verified commit), or the task came from
+    /// the fleet (its work went to its node, pushed or bundled before the outcome was
+    /// claimed; the cache keeps no branch per task).
+    fn branch_goes_with_tree(&self, id: &str, w: &WorktreeState) -> bool {
+        matches!(w.merge, MergeState::Merged { .. } | MergeState::Discarded)
+            || w.commit.is_none()
+            || self.fleet_edit(id).is_some()
+    }
+
     /// What becomes of task `id`'s tree `w`: left alone when another task holds the same
     /// directory, back to the pool while it has room, else removed.
     fn keep_for(&self, id: &str, w: &WorktreeState) -> Keep {
