@@ -653,10 +653,14 @@ fn idle_and_half_open_http_connections_are_closed_and_never_starve_the_daemon() 
     // Work still gets done, and the daemon's descriptors stay bounded.
     ws.drop_task("a.json", r#"{"prompt": "p", "agent": "good"}"#);
     assert!(matches!(ws.wait_settled("a"), Event::Done { .. }));
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
-        .unwrap()
-        .count();
-    assert!(fds < 300, "the daemon holds {fds} descriptors");
+    // Connections told to make room close a moment later (each in its own task): a busy
+    // machine may see a few still open; they must go.
+    ws.wait_until("the daemon to hold fewer than 300 descriptors", || {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count();
+        (fds < 300).then_some(())
+    });
     // A half-open connection is closed by the daemon within the header timeout (10 s).
     let first = &mut held[0];
     first
