@@ -801,7 +801,7 @@ ghost      PROBLEM: not installed
              fix: install it, or fix the agent's `command` in .context/dirigent.yaml
 
 default chain: codex
-no agent of the default chain can run: fix one of the problems above
+no agent of the default chain can run: fix one of the problems above, or try dirigent with a script agent that needs no CLI (the README's \"No agent CLI installed yet?\")
 (checked with this shell's environment; a daemon started by systemd or launchd may see another one)
 "
     );

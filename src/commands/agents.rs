@@ -174,7 +174,9 @@ pub fn doctor(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
             }
         );
         if !usable {
-            println!("no agent of the default chain can run: fix one of the problems above");
+            println!(
+                "no agent of the default chain can run: fix one of the problems above, or try dirigent with a script agent that needs no CLI (the README's \"No agent CLI installed yet?\")"
+            );
         }
         println!(
             "(checked with this shell's environment; a daemon started by systemd or launchd may see another one)"
