@@ -31,8 +31,10 @@ use crate::protocol::{Failure, Request, Response};
 use crate::web::{ApiError, AppState};
 use crate::workspace::Workspace;
 
-/// How long a stopping server waits for open requests before it drops them.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping server waits for open requests before it drops them. Long waits and
+/// event streams end at the stop by themselves; what is left is a request being answered, or a
+/// stranger's half-sent one, which must not hold a stop up for long.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// The running server.
 pub struct HttpServer {
@@ -44,7 +46,7 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Stops accepting, lets open requests finish (event streams and waits have already been
-    /// ended by the daemon's stop signal) for a few seconds, then drops the rest.
+    /// ended by the daemon's stop signal) for a moment (`STOP_GRACE`), then drops the rest.
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
         let mut task = self.task;

@@ -146,17 +146,53 @@ pub fn spawn(
 /// Runs a short helper command (git) to its end and returns its output, its child registered
 /// atomically with respect to [`sweep`] — otherwise a sweep can reap the finished child before
 /// `wait` does, and the command fails with `ECHILD` ("No child processes"). Blocking.
+///
+/// The command leads a process group of its own (what it starts — a filter, a helper — is in
+/// it), so [`stop_helpers`] can end it whole.
 pub fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
     cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
     let child = {
         let mut own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
         let child = cmd.spawn()?;
         own.insert(child.id());
+        HELPERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(child.id());
         child
     };
     let _registered = Registered(child.id());
+    let _helper = Helper(child.id());
     child.wait_with_output()
+}
+
+/// Helper commands ([`output`]) running now, by pid (= their process group).
+static HELPERS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// Takes a helper out of [`HELPERS`] once it has been waited for.
+struct Helper(u32);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        HELPERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
+    }
+}
+
+/// Tells every helper command still running (a git command that hangs on a slow filter) to
+/// stop, with its group: SIGTERM, on which git removes its lock files. For a daemon's stop
+/// that will not wait for them any longer. Returns how many were told.
+pub fn stop_helpers() -> usize {
+    let running = HELPERS.lock().unwrap_or_else(|e| e.into_inner());
+    for pid in running.iter() {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+    }
+    running.len()
 }
 
 /// The supervisor's stdin, held by the daemon: [`Gate::open`] lets the program run; dropping
@@ -196,6 +232,20 @@ pub struct Leftovers<'a> {
 /// while killing them exposes more (their children are adopted in turn). Blocking: call it from
 /// `spawn_blocking`. Returns how many processes were killed.
 pub fn sweep(who: Option<&Leftovers<'_>>) -> usize {
+    // Every orphan the daemon adopted descends from something it started (an agent, a hook, a
+    // check: it is their subreaper), so one that is not in the group of something still
+    // running escaped an attempt — whatever its environment says (`env -i setsid …` carries no
+    // marker). One still in such a group is left to it.
+    sweep_where(|stat, own| who.is_some_and(|w| stat.pgid == w.pgid || !own.contains(&stat.pgid)))
+}
+
+/// [`sweep`] at the daemon's stop, once everything it started has ended: every orphan it
+/// adopted escaped something of it (a `verify` command's `setsid` child, say) and is killed.
+pub fn sweep_all_adopted() -> usize {
+    sweep_where(|_, _| true)
+}
+
+fn sweep_where(ours: impl Fn(&ProcStat, &BTreeSet<u32>) -> bool) -> usize {
     let own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let mut killed = 0;
     // Until a round finds nothing to kill: each kill hands the victim's children to the
@@ -211,12 +261,7 @@ pub fn sweep(who: Option<&Leftovers<'_>>) -> usize {
                 let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
                 continue;
             }
-            // Every orphan the daemon adopted descends from something it started (an agent, a
-            // hook, a check: it is their subreaper), so one that is not in the group of
-            // something still running escaped an attempt — whatever its environment says
-            // (`env -i setsid …` carries no marker). One still in such a group is left to it.
-            let ours = who.is_some_and(|w| stat.pgid == w.pgid || !own.contains(&stat.pgid));
-            if ours {
+            if ours(&stat, &own) {
                 let p = Pid::from_raw(pid as i32);
                 let _ = kill(p, Signal::SIGKILL);
                 // SIGKILL cannot be caught: this returns as soon as it is dead.

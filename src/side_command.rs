@@ -69,7 +69,7 @@ pub async fn run_logged(
         .stderr(err)
         .process_group(0)
         .kill_on_drop(true);
-    let (mut child, _registered, gate) = match crate::reaper::spawn(&mut cmd) {
+    let (mut child, registered, gate) = match crate::reaper::spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) => return CommandEnd::CouldNotStart(format!("`{}` could not start: {e}", argv[0])),
     };
@@ -96,6 +96,18 @@ pub async fn run_logged(
     // Nothing the command started outlives it; the guard does the same on every other way out.
     let _ = killpg(pgid, Signal::SIGKILL);
     let _ = child.wait().await;
+    // Reaped: from here on the sweep may reap anything else, and what left the group
+    // (`setsid`) and was adopted by the daemon goes too.
+    drop(registered);
+    let root = ws.root().to_path_buf();
+    let leader = pgid.as_raw() as u32;
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::reaper::sweep(Some(&crate::reaper::Leftovers {
+            workspace: &root,
+            pgid: leader,
+        }))
+    })
+    .await;
     end
 }
 

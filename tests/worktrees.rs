@@ -1540,3 +1540,91 @@ fn discarding_a_failed_task_whose_tree_expired_says_nothing_is_left() {
         .count();
     assert_eq!(discards, 0, "expected no `discarded` recorded for nothing");
 }
+
+/// A `verify` command whose child escapes its group (`setsid`) leaves nothing behind: not after
+/// a cancel stops the check, nor after the daemon's stop does.
+#[test]
+fn what_a_check_leaves_behind_goes_with_it_at_a_cancel_and_at_a_stop() {
+    for stop_how in ["cancel", "stop"] {
+        let gate = tempfile::tempdir().unwrap();
+        let inside = gate.path().join("inside");
+        let config = format!(
+            "{AGENT}default_chain: [ed]\nmerge: auto\nverify: [sh, -c, \"setsid sh -c 'exec sleep 777' & touch {}; trap '' TERM; while :; do sleep 0.05; done\"]\n",
+            inside.display()
+        );
+        let ws = repo_workspace(&config);
+        let mut daemon = ws.start();
+        ws.drop_task("esc.md", "replace a.txt slot2 slot2-by-esc\n");
+        ws.wait_until("the check to start", || inside.exists().then_some(()));
+        if stop_how == "cancel" {
+            let out = ws.cli(&["cancel", "esc"]);
+            assert!(out.status.success(), "expected cancel accepted: {out:?}");
+            ws.wait_for("the task to be cancelled", |recs| {
+                recs.iter()
+                    .any(|r| matches!(&r.event, Event::Cancelled { task } if task == "esc"))
+                    .then_some(())
+            });
+        } else {
+            assert!(daemon.stop().success(), "expected the daemon to stop");
+        }
+        assert!(
+            ws.survivors().is_empty(),
+            "{stop_how}: expected nothing of the check left, found {:?}",
+            ws.survivors()
+        );
+        if stop_how == "cancel" {
+            daemon.stop();
+        }
+    }
+}
+
+/// A git command that hangs (a slow clean filter, as git-lfs can be) when the daemon stops is
+/// told to stop with it — with what it started — instead of running on, holding the index
+/// lock against the next start; that start runs the task to the end.
+#[test]
+fn a_git_command_hanging_at_a_stop_is_stopped_and_the_next_start_finishes_the_task() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\n"
+    ));
+    let filter = ws.root().join("hang-filter.sh");
+    std::fs::write(
+        &filter,
+        format!(
+            "#!/bin/sh\nif [ -e {root}/HANG ]; then echo $$ > {root}/filter.pid; sleep 600; fi\ncat\n",
+            root = ws.root().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&filter, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(ws.root().join(".gitattributes"), "*.txt filter=hang\n").unwrap();
+    git(
+        ws.root(),
+        &["config", "filter.hang.clean", &filter.display().to_string()],
+    );
+    std::fs::write(
+        ws.root().join(".gitignore"),
+        ".env\nnode_modules\nHANG\nfilter.pid\nhang-filter.sh\ndaemon.log\n",
+    )
+    .unwrap();
+    git(ws.root(), &["add", "."]);
+    git(ws.root(), &["commit", "--quiet", "-m", "a filter"]);
+    std::fs::write(ws.root().join("HANG"), "").unwrap();
+
+    let mut daemon = ws.start();
+    ws.drop_task("h.md", "append a.txt from-h\n");
+    let filter_pid: u32 = ws.wait_until("the filter to hang in the task's check", || {
+        std::fs::read_to_string(ws.root().join("filter.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    assert!(daemon.stop().success(), "expected the daemon to stop");
+    ws.wait_until("the hanging filter to be stopped", || {
+        common::process_gone(filter_pid).then_some(())
+    });
+
+    std::fs::remove_file(ws.root().join("HANG")).unwrap();
+    let _daemon = ws.start();
+    ws.wait_state("h", "merge_waiting");
+}

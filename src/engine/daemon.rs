@@ -360,14 +360,24 @@ pub async fn run_with_options(
     drop(ctrl_rx);
     control.abort();
     let _ = std::fs::remove_file(crate::control::socket_path(&ws));
-    if let Some(http) = http {
-        http.stop().await;
-    }
+    // The HTTP door closes (waiting a moment for its requests in flight) while the attempts
+    // are being stopped, not before: an idle client must not hold the stop up.
+    let http_closed = async {
+        if let Some(http) = http {
+            http.stop().await;
+        }
+    };
     engine.notify("STOPPING=1\nSTATUS=stopping: terminating running attempts");
     tracing::info!("shutting down: stopping running attempts");
-    engine.shutdown().await;
-    // Reap adopted zombies; nothing of ours is running any more.
-    let _ = tokio::task::spawn_blocking(|| crate::reaper::sweep(None)).await;
+    tokio::join!(http_closed, engine.shutdown());
+    // Nothing of ours runs any more (or it was cut off): what it left behind goes, and the
+    // zombies are reaped.
+    let escaped = tokio::task::spawn_blocking(crate::reaper::sweep_all_adopted)
+        .await
+        .unwrap_or(0);
+    if escaped > 0 {
+        tracing::warn!("killed {escaped} process(es) that escaped their attempt or command");
+    }
     let Engine { ledger, fleet, .. } = engine;
     // The fleet component hands back what it still holds once the engine lets go of it.
     drop(fleet);

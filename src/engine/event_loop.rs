@@ -556,6 +556,14 @@ impl Engine {
                     // Cut off now, before the stop's own records: each holds a handle of the
                     // ledger, whose writer ends only once every handle is gone. What they said
                     // before is applied first: the requeueing below reads the book.
+                    self.tasks.abort_all();
+                    // A git command they waited on would run on after the daemon, holding its
+                    // locks against the next start. (Cut off first: the command's failure is
+                    // not taken for the task's.)
+                    let told = crate::reaper::stop_helpers();
+                    if told > 0 {
+                        tracing::warn!("told {told} git command(s) still running to stop");
+                    }
                     self.tasks.shutdown().await;
                     while let Ok(msg) = self.rx.try_recv() {
                         self.handle(msg);
