@@ -1623,8 +1623,65 @@ fn a_git_command_hanging_at_a_stop_is_stopped_and_the_next_start_finishes_the_ta
     ws.wait_until("the hanging filter to be stopped", || {
         common::process_gone(filter_pid).then_some(())
     });
+    // The cut-off is no bug of the attempt's: it is put back, not escalated.
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        !log.contains("internal error"),
+        "expected the cut-off attempt left to the next start, log:\n{log}"
+    );
 
     std::fs::remove_file(ws.root().join("HANG")).unwrap();
     let _daemon = ws.start();
     ws.wait_state("h", "merge_waiting");
+}
+
+/// `worktree.setup` runs before the agent: a cancel stops it at once and the task ends
+/// `cancelled`; the daemon's stop puts the task back (it runs again at the next start) instead
+/// of failing it.
+#[test]
+fn a_setup_is_stopped_by_a_cancel_and_survives_the_daemons_stop() {
+    for stop_how in ["cancel", "stop"] {
+        let gate = tempfile::tempdir().unwrap();
+        let (inside, hang) = (gate.path().join("inside"), gate.path().join("hang"));
+        std::fs::write(&hang, "").unwrap();
+        let ws = repo_workspace(&format!(
+            "{AGENT}default_chain: [ed]\nmerge: manual\nworktree:\n  setup: [sh, -c, \"touch {inside}; while [ -e {hang} ]; do sleep 0.05; done\"]\n",
+            inside = inside.display(),
+            hang = hang.display()
+        ));
+        let mut daemon = ws.start();
+        ws.drop_task("s.md", "append a.txt from-s\n");
+        ws.wait_until("the setup to run", || inside.exists().then_some(()));
+        if stop_how == "cancel" {
+            let out = ws.cli(&["cancel", "s"]);
+            assert!(out.status.success(), "expected cancel accepted: {out:?}");
+            ws.wait_state("s", "failed");
+            let status = String::from_utf8_lossy(&ws.cli(&["status", "s"]).stdout).to_string();
+            assert!(
+                status.contains("state:    cancelled at "),
+                "expected `s` cancelled during its setup: {status}"
+            );
+            daemon.stop();
+        } else {
+            assert!(daemon.stop().success(), "expected the daemon to stop");
+            let requeued = ws
+                .records()
+                .iter()
+                .any(|r| matches!(&r.event, Event::Requeued { task, .. } if task == "s"));
+            assert!(
+                requeued,
+                "expected `s` put back at the stop, not failed; log:\n{}",
+                std::fs::read_to_string(ws.root().join("daemon.log")).unwrap()
+            );
+            std::fs::remove_file(&hang).unwrap();
+            let _daemon = ws.start();
+            ws.wait_state("s", "merge_waiting");
+        }
+        assert!(
+            !ws.records()
+                .iter()
+                .any(|r| matches!(&r.event, Event::Escalated { task, .. } if task == "s")),
+            "{stop_how}: expected no escalation of `s`"
+        );
+    }
 }

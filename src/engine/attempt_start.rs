@@ -319,23 +319,79 @@ impl Engine {
                             let _ = tx.send(Msg::Recorded(records));
                             // A new (or reused) tree is set up once, before its first agent.
                             if let Some(argv) = &setup_cmd {
-                                let limits = (plan.timeout, setup_stop, plan.kill_grace);
-                                if let Err(reason) = worktrees::run_setup(
-                                    &ws,
-                                    &task,
-                                    argv,
-                                    &ready.state,
-                                    &ready.agent_dir,
-                                    limits,
-                                )
-                                .await
-                                {
-                                    last_word.say(Msg::AttemptUnjudged {
-                                        task,
-                                        reason,
-                                        exhausted: None,
-                                    });
-                                    return;
+                                // A cancel stops the setup as the daemon's stop does.
+                                let (setup_tx, setup_rx) = watch::channel(false);
+                                let limits = (plan.timeout, setup_rx, plan.kill_grace);
+                                let ended = {
+                                    let setup = worktrees::run_setup(
+                                        &ws,
+                                        &task,
+                                        argv,
+                                        &ready.state,
+                                        &ready.agent_dir,
+                                        limits,
+                                    );
+                                    tokio::pin!(setup);
+                                    let (mut daemon_stop, mut cancel) =
+                                        (setup_stop, stop_rx.clone());
+                                    let stopped = async {
+                                        tokio::select! {
+                                            _ = cancel.wait_for(Option::is_some) => {}
+                                            _ = daemon_stop.wait_for(|s| *s) => {}
+                                        }
+                                    };
+                                    tokio::select! {
+                                        ended = &mut setup => ended,
+                                        () = stopped => {
+                                            let _ = setup_tx.send(true);
+                                            setup.await
+                                        }
+                                    }
+                                };
+                                match ended {
+                                    Ok(()) => {}
+                                    Err(Some(reason)) => {
+                                        last_word.say(Msg::AttemptUnjudged {
+                                            task,
+                                            reason,
+                                            exhausted: None,
+                                        });
+                                        return;
+                                    }
+                                    // Stopped before its agent: cancelled, or interrupted by
+                                    // the daemon's stop (the task runs again after it).
+                                    Err(None) => {
+                                        let cancelled = *stop_rx.borrow()
+                                            == Some(crate::judge::StopCause::Cancel);
+                                        let (class, why) = if cancelled {
+                                            (
+                                                Class::Cancelled,
+                                                "cancelled during the worktree's setup",
+                                            )
+                                        } else {
+                                            (
+                                                Class::Interrupted,
+                                                "the daemon stopped during the worktree's setup",
+                                            )
+                                        };
+                                        let report = AttemptReport::not_run(
+                                            crate::judge::Verdict::fail(class, why.to_string()),
+                                            None,
+                                            Duration::ZERO,
+                                            plan.stdout_path(),
+                                            plan.stderr_path(),
+                                        );
+                                        let events = finished_events(
+                                            &plan,
+                                            attempt,
+                                            retries_used,
+                                            &report,
+                                            &prices,
+                                        );
+                                        send_end(&ledger, &tx, events, task, report, last_word)
+                                            .await;
+                                        return;
+                                    }
                                 }
                             }
                         }
@@ -451,26 +507,39 @@ impl Engine {
                 work_check::check(check, &mut report).await;
             }
             let events = finished_events(&plan, attempt, retries_used, &report, &prices);
-            let (written, durable) = ledger.append_all_written(events);
-            // Once its end is in the file, the next attempt may start: its start is written
-            // after this end (the ledger never shows more running than the cap), and waiting
-            // for the fsync runs no agent.
-            let _ = written.await;
-            let _ = tx.send(Msg::AgentGone { task: task.clone() });
-            let records = match durable.await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.send(Msg::LedgerFailed(e.to_string()));
-                    vec![]
-                }
-            };
-            last_word.say(Msg::AttemptDone {
-                task,
-                records,
-                report: Box::new(report),
-            });
+            send_end(&ledger, &tx, events, task, report, last_word).await;
         });
     }
+}
+
+/// Records an attempt's end (`events`) and tells the engine: its slot once the end is in the
+/// file, then its judged end once it is on disk.
+async fn send_end(
+    ledger: &Ledger,
+    tx: &mpsc::UnboundedSender<Msg>,
+    events: Vec<Event>,
+    task: String,
+    report: AttemptReport,
+    last_word: LastWord,
+) {
+    let (written, durable) = ledger.append_all_written(events);
+    // Once its end is in the file, the next attempt may start: its start is written after this
+    // end (the ledger never shows more running than the cap), and waiting for the fsync runs
+    // no agent.
+    let _ = written.await;
+    let _ = tx.send(Msg::AgentGone { task: task.clone() });
+    let records = match durable.await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Msg::LedgerFailed(e.to_string()));
+            vec![]
+        }
+    };
+    last_word.say(Msg::AttemptDone {
+        task,
+        records,
+        report: Box::new(report),
+    });
 }
 
 /// Held by the work of one attempt until it sends the engine its last word (its judged end, or

@@ -566,7 +566,15 @@ impl Engine {
                     }
                     self.tasks.shutdown().await;
                     while let Ok(msg) = self.rx.try_recv() {
-                        self.handle(msg);
+                        match msg {
+                            // The cut-off itself, not a bug: the attempt stays open in the
+                            // ledger, and the next start closes it as interrupted.
+                            Msg::AttemptLost {
+                                how: Lost::NoVerdict,
+                                ..
+                            } => {}
+                            msg => self.handle(msg),
+                        }
                     }
                     self.tasks.shutdown().await;
                     break;

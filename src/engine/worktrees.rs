@@ -368,7 +368,7 @@ pub(super) async fn run_setup(
     state: &WorktreeState,
     dir: &Path,
     limits: (Duration, watch::Receiver<bool>, Duration),
-) -> Result<(), String> {
+) -> Result<(), Option<String>> {
     let log = ws.run_dir(task).join("setup.log");
     let (limit, stop, grace) = limits;
     let limits = crate::side_command::SideLimits {
@@ -390,7 +390,7 @@ pub(super) async fn run_setup(
             if changed.is_empty() {
                 Ok(())
             } else {
-                Err(format!(
+                Err(Some(format!(
                     "`worktree.setup: {shown}` changed files git tracks or does not ignore ({}); it must write only ignored files (add them to .gitignore), or they would count as the agent's work",
                     changed
                         .iter()
@@ -398,21 +398,21 @@ pub(super) async fn run_setup(
                         .map(|p| format!("`{p}`"))
                         .collect::<Vec<_>>()
                         .join(", ")
-                ))
+                )))
             }
         }
-        crate::side_command::CommandEnd::Exited(s) => Err(format!(
+        crate::side_command::CommandEnd::Exited(s) => Err(Some(format!(
             "`worktree.setup: {shown}` failed ({s}); its output is in {}",
             log.display()
-        )),
-        crate::side_command::CommandEnd::TimedOut => Err(format!(
+        ))),
+        crate::side_command::CommandEnd::TimedOut => Err(Some(format!(
             "`worktree.setup: {shown}` ran longer than {}",
             crate::duration::short(limit)
-        )),
-        crate::side_command::CommandEnd::Stopped => {
-            Err(format!("`worktree.setup: {shown}` was stopped"))
+        ))),
+        crate::side_command::CommandEnd::Stopped => Err(None),
+        crate::side_command::CommandEnd::CouldNotStart(e) => {
+            Err(Some(format!("`worktree.setup`: {e}")))
         }
-        crate::side_command::CommandEnd::CouldNotStart(e) => Err(format!("`worktree.setup`: {e}")),
     }
 }
 
