@@ -16,16 +16,20 @@ use crate::workspace::Workspace;
 pub enum CommandEnd {
     Exited(std::process::ExitStatus),
     TimedOut,
-    /// The daemon is stopping: the command's group was terminated before it ended.
+    /// The daemon is stopping (or its task was cancelled): the command's group was terminated
+    /// before it ended.
     Stopped,
     CouldNotStart(String),
 }
 
-/// What bounds a side command: its time `limit`, and the daemon's stop — when `stop` turns
-/// true (or its sender goes), the group gets SIGTERM, then SIGKILL after `grace`.
+/// What bounds a side command: its time `limit`, the daemon's stop and its task's cancel —
+/// when `stop` turns true (or its sender goes), or `cancel` says a cause, the group gets
+/// SIGTERM, then SIGKILL after `grace`.
 pub struct SideLimits {
     pub limit: Duration,
     pub stop: watch::Receiver<bool>,
+    /// The attempt's stop (`dirigent cancel`), for a command run as part of one.
+    pub cancel: Option<watch::Receiver<Option<crate::judge::StopCause>>>,
     pub grace: Duration,
     /// Where it runs, and variables it gets: a task's worktree for `verify`; `None` is the
     /// workspace.
@@ -45,6 +49,7 @@ pub async fn run_logged(
     let SideLimits {
         limit,
         mut stop,
+        cancel,
         grace,
         dir,
     } = limits;
@@ -79,8 +84,17 @@ pub async fn run_logged(
     let _guard = GroupGuard(Some(pgid));
     drop(gate.open().await);
     let stopping = async {
-        // A dropped sender is a stop too: the daemon is going.
-        let _ = stop.wait_for(|s| *s).await;
+        let cancelled = async {
+            match cancel {
+                Some(mut cancel) => drop(cancel.wait_for(Option::is_some).await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // A dropped sender is a stop too: the daemon is going.
+            _ = stop.wait_for(|s| *s) => {}
+            () = cancelled => {}
+        }
     };
     let end = tokio::select! {
         status = tokio::time::timeout(limit, child.wait()) => match status {

@@ -320,34 +320,22 @@ impl Engine {
                             // A new (or reused) tree is set up once, before its first agent.
                             if let Some(argv) = &setup_cmd {
                                 // A cancel stops the setup as the daemon's stop does.
-                                let (setup_tx, setup_rx) = watch::channel(false);
-                                let limits = (plan.timeout, setup_rx, plan.kill_grace);
-                                let ended = {
-                                    let setup = worktrees::run_setup(
-                                        &ws,
-                                        &task,
-                                        argv,
-                                        &ready.state,
-                                        &ready.agent_dir,
-                                        limits,
-                                    );
-                                    tokio::pin!(setup);
-                                    let (mut daemon_stop, mut cancel) =
-                                        (setup_stop, stop_rx.clone());
-                                    let stopped = async {
-                                        tokio::select! {
-                                            _ = cancel.wait_for(Option::is_some) => {}
-                                            _ = daemon_stop.wait_for(|s| *s) => {}
-                                        }
-                                    };
-                                    tokio::select! {
-                                        ended = &mut setup => ended,
-                                        () = stopped => {
-                                            let _ = setup_tx.send(true);
-                                            setup.await
-                                        }
-                                    }
+                                let limits = crate::side_command::SideLimits {
+                                    limit: plan.timeout,
+                                    stop: setup_stop,
+                                    cancel: Some(stop_rx.clone()),
+                                    grace: plan.kill_grace,
+                                    dir: None,
                                 };
+                                let ended = worktrees::run_setup(
+                                    &ws,
+                                    &task,
+                                    argv,
+                                    &ready.state,
+                                    &ready.agent_dir,
+                                    limits,
+                                )
+                                .await;
                                 match ended {
                                     Ok(()) => {}
                                     Err(Some(reason)) => {

@@ -675,6 +675,7 @@ async fn verify_merged(job: &MergeJob) -> Result<(), Option<String>> {
         let limits = crate::side_command::SideLimits {
             limit: job.limit,
             stop: job.stop.clone(),
+            cancel: None,
             grace: job.grace,
             dir: Some((job.dir.clone(), super::worktrees::tree_env(&job.state))),
         };

@@ -359,6 +359,7 @@ impl Engine {
                 let limits = crate::side_command::SideLimits {
                     limit: HOOK_LIMIT,
                     stop,
+                    cancel: None,
                     grace: config.kill_grace,
                     dir: None,
                 };

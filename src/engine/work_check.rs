@@ -272,40 +272,14 @@ async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
     for argv in &plan.settings.verify {
         // A cancel stops the check the way the daemon's stop does (its group told to end, then
         // what it left behind swept), rather than by dropping it mid-way.
-        let (stop_tx, stop) = watch::channel(false);
         let limits = crate::side_command::SideLimits {
             limit: plan.limit,
-            stop,
+            stop: plan.stop.clone(),
+            cancel: Some(plan.cancel.clone()),
             grace: plan.grace,
             dir: Some((plan.dir.clone(), tree_env(&plan.state))),
         };
-        let (mut cancel, mut daemon_stop) = (plan.cancel.clone(), plan.stop.clone());
-        let cancelled = async move {
-            while cancel.changed().await.is_ok() {
-                if cancel.borrow().is_some() {
-                    return;
-                }
-            }
-            std::future::pending::<()>().await
-        };
-        let stopping = async move {
-            // A dropped sender is a stop too: the daemon is going.
-            let _ = daemon_stop.wait_for(|s| *s).await;
-        };
-        let run = crate::side_command::run_logged(&plan.ws, argv, &log, limits);
-        tokio::pin!(run);
-        let end = tokio::select! {
-            end = &mut run => end,
-            () = cancelled => {
-                let _ = stop_tx.send(true);
-                run.await;
-                return Some(Err(None));
-            }
-            () = stopping => {
-                let _ = stop_tx.send(true);
-                run.await
-            }
-        };
+        let end = crate::side_command::run_logged(&plan.ws, argv, &log, limits).await;
         let shown = argv.join(" ");
         let why = match end {
             crate::side_command::CommandEnd::Exited(s) if s.success() => continue,

@@ -286,6 +286,7 @@ impl Engine {
         let limits = crate::side_command::SideLimits {
             limit: EVALUATOR_LIMIT,
             stop: stopped,
+            cancel: None,
             grace: self.config.kill_grace,
             dir: None,
         };

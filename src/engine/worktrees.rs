@@ -367,15 +367,13 @@ pub(super) async fn run_setup(
     argv: &[String],
     state: &WorktreeState,
     dir: &Path,
-    limits: (Duration, watch::Receiver<bool>, Duration),
+    limits: crate::side_command::SideLimits,
 ) -> Result<(), Option<String>> {
     let log = ws.run_dir(task).join("setup.log");
-    let (limit, stop, grace) = limits;
+    let limit = limits.limit;
     let limits = crate::side_command::SideLimits {
-        limit,
-        stop,
-        grace,
         dir: Some((dir.to_path_buf(), tree_env(state))),
+        ..limits
     };
     let shown = argv.join(" ");
     match crate::side_command::run_logged(ws, argv, &log, limits).await {

@@ -380,6 +380,7 @@ async fn run(
     let limits = SideLimits {
         limit: d.timeout,
         stop: shared.stopping.clone(),
+        cancel: None,
         grace: std::time::Duration::from_secs(1),
         dir: Some((shared.ws.root().to_path_buf(), env)),
     };
