@@ -384,8 +384,7 @@ impl Engine {
         let open = self
             .book
             .get(&id)
-            .and_then(|t| t.attempts().last())
-            .filter(|a| a.class.is_none())
+            .and_then(|t| t.open_attempt())
             .map(|a| (a.n, a.agent.clone(), a.started_ms));
         let reason = format!(
             "internal error: dirigent's own work for this attempt {how} (a bug; the daemon's log has the details){}. `dirigent retry {id}` runs the task again",

@@ -17,7 +17,7 @@ impl Engine {
         for t in self.book.iter() {
             // An attempt with a start and no end: its task is `running`, or a stop that could
             // not wait for its work (past the stop's deadline) put the task back.
-            let Some(open) = t.attempts().last().filter(|a| a.class.is_none()) else {
+            let Some(open) = t.open_attempt() else {
                 continue;
             };
             let alive = crate::process_group::reap_orphan_group(

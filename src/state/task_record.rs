@@ -496,6 +496,11 @@ impl TaskRecord {
         &self.progress().attempts
     }
 
+    /// Its last attempt while the ledger shows it started and not ended.
+    pub fn open_attempt(&self) -> Option<&AttemptSummary> {
+        self.attempts().last().filter(|a| a.class.is_none())
+    }
+
     /// Index into `chain` of the agent the next attempt uses.
     pub fn chain_pos(&self) -> usize {
         self.progress().chain_pos
