@@ -149,11 +149,22 @@ pub fn spawn(
 ///
 /// The command leads a process group of its own (what it starts — a filter, a helper — is in
 /// it), so [`stop_helpers`] can end it whole.
+///
+/// It carries the workspace's `DIRIGENT_WORKSPACE` (see [`mark_helpers_with`]), so what a crash
+/// leaves of it — a git hanging on a filter, holding `index.lock` — is stopped by the next start
+/// ([`kill_leftovers`]) like an agent.
 pub fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::Output> {
     use std::os::unix::process::CommandExt;
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0);
+    if let Some(root) = HELPER_MARK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        cmd.env("DIRIGENT_WORKSPACE", root);
+    }
     let child = {
         let mut own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
         let child = cmd.spawn()?;
@@ -167,6 +178,17 @@ pub fn output(cmd: &mut std::process::Command) -> std::io::Result<std::process::
     let _registered = Registered(child.id());
     let _helper = Helper(child.id());
     child.wait_with_output()
+}
+
+/// The workspace whose daemon this process runs, once it has taken the workspace's lock:
+/// [`output`] marks its helper commands with it.
+static HELPER_MARK: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
+/// Marks every helper command from now on as `workspace`'s. Called by the daemon once it holds
+/// the workspace's lock. (One process runs one daemon; a test that runs two in one process
+/// marks the helpers with the later one's.)
+pub fn mark_helpers_with(workspace: &Path) {
+    *HELPER_MARK.lock().unwrap_or_else(|e| e.into_inner()) = Some(workspace.to_path_buf());
 }
 
 /// Helper commands ([`output`]) running now, by pid (= their process group).
@@ -372,34 +394,45 @@ fn below_live_group(pid: u32, own: &BTreeSet<u32>, daemon: u32) -> bool {
 /// guarantees there is no other one). This catches what the ledger cannot: an agent spawned in
 /// the instant before a crash, before its `attempt_started` was written. Returns how many were
 /// killed.
+///
+/// They are asked first (SIGTERM), and killed (SIGKILL) if still there after
+/// [`LEFTOVER_GRACE`]: a git command a crash left hanging on a filter removes its `index.lock`
+/// when asked, and would leave it behind if killed — the task's worktree then refuses every git
+/// command that needs the index.
 pub fn kill_leftovers(workspace: &Path) -> usize {
     let me = std::process::id();
-    let mut killed = 0;
+    let carriers = || -> Vec<u32> {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != me && carries_workspace(*pid, workspace))
+            .collect()
+    };
+    let asked: BTreeSet<u32> = carriers()
+        .into_iter()
+        .filter(|pid| kill(Pid::from_raw(*pid as i32), Signal::SIGTERM).is_ok())
+        .collect();
+    let deadline = std::time::Instant::now() + LEFTOVER_GRACE;
+    while !asked.is_empty() && std::time::Instant::now() < deadline {
+        sweep(None); // those that were our children (adopted) are zombies once they end
+        if !carriers().iter().any(|pid| asked.contains(pid)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut killed = asked.len();
     // Killed processes' children carry the variable too; a few rounds get them all.
     for _round in 0..8 {
-        let mut found = 0;
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return killed;
-        };
-        for entry in procs.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            if carries_workspace(pid, workspace)
-                && kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok()
-            {
-                found += 1;
-            }
-        }
+        let found = carriers()
+            .into_iter()
+            .filter(|pid| kill(Pid::from_raw(*pid as i32), Signal::SIGKILL).is_ok())
+            .filter(|pid| !asked.contains(pid))
+            .count();
         killed += found;
-        if found == 0 {
+        if found == 0 && carriers().is_empty() {
             break;
         }
         // Give the kernel a moment to tear them down before looking for their children.
@@ -461,6 +494,9 @@ pub fn sweep_cgroup() -> usize {
     }
     killed
 }
+
+/// How long [`kill_leftovers`] waits for leftovers it asked to stop before it kills them.
+pub const LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether the environment of `pid` carries this workspace's `DIRIGENT_WORKSPACE`.
 pub(crate) fn carries_workspace(pid: u32, workspace: &Path) -> bool {

@@ -1583,6 +1583,19 @@ fn what_a_check_leaves_behind_goes_with_it_at_a_cancel_and_at_a_stop() {
 /// lock against the next start; that start runs the task to the end.
 #[test]
 fn a_git_command_hanging_at_a_stop_is_stopped_and_the_next_start_finishes_the_task() {
+    git_command_hanging_when_the_daemon_ends(false);
+}
+
+/// The same git command, when the daemon is killed (SIGKILL) instead: it runs on, orphaned.
+/// The next start asks it to stop before anything runs (git removes its `index.lock` then;
+/// killed, it would leave the lock and the task's worktree unusable) and runs the task to the
+/// end.
+#[test]
+fn a_git_command_left_hanging_by_a_crash_is_stopped_by_the_next_start() {
+    git_command_hanging_when_the_daemon_ends(true);
+}
+
+fn git_command_hanging_when_the_daemon_ends(crash: bool) {
     let ws = repo_workspace(&format!(
         "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\n"
     ));
@@ -1619,20 +1632,31 @@ fn a_git_command_hanging_at_a_stop_is_stopped_and_the_next_start_finishes_the_ta
             .parse()
             .ok()
     });
-    assert!(daemon.stop().success(), "expected the daemon to stop");
-    ws.wait_until("the hanging filter to be stopped", || {
-        common::process_gone(filter_pid).then_some(())
-    });
+    if crash {
+        daemon.crash();
+        assert!(
+            !common::process_gone(filter_pid),
+            "expected the filter to run on after the daemon was killed"
+        );
+    } else {
+        assert!(daemon.stop().success(), "expected the daemon to stop");
+        ws.wait_until("the hanging filter to be stopped", || {
+            common::process_gone(filter_pid).then_some(())
+        });
+    }
+    std::fs::remove_file(ws.root().join("HANG")).unwrap();
+    let _daemon = ws.start();
+    ws.wait_state("h", "merge_waiting");
+    assert!(
+        common::process_gone(filter_pid),
+        "expected the hanging filter stopped before the task ran again"
+    );
     // The cut-off is no bug of the attempt's: it is put back, not escalated.
     let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
     assert!(
         !log.contains("internal error"),
         "expected the cut-off attempt left to the next start, log:\n{log}"
     );
-
-    std::fs::remove_file(ws.root().join("HANG")).unwrap();
-    let _daemon = ws.start();
-    ws.wait_state("h", "merge_waiting");
 }
 
 /// `worktree.setup` runs before the agent: a cancel stops it at once and the task ends

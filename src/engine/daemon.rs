@@ -63,6 +63,7 @@ pub async fn run_with_options(
     ws.ensure().map_err(ws_err)?;
     ws.check_private()?;
     let _lock = lock_workspace(&ws)?;
+    crate::reaper::mark_helpers_with(ws.root());
     if !crate::reaper::become_subreaper() {
         tracing::debug!("not a child subreaper: processes that escape with setsid are not caught");
     }
