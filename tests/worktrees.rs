@@ -1287,7 +1287,8 @@ fn a_retry_waiting_for_its_slot_runs_after_a_crash() {
         let out = ws.cli(&["retry", "a"]);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(
-            out.status.success() || stderr.contains("is still being given up (a discard)"),
+            out.status.success()
+                || stderr.contains("is still being given up; retry it in a moment"),
             "expected `retry a` accepted or told to wait for the discard, got: {out:?}"
         );
         out.status.success().then_some(())
@@ -1468,10 +1469,60 @@ fn keep_failed_running_out_during_a_discard_does_not_give_the_tree_up_twice() {
     let out = ws.cli(&["retry", "f1"]);
     assert!(
         !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains("is still being given up (a discard)"),
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("is still being given up; retry it in a moment"),
         "expected the retry refused while the discard is under way: {out:?}"
     );
     daemon.crash();
+}
+
+/// A retry gives the task's old tree up in a task of its own: a git step that hangs there (an
+/// injected fault, as a slow filter would be) holds neither the answer nor `status` nor a stop,
+/// and the next start runs the retried task in a new tree.
+// The fault is injected by debug builds only.
+#[cfg(debug_assertions)]
+#[test]
+fn a_retry_whose_old_tree_hangs_holds_neither_the_daemon_nor_its_stop() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\nkeep_failed: 1h\n"
+    ));
+    let outside = tempfile::tempdir().unwrap();
+    let flag = outside.path().join("go.flag");
+    let mut daemon = ws.start_with(&[("DIRIGENT_FAULT", "retire-stall:r")]);
+    ws.drop_task(
+        "r.md",
+        &format!("append a.txt from-r\nrequire {} go\n", flag.display()),
+    );
+    ws.wait_state("r", "failed");
+    std::fs::write(&flag, "go\n").unwrap();
+    let out = ws.cli(&["retry", "r"]);
+    assert!(out.status.success(), "expected `retry r` accepted: {out:?}");
+    let out = ws.cli(&["status", "r"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("state:    pending"),
+        "expected `status r` answered by the daemon while the old tree is given up, pending: {out:?}"
+    );
+    let out = ws.cli(&["retry", "r"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("only a failed or cancelled task can be retried"),
+        "expected a second retry refused: {out:?}"
+    );
+    assert!(daemon.stop().success(), "expected the daemon to stop");
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("stopping without waiting any longer for work still under way"),
+        "expected the stop to say what it left, log:\n{log}"
+    );
+    let _daemon = ws.start();
+    ws.wait_state("r", "merge_waiting");
+    assert!(
+        !main_file(&ws).contains("from-r"),
+        "expected nothing merged yet (merge: manual), a.txt:\n{}",
+        main_file(&ws)
+    );
 }
 
 /// A stop never waits for ever: work that does not end when told (a give-up held by an injected

@@ -324,6 +324,20 @@ impl Engine {
                 self.apply(&records);
                 self.trees_leaving.remove(&task);
             }
+            Msg::TreeRetired { task, pooled } => {
+                self.trees_leaving.remove(&task);
+                if let Some(tree) = pooled {
+                    self.pool_or_remove(tree);
+                }
+                // Cancelled meanwhile: it stays so.
+                if self
+                    .book
+                    .get(&task)
+                    .is_some_and(|t| matches!(t.phase(), Phase::Pending))
+                {
+                    self.enqueue_or_advance(&task);
+                }
+            }
             // No word about an attempt may overtake its start.
             Msg::AttemptLost {
                 task,

@@ -11,6 +11,11 @@ const INGEST_BATCH: usize = 256;
 impl Engine {
     /// Queues a task for its next attempt.
     pub(super) fn enqueue(&mut self, id: &str) {
+        // A retried task whose old tree is still being given up is queued once it is
+        // (`Msg::TreeRetired`): its new tree would meet the old one holding its branch.
+        if self.trees_leaving.contains(id) {
+            return;
+        }
         match self.book.get(id) {
             Some(t) => self.live.queue_shared(t.shared_id(), t.priority()),
             None => self.live.queue(id, 0),

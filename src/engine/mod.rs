@@ -192,6 +192,12 @@ enum Msg {
         task: String,
         records: Vec<Record>,
     },
+    /// The old tree of the retried `task` is given up (`pooled`: it went back to the pool), or
+    /// could not be (logged): the task may run in a new tree now.
+    TreeRetired {
+        task: String,
+        pooled: Option<crate::git::Tree>,
+    },
     /// A merge of `task`'s branch into `target` ended.
     MergeEnded {
         task: String,

@@ -374,16 +374,6 @@ impl Engine {
                 )
             });
         };
-        // Its old tree is still being given up (a discard just now): a new tree now would take
-        // the branch name the give-up is about to delete.
-        if self.trees_leaving.contains(&id) || self.discarding.contains(&id) {
-            return Err(Response::fail(
-                Failure::Conflict,
-                format!(
-                    "task `{id}`'s worktree is still being given up (a discard); retry it in a moment"
-                ),
-            ));
-        }
         if !matches!(t.phase(), Phase::Failed { .. }) {
             return Err(Response::fail(
                 Failure::Conflict,
@@ -391,6 +381,14 @@ impl Engine {
                     "task `{id}` is {}; only a failed or cancelled task can be retried",
                     t.phase().label()
                 ),
+            ));
+        }
+        // Its old tree is still being given up (a discard just now): a new tree now would take
+        // the branch name the give-up is about to delete.
+        if self.trees_leaving.contains(&id) || self.discarding.contains(&id) {
+            return Err(Response::fail(
+                Failure::Conflict,
+                format!("task `{id}`'s worktree is still being given up; retry it in a moment"),
             ));
         }
         let file = t.file().to_string();
@@ -462,11 +460,12 @@ impl Engine {
         if let Err(e) = task_file::retry(&self.ws, &file, &id) {
             tracing::warn!(task = %id, "cannot move the task file back to running/: {e}");
         }
-        if let Some(w) = old_tree {
-            self.retire_tree(&id, w).await;
-        }
         self.live.settled(&id);
-        self.enqueue_or_advance(&id);
+        match old_tree {
+            // Queued once the old tree is given up.
+            Some(w) => self.retire_tree(&id, w),
+            None => self.enqueue_or_advance(&id),
+        }
         tracing::info!(task = %id, "retried");
         Ok(if is_run {
             let phase = self

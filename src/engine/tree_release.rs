@@ -250,35 +250,50 @@ impl Engine {
     }
 
     /// A retried task's old tree: what it held is saved as `runs/<id>/retried-<ms>.patch`, then
-    /// the tree is given up and its branch deleted — only if it still points where it did. The
-    /// retry waits for it (a few git commands), so the task's next tree never meets the old one
-    /// holding its branch.
-    pub(super) async fn retire_tree(&mut self, id: &str, w: WorktreeState) {
-        let Ok(repo) = self.repo_of(id) else { return };
+    /// the tree is given up and its branch deleted — only if it still points where it did. A
+    /// few git commands, run in a task of their own (a git that hangs on a slow filter must not
+    /// hold the engine: `status` and a stop go on); the retried task is queued once they end
+    /// ([`Msg::TreeRetired`]), so its next tree never meets the old one holding its branch.
+    /// Until then the task is in `trees_leaving`: it is not queued, retried or discarded.
+    pub(super) fn retire_tree(&mut self, id: &str, w: WorktreeState) {
+        let Ok(repo) = self.repo_of(id) else {
+            self.enqueue_or_advance(id);
+            return;
+        };
         let keep = self.keep_for(id, &w);
         let patch = self
             .ws
             .run_dir(id)
             .join(format!("retried-{}.patch", ledger::now_ms()));
-        let retired = blocking(&repo, move |repo| {
-            let text = w.diff_text(repo)?;
-            if !text.is_empty() {
-                super::worktrees::write_in_runs(&patch, text.as_bytes()).map_err(GitError::Io)?;
-            }
-            let kept = release_or_remove(repo, &w.tree, keep)?;
-            if let Some(head) = &w.commit {
-                repo.delete_branch_at(&w.branch, head)?;
-            }
-            Ok(kept)
-        })
-        .await;
-        match retired {
-            Ok(Some(tree)) => self.pool_or_remove(tree),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(task = %id, "cannot give up the old worktree before the retry: {e}")
-            }
-        }
+        self.trees_leaving.insert(id.to_string());
+        let (tx, id) = (self.tx.clone(), id.to_string());
+        let stall = crate::fault::at("retire-stall", &id);
+        self.tasks.spawn(async move {
+            let retired = blocking(&repo, move |repo| {
+                if stall {
+                    // The injected fault `retire-stall`: a git step that never returns.
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                    }
+                }
+                let text = w.diff_text(repo)?;
+                if !text.is_empty() {
+                    super::worktrees::write_in_runs(&patch, text.as_bytes())
+                        .map_err(GitError::Io)?;
+                }
+                let kept = release_or_remove(repo, &w.tree, keep)?;
+                if let Some(head) = &w.commit {
+                    repo.delete_branch_at(&w.branch, head)?;
+                }
+                Ok(kept)
+            })
+            .await;
+            let pooled = retired.unwrap_or_else(|e| {
+                tracing::warn!(task = %id, "cannot give up the old worktree before the retry: {e}");
+                None
+            });
+            let _ = tx.send(Msg::TreeRetired { task: id, pooled });
+        });
     }
 }
 
