@@ -204,6 +204,10 @@ pub struct TaskBook {
     #[serde(default)]
     pub spawned: HashMap<String, u32>,
     pub last_seq: u64,
+    /// When (Unix ms) the latest record applied was made: at a start, the last moment the
+    /// daemon before was known to be alive.
+    #[serde(default)]
+    pub last_ts: u64,
     /// The chain the last task received has: the tasks of a batch (a drop, a `map`) mostly
     /// share one, and hold it once instead of one copy each.
     #[serde(skip)]
@@ -371,6 +375,7 @@ impl TaskBook {
     /// hand-edited ledger), so replay never fails.
     pub fn apply(&mut self, r: &Record) {
         self.last_seq = self.last_seq.max(r.seq);
+        self.last_ts = self.last_ts.max(r.ts);
         self.applied += 1;
         match &r.event {
             Event::Received { task, file, spec } => {

@@ -69,6 +69,43 @@ fn when_the_daemon_dies_its_agents_are_stopped_without_waiting_for_a_restart() {
     assert_eq!(dones, 1, "expected one `done` for the task");
 }
 
+/// An attempt whose agent printed nothing, left open by a crash, is recorded to have run at
+/// least until the daemon's last record — not the zero its empty captures' times would give.
+#[test]
+fn an_attempt_cut_short_by_a_crash_ran_at_least_until_the_daemons_last_record() {
+    let ws = Workspace::new(
+        "concurrency: 1\nkill_grace: 300ms\nagents:\n  quiet: { command: [sh, -c, \"exec sleep 600\"] }\ndefault_chain: [quiet]\n",
+    );
+    let mut d = ws.start();
+    ws.drop_task("job.json", r#"{"prompt": "p"}"#);
+    let started_ms = ws.wait_for("the attempt to start", |recs| {
+        recs.iter()
+            .find(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "job"))
+            .map(|r| r.ts)
+    });
+    // Time passes before the daemon's next record (this waits for the clock, not for work).
+    while dirigent::ledger::now_ms() < started_ms + 50 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    ws.drop_task("later.json", r#"{"prompt": "p"}"#);
+    let later_ms = ws.wait_for("the second task to be received", |recs| {
+        recs.iter()
+            .find(|r| matches!(&r.event, Event::Received { task, .. } if task == "later"))
+            .map(|r| r.ts)
+    });
+    d.crash();
+    ws.wait_until("the agent to be stopped with no daemon", || {
+        ws.survivors().is_empty().then_some(())
+    });
+    let _d = ws.start();
+    let (_, ran_ms) = first_attempt_interrupted(&ws);
+    assert!(
+        ran_ms >= later_ms - started_ms,
+        "expected the attempt to have run at least until the daemon's last record ({} ms), got {ran_ms} ms",
+        later_ms - started_ms
+    );
+}
+
 /// An agent that ignores SIGTERM outlives its daemon for the grace its supervisor gives it; a
 /// restart within that grace finds its group alive, kills it, and runs the task again once.
 #[test]

@@ -222,6 +222,9 @@ pub async fn run_with_options(
         stagger_due: None,
         rescan_due: Instant::now(),
     };
+    // The daemon before was alive at least until its last record: an attempt it left open ran
+    // until then.
+    let last_heard_ms = engine.book.last_ts;
     let started = engine
         .ledger
         .append(Event::DaemonStarted {
@@ -230,7 +233,7 @@ pub async fn run_with_options(
         })
         .await?;
     engine.book.apply(&started);
-    engine.recover().await?;
+    engine.recover(last_heard_ms).await?;
     engine.take_fleet_messages().await;
 
     // The doors' requests: every door holds an `Api` with a sender; the receiver is dropped

@@ -10,7 +10,8 @@ impl Engine {
     /// After a restart: close attempts that have no finish record (killing their process group
     /// if it provably still runs), re-queue unfinished tasks whose files are in `running/`,
     /// finish moves a crash interrupted, and take in unknown files found in `running/`.
-    pub(super) async fn recover(&mut self) -> Result<(), DaemonError> {
+    /// `last_heard_ms`: when the daemon before made its last record.
+    pub(super) async fn recover(&mut self, last_heard_ms: u64) -> Result<(), DaemonError> {
         let grace = self.config.kill_grace;
         // First the processes the ledger knows, verified by start time and boot id ...
         let mut closing = Vec::new();
@@ -32,9 +33,10 @@ impl Engine {
             } else {
                 "the daemon stopped while this attempt ran"
             };
-            // How long it ran: until now when its group was still alive; else until its output
-            // was last written (the nearest trace of its end a crash leaves), not a zero that
-            // reads as "never ran".
+            // How long it ran: until now when its group was still alive; else until the later
+            // of its output's last write and the daemon's last record (its supervisor stops it
+            // when the daemon is gone) — the nearest traces of its end a crash or a stop's
+            // cut-off leaves, not a zero that reads as "never ran".
             let ended_ms = if alive {
                 Some(ledger::now_ms())
             } else {
@@ -50,6 +52,7 @@ impl Engine {
                     .filter_map(|f| std::fs::symlink_metadata(f).ok()?.modified().ok())
                     .filter_map(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|d| d.as_millis() as u64)
+                    .chain(Some(last_heard_ms).filter(|ms| *ms >= open.started_ms))
                     .max()
             };
             let ran = ended_ms
