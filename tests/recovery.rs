@@ -347,13 +347,21 @@ fn a_finished_task_whose_file_was_not_moved_is_not_run_again() {
     );
 }
 
+/// Processes of an earlier daemon the ledger does not know (an agent spawned in the instant
+/// before a crash) are stopped at start: asked first (SIGTERM — a git command removes its lock
+/// then), killed if they ignore it.
 #[test]
-fn an_unrecorded_agent_of_an_earlier_daemon_is_killed_at_start() {
+fn an_unrecorded_agent_of_an_earlier_daemon_is_stopped_at_start() {
     use std::os::unix::process::ExitStatusExt;
     let ws = Workspace::new(CONFIG);
-    // An agent spawned in the instant before a crash: running, but in no ledger record.
+    // Running, but in no ledger record: one that stops when asked, one that ignores it.
     let mut stray = std::process::Command::new("sleep")
         .arg("100")
+        .env("DIRIGENT_WORKSPACE", ws.root())
+        .spawn()
+        .unwrap();
+    let mut stubborn = std::process::Command::new("sh")
+        .args(["-c", "trap '' TERM; exec sleep 100"])
         .env("DIRIGENT_WORKSPACE", ws.root())
         .spawn()
         .unwrap();
@@ -368,12 +376,20 @@ fn an_unrecorded_agent_of_an_earlier_daemon_is_killed_at_start() {
     // Recovery runs before the first scan: once this task is done, it has happened.
     ws.drop_task("after.json", r#"{"prompt": "p"}"#);
     ws.wait_settled("after");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(stray.wait().unwrap()).unwrap());
-    let status = rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("the stray process was not killed");
-    assert_eq!(status.signal(), Some(9));
+    for (child, signal, what) in [
+        (&mut stray, 15, "asked to stop (SIGTERM)"),
+        (&mut stubborn, 9, "killed (SIGKILL) once it ignored SIGTERM"),
+    ] {
+        let status = child
+            .try_wait()
+            .unwrap()
+            .unwrap_or_else(|| panic!("expected the leftover {what} before the first task ran"));
+        assert_eq!(
+            status.signal(),
+            Some(signal),
+            "expected the leftover {what}"
+        );
+    }
     assert_eq!(
         bystander.try_wait().unwrap(),
         None,
@@ -383,7 +399,7 @@ fn an_unrecorded_agent_of_an_earlier_daemon_is_killed_at_start() {
     bystander.wait().unwrap();
     let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
     assert!(
-        log.contains("killed 1 leftover process(es) of an earlier daemon of this workspace"),
+        log.contains("stopped 2 leftover process(es) of an earlier daemon of this workspace"),
         "{log}"
     );
 }

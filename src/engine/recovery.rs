@@ -77,7 +77,7 @@ impl Engine {
             .unwrap_or(0);
         if leftovers > 0 {
             tracing::warn!(
-                "killed {leftovers} leftover process(es) of an earlier daemon of this workspace"
+                "stopped {leftovers} leftover process(es) of an earlier daemon of this workspace"
             );
         }
         let recs = self.ledger.append_all(closing).await?;
