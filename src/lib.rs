@@ -34,6 +34,7 @@ pub mod fsutil;
 pub mod git;
 pub mod http;
 pub mod http_conns;
+pub mod http_events;
 pub mod http_views;
 pub mod inbox;
 pub mod integrity;

@@ -54,6 +54,7 @@ mod attempt_start;
 pub mod daemon;
 mod dispatch;
 mod event_loop;
+mod fleet_outcomes;
 mod fleet_tasks;
 mod intake;
 mod lifecycle;

@@ -26,6 +26,7 @@
 //! messages: [`ToFleet`] from the engine, [`ToEngine`] back.
 
 pub mod connect;
+mod delivery;
 pub mod edits;
 pub mod events;
 pub mod heartbeat;
