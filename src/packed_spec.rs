@@ -105,6 +105,16 @@ impl PackedSpec {
         })
     }
 
+    /// Its size in bytes (the text held).
+    pub fn len(&self) -> usize {
+        self.0.get().len()
+    }
+
+    /// Never empty: the text is a JSON object.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
     /// The workflow a run runs, without parsing the rest (dispatch asks on every round).
     pub fn workflow(&self) -> Option<String> {
         #[derive(Deserialize)]

@@ -14,7 +14,7 @@ use providers::SPEND_DAYS;
 pub use providers::{Availability, DaySpend, Disabled, ProviderState, Spending, day_of};
 pub use task_record::{
     AttemptSummary, LoopRound, MAX_DIFF, MergeState, Resolve, TaskMore, TaskProgress, TaskRecord,
-    WorktreeState,
+    WorktreeState, with_prompts_cut,
 };
 use task_record::{More, Names, Progress};
 
@@ -204,6 +204,10 @@ pub struct TaskBook {
     #[serde(default)]
     pub spawned: HashMap<String, u32>,
     pub last_seq: u64,
+    /// The bytes the specs of unfinished tasks hold (their prompts, mostly): the daemon stops
+    /// taking task files in while they hold too much.
+    #[serde(skip)]
+    spec_bytes: usize,
     /// When (Unix ms) the latest record applied was made: at a start, the last moment the
     /// daemon before was known to be alive.
     #[serde(default)]
@@ -272,6 +276,7 @@ impl TaskBook {
     pub fn share_after_read(&mut self) {
         // Chains too: the reader makes one per task.
         let mut chains: std::collections::HashSet<Arc<Vec<String>>> = Default::default();
+        let mut bytes = 0;
         for t in self.tasks.iter_mut() {
             match chains.get(&t.chain) {
                 Some(shared) => t.chain = shared.clone(),
@@ -281,15 +286,22 @@ impl TaskBook {
             }
             // A snapshot has each spec whole: held packed again.
             if let Some(spec) = t.spec() {
-                t.hold_spec(&spec);
+                let (_, held) = t.hold_spec(&spec);
+                bytes += held;
             }
         }
+        self.spec_bytes = bytes;
         let tasks = &self.tasks;
         for id in self.order.iter_mut() {
             if let Some(held) = tasks.id(id) {
                 *id = held.clone();
             }
         }
+    }
+
+    /// The bytes the specs of unfinished tasks hold.
+    pub fn spec_bytes(&self) -> usize {
+        self.spec_bytes
     }
 
     /// `chain` as a shared slice: the one the last task received has when it is the same.
@@ -383,7 +395,8 @@ impl TaskBook {
                     // A requeued task coming back through the inbox: same task, same history.
                     t.names = Names::new(t.title(), file);
                     t.progress_mut().phase = Phase::Pending;
-                    t.hold_spec(spec);
+                    let (freed, held) = t.hold_spec(spec);
+                    self.spec_bytes = self.spec_bytes.saturating_sub(freed) + held;
                     return;
                 }
                 let origin = spec.fields.parent.as_ref().map(|p| self.origin_of(p));
@@ -408,7 +421,8 @@ impl TaskBook {
                         ..TaskMore::default()
                     }),
                 });
-                record.hold_spec(spec);
+                let (_, held) = record.hold_spec(spec);
+                self.spec_bytes += held;
                 self.tasks.insert(record);
             }
             Event::Rejected {
@@ -558,7 +572,7 @@ impl TaskBook {
                         output: output.clone(),
                         finished_ms: r.ts,
                     };
-                    t.drop_spec();
+                    self.spec_bytes = self.spec_bytes.saturating_sub(t.drop_spec());
                     self.finished(task);
                 }
             }
@@ -568,7 +582,7 @@ impl TaskBook {
                         reason: reason.clone(),
                         finished_ms: r.ts,
                     };
-                    t.drop_spec();
+                    self.spec_bytes = self.spec_bytes.saturating_sub(t.drop_spec());
                     self.finished(task);
                 }
             }
@@ -793,7 +807,7 @@ impl TaskBook {
                         reason: HANDED_BACK_REASON.into(),
                         finished_ms: r.ts,
                     };
-                    t.drop_spec();
+                    self.spec_bytes = self.spec_bytes.saturating_sub(t.drop_spec());
                     self.finished(task);
                 }
             }
@@ -803,7 +817,7 @@ impl TaskBook {
                         reason: CANCELLED_REASON.into(),
                         finished_ms: r.ts,
                     };
-                    t.drop_spec();
+                    self.spec_bytes = self.spec_bytes.saturating_sub(t.drop_spec());
                     self.finished(task);
                 }
             }
@@ -820,7 +834,8 @@ impl TaskBook {
                     t.progress_mut().phase = Phase::Pending;
                     t.chain = chain;
                     t.progress_mut().chain_pos = 0;
-                    t.hold_spec(spec);
+                    let (freed, held) = t.hold_spec(spec);
+                    self.spec_bytes = self.spec_bytes.saturating_sub(freed) + held;
                     let more = t.more_mut();
                     more.not_before_ms = None;
                     more.retried_after = last;
@@ -995,6 +1010,46 @@ mod tests {
         assert!(matches!(t.phase(), Phase::Done { .. }));
         assert!(!t.has_spec(), "finished tasks drop their spec");
         assert_eq!(book.last_seq, 7);
+    }
+
+    #[test]
+    fn the_bytes_waiting_specs_hold_are_counted_until_they_finish() {
+        let mut book = TaskBook::from_records(&[]);
+        let mut big = spec("big");
+        big.prompt = "x".repeat(10_000);
+        big.fields.prompt = Some(big.prompt.clone());
+        book.apply(&received(1, "big", big));
+        book.apply(&received(2, "small", spec("small")));
+        let held = book.spec_bytes();
+        assert!(
+            (10_000..11_000).contains(&held),
+            "expected the big prompt held once and the small spec beside it, got {held} bytes"
+        );
+        let mut read: TaskBook =
+            serde_json::from_value(serde_json::to_value(&book).unwrap()).unwrap();
+        read.share_after_read();
+        assert_eq!(
+            read.spec_bytes(),
+            held,
+            "expected a snapshot to count the same"
+        );
+        book.apply(&rec(3, Event::Cancelled { task: "big".into() }));
+        assert!(
+            book.spec_bytes() < 1_000,
+            "expected the big spec let go of once its task finished, got {} bytes",
+            book.spec_bytes()
+        );
+        book.apply(&rec(
+            4,
+            Event::Cancelled {
+                task: "small".into(),
+            },
+        ));
+        assert_eq!(
+            book.spec_bytes(),
+            0,
+            "expected nothing held once all finished"
+        );
     }
 
     #[test]

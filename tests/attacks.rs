@@ -1208,3 +1208,112 @@ fn a_prompt_with_its_files_is_bounded_in_total() {
     );
     d.stop();
 }
+
+/// A submitter who queues big prompts faster than they run fills the inbox, not the daemon's
+/// memory: once the tasks taken in and not finished hold `queue_in_memory` of specs, the rest
+/// are left in the inbox (said in the log and by `status`), and taken in as tasks finish.
+#[test]
+fn big_prompts_queued_faster_than_they_run_wait_in_the_inbox_not_in_memory() {
+    let release = tempfile::tempdir().unwrap();
+    let ws = Workspace::new(&format!(
+        "concurrency: 1\ninbox_rescan: 200ms\nqueue_in_memory: 4MiB\nagents:\n  wait: {{ command: [sh, -c, \"cat >/dev/null; while [ ! -e {r}/go ]; do sleep 0.05; done; echo done\"], prompt: stdin }}\ndefault_chain: [wait]\n",
+        r = release.path().display()
+    ));
+    let _d = ws.start();
+    // 12 prompts of 1,000,000 bytes: 12 MB, three times what may be held.
+    let prompt = "x".repeat(1_000_000);
+    for i in 0..12 {
+        ws.drop_task(&format!("big{i:02}.md"), &prompt);
+    }
+    // Said by the daemon's own answer: the batch it was taking in is recorded by then.
+    let status = ws.wait_until("the daemon to leave task files in the inbox", || {
+        Some(stdout(&ws.cli(&["status"]))).filter(|s| {
+            s.contains(
+                "leaving task files in the inbox for now: the tasks taken in and not finished hold",
+            )
+        })
+    });
+    assert!(
+        log(&ws)
+            .contains("not taking more task files in: the tasks taken in and not finished hold"),
+        "expected the log to say why files wait in the inbox"
+    );
+    let taken = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(r.event, Event::Received { .. }))
+        .count();
+    assert!(
+        (4..=6).contains(&taken),
+        "expected about 4 MiB of prompts taken in (4 or 5 of 1,000,000 bytes), got {taken}"
+    );
+    assert!(
+        status.contains("big11")
+            && status.contains("the daemon takes it in once the tasks it holds have room"),
+        "expected `status` to list the files waiting in the inbox, and why:\n{status}"
+    );
+    // As tasks finish, the rest are taken in; every one of them runs.
+    std::fs::write(release.path().join("go"), "").unwrap();
+    for i in 0..12 {
+        let settled = ws.wait_settled(&format!("big{i:02}"));
+        assert!(
+            matches!(settled, Event::Done { .. }),
+            "expected big{i:02} done, got {settled:?}"
+        );
+    }
+    assert!(
+        log(&ws).contains("taking task files in again"),
+        "expected the log to say the intake went on"
+    );
+}
+
+/// While task files are left in the inbox, the tasks of a workflow run already taken in are
+/// still taken in: the run waits for them, and leaving them out would leave it waiting for as
+/// long as the tasks holding the room do.
+#[test]
+fn a_held_back_inbox_still_takes_in_the_tasks_a_run_waits_for() {
+    let ws = Workspace::new(
+        "concurrency: 3\ninbox_rescan: 200ms\nqueue_in_memory: 1MiB\nagents:\n  first: { command: [\"{agents}/gate.sh\", \"first-go\"] }\n  hog: { command: [\"{agents}/gate.sh\", \"hogs-go\"] }\n  ok: { command: [\"{agents}/ok.sh\"], prompt: stdin }\ndefault_chain: [hog]\n",
+    );
+    std::fs::write(
+        ws.path("workflows/two.yaml"),
+        "name: two\nphases:\n  - name: first\n    type: single\n    agent: first\n    prompt: One\n  - name: second\n    type: single\n    agent: ok\n    input: first\n    prompt: Two\n",
+    )
+    .unwrap();
+    let _d = ws.start();
+    ws.drop_task("w.json", r#"{"workflow": "two"}"#);
+    ws.wait_for("the run's first task to start", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "w.first"))
+            .then_some(())
+    });
+    // Two big prompts fill the room; a third task waits in the inbox behind them.
+    let prompt = "x".repeat(600_000);
+    ws.drop_task("hog1.md", &prompt);
+    ws.drop_task("hog2.md", &prompt);
+    ws.drop_task("later.md", "a small task\n");
+    ws.wait_until("the inbox to be held back", || {
+        Some(stdout(&ws.cli(&["status"])))
+            .filter(|s| s.contains("leaving task files in the inbox for now"))
+    });
+    std::fs::write(ws.root().join("first-go"), "").unwrap();
+    assert!(
+        matches!(ws.wait_settled("w"), Event::Done { .. }),
+        "expected the run done: its second task taken in though the inbox is held back"
+    );
+    let later_taken = ws
+        .records()
+        .iter()
+        .any(|r| matches!(&r.event, Event::Received { task, .. } if task == "later"));
+    assert!(
+        !later_taken,
+        "expected `later` left in the inbox while the hogs hold the room"
+    );
+    std::fs::write(ws.root().join("hogs-go"), "").unwrap();
+    for id in ["hog1", "hog2", "later"] {
+        assert!(
+            matches!(ws.wait_settled(id), Event::Done { .. }),
+            "expected {id} done once the room is free"
+        );
+    }
+}

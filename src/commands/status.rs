@@ -8,6 +8,8 @@ use super::*;
 struct Live {
     answering: bool,
     paused: Option<String>,
+    /// Why task files are left in the inbox for now (the tasks taken in hold too much).
+    intake_held: Option<String>,
     /// Fleet mode: the fleet as the daemon sees it.
     fleet: Option<serde_json::Value>,
 }
@@ -18,7 +20,12 @@ fn daemon_line(ws: &Workspace, live: &Live) -> String {
             Some(why) => format!(
                 "daemon: running (pid {pid}), not taking work: {why}; this is its live state"
             ),
-            None => format!("daemon: running (pid {pid}); this is its live state"),
+            None => match &live.intake_held {
+                Some(why) => format!(
+                    "daemon: running (pid {pid}), leaving task files in the inbox for now: {why}; this is its live state"
+                ),
+                None => format!("daemon: running (pid {pid}); this is its live state"),
+            },
         },
         (Some(pid), false) => format!(
             "daemon: running (pid {pid}), not answering; showing the state recorded in the ledger"
@@ -34,6 +41,7 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
         && let Some(data) = answer.data
     {
         let paused = data["paused"]["why"].as_str().map(str::to_string);
+        let intake_held = data["intake_held"].as_str().map(str::to_string);
         let fleet = data.get("fleet").cloned();
         if let Ok(mut book) = serde_json::from_value::<TaskBook>(data) {
             // A record is in the ledger file (fsynced) a moment before the daemon has applied
@@ -52,6 +60,7 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
                 Live {
                     answering: true,
                     paused,
+                    intake_held,
                     fleet,
                 },
             ));
@@ -62,6 +71,7 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
         Live {
             answering: false,
             paused: None,
+            intake_held: None,
             fleet: None,
         },
     ))
@@ -94,6 +104,7 @@ fn inbox_note(
     ws: &Workspace,
     book: &TaskBook,
     config: Option<&Config>,
+    live: &Live,
     (id, file, is_task): (&str, &str, bool),
 ) -> String {
     if !is_task {
@@ -107,6 +118,9 @@ fn inbox_note(
             "will be rejected: {}",
             dirigent::terminal::printable(why.lines().next().unwrap_or(""))
         ),
+        (None, true) if live.intake_held.is_some() => {
+            "waiting in the inbox; the daemon takes it in once the tasks it holds have room (see its line above)".into()
+        }
         (None, true) => "waiting in the inbox; the daemon takes it in shortly".into(),
         (None, false) => {
             "waiting in the inbox; it runs when a daemon starts (`dirigent daemon`)".into()
@@ -180,7 +194,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             let config = Config::load(&ws.config()).ok();
             println!(
                 "state:    inbox: {}",
-                inbox_note(ws, &book, config.as_ref(), (id, &file, is_task))
+                inbox_note(ws, &book, config.as_ref(), &live, (id, &file, is_task))
             );
             println!("{}", daemon_line(ws, &live));
         }
@@ -222,7 +236,25 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             .budget_usd
             .or_else(|| Config::load(&ws.config()).ok().and_then(|c| c.budgets.task));
         if as_json {
-            let mut v = serde_json::to_value(t)?;
+            // The daemon's listing cuts long prompts; its record of this one task has it whole.
+            let whole = live
+                .answering
+                .then(|| {
+                    dirigent::control::request(
+                        ws,
+                        &dirigent::control::Request::Get {
+                            id: t.id().to_string(),
+                        },
+                    )
+                    .ok()?
+                    .data
+                    .filter(|d| d["id"] == t.id())
+                })
+                .flatten();
+            let mut v = match whole {
+                Some(v) => v,
+                None => serde_json::to_value(t)?,
+            };
             v["cost_usd"] = json!(t.cost_usd());
             v["budget_usd"] = json!(budget);
             if spending.owner != t.id() || dirigent::run_view::is_run(t) {
@@ -339,9 +371,14 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             .flatten();
         let inbox: Vec<serde_json::Value> = waiting
             .iter()
-            .map(|(id, file, is_task)| {
+            .enumerate()
+            .map(|(n, (id, file, is_task))| {
                 let mut v = json!({"id": id, "state": "inbox", "file": file, "task_file": is_task});
-                if let Some(why) = inbox_refusal(ws, &book, config.as_ref(), (id, file, *is_task)) {
+                // Read to tell: the first few only (see the listing below).
+                if n < INBOX_SHOWN
+                    && let Some(why) =
+                        inbox_refusal(ws, &book, config.as_ref(), (id, file, *is_task))
+                {
                     v["rejected_because"] = why.into();
                 }
                 v
@@ -354,6 +391,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             "daemon_running": pid.is_some(),
             "inbox": inbox,
             "paused": live.paused,
+            "intake_held": live.intake_held,
             "fleet": live.fleet,
             "tasks": tasks,
             "rejected": book.rejected,
@@ -451,7 +489,9 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
     let inbox_config = (!waiting.is_empty())
         .then(|| Config::load(&ws.config()).ok())
         .flatten();
-    for (id, file, is_task) in &waiting {
+    // Each is read to say whether it will be refused: the first few (oldest first, the next
+    // taken in), then a count — a big drop must not make `status` read every file.
+    for (id, file, is_task) in waiting.iter().take(INBOX_SHOWN) {
         println!(
             "{id:<w$} {:<sw$} {:<10} {:>3} {:>8}  .context/inbox/{file}",
             "inbox", "-", 0, "-"
@@ -459,7 +499,19 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         println!(
             "{:<w$} ↳ {}",
             "",
-            inbox_note(ws, &book, inbox_config.as_ref(), (id, file, *is_task))
+            inbox_note(
+                ws,
+                &book,
+                inbox_config.as_ref(),
+                &live,
+                (id, file, *is_task)
+            )
+        );
+    }
+    if waiting.len() > INBOX_SHOWN {
+        println!(
+            "… and {} more file(s) waiting in the inbox (`dirigent status --json` lists them all)",
+            waiting.len() - INBOX_SHOWN
         );
     }
     // The latest few: they stay in `rejected/` until someone deletes them, and the list must
@@ -487,6 +539,9 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
 
 /// How many rejected files the task list ends with (the latest).
 const REJECTED_SHOWN: usize = 5;
+
+/// How many inbox files `status` lists (and reads, to say whether each will be refused).
+const INBOX_SHOWN: usize = 20;
 
 /// A task that went to the fleet from here (and had no attempt here).
 fn on_fleet(t: &TaskRecord) -> bool {

@@ -30,6 +30,39 @@ pub use yaml::{
 pub use agent::{Agent, AgentError, ArgvValues, Retry};
 use agent::{RawAgent, build_agent};
 
+/// [`Config::queue_in_memory`] unless set.
+pub const DEFAULT_QUEUE_IN_MEMORY: usize = 64 << 20;
+
+/// A size in bytes as written in the config: a whole number with an optional `KiB`, `MiB` or
+/// `GiB` (`64MiB`, `512 KiB`, `1048576`).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let not_a_size = || format!("`{text}` is not a size: write a whole number, e.g. `64MiB`");
+    if number.is_empty() {
+        return Err(not_a_size());
+    }
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: write a number of bytes, or one with KiB, MiB or GiB (`64MiB`)"
+            ));
+        }
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(not_a_size)
+}
+
 /// What [`Config::source`] says of the embedded default.
 pub const EMBEDDED_SOURCE: &str = "embedded default config";
 
@@ -89,6 +122,8 @@ struct RawConfig {
     max_interruptions: Option<u32>,
     #[serde(default)]
     max_spawned_tasks: Option<u32>,
+    #[serde(default)]
+    queue_in_memory: Option<String>,
     #[serde(default)]
     workdir: Option<crate::workdir::Workdir>,
     #[serde(default)]
@@ -251,6 +286,9 @@ pub struct Config {
     /// How many tasks may be created from inside the attempts of one task and of the tasks
     /// those create in turn (counted per original task).
     pub max_spawned_tasks: u32,
+    /// The most bytes the specs (prompts, mostly) of tasks taken in and not finished may hold
+    /// in the daemon's memory; past it, task files wait in the inbox until some finish.
+    pub queue_in_memory: usize,
     /// `models:` entries that name what runs a model (an agent, `agent:model` or a role), for
     /// workflows' `model:` keys; the other entries are spawn-time model aliases of the agents.
     pub model_targets: BTreeMap<String, String>,
@@ -589,6 +627,16 @@ impl Config {
                 None => 5,
             },
             max_spawned_tasks: raw.max_spawned_tasks.unwrap_or(100),
+            queue_in_memory: match raw.queue_in_memory.as_deref() {
+                None => DEFAULT_QUEUE_IN_MEMORY,
+                Some(text) => match parse_bytes(text) {
+                    Ok(n) if n >= 1 << 20 => n,
+                    Ok(_) => {
+                        return Err(invalid("`queue_in_memory` must be at least 1MiB".into()));
+                    }
+                    Err(why) => return Err(invalid(format!("`queue_in_memory`: {why}"))),
+                },
+            },
             workdir: raw.workdir,
             role_editing,
             editing: editing_defaults(
@@ -760,6 +808,28 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_read_in_bytes_or_binary_units() {
+        let cases: &[(&str, Result<usize, &str>)] = &[
+            ("1048576", Ok(1 << 20)),
+            ("64MiB", Ok(64 << 20)),
+            ("512 KiB", Ok(512 << 10)),
+            ("2GiB", Ok(2 << 30)),
+            ("10B", Ok(10)),
+            ("64MB", Err("unknown unit `MB`")),
+            ("MiB", Err("is not a size")),
+            ("-1MiB", Err("is not a size")),
+            ("99999999999999999999GiB", Err("is not a size")),
+        ];
+        for (text, want) in cases {
+            match (parse_bytes(text), want) {
+                (Ok(n), Ok(w)) => assert_eq!(n, *w, "`{text}`"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "`{text}`: expected `{w}` in `{e}`"),
+                (got, _) => panic!("`{text}`: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
 
     #[test]
     fn embedded_default_is_valid_and_knows_every_preset() {

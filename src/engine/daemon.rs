@@ -214,6 +214,8 @@ pub async fn run_with_options(
         last_resume: None,
         claims_left: false,
         inbox_backlog: Default::default(),
+        intake_held: None,
+        held_scan_at: None,
         compactor,
         reserved: HashMap::new(),
         progress_due: None,

@@ -8,6 +8,9 @@ use super::*;
 /// neither blocks dispatching nor makes one huge batch.
 const INGEST_BATCH: usize = 256;
 
+/// The most bytes of task files taken in at once (then the next batch).
+const INGEST_BATCH_BYTES: usize = 4 << 20;
+
 impl Engine {
     /// Queues a task for its next attempt.
     pub(super) fn enqueue(&mut self, id: &str) {
@@ -69,6 +72,16 @@ impl Engine {
             return;
         }
         if self.inbox_backlog.is_empty() {
+            // Held back, every file arriving would read the whole inbox again: once a
+            // rescan period (`inbox_rescan`) is enough then, as the periodic rescan comes.
+            if self.intake_held.is_some()
+                && self
+                    .held_scan_at
+                    .is_some_and(|at| at.elapsed() < self.config.inbox_rescan)
+            {
+                return;
+            }
+            self.held_scan_at = self.intake_held.is_some().then(Instant::now);
             match inbox::Backlog::scan(&dir) {
                 Ok(backlog) => self.inbox_backlog = backlog,
                 Err(e) => {
@@ -84,6 +97,10 @@ impl Engine {
         if self.inbox_backlog.is_empty() {
             return;
         }
+        let mut room = self
+            .config
+            .queue_in_memory
+            .saturating_sub(self.book.spec_bytes());
         let dirs = self
             .ws
             .open_sub("inbox")
@@ -99,12 +116,50 @@ impl Engine {
                 return;
             }
         };
-        // Come back for the rest (and then for what arrived since) after this batch has been
-        // dispatched.
-        self.dirty.notify_one();
-        let batch = self.inbox_backlog.take(INGEST_BATCH);
+        let held = room == 0;
+        let mut feeders = Vec::new().into_iter();
+        if held {
+            // Held back: only the tasks of workflow runs already taken in, which those runs
+            // wait for (leaving them out could leave every run waiting for ever).
+            let mut found = Vec::new();
+            loop {
+                let some = self.inbox_backlog.take(INGEST_BATCH);
+                if some.is_empty() {
+                    break;
+                }
+                found.extend(some.into_iter().filter(|c| self.feeds_a_run(&c.name)));
+            }
+            self.hold_intake_back();
+            feeders = found.into_iter();
+        } else {
+            // Come back for the rest (and then for what arrived since) after this batch has
+            // been dispatched.
+            self.dirty.notify_one();
+        }
         let mut claimed = Vec::new();
-        for cand in batch {
+        let (mut looked, mut batch_bytes) = (0, 0);
+        loop {
+            // A batch is read whole before it is recorded: bounded in bytes too, or a batch of
+            // big prompts would be held several times over at once.
+            let next = if held {
+                feeders.next()
+            } else if looked < INGEST_BATCH && batch_bytes < INGEST_BATCH_BYTES {
+                self.inbox_backlog.take(1).pop()
+            } else {
+                None
+            };
+            let Some(cand) = next else { break };
+            looked += 1;
+            let size =
+                std::fs::symlink_metadata(dir.join(&cand.raw)).map_or(0, |m| m.len() as usize);
+            // At least one file is taken in while there is any room: a big one is not held
+            // back for ever.
+            if room == 0 && !self.feeds_a_run(&cand.name) {
+                self.hold_intake_back();
+                continue;
+            }
+            room = room.saturating_sub(size);
+            batch_bytes += size;
             let Some(name) = cand.raw.to_str() else {
                 // Not UTF-8: it cannot be claimed under a text name; rejected where it is.
                 let reason = "the file name is not valid UTF-8; rename the file".to_string();
@@ -129,6 +184,35 @@ impl Engine {
             });
         }
         self.take_in(&running, claimed).await;
+    }
+
+    /// Whether the inbox file `name` is a task of a workflow run that is taken in and not
+    /// finished (its id is the run's, a dot, and more).
+    fn feeds_a_run(&self, name: &str) -> bool {
+        let id = crate::task::id_from_stem(fsutil::split_name(name).0);
+        id.match_indices('.').any(|(at, _)| {
+            self.book
+                .get(&id[..at])
+                .is_some_and(|t| t.workflow().is_some() && !t.phase().is_terminal())
+        })
+    }
+
+    /// Leaves the inbox's files where they are while the tasks taken in hold `queue_in_memory`
+    /// of specs (their prompts, up to 1 MiB each, are held until a task finishes): a submitter
+    /// who queues thousands of big prompts fills the inbox on disk, not the daemon's memory.
+    /// Said once. The backlog is let go of: the inbox is read afresh when
+    /// there is room again.
+    fn hold_intake_back(&mut self) {
+        self.inbox_backlog = Default::default();
+        if self.intake_held.is_none() {
+            let why = format!(
+                "the tasks taken in and not finished hold {} MiB of prompts (`queue_in_memory`: {} MiB); the rest wait in the inbox until some finish",
+                self.book.spec_bytes() >> 20,
+                self.config.queue_in_memory >> 20
+            );
+            tracing::warn!("not taking more task files in: {why}");
+            self.intake_held = Some(why);
+        }
     }
 
     /// Reads, checks and records claimed files (in `running/` under their claim names, or —

@@ -335,6 +335,12 @@ struct Engine {
     /// there, and doing that for every batch made a big drop cost more per task the bigger it
     /// was.
     inbox_backlog: crate::inbox::Backlog,
+    /// Why task files are left in the inbox for now, while the tasks taken in and not finished
+    /// hold `queue_in_memory` of specs (prompts, mostly): taking more in would hold
+    /// them in memory too. Cleared (and the inbox looked at again) once they hold less.
+    intake_held: Option<String>,
+    /// When the inbox was last read while intake was held back.
+    held_scan_at: Option<Instant>,
     /// Ids that doors have given out for files not taken in yet (id → the inbox file), so a
     /// file dropped with a name that maps to the same id cannot take it.
     reserved: HashMap<String, String>,
@@ -399,6 +405,11 @@ impl Engine {
         }
         if !records.is_empty() {
             self.changed();
+        }
+        if self.intake_held.is_some() && self.book.spec_bytes() < self.config.queue_in_memory {
+            tracing::info!("taking task files in again: the tasks taken in hold less now");
+            self.intake_held = None;
+            self.dirty.notify_one();
         }
     }
 

@@ -110,6 +110,10 @@ fn list(
     })
 }
 
+/// The most bytes of each task's prompt the answer to `status` carries (the listing of every
+/// task; one task's record has its prompt whole).
+const LISTED_PROMPT_BYTES: usize = 4096;
+
 impl Engine {
     /// Answers a control request (`dirigent cancel`, `dirigent retry`).
     pub(super) async fn control(
@@ -118,7 +122,9 @@ impl Engine {
     ) -> crate::protocol::Response {
         use crate::protocol::{Failure, Request, Response};
         match request {
-            Request::Status => match serde_json::to_value(&self.book) {
+            Request::Status => match crate::state::with_prompts_cut(LISTED_PROMPT_BYTES, || {
+                serde_json::to_value(&self.book)
+            }) {
                 Ok(mut data) => {
                     // What stops the daemon from taking work, beside the tasks.
                     if let Some(why) = self.not_claiming() {
@@ -126,6 +132,9 @@ impl Engine {
                             "why": why,
                             "since_ms": self.paused.as_ref().map(|p| p.since_ms),
                         });
+                    }
+                    if let Some(why) = &self.intake_held {
+                        data["intake_held"] = why.as_str().into();
                     }
                     if let Some(fleet) = self.fleet_status() {
                         data["fleet"] = fleet;

@@ -231,6 +231,38 @@ pub(super) struct RecordOut<'a> {
     more: &'a More,
 }
 
+thread_local! {
+    /// Set by [`with_prompts_cut`] while a record is written for a listing.
+    static CUT_PROMPTS_AT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `write` with every record written by this thread carrying at most `at` bytes of its
+/// prompt (cut at a character, `…` added): a listing of every task (`status`) need not carry
+/// every waiting task's prompt whole — up to 1 MiB each. One task's record (`status ID`, `GET
+/// /tasks/ID`) and a snapshot are written whole.
+pub fn with_prompts_cut<T>(at: usize, write: impl FnOnce() -> T) -> T {
+    struct Reset(Option<usize>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CUT_PROMPTS_AT.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(CUT_PROMPTS_AT.with(|c| c.replace(Some(at))));
+    write()
+}
+
+/// `text` cut to at most `at` bytes at a character, with `…` when it was cut.
+fn cut_text(text: &mut String, at: usize) {
+    if text.len() > at {
+        let mut end = at;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+}
+
 impl Serialize for TaskRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Every field named, so that one added to the record does not compile until it is
@@ -255,7 +287,17 @@ impl Serialize for TaskRecord {
             attempts: self.attempts(),
             phase: self.phase(),
             cost_usd: self.cost_usd(),
-            spec: self.spec(),
+            spec: match CUT_PROMPTS_AT.with(|c| c.get()) {
+                None => self.spec(),
+                Some(at) => self.spec().map(|spec| {
+                    let mut spec = Arc::unwrap_or_clone(spec);
+                    cut_text(&mut spec.prompt, at);
+                    if let Some(p) = spec.fields.prompt.as_mut() {
+                        cut_text(p, at);
+                    }
+                    Arc::new(spec)
+                }),
+            },
             more,
         }
         .serialize(s)
@@ -590,13 +632,19 @@ impl TaskRecord {
 
     /// Keeps `spec` until the task finishes (packed against the record's id, title and chain:
     /// set those first).
-    pub(super) fn hold_spec(&mut self, spec: &TaskSpec) {
-        self.packed_spec = Some(PackedSpec::pack(spec, self.held()));
+    /// Returns the bytes let go of (a spec held before) and the bytes held now.
+    #[must_use = "the book counts the bytes specs hold"]
+    pub(super) fn hold_spec(&mut self, spec: &TaskSpec) -> (usize, usize) {
+        let packed = PackedSpec::pack(spec, self.held());
+        let held = packed.len();
+        let freed = self.packed_spec.replace(packed).map_or(0, |p| p.len());
+        (freed, held)
     }
 
-    /// Lets go of its spec (it has finished).
-    pub(super) fn drop_spec(&mut self) {
-        self.packed_spec = None;
+    /// Lets go of its spec (it has finished); returns the bytes let go of.
+    #[must_use = "the book counts the bytes specs hold"]
+    pub(super) fn drop_spec(&mut self) -> usize {
+        self.packed_spec.take().map_or(0, |p| p.len())
     }
 
     /// Whether it still holds its spec.
