@@ -26,8 +26,14 @@ pub const DOOR_REQUESTS: usize = 256;
 /// How long a live event stream gathers records after the first before it passes them on.
 const LIVE_GATHER: Duration = Duration::from_millis(50);
 
-/// Records read back from the files per page while an event stream catches up.
+/// Records read back from the files per page while an event stream catches up, and the most
+/// ledger text a page holds (a record of a big prompt is up to ~1 MiB).
 const CATCH_UP_PAGE: usize = 1000;
+const CATCH_UP_PAGE_BYTES: usize = 1 << 20;
+
+/// The most bytes of records an event stream has read back from the files and not yet sent (a
+/// slow client holds no more than this of the daemon's memory; it is sent more as it reads).
+const STREAM_UNSENT_BYTES: usize = 4 << 20;
 
 /// A handle on the running daemon for the doors. Cheap to clone.
 #[derive(Clone)]
@@ -395,6 +401,7 @@ impl Api {
         let mut stopping = self.stopping.clone();
         let key = self.key.clone();
         let newest = self.newest.clone();
+        let unsent = Arc::new(tokio::sync::Semaphore::new(STREAM_UNSENT_BYTES));
         tokio::spawn(async move {
             let keep = |r: &Record| match &task {
                 None => true,
@@ -477,12 +484,16 @@ impl Api {
                             }
                         }
                         from = r.seq;
-                        if keep(&r)
-                            && tx
-                                .send(StreamItem::Record(crate::ledger::SharedRecord::new(r)))
-                                .await
-                                .is_err()
-                        {
+                        if !keep(&r) {
+                            continue;
+                        }
+                        let json: Box<str> = serde_json::to_string(&r).unwrap_or_default().into();
+                        let size = json.len().clamp(1, STREAM_UNSENT_BYTES) as u32;
+                        let Ok(held) = unsent.clone().acquire_many_owned(size).await else {
+                            return;
+                        };
+                        let shared = crate::ledger::SharedRecord::holding(r, json, held);
+                        if tx.send(StreamItem::Record(shared)).await.is_err() {
                             return;
                         }
                     }
@@ -548,7 +559,13 @@ async fn read_page(
 ) -> std::io::Result<Vec<Record>> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        ledger::read_after(&path, after, CATCH_UP_PAGE, key.as_ref())
+        ledger::read_after_within(
+            &path,
+            after,
+            CATCH_UP_PAGE,
+            CATCH_UP_PAGE_BYTES,
+            key.as_ref(),
+        )
     })
     .await
     .map_err(std::io::Error::other)?

@@ -31,8 +31,8 @@ use read::leading_seq;
 pub(crate) use read::only_name;
 use read::open_nofollow;
 pub use read::{
-    ReadInfo, Replay, read, read_after, read_each, read_each_checked, read_from, repair, repair_at,
-    segment_path, segments,
+    ReadInfo, Replay, read, read_after, read_after_within, read_each, read_each_checked, read_from,
+    repair, repair_at, segment_path, segments,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,9 @@ struct Append {
 pub struct SharedRecord {
     record: Record,
     json: std::sync::OnceLock<Box<str>>,
+    /// Held while the record waits to be sent (an event stream catching up bounds the bytes it
+    /// has read and not yet sent with these); let go of with the record.
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What the live broadcast sends.
@@ -78,6 +81,20 @@ impl SharedRecord {
         Arc::new(SharedRecord {
             record,
             json: std::sync::OnceLock::new(),
+            _held: None,
+        })
+    }
+
+    /// A record whose JSON is made already, holding `held` for as long as it lives.
+    pub fn holding(
+        record: Record,
+        json: Box<str>,
+        held: tokio::sync::OwnedSemaphorePermit,
+    ) -> LiveRecord {
+        Arc::new(SharedRecord {
+            record,
+            json: std::sync::OnceLock::from(json),
+            _held: Some(held),
         })
     }
 
@@ -527,6 +544,28 @@ mod tests {
         assert_eq!(seqs(0, 2), [11, 12]);
         assert_eq!(leading_seq(b"{\"seq\":42,\"ts\":1}"), Some(42));
         assert_eq!(leading_seq(b"{\"ts\":1}"), None);
+        // Bounded in bytes too: a page stops once its lines take the budget, and holds at
+        // least one record whatever its size.
+        let one = line(11).len();
+        let within = |after, bytes| -> Vec<u64> {
+            read_after_within(&live, after, 100, bytes, None)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect()
+        };
+        assert_eq!(within(10, 3 * one), [11, 12, 13], "three lines' worth");
+        assert_eq!(
+            within(10, 3 * one - 1),
+            [11, 12, 13],
+            "the third starts within it"
+        );
+        assert_eq!(within(10, 1), [11], "at least one");
+        assert_eq!(
+            within(18, 10 * one),
+            [19, 20, 21, 22, 23, 24, 25],
+            "across files"
+        );
     }
 
     use super::*;

@@ -292,9 +292,22 @@ pub fn read_after(
     max: usize,
     key: Option<&Key>,
 ) -> std::io::Result<Vec<Record>> {
+    read_after_within(path, after, max, usize::MAX, key)
+}
+
+/// [`read_after`], stopping too once the records read take `max_bytes` of ledger text (at
+/// least one is read): a page of records of big prompts (up to 1 MiB each) stays small.
+pub fn read_after_within(
+    path: &Path,
+    after: u64,
+    max: usize,
+    max_bytes: usize,
+    key: Option<&Key>,
+) -> std::io::Result<Vec<Record>> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut attempt = 0;
     loop {
+        let mut budget = max_bytes.max(1);
         let mut out: Vec<Record> = Vec::new();
         let mut files: Vec<PathBuf> = segments(dir)?
             .into_iter()
@@ -303,10 +316,10 @@ pub fn read_after(
             .collect();
         files.push(path.to_path_buf());
         for file in files {
-            if out.len() >= max {
+            if out.len() >= max || budget == 0 {
                 break;
             }
-            match read_page_of(&file, after, max, key, &mut out) {
+            match read_page_of(&file, after, max, &mut budget, key, &mut out) {
                 Ok(_) => {}
                 // Compaction removed a segment after we listed it: its records are gone.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -328,6 +341,7 @@ fn read_page_of(
     path: &Path,
     after: u64,
     max: usize,
+    budget: &mut usize,
     key: Option<&Key>,
     out: &mut Vec<Record>,
 ) -> std::io::Result<()> {
@@ -335,7 +349,7 @@ fn read_page_of(
     let mut line = Vec::new();
     let mut checker = Checker::new(key.cloned());
     let mut line_no = 0;
-    while out.len() < max {
+    while out.len() < max && *budget > 0 {
         match read_line_bounded(&mut reader, &mut line)? {
             Line::End => break,
             Line::TooLong(_) => {
@@ -357,6 +371,7 @@ fn read_page_of(
             && checker.admit(path, line_no, &line, r.seq)
         {
             out.push(r);
+            *budget = budget.saturating_sub(line.len());
         }
     }
     Ok(())
