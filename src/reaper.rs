@@ -248,6 +248,64 @@ impl Drop for Registered {
 pub struct Leftovers<'a> {
     pub workspace: &'a Path,
     pub pgid: u32,
+    /// The task whose attempt ended (its processes carry it as `DIRIGENT_TASK_ID`), when it
+    /// was an attempt: an escaped process that names another task is that task's — a helper
+    /// its attempt, still running, started with `setsid` — and is left to that attempt's end.
+    pub task: Option<&'a str>,
+}
+
+/// Whether `pid`'s environment names, as its `DIRIGENT_TASK_ID`, a task other than `task`
+/// whose attempt is running now. (A process that names a task falsely is swept when that
+/// task's attempt ends.)
+fn of_another_task(pid: u32, task: Option<&str>) -> bool {
+    let Some(task) = task else { return false };
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let Some(named) = env
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"DIRIGENT_TASK_ID="))
+    else {
+        return false;
+    };
+    named != task.as_bytes()
+        && std::str::from_utf8(named).is_ok_and(|named| {
+            RUNNING_TASKS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(named)
+        })
+}
+
+/// Tasks whose attempt's agent runs now, with how many (one, but a count is safe).
+static RUNNING_TASKS: Mutex<std::collections::BTreeMap<String, usize>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// Holds a task in [`RUNNING_TASKS`] while its attempt's agent runs; dropped before that
+/// attempt's sweep.
+pub struct RunningTask(String);
+
+impl RunningTask {
+    pub fn new(task: &str) -> Self {
+        *RUNNING_TASKS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(task.to_string())
+            .or_default() += 1;
+        RunningTask(task.to_string())
+    }
+}
+
+impl Drop for RunningTask {
+    fn drop(&mut self) {
+        let mut running = RUNNING_TASKS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = running.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.0);
+            }
+        }
+    }
 }
 
 /// Kills (and reaps) adopted children that belong to `who`, reaps adopted zombies, and repeats
@@ -258,16 +316,20 @@ pub fn sweep(who: Option<&Leftovers<'_>>) -> usize {
     // check: it is their subreaper), so one that is not in the group of something still
     // running escaped an attempt — whatever its environment says (`env -i setsid …` carries no
     // marker). One still in such a group is left to it.
-    sweep_where(|stat, own| who.is_some_and(|w| stat.pgid == w.pgid || !own.contains(&stat.pgid)))
+    sweep_where(|pid, stat, own| {
+        who.is_some_and(|w| {
+            stat.pgid == w.pgid || (!own.contains(&stat.pgid) && !of_another_task(pid, w.task))
+        })
+    })
 }
 
 /// [`sweep`] at the daemon's stop, once everything it started has ended: every orphan it
 /// adopted escaped something of it (a `verify` command's `setsid` child, say) and is killed.
 pub fn sweep_all_adopted() -> usize {
-    sweep_where(|_, _| true)
+    sweep_where(|_, _, _| true)
 }
 
-fn sweep_where(ours: impl Fn(&ProcStat, &BTreeSet<u32>) -> bool) -> usize {
+fn sweep_where(ours: impl Fn(u32, &ProcStat, &BTreeSet<u32>) -> bool) -> usize {
     let own = OWN_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     let mut killed = 0;
     // Until a round finds nothing to kill: each kill hands the victim's children to the
@@ -283,7 +345,7 @@ fn sweep_where(ours: impl Fn(&ProcStat, &BTreeSet<u32>) -> bool) -> usize {
                 let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
                 continue;
             }
-            if ours(&stat, &own) {
+            if ours(pid, &stat, &own) {
                 let p = Pid::from_raw(pid as i32);
                 let _ = kill(p, Signal::SIGKILL);
                 // SIGKILL cannot be caught: this returns as soon as it is dead.
@@ -466,7 +528,8 @@ fn service_cgroup_procs() -> Option<Vec<u32>> {
 /// Under systemd: kills every process of the service's cgroup that is not the daemon and neither
 /// in nor below a live group of the daemon's (an attempt, a hook, an evaluator that still runs):
 /// what is left is an orphan of a finished one. Blocking. Returns how many were killed.
-pub fn sweep_cgroup() -> usize {
+/// A process that names another task than `task` (see [`Leftovers::task`]) is left alone.
+pub fn sweep_cgroup(task: Option<&str>) -> usize {
     let Some(procs) = service_cgroup_procs() else {
         return 0;
     };
@@ -481,7 +544,11 @@ pub fn sweep_cgroup() -> usize {
         let Some(stat) = ProcStat::read(pid) else {
             continue;
         };
-        if stat.state == 'Z' || stat.pgid == my_group || below_live_group(pid, &own, me) {
+        if stat.state == 'Z'
+            || stat.pgid == my_group
+            || below_live_group(pid, &own, me)
+            || of_another_task(pid, task)
+        {
             continue;
         }
         if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {

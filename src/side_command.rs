@@ -119,6 +119,8 @@ pub async fn run_logged(
         crate::reaper::sweep(Some(&crate::reaper::Leftovers {
             workspace: &root,
             pgid: leader,
+            // A side command carries no task id: what it leaves that names one is an attempt's.
+            task: Some(""),
         }))
     })
     .await;

@@ -296,6 +296,9 @@ where
             .env("DIRIGENT_PREVIOUS_STDERR", &prev.stderr);
     }
 
+    // Its processes that leave the group (a helper started with `setsid`) are not another
+    // attempt's leftovers while it runs.
+    let running = crate::reaper::RunningTask::new(&plan.task_id);
     let (mut child, registered, gate) = match crate::reaper::spawn(&mut cmd) {
         Ok(c) => c,
         Err(e) if crate::fsutil::exhausted(&e).is_some() => {
@@ -487,12 +490,15 @@ where
     // tokio has reaped the child: from here on the sweep may reap anything else.
     drop(registered);
     // Processes that left the group (setsid) but were adopted by the daemon, and zombies.
+    drop(running);
     let workspace = plan.workspace.root().to_path_buf();
+    let task = plan.task_id.clone();
     let escaped = tokio::task::spawn_blocking(move || {
         crate::reaper::sweep(Some(&crate::reaper::Leftovers {
             workspace: &workspace,
             pgid: pid,
-        })) + crate::reaper::sweep_cgroup()
+            task: Some(&task),
+        })) + crate::reaper::sweep_cgroup(Some(&task))
     })
     .await
     .unwrap_or(0);

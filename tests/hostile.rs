@@ -314,3 +314,39 @@ fn links_planted_in_place_of_dirigents_directories_are_moved_aside() {
         "expected the log to say what was moved aside:\n{log}"
     );
 }
+
+/// A helper an attempt starts with `setsid` (a dev server, say) lives as long as that attempt:
+/// another task's attempt ending meanwhile does not take it for its own leftover; its own
+/// attempt's end does.
+#[test]
+fn another_attempts_end_leaves_a_running_attempts_setsid_helper_alone() {
+    let ws = Workspace::new(
+        "concurrency: 2\nkill_grace: 300ms\nagents:\n  server: { command: [sh, -c, \"(setsid sh -c 'echo $$ > $DIRIGENT_WORKSPACE/helper.pid; exec sleep 60' &); while [ ! -e $DIRIGENT_WORKSPACE/go ]; do sleep 0.02; done; kill -0 $(cat $DIRIGENT_WORKSPACE/helper.pid) && echo helper alive\"] }\n  quick: { command: [sh, -c, \"echo done\"] }\ndefault_chain: [quick]\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("s.json", r#"{"prompt": "p", "agent": "server"}"#);
+    let helper: u32 = ws.wait_until("the helper to start", || {
+        std::fs::read_to_string(ws.root().join("helper.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    ws.drop_task("q.json", r#"{"prompt": "p"}"#);
+    assert!(
+        matches!(ws.wait_settled("q"), Event::Done { .. }),
+        "expected the quick task done"
+    );
+    assert!(
+        !process_gone(helper),
+        "expected the running attempt's helper alive after another task's attempt ended"
+    );
+    std::fs::write(ws.root().join("go"), "").unwrap();
+    assert!(
+        matches!(ws.wait_settled("s"), Event::Done { .. }),
+        "expected the server task done: its helper was alive to the end"
+    );
+    ws.wait_until("its own attempt's end to take the helper", || {
+        process_gone(helper).then_some(())
+    });
+}

@@ -214,3 +214,42 @@ fn json_logs_have_one_line_per_lifecycle_event_with_task_agent_and_attempt() {
         (Some("good"), Some(2))
     );
 }
+
+/// A config rewritten in place (`cp`, `cat >`, an editor that truncates first) is empty for a
+/// moment: that moment is not a config with no agents — queued tasks are not failed for it.
+#[test]
+fn a_config_empty_for_a_moment_while_rewritten_fails_no_queued_task() {
+    let config = "concurrency: 1\nagents:\n  gate: { command: [\"{agents}/gate.sh\", \"release\"] }\ndefault_chain: [gate]\n";
+    let ws = Workspace::new(config);
+    let _d = ws.start();
+    ws.drop_task("first.json", r#"{"prompt": "p"}"#);
+    ws.wait_for("the first attempt", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "first"))
+            .then_some(())
+    });
+    ws.drop_task("queued.json", r#"{"prompt": "p"}"#);
+    ws.wait_for("the queued task taken in", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Received { task, .. } if task == "queued"))
+            .then_some(())
+    });
+    std::fs::write(ws.path("dirigent.yaml"), "").unwrap();
+    ws.wait_until("the daemon to see the empty file", || {
+        std::fs::read_to_string(ws.root().join("daemon.log"))
+            .ok()
+            .filter(|log| {
+                log.contains("is empty (being written?); the running configuration stays in force")
+            })
+            .map(drop)
+    });
+    ws.write_config(config);
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    for id in ["first", "queued"] {
+        let settled = ws.wait_settled(id);
+        assert!(
+            matches!(settled, Event::Done { .. }),
+            "expected `{id}` done, not failed for the moment the config was empty: {settled:?}"
+        );
+    }
+}

@@ -38,6 +38,17 @@ impl Engine {
             }
             // Deleted while running (an editor's swap, a mistake): the daemon does not quietly
             // become another one. The embedded default takes over only at the next start.
+            // Empty: being written (`cp`, `cat >` and many editors truncate the file first,
+            // then write it). Taken as written, a config with no agents would fail every
+            // queued task; the change that completes the file reloads it.
+            Ok(Some(t)) if t.trim().is_empty() => {
+                tracing::info!(
+                    trigger,
+                    "`{}` is empty (being written?); the running configuration stays in force",
+                    path.display()
+                );
+                return;
+            }
             Ok(None) if from_file => {
                 self.config_text = None;
                 let error = format!(
