@@ -63,6 +63,12 @@ pub enum PathError {
     Parent { what: String, raw: String },
     #[error("`{what}` path `{raw}` names no file")]
     NoFile { what: String, raw: String },
+    #[error("`{what}` path is too long for a file system ({why}): `{shown}…`")]
+    TooLong {
+        what: String,
+        shown: String,
+        why: String,
+    },
     #[error("`{what}` path `{raw}` is inside `{area}`, {why}")]
     Reserved {
         what: String,
@@ -115,6 +121,21 @@ impl RelPath {
                 raw: raw.to_string(),
             });
         }
+        // Refused now, not once an agent has run and its result cannot be written.
+        let too_long = |why: String| PathError::TooLong {
+            what: what.clone(),
+            shown: raw.chars().take(60).collect(),
+            why,
+        };
+        if let Some(long) = parts.iter().find(|p| p.len() > MAX_NAME) {
+            return Err(too_long(format!(
+                "a name of {} bytes; at most {MAX_NAME}",
+                long.len()
+            )));
+        }
+        if raw.len() > MAX_PATH {
+            return Err(too_long(format!("{} bytes; at most {MAX_PATH}", raw.len())));
+        }
         Ok(RelPath { parts })
     }
 
@@ -147,6 +168,11 @@ impl std::fmt::Display for RelPath {
     }
 }
 
+/// The longest name of one file or directory (Linux's `NAME_MAX`), and the longest path given
+/// (a path under the workspace must still fit `PATH_MAX`, 4096, with the workspace's own).
+const MAX_NAME: usize = 255;
+const MAX_PATH: usize = 1024;
+
 /// Directories at the top of the workspace that no task path may name: dirigent's own state
 /// (writing `.context/dirigent.yaml` would change which commands run) and git's (a written
 /// `.git/config` or hook runs commands on the user's next `git status`).
@@ -162,11 +188,12 @@ const RESERVED_TOP: &[(&str, &str)] = &[
 ];
 
 /// A path in the workspace that a task may read or write: normalised, and not inside
-/// `.context/` or `.git/`.
+/// `.context/` or `.git/` — at the top, nor in a nested project (a nested repository's hooks
+/// run as well; another workspace's `.context/inbox/` runs tasks).
 pub fn workspace_path(what: &str, raw: &str) -> Result<RelPath, PathError> {
     let path = RelPath::parse(what, raw)?;
     for (dir, why) in RESERVED_TOP {
-        if path.starts_with_ci(dir) {
+        if path.parts.iter().any(|p| p.eq_ignore_ascii_case(dir)) {
             return Err(PathError::Reserved {
                 what: what.to_string(),
                 raw: raw.to_string(),
@@ -681,6 +708,12 @@ mod tests {
             ("./", "names no file"),
             ("a\0b", "NUL"),
         ];
+        let long_name = "y".repeat(256);
+        let long_path = "d/".repeat(600) + "x";
+        let bad = bad.into_iter().chain([
+            (long_name.as_str(), "a name of 256 bytes; at most 255"),
+            (long_path.as_str(), "1201 bytes; at most 1024"),
+        ]);
         for (raw, want) in bad {
             let err = RelPath::parse("output", raw).unwrap_err().to_string();
             assert!(err.contains(want), "{raw:?}: got {err:?}, want {want:?}");
@@ -696,6 +729,11 @@ mod tests {
             "./.CONTEXT/x",
             ".git/config",
             "./.Git/hooks/pre-commit",
+            // In a nested project: its hooks run too, its inbox runs tasks.
+            "x/.git/hooks/pre-commit",
+            "sub/.GIT/config",
+            "vendor/lib/.git",
+            "other/.context/inbox/t.md",
         ] {
             let err = workspace_path("output", raw).unwrap_err();
             assert!(

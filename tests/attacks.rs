@@ -57,6 +57,7 @@ fn no_door_can_name_dirigents_own_files_as_an_output() {
     let ws = Workspace::new(CONFIG);
     let config_before = std::fs::read(ws.path("dirigent.yaml")).unwrap();
     let (_d, url, token) = ws.start_http();
+    let long_output = "y".repeat(300);
     let cases = [
         ("./.context/dirigent.yaml", "is inside `.context`"),
         (".context//dirigent.yaml", "is inside `.context`"),
@@ -64,6 +65,12 @@ fn no_door_can_name_dirigents_own_files_as_an_output() {
         ("docs/../.context/dirigent.yaml", "contains `..`"),
         (".git/config", "is inside `.git`"),
         ("./.git/hooks/pre-commit", "is inside `.git`"),
+        // A nested repository's hooks run as well; refused before any agent runs.
+        ("vendor/lib/.git/hooks/pre-commit", "is inside `.git`"),
+        (
+            &long_output,
+            "is too long for a file system (a name of 300 bytes",
+        ),
     ];
     for (i, (output, want)) in cases.iter().enumerate() {
         // The file door …
