@@ -97,9 +97,12 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The purpose a login code is signed for: the daemon process it is for, so a code used once
-/// cannot be used again after a restart (the set of used codes is in memory).
+/// cannot be used again after a restart (the set of used codes is in memory). Its pid and its
+/// start time: a daemon that always gets the same pid (pid 1 in a container) is another
+/// process after a restart all the same.
 fn login_purpose(daemon_pid: u32) -> String {
-    format!("login:{daemon_pid}")
+    let started = crate::process_group::proc_start_ticks(daemon_pid).unwrap_or(0);
+    format!("login:{daemon_pid}:{started}")
 }
 
 /// A login code for the daemon with pid `daemon_pid`, valid for [`LOGIN_TTL_MS`] from `now_ms`.
