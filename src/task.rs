@@ -711,6 +711,13 @@ fn check_title(title: Option<&str>) -> Result<(), Reject> {
             u32::from(c)
         ));
     }
+    // A title is shown to agents (`progress.md`) and people: it reads as it is written.
+    if let Some(c) = title.chars().find(|c| crate::terminal::is_bidi_control(*c)) {
+        return reject(format!(
+            "`title` holds a bidirectional formatting character (U+{:04X}), which makes text read in another order than it is written; leave it out",
+            u32::from(c)
+        ));
+    }
     let n = title.chars().count();
     if n > MAX_TITLE {
         return reject(format!(
@@ -729,6 +736,7 @@ pub fn title_from_prompt(prompt: &str) -> String {
         .find(|l| !l.is_empty())
         .unwrap_or("")
         .chars()
+        .filter(|c| !crate::terminal::is_bidi_control(*c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     let line = line.trim();
@@ -826,6 +834,17 @@ mod tests {
         assert_eq!(
             title_from_prompt("fix \u{1b}[31mthis\rnow\nmore"),
             "fix  [31mthis now"
+        );
+        // Nor a bidirectional override (text that reads in another order than written); a
+        // title given with one is refused.
+        assert_eq!(
+            title_from_prompt("review \u{202E}txt.exe\u{202C} please"),
+            "review txt.exe please"
+        );
+        let err = parse_err("x.json", r#"{"prompt":"p","title":"a \u202e b"}"#);
+        assert!(
+            err.contains("`title` holds a bidirectional formatting character (U+202E)"),
+            "expected the override refused, got {err}"
         );
     }
 

@@ -9,6 +9,15 @@ pub fn printable_lines(text: &str) -> String {
     text.lines().map(printable).collect::<Vec<_>>().join("\n")
 }
 
+/// Bidirectional overrides, embeddings, isolates and marks: they reorder how the rest of a line
+/// reads (text that shows one thing and is another).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+    )
+}
+
 /// `line` without escape sequences and control characters (a tab becomes a space).
 pub fn printable(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -42,13 +51,7 @@ pub fn printable(line: &str) -> String {
                 }
             },
             '\t' => out.push(' '),
-            c if c.is_control() => {}
-            // Bidirectional overrides and isolates: they reorder how the rest of a line reads.
-            '\u{202A}'..='\u{202E}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{200E}'
-            | '\u{200F}'
-            | '\u{061C}' => {}
+            c if c.is_control() || is_bidi_control(c) => {}
             c => out.push(c),
         }
     }
