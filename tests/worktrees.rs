@@ -908,10 +908,15 @@ fn a_planted_git_file_does_not_outlive_its_attempt() {
         paths.len() == 2 && paths[0] == paths[1],
         "expected the honest task in the planted task's (pooled) tree, got {paths:?}"
     );
-    let on_branch = git(ws.root(), &["log", "--format=%s", "dirigent/honest"]);
+    // On its own branch: its work, in the commit its own commit was folded into.
+    let on_branch = git(ws.root(), &["log", "-1", "--format=%B", "dirigent/honest"]);
     assert!(
-        on_branch.contains("an honest commit"),
-        "expected the agent's commit on its own branch, got:\n{on_branch}"
+        on_branch.contains("Dirigent-Task: honest"),
+        "expected the agent's work committed on its own branch, got:\n{on_branch}"
+    );
+    assert!(
+        git(ws.root(), &["show", "dirigent/honest:b.txt"]).contains("mine"),
+        "expected the agent's change on its own branch"
     );
     daemon.stop();
 }
@@ -1759,4 +1764,44 @@ fn a_setup_is_stopped_by_a_cancel_and_survives_the_daemons_stop() {
             "{stop_how}: expected no escalation of `s`"
         );
     }
+}
+
+/// An agent that commits its work itself (its own message and author) does not put those
+/// commits on the target: they are folded into dirigent's one verified commit, whose trailers
+/// say which task and agent made it.
+#[test]
+fn an_agents_own_commits_are_folded_into_one_commit_that_names_the_task() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: auto\n"));
+    let before = git(ws.root(), &["rev-parse", "main"]);
+    let _daemon = ws.start();
+    ws.drop_task(
+        "own.md",
+        "append b.txt first\ncommit the agent's first commit\nappend b.txt second\ncommit the agent's second commit\nappend b.txt third\n",
+    );
+    assert!(
+        matches!(ws.wait_settled("own"), Event::Done { .. }),
+        "expected the task done"
+    );
+    let log = git(
+        ws.root(),
+        &[
+            "log",
+            "--format=%an|%s|%b",
+            &format!("{}..main", before.trim()),
+        ],
+    );
+    assert_eq!(
+        commits_of(&ws, "own"),
+        1,
+        "expected one commit of the task on main, log:\n{log}"
+    );
+    assert!(
+        !log.contains("the agent's") && !log.contains("agent|"),
+        "expected none of the agent's own commits on main, log:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.root().join("b.txt")).unwrap(),
+        "first\nsecond\nthird\n",
+        "expected all of the work merged"
+    );
 }

@@ -153,21 +153,32 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
         // dropped after it: the commit is exactly what was verified.
         let mut made = None;
         if changed {
-            let (tree, title, task, agent, branch) = (
+            let (tree, title, task, agent, branch, base) = (
                 tree.clone(),
                 plan.title.clone(),
                 plan.task.clone(),
                 plan.agent.clone(),
                 plan.state.branch.clone(),
+                base.clone(),
             );
+            // A resolved merge is committed as the merge it is (the next merge of the branch
+            // is then a fast-forward); other work is one commit of dirigent's.
+            let fold = plan.resolving.is_empty();
             let committed =
                 tokio::task::spawn_blocking(move || -> Result<(String, String), GitError> {
                     tree.ensure_on(&branch)?;
-                    let before = tree.head()?;
+                    let mut before = tree.head()?;
+                    // Commits the agent made itself are folded into that one commit (their
+                    // changes stay staged): what lands on the target says which task and
+                    // agent made it, whatever the agent wrote as its message and author.
+                    if fold && before != base {
+                        tree.uncommit(&base)?;
+                        before = base;
+                    }
                     // Staged by the diff above.
                     match tree.commit_staged(&title, &task, &agent)? {
                         Some(c) => Ok((before, c)),
-                        // The agent committed everything itself.
+                        // Nothing staged after all.
                         None => Ok((before.clone(), before)),
                     }
                 })
