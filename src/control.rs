@@ -302,6 +302,11 @@ pub enum ClientError {
         root: std::path::PathBuf,
         cause: std::io::Error,
     },
+    #[error(
+        "the daemon (pid {pid}) holds this workspace but has taken no requests for {}s: it may be starting or stopping slowly (its log says which); try again, or `dirigent status` reads the ledger without it",
+        CLIENT_PATIENCE.as_secs()
+    )]
+    NotAnswering { pid: String },
     #[error("cannot encode the request: {0}")]
     Encode(serde_json::Error),
     #[error("cannot talk to the daemon: {0}")]
@@ -370,10 +375,24 @@ const CLIENT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Sends one request to the daemon of `ws` and waits for the answer (for the CLI).
 pub fn request(ws: &Workspace, req: &Request) -> Result<Response, ClientError> {
+    request_with(ws, req, false)
+}
+
+/// [`request`] for a command that acts (`merge`, `cancel`, …): a daemon that is starting is
+/// waited for (at most [`CLIENT_PATIENCE`]) rather than said not to run. Reading commands use
+/// [`request`] and fall back to the ledger at once.
+pub fn request_when_up(ws: &Workspace, req: &Request) -> Result<Response, ClientError> {
+    request_with(ws, req, true)
+}
+
+fn request_with(ws: &Workspace, req: &Request, wait: bool) -> Result<Response, ClientError> {
     let path = socket_path(ws);
     check_socket_owner(&path)?;
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(&path).map_err(|e| not_running(ws, e))?;
+    let mut stream = if wait {
+        connect_waiting_for_a_start(ws, &path)?
+    } else {
+        std::os::unix::net::UnixStream::connect(&path).map_err(|e| not_running(ws, e))?
+    };
     check_peer(peer_uid(&stream), &path)?;
     // Never a silent hang: a daemon that does not answer in this long is said to.
     let _ = stream.set_read_timeout(Some(CLIENT_PATIENCE));
@@ -416,6 +435,29 @@ pub async fn request_async(ws: &Workspace, req: &Request) -> Result<Response, Cl
     let mut answer = String::new();
     let read = tokio::io::BufReader::new(read).read_line(&mut answer).await;
     decode(written, read, answer)
+}
+
+/// Connects to the daemon's socket. A daemon that holds the workspace but takes no requests
+/// yet is starting (closing what a crash left, putting trees back in the pool) or stopping:
+/// waited for, at most [`CLIENT_PATIENCE`], instead of told "no daemon is running".
+fn connect_waiting_for_a_start(
+    ws: &Workspace,
+    path: &std::path::Path,
+) -> Result<std::os::unix::net::UnixStream, ClientError> {
+    let deadline = std::time::Instant::now() + CLIENT_PATIENCE;
+    loop {
+        let cause = match std::os::unix::net::UnixStream::connect(path) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => e,
+        };
+        let Some(pid) = crate::engine::running_daemon(ws) else {
+            return Err(not_running(ws, cause));
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(ClientError::NotAnswering { pid });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn not_running(ws: &Workspace, cause: std::io::Error) -> ClientError {

@@ -448,6 +448,39 @@ mod tests {
     }
 
     #[test]
+    fn a_worktree_is_found_by_gits_own_link_not_by_its_git_file() {
+        let (dir, repo) = repo();
+        let base = repo.head().unwrap();
+        let path = dir.path().join(".context/worktrees/slot-1");
+        let made = repo
+            .add_worktree(&path, &branch_for("t1").unwrap(), &base)
+            .unwrap();
+        let found = repo.linked_tree(&path).unwrap().expect("a tree git links");
+        assert_eq!(
+            found.git_dir.canonicalize().unwrap(),
+            made.git_dir.canonicalize().unwrap(),
+            "expected the administrative directory git made for it"
+        );
+        // The tree's own `.git` file pointed elsewhere (an agent wrote it): git's link decides.
+        std::fs::write(path.join(".git"), "gitdir: /somewhere/else\n").unwrap();
+        let found = repo
+            .linked_tree(&path)
+            .unwrap()
+            .expect("still linked by git");
+        assert_eq!(
+            found.git_dir.canonicalize().unwrap(),
+            made.git_dir.canonicalize().unwrap(),
+            "expected git's link, not the planted file"
+        );
+        let plain = dir.path().join(".context/worktrees/slot-2");
+        std::fs::create_dir_all(&plain).unwrap();
+        assert!(
+            repo.linked_tree(&plain).unwrap().is_none(),
+            "expected a directory git does not know as none"
+        );
+    }
+
+    #[test]
     fn a_worktree_is_made_changed_measured_and_removed() {
         let (dir, repo) = repo();
         assert_eq!(

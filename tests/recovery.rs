@@ -620,3 +620,30 @@ fn a_full_disk_stops_claiming_without_corrupting_the_ledger() {
         assert_eq!(dones, 1, "{id}");
     }
 }
+
+/// A command that acts, sent while the daemon is still starting (here: waiting for a leftover
+/// of an earlier daemon that ignores SIGTERM), waits for it and gets its answer — not "no
+/// daemon is running" from a daemon that holds the workspace.
+#[test]
+fn a_command_sent_while_the_daemon_starts_waits_for_it() {
+    let ws = Workspace::new(CONFIG);
+    let mut stubborn = std::process::Command::new("sh")
+        .args(["-c", "trap '' TERM; exec sleep 100"])
+        .env("DIRIGENT_WORKSPACE", ws.root())
+        .spawn()
+        .unwrap();
+    let d = ws.start();
+    ws.wait_until("the daemon to hold the workspace", || {
+        std::fs::read_to_string(ws.path("daemon.lock"))
+            .ok()
+            .filter(|pid| pid.trim() == d.pid().to_string())
+            .map(drop)
+    });
+    let out = ws.cli(&["cancel", "nosuch"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        stderr.contains("no task `nosuch`") && !stderr.contains("no daemon is running"),
+        "expected the starting daemon's own answer, got: {stderr}"
+    );
+    stubborn.wait().unwrap();
+}

@@ -1805,3 +1805,46 @@ fn an_agents_own_commits_are_folded_into_one_commit_that_names_the_task() {
         "expected all of the work merged"
     );
 }
+
+/// A worktree under `.context/worktrees/` that no task holds and the ledger cannot name (the
+/// last task that held it is archived, or a crash came just after it was made) goes back to
+/// the pool when git links it, instead of being removed at every start; the next task works
+/// in it.
+#[test]
+fn a_pool_tree_the_ledger_cannot_name_is_pooled_again_at_start() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\n"
+    ));
+    let slot = ws.path("worktrees/slot-7");
+    git(
+        ws.root(),
+        &[
+            "worktree",
+            "add",
+            "--quiet",
+            "--detach",
+            &slot.display().to_string(),
+            "main",
+        ],
+    );
+    let _daemon = ws.start();
+    ws.drop_task("p.md", "append a.txt from-p\n");
+    ws.wait_state("p", "merge_waiting");
+    let made: Vec<std::path::PathBuf> = ws
+        .records()
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::WorktreeMade { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        made.len() == 1 && made[0].ends_with("slot-7"),
+        "expected the task in the pooled slot-7, got {made:?}"
+    );
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        !log.contains("removing the worktree"),
+        "expected no tree removed at start, log:\n{log}"
+    );
+}

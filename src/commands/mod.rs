@@ -256,9 +256,11 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
 /// not push before X has landed.
 pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
     let mut follower = dirigent::follow::Follower::from_end(ws);
-    let answer =
-        dirigent::control::request(ws, &dirigent::control::Request::Merge { id: id.clone() })
-            .map_err(|e| anyhow::anyhow!(e))?;
+    let answer = dirigent::control::request_when_up(
+        ws,
+        &dirigent::control::Request::Merge { id: id.clone() },
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     // Being merged already (another `merge`, or one with `--no-wait`): this one waits too.
     let joining = answer.failure == Some(dirigent::control::Failure::Conflict)
         && answer.message.ends_with("is being merged now");
@@ -372,8 +374,9 @@ pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
 pub fn enable_agents(ws: &Workspace, names: Vec<String>) -> Result<ExitCode> {
     let mut refused = 0;
     for agent in names {
-        let answer = dirigent::control::request(ws, &dirigent::control::Request::Enable { agent })
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let answer =
+            dirigent::control::request_when_up(ws, &dirigent::control::Request::Enable { agent })
+                .map_err(|e| anyhow::anyhow!(e))?;
         if answer.ok {
             println!("{}", answer.message);
         } else {
@@ -390,7 +393,7 @@ pub fn enable_agents(ws: &Workspace, names: Vec<String>) -> Result<ExitCode> {
 
 /// Sends a request over the control socket and prints the daemon's answer.
 pub fn control(ws: &Workspace, request: dirigent::control::Request) -> Result<ExitCode> {
-    let answer = match dirigent::control::request(ws, &request) {
+    let answer = match dirigent::control::request_when_up(ws, &request) {
         Ok(answer) => answer,
         // A task still waiting in the inbox can be cancelled without a daemon: by removing it.
         Err(e @ dirigent::control::ClientError::NotRunning { .. }) => {

@@ -375,6 +375,7 @@ impl Engine {
         }
         let room = self.config.concurrency;
         let mut to_pool = Vec::new();
+        let mut unknown = Vec::new();
         let mut to_remove = Vec::new();
         for name in names {
             if held.contains(&name) {
@@ -382,10 +383,21 @@ impl Engine {
             }
             match released.remove(&name) {
                 Some(tree) if to_pool.len() < room => to_pool.push(tree),
+                // A pool's tree whose last task is no longer held in full (archived), or one
+                // made just before a crash: git's own link says which it is.
+                None if super::worktrees::slot_number(Path::new(&name)).is_some() => {
+                    unknown.push(dir.join(&name))
+                }
                 _ => to_remove.push(dir.join(&name)),
             }
         }
         let pooled = tokio::task::spawn_blocking(move || {
+            for path in unknown {
+                match repo.linked_tree(&path) {
+                    Ok(Some(tree)) if to_pool.len() < room => to_pool.push(tree),
+                    _ => to_remove.push(path),
+                }
+            }
             let mut pooled = Vec::new();
             for tree in to_pool {
                 if tree.is_usable() && tree.release().is_ok() {
@@ -396,7 +408,7 @@ impl Engine {
             }
             for path in to_remove {
                 tracing::warn!(
-                    "removing the worktree `{}`: no task holds it (made just before a crash, or its removal was cut short)",
+                    "removing the worktree `{}`: no task holds it and the pool is full, or git no longer knows it as a worktree (made just before a crash, or its removal was cut short)",
                     path.display()
                 );
                 let gone = crate::git::Tree {

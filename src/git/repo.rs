@@ -132,6 +132,34 @@ impl Repo {
         git(&self.top, ["worktree", "prune"]).map(drop)
     }
 
+    /// The worktree at `path` as git itself links it — the administrative directory in the
+    /// repository's `worktrees/` whose `gitdir` names `path` — not as the tree's own `.git`
+    /// file says (an agent may have written that). `None` when git knows no tree there.
+    pub fn linked_tree(&self, path: &Path) -> Result<Option<Tree>, GitError> {
+        let common = git(&self.top, ["rev-parse", "--git-common-dir"])?;
+        let common = self.top.join(common.trim_end());
+        let Ok(entries) = std::fs::read_dir(common.join("worktrees")) else {
+            return Ok(None);
+        };
+        let want = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        for entry in entries.flatten() {
+            let admin = entry.path();
+            let Ok(named) = std::fs::read_to_string(admin.join("gitdir")) else {
+                continue;
+            };
+            let named = Path::new(named.trim_end());
+            let Some(tree) = named.parent() else { continue };
+            let tree = std::fs::canonicalize(tree).unwrap_or_else(|_| tree.to_path_buf());
+            if tree == want {
+                return Ok(Some(Tree {
+                    path: path.to_path_buf(),
+                    git_dir: std::fs::canonicalize(&admin).unwrap_or(admin),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
     /// Makes git forget worktrees whose directory is gone.
     pub fn prune_worktrees(&self) -> Result<(), GitError> {
         let _admin = admin();
