@@ -1848,3 +1848,25 @@ fn a_pool_tree_the_ledger_cannot_name_is_pooled_again_at_start() {
         "expected no tree removed at start, log:\n{log}"
     );
 }
+
+/// `keep_failed` shortened by a reload applies to the trees already kept: they go by the new
+/// time, not the one in force when their task failed.
+#[test]
+fn keep_failed_shortened_by_a_reload_applies_to_trees_kept_already() {
+    let config = |keep: &str| {
+        format!("{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 1\nkeep_failed: {keep}\n")
+    };
+    let ws = repo_workspace(&config("1h"));
+    let _daemon = ws.start();
+    ws.drop_task("f.md", "append a.txt from-f\nrequire a.txt never-there\n");
+    ws.wait_state("f", "failed");
+    ws.write_config(&config("100ms"));
+    ws.wait_for(
+        "the failed task's tree to be given up by the new keep_failed",
+        |recs| {
+            recs.iter()
+                .any(|r| matches!(&r.event, Event::WorktreeRemoved { task, .. } if task == "f"))
+                .then_some(())
+        },
+    );
+}

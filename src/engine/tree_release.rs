@@ -131,20 +131,26 @@ impl Engine {
     /// Removes the kept worktrees of failed tasks whose `keep_failed` is over (rescan tick).
     pub(super) fn expire_kept_trees(&mut self) {
         let now = ledger::now_ms();
-        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.kept_trees)
-            .into_iter()
-            .partition(|(at, _)| *at <= now);
-        self.kept_trees = kept;
+        // Against `keep_failed` as configured now (a reload may have changed it), from when
+        // each task last failed; a task no longer failed (retried) works in its tree again
+        // and is no longer kept for it.
         let keep = self.config.editing.keep_failed.as_millis() as u64;
-        for (_, id) in due {
-            // Only a task still failed, for `keep_failed` since it last failed: a retried one
-            // works in its tree again.
-            let expired = self.book.get(&id).is_some_and(|t| {
-                matches!(t.phase(), Phase::Failed { finished_ms, .. } if finished_ms + keep <= now)
-            });
-            if expired && self.trees_leaving.contains(&id) {
+        let mut due = Vec::new();
+        for (_, id) in std::mem::take(&mut self.kept_trees) {
+            let until = match self.book.get(&id).map(|t| t.phase()) {
+                Some(Phase::Failed { finished_ms, .. }) => finished_ms.saturating_add(keep),
+                _ => continue,
+            };
+            if until <= now {
+                due.push(id);
+            } else {
+                self.kept_trees.push((until, id));
+            }
+        }
+        for id in due {
+            if self.trees_leaving.contains(&id) {
                 tracing::debug!(task = %id, "keep_failed is over; its tree is being given up already");
-            } else if expired {
+            } else {
                 self.remove_tree(&id);
             }
         }
