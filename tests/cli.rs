@@ -59,7 +59,7 @@ fn submit_validates_before_writing_anything() {
         ),
         (
             &["submit", "x", "--id", ".hidden"],
-            "error: invalid `--id` `.hidden`: names use letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters\n",
+            "error: invalid `--id` `.hidden`: names use ASCII letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters\n",
         ),
         (&["submit", "  "], "error: the prompt is empty\n"),
         (

@@ -792,7 +792,7 @@ pub fn validate_name(name: &str) -> Result<(), BadName> {
 /// A name outside the alphabet agent, role and task ids share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "names use letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters"
+    "names use ASCII letters, digits, `-`, `_` and `.`, do not start with `.` or `-`, and have at most 128 characters"
 )]
 pub struct BadName;
 
