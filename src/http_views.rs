@@ -151,11 +151,22 @@ pub(crate) async fn task_log(
                 )
             })?,
         None => attempts.last().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("task `{id}` has not started an attempt yet"),
-            )
+            // Archived: only its outcome is held; its output is still in its run directory.
+            if record["archived"] == true {
+                ApiError::new(
+                    StatusCode::GONE,
+                    "gone",
+                    format!(
+                        "task `{id}` is archived (only the 1,000 most recent finished tasks are held in full): its attempts' output is in .context/runs/{id}/"
+                    ),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("task `{id}` has not started an attempt yet"),
+                )
+            }
         })?,
     };
     let n = chosen["n"].as_u64().unwrap_or(0) as u32;
