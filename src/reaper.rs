@@ -463,6 +463,16 @@ fn below_live_group(pid: u32, own: &BTreeSet<u32>, daemon: u32) -> bool {
 /// command that needs the index.
 pub fn kill_leftovers(workspace: &Path) -> usize {
     let me = std::process::id();
+    // This daemon's own helper commands (a fleet worker's fetch may run already) lead their
+    // groups, with what they started: none of them is an earlier daemon's.
+    let ours = |pid: u32| {
+        ProcStat::read(pid).is_some_and(|stat| {
+            HELPERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&stat.pgid)
+        })
+    };
     let carriers = || -> Vec<u32> {
         let Ok(procs) = std::fs::read_dir("/proc") else {
             return Vec::new();
@@ -470,7 +480,7 @@ pub fn kill_leftovers(workspace: &Path) -> usize {
         procs
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| *pid != me && carries_workspace(*pid, workspace))
+            .filter(|pid| *pid != me && carries_workspace(*pid, workspace) && !ours(*pid))
             .collect()
     };
     let asked: BTreeSet<u32> = carriers()

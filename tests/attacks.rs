@@ -1324,3 +1324,32 @@ fn a_held_back_inbox_still_takes_in_the_tasks_a_run_waits_for() {
         );
     }
 }
+
+/// Tasks a stop put back into the inbox while the intake was held back are taken in again at
+/// the next start although their specs (held from the ledger) fill the room: they are what the
+/// room is held for.
+#[test]
+fn tasks_put_back_by_a_stop_while_the_intake_is_held_run_after_a_restart() {
+    let ws = Workspace::new(
+        "concurrency: 1\nkill_grace: 300ms\ninbox_rescan: 200ms\nqueue_in_memory: 1MiB\nagents:\n  gate: { command: [\"{agents}/gate.sh\", \"go\"] }\ndefault_chain: [gate]\n",
+    );
+    let mut d = ws.start();
+    let prompt = "x".repeat(600_000);
+    for id in ["a", "b", "c"] {
+        ws.drop_task(&format!("{id}.md"), &prompt);
+    }
+    ws.wait_until("the inbox to be held back", || {
+        Some(stdout(&ws.cli(&["status"])))
+            .filter(|s| s.contains("leaving task files in the inbox for now"))
+    });
+    assert!(d.stop().success(), "expected the daemon to stop");
+    let _d = ws.start();
+    std::fs::write(ws.root().join("go"), "").unwrap();
+    for id in ["a", "b", "c"] {
+        let settled = ws.wait_settled(id);
+        assert!(
+            matches!(settled, Event::Done { .. }),
+            "expected `{id}` done after the restart, got {settled:?}"
+        );
+    }
+}

@@ -11,6 +11,16 @@ const INGEST_BATCH: usize = 256;
 /// The most bytes of task files taken in at once (then the next batch).
 const INGEST_BATCH_BYTES: usize = 4 << 20;
 
+/// Inbox files the tasks taken in wait for (see `Engine::awaited`): taken in even while the
+/// intake is held back.
+#[derive(Default)]
+struct Awaited {
+    /// Files of tasks a stop put back into the inbox.
+    files: HashSet<String>,
+    /// Ids of tasks others run `after` that are not taken in yet.
+    ids: HashSet<String>,
+}
+
 impl Engine {
     /// Queues a task for its next attempt.
     pub(super) fn enqueue(&mut self, id: &str) {
@@ -117,18 +127,22 @@ impl Engine {
             }
         };
         let held = room == 0;
+        // What the tasks taken in wait for from the inbox, worked out once when needed.
+        let mut awaited: Option<Awaited> = None;
         let mut feeders = Vec::new().into_iter();
         if held {
-            // Held back: only the tasks of workflow runs already taken in, which those runs
-            // wait for (leaving them out could leave every run waiting for ever).
+            // Held back: only what the tasks taken in wait for (leaving it out could leave them
+            // waiting for ever, the room they hold never freed).
+            let aw = self.awaited();
             let mut found = Vec::new();
             loop {
                 let some = self.inbox_backlog.take(INGEST_BATCH);
                 if some.is_empty() {
                     break;
                 }
-                found.extend(some.into_iter().filter(|c| self.feeds_a_run(&c.name)));
+                found.extend(some.into_iter().filter(|c| self.is_awaited(&aw, &c.name)));
             }
+            awaited = Some(aw);
             self.hold_intake_back();
             feeders = found.into_iter();
         } else {
@@ -141,12 +155,19 @@ impl Engine {
         loop {
             // A batch is read whole before it is recorded: bounded in bytes too, or a batch of
             // big prompts would be held several times over at once.
-            let next = if held {
-                feeders.next()
-            } else if looked < INGEST_BATCH && batch_bytes < INGEST_BATCH_BYTES {
-                self.inbox_backlog.take(1).pop()
-            } else {
-                None
+            let within = looked < INGEST_BATCH && batch_bytes < INGEST_BATCH_BYTES;
+            let next = match (held, within) {
+                (true, true) => feeders.next(),
+                (true, false) => {
+                    if !feeders.as_slice().is_empty() {
+                        // The rest at once, not at the next periodic scan.
+                        self.held_scan_at = None;
+                        self.dirty.notify_one();
+                    }
+                    None
+                }
+                (false, true) => self.inbox_backlog.take(1).pop(),
+                (false, false) => None,
             };
             let Some(cand) = next else { break };
             looked += 1;
@@ -154,9 +175,12 @@ impl Engine {
                 std::fs::symlink_metadata(dir.join(&cand.raw)).map_or(0, |m| m.len() as usize);
             // At least one file is taken in while there is any room: a big one is not held
             // back for ever.
-            if room == 0 && !self.feeds_a_run(&cand.name) {
-                self.hold_intake_back();
-                continue;
+            if room == 0 {
+                let aw = awaited.get_or_insert_with(|| self.awaited());
+                if !self.is_awaited(aw, &cand.name) {
+                    self.hold_intake_back();
+                    continue;
+                }
             }
             room = room.saturating_sub(size);
             batch_bytes += size;
@@ -186,15 +210,35 @@ impl Engine {
         self.take_in(&running, claimed).await;
     }
 
-    /// Whether the inbox file `name` is a task of a workflow run that is taken in and not
-    /// finished (its id is the run's, a dot, and more).
-    fn feeds_a_run(&self, name: &str) -> bool {
+    /// What the unfinished tasks taken in wait for from the inbox, besides their workflow
+    /// runs' tasks: their own files put back there by a stop, and the tasks they run `after`.
+    fn awaited(&self) -> Awaited {
+        let mut aw = Awaited::default();
+        for t in self.book.iter().filter(|t| !t.phase().is_terminal()) {
+            if matches!(t.phase(), Phase::Requeued) {
+                aw.files.insert(t.file().to_string());
+            }
+            for dep in &t.more().after {
+                if !self.book.contains(dep) {
+                    aw.ids.insert(dep.clone());
+                }
+            }
+        }
+        aw
+    }
+
+    /// Whether the inbox file `name` is awaited by a task taken in: a task of a workflow run
+    /// that is not finished (its id is the run's, a dot, and more), a task's own file put
+    /// back by a stop (its spec is held already), or a task another runs `after`.
+    fn is_awaited(&self, aw: &Awaited, name: &str) -> bool {
         let id = crate::task::id_from_stem(fsutil::split_name(name).0);
-        id.match_indices('.').any(|(at, _)| {
-            self.book
-                .get(&id[..at])
-                .is_some_and(|t| t.workflow().is_some() && !t.phase().is_terminal())
-        })
+        aw.files.contains(name)
+            || aw.ids.contains(&id)
+            || id.match_indices('.').any(|(at, _)| {
+                self.book
+                    .get(&id[..at])
+                    .is_some_and(|t| t.workflow().is_some() && !t.phase().is_terminal())
+            })
     }
 
     /// Leaves the inbox's files where they are while the tasks taken in hold `queue_in_memory`

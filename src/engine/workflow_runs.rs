@@ -232,6 +232,8 @@ impl Engine {
             Ok(_) => {
                 self.reserved
                     .insert(child.id.clone(), task_file::submitted_name(&child.id));
+                // Taken in at once even while the intake is held back (its run waits for it).
+                self.held_scan_at = None;
                 tracing::info!(task = %child.id, "workflow submitted a task");
             }
             Err(crate::submit::SubmitError::Exists(_)) => {}
