@@ -293,14 +293,7 @@ fn conflict_regions(file: &str, text: &str) -> String {
 }
 
 fn bounded(mut text: String) -> String {
-    if text.len() > MAX_HUNKS {
-        let mut cut = MAX_HUNKS;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("\n… (cut)\n");
-    }
+    crate::progress::cut_bytes(&mut text, MAX_HUNKS, "\n… (cut)\n");
     text
 }
 

@@ -228,6 +228,18 @@ pub fn write(ws: &crate::workspace::Workspace, book: &TaskBook) -> std::io::Resu
         .write_atomic("progress.md", render(book).as_bytes(), 0o600)
 }
 
+/// Cuts `text` to at most `at` bytes, at a character, and appends `marker` when it cut.
+pub fn cut_bytes(text: &mut String, at: usize, marker: &str) {
+    if text.len() > at {
+        let mut end = at;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(marker);
+    }
+}
+
 /// A reason on one line of at most `max` characters: a list item stays one item however many
 /// lines an agent's error had.
 pub fn one_line(text: &str, max: usize) -> String {
@@ -250,6 +262,22 @@ pub fn one_line(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_cut_at_a_character_with_its_marker() {
+        let cases = [
+            ("short", 10, "short"),
+            ("exactly10!", 10, "exactly10!"),
+            ("eleven char", 10, "eleven cha…"),
+            // `é` is two bytes: a cut inside it moves back to before it.
+            ("abcdé", 5, "abcd…"),
+        ];
+        for (text, at, want) in cases {
+            let mut t = text.to_string();
+            cut_bytes(&mut t, at, "…");
+            assert_eq!(t, want, "`{text}` cut at {at}");
+        }
+    }
     use crate::ledger::{Event, Record};
 
     #[test]

@@ -122,14 +122,7 @@ impl WorktreeState {
             (_, None) if !self.removed && self.tree.path.exists() => self.tree.patch(&self.base)?,
             (_, None) => String::new(),
         };
-        if text.len() > MAX_DIFF {
-            let mut cut = MAX_DIFF;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
-            text.push_str("\n… (cut at 1 MiB)\n");
-        }
+        crate::progress::cut_bytes(&mut text, MAX_DIFF, "\n… (cut at 1 MiB)\n");
         Ok(text)
     }
 }
@@ -251,18 +244,6 @@ pub fn with_prompts_cut<T>(at: usize, write: impl FnOnce() -> T) -> T {
     write()
 }
 
-/// `text` cut to at most `at` bytes at a character, with `…` when it was cut.
-fn cut_text(text: &mut String, at: usize) {
-    if text.len() > at {
-        let mut end = at;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-}
-
 impl Serialize for TaskRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // Every field named, so that one added to the record does not compile until it is
@@ -291,9 +272,9 @@ impl Serialize for TaskRecord {
                 None => self.spec(),
                 Some(at) => self.spec().map(|spec| {
                     let mut spec = Arc::unwrap_or_clone(spec);
-                    cut_text(&mut spec.prompt, at);
+                    crate::progress::cut_bytes(&mut spec.prompt, at, "…");
                     if let Some(p) = spec.fields.prompt.as_mut() {
-                        cut_text(p, at);
+                        crate::progress::cut_bytes(p, at, "…");
                     }
                     Arc::new(spec)
                 }),
