@@ -109,19 +109,27 @@ pub fn agents_report(ws: &Workspace, config: &Config, book: &TaskBook) -> Value 
 pub fn workflows(ws: &Workspace, config: &Config) -> std::io::Result<Vec<Value>> {
     let mut rows = Vec::new();
     for def in crate::workflow::discover(&ws.workflows())? {
-        let (phases, description, vars, valid) = match crate::workflow::validate(&def, config) {
-            Ok(wf) => (
-                wf.phases
-                    .iter()
-                    .map(|p| format!("{}:{}", p.name.value, p.phase_type().name()))
-                    .collect::<Vec<_>>(),
-                wf.description.clone(),
-                // Declared ones, and the `{variables}` used without being declared (required).
-                wf.variables.clone(),
-                true,
-            ),
-            Err(_) => (vec![], String::new(), Default::default(), false),
-        };
+        let (phases, description, vars, path_vars, valid) =
+            match crate::workflow::validate(&def, config) {
+                Ok(wf) => (
+                    wf.phases
+                        .iter()
+                        .map(|p| format!("{}:{}", p.name.value, p.phase_type().name()))
+                        .collect::<Vec<_>>(),
+                    wf.description.clone(),
+                    // Declared ones, and the `{variables}` used without being declared (required).
+                    wf.variables.clone(),
+                    wf.path_variables(),
+                    true,
+                ),
+                Err(_) => (
+                    vec![],
+                    String::new(),
+                    Default::default(),
+                    Default::default(),
+                    false,
+                ),
+            };
         rows.push(json!({
             "name": def.name,
             "source": def.source.to_string(),
@@ -130,6 +138,8 @@ pub fn workflows(ws: &Workspace, config: &Config) -> std::io::Result<Vec<Value>>
             "description": description,
             // Each variable's default; `null` means the run must give it.
             "vars": vars,
+            // The variables that name files (an `output`, a `glob`, `files`).
+            "path_vars": path_vars,
         }));
     }
     Ok(rows)

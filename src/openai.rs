@@ -32,12 +32,40 @@ enum Target {
     /// The prompt fills `var`, the workflow's one variable without a default.
     Workflow {
         name: String,
-        var: Option<String>,
+        var: String,
     },
 }
 
+/// What the daemon answers to: the model ids in listing order, and the workflows a chat cannot
+/// run, each with why.
+struct Catalog {
+    models: Vec<(String, Target)>,
+    unfit: Vec<(String, String)>,
+}
+
+/// Whether a chat can run a workflow: its text must fill exactly one variable, and one that does
+/// not name files — a chat's text (many lines, any length) is no file name, and refused as one
+/// at acceptance. `Ok` holds the variable; `Err` says why not.
+fn chat_variable(required: &[String], path_vars: &[String]) -> Result<String, String> {
+    match required {
+        [] => Err("it needs no variable, so the chat's text would go nowhere".into()),
+        [var] if path_vars.contains(var) => Err(format!(
+            "its variable `{var}` names files (an `output`, a `glob` or `files`), and a chat's text is no file name"
+        )),
+        [var] => Ok(var.clone()),
+        many => Err(format!(
+            "it needs {} variables ({}); a chat fills one",
+            many.len(),
+            many.iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 /// Every model id the daemon answers to, in listing order.
-async fn catalog(api: &Api) -> Result<Vec<(String, Target)>, ApiError> {
+async fn catalog(api: &Api) -> Result<Catalog, ApiError> {
     let agents = api.call(Request::Agents).await;
     let workflows = api.call(Request::Workflows).await;
     let (agents, workflows) = match (agents.ok, workflows.ok) {
@@ -88,6 +116,7 @@ async fn catalog(api: &Api) -> Result<Vec<(String, Target)>, ApiError> {
         };
         out.push((id, target));
     }
+    let mut unfit = Vec::new();
     for wf in workflows.as_array().into_iter().flatten() {
         if wf["valid"] != true {
             continue;
@@ -95,28 +124,33 @@ async fn catalog(api: &Api) -> Result<Vec<(String, Target)>, ApiError> {
         let Some(name) = wf["name"].as_str() else {
             continue;
         };
-        let required: Vec<&String> = wf["vars"]
+        let required: Vec<String> = wf["vars"]
             .as_object()
             .map(|m| {
                 m.iter()
                     .filter(|(_, v)| v.is_null())
-                    .map(|(k, _)| k)
+                    .map(|(k, _)| k.clone())
                     .collect()
             })
             .unwrap_or_default();
-        // A workflow needing more than one variable cannot be fed from a chat.
-        if required.len() > 1 {
-            continue;
+        let path_vars: Vec<String> = wf["path_vars"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        match chat_variable(&required, &path_vars) {
+            Ok(var) => out.push((
+                format!("workflow:{name}"),
+                Target::Workflow {
+                    name: name.to_string(),
+                    var,
+                },
+            )),
+            Err(why) => unfit.push((name.to_string(), why)),
         }
-        out.push((
-            format!("workflow:{name}"),
-            Target::Workflow {
-                name: name.to_string(),
-                var: required.first().map(|s| s.to_string()),
-            },
-        ));
     }
-    Ok(out)
+    Ok(Catalog { models: out, unfit })
 }
 
 /// Finds the target of a model id.
@@ -139,6 +173,7 @@ fn resolve(models: &[(String, Target)], model: &str) -> Option<Target> {
 pub(crate) async fn models(State(st): State<AppState>) -> Result<HttpResponse, ApiError> {
     let data: Vec<Value> = catalog(&st.api)
         .await?
+        .models
         .into_iter()
         .map(|(id, target)| {
             json!({
@@ -338,7 +373,15 @@ pub(crate) async fn chat_completions(
         Value::Bool(b) => *b,
         _ => return Err(invalid("`stream` must be `true` or `false`")),
     };
-    let models = catalog(&st.api).await?;
+    let Catalog { models, unfit } = catalog(&st.api).await?;
+    if let Some((name, why)) = model
+        .strip_prefix("workflow:")
+        .and_then(|name| unfit.iter().find(|(n, _)| n == name))
+    {
+        return Err(invalid(format!(
+            "model `{model}` cannot take a chat: {why}. Run workflow `{name}` with `POST /tasks` (`{{\"workflow\": \"{name}\", \"vars\": {{…}}}}`), MCP's `run_workflow` or `dirigent workflow run {name}`"
+        )));
+    }
     let target = resolve(&models, &model).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -373,9 +416,7 @@ pub(crate) async fn chat_completions(
         }
         Target::Workflow { name, var } => {
             fields.workflow = Some(name);
-            if let Some(var) = var {
-                fields.vars.insert(var, prompt);
-            }
+            fields.vars.insert(var, prompt);
         }
     }
     let submitted = st
@@ -538,5 +579,29 @@ mod tests {
             Some(Target::Agent("ok".into()))
         );
         assert_eq!(resolve(&models, "nope"), None);
+    }
+
+    #[test]
+    fn a_chat_fills_one_variable_that_names_no_file() {
+        let v = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // (required, path variables, the variable the chat fills or a word of why not)
+        let cases: &[(&[&str], &[&str], Result<&str, &str>)] = &[
+            (&["goal"], &[], Ok("goal")),
+            (&["goal"], &["feature"], Ok("goal")),
+            (&["feature"], &["feature"], Err("`feature` names files")),
+            (&[], &[], Err("needs no variable")),
+            (&[], &["feature"], Err("needs no variable")),
+            (&["a", "b"], &[], Err("needs 2 variables (`a`, `b`)")),
+        ];
+        for (required, paths, want) in cases {
+            let got = chat_variable(&v(required), &v(paths));
+            match (want, &got) {
+                (Ok(var), Ok(got)) => assert_eq!(got, var, "{required:?} {paths:?}"),
+                (Err(word), Err(why)) => {
+                    assert!(why.contains(word), "{required:?} {paths:?}: {why}")
+                }
+                _ => panic!("{required:?} {paths:?}: expected {want:?}, got {got:?}"),
+            }
+        }
     }
 }

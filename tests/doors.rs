@@ -123,7 +123,8 @@ fn check_openai(seen: &serde_json::Value, plain_id: &str) {
         .map(|m| m.as_str().unwrap())
         .collect();
     // The standard roles, and the built-in workflows that name them, run on any config: they
-    // are offered too.
+    // are offered too — those whose one variable a chat's text can fill (not `bulk-refine`,
+    // which needs none, nor `feature-build`, whose `feature` names its files).
     assert_eq!(
         models,
         [
@@ -137,8 +138,6 @@ fn check_openai(seen: &serde_json::Value, plain_id: &str) {
             "planner",
             "proposer",
             "reviewer",
-            "workflow:bulk-refine",
-            "workflow:feature-build",
             "workflow:one",
             "workflow:plan",
             "workflow:research-implement-validate",
@@ -175,7 +174,7 @@ fn check_openai(seen: &serde_json::Value, plain_id: &str) {
     assert_eq!(seen["unknown_model"]["status"], 404, "{seen}");
     assert!(
         seen["unknown_model"]["message"].as_str().unwrap().contains(
-            "no model `no-such-model` (models: dirigent, planner, proposer, judge, backend, frontend, reviewer, bulk, broken, good, workflow:bulk-refine,"
+            "no model `no-such-model` (models: dirigent, planner, proposer, judge, backend, frontend, reviewer, bulk, broken, good, workflow:one,"
         ),
         "{seen}"
     );

@@ -138,6 +138,16 @@ fn the_frameworks_own_refusals_come_in_the_documented_shape() {
             r#"{"model": "good", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#,
             "the messages hold no text: only text content is taken",
         ),
+        // A chat's text is no file name, and a workflow that needs no variable has nowhere to
+        // put it: refused before anything runs, with the doors that can run them.
+        (
+            r#"{"model": "workflow:feature-build", "messages": [{"role": "user", "content": "a\nb"}]}"#,
+            "model `workflow:feature-build` cannot take a chat: its variable `feature` names files (an `output`, a `glob` or `files`), and a chat's text is no file name. Run workflow `feature-build` with `POST /tasks`",
+        ),
+        (
+            r#"{"model": "workflow:bulk-refine", "messages": [{"role": "user", "content": "x"}]}"#,
+            "model `workflow:bulk-refine` cannot take a chat: it needs no variable, so the chat's text would go nowhere.",
+        ),
     ];
     for (body, want) in chats {
         let r = common::http(

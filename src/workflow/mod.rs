@@ -75,6 +75,27 @@ impl Workflow {
             .map(|(name, _)| name.clone())
             .collect()
     }
+
+    /// The variables that name files: used in an `output`, a map's `glob` or a scoped phase's
+    /// `files`. Such a value becomes a path, so free text (a chat's) cannot fill it.
+    pub fn path_variables(&self) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for phase in &self.phases {
+            let mut paths: Vec<&str> = phase.files.iter().map(String::as_str).collect();
+            paths.extend(phase.output.as_ref().map(|o| o.value.as_str()));
+            if let Kind::FanOut(FanOut {
+                tasks: FanOutTasks::Files { glob },
+                ..
+            }) = &phase.kind
+            {
+                paths.push(glob);
+            }
+            for path in paths {
+                out.extend(placeholders(path).into_iter().map(str::to_string));
+            }
+        }
+        out
+    }
 }
 
 /// One checked phase: what every kind has, and its [`Kind`].
