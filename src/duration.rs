@@ -20,6 +20,10 @@ impl Dur {
     }
 }
 
+/// The shortest `timeout` or `idle_timeout` an agent or a task may have: an agent CLI does not
+/// even start in less, so a shorter one only fails every attempt.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// The longest duration dirigent takes anywhere (a timeout, a wait, an interval): a year.
 /// Longer ones are refused when parsed, so no deadline computed from one can overflow.
 pub const MAX: Duration = Duration::from_secs(366 * 24 * 60 * 60);
@@ -53,6 +57,14 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             cause: cause(t, &e),
         })?,
     };
+    // Every time dirigent keeps is in milliseconds: `1ns` or `1500us` would be read as 0 or
+    // cut short somewhere.
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(DurationError::Invalid {
+            text: t.to_string(),
+            cause: "dirigent counts time in whole milliseconds".to_string(),
+        });
+    }
     within_max(d).map_err(|limit| DurationError::TooLong {
         text: t.to_string(),
         limit,
@@ -180,6 +192,19 @@ mod tests {
         for (text, ms) in cases {
             assert_eq!(parse(text).unwrap(), Duration::from_millis(ms), "{text}");
         }
+    }
+
+    #[test]
+    fn durations_finer_than_a_millisecond_are_refused() {
+        for text in ["1ns", "999us", "1500us", "1s 1ns"] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(
+                e.contains("dirigent counts time in whole milliseconds"),
+                "{text}: expected the millisecond rule, got {e}"
+            );
+        }
+        assert_eq!(parse("2000us").unwrap(), Duration::from_millis(2));
+        assert_eq!(parse("0ns").unwrap(), Duration::ZERO);
     }
 
     #[test]

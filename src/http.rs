@@ -745,6 +745,9 @@ async fn run_workflow(
                 ),
             )
         };
+        if let Err(e) = crate::strict_json::check(body) {
+            return Err(refuse(e.to_string()));
+        }
         match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(m)) => m,
             Ok(_) => return Err(refuse("the body is not a JSON object".into())),

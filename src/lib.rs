@@ -60,6 +60,7 @@ pub mod signals;
 pub mod spawn;
 pub mod state;
 pub mod stats;
+pub mod strict_json;
 pub mod submit;
 pub mod suggest;
 pub mod supervise;

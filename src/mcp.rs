@@ -97,7 +97,8 @@ async fn screen_input(
         let problem = if too_long {
             Some(format!("the message is longer than {MAX_MESSAGE} bytes"))
         } else {
-            serde_json::from_slice::<serde_json::Value>(&line)
+            crate::strict_json::check(&line)
+                .and_then(|()| serde_json::from_slice::<serde_json::Value>(&line).map(drop))
                 .err()
                 .map(|e| e.to_string())
         };

@@ -354,8 +354,10 @@ pub(crate) async fn chat_completions(
     State(st): State<AppState>,
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let req: Value = serde_json::from_slice(body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body))
-        .map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&body);
+    crate::strict_json::check(body).map_err(|e| invalid(e.to_string()))?;
+    let req: Value =
+        serde_json::from_slice(body).map_err(|e| invalid(format!("the body is not JSON: {e}")))?;
     let model = match &req["model"] {
         Value::String(m) => m.clone(),
         Value::Null => return Err(invalid("`model` is missing; `GET /v1/models` lists them")),
@@ -585,7 +587,8 @@ mod tests {
     fn a_chat_fills_one_variable_that_names_no_file() {
         let v = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         // (required, path variables, the variable the chat fills or a word of why not)
-        let cases: &[(&[&str], &[&str], Result<&str, &str>)] = &[
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], Result<&'a str, &'a str>);
+        let cases: &[Case] = &[
             (&["goal"], &[], Ok("goal")),
             (&["goal"], &["feature"], Ok("goal")),
             (&["feature"], &["feature"], Err("`feature` names files")),

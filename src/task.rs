@@ -218,6 +218,9 @@ pub fn parse_fields(name: &str, bytes: &[u8]) -> Result<TaskFields, Reject> {
         if !text.trim_start().starts_with('{') {
             return reject("a JSON task file must be one object, like {\"prompt\": \"…\"}");
         }
+        if let Err(e) = crate::strict_json::check(text.as_bytes()) {
+            return reject(invalid_json(None, &e));
+        }
         let mut de = serde_json::Deserializer::from_str(text);
         match serde_path_to_error::deserialize::<_, TaskFields>(&mut de) {
             // Only space may follow the object (as `serde_json::from_str` checks).
@@ -508,11 +511,20 @@ pub fn accept(
     for dep in &fields.after {
         validate_name(dep).map_err(|m| Reject(format!("`after` id `{dep}`: {m}")))?;
     }
-    if matches!(fields.timeout, Some(d) if d.0.is_zero()) {
-        return reject("`timeout` must be more than 0");
+    let min = crate::duration::MIN_TIMEOUT;
+    if let Some(d) = fields.timeout.filter(|d| d.0 < min) {
+        return reject(format!(
+            "`timeout` is {}; it must be at least {} (an agent does not even start in less)",
+            crate::duration::short(d.0),
+            crate::duration::short(min)
+        ));
     }
-    if matches!(fields.idle_timeout, Some(d) if d.0.is_zero()) {
-        return reject("`idle_timeout` must be more than 0 (leave it out to use the agent's)");
+    if let Some(d) = fields.idle_timeout.filter(|d| d.0 < min) {
+        return reject(format!(
+            "`idle_timeout` is {}; it must be at least {} (leave it out to use the agent's)",
+            crate::duration::short(d.0),
+            crate::duration::short(min)
+        ));
     }
     accept_editing(&id, &fields, config, root)?;
     check_title(fields.title.as_deref())?;

@@ -266,7 +266,15 @@ fn huge_and_zero_durations_are_refused_when_parsed() {
         ),
         (
             r#"{"prompt": "p", "agent": "good", "idle_timeout": "0s"}"#,
-            "`idle_timeout` must be more than 0",
+            "`idle_timeout` is 0ms; it must be at least 100ms",
+        ),
+        (
+            r#"{"prompt": "p", "agent": "good", "timeout": "1ms"}"#,
+            "`timeout` is 1ms; it must be at least 100ms (an agent does not even start in less)",
+        ),
+        (
+            r#"{"prompt": "p", "agent": "good", "timeout": "1ns"}"#,
+            "invalid duration `1ns` (dirigent counts time in whole milliseconds)",
         ),
     ]
     .iter()
@@ -1352,4 +1360,38 @@ fn tasks_put_back_by_a_stop_while_the_intake_is_held_run_after_a_restart() {
             "expected `{id}` done after the restart, got {settled:?}"
         );
     }
+}
+
+/// A JSON object with a key written twice says one thing to a filter that reads the first and
+/// another to a reader that keeps the last: every door refuses it. The chat door and task files
+/// are checked in `http.rs` and the corpus; this is MCP's, before any tool is reached.
+#[test]
+fn the_mcp_door_refuses_a_key_written_twice() {
+    let ws = Workspace::new(CONFIG);
+    let mut mcp = std::process::Command::new(common::BIN)
+        .args(["--root", &ws.root().display().to_string(), "mcp"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = mcp.stdin.take().unwrap();
+    input
+        .write_all(b"{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"ping\", \"method\": \"tools/call\"}\n")
+        .unwrap();
+    drop(input);
+    let mut out = String::new();
+    mcp.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    // It then ends: a session that never initialised is an error of its own.
+    mcp.wait().unwrap();
+    let answer: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("")).unwrap();
+    assert_eq!(
+        answer["error"]["code"], -32700,
+        "expected a parse error, got {out}"
+    );
+    let message = answer["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("parse error: the key `method` is written twice in one object"),
+        "expected the key named, got {message:?}"
+    );
 }

@@ -138,6 +138,11 @@ fn the_frameworks_own_refusals_come_in_the_documented_shape() {
             r#"{"model": "good", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}"#,
             "the messages hold no text: only text content is taken",
         ),
+        // One key written twice: a filter in front may read the other one.
+        (
+            r#"{"model": "good", "messages": [{"role": "user", "content": "a"}], "model": "hang"}"#,
+            "\"the key `model` is written twice in one object; write each key once at line 1 column 73\"",
+        ),
         // A chat's text is no file name, and a workflow that needs no variable has nowhere to
         // put it: refused before anything runs, with the doors that can run them.
         (

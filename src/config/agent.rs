@@ -302,8 +302,8 @@ pub enum AgentError {
     RetryFactor,
     #[error("`retry.jitter` must be between 0 and 1 (a fraction of the delay)")]
     RetryJitter,
-    #[error("`timeout` must be more than 0")]
-    ZeroTimeout,
+    #[error("`{key}` is {given}; it must be at least {min} (an agent does not even start in less){off}", given = crate::duration::short(*given), min = crate::duration::short(crate::duration::MIN_TIMEOUT), off = if *key == "idle_timeout" { "; `0` turns it off" } else { "" })]
+    ShortTimeout { key: &'static str, given: Duration },
     #[error("`isolate` works with the claude, gemini, codex and opencode presets")]
     CannotIsolate,
 }
@@ -430,8 +430,21 @@ pub(super) fn build_agent(name: &str, raw: RawAgent) -> Result<Agent, AgentError
         .map(|d| d.0)
         .or(preset.map(|p| p.timeout))
         .unwrap_or(Duration::from_secs(30 * 60));
-    if timeout.is_zero() {
-        return Err(AgentError::ZeroTimeout);
+    if timeout < crate::duration::MIN_TIMEOUT {
+        return Err(AgentError::ShortTimeout {
+            key: "timeout",
+            given: timeout,
+        });
+    }
+    if let Some(given) = raw
+        .idle_timeout
+        .map(|d| d.0)
+        .filter(|d| !d.is_zero() && *d < crate::duration::MIN_TIMEOUT)
+    {
+        return Err(AgentError::ShortTimeout {
+            key: "idle_timeout",
+            given,
+        });
     }
     Ok(Agent {
         name: name.to_string(),

@@ -968,6 +968,18 @@ mod tests {
                 "agents:\n  x: {command: [a], timeout: soon}\n",
                 "invalid duration",
             ),
+            (
+                "agents:\n  x: {command: [a], timeout: 50ms}\n",
+                "`timeout` is 50ms; it must be at least 100ms (an agent does not even start in less)",
+            ),
+            (
+                "agents:\n  x: {command: [a], idle_timeout: 1ms}\n",
+                "`idle_timeout` is 1ms; it must be at least 100ms (an agent does not even start in less); `0` turns it off",
+            ),
+            (
+                "agents:\n  x: {command: [a], timeout: 1ns}\n",
+                "invalid duration `1ns` (dirigent counts time in whole milliseconds)",
+            ),
             ("roles:\n  r: []\n", "empty chain"),
             // Values of the wrong shape, in the reader's words rather than the parser's.
             (
