@@ -139,6 +139,21 @@ pub struct Setup {
     pub setup: Option<Vec<String>>,
 }
 
+/// The most `verify_rounds` a task or the config may ask for: each round is another full run of
+/// the agent in the same slot, so a large number holds the slot for hours on work that keeps
+/// failing its check.
+pub const MAX_VERIFY_ROUNDS: u32 = 10;
+
+/// `verify_rounds` as given, or why it is refused.
+pub fn check_verify_rounds(rounds: Option<u32>) -> Result<(), String> {
+    match rounds {
+        Some(n) if n > MAX_VERIFY_ROUNDS => Err(format!(
+            "`verify_rounds` is {n}; at most {MAX_VERIFY_ROUNDS} (each round runs the agent again in the same slot)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The config's defaults for editing tasks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Defaults {

@@ -553,6 +553,7 @@ fn accept_editing(
     if let Some(v) = &fields.verify {
         v.commands().map_err(|e| Reject(e.to_string()))?;
     }
+    crate::editing::check_verify_rounds(fields.verify_rounds).map_err(Reject)?;
     if let Some(branch) = &fields.merge_into {
         crate::git::check_target_name(branch)
             .map_err(|why| Reject(format!("`merge_into: {branch}`: {why}")))?;

@@ -273,6 +273,10 @@ fn huge_and_zero_durations_are_refused_when_parsed() {
             "`timeout` is 1ms; it must be at least 100ms (an agent does not even start in less)",
         ),
         (
+            r#"{"prompt": "p", "agent": "good", "verify_rounds": 4294967295}"#,
+            "`verify_rounds` is 4294967295; at most 10",
+        ),
+        (
             r#"{"prompt": "p", "agent": "good", "timeout": "1ns"}"#,
             "invalid duration `1ns` (dirigent counts time in whole milliseconds)",
         ),

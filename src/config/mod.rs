@@ -317,6 +317,7 @@ fn editing_defaults(
     worktree: RawWorktree,
 ) -> Result<crate::editing::Defaults, String> {
     let d = crate::editing::Defaults::default();
+    crate::editing::check_verify_rounds(verify_rounds)?;
     if let Some(branch) = &merge_into {
         crate::git::check_target_name(branch)
             .map_err(|why| format!("`merge_into: {branch}`: {why}"))?;
@@ -967,6 +968,10 @@ mod tests {
             (
                 "agents:\n  x: {command: [a], timeout: soon}\n",
                 "invalid duration",
+            ),
+            (
+                "verify_rounds: 11\n",
+                "`verify_rounds` is 11; at most 10 (each round runs the agent again in the same slot)",
             ),
             (
                 "agents:\n  x: {command: [a], timeout: 50ms}\n",
