@@ -1209,3 +1209,46 @@ fn status_lists_the_latest_rejected_files_and_counts_the_rest() {
         .collect();
     assert_eq!(rejected, want, "status said:\n{text}");
 }
+
+/// A daemon keeps the most recent finished tasks in full (1,000; here 2) and only the outcome
+/// of older ones: `status` says they exist instead of reading as the whole history, and one of
+/// them is still found by id.
+#[test]
+fn status_counts_the_finished_tasks_it_no_longer_lists() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start_with(&[("DIRIGENT_KEEP_FINISHED", "2")]);
+    // One at a time, so the oldest are known: `old-ok` and `old-ghost` (failed) are archived.
+    for (id, agent) in [
+        ("old-ok", "good"),
+        ("old-ghost", "ghost"),
+        ("new-1", "good"),
+        ("new-2", "good"),
+    ] {
+        let out = ws.cli(&["submit", "p", "--id", id, "--agent", agent]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        ws.wait_settled(id);
+    }
+    let out = ws.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("\n… and 2 older finished task(s) not listed: 1 done, 1 failed (`dirigent status ID` shows one; `stats` counts them all)\n"),
+        "expected the count of the archived tasks, got:\n{text}"
+    );
+    assert!(
+        !text.contains("old-ok") && text.contains("new-1") && text.contains("new-2"),
+        "expected only the two most recent listed:\n{text}"
+    );
+    let out = ws.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["archived"],
+        serde_json::json!({"done": 1, "failed": 1}),
+        "expected the archived counts in --json"
+    );
+    let out = ws.cli(&["status", "old-ghost"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("old-ghost — archived"),
+        "expected an archived task found by id: {:?}",
+        out
+    );
+}

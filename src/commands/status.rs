@@ -176,6 +176,18 @@ fn inbox_refusal(
     }
 }
 
+/// The finished tasks a running daemon no longer lists (it keeps the most recent ones in full),
+/// so the list does not read as the whole history.
+fn archived_line(book: &TaskBook) -> Option<String> {
+    let (done, failed) = (book.archived_done, book.archived_failed);
+    (done + failed > 0).then(|| {
+        format!(
+            "… and {} older finished task(s) not listed: {done} done, {failed} failed (`dirigent status ID` shows one; `stats` counts them all)",
+            done + failed
+        )
+    })
+}
+
 pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCode> {
     let (book, live) = load_live_book(ws)?;
     if let Some(id) = id
@@ -394,6 +406,8 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             "intake_held": live.intake_held,
             "fleet": live.fleet,
             "tasks": tasks,
+            // Older finished tasks the daemon keeps only the outcome of: not in `tasks`.
+            "archived": {"done": book.archived_done, "failed": book.archived_failed},
             "rejected": book.rejected,
             "spend": spend_report(ws, &book)?,
         });
@@ -485,6 +499,9 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             }
             println!("{:<w$} ↳ {}", "", dirigent::terminal::printable(&line));
         }
+    }
+    if let Some(line) = archived_line(&book) {
+        println!("{line}");
     }
     let inbox_config = (!waiting.is_empty())
         .then(|| Config::load(&ws.config()).ok())

@@ -88,7 +88,7 @@ pub async fn run_with_options(
     // Records are sealed with a key kept outside the workspace, so that lines an agent appends
     // to the ledger are not believed (see `integrity`).
     let (key, key_is_new) = crate::integrity::load_or_create(&ws)?;
-    let loaded = crate::compact::load(&ws, Some(KEEP_FINISHED), true, Some(&key), key_is_new)
+    let loaded = crate::compact::load(&ws, Some(keep_finished()), true, Some(&key), key_is_new)
         .map_err(ws_err)?;
     report_refused(&ws, &loaded);
     if loaded.unsealed_snapshot
@@ -113,7 +113,7 @@ pub async fn run_with_options(
     let live = LiveTasks::default();
     let compactor = crate::compact::Compactor::new(
         ws.clone(),
-        KEEP_FINISHED,
+        keep_finished(),
         config.ledger_keep_segments,
         Some(key.clone()),
     )

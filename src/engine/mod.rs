@@ -82,6 +82,19 @@ use settling::finished_events;
 /// Finished tasks the daemon keeps in full (for progress.md); older ones shrink to id → outcome.
 const KEEP_FINISHED: usize = 1000;
 
+/// [`KEEP_FINISHED`]; a debug build takes `DIRIGENT_KEEP_FINISHED` instead, so tests reach
+/// archiving without a thousand tasks.
+fn keep_finished() -> usize {
+    #[cfg(debug_assertions)]
+    if let Some(n) = std::env::var("DIRIGENT_KEEP_FINISHED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    KEEP_FINISHED
+}
+
 /// How long after a change `progress.md` is rewritten (changes in between are coalesced).
 const PROGRESS_DELAY: Duration = Duration::from_millis(100);
 
