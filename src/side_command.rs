@@ -34,6 +34,10 @@ pub struct SideLimits {
     /// Where it runs, and variables it gets: a task's worktree for `verify`; `None` is the
     /// workspace.
     pub dir: Option<(std::path::PathBuf, Vec<(String, String)>)>,
+    /// The task it runs for (a `verify`, a tree's `setup`, a loop's evaluator), given to it as
+    /// `DIRIGENT_TASK_ID`: a helper it starts with `setsid` is then its own while it runs — left
+    /// alone by the sweep after another task's attempt — and killed by its own sweep.
+    pub task: Option<String>,
 }
 
 /// Runs a side command in the workspace the way attempts run: its own process group, stdin from
@@ -52,6 +56,7 @@ pub async fn run_logged(
         cancel,
         grace,
         dir,
+        task,
     } = limits;
     let (out, err) = match open_log(ws, log).and_then(|f| Ok((f.try_clone()?, f))) {
         Ok((o, e)) => (Stdio::from(o), Stdio::from(e)),
@@ -70,6 +75,11 @@ pub async fn run_logged(
     }
     // Found (and killed) by the next start if the daemon dies while it runs.
     cmd.env("DIRIGENT_WORKSPACE", ws.root());
+    if let Some(task) = &task {
+        cmd.env("DIRIGENT_TASK_ID", task);
+    }
+    // Held until it is reaped, and let go before its own sweep (as an attempt's is).
+    let running = task.as_deref().map(crate::reaper::RunningTask::new);
     cmd.stdout(out)
         .stderr(err)
         .process_group(0)
@@ -112,6 +122,7 @@ pub async fn run_logged(
     let _ = child.wait().await;
     // Reaped: from here on the sweep may reap anything else, and what left the group
     // (`setsid`) and was adopted by the daemon goes too.
+    drop(running);
     drop(registered);
     let root = ws.root().to_path_buf();
     let leader = pgid.as_raw() as u32;
@@ -119,8 +130,8 @@ pub async fn run_logged(
         crate::reaper::sweep(Some(&crate::reaper::Leftovers {
             workspace: &root,
             pgid: leader,
-            // A side command carries no task id: what it leaves that names one is an attempt's.
-            task: Some(""),
+            // What it left that names another running task is that task's.
+            task: Some(task.as_deref().unwrap_or("")),
         }))
     })
     .await;

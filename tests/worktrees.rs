@@ -1870,3 +1870,46 @@ fn keep_failed_shortened_by_a_reload_applies_to_trees_kept_already() {
         },
     );
 }
+
+/// A helper a `verify` starts with `setsid` (a test server, say) lives as long as that check:
+/// another task's attempt ending meanwhile does not take it for its own leftover (the check
+/// carries its task's id), and the check's own end does.
+#[test]
+fn another_attempts_end_leaves_a_running_checks_setsid_helper_alone() {
+    let ws = repo_workspace(&format!("{AGENT}concurrency: 2\nmerge: none\n"));
+    let _d = ws.start();
+    let check = r#"(setsid sh -c 'echo $$ > \"$DIRIGENT_WORKSPACE/helper.pid\"; exec sleep 60' &); while [ ! -e \"$DIRIGENT_WORKSPACE/go\" ]; do sleep 0.02; done; kill -0 $(cat \"$DIRIGENT_WORKSPACE/helper.pid\")"#;
+    ws.drop_task(
+        "v.json",
+        &format!(
+            r#"{{"prompt": "append a.txt checked", "agent": "ed", "verify": [["sh", "-c", "{check}"]]}}"#
+        ),
+    );
+    let helper: u32 = ws.wait_until("the check's helper to start", || {
+        std::fs::read_to_string(ws.root().join("helper.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    ws.drop_task(
+        "q.json",
+        r#"{"prompt": "append b.txt quick", "agent": "ed2"}"#,
+    );
+    assert!(
+        matches!(ws.wait_settled("q"), Event::Done { .. }),
+        "expected the quick task done"
+    );
+    assert!(
+        !common::process_gone(helper),
+        "expected the running check's helper alive after another task's attempt ended"
+    );
+    std::fs::write(ws.root().join("go"), "").unwrap();
+    assert!(
+        matches!(ws.wait_settled("v"), Event::Done { .. }),
+        "expected the checked task done: its check's helper was alive to the end"
+    );
+    ws.wait_until("its own check's end to take the helper", || {
+        common::process_gone(helper).then_some(())
+    });
+}

@@ -326,6 +326,7 @@ impl Engine {
                                     cancel: Some(stop_rx.clone()),
                                     grace: plan.kill_grace,
                                     dir: None,
+                                    task: Some(plan.task_id.clone()),
                                 };
                                 let ended = worktrees::run_setup(
                                     &ws,

@@ -678,6 +678,7 @@ async fn verify_merged(job: &MergeJob) -> Result<(), Option<String>> {
             cancel: None,
             grace: job.grace,
             dir: Some((job.dir.clone(), super::worktrees::tree_env(&job.state))),
+            task: Some(job.task.clone()),
         };
         let end = crate::side_command::run_logged(&job.ws, argv, &log, limits).await;
         match end {

@@ -362,6 +362,7 @@ impl Engine {
                     cancel: None,
                     grace: config.kill_grace,
                     dir: None,
+                    task: None,
                 };
                 escalate::run_hook(&ws, &hook, snapshot.id(), limits).await;
             }

@@ -289,6 +289,7 @@ async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
             cancel: Some(plan.cancel.clone()),
             grace: plan.grace,
             dir: Some((plan.dir.clone(), tree_env(&plan.state))),
+            task: Some(plan.task.clone()),
         };
         let end = crate::side_command::run_logged(&plan.ws, argv, &log, limits).await;
         let shown = argv.join(" ");

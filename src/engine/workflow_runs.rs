@@ -291,6 +291,7 @@ impl Engine {
             cancel: None,
             grace: self.config.kill_grace,
             dir: None,
+            task: Some(run.to_string()),
         };
         self.tasks.spawn(async move {
             let log = ws

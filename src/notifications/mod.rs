@@ -383,6 +383,7 @@ async fn run(
         cancel: None,
         grace: std::time::Duration::from_secs(1),
         dir: Some((shared.ws.root().to_path_buf(), env)),
+        task: None,
     };
     match run_logged(&shared.ws, argv, &log, limits).await {
         CommandEnd::Exited(s) if s.success() => Ok(()),
