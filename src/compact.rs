@@ -54,9 +54,11 @@ pub struct Loaded {
     /// Nothing verified under the key although sealed lines exist: the workspace was copied
     /// or moved, or its key replaced. The lines were believed as written.
     pub another_key: bool,
-    /// The snapshot was written by an older version without a seal (it is sealed again at the
-    /// next compaction).
-    pub unsealed_snapshot: bool,
+    /// The snapshot was believed without this key's seal — an older version's, or a copied or
+    /// moved workspace's: the daemon seals it again before it builds on it.
+    pub reseal_snapshot: bool,
+    /// The first record that carried this key's valid seal (see [`Key::sealed_from`]).
+    pub first_sealed: Option<u64>,
     /// Rotated segments the snapshot does not cover yet (a compaction to finish or that waited).
     pub uncovered_segments: usize,
 }
@@ -169,6 +171,7 @@ pub fn load(
         // Nothing verifies: not forgery of some lines but another key for all of them.
         let mut again = load_checked(ws, keep_finished, false, None, true)?;
         again.another_key = true;
+        again.reseal_snapshot = true;
         again.torn = loaded.torn;
         return Ok(again);
     }
@@ -185,7 +188,13 @@ fn load_checked(
     let mut checker = Checker::new(key.cloned());
     let snap = read_snapshot(ws, key)?;
     let mut refused_snapshot = None;
+    // Records below the key's mark were taken as written when the key was made.
+    let adopted = key
+        .and_then(Key::sealed_from)
+        .is_some_and(|from| snap.seq < from);
     let (covered, mut book) = match snap.seal {
+        Seal::Valid => (snap.seq, snap.book),
+        _ if adopted => (snap.seq, snap.book),
         Seal::Bad => {
             refused_snapshot =
                 Some("its seal does not match: it was altered, or not written by dirigent");
@@ -244,7 +253,8 @@ fn load_checked(
         refused,
         refused_count,
         another_key,
-        unsealed_snapshot: snap.seal == Seal::Unsigned && key.is_some() && key_is_new,
+        reseal_snapshot: key.is_some() && covered > 0 && snap.seal != Seal::Valid,
+        first_sealed: checker.first_sealed(),
         uncovered_segments,
     })
 }
@@ -339,7 +349,8 @@ pub fn write_snapshot(
         })
 }
 
-/// Seals a snapshot an older version wrote, right after the daemon made its key.
+/// Seals a snapshot believed without this key's seal (an older version's, a moved
+/// workspace's), before anything builds on it.
 pub fn reseal_snapshot(ws: &Workspace, key: &Key) -> std::io::Result<()> {
     let snap = read_snapshot(ws, None)?;
     if snap.seq == 0 {

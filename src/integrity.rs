@@ -6,9 +6,10 @@
 //! carries a seal: `,"mac":"<32 hex>"}` at the end of the line, an HMAC-SHA-256 (truncated to
 //! 128 bits) of the line without it, under a key that lives outside the workspace
 //! (`$XDG_STATE_HOME/dirigent/keys/`, or `~/.local/state/dirigent/keys/`; `DIRIGENT_STATE_DIR`
-//! moves it). Replay ([`Checker`]) admits a sealed line only if its seal is right, and an
-//! unsealed one only before the first sealed record (a ledger written by an older version);
-//! everything else is reported and skipped, and the rest is replayed.
+//! moves it). Replay ([`Checker`]) admits a sealed line only if its seal is right; records
+//! below the key's mark (`<key>.from`: the first record it sealed) were taken as written when the
+//! key was made — an older version's, or a moved workspace's; everything else is reported and
+//! skipped, and the rest is replayed.
 //!
 //! What this does not stop — and `docs/security.md` says so — is a process of the same user
 //! that reads the key file and seals its own lines: only running agents as another user (or in
@@ -30,9 +31,17 @@ const SEAL_PREFIX: &[u8] = b",\"mac\":\"";
 const MAC_HEX: usize = 32;
 const SEAL_LEN: usize = SEAL_PREFIX.len() + MAC_HEX + 2;
 
-/// A workspace's sealing key.
+/// A workspace's sealing key, and from which record on it has sealed everything.
 #[derive(Clone)]
-pub struct Key([u8; 32]);
+pub struct Key {
+    raw: [u8; 32],
+    /// The first sequence number this key sealed (from `<key>.from`, written at the first start
+    /// with the key): every record from there on must carry its seal. Records below it were
+    /// taken as written when the key was made — an older version's unsealed ledger, or a
+    /// workspace copied or moved here, whose seals are another path's key. `None`: a key made
+    /// before the mark existed (then an unsealed line counts only before the first sealed one).
+    sealed_from: Option<u64>,
+}
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,7 +174,7 @@ fn same_16(want: &[u8], given: &[u8; 16]) -> bool {
 
 impl Key {
     fn mac(&self, parts: &[&[u8]]) -> [u8; 16] {
-        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("any key length");
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.raw).expect("any key length");
         for p in parts {
             m.update(p);
         }
@@ -195,7 +204,7 @@ impl Key {
     pub fn sealing_writer<W: Write>(&self, inner: W) -> SealingWriter<W> {
         SealingWriter {
             inner,
-            mac: <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("any key length"),
+            mac: <HmacSha256 as KeyInit>::new_from_slice(&self.raw).expect("any key length"),
             held: None,
         }
     }
@@ -206,7 +215,7 @@ impl Key {
     pub fn checking_reader<R: Read>(&self, inner: R) -> CheckingReader<R> {
         CheckingReader {
             inner,
-            mac: <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("any key length"),
+            mac: <HmacSha256 as KeyInit>::new_from_slice(&self.raw).expect("any key length"),
             tail: Vec::with_capacity(2 * CHECK_TAIL),
             len: 0,
         }
@@ -271,6 +280,8 @@ pub struct Checker {
     key: Option<Key>,
     /// A sealed record has been admitted: from here on, unsealed lines are not believed.
     sealed_seen: bool,
+    /// The sequence number of the first record admitted with a valid seal.
+    first_sealed: Option<u64>,
     /// The highest sequence number admitted; a record at or below it is a copy.
     last_seq: u64,
     pub valid: u64,
@@ -297,18 +308,22 @@ impl Checker {
             return true;
         };
         let seal = key.check(line);
+        // Below the key's mark, records were taken as written when the key was made.
+        let adopted = key.sealed_from.is_some_and(|from| seq < from);
         let verdict = match seal {
-            Seal::Unsigned if self.sealed_seen => {
-                Err("it carries no seal, so dirigent did not write it")
-            }
-            Seal::Bad => Err("its seal does not match: it was altered, or not written by dirigent"),
             _ if seq <= self.last_seq => {
                 Err("its sequence number repeats an earlier record's: it is a copy")
             }
+            _ if adopted => Ok(()),
+            Seal::Unsigned if self.sealed_seen || key.sealed_from.is_some() => {
+                Err("it carries no seal, so dirigent did not write it")
+            }
+            Seal::Bad => Err("its seal does not match: it was altered, or not written by dirigent"),
             _ => Ok(()),
         };
         if verdict.is_ok() && seal == Seal::Valid {
             self.sealed_seen = true;
+            self.first_sealed.get_or_insert(seq);
             self.valid += 1;
         }
         match verdict {
@@ -337,6 +352,11 @@ impl Checker {
         self.sealed_seen |= sealed;
     }
 
+    /// The sequence number of the first record admitted with a valid seal.
+    pub fn first_sealed(&self) -> Option<u64> {
+        self.first_sealed
+    }
+
     /// The highest sequence number admitted so far.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
@@ -355,7 +375,9 @@ impl Checker {
     /// Whether any record failed its check only because of the key (none verified at all,
     /// yet some were refused as altered): the workspace was probably copied or its key lost.
     pub fn looks_like_another_key(&self) -> bool {
-        self.key.is_some()
+        // A marked key has sealed this workspace's records: one that verifies none of them is
+        // forgery, not a move (a moved workspace's path has no key yet).
+        self.key.as_ref().is_some_and(|k| k.sealed_from.is_none())
             && self.valid == 0
             && self.refused.iter().any(|r| r.why.starts_with("its seal"))
     }
@@ -431,7 +453,13 @@ pub fn load_or_create(ws: &Workspace) -> Result<(Key, bool), KeyError> {
         Ok(mut f) => {
             f.write_all(format!("{hex}\n").as_bytes()).map_err(io)?;
             f.sync_all().map_err(io)?;
-            Ok((Key(raw), true))
+            Ok((
+                Key {
+                    raw,
+                    sealed_from: None,
+                },
+                true,
+            ))
         }
         // Another process made it first: use that one.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -505,7 +533,65 @@ fn read_key(path: &Path) -> Result<Option<Key>, KeyError> {
             "does not hold a key (64 hex digits); delete it to make a new one".into(),
         ));
     }
-    Ok(Some(Key(raw)))
+    Ok(Some(Key {
+        raw,
+        sealed_from: read_sealed_from(&from_path(path)),
+    }))
+}
+
+/// Where the mark of the first record a key sealed lives: beside the key.
+fn from_path(key: &Path) -> PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push(".from");
+    PathBuf::from(name)
+}
+
+/// The mark, when it is there and reads as a number (a few bytes, no link followed).
+fn read_sealed_from(path: &Path) -> Option<u64> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(32).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
+}
+
+impl Key {
+    /// The first sequence number this key sealed, when marked.
+    pub fn sealed_from(&self) -> Option<u64> {
+        self.sealed_from
+    }
+}
+
+/// Marks that the key of `ws` seals every record from `seq` on (see [`Key`]); written once, at
+/// the first start with the key, before anything is sealed. Written aside and renamed, 0600.
+pub fn mark_sealed_from(ws: &Workspace, key: &mut Key, seq: u64) -> std::io::Result<()> {
+    let path = from_path(&key_path(ws));
+    let aside = {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".tmp");
+        PathBuf::from(name)
+    };
+    let _ = std::fs::remove_file(&aside);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&aside)?;
+    f.write_all(format!("{seq}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&aside, &path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    key.sealed_from = Some(seq);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -513,7 +599,10 @@ mod tests {
     use super::*;
 
     fn key(b: u8) -> Key {
-        Key([b; 32])
+        Key {
+            raw: [b; 32],
+            sealed_from: None,
+        }
     }
 
     #[test]
@@ -661,7 +750,7 @@ mod tests {
         assert!(created);
         let (b, created) = load_or_create(&ws).unwrap();
         assert!(!created);
-        assert_eq!(a.0, b.0);
+        assert_eq!(a.raw, b.raw);
         let path = key_path(&ws);
         assert!(path.starts_with(state.path()), "{}", path.display());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

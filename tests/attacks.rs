@@ -1399,3 +1399,52 @@ fn the_mcp_door_refuses_a_key_written_twice() {
         "expected the key named, got {message:?}"
     );
 }
+
+/// Once the key has sealed a workspace's records, a ledger whose seals were all stripped (read
+/// as an older version's) or all garbled (read as a moved workspace's) is forgery: nothing of
+/// it is believed, and the log says so.
+#[test]
+fn a_ledger_with_every_seal_stripped_or_garbled_is_not_believed() {
+    type Edit = fn(&str) -> String;
+    let strip: Edit = |line| match line.rfind(",\"mac\":\"") {
+        Some(at) => format!("{}}}", &line[..at]),
+        None => line.to_string(),
+    };
+    let garble: Edit = |line| match line.rfind(",\"mac\":\"") {
+        Some(at) => format!("{},\"mac\":\"{}\"}}", &line[..at], "0".repeat(32)),
+        None => line.to_string(),
+    };
+    for (what, edit) in [("stripped", strip), ("garbled", garble)] {
+        let ws = Workspace::new(CONFIG);
+        let mut d = ws.start();
+        ws.drop_task("f.json", r#"{"prompt": "p", "agent": "fail"}"#);
+        assert!(
+            matches!(ws.wait_settled("f"), Event::Escalated { .. }),
+            "expected the failing task escalated"
+        );
+        assert!(d.stop().success());
+        // What an agent that cannot read the key does: rewrite history without seals.
+        let path = ws.path("ledger.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let forged: String = text
+            .lines()
+            .map(|l| edit(l) + "\n")
+            .collect::<String>()
+            .replace("\"event\":\"escalated\"", "\"event\":\"cancelled\"");
+        assert_ne!(forged, text, "the test must change the ledger");
+        std::fs::write(&path, forged).unwrap();
+        let _d = ws.start();
+        let out = ws.cli(&["status", "f", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_ne!(
+            v["state"], "cancelled",
+            "{what}: expected the forged history not believed, got {v}"
+        );
+        // The log is written on a thread of its own: wait for the line.
+        ws.wait_until(&format!("{what}: the forged lines reported"), || {
+            log(&ws)
+                .contains("were not written by dirigent")
+                .then_some(())
+        });
+    }
+}

@@ -647,3 +647,60 @@ fn a_command_sent_while_the_daemon_starts_waits_for_it() {
     );
     stubborn.wait().unwrap();
 }
+
+/// A workspace moved (or copied) to another path meets a key that never sealed its records:
+/// they are taken as written — and still on every later start, snapshot included, once the new
+/// key marks from which record it seals everything.
+#[test]
+fn a_moved_workspace_keeps_its_history_on_every_start() {
+    // The history in the ledger file; and in segments of a few records, folded into a snapshot.
+    for (config, snapshot) in [
+        (CONFIG.to_string(), false),
+        (format!("{CONFIG}ledger_segment_events: 4\n"), true),
+    ] {
+        moved_workspace_keeps_its_history(&config, snapshot);
+    }
+}
+
+fn moved_workspace_keeps_its_history(config: &str, snapshot: bool) {
+    let before = Workspace::new(config);
+    let mut d = before.start();
+    for id in ["old-1", "old-2", "old-3"] {
+        before.drop_task(&format!("{id}.json"), r#"{"prompt": "p"}"#);
+        before.wait_settled(id);
+    }
+    assert!(d.stop().success());
+    let moved = Workspace::new(config);
+    for entry in std::fs::read_dir(before.root().join(".context")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ledger") {
+            std::fs::copy(entry.path(), moved.path(&name)).unwrap();
+        }
+    }
+    assert_eq!(
+        moved.path("ledger.snapshot.json").exists(),
+        snapshot,
+        "expected a snapshot among the moved files: {snapshot}"
+    );
+    for round in 1..=2 {
+        let mut d = moved.start();
+        let id = format!("new-{round}");
+        moved.drop_task(&format!("{id}.json"), r#"{"prompt": "p"}"#);
+        moved.wait_settled(&id);
+        for old in ["old-1", "old-2", "old-3"] {
+            let out = moved.cli(&["status", old, "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            assert_eq!(
+                v["state"], "done",
+                "start {round} (snapshot: {snapshot}): expected `{old}` still done after the move, got {v}"
+            );
+        }
+        assert!(d.stop().success());
+        let log = std::fs::read_to_string(moved.root().join("daemon.log")).unwrap_or_default();
+        assert!(
+            !log.contains("ignored:"),
+            "start {round} (snapshot: {snapshot}): expected every moved record believed, the log says:\n{log}"
+        );
+    }
+}

@@ -87,14 +87,28 @@ pub async fn run_with_options(
 
     // Records are sealed with a key kept outside the workspace, so that lines an agent appends
     // to the ledger are not believed (see `integrity`).
-    let (key, key_is_new) = crate::integrity::load_or_create(&ws)?;
+    let (mut key, key_is_new) = crate::integrity::load_or_create(&ws)?;
     let loaded = crate::compact::load(&ws, Some(keep_finished()), true, Some(&key), key_is_new)
         .map_err(ws_err)?;
     report_refused(&ws, &loaded);
-    if loaded.unsealed_snapshot
+    if loaded.reseal_snapshot
         && let Err(e) = crate::compact::reseal_snapshot(&ws, &key)
     {
-        tracing::warn!("cannot seal the ledger snapshot an older version wrote: {e}");
+        tracing::warn!("cannot seal the ledger snapshot with this workspace's key: {e}");
+    }
+    // From here on every record must carry this key's seal: a ledger stripped of its seals (or
+    // with every seal garbled) is then forgery, not an older version's or a moved workspace's.
+    if key.sealed_from().is_none() {
+        let next = loaded.book.last_seq + 1;
+        let from = match loaded.first_sealed {
+            Some(first) if !loaded.another_key => first,
+            _ => next,
+        };
+        if let Err(e) = crate::integrity::mark_sealed_from(&ws, &mut key, from) {
+            tracing::warn!(
+                "cannot mark from which record the ledger key seals everything (tried again at the next start): {e}"
+            );
+        }
     }
     if let Some(aside) = &loaded.torn {
         tracing::warn!(
@@ -423,6 +437,12 @@ fn report_refused(ws: &Workspace, loaded: &crate::compact::Loaded) {
     );
     for r in loaded.refused.iter().take(10) {
         tracing::warn!("ignored: {r}");
+    }
+    if loaded.first_sealed.is_none() {
+        tracing::warn!(
+            "no line verifies under this workspace's key: if you copied another workspace's `.context/` over this one, remove `{}.from` and start again to take its records as written",
+            crate::integrity::key_path(ws).display()
+        );
     }
 }
 
