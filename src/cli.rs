@@ -163,8 +163,8 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<AgentsAction>,
     },
-    /// Can each agent run? Per agent: installed and its version, credentials found (where, never
-    /// what), disabled or cooling down, its last failure — and the exact command that fixes each
+    /// Can each agent run? Per agent: installed and its version (a preset's CLI; a custom
+    /// `command` is never run), credentials found (where, never what), disabled or cooling down, its last failure — and the exact command that fixes each
     /// problem. Exits 1 when no agent of the default chain can run. Checks this shell's
     /// environment: a daemon started by systemd or launchd may see another one.
     Doctor {

@@ -1,7 +1,8 @@
 //! `dirigent doctor`: can each configured agent run, and if not, what exactly fixes it?
 //!
-//! For every agent: is its program installed (and which version — `<program> --version`, run in
-//! its own process group and killed after a few seconds), does the preset's CLI have a way to
+//! For every agent: is its program installed (and, for a preset's CLI, which version —
+//! `<program> --version`, run in its own process group and killed after a few seconds; a custom
+//! `command` is never run: it may be any script, and `--version` may be work to it), does the preset's CLI have a way to
 //! log in (the same check `spawn` makes before each attempt, see `credentials`), is its provider
 //! disabled or cooling down, and how did it last fail. Each problem comes with the command that
 //! fixes it. Values of credentials are never read or printed: only where one was found.
@@ -119,14 +120,20 @@ pub fn check_agent(
     })
 }
 
-/// Every agent of `config`, versions asked for in parallel.
+/// Every agent of `config`, versions asked for in parallel — of the presets' CLIs only.
 pub fn report(ws: &Workspace, config: &Config, book: &TaskBook) -> Value {
     let versions: Vec<Option<String>> = std::thread::scope(|s| {
         let handles: Vec<_> = config
             .agents
             .values()
             .map(|agent| {
-                let path = agent.resolve(ws.root());
+                // A custom command is the user's script: run, it would do its work (edit the
+                // checkout, wait, …), whatever `--version` means to it.
+                let path = agent
+                    .preset
+                    .is_some()
+                    .then(|| agent.resolve(ws.root()))
+                    .flatten();
                 s.spawn(move || path.and_then(|p| version_of(&p)))
             })
             .collect();

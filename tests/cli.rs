@@ -760,6 +760,7 @@ default_chain: [codex]
 agents:
   codex: { preset: codex }
   ghost: { command: ["definitely-not-installed-xyz"] }
+  script: { command: ["{agents}/touch-ran.sh"] }
 "#,
     );
     // A fake codex first on PATH, and a home with no login.
@@ -788,7 +789,14 @@ agents:
         cmd.output().unwrap()
     };
     let out = doctor(false);
-    let text = String::from_utf8_lossy(&out.stdout).replace(&ws.root().display().to_string(), "WS");
+    let text = String::from_utf8_lossy(&out.stdout)
+        .replace(&ws.root().display().to_string(), "WS")
+        .replace(&common::agents_dir().display().to_string(), "AGENTS");
+    // A custom command is the user's script, never run by the check: `--version` may be work.
+    assert!(
+        !ws.root().join("ran").exists(),
+        "expected the custom agent not run by doctor"
+    );
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
     assert_eq!(
         text,
@@ -799,6 +807,7 @@ codex      PROBLEM: WS/bin/codex (codex 0.0.0-fake), credentials: none
 ghost      PROBLEM: not installed
            - `definitely-not-installed-xyz` is not installed (not on PATH)
              fix: install it, or fix the agent's `command` in .context/dirigent.yaml
+script     ok: AGENTS/touch-ran.sh
 
 default chain: codex
 no agent of the default chain can run: fix one of the problems above, or try dirigent with a script agent that needs no CLI (the README's \"No agent CLI installed yet?\")
