@@ -191,8 +191,9 @@ fn tools() -> Vec<Tool> {
         ),
         Tool::new(
             "wait_task",
-            "Wait until a task has finished (done, failed, cancelled or rejected) and return its \
-             state, with the result text when it is done.",
+            "Wait until a task has finished (done, failed, cancelled or rejected) or waits to be \
+             merged (merge_waiting: verified work for you to review) and return its state, with \
+             the result text when it is done.",
             schema(json!({
                 "type": "object",
                 "properties": {
@@ -443,13 +444,35 @@ impl Server {
                 "task `{id}` was rejected: {}",
                 data["reason"].as_str().unwrap_or("")
             )),
-            _ => tool_error(format!(
-                "task `{id}` failed: {}. The escalation report is .context/escalations/{id}.md; \
-                 fix the cause and `dirigent retry {id}`, or submit it to another agent.",
-                data["reason"]
+            // Verified work that waits for a person (or a clean checkout): not a failure.
+            Some("merge_waiting") => {
+                let reason = data["reason"].as_str().unwrap_or("").to_string();
+                let text = format!(
+                    "task `{id}` is verified and waits to be merged: {reason}. Review it with task_diff, then merge_task (or discard_task)."
+                );
+                let mut out = CallToolResult::success(vec![ContentBlock::text(text)]);
+                out.structured_content =
+                    Some(json!({"id": id, "state": "merge_waiting", "reason": reason}));
+                out
+            }
+            _ if data["reason"].as_str() == Some(crate::state::CANCELLED_REASON) => {
+                tool_error(format!("task `{id}` was cancelled"))
+            }
+            _ => {
+                let reason = data["reason"]
                     .as_str()
-                    .unwrap_or("every agent in its chain failed")
-            )),
+                    .unwrap_or("every agent in its chain failed");
+                // The report is named only when there is one (a run's child, say, has none).
+                let report = format!(".context/escalations/{id}.md");
+                let report = if self.ws.root().join(&report).is_file() {
+                    format!(" The escalation report is {report}.")
+                } else {
+                    String::new()
+                };
+                tool_error(format!(
+                    "task `{id}` failed: {reason}.{report} Fix the cause and `dirigent retry {id}`, or submit it to another agent."
+                ))
+            }
         }
     }
 

@@ -1913,3 +1913,59 @@ fn another_attempts_end_leaves_a_running_checks_setsid_helper_alone() {
         common::process_gone(helper).then_some(())
     });
 }
+
+/// MCP's `submit_task` with `wait` (what an assistant delegating an edit uses): verified work
+/// that waits for review under `merge: manual` is an answer, not a failure — and names no
+/// escalation report, since there is none.
+#[test]
+fn mcp_wait_answers_merge_waiting_work_as_verified_not_failed() {
+    use std::io::{BufRead, Write};
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: manual\n"));
+    let _d = ws.start();
+    // The MCP server asks the running daemon: wait until it answers.
+    ws.wait_until("the daemon to answer", || {
+        String::from_utf8_lossy(&ws.cli(&["status"]).stdout)
+            .contains("this is its live state")
+            .then_some(())
+    });
+    let mut mcp = std::process::Command::new(common::BIN)
+        .args(["--root", &ws.root().display().to_string(), "mcp"])
+        .env("DIRIGENT_STATE_DIR", ws.state.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = mcp.stdin.take().unwrap();
+    for line in [
+        r#"{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}}"#,
+        r#"{"jsonrpc": "2.0", "method": "notifications/initialized"}"#,
+        r#"{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "submit_task", "arguments": {"prompt": "append a.txt reviewed", "id": "m1", "wait": true}}}"#,
+    ] {
+        writeln!(input, "{line}").unwrap();
+    }
+    let out = std::io::BufReader::new(mcp.stdout.take().unwrap());
+    let answer = out
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|v| v["id"] == 2)
+        .expect("an answer to the tool call");
+    drop(input);
+    let _ = mcp.wait();
+    let result = &answer["result"];
+    assert_ne!(
+        result["isError"], true,
+        "expected merge_waiting work answered as verified, got {answer}"
+    );
+    assert_eq!(
+        result["structuredContent"]["state"], "merge_waiting",
+        "expected the state in the answer: {answer}"
+    );
+    let text = result["content"][0]["text"].as_str().unwrap_or("");
+    assert!(
+        text.starts_with("task `m1` is verified and waits to be merged: ")
+            && text.ends_with("Review it with task_diff, then merge_task (or discard_task)."),
+        "expected what to do next, got {text:?}"
+    );
+}
