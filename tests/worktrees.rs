@@ -1969,3 +1969,56 @@ fn mcp_wait_answers_merge_waiting_work_as_verified_not_failed() {
         "expected what to do next, got {text:?}"
     );
 }
+
+/// `submit --wait` under `merge: auto` waits for the merge; when the merge is held up (here a
+/// dirty checkout), it says once that it goes on waiting and what happens next — not a silent
+/// hang — and ends when the merge lands.
+#[test]
+fn a_wait_held_up_by_an_auto_merge_says_so_and_ends_when_it_lands() {
+    use std::io::BufRead;
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: auto\n"));
+    let _d = ws.start();
+    std::fs::write(
+        ws.root().join("a.txt"),
+        format!("{}my own edit\n", main_file(&ws)),
+    )
+    .unwrap();
+    let mut wait = std::process::Command::new(common::BIN)
+        .args([
+            "submit",
+            "--wait",
+            "--id",
+            "w1",
+            "replace a.txt slot2 slot2-by-w1",
+        ])
+        .env("DIRIGENT_ROOT", ws.root())
+        .env("DIRIGENT_STATE_DIR", ws.state.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let err = wait.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    let held = ws.wait_until("the wait to say it goes on", || {
+        said.extend(lines.try_iter());
+        said.iter().find(|l| l.contains("still waiting")).cloned()
+    });
+    assert!(
+        held.ends_with("still waiting: it merges by itself once that is fixed; Ctrl-C leaves the wait (the task stays, and `dirigent status w1` follows it)"),
+        "expected what the wait does next, got {held:?}"
+    );
+    git(ws.root(), &["commit", "--quiet", "-am", "my own edit"]);
+    let status = wait.wait().unwrap();
+    said.extend(lines.iter());
+    assert!(
+        status.success() && said.iter().any(|l| l.contains("merged into `main`")),
+        "expected the wait to end with the merge, got {status}: {said:#?}"
+    );
+}

@@ -139,6 +139,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         branch: None,
         answered: None,
         nothing_new: false,
+        said_merge_wait: false,
     };
     wait_for(ws, &id, &name, follower, &mut end)
 }
@@ -296,6 +297,8 @@ struct Ending {
     /// Its branch, replayed onto the target, added nothing (`merge_ready` with the target's
     /// own commit): its change was there already.
     nothing_new: bool,
+    /// That the wait goes on through a held-up `merge: auto` was said.
+    said_merge_wait: bool,
 }
 
 impl Ending {
@@ -760,6 +763,14 @@ fn report_progress(
                     print_agent_text(text.as_slice())?;
                 }
                 return Ok(Some(ExitCode::SUCCESS));
+            }
+            // `merge: auto` held up (a dirty checkout, say): the merge queue tries again by
+            // itself, and the wait is for the merge — said once, so it is not a silent hang.
+            if !end.said_merge_wait && !reason.starts_with("queued for merging") {
+                end.said_merge_wait = true;
+                eprintln!(
+                    "[{t}] still waiting: it merges by itself once that is fixed; Ctrl-C leaves the wait (the task stays, and `dirigent status {id}` follows it)"
+                );
             }
         }
         // Fleet mode: where it went, and where it ran.
