@@ -2022,3 +2022,37 @@ fn a_wait_held_up_by_an_auto_merge_says_so_and_ends_when_it_lands() {
         "expected the wait to end with the merge, got {status}: {said:#?}"
     );
 }
+
+/// A workflow run's task whose merge conflicts says to retry the run — which resumes it —
+/// not the task alone, after which the run would stay failed.
+#[test]
+fn a_runs_conflicting_task_says_to_retry_the_run() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n"));
+    std::fs::create_dir_all(ws.ctx().join("workflows")).unwrap();
+    std::fs::write(
+        ws.ctx().join("workflows/clash.yaml"),
+        r#"
+name: clash
+phases:
+  - name: execute
+    type: parallel
+    workdir: worktree
+    tasks:
+      - { name: one, prompt: "append a.txt tail-by-one", agent: ed }
+      - { name: two, prompt: "append a.txt tail-by-two", agent: ed }
+"#,
+    )
+    .unwrap();
+    let _d = ws.start();
+    ws.drop_task("run.json", r#"{"workflow": "clash"}"#);
+    let end = ws.wait_settled("run");
+    let Event::Escalated { reason, .. } = end else {
+        panic!("expected the run escalated by the conflict, got {end:?}")
+    };
+    assert!(
+        reason.contains(
+            "`dirigent retry run` resumes the workflow run from this phase, running `run.execute."
+        ) && !reason.contains("`dirigent retry run.execute."),
+        "expected the advice to retry the run, got {reason}"
+    );
+}

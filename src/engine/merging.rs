@@ -99,6 +99,8 @@ struct MergeJob {
     resolve: bool,
     /// `on_conflict: agent` is set (tried or not): a failed merge's advice leaves it out.
     agent_resolves: bool,
+    /// The workflow run the task is a phase's task of: its retry is the run's, which resumes it.
+    run: Option<String>,
 }
 
 impl Engine {
@@ -262,6 +264,7 @@ impl Engine {
             dir: t_dir,
             resolve: settings.on_conflict == crate::editing::OnConflict::Agent && resolutions == 0,
             agent_resolves: settings.on_conflict == crate::editing::OnConflict::Agent,
+            run: self.run_of_child(id),
         })
     }
 
@@ -523,7 +526,10 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
                 if job.resolve {
                     String::new()
                 } else {
-                    format!(" — {}", next_steps(&job.task, &target, !job.agent_resolves))
+                    format!(
+                        " — {}",
+                        next_steps(&job.task, job.run.as_deref(), &target, !job.agent_resolves)
+                    )
                 },
                 crate::escalate::fenced(&conflict.hunks)
             );
@@ -555,7 +561,7 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
                 let reason = format!(
                     "`{}` merges onto `{target}`, but the combined result fails its check — {why}. {}",
                     job.state.branch,
-                    next_steps(&job.task, &target, false)
+                    next_steps(&job.task, job.run.as_deref(), &target, false)
                 );
                 note(
                     job,
@@ -655,10 +661,16 @@ async fn merge_once(job: &MergeJob) -> Result<Option<MergeEnd>, GitError> {
 }
 
 /// What the user can do about work that did not land, said in the reason where they look: run
-/// it again on the target as it is now, or (a conflict, where no agent resolves them yet) let
-/// the agent resolve the next one.
-fn next_steps(task: &str, target: &str, suggest_agent: bool) -> String {
-    let retry = format!("`dirigent retry {task}` runs it again on `{target}` as it is now");
+/// it again on the target as it is now — a workflow run's task by retrying the run, which
+/// resumes it (retried alone, the run would stay failed) — or (a conflict, where no agent
+/// resolves them yet) let the agent resolve the next one.
+fn next_steps(task: &str, run: Option<&str>, target: &str, suggest_agent: bool) -> String {
+    let retry = match run {
+        Some(run) => format!(
+            "`dirigent retry {run}` resumes the workflow run from this phase, running `{task}` again on `{target}` as it is now"
+        ),
+        None => format!("`dirigent retry {task}` runs it again on `{target}` as it is now"),
+    };
     if suggest_agent {
         format!("{retry}; `on_conflict: agent` lets the agent resolve conflicts")
     } else {

@@ -187,6 +187,18 @@ impl Engine {
         }
     }
 
+    /// The workflow run `child` is a phase's task of (`RUN.phase.n`), if it is one.
+    pub(super) fn run_of_child(&self, child: &str) -> Option<String> {
+        let (run, _) = child.split_once('.')?;
+        self.book
+            .get(run)?
+            .spec()?
+            .fields
+            .workflow
+            .is_some()
+            .then(|| run.to_string())
+    }
+
     /// The branch a run's editing tasks merge into: the run task's `merge_into` (a run branch
     /// `dirigent/run/<id>` collects them for review as one), else none (the checked-out
     /// branch).
