@@ -1261,3 +1261,36 @@ fn status_counts_the_finished_tasks_it_no_longer_lists() {
         out
     );
 }
+
+/// A task whose file waits in the inbox (no daemon yet) is listed by `status`; `logs`,
+/// `result` and `diff` say where it is instead of "no task". The inbox is listed oldest first —
+/// the order the daemon takes files in — not by name.
+#[test]
+fn commands_about_a_task_in_the_inbox_say_it_has_not_started() {
+    let ws = Workspace::new(CONFIG);
+    let out = ws.cli(&["submit", "p", "--id", "w1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for cmd in ["logs", "result", "diff"] {
+        let out = ws.cli(&[cmd, "w1"]);
+        assert_eq!(
+            stderr(&out),
+            "error: task `w1` has not started: its file waits in the inbox (.context/inbox/w1.json); `dirigent status` says why\n",
+            "{cmd}"
+        );
+    }
+    // An older file with a later name is listed first.
+    let old = ws.path("inbox/z-old.json");
+    std::fs::write(&old, r#"{"prompt": "p"}"#).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    let listed = String::from_utf8_lossy(&ws.cli(&["status"]).stdout).into_owned();
+    let (z, w) = (listed.find("z-old"), listed.find("\nw1 "));
+    assert!(
+        matches!((z, w), (Some(z), Some(w)) if z < w),
+        "expected the older file listed first:\n{listed}"
+    );
+}

@@ -76,7 +76,7 @@ pub fn logs(
             }
         }
     }
-    let t = find_task(&book, id)?;
+    let t = find_task(ws, &book, id)?;
     let a = match attempt {
         Some(n) => t.attempts().iter().find(|a| a.n == n).ok_or_else(|| {
             anyhow::anyhow!(

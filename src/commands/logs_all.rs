@@ -37,7 +37,7 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
             && !claimed
             && !waiting.iter().any(|(i, _, is_task)| i == id && *is_task)
         {
-            find_task(&book, id)?;
+            find_task(ws, &book, id)?;
         }
     }
     let wanted = |task: &str| ids.is_empty() || ids.iter().any(|i| i == task);

@@ -119,10 +119,24 @@ fn load_book(ws: &Workspace) -> Result<TaskBook> {
     Ok(loaded.book)
 }
 
-fn find_task<'a>(book: &'a TaskBook, id: &str) -> Result<&'a TaskRecord> {
-    book.get(id).ok_or_else(|| {
-        anyhow::anyhow!("no task `{id}` in this workspace; `dirigent status` lists the tasks")
-    })
+/// Task `id` of `book`; for one the book does not hold, an error that says where it is: its
+/// file still in the inbox (listed by `status`, not started), being taken in, or nowhere.
+fn find_task<'a>(ws: &Workspace, book: &'a TaskBook, id: &str) -> Result<&'a TaskRecord> {
+    if let Some(t) = book.get(id) {
+        return Ok(t);
+    }
+    let waiting = status::inbox_files(ws, book)
+        .into_iter()
+        .find(|(i, _, is_task)| i == id && *is_task);
+    if let Some((_, file, _)) = waiting {
+        anyhow::bail!(
+            "task `{id}` has not started: its file waits in the inbox (.context/inbox/{file}); `dirigent status` says why"
+        );
+    }
+    if claimed(ws, id) {
+        anyhow::bail!("task `{id}` is being taken in from the inbox; ask again in a moment");
+    }
+    anyhow::bail!("no task `{id}` in this workspace; `dirigent status` lists the tasks")
 }
 
 /// Wakes a waiting CLI command when something in the watched directories changes, or after a
@@ -203,7 +217,7 @@ pub(super) fn print_agent_text(mut from: impl Read) -> std::io::Result<()> {
 
 pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
     let book = load_book(ws)?;
-    let t = find_task(&book, id)?;
+    let t = find_task(ws, &book, id)?;
     match t.phase() {
         Phase::Done { output, .. } => {
             // Streamed, through no link and from no FIFO: an agent may have replaced the file.

@@ -80,7 +80,7 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
 /// A file waiting in the inbox that the daemon has not taken in yet: (id, file name, whether
 /// it is a task file at all).
 pub(super) fn inbox_files(ws: &Workspace, book: &TaskBook) -> Vec<(String, String, bool)> {
-    let mut out: Vec<(String, String, bool)> = dirigent::inbox::scan(&ws.inbox())
+    let out: Vec<(String, String, bool)> = dirigent::inbox::scan(&ws.inbox())
         .unwrap_or_default()
         .into_iter()
         .map(|c| {
@@ -94,7 +94,7 @@ pub(super) fn inbox_files(ws: &Workspace, book: &TaskBook) -> Vec<(String, Strin
         })
         .filter(|(id, _, _)| !book.contains(id))
         .collect();
-    out.sort_by(|a, b| a.1.cmp(&b.1));
+    // Oldest first, as the scan lists them: the order the daemon takes them in.
     out
 }
 
@@ -240,7 +240,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(id) = id {
-        let t = find_task(&book, id)?;
+        let t = find_task(ws, &book, id)?;
         // What counts against its budget (a workflow run's covers all its tasks), and that
         // budget: the owner's own, else the config's for every task — what admission checks.
         let spending = book.spending_of(t);
@@ -742,7 +742,7 @@ fn spend_line(spend: &serde_json::Value) -> Option<String> {
 /// `dirigent diff ID`: what an editing task changed against its base.
 pub fn diff(ws: &Workspace, id: &str) -> Result<ExitCode> {
     let (book, _) = load_live_book(ws)?;
-    let t = find_task(&book, id)?;
+    let t = find_task(ws, &book, id)?;
     let Some(w) = &t.more().worktree else {
         anyhow::bail!(
             "task `{id}` has no branch: it did not work in a worktree (`workdir: shared`, or not started yet)"
