@@ -112,12 +112,16 @@ fn top_shows_each_running_agent_with_its_last_line_and_then_what_finished() {
     top.until("the header", |l| {
         l.starts_with("dirigent — ") && l.contains("daemon running")
     });
-    // Piped, the elapsed column is `-` (a frame is printed only when something else
-    // changed), and the last output line is the agent's.
+    // Piped, a frame is printed only when something changed: the time column is when the
+    // attempt started (HH:MM:SS), which stays; the last output line is the agent's.
     let running = |id: &'static str| {
         move |l: &str| {
-            l.split_whitespace().collect::<Vec<_>>()
-                == [id, "gate", "1", "-", "waiting", "for", "release"]
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.len() == 7
+                && words[..3] == [id, "gate", "1"]
+                && words[3].len() == 8
+                && words[3].chars().filter(|c| *c == ':').count() == 2
+                && words[4..] == ["waiting", "for", "release"]
         }
     };
     let (g1, g2) = (running("g1"), running("g2"));

@@ -125,9 +125,10 @@ fn frame(
     stable: bool,
     daemon: Option<&str>,
 ) -> String {
-    let (mut running, mut waiting, mut merging, mut done, mut failed) = (
+    let (mut running, mut waiting, mut merging, mut to_merge, mut done, mut failed) = (
         Vec::new(),
         Vec::new(),
+        0usize,
         0usize,
         book.archived_done,
         book.archived_failed,
@@ -136,13 +137,15 @@ fn frame(
         match t.phase() {
             Phase::Running { .. } => running.push(t),
             Phase::Pending | Phase::Requeued => waiting.push(t),
-            Phase::Merging | Phase::MergeWaiting { .. } => merging += 1,
+            Phase::Merging => merging += 1,
+            // Verified work that waits for someone (`dirigent merge`) or a clean checkout.
+            Phase::MergeWaiting { .. } => to_merge += 1,
             Phase::Done { .. } => done += 1,
             Phase::Failed { .. } => failed += 1,
         }
     }
     let mut header = format!(
-        "dirigent — {} running, {} waiting, {merging} merging, {done} done, {failed} failed · {}",
+        "dirigent — {} running, {} waiting, {merging} merging, {to_merge} to merge, {done} done, {failed} failed · {}",
         running.len(),
         waiting.len(),
         match daemon {
@@ -169,9 +172,13 @@ fn frame(
         .max()
         .unwrap_or(5)
         .clamp(5, 24);
+    // Piped, frames are printed only on change: the start time, which stays, not the elapsed.
     let head = format!(
         "{:<id_w$}  {:<agent_w$}  {:>3}  {:>8}  LAST OUTPUT",
-        "TASK", "AGENT", "TRY", "ELAPSED"
+        "TASK",
+        "AGENT",
+        "TRY",
+        if stable { "STARTED" } else { "ELAPSED" }
     );
     out.push_str(&fit(&head, width));
     out.push('\n');
@@ -188,7 +195,7 @@ fn frame(
             continue;
         };
         let elapsed = if stable {
-            "-".to_string()
+            duration::clock(*since_ms)[11..19].to_string()
         } else {
             short(Duration::from_millis(now_ms.saturating_sub(*since_ms)))
         };
