@@ -433,14 +433,17 @@ impl Writer {
     fn write_durably(&mut self, buf: &[u8], batch: &mut [Append]) -> std::io::Result<()> {
         let mut wait = PAUSE_FIRST;
         loop {
-            let result = self.file.write_all(buf).and_then(|()| {
-                for a in batch.iter_mut() {
-                    if let Some(w) = a.written.take() {
-                        let _ = w.send(());
+            let result = self
+                .start_on_a_line()
+                .and_then(|()| self.file.write_all(buf))
+                .and_then(|()| {
+                    for a in batch.iter_mut() {
+                        if let Some(w) = a.written.take() {
+                            let _ = w.send(());
+                        }
                     }
-                }
-                self.file.sync_data()
-            });
+                    self.file.sync_data()
+                });
             match result {
                 Ok(()) => {
                     self.good_len += buf.len() as u64;
@@ -474,6 +477,30 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Makes the next record start a line of its own. The file is in the workspace, where an
+    /// agent can append to it: bytes without a line end would have the next record spliced onto
+    /// them — a line replay then cannot read, and the record lost. One `fstat` a batch.
+    fn start_on_a_line(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len = self.file.metadata()?.len();
+        if len == self.good_len {
+            return Ok(());
+        }
+        tracing::warn!(
+            "{} byte(s) dirigent did not write were added to `{}` (an agent?); they are left as they are and not believed",
+            len.abs_diff(self.good_len),
+            self.path.display()
+        );
+        let mut last = [0u8; 1];
+        if len > 0 && self.file.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
+            self.file.write_all(b"\n")?;
+            self.good_len = len + 1;
+        } else {
+            self.good_len = len;
+        }
+        Ok(())
     }
 
     fn maybe_rotate(&mut self, written: u64) {
@@ -571,6 +598,39 @@ mod tests {
     use super::*;
     use crate::judge::{Class, StopCause};
     use crate::task::TaskSpec;
+
+    /// Bytes appended by someone else with no line end (an agent: `printf '{"x":' >> …`) do not
+    /// swallow the next record: it starts a line of its own, and both records replay.
+    #[tokio::test]
+    async fn a_record_after_a_foreign_unfinished_line_starts_a_line_of_its_own() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let (ledger, writer) = Ledger::open(&path, 0).unwrap();
+        ledger
+            .append(Event::DaemonStopped { pid: 1 })
+            .await
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"x\":")
+            .unwrap();
+        ledger
+            .append(Event::DaemonStopped { pid: 2 })
+            .await
+            .unwrap();
+        drop(ledger);
+        writer.join();
+        let replay = read(&path).unwrap();
+        let seqs: Vec<u64> = replay.records.iter().map(|r| r.seq).collect();
+        assert_eq!(
+            seqs,
+            [1, 2],
+            "expected both records replayed around the foreign bytes"
+        );
+    }
 
     #[tokio::test]
     async fn appends_are_numbered_durable_and_replayable() {

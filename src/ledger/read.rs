@@ -164,7 +164,9 @@ pub(super) fn open_nofollow(path: &Path, append: bool) -> std::io::Result<File> 
     use std::os::unix::fs::OpenOptionsExt;
     let mut o = OpenOptions::new();
     if append {
-        o.create(true).append(true).mode(0o600);
+        // Readable too: the writer reads the last byte when someone else appended (see
+        // `start_on_a_line`).
+        o.create(true).append(true).read(true).mode(0o600);
     } else {
         o.read(true);
     }
