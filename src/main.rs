@@ -260,15 +260,15 @@ fn daemon(
     // Logs go to stderr; under systemd, journald takes them from there. A log line that cannot
     // be written (stderr closed: `dirigent daemon 2>&1 | head`) is dropped, never a panic: the
     // daemon's work does not depend on anyone reading its log.
+    let colours = matches!(format, cli::LogFormat::Text)
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .log_internal_errors(false)
-        .with_writer(|| LossyStderr);
+        .with_writer(move || LossyStderr { colours });
     match format {
         cli::LogFormat::Json => logs.json().with_current_span(false).init(),
-        cli::LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        cli::LogFormat::Text => logs.with_ansi(colours).init(),
     }
     limit_malloc_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -298,11 +298,24 @@ fn daemon(
 }
 
 /// stderr, with every write error swallowed (see `daemon`).
-struct LossyStderr;
+struct LossyStderr {
+    /// The logger writes colour sequences (stderr is a terminal): they are kept.
+    colours: bool,
+}
 
 impl std::io::Write for LossyStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
+        // A log line may name what came from outside (an inbox file's name, an agent's words):
+        // what would drive a terminal is taken out. Most lines have nothing to take.
+        let plain = buf
+            .iter()
+            .all(|b| (*b >= 0x20 && *b != 0x7f && *b != 0xc2) || *b == b'\n' || *b == b'\t');
+        if plain {
+            let _ = std::io::stderr().write_all(buf);
+        } else {
+            let text = dirigent::terminal::log_safe(&String::from_utf8_lossy(buf), self.colours);
+            let _ = std::io::stderr().write_all(text.as_bytes());
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -199,9 +199,11 @@ pub fn reject_unnamed(ws: &Workspace, raw: &std::ffi::OsStr, reason: &str) -> io
 }
 
 fn write_reason(rejected: &Dir, moved: &str, name: &str, reason: &str) -> io::Result<()> {
-    let text = format!(
-        "error: the task file `{name}` was rejected\n\n{reason}\n\nFix the file and move it back into .context/inbox/ to try again.\n"
-    );
+    // Read with `cat` on a terminal: the name (anyone's choice) and the reason (which may quote
+    // the file) lose what would drive it.
+    let text = crate::terminal::printable_lines(&format!(
+        "error: the task file `{name}` was rejected\n\n{reason}\n\nFix the file and move it back into .context/inbox/ to try again."
+    )) + "\n";
     rejected.write_atomic(&format!("{moved}.error.txt"), text.as_bytes(), 0o600)
 }
 

@@ -9,6 +9,43 @@ pub fn printable_lines(text: &str) -> String {
     text.lines().map(printable).collect::<Vec<_>>().join("\n")
 }
 
+/// A log line made safe for the terminal it may be shown on (`dirigent daemon` in a shell,
+/// `journalctl`): names and reasons in it come from outside (an inbox file's name, an agent's
+/// output). Each line is [`printable`], the line ends kept — except the colour sequences
+/// (`ESC [ … m`) the logger itself writes when `colours` is set, which are kept as they are.
+pub fn log_safe(text: &str, colours: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        if !colours {
+            out.push_str(&printable(line));
+            continue;
+        }
+        // Between colour sequences, the text is made printable.
+        let mut rest = line;
+        while let Some(at) = rest.find("\u{1b}[") {
+            let after = &rest[at + 2..];
+            let params = after
+                .find(|c: char| !(c.is_ascii_digit() || c == ';'))
+                .unwrap_or(after.len());
+            if after[params..].starts_with('m') {
+                out.push_str(&printable(&rest[..at]));
+                out.push_str(&rest[at..at + 2 + params + 1]);
+                rest = &after[params + 1..];
+            } else {
+                // Not a colour: the escape and what follows go through `printable`.
+                let end = at + 2 + params;
+                out.push_str(&printable(&rest[..end.min(rest.len())]));
+                rest = &rest[end.min(rest.len())..];
+            }
+        }
+        out.push_str(&printable(rest));
+    }
+    out
+}
+
 /// Bidirectional overrides, embeddings, isolates and marks: they reorder how the rest of a line
 /// reads (text that shows one thing and is another).
 pub fn is_bidi_control(c: char) -> bool {
@@ -219,6 +256,32 @@ impl<W: std::io::Write> std::io::Write for PrintableWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_line_keeps_its_colours_and_line_ends_and_loses_what_drives_a_terminal() {
+        // (text, colours kept?, what is shown)
+        let cases = [
+            (
+                "rejected `x\u{1b}]0;TITLE\u{7}y.md`\nnext",
+                false,
+                "rejected `xy.md`\nnext",
+            ),
+            (
+                "\u{1b}[32m INFO\u{1b}[0m `a\u{1b}[2Jb\rc`",
+                true,
+                "\u{1b}[32m INFO\u{1b}[0m `aJbc`",
+            ),
+            ("\u{1b}[32m INFO\u{1b}[0m plain", false, " INFO plain"),
+            ("bell\u{7} and \u{9b}31m c1", true, "bell and 31m c1"),
+        ];
+        for (text, colours, want) in cases {
+            assert_eq!(
+                log_safe(text, colours),
+                want,
+                "{text:?} (colours {colours})"
+            );
+        }
+    }
 
     #[test]
     fn escape_sequences_and_controls_are_removed() {

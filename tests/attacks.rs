@@ -1448,3 +1448,35 @@ fn a_ledger_with_every_seal_stripped_or_garbled_is_not_believed() {
         });
     }
 }
+
+/// A task file's name is anyone's choice: with escape sequences in it, neither the daemon's log
+/// (read on a terminal, `journalctl`) nor the rejection's `.error.txt` (read with `cat`) carries
+/// them on.
+#[test]
+fn an_inbox_file_named_with_escape_sequences_drives_no_terminal() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    let name = "x\u{1b}]0;OWNED\u{7}y\u{1b}[2J.json";
+    std::fs::write(ws.path("inbox").join(name), "not json").unwrap();
+    let error = ws.wait_until("the rejection's reason", || {
+        std::fs::read_dir(ws.path("rejected"))
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(".error.txt"))
+            .and_then(|e| std::fs::read(e.path()).ok())
+    });
+    assert!(
+        !error.iter().any(|b| *b == 0x1b || *b == 0x07),
+        "expected no escape or bell in the reason file: {:?}",
+        String::from_utf8_lossy(&error)
+    );
+    ws.wait_until("the rejection logged", || {
+        log(&ws).contains("rejected").then_some(())
+    });
+    let said = std::fs::read(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        !said.iter().any(|b| *b == 0x1b || *b == 0x07),
+        "expected no escape or bell in the log: {:?}",
+        String::from_utf8_lossy(&said)
+    );
+}
