@@ -100,6 +100,10 @@ pub struct Evidence<'a> {
     /// The limits that applied to this attempt, when not the agent's (a task may set its own).
     pub timeout: Option<std::time::Duration>,
     pub idle_timeout: Option<std::time::Duration>,
+    /// Why its output could not be saved in full, when waiting would not fix it (a file-size
+    /// limit, an I/O error; a full disk is a pause instead): a success would hand on a result
+    /// cut short.
+    pub capture_cut: Option<&'a str>,
 }
 
 /// Where the result text of a successful attempt is.
@@ -166,6 +170,20 @@ pub fn judge(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
     if let Some(err) = ev.spawn_error {
         return Verdict::fail(Class::Spawn, err.to_string());
     }
+    let v = judge_output(agent, ev);
+    match ev.capture_cut {
+        Some(why) if v.class == Class::Ok => Verdict::fail(
+            Class::BadOutput,
+            format!(
+                "its output could not be saved in full ({why}), so its result would be cut short"
+            ),
+        ),
+        _ => v,
+    }
+}
+
+/// [`judge`] of what the attempt did and printed.
+fn judge_output(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
     let stopped_by_limit = match ev.stopped {
         Some(StopCause::Timeout) => Some((
             Class::Timeout,
@@ -1070,6 +1088,29 @@ agents:
             let v = judge(&cfg.agents[c.agent], &ev);
             assert_eq!(v.class, c.want, "case {i} ({}): {v:?}", c.agent);
             assert!(!v.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn output_that_could_not_be_saved_in_full_is_never_a_success() {
+        let cfg = agents();
+        // (exit code, the verdict's class)
+        for (exit, want) in [(0, Class::BadOutput), (1, Class::Exit)] {
+            let ev = Evidence {
+                exit_code: Some(exit),
+                stdout: sample("a long answer, cut\n"),
+                stdout_full: Some("a long answer, cut\n"),
+                capture_cut: Some("File too large (os error 27)"),
+                ..Default::default()
+            };
+            let v = judge(&cfg.agents["plain"], &ev);
+            assert_eq!(v.class, want, "exit {exit}: {v:?}");
+            if want == Class::BadOutput {
+                assert_eq!(
+                    v.reason,
+                    "its output could not be saved in full (File too large (os error 27)), so its result would be cut short"
+                );
+            }
         }
     }
 

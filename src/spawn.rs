@@ -522,18 +522,24 @@ where
     // A capture that could not be written in full is not the agent's doing: when the disk (or
     // the descriptors) ran out, the attempt runs again once there is room.
     let mut exhausted = None;
+    // Any other write failure (a file-size limit, an I/O error) cuts the result short: judged.
+    let mut capture_cut = None;
     if let Some(failure) = capture_failed.get() {
         match failure.exhausted {
             Some(what) if !matches!(stopped, Some(StopCause::Cancel | StopCause::Shutdown)) => {
                 stopped = Some(StopCause::Exhausted);
                 exhausted = Some(format!("{what} (saving its output: {})", failure.error));
             }
-            _ => tracing::warn!(
-                task = %plan.task_id,
-                attempt = plan.attempt,
-                "the attempt's output could not be saved in full: {}",
-                failure.error
-            ),
+            Some(_) => {}
+            None => {
+                tracing::warn!(
+                    task = %plan.task_id,
+                    attempt = plan.attempt,
+                    "the attempt's output could not be saved in full: {}",
+                    failure.error
+                );
+                capture_cut = Some(failure.error.to_string());
+            }
         }
     }
     use std::os::unix::process::ExitStatusExt;
@@ -561,6 +567,7 @@ where
             // The limits that applied are this attempt's (a task may set its own).
             timeout: Some(plan.timeout),
             idle_timeout: plan.idle_timeout,
+            capture_cut: capture_cut.as_deref(),
         },
         crate::ledger::now_ms(),
     );

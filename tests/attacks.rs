@@ -1480,3 +1480,49 @@ fn an_inbox_file_named_with_escape_sequences_drives_no_terminal() {
         String::from_utf8_lossy(&said)
     );
 }
+
+/// Output that could not be saved in full for a reason waiting does not fix (here the daemon's
+/// file-size limit) is never judged a success: the result would be cut short. The attempt
+/// fails (`bad_output`) and says why.
+#[test]
+fn output_cut_by_a_file_size_limit_is_not_a_success() {
+    let ws = Workspace::new(
+        "agents:\n  big: { command: [\"{agents}/big.sh\", \"3\"] }\ndefault_chain: [big]\n",
+    );
+    // The daemon under `ulimit -f 2048` (1 KiB blocks: 2 MiB); its agent prints 3 MiB.
+    let wrapper = ws.root().join("limited.sh");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nulimit -f 2048\nexec {} \"$@\"\n", common::BIN),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _d = ws.start_program(&wrapper, &[], &[]);
+    ws.drop_task("cut.json", r#"{"prompt": "p"}"#);
+    let end = ws.wait_settled("cut");
+    assert!(
+        matches!(end, Event::Escalated { .. }),
+        "expected the cut output not judged done, got {end:?}"
+    );
+    let finished = ws
+        .records()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::AttemptFinished { class, reason, .. } => Some((class, reason)),
+            _ => None,
+        })
+        .expect("an attempt_finished record");
+    assert_eq!(finished.0.as_str(), "bad_output", "{finished:?}");
+    assert!(
+        finished
+            .1
+            .starts_with("its output could not be saved in full (")
+            && finished.1.ends_with("so its result would be cut short"),
+        "expected why, got {:?}",
+        finished.1
+    );
+}
