@@ -416,6 +416,8 @@ pub enum KeyError {
     Io { path: String, cause: std::io::Error },
     #[error("the ledger key `{path}` {problem}")]
     Unsafe { path: String, problem: String },
+    #[error("the directory of the ledger keys `{path}` {problem}")]
+    UnsafeDir { path: String, problem: String },
 }
 
 /// Reads the key of `ws`, if there is one (the CLI: it never makes one).
@@ -469,7 +471,46 @@ pub fn load_or_create(ws: &Workspace) -> Result<(Key, bool), KeyError> {
     }
 }
 
+/// The directory of the keys must be the user's own and closed to others: another user who
+/// can write there can delete a key (then every record is unverifiable) or put one in its place.
+fn check_key_dir(dir: &Path) -> Result<(), KeyError> {
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(cause) => {
+            return Err(KeyError::Io {
+                path: dir.display().to_string(),
+                cause,
+            });
+        }
+    };
+    let unsafe_dir = |problem: String| KeyError::UnsafeDir {
+        path: dir.display().to_string(),
+        problem,
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_dir("is not a directory".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_dir(format!(
+            "belongs to uid {}, not to you (uid {me}); remove it (its keys are not yours to trust)",
+            meta.uid()
+        )));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "can be written by other users (mode {:o}); run `chmod 700` on it",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    Ok(())
+}
+
 fn read_key(path: &Path) -> Result<Option<Key>, KeyError> {
+    if let Some(dir) = path.parent() {
+        check_key_dir(dir)?;
+    }
     let unsafe_key = |problem: String| KeyError::Unsafe {
         path: path.display().to_string(),
         problem,
@@ -603,6 +644,24 @@ mod tests {
             raw: [b; 32],
             sealed_from: None,
         }
+    }
+
+    #[test]
+    fn a_key_in_a_directory_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::write(keys.join("k.key"), format!("{}\n", "ab".repeat(32))).unwrap();
+        std::fs::set_permissions(keys.join("k.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(read_key(&keys.join("k.key")).unwrap().is_some());
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = read_key(&keys.join("k.key")).unwrap_err().to_string();
+        assert!(
+            e.ends_with("can be written by other users (mode 777); run `chmod 700` on it"),
+            "expected the directory refused, got {e}"
+        );
     }
 
     #[test]
