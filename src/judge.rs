@@ -27,6 +27,8 @@ pub enum StopCause {
     /// Its output was conclusive while it ran (a login prompt, repeated network errors): see
     /// `watch`. The class is the one the output showed.
     Conclusive,
+    /// It printed more than `max_output`.
+    OutputLimit,
 }
 
 /// The first and last bytes of one output stream; memory stays bounded however much is printed.
@@ -104,6 +106,8 @@ pub struct Evidence<'a> {
     /// limit, an I/O error; a full disk is a pause instead): a success would hand on a result
     /// cut short.
     pub capture_cut: Option<&'a str>,
+    /// The most it could print (`max_output`), for the reason of a stop there.
+    pub output_limit: u64,
 }
 
 /// Where the result text of a successful attempt is.
@@ -212,6 +216,15 @@ fn judge_output(agent: &Agent, ev: &Evidence<'_>) -> Verdict {
             return Verdict::fail(
                 Class::Interrupted,
                 "its output could not be saved (a resource ran out); it runs again when there is room",
+            );
+        }
+        Some(StopCause::OutputLimit) => {
+            return Verdict::fail(
+                Class::BadOutput,
+                format!(
+                    "stopped: it printed more than `max_output` ({}); what it printed up to there is kept",
+                    crate::config::shown_bytes(ev.output_limit)
+                ),
             );
         }
         Some(StopCause::Conclusive) => {

@@ -56,6 +56,8 @@ pub struct AttemptPlan {
     pub extra_env: Vec<(String, String)>,
     /// Where the agent runs: its task's worktree; `None` is the workspace.
     pub workdir: Option<PathBuf>,
+    /// The most bytes it may print, stdout and stderr together (`max_output`).
+    pub max_output: u64,
 }
 
 impl AttemptPlan {
@@ -358,6 +360,12 @@ where
     let err_sample = Arc::new(Mutex::new(OutputSample::default()));
     let (out_progress, err_progress) = progress_rules(agent.format);
     let capture_failed = Arc::new(std::sync::OnceLock::new());
+    // Both capture tasks count against one limit; the first past it wakes the loop below.
+    let limit = OutputLimit {
+        bytes: plan.max_output,
+        printed: Arc::new(AtomicU64::new(0)),
+        wake: Arc::new(tokio::sync::Notify::new()),
+    };
     // Both capture tasks feed one watcher; the first conclusive line wakes the loop below.
     let watching = (!agent.fatal.is_empty()).then(|| Watching {
         watcher: Arc::new(Mutex::new(crate::watch::Watcher::new(
@@ -378,6 +386,7 @@ where
             started,
         },
         watching.clone().map(|w| (w, crate::watch::Stream::Stdout)),
+        limit.clone(),
     ));
     let mut err_task = tokio::spawn(capture(
         child.stderr.take().expect("piped"),
@@ -390,6 +399,7 @@ where
             started,
         },
         watching.clone().map(|w| (w, crate::watch::Stream::Stderr)),
+        limit.clone(),
     ));
 
     let at = |d: Duration| crate::duration::later(tokio::time::Instant::from_std(started), d);
@@ -403,6 +413,10 @@ where
             status = child.wait() => break status.ok(),
             _ = async { watching.as_ref().expect("guarded").wake.notified().await }, if watching.is_some() => {
                 stopped = Some(StopCause::Conclusive);
+                break None;
+            }
+            () = limit.wake.notified() => {
+                stopped = Some(StopCause::OutputLimit);
                 break None;
             }
             _ = sleep_until(deadline) => {
@@ -568,6 +582,7 @@ where
             timeout: Some(plan.timeout),
             idle_timeout: plan.idle_timeout,
             capture_cut: capture_cut.as_deref(),
+            output_limit: plan.max_output,
         },
         crate::ledger::now_ms(),
     );
@@ -760,7 +775,18 @@ fn read_capture(file: &std::fs::File) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// Copies a pipe into its capture file, keeping a bounded sample and noting progress.
+/// What an attempt may print, counted over both streams. The holders are its two capture
+/// tasks (counting) and the attempt's loop (woken once the limit is passed).
+#[derive(Clone)]
+struct OutputLimit {
+    bytes: u64,
+    printed: Arc<AtomicU64>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+/// Copies a pipe into its capture file, keeping a bounded sample and noting progress. Past the
+/// attempt's output limit nothing more is written (the pipe is still drained) and the attempt
+/// is told to stop.
 async fn capture(
     mut pipe: impl AsyncRead + Unpin,
     mut file: std::fs::File,
@@ -768,6 +794,7 @@ async fn capture(
     sample: Arc<Mutex<OutputSample>>,
     progress: Progress,
     watching: Option<(Watching, crate::watch::Stream)>,
+    limit: OutputLimit,
 ) {
     use std::io::Write;
     let mut buf = vec![0u8; 64 * 1024];
@@ -789,9 +816,21 @@ async fn capture(
                 Ordering::Relaxed,
             );
         }
+        let before = limit.printed.fetch_add(n as u64, Ordering::Relaxed);
+        let room = limit.bytes.saturating_sub(before);
+        if (room as usize) < n {
+            // Notified once, by the chunk that passes the limit.
+            if room > 0 || before == limit.bytes {
+                limit.wake.notify_one();
+            }
+        }
+        let keep = n.min(usize::try_from(room).unwrap_or(usize::MAX));
         // A write to the page cache; if the disk fails we keep draining the pipe so the agent
         // is never blocked on a full pipe, and the sample still holds the head and tail.
-        if write_ok && let Err(e) = file.write_all(&buf[..n]) {
+        if write_ok
+            && keep > 0
+            && let Err(e) = file.write_all(&buf[..keep])
+        {
             write_ok = false;
             let _ = failed.set(CaptureFailure {
                 exhausted: crate::fsutil::exhausted(&e),

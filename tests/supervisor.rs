@@ -1210,3 +1210,43 @@ fn a_stop_does_not_wait_for_an_ended_agents_leftover_to_let_go_of_its_output() {
         "expected the leftover killed by the stop"
     );
 }
+
+/// An agent that prints without end (a loop, a runaway log) is stopped at `max_output` and
+/// fails — its capture holds exactly the limit — instead of filling the disk until its timeout.
+#[test]
+fn an_agent_printing_past_max_output_is_stopped_and_fails() {
+    let ws = Workspace::new(
+        "max_output: 1MiB\nkill_grace: 300ms\nagents:\n  big: { command: [\"{agents}/big.sh\", \"500\"], timeout: 10m }\n  good: { command: [\"{agents}/ok.sh\"], prompt: stdin }\ndefault_chain: [big, good]\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("flood.json", r#"{"prompt": "p"}"#);
+    assert!(
+        matches!(ws.wait_settled("flood"), Event::Done { ref agent, .. } if agent == "good"),
+        "expected the next agent of the chain to finish it"
+    );
+    let (class, reason) = ws
+        .records()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::AttemptFinished {
+                attempt: 1,
+                class,
+                reason,
+                ..
+            } => Some((class, reason)),
+            _ => None,
+        })
+        .expect("the first attempt's end");
+    assert_eq!(
+        (class.as_str(), reason.as_str()),
+        (
+            "bad_output",
+            "stopped: it printed more than `max_output` (1MiB); what it printed up to there is kept"
+        ),
+        "expected the flood stopped at the limit"
+    );
+    let saved = std::fs::metadata(ws.path("runs/flood/1-big.stdout"))
+        .unwrap()
+        .len();
+    assert_eq!(saved, 1 << 20, "expected exactly the limit saved");
+}

@@ -33,6 +33,19 @@ use agent::{RawAgent, build_agent};
 /// [`Config::queue_in_memory`] unless set.
 pub const DEFAULT_QUEUE_IN_MEMORY: usize = 64 << 20;
 
+/// [`Config::max_output`] unless set.
+pub const DEFAULT_MAX_OUTPUT: usize = 256 << 20;
+
+/// A size the way the config writes one: `256MiB`, `512KiB`, `1000` (bytes).
+pub fn shown_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
 /// A size in bytes as written in the config: a whole number with an optional `KiB`, `MiB` or
 /// `GiB` (`64MiB`, `512 KiB`, `1048576`).
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
@@ -124,6 +137,8 @@ struct RawConfig {
     max_spawned_tasks: Option<u32>,
     #[serde(default)]
     queue_in_memory: Option<String>,
+    #[serde(default)]
+    max_output: Option<String>,
     #[serde(default)]
     workdir: Option<crate::workdir::Workdir>,
     #[serde(default)]
@@ -289,6 +304,9 @@ pub struct Config {
     /// The most bytes the specs (prompts, mostly) of tasks taken in and not finished may hold
     /// in the daemon's memory; past it, task files wait in the inbox until some finish.
     pub queue_in_memory: usize,
+    /// The most bytes an attempt may print (stdout and stderr together): past it, it is
+    /// stopped and fails — an agent printing in a loop would otherwise fill the disk.
+    pub max_output: usize,
     /// `models:` entries that name what runs a model (an agent, `agent:model` or a role), for
     /// workflows' `model:` keys; the other entries are spawn-time model aliases of the agents.
     pub model_targets: BTreeMap<String, String>,
@@ -638,6 +656,14 @@ impl Config {
                     Err(why) => return Err(invalid(format!("`queue_in_memory`: {why}"))),
                 },
             },
+            max_output: match raw.max_output.as_deref() {
+                None => DEFAULT_MAX_OUTPUT,
+                Some(text) => match parse_bytes(text) {
+                    Ok(n) if n >= 1 << 20 => n,
+                    Ok(_) => return Err(invalid("`max_output` must be at least 1MiB".into())),
+                    Err(why) => return Err(invalid(format!("`max_output`: {why}"))),
+                },
+            },
             workdir: raw.workdir,
             role_editing,
             editing: editing_defaults(
@@ -969,6 +995,7 @@ mod tests {
                 "agents:\n  x: {command: [a], timeout: soon}\n",
                 "invalid duration",
             ),
+            ("max_output: 10KiB\n", "`max_output` must be at least 1MiB"),
             (
                 "verify_rounds: 11\n",
                 "`verify_rounds` is 11; at most 10 (each round runs the agent again in the same slot)",

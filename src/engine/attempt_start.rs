@@ -213,6 +213,7 @@ impl Engine {
             previous,
             extra_env,
             workdir: None,
+            max_output: self.config.max_output as u64,
         };
         // A task of the fleet that only answers works in a scratch directory of its own, never
         // in this workspace (another node's prompt must not edit this node's files), and git
