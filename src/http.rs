@@ -529,7 +529,7 @@ async fn list_tasks(State(st): State<AppState>, Query(q): Query<ListQuery>) -> A
         ));
     }
     let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-    let labels = crate::state::Phase::LABELS;
+    let labels = crate::state::Phase::FILTERS;
     if let Some(state) = non_empty(q.state.clone())
         && !labels.contains(&state.as_str())
     {

@@ -210,7 +210,7 @@ fn tools() -> Vec<Tool> {
                 "type": "object",
                 "properties": {
                     "id": string,
-                    "state": {"type": "string", "enum": crate::state::Phase::LABELS, "description": "Without id: only tasks in this state."}
+                    "state": {"type": "string", "enum": crate::state::Phase::FILTERS, "description": "Without id: only tasks in this state."}
                 }
             })),
         ),
@@ -697,7 +697,7 @@ mod tests {
                 "task_status",
                 json!({"state": "bogus"}),
                 Some(
-                    "`state` must be one of pending, running, merging, merge_waiting, done, failed, requeued",
+                    "`state` must be one of pending, running, merging, merge_waiting, done, failed, cancelled, requeued",
                 ),
             ),
             (

@@ -101,6 +101,19 @@ impl Phase {
     pub fn is_terminal(&self) -> bool {
         matches!(self, Phase::Done { .. } | Phase::Failed { .. })
     }
+    /// What a list may be filtered by: every label, and `cancelled` (the failed tasks the user
+    /// cancelled, as [`Phase::shown`] says).
+    pub const FILTERS: [&'static str; 8] = [
+        "pending",
+        "running",
+        "merging",
+        "merge_waiting",
+        "done",
+        "failed",
+        "cancelled",
+        "requeued",
+    ];
+
     /// Every [`Phase::label`], in a task's usual order.
     pub const LABELS: [&'static str; 7] = [
         "pending",

@@ -690,7 +690,7 @@ fn accept_workflow(
             let path = crate::workflow::render(&out.value, &vars);
             confined::workspace_path("output", &path).map_err(|e| {
                 Reject(format!(
-                    "workflow `{name}`: phase `{}` would write to {e}",
+                    "workflow `{name}`: with these variables, phase `{}` cannot write its result: {e}",
                     phase.name.value
                 ))
             })?;

@@ -46,6 +46,27 @@ pub fn log_safe(text: &str, colours: bool) -> String {
     out
 }
 
+/// A command's argv as one line a reader can tell the words of (and paste into a shell): a word
+/// with a space or a shell character in it is single-quoted — `sh -c 'test -f x || exit 1'`,
+/// not `sh -c test -f x || exit 1`.
+pub fn shown_command(argv: &[String]) -> String {
+    argv.iter()
+        .map(|word| {
+            let plain = !word.is_empty()
+                && word.chars().all(|c| {
+                    c.is_alphanumeric()
+                        || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | ',' | '+' | '@' | '%')
+                });
+            if plain {
+                word.clone()
+            } else {
+                format!("'{}'", word.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Bidirectional overrides, embeddings, isolates and marks: they reorder how the rest of a line
 /// reads (text that shows one thing and is another).
 pub fn is_bidi_control(c: char) -> bool {
@@ -256,6 +277,23 @@ impl<W: std::io::Write> std::io::Write for PrintableWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_is_shown_with_its_words_told_apart() {
+        let argv = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let cases: [(&[&str], &str); 4] = [
+            (&["cargo", "test", "--all"], "cargo test --all"),
+            (
+                &["sh", "-c", "test -f x || exit 1"],
+                "sh -c 'test -f x || exit 1'",
+            ),
+            (&["echo", "it's"], "echo 'it'\\''s'"),
+            (&["printf", ""], "printf ''"),
+        ];
+        for (words, want) in cases {
+            assert_eq!(shown_command(&argv(words)), want, "{words:?}");
+        }
+    }
 
     #[test]
     fn a_log_line_keeps_its_colours_and_line_ends_and_loses_what_drives_a_terminal() {

@@ -1294,3 +1294,37 @@ fn commands_about_a_task_in_the_inbox_say_it_has_not_started() {
         "expected the older file listed first:\n{listed}"
     );
 }
+
+/// A task that waits for another (`--after`) says which in `status`, as every waiting state
+/// says why; one whose task before it was cancelled says that, not "failed".
+#[test]
+fn a_task_waiting_for_another_says_which_and_a_cancelled_one_is_named_so() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    let out = ws.cli(&["submit", "p", "--id", "dep", "--agent", "gate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ws.cli(&["submit", "p", "--id", "next", "--after", "dep"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ws.wait_started("dep");
+    ws.wait_state("next", "pending");
+    let listed = String::from_utf8_lossy(&ws.cli(&["status"]).stdout).into_owned();
+    let below = listed
+        .lines()
+        .skip_while(|l| !l.starts_with("next "))
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert_eq!(
+        below, "↳ starts once `dep` is done",
+        "expected why it waits under it:\n{listed}"
+    );
+    assert!(ws.cli(&["cancel", "dep"]).status.success());
+    let Event::Escalated { reason, .. } = ws.wait_settled("next") else {
+        panic!("expected `next` escalated")
+    };
+    assert!(
+        reason.contains("it runs after `dep`, which was cancelled"),
+        "expected the cancel named, got {reason:?}"
+    );
+}

@@ -84,7 +84,7 @@ fn the_frameworks_own_refusals_come_in_the_documented_shape() {
             "GET",
             "/tasks?state=bogus",
             400,
-            "`state` is one of pending, running, merging, merge_waiting, done, failed, requeued, not `bogus`",
+            "`state` is one of pending, running, merging, merge_waiting, done, failed, cancelled, requeued, not `bogus`",
         ),
         ("GET", "/events?after=-1", 400, "after"),
         (
@@ -352,6 +352,14 @@ fn a_long_poll_that_runs_out_returns_the_state_so_far() {
     );
     let record = http(&url, "GET", "/tasks/slow?wait=60s", t, None).json();
     assert_eq!(record["state"], "failed");
+    // Listed as the user saw it: `cancelled`, and among the failed.
+    for state in ["cancelled", "failed"] {
+        let list = http(&url, "GET", &format!("/tasks?state={state}"), t, None).json();
+        assert_eq!(
+            list["tasks"][0]["id"], "slow",
+            "expected the cancelled task under state={state}: {list}"
+        );
+    }
     let again = http(&url, "POST", "/tasks/slow/cancel", t, None);
     assert_eq!(again.status, 409);
     let retry = http(&url, "POST", "/tasks/slow/retry", t, None);

@@ -751,7 +751,7 @@ fn a_run_whose_variables_lead_an_output_out_of_the_workspace_is_refused_before_i
     let out = ws.cli(&["workflow", "run", "inward", "--var", "dir=../.."]);
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "error: workflow `inward`: phase `a` would write to `output` path `../../x.md` contains `..`; it must stay inside the workspace\n"
+        "error: workflow `inward`: with these variables, phase `a` cannot write its result: `output` path `../../x.md` contains `..`; it must stay inside the workspace\n"
     );
     // Dropped into the inbox, it is rejected with the same reason.
     let _d = ws.start();
@@ -763,7 +763,9 @@ fn a_run_whose_variables_lead_an_output_out_of_the_workspace_is_refused_before_i
         std::fs::read_to_string(ws.path("rejected/i.json.error.txt")).ok()
     });
     assert!(
-        reason.contains("phase `a` would write to `output` path `../../x.md` contains `..`"),
+        reason.contains(
+            "phase `a` cannot write its result: `output` path `../../x.md` contains `..`"
+        ),
         "{reason}"
     );
 }

@@ -2056,3 +2056,28 @@ phases:
         "expected the advice to retry the run, got {reason}"
     );
 }
+
+/// A check that fails without printing anything is said so in the feedback round's prompt,
+/// not shown as an empty block under "Its output ends".
+#[test]
+fn a_silent_failing_check_is_said_to_have_printed_nothing() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: none\nverify: [sh, -c, \"! grep -q broken a.txt\"]\n"
+    ));
+    let _d = ws.start();
+    ws.drop_task(
+        "quiet.md",
+        "firsttry append a.txt broken\nonretry replace a.txt broken repaired\n",
+    );
+    assert!(
+        matches!(ws.wait_settled("quiet"), Event::Done { .. }),
+        "expected done on the feedback round"
+    );
+    let prompt = std::fs::read_to_string(ws.path("runs/quiet/2-ed.prompt")).unwrap();
+    assert!(
+        prompt.ends_with(
+            "\n\nIt printed nothing.\n\nFix what it reports; the check runs again when you finish.\n"
+        ),
+        "expected the silent check said so, got:\n{prompt}"
+    );
+}

@@ -499,6 +499,24 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             }
             println!("{:<w$} ↳ {}", "", dirigent::terminal::printable(&line));
         }
+        // Waiting for tasks it runs after: which, so a pending task does not look stuck.
+        if matches!(t.phase(), Phase::Pending) {
+            let waits: Vec<String> = t
+                .more()
+                .after
+                .iter()
+                .filter(|d| book.outcome(d) != Some(dirigent::state::Outcome::Done))
+                .map(|d| format!("`{d}`"))
+                .collect();
+            if !waits.is_empty() {
+                println!(
+                    "{:<w$} ↳ starts once {} {} done",
+                    "",
+                    waits.join(" and "),
+                    if waits.len() == 1 { "is" } else { "are" }
+                );
+            }
+        }
     }
     if let Some(line) = archived_line(&book) {
         println!("{line}");

@@ -35,7 +35,12 @@ pub(super) fn admit<'a>(
         match book.outcome(dep) {
             Some(Outcome::Done) => {}
             Some(Outcome::Failed) => {
-                return Admission::Escalate(format!("it runs after `{dep}`, which failed"));
+                // Cancelled is a way of failing; said as the user saw it when still known.
+                let how = match book.get(dep).map(|d| d.phase().shown()) {
+                    Some("cancelled") => "was cancelled",
+                    _ => "failed",
+                };
+                return Admission::Escalate(format!("it runs after `{dep}`, which {how}"));
             }
             None => return Admission::Later,
         }
@@ -345,6 +350,22 @@ mod tests {
                 "",
                 |b| finish(b, "dep", false),
                 Admission::Escalate("it runs after `dep`, which failed".into()),
+            ),
+            (
+                "after a task that was cancelled",
+                &["a"],
+                &["dep"],
+                "",
+                |b| {
+                    receive(b, "dep", &["a"], &[]);
+                    let seq = b.last_seq + 1;
+                    b.apply(&Record {
+                        seq,
+                        ts: NOW,
+                        event: Event::Cancelled { task: "dep".into() },
+                    });
+                },
+                Admission::Escalate("it runs after `dep`, which was cancelled".into()),
             ),
             (
                 "after a task that is done",

@@ -699,12 +699,15 @@ async fn verify_merged(job: &MergeJob) -> Result<(), Option<String>> {
             crate::side_command::CommandEnd::Exited(s) => {
                 return Err(Some(format!(
                     "`{}` failed ({s}); its output is in {}",
-                    argv.join(" "),
+                    crate::terminal::shown_command(argv),
                     log.display()
                 )));
             }
             crate::side_command::CommandEnd::TimedOut => {
-                return Err(Some(format!("`{}` ran out of time", argv.join(" "))));
+                return Err(Some(format!(
+                    "`{}` ran out of time",
+                    crate::terminal::shown_command(argv)
+                )));
             }
             crate::side_command::CommandEnd::CouldNotStart(e) => return Err(Some(e)),
         }

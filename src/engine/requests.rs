@@ -70,7 +70,9 @@ fn list(
 ) -> serde_json::Value {
     let text = f.text.as_deref().map(str::to_lowercase);
     let keep = |t: &&TaskRecord| {
-        state.as_deref().is_none_or(|s| t.phase().label() == s)
+        state
+            .as_deref()
+            .is_none_or(|s| t.phase().label() == s || t.phase().shown() == s)
             && f.agent.as_deref().is_none_or(|a| {
                 t.attempts()
                     .last()

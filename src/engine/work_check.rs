@@ -292,7 +292,7 @@ async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
             task: Some(plan.task.clone()),
         };
         let end = crate::side_command::run_logged(&plan.ws, argv, &log, limits).await;
-        let shown = argv.join(" ");
+        let shown = crate::terminal::shown_command(argv);
         let why = match end {
             crate::side_command::CommandEnd::Exited(s) if s.success() => continue,
             crate::side_command::CommandEnd::Exited(s) => format!("`{shown}` failed ({s})"),
@@ -360,8 +360,14 @@ pub(super) fn resolve_section(branch: &str, resolve: &crate::state::Resolve) -> 
 /// of its output. The format is documented in `docs/worktrees.md`.
 pub(super) fn feedback(ws: &Workspace, task: &str, last: &crate::state::AttemptSummary) -> String {
     let tail = verify_tail(ws, task, last.n, &last.agent, VERIFY_TAIL);
+    // A check that printed nothing is said so, not shown as an empty block.
+    let output = if tail.trim().is_empty() {
+        "It printed nothing.".to_string()
+    } else {
+        format!("Its output ends:\n\n{}", crate::escalate::fenced(&tail))
+    };
     format!(
-        "\n\n---\n\n## The check failed\n\nYour last attempt said it was done, but the task's check did not pass in your worktree. Your changes are still there. {}\n\nIts output ends:\n\n{}\n\nFix what it reports; the check runs again when you finish.\n",
+        "\n\n---\n\n## The check failed\n\nYour last attempt said it was done, but the task's check did not pass in your worktree. Your changes are still there. {}\n\n{output}\n\nFix what it reports; the check runs again when you finish.\n",
         // The reason's words for the agent: what failed, not what dirigent does next.
         last.reason
             .split("; its output ends:")
@@ -369,6 +375,5 @@ pub(super) fn feedback(ws: &Workspace, task: &str, last: &crate::state::AttemptS
             .unwrap_or("")
             .trim_end_matches("; the same agent tries again with this output")
             .trim_start_matches("verify: "),
-        crate::escalate::fenced(&tail)
     )
 }

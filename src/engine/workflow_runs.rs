@@ -290,7 +290,7 @@ impl Engine {
         progress
             .evaluating
             .insert(key.clone(), lifecycle::Evaluator { id, stop });
-        tracing::info!(task = run, phase = %phase, round, "evaluating the round with `{}`", command.join(" "));
+        tracing::info!(task = run, phase = %phase, round, "evaluating the round with `{}`", crate::terminal::shown_command(&command));
         let (ws, ledger, tx, run) = (
             self.ws.clone(),
             self.ledger.clone(),

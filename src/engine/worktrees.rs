@@ -375,7 +375,7 @@ pub(super) async fn run_setup(
         dir: Some((dir.to_path_buf(), tree_env(state))),
         ..limits
     };
-    let shown = argv.join(" ");
+    let shown = crate::terminal::shown_command(argv);
     match crate::side_command::run_logged(ws, argv, &log, limits).await {
         crate::side_command::CommandEnd::Exited(s) if s.success() => {
             // What setup made must be ignored by git, or it would count (and be committed) as

@@ -398,7 +398,7 @@ pub async fn run_evaluator(
                 false,
                 format!(
                     "`{}` failed ({s}; all its output: {whole}):\n{tail}",
-                    argv.join(" ")
+                    crate::terminal::shown_command(argv)
                 ),
             )
         }
@@ -406,7 +406,7 @@ pub async fn run_evaluator(
             false,
             format!(
                 "`{}` ran longer than {}; killed",
-                argv.join(" "),
+                crate::terminal::shown_command(argv),
                 crate::duration::short(limit)
             ),
         ),

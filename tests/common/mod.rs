@@ -217,6 +217,9 @@ impl Workspace {
     /// file. A record may be rotated into a segment a moment after it was written (a restart
     /// folds the segments it finds), so a wait must not look at the live file alone.
     pub fn records(&self) -> Vec<Record> {
+        // The current file first: one rotated between the two reads is then among the segments
+        // listed after it (read the other way round, its records would be missed).
+        let current = ledger::read(&self.path("ledger.jsonl")).unwrap().records;
         let mut out: Vec<Record> = Vec::new();
         let segments = ledger::segments(&self.ctx()).unwrap_or_default();
         // A segment compacted away between listing and reading is simply gone.
@@ -225,7 +228,7 @@ impl Workspace {
                 out.extend(read.records);
             }
         }
-        out.extend(ledger::read(&self.path("ledger.jsonl")).unwrap().records);
+        out.extend(current);
         // Each record once (a rotation racing the reads may show one twice). By its number, not
         // by order: a test may plant a line with a number of its own.
         let mut seen = std::collections::HashSet::new();
