@@ -88,6 +88,16 @@ pub fn read(running: &Dir, claim_name: &str, name: &str) -> Result<TaskFields, U
     let meta = file
         .metadata()
         .map_err(|e| refused(format!("cannot stat the task file: {e}")))?;
+    // Only the daemon's user submits through the inbox (it is theirs, and not writable by
+    // others: the start checks that); a file of another user's got in through a directory
+    // opened since, and would run their prompt as this user.
+    let me = nix::unistd::geteuid().as_raw();
+    let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+    if owner != me {
+        return Err(refused(format!(
+            "the task file belongs to uid {owner}, not to the daemon's user (uid {me}); only the daemon's user submits through the inbox"
+        )));
+    }
     if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
         return Err(refused(
             "the task file has other hard links, so it is also reachable from outside the inbox; \
@@ -202,12 +212,23 @@ mod tests {
         nix::unistd::mkfifo(&ws.inbox().join("f.json"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         std::fs::write(ws.inbox().join("b.json"), vec![b' '; 2 << 20]).unwrap();
         std::fs::hard_link(&secret, ws.inbox().join("h.json")).unwrap();
-        let cases = [
+        let mut cases = vec![
             ("l.json", "symbolic link"),
             ("f.json", "is a FIFO"),
             ("b.json", "the limit is"),
             ("h.json", "hard links"),
         ];
+        // Another user's file (only root can make one here).
+        std::fs::write(ws.inbox().join("o.json"), r#"{"prompt":"theirs"}"#).unwrap();
+        if nix::unistd::chown(
+            &ws.inbox().join("o.json"),
+            Some(nix::unistd::Uid::from_raw(65534)),
+            None,
+        )
+        .is_ok()
+        {
+            cases.push(("o.json", "belongs to uid 65534, not to the daemon's user"));
+        }
         for (name, want) in cases {
             let c = claim(&inbox, &running, name).unwrap().unwrap();
             match read(&running, &c, name) {
