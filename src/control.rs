@@ -110,16 +110,39 @@ pub fn serve(ws: &Workspace, api: crate::api::Api) -> std::io::Result<tokio::tas
     {
         private_runtime_dir(dir)?;
     }
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let (mut listener, mut bound) = bind_socket(&path)?;
     let me = nix::unistd::geteuid().as_raw();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let overflow = std::sync::Arc::new(tokio::sync::Semaphore::new(OVERFLOW_CONNECTIONS));
     Ok(tokio::spawn(async move {
         let mut backoff = crate::accept::Backoff::default();
+        let mut look = tokio::time::interval(SOCKET_CHECK);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let stream = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = look.tick() => {
+                    // The socket is a file in the workspace: an agent can remove it (then no
+                    // `dirigent cancel` is heard) or put its own in its place. Ours again.
+                    if socket_id(&path) != Some(bound) {
+                        match bind_socket(&path) {
+                            Ok((again, id)) => {
+                                tracing::warn!(
+                                    "the control socket `{}` was removed or replaced (by an agent?); it is bound again",
+                                    path.display()
+                                );
+                                (listener, bound) = (again, id);
+                            }
+                            Err(e) => tracing::warn!(
+                                "the control socket `{}` was removed or replaced, and cannot be bound again: {e}",
+                                path.display()
+                            ),
+                        }
+                    }
+                    continue;
+                }
+            };
+            let stream = match accepted {
                 Ok((stream, _)) => {
                     backoff.reset();
                     stream
@@ -158,6 +181,27 @@ pub fn serve(ws: &Workspace, api: crate::api::Api) -> std::io::Result<tokio::tas
             });
         }
     }))
+}
+
+/// How often the daemon looks that its socket is still the one it bound.
+const SOCKET_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The device and inode of what is at `path`, if anything.
+fn socket_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Binds the socket at `path` (whatever file is there goes first), mode 0600; returns it and
+/// what it is on disk.
+fn bind_socket(path: &std::path::Path) -> std::io::Result<(tokio::net::UnixListener, (u64, u64))> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let id = socket_id(path).ok_or_else(|| std::io::Error::other("the socket vanished"))?;
+    Ok((listener, id))
 }
 
 /// How long a connection is served.

@@ -1526,3 +1526,32 @@ fn output_cut_by_a_file_size_limit_is_not_a_success() {
         finished.1
     );
 }
+
+/// The control socket is a file in the workspace: an agent that removes it, or puts a listener
+/// of its own in its place, does not keep `dirigent cancel` from being heard — the daemon binds
+/// its socket again.
+#[test]
+fn a_removed_or_replaced_control_socket_is_bound_again() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("h.json", r#"{"prompt": "p", "agent": "hang"}"#);
+    ws.wait_started("h");
+    let sock = ws.path("daemon.sock");
+    std::fs::remove_file(&sock).unwrap();
+    // What an agent would leave there: a socket that takes requests and never answers them.
+    let _rogue = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    ws.wait_until("the daemon to bind its socket again", || {
+        log(&ws).contains("is bound again").then_some(())
+    });
+    let out = ws.cli(&["cancel", "h"]);
+    assert!(
+        out.status.success(),
+        "expected the cancel heard by the daemon: {}",
+        stderr(&out)
+    );
+    ws.wait_for("the task cancelled", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Cancelled { task } if task == "h"))
+            .then_some(())
+    });
+}
