@@ -940,7 +940,14 @@ mod tests {
     /// What reading steps over must not invent problems nor lose the ones after it.
     #[test]
     fn stepping_over_a_problem_invents_none_and_loses_none() {
-        let cases: [(&str, &[&str], &str); 3] = [
+        let cases: [(&str, &[&str], &str); 4] = [
+            // A map whose every key is wrong is not also "not a map" (its keys, stepped over,
+            // leave it empty).
+            (
+                "agents:\n  e:\n    command: \"/x\"\n    timeout: forever\ndefault_chain: [e]\n",
+                &["`agents.e.command`", "`agents.e.timeout`", "(2 problems)"],
+                "expected a map",
+            ),
             // A list at the key's own indent is the unknown key's value, not a problem.
             (
                 "bogus:\n- a\n- b\nconcurrency: x\n",

@@ -53,7 +53,18 @@ pub fn from_yaml_collecting<T: serde::de::DeserializeOwned>(text: &str) -> Colle
         let next = (problems.len() < MOST)
             .then(|| step_over(&text, &e, &raw))
             .flatten();
-        problems.push(e);
+        // A map whose every key was stepped over reads as empty, and then as "not a map": that
+        // is the stepping's doing, not a mistake of the text (its keys were reported).
+        let emptied = e.key.as_deref().is_some_and(|k| {
+            problems.iter().any(|p| {
+                p.key
+                    .as_deref()
+                    .is_some_and(|pk| pk.starts_with(&format!("{k}.")))
+            })
+        });
+        if !(emptied && next.is_some()) {
+            problems.push(e);
+        }
         match next {
             Some((stepped, wrong)) => {
                 wrong_values.extend(wrong);
