@@ -1303,9 +1303,10 @@ fn a_task_waiting_for_another_says_which_and_a_cancelled_one_is_named_so() {
     let _d = ws.start();
     let out = ws.cli(&["submit", "p", "--id", "dep", "--agent", "gate"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // `--after` names a task the daemon knows: once it has taken `dep` in.
+    ws.wait_started("dep");
     let out = ws.cli(&["submit", "p", "--id", "next", "--after", "dep"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    ws.wait_started("dep");
     ws.wait_state("next", "pending");
     let listed = String::from_utf8_lossy(&ws.cli(&["status"]).stdout).into_owned();
     let below = listed

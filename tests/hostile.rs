@@ -9,6 +9,8 @@ use dirigent::ledger::Event;
 const CONFIG: &str = r#"
 kill_grace: 300ms
 leak_timeout: 300ms
+# The gigabyte below is allowed (the default stops an attempt at 256MiB).
+max_output: 2GiB
 agents:
   leak:    { command: ["{agents}/hostile/leak-stdout.sh"], timeout: 30s }
   setsid:  { command: ["{agents}/hostile/setsid.sh"], timeout: 30s }
