@@ -538,6 +538,10 @@ where
     let mut exhausted = None;
     // Any other write failure (a file-size limit, an I/O error) cuts the result short: judged.
     let mut capture_cut = None;
+    // Past the limit and ended on its own before the stop: its capture is cut all the same.
+    if stopped.is_none() && limit.printed.load(Ordering::Relaxed) > limit.bytes {
+        stopped = Some(StopCause::OutputLimit);
+    }
     if let Some(failure) = capture_failed.get() {
         match failure.exhausted {
             Some(what) if !matches!(stopped, Some(StopCause::Cancel | StopCause::Shutdown)) => {
@@ -818,7 +822,7 @@ async fn capture(
         }
         let before = limit.printed.fetch_add(n as u64, Ordering::Relaxed);
         let room = limit.bytes.saturating_sub(before);
-        if (room as usize) < n {
+        if room < n as u64 {
             // Notified once, by the chunk that passes the limit.
             if room > 0 || before == limit.bytes {
                 limit.wake.notify_one();

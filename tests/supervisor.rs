@@ -1215,9 +1215,19 @@ fn a_stop_does_not_wait_for_an_ended_agents_leftover_to_let_go_of_its_output() {
 /// fails — its capture holds exactly the limit — instead of filling the disk until its timeout.
 #[test]
 fn an_agent_printing_past_max_output_is_stopped_and_fails() {
-    let ws = Workspace::new(
-        "max_output: 1MiB\nkill_grace: 300ms\nagents:\n  big: { command: [\"{agents}/big.sh\", \"500\"], timeout: 10m }\n  good: { command: [\"{agents}/ok.sh\"], prompt: stdin }\ndefault_chain: [big, good]\n",
-    );
+    // 500 MiB: stopped while it prints; 10,000 bytes past the limit: the last of it fits the
+    // pipe, so the agent has likely ended on its own before it is read — its capture is cut
+    // all the same, and never a success.
+    for bytes in [500 << 20, (1 << 20) + 10_000] {
+        printing_past_max_output_fails(bytes);
+    }
+}
+
+fn printing_past_max_output_fails(bytes: u64) {
+    let ws = Workspace::new(&format!(
+        "max_output: 1MiB\nkill_grace: 300ms\nagents:\n  big: {{ command: [sh, -c, \"head -c {bytes} /dev/zero | tr '\\\\0' x\"], timeout: 10m }}\n  good: {{ command: [\"{{agents}}/ok.sh\"], prompt: stdin }}\ndefault_chain: [big, good]\n"
+    ));
+    let mib = bytes as f64 / (1 << 20) as f64;
     let _d = ws.start();
     ws.drop_task("flood.json", r#"{"prompt": "p"}"#);
     assert!(
@@ -1243,10 +1253,14 @@ fn an_agent_printing_past_max_output_is_stopped_and_fails() {
             "bad_output",
             "stopped: it printed more than `max_output` (1MiB); what it printed up to there is kept"
         ),
-        "expected the flood stopped at the limit"
+        "{mib} MiB: expected the flood stopped at the limit"
     );
     let saved = std::fs::metadata(ws.path("runs/flood/1-big.stdout"))
         .unwrap()
         .len();
-    assert_eq!(saved, 1 << 20, "expected exactly the limit saved");
+    assert_eq!(
+        saved,
+        1 << 20,
+        "{mib} MiB: expected exactly the limit saved"
+    );
 }
