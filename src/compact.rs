@@ -188,13 +188,9 @@ fn load_checked(
     let mut checker = Checker::new(key.cloned());
     let snap = read_snapshot(ws, key)?;
     let mut refused_snapshot = None;
-    // Records below the key's mark were taken as written when the key was made.
-    let adopted = key
-        .and_then(Key::sealed_from)
-        .is_some_and(|from| snap.seq < from);
+    // A snapshot taken as written when the key was made (a moved workspace's) was sealed
+    // again then: from the second start on, every snapshot carries the key's seal.
     let (covered, mut book) = match snap.seal {
-        Seal::Valid => (snap.seq, snap.book),
-        _ if adopted => (snap.seq, snap.book),
         Seal::Bad => {
             refused_snapshot =
                 Some("its seal does not match: it was altered, or not written by dirigent");
