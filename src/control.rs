@@ -47,29 +47,22 @@ fn runtime_dir() -> PathBuf {
 /// real directory, owned by this user, that nobody else may enter. Anything else is refused,
 /// with what to do about it.
 pub fn private_runtime_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::DirBuilderExt;
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
+    use crate::fsutil::Untrusted;
     let meta = std::fs::symlink_metadata(dir)?;
     let me = nix::unistd::geteuid().as_raw();
-    let problem = if !meta.file_type().is_dir() {
-        Some("is not a directory".to_string())
-    } else if meta.uid() != me {
-        Some(format!(
-            "belongs to uid {}, not to you (uid {me}): another user may have made it to catch your requests",
-            meta.uid()
-        ))
-    } else if meta.mode() & 0o077 != 0 {
-        Some(format!(
-            "can be used by other users (mode {:o})",
-            meta.mode() & 0o777
-        ))
-    } else {
-        None
-    };
+    let problem = crate::fsutil::untrusted_dir(&meta, me, 0o077).map(|p| match p {
+        Untrusted::NotADirectory => "is not a directory".to_string(),
+        Untrusted::Owner(uid) => format!(
+            "belongs to uid {uid}, not to you (uid {me}): another user may have made it to catch your requests"
+        ),
+        Untrusted::OpenTo(mode) => format!("can be used by other users (mode {mode:o})"),
+    });
     match problem {
         None => Ok(()),
         Some(p) => Err(std::io::Error::new(

@@ -86,6 +86,32 @@ pub fn read_small_nofollow(path: &Path, limit: usize) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Why a directory cannot be trusted with what only its user may change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Untrusted {
+    NotADirectory,
+    /// Another user's: the uid.
+    Owner(u32),
+    /// Its mode (`0o777` bits) has some of the bits that must be closed.
+    OpenTo(u32),
+}
+
+/// `meta` (of a directory, its link not followed) judged for the user `me`: a real directory
+/// of theirs whose mode has none of the `closed` bits (`0o022`: no one else writes; `0o077`:
+/// no one else even looks).
+pub fn untrusted_dir(meta: &std::fs::Metadata, me: u32, closed: u32) -> Option<Untrusted> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.file_type().is_dir() {
+        Some(Untrusted::NotADirectory)
+    } else if meta.uid() != me {
+        Some(Untrusted::Owner(meta.uid()))
+    } else if meta.mode() & closed != 0 {
+        Some(Untrusted::OpenTo(meta.mode() & 0o777))
+    } else {
+        None
+    }
+}
+
 /// When `e` means a resource ran out — disk space, a disk quota, file descriptors, memory or
 /// processes — what ran out, in words. dirigent treats these as a pause: work waits until the
 /// resource is back, and nothing finished is thrown away.

@@ -484,27 +484,22 @@ fn check_key_dir(dir: &Path) -> Result<(), KeyError> {
             });
         }
     };
-    let unsafe_dir = |problem: String| KeyError::UnsafeDir {
+    use crate::fsutil::Untrusted;
+    let me = nix::unistd::geteuid().as_raw();
+    let problem = match crate::fsutil::untrusted_dir(&meta, me, 0o022) {
+        None => return Ok(()),
+        Some(Untrusted::NotADirectory) => "is not a directory".to_string(),
+        Some(Untrusted::Owner(uid)) => format!(
+            "belongs to uid {uid}, not to you (uid {me}); remove it (its keys are not yours to trust)"
+        ),
+        Some(Untrusted::OpenTo(mode)) => {
+            format!("can be written by other users (mode {mode:o}); run `chmod 700` on it")
+        }
+    };
+    Err(KeyError::UnsafeDir {
         path: dir.display().to_string(),
         problem,
-    };
-    if !meta.is_dir() {
-        return Err(unsafe_dir("is not a directory".into()));
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(unsafe_dir(format!(
-            "belongs to uid {}, not to you (uid {me}); remove it (its keys are not yours to trust)",
-            meta.uid()
-        )));
-    }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(unsafe_dir(format!(
-            "can be written by other users (mode {:o}); run `chmod 700` on it",
-            meta.permissions().mode() & 0o777
-        )));
-    }
-    Ok(())
+    })
 }
 
 fn read_key(path: &Path) -> Result<Option<Key>, KeyError> {
