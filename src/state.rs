@@ -101,8 +101,8 @@ impl Phase {
     pub fn is_terminal(&self) -> bool {
         matches!(self, Phase::Done { .. } | Phase::Failed { .. })
     }
-    /// What a list may be filtered by: every label, and `cancelled` (the failed tasks the user
-    /// cancelled, as [`Phase::shown`] says).
+    /// What a list may be filtered by: every [`Phase::label`] in a task's usual order, and
+    /// `cancelled` (the failed tasks the user cancelled, as [`Phase::shown`] says).
     pub const FILTERS: [&'static str; 8] = [
         "pending",
         "running",
@@ -111,17 +111,6 @@ impl Phase {
         "done",
         "failed",
         "cancelled",
-        "requeued",
-    ];
-
-    /// Every [`Phase::label`], in a task's usual order.
-    pub const LABELS: [&'static str; 7] = [
-        "pending",
-        "running",
-        "merging",
-        "merge_waiting",
-        "done",
-        "failed",
         "requeued",
     ];
 
