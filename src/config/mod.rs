@@ -484,8 +484,9 @@ impl Config {
                 }
                 if !agents.contains_key(agent) {
                     return Err(invalid(format!(
-                        "{what} names agent `{agent}`, which is not configured (agents: {})",
-                        list(agents.keys())
+                        "{what} names agent `{agent}`, which is not configured (agents: {}){}",
+                        list(agents.keys()),
+                        crate::suggest::hint(agent, agents.keys().map(String::as_str))
                     )));
                 }
             }
@@ -989,6 +990,10 @@ mod tests {
             (
                 "default_chain: [ghost]\n",
                 "agent `ghost`, which is not configured",
+            ),
+            (
+                "agents:\n  editor: {command: [a]}\nroles:\n  coder: [editr]\n",
+                "role `coder` names agent `editr`, which is not configured (agents: editor); did you mean `editor`?",
             ),
             (
                 "agents:\n  x: {command: [a], prompt: arg}\n",
