@@ -2081,3 +2081,31 @@ fn a_silent_failing_check_is_said_to_have_printed_nothing() {
         "expected the silent check said so, got:\n{prompt}"
     );
 }
+
+/// `dirigent merge` of a task that needs none says why: merged already (where, at which
+/// commit), or kept as a branch for the user to merge with git (`merge: none`).
+#[test]
+fn merging_a_merged_or_unmerged_done_task_says_what_it_is() {
+    for (mode, want) in [
+        ("auto", "is merged already: into `main` at "),
+        (
+            "none",
+            "is done without a merge (`merge: none`): its branch `dirigent/t` is kept for you — merge it with git (`git merge dirigent/t`)",
+        ),
+    ] {
+        let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: {mode}\n"));
+        let _d = ws.start();
+        ws.drop_task("t.md", "append a.txt done\n");
+        assert!(
+            matches!(ws.wait_settled("t"), Event::Done { .. }),
+            "{mode}: expected done"
+        );
+        ws.wait_state("t", "done");
+        let out = ws.cli(&["merge", "t"]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains(want),
+            "{mode}: expected {want:?}, got {said:?}"
+        );
+    }
+}

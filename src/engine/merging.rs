@@ -384,6 +384,21 @@ impl Engine {
                 Failure::Conflict,
                 format!("task `{id}` is being merged now"),
             ),
+            // Done: merged already, or its branch kept for the user (`merge: none`).
+            Phase::Done { .. } if t.more().worktree.is_some() => {
+                let w = t.more().worktree.as_ref().expect("guarded");
+                let said = match &w.merge {
+                    crate::state::MergeState::Merged { target, commit } => format!(
+                        "task `{id}` is merged already: into `{target}` at {}; nothing to do",
+                        &commit[..commit.len().min(12)]
+                    ),
+                    _ => format!(
+                        "task `{id}` is done without a merge (`merge: none`): its branch `{}` is kept for you — merge it with git (`git merge {}`)",
+                        w.branch, w.branch
+                    ),
+                };
+                Response::fail(Failure::Conflict, said)
+            }
             other => Response::fail(
                 Failure::Conflict,
                 format!(
