@@ -271,6 +271,9 @@ pub enum WorkflowCommand {
         /// Follow the run: each task's attempts and each phase and round on stderr, the result on stdout.
         #[arg(long)]
         wait: bool,
+        /// `--wait`, for at most DURATION: then exit 124 (the run goes on).
+        #[arg(long, value_name = "DURATION", value_parser = parse_wait_for)]
+        wait_for: Option<std::time::Duration>,
         /// Print `{"id": …, "file": …}`; with `--wait`, one object once the run settles (as `submit --json`).
         #[arg(long)]
         json: bool,
@@ -368,6 +371,10 @@ pub struct SubmitArgs {
     /// 130 when interrupted (Ctrl-C; the task goes on) and 143 on SIGTERM.
     #[arg(long)]
     pub wait: bool,
+    /// `--wait`, for at most DURATION (`30s`, `10m`): then it stops waiting with exit 124 (the
+    /// task goes on, as after Ctrl-C). `--timeout` limits each attempt, not the wait.
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait_for)]
+    pub wait_for: Option<std::time::Duration>,
     /// Print `{"id": …, "file": …}` instead of the bare id. With `--wait`: one object once
     /// the task settles instead — `id`, `file`, `state` (`done`, `failed`, `cancelled`,
     /// `merge_waiting`, `rejected`; `waiting` when the wait is interrupted) and what goes with
@@ -432,4 +439,9 @@ pub enum FleetAction {
         #[arg(long = "worker", value_name = "NAME=NKEY[:AGENTS]")]
         workers: Vec<String>,
     },
+}
+
+/// `--wait-for`'s value: a duration as everywhere (`30s`, `10m`).
+fn parse_wait_for(text: &str) -> Result<std::time::Duration, String> {
+    dirigent::duration::parse(text).map_err(|e| e.to_string())
 }

@@ -210,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vars,
             id,
             wait,
+            wait_for,
             json,
         }) => commands::submit(
             &ws,
@@ -232,6 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 verify: vec![],
                 merge: None,
                 wait,
+                wait_for,
                 json,
             },
         ),

@@ -1329,3 +1329,25 @@ fn a_task_waiting_for_another_says_which_and_a_cancelled_one_is_named_so() {
         "expected the cancel named, got {reason:?}"
     );
 }
+
+/// `--wait-for` bounds the wait (`--timeout` is each attempt's): it ends with exit 124 and says
+/// the task goes on; with `--json`, the object says `waiting`.
+#[test]
+fn a_bounded_wait_ends_when_its_time_is_up() {
+    let ws = Workspace::new(CONFIG);
+    // No daemon: the task cannot finish, so only the bound ends the wait.
+    let out = ws.cli(&["submit", "p", "--id", "b1", "--wait-for", "300ms", "--json"]);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dirigent: stopped waiting after ")
+            && stderr(&out).contains("(`--wait-for`); `b1` goes on"),
+        "expected the wait's end said, got {}",
+        stderr(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["id"], &v["state"]),
+        (&serde_json::json!("b1"), &serde_json::json!("waiting")),
+        "expected the object of a wait that ended: {v}"
+    );
+}

@@ -104,17 +104,19 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         Refused::Taken(why) => taken(&why),
         Refused::Other(why) => anyhow::anyhow!("{why}"),
     })?;
-    if args.json && !args.wait {
+    // A bounded wait is a wait.
+    let wait = args.wait || args.wait_for.is_some();
+    if args.json && !wait {
         println!("{}", json!({"id": id, "file": dest}));
-    } else if !args.wait {
+    } else if !wait {
         println!("{id}");
     }
-    if !args.wait && running_daemon(ws).is_none() {
+    if !wait && running_daemon(ws).is_none() {
         eprintln!(
             "dirigent: no daemon is running on this workspace: `{id}` waits in .context/inbox/ and runs when one starts (`dirigent daemon`)"
         );
     }
-    if !args.wait {
+    if !wait {
         return Ok(ExitCode::SUCCESS);
     }
     if running_daemon(ws).is_none() {
@@ -140,6 +142,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         answered: None,
         nothing_new: false,
         said_merge_wait: false,
+        give_up_at: args.wait_for.map(|d| Instant::now() + d),
     };
     wait_for(ws, &id, &name, follower, &mut end)
 }
@@ -299,6 +302,8 @@ struct Ending {
     nothing_new: bool,
     /// That the wait goes on through a held-up `merge: auto` was said.
     said_merge_wait: bool,
+    /// `--wait-for`: when the wait ends whatever the task does.
+    give_up_at: Option<Instant>,
 }
 
 impl Ending {
@@ -577,6 +582,21 @@ fn wait_for(
             }
         }
         live.draw(&line);
+        // `--wait-for` ran out: the wait ends, the task does not.
+        if let Some(at) = end.give_up_at {
+            let left = at.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                live.clear();
+                eprintln!(
+                    "dirigent: stopped waiting after {} (`--wait-for`); `{id}` goes on (`dirigent status {id}` shows it, `dirigent cancel {id}` stops it)",
+                    short(started.elapsed())
+                );
+                end.object(id, "waiting", json!({}));
+                return Ok(ExitCode::from(124));
+            }
+            waker.wait(left.min(Duration::from_secs(1)));
+            continue;
+        }
         waker.wait(Duration::from_secs(1));
     }
 }
