@@ -704,3 +704,26 @@ fn moved_workspace_keeps_its_history(config: &str, snapshot: bool) {
         );
     }
 }
+
+/// A task a stop put back into the inbox whose file is then removed while the daemon is down
+/// is written again from the ledger at the next start and runs — it stayed `requeued` for good,
+/// with nothing to say so.
+#[test]
+fn a_requeued_task_whose_file_was_removed_runs_at_the_next_start() {
+    let ws = Workspace::new(CONFIG);
+    let mut d = ws.start();
+    ws.drop_task("rq.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_started("rq");
+    assert!(d.stop().success());
+    assert!(
+        list(&ws, "inbox").contains(&"rq.json".to_string()),
+        "expected the stop to put the task back into the inbox"
+    );
+    std::fs::remove_file(ws.path("inbox/rq.json")).unwrap();
+    std::fs::write(ws.root().join("release"), "").unwrap();
+    let _d = ws.start();
+    assert!(
+        matches!(ws.wait_settled("rq"), Event::Done { .. }),
+        "expected the requeued task run again and done"
+    );
+}

@@ -160,9 +160,10 @@ impl Engine {
                     }
                     requeue.push(t.shared_id().clone());
                 }
-                // Its file is not in running/ (and not back in the inbox): someone removed it.
-                // The ledger has the task; the file is written again and the task goes on.
-                (Phase::Pending, None)
+                // Its file is not in running/ (and not back in the inbox, where a stop puts a
+                // requeued task's): someone removed it. The ledger has the task; the file is
+                // written again and the task goes on (`dirigent cancel` drops it).
+                (Phase::Pending | Phase::Requeued, None)
                     if self.ws.inbox().join(t.file()).symlink_metadata().is_err() =>
                 {
                     let rebuilt = t.spec().map(|spec| {
