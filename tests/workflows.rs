@@ -18,7 +18,7 @@ roles:
 "#;
 
 fn write_workflow(ws: &Workspace, name: &str, text: &str) {
-    std::fs::write(ws.path("workflows").join(format!("{name}.yaml")), text).unwrap();
+    ws.write_workflow(name, text);
 }
 
 fn phases_completed(ws: &Workspace, run: &str) -> Vec<String> {

@@ -749,9 +749,8 @@ fn with_on_conflict_agent_a_conflict_is_resolved_and_lands() {
 #[test]
 fn a_parallel_phase_in_worktrees_is_merged_before_the_next_phase() {
     let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n"));
-    std::fs::create_dir_all(ws.ctx().join("workflows")).unwrap();
-    std::fs::write(
-        ws.ctx().join("workflows/edit-both.yaml"),
+    ws.write_workflow(
+        "edit-both",
         r#"
 name: edit-both
 phases:
@@ -767,8 +766,7 @@ phases:
     agent: ed
     prompt: "require a.txt slot1-by-one\nrequire a.txt slot4-by-two"
 "#,
-    )
-    .unwrap();
+    );
     let mut daemon = ws.start();
     ws.drop_task("run.json", r#"{"workflow": "edit-both"}"#);
     let end = ws.wait_settled("run");
@@ -1172,9 +1170,8 @@ fn carried_failed_changes_reach_the_next_agent() {
 #[test]
 fn a_run_branch_collects_a_workflows_edits() {
     let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n"));
-    std::fs::create_dir_all(ws.ctx().join("workflows")).unwrap();
-    std::fs::write(
-        ws.ctx().join("workflows/collect.yaml"),
+    ws.write_workflow(
+        "collect",
         r#"
 name: collect
 phases:
@@ -1185,8 +1182,7 @@ phases:
       - { name: one, prompt: "replace a.txt slot2 slot2-by-one", agent: ed }
       - { name: two, prompt: "replace a.txt slot3 slot3-by-two", agent: ed }
 "#,
-    )
-    .unwrap();
+    );
     let main_before = git(ws.root(), &["rev-parse", "main"]);
     let mut daemon = ws.start();
     ws.drop_task(
@@ -2028,9 +2024,8 @@ fn a_wait_held_up_by_an_auto_merge_says_so_and_ends_when_it_lands() {
 #[test]
 fn a_runs_conflicting_task_says_to_retry_the_run() {
     let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\n"));
-    std::fs::create_dir_all(ws.ctx().join("workflows")).unwrap();
-    std::fs::write(
-        ws.ctx().join("workflows/clash.yaml"),
+    ws.write_workflow(
+        "clash",
         r#"
 name: clash
 phases:
@@ -2041,8 +2036,7 @@ phases:
       - { name: one, prompt: "append a.txt tail-by-one", agent: ed }
       - { name: two, prompt: "append a.txt tail-by-two", agent: ed }
 "#,
-    )
-    .unwrap();
+    );
     let _d = ws.start();
     ws.drop_task("run.json", r#"{"workflow": "clash"}"#);
     let end = ws.wait_settled("run");

@@ -206,6 +206,12 @@ impl Workspace {
         std::fs::rename(&tmp, self.ctx().join("dirigent.yaml")).unwrap();
     }
 
+    /// Writes `.context/workflows/NAME.yaml`.
+    pub fn write_workflow(&self, name: &str, text: &str) {
+        std::fs::create_dir_all(self.path("workflows")).unwrap();
+        std::fs::write(self.path("workflows").join(format!("{name}.yaml")), text).unwrap();
+    }
+
     /// Drops a task file into the inbox the Maildir way (write elsewhere, rename in).
     pub fn drop_task(&self, name: &str, content: &str) {
         let tmp = self.path("inbox/.tmp").join(name);
