@@ -203,8 +203,8 @@ impl Engine {
     /// `dirigent/run/<id>` collects them for review as one), else none (the checked-out
     /// branch).
     fn run_merge_into(&self, child: &str) -> Option<String> {
-        let run = child.split('.').next()?;
-        self.book.get(run)?.spec()?.fields.merge_into.clone()
+        let run = self.run_of_child(child)?;
+        self.book.get(&run)?.spec()?.fields.merge_into.clone()
     }
 
     /// Submits a child task through the inbox, like any other door. Submitting the same child
