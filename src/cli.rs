@@ -119,6 +119,10 @@ pub enum Command {
         /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
+        /// Machine-readable output: `{"ok", "id", "message"}`; refused, `{"ok": false, "id",
+        /// "error", "failure"}` (exit 2).
+        #[arg(long)]
+        json: bool,
     },
     /// Show what an editing task changed against its base: its verified commit (or its
     /// worktree as it stands), as a stat and a patch.
@@ -138,6 +142,11 @@ pub enum Command {
         /// Return once the merge is queued, without waiting for it.
         #[arg(long)]
         no_wait: bool,
+        /// Machine-readable output: one object once it is decided — `{"id", "state"}`, `state`
+        /// `merged` (with `target`, `commit`), `not_merged` (with `reason`; exit 1), `queued`
+        /// (`--no-wait`) or `waiting` (the wait ended first; the merge goes on).
+        #[arg(long)]
+        json: bool,
     },
     /// Throw away an editing task's branch and worktree. A task waiting to be merged ends
     /// cancelled; a finished task loses its kept branch or worktree. Needs the daemon.
@@ -145,6 +154,10 @@ pub enum Command {
         /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
+        /// Machine-readable output: `{"ok", "id", "message"}`; refused, `{"ok": false, "id",
+        /// "error", "failure"}` (exit 2).
+        #[arg(long)]
+        json: bool,
     },
     /// Run a failed or cancelled task again from the top of its chain (its file is re-read, so
     /// you may fix it in `failed/` first). Needs the daemon.
@@ -152,13 +165,18 @@ pub enum Command {
         /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
+        /// Machine-readable output: `{"ok", "id", "message"}`; refused, `{"ok": false, "id",
+        /// "error", "failure"}` (exit 2).
+        #[arg(long)]
+        json: bool,
     },
     /// List configured agents: installed or not, ready / cooling down / disabled, limits, the
     /// chains and roles they are in. `dirigent agents enable NAME` uses a disabled (auth
     /// failure) or cooling-down agent's provider again.
     Agents {
-        /// Machine-readable output.
-        #[arg(long)]
+        /// Machine-readable output (with `enable`: `{"enabled": […], "refused": [{"agent",
+        /// "error"}]}`).
+        #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
         action: Option<AgentsAction>,
@@ -286,6 +304,11 @@ pub enum WorkflowCommand {
         /// Workflow names or `.yaml` files (default: every workflow).
         #[arg(add = crate::complete::workflows())]
         targets: Vec<String>,
+        /// Machine-readable output: `{"ok", "problems", "workflows": [{"name", "file", "ok",
+        /// …}]}` — a valid one with its `variables` and `phases`, an invalid one with its
+        /// `problems` (`file`, `line`, `column`, `message`).
+        #[arg(long)]
+        json: bool,
     },
 }
 

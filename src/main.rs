@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command, WorkflowCommand};
+use dirigent::control::Request;
 use dirigent::workspace::Workspace;
 
 fn main() -> ExitCode {
@@ -184,17 +185,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             _ => commands::logs_many(&ws, &ids, follow),
         },
         Command::Result { id } => commands::result(&ws, &id),
-        Command::Cancel { id } => commands::control(&ws, dirigent::control::Request::Cancel { id }),
-        Command::Retry { id } => commands::control(&ws, dirigent::control::Request::Retry { id }),
-        Command::Merge { id, no_wait } => commands::merge(&ws, id, no_wait),
-        Command::Discard { id } => {
-            commands::control(&ws, dirigent::control::Request::Discard { id })
+        Command::Cancel { id, json } => {
+            commands::control(&ws, &id, Request::Cancel { id: id.clone() }, json)
+        }
+        Command::Retry { id, json } => {
+            commands::control(&ws, &id, Request::Retry { id: id.clone() }, json)
+        }
+        Command::Merge { id, no_wait, json } => commands::merge(&ws, id, no_wait, json),
+        Command::Discard { id, json } => {
+            commands::control(&ws, &id, Request::Discard { id: id.clone() }, json)
         }
         Command::Diff { id } => commands::diff(&ws, &id),
         Command::Agents {
             action: Some(cli::AgentsAction::Enable { names }),
-            ..
-        } => commands::enable_agents(&ws, names),
+            json,
+        } => commands::enable_agents(&ws, names, json),
         Command::Agents { json, action: None } => commands::agents(&ws, json),
         Command::Doctor { json } => commands::doctor(&ws, json),
         Command::Workflow(WorkflowCommand::List { json }) => commands::workflow_list(&ws, json),
@@ -202,8 +207,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Workflow(WorkflowCommand::Copy { name, force }) => {
             commands::workflow_copy(&ws, &name, force)
         }
-        Command::Workflow(WorkflowCommand::Validate { targets }) => {
-            commands::workflow_validate(&ws, &targets)
+        Command::Workflow(WorkflowCommand::Validate { targets, json }) => {
+            commands::workflow_validate(&ws, &targets, json)
         }
         Command::Workflow(WorkflowCommand::Run {
             name,

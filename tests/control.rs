@@ -252,3 +252,78 @@ fn other_users_are_refused() {
         stderr(&raw)
     );
 }
+
+/// `--json` on the commands that act: one object on stdout, what was done or why not.
+#[test]
+fn cancel_retry_and_discard_answer_scripts_in_json() {
+    let ws = Workspace::new(CONFIG);
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("expected one JSON object on stdout ({e}): {out:?}"))
+    };
+    // No daemon: the refusal says it cannot be asked.
+    let out = ws.cli(&["cancel", "x", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v = json(&out);
+    assert_eq!(
+        (&v["ok"], &v["id"], &v["failure"]),
+        (&false.into(), &"x".into(), &"unavailable".into()),
+        "{v}"
+    );
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("no daemon is running on")),
+        "expected why in `error`, got {v}"
+    );
+
+    let _d = ws.start();
+    ws.drop_task("f.json", r#"{"prompt": "p", "agent": "flaky"}"#);
+    assert!(matches!(ws.wait_settled("f"), Event::Escalated { .. }));
+    ws.wait_state("f", "failed");
+    let out = ws.cli(&["retry", "f", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        json(&out),
+        serde_json::json!({"ok": true, "id": "f", "message": "retrying `f` from the top of its chain"})
+    );
+    ws.wait_settled("f");
+    ws.wait_state("f", "done");
+    for (args, failure, error) in [
+        (
+            ["retry", "f"],
+            "conflict",
+            "task `f` is done; only a failed or cancelled task can be retried",
+        ),
+        (
+            ["cancel", "f"],
+            "conflict",
+            "task `f` has already finished (done)",
+        ),
+        (
+            ["cancel", "nope"],
+            "not_found",
+            "no task `nope`; `dirigent status` lists the tasks",
+        ),
+    ] {
+        let out = ws.cli(&[args[0], args[1], "--json"]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_eq!(
+            json(&out),
+            serde_json::json!({"ok": false, "id": args[1], "error": error, "failure": failure}),
+            "{args:?}"
+        );
+        assert_eq!(
+            stderr(&out),
+            format!("error: {error}\n"),
+            "{args:?}: the error line stays on stderr"
+        );
+    }
+    let out = ws.cli(&["discard", "f", "--json"]);
+    let v = json(&out);
+    assert_eq!(
+        (out.status.code(), &v["ok"], &v["id"]),
+        (Some(2), &false.into(), &"f".into()),
+        "a task without a worktree has nothing to discard: {v}"
+    );
+}

@@ -356,6 +356,28 @@ default_chain: [claude, backup]
         err.starts_with("error: ") && err.contains("`nosuch`"),
         "expected the unknown agent refused by name, got {err:?}"
     );
+    // For a script: one object, what was enabled and what was refused (either place of `--json`).
+    for args in [
+        ["agents", "enable", "claude", "nosuch", "--json"],
+        ["agents", "--json", "enable", "claude", "nosuch"],
+    ] {
+        let out = ws.cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("expected one JSON object ({e}): {out:?}"));
+        assert_eq!(
+            v["enabled"],
+            serde_json::json!([{"agent": "claude", "message": "`claude` (provider `claude`) is not disabled or cooling down"}]),
+            "{v}"
+        );
+        assert!(
+            v["refused"][0]["agent"] == "nosuch"
+                && v["refused"][0]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("`nosuch`")),
+            "expected `nosuch` refused with why, got {v}"
+        );
+    }
     ws.drop_task("t4.json", r#"{"prompt": "p"}"#);
     ws.wait_settled("t4");
     assert_eq!(

@@ -1300,3 +1300,66 @@ fn a_run_whose_agent_is_not_installed_says_so() {
         "the report's advice comes from the failed task: {report}"
     );
 }
+
+#[test]
+fn validate_json_gives_each_workflow_its_problems_or_its_variables_and_runners() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "m",
+        "name: m\nphases:\n  - name: a\n    type: single\n    model: alhpa\n",
+    );
+    write_workflow(
+        &ws,
+        "good",
+        "name: good\nvars:\n  topic: null\n  depth: \"2\"\nphases:\n  - name: a\n    type: single\n    agent: alpha\n    prompt: \"About {topic} at {depth}\"\n",
+    );
+    let out = ws.cli(&["workflow", "validate", "m", "good", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "one has a problem: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("expected one JSON object ({e}): {out:?}"));
+    let f = ws.path("workflows/m.yaml").display().to_string();
+    assert_eq!(
+        (&v["ok"], &v["problems"]),
+        (&false.into(), &1.into()),
+        "{v}"
+    );
+    let bad = &v["workflows"][0];
+    assert_eq!(
+        (&bad["name"], &bad["ok"], &bad["problems"][0]["file"]),
+        (&"m".into(), &false.into(), &f.into()),
+        "{v}"
+    );
+    assert_eq!(
+        (&bad["problems"][0]["line"], &bad["problems"][0]["column"]),
+        (&5.into(), &12.into()),
+        "where the problem is: {v}"
+    );
+    assert!(
+        bad["problems"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Did you mean `alpha`?")),
+        "the message as the text says it: {v}"
+    );
+    let good = &v["workflows"][1];
+    assert_eq!(
+        good["variables"],
+        serde_json::json!([
+            {"name": "depth", "default": "2", "required": false, "declared": true},
+            {"name": "topic", "default": null, "required": true, "declared": true},
+        ]),
+        "{v}"
+    );
+    assert_eq!(
+        good["phases"],
+        serde_json::json!([{"name": "a", "type": "single", "runners": [
+            {"step": "", "name": "alpha", "resolved": "agent `alpha`"}
+        ]}]),
+        "{v}"
+    );
+    // The error lines stay on stderr for people.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).ends_with("1 problem found\n"),
+        "{out:?}"
+    );
+}

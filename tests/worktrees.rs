@@ -315,6 +315,20 @@ fn a_dirty_checkout_is_never_touched_and_manual_merge_waits_for_dirigent_merge()
         main_file(&ws).ends_with("my own edit\n") && !main_file(&ws).contains("slot2-by-m1"),
         "expected the user's edit untouched and nothing merged"
     );
+    // A script asking again reads the same in one object (still exit 1).
+    let out = ws.cli(&["merge", "m1", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "expected not merged: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("expected one JSON object ({e}): {out:?}"));
+    assert!(
+        v["id"] == "m1"
+            && v["state"] == "not_merged"
+            && v["resolving"] == false
+            && v["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("uncommitted changes")),
+        "expected not_merged and why, got {v}"
+    );
     // The user commits their edit: the merge goes on by itself (rescan) and lands on top.
     git(ws.root(), &["commit", "--quiet", "-am", "my own edit"]);
     let end = ws.wait_settled("m1");
@@ -512,12 +526,15 @@ fn verified_work_waiting_to_merge_survives_a_graceful_stop() {
     daemon.stop();
     let mut daemon = ws.start();
     ws.wait_state("keep", "merge_waiting");
-    let out = ws.cli(&["merge", "keep"]);
+    let out = ws.cli(&["merge", "keep", "--json"]);
     assert!(out.status.success(), "expected merge accepted: {out:?}");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        said.starts_with("merged `keep` into `main` at "),
-        "expected `merge` to return once merged, got {said:?}"
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("expected one JSON object once merged ({e}): {out:?}"));
+    let head = git(ws.root(), &["rev-parse", "main"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"id": "keep", "state": "merged", "target": "main", "commit": head.trim(), "nothing_new": false}),
+        "expected `merge --json` to return once merged"
     );
     let end = ws.wait_settled("keep");
     assert!(

@@ -265,40 +265,143 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
     }
 }
 
+/// How a `dirigent merge` ended, as said to a person or, with `--json`, to a script.
+enum MergeEnd {
+    /// `--no-wait`: the daemon took it; `message` is its answer.
+    Queued { message: String },
+    /// On `target` at `commit` (both unknown when only the task's end was seen); `nothing_new`:
+    /// the target had its change already.
+    Merged {
+        target: Option<String>,
+        commit: Option<String>,
+        nothing_new: bool,
+    },
+    /// It cannot be merged (or is not yet, with `resolving` when an agent resolves a conflict).
+    NotMerged { reason: String, resolving: bool },
+    /// The daemon stopped before the merge ended; it goes on when one starts.
+    DaemonStopped,
+}
+
+impl MergeEnd {
+    fn say(&self, id: &str, json: bool) -> ExitCode {
+        let ok = matches!(self, MergeEnd::Queued { .. } | MergeEnd::Merged { .. });
+        if json {
+            let v = match self {
+                MergeEnd::Queued { message } => {
+                    json!({"id": id, "state": "queued", "message": message})
+                }
+                MergeEnd::Merged {
+                    target,
+                    commit,
+                    nothing_new,
+                } => {
+                    json!({"id": id, "state": "merged", "target": target, "commit": commit, "nothing_new": nothing_new})
+                }
+                MergeEnd::NotMerged { reason, resolving } => {
+                    json!({"id": id, "state": "not_merged", "reason": reason, "resolving": resolving})
+                }
+                MergeEnd::DaemonStopped => {
+                    json!({"id": id, "state": "waiting", "reason": "the daemon stopped before it was merged; it goes on merging when a daemon starts again"})
+                }
+            };
+            println!("{v}");
+        }
+        match self {
+            MergeEnd::Queued { message } => eprintln!("dirigent: {message}"),
+            MergeEnd::Merged {
+                target: Some(target),
+                commit: Some(commit),
+                nothing_new: true,
+            } if !json => println!(
+                "`{id}`'s change was on `{target}` already (another task made the same one): nothing new to merge; `{target}` stays at {}",
+                short_commit(commit)
+            ),
+            MergeEnd::Merged {
+                target: Some(target),
+                commit: Some(commit),
+                ..
+            } if !json => println!("merged `{id}` into `{target}` at {}", short_commit(commit)),
+            MergeEnd::Merged { .. } if !json => println!("`{id}` is merged"),
+            MergeEnd::Merged { .. } => {}
+            MergeEnd::NotMerged { reason, resolving } => {
+                eprintln!("error: `{id}` is not merged: {reason}");
+                if *resolving {
+                    eprintln!(
+                        "an agent resolves the conflict next; `dirigent status {id}` follows it"
+                    );
+                }
+            }
+            MergeEnd::DaemonStopped => eprintln!(
+                "dirigent: the daemon stopped before `{id}` was merged; it goes on merging when a daemon starts again"
+            ),
+        }
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn short_commit(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
 /// `dirigent merge ID`: queues the merge, then (unless `no_wait`) follows the ledger until the
 /// task is merged (exit 0) or cannot be (exit 1, with the reason) — `merge X && git push` must
 /// not push before X has landed.
-pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
+pub fn merge(ws: &Workspace, id: String, no_wait: bool, json: bool) -> Result<ExitCode> {
     let mut follower = dirigent::follow::Follower::from_end(ws);
-    let answer = dirigent::control::request_when_up(
-        ws,
-        &dirigent::control::Request::Merge { id: id.clone() },
-    )
-    .map_err(|e| anyhow::anyhow!(e))?;
+    let request = dirigent::control::Request::Merge { id: id.clone() };
+    let answer = match dirigent::control::request_when_up(ws, &request) {
+        Ok(answer) => answer,
+        Err(e) => {
+            let unavailable = Some(dirigent::control::Failure::Unavailable);
+            return Ok(refused(&id, &e.to_string(), unavailable, json));
+        }
+    };
     // Being merged already (another `merge`, or one with `--no-wait`): this one waits too.
     let joining = answer.failure == Some(dirigent::control::Failure::Conflict)
         && answer.message.ends_with("is being merged now");
     if !answer.ok && !joining {
-        bail!("{}", answer.message);
+        return Ok(refused(&id, &answer.message, answer.failure, json));
+    }
+    if no_wait {
+        return Ok(MergeEnd::Queued {
+            message: answer.message,
+        }
+        .say(&id, json));
     }
     eprintln!("dirigent: {}", answer.message);
-    if no_wait {
-        return Ok(ExitCode::SUCCESS);
-    }
+    Ok(follow_merge(ws, &id, joining, &mut follower, json)?.say(&id, json))
+}
+
+/// Follows the ledger from where `follower` stands until the merge of `id` is decided.
+fn follow_merge(
+    ws: &Workspace,
+    id: &str,
+    joining: bool,
+    follower: &mut dirigent::follow::Follower,
+    json: bool,
+) -> Result<MergeEnd> {
+    let unknown_merged = MergeEnd::Merged {
+        target: None,
+        commit: None,
+        nothing_new: false,
+    };
     // Joining a merge that may have ended a moment ago (its records written before this
     // follower began): the ledger says so.
     if joining
         && let Ok(book) = load_book(ws)
-        && let Some(t) = book.get(&id)
+        && let Some(t) = book.get(id)
     {
         match t.phase() {
-            Phase::Done { .. } => {
-                println!("`{id}` is merged");
-                return Ok(ExitCode::SUCCESS);
-            }
+            Phase::Done { .. } => return Ok(unknown_merged),
             Phase::Failed { reason, .. } => {
-                eprintln!("error: `{id}` is not merged: {reason}");
-                return Ok(ExitCode::from(1));
+                return Ok(MergeEnd::NotMerged {
+                    reason: reason.clone(),
+                    resolving: false,
+                });
             }
             _ => {}
         }
@@ -307,7 +410,7 @@ pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
         format!(
             "dirigent: stopped waiting; the merge of `{id}` goes on in the daemon (`dirigent status {id}` shows how it went)"
         ),
-        None,
+        json.then(|| json!({"id": id, "state": "waiting", "reason": "the wait was interrupted; the merge goes on in the daemon"}).to_string()),
     );
     let waker = ChangeWaker::new(&[ws.context()]);
     // Set once no daemon runs: the records are read once more (it may have written the end
@@ -317,63 +420,40 @@ pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
     let mut nothing_new = false;
     loop {
         for r in follower.next_records()? {
-            if r.event.task() != Some(id.as_str()) {
+            if r.event.task() != Some(id) {
                 continue;
             }
+            let not_merged = |reason: &str, resolving: bool| MergeEnd::NotMerged {
+                reason: reason.to_string(),
+                resolving,
+            };
             match &r.event {
                 Event::MergeReady { old, commit, .. } => nothing_new = old == commit,
-                Event::Merged { target, commit, .. } if nothing_new => {
-                    println!(
-                        "`{id}`'s change was on `{target}` already (another task made the same one): nothing new to merge; `{target}` stays at {}",
-                        &commit[..commit.len().min(12)]
-                    );
-                    return Ok(ExitCode::SUCCESS);
-                }
                 Event::Merged { target, commit, .. } => {
-                    println!(
-                        "merged `{id}` into `{target}` at {}",
-                        &commit[..commit.len().min(12)]
-                    );
-                    return Ok(ExitCode::SUCCESS);
+                    return Ok(MergeEnd::Merged {
+                        target: Some(target.clone()),
+                        commit: Some(commit.clone()),
+                        nothing_new,
+                    });
                 }
                 // Queued again behind another merge: still under way.
                 Event::MergeWaiting { reason, .. } if reason.starts_with("queued for merging") => {}
-                Event::MergeWaiting { reason, .. } => {
-                    eprintln!("error: `{id}` is not merged: {reason}");
-                    return Ok(ExitCode::from(1));
+                Event::MergeWaiting { reason, .. } | Event::Escalated { reason, .. } => {
+                    return Ok(not_merged(reason, false));
                 }
                 Event::MergeFailed {
                     reason, resolve, ..
-                } => {
-                    eprintln!("error: `{id}` is not merged: {reason}");
-                    if resolve.is_some() {
-                        eprintln!(
-                            "an agent resolves the conflict next; `dirigent status {id}` follows it"
-                        );
-                    }
-                    return Ok(ExitCode::from(1));
-                }
-                Event::Escalated { reason, .. } => {
-                    eprintln!("error: `{id}` is not merged: {reason}");
-                    return Ok(ExitCode::from(1));
-                }
+                } => return Ok(not_merged(reason, resolve.is_some())),
                 Event::Cancelled { .. } => {
-                    eprintln!("error: `{id}` was cancelled before it was merged");
-                    return Ok(ExitCode::from(1));
+                    return Ok(not_merged("it was cancelled before it was merged", false));
                 }
                 // Its end, when its `merged` came before this client looked.
-                Event::Done { .. } => {
-                    println!("`{id}` is merged");
-                    return Ok(ExitCode::SUCCESS);
-                }
+                Event::Done { .. } => return Ok(unknown_merged),
                 _ => {}
             }
         }
         if last_look {
-            eprintln!(
-                "dirigent: the daemon stopped before `{id}` was merged; it goes on merging when a daemon starts again"
-            );
-            return Ok(ExitCode::from(1));
+            return Ok(MergeEnd::DaemonStopped);
         }
         if running_daemon(ws).is_none() {
             last_look = true;
@@ -383,36 +463,70 @@ pub fn merge(ws: &Workspace, id: String, no_wait: bool) -> Result<ExitCode> {
     }
 }
 
+/// A request the daemon refused (or could not be asked): the `error:` line on stderr and, for
+/// a script, `{"ok": false, "id", "error", "failure"}` on stdout. Exit 2, as every error.
+fn refused(
+    id: &str,
+    message: &str,
+    failure: Option<dirigent::control::Failure>,
+    json: bool,
+) -> ExitCode {
+    eprintln!("error: {message}");
+    if json {
+        let failure = failure.map_or(json!("bad_request"), |f| json!(f));
+        println!(
+            "{}",
+            json!({"ok": false, "id": id, "error": message, "failure": failure})
+        );
+    }
+    ExitCode::from(2)
+}
+
 /// `dirigent agents enable A B…`: each in turn; every refusal is said, and the exit is 2 when
 /// any was refused.
-pub fn enable_agents(ws: &Workspace, names: Vec<String>) -> Result<ExitCode> {
-    let mut refused = 0;
+pub fn enable_agents(ws: &Workspace, names: Vec<String>, json: bool) -> Result<ExitCode> {
+    let mut enabled = Vec::new();
+    let mut refused = Vec::new();
     for agent in names {
+        let request = dirigent::control::Request::Enable {
+            agent: agent.clone(),
+        };
         let answer =
-            dirigent::control::request_when_up(ws, &dirigent::control::Request::Enable { agent })
-                .map_err(|e| anyhow::anyhow!(e))?;
+            dirigent::control::request_when_up(ws, &request).map_err(|e| anyhow::anyhow!(e))?;
         if answer.ok {
-            println!("{}", answer.message);
+            if !json {
+                println!("{}", answer.message);
+            }
+            enabled.push(json!({"agent": agent, "message": answer.message}));
         } else {
             eprintln!("error: {}", answer.message);
-            refused += 1;
+            refused.push(json!({"agent": agent, "error": answer.message}));
         }
     }
-    Ok(if refused == 0 {
+    if json {
+        println!("{}", json!({"enabled": enabled, "refused": refused}));
+    }
+    Ok(if refused.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
     })
 }
 
-/// Sends a request over the control socket and prints the daemon's answer.
-pub fn control(ws: &Workspace, request: dirigent::control::Request) -> Result<ExitCode> {
+/// `cancel`, `retry` or `discard` of task `id`: sends the request over the control socket and
+/// prints the daemon's answer (with `json`, as `{"ok", "id", "message"}`).
+pub fn control(
+    ws: &Workspace,
+    id: &str,
+    request: dirigent::control::Request,
+    json: bool,
+) -> Result<ExitCode> {
     let answer = match dirigent::control::request_when_up(ws, &request) {
         Ok(answer) => answer,
         // A task still waiting in the inbox can be cancelled without a daemon: by removing it.
         Err(e @ dirigent::control::ClientError::NotRunning { .. }) => {
             let waiting = match &request {
-                dirigent::control::Request::Cancel { id } => {
+                dirigent::control::Request::Cancel { .. } => {
                     let book = load_book(ws).unwrap_or_default();
                     status::inbox_files(ws, &book)
                         .into_iter()
@@ -421,19 +535,30 @@ pub fn control(ws: &Workspace, request: dirigent::control::Request) -> Result<Ex
                 }
                 _ => None,
             };
-            match waiting {
-                Some(name) => bail!(
+            let message = match waiting {
+                Some(name) => format!(
                     "{e}; or, to cancel it before it runs, delete its file `.context/inbox/{name}`"
                 ),
-                None => bail!("{e}"),
-            }
+                None => e.to_string(),
+            };
+            let unavailable = Some(dirigent::control::Failure::Unavailable);
+            return Ok(refused(id, &message, unavailable, json));
         }
-        Err(e) => bail!("{e}"),
+        Err(e) => {
+            let unavailable = Some(dirigent::control::Failure::Unavailable);
+            return Ok(refused(id, &e.to_string(), unavailable, json));
+        }
     };
-    if answer.ok {
-        println!("{}", answer.message);
-        Ok(ExitCode::SUCCESS)
-    } else {
-        bail!("{}", answer.message)
+    if !answer.ok {
+        return Ok(refused(id, &answer.message, answer.failure, json));
     }
+    if json {
+        println!(
+            "{}",
+            json!({"ok": true, "id": id, "message": answer.message})
+        );
+    } else {
+        println!("{}", answer.message);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -93,7 +93,7 @@ pub fn workflow_copy(ws: &Workspace, name: &str, force: bool) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn workflow_validate(ws: &Workspace, targets: &[String]) -> Result<ExitCode> {
+pub fn workflow_validate(ws: &Workspace, targets: &[String], json: bool) -> Result<ExitCode> {
     let config = Config::load(&ws.config())?;
     let defs = if targets.is_empty() {
         dirigent::workflow::discover(&ws.workflows())?
@@ -121,8 +121,10 @@ pub fn workflow_validate(ws: &Workspace, targets: &[String]) -> Result<ExitCode>
         defs
     };
     let mut bad = 0;
+    let mut rows = Vec::new();
     for def in &defs {
         match dirigent::workflow::validate(def, &config) {
+            Ok(wf) if json => rows.push(valid_row(def, &wf, &config)),
             Ok(wf) => {
                 let n = wf.phases.len();
                 println!(
@@ -137,15 +139,65 @@ pub fn workflow_validate(ws: &Workspace, targets: &[String]) -> Result<ExitCode>
             }
             Err(problems) => {
                 bad += problems.len();
-                for p in problems {
+                for p in &problems {
                     eprintln!("error: {p}");
+                }
+                if json {
+                    let problems: Vec<_> = problems
+                        .iter()
+                        .map(|p| json!({"file": p.file, "line": p.line, "column": p.column, "message": p.message}))
+                        .collect();
+                    rows.push(json!({"name": def.name, "file": def.label(), "ok": false, "problems": problems}));
                 }
             }
         }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"ok": bad == 0, "problems": bad, "workflows": rows})
+            )?
+        );
     }
     if bad > 0 {
         eprintln!("{bad} problem{} found", if bad == 1 { "" } else { "s" });
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A valid workflow for `validate --json`: the variables a run needs and what runs each phase.
+fn valid_row(
+    def: &dirigent::workflow::Definition,
+    wf: &dirigent::workflow::Workflow,
+    config: &Config,
+) -> serde_json::Value {
+    let variables: Vec<_> = wf
+        .variables
+        .iter()
+        .map(|(name, default)| {
+            json!({
+                "name": name,
+                "default": default,
+                "required": default.is_none(),
+                "declared": wf.vars.contains_key(name),
+            })
+        })
+        .collect();
+    let phases: Vec<_> = wf
+        .phases
+        .iter()
+        .map(|phase| {
+            let runners: Vec<_> = dirigent::workflow::explain::runners(phase, config)
+                .into_iter()
+                .map(|r| match r.found {
+                    Ok(how) => json!({"step": r.step, "name": r.name, "resolved": how}),
+                    Err(why) => json!({"step": r.step, "name": r.name, "error": why}),
+                })
+                .collect();
+            json!({"name": phase.name.value, "type": phase.phase_type().name(), "runners": runners})
+        })
+        .collect();
+    json!({"name": def.name, "file": def.label(), "ok": true, "variables": variables, "phases": phases})
 }

@@ -35,38 +35,60 @@ pub fn runner_lines(wf: &Workflow, config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for phase in &wf.phases {
         let head = format!("{} ({})", phase.name.value, phase.phase_type().name());
-        let steps: Vec<(String, String)> = steps(phase)
+        let steps: Vec<(String, String)> = runners(phase, config)
             .into_iter()
-            .map(|(label, name, accepts)| {
-                let found = match targets::resolve(name, accepts, config) {
-                    Ok(r) if r.how == format!("agent `{name}`") => r.how,
-                    Ok(r) => format!(
-                        "`{name}` → {}",
-                        r.how.trim_start_matches(&format!("`{name}` is "))
+            .map(|r| {
+                let found = match &r.found {
+                    Ok(how) if *how == format!("agent `{}`", r.name) => how.clone(),
+                    Ok(how) => format!(
+                        "`{}` → {}",
+                        r.name,
+                        how.trim_start_matches(&format!("`{}` is ", r.name))
                     ),
-                    Err(why) => format!("`{name}`: {why}"),
+                    Err(why) => format!("`{}`: {why}", r.name),
                 };
-                (label, found)
+                (r.step, found)
             })
             .collect();
         match steps.as_slice() {
             [] => out.push(format!("{head}: the tasks' own agents")),
-            [(label, found)] if label.is_empty() => out.push(format!("{head}: {found}")),
+            [(step, found)] if step.is_empty() => out.push(format!("{head}: {found}")),
             _ => {
                 out.push(head);
-                for (label, found) in steps {
+                for (step, found) in steps {
                     // The phase's own runner beside other steps: it runs the phase's tasks.
-                    let label = if label.is_empty() {
-                        "tasks:".into()
-                    } else {
-                        label
-                    };
-                    out.push(format!("  {label} {found}"));
+                    let step = if step.is_empty() { "tasks" } else { &step };
+                    out.push(format!("  {step}: {found}"));
                 }
             }
         }
     }
     out
+}
+
+/// One named runner of a phase and what its name was found to be.
+pub struct Runner {
+    /// Which step it runs (`proposer 1`, `judge`, a category, `synthesize`, `generator`,
+    /// `evaluator`); empty for the phase's own runner.
+    pub step: String,
+    /// The name the workflow gives.
+    pub name: String,
+    /// How the name resolved (`agent `claude``, `` `fast` is a role … ``), or why it did not.
+    pub found: Result<String, String>,
+}
+
+/// The named runners of a phase (none: its tasks run on their own agents).
+pub fn runners(phase: &Phase, config: &Config) -> Vec<Runner> {
+    steps(phase)
+        .into_iter()
+        .map(|(step, name, accepts)| Runner {
+            step: step.trim_end_matches(':').to_string(),
+            name: name.to_string(),
+            found: targets::resolve(name, accepts, config)
+                .map(|r| r.how)
+                .map_err(|why| why.to_string()),
+        })
+        .collect()
 }
 
 /// The named runners of a phase, labelled for the report.
