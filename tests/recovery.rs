@@ -69,6 +69,71 @@ fn when_the_daemon_dies_its_agents_are_stopped_without_waiting_for_a_restart() {
     assert_eq!(dones, 1, "expected one `done` for the task");
 }
 
+/// After a crash and before the restart, what the ledger shows as running is said to be cut
+/// off: `status` calls it interrupted (no clock running on), `logs -f` ends instead of waiting
+/// for an end nothing will write, and a script reads `interrupted` in `status --json`.
+#[test]
+fn before_the_restart_a_crashed_daemons_running_task_reads_as_interrupted() {
+    let ws = Workspace::new(CONFIG);
+    let mut d = ws.start();
+    ws.drop_task("job.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_for("the agent's first line", |_| {
+        std::fs::read_to_string(ws.path("runs/job/1-gate.stdout"))
+            .ok()
+            .filter(|s| s.contains("waiting"))
+    });
+    d.crash();
+    let out = ws.cli(&["status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("job "))
+        .unwrap_or_else(|| panic!("expected a row for `job`: {table}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>()[..5],
+        ["job", "interrupted", "gate", "1", "-"],
+        "expected `job` interrupted with no running clock: {table}"
+    );
+    assert!(
+        table.contains("↳ the daemon stopped without recording how its attempt ended (it died or was killed; its agent was stopped with it); the task runs again when the daemon starts (`dirigent daemon`)"),
+        "expected what happened and what happens next: {table}"
+    );
+    let detail = String::from_utf8_lossy(&ws.cli(&["status", "job"]).stdout).into_owned();
+    assert!(
+        detail.contains("state:    interrupted: the daemon stopped")
+            && detail
+                .lines()
+                .any(|l| l.starts_with("attempt 1: gate") && l.contains(" interrupted ")),
+        "expected the task and its attempt interrupted: {detail}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&ws.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        v["tasks"][0]["interrupted"], true,
+        "expected `interrupted` in --json: {v}"
+    );
+    let out = ws.cli(&["logs", "-f", "job"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "waiting for release\n",
+        "expected the output it had"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "dirigent: no daemon is running: attempt 1 of `job` (gate) was cut off when it stopped (its agent was stopped with it); the task runs again when the daemon starts (`dirigent daemon`)\n"
+    );
+    // Started again, it is an ordinary task once more.
+    let _d = ws.start();
+    first_attempt_interrupted(&ws);
+    let v: serde_json::Value =
+        serde_json::from_slice(&ws.cli(&["status", "--json"]).stdout).unwrap();
+    assert!(
+        v["tasks"][0].get("interrupted").is_none(),
+        "expected no `interrupted` with a daemon running: {v}"
+    );
+}
+
 /// An attempt whose agent printed nothing, left open by a crash, is recorded to have run at
 /// least until the daemon's last record — not the zero its empty captures' times would give.
 #[test]

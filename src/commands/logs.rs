@@ -115,9 +115,12 @@ pub fn logs(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let n = a.n;
+    let (n, agent) = (a.n, a.agent.clone());
     let waker = ChangeWaker::new(&[&ws.run_dir(id), ws.context()]);
     let mut follower = dirigent::follow::Follower::from_start(ws);
+    // Set once no daemon runs: the records are read once more (it may have written the end
+    // just before it stopped) before saying the attempt was cut off.
+    let mut last_look = false;
     loop {
         let records = follower.next_records()?;
         let finished = records.iter().any(|r| {
@@ -126,6 +129,18 @@ pub fn logs(
         pos = copy_from(&path, pos, &mut out)?;
         if finished {
             return Ok(ExitCode::SUCCESS);
+        }
+        if last_look {
+            // Nothing ends this attempt until a daemon starts again: waiting would be silent
+            // and endless.
+            eprintln!(
+                "dirigent: no daemon is running: attempt {n} of `{id}` ({agent}) was cut off when it stopped (its agent was stopped with it); the task runs again when the daemon starts (`dirigent daemon`)"
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if running_daemon(ws).is_none() {
+            last_look = true;
+            continue;
         }
         waker.wait(Duration::from_secs(1));
     }

@@ -78,6 +78,8 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
     let mut watched: Vec<String> = Vec::new();
     let mut waker = ChangeWaker::new(&[ws.context()]);
     let mut told_waiting = false;
+    // Said once each time the daemon is found gone while attempts are shown open.
+    let mut told_cut = false;
     let mut width = 0usize;
     let mut out = std::io::stdout().lock();
     loop {
@@ -140,6 +142,15 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
         if !follow {
             return Ok(ExitCode::SUCCESS);
         }
+        // Open attempts of a daemon that is gone end only when one starts again (it records
+        // them interrupted): said, so the quiet is not taken for an agent thinking.
+        let cut_off = !tails.is_empty() && running_daemon(ws).is_none();
+        if cut_off && !told_cut {
+            eprintln!(
+                "dirigent: no daemon is running: the attempts shown were cut off when it stopped (their agents were stopped with it); they are closed, and their tasks run again, when the daemon starts (`dirigent daemon`)"
+            );
+        }
+        told_cut = cut_off;
         // Named tasks: done when each has ended and its output is printed.
         if !ids.is_empty()
             && tails.is_empty()

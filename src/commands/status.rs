@@ -176,6 +176,16 @@ fn inbox_refusal(
     }
 }
 
+/// Whether `t` was running (or merging) when the daemon stopped without recording its end — it
+/// died or was killed: its attempt ended with it (the supervisor stops an agent whose daemon is
+/// gone), and the task runs again at the next start. Shown as such instead of a clock that runs on.
+fn interrupted(t: &TaskRecord, daemon_down: bool) -> bool {
+    daemon_down && matches!(t.phase(), Phase::Running { .. } | Phase::Merging) && !on_fleet(t)
+}
+
+/// What an interrupted task's line says.
+const INTERRUPTED_NOTE: &str = "the daemon stopped without recording how its attempt ended (it died or was killed; its agent was stopped with it); the task runs again when the daemon starts (`dirigent daemon`)";
+
 /// The finished tasks a running daemon no longer lists (it keeps the most recent ones in full),
 /// so the list does not read as the whole history.
 fn archived_line(book: &TaskBook) -> Option<String> {
@@ -269,6 +279,9 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             };
             v["cost_usd"] = json!(t.cost_usd());
             v["budget_usd"] = json!(budget);
+            if interrupted(t, running_daemon(ws).is_none()) {
+                v["interrupted"] = true.into();
+            }
             if spending.owner != t.id() || dirigent::run_view::is_run(t) {
                 v["budget_covers"] = json!(spending.owner);
                 v["budget_spent_usd"] = json!(spending.spent_usd);
@@ -281,6 +294,9 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         let workflow = t.workflow();
         match (&workflow, run_running(&book, t)) {
             (_, Some(progress)) => println!("state:    running: {progress}"),
+            _ if interrupted(t, running_daemon(ws).is_none()) => {
+                println!("state:    interrupted: {INTERRUPTED_NOTE}");
+            }
             _ => {
                 println!("state:    {}", describe(t));
                 // What only the daemon knows: which worker of the fleet holds the task, or why
@@ -355,20 +371,28 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             };
             println!("cost:     {line}");
         }
+        let cut_off = interrupted(t, running_daemon(ws).is_none());
         for a in t.attempts() {
             let status = match (a.exit_code, a.signal) {
                 (_, Some(s)) => format!("signal {s} ({})", signal_name(s)),
                 (Some(c), None) => format!("exit {c}"),
                 _ => "-".into(),
             };
+            // An open attempt of a daemon that is gone: how long it ran is not known.
+            let (class, took) = match a.class {
+                Some(c) => (
+                    c.as_str(),
+                    short(Duration::from_millis(a.elapsed_ms(ledger::now_ms()))),
+                ),
+                None if cut_off => ("interrupted", "-".into()),
+                None => (
+                    "running",
+                    short(Duration::from_millis(a.elapsed_ms(ledger::now_ms()))),
+                ),
+            };
             println!(
                 "attempt {}: {:<10} {:<12} {:<10} {:>8}  {}",
-                a.n,
-                a.agent,
-                a.class.map(|c| c.as_str()).unwrap_or("running"),
-                status,
-                short(Duration::from_millis(a.elapsed_ms(ledger::now_ms()))),
-                a.reason
+                a.n, a.agent, class, status, took, a.reason
             );
         }
         print_run(ws, &book, t);
@@ -376,8 +400,18 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         return Ok(ExitCode::SUCCESS);
     }
     let waiting = inbox_files(ws, &book);
+    let daemon_down = running_daemon(ws).is_none();
     if as_json {
-        let tasks: Vec<&TaskRecord> = book.iter().collect();
+        let tasks: Vec<serde_json::Value> = book
+            .iter()
+            .map(|t| {
+                let mut v = serde_json::to_value(t).unwrap_or_default();
+                if interrupted(t, daemon_down) {
+                    v["interrupted"] = true.into();
+                }
+                v
+            })
+            .collect();
         let config = (!waiting.is_empty())
             .then(|| Config::load(&ws.config()).ok())
             .flatten();
@@ -440,7 +474,10 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
     // As wide as the longest state shown (`merge_waiting` pushed the columns after it).
     let sw = book
         .iter()
-        .map(|t| t.phase().shown().len())
+        .map(|t| match interrupted(t, daemon_down) {
+            true => "interrupted".len(),
+            false => t.phase().shown().len(),
+        })
         .max()
         .unwrap_or(0)
         .max(9);
@@ -467,7 +504,9 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
         println!(
             "{:<w$} {:<sw$} {:<10} {:>3} {:>8}  {}",
             t.id(),
-            if run_running(&book, t).is_some() {
+            if interrupted(t, daemon_down) {
+                "interrupted"
+            } else if run_running(&book, t).is_some() {
                 "running"
             } else {
                 t.phase().shown()
@@ -479,7 +518,7 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             } else {
                 t.attempts().len().to_string()
             },
-            if on_fleet {
+            if on_fleet || interrupted(t, daemon_down) {
                 "-".to_string()
             } else {
                 short(Duration::from_millis(t.busy_ms(ledger::now_ms())))
@@ -498,6 +537,9 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 line.push('…');
             }
             println!("{:<w$} ↳ {}", "", dirigent::terminal::printable(&line));
+        }
+        if interrupted(t, daemon_down) {
+            println!("{:<w$} ↳ {INTERRUPTED_NOTE}", "");
         }
         // Waiting for tasks it runs after: which, so a pending task does not look stuck.
         if matches!(t.phase(), Phase::Pending) {

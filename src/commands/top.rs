@@ -144,9 +144,12 @@ fn frame(
             Phase::Failed { .. } => failed += 1,
         }
     }
+    // No daemon: what the ledger has as running was cut off when it stopped.
+    let cut_off = daemon.is_none();
     let mut header = format!(
-        "dirigent — {} running, {} waiting, {merging} merging, {to_merge} to merge, {done} done, {failed} failed · {}",
+        "dirigent — {} {}, {} waiting, {merging} merging, {to_merge} to merge, {done} done, {failed} failed · {}",
         running.len(),
+        if cut_off { "interrupted" } else { "running" },
         waiting.len(),
         match daemon {
             Some(pid) => format!("daemon running (pid {pid})"),
@@ -178,7 +181,11 @@ fn frame(
         "TASK",
         "AGENT",
         "TRY",
-        if stable { "STARTED" } else { "ELAPSED" }
+        if stable || cut_off {
+            "STARTED"
+        } else {
+            "ELAPSED"
+        }
     );
     out.push_str(&fit(&head, width));
     out.push('\n');
@@ -194,7 +201,7 @@ fn frame(
         else {
             continue;
         };
-        let elapsed = if stable {
+        let elapsed = if stable || cut_off {
             duration::clock(*since_ms)[11..19].to_string()
         } else {
             short(Duration::from_millis(now_ms.saturating_sub(*since_ms)))
@@ -208,6 +215,11 @@ fn frame(
             fit(last, width.saturating_sub(used).max(10))
         );
         out.push_str(&fit(&row, width));
+        out.push('\n');
+    }
+    if cut_off && !running.is_empty() {
+        let note = "(no daemon is running: these were cut off when it stopped, their agents with it; they run again when the daemon starts)";
+        out.push_str(&fit(note, width));
         out.push('\n');
     }
     if !waiting.is_empty() {
