@@ -418,9 +418,12 @@ impl Config {
                 }
             }
         };
+        // Every problem found below, not only the first: a file with three mistakes is fixed
+        // in one edit, not three reloads.
+        let mut problems: Vec<String> = Vec::new();
         let concurrency = raw.concurrency.unwrap_or(4);
         if concurrency == 0 {
-            return Err(invalid("`concurrency` must be at least 1".into()));
+            problems.push("`concurrency` must be at least 1".into());
         }
         // `models:` holds two kinds of alias: a model name for another model (applied when an
         // agent spawns), and a model name for what runs it (an agent, `agent:model` or a role),
@@ -438,67 +441,74 @@ impl Config {
         let aliases = Arc::new(spawn_aliases);
         for (group, capacity) in &raw.resources {
             if !capacity.is_finite() || *capacity <= 0.0 {
-                return Err(invalid(format!(
-                    "resource group `{group}` needs a capacity above 0"
-                )));
+                problems.push(format!("resource group `{group}` needs a capacity above 0"));
             }
         }
         for (model, price) in &raw.prices {
             for (side, value) in [("input", price.input), ("output", price.output)] {
                 if !value.is_finite() || value < 0.0 {
-                    return Err(invalid(format!(
+                    problems.push(format!(
                         "`prices.{model}.{side}` is {value}: a price is dollars per million tokens, a finite number of 0 or more"
-                    )));
+                    ));
                 }
             }
         }
+        // The names written, also of an agent with a problem of its own: a chain naming it is
+        // not "not configured" too.
+        let declared: Vec<String> = raw.agents.keys().cloned().collect();
         let mut agents = BTreeMap::new();
         for (name, raw_agent) in raw.agents {
-            validate_name(&name).map_err(|m| invalid(format!("agent `{name}`: {m}")))?;
-            let mut agent = build_agent(&name, raw_agent)
-                .map_err(|m| invalid(format!("agent `{name}`: {m}")))?;
-            agent.aliases = aliases.clone();
-            agents.insert(name, Arc::new(agent));
+            let built = validate_name(&name)
+                .map_err(|m| m.to_string())
+                .and_then(|()| build_agent(&name, raw_agent).map_err(|m| m.to_string()));
+            match built {
+                Ok(mut agent) => {
+                    agent.aliases = aliases.clone();
+                    agents.insert(name, Arc::new(agent));
+                }
+                Err(m) => problems.push(format!("agent `{name}`: {m}")),
+            }
         }
         for (name, agent) in &agents {
             for (group, amount) in &agent.resources {
                 let Some(capacity) = raw.resources.get(group) else {
-                    return Err(invalid(format!(
+                    problems.push(format!(
                         "agent `{name}` uses resource group `{group}`, which is not declared under `resources:`"
-                    )));
+                    ));
+                    continue;
                 };
                 if !amount.is_finite() || *amount < 0.0 || amount > capacity {
-                    return Err(invalid(format!(
+                    problems.push(format!(
                         "agent `{name}` takes {amount} of `{group}`, which holds {capacity}: it could never run"
-                    )));
+                    ));
                 }
             }
         }
-        let check_chain = |what: &str, chain: &[String]| -> Result<(), ConfigError> {
+        let is_declared = |agent: &str| declared.iter().any(|d| d == agent);
+        let not_configured = |agent: &str| {
+            format!(
+                "agent `{agent}`, which is not configured (agents: {}){}",
+                list(declared.iter()),
+                crate::suggest::hint(agent, declared.iter().map(String::as_str))
+            )
+        };
+        let check_chain = |what: &str, chain: &[String], problems: &mut Vec<String>| {
             for entry in chain {
                 let (agent, model) = split_entry(entry);
                 if model == Some("") {
-                    return Err(invalid(format!(
-                        "{what}: `{entry}` names no model after `:`"
-                    )));
-                }
-                if !agents.contains_key(agent) {
-                    return Err(invalid(format!(
-                        "{what} names agent `{agent}`, which is not configured (agents: {}){}",
-                        list(agents.keys()),
-                        crate::suggest::hint(agent, agents.keys().map(String::as_str))
-                    )));
+                    problems.push(format!("{what}: `{entry}` names no model after `:`"));
+                } else if !is_declared(agent) {
+                    problems.push(format!("{what} names {}", not_configured(agent)));
                 }
             }
-            Ok(())
         };
         if let Some(chain) = &raw.default_chain {
             if chain.is_empty() {
-                return Err(invalid(
+                problems.push(
                     "`default_chain` is empty: list the agents to try in order, or leave it out to use every installed agent".into(),
-                ));
+                );
             }
-            check_chain("`default_chain`", chain)?;
+            check_chain("`default_chain`", chain, &mut problems);
         }
         let mut roles = BTreeMap::new();
         let mut best_roles = std::collections::BTreeSet::new();
@@ -513,10 +523,12 @@ impl Config {
                     verify,
                 }) => {
                     if workdir.is_some() || verify.is_some() {
-                        let verify = match &verify {
-                            Some(v) => v
-                                .commands()
-                                .map_err(|e| invalid(format!("role `{role}`: {e}")))?,
+                        let verify = match verify.as_ref().map(|v| v.commands()) {
+                            Some(Ok(commands)) => commands,
+                            Some(Err(e)) => {
+                                problems.push(format!("role `{role}`: {e}"));
+                                vec![]
+                            }
                             None => vec![],
                         };
                         role_editing.insert(role.clone(), (workdir, verify));
@@ -526,11 +538,10 @@ impl Config {
                         Some("best") => {
                             best_roles.insert(role.clone());
                         }
-                        Some(other) => {
-                            return Err(invalid(format!(
-                                "role `{role}`: unknown strategy `{other}` (strategies: order, best)"
-                            )));
-                        }
+                        Some(other) => problems.push(format!(
+                            "role `{role}`: unknown strategy `{other}` (strategies: order, best){}",
+                            crate::suggest::hint(other, ["order", "best"])
+                        )),
                     }
                     agents
                 }
@@ -539,22 +550,20 @@ impl Config {
         }
         for (role, chain) in &roles {
             if chain.is_empty() {
-                return Err(invalid(format!("role `{role}` has an empty chain")));
+                problems.push(format!("role `{role}` has an empty chain"));
             }
-            check_chain(&format!("role `{role}`"), chain)?;
+            check_chain(&format!("role `{role}`"), chain, &mut problems);
         }
         if let Some(cmd) = &raw.on_escalate
             && cmd.first().is_none_or(|program| program.trim().is_empty())
         {
-            return Err(invalid("`on_escalate` must name a command".into()));
+            problems.push("`on_escalate` must name a command".into());
         }
         let budgets = {
             let b = raw.budgets;
             for (agent, _) in b.agents.iter() {
-                if !agents.contains_key(agent) {
-                    return Err(invalid(format!(
-                        "`budgets.agents` names agent `{agent}`, which is not configured"
-                    )));
+                if !is_declared(agent) {
+                    problems.push(format!("`budgets.agents` names {}", not_configured(agent)));
                 }
             }
             let bad = |d: f64| !d.is_finite() || d < 0.0;
@@ -562,9 +571,7 @@ impl Config {
                 || b.task.is_some_and(bad)
                 || b.agents.values().any(|d| bad(*d));
             if negative {
-                return Err(invalid(
-                    "budgets must be numbers of US dollars, 0 or more".into(),
-                ));
+                problems.push("budgets must be numbers of US dollars, 0 or more".into());
             }
             Budgets {
                 daily: b.daily,
@@ -572,25 +579,103 @@ impl Config {
                 task: b.task,
             }
         };
-        let notify = notify::build(std::mem::take(&mut raw.notify)).map_err(invalid)?;
+        let notify = notify::build(std::mem::take(&mut raw.notify)).unwrap_or_else(|m| {
+            problems.push(m);
+            Vec::new()
+        });
         // A filter on an agent that does not exist would silence the destination for good.
         for d in &notify {
-            if let Some(agent) = d
-                .agents
-                .iter()
-                .find(|a| !agents.contains_key(split_entry(a).0))
-            {
-                return Err(invalid(format!(
-                    "`notify` destination `{}` names agent `{agent}`, which is not configured (agents: {})",
+            if let Some(agent) = d.agents.iter().find(|a| !is_declared(split_entry(a).0)) {
+                problems.push(format!(
+                    "`notify` destination `{}` names {}",
                     d.name,
-                    list(agents.keys())
-                )));
+                    not_configured(agent)
+                ));
             }
         }
-        let cluster = match raw.cluster.take() {
-            Some(c) => Some(cluster::build(c).map_err(invalid)?),
+        let cluster = match raw.cluster.take().map(cluster::build) {
+            Some(Ok(c)) => Some(c),
+            Some(Err(m)) => {
+                problems.push(m);
+                None
+            }
             None => None,
         };
+        let inbox_rescan = match raw.inbox_rescan {
+            // A rescan on every turn of the loop would spin a core.
+            Some(d) if d.0 < Duration::from_millis(100) => {
+                problems.push("`inbox_rescan` must be at least 100ms".into());
+                d.0
+            }
+            Some(d) => d.0,
+            None => Duration::from_secs(30),
+        };
+        let ledger_segment_events = match raw.ledger_segment_events {
+            Some(0) => {
+                problems.push("`ledger_segment_events` must be at least 1".into());
+                1
+            }
+            Some(n) => n,
+            None => 100_000,
+        };
+        let http = match raw.http.as_deref().map(parse_listen) {
+            None => None,
+            Some(Ok(addr)) => Some(addr),
+            Some(Err(m)) => {
+                problems.push(format!("`http`: {m}"));
+                None
+            }
+        };
+        let max_interruptions = match raw.max_interruptions {
+            Some(0) => {
+                problems.push("`max_interruptions` must be at least 1".into());
+                1
+            }
+            Some(n) => n,
+            None => 5,
+        };
+        // A byte size of at least 1MiB, for `key`.
+        let mut at_least_a_mib =
+            |key: &str, text: Option<&str>, default: usize| match text.map(parse_bytes) {
+                None => default,
+                Some(Ok(n)) if n >= 1 << 20 => n,
+                Some(Ok(_)) => {
+                    problems.push(format!("`{key}` must be at least 1MiB"));
+                    default
+                }
+                Some(Err(why)) => {
+                    problems.push(format!("`{key}`: {why}"));
+                    default
+                }
+            };
+        let queue_in_memory = at_least_a_mib(
+            "queue_in_memory",
+            raw.queue_in_memory.as_deref(),
+            DEFAULT_QUEUE_IN_MEMORY,
+        );
+        let max_output =
+            at_least_a_mib("max_output", raw.max_output.as_deref(), DEFAULT_MAX_OUTPUT);
+        let editing = editing_defaults(
+            raw.verify,
+            raw.verify_rounds,
+            raw.expect_changes,
+            raw.merge,
+            raw.merge_into,
+            raw.merge_strategy,
+            raw.on_conflict,
+            raw.carry_failed_changes,
+            raw.keep_failed,
+            raw.worktree,
+        )
+        .unwrap_or_else(|m| {
+            problems.push(m);
+            Default::default()
+        });
+        match problems.len() {
+            0 => {}
+            1 => return Err(invalid(problems.remove(0))),
+            n => return Err(invalid(format!("{}\n({n} problems)", problems.join("\n")))),
+        }
         Ok(Config {
             notify,
             cluster,
@@ -603,21 +688,8 @@ impl Config {
             on_escalate: raw.on_escalate,
             kill_grace: raw.kill_grace.map_or(Duration::from_secs(5), |d| d.0),
             leak_timeout: raw.leak_timeout.map_or(Duration::from_secs(2), |d| d.0),
-            inbox_rescan: match raw.inbox_rescan {
-                // A rescan on every turn of the loop would spin a core.
-                Some(d) if d.0 < Duration::from_millis(100) => {
-                    return Err(invalid("`inbox_rescan` must be at least 100ms".into()));
-                }
-                Some(d) => d.0,
-                None => Duration::from_secs(30),
-            },
-            ledger_segment_events: match raw.ledger_segment_events {
-                Some(0) => {
-                    return Err(invalid("`ledger_segment_events` must be at least 1".into()));
-                }
-                Some(n) => n,
-                None => 100_000,
-            },
+            inbox_rescan,
+            ledger_segment_events,
             ledger_keep_segments: raw.ledger_keep_segments.unwrap_or(2),
             providers: raw
                 .providers
@@ -635,51 +707,14 @@ impl Config {
             resources: raw.resources,
             from_file: false,
             budgets,
-            http: match raw.http.as_deref() {
-                None => None,
-                Some(addr) => {
-                    Some(parse_listen(addr).map_err(|m| invalid(format!("`http`: {m}")))?)
-                }
-            },
-            max_interruptions: match raw.max_interruptions {
-                Some(0) => return Err(invalid("`max_interruptions` must be at least 1".into())),
-                Some(n) => n,
-                None => 5,
-            },
+            http,
+            max_interruptions,
             max_spawned_tasks: raw.max_spawned_tasks.unwrap_or(100),
-            queue_in_memory: match raw.queue_in_memory.as_deref() {
-                None => DEFAULT_QUEUE_IN_MEMORY,
-                Some(text) => match parse_bytes(text) {
-                    Ok(n) if n >= 1 << 20 => n,
-                    Ok(_) => {
-                        return Err(invalid("`queue_in_memory` must be at least 1MiB".into()));
-                    }
-                    Err(why) => return Err(invalid(format!("`queue_in_memory`: {why}"))),
-                },
-            },
-            max_output: match raw.max_output.as_deref() {
-                None => DEFAULT_MAX_OUTPUT,
-                Some(text) => match parse_bytes(text) {
-                    Ok(n) if n >= 1 << 20 => n,
-                    Ok(_) => return Err(invalid("`max_output` must be at least 1MiB".into())),
-                    Err(why) => return Err(invalid(format!("`max_output`: {why}"))),
-                },
-            },
+            queue_in_memory,
+            max_output,
             workdir: raw.workdir,
             role_editing,
-            editing: editing_defaults(
-                raw.verify,
-                raw.verify_rounds,
-                raw.expect_changes,
-                raw.merge,
-                raw.merge_into,
-                raw.merge_strategy,
-                raw.on_conflict,
-                raw.carry_failed_changes,
-                raw.keep_failed,
-                raw.worktree,
-            )
-            .map_err(invalid)?,
+            editing,
             source: source.to_string(),
         })
     }
@@ -856,6 +891,67 @@ mod tests {
                 (Err(e), Err(w)) => assert!(e.contains(w), "`{text}`: expected `{w}` in `{e}`"),
                 (got, _) => panic!("`{text}`: expected {want:?}, got {got:?}"),
             }
+        }
+    }
+
+    /// A file with several mistakes gets them all in one answer, each once: fixing one does
+    /// not reveal the next at the following reload.
+    #[test]
+    fn every_problem_of_a_file_is_reported_at_once() {
+        let text = "agents:\n  echo: { command: [/bin/echo] }\n  bad name: { command: [/bin/echo] }\ndefault_chain: [ecoh]\nroles:\n  review: [echo, othr]\n  plan: { agents: [bad name], strategy: bets }\nbudgets: { agents: { ech: 1 } }\nmax_output: 1KiB\nmax_interruptions: 0\nconcurrency: 0\n";
+        let Err(ConfigError::Invalid { message, .. }) = Config::parse(text, "f") else {
+            panic!("expected the file refused");
+        };
+        let want = [
+            "agent `bad name`: names use ASCII letters",
+            "`default_chain` names agent `ecoh`, which is not configured (agents: bad name, echo); did you mean `echo`?",
+            "role `plan`: unknown strategy `bets` (strategies: order, best); did you mean `best`?",
+            "role `review` names agent `othr`, which is not configured",
+            "`budgets.agents` names agent `ech`, which is not configured",
+            "`max_interruptions` must be at least 1",
+            "`max_output` must be at least 1MiB",
+            "`concurrency` must be at least 1",
+            "(8 problems)",
+        ];
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), want.len(), "one line per problem: {message}");
+        for w in want {
+            assert!(
+                lines.iter().any(|l| l.starts_with(w)),
+                "expected a line starting `{w}` in:\n{message}"
+            );
+        }
+        // An agent with a problem of its own is not also "not configured" where it is named.
+        assert!(
+            !message.contains("`bad name`, which is not configured"),
+            "{message}"
+        );
+    }
+
+    /// A value of the wrong kind is shown, as written.
+    #[test]
+    fn a_value_of_the_wrong_kind_is_shown() {
+        let cases = [
+            ("concurrency: many\n", "; got `many`"),
+            ("concurrency: -1 # no\n", "; got `-1`"),
+            ("concurrency: \"4 x\"\n", "; got `\"4 x\"`"),
+            (
+                "budgets: { daily: lots }\n",
+                "`budgets.daily`: expected a number; got `lots`",
+            ),
+            (
+                "agents: { e: { command: [x], max_parallel: zwölf } }\n",
+                "; got `zwölf`",
+            ),
+        ];
+        for (text, want) in cases {
+            let Err(ConfigError::Invalid { message, .. }) = Config::parse(text, "f") else {
+                panic!("expected `{text}` refused");
+            };
+            assert!(
+                message.ends_with(want),
+                "`{text}`: expected it to end `{want}`, got {message}"
+            );
         }
     }
 

@@ -155,6 +155,29 @@ fn plain_words(message: &str) -> &str {
     }
 }
 
+/// The plain value that starts at 1-based `column` of `line` (up to a `,`, `}`, `]` or a
+/// comment), at most 60 characters; `None` when there is none.
+fn scalar_at(line: &str, column: u64) -> Option<String> {
+    let rest: String = line
+        .chars()
+        .skip(usize::try_from(column).ok()?.checked_sub(1)?)
+        .collect();
+    let value = match rest.chars().next()? {
+        q @ ('"' | '\'') => {
+            let inner = &rest[1..];
+            format!("{q}{}{q}", &inner[..inner.find(q)?])
+        }
+        _ => rest
+            .split([',', '}', ']'])
+            .next()?
+            .split(" #")
+            .next()?
+            .trim()
+            .to_string(),
+    };
+    (!value.is_empty()).then(|| value.chars().take(60).collect())
+}
+
 /// Formats a YAML error with its line and column and the key it was at.
 pub fn yaml_error(e: &YamlError, text: &str) -> String {
     // serde-saphyr says `error: line L column C: what` and then draws the line; the caller puts
@@ -171,6 +194,18 @@ pub fn yaml_error(e: &YamlError, text: &str) -> String {
         .location()
         .and_then(|l| text.lines().nth(l.line().saturating_sub(1) as usize))
         .unwrap_or("");
+    // A value of the wrong kind: which value, so `concurrency: many` is not a riddle.
+    let wrong_kind = [
+        "expected a whole number",
+        "expected a number",
+        "expected `true` or `false`",
+    ];
+    if wrong_kind.iter().any(|w| out.contains(w))
+        && let Some(loc) = e.location()
+        && let Some(value) = scalar_at(line, loc.column())
+    {
+        out.push_str(&format!("; got `{}`", crate::terminal::printable(&value)));
+    }
     // The most common mistake: a command written as one string, as in a shell.
     if let Some((_, value)) = line.split_once("command:")
         && let value = value.trim().trim_end_matches(['}', ']', ',', ' '])
