@@ -529,6 +529,13 @@ impl Dir {
         }
     }
 
+    /// Removes the empty directory `name`.
+    pub fn remove_dir(&self, name: &str) -> io::Result<()> {
+        check_component(name)?;
+        unlinkat(self.fd.as_fd(), name, UnlinkatFlags::RemoveDir)
+            .map_err(|e| annotate(e, &self.path.join(name)))
+    }
+
     /// What `name` is, without following a link; `None` when there is nothing.
     pub fn kind(&self, name: &str) -> Option<Kind> {
         let st = fstatat(

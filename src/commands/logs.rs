@@ -1,7 +1,8 @@
 //! `dirigent logs`: an attempt's captured output, followed as it grows with `-f` (waiting for a
 //! task that has not started yet).
 
-use super::status::{describe, inbox_files};
+use super::inbox_view::inbox_files;
+use super::status::describe;
 use super::*;
 
 pub fn logs(
@@ -105,6 +106,21 @@ pub fn logs(
         Box::new(stdout)
     };
     let mut pos = copy_from(&path, 0, &mut out)?;
+    // Gone with its run directory (`keep_runs`): said, not shown as an attempt that printed
+    // nothing. (An attempt that never made its files leaves the others' in place.)
+    let no_captures = || {
+        std::fs::read_dir(ws.run_dir(id)).map_or(true, |d| {
+            !d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".stdout"))
+        })
+    };
+    if a.class.is_some() && pos == 0 && path.open().is_err() && no_captures() {
+        eprintln!(
+            "dirigent: the output of attempt {} of `{id}` ({}) is no longer kept: the run directories of tasks finished longer ago than `keep_runs` are removed",
+            a.n, a.agent
+        );
+        return Ok(ExitCode::from(1));
+    }
     if !follow || a.class.is_some() {
         // Nothing shown while the other stream holds something: said, not left blank.
         if pos == 0 && !stderr && a.stderr_bytes > 0 {

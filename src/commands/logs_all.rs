@@ -28,7 +28,7 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
     // Named tasks must exist: waiting in the inbox, claimed (in `running/`, its record not
     // written yet), or in the book. Looked for in the order a task moves through them, the book
     // last, so one that moves on meanwhile is still found somewhere.
-    let waiting = super::status::inbox_files(ws, &TaskBook::default());
+    let waiting = super::inbox_view::inbox_files(ws, &TaskBook::default());
     let claimed: Vec<bool> = ids.iter().map(|id| super::claimed(ws, id)).collect();
     let mut book = load_book(ws)?;
     for (id, claimed) in ids.iter().zip(claimed) {

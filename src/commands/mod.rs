@@ -26,9 +26,11 @@ use crate::cli::SubmitArgs;
 
 mod agents;
 mod fleet;
+mod inbox_view;
 mod logs;
 mod logs_all;
 mod open;
+mod spend;
 mod status;
 mod submit;
 mod top;
@@ -125,7 +127,7 @@ fn find_task<'a>(ws: &Workspace, book: &'a TaskBook, id: &str) -> Result<&'a Tas
     if let Some(t) = book.get(id) {
         return Ok(t);
     }
-    let waiting = status::inbox_files(ws, book)
+    let waiting = inbox_view::inbox_files(ws, book)
         .into_iter()
         .find(|(i, _, is_task)| i == id && *is_task);
     if let Some((_, file, _)) = waiting {
@@ -135,6 +137,17 @@ fn find_task<'a>(ws: &Workspace, book: &'a TaskBook, id: &str) -> Result<&'a Tas
     }
     if claimed(ws, id) {
         anyhow::bail!("task `{id}` is being taken in from the inbox; ask again in a moment");
+    }
+    if book.outcome(id).is_some() {
+        let runs = ws.run_dir(id);
+        anyhow::bail!(
+            "task `{id}` finished long ago: only its outcome is kept (`dirigent status {id}`){}",
+            if runs.is_dir() {
+                format!("; its files are in `{}`", runs.display())
+            } else {
+                String::new()
+            }
+        );
     }
     anyhow::bail!("no task `{id}` in this workspace; `dirigent status` lists the tasks")
 }
@@ -528,7 +541,7 @@ pub fn control(
             let waiting = match &request {
                 dirigent::control::Request::Cancel { .. } => {
                     let book = load_book(ws).unwrap_or_default();
-                    status::inbox_files(ws, &book)
+                    inbox_view::inbox_files(ws, &book)
                         .into_iter()
                         .find(|(i, _, is_task)| i == id && *is_task)
                         .map(|(_, name, _)| name)

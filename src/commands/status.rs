@@ -1,15 +1,17 @@
 //! `dirigent status`: the task table (inbox included), one task in detail, a workflow run's
 //! phases and tasks, and today's spending; live from the daemon when it answers, else the ledger.
 
+use super::inbox_view::{inbox_files, inbox_note, inbox_refusal};
+use super::spend::{spend_line, spend_report};
 use super::*;
 
 /// The daemon's live state when it answers: its task book and, when it does not take work
 /// now, why.
-struct Live {
+pub(super) struct Live {
     answering: bool,
     paused: Option<String>,
     /// Why task files are left in the inbox for now (the tasks taken in hold too much).
-    intake_held: Option<String>,
+    pub(super) intake_held: Option<String>,
     /// Fleet mode: the fleet as the daemon sees it.
     fleet: Option<serde_json::Value>,
 }
@@ -75,105 +77,6 @@ fn load_live_book(ws: &Workspace) -> Result<(TaskBook, Live)> {
             fleet: None,
         },
     ))
-}
-
-/// A file waiting in the inbox that the daemon has not taken in yet: (id, file name, whether
-/// it is a task file at all).
-pub(super) fn inbox_files(ws: &Workspace, book: &TaskBook) -> Vec<(String, String, bool)> {
-    let out: Vec<(String, String, bool)> = dirigent::inbox::scan(&ws.inbox())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| {
-            let (stem, _) = dirigent::fsutil::split_name(&c.name);
-            let is_task = c.name.ends_with(".json") || c.name.ends_with(".md");
-            (
-                dirigent::task::id_from_stem(stem).to_string(),
-                c.name,
-                is_task,
-            )
-        })
-        .filter(|(id, _, _)| !book.contains(id))
-        .collect();
-    // Oldest first, as the scan lists them: the order the daemon takes them in.
-    out
-}
-
-/// What a waiting inbox file will become, in words: one that cannot be read as a task says
-/// so now, not once a daemon has rejected it.
-fn inbox_note(
-    ws: &Workspace,
-    book: &TaskBook,
-    config: Option<&Config>,
-    live: &Live,
-    (id, file, is_task): (&str, &str, bool),
-) -> String {
-    if !is_task {
-        return "not a task file (only .json and .md are): the daemon moves it to rejected/".into();
-    }
-    match (
-        inbox_refusal(ws, book, config, (id, file, is_task)),
-        running_daemon(ws).is_some(),
-    ) {
-        (Some(why), _) => format!(
-            "will be rejected: {}",
-            dirigent::terminal::printable(why.lines().next().unwrap_or(""))
-        ),
-        (None, true) if live.intake_held.is_some() => {
-            "waiting in the inbox; the daemon takes it in once the tasks it holds have room (see its line above)".into()
-        }
-        (None, true) => "waiting in the inbox; the daemon takes it in shortly".into(),
-        (None, false) => {
-            "waiting in the inbox; it runs when a daemon starts (`dirigent daemon`)".into()
-        }
-    }
-}
-
-/// Why the daemon will refuse an inbox file, as far as that can be known without it: the
-/// checks it makes when it takes a file in (`--json` gives it as `rejected_because`).
-fn inbox_refusal(
-    ws: &Workspace,
-    book: &TaskBook,
-    config: Option<&Config>,
-    (id, file, is_task): (&str, &str, bool),
-) -> Option<String> {
-    if !is_task {
-        return Some("not a task file (only .json and .md are)".into());
-    }
-    match dirigent::fsutil::read_task_file(&ws.inbox().join(file), dirigent::task::MAX_TASK_BYTES) {
-        dirigent::fsutil::ReadOutcome::Bytes(bytes) => {
-            match dirigent::task::parse_fields(file, &bytes) {
-                Err(e) => Some(format!("cannot be read as a task: {}", e.0)),
-                Ok(fields) => {
-                    let after = fields.after.clone();
-                    let parent = fields.parent.clone();
-                    let id = fields.id.clone().unwrap_or_else(|| id.to_string());
-                    let own = |t: &str| (t == id).then_some(after.as_slice());
-                    let circle = after
-                        .contains(&id)
-                        .then(|| dirigent::submit::dependency_cycle(&id, &own))
-                        .flatten();
-                    config
-                        .and_then(|c| {
-                            dirigent::task::accept(id.clone(), fields, c, ws.root()).err()
-                        })
-                        .map(|e| e.0)
-                        .or(circle)
-                        .or_else(|| {
-                            dirigent::submit::unknown_dependency(ws, &after, &|d| book.contains(d))
-                        })
-                        .or_else(|| {
-                            parent
-                                .filter(|p| !book.contains(p))
-                                .map(|p| dirigent::submit::unknown_parent(&p))
-                        })
-                }
-            }
-        }
-        dirigent::fsutil::ReadOutcome::Refused(why) => {
-            Some(format!("cannot be read as a task: {why}"))
-        }
-        dirigent::fsutil::ReadOutcome::Gone => None,
-    }
 }
 
 /// Whether `t` was running (or merging) when the daemon stopped without recording its end — it
@@ -719,84 +622,6 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
             }
         }
     }
-}
-
-/// Today's spending (UTC) against the budgets: `{day, total_usd, daily_budget_usd, agents:
-/// {name: {spent_usd, budget_usd}}}`.
-fn spend_report(ws: &Workspace, book: &TaskBook) -> Result<serde_json::Value> {
-    // `status` works with a broken config too: the budgets are then unknown, and it says so.
-    let config = match Config::load(&ws.config()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!(
-                "warning: {e}\nwarning: {}; budgets are not shown",
-                if running_daemon(ws).is_some() {
-                    "the daemon still runs its previous configuration, but a daemon started now would refuse this file: fix it"
-                } else {
-                    "a daemon does not start with this file: fix it"
-                }
-            );
-            Config::parse("{}", "no config")?
-        }
-    };
-    let today = dirigent::state::day_of(ledger::now_ms());
-    let day = book.spend.get(&today).cloned().unwrap_or_default();
-    let mut agents = serde_json::Map::new();
-    let names: std::collections::BTreeSet<&String> = day
-        .by_agent
-        .keys()
-        .chain(config.budgets.agents.keys())
-        .collect();
-    for name in names {
-        agents.insert(
-            name.clone(),
-            json!({
-                "spent_usd": day.by_agent.get(name).copied().unwrap_or(0.0),
-                "budget_usd": config.budgets.agents.get(name),
-            }),
-        );
-    }
-    Ok(json!({
-        "day": duration::clock(today * 86_400_000)[..10].to_string(),
-        "total_usd": day.total_usd,
-        "daily_budget_usd": config.budgets.daily,
-        "agents": agents,
-    }))
-}
-
-/// `spend today: $1.20 of $20.00 (claude $0.80 of $5.00, gemini $0.40)`, or nothing when
-/// nothing was spent and no budget is set.
-fn spend_line(spend: &serde_json::Value) -> Option<String> {
-    let of = |budget: &serde_json::Value| {
-        budget
-            .as_f64()
-            .map(|b| format!(" of {}", usage::dollars(b)))
-            .unwrap_or_default()
-    };
-    let total = spend["total_usd"].as_f64().unwrap_or(0.0);
-    let agents = spend["agents"].as_object()?;
-    if total == 0.0 && spend["daily_budget_usd"].is_null() && agents.is_empty() {
-        return None;
-    }
-    let parts: Vec<String> = agents
-        .iter()
-        .map(|(name, a)| {
-            format!(
-                "{name} {}{}",
-                usage::dollars(a["spent_usd"].as_f64().unwrap_or(0.0)),
-                of(&a["budget_usd"])
-            )
-        })
-        .collect();
-    let mut line = format!(
-        "spend today (UTC): {}{}",
-        usage::dollars(total),
-        of(&spend["daily_budget_usd"])
-    );
-    if !parts.is_empty() {
-        line.push_str(&format!(" ({})", parts.join(", ")));
-    }
-    Some(line)
 }
 
 /// `dirigent diff ID`: what an editing task changed against its base.

@@ -11,8 +11,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::duration::Dur;
 use crate::preset;
 
@@ -20,21 +18,30 @@ mod agent;
 pub mod cluster;
 pub mod notify;
 mod read_all;
+mod written;
 mod yaml;
+
+use written::{RawConfig, RawRole, RawRoleFull, RawWorktree};
 
 pub use read_all::{Collected, from_yaml_collecting};
 pub use yaml::{
     MAX_CONFIG_BYTES, YamlError, from_yaml, key_of, read_text, yaml_error, yaml_message,
 };
 
+use agent::build_agent;
 pub use agent::{Agent, AgentError, ArgvValues, Retry};
-use agent::{RawAgent, build_agent};
 
 /// [`Config::queue_in_memory`] unless set.
 pub const DEFAULT_QUEUE_IN_MEMORY: usize = 64 << 20;
 
 /// [`Config::max_output`] unless set.
 pub const DEFAULT_MAX_OUTPUT: usize = 256 << 20;
+
+/// [`Config::keep_runs`] unless set: a month of output to look back at.
+pub const DEFAULT_KEEP_RUNS: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The shortest `keep_runs`: output must outlive the look a person takes at a failure.
+pub const MIN_KEEP_RUNS: Duration = Duration::from_secs(3600);
 
 /// A size the way the config writes one: `256MiB`, `512KiB`, `1000` (bytes).
 pub fn shown_bytes(n: u64) -> String {
@@ -90,102 +97,6 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    concurrency: Option<usize>,
-    #[serde(default)]
-    default_chain: Option<Vec<String>>,
-    #[serde(default)]
-    roles: BTreeMap<String, RawRole>,
-    #[serde(default)]
-    agents: BTreeMap<String, RawAgent>,
-    #[serde(default)]
-    on_escalate: Option<Vec<String>>,
-    #[serde(default)]
-    kill_grace: Option<Dur>,
-    #[serde(default)]
-    leak_timeout: Option<Dur>,
-    #[serde(default)]
-    inbox_rescan: Option<Dur>,
-    #[serde(default)]
-    ledger_segment_events: Option<u64>,
-    #[serde(default)]
-    ledger_keep_segments: Option<usize>,
-    #[serde(default)]
-    http: Option<String>,
-    #[serde(default)]
-    providers: BTreeMap<String, RawProvider>,
-    #[serde(default)]
-    prices: BTreeMap<String, crate::usage::Price>,
-    #[serde(default)]
-    budgets: RawBudgets,
-    #[serde(default)]
-    notify: Vec<notify::RawDestination>,
-    #[serde(default)]
-    cluster: Option<cluster::RawCluster>,
-    /// Model aliases, resolved before spawning: `{claude-3-5-sonnet: qwen2.5-coder}`.
-    #[serde(default)]
-    models: BTreeMap<String, String>,
-    /// Resource groups and their capacity: `{local-gpu: 25}`.
-    #[serde(default)]
-    resources: BTreeMap<String, f64>,
-    #[serde(default)]
-    max_interruptions: Option<u32>,
-    #[serde(default)]
-    max_spawned_tasks: Option<u32>,
-    #[serde(default)]
-    queue_in_memory: Option<String>,
-    #[serde(default)]
-    max_output: Option<String>,
-    #[serde(default)]
-    workdir: Option<crate::workdir::Workdir>,
-    #[serde(default)]
-    verify: Option<crate::editing::VerifyWritten>,
-    #[serde(default)]
-    verify_rounds: Option<u32>,
-    #[serde(default)]
-    expect_changes: Option<bool>,
-    #[serde(default)]
-    merge: Option<crate::editing::MergeMode>,
-    #[serde(default)]
-    merge_into: Option<String>,
-    #[serde(default)]
-    merge_strategy: Option<crate::editing::MergeStrategy>,
-    #[serde(default)]
-    on_conflict: Option<crate::editing::OnConflict>,
-    #[serde(default)]
-    carry_failed_changes: Option<bool>,
-    #[serde(default)]
-    keep_failed: Option<Dur>,
-    /// How a new worktree is prepared.
-    #[serde(default)]
-    worktree: RawWorktree,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWorktree {
-    #[serde(default)]
-    copy: Vec<String>,
-    #[serde(default)]
-    link: Vec<String>,
-    #[serde(default)]
-    setup: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBudgets {
-    #[serde(default)]
-    daily: Option<f64>,
-    #[serde(default)]
-    agents: BTreeMap<String, f64>,
-    #[serde(default)]
-    task: Option<f64>,
-}
-
 /// Spending limits in US dollars; days are UTC days.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Budgets {
@@ -195,52 +106,6 @@ pub struct Budgets {
     pub agents: BTreeMap<String, f64>,
     /// Per task (a task's `budget_usd` overrides it; a workflow run's covers its tasks).
     pub task: Option<f64>,
-}
-
-/// A role: its chain, or `{agents: [...], strategy: best}`.
-#[derive(Debug)]
-enum RawRole {
-    Chain(Vec<String>),
-    Full(RawRoleFull),
-}
-
-/// A role written as a map.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoleFull {
-    agents: Vec<String>,
-    #[serde(default)]
-    strategy: Option<String>,
-    /// Where its tasks work, unless the task says.
-    #[serde(default)]
-    workdir: Option<crate::workdir::Workdir>,
-    /// Its tasks' check, unless the task gives one.
-    #[serde(default)]
-    verify: Option<crate::editing::VerifyWritten>,
-}
-
-// Read by shape (`by_shape`), not `untagged`: a mistake in either form gets that form's own
-// error (`missing field `agents``, `unknown field `chain``).
-impl<'de> Deserialize<'de> for RawRole {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::by_shape::read(
-            d,
-            crate::by_shape::Shapes {
-                expecting: "a role: a list of agents (`[claude, gemini]`) or a map (`{agents: [claude, gemini], strategy: best}`)",
-                word: None,
-                list: Some(RawRole::Chain),
-                map: Some(RawRole::Full),
-            },
-        )
-    }
-}
-
-/// Limits shared by every agent on one provider account.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProvider {
-    #[serde(default)]
-    starts_per_minute: Option<u32>,
 }
 
 /// Limits of one provider (`providers:`).
@@ -307,6 +172,9 @@ pub struct Config {
     /// The most bytes an attempt may print (stdout and stderr together): past it, it is
     /// stopped and fails — an agent printing in a loop would otherwise fill the disk.
     pub max_output: usize,
+    /// How long the run directory (prompts, captured output) of a finished task is kept
+    /// before it is removed; `None`: for ever.
+    pub keep_runs: Option<Duration>,
     /// `models:` entries that name what runs a model (an agent, `agent:model` or a role), for
     /// workflows' `model:` keys; the other entries are spawn-time model aliases of the agents.
     pub model_targets: BTreeMap<String, String>,
@@ -655,6 +523,21 @@ impl Config {
         );
         let max_output =
             at_least_a_mib("max_output", raw.max_output.as_deref(), DEFAULT_MAX_OUTPUT);
+        let keep_runs = match raw.keep_runs.as_deref().map(str::trim) {
+            None => Some(DEFAULT_KEEP_RUNS),
+            Some("forever") => None,
+            Some(text) => match crate::duration::parse(text) {
+                Ok(d) if d >= MIN_KEEP_RUNS => Some(d),
+                Ok(_) => {
+                    problems.push("`keep_runs` must be at least 1h (or `forever`)".into());
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("`keep_runs`: {e}; or `forever`"));
+                    None
+                }
+            },
+        };
         let editing = editing_defaults(
             raw.verify,
             raw.verify_rounds,
@@ -712,6 +595,7 @@ impl Config {
             max_spawned_tasks: raw.max_spawned_tasks.unwrap_or(100),
             queue_in_memory,
             max_output,
+            keep_runs,
             workdir: raw.workdir,
             role_editing,
             editing,

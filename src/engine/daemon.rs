@@ -237,6 +237,9 @@ pub async fn run_with_options(
         settled_since_trim: 0,
         stagger_due: None,
         rescan_due: Instant::now(),
+        // The first look soon after the start: a daemon restarted daily still prunes.
+        prune_due: Instant::now(),
+        pruning: false,
     };
     // The daemon before was alive at least until its last record: an attempt it left open ran
     // until then.

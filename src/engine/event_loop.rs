@@ -173,6 +173,7 @@ impl Engine {
             self.retry_waiting_merges();
             self.pump_merges();
             self.expire_kept_trees();
+            self.prune_runs_if_due(now);
             self.tell_fleet_agents();
             self.ingest().await;
         }
@@ -331,6 +332,8 @@ impl Engine {
             Msg::LedgerFailed(why) => self.ledger_failed(why),
             Msg::Recorded(records) => self.apply(&records),
             Msg::TreeFreed(tree) => self.pool_or_remove(tree),
+            Msg::RunsOld(old) => self.on_runs_old(old),
+            Msg::RunsPruned(emptied) => self.on_runs_pruned(emptied),
             Msg::TreeGivenUp { task, records } => {
                 self.apply(&records);
                 self.trees_leaving.remove(&task);

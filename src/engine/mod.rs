@@ -61,6 +61,7 @@ mod lifecycle;
 mod merging;
 mod recovery;
 mod requests;
+mod run_pruning;
 mod settling;
 mod tree_release;
 mod work_check;
@@ -212,6 +213,11 @@ enum Msg {
         task: String,
         pooled: Option<crate::git::Tree>,
     },
+    /// Run directories that last changed before `keep_runs` (name, Unix ms), to be given up
+    /// if their tasks have finished.
+    RunsOld(Vec<(String, u64)>),
+    /// A pass over the run directories ended (see `run_pruning`).
+    RunsPruned(run_pruning::Emptied),
     /// A merge of `task`'s branch into `target` ended.
     MergeEnded {
         task: String,
@@ -364,6 +370,10 @@ struct Engine {
     settled_since_trim: u64,
     stagger_due: Option<Instant>,
     rescan_due: Instant,
+    /// The next look for old run directories to give up.
+    prune_due: Instant,
+    /// A pass over the run directories is under way.
+    pruning: bool,
     /// Told how many tasks are live, so that a big queue's compaction waits for it to drain.
     compactor: crate::compact::Compactor,
 }
