@@ -110,6 +110,23 @@ pub fn in_short(attempts: &[AttemptSummary], config: &Config) -> Option<String> 
             and_list(&limited)
         ));
     }
+    let slow = of(Class::Timeout);
+    if !slow.is_empty() {
+        parts.push(format!(
+            "{} ran out of time (the attempt's `timeout`): if the work needs longer, give the task more (`dirigent submit --timeout 30m`, `timeout:` in its file) or split it",
+            and_list(&slow)
+        ));
+    }
+    let quiet = of(Class::Idle);
+    if !quiet.is_empty() {
+        parts.push(format!(
+            "{} made no progress for {} `idle_timeout` (no output, or only error events) and {} stopped as hung: if {} silently, raise `idle_timeout` (the agent's, or the task's)",
+            and_list(&quiet),
+            if quiet.len() == 1 { "its" } else { "their" },
+            if quiet.len() == 1 { "was" } else { "were" },
+            if quiet.len() == 1 { "it works" } else { "they work" }
+        ));
+    }
     let unchanged = of(Class::NoChange);
     if !unchanged.is_empty() && unchanged.len() == last.len() {
         parts.push(
@@ -217,6 +234,20 @@ mod tests {
                 &[("claude", RateLimit)],
                 Some("claude hit a rate or usage limit (`dirigent agents` shows until when)"),
             ),
+            (
+                &[("claude", Timeout), ("local", Idle), ("gemini", Idle)],
+                Some(
+                    "claude ran out of time (the attempt's `timeout`): if the work needs longer, give the task more (`dirigent submit --timeout 30m`, `timeout:` in its file) or split it; local and gemini made no progress for their `idle_timeout` (no output, or only error events) and were stopped as hung: if they work silently, raise `idle_timeout` (the agent's, or the task's)",
+                ),
+            ),
+            (
+                &[("local", Idle)],
+                Some(
+                    "local made no progress for its `idle_timeout` (no output, or only error events) and was stopped as hung: if it works silently, raise `idle_timeout` (the agent's, or the task's)",
+                ),
+            ),
+            // Timed out, then tried again and failed otherwise: judged by its last attempt.
+            (&[("local", Timeout), ("local", Exit)], None),
         ];
         let cfg = config();
         for (attempts, want) in cases {
