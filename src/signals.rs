@@ -264,15 +264,21 @@ fn started_by_us(pid: i32, workspace: &Path) -> bool {
 }
 
 /// What a waiting client (`submit --wait`) leaves when it is interrupted: a line for stderr
-/// and, with `--json`, one for stdout (set once, before the handler is installed; the handler
-/// only reads them).
-static PARTING: std::sync::OnceLock<(Vec<u8>, Option<Vec<u8>>)> = std::sync::OnceLock::new();
+/// and, with `--json`, one for stdout. Replaced as the client learns more (the task claimed,
+/// the daemon gone); each one is leaked, never freed, so the handler may read whichever it
+/// loads — a client replaces it a handful of times.
+static PARTING: std::sync::atomic::AtomicPtr<(Vec<u8>, Option<Vec<u8>>)> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// The handler is installed once.
+static INSTALLED: std::sync::Once = std::sync::Once::new();
 
 extern "C" fn on_interrupt(sig: libc::c_int) {
-    // SAFETY: only reads of memory set before the handler was installed, write(2) and
-    // _exit(2) — async-signal-safe.
+    // SAFETY: an atomic load of a pointer to memory that is never freed or changed once
+    // published, write(2) and _exit(2) — async-signal-safe.
     unsafe {
-        if let Some((line, object)) = PARTING.get() {
+        let parting = PARTING.load(std::sync::atomic::Ordering::Acquire);
+        if let Some((line, object)) = parting.as_ref() {
             libc::write(2, line.as_ptr().cast(), line.len());
             if let Some(object) = object {
                 libc::write(1, object.as_ptr().cast(), object.len());
@@ -284,7 +290,7 @@ extern "C" fn on_interrupt(sig: libc::c_int) {
 
 /// Makes SIGINT and SIGTERM end a waiting client with `line` on stderr (what goes on without
 /// it, and how to follow or stop it) and `object` on stdout, instead of in silence. Exits
-/// 128 + the signal.
+/// 128 + the signal. Called again, the newer words replace the older.
 pub fn part_with(line: String, object: Option<String>) -> std::io::Result<()> {
     let mut bytes = line.into_bytes();
     // On a terminal a live status line may be drawn: the line takes its place.
@@ -297,22 +303,26 @@ pub fn part_with(line: String, object: Option<String>) -> std::io::Result<()> {
         o.push(b'\n');
         o
     });
-    if PARTING.set((bytes, object)).is_err() {
-        return Ok(());
-    }
-    let action = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_interrupt),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler is async-signal-safe (see `on_interrupt`).
-        unsafe { nix::sys::signal::sigaction(sig, &action) }?;
-    }
-    Ok(())
+    let parting = Box::into_raw(Box::new((bytes, object)));
+    PARTING.store(parting, std::sync::atomic::Ordering::Release);
+    let mut installed = Ok(());
+    INSTALLED.call_once(|| {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_interrupt),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        for sig in [
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::Signal::SIGTERM,
+        ] {
+            // SAFETY: the handler is async-signal-safe (see `on_interrupt`).
+            if let Err(e) = unsafe { nix::sys::signal::sigaction(sig, &action) } {
+                installed = Err(e.into());
+            }
+        }
+    });
+    installed
 }
 
 #[cfg(test)]

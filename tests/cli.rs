@@ -1351,3 +1351,126 @@ fn a_bounded_wait_ends_when_its_time_is_up() {
         "expected the object of a wait that ended: {v}"
     );
 }
+
+/// A client whose stderr is read line by line while it runs.
+struct Spawned {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Spawned {
+    fn start(ws: &Workspace, args: &[&str]) -> Spawned {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("DIRIGENT_ROOT", ws.root())
+            .env("DIRIGENT_STATE_DIR", ws.state.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Spawned { child, lines }
+    }
+
+    /// Waits for a stderr line containing `words`.
+    fn line_with(&mut self, words: &str) -> String {
+        let mut seen = Vec::new();
+        let until = Instant::now() + common::PATIENCE;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(words) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        let _ = self.child.kill();
+        panic!("expected a line with {words:?}, got {seen:?}");
+    }
+
+    /// Its exit status and stdout, once it ends (within the tests' patience).
+    fn end(self) -> (Option<i32>, String) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut child = self.child;
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = rx
+            .recv_timeout(common::PATIENCE)
+            .expect("the client to end")
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+/// The way to cancel a task without a daemon — removing its file from the inbox — ends a
+/// client waiting for it (`submit --wait`, `logs -f`) instead of leaving it waiting for good.
+#[test]
+fn a_waiting_client_ends_when_the_task_file_is_removed_from_the_inbox() {
+    let ws = Workspace::new(CONFIG);
+    let mut waiting = Spawned::start(&ws, &["submit", "p", "--id", "q3", "--wait", "--json"]);
+    waiting.line_with("no daemon is running");
+    let mut following = Spawned::start(&ws, &["logs", "q3", "-f"]);
+    following.line_with("has not started yet");
+    std::fs::remove_file(ws.path("inbox/q3.json")).unwrap();
+    let (code, stdout) = waiting.end();
+    assert_eq!(code, Some(1), "a task that will not run is not done");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (&v["id"], &v["state"], &v["reason"]),
+        (
+            &"q3".into(),
+            &"cancelled".into(),
+            &"its file was removed from .context/inbox/ before the daemon took it in: nothing runs"
+                .into()
+        ),
+        "{v}"
+    );
+    let (code, _) = following.end();
+    assert_eq!(code, Some(1), "`logs -f` ends too");
+}
+
+/// Interrupted, a wait leaves how the task stands now: where its file is and its state (here
+/// taken in and running).
+#[test]
+fn an_interrupted_wait_says_where_the_task_stands_now() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    let mut waiting = Spawned::start(
+        &ws,
+        &[
+            "submit", "p", "--id", "g2", "--agent", "gate", "--wait", "--json",
+        ],
+    );
+    waiting.line_with("attempt 1: gate started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(waiting.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let (code, stdout) = waiting.end();
+    assert_eq!(code, Some(130), "128 + SIGINT");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "id": "g2",
+            "file": ws.path("running/g2.json").display().to_string(),
+            "state": "waiting",
+            "task_state": "running",
+        }),
+        "expected the file where it is now and the task's state"
+    );
+}

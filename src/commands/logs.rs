@@ -20,6 +20,9 @@ pub fn logs(
         // Seen waiting in the inbox: once the file is gone the daemon is taking it in, and the
         // task shows up in the ledger (or as rejected) a moment later.
         let mut seen_waiting = false;
+        // Since when a file seen waiting is neither there nor taken in: removed (the way to
+        // cancel a task without a daemon) once that lasts.
+        let mut missing_since: Option<Instant> = None;
         let waker = ChangeWaker::new(&[ws.context()]);
         let key = ledger_key(ws);
         loop {
@@ -39,6 +42,7 @@ pub fn logs(
                         .any(|(i, _, is_task)| i == id && *is_task);
                     if in_inbox || claimed(ws, id) {
                         seen_waiting = true;
+                        missing_since = None;
                     } else if !seen_waiting {
                         // It may have moved from the inbox into the ledger since the book was
                         // read: read it again before calling the task unknown.
@@ -55,6 +59,13 @@ pub fn logs(
                             r.reason.lines().next().unwrap_or("")
                         );
                         return Ok(ExitCode::from(1));
+                    } else if missing_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
+                        eprintln!(
+                            "error: `{id}` will not run: its file was removed from .context/inbox/ before the daemon took it in"
+                        );
+                        return Ok(ExitCode::from(1));
+                    } else if missing_since.is_none() {
+                        missing_since = Some(Instant::now());
                     }
                 }
             }

@@ -49,6 +49,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         })
         .collect::<Result<Vec<_>>>()?;
     let after = args.after.clone();
+    let is_run = args.workflow.is_some();
     let fields = TaskFields {
         id: args.id,
         title: args.title,
@@ -143,6 +144,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         nothing_new: false,
         said_merge_wait: false,
         give_up_at: args.wait_for.map(|d| Instant::now() + d),
+        run: is_run,
     };
     wait_for(ws, &id, &name, follower, &mut end)
 }
@@ -304,6 +306,8 @@ struct Ending {
     said_merge_wait: bool,
     /// `--wait-for`: when the wait ends whatever the task does.
     give_up_at: Option<Instant>,
+    /// A workflow run: its tasks, not the run itself, have attempts to follow.
+    run: bool,
 }
 
 impl Ending {
@@ -316,7 +320,7 @@ impl Ending {
             "done" => "done",
             "failed" | "cancelled" => "failed",
             "rejected" => "rejected",
-            "merge_waiting" => "running",
+            "merge_waiting" | "pending" | "running" | "merging" => "running",
             _ => return self.file.clone(),
         };
         match (
@@ -406,21 +410,15 @@ fn wait_for(
 ) -> Result<ExitCode> {
     let waker = ChangeWaker::new(&[ws.context()]);
     let started = Instant::now();
-    // Interrupted, the client says what goes on without it (and, with `--json`, still prints
-    // its object: a script learns the id).
-    let words = if running_daemon(ws).is_some() {
-        format!(
-            "dirigent: stopped waiting; `{id}` goes on in the daemon (`dirigent logs {id} -f` follows it, `dirigent cancel {id}` stops it)"
-        )
-    } else {
-        format!(
-            "dirigent: stopped waiting; `{id}` waits in .context/inbox/ and runs when a daemon starts (`dirigent daemon`); remove its file there to drop it"
-        )
-    };
-    let object = end
-        .json
-        .then(|| json!({"id": id, "file": end.file, "state": "waiting"}).to_string());
-    let _ = dirigent::signals::part_with(words, object);
+    // Where the task stands as its records tell (`inbox` until the daemon takes it in), and
+    // why it waits when it does: what an interrupted wait leaves says so.
+    let mut standing = Standing::default();
+    // What an interrupt leaves now (set at once, then again when the daemon or the task moved).
+    // Since when the task file is neither in the inbox nor taken in: removed (see below).
+    let mut missing_since: Option<Instant> = None;
+    let first = standing.parting(id, end, running_daemon(ws).is_some());
+    let _ = dirigent::signals::part_with(first.0.clone(), first.1.clone());
+    let mut parting = Some(first);
     // On a terminal, a live line shows what runs now; in a pipe, only the event lines.
     let mut live = LiveLine::new(std::io::stderr().is_terminal());
     // What runs now: (task, attempt, agent, since), the run's own tasks included.
@@ -487,6 +485,7 @@ fn wait_for(
             }
             live.clear();
             if own {
+                standing.follow(&r.event);
                 if matches!(r.event, Event::Requeued { .. }) {
                     stop_told = true;
                 }
@@ -581,6 +580,29 @@ fn wait_for(
                 waiting_for = why;
             }
         }
+        // Interrupted, the client says what goes on without it (and, with `--json`, still
+        // prints its object: a script learns the id, where the file is, how the task stands).
+        let now_parting = standing.parting(id, end, daemon.is_some());
+        if parting.as_ref() != Some(&now_parting) {
+            let _ = dirigent::signals::part_with(now_parting.0.clone(), now_parting.1.clone());
+            parting = Some(now_parting);
+        }
+        // Its file removed from the inbox before the daemon took it in (the way to cancel a
+        // task without a daemon): nothing will ever run — said, not waited for. Two seconds
+        // with no file and no record, so a claim on its way to the ledger is not mistaken.
+        if standing.seen {
+            missing_since = None;
+        } else if std::path::Path::new(&end.file).exists() || claimed(ws, id) {
+            missing_since = None;
+        } else if missing_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
+            live.clear();
+            let reason = "its file was removed from .context/inbox/ before the daemon took it in: nothing runs";
+            eprintln!("error: `{id}` will not run: {reason}");
+            end.object(id, "cancelled", json!({"reason": reason}));
+            return Ok(ExitCode::from(1));
+        } else if missing_since.is_none() {
+            missing_since = Some(Instant::now());
+        }
         live.draw(&line);
         // `--wait-for` ran out: the wait ends, the task does not.
         if let Some(at) = end.give_up_at {
@@ -591,13 +613,90 @@ fn wait_for(
                     "dirigent: stopped waiting after {} (`--wait-for`); `{id}` goes on (`dirigent status {id}` shows it, `dirigent cancel {id}` stops it)",
                     short(started.elapsed())
                 );
-                end.object(id, "waiting", json!({}));
+                let mut more = standing.what();
+                more["file"] = json!(end.file_now(standing.state.unwrap_or("inbox")));
+                end.object(id, "waiting", more);
                 return Ok(ExitCode::from(124));
             }
             waker.wait(left.min(Duration::from_secs(1)));
             continue;
         }
+        // Looked at again within a second while its file may be gone.
         waker.wait(Duration::from_secs(1));
+    }
+}
+
+/// Where a followed task stands, as its records tell.
+#[derive(Default)]
+struct Standing {
+    /// A record of it was seen: the daemon took it in.
+    seen: bool,
+    /// `pending`, `running`, `merging`, `merge_waiting`; `None`: in the inbox.
+    state: Option<&'static str>,
+    /// Why it waits to be merged.
+    reason: Option<String>,
+}
+
+impl Standing {
+    fn follow(&mut self, event: &Event) {
+        self.seen = true;
+        let state = match event {
+            Event::Requeued { .. } => None,
+            Event::AttemptStarted { .. } => Some("running"),
+            Event::MergeStarted { .. } => Some("merging"),
+            Event::MergeWaiting { reason, .. } => {
+                self.reason = Some(reason.clone());
+                Some("merge_waiting")
+            }
+            Event::Received { .. }
+            | Event::Claimed { .. }
+            | Event::AttemptFinished { .. }
+            | Event::Retried { .. } => Some("pending"),
+            _ => return,
+        };
+        if state != Some("merge_waiting") {
+            self.reason = None;
+        }
+        self.state = state;
+    }
+
+    /// `task_state` (and `reason`) for the object a wait that ended early prints.
+    fn what(&self) -> serde_json::Value {
+        let mut v = json!({"task_state": self.state.unwrap_or("inbox")});
+        if let Some(r) = &self.reason {
+            v["reason"] = json!(r);
+        }
+        v
+    }
+
+    /// The line and object an interrupt leaves now.
+    fn parting(&self, id: &str, end: &Ending, daemon: bool) -> (String, Option<String>) {
+        let words = match (daemon, self.state) {
+            (true, _) if end.run => format!(
+                "dirigent: stopped waiting; the run `{id}` goes on in the daemon (`dirigent status {id}` shows its phases and tasks, `dirigent logs -f --all` follows their attempts, `dirigent cancel {id}` stops it)"
+            ),
+            (true, _) => format!(
+                "dirigent: stopped waiting; `{id}` goes on in the daemon (`dirigent logs {id} -f` follows it, `dirigent cancel {id}` stops it)"
+            ),
+            (false, None) => format!(
+                "dirigent: stopped waiting; `{id}` waits in .context/inbox/ and runs when a daemon starts (`dirigent daemon`); remove its file there to drop it"
+            ),
+            (false, Some(state)) => format!(
+                "dirigent: stopped waiting; `{id}` is {state} and goes on when a daemon starts (`dirigent daemon`)"
+            ),
+        };
+        let state = self.state.unwrap_or("inbox");
+        let object = end.json.then(|| {
+            let mut v = json!({"id": id, "file": end.file_now(state), "state": "waiting"});
+            if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), self.what()) {
+                obj.extend(more);
+            }
+            if let Some(b) = &end.branch {
+                v["branch"] = json!(b);
+            }
+            v.to_string()
+        });
+        (words, object)
     }
 }
 
