@@ -590,9 +590,7 @@ fn wait_for(
         // Its file removed from the inbox before the daemon took it in (the way to cancel a
         // task without a daemon): nothing will ever run — said, not waited for. Two seconds
         // with no file and no record, so a claim on its way to the ledger is not mistaken.
-        if standing.seen {
-            missing_since = None;
-        } else if std::path::Path::new(&end.file).exists() || claimed(ws, id) {
+        if standing.seen || std::path::Path::new(&end.file).exists() || claimed(ws, id) {
             missing_since = None;
         } else if missing_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(2)) {
             live.clear();
