@@ -1400,7 +1400,7 @@ impl Spawned {
     /// Its exit status and stdout, once it ends (within the tests' patience).
     fn end(self) -> (Option<i32>, String) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut child = self.child;
+        let child = self.child;
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
         });
