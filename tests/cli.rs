@@ -1474,3 +1474,40 @@ fn an_interrupted_wait_says_where_the_task_stands_now() {
         "expected the file where it is now and the task's state"
     );
 }
+
+/// `logs -f` of an attempt cut off (a cancel) says so and exits 1: a script does not take the
+/// output for all there was.
+#[test]
+fn following_an_attempt_that_is_cancelled_says_it_was_cut_off() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    ws.drop_task("c9.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_started("c9");
+    let mut following = Spawned::start(&ws, &["logs", "c9", "-f"]);
+    ws.wait_until("the attempt's output to be there", || {
+        std::fs::read_to_string(ws.path("runs/c9/1-gate.stdout"))
+            .ok()
+            .filter(|s| s.contains("waiting for"))
+    });
+    assert!(ws.cli(&["cancel", "c9"]).status.success());
+    following.line_with("dirigent: attempt 1 of `c9` (gate) was cancelled");
+    let (code, stdout) = following.end();
+    assert_eq!(code, Some(1), "cut off, not whole");
+    assert_eq!(stdout, "waiting for release\n", "the output it had");
+}
+
+/// `logs -f --all` says when the daemon comes and goes: the quiet after a stop is not taken
+/// for agents thinking.
+#[test]
+fn following_every_attempt_says_when_the_daemon_comes_and_goes() {
+    let ws = Workspace::new(CONFIG);
+    let mut following = Spawned::start(&ws, &["logs", "-f", "--all"]);
+    following.line_with("nothing is running; waiting for attempts to start");
+    let mut d = ws.start();
+    following.line_with("dirigent: a daemon is running again");
+    d.stop();
+    following.line_with(
+        "dirigent: the daemon stopped; nothing starts until it runs again (`dirigent daemon`)",
+    );
+    let _ = following.child.kill();
+}

@@ -150,12 +150,31 @@ pub fn logs(
     let mut last_look = false;
     loop {
         let records = follower.next_records()?;
-        let finished = records.iter().any(|r| {
-            matches!(&r.event, Event::AttemptFinished { task, attempt, .. } if task == id && *attempt == n)
+        let finished = records.iter().find_map(|r| match &r.event {
+            Event::AttemptFinished {
+                task,
+                attempt,
+                class,
+                ..
+            } if task == id && *attempt == n => Some(*class),
+            _ => None,
         });
         pos = copy_from(&path, pos, &mut out)?;
-        if finished {
-            return Ok(ExitCode::SUCCESS);
+        // Ended by itself: its output is whole. Cut off (a cancel, a stop of the daemon): said,
+        // and exit 1, so a script does not take the output for all there was.
+        match finished {
+            Some(dirigent::class::Class::Cancelled) => {
+                eprintln!("dirigent: attempt {n} of `{id}` ({agent}) was cancelled");
+                return Ok(ExitCode::from(1));
+            }
+            Some(dirigent::class::Class::Interrupted) => {
+                eprintln!(
+                    "dirigent: attempt {n} of `{id}` ({agent}) was cut off: the daemon stopped while it ran; the task runs again when the daemon starts"
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Some(_) => return Ok(ExitCode::SUCCESS),
+            None => {}
         }
         if last_look {
             // Nothing ends this attempt until a daemon starts again: waiting would be silent

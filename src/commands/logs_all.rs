@@ -80,6 +80,8 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
     let mut told_waiting = false;
     // Said once each time the daemon is found gone while attempts are shown open.
     let mut told_cut = false;
+    // Whether a daemon ran when last looked.
+    let mut daemon_up = running_daemon(ws).is_some();
     let mut width = 0usize;
     let mut out = std::io::stdout().lock();
     loop {
@@ -142,9 +144,20 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
         if !follow {
             return Ok(ExitCode::SUCCESS);
         }
+        // The daemon going away (or coming back) while this follows: said, so the quiet that
+        // follows is not taken for agents thinking.
+        let up = running_daemon(ws).is_some();
+        if daemon_up && !up && tails.is_empty() {
+            eprintln!(
+                "dirigent: the daemon stopped; nothing starts until it runs again (`dirigent daemon`)"
+            );
+        } else if !daemon_up && up {
+            eprintln!("dirigent: a daemon is running again");
+        }
+        daemon_up = up;
         // Open attempts of a daemon that is gone end only when one starts again (it records
         // them interrupted): said, so the quiet is not taken for an agent thinking.
-        let cut_off = !tails.is_empty() && running_daemon(ws).is_none();
+        let cut_off = !tails.is_empty() && !up;
         if cut_off && !told_cut {
             eprintln!(
                 "dirigent: no daemon is running: the attempts shown were cut off when it stopped (their agents were stopped with it); they are closed, and their tasks run again, when the daemon starts (`dirigent daemon`)"
