@@ -143,8 +143,10 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
         /// Machine-readable output: one object once it is decided — `{"id", "state"}`, `state`
-        /// `merged` (with `target`, `commit`), `not_merged` (with `reason`; exit 1), `queued`
-        /// (`--no-wait`) or `waiting` (the wait ended first; the merge goes on).
+        /// `merged` (with `target`, `commit`), `not_merged` (with `reason`: it failed, or an
+        /// agent resolves a conflict with `resolving`; exit 1), `merge_waiting` (with `reason`:
+        /// held, e.g. by uncommitted changes, and tried again on its own; exit 1), `queued`
+        /// (`--no-wait`) or `waiting` (the daemon stopped first; the merge goes on; exit 1).
         #[arg(long)]
         json: bool,
     },

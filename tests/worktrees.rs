@@ -322,12 +322,11 @@ fn a_dirty_checkout_is_never_touched_and_manual_merge_waits_for_dirigent_merge()
         .unwrap_or_else(|e| panic!("expected one JSON object ({e}): {out:?}"));
     assert!(
         v["id"] == "m1"
-            && v["state"] == "not_merged"
-            && v["resolving"] == false
+            && v["state"] == "merge_waiting"
             && v["reason"]
                 .as_str()
                 .is_some_and(|r| r.contains("uncommitted changes")),
-        "expected not_merged and why, got {v}"
+        "expected merge_waiting (tried again on its own) and why, got {v}"
     );
     // The user commits their edit: the merge goes on by itself (rescan) and lands on top.
     git(ws.root(), &["commit", "--quiet", "-am", "my own edit"]);
@@ -2121,4 +2120,30 @@ fn merging_a_merged_or_unmerged_done_task_says_what_it_is() {
             "{mode}: expected {want:?}, got {said:?}"
         );
     }
+}
+
+/// `merge --json` of a task whose branch conflicts with the target: `not_merged`, with why,
+/// exit 1 — a failure, not a wait (`merge_waiting` is one that is tried again on its own).
+#[test]
+fn a_conflicting_merge_answers_not_merged_in_json() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: manual\nconcurrency: 2\n"
+    ));
+    let _d = ws.start();
+    ws.drop_task("c1.md", "replace a.txt slot1 slot1-by-c1\n");
+    ws.drop_task("c2.md", "replace a.txt slot1 slot1-by-c2\n");
+    ws.wait_state("c1", "merge_waiting");
+    ws.wait_state("c2", "merge_waiting");
+    assert!(ws.cli(&["merge", "c1"]).status.success(), "c1 merges first");
+    let out = ws.cli(&["merge", "c2", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("expected one JSON object ({e}): {out:?}"));
+    assert!(
+        v["id"] == "c2"
+            && v["state"] == "not_merged"
+            && v["resolving"] == false
+            && v["reason"].as_str().is_some_and(|r| r.contains("a.txt")),
+        "expected not_merged naming the conflicting file, got {v}"
+    );
 }

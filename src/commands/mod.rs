@@ -291,6 +291,9 @@ enum MergeEnd {
     },
     /// It cannot be merged (or is not yet, with `resolving` when an agent resolves a conflict).
     NotMerged { reason: String, resolving: bool },
+    /// Not now, and the task waits to be merged still (`reason`: what holds it — a checkout
+    /// with uncommitted changes, tried again on its own —).
+    Held { reason: String },
     /// The daemon stopped before the merge ended; it goes on when one starts.
     DaemonStopped,
 }
@@ -312,6 +315,9 @@ impl MergeEnd {
                 }
                 MergeEnd::NotMerged { reason, resolving } => {
                     json!({"id": id, "state": "not_merged", "reason": reason, "resolving": resolving})
+                }
+                MergeEnd::Held { reason } => {
+                    json!({"id": id, "state": "merge_waiting", "reason": reason})
                 }
                 MergeEnd::DaemonStopped => {
                     json!({"id": id, "state": "waiting", "reason": "the daemon stopped before it was merged; it goes on merging when a daemon starts again"})
@@ -336,6 +342,7 @@ impl MergeEnd {
             } if !json => println!("merged `{id}` into `{target}` at {}", short_commit(commit)),
             MergeEnd::Merged { .. } if !json => println!("`{id}` is merged"),
             MergeEnd::Merged { .. } => {}
+            MergeEnd::Held { reason } => eprintln!("error: `{id}` is not merged: {reason}"),
             MergeEnd::NotMerged { reason, resolving } => {
                 eprintln!("error: `{id}` is not merged: {reason}");
                 if *resolving {
@@ -451,9 +458,12 @@ fn follow_merge(
                 }
                 // Queued again behind another merge: still under way.
                 Event::MergeWaiting { reason, .. } if reason.starts_with("queued for merging") => {}
-                Event::MergeWaiting { reason, .. } | Event::Escalated { reason, .. } => {
-                    return Ok(not_merged(reason, false));
+                Event::MergeWaiting { reason, .. } => {
+                    return Ok(MergeEnd::Held {
+                        reason: reason.clone(),
+                    });
                 }
+                Event::Escalated { reason, .. } => return Ok(not_merged(reason, false)),
                 Event::MergeFailed {
                     reason, resolve, ..
                 } => return Ok(not_merged(reason, resolve.is_some())),
