@@ -34,6 +34,10 @@ pub enum GitError {
         "there is no branch `{branch}` to merge into (`merge_into`, or the branch checked out when the task started)"
     )]
     NoSuchBranch { branch: String },
+    #[error(
+        "the repository has no commit yet: a task's worktree starts from a commit; make one (`git add -A && git commit -m start`), or run the task in the workspace itself (`--workdir shared`)"
+    )]
+    NoCommits,
     #[error("git {found} is too old: worktrees and merges need git 2.38 or later")]
     TooOld { found: String },
     #[error("`git {args}` failed ({status}): {stderr}")]
@@ -207,6 +211,16 @@ pub fn exclude_context(dir: &Path) -> Result<Option<PathBuf>, GitError> {
 /// process, so acceptance can ask it for every task.
 pub fn in_repository(dir: &Path) -> bool {
     dir.ancestors().any(|d| d.join(".git").exists())
+}
+
+/// Whether the repository `dir` is in has no commit yet (`git init` and nothing committed):
+/// no worktree can be made from it. `false` when that cannot be told.
+pub fn has_no_commits(dir: &Path) -> bool {
+    matches!(
+        git(dir, ["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]),
+        Err(GitError::Failed { .. })
+    ) && git(dir, ["rev-parse", "--git-dir"]).is_ok()
+        && git(dir, ["rev-list", "-n", "1", "--all"]).is_ok_and(|out| out.trim().is_empty())
 }
 
 /// How a file of the checkout stands against its last commit — what a new worktree holds.

@@ -2147,3 +2147,28 @@ fn a_conflicting_merge_answers_not_merged_in_json() {
         "expected not_merged naming the conflicting file, got {v}"
     );
 }
+
+/// A repository with no commit yet (`git init`, nothing committed) cannot give a task a
+/// worktree: `submit` warns, and the task escalates saying so and what to do — not "no branch
+/// `main`" with `main` checked out.
+#[test]
+fn a_repository_without_a_commit_is_said_to_have_none() {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(dir.path().join("a.txt"), "slot1\n").unwrap();
+    let ws = Workspace::in_dir(dir, &format!("{AGENT}default_chain: [ed]\n"));
+    let said = "the repository has no commit yet: a task's worktree starts from a commit; make one (`git add -A && git commit -m start`), or run the task in the workspace itself (`--workdir shared`)";
+    let out = ws.cli(&["submit", "replace a.txt slot1 x", "--id", "n1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("warning: {said}")),
+        "expected submit to warn: {out:?}"
+    );
+    let _d = ws.start();
+    match ws.wait_settled("n1") {
+        Event::Escalated { reason, .. } => {
+            assert!(reason.contains(said), "expected why, got {reason}")
+        }
+        other => panic!("expected escalated, got {other:?}"),
+    }
+}

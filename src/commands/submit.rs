@@ -247,6 +247,12 @@ fn checked(ws: &Workspace, fields: TaskFields, config: &Config) -> Result<(Strin
             }
         );
     }
+    if in_worktree && fields.workflow.is_none() && dirigent::git::has_no_commits(ws.root()) {
+        eprintln!(
+            "warning: {}; the task escalates if it is still so when it starts",
+            dirigent::git::GitError::NoCommits
+        );
+    }
     if in_worktree && fields.base.is_none() && fields.merge_into.is_none() {
         let setup = &config.editing.setup;
         // Under a `worktree.copy`/`link` path, a new tree gets it from the checkout.

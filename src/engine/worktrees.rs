@@ -106,6 +106,10 @@ pub(super) fn prepare(plan: &TreePlan) -> Result<ReadyTree, TreeError> {
                 if t.starts_with("dirigent/run/") {
                     // A workflow run's branch is made by its first editing task, at the head.
                     repo.create_branch(t, &repo.head()?)?;
+                } else if crate::git::has_no_commits(&repo.top) {
+                    // `git init` and nothing committed: "no branch `main`" would read as wrong
+                    // with `main` checked out.
+                    return Err(GitError::NoCommits.into());
                 } else {
                     return Err(GitError::NoSuchBranch { branch: t.clone() }.into());
                 }
