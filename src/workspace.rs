@@ -210,6 +210,15 @@ impl Workspace {
         self.check_private_for(nix::unistd::geteuid().as_raw())
     }
 
+    /// What `.context/` is on disk (device, inode): the daemon compares it with what it found
+    /// at its start to notice one put in its place.
+    pub fn context_id(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&self.ctx)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+
     /// [`Workspace::check_private`] for the user `me`.
     fn check_private_for(&self, me: u32) -> Result<(), NotPrivate> {
         use std::os::unix::fs::MetadataExt;
@@ -241,6 +250,30 @@ impl Workspace {
                 });
             }
         }
+        // The directories above `.context/` too: whoever may rename entries in one of them can
+        // put a `.context/` of theirs in the daemon's way — a config whose commands then run
+        // as you. The workspace must be yours; above it, yours or root's, and none open to
+        // everyone's writes unless sticky (`/tmp`). (Root is trusted: it can do anything.)
+        for dir in self.root.ancestors() {
+            let Ok(meta) = std::fs::metadata(dir) else {
+                continue;
+            };
+            let owner = meta.uid();
+            if owner != me && owner != 0 {
+                return Err(NotPrivate::ForeignAbove {
+                    dir: dir.to_path_buf(),
+                    owner,
+                    me,
+                });
+            }
+            let mode = meta.mode();
+            if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                return Err(NotPrivate::OpenAbove {
+                    dir: dir.to_path_buf(),
+                    mode: mode & 0o7777,
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -248,6 +281,17 @@ impl Workspace {
 /// Why `.context/` is not safe to use: another user could tamper with it. Each says how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum NotPrivate {
+    #[error(
+        "`{}` belongs to uid {owner}, not to you (uid {me}): its owner could put a `.context/` of theirs in the daemon's place, and its commands would run as you; run dirigent in a directory of yours",
+        dir.display()
+    )]
+    ForeignAbove { dir: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "`{}` can be written by every user (mode {mode:04o}, not sticky): anyone could put a `.context/` of theirs in the daemon's place; fix it with `chmod o-w {}`, or run dirigent elsewhere",
+        dir.display(),
+        dir.display()
+    )]
+    OpenAbove { dir: PathBuf, mode: u32 },
     #[error("cannot inspect `{}`: {cause}", dir.display())]
     Unreadable { dir: PathBuf, cause: io::Error },
     #[error(
@@ -339,6 +383,38 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.path(), ws.done()).unwrap();
         let err = ws.check_private().unwrap_err().to_string();
         assert!(err.contains("done` is a symbolic link"), "{err}");
+    }
+
+    /// Whoever may rename entries in a directory above `.context/` could put theirs in its
+    /// place: one open to everyone's writes (not sticky), or another user's, is refused.
+    #[test]
+    fn a_workspace_others_can_rename_in_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        let ws = Workspace::new(open.join("project")).unwrap();
+        ws.ensure().unwrap();
+        assert!(ws.check_private().is_ok(), "a workspace of yours");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ws.check_private().unwrap_err().to_string();
+        assert!(
+            err.contains("open` can be written by every user (mode 0777, not sticky)"),
+            "{err}"
+        );
+        // Sticky (as `/tmp`): others cannot rename what is not theirs.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(
+            ws.check_private().is_ok(),
+            "a sticky directory above is fine"
+        );
+        if nix::unistd::geteuid().is_root() {
+            // Another user's workspace, with a `.context/` of root's in it.
+            nix::unistd::chown(ws.root(), Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let err = ws.check_private().unwrap_err().to_string();
+            assert!(
+                err.contains("project` belongs to uid 65534, not to you (uid 0)"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1555,3 +1555,79 @@ fn a_removed_or_replaced_control_socket_is_bound_again() {
             .then_some(())
     });
 }
+
+/// An agent that moves a copy over the ledger (or removes it) while the daemon runs: the
+/// daemon puts its own file back, so the records after it — this task's end, the next task's —
+/// are not written into a file no one reads and lost at the next start.
+#[test]
+fn a_ledger_swapped_by_an_agent_loses_no_record() {
+    let ws = Workspace::new(
+        "agents:\n  swap: { command: [\"sh\", \"-c\", \"cd \\\"$DIRIGENT_CONTEXT_DIR\\\" && cp ledger.jsonl .l.tmp && mv .l.tmp ledger.jsonl && echo swapped\"] }\n  good: { command: [\"{agents}/ok.sh\"], prompt: stdin }\ndefault_chain: [good]\n",
+    );
+    let mut d = ws.start();
+    ws.drop_task("swap1.json", r#"{"prompt": "p", "agent": "swap"}"#);
+    assert!(matches!(ws.wait_settled("swap1"), Event::Done { .. }));
+    ws.drop_task("after.json", r#"{"prompt": "p"}"#);
+    assert!(matches!(ws.wait_settled("after"), Event::Done { .. }));
+    ws.wait_until("the swap to be reported", || {
+        log(&ws)
+            .contains("was replaced while the daemon ran (an agent?): its own file, with every record, is back in place")
+            .then_some(())
+    });
+    d.stop();
+    // A restart knows both, and runs neither again.
+    let _d = ws.start();
+    for id in ["swap1", "after"] {
+        ws.wait_state(id, "done");
+    }
+    let starts = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "swap1"))
+        .count();
+    assert_eq!(starts, 1, "the swapping task ran once");
+}
+
+/// A `.context/` moved away and another put in its place while the daemon runs (someone who
+/// may write to the workspace): the daemon reads no config and takes no task from it — it
+/// stops, and says where its state went.
+#[test]
+fn a_context_put_in_the_daemons_place_stops_it() {
+    let ws = Workspace::new(CONFIG);
+    let mut d = ws.start();
+    let pid = d.pid();
+    // Running, its signal handlers in place.
+    ws.drop_task("t.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("t");
+    let ctx = ws.root().join(".context");
+    std::fs::rename(&ctx, ws.root().join(".ctx-stolen")).unwrap();
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("dirigent.yaml"),
+        "agents:\n  evil: { command: [\"sh\", \"-c\", \"touch pwned\"] }\ndefault_chain: [evil]\n",
+    )
+    .unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(d.wait());
+    });
+    let status = rx
+        .recv_timeout(common::PATIENCE)
+        .expect("the daemon to stop by itself");
+    assert!(
+        !status.success(),
+        "expected the daemon to stop with an error: {status:?}"
+    );
+    let log = std::fs::read_to_string(ws.root().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("was replaced while the daemon ran (moved away, and another put in its place): the daemon stops"),
+        "expected why in the log:\n{log}"
+    );
+    assert!(
+        !log.contains("configuration reloaded"),
+        "the planted config must not be loaded:\n{log}"
+    );
+    assert!(!ws.root().join("pwned").exists(), "no planted command ran");
+    assert!(process_gone(pid), "the daemon is gone");
+}

@@ -22,6 +22,9 @@ pub enum DaemonError {
     Http { addr: String, cause: std::io::Error },
     #[error("cannot watch the inbox `{path}`: {cause}")]
     Watch { path: String, cause: notify::Error },
+    /// `.context/` was replaced, or opened to others, while the daemon ran.
+    #[error("{0}")]
+    ContextReplaced(String),
     /// A fleet credential that no retry can bring (a variable the environment lacks).
     #[error("{0}")]
     Fleet(String),
@@ -239,6 +242,8 @@ pub async fn run_with_options(
         rescan_due: Instant::now(),
         // The first look soon after the start: a daemon restarted daily still prunes.
         prune_due: Instant::now(),
+        context_id: ws.context_id(),
+        stop_self: None,
         pruning: false,
     };
     // The daemon before was alive at least until its last record: an attempt it left open ran
@@ -365,6 +370,9 @@ pub async fn run_with_options(
             Some(()) = reload.recv() => engine.reload("SIGHUP", true).await,
             () = sleep_until(wake) => engine.on_timer().await,
         }
+        if engine.stop_self.is_some() {
+            break;
+        }
         engine.take_fleet_messages().await;
         engine.advance_runs().await;
         engine.dispatch();
@@ -401,7 +409,12 @@ pub async fn run_with_options(
     if escaped > 0 {
         tracing::warn!("killed {escaped} process(es) that escaped their attempt or command");
     }
-    let Engine { ledger, fleet, .. } = engine;
+    let Engine {
+        ledger,
+        fleet,
+        stop_self: stopped_because,
+        ..
+    } = engine;
     // The fleet component hands back what it still holds once the engine lets go of it.
     drop(fleet);
     if let Some(running) = fleet_running {
@@ -409,7 +422,10 @@ pub async fn run_with_options(
     }
     drop(ledger);
     writer.join();
-    Ok(())
+    match stopped_because {
+        Some(why) => Err(DaemonError::ContextReplaced(why)),
+        None => Ok(()),
+    }
 }
 
 /// The agents this node offers the fleet: those configured whose program is installed.

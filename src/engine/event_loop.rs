@@ -17,6 +17,10 @@ impl Engine {
     /// Reloads `.context/dirigent.yaml`. Running attempts keep the agents they started with;
     /// queued tasks keep their chains (an agent that disappeared fails their next attempt).
     pub(super) async fn reload(&mut self, trigger: &str, always: bool) {
+        // A config read from a `.context/` someone else put in place would run their commands.
+        if !self.context_intact() {
+            return;
+        }
         let path = self.ws.config();
         let read = crate::config::read_text(&path);
         let text = read.as_ref().ok().cloned().flatten();
@@ -103,6 +107,29 @@ impl Engine {
         self.record_now(event).await;
     }
 
+    /// Whether `.context/` is still the directory the daemon started with, and still private.
+    /// Not (another user who may write to the workspace moved it away and made their own, or
+    /// opened it): the daemon stops — it must not read a config, or take tasks, from there —
+    /// and says where its state went.
+    pub(super) fn context_intact(&mut self) -> bool {
+        if self.stop_self.is_some() {
+            return false;
+        }
+        let why = if self.ws.context_id() != self.context_id {
+            format!(
+                "`{}` was replaced while the daemon ran (moved away, and another put in its place): the daemon stops rather than read a config or take tasks from it. Its own state — the ledger, the tasks — is in the directory it was moved to; put that back before starting again",
+                self.ws.context().display()
+            )
+        } else if let Err(e) = self.ws.check_private() {
+            format!("{e}; the daemon stops until it is fixed")
+        } else {
+            return true;
+        };
+        tracing::error!("{why}");
+        self.stop_self = Some(why);
+        false
+    }
+
     pub(super) fn notify(&self, msg: &str) {
         if let Some(n) = &self.notifier {
             n.send(msg);
@@ -170,6 +197,9 @@ impl Engine {
         }
         if self.rescan_due <= now {
             self.rescan_due = later(now, self.config.inbox_rescan);
+            if !self.context_intact() {
+                return;
+            }
             self.retry_waiting_merges();
             self.pump_merges();
             self.expire_kept_trees();

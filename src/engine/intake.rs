@@ -68,7 +68,8 @@ impl Engine {
     /// Scans the inbox and takes in every candidate: each is claimed (renamed into
     /// `running/`) before it is read, then accepted or rejected.
     pub(super) async fn ingest(&mut self) {
-        if !self.accepting {
+        // Tasks from a `.context/` someone else put in place are not taken.
+        if !self.accepting || !self.context_intact() {
             return;
         }
         let dir = self.ws.inbox();

@@ -370,6 +370,11 @@ struct Engine {
     settled_since_trim: u64,
     stagger_due: Option<Instant>,
     rescan_due: Instant,
+    /// What `.context/` was at the start (see `Workspace::context_id`).
+    context_id: Option<(u64, u64)>,
+    /// Why the daemon stops of its own accord (its `.context/` was replaced): set, the loop
+    /// ends and the daemon stops as at a signal, then fails with this.
+    stop_self: Option<String>,
     /// The next look for old run directories to give up.
     prune_due: Instant,
     /// A pass over the run directories is under way.

@@ -434,7 +434,8 @@ impl Writer {
         let mut wait = PAUSE_FIRST;
         loop {
             let result = self
-                .start_on_a_line()
+                .still_in_place()
+                .and_then(|()| self.start_on_a_line())
                 .and_then(|()| self.file.write_all(buf))
                 .and_then(|()| {
                     for a in batch.iter_mut() {
@@ -477,6 +478,53 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Makes sure the file at the ledger's path is the one this writer holds. The file is in the
+    /// workspace, where an agent can move another over it (`mv`) or remove it: every later
+    /// record would go to a file no one reads, and be lost at the next start. Then the writer's
+    /// own file — every record of this segment — is put back in place (copied to a new file,
+    /// renamed over the path), and what was there is kept aside, not believed. One `lstat` a
+    /// batch.
+    fn still_in_place(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let held = self.file.metadata()?;
+        let placed = std::fs::symlink_metadata(&self.path);
+        if placed
+            .as_ref()
+            .is_ok_and(|m| m.dev() == held.dev() && m.ino() == held.ino())
+        {
+            return Ok(());
+        }
+        let aside = match &placed {
+            Ok(_) => {
+                let aside = self
+                    .path
+                    .with_extension(format!("jsonl.replaced-{}", now_ms()));
+                std::fs::rename(&self.path, &aside)?;
+                Some(aside)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
+        self.file = restore(&self.file, &self.path, self.good_len)?;
+        tracing::error!(
+            "`{}` was {} while the daemon ran (an agent?): its own file, with every record, is back in place{}",
+            self.path.display(),
+            if aside.is_some() {
+                "replaced"
+            } else {
+                "removed"
+            },
+            match &aside {
+                Some(a) => format!(
+                    "; what was there is kept as `{}` and not believed",
+                    a.display()
+                ),
+                None => String::new(),
+            }
+        );
+        Ok(())
     }
 
     /// Makes the next record start a line of its own. The file is in the workspace, where an
@@ -524,6 +572,38 @@ impl Writer {
             }
         }
     }
+}
+
+/// Copies the first `len` bytes of `held` (the writer's file, no longer at `path`) to a new file
+/// at `path` — made under a temporary name, fsynced, renamed into place, the directory fsynced —
+/// and opens it for appending.
+fn restore(held: &File, path: &Path, len: u64) -> std::io::Result<File> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = path.with_extension("jsonl.restoring");
+    let _ = std::fs::remove_file(&temp);
+    let mut copy = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&temp)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = held.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        copy.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    copy.sync_all()?;
+    drop(copy);
+    std::fs::rename(&temp, path)?;
+    File::open(dir)?.sync_all()?;
+    open_nofollow(path, true)
 }
 
 /// Closes the current file as the segment ending at `last_seq` and opens a fresh one. Only
@@ -629,6 +709,50 @@ mod tests {
             seqs,
             [1, 2],
             "expected both records replayed around the foreign bytes"
+        );
+    }
+
+    /// A file moved over the ledger, or the ledger removed, while the writer runs: its own
+    /// file is put back with every record, and the records after it land there too.
+    #[tokio::test]
+    async fn a_ledger_replaced_or_removed_under_the_writer_is_put_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let (ledger, writer) = Ledger::open(&path, 0).unwrap();
+        ledger
+            .append(Event::DaemonStopped { pid: 1 })
+            .await
+            .unwrap();
+        // Replaced by a copy of itself (`cp` then `mv`), then removed.
+        let copy = dir.path().join(".copy");
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::rename(&copy, &path).unwrap();
+        ledger
+            .append(Event::DaemonStopped { pid: 2 })
+            .await
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        ledger
+            .append(Event::DaemonStopped { pid: 3 })
+            .await
+            .unwrap();
+        drop(ledger);
+        writer.join();
+        let seqs: Vec<u64> = read(&path).unwrap().records.iter().map(|r| r.seq).collect();
+        assert_eq!(
+            seqs,
+            [1, 2, 3],
+            "expected every record in the file in place"
+        );
+        let aside: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ledger.jsonl.replaced-"))
+            .collect();
+        assert_eq!(
+            aside.len(),
+            1,
+            "expected the file moved in kept aside: {aside:?}"
         );
     }
 
