@@ -110,6 +110,13 @@ pub fn in_short(attempts: &[AttemptSummary], config: &Config) -> Option<String> 
             and_list(&limited)
         ));
     }
+    let failed_check = of(Class::Verify);
+    if !failed_check.is_empty() {
+        parts.push(format!(
+            "the work of {} did not pass the task's check (`verify`): its output is in the report, under each attempt",
+            and_list(&failed_check)
+        ));
+    }
     let slow = of(Class::Timeout);
     if !slow.is_empty() {
         parts.push(format!(
@@ -244,6 +251,12 @@ mod tests {
                 &[("local", Idle)],
                 Some(
                     "local made no progress for its `idle_timeout` (no output, or only error events) and was stopped as hung: if it works silently, raise `idle_timeout` (the agent's, or the task's)",
+                ),
+            ),
+            (
+                &[("local", Verify)],
+                Some(
+                    "the work of local did not pass the task's check (`verify`): its output is in the report, under each attempt",
                 ),
             ),
             // Timed out, then tried again and failed otherwise: judged by its last attempt.

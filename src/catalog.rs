@@ -35,8 +35,10 @@ pub fn agents(
             {
                 attempts += 1;
                 ok += u64::from(a.class == Some(Class::Ok));
-                if a.class.is_some_and(|c| c != Class::Ok)
-                    && last_failure.is_none_or(|(_, l)| l.started_ms <= a.started_ms)
+                // A cancel or a stop of the daemon is no failure of the agent's.
+                if a.class.is_some_and(|c| {
+                    !matches!(c, Class::Ok | Class::Cancelled | Class::Interrupted)
+                }) && last_failure.is_none_or(|(_, l)| l.started_ms <= a.started_ms)
                 {
                     last_failure = Some((t.id(), a));
                 }

@@ -96,7 +96,11 @@ pub fn check_agent(
         .flat_map(|t| t.attempts().iter().map(move |a| (t, a)))
         .filter(|(_, a)| {
             crate::config::split_entry(&a.agent).0 == agent.name
-                && a.class.is_some_and(|c| c != crate::judge::Class::Ok)
+                // A cancel or a stop of the daemon is no failure of the agent's.
+                && a.class.is_some_and(|c| {
+                    use crate::judge::Class;
+                    !matches!(c, Class::Ok | Class::Cancelled | Class::Interrupted)
+                })
         })
         .max_by_key(|(_, a)| a.started_ms)
         .map(|(t, a)| {

@@ -207,7 +207,14 @@ impl Workspace {
     /// be a real directory (not a symlink), owned by the effective user, not writable by group or
     /// others. Returns the first problem as a message that says how to fix it.
     pub fn check_private(&self) -> Result<(), NotPrivate> {
-        self.check_private_for(nix::unistd::geteuid().as_raw())
+        self.check_private_for(nix::unistd::geteuid().as_raw(), SUBDIRS)
+    }
+
+    /// [`Workspace::check_private`] of `.context/` itself and the directories above it, not of
+    /// its subdirectories: what the daemon looks at while it runs (a link an agent put in a
+    /// subdirectory's place is moved aside where it is met, not a reason to stop).
+    pub fn check_private_above(&self) -> Result<(), NotPrivate> {
+        self.check_private_for(nix::unistd::geteuid().as_raw(), &[])
     }
 
     /// What `.context/` is on disk (device, inode): the daemon compares it with what it found
@@ -219,11 +226,12 @@ impl Workspace {
             .map(|m| (m.dev(), m.ino()))
     }
 
-    /// [`Workspace::check_private`] for the user `me`.
-    fn check_private_for(&self, me: u32) -> Result<(), NotPrivate> {
+    /// [`Workspace::check_private`] for the user `me`, of `.context/`, the directories above it
+    /// and its `subdirs`.
+    fn check_private_for(&self, me: u32, subdirs: &[&str]) -> Result<(), NotPrivate> {
         use std::os::unix::fs::MetadataExt;
         let dirs =
-            std::iter::once(self.ctx.clone()).chain(SUBDIRS.iter().map(|s| self.ctx.join(s)));
+            std::iter::once(self.ctx.clone()).chain(subdirs.iter().map(|s| self.ctx.join(s)));
         for dir in dirs {
             let meta = match std::fs::symlink_metadata(&dir) {
                 Ok(m) => m,
@@ -425,7 +433,10 @@ mod tests {
         let me = nix::unistd::geteuid().as_raw();
         // The same files, seen by another user: none of them is theirs.
         let other = me.wrapping_add(1);
-        let err = ws.check_private_for(other).unwrap_err().to_string();
+        let err = ws
+            .check_private_for(other, SUBDIRS)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(&format!("is owned by uid {me}, not by you (uid {other})")),
             "{err}"

@@ -1339,8 +1339,7 @@ fn a_bounded_wait_ends_when_its_time_is_up() {
     let out = ws.cli(&["submit", "p", "--id", "b1", "--wait-for", "300ms", "--json"]);
     assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("dirigent: stopped waiting after ")
-            && stderr(&out).contains("(`--wait-for`); `b1` goes on"),
+        stderr(&out).contains("dirigent: stopped waiting after 300ms (`--wait-for`); `b1` goes on"),
         "expected the wait's end said, got {}",
         stderr(&out)
     );

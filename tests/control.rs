@@ -116,6 +116,17 @@ fn cancel_stops_a_running_agent_with_its_grandchild_and_a_queued_task() {
         stderr(&ws.cli(&["cancel", "nope"])),
         "error: no task `nope`; `dirigent status` lists the tasks\n"
     );
+    // A cancel is the user's doing, not a failure of the agent's.
+    let v: serde_json::Value =
+        serde_json::from_slice(&ws.cli(&["agents", "--json"]).stdout).expect("agents --json");
+    let hang = v["agents"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == "hang"))
+        .unwrap_or_else(|| panic!("expected `hang` listed: {v}"));
+    assert!(
+        hang["last_failure"].is_null(),
+        "expected no last failure for a cancelled attempt: {hang}"
+    );
 }
 
 #[test]

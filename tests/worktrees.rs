@@ -2146,6 +2146,39 @@ fn a_conflicting_merge_answers_not_merged_in_json() {
             && v["reason"].as_str().is_some_and(|r| r.contains("a.txt")),
         "expected not_merged naming the conflicting file, got {v}"
     );
+    // Failed, it is said what can be done instead.
+    ws.wait_state("c2", "failed");
+    let out = ws.cli(&["merge", "c2"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.starts_with("error: task `c2` failed (")
+            && said.ends_with("and has nothing to merge; `dirigent retry c2` runs it again, `dirigent discard c2` throws its branch away\n"),
+        "expected retry and discard named, got {said:?}"
+    );
+    // A task after it waits for a person: said where the user looks.
+    ws.drop_task("w1.md", "append a.txt w1\n");
+    ws.wait_state("w1", "merge_waiting");
+    let out = ws.cli(&[
+        "submit",
+        "append a.txt w2",
+        "--id",
+        "w2",
+        "--after",
+        "w1",
+        "--wait-for",
+        "100ms",
+    ]);
+    let hint = "`w1` (verified, waiting to be merged: `dirigent merge w1`)";
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("starts once {hint} is done")),
+        "expected submit to say what it waits for: {out:?}"
+    );
+    ws.wait_state("w2", "pending");
+    let table = String::from_utf8_lossy(&ws.cli(&["status"]).stdout).into_owned();
+    assert!(
+        table.contains(&format!("↳ starts once {hint} is done")),
+        "expected status to say it:\n{table}"
+    );
 }
 
 /// A repository with no commit yet (`git init`, nothing committed) cannot give a task a
@@ -2171,4 +2204,37 @@ fn a_repository_without_a_commit_is_said_to_have_none() {
         }
         other => panic!("expected escalated, got {other:?}"),
     }
+}
+
+/// A task whose work fails its check, with no agent left: the reason says the check failed
+/// (not only that every agent did), and `status` keeps each attempt on one line however much
+/// the check printed.
+#[test]
+fn work_that_fails_its_check_is_said_to_and_status_keeps_one_line_per_attempt() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: none\nverify_rounds: 0\nverify: [sh, -c, \"echo check says no; echo second line; exit 4\"]\n"
+    ));
+    let _d = ws.start();
+    ws.drop_task("v1.md", "append a.txt v1\n");
+    let Event::Escalated { reason, .. } = ws.wait_settled("v1") else {
+        panic!("expected v1 escalated");
+    };
+    assert!(
+        reason.contains("the work of ed did not pass the task's check (`verify`)"),
+        "expected the check named, got {reason}"
+    );
+    ws.wait_state("v1", "failed");
+    let detail = String::from_utf8_lossy(&ws.cli(&["status", "v1"]).stdout).into_owned();
+    let attempt = detail
+        .lines()
+        .find(|l| l.starts_with("attempt 1: ed"))
+        .unwrap_or_else(|| panic!("expected attempt 1 listed:\n{detail}"));
+    assert!(
+        attempt.contains(" verify ") && attempt.ends_with(" …"),
+        "expected its first line and a mark that there is more: {attempt}"
+    );
+    assert!(
+        !detail.lines().any(|l| l.starts_with("second line")),
+        "no line of the check's output starts a line of the table:\n{detail}"
+    );
 }

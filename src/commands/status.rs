@@ -293,9 +293,19 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                     short(Duration::from_millis(a.elapsed_ms(ledger::now_ms()))),
                 ),
             };
+            // One line each: a reason's further lines (a check's output) are in the report.
+            let reason = match a.reason.split_once('\n') {
+                Some((first, _)) => format!("{first} …"),
+                None => a.reason.clone(),
+            };
             println!(
                 "attempt {}: {:<10} {:<12} {:<10} {:>8}  {}",
-                a.n, a.agent, class, status, took, a.reason
+                a.n,
+                a.agent,
+                class,
+                status,
+                took,
+                dirigent::terminal::printable(&reason)
             );
         }
         print_run(ws, &book, t);
@@ -451,7 +461,13 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 .after
                 .iter()
                 .filter(|d| book.outcome(d) != Some(dirigent::state::Outcome::Done))
-                .map(|d| format!("`{d}`"))
+                .map(|d| match book.get(d).map(|t| t.phase()) {
+                    // Nothing moves it but a person: said, or the wait looks like a hang.
+                    Some(Phase::MergeWaiting { .. }) => {
+                        format!("`{d}` (verified, waiting to be merged: `dirigent merge {d}`)")
+                    }
+                    _ => format!("`{d}`"),
+                })
                 .collect();
             if !waits.is_empty() {
                 println!(

@@ -129,7 +129,17 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     }
     // A wait for other tasks first is said, not left to look like a hang.
     if !after.is_empty() {
-        let names: Vec<String> = after.iter().map(|a| format!("`{a}`")).collect();
+        let book = load_book(ws).unwrap_or_default();
+        let names: Vec<String> = after
+            .iter()
+            .map(|a| match book.get(a).map(|t| t.phase()) {
+                // Nothing moves it but a person: said, or the wait looks like a hang.
+                Some(Phase::MergeWaiting { .. }) => {
+                    format!("`{a}` (verified, waiting to be merged: `dirigent merge {a}`)")
+                }
+                _ => format!("`{a}`"),
+            })
+            .collect();
         eprintln!(
             "dirigent: `{id}` starts once {} {} done",
             names.join(" and "),
@@ -144,6 +154,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         nothing_new: false,
         said_merge_wait: false,
         give_up_at: args.wait_for.map(|d| Instant::now() + d),
+        bound: args.wait_for,
         run: is_run,
     };
     wait_for(ws, &id, &name, follower, &mut end)
@@ -312,6 +323,8 @@ struct Ending {
     said_merge_wait: bool,
     /// `--wait-for`: when the wait ends whatever the task does.
     give_up_at: Option<Instant>,
+    /// `--wait-for`, as asked.
+    bound: Option<Duration>,
     /// A workflow run: its tasks, not the run itself, have attempts to follow.
     run: bool,
 }
@@ -492,6 +505,13 @@ fn wait_for(
             live.clear();
             if own {
                 standing.follow(&r.event);
+                // Before the line that tells of it: an interrupt after that line leaves this.
+                let now_parting = standing.parting(id, end, daemon.is_some());
+                if parting.as_ref() != Some(&now_parting) {
+                    let _ =
+                        dirigent::signals::part_with(now_parting.0.clone(), now_parting.1.clone());
+                    parting = Some(now_parting);
+                }
                 if matches!(r.event, Event::Requeued { .. }) {
                     stop_told = true;
                 }
@@ -613,9 +633,11 @@ fn wait_for(
             let left = at.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 live.clear();
+                // The bound asked for, not the clock's reading of it (`999ms` for `1s`).
+                let waited = end.bound.unwrap_or_else(|| started.elapsed());
                 eprintln!(
                     "dirigent: stopped waiting after {} (`--wait-for`); `{id}` goes on (`dirigent status {id}` shows it, `dirigent cancel {id}` stops it)",
-                    short(started.elapsed())
+                    short(waited)
                 );
                 let mut more = standing.what();
                 more["file"] = json!(end.file_now(standing.state.unwrap_or("inbox")));

@@ -120,7 +120,7 @@ impl Engine {
                 "`{}` was replaced while the daemon ran (moved away, and another put in its place): the daemon stops rather than read a config or take tasks from it. Its own state — the ledger, the tasks — is in the directory it was moved to; put that back before starting again",
                 self.ws.context().display()
             )
-        } else if let Err(e) = self.ws.check_private() {
+        } else if let Err(e) = self.ws.check_private_above() {
             format!("{e}; the daemon stops until it is fixed")
         } else {
             return true;

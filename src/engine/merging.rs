@@ -399,6 +399,14 @@ impl Engine {
                 };
                 Response::fail(Failure::Conflict, said)
             }
+            // Failed (a conflict, a check): what can be done is retry it, or throw it away.
+            Phase::Failed { reason, .. } if t.more().worktree.is_some() => Response::fail(
+                Failure::Conflict,
+                format!(
+                    "task `{id}` failed ({}) and has nothing to merge; `dirigent retry {id}` runs it again, `dirigent discard {id}` throws its branch away",
+                    reason.lines().next().unwrap_or("")
+                ),
+            ),
             other => Response::fail(
                 Failure::Conflict,
                 format!(
