@@ -21,6 +21,22 @@ use crate::task::{self, MAX_TASK_BYTES, TaskFields};
 /// The prefix of a file claimed but not yet accepted or rejected, in `running/`.
 pub const CLAIM_PREFIX: &str = ".claim.";
 
+/// Whether `name` (in `running/`) is the file of task `id` — named for it, or claimed
+/// (`.claim.<hex>.<id>.json`) and not yet named for it: what a reader looking for a task
+/// between the inbox and the ledger must count as taken in.
+pub fn names_task(name: &str, id: &str) -> bool {
+    let unclaimed = name
+        .strip_prefix(CLAIM_PREFIX)
+        .and_then(|rest| rest.split_once('.'))
+        .map_or(name, |(_, file)| file);
+    ["json", "md"].iter().any(|ext| {
+        unclaimed
+            .strip_suffix(ext)
+            .and_then(|s| s.strip_suffix('.'))
+            == Some(id)
+    })
+}
+
 /// The longest file name most file systems take.
 const NAME_MAX: usize = 255;
 
@@ -201,6 +217,22 @@ mod tests {
         // A second claim of a name that is gone finds nothing.
         std::fs::remove_file(ws.inbox().join("a.json")).unwrap();
         assert_eq!(claim(&inbox, &running, "a.json").unwrap(), None);
+    }
+
+    #[test]
+    fn a_claimed_file_still_names_its_task() {
+        let cases = [
+            ("q3.json", "q3", true),
+            ("q3.md", "q3", true),
+            (".claim.0123456789abcdef.q3.json", "q3", true),
+            (".claim.0123456789abcdef.q3.json", "q", false),
+            ("q3.json.tmp", "q3", false),
+            (".claim.0123456789abcdef.other.json", "q3", false),
+            ("a.b.json", "a.b", true),
+        ];
+        for (name, id, want) in cases {
+            assert_eq!(names_task(name, id), want, "`{name}` of `{id}`");
+        }
     }
 
     #[test]

@@ -262,7 +262,9 @@ impl Workspace {
         // put a `.context/` of theirs in the daemon's way — a config whose commands then run
         // as you. The workspace must be yours; above it, yours or root's, and none open to
         // everyone's writes unless sticky (`/tmp`). (Root is trusted: it can do anything.)
-        for dir in self.root.ancestors() {
+        // As they are on disk: `a/../b` is not below `a`, and a link's target is what counts.
+        let root = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        for dir in root.ancestors() {
             let Ok(meta) = std::fs::metadata(dir) else {
                 continue;
             };

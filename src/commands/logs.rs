@@ -125,7 +125,9 @@ pub fn logs(
                 .any(|e| e.file_name().to_string_lossy().ends_with(".stdout"))
         })
     };
-    if a.class.is_some() && pos == 0 && path.open().is_err() && no_captures() {
+    // (It printed something, so there was a capture: not an attempt that never ran.)
+    let printed = a.stdout_bytes + a.stderr_bytes > 0;
+    if a.class.is_some() && printed && pos == 0 && path.open().is_err() && no_captures() {
         eprintln!(
             "dirigent: the output of attempt {} of `{id}` ({}) is no longer kept: the run directories of tasks finished longer ago than `keep_runs` are removed",
             a.n, a.agent

@@ -101,9 +101,12 @@ fn exclude_from_git(ws: &Workspace) -> Result<Option<PathBuf>> {
 /// to be written — a moment between the inbox and the ledger that a reader must not call
 /// "no such task".
 fn claimed(ws: &Workspace, id: &str) -> bool {
-    ["json", "md"]
-        .iter()
-        .any(|ext| ws.running().join(format!("{id}.{ext}")).exists())
+    // Also claimed and not yet named for it (`.claim.<hex>.<name>`), for as long as the
+    // daemon is paused with claims left.
+    std::fs::read_dir(ws.running()).is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| dirigent::claim::names_task(&e.file_name().to_string_lossy(), id))
+    })
 }
 
 /// This workspace's ledger key, if the daemon has made one: records are checked with it.

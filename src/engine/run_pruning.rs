@@ -118,12 +118,15 @@ impl Engine {
         };
         let mut moved = 0;
         for (id, dir_ms) in old {
+            if moved >= PRUNE_BATCH {
+                break;
+            }
             if !may_prune(self.finished(&id), dir_ms, now, keep) {
                 continue;
             }
-            // Under its own name: the patches kept go back by it. Taken (what a crash left),
-            // it goes in a later pass, once the trash is empty.
-            match runs.rename_noreplace(&id, &trash, &id) {
+            // `<id>~<ms>`: the patches kept go back by the id (ids have no `~`), and an entry
+            // a pass could not empty never blocks the next one's.
+            match runs.rename_noreplace(&id, &trash, &format!("{id}~{now}")) {
                 Ok(()) => moved += 1,
                 Err(e) => tracing::debug!(task = %id, "cannot move its run directory out: {e}"),
             }
@@ -134,10 +137,13 @@ impl Engine {
     /// Whether task `id` has finished, as far as its run directory is concerned: a workflow
     /// run's task counts as finished only once its run has.
     fn finished(&self, id: &str) -> Finished {
-        if let Some((run, _)) = id.split_once('.')
-            && self.book.contains(run)
-            && self.finished_itself(run) == Finished::No
-        {
+        // Any task whose id this one's extends (`run` of `run.phase.1`, also for run ids with
+        // a `.` of their own) that has not finished keeps it.
+        let owner_unfinished = id.match_indices('.').any(|(at, _)| {
+            let run = &id[..at];
+            self.book.contains(run) && self.finished_itself(run) == Finished::No
+        });
+        if owner_unfinished {
             return Finished::No;
         }
         self.finished_itself(id)
@@ -172,8 +178,9 @@ impl Engine {
     }
 }
 
-/// The run directories (not the trash) that last changed before `cutoff_ms`, at most
-/// [`PRUNE_BATCH`], oldest first.
+/// The run directories (not the trash) that last changed before `cutoff_ms`, oldest first —
+/// all of them: the loop keeps those of finished tasks and gives up at most [`PRUNE_BATCH`], so
+/// directories never to be pruned (a task waiting for weeks to be merged) do not hold a place.
 fn old_run_dirs(ws: &Workspace, cutoff_ms: u64) -> Vec<(String, u64)> {
     let Ok(runs) = ws.open_sub("runs") else {
         return Vec::new();
@@ -195,7 +202,6 @@ fn old_run_dirs(ws: &Workspace, cutoff_ms: u64) -> Vec<(String, u64)> {
         })
         .collect();
     old.sort_by_key(|(_, ms)| *ms);
-    old.truncate(PRUNE_BATCH);
     old
 }
 
@@ -218,14 +224,14 @@ fn empty_trash(ws: &Workspace) -> Emptied {
             let _ = trash.remove(&name);
             continue;
         };
-        let id = name.clone();
+        let id = name.split_once('~').map_or(name.as_str(), |(id, _)| id);
         for file in dir.names().unwrap_or_default() {
             let Ok(file) = file.into_string() else {
                 continue;
             };
             match dir.kind(&file) {
                 Some(Kind::File) if file.ends_with(".patch") => {
-                    let back = runs.child(&id, Some(0o700));
+                    let back = runs.child(id, Some(0o700));
                     if back.and_then(|b| dir.move_into(&file, &b, &file)).is_ok() {
                         emptied.patches_kept += 1;
                     }

@@ -204,6 +204,7 @@ impl Ledger {
         let newest = Newest::default();
         newest.set(last_seq);
         let writer = Writer {
+            dir_id: dir_id(path),
             newest: newest.clone(),
             good_len: file.metadata().map(|m| m.len()).unwrap_or(0),
             file,
@@ -326,6 +327,9 @@ impl Ledger {
 struct Writer {
     file: File,
     path: PathBuf,
+    /// The directory the ledger was opened in (device, inode): moved away with the ledger in
+    /// it, the writer follows its file there instead of restoring it at the path.
+    dir_id: Option<(u64, u64)>,
     /// The last sequence number written.
     seq: u64,
     /// Receivers: the doors' event streams (through [`Ledger::newest`]).
@@ -496,18 +500,12 @@ impl Writer {
         {
             return Ok(());
         }
-        let aside = match &placed {
-            Ok(_) => {
-                let aside = self
-                    .path
-                    .with_extension(format!("jsonl.replaced-{}", now_ms()));
-                std::fs::rename(&self.path, &aside)?;
-                Some(aside)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(std::io::Error::new(e.kind(), e.to_string())),
-        };
-        self.file = restore(&self.file, &self.path, self.good_len)?;
+        // The whole directory moved (`.context/` replaced): the file went with it and holds
+        // every record; the daemon notices and stops. Nothing is put where it was.
+        if dir_id(&self.path) != self.dir_id {
+            return Ok(());
+        }
+        let aside = put_back(&mut self.file, &self.path, self.good_len)?;
         tracing::error!(
             "`{}` was {} while the daemon ran (an agent?): its own file, with every record, is back in place{}",
             self.path.display(),
@@ -559,12 +557,19 @@ impl Writer {
         if r.current_events < r.segment_events {
             return;
         }
+        // What is renamed into the segment must be this file, not one moved over it since.
+        if let Err(e) = self.still_in_place() {
+            tracing::error!("cannot rotate the ledger `{}`: {e}", self.path.display());
+            return;
+        }
         match rotate(&self.path, self.seq) {
             Ok(new) => {
                 self.file = new;
                 self.good_len = 0;
-                r.current_events = 0;
-                (r.on_rotate)();
+                if let Some(r) = self.rotation.as_mut() {
+                    r.current_events = 0;
+                    (r.on_rotate)();
+                }
             }
             Err(e) => {
                 // Keep writing to the same file; try again after the next batch.
@@ -574,47 +579,90 @@ impl Writer {
     }
 }
 
-/// Copies the first `len` bytes of `held` (the writer's file, no longer at `path`) to a new file
-/// at `path` — made under a temporary name, fsynced, renamed into place, the directory fsynced —
-/// and opens it for appending.
-fn restore(held: &File, path: &Path, len: u64) -> std::io::Result<File> {
+/// The directory `path` is in (device, inode).
+fn dir_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Puts `held` (the writer's file, no longer at `path`) back at `path`: its first `len` bytes
+/// are copied to a new file under a name no one can guess, fsynced, and only then is whatever
+/// is at `path` moved aside (returned) and the copy renamed into place, the directory fsynced.
+/// `held` becomes the copy. A failure leaves `held` as it was, with every record, to try again.
+fn put_back(held: &mut File, path: &Path, len: u64) -> std::io::Result<Option<PathBuf>> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = path.with_extension("jsonl.restoring");
-    let _ = std::fs::remove_file(&temp);
-    let mut copy = std::fs::OpenOptions::new()
-        .write(true)
+    let temp = path.with_extension(format!(
+        "jsonl.restoring-{}-{:016x}",
+        now_ms(),
+        crate::confined::random_u64()
+    ));
+    let copy = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(&temp)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    while at < len {
-        let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
-        let n = held.read_at(&mut buf[..want], at)?;
-        if n == 0 {
-            break;
+    let copied = (|| {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        let mut out = &copy;
+        while at < len {
+            let want = usize::try_from((len - at).min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = held.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])?;
+            at += n as u64;
         }
-        copy.write_all(&buf[..n])?;
-        at += n as u64;
+        copy.sync_all()?;
+        let aside = match std::fs::symlink_metadata(path) {
+            Ok(_) => {
+                let aside = path.with_extension(format!("jsonl.replaced-{}", now_ms()));
+                std::fs::rename(path, &aside)?;
+                Some(aside)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        std::fs::rename(&temp, path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(aside)
+    })();
+    match copied {
+        Ok(aside) => {
+            // The copy's own descriptor: nothing is opened by the path an agent could swap again.
+            *held = copy;
+            Ok(aside)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
     }
-    copy.sync_all()?;
-    drop(copy);
-    std::fs::rename(&temp, path)?;
-    File::open(dir)?.sync_all()?;
-    open_nofollow(path, true)
 }
 
 /// Closes the current file as the segment ending at `last_seq` and opens a fresh one. Only
 /// called after a batch is fully on disk, so a segment never ends in a torn line.
 fn rotate(path: &Path, last_seq: u64) -> std::io::Result<File> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::rename(path, segment_path(dir, last_seq))?;
-    let file = open_nofollow(path, true)?;
-    // Make both names durable before anything is written to the new file.
-    File::open(dir)?.sync_all()?;
-    Ok(file)
+    let segment = segment_path(dir, last_seq);
+    std::fs::rename(path, &segment)?;
+    let opened = open_nofollow(path, true).and_then(|file| {
+        // Make both names durable before anything is written to the new file.
+        File::open(dir)?.sync_all()?;
+        Ok(file)
+    });
+    if opened.is_err() {
+        // Half done (no descriptor, say): the file goes back to its name, so the writer's file
+        // is where it belongs and no segment holds what the next one will.
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::rename(&segment, path);
+    }
+    opened
 }
 
 #[cfg(test)]
@@ -753,6 +801,41 @@ mod tests {
             aside.len(),
             1,
             "expected the file moved in kept aside: {aside:?}"
+        );
+    }
+
+    /// The whole directory moved away (`.context/` replaced): the writer's file went with it
+    /// and goes on taking the records; nothing is put at the old path.
+    #[tokio::test]
+    async fn a_ledger_whose_directory_moved_is_followed_not_put_back() {
+        let top = tempfile::tempdir().unwrap();
+        let ctx = top.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        let path = ctx.join("ledger.jsonl");
+        let (ledger, writer) = Ledger::open(&path, 0).unwrap();
+        ledger
+            .append(Event::DaemonStopped { pid: 1 })
+            .await
+            .unwrap();
+        let moved = top.path().join("moved");
+        std::fs::rename(&ctx, &moved).unwrap();
+        std::fs::create_dir(&ctx).unwrap();
+        ledger
+            .append(Event::DaemonStopped { pid: 2 })
+            .await
+            .unwrap();
+        drop(ledger);
+        writer.join();
+        let seqs: Vec<u64> = read(&moved.join("ledger.jsonl"))
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2], "expected every record where the file went");
+        assert!(
+            !path.exists(),
+            "expected nothing put into the directory that took its place"
         );
     }
 
