@@ -116,6 +116,14 @@ fn cancel_stops_a_running_agent_with_its_grandchild_and_a_queued_task() {
         stderr(&ws.cli(&["cancel", "nope"])),
         "error: no task `nope`; `dirigent status` lists the tasks\n"
     );
+    // A script reads it as cancelled, not from the reason's words.
+    let v: serde_json::Value =
+        serde_json::from_slice(&ws.cli(&["status", "h", "--json"]).stdout).expect("status --json");
+    assert_eq!(
+        (&v["state"], &v["cancelled"]),
+        (&"failed".into(), &true.into()),
+        "expected state failed and cancelled: {v}"
+    );
     // A cancel is the user's doing, not a failure of the agent's.
     let v: serde_json::Value =
         serde_json::from_slice(&ws.cli(&["agents", "--json"]).stdout).expect("agents --json");

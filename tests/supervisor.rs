@@ -538,7 +538,7 @@ fn submit_wait_exit_codes_and_output() {
                 "submit", "q", "--agent", "fail", "--wait", "--json", "--id", "j2",
             ],
             1,
-            serde_json::json!({"state": "failed", "attempts": 1, "report": ".context/escalations/j2.md"}),
+            serde_json::json!({"state": "failed", "class": "exit", "attempts": 1, "report": ".context/escalations/j2.md"}),
         ),
     ] {
         let out = ws.cli(&args);

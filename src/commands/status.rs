@@ -86,6 +86,12 @@ fn interrupted(t: &TaskRecord, daemon_down: bool) -> bool {
     daemon_down && matches!(t.phase(), Phase::Running { .. } | Phase::Merging) && !on_fleet(t)
 }
 
+/// Whether `t` ended cancelled (its state is `failed`, as the filters have it): `cancelled` in
+/// `--json`, so a script does not read it from the reason's words.
+fn cancelled(t: &TaskRecord) -> bool {
+    matches!(t.phase(), Phase::Failed { reason, .. } if reason == dirigent::state::CANCELLED_REASON)
+}
+
 /// What an interrupted task's line says.
 const INTERRUPTED_NOTE: &str = "the daemon stopped without recording how its attempt ended (it died or was killed; its agent was stopped with it); the task runs again when the daemon starts (`dirigent daemon`)";
 
@@ -184,6 +190,9 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
             v["budget_usd"] = json!(budget);
             if interrupted(t, running_daemon(ws).is_none()) {
                 v["interrupted"] = true.into();
+            }
+            if cancelled(t) {
+                v["cancelled"] = true.into();
             }
             if spending.owner != t.id() || dirigent::run_view::is_run(t) {
                 v["budget_covers"] = json!(spending.owner);
@@ -321,6 +330,9 @@ pub fn status(ws: &Workspace, id: Option<&str>, as_json: bool) -> Result<ExitCod
                 let mut v = serde_json::to_value(t).unwrap_or_default();
                 if interrupted(t, daemon_down) {
                     v["interrupted"] = true.into();
+                }
+                if cancelled(t) {
+                    v["cancelled"] = true.into();
                 }
                 v
             })

@@ -155,6 +155,7 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
         said_merge_wait: false,
         give_up_at: args.wait_for.map(|d| Instant::now() + d),
         bound: args.wait_for,
+        failed_as: None,
         run: is_run,
     };
     wait_for(ws, &id, &name, follower, &mut end)
@@ -325,6 +326,8 @@ struct Ending {
     give_up_at: Option<Instant>,
     /// `--wait-for`, as asked.
     bound: Option<Duration>,
+    /// The class of its last failed attempt or merge.
+    failed_as: Option<dirigent::class::Class>,
     /// A workflow run: its tasks, not the run itself, have attempts to follow.
     run: bool,
 }
@@ -834,6 +837,8 @@ fn report_progress(
         } => {
             if *class == dirigent::class::Class::Ok {
                 end.answered = Some((*attempt, agent.clone()));
+            } else {
+                end.failed_as = Some(*class);
             }
             eprintln!("[{t}] {}", finished_line(&r.event))
         }
@@ -866,13 +871,17 @@ fn report_progress(
                 n => eprintln!("[{t}] escalated after {n} attempts: {reason}"),
             }
             eprintln!("see .context/escalations/{id}.md");
+            // What the last failure was (`verify`, `conflict`, `timeout`…): a script tells a
+            // check that failed from a conflict without reading the reason's words.
+            let class = end.failed_as.map(|c| c.as_str());
             end.object(
                 id,
                 "failed",
-                json!({"reason": reason, "attempts": attempts, "report": format!(".context/escalations/{id}.md")}),
+                json!({"reason": reason, "class": class, "attempts": attempts, "report": format!(".context/escalations/{id}.md")}),
             );
             return Ok(Some(ExitCode::from(1)));
         }
+        Event::MergeFailed { class, .. } => end.failed_as = Some(*class),
         Event::WorktreeMade {
             branch, base, path, ..
         } => {
