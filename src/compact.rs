@@ -61,6 +61,32 @@ pub struct Loaded {
     pub first_sealed: Option<u64>,
     /// Rotated segments the snapshot does not cover yet (a compaction to finish or that waited).
     pub uncovered_segments: usize,
+    /// Sequence numbers no believed line carries although later ones do (first, last): lines
+    /// removed from the ledger — each line is sealed alone, so only the hole tells.
+    pub missing: Vec<(u64, u64)>,
+}
+
+/// Finds the holes in sequence numbers seen in order after those a snapshot covers: each
+/// `(first, last)` range skipped. Kept as it goes, so a long ledger costs no list of them.
+pub struct Holes {
+    next: u64,
+    pub found: Vec<(u64, u64)>,
+}
+
+impl Holes {
+    pub fn after(covered: u64) -> Self {
+        Holes {
+            next: covered + 1,
+            found: Vec::new(),
+        }
+    }
+
+    pub fn see(&mut self, seq: u64) {
+        if seq > self.next && self.found.len() < 100 {
+            self.found.push((self.next, seq - 1));
+        }
+        self.next = self.next.max(seq + 1);
+    }
 }
 
 fn snapshot_path(ws: &Workspace) -> PathBuf {
@@ -205,21 +231,39 @@ fn load_checked(
     checker.after_snapshot(covered, snap.seal == Seal::Valid && covered > 0);
     book.set_limit(keep_finished);
     let mut uncovered_segments = 0;
+    // The sequence numbers believed, in order: a hole among them is a line taken away.
+    let mut holes = Holes::after(covered);
+    let mut damaged = 0;
     for (last, segment) in ledger::segments(ws.context())? {
         if last > covered {
             uncovered_segments += 1;
-            ledger::read_each_checked(&segment, &mut checker, |r| {
+            let read = ledger::read_each_checked(&segment, &mut checker, |r| {
                 if r.seq > covered {
+                    holes.see(r.seq);
                     book.apply(&r);
                 }
             })?;
+            damaged += read.skipped;
         }
     }
     let info = ledger::read_each_checked(&ws.ledger(), &mut checker, |r| {
         if r.seq > covered {
+            holes.see(r.seq);
             book.apply(&r);
         }
     })?;
+    // A hole that a refused or unreadable line may explain is reported as that already.
+    let explained: Vec<u64> = checker.refused.iter().filter_map(|r| r.seq).collect();
+    let all_refused_known = checker.refused_total() == checker.refused.len();
+    let missing: Vec<(u64, u64)> = if damaged + info.skipped == 0 && all_refused_known {
+        holes
+            .found
+            .into_iter()
+            .filter(|(a, b)| !explained.iter().any(|s| (a..=b).contains(&s)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let torn = if repair {
         ledger::repair_at(&ws.ledger(), info.valid_len, info.file_len)?
     } else {
@@ -252,6 +296,7 @@ fn load_checked(
         reseal_snapshot: key.is_some() && covered > 0 && snap.seal != Seal::Valid,
         first_sealed: checker.first_sealed(),
         uncovered_segments,
+        missing,
     })
 }
 
@@ -497,6 +542,29 @@ impl Compactor {
 
 #[cfg(test)]
 mod tests {
+    /// Holes among the sequence numbers read after a snapshot's: each range skipped, once.
+    #[test]
+    fn a_hole_in_the_sequence_is_found() {
+        // (what the snapshot covers, the numbers read, the holes expected)
+        type Case<'a> = (u64, &'a [u64], &'a [(u64, u64)]);
+        let cases: &[Case] = &[
+            (0, &[1, 2, 3], &[]),
+            (0, &[1, 2, 5, 6], &[(3, 4)]),
+            (10, &[11, 13, 14, 20], &[(12, 12), (15, 19)]),
+            // Lines below the snapshot's are not holes; a repeat is not a hole either.
+            (10, &[12], &[(11, 11)]),
+            (0, &[1, 1, 2], &[]),
+            (0, &[], &[]),
+        ];
+        for (covered, seqs, want) in cases {
+            let mut holes = Holes::after(*covered);
+            for s in *seqs {
+                holes.see(*s);
+            }
+            assert_eq!(&holes.found, want, "after {covered}: {seqs:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -1631,3 +1631,34 @@ fn a_context_put_in_the_daemons_place_stops_it() {
     assert!(!ws.root().join("pwned").exists(), "no planted command ran");
     assert!(process_gone(pid), "the daemon is gone");
 }
+
+/// Lines removed from the ledger (each sealed alone, so nothing else tells): the hole they
+/// leave is reported at the next start.
+#[test]
+fn lines_removed_from_the_ledger_are_reported() {
+    let ws = Workspace::new(CONFIG);
+    let mut d = ws.start();
+    ws.drop_task("t.json", r#"{"prompt": "p", "agent": "good"}"#);
+    ws.wait_settled("t");
+    d.stop();
+    let path = ws.path("ledger.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let claimed = text
+        .lines()
+        .position(|l| l.contains("\"event\":\"claimed\""))
+        .expect("a claimed line");
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(n, _)| *n != claimed)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    let seq = claimed + 1; // one record a line, from 1
+    let _d = ws.start();
+    ws.wait_until("the hole to be reported", || {
+        log(&ws)
+            .contains(&format!("record {seq} is missing from the ledger"))
+            .then_some(())
+    });
+}

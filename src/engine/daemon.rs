@@ -438,8 +438,19 @@ pub(super) fn capabilities(config: &Config, root: &std::path::Path) -> Vec<Strin
         .collect()
 }
 
-/// Says in the log which ledger lines were not believed, and why.
+/// Says in the log which ledger lines were not believed, and why; and which were taken away.
 fn report_refused(ws: &Workspace, loaded: &crate::compact::Loaded) {
+    for (first, last) in &loaded.missing {
+        let which = if first == last {
+            format!("record {first} is")
+        } else {
+            format!("records {first}–{last} are")
+        };
+        tracing::error!(
+            "{which} missing from the ledger `{}`: the lines were removed (an agent?) — what they recorded is not known, so a task they ended may run again, or show an earlier state",
+            ws.ledger().display()
+        );
+    }
     if loaded.another_key {
         tracing::warn!(
             "no record of the ledger carries this workspace's seal (was the workspace copied or moved, or `{}` replaced?); its records were believed as written and are sealed from now on",
