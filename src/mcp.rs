@@ -135,15 +135,25 @@ async fn write_output(
     let mut errors_open = true;
     loop {
         let line = tokio::select! {
-            l = lines.next_line() => match l {
-                Ok(Some(l)) => l,
-                _ => return,
-            },
+            // The screen's answers first: one sent just before the input ended must not be
+            // dropped when the server, told of the end, ends too.
+            biased;
             e = errors.recv(), if errors_open => match e {
                 Some(e) => e,
                 None => {
                     errors_open = false;
                     continue;
+                }
+            },
+            l = lines.next_line() => match l {
+                Ok(Some(l)) => l,
+                _ => {
+                    // The server ended: what the screen has still to say goes out first.
+                    while let Ok(e) = errors.try_recv() {
+                        let _ = out.write_all(format!("{e}\n").as_bytes()).await;
+                    }
+                    let _ = out.flush().await;
+                    return;
                 }
             },
         };
