@@ -1031,55 +1031,18 @@ fn submit_wait_sees_the_end_of_its_task_across_ledger_rotations() {
     );
 }
 
-/// A `submit --wait` client whose stderr lines arrive on a channel, so a test can wait for one
-/// line (bounded) while the client goes on.
-struct Waiting {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Waiting {
-    fn start(ws: &Workspace, id: &str) -> Waiting {
-        let mut child = Command::new(BIN)
-            .args(["submit", "hold on", "--agent", "gate", "--id", id, "--wait"])
-            .env("DIRIGENT_ROOT", ws.root())
-            .env("DIRIGENT_STATE_DIR", ws.state.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        ws.wait_until("the gate agent to wait", || {
-            std::fs::read_to_string(ws.path(&format!("runs/{id}/1-gate.stdout")))
-                .ok()
-                .filter(|s| s.contains("waiting for"))
-        });
-        Waiting { child, lines }
-    }
-
-    /// Waits for a line containing `words`; every line seen is in the panic message.
-    fn line_with(&mut self, words: &str) -> String {
-        let mut seen = Vec::new();
-        let until = Instant::now() + common::PATIENCE;
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(words) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => break,
-            }
-        }
-        let _ = self.child.kill();
-        panic!("expected a line with {words:?} from `submit --wait`, got {seen:?}");
-    }
+/// `submit --wait` of a task on the gate agent, once its attempt waits at the gate.
+fn waiting(ws: &Workspace, id: &str) -> Spawned {
+    let client = Spawned::start(
+        ws,
+        &["submit", "hold on", "--agent", "gate", "--id", id, "--wait"],
+    );
+    ws.wait_until("the gate agent to wait", || {
+        std::fs::read_to_string(ws.path(&format!("runs/{id}/1-gate.stdout")))
+            .ok()
+            .filter(|s| s.contains("waiting for"))
+    });
+    client
 }
 
 #[test]
@@ -1087,7 +1050,7 @@ fn submit_wait_ends_at_a_cancel_and_says_when_the_daemon_dies() {
     let ws = Workspace::new(CONFIG);
     let mut d = ws.start();
     // Cancelled while it runs: the client ends, with the way to run it again.
-    let mut client = Waiting::start(&ws, "c1");
+    let mut client = waiting(&ws, "c1");
     assert!(ws.cli(&["cancel", "c1"]).status.success());
     let line = client.line_with("runs it again");
     assert!(
@@ -1105,7 +1068,7 @@ fn submit_wait_ends_at_a_cancel_and_says_when_the_daemon_dies() {
     assert_eq!(status.code(), Some(1), "a cancelled task is not done");
 
     // The daemon killed outright: the client says so instead of waiting in silence.
-    let mut client = Waiting::start(&ws, "k1");
+    let mut client = waiting(&ws, "k1");
     let pid = d.pid();
     d.crash();
     let line = client.line_with("is gone");

@@ -22,6 +22,16 @@ fn first_attempt_interrupted(ws: &Workspace) -> (String, u64) {
     })
 }
 
+/// Drops task `job` on the gate agent and waits until its attempt waits at the gate.
+fn gate_job_waits(ws: &Workspace) {
+    ws.drop_task("job.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_for("the agent's first line", |_| {
+        std::fs::read_to_string(ws.path("runs/job/1-gate.stdout"))
+            .ok()
+            .filter(|s| s.contains("waiting"))
+    });
+}
+
 const CONFIG: &str = r#"
 kill_grace: 300ms
 agents:
@@ -38,12 +48,7 @@ default_chain: [good]
 fn when_the_daemon_dies_its_agents_are_stopped_without_waiting_for_a_restart() {
     let ws = Workspace::new(CONFIG);
     let mut d = ws.start();
-    ws.drop_task("job.json", r#"{"prompt": "p", "agent": "gate"}"#);
-    ws.wait_for("the agent's first line", |_| {
-        std::fs::read_to_string(ws.path("runs/job/1-gate.stdout"))
-            .ok()
-            .filter(|s| s.contains("waiting"))
-    });
+    gate_job_waits(&ws);
     assert!(
         !ws.survivors().is_empty(),
         "expected the agent running before the crash"
@@ -76,12 +81,7 @@ fn when_the_daemon_dies_its_agents_are_stopped_without_waiting_for_a_restart() {
 fn before_the_restart_a_crashed_daemons_running_task_reads_as_interrupted() {
     let ws = Workspace::new(CONFIG);
     let mut d = ws.start();
-    ws.drop_task("job.json", r#"{"prompt": "p", "agent": "gate"}"#);
-    ws.wait_for("the agent's first line", |_| {
-        std::fs::read_to_string(ws.path("runs/job/1-gate.stdout"))
-            .ok()
-            .filter(|s| s.contains("waiting"))
-    });
+    gate_job_waits(&ws);
     d.crash();
     let out = ws.cli(&["status"]);
     let table = String::from_utf8_lossy(&out.stdout);
