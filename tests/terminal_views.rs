@@ -249,3 +249,16 @@ print(json.dumps({"home": data.count(b"\x1b[H"), "visible": b"visible line" in d
         "the agent's escape sequence never reaches the terminal: {v}"
     );
 }
+
+/// Without a daemon, `top` counts the task files waiting in the inbox, as `status` lists them.
+#[test]
+fn top_counts_the_files_waiting_in_the_inbox() {
+    let ws = Workspace::new(CONFIG);
+    ws.drop_task("q1.json", r#"{"prompt": "p"}"#);
+    ws.drop_task("q2.md", "p\n");
+    let mut top = Running::start(&ws, &["top"]);
+    top.until("the header with the inbox counted", |l| {
+        l.starts_with("dirigent — 0 running, 2 waiting (2 in the inbox), ")
+            && l.ends_with("no daemon running")
+    });
+}

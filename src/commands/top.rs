@@ -47,7 +47,8 @@ pub fn top(ws: &Workspace) -> Result<ExitCode> {
             120
         };
         let daemon = running_daemon(ws);
-        let shown = frame(&book, &outputs, now, width, !tty, daemon.as_deref());
+        let inbox = inbox_count(ws);
+        let shown = frame(&book, &outputs, now, width, !tty, daemon.as_deref(), inbox);
         if tty {
             // Home, each line cleared to its end, then everything below: no scrolling.
             let mut out = String::from("\u{1b}[H");
@@ -87,6 +88,20 @@ pub fn top(ws: &Workspace) -> Result<ExitCode> {
     }
 }
 
+/// Task files waiting in the inbox (not taken in yet): counted, not read — a big drop must not
+/// cost the view a parse of every file each second.
+fn inbox_count(ws: &Workspace) -> usize {
+    std::fs::read_dir(ws.inbox()).map_or(0, |dir| {
+        dir.flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.') && (name.ends_with(".json") || name.ends_with(".md"))
+            })
+            .count()
+    })
+}
+
 /// The last non-empty line of an attempt's output (stdout, else stderr), made printable.
 fn last_line(ws: &Workspace, id: &str, n: u32, agent: &str) -> String {
     use std::io::{Seek, SeekFrom};
@@ -124,6 +139,7 @@ fn frame(
     width: usize,
     stable: bool,
     daemon: Option<&str>,
+    inbox: usize,
 ) -> String {
     let (mut running, mut waiting, mut merging, mut to_merge, mut done, mut failed) = (
         Vec::new(),
@@ -145,12 +161,17 @@ fn frame(
         }
     }
     // No daemon: what the ledger has as running was cut off when it stopped.
-    let cut_off = daemon.is_none();
+    let cut_off = daemon.is_none() && !running.is_empty();
     let mut header = format!(
-        "dirigent — {} {}, {} waiting, {merging} merging, {to_merge} to merge, {done} done, {failed} failed · {}",
+        "dirigent — {} {}, {} waiting{}, {merging} merging, {to_merge} to merge, {done} done, {failed} failed · {}",
         running.len(),
         if cut_off { "interrupted" } else { "running" },
-        waiting.len(),
+        waiting.len() + inbox,
+        if inbox > 0 {
+            format!(" ({inbox} in the inbox)")
+        } else {
+            String::new()
+        },
         match daemon {
             Some(pid) => format!("daemon running (pid {pid})"),
             None => "no daemon running".to_string(),
