@@ -112,6 +112,10 @@ pub enum Command {
         /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
+        /// Machine-readable output: `{"id", "state", "result"}` (and `output`, or the
+        /// `attempt` and `agent` whose answer waits to be merged).
+        #[arg(long)]
+        json: bool,
     },
     /// Stop a task: its running attempt's whole process group, or its place in the queue. The
     /// task is recorded as cancelled and its file goes to `failed/`. Needs the daemon.
@@ -130,6 +134,9 @@ pub enum Command {
         /// The task's id (`dirigent status` lists them).
         #[arg(add = crate::complete::tasks())]
         id: String,
+        /// Machine-readable output: `{"id", "branch", "base", "diff"}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Merge a task that waits to be merged (merge_waiting) into its target branch, through the
     /// merge queue: replayed on the target's head, verified again if the target moved, and the

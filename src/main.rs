@@ -184,7 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )),
             _ => commands::logs_many(&ws, &ids, follow),
         },
-        Command::Result { id } => commands::result(&ws, &id),
+        Command::Result { id, json } => commands::result(&ws, &id, json),
         Command::Cancel { id, json } => {
             commands::control(&ws, &id, Request::Cancel { id: id.clone() }, json)
         }
@@ -195,7 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Discard { id, json } => {
             commands::control(&ws, &id, Request::Discard { id: id.clone() }, json)
         }
-        Command::Diff { id } => commands::diff(&ws, &id),
+        Command::Diff { id, json } => commands::diff(&ws, &id, json),
         Command::Agents {
             action: Some(cli::AgentsAction::Enable { names }),
             json,

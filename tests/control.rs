@@ -182,6 +182,13 @@ fn retry_after_escalation_succeeds_when_the_agent_is_fixed() {
         "worked the second time\n",
         "the retried task's result"
     );
+    let v: serde_json::Value =
+        serde_json::from_slice(&ws.cli(&["result", "f", "--json"]).stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"id": "f", "state": "done", "result": "worked the second time\n", "output": ".context/outbox/f.md"}),
+        "the result for a script"
+    );
     assert_eq!(
         stderr(&ws.cli(&["retry", "f"])),
         "error: task `f` is done; only a failed or cancelled task can be retried\n"

@@ -288,6 +288,15 @@ fn a_dirty_checkout_is_never_touched_and_manual_merge_waits_for_dirigent_merge()
         diff.status.success() && diff_text.contains("+slot2-by-m1"),
         "expected `dirigent diff` to show the change, got {diff:?}"
     );
+    let v: serde_json::Value =
+        serde_json::from_slice(&ws.cli(&["diff", "m1", "--json"]).stdout).unwrap();
+    assert!(
+        v["id"] == "m1"
+            && v["branch"] == "dirigent/m1"
+            && v["base"].as_str().is_some_and(|b| b.len() == 40)
+            && v["diff"].as_str() == Some(&*diff_text),
+        "expected the same diff in an object, got {v}"
+    );
     // The user edits their own checkout meanwhile.
     std::fs::write(
         ws.root().join("a.txt"),
@@ -956,6 +965,13 @@ fn work_waiting_to_be_merged_shows_its_agents_answer() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is verified and not merged yet"),
         "{out:?}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&ws.cli(&["result", "w", "--json"]).stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"id": "w", "state": "merge_waiting", "result": answer, "attempt": 1, "agent": "ed"}),
+        "the answer waiting to be merged, for a script"
     );
 }
 

@@ -231,7 +231,33 @@ pub(super) fn print_agent_text(mut from: impl Read) -> std::io::Result<()> {
     out.flush()
 }
 
-pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
+/// The most bytes of a result `result --json` holds in memory: an agent's output can be any size.
+const RESULT_IN_JSON: u64 = 16 << 20;
+
+/// `{"id", "state", "result", …more}` for `result --json`: at most [`RESULT_IN_JSON`] bytes of
+/// the text (`truncated` when there was more).
+fn result_object(
+    id: &str,
+    state: &str,
+    from: impl Read,
+    more: serde_json::Value,
+) -> Result<ExitCode> {
+    let mut text = Vec::new();
+    from.take(RESULT_IN_JSON + 1).read_to_end(&mut text)?;
+    let truncated = text.len() as u64 > RESULT_IN_JSON;
+    text.truncate(RESULT_IN_JSON as usize);
+    let mut v = json!({"id": id, "state": state, "result": String::from_utf8_lossy(&text)});
+    if truncated {
+        v["truncated"] = true.into();
+    }
+    if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), more) {
+        obj.extend(more);
+    }
+    println!("{v}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn result(ws: &Workspace, id: &str, json: bool) -> Result<ExitCode> {
     let book = load_book(ws)?;
     let t = find_task(ws, &book, id)?;
     match t.phase() {
@@ -239,6 +265,9 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
             // Streamed, through no link and from no FIFO: an agent may have replaced the file.
             let f = dirigent::fsutil::open_confined(ws.root(), output)
                 .map_err(|e| anyhow::anyhow!("the result `{output}` {e}"))?;
+            if json {
+                return result_object(id, "done", f, json!({"output": output}));
+            }
             print_agent_text(f)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -265,6 +294,10 @@ pub fn result(ws: &Workspace, id: &str) -> Result<ExitCode> {
             let mut f = capture
                 .open()
                 .with_context(|| format!("cannot read `runs/{id}/{}`", capture.name))?;
+            if json {
+                let more = json!({"attempt": a.n, "agent": a.agent});
+                return result_object(id, other.label(), f, more);
+            }
             eprintln!(
                 "dirigent: `{id}` is verified and not merged yet ({}); its agent's answer (attempt {}, {}) follows; `dirigent diff {id}` shows its changes",
                 other.label(),

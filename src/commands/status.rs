@@ -653,7 +653,7 @@ fn print_run(ws: &Workspace, book: &TaskBook, run: &TaskRecord) {
 }
 
 /// `dirigent diff ID`: what an editing task changed against its base.
-pub fn diff(ws: &Workspace, id: &str) -> Result<ExitCode> {
+pub fn diff(ws: &Workspace, id: &str, json: bool) -> Result<ExitCode> {
     let (book, _) = load_live_book(ws)?;
     let t = find_task(ws, &book, id)?;
     let Some(w) = &t.more().worktree else {
@@ -663,6 +663,13 @@ pub fn diff(ws: &Workspace, id: &str) -> Result<ExitCode> {
     };
     let repo = dirigent::git::Repo::discover(ws.root())?;
     let text = w.diff_text(&repo)?;
+    if json {
+        println!(
+            "{}",
+            json!({"id": id, "branch": w.branch, "base": w.base, "diff": text})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if text.is_empty() {
         eprintln!(
             "dirigent: `{id}` changed nothing against its base {}",
