@@ -1363,13 +1363,16 @@ impl Spawned {
     fn end(self) -> (Option<i32>, String) {
         let (tx, rx) = std::sync::mpsc::channel();
         let child = self.child;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
         });
-        let out = rx
-            .recv_timeout(common::PATIENCE)
-            .expect("the client to end")
-            .unwrap();
+        let Ok(out) = rx.recv_timeout(common::PATIENCE) else {
+            // A failing test leaves no client behind.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("expected the client to end within {:?}", common::PATIENCE);
+        };
+        let out = out.unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -134,6 +134,11 @@ pub fn logs(
         );
         return Ok(ExitCode::from(1));
     }
+    // Followed after it was cut off: said as when it is cut off while followed.
+    if follow && let Some(note) = cut_off(id, a.n, &a.agent, a.class) {
+        eprintln!("{note}");
+        return Ok(ExitCode::from(1));
+    }
     if !follow || a.class.is_some() {
         // Nothing shown while the other stream holds something: said, not left blank.
         if pos == 0 && !stderr && a.stderr_bytes > 0 {
@@ -164,19 +169,12 @@ pub fn logs(
         pos = copy_from(&path, pos, &mut out)?;
         // Ended by itself: its output is whole. Cut off (a cancel, a stop of the daemon): said,
         // and exit 1, so a script does not take the output for all there was.
-        match finished {
-            Some(dirigent::class::Class::Cancelled) => {
-                eprintln!("dirigent: attempt {n} of `{id}` ({agent}) was cancelled");
-                return Ok(ExitCode::from(1));
-            }
-            Some(dirigent::class::Class::Interrupted) => {
-                eprintln!(
-                    "dirigent: attempt {n} of `{id}` ({agent}) was cut off: the daemon stopped while it ran; the task runs again when the daemon starts"
-                );
-                return Ok(ExitCode::from(1));
-            }
-            Some(_) => return Ok(ExitCode::SUCCESS),
-            None => {}
+        if let Some(note) = cut_off(id, n, &agent, finished) {
+            eprintln!("{note}");
+            return Ok(ExitCode::from(1));
+        }
+        if finished.is_some() {
+            return Ok(ExitCode::SUCCESS);
         }
         if last_look {
             // Nothing ends this attempt until a daemon starts again: waiting would be silent
@@ -191,6 +189,21 @@ pub fn logs(
             continue;
         }
         waker.wait(Duration::from_secs(1));
+    }
+}
+
+/// What `logs -f` says of an attempt that ended cut off (a cancel, a stop of the daemon), not
+/// by itself.
+fn cut_off(id: &str, n: u32, agent: &str, class: Option<dirigent::class::Class>) -> Option<String> {
+    use dirigent::class::Class;
+    match class? {
+        Class::Cancelled => Some(format!(
+            "dirigent: attempt {n} of `{id}` ({agent}) was cancelled"
+        )),
+        Class::Interrupted => Some(format!(
+            "dirigent: attempt {n} of `{id}` ({agent}) was cut off: the daemon stopped while it ran; the task runs again when the daemon starts"
+        )),
+        _ => None,
     }
 }
 

@@ -201,6 +201,8 @@ pub fn logs_many(ws: &Workspace, ids: &[String], follow: bool) -> Result<ExitCod
             // raised no event.
             continue;
         }
-        waker.wait(Duration::from_secs(60));
+        // A daemon's end raises no file event of its own (its lock is let go as it exits):
+        // while one runs, looked at each second, so its going is said when it goes.
+        waker.wait(Duration::from_secs(if daemon_up { 1 } else { 60 }));
     }
 }
