@@ -727,6 +727,16 @@ mod tests {
     use crate::judge::{Class, StopCause};
     use crate::task::TaskSpec;
 
+    /// Appends a `daemon_stopped` record (any record will do) and waits for it to be written.
+    async fn stop(ledger: &Ledger, pid: u32) {
+        ledger.append(Event::DaemonStopped { pid }).await.unwrap();
+    }
+
+    /// The sequence numbers a replay of `path` believes, in order.
+    fn seqs_in(path: &Path) -> Vec<u64> {
+        read(path).unwrap().records.iter().map(|r| r.seq).collect()
+    }
+
     /// Bytes appended by someone else with no line end (an agent: `printf '{"x":' >> …`) do not
     /// swallow the next record: it starts a line of its own, and both records replay.
     #[tokio::test]
@@ -735,24 +745,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.jsonl");
         let (ledger, writer) = Ledger::open(&path, 0).unwrap();
-        ledger
-            .append(Event::DaemonStopped { pid: 1 })
-            .await
-            .unwrap();
+        stop(&ledger, 1).await;
         std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap()
             .write_all(b"{\"x\":")
             .unwrap();
-        ledger
-            .append(Event::DaemonStopped { pid: 2 })
-            .await
-            .unwrap();
+        stop(&ledger, 2).await;
         drop(ledger);
         writer.join();
-        let replay = read(&path).unwrap();
-        let seqs: Vec<u64> = replay.records.iter().map(|r| r.seq).collect();
+        let seqs = seqs_in(&path);
         assert_eq!(
             seqs,
             [1, 2],
@@ -767,26 +770,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.jsonl");
         let (ledger, writer) = Ledger::open(&path, 0).unwrap();
-        ledger
-            .append(Event::DaemonStopped { pid: 1 })
-            .await
-            .unwrap();
+        stop(&ledger, 1).await;
         // Replaced by a copy of itself (`cp` then `mv`), then removed.
         let copy = dir.path().join(".copy");
         std::fs::copy(&path, &copy).unwrap();
         std::fs::rename(&copy, &path).unwrap();
-        ledger
-            .append(Event::DaemonStopped { pid: 2 })
-            .await
-            .unwrap();
+        stop(&ledger, 2).await;
         std::fs::remove_file(&path).unwrap();
-        ledger
-            .append(Event::DaemonStopped { pid: 3 })
-            .await
-            .unwrap();
+        stop(&ledger, 3).await;
         drop(ledger);
         writer.join();
-        let seqs: Vec<u64> = read(&path).unwrap().records.iter().map(|r| r.seq).collect();
+        let seqs = seqs_in(&path);
         assert_eq!(
             seqs,
             [1, 2, 3],
@@ -813,25 +807,14 @@ mod tests {
         std::fs::create_dir(&ctx).unwrap();
         let path = ctx.join("ledger.jsonl");
         let (ledger, writer) = Ledger::open(&path, 0).unwrap();
-        ledger
-            .append(Event::DaemonStopped { pid: 1 })
-            .await
-            .unwrap();
+        stop(&ledger, 1).await;
         let moved = top.path().join("moved");
         std::fs::rename(&ctx, &moved).unwrap();
         std::fs::create_dir(&ctx).unwrap();
-        ledger
-            .append(Event::DaemonStopped { pid: 2 })
-            .await
-            .unwrap();
+        stop(&ledger, 2).await;
         drop(ledger);
         writer.join();
-        let seqs: Vec<u64> = read(&moved.join("ledger.jsonl"))
-            .unwrap()
-            .records
-            .iter()
-            .map(|r| r.seq)
-            .collect();
+        let seqs = seqs_in(&moved.join("ledger.jsonl"));
         assert_eq!(seqs, [1, 2], "expected every record where the file went");
         assert!(
             !path.exists(),
