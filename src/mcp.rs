@@ -36,16 +36,25 @@ pub async fn serve_stdio(ws: Workspace) -> std::io::Result<()> {
     let (server_out, from_server) = tokio::io::duplex(1 << 16);
     let (errors_tx, errors_rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(screen_input(tokio::io::stdin(), to_server, errors_tx));
-    tokio::spawn(write_output(from_server, errors_rx, tokio::io::stdout()));
-    let running = Server { ws }
-        .serve((server_in, server_out))
-        .await
-        .map_err(|e| std::io::Error::other(format!("cannot start the MCP session: {e}")))?;
-    running
-        .waiting()
-        .await
-        .map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
-    Ok(())
+    let writer = tokio::spawn(write_output(from_server, errors_rx, tokio::io::stdout()));
+    let ended = async {
+        let running = Server { ws }
+            .serve((server_in, server_out))
+            .await
+            .map_err(|e| std::io::Error::other(format!("cannot start the MCP session: {e}")))?;
+        running
+            .waiting()
+            .await
+            .map_err(|e| std::io::Error::other(format!("the MCP session failed: {e}")))?;
+        Ok(())
+    }
+    .await;
+    // The process ends when this returns: the writer must first have said everything — a parse
+    // error answered just before the client closed its input would otherwise be lost with the
+    // runtime. It ends once the server's side of the pipe is gone; the bound is for a server
+    // that somehow keeps it.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    ended
 }
 
 /// The longest message line read from the client; a longer one is answered with an error.
