@@ -413,6 +413,52 @@ where
     })
 }
 
+/// A path as git prints it in a line of output: as it is, or — holding a quote, a backslash or
+/// a control character — in double quotes with C escapes (`"a\tb"`, octal `\303`), which this
+/// undoes.
+fn unquote_path(line: &str) -> String {
+    let Some(inner) = line
+        .strip_prefix('"')
+        .and_then(|l| l.strip_suffix('"'))
+        .filter(|_| line.len() >= 2)
+    else {
+        return line.to_string();
+    };
+    let mut bytes = Vec::with_capacity(inner.len());
+    let mut it = inner.bytes().peekable();
+    while let Some(b) = it.next() {
+        if b != b'\\' {
+            bytes.push(b);
+            continue;
+        }
+        match it.next() {
+            Some(b'n') => bytes.push(b'\n'),
+            Some(b't') => bytes.push(b'\t'),
+            Some(b'r') => bytes.push(b'\r'),
+            Some(b'a') => bytes.push(0x07),
+            Some(b'b') => bytes.push(0x08),
+            Some(b'f') => bytes.push(0x0c),
+            Some(b'v') => bytes.push(0x0b),
+            Some(d @ b'0'..=b'7') => {
+                let mut value = u32::from(d - b'0');
+                for _ in 0..2 {
+                    match it.peek() {
+                        Some(d @ b'0'..=b'7') => {
+                            value = value * 8 + u32::from(d - b'0');
+                            it.next();
+                        }
+                        _ => break,
+                    }
+                }
+                bytes.push(value as u8);
+            }
+            Some(other) => bytes.push(other),
+            None => bytes.push(b'\\'),
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 fn failed<S: AsRef<OsStr>>(args: &[S], out: &std::process::Output) -> GitError {
     let stderr = String::from_utf8_lossy(&out.stderr);
     GitError::Failed {
@@ -452,6 +498,71 @@ mod tests {
         run(&["commit", "--quiet", "-m", "first"]);
         let repo = Repo::discover(dir.path()).unwrap();
         (dir, repo)
+    }
+
+    #[test]
+    fn paths_git_quotes_are_read_back() {
+        for (line, want) in [
+            ("plain/path", "plain/path"),
+            ("dir/", "dir/"),
+            ("\"tab\\there\"", "tab\there"),
+            ("\"new\\nline\"", "new\nline"),
+            ("\"say \\\"hi\\\"\"", "say \"hi\""),
+            ("\"back\\\\slash\"", "back\\slash"),
+            ("\"caf\\303\\251\"", "café"),
+            ("\"", "\""),
+        ] {
+            assert_eq!(unquote_path(line), want, "reading {line:?}");
+        }
+    }
+
+    /// Only what the tree's own ignore rules hide goes, odd names included; what the user's
+    /// checkout ignores too stays, and so does every tracked and committed file.
+    #[test]
+    fn files_only_the_works_ignore_rules_hide_are_removed() {
+        let (dir, repo) = repo();
+        std::fs::write(dir.path().join(".gitignore"), "*.log\n").unwrap();
+        let base = repo.head().unwrap();
+        let path = dir.path().join(".wt").join("t1");
+        let tree = repo
+            .add_worktree(&path, &branch_for("t1").unwrap(), &base)
+            .unwrap();
+        // The work's rules: its own `.gitignore` (the user's is not committed in the base).
+        std::fs::write(path.join(".gitignore"), "*.log\nhidden*\nodd*\n:*\ncache/\n").unwrap();
+        for name in [
+            "hidden.txt",
+            "odd\tname \"q\" é.txt",
+            ":(glob)odd",
+            "kept.log",
+            "cache/x",
+        ] {
+            let file = path.join(name);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, "x").unwrap();
+        }
+        let mut dropped = tree.drop_hidden_by_work(&repo).unwrap();
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            [":(glob)odd", "cache/", "hidden.txt", "odd\tname \"q\" é.txt"],
+            "expected only what the user's checkout does not ignore"
+        );
+        for (name, there) in [
+            ("hidden.txt", false),
+            ("odd\tname \"q\" é.txt", false),
+            (":(glob)odd", false),
+            ("cache", false),
+            ("kept.log", true),
+            (".gitignore", true),
+            ("a.txt", true),
+        ] {
+            assert_eq!(
+                path.join(name).exists(),
+                there,
+                "expected `{name}` {}",
+                if there { "kept" } else { "removed" }
+            );
+        }
     }
 
     #[test]

@@ -2110,6 +2110,33 @@ fn a_silent_failing_check_is_said_to_have_printed_nothing() {
     );
 }
 
+/// `verify` sees what a merge lands: a file only the work's own `.gitignore` hides (here a
+/// self-ignoring `tests/.gitignore` with `*`) is not in the commit, so it is removed before
+/// the check runs, and the reason says so; a file the user's checkout ignores too (`.env`)
+/// stays, as build output and installed dependencies do.
+#[test]
+fn verify_runs_without_files_only_the_works_own_ignore_rules_hide() {
+    let ws = repo_workspace(&format!(
+        "{AGENT}default_chain: [ed]\nmerge: none\nverify_rounds: 0\nverify: [sh, -c, \"test -f .env || exit 3; test -f tests/needed || exit 4\"]\n"
+    ));
+    let _d = ws.start();
+    ws.drop_task(
+        "hide.md",
+        "append a.txt work\nrun mkdir -p tests && printf '*\\n' > tests/.gitignore && echo fixture > tests/needed && echo local > .env\n",
+    );
+    let end = ws.wait_settled("hide");
+    assert!(
+        matches!(end, Event::Escalated { .. }),
+        "expected the check to fail without the hidden file, got {end:?}\n{}",
+        attempt_reasons(&ws)
+    );
+    let reasons = attempt_reasons(&ws);
+    assert!(
+        reasons.contains("failed (exit status: 4) — it ran without `tests/`, which only the work's own ignore rules hide: the commit does not hold them"),
+        "expected `.env` kept (not exit 3) and `tests/` named as removed, got:\n{reasons}"
+    );
+}
+
 /// `dirigent merge` of a task that needs none says why: merged already (where, at which
 /// commit), or kept as a branch for the user to merge with git (`merge: none`).
 #[test]

@@ -706,6 +706,21 @@ fn next_steps(task: &str, run: Option<&str>, target: &str, suggest_agent: bool) 
 async fn verify_merged(job: &MergeJob) -> Result<(), Option<String>> {
     let log = job.ws.run_dir(&job.task).join("merge.verify.log");
     let _ = std::fs::remove_file(&log);
+    // As after an attempt: the check sees what lands, not what only the work's own ignore
+    // rules hide.
+    let dropped = if job.verify.is_empty() {
+        Vec::new()
+    } else {
+        let (tree, repo) = (job.state.tree.clone(), job.repo.clone());
+        match tokio::task::spawn_blocking(move || tree.drop_hidden_by_work(&repo)).await {
+            Ok(Ok(dropped)) => dropped,
+            Ok(Err(e)) => {
+                tracing::warn!(task = %job.task, "cannot tell which ignored files only the work's own rules hide; verify sees them all: {e}");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    };
     for argv in &job.verify {
         let limits = crate::side_command::SideLimits {
             limit: job.limit,
@@ -721,8 +736,9 @@ async fn verify_merged(job: &MergeJob) -> Result<(), Option<String>> {
             crate::side_command::CommandEnd::Stopped => return Err(None),
             crate::side_command::CommandEnd::Exited(s) => {
                 return Err(Some(format!(
-                    "`{}` failed ({s}); its output is in {}",
+                    "`{}` failed ({s}){}; its output is in {}",
                     crate::terminal::shown_command(argv),
+                    super::work_check::ran_without(&dropped),
                     log.display()
                 )));
             }

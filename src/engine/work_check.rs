@@ -194,7 +194,8 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
         }
         let verify =
             if report.verdict.class == Class::Ok && (changed || !plan.settings.expect_changes) {
-                run_verify(&plan).await
+                let dropped = drop_hidden(&plan).await;
+                run_verify(&plan, &dropped).await
             } else {
                 None
             };
@@ -271,10 +272,57 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
     });
 }
 
+/// Before `verify`: removes what only the work's own ignore rules hide (see
+/// [`crate::git::Tree::drop_hidden_by_work`]), so the check sees what a merge lands. Returns
+/// what was removed; nothing when there is no check, or when git cannot tell (said in the log).
+async fn drop_hidden(plan: &CheckPlan) -> Vec<String> {
+    if plan.settings.verify.is_empty() {
+        return Vec::new();
+    }
+    let (tree, repo) = (plan.state.tree.clone(), plan.repo.clone());
+    match tokio::task::spawn_blocking(move || tree.drop_hidden_by_work(&repo)).await {
+        Ok(Ok(dropped)) => {
+            if !dropped.is_empty() {
+                tracing::info!(
+                    task = %plan.task,
+                    "before verify, removed what only the work's own ignore rules hide (not in its commit): {}",
+                    dropped.join(", ")
+                );
+            }
+            dropped
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(task = %plan.task, "cannot tell which ignored files only the work's own rules hide; verify sees them all: {e}");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// How a failed check's reason names what it ran without: at most a few paths.
+pub(super) fn ran_without(dropped: &[String]) -> String {
+    const SHOWN: usize = 5;
+    if dropped.is_empty() {
+        return String::new();
+    }
+    let mut names: Vec<String> = dropped
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("`{}`", crate::terminal::printable(n)))
+        .collect();
+    if dropped.len() > SHOWN {
+        names.push(format!("and {} more", dropped.len() - SHOWN));
+    }
+    format!(
+        " — it ran without {}, which only the work's own ignore rules hide: the commit does not hold them",
+        names.join(", ")
+    )
+}
+
 /// Runs the `verify` commands in the tree, in order, until one fails: `Err(Some(_))` holds why
 /// and the tail of its output, `Err(None)` says the daemon stopped it. `None` when there is
-/// nothing to run.
-async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
+/// nothing to run. `dropped` is what was removed before it ran, named when it fails.
+async fn run_verify(plan: &CheckPlan, dropped: &[String]) -> Option<Result<(), Option<String>>> {
     if plan.settings.verify.is_empty() {
         return None;
     }
@@ -305,6 +353,7 @@ async fn run_verify(plan: &CheckPlan) -> Option<Result<(), Option<String>>> {
             crate::side_command::CommandEnd::Stopped => return Some(Err(None)),
             crate::side_command::CommandEnd::CouldNotStart(e) => e,
         };
+        let why = format!("{why}{}", ran_without(dropped));
         let tail = verify_tail(&plan.ws, &plan.task, plan.attempt, &plan.agent, VERIFY_TAIL);
         return Some(Err(Some(if tail.trim().is_empty() {
             format!("verify: {why}")

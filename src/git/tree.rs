@@ -296,6 +296,82 @@ impl Tree {
         }))
     }
 
+    /// Removes the untracked files of the tree that only the work's own ignore rules hide (a
+    /// `.gitignore` the agent added or changed): the user's checkout would not ignore them and
+    /// the commit does not hold them, so a `verify` that found them would pass on work that
+    /// fails once merged. What the user's checkout ignores too — build output, installed
+    /// dependencies, local settings — stays, so a check need not rebuild what the attempt
+    /// built. Returns what was removed (a directory as `dir/`). A fleet worker's bare cache has
+    /// no checkout to ask, and removes nothing.
+    pub fn drop_hidden_by_work(&self, repo: &Repo) -> Result<Vec<String>, GitError> {
+        if repo.is_bare() {
+            return Ok(Vec::new());
+        }
+        let listed = in_tree(
+            self,
+            [
+                "ls-files",
+                "-z",
+                "--others",
+                "--ignored",
+                "--exclude-standard",
+                "--directory",
+            ],
+        )?;
+        let listed: Vec<&str> = listed.split('\0').filter(|n| !n.is_empty()).collect();
+        // A directory shown whole can be shown with files of its own too: each path once.
+        let dirs: std::collections::HashSet<&str> =
+            listed.iter().copied().filter(|n| n.ends_with('/')).collect();
+        let ignored: Vec<&str> = listed
+            .iter()
+            .copied()
+            .filter(|n| {
+                !n.trim_end_matches('/')
+                    .match_indices('/')
+                    .any(|(at, _)| dirs.contains(&n[..=at]))
+            })
+            .collect();
+        let mut hidden = Vec::new();
+        // In chunks: a command line has a length limit, and an agent chooses how many.
+        for chunk in ignored.chunks(256) {
+            // Each as `./name`: a name starting `:(` would be read as pathspec magic.
+            let args: Vec<String> = ["check-ignore", "--no-index", "--"]
+                .into_iter()
+                .map(str::to_string)
+                .chain(chunk.iter().map(|n| format!("./{n}")))
+                .collect();
+            let out = run(&repo.top, &args)?;
+            // 0: some are ignored, 1: none is; anything else is git failing.
+            match out.status.code() {
+                Some(0) | Some(1) => {}
+                _ => return Err(failed(&args, &out)),
+            }
+            let also: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| {
+                    let name = unquote_path(l);
+                    name.strip_prefix("./").map(str::to_string).unwrap_or(name)
+                })
+                .collect();
+            hidden.extend(
+                chunk
+                    .iter()
+                    .filter(|n| !also.contains(**n))
+                    .map(|n| n.to_string()),
+            );
+        }
+        for chunk in hidden.chunks(256) {
+            // `-X`: only what the tree's rules ignore — each of these is — and `-ff` also
+            // takes a repository the agent made inside one.
+            let args: Vec<&str> = ["--literal-pathspecs", "clean", "-q", "-ff", "-d", "-X", "--"]
+                .into_iter()
+                .chain(chunk.iter().map(String::as_str))
+                .collect();
+            in_tree(self, &args)?;
+        }
+        Ok(hidden)
+    }
+
     /// Writes the tree's `.git` file again, naming its recorded git directory: an agent may have
     /// pointed it at another repository (the user's own), and the next agent's `git commit`
     /// would land there.
