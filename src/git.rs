@@ -528,7 +528,11 @@ mod tests {
             .add_worktree(&path, &branch_for("t1").unwrap(), &base)
             .unwrap();
         // The work's rules: its own `.gitignore` (the user's is not committed in the base).
-        std::fs::write(path.join(".gitignore"), "*.log\nhidden*\nodd*\n:*\ncache/\n").unwrap();
+        std::fs::write(
+            path.join(".gitignore"),
+            "*.log\nhidden*\nodd*\n:*\ncache/\n",
+        )
+        .unwrap();
         for name in [
             "hidden.txt",
             "odd\tname \"q\" é.txt",
@@ -544,7 +548,12 @@ mod tests {
         dropped.sort();
         assert_eq!(
             dropped,
-            [":(glob)odd", "cache/", "hidden.txt", "odd\tname \"q\" é.txt"],
+            [
+                ":(glob)odd",
+                "cache/",
+                "hidden.txt",
+                "odd\tname \"q\" é.txt"
+            ],
             "expected only what the user's checkout does not ignore"
         );
         for (name, there) in [

@@ -320,8 +320,11 @@ impl Tree {
         )?;
         let listed: Vec<&str> = listed.split('\0').filter(|n| !n.is_empty()).collect();
         // A directory shown whole can be shown with files of its own too: each path once.
-        let dirs: std::collections::HashSet<&str> =
-            listed.iter().copied().filter(|n| n.ends_with('/')).collect();
+        let dirs: std::collections::HashSet<&str> = listed
+            .iter()
+            .copied()
+            .filter(|n| n.ends_with('/'))
+            .collect();
         let ignored: Vec<&str> = listed
             .iter()
             .copied()
@@ -363,10 +366,18 @@ impl Tree {
         for chunk in hidden.chunks(256) {
             // `-X`: only what the tree's rules ignore — each of these is — and `-ff` also
             // takes a repository the agent made inside one.
-            let args: Vec<&str> = ["--literal-pathspecs", "clean", "-q", "-ff", "-d", "-X", "--"]
-                .into_iter()
-                .chain(chunk.iter().map(String::as_str))
-                .collect();
+            let args: Vec<&str> = [
+                "--literal-pathspecs",
+                "clean",
+                "-q",
+                "-ff",
+                "-d",
+                "-X",
+                "--",
+            ]
+            .into_iter()
+            .chain(chunk.iter().map(String::as_str))
+            .collect();
             in_tree(self, &args)?;
         }
         Ok(hidden)
