@@ -165,8 +165,11 @@ pub(super) fn scoped_files(
 
 /// Workspace files (relative paths, sorted) matching `pattern`: `*` and `?` within a path
 /// segment, `**` for any number of directories. Dot-directories, `target` and `node_modules`
-/// are skipped; at most 10,000 files.
+/// are skipped; at most 10,000 files, found among at most 200,000 entries (it runs on the
+/// engine's thread: a huge tree must not hold every door while it is walked).
 pub fn glob_workspace(ws: &Workspace, pattern: &str) -> Vec<String> {
+    const MAX_SEEN: usize = 200_000;
+    let mut seen = 0usize;
     let pat: Vec<&str> = pattern
         .split('/')
         .filter(|s| !s.is_empty() && *s != ".")
@@ -178,6 +181,15 @@ pub fn glob_workspace(ws: &Workspace, pattern: &str) -> Vec<String> {
             continue;
         };
         for e in entries.flatten() {
+            seen += 1;
+            if seen > MAX_SEEN {
+                tracing::warn!(
+                    "`{pattern}`: stopped looking after {MAX_SEEN} entries of the workspace; {} file(s) matched so far",
+                    out.len()
+                );
+                out.sort();
+                return out;
+            }
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
@@ -206,28 +218,47 @@ pub fn glob_workspace(ws: &Workspace, pattern: &str) -> Vec<String> {
 }
 
 fn glob_match(pat: &[&str], path: &[&str]) -> bool {
-    match (pat.first(), path.first()) {
-        (None, None) => true,
-        (Some(&"**"), _) => {
-            glob_match(&pat[1..], path) || (!path.is_empty() && glob_match(pat, &path[1..]))
-        }
-        (Some(p), Some(s)) => {
-            segment_match(p.as_bytes(), s.as_bytes()) && glob_match(&pat[1..], &path[1..])
-        }
-        _ => false,
-    }
+    wildcard(pat, path, |p| *p == "**", |p, s| {
+        segment_match(p.as_bytes(), s.as_bytes())
+    })
 }
 
 fn segment_match(p: &[u8], s: &[u8]) -> bool {
-    match (p.first(), s.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            segment_match(&p[1..], s) || (!s.is_empty() && segment_match(p, &s[1..]))
+    wildcard(p, s, |p| *p == b'*', |p, c| *p == b'?' || p == c)
+}
+
+/// Whether `pat` matches all of `s`, where an element for which `is_star` holds matches any
+/// run of elements (none included) and any other matches one element for which `one` holds.
+/// Greedy, going back only to the last star: O(|pat| · |s|) calls of `one`, however many stars
+/// a pattern holds — a pattern is a submitter's to choose, and a matcher that tries every split
+/// (exponential in the stars) would hold the daemon on one.
+fn wildcard<P, S>(
+    pat: &[P],
+    s: &[S],
+    is_star: impl Fn(&P) -> bool,
+    one: impl Fn(&P, &S) -> bool,
+) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    // Where to go back to: the pattern just after the last star, and how much of `s` that
+    // star has taken so far.
+    let mut back: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < pat.len() && is_star(&pat[pi]) {
+            back = Some((pi + 1, si));
+            pi += 1;
+        } else if pi < pat.len() && one(&pat[pi], &s[si]) {
+            pi += 1;
+            si += 1;
+        } else if let Some((after_star, taken)) = back {
+            // The last star takes one more element, and the rest is tried from there.
+            back = Some((after_star, taken + 1));
+            pi = after_star;
+            si = taken + 1;
+        } else {
+            return false;
         }
-        (Some(b'?'), Some(_)) => segment_match(&p[1..], &s[1..]),
-        (Some(a), Some(b)) if a == b => segment_match(&p[1..], &s[1..]),
-        _ => false,
     }
+    pat[pi..].iter().all(is_star)
 }
 
 #[cfg(test)]
@@ -245,5 +276,43 @@ mod tests {
         assert!(m("src/**/*.py", "src/a.py") && m("src/**/*.py", "src/x/y/b.py"));
         assert!(!m("src/**/*.py", "src/a.rs") && !m("src/*.py", "src/x/b.py"));
         assert!(m("**", "a/b/c") && m("a?c.md", "abc.md"));
+        for (p, s, want) in [
+            ("*", "", true),
+            ("*", "abc", true),
+            ("a*", "a", true),
+            ("*c", "abc", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXbY", false),
+            ("*a*a", "aaa", true),
+            ("*a*a", "a", false),
+            ("?", "", false),
+            ("a?*", "ab", true),
+            ("**/x.py", "x.py", true),
+            ("a/**/b/**/c", "a/b/c", true),
+            ("a/**/b/**/c", "a/x/b/y/z/c", true),
+            ("a/**/b/**/c", "a/x/y/c", false),
+            ("src/*/*.rs", "src/a.rs", false),
+        ] {
+            assert_eq!(m(p, s), want, "`{p}` against `{s}`");
+        }
+    }
+
+    /// A pattern of many stars that fails at its very end is decided at once: the matcher goes
+    /// back only to the last star (trying every split would take longer than the test's life).
+    #[test]
+    fn many_stars_are_decided_without_trying_every_split() {
+        let name = "abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz.py";
+        let stars = format!("{}Z", "*".repeat(60));
+        assert!(
+            !segment_match(stars.as_bytes(), name.as_bytes()),
+            "expected no match for a pattern ending in a letter the name lacks"
+        );
+        let deep = format!("{}/nothing", vec!["**"; 60].join("/"));
+        let path: Vec<&str> = std::iter::repeat_n("d", 60).chain(["f.py"]).collect();
+        let pat: Vec<&str> = deep.split('/').collect();
+        assert!(
+            !glob_match(&pat, &path),
+            "expected no match for a path that never names `nothing`"
+        );
     }
 }
