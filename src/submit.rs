@@ -162,6 +162,9 @@ pub fn dependency_cycle<'a>(
     after_of: &dyn Fn(&str) -> Option<&'a [String]>,
 ) -> Option<String> {
     // Depth first, each task visited once; `path` is the way from `start` to the current one.
+    // Bounded: a graph too big to search is refused rather than searched for minutes.
+    const MOST_LINKS: usize = 100_000;
+    let mut links = 0usize;
     let mut seen = std::collections::HashSet::new();
     let mut path: Vec<&str> = vec![start];
     let mut stack: Vec<std::slice::Iter<'a, String>> =
@@ -180,6 +183,12 @@ pub fn dependency_cycle<'a>(
                 ));
             }
             Some(dep) => {
+                links += 1;
+                if links > MOST_LINKS {
+                    return Some(format!(
+                        "`after` leads through more than {MOST_LINKS} dependencies (from `{start}`), too many to check that none leads back to it; name fewer"
+                    ));
+                }
                 if seen.insert(dep.as_str()) {
                     path.push(dep);
                     stack.push(after_of(dep).unwrap_or_default().iter());
@@ -188,6 +197,61 @@ pub fn dependency_cycle<'a>(
         }
     }
     None
+}
+
+/// Whether any circle may run through the tasks of `starts` (a batch being taken in): one
+/// search of everything they reach, each task and link looked at once. `false` means none
+/// does; `true` that one does — or that the graph is too big to tell (past a million links),
+/// and [`dependency_cycle`] should be asked task by task.
+pub fn may_have_cycle<'a, 's>(
+    starts: impl Iterator<Item = &'s str>,
+    after_of: &dyn Fn(&str) -> Option<&'a [String]>,
+) -> bool
+where
+    'a: 's,
+{
+    const MOST_LINKS: usize = 1_000_000;
+    #[derive(PartialEq)]
+    enum Mark {
+        /// On the way being searched now: reaching it again closes a circle.
+        OnPath,
+        /// Searched: no circle through it.
+        Done,
+    }
+    let mut marks: std::collections::HashMap<&str, Mark> = std::collections::HashMap::new();
+    let mut links = 0usize;
+    for start in starts {
+        if marks.contains_key(start) {
+            continue;
+        }
+        marks.insert(start, Mark::OnPath);
+        let mut stack: Vec<(&str, std::slice::Iter<'a, String>)> =
+            vec![(start, after_of(start).unwrap_or_default().iter())];
+        while let Some((id, deps)) = stack.last_mut() {
+            let id = *id;
+            match deps.next() {
+                None => {
+                    marks.insert(id, Mark::Done);
+                    stack.pop();
+                }
+                Some(dep) => {
+                    links += 1;
+                    if links > MOST_LINKS {
+                        return true;
+                    }
+                    match marks.get(dep.as_str()) {
+                        Some(Mark::OnPath) => return true,
+                        Some(Mark::Done) => {}
+                        None => {
+                            marks.insert(dep, Mark::OnPath);
+                            stack.push((dep, after_of(dep).unwrap_or_default().iter()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    false
 }
 
 /// Writes the task into the inbox: `inbox/.tmp/<id>.json`, fsync, then a rename that never
@@ -298,5 +362,73 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// One search per batch: a batch with no circle is told so however tangled; one with a
+    /// circle anywhere in what it reaches is told to look closer.
+    #[test]
+    fn a_batch_is_searched_once_for_any_circle() {
+        let graph: std::collections::HashMap<&str, Vec<String>> = [
+            ("a", vec!["b".to_string(), "c".to_string()]),
+            ("b", vec!["c".to_string()]),
+            ("c", vec![]),
+            ("d", vec!["a".to_string(), "b".to_string()]),
+            ("x", vec!["y".to_string()]),
+            ("y", vec!["z".to_string()]),
+            ("z", vec!["x".to_string()]),
+            ("into", vec!["x".to_string()]),
+        ]
+        .into_iter()
+        .collect();
+        let after_of = |id: &str| graph.get(id).map(Vec::as_slice);
+        for (starts, want) in [
+            (vec!["a", "b", "c", "d"], false),
+            (vec!["d"], false),
+            (vec!["unknown"], false),
+            (vec!["x"], true),
+            (vec!["a", "into"], true),
+        ] {
+            assert_eq!(
+                may_have_cycle(starts.iter().copied(), &after_of),
+                want,
+                "from {starts:?}"
+            );
+        }
+        // A diamond 2,000 wide and deep is searched once: each link once, no circle.
+        let ids: Vec<String> = (0..2000).map(|i| format!("t{i}")).collect();
+        let wide: std::collections::HashMap<&str, Vec<String>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), ids[i.saturating_sub(300)..i].to_vec()))
+            .collect();
+        let after_of = |id: &str| wide.get(id).map(Vec::as_slice);
+        assert!(
+            !may_have_cycle(ids.iter().map(String::as_str), &after_of),
+            "expected about 600,000 links searched to no circle"
+        );
+    }
+
+    /// A graph too big to search is refused with a reason, not searched without end: 400 tasks
+    /// each after all the ones before reach 80,000 links from the last.
+    #[test]
+    fn a_dependency_graph_too_big_to_search_is_refused() {
+        let ids: Vec<String> = (0..=600).map(|i| format!("t{i}")).collect();
+        let graph: std::collections::HashMap<&str, Vec<String>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), ids[..i].to_vec()))
+            .collect();
+        let after_of = |id: &str| graph.get(id).map(Vec::as_slice);
+        assert_eq!(
+            dependency_cycle("t300", &after_of),
+            None,
+            "expected 300 × 299 / 2 links searched in full"
+        );
+        let got = dependency_cycle("t600", &after_of);
+        assert!(
+            got.as_deref().is_some_and(|g| g
+                .starts_with("`after` leads through more than 100000 dependencies (from `t600`)")),
+            "expected the graph refused as too big, got {got:?}"
+        );
     }
 }

@@ -402,6 +402,48 @@ fn tasks_that_wait_for_each_other_are_refused_not_left_waiting() {
     }
 }
 
+/// A circle closed across intakes: `ta` is taken in while `tb`, which it names, still waits in
+/// the inbox (the first batch is full: 255 older files and `ta`); when `tb` comes in the next
+/// batch, naming `ta`, it is refused. (Only such a task — named before it was one — is searched
+/// for a circle: one after tasks already known cannot close one.)
+#[test]
+fn a_circle_closed_by_a_task_of_a_later_batch_is_refused() {
+    let ws = Workspace::new(CONFIG);
+    let tmp = ws.path("inbox/.tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let at = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let mut files: Vec<(String, String)> = (0..255)
+        .map(|i| (format!("f{i:03}.json"), "not json".to_string()))
+        .collect();
+    files.push((
+        "ta.json".into(),
+        r#"{"prompt": "p", "after": ["tb"]}"#.into(),
+    ));
+    files.push((
+        "tb.json".into(),
+        r#"{"prompt": "p", "after": ["ta"]}"#.into(),
+    ));
+    // Oldest first: the fillers, then `ta`, then `tb`.
+    for (n, (name, body)) in files.iter().enumerate() {
+        let path = tmp.join(name);
+        std::fs::write(&path, body).unwrap();
+        let when = at + std::time::Duration::from_secs(if n < 255 { 0 } else { n as u64 });
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        std::fs::rename(&path, ws.path(&format!("inbox/{name}"))).unwrap();
+    }
+    let _d = ws.start();
+    let reason = rejection(&ws, "tb.json");
+    assert!(
+        reason.starts_with("`after` goes round in a circle (tb → ta → tb)"),
+        "expected the circle named, got {reason:?}"
+    );
+}
+
 #[test]
 fn a_removed_lock_file_does_not_let_a_second_daemon_in() {
     let ws = Workspace::new(CONFIG);

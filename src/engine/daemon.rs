@@ -235,6 +235,7 @@ pub async fn run_with_options(
         held_scan_at: None,
         compactor,
         reserved: HashMap::new(),
+        named_ahead: HashSet::new(),
         progress_due: None,
         progress_cost: Duration::ZERO,
         settled_since_trim: 0,
@@ -257,6 +258,14 @@ pub async fn run_with_options(
         })
         .await?;
     engine.book.apply(&started);
+    engine.named_ahead = engine
+        .book
+        .iter()
+        .filter(|t| !t.phase().is_terminal())
+        .flat_map(|t| t.more().after.iter())
+        .filter(|dep| !engine.book.contains(dep))
+        .cloned()
+        .collect();
     engine.recover(last_heard_ms).await?;
     engine.take_fleet_messages().await;
 

@@ -335,26 +335,58 @@ impl Engine {
                 None => kept.push((c, spec)),
             }
         }
-        // A task whose `after` leads back to itself would wait for good: refused now.
+        // A task whose `after` leads back to itself would wait for good: refused now. Every new
+        // circle runs through a task of this batch (the tasks taken in before formed none),
+        // and a task taken in before leads into this batch only through an id it named while
+        // that id still waited in the inbox (`named_ahead`). Without such ids the tasks taken
+        // in before are ends of the search, and a batch costs what its own `after` lists
+        // hold, however many tasks wait — a search per task over every task it could reach
+        // made a big graph of `after` quadratic.
         let batch_after: HashMap<String, Vec<String>> = kept
             .iter()
             .map(|(_, spec)| (spec.id.clone(), spec.fields.after.clone()))
             .collect();
+        let through_taken = !self.named_ahead.is_empty();
         let after_of = |id: &str| -> Option<&[String]> {
             match batch_after.get(id) {
                 Some(after) => Some(after.as_slice()),
-                None => self
+                None if through_taken => self
                     .book
                     .get(id)
                     .filter(|t| !t.phase().is_terminal())
                     .map(|t| t.more().after.as_slice()),
+                None => None,
             }
+        };
+        let circles =
+            crate::submit::may_have_cycle(batch_after.keys().map(String::as_str), &after_of);
+        // Only a task something names can be on a circle.
+        let named_in_batch: HashSet<&str> = if circles {
+            batch_after.values().flatten().map(String::as_str).collect()
+        } else {
+            HashSet::new()
         };
         let mut accepted = Vec::with_capacity(kept.len());
         for (c, spec) in kept {
-            match crate::submit::dependency_cycle(&spec.id, &after_of) {
+            let named = circles
+                && (named_in_batch.contains(spec.id.as_str())
+                    || self.named_ahead.contains(&spec.id));
+            match named
+                .then(|| crate::submit::dependency_cycle(&spec.id, &after_of))
+                .flatten()
+            {
                 Some(reason) => refused.push((c, reason)),
                 None => accepted.push((c, spec)),
+            }
+        }
+        for (_, spec) in &accepted {
+            self.named_ahead.remove(&spec.id);
+        }
+        for (_, spec) in &accepted {
+            for dep in &spec.fields.after {
+                if !self.book.contains(dep) && !batch_after.contains_key(dep) {
+                    self.named_ahead.insert(dep.clone());
+                }
             }
         }
         for (c, reason) in refused {

@@ -363,6 +363,10 @@ struct Engine {
     /// Ids that doors have given out for files not taken in yet (id → the inbox file), so a
     /// file dropped with a name that maps to the same id cannot take it.
     reserved: HashMap<String, String>,
+    /// Ids that a task taken in named in its `after` before they were tasks themselves (they
+    /// waited in the inbox): only such a task, once taken in, can close a circle of `after`,
+    /// so only it is searched for one (see `intake`). Rebuilt from the book at each start.
+    named_ahead: HashSet<String>,
     progress_due: Option<Instant>,
     /// How long `progress.md` took to render and write the last time (it paces the next).
     progress_cost: Duration,

@@ -218,9 +218,12 @@ pub fn glob_workspace(ws: &Workspace, pattern: &str) -> Vec<String> {
 }
 
 fn glob_match(pat: &[&str], path: &[&str]) -> bool {
-    wildcard(pat, path, |p| *p == "**", |p, s| {
-        segment_match(p.as_bytes(), s.as_bytes())
-    })
+    wildcard(
+        pat,
+        path,
+        |p| *p == "**",
+        |p, s| segment_match(p.as_bytes(), s.as_bytes()),
+    )
 }
 
 fn segment_match(p: &[u8], s: &[u8]) -> bool {
