@@ -2137,6 +2137,57 @@ fn verify_runs_without_files_only_the_works_own_ignore_rules_hide() {
     );
 }
 
+/// `dirigent diff` on a terminal never passes the agent's escape sequences on (a window title,
+/// a cleared screen); piped, the patch is as the agent wrote it, for `git apply`.
+#[test]
+fn diff_on_a_terminal_drops_the_agents_escape_sequences_and_a_pipe_keeps_them() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: none\n"));
+    let _d = ws.start();
+    ws.drop_task(
+        "esc.md",
+        "run printf 'visible line\\033]0;PWNED\\007\\033[2J\\n' > notes.txt\n",
+    );
+    assert!(
+        matches!(ws.wait_settled("esc"), Event::Done { .. }),
+        "expected done:\n{}",
+        attempt_reasons(&ws)
+    );
+    let piped = ws.cli(&["diff", "esc"]);
+    assert!(
+        piped.stdout.windows(4).any(|w| w == b"\x1b]0;"),
+        "expected the patch as written in a pipe, got {:?}",
+        String::from_utf8_lossy(&piped.stdout)
+    );
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+data = b""
+while True:
+    try:
+        chunk = os.read(fd, 65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    data += chunk
+os.waitpid(pid, 0)
+sys.stdout.write(data.decode("utf-8", "replace"))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, common::BIN, "diff", "esc"])
+        .env("DIRIGENT_ROOT", ws.root())
+        .env("DIRIGENT_STATE_DIR", ws.state.path())
+        .output()
+        .expect("python3 runs");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("+visible line") && !shown.contains('\x1b') && !shown.contains("PWNED\x07"),
+        "expected the line shown without its escape sequences, got {shown:?}"
+    );
+}
+
 /// `dirigent merge` of a task that needs none says why: merged already (where, at which
 /// commit), or kept as a branch for the user to merge with git (`merge: none`).
 #[test]

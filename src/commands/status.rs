@@ -4,6 +4,7 @@
 use super::inbox_view::{inbox_files, inbox_note, inbox_refusal};
 use super::spend::{spend_line, spend_report};
 use super::*;
+use std::io::IsTerminal;
 
 /// The daemon's live state when it answers: its task book and, when it does not take work
 /// now, why.
@@ -676,7 +677,14 @@ pub fn diff(ws: &Workspace, id: &str, json: bool) -> Result<ExitCode> {
             &w.base[..w.base.len().min(12)]
         );
     }
-    print!("{text}");
+    // The agent wrote every line of it: on a terminal its escape sequences (a window title, a
+    // clipboard write, a cleared screen) are removed, as `logs` removes them; a pipe gets the
+    // patch as it is, for `git apply`.
+    if std::io::stdout().is_terminal() {
+        print!("{}", dirigent::terminal::log_safe(&text, false));
+    } else {
+        print!("{text}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
