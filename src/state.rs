@@ -416,6 +416,7 @@ impl TaskBook {
                     packed_spec: None,
                     more: More::of(TaskMore {
                         after: spec.fields.after.clone(),
+                        workflow_run: spec.fields.workflow_run.clone(),
                         budget_usd: spec.fields.budget_usd,
                         origin,
                         role: spec.fields.role.clone(),

@@ -60,6 +60,11 @@ pub struct TaskFields {
     /// agents create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// The workflow run this task is a step of. Set by dirigent for the tasks a run submits,
+    /// and accepted only from it: a task naming a run that does not want it, at that moment,
+    /// with exactly these fields, is refused — no one else can hand a run its results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_run: Option<String>,
     /// Where its attempts work: `worktree` (a git worktree of its own) or `shared`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<crate::workdir::Workdir>,

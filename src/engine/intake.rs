@@ -260,6 +260,62 @@ impl Engine {
         }
     }
 
+    /// Why `spec` may not be taken in as (or beside) a workflow run's own task: it names a
+    /// run (`workflow_run`) that does not want exactly it now — only the run's own child, as
+    /// the run wrote it, is — or it names none but takes an id under a run's (`<run>.…`),
+    /// where the run's children live. Without this anyone (an agent of the run included)
+    /// could hand a run the result of a step, or a loop's evaluator verdict, of their choosing.
+    /// `wanted` keeps each run's answer for the rest of the batch.
+    fn run_check(
+        &mut self,
+        spec: &TaskSpec,
+        wanted: &mut HashMap<String, Vec<crate::task::TaskFields>>,
+    ) -> Option<String> {
+        let Some(run) = &spec.fields.workflow_run else {
+            let owner = spec
+                .id
+                .match_indices('.')
+                .map(|(at, _)| &spec.id[..at])
+                .find(|prefix| {
+                    self.book
+                        .get(prefix)
+                        .is_some_and(|t| t.workflow().is_some())
+                })?;
+            return Some(format!(
+                "the id `{}` is under the workflow run `{owner}`'s (`{owner}.…` names its own tasks); choose another id",
+                spec.id
+            ));
+        };
+        if !wanted.contains_key(run) {
+            let live = self
+                .book
+                .get(run)
+                .is_some_and(|t| !t.phase().is_terminal() && t.workflow().is_some());
+            let wf = if live { self.workflow_of(run) } else { None };
+            let children = wf
+                .and_then(|wf| Some((self.book.get(run)?, wf)))
+                .map(|(t, wf)| {
+                    crate::runner::next(t, &wf, &self.book, &self.config, &self.ws)
+                        .into_iter()
+                        .filter_map(|a| match a {
+                            crate::runner::Action::Submit(child) => {
+                                Some(self.child_fields(run, &child))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            wanted.insert(run.clone(), children);
+        }
+        let ours = wanted[run].contains(&spec.fields);
+        (!ours).then(|| {
+            format!(
+                "`workflow_run` names `{run}`, which did not submit this task: dirigent sets it for a workflow run's own tasks"
+            )
+        })
+    }
+
     /// Reads, checks and records claimed files (in `running/` under their claim names, or —
     /// found there after a crash — under any name): ids given in the files first, then ids
     /// made from file names, so a file named like another task's explicit id never takes it.
@@ -283,6 +339,8 @@ impl Engine {
         let mut accepted: Vec<(Claimed, Box<TaskSpec>)> = Vec::new();
         let mut refused: Vec<(Claimed, String)> = Vec::new();
         let mut spawned_now: HashMap<String, u32> = HashMap::new();
+        // What each workflow run named by a file of this batch wants submitted now.
+        let mut wanted: HashMap<String, Vec<crate::task::TaskFields>> = HashMap::new();
         // Explicit ids first: they were asked for; a name-derived id yields to them.
         parsed.sort_by_key(|(_, f)| f.id.is_none());
         for (c, fields) in parsed {
@@ -316,6 +374,13 @@ impl Engine {
                     }
                     None => Ok(spec),
                 });
+            let spec = match spec {
+                Ok(spec) => match self.run_check(&spec, &mut wanted) {
+                    Some(reason) => Err(reason),
+                    None => Ok(spec),
+                },
+                refused => refused,
+            };
             match spec {
                 Ok(spec) => {
                     batch_ids.insert(spec.id.clone());

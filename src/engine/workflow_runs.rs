@@ -63,7 +63,7 @@ impl Engine {
                 for action in actions {
                     match action {
                         crate::runner::Action::Submit(child) => {
-                            if let Err(refused) = self.submit_child(&child) {
+                            if let Err(refused) = self.submit_child(&run, &child) {
                                 self.escalate(&run, refused.to_string());
                                 break;
                             }
@@ -153,7 +153,7 @@ impl Engine {
     }
 
     /// The parsed workflow of a run (cached); a workflow that vanished or broke fails the run.
-    fn workflow_of(&mut self, run: &str) -> Option<Arc<crate::workflow::Workflow>> {
+    pub(super) fn workflow_of(&mut self, run: &str) -> Option<Arc<crate::workflow::Workflow>> {
         if let Some(wf) = self.live.run_mut(run).and_then(|p| p.workflow.clone()) {
             return Some(wf);
         }
@@ -207,16 +207,14 @@ impl Engine {
         self.book.get(&run)?.spec()?.fields.merge_into.clone()
     }
 
-    /// Submits a child task through the inbox, like any other door. Submitting the same child
-    /// twice is harmless: the second file finds the first in the inbox, or the id taken.
-    /// Returns why the task cannot be submitted at all (too big, a bad id): the run then fails
-    /// with that reason instead of waiting for a task that will never come.
-    fn submit_child(&mut self, child: &crate::runner::Child) -> Result<(), ChildRefused> {
-        crate::config::validate_name(&child.id).map_err(|cause| ChildRefused::BadId {
-            id: child.id.clone(),
-            cause,
-        })?;
-        let fields = crate::task::TaskFields {
+    /// The task fields of `run`'s child: what it writes into the inbox, and what the intake
+    /// compares a file naming the run with (see `run_wants`).
+    pub(super) fn child_fields(
+        &self,
+        run: &str,
+        child: &crate::runner::Child,
+    ) -> crate::task::TaskFields {
+        crate::task::TaskFields {
             id: Some(child.id.clone()),
             title: Some(child.title.clone()),
             prompt: Some(child.prompt.clone()),
@@ -238,8 +236,25 @@ impl Engine {
             merge_into: (child.workdir == Some(crate::workdir::Workdir::Worktree))
                 .then(|| self.run_merge_into(&child.id))
                 .flatten(),
+            workflow_run: Some(run.to_string()),
             ..Default::default()
-        };
+        }
+    }
+
+    /// Submits a child task through the inbox, like any other door. Submitting the same child
+    /// twice is harmless: the second file finds the first in the inbox, or the id taken.
+    /// Returns why the task cannot be submitted at all (too big, a bad id): the run then fails
+    /// with that reason instead of waiting for a task that will never come.
+    fn submit_child(
+        &mut self,
+        run: &str,
+        child: &crate::runner::Child,
+    ) -> Result<(), ChildRefused> {
+        crate::config::validate_name(&child.id).map_err(|cause| ChildRefused::BadId {
+            id: child.id.clone(),
+            cause,
+        })?;
+        let fields = self.child_fields(run, child);
         match crate::submit::write_into_inbox(&self.ws, &child.id, &fields) {
             Ok(_) => {
                 self.reserved

@@ -53,7 +53,7 @@ pub(super) fn distilled(
             continue;
         };
         let id = format!("{}.distill.{name}", run.id());
-        match child_state(book, &id) {
+        match child_state(book, run.id(), &id) {
             ChildState::Missing => actions.push(Action::Submit(Child {
                 id,
                 title: format!("distill {name}"),

@@ -82,12 +82,24 @@ enum ChildState {
     Failed(String),
 }
 
-fn child_state(book: &TaskBook, id: &str) -> ChildState {
-    child_state_by(book, id).0
+fn child_state(book: &TaskBook, run: &str, id: &str) -> ChildState {
+    child_state_by(book, run, id).0
 }
 
-/// A child's state, and for a done child the agent that answered.
-fn child_state_by(book: &TaskBook, id: &str) -> (ChildState, Option<String>) {
+/// A child's state, and for a done child the agent that answered. A task under the child's
+/// id that `run` did not submit (one submitted first by someone else, to hand the run a
+/// result of their choosing) is never taken as the child: the run fails, saying so.
+fn child_state_by(book: &TaskBook, run: &str, id: &str) -> (ChildState, Option<String>) {
+    if let Some(t) = book.get(id)
+        && t.more().workflow_run.as_deref() != Some(run)
+    {
+        return (
+            ChildState::Failed(format!(
+                "the id `{id}` its task needs is taken by a task this run did not submit; run the workflow again under another id"
+            )),
+            None,
+        );
+    }
     let Some(t) = book.get(id) else {
         let state = match book.outcome(id) {
             // Archived: only the outcome is known; the default output path is deterministic.

@@ -17,7 +17,7 @@ use crate::workflow::{
 /// `single`: one task; its result is the phase's.
 pub(super) fn single(cx: &Ctx) -> Vec<Action> {
     let id = cx.phase_task_id();
-    match child_state(cx.book, &id) {
+    match child_state(cx.book, cx.run.id(), &id) {
         ChildState::Missing => {
             let (agent, role) = match cx.own_route() {
                 Ok(r) => r,
@@ -64,7 +64,7 @@ pub(super) fn ensemble(cx: &Ctx, e: &Ensemble) -> Vec<Action> {
     let spread = targets::diversify(natural.clone());
     for (i, proposer) in e.proposers.iter().enumerate() {
         let id = cx.id(i + 1);
-        let (state, answered_by) = child_state_by(cx.book, &id);
+        let (state, answered_by) = child_state_by(cx.book, cx.run.id(), &id);
         let from = match answered_by {
             Some(by) if by != proposer.value => format!("{}, answered by {by}", proposer.value),
             _ => proposer.value.clone(),
@@ -139,7 +139,7 @@ pub(super) fn ensemble(cx: &Ctx, e: &Ensemble) -> Vec<Action> {
         ));
     }
     let id = cx.id("judge");
-    match child_state(cx.book, &id) {
+    match child_state(cx.book, cx.run.id(), &id) {
         ChildState::Missing => {
             let (agent, role) = match cx.route(Some((&e.judge.value, Accepts::Any))) {
                 Ok(r) => r,
@@ -215,7 +215,7 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
         round_vars.insert("round".into(), round.to_string());
         round_vars.insert("feedback".into(), feedback.clone());
         let id = cx.id(round);
-        let out = match child_state(cx.book, &id) {
+        let out = match child_state(cx.book, cx.run.id(), &id) {
             ChildState::Missing => {
                 let mut p = render(&l.generator.prompt.value, &round_vars);
                 if !cx.context.is_empty() {
@@ -271,7 +271,7 @@ pub(super) fn loop_rounds(cx: &Ctx, l: &Loop) -> Vec<Action> {
             Evaluation::Agent { agent, prompt } => (agent, prompt),
         };
         let eval_id = format!("{id}.eval");
-        return match child_state(cx.book, &eval_id) {
+        return match child_state(cx.book, cx.run.id(), &eval_id) {
             ChildState::Missing => {
                 let ask = ask
                     .as_ref()
@@ -345,7 +345,7 @@ pub(super) fn fan_out(cx: &Ctx, f: &FanOut) -> Vec<Action> {
     let mut waiting = false;
     for (k, sub) in subs.into_iter().enumerate() {
         let id = cx.id(k + 1);
-        match child_state(cx.book, &id) {
+        match child_state(cx.book, cx.run.id(), &id) {
             ChildState::Missing => actions.push(Action::Submit(Child {
                 id,
                 title: format!("{} ({})", cx.title, sub.label),
@@ -379,7 +379,7 @@ pub(super) fn fan_out(cx: &Ctx, f: &FanOut) -> Vec<Action> {
     };
     // One more step over every result: a parallel phase's synthesis, a map's refine.
     let id = cx.id(if is_map { "refine" } else { "synthesize" });
-    match child_state(cx.book, &id) {
+    match child_state(cx.book, cx.run.id(), &id) {
         ChildState::Missing => {
             let mut p = render(&step.prompt.value, &cx.vars);
             p.push_str("\n\n---\n");

@@ -385,6 +385,10 @@ pub struct TaskMore {
     /// Always written (as `[]` too): builds before the split required it in a snapshot.
     #[serde(default)]
     pub after: Vec<String>,
+    /// The workflow run it is a step of (see `TaskFields::workflow_run`): a run takes as its
+    /// own only a task recorded as its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_run: Option<String>,
     /// A workflow run's completed phases and their outputs, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<(String, String)>,
@@ -428,6 +432,7 @@ fn is_zero(n: &u32) -> bool {
 /// What a task without any of [`TaskMore`]'s parts reads.
 static NO_MORE: TaskMore = TaskMore {
     after: Vec::new(),
+    workflow_run: None,
     phases: Vec::new(),
     rounds: Vec::new(),
     budget_usd: None,
@@ -446,6 +451,7 @@ impl TaskMore {
         // lets its box go.
         let TaskMore {
             after,
+            workflow_run,
             phases,
             rounds,
             budget_usd,
@@ -458,6 +464,7 @@ impl TaskMore {
             retried_after,
         } = self;
         after.is_empty()
+            && workflow_run.is_none()
             && phases.is_empty()
             && rounds.is_empty()
             && budget_usd.is_none()
