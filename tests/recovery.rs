@@ -792,3 +792,52 @@ fn a_requeued_task_whose_file_was_removed_runs_at_the_next_start() {
         "expected the requeued task run again and done"
     );
 }
+
+/// A task a stop put back in the inbox was accepted once: when its file comes back refused (its
+/// agent removed from the config meanwhile), it is not "rejected" while its record waits on — a
+/// later start would run it — but goes on as accepted and fails once, saying why; put the
+/// agent back and restart: it stays failed, it never runs.
+#[test]
+fn a_task_put_back_by_a_stop_whose_agent_is_gone_fails_once_and_is_not_rejected() {
+    let with_gate = "kill_grace: 300ms\nagents:\n  gate: { command: [\"{agents}/gate.sh\", \"go\"] }\n  other: { command: [\"{agents}/ok.sh\"] }\n";
+    let ws = Workspace::new(with_gate);
+    let mut d = ws.start();
+    ws.drop_task("lim.json", r#"{"prompt": "p", "agent": "gate"}"#);
+    ws.wait_started("lim");
+    assert!(d.stop().success(), "expected the daemon to stop");
+    ws.write_config("kill_grace: 300ms\nagents:\n  other: { command: [\"{agents}/ok.sh\"] }\n");
+    let mut d = ws.start();
+    let Event::Escalated { reason, .. } = ws.wait_settled("lim") else {
+        panic!("expected `lim` to fail");
+    };
+    assert!(
+        reason.contains("`gate` is no longer configured"),
+        "expected the gone agent named, got {reason}"
+    );
+    let rejected: Vec<_> = ws
+        .records()
+        .into_iter()
+        .filter(|r| matches!(&r.event, Event::Rejected { file, .. } if file == "lim.json"))
+        .collect();
+    assert!(
+        rejected.is_empty(),
+        "expected no rejection of its file, got {rejected:?}"
+    );
+    assert!(d.stop().success(), "expected the daemon to stop");
+    ws.write_config(with_gate);
+    std::fs::write(ws.root().join("go"), "").unwrap();
+    let _d = ws.start();
+    // A task after it: once that is settled, the start has done all it would do with `lim`.
+    ws.drop_task("probe.json", r#"{"prompt": "p", "agent": "other"}"#);
+    ws.wait_settled("probe");
+    ws.wait_state("lim", "failed");
+    let started = ws
+        .records()
+        .iter()
+        .filter(|r| matches!(&r.event, Event::AttemptStarted { task, .. } if task == "lim"))
+        .count();
+    assert_eq!(
+        started, 1,
+        "expected only the first attempt, the one the stop cut off"
+    );
+}

@@ -260,6 +260,26 @@ impl Engine {
         }
     }
 
+    /// The spec a task put back by a stop was accepted with, when its file — back from the
+    /// inbox — is refused now (its agent since removed from the config, the file edited into
+    /// something invalid): the task was accepted once and is in the ledger, so it goes on as
+    /// it was accepted (and fails at dispatch with a reason, if it cannot run) instead of
+    /// being "rejected" while its record waits on — which a later start would run anyway.
+    fn requeued_spec(&self, file: &str, reason: &str) -> Option<Box<TaskSpec>> {
+        let id = crate::task::id_from_stem(fsutil::split_name(file).0);
+        let t = self
+            .book
+            .get(&id)
+            .filter(|t| matches!(t.phase(), Phase::Requeued) && t.file() == file)?;
+        let spec = t.spec()?;
+        tracing::warn!(
+            task = %id,
+            file,
+            "its file, put back in the inbox by a stop, is refused now ({reason}); the task goes on as it was accepted"
+        );
+        Some(Box::new((*spec).clone()))
+    }
+
     /// Why `spec` may not be taken in as (or beside) a workflow run's own task: it names a
     /// run (`workflow_run`) that does not want exactly it now — only the run's own child, as
     /// the run wrote it, is — or it names none but takes an id under a run's (`<run>.…`),
@@ -321,11 +341,19 @@ impl Engine {
     /// made from file names, so a file named like another task's explicit id never takes it.
     pub(super) async fn take_in(&mut self, running: &confined::Dir, claimed: Vec<Claimed>) {
         let mut parsed = Vec::new();
+        let mut accepted: Vec<(Claimed, Box<TaskSpec>)> = Vec::new();
+        let mut batch_ids: HashSet<String> = HashSet::new();
         for c in claimed {
             match claim::read(running, &c.claim_name, &c.name) {
                 Ok(fields) => parsed.push((c, fields)),
                 Err(claim::Unreadable::Refused(reason)) => {
-                    self.reject(running, &c.claim_name, &c.name, reason).await
+                    match self.requeued_spec(&c.name, &reason) {
+                        Some(spec) => {
+                            batch_ids.insert(spec.id.clone());
+                            accepted.push((c, spec));
+                        }
+                        None => self.reject(running, &c.claim_name, &c.name, reason).await,
+                    }
                 }
                 Err(claim::Unreadable::Exhausted(e)) => {
                     // It stays claimed; it is taken in when the pause ends (or at the next start).
@@ -335,8 +363,6 @@ impl Engine {
                 }
             }
         }
-        let mut batch_ids: HashSet<String> = HashSet::new();
-        let mut accepted: Vec<(Claimed, Box<TaskSpec>)> = Vec::new();
         let mut refused: Vec<(Claimed, String)> = Vec::new();
         let mut spawned_now: HashMap<String, u32> = HashMap::new();
         // What each workflow run named by a file of this batch wants submitted now.
@@ -386,7 +412,13 @@ impl Engine {
                     batch_ids.insert(spec.id.clone());
                     accepted.push((c, Box::new(spec)));
                 }
-                Err(reason) => refused.push((c, reason)),
+                Err(reason) => match self.requeued_spec(&c.name, &reason) {
+                    Some(spec) => {
+                        batch_ids.insert(spec.id.clone());
+                        accepted.push((c, spec));
+                    }
+                    None => refused.push((c, reason)),
+                },
             }
         }
         // `after` must name a task that exists: known, in this batch, or waiting in the inbox.
