@@ -45,6 +45,9 @@ pub enum GitError {
         args: String,
         status: String,
         stderr: String,
+        /// What ran out, when git failed for want of a resource (the disk, descriptors,
+        /// memory): not the work's fault, so the step waits for room instead of failing it.
+        exhausted: Option<&'static str>,
     },
     #[error("cannot run git: {0}")]
     Io(std::io::Error),
@@ -53,6 +56,18 @@ pub enum GitError {
         path.display()
     )]
     Displaced { path: PathBuf, why: &'static str },
+}
+
+impl GitError {
+    /// What ran out, when that is why git failed: the step is then tried again once there is
+    /// room, not counted against the work.
+    pub fn exhausted(&self) -> Option<&'static str> {
+        match self {
+            GitError::Io(e) => crate::fsutil::exhausted(e),
+            GitError::Failed { exhausted, .. } => *exhausted,
+            _ => None,
+        }
+    }
 }
 
 /// A repository, by the top of its main work tree.
@@ -370,7 +385,13 @@ where
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
-    Err(failed(&args, &out))
+    let mut e = failed(&args, &out);
+    if let GitError::Failed { exhausted, .. } = &mut e
+        && exhausted.is_none()
+    {
+        *exhausted = disk_full_at(dir);
+    }
+    Err(e)
 }
 
 fn run<I, S>(dir: &Path, args: I) -> Result<std::process::Output, GitError>
@@ -459,9 +480,34 @@ fn unquote_path(line: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// What ran out, as git's messages say it (any of its lines: the last is often only "cannot
+/// update ref"), in the words of [`crate::fsutil::exhausted`].
+fn exhausted_in(stderr: &str) -> Option<&'static str> {
+    [
+        ("No space left on device", "the disk is full"),
+        ("Disk quota exceeded", "the disk quota is used up"),
+        ("Too many open files", "the daemon has too many open files"),
+        ("Cannot allocate memory", "memory ran out"),
+        ("Out of memory", "memory ran out"),
+        ("out of memory", "memory ran out"),
+    ]
+    .into_iter()
+    .find(|(said, _)| stderr.contains(said))
+    .map(|(_, what)| what)
+}
+
+/// Whether the file system holding `dir` is (all but) full — git does not always say so when
+/// a write fails (`couldn't write '….lock'`).
+fn disk_full_at(dir: &Path) -> Option<&'static str> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let free = u64::from(st.blocks_available()).saturating_mul(st.fragment_size());
+    (free < 1 << 20 || (st.files() > 0 && st.files_available() == 0)).then_some("the disk is full")
+}
+
 fn failed<S: AsRef<OsStr>>(args: &[S], out: &std::process::Output) -> GitError {
     let stderr = String::from_utf8_lossy(&out.stderr);
     GitError::Failed {
+        exhausted: exhausted_in(&stderr),
         args: args
             .iter()
             .map(|a| a.as_ref().to_string_lossy().into_owned())

@@ -70,10 +70,15 @@ pub(super) const MANUAL_PREFIX: &str = crate::editing::MANUAL_MERGE;
 const DIRTY_PREFIX: &str = "the checkout of `";
 const QUEUED_PREFIX: &str = "queued for merging";
 const MOVING: &str = "kept moving";
+/// How a wait for room (the disk, descriptors) begins: it ends by itself.
+const EXHAUSTED_PREFIX: &str = "out of room: ";
 
 /// Whether a `merge_waiting` task is tried again without being asked.
 pub(super) fn goes_on_by_itself(reason: &str) -> bool {
-    reason.starts_with(DIRTY_PREFIX) || reason.starts_with(QUEUED_PREFIX) || reason.contains(MOVING)
+    reason.starts_with(DIRTY_PREFIX)
+        || reason.starts_with(QUEUED_PREFIX)
+        || reason.starts_with(EXHAUSTED_PREFIX)
+        || reason.contains(MOVING)
 }
 
 struct MergeJob {
@@ -279,6 +284,9 @@ impl Engine {
         match end {
             MergeEnd::Merged => self.finish_merged(id),
             MergeEnd::Waiting(reason) => {
+                if let Some(what) = reason.strip_prefix(EXHAUSTED_PREFIX) {
+                    self.pause(what.to_string());
+                }
                 let same = matches!(
                     self.book.get(id).map(|t| t.phase()),
                     Some(Phase::MergeWaiting { reason: r }) if *r == reason
@@ -426,6 +434,13 @@ async fn run_merge(job: MergeJob) -> MergeEnd {
             Ok(Some(end)) => return end,
             Ok(None) => continue, // the target moved between the replay and the swap
             Err(e) => {
+                // Out of room is no fault of the work: the merge waits and goes on by itself.
+                if let Some(what) = e.exhausted() {
+                    return MergeEnd::Waiting(format!(
+                        "{EXHAUSTED_PREFIX}{what}; the merge into `{}` goes on when there is room ({e})",
+                        job.target
+                    ));
+                }
                 return MergeEnd::Failed(format!("the merge into `{}` failed: {e}", job.target));
             }
         }

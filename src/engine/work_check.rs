@@ -63,8 +63,7 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
             if report.verdict.class == Class::Ok {
-                report.verdict.class = Class::Exit;
-                report.verdict.reason = format!("cannot read what the attempt changed: {e}");
+                git_step_failed(report, "cannot read what the attempt changed", &e);
             }
             return;
         }
@@ -93,9 +92,7 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
                 match tokio::task::spawn_blocking(move || tree.diff_stat(&base)).await {
                     Ok(Ok(d)) => diff = d,
                     Ok(Err(e)) => {
-                        report.verdict.class = Class::Exit;
-                        report.verdict.reason =
-                            format!("cannot read what the attempt changed: {e}");
+                        git_step_failed(report, "cannot read what the attempt changed", &e);
                     }
                     Err(_) => return,
                 }
@@ -125,8 +122,7 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
                 report.verdict.reason = why;
             }
             Ok(Err(e)) => {
-                report.verdict.class = Class::Exit;
-                report.verdict.reason = format!("cannot check what the attempt changed: {e}");
+                git_step_failed(report, "cannot check what the attempt changed", &e);
             }
             Err(_) => return,
         }
@@ -186,8 +182,7 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
             match committed {
                 Ok(Ok((before, c))) => made = Some((before, c)),
                 Ok(Err(e)) => {
-                    report.verdict.class = Class::Exit;
-                    report.verdict.reason = format!("the work cannot be committed: {e}");
+                    git_step_failed(report, "the work cannot be committed", &e);
                 }
                 Err(_) => return,
             }
@@ -270,6 +265,26 @@ pub(super) async fn check(plan: CheckPlan, report: &mut AttemptReport) {
         commit,
         again,
     });
+}
+
+/// The verdict of an attempt whose work a git step could not take: the attempt's failure —
+/// unless a resource ran out (the disk, descriptors): the attempt is then `interrupted` (not
+/// counted against the chain), the engine pauses, and the task runs again once there is room
+/// instead of failing. Such ends count against `max_interruptions`, so an agent that fills
+/// the disk itself each time still ends.
+fn git_step_failed(report: &mut AttemptReport, what: &str, e: &GitError) {
+    match e.exhausted() {
+        Some(ran_out) => {
+            report.verdict.class = Class::Interrupted;
+            report.verdict.reason =
+                format!("{what}: {ran_out}; it runs again when there is room ({e})");
+            report.exhausted = Some(format!("{ran_out} ({what}: {e})"));
+        }
+        None => {
+            report.verdict.class = Class::Exit;
+            report.verdict.reason = format!("{what}: {e}");
+        }
+    }
 }
 
 /// Before `verify`: removes what only the work's own ignore rules hide (see

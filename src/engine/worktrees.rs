@@ -78,7 +78,7 @@ impl TreeError {
     /// What ran out, when a resource did: the task waits instead of failing.
     pub fn exhausted(&self) -> Option<&'static str> {
         match self {
-            TreeError::Git(GitError::Io(e)) => fsutil::exhausted(e),
+            TreeError::Git(e) => e.exhausted(),
             _ => None,
         }
     }

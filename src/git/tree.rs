@@ -154,7 +154,7 @@ impl Tree {
         args.extend(["rebase", "--quiet", "--no-autostash", onto].map(String::from));
         match in_tree(self, &args) {
             Ok(_) => Ok(Ok(())),
-            Err(GitError::Failed { .. }) => {
+            Err(GitError::Failed { exhausted, .. }) => {
                 let files: Vec<String> =
                     in_tree(self, ["diff", "--name-only", "-z", "--diff-filter=U"])
                         .unwrap_or_default()
@@ -178,6 +178,7 @@ impl Tree {
                         args: format!("rebase {onto}"),
                         status: "no conflicting file".into(),
                         stderr: "the rebase stopped without a conflict".into(),
+                        exhausted,
                     });
                 }
                 Ok(Err(Conflict {
