@@ -500,6 +500,8 @@ fn exhausted_in(stderr: &str) -> Option<&'static str> {
 /// a write fails (`couldn't write '….lock'`).
 fn disk_full_at(dir: &Path) -> Option<&'static str> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    // `fsblkcnt_t` is 32 bits on macOS, 64 on Linux.
+    #[allow(clippy::useless_conversion)]
     let free = u64::from(st.blocks_available()).saturating_mul(st.fragment_size());
     (free < 1 << 20 || (st.files() > 0 && st.files_available() == 0)).then_some("the disk is full")
 }
