@@ -906,6 +906,22 @@ agents:
                 Class::Empty,
             ),
             case("claude", 0, "not json at all", "", Class::BadOutput),
+            // claude 2.1.332 offline: the words changed; the error's name did not.
+            case(
+                "claude",
+                1,
+                r#"{"type":"result","is_error":true,"api_error":"connection_failed","result":"API Error: Can't reach the API server — check your internet or DNS"}"#,
+                "",
+                Class::Network,
+            ),
+            // codex 0.171 offline: its model list times out before any connection is tried.
+            case(
+                "codex",
+                1,
+                "",
+                "ERROR codex_models_manager::manager: failed to refresh available models: request timed out\n",
+                Class::Network,
+            ),
             // gemini: exit codes 41/55, error JSON on stderr, success JSON.
             case(
                 "gemini",

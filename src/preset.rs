@@ -103,7 +103,12 @@ const MIN: u64 = 60;
 /// Python's httpx/litellm, the C library's resolver, and the CLIs' own words). DNS failures are
 /// network failures whatever the CLI wraps them in (`litellm.InternalServerError: … Name or
 /// service not known` is not the tool failing).
-pub const NETWORK: &str = r"(?i)ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|ENETUNREACH|getaddrinfo|fetch failed|connection (?:refused|reset|error|closed)|network (?:error|is unreachable)|could not resolve|failed to resolve|NameResolutionError|name or service not known|name does not resolve|temporary failure in name resolution|nodename nor servname|no address associated with hostname|failed to lookup address|dns error|failed to connect|cannot connect to api|unable to connect|error sending request|stream disconnected|APIConnectionError|ServiceUnavailableError|socket hang up|waiting for network";
+pub const NETWORK: &str = r"(?i)ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|ENETUNREACH|getaddrinfo|fetch failed|connection (?:refused|reset|error|closed)|network (?:error|is unreachable)|could not resolve|failed to resolve|NameResolutionError|name or service not known|name does not resolve|temporary failure in name resolution|nodename nor servname|no address associated with hostname|failed to lookup address|dns error|failed to connect|cannot connect to api|unable to connect|error sending request|stream disconnected|APIConnectionError|ServiceUnavailableError|socket hang up|waiting for network|can'?t reach the api|cannot reach the api|api_error.{1,4}connection_failed";
+
+/// codex's first words offline, 5 s apart, before it tries to connect at all (codex 0.171): its
+/// model list cannot be fetched. Counted like the connection errors that follow, so an attempt
+/// is decided some 15 s sooner.
+const CODEX_NETWORK: &str = r"failed to refresh available models: request timed out";
 
 /// A provider that is up but too busy (HTTP 529/503, `overloaded`): transient, so it is judged
 /// `network` (the same agent again after a backoff), never "the tool failed".
@@ -277,6 +282,7 @@ pub static PRESETS: &[Preset] = &[
                 r"(?i)rate[_ ]limit|\b429\b|usage limit|quota",
             ),
             (Class::Network, NETWORK),
+            (Class::Network, CODEX_NETWORK),
             (Class::Network, OVERLOADED),
         ],
         fatal: &[
@@ -285,6 +291,7 @@ pub static PRESETS: &[Preset] = &[
                 r"(?i)401 unauthorized|invalid_api_key|please log ?in",
             ),
             (Class::Network, NETWORK),
+            (Class::Network, CODEX_NETWORK),
             (Class::Network, OVERLOADED),
             (Class::RateLimit, r"(?i)\b429\b|rate[_ ]limit|usage limit"),
         ],
