@@ -174,6 +174,9 @@ pub enum Outcome {
 /// `keep_finished` finished ones; older finished tasks shrink to id → [`Outcome`], which is all
 /// that duplicate-id checks and `after` need. (The CLI replays with no limit.)
 /// Serialisable as a whole: a snapshot of the ledger (see `compact`) is a `TaskBook`.
+/// How the daemon's `config_rejected` ends when its config file was deleted while it ran.
+pub const DELETED_CONFIG_END: &str = "was deleted; the running configuration stays in force (restart the daemon to use the embedded default)";
+
 #[derive(Default, Debug, Serialize, Deserialize)]
 pub struct TaskBook {
     /// Boxed, by their own ids: the table's slots stay small (a slot per task, and twice as
@@ -205,6 +208,10 @@ pub struct TaskBook {
     /// tasks those created), by the original's id.
     #[serde(default)]
     pub spawned: HashMap<String, u32>,
+    /// Whether the running daemon's config file was deleted since it read it (it keeps that
+    /// configuration): a client then cannot check a task against the file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub config_file_gone: bool,
     pub last_seq: u64,
     /// The bytes the specs of unfinished tasks hold (their prompts, mostly): the daemon stops
     /// taking task files in while they hold too much.
@@ -891,9 +898,13 @@ impl TaskBook {
             Event::ProviderEnabled { provider, .. } => {
                 self.providers.remove(provider);
             }
-            Event::DaemonStarted { .. }
-            | Event::DaemonStopped { .. }
-            | Event::ConfigReloaded { .. }
+            Event::ConfigRejected { error, .. } if error.ends_with(DELETED_CONFIG_END) => {
+                self.config_file_gone = true;
+            }
+            Event::DaemonStarted { .. } | Event::ConfigReloaded { .. } => {
+                self.config_file_gone = false;
+            }
+            Event::DaemonStopped { .. }
             | Event::ConfigRejected { .. }
             | Event::NotifySent { .. }
             | Event::NotifyFailed { .. } => {}

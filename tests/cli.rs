@@ -1476,3 +1476,41 @@ fn following_every_attempt_says_when_the_daemon_comes_and_goes() {
     );
     let _ = following.child.kill();
 }
+
+/// The config file deleted while the daemon runs: the daemon keeps what it read, so `submit`
+/// does not refuse an agent only the file named (it warns, and the daemon runs the task), and
+/// `agents` says the file is missing and that the daemon keeps its configuration.
+#[test]
+fn a_deleted_config_file_leaves_the_running_daemons_agents_usable() {
+    let ws = Workspace::new(CONFIG);
+    let _d = ws.start();
+    // Once the daemon has read the file (its first record is written after that).
+    ws.wait_for("the daemon to start", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::DaemonStarted { .. }))
+            .then_some(())
+    });
+    std::fs::remove_file(ws.path("dirigent.yaml")).unwrap();
+    ws.wait_for("the deletion to be recorded", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::ConfigRejected { .. }))
+            .then_some(())
+    });
+    let out = ws.cli(&["submit", "--agent", "good", "--id", "kept", "x", "--wait"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "expected the daemon to run it with the agent it knows: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("is missing, so this was checked against the embedded default; the running daemon keeps the configuration it read before and checks this task itself"),
+        "expected the warning, got {}",
+        stderr(&out)
+    );
+    let agents = String::from_utf8_lossy(&ws.cli(&["agents"]).stdout).into_owned();
+    assert!(
+        agents.contains("is missing: the running daemon keeps the configuration it read before"),
+        "expected the note in `agents`, got {agents}"
+    );
+}

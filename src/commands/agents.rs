@@ -16,6 +16,12 @@ pub fn agents(ws: &Workspace, as_json: bool) -> Result<ExitCode> {
     let default_chain = config.effective_default_chain(ws.root());
     let rows = dirigent::catalog::agents(ws, &config, &book, &default_chain);
     println!("config: {}", config.source);
+    if book.config_file_gone && !ws.config().exists() && running_daemon(ws).is_some() {
+        println!(
+            "  `{}` is missing: the running daemon keeps the configuration it read before (not shown here); `dirigent init` writes a new file",
+            ws.config().display()
+        );
+    }
     println!(
         "default chain: {}",
         if default_chain.is_empty() {

@@ -74,6 +74,26 @@ pub fn submit(ws: &Workspace, args: SubmitArgs) -> Result<ExitCode> {
     // Checked here with the config on disk. While a daemon runs its previous one (the file was
     // made invalid since), that daemon checks the task: it is what runs it.
     let (id, fields) = match Config::load(&ws.config()) {
+        // The file removed while a daemon runs: the daemon keeps the configuration it read, so
+        // what the embedded default refuses (an agent only the file named) is the daemon's to
+        // judge, not this process's.
+        Ok(config)
+            if !ws.config().exists()
+                && running_daemon(ws).is_some()
+                && load_book(ws).is_ok_and(|b| b.config_file_gone) =>
+        {
+            match checked(ws, fields.clone(), &config) {
+                Ok(checked) => checked,
+                Err(e) => {
+                    eprintln!(
+                        "warning: {e}\nwarning: `{}` is missing, so this was checked against the embedded default; the running daemon keeps the configuration it read before and checks this task itself (`dirigent init` writes a new file)",
+                        ws.config().display()
+                    );
+                    let mut fields = fields;
+                    (dirigent::submit::id_of(&mut fields), fields)
+                }
+            }
+        }
         Ok(config) => checked(ws, fields, &config)?,
         Err(e) if running_daemon(ws).is_some() => {
             eprintln!(

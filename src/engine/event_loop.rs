@@ -55,10 +55,7 @@ impl Engine {
             }
             Ok(None) if from_file => {
                 self.config_text = None;
-                let error = format!(
-                    "`{}` was deleted; the running configuration stays in force (restart the daemon to use the embedded default)",
-                    path.display()
-                );
+                let error = format!("`{}` {}", path.display(), crate::state::DELETED_CONFIG_END);
                 tracing::warn!(trigger, "{error}");
                 rejected(error)
             }
