@@ -1431,3 +1431,30 @@ fn a_run_takes_only_its_own_tasks_as_its_steps() {
         "expected the run done with its own step, got {end:?}"
     );
 }
+
+/// `logs` of a workflow run says what it is and names its tasks, with or without `-f`: a run
+/// has no output of its own (it was "has not started an attempt yet").
+#[test]
+fn logs_of_a_workflow_run_name_its_tasks() {
+    let ws = Workspace::new(CONFIG);
+    write_workflow(
+        &ws,
+        "one",
+        "name: one\nphases:\n  - name: step\n    type: single\n    agent: alpha\n    prompt: do it\n",
+    );
+    let _d = ws.start();
+    ws.drop_task("r1.json", r#"{"workflow": "one"}"#);
+    assert!(
+        matches!(ws.wait_settled("r1"), Event::Done { .. }),
+        "expected the run done"
+    );
+    for args in [&["logs", "r1"][..], &["logs", "-f", "r1"][..]] {
+        let out = ws.cli(args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: expected a failure");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("error: `r1` is a workflow run (done): it has no output of its own; its tasks: `r1.step` (done). `dirigent logs TASK` shows one task's"),
+            "{args:?}: expected the run's tasks named, got {err}"
+        );
+    }
+}

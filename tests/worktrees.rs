@@ -2405,3 +2405,24 @@ fn a_disk_full_while_the_work_is_committed_pauses_and_the_task_runs_again() {
         attempt_reasons(&ws)
     );
 }
+
+/// `merge` answers once the task is done, not only merged: a `status` or a second `merge` right
+/// after sees `done` (they saw `merging`, and a second merge was "queued").
+#[test]
+fn merge_answers_once_the_task_is_done() {
+    let ws = repo_workspace(&format!("{AGENT}default_chain: [ed]\nmerge: manual\n"));
+    let _d = ws.start();
+    for round in 0..3 {
+        let id = format!("r{round}");
+        ws.drop_task(&format!("{id}.md"), &format!("append a.txt {id}\n"));
+        ws.wait_state(&id, "merge_waiting");
+        let out = ws.cli(&["merge", &id, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "expected merged: {out:?}");
+        let status: serde_json::Value =
+            serde_json::from_slice(&ws.cli(&["status", &id, "--json"]).stdout).unwrap();
+        assert_eq!(
+            status["state"], "done",
+            "{id}: expected done right after `merge` answered, got {status}"
+        );
+    }
+}

@@ -28,6 +28,7 @@ pub fn logs(
         loop {
             match book.get(id) {
                 Some(t) if !t.attempts().is_empty() => break,
+                Some(t) if is_run(&book, t) => break, // said below
                 Some(t) if t.phase().is_terminal() => {
                     eprintln!(
                         "error: task `{id}` ended without an attempt: {}",
@@ -89,6 +90,9 @@ pub fn logs(
         }
     }
     let t = find_task(ws, &book, id)?;
+    if is_run(&book, t) {
+        anyhow::bail!("{}", run_note(&book, t));
+    }
     let a = match attempt {
         Some(n) => t.attempts().iter().find(|a| a.n == n).ok_or_else(|| {
             anyhow::anyhow!(
@@ -227,4 +231,47 @@ fn copy_from(
     let n = std::io::copy(&mut f, out)?;
     out.flush()?;
     Ok(pos + n)
+}
+
+/// Whether `t` is a workflow run: a task with no chain of its own whose phases are tasks.
+fn is_run(book: &dirigent::state::TaskBook, t: &TaskRecord) -> bool {
+    t.chain().is_empty()
+        && (t.workflow().is_some()
+            || !t.more().phases.is_empty()
+            || !run_tasks(book, t.id()).is_empty())
+}
+
+/// The tasks of run `run`: those recorded as its own (older ledgers: those under its id).
+fn run_tasks<'a>(book: &'a dirigent::state::TaskBook, run: &str) -> Vec<&'a TaskRecord> {
+    let under = format!("{run}.");
+    book.iter()
+        .filter(|c| match c.more().workflow_run.as_deref() {
+            Some(r) => r == run,
+            None => c.id().starts_with(&under),
+        })
+        .collect()
+}
+
+/// What `logs` says of a workflow run, which has no output of its own: its tasks, and how to
+/// see theirs.
+fn run_note(book: &dirigent::state::TaskBook, t: &TaskRecord) -> String {
+    let tasks = run_tasks(book, t.id());
+    let listed = if tasks.is_empty() {
+        "it has not submitted a task yet".to_string()
+    } else {
+        format!(
+            "its tasks: {}",
+            tasks
+                .iter()
+                .map(|c| format!("`{}` ({})", c.id(), c.phase().shown()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "`{}` is a workflow run ({}): it has no output of its own; {listed}. `dirigent logs TASK` shows one task's, `dirigent logs -f --all` follows them all, `dirigent status {}` shows the run",
+        t.id(),
+        t.phase().shown(),
+        t.id()
+    )
 }

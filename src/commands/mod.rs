@@ -474,6 +474,9 @@ fn follow_merge(
     let mut last_look = false;
     // Replayed onto the target, the branch added nothing: its change was there already.
     let mut nothing_new = false;
+    // Merged, its `done` not recorded yet: the answer waits for it, so that a `status` or a
+    // `retry` right after sees the task done, not still merging.
+    let mut merged: Option<MergeEnd> = None;
     loop {
         for r in follower.next_records()? {
             if r.event.task() != Some(id) {
@@ -486,7 +489,7 @@ fn follow_merge(
             match &r.event {
                 Event::MergeReady { old, commit, .. } => nothing_new = old == commit,
                 Event::Merged { target, commit, .. } => {
-                    return Ok(MergeEnd::Merged {
+                    merged = Some(MergeEnd::Merged {
                         target: Some(target.clone()),
                         commit: Some(commit.clone()),
                         nothing_new,
@@ -506,13 +509,14 @@ fn follow_merge(
                 Event::Cancelled { .. } => {
                     return Ok(not_merged("it was cancelled before it was merged", false));
                 }
-                // Its end, when its `merged` came before this client looked.
-                Event::Done { .. } => return Ok(unknown_merged),
+                // Its end (with its `merged` before it, or before this client looked).
+                Event::Done { .. } => return Ok(merged.unwrap_or(unknown_merged)),
                 _ => {}
             }
         }
         if last_look {
-            return Ok(MergeEnd::DaemonStopped);
+            // Merged all the same when the daemon stopped before recording `done`.
+            return Ok(merged.unwrap_or(MergeEnd::DaemonStopped));
         }
         if running_daemon(ws).is_none() {
             last_look = true;
