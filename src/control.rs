@@ -146,13 +146,26 @@ pub fn serve(ws: &Workspace, api: crate::api::Api) -> std::io::Result<tokio::tas
                     continue;
                 }
             };
-            let allowed = stream.peer_cred().is_ok_and(|c| c.uid() == me);
+            let cred = stream.peer_cred().ok();
+            let allowed = cred.is_some_and(|c| c.uid() == me);
             let api = api.clone();
+            // The overflow connections are kept for the user's own commands: a process the
+            // daemon started (an agent, anything it spawned) holding the 64 and reconnecting
+            // to the rest would otherwise keep `dirigent cancel` from being heard.
+            let ours = || {
+                cred.and_then(|c| c.pid())
+                    .is_some_and(crate::signals::descends_from_me)
+            };
             let (permit, limit) = match slots.clone().try_acquire_owned() {
                 Ok(p) => (p, Serve::Long),
-                Err(_) => match overflow.clone().try_acquire_owned() {
-                    Ok(p) => (p, Serve::Brief),
-                    Err(_) => {
+                Err(_) => match overflow
+                    .clone()
+                    .try_acquire_owned()
+                    .ok()
+                    .filter(|_| !ours())
+                {
+                    Some(p) => (p, Serve::Brief),
+                    None => {
                         // Told at once, without reading: the answer fits the socket's buffer.
                         let busy = Response::fail(
                             Failure::Unavailable,

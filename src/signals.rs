@@ -43,8 +43,9 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut li
 }
 
 /// Whether `pid` descends from this process, read from `/proc/<pid>/stat` up the chain. Runs in
-/// the signal handler: no allocation, no lock.
-fn descends_from_me(pid: libc::pid_t) -> bool {
+/// the signal handler: no allocation, no lock. (Also asked by the control socket: its overflow
+/// connections are not for the daemon's own descendants.)
+pub(crate) fn descends_from_me(pid: libc::pid_t) -> bool {
     // SAFETY: getpid is async-signal-safe.
     let me = unsafe { libc::getpid() };
     let mut p = pid;

@@ -694,6 +694,60 @@ fn held_control_connections_cannot_keep_a_cancel_from_being_heard() {
     assert!(ws.cli(&["cancel", "s1"]).status.success());
 }
 
+/// An agent that holds every long-lived control connection and keeps reconnecting to take the
+/// overflow ones too cannot keep the user's `dirigent cancel` from being heard: the overflow
+/// connections are not served to the daemon's own descendants.
+#[test]
+fn an_agent_holding_every_control_connection_cannot_keep_a_cancel_out() {
+    let ws = Workspace::new(
+        "kill_grace: 300ms\nagents:\n  hold: { command: [\"python3\", \"hold.py\"] }\n",
+    );
+    std::fs::write(
+        ws.root().join("hold.py"),
+        r#"
+import os, socket, threading, time
+root = os.environ["DIRIGENT_WORKSPACE"]
+path = os.path.join(root, ".context", "daemon.sock")
+held = []
+for _ in range(64):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    held.append(s)
+def churn():
+    while True:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(path)
+            s.recv(4096)
+            s.close()
+        except OSError:
+            pass
+        time.sleep(0.005)
+for _ in range(24):
+    threading.Thread(target=churn, daemon=True).start()
+open(os.path.join(root, "holding"), "w").close()
+time.sleep(600)
+"#,
+    )
+    .unwrap();
+    let _d = ws.start();
+    ws.drop_task("hold.json", r#"{"prompt": "p", "agent": "hold"}"#);
+    ws.wait_until("the agent to hold the connections", || {
+        ws.root().join("holding").exists().then_some(())
+    });
+    let out = ws.cli(&["cancel", "hold"]);
+    assert!(
+        out.status.success(),
+        "expected the cancel heard, got {}",
+        stderr(&out)
+    );
+    ws.wait_for("`hold` to be cancelled", |recs| {
+        recs.iter()
+            .any(|r| matches!(&r.event, Event::Cancelled { task } if task == "hold"))
+            .then_some(())
+    });
+}
+
 #[test]
 fn idle_and_half_open_http_connections_are_closed_and_never_starve_the_daemon() {
     let ws = Workspace::new(CONFIG);
