@@ -241,7 +241,7 @@ fn write_run_report(
     }
     let _ = writeln!(
         md,
-        "\n## What now\n\nFix the cause{} (see the failed tasks' reports), then `dirigent retry {}`: the run resumes from the phase that failed — its failed tasks run again, completed phases are kept. The run keeps the workflow as it was when it started: a change to the workflow's file (another agent for a phase, say) applies to new runs (`dirigent workflow run …`), or edit a failed task's file in `.context/failed/` before the retry.\n",
+        "\n## What now\n\nFix the cause{} (see the failed tasks' reports), then `dirigent retry {}`: the run resumes from the phase that failed — its failed tasks run again, completed phases are kept. The retried run reads its workflow's file again: a change there (a loop's `max_rounds` or evaluator, another agent for a phase) applies from the phase it resumes at; the failed tasks run again as they were submitted — edit a failed task's file in `.context/failed/` before the retry to change one.\n",
         if advice.is_some() {
             " as **In short** says"
         } else {
