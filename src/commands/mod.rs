@@ -139,6 +139,11 @@ fn find_task<'a>(ws: &Workspace, book: &'a TaskBook, id: &str) -> Result<&'a Tas
         );
     }
     if claimed(ws, id) {
+        if running_daemon(ws).is_none() {
+            anyhow::bail!(
+                "task `{id}` was being taken in from the inbox when the daemon stopped: its file waits in .context/running/ and is taken in at the next start (`dirigent daemon`)"
+            );
+        }
         anyhow::bail!("task `{id}` is being taken in from the inbox; ask again in a moment");
     }
     if book.outcome(id).is_some() {
