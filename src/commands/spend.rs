@@ -10,7 +10,7 @@ pub(super) fn spend_report(ws: &Workspace, book: &TaskBook) -> Result<serde_json
         Ok(c) => c,
         Err(e) => {
             eprintln!(
-                "warning: {e}\nwarning: {}; budgets are not shown",
+                "warning: {e}\nwarning: {}; budgets it may set are not shown",
                 if running_daemon(ws).is_some() {
                     "the daemon still runs its previous configuration, but a daemon started now would refuse this file: fix it"
                 } else {
