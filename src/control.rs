@@ -154,7 +154,7 @@ pub fn serve(ws: &Workspace, api: crate::api::Api) -> std::io::Result<tokio::tas
             // to the rest would otherwise keep `dirigent cancel` from being heard.
             let ours = || {
                 cred.and_then(|c| c.pid())
-                    .is_some_and(crate::signals::descends_from_me)
+                    .is_none_or(crate::signals::descends_from_me_or_unknown)
             };
             let (permit, limit) = match slots.clone().try_acquire_owned() {
                 Ok(p) => (p, Serve::Long),

@@ -480,8 +480,9 @@ fn unquote_path(line: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// What ran out, as git's messages say it (any of its lines: the last is often only "cannot
-/// update ref"), in the words of [`crate::fsutil::exhausted`].
+/// What ran out, as git's messages say it — the system's words ending one of its lines (the
+/// last is often only "cannot update ref"), never anywhere in a line, where a file name an agent
+/// chose could say them — in the words of [`crate::fsutil::exhausted`].
 fn exhausted_in(stderr: &str) -> Option<&'static str> {
     [
         ("No space left on device", "the disk is full"),
@@ -489,10 +490,13 @@ fn exhausted_in(stderr: &str) -> Option<&'static str> {
         ("Too many open files", "the daemon has too many open files"),
         ("Cannot allocate memory", "memory ran out"),
         ("Out of memory", "memory ran out"),
-        ("out of memory", "memory ran out"),
     ]
     .into_iter()
-    .find(|(said, _)| stderr.contains(said))
+    .find(|(said, _)| {
+        stderr
+            .lines()
+            .any(|l| l.trim_end().ends_with(&format!(": {said}")))
+    })
     .map(|(_, what)| what)
 }
 
@@ -546,6 +550,33 @@ mod tests {
         run(&["commit", "--quiet", "-m", "first"]);
         let repo = Repo::discover(dir.path()).unwrap();
         (dir, repo)
+    }
+
+    /// The system's words count only where git puts them, ending a line: a file name an agent
+    /// chose saying them is no full disk.
+    #[test]
+    fn running_out_is_read_from_the_end_of_gits_lines() {
+        for (stderr, want) in [
+            (
+                "fatal: unable to write loose object file: No space left on device\n",
+                Some("the disk is full"),
+            ),
+            (
+                "error: unable to create file x: Disk quota exceeded\nfatal: cannot update ref\n",
+                Some("the disk quota is used up"),
+            ),
+            (
+                "error: 'No space left on device/' does not have a commit checked out\n",
+                None,
+            ),
+            (
+                "fatal: pathspec 'x: No space left on device' did not match\n",
+                None,
+            ),
+            ("", None),
+        ] {
+            assert_eq!(exhausted_in(stderr), want, "reading {stderr:?}");
+        }
     }
 
     #[test]

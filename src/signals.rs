@@ -42,10 +42,29 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut li
     }
 }
 
+/// For the control socket, whose overflow connections are not for the daemon's own
+/// descendants: whether `pid` is one — or cannot be told otherwise (gone before it was looked
+/// at, a chain of parents deeper than 32, no `/proc`), which counts as one: an agent could
+/// otherwise hide behind a quick exit or deep nesting.
+pub(crate) fn descends_from_me_or_unknown(pid: libc::pid_t) -> bool {
+    let me = std::process::id() as libc::pid_t;
+    let mut p = pid;
+    for _ in 0..32 {
+        if p == me {
+            return true;
+        }
+        match parent_in_handler(p) {
+            Some(pp) if pp > 1 => p = pp,
+            Some(_) => return false,
+            None => return true,
+        }
+    }
+    true
+}
+
 /// Whether `pid` descends from this process, read from `/proc/<pid>/stat` up the chain. Runs in
-/// the signal handler: no allocation, no lock. (Also asked by the control socket: its overflow
-/// connections are not for the daemon's own descendants.)
-pub(crate) fn descends_from_me(pid: libc::pid_t) -> bool {
+/// the signal handler: no allocation, no lock.
+fn descends_from_me(pid: libc::pid_t) -> bool {
     // SAFETY: getpid is async-signal-safe.
     let me = unsafe { libc::getpid() };
     let mut p = pid;

@@ -168,15 +168,15 @@ pub enum Outcome {
     Failed,
 }
 
+/// How the daemon's `config_rejected` ends when its config file was deleted while it ran.
+pub const DELETED_CONFIG_END: &str = "was deleted; the running configuration stays in force (restart the daemon to use the embedded default)";
+
 /// All tasks, in arrival order.
 ///
 /// A long-running daemon keeps full records only for unfinished tasks and the most recent
 /// `keep_finished` finished ones; older finished tasks shrink to id → [`Outcome`], which is all
 /// that duplicate-id checks and `after` need. (The CLI replays with no limit.)
 /// Serialisable as a whole: a snapshot of the ledger (see `compact`) is a `TaskBook`.
-/// How the daemon's `config_rejected` ends when its config file was deleted while it ran.
-pub const DELETED_CONFIG_END: &str = "was deleted; the running configuration stays in force (restart the daemon to use the embedded default)";
-
 #[derive(Default, Debug, Serialize, Deserialize)]
 pub struct TaskBook {
     /// Boxed, by their own ids: the table's slots stay small (a slot per task, and twice as

@@ -444,6 +444,31 @@ fn a_circle_closed_by_a_task_of_a_later_batch_is_refused() {
     );
 }
 
+/// A task of a batch refused for a circle of its own is still "named ahead" by the task of the
+/// batch that waits for it: a later task under its id that closes a circle is refused too.
+#[test]
+fn a_circle_through_a_refused_tasks_id_is_refused_later() {
+    let ws = Workspace::new(CONFIG);
+    ws.drop_task("ta.json", r#"{"prompt": "p", "after": ["tb"]}"#);
+    ws.drop_task("tb.json", r#"{"prompt": "p", "after": ["tb"]}"#);
+    let _d = ws.start();
+    let reason = rejection(&ws, "tb.json");
+    assert!(
+        reason.starts_with("`after` goes round in a circle (tb → tb)"),
+        "expected tb refused, got {reason:?}"
+    );
+    ws.wait_state("ta", "pending");
+    ws.drop_task(
+        "tb2.json",
+        r#"{"id": "tb", "prompt": "p", "after": ["ta"]}"#,
+    );
+    let reason = rejection(&ws, "tb2.json");
+    assert!(
+        reason.starts_with("`after` goes round in a circle (tb → ta → tb)"),
+        "expected the later tb refused, got {reason:?}"
+    );
+}
+
 #[test]
 fn a_removed_lock_file_does_not_let_a_second_daemon_in() {
     let ws = Workspace::new(CONFIG);

@@ -481,7 +481,8 @@ fn follow_merge(
     let mut nothing_new = false;
     // Merged, its `done` not recorded yet: the answer waits for it, so that a `status` or a
     // `retry` right after sees the task done, not still merging.
-    let mut merged: Option<MergeEnd> = None;
+    // (Not for long: a daemon paused for room holds `done` back, and the work has landed.)
+    let mut merged: Option<(MergeEnd, Instant)> = None;
     loop {
         for r in follower.next_records()? {
             if r.event.task() != Some(id) {
@@ -494,11 +495,18 @@ fn follow_merge(
             match &r.event {
                 Event::MergeReady { old, commit, .. } => nothing_new = old == commit,
                 Event::Merged { target, commit, .. } => {
-                    merged = Some(MergeEnd::Merged {
-                        target: Some(target.clone()),
-                        commit: Some(commit.clone()),
-                        nothing_new,
-                    });
+                    merged = Some((
+                        MergeEnd::Merged {
+                            target: Some(target.clone()),
+                            commit: Some(commit.clone()),
+                            nothing_new,
+                        },
+                        Instant::now(),
+                    ));
+                }
+                // Merged already: whatever comes after, the work has landed.
+                Event::Escalated { .. } | Event::Cancelled { .. } if merged.is_some() => {
+                    return Ok(merged.map(|(m, _)| m).unwrap_or(unknown_merged));
                 }
                 // Queued again behind another merge: still under way.
                 Event::MergeWaiting { reason, .. } if reason.starts_with("queued for merging") => {}
@@ -515,13 +523,18 @@ fn follow_merge(
                     return Ok(not_merged("it was cancelled before it was merged", false));
                 }
                 // Its end (with its `merged` before it, or before this client looked).
-                Event::Done { .. } => return Ok(merged.unwrap_or(unknown_merged)),
+                Event::Done { .. } => return Ok(merged.map(|(m, _)| m).unwrap_or(unknown_merged)),
                 _ => {}
             }
         }
         if last_look {
             // Merged all the same when the daemon stopped before recording `done`.
-            return Ok(merged.unwrap_or(MergeEnd::DaemonStopped));
+            return Ok(merged.map(|(m, _)| m).unwrap_or(MergeEnd::DaemonStopped));
+        }
+        if let Some((_, at)) = &merged
+            && at.elapsed() >= Duration::from_secs(10)
+        {
+            return Ok(merged.map(|(m, _)| m).unwrap_or(unknown_merged));
         }
         if running_daemon(ws).is_none() {
             last_look = true;

@@ -236,6 +236,8 @@ pub async fn run_with_options(
         compactor,
         reserved: HashMap::new(),
         named_ahead: HashSet::new(),
+        sent_children: HashMap::new(),
+        sent_hasher: Default::default(),
         progress_due: None,
         progress_cost: Duration::ZERO,
         settled_since_trim: 0,

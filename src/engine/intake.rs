@@ -289,7 +289,8 @@ impl Engine {
     fn run_check(
         &mut self,
         spec: &TaskSpec,
-        wanted: &mut HashMap<String, Vec<crate::task::TaskFields>>,
+        written: Option<u64>,
+        wanted: &mut HashMap<String, Vec<u64>>,
     ) -> Option<String> {
         let Some(run) = &spec.fields.workflow_run else {
             let owner = spec
@@ -297,15 +298,30 @@ impl Engine {
                 .match_indices('.')
                 .map(|(at, _)| &spec.id[..at])
                 .find(|prefix| {
-                    self.book
-                        .get(prefix)
-                        .is_some_and(|t| t.workflow().is_some())
+                    // A run, live or finished (a finished one may be retried): a task with no
+                    // chain of its own.
+                    self.book.get(prefix).is_some_and(|t| {
+                        t.workflow().is_some() || (t.phase().is_terminal() && t.chain().is_empty())
+                    })
                 })?;
             return Some(format!(
                 "the id `{}` is under the workflow run `{owner}`'s (`{owner}.…` names its own tasks); choose another id",
                 spec.id
             ));
         };
+        // Sent by this daemon: exactly what it wrote, whatever the workspace holds now.
+        if let Some(sent) = self.sent_children.get(&spec.id) {
+            let ours = Some(*sent) == written;
+            if ours {
+                self.sent_children.remove(&spec.id);
+            }
+            return (!ours).then(|| {
+                format!(
+                    "`workflow_run` names `{run}`, which did not submit this task: dirigent sets it for a workflow run's own tasks"
+                )
+            });
+        }
+        // Written before a restart: what the run wants now.
         if !wanted.contains_key(run) {
             let live = self
                 .book
@@ -319,7 +335,7 @@ impl Engine {
                         .into_iter()
                         .filter_map(|a| match a {
                             crate::runner::Action::Submit(child) => {
-                                Some(self.child_fields(run, &child))
+                                Some(self.sent_digest(&self.child_fields(run, &child)))
                             }
                             _ => None,
                         })
@@ -328,7 +344,7 @@ impl Engine {
                 .unwrap_or_default();
             wanted.insert(run.clone(), children);
         }
-        let ours = wanted[run].contains(&spec.fields);
+        let ours = written.is_some_and(|w| wanted[run].contains(&w));
         (!ours).then(|| {
             format!(
                 "`workflow_run` names `{run}`, which did not submit this task: dirigent sets it for a workflow run's own tasks"
@@ -366,7 +382,7 @@ impl Engine {
         let mut refused: Vec<(Claimed, String)> = Vec::new();
         let mut spawned_now: HashMap<String, u32> = HashMap::new();
         // What each workflow run named by a file of this batch wants submitted now.
-        let mut wanted: HashMap<String, Vec<crate::task::TaskFields>> = HashMap::new();
+        let mut wanted: HashMap<String, Vec<u64>> = HashMap::new();
         // Explicit ids first: they were asked for; a name-derived id yields to them.
         parsed.sort_by_key(|(_, f)| f.id.is_none());
         for (c, fields) in parsed {
@@ -375,6 +391,12 @@ impl Engine {
                 !batch_ids.contains(id) && self.id_free(id, explicit.then_some(c.name.as_str()))
             })
             .map_err(|refused| refused.to_string());
+            // A run's own task is known by the fields as its run wrote them (accepting may put
+            // a path in its normal form).
+            let written = fields
+                .workflow_run
+                .is_some()
+                .then(|| self.sent_digest(&fields));
             let spec = id
                 .and_then(|id| {
                     crate::task::accept(id, fields, &self.config, self.ws.root()).map_err(|e| e.0)
@@ -401,7 +423,7 @@ impl Engine {
                     None => Ok(spec),
                 });
             let spec = match spec {
-                Ok(spec) => match self.run_check(&spec, &mut wanted) {
+                Ok(spec) => match self.run_check(&spec, written, &mut wanted) {
                     Some(reason) => Err(reason),
                     None => Ok(spec),
                 },
@@ -479,13 +501,16 @@ impl Engine {
         for (_, spec) in &accepted {
             self.named_ahead.remove(&spec.id);
         }
-        for (_, spec) in &accepted {
-            for dep in &spec.fields.after {
-                if !self.book.contains(dep) && !batch_after.contains_key(dep) {
-                    self.named_ahead.insert(dep.clone());
-                }
-            }
-        }
+        // Named ahead: what is not a task once this batch is in (a task of the batch refused
+        // above included — one that comes later under its id could close a circle).
+        let taken: HashSet<&str> = accepted.iter().map(|(_, s)| s.id.as_str()).collect();
+        let ahead: Vec<String> = accepted
+            .iter()
+            .flat_map(|(_, spec)| spec.fields.after.iter())
+            .filter(|dep| !self.book.contains(dep) && !taken.contains(dep.as_str()))
+            .cloned()
+            .collect();
+        self.named_ahead.extend(ahead);
         for (c, reason) in refused {
             self.reject(running, &c.claim_name, &c.name, reason).await;
         }

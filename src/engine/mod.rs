@@ -367,6 +367,12 @@ struct Engine {
     /// waited in the inbox): only such a task, once taken in, can close a circle of `after`,
     /// so only it is searched for one (see `intake`). Rebuilt from the book at each start.
     named_ahead: HashSet<String>,
+    /// The tasks workflow runs wrote into the inbox and that are not taken in yet, by id: a
+    /// digest of their fields as written (see `sent_digest`), so that the intake knows a run's
+    /// own task however the workspace has changed since. Empty after a restart: then the
+    /// runner is asked what it wants.
+    sent_children: HashMap<String, u64>,
+    sent_hasher: std::collections::hash_map::RandomState,
     progress_due: Option<Instant>,
     /// How long `progress.md` took to render and write the last time (it paces the next).
     progress_cost: Duration,

@@ -207,6 +207,14 @@ impl Engine {
         self.book.get(&run)?.spec()?.fields.merge_into.clone()
     }
 
+    /// A digest of a run's task as written, keyed by this daemon's own random hasher (no one
+    /// outside can make another task's fields hash the same).
+    pub(super) fn sent_digest(&self, fields: &crate::task::TaskFields) -> u64 {
+        use std::hash::BuildHasher;
+        self.sent_hasher
+            .hash_one(serde_json::to_string(fields).unwrap_or_default())
+    }
+
     /// The task fields of `run`'s child: what it writes into the inbox, and what the intake
     /// compares a file naming the run with (see `run_wants`).
     pub(super) fn child_fields(
@@ -255,6 +263,8 @@ impl Engine {
             cause,
         })?;
         let fields = self.child_fields(run, child);
+        let digest = self.sent_digest(&fields);
+        self.sent_children.insert(child.id.clone(), digest);
         match crate::submit::write_into_inbox(&self.ws, &child.id, &fields) {
             Ok(_) => {
                 self.reserved

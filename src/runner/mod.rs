@@ -90,8 +90,15 @@ fn child_state(book: &TaskBook, run: &str, id: &str) -> ChildState {
 /// id that `run` did not submit (one submitted first by someone else, to hand the run a
 /// result of their choosing) is never taken as the child: the run fails, saying so.
 fn child_state_by(book: &TaskBook, run: &str, id: &str) -> (ChildState, Option<String>) {
+    // A task recorded by a build before `workflow_run` carries none: it is the run's own when
+    // it came after the run (a task someone put in first came before it; since then, a task
+    // under a live run's ids without the mark is refused at the door).
+    let own = |t: &TaskRecord| match t.more().workflow_run.as_deref() {
+        Some(r) => r == run,
+        None => book.get(run).is_some_and(|r| t.received_ms > r.received_ms),
+    };
     if let Some(t) = book.get(id)
-        && t.more().workflow_run.as_deref() != Some(run)
+        && !own(t)
     {
         return (
             ChildState::Failed(format!(
