@@ -47,37 +47,32 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut li
 /// at, a chain of parents deeper than 32, no `/proc`), which counts as one: an agent could
 /// otherwise hide behind a quick exit or deep nesting.
 pub(crate) fn descends_from_me_or_unknown(pid: libc::pid_t) -> bool {
-    let me = std::process::id() as libc::pid_t;
-    let mut p = pid;
-    for _ in 0..32 {
-        if p == me {
-            return true;
-        }
-        match parent_in_handler(p) {
-            Some(pp) if pp > 1 => p = pp,
-            Some(_) => return false,
-            None => return true,
-        }
-    }
-    true
+    placed(pid) != Some(false)
 }
 
-/// Whether `pid` descends from this process, read from `/proc/<pid>/stat` up the chain. Runs in
-/// the signal handler: no allocation, no lock.
+/// Whether `pid` descends from this process. Runs in the signal handler.
 fn descends_from_me(pid: libc::pid_t) -> bool {
+    placed(pid) == Some(true)
+}
+
+/// Whether `pid` descends from this process, read from `/proc/<pid>/stat` up the chain; `None`
+/// when that cannot be told (a process gone on the way, more than 32 parents). No allocation,
+/// no lock: it runs in the signal handler.
+fn placed(pid: libc::pid_t) -> Option<bool> {
     // SAFETY: getpid is async-signal-safe.
     let me = unsafe { libc::getpid() };
     let mut p = pid;
     for _ in 0..32 {
         if p == me {
-            return true;
+            return Some(true);
         }
         match parent_in_handler(p) {
             Some(pp) if pp > 1 => p = pp,
-            _ => return false,
+            Some(_) => return Some(false),
+            None => return None,
         }
     }
-    false
+    None
 }
 
 /// The parent of `pid` from `/proc/<pid>/stat`, with stack buffers only.

@@ -38,18 +38,6 @@ fn log(ws: &Workspace) -> String {
     std::fs::read_to_string(ws.root().join("daemon.log")).unwrap_or_default()
 }
 
-/// The reason a file was rejected with, once it was.
-fn rejection(ws: &Workspace, file: &str) -> String {
-    ws.wait_for(&format!("`{file}` to be rejected"), |recs| {
-        recs.iter().find_map(|r| match &r.event {
-            Event::Rejected {
-                file: f, reason, ..
-            } if f == file => Some(reason.clone()),
-            _ => None,
-        })
-    })
-}
-
 // --- Paths are checked after normalisation --------------------------------------------------
 
 #[test]
@@ -79,7 +67,7 @@ fn no_door_can_name_dirigents_own_files_as_an_output() {
             &name,
             &serde_json::json!({"prompt": "p", "agent": "good", "output": output}).to_string(),
         );
-        let reason = rejection(&ws, &name);
+        let reason = ws.rejection(&name);
         assert!(reason.contains(want), "{output}: {reason}");
         // … and the HTTP door say the same.
         let body = serde_json::json!({"prompt": "p", "agent": "good", "output": output});
@@ -116,7 +104,7 @@ fn secrets_in_context_are_never_context() {
     {
         let name = format!("s{i}.json");
         ws.drop_task(&name, task);
-        let reason = rejection(&ws, &name);
+        let reason = ws.rejection(&name);
         assert!(
             reason.contains("private to dirigent") || reason.contains("is inside `.context`"),
             "{task}: {reason}"
@@ -286,7 +274,7 @@ fn huge_and_zero_durations_are_refused_when_parsed() {
     {
         let name = format!("d{i}.json");
         ws.drop_task(&name, task);
-        let reason = rejection(&ws, &name);
+        let reason = ws.rejection(&name);
         assert!(reason.contains(want), "{task}: {reason}");
     }
     let r = common::http(
@@ -394,7 +382,7 @@ fn tasks_that_wait_for_each_other_are_refused_not_left_waiting() {
         ("tb.json", "(tb → ta → tb)"),
         ("tc.json", "(tc → tc)"),
     ] {
-        let reason = rejection(&ws, file);
+        let reason = ws.rejection(file);
         assert!(
             reason.starts_with(&format!("`after` goes round in a circle {circle}")),
             "{file}: expected the circle named, got {reason:?}"
@@ -437,7 +425,7 @@ fn a_circle_closed_by_a_task_of_a_later_batch_is_refused() {
         std::fs::rename(&path, ws.path(&format!("inbox/{name}"))).unwrap();
     }
     let _d = ws.start();
-    let reason = rejection(&ws, "tb.json");
+    let reason = ws.rejection("tb.json");
     assert!(
         reason.starts_with("`after` goes round in a circle (tb → ta → tb)"),
         "expected the circle named, got {reason:?}"
@@ -452,7 +440,7 @@ fn a_circle_through_a_refused_tasks_id_is_refused_later() {
     ws.drop_task("ta.json", r#"{"prompt": "p", "after": ["tb"]}"#);
     ws.drop_task("tb.json", r#"{"prompt": "p", "after": ["tb"]}"#);
     let _d = ws.start();
-    let reason = rejection(&ws, "tb.json");
+    let reason = ws.rejection("tb.json");
     assert!(
         reason.starts_with("`after` goes round in a circle (tb → tb)"),
         "expected tb refused, got {reason:?}"
@@ -462,7 +450,7 @@ fn a_circle_through_a_refused_tasks_id_is_refused_later() {
         "tb2.json",
         r#"{"id": "tb", "prompt": "p", "after": ["ta"]}"#,
     );
-    let reason = rejection(&ws, "tb2.json");
+    let reason = ws.rejection("tb2.json");
     assert!(
         reason.starts_with("`after` goes round in a circle (tb → ta → tb)"),
         "expected the later tb refused, got {reason:?}"

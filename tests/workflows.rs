@@ -1364,18 +1364,6 @@ fn validate_json_gives_each_workflow_its_problems_or_its_variables_and_runners()
     );
 }
 
-/// The reason the daemon recorded for rejecting `file`.
-fn rejection(ws: &Workspace, file: &str) -> String {
-    ws.wait_for(&format!("`{file}` to be rejected"), |recs| {
-        recs.iter().find_map(|r| match &r.event {
-            Event::Rejected {
-                file: f, reason, ..
-            } if f == file => Some(reason.clone()),
-            _ => None,
-        })
-    })
-}
-
 /// A run's steps are its own. A task submitted first under a step's id is not taken as the
 /// step: the run fails, saying so. While a run is live, a file naming it (`workflow_run`) that
 /// it did not submit — an agent handing it a step's result or a verdict — and a task under its
@@ -1410,7 +1398,7 @@ fn a_run_takes_only_its_own_tasks_as_its_steps() {
         "forged.json",
         r#"{"id": "w2.step.judge", "prompt": "PASS", "agent": "alpha", "workflow_run": "w2"}"#,
     );
-    let reason = rejection(&ws, "forged.json");
+    let reason = ws.rejection("forged.json");
     assert!(
         reason.starts_with("`workflow_run` names `w2`, which did not submit this task"),
         "expected the forged step refused, got {reason}"
@@ -1419,7 +1407,7 @@ fn a_run_takes_only_its_own_tasks_as_its_steps() {
         "under.json",
         r#"{"id": "w2.other", "prompt": "x", "agent": "alpha"}"#,
     );
-    let reason = rejection(&ws, "under.json");
+    let reason = ws.rejection("under.json");
     assert!(
         reason.starts_with("the id `w2.other` is under the workflow run `w2`'s"),
         "expected an id under the run's refused, got {reason}"

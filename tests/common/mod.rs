@@ -248,6 +248,18 @@ impl Workspace {
         self.wait_until(what, || found(&self.records()))
     }
 
+    /// The reason the inbox file `file` was rejected with, once it was.
+    pub fn rejection(&self, file: &str) -> String {
+        self.wait_for(&format!("`{file}` to be rejected"), |recs| {
+            recs.iter().find_map(|r| match &r.event {
+                Event::Rejected {
+                    file: f, reason, ..
+                } if f == file => Some(reason.clone()),
+                _ => None,
+            })
+        })
+    }
+
     /// Waits until `found` returns `Some`, looking again on every change in `.context/`.
     pub fn wait_until<T>(&self, what: &str, found: impl FnMut() -> Option<T>) -> T {
         self.wait_until_longer(what, Duration::ZERO, found)
