@@ -529,12 +529,7 @@ fn wait_for(
             if own {
                 standing.follow(&r.event);
                 // Before the line that tells of it: an interrupt after that line leaves this.
-                let now_parting = standing.parting(id, end, daemon.is_some());
-                if parting.as_ref() != Some(&now_parting) {
-                    let _ =
-                        dirigent::signals::part_with(now_parting.0.clone(), now_parting.1.clone());
-                    parting = Some(now_parting);
-                }
+                set_parting(&mut parting, standing.parting(id, end, daemon.is_some()));
                 if matches!(r.event, Event::Requeued { .. }) {
                     stop_told = true;
                 }
@@ -572,6 +567,8 @@ fn wait_for(
                     continue;
                 }
                 (Some(pid), None) => {
+                    // As below: what an interrupt leaves is set before the line is printed.
+                    set_parting(&mut parting, standing.parting(id, end, false));
                     live.clear();
                     let t = short(started.elapsed());
                     if !stopped_cleanly {
@@ -585,6 +582,9 @@ fn wait_for(
                     }
                 }
                 (None, Some(pid)) => {
+                    // Before the line that tells of it: an interrupt after that line leaves
+                    // what goes on with a daemon.
+                    set_parting(&mut parting, standing.parting(id, end, true));
                     live.clear();
                     eprintln!(
                         "[{}] a daemon (pid {pid}) is running; waiting for `{id}`",
@@ -631,11 +631,7 @@ fn wait_for(
         }
         // Interrupted, the client says what goes on without it (and, with `--json`, still
         // prints its object: a script learns the id, where the file is, how the task stands).
-        let now_parting = standing.parting(id, end, daemon.is_some());
-        if parting.as_ref() != Some(&now_parting) {
-            let _ = dirigent::signals::part_with(now_parting.0.clone(), now_parting.1.clone());
-            parting = Some(now_parting);
-        }
+        set_parting(&mut parting, standing.parting(id, end, daemon.is_some()));
         // Its file removed from the inbox before the daemon took it in (the way to cancel a
         // task without a daemon): nothing will ever run — said, not waited for. Two seconds
         // with no file and no record, so a claim on its way to the ledger is not mistaken.
@@ -997,4 +993,12 @@ fn report_progress(
         _ => {}
     }
     Ok(None)
+}
+
+/// Makes `now` what an interrupt leaves (see `signals::part_with`), when it changed.
+fn set_parting(parting: &mut Option<(String, Option<String>)>, now: (String, Option<String>)) {
+    if parting.as_ref() != Some(&now) {
+        let _ = dirigent::signals::part_with(now.0.clone(), now.1.clone());
+        *parting = Some(now);
+    }
 }
