@@ -1208,40 +1208,12 @@ fn a_socket_directory_another_user_made_first_is_refused() {
 
 // --- Exhaustion is a pause, not a loss ---------------------------------------------------------
 
-/// A workspace on a small tmpfs of its own, unmounted when dropped.
-struct SmallDisk {
-    ws: Workspace,
-    mount: std::path::PathBuf,
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.mount)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_pauses_work_and_loses_no_finished_attempt() {
-    let dir = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(dir.path())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+    let Some(disk) = common::small_disk("2m", |_| {
+        "kill_grace: 300ms\nagents:\n  big: { command: [\"sh\", \"-c\", \"head -c 150000 /dev/zero | tr '\\\\0' x; echo\"] }\n".into()
+    }) else {
         return;
-    }
-    let disk = SmallDisk {
-        mount: dir.path().to_path_buf(),
-        ws: Workspace::in_dir(
-            dir,
-            "kill_grace: 300ms\nagents:\n  big: { command: [\"sh\", \"-c\", \"head -c 150000 /dev/zero | tr '\\\\0' x; echo\"] }\n",
-        ),
     };
     let ws = &disk.ws;
     // Fill the disk, leaving a little room for the ledger.

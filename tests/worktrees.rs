@@ -2338,47 +2338,29 @@ fn work_that_fails_its_check_is_said_to_and_status_keeps_one_line_per_attempt() 
 /// again and lands — nothing escalated. (Needs root for its small tmpfs; says `skipped` else.)
 #[test]
 fn a_disk_full_while_the_work_is_committed_pauses_and_the_task_runs_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(dir.path())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(dir.path().to_path_buf());
-    git(dir.path(), &["init", "--quiet", "--initial-branch=main"]);
-    std::fs::write(dir.path().join("a.txt"), "one\n").unwrap();
-    git(dir.path(), &["add", "."]);
-    git(dir.path(), &["commit", "--quiet", "-m", "first"]);
-    // The first time, it fills the disk (outside its tree, leaving room for the ledger but not
-    // for the work's objects); after that it only does the work.
-    let agent = dir.path().join("agent.sh");
-    std::fs::write(
-        &agent,
-        "#!/bin/sh\nhead -c 300000 /dev/urandom | base64 >> a.txt\nif [ ! -e \"$DIRIGENT_WORKSPACE/.once\" ]; then\n  touch \"$DIRIGENT_WORKSPACE/.once\"\n  avail=$(df --output=avail -B1 \"$DIRIGENT_WORKSPACE\" | tail -1)\n  head -c $((avail - 96 * 1024)) /dev/zero > \"$DIRIGENT_WORKSPACE/.filler\" 2>/dev/null\nfi\necho done\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let ws = Workspace::in_dir(
-        dir,
-        &format!(
+    let Some(disk) = common::small_disk("8m", |dir| {
+        git(dir, &["init", "--quiet", "--initial-branch=main"]);
+        std::fs::write(dir.join("a.txt"), "one\n").unwrap();
+        git(dir, &["add", "."]);
+        git(dir, &["commit", "--quiet", "-m", "first"]);
+        // The first time, it fills the disk (outside its tree, leaving room for the ledger but
+        // not for the work's objects); after that it only does the work.
+        let agent = dir.join("agent.sh");
+        std::fs::write(
+            &agent,
+            "#!/bin/sh\nhead -c 300000 /dev/urandom | base64 >> a.txt\nif [ ! -e \"$DIRIGENT_WORKSPACE/.once\" ]; then\n  touch \"$DIRIGENT_WORKSPACE/.once\"\n  avail=$(df --output=avail -B1 \"$DIRIGENT_WORKSPACE\" | tail -1)\n  head -c $((avail - 96 * 1024)) /dev/zero > \"$DIRIGENT_WORKSPACE/.filler\" 2>/dev/null\nfi\necho done\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        format!(
             "kill_grace: 200ms\nmerge: none\nagents:\n  ed: {{ command: [\"{}\"] }}\ndefault_chain: [ed]\n",
             agent.display()
-        ),
-    );
+        )
+    }) else {
+        return;
+    };
+    let ws = &disk.ws;
     let _d = ws.start();
     ws.drop_task("full.md", "add to a.txt\n");
     let first = ws.wait_for("the first attempt's end", |recs| {
@@ -2402,7 +2384,7 @@ fn a_disk_full_while_the_work_is_committed_pauses_and_the_task_runs_again() {
     assert!(
         matches!(end, Event::Done { .. }),
         "expected done once there was room, got {end:?}\n{}",
-        attempt_reasons(&ws)
+        attempt_reasons(ws)
     );
 }
 

@@ -848,3 +848,40 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     assert!(out.status.success(), "git {args:?} failed: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A workspace on a small tmpfs of its own (the full disk, for exhaustion tests), unmounted when
+/// dropped — before the workspace's directory goes (fields drop in order).
+pub struct SmallDisk {
+    mount: Unmount,
+    pub ws: Workspace,
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs of `size` (`2m`) and makes a workspace on it with the config `prepare`
+/// returns (given the directory first, to put a repository there, say). `None`, and `skipped`
+/// said, where it cannot be mounted (it needs root).
+pub fn small_disk(size: &str, prepare: impl FnOnce(&Path) -> String) -> Option<SmallDisk> {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return None;
+    }
+    let mount = Unmount(dir.path().to_path_buf());
+    let config = prepare(dir.path());
+    Some(SmallDisk {
+        mount,
+        ws: Workspace::in_dir(dir, &config),
+    })
+}
