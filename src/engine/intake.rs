@@ -298,11 +298,8 @@ impl Engine {
                 .match_indices('.')
                 .map(|(at, _)| &spec.id[..at])
                 .find(|prefix| {
-                    // A run, live or finished (a finished one may be retried): a task with no
-                    // chain of its own.
-                    self.book.get(prefix).is_some_and(|t| {
-                        t.workflow().is_some() || (t.phase().is_terminal() && t.chain().is_empty())
-                    })
+                    // Live or finished: a finished one may be retried.
+                    self.book.get(prefix).is_some_and(TaskRecord::may_be_run)
                 })?;
             return Some(format!(
                 "the id `{}` is under the workflow run `{owner}`'s (`{owner}.…` names its own tasks); choose another id",

@@ -640,6 +640,15 @@ impl TaskRecord {
         self.packed_spec.is_some()
     }
 
+    /// Whether it is (or may be) a workflow run, live or finished: a finished run's spec is
+    /// gone, so a finished task with no chain of its own counts, as does one with completed
+    /// phases. (Ids under such a task's are refused at the door.)
+    pub fn may_be_run(&self) -> bool {
+        self.workflow().is_some()
+            || (self.chain.is_empty()
+                && (self.phase().is_terminal() || !self.more().phases.is_empty()))
+    }
+
     /// The workflow it runs, if it is a workflow run that can still run.
     pub fn workflow(&self) -> Option<String> {
         // A run has no chain of its own: any other task answers without its spec being read
