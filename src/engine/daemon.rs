@@ -237,6 +237,7 @@ pub async fn run_with_options(
         reserved: HashMap::new(),
         named_ahead: HashSet::new(),
         sent_children: HashMap::new(),
+        merge_answer_owed: HashSet::new(),
         sent_hasher: Default::default(),
         progress_due: None,
         progress_cost: Duration::ZERO,

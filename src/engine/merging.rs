@@ -291,7 +291,7 @@ impl Engine {
                     self.book.get(id).map(|t| t.phase()),
                     Some(Phase::MergeWaiting { reason: r }) if *r == reason
                 );
-                if !same {
+                if !same || self.merge_answer_owed.remove(id) {
                     self.record_later(vec![Event::MergeWaiting {
                         task: id.to_string(),
                         reason,
@@ -373,6 +373,9 @@ impl Engine {
             Phase::MergeWaiting { .. } => {
                 let target = self.target_of(id).unwrap_or_default();
                 if self.merges.is_merging(id) {
+                    // The client follows this merge's end: it gets a record even if the merge
+                    // ends waiting for the same reason as before (else it would wait for good).
+                    self.merge_answer_owed.insert(id.to_string());
                     return Response::fail(
                         Failure::Conflict,
                         format!("task `{id}` is being merged now"),

@@ -372,6 +372,9 @@ struct Engine {
     /// own task however the workspace has changed since. Empty after a restart: then the
     /// runner is asked what it wants.
     sent_children: HashMap<String, u64>,
+    /// Tasks whose running merge a `dirigent merge` joined: its end is recorded even when it
+    /// waits for the same reason as before, so the joined client hears it.
+    merge_answer_owed: HashSet<String>,
     sent_hasher: std::collections::hash_map::RandomState,
     progress_due: Option<Instant>,
     /// How long `progress.md` took to render and write the last time (it paces the next).
